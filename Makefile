@@ -1,0 +1,30 @@
+# The two commands of the README:
+#   make run    start a single-node Plinth on 127.0.0.1:2379 (data dir ./default.plinth)
+#   make test   run the whole test suite
+# Both install what a fresh machine is missing (scripts/setup.sh) and build RocksDB at most
+# once per machine (scripts/cargo).
+
+CARGO := scripts/cargo
+ARGS ?=
+
+.PHONY: run test lint fmt bench fuzz build
+
+run:
+	$(CARGO) run --release -p grpc-api --bin plinth -- serve $(ARGS)
+
+build:
+	$(CARGO) build --release -p grpc-api --bin plinth
+
+test:
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
+
+lint:
+	cargo fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+bench:
+	$(CARGO) bench -p plinth-benches $(ARGS)
