@@ -1,1 +1,38 @@
-fn main() {}
+//! `plinth`: the server and its operator commands.
+
+use clap::{Parser, Subcommand};
+
+/// Plinth: an etcd v3 compatible, Raft-replicated key-value store.
+#[derive(Debug, Parser)]
+#[command(name = "plinth", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a member (etcd's flags; with none, one member on 127.0.0.1:2379).
+    Serve(grpc_api::config::ServeArgs),
+    /// Print the versions this build reports.
+    Version,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            grpc_api::serve::init_logging(&args.log_level)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("plinth-rpc")
+                .build()?;
+            runtime.block_on(grpc_api::serve::serve(args))
+        }
+        Command::Version => {
+            println!("plinth {}", grpc_api::version::PLINTH_VERSION);
+            println!("etcd API version: {}", grpc_api::version::ETCD_COMPAT_VERSION);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! `plinth serve` configuration: etcd's flag names and defaults, so that an etcd manifest
+//! works by swapping the binary.
+
+use std::time::Duration;
+
+use clap::Args;
+
+/// etcd's default request limit: 1.5 MiB.
+pub const MAX_REQUEST_BYTES_DEFAULT: usize = 1536 * 1024;
+/// gRPC framing overhead etcd allows on top of `--max-request-bytes`.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Flags of `plinth serve`. Names follow etcd; flags that etcd has but Plinth does not act on
+/// yet are accepted and reported in the log, so manifests keep working.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Human-readable name of this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Directory of the WAL and the store. Default: `<name>.plinth`.
+    #[arg(long)]
+    pub data_dir: Option<String>,
+    /// URLs to listen on for client traffic (gRPC and HTTP).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub listen_client_urls: String,
+    /// Client URLs advertised to the rest of the cluster.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub advertise_client_urls: String,
+    /// URLs to listen on for peer traffic.
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    pub listen_peer_urls: String,
+    /// Peer URLs advertised to the rest of the cluster.
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration, `name=peer-url,...`. Ignored when the data dir exists.
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// `new` or `existing`. Ignored when the data dir exists.
+    #[arg(long, default_value = "new")]
+    pub initial_cluster_state: String,
+    /// Token that makes the cluster id unique among clusters bootstrapped from the same config.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Per-tenant backend quota in bytes; 0 means the default (8 GiB).
+    #[arg(long, default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+    /// `periodic` or `revision`.
+    #[arg(long, default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// Retention for auto compaction: a duration (`1h`, `30m`) or hours for periodic mode, a
+    /// revision count for revision mode; `0` disables it.
+    #[arg(long, default_value = "0")]
+    pub auto_compaction_retention: String,
+    /// Largest client request in bytes.
+    #[arg(long, default_value_t = MAX_REQUEST_BYTES_DEFAULT)]
+    pub max_request_bytes: usize,
+    /// Most operations in one txn branch.
+    #[arg(long, default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Raft election timeout in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Extra URLs serving only the HTTP endpoints (`/health`, `/metrics`, ...).
+    #[arg(long)]
+    pub listen_metrics_urls: Option<String>,
+    /// Interval of watch progress notifications (Go duration, e.g. `10m`, `5s`).
+    #[arg(
+        long = "experimental-watch-progress-notify-interval",
+        alias = "watch-progress-notify-interval",
+        default_value = "10m"
+    )]
+    pub watch_progress_notify_interval: String,
+    /// `debug`, `info`, `warn` or `error`.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// Accepted for compatibility with etcd manifests; Plinth always logs structured lines.
+    #[arg(long)]
+    pub logger: Option<String>,
+    /// Accepted for compatibility; Plinth logs to standard error.
+    #[arg(long)]
+    pub log_outputs: Option<String>,
+    /// Accepted for compatibility; Plinth purges its log after the store flushes.
+    #[arg(long)]
+    pub snapshot_count: Option<u64>,
+    /// Accepted for compatibility.
+    #[arg(long)]
+    pub feature_gates: Option<String>,
+    /// TLS flags: accepted, not served yet (see the README).
+    #[arg(long)]
+    pub cert_file: Option<String>,
+    #[arg(long)]
+    pub key_file: Option<String>,
+    #[arg(long)]
+    pub trusted_ca_file: Option<String>,
+    #[arg(long)]
+    pub client_cert_auth: Option<bool>,
+    #[arg(long)]
+    pub peer_cert_file: Option<String>,
+    #[arg(long)]
+    pub peer_key_file: Option<String>,
+    #[arg(long)]
+    pub peer_trusted_ca_file: Option<String>,
+    #[arg(long)]
+    pub peer_client_cert_auth: Option<bool>,
+}
+
+impl ServeArgs {
+    /// The data dir, defaulting like etcd to `<name>.plinth`.
+    pub fn data_dir(&self) -> String {
+        self.data_dir.clone().unwrap_or_else(|| format!("{}.plinth", self.name))
+    }
+
+    /// Host:port pairs to bind for client traffic.
+    pub fn client_listen_addrs(&self) -> anyhow::Result<Vec<String>> {
+        split_urls(&self.listen_client_urls).into_iter().map(|u| url_host_port(&u)).collect()
+    }
+
+    /// Host:port pairs to bind for HTTP-only metrics traffic.
+    pub fn metrics_listen_addrs(&self) -> anyhow::Result<Vec<String>> {
+        match &self.listen_metrics_urls {
+            None => Ok(Vec::new()),
+            Some(urls) => split_urls(urls).into_iter().map(|u| url_host_port(&u)).collect(),
+        }
+    }
+
+    /// The progress notification interval.
+    pub fn progress_notify_interval(&self) -> anyhow::Result<Duration> {
+        parse_go_duration(&self.watch_progress_notify_interval)
+    }
+
+    /// Rejects combinations Plinth cannot serve, before anything starts.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.max_request_bytes > 0, "--max-request-bytes must be positive");
+        anyhow::ensure!(self.max_txn_ops > 0, "--max-txn-ops must be positive");
+        anyhow::ensure!(self.heartbeat_interval > 0, "--heartbeat-interval must be positive");
+        anyhow::ensure!(
+            self.election_timeout >= 5 * self.heartbeat_interval,
+            "--election-timeout must be at least 5 times --heartbeat-interval"
+        );
+        anyhow::ensure!(
+            matches!(self.initial_cluster_state.as_str(), "new" | "existing"),
+            "--initial-cluster-state must be 'new' or 'existing'"
+        );
+        anyhow::ensure!(
+            matches!(self.auto_compaction_mode.as_str(), "periodic" | "revision"),
+            "--auto-compaction-mode must be 'periodic' or 'revision'"
+        );
+        self.progress_notify_interval()?;
+        self.auto_compaction()?;
+        self.client_listen_addrs()?;
+        self.metrics_listen_addrs()?;
+        Ok(())
+    }
+
+    /// The auto-compaction policy, if enabled.
+    pub fn auto_compaction(&self) -> anyhow::Result<Option<AutoCompaction>> {
+        let retention = self.auto_compaction_retention.trim();
+        if retention.is_empty() || retention == "0" {
+            return Ok(None);
+        }
+        Ok(Some(match self.auto_compaction_mode.as_str() {
+            "revision" => AutoCompaction::Revision(retention.parse().map_err(|_| {
+                anyhow::anyhow!("--auto-compaction-retention {retention:?} is not a revision count")
+            })?),
+            _ => {
+                let period = match retention.parse::<u64>() {
+                    Ok(hours) => Duration::from_secs(hours * 3600),
+                    Err(_) => parse_go_duration(retention)?,
+                };
+                anyhow::ensure!(!period.is_zero(), "--auto-compaction-retention must be positive");
+                AutoCompaction::Periodic(period)
+            }
+        }))
+    }
+}
+
+/// How history is compacted automatically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Keep this much time of history.
+    Periodic(Duration),
+    /// Keep this many revisions of history.
+    Revision(i64),
+}
+
+/// Splits a comma-separated URL list.
+pub fn split_urls(urls: &str) -> Vec<String> {
+    urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
+}
+
+/// `http://host:port[/]` → `host:port`; `localhost` becomes 127.0.0.1.
+pub fn url_host_port(url: &str) -> anyhow::Result<String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("unix://"))
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| anyhow::anyhow!("URL {url:?} must start with http:// or https://"))?;
+    let hostport = rest.trim_end_matches('/');
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("URL {url:?} has no port"))?;
+    port.parse::<u16>().map_err(|_| anyhow::anyhow!("URL {url:?} has a bad port"))?;
+    let host = if host == "localhost" { "127.0.0.1" } else { host };
+    Ok(format!("{host}:{port}"))
+}
+
+/// Parses a Go duration such as `10m`, `5s`, `1h30m`, `250ms`.
+pub fn parse_go_duration(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    anyhow::ensure!(!s.is_empty(), "empty duration");
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        anyhow::ensure!(digits > 0, "bad duration {s:?}");
+        let value: f64 = rest[..digits].parse().map_err(|_| anyhow::anyhow!("bad duration {s:?}"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_secs = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            other => anyhow::bail!("bad duration unit {other:?} in {s:?}"),
+        };
+        rest = &rest[unit_len..];
+        total += Duration::from_secs_f64(value * unit_secs);
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_go_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_go_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_go_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_go_duration("5x").is_err());
+        assert!(parse_go_duration("m").is_err());
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(url_host_port("http://localhost:2379").unwrap(), "127.0.0.1:2379");
+        assert_eq!(url_host_port("http://10.0.0.1:2380/").unwrap(), "10.0.0.1:2380");
+        assert!(url_host_port("127.0.0.1:2379").is_err());
+        assert_eq!(split_urls("http://a:1, http://b:2"), vec!["http://a:1", "http://b:2"]);
+    }
+}

@@ -1,0 +1,168 @@
+//! The one place where failures become client-visible gRPC statuses.
+//!
+//! The Go client maps errors back to typed values by their exact message text, and
+//! kube-apiserver compares those values by identity, so every message here is etcd's
+//! byte for byte, with etcd's gRPC code.
+
+use tonic::{Code, Status};
+
+/// etcd's client-visible errors, by the name etcd gives them (`ErrGRPC...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtcdError {
+    EmptyKey,
+    KeyNotFound,
+    ValueProvided,
+    LeaseProvided,
+    TooManyOps,
+    DuplicateKey,
+    InvalidSortOption,
+    Compacted,
+    FutureRev,
+    NoSpace,
+    LeaseNotFound,
+    LeaseExist,
+    LeaseTtlTooLarge,
+    RequestTooLarge,
+    TooManyRequests,
+    NoLeader,
+    NotLeader,
+    LeaderChanged,
+    Stopped,
+    Timeout,
+    Corrupt,
+    MemberNotFound,
+    MemberNotLearner,
+    MemberBadUrls,
+    PeerUrlExist,
+    NotCapable,
+    BadLeaderTransferee,
+    WatchCanceled,
+}
+
+impl EtcdError {
+    /// etcd's gRPC code for this error.
+    pub fn code(self) -> Code {
+        use EtcdError::*;
+        match self {
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+            | InvalidSortOption | RequestTooLarge | MemberBadUrls => Code::InvalidArgument,
+            Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
+            NoSpace | TooManyRequests => Code::ResourceExhausted,
+            LeaseNotFound | MemberNotFound => Code::NotFound,
+            LeaseExist | NotLeader | MemberNotLearner | PeerUrlExist | NotCapable => {
+                Code::FailedPrecondition
+            }
+            NoLeader | LeaderChanged | Stopped | Timeout | BadLeaderTransferee => Code::Unavailable,
+            Corrupt => Code::DataLoss,
+            WatchCanceled => Code::Cancelled,
+        }
+    }
+
+    /// etcd's exact message for this error.
+    pub fn message(self) -> &'static str {
+        use EtcdError::*;
+        match self {
+            EmptyKey => "etcdserver: key is not provided",
+            KeyNotFound => "etcdserver: key not found",
+            ValueProvided => "etcdserver: value is provided",
+            LeaseProvided => "etcdserver: lease is provided",
+            TooManyOps => "etcdserver: too many operations in txn request",
+            DuplicateKey => "etcdserver: duplicate key given in txn request",
+            InvalidSortOption => "etcdserver: invalid sort option",
+            Compacted => "etcdserver: mvcc: required revision has been compacted",
+            FutureRev => "etcdserver: mvcc: required revision is a future revision",
+            NoSpace => "etcdserver: mvcc: database space exceeded",
+            LeaseNotFound => "etcdserver: requested lease not found",
+            LeaseExist => "etcdserver: lease already exists",
+            LeaseTtlTooLarge => "etcdserver: too large lease TTL",
+            RequestTooLarge => "etcdserver: request is too large",
+            TooManyRequests => "etcdserver: too many requests",
+            NoLeader => "etcdserver: no leader",
+            NotLeader => "etcdserver: not leader",
+            LeaderChanged => "etcdserver: leader changed",
+            Stopped => "etcdserver: server stopped",
+            Timeout => "etcdserver: request timed out",
+            Corrupt => "etcdserver: corrupt cluster",
+            MemberNotFound => "etcdserver: member not found",
+            MemberNotLearner => "etcdserver: can only promote a learner member",
+            MemberBadUrls => "etcdserver: given member URLs are invalid",
+            PeerUrlExist => "etcdserver: Peer URLs already exists",
+            NotCapable => "etcdserver: not capable",
+            BadLeaderTransferee => "etcdserver: bad leader transferee",
+            WatchCanceled => "etcdserver: watch canceled",
+        }
+    }
+
+    /// The gRPC status a client receives.
+    pub fn status(self) -> Status {
+        Status::new(self.code(), self.message())
+    }
+}
+
+impl From<EtcdError> for Status {
+    fn from(e: EtcdError) -> Status {
+        e.status()
+    }
+}
+
+/// Maps a store error to etcd's status. Errors with no etcd equivalent (I/O) become
+/// `Unknown` with their text, as etcd does for unexpected errors.
+pub fn store_status(e: &store::Error) -> Status {
+    match store_error(e) {
+        Some(known) => known.status(),
+        None => Status::new(Code::Unknown, e.to_string()),
+    }
+}
+
+/// The etcd error a store error stands for, if any.
+pub fn store_error(e: &store::Error) -> Option<EtcdError> {
+    use store::Error as S;
+    Some(match e {
+        S::Compacted { .. } => EtcdError::Compacted,
+        S::FutureRevision { .. } => EtcdError::FutureRev,
+        S::LeaseNotFound(_) => EtcdError::LeaseNotFound,
+        S::LeaseExists(_) => EtcdError::LeaseExist,
+        S::LeaseTtlTooLarge => EtcdError::LeaseTtlTooLarge,
+        S::KeyNotFound => EtcdError::KeyNotFound,
+        S::ValueProvided => EtcdError::ValueProvided,
+        S::LeaseProvided => EtcdError::LeaseProvided,
+        S::EmptyKey => EtcdError::EmptyKey,
+        S::TooManyOps => EtcdError::TooManyOps,
+        S::DuplicateKey => EtcdError::DuplicateKey,
+        S::InvalidSortOption => EtcdError::InvalidSortOption,
+        S::RequestTooLarge => EtcdError::RequestTooLarge,
+        S::NoSpace => EtcdError::NoSpace,
+        _ => return None,
+    })
+}
+
+/// Maps a raft-log error met while proposing or reading to etcd's status.
+pub fn raft_status(e: &raft_log::Error) -> Status {
+    use raft_log::Error as R;
+    match e {
+        R::NotLeader => EtcdError::NotLeader.status(),
+        R::Busy => EtcdError::TooManyRequests.status(),
+        R::Stopped => EtcdError::Stopped.status(),
+        R::ProposalDropped => EtcdError::LeaderChanged.status(),
+        R::Unavailable => EtcdError::NoLeader.status(),
+        other => Status::new(Code::Unknown, other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_etcds() {
+        assert_eq!(
+            EtcdError::Compacted.status().message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        assert_eq!(EtcdError::Compacted.code(), Code::OutOfRange);
+        assert_eq!(EtcdError::RequestTooLarge.code(), Code::InvalidArgument);
+        assert_eq!(EtcdError::NoSpace.code(), Code::ResourceExhausted);
+        assert_eq!(EtcdError::LeaseNotFound.code(), Code::NotFound);
+        assert_eq!(EtcdError::NoLeader.code(), Code::Unavailable);
+    }
+}

@@ -1,0 +1,173 @@
+//! The HTTP endpoints operators and probes use: `/health`, `/livez`, `/readyz` (with
+//! per-check subpaths), `/version` and `/metrics`, with etcd's paths, bodies and status codes.
+//! Served beside gRPC on the client port and alone on `--listen-metrics-urls`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::node::Node;
+use crate::pb::etcdserverpb::AlarmType;
+use crate::version::{CLUSTER_VERSION, ETCD_COMPAT_VERSION, PLINTH_VERSION};
+
+/// The router of every HTTP endpoint.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/readyz/{check}", get(readyz_one))
+        .route("/livez/{check}", get(livez_one))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics))
+        .with_state(node)
+}
+
+/// The checks of `/readyz`, in etcd's order; `/livez` runs only `serializable_read`.
+const READY_CHECKS: [&str; 4] =
+    ["data_corruption", "serializable_read", "linearizable_read", "non_learner"];
+
+async fn run_check(node: &Node, check: &str) -> Result<(), String> {
+    match check {
+        "data_corruption" => {
+            if node.alarms.active().iter().any(|a| a.alarm == AlarmType::Corrupt as i32) {
+                Err("alarm activated: CORRUPT".into())
+            } else {
+                Ok(())
+            }
+        }
+        "serializable_read" => node.health_read(true).await.map_err(|e| e.message().to_string()),
+        "linearizable_read" => node.health_read(false).await.map_err(|e| e.message().to_string()),
+        "non_learner" => Ok(()),
+        other => Err(format!("unknown check {other}")),
+    }
+}
+
+async fn probe(
+    node: &Node,
+    checks: &[&str],
+    params: &HashMap<String, String>,
+) -> (StatusCode, String) {
+    let excluded: Vec<&str> = params.get("exclude").map(|e| e.split(',').collect()).unwrap_or_default();
+    let verbose = params.contains_key("verbose");
+    let mut body = String::new();
+    let mut failed = false;
+    for check in checks {
+        if excluded.contains(check) {
+            body.push_str(&format!("[+]{check} excluded: ok\n"));
+            continue;
+        }
+        match run_check(node, check).await {
+            Ok(()) => body.push_str(&format!("[+]{check} ok\n")),
+            Err(reason) => {
+                failed = true;
+                body.push_str(&format!("[-]{check} failed: {reason}\n"));
+            }
+        }
+    }
+    if failed {
+        node.metrics.health_failures.inc();
+        (StatusCode::SERVICE_UNAVAILABLE, body)
+    } else {
+        node.metrics.health_success.inc();
+        if verbose {
+            (StatusCode::OK, body + "ok\n")
+        } else {
+            (StatusCode::OK, "ok\n".to_string())
+        }
+    }
+}
+
+async fn livez(
+    State(node): State<Arc<Node>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> impl IntoResponse {
+    probe(&node, &["serializable_read"], &params).await
+}
+
+async fn livez_one(
+    State(node): State<Arc<Node>>,
+    Path(check): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    if check != "serializable_read" {
+        return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
+    }
+    probe(&node, &["serializable_read"], &params).await.into_response()
+}
+
+async fn readyz(
+    State(node): State<Arc<Node>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> impl IntoResponse {
+    probe(&node, &READY_CHECKS, &params).await
+}
+
+async fn readyz_one(
+    State(node): State<Arc<Node>>,
+    Path(check): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    match READY_CHECKS.iter().find(|c| **c == check) {
+        Some(c) => probe(&node, &[c], &params).await.into_response(),
+        None => (StatusCode::NOT_FOUND, "404 page not found\n").into_response(),
+    }
+}
+
+async fn health(
+    State(node): State<Arc<Node>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let serializable = params.get("serializable").is_some_and(|v| v == "true");
+    let excluded: Vec<&str> = params.get("exclude").map(|e| e.split(',').collect()).unwrap_or_default();
+    let reason = health_failure(&node, serializable, &excluded).await;
+    let (status, body) = match reason {
+        None => {
+            node.metrics.health_success.inc();
+            (StatusCode::OK, serde_json::json!({"health": "true", "reason": ""}))
+        }
+        Some(reason) => {
+            node.metrics.health_failures.inc();
+            (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"health": "false", "reason": reason}))
+        }
+    };
+    (status, [("content-type", "application/json")], body.to_string()).into_response()
+}
+
+async fn health_failure(node: &Node, serializable: bool, excluded: &[&str]) -> Option<String> {
+    for alarm in node.alarms.active() {
+        let name = crate::maintenance::alarm_name(alarm.alarm);
+        if !excluded.contains(&name) {
+            return Some(format!("ALARM {name}"));
+        }
+    }
+    if !serializable && node.leader() == 0 {
+        return Some("RAFT NO LEADER".into());
+    }
+    match node.health_read(serializable).await {
+        Ok(()) => None,
+        Err(e) => Some(format!("RANGE ERROR:{}", e.message())),
+    }
+}
+
+async fn version() -> impl IntoResponse {
+    let body = serde_json::json!({
+        "etcdserver": ETCD_COMPAT_VERSION,
+        "etcdcluster": CLUSTER_VERSION,
+        "plinth": PLINTH_VERSION,
+    });
+    ([("content-type", "application/json")], body.to_string())
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    node.refresh_gauges();
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        node.metrics.render(),
+    )
+}

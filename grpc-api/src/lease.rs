@@ -1,0 +1,158 @@
+//! `Lease`: grant, revoke, keep-alive, time-to-live and listing. Grants and revokes go
+//! through the log; keep-alives only move the leader's in-memory deadline (see `lessor`).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::EtcdError;
+use crate::lessor::TTL_MAX_SECONDS;
+use crate::node::Node;
+use crate::pb::etcdserverpb::{self as pb, lease_server::Lease};
+
+/// Keep-alive responses buffered per stream before the client must read them.
+const KEEPALIVE_BUFFER: usize = 16;
+
+/// The Lease service.
+pub struct LeaseService {
+    pub node: Arc<Node>,
+    /// Source of lease ids chosen by this member; ids are picked before proposing so that
+    /// every replica applies the same id.
+    pub next_id: AtomicU64,
+}
+
+impl LeaseService {
+    /// A service whose generated ids start from this member's id and the clock, like etcd's.
+    pub fn new(node: Arc<Node>) -> LeaseService {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let seed = ((node.member_id() & 0xffff) << 48) | ((now & 0xff_ffff_ffff) << 8);
+        LeaseService { node, next_id: AtomicU64::new(seed) }
+    }
+
+    fn generate_id(&self) -> i64 {
+        loop {
+            let id = (self.next_id.fetch_add(1, Ordering::Relaxed) & (i64::MAX as u64)) as i64;
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+}
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        request: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let node = &self.node;
+        let req = request.into_inner();
+        if req.ttl > TTL_MAX_SECONDS {
+            return Err(EtcdError::LeaseTtlTooLarge.status());
+        }
+        if node.alarms.nospace() {
+            return Err(EtcdError::NoSpace.status());
+        }
+        let id = if req.id == 0 { self.generate_id() } else { req.id };
+        let ttl = node.lessor.granted_ttl(req.ttl);
+        let resp = node.propose(store::CommandBody::LeaseGrant(store::LeaseGrantRequest { id, ttl })).await?;
+        let store::CommandResponse::LeaseGrant(granted) = resp else {
+            return Err(Status::internal("lease grant applied as another command"));
+        };
+        Ok(Response::new(pb::LeaseGrantResponse {
+            header: Some(node.header(granted.revision)),
+            id: granted.id,
+            ttl: granted.ttl,
+            error: String::new(),
+        }))
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let node = &self.node;
+        let id = request.into_inner().id;
+        let resp = node.propose(store::CommandBody::LeaseRevoke(store::LeaseRevokeRequest { id })).await?;
+        let store::CommandResponse::LeaseRevoke(revoked) = resp else {
+            return Err(Status::internal("lease revoke applied as another command"));
+        };
+        Ok(Response::new(pb::LeaseRevokeResponse { header: Some(node.header(revoked.revision)) }))
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let node = self.node.clone();
+        let mut requests = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(KEEPALIVE_BUFFER);
+        tokio::spawn(async move {
+            while let Some(next) = requests.next().await {
+                let Ok(req) = next else { break };
+                let reply = keep_alive_once(&node, req.id);
+                if tx.send(reply).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let node = &self.node;
+        let req = request.into_inner();
+        node.read_barrier().await?;
+        let group = node.group();
+        let Some(lease) = node.store.lease(group, req.id) else {
+            // etcd answers an unknown lease with TTL -1 rather than an error.
+            return Ok(Response::new(pb::LeaseTimeToLiveResponse {
+                header: Some(node.current_header()),
+                id: req.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            }));
+        };
+        let keys = if req.keys { node.store.lease_keys(group, req.id) } else { Vec::new() };
+        Ok(Response::new(pb::LeaseTimeToLiveResponse {
+            header: Some(node.current_header()),
+            id: req.id,
+            ttl: node.lessor.remaining_seconds(req.id).unwrap_or(lease.ttl),
+            granted_ttl: lease.ttl,
+            keys,
+        }))
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: Request<pb::LeaseLeasesRequest>,
+    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        let node = &self.node;
+        node.read_barrier().await?;
+        let leases = node.store.leases(node.group()).into_iter().map(|l| pb::LeaseStatus { id: l.id }).collect();
+        Ok(Response::new(pb::LeaseLeasesResponse { header: Some(node.current_header()), leases }))
+    }
+}
+
+/// One keep-alive: renews the lease on the leader; an unknown lease answers TTL 0, as etcd.
+fn keep_alive_once(node: &Node, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
+    if node.leader() != node.member_id() {
+        return Err(EtcdError::NotLeader.status());
+    }
+    let ttl = node.lessor.keep_alive(id).unwrap_or(0);
+    Ok(pb::LeaseKeepAliveResponse { header: Some(node.current_header()), id, ttl })
+}

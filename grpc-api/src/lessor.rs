@@ -1,0 +1,151 @@
+//! Lease timing. The store replicates lease state (grant, attached keys, revoke); when a
+//! lease expires is decided here, on the leader only, which then proposes the revoke so the
+//! attached keys are deleted through the log like any other write.
+//!
+//! Deadlines live in memory. A member that becomes leader (including at start-up) first
+//! extends every lease by its full TTL before expiring anything, so a leader change never
+//! expires a lease early (etcd's `Promote`).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// Most revokes proposed per expiry pass, so a mass expiry cannot flood the log at once.
+pub const EXPIRE_BATCH_MAX: usize = 64;
+
+/// etcd's largest TTL.
+pub const TTL_MAX_SECONDS: i64 = 9_000_000_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Timer {
+    ttl_seconds: i64,
+    expiry: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    timers: HashMap<i64, Timer>,
+    /// Leases whose revoke is proposed and not yet applied.
+    revoking: HashSet<i64>,
+}
+
+/// Deadlines of the leases of one group.
+pub struct Lessor {
+    state: Mutex<State>,
+    /// Smallest TTL granted: etcd's `1.5 × election timeout`, rounded up to whole seconds.
+    pub min_ttl_seconds: i64,
+}
+
+impl Lessor {
+    /// A lessor granting at least `min_ttl_seconds`.
+    pub fn new(min_ttl_seconds: i64) -> Lessor {
+        assert!(min_ttl_seconds > 0, "the minimum lease TTL must be positive");
+        Lessor { state: Mutex::default(), min_ttl_seconds }
+    }
+
+    /// The TTL a grant of `requested` seconds receives.
+    pub fn granted_ttl(&self, requested: i64) -> i64 {
+        requested.max(self.min_ttl_seconds)
+    }
+
+    /// Records a lease as granted (or found at start-up) with a full TTL from now.
+    pub fn on_granted(&self, id: i64, ttl_seconds: i64) {
+        let expiry = deadline(ttl_seconds);
+        self.state.lock().timers.insert(id, Timer { ttl_seconds, expiry });
+    }
+
+    /// Forgets a revoked lease.
+    pub fn on_revoked(&self, id: i64) {
+        let mut state = self.state.lock();
+        state.timers.remove(&id);
+        state.revoking.remove(&id);
+    }
+
+    /// Applies what an applied command means for lease timing.
+    pub fn on_applied(&self, result: &crate::node::ApplyResult) {
+        match result {
+            Ok(store::CommandResponse::LeaseGrant(r)) => self.on_granted(r.id, r.ttl),
+            Ok(store::CommandResponse::LeaseRevoke(r)) => self.on_revoked(r.id),
+            _ => {}
+        }
+    }
+
+    /// Renews a lease for its full TTL; `None` if it is unknown (or already expiring).
+    pub fn keep_alive(&self, id: i64) -> Option<i64> {
+        let mut state = self.state.lock();
+        if state.revoking.contains(&id) {
+            return None;
+        }
+        let timer = state.timers.get_mut(&id)?;
+        timer.expiry = deadline(timer.ttl_seconds);
+        Some(timer.ttl_seconds)
+    }
+
+    /// Seconds until the lease expires, rounded up; `None` if unknown.
+    pub fn remaining_seconds(&self, id: i64) -> Option<i64> {
+        let state = self.state.lock();
+        let timer = state.timers.get(&id)?;
+        let left = timer.expiry.saturating_duration_since(Instant::now());
+        Some(left.as_secs_f64().ceil() as i64)
+    }
+
+    /// Gives every lease a full TTL from now: called when this member becomes leader.
+    pub fn on_leader_change(&self) {
+        let mut state = self.state.lock();
+        for timer in state.timers.values_mut() {
+            timer.expiry = deadline(timer.ttl_seconds);
+        }
+        state.revoking.clear();
+    }
+
+    /// Expired leases not yet being revoked, at most `EXPIRE_BATCH_MAX`; they are marked as
+    /// being revoked until `on_revoked` or `revoke_failed`.
+    pub fn take_expired(&self) -> Vec<i64> {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        let expired: Vec<i64> = state
+            .timers
+            .iter()
+            .filter(|(id, t)| t.expiry <= now && !state.revoking.contains(id))
+            .map(|(id, _)| *id)
+            .take(EXPIRE_BATCH_MAX)
+            .collect();
+        state.revoking.extend(expired.iter().copied());
+        expired
+    }
+
+    /// A proposed revoke did not apply (e.g. leadership moved); it may be retried.
+    pub fn revoke_failed(&self, id: i64) {
+        self.state.lock().revoking.remove(&id);
+    }
+}
+
+fn deadline(ttl_seconds: i64) -> Instant {
+    let ttl = Duration::from_secs(ttl_seconds.clamp(0, TTL_MAX_SECONDS) as u64);
+    Instant::now().checked_add(ttl).unwrap_or_else(|| Instant::now() + Duration::from_secs(1 << 40))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_keepalive_and_revoke() {
+        let lessor = Lessor::new(2);
+        assert_eq!(lessor.granted_ttl(1), 2);
+        assert_eq!(lessor.granted_ttl(60), 60);
+        lessor.on_granted(7, 0);
+        lessor.on_granted(8, 100);
+        assert_eq!(lessor.take_expired(), vec![7]);
+        assert!(lessor.take_expired().is_empty(), "a lease being revoked is not handed out twice");
+        assert_eq!(lessor.keep_alive(7), None, "an expiring lease cannot be renewed");
+        lessor.revoke_failed(7);
+        assert_eq!(lessor.take_expired(), vec![7]);
+        lessor.on_revoked(7);
+        assert_eq!(lessor.keep_alive(7), None);
+        assert_eq!(lessor.keep_alive(8), Some(100));
+        let left = lessor.remaining_seconds(8).unwrap();
+        assert!((99..=100).contains(&left), "{left}");
+    }
+}

@@ -1,0 +1,224 @@
+//! `Maintenance`: alarms, status, hashes, snapshot streaming, defragment and leader moves.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::error::{store_status, EtcdError};
+use crate::node::Node;
+use crate::pb::etcdserverpb::{self as pb, maintenance_server::Maintenance, AlarmType};
+use crate::version::{ETCD_COMPAT_VERSION, STORAGE_VERSION};
+
+/// Raised alarms of this member. A NOSPACE alarm stays until an operator disarms it, as in
+/// etcd; while it is raised, requests that add data fail with "database space exceeded".
+#[derive(Default)]
+pub struct Alarms {
+    raised: Mutex<Vec<pb::AlarmMember>>,
+}
+
+impl Alarms {
+    /// Every raised alarm.
+    pub fn active(&self) -> Vec<pb::AlarmMember> {
+        self.raised.lock().clone()
+    }
+
+    /// Raises NOSPACE for `member_id` (idempotent).
+    pub fn raise_nospace(&self, member_id: u64) {
+        self.activate(pb::AlarmMember { member_id, alarm: AlarmType::Nospace as i32 });
+    }
+
+    /// Whether NOSPACE is raised.
+    pub fn nospace(&self) -> bool {
+        self.raised.lock().iter().any(|a| a.alarm == AlarmType::Nospace as i32)
+    }
+
+    fn activate(&self, alarm: pb::AlarmMember) -> bool {
+        let mut raised = self.raised.lock();
+        if raised.contains(&alarm) {
+            return false;
+        }
+        raised.push(alarm);
+        true
+    }
+
+    fn deactivate(&self, alarm: &pb::AlarmMember) -> bool {
+        let mut raised = self.raised.lock();
+        let before = raised.len();
+        raised.retain(|a| a != alarm);
+        raised.len() != before
+    }
+}
+
+/// etcd's name of an alarm type.
+pub fn alarm_name(alarm: i32) -> &'static str {
+    match AlarmType::try_from(alarm) {
+        Ok(AlarmType::Nospace) => "NOSPACE",
+        Ok(AlarmType::Corrupt) => "CORRUPT",
+        _ => "NONE",
+    }
+}
+
+/// Bytes of snapshot data per `SnapshotResponse`.
+const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
+
+/// The Maintenance service.
+pub struct MaintenanceService {
+    pub node: Arc<Node>,
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        request: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        let req = request.into_inner();
+        let node = &self.node;
+        let alarm = pb::AlarmMember { member_id: req.member_id, alarm: req.alarm };
+        let alarms = match pb::alarm_request::AlarmAction::try_from(req.action) {
+            Ok(pb::alarm_request::AlarmAction::Get) => node
+                .alarms
+                .active()
+                .into_iter()
+                .filter(|a| req.alarm == AlarmType::None as i32 || a.alarm == req.alarm)
+                .collect(),
+            Ok(pb::alarm_request::AlarmAction::Activate) => {
+                if req.alarm == AlarmType::None as i32 {
+                    return Err(Status::invalid_argument("etcdserver: alarm type NONE cannot be activated"));
+                }
+                if node.alarms.activate(alarm.clone()) { vec![alarm] } else { vec![] }
+            }
+            Ok(pb::alarm_request::AlarmAction::Deactivate) => {
+                if node.alarms.deactivate(&alarm) { vec![alarm] } else { vec![] }
+            }
+            Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
+        };
+        Ok(Response::new(pb::AlarmResponse { header: Some(node.current_header()), alarms }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let node = &self.node;
+        let raft = node.raft_status();
+        let errors = node
+            .alarms
+            .active()
+            .iter()
+            .map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)))
+            .collect();
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(node.current_header()),
+            version: ETCD_COMPAT_VERSION.to_string(),
+            db_size: node.store.db_size_bytes() as i64,
+            leader: raft.as_ref().map(|s| s.leader.0).unwrap_or(0),
+            raft_index: raft.as_ref().map(|s| s.commit.0).unwrap_or(0),
+            raft_term: raft.as_ref().map(|s| s.term.0).unwrap_or(0),
+            raft_applied_index: *node.applied.borrow(),
+            errors,
+            db_size_in_use: node.store.size_bytes(node.group()) as i64,
+            is_learner: false,
+            storage_version: STORAGE_VERSION.to_string(),
+            db_size_quota: node.cfg.quota_bytes as i64,
+            downgrade_info: None,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _request: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        // RocksDB reclaims space by background compaction, so there is no stop-the-world
+        // rewrite to run; the call only succeeds, as etcd's does, without blocking writers.
+        Ok(Response::new(pb::DefragmentResponse { header: Some(self.node.current_header()) }))
+    }
+
+    async fn hash(
+        &self,
+        _request: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        let node = &self.node;
+        let (hash, _, _) = node.store.hash_kv(node.group(), 0).map_err(|e| store_status(&e))?;
+        Ok(Response::new(pb::HashResponse { header: Some(node.current_header()), hash }))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let node = &self.node;
+        let revision = request.into_inner().revision;
+        let (hash, compact_revision, hash_revision) =
+            node.store.hash_kv(node.group(), revision).map_err(|e| store_status(&e))?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(node.current_header()),
+            hash,
+            compact_revision,
+            hash_revision,
+        }))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let node = self.node.clone();
+        let reader = node.store.snapshot(node.group()).map_err(|e| store_status(&e))?;
+        // The whole snapshot is materialised chunk by chunk on a blocking thread and streamed
+        // through a small bounded channel, so a slow client holds at most a few chunks.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let header = node.current_header();
+        tokio::task::spawn_blocking(move || {
+            let chunks: Vec<Vec<u8>> = reader.collect();
+            let total: usize = chunks.iter().map(Vec::len).sum();
+            let mut sent = 0usize;
+            for chunk in chunks {
+                for piece in chunk.chunks(SNAPSHOT_CHUNK_BYTES) {
+                    sent += piece.len();
+                    let resp = pb::SnapshotResponse {
+                        header: Some(header.clone()),
+                        remaining_bytes: (total - sent) as u64,
+                        blob: bytes::Bytes::copy_from_slice(piece),
+                        version: ETCD_COMPAT_VERSION.to_string(),
+                    };
+                    if tx.blocking_send(Ok(resp)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn move_leader(
+        &self,
+        request: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let node = &self.node;
+        let target = request.into_inner().target_id;
+        if node.leader() != node.member_id() {
+            return Err(EtcdError::NotLeader.status());
+        }
+        let known = node.identity.read().members.iter().any(|m| m.id == target);
+        if !known {
+            return Err(EtcdError::BadLeaderTransferee.status());
+        }
+        // On a single member the leader already is the target.
+        Ok(Response::new(pb::MoveLeaderResponse { header: Some(node.current_header()) }))
+    }
+
+    async fn downgrade(
+        &self,
+        _request: Request<pb::DowngradeRequest>,
+    ) -> Result<Response<pb::DowngradeResponse>, Status> {
+        Err(EtcdError::NotCapable.status())
+    }
+}

@@ -1,0 +1,321 @@
+//! The server core: one member's Raft driver, store, waiters and lessor, and the two
+//! operations every service is built from — `propose` (a write through the log) and
+//! `read_barrier` (a linearizable read point).
+//!
+//! A proposal carries a request id in its first 8 bytes; the member that proposed it keeps a
+//! waiter under that id and answers the client with the result its own apply produced. An
+//! answer therefore means: durable in the log and applied on this member.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use parking_lot::{Mutex, RwLock};
+use prost::Message;
+use tokio::sync::{oneshot, watch};
+use tonic::Status;
+
+use crate::error::{raft_status, store_error, EtcdError};
+use crate::member::Identity;
+use crate::metrics::Metrics;
+use crate::pb::etcdserverpb as pb;
+
+/// The Raft group and store group of the default tenant. Group 0 is reserved for the system
+/// group (members, tenants).
+pub const DEFAULT_GROUP: u64 = 1;
+
+/// Bytes of the request-id prefix of every proposal.
+const REQUEST_ID_BYTES: usize = 8;
+
+/// Most proposals waiting for their apply at once; past it clients get "too many requests".
+pub const WAITERS_MAX: usize = 64 * 1024;
+
+/// What one applied command produced, as the proposer's waiter receives it.
+pub type ApplyResult = Result<store::CommandResponse, store::Error>;
+
+/// Settings of the server core that come from flags.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Largest encoded request accepted into the log. Default: 1.5 MiB.
+    pub max_request_bytes: usize,
+    /// How long a client waits for its proposal to apply. Default: 7 s (etcd's 5 s plus the
+    /// election timeout).
+    pub request_timeout: Duration,
+    /// Watch progress notification interval. Default: 10 min.
+    pub progress_notify_interval: Duration,
+    /// Quota of the default tenant in bytes, as `Status.dbSizeQuota` reports it.
+    pub quota_bytes: u64,
+}
+
+/// Proposals in flight, by request id.
+#[derive(Default)]
+pub struct Waiters {
+    map: Mutex<HashMap<u64, oneshot::Sender<ApplyResult>>>,
+}
+
+impl Waiters {
+    fn insert(&self, id: u64, tx: oneshot::Sender<ApplyResult>) -> Result<(), Status> {
+        let mut map = self.map.lock();
+        if map.len() >= WAITERS_MAX {
+            return Err(EtcdError::TooManyRequests.status());
+        }
+        let previous = map.insert(id, tx);
+        assert!(previous.is_none(), "request id {id} reused while in flight");
+        Ok(())
+    }
+
+    fn remove(&self, id: u64) -> Option<oneshot::Sender<ApplyResult>> {
+        self.map.lock().remove(&id)
+    }
+
+    /// Number of proposals waiting, for the pending-proposals gauge.
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One member: every service holds an `Arc<Node>`.
+pub struct Node {
+    pub cfg: NodeConfig,
+    pub identity: RwLock<Identity>,
+    pub store: store::Store,
+    pub raft: raft_log::DriverHandle,
+    pub waiters: Arc<Waiters>,
+    pub applied: watch::Receiver<u64>,
+    pub lessor: Arc<crate::lessor::Lessor>,
+    pub alarms: crate::maintenance::Alarms,
+    pub metrics: Arc<Metrics>,
+    next_request_id: AtomicU64,
+}
+
+impl Node {
+    /// Assembles the core around a started driver.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: NodeConfig,
+        identity: Identity,
+        store: store::Store,
+        raft: raft_log::DriverHandle,
+        waiters: Arc<Waiters>,
+        applied: watch::Receiver<u64>,
+        lessor: Arc<crate::lessor::Lessor>,
+        metrics: Arc<Metrics>,
+    ) -> Node {
+        // Request ids start from the wall clock so that ids of entries replayed after a restart
+        // never match a waiter of this run.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Node {
+            cfg,
+            identity: RwLock::new(identity),
+            store,
+            raft,
+            waiters,
+            applied,
+            lessor,
+            alarms: Default::default(),
+            metrics,
+            next_request_id: AtomicU64::new(start),
+        }
+    }
+
+    /// The store group of the tenant this request belongs to.
+    pub fn group(&self) -> store::GroupId {
+        store::GroupId(DEFAULT_GROUP)
+    }
+
+    fn raft_group(&self) -> raft_log::GroupId {
+        raft_log::GroupId(DEFAULT_GROUP)
+    }
+
+    /// The member id of this node.
+    pub fn member_id(&self) -> u64 {
+        self.identity.read().member_id
+    }
+
+    /// The header every response carries.
+    pub fn header(&self, revision: i64) -> pb::ResponseHeader {
+        let identity = self.identity.read();
+        pb::ResponseHeader {
+            cluster_id: identity.cluster_id,
+            member_id: identity.member_id,
+            revision,
+            raft_term: self.raft_term(),
+        }
+    }
+
+    /// The header at the current store revision.
+    pub fn current_header(&self) -> pb::ResponseHeader {
+        self.header(self.store.current_revision(self.group()))
+    }
+
+    /// The Raft term this member knows.
+    pub fn raft_term(&self) -> u64 {
+        self.raft.status(self.raft_group()).map(|s| s.term.0).unwrap_or(0)
+    }
+
+    /// The leader this member knows, 0 for none.
+    pub fn leader(&self) -> u64 {
+        self.raft.status(self.raft_group()).map(|s| s.leader.0).unwrap_or(0)
+    }
+
+    /// Raft status of the default group.
+    pub fn raft_status(&self) -> Option<raft_log::GroupStatus> {
+        self.raft.status(self.raft_group())
+    }
+
+    /// Rejects a request carrying `hasleader: true` while there is no leader, as etcd does.
+    pub fn check_leader<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
+        let requires = request
+            .metadata()
+            .get("hasleader")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == "true");
+        if requires && self.leader() == 0 {
+            return Err(EtcdError::NoLeader.status());
+        }
+        Ok(())
+    }
+
+    /// Proposes a command and waits until this member has applied it.
+    pub async fn propose(&self, body: store::CommandBody) -> Result<store::CommandResponse, Status> {
+        let command = store::Command { request_id: 0, body: Some(body) };
+        let encoded_len = command.encoded_len();
+        if encoded_len > self.cfg.max_request_bytes {
+            return Err(EtcdError::RequestTooLarge.status());
+        }
+        let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let mut data = BytesMut::with_capacity(REQUEST_ID_BYTES + encoded_len);
+        data.put_u64(id);
+        command.encode(&mut data).expect("BytesMut grows as needed");
+        let (tx, rx) = oneshot::channel();
+        self.waiters.insert(id, tx)?;
+        if let Err(e) = self.raft.propose(self.raft_group(), data.freeze()) {
+            self.waiters.remove(id);
+            self.metrics.proposals_failed.inc();
+            return Err(raft_status(&e));
+        }
+        self.metrics.proposals_pending.set(self.waiters.len() as i64);
+        let outcome = tokio::time::timeout(self.cfg.request_timeout, rx).await;
+        self.metrics.proposals_pending.set(self.waiters.len() as i64);
+        match outcome {
+            Ok(Ok(result)) => result.map_err(|e| {
+                if store_error(&e) == Some(EtcdError::NoSpace) {
+                    self.alarms.raise_nospace(self.member_id());
+                }
+                crate::error::store_status(&e)
+            }),
+            // The sender is dropped only when the node stops.
+            Ok(Err(_)) => Err(EtcdError::Stopped.status()),
+            Err(_) => {
+                self.waiters.remove(id);
+                self.metrics.proposals_failed.inc();
+                Err(EtcdError::Timeout.status())
+            }
+        }
+    }
+
+    /// Waits for a linearizable read point: the leader confirms the commit index (ReadIndex),
+    /// then this member waits until it has applied at least that far.
+    pub async fn read_barrier(&self) -> Result<(), Status> {
+        let (tx, rx) = oneshot::channel();
+        self.raft.read_index(
+            self.raft_group(),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        let index = match tokio::time::timeout(self.cfg.request_timeout, rx).await {
+            Ok(Ok(Ok(index))) => index.0,
+            Ok(Ok(Err(e))) => return Err(raft_status(&e)),
+            Ok(Err(_)) => return Err(EtcdError::Stopped.status()),
+            Err(_) => return Err(EtcdError::Timeout.status()),
+        };
+        self.wait_applied(index).await
+    }
+
+    /// Waits until this member has applied `index`.
+    pub async fn wait_applied(&self, index: u64) -> Result<(), Status> {
+        let mut applied = self.applied.clone();
+        let wait = applied.wait_for(|a| *a >= index);
+        match tokio::time::timeout(self.cfg.request_timeout, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(EtcdError::Stopped.status()),
+            Err(_) => Err(EtcdError::Timeout.status()),
+        }
+    }
+}
+
+/// Applies committed entries of this member's groups to the store and answers waiters. Runs
+/// on the Raft driver's thread, in log order.
+pub struct Applier {
+    pub store: store::Store,
+    pub waiters: Arc<Waiters>,
+    pub applied: watch::Sender<u64>,
+    pub lessor: Arc<crate::lessor::Lessor>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl raft_log::StateMachine for Applier {
+    fn applied_index(&self, group: raft_log::GroupId) -> raft_log::LogIndex {
+        raft_log::LogIndex(self.store.applied_index(store::GroupId(group.0)))
+    }
+
+    fn apply(&mut self, group: raft_log::GroupId, entries: Vec<raft_log::CommittedEntry>) {
+        let Some(last) = entries.last().map(|e| e.index.0) else { return };
+        let items: Vec<(u64, &[u8])> = entries
+            .iter()
+            .map(|e| (e.index.0, e.data.get(REQUEST_ID_BYTES..).unwrap_or(&[])))
+            .collect();
+        // An apply that fails for a non-deterministic reason (I/O) must stop the member: going
+        // on would let this replica diverge from the others.
+        let results = self.store.apply(store::GroupId(group.0), &items).unwrap_or_else(|e| {
+            panic!("applying entries up to {last} of group {} failed: {e}", group.0)
+        });
+        assert_eq!(results.len(), entries.len(), "store returned one result per entry");
+        for (entry, result) in entries.iter().zip(results) {
+            if entry.data.len() < REQUEST_ID_BYTES {
+                continue; // A leader's empty entry.
+            }
+            self.metrics.proposals_applied.inc();
+            self.lessor.on_applied(&result);
+            let id = u64::from_be_bytes(entry.data[..REQUEST_ID_BYTES].try_into().expect("8 bytes"));
+            if let Some(tx) = self.waiters.remove(id) {
+                let _ = tx.send(result);
+            }
+        }
+        self.metrics.proposals_committed.inc_by(entries.len() as u64);
+        self.applied.send_replace(last);
+    }
+
+    fn on_leader_change(
+        &mut self,
+        _group: raft_log::GroupId,
+        leader: raft_log::NodeId,
+        _term: raft_log::Term,
+    ) {
+        self.metrics.leader_changes.inc();
+        self.metrics.has_leader.set(i64::from(leader.0 != 0));
+        // A new leader extends every lease before it expires anything (etcd's Promote).
+        self.lessor.on_leader_change();
+    }
+}
+
+/// Decodes the command of a log entry, for tools and tests.
+pub fn decode_entry(data: &Bytes) -> Option<(u64, store::Command)> {
+    if data.len() < REQUEST_ID_BYTES {
+        return None;
+    }
+    let id = u64::from_be_bytes(data[..REQUEST_ID_BYTES].try_into().ok()?);
+    let command = store::Command::decode(&data[REQUEST_ID_BYTES..]).ok()?;
+    Some((id, command))
+}

@@ -1,0 +1,17 @@
+//! The etcd v3 wire types and service stubs generated from `proto/`.
+#![allow(missing_docs, clippy::all, clippy::pedantic, rust_2018_idioms)]
+
+/// etcd's `mvccpb` package: `KeyValue` and `Event`.
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+/// etcd's `authpb` package.
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+/// etcd's `etcdserverpb` package: every client-facing service and message.
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}

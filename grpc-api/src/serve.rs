@@ -1,0 +1,276 @@
+//! `plinth serve`: opens the data dir, starts the Raft driver and the store, and serves
+//! gRPC and HTTP on the client URLs until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::config::{split_urls, AutoCompaction, ServeArgs, GRPC_OVERHEAD_BYTES};
+use crate::lessor::Lessor;
+use crate::member::Identity;
+use crate::metrics::Metrics;
+use crate::node::{Applier, Node, NodeConfig, Waiters, DEFAULT_GROUP};
+use crate::pb::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+
+/// Default per-tenant quota: far above etcd's 2 GiB, since RocksDB has no 8 GiB ceiling.
+pub const QUOTA_BYTES_DEFAULT: u64 = 8 << 30;
+
+/// How often the leader looks for expired leases.
+const LEASE_EXPIRY_TICK: Duration = Duration::from_millis(250);
+
+/// Sets up structured logging, one line per event, at `level`.
+pub fn init_logging(level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| anyhow::anyhow!("--log-level {level:?}: {e}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("logging: {e}"))
+}
+
+/// A transport for a single member: there is nobody to send to.
+struct NoPeers;
+
+impl raft_log::Transport for NoPeers {
+    fn send(&self, msgs: Vec<raft::eraftpb::Message>) {
+        if !msgs.is_empty() {
+            warn!(count = msgs.len(), "dropping raft messages: this member has no peers");
+        }
+    }
+}
+
+/// Runs a member until it is told to stop.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let data_dir = PathBuf::from(args.data_dir());
+    let existed = data_dir.join("member.json").exists();
+    std::fs::create_dir_all(&data_dir)?;
+    let (identity, _) = Identity::load_or_create(
+        &data_dir,
+        &args.name,
+        split_urls(&args.initial_advertise_peer_urls),
+        split_urls(&args.advertise_client_urls),
+        &args.initial_cluster_token,
+    )?;
+    if existed {
+        info!(data_dir = %data_dir.display(), "data dir exists; initial cluster flags ignored");
+    }
+    for (flag, set) in [
+        ("--cert-file", args.cert_file.is_some()),
+        ("--key-file", args.key_file.is_some()),
+        ("--trusted-ca-file", args.trusted_ca_file.is_some()),
+        ("--peer-cert-file", args.peer_cert_file.is_some()),
+    ] {
+        if set {
+            anyhow::bail!("{flag}: TLS is not supported by this build; serve plain HTTP/2 instead");
+        }
+    }
+    let quota_bytes = if args.quota_backend_bytes == 0 { QUOTA_BYTES_DEFAULT } else { args.quota_backend_bytes };
+
+    let store_cfg = store::StoreConfig {
+        quota_bytes_per_group: quota_bytes,
+        max_txn_ops: args.max_txn_ops,
+        ..store::StoreConfig::default()
+    };
+    let store = store::Store::open(&data_dir.join("store"), store_cfg)?;
+    let group = store::GroupId(DEFAULT_GROUP);
+    let wal = Arc::new(raft_log::Wal::open(&data_dir.join("wal"), raft_log::WalConfig::default())?);
+
+    let metrics = Arc::new(Metrics::new(crate::version::ETCD_COMPAT_VERSION));
+    metrics.quota_backend_bytes.set(quota_bytes as i64);
+    let waiters = Arc::new(Waiters::default());
+    let (applied_tx, applied_rx) = tokio::sync::watch::channel(store.applied_index(group));
+    // etcd's smallest TTL: 1.5 election timeouts, in whole seconds, rounded up.
+    let min_ttl = ((args.election_timeout * 3).div_ceil(2)).div_ceil(1000).max(1) as i64;
+    let lessor = Arc::new(Lessor::new(min_ttl));
+    for lease in store.leases(group) {
+        lessor.on_granted(lease.id, lease.ttl);
+    }
+    let applier = Applier {
+        store: store.clone(),
+        waiters: waiters.clone(),
+        applied: applied_tx,
+        lessor: lessor.clone(),
+        metrics: metrics.clone(),
+    };
+    let driver_cfg = raft_log::DriverConfig {
+        node_id: raft_log::NodeId(identity.member_id),
+        tick_interval: Duration::from_millis(args.heartbeat_interval),
+        election_ticks: (args.election_timeout / args.heartbeat_interval) as usize,
+        heartbeat_ticks: 1,
+        ..raft_log::DriverConfig::default()
+    };
+    let (driver, raft) = raft_log::Driver::start(driver_cfg, wal, Box::new(applier), Arc::new(NoPeers))?;
+    raft.create_group(raft_log::GroupId(DEFAULT_GROUP), vec![raft_log::NodeId(identity.member_id)])?;
+
+    let node_cfg = NodeConfig {
+        max_request_bytes: args.max_request_bytes,
+        request_timeout: Duration::from_millis(5000 + args.election_timeout * 2),
+        progress_notify_interval: args.progress_notify_interval()?,
+        quota_bytes,
+    };
+    let node = Arc::new(Node::new(
+        node_cfg,
+        identity,
+        data_dir.clone(),
+        store.clone(),
+        raft,
+        waiters,
+        applied_rx,
+        lessor,
+        metrics,
+    ));
+    tokio::spawn(expire_leases(node.clone()));
+    if let Some(policy) = args.auto_compaction()? {
+        tokio::spawn(auto_compact(node.clone(), policy));
+    }
+
+    let grpc = tonic::service::Routes::builder()
+        .add_service(
+            KvServer::new(crate::kv::KvService { node: node.clone(), max_txn_ops: args.max_txn_ops })
+                .max_decoding_message_size(args.max_request_bytes + GRPC_OVERHEAD_BYTES)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            WatchServer::new(crate::watch::WatchService { node: node.clone() })
+                .max_decoding_message_size(args.max_request_bytes + GRPC_OVERHEAD_BYTES)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(LeaseServer::new(crate::lease::LeaseService::new(node.clone())))
+        .add_service(ClusterServer::new(crate::cluster::ClusterService { node: node.clone() }))
+        .add_service(
+            MaintenanceServer::new(crate::maintenance::MaintenanceService { node: node.clone() })
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(health_service().await)
+        .routes();
+    let client_router = grpc.into_axum_router().merge(crate::http::router(node.clone()));
+
+    let mut servers = tokio::task::JoinSet::new();
+    for addr in args.client_listen_addrs()? {
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("listen on {addr} for clients: {e}"))?;
+        info!(%addr, "serving client requests (gRPC and HTTP)");
+        servers.spawn(serve_router(listener, client_router.clone()));
+    }
+    for addr in args.metrics_listen_addrs()? {
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("listen on {addr} for metrics: {e}"))?;
+        info!(%addr, "serving HTTP endpoints");
+        servers.spawn(serve_router(listener, crate::http::router(node.clone())));
+    }
+    info!(
+        name = %args.name,
+        member_id = format_args!("{:x}", node.member_id()),
+        cluster_id = format_args!("{:x}", node.identity.read().cluster_id),
+        "member ready"
+    );
+
+    tokio::select! {
+        _ = shutdown_signal() => info!("shutting down"),
+        Some(done) = servers.join_next() => {
+            if let Ok(Err(e)) = done {
+                warn!(error = %e, "a listener failed");
+            }
+        }
+    }
+    servers.abort_all();
+    driver.stop();
+    store.flush()?;
+    info!("stopped");
+    Ok(())
+}
+
+async fn serve_router(listener: TcpListener, router: axum::Router) -> std::io::Result<()> {
+    axum::serve(listener, router).await
+}
+
+async fn health_service() -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    service
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// On the leader, proposes the revoke of every expired lease.
+async fn expire_leases(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(LEASE_EXPIRY_TICK);
+    loop {
+        tick.tick().await;
+        let is_leader = node.leader() == node.member_id();
+        node.metrics.is_leader.set(i64::from(is_leader));
+        if !is_leader {
+            continue;
+        }
+        for id in node.lessor.take_expired() {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let revoke = store::CommandBody::LeaseRevoke(store::LeaseRevokeRequest { id });
+                match node.propose(revoke).await {
+                    Ok(_) => {}
+                    Err(status) if status.code() == tonic::Code::NotFound => node.lessor.on_revoked(id),
+                    Err(status) => {
+                        warn!(lease = id, error = %status.message(), "revoking an expired lease failed");
+                        node.lessor.revoke_failed(id);
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Compacts history automatically, like etcd's `--auto-compaction-*`.
+async fn auto_compact(node: Arc<Node>, policy: AutoCompaction) {
+    // Periodic mode samples the revision every tenth of the retention and compacts to the
+    // revision seen one retention ago; revision mode keeps the last N revisions every 5 min.
+    let (tick, keep) = match policy {
+        AutoCompaction::Periodic(period) => ((period / 10).max(Duration::from_secs(1)), 10usize),
+        AutoCompaction::Revision(_) => (Duration::from_secs(300), 1usize),
+    };
+    let mut samples: std::collections::VecDeque<i64> = std::collections::VecDeque::with_capacity(keep + 1);
+    let mut interval = tokio::time::interval(tick);
+    loop {
+        interval.tick().await;
+        if node.leader() != node.member_id() {
+            continue;
+        }
+        let current = node.store.current_revision(node.group());
+        let target = match policy {
+            AutoCompaction::Periodic(_) => {
+                samples.push_back(current);
+                if samples.len() <= keep {
+                    continue;
+                }
+                samples.pop_front().expect("non-empty")
+            }
+            AutoCompaction::Revision(retain) => current - retain,
+        };
+        if target <= node.store.compact_revision(node.group()) || target <= 0 {
+            continue;
+        }
+        let compact = store::CommandBody::Compact(store::CompactRequest { revision: target, physical: false });
+        match node.propose(compact).await {
+            Ok(_) => info!(revision = target, "auto compaction done"),
+            Err(status) => warn!(revision = target, error = %status.message(), "auto compaction failed"),
+        }
+    }
+}
