@@ -1,1 +1,47 @@
-//! placeholder
+//! grpc-api: etcd's v3 API over Plinth's replicated log and MVCC store.
+//!
+//! This crate is the only one that knows both the protocol and the machinery. It translates
+//! etcd's protobuf requests into `store::Command`s proposed through `raft-log`, serves reads
+//! from the store after a ReadIndex barrier, runs the watch streams and lease timing, and
+//! exposes HTTP health and Prometheus metrics. The `plinth` binary lives here.
+//!
+//! ```text
+//!  gRPC request ──► service (kv/watch/lease/cluster/maintenance)
+//!                     │ validate, build store::Command
+//!                     ▼
+//!                   Node::propose ──► raft-log DriverHandle ──► WAL (group commit)
+//!                     ▲                                  │ committed entries
+//!                     │ waiter (request id)              ▼
+//!                   Applier::apply ◄──────────── raft driver thread
+//!                     │ store.apply (one WriteBatch), lessor, answer waiter
+//! ```
+//!
+//! Guarantees:
+//! - Every client-visible error carries etcd's gRPC code and exact message (`error.rs`).
+//! - Every response carries a full header (cluster id, member id, revision, raft term).
+//! - A write is answered only after this member applied it; a linearizable read only after
+//!   this member applied everything committed before the read began.
+//! - Everything queued is bounded: waiters, per-stream watch and keep-alive buffers.
+//!
+//! CAVEATS:
+//! - One member per cluster: peer transport and membership changes are not served yet
+//!   (`MemberAdd`/`MemberRemove` are refused with an explicit message).
+//! - Auth is not served: its RPCs answer `Unimplemented`. TLS flags are refused at start-up.
+//! - Only the default tenant (group 1) is served; tenant resolution is not wired in.
+//! - Read-only txns go through the log like write txns (correct, slower than needed).
+
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod kv;
+pub mod lease;
+pub mod lessor;
+pub mod maintenance;
+pub mod member;
+pub mod metrics;
+pub mod node;
+pub mod pb;
+pub mod serve;
+pub mod version;
+pub mod watch;

@@ -85,6 +85,7 @@ impl Waiters {
 pub struct Node {
     pub cfg: NodeConfig,
     pub identity: RwLock<Identity>,
+    pub data_dir: std::path::PathBuf,
     pub store: store::Store,
     pub raft: raft_log::DriverHandle,
     pub waiters: Arc<Waiters>,
@@ -101,6 +102,7 @@ impl Node {
     pub fn new(
         cfg: NodeConfig,
         identity: Identity,
+        data_dir: std::path::PathBuf,
         store: store::Store,
         raft: raft_log::DriverHandle,
         waiters: Arc<Waiters>,
@@ -117,6 +119,7 @@ impl Node {
         Node {
             cfg,
             identity: RwLock::new(identity),
+            data_dir,
             store,
             raft,
             waiters,
@@ -241,6 +244,28 @@ impl Node {
             Err(_) => return Err(EtcdError::Timeout.status()),
         };
         self.wait_applied(index).await
+    }
+
+    /// The read behind health checks: a range of the key `health`, linearizable unless
+    /// `serializable`, as etcd's `/health` does.
+    pub async fn health_read(&self, serializable: bool) -> Result<(), Status> {
+        if !serializable {
+            self.read_barrier().await?;
+        }
+        let request = store::RangeRequest { key: Bytes::from_static(b"health"), ..Default::default() };
+        self.store.range(self.group(), &request).map(|_| ()).map_err(|e| crate::error::store_status(&e))
+    }
+
+    /// Brings the gauges that mirror store state up to date (before a scrape).
+    pub fn refresh_gauges(&self) {
+        let group = self.group();
+        self.metrics.db_total_size.set(self.store.db_size_bytes() as i64);
+        self.metrics.db_in_use_size.set(self.store.size_bytes(group) as i64);
+        self.metrics.current_revision.set(self.store.current_revision(group));
+        self.metrics.compact_revision.set(self.store.compact_revision(group));
+        let leader = self.leader();
+        self.metrics.has_leader.set(i64::from(leader != 0));
+        self.metrics.is_leader.set(i64::from(leader != 0 && leader == self.member_id()));
     }
 
     /// Waits until this member has applied `index`.

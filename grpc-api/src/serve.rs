@@ -82,7 +82,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let store = store::Store::open(&data_dir.join("store"), store_cfg)?;
     let group = store::GroupId(DEFAULT_GROUP);
-    let wal = Arc::new(raft_log::Wal::open(&data_dir.join("wal"), raft_log::WalConfig::default())?);
+    let wal = Arc::new(raft_log::Wal::open(raft_log::WalConfig::new(data_dir.join("wal")))?);
 
     let metrics = Arc::new(Metrics::new(crate::version::ETCD_COMPAT_VERSION));
     metrics.quota_backend_bytes.set(quota_bytes as i64);

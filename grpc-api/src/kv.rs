@@ -1,0 +1,287 @@
+//! `KV`: Range, Put, DeleteRange, Txn and Compact, and the conversions between etcd's wire
+//! types and the store's commands and responses.
+//!
+//! The store's command types carry etcd's field numbers, so conversion is a field-by-field
+//! move of `Bytes` handles — no key or value is copied.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::error::{store_status, EtcdError};
+use crate::node::Node;
+use crate::pb::etcdserverpb::{self as pb, kv_server::Kv};
+use crate::pb::mvccpb;
+
+/// The KV service.
+pub struct KvService {
+    pub node: Arc<Node>,
+    pub max_txn_ops: usize,
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+        let node = &self.node;
+        let req = range_from_pb(request.into_inner());
+        store::check_range(&req).map_err(|e| store_status(&e))?;
+        if !req.serializable {
+            node.read_barrier().await?;
+        }
+        let resp = node.store.range(node.group(), &req).map_err(|e| store_status(&e))?;
+        Ok(Response::new(range_to_pb(node, resp)))
+    }
+
+    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let node = &self.node;
+        if node.alarms.nospace() {
+            return Err(EtcdError::NoSpace.status());
+        }
+        let body = store::CommandBody::Put(put_from_pb(request.into_inner()));
+        match self.propose_checked(body).await? {
+            store::CommandResponse::Put(resp) => Ok(Response::new(put_to_pb(node, resp))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let node = &self.node;
+        let body = store::CommandBody::DeleteRange(delete_from_pb(request.into_inner()));
+        match self.propose_checked(body).await? {
+            store::CommandResponse::DeleteRange(resp) => Ok(Response::new(delete_to_pb(node, resp))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let node = &self.node;
+        let txn = txn_from_pb(request.into_inner());
+        if node.alarms.nospace() && txn_has_put(&txn) {
+            return Err(EtcdError::NoSpace.status());
+        }
+        match self.propose_checked(store::CommandBody::Txn(txn)).await? {
+            store::CommandResponse::Txn(resp) => Ok(Response::new(txn_to_pb(node, resp))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn compact(
+        &self,
+        request: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let node = &self.node;
+        let req = request.into_inner();
+        let body = store::CommandBody::Compact(store::CompactRequest { revision: req.revision, physical: req.physical });
+        match self.propose_checked(body).await? {
+            store::CommandResponse::Compact(resp) => {
+                if req.physical {
+                    // etcd answers a physical compaction only once history is removed.
+                    let store = node.store.clone();
+                    let group = node.group();
+                    tokio::task::spawn_blocking(move || store.wait_compaction_finished(group, req.revision))
+                        .await
+                        .map_err(|e| Status::unknown(e.to_string()))?;
+                }
+                Ok(Response::new(pb::CompactionResponse { header: Some(node.header(resp.revision)) }))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+impl KvService {
+    /// Runs the store's stateless checks (etcd's request validation) before proposing, so a
+    /// bad request never takes a log entry.
+    async fn propose_checked(&self, body: store::CommandBody) -> Result<store::CommandResponse, Status> {
+        let command = store::Command::new(0, body);
+        store::validate(&command, self.node.store.config()).map_err(|e| store_status(&e))?;
+        let body = command.body.expect("constructed with a body");
+        self.node.propose(body).await
+    }
+}
+
+fn unexpected(resp: &store::CommandResponse) -> Status {
+    Status::internal(format!("command applied with an unexpected response: {resp:?}"))
+}
+
+fn txn_has_put(txn: &store::TxnRequest) -> bool {
+    fn ops_have_put(ops: &[store::RequestOp]) -> bool {
+        ops.iter().any(|op| match &op.request {
+            Some(store::Request::Put(_)) => true,
+            Some(store::Request::Txn(t)) => txn_has_put(t),
+            _ => false,
+        })
+    }
+    ops_have_put(&txn.success) || ops_have_put(&txn.failure)
+}
+
+// ---- etcd → store ----
+
+/// etcd `RangeRequest` → store.
+pub fn range_from_pb(r: pb::RangeRequest) -> store::RangeRequest {
+    store::RangeRequest {
+        key: r.key,
+        range_end: r.range_end,
+        limit: r.limit,
+        revision: r.revision,
+        sort_order: r.sort_order,
+        sort_target: r.sort_target,
+        serializable: r.serializable,
+        keys_only: r.keys_only,
+        count_only: r.count_only,
+        min_mod_revision: r.min_mod_revision,
+        max_mod_revision: r.max_mod_revision,
+        min_create_revision: r.min_create_revision,
+        max_create_revision: r.max_create_revision,
+    }
+}
+
+/// etcd `PutRequest` → store.
+pub fn put_from_pb(p: pb::PutRequest) -> store::PutRequest {
+    store::PutRequest {
+        key: p.key,
+        value: p.value,
+        lease: p.lease,
+        prev_kv: p.prev_kv,
+        ignore_value: p.ignore_value,
+        ignore_lease: p.ignore_lease,
+    }
+}
+
+/// etcd `DeleteRangeRequest` → store.
+pub fn delete_from_pb(d: pb::DeleteRangeRequest) -> store::DeleteRangeRequest {
+    store::DeleteRangeRequest { key: d.key, range_end: d.range_end, prev_kv: d.prev_kv }
+}
+
+/// etcd `TxnRequest` → store.
+pub fn txn_from_pb(t: pb::TxnRequest) -> store::TxnRequest {
+    store::TxnRequest {
+        compare: t.compare.into_iter().map(compare_from_pb).collect(),
+        success: t.success.into_iter().map(op_from_pb).collect(),
+        failure: t.failure.into_iter().map(op_from_pb).collect(),
+    }
+}
+
+fn compare_from_pb(c: pb::Compare) -> store::Compare {
+    use pb::compare::TargetUnion as P;
+    use store::TargetUnion as S;
+    store::Compare {
+        result: c.result,
+        target: c.target,
+        key: c.key,
+        target_union: c.target_union.map(|t| match t {
+            P::Version(v) => S::Version(v),
+            P::CreateRevision(v) => S::CreateRevision(v),
+            P::ModRevision(v) => S::ModRevision(v),
+            P::Value(v) => S::Value(v),
+            P::Lease(v) => S::Lease(v),
+        }),
+        range_end: c.range_end,
+    }
+}
+
+fn op_from_pb(op: pb::RequestOp) -> store::RequestOp {
+    use pb::request_op::Request as P;
+    store::RequestOp {
+        request: op.request.map(|r| match r {
+            P::RequestRange(r) => store::Request::Range(range_from_pb(r)),
+            P::RequestPut(p) => store::Request::Put(put_from_pb(p)),
+            P::RequestDeleteRange(d) => store::Request::DeleteRange(delete_from_pb(d)),
+            P::RequestTxn(t) => store::Request::Txn(txn_from_pb(t)),
+        }),
+    }
+}
+
+// ---- store → etcd ----
+
+/// A store key-value as etcd's `mvccpb.KeyValue`.
+pub fn kv_to_pb(kv: store::KeyValue) -> mvccpb::KeyValue {
+    mvccpb::KeyValue {
+        key: kv.key,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+        value: kv.value,
+        lease: kv.lease,
+    }
+}
+
+/// A store event as etcd's `mvccpb.Event`.
+pub fn event_to_pb(e: store::Event) -> mvccpb::Event {
+    mvccpb::Event {
+        r#type: match e.kind {
+            store::EventKind::Put => mvccpb::event::EventType::Put as i32,
+            store::EventKind::Delete => mvccpb::event::EventType::Delete as i32,
+        },
+        kv: Some(kv_to_pb(e.kv)),
+        prev_kv: e.prev_kv.map(kv_to_pb),
+    }
+}
+
+fn range_to_pb(node: &Node, r: store::RangeResponse) -> pb::RangeResponse {
+    pb::RangeResponse {
+        header: Some(node.header(r.revision)),
+        kvs: r.kvs.into_iter().map(kv_to_pb).collect(),
+        more: r.more,
+        count: r.count,
+    }
+}
+
+fn put_to_pb(node: &Node, r: store::PutResponse) -> pb::PutResponse {
+    pb::PutResponse { header: Some(node.header(r.revision)), prev_kv: r.prev_kv.map(kv_to_pb) }
+}
+
+fn delete_to_pb(node: &Node, r: store::DeleteRangeResponse) -> pb::DeleteRangeResponse {
+    pb::DeleteRangeResponse {
+        header: Some(node.header(r.revision)),
+        deleted: r.deleted,
+        prev_kvs: r.prev_kvs.into_iter().map(kv_to_pb).collect(),
+    }
+}
+
+fn txn_to_pb(node: &Node, r: store::TxnResponse) -> pb::TxnResponse {
+    let mut resp = nested_txn_to_pb(r);
+    resp.header = Some(node.header(resp.header.as_ref().map_or(0, |h| h.revision)));
+    resp
+}
+
+/// Responses inside a txn carry a header with only the revision set, as etcd's do: the full
+/// header is filled for the outermost response only.
+fn nested_header(revision: i64) -> Option<pb::ResponseHeader> {
+    Some(pb::ResponseHeader { revision, ..Default::default() })
+}
+
+fn nested_txn_to_pb(r: store::TxnResponse) -> pb::TxnResponse {
+    use pb::response_op::Response as P;
+    pb::TxnResponse {
+        header: nested_header(r.revision),
+        succeeded: r.succeeded,
+        responses: r
+            .responses
+            .into_iter()
+            .map(|op| pb::ResponseOp {
+                response: Some(match op {
+                    store::ResponseOp::Range(r) => P::ResponseRange(pb::RangeResponse {
+                        header: nested_header(r.revision),
+                        kvs: r.kvs.into_iter().map(kv_to_pb).collect(),
+                        more: r.more,
+                        count: r.count,
+                    }),
+                    store::ResponseOp::Put(p) => P::ResponsePut(pb::PutResponse {
+                        header: nested_header(p.revision),
+                        prev_kv: p.prev_kv.map(kv_to_pb),
+                    }),
+                    store::ResponseOp::DeleteRange(d) => P::ResponseDeleteRange(pb::DeleteRangeResponse {
+                        header: nested_header(d.revision),
+                        deleted: d.deleted,
+                        prev_kvs: d.prev_kvs.into_iter().map(kv_to_pb).collect(),
+                    }),
+                    store::ResponseOp::Txn(t) => P::ResponseTxn(nested_txn_to_pb(t)),
+                }),
+            })
+            .collect(),
+    }
+}

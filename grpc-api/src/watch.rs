@@ -1,0 +1,285 @@
+//! `Watch`: the bidirectional watch stream.
+//!
+//! Each gRPC stream owns one store `WatchStream` (a single bounded channel carrying the
+//! responses of all its watchers) and one task that is the stream's only writer. That task
+//! handles create, cancel and progress requests itself and forwards what the store queues, so:
+//! - a watcher's `Created` response is written before any of its events (it is written while
+//!   handling the create, before the task next reads the store channel);
+//! - progress notifications are queued by the store behind the events they cover and travel
+//!   the same channel, so a progress revision never runs ahead of delivered events.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::node::Node;
+use crate::pb::etcdserverpb::{self as pb, watch_server::Watch};
+use crate::pb::mvccpb;
+
+/// Responses buffered towards one gRPC client before the stream's writer waits for it.
+const SEND_BUFFER: usize = 128;
+
+/// etcd's reason for a watch created below the compact revision or with a negative start.
+const CANCEL_COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
+/// etcd's reason for a watch whose range is empty (`key >= range_end`).
+const CANCEL_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+/// etcd's reason for a client-chosen watch id that is already in use on the stream.
+const CANCEL_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+
+/// The Watch service.
+pub struct WatchService {
+    pub node: Arc<Node>,
+}
+
+type WatchResponseStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = WatchResponseStream;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.node.check_leader(&request)?;
+        let requests = request.into_inner();
+        let (tx, rx) = mpsc::channel(SEND_BUFFER);
+        let stream = self.node.store.watch_stream(self.node.group());
+        tokio::spawn(run_stream(self.node.clone(), requests, stream, tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+/// Per-stream state of the writer task.
+struct StreamState {
+    node: Arc<Node>,
+    stream: store::WatchStream,
+    tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    /// Watchers that asked for periodic progress notifications.
+    progress_notify: HashSet<i64>,
+    /// Watchers that asked for large responses to be split.
+    fragment: HashSet<i64>,
+    /// Watchers that received events since the last progress tick.
+    recently_active: HashSet<i64>,
+}
+
+async fn run_stream(
+    node: Arc<Node>,
+    mut requests: Streaming<pb::WatchRequest>,
+    stream: store::WatchStream,
+    tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+) {
+    let mut progress = tokio::time::interval_at(
+        tokio::time::Instant::now() + node.cfg.progress_notify_interval,
+        node.cfg.progress_notify_interval,
+    );
+    node.metrics.watchers.inc();
+    let mut state = StreamState {
+        node: node.clone(),
+        stream,
+        tx,
+        progress_notify: HashSet::new(),
+        fragment: HashSet::new(),
+        recently_active: HashSet::new(),
+    };
+    loop {
+        let keep_going = tokio::select! {
+            request = requests.next() => match request {
+                Some(Ok(request)) => state.handle_request(request).await,
+                // The client closed its side or the connection broke.
+                Some(Err(_)) | None => false,
+            },
+            response = state.stream.recv() => match response {
+                Some(response) => state.forward(response).await,
+                None => false,
+            },
+            _ = progress.tick() => {
+                state.periodic_progress();
+                true
+            }
+        };
+        if !keep_going {
+            break;
+        }
+    }
+    node.metrics.watchers.dec();
+}
+
+impl StreamState {
+    async fn send(&self, response: pb::WatchResponse) -> bool {
+        self.tx.send(Ok(response)).await.is_ok()
+    }
+
+    async fn handle_request(&mut self, request: pb::WatchRequest) -> bool {
+        use pb::watch_request::RequestUnion;
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                if self.stream.cancel(cancel.watch_id) {
+                    self.progress_notify.remove(&cancel.watch_id);
+                    self.fragment.remove(&cancel.watch_id);
+                    let header = self.node.current_header();
+                    return self
+                        .send(pb::WatchResponse {
+                            header: Some(header),
+                            watch_id: cancel.watch_id,
+                            canceled: true,
+                            ..Default::default()
+                        })
+                        .await;
+                }
+                true
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                // Queued by the store behind every event already queued for this stream, and
+                // only when every watcher of the stream is synced; otherwise nothing is sent
+                // and the client asks again.
+                self.stream.request_progress();
+                true
+            }
+            None => true,
+        }
+    }
+
+    async fn create(&mut self, create: pb::WatchCreateRequest) -> bool {
+        let header = self.node.current_header();
+        let refuse = |reason: &str| pb::WatchResponse {
+            header: Some(header.clone()),
+            watch_id: -1,
+            created: true,
+            canceled: true,
+            cancel_reason: reason.to_string(),
+            ..Default::default()
+        };
+        if create.start_revision < 0 {
+            return self.send(refuse(CANCEL_COMPACTED)).await;
+        }
+        // An empty key means the smallest key, "\0"; a range end of "\0" means every key from
+        // `key` on — etcd's conventions.
+        let key = if create.key.is_empty() { bytes::Bytes::from_static(b"\0") } else { create.key };
+        let range_end = create.range_end;
+        if !range_end.is_empty() && range_end.as_ref() != b"\0" && key >= range_end {
+            return self.send(refuse(CANCEL_EMPTY_RANGE)).await;
+        }
+        let filters = &create.filters;
+        let spec = store::WatchSpec {
+            key,
+            range_end,
+            start_revision: create.start_revision,
+            prev_kv: create.prev_kv,
+            no_put: filters.contains(&(pb::watch_create_request::FilterType::Noput as i32)),
+            no_delete: filters.contains(&(pb::watch_create_request::FilterType::Nodelete as i32)),
+            watch_id: create.watch_id,
+        };
+        let id = match self.stream.watch(spec) {
+            Ok(id) => id,
+            Err(store::Error::DuplicateWatchId(_)) => return self.send(refuse(CANCEL_DUPLICATE_ID)).await,
+            Err(e) => return self.send(refuse(&e.to_string())).await,
+        };
+        if create.progress_notify {
+            self.progress_notify.insert(id);
+        }
+        if create.fragment {
+            self.fragment.insert(id);
+        }
+        // `Created` carries the current revision: a client resuming after this point starts
+        // from it. It is sent before the task reads the store channel again, so before any
+        // event of this watcher.
+        self.send(pb::WatchResponse {
+            header: Some(header),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn forward(&mut self, response: store::WatchResponse) -> bool {
+        let watch_id = response.watch_id;
+        if !response.events.is_empty() {
+            self.recently_active.insert(watch_id);
+        }
+        let header = self.node.header(response.revision);
+        let events: Vec<mvccpb::Event> = response.events.into_iter().map(crate::kv::event_to_pb).collect();
+        if response.canceled || response.compact_revision != 0 {
+            self.progress_notify.remove(&watch_id);
+            self.fragment.remove(&watch_id);
+        }
+        let base = pb::WatchResponse {
+            header: Some(header),
+            watch_id,
+            canceled: response.canceled,
+            compact_revision: response.compact_revision,
+            cancel_reason: if response.compact_revision != 0 { CANCEL_COMPACTED.to_string() } else { String::new() },
+            ..Default::default()
+        };
+        if self.fragment.contains(&watch_id) {
+            for piece in fragment(base, events, self.node.cfg.max_request_bytes) {
+                if !self.send(piece).await {
+                    return false;
+                }
+            }
+            true
+        } else {
+            self.send(pb::WatchResponse { events, ..base }).await
+        }
+    }
+
+    fn periodic_progress(&mut self) {
+        for id in &self.progress_notify {
+            if !self.recently_active.contains(id) {
+                // Queued only if the watcher is synced, behind its queued events.
+                self.stream.progress_for(*id);
+            }
+        }
+        self.recently_active.clear();
+    }
+}
+
+/// Splits events over responses of at most `limit_bytes` each (at least one event per
+/// response); every response but the last is marked `fragment`.
+fn fragment(base: pb::WatchResponse, events: Vec<mvccpb::Event>, limit_bytes: usize) -> Vec<pb::WatchResponse> {
+    use prost::Message;
+    let mut out = Vec::new();
+    let mut current: Vec<mvccpb::Event> = Vec::new();
+    let mut current_bytes = 0usize;
+    for event in events {
+        let size = event.encoded_len();
+        if !current.is_empty() && current_bytes + size > limit_bytes {
+            out.push(pb::WatchResponse { events: std::mem::take(&mut current), fragment: true, ..base.clone() });
+            current_bytes = 0;
+        }
+        current_bytes += size;
+        current.push(event);
+    }
+    out.push(pb::WatchResponse { events: current, fragment: false, ..base });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: usize) -> mvccpb::Event {
+        mvccpb::Event {
+            r#type: 0,
+            kv: Some(mvccpb::KeyValue { key: vec![b'k'; 10].into(), value: vec![0; n].into(), ..Default::default() }),
+            prev_kv: None,
+        }
+    }
+
+    #[test]
+    fn fragments_split_and_mark_all_but_last() {
+        let pieces = fragment(pb::WatchResponse::default(), vec![event(100), event(100), event(100)], 150);
+        assert_eq!(pieces.len(), 3);
+        assert!(pieces[0].fragment && pieces[1].fragment && !pieces[2].fragment);
+        let one = fragment(pb::WatchResponse::default(), vec![event(10), event(10)], 1 << 20);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].events.len(), 2);
+        assert!(!one[0].fragment);
+    }
+}
