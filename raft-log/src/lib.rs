@@ -1,1 +1,127 @@
-//! placeholder
+//! # raft-log: the replicated log of every Raft group on a node
+//!
+//! This crate answers one question for the rest of Plinth: "here are bytes for group G;
+//! hand them back in the same order on every replica once a quorum has them durably".
+//! It holds two parts:
+//!
+//! - a **write-ahead log** ([`Wal`]) shared by all groups: segmented, append-only, crc
+//!   checked, with group commit (one `fdatasync` for the appends of every group that
+//!   arrived while the previous sync ran), an in-memory index per group, and a
+//!   [`raft::Storage`] view per group ([`GroupStorage`]);
+//! - a **driver** ([`Driver`], [`DriverHandle`]) that owns one `raft::RawNode` per group
+//!   on one thread, runs raft-rs's Ready loop in the required order, persists every
+//!   group's Ready of one iteration with ONE WAL batch, and hands committed entries to a
+//!   [`StateMachine`].
+//!
+//! ## Guarantees
+//!
+//! - A batch whose ticket completed `Ok` survives a crash (it was written and
+//!   fdatasync'ed), unless the bytes are later damaged on disk.
+//! - Recovery returns, for every group, the state produced by a prefix of the completed
+//!   batches (a torn or corrupt tail of the last segment is cut off with a warning), or
+//!   `Error::Corruption { file, offset, .. }` when damage is found where no crash can tear
+//!   (a header, or any frame of an older segment). It never panics on bad data and never
+//!   returns an entry whose crc, index or term does not match.
+//! - An append starting at index `i` replaces the group's entries `>= i` (Raft's
+//!   truncate-on-conflict); a batch that would leave a gap is rejected, not written.
+//! - Memory is bounded: the index holds 32 bytes per live entry (no payloads) plus a
+//!   per-group cache of the most recent entries bounded by count and bytes; compacted
+//!   entries leave the index immediately. Every queue has a named or configured bound.
+//!
+//! ## File format
+//!
+//! ```text
+//!  dir/
+//!   LOCK                      flock'ed while open
+//!   0000000000000007.wal      older segment: checkpoint frame, then frames
+//!   0000000000000008.wal      active segment (the only one appended to)
+//!
+//!  segment := header frame*
+//!  header  := "PLNTHWAL" | version:u32 | seq:u64 | crc32(previous 20 bytes):u32
+//!  frame   := len:u32 | crc32(seq | len | payload):u32 | payload      (one group commit)
+//!  payload := record*
+//!  record  := kind:u8 | group:u64 | body_len:u32 | body
+//!             kinds: Entries, HardState, ConfState, SnapshotMeta, Compact,
+//!                    CheckpointBegin, Checkpoint
+//!  Entries body := count:u32 | (len:u32 | crc32:u32 | protobuf Entry)*
+//!
+//!  +--------+------------------+---------------------+---------------------+----
+//!  | header | frame:checkpoint | frame: g1 entries,  | frame: g7 HardState | ...
+//!  |        | of every group   | g2 entries+HS, ...  | g1 Compact          |
+//!  +--------+------------------+---------------------+---------------------+----
+//! ```
+//!
+//! The crc of a frame is mixed with the segment's sequence number, so a stale frame from
+//! another file never validates. Each entry has its own crc so a single entry read back
+//! with `pread` is still checked. A new segment is started when the active one grows past
+//! `segment_bytes_max`, and on every open; it begins with a checkpoint of every group's
+//! HardState, ConfState, snapshot metadata and compact point (with its term), fsynced
+//! together with the directory before anything else is written. Older segments therefore
+//! only matter for their entries: once every entry in a prefix of segments is at or below
+//! the compact point recorded in the next segment's checkpoint, the prefix is deleted.
+//!
+//! ## Threads
+//!
+//! ```text
+//!  appenders ──submit(WriteBatch)──► bounded queue ──► writer thread
+//!     ▲                                                  │ drain ≤ batch_bytes_max
+//!     │                                                  │ write one frame, ONE fdatasync
+//!     └──── Ticket::wait() / callback ◄─ index update ◄──┘ rotate + purge when full
+//!
+//!  DriverHandle ──► bounded inbox ──► driver thread (all RawNodes, ticks, Ready loop)
+//!                                        │ one WriteBatch per loop iteration
+//!                                        ├─► Wal (waits for the fsync)
+//!                                        ├─► Transport::send (must not block)
+//!                                        └─► StateMachine::apply
+//! ```
+//!
+//! Readers (`GroupStorage`, `Wal::entries`) take a read lock on the index, which only the
+//! writer thread changes, after the frame is durable.
+//!
+//! ## CAVEATS
+//!
+//! - A write or fsync failure panics the process (the page-cache state is then unknown);
+//!   a bad delete during purge is only logged.
+//! - Damage to an already-acknowledged frame in the *last* segment is treated as a torn
+//!   tail and cut off (acknowledged data can be lost there, as in raft-engine's tolerant
+//!   mode); damage anywhere else stops recovery with `Corruption`.
+//! - Segments are purged only at rotation, so a compacted log with no further writes keeps
+//!   its files until the next rotation or reopen.
+//! - Whole segments are read into memory during recovery (bounded by `segment_bytes_max`
+//!   plus one frame).
+//! - Raft snapshots carry only metadata here: `GroupStorage::snapshot` returns the stored
+//!   snapshot metadata with empty data; building and installing state-machine snapshots
+//!   is the store's job and not wired yet (the driver records incoming snapshot metadata
+//!   but does not hand snapshot data to the state machine).
+//! - The driver does not forward proposals or read-index requests from followers
+//!   (`Error::NotLeader`), does not hibernate idle groups, and does not yet support
+//!   removing groups. Conf-change entries are applied by the driver; proposing them is
+//!   not exposed yet.
+//! - The entry cache is per group, so its total size is `groups × cache limits`.
+
+mod batch;
+mod config;
+mod driver;
+mod driver_config;
+mod error;
+mod index;
+mod ready;
+mod record;
+mod segment;
+mod storage;
+mod types;
+mod wal;
+mod writer;
+
+pub use batch::WriteBatch;
+pub use config::WalConfig;
+pub use driver::{CommittedEntry, Driver, DriverHandle, GroupStatus, StateMachine, Transport};
+pub use driver_config::DriverConfig;
+pub use error::{Error, Result};
+pub use index::GroupState;
+pub use record::{decode_batch, decode_entry, encode_batch, Checkpoint, DecodeError, Record};
+pub use segment::{scan_frames, segment_file_name, FORMAT_VERSION, HEADER_BYTES, MAGIC};
+pub use storage::GroupStorage;
+pub use types::{GroupId, LogIndex, NodeId, Term};
+pub use wal::Wal;
+pub use writer::{Ticket, WalStats};

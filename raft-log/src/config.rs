@@ -1,0 +1,96 @@
+//! WAL configuration.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::segment::FRAME_PAYLOAD_BYTES_MAX;
+
+/// Configuration of a [`crate::Wal`]. Every field documents its default.
+#[derive(Clone, Debug)]
+pub struct WalConfig {
+    /// Directory holding the segment files (created if missing).
+    pub dir: PathBuf,
+    /// Rotate to a new segment once the active one has grown past this size.
+    /// Default: 64 MiB.
+    pub segment_bytes_max: u64,
+    /// Upper bound on the bytes of submissions the writer packs into one frame (one write,
+    /// one fdatasync). A single submission larger than this is still written alone.
+    /// Default: 4 MiB.
+    pub batch_bytes_max: usize,
+    /// Capacity of the bounded submission queue in front of the writer thread.
+    /// Default: 4096.
+    pub queue_capacity: usize,
+    /// Most recent entries kept in memory per group (older ones are read back with pread).
+    /// Default: 256.
+    pub cache_entries_per_group_max: usize,
+    /// Bytes of entry payload kept in memory per group. Default: 1 MiB.
+    pub cache_bytes_per_group_max: usize,
+}
+
+impl WalConfig {
+    /// A configuration with every default, writing to `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        WalConfig {
+            dir: dir.into(),
+            segment_bytes_max: 64 << 20,
+            batch_bytes_max: 4 << 20,
+            queue_capacity: 4096,
+            cache_entries_per_group_max: 256,
+            cache_bytes_per_group_max: 1 << 20,
+        }
+    }
+
+    /// Checks every field's range.
+    pub fn validate(&self) -> Result<()> {
+        if self.segment_bytes_max < 1024 {
+            return Err(Error::Config(
+                "segment_bytes_max must be at least 1 KiB".into(),
+            ));
+        }
+        if self.batch_bytes_max == 0 || self.batch_bytes_max > FRAME_PAYLOAD_BYTES_MAX {
+            return Err(Error::Config(format!(
+                "batch_bytes_max must be in 1..={FRAME_PAYLOAD_BYTES_MAX}"
+            )));
+        }
+        if self.queue_capacity == 0 || self.queue_capacity > 1 << 20 {
+            return Err(Error::Config(
+                "queue_capacity must be in 1..=1048576".into(),
+            ));
+        }
+        if self.cache_entries_per_group_max > 1 << 20 {
+            return Err(Error::Config(
+                "cache_entries_per_group_max must be <= 1048576".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_do_not() {
+        let c = WalConfig::new("/tmp/x");
+        c.validate().unwrap();
+        assert!(WalConfig {
+            segment_bytes_max: 10,
+            ..c.clone()
+        }
+        .validate()
+        .is_err());
+        assert!(WalConfig {
+            batch_bytes_max: 0,
+            ..c.clone()
+        }
+        .validate()
+        .is_err());
+        assert!(WalConfig {
+            queue_capacity: 0,
+            ..c
+        }
+        .validate()
+        .is_err());
+    }
+}

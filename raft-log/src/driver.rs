@@ -1,0 +1,559 @@
+//! The driver: one thread that owns a `raft::RawNode` per group, feeds it ticks, proposals
+//! and messages from a bounded inbox, and runs the Ready loop (see `ready.rs`).
+//!
+//! The public surface is runtime-agnostic: blocking calls return quickly (bounded queues
+//! fail with `Busy` instead of waiting), and read-index results come back through a
+//! callback, so a tokio server can use it without blocking its workers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+use raft::eraftpb::{ConfState, Message};
+use raft::RawNode;
+
+use crate::batch::WriteBatch;
+use crate::driver_config::DriverConfig;
+use crate::error::{Error, Result};
+use crate::storage::GroupStorage;
+use crate::types::{GroupId, LogIndex, NodeId, Term};
+use crate::wal::Wal;
+
+/// Most inbox messages handled before the driver looks at Readys again, so that a flood
+/// of proposals cannot starve ticks and persistence.
+pub(crate) const INBOX_DRAIN_MAX: usize = 4096;
+
+/// Sends Raft messages of one group to peers. Implemented over gRPC by grpc-api.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `msgs` (all of `group`). Must not block; may drop messages (Raft retries).
+    fn send(&self, group: GroupId, msgs: Vec<Message>);
+}
+
+/// A committed normal entry handed to the state machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommittedEntry {
+    /// Its log index.
+    pub index: LogIndex,
+    /// The term it was proposed in.
+    pub term: Term,
+    /// The proposed bytes (empty for a leader's no-op entry).
+    pub data: Bytes,
+}
+
+/// What the driver applies committed entries to.
+pub trait StateMachine: Send + 'static {
+    /// Applied index the state machine has durably recorded for `group` (entries after it
+    /// are re-delivered on start).
+    fn applied_index(&self, group: GroupId) -> LogIndex;
+    /// Committed normal entries of one group, in log order, exactly once per index after
+    /// `applied_index`. Empty-data entries (leader no-ops) are included so the applied
+    /// index advances. Runs on the driver thread: must not call blocking `DriverHandle`
+    /// methods (`create_group`).
+    fn apply(&mut self, group: GroupId, entries: Vec<CommittedEntry>);
+    /// Leadership changed for a group (leader id 0 = none).
+    fn on_leader_change(&mut self, _group: GroupId, _leader: NodeId, _term: Term) {}
+}
+
+/// A group's Raft status as last published by the driver.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// The leader this node knows of (0 = none).
+    pub leader: NodeId,
+    /// Current term.
+    pub term: Term,
+    /// Commit index.
+    pub commit: LogIndex,
+    /// Index of the last entry handed to the state machine (or skipped as already applied).
+    pub applied: LogIndex,
+    /// First index still in the log.
+    pub first_index: LogIndex,
+    /// Last index in the log.
+    pub last_index: LogIndex,
+    /// True when this node is the leader.
+    pub is_leader: bool,
+}
+
+/// Callback receiving the read index (or why there is none).
+pub type ReadIndexCallback = Box<dyn FnOnce(Result<LogIndex>) + Send>;
+
+pub(crate) enum Msg {
+    CreateGroup {
+        group: GroupId,
+        voters: Vec<NodeId>,
+        done: SyncSender<Result<()>>,
+    },
+    Propose {
+        group: GroupId,
+        data: Bytes,
+    },
+    Step {
+        group: GroupId,
+        msg: Message,
+    },
+    ReadIndex {
+        group: GroupId,
+        done: ReadIndexCallback,
+    },
+    CompactLog {
+        group: GroupId,
+        index: LogIndex,
+    },
+    Campaign(GroupId),
+    TransferLeader(GroupId, NodeId),
+    Stop,
+}
+
+/// One group on this node.
+pub(crate) struct Peer {
+    pub raw: RawNode<GroupStorage>,
+    pub leader: u64,
+    /// Entries at or below this index were applied before the driver started; they are
+    /// not handed to the state machine again.
+    pub skip_through: u64,
+    /// Highest index handed to (or skipped for) the state machine.
+    pub applied: u64,
+    /// Read-index requests issued before this leader committed in its term (raft-rs would
+    /// drop them); issued once it has.
+    pub deferred_reads: Vec<u64>,
+}
+
+pub(crate) struct PendingRead {
+    pub group: GroupId,
+    pub done: ReadIndexCallback,
+    pub deadline: Instant,
+}
+
+/// The driver thread's state.
+pub(crate) struct Loop {
+    pub cfg: DriverConfig,
+    pub wal: Arc<Wal>,
+    pub sm: Box<dyn StateMachine>,
+    pub transport: Arc<dyn Transport>,
+    pub rx: Receiver<Msg>,
+    pub status: Arc<RwLock<HashMap<GroupId, GroupStatus>>>,
+    pub peers: BTreeMap<GroupId, Peer>,
+    pub reads: HashMap<u64, PendingRead>,
+    pub next_read_id: u64,
+    /// Records produced outside a Ready (commit index updates from a LightReady); they
+    /// ride along with the next WAL batch.
+    pub pending: WriteBatch,
+    pub logger: slog::Logger,
+}
+
+/// The running driver; `stop` (or drop) ends its thread.
+pub struct Driver {
+    tx: SyncSender<Msg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A cheap, cloneable handle to talk to the driver from any thread.
+#[derive(Clone)]
+pub struct DriverHandle {
+    tx: SyncSender<Msg>,
+    status: Arc<RwLock<HashMap<GroupId, GroupStatus>>>,
+}
+
+impl std::fmt::Debug for DriverHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriverHandle").finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    /// Starts the driver thread. Every group with a ConfState in the WAL is re-created,
+    /// with Raft's applied index taken from `sm.applied_index` so that later committed
+    /// entries are replayed to the state machine.
+    pub fn start(
+        cfg: DriverConfig,
+        wal: Arc<Wal>,
+        sm: Box<dyn StateMachine>,
+        transport: Arc<dyn Transport>,
+    ) -> Result<(Driver, DriverHandle)> {
+        cfg.validate()?;
+        let (tx, rx) = sync_channel(cfg.proposal_queue_max);
+        let status = Arc::new(RwLock::new(HashMap::new()));
+        let mut lp = Loop {
+            cfg,
+            wal,
+            sm,
+            transport,
+            rx,
+            status: Arc::clone(&status),
+            peers: BTreeMap::new(),
+            reads: HashMap::new(),
+            next_read_id: 1,
+            pending: WriteBatch::new(),
+            logger: slog::Logger::root(slog::Discard, slog::o!()),
+        };
+        for group in lp.wal.groups() {
+            let initialized = lp.wal.group_state(group).is_some_and(|s| {
+                !s.conf_state.voters.is_empty() || !s.conf_state.learners.is_empty()
+            });
+            if initialized {
+                lp.create_peer(group, &[])?;
+            }
+        }
+        let thread = std::thread::Builder::new()
+            .name("raft-log-driver".into())
+            .spawn(move || lp.run())?;
+        Ok((
+            Driver {
+                tx: tx.clone(),
+                thread: Some(thread),
+            },
+            DriverHandle { tx, status },
+        ))
+    }
+
+    /// Stops the driver thread and waits for it. Pending read-index callbacks complete
+    /// with `Error::Stopped`.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(t) = self.thread.take() {
+            // A blocking send is fine here: the driver thread drains its inbox.
+            let _ = self.tx.send(Msg::Stop);
+            if t.join().is_err() {
+                tracing::error!("raft-log driver thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl DriverHandle {
+    fn try_send(&self, msg: Msg) -> Result<()> {
+        match self.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(Error::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(Error::Stopped),
+        }
+    }
+
+    /// Creates `group` with `voters` on first creation (the ConfState is made durable);
+    /// idempotent when the group exists. Blocks until done; do not call it from
+    /// `StateMachine` callbacks.
+    pub fn create_group(&self, group: GroupId, voters: Vec<NodeId>) -> Result<()> {
+        let (done, rx) = sync_channel(1);
+        self.tx
+            .send(Msg::CreateGroup {
+                group,
+                voters,
+                done,
+            })
+            .map_err(|_| Error::Stopped)?;
+        rx.recv().map_err(|_| Error::Stopped)?
+    }
+
+    fn leader_check(&self, group: GroupId) -> Result<()> {
+        match self.status.read().get(&group) {
+            None => Err(Error::GroupNotFound(group)),
+            Some(s) if !s.is_leader => Err(Error::NotLeader),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Proposes `data` to `group`. `Err(Busy)` if the inbox is full, `Err(NotLeader)` when
+    /// this node is not the leader (forwarding is not implemented).
+    pub fn propose(&self, group: GroupId, data: Bytes) -> Result<()> {
+        self.leader_check(group)?;
+        self.try_send(Msg::Propose { group, data })
+    }
+
+    /// Asks for a linearizable read point of `group`; `done` runs (on the driver thread,
+    /// so it must not block) once the read index is known. The caller then waits until
+    /// its state machine has applied that index.
+    pub fn read_index(&self, group: GroupId, done: ReadIndexCallback) {
+        if let Err(e) = self.leader_check(group) {
+            return done(Err(e));
+        }
+        match self.tx.try_send(Msg::ReadIndex { group, done }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(Msg::ReadIndex { done, .. })) => done(Err(Error::Busy)),
+            Err(TrySendError::Disconnected(Msg::ReadIndex { done, .. })) => {
+                done(Err(Error::Stopped))
+            }
+            Err(_) => unreachable!("try_send returns the message it was given"),
+        }
+    }
+
+    /// Hands a Raft message for `group` received from the transport to the driver.
+    pub fn step(&self, group: GroupId, msg: Message) -> Result<()> {
+        self.try_send(Msg::Step { group, msg })
+    }
+
+    /// The last published status of `group`.
+    pub fn status(&self, group: GroupId) -> Option<GroupStatus> {
+        self.status.read().get(&group).cloned()
+    }
+
+    /// The state machine made `durable_applied` durable: the WAL may drop `group`'s
+    /// entries at or below it. `Err(Busy)` if the inbox is full (a later call carries a
+    /// higher index, so dropping one is harmless).
+    pub fn compact_log(&self, group: GroupId, durable_applied: LogIndex) -> Result<()> {
+        self.try_send(Msg::CompactLog {
+            group,
+            index: durable_applied,
+        })
+    }
+
+    /// Makes this node campaign for leadership of `group`.
+    pub fn campaign(&self, group: GroupId) -> Result<()> {
+        self.try_send(Msg::Campaign(group))
+    }
+
+    /// Asks the leader of `group` (this node) to hand leadership to `to`.
+    pub fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<()> {
+        self.try_send(Msg::TransferLeader(group, to))
+    }
+}
+
+impl Loop {
+    /// Creates the RawNode of `group`. With `voters` non-empty and no ConfState in the
+    /// WAL yet, the ConfState is first made durable (bootstrap).
+    pub fn create_peer(&mut self, group: GroupId, voters: &[NodeId]) -> Result<()> {
+        if self.peers.contains_key(&group) {
+            return Ok(());
+        }
+        if self.peers.len() >= self.cfg.groups_max {
+            return Err(Error::Busy);
+        }
+        let initialized = self
+            .wal
+            .group_state(group)
+            .is_some_and(|s| !s.conf_state.voters.is_empty() || !s.conf_state.learners.is_empty());
+        if !initialized {
+            if voters.is_empty() {
+                return Err(Error::Config(format!(
+                    "group {group} needs at least one voter"
+                )));
+            }
+            let mut cs = ConfState::default();
+            cs.voters = voters.iter().map(|v| v.0).collect();
+            let mut b = WriteBatch::new();
+            b.set_conf_state(group, &cs);
+            // Durability: the bootstrap ConfState is on disk before Raft sees the group,
+            // so a restart finds the same membership.
+            self.wal.write(b)?;
+        }
+        let storage = self.wal.storage(group);
+        let state = raft::Storage::initial_state(&storage)?;
+        let first = raft::Storage::first_index(&storage)?;
+        let sm_applied = self.sm.applied_index(group).0;
+        if sm_applied + 1 < first {
+            return Err(Error::AppliedCompacted {
+                group,
+                applied: LogIndex(sm_applied),
+                first: LogIndex(first),
+            });
+        }
+        // Raft may not apply past its durable commit index; entries between it and the
+        // state machine's applied index are re-committed and then skipped (skip_through).
+        let applied = sm_applied.min(state.hard_state.commit);
+        let rc = raft::Config {
+            id: self.cfg.node_id.0,
+            election_tick: self.cfg.election_ticks,
+            heartbeat_tick: self.cfg.heartbeat_ticks,
+            applied,
+            max_size_per_msg: self.cfg.max_size_per_msg,
+            max_inflight_msgs: self.cfg.max_inflight,
+            pre_vote: self.cfg.pre_vote,
+            check_quorum: self.cfg.check_quorum,
+            ..Default::default()
+        };
+        rc.validate()?;
+        let mut raw = RawNode::new(&rc, storage, &self.logger)?;
+        let cs = &state.conf_state;
+        if cs.voters == [self.cfg.node_id.0] && cs.learners.is_empty() {
+            // A sole voter needs nobody's vote: elect it now instead of after a timeout.
+            raw.campaign()?;
+        }
+        self.peers.insert(
+            group,
+            Peer {
+                raw,
+                leader: 0,
+                skip_through: sm_applied,
+                applied,
+                deferred_reads: Vec::new(),
+            },
+        );
+        self.publish_status(group);
+        Ok(())
+    }
+
+    pub fn publish_status(&self, group: GroupId) {
+        let Some(p) = self.peers.get(&group) else {
+            return;
+        };
+        let r = &p.raw.raft;
+        let s = GroupStatus {
+            leader: NodeId(r.leader_id),
+            term: Term(r.term),
+            commit: LogIndex(r.raft_log.committed),
+            applied: LogIndex(p.applied),
+            first_index: LogIndex(r.raft_log.first_index()),
+            last_index: LogIndex(r.raft_log.last_index()),
+            is_leader: r.state == raft::StateRole::Leader,
+        };
+        self.status.write().insert(group, s);
+    }
+
+    /// Handles one inbox message; returns false on `Stop`.
+    fn handle(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::CreateGroup {
+                group,
+                voters,
+                done,
+            } => {
+                let r = self.create_peer(group, &voters);
+                let _ = done.send(r);
+            }
+            Msg::Propose { group, data } => {
+                if let Some(p) = self.peers.get_mut(&group) {
+                    if let Err(e) = p.raw.propose(Vec::new(), data.to_vec()) {
+                        tracing::debug!(%group, error = %e, "proposal dropped");
+                    }
+                }
+            }
+            Msg::Step { group, msg } => {
+                if let Some(p) = self.peers.get_mut(&group) {
+                    if let Err(e) = p.raw.step(msg) {
+                        tracing::debug!(%group, error = %e, "raft message rejected");
+                    }
+                }
+            }
+            Msg::ReadIndex { group, done } => self.start_read(group, done),
+            Msg::CompactLog { group, index } => {
+                if let Some(p) = self.peers.get(&group) {
+                    // Never past what this node applied: those entries may still be
+                    // needed to re-deliver to the state machine.
+                    let to = index.0.min(p.applied);
+                    if let Err(e) = self.wal.compact(group, LogIndex(to)) {
+                        tracing::warn!(%group, error = %e, "compaction not recorded");
+                    }
+                }
+            }
+            Msg::Campaign(group) => {
+                if let Some(p) = self.peers.get_mut(&group) {
+                    if let Err(e) = p.raw.campaign() {
+                        tracing::debug!(%group, error = %e, "campaign failed");
+                    }
+                }
+            }
+            Msg::TransferLeader(group, to) => {
+                if let Some(p) = self.peers.get_mut(&group) {
+                    p.raw.transfer_leader(to.0);
+                }
+            }
+            Msg::Stop => return false,
+        }
+        true
+    }
+
+    fn start_read(&mut self, group: GroupId, done: ReadIndexCallback) {
+        if self.reads.len() >= self.cfg.read_index_pending_max {
+            return done(Err(Error::Busy));
+        }
+        let Some(p) = self.peers.get_mut(&group) else {
+            return done(Err(Error::GroupNotFound(group)));
+        };
+        if p.raw.raft.state != raft::StateRole::Leader {
+            return done(Err(Error::NotLeader));
+        }
+        let id = self.next_read_id;
+        self.next_read_id += 1;
+        self.reads.insert(
+            id,
+            PendingRead {
+                group,
+                done,
+                deadline: Instant::now() + self.cfg.read_index_timeout,
+            },
+        );
+        if p.raw.raft.commit_to_current_term() {
+            p.raw.read_index(id.to_le_bytes().to_vec());
+        } else {
+            p.deferred_reads.push(id);
+        }
+    }
+
+    /// Fails read requests past their deadline, and issues deferred ones whose leader has
+    /// now committed in its term.
+    fn service_reads(&mut self, now: Instant) {
+        for p in self.peers.values_mut() {
+            if !p.deferred_reads.is_empty() && p.raw.raft.commit_to_current_term() {
+                for id in p.deferred_reads.drain(..) {
+                    p.raw.read_index(id.to_le_bytes().to_vec());
+                }
+            }
+        }
+        let expired: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(r) = self.reads.remove(&id) {
+                (r.done)(Err(Error::Timeout));
+            }
+        }
+    }
+
+    fn run(mut self) {
+        let mut next_tick = Instant::now() + self.cfg.tick_interval;
+        'outer: loop {
+            let timeout = next_tick.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(timeout) {
+                Ok(m) => {
+                    if !self.handle(m) {
+                        break;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            for _ in 0..INBOX_DRAIN_MAX {
+                match self.rx.try_recv() {
+                    Ok(m) => {
+                        if !self.handle(m) {
+                            break 'outer;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                for p in self.peers.values_mut() {
+                    p.raw.tick();
+                }
+                next_tick = now + self.cfg.tick_interval;
+            }
+            self.service_reads(now);
+            self.on_ready();
+        }
+        for (_, r) in self.reads.drain() {
+            (r.done)(Err(Error::Stopped));
+        }
+        if !self.pending.is_empty() {
+            let b = std::mem::take(&mut self.pending);
+            if let Err(e) = self.wal.write(b) {
+                tracing::warn!(error = %e, "could not persist final commit index");
+            }
+        }
+    }
+}

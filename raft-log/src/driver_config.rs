@@ -1,0 +1,119 @@
+//! Configuration of the Raft driver.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::types::NodeId;
+
+/// Configuration of a [`crate::Driver`]. Every field documents its default.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// This node's id in every group (non-zero). Default: 1.
+    pub node_id: NodeId,
+    /// Time between Raft ticks. Default: 100 ms.
+    pub tick_interval: Duration,
+    /// Ticks without a heartbeat before a follower campaigns. Default: 10.
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats. Default: 1.
+    pub heartbeat_ticks: usize,
+    /// Most in-flight append messages per follower. Default: 256.
+    pub max_inflight: usize,
+    /// Most bytes of entries in one append message. Default: 1 MiB.
+    pub max_size_per_msg: u64,
+    /// Capacity of the driver's inbox (proposals, raft messages, read-index requests,
+    /// admin requests); when full, `propose`/`step`/`read_index` fail with `Busy`.
+    /// Default: 4096.
+    pub proposal_queue_max: usize,
+    /// Most read-index requests waiting for a read point across all groups; more fail
+    /// with `Busy`. Default: 4096.
+    pub read_index_pending_max: usize,
+    /// How long a read-index request may wait before failing with `Timeout`.
+    /// Default: 3 s.
+    pub read_index_timeout: Duration,
+    /// Use Raft's pre-vote phase. Default: true.
+    pub pre_vote: bool,
+    /// Leaders step down when they lose contact with a quorum. Default: true.
+    pub check_quorum: bool,
+    /// Most groups this driver hosts. Default: 65536.
+    pub groups_max: usize,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            node_id: NodeId(1),
+            tick_interval: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            max_inflight: 256,
+            max_size_per_msg: 1 << 20,
+            proposal_queue_max: 4096,
+            read_index_pending_max: 4096,
+            read_index_timeout: Duration::from_secs(3),
+            pre_vote: true,
+            check_quorum: true,
+            groups_max: 65536,
+        }
+    }
+}
+
+impl DriverConfig {
+    /// Checks every field's range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |s: &str| Err(Error::Config(s.to_string()));
+        if self.node_id.0 == 0 {
+            return bad("node_id must not be 0");
+        }
+        if self.tick_interval.is_zero() || self.tick_interval > Duration::from_secs(60) {
+            return bad("tick_interval must be in (0, 60s]");
+        }
+        if self.heartbeat_ticks == 0 || self.election_ticks <= self.heartbeat_ticks {
+            return bad("need 0 < heartbeat_ticks < election_ticks");
+        }
+        if self.max_inflight == 0 || self.max_size_per_msg == 0 {
+            return bad("max_inflight and max_size_per_msg must be positive");
+        }
+        if self.proposal_queue_max == 0 || self.proposal_queue_max > 1 << 20 {
+            return bad("proposal_queue_max must be in 1..=1048576");
+        }
+        if self.read_index_pending_max == 0 || self.read_index_pending_max > 1 << 20 {
+            return bad("read_index_pending_max must be in 1..=1048576");
+        }
+        if self.read_index_timeout.is_zero() {
+            return bad("read_index_timeout must be positive");
+        }
+        if self.groups_max == 0 {
+            return bad("groups_max must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_do_not() {
+        let c = DriverConfig::default();
+        c.validate().unwrap();
+        assert!(DriverConfig {
+            node_id: NodeId(0),
+            ..c.clone()
+        }
+        .validate()
+        .is_err());
+        assert!(DriverConfig {
+            election_ticks: 1,
+            ..c.clone()
+        }
+        .validate()
+        .is_err());
+        assert!(DriverConfig {
+            proposal_queue_max: 0,
+            ..c
+        }
+        .validate()
+        .is_err());
+    }
+}

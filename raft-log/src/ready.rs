@@ -1,0 +1,239 @@
+//! The Ready loop of the driver, in raft-rs's required order, for every group at once:
+//!
+//! 1. send `messages()` (a leader may send before its own write);
+//! 2. record an incoming snapshot's metadata;
+//! 3. persist entries + HardState of EVERY ready group in ONE WAL batch, ONE fsync, and
+//!    wait for it;
+//! 4. send `persisted_messages()`;
+//! 5. apply `committed_entries`;
+//! 6. `advance()`, handle the `LightReady` the same way, `advance_apply()`.
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
+use raft::{ReadState, Ready};
+
+use crate::batch::WriteBatch;
+use crate::driver::{CommittedEntry, Loop, Peer};
+use crate::error::Error;
+use crate::types::{GroupId, LogIndex, NodeId, Term};
+
+/// Most groups whose Ready is collected into one WAL batch. A node with more ready groups
+/// handles them over several batches in the same loop iteration.
+pub(crate) const READY_GROUPS_PER_BATCH_MAX: usize = 1024;
+
+impl Loop {
+    fn send(&self, group: GroupId, msgs: Vec<Message>) {
+        if !msgs.is_empty() {
+            self.transport.send(group, msgs);
+        }
+    }
+
+    fn complete_reads(&mut self, states: Vec<ReadState>) {
+        for rs in states {
+            let Ok(id) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+                continue;
+            };
+            if let Some(r) = self.reads.remove(&u64::from_le_bytes(id)) {
+                (r.done)(Ok(LogIndex(rs.index)));
+            }
+        }
+    }
+
+    /// Fails the pending reads of `group` (its leadership changed; raft-rs drops them).
+    fn fail_reads(&mut self, group: GroupId) {
+        let ids: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.group == group)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(r) = self.reads.remove(&id) {
+                (r.done)(Err(Error::NotLeader));
+            }
+        }
+        if let Some(p) = self.peers.get_mut(&group) {
+            p.deferred_reads.clear();
+        }
+    }
+
+    /// Hands committed entries to the state machine: normal ones (after `skip_through`)
+    /// as `CommittedEntry`, conf changes applied to the RawNode with their new ConfState
+    /// made durable before the state machine sees any later entry.
+    fn apply_committed(&mut self, group: GroupId, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let peer: &mut Peer = self
+            .peers
+            .get_mut(&group)
+            .expect("invariant: ready group exists");
+        let mut out = Vec::with_capacity(entries.len());
+        let mut conf = WriteBatch::new();
+        for e in entries {
+            assert!(
+                e.index == peer.applied + 1 || e.index <= peer.skip_through,
+                "group {group}: committed entry {} does not follow applied {}",
+                e.index,
+                peer.applied
+            );
+            peer.applied = peer.applied.max(e.index);
+            match e.get_entry_type() {
+                EntryType::EntryNormal => {
+                    if e.index > peer.skip_through {
+                        out.push(CommittedEntry {
+                            index: LogIndex(e.index),
+                            term: Term(e.term),
+                            data: e.data,
+                        });
+                    }
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let cs = if e.get_entry_type() == EntryType::EntryConfChange {
+                        ConfChange::parse_from_bytes(&e.data)
+                            .map_err(|err| Error::Raft(err.to_string()))
+                            .and_then(|cc| peer.raw.apply_conf_change(&cc).map_err(Error::from))
+                    } else {
+                        ConfChangeV2::parse_from_bytes(&e.data)
+                            .map_err(|err| Error::Raft(err.to_string()))
+                            .and_then(|cc| peer.raw.apply_conf_change(&cc).map_err(Error::from))
+                    };
+                    match cs {
+                        Ok(cs) => conf.set_conf_state(group, &cs),
+                        Err(err) => {
+                            tracing::warn!(%group, index = e.index, error = %err, "conf change not applied")
+                        }
+                    }
+                }
+            }
+        }
+        if !conf.is_empty() {
+            // Durability: the new membership is on disk before the state machine may
+            // record an applied index past the conf change.
+            if let Err(e) = self.wal.write(conf) {
+                panic!("group {group}: cannot persist ConfState: {e}");
+            }
+        }
+        if !out.is_empty() {
+            self.sm.apply(group, out);
+        }
+    }
+
+    /// One pass over every group with a Ready.
+    pub(crate) fn on_ready(&mut self) {
+        loop {
+            let ready_groups: Vec<GroupId> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.raw.has_ready())
+                .map(|(g, _)| *g)
+                .take(READY_GROUPS_PER_BATCH_MAX)
+                .collect();
+            if ready_groups.is_empty() {
+                break;
+            }
+            let full = ready_groups.len() == READY_GROUPS_PER_BATCH_MAX;
+            self.on_ready_groups(&ready_groups);
+            if !full {
+                break;
+            }
+        }
+        if !self.pending.is_empty() {
+            // Commit-index updates need no wait: Raft re-learns commit after a crash.
+            let b = std::mem::take(&mut self.pending);
+            if let Err(e) = self.wal.submit(b) {
+                tracing::warn!(error = %e, "could not queue commit index update");
+            }
+        }
+    }
+
+    fn on_ready_groups(&mut self, groups: &[GroupId]) {
+        let mut batch = std::mem::take(&mut self.pending);
+        let mut must_wait = false;
+        let mut readies: Vec<(GroupId, Ready)> = Vec::with_capacity(groups.len());
+        for &group in groups {
+            let peer = self
+                .peers
+                .get_mut(&group)
+                .expect("invariant: ready group exists");
+            let mut rd = peer.raw.ready();
+            let mut leader_changed = None;
+            if let Some(ss) = rd.ss() {
+                if ss.leader_id != peer.leader {
+                    peer.leader = ss.leader_id;
+                    leader_changed = Some((ss.leader_id, peer.raw.raft.term));
+                }
+            }
+            if !rd.snapshot().is_empty() {
+                // 2. A snapshot replaces the log: its metadata goes first in the batch so
+                //    the entries after it apply on top of it.
+                batch.set_snapshot_meta(group, rd.snapshot().get_metadata());
+                must_wait = true;
+                // Raft delivers committed entries after the snapshot next; the state
+                // machine's copy of the snapshot data is the store's job (see CAVEATS).
+                peer.applied = peer.applied.max(rd.snapshot().get_metadata().index);
+            }
+            // 3. Entries and HardState of every group join ONE batch.
+            if !rd.entries().is_empty() {
+                batch.add_entries(group, rd.entries());
+                must_wait = true;
+            }
+            if let Some(hs) = rd.hs() {
+                batch.set_hard_state(group, hs);
+                must_wait = true;
+            }
+            let msgs = rd.take_messages();
+            // 1. Messages of a leader may go out before its own entries are durable (the
+            //    leader counts itself only once persisted), saving a round of latency.
+            self.send(group, msgs);
+            let states = rd.take_read_states();
+            self.complete_reads(states);
+            if let Some((leader, term)) = leader_changed {
+                self.fail_reads(group);
+                self.sm.on_leader_change(group, NodeId(leader), Term(term));
+            }
+            readies.push((group, rd));
+        }
+        if must_wait {
+            // 3. ONE write and ONE fdatasync for every group; nothing below may run before
+            //    it is durable (votes, append acks and applies depend on it).
+            if let Err(e) = self.wal.write(batch) {
+                panic!("raft-log driver cannot persist a Ready: {e}");
+            }
+        } else if !batch.is_empty() {
+            if let Err(e) = self.wal.submit(batch) {
+                tracing::warn!(error = %e, "could not queue commit index update");
+            }
+        }
+        for (group, mut rd) in readies {
+            // 4. Votes and append responses promise durability: send them only now.
+            let msgs = rd.take_persisted_messages();
+            self.send(group, msgs);
+            // 5. Committed entries are applied after the persist of this Ready.
+            let committed = rd.take_committed_entries();
+            self.apply_committed(group, committed);
+            // 6. Advance, then handle the LightReady in the same order.
+            let peer = self
+                .peers
+                .get_mut(&group)
+                .expect("invariant: ready group exists");
+            let mut light = peer.raw.advance(rd);
+            if let Some(commit) = light.commit_index() {
+                let mut hs = peer.raw.raft.hard_state();
+                hs.commit = commit;
+                // The commit index rides with the next batch (see `pending`).
+                self.pending.set_hard_state(group, &hs);
+            }
+            let msgs = light.take_messages();
+            self.send(group, msgs);
+            let committed = light.take_committed_entries();
+            self.apply_committed(group, committed);
+            let peer = self
+                .peers
+                .get_mut(&group)
+                .expect("invariant: ready group exists");
+            peer.raw.advance_apply();
+            self.publish_status(group);
+        }
+    }
+}

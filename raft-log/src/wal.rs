@@ -1,0 +1,420 @@
+//! `Wal`: opening (recovery), submitting batches, reading the index.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::RwLock;
+use raft::eraftpb::Entry;
+
+use crate::batch::WriteBatch;
+use crate::config::WalConfig;
+use crate::error::{Error, Result};
+use crate::index::{CacheLimits, GroupState, Index, SegmentInfo};
+use crate::record::Record;
+use crate::segment::{
+    check_header, parse_segment_file_name, scan_frames, segment_path, sync_dir, HeaderCheck,
+    ScannedFrame, FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX,
+};
+use crate::storage::{read_entries, GroupStorage};
+use crate::types::{GroupId, LogIndex, Term};
+use crate::writer::{
+    purge, start_segment, Callback, Completion, Counters, Shared, Submission, Ticket, WalStats,
+    Writer,
+};
+
+/// Name of the lock file that keeps two processes from opening one WAL directory.
+const LOCK_FILE_NAME: &str = "LOCK";
+
+/// The shared, segmented, group-committed write-ahead log of every Raft group on a node.
+pub struct Wal {
+    shared: Arc<Shared>,
+    tx: Option<SyncSender<Submission>>,
+    writer: Option<JoinHandle<()>>,
+    config: WalConfig,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.config.dir)
+            .finish()
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE_NAME))?;
+    // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("WAL directory {} is in use: {e}", dir.display()),
+        )));
+    }
+    Ok(file)
+}
+
+/// One segment as read at recovery.
+struct Loaded {
+    seq: u64,
+    path: PathBuf,
+    frames: Vec<ScannedFrame>,
+}
+
+/// The truncated index per group of the checkpoint that opens a segment, if the segment's
+/// first frame is a complete checkpoint.
+fn head_checkpoint(frames: &[ScannedFrame]) -> Option<HashMap<GroupId, u64>> {
+    let records = &frames.first()?.records;
+    let Some((Record::CheckpointBegin { group_count }, _)) = records.first() else {
+        return None;
+    };
+    if records.len() != *group_count as usize + 1 {
+        return None;
+    }
+    records[1..]
+        .iter()
+        .map(|(r, _)| match r {
+            Record::Checkpoint { group, checkpoint } => {
+                Some((*group, checkpoint.truncated_index.0))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn corruption(file: &Path, offset: u64, reason: impl Into<String>) -> Error {
+    Error::Corruption {
+        file: file.to_path_buf(),
+        offset,
+        reason: reason.into(),
+    }
+}
+
+/// Reads every segment, checking headers and frames. A torn or corrupt tail of the last
+/// segment is cut off; anything wrong earlier is an error.
+fn load_segments(dir: &Path) -> Result<Vec<Loaded>> {
+    let mut seqs = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if let Some(seq) = name.to_str().and_then(parse_segment_file_name) {
+            seqs.push(seq);
+        }
+    }
+    seqs.sort_unstable();
+    let mut loaded = Vec::with_capacity(seqs.len());
+    for (i, &seq) in seqs.iter().enumerate() {
+        let is_last = i + 1 == seqs.len();
+        let path = segment_path(dir, seq);
+        let bytes = std::fs::read(&path)?;
+        match check_header(&bytes, seq) {
+            HeaderCheck::Valid => {}
+            HeaderCheck::Torn if is_last => {
+                // The process died while creating this segment: nothing in it was ever
+                // acknowledged, because creation is fsynced before the first append.
+                tracing::warn!(file = %path.display(), "removing WAL segment with a torn header");
+                std::fs::remove_file(&path)?;
+                sync_dir(dir)?;
+                continue;
+            }
+            HeaderCheck::Torn => return Err(corruption(&path, 0, "torn segment header")),
+            HeaderCheck::Bad(reason) => return Err(corruption(&path, 0, reason)),
+        }
+        let scan = scan_frames(seq, &bytes);
+        if let Some((offset, reason)) = scan.bad {
+            if !is_last {
+                return Err(corruption(&path, offset, reason));
+            }
+            tracing::warn!(
+                file = %path.display(), offset, %reason,
+                "truncating torn or corrupt tail of the last WAL segment"
+            );
+            let f = OpenOptions::new().write(true).open(&path)?;
+            f.set_len(offset)?;
+            f.sync_all()?;
+        }
+        loaded.push(Loaded {
+            seq,
+            path,
+            frames: scan.frames,
+        });
+    }
+    Ok(loaded)
+}
+
+/// Finishes a purge interrupted by a crash. Purge deletes newest-first, so what it leaves
+/// is: old segments, a gap, then the checkpointed segment that made them deletable. Any
+/// other gap (or one the checkpoint does not cover) is a missing segment.
+fn finish_interrupted_purge(dir: &Path, loaded: &mut Vec<Loaded>) -> Result<()> {
+    let Some(gap) = (1..loaded.len())
+        .rev()
+        .find(|&i| loaded[i].seq != loaded[i - 1].seq + 1)
+    else {
+        return Ok(());
+    };
+    let missing = segment_path(dir, loaded[gap - 1].seq + 1);
+    let Some(checkpoint) = head_checkpoint(&loaded[gap].frames) else {
+        return Err(corruption(&missing, 0, "missing segment"));
+    };
+    for seg in &loaded[..gap] {
+        for frame in &seg.frames {
+            for (r, _) in &frame.records {
+                if let Record::Entries { group, entries } = r {
+                    let last = entries.last().map_or(0, |e| e.index);
+                    if checkpoint.get(group).is_none_or(|t| last > *t) {
+                        return Err(corruption(
+                            &missing,
+                            0,
+                            "missing segment (older segments are not covered by the next checkpoint)",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for seg in loaded.drain(..gap) {
+        tracing::warn!(file = %seg.path.display(), "finishing interrupted purge of WAL segment");
+        std::fs::remove_file(&seg.path)?;
+    }
+    sync_dir(dir)?;
+    Ok(())
+}
+
+impl Wal {
+    /// Opens (or creates) the WAL in `config.dir`, recovering every group's log and state,
+    /// then starts the writer thread on a fresh segment.
+    pub fn open(config: WalConfig) -> Result<Wal> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.dir)?;
+        let lock = lock_dir(&config.dir)?;
+        let dir = config.dir.clone();
+        let mut loaded = load_segments(&dir)?;
+        finish_interrupted_purge(&dir, &mut loaded)?;
+
+        let mut index = Index::new(CacheLimits {
+            entries_max: config.cache_entries_per_group_max,
+            bytes_max: config.cache_bytes_per_group_max,
+        });
+        for seg in &loaded {
+            index.segments.insert(
+                seg.seq,
+                SegmentInfo {
+                    path: seg.path.clone(),
+                    file: Arc::new(File::open(&seg.path)?),
+                    max_index: HashMap::new(),
+                    checkpoint: head_checkpoint(&seg.frames),
+                },
+            );
+            for frame in &seg.frames {
+                let base = frame.offset + FRAME_HEADER_BYTES as u64;
+                for (record, spans) in &frame.records {
+                    index
+                        .apply(seg.seq, base, record, spans)
+                        .map_err(|reason| corruption(&seg.path, frame.offset, reason))?;
+                }
+            }
+        }
+        let next_seq = loaded.last().map_or(1, |s| s.seq + 1);
+        drop(loaded);
+
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            index: RwLock::new(index),
+            counters: Counters::default(),
+        });
+        // Always continue in a new segment: it starts with a checkpoint of the recovered
+        // state, and the (possibly truncated) old tail is never appended to again.
+        let (active, active_len) = start_segment(&shared, next_seq)?;
+        purge(&shared);
+
+        let (tx, rx) = sync_channel(config.queue_capacity);
+        let writer = Writer {
+            shared: Arc::clone(&shared),
+            rx,
+            active,
+            active_seq: next_seq,
+            active_len,
+            segment_bytes_max: config.segment_bytes_max,
+            batch_bytes_max: config.batch_bytes_max,
+            carry: None,
+        };
+        let handle = std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || writer.run())?;
+        Ok(Wal {
+            shared,
+            tx: Some(tx),
+            writer: Some(handle),
+            config,
+            _lock: lock,
+        })
+    }
+
+    /// The configuration the WAL was opened with.
+    pub fn config(&self) -> &WalConfig {
+        &self.config
+    }
+
+    fn check_size(batch: &WriteBatch) -> Result<()> {
+        if batch.encoded_len() > FRAME_PAYLOAD_BYTES_MAX {
+            return Err(Error::BatchTooLarge {
+                bytes: batch.encoded_len(),
+                max: FRAME_PAYLOAD_BYTES_MAX,
+            });
+        }
+        Ok(())
+    }
+
+    fn sender(&self) -> &SyncSender<Submission> {
+        self.tx
+            .as_ref()
+            .expect("invariant: sender lives until drop")
+    }
+
+    fn send(&self, batch: WriteBatch, done: Completion) -> Result<()> {
+        Self::check_size(&batch)?;
+        if batch.is_empty() {
+            done.complete(Ok(()));
+            return Ok(());
+        }
+        self.sender()
+            .send(Submission { batch, done })
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Queues `batch`, blocking while the queue is full. The ticket completes once the
+    /// batch is durable and readable.
+    pub fn submit(&self, batch: WriteBatch) -> Result<Ticket> {
+        let (done, ticket) = Completion::ticket();
+        self.send(batch, done)?;
+        Ok(ticket)
+    }
+
+    /// Like [`Wal::submit`] but fails with `Error::Busy` instead of blocking on a full queue.
+    pub fn try_submit(&self, batch: WriteBatch) -> Result<Ticket> {
+        Self::check_size(&batch)?;
+        let (done, ticket) = Completion::ticket();
+        if batch.is_empty() {
+            done.complete(Ok(()));
+            return Ok(ticket);
+        }
+        match self.sender().try_send(Submission { batch, done }) {
+            Ok(()) => Ok(ticket),
+            Err(TrySendError::Full(_)) => Err(Error::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(Error::Stopped),
+        }
+    }
+
+    /// Queues `batch` (blocking while the queue is full); `callback` runs on the writer
+    /// thread once the batch is durable or rejected, and must not block.
+    pub fn submit_with_callback(
+        &self,
+        batch: WriteBatch,
+        callback: impl FnOnce(Result<()>) + Send + 'static,
+    ) -> Result<()> {
+        let cb: Callback = Box::new(callback);
+        self.send(batch, Completion::callback(cb))
+    }
+
+    /// Submits `batch` and waits until it is durable.
+    pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        self.submit(batch)?.wait()
+    }
+
+    /// Records that `group` no longer needs entries at or below `index` (clamped to its
+    /// last index). Segments holding only such entries are deleted at a later rotation.
+    pub fn compact(&self, group: GroupId, index: LogIndex) -> Result<Ticket> {
+        let mut b = WriteBatch::new();
+        b.compact(group, index);
+        self.submit(b)
+    }
+
+    /// A `raft::Storage` view of one group.
+    pub fn storage(&self, group: GroupId) -> GroupStorage {
+        GroupStorage::new(group, Arc::clone(&self.shared))
+    }
+
+    /// Every group with any record in the log.
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.shared.index.read().groups.keys().copied().collect()
+    }
+
+    /// The durable state of `group`, if it has any record.
+    pub fn group_state(&self, group: GroupId) -> Option<GroupState> {
+        self.shared
+            .index
+            .read()
+            .groups
+            .get(&group)
+            .map(|g| g.state())
+    }
+
+    /// Entries `[low, high)` of `group`, at most `max_size` bytes (but at least one).
+    pub fn entries(
+        &self,
+        group: GroupId,
+        low: LogIndex,
+        high: LogIndex,
+        max_size: Option<u64>,
+    ) -> Result<Vec<Entry>> {
+        read_entries(&self.shared, group, low.0, high.0, max_size)
+    }
+
+    /// The term of entry `index` of `group`.
+    pub fn term(&self, group: GroupId, index: LogIndex) -> Result<Term> {
+        let idx = self.shared.index.read();
+        match idx.groups.get(&group) {
+            Some(g) => g.term(index.0).map(Term),
+            None if index.0 == 0 => Ok(Term(0)),
+            None => Err(Error::Unavailable),
+        }
+    }
+
+    /// Counters: fsyncs, entries appended, frames, bytes, purged segments.
+    pub fn stats(&self) -> WalStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Sequence numbers of the segment files currently live.
+    pub fn segment_seqs(&self) -> Vec<u64> {
+        self.shared.index.read().segments.keys().copied().collect()
+    }
+
+    /// Number of entry positions held in memory across all groups.
+    pub fn indexed_entry_count(&self) -> usize {
+        self.shared
+            .index
+            .read()
+            .groups
+            .values()
+            .map(|g| g.entry_count())
+            .sum()
+    }
+
+    /// O(n) check of the index's invariants; tests call it after every step.
+    pub fn check_invariants(&self) {
+        self.shared.index.read().check_invariants();
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish everything already submitted and exit.
+        drop(self.tx.take());
+        if let Some(h) = self.writer.take() {
+            if h.join().is_err() {
+                tracing::error!("WAL writer thread panicked");
+            }
+        }
+    }
+}
