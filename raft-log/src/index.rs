@@ -47,6 +47,10 @@ pub(crate) struct GroupIndex {
     metas: VecDeque<EntryMeta>,
     cache: VecDeque<Entry>,
     cache_bytes: usize,
+    /// Recovery only: highest index of a gap replay skipped over (entries in purged
+    /// segments), and whether the truncated term is still a placeholder.
+    hole_end: u64,
+    truncated_term_unknown: bool,
 }
 
 /// Read-only view of one group's durable state.
@@ -324,20 +328,43 @@ impl Index {
     /// Applies one durable record. `base` is the file offset that the record's entry
     /// spans are relative to. Errors mean the record cannot follow the current state (the
     /// caller validated live records, so during recovery this is corruption).
+    ///
+    /// With `recovering`, an append that starts after a gap is accepted provisionally:
+    /// the entries before it lived in purged segments. The group's log restarts at the
+    /// append, and `finish_recovery` later checks that a durable compact point covers the
+    /// gap (otherwise entries are really missing).
     pub fn apply(
         &mut self,
         seq: u64,
         base: u64,
         record: &Record,
         spans: &[EntrySpan],
+        recovering: bool,
     ) -> Result<(), String> {
         if let Record::CheckpointBegin { .. } = record {
             return Ok(());
         }
         let group = record.group();
         let (t, l) = self.bounds(group);
-        project(t, l, record)?;
         let lim = self.cache_limits;
+        if let Err(reason) = project(t, l, record) {
+            let Record::Entries { entries, .. } = record else {
+                return Err(reason);
+            };
+            if !recovering {
+                return Err(reason);
+            }
+            let g = self.groups.entry(group).or_default();
+            let hole_end = entries
+                .first()
+                .expect("invariant: a gap needs entries")
+                .index
+                - 1;
+            g.truncate_from(g.first_index());
+            g.truncate_to(hole_end, 0);
+            g.hole_end = g.hole_end.max(hole_end);
+            g.truncated_term_unknown = true;
+        }
         let g = self.groups.entry(group).or_default();
         match record {
             Record::Entries { entries, .. } => {
@@ -357,6 +384,7 @@ impl Index {
             Record::SnapshotMeta { meta, .. } => {
                 g.truncate_from(g.first_index());
                 g.truncate_to(meta.index, meta.term);
+                g.truncated_term_unknown = false;
                 g.conf_state = meta.get_conf_state().clone();
                 g.snapshot = Some(meta.clone());
             }
@@ -365,6 +393,7 @@ impl Index {
                 if to > g.truncated_index {
                     let term = g.term(to).map_err(|e| e.to_string())?;
                     g.truncate_to(to, term);
+                    g.truncated_term_unknown = false;
                 }
             }
             Record::Checkpoint { checkpoint, .. } => {
@@ -372,11 +401,12 @@ impl Index {
                 g.conf_state = checkpoint.conf_state.clone();
                 g.snapshot = checkpoint.snapshot.clone();
                 let t = checkpoint.truncated_index.0;
-                if t > g.truncated_index {
+                if t >= g.truncated_index {
                     if t > g.last_index() {
                         g.truncate_from(g.first_index());
                     }
                     g.truncate_to(t, checkpoint.truncated_term.0);
+                    g.truncated_term_unknown = false;
                 }
             }
             Record::CheckpointBegin { .. } => unreachable!("handled above"),
@@ -399,35 +429,45 @@ impl Index {
         records
     }
 
-    /// The sequence numbers of the oldest segments that can be deleted: a prefix whose
-    /// entries are all at or below the truncated index recorded, for their group, in the
-    /// checkpoint heading the segment right after the prefix. Recovery starting at that
-    /// checkpoint then rebuilds exactly the current state. The active segment (the last)
-    /// is never included.
+    /// The sequence numbers of the oldest segments that can be deleted: the longest
+    /// prefix whose entries are all, for their group, at or below the truncated index in
+    /// the checkpoint heading the newest segment. That checkpoint is durable and is never
+    /// purged itself, so recovery from the remaining segments rebuilds every group's
+    /// state (HardState and the rest were re-recorded in it) and every live entry; the
+    /// gaps left in the log are covered by its compact points (see `finish_recovery`).
+    /// The newest segment is never included.
     pub fn purgeable_prefix(&self) -> Vec<u64> {
-        let seqs: Vec<u64> = self.segments.keys().copied().collect();
-        let mut max_so_far: HashMap<GroupId, u64> = HashMap::new();
-        let mut purge_through = None;
-        for (i, seq) in seqs.iter().enumerate() {
-            let Some(next) = seqs.get(i + 1) else { break };
-            for (g, m) in &self.segments[seq].max_index {
-                let e = max_so_far.entry(*g).or_insert(0);
-                *e = (*e).max(*m);
-            }
-            let Some(cp) = &self.segments[next].checkpoint else {
-                continue;
-            };
-            let covered = max_so_far
-                .iter()
-                .all(|(g, m)| cp.get(g).is_some_and(|t| m <= t));
-            if covered {
-                purge_through = Some(i);
+        let Some((newest, info)) = self.segments.last_key_value() else {
+            return Vec::new();
+        };
+        let Some(cp) = &info.checkpoint else {
+            return Vec::new();
+        };
+        self.segments
+            .iter()
+            .take_while(|(seq, seg)| {
+                *seq != newest
+                    && seg
+                        .max_index
+                        .iter()
+                        .all(|(g, m)| cp.get(g).is_some_and(|t| m <= t))
+            })
+            .map(|(seq, _)| *seq)
+            .collect()
+    }
+
+    /// Checks, after replaying every segment, that each gap accepted during recovery is
+    /// covered by a durable compact point.
+    pub fn finish_recovery(&self) -> Result<(), String> {
+        for (group, g) in &self.groups {
+            if g.truncated_index < g.hole_end || g.truncated_term_unknown {
+                return Err(format!(
+                    "group {group}: entries up to {} are missing and were never compacted",
+                    g.hole_end
+                ));
             }
         }
-        match purge_through {
-            Some(i) => seqs[..=i].to_vec(),
-            None => Vec::new(),
-        }
+        Ok(())
     }
 
     /// Where to find entries `[low, high)` of `group`, honouring `max_size` the way raft's
@@ -533,9 +573,9 @@ mod tests {
     fn append_truncates_conflicting_suffix_and_bounds_the_cache() {
         let mut idx = index();
         let (r, s) = entries_record(1, 10, 1);
-        idx.apply(1, 0, &r, &s).unwrap();
+        idx.apply(1, 0, &r, &s, false).unwrap();
         let (r, s) = entries_record(6, 2, 2);
-        idx.apply(1, 1000, &r, &s).unwrap();
+        idx.apply(1, 1000, &r, &s, false).unwrap();
         let g = &idx.groups[&GroupId(1)];
         assert_eq!(g.last_index(), 7);
         assert_eq!(g.term(5).unwrap(), 1);
@@ -544,7 +584,7 @@ mod tests {
         assert!(g.cache.len() <= 4);
         idx.check_invariants();
         let (r, s) = entries_record(9, 1, 2);
-        let err = idx.apply(1, 0, &r, &s).unwrap_err();
+        let err = idx.apply(1, 0, &r, &s, false).unwrap_err();
         assert!(err.contains("the log ends at 7"), "{err}");
         assert_eq!(
             idx.groups[&GroupId(1)].last_index(),
@@ -557,7 +597,7 @@ mod tests {
     fn compact_and_snapshot_move_the_truncation_point() {
         let mut idx = index();
         let (r, s) = entries_record(1, 10, 3);
-        idx.apply(1, 0, &r, &s).unwrap();
+        idx.apply(1, 0, &r, &s, false).unwrap();
         idx.apply(
             1,
             0,
@@ -566,6 +606,7 @@ mod tests {
                 index: LogIndex(4),
             },
             &[],
+            false,
         )
         .unwrap();
         let g = &idx.groups[&GroupId(1)];
@@ -584,6 +625,7 @@ mod tests {
                 index: LogIndex(99),
             },
             &[],
+            false,
         )
         .unwrap();
         assert_eq!(idx.groups[&GroupId(1)].first_index(), 11);
@@ -598,6 +640,7 @@ mod tests {
                 meta,
             },
             &[],
+            false,
         )
         .unwrap();
         let g = &idx.groups[&GroupId(1)];
@@ -607,19 +650,55 @@ mod tests {
     }
 
     #[test]
-    fn purge_needs_a_covering_checkpoint() {
+    fn purge_needs_a_covering_checkpoint_in_the_newest_segment() {
         let mut idx = index();
         let (r, s) = entries_record(1, 10, 1);
-        idx.apply(1, 0, &r, &s).unwrap();
-        assert!(idx.purgeable_prefix().is_empty());
-        idx.segments.get_mut(&2).unwrap().checkpoint = Some(HashMap::from([(GroupId(1), 9)]));
+        idx.apply(1, 0, &r, &s, false).unwrap();
+        let (r, s) = entries_record(11, 5, 1);
+        idx.apply(2, 0, &r, &s, false).unwrap();
+        assert!(idx.purgeable_prefix().is_empty(), "no checkpoint yet");
+        idx.segments.get_mut(&3).unwrap().checkpoint = Some(HashMap::from([(GroupId(1), 9)]));
         assert!(
             idx.purgeable_prefix().is_empty(),
             "entry 10 is above the checkpoint"
         );
-        idx.segments.get_mut(&2).unwrap().checkpoint = Some(HashMap::from([(GroupId(1), 10)]));
+        idx.segments.get_mut(&3).unwrap().checkpoint = Some(HashMap::from([(GroupId(1), 12)]));
         assert_eq!(idx.purgeable_prefix(), vec![1]);
-        idx.segments.get_mut(&3).unwrap().checkpoint = Some(HashMap::from([(GroupId(1), 10)]));
+        idx.segments.get_mut(&3).unwrap().checkpoint = Some(HashMap::from([(GroupId(1), 15)]));
         assert_eq!(idx.purgeable_prefix(), vec![1, 2]);
+    }
+
+    #[test]
+    fn recovery_accepts_a_gap_only_if_it_is_compacted_later() {
+        let mut idx = index();
+        let (r, s) = entries_record(20, 3, 4);
+        assert!(
+            idx.apply(2, 0, &r, &s, false).is_err(),
+            "live appends may not leave gaps"
+        );
+        idx.apply(2, 0, &r, &s, true).unwrap();
+        assert!(idx.finish_recovery().is_err(), "entries 1..=19 are missing");
+        let cp = Checkpoint {
+            truncated_index: LogIndex(19),
+            truncated_term: Term(3),
+            ..Checkpoint::default()
+        };
+        idx.apply(
+            3,
+            0,
+            &Record::Checkpoint {
+                group: GroupId(1),
+                checkpoint: cp,
+            },
+            &[],
+            true,
+        )
+        .unwrap();
+        idx.finish_recovery().unwrap();
+        let g = &idx.groups[&GroupId(1)];
+        assert_eq!(
+            (g.first_index(), g.last_index(), g.term(19).unwrap()),
+            (20, 22, 3)
+        );
     }
 }

@@ -152,41 +152,18 @@ fn load_segments(dir: &Path) -> Result<Vec<Loaded>> {
     Ok(loaded)
 }
 
-/// Finishes a purge interrupted by a crash. Purge deletes newest-first, so what it leaves
-/// is: old segments, a gap, then the checkpointed segment that made them deletable. Any
-/// other gap (or one the checkpoint does not cover) is a missing segment.
-fn finish_interrupted_purge(dir: &Path, loaded: &mut Vec<Loaded>) -> Result<()> {
-    let Some(gap) = (1..loaded.len())
-        .rev()
-        .find(|&i| loaded[i].seq != loaded[i - 1].seq + 1)
-    else {
-        return Ok(());
-    };
-    let missing = segment_path(dir, loaded[gap - 1].seq + 1);
-    let Some(checkpoint) = head_checkpoint(&loaded[gap].frames) else {
-        return Err(corruption(&missing, 0, "missing segment"));
-    };
-    for seg in &loaded[..gap] {
-        for frame in &seg.frames {
-            for (r, _) in &frame.records {
-                if let Record::Entries { group, entries } = r {
-                    let last = entries.last().map_or(0, |e| e.index);
-                    if checkpoint.get(group).is_none_or(|t| last > *t) {
-                        return Err(corruption(
-                            &missing,
-                            0,
-                            "missing segment (older segments are not covered by the next checkpoint)",
-                        ));
-                    }
-                }
-            }
+/// Checks that the segments are a contiguous run (purge deletes oldest first, so a crash
+/// during purge leaves a shorter run, never a hole).
+fn check_contiguous(dir: &Path, loaded: &[Loaded]) -> Result<()> {
+    for pair in loaded.windows(2) {
+        if pair[1].seq != pair[0].seq + 1 {
+            return Err(corruption(
+                &segment_path(dir, pair[0].seq + 1),
+                0,
+                "missing segment",
+            ));
         }
     }
-    for seg in loaded.drain(..gap) {
-        tracing::warn!(file = %seg.path.display(), "finishing interrupted purge of WAL segment");
-        std::fs::remove_file(&seg.path)?;
-    }
-    sync_dir(dir)?;
     Ok(())
 }
 
@@ -198,8 +175,8 @@ impl Wal {
         std::fs::create_dir_all(&config.dir)?;
         let lock = lock_dir(&config.dir)?;
         let dir = config.dir.clone();
-        let mut loaded = load_segments(&dir)?;
-        finish_interrupted_purge(&dir, &mut loaded)?;
+        let loaded = load_segments(&dir)?;
+        check_contiguous(&dir, &loaded)?;
 
         let mut index = Index::new(CacheLimits {
             entries_max: config.cache_entries_per_group_max,
@@ -219,10 +196,16 @@ impl Wal {
                 let base = frame.offset + FRAME_HEADER_BYTES as u64;
                 for (record, spans) in &frame.records {
                     index
-                        .apply(seg.seq, base, record, spans)
+                        .apply(seg.seq, base, record, spans, true)
                         .map_err(|reason| corruption(&seg.path, frame.offset, reason))?;
                 }
             }
+        }
+        if let Err(reason) = index.finish_recovery() {
+            let first = loaded
+                .first()
+                .map_or_else(|| dir.clone(), |s| s.path.clone());
+            return Err(corruption(&first, 0, reason));
         }
         let next_seq = loaded.last().map_or(1, |s| s.seq + 1);
         drop(loaded);

@@ -197,7 +197,8 @@ pub(crate) fn start_segment(shared: &Shared, seq: u64) -> std::io::Result<(File,
 }
 
 /// Deletes the segments that no longer hold anything needed. Called only after the
-/// newest segment's checkpoint is durable (see `start_segment`).
+/// newest segment's checkpoint is durable (see `start_segment`): it is what makes them
+/// unnecessary.
 pub(crate) fn purge(shared: &Shared) {
     let victims: Vec<(u64, PathBuf)> = {
         let mut index = shared.index.write();
@@ -215,14 +216,12 @@ pub(crate) fn purge(shared: &Shared) {
     if victims.is_empty() {
         return;
     }
-    // Newest first: if we crash midway, the survivors are an older prefix followed by a
-    // gap and the checkpointed segment that covers them; recovery recognises that shape
-    // and finishes the purge. Deleting oldest first could leave a segment whose entries
-    // continue ones already deleted.
-    for (seq, path) in victims.iter().rev() {
+    // Oldest first, stopping at the first failure, so the survivors stay a contiguous
+    // run of segments (a gap in the middle is corruption at recovery).
+    for (seq, path) in &victims {
         if let Err(e) = std::fs::remove_file(path) {
             tracing::warn!(seq, path = %path.display(), error = %e, "could not delete purged WAL segment");
-            return;
+            break;
         }
         shared
             .counters
@@ -358,7 +357,7 @@ impl Writer {
             for (s, base) in subs.iter().zip(&bases) {
                 for (record, spans) in &s.batch.records {
                     index
-                        .apply(self.active_seq, *base, record, spans)
+                        .apply(self.active_seq, *base, record, spans, false)
                         .unwrap_or_else(|e| panic!("invariant: validated record applies: {e}"));
                 }
                 entries += s.batch.entry_count;

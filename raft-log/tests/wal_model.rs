@@ -15,8 +15,19 @@ use common::{entry, open_small};
 #[derive(Clone, Debug)]
 enum Op {
     /// Append `n` entries starting `back` positions before last+1.
-    Append { group: u64, back: u64, n: u64, term: u64, fill: u8 },
-    HardState { group: u64, term: u64, vote: u64, commit: u64 },
+    Append {
+        group: u64,
+        back: u64,
+        n: u64,
+        term: u64,
+        fill: u8,
+    },
+    HardState {
+        group: u64,
+        term: u64,
+        vote: u64,
+        commit: u64,
+    },
     /// Compact `ahead` entries past the current compact point.
     Compact { group: u64, ahead: u64 },
 }
@@ -41,18 +52,34 @@ struct ModelGroup {
 
 impl ModelGroup {
     fn last(&self) -> u64 {
-        self.entries.keys().next_back().copied().unwrap_or(self.truncated)
+        self.entries
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(self.truncated)
     }
 }
 
 fn apply(model: &mut BTreeMap<u64, ModelGroup>, wal: &Wal, op: &Op) {
     let mut b = WriteBatch::new();
     match *op {
-        Op::Append { group, back, n, term, fill } => {
+        Op::Append {
+            group,
+            back,
+            n,
+            term,
+            fill,
+        } => {
             let g = model.entry(group).or_default();
             let start = (g.last() + 1).saturating_sub(back).max(1);
             let ents: Vec<_> = (start..start + n)
-                .map(|i| entry(i, term, &vec![fill.wrapping_add(i as u8); (i % 7) as usize * 9]))
+                .map(|i| {
+                    entry(
+                        i,
+                        term,
+                        &vec![fill.wrapping_add(i as u8); (i % 7) as usize * 9],
+                    )
+                })
                 .collect();
             b.add_entries(GroupId(group), &ents);
             g.entries.split_off(&start);
@@ -62,7 +89,12 @@ fn apply(model: &mut BTreeMap<u64, ModelGroup>, wal: &Wal, op: &Op) {
                 }
             }
         }
-        Op::HardState { group, term, vote, commit } => {
+        Op::HardState {
+            group,
+            term,
+            vote,
+            commit,
+        } => {
             let mut hs = HardState::default();
             hs.term = term;
             hs.vote = vote;
@@ -91,17 +123,29 @@ fn check(model: &BTreeMap<u64, ModelGroup>, wal: &Wal) {
     for (&group, g) in model {
         let gid = GroupId(group);
         let st = wal.group_state(gid).expect("group exists");
-        assert_eq!(st.first_index.0, g.truncated + 1, "group {group} first index");
+        assert_eq!(
+            st.first_index.0,
+            g.truncated + 1,
+            "group {group} first index"
+        );
         assert_eq!(st.last_index.0, g.last(), "group {group} last index");
         assert_eq!(st.hard_state, g.hs, "group {group} hard state");
-        assert_eq!(wal.term(gid, LogIndex(g.truncated)).unwrap(), Term(g.truncated_term));
+        assert_eq!(
+            wal.term(gid, LogIndex(g.truncated)).unwrap(),
+            Term(g.truncated_term)
+        );
         let got = wal
             .entries(gid, LogIndex(g.truncated + 1), LogIndex(g.last() + 1), None)
             .unwrap();
-        let want: Vec<(u64, u64, Vec<u8>)> =
-            g.entries.iter().map(|(i, (t, d))| (*i, *t, d.clone())).collect();
-        let got: Vec<(u64, u64, Vec<u8>)> =
-            got.iter().map(|e| (e.index, e.term, e.data.to_vec())).collect();
+        let want: Vec<(u64, u64, Vec<u8>)> = g
+            .entries
+            .iter()
+            .map(|(i, (t, d))| (*i, *t, d.clone()))
+            .collect();
+        let got: Vec<(u64, u64, Vec<u8>)> = got
+            .iter()
+            .map(|e| (e.index, e.term, e.data.to_vec()))
+            .collect();
         assert_eq!(got, want, "group {group} entries");
         for (i, (t, _)) in &g.entries {
             assert_eq!(wal.term(gid, LogIndex(*i)).unwrap(), Term(*t));
@@ -114,7 +158,11 @@ fn check(model: &BTreeMap<u64, ModelGroup>, wal: &Wal) {
         }
         total += g.entries.len();
     }
-    assert_eq!(wal.indexed_entry_count(), total, "index holds exactly the live entries");
+    assert_eq!(
+        wal.indexed_entry_count(),
+        total,
+        "index holds exactly the live entries"
+    );
 }
 
 proptest! {

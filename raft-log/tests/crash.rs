@@ -1,0 +1,295 @@
+//! Crash tests: a torn tail at every byte offset, random bit flips, and purge.
+
+mod common;
+
+use std::path::Path;
+
+use raft::eraftpb::HardState;
+use raft_log::{Error, GroupId, LogIndex, Wal, WalConfig, WriteBatch};
+use rand::{Rng, SeedableRng};
+
+use common::{copy_dir, entry, segment_files};
+
+const GROUPS: u64 = 3;
+
+/// Everything observable about the groups, for comparing recovered states.
+#[derive(Debug, PartialEq, Clone)]
+struct View(Vec<(u64, u64, u64, HardState, Vec<(u64, u64, Vec<u8>)>)>);
+
+fn view(wal: &Wal) -> View {
+    wal.check_invariants();
+    let mut v = Vec::new();
+    for g in 0..GROUPS {
+        let gid = GroupId(g);
+        let Some(st) = wal.group_state(gid) else {
+            continue;
+        };
+        let ents = wal
+            .entries(gid, st.first_index, LogIndex(st.last_index.0 + 1), None)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.index, e.term, e.data.to_vec()))
+            .collect();
+        v.push((g, st.first_index.0, st.last_index.0, st.hard_state, ents));
+    }
+    View(v)
+}
+
+fn config(dir: &Path) -> WalConfig {
+    WalConfig {
+        segment_bytes_max: 2048,
+        cache_entries_per_group_max: 1,
+        ..WalConfig::new(dir)
+    }
+}
+
+/// Writes a small multi-group log; returns the view after each completed batch
+/// (including the empty start).
+fn build_log(dir: &Path, batches: u64) -> Vec<View> {
+    let wal = Wal::open(config(dir)).unwrap();
+    let mut views = vec![view(&wal)];
+    let mut next = [1u64; GROUPS as usize];
+    for i in 0..batches {
+        let mut b = WriteBatch::new();
+        for g in 0..GROUPS {
+            if (i + g) % 2 == 0 {
+                let n = next[g as usize];
+                // Every fifth batch overwrites the previous entry (a Raft conflict).
+                let start = if i % 5 == 4 && n > 1 { n - 1 } else { n };
+                let ents: Vec<_> = (start..start + 2)
+                    .map(|idx| entry(idx, 1 + i / 5, format!("g{g}-i{idx}-b{i}").as_bytes()))
+                    .collect();
+                b.add_entries(GroupId(g), &ents);
+                next[g as usize] = start + 2;
+            }
+        }
+        let mut hs = HardState::default();
+        hs.term = 1 + i / 5;
+        hs.commit = i;
+        b.set_hard_state(GroupId(i % GROUPS), &hs);
+        if i == batches / 2 {
+            b.compact(GroupId(0), LogIndex(3));
+        }
+        wal.write(b).unwrap();
+        views.push(view(&wal));
+    }
+    views
+}
+
+#[test]
+fn torn_tail_at_every_byte_recovers_a_durable_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let views = build_log(dir.path(), 24);
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 2, "the log should span several segments");
+    let last = files.last().unwrap();
+    let len = std::fs::metadata(last).unwrap().len();
+    let mut prev_k = 0;
+    for cut in 0..=len {
+        let copy = copy_dir(dir.path());
+        let victim = copy.path().join(last.file_name().unwrap());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&victim)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        let wal = Wal::open(config(copy.path()))
+            .unwrap_or_else(|e| panic!("cut at {cut}: recovery failed: {e}"));
+        let got = view(&wal);
+        let k = views
+            .iter()
+            .rposition(|v| *v == got)
+            .unwrap_or_else(|| panic!("cut at {cut}: recovered state is not a prefix: {got:?}"));
+        assert!(
+            k >= prev_k,
+            "cut at {cut}: longer file recovered less ({k} < {prev_k})"
+        );
+        prev_k = k;
+    }
+    assert_eq!(
+        prev_k,
+        views.len() - 1,
+        "the untouched log recovers everything"
+    );
+}
+
+#[test]
+fn bit_flips_give_a_prefix_or_corruption_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let views = build_log(dir.path(), 16);
+    let files = segment_files(dir.path());
+    let seed = 0x5eed_u64;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut prefixes, mut corruptions) = (0, 0);
+    for round in 0..300 {
+        let copy = copy_dir(dir.path());
+        let pick = &files[rng.random_range(0..files.len())];
+        let victim = copy.path().join(pick.file_name().unwrap());
+        let mut bytes = std::fs::read(&victim).unwrap();
+        for _ in 0..rng.random_range(1..=3) {
+            let bit = rng.random_range(0..bytes.len() * 8);
+            bytes[bit / 8] ^= 1 << (bit % 8);
+        }
+        std::fs::write(&victim, &bytes).unwrap();
+        match Wal::open(config(copy.path())) {
+            Ok(wal) => {
+                let got = view(&wal);
+                assert!(
+                    views.contains(&got),
+                    "seed {seed} round {round}: flip in {pick:?} recovered garbage"
+                );
+                prefixes += 1;
+            }
+            Err(Error::Corruption { file, .. }) => {
+                assert_eq!(
+                    file.file_name(),
+                    pick.file_name(),
+                    "seed {seed} round {round}: corruption names the wrong file"
+                );
+                corruptions += 1;
+            }
+            Err(e) => panic!("seed {seed} round {round}: unexpected error {e}"),
+        }
+    }
+    assert!(
+        prefixes > 0 && corruptions > 0,
+        "both outcomes are exercised"
+    );
+}
+
+#[test]
+fn missing_middle_segment_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    build_log(dir.path(), 80);
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3, "{files:?}");
+    std::fs::remove_file(&files[1]).unwrap();
+    match Wal::open(config(dir.path())) {
+        Err(Error::Corruption { file, .. }) => assert_eq!(file, files[1]),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+#[test]
+fn purge_deletes_segments_and_keeps_everything_above_the_compact_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = WalConfig {
+        segment_bytes_max: 1024,
+        ..WalConfig::new(dir.path())
+    };
+    let g = GroupId(7);
+    let wal = Wal::open(cfg.clone()).unwrap();
+    let mut next = 1;
+    let append = |wal: &Wal, next: &mut u64, n: u64| {
+        for _ in 0..n {
+            let mut b = WriteBatch::new();
+            let ents: Vec<_> = (*next..*next + 5)
+                .map(|i| entry(i, 2, &[i as u8; 40]))
+                .collect();
+            b.add_entries(g, &ents);
+            wal.write(b).unwrap();
+            *next += 5;
+        }
+    };
+    append(&wal, &mut next, 40);
+    let files_before = segment_files(dir.path()).len();
+    assert_eq!(wal.indexed_entry_count(), 200);
+    assert_eq!(wal.stats().segments_purged, 0);
+    wal.compact(g, LogIndex(150)).unwrap().wait().unwrap();
+    assert_eq!(
+        wal.indexed_entry_count(),
+        50,
+        "compacted entries leave the index at once"
+    );
+    // Purge happens at the next rotations.
+    append(&wal, &mut next, 10);
+    wal.check_invariants();
+    let files_after = segment_files(dir.path()).len();
+    assert!(wal.stats().segments_purged > 0, "some segments were purged");
+    assert!(
+        files_after < files_before,
+        "{files_after} >= {files_before}"
+    );
+    let last = next - 1;
+    assert_eq!(wal.indexed_entry_count() as u64, last - 150);
+    drop(wal);
+    let wal = Wal::open(cfg).unwrap();
+    wal.check_invariants();
+    let st = wal.group_state(g).unwrap();
+    assert_eq!((st.first_index.0, st.last_index.0), (151, last));
+    let ents = wal
+        .entries(g, LogIndex(151), LogIndex(last + 1), None)
+        .unwrap();
+    assert_eq!(ents.len() as u64, last - 150);
+    assert!(ents
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.index == 151 + i as u64 && e.data[0] == e.index as u8));
+    assert!(matches!(
+        wal.entries(g, LogIndex(150), LogIndex(151), None),
+        Err(Error::Compacted)
+    ));
+    assert_eq!(wal.term(g, LogIndex(150)).unwrap().0, 2);
+}
+
+#[test]
+fn interrupted_purge_is_finished_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = WalConfig {
+        segment_bytes_max: 1024,
+        ..WalConfig::new(dir.path())
+    };
+    let g = GroupId(1);
+    let wal = Wal::open(cfg.clone()).unwrap();
+    for i in 0..30u64 {
+        let mut b = WriteBatch::new();
+        b.add_entries(g, &[entry(i + 1, 1, &[1; 100])]);
+        wal.write(b).unwrap();
+    }
+    // Keep a copy of the pre-purge files, then compact and rotate so they get purged.
+    let before = copy_dir(dir.path());
+    wal.compact(g, LogIndex(30)).unwrap().wait().unwrap();
+    for i in 30..45u64 {
+        let mut b = WriteBatch::new();
+        b.add_entries(g, &[entry(i + 1, 1, &[1; 100])]);
+        wal.write(b).unwrap();
+    }
+    assert!(wal.stats().segments_purged > 0);
+    drop(wal);
+    // Simulate a crash midway through an oldest-first purge: put back the newest of the
+    // purged files, so the log starts in the middle of the old entries.
+    let live = segment_files(dir.path());
+    let first_live = live[0].file_name().unwrap().to_owned();
+    let old: Vec<_> = segment_files(before.path())
+        .into_iter()
+        .filter(|p| p.file_name().unwrap() < first_live.as_os_str())
+        .collect();
+    assert!(old.len() >= 2);
+    let restored = old.last().unwrap();
+    std::fs::copy(restored, dir.path().join(restored.file_name().unwrap())).unwrap();
+    let wal = Wal::open(cfg).unwrap();
+    let st = wal.group_state(g).unwrap();
+    assert_eq!((st.first_index.0, st.last_index.0), (31, 45));
+    wal.check_invariants();
+    assert_eq!(
+        wal.entries(g, LogIndex(31), LogIndex(46), None)
+            .unwrap()
+            .len(),
+        15
+    );
+    assert!(
+        !dir.path().join(restored.file_name().unwrap()).exists(),
+        "the interrupted purge is finished on open"
+    );
+}
+
+#[test]
+fn second_open_of_the_same_directory_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let _wal = Wal::open(WalConfig::new(dir.path())).unwrap();
+    assert!(matches!(
+        Wal::open(WalConfig::new(dir.path())),
+        Err(Error::Io(_))
+    ));
+}
