@@ -21,6 +21,13 @@ use crate::pb::etcdserverpb::{
 /// Default per-tenant quota: far above etcd's 2 GiB, since RocksDB has no 8 GiB ceiling.
 pub const QUOTA_BYTES_DEFAULT: u64 = 8 << 30;
 
+/// How often the store is flushed so that the log below it can be purged.
+const LOG_PURGE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Entries kept in the log below the flushed applied index, so a lagging follower can catch
+/// up from the log instead of a snapshot (etcd's `SnapshotCatchUpEntries`).
+const LOG_CATCH_UP_ENTRIES: u64 = 5000;
+
 /// How often the leader looks for expired leases.
 const LEASE_EXPIRY_TICK: Duration = Duration::from_millis(250);
 
@@ -40,7 +47,7 @@ pub fn init_logging(level: &str) -> anyhow::Result<()> {
 struct NoPeers;
 
 impl raft_log::Transport for NoPeers {
-    fn send(&self, msgs: Vec<raft::eraftpb::Message>) {
+    fn send(&self, _group: raft_log::GroupId, msgs: Vec<raft::eraftpb::Message>) {
         if !msgs.is_empty() {
             warn!(count = msgs.len(), "dropping raft messages: this member has no peers");
         }
@@ -129,6 +136,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics,
     ));
     tokio::spawn(expire_leases(node.clone()));
+    tokio::spawn(purge_log(node.clone()));
     if let Some(policy) = args.auto_compaction()? {
         tokio::spawn(auto_compact(node.clone(), policy));
     }
@@ -234,6 +242,36 @@ async fn expire_leases(node: Arc<Node>) {
                     }
                 }
             });
+        }
+    }
+}
+
+/// Flushes the store and lets the WAL purge what the flush made redundant.
+async fn purge_log(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(LOG_PURGE_INTERVAL);
+    loop {
+        tick.tick().await;
+        // Read the applied index before the flush: everything applied up to it is in the
+        // memtables the flush persists, so the log up to it is no longer needed for replay.
+        let applied = node.store.applied_index(node.group());
+        let store = node.store.clone();
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "store flush failed; the log is kept");
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "store flush task failed; the log is kept");
+                continue;
+            }
+        }
+        if applied > LOG_CATCH_UP_ENTRIES {
+            // Flush before purge: only entries the store has made durable may leave the log.
+            let purge_to = raft_log::LogIndex(applied - LOG_CATCH_UP_ENTRIES);
+            if let Err(e) = node.raft.compact_log(raft_log::GroupId(DEFAULT_GROUP), purge_to) {
+                warn!(error = %e, "log purge failed");
+            }
         }
     }
 }
