@@ -35,35 +35,23 @@ impl WriteBatch {
             return;
         }
         self.entry_count += entries.len() as u64;
-        self.push(Record::Entries {
-            group,
-            entries: entries.to_vec(),
-        });
+        self.push(Record::Entries { group, entries: entries.to_vec() });
     }
 
     /// Records `group`'s new HardState.
     pub fn set_hard_state(&mut self, group: GroupId, state: &HardState) {
-        self.push(Record::HardState {
-            group,
-            state: state.clone(),
-        });
+        self.push(Record::HardState { group, state: state.clone() });
     }
 
     /// Records `group`'s new ConfState.
     pub fn set_conf_state(&mut self, group: GroupId, state: &ConfState) {
-        self.push(Record::ConfState {
-            group,
-            state: state.clone(),
-        });
+        self.push(Record::ConfState { group, state: state.clone() });
     }
 
     /// Records that a snapshot was applied to `group`: its log now starts after
     /// `meta.index`, and its ConfState is `meta.conf_state`.
     pub fn set_snapshot_meta(&mut self, group: GroupId, meta: &SnapshotMetadata) {
-        self.push(Record::SnapshotMeta {
-            group,
-            meta: meta.clone(),
-        });
+        self.push(Record::SnapshotMeta { group, meta: meta.clone() });
     }
 
     /// Records that `group`'s entries at or below `index` are no longer needed (clamped
@@ -89,6 +77,8 @@ impl WriteBatch {
 }
 
 #[cfg(test)]
+// Protobuf messages read best built field by field.
+#[allow(clippy::field_reassign_with_default)]
 mod tests {
     use super::*;
     use crate::record::decode_batch;

@@ -43,24 +43,16 @@ impl WalConfig {
     /// Checks every field's range.
     pub fn validate(&self) -> Result<()> {
         if self.segment_bytes_max < 1024 {
-            return Err(Error::Config(
-                "segment_bytes_max must be at least 1 KiB".into(),
-            ));
+            return Err(Error::Config("segment_bytes_max must be at least 1 KiB".into()));
         }
         if self.batch_bytes_max == 0 || self.batch_bytes_max > FRAME_PAYLOAD_BYTES_MAX {
-            return Err(Error::Config(format!(
-                "batch_bytes_max must be in 1..={FRAME_PAYLOAD_BYTES_MAX}"
-            )));
+            return Err(Error::Config(format!("batch_bytes_max must be in 1..={FRAME_PAYLOAD_BYTES_MAX}")));
         }
         if self.queue_capacity == 0 || self.queue_capacity > 1 << 20 {
-            return Err(Error::Config(
-                "queue_capacity must be in 1..=1048576".into(),
-            ));
+            return Err(Error::Config("queue_capacity must be in 1..=1048576".into()));
         }
         if self.cache_entries_per_group_max > 1 << 20 {
-            return Err(Error::Config(
-                "cache_entries_per_group_max must be <= 1048576".into(),
-            ));
+            return Err(Error::Config("cache_entries_per_group_max must be <= 1048576".into()));
         }
         Ok(())
     }
@@ -74,23 +66,8 @@ mod tests {
     fn defaults_validate_and_bad_values_do_not() {
         let c = WalConfig::new("/tmp/x");
         c.validate().unwrap();
-        assert!(WalConfig {
-            segment_bytes_max: 10,
-            ..c.clone()
-        }
-        .validate()
-        .is_err());
-        assert!(WalConfig {
-            batch_bytes_max: 0,
-            ..c.clone()
-        }
-        .validate()
-        .is_err());
-        assert!(WalConfig {
-            queue_capacity: 0,
-            ..c
-        }
-        .validate()
-        .is_err());
+        assert!(WalConfig { segment_bytes_max: 10, ..c.clone() }.validate().is_err());
+        assert!(WalConfig { batch_bytes_max: 0, ..c.clone() }.validate().is_err());
+        assert!(WalConfig { queue_capacity: 0, ..c }.validate().is_err());
     }
 }

@@ -81,27 +81,11 @@ pub struct GroupStatus {
 pub type ReadIndexCallback = Box<dyn FnOnce(Result<LogIndex>) + Send>;
 
 pub(crate) enum Msg {
-    CreateGroup {
-        group: GroupId,
-        voters: Vec<NodeId>,
-        done: SyncSender<Result<()>>,
-    },
-    Propose {
-        group: GroupId,
-        data: Bytes,
-    },
-    Step {
-        group: GroupId,
-        msg: Message,
-    },
-    ReadIndex {
-        group: GroupId,
-        done: ReadIndexCallback,
-    },
-    CompactLog {
-        group: GroupId,
-        index: LogIndex,
-    },
+    CreateGroup { group: GroupId, voters: Vec<NodeId>, done: SyncSender<Result<()>> },
+    Propose { group: GroupId, data: Bytes },
+    Step { group: GroupId, msg: Message },
+    ReadIndex { group: GroupId, done: ReadIndexCallback },
+    CompactLog { group: GroupId, index: LogIndex },
     Campaign(GroupId),
     TransferLeader(GroupId, NodeId),
     Stop,
@@ -190,23 +174,16 @@ impl Driver {
             logger: slog::Logger::root(slog::Discard, slog::o!()),
         };
         for group in lp.wal.groups() {
-            let initialized = lp.wal.group_state(group).is_some_and(|s| {
-                !s.conf_state.voters.is_empty() || !s.conf_state.learners.is_empty()
-            });
+            let initialized = lp
+                .wal
+                .group_state(group)
+                .is_some_and(|s| !s.conf_state.voters.is_empty() || !s.conf_state.learners.is_empty());
             if initialized {
                 lp.create_peer(group, &[])?;
             }
         }
-        let thread = std::thread::Builder::new()
-            .name("raft-log-driver".into())
-            .spawn(move || lp.run())?;
-        Ok((
-            Driver {
-                tx: tx.clone(),
-                thread: Some(thread),
-            },
-            DriverHandle { tx, status },
-        ))
+        let thread = std::thread::Builder::new().name("raft-log-driver".into()).spawn(move || lp.run())?;
+        Ok((Driver { tx: tx.clone(), thread: Some(thread) }, DriverHandle { tx, status }))
     }
 
     /// Stops the driver thread and waits for it. Pending read-index callbacks complete
@@ -246,13 +223,7 @@ impl DriverHandle {
     /// `StateMachine` callbacks.
     pub fn create_group(&self, group: GroupId, voters: Vec<NodeId>) -> Result<()> {
         let (done, rx) = sync_channel(1);
-        self.tx
-            .send(Msg::CreateGroup {
-                group,
-                voters,
-                done,
-            })
-            .map_err(|_| Error::Stopped)?;
+        self.tx.send(Msg::CreateGroup { group, voters, done }).map_err(|_| Error::Stopped)?;
         rx.recv().map_err(|_| Error::Stopped)?
     }
 
@@ -281,9 +252,7 @@ impl DriverHandle {
         match self.tx.try_send(Msg::ReadIndex { group, done }) {
             Ok(()) => {}
             Err(TrySendError::Full(Msg::ReadIndex { done, .. })) => done(Err(Error::Busy)),
-            Err(TrySendError::Disconnected(Msg::ReadIndex { done, .. })) => {
-                done(Err(Error::Stopped))
-            }
+            Err(TrySendError::Disconnected(Msg::ReadIndex { done, .. })) => done(Err(Error::Stopped)),
             Err(_) => unreachable!("try_send returns the message it was given"),
         }
     }
@@ -302,10 +271,7 @@ impl DriverHandle {
     /// entries at or below it. `Err(Busy)` if the inbox is full (a later call carries a
     /// higher index, so dropping one is harmless).
     pub fn compact_log(&self, group: GroupId, durable_applied: LogIndex) -> Result<()> {
-        self.try_send(Msg::CompactLog {
-            group,
-            index: durable_applied,
-        })
+        self.try_send(Msg::CompactLog { group, index: durable_applied })
     }
 
     /// Makes this node campaign for leadership of `group`.
@@ -335,12 +301,9 @@ impl Loop {
             .is_some_and(|s| !s.conf_state.voters.is_empty() || !s.conf_state.learners.is_empty());
         if !initialized {
             if voters.is_empty() {
-                return Err(Error::Config(format!(
-                    "group {group} needs at least one voter"
-                )));
+                return Err(Error::Config(format!("group {group} needs at least one voter")));
             }
-            let mut cs = ConfState::default();
-            cs.voters = voters.iter().map(|v| v.0).collect();
+            let cs = ConfState { voters: voters.iter().map(|v| v.0).collect(), ..Default::default() };
             let mut b = WriteBatch::new();
             b.set_conf_state(group, &cs);
             // Durability: the bootstrap ConfState is on disk before Raft sees the group,
@@ -352,11 +315,7 @@ impl Loop {
         let first = raft::Storage::first_index(&storage)?;
         let sm_applied = self.sm.applied_index(group).0;
         if sm_applied + 1 < first {
-            return Err(Error::AppliedCompacted {
-                group,
-                applied: LogIndex(sm_applied),
-                first: LogIndex(first),
-            });
+            return Err(Error::AppliedCompacted { group, applied: LogIndex(sm_applied), first: LogIndex(first) });
         }
         // Raft may not apply past its durable commit index; entries between it and the
         // state machine's applied index are re-committed and then skipped (skip_through).
@@ -379,16 +338,8 @@ impl Loop {
             // A sole voter needs nobody's vote: elect it now instead of after a timeout.
             raw.campaign()?;
         }
-        self.peers.insert(
-            group,
-            Peer {
-                raw,
-                leader: 0,
-                skip_through: sm_applied,
-                applied,
-                deferred_reads: Vec::new(),
-            },
-        );
+        self.peers
+            .insert(group, Peer { raw, leader: 0, skip_through: sm_applied, applied, deferred_reads: Vec::new() });
         self.publish_status(group);
         Ok(())
     }
@@ -413,11 +364,7 @@ impl Loop {
     /// Handles one inbox message; returns false on `Stop`.
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
-            Msg::CreateGroup {
-                group,
-                voters,
-                done,
-            } => {
+            Msg::CreateGroup { group, voters, done } => {
                 let r = self.create_peer(group, &voters);
                 let _ = done.send(r);
             }
@@ -475,14 +422,7 @@ impl Loop {
         }
         let id = self.next_read_id;
         self.next_read_id += 1;
-        self.reads.insert(
-            id,
-            PendingRead {
-                group,
-                done,
-                deadline: Instant::now() + self.cfg.read_index_timeout,
-            },
-        );
+        self.reads.insert(id, PendingRead { group, done, deadline: Instant::now() + self.cfg.read_index_timeout });
         if p.raw.raft.commit_to_current_term() {
             p.raw.read_index(id.to_le_bytes().to_vec());
         } else {
@@ -500,12 +440,7 @@ impl Loop {
                 }
             }
         }
-        let expired: Vec<u64> = self
-            .reads
-            .iter()
-            .filter(|(_, r)| r.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
+        let expired: Vec<u64> = self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(id, _)| *id).collect();
         for id in expired {
             if let Some(r) = self.reads.remove(&id) {
                 (r.done)(Err(Error::Timeout));

@@ -97,23 +97,8 @@ mod tests {
     fn defaults_validate_and_bad_values_do_not() {
         let c = DriverConfig::default();
         c.validate().unwrap();
-        assert!(DriverConfig {
-            node_id: NodeId(0),
-            ..c.clone()
-        }
-        .validate()
-        .is_err());
-        assert!(DriverConfig {
-            election_ticks: 1,
-            ..c.clone()
-        }
-        .validate()
-        .is_err());
-        assert!(DriverConfig {
-            proposal_queue_max: 0,
-            ..c
-        }
-        .validate()
-        .is_err());
+        assert!(DriverConfig { node_id: NodeId(0), ..c.clone() }.validate().is_err());
+        assert!(DriverConfig { election_ticks: 1, ..c.clone() }.validate().is_err());
+        assert!(DriverConfig { proposal_queue_max: 0, ..c }.validate().is_err());
     }
 }

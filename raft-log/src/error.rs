@@ -68,9 +68,7 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// The state machine's applied index is below what the WAL still holds.
-    #[error(
-        "group {group}: applied index {applied} is below the compacted log (first index {first})"
-    )]
+    #[error("group {group}: applied index {applied} is below the compacted log (first index {first})")]
     AppliedCompacted {
         /// The group.
         group: GroupId,
@@ -115,26 +113,11 @@ mod tests {
 
     #[test]
     fn storage_errors_map_exactly() {
-        assert_eq!(
-            raft::Error::from(Error::Compacted),
-            raft::Error::Store(StorageError::Compacted)
-        );
-        assert_eq!(
-            raft::Error::from(Error::Unavailable),
-            raft::Error::Store(StorageError::Unavailable)
-        );
-        let corrupt = raft::Error::from(Error::Corruption {
-            file: PathBuf::from("x.wal"),
-            offset: 3,
-            reason: "bad".into(),
-        });
-        assert!(matches!(
-            corrupt,
-            raft::Error::Store(StorageError::Other(_))
-        ));
-        assert!(matches!(
-            Error::from(raft::Error::ProposalDropped),
-            Error::ProposalDropped
-        ));
+        assert_eq!(raft::Error::from(Error::Compacted), raft::Error::Store(StorageError::Compacted));
+        assert_eq!(raft::Error::from(Error::Unavailable), raft::Error::Store(StorageError::Unavailable));
+        let corrupt =
+            raft::Error::from(Error::Corruption { file: PathBuf::from("x.wal"), offset: 3, reason: "bad".into() });
+        assert!(matches!(corrupt, raft::Error::Store(StorageError::Other(_))));
+        assert!(matches!(Error::from(raft::Error::ProposalDropped), Error::ProposalDropped));
     }
 }

@@ -73,12 +73,7 @@ pub struct GroupState {
 /// Where to find the bytes of one requested entry.
 pub(crate) enum Slot {
     Cached(Entry),
-    OnDisk {
-        file: Arc<File>,
-        path: PathBuf,
-        index: u64,
-        meta: EntryMeta,
-    },
+    OnDisk { file: Arc<File>, path: PathBuf, index: u64, meta: EntryMeta },
 }
 
 /// The effect of a record on a group's `(truncated_index, last_index)`, or why the record
@@ -90,19 +85,13 @@ pub(crate) fn project(truncated: u64, last: u64, record: &Record) -> Result<(u64
                 return Ok((truncated, last));
             };
             if first.index > last + 1 {
-                return Err(format!(
-                    "entries start at {} but the log ends at {last}",
-                    first.index
-                ));
+                return Err(format!("entries start at {} but the log ends at {last}", first.index));
             }
             Ok((truncated, end.index.max(truncated)))
         }
         Record::SnapshotMeta { meta, .. } => {
             if meta.index < truncated {
-                return Err(format!(
-                    "snapshot at {} is older than the compacted log at {truncated}",
-                    meta.index
-                ));
+                return Err(format!("snapshot at {} is older than the compacted log at {truncated}", meta.index));
             }
             Ok((meta.index, meta.index))
         }
@@ -115,9 +104,7 @@ pub(crate) fn project(truncated: u64, last: u64, record: &Record) -> Result<(u64
                 Ok((truncated, last))
             }
         }
-        Record::HardState { .. } | Record::ConfState { .. } | Record::CheckpointBegin { .. } => {
-            Ok((truncated, last))
-        }
+        Record::HardState { .. } | Record::ConfState { .. } | Record::CheckpointBegin { .. } => Ok((truncated, last)),
     }
 }
 
@@ -201,14 +188,7 @@ impl GroupIndex {
         }
     }
 
-    fn append(
-        &mut self,
-        seq: u64,
-        base: u64,
-        entries: &[Entry],
-        spans: &[EntrySpan],
-        lim: CacheLimits,
-    ) {
+    fn append(&mut self, seq: u64, base: u64, entries: &[Entry], spans: &[EntrySpan], lim: CacheLimits) {
         let Some(first) = entries.first() else {
             return;
         };
@@ -237,9 +217,7 @@ impl GroupIndex {
             self.cache.push_back(e.clone());
             self.cache_bytes += e.data.len();
         }
-        while self.cache.len() > lim.entries_max
-            || (self.cache_bytes > lim.bytes_max && !self.cache.is_empty())
-        {
+        while self.cache.len() > lim.entries_max || (self.cache_bytes > lim.bytes_max && !self.cache.is_empty()) {
             let e = self.cache.pop_front().expect("invariant: cache not empty");
             self.cache_bytes -= e.data.len();
         }
@@ -247,30 +225,16 @@ impl GroupIndex {
 
     /// O(n) consistency check, for tests.
     pub fn check_invariants(&self, group: GroupId, segments: &BTreeMap<u64, SegmentInfo>) {
-        assert!(
-            self.truncated_index <= self.last_index(),
-            "group {group}: truncated > last"
-        );
+        assert!(self.truncated_index <= self.last_index(), "group {group}: truncated > last");
         if let Some(back) = self.cache.back() {
-            assert_eq!(
-                back.index,
-                self.last_index(),
-                "group {group}: cache does not end at last"
-            );
+            assert_eq!(back.index, self.last_index(), "group {group}: cache does not end at last");
             for pair in self.cache.iter().collect::<Vec<_>>().windows(2) {
-                assert_eq!(
-                    pair[0].index + 1,
-                    pair[1].index,
-                    "group {group}: cache has a hole"
-                );
+                assert_eq!(pair[0].index + 1, pair[1].index, "group {group}: cache has a hole");
             }
             assert!(self.cache.front().expect("not empty").index > self.truncated_index);
         }
         let bytes: usize = self.cache.iter().map(|e| e.data.len()).sum();
-        assert_eq!(
-            bytes, self.cache_bytes,
-            "group {group}: cache byte count drifted"
-        );
+        assert_eq!(bytes, self.cache_bytes, "group {group}: cache byte count drifted");
         for (i, m) in self.metas.iter().enumerate() {
             assert!(
                 segments.contains_key(&m.seq),
@@ -279,10 +243,7 @@ impl GroupIndex {
                 m.seq
             );
             if let Some(c) = self.cached(self.first_index() + i as u64) {
-                assert_eq!(
-                    c.term, m.term,
-                    "group {group}: cached term differs from index"
-                );
+                assert_eq!(c.term, m.term, "group {group}: cached term differs from index");
             }
         }
     }
@@ -311,18 +272,12 @@ pub(crate) struct Index {
 
 impl Index {
     pub fn new(cache_limits: CacheLimits) -> Self {
-        Index {
-            groups: BTreeMap::new(),
-            segments: BTreeMap::new(),
-            cache_limits,
-        }
+        Index { groups: BTreeMap::new(), segments: BTreeMap::new(), cache_limits }
     }
 
     /// `(truncated_index, last_index)` of a group; `(0, 0)` for an unknown one.
     pub fn bounds(&self, group: GroupId) -> (u64, u64) {
-        self.groups
-            .get(&group)
-            .map_or((0, 0), |g| (g.truncated_index, g.last_index()))
+        self.groups.get(&group).map_or((0, 0), |g| (g.truncated_index, g.last_index()))
     }
 
     /// Applies one durable record. `base` is the file offset that the record's entry
@@ -355,11 +310,7 @@ impl Index {
                 return Err(reason);
             }
             let g = self.groups.entry(group).or_default();
-            let hole_end = entries
-                .first()
-                .expect("invariant: a gap needs entries")
-                .index
-                - 1;
+            let hole_end = entries.first().expect("invariant: a gap needs entries").index - 1;
             g.truncate_from(g.first_index());
             g.truncate_to(hole_end, 0);
             g.hole_end = g.hole_end.max(hole_end);
@@ -421,10 +372,7 @@ impl Index {
             group_count: u32::try_from(self.groups.len()).expect("invariant: group count fits u32"),
         });
         for (group, g) in &self.groups {
-            records.push(Record::Checkpoint {
-                group: *group,
-                checkpoint: g.checkpoint(),
-            });
+            records.push(Record::Checkpoint { group: *group, checkpoint: g.checkpoint() });
         }
         records
     }
@@ -446,11 +394,7 @@ impl Index {
         self.segments
             .iter()
             .take_while(|(seq, seg)| {
-                *seq != newest
-                    && seg
-                        .max_index
-                        .iter()
-                        .all(|(g, m)| cp.get(g).is_some_and(|t| m <= t))
+                *seq != newest && seg.max_index.iter().all(|(g, m)| cp.get(g).is_some_and(|t| m <= t))
             })
             .map(|(seq, _)| *seq)
             .collect()
@@ -472,13 +416,7 @@ impl Index {
 
     /// Where to find entries `[low, high)` of `group`, honouring `max_size` the way raft's
     /// `MemStorage` does (always at least one entry).
-    pub fn slots(
-        &self,
-        group: GroupId,
-        low: u64,
-        high: u64,
-        max_size: Option<u64>,
-    ) -> Result<Vec<Slot>> {
+    pub fn slots(&self, group: GroupId, low: u64, high: u64, max_size: Option<u64>) -> Result<Vec<Slot>> {
         let empty = GroupIndex::default();
         let g = self.groups.get(&group).unwrap_or(&empty);
         if low < g.first_index() {
@@ -499,15 +437,11 @@ impl Index {
             if let Some(e) = g.cached(index) {
                 out.push(Slot::Cached(e.clone()));
             } else {
-                let info = self.segments.get(&meta.seq).unwrap_or_else(|| {
-                    panic!("invariant: entry {index} of group {group} points at a live segment")
-                });
-                out.push(Slot::OnDisk {
-                    file: Arc::clone(&info.file),
-                    path: info.path.clone(),
-                    index,
-                    meta,
-                });
+                let info = self
+                    .segments
+                    .get(&meta.seq)
+                    .unwrap_or_else(|| panic!("invariant: entry {index} of group {group} points at a live segment"));
+                out.push(Slot::OnDisk { file: Arc::clone(&info.file), path: info.path.clone(), index, meta });
             }
         }
         Ok(out)
@@ -521,6 +455,8 @@ impl Index {
 }
 
 #[cfg(test)]
+// Protobuf messages read best built field by field.
+#[allow(clippy::field_reassign_with_default)]
 mod tests {
     use super::*;
 
@@ -534,26 +470,12 @@ mod tests {
 
     fn entries_record(first: u64, n: u64, term: u64) -> (Record, Vec<EntrySpan>) {
         let entries: Vec<Entry> = (first..first + n).map(|i| entry(i, term)).collect();
-        let spans = (0..n as usize)
-            .map(|i| EntrySpan {
-                offset: i * 100,
-                len: 30,
-            })
-            .collect();
-        (
-            Record::Entries {
-                group: GroupId(1),
-                entries,
-            },
-            spans,
-        )
+        let spans = (0..n as usize).map(|i| EntrySpan { offset: i * 100, len: 30 }).collect();
+        (Record::Entries { group: GroupId(1), entries }, spans)
     }
 
     fn index() -> Index {
-        let mut idx = Index::new(CacheLimits {
-            entries_max: 4,
-            bytes_max: 1 << 20,
-        });
+        let mut idx = Index::new(CacheLimits { entries_max: 4, bytes_max: 1 << 20 });
         let f = tempfile::tempfile().unwrap();
         for seq in 1..=3 {
             idx.segments.insert(
@@ -586,11 +508,7 @@ mod tests {
         let (r, s) = entries_record(9, 1, 2);
         let err = idx.apply(1, 0, &r, &s, false).unwrap_err();
         assert!(err.contains("the log ends at 7"), "{err}");
-        assert_eq!(
-            idx.groups[&GroupId(1)].last_index(),
-            7,
-            "a gap must not apply"
-        );
+        assert_eq!(idx.groups[&GroupId(1)].last_index(), 7, "a gap must not apply");
     }
 
     #[test]
@@ -598,51 +516,18 @@ mod tests {
         let mut idx = index();
         let (r, s) = entries_record(1, 10, 3);
         idx.apply(1, 0, &r, &s, false).unwrap();
-        idx.apply(
-            1,
-            0,
-            &Record::Compact {
-                group: GroupId(1),
-                index: LogIndex(4),
-            },
-            &[],
-            false,
-        )
-        .unwrap();
+        idx.apply(1, 0, &Record::Compact { group: GroupId(1), index: LogIndex(4) }, &[], false).unwrap();
         let g = &idx.groups[&GroupId(1)];
-        assert_eq!(
-            (g.first_index(), g.last_index(), g.entry_count()),
-            (5, 10, 6)
-        );
+        assert_eq!((g.first_index(), g.last_index(), g.entry_count()), (5, 10, 6));
         assert_eq!(g.term(4).unwrap(), 3);
         assert!(matches!(g.term(3), Err(Error::Compacted)));
         // Compacting beyond the last index stops at the last index.
-        idx.apply(
-            1,
-            0,
-            &Record::Compact {
-                group: GroupId(1),
-                index: LogIndex(99),
-            },
-            &[],
-            false,
-        )
-        .unwrap();
+        idx.apply(1, 0, &Record::Compact { group: GroupId(1), index: LogIndex(99) }, &[], false).unwrap();
         assert_eq!(idx.groups[&GroupId(1)].first_index(), 11);
         let mut meta = SnapshotMetadata::default();
         meta.index = 20;
         meta.term = 5;
-        idx.apply(
-            1,
-            0,
-            &Record::SnapshotMeta {
-                group: GroupId(1),
-                meta,
-            },
-            &[],
-            false,
-        )
-        .unwrap();
+        idx.apply(1, 0, &Record::SnapshotMeta { group: GroupId(1), meta }, &[], false).unwrap();
         let g = &idx.groups[&GroupId(1)];
         assert_eq!((g.first_index(), g.last_index()), (21, 20));
         assert_eq!(g.term(20).unwrap(), 5);
@@ -658,10 +543,7 @@ mod tests {
         idx.apply(2, 0, &r, &s, false).unwrap();
         assert!(idx.purgeable_prefix().is_empty(), "no checkpoint yet");
         idx.segments.get_mut(&3).unwrap().checkpoint = Some(HashMap::from([(GroupId(1), 9)]));
-        assert!(
-            idx.purgeable_prefix().is_empty(),
-            "entry 10 is above the checkpoint"
-        );
+        assert!(idx.purgeable_prefix().is_empty(), "entry 10 is above the checkpoint");
         idx.segments.get_mut(&3).unwrap().checkpoint = Some(HashMap::from([(GroupId(1), 12)]));
         assert_eq!(idx.purgeable_prefix(), vec![1]);
         idx.segments.get_mut(&3).unwrap().checkpoint = Some(HashMap::from([(GroupId(1), 15)]));
@@ -672,33 +554,13 @@ mod tests {
     fn recovery_accepts_a_gap_only_if_it_is_compacted_later() {
         let mut idx = index();
         let (r, s) = entries_record(20, 3, 4);
-        assert!(
-            idx.apply(2, 0, &r, &s, false).is_err(),
-            "live appends may not leave gaps"
-        );
+        assert!(idx.apply(2, 0, &r, &s, false).is_err(), "live appends may not leave gaps");
         idx.apply(2, 0, &r, &s, true).unwrap();
         assert!(idx.finish_recovery().is_err(), "entries 1..=19 are missing");
-        let cp = Checkpoint {
-            truncated_index: LogIndex(19),
-            truncated_term: Term(3),
-            ..Checkpoint::default()
-        };
-        idx.apply(
-            3,
-            0,
-            &Record::Checkpoint {
-                group: GroupId(1),
-                checkpoint: cp,
-            },
-            &[],
-            true,
-        )
-        .unwrap();
+        let cp = Checkpoint { truncated_index: LogIndex(19), truncated_term: Term(3), ..Checkpoint::default() };
+        idx.apply(3, 0, &Record::Checkpoint { group: GroupId(1), checkpoint: cp }, &[], true).unwrap();
         idx.finish_recovery().unwrap();
         let g = &idx.groups[&GroupId(1)];
-        assert_eq!(
-            (g.first_index(), g.last_index(), g.term(19).unwrap()),
-            (20, 22, 3)
-        );
+        assert_eq!((g.first_index(), g.last_index(), g.term(19).unwrap()), (20, 22, 3));
     }
 }

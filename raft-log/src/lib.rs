@@ -119,6 +119,8 @@ pub use driver::{CommittedEntry, Driver, DriverHandle, GroupStatus, StateMachine
 pub use driver_config::DriverConfig;
 pub use error::{Error, Result};
 pub use index::GroupState;
+/// The raft-rs crate this crate is built on, so users name the same `Message` and `Entry` types.
+pub use raft;
 pub use record::{decode_batch, decode_entry, encode_batch, Checkpoint, DecodeError, Record};
 pub use segment::{scan_frames, segment_file_name, FORMAT_VERSION, HEADER_BYTES, MAGIC};
 pub use storage::GroupStorage;

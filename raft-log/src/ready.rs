@@ -41,12 +41,7 @@ impl Loop {
 
     /// Fails the pending reads of `group` (its leadership changed; raft-rs drops them).
     fn fail_reads(&mut self, group: GroupId) {
-        let ids: Vec<u64> = self
-            .reads
-            .iter()
-            .filter(|(_, r)| r.group == group)
-            .map(|(id, _)| *id)
-            .collect();
+        let ids: Vec<u64> = self.reads.iter().filter(|(_, r)| r.group == group).map(|(id, _)| *id).collect();
         for id in ids {
             if let Some(r) = self.reads.remove(&id) {
                 (r.done)(Err(Error::NotLeader));
@@ -64,10 +59,7 @@ impl Loop {
         if entries.is_empty() {
             return;
         }
-        let peer: &mut Peer = self
-            .peers
-            .get_mut(&group)
-            .expect("invariant: ready group exists");
+        let peer: &mut Peer = self.peers.get_mut(&group).expect("invariant: ready group exists");
         let mut out = Vec::with_capacity(entries.len());
         let mut conf = WriteBatch::new();
         for e in entries {
@@ -81,11 +73,7 @@ impl Loop {
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
                     if e.index > peer.skip_through {
-                        out.push(CommittedEntry {
-                            index: LogIndex(e.index),
-                            term: Term(e.term),
-                            data: e.data,
-                        });
+                        out.push(CommittedEntry { index: LogIndex(e.index), term: Term(e.term), data: e.data });
                     }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
@@ -152,10 +140,7 @@ impl Loop {
         let mut must_wait = false;
         let mut readies: Vec<(GroupId, Ready)> = Vec::with_capacity(groups.len());
         for &group in groups {
-            let peer = self
-                .peers
-                .get_mut(&group)
-                .expect("invariant: ready group exists");
+            let peer = self.peers.get_mut(&group).expect("invariant: ready group exists");
             let mut rd = peer.raw.ready();
             let mut leader_changed = None;
             if let Some(ss) = rd.ss() {
@@ -213,10 +198,7 @@ impl Loop {
             let committed = rd.take_committed_entries();
             self.apply_committed(group, committed);
             // 6. Advance, then handle the LightReady in the same order.
-            let peer = self
-                .peers
-                .get_mut(&group)
-                .expect("invariant: ready group exists");
+            let peer = self.peers.get_mut(&group).expect("invariant: ready group exists");
             let mut light = peer.raw.advance(rd);
             if let Some(commit) = light.commit_index() {
                 let mut hs = peer.raw.raft.hard_state();
@@ -228,10 +210,7 @@ impl Loop {
             self.send(group, msgs);
             let committed = light.take_committed_entries();
             self.apply_committed(group, committed);
-            let peer = self
-                .peers
-                .get_mut(&group)
-                .expect("invariant: ready group exists");
+            let peer = self.peers.get_mut(&group).expect("invariant: ready group exists");
             peer.raw.advance_apply();
             self.publish_status(group);
         }

@@ -140,8 +140,7 @@ pub struct DecodeError {
 }
 
 fn pb_bytes<M: protobuf::Message>(m: &M) -> Vec<u8> {
-    m.write_to_bytes()
-        .expect("invariant: encoding a protobuf message into a Vec cannot fail")
+    m.write_to_bytes().expect("invariant: encoding a protobuf message into a Vec cannot fail")
 }
 
 fn begin_record(buf: &mut Vec<u8>, kind: u8, group: GroupId) -> usize {
@@ -173,11 +172,7 @@ pub fn encode_record(buf: &mut Vec<u8>, record: &Record) -> Vec<EntrySpan> {
     match record {
         Record::Entries { group, entries } => {
             for pair in entries.windows(2) {
-                assert_eq!(
-                    pair[0].index + 1,
-                    pair[1].index,
-                    "entries of one record must have consecutive indexes"
-                );
+                assert_eq!(pair[0].index + 1, pair[1].index, "entries of one record must have consecutive indexes");
             }
             let len_at = begin_record(buf, KIND_ENTRIES, *group);
             let count = u32::try_from(entries.len()).expect("invariant: entry count fits u32");
@@ -189,10 +184,7 @@ pub fn encode_record(buf: &mut Vec<u8>, record: &Record) -> Vec<EntrySpan> {
                 buf.extend_from_slice(&len.to_le_bytes());
                 buf.extend_from_slice(&crc32fast::hash(&pb).to_le_bytes());
                 buf.extend_from_slice(&pb);
-                spans.push(EntrySpan {
-                    offset,
-                    len: ENTRY_HEADER_BYTES + pb.len(),
-                });
+                spans.push(EntrySpan { offset, len: ENTRY_HEADER_BYTES + pb.len() });
             }
             end_record(buf, len_at);
         }
@@ -247,10 +239,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn err(&self, reason: impl Into<String>) -> DecodeError {
-        DecodeError {
-            offset: self.base + self.pos,
-            reason: reason.into(),
-        }
+        DecodeError { offset: self.base + self.pos, reason: reason.into() }
     }
 
     fn remaining(&self) -> usize {
@@ -285,10 +274,7 @@ impl<'a> Reader<'a> {
     fn pb<M: protobuf::Message>(&mut self, n: usize, what: &str) -> Result<M, DecodeError> {
         let at = self.base + self.pos;
         let b = self.take(n)?;
-        M::parse_from_bytes(b).map_err(|e| DecodeError {
-            offset: at,
-            reason: format!("bad {what}: {e}"),
-        })
+        M::parse_from_bytes(b).map_err(|e| DecodeError { offset: at, reason: format!("bad {what}: {e}") })
     }
 
     fn len_prefixed_pb<M: protobuf::Message>(&mut self, what: &str) -> Result<M, DecodeError> {
@@ -306,25 +292,16 @@ impl<'a> Reader<'a> {
 
 /// Decodes one entry from its `len | crc | pb` encoding (as read back with `pread`).
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry, DecodeError> {
-    let mut r = Reader {
-        bytes,
-        pos: 0,
-        base: 0,
-    };
+    let mut r = Reader { bytes, pos: 0, base: 0 };
     let len = r.u32()? as usize;
     let crc = r.u32()?;
     let pb = r.take(len)?;
     r.finish("entry")?;
     if crc32fast::hash(pb) != crc {
-        return Err(DecodeError {
-            offset: 0,
-            reason: "entry crc mismatch".into(),
-        });
+        return Err(DecodeError { offset: 0, reason: "entry crc mismatch".into() });
     }
-    Entry::parse_from_bytes(pb).map_err(|e| DecodeError {
-        offset: ENTRY_HEADER_BYTES,
-        reason: format!("bad entry: {e}"),
-    })
+    Entry::parse_from_bytes(pb)
+        .map_err(|e| DecodeError { offset: ENTRY_HEADER_BYTES, reason: format!("bad entry: {e}") })
 }
 
 fn decode_body(
@@ -348,59 +325,31 @@ fn decode_body(
                 let pb_at = r.base + r.pos;
                 let pb = r.take(len)?;
                 if crc32fast::hash(pb) != crc {
-                    return Err(DecodeError {
-                        offset,
-                        reason: "entry crc mismatch".into(),
-                    });
+                    return Err(DecodeError { offset, reason: "entry crc mismatch".into() });
                 }
-                let e = Entry::parse_from_bytes(pb).map_err(|e| DecodeError {
-                    offset: pb_at,
-                    reason: format!("bad entry: {e}"),
-                })?;
+                let e = Entry::parse_from_bytes(pb)
+                    .map_err(|e| DecodeError { offset: pb_at, reason: format!("bad entry: {e}") })?;
                 if let Some(prev) = entries.last() {
                     if prev.index.checked_add(1) != Some(e.index) {
                         return Err(DecodeError {
                             offset,
-                            reason: format!(
-                                "entry index {} does not follow {}",
-                                e.index, prev.index
-                            ),
+                            reason: format!("entry index {} does not follow {}", e.index, prev.index),
                         });
                     }
                 }
                 if e.index == 0 {
-                    return Err(DecodeError {
-                        offset,
-                        reason: "entry index 0".into(),
-                    });
+                    return Err(DecodeError { offset, reason: "entry index 0".into() });
                 }
                 entries.push(e);
-                spans.push(EntrySpan {
-                    offset,
-                    len: ENTRY_HEADER_BYTES + len,
-                });
+                spans.push(EntrySpan { offset, len: ENTRY_HEADER_BYTES + len });
             }
             Record::Entries { group, entries }
         }
-        KIND_HARD_STATE => Record::HardState {
-            group,
-            state: r.pb(r.remaining(), "HardState")?,
-        },
-        KIND_CONF_STATE => Record::ConfState {
-            group,
-            state: r.pb(r.remaining(), "ConfState")?,
-        },
-        KIND_SNAPSHOT_META => Record::SnapshotMeta {
-            group,
-            meta: r.pb(r.remaining(), "SnapshotMetadata")?,
-        },
-        KIND_COMPACT => Record::Compact {
-            group,
-            index: LogIndex(r.u64()?),
-        },
-        KIND_CHECKPOINT_BEGIN => Record::CheckpointBegin {
-            group_count: r.u32()?,
-        },
+        KIND_HARD_STATE => Record::HardState { group, state: r.pb(r.remaining(), "HardState")? },
+        KIND_CONF_STATE => Record::ConfState { group, state: r.pb(r.remaining(), "ConfState")? },
+        KIND_SNAPSHOT_META => Record::SnapshotMeta { group, meta: r.pb(r.remaining(), "SnapshotMetadata")? },
+        KIND_COMPACT => Record::Compact { group, index: LogIndex(r.u64()?) },
+        KIND_CHECKPOINT_BEGIN => Record::CheckpointBegin { group_count: r.u32()? },
         KIND_CHECKPOINT => {
             let truncated_index = LogIndex(r.u64()?);
             let truncated_term = Term(r.u64()?);
@@ -411,20 +360,10 @@ fn decode_body(
             };
             let hard_state = r.len_prefixed_pb("HardState")?;
             let conf_state = r.len_prefixed_pb("ConfState")?;
-            let snapshot = if has_snapshot {
-                Some(r.len_prefixed_pb("SnapshotMetadata")?)
-            } else {
-                None
-            };
+            let snapshot = if has_snapshot { Some(r.len_prefixed_pb("SnapshotMetadata")?) } else { None };
             Record::Checkpoint {
                 group,
-                checkpoint: Checkpoint {
-                    truncated_index,
-                    truncated_term,
-                    hard_state,
-                    conf_state,
-                    snapshot,
-                },
+                checkpoint: Checkpoint { truncated_index, truncated_term, hard_state, conf_state, snapshot },
             }
         }
         other => return Err(r.err(format!("unknown record kind {other}"))),
@@ -435,26 +374,16 @@ fn decode_body(
 
 /// Decodes a payload into records, each with the spans of its entries (empty for
 /// non-entry records). Spans are offsets inside `payload`.
-pub fn decode_batch_with_spans(
-    payload: &[u8],
-) -> Result<Vec<(Record, Vec<EntrySpan>)>, DecodeError> {
+pub fn decode_batch_with_spans(payload: &[u8]) -> Result<Vec<(Record, Vec<EntrySpan>)>, DecodeError> {
     let mut out = Vec::new();
-    let mut r = Reader {
-        bytes: payload,
-        pos: 0,
-        base: 0,
-    };
+    let mut r = Reader { bytes: payload, pos: 0, base: 0 };
     while r.remaining() > 0 {
         let kind = r.u8()?;
         let group = GroupId(r.u64()?);
         let body_len = r.u32()? as usize;
         let body_at = r.pos;
         let body = r.take(body_len)?;
-        let mut body_reader = Reader {
-            bytes: body,
-            pos: 0,
-            base: body_at,
-        };
+        let mut body_reader = Reader { bytes: body, pos: 0, base: body_at };
         let mut spans = Vec::new();
         let record = decode_body(kind, group, &mut body_reader, &mut spans)?;
         out.push((record, spans));
@@ -467,10 +396,7 @@ pub fn decode_batch_with_spans(
 /// This is the entry point of the `wal_record_decode` fuzz target: it must return an
 /// error, never panic, for any input.
 pub fn decode_batch(payload: &[u8]) -> Result<Vec<Record>, DecodeError> {
-    Ok(decode_batch_with_spans(payload)?
-        .into_iter()
-        .map(|(r, _)| r)
-        .collect())
+    Ok(decode_batch_with_spans(payload)?.into_iter().map(|(r, _)| r).collect())
 }
 
 /// Encodes records into one payload (the inverse of [`decode_batch`]).
@@ -483,6 +409,8 @@ pub fn encode_batch(records: &[Record]) -> Vec<u8> {
 }
 
 #[cfg(test)]
+// Protobuf messages read best built field by field.
+#[allow(clippy::field_reassign_with_default)]
 mod tests {
     use super::*;
 
@@ -510,22 +438,10 @@ mod tests {
                 group: GroupId(1),
                 entries: vec![entry(4, 1, b"a"), entry(5, 2, b""), entry(6, 2, b"ccc")],
             },
-            Record::HardState {
-                group: GroupId(2),
-                state: hs.clone(),
-            },
-            Record::ConfState {
-                group: GroupId(2),
-                state: cs.clone(),
-            },
-            Record::SnapshotMeta {
-                group: GroupId(3),
-                meta: meta.clone(),
-            },
-            Record::Compact {
-                group: GroupId(1),
-                index: LogIndex(4),
-            },
+            Record::HardState { group: GroupId(2), state: hs.clone() },
+            Record::ConfState { group: GroupId(2), state: cs.clone() },
+            Record::SnapshotMeta { group: GroupId(3), meta: meta.clone() },
+            Record::Compact { group: GroupId(1), index: LogIndex(4) },
             Record::CheckpointBegin { group_count: 1 },
             Record::Checkpoint {
                 group: GroupId(9),
@@ -553,21 +469,13 @@ mod tests {
         let rec = &sample()[0];
         let spans = encode_record(&mut buf, rec);
         assert_eq!(spans.len(), 3);
-        let Record::Entries { entries, .. } = rec else {
-            unreachable!()
-        };
+        let Record::Entries { entries, .. } = rec else { unreachable!() };
         for (span, e) in spans.iter().zip(entries) {
             let got = decode_entry(&buf[span.offset..span.offset + span.len]).unwrap();
             assert_eq!(&got, e);
         }
         let decoded = decode_batch_with_spans(&buf[5..]).unwrap();
-        let shifted: Vec<EntrySpan> = spans
-            .iter()
-            .map(|s| EntrySpan {
-                offset: s.offset - 5,
-                len: s.len,
-            })
-            .collect();
+        let shifted: Vec<EntrySpan> = spans.iter().map(|s| EntrySpan { offset: s.offset - 5, len: s.len }).collect();
         assert_eq!(decoded[0].1, shifted);
     }
 
@@ -585,13 +493,8 @@ mod tests {
     #[test]
     fn entry_crc_is_checked() {
         let mut buf = Vec::new();
-        let spans = encode_record(
-            &mut buf,
-            &Record::Entries {
-                group: GroupId(1),
-                entries: vec![entry(1, 1, b"hello")],
-            },
-        );
+        let spans =
+            encode_record(&mut buf, &Record::Entries { group: GroupId(1), entries: vec![entry(1, 1, b"hello")] });
         let s = spans[0];
         let last = s.offset + s.len - 1;
         buf[last] ^= 1;
@@ -602,23 +505,12 @@ mod tests {
     #[test]
     fn non_consecutive_entries_are_rejected_on_decode() {
         let mut buf = Vec::new();
-        encode_record(
-            &mut buf,
-            &Record::Entries {
-                group: GroupId(1),
-                entries: vec![entry(1, 1, b"x")],
-            },
-        );
+        encode_record(&mut buf, &Record::Entries { group: GroupId(1), entries: vec![entry(1, 1, b"x")] });
         // Append a second record and then splice its entry into the first by hand is hard;
         // instead build two single-entry records and merge the bodies.
         let mut second = Vec::new();
-        let spans = encode_record(
-            &mut second,
-            &Record::Entries {
-                group: GroupId(1),
-                entries: vec![entry(3, 1, b"y")],
-            },
-        );
+        let spans =
+            encode_record(&mut second, &Record::Entries { group: GroupId(1), entries: vec![entry(3, 1, b"y")] });
         let entry_bytes = &second[spans[0].offset..spans[0].offset + spans[0].len];
         // Patch count to 2 and body length, then append the second entry.
         let body_len = u32::from_le_bytes(buf[9..13].try_into().unwrap()) as usize;

@@ -164,20 +164,14 @@ pub fn scan_frames(seq: u64, bytes: &[u8]) -> ScanResult {
             break Some((pos as u64, format!("frame length {len} out of range")));
         }
         if rest.len() - FRAME_HEADER_BYTES < len {
-            break Some((
-                pos as u64,
-                format!("frame length {len} runs past end of file"),
-            ));
+            break Some((pos as u64, format!("frame length {len} runs past end of file")));
         }
         let payload = &rest[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len];
         if frame_crc(seq, payload) != crc {
             break Some((pos as u64, "frame crc mismatch".to_string()));
         }
         match decode_batch_with_spans(payload) {
-            Ok(records) => frames.push(ScannedFrame {
-                offset: pos as u64,
-                records,
-            }),
+            Ok(records) => frames.push(ScannedFrame { offset: pos as u64, records }),
             Err(e) => break Some((pos as u64, format!("undecodable frame: {e}"))),
         }
         pos += FRAME_HEADER_BYTES + len;
@@ -194,11 +188,7 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// entry are both fsynced before this returns.
 pub fn create_segment(dir: &Path, seq: u64) -> std::io::Result<File> {
     let path = segment_path(dir, seq);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
+    let mut file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
     file.write_all(&encode_header(seq))?;
     file.sync_all()?;
     // The new name must be durable before anything written to the file is acknowledged.
@@ -231,10 +221,7 @@ mod tests {
         for bit in 0..HEADER_BYTES * 8 {
             let mut bad = h;
             bad[bit / 8] ^= 1 << (bit % 8);
-            assert!(
-                matches!(check_header(&bad, 7), HeaderCheck::Bad(_)),
-                "bit {bit}"
-            );
+            assert!(matches!(check_header(&bad, 7), HeaderCheck::Bad(_)), "bit {bit}");
         }
     }
 
@@ -248,10 +235,7 @@ mod tests {
     }
 
     fn compact(i: u64) -> Vec<u8> {
-        encode_batch(&[Record::Compact {
-            group: GroupId(1),
-            index: LogIndex(i),
-        }])
+        encode_batch(&[Record::Compact { group: GroupId(1), index: LogIndex(i) }])
     }
 
     #[test]

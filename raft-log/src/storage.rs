@@ -28,17 +28,8 @@ pub(crate) fn read_entries(
     for slot in slots {
         match slot {
             Slot::Cached(e) => out.push(e),
-            Slot::OnDisk {
-                file,
-                path,
-                index,
-                meta,
-            } => {
-                let bad = |reason: String| Error::Corruption {
-                    file: path.clone(),
-                    offset: meta.offset,
-                    reason,
-                };
+            Slot::OnDisk { file, path, index, meta } => {
+                let bad = |reason: String| Error::Corruption { file: path.clone(), offset: meta.offset, reason };
                 let mut buf = vec![0u8; meta.len as usize];
                 file.read_exact_at(&mut buf, meta.offset)
                     .map_err(|e| bad(format!("cannot read entry {index}: {e}")))?;
@@ -122,10 +113,7 @@ impl raft::Storage for GroupStorage {
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let index = self.shared.index.read();
-        let meta = index
-            .groups
-            .get(&self.group)
-            .and_then(|g| g.snapshot.clone());
+        let meta = index.groups.get(&self.group).and_then(|g| g.snapshot.clone());
         match meta {
             Some(meta) if request_index <= meta.index => {
                 let mut snap = Snapshot::default();
@@ -134,9 +122,7 @@ impl raft::Storage for GroupStorage {
             }
             // Building a snapshot of the state machine is the store's job (a later issue);
             // raft retries after this error.
-            _ => Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            )),
+            _ => Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)),
         }
     }
 }

@@ -17,14 +17,13 @@ use crate::error::{Error, Result};
 use crate::index::{CacheLimits, GroupState, Index, SegmentInfo};
 use crate::record::Record;
 use crate::segment::{
-    check_header, parse_segment_file_name, scan_frames, segment_path, sync_dir, HeaderCheck,
-    ScannedFrame, FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX,
+    check_header, parse_segment_file_name, scan_frames, segment_path, sync_dir, HeaderCheck, ScannedFrame,
+    FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX,
 };
 use crate::storage::{read_entries, GroupStorage};
 use crate::types::{GroupId, LogIndex, Term};
 use crate::writer::{
-    purge, start_segment, Callback, Completion, Counters, Shared, Submission, Ticket, WalStats,
-    Writer,
+    purge, start_segment, Callback, Completion, Counters, Shared, Submission, Ticket, WalStats, Writer,
 };
 
 /// Name of the lock file that keeps two processes from opening one WAL directory.
@@ -41,18 +40,12 @@ pub struct Wal {
 
 impl std::fmt::Debug for Wal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Wal")
-            .field("dir", &self.config.dir)
-            .finish()
+        f.debug_struct("Wal").field("dir", &self.config.dir).finish()
     }
 }
 
 fn lock_dir(dir: &Path) -> Result<File> {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(LOCK_FILE_NAME))?;
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE_NAME))?;
     // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -85,20 +78,14 @@ fn head_checkpoint(frames: &[ScannedFrame]) -> Option<HashMap<GroupId, u64>> {
     records[1..]
         .iter()
         .map(|(r, _)| match r {
-            Record::Checkpoint { group, checkpoint } => {
-                Some((*group, checkpoint.truncated_index.0))
-            }
+            Record::Checkpoint { group, checkpoint } => Some((*group, checkpoint.truncated_index.0)),
             _ => None,
         })
         .collect()
 }
 
 fn corruption(file: &Path, offset: u64, reason: impl Into<String>) -> Error {
-    Error::Corruption {
-        file: file.to_path_buf(),
-        offset,
-        reason: reason.into(),
-    }
+    Error::Corruption { file: file.to_path_buf(), offset, reason: reason.into() }
 }
 
 /// Reads every segment, checking headers and frames. A torn or corrupt tail of the last
@@ -143,11 +130,7 @@ fn load_segments(dir: &Path) -> Result<Vec<Loaded>> {
             f.set_len(offset)?;
             f.sync_all()?;
         }
-        loaded.push(Loaded {
-            seq,
-            path,
-            frames: scan.frames,
-        });
+        loaded.push(Loaded { seq, path, frames: scan.frames });
     }
     Ok(loaded)
 }
@@ -157,11 +140,7 @@ fn load_segments(dir: &Path) -> Result<Vec<Loaded>> {
 fn check_contiguous(dir: &Path, loaded: &[Loaded]) -> Result<()> {
     for pair in loaded.windows(2) {
         if pair[1].seq != pair[0].seq + 1 {
-            return Err(corruption(
-                &segment_path(dir, pair[0].seq + 1),
-                0,
-                "missing segment",
-            ));
+            return Err(corruption(&segment_path(dir, pair[0].seq + 1), 0, "missing segment"));
         }
     }
     Ok(())
@@ -202,19 +181,13 @@ impl Wal {
             }
         }
         if let Err(reason) = index.finish_recovery() {
-            let first = loaded
-                .first()
-                .map_or_else(|| dir.clone(), |s| s.path.clone());
+            let first = loaded.first().map_or_else(|| dir.clone(), |s| s.path.clone());
             return Err(corruption(&first, 0, reason));
         }
         let next_seq = loaded.last().map_or(1, |s| s.seq + 1);
         drop(loaded);
 
-        let shared = Arc::new(Shared {
-            dir: dir.clone(),
-            index: RwLock::new(index),
-            counters: Counters::default(),
-        });
+        let shared = Arc::new(Shared { dir: dir.clone(), index: RwLock::new(index), counters: Counters::default() });
         // Always continue in a new segment: it starts with a checkpoint of the recovered
         // state, and the (possibly truncated) old tail is never appended to again.
         let (active, active_len) = start_segment(&shared, next_seq)?;
@@ -231,16 +204,8 @@ impl Wal {
             batch_bytes_max: config.batch_bytes_max,
             carry: None,
         };
-        let handle = std::thread::Builder::new()
-            .name("raft-log-writer".into())
-            .spawn(move || writer.run())?;
-        Ok(Wal {
-            shared,
-            tx: Some(tx),
-            writer: Some(handle),
-            config,
-            _lock: lock,
-        })
+        let handle = std::thread::Builder::new().name("raft-log-writer".into()).spawn(move || writer.run())?;
+        Ok(Wal { shared, tx: Some(tx), writer: Some(handle), config, _lock: lock })
     }
 
     /// The configuration the WAL was opened with.
@@ -250,18 +215,13 @@ impl Wal {
 
     fn check_size(batch: &WriteBatch) -> Result<()> {
         if batch.encoded_len() > FRAME_PAYLOAD_BYTES_MAX {
-            return Err(Error::BatchTooLarge {
-                bytes: batch.encoded_len(),
-                max: FRAME_PAYLOAD_BYTES_MAX,
-            });
+            return Err(Error::BatchTooLarge { bytes: batch.encoded_len(), max: FRAME_PAYLOAD_BYTES_MAX });
         }
         Ok(())
     }
 
     fn sender(&self) -> &SyncSender<Submission> {
-        self.tx
-            .as_ref()
-            .expect("invariant: sender lives until drop")
+        self.tx.as_ref().expect("invariant: sender lives until drop")
     }
 
     fn send(&self, batch: WriteBatch, done: Completion) -> Result<()> {
@@ -270,9 +230,7 @@ impl Wal {
             done.complete(Ok(()));
             return Ok(());
         }
-        self.sender()
-            .send(Submission { batch, done })
-            .map_err(|_| Error::Stopped)
+        self.sender().send(Submission { batch, done }).map_err(|_| Error::Stopped)
     }
 
     /// Queues `batch`, blocking while the queue is full. The ticket completes once the
@@ -334,22 +292,11 @@ impl Wal {
 
     /// The durable state of `group`, if it has any record.
     pub fn group_state(&self, group: GroupId) -> Option<GroupState> {
-        self.shared
-            .index
-            .read()
-            .groups
-            .get(&group)
-            .map(|g| g.state())
+        self.shared.index.read().groups.get(&group).map(|g| g.state())
     }
 
     /// Entries `[low, high)` of `group`, at most `max_size` bytes (but at least one).
-    pub fn entries(
-        &self,
-        group: GroupId,
-        low: LogIndex,
-        high: LogIndex,
-        max_size: Option<u64>,
-    ) -> Result<Vec<Entry>> {
+    pub fn entries(&self, group: GroupId, low: LogIndex, high: LogIndex, max_size: Option<u64>) -> Result<Vec<Entry>> {
         read_entries(&self.shared, group, low.0, high.0, max_size)
     }
 
@@ -375,13 +322,7 @@ impl Wal {
 
     /// Number of entry positions held in memory across all groups.
     pub fn indexed_entry_count(&self) -> usize {
-        self.shared
-            .index
-            .read()
-            .groups
-            .values()
-            .map(|g| g.entry_count())
-            .sum()
+        self.shared.index.read().groups.values().map(|g| g.entry_count()).sum()
     }
 
     /// O(n) check of the index's invariants; tests call it after every step.

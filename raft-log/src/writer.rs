@@ -17,9 +17,7 @@ use crate::batch::WriteBatch;
 use crate::error::{Error, Result};
 use crate::index::{project, Index, SegmentInfo};
 use crate::record::{encode_batch, Record};
-use crate::segment::{
-    create_segment, encode_frame_header, segment_path, sync_dir, FRAME_HEADER_BYTES, HEADER_BYTES,
-};
+use crate::segment::{create_segment, encode_frame_header, segment_path, sync_dir, FRAME_HEADER_BYTES, HEADER_BYTES};
 use crate::types::GroupId;
 
 /// Most submissions packed into one frame, whatever their size.
@@ -119,10 +117,7 @@ pub(crate) struct Completion(Option<Notify>);
 impl Completion {
     pub fn ticket() -> (Completion, Ticket) {
         let state = Arc::new(TicketState::default());
-        (
-            Completion(Some(Notify::Ticket(Arc::clone(&state)))),
-            Ticket { state },
-        )
+        (Completion(Some(Notify::Ticket(Arc::clone(&state)))), Ticket { state })
     }
 
     pub fn callback(cb: Callback) -> Completion {
@@ -167,20 +162,12 @@ pub(crate) fn start_segment(shared: &Shared, seq: u64) -> std::io::Result<(File,
     // whose HardState/ConfState/compact records it supersedes.
     file.sync_data()?;
     shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-    shared
-        .counters
-        .frames_written
-        .fetch_add(1, Ordering::Relaxed);
-    shared
-        .counters
-        .bytes_written
-        .fetch_add((HEADER_BYTES + frame.len()) as u64, Ordering::Relaxed);
+    shared.counters.frames_written.fetch_add(1, Ordering::Relaxed);
+    shared.counters.bytes_written.fetch_add((HEADER_BYTES + frame.len()) as u64, Ordering::Relaxed);
     let checkpoint: HashMap<GroupId, u64> = records
         .iter()
         .filter_map(|r| match r {
-            Record::Checkpoint { group, checkpoint } => {
-                Some((*group, checkpoint.truncated_index.0))
-            }
+            Record::Checkpoint { group, checkpoint } => Some((*group, checkpoint.truncated_index.0)),
             _ => None,
         })
         .collect();
@@ -205,10 +192,7 @@ pub(crate) fn purge(shared: &Shared) {
         let seqs = index.purgeable_prefix();
         seqs.into_iter()
             .map(|s| {
-                let info = index
-                    .segments
-                    .remove(&s)
-                    .expect("invariant: purgeable segment exists");
+                let info = index.segments.remove(&s).expect("invariant: purgeable segment exists");
                 (s, info.path)
             })
             .collect()
@@ -223,10 +207,7 @@ pub(crate) fn purge(shared: &Shared) {
             tracing::warn!(seq, path = %path.display(), error = %e, "could not delete purged WAL segment");
             break;
         }
-        shared
-            .counters
-            .segments_purged
-            .fetch_add(1, Ordering::Relaxed);
+        shared.counters.segments_purged.fetch_add(1, Ordering::Relaxed);
     }
     if let Err(e) = sync_dir(&shared.dir) {
         tracing::warn!(error = %e, "could not fsync WAL directory after purge");
@@ -288,11 +269,8 @@ impl Writer {
             let mut bad = None;
             for (record, _) in &sub.batch.records {
                 let group = record.group();
-                let (t, l) = trial
-                    .get(&group)
-                    .or_else(|| projected.get(&group))
-                    .copied()
-                    .unwrap_or_else(|| index.bounds(group));
+                let (t, l) =
+                    trial.get(&group).or_else(|| projected.get(&group)).copied().unwrap_or_else(|| index.bounds(group));
                 match project(t, l, record) {
                     Ok(b) => {
                         trial.insert(group, b);
@@ -348,8 +326,7 @@ impl Writer {
         let c = &self.shared.counters;
         c.fsyncs.fetch_add(1, Ordering::Relaxed);
         c.frames_written.fetch_add(1, Ordering::Relaxed);
-        c.bytes_written
-            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        c.bytes_written.fetch_add(frame.len() as u64, Ordering::Relaxed);
         self.active_len += frame.len() as u64;
         let mut entries = 0;
         {
@@ -364,8 +341,7 @@ impl Writer {
             }
         }
         c.entries_appended.fetch_add(entries, Ordering::Relaxed);
-        c.submissions
-            .fetch_add(subs.len() as u64, Ordering::Relaxed);
+        c.submissions.fetch_add(subs.len() as u64, Ordering::Relaxed);
         for s in subs {
             s.done.complete(Ok(()));
         }
@@ -373,8 +349,8 @@ impl Writer {
 
     fn rotate(&mut self) {
         let seq = self.active_seq + 1;
-        let (file, len) = start_segment(&self.shared, seq)
-            .unwrap_or_else(|e| panic!("WAL rotation to segment {seq} failed: {e}"));
+        let (file, len) =
+            start_segment(&self.shared, seq).unwrap_or_else(|e| panic!("WAL rotation to segment {seq} failed: {e}"));
         self.active = file;
         self.active_seq = seq;
         self.active_len = len;

@@ -1,4 +1,6 @@
 //! Helpers shared by the integration tests.
+// Protobuf messages read best built field by field.
+#![allow(clippy::field_reassign_with_default)]
 #![allow(dead_code)]
 
 use std::path::Path;

@@ -1,4 +1,6 @@
 //! Crash tests: a torn tail at every byte offset, random bit flips, and purge.
+// Protobuf messages read best built field by field.
+#![allow(clippy::field_reassign_with_default)]
 
 mod common;
 
@@ -14,7 +16,10 @@ const GROUPS: u64 = 3;
 
 /// Everything observable about the groups, for comparing recovered states.
 #[derive(Debug, PartialEq, Clone)]
-struct View(Vec<(u64, u64, u64, HardState, Vec<(u64, u64, Vec<u8>)>)>);
+struct View(Vec<GroupView>);
+
+/// Group id, first index, last index, HardState, entries as (index, term, data).
+type GroupView = (u64, u64, u64, HardState, Vec<(u64, u64, Vec<u8>)>);
 
 fn view(wal: &Wal) -> View {
     wal.check_invariants();
@@ -36,11 +41,7 @@ fn view(wal: &Wal) -> View {
 }
 
 fn config(dir: &Path) -> WalConfig {
-    WalConfig {
-        segment_bytes_max: 2048,
-        cache_entries_per_group_max: 1,
-        ..WalConfig::new(dir)
-    }
+    WalConfig { segment_bytes_max: 2048, cache_entries_per_group_max: 1, ..WalConfig::new(dir) }
 }
 
 /// Writes a small multi-group log; returns the view after each completed batch
@@ -88,30 +89,17 @@ fn torn_tail_at_every_byte_recovers_a_durable_prefix() {
     for cut in 0..=len {
         let copy = copy_dir(dir.path());
         let victim = copy.path().join(last.file_name().unwrap());
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&victim)
-            .unwrap()
-            .set_len(cut)
-            .unwrap();
-        let wal = Wal::open(config(copy.path()))
-            .unwrap_or_else(|e| panic!("cut at {cut}: recovery failed: {e}"));
+        std::fs::OpenOptions::new().write(true).open(&victim).unwrap().set_len(cut).unwrap();
+        let wal = Wal::open(config(copy.path())).unwrap_or_else(|e| panic!("cut at {cut}: recovery failed: {e}"));
         let got = view(&wal);
         let k = views
             .iter()
             .rposition(|v| *v == got)
             .unwrap_or_else(|| panic!("cut at {cut}: recovered state is not a prefix: {got:?}"));
-        assert!(
-            k >= prev_k,
-            "cut at {cut}: longer file recovered less ({k} < {prev_k})"
-        );
+        assert!(k >= prev_k, "cut at {cut}: longer file recovered less ({k} < {prev_k})");
         prev_k = k;
     }
-    assert_eq!(
-        prev_k,
-        views.len() - 1,
-        "the untouched log recovers everything"
-    );
+    assert_eq!(prev_k, views.len() - 1, "the untouched log recovers everything");
 }
 
 #[test]
@@ -135,10 +123,7 @@ fn bit_flips_give_a_prefix_or_corruption_naming_the_file() {
         match Wal::open(config(copy.path())) {
             Ok(wal) => {
                 let got = view(&wal);
-                assert!(
-                    views.contains(&got),
-                    "seed {seed} round {round}: flip in {pick:?} recovered garbage"
-                );
+                assert!(views.contains(&got), "seed {seed} round {round}: flip in {pick:?} recovered garbage");
                 prefixes += 1;
             }
             Err(Error::Corruption { file, .. }) => {
@@ -152,10 +137,7 @@ fn bit_flips_give_a_prefix_or_corruption_naming_the_file() {
             Err(e) => panic!("seed {seed} round {round}: unexpected error {e}"),
         }
     }
-    assert!(
-        prefixes > 0 && corruptions > 0,
-        "both outcomes are exercised"
-    );
+    assert!(prefixes > 0 && corruptions > 0, "both outcomes are exercised");
 }
 
 #[test]
@@ -174,19 +156,14 @@ fn missing_middle_segment_is_corruption() {
 #[test]
 fn purge_deletes_segments_and_keeps_everything_above_the_compact_point() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = WalConfig {
-        segment_bytes_max: 1024,
-        ..WalConfig::new(dir.path())
-    };
+    let cfg = WalConfig { segment_bytes_max: 1024, ..WalConfig::new(dir.path()) };
     let g = GroupId(7);
     let wal = Wal::open(cfg.clone()).unwrap();
     let mut next = 1;
     let append = |wal: &Wal, next: &mut u64, n: u64| {
         for _ in 0..n {
             let mut b = WriteBatch::new();
-            let ents: Vec<_> = (*next..*next + 5)
-                .map(|i| entry(i, 2, &[i as u8; 40]))
-                .collect();
+            let ents: Vec<_> = (*next..*next + 5).map(|i| entry(i, 2, &[i as u8; 40])).collect();
             b.add_entries(g, &ents);
             wal.write(b).unwrap();
             *next += 5;
@@ -197,20 +174,13 @@ fn purge_deletes_segments_and_keeps_everything_above_the_compact_point() {
     assert_eq!(wal.indexed_entry_count(), 200);
     assert_eq!(wal.stats().segments_purged, 0);
     wal.compact(g, LogIndex(150)).unwrap().wait().unwrap();
-    assert_eq!(
-        wal.indexed_entry_count(),
-        50,
-        "compacted entries leave the index at once"
-    );
+    assert_eq!(wal.indexed_entry_count(), 50, "compacted entries leave the index at once");
     // Purge happens at the next rotations.
     append(&wal, &mut next, 10);
     wal.check_invariants();
     let files_after = segment_files(dir.path()).len();
     assert!(wal.stats().segments_purged > 0, "some segments were purged");
-    assert!(
-        files_after < files_before,
-        "{files_after} >= {files_before}"
-    );
+    assert!(files_after < files_before, "{files_after} >= {files_before}");
     let last = next - 1;
     assert_eq!(wal.indexed_entry_count() as u64, last - 150);
     drop(wal);
@@ -218,28 +188,17 @@ fn purge_deletes_segments_and_keeps_everything_above_the_compact_point() {
     wal.check_invariants();
     let st = wal.group_state(g).unwrap();
     assert_eq!((st.first_index.0, st.last_index.0), (151, last));
-    let ents = wal
-        .entries(g, LogIndex(151), LogIndex(last + 1), None)
-        .unwrap();
+    let ents = wal.entries(g, LogIndex(151), LogIndex(last + 1), None).unwrap();
     assert_eq!(ents.len() as u64, last - 150);
-    assert!(ents
-        .iter()
-        .enumerate()
-        .all(|(i, e)| e.index == 151 + i as u64 && e.data[0] == e.index as u8));
-    assert!(matches!(
-        wal.entries(g, LogIndex(150), LogIndex(151), None),
-        Err(Error::Compacted)
-    ));
+    assert!(ents.iter().enumerate().all(|(i, e)| e.index == 151 + i as u64 && e.data[0] == e.index as u8));
+    assert!(matches!(wal.entries(g, LogIndex(150), LogIndex(151), None), Err(Error::Compacted)));
     assert_eq!(wal.term(g, LogIndex(150)).unwrap().0, 2);
 }
 
 #[test]
 fn interrupted_purge_is_finished_on_open() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = WalConfig {
-        segment_bytes_max: 1024,
-        ..WalConfig::new(dir.path())
-    };
+    let cfg = WalConfig { segment_bytes_max: 1024, ..WalConfig::new(dir.path()) };
     let g = GroupId(1);
     let wal = Wal::open(cfg.clone()).unwrap();
     for i in 0..30u64 {
@@ -261,10 +220,8 @@ fn interrupted_purge_is_finished_on_open() {
     // purged files, so the log starts in the middle of the old entries.
     let live = segment_files(dir.path());
     let first_live = live[0].file_name().unwrap().to_owned();
-    let old: Vec<_> = segment_files(before.path())
-        .into_iter()
-        .filter(|p| p.file_name().unwrap() < first_live.as_os_str())
-        .collect();
+    let old: Vec<_> =
+        segment_files(before.path()).into_iter().filter(|p| p.file_name().unwrap() < first_live.as_os_str()).collect();
     assert!(old.len() >= 2);
     let restored = old.last().unwrap();
     std::fs::copy(restored, dir.path().join(restored.file_name().unwrap())).unwrap();
@@ -272,24 +229,13 @@ fn interrupted_purge_is_finished_on_open() {
     let st = wal.group_state(g).unwrap();
     assert_eq!((st.first_index.0, st.last_index.0), (31, 45));
     wal.check_invariants();
-    assert_eq!(
-        wal.entries(g, LogIndex(31), LogIndex(46), None)
-            .unwrap()
-            .len(),
-        15
-    );
-    assert!(
-        !dir.path().join(restored.file_name().unwrap()).exists(),
-        "the interrupted purge is finished on open"
-    );
+    assert_eq!(wal.entries(g, LogIndex(31), LogIndex(46), None).unwrap().len(), 15);
+    assert!(!dir.path().join(restored.file_name().unwrap()).exists(), "the interrupted purge is finished on open");
 }
 
 #[test]
 fn second_open_of_the_same_directory_fails() {
     let dir = tempfile::tempdir().unwrap();
     let _wal = Wal::open(WalConfig::new(dir.path())).unwrap();
-    assert!(matches!(
-        Wal::open(WalConfig::new(dir.path())),
-        Err(Error::Io(_))
-    ));
+    assert!(matches!(Wal::open(WalConfig::new(dir.path())), Err(Error::Io(_))));
 }

@@ -1,5 +1,7 @@
 //! Driver tests: single-voter groups elect themselves, proposals are applied in order
 //! exactly once, a restart replays only the unapplied tail, many groups at once.
+// Protobuf messages read best built field by field.
+#![allow(clippy::field_reassign_with_default)]
 
 mod common;
 
@@ -12,8 +14,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use raft::eraftpb::Message;
 use raft_log::{
-    CommittedEntry, Driver, DriverConfig, DriverHandle, Error, GroupId, LogIndex, NodeId,
-    StateMachine, Term, Transport, Wal, WalConfig,
+    CommittedEntry, Driver, DriverConfig, DriverHandle, Error, GroupId, LogIndex, NodeId, StateMachine, Term,
+    Transport, Wal, WalConfig,
 };
 
 #[derive(Default)]
@@ -29,20 +31,10 @@ struct Sm(Arc<Mutex<Applied>>);
 
 impl StateMachine for Sm {
     fn applied_index(&self, group: GroupId) -> LogIndex {
-        self.0
-            .lock()
-            .durable
-            .get(&group)
-            .copied()
-            .unwrap_or_default()
+        self.0.lock().durable.get(&group).copied().unwrap_or_default()
     }
     fn apply(&mut self, group: GroupId, entries: Vec<CommittedEntry>) {
-        self.0
-            .lock()
-            .entries
-            .entry(group)
-            .or_default()
-            .extend(entries);
+        self.0.lock().entries.entry(group).or_default().extend(entries);
     }
     fn on_leader_change(&mut self, group: GroupId, leader: NodeId, term: Term) {
         self.0.lock().leaders.push((group, leader, term));
@@ -57,16 +49,12 @@ impl Transport for NoPeers {
 }
 
 fn config() -> DriverConfig {
-    DriverConfig {
-        tick_interval: Duration::from_millis(10),
-        ..DriverConfig::default()
-    }
+    DriverConfig { tick_interval: Duration::from_millis(10), ..DriverConfig::default() }
 }
 
 fn start(dir: &Path, sm: Sm) -> (Driver, DriverHandle, Arc<Wal>) {
     let wal = Arc::new(Wal::open(WalConfig::new(dir)).unwrap());
-    let (d, h) =
-        Driver::start(config(), Arc::clone(&wal), Box::new(sm), Arc::new(NoPeers)).unwrap();
+    let (d, h) = Driver::start(config(), Arc::clone(&wal), Box::new(sm), Arc::new(NoPeers)).unwrap();
     (d, h, wal)
 }
 
@@ -94,12 +82,7 @@ fn data_of(sm: &Sm, group: GroupId) -> Vec<String> {
     sm.0.lock()
         .entries
         .get(&group)
-        .map(|v| {
-            v.iter()
-                .filter(|e| !e.data.is_empty())
-                .map(|e| String::from_utf8(e.data.to_vec()).unwrap())
-                .collect()
-        })
+        .map(|v| v.iter().filter(|e| !e.data.is_empty()).map(|e| String::from_utf8(e.data.to_vec()).unwrap()).collect())
         .unwrap_or_default()
 }
 
@@ -107,11 +90,7 @@ fn assert_in_order_once(sm: &Sm, group: GroupId) {
     let guard = sm.0.lock();
     let v = &guard.entries[&group];
     for pair in v.windows(2) {
-        assert_eq!(
-            pair[0].index.0 + 1,
-            pair[1].index.0,
-            "group {group}: not consecutive"
-        );
+        assert_eq!(pair[0].index.0 + 1, pair[1].index.0, "group {group}: not consecutive");
     }
 }
 
@@ -124,10 +103,7 @@ fn single_voter_applies_proposals_in_order_exactly_once_and_replays_only_the_tai
     h.create_group(g, vec![NodeId(1)]).unwrap();
     h.create_group(g, vec![NodeId(1)]).unwrap(); // idempotent
     wait_until("leadership", || h.status(g).is_some_and(|s| s.is_leader));
-    assert!(matches!(
-        h.propose(GroupId(99), Bytes::new()),
-        Err(Error::GroupNotFound(_))
-    ));
+    assert!(matches!(h.propose(GroupId(99), Bytes::new()), Err(Error::GroupNotFound(_))));
     let n = 200;
     propose_all(&h, g, (0..n).map(|i| format!("e{i}")));
     wait_until("all applied", || data_of(&sm, g).len() == n);
@@ -137,31 +113,19 @@ fn single_voter_applies_proposals_in_order_exactly_once_and_replays_only_the_tai
     // Every applied entry, including the leader's no-op, starting at index 1.
     let all = sm.0.lock().entries[&g].clone();
     assert_eq!(all[0].index, LogIndex(1));
-    assert!(
-        all[0].data.is_empty(),
-        "the leader's no-op entry is delivered"
-    );
+    assert!(all[0].data.is_empty(), "the leader's no-op entry is delivered");
     assert_eq!(sm.0.lock().leaders.last().unwrap().1, NodeId(1));
 
     let (tx, rx) = mpsc::channel();
     h.read_index(g, Box::new(move |r| tx.send(r).unwrap()));
     let read = rx.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
-    assert!(
-        read.0 >= all.last().unwrap().index.0,
-        "read index covers applied entries"
-    );
+    assert!(read.0 >= all.last().unwrap().index.0, "read index covers applied entries");
 
     let status = h.status(g).unwrap();
     assert_eq!(status.applied, all.last().unwrap().index);
-    assert!(
-        wal.stats().fsyncs < wal.stats().entries_appended,
-        "proposals were batched"
-    );
+    assert!(wal.stats().fsyncs < wal.stats().entries_appended, "proposals were batched");
     driver.stop();
-    assert!(matches!(
-        h.propose(g, Bytes::new()),
-        Err(Error::Stopped) | Err(Error::NotLeader)
-    ));
+    assert!(matches!(h.propose(g, Bytes::new()), Err(Error::Stopped) | Err(Error::NotLeader)));
     drop(wal);
 
     // Restart: the state machine durably applied up to entry 120; only the rest come back.
@@ -169,9 +133,7 @@ fn single_voter_applies_proposals_in_order_exactly_once_and_replays_only_the_tai
     let sm2 = Sm::default();
     sm2.0.lock().durable.insert(g, durable);
     let (driver, h, _wal) = start(dir.path(), sm2.clone());
-    wait_until("leadership after restart", || {
-        h.status(g).is_some_and(|s| s.is_leader)
-    });
+    wait_until("leadership after restart", || h.status(g).is_some_and(|s| s.is_leader));
     let expected_tail: Vec<String> = all
         .iter()
         .filter(|e| e.index > durable && !e.data.is_empty())
@@ -181,11 +143,7 @@ fn single_voter_applies_proposals_in_order_exactly_once_and_replays_only_the_tai
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(data_of(&sm2, g), expected_tail);
     let replayed = sm2.0.lock().entries[&g].clone();
-    assert_eq!(
-        replayed[0].index.0,
-        durable.0 + 1,
-        "replay starts right after applied"
-    );
+    assert_eq!(replayed[0].index.0, durable.0 + 1, "replay starts right after applied");
     assert_in_order_once(&sm2, g);
     driver.stop();
 }
@@ -219,19 +177,13 @@ fn many_groups_commit_together() {
     let entries = after.entries_appended - before.entries_appended;
     let fsyncs = after.fsyncs - before.fsyncs;
     assert!(entries >= (groups.len() * per_group) as u64);
-    assert!(
-        fsyncs < entries,
-        "one fsync carried several groups' entries ({fsyncs} >= {entries})"
-    );
+    assert!(fsyncs < entries, "one fsync carried several groups' entries ({fsyncs} >= {entries})");
 
     // The state machine reports durability: the WAL may drop the applied prefix.
     let g = groups[0];
     let applied = h.status(g).unwrap().applied;
     h.compact_log(g, applied).unwrap();
-    wait_until("compaction", || {
-        wal.group_state(g)
-            .is_some_and(|s| s.first_index.0 == applied.0 + 1)
-    });
+    wait_until("compaction", || wal.group_state(g).is_some_and(|s| s.first_index.0 == applied.0 + 1));
     driver.stop();
 
     // Groups found in the WAL come back on start without create_group.
@@ -242,21 +194,14 @@ fn many_groups_commit_together() {
     }
     let (driver, h, _wal) = start(dir.path(), sm2);
     for g in &groups {
-        wait_until("re-created group leads", || {
-            h.status(*g).is_some_and(|s| s.is_leader)
-        });
+        wait_until("re-created group leads", || h.status(*g).is_some_and(|s| s.is_leader));
     }
     driver.stop();
 }
 
 #[test]
 fn config_validation_and_not_leader_reads() {
-    assert!(DriverConfig {
-        node_id: NodeId(0),
-        ..DriverConfig::default()
-    }
-    .validate()
-    .is_err());
+    assert!(DriverConfig { node_id: NodeId(0), ..DriverConfig::default() }.validate().is_err());
     let dir = tempfile::tempdir().unwrap();
     let (driver, h, _wal) = start(dir.path(), Sm::default());
     let (tx, rx) = mpsc::channel();
@@ -271,14 +216,9 @@ fn config_validation_and_not_leader_reads() {
     drop(h);
     let dir2 = tempfile::tempdir().unwrap();
     let wal = Arc::new(Wal::open(WalConfig::new(dir2.path())).unwrap());
-    let (driver, h) =
-        Driver::start(config(), wal, Box::new(Sm::default()), Arc::new(Drop_)).unwrap();
-    h.create_group(GroupId(1), vec![NodeId(1), NodeId(2), NodeId(3)])
-        .unwrap();
+    let (driver, h) = Driver::start(config(), wal, Box::new(Sm::default()), Arc::new(Drop_)).unwrap();
+    h.create_group(GroupId(1), vec![NodeId(1), NodeId(2), NodeId(3)]).unwrap();
     std::thread::sleep(Duration::from_millis(50));
-    assert!(matches!(
-        h.propose(GroupId(1), Bytes::new()),
-        Err(Error::NotLeader)
-    ));
+    assert!(matches!(h.propose(GroupId(1), Bytes::new()), Err(Error::NotLeader)));
     driver.stop();
 }

@@ -1,6 +1,8 @@
 //! Model test: random appends (with overlapping-index truncation), HardState updates and
 //! compactions across several groups, reopening the WAL after every step, checked
 //! against a plain in-memory model.
+// Protobuf messages read best built field by field.
+#![allow(clippy::field_reassign_with_default)]
 
 mod common;
 
@@ -29,7 +31,10 @@ enum Op {
         commit: u64,
     },
     /// Compact `ahead` entries past the current compact point.
-    Compact { group: u64, ahead: u64 },
+    Compact {
+        group: u64,
+        ahead: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -52,34 +57,18 @@ struct ModelGroup {
 
 impl ModelGroup {
     fn last(&self) -> u64 {
-        self.entries
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or(self.truncated)
+        self.entries.keys().next_back().copied().unwrap_or(self.truncated)
     }
 }
 
 fn apply(model: &mut BTreeMap<u64, ModelGroup>, wal: &Wal, op: &Op) {
     let mut b = WriteBatch::new();
     match *op {
-        Op::Append {
-            group,
-            back,
-            n,
-            term,
-            fill,
-        } => {
+        Op::Append { group, back, n, term, fill } => {
             let g = model.entry(group).or_default();
             let start = (g.last() + 1).saturating_sub(back).max(1);
             let ents: Vec<_> = (start..start + n)
-                .map(|i| {
-                    entry(
-                        i,
-                        term,
-                        &vec![fill.wrapping_add(i as u8); (i % 7) as usize * 9],
-                    )
-                })
+                .map(|i| entry(i, term, &vec![fill.wrapping_add(i as u8); (i % 7) as usize * 9]))
                 .collect();
             b.add_entries(GroupId(group), &ents);
             g.entries.split_off(&start);
@@ -89,12 +78,7 @@ fn apply(model: &mut BTreeMap<u64, ModelGroup>, wal: &Wal, op: &Op) {
                 }
             }
         }
-        Op::HardState {
-            group,
-            term,
-            vote,
-            commit,
-        } => {
+        Op::HardState { group, term, vote, commit } => {
             let mut hs = HardState::default();
             hs.term = term;
             hs.vote = vote;
@@ -123,29 +107,13 @@ fn check(model: &BTreeMap<u64, ModelGroup>, wal: &Wal) {
     for (&group, g) in model {
         let gid = GroupId(group);
         let st = wal.group_state(gid).expect("group exists");
-        assert_eq!(
-            st.first_index.0,
-            g.truncated + 1,
-            "group {group} first index"
-        );
+        assert_eq!(st.first_index.0, g.truncated + 1, "group {group} first index");
         assert_eq!(st.last_index.0, g.last(), "group {group} last index");
         assert_eq!(st.hard_state, g.hs, "group {group} hard state");
-        assert_eq!(
-            wal.term(gid, LogIndex(g.truncated)).unwrap(),
-            Term(g.truncated_term)
-        );
-        let got = wal
-            .entries(gid, LogIndex(g.truncated + 1), LogIndex(g.last() + 1), None)
-            .unwrap();
-        let want: Vec<(u64, u64, Vec<u8>)> = g
-            .entries
-            .iter()
-            .map(|(i, (t, d))| (*i, *t, d.clone()))
-            .collect();
-        let got: Vec<(u64, u64, Vec<u8>)> = got
-            .iter()
-            .map(|e| (e.index, e.term, e.data.to_vec()))
-            .collect();
+        assert_eq!(wal.term(gid, LogIndex(g.truncated)).unwrap(), Term(g.truncated_term));
+        let got = wal.entries(gid, LogIndex(g.truncated + 1), LogIndex(g.last() + 1), None).unwrap();
+        let want: Vec<(u64, u64, Vec<u8>)> = g.entries.iter().map(|(i, (t, d))| (*i, *t, d.clone())).collect();
+        let got: Vec<(u64, u64, Vec<u8>)> = got.iter().map(|e| (e.index, e.term, e.data.to_vec())).collect();
         assert_eq!(got, want, "group {group} entries");
         for (i, (t, _)) in &g.entries {
             assert_eq!(wal.term(gid, LogIndex(*i)).unwrap(), Term(*t));
@@ -158,11 +126,7 @@ fn check(model: &BTreeMap<u64, ModelGroup>, wal: &Wal) {
         }
         total += g.entries.len();
     }
-    assert_eq!(
-        wal.indexed_entry_count(),
-        total,
-        "index holds exactly the live entries"
-    );
+    assert_eq!(wal.indexed_entry_count(), total, "index holds exactly the live entries");
 }
 
 proptest! {
