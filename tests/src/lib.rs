@@ -1,1 +1,25 @@
-//! placeholder
+//! Differential test harness for Plinth: runs the same operations against real etcd 3.5.1
+//! and against `plinth serve`, and compares the responses field by field.
+//!
+//! * [`cluster::Server`] spawns a single-node server (etcd or plinth, same etcd flags) on
+//!   reserved ports ([`ports`]) with a temp data dir; SIGKILL on drop, `kill9`/`restart`.
+//! * [`etcd`] finds or fetches etcd 3.5.1 (`tests/scripts/get-etcd.sh`).
+//! * [`ctl`] runs etcdctl/etcdutl with time limits ([`process`]).
+//! * [`normalize`] blanks ids, terms, ports, sizes, versions and timings.
+//! * [`session::differential`] runs one script on both servers and diffs the transcripts.
+//!
+//! `PLINTH_DIFF_TARGET=etcd` compares etcd against a second etcd (harness self-check);
+//! the default target is plinth (`$PLINTH_BIN` or `target/debug/plinth`), and tests fail
+//! when that binary is missing.
+
+pub mod cluster;
+pub mod ctl;
+pub mod diff;
+pub mod etcd;
+pub mod normalize;
+pub mod ports;
+pub mod process;
+pub mod session;
+
+pub use cluster::{Kind, Server};
+pub use session::{differential, target, Session};

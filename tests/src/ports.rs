@@ -1,0 +1,94 @@
+//! Race-free loopback port reservation.
+//!
+//! A port is handed out only while its reservation is held: an exclusive `flock` on
+//! `$TMPDIR/plinth-test-ports/<port>.lock`. `flock` locks belong to the open file
+//! description, so two threads of one test binary, two test binaries run in parallel and
+//! two concurrent `cargo test` runs all exclude each other, and a crashed process releases
+//! its ports automatically. Candidates come from 20000..32000, below Linux's ephemeral
+//! range (32768..), so outgoing connections of unrelated processes cannot grab a port
+//! between the check and the server's own `bind`.
+
+use std::fs::{File, OpenOptions};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+const FIRST: u32 = 20000;
+const SPAN: u32 = 12000;
+
+/// A reserved loopback port. The reservation lasts until this value is dropped.
+#[derive(Debug)]
+pub struct Port {
+    port: u16,
+    _lock: File,
+}
+
+impl Port {
+    pub fn get(&self) -> u16 {
+        self.port
+    }
+}
+
+fn lock_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join("plinth-test-ports");
+    std::fs::create_dir_all(&dir).expect("create port lock dir");
+    dir
+}
+
+/// Reserves a free loopback TCP port.
+pub fn reserve() -> Port {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = lock_dir();
+    // Spread concurrent processes over the range so they rarely probe the same ports.
+    let base = std::process::id().wrapping_mul(2654435761) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (base + n.wrapping_mul(7)) % SPAN) as u16;
+        let path = dir.join(format!("{port}.lock"));
+        let Ok(file) = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+        else {
+            continue;
+        };
+        // SAFETY: flock on a valid, owned file descriptor.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            continue;
+        }
+        if TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Port { port, _lock: file };
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_are_distinct_and_bindable() {
+        let ports: Vec<Port> = (0..50).map(|_| reserve()).collect();
+        let mut seen: Vec<u16> = ports.iter().map(Port::get).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 50);
+        for p in &ports {
+            TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, p.get())).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_held_port_is_not_handed_out_again() {
+        let held = reserve();
+        let path = lock_dir().join(format!("{}.lock", held.get()));
+        let f = OpenOptions::new().write(true).open(path).unwrap();
+        // SAFETY: flock on a valid fd.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_ne!(rc, 0, "a second lock on a reserved port must fail");
+    }
+}
