@@ -38,11 +38,7 @@ fn raw_fdatasync(c: &mut Criterion) {
 }
 
 fn entry(index: u64) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = 1;
-    e.data = bytes::Bytes::from(vec![index as u8; ENTRY_BYTES]);
-    e
+    Entry { index, term: 1, data: bytes::Bytes::from(vec![index as u8; ENTRY_BYTES]), ..Default::default() }
 }
 
 fn wal_append(c: &mut Criterion) {
