@@ -58,7 +58,10 @@
 //! HardState, ConfState, snapshot metadata and compact point (with its term), fsynced
 //! together with the directory before anything else is written. Older segments therefore
 //! only matter for their entries: once every entry in a prefix of segments is at or below
-//! the compact point recorded in the next segment's checkpoint, the prefix is deleted.
+//! its group's compact point recorded in the newest segment's checkpoint, the prefix is
+//! deleted (oldest first, so a crash mid-purge leaves a contiguous run). Recovery from the
+//! remaining run may meet a group whose entries resume after a gap; it accepts the gap only
+//! if a later durable compact point covers it, and reports `Corruption` otherwise.
 //!
 //! ## Threads
 //!
