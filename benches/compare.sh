@@ -229,13 +229,14 @@ memory_one() {
     --total "$LOAD_KEYS" put --sequential-keys --key-space-size "$LOAD_KEYS" --key-size 16 --val-size 256 \
     >"$OUT/results/mem.$system.load.json" 2>"$OUT/results/mem.$system.stderr" || true
   sleep 2
-  local pid=${PIDS[0]} hwm rss du
+  local pid=${PIDS[0]} hwm rss du alloc
   hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
   rss=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
   du=$(du -sb "$OUT/data-$tag-m0/data" | cut -f1)
-  echo "{\"system\":\"$system\",\"keys\":$LOAD_KEYS,\"vmhwm_kb\":$hwm,\"vmrss_kb\":$rss,\"disk_bytes\":$du}" \
+  alloc=$(du -s --block-size=1 "$OUT/data-$tag-m0/data" | cut -f1)
+  echo "{\"system\":\"$system\",\"keys\":$LOAD_KEYS,\"vmhwm_kb\":$hwm,\"vmrss_kb\":$rss,\"disk_bytes\":$du,\"disk_alloc_bytes\":$alloc}" \
     >"$OUT/results/mem.$system.json"
-  log "  memory $system: VmHWM ${hwm} kB, VmRSS ${rss} kB, disk ${du} B after $LOAD_KEYS keys"
+  log "  memory $system: VmHWM ${hwm} kB, VmRSS ${rss} kB, disk ${du} B (${alloc} B allocated) after $LOAD_KEYS keys"
   stop_servers
 }
 
@@ -351,10 +352,11 @@ for system in ("etcd", b):
 if mems:
     keys = next(iter(mems.values()))["keys"]
     print(f"\n### Memory and disk after {keys:,} keys of 256 B (1 node)\n")
-    print(f"| server | peak RSS (VmHWM) MiB | RSS MiB | data dir (du -sb) MiB |")
-    print("|---|---:|---:|---:|")
+    print(f"| server | peak RSS (VmHWM) MiB | RSS MiB | data dir (du -sb) MiB | allocated (du -s) MiB |")
+    print("|---|---:|---:|---:|---:|")
     for system, m in mems.items():
-        print(f"| {system} | {m['vmhwm_kb'] / 1024:.1f} | {m['vmrss_kb'] / 1024:.1f} | {m['disk_bytes'] / 2**20:.1f} |")
+        print(f"| {system} | {m['vmhwm_kb'] / 1024:.1f} | {m['vmrss_kb'] / 1024:.1f} | {m['disk_bytes'] / 2**20:.1f} "
+              f"| {m.get('disk_alloc_bytes', 0) / 2**20:.1f} |")
     if "etcd" in mems and b in mems:
         print(f"\n{b}/etcd peak RSS ratio: {mems[b]['vmhwm_kb'] / mems['etcd']['vmhwm_kb']:.2f}; "
               f"disk ratio: {mems[b]['disk_bytes'] / mems['etcd']['disk_bytes']:.2f}")
