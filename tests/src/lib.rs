@@ -22,4 +22,4 @@ pub mod process;
 pub mod session;
 
 pub use cluster::{Kind, Server};
-pub use session::{differential, target, Session};
+pub use session::{differential, differential_with, target, Session};

@@ -124,7 +124,11 @@ fn join<T>(r: std::thread::Result<T>) -> T {
 /// normalized transcripts differ. Transcripts are also written to
 /// `$TMPDIR/plinth-differential/<name>.{etcd,<target>}.txt`.
 pub fn differential(name: &str, script: impl Fn(&mut Session<'_>) + Sync) {
-    let target = target();
+    differential_with(name, target(), script)
+}
+
+/// [`differential`] with an explicit second server kind.
+pub fn differential_with(name: &str, target: Kind, script: impl Fn(&mut Session<'_>) + Sync) {
     let (etcd, other) = std::thread::scope(|s| {
         let a = s.spawn(Server::etcd);
         let b = s.spawn(move || Server::start(target));

@@ -536,7 +536,7 @@ impl Side {
             } => {
                 let cmps: Vec<Compare> = compares
                     .iter()
-                    .map(|(k, target, cmp, num, val)| match target {
+                    .map(|(k, target, cmp, num, val)| match *target {
                         0 => Compare::mod_revision(k.as_str(), *cmp, *num),
                         1 => Compare::version(k.as_str(), *cmp, *num),
                         2 => Compare::create_revision(k.as_str(), *cmp, *num),
@@ -658,7 +658,8 @@ impl Side {
     }
 }
 
-type WatchMsg = Result<etcd_client::Result<Option<etcd_client::WatchResponse>>, tokio::time::error::Elapsed>;
+type WatchMsg =
+    Result<Result<Option<etcd_client::WatchResponse>, Error>, tokio::time::error::Elapsed>;
 
 /// Appends a watch response to `log`; returns whether the stream goes on.
 fn record_watch(log: &Mutex<Vec<String>>, m: WatchMsg, leases: &[i64]) -> bool {

@@ -46,7 +46,7 @@ fn put_and_get_flags() {
         s.ctl(&["get", "a", "d", "-w", "json"]);
         s.ctl(&["get", "d", "a", "-w", "json"]);
         s.ctl(&["get", "", "--prefix", "--keys-only"]);
-        s.ctl(&["get", "", "--from-key", "--count-only", "-w", "json"]);
+        s.ctl(&["get", "", "--from-key", "--count-only", "-w", "fields"]);
         for target in ["CREATE", "KEY", "MODIFY", "VALUE", "VERSION"] {
             for order in ["ASCEND", "DESCEND"] {
                 s.ctl(&["get", "a", "--from-key", "--sort-by", target, "--order", order]);
@@ -72,8 +72,8 @@ fn put_and_get_flags() {
         s.ctl(&["get", "a", "--from-key", "--keys-only"]);
         s.ctl(&["get", "a", "--from-key", "--keys-only", "-w", "json"]);
         s.ctl(&["get", "a", "--from-key", "--count-only"]);
-        s.ctl(&["get", "a", "--from-key", "--count-only", "-w", "json"]);
-        s.ctl(&["get", "foo", "--prefix", "--count-only", "--limit", "1", "-w", "json"]);
+        s.ctl(&["get", "a", "--from-key", "--count-only", "-w", "fields"]);
+        s.ctl(&["get", "foo", "--prefix", "--count-only", "--limit", "1", "-w", "fields"]);
         s.ctl(&["get", "a", "--from-key", "--print-value-only"]);
         s.ctl(&["get", "a", "--print-value-only"]);
         s.ctl(&["get", "foo", "--prefix", "--keys-only", "--limit", "1", "-w", "json"]);
@@ -84,8 +84,8 @@ fn put_and_get_flags() {
             s.ctl(&["get", "a", "--rev", rev, "-w", "json"]);
         }
         s.ctl(&["get", "a", "--from-key", "--rev", "4"]);
-        s.ctl(&["get", "a", "--from-key", "--rev", "4", "--count-only", "-w", "json"]);
-        s.ctl(&["get", "", "--prefix", "--rev", "0", "--count-only", "-w", "json"]);
+        s.ctl(&["get", "a", "--from-key", "--rev", "4", "--count-only", "-w", "fields"]);
+        s.ctl(&["get", "", "--prefix", "--rev", "0", "--count-only", "-w", "fields"]);
         // Errors.
         s.ctl(&["get", "a", "--rev", "1000"]);
         s.ctl(&["get", "a", "--rev", "1000", "-w", "json"]);
@@ -166,7 +166,7 @@ fn compaction_and_history() {
         s.ctl(&["compaction", "--physical", "8"]);
         s.ctl(&["get", "a", "--rev", "7"]);
         s.ctl(&["get", "a", "--rev", "8", "-w", "json"]);
-        s.ctl(&["get", "a", "--from-key", "--rev", "9", "--count-only", "-w", "json"]);
+        s.ctl(&["get", "a", "--from-key", "--rev", "9", "--count-only", "-w", "fields"]);
         s.ctl(&["put", "after", "compaction"]);
         s.ctl(&["get", "", "--prefix", "-w", "json"]);
         s.ctl(&["compaction", "12"]);

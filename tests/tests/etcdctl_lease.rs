@@ -75,8 +75,8 @@ fn expiry() {
         let start = Instant::now();
         let mut gone = false;
         while start.elapsed() < Duration::from_secs(6) {
-            let out = s.server().ctl(&["get", "ephemeral", "--prefix", "--count-only", "-w", "json"]);
-            if out.code == Some(0) && !out.stdout.contains("\"count\"") {
+            let out = s.server().ctl(&["get", "ephemeral", "--prefix", "--keys-only"]);
+            if out.code == Some(0) && out.stdout.trim().is_empty() {
                 gone = true;
                 break;
             }
