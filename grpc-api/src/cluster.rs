@@ -48,14 +48,11 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
         let req = request.into_inner();
-        if req.peer_ur_ls.is_empty()
-            || req.peer_ur_ls.iter().any(|u| crate::config::url_host_port(u).is_err())
-        {
+        if req.peer_ur_ls.is_empty() || req.peer_ur_ls.iter().any(|u| crate::config::url_host_port(u).is_err()) {
             return Err(EtcdError::MemberBadUrls.status());
         }
-        let existing = self.node.identity.read().members.iter().any(|m| {
-            m.peer_urls.iter().any(|u| req.peer_ur_ls.contains(u))
-        });
+        let existing =
+            self.node.identity.read().members.iter().any(|m| m.peer_urls.iter().any(|u| req.peer_ur_ls.contains(u)));
         if existing {
             return Err(EtcdError::PeerUrlExist.status());
         }
@@ -70,9 +67,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         self.check_member(request.into_inner().id)?;
         // Removing the only member would leave no quorum; etcd refuses it the same way.
-        Err(Status::failed_precondition(
-            "etcdserver: re-configuration failed due to not enough started members",
-        ))
+        Err(Status::failed_precondition("etcdserver: re-configuration failed due to not enough started members"))
     }
 
     async fn member_update(
@@ -81,9 +76,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
         let req = request.into_inner();
         self.check_member(req.id)?;
-        if req.peer_ur_ls.is_empty()
-            || req.peer_ur_ls.iter().any(|u| crate::config::url_host_port(u).is_err())
-        {
+        if req.peer_ur_ls.is_empty() || req.peer_ur_ls.iter().any(|u| crate::config::url_host_port(u).is_err()) {
             return Err(EtcdError::MemberBadUrls.status());
         }
         {
@@ -91,9 +84,7 @@ impl Cluster for ClusterService {
             for member in identity.members.iter_mut().filter(|m| m.id == req.id) {
                 member.peer_urls = req.peer_ur_ls.clone();
             }
-            identity
-                .save(&self.node.data_dir)
-                .map_err(|e| Status::unknown(format!("saving membership: {e}")))?;
+            identity.save(&self.node.data_dir).map_err(|e| Status::unknown(format!("saving membership: {e}")))?;
         }
         Ok(Response::new(pb::MemberUpdateResponse {
             header: Some(self.node.current_header()),
@@ -108,10 +99,7 @@ impl Cluster for ClusterService {
         if request.get_ref().linearizable {
             self.node.read_barrier().await?;
         }
-        Ok(Response::new(pb::MemberListResponse {
-            header: Some(self.node.current_header()),
-            members: self.members(),
-        }))
+        Ok(Response::new(pb::MemberListResponse { header: Some(self.node.current_header()), members: self.members() }))
     }
 
     async fn member_promote(

@@ -162,9 +162,11 @@ impl ServeArgs {
             return Ok(None);
         }
         Ok(Some(match self.auto_compaction_mode.as_str() {
-            "revision" => AutoCompaction::Revision(retention.parse().map_err(|_| {
-                anyhow::anyhow!("--auto-compaction-retention {retention:?} is not a revision count")
-            })?),
+            "revision" => {
+                AutoCompaction::Revision(retention.parse().map_err(|_| {
+                    anyhow::anyhow!("--auto-compaction-retention {retention:?} is not a revision count")
+                })?)
+            }
             _ => {
                 let period = match retention.parse::<u64>() {
                     Ok(hours) => Duration::from_secs(hours * 3600),
@@ -199,9 +201,7 @@ pub fn url_host_port(url: &str) -> anyhow::Result<String> {
         .or_else(|| url.strip_prefix("https://"))
         .ok_or_else(|| anyhow::anyhow!("URL {url:?} must start with http:// or https://"))?;
     let hostport = rest.trim_end_matches('/');
-    let (host, port) = hostport
-        .rsplit_once(':')
-        .ok_or_else(|| anyhow::anyhow!("URL {url:?} has no port"))?;
+    let (host, port) = hostport.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("URL {url:?} has no port"))?;
     port.parse::<u16>().map_err(|_| anyhow::anyhow!("URL {url:?} has a bad port"))?;
     let host = if host == "localhost" { "127.0.0.1" } else { host };
     Ok(format!("{host}:{port}"))

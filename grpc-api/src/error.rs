@@ -44,14 +44,12 @@ impl EtcdError {
     pub fn code(self) -> Code {
         use EtcdError::*;
         match self {
-            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-            | InvalidSortOption | RequestTooLarge | MemberBadUrls => Code::InvalidArgument,
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey | InvalidSortOption
+            | RequestTooLarge | MemberBadUrls => Code::InvalidArgument,
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            LeaseExist | NotLeader | MemberNotLearner | PeerUrlExist | NotCapable => {
-                Code::FailedPrecondition
-            }
+            LeaseExist | NotLeader | MemberNotLearner | PeerUrlExist | NotCapable => Code::FailedPrecondition,
             NoLeader | LeaderChanged | Stopped | Timeout | BadLeaderTransferee => Code::Unavailable,
             Corrupt => Code::DataLoss,
             WatchCanceled => Code::Cancelled,
@@ -155,10 +153,7 @@ mod tests {
 
     #[test]
     fn messages_are_etcds() {
-        assert_eq!(
-            EtcdError::Compacted.status().message(),
-            "etcdserver: mvcc: required revision has been compacted"
-        );
+        assert_eq!(EtcdError::Compacted.status().message(), "etcdserver: mvcc: required revision has been compacted");
         assert_eq!(EtcdError::Compacted.code(), Code::OutOfRange);
         assert_eq!(EtcdError::RequestTooLarge.code(), Code::InvalidArgument);
         assert_eq!(EtcdError::NoSpace.code(), Code::ResourceExhausted);

@@ -29,8 +29,7 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 /// The checks of `/readyz`, in etcd's order; `/livez` runs only `serializable_read`.
-const READY_CHECKS: [&str; 4] =
-    ["data_corruption", "serializable_read", "linearizable_read", "non_learner"];
+const READY_CHECKS: [&str; 4] = ["data_corruption", "serializable_read", "linearizable_read", "non_learner"];
 
 async fn run_check(node: &Node, check: &str) -> Result<(), String> {
     match check {
@@ -48,11 +47,7 @@ async fn run_check(node: &Node, check: &str) -> Result<(), String> {
     }
 }
 
-async fn probe(
-    node: &Node,
-    checks: &[&str],
-    params: &HashMap<String, String>,
-) -> (StatusCode, String) {
+async fn probe(node: &Node, checks: &[&str], params: &HashMap<String, String>) -> (StatusCode, String) {
     let excluded: Vec<&str> = params.get("exclude").map(|e| e.split(',').collect()).unwrap_or_default();
     let verbose = params.contains_key("verbose");
     let mut body = String::new();
@@ -83,10 +78,7 @@ async fn probe(
     }
 }
 
-async fn livez(
-    State(node): State<Arc<Node>>,
-    Query(params): Query<HashMap<String, String>>,
-) -> impl IntoResponse {
+async fn livez(State(node): State<Arc<Node>>, Query(params): Query<HashMap<String, String>>) -> impl IntoResponse {
     probe(&node, &["serializable_read"], &params).await
 }
 
@@ -101,10 +93,7 @@ async fn livez_one(
     probe(&node, &["serializable_read"], &params).await.into_response()
 }
 
-async fn readyz(
-    State(node): State<Arc<Node>>,
-    Query(params): Query<HashMap<String, String>>,
-) -> impl IntoResponse {
+async fn readyz(State(node): State<Arc<Node>>, Query(params): Query<HashMap<String, String>>) -> impl IntoResponse {
     probe(&node, &READY_CHECKS, &params).await
 }
 
@@ -119,10 +108,7 @@ async fn readyz_one(
     }
 }
 
-async fn health(
-    State(node): State<Arc<Node>>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
+async fn health(State(node): State<Arc<Node>>, Query(params): Query<HashMap<String, String>>) -> Response {
     let serializable = params.get("serializable").is_some_and(|v| v == "true");
     let excluded: Vec<&str> = params.get("exclude").map(|e| e.split(',').collect()).unwrap_or_default();
     let reason = health_failure(&node, serializable, &excluded).await;
@@ -166,8 +152,5 @@ async fn version() -> impl IntoResponse {
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     node.refresh_gauges();
-    (
-        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-        node.metrics.render(),
-    )
+    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], node.metrics.render())
 }

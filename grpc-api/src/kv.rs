@@ -74,16 +74,23 @@ impl Kv for KvService {
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let node = &self.node;
         let req = request.into_inner();
-        let body = store::CommandBody::Compact(store::CompactRequest { revision: req.revision, physical: req.physical });
+        let body =
+            store::CommandBody::Compact(store::CompactRequest { revision: req.revision, physical: req.physical });
         match self.propose_checked(body).await? {
             store::CommandResponse::Compact(resp) => {
                 if req.physical {
                     // etcd answers a physical compaction only once history is removed.
                     let store = node.store.clone();
                     let group = node.group();
-                    tokio::task::spawn_blocking(move || store.wait_compaction_finished(group, req.revision))
-                        .await
-                        .map_err(|e| Status::unknown(e.to_string()))?;
+                    let timeout = node.cfg.request_timeout;
+                    let finished = tokio::task::spawn_blocking(move || {
+                        store.wait_compaction_finished(group, req.revision, timeout)
+                    })
+                    .await
+                    .map_err(|e| Status::unknown(e.to_string()))?;
+                    if !finished {
+                        return Err(EtcdError::Timeout.status());
+                    }
                 }
                 Ok(Response::new(pb::CompactionResponse { header: Some(node.header(resp.revision)) }))
             }

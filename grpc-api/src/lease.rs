@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::error::EtcdError;
+use crate::error::{store_status, EtcdError};
 use crate::lessor::TTL_MAX_SECONDS;
 use crate::node::Node;
 use crate::pb::etcdserverpb::{self as pb, lease_server::Lease};
@@ -85,6 +85,7 @@ impl Lease for LeaseService {
         let store::CommandResponse::LeaseRevoke(revoked) = resp else {
             return Err(Status::internal("lease revoke applied as another command"));
         };
+        node.lessor.on_revoked(id);
         Ok(Response::new(pb::LeaseRevokeResponse { header: Some(node.header(revoked.revision)) }))
     }
 
@@ -117,7 +118,7 @@ impl Lease for LeaseService {
         let req = request.into_inner();
         node.read_barrier().await?;
         let group = node.group();
-        let Some(lease) = node.store.lease(group, req.id) else {
+        let Some(lease) = node.store.lease(group, req.id).map_err(|e| store_status(&e))? else {
             // etcd answers an unknown lease with TTL -1 rather than an error.
             return Ok(Response::new(pb::LeaseTimeToLiveResponse {
                 header: Some(node.current_header()),
@@ -127,7 +128,8 @@ impl Lease for LeaseService {
                 keys: Vec::new(),
             }));
         };
-        let keys = if req.keys { node.store.lease_keys(group, req.id) } else { Vec::new() };
+        let keys =
+            if req.keys { node.store.lease_keys(group, req.id).map_err(|e| store_status(&e))? } else { Vec::new() };
         Ok(Response::new(pb::LeaseTimeToLiveResponse {
             header: Some(node.current_header()),
             id: req.id,
@@ -143,7 +145,13 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         let node = &self.node;
         node.read_barrier().await?;
-        let leases = node.store.leases(node.group()).into_iter().map(|l| pb::LeaseStatus { id: l.id }).collect();
+        let leases = node
+            .store
+            .leases(node.group())
+            .map_err(|e| store_status(&e))?
+            .into_iter()
+            .map(|l| pb::LeaseStatus { id: l.id })
+            .collect();
         Ok(Response::new(pb::LeaseLeasesResponse { header: Some(node.current_header()), leases }))
     }
 }

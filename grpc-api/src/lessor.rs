@@ -62,11 +62,11 @@ impl Lessor {
         state.revoking.remove(&id);
     }
 
-    /// Applies what an applied command means for lease timing.
+    /// Applies what an applied command means for lease timing. Revokes are forgotten by
+    /// whoever proposed them (`on_revoked`), since a revoke response does not name its lease.
     pub fn on_applied(&self, result: &crate::node::ApplyResult) {
         match result {
             Ok(store::CommandResponse::LeaseGrant(r)) => self.on_granted(r.id, r.ttl),
-            Ok(store::CommandResponse::LeaseRevoke(r)) => self.on_revoked(r.id),
             _ => {}
         }
     }

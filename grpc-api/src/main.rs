@@ -23,10 +23,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             grpc_api::serve::init_logging(&args.log_level)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("plinth-rpc")
-                .build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("plinth-rpc").build()?;
             runtime.block_on(grpc_api::serve::serve(args))
         }
         Command::Version => {

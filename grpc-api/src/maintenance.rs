@@ -73,10 +73,7 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Sta
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(
-        &self,
-        request: Request<pb::AlarmRequest>,
-    ) -> Result<Response<pb::AlarmResponse>, Status> {
+    async fn alarm(&self, request: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
         let req = request.into_inner();
         let node = &self.node;
         let alarm = pb::AlarmMember { member_id: req.member_id, alarm: req.alarm };
@@ -91,20 +88,25 @@ impl Maintenance for MaintenanceService {
                 if req.alarm == AlarmType::None as i32 {
                     return Err(Status::invalid_argument("etcdserver: alarm type NONE cannot be activated"));
                 }
-                if node.alarms.activate(alarm.clone()) { vec![alarm] } else { vec![] }
+                if node.alarms.activate(alarm.clone()) {
+                    vec![alarm]
+                } else {
+                    vec![]
+                }
             }
             Ok(pb::alarm_request::AlarmAction::Deactivate) => {
-                if node.alarms.deactivate(&alarm) { vec![alarm] } else { vec![] }
+                if node.alarms.deactivate(&alarm) {
+                    vec![alarm]
+                } else {
+                    vec![]
+                }
             }
             Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
         };
         Ok(Response::new(pb::AlarmResponse { header: Some(node.current_header()), alarms }))
     }
 
-    async fn status(
-        &self,
-        _request: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let node = &self.node;
         let raft = node.raft_status();
         let errors = node
@@ -139,19 +141,13 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(pb::DefragmentResponse { header: Some(self.node.current_header()) }))
     }
 
-    async fn hash(
-        &self,
-        _request: Request<pb::HashRequest>,
-    ) -> Result<Response<pb::HashResponse>, Status> {
+    async fn hash(&self, _request: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
         let node = &self.node;
         let (hash, _, _) = node.store.hash_kv(node.group(), 0).map_err(|e| store_status(&e))?;
         Ok(Response::new(pb::HashResponse { header: Some(node.current_header()), hash }))
     }
 
-    async fn hash_kv(
-        &self,
-        request: Request<pb::HashKvRequest>,
-    ) -> Result<Response<pb::HashKvResponse>, Status> {
+    async fn hash_kv(&self, request: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
         let node = &self.node;
         let revision = request.into_inner().revision;
         let (hash, compact_revision, hash_revision) =
@@ -166,26 +162,33 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = SnapshotStream;
 
-    async fn snapshot(
-        &self,
-        _request: Request<pb::SnapshotRequest>,
-    ) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(&self, _request: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
         let node = self.node.clone();
         let reader = node.store.snapshot(node.group()).map_err(|e| store_status(&e))?;
-        // The whole snapshot is materialised chunk by chunk on a blocking thread and streamed
-        // through a small bounded channel, so a slow client holds at most a few chunks.
+        // The snapshot is read chunk by chunk on a blocking thread and streamed through a
+        // small bounded channel, so a slow client holds at most a few chunks in memory.
+        // `remaining_bytes` is 0 on the last message only; before it, it is a lower bound (the
+        // rest of the current chunk), since the total is not known until the read ends.
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let header = node.current_header();
         tokio::task::spawn_blocking(move || {
-            let chunks: Vec<Vec<u8>> = reader.collect();
-            let total: usize = chunks.iter().map(Vec::len).sum();
-            let mut sent = 0usize;
-            for chunk in chunks {
+            let mut reader = reader.peekable();
+            while let Some(chunk) = reader.next() {
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(store_status(&e)));
+                        return;
+                    }
+                };
+                let more_chunks = reader.peek().is_some();
+                let mut left = chunk.len();
                 for piece in chunk.chunks(SNAPSHOT_CHUNK_BYTES) {
-                    sent += piece.len();
+                    left -= piece.len();
+                    let remaining = if left == 0 && !more_chunks { 0 } else { left.max(1) as u64 };
                     let resp = pb::SnapshotResponse {
                         header: Some(header.clone()),
-                        remaining_bytes: (total - sent) as u64,
+                        remaining_bytes: remaining,
                         blob: bytes::Bytes::copy_from_slice(piece),
                         version: ETCD_COMPAT_VERSION.to_string(),
                     };

@@ -39,8 +39,8 @@ impl Identity {
         let path = data_dir.join(MEMBER_FILE);
         if path.exists() {
             let bytes = std::fs::read(&path)?;
-            let id: Identity = serde_json::from_slice(&bytes)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let id: Identity =
+                serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             return Ok((id, false));
         }
         let member_id = id_hash(&[cluster_token, &peer_urls.join(",")]);
@@ -48,13 +48,7 @@ impl Identity {
         let identity = Identity {
             cluster_id,
             member_id,
-            members: vec![Member {
-                id: member_id,
-                name: name.to_string(),
-                peer_urls,
-                client_urls,
-                is_learner: false,
-            }],
+            members: vec![Member { id: member_id, name: name.to_string(), peer_urls, client_urls, is_learner: false }],
         };
         identity.save(data_dir)?;
         Ok((identity, true))
@@ -104,8 +98,7 @@ mod tests {
         )
         .unwrap();
         assert!(created);
-        let (b, created) =
-            Identity::load_or_create(dir.path(), "other", vec![], vec![], "other").unwrap();
+        let (b, created) = Identity::load_or_create(dir.path(), "other", vec![], vec![], "other").unwrap();
         assert!(!created);
         assert_eq!(a, b);
         assert_ne!(a.member_id, 0);

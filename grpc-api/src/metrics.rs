@@ -1,8 +1,8 @@
 //! Prometheus metrics under etcd's names, for the dashboards and alerts built for etcd.
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric this member exports.
@@ -43,11 +43,9 @@ impl Metrics {
             c
         };
         let grpc_labels = ["grpc_type", "grpc_service", "grpc_method"];
-        let grpc_started = IntCounterVec::new(
-            Opts::new("grpc_server_started_total", "RPCs started on the server."),
-            &grpc_labels,
-        )
-        .expect("valid metric");
+        let grpc_started =
+            IntCounterVec::new(Opts::new("grpc_server_started_total", "RPCs started on the server."), &grpc_labels)
+                .expect("valid metric");
         let grpc_handled = IntCounterVec::new(
             Opts::new("grpc_server_handled_total", "RPCs completed on the server."),
             &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
@@ -64,21 +62,16 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(wal_fsync_duration.clone())).expect("unique metric");
-        let version = IntGaugeVec::new(
-            Opts::new("etcd_server_version", "Which version is running."),
-            &["server_version"],
-        )
-        .expect("valid metric");
+        let version =
+            IntGaugeVec::new(Opts::new("etcd_server_version", "Which version is running."), &["server_version"])
+                .expect("valid metric");
         version.with_label_values(&[server_version]).set(1);
         registry.register(Box::new(version)).expect("unique metric");
 
         Metrics {
             has_leader: gauge("etcd_server_has_leader", "Whether or not a leader exists."),
             is_leader: gauge("etcd_server_is_leader", "Whether or not this member is a leader."),
-            leader_changes: counter(
-                "etcd_server_leader_changes_seen_total",
-                "The number of leader changes seen.",
-            ),
+            leader_changes: counter("etcd_server_leader_changes_seen_total", "The number of leader changes seen."),
             proposals_committed: counter(
                 "etcd_server_proposals_committed_total",
                 "The total number of consensus proposals committed.",
@@ -107,23 +100,14 @@ impl Metrics {
                 "etcd_server_quota_backend_bytes",
                 "Current backend storage quota size in bytes.",
             ),
-            current_revision: gauge(
-                "etcd_debugging_mvcc_current_revision",
-                "The current revision of store.",
-            ),
+            current_revision: gauge("etcd_debugging_mvcc_current_revision", "The current revision of store."),
             compact_revision: gauge(
                 "etcd_debugging_mvcc_compact_revision",
                 "The revision of the last compaction in store.",
             ),
             watchers: gauge("etcd_debugging_mvcc_watcher_total", "Total number of watchers."),
-            health_success: counter(
-                "etcd_server_health_success",
-                "The total number of successful health checks",
-            ),
-            health_failures: counter(
-                "etcd_server_health_failures",
-                "The total number of failed health checks",
-            ),
+            health_success: counter("etcd_server_health_success", "The total number of successful health checks"),
+            health_failures: counter("etcd_server_health_failures", "The total number of failed health checks"),
             wal_fsync_duration,
             grpc_started,
             grpc_handled,
@@ -134,9 +118,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding into a Vec cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding into a Vec cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
 }

@@ -178,11 +178,7 @@ impl Node {
 
     /// Rejects a request carrying `hasleader: true` while there is no leader, as etcd does.
     pub fn check_leader<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
-        let requires = request
-            .metadata()
-            .get("hasleader")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v == "true");
+        let requires = request.metadata().get("hasleader").and_then(|v| v.to_str().ok()).is_some_and(|v| v == "true");
         if requires && self.leader() == 0 {
             return Err(EtcdError::NoLeader.status());
         }
@@ -271,10 +267,12 @@ impl Node {
     /// Waits until this member has applied `index`.
     pub async fn wait_applied(&self, index: u64) -> Result<(), Status> {
         let mut applied = self.applied.clone();
-        let wait = applied.wait_for(|a| *a >= index);
-        match tokio::time::timeout(self.cfg.request_timeout, wait).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(EtcdError::Stopped.status()),
+        let outcome =
+            tokio::time::timeout(self.cfg.request_timeout, async { applied.wait_for(|a| *a >= index).await.is_ok() })
+                .await;
+        match outcome {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(EtcdError::Stopped.status()),
             Err(_) => Err(EtcdError::Timeout.status()),
         }
     }
@@ -297,15 +295,14 @@ impl raft_log::StateMachine for Applier {
 
     fn apply(&mut self, group: raft_log::GroupId, entries: Vec<raft_log::CommittedEntry>) {
         let Some(last) = entries.last().map(|e| e.index.0) else { return };
-        let items: Vec<(u64, &[u8])> = entries
-            .iter()
-            .map(|e| (e.index.0, e.data.get(REQUEST_ID_BYTES..).unwrap_or(&[])))
-            .collect();
+        let items: Vec<(u64, &[u8])> =
+            entries.iter().map(|e| (e.index.0, e.data.get(REQUEST_ID_BYTES..).unwrap_or(&[]))).collect();
         // An apply that fails for a non-deterministic reason (I/O) must stop the member: going
         // on would let this replica diverge from the others.
-        let results = self.store.apply(store::GroupId(group.0), &items).unwrap_or_else(|e| {
-            panic!("applying entries up to {last} of group {} failed: {e}", group.0)
-        });
+        let results = self
+            .store
+            .apply(store::GroupId(group.0), &items)
+            .unwrap_or_else(|e| panic!("applying entries up to {last} of group {} failed: {e}", group.0));
         assert_eq!(results.len(), entries.len(), "store returned one result per entry");
         for (entry, result) in entries.iter().zip(results) {
             if entry.data.len() < REQUEST_ID_BYTES {
@@ -322,12 +319,7 @@ impl raft_log::StateMachine for Applier {
         self.applied.send_replace(last);
     }
 
-    fn on_leader_change(
-        &mut self,
-        _group: raft_log::GroupId,
-        leader: raft_log::NodeId,
-        _term: raft_log::Term,
-    ) {
+    fn on_leader_change(&mut self, _group: raft_log::GroupId, leader: raft_log::NodeId, _term: raft_log::Term) {
         self.metrics.leader_changes.inc();
         self.metrics.has_leader.set(i64::from(leader.0 != 0));
         // A new leader extends every lease before it expires anything (etcd's Promote).

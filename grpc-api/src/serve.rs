@@ -33,8 +33,8 @@ const LEASE_EXPIRY_TICK: Duration = Duration::from_millis(250);
 
 /// Sets up structured logging, one line per event, at `level`.
 pub fn init_logging(level: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .map_err(|e| anyhow::anyhow!("--log-level {level:?}: {e}"))?;
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("--log-level {level:?}: {e}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -98,7 +98,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // etcd's smallest TTL: 1.5 election timeouts, in whole seconds, rounded up.
     let min_ttl = ((args.election_timeout * 3).div_ceil(2)).div_ceil(1000).max(1) as i64;
     let lessor = Arc::new(Lessor::new(min_ttl));
-    for lease in store.leases(group) {
+    for lease in store.leases(group)? {
         lessor.on_granted(lease.id, lease.ttl);
     }
     let applier = Applier {
@@ -141,39 +141,37 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(auto_compact(node.clone(), policy));
     }
 
-    let grpc = tonic::service::Routes::builder()
-        .add_service(
-            KvServer::new(crate::kv::KvService { node: node.clone(), max_txn_ops: args.max_txn_ops })
-                .max_decoding_message_size(args.max_request_bytes + GRPC_OVERHEAD_BYTES)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(
-            WatchServer::new(crate::watch::WatchService { node: node.clone() })
-                .max_decoding_message_size(args.max_request_bytes + GRPC_OVERHEAD_BYTES)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(LeaseServer::new(crate::lease::LeaseService::new(node.clone())))
-        .add_service(ClusterServer::new(crate::cluster::ClusterService { node: node.clone() }))
-        .add_service(
-            MaintenanceServer::new(crate::maintenance::MaintenanceService { node: node.clone() })
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(health_service().await)
-        .routes();
+    let mut grpc = tonic::service::Routes::builder();
+    grpc.add_service(
+        KvServer::new(crate::kv::KvService { node: node.clone(), max_txn_ops: args.max_txn_ops })
+            .max_decoding_message_size(args.max_request_bytes + GRPC_OVERHEAD_BYTES)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        WatchServer::new(crate::watch::WatchService { node: node.clone() })
+            .max_decoding_message_size(args.max_request_bytes + GRPC_OVERHEAD_BYTES)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(LeaseServer::new(crate::lease::LeaseService::new(node.clone())))
+    .add_service(ClusterServer::new(crate::cluster::ClusterService { node: node.clone() }))
+    .add_service(
+        MaintenanceServer::new(crate::maintenance::MaintenanceService { node: node.clone() })
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(health_service().await);
+    let grpc = grpc.routes();
     let client_router = grpc.into_axum_router().merge(crate::http::router(node.clone()));
 
     let mut servers = tokio::task::JoinSet::new();
     for addr in args.client_listen_addrs()? {
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("listen on {addr} for clients: {e}"))?;
+        let listener =
+            TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("listen on {addr} for clients: {e}"))?;
         info!(%addr, "serving client requests (gRPC and HTTP)");
         servers.spawn(serve_router(listener, client_router.clone()));
     }
     for addr in args.metrics_listen_addrs()? {
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("listen on {addr} for metrics: {e}"))?;
+        let listener =
+            TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("listen on {addr} for metrics: {e}"))?;
         info!(%addr, "serving HTTP endpoints");
         servers.spawn(serve_router(listener, crate::http::router(node.clone())));
     }
@@ -203,7 +201,8 @@ async fn serve_router(listener: TcpListener, router: axum::Router) -> std::io::R
     axum::serve(listener, router).await
 }
 
-async fn health_service() -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
+async fn health_service() -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>
+{
     let (reporter, service) = tonic_health::server::health_reporter();
     reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
     service
@@ -234,7 +233,7 @@ async fn expire_leases(node: Arc<Node>) {
             tokio::spawn(async move {
                 let revoke = store::CommandBody::LeaseRevoke(store::LeaseRevokeRequest { id });
                 match node.propose(revoke).await {
-                    Ok(_) => {}
+                    Ok(_) => node.lessor.on_revoked(id),
                     Err(status) if status.code() == tonic::Code::NotFound => node.lessor.on_revoked(id),
                     Err(status) => {
                         warn!(lease = id, error = %status.message(), "revoking an expired lease failed");
@@ -251,12 +250,12 @@ async fn purge_log(node: Arc<Node>) {
     let mut tick = tokio::time::interval(LOG_PURGE_INTERVAL);
     loop {
         tick.tick().await;
-        // Read the applied index before the flush: everything applied up to it is in the
-        // memtables the flush persists, so the log up to it is no longer needed for replay.
-        let applied = node.store.applied_index(node.group());
         let store = node.store.clone();
-        match tokio::task::spawn_blocking(move || store.flush()).await {
-            Ok(Ok(())) => {}
+        let group = node.group();
+        let applied = match tokio::task::spawn_blocking(move || store.flush()).await {
+            // The flush reports, per group, an applied index it made durable: the log up to
+            // it is no longer needed for replay.
+            Ok(Ok(flushed)) => flushed.iter().find(|(g, _)| *g == group).map_or(0, |(_, applied)| *applied),
             Ok(Err(e)) => {
                 warn!(error = %e, "store flush failed; the log is kept");
                 continue;
@@ -265,7 +264,7 @@ async fn purge_log(node: Arc<Node>) {
                 warn!(error = %e, "store flush task failed; the log is kept");
                 continue;
             }
-        }
+        };
         if applied > LOG_CATCH_UP_ENTRIES {
             // Flush before purge: only entries the store has made durable may leave the log.
             let purge_to = raft_log::LogIndex(applied - LOG_CATCH_UP_ENTRIES);

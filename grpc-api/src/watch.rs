@@ -3,8 +3,7 @@
 //! Each gRPC stream owns one store `WatchStream` (a single bounded channel carrying the
 //! responses of all its watchers) and one task that is the stream's only writer. That task
 //! handles create, cancel and progress requests itself and forwards what the store queues, so:
-//! - a watcher's `Created` response is written before any of its events (it is written while
-//!   handling the create, before the task next reads the store channel);
+//! - a watcher's `Created` response precedes its events (the store queues it first);
 //! - progress notifications are queued by the store behind the events they cover and travel
 //!   the same channel, so a progress revision never runs ahead of delivered events.
 
@@ -27,8 +26,8 @@ const SEND_BUFFER: usize = 128;
 const CANCEL_COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
 /// etcd's reason for a watch whose range is empty (`key >= range_end`).
 const CANCEL_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
-/// etcd's reason for a client-chosen watch id that is already in use on the stream.
-const CANCEL_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// Reason given for a client-chosen watch id, which this server does not support.
+const CANCEL_CHOSEN_ID: &str = "etcdserver: client-chosen watch ids are not supported";
 
 /// The Watch service.
 pub struct WatchService {
@@ -119,18 +118,10 @@ impl StreamState {
         match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
             Some(RequestUnion::CancelRequest(cancel)) => {
-                if self.stream.cancel(cancel.watch_id) {
+                // The store queues the `canceled` response behind the watcher's events.
+                if self.stream.cancel(store::WatchId(cancel.watch_id)) {
                     self.progress_notify.remove(&cancel.watch_id);
                     self.fragment.remove(&cancel.watch_id);
-                    let header = self.node.current_header();
-                    return self
-                        .send(pb::WatchResponse {
-                            header: Some(header),
-                            watch_id: cancel.watch_id,
-                            canceled: true,
-                            ..Default::default()
-                        })
-                        .await;
                 }
                 true
             }
@@ -165,6 +156,10 @@ impl StreamState {
         if !range_end.is_empty() && range_end.as_ref() != b"\0" && key >= range_end {
             return self.send(refuse(CANCEL_EMPTY_RANGE)).await;
         }
+        if create.watch_id != 0 {
+            // Client-chosen ids are not supported; every etcd client library sends 0 (auto).
+            return self.send(refuse(CANCEL_CHOSEN_ID)).await;
+        }
         let filters = &create.filters;
         let spec = store::WatchSpec {
             key,
@@ -173,32 +168,20 @@ impl StreamState {
             prev_kv: create.prev_kv,
             no_put: filters.contains(&(pb::watch_create_request::FilterType::Noput as i32)),
             no_delete: filters.contains(&(pb::watch_create_request::FilterType::Nodelete as i32)),
-            watch_id: create.watch_id,
         };
-        let id = match self.stream.watch(spec) {
-            Ok(id) => id,
-            Err(store::Error::DuplicateWatchId(_)) => return self.send(refuse(CANCEL_DUPLICATE_ID)).await,
-            Err(e) => return self.send(refuse(&e.to_string())).await,
-        };
+        // The store queues the watcher's `Created` response (at the current revision) ahead
+        // of any of its events, on the same queue this task forwards from.
+        let id = self.stream.watch(spec).0;
         if create.progress_notify {
             self.progress_notify.insert(id);
         }
         if create.fragment {
             self.fragment.insert(id);
         }
-        // `Created` carries the current revision: a client resuming after this point starts
-        // from it. It is sent before the task reads the store channel again, so before any
-        // event of this watcher.
-        self.send(pb::WatchResponse {
-            header: Some(header),
-            watch_id: id,
-            created: true,
-            ..Default::default()
-        })
-        .await
+        true
     }
 
-    async fn forward(&mut self, response: store::WatchResponse) -> bool {
+    async fn forward(&mut self, response: store::WatchEvent) -> bool {
         let watch_id = response.watch_id;
         if !response.events.is_empty() {
             self.recently_active.insert(watch_id);
@@ -212,6 +195,7 @@ impl StreamState {
         let base = pb::WatchResponse {
             header: Some(header),
             watch_id,
+            created: response.created,
             canceled: response.canceled,
             compact_revision: response.compact_revision,
             cancel_reason: if response.compact_revision != 0 { CANCEL_COMPACTED.to_string() } else { String::new() },
@@ -233,7 +217,7 @@ impl StreamState {
         for id in &self.progress_notify {
             if !self.recently_active.contains(id) {
                 // Queued only if the watcher is synced, behind its queued events.
-                self.stream.progress_for(*id);
+                self.stream.progress_for(store::WatchId(*id));
             }
         }
         self.recently_active.clear();

@@ -117,9 +117,8 @@ async fn txn_branches_and_limits() {
     let server = Server::start(&[]);
     let mut c = server.client().await;
     // The apiserver's create: MOD == 0 → put.
-    let create = Txn::new()
-        .when([Compare::mod_revision("obj", CompareOp::Equal, 0)])
-        .and_then([TxnOp::put("obj", "v1", None)]);
+    let create =
+        Txn::new().when([Compare::mod_revision("obj", CompareOp::Equal, 0)]).and_then([TxnOp::put("obj", "v1", None)]);
     let resp = c.txn(create.clone()).await.unwrap();
     assert!(resp.succeeded());
     assert_eq!(resp.header().unwrap().revision(), 2);
@@ -152,10 +151,7 @@ async fn txn_branches_and_limits() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(err.message(), "etcdserver: too many operations in txn request");
     // Later ops see earlier ops' writes.
-    let resp = c
-        .txn(Txn::new().and_then([TxnOp::put("seq", "1", None), TxnOp::get("seq", None)]))
-        .await
-        .unwrap();
+    let resp = c.txn(Txn::new().and_then([TxnOp::put("seq", "1", None), TxnOp::get("seq", None)])).await.unwrap();
     match &resp.op_responses()[1] {
         etcd_client::TxnOpResponse::Get(get) => assert_eq!(get.kvs()[0].value(), b"1"),
         other => panic!("expected a range response, got {other:?}"),
@@ -187,10 +183,8 @@ async fn leases_grant_attach_keepalive_revoke_and_expire() {
     let lease = c.lease_grant(60, None).await.unwrap();
     assert_eq!(lease.ttl(), 60);
     c.put("leased", "v", Some(PutOptions::new().with_lease(lease.id()))).await.unwrap();
-    let ttl = c
-        .lease_time_to_live(lease.id(), Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()))
-        .await
-        .unwrap();
+    let ttl =
+        c.lease_time_to_live(lease.id(), Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys())).await.unwrap();
     assert_eq!(ttl.granted_ttl(), 60);
     assert!(ttl.ttl() > 55 && ttl.ttl() <= 60, "{}", ttl.ttl());
     assert_eq!(ttl.keys(), &[b"leased".to_vec()]);
@@ -209,10 +203,10 @@ async fn leases_grant_attach_keepalive_revoke_and_expire() {
     let err = status(c.lease_grant(9_000_000_001, None).await.unwrap_err());
     assert_eq!(err.message(), "etcdserver: too large lease TTL");
     let err = status(
-        c.lease_grant(60, Some(etcd_client::LeaseGrantOptions::new().with_id(77))).await.and(
-            c.lease_grant(60, Some(etcd_client::LeaseGrantOptions::new().with_id(77))).await,
-        )
-        .unwrap_err(),
+        c.lease_grant(60, Some(etcd_client::LeaseGrantOptions::new().with_id(77)))
+            .await
+            .and(c.lease_grant(60, Some(etcd_client::LeaseGrantOptions::new().with_id(77))).await)
+            .unwrap_err(),
     );
     assert_eq!(err.message(), "etcdserver: lease already exists");
 
@@ -221,7 +215,10 @@ async fn leases_grant_attach_keepalive_revoke_and_expire() {
     assert_eq!(short.ttl(), 2, "TTLs below the minimum are raised to it");
     let put = c.put("ephemeral", "v", Some(PutOptions::new().with_lease(short.id()))).await.unwrap();
     let mut watch = c
-        .watch("ephemeral", Some(WatchOptions::new().with_prev_key().with_start_revision(put.header().unwrap().revision() + 1)))
+        .watch(
+            "ephemeral",
+            Some(WatchOptions::new().with_prev_key().with_start_revision(put.header().unwrap().revision() + 1)),
+        )
         .await
         .unwrap();
     let created = watch.message().await.unwrap().unwrap();
@@ -247,10 +244,8 @@ async fn watch_history_prev_kv_filters_cancel_and_compaction() {
     c.put("w/a", "1", None).await.unwrap(); // 2
     c.put("w/a", "2", None).await.unwrap(); // 3
     c.delete("w/a", None).await.unwrap(); // 4
-    let mut watch = c
-        .watch("w/", Some(WatchOptions::new().with_prefix().with_start_revision(2).with_prev_key()))
-        .await
-        .unwrap();
+    let mut watch =
+        c.watch("w/", Some(WatchOptions::new().with_prefix().with_start_revision(2).with_prev_key())).await.unwrap();
     let created = watch.message().await.unwrap().unwrap();
     assert!(created.created());
     assert_eq!(created.watch_id(), 0, "watch ids start at 0 per stream");
