@@ -1,1 +1,111 @@
-//! placeholder
+//! # store — Plinth's MVCC state machine on RocksDB
+//!
+//! `store` turns the committed Raft log of each group into an etcd-v3 keyspace. It knows
+//! nothing of Raft or gRPC: grpc-api encodes [`Command`]s, raft-log orders them, and
+//! [`Store::apply`] executes them.
+//!
+//! ## Guarantees
+//!
+//! - **Deterministic**: the same entries on the same state give the same responses, the
+//!   same bytes in RocksDB and the same [`Store::hash_kv`] on every replica. Deterministic
+//!   errors (`Compacted`, `FutureRevision`, `LeaseNotFound`, `NoSpace`, ...) are per-entry
+//!   results; I/O and corruption are top-level errors that must stop the node.
+//! - **etcd semantics** (contract §3): revision 1 for an empty group, one main revision
+//!   per changing request with sub revisions inside, `create_revision`/`version` rules,
+//!   DELETE events `{key, mod_revision}`, range `count`/`more`/`limit`/sort/filters, txn
+//!   compare/check/execute phases, compaction keeping revision R readable.
+//! - **Atomic batches**: one `apply` call is one RocksDB `WriteBatch`, applied index
+//!   included. Reads use a RocksDB snapshot taken together with the matching revision.
+//! - **Durability by replay**: RocksDB's WAL is off; the Raft log is the WAL. After a crash
+//!   the store reopens at the applied index of some earlier batch, and the log is replayed
+//!   from there. [`Store::flush`] makes everything applied durable and tells which index
+//!   the log may be purged to.
+//! - **Bounded memory**: no in-memory key index. Memory is the block cache
+//!   ([`StoreConfig::block_cache_bytes`]), the memtables ([`StoreConfig::memtable_bytes`]),
+//!   one apply batch, and per watch stream at most [`StoreConfig::watch_stream_buffer`]
+//!   event responses.
+//!
+//! ## Keyspace (one RocksDB per node; every key starts with the group id)
+//!
+//! ```text
+//!            ┌──────────── column families ────────────────────────────────────────────┐
+//!  kv        │ g | key                          → KeyValue (live keys only)             │ current reads
+//!  history   │ g | esc(key) 00 01 | !main !sub  → KeyValue | "" (tombstone)             │ reads at rev R
+//!  events    │ g | main sub                     → kind | history bytes | key            │ watch catch-up
+//!  meta      │ g | 'a' → applied index, revisions, quota;  g | 'c' → purged compact rev │
+//!  lease     │ g | 'l' | id → Lease;  g | 'k' | id | key → ()                           │ lease → keys
+//!            └─────────────────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! See `key_codec` for the encodings. `history` stores every version newest first, so a
+//! read at R seeks once per key; `kv` duplicates the newest version so current reads are a
+//! plain scan.
+//!
+//! ## Threads
+//!
+//! ```text
+//!  caller's apply loop ── apply(g, entries) ──▶ WriteBatch ──▶ RocksDB ──▶ watch hub publish
+//!  any thread          ── range / hash_kv / snapshot (RocksDB snapshot, no apply lock)
+//!  store-compactor     ── purges history/events below scheduled compact revisions, in batches
+//!  store-watch-sync    ── catches unsynced watchers up from the events CF (every ~100 ms)
+//! ```
+//!
+//! Per group, applies are serialized; reads never wait for applies beyond a short lock
+//! around taking a snapshot; neither waits for compaction or for slow watchers.
+//!
+//! ## CAVEATS
+//!
+//! - `install_snapshot` builds the whole group in one WriteBatch in memory (atomicity over
+//!   memory); an SST-ingest path would bound it.
+//! - `Compact{physical: true}` is answered when scheduled; callers wait with
+//!   [`Store::wait_compaction_finished`].
+//! - Lease TTL minimums and expiry timing are the caller's (the proposer clamps the TTL).
+//! - Watch matching scans the synced watchers of a group linearly per published revision
+//!   (no interval tree yet).
+//! - No prefix bloom filters yet (whole-key blooms on point lookups only); reads at old
+//!   revisions seek per key.
+//! - Range sort ties keep key order (etcd's unstable sort leaves ties unspecified).
+//! - `hash_kv` is crc32 over this store's own encoding: comparable between Plinth replicas,
+//!   not with etcd.
+
+mod command;
+mod compact;
+mod config;
+mod engine;
+mod error;
+mod key_codec;
+mod kv;
+mod lease;
+mod meta;
+mod mvcc;
+mod quota;
+mod range;
+mod response;
+mod revision;
+mod signal;
+mod snapshot;
+mod store;
+mod txn;
+mod watch;
+
+pub use command::{
+    check_range, validate, Command, CommandBody, CompactRequest, Compare, CompareResult, CompareTarget,
+    DeleteRangeRequest, LeaseCheckpointRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest,
+    Request, RequestOp, SortOrder, SortTarget, TargetUnion, TxnRequest,
+};
+pub use config::StoreConfig;
+pub use error::{Error, Result};
+pub use kv::{Event, EventKind, KeyValue};
+pub use lease::{Lease, MAX_LEASE_TTL_SECS};
+pub use mvcc::KeyRange;
+pub use response::{
+    CommandResponse, CompactResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
+    RangeResponse, ResponseOp, TxnResponse,
+};
+pub use revision::{GroupId, Revision};
+pub use snapshot::{SnapshotReader, SNAPSHOT_CHUNK_BYTES_MAX};
+pub use store::Store;
+pub use watch::{WatchEvent, WatchId, WatchSpec, WatchStream};
+
+/// Re-exported so callers can `encode_to_vec` / `decode` commands without naming prost.
+pub use prost::Message;

@@ -1,0 +1,77 @@
+//! Store configuration. Every field documents its default; [`StoreConfig::validate`] runs
+//! at `Store::open`.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Limits and sizes of one node's store.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Quota per group, over the estimate of [`crate::Store::size_bytes`]. Default: 8 GiB.
+    pub quota_bytes_per_group: u64,
+    /// History entries examined per background compaction batch (one WriteBatch each).
+    /// Default: 10,000.
+    pub compaction_batch_keys: usize,
+    /// Shared RocksDB block cache (data, index and filter blocks). Default: 256 MiB.
+    pub block_cache_bytes: usize,
+    /// Total memtable budget over all column families. Default: 128 MiB.
+    pub memtable_bytes: usize,
+    /// Event-carrying responses buffered per watch stream before its watchers fall back to
+    /// catch-up from the `events` CF. Default: 1,024.
+    pub watch_stream_buffer: usize,
+    /// Events read per catch-up pass of the watch sync thread. Default: 10,000.
+    pub watch_sync_batch_events: usize,
+    /// Period of the watch sync thread (it is also woken when a watcher falls behind).
+    /// Default: 100 ms.
+    pub watch_sync_interval: Duration,
+    /// etcd `--max-txn-ops`. Default: 128.
+    pub max_txn_ops: usize,
+    /// etcd `--max-request-bytes`, checked on the encoded command. Default: 1.5 MiB.
+    pub max_request_bytes: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            quota_bytes_per_group: 8 << 30,
+            compaction_batch_keys: 10_000,
+            block_cache_bytes: 256 << 20,
+            memtable_bytes: 128 << 20,
+            watch_stream_buffer: 1024,
+            watch_sync_batch_events: 10_000,
+            watch_sync_interval: Duration::from_millis(100),
+            max_txn_ops: 128,
+            max_request_bytes: 3 << 19,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Rejects values that would make a limit meaningless.
+    pub fn validate(&self) -> Result<()> {
+        let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(Error::InvalidConfig(what.to_string())) };
+        check(self.quota_bytes_per_group > 0, "quota_bytes_per_group must be > 0")?;
+        check(self.compaction_batch_keys > 0, "compaction_batch_keys must be > 0")?;
+        check(self.block_cache_bytes >= 1 << 20, "block_cache_bytes must be >= 1 MiB")?;
+        check(self.memtable_bytes >= 1 << 20, "memtable_bytes must be >= 1 MiB")?;
+        check(self.watch_stream_buffer > 0, "watch_stream_buffer must be > 0")?;
+        check(self.watch_sync_batch_events > 0, "watch_sync_batch_events must be > 0")?;
+        check(!self.watch_sync_interval.is_zero(), "watch_sync_interval must be > 0")?;
+        check(self.max_txn_ops > 0, "max_txn_ops must be > 0")?;
+        check(self.max_request_bytes > 0, "max_request_bytes must be > 0")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_zero_limits_do_not() {
+        StoreConfig::default().validate().unwrap();
+        assert!(StoreConfig { watch_stream_buffer: 0, ..Default::default() }.validate().is_err());
+        assert!(StoreConfig { max_txn_ops: 0, ..Default::default() }.validate().is_err());
+    }
+}

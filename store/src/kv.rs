@@ -1,0 +1,146 @@
+//! Key-value records and events, and how they are stored.
+//!
+//! [`KeyValue`] is etcd's `mvccpb.KeyValue` with the same field numbers, so its prost
+//! encoding is also the stored value encoding (with `key` left empty: the key is already in
+//! the RocksDB key). A `history` value that is empty is a tombstone.
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::error::{Error, Result};
+use crate::revision::Revision;
+
+/// etcd's `mvccpb.KeyValue` (key=1, create_revision=2, mod_revision=3, version=4, value=5,
+/// lease=6).
+///
+/// Invariants of a live key: `create_revision <= mod_revision`, `version >= 1`. A DELETE
+/// event's `kv` is the exception: only `key` and `mod_revision` are set.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct KeyValue {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub key: Bytes,
+    #[prost(int64, tag = "2")]
+    pub create_revision: i64,
+    #[prost(int64, tag = "3")]
+    pub mod_revision: i64,
+    #[prost(int64, tag = "4")]
+    pub version: i64,
+    #[prost(bytes = "bytes", tag = "5")]
+    pub value: Bytes,
+    #[prost(int64, tag = "6")]
+    pub lease: i64,
+}
+
+impl KeyValue {
+    /// Bytes this version counts for in the quota estimate.
+    pub fn quota_bytes(&self) -> u64 {
+        (self.key.len() + self.value.len()) as u64
+    }
+
+    /// Encodes without the key (the key is in the RocksDB key).
+    pub(crate) fn encode_stored(&self) -> Vec<u8> {
+        assert!(
+            self.version >= 1 && self.create_revision >= 1 && self.create_revision <= self.mod_revision,
+            "stored KeyValue must be live: {self:?}"
+        );
+        let stripped = KeyValue { key: Bytes::new(), ..self.clone() };
+        stripped.encode_to_vec()
+    }
+
+    /// Decodes a stored value and puts `key` back.
+    pub(crate) fn decode_stored(key: &[u8], bytes: &[u8]) -> Result<KeyValue> {
+        let mut kv = KeyValue::decode(bytes)
+            .map_err(|e| Error::Corruption(format!("stored KeyValue for {:?}: {e}", Bytes::copy_from_slice(key))))?;
+        if kv.version < 1 || kv.create_revision < 1 || kv.create_revision > kv.mod_revision {
+            return Err(Error::Corruption(format!("stored KeyValue violates invariants: {kv:?}")));
+        }
+        kv.key = Bytes::copy_from_slice(key);
+        Ok(kv)
+    }
+}
+
+/// Kind of a watch event (etcd's `mvccpb.Event.EventType`: PUT=0, DELETE=1).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change, as a watcher sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    /// PUT: the new version. DELETE: `{key, mod_revision: delete revision}`, rest zero.
+    pub kv: KeyValue,
+    /// The version at `mod_revision - 1`, when the watcher asked for it and the key existed.
+    pub prev_kv: Option<KeyValue>,
+}
+
+impl Event {
+    pub fn revision(&self) -> Revision {
+        self.kv.mod_revision
+    }
+}
+
+/// The `events` CF value: kind, the group's cumulative history bytes written *before* this
+/// change (the quota reads it when compaction is scheduled), and the key.
+pub(crate) struct StoredEvent {
+    pub kind: EventKind,
+    pub history_bytes_before: u64,
+    pub key: Bytes,
+}
+
+impl StoredEvent {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + self.key.len());
+        out.push(match self.kind {
+            EventKind::Put => 0,
+            EventKind::Delete => 1,
+        });
+        out.extend_from_slice(&self.history_bytes_before.to_be_bytes());
+        out.extend_from_slice(&self.key);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<StoredEvent> {
+        if bytes.len() < 9 {
+            return Err(Error::Corruption(format!("event record of {} bytes", bytes.len())));
+        }
+        let kind = match bytes[0] {
+            0 => EventKind::Put,
+            1 => EventKind::Delete,
+            k => return Err(Error::Corruption(format!("event kind {k}"))),
+        };
+        let history_bytes_before = u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes checked above"));
+        Ok(StoredEvent { kind, history_bytes_before, key: Bytes::copy_from_slice(&bytes[9..]) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_kv_round_trips_without_key_bytes() {
+        let kv = KeyValue {
+            key: Bytes::from_static(b"k"),
+            create_revision: 2,
+            mod_revision: 5,
+            version: 3,
+            value: Bytes::from_static(b"v"),
+            lease: 9,
+        };
+        let enc = kv.encode_stored();
+        assert!(!enc.windows(1).any(|w| w == b"k"), "key must not be stored in the value");
+        assert_eq!(KeyValue::decode_stored(b"k", &enc).unwrap(), kv);
+        assert!(KeyValue::decode_stored(b"k", &[0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn stored_event_round_trips() {
+        let e = StoredEvent { kind: EventKind::Delete, history_bytes_before: 77, key: Bytes::from_static(b"abc") };
+        let d = StoredEvent::decode(&e.encode()).unwrap();
+        assert_eq!((d.kind, d.history_bytes_before, &d.key[..]), (EventKind::Delete, 77, &b"abc"[..]));
+        assert!(StoredEvent::decode(&[3; 9]).is_err());
+    }
+}

@@ -1,0 +1,262 @@
+//! Multi-version reads and writes of one group's keyspace.
+//!
+//! Reads at the current revision scan the `kv` CF (one entry per live key). Reads at an
+//! older revision `R` scan the `history` CF: for each key, seek to its newest version `<= R`
+//! (versions are stored newest first); a tombstone there means "absent at R".
+//!
+//! Writes go through [`BatchWriter`], which accumulates one apply batch. Every change of a
+//! command gets the command's main revision (`current + 1`) and the next sub revision, and
+//! writes: the new `kv` state, a `history` entry, and an `events` record.
+//!
+//! Invariants: a key's `history` versions have strictly increasing revisions; the newest is
+//! a tombstone iff the key is absent from `kv`; `kv` holds exactly the newest version.
+
+use bytes::Bytes;
+use rocksdb::DB;
+
+use crate::config::StoreConfig;
+use crate::engine::{Reader, WriteSet};
+use crate::error::{Error, Result};
+use crate::key_codec::{self as kc, Cf};
+use crate::kv::{Event, EventKind, KeyValue, StoredEvent};
+use crate::meta::ApplyMeta;
+use crate::revision::{GroupId, Revision, RevisionPair};
+
+/// etcd's three `range_end` forms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyRange {
+    /// Empty `range_end`: exactly `key`.
+    Single(Bytes),
+    /// `range_end == "\0"`: every key `>= key`.
+    From(Bytes),
+    /// `[key, range_end)` (empty when `range_end <= key`).
+    Between(Bytes, Bytes),
+}
+
+impl KeyRange {
+    pub fn new(key: &Bytes, range_end: &Bytes) -> KeyRange {
+        if range_end.is_empty() {
+            KeyRange::Single(key.clone())
+        } else if &range_end[..] == b"\0" {
+            KeyRange::From(key.clone())
+        } else {
+            KeyRange::Between(key.clone(), range_end.clone())
+        }
+    }
+
+    pub fn contains(&self, k: &[u8]) -> bool {
+        match self {
+            KeyRange::Single(key) => k == &key[..],
+            KeyRange::From(key) => k >= &key[..],
+            KeyRange::Between(key, end) => k >= &key[..] && k < &end[..],
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, KeyRange::Between(key, end) if end <= key)
+    }
+
+    fn start(&self) -> &[u8] {
+        match self {
+            KeyRange::Single(k) | KeyRange::From(k) | KeyRange::Between(k, _) => k,
+        }
+    }
+}
+
+/// The live version of `key` in the view of `r`.
+pub(crate) fn get_current(r: &Reader<'_>, g: GroupId, key: &[u8]) -> Result<Option<KeyValue>> {
+    match r.get(Cf::Kv, &kc::kv_key(g, key))? {
+        Some(v) => Ok(Some(KeyValue::decode_stored(key, &v)?)),
+        None => Ok(None),
+    }
+}
+
+/// The version written exactly at `rev` (`None` if absent or a tombstone).
+pub(crate) fn get_version(r: &Reader<'_>, g: GroupId, key: &[u8], rev: RevisionPair) -> Result<Option<KeyValue>> {
+    match r.get(Cf::History, &kc::history_key(g, key, rev))? {
+        Some(v) if !v.is_empty() => Ok(Some(KeyValue::decode_stored(key, &v)?)),
+        _ => Ok(None),
+    }
+}
+
+/// The version of `key` visible at `main` revision `at` (`None` if absent then).
+pub(crate) fn get_at(r: &Reader<'_>, g: GroupId, key: &[u8], at: Revision) -> Result<Option<KeyValue>> {
+    if at < 1 {
+        return Ok(None);
+    }
+    let mut c = r.cursor(Cf::History, &kc::history_key_after(g, key));
+    c.seek(&kc::history_key(g, key, RevisionPair::new(at, i64::MAX)));
+    match c.next_entry()? {
+        Some((_, v)) if !v.is_empty() => Ok(Some(KeyValue::decode_stored(key, &v)?)),
+        _ => Ok(None),
+    }
+}
+
+/// Visits every key live in `range` at revision `at` (`None` = current), in key order, with
+/// its stored value undecoded. `visit` returns false to stop.
+pub(crate) fn scan(
+    r: &Reader<'_>,
+    g: GroupId,
+    range: &KeyRange,
+    at: Option<Revision>,
+    visit: &mut dyn FnMut(Vec<u8>, Vec<u8>) -> Result<bool>,
+) -> Result<()> {
+    if range.is_empty() {
+        return Ok(());
+    }
+    match at {
+        None => {
+            if let KeyRange::Single(k) = range {
+                if let Some(v) = r.get(Cf::Kv, &kc::kv_key(g, k))? {
+                    visit(k.to_vec(), v)?;
+                }
+                return Ok(());
+            }
+            let upper = match range {
+                KeyRange::Between(_, end) => kc::kv_key(g, end),
+                _ => kc::group_end(g),
+            };
+            let mut c = r.cursor(Cf::Kv, &upper);
+            c.seek(&kc::kv_key(g, range.start()));
+            while let Some((k, v)) = c.next_entry()? {
+                if !visit(kc::kv_user_key(&k).to_vec(), v)? {
+                    break;
+                }
+            }
+            Ok(())
+        }
+        Some(at) => {
+            let upper = match range {
+                KeyRange::Single(k) => kc::history_key_after(g, k),
+                KeyRange::From(_) => kc::group_end(g),
+                KeyRange::Between(_, end) => kc::history_key_bound(g, end),
+            };
+            let mut c = r.cursor(Cf::History, &upper);
+            c.seek(&kc::history_key_bound(g, range.start()));
+            while let Some((k, v)) = c.next_entry()? {
+                let (user_key, rev) = kc::decode_history_key(&k)
+                    .ok_or_else(|| Error::Corruption(format!("history key {:?}", Bytes::from(k.clone()))))?;
+                if rev.main > at {
+                    c.seek(&kc::history_key(g, &user_key, RevisionPair::new(at, i64::MAX)));
+                    continue;
+                }
+                let after = kc::history_key_after(g, &user_key);
+                if !v.is_empty() && !visit(user_key, v)? {
+                    break;
+                }
+                c.seek(&after);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The state of one apply batch: pending writes, the group's metadata as of the last
+/// applied command, and the events to publish once the batch is durable in RocksDB.
+pub(crate) struct BatchWriter<'a> {
+    pub db: &'a DB,
+    pub g: GroupId,
+    pub cfg: &'a StoreConfig,
+    pub ws: WriteSet,
+    pub meta: ApplyMeta,
+    /// Events of the batch, in revision order.
+    pub events: Vec<Event>,
+    /// Changes made by the command being applied (its next sub revision).
+    changes: i64,
+}
+
+impl<'a> BatchWriter<'a> {
+    pub fn new(db: &'a DB, g: GroupId, cfg: &'a StoreConfig, meta: ApplyMeta) -> BatchWriter<'a> {
+        BatchWriter { db, g, cfg, ws: WriteSet::default(), meta, events: Vec::new(), changes: 0 }
+    }
+
+    pub fn reader(&self) -> Reader<'_> {
+        Reader::with_overlay(self.db, &self.ws)
+    }
+
+    /// Starts a command: its writes will share revision `current + 1`.
+    pub fn begin(&mut self) {
+        self.changes = 0;
+    }
+
+    /// Ends a command; bumps the current revision iff it changed something.
+    pub fn end(&mut self) -> Revision {
+        if self.changes > 0 {
+            self.meta.current_revision += 1;
+            self.changes = 0;
+        }
+        self.meta.current_revision
+    }
+
+    /// Revision the running command reads at: `current`, or `current + 1` once it wrote.
+    pub fn read_revision(&self) -> Revision {
+        self.meta.current_revision + i64::from(self.changes > 0)
+    }
+
+    fn next_rev(&mut self) -> RevisionPair {
+        let rev = RevisionPair::new(self.meta.current_revision + 1, self.changes);
+        self.changes += 1;
+        rev
+    }
+
+    fn record(&mut self, rev: RevisionPair, key: &Bytes, stored: Vec<u8>, kind: EventKind, history_bytes: u64) {
+        self.ws.put(Cf::History, kc::history_key(self.g, key, rev), stored);
+        let ev = StoredEvent { kind, history_bytes_before: self.meta.history_bytes_written, key: key.clone() };
+        self.meta.history_bytes_written += history_bytes;
+        self.ws.put(Cf::Events, kc::event_key(self.g, rev), ev.encode());
+    }
+
+    /// Writes a new version of `key`; returns the previous live version.
+    pub fn put(&mut self, key: &Bytes, value: Bytes, lease: i64) -> Result<Option<KeyValue>> {
+        assert!(!key.is_empty(), "put of an empty key must be rejected by validation");
+        let prev = get_current(&self.reader(), self.g, key)?;
+        let rev = self.next_rev();
+        let (create_revision, version) = match &prev {
+            Some(p) => (p.create_revision, p.version + 1),
+            None => (rev.main, 1),
+        };
+        let kv = KeyValue { key: key.clone(), create_revision, mod_revision: rev.main, version, value, lease };
+        let stored = kv.encode_stored();
+        self.ws.put(Cf::Kv, kc::kv_key(self.g, key), stored.clone());
+        self.record(rev, key, stored, EventKind::Put, kv.quota_bytes());
+        self.meta.kv_bytes = self.meta.kv_bytes + kv.quota_bytes() - prev.as_ref().map_or(0, KeyValue::quota_bytes);
+        let old_lease = prev.as_ref().map_or(0, |p| p.lease);
+        if old_lease != lease {
+            if old_lease != 0 {
+                self.ws.delete(Cf::Lease, kc::lease_key_entry(self.g, old_lease, key));
+            }
+            if lease != 0 {
+                self.ws.put(Cf::Lease, kc::lease_key_entry(self.g, lease, key), Vec::new());
+            }
+        }
+        self.events.push(Event { kind: EventKind::Put, kv, prev_kv: prev.clone() });
+        Ok(prev)
+    }
+
+    /// Deletes the live `key`; returns its last version. The caller checked it is live.
+    fn delete_live(&mut self, prev: KeyValue) {
+        let rev = self.next_rev();
+        let key = prev.key.clone();
+        self.ws.delete(Cf::Kv, kc::kv_key(self.g, &key));
+        self.record(rev, &key, Vec::new(), EventKind::Delete, key.len() as u64);
+        self.meta.kv_bytes -= prev.quota_bytes();
+        if prev.lease != 0 {
+            self.ws.delete(Cf::Lease, kc::lease_key_entry(self.g, prev.lease, &key));
+        }
+        let tombstone = KeyValue { key, mod_revision: rev.main, ..Default::default() };
+        self.events.push(Event { kind: EventKind::Delete, kv: tombstone, prev_kv: Some(prev) });
+    }
+
+    /// Deletes every live key in `range`; returns their last versions in key order.
+    pub fn delete_range(&mut self, range: &KeyRange) -> Result<Vec<KeyValue>> {
+        let mut live = Vec::new();
+        scan(&self.reader(), self.g, range, None, &mut |k, v| {
+            live.push(KeyValue::decode_stored(&k, &v)?);
+            Ok(true)
+        })?;
+        for prev in &live {
+            self.delete_live(prev.clone());
+        }
+        Ok(live)
+    }
+}

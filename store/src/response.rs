@@ -1,0 +1,85 @@
+//! Responses of the state machine, mirroring etcd's `rpc.proto` response messages (the
+//! `ResponseHeader` is reduced to its `revision`; grpc-api fills the rest).
+
+use crate::kv::KeyValue;
+use crate::revision::Revision;
+
+/// etcd `RangeResponse`. `revision` is the store's current revision at read time, also for a
+/// read pinned at an older revision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeResponse {
+    pub revision: Revision,
+    pub kvs: Vec<KeyValue>,
+    /// `limit > 0` and more keys matched than were returned.
+    pub more: bool,
+    /// Every key in the range at the read revision, regardless of `limit` and the
+    /// min/max filters (etcd semantics).
+    pub count: i64,
+}
+
+/// etcd `PutResponse`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PutResponse {
+    pub revision: Revision,
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// etcd `DeleteRangeResponse`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeleteRangeResponse {
+    pub revision: Revision,
+    pub deleted: i64,
+    pub prev_kvs: Vec<KeyValue>,
+}
+
+/// etcd `ResponseOp`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResponseOp {
+    Range(RangeResponse),
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+}
+
+/// etcd `TxnResponse`. `revision` is the txn's revision if it changed anything, otherwise
+/// the current revision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TxnResponse {
+    pub revision: Revision,
+    pub succeeded: bool,
+    pub responses: Vec<ResponseOp>,
+}
+
+/// etcd `CompactionResponse` (header revision = current revision).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactResponse {
+    pub revision: Revision,
+}
+
+/// etcd `LeaseGrantResponse`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseGrantResponse {
+    pub revision: Revision,
+    pub id: i64,
+    pub ttl: i64,
+}
+
+/// etcd `LeaseRevokeResponse`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseRevokeResponse {
+    pub revision: Revision,
+}
+
+/// The result of applying one log entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommandResponse {
+    /// An empty entry (Raft's no-op after an election).
+    Noop,
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact(CompactResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    LeaseCheckpoint,
+}

@@ -1,0 +1,237 @@
+//! Group snapshots for Raft: a consistent point of one group, streamed as checksummed
+//! chunks, and their atomic installation.
+//!
+//! ```text
+//! chunk = "PLSN" | version(1) | seq u32 | last u8 | entries_total u64 | payload_len u32
+//!         | payload | crc32 (of everything before it)
+//! payload = { cf u8 | key_len u32 | key (without group prefix) | value_len u32 | value }*
+//! ```
+//!
+//! Chunks are at most [`SNAPSHOT_CHUNK_BYTES_MAX`] unless one entry alone is larger.
+//! `entries_total` counts the entries of this chunk and all before it, so a receiver detects
+//! a missing, repeated or reordered chunk (seq), a truncated stream (no `last`) and a
+//! miscount. The snapshot covers every column family of the group, `meta` included, so it
+//! carries the applied index, revisions, compact revisions, leases, history and events.
+
+use std::sync::Arc;
+
+use rocksdb::{SnapshotWithThreadMode, WriteBatch, DB};
+
+use crate::engine::{self, Reader};
+use crate::error::{Error, Result};
+use crate::key_codec::{self as kc, Cf};
+use crate::meta::ApplyMeta;
+use crate::revision::{GroupId, Revision};
+use crate::store::Inner;
+
+/// Target size of one chunk.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1 << 20;
+const MAGIC: &[u8; 4] = b"PLSN";
+const VERSION: u8 = 1;
+const HEADER_LEN: usize = 4 + 1 + 4 + 1 + 8 + 4;
+
+/// A consistent point of one group. Iterate it for chunks.
+pub struct SnapshotReader {
+    // Field order matters: the RocksDB snapshot must be released before `inner` (which
+    // owns the DB) can be dropped.
+    snapshot: SnapshotWithThreadMode<'static, DB>,
+    inner: Arc<Inner>,
+    group: GroupId,
+    meta: ApplyMeta,
+    /// Next column family to read (index into `Cf::ALL`) and the key to resume after.
+    cf_index: usize,
+    resume_after: Option<Vec<u8>>,
+    seq: u32,
+    entries_total: u64,
+    done: bool,
+}
+
+impl SnapshotReader {
+    pub(crate) fn new(inner: Arc<Inner>, group: GroupId) -> Result<SnapshotReader> {
+        let gs = inner.group(group);
+        let (snapshot, meta) = {
+            let m = gs.committed.read();
+            let snap = inner.db.snapshot();
+            // SAFETY: the snapshot borrows `inner.db`. `inner` is an `Arc` kept in this same
+            // struct, declared after `snapshot`, so the DB outlives the snapshot, and the
+            // `'static` lifetime never escapes this struct.
+            let snap: SnapshotWithThreadMode<'static, DB> = unsafe { std::mem::transmute(snap) };
+            (snap, m.clone())
+        };
+        Ok(SnapshotReader {
+            snapshot,
+            inner,
+            group,
+            meta,
+            cf_index: 0,
+            resume_after: None,
+            seq: 0,
+            entries_total: 0,
+            done: false,
+        })
+    }
+
+    /// The applied index the snapshot reflects.
+    pub fn applied_index(&self) -> u64 {
+        self.meta.applied_index
+    }
+
+    /// The revision the snapshot reflects.
+    pub fn revision(&self) -> Revision {
+        self.meta.current_revision
+    }
+
+    fn next_chunk(&mut self) -> Result<Vec<u8>> {
+        let g = self.group;
+        let reader = Reader::at_snapshot(&self.inner.db, &self.snapshot);
+        let mut payload = Vec::new();
+        let mut entries = 0u64;
+        while self.cf_index < Cf::ALL.len() {
+            let cf = Cf::ALL[self.cf_index];
+            let mut c = reader.cursor(cf, &kc::group_end(g));
+            c.seek(self.resume_after.as_deref().unwrap_or(&kc::group_prefix(g)));
+            let mut full = false;
+            while let Some((k, v)) = c.next_entry()? {
+                if self.resume_after.as_deref() == Some(&k[..]) {
+                    continue;
+                }
+                let key = &k[kc::GROUP_PREFIX_LEN..];
+                let len = 1 + 4 + key.len() + 4 + v.len();
+                if entries > 0 && HEADER_LEN + payload.len() + len + 4 > SNAPSHOT_CHUNK_BYTES_MAX {
+                    full = true;
+                    break;
+                }
+                payload.push(cf as u8);
+                payload.extend_from_slice(&(key.len() as u32).to_be_bytes());
+                payload.extend_from_slice(key);
+                payload.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                payload.extend_from_slice(&v);
+                entries += 1;
+                self.resume_after = Some(k);
+            }
+            if full {
+                break;
+            }
+            self.cf_index += 1;
+            self.resume_after = None;
+        }
+        let last = self.cf_index >= Cf::ALL.len();
+        self.entries_total += entries;
+        let mut chunk = Vec::with_capacity(HEADER_LEN + payload.len() + 4);
+        chunk.extend_from_slice(MAGIC);
+        chunk.push(VERSION);
+        chunk.extend_from_slice(&self.seq.to_be_bytes());
+        chunk.push(u8::from(last));
+        chunk.extend_from_slice(&self.entries_total.to_be_bytes());
+        chunk.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        chunk.extend_from_slice(&payload);
+        let crc = crc32fast::hash(&chunk);
+        chunk.extend_from_slice(&crc.to_be_bytes());
+        self.seq += 1;
+        self.done = last;
+        Ok(chunk)
+    }
+}
+
+impl Iterator for SnapshotReader {
+    type Item = Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let r = self.next_chunk();
+        if r.is_err() {
+            self.done = true;
+        }
+        Some(r)
+    }
+}
+
+/// A verified snapshot, ready to be written.
+pub(crate) struct Installed {
+    pub batch: WriteBatch,
+    pub meta: ApplyMeta,
+    pub compact_finished: Revision,
+}
+
+/// Splits `n` bytes off the front of `p`.
+fn take(n: usize, p: &mut &[u8]) -> Result<Vec<u8>> {
+    if p.len() < n {
+        return Err(corrupt("truncated entry"));
+    }
+    let (a, b) = p.split_at(n);
+    *p = b;
+    Ok(a.to_vec())
+}
+
+fn corrupt(what: impl Into<String>) -> Error {
+    Error::Corruption(format!("snapshot chunk: {}", what.into()))
+}
+
+/// Verifies every chunk and builds one batch: delete the group in every CF, then write
+/// the snapshot's entries. Nothing is written here.
+pub(crate) fn build_install_batch(db: &DB, g: GroupId, chunks: impl Iterator<Item = Vec<u8>>) -> Result<Installed> {
+    let mut batch = WriteBatch::default();
+    for cf in Cf::ALL {
+        batch.delete_range_cf(engine::cf(db, cf), kc::group_prefix(g).to_vec(), kc::group_end(g));
+    }
+    let mut expected_seq = 0u32;
+    let mut entries_total = 0u64;
+    let mut saw_last = false;
+    let mut meta = None;
+    let mut compact_finished: Revision = -1;
+    for chunk in chunks {
+        if saw_last {
+            return Err(corrupt("data after the last chunk"));
+        }
+        if chunk.len() < HEADER_LEN + 4 {
+            return Err(corrupt(format!("{} bytes is shorter than a header", chunk.len())));
+        }
+        let (body, crc) = chunk.split_at(chunk.len() - 4);
+        if crc32fast::hash(body) != u32::from_be_bytes(crc.try_into().expect("4 bytes")) {
+            return Err(corrupt(format!("crc mismatch in chunk {expected_seq}")));
+        }
+        if &body[..4] != MAGIC || body[4] != VERSION {
+            return Err(corrupt("bad magic or version"));
+        }
+        let seq = u32::from_be_bytes(body[5..9].try_into().expect("4 bytes"));
+        if seq != expected_seq {
+            return Err(corrupt(format!("chunk {seq} where {expected_seq} was expected")));
+        }
+        expected_seq += 1;
+        saw_last = body[9] == 1;
+        let total = u64::from_be_bytes(body[10..18].try_into().expect("8 bytes"));
+        let payload_len = u32::from_be_bytes(body[18..22].try_into().expect("4 bytes")) as usize;
+        let payload = &body[HEADER_LEN..];
+        if payload.len() != payload_len {
+            return Err(corrupt("payload length mismatch"));
+        }
+        let mut p = payload;
+        while !p.is_empty() {
+            let cf = Cf::from_index(take(1, &mut p)?[0]).ok_or_else(|| corrupt("unknown column family"))?;
+            let klen = u32::from_be_bytes(take(4, &mut p)?.try_into().expect("4 bytes")) as usize;
+            let key = take(klen, &mut p)?;
+            let vlen = u32::from_be_bytes(take(4, &mut p)?.try_into().expect("4 bytes")) as usize;
+            let value = take(vlen, &mut p)?;
+            let full_key = kc::kv_key(g, &key);
+            if cf == Cf::Meta {
+                if full_key == kc::meta_apply_key(g) {
+                    meta = Some(ApplyMeta::decode(&value)?);
+                } else if full_key == kc::meta_compact_key(g) {
+                    compact_finished = engine::be_u64(&value, "finished compact revision")? as i64;
+                }
+            }
+            batch.put_cf(engine::cf(db, cf), full_key, value);
+            entries_total += 1;
+        }
+        if total != entries_total {
+            return Err(corrupt(format!("entry count {entries_total}, header says {total}")));
+        }
+    }
+    if !saw_last {
+        return Err(corrupt("stream ended before the last chunk"));
+    }
+    let meta = meta.ok_or_else(|| corrupt("no group meta in snapshot"))?;
+    Ok(Installed { batch, meta, compact_finished })
+}

@@ -1,0 +1,154 @@
+//! Watch: per-group hubs that feed per-client streams, modeled on etcd's watchable store.
+//!
+//! ```text
+//!  apply batch ──write──▶ RocksDB ──then──▶ Hub::publish ──▶ synced watchers ──▶ StreamQueue
+//!                                                  │ queue full                     ▲
+//!                                                  ▼                                │
+//!                        sync thread (every ~100 ms, or woken) ── events CF ──▶ unsynced watchers
+//! ```
+//!
+//! - A watcher is **synced** when every event before `current + 1` that it matches is
+//!   queued; apply then feeds it directly, one response per revision.
+//! - A watcher is **unsynced** when it starts in the past or its stream's queue was full.
+//!   The sync thread reads the `events` CF (at a RocksDB snapshot, outside the hub lock),
+//!   queues responses holding whole revisions, and, under the hub lock, reads the last few
+//!   revisions itself and moves the watcher to the synced set: publication also runs under
+//!   that lock, so nothing is missed or sent twice.
+//! - Progress (`request_progress`, `progress_for`) is queued under the hub lock, after every
+//!   event of the revisions it reports: a progress revision never runs ahead of events.
+//! - A watcher whose next revision falls below the compact revision is canceled with
+//!   `compact_revision` set (etcd's ErrCompacted for watches).
+
+mod hub;
+mod queue;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub(crate) use hub::Hub;
+use queue::StreamQueue;
+
+use crate::kv::Event;
+use crate::revision::Revision;
+
+/// A watch id, unique per stream, assigned from 0.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WatchId(pub i64);
+
+/// etcd `WatchCreateRequest` fields that the store implements.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatchSpec {
+    pub key: Bytes,
+    /// etcd forms: empty = `key` only, `"\0"` = every key `>= key`, else `[key, range_end)`.
+    pub range_end: Bytes,
+    /// 0 = `current + 1`. Below the compact revision the watch is canceled at once. A
+    /// negative value must be rejected by the caller (etcd answers `watch_id = -1`); the
+    /// store treats it as compacted.
+    pub start_revision: Revision,
+    pub prev_kv: bool,
+    /// etcd's `NOPUT` filter.
+    pub no_put: bool,
+    /// etcd's `NODELETE` filter.
+    pub no_delete: bool,
+}
+
+/// One response on a stream (etcd `WatchResponse` without the header's non-revision
+/// fields).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// The watch, or -1 for a stream-wide progress response.
+    pub watch_id: i64,
+    /// Header revision: every event of this watch up to it has been queued.
+    pub revision: Revision,
+    pub events: Vec<Event>,
+    /// The first response of every watch.
+    pub created: bool,
+    pub canceled: bool,
+    /// Non-zero: canceled because the start revision is below this compact revision.
+    pub compact_revision: Revision,
+}
+
+impl WatchEvent {
+    /// etcd's `IsProgressNotify`.
+    pub fn is_progress(&self) -> bool {
+        self.events.is_empty() && !self.created && !self.canceled && self.compact_revision == 0
+    }
+}
+
+/// One client watch stream: a set of watchers sharing one bounded response queue. Dropping
+/// it removes its watchers.
+pub struct WatchStream {
+    hub: Arc<Hub>,
+    queue: Arc<StreamQueue>,
+    next_id: AtomicI64,
+}
+
+impl WatchStream {
+    pub(crate) fn new(hub: Arc<Hub>) -> WatchStream {
+        let queue = hub.register_stream();
+        WatchStream { hub, queue, next_id: AtomicI64::new(0) }
+    }
+
+    /// Creates a watcher; its `created` response is queued first.
+    pub fn watch(&self, spec: WatchSpec) -> WatchId {
+        let id = WatchId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        self.hub.add_watcher(&self.queue, id.0, spec);
+        id
+    }
+
+    /// Removes a watcher and queues its `canceled` response; false if unknown.
+    pub fn cancel(&self, id: WatchId) -> bool {
+        self.hub.cancel(&self.queue, id.0)
+    }
+
+    /// Queues `{watch_id: -1, revision: current}` if every watcher of the stream is synced
+    /// and has reached its start revision (etcd `RequestProgress`); otherwise nothing (the
+    /// client asks again). Returns whether it was queued.
+    pub fn request_progress(&self) -> bool {
+        self.hub.progress_all(&self.queue)
+    }
+
+    /// Queues `{watch_id: id, revision: current}` if that watcher is synced (periodic
+    /// progress notification). Returns whether it was queued.
+    pub fn progress_for(&self, id: WatchId) -> bool {
+        self.hub.progress_one(&self.queue, id.0)
+    }
+
+    /// Next response, waiting as long as needed; `None` once the store is closed.
+    pub fn recv_blocking(&self) -> Option<WatchEvent> {
+        self.queue.pop_blocking(None)
+    }
+
+    /// Next response, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<WatchEvent> {
+        self.queue.pop_blocking(Some(timeout))
+    }
+
+    pub fn try_recv(&self) -> Option<WatchEvent> {
+        self.queue.try_pop()
+    }
+
+    /// Async receive for a single consumer task.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<WatchEvent>> {
+        self.queue.poll_pop(cx)
+    }
+
+    pub async fn recv(&self) -> Option<WatchEvent> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Responses queued and not yet received.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        self.hub.remove_stream(self.queue.id);
+    }
+}
