@@ -98,10 +98,12 @@ impl Normalizer {
         let mut out = String::with_capacity(s.len());
         for line in s.lines() {
             let line = self.stderr_log_line(line).unwrap_or_else(|| line.to_owned());
+            let line = self.fields_line(&line);
             let line = self.hex_tokens(&line);
             let line = blank_after(&line, "took = ", |c| !c.is_whitespace(), "<duration>");
             let line = blank_after(&line, "took: ", |c| !c.is_whitespace(), "<duration>");
             let line = blank_after(&line, "remaining(", |c| c != ')', "<remaining>");
+            let line = sort_attached_keys(&line);
             out.push_str(line.trim_end());
             out.push('\n');
         }
@@ -128,6 +130,25 @@ impl Normalizer {
             s.push_str(e);
         }
         Some(s)
+    }
+
+    /// `etcdctl -w fields` prints `"Name" : value` lines.
+    fn fields_line(&mut self, line: &str) -> String {
+        let Some(rest) = line.strip_prefix('"') else {
+            return line.to_owned();
+        };
+        let Some((name, value)) = rest.split_once("\" : ") else {
+            return line.to_owned();
+        };
+        let num = value.trim().parse::<u64>().ok().filter(|&v| v != 0);
+        let blank = match (name, num) {
+            ("ClusterID", Some(_)) => "<cluster_id>".to_owned(),
+            ("MemberID", Some(id)) => self.members.placeholder(id),
+            ("RaftTerm", Some(_)) => "<raft>".to_owned(),
+            ("Lease", Some(id)) => self.hex_ids.placeholder(id),
+            _ => return line.to_owned(),
+        };
+        format!("\"{name}\" : {blank}")
     }
 
     fn hex_tokens(&mut self, line: &str) -> String {
@@ -225,16 +246,20 @@ impl Normalizer {
             "key" | "value" | "range_end" if val.is_string() => {
                 Value::String(readable_b64(val.as_str().unwrap()))
             }
-            "keys" if val.is_array() => Value::Array(
-                val.as_array()
+            // Lease TimeToLive keys: etcd returns them in map order (unspecified), so sort.
+            "keys" if val.is_array() => {
+                let mut keys: Vec<Value> = val
+                    .as_array()
                     .unwrap()
                     .iter()
                     .map(|k| match k.as_str() {
                         Some(s) => Value::String(readable_b64(s)),
                         None => k.clone(),
                     })
-                    .collect(),
-            ),
+                    .collect();
+                keys.sort_by_key(|k| k.to_string());
+                Value::Array(keys)
+            }
             _ => self.json_at(val, path),
         }
     }
@@ -269,6 +294,21 @@ impl Default for Normalizer {
     fn default() -> Self {
         Normalizer::new()
     }
+}
+
+/// `attached keys([k2 k1])`: etcd lists a lease's keys in unspecified (map) order.
+fn sort_attached_keys(line: &str) -> String {
+    const M: &str = "attached keys([";
+    let Some(i) = line.find(M) else {
+        return line.to_owned();
+    };
+    let start = i + M.len();
+    let Some(len) = line[start..].find("])") else {
+        return line.to_owned();
+    };
+    let mut keys: Vec<&str> = line[start..start + len].split(' ').collect();
+    keys.sort_unstable();
+    format!("{}{}{}", &line[..start], keys.join(" "), &line[start + len..])
 }
 
 /// Replaces the text after `marker` (while `keep(c)`) by `with`.
@@ -375,7 +415,7 @@ mod tests {
         let mut n = Normalizer::for_server(2379, 2380, "/tmp/x");
         let t = n.text(
             "lease 694d7d5b8f4a1c05 granted with TTL(60s)\n\
-             lease 694d7d5b8f4a1c05 granted with TTL(60s), remaining(59s), attached keys([a])\n\
+             lease 694d7d5b8f4a1c05 granted with TTL(60s), remaining(59s), attached keys([b a])\n\
              lease 0000000000000001 revoked\n\
              http://127.0.0.1:2379 is healthy: successfully committed proposal: took = 1.5ms\n\
              {\"level\":\"warn\",\"ts\":\"2024\",\"caller\":\"x.go:1\",\"msg\":\"retrying\",\"target\":\"0xc0001\",\"error\":\"rpc error: boom\"}\n\
@@ -384,7 +424,7 @@ mod tests {
         assert_eq!(
             t,
             "lease <id-1> granted with TTL(60s)\n\
-             lease <id-1> granted with TTL(60s), remaining(<remaining>), attached keys([a])\n\
+             lease <id-1> granted with TTL(60s), remaining(<remaining>), attached keys([a b])\n\
              lease <id-2> revoked\n\
              http://127.0.0.1:<client-port> is healthy: successfully committed proposal: took = <duration>\n\
              [log warn] retrying: rpc error: boom\n\
@@ -400,5 +440,19 @@ mod tests {
         assert!(out.contains("\"key\": \"b64:foo\""));
         assert!(out.contains("\"b\": \"Zm9v\""));
         assert!(out.ends_with("plain\n"));
+    }
+
+    #[test]
+    fn fields_output() {
+        let mut n = Normalizer::new();
+        let t = n.text(
+            "\"ClusterID\" : 9917533243109319682\n\"MemberID\" : 5521189055713193810\n\
+             \"Revision\" : 15\n\"RaftTerm\" : 2\n\"Lease\" : 0\n\"Lease\" : 7587862071925817349\n",
+        );
+        assert_eq!(
+            t,
+            "\"ClusterID\" : <cluster_id>\n\"MemberID\" : <member-1>\n\"Revision\" : 15\n\
+             \"RaftTerm\" : <raft>\n\"Lease\" : 0\n\"Lease\" : <id-1>\n"
+        );
     }
 }

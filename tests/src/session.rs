@@ -161,7 +161,7 @@ pub fn differential_with(name: &str, target: Kind, script: impl Fn(&mut Session<
              full transcripts: {} and {}\n--- {right} server log tail ---\n{}",
             pa.display(),
             pb.display(),
-            other.log_tail(30)
+            other.log_tail(12)
         );
     }
 }
