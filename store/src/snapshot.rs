@@ -176,12 +176,12 @@ pub(crate) fn build_install_batch(db: &DB, g: GroupId, chunks: impl Iterator<Ite
     for cf in Cf::ALL {
         batch.delete_range_cf(engine::cf(db, cf), kc::group_prefix(g).to_vec(), kc::group_end(g));
     }
-    let mut expected_seq = 0u32;
     let mut entries_total = 0u64;
     let mut saw_last = false;
     let mut meta = None;
     let mut compact_finished: Revision = -1;
-    for chunk in chunks {
+    for (expected_seq, chunk) in chunks.enumerate() {
+        let expected_seq = u32::try_from(expected_seq).map_err(|_| corrupt("too many chunks"))?;
         if saw_last {
             return Err(corrupt("data after the last chunk"));
         }
@@ -199,7 +199,6 @@ pub(crate) fn build_install_batch(db: &DB, g: GroupId, chunks: impl Iterator<Ite
         if seq != expected_seq {
             return Err(corrupt(format!("chunk {seq} where {expected_seq} was expected")));
         }
-        expected_seq += 1;
         saw_last = body[9] == 1;
         let total = u64::from_be_bytes(body[10..18].try_into().expect("8 bytes"));
         let payload_len = u32::from_be_bytes(body[18..22].try_into().expect("4 bytes")) as usize;
