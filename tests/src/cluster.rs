@@ -36,10 +36,7 @@ impl fmt::Display for Kind {
 pub fn plinth_bin() -> PathBuf {
     let path = match std::env::var_os("PLINTH_BIN") {
         Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root")
-            .join("target/debug/plinth"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").join("target/debug/plinth"),
     };
     assert!(
         path.is_file(),
@@ -77,19 +74,8 @@ impl Server {
             Kind::Etcd => etcd::etcd(),
             Kind::Plinth => plinth_bin(),
         };
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("plinth-test-{kind}-"))
-            .tempdir()
-            .expect("temp dir");
-        let mut s = Server {
-            kind,
-            bin,
-            dir,
-            client: ports::reserve(),
-            peer: ports::reserve(),
-            child: None,
-            starts: 0,
-        };
+        let dir = tempfile::Builder::new().prefix(&format!("plinth-test-{kind}-")).tempdir().expect("temp dir");
+        let mut s = Server { kind, bin, dir, client: ports::reserve(), peer: ports::reserve(), child: None, starts: 0 };
         s.spawn_and_wait();
         s
     }
@@ -154,31 +140,16 @@ impl Server {
     fn spawn_and_wait(&mut self) {
         assert!(self.child.is_none(), "server already running");
         self.starts += 1;
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("server log");
+        let log = OpenOptions::new().create(true).append(true).open(self.log_path()).expect("server log");
         {
             use std::io::Write;
             let mut l = &log;
-            let _ = writeln!(
-                l,
-                "=== start #{}: {} {}",
-                self.starts,
-                self.bin.display(),
-                self.args().join(" ")
-            );
+            let _ = writeln!(l, "=== start #{}: {} {}", self.starts, self.bin.display(), self.args().join(" "));
         }
         let mut cmd = Command::new(&self.bin);
-        cmd.args(self.args())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log);
+        cmd.args(self.args()).stdin(Stdio::null()).stdout(log.try_clone().expect("dup log")).stderr(log);
         scrub_env(&mut cmd);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {} ({}): {e}", self.kind, self.bin.display()));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {} ({}): {e}", self.kind, self.bin.display()));
         self.child = Some(child);
         self.wait_ready();
     }
@@ -192,11 +163,7 @@ impl Server {
         while start.elapsed() < READY_TIMEOUT {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
                 self.child = None;
-                panic!(
-                    "{} exited during startup with {st}\n--- log tail ---\n{}",
-                    self.kind,
-                    self.log_tail(60)
-                );
+                panic!("{} exited during startup with {st}\n--- log tail ---\n{}", self.kind, self.log_tail(60));
             }
             if TcpStream::connect_timeout(&addr.into(), Duration::from_millis(200)).is_ok() {
                 let out = ctl::run(

@@ -13,11 +13,7 @@ pub fn unified(a: &str, b: &str, left: &str, right: &str, context: usize) -> Str
     let mut lcs = vec![vec![0u32; m + 1]; n + 1];
     for i in (0..n).rev() {
         for j in (0..m).rev() {
-            lcs[i][j] = if x[i] == y[j] {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
-            };
+            lcs[i][j] = if x[i] == y[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
         }
     }
     // ops: (' '|'-'|'+', line)
@@ -36,12 +32,7 @@ pub fn unified(a: &str, b: &str, left: &str, right: &str, context: usize) -> Str
             j += 1;
         }
     }
-    let changed: Vec<usize> = ops
-        .iter()
-        .enumerate()
-        .filter(|(_, (c, _))| *c != ' ')
-        .map(|(k, _)| k)
-        .collect();
+    let changed: Vec<usize> = ops.iter().enumerate().filter(|(_, (c, _))| *c != ' ').map(|(k, _)| k).collect();
     let mut out = format!("--- {left}\n+++ {right}\n");
     if changed.is_empty() {
         // Only a trailing-newline difference.
@@ -80,9 +71,6 @@ mod tests {
     #[test]
     fn shows_changes_with_context() {
         let d = unified("a\nb\nc\nd\n", "a\nB\nc\nd\ne\n", "etcd", "plinth", 1);
-        assert_eq!(
-            d,
-            "--- etcd\n+++ plinth\n@@ -1 +1 @@\n a\n-b\n+B\n c\n d\n+e\n"
-        );
+        assert_eq!(d, "--- etcd\n+++ plinth\n@@ -1 +1 @@\n a\n-b\n+B\n c\n d\n+e\n");
     }
 }

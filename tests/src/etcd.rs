@@ -15,9 +15,7 @@ use crate::process::run_with_timeout;
 pub const ETCD_VERSION: &str = "3.5.1";
 
 fn has_all(dir: &Path) -> bool {
-    ["etcd", "etcdctl", "etcdutl"]
-        .iter()
-        .all(|b| dir.join(b).is_file())
+    ["etcd", "etcdctl", "etcdutl"].iter().all(|b| dir.join(b).is_file())
 }
 
 /// Path of the `tests/scripts/get-etcd.sh` script of this crate.
@@ -32,11 +30,7 @@ pub fn bin_dir() -> &'static Path {
     DIR.get_or_init(|| {
         if let Some(dir) = std::env::var_os("ETCD_BIN_DIR") {
             let dir = PathBuf::from(dir);
-            assert!(
-                has_all(&dir),
-                "ETCD_BIN_DIR={} lacks etcd/etcdctl/etcdutl",
-                dir.display()
-            );
+            assert!(has_all(&dir), "ETCD_BIN_DIR={} lacks etcd/etcdctl/etcdutl", dir.display());
             return dir;
         }
         let mut cmd = Command::new("bash");
@@ -51,11 +45,7 @@ pub fn bin_dir() -> &'static Path {
             out.stderr
         );
         let dir = PathBuf::from(out.stdout.trim());
-        assert!(
-            has_all(&dir),
-            "get-etcd.sh printed {} which lacks the binaries",
-            dir.display()
-        );
+        assert!(has_all(&dir), "get-etcd.sh printed {} which lacks the binaries", dir.display());
         dir
     })
 }

@@ -16,10 +16,7 @@ pub struct IdMap {
 
 impl IdMap {
     pub fn new(prefix: &'static str) -> IdMap {
-        IdMap {
-            prefix,
-            seen: Vec::new(),
-        }
+        IdMap { prefix, seen: Vec::new() }
     }
 
     pub fn placeholder(&mut self, id: u64) -> String {
@@ -46,11 +43,7 @@ pub struct Normalizer {
 
 impl Normalizer {
     pub fn new() -> Normalizer {
-        Normalizer {
-            literals: Vec::new(),
-            members: IdMap::new("member"),
-            hex_ids: IdMap::new("id"),
-        }
+        Normalizer { literals: Vec::new(), members: IdMap::new("member"), hex_ids: IdMap::new("id") }
     }
 
     /// Normalizer for a server listening on these ports, with `dir` its scratch directory.
@@ -95,6 +88,17 @@ impl Normalizer {
     /// Normalizes plain-text etcdctl output (or a command line).
     pub fn text(&mut self, s: &str) -> String {
         let s = self.literals(s);
+        let out = self.text_lines(&s);
+        // `lease list`: etcd returns leases in map order (unspecified); sort the ids.
+        if out.starts_with("found ") && out.lines().next().is_some_and(|l| l.ends_with(" leases")) {
+            let mut lines: Vec<&str> = out.lines().collect();
+            lines[1..].sort_unstable();
+            return lines.join("\n") + "\n";
+        }
+        out
+    }
+
+    fn text_lines(&mut self, s: &str) -> String {
         let mut out = String::with_capacity(s.len());
         for line in s.lines() {
             let line = self.stderr_log_line(line).unwrap_or_else(|| line.to_owned());
@@ -194,12 +198,7 @@ impl Normalizer {
                 }
                 Value::Object(out)
             }
-            Value::Array(items) => Value::Array(
-                items
-                    .iter()
-                    .map(|i| self.json_at(i, path))
-                    .collect::<Vec<_>>(),
-            ),
+            Value::Array(items) => Value::Array(items.iter().map(|i| self.json_at(i, path)).collect::<Vec<_>>()),
             Value::String(s) => Value::String(self.literals(s)),
             other => other.clone(),
         }
@@ -213,9 +212,7 @@ impl Normalizer {
             _ => true,
         };
         let as_u64 = |v: &Value| -> Option<u64> {
-            v.as_u64()
-                .or_else(|| v.as_i64().map(|i| i as u64))
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            v.as_u64().or_else(|| v.as_i64().map(|i| i as u64)).or_else(|| v.as_str().and_then(|s| s.parse().ok()))
         };
         let in_members = path.iter().any(|p| p == "members");
         match key {
@@ -224,13 +221,17 @@ impl Normalizer {
                 Value::String("<raft>".into())
             }
             "hash" if nonzero(val) => Value::String("<hash>".into()),
-            "dbSize" | "dbSizeInUse" | "dbSizeQuota" | "totalSize" if nonzero(val) => {
-                Value::String("<size>".into())
-            }
-            "version" | "storageVersion" if val.is_string() && nonzero(val) => {
-                Value::String("<version>".into())
-            }
+            "dbSize" | "dbSizeInUse" | "dbSizeQuota" | "totalSize" if nonzero(val) => Value::String("<size>".into()),
+            "version" | "storageVersion" if val.is_string() && nonzero(val) => Value::String("<version>".into()),
             "took" if val.is_string() => Value::String("<duration>".into()),
+            // LeaseTimeToLive remaining seconds: timing. Expired (-1) stays visible.
+            "ttl" if val.as_i64().is_some_and(|t| t > 0) && path.len() == 1 => Value::String("<remaining>".into()),
+            // LeaseLeases: unspecified (map) order in etcd; sort by normalized id.
+            "leases" if val.is_array() => {
+                let mut items: Vec<Value> = val.as_array().unwrap().iter().map(|i| self.json_at(i, path)).collect();
+                items.sort_by_key(|i| i.to_string());
+                Value::Array(items)
+            }
             "member_id" | "leader" | "memberID" if nonzero(val) => match as_u64(val) {
                 Some(id) => Value::String(self.members.placeholder(id)),
                 None => val.clone(),
@@ -243,9 +244,7 @@ impl Normalizer {
                 Some(id) => Value::String(self.lease(id as i64)),
                 None => val.clone(),
             },
-            "key" | "value" | "range_end" if val.is_string() => {
-                Value::String(readable_b64(val.as_str().unwrap()))
-            }
+            "key" | "value" | "range_end" if val.is_string() => Value::String(readable_b64(val.as_str().unwrap())),
             // Lease TimeToLive keys: etcd returns them in map order (unspecified), so sort.
             "keys" if val.is_array() => {
                 let mut keys: Vec<Value> = val
@@ -440,6 +439,17 @@ mod tests {
         assert!(out.contains("\"key\": \"b64:foo\""));
         assert!(out.contains("\"b\": \"Zm9v\""));
         assert!(out.ends_with("plain\n"));
+    }
+
+    #[test]
+    fn lease_list_is_sorted() {
+        let mut n = Normalizer::new();
+        let a = n.text("found 2 leases\n694d7d5b8f4a1c05\n694d7d5b8f4a1c09\n");
+        let mut m = Normalizer::new();
+        m.text("694d7d5b8f4a1c05 694d7d5b8f4a1c09");
+        let b = m.text("found 2 leases\n694d7d5b8f4a1c09\n694d7d5b8f4a1c05\n");
+        assert_eq!(a, b);
+        assert_eq!(a, "found 2 leases\n<id-1>\n<id-2>\n");
     }
 
     #[test]

@@ -46,12 +46,7 @@ pub fn reserve() -> Port {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = (FIRST + (base + n.wrapping_mul(7)) % SPAN) as u16;
         let path = dir.join(format!("{port}.lock"));
-        let Ok(file) = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-        else {
+        let Ok(file) = OpenOptions::new().create(true).truncate(false).write(true).open(&path) else {
             continue;
         };
         // SAFETY: flock on a valid, owned file descriptor.

@@ -57,16 +57,10 @@ impl Background {
     pub fn spawn(mut cmd: Command, stdin: Option<&str>, limit: Duration) -> Background {
         let what = format!("{cmd:?}");
         scrub_env(&mut cmd);
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
         if let Some(input) = stdin {
             let mut pipe = child.stdin.take().unwrap();
             let input = input.to_owned();
@@ -81,14 +75,7 @@ impl Background {
             reader(child.stdout.take().unwrap(), stdout.clone()),
             reader(child.stderr.take().unwrap(), stderr.clone()),
         ];
-        Background {
-            child,
-            stdout,
-            stderr,
-            readers,
-            deadline: Instant::now() + limit,
-            what,
-        }
+        Background { child, stdout, stderr, readers, deadline: Instant::now() + limit, what }
     }
 
     /// Stdout collected so far.
@@ -124,10 +111,7 @@ impl Background {
     }
 
     fn finish_within(mut self, grace: Duration) -> Output {
-        let end = Instant::now()
-            .checked_add(grace)
-            .unwrap_or(self.deadline)
-            .min(self.deadline);
+        let end = Instant::now().checked_add(grace).unwrap_or(self.deadline).min(self.deadline);
         let mut timed_out = false;
         let status = loop {
             match self.child.try_wait() {

@@ -29,9 +29,7 @@ pub struct Session<'a> {
 
 fn wants_json(args: &[&str]) -> bool {
     args.windows(2).any(|w| w[0] == "-w" && w[1] == "json")
-        || args
-            .iter()
-            .any(|a| *a == "--write-out=json" || *a == "-w=json")
+        || args.iter().any(|a| *a == "--write-out=json" || *a == "-w=json")
 }
 
 impl<'a> Session<'a> {
@@ -144,11 +142,7 @@ pub fn differential_with(name: &str, target: Kind, script: impl Fn(&mut Session<
         let b = s.spawn(|| run(&other));
         (join(a.join()), join(b.join()))
     });
-    let right = if target == Kind::Etcd {
-        "etcd#2".to_owned()
-    } else {
-        target.to_string()
-    };
+    let right = if target == Kind::Etcd { "etcd#2".to_owned() } else { target.to_string() };
     let dir = transcript_dir();
     let pa = dir.join(format!("{name}.etcd.txt"));
     let pb = dir.join(format!("{name}.{right}.txt"));

@@ -12,9 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions, Error,
-    EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-    TxnOpResponse, TxnResponse, WatchOptions,
+    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions, Error, EventType, GetOptions,
+    KeyValue, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 use plinth_tests::{diff, target, Kind, Server};
 use rand::rngs::StdRng;
@@ -26,20 +25,12 @@ const KEYS: &[&str] = &["a", "b", "c", "d", "e", "p/1", "p/2", "p/3", "q", "z"];
 const UNKNOWN_LEASE: i64 = 0x0bad_1ea5e;
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 async fn connect(endpoint: &str) -> Client {
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_secs(5));
-    Client::connect([endpoint], Some(opts))
-        .await
-        .unwrap_or_else(|e| panic!("connect {endpoint}: {e}"))
+    let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(Duration::from_secs(5));
+    Client::connect([endpoint], Some(opts)).await.unwrap_or_else(|e| panic!("connect {endpoint}: {e}"))
 }
 
 /// Key range shapes shared by get/delete/watch/compare.
@@ -149,13 +140,7 @@ impl Gen {
     }
 
     fn get(&mut self) -> Op {
-        let sorts = [
-            SortTarget::Key,
-            SortTarget::Version,
-            SortTarget::Create,
-            SortTarget::Mod,
-            SortTarget::Value,
-        ];
+        let sorts = [SortTarget::Key, SortTarget::Version, SortTarget::Create, SortTarget::Mod, SortTarget::Value];
         let rev = match self.rng.random_range(0..10) {
             0..=5 => 0,
             6 | 7 => self.rng.random_range(1..=self.rev.max(1)),
@@ -165,19 +150,11 @@ impl Gen {
         Op::Get {
             key: self.key(),
             span: self.span(),
-            limit: if self.rng.random_bool(0.3) {
-                self.rng.random_range(1..4)
-            } else {
-                0
-            },
+            limit: if self.rng.random_bool(0.3) { self.rng.random_range(1..4) } else { 0 },
             rev,
             sort: if self.rng.random_bool(0.3) {
                 let t = sorts[self.rng.random_range(0..sorts.len())];
-                let o = if self.rng.random_bool(0.5) {
-                    SortOrder::Ascend
-                } else {
-                    SortOrder::Descend
-                };
+                let o = if self.rng.random_bool(0.5) { SortOrder::Ascend } else { SortOrder::Descend };
                 Some((t, o))
             } else {
                 None
@@ -191,11 +168,7 @@ impl Gen {
     fn delete(&mut self) -> Op {
         Op::Delete {
             key: self.key(),
-            span: if self.rng.random_bool(0.7) {
-                Span::One
-            } else {
-                self.span()
-            },
+            span: if self.rng.random_bool(0.7) { Span::One } else { self.span() },
             prev_kv: self.rng.random_bool(0.5),
         }
     }
@@ -218,12 +191,8 @@ impl Gen {
                 let compares = (0..n)
                     .map(|_| {
                         let target = self.rng.random_range(0..5u8);
-                        let cmp = [
-                            CompareOp::Equal,
-                            CompareOp::NotEqual,
-                            CompareOp::Greater,
-                            CompareOp::Less,
-                        ][self.rng.random_range(0..4)];
+                        let cmp = [CompareOp::Equal, CompareOp::NotEqual, CompareOp::Greater, CompareOp::Less]
+                            [self.rng.random_range(0..4)];
                         let num = match target {
                             1 => self.rng.random_range(0..4),
                             _ => self.rng.random_range(0..=self.rev + 1),
@@ -245,14 +214,9 @@ impl Gen {
                     1 => self.rev + 1,
                     _ => self.rng.random_range(self.compacted.max(1)..=self.rev.max(1)),
                 };
-                Op::Compact {
-                    rev,
-                    physical: self.rng.random_bool(0.3),
-                }
+                Op::Compact { rev, physical: self.rng.random_bool(0.3) }
             }
-            84..=88 => Op::Grant {
-                ttl: self.rng.random_range(300..1000),
-            },
+            84..=88 => Op::Grant { ttl: self.rng.random_range(300..1000) },
             89..=91 => Op::Revoke {
                 slot: if self.leases > 0 && self.rng.random_bool(0.9) {
                     Some(self.rng.random_range(0..self.leases))
@@ -260,9 +224,7 @@ impl Gen {
                     None
                 },
             },
-            92..=93 if self.leases > 0 => Op::TimeToLive {
-                slot: self.rng.random_range(0..self.leases),
-            },
+            92..=93 if self.leases > 0 => Op::TimeToLive { slot: self.rng.random_range(0..self.leases) },
             _ => {
                 let start = match self.rng.random_range(0..8) {
                     0 => 0,
@@ -271,12 +233,7 @@ impl Gen {
                     3 => self.rev + 2,
                     _ => self.rng.random_range(1..=self.rev.max(1)),
                 };
-                Op::Watch {
-                    key: self.key(),
-                    span: self.span(),
-                    start,
-                    prev_kv: self.rng.random_bool(0.7),
-                }
+                Op::Watch { key: self.key(), span: self.span(), start, prev_kv: self.rng.random_bool(0.7) }
             }
         }
     }
@@ -395,15 +352,7 @@ impl Side {
 
     fn txn_op(&self, op: &Op) -> TxnOp {
         match op {
-            Op::Put {
-                key,
-                value,
-                lease,
-                unknown_lease,
-                prev_kv,
-                ignore_value,
-                ignore_lease,
-            } => TxnOp::put(
+            Op::Put { key, value, lease, unknown_lease, prev_kv, ignore_value, ignore_lease } => TxnOp::put(
                 key.as_str(),
                 value.as_str(),
                 Some(self.put_options(*lease, *unknown_lease, *prev_kv, *ignore_value, *ignore_lease)),
@@ -449,19 +398,7 @@ impl Side {
     }
 
     fn get_req(&self, op: &Op) -> (String, GetOptions) {
-        let Op::Get {
-            key,
-            span,
-            limit,
-            rev,
-            sort,
-            keys_only,
-            count_only,
-            serializable,
-        } = op
-        else {
-            unreachable!()
-        };
+        let Op::Get { key, span, limit, rev, sort, keys_only, count_only, serializable } = op else { unreachable!() };
         let mut o = get_options(span).with_limit(*limit).with_revision(*rev);
         if let Some((t, ord)) = sort {
             o = o.with_sort(*t, *ord);
@@ -481,15 +418,7 @@ impl Side {
     async fn apply(&mut self, op: &Op) -> String {
         let leases = self.leases.clone();
         match op {
-            Op::Put {
-                key,
-                value,
-                lease,
-                unknown_lease,
-                prev_kv,
-                ignore_value,
-                ignore_lease,
-            } => {
+            Op::Put { key, value, lease, unknown_lease, prev_kv, ignore_value, ignore_lease } => {
                 let o = self.put_options(*lease, *unknown_lease, *prev_kv, *ignore_value, *ignore_lease);
                 let v = if *ignore_value { "" } else { value.as_str() };
                 match self.client.put(key.as_str(), v, Some(o)).await {
@@ -529,11 +458,7 @@ impl Side {
                     Err(e) => err(&e),
                 }
             }
-            Op::Txn {
-                compares,
-                success,
-                failure,
-            } => {
+            Op::Txn { compares, success, failure } => {
                 let cmps: Vec<Compare> = compares
                     .iter()
                     .map(|(k, target, cmp, num, val)| match *target {
@@ -558,11 +483,7 @@ impl Side {
                 }
             }
             Op::Compact { rev, physical } => {
-                let o = if *physical {
-                    CompactionOptions::new().with_physical()
-                } else {
-                    CompactionOptions::new()
-                };
+                let o = if *physical { CompactionOptions::new().with_physical() } else { CompactionOptions::new() };
                 match self.client.compact(*rev, Some(o)).await {
                     Ok(r) => format!("compact rev={}", rev_of(r.header())),
                     Err(e) => err(&e),
@@ -611,12 +532,7 @@ impl Side {
                     Err(e) => err(&e),
                 }
             }
-            Op::Watch {
-                key,
-                span,
-                start,
-                prev_kv,
-            } => {
+            Op::Watch { key, span, start, prev_kv } => {
                 let mut o = match span {
                     Span::One => WatchOptions::new(),
                     Span::Prefix => WatchOptions::new().with_prefix(),
@@ -636,8 +552,7 @@ impl Side {
                         let leases_at_start = self.leases.clone();
                         // The first response must be `created`; record it synchronously so
                         // the stream is registered before the next op runs.
-                        let first =
-                            tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
+                        let first = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
                         record_watch(&log, first, &leases_at_start);
                         self.tasks.push(tokio::spawn(async move {
                             // Keep the sender alive while receiving.
@@ -658,8 +573,7 @@ impl Side {
     }
 }
 
-type WatchMsg =
-    Result<Result<Option<etcd_client::WatchResponse>, Error>, tokio::time::error::Elapsed>;
+type WatchMsg = Result<Result<Option<etcd_client::WatchResponse>, Error>, tokio::time::error::Elapsed>;
 
 /// Appends a watch response to `log`; returns whether the stream goes on.
 fn record_watch(log: &Mutex<Vec<String>>, m: WatchMsg, leases: &[i64]) -> bool {
@@ -712,10 +626,7 @@ fn record_watch(log: &Mutex<Vec<String>>, m: WatchMsg, leases: &[i64]) -> bool {
 fn seed() -> u64 {
     match std::env::var("PLINTH_SEED") {
         Ok(s) => s.parse().expect("PLINTH_SEED must be a u64"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64,
+        Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64,
     }
 }
 
@@ -734,24 +645,9 @@ fn random_ops_in_lockstep() {
     let rt = runtime();
     let started = Instant::now();
     let (log_a, log_b, watch_a, watch_b) = rt.block_on(async {
-        let mut a = Side {
-            client: connect(&etcd.endpoint()).await,
-            leases: vec![],
-            watches: vec![],
-            tasks: vec![],
-        };
-        let mut b = Side {
-            client: connect(&other.endpoint()).await,
-            leases: vec![],
-            watches: vec![],
-            tasks: vec![],
-        };
-        let mut gen = Gen {
-            rng: StdRng::seed_from_u64(seed),
-            rev: 1,
-            compacted: 0,
-            leases: 0,
-        };
+        let mut a = Side { client: connect(&etcd.endpoint()).await, leases: vec![], watches: vec![], tasks: vec![] };
+        let mut b = Side { client: connect(&other.endpoint()).await, leases: vec![], watches: vec![], tasks: vec![] };
+        let mut gen = Gen { rng: StdRng::seed_from_u64(seed), rev: 1, compacted: 0, leases: 0 };
         let (mut log_a, mut log_b) = (String::new(), String::new());
         for i in 0..OPS {
             let op = gen.op();
@@ -781,9 +677,7 @@ fn random_ops_in_lockstep() {
             }
         }
         // Let the watches drain: wait (bounded) until no log changes for 500 ms.
-        let snapshot = |s: &Side| -> Vec<Vec<String>> {
-            s.watches.iter().map(|w| w.lock().unwrap().clone()).collect()
-        };
+        let snapshot = |s: &Side| -> Vec<Vec<String>> { s.watches.iter().map(|w| w.lock().unwrap().clone()).collect() };
         let deadline = Instant::now() + Duration::from_secs(8);
         let mut last = (snapshot(&a), snapshot(&b));
         let mut stable_since = Instant::now();
@@ -793,10 +687,12 @@ fn random_ops_in_lockstep() {
             if now != last {
                 last = now;
                 stable_since = Instant::now();
-            } else if stable_since.elapsed() >= Duration::from_millis(500) && last.0 == last.1 {
-                break;
-            } else if stable_since.elapsed() >= Duration::from_secs(2) {
-                break;
+            } else {
+                // Quiet for 500 ms with equal logs, or quiet for 2 s with different ones.
+                let quiet = stable_since.elapsed();
+                if (quiet >= Duration::from_millis(500) && last.0 == last.1) || quiet >= Duration::from_secs(2) {
+                    break;
+                }
             }
         }
         for t in a.tasks.iter().chain(b.tasks.iter()) {

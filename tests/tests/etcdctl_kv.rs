@@ -50,19 +50,7 @@ fn put_and_get_flags() {
         for target in ["CREATE", "KEY", "MODIFY", "VALUE", "VERSION"] {
             for order in ["ASCEND", "DESCEND"] {
                 s.ctl(&["get", "a", "--from-key", "--sort-by", target, "--order", order]);
-                s.ctl(&[
-                    "get",
-                    "a",
-                    "--from-key",
-                    "--sort-by",
-                    target,
-                    "--order",
-                    order,
-                    "--limit",
-                    "3",
-                    "-w",
-                    "json",
-                ]);
+                s.ctl(&["get", "a", "--from-key", "--sort-by", target, "--order", order, "--limit", "3", "-w", "json"]);
             }
             // Sort target with the default order.
             s.ctl(&["get", "a", "--from-key", "--sort-by", target, "--keys-only"]);
@@ -114,11 +102,7 @@ fn put_and_get_flags() {
 
 /// Extracts the hex id from `lease <id> granted with TTL(..)`.
 fn lease_id(out: &str) -> String {
-    out.split_whitespace()
-        .nth(1)
-        .filter(|_| out.starts_with("lease "))
-        .unwrap_or("0")
-        .to_owned()
+    out.split_whitespace().nth(1).filter(|_| out.starts_with("lease ")).unwrap_or("0").to_owned()
 }
 
 #[test]
@@ -191,10 +175,7 @@ fn txn() {
             "version(\"a\") = \"3\"\ncreate(\"a\") = \"3\"\nmod(\"a\") > \"5\"\n\n\
              put a txn1\ndel b --prev-kv\nget a\n\nput nope 1\n\n",
         );
-        s.ctl_stdin(
-            &["txn", "-w", "json"],
-            "version(\"a\") = \"3\"\n\nput a txn2\n\nget a\nget c --prefix\n\n",
-        );
+        s.ctl_stdin(&["txn", "-w", "json"], "version(\"a\") = \"3\"\n\nput a txn2\n\nget a\nget c --prefix\n\n");
         s.ctl_stdin(
             &["txn", "-w", "json"],
             "mod(\"a\") < \"5\"\n\nput x 1\n\nget a --rev 4\nget foo --prefix --limit 1\n\n",
@@ -209,18 +190,9 @@ fn txn() {
             "create(\"missing\") = \"0\"\nmod(\"missing\") = \"0\"\nversion(\"missing\") = \"0\"\n\n\
              put missing 1\n\n\n",
         );
-        s.ctl_stdin(
-            &["txn", "-w", "json"],
-            "value(\"missing2\") = \"x\"\n\nput missing2 1\n\nget missing2\n\n",
-        );
-        s.ctl_stdin(
-            &["txn", "-w", "json"],
-            "value(\"missing2\") != \"x\"\n\nput missing2 1\n\nget missing2\n\n",
-        );
-        s.ctl_stdin(
-            &["txn", "-w", "json"],
-            "value(\"foo\") > \"bar\"\nvalue(\"foo\") < \"zzz\"\n\nput foo ok\n\n\n",
-        );
+        s.ctl_stdin(&["txn", "-w", "json"], "value(\"missing2\") = \"x\"\n\nput missing2 1\n\nget missing2\n\n");
+        s.ctl_stdin(&["txn", "-w", "json"], "value(\"missing2\") != \"x\"\n\nput missing2 1\n\nget missing2\n\n");
+        s.ctl_stdin(&["txn", "-w", "json"], "value(\"foo\") > \"bar\"\nvalue(\"foo\") < \"zzz\"\n\nput foo ok\n\n\n");
         // No compares: always succeeds; read-only txn does not bump the revision.
         s.ctl_stdin(&["txn", "-w", "json"], "\nget foo\n\n\n");
         s.ctl_stdin(&["txn"], "\nput t1 1\nput t2 2\ndel t1\n\n\n");

@@ -6,11 +6,7 @@ use plinth_tests::{differential, Session};
 
 /// Extracts the hex id from `lease <id> granted with TTL(..)`.
 fn lease_id(out: &str) -> String {
-    out.split_whitespace()
-        .nth(1)
-        .filter(|_| out.starts_with("lease "))
-        .unwrap_or("0")
-        .to_owned()
+    out.split_whitespace().nth(1).filter(|_| out.starts_with("lease ")).unwrap_or("0").to_owned()
 }
 
 fn grant(s: &mut Session<'_>, ttl: &str) -> String {

@@ -28,10 +28,7 @@ fn status_health_members_alarms_defrag_snapshot() {
                 "raftAppliedIndex <= raftIndex: {}",
                 status["raftAppliedIndex"].as_u64() <= status["raftIndex"].as_u64()
             ));
-            s.note(&format!(
-                "dbSizeInUse <= dbSize: {}",
-                status["dbSizeInUse"].as_u64() <= status["dbSize"].as_u64()
-            ));
+            s.note(&format!("dbSizeInUse <= dbSize: {}", status["dbSizeInUse"].as_u64() <= status["dbSize"].as_u64()));
         }
         s.ctl(&["endpoint", "health"]);
         s.ctl(&["endpoint", "health", "-w", "json"]);
@@ -50,10 +47,7 @@ fn status_health_members_alarms_defrag_snapshot() {
         let len = std::fs::metadata(&snap).map(|m| m.len()).unwrap_or(0);
         s.note(&format!("snapshot file exists and is non-empty: {}", len > 0));
         // An etcd snapshot is a bbolt file that etcdutl can read.
-        let out = plinth_tests::ctl::etcdutl(
-            &["snapshot", "status", &snap, "-w", "json"],
-            s.server().scratch_dir(),
-        );
+        let out = plinth_tests::ctl::etcdutl(&["snapshot", "status", &snap, "-w", "json"], s.server().scratch_dir());
         s.record(&format!("etcdutl snapshot status {snap} -w json"), &out, true);
         s.ctl(&["endpoint", "status", "-w", "json"]);
     });

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use plinth_tests::{ctl, Session};
 use plinth_tests::differential;
+use plinth_tests::{ctl, Session};
 
 /// Number of events in `etcdctl watch` simple output (each event starts with its type).
 fn simple_events(out: &str) -> usize {
@@ -35,8 +35,9 @@ fn flatten_json(out: &str) -> String {
         if let Some(obj) = rest.as_object_mut() {
             obj.remove("Events");
             obj.remove("Header");
-            obj.retain(|_, val| !matches!(val, serde_json::Value::Null | serde_json::Value::Bool(false))
-                && val.as_i64() != Some(0));
+            obj.retain(|_, val| {
+                !matches!(val, serde_json::Value::Null | serde_json::Value::Bool(false)) && val.as_i64() != Some(0)
+            });
             if !obj.is_empty() {
                 flat.push_str(&serde_json::json!({ "response": rest }).to_string());
                 flat.push('\n');
@@ -52,12 +53,7 @@ fn flatten_json(out: &str) -> String {
 
 /// Runs `etcdctl watch <args>` in the background while `during` runs, waits (bounded) until
 /// `want` events were printed, then stops it and records the output.
-fn watch(
-    s: &mut Session<'_>,
-    args: &[&str],
-    want: usize,
-    during: impl FnOnce(&mut Session<'_>),
-) {
+fn watch(s: &mut Session<'_>, args: &[&str], want: usize, during: impl FnOnce(&mut Session<'_>)) {
     let json = args.contains(&"json");
     let count = move |o: &str| {
         if json {
@@ -88,7 +84,7 @@ fn history_live_prefix_prev_kv() {
             s.ctl(&["put", k, v]);
         }
         s.ctl(&["del", "w/b"]); // rev 6
-        // History from revision 1 (includes every event so far).
+                                // History from revision 1 (includes every event so far).
         watch(s, &["--rev", "1", "w/a"], 2, |_| {});
         watch(s, &["--rev", "1", "--prefix", "w/"], 4, |_| {});
         watch(s, &["--rev", "2", "--prefix", "w/", "--prev-kv"], 4, |_| {});
@@ -104,10 +100,10 @@ fn history_live_prefix_prev_kv() {
             s.ctl(&["del", "w/", "--prefix"]);
             s.ctl(&["put", "w/a", "8"]);
         });
-        watch(s, &["--rev", "7", "--prefix", "w/", "--prev-kv", "-w", "json"], 6, |s| {
+        watch(s, &["--rev", "7", "--prefix", "w/", "--prev-kv", "-w", "json"], 8, |s| {
             s.ctl_stdin(&["txn"], "\nput w/x 1\nput w/y 2\ndel w/a\n\n\n");
         });
-        watch(s, &["--rev", "13", "w/x", "--prev-kv", "-w", "json"], 2, |s| {
+        watch(s, &["--rev", "12", "w/x", "--prev-kv", "-w", "json"], 2, |s| {
             s.ctl(&["put", "w/x", "9"]);
         });
     });
@@ -121,15 +117,11 @@ fn compacted_revision() {
         }
         s.ctl(&["compaction", "4"]);
         // Below the compact revision: cancelled with compact_revision; etcdctl exits.
-        let out = ctl::spawn(&s.server().endpoint(), &["watch", "--rev", "2", "k"], Duration::from_secs(10))
-            .finish();
+        let out = ctl::spawn(&s.server().endpoint(), &["watch", "--rev", "2", "k"], Duration::from_secs(10)).finish();
         s.record("etcdctl watch --rev 2 k", &out, false);
-        let out = ctl::spawn(
-            &s.server().endpoint(),
-            &["watch", "--rev", "3", "k", "-w", "json"],
-            Duration::from_secs(10),
-        )
-        .finish();
+        let out =
+            ctl::spawn(&s.server().endpoint(), &["watch", "--rev", "3", "k", "-w", "json"], Duration::from_secs(10))
+                .finish();
         s.record("etcdctl watch --rev 3 k -w json", &out, true);
         // At the compact revision: works and replays from there.
         watch(s, &["--rev", "4", "k", "--prev-kv"], 3, |_| {});

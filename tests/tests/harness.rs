@@ -34,10 +34,7 @@ fn a_difference_is_reported() {
         });
     }));
     let err = result.expect_err("differing transcripts must fail the test");
-    let msg = err
-        .downcast_ref::<String>()
-        .cloned()
-        .unwrap_or_default();
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("-value-0") || msg.contains("-value-1"), "{msg}");
     assert!(msg.contains("+value-0") || msg.contains("+value-1"), "{msg}");
 }

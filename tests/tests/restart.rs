@@ -12,40 +12,24 @@ use etcd_client::{Client, ConnectOptions, GetOptions};
 use plinth_tests::{target, Server};
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 async fn connect(endpoint: &str) -> Client {
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_secs(5));
-    Client::connect([endpoint], Some(opts))
-        .await
-        .unwrap_or_else(|e| panic!("connect {endpoint}: {e}"))
+    let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(Duration::from_secs(5));
+    Client::connect([endpoint], Some(opts)).await.unwrap_or_else(|e| panic!("connect {endpoint}: {e}"))
 }
 
 /// key -> (value, create_revision, mod_revision, version); None = deleted.
 type Expected = BTreeMap<String, Option<(String, i64, i64, i64)>>;
 
 async fn dump(c: &mut Client) -> (i64, BTreeMap<String, (String, i64, i64, i64)>) {
-    let r = c
-        .get("", Some(GetOptions::new().with_all_keys()))
-        .await
-        .expect("full range after restart");
+    let r = c.get("", Some(GetOptions::new().with_all_keys())).await.expect("full range after restart");
     let mut m = BTreeMap::new();
     for kv in r.kvs() {
         m.insert(
             String::from_utf8_lossy(kv.key()).into_owned(),
-            (
-                String::from_utf8_lossy(kv.value()).into_owned(),
-                kv.create_revision(),
-                kv.mod_revision(),
-                kv.version(),
-            ),
+            (String::from_utf8_lossy(kv.value()).into_owned(), kv.create_revision(), kv.mod_revision(), kv.version()),
         );
     }
     (r.header().map_or(0, |h| h.revision()), m)
@@ -126,13 +110,8 @@ fn acknowledged_writes_survive_sigkill() {
                 while !stop.load(Ordering::Relaxed) {
                     let k = format!("live/{:04}", i);
                     let v = format!("v{i}");
-                    match tokio::time::timeout(Duration::from_secs(2), c.put(k.as_str(), v.as_str(), None))
-                        .await
-                    {
-                        Ok(Ok(r)) => acked
-                            .lock()
-                            .unwrap()
-                            .push((k, v, r.header().unwrap().revision())),
+                    match tokio::time::timeout(Duration::from_secs(2), c.put(k.as_str(), v.as_str(), None)).await {
+                        Ok(Ok(r)) => acked.lock().unwrap().push((k, v, r.header().unwrap().revision())),
                         _ => break,
                     }
                     i += 1;
