@@ -64,6 +64,12 @@ pub fn alarm_name(alarm: i32) -> &'static str {
 /// Bytes of snapshot data per `SnapshotResponse`.
 const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
 
+/// Snapshot data is padded to a multiple of this before the checksum, as etcd's is.
+const SNAPSHOT_ALIGN_BYTES: usize = 512;
+
+/// Upper bound of what follows the data: padding and the SHA-256.
+const SNAPSHOT_TRAILER_BYTES: usize = SNAPSHOT_ALIGN_BYTES + 32;
+
 /// The Maintenance service.
 pub struct MaintenanceService {
     pub node: Arc<Node>,
@@ -167,13 +173,20 @@ impl Maintenance for MaintenanceService {
         let reader = node.store.snapshot(node.group()).map_err(|e| store_status(&e))?;
         // The snapshot is read chunk by chunk on a blocking thread and streamed through a
         // small bounded channel, so a slow client holds at most a few chunks in memory.
-        // `remaining_bytes` is 0 on the last message only; before it, it is a lower bound (the
-        // rest of the current chunk), since the total is not known until the read ends.
+        // `remaining_bytes` is 0 on the last message only; before it, it is an estimate (the
+        // rest of the current chunk plus the trailer), since the total is not known until the
+        // read ends.
+        //
+        // Like etcd, the stream ends with the SHA-256 of everything before it, and the data is
+        // zero-padded to a multiple of 512 bytes first: etcdctl's `snapshot save` checks that
+        // shape (`sha256 checksum not found` otherwise).
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let header = node.current_header();
         tokio::task::spawn_blocking(move || {
-            let mut reader = reader.peekable();
-            while let Some(chunk) = reader.next() {
+            use sha2::Digest;
+            let mut digest = sha2::Sha256::new();
+            let mut total = 0usize;
+            for chunk in reader {
                 let chunk = match chunk {
                     Ok(chunk) => chunk,
                     Err(e) => {
@@ -181,14 +194,14 @@ impl Maintenance for MaintenanceService {
                         return;
                     }
                 };
-                let more_chunks = reader.peek().is_some();
                 let mut left = chunk.len();
                 for piece in chunk.chunks(SNAPSHOT_CHUNK_BYTES) {
                     left -= piece.len();
-                    let remaining = if left == 0 && !more_chunks { 0 } else { left.max(1) as u64 };
+                    digest.update(piece);
+                    total += piece.len();
                     let resp = pb::SnapshotResponse {
                         header: Some(header.clone()),
-                        remaining_bytes: remaining,
+                        remaining_bytes: (left + SNAPSHOT_TRAILER_BYTES) as u64,
                         blob: bytes::Bytes::copy_from_slice(piece),
                         version: ETCD_COMPAT_VERSION.to_string(),
                     };
@@ -197,6 +210,17 @@ impl Maintenance for MaintenanceService {
                     }
                 }
             }
+            let padding = vec![0u8; (SNAPSHOT_ALIGN_BYTES - total % SNAPSHOT_ALIGN_BYTES) % SNAPSHOT_ALIGN_BYTES];
+            digest.update(&padding);
+            let mut trailer = padding;
+            trailer.extend_from_slice(&digest.finalize());
+            let resp = pb::SnapshotResponse {
+                header: Some(header),
+                remaining_bytes: 0,
+                blob: trailer.into(),
+                version: ETCD_COMPAT_VERSION.to_string(),
+            };
+            let _ = tx.blocking_send(Ok(resp));
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
