@@ -1,0 +1,137 @@
+//! Criterion benches of the store: put, range (current and old revision), txn
+//! compare-and-put, and watch fan-out.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use store::{
+    Command, CommandBody, Compare, CompareResult, CompareTarget, GroupId, Message, PutRequest, RangeRequest, RequestOp,
+    Store, StoreConfig, TargetUnion, TxnRequest, WatchSpec,
+};
+
+const G: GroupId = GroupId(1);
+
+struct Bench {
+    store: Store,
+    index: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        Bench { store, index: 0, _dir: dir }
+    }
+
+    fn apply(&mut self, body: CommandBody) {
+        self.index += 1;
+        let bytes = Command::new(self.index, body).encode_to_vec();
+        let mut r = self.store.apply(G, &[(self.index, &bytes)]).unwrap();
+        r.pop().unwrap().unwrap();
+    }
+
+    fn put(&mut self, key: Bytes, value: Bytes) {
+        self.apply(CommandBody::Put(PutRequest { key, value, ..Default::default() }));
+    }
+
+    /// Loads `n` keys (256 B values) in batches of 1,000 entries.
+    fn load(&mut self, n: usize, value: &Bytes) {
+        let mut done = 0;
+        while done < n {
+            let upto = (done + 1000).min(n);
+            let entries: Vec<(u64, Vec<u8>)> = (done..upto)
+                .map(|i| {
+                    self.index += 1;
+                    let put = PutRequest { key: key(i), value: value.clone(), ..Default::default() };
+                    (self.index, Command::new(self.index, CommandBody::Put(put)).encode_to_vec())
+                })
+                .collect();
+            let refs: Vec<(u64, &[u8])> = entries.iter().map(|(i, b)| (*i, &b[..])).collect();
+            self.store.apply(G, &refs).unwrap();
+            done = upto;
+        }
+    }
+}
+
+fn key(i: usize) -> Bytes {
+    Bytes::from(format!("/registry/pods/default/pod-{i:07}"))
+}
+
+fn benches(c: &mut Criterion) {
+    let value = Bytes::from(vec![b'x'; 256]);
+
+    let mut b = Bench::new();
+    let mut i = 0;
+    c.bench_function("put_256B", |bench| {
+        bench.iter(|| {
+            i += 1;
+            b.put(key(i % 10_000), value.clone());
+        })
+    });
+
+    let mut b = Bench::new();
+    b.load(10_000, &value);
+    let old_revision = b.store.current_revision(G);
+    // Overwrite everything once so the old revision reads through history.
+    b.load(10_000, &Bytes::from(vec![b'y'; 256]));
+    let single = |rev| RangeRequest { key: key(4242), revision: rev, ..Default::default() };
+    let thousand = |rev| RangeRequest { key: key(1000), range_end: key(2000), revision: rev, ..Default::default() };
+    c.bench_function("range_1_current", |bench| bench.iter(|| b.store.range(G, &single(0)).unwrap()));
+    c.bench_function("range_1_old_revision", |bench| bench.iter(|| b.store.range(G, &single(old_revision)).unwrap()));
+    c.bench_function("range_1000_current", |bench| {
+        bench.iter(|| assert_eq!(b.store.range(G, &thousand(0)).unwrap().kvs.len(), 1000))
+    });
+    c.bench_function("range_1000_old_revision", |bench| {
+        bench.iter(|| assert_eq!(b.store.range(G, &thousand(old_revision)).unwrap().kvs.len(), 1000))
+    });
+
+    c.bench_function("txn_compare_and_put", |bench| {
+        bench.iter(|| {
+            let k = key(77);
+            let current = b.store.range(G, &RangeRequest { key: k.clone(), ..Default::default() }).unwrap();
+            let rev = current.kvs[0].mod_revision;
+            let txn = TxnRequest {
+                compare: vec![Compare {
+                    result: CompareResult::Equal as i32,
+                    target: CompareTarget::Mod as i32,
+                    key: k.clone(),
+                    target_union: Some(TargetUnion::ModRevision(rev)),
+                    range_end: Bytes::new(),
+                }],
+                success: vec![RequestOp::put(PutRequest { key: k, value: value.clone(), ..Default::default() })],
+                failure: vec![],
+            };
+            b.apply(CommandBody::Txn(txn));
+        })
+    });
+
+    let mut b = Bench::new();
+    let streams: Vec<_> = (0..1000)
+        .map(|_| {
+            let s = b.store.watch_stream(G);
+            s.watch(WatchSpec { key: Bytes::from_static(b"/registry/"), range_end: Bytes::from_static(b"/registry0"), ..Default::default() });
+            s.recv_timeout(Duration::from_secs(1)).expect("created");
+            s
+        })
+        .collect();
+    let mut n = 0;
+    c.bench_function("watch_fanout_1000", |bench| {
+        bench.iter_batched(
+            || (),
+            |()| {
+                n += 1;
+                b.put(key(n), value.clone());
+                for s in &streams {
+                    let ev = s.recv_timeout(Duration::from_secs(5)).expect("event");
+                    assert_eq!(ev.events.len(), 1);
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(name = store_benches; config = Criterion::default().sample_size(20); targets = benches);
+criterion_main!(store_benches);
