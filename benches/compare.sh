@@ -17,6 +17,9 @@
 #   --workloads LIST  comma-separated subset of the names below (WORKLOADS, default all)
 #   --etcd-only       compare etcd with itself (sanity run; also used when plinth is absent)
 #   --out DIR         keep results here (default: a fresh dir under ${BENCH_TMP:-/tmp})
+#   --nodelay-shim    DIAGNOSTIC: start plinth with an LD_PRELOAD shim that sets TCP_NODELAY on
+#                     accepted sockets (shows what Nagle's algorithm costs plinth; not a
+#                     measurement of plinth as shipped)
 # Environment: PLINTH_CACHE (etcd cache), PLINTH_BIN / BENCH_BIN (prebuilt binaries, skips
 # cargo), PORT_BASE (default 32379; only 127.0.0.1 is used).
 # Every server is killed on exit; every run is bounded by a timeout.
@@ -32,6 +35,7 @@ WORKLOADS=${WORKLOADS:-}
 ETCD_ONLY=${ETCD_ONLY:-0}
 OUT=${OUT:-}
 PORT_BASE=${PORT_BASE:-32379}
+NODELAY_SHIM=${NODELAY_SHIM:-0}
 
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -42,7 +46,8 @@ while [[ $# -gt 0 ]]; do
     --workloads) WORKLOADS=$2; shift 2 ;;
     --etcd-only) ETCD_ONLY=1; shift ;;
     --out) OUT=$2; shift 2 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --nodelay-shim) NODELAY_SHIM=1; shift ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -114,6 +119,30 @@ if [[ $ETCD_ONLY == 1 ]]; then B_NAME=etcd-b; else B_NAME=plinth; fi
 if [[ -z $OUT ]]; then OUT=$(mktemp -d "${BENCH_TMP:-/tmp}/plinth-compare.XXXXXX"); fi
 mkdir -p "$OUT/results"
 log "results in $OUT"
+PLINTH_ENV=()
+if [[ $NODELAY_SHIM == 1 ]]; then
+  cat >"$OUT/nodelay.c" <<'EOF_C'
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+static void nd(int fd) { if (fd >= 0) { int one = 1; setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); } }
+int accept4(int s, struct sockaddr *a, socklen_t *l, int f) {
+  static int (*real)(int, struct sockaddr *, socklen_t *, int);
+  if (!real) real = dlsym(RTLD_NEXT, "accept4");
+  int fd = real(s, a, l, f); nd(fd); return fd;
+}
+int accept(int s, struct sockaddr *a, socklen_t *l) {
+  static int (*real)(int, struct sockaddr *, socklen_t *);
+  if (!real) real = dlsym(RTLD_NEXT, "accept");
+  int fd = real(s, a, l); nd(fd); return fd;
+}
+EOF_C
+  gcc -O2 -shared -fPIC -o "$OUT/nodelay.so" "$OUT/nodelay.c" -ldl
+  PLINTH_ENV=(env "LD_PRELOAD=$OUT/nodelay.so")
+  log "DIAGNOSTIC: plinth runs with TCP_NODELAY forced on accepted sockets ($OUT/nodelay.so)"
+fi
 PIDS=()
 DIRS=()
 stop_servers() {
@@ -153,7 +182,7 @@ start_servers() {
     case $system in
       etcd | etcd-b) "$ETCD" "${args[@]}" --listen-metrics-urls "http://127.0.0.1:$((cport + 2))" \
         >"$dir/log" 2>&1 & ;;
-      plinth) "$PLINTH" serve "${args[@]}" --listen-metrics-urls "http://127.0.0.1:$((cport + 2))" \
+      plinth) "${PLINTH_ENV[@]}" "$PLINTH" serve "${args[@]}" --listen-metrics-urls "http://127.0.0.1:$((cport + 2))" \
         >"$dir/log" 2>&1 & ;;
     esac
     PIDS+=($!)
@@ -277,6 +306,9 @@ fi
 log "finished in $((SECONDS - start)) s"
 
 # ---- table -------------------------------------------------------------------------------
+if [[ $NODELAY_SHIM == 1 ]]; then
+  echo "DIAGNOSTIC run: plinth started with an LD_PRELOAD shim forcing TCP_NODELAY (not plinth as shipped)"
+fi
 metrics=$(printf '%s\n' "${ALL_WORKLOADS[@]}")
 python3 - "$OUT/results" "$B_NAME" "$metrics" "$DURATION" "$RUNS" <<'EOF'
 import glob, json, os, statistics, sys
