@@ -139,3 +139,57 @@ mod tests {
         assert!(text.contains("etcd_disk_wal_fsync_duration_seconds_bucket"), "{text}");
     }
 }
+
+/// The go-grpc-prometheus labels of a gRPC path such as `/etcdserverpb.KV/Range`:
+/// `(grpc_type, grpc_service, grpc_method)`; `None` for a non-gRPC path.
+pub fn grpc_labels(path: &str) -> Option<(&'static str, &str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    if !service.contains('.') || method.is_empty() || method.contains('/') {
+        return None;
+    }
+    let kind = match (service, method) {
+        ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
+        ("etcdserverpb.Maintenance", "Snapshot") => "server_stream",
+        _ => "unary",
+    };
+    Some((kind, service, method))
+}
+
+/// Counts every gRPC call in `grpc_server_started_total` and, once its response headers are
+/// out, in `grpc_server_handled_total` with its code: the code in the response headers for
+/// calls refused before any message (how tonic sends errors of unary calls), `OK` otherwise.
+pub async fn count_grpc(
+    axum::extract::State(metrics): axum::extract::State<std::sync::Arc<Metrics>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let labels = grpc_labels(request.uri().path()).map(|(k, s, m)| (k, s.to_string(), m.to_string()));
+    if let Some((kind, service, method)) = &labels {
+        metrics.grpc_started.with_label_values(&[kind, service.as_str(), method.as_str()]).inc();
+    }
+    let response = next.run(request).await;
+    if let Some((kind, service, method)) = &labels {
+        let code = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+            .map(|c| if c == 0 { "OK".to_string() } else { format!("{:?}", tonic::Code::from_i32(c)) })
+            .unwrap_or_else(|| "OK".to_string());
+        metrics.grpc_handled.with_label_values(&[kind, service.as_str(), method.as_str(), code.as_str()]).inc();
+    }
+    response
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn grpc_paths() {
+        assert_eq!(grpc_labels("/etcdserverpb.KV/Range"), Some(("unary", "etcdserverpb.KV", "Range")));
+        assert_eq!(grpc_labels("/etcdserverpb.Watch/Watch"), Some(("bidi_stream", "etcdserverpb.Watch", "Watch")));
+        assert_eq!(grpc_labels("/health"), None);
+        assert_eq!(grpc_labels("/readyz/linearizable_read"), None);
+    }
+}

@@ -160,7 +160,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )
     .add_service(health_service().await);
     let grpc = grpc.routes();
-    let client_router = grpc.into_axum_router().merge(crate::http::router(node.clone()));
+    let client_router = grpc
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(node.metrics.clone(), crate::metrics::count_grpc))
+        .merge(crate::http::router(node.clone()));
 
     let mut servers = tokio::task::JoinSet::new();
     for addr in args.client_listen_addrs()? {
