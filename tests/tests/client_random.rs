@@ -63,6 +63,8 @@ enum Op {
         keys_only: bool,
         count_only: bool,
         serializable: bool,
+        /// min/max mod/create revision filter: (0..4 = min_mod, max_mod, min_create, max_create, value)
+        filter: Option<(u8, i64)>,
     },
     Delete {
         key: String,
@@ -162,6 +164,11 @@ impl Gen {
             keys_only: self.rng.random_bool(0.1),
             count_only: self.rng.random_bool(0.1),
             serializable: self.rng.random_bool(0.1),
+            filter: if self.rng.random_bool(0.1) {
+                Some((self.rng.random_range(0..4u8), self.rng.random_range(0..=self.rev + 1)))
+            } else {
+                None
+            },
         }
     }
 
@@ -173,11 +180,36 @@ impl Gen {
         }
     }
 
-    fn txn_op(&mut self) -> Op {
-        match self.rng.random_range(0..3) {
-            0 => self.put(),
-            1 => self.get(),
-            _ => self.delete(),
+    fn txn_op(&mut self, depth: u8) -> Op {
+        match self.rng.random_range(0..20) {
+            0..=5 => self.put(),
+            6..=12 => self.get(),
+            13..=18 => self.delete(),
+            _ if depth == 0 => self.txn(1),
+            _ => self.get(),
+        }
+    }
+
+    fn txn(&mut self, depth: u8) -> Op {
+        let n = self.rng.random_range(0..3);
+        let compares = (0..n)
+            .map(|_| {
+                let target = self.rng.random_range(0..5u8);
+                let cmp = [CompareOp::Equal, CompareOp::NotEqual, CompareOp::Greater, CompareOp::Less]
+                    [self.rng.random_range(0..4)];
+                let num = match target {
+                    1 => self.rng.random_range(0..4),
+                    _ => self.rng.random_range(0..=self.rev + 1),
+                };
+                (self.key(), target, cmp, num, self.value())
+            })
+            .collect();
+        let ns = self.rng.random_range(0..4);
+        let nf = self.rng.random_range(0..3);
+        Op::Txn {
+            compares,
+            success: (0..ns).map(|_| self.txn_op(depth)).collect(),
+            failure: (0..nf).map(|_| self.txn_op(depth)).collect(),
         }
     }
 
@@ -186,28 +218,9 @@ impl Gen {
             0..=34 => self.put(),
             35..=54 => self.get(),
             55..=64 => self.delete(),
-            65..=79 => {
-                let n = self.rng.random_range(0..3);
-                let compares = (0..n)
-                    .map(|_| {
-                        let target = self.rng.random_range(0..5u8);
-                        let cmp = [CompareOp::Equal, CompareOp::NotEqual, CompareOp::Greater, CompareOp::Less]
-                            [self.rng.random_range(0..4)];
-                        let num = match target {
-                            1 => self.rng.random_range(0..4),
-                            _ => self.rng.random_range(0..=self.rev + 1),
-                        };
-                        (self.key(), target, cmp, num, self.value())
-                    })
-                    .collect();
-                let ns = self.rng.random_range(0..4);
-                let nf = self.rng.random_range(0..3);
-                Op::Txn {
-                    compares,
-                    success: (0..ns).map(|_| self.txn_op()).collect(),
-                    failure: (0..nf).map(|_| self.txn_op()).collect(),
-                }
-            }
+            65..=78 => self.txn(0),
+            // More than 128 operations in one branch: ErrGRPCTooManyOps.
+            79 => Op::Txn { compares: vec![], success: (0..129).map(|_| self.get()).collect(), failure: vec![] },
             80..=83 => {
                 let rev = match self.rng.random_range(0..6) {
                     0 => self.compacted.max(1),
@@ -368,8 +381,31 @@ impl Side {
                 }
                 TxnOp::delete(key.as_str(), Some(o))
             }
+            Op::Txn { .. } => TxnOp::txn(self.build_txn(op)),
             other => unreachable!("not a txn op: {other:?}"),
         }
+    }
+
+    fn build_txn(&self, op: &Op) -> Txn {
+        let Op::Txn { compares, success, failure } = op else { unreachable!() };
+        let cmps: Vec<Compare> = compares
+            .iter()
+            .map(|(k, target, cmp, num, val)| match *target {
+                0 => Compare::mod_revision(k.as_str(), *cmp, *num),
+                1 => Compare::version(k.as_str(), *cmp, *num),
+                2 => Compare::create_revision(k.as_str(), *cmp, *num),
+                3 => Compare::value(k.as_str(), *cmp, val.as_str()),
+                _ => Compare::lease(
+                    k.as_str(),
+                    *cmp,
+                    self.lease_id(Some((*num as usize) % (self.leases.len().max(1))), false),
+                ),
+            })
+            .collect();
+        Txn::new()
+            .when(cmps)
+            .and_then(success.iter().map(|o| self.txn_op(o)).collect::<Vec<_>>())
+            .or_else(failure.iter().map(|o| self.txn_op(o)).collect::<Vec<_>>())
     }
 
     fn put_options(
@@ -398,7 +434,9 @@ impl Side {
     }
 
     fn get_req(&self, op: &Op) -> (String, GetOptions) {
-        let Op::Get { key, span, limit, rev, sort, keys_only, count_only, serializable } = op else { unreachable!() };
+        let Op::Get { key, span, limit, rev, sort, keys_only, count_only, serializable, filter } = op else {
+            unreachable!()
+        };
         let mut o = get_options(span).with_limit(*limit).with_revision(*rev);
         if let Some((t, ord)) = sort {
             o = o.with_sort(*t, *ord);
@@ -411,6 +449,13 @@ impl Side {
         }
         if *serializable {
             o = o.with_serializable();
+        }
+        match filter {
+            Some((0, r)) => o = o.with_min_mod_revision(*r),
+            Some((1, r)) => o = o.with_max_mod_revision(*r),
+            Some((2, r)) => o = o.with_min_create_revision(*r),
+            Some((_, r)) => o = o.with_max_create_revision(*r),
+            None => {}
         }
         (key.clone(), o)
     }
@@ -458,30 +503,10 @@ impl Side {
                     Err(e) => err(&e),
                 }
             }
-            Op::Txn { compares, success, failure } => {
-                let cmps: Vec<Compare> = compares
-                    .iter()
-                    .map(|(k, target, cmp, num, val)| match *target {
-                        0 => Compare::mod_revision(k.as_str(), *cmp, *num),
-                        1 => Compare::version(k.as_str(), *cmp, *num),
-                        2 => Compare::create_revision(k.as_str(), *cmp, *num),
-                        3 => Compare::value(k.as_str(), *cmp, val.as_str()),
-                        _ => Compare::lease(
-                            k.as_str(),
-                            *cmp,
-                            self.lease_id(Some((*num as usize) % (leases.len().max(1))), false),
-                        ),
-                    })
-                    .collect();
-                let txn = Txn::new()
-                    .when(cmps)
-                    .and_then(success.iter().map(|o| self.txn_op(o)).collect::<Vec<_>>())
-                    .or_else(failure.iter().map(|o| self.txn_op(o)).collect::<Vec<_>>());
-                match self.client.txn(txn).await {
-                    Ok(r) => txn_resp(&r, &leases),
-                    Err(e) => err(&e),
-                }
-            }
+            Op::Txn { .. } => match self.client.txn(self.build_txn(op)).await {
+                Ok(r) => txn_resp(&r, &leases),
+                Err(e) => err(&e),
+            },
             Op::Compact { rev, physical } => {
                 let o = if *physical { CompactionOptions::new().with_physical() } else { CompactionOptions::new() };
                 match self.client.compact(*rev, Some(o)).await {
