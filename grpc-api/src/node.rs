@@ -49,6 +49,25 @@ pub struct NodeConfig {
     pub quota_bytes: u64,
 }
 
+/// Bits of a request id below the member prefix (etcd's idutil layout: 16 bits of the
+/// member id, 40 bits of milliseconds, 8 bits of counter).
+const REQUEST_ID_SUFFIX_BITS: u32 = 48;
+
+/// The first request id of a run. Every member applies every entry, so ids must not collide
+/// between members (the top 16 bits come from the member id) nor with entries replayed from
+/// an earlier run (the rest starts from the wall clock in milliseconds, shifted past an
+/// 8-bit counter, as etcd's idutil does).
+fn first_request_id(member_id: u64, now: std::time::SystemTime) -> u64 {
+    let millis = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(1);
+    request_id(member_id, millis << 8)
+}
+
+/// The request id of the `counter`-th proposal: the counter wraps inside the suffix so it
+/// never spills into the member prefix.
+fn request_id(member_id: u64, counter: u64) -> u64 {
+    ((member_id & 0xffff) << REQUEST_ID_SUFFIX_BITS) | (counter & ((1 << REQUEST_ID_SUFFIX_BITS) - 1))
+}
+
 /// Proposals in flight, by request id.
 #[derive(Default)]
 pub struct Waiters {
@@ -110,12 +129,7 @@ impl Node {
         lessor: Arc<crate::lessor::Lessor>,
         metrics: Arc<Metrics>,
     ) -> Node {
-        // Request ids start from the wall clock so that ids of entries replayed after a restart
-        // never match a waiter of this run.
-        let start = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
+        let start = first_request_id(identity.member_id, std::time::SystemTime::now());
         Node {
             cfg,
             identity: RwLock::new(identity),
@@ -192,7 +206,7 @@ impl Node {
         if encoded_len > self.cfg.max_request_bytes {
             return Err(EtcdError::RequestTooLarge.status());
         }
-        let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let id = request_id(self.member_id(), self.next_request_id.fetch_add(1, Ordering::Relaxed));
         let mut data = BytesMut::with_capacity(REQUEST_ID_BYTES + encoded_len);
         data.put_u64(id);
         command.encode(&mut data).expect("BytesMut grows as needed");
@@ -201,7 +215,7 @@ impl Node {
         if let Err(e) = self.raft.propose(self.raft_group(), data.freeze()) {
             self.waiters.remove(id);
             self.metrics.proposals_failed.inc();
-            return Err(raft_status(&e));
+            return Err(driver_status(&e));
         }
         self.metrics.proposals_pending.set(self.waiters.len() as i64);
         let outcome = tokio::time::timeout(self.cfg.request_timeout, rx).await;
@@ -235,7 +249,7 @@ impl Node {
         );
         let index = match tokio::time::timeout(self.cfg.request_timeout, rx).await {
             Ok(Ok(Ok(index))) => index.0,
-            Ok(Ok(Err(e))) => return Err(raft_status(&e)),
+            Ok(Ok(Err(e))) => return Err(driver_status(&e)),
             Ok(Err(_)) => return Err(EtcdError::Stopped.status()),
             Err(_) => return Err(EtcdError::Timeout.status()),
         };
@@ -275,6 +289,16 @@ impl Node {
             Ok(false) => Err(EtcdError::Stopped.status()),
             Err(_) => Err(EtcdError::Timeout.status()),
         }
+    }
+}
+
+/// Maps a driver error to etcd's status. Errors that only a replicated member meets are
+/// mapped here; the rest as `raft_status` does.
+fn driver_status(e: &raft_log::Error) -> Status {
+    match e {
+        raft_log::Error::NoLeader => EtcdError::NoLeader.status(),
+        raft_log::Error::Timeout => EtcdError::Timeout.status(),
+        other => raft_status(other),
     }
 }
 
@@ -335,4 +359,23 @@ pub fn decode_entry(data: &Bytes) -> Option<(u64, store::Command)> {
     let id = u64::from_be_bytes(data[..REQUEST_ID_BYTES].try_into().ok()?);
     let command = store::Command::decode(&data[REQUEST_ID_BYTES..]).ok()?;
     Some((id, command))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_of_two_members_never_meet() {
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_000);
+        let (a, b) = (0x1234_0000_0000_0001, 0x9999_0000_0000_0002);
+        let first_a = first_request_id(a, now);
+        let first_b = first_request_id(b, now);
+        assert_ne!(first_a >> REQUEST_ID_SUFFIX_BITS, first_b >> REQUEST_ID_SUFFIX_BITS);
+        // The counter wraps inside the suffix instead of spilling into the prefix.
+        let near_top = (1 << REQUEST_ID_SUFFIX_BITS) - 1;
+        assert_eq!(request_id(a, near_top + 1) >> REQUEST_ID_SUFFIX_BITS, a & 0xffff);
+        let later = first_request_id(a, now + std::time::Duration::from_millis(5));
+        assert!(later > first_a + 1000, "a later run starts past the ids of an earlier one");
+    }
 }

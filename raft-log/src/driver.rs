@@ -27,6 +27,15 @@ use crate::wal::Wal;
 /// of proposals cannot starve ticks and persistence.
 pub(crate) const INBOX_DRAIN_MAX: usize = 4096;
 
+/// Ticks between re-issues of an unanswered read-index request. raft-rs drops a read
+/// index silently when the leader is unknown, when the leader has not committed in its
+/// term yet, or when a message is lost; the request is asked again until its deadline.
+pub(crate) const READ_INDEX_RETRY_TICKS: u32 = 3;
+
+/// Bytes of a read-index context: this node's id, then the request id (both little
+/// endian), so contexts of different nodes never collide at the leader.
+pub(crate) const READ_CTX_BYTES: usize = 16;
+
 /// Sends Raft messages of one group to peers. Implemented over gRPC by grpc-api.
 pub trait Transport: Send + Sync + 'static {
     /// Sends `msgs` (all of `group`). Must not block; may drop messages (Raft retries).
@@ -88,6 +97,7 @@ pub(crate) enum Msg {
     CompactLog { group: GroupId, index: LogIndex },
     Campaign(GroupId),
     TransferLeader(GroupId, NodeId),
+    Unreachable(NodeId),
     Stop,
 }
 
@@ -100,15 +110,16 @@ pub(crate) struct Peer {
     pub skip_through: u64,
     /// Highest index handed to (or skipped for) the state machine.
     pub applied: u64,
-    /// Read-index requests issued before this leader committed in its term (raft-rs would
-    /// drop them); issued once it has.
-    pub deferred_reads: Vec<u64>,
 }
 
+/// A read-index request waiting for its read point. It is (re-)issued to Raft whenever
+/// `retry_at` has passed and this node can ask: as the leader once it has committed in
+/// its term, as a follower once it knows a leader (raft-rs forwards it there).
 pub(crate) struct PendingRead {
     pub group: GroupId,
     pub done: ReadIndexCallback,
     pub deadline: Instant,
+    pub retry_at: Instant,
 }
 
 /// The driver thread's state.
@@ -230,13 +241,15 @@ impl DriverHandle {
     fn leader_check(&self, group: GroupId) -> Result<()> {
         match self.status.read().get(&group) {
             None => Err(Error::GroupNotFound(group)),
-            Some(s) if !s.is_leader => Err(Error::NotLeader),
+            Some(s) if s.leader.0 == 0 => Err(Error::NoLeader),
             Some(_) => Ok(()),
         }
     }
 
-    /// Proposes `data` to `group`. `Err(Busy)` if the inbox is full, `Err(NotLeader)` when
-    /// this node is not the leader (forwarding is not implemented).
+    /// Proposes `data` to `group`. On a follower, raft-rs forwards the proposal to the
+    /// leader it knows. `Err(Busy)` if the inbox is full, `Err(NoLeader)` when this node
+    /// knows no leader (nothing was proposed). An accepted proposal may still be lost (a
+    /// leader change, a dropped message): callers wait for its apply with a timeout.
     pub fn propose(&self, group: GroupId, data: Bytes) -> Result<()> {
         self.leader_check(group)?;
         self.try_send(Msg::Propose { group, data })
@@ -244,7 +257,8 @@ impl DriverHandle {
 
     /// Asks for a linearizable read point of `group`; `done` runs (on the driver thread,
     /// so it must not block) once the read index is known. The caller then waits until
-    /// its state machine has applied that index.
+    /// its state machine has applied that index. Works on followers (the request goes to
+    /// the leader); unanswered requests are re-issued until `read_index_timeout`.
     pub fn read_index(&self, group: GroupId, done: ReadIndexCallback) {
         if let Err(e) = self.leader_check(group) {
             return done(Err(e));
@@ -282,6 +296,12 @@ impl DriverHandle {
     /// Asks the leader of `group` (this node) to hand leadership to `to`.
     pub fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<()> {
         self.try_send(Msg::TransferLeader(group, to))
+    }
+
+    /// The transport lost its connection to `node`: every group this node leads stops
+    /// streaming appends to it and probes again (raft-rs's `report_unreachable`).
+    pub fn report_unreachable(&self, node: NodeId) -> Result<()> {
+        self.try_send(Msg::Unreachable(node))
     }
 }
 
@@ -338,8 +358,7 @@ impl Loop {
             // A sole voter needs nobody's vote: elect it now instead of after a timeout.
             raw.campaign()?;
         }
-        self.peers
-            .insert(group, Peer { raw, leader: 0, skip_through: sm_applied, applied, deferred_reads: Vec::new() });
+        self.peers.insert(group, Peer { raw, leader: 0, skip_through: sm_applied, applied });
         self.publish_status(group);
         Ok(())
     }
@@ -405,6 +424,13 @@ impl Loop {
                     p.raw.transfer_leader(to.0);
                 }
             }
+            Msg::Unreachable(node) => {
+                for p in self.peers.values_mut() {
+                    if p.raw.raft.state == raft::StateRole::Leader {
+                        p.raw.report_unreachable(node.0);
+                    }
+                }
+            }
             Msg::Stop => return false,
         }
         true
@@ -414,36 +440,49 @@ impl Loop {
         if self.reads.len() >= self.cfg.read_index_pending_max {
             return done(Err(Error::Busy));
         }
-        let Some(p) = self.peers.get_mut(&group) else {
+        if !self.peers.contains_key(&group) {
             return done(Err(Error::GroupNotFound(group)));
-        };
-        if p.raw.raft.state != raft::StateRole::Leader {
-            return done(Err(Error::NotLeader));
         }
         let id = self.next_read_id;
         self.next_read_id += 1;
-        self.reads.insert(id, PendingRead { group, done, deadline: Instant::now() + self.cfg.read_index_timeout });
-        if p.raw.raft.commit_to_current_term() {
-            p.raw.read_index(id.to_le_bytes().to_vec());
-        } else {
-            p.deferred_reads.push(id);
-        }
+        let now = Instant::now();
+        // Issued by `service_reads` later in this same loop iteration.
+        self.reads.insert(id, PendingRead { group, done, deadline: now + self.cfg.read_index_timeout, retry_at: now });
     }
 
-    /// Fails read requests past their deadline, and issues deferred ones whose leader has
-    /// now committed in its term.
+    /// The read-index context of request `id` on this node.
+    pub(crate) fn read_ctx(&self, id: u64) -> Vec<u8> {
+        let mut ctx = Vec::with_capacity(READ_CTX_BYTES);
+        ctx.extend_from_slice(&self.cfg.node_id.0.to_le_bytes());
+        ctx.extend_from_slice(&id.to_le_bytes());
+        ctx
+    }
+
+    /// Fails read requests past their deadline, and (re-)issues those due whose group can
+    /// ask now: a leader that has committed in its term (raft-rs drops earlier ones), or a
+    /// follower that knows the leader. Re-issuing the same context is harmless: the leader
+    /// ignores a context it already holds, and the first answer completes the request.
     fn service_reads(&mut self, now: Instant) {
-        for p in self.peers.values_mut() {
-            if !p.deferred_reads.is_empty() && p.raw.raft.commit_to_current_term() {
-                for id in p.deferred_reads.drain(..) {
-                    p.raw.read_index(id.to_le_bytes().to_vec());
-                }
-            }
-        }
         let expired: Vec<u64> = self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(id, _)| *id).collect();
         for id in expired {
             if let Some(r) = self.reads.remove(&id) {
                 (r.done)(Err(Error::Timeout));
+            }
+        }
+        let retry = self.cfg.tick_interval * READ_INDEX_RETRY_TICKS;
+        let due: Vec<(u64, GroupId)> =
+            self.reads.iter().filter(|(_, r)| r.retry_at <= now).map(|(id, r)| (*id, r.group)).collect();
+        for (id, group) in due {
+            let ctx = self.read_ctx(id);
+            let Some(p) = self.peers.get_mut(&group) else { continue };
+            let r = &p.raw.raft;
+            let can_ask =
+                if r.state == raft::StateRole::Leader { r.commit_to_current_term() } else { r.leader_id != 0 };
+            if can_ask {
+                p.raw.read_index(ctx);
+                if let Some(read) = self.reads.get_mut(&id) {
+                    read.retry_at = now + retry;
+                }
             }
         }
     }

@@ -35,9 +35,13 @@ pub enum Error {
     /// No such group on this node.
     #[error("raft group {0} not found")]
     GroupNotFound(GroupId),
-    /// This node is not the leader of the group (forwarding is not implemented).
+    /// This node is not the leader of the group and the operation needs the leader.
     #[error("not the leader")]
     NotLeader,
+    /// No leader of the group is known to this node (an election is under way, or this
+    /// node is cut off from a quorum); nothing was proposed.
+    #[error("no leader")]
+    NoLeader,
     /// A bounded queue is full; retry later.
     #[error("queue is full")]
     Busy,

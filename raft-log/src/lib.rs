@@ -96,10 +96,13 @@
 //!   snapshot metadata with empty data; building and installing state-machine snapshots
 //!   is the store's job and not wired yet (the driver records incoming snapshot metadata
 //!   but does not hand snapshot data to the state machine).
-//! - The driver does not forward proposals or read-index requests from followers
-//!   (`Error::NotLeader`), does not hibernate idle groups, and does not yet support
-//!   removing groups. Conf-change entries are applied by the driver; proposing them is
-//!   not exposed yet.
+//! - Followers hand proposals and read-index requests to raft-rs, which forwards them to
+//!   the leader it knows (`Error::NoLeader` when it knows none). A forwarded proposal
+//!   that is lost is not reported: the caller's wait times out. Read-index requests are
+//!   re-issued every few ticks until answered or timed out, one Raft read per request
+//!   (not batched).
+//! - The driver does not hibernate idle groups and does not yet support removing groups.
+//!   Conf-change entries are applied by the driver; proposing them is not exposed yet.
 //! - The entry cache is per group, so its total size is `groups × cache limits`.
 
 mod batch;

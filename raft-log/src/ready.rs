@@ -8,12 +8,14 @@
 //! 5. apply `committed_entries`;
 //! 6. `advance()`, handle the `LightReady` the same way, `advance_apply()`.
 
+use std::time::Instant;
+
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
 use raft::{ReadState, Ready};
 
 use crate::batch::WriteBatch;
-use crate::driver::{CommittedEntry, Loop, Peer};
+use crate::driver::{CommittedEntry, Loop, Peer, READ_CTX_BYTES};
 use crate::error::Error;
 use crate::types::{GroupId, LogIndex, NodeId, Term};
 
@@ -30,25 +32,27 @@ impl Loop {
 
     fn complete_reads(&mut self, states: Vec<ReadState>) {
         for rs in states {
-            let Ok(id) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+            let Ok(ctx) = <[u8; READ_CTX_BYTES]>::try_from(rs.request_ctx.as_slice()) else {
                 continue;
             };
-            if let Some(r) = self.reads.remove(&u64::from_le_bytes(id)) {
+            let (node, id) = ctx.split_at(8);
+            if node != self.cfg.node_id.0.to_le_bytes() {
+                continue;
+            }
+            let id = u64::from_le_bytes(id.try_into().expect("8 bytes"));
+            if let Some(r) = self.reads.remove(&id) {
                 (r.done)(Ok(LogIndex(rs.index)));
             }
         }
     }
 
-    /// Fails the pending reads of `group` (its leadership changed; raft-rs drops them).
-    fn fail_reads(&mut self, group: GroupId) {
-        let ids: Vec<u64> = self.reads.iter().filter(|(_, r)| r.group == group).map(|(id, _)| *id).collect();
-        for id in ids {
-            if let Some(r) = self.reads.remove(&id) {
-                (r.done)(Err(Error::NotLeader));
-            }
-        }
-        if let Some(p) = self.peers.get_mut(&group) {
-            p.deferred_reads.clear();
+    /// The leader of `group` changed: raft-rs dropped the reads it held, so every pending
+    /// read of the group is asked again (of the new leader) right away. A read point
+    /// obtained after the request began is still linearizable.
+    fn reissue_reads(&mut self, group: GroupId) {
+        let now = Instant::now();
+        for r in self.reads.values_mut().filter(|r| r.group == group) {
+            r.retry_at = now;
         }
     }
 
@@ -174,7 +178,7 @@ impl Loop {
             let states = rd.take_read_states();
             self.complete_reads(states);
             if let Some((leader, term)) = leader_changed {
-                self.fail_reads(group);
+                self.reissue_reads(group);
                 self.sm.on_leader_change(group, NodeId(leader), Term(term));
             }
             readies.push((group, rd));

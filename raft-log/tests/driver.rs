@@ -125,7 +125,7 @@ fn single_voter_applies_proposals_in_order_exactly_once_and_replays_only_the_tai
     assert_eq!(status.applied, all.last().unwrap().index);
     assert!(wal.stats().fsyncs < wal.stats().entries_appended, "proposals were batched");
     driver.stop();
-    assert!(matches!(h.propose(g, Bytes::new()), Err(Error::Stopped) | Err(Error::NotLeader)));
+    assert!(matches!(h.propose(g, Bytes::new()), Err(Error::Stopped) | Err(Error::NoLeader)));
     drop(wal);
 
     // Restart: the state machine durably applied up to entry 120; only the rest come back.
@@ -219,6 +219,6 @@ fn config_validation_and_not_leader_reads() {
     let (driver, h) = Driver::start(config(), wal, Box::new(Sm::default()), Arc::new(Drop_)).unwrap();
     h.create_group(GroupId(1), vec![NodeId(1), NodeId(2), NodeId(3)]).unwrap();
     std::thread::sleep(Duration::from_millis(50));
-    assert!(matches!(h.propose(GroupId(1), Bytes::new()), Err(Error::NotLeader)));
+    assert!(matches!(h.propose(GroupId(1), Bytes::new()), Err(Error::NoLeader)));
     driver.stop();
 }
