@@ -1,4 +1,5 @@
-//! Generates the etcd v3 API (etcdserverpb, mvccpb, authpb) from the project's own protos.
+//! Generates the etcd v3 API (etcdserverpb, mvccpb, authpb) and the member-to-member
+//! protocol (plinthpeer) from the project's own protos.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // protoc comes from the vendored binary and is set for this build script only: a global
@@ -11,7 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // Keys and values stay `Bytes` from decode to the log to the store: no copies.
         .bytes(".")
-        .compile_protos(&["proto/rpc.proto", "proto/kv.proto", "proto/auth.proto"], &["proto"])?;
+        .compile_protos(&["proto/rpc.proto", "proto/kv.proto", "proto/auth.proto", "proto/peer.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -1,6 +1,8 @@
-//! `Cluster`: membership as clients see it. A single member answers `MemberList` with itself
-//! and updates its own peer URLs; adding, removing and promoting members needs replication
-//! between members, which this build does not have, and is refused with etcd's errors.
+//! `Cluster`: membership as clients see it. `MemberList` reports the members fixed at
+//! bootstrap (`--initial-cluster`), with the client URLs each has announced in its peer
+//! `Hello`; `MemberUpdate` changes peer URLs in this member's list only. Adding, removing and
+//! promoting members needs replicated conf changes, which this build does not run yet; they
+//! are refused with etcd's errors or an explicit message.
 
 use std::sync::Arc;
 
@@ -57,7 +59,7 @@ impl Cluster for ClusterService {
             return Err(EtcdError::PeerUrlExist.status());
         }
         Err(Status::failed_precondition(
-            "etcdserver: member add requires peer replication, which this server does not run",
+            "etcdserver: member add is not supported by this server yet (membership is fixed at bootstrap)",
         ))
     }
 
@@ -66,8 +68,15 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         self.check_member(request.into_inner().id)?;
-        // Removing the only member would leave no quorum; etcd refuses it the same way.
-        Err(Status::failed_precondition("etcdserver: re-configuration failed due to not enough started members"))
+        if self.node.identity.read().members.len() == 1 {
+            // Removing the only member would leave no quorum; etcd refuses it the same way.
+            return Err(Status::failed_precondition(
+                "etcdserver: re-configuration failed due to not enough started members",
+            ));
+        }
+        Err(Status::failed_precondition(
+            "etcdserver: member remove is not supported by this server yet (membership is fixed at bootstrap)",
+        ))
     }
 
     async fn member_update(
@@ -108,7 +117,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         let id = request.into_inner().id;
         self.check_member(id)?;
-        // Every member of a single-member cluster is a voter.
+        // Learners are not served yet: every member is a voter.
         Err(EtcdError::MemberNotLearner.status())
     }
 }

@@ -118,6 +118,11 @@ impl ServeArgs {
         split_urls(&self.listen_client_urls).into_iter().map(|u| url_host_port(&u)).collect()
     }
 
+    /// Host:port pairs to bind for peer traffic.
+    pub fn peer_listen_addrs(&self) -> anyhow::Result<Vec<String>> {
+        split_urls(&self.listen_peer_urls).into_iter().map(|u| url_host_port(&u)).collect()
+    }
+
     /// Host:port pairs to bind for HTTP-only metrics traffic.
     pub fn metrics_listen_addrs(&self) -> anyhow::Result<Vec<String>> {
         match &self.listen_metrics_urls {
@@ -151,6 +156,7 @@ impl ServeArgs {
         self.progress_notify_interval()?;
         self.auto_compaction()?;
         self.client_listen_addrs()?;
+        self.peer_listen_addrs()?;
         self.metrics_listen_addrs()?;
         Ok(())
     }

@@ -24,8 +24,15 @@
 //! - Everything queued is bounded: waiters, per-stream watch and keep-alive buffers.
 //!
 //! CAVEATS:
-//! - One member per cluster: peer transport and membership changes are not served yet
-//!   (`MemberAdd`/`MemberRemove` are refused with an explicit message).
+//! - Replication: members bootstrapped together with `--initial-cluster` replicate the
+//!   default group over the peer transport (`peer.rs`); writes on a follower are forwarded
+//!   to the leader by Raft and answered once applied on that follower; linearizable reads
+//!   on a follower use ReadIndex. Membership changes (`MemberAdd`/`MemberRemove`/
+//!   `MemberPromote`), joining with `--initial-cluster-state existing` and snapshots to
+//!   lagging members are not served yet: a member that falls behind the purged log
+//!   (`LOG_CATCH_UP_ENTRIES`) cannot catch up.
+//! - Lease keep-alives are answered by the leader only (followers answer
+//!   `etcdserver: not leader`; clients retry another endpoint).
 //! - Auth is not served: its RPCs answer `Unimplemented`. TLS flags are refused at start-up.
 //! - Only the default tenant (group 1) is served; tenant resolution is not wired in.
 //! - Read-only txns go through the log like write txns (correct, slower than needed).
@@ -42,6 +49,7 @@ pub mod member;
 pub mod metrics;
 pub mod node;
 pub mod pb;
+pub mod peer;
 pub mod serve;
 pub mod version;
 pub mod watch;

@@ -1,6 +1,7 @@
-//! This member's identity: its id, its cluster's id and its URLs, fixed when the data dir is
-//! created and read back on every restart (flags about the initial cluster are then ignored,
-//! as etcd ignores them).
+//! This member's identity: its id, its cluster's id and the member list, fixed when the data
+//! dir is created and read back on every restart (flags about the initial cluster are then
+//! ignored, as etcd ignores them). Other members' client URLs are learned from their peer
+//! `Hello` (see `peer.rs`) and saved here too.
 
 use std::path::Path;
 
@@ -29,12 +30,19 @@ pub struct Identity {
 
 impl Identity {
     /// Loads the identity from `data_dir`, or creates it from the flags on first start.
+    ///
+    /// Member ids are derived from the cluster token and each member's peer URLs, and the
+    /// cluster id from the token and the sorted member ids, so every member of a cluster
+    /// bootstrapped from the same `--initial-cluster` computes the same ids. With one member
+    /// (or no `--initial-cluster`) the member's own advertised peer URLs are used, as they
+    /// always were for a single member.
     pub fn load_or_create(
         data_dir: &Path,
         name: &str,
         peer_urls: Vec<String>,
         client_urls: Vec<String>,
         cluster_token: &str,
+        initial_cluster: Option<&str>,
     ) -> anyhow::Result<(Identity, bool)> {
         let path = data_dir.join(MEMBER_FILE);
         if path.exists() {
@@ -43,15 +51,69 @@ impl Identity {
                 serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             return Ok((id, false));
         }
-        let member_id = id_hash(&[cluster_token, &peer_urls.join(",")]);
-        let cluster_id = id_hash(&[cluster_token, &member_id.to_string()]);
-        let identity = Identity {
-            cluster_id,
-            member_id,
-            members: vec![Member { id: member_id, name: name.to_string(), peer_urls, client_urls, is_learner: false }],
+        let cluster = match initial_cluster {
+            Some(flag) => parse_initial_cluster(flag)?,
+            None => Vec::new(),
+        };
+        let identity = if cluster.len() <= 1 {
+            let member_id = member_id(cluster_token, &peer_urls);
+            Identity {
+                cluster_id: cluster_id(cluster_token, &[member_id]),
+                member_id,
+                members: vec![Member {
+                    id: member_id,
+                    name: name.to_string(),
+                    peer_urls,
+                    client_urls,
+                    is_learner: false,
+                }],
+            }
+        } else {
+            let (_, own_urls) = cluster.iter().find(|(n, _)| n == name).ok_or_else(|| {
+                anyhow::anyhow!("--initial-cluster has no member named {name:?} (this member's --name)")
+            })?;
+            let normalize = |urls: &[String]| {
+                let mut v: Vec<String> = urls.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
+                v.sort();
+                v
+            };
+            anyhow::ensure!(
+                normalize(own_urls) == normalize(&peer_urls),
+                "--initial-cluster gives {name} the peer URLs {own_urls:?}, but --initial-advertise-peer-urls \
+                 is {peer_urls:?}"
+            );
+            let members: Vec<Member> = cluster
+                .iter()
+                .map(|(n, urls)| Member {
+                    id: member_id(cluster_token, urls),
+                    name: n.clone(),
+                    peer_urls: urls.clone(),
+                    client_urls: if n == name { client_urls.clone() } else { Vec::new() },
+                    is_learner: false,
+                })
+                .collect();
+            let mut ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            anyhow::ensure!(ids.len() == members.len(), "--initial-cluster lists the same peer URLs twice");
+            Identity {
+                cluster_id: cluster_id(cluster_token, &ids),
+                member_id: member_id(cluster_token, own_urls),
+                members,
+            }
         };
         identity.save(data_dir)?;
         Ok((identity, true))
+    }
+
+    /// Ids of the members that vote (every member: learners are not served yet).
+    pub fn voter_ids(&self) -> Vec<u64> {
+        self.members.iter().filter(|m| !m.is_learner).map(|m| m.id).collect()
+    }
+
+    /// Ids of every other member.
+    pub fn peer_ids(&self) -> Vec<u64> {
+        self.members.iter().filter(|m| m.id != self.member_id).map(|m| m.id).collect()
     }
 
     /// Writes the identity atomically (temp file, fsync, rename, fsync of the directory).
@@ -65,6 +127,35 @@ impl Identity {
         std::fs::File::open(data_dir)?.sync_all()?;
         Ok(())
     }
+}
+
+/// `name=url,name=url,...` → members in order of first appearance, each with its URLs (a
+/// name may appear several times, one URL each, as in etcd).
+pub fn parse_initial_cluster(flag: &str) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    let mut members: Vec<(String, Vec<String>)> = Vec::new();
+    for item in flag.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, url) =
+            item.split_once('=').ok_or_else(|| anyhow::anyhow!("--initial-cluster: {item:?} is not name=url"))?;
+        anyhow::ensure!(!name.is_empty(), "--initial-cluster: {item:?} has no name");
+        crate::config::url_host_port(url).map_err(|e| anyhow::anyhow!("--initial-cluster: {e}"))?;
+        match members.iter_mut().find(|(n, _)| n == name) {
+            Some((_, urls)) => urls.push(url.to_string()),
+            None => members.push((name.to_string(), vec![url.to_string()])),
+        }
+    }
+    Ok(members)
+}
+
+/// A member's id: the cluster token and its peer URLs.
+fn member_id(cluster_token: &str, peer_urls: &[String]) -> u64 {
+    id_hash(&[cluster_token, &peer_urls.join(",")])
+}
+
+/// The cluster's id: the cluster token and its sorted member ids. For one member this is the
+/// id single-member data dirs have always had.
+fn cluster_id(cluster_token: &str, sorted_member_ids: &[u64]) -> u64 {
+    let ids: Vec<String> = sorted_member_ids.iter().map(u64::to_string).collect();
+    id_hash(&[cluster_token, &ids.join(",")])
 }
 
 /// A non-zero 64-bit id from strings (FNV-1a, then a final mix).
@@ -95,13 +186,68 @@ mod tests {
             vec!["http://127.0.0.1:2380".into()],
             vec!["http://127.0.0.1:2379".into()],
             "tok",
+            None,
         )
         .unwrap();
         assert!(created);
-        let (b, created) = Identity::load_or_create(dir.path(), "other", vec![], vec![], "other").unwrap();
+        let (b, created) = Identity::load_or_create(dir.path(), "other", vec![], vec![], "other", None).unwrap();
         assert!(!created);
         assert_eq!(a, b);
         assert_ne!(a.member_id, 0);
         assert_ne!(a.cluster_id, a.member_id);
+        // The single-member ids are the ones earlier builds wrote: token and URLs only.
+        assert_eq!(a.member_id, id_hash(&["tok", "http://127.0.0.1:2380"]));
+        assert_eq!(a.cluster_id, id_hash(&["tok", &a.member_id.to_string()]));
+        let single = tempfile::tempdir().unwrap();
+        let (c, _) = Identity::load_or_create(
+            single.path(),
+            "n1",
+            vec!["http://127.0.0.1:2380".into()],
+            vec!["http://127.0.0.1:2379".into()],
+            "tok",
+            Some("n1=http://127.0.0.1:2380"),
+        )
+        .unwrap();
+        assert_eq!((c.member_id, c.cluster_id), (a.member_id, a.cluster_id));
+    }
+
+    #[test]
+    fn every_member_of_an_initial_cluster_computes_the_same_ids() {
+        let flag = "n1=http://127.0.0.1:1,n2=http://127.0.0.1:2,n3=http://127.0.0.1:3";
+        let mut seen = Vec::new();
+        for (name, port) in [("n1", 1), ("n2", 2), ("n3", 3)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (id, _) = Identity::load_or_create(
+                dir.path(),
+                name,
+                vec![format!("http://127.0.0.1:{port}")],
+                vec![format!("http://127.0.0.1:{}", 100 + port)],
+                "tok",
+                Some(flag),
+            )
+            .unwrap();
+            assert_eq!(id.members.len(), 3);
+            assert_eq!(id.members.iter().find(|m| m.name == name).unwrap().id, id.member_id);
+            assert_eq!(id.peer_ids().len(), 2);
+            seen.push((id.cluster_id, id.members.iter().map(|m| m.id).collect::<Vec<_>>()));
+        }
+        assert!(seen.windows(2).all(|w| w[0] == w[1]), "ids differ between members: {seen:?}");
+        let other_token = tempfile::tempdir().unwrap();
+        let (x, _) = Identity::load_or_create(
+            other_token.path(),
+            "n1",
+            vec!["http://127.0.0.1:1".into()],
+            vec![],
+            "other",
+            Some(flag),
+        )
+        .unwrap();
+        assert_ne!(x.cluster_id, seen[0].0);
+        // A member missing from the flag, or advertising other URLs, is refused.
+        let d = tempfile::tempdir().unwrap();
+        assert!(Identity::load_or_create(d.path(), "n9", vec![], vec![], "tok", Some(flag)).is_err());
+        assert!(Identity::load_or_create(d.path(), "n1", vec!["http://127.0.0.1:9".into()], vec![], "tok", Some(flag))
+            .is_err());
+        assert!(parse_initial_cluster("n1").is_err());
     }
 }

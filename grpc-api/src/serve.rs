@@ -10,13 +10,15 @@ use tracing::{info, warn};
 
 use crate::config::{split_urls, AutoCompaction, ServeArgs, GRPC_OVERHEAD_BYTES};
 use crate::lessor::Lessor;
-use crate::member::Identity;
+use crate::member::{parse_initial_cluster, Identity};
 use crate::metrics::Metrics;
 use crate::node::{Applier, Node, NodeConfig, Waiters, DEFAULT_GROUP};
 use crate::pb::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use crate::peer::pb::peer_server::PeerServer;
+use crate::peer::{PeerService, PeerTransport, PEER_MESSAGE_BYTES_MAX};
 
 /// Default per-tenant quota: far above etcd's 2 GiB, since RocksDB has no 8 GiB ceiling.
 pub const QUOTA_BYTES_DEFAULT: u64 = 8 << 30;
@@ -60,16 +62,27 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = PathBuf::from(args.data_dir());
     let existed = data_dir.join("member.json").exists();
     std::fs::create_dir_all(&data_dir)?;
+    if !existed && args.initial_cluster_state == "existing" {
+        let members = args.initial_cluster.as_deref().map(parse_initial_cluster).transpose()?.map_or(0, |m| m.len());
+        anyhow::ensure!(
+            members <= 1,
+            "--initial-cluster-state existing (joining a running cluster) is not supported yet; \
+             start every member with --initial-cluster-state new"
+        );
+    }
     let (identity, _) = Identity::load_or_create(
         &data_dir,
         &args.name,
         split_urls(&args.initial_advertise_peer_urls),
         split_urls(&args.advertise_client_urls),
         &args.initial_cluster_token,
+        args.initial_cluster.as_deref(),
     )?;
     if existed {
         info!(data_dir = %data_dir.display(), "data dir exists; initial cluster flags ignored");
     }
+    let peer_ids = identity.peer_ids();
+    let voters: Vec<raft_log::NodeId> = identity.voter_ids().into_iter().map(raft_log::NodeId).collect();
     for (flag, set) in [
         ("--cert-file", args.cert_file.is_some()),
         ("--key-file", args.key_file.is_some()),
@@ -115,8 +128,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         heartbeat_ticks: 1,
         ..raft_log::DriverConfig::default()
     };
-    let (driver, raft) = raft_log::Driver::start(driver_cfg, wal, Box::new(applier), Arc::new(NoPeers))?;
-    raft.create_group(raft_log::GroupId(DEFAULT_GROUP), vec![raft_log::NodeId(identity.member_id)])?;
+    // A single member has nobody to talk to and opens no peer port, as before replication.
+    let peers = (!peer_ids.is_empty()).then(|| PeerTransport::new(&peer_ids));
+    let transport: Arc<dyn raft_log::Transport> = match &peers {
+        Some(p) => p.clone(),
+        None => Arc::new(NoPeers),
+    };
+    let (driver, raft) = raft_log::Driver::start(driver_cfg, wal, Box::new(applier), transport)?;
+    // Every member bootstraps the default group with the same voters (`--initial-cluster`);
+    // on restart the group comes back from the log and this is a no-op.
+    raft.create_group(raft_log::GroupId(DEFAULT_GROUP), voters)?;
 
     let node_cfg = NodeConfig {
         max_request_bytes: args.max_request_bytes,
@@ -166,6 +187,22 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .merge(crate::http::router(node.clone()));
 
     let mut servers = tokio::task::JoinSet::new();
+    if let Some(peers) = &peers {
+        let mut routes = tonic::service::Routes::builder();
+        routes.add_service(
+            PeerServer::new(PeerService { node: node.clone() })
+                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
+        );
+        let peer_router = routes.routes().into_axum_router();
+        for addr in args.peer_listen_addrs()? {
+            let listener =
+                TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("listen on {addr} for peers: {e}"))?;
+            info!(%addr, "serving peer traffic");
+            servers.spawn(serve_router(listener, peer_router.clone()));
+        }
+        peers.start(node.clone());
+    }
     for addr in args.client_listen_addrs()? {
         let listener =
             TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("listen on {addr} for clients: {e}"))?;
