@@ -87,7 +87,7 @@ else
 fi
 ETCD=$etcd_bin/etcd
 ETCDCTL=$etcd_bin/etcdctl
-"$ETCD" --version | head -n 1 >&2
+"$ETCD" --version >&2
 
 cargo_release() {
   (cd "$root" && { [[ -f scripts/env.sh ]] && source scripts/env.sh; true; } &&
