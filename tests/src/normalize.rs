@@ -37,7 +37,7 @@ pub struct Normalizer {
     /// Literal substitutions applied to all text first (ports, paths), longest first.
     literals: Vec<(String, String)>,
     members: IdMap,
-    /// 16-hex-digit ids in plain-text output (etcdctl prints lease and member ids as %016x).
+    /// Hex ids in plain-text output (etcdctl prints lease ids as %016x, member ids as %x).
     hex_ids: IdMap,
 }
 
@@ -159,7 +159,8 @@ impl Normalizer {
         let mut out = String::with_capacity(line.len());
         let mut token = String::new();
         let flush = |token: &mut String, out: &mut String, ids: &mut IdMap| {
-            if token.len() == 16 && token.chars().all(|c| c.is_ascii_hexdigit()) {
+            // Lease ids print as %016x, member ids as %x (no padding): accept 13..=16 digits.
+            if (13..=16).contains(&token.len()) && token.chars().all(|c| c.is_ascii_hexdigit()) {
                 if let Ok(v) = u64::from_str_radix(token, 16) {
                     out.push_str(&ids.placeholder(v));
                     token.clear();
@@ -416,6 +417,7 @@ mod tests {
             "lease 694d7d5b8f4a1c05 granted with TTL(60s)\n\
              lease 694d7d5b8f4a1c05 granted with TTL(60s), remaining(59s), attached keys([b a])\n\
              lease 0000000000000001 revoked\n\
+             816680b3b2de54b, started, n1\n\
              http://127.0.0.1:2379 is healthy: successfully committed proposal: took = 1.5ms\n\
              {\"level\":\"warn\",\"ts\":\"2024\",\"caller\":\"x.go:1\",\"msg\":\"retrying\",\"target\":\"0xc0001\",\"error\":\"rpc error: boom\"}\n\
              Snapshot saved at /tmp/x/snap.db   \n",
@@ -425,6 +427,7 @@ mod tests {
             "lease <id-1> granted with TTL(60s)\n\
              lease <id-1> granted with TTL(60s), remaining(<remaining>), attached keys([a b])\n\
              lease <id-2> revoked\n\
+             <id-3>, started, n1\n\
              http://127.0.0.1:<client-port> is healthy: successfully committed proposal: took = <duration>\n\
              [log warn] retrying: rpc error: boom\n\
              Snapshot saved at <dir>/snap.db\n"

@@ -36,7 +36,6 @@ fn status_health_members_alarms_defrag_snapshot() {
         s.ctl(&["endpoint", "hashkv", "--rev", "2", "-w", "json"]);
         s.ctl(&["member", "list"]);
         s.ctl(&["member", "list", "-w", "json"]);
-        s.ctl(&["member", "list", "-w", "table"]);
         s.ctl(&["alarm", "list"]);
         s.ctl(&["alarm", "disarm"]);
         s.ctl(&["defrag"]);
