@@ -111,7 +111,11 @@ fn benches(c: &mut Criterion) {
     let streams: Vec<_> = (0..1000)
         .map(|_| {
             let s = b.store.watch_stream(G);
-            s.watch(WatchSpec { key: Bytes::from_static(b"/registry/"), range_end: Bytes::from_static(b"/registry0"), ..Default::default() });
+            s.watch(WatchSpec {
+                key: Bytes::from_static(b"/registry/"),
+                range_end: Bytes::from_static(b"/registry0"),
+                ..Default::default()
+            });
             s.recv_timeout(Duration::from_secs(1)).expect("created");
             s
         })

@@ -29,7 +29,11 @@ fn main() {
         let entries: Vec<(u64, Vec<u8>)> = (start..start + 1000)
             .map(|i| {
                 index += 1;
-                let put = PutRequest { key: Bytes::from(format!("/registry/k/{i:08}")), value: value.clone(), ..Default::default() };
+                let put = PutRequest {
+                    key: Bytes::from(format!("/registry/k/{i:08}")),
+                    value: value.clone(),
+                    ..Default::default()
+                };
                 (index, Command::new(index, CommandBody::Put(put)).encode_to_vec())
             })
             .collect();
