@@ -65,9 +65,8 @@ impl Lessor {
     /// Applies what an applied command means for lease timing. Revokes are forgotten by
     /// whoever proposed them (`on_revoked`), since a revoke response does not name its lease.
     pub fn on_applied(&self, result: &crate::node::ApplyResult) {
-        match result {
-            Ok(store::CommandResponse::LeaseGrant(r)) => self.on_granted(r.id, r.ttl),
-            _ => {}
+        if let Ok(store::CommandResponse::LeaseGrant(r)) = result {
+            self.on_granted(r.id, r.ttl);
         }
     }
 

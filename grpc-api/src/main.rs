@@ -13,7 +13,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a member (etcd's flags; with none, one member on 127.0.0.1:2379).
-    Serve(grpc_api::config::ServeArgs),
+    Serve(Box<grpc_api::config::ServeArgs>),
     /// Print the versions this build reports.
     Version,
 }
@@ -24,7 +24,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             grpc_api::serve::init_logging(&args.log_level)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("plinth-rpc").build()?;
-            runtime.block_on(grpc_api::serve::serve(args))
+            runtime.block_on(grpc_api::serve::serve(*args))
         }
         Command::Version => {
             println!("plinth {}", grpc_api::version::PLINTH_VERSION);

@@ -94,7 +94,7 @@ impl Maintenance for MaintenanceService {
                 if req.alarm == AlarmType::None as i32 {
                     return Err(Status::invalid_argument("etcdserver: alarm type NONE cannot be activated"));
                 }
-                if node.alarms.activate(alarm.clone()) {
+                if node.alarms.activate(alarm) {
                     vec![alarm]
                 } else {
                     vec![]
@@ -200,7 +200,7 @@ impl Maintenance for MaintenanceService {
                     digest.update(piece);
                     total += piece.len();
                     let resp = pb::SnapshotResponse {
-                        header: Some(header.clone()),
+                        header: Some(header),
                         remaining_bytes: (left + SNAPSHOT_TRAILER_BYTES) as u64,
                         blob: bytes::Bytes::copy_from_slice(piece),
                         version: ETCD_COMPAT_VERSION.to_string(),

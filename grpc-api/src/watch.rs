@@ -139,7 +139,7 @@ impl StreamState {
     async fn create(&mut self, create: pb::WatchCreateRequest) -> bool {
         let header = self.node.current_header();
         let refuse = |reason: &str| pb::WatchResponse {
-            header: Some(header.clone()),
+            header: Some(header),
             watch_id: -1,
             created: true,
             canceled: true,
