@@ -203,3 +203,18 @@ fn txn() {
         s.ctl(&["get", "", "--prefix", "-w", "json"]);
     });
 }
+
+#[test]
+fn request_size_limits() {
+    differential("etcdctl_kv_request_size", |s| {
+        // etcd's default --max-request-bytes is 1.5 MiB: 1.4 MiB is accepted, 1.6 MiB is
+        // rejected with "etcdserver: request is too large" (below the 2 MiB gRPC limit, which
+        // etcdctl itself enforces on sends).
+        for (name, len) in [("1.4MiB", 1_400_000usize), ("1.6MiB", 1_600_000)] {
+            let value = "x".repeat(len);
+            let out = s.server().ctl_stdin(&["put", "big"], &value);
+            s.record(&format!("etcdctl put big <<< ({name} value)"), &out, false);
+        }
+        s.ctl(&["get", "big", "--keys-only", "-w", "json"]);
+    });
+}
