@@ -145,6 +145,11 @@ async fn script(endpoint: String) -> String {
     let mut w2 = c.watch("b/", Some(WatchOptions::new().with_prefix().with_start_revision(3))).await.expect("stream 2");
     let _ = writeln!(log, "second stream: watch b/ prefix from 3");
     drain(&mut w2, &mut log).await;
+    // Progress on a stream whose only live watcher is synced (no future start revision).
+    step!("stream 2: watch b/ prefix from 0", w2.watch("b/", Some(WatchOptions::new().with_prefix())).await);
+    drain(&mut w2, &mut log).await;
+    step!("stream 2: request progress", w2.request_progress().await);
+    drain(&mut w2, &mut log).await;
     step!(
         "delete b/ prefix (one revision, two events)",
         c.delete("b/", Some(etcd_client::DeleteOptions::new().with_prefix())).await
