@@ -34,6 +34,11 @@ impl ClusterService {
             .collect()
     }
 
+    /// etcd's Cluster responses carry no revision in their header.
+    fn header(&self) -> pb::ResponseHeader {
+        self.node.header(0)
+    }
+
     fn check_member(&self, id: u64) -> Result<(), Status> {
         if self.node.identity.read().members.iter().any(|m| m.id == id) {
             Ok(())
@@ -95,10 +100,7 @@ impl Cluster for ClusterService {
             }
             identity.save(&self.node.data_dir).map_err(|e| Status::unknown(format!("saving membership: {e}")))?;
         }
-        Ok(Response::new(pb::MemberUpdateResponse {
-            header: Some(self.node.current_header()),
-            members: self.members(),
-        }))
+        Ok(Response::new(pb::MemberUpdateResponse { header: Some(self.header()), members: self.members() }))
     }
 
     async fn member_list(
@@ -108,7 +110,7 @@ impl Cluster for ClusterService {
         if request.get_ref().linearizable {
             self.node.read_barrier().await?;
         }
-        Ok(Response::new(pb::MemberListResponse { header: Some(self.node.current_header()), members: self.members() }))
+        Ok(Response::new(pb::MemberListResponse { header: Some(self.header()), members: self.members() }))
     }
 
     async fn member_promote(
