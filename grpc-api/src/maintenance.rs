@@ -158,6 +158,8 @@ impl Maintenance for MaintenanceService {
         let revision = request.into_inner().revision;
         let (hash, compact_revision, hash_revision) =
             node.store.hash_kv(node.group(), revision).map_err(|e| store_status(&e))?;
+        // etcd reports -1 until the first compaction.
+        let compact_revision = if compact_revision == 0 { -1 } else { compact_revision };
         Ok(Response::new(pb::HashKvResponse {
             header: Some(node.current_header()),
             hash,

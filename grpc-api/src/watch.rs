@@ -186,7 +186,8 @@ impl StreamState {
         if !response.events.is_empty() {
             self.recently_active.insert(watch_id);
         }
-        let header = self.node.header(response.revision);
+        // etcd's cancel for a compacted start revision carries header revision 0.
+        let header = self.node.header(if response.compact_revision != 0 { 0 } else { response.revision });
         let events: Vec<mvccpb::Event> = response.events.into_iter().map(crate::kv::event_to_pb).collect();
         if response.canceled || response.compact_revision != 0 {
             self.progress_notify.remove(&watch_id);
@@ -198,7 +199,6 @@ impl StreamState {
             created: response.created,
             canceled: response.canceled,
             compact_revision: response.compact_revision,
-            cancel_reason: if response.compact_revision != 0 { CANCEL_COMPACTED.to_string() } else { String::new() },
             ..Default::default()
         };
         if self.fragment.contains(&watch_id) {

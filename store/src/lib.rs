@@ -64,7 +64,6 @@
 //!   (no interval tree yet).
 //! - No prefix bloom filters yet (whole-key blooms on point lookups only); reads at old
 //!   revisions seek per key.
-//! - Range sort ties keep key order (etcd's unstable sort leaves ties unspecified).
 //! - `hash_kv` is crc32 over this store's own encoding: comparable between Plinth replicas,
 //!   not with etcd.
 
@@ -73,6 +72,7 @@ mod compact;
 mod config;
 mod engine;
 mod error;
+mod go_sort;
 mod key_codec;
 mod kv;
 mod lease;

@@ -7,7 +7,8 @@
 //! - Without sorting or filters, `limit + 1` keys are fetched to set `more`; with them, all
 //!   keys are fetched, filtered, sorted, then cut to `limit`.
 //! - Sort: `NONE` with target `KEY` and `ASCEND` with `KEY` both mean key order; `NONE` with
-//!   another target means ascending on it. Ties keep key order (stable sort).
+//!   another target means ascending on it. Ties come out in etcd's order (Go's unstable
+//!   `sort.Sort`, see `go_sort`).
 //! - `keys_only` clears values, keeps revisions.
 
 use std::cmp::Ordering;
@@ -15,6 +16,7 @@ use std::cmp::Ordering;
 use crate::command::{RangeRequest, SortOrder, SortTarget};
 use crate::engine::Reader;
 use crate::error::{Error, Result};
+use crate::go_sort::go_sort;
 use crate::kv::KeyValue;
 use crate::mvcc::{self, KeyRange};
 use crate::response::RangeResponse;
@@ -86,10 +88,12 @@ pub(crate) fn range(
                 SortTarget::Value => a.value.cmp(&b.value),
             }
         };
+        // Go's unstable sort, as etcd uses it (its `sort.Reverse` for DESCEND), so ties come
+        // out in etcd's order.
         if order == SortOrder::Descend {
-            kvs.sort_by(|a, b| by(b, a));
+            go_sort(&mut kvs, &|a: &KeyValue, b: &KeyValue| by(b, a) == Ordering::Less);
         } else {
-            kvs.sort_by(by);
+            go_sort(&mut kvs, &|a: &KeyValue, b: &KeyValue| by(a, b) == Ordering::Less);
         }
     }
     let mut more = false;

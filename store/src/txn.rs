@@ -52,7 +52,10 @@ pub(crate) fn apply_delete_range(w: &mut BatchWriter<'_>, d: &DeleteRangeRequest
 pub(crate) fn apply_txn(w: &mut BatchWriter<'_>, t: &TxnRequest) -> Result<TxnResponse> {
     let mut path = Vec::new();
     compare_to_path(w, t, &mut path)?;
-    check_txn(w, t, &path, &mut 0)?;
+    // etcd checks every put of the chosen path before any range, so when both would fail,
+    // the put's error (an unknown lease, say) is the one reported.
+    check_txn(w, t, &path, &mut 0, CheckPhase::Puts)?;
+    check_txn(w, t, &path, &mut 0, CheckPhase::Ranges)?;
     w.begin();
     let mut resp = execute_txn(w, t, &path, &mut 0)?;
     resp.revision = w.end();
@@ -167,11 +170,18 @@ fn branch<'t>(t: &'t TxnRequest, path: &[bool], pos: &mut usize) -> &'t [Request
     }
 }
 
-/// etcd `checkTxn`: checks the chosen ops against the pre-txn state.
-fn check_txn(w: &BatchWriter<'_>, t: &TxnRequest, path: &[bool], pos: &mut usize) -> Result<()> {
+/// Which ops one pass of [`check_txn`] checks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CheckPhase {
+    Puts,
+    Ranges,
+}
+
+/// etcd `checkRequests`: checks the chosen ops against the pre-txn state, one kind per pass.
+fn check_txn(w: &BatchWriter<'_>, t: &TxnRequest, path: &[bool], pos: &mut usize, phase: CheckPhase) -> Result<()> {
     for op in branch(t, path, pos) {
         match &op.request {
-            Some(Request::Range(r)) => {
+            Some(Request::Range(r)) if phase == CheckPhase::Ranges => {
                 let current = w.meta.current_revision;
                 if r.revision == 0 {
                     continue;
@@ -183,7 +193,7 @@ fn check_txn(w: &BatchWriter<'_>, t: &TxnRequest, path: &[bool], pos: &mut usize
                     return Err(Error::Compacted { requested: r.revision, compacted: w.meta.compact_revision });
                 }
             }
-            Some(Request::Put(p)) => {
+            Some(Request::Put(p)) if phase == CheckPhase::Puts => {
                 if (p.ignore_value || p.ignore_lease) && mvcc::get_current(&w.reader(), w.g, &p.key)?.is_none() {
                     return Err(Error::KeyNotFound);
                 }
@@ -191,8 +201,8 @@ fn check_txn(w: &BatchWriter<'_>, t: &TxnRequest, path: &[bool], pos: &mut usize
                     return Err(Error::LeaseNotFound(p.lease));
                 }
             }
-            Some(Request::DeleteRange(_)) => {}
-            Some(Request::Txn(nested)) => check_txn(w, nested, path, pos)?,
+            Some(Request::Range(_) | Request::Put(_) | Request::DeleteRange(_)) => {}
+            Some(Request::Txn(nested)) => check_txn(w, nested, path, pos, phase)?,
             None => return Err(Error::KeyNotFound),
         }
     }
@@ -217,9 +227,8 @@ fn execute_txn(w: &mut BatchWriter<'_>, t: &TxnRequest, path: &[bool], pos: &mut
             }
             Some(Request::DeleteRange(d)) => ResponseOp::DeleteRange(delete_range(w, d)?),
             Some(Request::Txn(nested)) => {
-                let mut resp = execute_txn(w, nested, path, pos)?;
-                resp.revision = w.read_revision();
-                ResponseOp::Txn(resp)
+                // etcd leaves a nested txn's header revision at 0.
+                ResponseOp::Txn(execute_txn(w, nested, path, pos)?)
             }
             None => return Err(after_checks("op", Error::KeyNotFound)),
         };

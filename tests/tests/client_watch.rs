@@ -112,10 +112,14 @@ async fn script(endpoint: String) -> String {
         w.watch("b/", Some(WatchOptions::new().with_prefix().with_start_revision(1).with_prev_key())).await
     );
     drain(&mut w, &mut log).await;
-    step!("watch a from future revision 100", w.watch("a", Some(WatchOptions::new().with_start_revision(100))).await);
-    drain(&mut w, &mut log).await;
-    step!("watch c from revision -1", w.watch("c", Some(WatchOptions::new().with_start_revision(-1))).await);
-    drain(&mut w, &mut log).await;
+    // Two cases are left out on purpose, where Plinth follows the newer etcd rules of the
+    // kube-apiserver contract (§3.10, §3.13) rather than 3.5.1: a negative start revision is
+    // refused (`watch_id -1`, canceled), and a stream holding a watcher with a future start
+    // revision gets no answer to RequestProgress. A future-start watcher therefore lives on
+    // its own stream here, where no progress is requested.
+    let mut w3 = c.watch("a", Some(WatchOptions::new().with_start_revision(100))).await.expect("stream 3");
+    let _ = writeln!(log, "third stream: watch a from future revision 100");
+    drain(&mut w3, &mut log).await;
     step!("put a=2", c.put("a", "2", None).await);
     step!("put b/2=2", c.put("b/2", "2", None).await);
     step!("delete a", c.delete("a", None).await);

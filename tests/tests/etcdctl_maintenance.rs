@@ -45,9 +45,8 @@ fn status_health_members_alarms_defrag_snapshot() {
         s.ctl(&["snapshot", "save", &snap]);
         let len = std::fs::metadata(&snap).map(|m| m.len()).unwrap_or(0);
         s.note(&format!("snapshot file exists and is non-empty: {}", len > 0));
-        // An etcd snapshot is a bbolt file that etcdutl can read.
-        let out = plinth_tests::ctl::etcdutl(&["snapshot", "status", &snap, "-w", "json"], s.server().scratch_dir());
-        s.record(&format!("etcdutl snapshot status {snap} -w json"), &out, true);
+        // Not compared: `etcdutl snapshot status`/`restore` read etcd's bbolt file format, and a
+        // Plinth snapshot holds its own (RocksDB-backed) format; restore goes through Plinth.
         s.ctl(&["endpoint", "status", "-w", "json"]);
     });
 }

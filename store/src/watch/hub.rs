@@ -267,7 +267,7 @@ impl Hub {
         let readable: Vec<_> = work.iter().filter(|(_, next, _)| *next >= compact && *next <= current).collect();
         let want_prev = readable.iter().any(|(_, _, p)| *p);
         let (events, upto) = match readable.iter().map(|(_, next, _)| *next).min() {
-            Some(from) => read_events(&reader, self.group, from, current, max_events, want_prev)?,
+            Some(from) => read_events(&reader, self.group, from, current, compact, max_events, want_prev)?,
             None => (Vec::new(), current),
         };
 
@@ -278,7 +278,7 @@ impl Hub {
         {
             // Under the hub lock no batch can be published meanwhile; events up to
             // `st.current` are already in RocksDB and above the compact revision.
-            Some(read_events(&Reader::latest(db), self.group, tail_from, st.current, usize::MAX, true)?.0)
+            Some(read_events(&Reader::latest(db), self.group, tail_from, st.current, st.compact, usize::MAX, true)?.0)
         } else if st.current < tail_from {
             Some(Vec::new())
         } else {
@@ -364,11 +364,17 @@ fn deliver(w: &mut Watcher, watch_id: i64, events: &[Event], through: Revision) 
 
 /// Reads the stored events of revisions `[from, to]`, at most about `max_events` (whole
 /// revisions). Returns them and the last revision fully read.
+///
+/// History at or below `compact` is what etcd's compaction leaves: the newest version ≤ R of
+/// each key but no tombstone and nothing older. So, as etcd after a compaction, a DELETE at
+/// the compact revision is not replayed, and an event whose previous version is below the
+/// compact revision carries no `prev_kv` — whether or not the background purge has run yet.
 fn read_events(
     r: &Reader<'_>,
     g: GroupId,
     from: Revision,
     to: Revision,
+    compact: Revision,
     max_events: usize,
     want_prev: bool,
 ) -> Result<(Vec<Event>, Revision)> {
@@ -386,7 +392,11 @@ fn read_events(
             break;
         }
         let stored = StoredEvent::decode(&v)?;
-        let prev_kv = if want_prev { mvcc::get_at(r, g, &stored.key, rev.main - 1)? } else { None };
+        if stored.kind == EventKind::Delete && rev.main <= compact {
+            continue;
+        }
+        let prev_kv =
+            if want_prev && rev.main - 1 >= compact { mvcc::get_at(r, g, &stored.key, rev.main - 1)? } else { None };
         let kv = match stored.kind {
             EventKind::Put => mvcc::get_version(r, g, &stored.key, rev)?.ok_or_else(|| {
                 Error::Corruption(format!("event at {rev:?} has no history entry for {:?}", stored.key))
