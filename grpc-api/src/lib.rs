@@ -36,6 +36,12 @@
 //! - Auth is not served: its RPCs answer `Unimplemented`. TLS flags are refused at start-up.
 //! - Only the default tenant (group 1) is served; tenant resolution is not wired in.
 //! - Read-only txns go through the log like write txns (correct, slower than needed).
+//! - Two watch cases follow the newer etcd rules of the kube-apiserver contract rather than
+//!   etcd 3.5.1: a negative start revision is refused (`watch_id -1`, canceled), and
+//!   `RequestProgress` is answered only when every watcher of the stream is synced and past
+//!   its start revision. Client-chosen watch ids (`watch_id != 0`) are refused.
+//! - `Maintenance.Snapshot` streams Plinth's own snapshot format (with etcd's trailing
+//!   SHA-256, so `etcdctl snapshot save` accepts it); etcd's bbolt tools cannot read it.
 
 pub mod cluster;
 pub mod config;
