@@ -238,6 +238,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve_router(listener: TcpListener, router: axum::Router) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Small gRPC responses must not wait for Nagle's algorithm (up to 40 ms per round trip
+    // with delayed ACKs): every accepted connection gets TCP_NODELAY, as grpc-go sets it.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            warn!(error = %e, "setting TCP_NODELAY failed");
+        }
+    });
     axum::serve(listener, router).await
 }
 
