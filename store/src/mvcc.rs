@@ -163,11 +163,22 @@ pub(crate) struct BatchWriter<'a> {
     pub events: Vec<Event>,
     /// Changes made by the command being applied (its next sub revision).
     changes: i64,
+    /// Whether the command being applied has deleted a key (see `event_prev`).
+    deleted_in_command: bool,
 }
 
 impl<'a> BatchWriter<'a> {
     pub fn new(db: &'a DB, g: GroupId, cfg: &'a StoreConfig, meta: ApplyMeta) -> BatchWriter<'a> {
-        BatchWriter { db, g, cfg, ws: WriteSet::default(), meta, events: Vec::new(), changes: 0 }
+        BatchWriter {
+            db,
+            g,
+            cfg,
+            ws: WriteSet::default(),
+            meta,
+            events: Vec::new(),
+            changes: 0,
+            deleted_in_command: false,
+        }
     }
 
     pub fn reader(&self) -> Reader<'_> {
@@ -177,6 +188,7 @@ impl<'a> BatchWriter<'a> {
     /// Starts a command: its writes will share revision `current + 1`.
     pub fn begin(&mut self) {
         self.changes = 0;
+        self.deleted_in_command = false;
     }
 
     /// Ends a command; bumps the current revision iff it changed something.
@@ -229,12 +241,26 @@ impl<'a> BatchWriter<'a> {
                 self.ws.put(Cf::Lease, kc::lease_key_entry(self.g, lease, key), Vec::new());
             }
         }
-        self.events.push(Event { kind: EventKind::Put, kv, prev_kv: prev.clone() });
+        let event_prev = self.event_prev(key, rev.main, &prev)?;
+        self.events.push(Event { kind: EventKind::Put, kv, prev_kv: event_prev });
         Ok(prev)
     }
 
-    /// Deletes the live `key`; returns its last version. The caller checked it is live.
-    fn delete_live(&mut self, prev: KeyValue) {
+    /// A watch event's `prev_kv` is the key as it was before the command (etcd reads it at
+    /// `mod_revision - 1`), not an earlier write of the same command: a txn may put a key and
+    /// then delete it through a range.
+    fn event_prev(&self, key: &[u8], main: Revision, prev: &Option<KeyValue>) -> Result<Option<KeyValue>> {
+        match prev {
+            // Written earlier in this command.
+            Some(p) if p.mod_revision == main => get_at(&self.reader(), self.g, key, main - 1),
+            // Maybe deleted earlier in this command: look at the state before it.
+            None if self.deleted_in_command => get_at(&self.reader(), self.g, key, main - 1),
+            _ => Ok(prev.clone()),
+        }
+    }
+
+    /// Deletes the live `key`. The caller checked it is live.
+    fn delete_live(&mut self, prev: KeyValue) -> Result<()> {
         let rev = self.next_rev();
         let key = prev.key.clone();
         self.ws.delete(Cf::Kv, kc::kv_key(self.g, &key));
@@ -243,8 +269,11 @@ impl<'a> BatchWriter<'a> {
         if prev.lease != 0 {
             self.ws.delete(Cf::Lease, kc::lease_key_entry(self.g, prev.lease, &key));
         }
+        let event_prev = self.event_prev(&key, rev.main, &Some(prev))?;
+        self.deleted_in_command = true;
         let tombstone = KeyValue { key, mod_revision: rev.main, ..Default::default() };
-        self.events.push(Event { kind: EventKind::Delete, kv: tombstone, prev_kv: Some(prev) });
+        self.events.push(Event { kind: EventKind::Delete, kv: tombstone, prev_kv: event_prev });
+        Ok(())
     }
 
     /// Deletes every live key in `range`; returns their last versions in key order.
@@ -255,7 +284,7 @@ impl<'a> BatchWriter<'a> {
             Ok(true)
         })?;
         for prev in &live {
-            self.delete_live(prev.clone());
+            self.delete_live(prev.clone())?;
         }
         Ok(live)
     }

@@ -221,3 +221,41 @@ fn quota_refuses_puts_and_allows_deletes() {
     let del = DeleteRangeRequest { key: b("b"), ..Default::default() };
     n.exec(CommandBody::DeleteRange(del)).unwrap();
 }
+
+/// A watch event's prev_kv is the key before the whole command (etcd reads it at
+/// `mod_revision - 1`), also when the command wrote the key twice: a txn that puts `z` and
+/// then deletes it through a `"\0"`-ended range, and one that deletes then re-puts it.
+#[test]
+fn event_prev_kv_is_the_state_before_the_command() {
+    let mut n = Node::new();
+    n.put("z", "before");
+    let w = n.store.watch_stream(n.g);
+    w.watch(store::WatchSpec { key: b("z"), prev_kv: true, ..Default::default() });
+    let put = |k: &str, v: &str| RequestOp::put(PutRequest { key: b(k), value: b(v), ..Default::default() });
+    let del_from =
+        |k: &str| RequestOp::delete_range(DeleteRangeRequest { key: b(k), range_end: b("\0"), prev_kv: true });
+    let first = txn(&mut n, vec![], vec![put("z", "inside"), del_from("y")], vec![]).unwrap();
+    match &first.responses[1] {
+        ResponseOp::DeleteRange(d) => assert_eq!(d.prev_kvs[0].value, b("inside"), "responses see earlier ops"),
+        other => panic!("unexpected {other:?}"),
+    }
+    n.put("z", "again");
+    let second = txn(&mut n, vec![], vec![del_from("y"), put("z", "reborn")], vec![]).unwrap();
+    let got = common::recv_until(&w, std::time::Duration::from_secs(5), |e| e.revision == second.revision);
+    let events: Vec<(store::EventKind, Option<Bytes>)> = got
+        .iter()
+        .flat_map(|r| r.events.iter())
+        .map(|e| (e.kind, e.prev_kv.as_ref().map(|p| p.value.clone())))
+        .collect();
+    use store::EventKind::{Delete, Put};
+    assert_eq!(
+        events,
+        vec![
+            (Put, Some(b("before"))),
+            (Delete, Some(b("before"))),
+            (Put, None),
+            (Delete, Some(b("again"))),
+            (Put, Some(b("again"))),
+        ]
+    );
+}
