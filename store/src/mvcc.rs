@@ -163,22 +163,11 @@ pub(crate) struct BatchWriter<'a> {
     pub events: Vec<Event>,
     /// Changes made by the command being applied (its next sub revision).
     changes: i64,
-    /// Whether the command being applied has deleted a key (see `event_prev`).
-    deleted_in_command: bool,
 }
 
 impl<'a> BatchWriter<'a> {
     pub fn new(db: &'a DB, g: GroupId, cfg: &'a StoreConfig, meta: ApplyMeta) -> BatchWriter<'a> {
-        BatchWriter {
-            db,
-            g,
-            cfg,
-            ws: WriteSet::default(),
-            meta,
-            events: Vec::new(),
-            changes: 0,
-            deleted_in_command: false,
-        }
+        BatchWriter { db, g, cfg, ws: WriteSet::default(), meta, events: Vec::new(), changes: 0 }
     }
 
     pub fn reader(&self) -> Reader<'_> {
@@ -188,7 +177,6 @@ impl<'a> BatchWriter<'a> {
     /// Starts a command: its writes will share revision `current + 1`.
     pub fn begin(&mut self) {
         self.changes = 0;
-        self.deleted_in_command = false;
     }
 
     /// Ends a command; bumps the current revision iff it changed something.
@@ -241,22 +229,11 @@ impl<'a> BatchWriter<'a> {
                 self.ws.put(Cf::Lease, kc::lease_key_entry(self.g, lease, key), Vec::new());
             }
         }
-        let event_prev = self.event_prev(key, rev.main, &prev)?;
-        self.events.push(Event { kind: EventKind::Put, kv, prev_kv: event_prev });
+        // A create (no live previous version, even if this command deleted one) carries no
+        // prev_kv, as etcd's watch gives none to create events; otherwise the previous version
+        // predates this command, since a command puts a key at most once.
+        self.events.push(Event { kind: EventKind::Put, kv, prev_kv: prev.clone() });
         Ok(prev)
-    }
-
-    /// A watch event's `prev_kv` is the key as it was before the command (etcd reads it at
-    /// `mod_revision - 1`), not an earlier write of the same command: a txn may put a key and
-    /// then delete it through a range.
-    fn event_prev(&self, key: &[u8], main: Revision, prev: &Option<KeyValue>) -> Result<Option<KeyValue>> {
-        match prev {
-            // Written earlier in this command.
-            Some(p) if p.mod_revision == main => get_at(&self.reader(), self.g, key, main - 1),
-            // Maybe deleted earlier in this command: look at the state before it.
-            None if self.deleted_in_command => get_at(&self.reader(), self.g, key, main - 1),
-            _ => Ok(prev.clone()),
-        }
     }
 
     /// Deletes the live `key`. The caller checked it is live.
@@ -269,8 +246,14 @@ impl<'a> BatchWriter<'a> {
         if prev.lease != 0 {
             self.ws.delete(Cf::Lease, kc::lease_key_entry(self.g, prev.lease, &key));
         }
-        let event_prev = self.event_prev(&key, rev.main, &Some(prev))?;
-        self.deleted_in_command = true;
+        // A watch event's prev_kv is the key before the command (etcd reads it at
+        // `mod_revision - 1`), not a write earlier in the same command: a txn may put a key
+        // and then delete it through a range.
+        let event_prev = if prev.mod_revision == rev.main {
+            get_at(&self.reader(), self.g, &key, rev.main - 1)?
+        } else {
+            Some(prev)
+        };
         let tombstone = KeyValue { key, mod_revision: rev.main, ..Default::default() };
         self.events.push(Event { kind: EventKind::Delete, kv: tombstone, prev_kv: event_prev });
         Ok(())

@@ -395,13 +395,18 @@ fn read_events(
         if stored.kind == EventKind::Delete && rev.main <= compact {
             continue;
         }
-        let prev_kv =
-            if want_prev && rev.main - 1 >= compact { mvcc::get_at(r, g, &stored.key, rev.main - 1)? } else { None };
         let kv = match stored.kind {
             EventKind::Put => mvcc::get_version(r, g, &stored.key, rev)?.ok_or_else(|| {
                 Error::Corruption(format!("event at {rev:?} has no history entry for {:?}", stored.key))
             })?,
             EventKind::Delete => KeyValue { key: stored.key.clone(), mod_revision: rev.main, ..Default::default() },
+        };
+        // etcd gives no prev_kv to create events (`create_revision == mod_revision`).
+        let is_create = stored.kind == EventKind::Put && kv.create_revision == kv.mod_revision;
+        let prev_kv = if want_prev && !is_create && rev.main - 1 >= compact {
+            mvcc::get_at(r, g, &stored.key, rev.main - 1)?
+        } else {
+            None
         };
         out.push(Event { kind: stored.kind, kv, prev_kv });
     }
