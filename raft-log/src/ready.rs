@@ -169,7 +169,10 @@ impl Loop {
             }
             if let Some(hs) = rd.hs() {
                 batch.set_hard_state(group, hs);
-                must_wait = true;
+                // A HardState whose only change is the commit index need not be durable
+                // before anything else happens (raft-rs's `must_sync`): Raft recovers the
+                // commit index after a crash. Term and vote changes must be.
+                must_wait |= rd.must_sync();
             }
             let msgs = rd.take_messages();
             // 1. Messages of a leader may go out before its own entries are durable (the
@@ -190,7 +193,7 @@ impl Loop {
                 panic!("raft-log driver cannot persist a Ready: {e}");
             }
         } else if !batch.is_empty() {
-            if let Err(e) = self.wal.submit(batch) {
+            if let Err(e) = self.wal.submit_unsynced(batch) {
                 tracing::warn!(error = %e, "could not queue commit index update");
             }
         }

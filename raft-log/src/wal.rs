@@ -203,6 +203,7 @@ impl Wal {
             segment_bytes_max: config.segment_bytes_max,
             batch_bytes_max: config.batch_bytes_max,
             carry: None,
+            unsynced: false,
         };
         let handle = std::thread::Builder::new().name("raft-log-writer".into()).spawn(move || writer.run())?;
         Ok(Wal { shared, tx: Some(tx), writer: Some(handle), config, _lock: lock })
@@ -224,20 +225,31 @@ impl Wal {
         self.tx.as_ref().expect("invariant: sender lives until drop")
     }
 
-    fn send(&self, batch: WriteBatch, done: Completion) -> Result<()> {
+    fn send(&self, batch: WriteBatch, done: Completion, sync: bool) -> Result<()> {
         Self::check_size(&batch)?;
         if batch.is_empty() {
             done.complete(Ok(()));
             return Ok(());
         }
-        self.sender().send(Submission { batch, done }).map_err(|_| Error::Stopped)
+        self.sender().send(Submission { batch, done, sync }).map_err(|_| Error::Stopped)
     }
 
     /// Queues `batch`, blocking while the queue is full. The ticket completes once the
     /// batch is durable and readable.
     pub fn submit(&self, batch: WriteBatch) -> Result<Ticket> {
         let (done, ticket) = Completion::ticket();
-        self.send(batch, done)?;
+        self.send(batch, done, true)?;
+        Ok(ticket)
+    }
+
+    /// Queues `batch` without asking for an fdatasync: it is written in queue order and becomes
+    /// durable with the next synced batch, or is lost (with everything after it) if the
+    /// process crashes first. Only for records whose loss is harmless, such as a HardState
+    /// whose only change is the commit index (Raft recovers it). The ticket completes once the
+    /// batch is written and readable.
+    pub fn submit_unsynced(&self, batch: WriteBatch) -> Result<Ticket> {
+        let (done, ticket) = Completion::ticket();
+        self.send(batch, done, false)?;
         Ok(ticket)
     }
 
@@ -249,7 +261,7 @@ impl Wal {
             done.complete(Ok(()));
             return Ok(ticket);
         }
-        match self.sender().try_send(Submission { batch, done }) {
+        match self.sender().try_send(Submission { batch, done, sync: true }) {
             Ok(()) => Ok(ticket),
             Err(TrySendError::Full(_)) => Err(Error::Busy),
             Err(TrySendError::Disconnected(_)) => Err(Error::Stopped),
@@ -264,7 +276,7 @@ impl Wal {
         callback: impl FnOnce(Result<()>) + Send + 'static,
     ) -> Result<()> {
         let cb: Callback = Box::new(callback);
-        self.send(batch, Completion::callback(cb))
+        self.send(batch, Completion::callback(cb), true)
     }
 
     /// Submits `batch` and waits until it is durable.

@@ -147,6 +147,9 @@ impl Drop for Completion {
 pub(crate) struct Submission {
     pub batch: WriteBatch,
     pub done: Completion,
+    /// Whether the submission needs an fdatasync before it completes. Unsynced ones are
+    /// written in queue order and become durable with the next synced frame.
+    pub sync: bool,
 }
 
 /// Writes the checkpoint frame at the head of new segment `seq`, makes it durable and
@@ -224,6 +227,8 @@ pub(crate) struct Writer {
     pub batch_bytes_max: usize,
     /// A submission received but left for the next frame because it would overflow this one.
     pub carry: Option<Submission>,
+    /// Whether the active segment holds written frames not yet fdatasync'ed.
+    pub unsynced: bool,
 }
 
 impl Writer {
@@ -316,15 +321,15 @@ impl Writer {
             );
         }
         // Durability: ONE fdatasync for every submission in the frame, before any of them
-        // is acknowledged or becomes visible to readers through the index.
-        if let Err(e) = self.active.sync_data() {
-            panic!(
-                "WAL fdatasync of segment {} failed: {e}; the page cache state is unknown, stopping",
-                self.active_seq
-            );
+        // is acknowledged or becomes visible to readers through the index. A frame of only
+        // unsynced submissions skips it; the next synced frame covers it (fdatasync flushes
+        // every earlier write of the file).
+        if subs.iter().any(|s| s.sync) {
+            self.sync_active();
+        } else {
+            self.unsynced = true;
         }
         let c = &self.shared.counters;
-        c.fsyncs.fetch_add(1, Ordering::Relaxed);
         c.frames_written.fetch_add(1, Ordering::Relaxed);
         c.bytes_written.fetch_add(frame.len() as u64, Ordering::Relaxed);
         self.active_len += frame.len() as u64;
@@ -347,7 +352,23 @@ impl Writer {
         }
     }
 
+    fn sync_active(&mut self) {
+        if let Err(e) = self.active.sync_data() {
+            panic!(
+                "WAL fdatasync of segment {} failed: {e}; the page cache state is unknown, stopping",
+                self.active_seq
+            );
+        }
+        self.shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.unsynced = false;
+    }
+
     fn rotate(&mut self) {
+        // Recovery tolerates a torn tail only in the last segment: an older one must be whole,
+        // so unsynced frames are made durable before a newer segment exists.
+        if self.unsynced {
+            self.sync_active();
+        }
         let seq = self.active_seq + 1;
         let (file, len) =
             start_segment(&self.shared, seq).unwrap_or_else(|e| panic!("WAL rotation to segment {seq} failed: {e}"));
