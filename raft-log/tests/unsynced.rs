@@ -1,6 +1,9 @@
 //! Unsynced submissions: written in order, no fdatasync of their own, durable with the next
 //! synced batch, and never leaving an older segment with an unsynced tail.
 
+// Protobuf messages read best built field by field.
+#![allow(clippy::field_reassign_with_default)]
+
 mod common;
 
 use common::{entry, open_small};
