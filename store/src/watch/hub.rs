@@ -403,7 +403,7 @@ fn read_events(
         };
         // etcd gives no prev_kv to create events (`create_revision == mod_revision`).
         let is_create = stored.kind == EventKind::Put && kv.create_revision == kv.mod_revision;
-        let prev_kv = if want_prev && !is_create && rev.main - 1 >= compact {
+        let prev_kv = if want_prev && !is_create && rev.main > compact {
             mvcc::get_at(r, g, &stored.key, rev.main - 1)?
         } else {
             None
