@@ -37,9 +37,12 @@ const LEASE_EXPIRY_TICK: Duration = Duration::from_millis(250);
 pub fn init_logging(level: &str) -> anyhow::Result<()> {
     let filter =
         tracing_subscriber::EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("--log-level {level:?}: {e}"))?;
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: log files and collectors get plain lines.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init()
         .map_err(|e| anyhow::anyhow!("logging: {e}"))
