@@ -31,6 +31,11 @@ pub fn router(node: Arc<Node>) -> Router {
 /// The checks of `/readyz`, in etcd's order; `/livez` runs only `serializable_read`.
 const READY_CHECKS: [&str; 4] = ["data_corruption", "serializable_read", "linearizable_read", "non_learner"];
 
+/// The names in `?exclude=a,b`.
+fn excluded(params: &HashMap<String, String>) -> Vec<&str> {
+    params.get("exclude").map(|e| e.split(',').collect()).unwrap_or_default()
+}
+
 async fn run_check(node: &Node, check: &str) -> Result<(), String> {
     match check {
         "data_corruption" => {
@@ -48,7 +53,7 @@ async fn run_check(node: &Node, check: &str) -> Result<(), String> {
 }
 
 async fn probe(node: &Node, checks: &[&str], params: &HashMap<String, String>) -> (StatusCode, String) {
-    let excluded: Vec<&str> = params.get("exclude").map(|e| e.split(',').collect()).unwrap_or_default();
+    let excluded = excluded(params);
     let verbose = params.contains_key("verbose");
     let mut body = String::new();
     let mut failed = false;
@@ -110,7 +115,7 @@ async fn readyz_one(
 
 async fn health(State(node): State<Arc<Node>>, Query(params): Query<HashMap<String, String>>) -> Response {
     let serializable = params.get("serializable").is_some_and(|v| v == "true");
-    let excluded: Vec<&str> = params.get("exclude").map(|e| e.split(',').collect()).unwrap_or_default();
+    let excluded = excluded(&params);
     let reason = health_failure(&node, serializable, &excluded).await;
     let (status, body) = match reason {
         None => {

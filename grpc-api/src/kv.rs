@@ -16,7 +16,6 @@ use crate::pb::mvccpb;
 /// The KV service.
 pub struct KvService {
     pub node: Arc<Node>,
-    pub max_txn_ops: usize,
 }
 
 #[tonic::async_trait]
@@ -38,7 +37,7 @@ impl Kv for KvService {
             return Err(EtcdError::NoSpace.status());
         }
         let body = store::CommandBody::Put(put_from_pb(request.into_inner()));
-        match self.propose_checked(body).await? {
+        match self.node.propose(body).await? {
             store::CommandResponse::Put(resp) => Ok(Response::new(put_to_pb(node, resp))),
             other => Err(unexpected(&other)),
         }
@@ -50,7 +49,7 @@ impl Kv for KvService {
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let node = &self.node;
         let body = store::CommandBody::DeleteRange(delete_from_pb(request.into_inner()));
-        match self.propose_checked(body).await? {
+        match self.node.propose(body).await? {
             store::CommandResponse::DeleteRange(resp) => Ok(Response::new(delete_to_pb(node, resp))),
             other => Err(unexpected(&other)),
         }
@@ -62,7 +61,7 @@ impl Kv for KvService {
         if node.alarms.nospace() && txn_has_put(&txn) {
             return Err(EtcdError::NoSpace.status());
         }
-        match self.propose_checked(store::CommandBody::Txn(txn)).await? {
+        match self.node.propose(store::CommandBody::Txn(txn)).await? {
             store::CommandResponse::Txn(resp) => Ok(Response::new(txn_to_pb(node, resp))),
             other => Err(unexpected(&other)),
         }
@@ -76,7 +75,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         let body =
             store::CommandBody::Compact(store::CompactRequest { revision: req.revision, physical: req.physical });
-        match self.propose_checked(body).await? {
+        match self.node.propose(body).await? {
             store::CommandResponse::Compact(resp) => {
                 if req.physical {
                     // etcd answers a physical compaction only once history is removed.
@@ -96,17 +95,6 @@ impl Kv for KvService {
             }
             other => Err(unexpected(&other)),
         }
-    }
-}
-
-impl KvService {
-    /// Runs the store's stateless checks (etcd's request validation) before proposing, so a
-    /// bad request never takes a log entry.
-    async fn propose_checked(&self, body: store::CommandBody) -> Result<store::CommandResponse, Status> {
-        let command = store::Command::new(0, body);
-        store::validate(&command, self.node.store.config()).map_err(|e| store_status(&e))?;
-        let body = command.body.expect("constructed with a body");
-        self.node.propose(body).await
     }
 }
 

@@ -199,13 +199,13 @@ impl Node {
         Ok(())
     }
 
-    /// Proposes a command and waits until this member has applied it.
+    /// Proposes a command and waits until this member has applied it. The store's stateless
+    /// checks (etcd's request validation: size, txn op count, duplicate keys, ...) run first,
+    /// so a bad request never takes a log entry; apply repeats them on every replica.
     pub async fn propose(&self, body: store::CommandBody) -> Result<store::CommandResponse, Status> {
         let command = store::Command { request_id: 0, body: Some(body) };
+        self.store.validate(&command).map_err(|e| crate::error::store_status(&e))?;
         let encoded_len = command.encoded_len();
-        if encoded_len > self.cfg.max_request_bytes {
-            return Err(EtcdError::RequestTooLarge.status());
-        }
         let id = request_id(self.member_id(), self.next_request_id.fetch_add(1, Ordering::Relaxed));
         let mut data = BytesMut::with_capacity(REQUEST_ID_BYTES + encoded_len);
         data.put_u64(id);

@@ -101,6 +101,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store_cfg = store::StoreConfig {
         quota_bytes_per_group: quota_bytes,
         max_txn_ops: args.max_txn_ops,
+        max_request_bytes: args.max_request_bytes,
         ..store::StoreConfig::default()
     };
     let store = store::Store::open(&data_dir.join("store"), store_cfg)?;
@@ -167,7 +168,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(
-        KvServer::new(crate::kv::KvService { node: node.clone(), max_txn_ops: args.max_txn_ops })
+        KvServer::new(crate::kv::KvService { node: node.clone() })
             .max_decoding_message_size(args.max_request_bytes + GRPC_OVERHEAD_BYTES)
             .max_encoding_message_size(usize::MAX),
     )

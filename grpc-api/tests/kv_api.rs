@@ -379,3 +379,13 @@ async fn nospace_quota_raises_the_alarm() {
     // Deletes are still accepted.
     c.delete("k", Some(DeleteOptions::new().with_prefix())).await.unwrap();
 }
+
+#[tokio::test]
+async fn max_request_bytes_flag_sets_the_limit() {
+    let server = Server::start(&["--max-request-bytes", "2097152"]);
+    let mut c = server.client().await;
+    // Above etcd's default of 1.5 MiB, below the configured 2 MiB.
+    c.put("big", vec![b'x'; 1800 * 1024], None).await.unwrap();
+    let err = status(c.put("bigger", vec![b'x'; 2 * 1024 * 1024 + 1], None).await.unwrap_err());
+    assert_eq!(err.message(), "etcdserver: request is too large");
+}
