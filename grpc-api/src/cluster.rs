@@ -1,14 +1,18 @@
-//! `Cluster`: membership as clients see it. `MemberList` reports the members fixed at
-//! bootstrap (`--initial-cluster`), with the client URLs each has announced in its peer
-//! `Hello`; `MemberUpdate` changes peer URLs in this member's list only. Adding, removing and
-//! promoting members needs replicated conf changes, which this build does not run yet; they
-//! are refused with etcd's errors or an explicit message.
+//! `Cluster`: membership as clients see it. Every change is a Raft conf change whose context
+//! carries the member (see `member::ConfContext`); the member list is rebuilt from those
+//! changes on every member as they apply, and answers come once this member has applied the
+//! change. Checks follow etcd's (with `--strict-reconfig-check`, its default), with its
+//! errors: URLs in use, at most one learner, a learner is promoted only once in sync with the
+//! leader (by the leader), and a voter is added or removed only while the cluster keeps a
+//! quorum of started and connected voters.
 
 use std::sync::Arc;
 
+use raft::eraftpb::ConfChangeType;
 use tonic::{Request, Response, Status};
 
 use crate::error::EtcdError;
+use crate::member::{new_member_id, normalize_urls, Member};
 use crate::node::Node;
 use crate::pb::etcdserverpb::{self as pb, cluster_server::Cluster};
 
@@ -17,21 +21,19 @@ pub struct ClusterService {
     pub node: Arc<Node>,
 }
 
+fn to_pb(m: &Member) -> pb::Member {
+    pb::Member {
+        id: m.id,
+        name: m.name.clone(),
+        peer_ur_ls: m.peer_urls.clone(),
+        client_ur_ls: m.client_urls.clone(),
+        is_learner: m.is_learner,
+    }
+}
+
 impl ClusterService {
     fn members(&self) -> Vec<pb::Member> {
-        self.node
-            .identity
-            .read()
-            .members
-            .iter()
-            .map(|m| pb::Member {
-                id: m.id,
-                name: m.name.clone(),
-                peer_ur_ls: m.peer_urls.clone(),
-                client_ur_ls: m.client_urls.clone(),
-                is_learner: m.is_learner,
-            })
-            .collect()
+        self.node.identity.read().members.iter().map(to_pb).collect()
     }
 
     /// etcd's Cluster responses carry no revision in their header.
@@ -39,12 +41,61 @@ impl ClusterService {
         self.node.header(0)
     }
 
-    fn check_member(&self, id: u64) -> Result<(), Status> {
-        if self.node.identity.read().members.iter().any(|m| m.id == id) {
-            Ok(())
-        } else {
-            Err(EtcdError::MemberNotFound.status())
+    fn member(&self, id: u64) -> Result<Member, Status> {
+        self.node.identity.read().members.iter().find(|m| m.id == id).cloned().ok_or_else(|| {
+            EtcdError::MemberNotFound.status()
+        })
+    }
+
+    fn check_urls(urls: &[String]) -> Result<(), Status> {
+        if urls.is_empty() || urls.iter().any(|u| crate::config::url_host_port(u).is_err()) {
+            return Err(EtcdError::MemberBadUrls.status());
         }
+        Ok(())
+    }
+
+    /// etcd's strict reconfiguration check before adding a voter: enough voters have
+    /// started (published a name) for a quorum of the larger cluster, except when a single
+    /// member takes its second; and every voter is connected now.
+    fn check_add_voter(&self) -> Result<(), Status> {
+        let identity = self.node.identity.read();
+        let voters: Vec<&Member> = identity.members.iter().filter(|m| !m.is_learner).collect();
+        let members = voters.len() + 1;
+        let started = voters.iter().filter(|m| !m.name.is_empty()).count();
+        if !(started == 1 && members == 2) && started < members / 2 + 1 {
+            return Err(EtcdError::NotEnoughStartedMembers.status());
+        }
+        let connected = self.node.transport.connected_members();
+        if voters.iter().any(|m| !connected.contains(&m.id)) {
+            return Err(EtcdError::Unhealthy.status());
+        }
+        Ok(())
+    }
+
+    /// etcd's strict reconfiguration check before removing voter `id`: the remaining voters
+    /// that have started make a quorum, and unless `id` is already unreachable, the voters
+    /// connected now still make a quorum without it.
+    fn check_remove_voter(&self, id: u64) -> Result<(), Status> {
+        let identity = self.node.identity.read();
+        let voters: Vec<&Member> = identity.members.iter().filter(|m| !m.is_learner).collect();
+        let remaining: Vec<&&Member> = voters.iter().filter(|m| m.id != id).collect();
+        let started = remaining.iter().filter(|m| !m.name.is_empty()).count();
+        if remaining.is_empty() || started < remaining.len() / 2 + 1 {
+            return Err(EtcdError::NotEnoughStartedMembers.status());
+        }
+        let connected = self.node.transport.connected_members();
+        if id != identity.member_id && !connected.contains(&id) {
+            return Ok(());
+        }
+        let active = voters.iter().filter(|m| connected.contains(&m.id)).count();
+        if active < 2 + (voters.len() - 1) / 2 {
+            return Err(EtcdError::Unhealthy.status());
+        }
+        Ok(())
+    }
+
+    fn members_pb(members: &[Member]) -> Vec<pb::Member> {
+        members.iter().map(to_pb).collect()
     }
 }
 
@@ -54,53 +105,82 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        self.node.check_not_learner()?;
         let req = request.into_inner();
-        if req.peer_ur_ls.is_empty() || req.peer_ur_ls.iter().any(|u| crate::config::url_host_port(u).is_err()) {
-            return Err(EtcdError::MemberBadUrls.status());
-        }
-        let existing =
-            self.node.identity.read().members.iter().any(|m| m.peer_urls.iter().any(|u| req.peer_ur_ls.contains(u)));
-        if existing {
+        Self::check_urls(&req.peer_ur_ls)?;
+        let wanted = normalize_urls(&req.peer_ur_ls);
+        let (cluster_id, in_use) = {
+            let identity = self.node.identity.read();
+            let in_use = identity
+                .members
+                .iter()
+                .any(|m| normalize_urls(&m.peer_urls).iter().any(|u| wanted.contains(u)));
+            (identity.cluster_id, in_use)
+        };
+        if in_use {
             return Err(EtcdError::PeerUrlExist.status());
         }
-        Err(Status::failed_precondition(
-            "etcdserver: member add is not supported by this server yet (membership is fixed at bootstrap)",
-        ))
+        if req.is_learner {
+            if self.node.learner_count() >= self.node.learners_max() {
+                return Err(EtcdError::TooManyLearners.status());
+            }
+        } else {
+            self.check_add_voter()?;
+        }
+        let member = Member {
+            id: new_member_id(cluster_id, &req.peer_ur_ls, std::time::SystemTime::now()),
+            name: String::new(),
+            peer_urls: req.peer_ur_ls.clone(),
+            client_urls: Vec::new(),
+            is_learner: req.is_learner,
+        };
+        let change = if req.is_learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
+        let members = self.node.propose_conf_change(change, member.clone()).await?;
+        Ok(Response::new(pb::MemberAddResponse {
+            header: Some(self.header()),
+            member: Some(to_pb(&member)),
+            members: Self::members_pb(&members),
+        }))
     }
 
     async fn member_remove(
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        self.check_member(request.into_inner().id)?;
-        if self.node.identity.read().members.len() == 1 {
-            // Removing the only member would leave no quorum; etcd refuses it the same way.
-            return Err(Status::failed_precondition(
-                "etcdserver: re-configuration failed due to not enough started members",
-            ));
+        self.node.check_not_learner()?;
+        let member = self.member(request.into_inner().id)?;
+        if !member.is_learner {
+            self.check_remove_voter(member.id)?;
         }
-        Err(Status::failed_precondition(
-            "etcdserver: member remove is not supported by this server yet (membership is fixed at bootstrap)",
-        ))
+        let members = self.node.propose_conf_change(ConfChangeType::RemoveNode, member).await?;
+        Ok(Response::new(pb::MemberRemoveResponse { header: Some(self.header()), members: Self::members_pb(&members) }))
     }
 
     async fn member_update(
         &self,
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        self.node.check_not_learner()?;
         let req = request.into_inner();
-        self.check_member(req.id)?;
-        if req.peer_ur_ls.is_empty() || req.peer_ur_ls.iter().any(|u| crate::config::url_host_port(u).is_err()) {
-            return Err(EtcdError::MemberBadUrls.status());
+        let mut member = self.member(req.id)?;
+        Self::check_urls(&req.peer_ur_ls)?;
+        let wanted = normalize_urls(&req.peer_ur_ls);
+        let in_use = self
+            .node
+            .identity
+            .read()
+            .members
+            .iter()
+            .filter(|m| m.id != req.id)
+            .any(|m| normalize_urls(&m.peer_urls).iter().any(|u| wanted.contains(u)));
+        if in_use {
+            return Err(EtcdError::PeerUrlExist.status());
         }
-        {
-            let mut identity = self.node.identity.write();
-            for member in identity.members.iter_mut().filter(|m| m.id == req.id) {
-                member.peer_urls = req.peer_ur_ls.clone();
-            }
-            identity.save(&self.node.data_dir).map_err(|e| Status::unknown(format!("saving membership: {e}")))?;
-        }
-        Ok(Response::new(pb::MemberUpdateResponse { header: Some(self.header()), members: self.members() }))
+        member.peer_urls = req.peer_ur_ls;
+        // Raft sees a no-op (the member keeps its role); the context carries the new URLs.
+        let change = if member.is_learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
+        let members = self.node.propose_conf_change(change, member).await?;
+        Ok(Response::new(pb::MemberUpdateResponse { header: Some(self.header()), members: Self::members_pb(&members) }))
     }
 
     async fn member_list(
@@ -118,8 +198,10 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         let id = request.into_inner().id;
-        self.check_member(id)?;
-        // Learners are not served yet: every member is a voter.
-        Err(EtcdError::MemberNotLearner.status())
+        let members = self.node.promote_on_leader(id).await?;
+        Ok(Response::new(pb::MemberPromoteResponse {
+            header: Some(self.header()),
+            members: Self::members_pb(&members),
+        }))
     }
 }

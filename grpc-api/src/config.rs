@@ -85,6 +85,13 @@ pub struct ServeArgs {
     /// Accepted for compatibility; Plinth purges its log after the store flushes.
     #[arg(long)]
     pub snapshot_count: Option<u64>,
+    /// Entries kept in the Raft log below the durably applied index, so a slow follower
+    /// catches up from the log rather than a snapshot (etcd's flag of the same name).
+    #[arg(long, default_value_t = 5000)]
+    pub experimental_snapshot_catchup_entries: u64,
+    /// How often the store is flushed and the log purged below it, in milliseconds.
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    pub experimental_log_purge_interval_ms: u64,
     /// Accepted for compatibility.
     #[arg(long)]
     pub feature_gates: Option<String>,

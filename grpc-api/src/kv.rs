@@ -25,6 +25,8 @@ impl Kv for KvService {
         let req = range_from_pb(request.into_inner());
         store::check_range(&req).map_err(|e| store_status(&e))?;
         if !req.serializable {
+            // A learner serves serializable ranges only, as etcd's.
+            node.check_not_learner()?;
             node.read_barrier().await?;
         }
         let resp = node.store.range(node.group(), &req).map_err(|e| store_status(&e))?;

@@ -95,13 +95,14 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.node.check_leader(&request)?;
         let node = self.node.clone();
         let mut requests = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(KEEPALIVE_BUFFER);
         tokio::spawn(async move {
             while let Some(next) = requests.next().await {
                 let Ok(req) = next else { break };
-                let reply = keep_alive_once(&node, req.id);
+                let reply = keep_alive_once(&node, req.id).await;
                 if tx.send(reply).await.is_err() {
                     break;
                 }
@@ -133,7 +134,10 @@ impl Lease for LeaseService {
         Ok(Response::new(pb::LeaseTimeToLiveResponse {
             header: Some(node.current_header()),
             id: req.id,
-            ttl: node.lessor.remaining_seconds(req.id).unwrap_or(lease.ttl),
+            ttl: match node.lease_on_leader(req.id, false).await? {
+                -1 => lease.ttl,
+                left => left,
+            },
             granted_ttl: lease.ttl,
             keys,
         }))
@@ -156,11 +160,9 @@ impl Lease for LeaseService {
     }
 }
 
-/// One keep-alive: renews the lease on the leader; an unknown lease answers TTL 0, as etcd.
-fn keep_alive_once(node: &Node, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
-    if node.leader() != node.member_id() {
-        return Err(EtcdError::NotLeader.status());
-    }
-    let ttl = node.lessor.keep_alive(id).unwrap_or(0);
+/// One keep-alive: renews the lease on the leader (forwarded there from a follower); an
+/// unknown lease answers TTL 0, as etcd.
+async fn keep_alive_once(node: &Node, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
+    let ttl = node.lease_on_leader(id, true).await?;
     Ok(pb::LeaseKeepAliveResponse { header: Some(node.current_header()), id, ttl })
 }

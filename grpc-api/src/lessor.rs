@@ -89,6 +89,17 @@ impl Lessor {
         Some(left.as_secs_f64().ceil() as i64)
     }
 
+    /// Replaces every timer with `leases` (id, TTL), each given a full TTL from now: after a
+    /// snapshot replaced the store's leases.
+    pub fn reset(&self, leases: impl IntoIterator<Item = (i64, i64)>) {
+        let mut state = self.state.lock();
+        state.timers.clear();
+        state.revoking.clear();
+        for (id, ttl_seconds) in leases {
+            state.timers.insert(id, Timer { ttl_seconds, expiry: deadline(ttl_seconds) });
+        }
+    }
+
     /// Gives every lease a full TTL from now: called when this member becomes leader.
     pub fn on_leader_change(&self) {
         let mut state = self.state.lock();

@@ -26,6 +26,51 @@ pub struct Identity {
     pub cluster_id: u64,
     pub member_id: u64,
     pub members: Vec<Member>,
+    /// This member joined a running cluster (`--initial-cluster-state existing`): its Raft
+    /// group starts empty and is brought up to date by the leader.
+    #[serde(default)]
+    pub joined: bool,
+    /// Members removed from the cluster; their peer connections are refused with
+    /// [`REMOVED_MESSAGE`] so that a removed member that comes back stops.
+    #[serde(default)]
+    pub removed: Vec<u64>,
+}
+
+/// What a member removed from the cluster is told when it tries to talk to the others.
+pub const REMOVED_MESSAGE: &str = "the member has been permanently removed from the cluster";
+
+/// The context of every membership conf change: who asked (the request id its waiter is
+/// kept under, 0 for the bootstrap) and the member as it is after the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfContext {
+    pub request_id: u64,
+    pub member: Member,
+}
+
+impl ConfContext {
+    /// The bytes carried in the Raft conf change.
+    pub fn encode(&self) -> bytes::Bytes {
+        serde_json::to_vec(self).expect("a ConfContext always serializes").into()
+    }
+
+    /// Decodes a conf change context; `None` for bytes that are not one.
+    pub fn decode(bytes: &[u8]) -> Option<ConfContext> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// The id of a member added at run time: the cluster, its peer URLs and the time of the
+/// request, as etcd derives one, so re-adding the same URLs later gives a new id.
+pub fn new_member_id(cluster_id: u64, peer_urls: &[String], now: std::time::SystemTime) -> u64 {
+    let nanos = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    id_hash(&[&cluster_id.to_string(), &peer_urls.join(","), &nanos.to_string()])
+}
+
+/// Peer URLs compared the way they are configured: without a trailing slash, sorted.
+pub fn normalize_urls(urls: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = urls.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
+    v.sort();
+    v
 }
 
 impl Identity {
@@ -67,18 +112,15 @@ impl Identity {
                     client_urls,
                     is_learner: false,
                 }],
+                joined: false,
+                removed: Vec::new(),
             }
         } else {
             let (_, own_urls) = cluster.iter().find(|(n, _)| n == name).ok_or_else(|| {
                 anyhow::anyhow!("--initial-cluster has no member named {name:?} (this member's --name)")
             })?;
-            let normalize = |urls: &[String]| {
-                let mut v: Vec<String> = urls.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
-                v.sort();
-                v
-            };
             anyhow::ensure!(
-                normalize(own_urls) == normalize(&peer_urls),
+                normalize_urls(own_urls) == normalize_urls(&peer_urls),
                 "--initial-cluster gives {name} the peer URLs {own_urls:?}, but --initial-advertise-peer-urls \
                  is {peer_urls:?}"
             );
@@ -100,13 +142,79 @@ impl Identity {
                 cluster_id: cluster_id(cluster_token, &ids),
                 member_id: member_id(cluster_token, own_urls),
                 members,
+                joined: false,
+                removed: Vec::new(),
             }
         };
         identity.save(data_dir)?;
         Ok((identity, true))
     }
 
-    /// Ids of the members that vote (every member: learners are not served yet).
+    /// The identity of a member joining a running cluster, from the member list one of its
+    /// members returned: this member is the one whose peer URLs are `peer_urls` (added
+    /// before with `member add`).
+    pub fn joining(
+        data_dir: &Path,
+        cluster_id: u64,
+        members: Vec<Member>,
+        name: &str,
+        peer_urls: &[String],
+        client_urls: Vec<String>,
+    ) -> anyhow::Result<Identity> {
+        let own = normalize_urls(peer_urls);
+        let me = members.iter().find(|m| normalize_urls(&m.peer_urls) == own).ok_or_else(|| {
+            anyhow::anyhow!(
+                "the cluster has no member with peer URLs {peer_urls:?}; add this member first \
+                 (etcdctl member add {name} --peer-urls=...)"
+            )
+        })?;
+        let member_id = me.id;
+        let mut members = members;
+        for m in members.iter_mut().filter(|m| m.id == member_id) {
+            m.name = name.to_string();
+            m.client_urls = client_urls.clone();
+        }
+        let identity = Identity { cluster_id, member_id, members, joined: true, removed: Vec::new() };
+        identity.save(data_dir)?;
+        Ok(identity)
+    }
+
+    /// This member's entry, if it is still in the list.
+    pub fn me(&self) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == self.member_id)
+    }
+
+    /// Whether this member is a learner.
+    pub fn is_learner(&self) -> bool {
+        self.me().is_some_and(|m| m.is_learner)
+    }
+
+    /// Applies a membership change: `member` added, updated or promoted (`removed` false),
+    /// or removed. Idempotent, as conf changes may be replayed after a restart.
+    pub fn apply_change(&mut self, member: &Member, removed: bool) {
+        if removed {
+            self.members.retain(|m| m.id != member.id);
+            if !self.removed.contains(&member.id) {
+                self.removed.push(member.id);
+            }
+            return;
+        }
+        match self.members.iter_mut().find(|m| m.id == member.id) {
+            Some(m) => {
+                m.peer_urls = member.peer_urls.clone();
+                m.is_learner = member.is_learner;
+                if !member.name.is_empty() {
+                    m.name = member.name.clone();
+                }
+                if !member.client_urls.is_empty() {
+                    m.client_urls = member.client_urls.clone();
+                }
+            }
+            None => self.members.push(member.clone()),
+        }
+    }
+
+    /// Ids of the members that vote.
     pub fn voter_ids(&self) -> Vec<u64> {
         self.members.iter().filter(|m| !m.is_learner).map(|m| m.id).collect()
     }

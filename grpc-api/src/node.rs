@@ -18,7 +18,7 @@ use tokio::sync::{oneshot, watch};
 use tonic::Status;
 
 use crate::error::{raft_status, store_error, EtcdError};
-use crate::member::Identity;
+use crate::member::{ConfContext, Identity, Member};
 use crate::metrics::Metrics;
 use crate::pb::etcdserverpb as pb;
 
@@ -47,6 +47,8 @@ pub struct NodeConfig {
     pub progress_notify_interval: Duration,
     /// Quota of the default tenant in bytes, as `Status.dbSizeQuota` reports it.
     pub quota_bytes: u64,
+    /// Raft's election timeout: streams that require a leader end after 3 without one.
+    pub election_timeout: Duration,
 }
 
 /// Bits of a request id below the member prefix (etcd's idutil layout: 16 bits of the
@@ -100,10 +102,31 @@ impl Waiters {
     }
 }
 
+/// Membership changes in flight, by request id; answered with the member list once applied.
+#[derive(Default)]
+pub struct ConfWaiters {
+    map: Mutex<HashMap<u64, oneshot::Sender<Vec<Member>>>>,
+}
+
+/// Most membership changes waiting at once (Raft runs one at a time anyway).
+const CONF_WAITERS_MAX: usize = 64;
+
+/// The share of the leader's matched index a learner must have reached to be promoted
+/// (etcd's `readyPercent`).
+const LEARNER_READY_PERCENT: f64 = 0.9;
+
+/// Most learners in a cluster (etcd's default `--max-learners`).
+const LEARNERS_MAX: usize = 1;
+
 /// One member: every service holds an `Arc<Node>`.
 pub struct Node {
     pub cfg: NodeConfig,
-    pub identity: RwLock<Identity>,
+    /// Shared with the applier, which changes it as membership changes apply.
+    pub identity: Arc<RwLock<Identity>>,
+    pub transport: Arc<crate::peer::PeerTransport>,
+    pub conf_waiters: Arc<ConfWaiters>,
+    /// Set once this member has been removed from the cluster: it stops serving.
+    pub removed: Arc<watch::Sender<bool>>,
     pub data_dir: std::path::PathBuf,
     pub store: store::Store,
     pub raft: raft_log::DriverHandle,
@@ -120,7 +143,10 @@ impl Node {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: NodeConfig,
-        identity: Identity,
+        identity: Arc<RwLock<Identity>>,
+        transport: Arc<crate::peer::PeerTransport>,
+        conf_waiters: Arc<ConfWaiters>,
+        removed: Arc<watch::Sender<bool>>,
         data_dir: std::path::PathBuf,
         store: store::Store,
         raft: raft_log::DriverHandle,
@@ -129,10 +155,13 @@ impl Node {
         lessor: Arc<crate::lessor::Lessor>,
         metrics: Arc<Metrics>,
     ) -> Node {
-        let start = first_request_id(identity.member_id, std::time::SystemTime::now());
+        let start = first_request_id(identity.read().member_id, std::time::SystemTime::now());
         Node {
             cfg,
-            identity: RwLock::new(identity),
+            identity,
+            transport,
+            conf_waiters,
+            removed,
             data_dir,
             store,
             raft,
@@ -191,18 +220,20 @@ impl Node {
     }
 
     /// Rejects a request carrying `hasleader: true` while there is no leader, as etcd does.
-    pub fn check_leader<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
+    /// Returns whether the request requires a leader.
+    pub fn check_leader<T>(&self, request: &tonic::Request<T>) -> Result<bool, Status> {
         let requires = request.metadata().get("hasleader").and_then(|v| v.to_str().ok()).is_some_and(|v| v == "true");
         if requires && self.leader() == 0 {
             return Err(EtcdError::NoLeader.status());
         }
-        Ok(())
+        Ok(requires)
     }
 
     /// Proposes a command and waits until this member has applied it. The store's stateless
     /// checks (etcd's request validation: size, txn op count, duplicate keys, ...) run first,
     /// so a bad request never takes a log entry; apply repeats them on every replica.
     pub async fn propose(&self, body: store::CommandBody) -> Result<store::CommandResponse, Status> {
+        self.check_not_learner()?;
         let command = store::Command { request_id: 0, body: Some(body) };
         self.store.validate(&command).map_err(|e| crate::error::store_status(&e))?;
         let encoded_len = command.encoded_len();
@@ -235,6 +266,181 @@ impl Node {
                 Err(EtcdError::Timeout.status())
             }
         }
+    }
+
+    /// Whether this member leads the default group now.
+    pub fn is_leader(&self) -> bool {
+        self.raft_status().is_some_and(|s| s.is_leader)
+    }
+
+    /// Asks the leader about lease `id`: renews it (`renew`) or reads its seconds left. On the
+    /// leader this is local; a follower forwards it over the peer connection, as etcd does.
+    pub async fn lease_on_leader(&self, id: i64, renew: bool) -> Result<i64, Status> {
+        self.check_not_learner()?;
+        let leader = self.leader();
+        if leader == 0 {
+            return Err(EtcdError::NoLeader.status());
+        }
+        if leader == self.member_id() {
+            return Ok(if renew {
+                self.lessor.keep_alive(id).unwrap_or(0)
+            } else {
+                self.lessor.remaining_seconds(id).unwrap_or(-1)
+            });
+        }
+        let mut client = self.transport.client(self, leader).await?;
+        let request = crate::peer::pb::LeaseRequest { id };
+        let call = async {
+            if renew {
+                client.lease_renew(request).await
+            } else {
+                client.lease_remaining(request).await
+            }
+        };
+        match tokio::time::timeout(self.cfg.request_timeout, call).await {
+            Ok(Ok(r)) => Ok(r.into_inner().ttl),
+            Ok(Err(s)) => {
+                self.transport.drop_client(leader).await;
+                if s.message() == EtcdError::NotLeader.message() {
+                    return Err(EtcdError::LeaderChanged.status());
+                }
+                Err(EtcdError::Timeout.status())
+            }
+            Err(_) => {
+                self.transport.drop_client(leader).await;
+                Err(EtcdError::Timeout.status())
+            }
+        }
+    }
+
+    /// Whether this member is a learner (it serves only serializable reads and Status).
+    pub fn is_learner(&self) -> bool {
+        self.identity.read().is_learner()
+    }
+
+    /// Refuses what a learner does not serve, with etcd's error.
+    pub fn check_not_learner(&self) -> Result<(), Status> {
+        if self.is_learner() {
+            return Err(EtcdError::NotSupportedForLearner.status());
+        }
+        Ok(())
+    }
+
+    /// This member was removed from the cluster: it stops serving (see `serve`).
+    pub fn mark_removed(&self) {
+        self.removed.send_replace(true);
+    }
+
+    /// Takes the member list that came with a snapshot, keeping this member's own entry.
+    pub fn adopt_members(&self, members: Vec<Member>) {
+        let mut identity = self.identity.write();
+        let me = identity.member_id;
+        let mut members = members;
+        if let Some(own) = identity.me().cloned() {
+            for m in members.iter_mut().filter(|m| m.id == me) {
+                if m.name.is_empty() {
+                    m.name = own.name.clone();
+                }
+                if m.client_urls.is_empty() {
+                    m.client_urls = own.client_urls.clone();
+                }
+            }
+        }
+        for m in &members {
+            self.transport.add_peer(m.id);
+        }
+        let gone: Vec<u64> =
+            identity.members.iter().filter(|m| !members.iter().any(|n| n.id == m.id)).map(|m| m.id).collect();
+        for id in gone {
+            self.transport.remove_peer(id);
+        }
+        identity.members = members;
+        if let Err(e) = identity.save(&self.data_dir) {
+            tracing::warn!(error = %e, "could not save the member list");
+        }
+    }
+
+    /// Proposes a membership change and waits until this member has applied it; returns the
+    /// member list after it.
+    pub async fn propose_conf_change(
+        &self,
+        change_type: raft::eraftpb::ConfChangeType,
+        member: Member,
+    ) -> Result<Vec<Member>, Status> {
+        let id = request_id(self.member_id(), self.next_request_id.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut map = self.conf_waiters.map.lock();
+            if map.len() >= CONF_WAITERS_MAX {
+                return Err(EtcdError::TooManyRequests.status());
+            }
+            map.insert(id, tx);
+        }
+        let change = raft::eraftpb::ConfChange {
+            change_type,
+            node_id: member.id,
+            context: ConfContext { request_id: id, member }.encode(),
+            ..Default::default()
+        };
+        if let Err(e) = self.raft.propose_conf_change(self.raft_group(), change) {
+            self.conf_waiters.map.lock().remove(&id);
+            return Err(driver_status(&e));
+        }
+        match tokio::time::timeout(self.cfg.request_timeout, rx).await {
+            Ok(Ok(members)) => Ok(members),
+            Ok(Err(_)) => Err(EtcdError::Stopped.status()),
+            Err(_) => {
+                self.conf_waiters.map.lock().remove(&id);
+                Err(EtcdError::Timeout.status())
+            }
+        }
+    }
+
+    /// Promotes learner `id`. On the leader, after checking that the learner has caught up
+    /// (etcd's `isLearnerReady`); elsewhere the request is forwarded to the leader.
+    pub async fn promote_on_leader(&self, id: u64) -> Result<Vec<Member>, Status> {
+        let status = self.raft_status().ok_or_else(|| EtcdError::NoLeader.status())?;
+        if status.leader.0 == 0 {
+            return Err(EtcdError::NoLeader.status());
+        }
+        let member = self.identity.read().members.iter().find(|m| m.id == id).cloned();
+        let Some(mut member) = member else {
+            return Err(EtcdError::MemberNotFound.status());
+        };
+        if !member.is_learner {
+            return Err(EtcdError::MemberNotLearner.status());
+        }
+        if !status.is_leader {
+            let leader = status.leader.0;
+            let mut client = self.transport.client(self, leader).await?;
+            let forwarded = client.promote(crate::peer::pb::PromoteRequest { member_id: id }).await;
+            return match forwarded {
+                Ok(r) => serde_json::from_slice(&r.into_inner().members).map_err(|e| Status::internal(e.to_string())),
+                Err(s) => {
+                    if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown {
+                        self.transport.drop_client(leader).await;
+                    }
+                    Err(s)
+                }
+            };
+        }
+        let leader_match = status.last_index.0 as f64;
+        let learner_match = status.progress.iter().find(|(n, _)| n.0 == id).map_or(0, |(_, m)| m.0) as f64;
+        if learner_match < leader_match * LEARNER_READY_PERCENT {
+            return Err(EtcdError::LearnerNotReady.status());
+        }
+        member.is_learner = false;
+        self.propose_conf_change(raft::eraftpb::ConfChangeType::AddNode, member).await
+    }
+
+    /// Members that are learners now.
+    pub fn learner_count(&self) -> usize {
+        self.identity.read().members.iter().filter(|m| m.is_learner).count()
+    }
+
+    /// The most learners a cluster may have.
+    pub fn learners_max(&self) -> usize {
+        LEARNERS_MAX
     }
 
     /// Waits for a linearizable read point: the leader confirms the commit index (ReadIndex),
@@ -310,6 +516,11 @@ pub struct Applier {
     pub applied: watch::Sender<u64>,
     pub lessor: Arc<crate::lessor::Lessor>,
     pub metrics: Arc<Metrics>,
+    pub identity: Arc<RwLock<Identity>>,
+    pub data_dir: std::path::PathBuf,
+    pub transport: Arc<crate::peer::PeerTransport>,
+    pub conf_waiters: Arc<ConfWaiters>,
+    pub removed: Arc<watch::Sender<bool>>,
 }
 
 impl raft_log::StateMachine for Applier {
@@ -341,6 +552,61 @@ impl raft_log::StateMachine for Applier {
         }
         self.metrics.proposals_committed.inc_by(entries.len() as u64);
         self.applied.send_replace(last);
+    }
+
+    fn on_conf_change(
+        &mut self,
+        _group: raft_log::GroupId,
+        index: raft_log::LogIndex,
+        change: &raft::eraftpb::ConfChange,
+        _state: &raft::eraftpb::ConfState,
+    ) {
+        use raft::eraftpb::ConfChangeType;
+        let Some(ctx) = ConfContext::decode(&change.context) else {
+            tracing::warn!(index = index.0, "a membership change without a member; only Raft's view changed");
+            return;
+        };
+        let removed = change.get_change_type() == ConfChangeType::RemoveNode;
+        let mut member = ctx.member;
+        member.is_learner = change.get_change_type() == ConfChangeType::AddLearnerNode;
+        let (me, members) = {
+            let mut identity = self.identity.write();
+            identity.apply_change(&member, removed);
+            if let Err(e) = identity.save(&self.data_dir) {
+                // The change is in the log and replays on restart if the store had not
+                // applied past it; the member list is rebuilt then.
+                tracing::warn!(error = %e, "could not save the member list");
+            }
+            (identity.member_id, identity.members.clone())
+        };
+        tracing::info!(
+            member = format_args!("{:x}", member.id),
+            name = %member.name,
+            removed,
+            learner = member.is_learner,
+            "membership changed"
+        );
+        if member.id == me {
+            if removed {
+                self.removed.send_replace(true);
+            }
+        } else if removed {
+            self.transport.remove_peer(member.id);
+        } else {
+            self.transport.add_peer(member.id);
+        }
+        if let Some(tx) = self.conf_waiters.map.lock().remove(&ctx.request_id) {
+            let _ = tx.send(members);
+        }
+    }
+
+    fn on_snapshot(&mut self, group: raft_log::GroupId, index: raft_log::LogIndex) {
+        // The store was replaced by the snapshot: lease deadlines restart from its leases.
+        match self.store.leases(store::GroupId(group.0)) {
+            Ok(leases) => self.lessor.reset(leases.into_iter().map(|l| (l.id, l.ttl))),
+            Err(e) => tracing::warn!(error = %e, "cannot read leases after a snapshot"),
+        }
+        self.applied.send_replace(index.0);
     }
 
     fn on_leader_change(&mut self, _group: raft_log::GroupId, leader: raft_log::NodeId, _term: raft_log::Term) {

@@ -19,25 +19,35 @@
 //! Raft messages travel as opaque bytes encoded by rust-protobuf (raft-rs 0.7's own codec);
 //! only peer input is ever decoded with it.
 //!
+//! Snapshots travel on their own stream (`Peer.Snapshot`): when the leader's Raft asks for a
+//! snapshot, raft-log calls [`SnapshotSource::pin`] on the driver thread, which pins a RocksDB
+//! snapshot of the group at its applied index. The `MsgSnapshot` message then goes to
+//! `Transport::send`, which hands it to a snapshot task instead of the message queue: the task
+//! streams the message, the member list and the pinned store chunks to the follower, and
+//! reports the outcome to Raft (`report_snapshot`). The follower installs the store data
+//! first, then steps the message into its driver, so Raft only learns of the snapshot once
+//! the state machine holds it.
+//!
+//! The peer set follows membership: the applier adds and removes peers as conf changes apply.
+//!
 //! CAVEATS:
 //! - Plain HTTP/2 only (no peer TLS), and no authentication beyond the cluster id check.
-//! - Snapshots are not transferred (raft-log has no state-machine snapshots yet): a member
-//!   that falls behind the purged log cannot catch up.
-//! - The peer set is fixed at start-up (membership changes are not served yet).
+//! - The follower installs a snapshot from memory (the store builds one batch of the group).
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use protobuf::Message as _;
-use raft_log::raft::eraftpb::Message;
+use raft_log::raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use crate::member::{Member, REMOVED_MESSAGE};
 use crate::node::Node;
 
 /// Generated types and stubs of `proto/peer.proto`.
@@ -71,42 +81,184 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Metadata key carrying the sender's cluster id on the Raft stream.
 pub const CLUSTER_ID_METADATA: &str = "plinth-cluster-id";
+/// Store chunks buffered between the reader and the snapshot stream.
+const SNAPSHOT_CHUNKS_BUFFERED: usize = 2;
+/// Longest a snapshot transfer may take before the leader gives up and retries.
+const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(600);
+/// Largest snapshot a follower accepts, in bytes of chunks (it installs from memory).
+pub const SNAPSHOT_BYTES_MAX: usize = 8 << 30;
 
 type Queued = (raft_log::GroupId, Message);
 
-/// The `raft_log::Transport` of a replicated member: one bounded queue and one task per peer.
+/// A pinned store snapshot waiting for its transfer.
+struct Pinned {
+    token: u64,
+    reader: store::SnapshotReader,
+}
+
+/// The `raft_log::Transport` of a member: one bounded queue and one task per peer, snapshot
+/// transfers beside them, and the member's side of `SnapshotSource`.
 pub struct PeerTransport {
-    queues: HashMap<u64, mpsc::Sender<Queued>>,
-    /// Receivers waiting for `start`, which hands each to its peer task.
+    me: u64,
+    store: store::Store,
+    queues: RwLock<HashMap<u64, mpsc::Sender<Queued>>>,
+    /// Receivers of peers added before `start`, which hands each to its peer task.
     pending: Mutex<Vec<(u64, mpsc::Receiver<Queued>)>>,
+    /// Set by `start`: the member and the runtime its tasks run on.
+    node: OnceLock<Weak<Node>>,
+    runtime: OnceLock<tokio::runtime::Handle>,
+    /// When each peer's stream was last seen connected (absent: not connected).
+    connected: Mutex<HashMap<u64, Instant>>,
+    /// One pinned snapshot per (group, follower) at most; a newer pin replaces it.
+    pinned: Mutex<HashMap<(u64, u64), Pinned>>,
+    next_token: std::sync::atomic::AtomicU64,
+    /// Lazily connected clients, for requests forwarded to the leader.
+    clients: tokio::sync::Mutex<HashMap<u64, Client>>,
 }
 
 impl PeerTransport {
-    /// A transport to every member in `peers` (this member excluded by the caller). Messages
-    /// sent before `start` wait in the queues.
-    pub fn new(peers: &[u64]) -> Arc<PeerTransport> {
-        let mut queues = HashMap::new();
-        let mut pending = Vec::new();
+    /// A transport to every member in `peers` (this member, `me`, excluded by the caller).
+    /// Messages sent before `start` wait in the queues.
+    pub fn new(me: u64, store: store::Store, peers: &[u64]) -> Arc<PeerTransport> {
+        let t = Arc::new(PeerTransport {
+            me,
+            store,
+            queues: RwLock::new(HashMap::new()),
+            pending: Mutex::new(Vec::new()),
+            node: OnceLock::new(),
+            runtime: OnceLock::new(),
+            connected: Mutex::new(HashMap::new()),
+            pinned: Mutex::new(HashMap::new()),
+            next_token: std::sync::atomic::AtomicU64::new(1),
+            clients: tokio::sync::Mutex::new(HashMap::new()),
+        });
         for &id in peers {
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_MSGS_MAX);
-            queues.insert(id, tx);
-            pending.push((id, rx));
+            t.add_peer(id);
         }
-        Arc::new(PeerTransport { queues, pending: Mutex::new(pending) })
+        t
     }
 
     /// Spawns the peer tasks on the current tokio runtime.
-    pub fn start(&self, node: Arc<Node>) {
+    pub fn start(&self, node: &Arc<Node>) {
+        let _ = self.node.set(Arc::downgrade(node));
+        let _ = self.runtime.set(tokio::runtime::Handle::current());
         for (id, rx) in self.pending.lock().drain(..) {
             tokio::spawn(run_peer(node.clone(), id, rx));
         }
+    }
+
+    /// Starts talking to a new member (idempotent).
+    pub fn add_peer(&self, id: u64) {
+        if id == self.me || self.queues.read().contains_key(&id) {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_MSGS_MAX);
+        self.queues.write().insert(id, tx);
+        match (self.node.get().and_then(Weak::upgrade), self.runtime.get()) {
+            (Some(node), Some(rt)) => {
+                rt.spawn(run_peer(node, id, rx));
+            }
+            _ => self.pending.lock().push((id, rx)),
+        }
+    }
+
+    /// Stops talking to a removed member: its task ends when its queue closes.
+    pub fn remove_peer(&self, id: u64) {
+        self.queues.write().remove(&id);
+        self.connected.lock().remove(&id);
+        self.pinned.lock().retain(|(_, to), _| *to != id);
+    }
+
+    /// Members whose stream is connected now, this member included (etcd's "started").
+    pub fn connected_members(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.connected.lock().keys().copied().collect();
+        v.push(self.me);
+        v
+    }
+
+    fn set_connected(&self, peer: u64, up: bool) {
+        let mut c = self.connected.lock();
+        if up {
+            c.entry(peer).or_insert_with(Instant::now);
+        } else {
+            c.remove(&peer);
+        }
+    }
+
+    fn take_pinned(&self, group: u64, to: u64, token: u64) -> Option<store::SnapshotReader> {
+        let mut pinned = self.pinned.lock();
+        match pinned.get(&(group, to)) {
+            Some(p) if p.token == token => pinned.remove(&(group, to)).map(|p| p.reader),
+            _ => None,
+        }
+    }
+
+    /// A client for `peer`, connected once and reused (requests forwarded to the leader).
+    pub async fn client(&self, node: &Node, peer: u64) -> Result<Client, Status> {
+        let mut clients = self.clients.lock().await;
+        if let Some(c) = clients.get(&peer) {
+            return Ok(c.clone());
+        }
+        let c = connect(node, peer).await.map_err(|e| {
+            debug!(peer = format_args!("{peer:x}"), error = %e, "cannot reach the leader");
+            crate::error::EtcdError::Timeout.status()
+        })?;
+        clients.insert(peer, c.clone());
+        Ok(c)
+    }
+
+    /// Forgets a forwarding client after a failed request, so the next one reconnects.
+    pub async fn drop_client(&self, peer: u64) {
+        self.clients.lock().await.remove(&peer);
+    }
+
+    fn send_snapshot(&self, group: raft_log::GroupId, msg: Message) {
+        let (Some(node), Some(rt)) = (self.node.get().and_then(Weak::upgrade), self.runtime.get()) else {
+            return;
+        };
+        let to = msg.to;
+        rt.spawn(async move {
+            let outcome = tokio::time::timeout(SNAPSHOT_SEND_TIMEOUT, stream_snapshot(&node, group, msg)).await;
+            let ok = match outcome {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    warn!(peer = format_args!("{to:x}"), error = %e, "snapshot transfer failed");
+                    false
+                }
+                Err(_) => {
+                    warn!(peer = format_args!("{to:x}"), "snapshot transfer timed out");
+                    false
+                }
+            };
+            if let Err(e) = node.raft.report_snapshot(group, raft_log::NodeId(to), ok) {
+                debug!(error = %e, "snapshot outcome not reported; raft retries");
+            }
+        });
+    }
+}
+
+impl raft_log::SnapshotSource for PeerTransport {
+    fn pin(&self, group: raft_log::GroupId, to: raft_log::NodeId) -> raft_log::Result<(raft_log::LogIndex, Vec<u8>)> {
+        let reader = self
+            .store
+            .snapshot(store::GroupId(group.0))
+            .map_err(|e| raft_log::Error::Raft(format!("pinning a store snapshot: {e}")))?;
+        let applied = reader.applied_index();
+        let token = self.next_token.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.pinned.lock().insert((group.0, to.0), Pinned { token, reader });
+        Ok((raft_log::LogIndex(applied), token.to_le_bytes().to_vec()))
     }
 }
 
 impl raft_log::Transport for PeerTransport {
     fn send(&self, group: raft_log::GroupId, msgs: Vec<Message>) {
+        let queues = self.queues.read();
         for m in msgs {
-            match self.queues.get(&m.to) {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.send_snapshot(group, m);
+                continue;
+            }
+            match queues.get(&m.to) {
                 Some(q) => {
                     if let Err(e) = q.try_send((group, m)) {
                         // Dropping is safe: Raft resends what was not acknowledged.
@@ -117,6 +269,46 @@ impl raft_log::Transport for PeerTransport {
             }
         }
     }
+}
+
+/// Streams the snapshot pinned for `msg` to its follower.
+async fn stream_snapshot(node: &Arc<Node>, group: raft_log::GroupId, msg: Message) -> anyhow::Result<()> {
+    let to = msg.to;
+    let token = <[u8; 8]>::try_from(&msg.get_snapshot().data[..]).map(u64::from_le_bytes).unwrap_or(0);
+    let reader = node
+        .transport
+        .take_pinned(group.0, to, token)
+        .ok_or_else(|| anyhow::anyhow!("no pinned snapshot for member {to:x}"))?;
+    info!(
+        peer = format_args!("{to:x}"),
+        index = msg.get_snapshot().get_metadata().index,
+        "sending a snapshot"
+    );
+    let mut client = connect(node, to).await?;
+    let members = serde_json::to_vec(&node.identity.read().members)?;
+    let message = Bytes::from(msg.write_to_bytes()?);
+    let (tx, rx) = mpsc::channel::<pb::SnapshotChunk>(SNAPSHOT_CHUNKS_BUFFERED);
+    // RocksDB reads block: the chunks are produced on a blocking thread.
+    let producer = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut first = Some((message, Bytes::from(members)));
+        for chunk in reader {
+            let data = Bytes::from(chunk?);
+            let (message, members) = first.take().unwrap_or_default();
+            if tx.blocking_send(pb::SnapshotChunk { group: group.0, message, members, data }).is_err() {
+                anyhow::bail!("the snapshot stream closed");
+            }
+        }
+        Ok(())
+    });
+    let mut request = Request::new(ReceiverStream::new(rx));
+    let cluster_id = node.identity.read().cluster_id;
+    request
+        .metadata_mut()
+        .insert(CLUSTER_ID_METADATA, cluster_id.to_string().parse().expect("digits are valid metadata"));
+    let sent = client.snapshot(request).await;
+    let produced = producer.await?;
+    sent.map_err(|s| anyhow::anyhow!("follower refused the snapshot: {}", s.message()))?;
+    produced
 }
 
 /// Why a connection ended.
@@ -137,10 +329,19 @@ async fn run_peer(node: Arc<Node>, peer: u64, mut queue: mpsc::Receiver<Queued>)
                 info!(peer = format_args!("{peer:x}"), "connected to peer");
                 backoff = RECONNECT_BACKOFF_MIN;
                 was_connected = true;
-                if let Ended::Closed = stream(&node, &mut client, &mut queue).await {
+                node.transport.set_connected(peer, true);
+                let ended = stream(&node, &mut client, &mut queue).await;
+                node.transport.set_connected(peer, false);
+                if let Ended::Closed = ended {
                     return;
                 }
                 warn!(peer = format_args!("{peer:x}"), "lost the stream to peer; reconnecting");
+            }
+            Err(e) if e.to_string().contains(REMOVED_MESSAGE) => {
+                // The others no longer know this member: it stops, as etcd's does.
+                warn!(peer = format_args!("{peer:x}"), "{REMOVED_MESSAGE}");
+                node.mark_removed();
+                return;
             }
             Err(e) => {
                 if was_connected {
@@ -164,7 +365,8 @@ async fn run_peer(node: Arc<Node>, peer: u64, mut queue: mpsc::Receiver<Queued>)
     }
 }
 
-type Client = pb::peer_client::PeerClient<tonic::transport::Channel>;
+/// A client of one peer's `Peer` service.
+pub type Client = pb::peer_client::PeerClient<tonic::transport::Channel>;
 
 /// Connects to one of `peer`'s URLs and says hello.
 async fn connect(node: &Node, peer: u64) -> anyhow::Result<Client> {
@@ -346,9 +548,117 @@ impl pb::peer_server::Peer for PeerService {
             )));
         }
         if !known {
+            if self.node.identity.read().removed.contains(&req.member_id) {
+                return Err(Status::failed_precondition(REMOVED_MESSAGE));
+            }
             return Err(Status::failed_precondition(format!("member {:x} is not in the member list", req.member_id)));
         }
         record_client_urls(&self.node, req.member_id, req.client_urls);
         Ok(Response::new(pb::HelloResponse { cluster_id, member_id, client_urls }))
     }
+
+    async fn snapshot(&self, request: Request<Streaming<pb::SnapshotChunk>>) -> Result<Response<pb::Empty>, Status> {
+        self.check_cluster(&request)?;
+        let node = &self.node;
+        let mut chunks = request.into_inner();
+        let mut first: Option<(u64, Message, Vec<Member>)> = None;
+        let mut data = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(chunk) = chunks.message().await? {
+            if first.is_none() {
+                let msg = Message::parse_from_bytes(&chunk.message)
+                    .map_err(|e| Status::invalid_argument(format!("snapshot message: {e}")))?;
+                if msg.get_msg_type() != MessageType::MsgSnapshot || msg.to != node.member_id() {
+                    return Err(Status::invalid_argument("not a snapshot for this member"));
+                }
+                let members: Vec<Member> = serde_json::from_slice(&chunk.members)
+                    .map_err(|e| Status::invalid_argument(format!("snapshot member list: {e}")))?;
+                first = Some((chunk.group, msg, members));
+            }
+            bytes += chunk.data.len();
+            if bytes > SNAPSHOT_BYTES_MAX {
+                return Err(Status::resource_exhausted("snapshot larger than this member accepts"));
+            }
+            data.push(chunk.data.to_vec());
+        }
+        let Some((group, msg, members)) = first else {
+            return Err(Status::invalid_argument("empty snapshot stream"));
+        };
+        let index = msg.get_snapshot().get_metadata().index;
+        let applied = node.store.applied_index(store::GroupId(group));
+        if index > applied {
+            // Ordering: the store holds the snapshot before Raft hears of it, so entries Raft
+            // applies after the snapshot land on top of its state. An entry the store already
+            // holds is skipped by its applied index if Raft delivers it again.
+            let store = node.store.clone();
+            let installed = tokio::task::spawn_blocking(move || {
+                store.install_snapshot(store::GroupId(group), data.into_iter())
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::data_loss(format!("installing the snapshot: {e}")))?;
+            info!(index, installed, "installed a snapshot from the leader");
+            node.adopt_members(members);
+        }
+        node.raft.step(raft_log::GroupId(group), msg).map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn members(&self, _request: Request<pb::MembersRequest>) -> Result<Response<pb::MembersResponse>, Status> {
+        let identity = self.node.identity.read();
+        let members = serde_json::to_vec(&identity.members).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::MembersResponse { cluster_id: identity.cluster_id, members: members.into() }))
+    }
+
+    async fn lease_renew(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
+        if !self.node.is_leader() {
+            return Err(crate::error::EtcdError::NotLeader.status());
+        }
+        let ttl = self.node.lessor.keep_alive(request.into_inner().id).unwrap_or(0);
+        Ok(Response::new(pb::LeaseResponse { ttl }))
+    }
+
+    async fn lease_remaining(
+        &self,
+        request: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::LeaseResponse>, Status> {
+        if !self.node.is_leader() {
+            return Err(crate::error::EtcdError::NotLeader.status());
+        }
+        let ttl = self.node.lessor.remaining_seconds(request.into_inner().id).unwrap_or(-1);
+        Ok(Response::new(pb::LeaseResponse { ttl }))
+    }
+
+    async fn promote(&self, request: Request<pb::PromoteRequest>) -> Result<Response<pb::PromoteResponse>, Status> {
+        let id = request.into_inner().member_id;
+        let members = self.node.promote_on_leader(id).await?;
+        let members = serde_json::to_vec(&members).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::PromoteResponse { members: members.into() }))
+    }
+}
+
+/// Asks the members at `peer_urls` for the cluster id and member list (joining a cluster).
+pub async fn fetch_members(peer_urls: &[String]) -> anyhow::Result<(u64, Vec<Member>)> {
+    let mut last = anyhow::anyhow!("no peer URLs to ask for the member list");
+    for url in peer_urls {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())?.connect_timeout(CONNECT_TIMEOUT);
+        let channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                last = anyhow::anyhow!("connect to {url}: {e}");
+                continue;
+            }
+        };
+        let mut client = pb::peer_client::PeerClient::new(channel);
+        match tokio::time::timeout(HELLO_TIMEOUT, client.members(pb::MembersRequest {})).await {
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                let members: Vec<Member> = serde_json::from_slice(&r.members)?;
+                return Ok((r.cluster_id, members));
+            }
+            Ok(Err(s)) => last = anyhow::anyhow!("{url}: {}", s.message()),
+            Err(_) => last = anyhow::anyhow!("{url}: timed out"),
+        }
+    }
+    Err(last)
 }

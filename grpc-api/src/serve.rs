@@ -10,9 +10,9 @@ use tracing::{info, warn};
 
 use crate::config::{split_urls, AutoCompaction, ServeArgs, GRPC_OVERHEAD_BYTES};
 use crate::lessor::Lessor;
-use crate::member::{parse_initial_cluster, Identity};
+use crate::member::{parse_initial_cluster, ConfContext, Identity, Member, REMOVED_MESSAGE};
 use crate::metrics::Metrics;
-use crate::node::{Applier, Node, NodeConfig, Waiters, DEFAULT_GROUP};
+use crate::node::{Applier, ConfWaiters, Node, NodeConfig, Waiters, DEFAULT_GROUP};
 use crate::pb::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
@@ -23,12 +23,6 @@ use crate::peer::{PeerService, PeerTransport, PEER_MESSAGE_BYTES_MAX};
 /// Default per-tenant quota: far above etcd's 2 GiB, since RocksDB has no 8 GiB ceiling.
 pub const QUOTA_BYTES_DEFAULT: u64 = 8 << 30;
 
-/// How often the store is flushed so that the log below it can be purged.
-const LOG_PURGE_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Entries kept in the log below the flushed applied index, so a lagging follower can catch
-/// up from the log instead of a snapshot (etcd's `SnapshotCatchUpEntries`).
-const LOG_CATCH_UP_ENTRIES: u64 = 5000;
 
 /// How often the leader looks for expired leases.
 const LEASE_EXPIRY_TICK: Duration = Duration::from_millis(250);
@@ -48,44 +42,37 @@ pub fn init_logging(level: &str) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("logging: {e}"))
 }
 
-/// A transport for a single member: there is nobody to send to.
-struct NoPeers;
-
-impl raft_log::Transport for NoPeers {
-    fn send(&self, _group: raft_log::GroupId, msgs: Vec<raft::eraftpb::Message>) {
-        if !msgs.is_empty() {
-            warn!(count = msgs.len(), "dropping raft messages: this member has no peers");
-        }
-    }
-}
-
 /// Runs a member until it is told to stop.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     args.validate()?;
     let data_dir = PathBuf::from(args.data_dir());
     let existed = data_dir.join("member.json").exists();
     std::fs::create_dir_all(&data_dir)?;
-    if !existed && args.initial_cluster_state == "existing" {
-        let members = args.initial_cluster.as_deref().map(parse_initial_cluster).transpose()?.map_or(0, |m| m.len());
-        anyhow::ensure!(
-            members <= 1,
-            "--initial-cluster-state existing (joining a running cluster) is not supported yet; \
-             start every member with --initial-cluster-state new"
-        );
+    anyhow::ensure!(
+        matches!(args.initial_cluster_state.as_str(), "new" | "existing"),
+        "--initial-cluster-state must be new or existing, not {:?}",
+        args.initial_cluster_state
+    );
+    let identity = if !existed && args.initial_cluster_state == "existing" {
+        join_cluster(&args, &data_dir).await?
+    } else {
+        Identity::load_or_create(
+            &data_dir,
+            &args.name,
+            split_urls(&args.initial_advertise_peer_urls),
+            split_urls(&args.advertise_client_urls),
+            &args.initial_cluster_token,
+            args.initial_cluster.as_deref(),
+        )?
+        .0
+    };
+    if identity.removed.contains(&identity.member_id) || identity.me().is_none() {
+        anyhow::bail!("{REMOVED_MESSAGE}; this data dir can no longer serve");
     }
-    let (identity, _) = Identity::load_or_create(
-        &data_dir,
-        &args.name,
-        split_urls(&args.initial_advertise_peer_urls),
-        split_urls(&args.advertise_client_urls),
-        &args.initial_cluster_token,
-        args.initial_cluster.as_deref(),
-    )?;
     if existed {
         info!(data_dir = %data_dir.display(), "data dir exists; initial cluster flags ignored");
     }
     let peer_ids = identity.peer_ids();
-    let voters: Vec<raft_log::NodeId> = identity.voter_ids().into_iter().map(raft_log::NodeId).collect();
     for (flag, set) in [
         ("--cert-file", args.cert_file.is_some()),
         ("--key-file", args.key_file.is_some()),
@@ -118,40 +105,53 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for lease in store.leases(group)? {
         lessor.on_granted(lease.id, lease.ttl);
     }
+    let transport = PeerTransport::new(identity.member_id, store.clone(), &peer_ids);
+    let conf_waiters = Arc::new(ConfWaiters::default());
+    let (removed_tx, mut removed_rx) = tokio::sync::watch::channel(false);
+    let removed = Arc::new(removed_tx);
+    let bootstrap = bootstrap_of(&identity);
+    let member_id = identity.member_id;
+    let identity = Arc::new(parking_lot::RwLock::new(identity));
     let applier = Applier {
         store: store.clone(),
         waiters: waiters.clone(),
         applied: applied_tx,
         lessor: lessor.clone(),
         metrics: metrics.clone(),
+        identity: identity.clone(),
+        data_dir: data_dir.clone(),
+        transport: transport.clone(),
+        conf_waiters: conf_waiters.clone(),
+        removed: removed.clone(),
     };
     let driver_cfg = raft_log::DriverConfig {
-        node_id: raft_log::NodeId(identity.member_id),
+        node_id: raft_log::NodeId(member_id),
         tick_interval: Duration::from_millis(args.heartbeat_interval),
         election_ticks: (args.election_timeout / args.heartbeat_interval) as usize,
         heartbeat_ticks: 1,
         ..raft_log::DriverConfig::default()
     };
-    // A single member has nobody to talk to and opens no peer port, as before replication.
-    let peers = (!peer_ids.is_empty()).then(|| PeerTransport::new(&peer_ids));
-    let transport: Arc<dyn raft_log::Transport> = match &peers {
-        Some(p) => p.clone(),
-        None => Arc::new(NoPeers),
-    };
-    let (driver, raft) = raft_log::Driver::start(driver_cfg, wal, Box::new(applier), transport)?;
-    // Every member bootstraps the default group with the same voters (`--initial-cluster`);
-    // on restart the group comes back from the log and this is a no-op.
-    raft.create_group(raft_log::GroupId(DEFAULT_GROUP), voters)?;
+    let source: Arc<dyn raft_log::SnapshotSource> = transport.clone();
+    let (driver, raft) =
+        raft_log::Driver::start_with_snapshots(driver_cfg, wal, Box::new(applier), transport.clone(), Some(source))?;
+    // Every member of a new cluster bootstraps the default group with the same log (one
+    // conf change per member of `--initial-cluster`); a joining member starts empty. On
+    // restart the group comes back from the log and this is a no-op.
+    raft.create_group_with(raft_log::GroupId(DEFAULT_GROUP), bootstrap)?;
 
     let node_cfg = NodeConfig {
         max_request_bytes: args.max_request_bytes,
         request_timeout: Duration::from_millis(5000 + args.election_timeout * 2),
         progress_notify_interval: args.progress_notify_interval()?,
         quota_bytes,
+        election_timeout: Duration::from_millis(args.election_timeout),
     };
     let node = Arc::new(Node::new(
         node_cfg,
         identity,
+        transport.clone(),
+        conf_waiters,
+        removed,
         data_dir.clone(),
         store.clone(),
         raft,
@@ -161,7 +161,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics,
     ));
     tokio::spawn(expire_leases(node.clone()));
-    tokio::spawn(purge_log(node.clone()));
+    tokio::spawn(purge_log(
+        node.clone(),
+        Duration::from_millis(args.experimental_log_purge_interval_ms.max(1)),
+        args.experimental_snapshot_catchup_entries,
+    ));
     if let Some(policy) = args.auto_compaction()? {
         tokio::spawn(auto_compact(node.clone(), policy));
     }
@@ -191,22 +195,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .merge(crate::http::router(node.clone()));
 
     let mut servers = tokio::task::JoinSet::new();
-    if let Some(peers) = &peers {
-        let mut routes = tonic::service::Routes::builder();
-        routes.add_service(
-            PeerServer::new(PeerService { node: node.clone() })
-                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
-        );
-        let peer_router = routes.routes().into_axum_router();
-        for addr in args.peer_listen_addrs()? {
-            let listener =
-                TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("listen on {addr} for peers: {e}"))?;
-            info!(%addr, "serving peer traffic");
-            servers.spawn(serve_router(listener, peer_router.clone()));
-        }
-        peers.start(node.clone());
+    let mut routes = tonic::service::Routes::builder();
+    routes.add_service(
+        PeerServer::new(PeerService { node: node.clone() })
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
+    );
+    let peer_router = routes.routes().into_axum_router();
+    for addr in args.peer_listen_addrs()? {
+        let listener = TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("listen on {addr} for peers: {e}"))?;
+        info!(%addr, "serving peer traffic");
+        servers.spawn(serve_router(listener, peer_router.clone()));
     }
+    transport.start(&node);
     for addr in args.client_listen_addrs()? {
         let listener =
             TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("listen on {addr} for clients: {e}"))?;
@@ -228,6 +229,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     tokio::select! {
         _ = shutdown_signal() => info!("shutting down"),
+        _ = removed_rx.wait_for(|removed| *removed) => {
+            // Let the change reach the others before this member goes away.
+            tokio::time::sleep(Duration::from_millis(args.heartbeat_interval * 3)).await;
+            warn!("{REMOVED_MESSAGE}; stopping");
+        }
         Some(done) = servers.join_next() => {
             if let Ok(Err(e)) = done {
                 warn!(error = %e, "a listener failed");
@@ -297,9 +303,64 @@ async fn expire_leases(node: Arc<Node>) {
     }
 }
 
-/// Flushes the store and lets the WAL purge what the flush made redundant.
-async fn purge_log(node: Arc<Node>) {
-    let mut tick = tokio::time::interval(LOG_PURGE_INTERVAL);
+/// How a member's default group starts the first time: the bootstrap log of a new cluster
+/// (every member writes the same conf changes, so their contexts hold only what every member
+/// knows alike: ids, names and peer URLs), or empty when joining a running one.
+fn bootstrap_of(identity: &Identity) -> raft_log::Bootstrap {
+    if identity.joined {
+        return raft_log::Bootstrap::Join;
+    }
+    let members = identity
+        .members
+        .iter()
+        .map(|m| {
+            let member = Member { client_urls: Vec::new(), ..m.clone() };
+            (raft_log::NodeId(m.id), ConfContext { request_id: 0, member }.encode())
+        })
+        .collect();
+    raft_log::Bootstrap::Members(members)
+}
+
+/// `--initial-cluster-state existing`: asks the other members of `--initial-cluster` for the
+/// cluster id and member list, and finds this member in it by its peer URLs (it was added
+/// with `member add` before it started).
+async fn join_cluster(args: &ServeArgs, data_dir: &std::path::Path) -> anyhow::Result<Identity> {
+    let own = split_urls(&args.initial_advertise_peer_urls);
+    let cluster = args
+        .initial_cluster
+        .as_deref()
+        .map(parse_initial_cluster)
+        .transpose()?
+        .ok_or_else(|| anyhow::anyhow!("--initial-cluster-state existing needs --initial-cluster"))?;
+    let own_norm = crate::member::normalize_urls(&own);
+    let others: Vec<String> = cluster
+        .into_iter()
+        .filter(|(name, urls)| name != &args.name && crate::member::normalize_urls(urls) != own_norm)
+        .flat_map(|(_, urls)| urls)
+        .collect();
+    let (cluster_id, members) = crate::peer::fetch_members(&others)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot fetch the member list from --initial-cluster: {e}"))?;
+    let identity = Identity::joining(
+        data_dir,
+        cluster_id,
+        members,
+        &args.name,
+        &own,
+        split_urls(&args.advertise_client_urls),
+    )?;
+    info!(
+        member_id = format_args!("{:x}", identity.member_id),
+        cluster_id = format_args!("{cluster_id:x}"),
+        "joining a running cluster"
+    );
+    Ok(identity)
+}
+
+/// Flushes the store and lets the WAL purge what the flush made redundant, keeping
+/// `catch_up_entries` below it so that a follower a little behind needs no snapshot.
+async fn purge_log(node: Arc<Node>, interval: Duration, catch_up_entries: u64) {
+    let mut tick = tokio::time::interval(interval);
     loop {
         tick.tick().await;
         let store = node.store.clone();
@@ -317,9 +378,9 @@ async fn purge_log(node: Arc<Node>) {
                 continue;
             }
         };
-        if applied > LOG_CATCH_UP_ENTRIES {
+        if applied > catch_up_entries {
             // Flush before purge: only entries the store has made durable may leave the log.
-            let purge_to = raft_log::LogIndex(applied - LOG_CATCH_UP_ENTRIES);
+            let purge_to = raft_log::LogIndex(applied - catch_up_entries);
             if let Err(e) = node.raft.compact_log(raft_log::GroupId(DEFAULT_GROUP), purge_to) {
                 warn!(error = %e, "log purge failed");
             }

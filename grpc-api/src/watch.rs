@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::error::EtcdError;
 use crate::node::Node;
 use crate::pb::etcdserverpb::{self as pb, watch_server::Watch};
 use crate::pb::mvccpb;
@@ -27,6 +28,9 @@ const CANCEL_COMPACTED: &str = "etcdserver: mvcc: required revision has been com
 /// etcd's reason for a watch whose range is empty (`key >= range_end`).
 const CANCEL_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 /// Reason given for a client-chosen watch id, which this server does not support.
+/// Election timeouts without a leader after which a `hasleader` stream is cancelled.
+const LEADERLESS_ELECTIONS: u32 = 3;
+
 const CANCEL_CHOSEN_ID: &str = "etcdserver: client-chosen watch ids are not supported";
 
 /// The Watch service.
@@ -44,11 +48,12 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        self.node.check_leader(&request)?;
+        let requires_leader = self.node.check_leader(&request)?;
+        self.node.check_not_learner()?;
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(SEND_BUFFER);
         let stream = self.node.store.watch_stream(self.node.group());
-        tokio::spawn(run_stream(self.node.clone(), requests, stream, tx));
+        tokio::spawn(run_stream(self.node.clone(), requests, stream, tx, requires_leader));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }
@@ -71,7 +76,14 @@ async fn run_stream(
     mut requests: Streaming<pb::WatchRequest>,
     stream: store::WatchStream,
     tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    requires_leader: bool,
 ) {
+    // A stream opened with `hasleader` ends with etcd's "no leader" once the member has been
+    // without a leader for 3 election timeouts (etcd's monitorLeader).
+    let leaderless_max = node.cfg.election_timeout * LEADERLESS_ELECTIONS;
+    let mut leader_check = tokio::time::interval(node.cfg.election_timeout);
+    leader_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leaderless_since: Option<tokio::time::Instant> = None;
     let mut progress = tokio::time::interval_at(
         tokio::time::Instant::now() + node.cfg.progress_notify_interval,
         node.cfg.progress_notify_interval,
@@ -99,6 +111,20 @@ async fn run_stream(
             _ = progress.tick() => {
                 state.periodic_progress();
                 true
+            }
+            now = leader_check.tick(), if requires_leader => {
+                if node.leader() != 0 {
+                    leaderless_since = None;
+                    true
+                } else {
+                    let since = *leaderless_since.get_or_insert(now);
+                    if now.duration_since(since) >= leaderless_max {
+                        let _ = state.tx.send(Err(EtcdError::NoLeader.status())).await;
+                        false
+                    } else {
+                        true
+                    }
+                }
             }
         };
         if !keep_going {

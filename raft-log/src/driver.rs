@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
-use raft::eraftpb::{ConfState, Message};
-use raft::RawNode;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message};
+use raft::{RawNode, SnapshotStatus};
 
 use crate::batch::WriteBatch;
 use crate::driver_config::DriverConfig;
@@ -42,6 +42,30 @@ pub trait Transport: Send + Sync + 'static {
     fn send(&self, group: GroupId, msgs: Vec<Message>);
 }
 
+/// Pins a consistent point of the state machine of a group so that a leader can send it to
+/// a follower whose log it has already purged. Implemented by the server over its store.
+pub trait SnapshotSource: Send + Sync + 'static {
+    /// Pins the state of `group` as of its applied index, to be sent to `to`, and returns that
+    /// applied index with an opaque token that rides in the Raft snapshot's data. Called on
+    /// the driver thread between applies, so the applied index is the driver's own and the
+    /// group's current ConfState is the one in force at it.
+    fn pin(&self, group: GroupId, to: NodeId) -> Result<(LogIndex, Vec<u8>)>;
+}
+
+/// How a group starts on this node the first time.
+#[derive(Clone, Debug)]
+pub enum Bootstrap {
+    /// The voters are written as the group's ConfState, with an empty log.
+    Voters(Vec<NodeId>),
+    /// Like etcd's `StartNode`: one `AddNode` conf change per member at indexes `1..=n` of
+    /// term 1, committed, each carrying the member's context bytes. A member that joins
+    /// later replays them from the log and learns the initial membership with its details.
+    Members(Vec<(NodeId, Bytes)>),
+    /// Joins a running group: no ConfState and an empty log. The leader brings the group
+    /// here with its log or a snapshot; until then this node never campaigns.
+    Join,
+}
+
 /// A committed normal entry handed to the state machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommittedEntry {
@@ -65,6 +89,14 @@ pub trait StateMachine: Send + 'static {
     fn apply(&mut self, group: GroupId, entries: Vec<CommittedEntry>);
     /// Leadership changed for a group (leader id 0 = none).
     fn on_leader_change(&mut self, _group: GroupId, _leader: NodeId, _term: Term) {}
+    /// A conf change at `index` was applied to Raft and its resulting `state` made durable.
+    /// Normal entries before it were applied first; the state machine then receives an
+    /// empty entry at `index` so its applied index passes the conf change. Replayed after
+    /// a restart when the state machine had not applied past it: handle it idempotently.
+    fn on_conf_change(&mut self, _group: GroupId, _index: LogIndex, _change: &ConfChange, _state: &ConfState) {}
+    /// Raft installed a snapshot at `index`: the state machine was replaced before the
+    /// snapshot reached Raft (the transport installs it), and entries after `index` follow.
+    fn on_snapshot(&mut self, _group: GroupId, _index: LogIndex) {}
 }
 
 /// A group's Raft status as last published by the driver.
@@ -84,14 +116,22 @@ pub struct GroupStatus {
     pub last_index: LogIndex,
     /// True when this node is the leader.
     pub is_leader: bool,
+    /// Voters of the group's configuration in force.
+    pub voters: Vec<NodeId>,
+    /// Learners of the group's configuration in force.
+    pub learners: Vec<NodeId>,
+    /// On the leader: each other member's matched log index (empty elsewhere).
+    pub progress: Vec<(NodeId, LogIndex)>,
 }
 
 /// Callback receiving the read index (or why there is none).
 pub type ReadIndexCallback = Box<dyn FnOnce(Result<LogIndex>) + Send>;
 
 pub(crate) enum Msg {
-    CreateGroup { group: GroupId, voters: Vec<NodeId>, done: SyncSender<Result<()>> },
+    CreateGroup { group: GroupId, bootstrap: Bootstrap, done: SyncSender<Result<()>> },
     Propose { group: GroupId, data: Bytes },
+    ProposeConfChange { group: GroupId, change: ConfChange },
+    ReportSnapshot { group: GroupId, to: NodeId, ok: bool },
     Step { group: GroupId, msg: Message },
     ReadIndex { group: GroupId, done: ReadIndexCallback },
     CompactLog { group: GroupId, index: LogIndex },
@@ -128,6 +168,7 @@ pub(crate) struct Loop {
     pub wal: Arc<Wal>,
     pub sm: Box<dyn StateMachine>,
     pub transport: Arc<dyn Transport>,
+    pub snapshots: Option<Arc<dyn SnapshotSource>>,
     pub rx: Receiver<Msg>,
     pub status: Arc<RwLock<HashMap<GroupId, GroupStatus>>>,
     pub peers: BTreeMap<GroupId, Peer>,
@@ -168,6 +209,18 @@ impl Driver {
         sm: Box<dyn StateMachine>,
         transport: Arc<dyn Transport>,
     ) -> Result<(Driver, DriverHandle)> {
+        Driver::start_with_snapshots(cfg, wal, sm, transport, None)
+    }
+
+    /// Like [`Driver::start`], with a source of state-machine snapshots: a leader then sends
+    /// a snapshot to a follower that needs entries it has purged (without one it waits).
+    pub fn start_with_snapshots(
+        cfg: DriverConfig,
+        wal: Arc<Wal>,
+        sm: Box<dyn StateMachine>,
+        transport: Arc<dyn Transport>,
+        snapshots: Option<Arc<dyn SnapshotSource>>,
+    ) -> Result<(Driver, DriverHandle)> {
         cfg.validate()?;
         let (tx, rx) = sync_channel(cfg.proposal_queue_max);
         let status = Arc::new(RwLock::new(HashMap::new()));
@@ -176,6 +229,7 @@ impl Driver {
             wal,
             sm,
             transport,
+            snapshots,
             rx,
             status: Arc::clone(&status),
             peers: BTreeMap::new(),
@@ -190,7 +244,7 @@ impl Driver {
                 .group_state(group)
                 .is_some_and(|s| !s.conf_state.voters.is_empty() || !s.conf_state.learners.is_empty());
             if initialized {
-                lp.create_peer(group, &[])?;
+                lp.create_peer(group, &Bootstrap::Join)?;
             }
         }
         let thread = std::thread::Builder::new().name("raft-log-driver".into()).spawn(move || lp.run())?;
@@ -233,9 +287,30 @@ impl DriverHandle {
     /// idempotent when the group exists. Blocks until done; do not call it from
     /// `StateMachine` callbacks.
     pub fn create_group(&self, group: GroupId, voters: Vec<NodeId>) -> Result<()> {
+        self.create_group_with(group, Bootstrap::Voters(voters))
+    }
+
+    /// Creates `group` as `bootstrap` says on first creation; idempotent when the group
+    /// exists. Blocks until done; do not call it from `StateMachine` callbacks.
+    pub fn create_group_with(&self, group: GroupId, bootstrap: Bootstrap) -> Result<()> {
         let (done, rx) = sync_channel(1);
-        self.tx.send(Msg::CreateGroup { group, voters, done }).map_err(|_| Error::Stopped)?;
+        self.tx.send(Msg::CreateGroup { group, bootstrap, done }).map_err(|_| Error::Stopped)?;
         rx.recv().map_err(|_| Error::Stopped)?
+    }
+
+    /// Proposes a membership change of `group` (on a follower raft-rs forwards it to the
+    /// leader). Raft refuses a second change while one is pending by turning it into an
+    /// empty entry, so callers wait for `StateMachine::on_conf_change` with a timeout.
+    pub fn propose_conf_change(&self, group: GroupId, change: ConfChange) -> Result<()> {
+        self.leader_check(group)?;
+        self.try_send(Msg::ProposeConfChange { group, change })
+    }
+
+    /// Tells the leader of `group` whether the snapshot it sent to `to` was installed
+    /// (raft-rs's `report_snapshot`): on success it resumes appends after the snapshot, on
+    /// failure it probes and sends another.
+    pub fn report_snapshot(&self, group: GroupId, to: NodeId, ok: bool) -> Result<()> {
+        self.try_send(Msg::ReportSnapshot { group, to, ok })
     }
 
     fn leader_check(&self, group: GroupId) -> Result<()> {
@@ -305,10 +380,38 @@ impl DriverHandle {
     }
 }
 
+/// Bytes of the bootstrap of `members`: their `AddNode` conf changes as committed entries
+/// `1..=n` of term 1, the HardState that commits them, and the ConfState they produce.
+/// Every member of a new cluster writes the same log, so they agree from the start.
+fn bootstrap_members(b: &mut WriteBatch, group: GroupId, members: &[(NodeId, Bytes)]) {
+    use protobuf::Message as _;
+    let mut entries = Vec::with_capacity(members.len());
+    for (i, (id, context)) in members.iter().enumerate() {
+        let cc = ConfChange {
+            change_type: ConfChangeType::AddNode,
+            node_id: id.0,
+            context: context.clone(),
+            ..Default::default()
+        };
+        let mut e = Entry {
+            entry_type: EntryType::EntryConfChange,
+            term: 1,
+            index: i as u64 + 1,
+            ..Default::default()
+        };
+        e.data = cc.write_to_bytes().expect("a ConfChange always encodes").into();
+        entries.push(e);
+    }
+    b.add_entries(group, &entries);
+    b.set_hard_state(group, &HardState { term: 1, vote: 0, commit: members.len() as u64, ..Default::default() });
+    let cs = ConfState { voters: members.iter().map(|(id, _)| id.0).collect(), ..Default::default() };
+    b.set_conf_state(group, &cs);
+}
+
 impl Loop {
-    /// Creates the RawNode of `group`. With `voters` non-empty and no ConfState in the
-    /// WAL yet, the ConfState is first made durable (bootstrap).
-    pub fn create_peer(&mut self, group: GroupId, voters: &[NodeId]) -> Result<()> {
+    /// Creates the RawNode of `group`. A group with no ConfState in the WAL yet is first
+    /// bootstrapped as `bootstrap` says, durably, before Raft sees it.
+    pub fn create_peer(&mut self, group: GroupId, bootstrap: &Bootstrap) -> Result<()> {
         if self.peers.contains_key(&group) {
             return Ok(());
         }
@@ -320,17 +423,26 @@ impl Loop {
             .group_state(group)
             .is_some_and(|s| !s.conf_state.voters.is_empty() || !s.conf_state.learners.is_empty());
         if !initialized {
-            if voters.is_empty() {
-                return Err(Error::Config(format!("group {group} needs at least one voter")));
-            }
-            let cs = ConfState { voters: voters.iter().map(|v| v.0).collect(), ..Default::default() };
             let mut b = WriteBatch::new();
-            b.set_conf_state(group, &cs);
-            // Durability: the bootstrap ConfState is on disk before Raft sees the group,
-            // so a restart finds the same membership.
-            self.wal.write(b)?;
+            match bootstrap {
+                Bootstrap::Voters(voters) if !voters.is_empty() => {
+                    let cs = ConfState { voters: voters.iter().map(|v| v.0).collect(), ..Default::default() };
+                    b.set_conf_state(group, &cs);
+                }
+                Bootstrap::Members(members) if !members.is_empty() => bootstrap_members(&mut b, group, members),
+                Bootstrap::Join => {}
+                _ => return Err(Error::Config(format!("group {group} needs at least one voter"))),
+            }
+            if !b.is_empty() {
+                // Durability: the bootstrap state is on disk before Raft sees the group, so a
+                // restart finds the same membership.
+                self.wal.write(b)?;
+            }
         }
-        let storage = self.wal.storage(group);
+        let mut storage = self.wal.storage(group);
+        if let Some(source) = &self.snapshots {
+            storage = storage.with_snapshot_source(source.clone());
+        }
         let state = raft::Storage::initial_state(&storage)?;
         let first = raft::Storage::first_index(&storage)?;
         let sm_applied = self.sm.applied_index(group).0;
@@ -368,6 +480,23 @@ impl Loop {
             return;
         };
         let r = &p.raw.raft;
+        let cs = r.prs().conf();
+        let mut voters: Vec<NodeId> = cs.voters().ids().iter().map(NodeId).collect();
+        voters.sort_unstable();
+        let mut learners: Vec<NodeId> = cs.learners().iter().copied().map(NodeId).collect();
+        learners.sort_unstable();
+        let progress = if r.state == raft::StateRole::Leader {
+            let mut v: Vec<(NodeId, LogIndex)> = r
+                .prs()
+                .iter()
+                .filter(|(id, _)| **id != self.cfg.node_id.0)
+                .map(|(id, pr)| (NodeId(*id), LogIndex(pr.matched)))
+                .collect();
+            v.sort_unstable();
+            v
+        } else {
+            Vec::new()
+        };
         let s = GroupStatus {
             leader: NodeId(r.leader_id),
             term: Term(r.term),
@@ -376,6 +505,9 @@ impl Loop {
             first_index: LogIndex(r.raft_log.first_index()),
             last_index: LogIndex(r.raft_log.last_index()),
             is_leader: r.state == raft::StateRole::Leader,
+            voters,
+            learners,
+            progress,
         };
         self.status.write().insert(group, s);
     }
@@ -383,9 +515,22 @@ impl Loop {
     /// Handles one inbox message; returns false on `Stop`.
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
-            Msg::CreateGroup { group, voters, done } => {
-                let r = self.create_peer(group, &voters);
+            Msg::CreateGroup { group, bootstrap, done } => {
+                let r = self.create_peer(group, &bootstrap);
                 let _ = done.send(r);
+            }
+            Msg::ProposeConfChange { group, change } => {
+                if let Some(p) = self.peers.get_mut(&group) {
+                    if let Err(e) = p.raw.propose_conf_change(Vec::new(), change) {
+                        tracing::debug!(%group, error = %e, "conf change dropped");
+                    }
+                }
+            }
+            Msg::ReportSnapshot { group, to, ok } => {
+                if let Some(p) = self.peers.get_mut(&group) {
+                    let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                    p.raw.report_snapshot(to.0, status);
+                }
             }
             Msg::Propose { group, data } => {
                 if let Some(p) = self.peers.get_mut(&group) {

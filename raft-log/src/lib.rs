@@ -121,7 +121,9 @@ mod writer;
 
 pub use batch::WriteBatch;
 pub use config::WalConfig;
-pub use driver::{CommittedEntry, Driver, DriverHandle, GroupStatus, StateMachine, Transport};
+pub use driver::{
+    Bootstrap, CommittedEntry, Driver, DriverHandle, GroupStatus, SnapshotSource, StateMachine, Transport,
+};
 pub use driver_config::DriverConfig;
 pub use error::{Error, Result};
 pub use index::GroupState;

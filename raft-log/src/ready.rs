@@ -10,6 +10,7 @@
 
 use std::time::Instant;
 
+use bytes::Bytes;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
 use raft::{ReadState, Ready};
@@ -57,16 +58,15 @@ impl Loop {
     }
 
     /// Hands committed entries to the state machine: normal ones (after `skip_through`)
-    /// as `CommittedEntry`, conf changes applied to the RawNode with their new ConfState
-    /// made durable before the state machine sees any later entry.
+    /// as `CommittedEntry`; a conf change is applied to the RawNode, its new ConfState made
+    /// durable and reported, after the normal entries before it and before any after it.
     fn apply_committed(&mut self, group: GroupId, entries: Vec<Entry>) {
         if entries.is_empty() {
             return;
         }
-        let peer: &mut Peer = self.peers.get_mut(&group).expect("invariant: ready group exists");
         let mut out = Vec::with_capacity(entries.len());
-        let mut conf = WriteBatch::new();
         for e in entries {
+            let peer: &mut Peer = self.peers.get_mut(&group).expect("invariant: ready group exists");
             assert!(
                 e.index == peer.applied + 1 || e.index <= peer.skip_through,
                 "group {group}: committed entry {} does not follow applied {}",
@@ -74,40 +74,66 @@ impl Loop {
                 peer.applied
             );
             peer.applied = peer.applied.max(e.index);
+            let replayed = e.index <= peer.skip_through;
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
-                    if e.index > peer.skip_through {
+                    if !replayed {
                         out.push(CommittedEntry { index: LogIndex(e.index), term: Term(e.term), data: e.data });
                     }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    let cs = if e.get_entry_type() == EntryType::EntryConfChange {
-                        ConfChange::parse_from_bytes(&e.data)
-                            .map_err(|err| Error::Raft(err.to_string()))
-                            .and_then(|cc| peer.raw.apply_conf_change(&cc).map_err(Error::from))
-                    } else {
-                        ConfChangeV2::parse_from_bytes(&e.data)
-                            .map_err(|err| Error::Raft(err.to_string()))
-                            .and_then(|cc| peer.raw.apply_conf_change(&cc).map_err(Error::from))
-                    };
-                    match cs {
-                        Ok(cs) => conf.set_conf_state(group, &cs),
-                        Err(err) => {
-                            tracing::warn!(%group, index = e.index, error = %err, "conf change not applied")
-                        }
+                    // Ordering: what came before the change is applied before the change.
+                    if !out.is_empty() {
+                        self.sm.apply(group, std::mem::take(&mut out));
+                    }
+                    self.apply_conf_change(group, &e);
+                    if !replayed {
+                        // An empty entry moves the state machine's applied index past the
+                        // change, so a restart does not replay it.
+                        out.push(CommittedEntry { index: LogIndex(e.index), term: Term(e.term), data: Bytes::new() });
                     }
                 }
             }
         }
-        if !conf.is_empty() {
-            // Durability: the new membership is on disk before the state machine may
-            // record an applied index past the conf change.
-            if let Err(e) = self.wal.write(conf) {
-                panic!("group {group}: cannot persist ConfState: {e}");
-            }
-        }
         if !out.is_empty() {
             self.sm.apply(group, out);
+        }
+    }
+
+    /// Applies one conf change entry to the RawNode of `group`, makes the new ConfState
+    /// durable, then tells the state machine.
+    fn apply_conf_change(&mut self, group: GroupId, e: &Entry) {
+        let peer: &mut Peer = self.peers.get_mut(&group).expect("invariant: ready group exists");
+        let applied = if e.get_entry_type() == EntryType::EntryConfChange {
+            ConfChange::parse_from_bytes(&e.data)
+                .map_err(|err| Error::Raft(err.to_string()))
+                .and_then(|cc| peer.raw.apply_conf_change(&cc).map(|cs| (cc, cs)).map_err(Error::from))
+        } else {
+            ConfChangeV2::parse_from_bytes(&e.data).map_err(|err| Error::Raft(err.to_string())).and_then(|cc| {
+                let cs = peer.raw.apply_conf_change(&cc).map_err(Error::from)?;
+                // Reported to the state machine as its first single change.
+                let first = cc.get_changes().first().cloned().unwrap_or_default();
+                let v1 = ConfChange {
+                    change_type: first.change_type,
+                    node_id: first.node_id,
+                    context: cc.context.clone(),
+                    ..Default::default()
+                };
+                Ok((v1, cs))
+            })
+        };
+        match applied {
+            Ok((cc, cs)) => {
+                let mut b = WriteBatch::new();
+                b.set_conf_state(group, &cs);
+                // Durability: the new membership is on disk before the state machine may
+                // record an applied index past the conf change.
+                if let Err(err) = self.wal.write(b) {
+                    panic!("group {group}: cannot persist ConfState: {err}");
+                }
+                self.sm.on_conf_change(group, LogIndex(e.index), &cc, &cs);
+            }
+            Err(err) => tracing::warn!(%group, index = e.index, error = %err, "conf change not applied"),
         }
     }
 
@@ -143,6 +169,7 @@ impl Loop {
         let mut batch = std::mem::take(&mut self.pending);
         let mut must_wait = false;
         let mut readies: Vec<(GroupId, Ready)> = Vec::with_capacity(groups.len());
+        let mut installed: Vec<(GroupId, u64)> = Vec::new();
         for &group in groups {
             let peer = self.peers.get_mut(&group).expect("invariant: ready group exists");
             let mut rd = peer.raw.ready();
@@ -155,12 +182,15 @@ impl Loop {
             }
             if !rd.snapshot().is_empty() {
                 // 2. A snapshot replaces the log: its metadata goes first in the batch so
-                //    the entries after it apply on top of it.
+                //    the entries after it apply on top of it. The state machine already holds
+                //    the snapshot's data (the transport installed it before stepping the
+                //    message), so nothing at or below its index is handed over again.
+                let index = rd.snapshot().get_metadata().index;
                 batch.set_snapshot_meta(group, rd.snapshot().get_metadata());
                 must_wait = true;
-                // Raft delivers committed entries after the snapshot next; the state
-                // machine's copy of the snapshot data is the store's job (see CAVEATS).
-                peer.applied = peer.applied.max(rd.snapshot().get_metadata().index);
+                peer.applied = peer.applied.max(index);
+                peer.skip_through = peer.skip_through.max(index);
+                installed.push((group, index));
             }
             // 3. Entries and HardState of every group join ONE batch.
             if !rd.entries().is_empty() {
@@ -196,6 +226,9 @@ impl Loop {
             if let Err(e) = self.wal.submit_unsynced(batch) {
                 tracing::warn!(error = %e, "could not queue commit index update");
             }
+        }
+        for (group, index) in installed {
+            self.sm.on_snapshot(group, LogIndex(index));
         }
         for (group, mut rd) in readies {
             // 4. Votes and append responses promise durability: send them only now.

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use raft::eraftpb::{Entry, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
+use crate::driver::SnapshotSource;
 use crate::error::{Error, Result};
 use crate::index::Slot;
 use crate::record::decode_entry;
-use crate::types::GroupId;
+use crate::types::{GroupId, NodeId};
 use crate::writer::Shared;
 
 /// Reads entries `[low, high)` of `group`: cached ones from memory, the rest with `pread`,
@@ -48,15 +49,28 @@ pub(crate) fn read_entries(
 }
 
 /// The `raft::Storage` of one group. Cheap to clone; every clone shares the WAL's index.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct GroupStorage {
     group: GroupId,
     shared: Arc<Shared>,
+    snapshots: Option<Arc<dyn SnapshotSource>>,
+}
+
+impl std::fmt::Debug for GroupStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupStorage").field("group", &self.group).finish_non_exhaustive()
+    }
 }
 
 impl GroupStorage {
     pub(crate) fn new(group: GroupId, shared: Arc<Shared>) -> Self {
-        GroupStorage { group, shared }
+        GroupStorage { group, shared, snapshots: None }
+    }
+
+    /// This storage, answering Raft's snapshot requests from `source`.
+    pub fn with_snapshot_source(mut self, source: Arc<dyn SnapshotSource>) -> Self {
+        self.snapshots = Some(source);
+        self
     }
 
     /// The group this storage serves.
@@ -111,18 +125,41 @@ impl raft::Storage for GroupStorage {
         Ok(self.bounds().1)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let index = self.shared.index.read();
-        let meta = index.groups.get(&self.group).and_then(|g| g.snapshot.clone());
-        match meta {
-            Some(meta) if request_index <= meta.index => {
-                let mut snap = Snapshot::default();
-                snap.set_metadata(meta);
-                Ok(snap)
-            }
-            // Building a snapshot of the state machine is the store's job (a later issue);
-            // raft retries after this error.
-            _ => Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)),
+    /// A snapshot of the state machine for follower `to`: the source pins the state at its
+    /// applied index, and the metadata pairs that index with its term and the ConfState in
+    /// force (the driver asks between applies, so the two agree). The data is the source's
+    /// token; the transport streams the pinned state beside the Raft message.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        let Some(source) = &self.snapshots else {
+            // Without a source only a snapshot received earlier can be handed back.
+            let index = self.shared.index.read();
+            let meta = index.groups.get(&self.group).and_then(|g| g.snapshot.clone());
+            return match meta {
+                Some(meta) if request_index <= meta.index => {
+                    let mut snap = Snapshot::default();
+                    snap.set_metadata(meta);
+                    Ok(snap)
+                }
+                _ => Err(unavailable()),
+            };
+        };
+        let (applied, token) = source.pin(self.group, NodeId(to)).map_err(|e| {
+            tracing::warn!(group = %self.group, error = %e, "cannot pin a snapshot");
+            unavailable()
+        })?;
+        if applied.0 == 0 || applied.0 < request_index {
+            return Err(unavailable());
         }
+        let index = self.shared.index.read();
+        let g = index.groups.get(&self.group).ok_or_else(unavailable)?;
+        let term = g.term(applied.0).map_err(|_| unavailable())?;
+        let mut snap = Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = applied.0;
+        meta.term = term;
+        meta.set_conf_state(g.conf_state.clone());
+        snap.data = token.into();
+        Ok(snap)
     }
 }
