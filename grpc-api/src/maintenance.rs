@@ -131,7 +131,7 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: *node.applied.borrow(),
             errors,
             db_size_in_use: node.store.size_bytes(node.group()) as i64,
-            is_learner: false,
+            is_learner: node.is_learner(),
             storage_version: STORAGE_VERSION.to_string(),
             db_size_quota: node.cfg.quota_bytes as i64,
             downgrade_info: None,

@@ -410,6 +410,7 @@ async fn hello(node: &Node, peer: u64, client: &mut Client) -> anyhow::Result<()
             cluster_id: identity.cluster_id,
             member_id: identity.member_id,
             client_urls: me.map(|m| m.client_urls.clone()).unwrap_or_default(),
+            name: me.map(|m| m.name.clone()).unwrap_or_default(),
         }
     };
     let cluster_id = request.cluster_id;
@@ -424,18 +425,22 @@ async fn hello(node: &Node, peer: u64, client: &mut Client) -> anyhow::Result<()
         response.member_id,
         response.cluster_id
     );
-    record_client_urls(node, peer, response.client_urls);
+    record_client_urls(node, peer, &response.name, response.client_urls);
     Ok(())
 }
 
-/// Remembers a member's client URLs (persisted in member.json when they change).
-fn record_client_urls(node: &Node, member: u64, client_urls: Vec<String>) {
+/// Remembers a member's name and client URLs (persisted in member.json when they change). A
+/// member added at run time has no name until it says hello (etcd's "unstarted").
+fn record_client_urls(node: &Node, member: u64, name: &str, client_urls: Vec<String>) {
     let mut identity = node.identity.write();
     let Some(m) = identity.members.iter_mut().find(|m| m.id == member) else { return };
-    if m.client_urls == client_urls {
+    if m.client_urls == client_urls && (name.is_empty() || m.name == name) {
         return;
     }
     m.client_urls = client_urls;
+    if !name.is_empty() {
+        m.name = name.to_string();
+    }
     if let Err(e) = identity.save(&node.data_dir) {
         warn!(error = %e, "could not save the member list");
     }
@@ -531,7 +536,7 @@ impl pb::peer_server::Peer for PeerService {
 
     async fn hello(&self, request: Request<pb::HelloRequest>) -> Result<Response<pb::HelloResponse>, Status> {
         let req = request.into_inner();
-        let (cluster_id, member_id, known, client_urls) = {
+        let (cluster_id, member_id, known, client_urls, name) = {
             let identity = self.node.identity.read();
             let me = identity.members.iter().find(|m| m.id == identity.member_id);
             (
@@ -539,6 +544,7 @@ impl pb::peer_server::Peer for PeerService {
                 identity.member_id,
                 identity.members.iter().any(|m| m.id == req.member_id),
                 me.map(|m| m.client_urls.clone()).unwrap_or_default(),
+                me.map(|m| m.name.clone()).unwrap_or_default(),
             )
         };
         if req.cluster_id != cluster_id {
@@ -553,8 +559,8 @@ impl pb::peer_server::Peer for PeerService {
             }
             return Err(Status::failed_precondition(format!("member {:x} is not in the member list", req.member_id)));
         }
-        record_client_urls(&self.node, req.member_id, req.client_urls);
-        Ok(Response::new(pb::HelloResponse { cluster_id, member_id, client_urls }))
+        record_client_urls(&self.node, req.member_id, &req.name, req.client_urls);
+        Ok(Response::new(pb::HelloResponse { cluster_id, member_id, client_urls, name }))
     }
 
     async fn snapshot(&self, request: Request<Streaming<pb::SnapshotChunk>>) -> Result<Response<pb::Empty>, Status> {

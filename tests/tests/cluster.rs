@@ -39,6 +39,10 @@ struct Member {
     client: Port,
     peer: Port,
     child: Option<Child>,
+    /// `new` for the bootstrap members, `existing` for members added later.
+    state: &'static str,
+    /// Stopped with SIGSTOP: cut off from everyone until SIGCONT.
+    paused: bool,
 }
 
 impl Member {
@@ -62,29 +66,68 @@ impl Member {
             let _ = c.wait();
         }
     }
+
+    /// Sends `signal` (STOP / CONT) to the running process.
+    fn signal(&mut self, signal: &str) {
+        self.paused = signal == "STOP";
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("kill").success();
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
+    /// Whether the process has exited (reaping it if so).
+    fn exited(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) => {
+                self.child = None;
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
 }
 
 /// Three members; every process is killed with SIGKILL on drop.
 struct Cluster {
     _tmp: tempfile::TempDir,
     members: Vec<Member>,
+    /// Flags every member gets on top of the cluster's.
+    extra: Vec<String>,
 }
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Cluster {
         let tmp = tempfile::Builder::new().prefix("plinth-cluster-").tempdir().expect("temp dir");
-        let members: Vec<Member> = (1..=3)
-            .map(|i| {
-                let dir = tmp.path().join(format!("n{i}"));
-                std::fs::create_dir_all(&dir).expect("member dir");
-                Member { name: format!("n{i}"), dir, client: ports::reserve(), peer: ports::reserve(), child: None }
-            })
-            .collect();
-        let mut c = Cluster { _tmp: tmp, members };
+        let mut c = Cluster { _tmp: tmp, members: Vec::new(), extra: extra.iter().map(|s| s.to_string()).collect() };
+        for _ in 0..3 {
+            c.new_member("new");
+        }
         for i in 0..3 {
             c.spawn(i);
         }
         c
+    }
+
+    /// Adds a member slot (not started) and returns its index.
+    fn new_member(&mut self, state: &'static str) -> usize {
+        let i = self.members.len() + 1;
+        let dir = self._tmp.path().join(format!("n{i}"));
+        std::fs::create_dir_all(&dir).expect("member dir");
+        self.members.push(Member {
+            name: format!("n{i}"),
+            dir,
+            client: ports::reserve(),
+            peer: ports::reserve(),
+            child: None,
+            state,
+            paused: false,
+        });
+        self.members.len() - 1
     }
 
     fn initial_cluster(&self) -> String {
@@ -106,13 +149,14 @@ impl Cluster {
             ("--listen-peer-urls", m.peer_url()),
             ("--initial-advertise-peer-urls", m.peer_url()),
             ("--initial-cluster", initial_cluster),
-            ("--initial-cluster-state", "new".to_owned()),
+            ("--initial-cluster-state", m.state.to_owned()),
             ("--initial-cluster-token", "cluster-test".to_owned()),
             ("--heartbeat-interval", HEARTBEAT_MS.to_string()),
             ("--election-timeout", ELECTION_MS.to_string()),
         ] {
             cmd.arg(flag).arg(value);
         }
+        cmd.args(&self.extra);
         cmd.stdin(Stdio::null()).stdout(log.try_clone().expect("dup log")).stderr(log);
         scrub_env(&mut cmd);
         m.child = Some(cmd.spawn().expect("spawn plinth"));
@@ -129,7 +173,7 @@ impl Cluster {
             let mut ids = BTreeMap::new();
             let mut leaders = Vec::new();
             for (i, m) in self.members.iter().enumerate() {
-                if m.child.is_none() {
+                if m.child.is_none() || m.paused {
                     continue;
                 }
                 if let Ok(mut c) = connect(&m.endpoint()).await {
@@ -139,7 +183,7 @@ impl Cluster {
                     }
                 }
             }
-            let running = self.members.iter().filter(|m| m.child.is_some()).count();
+            let running = self.members.iter().filter(|m| m.child.is_some() && !m.paused).count();
             if leaders.len() == running && leaders.iter().all(|l| *l != 0 && *l == leaders[0]) {
                 if let Some(i) = ids.get(&leaders[0]) {
                     return *i;
@@ -232,6 +276,56 @@ fn every_member_serves_writes_and_linearizable_reads() {
     });
 }
 
+/// Checks that every acknowledged write is in the leader's full range, and that every
+/// running member catches up to the leader's revision with the same range and HashKV.
+async fn verify_members(c: &Cluster, leader: usize, acked: &[Ack]) {
+    let mut leader_client = must_connect(&c.members[leader].endpoint()).await;
+    let (revision, reference) = full_range(&mut leader_client).await;
+    for (k, v, rev) in acked {
+        assert_eq!(
+            reference.get(k),
+            Some(&(v.clone(), *rev)),
+            "acknowledged put of {k} at {rev} missing or changed"
+        );
+    }
+    let hash = leader_client.hash_kv(revision).await.expect("hash kv on the leader").hash();
+    for m in c.members.iter().filter(|m| m.child.is_some()) {
+        let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+        let mut client = loop {
+            match connect(&m.endpoint()).await {
+                Ok(client) => break client,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "{} unreachable: {e}\n{}", m.name, m.log_tail(30));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        // A linearizable range on the member waits until it has applied everything
+        // committed so far; retried while a restarted member is still joining.
+        let (rev, kvs) = loop {
+            match tokio::time::timeout(
+                Duration::from_secs(5),
+                client.get("", Some(GetOptions::new().with_all_keys().with_count_only())),
+            )
+            .await
+            {
+                Ok(Ok(r)) if r.header().map_or(0, |h| h.revision()) >= revision => {
+                    break full_range(&mut client).await
+                }
+                _ => {
+                    assert!(Instant::now() < deadline, "{} did not catch up\n{}", m.name, m.log_tail(30));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        assert_eq!(rev, revision, "{}: revision after the load", m.name);
+        assert_eq!(kvs, reference, "{}: full range differs from the leader's", m.name);
+        let h = client.hash_kv(revision).await.unwrap_or_else(|e| panic!("hash kv on {}: {e}", m.name));
+        assert_eq!(h.hash(), hash, "{}: HashKV at revision {revision}", m.name);
+    }
+    eprintln!("{} acknowledged writes, final revision {revision}, identical on all members", acked.len());
+}
+
 /// One acknowledged put: key, value, revision.
 type Ack = (String, String, i64);
 
@@ -310,51 +404,198 @@ fn leader_sigkill_under_load_loses_no_acknowledged_write() {
     }
     let acked: Vec<Ack> = acked.lock().unwrap().iter().map(|(a, _)| a.clone()).collect();
 
+    rt.block_on(verify_members(&c, new_leader, &acked));
+}
+
+
+/// Flags that make the log short: a member more than a few entries behind needs a snapshot.
+const SHORT_LOG: [&str; 4] =
+    ["--experimental-snapshot-catchup-entries", "10", "--experimental-log-purge-interval-ms", "200"];
+
+/// Waits until `f` returns `Some`, retrying every 100 ms until `limit`.
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, c: &Cluster, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Status code and message of a failed request.
+fn error_text(e: etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
+        other => other.to_string(),
+    }
+}
+
+#[test]
+fn learner_joins_by_snapshot_is_promoted_and_a_member_is_removed() {
+    let rt = runtime();
+    let mut c = Cluster::start_with(&SHORT_LOG);
+    let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
+    let mut acked: Vec<Ack> = Vec::new();
     rt.block_on(async {
-        let mut leader_client = must_connect(&c.members[new_leader].endpoint()).await;
-        let (revision, reference) = full_range(&mut leader_client).await;
-        for (k, v, rev) in &acked {
-            assert_eq!(
-                reference.get(k),
-                Some(&(v.clone(), *rev)),
-                "acknowledged put of {k} at {rev} missing or changed"
-            );
+        let mut client = must_connect(&c.members[leader].endpoint()).await;
+        for i in 0..200 {
+            let (k, v) = (format!("before/{i:03}"), format!("v{i}"));
+            let r = client.put(k.as_str(), v.as_str(), None).await.expect("put");
+            acked.push((k, v, r.header().unwrap().revision()));
         }
-        let hash = leader_client.hash_kv(revision).await.expect("hash kv on the leader").hash();
-        for m in &c.members {
-            let deadline = Instant::now() + CATCH_UP_TIMEOUT;
-            let mut client = loop {
-                match connect(&m.endpoint()).await {
-                    Ok(client) => break client,
-                    Err(e) => {
-                        assert!(Instant::now() < deadline, "{} unreachable: {e}\n{}", m.name, m.log_tail(30));
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            };
-            // A linearizable range on the member waits until it has applied everything
-            // committed so far; retried while a restarted member is still joining.
-            let (rev, kvs) = loop {
-                match tokio::time::timeout(
-                    Duration::from_secs(5),
-                    client.get("", Some(GetOptions::new().with_all_keys().with_count_only())),
-                )
-                .await
-                {
-                    Ok(Ok(r)) if r.header().map_or(0, |h| h.revision()) >= revision => {
-                        break full_range(&mut client).await
-                    }
-                    _ => {
-                        assert!(Instant::now() < deadline, "{} did not catch up\n{}", m.name, m.log_tail(30));
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            };
-            assert_eq!(rev, revision, "{}: revision after the load", m.name);
-            assert_eq!(kvs, reference, "{}: full range differs from the leader's", m.name);
-            let h = client.hash_kv(revision).await.unwrap_or_else(|e| panic!("hash kv on {}: {e}", m.name));
-            assert_eq!(h.hash(), hash, "{}: HashKV at revision {revision}", m.name);
-        }
-        eprintln!("{} acknowledged writes, final revision {revision}, identical on all members", acked.len());
+        // Let the purge task drop the log below the last few entries.
+        tokio::time::sleep(Duration::from_millis(800)).await;
     });
+
+    // etcdctl's order: add the member as a learner, then start it with `existing`.
+    let n4 = c.new_member("existing");
+    let n4_id = rt.block_on(async {
+        let mut client = must_connect(&c.members[0].endpoint()).await;
+        let added = client
+            .member_add([c.members[n4].peer_url()], Some(etcd_client::MemberAddOptions::new().with_is_learner()))
+            .await
+            .expect("member add --learner");
+        let id = added.member().expect("added member").id();
+        assert!(added.member_list().iter().any(|m| m.id() == id && m.is_learner()));
+        // etcd's checks, with etcd's errors.
+        let dup = client.member_add([c.members[0].peer_url()], None).await.expect_err("duplicate peer URL");
+        assert_eq!(error_text(dup), "FailedPrecondition: etcdserver: Peer URLs already exists");
+        let second = client
+            .member_add(
+                ["http://127.0.0.1:1".to_owned()],
+                Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+            )
+            .await
+            .expect_err("a second learner");
+        assert_eq!(error_text(second), "FailedPrecondition: etcdserver: too many learner members in cluster");
+        let voter = client.member_promote(added.header().unwrap().member_id()).await.expect_err("promote a voter");
+        assert_eq!(error_text(voter), "FailedPrecondition: etcdserver: can only promote a learner member");
+        id
+    });
+    c.spawn(n4);
+    rt.block_on(async {
+        // The learner came in by snapshot (the log it needed is gone) and serves serializable
+        // reads of everything written before it joined.
+        let endpoint = c.members[n4].endpoint();
+        eventually("the learner catches up", CATCH_UP_TIMEOUT, &c, || {
+            let endpoint = endpoint.clone();
+            async move {
+                let mut l = connect(&endpoint).await.ok()?;
+                let r = l.get("before/", Some(GetOptions::new().with_prefix().with_serializable())).await.ok()?;
+                (r.kvs().len() == 200).then_some(())
+            }
+        })
+        .await;
+        let log = std::fs::read_to_string(c.members[n4].dir.join("server.log")).unwrap_or_default();
+        assert!(log.contains("installed a snapshot"), "the learner should have needed a snapshot:\n{log}");
+        let mut learner = must_connect(&endpoint).await;
+        let refused = learner.put("x", "y", None).await.expect_err("a write on a learner");
+        assert_eq!(error_text(refused), "FailedPrecondition: etcdserver: rpc not supported for learner");
+        let status = learner.status().await.expect("status on the learner");
+        assert!(status.is_learner());
+
+        // Promote it (through a member that may not be the leader: it forwards).
+        let promoted = eventually("the learner is promoted", CATCH_UP_TIMEOUT, &c, || {
+            let endpoint = c.members[0].endpoint();
+            async move {
+                let mut client = connect(&endpoint).await.ok()?;
+                client.member_promote(n4_id).await.ok()
+            }
+        })
+        .await;
+        assert!(promoted.members().iter().all(|m| !m.is_learner()));
+        assert_eq!(promoted.members().len(), 4);
+    });
+
+    // Remove a voter that is not the leader: it stops serving; the other three go on.
+    let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
+    let victim = (0..3).find(|i| *i != leader).expect("a follower");
+    rt.block_on(async {
+        let victim_id = {
+            let mut v = must_connect(&c.members[victim].endpoint()).await;
+            v.status().await.expect("status").header().unwrap().member_id()
+        };
+        let mut client = must_connect(&c.members[n4].endpoint()).await;
+        let removed = client.member_remove(victim_id).await.expect("member remove");
+        assert_eq!(removed.members().len(), 3);
+        assert!(removed.members().iter().all(|m| m.id() != victim_id));
+        for i in 0..50 {
+            let (k, v) = (format!("after/{i:03}"), format!("v{i}"));
+            let r = client.put(k.as_str(), v.as_str(), None).await.expect("put after the removal");
+            acked.push((k, v, r.header().unwrap().revision()));
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.members[victim].exited() {
+        assert!(Instant::now() < deadline, "the removed member still runs\n{}", c.members[victim].log_tail(20));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
+    rt.block_on(verify_members(&c, leader, &acked));
+}
+
+#[test]
+fn paused_members_rejoin_and_a_lagging_one_gets_a_snapshot() {
+    let rt = runtime();
+    let mut c = Cluster::start_with(&SHORT_LOG);
+    let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<(Ack, Instant)>>> = Arc::default();
+    let writers: Vec<_> = c
+        .members
+        .iter()
+        .map(|m| rt.spawn(writer(m.endpoint(), format!("w-{}", m.name), stop.clone(), acked.clone())))
+        .collect();
+    let count_since = |since: Instant| acked.lock().unwrap().iter().filter(|(_, at)| *at > since).count();
+    let wait_acks = |n: usize, since: Instant, limit: Duration| {
+        let start = Instant::now();
+        while count_since(since) < n {
+            if start.elapsed() > limit {
+                return limit;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        start.elapsed()
+    };
+    let t0 = Instant::now();
+    assert!(wait_acks(30, t0, Duration::from_secs(15)) < Duration::from_secs(15), "writes before the partition");
+
+    // The leader is cut off from everyone (its process is stopped): the others elect a new
+    // leader and writes go on; when it comes back it steps down and catches up.
+    c.members[leader].signal("STOP");
+    let cut_at = Instant::now();
+    let outage = wait_acks(10, cut_at, FAILOVER_MAX);
+    assert!(outage < FAILOVER_MAX, "no write within {FAILOVER_MAX:?} of isolating the leader\n{}", c.logs());
+    eprintln!("writes resumed {outage:?} after the leader was isolated");
+    let new_leader = rt.block_on(c.wait_leader(FAILOVER_MAX));
+    assert_ne!(new_leader, leader);
+    c.members[leader].signal("CONT");
+    rt.block_on(c.wait_leader(FAILOVER_MAX));
+
+    // A follower cut off while the log moves far past the entries it has: it comes back
+    // through a snapshot.
+    let follower = (0..3).find(|i| *i != new_leader && *i != leader).expect("a third member");
+    c.members[follower].signal("STOP");
+    let paused_at = Instant::now();
+    wait_acks(150, paused_at, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(600));
+    c.members[follower].signal("CONT");
+    let resumed_at = Instant::now();
+    wait_acks(30, resumed_at, Duration::from_secs(15));
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        rt.block_on(w).expect("writer task");
+    }
+    let acked: Vec<Ack> = acked.lock().unwrap().iter().map(|(a, _)| a.clone()).collect();
+    let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
+    rt.block_on(verify_members(&c, leader, &acked));
+    let log = std::fs::read_to_string(c.members[follower].dir.join("server.log")).unwrap_or_default();
+    assert!(log.contains("installed a snapshot"), "the lagging follower should have needed a snapshot");
 }
