@@ -42,9 +42,14 @@ impl ClusterService {
     }
 
     fn member(&self, id: u64) -> Result<Member, Status> {
-        self.node.identity.read().members.iter().find(|m| m.id == id).cloned().ok_or_else(|| {
-            EtcdError::MemberNotFound.status()
-        })
+        self.node
+            .identity
+            .read()
+            .members
+            .iter()
+            .find(|m| m.id == id)
+            .cloned()
+            .ok_or_else(|| EtcdError::MemberNotFound.status())
     }
 
     fn check_urls(urls: &[String]) -> Result<(), Status> {
@@ -111,10 +116,8 @@ impl Cluster for ClusterService {
         let wanted = normalize_urls(&req.peer_ur_ls);
         let (cluster_id, in_use) = {
             let identity = self.node.identity.read();
-            let in_use = identity
-                .members
-                .iter()
-                .any(|m| normalize_urls(&m.peer_urls).iter().any(|u| wanted.contains(u)));
+            let in_use =
+                identity.members.iter().any(|m| normalize_urls(&m.peer_urls).iter().any(|u| wanted.contains(u)));
             (identity.cluster_id, in_use)
         };
         if in_use {

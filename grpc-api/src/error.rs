@@ -54,8 +54,15 @@ impl EtcdError {
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            LeaseExist | NotLeader | MemberNotLearner | LearnerNotReady | TooManyLearners | PeerUrlExist
-            | NotCapable | NotEnoughStartedMembers | NotSupportedForLearner => Code::FailedPrecondition,
+            LeaseExist
+            | NotLeader
+            | MemberNotLearner
+            | LearnerNotReady
+            | TooManyLearners
+            | PeerUrlExist
+            | NotCapable
+            | NotEnoughStartedMembers
+            | NotSupportedForLearner => Code::FailedPrecondition,
             NoLeader | LeaderChanged | Stopped | Timeout | BadLeaderTransferee | Unhealthy => Code::Unavailable,
             Corrupt => Code::DataLoss,
             WatchCanceled => Code::Cancelled,

@@ -279,11 +279,7 @@ async fn stream_snapshot(node: &Arc<Node>, group: raft_log::GroupId, msg: Messag
         .transport
         .take_pinned(group.0, to, token)
         .ok_or_else(|| anyhow::anyhow!("no pinned snapshot for member {to:x}"))?;
-    info!(
-        peer = format_args!("{to:x}"),
-        index = msg.get_snapshot().get_metadata().index,
-        "sending a snapshot"
-    );
+    info!(peer = format_args!("{to:x}"), index = msg.get_snapshot().get_metadata().index, "sending a snapshot");
     let mut client = connect(node, to).await?;
     let members = serde_json::to_vec(&node.identity.read().members)?;
     let message = Bytes::from(msg.write_to_bytes()?);
@@ -597,12 +593,11 @@ impl pb::peer_server::Peer for PeerService {
             // applies after the snapshot land on top of its state. An entry the store already
             // holds is skipped by its applied index if Raft delivers it again.
             let store = node.store.clone();
-            let installed = tokio::task::spawn_blocking(move || {
-                store.install_snapshot(store::GroupId(group), data.into_iter())
-            })
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::data_loss(format!("installing the snapshot: {e}")))?;
+            let installed =
+                tokio::task::spawn_blocking(move || store.install_snapshot(store::GroupId(group), data.into_iter()))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(|e| Status::data_loss(format!("installing the snapshot: {e}")))?;
             info!(index, installed, "installed a snapshot from the leader");
             node.adopt_members(members);
         }
@@ -624,10 +619,7 @@ impl pb::peer_server::Peer for PeerService {
         Ok(Response::new(pb::LeaseResponse { ttl }))
     }
 
-    async fn lease_remaining(
-        &self,
-        request: Request<pb::LeaseRequest>,
-    ) -> Result<Response<pb::LeaseResponse>, Status> {
+    async fn lease_remaining(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
         if !self.node.is_leader() {
             return Err(crate::error::EtcdError::NotLeader.status());
         }

@@ -23,7 +23,6 @@ use crate::peer::{PeerService, PeerTransport, PEER_MESSAGE_BYTES_MAX};
 /// Default per-tenant quota: far above etcd's 2 GiB, since RocksDB has no 8 GiB ceiling.
 pub const QUOTA_BYTES_DEFAULT: u64 = 8 << 30;
 
-
 /// How often the leader looks for expired leases.
 const LEASE_EXPIRY_TICK: Duration = Duration::from_millis(250);
 
@@ -203,7 +202,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let peer_router = routes.routes().into_axum_router();
     for addr in args.peer_listen_addrs()? {
-        let listener = TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("listen on {addr} for peers: {e}"))?;
+        let listener =
+            TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("listen on {addr} for peers: {e}"))?;
         info!(%addr, "serving peer traffic");
         servers.spawn(serve_router(listener, peer_router.clone()));
     }
@@ -341,14 +341,8 @@ async fn join_cluster(args: &ServeArgs, data_dir: &std::path::Path) -> anyhow::R
     let (cluster_id, members) = crate::peer::fetch_members(&others)
         .await
         .map_err(|e| anyhow::anyhow!("cannot fetch the member list from --initial-cluster: {e}"))?;
-    let identity = Identity::joining(
-        data_dir,
-        cluster_id,
-        members,
-        &args.name,
-        &own,
-        split_urls(&args.advertise_client_urls),
-    )?;
+    let identity =
+        Identity::joining(data_dir, cluster_id, members, &args.name, &own, split_urls(&args.advertise_client_urls))?;
     info!(
         member_id = format_args!("{:x}", identity.member_id),
         cluster_id = format_args!("{cluster_id:x}"),

@@ -393,12 +393,8 @@ fn bootstrap_members(b: &mut WriteBatch, group: GroupId, members: &[(NodeId, Byt
             context: context.clone(),
             ..Default::default()
         };
-        let mut e = Entry {
-            entry_type: EntryType::EntryConfChange,
-            term: 1,
-            index: i as u64 + 1,
-            ..Default::default()
-        };
+        let mut e =
+            Entry { entry_type: EntryType::EntryConfChange, term: 1, index: i as u64 + 1, ..Default::default() };
         e.data = cc.write_to_bytes().expect("a ConfChange always encodes").into();
         entries.push(e);
     }
@@ -540,10 +536,15 @@ impl Loop {
                 }
             }
             Msg::Step { group, msg } => {
+                let snapshot_index = (msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot)
+                    .then(|| msg.get_snapshot().get_metadata().index);
                 if let Some(p) = self.peers.get_mut(&group) {
                     if let Err(e) = p.raw.step(msg) {
                         tracing::debug!(%group, error = %e, "raft message rejected");
                     }
+                }
+                if let Some(index) = snapshot_index {
+                    self.snapshot_not_restored(group, index);
                 }
             }
             Msg::ReadIndex { group, done } => self.start_read(group, done),
@@ -579,6 +580,26 @@ impl Loop {
             Msg::Stop => return false,
         }
         true
+    }
+
+    /// The transport installs a snapshot's data into the state machine before it steps the
+    /// message, but raft-rs restores only a snapshot ahead of both its commit index and its
+    /// log (otherwise it just moves the commit index). When it did not restore one, the state
+    /// machine is nevertheless at `index`: entries up to it that Raft delivers again are
+    /// skipped (conf changes still update Raft's configuration), and the state machine hears
+    /// of the snapshot as if Raft had restored it.
+    fn snapshot_not_restored(&mut self, group: GroupId, index: u64) {
+        let Some(p) = self.peers.get_mut(&group) else { return };
+        let restored = p.raw.raft.raft_log.unstable.snapshot.as_ref().is_some_and(|s| s.get_metadata().index == index);
+        if restored || index <= p.applied || index <= p.skip_through {
+            return;
+        }
+        if self.sm.applied_index(group).0 < index {
+            // The data was not installed (the transport found the state machine ahead).
+            return;
+        }
+        p.skip_through = index;
+        self.sm.on_snapshot(group, LogIndex(index));
     }
 
     fn start_read(&mut self, group: GroupId, done: ReadIndexCallback) {
