@@ -24,15 +24,10 @@
 //! - Everything queued is bounded: waiters, per-stream watch and keep-alive buffers.
 //!
 //! CAVEATS:
-//! - Replication: members bootstrapped together with `--initial-cluster` replicate the
-//!   default group over the peer transport (`peer.rs`); writes on a follower are forwarded
-//!   to the leader by Raft and answered once applied on that follower; linearizable reads
-//!   on a follower use ReadIndex. Membership changes (`MemberAdd`/`MemberRemove`/
-//!   `MemberPromote`), joining with `--initial-cluster-state existing` and snapshots to
-//!   lagging members are not served yet: a member that falls behind the purged log
-//!   (`LOG_CATCH_UP_ENTRIES`) cannot catch up.
-//! - Lease keep-alives are answered by the leader only (followers answer
-//!   `etcdserver: not leader`; clients retry another endpoint).
+//! - Replication: the default group is replicated over the peer transport (`peer.rs`);
+//!   membership changes are Raft conf changes (`cluster.rs`, `member.rs`), members behind the
+//!   purged log receive a store snapshot (installed from memory), and keep-alives and lease
+//!   TTLs asked of a follower are forwarded to the leader. Peer traffic is plain HTTP/2.
 //! - Auth is not served: its RPCs answer `Unimplemented`. TLS flags are refused at start-up.
 //! - Only the default tenant (group 1) is served; tenant resolution is not wired in.
 //! - Read-only txns go through the log like write txns (correct, slower than needed).
