@@ -111,6 +111,7 @@ mod driver;
 mod driver_config;
 mod error;
 mod index;
+mod manual;
 mod ready;
 mod record;
 mod segment;
@@ -125,6 +126,7 @@ pub use driver::{CommittedEntry, Driver, DriverHandle, GroupStatus, StateMachine
 pub use driver_config::DriverConfig;
 pub use error::{Error, Result};
 pub use index::GroupState;
+pub use manual::ManualDriver;
 /// The raft-rs crate this crate is built on, so users name the same `Message` and `Entry` types.
 pub use raft;
 pub use record::{decode_batch, decode_entry, encode_batch, Checkpoint, DecodeError, Record};
