@@ -53,9 +53,9 @@ use store::{
 };
 
 /// Seeds run per test by default (each of the 3-node and 5-node tests).
-const DEFAULT_SEEDS: u64 = 40;
+const DEFAULT_SEEDS: u64 = 100;
 /// Steps of faults and workload per seed.
-const STEPS: u64 = 1500;
+const STEPS: u64 = 2000;
 /// Most steps the healed cluster may take to converge before the run fails.
 const CONVERGE_STEPS_MAX: u64 = 4000;
 /// Average steps per Raft tick of a node.
@@ -235,9 +235,9 @@ impl Faults {
             dup_per_mille: f(rng, 100),
             delay_steps_max: 1 + rng.below(8),
             long_delay_per_mille: f(rng, 50),
-            partition_per_mille: f(rng, 10),
+            partition_per_mille: f(rng, 15),
             heal_per_mille: 5 + rng.below(30),
-            crash_per_mille: f(rng, 8),
+            crash_per_mille: f(rng, 10),
             torn_per_mille: 700,
             propose_per_mille: 100 + rng.below(400),
             campaign_per_mille: f(rng, 3),
