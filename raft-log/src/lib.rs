@@ -130,7 +130,7 @@ pub use manual::ManualDriver;
 /// The raft-rs crate this crate is built on, so users name the same `Message` and `Entry` types.
 pub use raft;
 pub use record::{decode_batch, decode_entry, encode_batch, Checkpoint, DecodeError, Record};
-pub use segment::{scan_frames, segment_file_name, FORMAT_VERSION, HEADER_BYTES, MAGIC};
+pub use segment::{scan_frames, segment_file_name, ScanResult, ScannedFrame, FORMAT_VERSION, HEADER_BYTES, MAGIC};
 pub use storage::GroupStorage;
 pub use types::{GroupId, LogIndex, NodeId, Term};
 pub use wal::Wal;

@@ -36,7 +36,7 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,8 +45,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use raft::eraftpb::{Message, MessageType};
 use raft_log::{
-    scan_frames, CommittedEntry, DriverConfig, GroupId, LogIndex, ManualDriver, NodeId, StateMachine, Transport, Wal,
-    WalConfig,
+    scan_frames, CommittedEntry, DriverConfig, GroupId, LogIndex, ManualDriver, NodeId, Record, ScannedFrame,
+    StateMachine, Transport, Wal, WalConfig,
 };
 use store::{
     Command, CommandBody, CommandResponse, Message as _, PutRequest, Store, StoreConfig, WatchSpec, WatchStream,
@@ -193,6 +193,8 @@ struct Live {
     watch_next: i64,
     last_commit: u64,
     last_revision: i64,
+    /// The store's applied index when this life started.
+    skip_through: u64,
 }
 
 struct Node {
@@ -222,6 +224,7 @@ struct Faults {
     heal_per_mille: u64,
     crash_per_mille: u64,
     torn_per_mille: u64,
+    lose_unsynced_per_mille: u64,
     propose_per_mille: u64,
     campaign_per_mille: u64,
 }
@@ -239,6 +242,7 @@ impl Faults {
             heal_per_mille: 5 + rng.below(30),
             crash_per_mille: f(rng, 10),
             torn_per_mille: 700,
+            lose_unsynced_per_mille: 500,
             propose_per_mille: 100 + rng.below(400),
             campaign_per_mille: f(rng, 3),
         }
@@ -254,6 +258,7 @@ impl Faults {
             heal_per_mille: 1000,
             crash_per_mille: 0,
             torn_per_mille: 0,
+            lose_unsynced_per_mille: 0,
             propose_per_mille: 0,
             campaign_per_mille: 0,
         }
@@ -327,6 +332,37 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
         .collect();
     v.sort();
     v
+}
+
+/// The offset from which every frame of a segment only moves commit indexes (HardStates
+/// with the term and vote of the one before): the driver writes these without waiting
+/// for an fsync, so a machine crash may lose them. `None` if the last frame is not one.
+fn commit_only_suffix(frames: &[ScannedFrame]) -> Option<u64> {
+    let mut term_vote: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    let mut start = None;
+    for f in frames {
+        let mut commit_only = true;
+        for (record, _) in &f.records {
+            match record {
+                Record::HardState { group, state } => {
+                    let prev = term_vote.insert(group.0, (state.term, state.vote));
+                    commit_only &= prev == Some((state.term, state.vote));
+                }
+                Record::Checkpoint { group, checkpoint } => {
+                    let hs = &checkpoint.hard_state;
+                    term_vote.insert(group.0, (hs.term, hs.vote));
+                    commit_only = false;
+                }
+                _ => commit_only = false,
+            }
+        }
+        if !commit_only {
+            start = None;
+        } else if start.is_none() {
+            start = Some(f.offset);
+        }
+    }
+    start
 }
 
 /// Terms of the durable log `1..=last_index` of `wal`.
@@ -453,6 +489,7 @@ impl Sim {
             watch_next: revision + 1,
             last_commit: 0,
             last_revision: revision,
+            skip_through: store_applied,
         });
         self.record("start", &[id, store_applied]);
     }
@@ -469,20 +506,41 @@ impl Sim {
         let wal_dir = node.dir.join("wal");
         let restart_in = 20 + self.rng.below(200);
         self.nodes[i].restart_at = self.now + restart_in;
-        let torn = if self.rng.per_mille(self.faults.torn_per_mille) { self.tear_tail(&wal_dir) } else { 0 };
-        self.record("crash", &[id, restart_in, torn]);
+        let lose_unsynced = self.rng.per_mille(self.faults.lose_unsynced_per_mille);
+        let torn = self.rng.per_mille(self.faults.torn_per_mille);
+        let damage = self.damage_tail(&wal_dir, lose_unsynced, torn);
+        self.record("crash", &[id, restart_in, damage]);
+        if damage >= 10 {
+            self.record("unsynced-lost", &[id]);
+        }
     }
 
-    /// Appends what a write in flight at a crash could leave after the last complete
-    /// frame of the last segment. Returns the kind of damage (1..=4).
-    fn tear_tail(&mut self, wal_dir: &Path) -> u64 {
+    /// What a machine crash can do to the end of the last segment: drop the frames written
+    /// without an fsync (`lose_unsynced`), and leave behind part of a write in flight
+    /// (`torn`). Acknowledged (fsynced) frames are never touched. Returns a code of the
+    /// damage done, for the trace.
+    fn damage_tail(&mut self, wal_dir: &Path, lose_unsynced: bool, torn: bool) -> u64 {
         let segs = segments(wal_dir);
         let last = segs.last().expect("an opened WAL has a segment");
         let bytes = std::fs::read(last).expect("read segment");
         let seq: u64 = last.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).expect("segment name");
         let scan = scan_frames(seq, &bytes);
         assert!(scan.bad.is_none(), "a WAL closed in order has no torn frame: {:?}", scan.bad);
-        let last_frame = scan.frames.last().map(|f| &bytes[f.offset as usize..]);
+        let mut end = bytes.len();
+        let mut code = 0;
+        if lose_unsynced {
+            if let Some(at) = commit_only_suffix(&scan.frames) {
+                end = at as usize;
+                code = 10;
+            }
+        }
+        let f = std::fs::OpenOptions::new().write(true).open(last).expect("open segment");
+        f.set_len(end as u64).expect("cut unsynced frames");
+        if !torn {
+            return code;
+        }
+        let last_frame =
+            scan.frames.iter().rev().find(|f| (f.offset as usize) < end).map(|f| &bytes[f.offset as usize..end]);
         let kind = 1 + self.rng.below(4);
         let tail: Vec<u8> = match (kind, last_frame) {
             (2, _) => vec![0; 1 + self.rng.below(4096) as usize],
@@ -495,9 +553,8 @@ impl Sim {
             }
             _ => (0..1 + self.rng.below(256)).map(|_| self.rng.next_u64() as u8).collect(),
         };
-        let mut f = std::fs::OpenOptions::new().append(true).open(last).expect("open segment");
-        f.write_all(&tail).expect("append torn tail");
-        kind
+        f.write_all_at(&tail, end as u64).expect("append torn tail");
+        code + kind
     }
 
     fn live_ids(&self) -> Vec<usize> {
@@ -706,7 +763,14 @@ impl Sim {
             live.wal.check_invariants();
             let st = live.driver.status(GROUP).expect("group exists");
             let applied_index = node.applied.len() as u64;
-            assert_eq!(st.applied.0, applied_index, "node {id}: driver and state machine disagree on applied");
+            // After a restart whose commit index was lost, Raft re-commits the entries the
+            // store already has and the driver skips them: its applied index trails the
+            // store's until it passes the store's index at the restart.
+            if st.applied.0 < live.skip_through {
+                assert!(st.applied.0 <= applied_index, "node {id}: driver applied past the state machine");
+            } else {
+                assert_eq!(st.applied.0, applied_index, "node {id}: driver and state machine disagree on applied");
+            }
             assert!(st.applied <= st.commit, "node {id}: applied past commit");
             assert!(st.commit.0 >= live.last_commit, "node {id}: commit went back");
             live.last_commit = st.commit.0;
