@@ -11,7 +11,8 @@
 //! - a **driver** ([`Driver`], [`DriverHandle`]) that owns one `raft::RawNode` per group
 //!   on one thread, runs raft-rs's Ready loop in the required order, persists every
 //!   group's Ready of one iteration with ONE WAL batch, and hands committed entries to a
-//!   [`StateMachine`].
+//!   [`StateMachine`]. [`ManualDriver`] is the same loop without its thread, stepped by
+//!   the caller (a deterministic simulation owns ticks and message delivery).
 //!
 //! ## Guarantees
 //!
