@@ -223,30 +223,8 @@ impl Driver {
     ) -> Result<(Driver, DriverHandle)> {
         cfg.validate()?;
         let (tx, rx) = sync_channel(cfg.proposal_queue_max);
-        let status = Arc::new(RwLock::new(HashMap::new()));
-        let mut lp = Loop {
-            cfg,
-            wal,
-            sm,
-            transport,
-            snapshots,
-            rx,
-            status: Arc::clone(&status),
-            peers: BTreeMap::new(),
-            reads: HashMap::new(),
-            next_read_id: 1,
-            pending: WriteBatch::new(),
-            logger: slog::Logger::root(slog::Discard, slog::o!()),
-        };
-        for group in lp.wal.groups() {
-            let initialized = lp
-                .wal
-                .group_state(group)
-                .is_some_and(|s| !s.conf_state.voters.is_empty() || !s.conf_state.learners.is_empty());
-            if initialized {
-                lp.create_peer(group, &Bootstrap::Join)?;
-            }
-        }
+        let lp = Loop::new(cfg, wal, sm, transport, snapshots, rx)?;
+        let status = Arc::clone(&lp.status);
         let thread = std::thread::Builder::new().name("raft-log-driver".into()).spawn(move || lp.run())?;
         Ok((Driver { tx: tx.clone(), thread: Some(thread) }, DriverHandle { tx, status }))
     }
@@ -405,6 +383,43 @@ fn bootstrap_members(b: &mut WriteBatch, group: GroupId, members: &[(NodeId, Byt
 }
 
 impl Loop {
+    /// The driver's state, with every group that has a ConfState in the WAL re-created
+    /// (Raft's applied index taken from `sm.applied_index`). `Driver::start` runs it on a
+    /// thread; `ManualDriver` steps it by hand.
+    pub(crate) fn new(
+        cfg: DriverConfig,
+        wal: Arc<Wal>,
+        sm: Box<dyn StateMachine>,
+        transport: Arc<dyn Transport>,
+        snapshots: Option<Arc<dyn SnapshotSource>>,
+        rx: Receiver<Msg>,
+    ) -> Result<Loop> {
+        let mut lp = Loop {
+            cfg,
+            wal,
+            sm,
+            transport,
+            snapshots,
+            rx,
+            status: Arc::new(RwLock::new(HashMap::new())),
+            peers: BTreeMap::new(),
+            reads: HashMap::new(),
+            next_read_id: 1,
+            pending: WriteBatch::new(),
+            logger: slog::Logger::root(slog::Discard, slog::o!()),
+        };
+        for group in lp.wal.groups() {
+            let initialized = lp
+                .wal
+                .group_state(group)
+                .is_some_and(|s| !s.conf_state.voters.is_empty() || !s.conf_state.learners.is_empty());
+            if initialized {
+                lp.create_peer(group, &Bootstrap::Join)?;
+            }
+        }
+        Ok(lp)
+    }
+
     /// Creates the RawNode of `group`. A group with no ConfState in the WAL yet is first
     /// bootstrapped as `bootstrap` says, durably, before Raft sees it.
     pub fn create_peer(&mut self, group: GroupId, bootstrap: &Bootstrap) -> Result<()> {
@@ -451,6 +466,7 @@ impl Loop {
         let rc = raft::Config {
             id: self.cfg.node_id.0,
             election_tick: self.cfg.election_ticks,
+            max_election_tick: self.cfg.election_ticks_max,
             heartbeat_tick: self.cfg.heartbeat_ticks,
             applied,
             max_size_per_msg: self.cfg.max_size_per_msg,
@@ -509,7 +525,7 @@ impl Loop {
     }
 
     /// Handles one inbox message; returns false on `Stop`.
-    fn handle(&mut self, msg: Msg) -> bool {
+    pub(crate) fn handle(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::CreateGroup { group, bootstrap, done } => {
                 let r = self.create_peer(group, &bootstrap);
@@ -686,6 +702,11 @@ impl Loop {
             self.service_reads(now);
             self.on_ready();
         }
+        self.finish();
+    }
+
+    /// Completes pending reads with `Stopped` and persists a last commit-index update.
+    pub(crate) fn finish(&mut self) {
         for (_, r) in self.reads.drain() {
             (r.done)(Err(Error::Stopped));
         }

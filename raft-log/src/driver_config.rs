@@ -14,6 +14,12 @@ pub struct DriverConfig {
     pub tick_interval: Duration,
     /// Ticks without a heartbeat before a follower campaigns. Default: 10.
     pub election_ticks: usize,
+    /// Upper bound (exclusive) of the randomized election timeout: raft-rs draws each
+    /// timeout from `[election_ticks, election_ticks_max)` with its own unseeded random
+    /// generator. 0 = `2 * election_ticks`. `election_ticks + 1` makes the timeout fixed,
+    /// which a deterministic simulation needs (it randomizes by skewing ticks instead).
+    /// Default: 0.
+    pub election_ticks_max: usize,
     /// Ticks between leader heartbeats. Default: 1.
     pub heartbeat_ticks: usize,
     /// Most in-flight append messages per follower. Default: 256.
@@ -44,6 +50,7 @@ impl Default for DriverConfig {
             node_id: NodeId(1),
             tick_interval: Duration::from_millis(100),
             election_ticks: 10,
+            election_ticks_max: 0,
             heartbeat_ticks: 1,
             max_inflight: 256,
             max_size_per_msg: 1 << 20,
@@ -69,6 +76,9 @@ impl DriverConfig {
         }
         if self.heartbeat_ticks == 0 || self.election_ticks <= self.heartbeat_ticks {
             return bad("need 0 < heartbeat_ticks < election_ticks");
+        }
+        if self.election_ticks_max != 0 && self.election_ticks_max <= self.election_ticks {
+            return bad("election_ticks_max must be 0 or greater than election_ticks");
         }
         if self.max_inflight == 0 || self.max_size_per_msg == 0 {
             return bad("max_inflight and max_size_per_msg must be positive");
@@ -99,6 +109,8 @@ mod tests {
         c.validate().unwrap();
         assert!(DriverConfig { node_id: NodeId(0), ..c.clone() }.validate().is_err());
         assert!(DriverConfig { election_ticks: 1, ..c.clone() }.validate().is_err());
+        assert!(DriverConfig { election_ticks_max: 10, ..c.clone() }.validate().is_err());
+        DriverConfig { election_ticks_max: 11, ..c.clone() }.validate().unwrap();
         assert!(DriverConfig { proposal_queue_max: 0, ..c }.validate().is_err());
     }
 }

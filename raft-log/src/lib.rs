@@ -11,7 +11,8 @@
 //! - a **driver** ([`Driver`], [`DriverHandle`]) that owns one `raft::RawNode` per group
 //!   on one thread, runs raft-rs's Ready loop in the required order, persists every
 //!   group's Ready of one iteration with ONE WAL batch, and hands committed entries to a
-//!   [`StateMachine`].
+//!   [`StateMachine`]. [`ManualDriver`] is the same loop without its thread, stepped by
+//!   the caller (a deterministic simulation owns ticks and message delivery).
 //!
 //! ## Guarantees
 //!
@@ -111,6 +112,7 @@ mod driver;
 mod driver_config;
 mod error;
 mod index;
+mod manual;
 mod ready;
 mod record;
 mod segment;
@@ -127,10 +129,11 @@ pub use driver::{
 pub use driver_config::DriverConfig;
 pub use error::{Error, Result};
 pub use index::GroupState;
+pub use manual::ManualDriver;
 /// The raft-rs crate this crate is built on, so users name the same `Message` and `Entry` types.
 pub use raft;
 pub use record::{decode_batch, decode_entry, encode_batch, Checkpoint, DecodeError, Record};
-pub use segment::{scan_frames, segment_file_name, FORMAT_VERSION, HEADER_BYTES, MAGIC};
+pub use segment::{scan_frames, segment_file_name, ScanResult, ScannedFrame, FORMAT_VERSION, HEADER_BYTES, MAGIC};
 pub use storage::GroupStorage;
 pub use types::{GroupId, LogIndex, NodeId, Term};
 pub use wal::Wal;

@@ -41,6 +41,14 @@ pub(crate) fn range(
     }
     let order = SortOrder::try_from(req.sort_order).map_err(|_| Error::InvalidSortOption)?;
     let target = SortTarget::try_from(req.sort_target).map_err(|_| Error::InvalidSortOption)?;
+    // etcd sorts ascending by default when the target is not the key; keys come out of the
+    // scan in ascending key order already. The effective order decides whether the scan may
+    // stop at the limit: a sort must see every key first.
+    let order = match (order, target) {
+        (SortOrder::None, SortTarget::Key) | (SortOrder::Ascend, SortTarget::Key) => SortOrder::None,
+        (SortOrder::None, _) => SortOrder::Ascend,
+        (o, _) => o,
+    };
     let filtered = req.min_mod_revision != 0
         || req.max_mod_revision != 0
         || req.min_create_revision != 0
@@ -73,11 +81,6 @@ pub(crate) fn range(
                 || req.min_create_revision != 0 && kv.create_revision < req.min_create_revision)
         });
     }
-    let order = match (order, target) {
-        (SortOrder::None, SortTarget::Key) | (SortOrder::Ascend, SortTarget::Key) => SortOrder::None,
-        (SortOrder::None, _) => SortOrder::Ascend,
-        (o, _) => o,
-    };
     if order != SortOrder::None {
         let by = |a: &KeyValue, b: &KeyValue| -> Ordering {
             match target {

@@ -1,0 +1,129 @@
+//! `ManualDriver`: the driver's loop without its thread, stepped by the caller.
+//!
+//! A deterministic simulation must own time and message delivery: it decides when each
+//! node ticks, when a message arrives, and when a node handles its Readys. `ManualDriver`
+//! holds the same state as the driver thread (built by the same `Loop::new`), takes the
+//! same inbox messages through the same handler, and runs the same Ready code
+//! (`ready.rs`), so the order of persistence, sends and applies under test is the real
+//! one. Only the thread, the inbox and the wall-clock ticks are gone.
+//!
+//! The WAL keeps its writer thread: `Wal::write` blocks until the batch is durable, so
+//! every `process` call returns with the same state for the same inputs.
+//!
+//! ## CAVEATS
+//!
+//! - Read-index requests are not exposed: their deadlines and retries use the wall clock.
+//! - For a run that is the same on every execution, set
+//!   `DriverConfig::election_ticks_max` to `election_ticks + 1` (raft-rs draws election
+//!   timeouts from an unseeded generator otherwise).
+
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use raft::eraftpb::Message;
+
+use crate::driver::{Bootstrap, GroupStatus, Loop, Msg, StateMachine, Transport};
+use crate::driver_config::DriverConfig;
+use crate::error::{Error, Result};
+use crate::types::{GroupId, NodeId};
+use crate::wal::Wal;
+
+/// Most Ready passes one `process` call runs. Each pass handles every ready group, and a
+/// pass only makes new Readys through applies and advances, so a handful suffice; running
+/// into the bound means a group never settles, which is a bug.
+const PROCESS_PASSES_MAX: usize = 64;
+
+/// A driver stepped by its caller on the caller's thread: no thread, no inbox, no clock.
+pub struct ManualDriver {
+    lp: Loop,
+    /// Keeps the unused inbox of `Loop` connected.
+    _inbox: SyncSender<Msg>,
+}
+
+impl std::fmt::Debug for ManualDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManualDriver").field("node_id", &self.lp.cfg.node_id).finish_non_exhaustive()
+    }
+}
+
+impl ManualDriver {
+    /// Builds the driver state as [`crate::Driver::start`] does: every group with a
+    /// ConfState in the WAL is re-created, with Raft's applied index taken from
+    /// `sm.applied_index`, so later committed entries are replayed by `process`.
+    pub fn new(
+        cfg: DriverConfig,
+        wal: Arc<Wal>,
+        sm: Box<dyn StateMachine>,
+        transport: Arc<dyn Transport>,
+    ) -> Result<ManualDriver> {
+        cfg.validate()?;
+        let (inbox, rx) = sync_channel(1);
+        let lp = Loop::new(cfg, wal, sm, transport, None, rx)?;
+        Ok(ManualDriver { lp, _inbox: inbox })
+    }
+
+    /// Creates `group` with `voters` on first creation (the ConfState is made durable);
+    /// idempotent when the group exists.
+    pub fn create_group(&mut self, group: GroupId, voters: &[NodeId]) -> Result<()> {
+        self.lp.create_peer(group, &Bootstrap::Voters(voters.to_vec()))
+    }
+
+    /// Proposes `data` to `group` (forwarded to the leader on a follower). `NoLeader` when
+    /// this node knows no leader. As with `DriverHandle::propose`, an accepted proposal may
+    /// still be lost.
+    pub fn propose(&mut self, group: GroupId, data: Bytes) -> Result<()> {
+        match self.status(group) {
+            None => Err(Error::GroupNotFound(group)),
+            Some(s) if s.leader.0 == 0 => Err(Error::NoLeader),
+            Some(_) => {
+                self.lp.handle(Msg::Propose { group, data });
+                Ok(())
+            }
+        }
+    }
+
+    /// Hands a Raft message of `group` to its RawNode (ignored for an unknown group).
+    pub fn step(&mut self, group: GroupId, msg: Message) {
+        self.lp.handle(Msg::Step { group, msg });
+    }
+
+    /// One Raft tick for every group.
+    pub fn tick(&mut self) {
+        for p in self.lp.peers.values_mut() {
+            p.raw.tick();
+        }
+    }
+
+    /// Makes this node campaign for leadership of `group`.
+    pub fn campaign(&mut self, group: GroupId) {
+        self.lp.handle(Msg::Campaign(group));
+    }
+
+    /// The transport lost `node` (raft-rs's `report_unreachable` in every led group).
+    pub fn report_unreachable(&mut self, node: NodeId) {
+        self.lp.handle(Msg::Unreachable(node));
+    }
+
+    /// Handles Readys until no group has one: persist, send, apply, advance.
+    pub fn process(&mut self) {
+        for _ in 0..PROCESS_PASSES_MAX {
+            if !self.lp.peers.values().any(|p| p.raw.has_ready()) {
+                return;
+            }
+            self.lp.on_ready();
+        }
+        panic!("node {}: groups still ready after {PROCESS_PASSES_MAX} passes", self.lp.cfg.node_id);
+    }
+
+    /// The status of `group` as of the last `process` (or creation).
+    pub fn status(&self, group: GroupId) -> Option<GroupStatus> {
+        self.lp.status.read().get(&group).cloned()
+    }
+
+    /// Persists a last commit-index update and drops the driver. Dropping it without
+    /// `stop` is a crash as far as the driver is concerned.
+    pub fn stop(mut self) {
+        self.lp.finish();
+    }
+}
