@@ -40,19 +40,21 @@ impl Loop {
                 continue;
             }
             let id = u64::from_le_bytes(id.try_into().expect("8 bytes"));
-            if let Some(r) = self.reads.remove(&id) {
+            // Every read of the batch began before its context was first issued, so this
+            // read point (obtained after that) is linearizable for all of them.
+            for r in self.reads.take(id).into_iter().flatten() {
                 (r.done)(Ok(LogIndex(rs.index)));
             }
         }
     }
 
     /// The leader of `group` changed: raft-rs dropped the reads it held, so every pending
-    /// read of the group is asked again (of the new leader) right away. A read point
+    /// batch of the group is asked again (of the new leader) right away. A read point
     /// obtained after the request began is still linearizable.
     fn reissue_reads(&mut self, group: GroupId) {
         let now = Instant::now();
-        for r in self.reads.values_mut().filter(|r| r.group == group) {
-            r.retry_at = now;
+        for b in self.reads.batches.values_mut().filter(|b| b.group == group) {
+            b.retry_at = now;
         }
     }
 
