@@ -133,9 +133,12 @@ impl Loop {
             }
         }
         if !self.pending.is_empty() {
-            // Commit-index updates need no wait: Raft re-learns commit after a crash.
+            // Commit-index updates need neither a wait nor an fdatasync of their own (raft-rs's
+            // `must_sync` is false for them): Raft re-learns commit after a crash, and the next
+            // synced frame makes them durable with it. Term and vote in this HardState are the
+            // ones the Ready that changed them already made durable.
             let b = std::mem::take(&mut self.pending);
-            if let Err(e) = self.wal.submit(b) {
+            if let Err(e) = self.wal.submit_unsynced(b) {
                 tracing::warn!(error = %e, "could not queue commit index update");
             }
         }
