@@ -224,10 +224,13 @@ impl<'a> BatchWriter<'a> {
         self.ws.put(Cf::Events, kc::event_key(self.g, rev), ev.encode());
     }
 
-    /// Writes a new version of `key`; returns the previous live version.
-    pub fn put(&mut self, key: &Bytes, value: Bytes, lease: i64) -> Result<Option<KeyValue>> {
+    /// Writes a new version of `key` over `prev`, its live version in this writer's view,
+    /// which the caller has just read (every put needs it for its checks first, so it is
+    /// not read twice); returns `prev`.
+    pub fn put(&mut self, key: &Bytes, value: Bytes, lease: i64, prev: Option<KeyValue>) -> Result<Option<KeyValue>> {
         assert!(!key.is_empty(), "put of an empty key must be rejected by validation");
-        let prev = get_current(&self.reader(), self.g, key)?;
+        // An O(read) check, so tests only: a stale `prev` would corrupt versions and quotas.
+        debug_assert_eq!(prev, get_current(&self.reader(), self.g, key)?, "put: prev is not the live version");
         let rev = self.next_rev();
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),

@@ -86,7 +86,7 @@ fn put(w: &mut BatchWriter<'_>, p: &PutRequest, prev: Option<KeyValue>) -> Resul
             if il { prev.as_ref().expect("checked above").lease } else { p.lease },
         ),
     };
-    w.put(&p.key, value, lease)?;
+    let prev = w.put(&p.key, value, lease, prev)?;
     Ok(PutResponse { revision: w.meta.current_revision + 1, prev_kv: if p.prev_kv { prev } else { None } })
 }
 
