@@ -59,9 +59,14 @@ impl Kv for KvService {
 
     async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let node = &self.node;
+        // A learner serves no txn, read-only ones included (etcd serves it Range and Status).
+        node.check_not_learner()?;
         let txn = txn_from_pb(request.into_inner());
         if node.alarms.nospace() && txn_has_put(&txn) {
             return Err(EtcdError::NoSpace.status());
+        }
+        if txn.is_read_only() {
+            return read_only_txn(node, txn).await.map(Response::new);
         }
         match self.node.propose(store::CommandBody::Txn(txn)).await? {
             store::CommandResponse::Txn(resp) => Ok(Response::new(txn_to_pb(node, resp))),
@@ -98,6 +103,21 @@ impl Kv for KvService {
             other => Err(unexpected(&other)),
         }
     }
+}
+
+/// A txn that only reads is served like etcd's (`isTxnReadonly`): the same request checks
+/// as a proposal, a linearizable read barrier unless every range in it is serializable,
+/// then evaluation against the local store. Its answer is what applying it right after the
+/// barrier would give (same semantics, same header revision), without a log entry.
+async fn read_only_txn(node: &Node, txn: store::TxnRequest) -> Result<pb::TxnResponse, Status> {
+    let command = store::Command { request_id: 0, body: Some(store::CommandBody::Txn(txn)) };
+    node.store.validate(&command).map_err(|e| store_status(&e))?;
+    let Some(store::CommandBody::Txn(txn)) = &command.body else { unreachable!("built as a txn above") };
+    if !txn.is_serializable() {
+        node.read_barrier().await?;
+    }
+    let resp = node.store.read_only_txn(node.group(), txn).map_err(|e| store_status(&e))?;
+    Ok(txn_to_pb(node, resp))
 }
 
 fn unexpected(resp: &store::CommandResponse) -> Status {

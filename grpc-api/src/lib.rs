@@ -2,7 +2,7 @@
 //!
 //! This crate is the only one that knows both the protocol and the machinery. It translates
 //! etcd's protobuf requests into `store::Command`s proposed through `raft-log`, serves reads
-//! from the store after a ReadIndex barrier, runs the watch streams and lease timing, and
+//! (ranges and read-only txns, as etcd does) from the store after a ReadIndex barrier, runs the watch streams and lease timing, and
 //! exposes HTTP health and Prometheus metrics. The `plinth` binary lives here.
 //!
 //! ```text
@@ -30,7 +30,6 @@
 //!   TTLs asked of a follower are forwarded to the leader. Peer traffic is plain HTTP/2.
 //! - Auth is not served: its RPCs answer `Unimplemented`. TLS flags are refused at start-up.
 //! - Only the default tenant (group 1) is served; tenant resolution is not wired in.
-//! - Read-only txns go through the log like write txns (correct, slower than needed).
 //! - Two watch cases follow the newer etcd rules of the kube-apiserver contract rather than
 //!   etcd 3.5.1: a negative start revision is refused (`watch_id -1`, canceled), and
 //!   `RequestProgress` is answered only when every watcher of the stream is synced and past

@@ -152,14 +152,56 @@ pub(crate) struct Peer {
     pub applied: u64,
 }
 
-/// A read-index request waiting for its read point. It is (re-)issued to Raft whenever
-/// `retry_at` has passed and this node can ask: as the leader once it has committed in
-/// its term, as a follower once it knows a leader (raft-rs forwards it there).
+/// One linearizable read waiting for its read point.
 pub(crate) struct PendingRead {
-    pub group: GroupId,
     pub done: ReadIndexCallback,
+    /// When the read fails with `Timeout` (its start plus `read_index_timeout`).
     pub deadline: Instant,
+}
+
+/// Reads of one group that share ONE read-index request (one context, so one round of
+/// heartbeats at the leader or one `MsgReadIndex` from a follower). The batch is
+/// (re-)issued to Raft whenever `retry_at` has passed and this node can ask: as the leader
+/// once it has committed in its term, as a follower once it knows a leader (raft-rs
+/// forwards it there). Its answer completes every read in it with the same index.
+///
+/// Linearizability: a read point must be obtained after the read began. Only a batch that
+/// was never issued takes new reads; once its context went to Raft, later reads open the
+/// next batch. Re-issuing an issued batch is fine: every read in it began before the first
+/// issue, so any later answer is also after it began.
+pub(crate) struct ReadBatch {
+    pub group: GroupId,
+    /// In arrival order, so their deadlines never decrease (same timeout, monotonic clock):
+    /// the expired reads are always a prefix.
+    pub reads: Vec<PendingRead>,
     pub retry_at: Instant,
+}
+
+/// Every read waiting for a read point, in batches.
+///
+/// Invariants: `len` is the number of reads over all batches and never exceeds
+/// `read_index_pending_max`; no batch is empty; `open` names only batches that were never
+/// issued, at most one per group.
+#[derive(Default)]
+pub(crate) struct PendingReads {
+    /// By request id (the id in the batch's context).
+    pub batches: HashMap<u64, ReadBatch>,
+    /// The batch of each group still taking reads (not yet issued).
+    pub open: HashMap<GroupId, u64>,
+    pub len: usize,
+    pub next_id: u64,
+}
+
+impl PendingReads {
+    /// Removes batch `id` and returns its reads.
+    pub(crate) fn take(&mut self, id: u64) -> Option<Vec<PendingRead>> {
+        let b = self.batches.remove(&id)?;
+        if self.open.get(&b.group) == Some(&id) {
+            self.open.remove(&b.group);
+        }
+        self.len -= b.reads.len();
+        Some(b.reads)
+    }
 }
 
 /// The driver thread's state.
@@ -172,8 +214,7 @@ pub(crate) struct Loop {
     pub rx: Receiver<Msg>,
     pub status: Arc<RwLock<HashMap<GroupId, GroupStatus>>>,
     pub peers: BTreeMap<GroupId, Peer>,
-    pub reads: HashMap<u64, PendingRead>,
-    pub next_read_id: u64,
+    pub reads: PendingReads,
     /// Records produced outside a Ready (commit index updates from a LightReady); they
     /// ride along with the next WAL batch.
     pub pending: WriteBatch,
@@ -403,8 +444,7 @@ impl Loop {
             rx,
             status: Arc::new(RwLock::new(HashMap::new())),
             peers: BTreeMap::new(),
-            reads: HashMap::new(),
-            next_read_id: 1,
+            reads: PendingReads { next_id: 1, ..Default::default() },
             pending: WriteBatch::new(),
             logger: slog::Logger::root(slog::Discard, slog::o!()),
         };
@@ -619,17 +659,28 @@ impl Loop {
     }
 
     fn start_read(&mut self, group: GroupId, done: ReadIndexCallback) {
-        if self.reads.len() >= self.cfg.read_index_pending_max {
+        if self.reads.len >= self.cfg.read_index_pending_max {
             return done(Err(Error::Busy));
         }
         if !self.peers.contains_key(&group) {
             return done(Err(Error::GroupNotFound(group)));
         }
-        let id = self.next_read_id;
-        self.next_read_id += 1;
         let now = Instant::now();
-        // Issued by `service_reads` later in this same loop iteration.
-        self.reads.insert(id, PendingRead { group, done, deadline: now + self.cfg.read_index_timeout, retry_at: now });
+        let read = PendingRead { done, deadline: now + self.cfg.read_index_timeout };
+        self.reads.len += 1;
+        // Joins the group's batch that was not issued yet (see `ReadBatch` for why an issued
+        // one is never joined), or opens one; `service_reads` issues it later in this same
+        // loop iteration, after the inbox is drained, so every read that arrived meanwhile
+        // shares its request.
+        if let Some(id) = self.reads.open.get(&group) {
+            let batch = self.reads.batches.get_mut(id).expect("invariant: an open batch exists");
+            batch.reads.push(read);
+            return;
+        }
+        let id = self.reads.next_id;
+        self.reads.next_id += 1;
+        self.reads.batches.insert(id, ReadBatch { group, reads: vec![read], retry_at: now });
+        self.reads.open.insert(group, id);
     }
 
     /// The read-index context of request `id` on this node.
@@ -640,20 +691,28 @@ impl Loop {
         ctx
     }
 
-    /// Fails read requests past their deadline, and (re-)issues those due whose group can
-    /// ask now: a leader that has committed in its term (raft-rs drops earlier ones), or a
+    /// Fails reads past their deadline, and (re-)issues the batches due whose group can ask
+    /// now: a leader that has committed in its term (raft-rs drops earlier requests), or a
     /// follower that knows the leader. Re-issuing the same context is harmless: the leader
-    /// ignores a context it already holds, and the first answer completes the request.
+    /// ignores a context it already holds, and the first answer completes the batch.
     fn service_reads(&mut self, now: Instant) {
-        let expired: Vec<u64> = self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(id, _)| *id).collect();
-        for id in expired {
-            if let Some(r) = self.reads.remove(&id) {
+        let mut emptied = Vec::new();
+        for (id, b) in self.reads.batches.iter_mut() {
+            let expired = b.reads.partition_point(|r| r.deadline <= now);
+            for r in b.reads.drain(..expired) {
                 (r.done)(Err(Error::Timeout));
             }
+            self.reads.len -= expired;
+            if b.reads.is_empty() {
+                emptied.push(*id);
+            }
+        }
+        for id in emptied {
+            self.reads.take(id);
         }
         let retry = self.cfg.tick_interval * READ_INDEX_RETRY_TICKS;
         let due: Vec<(u64, GroupId)> =
-            self.reads.iter().filter(|(_, r)| r.retry_at <= now).map(|(id, r)| (*id, r.group)).collect();
+            self.reads.batches.iter().filter(|(_, b)| b.retry_at <= now).map(|(id, b)| (*id, b.group)).collect();
         for (id, group) in due {
             let ctx = self.read_ctx(id);
             let Some(p) = self.peers.get_mut(&group) else { continue };
@@ -662,8 +721,12 @@ impl Loop {
                 if r.state == raft::StateRole::Leader { r.commit_to_current_term() } else { r.leader_id != 0 };
             if can_ask {
                 p.raw.read_index(ctx);
-                if let Some(read) = self.reads.get_mut(&id) {
-                    read.retry_at = now + retry;
+                // Issued: reads arriving from now on open the next batch.
+                if self.reads.open.get(&group) == Some(&id) {
+                    self.reads.open.remove(&group);
+                }
+                if let Some(b) = self.reads.batches.get_mut(&id) {
+                    b.retry_at = now + retry;
                 }
             }
         }
@@ -707,8 +770,10 @@ impl Loop {
 
     /// Completes pending reads with `Stopped` and persists a last commit-index update.
     pub(crate) fn finish(&mut self) {
-        for (_, r) in self.reads.drain() {
-            (r.done)(Err(Error::Stopped));
+        for (_, b) in self.reads.batches.drain() {
+            for r in b.reads {
+                (r.done)(Err(Error::Stopped));
+            }
         }
         if !self.pending.is_empty() {
             let b = std::mem::take(&mut self.pending);

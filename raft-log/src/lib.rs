@@ -11,8 +11,10 @@
 //! - a **driver** ([`Driver`], [`DriverHandle`]) that owns one `raft::RawNode` per group
 //!   on one thread, runs raft-rs's Ready loop in the required order, persists every
 //!   group's Ready of one iteration with ONE WAL batch, and hands committed entries to a
-//!   [`StateMachine`]. [`ManualDriver`] is the same loop without its thread, stepped by
-//!   the caller (a deterministic simulation owns ticks and message delivery).
+//!   [`StateMachine`]. Linearizable reads of a group that arrive while none of its
+//!   read-index requests is being issued share ONE request (one context, one round of
+//!   heartbeats). [`ManualDriver`] is the same loop without its thread, stepped by the
+//!   caller (a deterministic simulation owns ticks and message delivery).
 //!
 //! ## Guarantees
 //!

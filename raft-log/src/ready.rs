@@ -41,19 +41,21 @@ impl Loop {
                 continue;
             }
             let id = u64::from_le_bytes(id.try_into().expect("8 bytes"));
-            if let Some(r) = self.reads.remove(&id) {
+            // Every read of the batch began before its context was first issued, so this
+            // read point (obtained after that) is linearizable for all of them.
+            for r in self.reads.take(id).into_iter().flatten() {
                 (r.done)(Ok(LogIndex(rs.index)));
             }
         }
     }
 
     /// The leader of `group` changed: raft-rs dropped the reads it held, so every pending
-    /// read of the group is asked again (of the new leader) right away. A read point
+    /// batch of the group is asked again (of the new leader) right away. A read point
     /// obtained after the request began is still linearizable.
     fn reissue_reads(&mut self, group: GroupId) {
         let now = Instant::now();
-        for r in self.reads.values_mut().filter(|r| r.group == group) {
-            r.retry_at = now;
+        for b in self.reads.batches.values_mut().filter(|b| b.group == group) {
+            b.retry_at = now;
         }
     }
 
@@ -157,9 +159,12 @@ impl Loop {
             }
         }
         if !self.pending.is_empty() {
-            // Commit-index updates need no wait: Raft re-learns commit after a crash.
+            // Commit-index updates need neither a wait nor an fdatasync of their own (raft-rs's
+            // `must_sync` is false for them): Raft re-learns commit after a crash, and the next
+            // synced frame makes them durable with it. Term and vote in this HardState are the
+            // ones the Ready that changed them already made durable.
             let b = std::mem::take(&mut self.pending);
-            if let Err(e) = self.wal.submit(b) {
+            if let Err(e) = self.wal.submit_unsynced(b) {
                 tracing::warn!(error = %e, "could not queue commit index update");
             }
         }

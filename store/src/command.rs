@@ -236,6 +236,29 @@ pub struct TxnRequest {
     pub failure: Vec<RequestOp>,
 }
 
+impl TxnRequest {
+    /// etcd's `isTxnReadonly`: every op of both branches is a range, or a nested txn that is
+    /// itself read-only (compares only read). An op without a request is not: it goes
+    /// through the log and fails there as etcd's does.
+    pub fn is_read_only(&self) -> bool {
+        self.success.iter().chain(&self.failure).all(|op| match &op.request {
+            Some(Request::Range(_)) => true,
+            Some(Request::Txn(t)) => t.is_read_only(),
+            _ => false,
+        })
+    }
+
+    /// etcd's `isTxnSerializable`: every range of both branches (nested txns included) is
+    /// serializable, so a read-only txn needs no linearizable read point.
+    pub fn is_serializable(&self) -> bool {
+        self.success.iter().chain(&self.failure).all(|op| match &op.request {
+            Some(Request::Range(r)) => r.serializable,
+            Some(Request::Txn(t)) => t.is_serializable(),
+            _ => true,
+        })
+    }
+}
+
 /// etcd `CompactionRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct CompactRequest {

@@ -122,6 +122,12 @@ impl<'a> Reader<'a> {
         Reader { db, snapshot: None, overlay: Some(overlay) }
     }
 
+    /// Reads at a RocksDB snapshot plus pending writes (a read-only txn evaluated outside
+    /// the apply path, whose overlay stays empty).
+    pub fn at_snapshot_with_overlay(db: &'a DB, snapshot: &'a Snapshot<'a>, overlay: &'a WriteSet) -> Reader<'a> {
+        Reader { db, snapshot: Some(snapshot), overlay: Some(overlay) }
+    }
+
     /// Reads the latest DB state (background jobs whose data nobody else writes).
     pub fn latest(db: &'a DB) -> Reader<'a> {
         Reader { db, snapshot: None, overlay: None }

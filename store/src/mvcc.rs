@@ -15,7 +15,7 @@ use bytes::Bytes;
 use rocksdb::DB;
 
 use crate::config::StoreConfig;
-use crate::engine::{Reader, WriteSet};
+use crate::engine::{Reader, Snapshot, WriteSet};
 use crate::error::{Error, Result};
 use crate::key_codec::{self as kc, Cf};
 use crate::kv::{Event, EventKind, KeyValue, StoredEvent};
@@ -163,15 +163,33 @@ pub(crate) struct BatchWriter<'a> {
     pub events: Vec<Event>,
     /// Changes made by the command being applied (its next sub revision).
     changes: i64,
+    /// `None` on the apply path (the latest DB state: apply is the group's only writer);
+    /// a snapshot matching `meta` for a read-only txn evaluated beside the applies.
+    snapshot: Option<&'a Snapshot<'a>>,
 }
 
 impl<'a> BatchWriter<'a> {
     pub fn new(db: &'a DB, g: GroupId, cfg: &'a StoreConfig, meta: ApplyMeta) -> BatchWriter<'a> {
-        BatchWriter { db, g, cfg, ws: WriteSet::default(), meta, events: Vec::new(), changes: 0 }
+        BatchWriter { db, g, cfg, ws: WriteSet::default(), meta, events: Vec::new(), changes: 0, snapshot: None }
+    }
+
+    /// A writer that reads at `snapshot`, whose state `meta` must describe. Only for
+    /// evaluating commands that write nothing: its write set is never written to RocksDB.
+    pub fn at_snapshot(
+        db: &'a DB,
+        snapshot: &'a Snapshot<'a>,
+        g: GroupId,
+        cfg: &'a StoreConfig,
+        meta: ApplyMeta,
+    ) -> BatchWriter<'a> {
+        BatchWriter { snapshot: Some(snapshot), ..BatchWriter::new(db, g, cfg, meta) }
     }
 
     pub fn reader(&self) -> Reader<'_> {
-        Reader::with_overlay(self.db, &self.ws)
+        match self.snapshot {
+            Some(s) => Reader::at_snapshot_with_overlay(self.db, s, &self.ws),
+            None => Reader::with_overlay(self.db, &self.ws),
+        }
     }
 
     /// Starts a command: its writes will share revision `current + 1`.
@@ -206,10 +224,13 @@ impl<'a> BatchWriter<'a> {
         self.ws.put(Cf::Events, kc::event_key(self.g, rev), ev.encode());
     }
 
-    /// Writes a new version of `key`; returns the previous live version.
-    pub fn put(&mut self, key: &Bytes, value: Bytes, lease: i64) -> Result<Option<KeyValue>> {
+    /// Writes a new version of `key` over `prev`, its live version in this writer's view,
+    /// which the caller has just read (every put needs it for its checks first, so it is
+    /// not read twice); returns `prev`.
+    pub fn put(&mut self, key: &Bytes, value: Bytes, lease: i64, prev: Option<KeyValue>) -> Result<Option<KeyValue>> {
         assert!(!key.is_empty(), "put of an empty key must be rejected by validation");
-        let prev = get_current(&self.reader(), self.g, key)?;
+        // An O(read) check, so tests only: a stale `prev` would corrupt versions and quotas.
+        debug_assert_eq!(prev, get_current(&self.reader(), self.g, key)?, "put: prev is not the live version");
         let rev = self.next_rev();
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 use rocksdb::{FlushOptions, DB};
 
-use crate::command::{self, Command, CommandBody, RangeRequest};
+use crate::command::{self, Command, CommandBody, RangeRequest, TxnRequest};
 use crate::compact;
 use crate::config::StoreConfig;
 use crate::engine::{self, Reader};
@@ -22,7 +22,7 @@ use crate::meta::ApplyMeta;
 use crate::mvcc::BatchWriter;
 use crate::quota;
 use crate::range;
-use crate::response::{CommandResponse, RangeResponse};
+use crate::response::{CommandResponse, RangeResponse, TxnResponse};
 use crate::revision::{GroupId, Revision};
 use crate::signal::Signal;
 use crate::snapshot::{self, SnapshotReader};
@@ -328,6 +328,26 @@ impl Store {
         range::range(&r, g, req, meta.current_revision, meta.compact_revision, meta.current_revision)
     }
 
+    /// Evaluates a read-only txn ([`TxnRequest::is_read_only`]) at a consistent point, with
+    /// the semantics and header revision its apply would have at that point, without a log
+    /// entry. The caller validates it first (as [`Store::validate`] of the command) and,
+    /// for a linearizable answer, waits for a read barrier; the result is then what applying
+    /// it right after the barrier would have produced. `Err(InvalidCommand)` if it writes.
+    pub fn read_only_txn(&self, g: GroupId, t: &TxnRequest) -> Result<TxnResponse> {
+        if !t.is_read_only() {
+            return Err(Error::InvalidCommand("txn writes: it must go through the log".into()));
+        }
+        let inner = &*self.inner;
+        let gs = inner.group(g);
+        // The snapshot is taken under the read lock, so it holds exactly `meta`'s revision.
+        let (snapshot, meta) = {
+            let m = gs.committed.read();
+            (inner.db.snapshot(), m.clone())
+        };
+        let mut w = BatchWriter::at_snapshot(&inner.db, &snapshot, g, &inner.cfg, meta);
+        txn::read_only_txn(&mut w, t)
+    }
+
     /// Every lease of `g`, by id.
     pub fn leases(&self, g: GroupId) -> Result<Vec<Lease>> {
         let _ = self.inner.group(g);
@@ -519,5 +539,87 @@ mod tests {
         let r = store.apply(g, &[(200, &cmd)]).unwrap();
         assert!(matches!(r[0], Err(Error::AlreadyApplied { index: 200, applied_index: 200 })));
         assert_eq!(store.current_revision(g), 201);
+    }
+
+    #[test]
+    fn read_only_txn_answers_as_its_apply_would() {
+        use crate::command::{Compare, CompareResult, CompareTarget, RequestOp, TargetUnion};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let g = GroupId(1);
+        let mut index = 0;
+        let mut apply = |body: CommandBody| {
+            index += 1;
+            let cmd = Command::new(index, body).encode_to_vec();
+            store.apply(g, &[(index, &cmd)]).unwrap().pop().unwrap()
+        };
+        for i in 0..5 {
+            let put = PutRequest { key: format!("k{i}").into(), value: format!("v{i}").into(), ..Default::default() };
+            apply(CommandBody::Put(put)).unwrap();
+        }
+        let range = |key: &str, end: &str, revision: i64| {
+            RequestOp::range(RangeRequest {
+                key: key.to_string().into(),
+                range_end: end.to_string().into(),
+                revision,
+                ..Default::default()
+            })
+        };
+        let version_is = |key: &str, v: i64| Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Version as i32,
+            key: key.to_string().into(),
+            target_union: Some(TargetUnion::Version(v)),
+            ..Default::default()
+        };
+        let nested = TxnRequest {
+            compare: vec![version_is("k1", 2)],
+            success: vec![range("k1", "", 0)],
+            failure: vec![range("k", "l", 3)],
+        };
+        let txns = [
+            TxnRequest {
+                compare: vec![version_is("k0", 1)],
+                success: vec![range("k0", "", 0), range("k", "l", 2)],
+                failure: vec![],
+            },
+            TxnRequest {
+                compare: vec![version_is("k0", 7)],
+                success: vec![],
+                failure: vec![RequestOp::txn(nested.clone()), range("k4", "", 0)],
+            },
+            // A future revision fails the same way on both paths.
+            TxnRequest { compare: vec![], success: vec![range("k", "l", 100)], failure: vec![] },
+        ];
+        for t in txns {
+            assert!(t.is_read_only());
+            let read = store.read_only_txn(g, &t);
+            let applied = apply(CommandBody::Txn(t.clone()));
+            assert_eq!(
+                format!("{read:?}"),
+                format!(
+                    "{:?}",
+                    applied.map(|r| match r {
+                        CommandResponse::Txn(t) => t,
+                        other => panic!("txn answered {other:?}"),
+                    })
+                )
+            );
+            assert_eq!(store.current_revision(g), 6, "a read-only txn takes no revision");
+        }
+        // After a compaction, a compacted range revision fails the same way too.
+        apply(CommandBody::Compact(crate::command::CompactRequest { revision: 4, physical: false })).unwrap();
+        let t = TxnRequest { success: vec![range("k", "l", 2)], ..Default::default() };
+        let read = store.read_only_txn(g, &t);
+        assert!(matches!(read, Err(Error::Compacted { requested: 2, compacted: 4 })), "{read:?}");
+        let writes = TxnRequest {
+            success: vec![RequestOp::txn(TxnRequest {
+                success: vec![RequestOp::put(PutRequest::default())],
+                ..Default::default()
+            })],
+            ..Default::default()
+        };
+        assert!(!writes.is_read_only());
+        assert!(matches!(store.read_only_txn(g, &writes), Err(Error::InvalidCommand(_))));
     }
 }

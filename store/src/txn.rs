@@ -62,6 +62,20 @@ pub(crate) fn apply_txn(w: &mut BatchWriter<'_>, t: &TxnRequest) -> Result<TxnRe
     Ok(resp)
 }
 
+/// A read-only Txn ([`TxnRequest::is_read_only`]) evaluated exactly as [`apply_txn`] would
+/// at the state `w` reads, without going through the log (etcd serves these after a read
+/// barrier too). Writes nothing; the header revision is the current one, as applied.
+pub(crate) fn read_only_txn(w: &mut BatchWriter<'_>, t: &TxnRequest) -> Result<TxnResponse> {
+    assert!(t.is_read_only(), "read_only_txn called with a txn that writes");
+    let before = w.meta.current_revision;
+    let resp = apply_txn(w, t)?;
+    assert!(
+        w.events.is_empty() && w.meta.current_revision == before && resp.revision == before,
+        "a read-only txn changed the store"
+    );
+    Ok(resp)
+}
+
 fn put(w: &mut BatchWriter<'_>, p: &PutRequest, prev: Option<KeyValue>) -> Result<PutResponse> {
     let (value, lease) = match (&prev, p.ignore_value, p.ignore_lease) {
         (None, true, _) | (None, _, true) => {
@@ -72,7 +86,7 @@ fn put(w: &mut BatchWriter<'_>, p: &PutRequest, prev: Option<KeyValue>) -> Resul
             if il { prev.as_ref().expect("checked above").lease } else { p.lease },
         ),
     };
-    w.put(&p.key, value, lease)?;
+    let prev = w.put(&p.key, value, lease, prev)?;
     Ok(PutResponse { revision: w.meta.current_revision + 1, prev_kv: if p.prev_kv { prev } else { None } })
 }
 
