@@ -351,38 +351,63 @@ async fn writer(endpoint: String, prefix: String, stop: Arc<AtomicBool>, acked: 
     }
 }
 
+/// One writer per member, each recording its acknowledged puts with their time.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(Ack, Instant)>>>,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(rt: &tokio::runtime::Runtime, c: &Cluster) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Arc<Mutex<Vec<(Ack, Instant)>>> = Arc::default();
+        let writers = c
+            .members
+            .iter()
+            .map(|m| rt.spawn(writer(m.endpoint(), format!("w-{}", m.name), stop.clone(), acked.clone())))
+            .collect();
+        Load { stop, acked, writers }
+    }
+
+    /// Waits until `n` puts were acknowledged after `since`; returns how long that took, or
+    /// `limit` if it did not happen by then.
+    fn wait(&self, n: usize, since: Instant, limit: Duration) -> Duration {
+        let start = Instant::now();
+        while self.acked.lock().unwrap().iter().filter(|(_, at)| *at > since).count() < n {
+            if start.elapsed() > limit {
+                return limit;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        start.elapsed()
+    }
+
+    /// Stops the writers and returns every acknowledged put.
+    fn finish(self, rt: &tokio::runtime::Runtime) -> Vec<Ack> {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.writers {
+            rt.block_on(w).expect("writer task");
+        }
+        let acked = self.acked.lock().unwrap();
+        acked.iter().map(|(a, _)| a.clone()).collect()
+    }
+}
+
 #[test]
 fn leader_sigkill_under_load_loses_no_acknowledged_write() {
     let rt = runtime();
     let mut c = Cluster::start();
     let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<Vec<(Ack, Instant)>>> = Arc::default();
-    let writers: Vec<_> = c
-        .members
-        .iter()
-        .map(|m| rt.spawn(writer(m.endpoint(), format!("w-{}", m.name), stop.clone(), acked.clone())))
-        .collect();
-    let wait_acks = |n: usize, since: Option<Instant>, limit: Duration| {
-        let start = Instant::now();
-        loop {
-            let count = acked.lock().unwrap().iter().filter(|(_, at)| since.is_none_or(|s| *at > s)).count();
-            if count >= n {
-                return start.elapsed();
-            }
-            if start.elapsed() > limit {
-                return limit;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-    assert!(wait_acks(60, None, Duration::from_secs(15)) < Duration::from_secs(15), "writes before the kill");
+    let load = Load::start(&rt, &c);
+    let t0 = Instant::now();
+    assert!(load.wait(60, t0, Duration::from_secs(15)) < Duration::from_secs(15), "writes before the kill");
 
     // SIGKILL the leader mid-load; the survivors elect a new one and writes go on.
     let killed_at = Instant::now();
     c.members[leader].kill9();
-    let outage = wait_acks(10, Some(killed_at), FAILOVER_MAX);
+    let outage = load.wait(10, killed_at, FAILOVER_MAX);
     assert!(outage < FAILOVER_MAX, "no write acknowledged within {FAILOVER_MAX:?} of killing the leader\n{}", c.logs());
     let new_leader = rt.block_on(c.wait_leader(FAILOVER_MAX));
     assert_ne!(new_leader, leader);
@@ -391,12 +416,8 @@ fn leader_sigkill_under_load_loses_no_acknowledged_write() {
     // The killed member restarts on its data dir and catches up while writes go on.
     c.spawn(leader);
     let restarted_at = Instant::now();
-    wait_acks(20, Some(restarted_at), Duration::from_secs(10));
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        rt.block_on(w).expect("writer task");
-    }
-    let acked: Vec<Ack> = acked.lock().unwrap().iter().map(|(a, _)| a.clone()).collect();
+    load.wait(20, restarted_at, Duration::from_secs(10));
+    let acked = load.finish(&rt);
 
     rt.block_on(verify_members(&c, new_leader, &acked));
 }
@@ -536,32 +557,15 @@ fn isolated_leader_steps_down_and_a_lagging_member_gets_a_snapshot() {
     let mut c = Cluster::start_with(&SHORT_LOG);
     let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<Vec<(Ack, Instant)>>> = Arc::default();
-    let writers: Vec<_> = c
-        .members
-        .iter()
-        .map(|m| rt.spawn(writer(m.endpoint(), format!("w-{}", m.name), stop.clone(), acked.clone())))
-        .collect();
-    let count_since = |since: Instant| acked.lock().unwrap().iter().filter(|(_, at)| *at > since).count();
-    let wait_acks = |n: usize, since: Instant, limit: Duration| {
-        let start = Instant::now();
-        while count_since(since) < n {
-            if start.elapsed() > limit {
-                return limit;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        start.elapsed()
-    };
+    let load = Load::start(&rt, &c);
     let t0 = Instant::now();
-    assert!(wait_acks(30, t0, Duration::from_secs(15)) < Duration::from_secs(15), "writes before the partition");
+    assert!(load.wait(30, t0, Duration::from_secs(15)) < Duration::from_secs(15), "writes before the partition");
 
     // The leader is cut off from everyone (its process is stopped): the others elect a new
     // leader and writes go on; when it comes back it steps down and catches up.
     c.members[leader].signal("STOP");
     let cut_at = Instant::now();
-    let outage = wait_acks(10, cut_at, FAILOVER_MAX);
+    let outage = load.wait(10, cut_at, FAILOVER_MAX);
     assert!(outage < FAILOVER_MAX, "no write within {FAILOVER_MAX:?} of isolating the leader\n{}", c.logs());
     eprintln!("writes resumed {outage:?} after the leader was isolated");
     let new_leader = rt.block_on(c.wait_leader(FAILOVER_MAX));
@@ -575,16 +579,12 @@ fn isolated_leader_steps_down_and_a_lagging_member_gets_a_snapshot() {
     let follower = (0..3).find(|i| *i != new_leader && *i != leader).expect("a third member");
     c.members[follower].kill9();
     let down_at = Instant::now();
-    wait_acks(150, down_at, Duration::from_secs(20));
+    load.wait(150, down_at, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(600));
     c.spawn(follower);
     let resumed_at = Instant::now();
-    wait_acks(30, resumed_at, Duration::from_secs(15));
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        rt.block_on(w).expect("writer task");
-    }
-    let acked: Vec<Ack> = acked.lock().unwrap().iter().map(|(a, _)| a.clone()).collect();
+    load.wait(30, resumed_at, Duration::from_secs(15));
+    let acked = load.finish(&rt);
     let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
     rt.block_on(verify_members(&c, leader, &acked));
     let log = std::fs::read_to_string(c.members[follower].dir.join("server.log")).unwrap_or_default();
