@@ -4,11 +4,12 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use raft::eraftpb::Entry;
 
 use crate::batch::WriteBatch;
@@ -23,7 +24,7 @@ use crate::segment::{
 use crate::storage::{read_entries, GroupStorage};
 use crate::types::{GroupId, LogIndex, Term};
 use crate::writer::{
-    purge, start_segment, Callback, Completion, Counters, Shared, Submission, Ticket, WalStats, Writer,
+    purge, start_segment, Callback, Completion, Counters, Segment, Shared, Submission, Ticket, WalStats, Writer,
 };
 
 /// Name of the lock file that keeps two processes from opening one WAL directory.
@@ -32,6 +33,7 @@ const LOCK_FILE_NAME: &str = "LOCK";
 /// The shared, segmented, group-committed write-ahead log of every Raft group on a node.
 pub struct Wal {
     shared: Arc<Shared>,
+    segment: Arc<Mutex<Segment>>,
     tx: Option<SyncSender<Submission>>,
     writer: Option<JoinHandle<()>>,
     config: WalConfig,
@@ -187,26 +189,29 @@ impl Wal {
         let next_seq = loaded.last().map_or(1, |s| s.seq + 1);
         drop(loaded);
 
-        let shared = Arc::new(Shared { dir: dir.clone(), index: RwLock::new(index), counters: Counters::default() });
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            index: RwLock::new(index),
+            counters: Counters::default(),
+            queued: AtomicUsize::new(0),
+        });
         // Always continue in a new segment: it starts with a checkpoint of the recovered
         // state, and the (possibly truncated) old tail is never appended to again.
         let (active, active_len) = start_segment(&shared, next_seq)?;
         purge(&shared);
 
         let (tx, rx) = sync_channel(config.queue_capacity);
-        let writer = Writer {
-            shared: Arc::clone(&shared),
-            rx,
+        let segment = Arc::new(Mutex::new(Segment {
             active,
             active_seq: next_seq,
             active_len,
             segment_bytes_max: config.segment_bytes_max,
             batch_bytes_max: config.batch_bytes_max,
-            carry: None,
             unsynced: false,
-        };
+        }));
+        let writer = Writer { shared: Arc::clone(&shared), rx, segment: Arc::clone(&segment), carry: None };
         let handle = std::thread::Builder::new().name("raft-log-writer".into()).spawn(move || writer.run())?;
-        Ok(Wal { shared, tx: Some(tx), writer: Some(handle), config, _lock: lock })
+        Ok(Wal { shared, segment, tx: Some(tx), writer: Some(handle), config, _lock: lock })
     }
 
     /// The configuration the WAL was opened with.
@@ -231,7 +236,12 @@ impl Wal {
             done.complete(Ok(()));
             return Ok(());
         }
-        self.sender().send(Submission { batch, done, sync }).map_err(|_| Error::Stopped)
+        // Ordering: counted before it is queued, so an inline write cannot overtake it.
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        self.sender().send(Submission { batch, done, sync }).map_err(|_| {
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            Error::Stopped
+        })
     }
 
     /// Queues `batch`, blocking while the queue is full. The ticket completes once the
@@ -261,10 +271,16 @@ impl Wal {
             done.complete(Ok(()));
             return Ok(ticket);
         }
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
         match self.sender().try_send(Submission { batch, done, sync: true }) {
             Ok(()) => Ok(ticket),
-            Err(TrySendError::Full(_)) => Err(Error::Busy),
-            Err(TrySendError::Disconnected(_)) => Err(Error::Stopped),
+            Err(e) => {
+                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                match e {
+                    TrySendError::Full(_) => Err(Error::Busy),
+                    TrySendError::Disconnected(_) => Err(Error::Stopped),
+                }
+            }
         }
     }
 
@@ -279,8 +295,27 @@ impl Wal {
         self.send(batch, Completion::callback(cb), true)
     }
 
-    /// Submits `batch` and waits until it is durable.
+    /// Submits `batch` and waits until it is durable. When nothing is queued and the writer
+    /// is idle, the frame is written and fdatasync'ed on the calling thread (see `writer.rs`),
+    /// which saves two thread hand-offs; otherwise it joins the writer's next group commit.
     pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        Self::check_size(&batch)?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if self.shared.queued.load(Ordering::SeqCst) == 0 {
+            if let Some(mut seg) = self.segment.try_lock() {
+                // Checked again under the lock: the writer lowers the count only while it
+                // holds it, and a submission counted after this point is queued behind us.
+                if self.shared.queued.load(Ordering::SeqCst) == 0 {
+                    let (done, ticket) = Completion::ticket();
+                    seg.commit(&self.shared, vec![Submission { batch, done, sync: true }]);
+                    seg.rotate_if_full(&self.shared);
+                    drop(seg);
+                    return ticket.wait();
+                }
+            }
+        }
         self.submit(batch)?.wait()
     }
 

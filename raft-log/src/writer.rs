@@ -1,13 +1,21 @@
-//! The writer thread: group commit. It owns the active segment, drains the bounded
-//! submission queue, writes everything drained as one frame, calls ONE fdatasync, updates
-//! the index and only then completes the submissions. It also rotates segments and
-//! purges old ones.
+//! The writer thread: group commit. It drains the bounded submission queue, writes
+//! everything drained as one frame to the active segment, calls ONE fdatasync, updates the
+//! index and only then completes the submissions. It also rotates segments and purges old
+//! ones.
+//!
+//! The active segment sits behind a mutex. A caller of `Wal::write` that finds the queue
+//! empty and the segment free writes its own frame on its own thread (the same code, the
+//! same fdatasync) instead of handing it to the writer and waiting to be woken: with one
+//! submitter at a time there is nothing to group, and the two thread hand-offs per write
+//! would be most of its latency. `Shared::queued` counts submissions queued and not yet
+//! committed; the inline path runs only while it is zero, under the segment lock, so it
+//! never overtakes a queued submission (queue order is log order).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
@@ -70,6 +78,9 @@ pub(crate) struct Shared {
     pub dir: PathBuf,
     pub index: RwLock<Index>,
     pub counters: Counters,
+    /// Submissions sent to the writer's queue and not yet committed (or rejected). Raised
+    /// before a send, lowered by the writer after the commit, under the segment lock.
+    pub queued: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -217,18 +228,23 @@ pub(crate) fn purge(shared: &Shared) {
     }
 }
 
-pub(crate) struct Writer {
-    pub shared: Arc<Shared>,
-    pub rx: Receiver<Submission>,
+/// The active segment and how frames are written to it.
+pub(crate) struct Segment {
     pub active: File,
     pub active_seq: u64,
     pub active_len: u64,
     pub segment_bytes_max: u64,
     pub batch_bytes_max: usize,
-    /// A submission received but left for the next frame because it would overflow this one.
-    pub carry: Option<Submission>,
     /// Whether the active segment holds written frames not yet fdatasync'ed.
     pub unsynced: bool,
+}
+
+pub(crate) struct Writer {
+    pub shared: Arc<Shared>,
+    pub rx: Receiver<Submission>,
+    pub segment: Arc<Mutex<Segment>>,
+    /// A submission received but left for the next frame because it would overflow this one.
+    pub carry: Option<Submission>,
 }
 
 impl Writer {
@@ -241,12 +257,13 @@ impl Writer {
                     Err(_) => return,
                 },
             };
+            let mut seg = self.segment.lock();
             let mut bytes = first.batch.encoded_len();
             let mut subs = vec![first];
             while subs.len() < SUBMISSIONS_PER_FRAME_MAX {
                 match self.rx.try_recv() {
                     Ok(s) => {
-                        if bytes + s.batch.encoded_len() > self.batch_bytes_max {
+                        if bytes + s.batch.encoded_len() > seg.batch_bytes_max {
                             self.carry = Some(s);
                             break;
                         }
@@ -256,17 +273,21 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(subs);
-            if self.active_len >= self.segment_bytes_max {
-                self.rotate();
-            }
+            let n = subs.len();
+            seg.commit(&self.shared, subs);
+            // Ordering: lowered only once these are in the log, still under the segment lock,
+            // so an inline writer that sees zero comes after every queued submission.
+            self.shared.queued.fetch_sub(n, Ordering::SeqCst);
+            seg.rotate_if_full(&self.shared);
         }
     }
+}
 
+impl Segment {
     /// Rejects submissions that would break a group's log, in queue order, as if the
     /// earlier accepted ones were already applied.
-    fn validate(&self, subs: Vec<Submission>) -> Vec<Submission> {
-        let index = self.shared.index.read();
+    fn validate(shared: &Shared, subs: Vec<Submission>) -> Vec<Submission> {
+        let index = shared.index.read();
         let mut projected: HashMap<GroupId, (u64, u64)> = HashMap::new();
         let mut accepted = Vec::with_capacity(subs.len());
         for sub in subs {
@@ -297,8 +318,10 @@ impl Writer {
         accepted
     }
 
-    fn commit(&mut self, subs: Vec<Submission>) {
-        let subs = self.validate(subs);
+    /// Writes `subs` as one frame, syncs it if any asks for it, indexes it and completes
+    /// every submission.
+    pub fn commit(&mut self, shared: &Shared, subs: Vec<Submission>) {
+        let subs = Self::validate(shared, subs);
         if subs.is_empty() {
             return;
         }
@@ -325,17 +348,17 @@ impl Writer {
         // unsynced submissions skips it; the next synced frame covers it (fdatasync flushes
         // every earlier write of the file).
         if subs.iter().any(|s| s.sync) {
-            self.sync_active();
+            self.sync_active(shared);
         } else {
             self.unsynced = true;
         }
-        let c = &self.shared.counters;
+        let c = &shared.counters;
         c.frames_written.fetch_add(1, Ordering::Relaxed);
         c.bytes_written.fetch_add(frame.len() as u64, Ordering::Relaxed);
         self.active_len += frame.len() as u64;
         let mut entries = 0;
         {
-            let mut index = self.shared.index.write();
+            let mut index = shared.index.write();
             for (s, base) in subs.iter().zip(&bases) {
                 for (record, spans) in &s.batch.records {
                     index
@@ -352,29 +375,33 @@ impl Writer {
         }
     }
 
-    fn sync_active(&mut self) {
+    fn sync_active(&mut self, shared: &Shared) {
         if let Err(e) = self.active.sync_data() {
             panic!(
                 "WAL fdatasync of segment {} failed: {e}; the page cache state is unknown, stopping",
                 self.active_seq
             );
         }
-        self.shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.unsynced = false;
     }
 
-    fn rotate(&mut self) {
+    /// Starts a new segment once the active one is full.
+    pub fn rotate_if_full(&mut self, shared: &Shared) {
+        if self.active_len < self.segment_bytes_max {
+            return;
+        }
         // Recovery tolerates a torn tail only in the last segment: an older one must be whole,
         // so unsynced frames are made durable before a newer segment exists.
         if self.unsynced {
-            self.sync_active();
+            self.sync_active(shared);
         }
         let seq = self.active_seq + 1;
         let (file, len) =
-            start_segment(&self.shared, seq).unwrap_or_else(|e| panic!("WAL rotation to segment {seq} failed: {e}"));
+            start_segment(shared, seq).unwrap_or_else(|e| panic!("WAL rotation to segment {seq} failed: {e}"));
         self.active = file;
         self.active_seq = seq;
         self.active_len = len;
-        purge(&self.shared);
+        purge(shared);
     }
 }

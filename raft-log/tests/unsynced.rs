@@ -63,3 +63,31 @@ fn unsynced_batches_skip_fdatasync_and_ride_with_the_next_sync() {
     );
     wal.check_invariants();
 }
+
+/// `Wal::write` runs inline on the caller's thread when the writer is idle; it must never
+/// overtake a batch queued before it. A queued commit-index update followed by a newer one
+/// written inline must leave the newer one in force.
+#[test]
+fn an_inline_write_never_overtakes_a_queued_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = GroupId(1);
+    let wal = open_small(dir.path());
+    let mut b = WriteBatch::new();
+    b.add_entries(g, &[entry(1, 1, b"a")]);
+    wal.write(b).unwrap();
+    let frames_before = wal.stats().frames_written;
+    for i in 1..=500u64 {
+        let mut older = WriteBatch::new();
+        older.set_hard_state(g, &hard_state(1, 2 * i));
+        let queued = wal.submit_unsynced(older).unwrap();
+        let mut newer = WriteBatch::new();
+        newer.set_hard_state(g, &hard_state(1, 2 * i + 1));
+        wal.write(newer).unwrap();
+        queued.wait().unwrap();
+        assert_eq!(wal.group_state(g).unwrap().hard_state.commit, 2 * i + 1, "round {i}: order broken");
+    }
+    assert!(wal.stats().frames_written > frames_before);
+    drop(wal);
+    let wal = open_small(dir.path());
+    assert_eq!(wal.group_state(g).unwrap().hard_state.commit, 1001);
+}
