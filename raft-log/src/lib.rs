@@ -74,6 +74,9 @@
 //!     │                                                  │ write one frame, ONE fdatasync
 //!     └──── Ticket::wait() / callback ◄─ index update ◄──┘ rotate + purge when full
 //!
+//!  Wal::write with nothing queued and the segment lock free: the same frame write,
+//!  fdatasync and index update on the caller's thread (no hand-off for a lone write).
+//!
 //!  DriverHandle ──► bounded inbox ──► driver thread (all RawNodes, ticks, Ready loop)
 //!                                        │ one WriteBatch per loop iteration
 //!                                        ├─► Wal (waits for the fsync)
@@ -82,7 +85,8 @@
 //! ```
 //!
 //! Readers (`GroupStorage`, `Wal::entries`) take a read lock on the index, which only the
-//! writer thread changes, after the frame is durable.
+//! holder of the segment lock (the writer thread or an inline `write`) changes, after the
+//! frame is durable.
 //!
 //! ## CAVEATS
 //!

@@ -164,7 +164,7 @@ impl Loop {
             // synced frame makes them durable with it. Term and vote in this HardState are the
             // ones the Ready that changed them already made durable.
             let b = std::mem::take(&mut self.pending);
-            if let Err(e) = self.wal.submit_unsynced(b) {
+            if let Err(e) = self.wal.write_unsynced(b) {
                 tracing::warn!(error = %e, "could not queue commit index update");
             }
         }
@@ -228,7 +228,7 @@ impl Loop {
                 panic!("raft-log driver cannot persist a Ready: {e}");
             }
         } else if !batch.is_empty() {
-            if let Err(e) = self.wal.submit_unsynced(batch) {
+            if let Err(e) = self.wal.write_unsynced(batch) {
                 tracing::warn!(error = %e, "could not queue commit index update");
             }
         }

@@ -303,20 +303,42 @@ impl Wal {
         if batch.is_empty() {
             return Ok(());
         }
-        if self.shared.queued.load(Ordering::SeqCst) == 0 {
-            if let Some(mut seg) = self.segment.try_lock() {
-                // Checked again under the lock: the writer lowers the count only while it
-                // holds it, and a submission counted after this point is queued behind us.
-                if self.shared.queued.load(Ordering::SeqCst) == 0 {
-                    let (done, ticket) = Completion::ticket();
-                    seg.commit(&self.shared, vec![Submission { batch, done, sync: true }]);
-                    seg.rotate_if_full(&self.shared);
-                    drop(seg);
-                    return ticket.wait();
-                }
-            }
+        match self.try_inline(batch, true) {
+            Ok(r) => r,
+            Err(batch) => self.submit(batch)?.wait(),
         }
-        self.submit(batch)?.wait()
+    }
+
+    /// Like [`Wal::submit_unsynced`] without a ticket: written on the calling thread when the
+    /// writer is idle (no wake-up of the writer for a few bytes), queued otherwise.
+    pub fn write_unsynced(&self, batch: WriteBatch) -> Result<()> {
+        Self::check_size(&batch)?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match self.try_inline(batch, false) {
+            Ok(r) => r,
+            Err(batch) => self.submit_unsynced(batch).map(drop),
+        }
+    }
+
+    /// Commits `batch` on this thread if nothing is queued and the segment is free; gives
+    /// the batch back otherwise.
+    fn try_inline(&self, batch: WriteBatch, sync: bool) -> std::result::Result<Result<()>, WriteBatch> {
+        if self.shared.queued.load(Ordering::SeqCst) != 0 {
+            return Err(batch);
+        }
+        let Some(mut seg) = self.segment.try_lock() else { return Err(batch) };
+        // Checked again under the lock: the writer lowers the count only while it holds it,
+        // and a submission counted after this point is queued behind this one.
+        if self.shared.queued.load(Ordering::SeqCst) != 0 {
+            return Err(batch);
+        }
+        let (done, ticket) = Completion::ticket();
+        seg.commit(&self.shared, vec![Submission { batch, done, sync }]);
+        seg.rotate_if_full(&self.shared);
+        drop(seg);
+        Ok(ticket.wait())
     }
 
     /// Records that `group` no longer needs entries at or below `index` (clamped to its
