@@ -49,3 +49,42 @@ pub fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
     v.sort();
     v
 }
+
+/// Starts a driver for node `id` on a fresh WAL in `dir`, ticking every 10 ms, as the
+/// in-memory cluster tests use it.
+pub fn start_driver(
+    id: u64,
+    dir: &Path,
+    read_index_timeout: std::time::Duration,
+    sm: Box<dyn raft_log::StateMachine>,
+    transport: std::sync::Arc<dyn raft_log::Transport>,
+    snapshots: Option<std::sync::Arc<dyn raft_log::SnapshotSource>>,
+) -> (raft_log::Driver, raft_log::DriverHandle) {
+    let wal = std::sync::Arc::new(Wal::open(WalConfig::new(dir)).expect("open"));
+    let cfg = raft_log::DriverConfig {
+        node_id: raft_log::NodeId(id),
+        tick_interval: std::time::Duration::from_millis(10),
+        read_index_timeout,
+        ..raft_log::DriverConfig::default()
+    };
+    raft_log::Driver::start_with_snapshots(cfg, wal, sm, transport, snapshots).expect("start driver")
+}
+
+/// Proposes `data` on `h`, retrying while the driver is busy or knows no leader, until
+/// `deadline`.
+pub fn propose_retrying(
+    h: &raft_log::DriverHandle,
+    group: raft_log::GroupId,
+    data: &str,
+    deadline: std::time::Instant,
+) {
+    loop {
+        match h.propose(group, bytes::Bytes::from(data.to_owned())) {
+            Ok(()) => return,
+            Err(raft_log::Error::Busy) | Err(raft_log::Error::NoLeader) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Err(e) => panic!("propose {data:?}: {e}"),
+        }
+    }
+}

@@ -9,6 +9,8 @@
 //! holds makes Raft fast-forward instead of restoring it; the entries up to it must not be
 //! handed again to a state machine the transport already replaced.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +22,7 @@ use parking_lot::Mutex;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Message, MessageType};
 use raft_log::{
     Bootstrap, CommittedEntry, Driver, DriverConfig, DriverHandle, Error, GroupId, GroupStatus, LogIndex, NodeId,
-    SnapshotSource, StateMachine, Transport, Wal, WalConfig,
+    SnapshotSource, StateMachine, Transport,
 };
 
 const GROUP: GroupId = GroupId(1);
@@ -266,10 +268,6 @@ struct Cluster {
     snapshots: bool,
 }
 
-fn config(id: u64) -> DriverConfig {
-    DriverConfig { node_id: NodeId(id), tick_interval: Duration::from_millis(10), ..DriverConfig::default() }
-}
-
 fn members(ids: &[u64]) -> Bootstrap {
     Bootstrap::Members(ids.iter().map(|id| (NodeId(*id), Bytes::from(format!("n{id}")))).collect())
 }
@@ -300,10 +298,16 @@ impl Cluster {
     }
 
     fn start_driver(&self, id: u64, dir: &Path, sm: &Sm, source: Option<Arc<Source>>) -> Driver {
-        let wal = Arc::new(Wal::open(WalConfig::new(dir)).unwrap());
         let link = Arc::new(Link { from: id, net: Arc::clone(&self.net) });
         let source = source.map(|s| s as Arc<dyn SnapshotSource>);
-        let (d, h) = Driver::start_with_snapshots(config(id), wal, Box::new(sm.clone()), link, source).unwrap();
+        let (d, h) = common::start_driver(
+            id,
+            dir,
+            DriverConfig::default().read_index_timeout,
+            Box::new(sm.clone()),
+            link,
+            source,
+        );
         self.net.handles.lock().insert(id, h);
         d
     }
@@ -345,16 +349,7 @@ impl Cluster {
     }
 
     fn propose(&self, on: u64, data: String) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match self.handle(on).propose(GROUP, Bytes::from(data.clone())) {
-                Ok(()) => return,
-                Err(Error::Busy) | Err(Error::NoLeader) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                Err(e) => panic!("propose on {on}: {e}"),
-            }
-        }
+        common::propose_retrying(&self.handle(on), GROUP, &data, Instant::now() + WAIT);
     }
 
     /// Proposes `data` round robin on `on`, then waits until every node of `on` applied them

@@ -8,23 +8,22 @@
 //! node under test is parked inside its state machine's `apply` (on the driver thread) while
 //! the reads are queued in its inbox.
 
+mod common;
+
+use common::{propose_retrying, start_driver};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use raft::eraftpb::{Message, MessageType};
-use raft_log::{
-    CommittedEntry, Driver, DriverConfig, DriverHandle, Error, GroupId, LogIndex, NodeId, StateMachine, Transport, Wal,
-    WalConfig,
-};
+use raft_log::{CommittedEntry, Driver, DriverHandle, GroupId, LogIndex, NodeId, StateMachine, Transport};
 
 const GROUP: GroupId = GroupId(1);
 const NODES: [u64; 3] = [1, 2, 3];
 /// Reads queued while the node is parked.
 const READS: usize = 200;
-const PARK: &[u8] = b"park";
+const PARK: &str = "park";
 
 /// Parks the driver thread in `apply` on a `PARK` entry while `closed`.
 #[derive(Default)]
@@ -65,7 +64,7 @@ impl StateMachine for Sm {
         LogIndex(0)
     }
     fn apply(&mut self, _group: GroupId, entries: Vec<CommittedEntry>) {
-        if entries.iter().any(|e| e.data == PARK) {
+        if entries.iter().any(|e| e.data == PARK.as_bytes()) {
             self.gate.wait_open();
         }
         *self.applied.lock().unwrap() = entries.last().map_or(0, |e| e.index.0);
@@ -137,16 +136,9 @@ impl Cluster {
         let (mut handles, mut sms, mut drivers, mut dirs) = (HashMap::new(), HashMap::new(), Vec::new(), Vec::new());
         for id in NODES {
             let dir = tempfile::tempdir().unwrap();
-            let wal = Arc::new(Wal::open(WalConfig::new(dir.path())).unwrap());
             let sm = Sm::default();
-            let cfg = DriverConfig {
-                node_id: NodeId(id),
-                tick_interval: Duration::from_millis(10),
-                read_index_timeout: Duration::from_secs(10),
-                ..DriverConfig::default()
-            };
             let link = Arc::new(Link { from: id, net: Arc::clone(&net) });
-            let (d, h) = Driver::start(cfg, wal, Box::new(sm.clone()), link).unwrap();
+            let (d, h) = start_driver(id, dir.path(), Duration::from_secs(10), Box::new(sm.clone()), link, None);
             h.create_group(GROUP, NODES.iter().map(|n| NodeId(*n)).collect()).unwrap();
             handles.insert(id, h);
             sms.insert(id, sm);
@@ -169,17 +161,8 @@ impl Cluster {
         self.handle(NODES[0]).status(GROUP).unwrap().leader.0
     }
 
-    fn propose(&self, on: u64, data: &'static [u8]) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.handle(on).propose(GROUP, Bytes::from_static(data)) {
-                Ok(()) => return,
-                Err(Error::Busy) | Err(Error::NoLeader) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                Err(e) => panic!("propose on {on}: {e}"),
-            }
-        }
+    fn propose(&self, on: u64, data: &'static str) {
+        propose_retrying(self.handle(on), GROUP, data, Instant::now() + Duration::from_secs(10));
     }
 
     /// Parks `node`'s driver thread, queues `READS` reads on it, lets it go, and returns
@@ -217,7 +200,7 @@ fn concurrent_reads_share_one_read_index_request() {
     let leader = c.wait_leader();
     let follower = NODES.into_iter().find(|n| *n != leader).unwrap();
     // The leader has committed in its term once an entry of it applies everywhere.
-    c.propose(leader, b"warm-up");
+    c.propose(leader, "warm-up");
     wait_until("warm-up applied everywhere", || c.sms.values().all(|sm| *sm.applied.lock().unwrap() >= 2));
 
     // On a follower: READS queued reads go to the leader as ONE MsgReadIndex context.
@@ -242,7 +225,7 @@ fn a_read_after_its_batch_was_issued_opens_the_next_batch() {
     let c = Cluster::start();
     let leader = c.wait_leader();
     let follower = NODES.into_iter().find(|n| *n != leader).unwrap();
-    c.propose(leader, b"warm-up");
+    c.propose(leader, "warm-up");
     wait_until("warm-up applied everywhere", || c.sms.values().all(|sm| *sm.applied.lock().unwrap() >= 2));
 
     // The first read's request is issued but lost, so its batch stays pending and re-issued.

@@ -3,17 +3,16 @@
 //! follower gets a read index from the leader, and after the leader is cut off the other
 //! two elect a new one and go on; healed, all three apply the same sequence.
 
+mod common;
+
+use common::{propose_retrying, start_driver};
 use std::collections::{HashMap, HashSet};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use raft::eraftpb::Message;
-use raft_log::{
-    CommittedEntry, Driver, DriverConfig, DriverHandle, Error, GroupId, LogIndex, NodeId, StateMachine, Transport, Wal,
-    WalConfig,
-};
+use raft_log::{CommittedEntry, Driver, DriverHandle, Error, GroupId, LogIndex, NodeId, StateMachine, Transport};
 
 const GROUP: GroupId = GroupId(1);
 const NODES: [u64; 3] = [1, 2, 3];
@@ -81,16 +80,9 @@ impl Cluster {
         let mut dirs = Vec::new();
         for id in NODES {
             let dir = tempfile::tempdir().unwrap();
-            let wal = Arc::new(Wal::open(WalConfig::new(dir.path())).unwrap());
             let sm = Sm::default();
-            let cfg = DriverConfig {
-                node_id: NodeId(id),
-                tick_interval: Duration::from_millis(10),
-                read_index_timeout: Duration::from_secs(5),
-                ..DriverConfig::default()
-            };
             let link = Arc::new(Link { from: id, net: Arc::clone(&net) });
-            let (d, h) = Driver::start(cfg, wal, Box::new(sm.clone()), link).unwrap();
+            let (d, h) = start_driver(id, dir.path(), Duration::from_secs(5), Box::new(sm.clone()), link, None);
             h.create_group(GROUP, NODES.iter().map(|n| NodeId(*n)).collect()).unwrap();
             handles.insert(id, h);
             sms.insert(id, sm);
@@ -117,16 +109,7 @@ impl Cluster {
     }
 
     fn propose(&self, on: u64, data: String) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.handle(on).propose(GROUP, Bytes::from(data.clone())) {
-                Ok(()) => return,
-                Err(Error::Busy) | Err(Error::NoLeader) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                Err(e) => panic!("propose on {on}: {e}"),
-            }
-        }
+        propose_retrying(self.handle(on), GROUP, &data, Instant::now() + Duration::from_secs(10));
     }
 }
 
