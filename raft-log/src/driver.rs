@@ -449,15 +449,19 @@ impl Loop {
             logger: slog::Logger::root(slog::Discard, slog::o!()),
         };
         for group in lp.wal.groups() {
-            let initialized = lp
-                .wal
-                .group_state(group)
-                .is_some_and(|s| !s.conf_state.voters.is_empty() || !s.conf_state.learners.is_empty());
-            if initialized {
+            if lp.initialized(group) {
                 lp.create_peer(group, &Bootstrap::Join)?;
             }
         }
         Ok(lp)
+    }
+
+    /// Whether `group` has a configuration in the WAL (bootstrapped, or learned from the
+    /// leader's log or snapshot).
+    fn initialized(&self, group: GroupId) -> bool {
+        self.wal
+            .group_state(group)
+            .is_some_and(|s| !s.conf_state.voters.is_empty() || !s.conf_state.learners.is_empty())
     }
 
     /// Creates the RawNode of `group`. A group with no ConfState in the WAL yet is first
@@ -469,11 +473,7 @@ impl Loop {
         if self.peers.len() >= self.cfg.groups_max {
             return Err(Error::Busy);
         }
-        let initialized = self
-            .wal
-            .group_state(group)
-            .is_some_and(|s| !s.conf_state.voters.is_empty() || !s.conf_state.learners.is_empty());
-        if !initialized {
+        if !self.initialized(group) {
             let mut b = WriteBatch::new();
             match bootstrap {
                 Bootstrap::Voters(voters) if !voters.is_empty() => {

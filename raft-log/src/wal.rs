@@ -230,7 +230,8 @@ impl Wal {
         self.tx.as_ref().expect("invariant: sender lives until drop")
     }
 
-    fn send(&self, batch: WriteBatch, done: Completion, sync: bool) -> Result<()> {
+    /// Queues `batch`, waiting for room when `block`, failing with `Busy` otherwise.
+    fn send(&self, batch: WriteBatch, done: Completion, sync: bool, block: bool) -> Result<()> {
         Self::check_size(&batch)?;
         if batch.is_empty() {
             done.complete(Ok(()));
@@ -238,17 +239,26 @@ impl Wal {
         }
         // Ordering: counted before it is queued, so an inline write cannot overtake it.
         self.shared.queued.fetch_add(1, Ordering::SeqCst);
-        self.sender().send(Submission { batch, done, sync }).map_err(|_| {
+        let submission = Submission { batch, done, sync };
+        let sent = if block {
+            self.sender().send(submission).map_err(|_| Error::Stopped)
+        } else {
+            self.sender().try_send(submission).map_err(|e| match e {
+                TrySendError::Full(_) => Error::Busy,
+                TrySendError::Disconnected(_) => Error::Stopped,
+            })
+        };
+        if sent.is_err() {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-            Error::Stopped
-        })
+        }
+        sent
     }
 
     /// Queues `batch`, blocking while the queue is full. The ticket completes once the
     /// batch is durable and readable.
     pub fn submit(&self, batch: WriteBatch) -> Result<Ticket> {
         let (done, ticket) = Completion::ticket();
-        self.send(batch, done, true)?;
+        self.send(batch, done, true, true)?;
         Ok(ticket)
     }
 
@@ -259,29 +269,15 @@ impl Wal {
     /// batch is written and readable.
     pub fn submit_unsynced(&self, batch: WriteBatch) -> Result<Ticket> {
         let (done, ticket) = Completion::ticket();
-        self.send(batch, done, false)?;
+        self.send(batch, done, false, true)?;
         Ok(ticket)
     }
 
     /// Like [`Wal::submit`] but fails with `Error::Busy` instead of blocking on a full queue.
     pub fn try_submit(&self, batch: WriteBatch) -> Result<Ticket> {
-        Self::check_size(&batch)?;
         let (done, ticket) = Completion::ticket();
-        if batch.is_empty() {
-            done.complete(Ok(()));
-            return Ok(ticket);
-        }
-        self.shared.queued.fetch_add(1, Ordering::SeqCst);
-        match self.sender().try_send(Submission { batch, done, sync: true }) {
-            Ok(()) => Ok(ticket),
-            Err(e) => {
-                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-                match e {
-                    TrySendError::Full(_) => Err(Error::Busy),
-                    TrySendError::Disconnected(_) => Err(Error::Stopped),
-                }
-            }
-        }
+        self.send(batch, done, true, false)?;
+        Ok(ticket)
     }
 
     /// Queues `batch` (blocking while the queue is full); `callback` runs on the writer
@@ -292,7 +288,7 @@ impl Wal {
         callback: impl FnOnce(Result<()>) + Send + 'static,
     ) -> Result<()> {
         let cb: Callback = Box::new(callback);
-        self.send(batch, Completion::callback(cb), true)
+        self.send(batch, Completion::callback(cb), true, true)
     }
 
     /// Submits `batch` and waits until it is durable. When nothing is queued and the writer
