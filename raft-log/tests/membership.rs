@@ -348,6 +348,22 @@ impl Cluster {
         leader
     }
 
+    /// Waits until every node of `ids` has applied as far as node `of`.
+    fn wait_same_applied(&self, what: &str, of: u64, ids: &[u64]) {
+        wait_until(what, || {
+            let a = self.sm(of).applied();
+            ids.iter().all(|id| self.sm(*id).applied() == a)
+        });
+    }
+
+    /// Asserts every node of `ids` applied the same sequence as node `of`.
+    fn assert_same_log(&self, of: u64, ids: &[u64]) {
+        let reference = log(self.sm(of));
+        for id in ids {
+            assert_eq!(log(self.sm(*id)), reference, "node {id} differs from the leader");
+        }
+    }
+
     fn propose(&self, on: u64, data: String) {
         common::propose_retrying(&self.handle(on), GROUP, &data, Instant::now() + WAIT);
     }
@@ -463,10 +479,7 @@ fn members_bootstrap_then_add_learner_promote_remove() {
 
     c.wait_leader(&[1, 2, 3]);
     c.propose_all(&[1, 2, 3], "a", 20);
-    wait_until("same applied index on 1..=3", || {
-        let a = c.sm(1).applied();
-        [2, 3].iter().all(|id| c.sm(*id).applied() == a)
-    });
+    c.wait_same_applied("same applied index on 1..=3", 1, &[2, 3]);
     for id in [2, 3] {
         assert_eq!(log(c.sm(id)), log(c.sm(1)), "node {id} applied another sequence than node 1");
     }
@@ -515,10 +528,7 @@ fn members_bootstrap_then_add_learner_promote_remove() {
     let removed_at = c.change(&rest, &rest, ConfChangeType::RemoveNode, victim, "");
     wait_until("3 voters on the remaining members", || rest.iter().all(|id| ids(&c.status(*id).voters) == rest));
     c.propose_all(&rest, "d", 10);
-    wait_until("same applied index on the remaining members", || {
-        let a = c.sm(rest[0]).applied();
-        rest.iter().all(|id| c.sm(*id).applied() == a)
-    });
+    c.wait_same_applied("same applied index on the remaining members", rest[0], &rest);
 
     // Identical sequences: every remaining member applied the same entries and saw the same
     // conf changes (the joiner included); the removed one holds a prefix of them. The
@@ -569,10 +579,7 @@ fn members_bootstrap_then_add_learner_promote_remove() {
     c.restart(wiped, true);
     wait_until("the wiped member replayed the log", || c.sm(wiped).applied() >= reference.last().unwrap().0);
     c.propose_all(&rest, "e", 5);
-    wait_until("same applied index on the remaining members", || {
-        let a = c.sm(rest[1]).applied();
-        rest.iter().all(|id| c.sm(*id).applied() == a)
-    });
+    c.wait_same_applied("same applied index on the remaining members", rest[1], &rest);
     assert_eq!(log(c.sm(wiped)), log(c.sm(rest[1])), "the wiped member applied another sequence");
     let replayed: Vec<_> =
         c.sm(wiped).changes().iter().map(|ch| (ch.index, ch.kind, ch.node, ch.context.clone())).collect();
@@ -634,14 +641,8 @@ fn lagging_follower_receives_snapshot() {
 
     // It then applies later entries, and ends with the leader's state.
     c.propose_all(&[1, 2, 3], "c", 20);
-    wait_until("same applied index everywhere", || {
-        let a = c.sm(leader).applied();
-        [1, 2, 3].iter().all(|id| c.sm(*id).applied() == a)
-    });
-    let reference = log(c.sm(leader));
-    for id in [1, 2, 3] {
-        assert_eq!(log(c.sm(id)), reference, "node {id} differs from the leader");
-    }
+    c.wait_same_applied("same applied index everywhere", leader, &[1, 2, 3]);
+    c.assert_same_log(leader, &[1, 2, 3]);
     let s = c.status(lagging);
     assert_eq!((ids(&s.voters), s.learners.clone()), (vec![1, 2, 3], vec![]));
     assert!(s.first_index.0 > snaps[0], "the follower's log starts after its snapshot: {s:?}");
@@ -669,14 +670,8 @@ fn member_added_after_compaction_joins_by_snapshot() {
     assert!(c.sm(4).changes().iter().all(|ch| ch.index > snap), "{:?}", c.sm(4).changes());
 
     c.propose_all(&[1, 2, 3, 4], "c", 20);
-    wait_until("same applied index on all four", || {
-        let a = c.sm(leader).applied();
-        [1, 2, 3, 4].iter().all(|id| c.sm(*id).applied() == a)
-    });
-    let reference = log(c.sm(leader));
-    for id in [1, 2, 3, 4] {
-        assert_eq!(log(c.sm(id)), reference, "node {id} differs from the leader");
-    }
+    c.wait_same_applied("same applied index on all four", leader, &[1, 2, 3, 4]);
+    c.assert_same_log(leader, &[1, 2, 3, 4]);
 
     // Restarted, the joiner recovers its membership from the snapshot metadata in its WAL and
     // keeps applying; then it is promoted like any learner.
@@ -687,14 +682,8 @@ fn member_added_after_compaction_joins_by_snapshot() {
     c.change(&[1, 2, 3, 4], &[1, 2, 3, 4], ConfChangeType::AddNode, 4, "n4");
     wait_until("4 voters everywhere", || [1, 2, 3, 4].iter().all(|id| ids(&c.status(*id).voters) == [1, 2, 3, 4]));
     c.propose_all(&[1, 2, 3, 4], "e", 10);
-    wait_until("same applied index on all four", || {
-        let a = c.sm(leader).applied();
-        [1, 2, 3, 4].iter().all(|id| c.sm(*id).applied() == a)
-    });
-    let reference = log(c.sm(leader));
-    for id in [1, 2, 3, 4] {
-        assert_eq!(log(c.sm(id)), reference, "node {id} differs from the leader");
-    }
+    c.wait_same_applied("same applied index on all four", leader, &[1, 2, 3, 4]);
+    c.assert_same_log(leader, &[1, 2, 3, 4]);
     assert_eq!(c.sm(4).snapshots(), vec![snap], "no further snapshot after the restart");
     c.assert_no_errors();
 }
@@ -725,10 +714,7 @@ fn snapshot_for_entries_the_follower_holds_is_not_applied_twice() {
     *c.net.lossy.lock() = None;
     wait_until("a snapshot reached the follower", || !c.sm(follower).installed().is_empty());
     c.propose_all(&[1, 2, 3], "c", 10);
-    wait_until("same applied index everywhere", || {
-        let a = c.sm(leader).applied();
-        [1, 2, 3].iter().all(|id| c.sm(*id).applied() == a)
-    });
+    c.wait_same_applied("same applied index everywhere", leader, &[1, 2, 3]);
     let reference = log(c.sm(leader));
     let f = c.sm(follower);
     let what = format!("installed {:?}, on_snapshot {:?}", f.installed(), f.snapshots());

@@ -165,6 +165,22 @@ impl Cluster {
         propose_retrying(self.handle(on), GROUP, data, Instant::now() + Duration::from_secs(10));
     }
 
+    /// Waits until the leader has committed in its term: an entry of it applies everywhere.
+    fn warm_up(&self, leader: u64) {
+        self.propose(leader, "warm-up");
+        wait_until("warm-up applied everywhere", || self.sms.values().all(|sm| *sm.applied.lock().unwrap() >= 2));
+    }
+
+    /// Queues READS parked reads on `node` and checks they went out as ONE context of
+    /// `sent` (on `role`), all answered with one read index at or past what was applied.
+    fn assert_one_batch(&self, node: u64, sent: &Mutex<HashMap<u64, Vec<Vec<u8>>>>, role: &str) {
+        let (answers, applied_before) = self.parked_reads(node);
+        let ctxs = Net::distinct(sent, node);
+        assert_eq!(ctxs.len(), 1, "{READS} reads on {role} used {} read-index contexts", ctxs.len());
+        assert!(answers.windows(2).all(|w| w[0] == w[1]), "one batch, one read index: {answers:?}");
+        assert!(answers[0].0 >= applied_before, "read index {:?} below the applied {applied_before}", answers[0]);
+    }
+
     /// Parks `node`'s driver thread, queues `READS` reads on it, lets it go, and returns
     /// their answers together with the index applied on `node` just before the reads began.
     fn parked_reads(&self, node: u64) -> (Vec<LogIndex>, u64) {
@@ -199,25 +215,15 @@ fn concurrent_reads_share_one_read_index_request() {
     let c = Cluster::start();
     let leader = c.wait_leader();
     let follower = NODES.into_iter().find(|n| *n != leader).unwrap();
-    // The leader has committed in its term once an entry of it applies everywhere.
-    c.propose(leader, "warm-up");
-    wait_until("warm-up applied everywhere", || c.sms.values().all(|sm| *sm.applied.lock().unwrap() >= 2));
+    c.warm_up(leader);
 
     // On a follower: READS queued reads go to the leader as ONE MsgReadIndex context.
     c.net.clear();
-    let (answers, applied_before) = c.parked_reads(follower);
-    let ctxs = Net::distinct(&c.net.read_index_ctxs, follower);
-    assert_eq!(ctxs.len(), 1, "{READS} reads on a follower used {} read-index contexts", ctxs.len());
-    assert!(answers.windows(2).all(|w| w[0] == w[1]), "one batch, one read index: {answers:?}");
-    assert!(answers[0].0 >= applied_before, "read index {:?} below the applied {applied_before}", answers[0]);
+    c.assert_one_batch(follower, &c.net.read_index_ctxs, "a follower");
 
     // On the leader: READS queued reads are confirmed by heartbeats carrying ONE context.
     c.net.clear();
-    let (answers, applied_before) = c.parked_reads(leader);
-    let ctxs = Net::distinct(&c.net.heartbeat_ctxs, leader);
-    assert_eq!(ctxs.len(), 1, "{READS} reads on the leader used {} read-index contexts", ctxs.len());
-    assert!(answers.windows(2).all(|w| w[0] == w[1]), "one batch, one read index: {answers:?}");
-    assert!(answers[0].0 >= applied_before, "read index {:?} below the applied {applied_before}", answers[0]);
+    c.assert_one_batch(leader, &c.net.heartbeat_ctxs, "the leader");
 }
 
 #[test]
@@ -225,8 +231,7 @@ fn a_read_after_its_batch_was_issued_opens_the_next_batch() {
     let c = Cluster::start();
     let leader = c.wait_leader();
     let follower = NODES.into_iter().find(|n| *n != leader).unwrap();
-    c.propose(leader, "warm-up");
-    wait_until("warm-up applied everywhere", || c.sms.values().all(|sm| *sm.applied.lock().unwrap() >= 2));
+    c.warm_up(leader);
 
     // The first read's request is issued but lost, so its batch stays pending and re-issued.
     c.net.clear();
