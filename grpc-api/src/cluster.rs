@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::EtcdError;
 use crate::member::{new_member_id, normalize_urls, Member};
-use crate::node::Node;
+use crate::node::{Node, LEARNERS_MAX};
 use crate::pb::etcdserverpb::{self as pb, cluster_server::Cluster};
 
 /// The Cluster service.
@@ -33,7 +33,7 @@ fn to_pb(m: &Member) -> pb::Member {
 
 impl ClusterService {
     fn members(&self) -> Vec<pb::Member> {
-        self.node.identity.read().members.iter().map(to_pb).collect()
+        members_pb(&self.node.membership.identity.read().members)
     }
 
     /// etcd's Cluster responses carry no revision in their header.
@@ -43,6 +43,7 @@ impl ClusterService {
 
     fn member(&self, id: u64) -> Result<Member, Status> {
         self.node
+            .membership
             .identity
             .read()
             .members
@@ -52,9 +53,17 @@ impl ClusterService {
             .ok_or_else(|| EtcdError::MemberNotFound.status())
     }
 
-    fn check_urls(urls: &[String]) -> Result<(), Status> {
+    /// Checks peer URLs asked for a member: well formed, and used by no other member than
+    /// `except`.
+    fn check_peer_urls(&self, urls: &[String], except: Option<u64>) -> Result<(), Status> {
         if urls.is_empty() || urls.iter().any(|u| crate::config::url_host_port(u).is_err()) {
             return Err(EtcdError::MemberBadUrls.status());
+        }
+        let wanted = normalize_urls(urls);
+        let identity = self.node.membership.identity.read();
+        let mut others = identity.members.iter().filter(|m| Some(m.id) != except);
+        if others.any(|m| normalize_urls(&m.peer_urls).iter().any(|u| wanted.contains(u))) {
+            return Err(EtcdError::PeerUrlExist.status());
         }
         Ok(())
     }
@@ -63,14 +72,14 @@ impl ClusterService {
     /// started (published a name) for a quorum of the larger cluster, except when a single
     /// member takes its second; and every voter is connected now.
     fn check_add_voter(&self) -> Result<(), Status> {
-        let identity = self.node.identity.read();
+        let identity = self.node.membership.identity.read();
         let voters: Vec<&Member> = identity.members.iter().filter(|m| !m.is_learner).collect();
         let members = voters.len() + 1;
         let started = voters.iter().filter(|m| !m.name.is_empty()).count();
         if !(started == 1 && members == 2) && started < members / 2 + 1 {
             return Err(EtcdError::NotEnoughStartedMembers.status());
         }
-        let connected = self.node.transport.connected_members();
+        let connected = self.node.membership.transport.connected_members();
         if voters.iter().any(|m| !connected.contains(&m.id)) {
             return Err(EtcdError::Unhealthy.status());
         }
@@ -81,14 +90,14 @@ impl ClusterService {
     /// that have started make a quorum, and unless `id` is already unreachable, the voters
     /// connected now still make a quorum without it.
     fn check_remove_voter(&self, id: u64) -> Result<(), Status> {
-        let identity = self.node.identity.read();
+        let identity = self.node.membership.identity.read();
         let voters: Vec<&Member> = identity.members.iter().filter(|m| !m.is_learner).collect();
         let remaining: Vec<&&Member> = voters.iter().filter(|m| m.id != id).collect();
         let started = remaining.iter().filter(|m| !m.name.is_empty()).count();
         if remaining.is_empty() || started < remaining.len() / 2 + 1 {
             return Err(EtcdError::NotEnoughStartedMembers.status());
         }
-        let connected = self.node.transport.connected_members();
+        let connected = self.node.membership.transport.connected_members();
         if id != identity.member_id && !connected.contains(&id) {
             return Ok(());
         }
@@ -98,10 +107,10 @@ impl ClusterService {
         }
         Ok(())
     }
+}
 
-    fn members_pb(members: &[Member]) -> Vec<pb::Member> {
-        members.iter().map(to_pb).collect()
-    }
+fn members_pb(members: &[Member]) -> Vec<pb::Member> {
+    members.iter().map(to_pb).collect()
 }
 
 #[tonic::async_trait]
@@ -112,26 +121,21 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
         self.node.check_not_learner()?;
         let req = request.into_inner();
-        Self::check_urls(&req.peer_ur_ls)?;
-        let wanted = normalize_urls(&req.peer_ur_ls);
-        let (cluster_id, in_use) = {
-            let identity = self.node.identity.read();
-            let in_use =
-                identity.members.iter().any(|m| normalize_urls(&m.peer_urls).iter().any(|u| wanted.contains(u)));
-            (identity.cluster_id, in_use)
-        };
-        if in_use {
-            return Err(EtcdError::PeerUrlExist.status());
-        }
+        self.check_peer_urls(&req.peer_ur_ls, None)?;
         if req.is_learner {
-            if self.node.learner_count() >= self.node.learners_max() {
+            let learners = self.node.membership.identity.read().members.iter().filter(|m| m.is_learner).count();
+            if learners >= LEARNERS_MAX {
                 return Err(EtcdError::TooManyLearners.status());
             }
         } else {
             self.check_add_voter()?;
         }
         let member = Member {
-            id: new_member_id(cluster_id, &req.peer_ur_ls, std::time::SystemTime::now()),
+            id: new_member_id(
+                self.node.membership.identity.read().cluster_id,
+                &req.peer_ur_ls,
+                std::time::SystemTime::now(),
+            ),
             name: String::new(),
             peer_urls: req.peer_ur_ls.clone(),
             client_urls: Vec::new(),
@@ -142,7 +146,7 @@ impl Cluster for ClusterService {
         Ok(Response::new(pb::MemberAddResponse {
             header: Some(self.header()),
             member: Some(to_pb(&member)),
-            members: Self::members_pb(&members),
+            members: members_pb(&members),
         }))
     }
 
@@ -156,7 +160,7 @@ impl Cluster for ClusterService {
             self.check_remove_voter(member.id)?;
         }
         let members = self.node.propose_conf_change(ConfChangeType::RemoveNode, member).await?;
-        Ok(Response::new(pb::MemberRemoveResponse { header: Some(self.header()), members: Self::members_pb(&members) }))
+        Ok(Response::new(pb::MemberRemoveResponse { header: Some(self.header()), members: members_pb(&members) }))
     }
 
     async fn member_update(
@@ -166,24 +170,12 @@ impl Cluster for ClusterService {
         self.node.check_not_learner()?;
         let req = request.into_inner();
         let mut member = self.member(req.id)?;
-        Self::check_urls(&req.peer_ur_ls)?;
-        let wanted = normalize_urls(&req.peer_ur_ls);
-        let in_use = self
-            .node
-            .identity
-            .read()
-            .members
-            .iter()
-            .filter(|m| m.id != req.id)
-            .any(|m| normalize_urls(&m.peer_urls).iter().any(|u| wanted.contains(u)));
-        if in_use {
-            return Err(EtcdError::PeerUrlExist.status());
-        }
+        self.check_peer_urls(&req.peer_ur_ls, Some(req.id))?;
         member.peer_urls = req.peer_ur_ls;
         // Raft sees a no-op (the member keeps its role); the context carries the new URLs.
         let change = if member.is_learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
         let members = self.node.propose_conf_change(change, member).await?;
-        Ok(Response::new(pb::MemberUpdateResponse { header: Some(self.header()), members: Self::members_pb(&members) }))
+        Ok(Response::new(pb::MemberUpdateResponse { header: Some(self.header()), members: members_pb(&members) }))
     }
 
     async fn member_list(
@@ -202,9 +194,6 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         let id = request.into_inner().id;
         let members = self.node.promote_on_leader(id).await?;
-        Ok(Response::new(pb::MemberPromoteResponse {
-            header: Some(self.header()),
-            members: Self::members_pb(&members),
-        }))
+        Ok(Response::new(pb::MemberPromoteResponse { header: Some(self.header()), members: members_pb(&members) }))
     }
 }

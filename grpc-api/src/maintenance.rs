@@ -236,7 +236,7 @@ impl Maintenance for MaintenanceService {
         if node.leader() != node.member_id() {
             return Err(EtcdError::NotLeader.status());
         }
-        let known = node.identity.read().members.iter().any(|m| m.id == target);
+        let known = node.membership.identity.read().members.iter().any(|m| m.id == target);
         if !known {
             return Err(EtcdError::BadLeaderTransferee.status());
         }

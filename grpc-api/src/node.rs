@@ -102,10 +102,54 @@ impl Waiters {
     }
 }
 
-/// Membership changes in flight, by request id; answered with the member list once applied.
-#[derive(Default)]
-pub struct ConfWaiters {
-    map: Mutex<HashMap<u64, oneshot::Sender<Vec<Member>>>>,
+/// This member's view of the cluster: its identity and member list (`member.json`), the
+/// peer connections that follow the list, the membership changes this member proposed and
+/// is waiting for, and whether it has been removed. Shared by the services and the applier.
+pub struct Membership {
+    pub identity: RwLock<Identity>,
+    pub transport: Arc<crate::peer::PeerTransport>,
+    data_dir: std::path::PathBuf,
+    /// Membership changes in flight, by request id; answered with the member list once applied.
+    waiters: Mutex<HashMap<u64, oneshot::Sender<Vec<Member>>>>,
+    /// Set once this member has been removed from the cluster: it stops serving.
+    removed: watch::Sender<bool>,
+}
+
+impl Membership {
+    /// The membership of `identity`, saved in `data_dir`, with the receiver that learns when
+    /// this member is removed.
+    pub fn new(
+        identity: Identity,
+        transport: Arc<crate::peer::PeerTransport>,
+        data_dir: std::path::PathBuf,
+    ) -> (Arc<Membership>, watch::Receiver<bool>) {
+        let (removed, removed_rx) = watch::channel(false);
+        let m = Membership { identity: RwLock::new(identity), transport, data_dir, waiters: Mutex::default(), removed };
+        (Arc::new(m), removed_rx)
+    }
+
+    /// Changes the identity with `f`, saves it, and brings what follows from the member list
+    /// up to date: a peer connection per other member, and this member stopping once it is
+    /// removed.
+    pub fn update<R>(&self, f: impl FnOnce(&mut Identity) -> R) -> R {
+        let mut identity = self.identity.write();
+        let r = f(&mut identity);
+        if let Err(e) = identity.save(&self.data_dir) {
+            // Membership changes are in the log and replay on restart if the store had not
+            // applied past them; the member list is rebuilt then.
+            tracing::warn!(error = %e, "could not save the member list");
+        }
+        self.transport.set_peers(&identity.peer_ids());
+        if identity.removed.contains(&identity.member_id) {
+            self.mark_removed();
+        }
+        r
+    }
+
+    /// This member was removed from the cluster: it stops serving (see `serve`).
+    pub fn mark_removed(&self) {
+        self.removed.send_replace(true);
+    }
 }
 
 /// Most membership changes waiting at once (Raft runs one at a time anyway).
@@ -116,17 +160,13 @@ const CONF_WAITERS_MAX: usize = 64;
 const LEARNER_READY_PERCENT: f64 = 0.9;
 
 /// Most learners in a cluster (etcd's default `--max-learners`).
-const LEARNERS_MAX: usize = 1;
+pub const LEARNERS_MAX: usize = 1;
 
 /// One member: every service holds an `Arc<Node>`.
 pub struct Node {
     pub cfg: NodeConfig,
     /// Shared with the applier, which changes it as membership changes apply.
-    pub identity: Arc<RwLock<Identity>>,
-    pub transport: Arc<crate::peer::PeerTransport>,
-    pub conf_waiters: Arc<ConfWaiters>,
-    /// Set once this member has been removed from the cluster: it stops serving.
-    pub removed: Arc<watch::Sender<bool>>,
+    pub membership: Arc<Membership>,
     pub data_dir: std::path::PathBuf,
     pub store: store::Store,
     pub raft: raft_log::DriverHandle,
@@ -143,10 +183,7 @@ impl Node {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: NodeConfig,
-        identity: Arc<RwLock<Identity>>,
-        transport: Arc<crate::peer::PeerTransport>,
-        conf_waiters: Arc<ConfWaiters>,
-        removed: Arc<watch::Sender<bool>>,
+        membership: Arc<Membership>,
         data_dir: std::path::PathBuf,
         store: store::Store,
         raft: raft_log::DriverHandle,
@@ -155,13 +192,10 @@ impl Node {
         lessor: Arc<crate::lessor::Lessor>,
         metrics: Arc<Metrics>,
     ) -> Node {
-        let start = first_request_id(identity.read().member_id, std::time::SystemTime::now());
+        let start = first_request_id(membership.identity.read().member_id, std::time::SystemTime::now());
         Node {
             cfg,
-            identity,
-            transport,
-            conf_waiters,
-            removed,
+            membership,
             data_dir,
             store,
             raft,
@@ -185,12 +219,12 @@ impl Node {
 
     /// The member id of this node.
     pub fn member_id(&self) -> u64 {
-        self.identity.read().member_id
+        self.membership.identity.read().member_id
     }
 
     /// The header every response carries.
     pub fn header(&self, revision: i64) -> pb::ResponseHeader {
-        let identity = self.identity.read();
+        let identity = self.membership.identity.read();
         pb::ResponseHeader {
             cluster_id: identity.cluster_id,
             member_id: identity.member_id,
@@ -288,7 +322,7 @@ impl Node {
                 self.lessor.remaining_seconds(id).unwrap_or(-1)
             });
         }
-        let mut client = self.transport.client(self, leader).await?;
+        let mut client = self.membership.transport.client(self, leader).await?;
         let request = crate::peer::pb::LeaseRequest { id };
         let call = async {
             if renew {
@@ -300,14 +334,14 @@ impl Node {
         match tokio::time::timeout(self.cfg.request_timeout, call).await {
             Ok(Ok(r)) => Ok(r.into_inner().ttl),
             Ok(Err(s)) => {
-                self.transport.drop_client(leader).await;
+                self.membership.transport.drop_client(leader).await;
                 if s.message() == EtcdError::NotLeader.message() {
                     return Err(EtcdError::LeaderChanged.status());
                 }
                 Err(EtcdError::Timeout.status())
             }
             Err(_) => {
-                self.transport.drop_client(leader).await;
+                self.membership.transport.drop_client(leader).await;
                 Err(EtcdError::Timeout.status())
             }
         }
@@ -315,7 +349,7 @@ impl Node {
 
     /// Whether this member is a learner (it serves only serializable reads and Status).
     pub fn is_learner(&self) -> bool {
-        self.identity.read().is_learner()
+        self.membership.identity.read().is_learner()
     }
 
     /// Refuses what a learner does not serve, with etcd's error.
@@ -326,38 +360,22 @@ impl Node {
         Ok(())
     }
 
-    /// This member was removed from the cluster: it stops serving (see `serve`).
-    pub fn mark_removed(&self) {
-        self.removed.send_replace(true);
-    }
-
-    /// Takes the member list that came with a snapshot, keeping this member's own entry.
-    pub fn adopt_members(&self, members: Vec<Member>) {
-        let mut identity = self.identity.write();
-        let me = identity.member_id;
-        let mut members = members;
-        if let Some(own) = identity.me().cloned() {
-            for m in members.iter_mut().filter(|m| m.id == me) {
-                if m.name.is_empty() {
-                    m.name = own.name.clone();
-                }
-                if m.client_urls.is_empty() {
-                    m.client_urls = own.client_urls.clone();
+    /// Takes the member list that came with a snapshot, keeping this member's own name and
+    /// client URLs where the list lacks them.
+    pub fn adopt_members(&self, mut members: Vec<Member>) {
+        self.membership.update(|identity| {
+            if let Some(own) = identity.me() {
+                for m in members.iter_mut().filter(|m| m.id == own.id) {
+                    if m.name.is_empty() {
+                        m.name = own.name.clone();
+                    }
+                    if m.client_urls.is_empty() {
+                        m.client_urls = own.client_urls.clone();
+                    }
                 }
             }
-        }
-        for m in &members {
-            self.transport.add_peer(m.id);
-        }
-        let gone: Vec<u64> =
-            identity.members.iter().filter(|m| !members.iter().any(|n| n.id == m.id)).map(|m| m.id).collect();
-        for id in gone {
-            self.transport.remove_peer(id);
-        }
-        identity.members = members;
-        if let Err(e) = identity.save(&self.data_dir) {
-            tracing::warn!(error = %e, "could not save the member list");
-        }
+            identity.members = members;
+        });
     }
 
     /// Proposes a membership change and waits until this member has applied it; returns the
@@ -370,7 +388,7 @@ impl Node {
         let id = request_id(self.member_id(), self.next_request_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
         {
-            let mut map = self.conf_waiters.map.lock();
+            let mut map = self.membership.waiters.lock();
             if map.len() >= CONF_WAITERS_MAX {
                 return Err(EtcdError::TooManyRequests.status());
             }
@@ -383,14 +401,14 @@ impl Node {
             ..Default::default()
         };
         if let Err(e) = self.raft.propose_conf_change(self.raft_group(), change) {
-            self.conf_waiters.map.lock().remove(&id);
+            self.membership.waiters.lock().remove(&id);
             return Err(driver_status(&e));
         }
         match tokio::time::timeout(self.cfg.request_timeout, rx).await {
             Ok(Ok(members)) => Ok(members),
             Ok(Err(_)) => Err(EtcdError::Stopped.status()),
             Err(_) => {
-                self.conf_waiters.map.lock().remove(&id);
+                self.membership.waiters.lock().remove(&id);
                 Err(EtcdError::Timeout.status())
             }
         }
@@ -403,7 +421,7 @@ impl Node {
         if status.leader.0 == 0 {
             return Err(EtcdError::NoLeader.status());
         }
-        let member = self.identity.read().members.iter().find(|m| m.id == id).cloned();
+        let member = self.membership.identity.read().members.iter().find(|m| m.id == id).cloned();
         let Some(mut member) = member else {
             return Err(EtcdError::MemberNotFound.status());
         };
@@ -412,13 +430,13 @@ impl Node {
         }
         if !status.is_leader {
             let leader = status.leader.0;
-            let mut client = self.transport.client(self, leader).await?;
+            let mut client = self.membership.transport.client(self, leader).await?;
             let forwarded = client.promote(crate::peer::pb::PromoteRequest { member_id: id }).await;
             return match forwarded {
                 Ok(r) => serde_json::from_slice(&r.into_inner().members).map_err(|e| Status::internal(e.to_string())),
                 Err(s) => {
                     if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown {
-                        self.transport.drop_client(leader).await;
+                        self.membership.transport.drop_client(leader).await;
                     }
                     Err(s)
                 }
@@ -431,16 +449,6 @@ impl Node {
         }
         member.is_learner = false;
         self.propose_conf_change(raft::eraftpb::ConfChangeType::AddNode, member).await
-    }
-
-    /// Members that are learners now.
-    pub fn learner_count(&self) -> usize {
-        self.identity.read().members.iter().filter(|m| m.is_learner).count()
-    }
-
-    /// The most learners a cluster may have.
-    pub fn learners_max(&self) -> usize {
-        LEARNERS_MAX
     }
 
     /// Waits for a linearizable read point: the leader confirms the commit index (ReadIndex),
@@ -516,11 +524,7 @@ pub struct Applier {
     pub applied: watch::Sender<u64>,
     pub lessor: Arc<crate::lessor::Lessor>,
     pub metrics: Arc<Metrics>,
-    pub identity: Arc<RwLock<Identity>>,
-    pub data_dir: std::path::PathBuf,
-    pub transport: Arc<crate::peer::PeerTransport>,
-    pub conf_waiters: Arc<ConfWaiters>,
-    pub removed: Arc<watch::Sender<bool>>,
+    pub membership: Arc<Membership>,
 }
 
 impl raft_log::StateMachine for Applier {
@@ -569,16 +573,10 @@ impl raft_log::StateMachine for Applier {
         let removed = change.get_change_type() == ConfChangeType::RemoveNode;
         let mut member = ctx.member;
         member.is_learner = change.get_change_type() == ConfChangeType::AddLearnerNode;
-        let (me, members) = {
-            let mut identity = self.identity.write();
+        let members = self.membership.update(|identity| {
             identity.apply_change(&member, removed);
-            if let Err(e) = identity.save(&self.data_dir) {
-                // The change is in the log and replays on restart if the store had not
-                // applied past it; the member list is rebuilt then.
-                tracing::warn!(error = %e, "could not save the member list");
-            }
-            (identity.member_id, identity.members.clone())
-        };
+            identity.members.clone()
+        });
         tracing::info!(
             member = format_args!("{:x}", member.id),
             name = %member.name,
@@ -586,16 +584,7 @@ impl raft_log::StateMachine for Applier {
             learner = member.is_learner,
             "membership changed"
         );
-        if member.id == me {
-            if removed {
-                self.removed.send_replace(true);
-            }
-        } else if removed {
-            self.transport.remove_peer(member.id);
-        } else {
-            self.transport.add_peer(member.id);
-        }
-        if let Some(tx) = self.conf_waiters.map.lock().remove(&ctx.request_id) {
+        if let Some(tx) = self.membership.waiters.lock().remove(&ctx.request_id) {
             let _ = tx.send(members);
         }
     }

@@ -132,9 +132,7 @@ impl PeerTransport {
             next_token: std::sync::atomic::AtomicU64::new(1),
             clients: tokio::sync::Mutex::new(HashMap::new()),
         });
-        for &id in peers {
-            t.add_peer(id);
-        }
+        t.set_peers(peers);
         t
     }
 
@@ -147,8 +145,20 @@ impl PeerTransport {
         }
     }
 
+    /// Keeps one peer task for each member in `peers` (this member aside): starts the
+    /// missing ones and stops those no longer listed.
+    pub fn set_peers(&self, peers: &[u64]) {
+        let gone: Vec<u64> = self.queues.read().keys().filter(|id| !peers.contains(id)).copied().collect();
+        for id in gone {
+            self.remove_peer(id);
+        }
+        for &id in peers {
+            self.add_peer(id);
+        }
+    }
+
     /// Starts talking to a new member (idempotent).
-    pub fn add_peer(&self, id: u64) {
+    fn add_peer(&self, id: u64) {
         if id == self.me || self.queues.read().contains_key(&id) {
             return;
         }
@@ -163,7 +173,7 @@ impl PeerTransport {
     }
 
     /// Stops talking to a removed member: its task ends when its queue closes.
-    pub fn remove_peer(&self, id: u64) {
+    fn remove_peer(&self, id: u64) {
         self.queues.write().remove(&id);
         self.connected.lock().remove(&id);
         self.pinned.lock().retain(|(_, to), _| *to != id);
@@ -276,12 +286,13 @@ async fn stream_snapshot(node: &Arc<Node>, group: raft_log::GroupId, msg: Messag
     let to = msg.to;
     let token = <[u8; 8]>::try_from(&msg.get_snapshot().data[..]).map(u64::from_le_bytes).unwrap_or(0);
     let reader = node
+        .membership
         .transport
         .take_pinned(group.0, to, token)
         .ok_or_else(|| anyhow::anyhow!("no pinned snapshot for member {to:x}"))?;
     info!(peer = format_args!("{to:x}"), index = msg.get_snapshot().get_metadata().index, "sending a snapshot");
     let mut client = connect(node, to).await?;
-    let members = serde_json::to_vec(&node.identity.read().members)?;
+    let members = serde_json::to_vec(&node.membership.identity.read().members)?;
     let message = Bytes::from(msg.write_to_bytes()?);
     let (tx, rx) = mpsc::channel::<pb::SnapshotChunk>(SNAPSHOT_CHUNKS_BUFFERED);
     // RocksDB reads block: the chunks are produced on a blocking thread.
@@ -297,7 +308,7 @@ async fn stream_snapshot(node: &Arc<Node>, group: raft_log::GroupId, msg: Messag
         Ok(())
     });
     let mut request = Request::new(ReceiverStream::new(rx));
-    let cluster_id = node.identity.read().cluster_id;
+    let cluster_id = node.membership.identity.read().cluster_id;
     request
         .metadata_mut()
         .insert(CLUSTER_ID_METADATA, cluster_id.to_string().parse().expect("digits are valid metadata"));
@@ -325,9 +336,9 @@ async fn run_peer(node: Arc<Node>, peer: u64, mut queue: mpsc::Receiver<Queued>)
                 info!(peer = format_args!("{peer:x}"), "connected to peer");
                 backoff = RECONNECT_BACKOFF_MIN;
                 was_connected = true;
-                node.transport.set_connected(peer, true);
+                node.membership.transport.set_connected(peer, true);
                 let ended = stream(&node, &mut client, &mut queue).await;
-                node.transport.set_connected(peer, false);
+                node.membership.transport.set_connected(peer, false);
                 if let Ended::Closed = ended {
                     return;
                 }
@@ -336,7 +347,7 @@ async fn run_peer(node: Arc<Node>, peer: u64, mut queue: mpsc::Receiver<Queued>)
             Err(e) if e.to_string().contains(REMOVED_MESSAGE) => {
                 // The others no longer know this member: it stops, as etcd's does.
                 warn!(peer = format_args!("{peer:x}"), "{REMOVED_MESSAGE}");
-                node.mark_removed();
+                node.membership.mark_removed();
                 return;
             }
             Err(e) => {
@@ -366,7 +377,7 @@ pub type Client = pb::peer_client::PeerClient<tonic::transport::Channel>;
 
 /// Connects to one of `peer`'s URLs and says hello.
 async fn connect(node: &Node, peer: u64) -> anyhow::Result<Client> {
-    let urls = node.identity.read().members.iter().find(|m| m.id == peer).map(|m| m.peer_urls.clone());
+    let urls = node.membership.identity.read().members.iter().find(|m| m.id == peer).map(|m| m.peer_urls.clone());
     let urls = urls.ok_or_else(|| anyhow::anyhow!("member {peer:x} is not in the member list"))?;
     let mut last = anyhow::anyhow!("member {peer:x} has no peer URLs");
     for url in urls {
@@ -400,7 +411,7 @@ async fn connect(node: &Node, peer: u64) -> anyhow::Result<Client> {
 /// Exchanges identities with `peer`: same cluster, the expected member, its client URLs.
 async fn hello(node: &Node, peer: u64, client: &mut Client) -> anyhow::Result<()> {
     let request = {
-        let identity = node.identity.read();
+        let identity = node.membership.identity.read();
         let me = identity.members.iter().find(|m| m.id == identity.member_id);
         pb::HelloRequest {
             cluster_id: identity.cluster_id,
@@ -425,28 +436,24 @@ async fn hello(node: &Node, peer: u64, client: &mut Client) -> anyhow::Result<()
     Ok(())
 }
 
-/// Remembers a member's name and client URLs (persisted in member.json when they change). A
-/// member added at run time has no name until it says hello (etcd's "unstarted").
+/// Remembers a member's name and client URLs, as it announced them in its hello. A member
+/// added at run time has no name until it says hello (etcd's "unstarted").
 fn record_client_urls(node: &Node, member: u64, name: &str, client_urls: Vec<String>) {
-    let mut identity = node.identity.write();
-    let Some(m) = identity.members.iter_mut().find(|m| m.id == member) else { return };
-    if m.client_urls == client_urls && (name.is_empty() || m.name == name) {
-        return;
-    }
-    m.client_urls = client_urls;
-    if !name.is_empty() {
-        m.name = name.to_string();
-    }
-    if let Err(e) = identity.save(&node.data_dir) {
-        warn!(error = %e, "could not save the member list");
-    }
+    node.membership.update(|identity| {
+        if let Some(m) = identity.members.iter_mut().find(|m| m.id == member) {
+            m.client_urls = client_urls;
+            if !name.is_empty() {
+                m.name = name.to_string();
+            }
+        }
+    });
 }
 
 /// Streams queued messages to the peer in batches until the stream breaks.
 async fn stream(node: &Node, client: &mut Client, queue: &mut mpsc::Receiver<Queued>) -> Ended {
     let (tx, rx) = mpsc::channel::<pb::RaftBatch>(STREAM_BATCHES_MAX);
     let mut request = Request::new(ReceiverStream::new(rx));
-    let cluster_id = node.identity.read().cluster_id;
+    let cluster_id = node.membership.identity.read().cluster_id;
     request
         .metadata_mut()
         .insert(CLUSTER_ID_METADATA, cluster_id.to_string().parse().expect("digits are valid metadata"));
@@ -491,7 +498,7 @@ pub struct PeerService {
 
 impl PeerService {
     fn check_cluster<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let ours = self.node.identity.read().cluster_id;
+        let ours = self.node.membership.identity.read().cluster_id;
         let theirs = request.metadata().get(CLUSTER_ID_METADATA).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if theirs != Some(ours) {
             return Err(Status::failed_precondition(format!(
@@ -533,7 +540,7 @@ impl pb::peer_server::Peer for PeerService {
     async fn hello(&self, request: Request<pb::HelloRequest>) -> Result<Response<pb::HelloResponse>, Status> {
         let req = request.into_inner();
         let (cluster_id, member_id, known, client_urls, name) = {
-            let identity = self.node.identity.read();
+            let identity = self.node.membership.identity.read();
             let me = identity.members.iter().find(|m| m.id == identity.member_id);
             (
                 identity.cluster_id,
@@ -550,7 +557,7 @@ impl pb::peer_server::Peer for PeerService {
             )));
         }
         if !known {
-            if self.node.identity.read().removed.contains(&req.member_id) {
+            if self.node.membership.identity.read().removed.contains(&req.member_id) {
                 return Err(Status::failed_precondition(REMOVED_MESSAGE));
             }
             return Err(Status::failed_precondition(format!("member {:x} is not in the member list", req.member_id)));
@@ -606,7 +613,7 @@ impl pb::peer_server::Peer for PeerService {
     }
 
     async fn members(&self, _request: Request<pb::MembersRequest>) -> Result<Response<pb::MembersResponse>, Status> {
-        let identity = self.node.identity.read();
+        let identity = self.node.membership.identity.read();
         let members = serde_json::to_vec(&identity.members).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::MembersResponse { cluster_id: identity.cluster_id, members: members.into() }))
     }

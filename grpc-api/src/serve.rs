@@ -12,7 +12,7 @@ use crate::config::{split_urls, AutoCompaction, ServeArgs, GRPC_OVERHEAD_BYTES};
 use crate::lessor::Lessor;
 use crate::member::{parse_initial_cluster, ConfContext, Identity, Member, REMOVED_MESSAGE};
 use crate::metrics::Metrics;
-use crate::node::{Applier, ConfWaiters, Node, NodeConfig, Waiters, DEFAULT_GROUP};
+use crate::node::{Applier, Membership, Node, NodeConfig, Waiters, DEFAULT_GROUP};
 use crate::pb::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
@@ -105,23 +105,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         lessor.on_granted(lease.id, lease.ttl);
     }
     let transport = PeerTransport::new(identity.member_id, store.clone(), &peer_ids);
-    let conf_waiters = Arc::new(ConfWaiters::default());
-    let (removed_tx, mut removed_rx) = tokio::sync::watch::channel(false);
-    let removed = Arc::new(removed_tx);
     let bootstrap = bootstrap_of(&identity);
     let member_id = identity.member_id;
-    let identity = Arc::new(parking_lot::RwLock::new(identity));
+    let (membership, mut removed_rx) = Membership::new(identity, transport.clone(), data_dir.clone());
     let applier = Applier {
         store: store.clone(),
         waiters: waiters.clone(),
         applied: applied_tx,
         lessor: lessor.clone(),
         metrics: metrics.clone(),
-        identity: identity.clone(),
-        data_dir: data_dir.clone(),
-        transport: transport.clone(),
-        conf_waiters: conf_waiters.clone(),
-        removed: removed.clone(),
+        membership: membership.clone(),
     };
     let driver_cfg = raft_log::DriverConfig {
         node_id: raft_log::NodeId(member_id),
@@ -147,10 +140,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let node = Arc::new(Node::new(
         node_cfg,
-        identity,
-        transport.clone(),
-        conf_waiters,
-        removed,
+        membership,
         data_dir.clone(),
         store.clone(),
         raft,
@@ -223,7 +213,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     info!(
         name = %args.name,
         member_id = format_args!("{:x}", node.member_id()),
-        cluster_id = format_args!("{:x}", node.identity.read().cluster_id),
+        cluster_id = format_args!("{:x}", node.membership.identity.read().cluster_id),
         "member ready"
     );
 
