@@ -16,6 +16,7 @@ build:
 	$(CARGO) build --release -p grpc-api --bin plinth
 
 test:
+	scripts/test-setup.sh
 	$(CARGO) build -p grpc-api --bin plinth
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
