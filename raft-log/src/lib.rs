@@ -21,9 +21,11 @@
 //! - A batch whose ticket completed `Ok` survives a crash (it was written and
 //!   fdatasync'ed), unless the bytes are later damaged on disk.
 //! - Recovery returns, for every group, the state produced by a prefix of the completed
-//!   batches (a torn or corrupt tail of the last segment is cut off with a warning), or
-//!   `Error::Corruption { file, offset, .. }` when damage is found where no crash can tear
-//!   (a header, or any frame of an older segment). It never panics on bad data and never
+//!   batches (a torn tail of the last segment, a bad frame with no valid frame anywhere
+//!   after it, is cut off with a warning), or `Error::Corruption { file, offset, .. }` when
+//!   damage is found where no crash can tear: a header, any frame of an older segment, or a
+//!   bad frame of the last segment followed by a valid one (acknowledged data was damaged;
+//!   the WAL refuses to open rather than drop it). It never panics on bad data and never
 //!   returns an entry whose crc, index or term does not match.
 //! - An append starting at index `i` replaces the group's entries `>= i` (Raft's
 //!   truncate-on-conflict); a batch that would leave a gap is rejected, not written.
@@ -92,9 +94,12 @@
 //!
 //! - A write or fsync failure panics the process (the page-cache state is then unknown);
 //!   a bad delete during purge is only logged.
-//! - Damage to an already-acknowledged frame in the *last* segment is treated as a torn
-//!   tail and cut off (acknowledged data can be lost there, as in raft-engine's tolerant
-//!   mode); damage anywhere else stops recovery with `Corruption`.
+//! - Damage to the *last* acknowledged frame of the last segment cannot be told from a torn
+//!   write and is cut off. Conversely, a machine crash that loses a page in the middle of
+//!   unsynced frames while a later page survives is reported as `Corruption`. The search for
+//!   a valid frame after a bad one tries every offset to the end of the segment; a crafted
+//!   entry whose bytes form a valid frame of the same segment inside a torn frame would also
+//!   make recovery refuse to open.
 //! - Segments are purged only at rotation, so a compacted log with no further writes keeps
 //!   its files until the next rotation or reopen.
 //! - Whole segments are read into memory during recovery (bounded by `segment_bytes_max`

@@ -19,7 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::record::{decode_batch_with_spans, EntrySpan, Record};
+use crate::record::{decode_batch_with_spans, records_tile, EntrySpan, Record};
 
 /// First bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"PLNTHWAL";
@@ -179,6 +179,37 @@ pub fn scan_frames(seq: u64, bytes: &[u8]) -> ScanResult {
     ScanResult { frames, bad }
 }
 
+/// The offset of the first valid frame that starts after `bad` (the offset of a frame that
+/// failed to scan), if any: evidence that the damage at `bad` is not a torn tail.
+///
+/// Frames are written one after another and each one is acknowledged only after it and
+/// everything before it is durable, so a crash can only leave a bad *end*: a frame that is
+/// bad with a valid frame anywhere after it is damage to acknowledged data, and must not be
+/// cut off. Where the next frame would start is unknown (the length field itself may be the
+/// damaged part), so every offset after `bad` is tried as a frame start. The scan is bounded
+/// by the image: a candidate must declare a length that fits in the bytes that remain, its
+/// payload must be a run of well-formed record headers ending exactly at its end (a cheap
+/// walk that rejects almost every offset of garbage, zeros or a torn payload), and only then
+/// is its crc computed. The crc is seeded with `seq`, so a frame of another segment, or
+/// random bytes, validates with negligible probability (2^-32 per candidate that got
+/// that far).
+pub fn valid_frame_after(seq: u64, bytes: &[u8], bad: u64) -> Option<u64> {
+    let first = usize::try_from(bad).ok()?.checked_add(1)?;
+    let last = bytes.len().checked_sub(FRAME_HEADER_BYTES + 1)?;
+    (first..=last)
+        .find(|&pos| {
+            let rest = &bytes[pos..];
+            let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if len == 0 || len > FRAME_PAYLOAD_BYTES_MAX || len > rest.len() - FRAME_HEADER_BYTES {
+                return false;
+            }
+            let payload = &rest[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len];
+            let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+            records_tile(payload) && frame_crc(seq, payload) == crc
+        })
+        .map(|pos| pos as u64)
+}
+
 /// Fsyncs a directory so that file creations, renames and deletions in it are durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
@@ -247,6 +278,33 @@ mod tests {
         let torn = scan_frames(3, &img[..img.len() - 1]);
         assert_eq!(torn.frames.len(), 1);
         assert!(torn.bad.is_some());
+    }
+
+    #[test]
+    fn a_valid_frame_after_a_bad_one_is_found_and_a_torn_end_has_none() {
+        let img = image(3, &[compact(1), compact(2), compact(3)]);
+        let second = scan_frames(3, &img).frames[1].offset;
+        let third = scan_frames(3, &img).frames[2].offset;
+        let mut flipped = img.clone();
+        flipped[second as usize + FRAME_HEADER_BYTES] ^= 1;
+        assert_eq!(scan_frames(3, &flipped).bad.map(|b| b.0), Some(second));
+        assert_eq!(valid_frame_after(3, &flipped, second), Some(third));
+        // The last frame damaged, cut, or followed by zeros or garbage: nothing valid after.
+        let mut last_flipped = img.clone();
+        last_flipped[third as usize + 2] ^= 1;
+        assert_eq!(valid_frame_after(3, &last_flipped, third), None);
+        assert_eq!(valid_frame_after(3, &img[..img.len() - 1], third), None);
+        let mut zeros = img.clone();
+        zeros.extend_from_slice(&[0; 300]);
+        assert_eq!(valid_frame_after(3, &zeros, img.len() as u64), None);
+        let garbage: Vec<u8> = (0..300u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let mut tail = img.clone();
+        tail.extend_from_slice(&garbage);
+        assert_eq!(valid_frame_after(3, &tail, img.len() as u64), None);
+        // A frame of another segment does not count.
+        let mut moved = img.clone();
+        moved[second as usize + FRAME_HEADER_BYTES] ^= 1;
+        assert_eq!(valid_frame_after(4, &moved, second), None);
     }
 
     #[test]

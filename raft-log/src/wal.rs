@@ -18,8 +18,8 @@ use crate::error::{Error, Result};
 use crate::index::{CacheLimits, GroupState, Index, SegmentInfo};
 use crate::record::Record;
 use crate::segment::{
-    check_header, parse_segment_file_name, scan_frames, segment_path, sync_dir, HeaderCheck, ScannedFrame,
-    FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX,
+    check_header, parse_segment_file_name, scan_frames, segment_path, sync_dir, valid_frame_after, HeaderCheck,
+    ScannedFrame, FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX,
 };
 use crate::storage::{read_entries, GroupStorage};
 use crate::types::{GroupId, LogIndex, Term};
@@ -90,8 +90,8 @@ fn corruption(file: &Path, offset: u64, reason: impl Into<String>) -> Error {
     Error::Corruption { file: file.to_path_buf(), offset, reason: reason.into() }
 }
 
-/// Reads every segment, checking headers and frames. A torn or corrupt tail of the last
-/// segment is cut off; anything wrong earlier is an error.
+/// Reads every segment, checking headers and frames. A torn tail of the last segment (a bad
+/// frame with no valid frame anywhere after it) is cut off; anything else wrong is an error.
 fn load_segments(dir: &Path) -> Result<Vec<Loaded>> {
     let mut seqs = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -123,6 +123,16 @@ fn load_segments(dir: &Path) -> Result<Vec<Loaded>> {
         if let Some((offset, reason)) = scan.bad {
             if !is_last {
                 return Err(corruption(&path, offset, reason));
+            }
+            // Only a torn end may be cut: a valid frame after the bad one was written (and
+            // possibly acknowledged) after it, so the bad frame is damaged acknowledged data
+            // and cutting there would silently drop both. Refuse to start instead.
+            if let Some(next) = valid_frame_after(seq, &bytes, offset) {
+                return Err(corruption(
+                    &path,
+                    offset,
+                    format!("{reason}, with a valid frame after it at offset {next}"),
+                ));
             }
             tracing::warn!(
                 file = %path.display(), offset, %reason,

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use raft::eraftpb::HardState;
-use raft_log::{Error, GroupId, LogIndex, Wal, WalConfig, WriteBatch};
+use raft_log::{scan_frames, Error, GroupId, LogIndex, Wal, WalConfig, WriteBatch};
 use rand::{Rng, SeedableRng};
 
 use common::{copy_dir, entry, segment_files};
@@ -138,6 +138,86 @@ fn bit_flips_give_a_prefix_or_corruption_naming_the_file() {
         }
     }
     assert!(prefixes > 0 && corruptions > 0, "both outcomes are exercised");
+}
+
+/// The last segment's file and the offsets of its valid frames.
+fn last_segment_frames(dir: &Path) -> (std::path::PathBuf, Vec<u64>) {
+    let last = segment_files(dir).pop().expect("a log has a segment");
+    let seq: u64 = last.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).expect("segment name");
+    let scan = scan_frames(seq, &std::fs::read(&last).unwrap());
+    assert!(scan.bad.is_none(), "the untouched log has no bad frame: {:?}", scan.bad);
+    (last, scan.frames.iter().map(|f| f.offset).collect())
+}
+
+#[test]
+fn damaged_middle_frame_of_the_last_segment_with_valid_frames_after_it_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    build_log(dir.path(), 24);
+    let (last, offsets) = last_segment_frames(dir.path());
+    assert!(offsets.len() >= 3, "the last segment needs frames before and after the damaged one: {offsets:?}");
+    // Every frame but the last has an acknowledged frame after it. Damage each in turn:
+    // its payload (crc mismatch), its length field and its crc field.
+    for (i, &at) in offsets[..offsets.len() - 1].iter().enumerate() {
+        for (what, byte) in [("payload", at + 8 + 3), ("length", at), ("crc", at + 5)] {
+            let copy = copy_dir(dir.path());
+            let victim = copy.path().join(last.file_name().unwrap());
+            let mut bytes = std::fs::read(&victim).unwrap();
+            bytes[byte as usize] ^= 0x10;
+            std::fs::write(&victim, &bytes).unwrap();
+            match Wal::open(config(copy.path())) {
+                Err(Error::Corruption { file, offset, reason }) => {
+                    assert_eq!(file, victim, "frame {i} ({what}): corruption names the wrong file");
+                    assert_eq!(offset, at, "frame {i} ({what}): corruption names the wrong offset ({reason})");
+                }
+                Err(e) => panic!("frame {i} at {at} ({what}): expected corruption, got {e}"),
+                Ok(wal) => panic!(
+                    "frame {i} at {at} ({what}): opened (recovered {} groups) although acknowledged frames follow \
+                     the damaged one",
+                    wal.groups().len()
+                ),
+            }
+            let after = std::fs::read(&victim).unwrap();
+            assert_eq!(after, bytes, "frame {i} ({what}): a refused open must leave the segment as it was");
+        }
+    }
+}
+
+#[test]
+fn zero_filled_or_garbage_tail_after_the_last_frame_is_still_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let views = build_log(dir.path(), 24);
+    let (last, offsets) = last_segment_frames(dir.path());
+    let full = std::fs::read(&last).unwrap();
+    let last_frame = full[*offsets.last().unwrap() as usize..].to_vec();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x7a11);
+    let mut flipped_copy = last_frame.clone();
+    let at = rng.random_range(0..flipped_copy.len());
+    flipped_copy[at] ^= 1 << rng.random_range(0..8);
+    let tails: Vec<(&str, Vec<u8>)> = vec![
+        ("zeros", vec![0; 4096]),
+        ("garbage", (0..4096).map(|_| rng.random::<u8>()).collect()),
+        ("prefix of the last frame", last_frame[..last_frame.len() / 2].to_vec()),
+        ("copy of the last frame with a flipped bit", flipped_copy),
+    ];
+    for (what, tail) in tails {
+        let copy = copy_dir(dir.path());
+        let victim = copy.path().join(last.file_name().unwrap());
+        let mut bytes = full.clone();
+        bytes.extend_from_slice(&tail);
+        std::fs::write(&victim, &bytes).unwrap();
+        let wal = Wal::open(config(copy.path())).unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
+        assert_eq!(view(&wal), *views.last().unwrap(), "{what}: every acknowledged batch is recovered");
+        drop(wal);
+        assert_eq!(std::fs::read(&victim).unwrap(), full, "{what}: the torn tail is cut off");
+    }
+    // The same tails cut into the last frame itself (a write in flight at the crash): the
+    // state before that frame's batch is recovered.
+    let mut cut = full[..full.len() - 3].to_vec();
+    cut.extend_from_slice(&[0; 64]);
+    let copy = copy_dir(dir.path());
+    std::fs::write(copy.path().join(last.file_name().unwrap()), &cut).unwrap();
+    let wal = Wal::open(config(copy.path())).expect("a torn last frame is cut off");
+    assert_eq!(view(&wal), views[views.len() - 2]);
 }
 
 #[test]
