@@ -16,6 +16,7 @@ use prost::Message;
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 use crate::lease::MAX_LEASE_TTL_SECS;
+use crate::mvcc::KeyRange;
 
 /// One Raft log entry's payload.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -384,36 +385,26 @@ fn check_op(op: &RequestOp, max_txn_ops: usize) -> Result<()> {
     }
 }
 
-/// A half-open byte interval `[start, end)` as etcd's `checkIntervals` builds it: a
-/// delete with `range_end` is `[key, range_end)` compared bytewise (so, like etcd, a
-/// `range_end` of `"\0"` yields an empty interval here); without it, the point `key`.
-#[derive(Clone)]
-struct Interval {
-    start: Bytes,
-    end: Option<Bytes>,
-}
-
-impl Interval {
-    fn contains(&self, k: &[u8]) -> bool {
-        match &self.end {
-            None => k == &self.start[..],
-            Some(end) => &self.start[..] <= k && k < &end[..],
-        }
-    }
-}
-
 /// etcd `checkIntervals`: puts may not repeat and may not fall inside a delete of the same
 /// branch, nested txns included (their then/else puts may repeat each other).
-fn check_intervals(reqs: &[RequestOp]) -> Result<(Vec<Bytes>, Vec<Interval>)> {
-    let mut dels: Vec<Interval> = Vec::new();
+///
+/// A delete covers exactly the keys its apply deletes ([`KeyRange`]): the point `key`
+/// without `range_end`, `[key, range_end)` bytewise, and every key `>= key` for the
+/// `"\0"` range_end (`WithFromKey`, and `WithPrefix` on an empty key). etcd 3.5 builds
+/// `[key, "\0")` for the latter, an empty interval, so a put inside such a delete passes
+/// its check and the put then fails in the middle of the txn (an `ignore_value` put on a
+/// key the delete just removed), on every replica. Here, as in the upstream fix proposed
+/// in etcd-io/etcd#22395, it is `[key, +inf)`, and such a txn is refused with
+/// `duplicate key given in txn request` before it is proposed.
+fn check_intervals(reqs: &[RequestOp]) -> Result<(Vec<Bytes>, Vec<KeyRange>)> {
+    let mut dels: Vec<KeyRange> = Vec::new();
     for op in reqs {
         if let Some(Request::DeleteRange(d)) = &op.request {
-            let end = (!d.range_end.is_empty()).then(|| d.range_end.clone());
-            dels.push(Interval { start: d.key.clone(), end });
+            dels.push(KeyRange::new(&d.key, &d.range_end));
         }
     }
     let mut puts: Vec<Bytes> = Vec::new();
-    let hit = |dels: &[Interval], k: &[u8]| dels.iter().any(|iv| iv.contains(k));
+    let hit = |dels: &[KeyRange], k: &[u8]| dels.iter().any(|r| r.contains(k));
     for op in reqs {
         let Some(Request::Txn(t)) = &op.request else { continue };
         let (puts_then, dels_then) = check_intervals(&t.success)?;

@@ -5,7 +5,8 @@
 //! earlier ops of the same txn), which are not in RocksDB yet: a [`WriteSet`] holds them per
 //! column family, and a [`Reader`] with that overlay merges it over RocksDB. The write set
 //! becomes one `WriteBatch` at the end of the batch. External reads use a RocksDB snapshot
-//! and no overlay.
+//! and no overlay. The write set keeps one save point, set before each command, so a
+//! command that fails after it wrote can be undone alone.
 //!
 //! RocksDB's own WAL is disabled: the Raft log is the durability point. `atomic_flush`
 //! keeps the column families consistent with each other on disk, so what survives a crash
@@ -72,22 +73,70 @@ pub(crate) fn write_options() -> WriteOptions {
 
 /// Writes accumulated by one apply batch, per column family: `Some(value)` = put,
 /// `None` = delete. Later writes to a key replace earlier ones.
+///
+/// One save point at a time (RocksDB `WriteBatch` save points, for the overlay): apply sets
+/// one before each command and rolls back to it when the command fails after it wrote.
+/// After [`WriteSet::set_save_point`], every write records the entry it replaced in an undo
+/// log; that log holds at most one record per write of the current command, is emptied at
+/// the next save point, and so is bounded by what one command writes (which the batch holds
+/// anyway).
 #[derive(Default)]
 pub(crate) struct WriteSet {
     maps: [BTreeMap<Vec<u8>, Option<Vec<u8>>>; 5],
+    /// Writes since the save point, oldest first. `None` before any save point (read-only
+    /// evaluation never sets one).
+    undo: Option<Vec<Undo>>,
 }
+
+/// One write since the save point: column family index, key, and the entry the write
+/// replaced (`None`: the key had none in this set).
+type Undo = (usize, Vec<u8>, Option<Option<Vec<u8>>>);
 
 impl WriteSet {
     pub fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
-        self.maps[cf.index()].insert(key, Some(value));
+        self.write(cf.index(), key, Some(value));
     }
 
     pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
-        self.maps[cf.index()].insert(key, None);
+        self.write(cf.index(), key, None);
+    }
+
+    fn write(&mut self, cf: usize, key: Vec<u8>, entry: Option<Vec<u8>>) {
+        match &mut self.undo {
+            Some(undo) => {
+                let replaced = self.maps[cf].insert(key.clone(), entry);
+                undo.push((cf, key, replaced));
+            }
+            None => {
+                self.maps[cf].insert(key, entry);
+            }
+        }
+    }
+
+    /// Marks the current state as the one [`WriteSet::rollback_to_save_point`] returns to,
+    /// replacing the previous save point.
+    pub fn set_save_point(&mut self) {
+        match &mut self.undo {
+            Some(undo) => undo.clear(),
+            None => self.undo = Some(Vec::new()),
+        }
+    }
+
+    /// Undoes every write since the save point, newest first, so each key gets back the
+    /// entry it had then. The save point stays set (at the same state).
+    pub fn rollback_to_save_point(&mut self) {
+        let undo = self.undo.as_mut().expect("rollback_to_save_point called without a save point");
+        while let Some((cf, key, replaced)) = undo.pop() {
+            match replaced {
+                Some(entry) => self.maps[cf].insert(key, entry),
+                None => self.maps[cf].remove(&key),
+            };
+        }
     }
 
     pub fn into_batch(self, db: &DB) -> WriteBatch {
         let mut batch = WriteBatch::default();
+        // The undo log is dropped: what is in the maps is what the batch commits.
         for (i, map) in self.maps.into_iter().enumerate() {
             let handle = cf(db, Cf::ALL[i]);
             for (k, v) in map {
@@ -263,5 +312,31 @@ mod tests {
         assert_eq!(seen, want);
         assert_eq!(r.get(Cf::Kv, b"c").unwrap(), None);
         assert_eq!(r.get(Cf::Kv, b"a").unwrap(), Some(b"db".to_vec()));
+    }
+
+    #[test]
+    fn rollback_to_save_point_restores_every_entry() {
+        let mut ws = WriteSet::default();
+        ws.put(Cf::Kv, b"kept".to_vec(), b"1".to_vec());
+        ws.delete(Cf::Kv, b"gone".to_vec());
+        ws.set_save_point();
+        ws.put(Cf::Kv, b"kept".to_vec(), b"2".to_vec());
+        ws.put(Cf::Kv, b"kept".to_vec(), b"3".to_vec());
+        ws.put(Cf::Kv, b"gone".to_vec(), b"back".to_vec());
+        ws.put(Cf::History, b"new".to_vec(), b"x".to_vec());
+        ws.delete(Cf::Events, b"new-del".to_vec());
+        ws.rollback_to_save_point();
+        let entries =
+            |ws: &WriteSet| ws.maps.iter().map(|m| m.clone().into_iter().collect::<Vec<_>>()).collect::<Vec<_>>();
+        let mut want = WriteSet::default();
+        want.put(Cf::Kv, b"kept".to_vec(), b"1".to_vec());
+        want.delete(Cf::Kv, b"gone".to_vec());
+        assert_eq!(entries(&ws), entries(&want));
+        // A new save point starts from the current state; rolling back again undoes only
+        // what came after it.
+        ws.set_save_point();
+        ws.put(Cf::Kv, b"later".to_vec(), b"y".to_vec());
+        ws.rollback_to_save_point();
+        assert_eq!(entries(&ws), entries(&want));
     }
 }

@@ -67,6 +67,11 @@ pub enum Error {
     /// skipped (replay after restart is idempotent).
     #[error("log index {index} already applied (applied index {applied_index})")]
     AlreadyApplied { index: u64, applied_index: u64 },
+    /// `install_snapshot` of a snapshot at or below the group's applied index (apply moved
+    /// past it first): refused, the store is unchanged, and the caller must treat the
+    /// snapshot as not installed.
+    #[error("snapshot at log index {index} is not ahead of the applied index {applied_index}")]
+    SnapshotNotAhead { index: u64, applied_index: u64 },
     /// A configuration value out of range.
     #[error("invalid store config: {0}")]
     InvalidConfig(String),

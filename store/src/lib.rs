@@ -9,7 +9,10 @@
 //! - **Deterministic**: the same entries on the same state give the same responses, the
 //!   same bytes in RocksDB and the same [`Store::hash_kv`] on every replica. Deterministic
 //!   errors (`Compacted`, `FutureRevision`, `LeaseNotFound`, `NoSpace`, ...) are per-entry
-//!   results; I/O and corruption are top-level errors that must stop the node.
+//!   results; I/O and corruption are top-level errors that must stop the node. Each
+//!   command runs from a save point of the batch: one that fails after it wrote (a check
+//!   that missed a case) is rolled back to it, writes, revision and events, and answers
+//!   its error instead of stopping every replica.
 //! - **etcd semantics** (contract §3): revision 1 for an empty group, one main revision
 //!   per changing request with sub revisions inside, `create_revision`/`version` rules,
 //!   DELETE events `{key, mod_revision}`, range `count`/`more`/`limit`/sort/filters, txn
@@ -19,7 +22,10 @@
 //! - **Durability by replay**: RocksDB's WAL is off; the Raft log is the WAL. After a crash
 //!   the store reopens at the applied index of some earlier batch, and the log is replayed
 //!   from there. [`Store::flush`] makes everything applied durable and tells which index
-//!   the log may be purged to.
+//!   the log may be purged to. [`Store::install_snapshot`] flushes before it returns,
+//!   since Raft truncates its log below an installed snapshot; it refuses a snapshot not
+//!   ahead of the applied index (checked under the apply lock). Applied index and current
+//!   revision only move forward, asserted on every apply and install.
 //! - **Bounded memory**: no in-memory key index. Memory is the block cache
 //!   ([`StoreConfig::block_cache_bytes`]), the memtables ([`StoreConfig::memtable_bytes`]),
 //!   one apply batch, and per watch stream at most [`StoreConfig::watch_stream_buffer`]

@@ -273,6 +273,17 @@ impl Store {
     /// deterministic errors are per-entry results. A top-level `Err` (I/O, corruption)
     /// means nothing of the batch was applied and the node must stop.
     pub fn apply(&self, g: GroupId, entries: &[(u64, &[u8])]) -> Result<Vec<Result<CommandResponse>>> {
+        self.apply_with(g, entries, apply_command)
+    }
+
+    /// [`Store::apply`] with the function that applies one command as a parameter, so unit
+    /// tests can drive the batch loop with a command that fails after writing.
+    fn apply_with(
+        &self,
+        g: GroupId,
+        entries: &[(u64, &[u8])],
+        apply_one: fn(&mut BatchWriter<'_>, &[u8]) -> Result<CommandResponse>,
+    ) -> Result<Vec<Result<CommandResponse>>> {
         let inner = &*self.inner;
         let gs = inner.group(g);
         let _applying = gs.apply_lock.lock();
@@ -286,10 +297,27 @@ impl Store {
                 continue;
             }
             applied_any = true;
-            let result = if data.is_empty() { Ok(CommandResponse::Noop) } else { apply_command(&mut w, data) };
+            // A save point per command. A deterministic error after the command wrote (a
+            // check that missed a case) is rolled back to it: the command's writes, revision
+            // and events are undone, its result is the error, the same on every replica, and
+            // the batch goes on. Only a non-deterministic error (I/O, corruption) fails the
+            // whole batch, and the node must stop.
+            let save_point = CommandSavePoint::set(&mut w);
+            let result = if data.is_empty() { Ok(CommandResponse::Noop) } else { apply_one(&mut w, data) };
             match result {
                 Err(e) if !e.is_deterministic() => return Err(e),
-                r => results.push(r),
+                Err(e) => {
+                    save_point.rollback(&mut w);
+                    results.push(Err(e));
+                }
+                Ok(r) => {
+                    assert!(
+                        w.meta.current_revision >= save_point.meta.current_revision,
+                        "group {} entry {index}: current revision went backwards",
+                        g.0
+                    );
+                    results.push(Ok(r));
+                }
             }
             w.meta.applied_index = index;
         }
@@ -298,6 +326,13 @@ impl Store {
         }
         w.ws.put(Cf::Meta, kc::meta_apply_key(g), w.meta.encode());
         let BatchWriter { ws, meta, events, .. } = w;
+        assert!(
+            meta.applied_index > before.applied_index,
+            "group {}: applied index went from {} to {}",
+            g.0,
+            before.applied_index,
+            meta.applied_index
+        );
         assert!(meta.current_revision >= before.current_revision, "current revision went backwards");
         assert!(meta.compact_revision >= before.compact_revision, "compact revision went backwards");
         let batch = ws.into_batch(&inner.db);
@@ -429,7 +464,14 @@ impl Store {
 
     /// Replaces group `g` with the snapshot in `chunks`, atomically: every chunk is
     /// verified before anything is written, then one WriteBatch deletes the group's old
-    /// data and writes the new. Returns the snapshot's applied index.
+    /// data and writes the new. Returns the snapshot's applied index once the installed
+    /// state is durable (flushed), so the caller may then let Raft truncate its log below it.
+    ///
+    /// `Err(SnapshotNotAhead)` if the snapshot's index is not above the group's applied
+    /// index, checked under the group's apply lock (an apply may have moved past the
+    /// snapshot while it was streamed): the store is unchanged and the caller must treat the
+    /// snapshot as not installed. A snapshot ahead in index but behind in revision cannot
+    /// come from this group's log and is refused as `Corruption`.
     ///
     /// The batch holds the whole group in memory (see CAVEATS in the crate docs).
     pub fn install_snapshot(&self, g: GroupId, chunks: impl Iterator<Item = Vec<u8>>) -> Result<u64> {
@@ -438,6 +480,27 @@ impl Store {
         let _applying = gs.apply_lock.lock();
         let _purging = gs.purge_lock.lock();
         let installed = snapshot::build_install_batch(&inner.db, g, chunks)?;
+        // Under the apply lock: no apply can move the group between this check and the
+        // write, so the store is never rolled back below an index the driver has applied
+        // (whose entries would then never be applied again).
+        let before = gs.committed.read().clone();
+        let (index, revision) = (installed.meta.applied_index, installed.meta.current_revision);
+        if index <= before.applied_index {
+            return Err(Error::SnapshotNotAhead { index, applied_index: before.applied_index });
+        }
+        if revision < before.current_revision {
+            return Err(Error::Corruption(format!(
+                "snapshot at index {index} has revision {revision}, behind the current revision {} at index {}",
+                before.current_revision, before.applied_index
+            )));
+        }
+        assert!(
+            index > before.applied_index && revision >= before.current_revision,
+            "group {}: install would move applied index {} -> {index} or revision {} -> {revision} backwards",
+            g.0,
+            before.applied_index,
+            before.current_revision
+        );
         {
             let mut committed = gs.committed.write();
             inner.db.write_opt(installed.batch, &engine::write_options())?;
@@ -446,7 +509,14 @@ impl Store {
         *gs.compact_finished.lock() = installed.compact_finished;
         gs.hub.reset(installed.meta.current_revision, installed.meta.compact_revision);
         inner.compactor_signal.notify();
-        Ok(installed.meta.applied_index)
+        // Durability: flush before returning. The batch went to the memtables without
+        // RocksDB's WAL, and the caller then hands the snapshot to Raft, which truncates the
+        // log below it; a crash before a later flush would otherwise reopen the store at its
+        // old applied index with the entries after it gone from the log, and the member
+        // could never start again. The flush is atomic over every column family the batch
+        // touched (it deleted and wrote the group in all of them).
+        self.flush()?;
+        Ok(index)
     }
 
     /// Makes everything applied so far durable (atomic flush of every column family).
@@ -471,8 +541,33 @@ impl Store {
     }
 }
 
+/// The batch state before one command: [`Store::apply`] rolls a command that failed back to
+/// it.
+struct CommandSavePoint {
+    meta: ApplyMeta,
+    events_len: usize,
+}
+
+impl CommandSavePoint {
+    fn set(w: &mut BatchWriter<'_>) -> CommandSavePoint {
+        w.ws.set_save_point();
+        CommandSavePoint { meta: w.meta.clone(), events_len: w.events.len() }
+    }
+
+    /// Undoes everything the command did to `w`: its writes, its changes to the group's
+    /// metadata (revision, quota counters, everything in `ApplyMeta`) and its events.
+    fn rollback(self, w: &mut BatchWriter<'_>) {
+        w.ws.rollback_to_save_point();
+        w.meta = self.meta;
+        w.events.truncate(self.events_len);
+        // Resets the count of the failed command's changes.
+        w.begin();
+    }
+}
+
 /// Applies one decoded command to the batch. Checks come before writes, so a
-/// deterministic error leaves the batch untouched.
+/// deterministic error usually has nothing to undo; one raised after writes is undone by
+/// the caller's save point.
 fn apply_command(w: &mut BatchWriter<'_>, data: &[u8]) -> Result<CommandResponse> {
     let cmd = Command::decode_entry(data)?;
     command::validate(&cmd, w.cfg)?;
@@ -539,6 +634,91 @@ mod tests {
         let r = store.apply(g, &[(200, &cmd)]).unwrap();
         assert!(matches!(r[0], Err(Error::AlreadyApplied { index: 200, applied_index: 200 })));
         assert_eq!(store.current_revision(g), 201);
+    }
+
+    /// Applies like `apply_command`, except that txns skip their check phase, so a txn whose
+    /// put fails after its delete wrote reaches the batch loop.
+    fn apply_command_skipping_txn_checks(w: &mut BatchWriter<'_>, data: &[u8]) -> Result<CommandResponse> {
+        let cmd = Command::decode_entry(data)?;
+        match cmd.body {
+            Some(CommandBody::Txn(t)) => Ok(CommandResponse::Txn(txn::apply_txn_skipping_checks(w, &t)?)),
+            _ => apply_command(w, data),
+        }
+    }
+
+    /// A command that fails after it wrote (its delete ran, then its put failed) is rolled
+    /// back alone: an error result for it, no revision, no key change, no event, and the
+    /// next command of the same batch applies as if it had never been there.
+    #[test]
+    fn command_failing_after_its_writes_is_rolled_back_alone() {
+        use crate::command::{DeleteRangeRequest, RequestOp};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let g = GroupId(1);
+        let put = |i: u64, k: &str, v: &str| {
+            let p = PutRequest { key: k.to_string().into(), value: v.to_string().into(), ..Default::default() };
+            Command::new(i, CommandBody::Put(p)).encode_to_vec()
+        };
+        let first = [put(1, "a", "1"), put(2, "b", "2")];
+        for r in store.apply(g, &[(1, &first[0]), (2, &first[1])]).unwrap() {
+            r.unwrap();
+        }
+        let live = store.watch_stream(g);
+        live.watch(WatchSpec { key: "\0".into(), range_end: "\0".into(), ..WatchSpec::default() });
+        assert!(live.recv_timeout(Duration::from_secs(5)).is_some_and(|e| e.created));
+
+        let bad = TxnRequest {
+            compare: vec![],
+            success: vec![
+                RequestOp::delete_range(DeleteRangeRequest { key: "a".into(), range_end: "\0".into(), prev_kv: false }),
+                RequestOp::put(PutRequest { key: "b".into(), ignore_value: true, ..Default::default() }),
+            ],
+            failure: vec![],
+        };
+        let bad = Command::new(3, CommandBody::Txn(bad)).encode_to_vec();
+        let next = put(4, "c", "3");
+        let results = store
+            .apply_with(g, &[(3, &bad), (4, &next)], apply_command_skipping_txn_checks)
+            .expect("a deterministic failure of one command must not fail the batch");
+        assert!(matches!(results[0], Err(Error::KeyNotFound)), "{:?}", results[0]);
+        assert!(matches!(&results[1], Ok(CommandResponse::Put(p)) if p.revision == 4), "{:?}", results[1]);
+        assert_eq!(store.applied_index(g), 4);
+        assert_eq!(store.current_revision(g), 4, "the failed command took no revision");
+        store.check_invariants(g);
+
+        let all = store.range(g, &RangeRequest { key: "\0".into(), range_end: "\0".into(), ..Default::default() });
+        let kvs: Vec<(Bytes, Bytes, i64)> =
+            all.unwrap().kvs.into_iter().map(|kv| (kv.key, kv.value, kv.mod_revision)).collect();
+        let want: Vec<(Bytes, Bytes, i64)> =
+            vec![("a".into(), "1".into(), 2), ("b".into(), "2".into(), 3), ("c".into(), "3".into(), 4)];
+        assert_eq!(kvs, want, "the failed delete left no trace in the keyspace");
+
+        // The live watcher saw only the next command's put; a watcher catching up from the
+        // events column family sees the same history.
+        let ev = live.recv_timeout(Duration::from_secs(5)).expect("the put of c is published");
+        assert_eq!(
+            ev.events.iter().map(|e| (e.kv.key.clone(), e.kind)).collect::<Vec<_>>(),
+            vec![(Bytes::from("c"), crate::kv::EventKind::Put)]
+        );
+        assert!(live.recv_timeout(Duration::from_millis(200)).is_none(), "nothing else was published");
+        let history = store.watch_stream(g);
+        history.watch(WatchSpec {
+            key: "\0".into(),
+            range_end: "\0".into(),
+            start_revision: 1,
+            ..WatchSpec::default()
+        });
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while seen.len() < 3 {
+            assert!(Instant::now() < deadline, "catch-up did not deliver 3 events; got {seen:?}");
+            if let Some(ev) = history.recv_timeout(Duration::from_millis(100)) {
+                seen.extend(ev.events.iter().map(|e| (e.kv.key.clone(), e.kind, e.kv.mod_revision)));
+            }
+        }
+        use crate::kv::EventKind::Put as P;
+        assert_eq!(seen, vec![(Bytes::from("a"), P, 2), (Bytes::from("b"), P, 3), (Bytes::from("c"), P, 4)]);
+        assert!(history.recv_timeout(Duration::from_millis(200)).is_none_or(|e| e.events.is_empty()));
     }
 
     #[test]

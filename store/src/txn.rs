@@ -7,7 +7,10 @@
 //!    `ignore_*` on missing keys, unknown leases); any failure rejects the whole txn before
 //!    anything is written;
 //! 3. **execute**: ops run in order, each seeing the writes of the earlier ones; all writes
-//!    share one main revision (`current + 1`) with increasing sub revisions.
+//!    share one main revision (`current + 1`) with increasing sub revisions. The checks and
+//!    the duplicate-key rule of `command::validate` leave nothing to fail here; if an op
+//!    still does (a check that missed a case), its error is deterministic and `Store::apply`
+//!    rolls the whole txn back to its save point (etcd panics there instead).
 //!
 //! A missing key compares as an all-zero `KeyValue`, except that a VALUE compare on a
 //! missing key is false; a compare with `range_end` must hold for every key in the range.
@@ -62,6 +65,18 @@ pub(crate) fn apply_txn(w: &mut BatchWriter<'_>, t: &TxnRequest) -> Result<TxnRe
     Ok(resp)
 }
 
+/// A Txn executed without its check phase, as if a check had missed something: tests use it
+/// to make an op fail after earlier ops of the same txn wrote.
+#[cfg(test)]
+pub(crate) fn apply_txn_skipping_checks(w: &mut BatchWriter<'_>, t: &TxnRequest) -> Result<TxnResponse> {
+    let mut path = Vec::new();
+    compare_to_path(w, t, &mut path)?;
+    w.begin();
+    let mut resp = execute_txn(w, t, &path, &mut 0)?;
+    resp.revision = w.end();
+    Ok(resp)
+}
+
 /// A read-only Txn ([`TxnRequest::is_read_only`]) evaluated exactly as [`apply_txn`] would
 /// at the state `w` reads, without going through the log (etcd serves these after a read
 /// barrier too). Writes nothing; the header revision is the current one, as applied.
@@ -78,9 +93,10 @@ pub(crate) fn read_only_txn(w: &mut BatchWriter<'_>, t: &TxnRequest) -> Result<T
 
 fn put(w: &mut BatchWriter<'_>, p: &PutRequest, prev: Option<KeyValue>) -> Result<PutResponse> {
     let (value, lease) = match (&prev, p.ignore_value, p.ignore_lease) {
-        (None, true, _) | (None, _, true) => {
-            return Err(Error::Corruption("ignore_value/ignore_lease on a missing key passed the checks".into()))
-        }
+        // The check phase refuses this before anything is written; reaching it means a
+        // check missed a case. The error is etcd's for the request and deterministic; the
+        // caller's save point undoes what the txn wrote before it.
+        (None, true, _) | (None, _, true) => return Err(Error::KeyNotFound),
         (prev, iv, il) => (
             if iv { prev.as_ref().expect("checked above").value.clone() } else { p.value.clone() },
             if il { prev.as_ref().expect("checked above").lease } else { p.lease },
@@ -231,9 +247,7 @@ fn execute_txn(w: &mut BatchWriter<'_>, t: &TxnRequest, path: &[bool], pos: &mut
         let resp = match &op.request {
             Some(Request::Range(r)) => {
                 let rev = w.read_revision();
-                let resp = range::range(&w.reader(), w.g, r, rev, w.meta.compact_revision, rev)
-                    .map_err(|e| after_checks("range", e))?;
-                ResponseOp::Range(resp)
+                ResponseOp::Range(range::range(&w.reader(), w.g, r, rev, w.meta.compact_revision, rev)?)
             }
             Some(Request::Put(p)) => {
                 let prev = mvcc::get_current(&w.reader(), w.g, &p.key)?;
@@ -244,19 +258,9 @@ fn execute_txn(w: &mut BatchWriter<'_>, t: &TxnRequest, path: &[bool], pos: &mut
                 // etcd leaves a nested txn's header revision at 0.
                 ResponseOp::Txn(execute_txn(w, nested, path, pos)?)
             }
-            None => return Err(after_checks("op", Error::KeyNotFound)),
+            None => return Err(Error::KeyNotFound),
         };
         responses.push(resp);
     }
     Ok(TxnResponse { revision: 0, succeeded, responses })
-}
-
-/// An op failed after the checks passed: the batch may hold partial writes, so this must
-/// stop the node (etcd panics here too).
-fn after_checks(what: &str, e: Error) -> Error {
-    if e.is_deterministic() {
-        Error::Corruption(format!("txn {what} failed after its checks passed: {e}"))
-    } else {
-        e
-    }
 }

@@ -42,6 +42,10 @@ fn range_end(e: &End) -> Bytes {
 #[derive(Clone, Debug)]
 enum TxOp {
     Put(u8, u8),
+    /// A put that keeps the live version's value and/or lease: `ignore_value` (mode 0),
+    /// `ignore_lease` with value `v` (mode 1), or both (mode 2). It fails the txn with
+    /// `KeyNotFound` when the key is missing before the txn.
+    PutKeep(u8, u8, u8),
     Del(u8, End),
     Range(u8, End),
 }
@@ -65,6 +69,9 @@ enum Op {
         value: i64,
         success: Vec<TxOp>,
         failure: Vec<TxOp>,
+        /// Keep puts that repeat a key or fall inside a delete of their branch (the txn must
+        /// then fail with `DuplicateKey`) instead of dropping them.
+        overlapping: bool,
     },
     Compact {
         back: i64,
@@ -97,6 +104,7 @@ fn end_strategy() -> impl Strategy<Value = End> {
 fn txop_strategy() -> impl Strategy<Value = TxOp> {
     prop_oneof![
         (0u8..6, 0u8..4).prop_map(|(k, v)| TxOp::Put(k, v)),
+        (0u8..6, 0u8..4, 0u8..3).prop_map(|(k, v, mode)| TxOp::PutKeep(k, v, mode)),
         (0u8..6, end_strategy()).prop_map(|(k, e)| TxOp::Del(k, e)),
         (0u8..6, end_strategy()).prop_map(|(k, e)| TxOp::Range(k, e)),
     ]
@@ -107,8 +115,9 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         8 => (0u8..6, 0u8..4, any::<bool>()).prop_map(|(k, v, prev_kv)| Op::Put { k, v, prev_kv }),
         3 => (0u8..6, end_strategy(), any::<bool>()).prop_map(|(k, end, prev_kv)| Op::Del { k, end, prev_kv }),
         4 => (0u8..6, 0i32..5, 0i32..4, 0i64..6, proptest::collection::vec(txop_strategy(), 0..4),
-              proptest::collection::vec(txop_strategy(), 0..3))
-            .prop_map(|(cmp_key, target, result, value, success, failure)| Op::Txn { cmp_key, target, result, value, success, failure }),
+              proptest::collection::vec(txop_strategy(), 0..3), proptest::bool::weighted(0.3))
+            .prop_map(|(cmp_key, target, result, value, success, failure, overlapping)|
+                Op::Txn { cmp_key, target, result, value, success, failure, overlapping }),
         1 => (-1i64..6).prop_map(|back| Op::Compact { back }),
         5 => (0u8..6, end_strategy(), -1i64..8, 0i64..4, 0i32..3, 0i32..5, any::<bool>(), proptest::bool::weighted(0.15), 0i64..6)
             .prop_map(|(k, end, back, limit, sort_order, sort_target, keys_only, count_only, min_mod)|
@@ -276,6 +285,14 @@ fn to_request_op(op: &TxOp) -> RequestOp {
             prev_kv: true,
             ..Default::default()
         }),
+        TxOp::PutKeep(k, v, mode) => RequestOp::put(PutRequest {
+            key: key(*k),
+            value: if *mode == 1 { Bytes::from(vec![b'0' + v]) } else { Bytes::new() },
+            prev_kv: true,
+            ignore_value: *mode != 1,
+            ignore_lease: *mode != 0,
+            ..Default::default()
+        }),
         TxOp::Del(k, e) => {
             RequestOp::delete_range(DeleteRangeRequest { key: key(*k), range_end: range_end(e), prev_kv: true })
         }
@@ -285,20 +302,17 @@ fn to_request_op(op: &TxOp) -> RequestOp {
     }
 }
 
-/// Keeps txn branches free of overlapping puts/deletes (DuplicateKey has its own tests).
+/// Keeps txn branches free of overlapping puts/deletes, which `overlaps` detects.
 fn dedup(ops: &[TxOp]) -> Vec<RequestOp> {
     let mut out: Vec<RequestOp> = Vec::new();
     let mut puts: Vec<Bytes> = Vec::new();
     let mut dels: Vec<KeyRange> = Vec::new();
     for op in ops {
         match op {
-            TxOp::Put(k, _) => {
+            TxOp::Put(k, _) | TxOp::PutKeep(k, ..) => {
                 let k = key(*k);
-                // etcd compares delete intervals bytewise ("\0" as a literal end).
-                if puts.contains(&k) || dels.iter().any(|r| r.contains(&k) && !matches!(r, KeyRange::From(_))) {
-                    continue;
-                }
-                if dels.iter().any(|r| matches!(r, KeyRange::From(_))) {
+                // A "\0" range_end reaches every key >= its start, as in the apply.
+                if puts.contains(&k) || dels.iter().any(|r| r.contains(&k)) {
                     continue;
                 }
                 puts.push(k);
@@ -317,13 +331,44 @@ fn dedup(ops: &[TxOp]) -> Vec<RequestOp> {
     out
 }
 
-fn model_txn(m: &mut Model, t: &TxnRequest) -> TxnResponse {
+/// etcd's duplicate-key rule for one flat branch: a key put twice, or put inside any delete
+/// of the branch (a `"\0"` range_end covering every key from its start on).
+fn overlaps(ops: &[RequestOp]) -> bool {
+    let mut puts: Vec<&Bytes> = Vec::new();
+    let mut dels: Vec<KeyRange> = Vec::new();
+    for op in ops {
+        match op.request.as_ref().unwrap() {
+            store::Request::Put(p) => puts.push(&p.key),
+            store::Request::DeleteRange(d) => dels.push(KeyRange::new(&d.key, &d.range_end)),
+            _ => {}
+        }
+    }
+    puts.iter().enumerate().any(|(i, k)| puts[..i].contains(k) || dels.iter().any(|r| r.contains(k)))
+}
+
+/// The txn's result: validation (duplicate keys, both branches), compare, the check of the
+/// chosen puts against the state before the txn, then the ops in order.
+fn model_txn(m: &mut Model, t: &TxnRequest) -> Result<TxnResponse, String> {
+    if overlaps(&t.success) || overlaps(&t.failure) {
+        return Err(format!("{:?}", Error::DuplicateKey));
+    }
     let ok = t.compare.iter().all(|c| m.compare(c));
+    let chosen = if ok { &t.success } else { &t.failure };
+    for op in chosen {
+        if let Some(store::Request::Put(p)) = &op.request {
+            if (p.ignore_value || p.ignore_lease) && m.at(&p.key, m.rev).is_none() {
+                return Err(format!("{:?}", Error::KeyNotFound));
+            }
+        }
+    }
     let mut responses = Vec::new();
-    for op in if ok { &t.success } else { &t.failure } {
+    for op in chosen {
         responses.push(match op.request.as_ref().unwrap() {
             store::Request::Put(p) => {
-                let prev = m.put(p.key.clone(), p.value.clone());
+                // No op of this txn deleted the key (that would overlap), so its live value
+                // is the one before the txn.
+                let value = if p.ignore_value { m.at(&p.key, m.rev).unwrap().value } else { p.value.clone() };
+                let prev = m.put(p.key.clone(), value);
                 ResponseOp::Put(PutResponse { revision: m.rev + 1, prev_kv: prev })
             }
             store::Request::DeleteRange(d) => {
@@ -338,7 +383,7 @@ fn model_txn(m: &mut Model, t: &TxnRequest) -> TxnResponse {
             store::Request::Txn(_) => unreachable!("the model generates no nested txns"),
         });
     }
-    TxnResponse { revision: m.end(), succeeded: ok, responses }
+    Ok(TxnResponse { revision: m.end(), succeeded: ok, responses })
 }
 
 struct Watch {
@@ -401,7 +446,7 @@ fn run(ops: Vec<Op>, seed_batch_limit: usize) -> Result<(), TestCaseError> {
                 })));
                 Some(CommandBody::DeleteRange(req))
             }
-            Op::Txn { cmp_key, target, result, value, success, failure } => {
+            Op::Txn { cmp_key, target, result, value, success, failure, overlapping } => {
                 let target_union = match target {
                     0 => TargetUnion::Version(*value),
                     1 => TargetUnion::CreateRevision(*value),
@@ -416,8 +461,10 @@ fn run(ops: Vec<Op>, seed_batch_limit: usize) -> Result<(), TestCaseError> {
                     target_union: Some(target_union),
                     range_end: Bytes::new(),
                 };
-                let req = TxnRequest { compare: vec![cmp], success: dedup(success), failure: dedup(failure) };
-                expected.push(Ok(CommandResponse::Txn(model_txn(&mut m, &req))));
+                let branch =
+                    |ops: &[TxOp]| if *overlapping { ops.iter().map(to_request_op).collect() } else { dedup(ops) };
+                let req = TxnRequest { compare: vec![cmp], success: branch(success), failure: branch(failure) };
+                expected.push(model_txn(&mut m, &req).map(CommandResponse::Txn));
                 Some(CommandBody::Txn(req))
             }
             Op::Compact { back } => {
