@@ -26,7 +26,8 @@
 //! streams the message, the member list and the pinned store chunks to the follower, and
 //! reports the outcome to Raft (`report_snapshot`). The follower installs the store data
 //! first, then steps the message into its driver, so Raft only learns of the snapshot once
-//! the state machine holds it.
+//! the state machine holds it durably; a snapshot the store has already applied past is
+//! refused by the store and only stepped.
 //!
 //! The peer set follows membership: the applier adds and removes peers as conf changes apply.
 //!
@@ -594,19 +595,30 @@ impl pb::peer_server::Peer for PeerService {
             return Err(Status::invalid_argument("empty snapshot stream"));
         };
         let index = msg.get_snapshot().get_metadata().index;
-        let applied = node.store.applied_index(store::GroupId(group));
-        if index > applied {
-            // Ordering: the store holds the snapshot before Raft hears of it, so entries Raft
-            // applies after the snapshot land on top of its state. An entry the store already
-            // holds is skipped by its applied index if Raft delivers it again.
-            let store = node.store.clone();
-            let installed =
-                tokio::task::spawn_blocking(move || store.install_snapshot(store::GroupId(group), data.into_iter()))
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?
-                    .map_err(|e| Status::data_loss(format!("installing the snapshot: {e}")))?;
-            info!(index, installed, "installed a snapshot from the leader");
-            node.adopt_members(members);
+        // Ordering: the store holds the snapshot, durably (install_snapshot flushes before
+        // it returns), before Raft hears of it: Raft then truncates its log below the
+        // snapshot, and entries it applies after it land on top of the store's state. An
+        // entry the store already holds is skipped by its applied index if Raft delivers it
+        // again.
+        let store = node.store.clone();
+        let installed =
+            tokio::task::spawn_blocking(move || store.install_snapshot(store::GroupId(group), data.into_iter()))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+        match installed {
+            Ok(installed) => {
+                info!(index, installed, "installed a snapshot from the leader");
+                node.adopt_members(members);
+            }
+            Err(store::Error::SnapshotNotAhead { index, applied_index }) => {
+                // The store checked this under its apply lock (apply may have moved past the
+                // snapshot while it streamed) and is unchanged. The message is stepped all
+                // the same: Raft, whose commit index is at least the store's applied index,
+                // does not restore a snapshot at or below it and answers the leader with its
+                // own progress, and the driver sees a snapshot it did not restore.
+                info!(index, applied_index, "not installing a snapshot the store has already applied past");
+            }
+            Err(e) => return Err(Status::data_loss(format!("installing the snapshot: {e}"))),
         }
         node.raft.step(raft_log::GroupId(group), msg).map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(pb::Empty {}))
