@@ -28,10 +28,9 @@ const CANCEL_COMPACTED: &str = "etcdserver: mvcc: required revision has been com
 /// etcd's reason for a watch whose range is empty (`key >= range_end`).
 const CANCEL_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 /// Reason given for a client-chosen watch id, which this server does not support.
+const CANCEL_CHOSEN_ID: &str = "etcdserver: client-chosen watch ids are not supported";
 /// Election timeouts without a leader after which a `hasleader` stream is cancelled.
 const LEADERLESS_ELECTIONS: u32 = 3;
-
-const CANCEL_CHOSEN_ID: &str = "etcdserver: client-chosen watch ids are not supported";
 
 /// The Watch service.
 pub struct WatchService {
@@ -219,12 +218,16 @@ impl StreamState {
             self.progress_notify.remove(&watch_id);
             self.fragment.remove(&watch_id);
         }
+        // A watcher the store canceled because its client stopped reading gets a reason, so
+        // the client surfaces an error and re-watches rather than taking it for a clean end.
+        let cancel_reason = if response.slow { EtcdError::WatchCanceled.message().to_string() } else { String::new() };
         let base = pb::WatchResponse {
             header: Some(header),
             watch_id,
             created: response.created,
             canceled: response.canceled,
             compact_revision: response.compact_revision,
+            cancel_reason,
             ..Default::default()
         };
         if self.fragment.contains(&watch_id) {

@@ -25,6 +25,10 @@ pub struct StoreConfig {
     /// Period of the watch sync thread (it is also woken when a watcher falls behind).
     /// Default: 100 ms.
     pub watch_sync_interval: Duration,
+    /// A watcher whose stream buffer stays full (its client reads nothing) this long is
+    /// canceled, so that it stops holding history and hub work; the client re-watches.
+    /// Default: 60 s.
+    pub watch_stuck_cancel_after: Duration,
     /// etcd `--max-txn-ops`. Default: 128.
     pub max_txn_ops: usize,
     /// etcd `--max-request-bytes`, checked on the encoded command. Default: 1.5 MiB.
@@ -41,6 +45,7 @@ impl Default for StoreConfig {
             watch_stream_buffer: 1024,
             watch_sync_batch_events: 10_000,
             watch_sync_interval: Duration::from_millis(100),
+            watch_stuck_cancel_after: Duration::from_secs(60),
             max_txn_ops: 128,
             max_request_bytes: 3 << 19,
         }
@@ -58,6 +63,7 @@ impl StoreConfig {
         check(self.watch_stream_buffer > 0, "watch_stream_buffer must be > 0")?;
         check(self.watch_sync_batch_events > 0, "watch_sync_batch_events must be > 0")?;
         check(!self.watch_sync_interval.is_zero(), "watch_sync_interval must be > 0")?;
+        check(!self.watch_stuck_cancel_after.is_zero(), "watch_stuck_cancel_after must be > 0")?;
         check(self.max_txn_ops > 0, "max_txn_ops must be > 0")?;
         check(self.max_request_bytes > 0, "max_request_bytes must be > 0")?;
         Ok(())

@@ -162,7 +162,7 @@ impl Inner {
                 if !gs.hub.has_unsynced() {
                     continue;
                 }
-                match gs.hub.sync_pass(&self.db, self.cfg.watch_sync_batch_events) {
+                match gs.hub.sync_pass(&self.db, &self.cfg) {
                     Ok(more) => behind |= more,
                     Err(e) => {
                         behind = true;

@@ -6,15 +6,27 @@
 //! Invariants (checked by `check_invariants` in tests): `unsynced` counts the unsynced
 //! watchers; a synced watcher has `next_revision > current`; an unsynced one has
 //! `next_revision <= current`, or is waiting for a full queue.
+//!
+//! Catch-up fairness: a watcher whose queue is full is skipped by catch-up (as etcd's
+//! "victims"), so a client that stops reading never pins the window that the others are
+//! read from. Each pass reads one window of at most `watch_sync_batch_events` events and
+//! [`SYNC_PASS_BYTES_MAX`] bytes, starting at the first ready watcher at or after where the
+//! previous window ended (wrapping to the lowest): the windows sweep from the oldest
+//! position to the newest, so every ready watcher is reached. Watchers within
+//! [`SYNC_TAIL_REVISIONS_MAX`] of the current revision are caught up in every pass,
+//! whatever the window. A watcher whose queue stays full for `watch_stuck_cancel_after`
+//! is canceled (`slow`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use rocksdb::DB;
 
 use super::queue::StreamQueue;
 use super::{WatchEvent, WatchSpec};
+use crate::config::StoreConfig;
 use crate::engine::Reader;
 use crate::error::{Error, Result};
 use crate::key_codec::{self as kc, Cf};
@@ -29,6 +41,9 @@ const CATCH_UP_EVENTS_PER_RESPONSE_MAX: usize = 1000;
 /// The sync thread reads at most this many revisions while holding the hub lock, to move
 /// a caught-up watcher to the synced set.
 const SYNC_TAIL_REVISIONS_MAX: i64 = 64;
+/// Bytes (keys, values and previous values) one catch-up pass reads for a group at most,
+/// besides the event budget: the window ends at the first revision boundary past either.
+const SYNC_PASS_BYTES_MAX: usize = 16 << 20;
 
 struct Watcher {
     range: KeyRange,
@@ -37,6 +52,9 @@ struct Watcher {
     next_revision: Revision,
     synced: bool,
     queue: Arc<StreamQueue>,
+    /// Since when catch-up has found this unsynced watcher's queue full (its client is not
+    /// reading); `None` while it has room.
+    stuck_since: Option<Instant>,
 }
 
 impl Watcher {
@@ -49,6 +67,13 @@ impl Watcher {
     fn view(&self, ev: &Event) -> Event {
         Event { kind: ev.kind, kv: ev.kv.clone(), prev_kv: if self.spec.prev_kv { ev.prev_kv.clone() } else { None } }
     }
+
+    /// Whether progress at `current` may be reported for this watcher: it is synced and the
+    /// store has reached its start revision (a future start stays quiet until then, as
+    /// etcd's `isWatcherSynced` / contract §3.13).
+    fn progress_due(&self, current: Revision) -> bool {
+        self.synced && current >= self.spec.start_revision
+    }
 }
 
 struct HubState {
@@ -58,6 +83,9 @@ struct HubState {
     compact: Revision,
     watchers: BTreeMap<(u64, i64), Watcher>,
     unsynced: usize,
+    /// Where the next catch-up window starts looking for a ready watcher (the revision after
+    /// the previous window).
+    sync_cursor: Revision,
     next_stream_id: u64,
     streams: BTreeMap<u64, Arc<StreamQueue>>,
 }
@@ -79,6 +107,7 @@ impl Hub {
                 compact,
                 watchers: BTreeMap::new(),
                 unsynced: 0,
+                sync_cursor: 0,
                 next_stream_id: 0,
                 streams: BTreeMap::new(),
             }),
@@ -143,7 +172,8 @@ impl Hub {
         let next_revision = if start == 0 { st.current + 1 } else { start };
         let synced = next_revision > st.current;
         let range = KeyRange::new(&spec.key, &spec.range_end);
-        st.watchers.insert((queue.id, id), Watcher { range, spec, next_revision, synced, queue: queue.clone() });
+        let w = Watcher { range, spec, next_revision, synced, queue: queue.clone(), stuck_since: None };
+        st.watchers.insert((queue.id, id), w);
         if !synced {
             st.unsynced += 1;
             drop(st);
@@ -163,17 +193,15 @@ impl Hub {
 
     pub fn progress_all(&self, queue: &Arc<StreamQueue>) -> bool {
         let st = self.state.lock();
-        let all_synced = st
-            .watchers
-            .range((queue.id, i64::MIN)..=(queue.id, i64::MAX))
-            .all(|(_, w)| w.synced && st.current >= w.spec.start_revision);
+        let all_synced =
+            st.watchers.range((queue.id, i64::MIN)..=(queue.id, i64::MAX)).all(|(_, w)| w.progress_due(st.current));
         all_synced && queue.push_bounded(WatchEvent { watch_id: -1, revision: st.current, ..Default::default() })
     }
 
     pub fn progress_one(&self, queue: &Arc<StreamQueue>, id: i64) -> bool {
         let st = self.state.lock();
         match st.watchers.get(&(queue.id, id)) {
-            Some(w) if w.synced => {
+            Some(w) if w.progress_due(st.current) => {
                 queue.push_bounded(WatchEvent { watch_id: id, revision: st.current, ..Default::default() })
             }
             _ => false,
@@ -244,10 +272,12 @@ impl Hub {
         self.sync_signal.notify();
     }
 
-    /// One catch-up pass (the sync thread). Returns true if watchers remain unsynced.
-    pub fn sync_pass(&self, db: &DB, max_events: usize) -> Result<bool> {
+    /// One catch-up pass (the sync thread). Returns true if a watcher that can take
+    /// responses is still behind (run again soon); false when the remaining unsynced
+    /// watchers, if any, all have full queues (back off to the sync interval).
+    pub fn sync_pass(&self, db: &DB, cfg: &StoreConfig) -> Result<bool> {
         let snapshot;
-        let (current, compact, work) = {
+        let (current, compact, window) = {
             let st = self.state.lock();
             if st.unsynced == 0 {
                 return Ok(false);
@@ -255,67 +285,138 @@ impl Hub {
             // Taken under the lock: the compactor purges only below a compact revision that
             // was published before it started, so events >= `compact` are in this snapshot.
             snapshot = db.snapshot();
-            let work: Vec<((u64, i64), Revision, bool)> = st
+            // Watchers with a full queue cannot take anything: leaving them out is what keeps
+            // a client that stopped reading from holding the window back for the others.
+            let ready: Vec<((u64, i64), Revision, bool)> = st
                 .watchers
                 .iter()
-                .filter(|(_, w)| !w.synced)
+                .filter(|(_, w)| {
+                    !w.synced && !w.queue.is_full() && w.next_revision >= st.compact && w.next_revision <= st.current
+                })
                 .map(|(k, w)| (*k, w.next_revision, w.spec.prev_kv))
                 .collect();
-            (st.current, st.compact, work)
+            let start = ready
+                .iter()
+                .map(|(_, next, _)| *next)
+                .filter(|next| *next >= st.sync_cursor)
+                .min()
+                .or_else(|| ready.iter().map(|(_, next, _)| *next).min());
+            (st.current, st.compact, start.map(|from| (from, ready)))
         };
-        let reader = Reader::at_snapshot(db, &snapshot);
-        let readable: Vec<_> = work.iter().filter(|(_, next, _)| *next >= compact && *next <= current).collect();
-        let want_prev = readable.iter().any(|(_, _, p)| *p);
-        let (events, upto) = match readable.iter().map(|(_, next, _)| *next).min() {
-            Some(from) => read_events(&reader, self.group, from, current, compact, max_events, want_prev)?,
-            None => (Vec::new(), current),
+        let (events, from, upto, ready) = match window {
+            Some((from, ready)) => {
+                let want_prev = ready.iter().any(|(_, next, prev)| *next >= from && *prev);
+                let reader = Reader::at_snapshot(db, &snapshot);
+                let (events, upto) = read_events(
+                    &reader,
+                    self.group,
+                    from,
+                    current,
+                    compact,
+                    ReadBudget { events: cfg.watch_sync_batch_events, bytes: SYNC_PASS_BYTES_MAX },
+                    want_prev,
+                )?;
+                (events, from, upto, ready)
+            }
+            None => (Vec::new(), current + 1, current, Vec::new()),
         };
+        drop(snapshot);
 
         let mut st = self.state.lock();
         let st = &mut *st;
-        let tail_from = upto + 1;
-        let tail = if st.current >= tail_from && st.current - upto <= SYNC_TAIL_REVISIONS_MAX && tail_from >= st.compact
-        {
-            // Under the hub lock no batch can be published meanwhile; events up to
-            // `st.current` are already in RocksDB and above the compact revision.
-            Some(read_events(&Reader::latest(db), self.group, tail_from, st.current, st.compact, usize::MAX, true)?.0)
-        } else if st.current < tail_from {
-            Some(Vec::new())
-        } else {
-            None
-        };
-        let mut caught_up = 0;
-        for (key, next, _) in &work {
+        // Compacted: a watcher whose next revision fell below the compact revision.
+        let below: Vec<(u64, i64)> =
+            st.watchers.iter().filter(|(_, w)| !w.synced && w.next_revision < st.compact).map(|(k, _)| *k).collect();
+        for key in below {
+            let w = st.watchers.remove(&key).expect("listed above");
+            w.queue.push_control(WatchEvent {
+                watch_id: key.1,
+                revision: st.current,
+                canceled: true,
+                compact_revision: st.compact,
+                ..Default::default()
+            });
+            st.unsynced -= 1;
+        }
+        // The window: only watchers whose next revision lies inside it, so none skips the
+        // events between its next revision and the window's start.
+        for (key, next, _) in &ready {
             let Some(w) = st.watchers.get_mut(key) else { continue };
-            if w.synced || w.next_revision != *next {
+            if w.synced || w.next_revision != *next || *next < from || *next > upto {
                 continue;
             }
-            if w.next_revision < st.compact {
-                let q = w.queue.clone();
-                q.push_control(WatchEvent {
-                    watch_id: key.1,
-                    revision: st.current,
-                    canceled: true,
-                    compact_revision: st.compact,
-                    ..Default::default()
-                });
-                st.watchers.remove(key);
-                st.unsynced -= 1;
-                continue;
-            }
-            if w.next_revision <= upto && !deliver(w, key.1, &events, upto) {
-                continue;
-            }
-            if let Some(tail) = &tail {
-                if w.next_revision >= tail_from && deliver(w, key.1, tail, st.current) {
+            deliver(w, key.1, &events, upto);
+        }
+        if upto >= from {
+            st.sync_cursor = upto + 1;
+        }
+        // The tail: every unsynced watcher within SYNC_TAIL_REVISIONS_MAX of the current
+        // revision is caught up and moved to the synced set. Read under the hub lock, so no
+        // batch is published meanwhile; events up to `st.current` are in RocksDB and, from
+        // `st.compact` on, not purged.
+        let near: Vec<(u64, i64)> = st
+            .watchers
+            .iter()
+            .filter(|(_, w)| !w.synced && st.current - w.next_revision < SYNC_TAIL_REVISIONS_MAX)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut caught_up = 0;
+        if let Some(tail_from) = near.iter().filter_map(|k| st.watchers.get(k)).map(|w| w.next_revision).min() {
+            let tail = if tail_from <= st.current {
+                let latest = Reader::latest(db);
+                // Bounded by SYNC_TAIL_REVISIONS_MAX revisions rather than by a budget.
+                let all = ReadBudget { events: usize::MAX, bytes: usize::MAX };
+                read_events(&latest, self.group, tail_from, st.current, st.compact, all, true)?.0
+            } else {
+                Vec::new()
+            };
+            for key in &near {
+                let w = st.watchers.get_mut(key).expect("listed above");
+                if deliver(w, key.1, &tail, st.current) {
                     w.next_revision = w.next_revision.max(st.current + 1);
                     w.synced = true;
+                    w.stuck_since = None;
                     caught_up += 1;
                 }
             }
         }
         st.unsynced -= caught_up;
-        Ok(st.unsynced > 0)
+        // Stuck: still unsynced with a full queue. Canceled past the limit, so that a client
+        // that stopped reading stops costing catch-up work and holding its buffer; the
+        // client sees `canceled` (behind what it already has) and re-watches.
+        let now = Instant::now();
+        let mut stuck = Vec::new();
+        let mut more = false;
+        for (key, w) in st.watchers.iter_mut().filter(|(_, w)| !w.synced) {
+            if w.queue.is_full() {
+                let since = *w.stuck_since.get_or_insert(now);
+                if now.duration_since(since) >= cfg.watch_stuck_cancel_after {
+                    stuck.push(*key);
+                }
+            } else {
+                w.stuck_since = None;
+                more |= w.next_revision <= st.current;
+            }
+        }
+        for key in stuck {
+            let w = st.watchers.remove(&key).expect("listed above");
+            tracing::warn!(
+                group = self.group.0,
+                watch_id = key.1,
+                next_revision = w.next_revision,
+                "watcher canceled: its stream stayed full for {:?}",
+                cfg.watch_stuck_cancel_after
+            );
+            w.queue.push_control(WatchEvent {
+                watch_id: key.1,
+                revision: st.current,
+                canceled: true,
+                slow: true,
+                ..Default::default()
+            });
+            st.unsynced -= 1;
+        }
+        Ok(more)
     }
 
     #[cfg(test)]
@@ -362,8 +463,16 @@ fn deliver(w: &mut Watcher, watch_id: i64, events: &[Event], through: Revision) 
     true
 }
 
-/// Reads the stored events of revisions `[from, to]`, at most about `max_events` (whole
-/// revisions). Returns them and the last revision fully read.
+/// How much one `read_events` call may read: it stops at the first revision boundary past
+/// either limit.
+#[derive(Clone, Copy)]
+struct ReadBudget {
+    events: usize,
+    bytes: usize,
+}
+
+/// Reads the stored events of revisions `[from, to]`, within `budget` (whole revisions: the
+/// first revision is always read whole). Returns them and the last revision fully read.
 ///
 /// History at or below `compact` is what etcd's compaction leaves: the newest version ≤ R of
 /// each key but no tombstone and nothing older. So, as etcd after a compaction, a DELETE at
@@ -375,7 +484,7 @@ fn read_events(
     from: Revision,
     to: Revision,
     compact: Revision,
-    max_events: usize,
+    budget: ReadBudget,
     want_prev: bool,
 ) -> Result<(Vec<Event>, Revision)> {
     let mut out: Vec<Event> = Vec::new();
@@ -385,9 +494,10 @@ fn read_events(
     let mut c = r.cursor(Cf::Events, &kc::event_key(g, RevisionPair::new(to + 1, 0)));
     c.seek(&kc::event_key(g, RevisionPair::new(from, 0)));
     let mut upto = to;
+    let mut bytes = 0usize;
     while let Some((k, v)) = c.next_entry()? {
         let rev = kc::decode_event_key(&k).ok_or_else(|| Error::Corruption("event key".into()))?;
-        if out.len() >= max_events && out.last().map(Event::revision) != Some(rev.main) {
+        if (out.len() >= budget.events || bytes >= budget.bytes) && out.last().map(Event::revision) != Some(rev.main) {
             upto = out.last().expect("non-empty").revision();
             break;
         }
@@ -408,7 +518,13 @@ fn read_events(
         } else {
             None
         };
+        bytes += event_bytes(&kv) + prev_kv.as_ref().map_or(0, event_bytes);
         out.push(Event { kind: stored.kind, kv, prev_kv });
     }
     Ok((out, upto))
+}
+
+/// What one version costs a catch-up pass in memory, for its byte budget.
+fn event_bytes(kv: &KeyValue) -> usize {
+    kv.key.len() + kv.value.len()
 }

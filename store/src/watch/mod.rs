@@ -14,8 +14,13 @@
 //!   queues responses holding whole revisions, and, under the hub lock, reads the last few
 //!   revisions itself and moves the watcher to the synced set: publication also runs under
 //!   that lock, so nothing is missed or sent twice.
+//! - Catch-up skips watchers whose queue is full, so a client that stops reading never holds
+//!   back the other watchers of its group; each pass is bounded in events and bytes. A
+//!   watcher whose queue stays full for `watch_stuck_cancel_after` is canceled (`slow`).
 //! - Progress (`request_progress`, `progress_for`) is queued under the hub lock, after every
-//!   event of the revisions it reports: a progress revision never runs ahead of events.
+//!   event of the revisions it reports: a progress revision never runs ahead of events. It
+//!   is reported only for a synced watcher whose start revision the store has reached, so a
+//!   watcher starting in the future stays quiet until then.
 //! - A watcher whose next revision falls below the compact revision is canceled with
 //!   `compact_revision` set (etcd's ErrCompacted for watches).
 
@@ -70,6 +75,9 @@ pub struct WatchEvent {
     pub canceled: bool,
     /// Non-zero: canceled because the start revision is below this compact revision.
     pub compact_revision: Revision,
+    /// With `canceled`: the watcher's stream buffer stayed full for
+    /// [`crate::StoreConfig::watch_stuck_cancel_after`] (its client stopped reading).
+    pub slow: bool,
 }
 
 impl WatchEvent {
@@ -112,8 +120,9 @@ impl WatchStream {
         self.hub.progress_all(&self.queue)
     }
 
-    /// Queues `{watch_id: id, revision: current}` if that watcher is synced (periodic
-    /// progress notification). Returns whether it was queued.
+    /// Queues `{watch_id: id, revision: current}` if that watcher is synced and the store
+    /// has reached its start revision (periodic progress notification). Returns whether it
+    /// was queued.
     pub fn progress_for(&self, id: WatchId) -> bool {
         self.hub.progress_one(&self.queue, id.0)
     }

@@ -125,6 +125,12 @@ impl StreamQueue {
         Poll::Pending
     }
 
+    /// Whether an event or progress response would be refused now.
+    pub fn is_full(&self) -> bool {
+        let st = self.state.lock();
+        st.closed || st.bounded >= self.limit
+    }
+
     pub fn len(&self) -> usize {
         self.state.lock().items.len()
     }

@@ -1,0 +1,189 @@
+//! Watch hardening (issue 10), at the store level:
+//!
+//! - a stream that never reads must not hold back catch-up of the other watchers of its
+//!   group, and is canceled once it has been stuck past `watch_stuck_cancel_after`;
+//! - `prev_kv` of an update whose previous version sits exactly at the compact revision;
+//! - a watcher whose start revision is in the future gets no progress notification before
+//!   the store reaches that revision.
+//!
+//! Every wait is bounded.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{b, drain_until_synced, recv_until, Node, G};
+use store::{CommandBody, CompactRequest, PutRequest, StoreConfig, WatchSpec};
+
+fn compact(n: &mut Node, rev: i64) {
+    n.exec(CommandBody::Compact(CompactRequest { revision: rev, physical: false })).unwrap();
+}
+
+/// A never-reading stream and a reading one watch the same keys from the past of a long
+/// history. The reading one must catch up and get its RequestProgress answered within a
+/// bound, while the stuck one still has nothing read.
+#[test]
+fn stuck_stream_does_not_hold_back_catch_up_of_others() {
+    let cfg = StoreConfig {
+        watch_stream_buffer: 4,
+        watch_sync_batch_events: 16,
+        watch_sync_interval: Duration::from_millis(20),
+        // Far longer than the test: this test is about not holding others back.
+        watch_stuck_cancel_after: Duration::from_secs(600),
+        ..StoreConfig::default()
+    };
+    let mut n = Node::with_config(cfg);
+    // Revisions 2..=1001: far more than one pass's budget (16 events) times the stuck
+    // stream's buffer (4 responses).
+    for i in 0..1000 {
+        n.put(&format!("k{}", i % 10), &format!("{i}"));
+    }
+    let stuck = n.store.watch_stream(G);
+    stuck.watch(WatchSpec { key: b("k"), range_end: b("l"), start_revision: 2, prev_kv: true, ..Default::default() });
+    // Let the stuck stream's buffer fill up and its watcher pin its position.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(stuck.queued() >= 4, "the stuck stream's buffer should be full: {}", stuck.queued());
+
+    let healthy = n.store.watch_stream(G);
+    healthy.watch(WatchSpec {
+        key: b("k"),
+        range_end: b("l"),
+        start_revision: 500,
+        prev_kv: true,
+        ..Default::default()
+    });
+    let started = Instant::now();
+    let got = drain_until_synced(&healthy, Duration::from_secs(10));
+    let revs: Vec<i64> = got.iter().flat_map(|r| r.events.iter().map(|e| e.kv.mod_revision)).collect();
+    assert_eq!(revs, (500..=1001).collect::<Vec<_>>(), "healthy watcher: every event once, in order");
+    assert!(started.elapsed() < Duration::from_secs(5), "healthy catch-up took {:?}", started.elapsed());
+
+    // Live events keep flowing to the healthy stream, and RequestProgress is answered.
+    n.put("k0", "live");
+    let got = recv_until(&healthy, Duration::from_secs(5), |r| !r.events.is_empty());
+    assert_eq!(got.last().unwrap().events[0].kv.mod_revision, 1002);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !healthy.request_progress() {
+        assert!(Instant::now() < deadline, "RequestProgress on the healthy stream never answered");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let p = recv_until(&healthy, Duration::from_secs(2), |r| r.watch_id == -1);
+    assert_eq!(p.last().unwrap().revision, 1002);
+
+    // The stuck stream still works once it reads: no gap, no duplicate.
+    let got = drain_until_synced(&stuck, Duration::from_secs(20));
+    let revs: Vec<i64> = got.iter().flat_map(|r| r.events.iter().map(|e| e.kv.mod_revision)).collect();
+    assert_eq!(revs, (2..=1002).collect::<Vec<_>>(), "stuck watcher after it reads again");
+}
+
+/// A watcher whose stream stays full past `watch_stuck_cancel_after` is canceled (a
+/// `canceled` response marked slow, queued behind what it already has), and removed from the
+/// hub: the stream's other responses stop growing.
+#[test]
+fn stuck_watcher_is_canceled_after_the_limit() {
+    let cfg = StoreConfig {
+        watch_stream_buffer: 2,
+        watch_sync_batch_events: 16,
+        watch_sync_interval: Duration::from_millis(20),
+        watch_stuck_cancel_after: Duration::from_millis(500),
+        ..StoreConfig::default()
+    };
+    let mut n = Node::with_config(cfg);
+    let stuck = n.store.watch_stream(G);
+    let id = stuck.watch(WatchSpec { key: b("a"), ..Default::default() });
+    // Synced watcher; every put is one response, so the buffer (2) overflows at once.
+    for i in 0..20 {
+        n.put("a", &format!("{i}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    // Read nothing until the watcher is canceled: the cancel is queued behind the buffered
+    // responses, so poll the queue length (created + 2 events + canceled = 4).
+    while stuck.queued() < 4 {
+        assert!(Instant::now() < deadline, "stuck watcher never canceled; queued {}", stuck.queued());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    while let Some(r) = stuck.try_recv() {
+        got.push(r);
+    }
+    let last = got.last().unwrap();
+    assert!(last.canceled && last.slow && last.watch_id == id.0, "last response: {last:?}");
+    assert_eq!(last.compact_revision, 0);
+    // Removed: no more responses, and cancel knows nothing of it.
+    n.put("a", "after");
+    assert!(stuck.recv_timeout(Duration::from_millis(300)).is_none());
+    assert!(!stuck.cancel(id));
+}
+
+/// A key last modified at the compact revision C and updated at C+k: the live event, the
+/// Put's prev_kv, and a catch-up watch from a revision > C all carry the version at C,
+/// before and after the background purge.
+#[test]
+fn prev_kv_of_an_update_after_compaction_at_the_previous_version() {
+    let mut n = Node::new();
+    n.put("other", "1"); // 2
+    n.put("k", "at-c"); // 3 = C
+    let live = n.store.watch_stream(G);
+    live.watch(WatchSpec { key: b("k"), prev_kv: true, ..Default::default() });
+    compact(&mut n, 3);
+    assert!(n.store.wait_compaction_finished(G, 3, Duration::from_secs(10)), "purge at 3 never finished");
+    n.put("other", "2"); // 4
+    let put = match n
+        .exec(CommandBody::Put(PutRequest { key: b("k"), value: b("after"), prev_kv: true, ..Default::default() }))
+        .unwrap()
+    {
+        store::CommandResponse::Put(p) => p,
+        other => panic!("unexpected {other:?}"),
+    }; // 5
+    let prev = put.prev_kv.expect("Put prev_kv of a key last written at the compact revision");
+    assert_eq!((prev.mod_revision, &prev.value[..]), (3, &b"at-c"[..]));
+
+    let got = recv_until(&live, Duration::from_secs(5), |r| !r.events.is_empty());
+    let ev = &got.last().unwrap().events[0];
+    assert_eq!(ev.kv.mod_revision, 5);
+    assert_eq!(ev.prev_kv.as_ref().map(|p| p.mod_revision), Some(3), "live event prev_kv: {ev:?}");
+
+    for start in [4, 5] {
+        let w = n.store.watch_stream(G);
+        w.watch(WatchSpec { key: b("k"), start_revision: start, prev_kv: true, ..Default::default() });
+        let got = drain_until_synced(&w, Duration::from_secs(10));
+        let evs: Vec<_> = got.iter().flat_map(|r| r.events.clone()).collect();
+        assert_eq!(evs.len(), 1, "catch-up from {start}: {evs:?}");
+        assert_eq!(
+            evs[0].prev_kv.as_ref().map(|p| (p.mod_revision, p.value.clone())),
+            Some((3, b("at-c"))),
+            "catch-up from {start}: prev_kv"
+        );
+    }
+    // A second compaction past the update keeps the version at 5 readable and the update's
+    // own event (at 5 = new C) replayable from 5, as etcd: an event at exactly C gets no
+    // prev_kv from etcd 3.5.1, whose prev read at C-1 is compacted.
+    compact(&mut n, 5);
+    assert!(n.store.wait_compaction_finished(G, 5, Duration::from_secs(10)));
+    n.put("k", "later"); // 6
+    let w = n.store.watch_stream(G);
+    w.watch(WatchSpec { key: b("k"), start_revision: 6, prev_kv: true, ..Default::default() });
+    let got = drain_until_synced(&w, Duration::from_secs(10));
+    let evs: Vec<_> = got.iter().flat_map(|r| r.events.clone()).collect();
+    assert_eq!(evs[0].prev_kv.as_ref().map(|p| p.mod_revision), Some(5));
+}
+
+/// A future start revision: `progress_for` (periodic progress) must not answer before the
+/// store reaches the start revision, and must once it has.
+#[test]
+fn no_periodic_progress_before_a_future_start_revision() {
+    let mut n = Node::new();
+    n.put("a", "1"); // 2
+    let w = n.store.watch_stream(G);
+    let id = w.watch(WatchSpec { key: b("a"), start_revision: 5, ..Default::default() });
+    assert!(w.recv_timeout(Duration::from_secs(1)).unwrap().created);
+    assert!(!w.progress_for(id), "progress at revision 2 for a watcher starting at 5");
+    n.put("b", "1"); // 3
+    n.put("b", "2"); // 4
+    assert!(!w.progress_for(id), "progress at revision 4 for a watcher starting at 5");
+    assert!(w.try_recv().is_none(), "nothing may be queued before revision 5");
+    n.put("b", "3"); // 5
+    assert!(w.progress_for(id), "revision 5 reached: progress is due");
+    let p = w.recv_timeout(Duration::from_secs(1)).unwrap();
+    assert!(p.is_progress() && p.revision == 5, "{p:?}");
+}

@@ -1,0 +1,365 @@
+//! Watch hardening (issue 10) through real servers and `etcd-client`:
+//!
+//! - `prev_kv` of an update whose previous version is exactly at the compact revision, on
+//!   the live event, the Put response and catch-up watches, differential against etcd 3.5.1;
+//! - a watcher with a future start revision gets no periodic progress notification before
+//!   the store reaches that revision (`--experimental-watch-progress-notify-interval`);
+//! - a watch stream opened with `hasleader=true` ends with `etcdserver: no leader`
+//!   (Unavailable) once its member has lost the leader (3 members, 2 killed).
+//!
+//! Every wait is bounded.
+
+use std::fmt::Write as _;
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions, DeleteOptions, EventType, KeyValue, PutOptions, WatchOptions, WatchStream};
+use plinth_tests::cluster::plinth_bin;
+use plinth_tests::ports::{self, Port};
+use plinth_tests::process::scrub_env;
+use plinth_tests::{diff, target, Kind, Server};
+
+/// Raft timing of the cluster members: elections after 0.5–1 s of silence.
+const HEARTBEAT_MS: u64 = 50;
+const ELECTION_MS: u64 = 500;
+/// How long members get to start and elect a leader.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+async fn connect(endpoint: &str, require_leader: bool) -> Client {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(5))
+        .with_require_leader(require_leader);
+    Client::connect([endpoint], Some(opts)).await.unwrap_or_else(|e| panic!("connect {endpoint}: {e}"))
+}
+
+fn kv(k: &KeyValue) -> String {
+    format!(
+        "{{{}={} create={} mod={} ver={}}}",
+        String::from_utf8_lossy(k.key()),
+        String::from_utf8_lossy(k.value()),
+        k.create_revision(),
+        k.mod_revision(),
+        k.version()
+    )
+}
+
+/// Appends every response that arrives until none has for 400 ms (at most 5 s).
+async fn drain(stream: &mut WatchStream, log: &mut String) {
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        match tokio::time::timeout(Duration::from_millis(400), stream.message()).await {
+            Err(_) => return,
+            Ok(Err(e)) => {
+                let _ = writeln!(log, "  stream error: {e}");
+                return;
+            }
+            Ok(Ok(None)) => {
+                let _ = writeln!(log, "  stream closed");
+                return;
+            }
+            Ok(Ok(Some(r))) => {
+                if r.events().is_empty() || r.created() || r.canceled() {
+                    let _ = writeln!(
+                        log,
+                        "  id={} created={} canceled={} compact_revision={} events={} header.revision={}",
+                        r.watch_id(),
+                        r.created(),
+                        r.canceled(),
+                        r.compact_revision(),
+                        r.events().len(),
+                        r.header().map_or(-999, |h| h.revision())
+                    );
+                }
+                for e in r.events() {
+                    let t = if e.event_type() == EventType::Put { "PUT" } else { "DELETE" };
+                    let _ = writeln!(
+                        log,
+                        "  id={} {t} kv={} prev={}",
+                        r.watch_id(),
+                        e.kv().map_or("none".into(), kv),
+                        e.prev_kv().map_or("none".into(), kv)
+                    );
+                }
+            }
+        }
+    }
+    let _ = writeln!(log, "  (still receiving after 5 s)");
+}
+
+/// The key `k` is last written at revision 3, the store is compacted at 3, then `k` is
+/// updated at 5: every prev_kv of that update is the version at 3.
+async fn prev_kv_at_compact_script(endpoint: String) -> String {
+    let mut c = connect(&endpoint, false).await;
+    let mut log = String::new();
+    c.put("other", "1", None).await.expect("put other"); // 2
+    c.put("k", "at-c", None).await.expect("put k"); // 3
+    let mut live = c.watch("k", Some(WatchOptions::new().with_prev_key())).await.expect("live watch");
+    let _ = writeln!(log, "live watch k with prev_kv");
+    drain(&mut live, &mut log).await;
+    let r = c.compact(3, Some(etcd_client::CompactionOptions::new().with_physical())).await;
+    let _ = writeln!(log, "compact 3 physical: {}", if r.is_ok() { "ok".into() } else { format!("{r:?}") });
+    c.put("other", "2", None).await.expect("put other"); // 4
+    let put = c.put("k", "after", Some(PutOptions::new().with_prev_key())).await.expect("put k"); // 5
+    let _ = writeln!(log, "put k=after prev_kv: {}", put.prev_key().map_or("none".into(), kv));
+    let _ = writeln!(log, "live stream:");
+    drain(&mut live, &mut log).await;
+    for start in [3, 4, 5] {
+        let opts = WatchOptions::new().with_prev_key().with_start_revision(start);
+        let mut w = c.watch("k", Some(opts)).await.expect("catch-up watch");
+        let _ = writeln!(log, "watch k from {start} with prev_kv");
+        drain(&mut w, &mut log).await;
+    }
+    // The same for a delete whose previous version is the one after the compact revision.
+    let del = c.delete("k", Some(DeleteOptions::new().with_prev_key())).await.expect("delete k"); // 6
+    let prevs: Vec<String> = del.prev_kvs().iter().map(kv).collect();
+    let _ = writeln!(log, "delete k prev_kvs: {prevs:?}");
+    let _ = writeln!(log, "live stream:");
+    drain(&mut live, &mut log).await;
+    let mut w = c.watch("k", Some(WatchOptions::new().with_prev_key().with_start_revision(4))).await.expect("watch");
+    let _ = writeln!(log, "watch k from 4 with prev_kv");
+    drain(&mut w, &mut log).await;
+    log
+}
+
+#[test]
+fn prev_kv_of_an_update_at_the_compact_revision_matches_etcd() {
+    let t = target();
+    let (etcd, other) = std::thread::scope(|s| {
+        let a = s.spawn(Server::etcd);
+        let b = s.spawn(move || Server::start(t));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let rt = runtime();
+    let (la, lb) = rt.block_on(async {
+        let a = tokio::spawn(prev_kv_at_compact_script(etcd.endpoint()));
+        let b = tokio::spawn(prev_kv_at_compact_script(other.endpoint()));
+        (a.await.unwrap(), b.await.unwrap())
+    });
+    let right = if t == Kind::Etcd { "etcd#2" } else { "plinth" };
+    let dir = std::env::temp_dir().join("plinth-differential");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join("watch_prev_kv_at_compact.etcd.txt"), &la);
+    let _ = std::fs::write(dir.join(format!("watch_prev_kv_at_compact.{right}.txt")), &lb);
+    // etcd itself must show the version at 3 as prev_kv, or the test proves nothing.
+    assert!(la.contains("put k=after prev_kv: {k=at-c create=3 mod=3 ver=1}"), "etcd transcript:\n{la}");
+    assert!(
+        la == lb,
+        "prev_kv at the compact revision: {right} differs from etcd 3.5.1\n{}",
+        diff::unified(&la, &lb, "etcd 3.5.1", right, 3)
+    );
+}
+
+/// `plinth serve` members on loopback with extra flags; SIGKILL on drop.
+struct Members {
+    _tmp: tempfile::TempDir,
+    names: Vec<String>,
+    dirs: Vec<PathBuf>,
+    clients: Vec<Port>,
+    peers: Vec<Port>,
+    children: Vec<Option<Child>>,
+}
+
+impl Members {
+    fn start(n: usize, extra: &[&str]) -> Members {
+        let tmp = tempfile::Builder::new().prefix("plinth-watch-").tempdir().expect("temp dir");
+        let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        let dirs: Vec<PathBuf> = names.iter().map(|n| tmp.path().join(n)).collect();
+        let clients: Vec<Port> = (0..n).map(|_| ports::reserve()).collect();
+        let peers: Vec<Port> = (0..n).map(|_| ports::reserve()).collect();
+        let url = |p: &Port| format!("http://127.0.0.1:{}", p.get());
+        let initial: Vec<String> = names.iter().zip(&peers).map(|(n, p)| format!("{n}={}", url(p))).collect();
+        let mut children = Vec::new();
+        for i in 0..n {
+            std::fs::create_dir_all(&dirs[i]).expect("member dir");
+            let log = OpenOptions::new().create(true).append(true).open(dirs[i].join("server.log")).expect("log");
+            let mut cmd = Command::new(plinth_bin());
+            cmd.arg("serve");
+            for (flag, value) in [
+                ("--name", names[i].clone()),
+                ("--data-dir", dirs[i].join("data").display().to_string()),
+                ("--listen-client-urls", url(&clients[i])),
+                ("--advertise-client-urls", url(&clients[i])),
+                ("--listen-peer-urls", url(&peers[i])),
+                ("--initial-advertise-peer-urls", url(&peers[i])),
+                ("--initial-cluster", initial.join(",")),
+                ("--initial-cluster-token", "watch-test".to_owned()),
+                ("--heartbeat-interval", HEARTBEAT_MS.to_string()),
+                ("--election-timeout", ELECTION_MS.to_string()),
+            ] {
+                cmd.arg(flag).arg(value);
+            }
+            cmd.args(extra);
+            cmd.stdin(Stdio::null()).stdout(log.try_clone().expect("dup log")).stderr(log);
+            scrub_env(&mut cmd);
+            children.push(Some(cmd.spawn().expect("spawn plinth")));
+        }
+        Members { _tmp: tmp, names, dirs, clients, peers, children }
+    }
+
+    fn endpoint(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.clients[i].get())
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for (name, dir) in self.names.iter().zip(&self.dirs) {
+            let text = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let _ = writeln!(out, "--- {name} ---\n{}", lines[lines.len().saturating_sub(30)..].join("\n"));
+        }
+        out
+    }
+
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until every member reports the same non-zero leader; returns its index.
+    async fn wait_leader(&self) -> usize {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let mut leaders = Vec::new();
+            let mut ids = Vec::new();
+            for i in 0..self.names.len() {
+                let opts = ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_millis(500))
+                    .with_timeout(Duration::from_secs(1));
+                if let Ok(mut c) = Client::connect([self.endpoint(i)], Some(opts)).await {
+                    if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), c.status()).await {
+                        leaders.push(s.leader());
+                        ids.push(s.header().map_or(0, |h| h.member_id()));
+                    }
+                }
+            }
+            if leaders.len() == self.names.len() && leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) {
+                if let Some(i) = ids.iter().position(|id| *id == leaders[0]) {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader within {START_TIMEOUT:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill9(i);
+        }
+        let _ = &self.peers;
+    }
+}
+
+/// With a 200 ms progress interval, a watcher starting 3 revisions ahead gets only its
+/// `Created` response for 1.5 s; once the store reaches its start revision (with writes to
+/// other keys), progress notifications arrive.
+#[test]
+fn no_progress_notification_before_a_future_start_revision() {
+    let m = Members::start(1, &["--experimental-watch-progress-notify-interval", "200ms"]);
+    let rt = runtime();
+    rt.block_on(async {
+        m.wait_leader().await;
+        let mut c = connect(&m.endpoint(0), false).await;
+        let current = c.put("a", "1", None).await.expect("put").header().expect("header").revision();
+        let start = current + 3;
+        let opts = WatchOptions::new().with_start_revision(start).with_progress_notify();
+        let mut w = c.watch("a", Some(opts)).await.expect("watch");
+        let quiet_until = Instant::now() + Duration::from_millis(1500);
+        let mut seen = Vec::new();
+        while let Some(left) = quiet_until.checked_duration_since(Instant::now()) {
+            match tokio::time::timeout(left, w.message()).await {
+                Err(_) => break,
+                Ok(r) => {
+                    let r = r.expect("watch stream").expect("stream open");
+                    let rev = r.header().map_or(0, |h| h.revision());
+                    seen.push((r.created(), r.canceled(), r.events().len(), rev));
+                }
+            }
+        }
+        assert!(
+            seen.iter().all(|(created, _, _, _)| *created),
+            "before revision {start} is reached only `Created` may arrive; got (created, canceled, events, \
+             header.revision) = {seen:?}"
+        );
+        for v in ["1", "2", "3"] {
+            c.put("b", v, None).await.expect("put b");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .expect("no progress notification after the start revision was reached");
+            let r = tokio::time::timeout(left, w.message())
+                .await
+                .expect("no progress notification after the start revision was reached")
+                .expect("watch stream")
+                .expect("stream open");
+            let rev = r.header().map_or(0, |h| h.revision());
+            if r.events().is_empty() && !r.created() && !r.canceled() {
+                assert!(rev >= start, "progress at {rev} < start {start}");
+                break;
+            }
+        }
+    });
+}
+
+/// A stream opened with `hasleader=true` on a member that loses its leader (the two other
+/// members SIGKILLed) ends with Unavailable `etcdserver: no leader`, within a bound of a few
+/// election timeouts.
+#[test]
+fn hasleader_watch_ends_with_no_leader_after_leader_loss() {
+    let mut m = Members::start(3, &[]);
+    let rt = runtime();
+    rt.block_on(async {
+        let leader = m.wait_leader().await;
+        // Watch on a follower, so that it loses the leader by the kills.
+        let on = (leader + 1) % 3;
+        let mut c = connect(&m.endpoint(on), true).await;
+        c.put("a", "1", None).await.expect("put");
+        let mut w = c.watch("a", None).await.expect("watch with hasleader");
+        let created = tokio::time::timeout(Duration::from_secs(5), w.message())
+            .await
+            .expect("Created within 5 s")
+            .expect("watch stream")
+            .expect("stream open");
+        assert!(created.created(), "{created:?}");
+        for i in 0..3 {
+            if i != on {
+                m.kill9(i);
+            }
+        }
+        let killed = Instant::now();
+        // Detecting the loss takes up to about two election timeouts, then etcd's rule waits
+        // three more; allow generous slack on a loaded machine.
+        let bound = Duration::from_millis(ELECTION_MS * 16);
+        let outcome = loop {
+            match tokio::time::timeout(bound.saturating_sub(killed.elapsed()), w.message()).await {
+                Err(_) => panic!("stream still open {bound:?} after the leader was lost\n{}", m.logs()),
+                Ok(Ok(Some(r))) => {
+                    assert!(r.events().is_empty() || r.created(), "unexpected response while leaderless: {r:?}")
+                }
+                Ok(Ok(None)) => panic!("stream closed without an error"),
+                Ok(Err(e)) => break e,
+            }
+        };
+        match outcome {
+            etcd_client::Error::GRpcStatus(s) => {
+                assert_eq!(format!("{:?}", s.code()), "Unavailable", "{s:?}");
+                assert_eq!(s.message(), "etcdserver: no leader", "{s:?}");
+            }
+            other => panic!("expected a gRPC status, got {other:?}"),
+        }
+        eprintln!("hasleader stream ended {:?} after the kills", killed.elapsed());
+    });
+}
