@@ -85,7 +85,7 @@ impl Lease for LeaseService {
         let store::CommandResponse::LeaseRevoke(revoked) = resp else {
             return Err(Status::internal("lease revoke applied as another command"));
         };
-        node.lessor.on_revoked(id);
+        // The applier dropped the lease's timer on every member as the revoke applied.
         Ok(Response::new(pb::LeaseRevokeResponse { header: Some(node.header(revoked.revision)) }))
     }
 

@@ -2,9 +2,12 @@
 //! lease expires is decided here, on the leader only, which then proposes the revoke so the
 //! attached keys are deleted through the log like any other write.
 //!
-//! Deadlines live in memory. A member that becomes leader (including at start-up) first
-//! extends every lease by its full TTL before expiring anything, so a leader change never
-//! expires a lease early (etcd's `Promote`).
+//! Deadlines live in memory. Every member's lessor follows the log: an applied grant starts
+//! a timer and an applied revoke (a client's through any member, or an expiry) ends it, so a
+//! follower never keeps a lease the cluster revoked. A member that becomes leader (including
+//! at start-up) rebuilds its timers from the store's lease table, the truth, each with its
+//! full TTL, before expiring anything: a leader change never expires a lease early (etcd's
+//! `Promote`) and never revives one the store no longer holds.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -62,11 +65,24 @@ impl Lessor {
         state.revoking.remove(&id);
     }
 
-    /// Applies what an applied command means for lease timing. Revokes are forgotten by
-    /// whoever proposed them (`on_revoked`), since a revoke response does not name its lease.
-    pub fn on_applied(&self, result: &crate::node::ApplyResult) {
-        if let Ok(store::CommandResponse::LeaseGrant(r)) = result {
-            self.on_granted(r.id, r.ttl);
+    /// Applies what an applied command (`command`, its encoded `store::Command`) means for
+    /// lease timing; called by every member for every entry, in log order. A grant starts a
+    /// timer; a revoke ends it; a command that found its lease missing from the store ends
+    /// that lease's timer too, since the store's lease table is the truth.
+    pub fn on_applied(&self, command: &[u8], result: &crate::node::ApplyResult) {
+        match result {
+            Ok(store::CommandResponse::LeaseGrant(r)) => self.on_granted(r.id, r.ttl),
+            Ok(store::CommandResponse::LeaseRevoke(_)) => {
+                // A revoke response does not name its lease; the command does. Only revokes
+                // are decoded again, so other entries cost nothing here.
+                if let Ok(store::Command { body: Some(store::CommandBody::LeaseRevoke(r)), .. }) =
+                    store::Command::decode_entry(command)
+                {
+                    self.on_revoked(r.id);
+                }
+            }
+            Err(store::Error::LeaseNotFound(id)) => self.on_revoked(*id),
+            _ => {}
         }
     }
 
@@ -90,7 +106,7 @@ impl Lessor {
     }
 
     /// Replaces every timer with `leases` (id, TTL), each given a full TTL from now: after a
-    /// snapshot replaced the store's leases.
+    /// snapshot replaced the store's leases, and when this member becomes leader.
     pub fn reset(&self, leases: impl IntoIterator<Item = (i64, i64)>) {
         let mut state = self.state.lock();
         state.timers.clear();
@@ -100,7 +116,9 @@ impl Lessor {
         }
     }
 
-    /// Gives every lease a full TTL from now: called when this member becomes leader.
+    /// Gives every lease a full TTL from now and forgets revokes in flight: called on a
+    /// leader change that did not make this member leader (a new leader calls `reset` with
+    /// the store's leases instead).
     pub fn on_leader_change(&self) {
         let mut state = self.state.lock();
         for timer in state.timers.values_mut() {

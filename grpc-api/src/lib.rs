@@ -34,6 +34,9 @@
 //!   etcd 3.5.1: a negative start revision is refused (`watch_id -1`, canceled), and
 //!   `RequestProgress` is answered only when every watcher of the stream is synced and past
 //!   its start revision. Client-chosen watch ids (`watch_id != 0`) are refused.
+//! - Alarms are replicated through the log (`maintenance.rs`); a raised NOSPACE refuses
+//!   writes that add data on every member, but a raised CORRUPT only fails `/health`: it
+//!   does not refuse requests as etcd's corrupt applier does.
 //! - `Maintenance.Snapshot` streams Plinth's own snapshot format (with etcd's trailing
 //!   SHA-256, so `etcdctl snapshot save` accepts it); etcd's bbolt tools cannot read it.
 

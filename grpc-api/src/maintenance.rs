@@ -3,7 +3,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -12,44 +11,34 @@ use crate::node::Node;
 use crate::pb::etcdserverpb::{self as pb, maintenance_server::Maintenance, AlarmType};
 use crate::version::{ETCD_COMPAT_VERSION, STORAGE_VERSION};
 
-/// Raised alarms of this member. A NOSPACE alarm stays until an operator disarms it, as in
+/// The alarms of this member's group, as its store last applied them. Alarms are raised and
+/// disarmed through the log (`store::CommandBody::Alarm`), so every member reads the same
+/// list, and it survives restarts. A NOSPACE alarm stays until an operator disarms it, as in
 /// etcd; while it is raised, requests that add data fail with "database space exceeded".
-#[derive(Default)]
 pub struct Alarms {
-    raised: Mutex<Vec<pb::AlarmMember>>,
+    store: store::Store,
+    group: store::GroupId,
 }
 
 impl Alarms {
-    /// Every raised alarm.
+    /// The alarms of `group` in `store`.
+    pub fn new(store: store::Store, group: store::GroupId) -> Alarms {
+        Alarms { store, group }
+    }
+
+    /// Every raised alarm, in the order they were raised.
     pub fn active(&self) -> Vec<pb::AlarmMember> {
-        self.raised.lock().clone()
+        self.store.alarms(self.group).iter().map(alarm_to_pb).collect()
     }
 
-    /// Raises NOSPACE for `member_id` (idempotent).
-    pub fn raise_nospace(&self, member_id: u64) {
-        self.activate(pb::AlarmMember { member_id, alarm: AlarmType::Nospace as i32 });
-    }
-
-    /// Whether NOSPACE is raised.
+    /// Whether NOSPACE is raised, for any member.
     pub fn nospace(&self) -> bool {
-        self.raised.lock().iter().any(|a| a.alarm == AlarmType::Nospace as i32)
+        self.store.alarms(self.group).iter().any(|a| a.alarm == store::AlarmType::Nospace)
     }
+}
 
-    fn activate(&self, alarm: pb::AlarmMember) -> bool {
-        let mut raised = self.raised.lock();
-        if raised.contains(&alarm) {
-            return false;
-        }
-        raised.push(alarm);
-        true
-    }
-
-    fn deactivate(&self, alarm: &pb::AlarmMember) -> bool {
-        let mut raised = self.raised.lock();
-        let before = raised.len();
-        raised.retain(|a| a != alarm);
-        raised.len() != before
-    }
+fn alarm_to_pb(a: &store::Alarm) -> pb::AlarmMember {
+    pb::AlarmMember { member_id: a.member_id, alarm: a.alarm as i32 }
 }
 
 /// etcd's name of an alarm type.
@@ -82,32 +71,45 @@ impl Maintenance for MaintenanceService {
     async fn alarm(&self, request: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
         let req = request.into_inner();
         let node = &self.node;
-        let alarm = pb::AlarmMember { member_id: req.member_id, alarm: req.alarm };
-        let alarms = match pb::alarm_request::AlarmAction::try_from(req.action) {
-            Ok(pb::alarm_request::AlarmAction::Get) => node
-                .alarms
-                .active()
-                .into_iter()
-                .filter(|a| req.alarm == AlarmType::None as i32 || a.alarm == req.alarm)
-                .collect(),
-            Ok(pb::alarm_request::AlarmAction::Activate) => {
-                if req.alarm == AlarmType::None as i32 {
-                    return Err(Status::invalid_argument("etcdserver: alarm type NONE cannot be activated"));
-                }
-                if node.alarms.activate(alarm) {
-                    vec![alarm]
-                } else {
-                    vec![]
-                }
+        // etcd's semantics (`applierV3backend.Alarm`): GET lists the alarms of the requested
+        // type (all for NONE); ACTIVATE returns the alarm, also when it was already raised,
+        // and nothing for type NONE; DEACTIVATE returns the alarm if it was raised, else
+        // nothing. Raising and disarming go through the log so every member applies them.
+        let action = pb::alarm_request::AlarmAction::try_from(req.action)
+            .map_err(|_| Status::invalid_argument("etcdserver: unknown alarm action"))?;
+        let alarms = match action {
+            pb::alarm_request::AlarmAction::Get => {
+                // etcd answers GET from its applied state after the request went through
+                // Raft; a read barrier gives the same linearizable point without an entry.
+                node.read_barrier().await?;
+                node.alarms
+                    .active()
+                    .into_iter()
+                    .filter(|a| req.alarm == AlarmType::None as i32 || a.alarm == req.alarm)
+                    .collect()
             }
-            Ok(pb::alarm_request::AlarmAction::Deactivate) => {
-                if node.alarms.deactivate(&alarm) {
-                    vec![alarm]
-                } else {
-                    vec![]
-                }
+            pb::alarm_request::AlarmAction::Activate | pb::alarm_request::AlarmAction::Deactivate
+                if req.alarm == AlarmType::None as i32 || store::AlarmType::try_from(req.alarm).is_err() =>
+            {
+                // Nothing to raise or disarm: etcd's apply answers no alarms.
+                vec![]
             }
-            Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
+            pb::alarm_request::AlarmAction::Activate | pb::alarm_request::AlarmAction::Deactivate => {
+                let action = if action == pb::alarm_request::AlarmAction::Activate {
+                    store::AlarmAction::Activate
+                } else {
+                    store::AlarmAction::Deactivate
+                };
+                let body = store::CommandBody::Alarm(store::AlarmRequest {
+                    action: action as i32,
+                    member_id: req.member_id,
+                    alarm: req.alarm,
+                });
+                let store::CommandResponse::Alarm(changed) = node.propose(body).await? else {
+                    return Err(Status::internal("alarm applied as another command"));
+                };
+                changed.iter().map(alarm_to_pb).collect()
+            }
         };
         Ok(Response::new(pb::AlarmResponse { header: Some(node.current_header()), alarms }))
     }

@@ -17,7 +17,7 @@ use prost::Message;
 use tokio::sync::{oneshot, watch};
 use tonic::Status;
 
-use crate::error::{raft_status, store_error, EtcdError};
+use crate::error::{raft_status, EtcdError};
 use crate::member::{ConfContext, Identity, Member};
 use crate::metrics::Metrics;
 use crate::pb::etcdserverpb as pb;
@@ -193,6 +193,7 @@ impl Node {
         metrics: Arc<Metrics>,
     ) -> Node {
         let start = first_request_id(membership.identity.read().member_id, std::time::SystemTime::now());
+        let alarms = crate::maintenance::Alarms::new(store.clone(), store::GroupId(DEFAULT_GROUP));
         Node {
             cfg,
             membership,
@@ -202,7 +203,7 @@ impl Node {
             waiters,
             applied,
             lessor,
-            alarms: Default::default(),
+            alarms,
             metrics,
             next_request_id: AtomicU64::new(start),
         }
@@ -286,12 +287,12 @@ impl Node {
         let outcome = tokio::time::timeout(self.cfg.request_timeout, rx).await;
         self.metrics.proposals_pending.set(self.waiters.len() as i64);
         match outcome {
-            Ok(Ok(result)) => result.map_err(|e| {
-                if store_error(&e) == Some(EtcdError::NoSpace) {
-                    self.alarms.raise_nospace(self.member_id());
+            Ok(Ok(result)) => {
+                if matches!(result, Err(store::Error::NoSpace)) {
+                    self.raise_nospace().await;
                 }
-                crate::error::store_status(&e)
-            }),
+                result.map_err(|e| crate::error::store_status(&e))
+            }
             // The sender is dropped only when the node stops.
             Ok(Err(_)) => Err(EtcdError::Stopped.status()),
             Err(_) => {
@@ -300,6 +301,32 @@ impl Node {
                 Err(EtcdError::Timeout.status())
             }
         }
+    }
+
+    /// A write was refused for space: raises NOSPACE for this member through the log, as
+    /// etcd's quota check proposes the alarm, so that every member refuses writes that add
+    /// data until an operator disarms it. Nothing is proposed while a NOSPACE alarm is
+    /// already raised (the quota is the group's, the same on every member). A failure is
+    /// only logged: the client's answer is "database space exceeded" either way.
+    ///
+    /// Boxed with its `Send` bound spelled out: `propose` awaits it and it awaits `propose`,
+    /// so neither future can contain the other's type.
+    fn raise_nospace(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            if self.alarms.nospace() {
+                return;
+            }
+            let me = self.member_id();
+            let body = store::CommandBody::Alarm(store::AlarmRequest {
+                action: store::AlarmAction::Activate as i32,
+                member_id: me,
+                alarm: store::AlarmType::Nospace as i32,
+            });
+            match self.propose(body).await {
+                Ok(_) => tracing::warn!(member = format_args!("{me:x}"), "alarm raised: NOSPACE"),
+                Err(status) => tracing::warn!(error = %status.message(), "could not raise the NOSPACE alarm"),
+            }
+        })
     }
 
     /// Whether this member leads the default group now.
@@ -548,7 +575,9 @@ impl raft_log::StateMachine for Applier {
                 continue; // A leader's empty entry.
             }
             self.metrics.proposals_applied.inc();
-            self.lessor.on_applied(&result);
+            // Every member follows grants and revokes, so whichever becomes leader next
+            // has no timer for a lease the log revoked.
+            self.lessor.on_applied(&entry.data[REQUEST_ID_BYTES..], &result);
             let id = u64::from_be_bytes(entry.data[..REQUEST_ID_BYTES].try_into().expect("8 bytes"));
             if let Some(tx) = self.waiters.remove(id) {
                 let _ = tx.send(result);
@@ -598,10 +627,18 @@ impl raft_log::StateMachine for Applier {
         self.applied.send_replace(index.0);
     }
 
-    fn on_leader_change(&mut self, _group: raft_log::GroupId, leader: raft_log::NodeId, _term: raft_log::Term) {
+    fn on_leader_change(&mut self, group: raft_log::GroupId, leader: raft_log::NodeId, _term: raft_log::Term) {
         self.metrics.leader_changes.inc();
         self.metrics.has_leader.set(i64::from(leader.0 != 0));
-        // A new leader extends every lease before it expires anything (etcd's Promote).
+        if leader.0 != 0 && leader.0 == self.membership.identity.read().member_id {
+            // A new leader times exactly the leases of its store, each with a full TTL before
+            // it expires anything (etcd's Promote). Entries committed but not yet applied
+            // adjust the timers as they apply, in log order.
+            match self.store.leases(store::GroupId(group.0)) {
+                Ok(leases) => return self.lessor.reset(leases.into_iter().map(|l| (l.id, l.ttl))),
+                Err(e) => tracing::warn!(error = %e, "cannot read leases on becoming leader; keeping the timers"),
+            }
+        }
         self.lessor.on_leader_change();
     }
 }
@@ -632,5 +669,68 @@ mod tests {
         assert_eq!(request_id(a, near_top + 1) >> REQUEST_ID_SUFFIX_BITS, a & 0xffff);
         let later = first_request_id(a, now + std::time::Duration::from_millis(5));
         assert!(later > first_a + 1000, "a later run starts past the ids of an earlier one");
+    }
+
+    /// An applier of member `me` on a fresh store, and the lessor it drives.
+    fn applier(dir: &std::path::Path, me: u64) -> (Applier, Arc<crate::lessor::Lessor>) {
+        let store = store::Store::open(&dir.join("store"), store::StoreConfig::default()).unwrap();
+        let identity =
+            Identity { cluster_id: 1, member_id: me, members: Vec::new(), joined: false, removed: Vec::new() };
+        let transport = crate::peer::PeerTransport::new(me, store.clone(), &[]);
+        let (membership, _removed) = Membership::new(identity, transport, dir.to_path_buf());
+        let lessor = Arc::new(crate::lessor::Lessor::new(1));
+        let applier = Applier {
+            store,
+            waiters: Arc::default(),
+            applied: watch::channel(0).0,
+            lessor: lessor.clone(),
+            metrics: Arc::new(Metrics::new("3.5.1")),
+            membership,
+        };
+        (applier, lessor)
+    }
+
+    /// A committed entry as another member proposed it (no waiter here).
+    fn entry(index: u64, body: store::CommandBody) -> raft_log::CommittedEntry {
+        let mut data = BytesMut::new();
+        // Another member's prefix, whatever its layout: no waiter of this member matches it.
+        data.put_bytes(0xab, REQUEST_ID_BYTES);
+        store::Command { request_id: 0, body: Some(body) }.encode(&mut data).unwrap();
+        raft_log::CommittedEntry { index: raft_log::LogIndex(index), term: raft_log::Term(2), data: data.freeze() }
+    }
+
+    #[test]
+    fn a_revoke_applied_on_a_follower_drops_the_lease_timer() {
+        use raft_log::StateMachine;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut applier, lessor) = applier(dir.path(), 3);
+        let g = raft_log::GroupId(DEFAULT_GROUP);
+        let grant = |id| store::CommandBody::LeaseGrant(store::LeaseGrantRequest { id, ttl: 100 });
+        let revoke = |id| store::CommandBody::LeaseRevoke(store::LeaseRevokeRequest { id });
+        applier.apply(g, vec![entry(1, grant(7)), entry(2, grant(8))]);
+        assert_eq!(lessor.keep_alive(7), Some(100), "an applied grant starts a timer on every member");
+        // Revoked through another member: this member learns of it only from the log.
+        applier.apply(g, vec![entry(3, revoke(7))]);
+        assert_eq!(lessor.keep_alive(7), None, "the revoked lease still has a timer on this member");
+        assert_eq!(lessor.remaining_seconds(7), None);
+        assert_eq!(lessor.keep_alive(8), Some(100), "other leases keep theirs");
+        // A revoke of a lease this member never heard of is harmless.
+        applier.apply(g, vec![entry(4, revoke(99))]);
+        assert_eq!(lessor.keep_alive(8), Some(100));
+    }
+
+    #[test]
+    fn a_new_leader_takes_its_lease_timers_from_the_store() {
+        use raft_log::StateMachine;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut applier, lessor) = applier(dir.path(), 3);
+        let g = raft_log::GroupId(DEFAULT_GROUP);
+        applier.apply(g, vec![entry(1, store::CommandBody::LeaseGrant(store::LeaseGrantRequest { id: 5, ttl: 60 }))]);
+        // A timer the store does not back (e.g. left over from before a snapshot or a
+        // missed revoke) must not survive this member becoming leader.
+        lessor.on_granted(6, 60);
+        applier.on_leader_change(g, raft_log::NodeId(3), raft_log::Term(2));
+        assert_eq!(lessor.keep_alive(6), None, "a lease missing from the store kept its timer on the new leader");
+        assert_eq!(lessor.keep_alive(5), Some(60), "the store's leases are timed by the new leader");
     }
 }

@@ -24,7 +24,7 @@ pub struct Command {
     /// The proposer's waiter key. The store ignores it.
     #[prost(uint64, tag = "1")]
     pub request_id: u64,
-    #[prost(oneof = "CommandBody", tags = "2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "CommandBody", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
     pub body: Option<CommandBody>,
 }
 
@@ -47,6 +47,10 @@ pub enum CommandBody {
     LeaseRevoke(LeaseRevokeRequest),
     #[prost(message, tag = "8")]
     LeaseCheckpoint(LeaseCheckpointRequest),
+    /// Raises or disarms an alarm (`action` ACTIVATE or DEACTIVATE; GET is a read and never
+    /// enters the log), so every member holds the same alarms.
+    #[prost(message, tag = "9")]
+    Alarm(AlarmRequest),
 }
 
 impl Command {
@@ -296,6 +300,35 @@ pub struct LeaseCheckpointRequest {
     pub remaining_ttl: i64,
 }
 
+/// etcd `AlarmRequest.AlarmAction`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum AlarmAction {
+    Get = 0,
+    Activate = 1,
+    Deactivate = 2,
+}
+
+/// etcd `AlarmType`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum AlarmType {
+    None = 0,
+    Nospace = 1,
+    Corrupt = 2,
+}
+
+/// etcd `AlarmRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AlarmRequest {
+    #[prost(enumeration = "AlarmAction", tag = "1")]
+    pub action: i32,
+    #[prost(uint64, tag = "2")]
+    pub member_id: u64,
+    #[prost(enumeration = "AlarmType", tag = "3")]
+    pub alarm: i32,
+}
+
 /// Stateless checks, in etcd's order. grpc-api calls this before proposing; `apply` repeats
 /// it so a bad log entry fails identically everywhere.
 pub fn validate(cmd: &Command, cfg: &StoreConfig) -> Result<()> {
@@ -325,6 +358,16 @@ pub fn validate(cmd: &Command, cfg: &StoreConfig) -> Result<()> {
             Ok(())
         }
         Some(CommandBody::LeaseRevoke(_)) | Some(CommandBody::LeaseCheckpoint(_)) => Ok(()),
+        Some(CommandBody::Alarm(a)) => {
+            let action = AlarmAction::try_from(a.action);
+            if !matches!(action, Ok(AlarmAction::Activate | AlarmAction::Deactivate)) {
+                return Err(Error::InvalidCommand(format!("alarm action {} does not go through the log", a.action)));
+            }
+            if AlarmType::try_from(a.alarm).is_err() {
+                return Err(Error::InvalidCommand(format!("unknown alarm type {}", a.alarm)));
+            }
+            Ok(())
+        }
     }
 }
 

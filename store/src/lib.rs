@@ -17,6 +17,11 @@
 //!   per changing request with sub revisions inside, `create_revision`/`version` rules,
 //!   DELETE events `{key, mod_revision}`, range `count`/`more`/`limit`/sort/filters, txn
 //!   compare/check/execute phases, compaction keeping revision R readable.
+//! - **Alarms** (etcd's NOSPACE and CORRUPT, per member) are applied from the log like any
+//!   command ([`CommandBody::Alarm`]) into the group's meta record, so every replica holds
+//!   the same list ([`Store::alarms`]) across restarts and snapshots; while NOSPACE is
+//!   raised, puts, txns with puts and lease grants fail with `NoSpace` (etcd's capped
+//!   applier) whatever the quota says.
 //! - **Atomic batches**: one `apply` call is one RocksDB `WriteBatch`, applied index
 //!   included. Reads use a RocksDB snapshot taken together with the matching revision.
 //! - **Durability by replay**: RocksDB's WAL is off; the Raft log is the WAL. After a crash
@@ -38,7 +43,7 @@
 //!  kv        │ g | key                          → KeyValue (live keys only)             │ current reads
 //!  history   │ g | esc(key) 00 01 | !main !sub  → KeyValue | "" (tombstone)             │ reads at rev R
 //!  events    │ g | main sub                     → kind | history bytes | key            │ watch catch-up
-//!  meta      │ g | 'a' → applied index, revisions, quota;  g | 'c' → purged compact rev │
+//!  meta      │ g | 'a' → applied index, revisions, quota, alarms; g | 'c' → purged rev │
 //!  lease     │ g | 'l' | id → Lease;  g | 'k' | id | key → ()                           │ lease → keys
 //!            └─────────────────────────────────────────────────────────────────────────┘
 //! ```
@@ -95,14 +100,15 @@ mod txn;
 mod watch;
 
 pub use command::{
-    check_range, validate, Command, CommandBody, CompactRequest, Compare, CompareResult, CompareTarget,
-    DeleteRangeRequest, LeaseCheckpointRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest,
-    Request, RequestOp, SortOrder, SortTarget, TargetUnion, TxnRequest,
+    check_range, validate, AlarmAction, AlarmRequest, AlarmType, Command, CommandBody, CompactRequest, Compare,
+    CompareResult, CompareTarget, DeleteRangeRequest, LeaseCheckpointRequest, LeaseGrantRequest, LeaseRevokeRequest,
+    PutRequest, RangeRequest, Request, RequestOp, SortOrder, SortTarget, TargetUnion, TxnRequest,
 };
 pub use config::StoreConfig;
 pub use error::{Error, Result};
 pub use kv::{Event, EventKind, KeyValue};
 pub use lease::{Lease, MAX_LEASE_TTL_SECS};
+pub use meta::{Alarm, ALARMS_MAX};
 pub use mvcc::KeyRange;
 pub use response::{
     CommandResponse, CompactResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,

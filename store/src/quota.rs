@@ -18,8 +18,12 @@
 //! When `usage + cost > quota` a Put, a Txn containing a put (any branch, any depth) or a
 //! LeaseGrant (cost 0, refused at `usage >= quota`) fails with `NoSpace`; deletes, revokes and
 //! compaction still run, and free space as soon as they apply.
+//!
+//! The same three fail with `NoSpace` while a NOSPACE alarm is raised in the group's meta,
+//! even once space is free again (etcd's capped applier): only disarming the alarm, a
+//! command of the log like its raising, lets them through, on every member at the same entry.
 
-use crate::command::{Request, RequestOp, TxnRequest};
+use crate::command::{AlarmType, Request, RequestOp, TxnRequest};
 use crate::error::{Error, Result};
 use crate::meta::ApplyMeta;
 
@@ -34,6 +38,16 @@ pub(crate) fn check(meta: &ApplyMeta, cost: u64, quota_bytes: u64) -> Result<()>
     let usage = usage_bytes(meta);
     let over = if cost == 0 { usage >= quota_bytes } else { usage.saturating_add(cost) > quota_bytes };
     if over {
+        Err(Error::NoSpace)
+    } else {
+        Ok(())
+    }
+}
+
+/// Fails with `NoSpace` while a NOSPACE alarm is raised (etcd's capped applier): called
+/// before the quota check for the commands that add data.
+pub(crate) fn check_alarm(meta: &ApplyMeta) -> Result<()> {
+    if meta.alarm_raised(AlarmType::Nospace) {
         Err(Error::NoSpace)
     } else {
         Ok(())

@@ -82,4 +82,7 @@ pub enum CommandResponse {
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
     LeaseCheckpoint,
+    /// etcd `AlarmResponse.alarms`: the alarm raised or disarmed, or none if nothing changed
+    /// (disarming what is not raised, raising type `None`).
+    Alarm(Vec<crate::meta::Alarm>),
 }

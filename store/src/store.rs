@@ -18,7 +18,7 @@ use crate::engine::{self, Reader};
 use crate::error::{Error, Result};
 use crate::key_codec::{self as kc, Cf};
 use crate::lease::{self, Lease};
-use crate::meta::ApplyMeta;
+use crate::meta::{Alarm, ApplyMeta};
 use crate::mvcc::BatchWriter;
 use crate::quota;
 use crate::range;
@@ -433,6 +433,12 @@ impl Store {
         Ok((hasher.finalize(), compact, rev))
     }
 
+    /// The alarms raised in group `g`, in the order they were raised, as of the last
+    /// applied batch (see `meta`).
+    pub fn alarms(&self, g: GroupId) -> Vec<Alarm> {
+        self.inner.group(g).committed.read().alarms.clone()
+    }
+
     /// The group's quota estimate (see `quota`).
     pub fn size_bytes(&self, g: GroupId) -> u64 {
         quota::usage_bytes(&self.inner.group(g).committed.read())
@@ -574,6 +580,7 @@ fn apply_command(w: &mut BatchWriter<'_>, data: &[u8]) -> Result<CommandResponse
     let quota_bytes = w.cfg.quota_bytes_per_group;
     match cmd.body.expect("validate rejects commands without body") {
         CommandBody::Put(p) => {
+            quota::check_alarm(&w.meta)?;
             quota::check(&w.meta, (p.key.len() + p.value.len()).max(1) as u64, quota_bytes)?;
             Ok(CommandResponse::Put(txn::apply_put(w, &p)?))
         }
@@ -581,12 +588,14 @@ fn apply_command(w: &mut BatchWriter<'_>, data: &[u8]) -> Result<CommandResponse
         CommandBody::Txn(t) => {
             let cost = quota::txn_put_cost(&t);
             if cost > 0 {
+                quota::check_alarm(&w.meta)?;
                 quota::check(&w.meta, cost, quota_bytes)?;
             }
             Ok(CommandResponse::Txn(txn::apply_txn(w, &t)?))
         }
         CommandBody::Compact(c) => Ok(CommandResponse::Compact(w.compact(c.revision)?)),
         CommandBody::LeaseGrant(l) => {
+            quota::check_alarm(&w.meta)?;
             quota::check(&w.meta, 0, quota_bytes)?;
             Ok(CommandResponse::LeaseGrant(w.lease_grant(l.id, l.ttl)?))
         }
@@ -594,6 +603,19 @@ fn apply_command(w: &mut BatchWriter<'_>, data: &[u8]) -> Result<CommandResponse
         CommandBody::LeaseCheckpoint(l) => {
             w.lease_checkpoint(l.id, l.remaining_ttl)?;
             Ok(CommandResponse::LeaseCheckpoint)
+        }
+        CommandBody::Alarm(a) => {
+            // Only the meta record changes: no revision, no event. It is written with the
+            // batch and its applied index, so a restart finds exactly the alarms of the
+            // entries it will not replay.
+            let alarm = command::AlarmType::try_from(a.alarm).expect("validate rejects unknown alarm types");
+            let alarm = Alarm { member_id: a.member_id, alarm };
+            let changed = if a.action == command::AlarmAction::Activate as i32 {
+                w.meta.activate_alarm(alarm)?
+            } else {
+                w.meta.deactivate_alarm(alarm)
+            };
+            Ok(CommandResponse::Alarm(changed.into_iter().collect()))
         }
     }
 }

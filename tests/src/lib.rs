@@ -4,6 +4,7 @@
 //! * [`cluster::Server`] spawns a single-node server (etcd or plinth, same etcd flags) on
 //!   reserved ports ([`ports`]) with a temp data dir; SIGKILL on drop, `kill9`/`restart`.
 //! * [`etcd`] finds or fetches etcd 3.5.1 (`tests/scripts/get-etcd.sh`).
+//! * [`members`] runs a cluster of `plinth serve` processes (SIGKILL, restart).
 //! * [`ctl`] runs etcdctl/etcdutl with time limits ([`process`]).
 //! * [`normalize`] blanks ids, terms, ports, sizes, versions and timings.
 //! * [`session::differential`] runs one script on both servers and diffs the transcripts.
@@ -16,6 +17,7 @@ pub mod cluster;
 pub mod ctl;
 pub mod diff;
 pub mod etcd;
+pub mod members;
 pub mod normalize;
 pub mod ports;
 pub mod process;
