@@ -162,7 +162,8 @@ struct Members {
     names: Vec<String>,
     dirs: Vec<PathBuf>,
     clients: Vec<Port>,
-    peers: Vec<Port>,
+    /// Held so that the peer ports stay reserved while the members run.
+    _peers: Vec<Port>,
     children: Vec<Option<Child>>,
 }
 
@@ -200,7 +201,7 @@ impl Members {
             scrub_env(&mut cmd);
             children.push(Some(cmd.spawn().expect("spawn plinth")));
         }
-        Members { _tmp: tmp, names, dirs, clients, peers, children }
+        Members { _tmp: tmp, names, dirs, clients, _peers: peers, children }
     }
 
     fn endpoint(&self, i: usize) -> String {
@@ -257,7 +258,6 @@ impl Drop for Members {
         for i in 0..self.children.len() {
             self.kill9(i);
         }
-        let _ = &self.peers;
     }
 }
 
