@@ -10,8 +10,9 @@ pub const MAX_REQUEST_BYTES_DEFAULT: usize = 1536 * 1024;
 /// gRPC framing overhead etcd allows on top of `--max-request-bytes`.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
-/// Flags of `plinth serve`. Names follow etcd; flags that etcd has but Plinth does not act on
-/// yet are accepted and reported in the log, so manifests keep working.
+/// Flags of `plinth serve`. Names follow etcd. Flags that only tune what etcd does differently
+/// (`--snapshot-count`, `--logger`, ...) are accepted so manifests keep working; security
+/// flags are refused at start-up (see [`SecurityArgs`]), never accepted and ignored.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Human-readable name of this member.
@@ -95,23 +96,144 @@ pub struct ServeArgs {
     /// Accepted for compatibility.
     #[arg(long)]
     pub feature_gates: Option<String>,
-    /// TLS flags: accepted, not served yet (see the README).
+    /// The TLS, client-certificate and auth flags of etcd. Plinth serves plain HTTP/2 only
+    /// and has no auth, so every one of them is refused at start-up (`validate`) rather than
+    /// accepted and ignored: a manifest that asks for certificates must not get a server
+    /// that silently serves without them.
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// etcd's security flags, parsed only to be refused with a message naming them (see
+/// [`SecurityArgs::refused`]). Boolean flags take etcd's forms (`--client-cert-auth`,
+/// `--client-cert-auth=true`); `=false` asks for nothing and is accepted.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SecurityArgs {
+    /// Refused: client TLS certificate.
     #[arg(long)]
     pub cert_file: Option<String>,
+    /// Refused: client TLS key.
     #[arg(long)]
     pub key_file: Option<String>,
+    /// Refused: CA of client certificates.
     #[arg(long)]
     pub trusted_ca_file: Option<String>,
-    #[arg(long)]
+    /// Refused when true: client certificate authentication.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub client_cert_auth: Option<bool>,
+    /// Refused: client certificate revocation list.
+    #[arg(long)]
+    pub client_crl_file: Option<String>,
+    /// Refused: allowed hostname of client certificates.
+    #[arg(long)]
+    pub client_cert_allowed_hostname: Option<String>,
+    /// Refused: certificate this member presents as a client.
+    #[arg(long)]
+    pub client_cert_file: Option<String>,
+    /// Refused: key this member uses as a client.
+    #[arg(long)]
+    pub client_key_file: Option<String>,
+    /// Refused when true: self-signed client certificates.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub auto_tls: Option<bool>,
+    /// Refused: validity of self-signed certificates.
+    #[arg(long)]
+    pub self_signed_cert_validity: Option<String>,
+    /// Refused: peer TLS certificate.
     #[arg(long)]
     pub peer_cert_file: Option<String>,
+    /// Refused: peer TLS key.
     #[arg(long)]
     pub peer_key_file: Option<String>,
+    /// Refused: CA of peer certificates.
     #[arg(long)]
     pub peer_trusted_ca_file: Option<String>,
-    #[arg(long)]
+    /// Refused when true: peer certificate authentication.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub peer_client_cert_auth: Option<bool>,
+    /// Refused when true: self-signed peer certificates.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub peer_auto_tls: Option<bool>,
+    /// Refused: allowed CN of peer certificates.
+    #[arg(long)]
+    pub peer_cert_allowed_cn: Option<String>,
+    /// Refused: allowed hostname of peer certificates.
+    #[arg(long)]
+    pub peer_cert_allowed_hostname: Option<String>,
+    /// Refused: peer certificate revocation list.
+    #[arg(long)]
+    pub peer_crl_file: Option<String>,
+    /// Refused: certificate this member presents to its peers as a client.
+    #[arg(long)]
+    pub peer_client_cert_file: Option<String>,
+    /// Refused: key this member uses as a peer client.
+    #[arg(long)]
+    pub peer_client_key_file: Option<String>,
+    /// Refused when true: skip SAN verification of peer client certificates.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub experimental_peer_skip_client_san_verification: Option<bool>,
+    /// Refused: TLS cipher suites.
+    #[arg(long)]
+    pub cipher_suites: Option<String>,
+    /// Refused: lowest TLS version.
+    #[arg(long)]
+    pub tls_min_version: Option<String>,
+    /// Refused: highest TLS version.
+    #[arg(long)]
+    pub tls_max_version: Option<String>,
+    /// Refused: auth token provider (auth is not served).
+    #[arg(long)]
+    pub auth_token: Option<String>,
+    /// Refused: auth token lifetime (auth is not served).
+    #[arg(long)]
+    pub auth_token_ttl: Option<String>,
+    /// Refused: bcrypt cost of auth passwords (auth is not served).
+    #[arg(long)]
+    pub bcrypt_cost: Option<String>,
+}
+
+impl SecurityArgs {
+    /// The flags that were given and ask for something this build does not do, by their
+    /// etcd names, in the order above.
+    pub fn refused(&self) -> Vec<&'static str> {
+        let on = |b: &Option<bool>| *b == Some(true);
+        [
+            ("--cert-file", self.cert_file.is_some()),
+            ("--key-file", self.key_file.is_some()),
+            ("--trusted-ca-file", self.trusted_ca_file.is_some()),
+            ("--client-cert-auth", on(&self.client_cert_auth)),
+            ("--client-crl-file", self.client_crl_file.is_some()),
+            ("--client-cert-allowed-hostname", self.client_cert_allowed_hostname.is_some()),
+            ("--client-cert-file", self.client_cert_file.is_some()),
+            ("--client-key-file", self.client_key_file.is_some()),
+            ("--auto-tls", on(&self.auto_tls)),
+            ("--self-signed-cert-validity", self.self_signed_cert_validity.is_some()),
+            ("--peer-cert-file", self.peer_cert_file.is_some()),
+            ("--peer-key-file", self.peer_key_file.is_some()),
+            ("--peer-trusted-ca-file", self.peer_trusted_ca_file.is_some()),
+            ("--peer-client-cert-auth", on(&self.peer_client_cert_auth)),
+            ("--peer-auto-tls", on(&self.peer_auto_tls)),
+            ("--peer-cert-allowed-cn", self.peer_cert_allowed_cn.is_some()),
+            ("--peer-cert-allowed-hostname", self.peer_cert_allowed_hostname.is_some()),
+            ("--peer-crl-file", self.peer_crl_file.is_some()),
+            ("--peer-client-cert-file", self.peer_client_cert_file.is_some()),
+            ("--peer-client-key-file", self.peer_client_key_file.is_some()),
+            (
+                "--experimental-peer-skip-client-san-verification",
+                on(&self.experimental_peer_skip_client_san_verification),
+            ),
+            ("--cipher-suites", self.cipher_suites.is_some()),
+            ("--tls-min-version", self.tls_min_version.is_some()),
+            ("--tls-max-version", self.tls_max_version.is_some()),
+            ("--auth-token", self.auth_token.is_some()),
+            ("--auth-token-ttl", self.auth_token_ttl.is_some()),
+            ("--bcrypt-cost", self.bcrypt_cost.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(flag, _)| flag)
+        .collect()
+    }
 }
 
 impl ServeArgs {
@@ -145,6 +267,26 @@ impl ServeArgs {
 
     /// Rejects combinations Plinth cannot serve, before anything starts.
     pub fn validate(&self) -> anyhow::Result<()> {
+        // Security first: nothing else is worth checking for a member that would serve
+        // without the protection its manifest asked for.
+        if let Some(flag) = self.security.refused().first() {
+            anyhow::bail!(
+                "{flag}: TLS, client certificates and auth are not supported by this build (it serves plain \
+                 HTTP/2 only); remove the flag"
+            );
+        }
+        for (flag, urls) in [
+            ("--listen-client-urls", Some(&self.listen_client_urls)),
+            ("--advertise-client-urls", Some(&self.advertise_client_urls)),
+            ("--listen-peer-urls", Some(&self.listen_peer_urls)),
+            ("--initial-advertise-peer-urls", Some(&self.initial_advertise_peer_urls)),
+            ("--listen-metrics-urls", self.listen_metrics_urls.as_ref()),
+            ("--initial-cluster", self.initial_cluster.as_ref()),
+        ] {
+            if let Some(url) = urls.and_then(|u| u.split(',').find(|u| u.contains("https://"))) {
+                anyhow::bail!("{flag}: {:?}: https is not supported by this build; use http://", url.trim());
+            }
+        }
         anyhow::ensure!(self.max_request_bytes > 0, "--max-request-bytes must be positive");
         anyhow::ensure!(self.max_txn_ops > 0, "--max-txn-ops must be positive");
         anyhow::ensure!(self.heartbeat_interval > 0, "--heartbeat-interval must be positive");

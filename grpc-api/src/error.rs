@@ -29,6 +29,8 @@ pub enum EtcdError {
     LeaderChanged,
     Stopped,
     Timeout,
+    TimeoutDueToLeaderFail,
+    TimeoutDueToConnectionLost,
     Corrupt,
     MemberNotFound,
     MemberNotLearner,
@@ -63,7 +65,14 @@ impl EtcdError {
             | NotCapable
             | NotEnoughStartedMembers
             | NotSupportedForLearner => Code::FailedPrecondition,
-            NoLeader | LeaderChanged | Stopped | Timeout | BadLeaderTransferee | Unhealthy => Code::Unavailable,
+            NoLeader
+            | LeaderChanged
+            | Stopped
+            | Timeout
+            | TimeoutDueToLeaderFail
+            | TimeoutDueToConnectionLost
+            | BadLeaderTransferee
+            | Unhealthy => Code::Unavailable,
             Corrupt => Code::DataLoss,
             WatchCanceled => Code::Cancelled,
         }
@@ -93,6 +102,8 @@ impl EtcdError {
             LeaderChanged => "etcdserver: leader changed",
             Stopped => "etcdserver: server stopped",
             Timeout => "etcdserver: request timed out",
+            TimeoutDueToLeaderFail => "etcdserver: request timed out, possibly due to previous leader failure",
+            TimeoutDueToConnectionLost => "etcdserver: request timed out, possibly due to connection lost",
             Corrupt => "etcdserver: corrupt cluster",
             MemberNotFound => "etcdserver: member not found",
             MemberNotLearner => "etcdserver: can only promote a learner member",

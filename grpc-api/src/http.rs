@@ -31,6 +31,9 @@ pub fn router(node: Arc<Node>) -> Router {
 /// The checks of `/readyz`, in etcd's order; `/livez` runs only `serializable_read`.
 const READY_CHECKS: [&str; 4] = ["data_corruption", "serializable_read", "linearizable_read", "non_learner"];
 
+/// The reason `non_learner` gives on a learner, etcd's text.
+const NOT_SUPPORTED_FOR_LEARNER: &str = "not supported for learner";
+
 /// The names in `?exclude=a,b`.
 fn excluded(params: &HashMap<String, String>) -> Vec<&str> {
     params.get("exclude").map(|e| e.split(',').collect()).unwrap_or_default()
@@ -47,7 +50,14 @@ async fn run_check(node: &Node, check: &str) -> Result<(), String> {
         }
         "serializable_read" => node.health_read(true).await.map_err(|e| e.message().to_string()),
         "linearizable_read" => node.health_read(false).await.map_err(|e| e.message().to_string()),
-        "non_learner" => Ok(()),
+        // A learner refuses most requests: it is not ready to serve clients (etcd's check).
+        "non_learner" => {
+            if node.is_learner() {
+                Err(NOT_SUPPORTED_FOR_LEARNER.into())
+            } else {
+                Ok(())
+            }
+        }
         other => Err(format!("unknown check {other}")),
     }
 }
@@ -107,6 +117,9 @@ async fn readyz_one(
     Path(check): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
+    // A subpath runs its one check whatever `exclude` says, as etcd's do.
+    let mut params = params;
+    params.remove("exclude");
     match READY_CHECKS.iter().find(|c| **c == check) {
         Some(c) => probe(&node, &[c], &params).await.into_response(),
         None => (StatusCode::NOT_FOUND, "404 page not found\n").into_response(),

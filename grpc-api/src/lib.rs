@@ -21,14 +21,26 @@
 //! - Every response carries a full header (cluster id, member id, revision, raft term).
 //! - A write is answered only after this member applied it; a linearizable read only after
 //!   this member applied everything committed before the read began.
-//! - Everything queued is bounded: waiters, per-stream watch and keep-alive buffers.
+//! - Every queue and buffer has a named bound: proposal waiters (`WAITERS_MAX`) and
+//!   membership waiters (`CONF_WAITERS_MAX`); per watch stream, the store's channel and
+//!   `SEND_BUFFER` responses; per keep-alive stream, `KEEPALIVE_BUFFER`; per peer,
+//!   `PEER_QUEUE_MSGS_MAX` messages and `STREAM_BATCHES_MAX` batches; a snapshot being sent,
+//!   `SNAPSHOT_CHUNKS_BUFFERED` chunks (`Maintenance.Snapshot`, 4). What is not bounded by a
+//!   constant: the number of client connections, of streams per connection (etcd's
+//!   `u32::MAX`, see `serve.rs`) and of watchers per stream; and a snapshot being installed,
+//!   which is held in memory whole, up to `SNAPSHOT_BYTES_MAX` (8 GiB).
+//! - Proposals carry the proposer's full member id beside the request id; only the proposer
+//!   answers a client, so no member can answer another's waiter (`node.rs`).
+//! - Security flags (TLS, client certificates, auth) and `https://` URLs are refused at
+//!   start-up, never accepted and ignored (`config.rs`).
 //!
 //! CAVEATS:
 //! - Replication: the default group is replicated over the peer transport (`peer.rs`);
 //!   membership changes are Raft conf changes (`cluster.rs`, `member.rs`), members behind the
 //!   purged log receive a store snapshot (installed from memory), and keep-alives and lease
 //!   TTLs asked of a follower are forwarded to the leader. Peer traffic is plain HTTP/2.
-//! - Auth is not served: its RPCs answer `Unimplemented`. TLS flags are refused at start-up.
+//! - Auth is not served: its RPCs answer `Unimplemented`. TLS and auth flags are refused at
+//!   start-up.
 //! - Only the default tenant (group 1) is served; tenant resolution is not wired in.
 //! - Two watch cases follow the newer etcd rules of the kube-apiserver contract rather than
 //!   etcd 3.5.1: a negative start revision is refused (`watch_id -1`, canceled), and

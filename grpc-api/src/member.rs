@@ -39,10 +39,15 @@ pub struct Identity {
 /// What a member removed from the cluster is told when it tries to talk to the others.
 pub const REMOVED_MESSAGE: &str = "the member has been permanently removed from the cluster";
 
-/// The context of every membership conf change: who asked (the request id its waiter is
-/// kept under, 0 for the bootstrap) and the member as it is after the change.
+/// The context of every membership conf change: who asked (the proposing member and the
+/// request id its waiter is kept under, 0 for the bootstrap) and the member as it is after
+/// the change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfContext {
+    /// The member that proposed the change (0 for the bootstrap and for changes written
+    /// before this field existed): only its waiters are answered.
+    #[serde(default)]
+    pub proposer: u64,
     pub request_id: u64,
     pub member: Member,
 }

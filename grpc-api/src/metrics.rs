@@ -140,45 +140,194 @@ mod tests {
     }
 }
 
+/// The label of every gRPC call to a method this server does not know (a made-up path, or
+/// a service it does not register): one series however many paths clients invent, where a
+/// label per path would let any client grow the registry without bound.
+pub const UNKNOWN_LABEL: &str = "unknown";
+
+/// The methods of etcd's services (`etcdserverpb`, and the standard health service), the
+/// only ones that get labels of their own. Auth is listed although it answers
+/// `Unimplemented`, so its calls are counted under their names as etcd counts them.
+const KNOWN_METHODS: &[(&str, &[&str])] = &[
+    ("etcdserverpb.KV", &["Range", "Put", "DeleteRange", "Txn", "Compact"]),
+    ("etcdserverpb.Watch", &["Watch"]),
+    ("etcdserverpb.Lease", &["LeaseGrant", "LeaseRevoke", "LeaseKeepAlive", "LeaseTimeToLive", "LeaseLeases"]),
+    ("etcdserverpb.Cluster", &["MemberAdd", "MemberRemove", "MemberUpdate", "MemberList", "MemberPromote"]),
+    (
+        "etcdserverpb.Maintenance",
+        &["Alarm", "Status", "Defragment", "Hash", "HashKV", "Snapshot", "MoveLeader", "Downgrade"],
+    ),
+    (
+        "etcdserverpb.Auth",
+        &[
+            "AuthEnable",
+            "AuthDisable",
+            "AuthStatus",
+            "Authenticate",
+            "UserAdd",
+            "UserGet",
+            "UserList",
+            "UserDelete",
+            "UserChangePassword",
+            "UserGrantRole",
+            "UserRevokeRole",
+            "RoleAdd",
+            "RoleGet",
+            "RoleList",
+            "RoleDelete",
+            "RoleGrantPermission",
+            "RoleRevokePermission",
+        ],
+    ),
+    ("grpc.health.v1.Health", &["Check", "Watch"]),
+];
+
 /// The go-grpc-prometheus labels of a gRPC path such as `/etcdserverpb.KV/Range`:
-/// `(grpc_type, grpc_service, grpc_method)`; `None` for a non-gRPC path.
-pub fn grpc_labels(path: &str) -> Option<(&'static str, &str, &str)> {
+/// `(grpc_type, grpc_service, grpc_method)`, with [`UNKNOWN_LABEL`] for service and method
+/// when the path names no known method; `None` for a path that is not a gRPC method at all.
+pub fn grpc_labels(path: &str) -> Option<(&'static str, &'static str, &'static str)> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     if !service.contains('.') || method.is_empty() || method.contains('/') {
         return None;
     }
+    let known = KNOWN_METHODS
+        .iter()
+        .find(|(s, _)| *s == service)
+        .and_then(|(s, methods)| methods.iter().find(|m| **m == method).map(|m| (*s, *m)));
+    let Some((service, method)) = known else {
+        return Some(("unary", UNKNOWN_LABEL, UNKNOWN_LABEL));
+    };
     let kind = match (service, method) {
         ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
-        ("etcdserverpb.Maintenance", "Snapshot") => "server_stream",
+        ("etcdserverpb.Maintenance", "Snapshot") | ("grpc.health.v1.Health", "Watch") => "server_stream",
         _ => "unary",
     };
     Some((kind, service, method))
 }
 
-/// Counts every gRPC call in `grpc_server_started_total` and, once its response headers are
-/// out, in `grpc_server_handled_total` with its code: the code in the response headers for
-/// calls refused before any message (how tonic sends errors of unary calls), `OK` otherwise.
+/// A gRPC status code as Go spells it (`codes.Code.String()`), which is what dashboards and
+/// alerts built for etcd match on: `Canceled`, not tonic's `Cancelled`.
+pub fn go_code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "Canceled",
+        2 => "Unknown",
+        3 => "InvalidArgument",
+        4 => "DeadlineExceeded",
+        5 => "NotFound",
+        6 => "AlreadyExists",
+        7 => "PermissionDenied",
+        8 => "ResourceExhausted",
+        9 => "FailedPrecondition",
+        10 => "Aborted",
+        11 => "OutOfRange",
+        12 => "Unimplemented",
+        13 => "Internal",
+        14 => "Unavailable",
+        15 => "DataLoss",
+        16 => "Unauthenticated",
+        // Not a code gRPC defines: one label, as for unknown methods.
+        _ => "Unknown",
+    }
+}
+
+/// The code in a `grpc-status` header or trailer.
+fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// One call's `grpc_server_handled_total` increment, made once with the call's outcome. A
+/// call dropped before it has one (the client reset the stream or went away, which Go sees
+/// as a cancelled context) is counted as `Canceled`.
+struct Handled {
+    metrics: std::sync::Arc<Metrics>,
+    labels: (&'static str, &'static str, &'static str),
+    done: bool,
+}
+
+impl Handled {
+    fn finish(&mut self, code: &str) {
+        if !self.done {
+            self.done = true;
+            let (kind, service, method) = self.labels;
+            self.metrics.grpc_handled.with_label_values(&[kind, service, method, code]).inc();
+        }
+    }
+}
+
+impl Drop for Handled {
+    fn drop(&mut self) {
+        self.finish(go_code_name(1));
+    }
+}
+
+/// A gRPC response body that counts its call once the status trailer goes out (or when the
+/// body ends or is dropped without one).
+struct CountedBody {
+    inner: axum::body::Body,
+    handled: Handled,
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    this.handled.finish(go_code_name(grpc_status(trailers).unwrap_or(2)));
+                }
+            }
+            // The body failed: the stream is reset without a status.
+            std::task::Poll::Ready(Some(Err(_))) => this.handled.finish(go_code_name(2)),
+            std::task::Poll::Ready(None) => this.handled.finish(go_code_name(0)),
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Counts every gRPC call in `grpc_server_started_total` and, with its outcome, in
+/// `grpc_server_handled_total`: the status of a trailers-only response (how tonic refuses a
+/// call before any message) at once, otherwise the status trailer at the end of the
+/// response body; a call that ends without one is `Canceled`. Only requests with a gRPC
+/// content type are counted, so HTTP endpoints never appear.
 pub async fn count_grpc(
     axum::extract::State(metrics): axum::extract::State<std::sync::Arc<Metrics>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let labels = grpc_labels(request.uri().path()).map(|(k, s, m)| (k, s.to_string(), m.to_string()));
-    if let Some((kind, service, method)) = &labels {
-        metrics.grpc_started.with_label_values(&[kind, service.as_str(), method.as_str()]).inc();
-    }
+    let is_grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    let Some(labels) = grpc_labels(request.uri().path()).filter(|_| is_grpc) else {
+        return next.run(request).await;
+    };
+    metrics.grpc_started.with_label_values(&[labels.0, labels.1, labels.2]).inc();
+    // Made before the call runs: if the client cancels a unary call in flight, this future
+    // is dropped and so is the guard, which counts the call as `Canceled`.
+    let mut handled = Handled { metrics, labels, done: false };
     let response = next.run(request).await;
-    if let Some((kind, service, method)) = &labels {
-        let code = response
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<i32>().ok())
-            .map(|c| if c == 0 { "OK".to_string() } else { format!("{:?}", tonic::Code::from_i32(c)) })
-            .unwrap_or_else(|| "OK".to_string());
-        metrics.grpc_handled.with_label_values(&[kind, service.as_str(), method.as_str(), code.as_str()]).inc();
+    if let Some(code) = grpc_status(response.headers()) {
+        handled.finish(go_code_name(code));
     }
-    response
+    response.map(|inner| axum::body::Body::new(CountedBody { inner, handled }))
 }
 
 #[cfg(test)]
@@ -191,5 +340,9 @@ mod label_tests {
         assert_eq!(grpc_labels("/etcdserverpb.Watch/Watch"), Some(("bidi_stream", "etcdserverpb.Watch", "Watch")));
         assert_eq!(grpc_labels("/health"), None);
         assert_eq!(grpc_labels("/readyz/linearizable_read"), None);
+        assert_eq!(grpc_labels("/etcdserverpb.KV/Nope"), Some(("unary", UNKNOWN_LABEL, UNKNOWN_LABEL)));
+        assert_eq!(grpc_labels("/a.B/C"), Some(("unary", UNKNOWN_LABEL, UNKNOWN_LABEL)));
+        assert_eq!(go_code_name(tonic::Code::Cancelled as i32), "Canceled");
+        assert_eq!(go_code_name(tonic::Code::DeadlineExceeded as i32), "DeadlineExceeded");
     }
 }

@@ -26,8 +26,11 @@ use crate::pb::etcdserverpb as pb;
 /// group (members, tenants).
 pub const DEFAULT_GROUP: u64 = 1;
 
-/// Bytes of the request-id prefix of every proposal.
-const REQUEST_ID_BYTES: usize = 8;
+/// Bytes of the prefix of every proposal: the proposer's full member id (8 bytes, big
+/// endian), then its request id (8 bytes). The applier answers a waiter only for entries
+/// its own member proposed, so two members' request ids may coincide without one answering
+/// the other's client.
+const REQUEST_ID_BYTES: usize = 16;
 
 /// Most proposals waiting for their apply at once; past it clients get "too many requests".
 pub const WAITERS_MAX: usize = 64 * 1024;
@@ -70,6 +73,64 @@ fn request_id(member_id: u64, counter: u64) -> u64 {
     ((member_id & 0xffff) << REQUEST_ID_SUFFIX_BITS) | (counter & ((1 << REQUEST_ID_SUFFIX_BITS) - 1))
 }
 
+/// The log entry of a proposal of member `proposer`: the proposer, the request id, then
+/// the command (`encoded_len` is its encoded length).
+pub fn encode_proposal(proposer: u64, id: u64, command: &store::Command, encoded_len: usize) -> Bytes {
+    let mut data = BytesMut::with_capacity(REQUEST_ID_BYTES + encoded_len);
+    data.put_u64(proposer);
+    data.put_u64(id);
+    command.encode(&mut data).expect("BytesMut grows as needed");
+    data.freeze()
+}
+
+/// What this member knew when a proposal timed out, to tell the client why.
+#[derive(Debug, Clone)]
+pub struct TimeoutContext {
+    /// When the proposal was made.
+    pub started: std::time::Instant,
+    /// When this member last saw a new leader elected, if ever.
+    pub leader_elected_at: Option<std::time::Instant>,
+    /// Raft's election timeout.
+    pub election_timeout: Duration,
+    /// The leader now, 0 for none.
+    pub leader: u64,
+    /// This member.
+    pub me: u64,
+    /// The voting members.
+    pub voters: Vec<u64>,
+    /// Since when each connected peer has been connected.
+    pub connected_since: HashMap<u64, std::time::Instant>,
+}
+
+/// The error of a proposal that timed out, chosen as etcd's `parseProposeCtxErr` does: a
+/// leader elected while the request waited (after a loss that began at most two election
+/// timeouts before it) means the old leader failed; a leader that lost its quorum's peers,
+/// or a follower that lost its leader, since the request began means the connection was
+/// lost; anything else is a plain timeout.
+pub fn propose_timeout_error(ctx: &TimeoutContext) -> EtcdError {
+    if let Some(elected) = ctx.leader_elected_at {
+        let lost = elected.checked_sub(ctx.election_timeout * 2).unwrap_or(elected);
+        if ctx.started > lost && ctx.started < elected {
+            return EtcdError::TimeoutDueToLeaderFail;
+        }
+    }
+    let connected_since_start = |peer: u64| ctx.connected_since.get(&peer).is_some_and(|since| *since <= ctx.started);
+    if ctx.leader == 0 {
+        EtcdError::Timeout
+    } else if ctx.leader == ctx.me {
+        let connected = ctx.voters.iter().filter(|v| **v == ctx.me || connected_since_start(**v)).count();
+        if connected < ctx.voters.len() / 2 + 1 {
+            EtcdError::TimeoutDueToConnectionLost
+        } else {
+            EtcdError::Timeout
+        }
+    } else if !connected_since_start(ctx.leader) {
+        EtcdError::TimeoutDueToConnectionLost
+    } else {
+        EtcdError::Timeout
+    }
+}
+
 /// Proposals in flight, by request id.
 #[derive(Default)]
 pub struct Waiters {
@@ -106,6 +167,10 @@ impl Waiters {
 /// peer connections that follow the list, the membership changes this member proposed and
 /// is waiting for, and whether it has been removed. Shared by the services and the applier.
 pub struct Membership {
+    /// This member's id and its cluster's, fixed for the life of the process: response
+    /// headers read them here rather than taking the identity lock, which a save may hold.
+    pub member_id: u64,
+    pub cluster_id: u64,
     pub identity: RwLock<Identity>,
     pub transport: Arc<crate::peer::PeerTransport>,
     data_dir: std::path::PathBuf,
@@ -113,6 +178,12 @@ pub struct Membership {
     waiters: Mutex<HashMap<u64, oneshot::Sender<Vec<Member>>>>,
     /// Set once this member has been removed from the cluster: it stops serving.
     removed: watch::Sender<bool>,
+    /// Held while `member.json` is written, so saves happen one at a time, each of the
+    /// newest list, outside the identity lock that readers take.
+    save_lock: Mutex<()>,
+    /// When this member last saw a new leader elected, to tell a client whose request timed
+    /// out that a leader failed meanwhile (see `propose_timeout_error`).
+    pub leader_elected_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl Membership {
@@ -124,26 +195,82 @@ impl Membership {
         data_dir: std::path::PathBuf,
     ) -> (Arc<Membership>, watch::Receiver<bool>) {
         let (removed, removed_rx) = watch::channel(false);
-        let m = Membership { identity: RwLock::new(identity), transport, data_dir, waiters: Mutex::default(), removed };
+        let m = Membership {
+            member_id: identity.member_id,
+            cluster_id: identity.cluster_id,
+            identity: RwLock::new(identity),
+            transport,
+            data_dir,
+            waiters: Mutex::default(),
+            removed,
+            save_lock: Mutex::new(()),
+            leader_elected_at: Mutex::new(None),
+        };
         (Arc::new(m), removed_rx)
     }
 
     /// Changes the identity with `f`, saves it, and brings what follows from the member list
     /// up to date: a peer connection per other member, and this member stopping once it is
     /// removed.
+    /// Saves only a change; the file is written after the identity lock is released, so
+    /// response headers and member lists never wait for its two fsyncs. Called from the
+    /// Raft driver thread or a blocking thread, never on a runtime worker.
     pub fn update<R>(&self, f: impl FnOnce(&mut Identity) -> R) -> R {
-        let mut identity = self.identity.write();
-        let r = f(&mut identity);
-        if let Err(e) = identity.save(&self.data_dir) {
+        let (r, changed, peers, removed) = {
+            let mut identity = self.identity.write();
+            let before = identity.clone();
+            let r = f(&mut identity);
+            (r, *identity != before, identity.peer_ids(), identity.removed.contains(&identity.member_id))
+        };
+        if changed {
+            self.save();
+        }
+        self.transport.set_peers(&peers);
+        if removed {
+            self.mark_removed();
+        }
+        r
+    }
+
+    /// Writes the newest member list to `member.json`.
+    fn save(&self) {
+        // Ordering: the save lock is taken before the list is read, so of two saves racing,
+        // the later one writes the newer list and the file never goes back in time.
+        let _saving = self.save_lock.lock();
+        let newest = self.identity.read().clone();
+        if let Err(e) = newest.save(&self.data_dir) {
             // Membership changes are in the log and replay on restart if the store had not
             // applied past them; the member list is rebuilt then.
             tracing::warn!(error = %e, "could not save the member list");
         }
-        self.transport.set_peers(&identity.peer_ids());
-        if identity.removed.contains(&identity.member_id) {
-            self.mark_removed();
+    }
+
+    /// Whether a hello announcing `name` and `client_urls` for `member` would change the
+    /// member list (most hellos are reconnects that change nothing).
+    pub fn hello_changes(&self, member: u64, name: &str, client_urls: &[String]) -> bool {
+        let identity = self.identity.read();
+        identity
+            .members
+            .iter()
+            .find(|m| m.id == member)
+            .is_some_and(|m| m.client_urls != client_urls || (!name.is_empty() && m.name != name))
+    }
+
+    /// Remembers a member's name and client URLs, as it announced them in its hello. A
+    /// member added at run time has no name until it says hello (etcd's "unstarted").
+    /// Writes `member.json` only when the hello changed something; blocking (see `update`).
+    pub fn record_hello(&self, member: u64, name: &str, client_urls: Vec<String>) {
+        if !self.hello_changes(member, name, &client_urls) {
+            return;
         }
-        r
+        self.update(|identity| {
+            if let Some(m) = identity.members.iter_mut().find(|m| m.id == member) {
+                m.client_urls = client_urls;
+                if !name.is_empty() {
+                    m.name = name.to_string();
+                }
+            }
+        });
     }
 
     /// This member was removed from the cluster: it stops serving (see `serve`).
@@ -220,15 +347,15 @@ impl Node {
 
     /// The member id of this node.
     pub fn member_id(&self) -> u64 {
-        self.membership.identity.read().member_id
+        self.membership.member_id
     }
 
     /// The header every response carries.
     pub fn header(&self, revision: i64) -> pb::ResponseHeader {
-        let identity = self.membership.identity.read();
+        // No lock: the ids never change while the process runs.
         pb::ResponseHeader {
-            cluster_id: identity.cluster_id,
-            member_id: identity.member_id,
+            cluster_id: self.membership.cluster_id,
+            member_id: self.membership.member_id,
             revision,
             raft_term: self.raft_term(),
         }
@@ -273,12 +400,11 @@ impl Node {
         self.store.validate(&command).map_err(|e| crate::error::store_status(&e))?;
         let encoded_len = command.encoded_len();
         let id = request_id(self.member_id(), self.next_request_id.fetch_add(1, Ordering::Relaxed));
-        let mut data = BytesMut::with_capacity(REQUEST_ID_BYTES + encoded_len);
-        data.put_u64(id);
-        command.encode(&mut data).expect("BytesMut grows as needed");
+        let data = encode_proposal(self.member_id(), id, &command, encoded_len);
         let (tx, rx) = oneshot::channel();
+        let started = std::time::Instant::now();
         self.waiters.insert(id, tx)?;
-        if let Err(e) = self.raft.propose(self.raft_group(), data.freeze()) {
+        if let Err(e) = self.raft.propose(self.raft_group(), data) {
             self.waiters.remove(id);
             self.metrics.proposals_failed.inc();
             return Err(driver_status(&e));
@@ -298,7 +424,7 @@ impl Node {
             Err(_) => {
                 self.waiters.remove(id);
                 self.metrics.proposals_failed.inc();
-                Err(EtcdError::Timeout.status())
+                Err(propose_timeout_error(&self.timeout_context(started)).status())
             }
         }
     }
@@ -327,6 +453,19 @@ impl Node {
                 Err(status) => tracing::warn!(error = %status.message(), "could not raise the NOSPACE alarm"),
             }
         })
+    }
+
+    /// What this member knows now about a proposal made at `started` that timed out.
+    fn timeout_context(&self, started: std::time::Instant) -> TimeoutContext {
+        TimeoutContext {
+            started,
+            leader_elected_at: *self.membership.leader_elected_at.lock(),
+            election_timeout: self.cfg.election_timeout,
+            leader: self.leader(),
+            me: self.member_id(),
+            voters: self.membership.identity.read().voter_ids(),
+            connected_since: self.membership.transport.connected_since(),
+        }
     }
 
     /// Whether this member leads the default group now.
@@ -424,7 +563,7 @@ impl Node {
         let change = raft::eraftpb::ConfChange {
             change_type,
             node_id: member.id,
-            context: ConfContext { request_id: id, member }.encode(),
+            context: ConfContext { proposer: self.member_id(), request_id: id, member }.encode(),
             ..Default::default()
         };
         if let Err(e) = self.raft.propose_conf_change(self.raft_group(), change) {
@@ -578,9 +717,13 @@ impl raft_log::StateMachine for Applier {
             // Every member follows grants and revokes, so whichever becomes leader next
             // has no timer for a lease the log revoked.
             self.lessor.on_applied(&entry.data[REQUEST_ID_BYTES..], &result);
-            let id = u64::from_be_bytes(entry.data[..REQUEST_ID_BYTES].try_into().expect("8 bytes"));
-            if let Some(tx) = self.waiters.remove(id) {
-                let _ = tx.send(result);
+            let (proposer, id) = decode_prefix(&entry.data).expect("the length was checked above");
+            // Only this member's own proposals answer its waiters: another member's request
+            // id may equal one of ours, and its client is not ours to answer.
+            if proposer == self.membership.member_id {
+                if let Some(tx) = self.waiters.remove(id) {
+                    let _ = tx.send(result);
+                }
             }
         }
         self.metrics.proposals_committed.inc_by(entries.len() as u64);
@@ -613,8 +756,12 @@ impl raft_log::StateMachine for Applier {
             learner = member.is_learner,
             "membership changed"
         );
-        if let Some(tx) = self.membership.waiters.lock().remove(&ctx.request_id) {
-            let _ = tx.send(members);
+        // Only a change this member proposed answers its waiters (request ids of two
+        // members may coincide).
+        if ctx.proposer == self.membership.member_id {
+            if let Some(tx) = self.membership.waiters.lock().remove(&ctx.request_id) {
+                let _ = tx.send(members);
+            }
         }
     }
 
@@ -630,6 +777,9 @@ impl raft_log::StateMachine for Applier {
     fn on_leader_change(&mut self, group: raft_log::GroupId, leader: raft_log::NodeId, _term: raft_log::Term) {
         self.metrics.leader_changes.inc();
         self.metrics.has_leader.set(i64::from(leader.0 != 0));
+        if leader.0 != 0 {
+            *self.membership.leader_elected_at.lock() = Some(std::time::Instant::now());
+        }
         if leader.0 != 0 && leader.0 == self.membership.identity.read().member_id {
             // A new leader times exactly the leases of its store, each with a full TTL before
             // it expires anything (etcd's Promote). Entries committed but not yet applied
@@ -643,14 +793,19 @@ impl raft_log::StateMachine for Applier {
     }
 }
 
-/// Decodes the command of a log entry, for tools and tests.
-pub fn decode_entry(data: &Bytes) -> Option<(u64, store::Command)> {
-    if data.len() < REQUEST_ID_BYTES {
-        return None;
-    }
-    let id = u64::from_be_bytes(data[..REQUEST_ID_BYTES].try_into().ok()?);
+/// The proposer and request id of a log entry; `None` for an entry without them (a
+/// leader's empty entry).
+fn decode_prefix(data: &[u8]) -> Option<(u64, u64)> {
+    let proposer = u64::from_be_bytes(data.get(..8)?.try_into().ok()?);
+    let id = u64::from_be_bytes(data.get(8..REQUEST_ID_BYTES)?.try_into().ok()?);
+    Some((proposer, id))
+}
+
+/// Decodes a log entry into its proposer, request id and command, for tools and tests.
+pub fn decode_entry(data: &Bytes) -> Option<(u64, u64, store::Command)> {
+    let (proposer, id) = decode_prefix(data)?;
     let command = store::Command::decode(&data[REQUEST_ID_BYTES..]).ok()?;
-    Some((id, command))
+    Some((proposer, id, command))
 }
 
 #[cfg(test)]
@@ -732,5 +887,125 @@ mod tests {
         applier.on_leader_change(g, raft_log::NodeId(3), raft_log::Term(2));
         assert_eq!(lessor.keep_alive(6), None, "a lease missing from the store kept its timer on the new leader");
         assert_eq!(lessor.keep_alive(5), Some(60), "the store's leases are timed by the new leader");
+    }
+}
+
+#[cfg(test)]
+mod request_and_membership_tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// The membership of `me` (with `others` as members), saved in `dir`.
+    fn membership(dir: &std::path::Path, me: u64, others: &[u64]) -> (Arc<Membership>, store::Store) {
+        let store = store::Store::open(&dir.join("store"), store::StoreConfig::default()).unwrap();
+        let member = |id: u64| Member {
+            id,
+            name: if id == me { "me".into() } else { String::new() },
+            peer_urls: vec![format!("http://127.0.0.1:{}", id % 60000 + 1)],
+            client_urls: Vec::new(),
+            is_learner: false,
+        };
+        let members = std::iter::once(me).chain(others.iter().copied()).map(member).collect();
+        let identity = Identity { cluster_id: 1, member_id: me, members, joined: false, removed: Vec::new() };
+        identity.save(dir).unwrap();
+        let transport = crate::peer::PeerTransport::new(me, store.clone(), others);
+        let (membership, _removed) = Membership::new(identity, transport, dir.to_path_buf());
+        (membership, store)
+    }
+
+    #[test]
+    fn members_whose_low_16_bits_match_never_answer_each_others_waiters() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (0x1111_0000_0000_0001_u64, 0x2222_0000_0000_0001_u64);
+        assert_eq!(a & 0xffff, b & 0xffff, "the two members share their low 16 bits");
+        let (membership, store) = membership(dir.path(), a, &[b]);
+        let waiters = Arc::new(Waiters::default());
+        let mut applier = Applier {
+            store,
+            waiters: waiters.clone(),
+            applied: watch::channel(0).0,
+            lessor: Arc::new(crate::lessor::Lessor::new(1)),
+            metrics: Arc::new(Metrics::new("3.5.1")),
+            membership,
+        };
+        // Both members are at the same point of their counters (e.g. started the same ms).
+        let counter = 0x42;
+        let (id_a, id_b) = (request_id(a, counter), request_id(b, counter));
+        let (tx, mut rx) = oneshot::channel();
+        waiters.insert(id_a, tx).unwrap();
+        let put = |value: &'static str| store::Command {
+            request_id: 0,
+            body: Some(store::CommandBody::Put(store::PutRequest {
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from_static(value.as_bytes()),
+                ..Default::default()
+            })),
+        };
+        let entry = |index: u64, proposer: u64, id: u64, command: store::Command| raft_log::CommittedEntry {
+            index: raft_log::LogIndex(index),
+            term: raft_log::Term(2),
+            data: encode_proposal(proposer, id, &command, command.encoded_len()),
+        };
+        use raft_log::StateMachine;
+        let g = raft_log::GroupId(DEFAULT_GROUP);
+        applier.apply(g, vec![entry(1, b, id_b, put("from b"))]);
+        assert!(
+            matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
+            "member a's waiter was answered by an entry member b proposed"
+        );
+        applier.apply(g, vec![entry(2, a, id_a, put("from a"))]);
+        let answer = rx.try_recv().expect("a's own entry answers a's waiter");
+        assert!(answer.is_ok());
+    }
+
+    #[test]
+    fn a_hello_with_unchanged_data_does_not_rewrite_member_json() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (me, peer) = (1, 2);
+        let (membership, _store) = membership(dir.path(), me, &[peer]);
+        let file = dir.path().join("member.json");
+        let urls = vec!["http://127.0.0.1:2379".to_string()];
+        membership.record_hello(peer, "n2", urls.clone());
+        let first = std::fs::metadata(&file).unwrap().ino();
+        let saved: Identity = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        let n2 = saved.members.iter().find(|m| m.id == peer).unwrap();
+        assert_eq!((n2.name.as_str(), &n2.client_urls), ("n2", &urls), "a changed hello is saved");
+        // Every save replaces the file (temp file, rename): an unchanged hello must not.
+        for _ in 0..3 {
+            membership.record_hello(peer, "n2", urls.clone());
+        }
+        assert_eq!(std::fs::metadata(&file).unwrap().ino(), first, "an unchanged hello rewrote member.json");
+    }
+
+    #[test]
+    fn timeouts_say_why_as_etcd_does() {
+        let now = Instant::now();
+        let ago = |secs: u64| now.checked_sub(Duration::from_secs(secs)).expect("the clock is past a minute");
+        let base = TimeoutContext {
+            started: ago(7),
+            leader_elected_at: Some(ago(600)),
+            election_timeout: Duration::from_secs(1),
+            leader: 2,
+            me: 1,
+            voters: vec![1, 2, 3],
+            connected_since: HashMap::from([(2, ago(60)), (3, ago(60))]),
+        };
+        assert_eq!(propose_timeout_error(&base), EtcdError::Timeout, "nothing changed during the request");
+        let elected_during = TimeoutContext { leader_elected_at: Some(ago(6)), ..base.clone() };
+        assert_eq!(propose_timeout_error(&elected_during), EtcdError::TimeoutDueToLeaderFail);
+        // Started long before the election that followed: the old leader was not lost yet.
+        let long_before = TimeoutContext { started: ago(30), leader_elected_at: Some(ago(6)), ..base.clone() };
+        assert_eq!(propose_timeout_error(&long_before), EtcdError::Timeout);
+        let leader_reconnected = TimeoutContext { connected_since: HashMap::from([(2, ago(3))]), ..base.clone() };
+        assert_eq!(propose_timeout_error(&leader_reconnected), EtcdError::TimeoutDueToConnectionLost);
+        let lone_leader = TimeoutContext { leader: 1, connected_since: HashMap::new(), ..base.clone() };
+        assert_eq!(propose_timeout_error(&lone_leader), EtcdError::TimeoutDueToConnectionLost);
+        let leader_with_quorum =
+            TimeoutContext { leader: 1, connected_since: HashMap::from([(3, ago(60))]), ..base.clone() };
+        assert_eq!(propose_timeout_error(&leader_with_quorum), EtcdError::Timeout);
+        let no_leader = TimeoutContext { leader: 0, connected_since: HashMap::new(), ..base.clone() };
+        assert_eq!(propose_timeout_error(&no_leader), EtcdError::Timeout);
     }
 }

@@ -187,6 +187,11 @@ impl PeerTransport {
         v
     }
 
+    /// Since when each connected peer's stream has been up.
+    pub fn connected_since(&self) -> HashMap<u64, Instant> {
+        self.connected.lock().clone()
+    }
+
     fn set_connected(&self, peer: u64, up: bool) {
         let mut c = self.connected.lock();
         if up {
@@ -433,21 +438,22 @@ async fn hello(node: &Node, peer: u64, client: &mut Client) -> anyhow::Result<()
         response.member_id,
         response.cluster_id
     );
-    record_client_urls(node, peer, &response.name, response.client_urls);
+    record_client_urls(node, peer, &response.name, response.client_urls).await;
     Ok(())
 }
 
-/// Remembers a member's name and client URLs, as it announced them in its hello. A member
-/// added at run time has no name until it says hello (etcd's "unstarted").
-fn record_client_urls(node: &Node, member: u64, name: &str, client_urls: Vec<String>) {
-    node.membership.update(|identity| {
-        if let Some(m) = identity.members.iter_mut().find(|m| m.id == member) {
-            m.client_urls = client_urls;
-            if !name.is_empty() {
-                m.name = name.to_string();
-            }
-        }
-    });
+/// Remembers a member's name and client URLs, as it announced them in its hello. Nothing is
+/// written when nothing changed (a reconnect); a change is saved on a blocking thread, since
+/// the save fsyncs twice.
+async fn record_client_urls(node: &Node, member: u64, name: &str, client_urls: Vec<String>) {
+    if !node.membership.hello_changes(member, name, &client_urls) {
+        return;
+    }
+    let membership = node.membership.clone();
+    let name = name.to_string();
+    if let Err(e) = tokio::task::spawn_blocking(move || membership.record_hello(member, &name, client_urls)).await {
+        warn!(error = %e, "saving a member's hello failed");
+    }
 }
 
 /// Streams queued messages to the peer in batches until the stream breaks.
@@ -563,7 +569,7 @@ impl pb::peer_server::Peer for PeerService {
             }
             return Err(Status::failed_precondition(format!("member {:x} is not in the member list", req.member_id)));
         }
-        record_client_urls(&self.node, req.member_id, &req.name, req.client_urls);
+        record_client_urls(&self.node, req.member_id, &req.name, req.client_urls).await;
         Ok(Response::new(pb::HelloResponse { cluster_id, member_id, client_urls, name }))
     }
 

@@ -72,16 +72,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         info!(data_dir = %data_dir.display(), "data dir exists; initial cluster flags ignored");
     }
     let peer_ids = identity.peer_ids();
-    for (flag, set) in [
-        ("--cert-file", args.cert_file.is_some()),
-        ("--key-file", args.key_file.is_some()),
-        ("--trusted-ca-file", args.trusted_ca_file.is_some()),
-        ("--peer-cert-file", args.peer_cert_file.is_some()),
-    ] {
-        if set {
-            anyhow::bail!("{flag}: TLS is not supported by this build; serve plain HTTP/2 instead");
-        }
-    }
     let quota_bytes = if args.quota_backend_bytes == 0 { QUOTA_BYTES_DEFAULT } else { args.quota_backend_bytes };
 
     let store_cfg = store::StoreConfig {
@@ -237,16 +227,39 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve_router(listener: TcpListener, router: axum::Router) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
+/// How often the server pings an idle HTTP/2 connection, and how long it waits for the
+/// answer before closing it: etcd's `--grpc-keepalive-interval` (2 h) and
+/// `--grpc-keepalive-timeout` (20 s) defaults.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2 * 60 * 60);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Idle time before the kernel probes a TCP connection (Go's listener default, which etcd's
+/// listeners inherit), so connections of vanished clients are reclaimed.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
+/// HTTP/2 streams one connection may carry at once. kube-apiserver multiplexes every watch
+/// of a resource type on one connection, so the limit is etcd's (grpc-go's `math.MaxUint32`),
+/// not hyper's default of 200; each stream is bounded on its own (see `watch.rs`).
+const HTTP2_STREAMS_PER_CONNECTION_MAX: u32 = u32::MAX;
+
+/// Serves `router` (gRPC and HTTP/1.1 or HTTP/2 endpoints) on `listener` until it fails.
+///
+/// Client pings: hyper's HTTP/2 server enforces no minimum interval between pings and no
+/// "pings only with active streams" rule, so it accepts what etcd's `--grpc-keepalive-min-time`
+/// (5 s) and permit-without-stream policy accept, and more.
+async fn serve_router(listener: TcpListener, router: axum::Router) -> Result<(), tonic::transport::Error> {
     // Small gRPC responses must not wait for Nagle's algorithm (up to 40 ms per round trip
     // with delayed ACKs): every accepted connection gets TCP_NODELAY, as grpc-go sets it.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            warn!(error = %e, "setting TCP_NODELAY failed");
-        }
-    });
-    axum::serve(listener, router).await
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(TCP_KEEPALIVE));
+    tonic::transport::Server::builder()
+        // `/health`, `/metrics`, ... are plain HTTP/1.1 for probes and scrapers.
+        .accept_http1(true)
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(HTTP2_STREAMS_PER_CONNECTION_MAX))
+        .add_routes(tonic::service::Routes::from(router))
+        .serve_with_incoming(incoming)
+        .await
 }
 
 async fn health_service() -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>
@@ -305,7 +318,7 @@ fn bootstrap_of(identity: &Identity) -> raft_log::Bootstrap {
         .iter()
         .map(|m| {
             let member = Member { client_urls: Vec::new(), ..m.clone() };
-            (raft_log::NodeId(m.id), ConfContext { request_id: 0, member }.encode())
+            (raft_log::NodeId(m.id), ConfContext { proposer: 0, request_id: 0, member }.encode())
         })
         .collect();
     raft_log::Bootstrap::Members(members)

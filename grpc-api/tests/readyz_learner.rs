@@ -1,0 +1,97 @@
+//! `/readyz` on a learner: etcd's `non_learner` check fails there, so a load balancer or a
+//! readiness probe does not send clients to a member that refuses most requests.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Server;
+
+/// Longest wait for the learner to start and for its check to answer.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A bare HTTP/1.1 GET: (status code, body), `None` while nothing listens.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).ok()?;
+    let status = raw.split_whitespace().nth(1)?.parse().ok()?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn readyz_fails_non_learner_on_a_learner_only() {
+    let n1 = Server::start(&[]);
+    let mut c = n1.client().await;
+    let (client_port, peer_port) = (free_port(), free_port());
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let client_url = format!("http://127.0.0.1:{client_port}");
+    let added = c
+        .member_add([peer_url.clone()], Some(etcd_client::MemberAddOptions::new().with_is_learner()))
+        .await
+        .expect("member add --learner");
+    assert!(added.member().unwrap().is_learner());
+    let tmp = tempfile::tempdir().unwrap();
+    let initial = format!("n1=http://127.0.0.1:{},n2={peer_url}", n1.peer_port);
+    let _n2 = Killed(
+        Command::new(env!("CARGO_BIN_EXE_plinth"))
+            .arg("serve")
+            .args(["--name", "n2", "--data-dir"])
+            .arg(tmp.path().join("data"))
+            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &initial, "--initial-cluster-state", "existing"])
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning the learner"),
+    );
+    // The learner answers the other checks once it has caught up; `non_learner` must fail
+    // there whatever the others say, and pass on the voter.
+    let deadline = Instant::now() + WAIT;
+    let (status, body) = loop {
+        let got = tokio::task::spawn_blocking(move || http_get(client_port, "/readyz?verbose")).await.unwrap();
+        if let Some((status, body)) = got {
+            if body.contains("[+]serializable_read ok") {
+                break (status, body);
+            }
+        }
+        assert!(Instant::now() < deadline, "the learner did not serve /readyz within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("[-]non_learner failed: "), "{body}");
+    let one = tokio::task::spawn_blocking(move || http_get(client_port, "/readyz/non_learner")).await.unwrap();
+    assert_eq!(one.map(|(s, _)| s), Some(503));
+    let excluded =
+        tokio::task::spawn_blocking(move || http_get(client_port, "/readyz/non_learner?exclude=non_learner"))
+            .await
+            .unwrap();
+    assert_eq!(excluded.map(|(s, _)| s), Some(503), "a subpath runs its check whatever `exclude` says");
+    let voter = n1.client_port;
+    let (status, body) = tokio::task::spawn_blocking(move || http_get(voter, "/readyz/non_learner?verbose"))
+        .await
+        .unwrap()
+        .expect("the voter serves /readyz");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("[+]non_learner ok"), "{body}");
+}
