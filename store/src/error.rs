@@ -3,7 +3,8 @@
 //! Variants split in two families, and the split decides what the caller does:
 //! - **deterministic** errors (everything except [`Error::RocksDb`], [`Error::Io`] and
 //!   [`Error::Corruption`]): the same command on the same state gives the same error on
-//!   every replica. During `apply` they are per-entry results and become client responses.
+//!   every replica. During `apply` they are per-entry results and become client responses;
+//!   whatever the failing command wrote before it failed is rolled back to its save point.
 //! - **non-deterministic** errors (I/O, corruption): `apply` returns them at the top level
 //!   and the node must stop rather than let replicas diverge.
 
