@@ -43,6 +43,9 @@ pub enum EtcdError {
     PeerUrlExist,
     NotCapable,
     BadLeaderTransferee,
+    /// `MoveLeader` waited too long for the target to lead. etcd has no gRPC error for it
+    /// (its `togRPCError` falls back to `Unknown` with the text), so neither does Plinth.
+    TimeoutLeaderTransfer,
     WatchCanceled,
 }
 
@@ -64,17 +67,18 @@ impl EtcdError {
             | PeerUrlExist
             | NotCapable
             | NotEnoughStartedMembers
-            | NotSupportedForLearner => Code::FailedPrecondition,
+            | NotSupportedForLearner
+            | BadLeaderTransferee => Code::FailedPrecondition,
             NoLeader
             | LeaderChanged
             | Stopped
             | Timeout
             | TimeoutDueToLeaderFail
             | TimeoutDueToConnectionLost
-            | BadLeaderTransferee
             | Unhealthy => Code::Unavailable,
             Corrupt => Code::DataLoss,
             WatchCanceled => Code::Cancelled,
+            TimeoutLeaderTransfer => Code::Unknown,
         }
     }
 
@@ -116,6 +120,7 @@ impl EtcdError {
             PeerUrlExist => "etcdserver: Peer URLs already exists",
             NotCapable => "etcdserver: not capable",
             BadLeaderTransferee => "etcdserver: bad leader transferee",
+            TimeoutLeaderTransfer => "etcdserver: request timed out, leader transfer took too long",
             WatchCanceled => "etcdserver: watch canceled",
         }
     }
@@ -176,6 +181,17 @@ pub fn raft_status(e: &raft_log::Error) -> Status {
     }
 }
 
+/// Maps the outcome of a leader transfer (`MoveLeader`) to etcd's status.
+pub fn move_leader_status(e: &raft_log::Error) -> Status {
+    use raft_log::Error as R;
+    match e {
+        R::NotLeader => EtcdError::NotLeader.status(),
+        R::BadLeaderTransferee(_) => EtcdError::BadLeaderTransferee.status(),
+        R::Timeout => EtcdError::TimeoutLeaderTransfer.status(),
+        other => raft_status(other),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +204,18 @@ mod tests {
         assert_eq!(EtcdError::NoSpace.code(), Code::ResourceExhausted);
         assert_eq!(EtcdError::LeaseNotFound.code(), Code::NotFound);
         assert_eq!(EtcdError::NoLeader.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn move_leader_errors_are_etcds() {
+        let bad = move_leader_status(&raft_log::Error::BadLeaderTransferee(raft_log::NodeId(7)));
+        assert_eq!((bad.code(), bad.message()), (Code::FailedPrecondition, "etcdserver: bad leader transferee"));
+        let not_leader = move_leader_status(&raft_log::Error::NotLeader);
+        assert_eq!((not_leader.code(), not_leader.message()), (Code::FailedPrecondition, "etcdserver: not leader"));
+        let slow = move_leader_status(&raft_log::Error::Timeout);
+        assert_eq!(
+            (slow.code(), slow.message()),
+            (Code::Unknown, "etcdserver: request timed out, leader transfer took too long")
+        );
     }
 }

@@ -6,10 +6,14 @@ use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::error::{store_status, EtcdError};
+use crate::error::{move_leader_status, store_status, EtcdError};
 use crate::node::Node;
 use crate::pb::etcdserverpb::{self as pb, maintenance_server::Maintenance, AlarmType};
 use crate::version::{ETCD_COMPAT_VERSION, STORAGE_VERSION};
+
+/// How much longer than the driver's own deadline `MoveLeader` waits for the driver's answer
+/// before giving up on it (the driver answers by its deadline unless it hangs).
+const MOVE_LEADER_ANSWER_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The alarms of this member's group, as its store last applied them. Alarms are raised and
 /// disarmed through the log (`store::CommandBody::Alarm`), so every member reads the same
@@ -235,15 +239,36 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
         let node = &self.node;
         let target = request.into_inner().target_id;
+        // etcd's order: only the leader moves leadership, and only to a voting member.
         if node.leader() != node.member_id() {
             return Err(EtcdError::NotLeader.status());
         }
-        let known = node.membership.identity.read().members.iter().any(|m| m.id == target);
-        if !known {
+        let voter = node.membership.identity.read().members.iter().any(|m| m.id == target && !m.is_learner);
+        if !voter {
             return Err(EtcdError::BadLeaderTransferee.status());
         }
-        // On a single member the leader already is the target.
-        Ok(Response::new(pb::MoveLeaderResponse { header: Some(node.current_header()) }))
+        // Answered only once this member sees the target lead (at once when it is this
+        // member), as etcd's `MoveLeader` polls its own view of the leader. etcd waits as long
+        // as the client does; Plinth bounds the wait by its request timeout.
+        let timeout = node.cfg.request_timeout;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        node.raft.transfer_leader(
+            raft_log::GroupId(crate::node::DEFAULT_GROUP),
+            raft_log::NodeId(target),
+            timeout,
+            Box::new(move |r| {
+                // The handler may have gone (client cancelled): nobody to tell.
+                let _ = tx.send(r);
+            }),
+        );
+        // The driver answers by `timeout` (it checks every loop iteration) or drops the
+        // sender when it stops; the outer bound only guards against a driver that hangs.
+        match tokio::time::timeout(timeout + MOVE_LEADER_ANSWER_SLACK, rx).await {
+            Ok(Ok(Ok(()))) => Ok(Response::new(pb::MoveLeaderResponse { header: Some(node.current_header()) })),
+            Ok(Ok(Err(e))) => Err(move_leader_status(&e)),
+            Ok(Err(_)) => Err(EtcdError::Stopped.status()),
+            Err(_) => Err(EtcdError::TimeoutLeaderTransfer.status()),
+        }
     }
 
     async fn downgrade(

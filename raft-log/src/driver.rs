@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::RwLock;
@@ -31,6 +31,10 @@ pub(crate) const INBOX_DRAIN_MAX: usize = 4096;
 /// index silently when the leader is unknown, when the leader has not committed in its
 /// term yet, or when a message is lost; the request is asked again until its deadline.
 pub(crate) const READ_INDEX_RETRY_TICKS: u32 = 3;
+
+/// Most leader transfers waiting for their outcome at once; more fail with `Busy`. A
+/// transfer is a rare operator action (etcd's `MoveLeader`), so a few suffice.
+pub(crate) const LEADER_TRANSFERS_PENDING_MAX: usize = 16;
 
 /// Bytes of a read-index context: this node's id, then the request id (both little
 /// endian), so contexts of different nodes never collide at the leader.
@@ -127,6 +131,9 @@ pub struct GroupStatus {
 /// Callback receiving the read index (or why there is none).
 pub type ReadIndexCallback = Box<dyn FnOnce(Result<LogIndex>) + Send>;
 
+/// Callback receiving the outcome of a leader transfer: `Ok` once the target leads.
+pub type TransferLeaderCallback = Box<dyn FnOnce(Result<()>) + Send>;
+
 pub(crate) enum Msg {
     CreateGroup { group: GroupId, bootstrap: Bootstrap, done: SyncSender<Result<()>> },
     Propose { group: GroupId, data: Bytes },
@@ -136,7 +143,7 @@ pub(crate) enum Msg {
     ReadIndex { group: GroupId, done: ReadIndexCallback },
     CompactLog { group: GroupId, index: LogIndex },
     Campaign(GroupId),
-    TransferLeader(GroupId, NodeId),
+    TransferLeader { group: GroupId, to: NodeId, timeout: Duration, done: TransferLeaderCallback },
     Unreachable(NodeId),
     Stop,
 }
@@ -177,6 +184,15 @@ pub(crate) struct ReadBatch {
     pub retry_at: Instant,
 }
 
+/// A leader transfer waiting for its target to lead (see `DriverHandle::transfer_leader`).
+pub(crate) struct PendingTransfer {
+    pub group: GroupId,
+    pub to: NodeId,
+    pub done: TransferLeaderCallback,
+    /// When it fails with `Timeout`.
+    pub deadline: Instant,
+}
+
 /// Every read waiting for a read point, in batches.
 ///
 /// Invariants: `len` is the number of reads over all batches and never exceeds
@@ -215,6 +231,8 @@ pub(crate) struct Loop {
     pub status: Arc<RwLock<HashMap<GroupId, GroupStatus>>>,
     pub peers: BTreeMap<GroupId, Peer>,
     pub reads: PendingReads,
+    /// Leader transfers this node started, at most `LEADER_TRANSFERS_PENDING_MAX`.
+    pub transfers: Vec<PendingTransfer>,
     /// Records produced outside a Ready (commit index updates from a LightReady); they
     /// ride along with the next WAL batch.
     pub pending: WriteBatch,
@@ -270,8 +288,8 @@ impl Driver {
         Ok((Driver { tx: tx.clone(), thread: Some(thread) }, DriverHandle { tx, status }))
     }
 
-    /// Stops the driver thread and waits for it. Pending read-index callbacks complete
-    /// with `Error::Stopped`.
+    /// Stops the driver thread and waits for it. Pending read-index and leader-transfer
+    /// callbacks complete with `Error::Stopped`.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -387,9 +405,20 @@ impl DriverHandle {
         self.try_send(Msg::Campaign(group))
     }
 
-    /// Asks the leader of `group` (this node) to hand leadership to `to`.
-    pub fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<()> {
-        self.try_send(Msg::TransferLeader(group, to))
+    /// Asks this node, the leader of `group`, to hand leadership to `to` (raft-rs's
+    /// `transfer_leader`: the target is caught up, then told to campaign at once). `done`
+    /// runs on the driver thread, so it must not block: `Ok` once this node sees `to` as the
+    /// leader (at once when `to` is this node), `NotLeader` if this node does not lead,
+    /// `BadLeaderTransferee` if `to` is no voter of the group, `Timeout` if `to` does not
+    /// lead within `timeout` (raft-rs gives up a transfer after an election timeout; as
+    /// etcd's `MoveLeader`, it is not asked again), `Busy` if too many transfers wait.
+    pub fn transfer_leader(&self, group: GroupId, to: NodeId, timeout: Duration, done: TransferLeaderCallback) {
+        match self.tx.try_send(Msg::TransferLeader { group, to, timeout, done }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(Msg::TransferLeader { done, .. })) => done(Err(Error::Busy)),
+            Err(TrySendError::Disconnected(Msg::TransferLeader { done, .. })) => done(Err(Error::Stopped)),
+            Err(_) => unreachable!("try_send returns the message it was given"),
+        }
     }
 
     /// The transport lost its connection to `node`: every group this node leads stops
@@ -445,6 +474,7 @@ impl Loop {
             status: Arc::new(RwLock::new(HashMap::new())),
             peers: BTreeMap::new(),
             reads: PendingReads { next_id: 1, ..Default::default() },
+            transfers: Vec::new(),
             pending: WriteBatch::new(),
             logger: slog::Logger::root(slog::Discard, slog::o!()),
         };
@@ -621,11 +651,7 @@ impl Loop {
                     }
                 }
             }
-            Msg::TransferLeader(group, to) => {
-                if let Some(p) = self.peers.get_mut(&group) {
-                    p.raw.transfer_leader(to.0);
-                }
-            }
+            Msg::TransferLeader { group, to, timeout, done } => self.start_transfer(group, to, timeout, done),
             Msg::Unreachable(node) => {
                 for p in self.peers.values_mut() {
                     if p.raw.raft.state == raft::StateRole::Leader {
@@ -656,6 +682,50 @@ impl Loop {
         }
         p.skip_through = index;
         self.sm.on_snapshot(group, LogIndex(index));
+    }
+
+    /// Checks and starts a leader transfer; its answer comes from `service_transfers`.
+    fn start_transfer(&mut self, group: GroupId, to: NodeId, timeout: Duration, done: TransferLeaderCallback) {
+        let me = self.cfg.node_id;
+        let Some(p) = self.peers.get_mut(&group) else {
+            return done(Err(Error::GroupNotFound(group)));
+        };
+        if p.raw.raft.state != raft::StateRole::Leader {
+            return done(Err(Error::NotLeader));
+        }
+        if to == me {
+            return done(Ok(()));
+        }
+        // raft-rs silently ignores a transfer to a learner or to a node it has no progress
+        // for; refuse those here so the caller is not left waiting for nothing.
+        if !p.raw.raft.prs().conf().voters().contains(to.0) {
+            return done(Err(Error::BadLeaderTransferee(to)));
+        }
+        if self.transfers.len() >= LEADER_TRANSFERS_PENDING_MAX {
+            return done(Err(Error::Busy));
+        }
+        p.raw.transfer_leader(to.0);
+        self.transfers.push(PendingTransfer { group, to, done, deadline: Instant::now() + timeout });
+    }
+
+    /// Answers the transfers whose target this node now sees leading, and fails those past
+    /// their deadline. Runs after each Ready pass, which is where a new leader is learned.
+    pub(crate) fn service_transfers(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.transfers.len() {
+            let t = &self.transfers[i];
+            let leader = self.peers.get(&t.group).map(|p| p.raw.raft.leader_id);
+            let outcome = match leader {
+                None => Some(Err(Error::GroupNotFound(t.group))),
+                Some(l) if l == t.to.0 => Some(Ok(())),
+                Some(_) if t.deadline <= now => Some(Err(Error::Timeout)),
+                Some(_) => None,
+            };
+            match outcome {
+                Some(r) => (self.transfers.swap_remove(i).done)(r),
+                None => i += 1,
+            }
+        }
     }
 
     fn start_read(&mut self, group: GroupId, done: ReadIndexCallback) {
@@ -764,16 +834,21 @@ impl Loop {
             }
             self.service_reads(now);
             self.on_ready();
+            self.service_transfers(now);
         }
         self.finish();
     }
 
-    /// Completes pending reads with `Stopped` and persists a last commit-index update.
+    /// Completes pending reads and leader transfers with `Stopped` and persists a last
+    /// commit-index update.
     pub(crate) fn finish(&mut self) {
         for (_, b) in self.reads.batches.drain() {
             for r in b.reads {
                 (r.done)(Err(Error::Stopped));
             }
+        }
+        for t in self.transfers.drain(..) {
+            (t.done)(Err(Error::Stopped));
         }
         if !self.pending.is_empty() {
             let b = std::mem::take(&mut self.pending);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use raft::StorageError;
 
-use crate::types::{GroupId, LogIndex};
+use crate::types::{GroupId, LogIndex, NodeId};
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -42,6 +42,10 @@ pub enum Error {
     /// node is cut off from a quorum); nothing was proposed.
     #[error("no leader")]
     NoLeader,
+    /// Leadership cannot be handed to this node: it is not a voter of the group (unknown,
+    /// or a learner).
+    #[error("node {0} cannot become the leader: not a voter of the group")]
+    BadLeaderTransferee(NodeId),
     /// A bounded queue is full; retry later.
     #[error("queue is full")]
     Busy,

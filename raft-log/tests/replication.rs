@@ -179,3 +179,49 @@ fn followers_forward_proposals_and_reads_and_survive_a_cut_off_leader() {
     }
     drop(c.drivers);
 }
+
+fn transfer(h: &DriverHandle, to: u64, timeout: Duration) -> Result<(), Error> {
+    let (tx, rx) = mpsc::channel();
+    h.transfer_leader(GROUP, NodeId(to), timeout, Box::new(move |r| tx.send(r).unwrap()));
+    rx.recv_timeout(timeout + Duration::from_secs(5)).expect("transfer answered by its deadline")
+}
+
+#[test]
+fn transfer_leader_answers_once_the_target_leads() {
+    let c = Cluster::start();
+    let leader = c.wait_leader(None);
+    let others: Vec<u64> = NODES.iter().copied().filter(|n| *n != leader).collect();
+    c.propose(leader, "before".into());
+    wait_until("the entry everywhere", || c.sms.values().all(|sm| sm.data().len() == 1));
+
+    // Refusals: not the leader, a node that is no voter; to itself it is done at once.
+    assert!(matches!(transfer(c.handle(others[0]), others[1], Duration::from_secs(2)), Err(Error::NotLeader)));
+    assert!(matches!(
+        transfer(c.handle(leader), 99, Duration::from_secs(2)),
+        Err(Error::BadLeaderTransferee(NodeId(99)))
+    ));
+    transfer(c.handle(leader), leader, Duration::from_secs(2)).expect("transfer to itself");
+    assert_eq!(c.handle(leader).status(GROUP).unwrap().leader.0, leader);
+
+    // The answer comes once the old leader itself sees the target lead.
+    let target = others[0];
+    transfer(c.handle(leader), target, Duration::from_secs(10)).expect("transfer");
+    let seen = c.handle(leader).status(GROUP).unwrap();
+    assert_eq!(seen.leader.0, target, "answered while the old leader names {}", seen.leader);
+    assert!(!seen.is_leader);
+    assert_eq!(c.wait_leader(None), target, "every node follows the target");
+
+    // A target that cannot answer: the transfer times out, and the leader stays.
+    let leader = target;
+    let cut_off = NODES.iter().copied().find(|n| *n != leader).unwrap();
+    c.net.cut.lock().insert(cut_off);
+    assert!(matches!(transfer(c.handle(leader), cut_off, Duration::from_millis(300)), Err(Error::Timeout)));
+    c.net.cut.lock().clear();
+    assert_eq!(c.handle(leader).status(GROUP).unwrap().leader.0, leader, "a failed transfer leaves the leader");
+
+    // The log goes on (under whichever leader the healed cluster agrees on).
+    let leader = c.wait_leader(None);
+    c.propose(leader, "after".into());
+    wait_until("both entries everywhere", || c.sms.values().all(|sm| sm.data() == ["before", "after"]));
+    drop(c.drivers);
+}

@@ -590,3 +590,52 @@ fn isolated_leader_steps_down_and_a_lagging_member_gets_a_snapshot() {
     let log = std::fs::read_to_string(c.members[follower].dir.join("server.log")).unwrap_or_default();
     assert!(log.contains("installed a snapshot"), "the lagging follower should have needed a snapshot");
 }
+
+/// The member id each member reports for itself, by member index.
+async fn member_ids(c: &Cluster) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for m in &c.members {
+        let mut client = must_connect(&m.endpoint()).await;
+        let s = client.status().await.unwrap_or_else(|e| panic!("status of {}: {e}", m.name));
+        ids.push(s.header().expect("status has a header").member_id());
+    }
+    ids
+}
+
+#[test]
+fn move_leader_makes_the_target_the_leader_on_every_member() {
+    let rt = runtime();
+    let c = Cluster::start();
+    rt.block_on(async {
+        let leader = c.wait_leader(START_TIMEOUT).await;
+        let ids = member_ids(&c).await;
+        let target = (leader + 1) % 3;
+        let mut on_leader = must_connect(&c.members[leader].endpoint()).await;
+        let mut on_follower = must_connect(&c.members[target].endpoint()).await;
+        on_leader.put("before", "1", None).await.expect("put before the move");
+
+        // etcd's refusals: asked of a follower, and a target that is no member.
+        let e = on_follower.move_leader(ids[leader]).await.expect_err("a follower cannot move the leader");
+        assert_eq!(error_text(e), "FailedPrecondition: etcdserver: not leader");
+        let e = on_leader.move_leader(0x0bad).await.expect_err("no such member");
+        assert_eq!(error_text(e), "FailedPrecondition: etcdserver: bad leader transferee");
+        // Moving the leader to itself is done at once.
+        on_leader.move_leader(ids[leader]).await.expect("move to the leader itself");
+        assert_eq!(on_leader.status().await.expect("status").leader(), ids[leader]);
+
+        // The answer comes once the target leads, as the old leader itself sees it.
+        on_leader.move_leader(ids[target]).await.expect("move leader");
+        let seen = on_leader.status().await.expect("status of the old leader").leader();
+        assert_eq!(seen, ids[target], "MoveLeader answered while the old leader names {seen:x}\n{}", c.logs());
+        // Every member's `endpoint status` names the target.
+        let agreed = tokio::time::timeout(Duration::from_secs(10), c.wait_leader(Duration::from_secs(10)))
+            .await
+            .expect("members agree on a leader");
+        assert_eq!(agreed, target, "members agree on {} instead of the target\n{}", c.members[agreed].name, c.logs());
+        // The cluster goes on: a write through the old leader is forwarded to the new one.
+        let put = on_leader.put("after", "2", None).await.expect("put after the move");
+        let mut new_leader = must_connect(&c.members[target].endpoint()).await;
+        let got = new_leader.get("after", None).await.expect("get on the new leader");
+        assert_eq!(got.kvs().first().map(|kv| kv.mod_revision()), Some(put.header().unwrap().revision()));
+    });
+}
