@@ -223,9 +223,10 @@ fn quota_refuses_puts_and_allows_deletes() {
 }
 
 /// A watch event's prev_kv is the key before the whole command (etcd reads it at
-/// `mod_revision - 1`), also when the command wrote the key twice: a txn that puts `z` and
-/// then deletes it through a `"\0"`-ended range. A create (here: delete, then re-put in one
-/// txn) has no prev_kv, as in etcd.
+/// `mod_revision - 1`), also when the command wrote the key twice: a txn whose first nested
+/// txn puts `z` and whose second deletes it through a `"\0"`-ended range (the duplicate-key
+/// rule lets a later sibling delete what an earlier one put). A create has no prev_kv, as in
+/// etcd. Deleting and then re-putting a key in one txn is refused as a duplicate key.
 #[test]
 fn event_prev_kv_is_the_state_before_the_command() {
     let mut n = Node::new();
@@ -235,28 +236,24 @@ fn event_prev_kv_is_the_state_before_the_command() {
     let put = |k: &str, v: &str| RequestOp::put(PutRequest { key: b(k), value: b(v), ..Default::default() });
     let del_from =
         |k: &str| RequestOp::delete_range(DeleteRangeRequest { key: b(k), range_end: b("\0"), prev_kv: true });
-    let first = txn(&mut n, vec![], vec![put("z", "inside"), del_from("y")], vec![]).unwrap();
+    let nested = |op: RequestOp| RequestOp::txn(TxnRequest { compare: vec![], success: vec![op], failure: vec![] });
+    let first = txn(&mut n, vec![], vec![nested(put("z", "inside")), nested(del_from("y"))], vec![]).unwrap();
     match &first.responses[1] {
-        ResponseOp::DeleteRange(d) => assert_eq!(d.prev_kvs[0].value, b("inside"), "responses see earlier ops"),
+        ResponseOp::Txn(t) => match &t.responses[0] {
+            ResponseOp::DeleteRange(d) => assert_eq!(d.prev_kvs[0].value, b("inside"), "responses see earlier ops"),
+            other => panic!("unexpected {other:?}"),
+        },
         other => panic!("unexpected {other:?}"),
     }
-    n.put("z", "again");
-    let second = txn(&mut n, vec![], vec![del_from("y"), put("z", "reborn")], vec![]).unwrap();
-    let got = common::recv_until(&w, std::time::Duration::from_secs(5), |e| e.revision == second.revision);
+    let again = n.put("z", "again");
+    let refused = txn(&mut n, vec![], vec![nested(del_from("y")), nested(put("z", "reborn"))], vec![]);
+    assert!(matches!(refused, Err(Error::DuplicateKey)), "{refused:?}");
+    let got = common::recv_until(&w, std::time::Duration::from_secs(5), |e| e.revision == again.revision);
     let events: Vec<(store::EventKind, Option<Bytes>)> = got
         .iter()
         .flat_map(|r| r.events.iter())
         .map(|e| (e.kind, e.prev_kv.as_ref().map(|p| p.value.clone())))
         .collect();
     use store::EventKind::{Delete, Put};
-    assert_eq!(
-        events,
-        vec![
-            (Put, Some(b("before"))),
-            (Delete, Some(b("before"))),
-            (Put, None),
-            (Delete, Some(b("again"))),
-            (Put, None),
-        ]
-    );
+    assert_eq!(events, vec![(Put, Some(b("before"))), (Delete, Some(b("before"))), (Put, None),]);
 }
