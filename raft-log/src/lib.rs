@@ -90,6 +90,36 @@
 //! holder of the segment lock (the writer thread or an inline `write`) changes, after the
 //! frame is durable.
 //!
+//! ## What the driver does besides appending
+//!
+//! - **Membership.** Groups start from [`Bootstrap`]: voters, etcd's `StartNode` log of one
+//!   committed `AddNode` per member, or empty (joining; the leader's log or snapshot brings
+//!   the configuration). [`DriverHandle::propose_conf_change`] proposes a change. A committed
+//!   conf change is applied to the RawNode only after the normal entries before it, its
+//!   ConfState is made durable, [`StateMachine::on_conf_change`] hears of it, and the state
+//!   machine then receives an empty entry at its index so its applied index passes it.
+//! - **Snapshots.** When Raft needs entries this node has compacted, [`GroupStorage`] asks
+//!   the [`SnapshotSource`] (on the driver thread, between applies) to pin the state machine
+//!   at its applied index; the snapshot's metadata pairs that index with its term and the
+//!   ConfState in force, and its data is the source's token (the transport streams the state
+//!   beside the message). On a follower the transport installs the data first and then steps
+//!   the message; the snapshot's metadata is persisted with the Ready, entries up to it are
+//!   never handed over again, and [`StateMachine::on_snapshot`] fires, also when raft-rs
+//!   fast-forwards past the snapshot instead of restoring it. The leader learns the outcome
+//!   through [`DriverHandle::report_snapshot`]. [`DriverHandle::compact_log`] lets the WAL
+//!   drop entries at or below what the state machine made durable (never past this node's
+//!   applied index).
+//! - **Linearizable reads.** [`DriverHandle::read_index`] reads that arrive while no
+//!   read-index request of their group is being issued join one batch with ONE context; the
+//!   batch is issued when the node can ask (a leader that committed in its term, a follower
+//!   that knows a leader), re-issued every `READ_INDEX_RETRY_TICKS` ticks and at once after a
+//!   leader change, and every read in it gets the same index, or `Timeout` at its deadline.
+//! - **Leader transfer.** [`DriverHandle::transfer_leader`] starts raft-rs's transfer on the
+//!   leader (the target is caught up, then told to campaign at once) and answers `Ok` only
+//!   once this node sees the target lead; `NotLeader`, `BadLeaderTransferee` (not a voter)
+//!   or `Timeout` otherwise. raft-rs gives up a transfer after an election timeout and the
+//!   driver does not ask again (as etcd), so a slow target ends in `Timeout`.
+//!
 //! ## CAVEATS
 //!
 //! - A write or fsync failure panics the process (the page-cache state is then unknown);
@@ -104,17 +134,18 @@
 //!   its files until the next rotation or reopen.
 //! - Whole segments are read into memory during recovery (bounded by `segment_bytes_max`
 //!   plus one frame).
-//! - Raft snapshots carry only metadata here: `GroupStorage::snapshot` returns the stored
-//!   snapshot metadata with empty data; building and installing state-machine snapshots
-//!   is the store's job and not wired yet (the driver records incoming snapshot metadata
-//!   but does not hand snapshot data to the state machine).
+//! - Without a `SnapshotSource` ([`Driver::start`], [`ManualDriver`]) a leader can only hand
+//!   back snapshot metadata it received earlier; a follower that needs compacted entries
+//!   otherwise waits (`SnapshotTemporarilyUnavailable`).
 //! - Followers hand proposals and read-index requests to raft-rs, which forwards them to
 //!   the leader it knows (`Error::NoLeader` when it knows none). A forwarded proposal
-//!   that is lost is not reported: the caller's wait times out. Read-index requests are
-//!   re-issued every few ticks until answered or timed out, one Raft read per request
-//!   (not batched).
+//!   that is lost is not reported: the caller's wait times out. A dropped read-index
+//!   request costs only its retry delay.
 //! - The driver does not hibernate idle groups and does not yet support removing groups.
-//!   Conf-change entries are applied by the driver; proposing them is not exposed yet.
+//!   Conf changes are single changes (`ConfChange`); a `ConfChangeV2` entry from elsewhere
+//!   is applied, but the state machine hears only of its first change.
+//! - [`ManualDriver`] exposes neither read-index requests nor leader transfers (their
+//!   deadlines use the wall clock).
 //! - The entry cache is per group, so its total size is `groups × cache limits`.
 
 mod batch;
