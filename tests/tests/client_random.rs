@@ -105,6 +105,34 @@ struct Gen {
     leases: usize,
 }
 
+/// A branch in which an open-ended delete (`WithFromKey`, `WithAllKeys`: range_end `"\0"`)
+/// shares the branch with puts gets point deletes instead. etcd 3.5.1 does not see such a
+/// delete in its duplicate-key check (it builds the empty interval `[key, "\0")`) and runs
+/// the txn, or panics when the put has `ignore_value`; Plinth refuses it with `duplicate key
+/// given in txn request`, a deliberate difference covered by `store/tests/txn_overlap.rs`
+/// and listed in the README. Every other overlap is still generated and compared.
+fn without_open_ended_overlap(mut branch: Vec<Op>) -> Vec<Op> {
+    fn puts(op: &Op) -> bool {
+        match op {
+            Op::Put { .. } => true,
+            Op::Txn { success, failure, .. } => success.iter().chain(failure).any(puts),
+            _ => false,
+        }
+    }
+    // Nested txns included: their deletes count against the puts of the enclosing branch.
+    fn point_deletes(op: &mut Op) {
+        match op {
+            Op::Delete { span, .. } if matches!(span, Span::FromKey | Span::All) => *span = Span::One,
+            Op::Txn { success, failure, .. } => success.iter_mut().chain(failure.iter_mut()).for_each(point_deletes),
+            _ => {}
+        }
+    }
+    if branch.iter().any(puts) {
+        branch.iter_mut().for_each(point_deletes);
+    }
+    branch
+}
+
 impl Gen {
     fn key(&mut self) -> String {
         KEYS[self.rng.random_range(0..KEYS.len())].to_owned()
@@ -206,11 +234,9 @@ impl Gen {
             .collect();
         let ns = self.rng.random_range(0..4);
         let nf = self.rng.random_range(0..3);
-        Op::Txn {
-            compares,
-            success: (0..ns).map(|_| self.txn_op(depth)).collect(),
-            failure: (0..nf).map(|_| self.txn_op(depth)).collect(),
-        }
+        let success = (0..ns).map(|_| self.txn_op(depth)).collect();
+        let failure = (0..nf).map(|_| self.txn_op(depth)).collect();
+        Op::Txn { compares, success: without_open_ended_overlap(success), failure: without_open_ended_overlap(failure) }
     }
 
     fn op(&mut self) -> Op {
