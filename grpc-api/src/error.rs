@@ -164,6 +164,7 @@ pub fn store_error(e: &store::Error) -> Option<EtcdError> {
         S::InvalidSortOption => EtcdError::InvalidSortOption,
         S::RequestTooLarge => EtcdError::RequestTooLarge,
         S::NoSpace => EtcdError::NoSpace,
+        S::Corrupt => EtcdError::Corrupt,
         _ => return None,
     })
 }

@@ -47,8 +47,9 @@
 //!   `RequestProgress` is answered only when every watcher of the stream is synced and past
 //!   its start revision. Client-chosen watch ids (`watch_id != 0`) are refused.
 //! - Alarms are replicated through the log (`maintenance.rs`); a raised NOSPACE refuses
-//!   writes that add data on every member, but a raised CORRUPT only fails `/health`: it
-//!   does not refuse requests as etcd's corrupt applier does.
+//!   writes that add data on every member, a raised CORRUPT refuses every write with
+//!   `etcdserver: corrupt cluster` (etcd's corrupt applier) and fails `/health`. Nothing
+//!   raises CORRUPT by itself yet: there is no periodic hash check between members.
 //! - `Maintenance.Snapshot` streams Plinth's own snapshot format (with etcd's trailing
 //!   SHA-256, so `etcdctl snapshot save` accepts it); etcd's bbolt tools cannot read it.
 

@@ -60,6 +60,10 @@ pub enum Error {
     /// The group is over its quota; only deletes, compaction and revokes are accepted.
     #[error("mvcc: database space exceeded")]
     NoSpace,
+    /// A CORRUPT alarm is raised in the group: every command but an alarm change is refused
+    /// (etcd's corrupt applier, `ErrCorrupt`).
+    #[error("corrupt cluster")]
+    Corrupt,
     /// A log entry that does not decode as a [`crate::Command`] (deterministic: every replica
     /// holds the same bytes).
     #[error("invalid command: {0}")]

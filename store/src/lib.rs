@@ -21,7 +21,8 @@
 //!   command ([`CommandBody::Alarm`]) into the group's meta record, so every replica holds
 //!   the same list ([`Store::alarms`]) across restarts and snapshots; while NOSPACE is
 //!   raised, puts, txns with puts and lease grants fail with `NoSpace` (etcd's capped
-//!   applier) whatever the quota says.
+//!   applier) whatever the quota says; while CORRUPT is raised, every command but an
+//!   alarm change or a lease checkpoint fails with `Corrupt` (etcd's corrupt applier).
 //! - **Atomic batches**: one `apply` call is one RocksDB `WriteBatch`, applied index
 //!   included. Reads use a RocksDB snapshot taken together with the matching revision.
 //! - **Durability by replay**: RocksDB's WAL is off; the Raft log is the WAL. After a crash

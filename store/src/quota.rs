@@ -54,6 +54,18 @@ pub(crate) fn check_alarm(meta: &ApplyMeta) -> Result<()> {
     }
 }
 
+/// Fails with `Corrupt` while a CORRUPT alarm is raised (etcd's corrupt applier): every
+/// command but an alarm change is refused, so a group whose replicas were found to differ
+/// takes no further writes until an operator disarms the alarm. Reads are not applied
+/// commands and keep working, as in etcd.
+pub(crate) fn check_not_corrupt(meta: &ApplyMeta) -> Result<()> {
+    if meta.alarm_raised(AlarmType::Corrupt) {
+        Err(Error::Corrupt)
+    } else {
+        Ok(())
+    }
+}
+
 /// Bytes the puts of a txn may add (the larger branch), nested txns included.
 pub(crate) fn txn_put_cost(t: &TxnRequest) -> u64 {
     let branch = |ops: &[RequestOp]| -> u64 {

@@ -578,7 +578,11 @@ fn apply_command(w: &mut BatchWriter<'_>, data: &[u8]) -> Result<CommandResponse
     let cmd = Command::decode_entry(data)?;
     command::validate(&cmd, w.cfg)?;
     let quota_bytes = w.cfg.quota_bytes_per_group;
-    match cmd.body.expect("validate rejects commands without body") {
+    let body = cmd.body.expect("validate rejects commands without body");
+    if !matches!(body, CommandBody::Alarm(_) | CommandBody::LeaseCheckpoint(_)) {
+        quota::check_not_corrupt(&w.meta)?;
+    }
+    match body {
         CommandBody::Put(p) => {
             quota::check_alarm(&w.meta)?;
             quota::check(&w.meta, (p.key.len() + p.value.len()).max(1) as u64, quota_bytes)?;

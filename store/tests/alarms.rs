@@ -79,6 +79,35 @@ fn alarm_commands_are_validated_and_corrupt_is_kept_apart() {
     // Disarming NOSPACE of the same member leaves CORRUPT raised.
     assert_eq!(alarm(&mut n, AlarmAction::Deactivate, 1, AlarmType::Nospace), vec![]);
     assert_eq!(n.store.alarms(G), vec![corrupt]);
-    // CORRUPT alone does not cap writes through the quota path.
-    n.put("k", "v");
+}
+
+#[test]
+fn corrupt_refuses_every_write_until_disarmed() {
+    let mut n = Node::new();
+    n.put("a", "1");
+    let lease = CommandBody::LeaseGrant(LeaseGrantRequest { id: 5, ttl: 60 });
+    assert!(n.exec(lease).is_ok());
+    let rev = n.store.current_revision(G);
+    let corrupt = Alarm { member_id: 2, alarm: AlarmType::Corrupt };
+    assert_eq!(alarm(&mut n, AlarmAction::Activate, 2, AlarmType::Corrupt), vec![corrupt]);
+
+    // etcd's corrupt applier: puts, deletes, txns, compactions, grants and revokes all fail.
+    let refused = [
+        CommandBody::Put(put("b")),
+        CommandBody::DeleteRange(store::DeleteRangeRequest { key: "a".into(), ..Default::default() }),
+        CommandBody::Txn(TxnRequest { success: vec![RequestOp::put(put("b"))], ..Default::default() }),
+        CommandBody::Compact(store::CompactRequest { revision: rev, physical: false }),
+        CommandBody::LeaseGrant(LeaseGrantRequest { id: 6, ttl: 60 }),
+        CommandBody::LeaseRevoke(store::LeaseRevokeRequest { id: 5 }),
+    ];
+    for body in refused {
+        let what = format!("{body:?}");
+        assert!(matches!(n.exec(body), Err(Error::Corrupt)), "{what} applied under CORRUPT");
+    }
+    assert_eq!(n.store.current_revision(G), rev, "nothing was written");
+
+    // Disarming it (an alarm change is still applied) lets writes through again.
+    assert_eq!(alarm(&mut n, AlarmAction::Deactivate, 2, AlarmType::Corrupt), vec![corrupt]);
+    n.put("b", "2");
+    assert_eq!(n.store.current_revision(G), rev + 1);
 }
