@@ -155,9 +155,8 @@ fn prev_kv_of_an_update_after_compaction_at_the_previous_version() {
             "catch-up from {start}: prev_kv"
         );
     }
-    // A second compaction past the update keeps the version at 5 readable and the update's
-    // own event (at 5 = new C) replayable from 5, as etcd: an event at exactly C gets no
-    // prev_kv from etcd 3.5.1, whose prev read at C-1 is compacted.
+    // A second compaction past the update keeps the version at 5 readable for the next
+    // update's prev_kv (an event at exactly C is covered by the test below).
     compact(&mut n, 5);
     assert!(n.store.wait_compaction_finished(G, 5, Duration::from_secs(10)));
     n.put("k", "later"); // 6
@@ -166,6 +165,37 @@ fn prev_kv_of_an_update_after_compaction_at_the_previous_version() {
     let got = drain_until_synced(&w, Duration::from_secs(10));
     let evs: Vec<_> = got.iter().flat_map(|r| r.events.clone()).collect();
     assert_eq!(evs[0].prev_kv.as_ref().map(|p| p.mod_revision), Some(5));
+}
+
+/// An update *at* the compact revision C: a watch from C replays it, and its `prev_kv` (the
+/// version before C, which the purge at C keeps for exactly this) must be there, before and
+/// after the purge ran. kube-apiserver fails a watch on an event with a nil `prev_kv`.
+#[test]
+fn prev_kv_of_an_update_at_exactly_the_compact_revision() {
+    for wait_for_purge in [false, true] {
+        let mut n = Node::new();
+        n.put("k", "before"); // 2
+        n.put("other", "1"); // 3
+        n.put("k", "at-c"); // 4 = C
+        n.put("k", "after"); // 5
+        compact(&mut n, 4);
+        if wait_for_purge {
+            assert!(n.store.wait_compaction_finished(G, 4, Duration::from_secs(10)), "purge at 4 never finished");
+        }
+        let w = n.store.watch_stream(G);
+        w.watch(WatchSpec { key: b("k"), start_revision: 4, prev_kv: true, ..Default::default() });
+        let got = drain_until_synced(&w, Duration::from_secs(10));
+        let evs: Vec<_> = got.iter().flat_map(|r| r.events.clone()).collect();
+        let prevs: Vec<_> = evs
+            .iter()
+            .map(|e| (e.kv.mod_revision, e.prev_kv.as_ref().map(|p| (p.mod_revision, p.value.clone()))))
+            .collect();
+        assert_eq!(
+            prevs,
+            vec![(4, Some((2, b("before")))), (5, Some((4, b("at-c"))))],
+            "watch from the compact revision (purge finished: {wait_for_purge})"
+        );
+    }
 }
 
 /// A future start revision: `progress_for` (periodic progress) must not answer before the

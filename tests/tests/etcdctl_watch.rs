@@ -123,8 +123,11 @@ fn compacted_revision() {
             ctl::spawn(&s.server().endpoint(), &["watch", "--rev", "3", "k", "-w", "json"], Duration::from_secs(10))
                 .finish();
         s.record("etcdctl watch --rev 3 k -w json", &out, true);
-        // At the compact revision: works and replays from there.
-        watch(s, &["--rev", "4", "k", "--prev-kv"], 3, |_| {});
+        // At the compact revision: works and replays from there. (With --prev-kv the update
+        // at 4 gets its prev_kv from Plinth and none from etcd 3.5.1, on purpose: that case
+        // is tested in store/tests/watch_hardening.rs; from 5 on both fill it.)
+        watch(s, &["--rev", "4", "k"], 3, |_| {});
+        watch(s, &["--rev", "5", "k", "--prev-kv"], 2, |_| {});
         watch(s, &["--rev", "4", "k", "-w", "json"], 3, |_| {});
     });
 }

@@ -474,10 +474,12 @@ struct ReadBudget {
 /// Reads the stored events of revisions `[from, to]`, within `budget` (whole revisions: the
 /// first revision is always read whole). Returns them and the last revision fully read.
 ///
-/// History at or below `compact` is what etcd's compaction leaves: the newest version ≤ R of
-/// each key but no tombstone and nothing older. So, as etcd after a compaction, a DELETE at
-/// the compact revision is not replayed, and an event whose previous version is below the
-/// compact revision carries no `prev_kv` — whether or not the background purge has run yet.
+/// History at or below `compact` is what the purge leaves (see `compact.rs`): the newest
+/// version ≤ R of each key, no tombstone below R, and, for a key written at exactly R, the
+/// version before it. So, as etcd after a compaction, a DELETE at the compact revision is not
+/// replayed; an update at exactly the compact revision carries its `prev_kv` (the version the
+/// purge kept for it; etcd 3.5.1 sends none, and kube-apiserver fails a watch on a nil
+/// `prev_kv`). Either way the answer is the same whether or not the purge has run yet.
 fn read_events(
     r: &Reader<'_>,
     g: GroupId,
@@ -513,7 +515,9 @@ fn read_events(
         };
         // etcd gives no prev_kv to create events (`create_revision == mod_revision`).
         let is_create = stored.kind == EventKind::Put && kv.create_revision == kv.mod_revision;
-        let prev_kv = if want_prev && !is_create && rev.main > compact {
+        // Only events at or above `compact` are ever read (a watch below it is refused as
+        // compacted); an event at exactly `compact` reads the version the purge kept for it.
+        let prev_kv = if want_prev && !is_create && rev.main >= compact {
             mvcc::get_at(r, g, &stored.key, rev.main - 1)?
         } else {
             None
