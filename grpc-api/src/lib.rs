@@ -67,5 +67,6 @@ pub mod node;
 pub mod pb;
 pub mod peer;
 pub mod serve;
+pub mod tls;
 pub mod version;
 pub mod watch;
