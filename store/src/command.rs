@@ -24,7 +24,7 @@ pub struct Command {
     /// The proposer's waiter key. The store ignores it.
     #[prost(uint64, tag = "1")]
     pub request_id: u64,
-    #[prost(oneof = "CommandBody", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "CommandBody", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
     pub body: Option<CommandBody>,
 }
 
@@ -51,6 +51,26 @@ pub enum CommandBody {
     /// enters the log), so every member holds the same alarms.
     #[prost(message, tag = "9")]
     Alarm(AlarmRequest),
+    /// A change of the auth store (users, roles, permissions, the enabled flag) or an
+    /// `Authenticate` (see [`crate::auth`]); passwords are bcrypt hashes.
+    #[prost(message, tag = "10")]
+    Auth(crate::auth::AuthRequest),
+    /// A write the proposer checked against the permissions at auth revision
+    /// `auth_revision`: applied only if the auth store is still at that revision, so a
+    /// permission change between the check and the apply refuses it with etcd's
+    /// `ErrAuthOldRevision` (etcd checks writes at apply time for the same reason).
+    #[prost(message, tag = "11")]
+    Checked(Box<CheckedCommand>),
+}
+
+/// The payload of [`CommandBody::Checked`]: a command and the auth revision its
+/// permissions were checked at.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CheckedCommand {
+    #[prost(uint64, tag = "1")]
+    pub auth_revision: u64,
+    #[prost(message, optional, boxed, tag = "2")]
+    pub command: Option<Box<Command>>,
 }
 
 impl Command {
@@ -358,6 +378,14 @@ pub fn validate(cmd: &Command, cfg: &StoreConfig) -> Result<()> {
             Ok(())
         }
         Some(CommandBody::LeaseRevoke(_)) | Some(CommandBody::LeaseCheckpoint(_)) => Ok(()),
+        Some(CommandBody::Auth(a)) => match &a.command {
+            None => Err(Error::InvalidCommand("auth command without body".into())),
+            Some(_) => Ok(()),
+        },
+        Some(CommandBody::Checked(c)) => match &c.command {
+            Some(inner) if !matches!(inner.body, Some(CommandBody::Checked(_))) => validate(inner, cfg),
+            _ => Err(Error::InvalidCommand("checked command without a plain command".into())),
+        },
         Some(CommandBody::Alarm(a)) => {
             let action = AlarmAction::try_from(a.action);
             if !matches!(action, Ok(AlarmAction::Activate | AlarmAction::Deactivate)) {
@@ -564,5 +592,22 @@ mod tests {
         let bytes = cmd.encode_to_vec();
         assert_eq!(Command::decode_entry(&bytes).unwrap(), cmd);
         assert!(Command::decode_entry(&[0xff, 0xff, 0xff]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod checked_tests {
+    use super::*;
+
+    #[test]
+    fn checked_command_round_trips() {
+        let put = PutRequest { key: Bytes::from_static(b"k"), ..Default::default() };
+        let inner = Command::new(0, CommandBody::Put(put));
+        let cmd = Command::new(
+            5,
+            CommandBody::Checked(Box::new(CheckedCommand { auth_revision: 3, command: Some(Box::new(inner)) })),
+        );
+        let bytes = cmd.encode_to_vec();
+        assert_eq!(Command::decode_entry(&bytes).unwrap(), cmd);
     }
 }

@@ -64,6 +64,41 @@ pub enum Error {
     /// (etcd's corrupt applier, `ErrCorrupt`).
     #[error("corrupt cluster")]
     Corrupt,
+    /// etcd's auth store errors (`server/auth/store.go`), raised by auth commands and
+    /// permission checks; grpc-api maps each to etcd's `ErrGRPC...`.
+    #[error("user name is empty")]
+    AuthUserEmpty,
+    #[error("user name not found")]
+    AuthUserNotFound,
+    #[error("user name already exists")]
+    AuthUserAlreadyExists,
+    #[error("role name is empty")]
+    AuthRoleEmpty,
+    #[error("role name not found")]
+    AuthRoleNotFound,
+    #[error("role name already exists")]
+    AuthRoleAlreadyExists,
+    #[error("role is not granted to the user")]
+    AuthRoleNotGranted,
+    #[error("permission is not granted to the role")]
+    AuthPermissionNotGranted,
+    #[error("permission not given")]
+    AuthPermissionNotGiven,
+    #[error("root user does not exist")]
+    AuthRootUserNotExist,
+    #[error("root user does not have root role")]
+    AuthRootRoleNotExist,
+    #[error("authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("permission denied")]
+    AuthPermissionDenied,
+    #[error("invalid auth management")]
+    AuthInvalidMgmt,
+    /// The request was checked against an auth revision older than the store's.
+    #[error("revision of auth store is old")]
+    AuthOldRevision,
     /// A log entry that does not decode as a [`crate::Command`] (deterministic: every replica
     /// holds the same bytes).
     #[error("invalid command: {0}")]

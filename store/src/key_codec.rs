@@ -9,6 +9,7 @@
 //! events   g(8) | main(8) | sub(8)                       -> kind(1) | history_bytes_before(8) | key
 //! meta     g(8) | 'a'                                    -> ApplyMeta (applied index, revisions, quota)
 //!          g(8) | 'c'                                    -> finished compact revision (compactor only)
+//!          g(8) | 'u'                                    -> AuthState (users, roles, auth flag, revision)
 //! lease    g(8) | 'l' | id^sign(8)                       -> Lease
 //!          g(8) | 'k' | id^sign(8) | key                 -> empty (lease -> attached keys)
 //! ```
@@ -56,6 +57,7 @@ pub const GROUP_PREFIX_LEN: usize = 8;
 const TERMINATOR: [u8; 2] = [0x00, 0x01];
 const META_APPLY: u8 = b'a';
 const META_COMPACT: u8 = b'c';
+const META_AUTH: u8 = b'u';
 const LEASE_RECORD: u8 = b'l';
 const LEASE_KEY: u8 = b'k';
 
@@ -188,6 +190,13 @@ pub fn meta_apply_key(g: GroupId) -> Vec<u8> {
 pub fn meta_compact_key(g: GroupId) -> Vec<u8> {
     let mut out = with_group(g, 1);
     out.push(META_COMPACT);
+    out
+}
+
+/// The group's auth record, written by auth commands in their apply batch.
+pub fn meta_auth_key(g: GroupId) -> Vec<u8> {
+    let mut out = with_group(g, 1);
+    out.push(META_AUTH);
     out
 }
 

@@ -23,6 +23,15 @@
 //!   raised, puts, txns with puts and lease grants fail with `NoSpace` (etcd's capped
 //!   applier) whatever the quota says; while CORRUPT is raised, every command but an
 //!   alarm change or a lease checkpoint fails with `Corrupt` (etcd's corrupt applier).
+//! - **Auth** (etcd's users, roles, key permissions, enabled flag and auth revision) is
+//!   applied from the log ([`CommandBody::Auth`], see [`auth`]) with etcd's checks and
+//!   errors, persisted under the group's meta key `g | 'u'` in the command's batch, so
+//!   restarts and snapshots keep it and every replica holds the same state
+//!   ([`Store::auth`], [`auth::AuthState::hash`]). Passwords arrive as bcrypt hashes. A
+//!   write wrapped in [`CommandBody::Checked`] was permission-checked by its proposer at an
+//!   auth revision and fails with `AuthOldRevision` if an auth change applied since. Simple
+//!   tokens are per-member memory filled from applied `Authenticate` entries
+//!   ([`Store::simple_token_user`]).
 //! - **Atomic batches**: one `apply` call is one RocksDB `WriteBatch`, applied index
 //!   included. Reads use a RocksDB snapshot taken together with the matching revision.
 //! - **Durability by replay**: RocksDB's WAL is off; the Raft log is the WAL. After a crash
@@ -45,6 +54,7 @@
 //!  history   │ g | esc(key) 00 01 | !main !sub  → KeyValue | "" (tombstone)             │ reads at rev R
 //!  events    │ g | main sub                     → kind | history bytes | key            │ watch catch-up
 //!  meta      │ g | 'a' → applied index, revisions, quota, alarms; g | 'c' → purged rev │
+//!            │ g | 'u' → auth store (users, roles, permissions, flag, auth revision)    │
 //!  lease     │ g | 'l' | id → Lease;  g | 'k' | id | key → ()                           │ lease → keys
 //!            └─────────────────────────────────────────────────────────────────────────┘
 //! ```
@@ -79,6 +89,7 @@
 //! - `hash_kv` is crc32 over this store's own encoding: comparable between Plinth replicas,
 //!   not with etcd.
 
+pub mod auth;
 mod command;
 mod compact;
 mod config;
@@ -101,9 +112,9 @@ mod txn;
 mod watch;
 
 pub use command::{
-    check_range, validate, AlarmAction, AlarmRequest, AlarmType, Command, CommandBody, CompactRequest, Compare,
-    CompareResult, CompareTarget, DeleteRangeRequest, LeaseCheckpointRequest, LeaseGrantRequest, LeaseRevokeRequest,
-    PutRequest, RangeRequest, Request, RequestOp, SortOrder, SortTarget, TargetUnion, TxnRequest,
+    check_range, validate, AlarmAction, AlarmRequest, AlarmType, CheckedCommand, Command, CommandBody, CompactRequest,
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, LeaseCheckpointRequest, LeaseGrantRequest,
+    LeaseRevokeRequest, PutRequest, RangeRequest, Request, RequestOp, SortOrder, SortTarget, TargetUnion, TxnRequest,
 };
 pub use config::StoreConfig;
 pub use error::{Error, Result};

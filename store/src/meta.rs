@@ -18,6 +18,9 @@
 //! at most [`ALARMS_MAX`] alarms, no alarm twice.
 //! Monotonic across batches: applied_index, current_revision, compact_revision.
 
+use std::sync::Arc;
+
+use crate::auth::AuthState;
 use crate::command::AlarmType;
 use crate::error::{Error, Result};
 use crate::revision::Revision;
@@ -62,6 +65,11 @@ pub(crate) struct ApplyMeta {
     pub history_bytes_compacted: u64,
     /// Raised alarms, in the order they were raised.
     pub alarms: Vec<Alarm>,
+    /// The group's auth store. Not part of this record's encoding: it is persisted under its
+    /// own meta key (`g | 'u'`) by the command that changes it, and loaded with the record
+    /// on open and snapshot install. Kept here so a command's save point and the committed
+    /// state cover it like the rest of the group's metadata.
+    pub auth: Arc<AuthState>,
 }
 
 impl Default for ApplyMeta {
@@ -74,6 +82,7 @@ impl Default for ApplyMeta {
             history_bytes_written: 0,
             history_bytes_compacted: 0,
             alarms: Vec::new(),
+            auth: Arc::new(crate::auth::initial()),
         }
     }
 }
@@ -166,6 +175,7 @@ impl ApplyMeta {
             history_bytes_written: f(4),
             history_bytes_compacted: f(5),
             alarms: Vec::new(),
+            auth: Arc::new(crate::auth::initial()),
         };
         if bytes[0] == META_VERSION {
             let count = u16::from_be_bytes(body[fixed..fixed + ALARM_COUNT_LEN].try_into().expect("2 bytes")) as usize;
@@ -211,6 +221,7 @@ mod tests {
                 Alarm { member_id: 0xabcd, alarm: AlarmType::Nospace },
                 Alarm { member_id: 3, alarm: AlarmType::Corrupt },
             ],
+            ..Default::default()
         };
         let enc = m.encode();
         assert_eq!(ApplyMeta::decode(&enc).unwrap(), m);

@@ -85,4 +85,6 @@ pub enum CommandResponse {
     /// etcd `AlarmResponse.alarms`: the alarm raised or disarmed, or none if nothing changed
     /// (disarming what is not raised, raising type `None`).
     Alarm(Vec<crate::meta::Alarm>),
+    /// An auth command applied (see [`crate::auth::AuthResponse`]).
+    Auth(crate::auth::AuthResponse),
 }

@@ -180,6 +180,7 @@ pub(crate) fn build_install_batch(db: &DB, g: GroupId, chunks: impl Iterator<Ite
     let mut saw_last = false;
     let mut meta = None;
     let mut compact_finished: Revision = -1;
+    let mut auth = None;
     for (expected_seq, chunk) in chunks.enumerate() {
         let expected_seq = u32::try_from(expected_seq).map_err(|_| corrupt("too many chunks"))?;
         if saw_last {
@@ -219,6 +220,8 @@ pub(crate) fn build_install_batch(db: &DB, g: GroupId, chunks: impl Iterator<Ite
                     meta = Some(ApplyMeta::decode(&value)?);
                 } else if full_key == kc::meta_compact_key(g) {
                     compact_finished = engine::be_u64(&value, "finished compact revision")? as i64;
+                } else if full_key == kc::meta_auth_key(g) {
+                    auth = Some(crate::auth::AuthState::decode_stored(&value)?);
                 }
             }
             batch.put_cf(engine::cf(db, cf), full_key, value);
@@ -231,6 +234,8 @@ pub(crate) fn build_install_batch(db: &DB, g: GroupId, chunks: impl Iterator<Ite
     if !saw_last {
         return Err(corrupt("stream ended before the last chunk"));
     }
-    let meta = meta.ok_or_else(|| corrupt("no group meta in snapshot"))?;
+    let mut meta = meta.ok_or_else(|| corrupt("no group meta in snapshot"))?;
+    // The auth store travels as its own meta key; a snapshot without one has none.
+    meta.auth = std::sync::Arc::new(auth.unwrap_or_else(crate::auth::initial));
     Ok(Installed { batch, meta, compact_finished })
 }

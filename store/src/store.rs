@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
+use prost::Message;
 use rocksdb::{FlushOptions, DB};
 
+use crate::auth::{AuthResponse, AuthState, TokenTable};
 use crate::command::{self, Command, CommandBody, RangeRequest, TxnRequest};
 use crate::compact;
 use crate::config::StoreConfig;
@@ -64,6 +66,8 @@ pub(crate) struct GroupState {
     /// Held by a running purge and by `install_snapshot`.
     purge_lock: Mutex<()>,
     pub hub: Arc<Hub>,
+    /// The simple tokens this member applied (not replicated state; see `auth`).
+    tokens: Mutex<TokenTable>,
 }
 
 /// Stops and joins the background threads when the last `Store` handle goes.
@@ -103,6 +107,7 @@ impl Inner {
             compact_cond: Condvar::new(),
             purge_lock: Mutex::new(()),
             hub: Arc::new(hub),
+            tokens: Mutex::new(TokenTable::default()),
         }
     }
 
@@ -189,7 +194,11 @@ impl Store {
             while let Some((k, v)) = c.next_entry()? {
                 if kc::is_meta_apply_key(&k) {
                     let g = kc::group_of(&k).expect("meta key has a group prefix");
-                    loaded.push((g, ApplyMeta::decode(&v)?));
+                    let mut meta = ApplyMeta::decode(&v)?;
+                    if let Some(auth) = r.get(Cf::Meta, &kc::meta_auth_key(g))? {
+                        meta.auth = Arc::new(AuthState::decode_stored(&auth)?);
+                    }
+                    loaded.push((g, meta));
                 }
             }
         }
@@ -341,6 +350,27 @@ impl Store {
             inner.db.write_opt(batch, &engine::write_options())?;
             *committed = meta.clone();
         }
+        // Tokens follow the auth commands only once they are in RocksDB, like the events.
+        let token_effects: Vec<&AuthResponse> = results
+            .iter()
+            .filter_map(|r| match r {
+                Ok(CommandResponse::Auth(a)) if !matches!(a, AuthResponse::Done) => Some(a),
+                _ => None,
+            })
+            .collect();
+        if !token_effects.is_empty() {
+            let mut tokens = gs.tokens.lock();
+            for effect in token_effects {
+                match effect {
+                    AuthResponse::Authenticated { name, simple_token } if !simple_token.is_empty() => {
+                        tokens.insert(simple_token.clone(), name)
+                    }
+                    AuthResponse::UserInvalidated(name) => tokens.invalidate_user(name),
+                    AuthResponse::Disabled => tokens.clear(),
+                    _ => {}
+                }
+            }
+        }
         // Events are published only once the batch is in RocksDB, so catch-up reads and
         // live feeds agree.
         gs.hub.publish(&events, meta.current_revision, meta.compact_revision);
@@ -437,6 +467,20 @@ impl Store {
     /// applied batch (see `meta`).
     pub fn alarms(&self, g: GroupId) -> Vec<Alarm> {
         self.inner.group(g).committed.read().alarms.clone()
+    }
+
+    /// The auth store of group `g` as of the last applied batch (see `auth`).
+    pub fn auth(&self, g: GroupId) -> Arc<AuthState> {
+        self.inner.group(g).committed.read().auth.clone()
+    }
+
+    /// The user of the live simple token `token` of group `g`, renewing it; `None` for an
+    /// unknown or expired token. `ttl` is the member's `--auth-token-ttl`.
+    pub fn simple_token_user(&self, g: GroupId, token: &str, ttl: Duration) -> Option<Arc<str>> {
+        let gs = self.inner.group(g);
+        let mut tokens = gs.tokens.lock();
+        tokens.set_ttl(ttl);
+        tokens.user(token)
     }
 
     /// The group's quota estimate (see `quota`).
@@ -577,12 +621,37 @@ impl CommandSavePoint {
 fn apply_command(w: &mut BatchWriter<'_>, data: &[u8]) -> Result<CommandResponse> {
     let cmd = Command::decode_entry(data)?;
     command::validate(&cmd, w.cfg)?;
+    apply_body(w, cmd.body.expect("validate rejects commands without body"))
+}
+
+/// Applies one validated command body.
+fn apply_body(w: &mut BatchWriter<'_>, body: CommandBody) -> Result<CommandResponse> {
     let quota_bytes = w.cfg.quota_bytes_per_group;
-    let body = cmd.body.expect("validate rejects commands without body");
     if !matches!(body, CommandBody::Alarm(_) | CommandBody::LeaseCheckpoint(_)) {
         quota::check_not_corrupt(&w.meta)?;
     }
     match body {
+        CommandBody::Checked(c) => {
+            // Ordering: the proposer's permission check holds only for the auth revision it
+            // saw; any auth change applied since then (a revoked permission) refuses the
+            // write here, on every member alike, rather than letting it through.
+            if w.meta.auth.enabled && c.auth_revision < w.meta.auth.revision {
+                return Err(Error::AuthOldRevision);
+            }
+            let inner = c.command.expect("validate rejects a checked command without one");
+            apply_body(w, inner.body.expect("validate rejects commands without body"))
+        }
+        CommandBody::Auth(a) => {
+            let cmd = a.command.expect("validate rejects auth commands without body");
+            let (next, response) = w.meta.auth.apply(&cmd)?;
+            if next != *w.meta.auth {
+                // Durability: the whole record is rewritten in this command's batch, under
+                // the same applied index; the save point rolls both back together.
+                w.ws.put(Cf::Meta, kc::meta_auth_key(w.g), next.encode_to_vec());
+                w.meta.auth = Arc::new(next);
+            }
+            Ok(CommandResponse::Auth(response))
+        }
         CommandBody::Put(p) => {
             quota::check_alarm(&w.meta)?;
             quota::check(&w.meta, (p.key.len() + p.value.len()).max(1) as u64, quota_bytes)?;
@@ -629,7 +698,6 @@ mod tests {
     use super::*;
     use crate::command::PutRequest;
     use crate::watch::WatchSpec;
-    use prost::Message;
 
     #[test]
     fn invariants_hold_through_applies_and_watch_churn() {
