@@ -31,8 +31,18 @@
 //!
 //! The peer set follows membership: the applier adds and removes peers as conf changes apply.
 //!
+//! Binding: every Raft and snapshot stream carries the sender's cluster id and member id
+//! (the id its `Hello` named) in its metadata, and the receiver binds the stream to that
+//! member: it must be another current member (checked when the stream opens and again at
+//! every batch, so a member removed meanwhile is cut off), and every Raft message on the
+//! stream, the snapshot message included, must have that member as its `from`. A stream
+//! that breaks either rule is closed with `PermissionDenied` before anything it carries is
+//! stepped or installed: no member can speak for another.
+//!
 //! CAVEATS:
-//! - Plain HTTP/2 only (no peer TLS), and no authentication beyond the cluster id check.
+//! - Plain HTTP/2 only (no peer TLS): the member id a stream carries is only asserted by
+//!   its sender, so without TLS the binding catches confused peers, not an attacker who
+//!   can reach the port and knows the cluster id (the server warns at start).
 //! - The follower installs a snapshot from memory (the store builds one batch of the group).
 
 use std::collections::HashMap;
@@ -80,8 +90,12 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 /// HTTP/2 pings detect a peer that vanished without closing its connection.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Metadata key carrying the sender's cluster id on the Raft stream.
+/// Metadata key carrying the sender's cluster id on the Raft and snapshot streams.
 pub const CLUSTER_ID_METADATA: &str = "plinth-cluster-id";
+/// Metadata key carrying the sender's member id on the Raft and snapshot streams: the
+/// stream is bound to that member (the one its `Hello` named), and every message on it must
+/// come from that member.
+pub const MEMBER_ID_METADATA: &str = "plinth-member-id";
 /// Store chunks buffered between the reader and the snapshot stream.
 const SNAPSHOT_CHUNKS_BUFFERED: usize = 2;
 /// Longest a snapshot transfer may take before the leader gives up and retries.
@@ -313,12 +327,7 @@ async fn stream_snapshot(node: &Arc<Node>, group: raft_log::GroupId, msg: Messag
         }
         Ok(())
     });
-    let mut request = Request::new(ReceiverStream::new(rx));
-    let cluster_id = node.membership.identity.read().cluster_id;
-    request
-        .metadata_mut()
-        .insert(CLUSTER_ID_METADATA, cluster_id.to_string().parse().expect("digits are valid metadata"));
-    let sent = client.snapshot(request).await;
+    let sent = client.snapshot(bound_request(node, ReceiverStream::new(rx))).await;
     let produced = producer.await?;
     sent.map_err(|s| anyhow::anyhow!("follower refused the snapshot: {}", s.message()))?;
     produced
@@ -456,15 +465,21 @@ async fn record_client_urls(node: &Node, member: u64, name: &str, client_urls: V
     }
 }
 
+/// A stream request carrying this member's cluster id and member id, which the receiver
+/// binds the stream to (see [`PeerService::bind`]).
+fn bound_request<T>(node: &Node, inner: T) -> Request<T> {
+    let mut request = Request::new(inner);
+    let metadata = request.metadata_mut();
+    let cluster_id = node.membership.cluster_id;
+    metadata.insert(CLUSTER_ID_METADATA, cluster_id.to_string().parse().expect("digits are valid metadata"));
+    metadata.insert(MEMBER_ID_METADATA, node.member_id().to_string().parse().expect("digits are valid metadata"));
+    request
+}
+
 /// Streams queued messages to the peer in batches until the stream breaks.
 async fn stream(node: &Node, client: &mut Client, queue: &mut mpsc::Receiver<Queued>) -> Ended {
     let (tx, rx) = mpsc::channel::<pb::RaftBatch>(STREAM_BATCHES_MAX);
-    let mut request = Request::new(ReceiverStream::new(rx));
-    let cluster_id = node.membership.identity.read().cluster_id;
-    request
-        .metadata_mut()
-        .insert(CLUSTER_ID_METADATA, cluster_id.to_string().parse().expect("digits are valid metadata"));
-    let mut call = Box::pin(client.raft(request));
+    let mut call = Box::pin(client.raft(bound_request(node, ReceiverStream::new(rx))));
     loop {
         tokio::select! {
             outcome = &mut call => {
@@ -505,7 +520,7 @@ pub struct PeerService {
 
 impl PeerService {
     fn check_cluster<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let ours = self.node.membership.identity.read().cluster_id;
+        let ours = self.node.membership.cluster_id;
         let theirs = request.metadata().get(CLUSTER_ID_METADATA).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if theirs != Some(ours) {
             return Err(Status::failed_precondition(format!(
@@ -514,15 +529,58 @@ impl PeerService {
         }
         Ok(())
     }
+
+    /// Binds a Raft or snapshot stream to the member it comes from: same cluster, and the
+    /// member id it carries (`MEMBER_ID_METADATA`, the id its `Hello` named) is another
+    /// current member of the cluster. Returns that member's id; every message on the
+    /// stream must then be from it.
+    fn bind<T>(&self, request: &Request<T>) -> Result<u64, Status> {
+        self.check_cluster(request)?;
+        let member = request
+            .metadata()
+            .get(MEMBER_ID_METADATA)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .ok_or_else(|| Status::permission_denied("peer stream names no member (plinth-member-id)"))?;
+        self.check_member(member)?;
+        Ok(member)
+    }
+
+    /// Refuses a stream bound to `member` unless it is another current member.
+    fn check_member(&self, member: u64) -> Result<(), Status> {
+        let identity = self.node.membership.identity.read();
+        if member == identity.member_id || !identity.members.iter().any(|m| m.id == member) {
+            return Err(Status::permission_denied(format!("peer stream of member {member:x}, not a member")));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a Raft message whose sender is not the member its stream is bound to: no member
+/// may speak for another, so a peer cannot forge votes or appends of a member it is not.
+fn check_from(msg: &Message, bound: u64) -> Result<(), Status> {
+    if msg.from != bound {
+        warn!(
+            from = format_args!("{:x}", msg.from),
+            stream = format_args!("{bound:x}"),
+            "raft message from another member than its stream's; stream closed"
+        );
+        return Err(Status::permission_denied(format!(
+            "raft message from member {:x} on the stream of member {bound:x}",
+            msg.from
+        )));
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
 impl pb::peer_server::Peer for PeerService {
     async fn raft(&self, request: Request<Streaming<pb::RaftBatch>>) -> Result<Response<pb::Empty>, Status> {
-        self.check_cluster(&request)?;
+        let bound = self.bind(&request)?;
         let me = self.node.member_id();
         let mut batches = request.into_inner();
         while let Some(batch) = batches.message().await? {
+            // A member removed while its stream is open is cut off at its next batch.
+            self.check_member(bound)?;
             for raw in batch.msgs {
                 let msg = match Message::parse_from_bytes(&raw.message) {
                     Ok(m) => m,
@@ -531,6 +589,7 @@ impl pb::peer_server::Peer for PeerService {
                         continue;
                     }
                 };
+                check_from(&msg, bound)?;
                 if msg.to != me {
                     warn!(to = format_args!("{:x}", msg.to), "raft message for another member; dropped");
                     continue;
@@ -574,7 +633,9 @@ impl pb::peer_server::Peer for PeerService {
     }
 
     async fn snapshot(&self, request: Request<Streaming<pb::SnapshotChunk>>) -> Result<Response<pb::Empty>, Status> {
-        self.check_cluster(&request)?;
+        // A snapshot replaces the store's data: only a current member may send one, and
+        // only its own (checked on the first chunk, before any data is kept).
+        let bound = self.bind(&request)?;
         let node = &self.node;
         let mut chunks = request.into_inner();
         let mut first: Option<(u64, Message, Vec<Member>)> = None;
@@ -584,6 +645,7 @@ impl pb::peer_server::Peer for PeerService {
             if first.is_none() {
                 let msg = Message::parse_from_bytes(&chunk.message)
                     .map_err(|e| Status::invalid_argument(format!("snapshot message: {e}")))?;
+                check_from(&msg, bound)?;
                 if msg.get_msg_type() != MessageType::MsgSnapshot || msg.to != node.member_id() {
                     return Err(Status::invalid_argument("not a snapshot for this member"));
                 }

@@ -185,6 +185,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener =
             TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("listen on {addr} for peers: {e}"))?;
         info!(%addr, "serving peer traffic");
+        // Without peer TLS anyone who can reach the port and knows the cluster id can speak
+        // for a member: say so once per listener, loudly, rather than let it go unnoticed.
+        warn!(
+            %addr,
+            "the peer port is unauthenticated (plain HTTP/2, cluster id check only): anyone who reaches it can \
+             send Raft messages as a member; use https peer URLs with --peer-client-cert-auth"
+        );
         servers.spawn(serve_router(listener, peer_router.clone()));
     }
     transport.start(&node);
