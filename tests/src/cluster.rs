@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::ctl::{self, CtlOutput};
 use crate::etcd;
 use crate::ports::{self, Port};
-use crate::process::scrub_env;
+use crate::process::{self, scrub_env};
 
 /// How long a server gets to answer a linearizable Range after it is spawned.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -191,17 +191,12 @@ impl Server {
 
     /// The last `n` lines of the server's combined stdout/stderr.
     pub fn log_tail(&self, n: usize) -> String {
-        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        process::log_tail(&self.log_path(), n)
     }
 
     /// SIGKILL and reap the server process. The data dir and ports are kept.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        process::kill_and_reap(&mut self.child);
     }
 
     /// Starts the server again on the same data dir and ports (after [`Server::kill9`], or

@@ -4,7 +4,9 @@
 //! * [`cluster::Server`] spawns a single-node server (etcd or plinth, same etcd flags) on
 //!   reserved ports ([`ports`]) with a temp data dir; SIGKILL on drop, `kill9`/`restart`.
 //! * [`etcd`] finds or fetches etcd 3.5.1 (`tests/scripts/get-etcd.sh`).
-//! * [`members`] runs a cluster of `plinth serve` processes (SIGKILL, restart).
+//! * [`members`] runs a cluster of `plinth serve` processes (SIGKILL, SIGSTOP, restart,
+//!   members added with `existing` state, per-member flags, waiting for an agreed leader):
+//!   the one multi-process harness every cluster test uses.
 //! * [`ctl`] runs etcdctl/etcdutl with time limits ([`process`]).
 //! * [`normalize`] blanks ids, terms, ports, sizes, versions and timings.
 //! * [`session::differential`] runs one script on both servers and diffs the transcripts.

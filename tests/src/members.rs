@@ -1,20 +1,29 @@
 //! A cluster of real `plinth serve` processes on loopback, bootstrapped together with etcd's
-//! `--initial-cluster` flags: start, SIGKILL and restart members on their own data dirs.
-//! Every process is killed with SIGKILL when the cluster is dropped.
+//! `--initial-cluster` flags: start, SIGKILL, pause (SIGSTOP) and restart members on their
+//! own data dirs, add members that join with `--initial-cluster-state existing`, give every
+//! member or one member extra flags, and wait until the running members agree on a leader.
+//! Every process is killed with SIGKILL when the cluster is dropped. This is the one
+//! multi-process harness of the tests; single servers are [`crate::cluster::Server`].
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions};
 
 use crate::cluster::plinth_bin;
 use crate::ctl::{self, CtlOutput};
 use crate::ports::{self, Port};
-use crate::process::scrub_env;
+use crate::process::{self, scrub_env};
 
 /// Raft heartbeat of the members, in milliseconds.
 pub const HEARTBEAT_MS: u64 = 50;
 /// Raft election timeout of the members, in milliseconds: failovers take about a second.
 pub const ELECTION_MS: u64 = 500;
+/// How long [`Members::wait_leader`] waits for one member's `Status`.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One member process and its data.
 pub struct Member {
@@ -23,6 +32,12 @@ pub struct Member {
     client: Port,
     peer: Port,
     child: Option<Child>,
+    /// `new` for the bootstrap members, `existing` for members added later.
+    state: &'static str,
+    /// Stopped with SIGSTOP: cut off from everyone until [`Member::resume`].
+    paused: bool,
+    /// Flags only this member gets, after the cluster's (used from its next start on).
+    pub flags: Vec<String>,
 }
 
 impl Member {
@@ -31,27 +46,68 @@ impl Member {
         format!("http://127.0.0.1:{}", self.client.get())
     }
 
-    fn peer_url(&self) -> String {
+    /// `http://127.0.0.1:<peer port>`
+    pub fn peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer.get())
     }
 
-    /// Whether the process runs (as far as this handle knows).
+    /// Whether the process runs (as far as this handle knows; a paused one counts).
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
 
+    /// Whether the process is stopped by [`Member::pause`].
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// The member's whole log (every start appends to it).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
     /// The last `n` lines of the member's log.
     pub fn log_tail(&self, n: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        process::log_tail(&self.dir.join("server.log"), n)
     }
 
     /// SIGKILL and reap; data dir and ports are kept for a restart.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        process::kill_and_reap(&mut self.child);
+        self.paused = false;
+    }
+
+    /// SIGSTOP: the process keeps its sockets but answers nobody, as if partitioned away,
+    /// until [`Member::resume`].
+    pub fn pause(&mut self) {
+        self.signal(libc::SIGSTOP);
+        self.paused = true;
+    }
+
+    /// SIGCONT after [`Member::pause`].
+    pub fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.paused = false;
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.as_ref().unwrap_or_else(|| panic!("{} is not running", self.name)).id();
+        let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+        // SAFETY: kill(2) on the pid of our own unreaped child, so it cannot be a reused pid.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+    }
+
+    /// Whether the process has exited on its own (reaping it if so); true when not started.
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) => {
+                self.child = None;
+                self.paused = false;
+                true
+            }
+            Some(_) => false,
+            None => true,
         }
     }
 
@@ -73,18 +129,38 @@ impl Members {
     /// Starts `n` members with `extra` flags; they are not yet known to have a leader.
     pub fn start(n: usize, extra: &[&str]) -> Members {
         let tmp = tempfile::Builder::new().prefix("plinth-members-").tempdir().expect("temp dir");
-        let members = (1..=n)
-            .map(|i| {
-                let dir = tmp.path().join(format!("n{i}"));
-                std::fs::create_dir_all(&dir).expect("member dir");
-                Member { name: format!("n{i}"), dir, client: ports::reserve(), peer: ports::reserve(), child: None }
-            })
-            .collect();
-        let mut c = Members { _tmp: tmp, members, extra: extra.iter().map(|s| s.to_string()).collect() };
+        let mut c = Members { _tmp: tmp, members: Vec::new(), extra: extra.iter().map(|s| s.to_string()).collect() };
+        for _ in 0..n {
+            c.new_slot("new");
+        }
         for i in 0..n {
             c.spawn(i);
         }
         c
+    }
+
+    /// Adds a member that will join the running cluster (`--initial-cluster-state existing`),
+    /// not started: add it through `MemberAdd` first (etcdctl's order), then [`Members::spawn`]
+    /// it. Returns its index.
+    pub fn add_member(&mut self) -> usize {
+        self.new_slot("existing")
+    }
+
+    fn new_slot(&mut self, state: &'static str) -> usize {
+        let i = self.members.len() + 1;
+        let dir = self._tmp.path().join(format!("n{i}"));
+        std::fs::create_dir_all(&dir).expect("member dir");
+        self.members.push(Member {
+            name: format!("n{i}"),
+            dir,
+            client: ports::reserve(),
+            peer: ports::reserve(),
+            child: None,
+            state,
+            paused: false,
+            flags: Vec::new(),
+        });
+        self.members.len() - 1
     }
 
     fn initial_cluster(&self) -> String {
@@ -107,14 +183,14 @@ impl Members {
             ("--listen-peer-urls", m.peer_url()),
             ("--initial-advertise-peer-urls", m.peer_url()),
             ("--initial-cluster", initial_cluster),
-            ("--initial-cluster-state", "new".to_owned()),
+            ("--initial-cluster-state", m.state.to_owned()),
             ("--initial-cluster-token", "members-test".to_owned()),
             ("--heartbeat-interval", HEARTBEAT_MS.to_string()),
             ("--election-timeout", ELECTION_MS.to_string()),
         ] {
             cmd.arg(flag).arg(value);
         }
-        cmd.args(&self.extra);
+        cmd.args(&self.extra).args(&m.flags);
         cmd.stdin(Stdio::null()).stdout(log.try_clone().expect("dup log")).stderr(log);
         scrub_env(&mut cmd);
         m.child = Some(cmd.spawn().expect("spawn plinth"));
@@ -123,6 +199,38 @@ impl Members {
     /// The log tails of every member, for failure messages.
     pub fn logs(&self) -> String {
         self.members.iter().map(|m| format!("--- {} ---\n{}", m.name, m.log_tail(30))).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Index of the member every running, unpaused member names as leader, once they agree;
+    /// panics with the log tails after `timeout`.
+    pub async fn wait_leader(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut ids = BTreeMap::new();
+            let mut leaders = Vec::new();
+            let up: Vec<usize> = (0..self.members.len())
+                .filter(|i| self.members[*i].is_running() && !self.members[*i].is_paused())
+                .collect();
+            for &i in &up {
+                let m = &self.members[i];
+                let opts = ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_secs(2))
+                    .with_timeout(Duration::from_secs(8));
+                if let Ok(mut c) = Client::connect([m.endpoint()], Some(opts)).await {
+                    if let Ok(Ok(s)) = tokio::time::timeout(STATUS_TIMEOUT, c.status()).await {
+                        ids.insert(s.header().map_or(0, |h| h.member_id()), i);
+                        leaders.push(s.leader());
+                    }
+                }
+            }
+            if leaders.len() == up.len() && leaders.iter().all(|l| *l != 0 && *l == leaders[0]) {
+                if let Some(i) = ids.get(&leaders[0]) {
+                    return *i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader within {timeout:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Child processes with hard time limits: one-shot commands and background commands.
 
 use std::io::{Read, Write};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -147,6 +148,22 @@ impl Drop for Background {
 /// Runs `cmd` to completion, killing it after `limit`.
 pub fn run_with_timeout(cmd: Command, stdin: Option<&str>, limit: Duration) -> Output {
     Background::spawn(cmd, stdin, limit).finish()
+}
+
+/// SIGKILL and reap a server process, if there is one; `None` afterwards. Reaping at once
+/// keeps no zombie holding the ports while a test restarts the server on them.
+pub fn kill_and_reap(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// The last `n` lines of a server's log file (empty when it does not exist yet).
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[cfg(test)]

@@ -6,202 +6,28 @@
 //! - SIGKILL of the leader during a write load: writes continue on the survivors within a
 //!   few election timeouts; the killed member restarts and catches up;
 //! - at the end every acknowledged write is present on every member, and all members have
-//!   the same `HashKV` at the same revision and the same full range.
+//!   the same `HashKV` at the same revision and the same full range;
+//! - the shared harness ([`plinth_tests::members`]) gives a member's own flags to it alone.
 //!
 //! Each test is bounded (well under 60 s).
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, GetOptions};
-use plinth_tests::cluster::plinth_bin;
-use plinth_tests::ports::{self, Port};
-use plinth_tests::process::scrub_env;
+use plinth_tests::members::Members;
 
-/// Raft timing of the members under test: elections after 0.5–1 s of silence.
-const HEARTBEAT_MS: u64 = 50;
-const ELECTION_MS: u64 = 500;
+/// The members under test: three, with the harness's Raft timing (elections after
+/// 0.5–1 s of silence).
+const MEMBERS: usize = 3;
 /// How long a cluster gets to elect its first leader.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest acceptable write outage after the leader is killed (several election timeouts).
 const FAILOVER_MAX: Duration = Duration::from_secs(8);
 /// How long a restarted member gets to catch up.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(15);
-
-struct Member {
-    name: String,
-    dir: PathBuf,
-    client: Port,
-    peer: Port,
-    child: Option<Child>,
-    /// `new` for the bootstrap members, `existing` for members added later.
-    state: &'static str,
-    /// Stopped with SIGSTOP: cut off from everyone until SIGCONT.
-    paused: bool,
-}
-
-impl Member {
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client.get())
-    }
-
-    fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer.get())
-    }
-
-    fn log_tail(&self, n: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Sends `signal` (STOP / CONT) to the running process.
-    fn signal(&mut self, signal: &str) {
-        self.paused = signal == "STOP";
-        let pid = self.child.as_ref().expect("running").id();
-        let ok = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("kill").success();
-        assert!(ok, "kill -{signal} {pid}");
-    }
-
-    /// Whether the process has exited (reaping it if so).
-    fn exited(&mut self) -> bool {
-        match self.child.as_mut().map(|c| c.try_wait()) {
-            Some(Ok(Some(_))) => {
-                self.child = None;
-                true
-            }
-            Some(_) => false,
-            None => true,
-        }
-    }
-}
-
-/// Three members; every process is killed with SIGKILL on drop.
-struct Cluster {
-    _tmp: tempfile::TempDir,
-    members: Vec<Member>,
-    /// Flags every member gets on top of the cluster's.
-    extra: Vec<String>,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        Cluster::start_with(&[])
-    }
-
-    fn start_with(extra: &[&str]) -> Cluster {
-        let tmp = tempfile::Builder::new().prefix("plinth-cluster-").tempdir().expect("temp dir");
-        let mut c = Cluster { _tmp: tmp, members: Vec::new(), extra: extra.iter().map(|s| s.to_string()).collect() };
-        for _ in 0..3 {
-            c.new_member("new");
-        }
-        for i in 0..3 {
-            c.spawn(i);
-        }
-        c
-    }
-
-    /// Adds a member slot (not started) and returns its index.
-    fn new_member(&mut self, state: &'static str) -> usize {
-        let i = self.members.len() + 1;
-        let dir = self._tmp.path().join(format!("n{i}"));
-        std::fs::create_dir_all(&dir).expect("member dir");
-        self.members.push(Member {
-            name: format!("n{i}"),
-            dir,
-            client: ports::reserve(),
-            peer: ports::reserve(),
-            child: None,
-            state,
-            paused: false,
-        });
-        self.members.len() - 1
-    }
-
-    fn initial_cluster(&self) -> String {
-        self.members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",")
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let initial_cluster = self.initial_cluster();
-        let m = &mut self.members[i];
-        assert!(m.child.is_none(), "{} already running", m.name);
-        let log = OpenOptions::new().create(true).append(true).open(m.dir.join("server.log")).expect("log");
-        let mut cmd = Command::new(plinth_bin());
-        cmd.arg("serve");
-        for (flag, value) in [
-            ("--name", m.name.clone()),
-            ("--data-dir", m.dir.join("data").display().to_string()),
-            ("--listen-client-urls", m.endpoint()),
-            ("--advertise-client-urls", m.endpoint()),
-            ("--listen-peer-urls", m.peer_url()),
-            ("--initial-advertise-peer-urls", m.peer_url()),
-            ("--initial-cluster", initial_cluster),
-            ("--initial-cluster-state", m.state.to_owned()),
-            ("--initial-cluster-token", "cluster-test".to_owned()),
-            ("--heartbeat-interval", HEARTBEAT_MS.to_string()),
-            ("--election-timeout", ELECTION_MS.to_string()),
-        ] {
-            cmd.arg(flag).arg(value);
-        }
-        cmd.args(&self.extra);
-        cmd.stdin(Stdio::null()).stdout(log.try_clone().expect("dup log")).stderr(log);
-        scrub_env(&mut cmd);
-        m.child = Some(cmd.spawn().expect("spawn plinth"));
-    }
-
-    fn logs(&self) -> String {
-        self.members.iter().map(|m| format!("--- {} ---\n{}", m.name, m.log_tail(30))).collect::<Vec<_>>().join("\n")
-    }
-
-    /// Index of the member every running member names as leader, once they agree.
-    async fn wait_leader(&self, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut ids = BTreeMap::new();
-            let mut leaders = Vec::new();
-            for (i, m) in self.members.iter().enumerate() {
-                if m.child.is_none() || m.paused {
-                    continue;
-                }
-                if let Ok(mut c) = connect(&m.endpoint()).await {
-                    if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), c.status()).await {
-                        ids.insert(s.header().map_or(0, |h| h.member_id()), i);
-                        leaders.push(s.leader());
-                    }
-                }
-            }
-            let running = self.members.iter().filter(|m| m.child.is_some() && !m.paused).count();
-            if leaders.len() == running && leaders.iter().all(|l| *l != 0 && *l == leaders[0]) {
-                if let Some(i) = ids.get(&leaders[0]) {
-                    return *i;
-                }
-            }
-            assert!(Instant::now() < deadline, "no agreed leader within {timeout:?}\n{}", self.logs());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for m in &mut self.members {
-            m.kill9();
-        }
-    }
-}
 
 async fn connect(endpoint: &str) -> Result<Client, etcd_client::Error> {
     let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(Duration::from_secs(8));
@@ -235,7 +61,7 @@ async fn full_range(c: &mut Client) -> (i64, BTreeMap<String, (String, i64)>) {
 #[test]
 fn every_member_serves_writes_and_linearizable_reads() {
     let rt = runtime();
-    let c = Cluster::start();
+    let c = Members::start(MEMBERS, &[]);
     rt.block_on(async {
         c.wait_leader(START_TIMEOUT).await;
         let mut clients = Vec::new();
@@ -278,14 +104,14 @@ fn every_member_serves_writes_and_linearizable_reads() {
 
 /// Checks that every acknowledged write is in the leader's full range, and that every
 /// running member catches up to the leader's revision with the same range and HashKV.
-async fn verify_members(c: &Cluster, leader: usize, acked: &[Ack]) {
+async fn verify_members(c: &Members, leader: usize, acked: &[Ack]) {
     let mut leader_client = must_connect(&c.members[leader].endpoint()).await;
     let (revision, reference) = full_range(&mut leader_client).await;
     for (k, v, rev) in acked {
         assert_eq!(reference.get(k), Some(&(v.clone(), *rev)), "acknowledged put of {k} at {rev} missing or changed");
     }
     let hash = leader_client.hash_kv(revision).await.expect("hash kv on the leader").hash();
-    for m in c.members.iter().filter(|m| m.child.is_some()) {
+    for m in c.members.iter().filter(|m| m.is_running()) {
         let deadline = Instant::now() + CATCH_UP_TIMEOUT;
         let mut client = loop {
             match connect(&m.endpoint()).await {
@@ -359,7 +185,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(rt: &tokio::runtime::Runtime, c: &Cluster) -> Load {
+    fn start(rt: &tokio::runtime::Runtime, c: &Members) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let acked: Arc<Mutex<Vec<(Ack, Instant)>>> = Arc::default();
         let writers = c
@@ -397,7 +223,7 @@ impl Load {
 #[test]
 fn leader_sigkill_under_load_loses_no_acknowledged_write() {
     let rt = runtime();
-    let mut c = Cluster::start();
+    let mut c = Members::start(MEMBERS, &[]);
     let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
 
     let load = Load::start(&rt, &c);
@@ -427,7 +253,7 @@ const SHORT_LOG: [&str; 4] =
     ["--experimental-snapshot-catchup-entries", "10", "--experimental-log-purge-interval-ms", "200"];
 
 /// Waits until `f` returns `Some`, retrying every 100 ms until `limit`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, c: &Cluster, mut f: F) -> T
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, c: &Members, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -453,7 +279,7 @@ fn error_text(e: etcd_client::Error) -> String {
 #[test]
 fn learner_joins_by_snapshot_is_promoted_and_a_member_is_removed() {
     let rt = runtime();
-    let mut c = Cluster::start_with(&SHORT_LOG);
+    let mut c = Members::start(MEMBERS, &SHORT_LOG);
     let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
     let mut acked: Vec<Ack> = Vec::new();
     rt.block_on(async {
@@ -468,7 +294,7 @@ fn learner_joins_by_snapshot_is_promoted_and_a_member_is_removed() {
     });
 
     // etcdctl's order: add the member as a learner, then start it with `existing`.
-    let n4 = c.new_member("existing");
+    let n4 = c.add_member();
     let n4_id = rt.block_on(async {
         let mut client = must_connect(&c.members[0].endpoint()).await;
         let added = client
@@ -503,7 +329,7 @@ fn learner_joins_by_snapshot_is_promoted_and_a_member_is_removed() {
             }
         })
         .await;
-        let log = std::fs::read_to_string(c.members[n4].dir.join("server.log")).unwrap_or_default();
+        let log = c.members[n4].log();
         assert!(log.contains("installed a snapshot"), "the learner should have needed a snapshot:\n{log}");
         let mut learner = must_connect(&endpoint).await;
         let refused = learner.put("x", "y", None).await.expect_err("a write on a learner");
@@ -554,7 +380,7 @@ fn learner_joins_by_snapshot_is_promoted_and_a_member_is_removed() {
 #[test]
 fn isolated_leader_steps_down_and_a_lagging_member_gets_a_snapshot() {
     let rt = runtime();
-    let mut c = Cluster::start_with(&SHORT_LOG);
+    let mut c = Members::start(MEMBERS, &SHORT_LOG);
     let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
 
     let load = Load::start(&rt, &c);
@@ -563,14 +389,14 @@ fn isolated_leader_steps_down_and_a_lagging_member_gets_a_snapshot() {
 
     // The leader is cut off from everyone (its process is stopped): the others elect a new
     // leader and writes go on; when it comes back it steps down and catches up.
-    c.members[leader].signal("STOP");
+    c.members[leader].pause();
     let cut_at = Instant::now();
     let outage = load.wait(10, cut_at, FAILOVER_MAX);
     assert!(outage < FAILOVER_MAX, "no write within {FAILOVER_MAX:?} of isolating the leader\n{}", c.logs());
     eprintln!("writes resumed {outage:?} after the leader was isolated");
     let new_leader = rt.block_on(c.wait_leader(FAILOVER_MAX));
     assert_ne!(new_leader, leader);
-    c.members[leader].signal("CONT");
+    c.members[leader].resume();
     rt.block_on(c.wait_leader(FAILOVER_MAX));
 
     // A follower down while the log moves far past the entries it has comes back through a
@@ -587,12 +413,12 @@ fn isolated_leader_steps_down_and_a_lagging_member_gets_a_snapshot() {
     let acked = load.finish(&rt);
     let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
     rt.block_on(verify_members(&c, leader, &acked));
-    let log = std::fs::read_to_string(c.members[follower].dir.join("server.log")).unwrap_or_default();
+    let log = c.members[follower].log();
     assert!(log.contains("installed a snapshot"), "the lagging follower should have needed a snapshot");
 }
 
 /// The member id each member reports for itself, by member index.
-async fn member_ids(c: &Cluster) -> Vec<u64> {
+async fn member_ids(c: &Members) -> Vec<u64> {
     let mut ids = Vec::new();
     for m in &c.members {
         let mut client = must_connect(&m.endpoint()).await;
@@ -605,7 +431,7 @@ async fn member_ids(c: &Cluster) -> Vec<u64> {
 #[test]
 fn move_leader_makes_the_target_the_leader_on_every_member() {
     let rt = runtime();
-    let c = Cluster::start();
+    let c = Members::start(MEMBERS, &[]);
     rt.block_on(async {
         let leader = c.wait_leader(START_TIMEOUT).await;
         let ids = member_ids(&c).await;
@@ -638,4 +464,27 @@ fn move_leader_makes_the_target_the_leader_on_every_member() {
         let got = new_leader.get("after", None).await.expect("get on the new leader");
         assert_eq!(got.kvs().first().map(|kv| kv.mod_revision()), Some(put.header().unwrap().revision()));
     });
+}
+
+/// The harness gives a member's own flags to that member only, from its next start on: a
+/// member restarted with a flag `plinth serve` refuses exits naming it, the others go on.
+#[test]
+fn per_member_flags_reach_only_that_member() {
+    let rt = runtime();
+    let mut c = Members::start(MEMBERS, &[]);
+    rt.block_on(c.wait_leader(START_TIMEOUT));
+    let odd = MEMBERS - 1;
+    c.members[odd].kill9();
+    c.members[odd].flags = vec!["--no-such-flag".to_owned()];
+    c.spawn(odd);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.members[odd].exited() {
+        assert!(Instant::now() < deadline, "a member with an unknown flag still runs\n{}", c.members[odd].log_tail(20));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(c.members[odd].log().contains("--no-such-flag"), "{}", c.members[odd].log_tail(20));
+    for m in &mut c.members[..odd] {
+        assert!(!m.exited(), "{} stopped though the flag was not its own\n{}", m.name, m.log_tail(20));
+    }
+    rt.block_on(c.wait_leader(START_TIMEOUT));
 }

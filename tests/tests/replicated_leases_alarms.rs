@@ -10,7 +10,6 @@
 //!
 //! Each test is bounded (well under 90 s).
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, GetOptions};
@@ -43,31 +42,6 @@ async fn must_connect(endpoint: &str) -> Client {
     connect(endpoint).await.unwrap_or_else(|e| panic!("connect {endpoint}: {e}"))
 }
 
-/// Index of the member every running member names as leader, once they agree.
-async fn wait_leader(c: &Members, timeout: Duration) -> usize {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let mut ids = BTreeMap::new();
-        let mut leaders = Vec::new();
-        let running: Vec<usize> = (0..c.members.len()).filter(|i| c.members[*i].is_running()).collect();
-        for &i in &running {
-            if let Ok(mut client) = connect(&c.members[i].endpoint()).await {
-                if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), client.status()).await {
-                    ids.insert(s.header().map_or(0, |h| h.member_id()), i);
-                    leaders.push(s.leader());
-                }
-            }
-        }
-        if leaders.len() == running.len() && leaders.iter().all(|l| *l != 0 && *l == leaders[0]) {
-            if let Some(i) = ids.get(&leaders[0]) {
-                return *i;
-            }
-        }
-        assert!(Instant::now() < deadline, "no agreed leader within {timeout:?}\n{}", c.logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// One keep-alive of lease `id` through `client`: the TTL the server answers. etcd-client
 /// reads the stream's first answer itself and turns a TTL <= 0 into "lease not found"; that
 /// is reported as 0 here, and a live lease's TTL is read from a second keep-alive.
@@ -92,7 +66,7 @@ fn a_lease_revoked_through_another_member_is_gone_on_the_next_leader() {
     let rt = runtime();
     let mut c = Members::start(3, &[]);
     rt.block_on(async {
-        let leader = wait_leader(&c, LEADER_TIMEOUT).await;
+        let leader = c.wait_leader(LEADER_TIMEOUT).await;
         let follower = (leader + 1) % 3;
         // Granted through a follower, revoked through the leader: neither follower is the
         // member that answered the revoke, so only the log tells them about it.
@@ -114,7 +88,7 @@ fn a_lease_revoked_through_another_member_is_gone_on_the_next_leader() {
             }
         }
         c.members[leader].kill9();
-        let new_leader = wait_leader(&c, LEADER_TIMEOUT).await;
+        let new_leader = c.wait_leader(LEADER_TIMEOUT).await;
         assert_ne!(new_leader, leader);
         let other = (0..3).find(|i| *i != leader && *i != new_leader).expect("a third member");
         for i in [new_leader, other] {
@@ -191,7 +165,7 @@ fn a_nospace_alarm_is_replicated_survives_restarts_and_disarms_everywhere() {
     let rt = runtime();
     let quota = SMALL_QUOTA_BYTES.to_string();
     let mut c = Members::start(3, &["--quota-backend-bytes", &quota]);
-    rt.block_on(async { wait_leader(&c, LEADER_TIMEOUT).await });
+    rt.block_on(async { c.wait_leader(LEADER_TIMEOUT).await });
     // Fill the quota through member 0 until a put is refused.
     let value = "x".repeat(VALUE_BYTES);
     let raised_by = rt.block_on(async {
@@ -219,7 +193,7 @@ fn a_nospace_alarm_is_replicated_survives_restarts_and_disarms_everywhere() {
     for i in 0..3 {
         c.spawn(i);
     }
-    rt.block_on(async { wait_leader(&c, LEADER_TIMEOUT).await });
+    rt.block_on(async { c.wait_leader(LEADER_TIMEOUT).await });
     for i in 0..3 {
         wait_alarm_list(&c, i, &raised);
         let out = c.members[i].ctl(&["put", "small", "v"]);

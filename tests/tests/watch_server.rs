@@ -10,20 +10,12 @@
 //! Every wait is bounded.
 
 use std::fmt::Write as _;
-use std::fs::OpenOptions;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, DeleteOptions, EventType, KeyValue, PutOptions, WatchOptions, WatchStream};
-use plinth_tests::cluster::plinth_bin;
-use plinth_tests::ports::{self, Port};
-use plinth_tests::process::scrub_env;
+use plinth_tests::members::{Members, ELECTION_MS};
 use plinth_tests::{diff, target, Kind, Server};
 
-/// Raft timing of the cluster members: elections after 0.5–1 s of silence.
-const HEARTBEAT_MS: u64 = 50;
-const ELECTION_MS: u64 = 500;
 /// How long members get to start and elect a leader.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -156,111 +148,6 @@ fn prev_kv_of_an_update_at_the_compact_revision_matches_etcd() {
     );
 }
 
-/// `plinth serve` members on loopback with extra flags; SIGKILL on drop.
-struct Members {
-    _tmp: tempfile::TempDir,
-    names: Vec<String>,
-    dirs: Vec<PathBuf>,
-    clients: Vec<Port>,
-    /// Held so that the peer ports stay reserved while the members run.
-    _peers: Vec<Port>,
-    children: Vec<Option<Child>>,
-}
-
-impl Members {
-    fn start(n: usize, extra: &[&str]) -> Members {
-        let tmp = tempfile::Builder::new().prefix("plinth-watch-").tempdir().expect("temp dir");
-        let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
-        let dirs: Vec<PathBuf> = names.iter().map(|n| tmp.path().join(n)).collect();
-        let clients: Vec<Port> = (0..n).map(|_| ports::reserve()).collect();
-        let peers: Vec<Port> = (0..n).map(|_| ports::reserve()).collect();
-        let url = |p: &Port| format!("http://127.0.0.1:{}", p.get());
-        let initial: Vec<String> = names.iter().zip(&peers).map(|(n, p)| format!("{n}={}", url(p))).collect();
-        let mut children = Vec::new();
-        for i in 0..n {
-            std::fs::create_dir_all(&dirs[i]).expect("member dir");
-            let log = OpenOptions::new().create(true).append(true).open(dirs[i].join("server.log")).expect("log");
-            let mut cmd = Command::new(plinth_bin());
-            cmd.arg("serve");
-            for (flag, value) in [
-                ("--name", names[i].clone()),
-                ("--data-dir", dirs[i].join("data").display().to_string()),
-                ("--listen-client-urls", url(&clients[i])),
-                ("--advertise-client-urls", url(&clients[i])),
-                ("--listen-peer-urls", url(&peers[i])),
-                ("--initial-advertise-peer-urls", url(&peers[i])),
-                ("--initial-cluster", initial.join(",")),
-                ("--initial-cluster-token", "watch-test".to_owned()),
-                ("--heartbeat-interval", HEARTBEAT_MS.to_string()),
-                ("--election-timeout", ELECTION_MS.to_string()),
-            ] {
-                cmd.arg(flag).arg(value);
-            }
-            cmd.args(extra);
-            cmd.stdin(Stdio::null()).stdout(log.try_clone().expect("dup log")).stderr(log);
-            scrub_env(&mut cmd);
-            children.push(Some(cmd.spawn().expect("spawn plinth")));
-        }
-        Members { _tmp: tmp, names, dirs, clients, _peers: peers, children }
-    }
-
-    fn endpoint(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.clients[i].get())
-    }
-
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        for (name, dir) in self.names.iter().zip(&self.dirs) {
-            let text = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let _ = writeln!(out, "--- {name} ---\n{}", lines[lines.len().saturating_sub(30)..].join("\n"));
-        }
-        out
-    }
-
-    fn kill9(&mut self, i: usize) {
-        if let Some(mut c) = self.children[i].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Waits until every member reports the same non-zero leader; returns its index.
-    async fn wait_leader(&self) -> usize {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let mut leaders = Vec::new();
-            let mut ids = Vec::new();
-            for i in 0..self.names.len() {
-                let opts = ConnectOptions::new()
-                    .with_connect_timeout(Duration::from_millis(500))
-                    .with_timeout(Duration::from_secs(1));
-                if let Ok(mut c) = Client::connect([self.endpoint(i)], Some(opts)).await {
-                    if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), c.status()).await {
-                        leaders.push(s.leader());
-                        ids.push(s.header().map_or(0, |h| h.member_id()));
-                    }
-                }
-            }
-            if leaders.len() == self.names.len() && leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) {
-                if let Some(i) = ids.iter().position(|id| *id == leaders[0]) {
-                    return i;
-                }
-            }
-            assert!(Instant::now() < deadline, "no agreed leader within {START_TIMEOUT:?}\n{}", self.logs());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Members {
-    fn drop(&mut self) {
-        for i in 0..self.children.len() {
-            self.kill9(i);
-        }
-    }
-}
-
 /// With a 200 ms progress interval, a watcher starting 3 revisions ahead gets only its
 /// `Created` response for 1.5 s; once the store reaches its start revision (with writes to
 /// other keys), progress notifications arrive.
@@ -269,8 +156,8 @@ fn no_progress_notification_before_a_future_start_revision() {
     let m = Members::start(1, &["--experimental-watch-progress-notify-interval", "200ms"]);
     let rt = runtime();
     rt.block_on(async {
-        m.wait_leader().await;
-        let mut c = connect(&m.endpoint(0), false).await;
+        m.wait_leader(START_TIMEOUT).await;
+        let mut c = connect(&m.members[0].endpoint(), false).await;
         let current = c.put("a", "1", None).await.expect("put").header().expect("header").revision();
         let start = current + 3;
         let opts = WatchOptions::new().with_start_revision(start).with_progress_notify();
@@ -322,10 +209,10 @@ fn hasleader_watch_ends_with_no_leader_after_leader_loss() {
     let mut m = Members::start(3, &[]);
     let rt = runtime();
     rt.block_on(async {
-        let leader = m.wait_leader().await;
+        let leader = m.wait_leader(START_TIMEOUT).await;
         // Watch on a follower, so that it loses the leader by the kills.
         let on = (leader + 1) % 3;
-        let mut c = connect(&m.endpoint(on), true).await;
+        let mut c = connect(&m.members[on].endpoint(), true).await;
         c.put("a", "1", None).await.expect("put");
         let mut w = c.watch("a", None).await.expect("watch with hasleader");
         let created = tokio::time::timeout(Duration::from_secs(5), w.message())
@@ -336,7 +223,7 @@ fn hasleader_watch_ends_with_no_leader_after_leader_loss() {
         assert!(created.created(), "{created:?}");
         for i in 0..3 {
             if i != on {
-                m.kill9(i);
+                m.members[i].kill9();
             }
         }
         let killed = Instant::now();
