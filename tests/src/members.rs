@@ -66,6 +66,22 @@ impl Member {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 
+    /// Whether the member's log shows `needle` within `limit`, polling every 50 ms. A log
+    /// line is written after the work it reports, so what a client already sees (data from
+    /// an installed snapshot, say) may still be ahead of its line for a moment.
+    pub fn log_shows(&self, needle: &str, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if self.log().contains(needle) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// The last `n` lines of the member's log.
     pub fn log_tail(&self, n: usize) -> String {
         process::log_tail(&self.dir.join("server.log"), n)

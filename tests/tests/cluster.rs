@@ -249,6 +249,9 @@ fn leader_sigkill_under_load_loses_no_acknowledged_write() {
 }
 
 /// Flags that make the log short: a member more than a few entries behind needs a snapshot.
+/// How long the log line of an installed snapshot may trail the data it installed.
+const SNAPSHOT_LOG_TIMEOUT: Duration = Duration::from_secs(10);
+
 const SHORT_LOG: [&str; 4] =
     ["--experimental-snapshot-catchup-entries", "10", "--experimental-log-purge-interval-ms", "200"];
 
@@ -329,8 +332,13 @@ fn learner_joins_by_snapshot_is_promoted_and_a_member_is_removed() {
             }
         })
         .await;
-        let log = c.members[n4].log();
-        assert!(log.contains("installed a snapshot"), "the learner should have needed a snapshot:\n{log}");
+        // The snapshot's data is readable as soon as it is written; its log line follows the
+        // flush that makes it durable.
+        assert!(
+            c.members[n4].log_shows("installed a snapshot", SNAPSHOT_LOG_TIMEOUT),
+            "the learner should have needed a snapshot:\n{}",
+            c.members[n4].log()
+        );
         let mut learner = must_connect(&endpoint).await;
         let refused = learner.put("x", "y", None).await.expect_err("a write on a learner");
         assert_eq!(error_text(refused), "FailedPrecondition: etcdserver: rpc not supported for learner");
@@ -413,8 +421,11 @@ fn isolated_leader_steps_down_and_a_lagging_member_gets_a_snapshot() {
     let acked = load.finish(&rt);
     let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
     rt.block_on(verify_members(&c, leader, &acked));
-    let log = c.members[follower].log();
-    assert!(log.contains("installed a snapshot"), "the lagging follower should have needed a snapshot");
+    assert!(
+        c.members[follower].log_shows("installed a snapshot", SNAPSHOT_LOG_TIMEOUT),
+        "the lagging follower should have needed a snapshot:\n{}",
+        c.members[follower].log()
+    );
 }
 
 /// The member id each member reports for itself, by member index.
