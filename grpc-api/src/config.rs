@@ -12,7 +12,8 @@ pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// Flags of `plinth serve`. Names follow etcd. Flags that only tune what etcd does differently
 /// (`--snapshot-count`, `--logger`, ...) are accepted so manifests keep working; security
-/// flags are refused at start-up (see [`SecurityArgs`]), never accepted and ignored.
+/// flags this build does not serve are refused at start-up (see [`SecurityArgs`]), never
+/// accepted and ignored.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Human-readable name of this member.
@@ -96,29 +97,30 @@ pub struct ServeArgs {
     /// Accepted for compatibility.
     #[arg(long)]
     pub feature_gates: Option<String>,
-    /// The TLS, client-certificate and auth flags of etcd. Plinth serves plain HTTP/2 only
-    /// and has no auth, so every one of them is refused at start-up (`validate`) rather than
-    /// accepted and ignored: a manifest that asks for certificates must not get a server
-    /// that silently serves without them.
+    /// The TLS, client-certificate and auth flags of etcd. Those this build serves are
+    /// checked together at start-up (`validate`); the others, and TLS flags with no https URL
+    /// to apply to, are refused rather than accepted and ignored: a manifest that asks for
+    /// certificates must not get a server that silently serves without them.
     #[command(flatten)]
     pub security: SecurityArgs,
 }
 
-/// etcd's security flags, parsed only to be refused with a message naming them (see
-/// [`SecurityArgs::refused`]). Boolean flags take etcd's forms (`--client-cert-auth`,
+/// etcd's security flags. Those this build does not serve are refused with a message naming
+/// them (see [`SecurityArgs::refused`]). Boolean flags take etcd's forms (`--client-cert-auth`,
 /// `--client-cert-auth=true`); `=false` asks for nothing and is accepted.
 #[derive(Debug, Clone, Default, Args)]
 pub struct SecurityArgs {
-    /// Refused: client TLS certificate.
+    /// Certificate (PEM chain, leaf first) served on `https://` client URLs; re-read when it
+    /// changes (see `tls.rs`).
     #[arg(long)]
     pub cert_file: Option<String>,
-    /// Refused: client TLS key.
+    /// Private key of `--cert-file` (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long)]
     pub key_file: Option<String>,
-    /// Refused: CA of client certificates.
+    /// CA (PEM) of client certificates, used with `--client-cert-auth`.
     #[arg(long)]
     pub trusted_ca_file: Option<String>,
-    /// Refused when true: client certificate authentication.
+    /// Require a client certificate signed by `--trusted-ca-file` at the TLS handshake.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub client_cert_auth: Option<bool>,
     /// Refused: client certificate revocation list.
@@ -133,10 +135,11 @@ pub struct SecurityArgs {
     /// Refused: key this member uses as a client.
     #[arg(long)]
     pub client_key_file: Option<String>,
-    /// Refused when true: self-signed client certificates.
+    /// Serve `https://` client URLs with a self-signed certificate made at start under
+    /// `<data-dir>/fixtures/client` when `--cert-file`/`--key-file` are not given.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub auto_tls: Option<bool>,
-    /// Refused: validity of self-signed certificates.
+    /// Validity of `--auto-tls` certificates, in years (etcd's default: 1).
     #[arg(long)]
     pub self_signed_cert_validity: Option<String>,
     /// Refused: peer TLS certificate.
@@ -172,13 +175,14 @@ pub struct SecurityArgs {
     /// Refused when true: skip SAN verification of peer client certificates.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub experimental_peer_skip_client_san_verification: Option<bool>,
-    /// Refused: TLS cipher suites.
+    /// TLS 1.2 cipher suites allowed, by Go's names (comma-separated); suites rustls cannot
+    /// do are refused by name. TLS 1.3's suites are fixed, as in Go.
     #[arg(long)]
     pub cipher_suites: Option<String>,
-    /// Refused: lowest TLS version.
+    /// Lowest TLS version: `TLS1.2` (default) or `TLS1.3`; `TLS1.0`/`TLS1.1` are refused.
     #[arg(long)]
     pub tls_min_version: Option<String>,
-    /// Refused: highest TLS version.
+    /// Highest TLS version: `TLS1.2` or `TLS1.3` (default).
     #[arg(long)]
     pub tls_max_version: Option<String>,
     /// Refused: auth token provider (auth is not served).
@@ -198,16 +202,10 @@ impl SecurityArgs {
     pub fn refused(&self) -> Vec<&'static str> {
         let on = |b: &Option<bool>| *b == Some(true);
         [
-            ("--cert-file", self.cert_file.is_some()),
-            ("--key-file", self.key_file.is_some()),
-            ("--trusted-ca-file", self.trusted_ca_file.is_some()),
-            ("--client-cert-auth", on(&self.client_cert_auth)),
             ("--client-crl-file", self.client_crl_file.is_some()),
             ("--client-cert-allowed-hostname", self.client_cert_allowed_hostname.is_some()),
             ("--client-cert-file", self.client_cert_file.is_some()),
             ("--client-key-file", self.client_key_file.is_some()),
-            ("--auto-tls", on(&self.auto_tls)),
-            ("--self-signed-cert-validity", self.self_signed_cert_validity.is_some()),
             ("--peer-cert-file", self.peer_cert_file.is_some()),
             ("--peer-key-file", self.peer_key_file.is_some()),
             ("--peer-trusted-ca-file", self.peer_trusted_ca_file.is_some()),
@@ -222,9 +220,6 @@ impl SecurityArgs {
                 "--experimental-peer-skip-client-san-verification",
                 on(&self.experimental_peer_skip_client_san_verification),
             ),
-            ("--cipher-suites", self.cipher_suites.is_some()),
-            ("--tls-min-version", self.tls_min_version.is_some()),
-            ("--tls-max-version", self.tls_max_version.is_some()),
             ("--auth-token", self.auth_token.is_some()),
             ("--auth-token-ttl", self.auth_token_ttl.is_some()),
             ("--bcrypt-cost", self.bcrypt_cost.is_some()),
@@ -240,6 +235,109 @@ impl ServeArgs {
     /// The data dir, defaulting like etcd to `<name>.plinth`.
     pub fn data_dir(&self) -> String {
         self.data_dir.clone().unwrap_or_else(|| format!("{}.plinth", self.name))
+    }
+
+    /// Client listeners: host:port to bind and whether the URL is `https://` (TLS).
+    pub fn client_listeners(&self) -> anyhow::Result<Vec<(String, bool)>> {
+        split_urls(&self.listen_client_urls).into_iter().map(|u| Ok((url_host_port(&u)?, is_https(&u)))).collect()
+    }
+
+    /// The TLS versions and suites of `--tls-min-version`, `--tls-max-version` and
+    /// `--cipher-suites` (refusing what rustls cannot do).
+    pub fn tls_params(&self) -> anyhow::Result<crate::tls::TlsParams> {
+        let s = &self.security;
+        crate::tls::TlsParams::parse(
+            s.tls_min_version.as_deref(),
+            s.tls_max_version.as_deref(),
+            s.cipher_suites.as_deref(),
+        )
+    }
+
+    /// `--self-signed-cert-validity` in years (etcd's default: 1).
+    pub fn self_signed_cert_validity(&self) -> anyhow::Result<u32> {
+        match self.security.self_signed_cert_validity.as_deref().map(str::trim) {
+            None | Some("") => Ok(1),
+            Some(v) => match v.parse::<u32>() {
+                Ok(years) if years > 0 => Ok(years),
+                _ => anyhow::bail!("--self-signed-cert-validity {v:?}: expected a positive number of years"),
+            },
+        }
+    }
+
+    /// Whether `--auto-tls` asks for a self-signed certificate: it does only when no
+    /// `--cert-file`/`--key-file` are given (etcd ignores it otherwise).
+    pub fn client_auto_tls(&self) -> bool {
+        self.security.auto_tls == Some(true) && self.security.cert_file.is_none() && self.security.key_file.is_none()
+    }
+
+    /// The client TLS flags, checked together before anything starts: https URLs need a
+    /// certificate, a certificate needs its key, client-certificate auth needs a CA, https
+    /// metrics URLs are not served, and the version and suite flags must be doable.
+    fn validate_client_tls(&self) -> anyhow::Result<()> {
+        let s = &self.security;
+        self.tls_params()?;
+        self.self_signed_cert_validity()?;
+        match (&s.cert_file, &s.key_file) {
+            (Some(_), None) => anyhow::bail!("--cert-file needs --key-file"),
+            (None, Some(_)) => anyhow::bail!("--key-file needs --cert-file"),
+            _ => {}
+        }
+        let client_https = split_urls(&self.listen_client_urls).iter().any(|u| is_https(u));
+        let peer_https = split_urls(&self.listen_peer_urls).iter().any(|u| is_https(u));
+        // etcd ignores TLS flags that have nothing to apply to (with a warning); Plinth refuses
+        // them, so a manifest that asks for TLS never gets a member serving plain HTTP.
+        let client_only = [
+            ("--cert-file", s.cert_file.is_some()),
+            ("--key-file", s.key_file.is_some()),
+            ("--trusted-ca-file", s.trusted_ca_file.is_some()),
+            ("--client-cert-auth", s.client_cert_auth == Some(true)),
+            ("--auto-tls", s.auto_tls == Some(true)),
+        ];
+        let client_or_peer = [
+            ("--cipher-suites", s.cipher_suites.is_some()),
+            ("--tls-min-version", s.tls_min_version.is_some()),
+            ("--tls-max-version", s.tls_max_version.is_some()),
+            ("--self-signed-cert-validity", s.self_signed_cert_validity.is_some()),
+        ];
+        if !client_https {
+            if let Some((flag, _)) = client_only.iter().find(|(_, set)| *set) {
+                anyhow::bail!("{flag}: client TLS needs an https:// URL in --listen-client-urls");
+            }
+            if !peer_https {
+                if let Some((flag, _)) = client_or_peer.iter().find(|(_, set)| *set) {
+                    anyhow::bail!("{flag}: no TLS is served: it needs https:// client or peer URLs");
+                }
+            }
+        }
+        let has_cert = s.cert_file.is_some() || self.client_auto_tls();
+        for (flag, urls) in [
+            ("--listen-client-urls", &self.listen_client_urls),
+            ("--advertise-client-urls", &self.advertise_client_urls),
+        ] {
+            if let Some(url) = split_urls(urls).into_iter().find(|u| is_https(u)) {
+                // etcd: "TLS key/cert (--cert-file, --key-file) must be provided for client url
+                // ... with HTTPS scheme".
+                anyhow::ensure!(
+                    has_cert || flag == "--advertise-client-urls",
+                    "{flag}: {url:?}: https needs a certificate: give --cert-file and --key-file (or --auto-tls)"
+                );
+            }
+        }
+        if s.client_cert_auth == Some(true) {
+            anyhow::ensure!(
+                s.trusted_ca_file.is_some(),
+                "--client-cert-auth needs --trusted-ca-file (the CA that signs client certificates)"
+            );
+        }
+        if let Some(url) =
+            self.listen_metrics_urls.as_deref().and_then(|u| split_urls(u).into_iter().find(|u| is_https(u)))
+        {
+            anyhow::bail!(
+                "--listen-metrics-urls: {url:?}: metrics URLs are served as plain HTTP only; use http:// \
+                 (/metrics and /health are also served over TLS on the https client URLs)"
+            );
+        }
+        Ok(())
     }
 
     /// Host:port pairs to bind for client traffic.
@@ -270,17 +368,12 @@ impl ServeArgs {
         // Security first: nothing else is worth checking for a member that would serve
         // without the protection its manifest asked for.
         if let Some(flag) = self.security.refused().first() {
-            anyhow::bail!(
-                "{flag}: TLS, client certificates and auth are not supported by this build (it serves plain \
-                 HTTP/2 only); remove the flag"
-            );
+            anyhow::bail!("{flag}: not supported by this build (README, 'Security' lists what is); remove the flag");
         }
+        self.validate_client_tls()?;
         for (flag, urls) in [
-            ("--listen-client-urls", Some(&self.listen_client_urls)),
-            ("--advertise-client-urls", Some(&self.advertise_client_urls)),
             ("--listen-peer-urls", Some(&self.listen_peer_urls)),
             ("--initial-advertise-peer-urls", Some(&self.initial_advertise_peer_urls)),
-            ("--listen-metrics-urls", self.listen_metrics_urls.as_ref()),
             ("--initial-cluster", self.initial_cluster.as_ref()),
         ] {
             if let Some(url) = urls.and_then(|u| u.split(',').find(|u| u.contains("https://"))) {
@@ -346,6 +439,11 @@ pub enum AutoCompaction {
 /// Splits a comma-separated URL list.
 pub fn split_urls(urls: &str) -> Vec<String> {
     urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
+}
+
+/// Whether a URL asks for TLS.
+pub fn is_https(url: &str) -> bool {
+    url.trim().starts_with("https://")
 }
 
 /// `http://host:port[/]` → `host:port`; `localhost` becomes 127.0.0.1.

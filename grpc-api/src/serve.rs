@@ -195,11 +195,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         servers.spawn(serve_router(listener, peer_router.clone()));
     }
     transport.start(&node);
-    for addr in args.client_listen_addrs()? {
+    let client_listeners = args.client_listeners()?;
+    let client_tls = client_tls(&args, &data_dir, &client_listeners)?;
+    for (addr, https) in client_listeners {
         let listener =
             TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("listen on {addr} for clients: {e}"))?;
-        info!(%addr, "serving client requests (gRPC and HTTP)");
-        servers.spawn(serve_router(listener, client_router.clone()));
+        match (&client_tls, https) {
+            (Some(tls), true) => {
+                info!(%addr, "serving client requests (gRPC and HTTP) over TLS");
+                servers.spawn(serve_router_tls(listener, client_router.clone(), tls.clone()));
+            }
+            _ => {
+                info!(%addr, "serving client requests (gRPC and HTTP)");
+                servers.spawn(serve_router(listener, client_router.clone()));
+            }
+        }
     }
     for addr in args.metrics_listen_addrs()? {
         let listener =
@@ -247,17 +257,82 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
 /// not hyper's default of 200; each stream is bounded on its own (see `watch.rs`).
 const HTTP2_STREAMS_PER_CONNECTION_MAX: u32 = u32::MAX;
 
+/// The server of `--cert-file`/`--key-file`/`--trusted-ca-file`/`--client-cert-auth` (or of
+/// `--auto-tls`'s self-signed certificate) when a client URL is `https://`; `None` otherwise.
+/// Fails at start-up if the files do not load.
+fn client_tls(
+    args: &ServeArgs,
+    data_dir: &std::path::Path,
+    listeners: &[(String, bool)],
+) -> anyhow::Result<Option<Arc<crate::tls::ReloadingServerConfig>>> {
+    let security = &args.security;
+    // `validate` refused the client TLS flags if no client URL is https.
+    if !listeners.iter().any(|(_, https)| *https) {
+        return Ok(None);
+    }
+    let client_cert_auth = security.client_cert_auth == Some(true);
+    let trusted_ca_file = security.trusted_ca_file.as_ref().map(PathBuf::from);
+    let files = match (&security.cert_file, &security.key_file) {
+        (Some(cert), Some(key)) => {
+            if security.auto_tls == Some(true) {
+                warn!("--auto-tls ignored: --cert-file and --key-file are given");
+            }
+            crate::tls::ServerTlsFiles {
+                cert_file: cert.into(),
+                key_file: key.into(),
+                trusted_ca_file,
+                client_cert_auth,
+            }
+        }
+        // `validate` made sure an https URL has files or --auto-tls. Unlike etcd, which drops
+        // them with --auto-tls, a given CA and --client-cert-auth still apply.
+        _ => {
+            let hosts: Vec<String> = listeners
+                .iter()
+                .filter_map(|(addr, _)| addr.rsplit_once(':').map(|(host, _)| host.trim_matches(['[', ']']).to_owned()))
+                .collect();
+            let generated = crate::tls::self_signed(
+                &data_dir.join("fixtures").join("client"),
+                &hosts,
+                args.self_signed_cert_validity()?,
+            )?;
+            crate::tls::ServerTlsFiles { trusted_ca_file, client_cert_auth, ..generated }
+        }
+    };
+    Ok(Some(Arc::new(crate::tls::ReloadingServerConfig::new(files, args.tls_params()?)?)))
+}
+
+/// Accepted TCP connections of `listener` with the socket options every client and peer
+/// connection gets.
+fn tcp_incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    // Small gRPC responses must not wait for Nagle's algorithm (up to 40 ms per round trip
+    // with delayed ACKs): every accepted connection gets TCP_NODELAY, as grpc-go sets it.
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(TCP_KEEPALIVE))
+}
+
 /// Serves `router` (gRPC and HTTP/1.1 or HTTP/2 endpoints) on `listener` until it fails.
+async fn serve_router(listener: TcpListener, router: axum::Router) -> Result<(), tonic::transport::Error> {
+    http_server(router).serve_with_incoming(tcp_incoming(listener)).await
+}
+
+/// Serves `router` over TLS on `listener` until it fails. Handshakes run off the accept loop
+/// (bounded, with a timeout: see `tls.rs`), each with the certificate files as they are at
+/// that moment; request handlers find the client's certificate identity in the request
+/// extensions (`tls::client_common_name`).
+pub(crate) async fn serve_router_tls(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Arc<crate::tls::ReloadingServerConfig>,
+) -> Result<(), tonic::transport::Error> {
+    http_server(router).serve_with_incoming(crate::tls::tls_incoming(tcp_incoming(listener), tls)).await
+}
+
+/// The HTTP server every listener runs: gRPC over HTTP/2 and the HTTP/1.1 endpoints.
 ///
 /// Client pings: hyper's HTTP/2 server enforces no minimum interval between pings and no
 /// "pings only with active streams" rule, so it accepts what etcd's `--grpc-keepalive-min-time`
 /// (5 s) and permit-without-stream policy accept, and more.
-async fn serve_router(listener: TcpListener, router: axum::Router) -> Result<(), tonic::transport::Error> {
-    // Small gRPC responses must not wait for Nagle's algorithm (up to 40 ms per round trip
-    // with delayed ACKs): every accepted connection gets TCP_NODELAY, as grpc-go sets it.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(TCP_KEEPALIVE));
+fn http_server(router: axum::Router) -> tonic::transport::server::Router {
     tonic::transport::Server::builder()
         // `/health`, `/metrics`, ... are plain HTTP/1.1 for probes and scrapers.
         .accept_http1(true)
@@ -265,8 +340,6 @@ async fn serve_router(listener: TcpListener, router: axum::Router) -> Result<(),
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(HTTP2_STREAMS_PER_CONNECTION_MAX))
         .add_routes(tonic::service::Routes::from(router))
-        .serve_with_incoming(incoming)
-        .await
 }
 
 async fn health_service() -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>

@@ -48,20 +48,11 @@ fn start_and_wait(extra: &[&str]) -> (i32, String) {
 #[test]
 fn every_security_flag_is_refused_with_its_name() {
     let cases: &[&[&str]] = &[
-        &["--client-cert-auth=true"],
-        &["--client-cert-auth"],
         &["--peer-key-file", "/nonexistent/peer.key"],
         &["--peer-trusted-ca-file", "/nonexistent/ca.crt"],
         &["--peer-client-cert-auth=true"],
         &["--peer-cert-file", "/nonexistent/peer.crt"],
-        &["--cert-file", "/nonexistent/server.crt"],
-        &["--key-file", "/nonexistent/server.key"],
-        &["--trusted-ca-file", "/nonexistent/ca.crt"],
-        &["--auto-tls"],
         &["--peer-auto-tls=true"],
-        &["--cipher-suites", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"],
-        &["--tls-min-version", "TLS1.2"],
-        &["--tls-max-version", "TLS1.3"],
         &["--peer-cert-allowed-cn", "etcd"],
         &["--peer-cert-allowed-hostname", "etcd.local"],
         &["--client-crl-file", "/nonexistent/crl"],
@@ -71,7 +62,6 @@ fn every_security_flag_is_refused_with_its_name() {
         &["--peer-client-cert-file", "/nonexistent/c.crt"],
         &["--peer-client-key-file", "/nonexistent/c.key"],
         &["--experimental-peer-skip-client-san-verification=true"],
-        &["--self-signed-cert-validity", "1"],
         &["--auth-token", "jwt,pub-key=/nonexistent/k.pub"],
         &["--auth-token-ttl", "300"],
         &["--bcrypt-cost", "10"],
