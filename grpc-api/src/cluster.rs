@@ -119,6 +119,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        // Root only once auth is enabled (etcd's checkMembershipOperationPermission).
+        crate::auth::caller(&self.node, &request)?.check_admin()?;
         self.node.check_not_learner()?;
         let req = request.into_inner();
         self.check_peer_urls(&req.peer_ur_ls, None)?;
@@ -154,6 +156,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        // Root only once auth is enabled (etcd's checkMembershipOperationPermission).
+        crate::auth::caller(&self.node, &request)?.check_admin()?;
         self.node.check_not_learner()?;
         let member = self.member(request.into_inner().id)?;
         if !member.is_learner {
@@ -167,6 +171,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        // Root only once auth is enabled (etcd's checkMembershipOperationPermission).
+        crate::auth::caller(&self.node, &request)?.check_admin()?;
         self.node.check_not_learner()?;
         let req = request.into_inner();
         let mut member = self.member(req.id)?;
@@ -192,6 +198,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        // Root only once auth is enabled (etcd's checkMembershipOperationPermission).
+        crate::auth::caller(&self.node, &request)?.check_admin()?;
         let id = request.into_inner().id;
         let members = self.node.promote_on_leader(id).await?;
         Ok(Response::new(pb::MemberPromoteResponse { header: Some(self.header()), members: members_pb(&members) }))

@@ -185,13 +185,13 @@ pub struct SecurityArgs {
     /// Highest TLS version: `TLS1.2` or `TLS1.3` (default).
     #[arg(long)]
     pub tls_max_version: Option<String>,
-    /// Refused: auth token provider (auth is not served).
+    /// Auth token provider: `simple` (etcd's default; see `auth.rs`).
     #[arg(long)]
     pub auth_token: Option<String>,
-    /// Refused: auth token lifetime (auth is not served).
+    /// Lifetime of a simple token without use, in seconds (etcd's default: 300).
     #[arg(long)]
     pub auth_token_ttl: Option<String>,
-    /// Refused: bcrypt cost of auth passwords (auth is not served).
+    /// bcrypt cost of the password hashes this member makes (etcd's default: 10).
     #[arg(long)]
     pub bcrypt_cost: Option<String>,
 }
@@ -220,14 +220,22 @@ impl SecurityArgs {
                 "--experimental-peer-skip-client-san-verification",
                 on(&self.experimental_peer_skip_client_san_verification),
             ),
-            ("--auth-token", self.auth_token.is_some()),
-            ("--auth-token-ttl", self.auth_token_ttl.is_some()),
-            ("--bcrypt-cost", self.bcrypt_cost.is_some()),
         ]
         .into_iter()
         .filter(|(_, set)| *set)
         .map(|(flag, _)| flag)
         .collect()
+    }
+}
+
+impl SecurityArgs {
+    /// The auth settings from `--auth-token`, `--auth-token-ttl` and `--bcrypt-cost`.
+    pub fn auth_config(&self) -> anyhow::Result<crate::auth::AuthConfig> {
+        crate::auth::AuthConfig::from_flags(
+            self.auth_token.as_deref(),
+            self.auth_token_ttl.as_deref(),
+            self.bcrypt_cost.as_deref(),
+        )
     }
 }
 
@@ -365,6 +373,7 @@ impl ServeArgs {
 
     /// Rejects combinations Plinth cannot serve, before anything starts.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.security.auth_config()?;
         // Security first: nothing else is worth checking for a member that would serve
         // without the protection its manifest asked for.
         if let Some(flag) = self.security.refused().first() {

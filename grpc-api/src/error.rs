@@ -47,6 +47,26 @@ pub enum EtcdError {
     /// (its `togRPCError` falls back to `Unknown` with the text), so neither does Plinth.
     TimeoutLeaderTransfer,
     WatchCanceled,
+    RootUserNotExist,
+    RootRoleNotExist,
+    UserAlreadyExist,
+    UserEmpty,
+    UserNotFound,
+    RoleAlreadyExist,
+    RoleNotFound,
+    RoleEmpty,
+    AuthFailed,
+    PermissionNotGiven,
+    PermissionDenied,
+    RoleNotGranted,
+    PermissionNotGranted,
+    AuthNotEnabled,
+    InvalidAuthToken,
+    InvalidAuthMgmt,
+    AuthOldRevision,
+    /// `Authenticate` of a `no_password` user. etcd 3.5 has no gRPC error for it, so its
+    /// client sees `Unknown` with the auth store's text; so does Plinth's.
+    NoPasswordUser,
 }
 
 impl EtcdError {
@@ -55,7 +75,12 @@ impl EtcdError {
         use EtcdError::*;
         match self {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey | InvalidSortOption
-            | RequestTooLarge | MemberBadUrls => Code::InvalidArgument,
+            | RequestTooLarge | MemberBadUrls | UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven
+            | InvalidAuthMgmt | AuthOldRevision => Code::InvalidArgument,
+            RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound | RoleAlreadyExist | RoleNotFound
+            | RoleNotGranted | PermissionNotGranted | AuthNotEnabled => Code::FailedPrecondition,
+            PermissionDenied => Code::PermissionDenied,
+            InvalidAuthToken => Code::Unauthenticated,
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
@@ -78,7 +103,7 @@ impl EtcdError {
             | Unhealthy => Code::Unavailable,
             Corrupt => Code::DataLoss,
             WatchCanceled => Code::Cancelled,
-            TimeoutLeaderTransfer => Code::Unknown,
+            TimeoutLeaderTransfer | NoPasswordUser => Code::Unknown,
         }
     }
 
@@ -122,6 +147,24 @@ impl EtcdError {
             BadLeaderTransferee => "etcdserver: bad leader transferee",
             TimeoutLeaderTransfer => "etcdserver: request timed out, leader transfer took too long",
             WatchCanceled => "etcdserver: watch canceled",
+            RootUserNotExist => "etcdserver: root user does not exist",
+            RootRoleNotExist => "etcdserver: root user does not have root role",
+            UserAlreadyExist => "etcdserver: user name already exists",
+            UserEmpty => "etcdserver: user name is empty",
+            UserNotFound => "etcdserver: user name not found",
+            RoleAlreadyExist => "etcdserver: role name already exists",
+            RoleNotFound => "etcdserver: role name not found",
+            RoleEmpty => "etcdserver: role name is empty",
+            AuthFailed => "etcdserver: authentication failed, invalid user ID or password",
+            PermissionNotGiven => "etcdserver: permission not given",
+            PermissionDenied => "etcdserver: permission denied",
+            RoleNotGranted => "etcdserver: role is not granted to the user",
+            PermissionNotGranted => "etcdserver: permission is not granted to the role",
+            AuthNotEnabled => "etcdserver: authentication is not enabled",
+            InvalidAuthToken => "etcdserver: invalid auth token",
+            InvalidAuthMgmt => "etcdserver: invalid auth management",
+            AuthOldRevision => "etcdserver: revision of auth store is old",
+            NoPasswordUser => "auth: authentication failed, password was given for no password user",
         }
     }
 
@@ -165,6 +208,22 @@ pub fn store_error(e: &store::Error) -> Option<EtcdError> {
         S::RequestTooLarge => EtcdError::RequestTooLarge,
         S::NoSpace => EtcdError::NoSpace,
         S::Corrupt => EtcdError::Corrupt,
+        S::AuthUserEmpty => EtcdError::UserEmpty,
+        S::AuthUserNotFound => EtcdError::UserNotFound,
+        S::AuthUserAlreadyExists => EtcdError::UserAlreadyExist,
+        S::AuthRoleEmpty => EtcdError::RoleEmpty,
+        S::AuthRoleNotFound => EtcdError::RoleNotFound,
+        S::AuthRoleAlreadyExists => EtcdError::RoleAlreadyExist,
+        S::AuthRoleNotGranted => EtcdError::RoleNotGranted,
+        S::AuthPermissionNotGranted => EtcdError::PermissionNotGranted,
+        S::AuthPermissionNotGiven => EtcdError::PermissionNotGiven,
+        S::AuthRootUserNotExist => EtcdError::RootUserNotExist,
+        S::AuthRootRoleNotExist => EtcdError::RootRoleNotExist,
+        S::AuthNotEnabled => EtcdError::AuthNotEnabled,
+        S::AuthFailed => EtcdError::AuthFailed,
+        S::AuthPermissionDenied => EtcdError::PermissionDenied,
+        S::AuthInvalidMgmt => EtcdError::InvalidAuthMgmt,
+        S::AuthOldRevision => EtcdError::AuthOldRevision,
         _ => return None,
     })
 }

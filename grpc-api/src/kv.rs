@@ -22,8 +22,10 @@ pub struct KvService {
 impl Kv for KvService {
     async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
         let node = &self.node;
+        let caller = crate::auth::caller(node, &request)?;
         let req = range_from_pb(request.into_inner());
         store::check_range(&req).map_err(|e| store_status(&e))?;
+        caller.check_read(&req.key, &req.range_end)?;
         if !req.serializable {
             // A learner serves serializable ranges only, as etcd's.
             node.check_not_learner()?;
@@ -38,7 +40,11 @@ impl Kv for KvService {
         if node.alarms.nospace() {
             return Err(EtcdError::NoSpace.status());
         }
-        let body = store::CommandBody::Put(put_from_pb(request.into_inner()));
+        let caller = crate::auth::caller(node, &request)?;
+        let put = put_from_pb(request.into_inner());
+        caller.check_put(&put)?;
+        caller.check_lease_keys(node, put.lease)?;
+        let body = caller.checked(store::CommandBody::Put(put));
         match self.node.propose(body).await? {
             store::CommandResponse::Put(resp) => Ok(Response::new(put_to_pb(node, resp))),
             other => Err(unexpected(&other)),
@@ -50,7 +56,10 @@ impl Kv for KvService {
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let node = &self.node;
-        let body = store::CommandBody::DeleteRange(delete_from_pb(request.into_inner()));
+        let caller = crate::auth::caller(node, &request)?;
+        let delete = delete_from_pb(request.into_inner());
+        caller.check_delete(&delete)?;
+        let body = caller.checked(store::CommandBody::DeleteRange(delete));
         match self.node.propose(body).await? {
             store::CommandResponse::DeleteRange(resp) => Ok(Response::new(delete_to_pb(node, resp))),
             other => Err(unexpected(&other)),
@@ -61,14 +70,25 @@ impl Kv for KvService {
         let node = &self.node;
         // A learner serves no txn, read-only ones included (etcd serves it Range and Status).
         node.check_not_learner()?;
-        let txn = txn_from_pb(request.into_inner());
+        let caller = crate::auth::caller(node, &request)?;
+        let mut txn = txn_from_pb(request.into_inner());
+        if caller.enabled() {
+            // etcd validates a txn before its permissions: its request errors win.
+            let command = store::Command::new(0, store::CommandBody::Txn(txn));
+            node.store.validate(&command).map_err(|e| store_status(&e))?;
+            let Some(store::CommandBody::Txn(t)) = command.body else { unreachable!("built as a txn above") };
+            txn = t;
+            // Every compare and every op of both branches, nested txns included (etcd's
+            // checkTxnAuth), before anything is read or proposed.
+            caller.check_txn(&txn)?;
+        }
         if node.alarms.nospace() && txn_has_put(&txn) {
             return Err(EtcdError::NoSpace.status());
         }
         if txn.is_read_only() {
             return read_only_txn(node, txn).await.map(Response::new);
         }
-        match self.node.propose(store::CommandBody::Txn(txn)).await? {
+        match self.node.propose(caller.checked(store::CommandBody::Txn(txn))).await? {
             store::CommandResponse::Txn(resp) => Ok(Response::new(txn_to_pb(node, resp))),
             other => Err(unexpected(&other)),
         }

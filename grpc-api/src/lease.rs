@@ -80,8 +80,13 @@ impl Lease for LeaseService {
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         let node = &self.node;
+        let caller = crate::auth::caller(node, &request)?;
         let id = request.into_inner().id;
-        let resp = node.propose(store::CommandBody::LeaseRevoke(store::LeaseRevokeRequest { id })).await?;
+        // Every key attached to the lease must be writable (etcd's checkLeasePuts), checked
+        // at an auth revision the apply confirms.
+        caller.check_lease_keys(node, id)?;
+        let revoke = caller.checked(store::CommandBody::LeaseRevoke(store::LeaseRevokeRequest { id }));
+        let resp = node.propose(revoke).await?;
         let store::CommandResponse::LeaseRevoke(revoked) = resp else {
             return Err(Status::internal("lease revoke applied as another command"));
         };

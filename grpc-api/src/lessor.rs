@@ -74,11 +74,12 @@ impl Lessor {
             Ok(store::CommandResponse::LeaseGrant(r)) => self.on_granted(r.id, r.ttl),
             Ok(store::CommandResponse::LeaseRevoke(_)) => {
                 // A revoke response does not name its lease; the command does. Only revokes
-                // are decoded again, so other entries cost nothing here.
-                if let Ok(store::Command { body: Some(store::CommandBody::LeaseRevoke(r)), .. }) =
-                    store::Command::decode_entry(command)
-                {
-                    self.on_revoked(r.id);
+                // are decoded again, so other entries cost nothing here. A revoke checked
+                // against the auth store is wrapped (`Checked`): its inner body names it.
+                if let Ok(cmd) = store::Command::decode_entry(command) {
+                    if let Some(store::CommandBody::LeaseRevoke(r)) = cmd.plain_body() {
+                        self.on_revoked(r.id);
+                    }
                 }
             }
             Err(store::Error::LeaseNotFound(id)) => self.on_revoked(*id),
@@ -175,5 +176,23 @@ mod tests {
         assert_eq!(lessor.keep_alive(8), Some(100));
         let left = lessor.remaining_seconds(8).unwrap();
         assert!((99..=100).contains(&left), "{left}");
+    }
+
+    /// A revoke proposed with auth enabled is wrapped with its auth revision; applying it
+    /// must still drop the lease's timer.
+    #[test]
+    fn a_permission_checked_revoke_drops_the_timer() {
+        use store::Message;
+        let lessor = Lessor::new(2);
+        lessor.on_granted(7, 100);
+        let revoke = store::CommandBody::LeaseRevoke(store::LeaseRevokeRequest { id: 7 });
+        let checked = store::CommandBody::Checked(Box::new(store::CheckedCommand {
+            auth_revision: 3,
+            command: Some(Box::new(store::Command::new(0, revoke))),
+        }));
+        let entry = store::Command::new(1, checked).encode_to_vec();
+        let applied = Ok(store::CommandResponse::LeaseRevoke(store::LeaseRevokeResponse { revision: 2 }));
+        lessor.on_applied(&entry, &applied);
+        assert_eq!(lessor.keep_alive(7), None, "the revoked lease kept its timer");
     }
 }

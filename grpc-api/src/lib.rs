@@ -53,6 +53,7 @@
 //! - `Maintenance.Snapshot` streams Plinth's own snapshot format (with etcd's trailing
 //!   SHA-256, so `etcdctl snapshot save` accepts it); etcd's bbolt tools cannot read it.
 
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod error;

@@ -52,6 +52,8 @@ pub struct NodeConfig {
     pub quota_bytes: u64,
     /// Raft's election timeout: streams that require a leader end after 3 without one.
     pub election_timeout: Duration,
+    /// Token TTL and bcrypt cost (`--auth-token-ttl`, `--bcrypt-cost`).
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// Bits of a request id below the member prefix (etcd's idutil layout: 16 bits of the

@@ -127,6 +127,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         progress_notify_interval: args.progress_notify_interval()?,
         quota_bytes,
         election_timeout: Duration::from_millis(args.election_timeout),
+        auth: args.security.auth_config()?,
     };
     let node = Arc::new(Node::new(
         node_cfg,
@@ -162,6 +163,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )
     .add_service(LeaseServer::new(crate::lease::LeaseService::new(node.clone())))
     .add_service(ClusterServer::new(crate::cluster::ClusterService { node: node.clone() }))
+    .add_service(crate::pb::etcdserverpb::auth_server::AuthServer::new(crate::auth::AuthService::new(node.clone())))
     .add_service(
         MaintenanceServer::new(crate::maintenance::MaintenanceService { node: node.clone() })
             .max_encoding_message_size(usize::MAX),

@@ -49,10 +49,12 @@ impl Watch for WatchService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let requires_leader = self.node.check_leader(&request)?;
         self.node.check_not_learner()?;
+        // Kept for the permission check of every create (the token is the stream's).
+        let metadata = request.metadata().clone();
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(SEND_BUFFER);
         let stream = self.node.store.watch_stream(self.node.group());
-        tokio::spawn(run_stream(self.node.clone(), requests, stream, tx, requires_leader));
+        tokio::spawn(run_stream(self.node.clone(), requests, stream, tx, requires_leader, metadata));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }
@@ -68,6 +70,8 @@ struct StreamState {
     fragment: HashSet<i64>,
     /// Watchers that received events since the last progress tick.
     recently_active: HashSet<i64>,
+    /// The stream's request metadata: its auth token.
+    metadata: tonic::metadata::MetadataMap,
 }
 
 async fn run_stream(
@@ -76,6 +80,7 @@ async fn run_stream(
     stream: store::WatchStream,
     tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
     requires_leader: bool,
+    metadata: tonic::metadata::MetadataMap,
 ) {
     // A stream opened with `hasleader` ends with etcd's "no leader" once the member has been
     // without a leader for 3 election timeouts (etcd's monitorLeader).
@@ -95,6 +100,7 @@ async fn run_stream(
         progress_notify: HashSet::new(),
         fragment: HashSet::new(),
         recently_active: HashSet::new(),
+        metadata,
     };
     loop {
         let keep_going = tokio::select! {
@@ -184,6 +190,16 @@ impl StreamState {
         if create.watch_id != 0 {
             // Client-chosen ids are not supported; every etcd client library sends 0 (auto).
             return self.send(refuse(CANCEL_CHOSEN_ID)).await;
+        }
+        // Read permission on the whole watched range, checked once at create (etcd's
+        // isWatchPermitted); a refusal cancels this watch only, with the status text etcd
+        // puts in the reason. Unlike etcd 3.5, a from-key range ("\0") is checked as the
+        // whole range rather than as its first key.
+        let permitted =
+            crate::auth::caller_of(&self.node, &self.metadata).and_then(|caller| caller.check_read(&key, &range_end));
+        if let Err(status) = permitted {
+            let reason = format!("rpc error: code = {:?} desc = {}", status.code(), status.message());
+            return self.send(refuse(&reason)).await;
         }
         let filters = &create.filters;
         let spec = store::WatchSpec {

@@ -78,6 +78,15 @@ impl Command {
         Command { request_id, body: Some(body) }
     }
 
+    /// The body that applies: a [`CommandBody::Checked`] command's inner body, any other
+    /// command's own. Observers of applied entries (the lessor) match on this.
+    pub fn plain_body(&self) -> Option<&CommandBody> {
+        match &self.body {
+            Some(CommandBody::Checked(c)) => c.command.as_ref().and_then(|inner| inner.body.as_ref()),
+            other => other.as_ref(),
+        }
+    }
+
     /// Decodes a log entry. A decode failure is deterministic (same bytes everywhere).
     pub fn decode_entry(bytes: &[u8]) -> Result<Command> {
         Command::decode(bytes).map_err(|e| Error::InvalidCommand(e.to_string()))

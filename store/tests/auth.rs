@@ -66,7 +66,7 @@ fn auth_commands_apply_with_etcd_errors_and_survive_reopen_and_snapshot() {
     setup(&mut n);
     let a = n.store.auth(G);
     assert!(a.enabled);
-    assert_eq!(a.revision, 8, "one auth revision per change, from 1");
+    assert_eq!(a.revision, 7, "one auth revision per change, from 1 (enabling takes none)");
     assert_eq!(a.user("alice").unwrap().roles, vec!["writer".to_string()]);
     assert_eq!(&a.user("alice").unwrap().password_hash[..], b"hash-alice");
     assert_eq!(n.store.current_revision(G), rev0, "auth commands take no key revision");
@@ -75,11 +75,11 @@ fn auth_commands_apply_with_etcd_errors_and_survive_reopen_and_snapshot() {
         auth(&mut n, AuthCommand::UserDelete(UserDeleteRequest { name: "root".into() })),
         Err(Error::AuthInvalidMgmt)
     ));
-    assert_eq!(n.store.auth(G).revision, 8, "failed commands change nothing");
+    assert_eq!(n.store.auth(G).revision, 7, "failed commands change nothing");
 
     // A write checked at the current revision applies; one checked before a later auth
     // change is refused on apply.
-    let r = n.exec(checked_put(8, "a/1"));
+    let r = n.exec(checked_put(7, "a/1"));
     assert!(r.is_ok(), "{r:?}");
     auth(
         &mut n,
@@ -90,7 +90,7 @@ fn auth_commands_apply_with_etcd_errors_and_survive_reopen_and_snapshot() {
         }),
     )
     .unwrap();
-    assert!(matches!(n.exec(checked_put(8, "a/2")), Err(Error::AuthOldRevision)));
+    assert!(matches!(n.exec(checked_put(7, "a/2")), Err(Error::AuthOldRevision)));
     assert!(n.get("a/2").is_none(), "the refused write left no trace");
 
     // A simple token applied is known to this replica until its user's password changes.
@@ -129,7 +129,7 @@ fn auth_commands_apply_with_etcd_errors_and_survive_reopen_and_snapshot() {
     drop(store);
     let mut n = Node { store: Store::open(&path, StoreConfig::default()).unwrap(), g: G, next_index, dir };
     assert_eq!(n.store.auth(G), want, "the auth store survives a reopen");
-    assert!(matches!(n.exec(checked_put(8, "a/3")), Err(Error::AuthOldRevision)));
+    assert!(matches!(n.exec(checked_put(7, "a/3")), Err(Error::AuthOldRevision)));
     assert!(n.exec(checked_put(want.revision, "a/3")).is_ok());
 }
 

@@ -1,0 +1,540 @@
+//! etcd's `Auth` service, the caller of every request (the `token` metadata), and the
+//! permission checks the other services make before they read or propose.
+//!
+//! The auth store itself (users, roles, permissions, enabled flag, auth revision) is state
+//! of the log, in `store::auth`: every mutation here is a [`store::CommandBody::Auth`]
+//! proposal, applied with etcd's checks on every member. Passwords are hashed with bcrypt
+//! at `--bcrypt-cost` on the proposing member, off the runtime, before anything is proposed:
+//! no plaintext password reaches the log.
+//!
+//! `Authenticate` checks the password against the local auth store, picks a simple token
+//! (`<16 letters>.<n>`, etcd's shape) and proposes it: every member learns the token when it
+//! applies the entry, so a client may use it on any member (etcd assigns simple tokens
+//! through Raft for the same reason). A simple token lives `--auth-token-ttl` seconds
+//! without use on each member.
+//!
+//! Permission rules are etcd's (`store::auth::AuthState::check_*`): reads are checked here
+//! against the local auth store; writes are checked here too and proposed wrapped in
+//! [`store::CommandBody::Checked`] with the auth revision they were checked at, so a
+//! permission change that applies first refuses them on every member with
+//! `etcdserver: revision of auth store is old` instead of letting them through.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tonic::{Request, Response, Status};
+
+use crate::error::{store_status, EtcdError};
+use crate::node::Node;
+use crate::pb::authpb;
+use crate::pb::etcdserverpb::{self as pb, auth_server::Auth};
+use store::auth::{self as sa, AuthCommand, AuthState};
+
+/// etcd's defaults: `--auth-token-ttl` 300 s, `--bcrypt-cost` 10.
+pub const TOKEN_TTL_DEFAULT_SECS: u64 = 300;
+/// See [`TOKEN_TTL_DEFAULT_SECS`].
+pub const BCRYPT_COST_DEFAULT: u32 = 10;
+/// Letters of a simple token before its `.<n>` suffix (etcd's length).
+const SIMPLE_TOKEN_LETTERS: usize = 16;
+
+/// The member's auth settings, from `--auth-token`, `--auth-token-ttl` and `--bcrypt-cost`.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    /// How long a simple token lives without use.
+    pub token_ttl: Duration,
+    /// bcrypt cost of the password hashes this member makes.
+    pub bcrypt_cost: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { token_ttl: Duration::from_secs(TOKEN_TTL_DEFAULT_SECS), bcrypt_cost: BCRYPT_COST_DEFAULT }
+    }
+}
+
+impl AuthConfig {
+    /// Parses etcd's flags. `--auth-token` takes `simple` (the default); anything else is
+    /// refused with its reason.
+    pub fn from_flags(
+        auth_token: Option<&str>,
+        auth_token_ttl: Option<&str>,
+        bcrypt_cost: Option<&str>,
+    ) -> anyhow::Result<AuthConfig> {
+        let mut cfg = AuthConfig::default();
+        match auth_token.map(str::trim) {
+            None | Some("simple") => {}
+            Some(other) => {
+                anyhow::bail!(
+                    "--auth-token {other:?}: not supported by this build (only 'simple' tokens; JWT is not yet)"
+                )
+            }
+        }
+        if let Some(ttl) = auth_token_ttl {
+            let secs: u64 =
+                ttl.trim().parse().map_err(|_| anyhow::anyhow!("--auth-token-ttl {ttl:?}: not a number of seconds"))?;
+            anyhow::ensure!(secs > 0, "--auth-token-ttl must be positive");
+            cfg.token_ttl = Duration::from_secs(secs);
+        }
+        if let Some(cost) = bcrypt_cost {
+            let cost: u32 = cost.trim().parse().map_err(|_| anyhow::anyhow!("--bcrypt-cost {cost:?}: not a number"))?;
+            // bcrypt's own bounds (etcd refuses the same values).
+            anyhow::ensure!((4..=31).contains(&cost), "--bcrypt-cost must be between 4 and 31");
+            cfg.bcrypt_cost = cost;
+        }
+        Ok(cfg)
+    }
+}
+
+/// Who a request acts as: its user (`None` without a token) and the auth store it is
+/// checked against.
+pub struct Caller {
+    user: Option<Arc<str>>,
+    /// The auth revision the request is checked at (a simple token stands for the store's
+    /// current revision, as in etcd).
+    revision: u64,
+    state: Arc<AuthState>,
+}
+
+/// The metadata keys etcd reads a token from (`rpctypes.TokenFieldNameGRPC`, and the
+/// gateway's `authorization`).
+const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
+
+/// The caller of `request` (etcd's `AuthInfoFromCtx`): with auth disabled nobody in
+/// particular; otherwise the user of its token, `etcdserver: invalid auth token` for a
+/// token this member does not know (expired, or from before a password change), and no
+/// user without a token (every check then answers `etcdserver: user name is empty`).
+pub fn caller<T>(node: &Node, request: &Request<T>) -> Result<Caller, Status> {
+    caller_of(node, request.metadata())
+}
+
+/// [`caller`] from a request's metadata (a watch stream keeps its opening metadata and
+/// resolves its caller again at every create, as etcd does).
+pub fn caller_of(node: &Node, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, Status> {
+    let state = node.store.auth(node.group());
+    let revision = state.revision;
+    if !state.enabled {
+        return Ok(Caller { user: None, revision, state });
+    }
+    let token = TOKEN_KEYS.iter().find_map(|k| metadata.get(*k)).and_then(|v| v.to_str().ok());
+    let user = match token {
+        None => None,
+        Some(token) => Some(
+            node.store
+                .simple_token_user(node.group(), token, node.cfg.auth.token_ttl)
+                .ok_or_else(|| EtcdError::InvalidAuthToken.status())?,
+        ),
+    };
+    Ok(Caller { user, revision, state })
+}
+
+fn denied(e: store::Error) -> Status {
+    store_status(&e)
+}
+
+impl Caller {
+    /// Whether the request is checked at all (auth enabled).
+    pub fn enabled(&self) -> bool {
+        self.state.enabled
+    }
+
+    fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// Read permission on `[key, range_end)`.
+    pub fn check_read(&self, key: &[u8], range_end: &[u8]) -> Result<(), Status> {
+        self.state.check_read(self.user(), self.revision, key, range_end).map_err(denied)
+    }
+
+    /// Write permission on `[key, range_end)`.
+    pub fn check_write(&self, key: &[u8], range_end: &[u8]) -> Result<(), Status> {
+        self.state.check_write(self.user(), self.revision, key, range_end).map_err(denied)
+    }
+
+    /// The root role (etcd's `IsAdminPermitted`).
+    pub fn check_admin(&self) -> Result<(), Status> {
+        self.state.check_admin(self.user(), self.revision).map_err(denied)
+    }
+
+    /// A put: write on its key, and read too when it asks for the previous value.
+    pub fn check_put(&self, p: &store::PutRequest) -> Result<(), Status> {
+        self.check_write(&p.key, b"")?;
+        if p.prev_kv {
+            self.check_read(&p.key, b"")?;
+        }
+        Ok(())
+    }
+
+    /// A delete: write on its range, and read too when it asks for the previous values.
+    pub fn check_delete(&self, d: &store::DeleteRangeRequest) -> Result<(), Status> {
+        self.check_write(&d.key, &d.range_end)?;
+        if d.prev_kv {
+            self.check_read(&d.key, &d.range_end)?;
+        }
+        Ok(())
+    }
+
+    /// A txn (etcd's `checkTxnAuth`): read on every compare, and every op of both branches,
+    /// nested txns included, whichever branch will run.
+    pub fn check_txn(&self, t: &store::TxnRequest) -> Result<(), Status> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        for c in &t.compare {
+            self.check_read(&c.key, &c.range_end)?;
+        }
+        for op in t.success.iter().chain(&t.failure) {
+            match &op.request {
+                Some(store::Request::Range(r)) => self.check_read(&r.key, &r.range_end)?,
+                Some(store::Request::Put(p)) => self.check_put(p)?,
+                Some(store::Request::DeleteRange(d)) => self.check_delete(d)?,
+                Some(store::Request::Txn(t)) => self.check_txn(t)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The keys attached to lease `lease` must all be writable (etcd's `checkLeasePuts`, for
+    /// a put with that lease and a revoke of it), unless the caller is root.
+    pub fn check_lease_keys(&self, node: &Node, lease: i64) -> Result<(), Status> {
+        if !self.enabled() || lease == 0 || self.check_admin().is_ok() {
+            return Ok(());
+        }
+        let keys = node.store.lease_keys(node.group(), lease).map_err(|e| store_status(&e))?;
+        for key in keys {
+            self.check_write(&key, b"")?;
+        }
+        Ok(())
+    }
+
+    /// `body` as proposed for this caller: with auth enabled, wrapped with the auth revision
+    /// its permissions were checked at, so apply refuses it if they may have changed since.
+    pub fn checked(&self, body: store::CommandBody) -> store::CommandBody {
+        if !self.enabled() {
+            return body;
+        }
+        store::CommandBody::Checked(Box::new(store::CheckedCommand {
+            auth_revision: self.revision,
+            command: Some(Box::new(store::Command::new(0, body))),
+        }))
+    }
+}
+
+/// The Auth service.
+pub struct AuthService {
+    node: Arc<Node>,
+    /// Makes simple tokens unique on this member (the `.<n>` suffix).
+    tokens_issued: AtomicU64,
+}
+
+impl AuthService {
+    /// The service of `node`.
+    pub fn new(node: Arc<Node>) -> AuthService {
+        AuthService { node, tokens_issued: AtomicU64::new(0) }
+    }
+
+    /// Proposes an auth command for a root caller (or anyone while auth is disabled).
+    async fn admin_propose<T>(&self, request: &Request<T>, cmd: AuthCommand) -> Result<sa::AuthResponse, Status> {
+        caller(&self.node, request)?.check_admin()?;
+        self.propose(cmd).await
+    }
+
+    async fn propose(&self, cmd: AuthCommand) -> Result<sa::AuthResponse, Status> {
+        let body = store::CommandBody::Auth(sa::AuthRequest { command: Some(cmd) });
+        match self.node.propose(body).await? {
+            store::CommandResponse::Auth(r) => Ok(r),
+            other => Err(Status::internal(format!("auth command applied with {other:?}"))),
+        }
+    }
+
+    /// The local auth store after a read barrier (etcd serves auth reads through the log),
+    /// for a root caller.
+    async fn admin_read<T>(&self, request: &Request<T>) -> Result<Arc<AuthState>, Status> {
+        caller(&self.node, request)?.check_admin()?;
+        self.node.read_barrier().await?;
+        Ok(self.node.store.auth(self.node.group()))
+    }
+
+    fn header(&self) -> Option<pb::ResponseHeader> {
+        Some(self.node.current_header())
+    }
+
+    /// A bcrypt hash of `password` at the member's cost, computed off the runtime (a cost
+    /// of 10 takes tens of milliseconds).
+    async fn hash(&self, password: String) -> Result<bytes::Bytes, Status> {
+        let cost = self.node.cfg.auth.bcrypt_cost;
+        let hashed = tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(format!("bcrypt: {e}")))?;
+        Ok(hashed.into())
+    }
+}
+
+fn simple_token(n: u64) -> String {
+    const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut rng = rand::rng();
+    let letters: String =
+        (0..SIMPLE_TOKEN_LETTERS).map(|_| LETTERS[rng.random_range(0..LETTERS.len())] as char).collect();
+    format!("{letters}.{n}")
+}
+
+fn perm_to_pb(p: &sa::Permission) -> authpb::Permission {
+    authpb::Permission { perm_type: p.perm_type, key: p.key.clone(), range_end: p.range_end.clone() }
+}
+
+#[tonic::async_trait]
+impl Auth for AuthService {
+    async fn auth_enable(
+        &self,
+        request: Request<pb::AuthEnableRequest>,
+    ) -> Result<Response<pb::AuthEnableResponse>, Status> {
+        // Nobody is checked before auth is enabled; once enabled, enabling again is a no-op
+        // for root only, as etcd's.
+        self.admin_propose(&request, AuthCommand::Enable(sa::AuthEnableRequest {})).await?;
+        Ok(Response::new(pb::AuthEnableResponse { header: self.header() }))
+    }
+
+    async fn auth_disable(
+        &self,
+        request: Request<pb::AuthDisableRequest>,
+    ) -> Result<Response<pb::AuthDisableResponse>, Status> {
+        self.admin_propose(&request, AuthCommand::Disable(sa::AuthDisableRequest {})).await?;
+        Ok(Response::new(pb::AuthDisableResponse { header: self.header() }))
+    }
+
+    async fn auth_status(
+        &self,
+        request: Request<pb::AuthStatusRequest>,
+    ) -> Result<Response<pb::AuthStatusResponse>, Status> {
+        // Root only once enabled (etcd's needAdminPermission lists AuthStatus).
+        let state = self.admin_read(&request).await?;
+        Ok(Response::new(pb::AuthStatusResponse {
+            header: self.header(),
+            enabled: state.enabled,
+            auth_revision: state.revision,
+        }))
+    }
+
+    async fn authenticate(
+        &self,
+        request: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        let req = request.into_inner();
+        let state = self.node.store.auth(self.node.group());
+        if !state.enabled {
+            return Err(EtcdError::AuthNotEnabled.status());
+        }
+        let hash = match state.user(&req.name) {
+            Some(u) if u.no_password => return Err(EtcdError::NoPasswordUser.status()),
+            Some(u) => String::from_utf8_lossy(&u.password_hash).into_owned(),
+            None => return Err(EtcdError::AuthFailed.status()),
+        };
+        let password = req.password;
+        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if !ok {
+            return Err(EtcdError::AuthFailed.status());
+        }
+        let token = simple_token(self.tokens_issued.fetch_add(1, Ordering::Relaxed) + 1);
+        self.propose(AuthCommand::Authenticate(sa::AuthenticateRequest {
+            name: req.name,
+            simple_token: token.clone(),
+            auth_revision: state.revision,
+        }))
+        .await?;
+        Ok(Response::new(pb::AuthenticateResponse { header: self.header(), token }))
+    }
+
+    async fn user_add(
+        &self,
+        request: Request<pb::AuthUserAddRequest>,
+    ) -> Result<Response<pb::AuthUserAddResponse>, Status> {
+        caller(&self.node, &request)?.check_admin()?;
+        let req = request.into_inner();
+        let no_password = req.options.as_ref().is_some_and(|o| o.no_password);
+        let password_hash = if no_password {
+            bytes::Bytes::new()
+        } else if !req.hashed_password.is_empty() {
+            req.hashed_password.into()
+        } else {
+            self.hash(req.password).await?
+        };
+        self.propose(AuthCommand::UserAdd(sa::UserAddRequest { name: req.name, password_hash, no_password })).await?;
+        Ok(Response::new(pb::AuthUserAddResponse { header: self.header() }))
+    }
+
+    async fn user_get(
+        &self,
+        request: Request<pb::AuthUserGetRequest>,
+    ) -> Result<Response<pb::AuthUserGetResponse>, Status> {
+        // A user may read its own roles (etcd's authApplierV3.UserGet).
+        let c = caller(&self.node, &request)?;
+        let name = &request.get_ref().name;
+        if let Err(denied) = c.check_admin() {
+            if c.user() != Some(name.as_str()) {
+                return Err(denied);
+            }
+        }
+        self.node.read_barrier().await?;
+        let state = self.node.store.auth(self.node.group());
+        let user = state.user(name).ok_or_else(|| EtcdError::UserNotFound.status())?;
+        Ok(Response::new(pb::AuthUserGetResponse { header: self.header(), roles: user.roles.clone() }))
+    }
+
+    async fn user_list(
+        &self,
+        request: Request<pb::AuthUserListRequest>,
+    ) -> Result<Response<pb::AuthUserListResponse>, Status> {
+        let state = self.admin_read(&request).await?;
+        let users = state.users.iter().map(|u| u.name.clone()).collect();
+        Ok(Response::new(pb::AuthUserListResponse { header: self.header(), users }))
+    }
+
+    async fn user_delete(
+        &self,
+        request: Request<pb::AuthUserDeleteRequest>,
+    ) -> Result<Response<pb::AuthUserDeleteResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        self.admin_propose(&request, AuthCommand::UserDelete(sa::UserDeleteRequest { name })).await?;
+        Ok(Response::new(pb::AuthUserDeleteResponse { header: self.header() }))
+    }
+
+    async fn user_change_password(
+        &self,
+        request: Request<pb::AuthUserChangePasswordRequest>,
+    ) -> Result<Response<pb::AuthUserChangePasswordResponse>, Status> {
+        caller(&self.node, &request)?.check_admin()?;
+        let req = request.into_inner();
+        let password_hash =
+            if !req.hashed_password.is_empty() { req.hashed_password.into() } else { self.hash(req.password).await? };
+        self.propose(AuthCommand::UserChangePassword(sa::UserChangePasswordRequest { name: req.name, password_hash }))
+            .await?;
+        Ok(Response::new(pb::AuthUserChangePasswordResponse { header: self.header() }))
+    }
+
+    async fn user_grant_role(
+        &self,
+        request: Request<pb::AuthUserGrantRoleRequest>,
+    ) -> Result<Response<pb::AuthUserGrantRoleResponse>, Status> {
+        let r = request.get_ref();
+        let cmd = AuthCommand::UserGrantRole(sa::UserGrantRoleRequest { user: r.user.clone(), role: r.role.clone() });
+        self.admin_propose(&request, cmd).await?;
+        Ok(Response::new(pb::AuthUserGrantRoleResponse { header: self.header() }))
+    }
+
+    async fn user_revoke_role(
+        &self,
+        request: Request<pb::AuthUserRevokeRoleRequest>,
+    ) -> Result<Response<pb::AuthUserRevokeRoleResponse>, Status> {
+        let r = request.get_ref();
+        let cmd = AuthCommand::UserRevokeRole(sa::UserRevokeRoleRequest { name: r.name.clone(), role: r.role.clone() });
+        self.admin_propose(&request, cmd).await?;
+        Ok(Response::new(pb::AuthUserRevokeRoleResponse { header: self.header() }))
+    }
+
+    async fn role_add(
+        &self,
+        request: Request<pb::AuthRoleAddRequest>,
+    ) -> Result<Response<pb::AuthRoleAddResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        self.admin_propose(&request, AuthCommand::RoleAdd(sa::RoleAddRequest { name })).await?;
+        Ok(Response::new(pb::AuthRoleAddResponse { header: self.header() }))
+    }
+
+    async fn role_get(
+        &self,
+        request: Request<pb::AuthRoleGetRequest>,
+    ) -> Result<Response<pb::AuthRoleGetResponse>, Status> {
+        // A user may read the roles it has (etcd's authApplierV3.RoleGet).
+        let c = caller(&self.node, &request)?;
+        let name = &request.get_ref().role;
+        if let Err(denied) = c.check_admin() {
+            let has_role = c.user().and_then(|u| c.state.user(u)).is_some_and(|u| u.roles.iter().any(|r| r == name));
+            if !has_role {
+                return Err(denied);
+            }
+        }
+        self.node.read_barrier().await?;
+        let state = self.node.store.auth(self.node.group());
+        let role = state.role(name).ok_or_else(|| EtcdError::RoleNotFound.status())?;
+        let perm = role.permissions.iter().map(perm_to_pb).collect();
+        Ok(Response::new(pb::AuthRoleGetResponse { header: self.header(), perm }))
+    }
+
+    async fn role_list(
+        &self,
+        request: Request<pb::AuthRoleListRequest>,
+    ) -> Result<Response<pb::AuthRoleListResponse>, Status> {
+        let state = self.admin_read(&request).await?;
+        let roles = state.roles.iter().map(|r| r.name.clone()).collect();
+        Ok(Response::new(pb::AuthRoleListResponse { header: self.header(), roles }))
+    }
+
+    async fn role_delete(
+        &self,
+        request: Request<pb::AuthRoleDeleteRequest>,
+    ) -> Result<Response<pb::AuthRoleDeleteResponse>, Status> {
+        let role = request.get_ref().role.clone();
+        self.admin_propose(&request, AuthCommand::RoleDelete(sa::RoleDeleteRequest { role })).await?;
+        Ok(Response::new(pb::AuthRoleDeleteResponse { header: self.header() }))
+    }
+
+    async fn role_grant_permission(
+        &self,
+        request: Request<pb::AuthRoleGrantPermissionRequest>,
+    ) -> Result<Response<pb::AuthRoleGrantPermissionResponse>, Status> {
+        let r = request.get_ref();
+        let perm = r.perm.as_ref().map(|p| sa::Permission {
+            perm_type: p.perm_type,
+            key: p.key.clone(),
+            range_end: p.range_end.clone(),
+        });
+        let cmd = AuthCommand::RoleGrantPermission(sa::RoleGrantPermissionRequest { name: r.name.clone(), perm });
+        self.admin_propose(&request, cmd).await?;
+        Ok(Response::new(pb::AuthRoleGrantPermissionResponse { header: self.header() }))
+    }
+
+    async fn role_revoke_permission(
+        &self,
+        request: Request<pb::AuthRoleRevokePermissionRequest>,
+    ) -> Result<Response<pb::AuthRoleRevokePermissionResponse>, Status> {
+        let r = request.get_ref();
+        let cmd = AuthCommand::RoleRevokePermission(sa::RoleRevokePermissionRequest {
+            role: r.role.clone(),
+            key: r.key.clone(),
+            range_end: r.range_end.clone(),
+        });
+        self.admin_propose(&request, cmd).await?;
+        Ok(Response::new(pb::AuthRoleRevokePermissionResponse { header: self.header() }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_like_etcds() {
+        let cfg = AuthConfig::from_flags(None, None, None).unwrap();
+        assert_eq!((cfg.token_ttl, cfg.bcrypt_cost), (Duration::from_secs(300), 10));
+        let cfg = AuthConfig::from_flags(Some("simple"), Some("5"), Some("4")).unwrap();
+        assert_eq!((cfg.token_ttl, cfg.bcrypt_cost), (Duration::from_secs(5), 4));
+        assert!(AuthConfig::from_flags(None, None, Some("3")).is_err());
+        assert!(AuthConfig::from_flags(None, Some("0"), None).is_err());
+        assert!(AuthConfig::from_flags(Some("magic"), None, None).is_err());
+    }
+
+    #[test]
+    fn simple_tokens_have_etcds_shape() {
+        let t = simple_token(7);
+        let (letters, n) = t.split_once('.').unwrap();
+        assert_eq!(letters.len(), SIMPLE_TOKEN_LETTERS);
+        assert!(letters.chars().all(|c| c.is_ascii_alphabetic()));
+        assert_eq!(n, "7");
+    }
+}
