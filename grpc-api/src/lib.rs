@@ -31,16 +31,24 @@
 //!   which is held in memory whole, up to `SNAPSHOT_BYTES_MAX` (8 GiB).
 //! - Proposals carry the proposer's full member id beside the request id; only the proposer
 //!   answers a client, so no member can answer another's waiter (`node.rs`).
-//! - Security flags (TLS, client certificates, auth) and `https://` URLs are refused at
-//!   start-up, never accepted and ignored (`config.rs`).
+//! - Security flags this build does not do, or that would have no effect (a peer
+//!   certificate with `http://` peer URLs, ...), are refused at start-up, never accepted
+//!   and ignored (`config.rs`).
+//! - Client TLS (`tls.rs`, wired in `serve.rs`): `https://` client URLs serve gRPC and HTTP
+//!   over rustls on one port; handshakes run off the accept loop, bounded in number
+//!   (`HANDSHAKES_IN_FLIGHT_MAX`) and time (`HANDSHAKE_TIMEOUT`); certificate files are
+//!   re-read on change for each new connection, a broken new file keeps the old config; the
+//!   verified client certificate's CN is in every request (`tls::client_common_name`).
 //!
 //! CAVEATS:
 //! - Replication: the default group is replicated over the peer transport (`peer.rs`);
 //!   membership changes are Raft conf changes (`cluster.rs`, `member.rs`), members behind the
 //!   purged log receive a store snapshot (installed from memory), and keep-alives and lease
 //!   TTLs asked of a follower are forwarded to the leader. Peer traffic is plain HTTP/2.
-//! - Auth is not served: its RPCs answer `Unimplemented`. TLS and auth flags are refused at
-//!   start-up.
+//! - Auth is not served: its RPCs answer `Unimplemented`. Auth flags are refused at start-up.
+//! - Client TLS is TLS 1.2 and 1.3 only (rustls), with ECDHE AEAD suites; no certificate
+//!   revocation lists (`--client-crl-file`) and no `--client-cert-allowed-hostname`: both are
+//!   refused. `--listen-metrics-urls` is plain HTTP only.
 //! - Only the default tenant (group 1) is served; tenant resolution is not wired in.
 //! - Two watch cases follow the newer etcd rules of the kube-apiserver contract rather than
 //!   etcd 3.5.1: a negative start revision is refused (`watch_id -1`, canceled), and
