@@ -45,7 +45,7 @@
 //!   membership changes are Raft conf changes (`cluster.rs`, `member.rs`), members behind the
 //!   purged log receive a store snapshot (installed from memory), and keep-alives and lease
 //!   TTLs asked of a follower are forwarded to the leader. Peer traffic is plain HTTP/2.
-//! - Auth is not served: its RPCs answer `Unimplemented`. Auth flags are refused at start-up.
+//! - Auth is not served: its RPCs answer `Unimplemented`.
 //! - Client TLS is TLS 1.2 and 1.3 only (rustls), with ECDHE AEAD suites; no certificate
 //!   revocation lists (`--client-crl-file`) and no `--client-cert-allowed-hostname`: both are
 //!   refused. `--listen-metrics-urls` is plain HTTP only.
