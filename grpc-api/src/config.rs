@@ -142,25 +142,29 @@ pub struct SecurityArgs {
     /// Validity of `--auto-tls` certificates, in years (etcd's default: 1).
     #[arg(long)]
     pub self_signed_cert_validity: Option<String>,
-    /// Refused: peer TLS certificate.
+    /// Certificate (PEM chain, leaf first) served on `https://` peer URLs and presented to
+    /// the other members as a client; re-read when it changes (see `peer_tls.rs`).
     #[arg(long)]
     pub peer_cert_file: Option<String>,
-    /// Refused: peer TLS key.
+    /// Private key of `--peer-cert-file`.
     #[arg(long)]
     pub peer_key_file: Option<String>,
-    /// Refused: CA of peer certificates.
+    /// CA (PEM) of the other members' certificates: verifies their server certificates and,
+    /// with `--peer-client-cert-auth`, their client certificates.
     #[arg(long)]
     pub peer_trusted_ca_file: Option<String>,
-    /// Refused when true: peer certificate authentication.
+    /// Require a peer client certificate signed by `--peer-trusted-ca-file` at the handshake,
+    /// and bind it to the member it speaks for (see `peer_tls.rs`).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub peer_client_cert_auth: Option<bool>,
-    /// Refused when true: self-signed peer certificates.
+    /// Serve `https://` peer URLs with a self-signed certificate made at start under
+    /// `<data-dir>/fixtures/peer` (encrypted, not authenticated).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub peer_auto_tls: Option<bool>,
-    /// Refused: allowed CN of peer certificates.
+    /// With `--peer-client-cert-auth`: a peer certificate's Common Name must equal this.
     #[arg(long)]
     pub peer_cert_allowed_cn: Option<String>,
-    /// Refused: allowed hostname of peer certificates.
+    /// With `--peer-client-cert-auth`: a peer certificate must be valid for this host name.
     #[arg(long)]
     pub peer_cert_allowed_hostname: Option<String>,
     /// Refused: peer certificate revocation list.
@@ -206,13 +210,6 @@ impl SecurityArgs {
             ("--client-cert-allowed-hostname", self.client_cert_allowed_hostname.is_some()),
             ("--client-cert-file", self.client_cert_file.is_some()),
             ("--client-key-file", self.client_key_file.is_some()),
-            ("--peer-cert-file", self.peer_cert_file.is_some()),
-            ("--peer-key-file", self.peer_key_file.is_some()),
-            ("--peer-trusted-ca-file", self.peer_trusted_ca_file.is_some()),
-            ("--peer-client-cert-auth", on(&self.peer_client_cert_auth)),
-            ("--peer-auto-tls", on(&self.peer_auto_tls)),
-            ("--peer-cert-allowed-cn", self.peer_cert_allowed_cn.is_some()),
-            ("--peer-cert-allowed-hostname", self.peer_cert_allowed_hostname.is_some()),
             ("--peer-crl-file", self.peer_crl_file.is_some()),
             ("--peer-client-cert-file", self.peer_client_cert_file.is_some()),
             ("--peer-client-key-file", self.peer_client_key_file.is_some()),
@@ -348,6 +345,85 @@ impl ServeArgs {
         Ok(())
     }
 
+    /// Whether this member's peer URLs are `https://` (peer TLS). Listen and advertised peer
+    /// URLs must agree (checked by `validate`).
+    pub fn peer_https(&self) -> bool {
+        split_urls(&self.listen_peer_urls).iter().any(|u| u.starts_with("https://"))
+    }
+
+    /// The peer TLS flags, checked together before anything starts (etcd's rules where it
+    /// has them; where etcd would ignore a flag, it is refused instead): https peer URLs
+    /// need a certificate, certificate flags need https peer URLs, client-certificate auth
+    /// needs a CA, and at most one of the allowed CN and hostname.
+    fn validate_peer_tls(&self) -> anyhow::Result<()> {
+        let s = &self.security;
+        let own: Vec<String> = split_urls(&self.listen_peer_urls)
+            .into_iter()
+            .chain(split_urls(&self.initial_advertise_peer_urls))
+            .collect();
+        let https = self.peer_https();
+        if let Some(url) = own.iter().find(|u| u.starts_with("https://") != https) {
+            anyhow::bail!(
+                "--listen-peer-urls and --initial-advertise-peer-urls must be all http:// or all https://, not {url:?}"
+            );
+        }
+        match (&s.peer_cert_file, &s.peer_key_file) {
+            (Some(_), None) => anyhow::bail!("--peer-cert-file needs --peer-key-file"),
+            (None, Some(_)) => anyhow::bail!("--peer-key-file needs --peer-cert-file"),
+            _ => {}
+        }
+        let auto = s.peer_auto_tls == Some(true);
+        let given: Vec<&str> = [
+            ("--peer-cert-file", s.peer_cert_file.is_some()),
+            ("--peer-trusted-ca-file", s.peer_trusted_ca_file.is_some()),
+            ("--peer-client-cert-auth", s.peer_client_cert_auth == Some(true)),
+            ("--peer-auto-tls", auto),
+            ("--peer-cert-allowed-cn", s.peer_cert_allowed_cn.is_some()),
+            ("--peer-cert-allowed-hostname", s.peer_cert_allowed_hostname.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, set)| set.then_some(flag))
+        .collect();
+        if !https {
+            // A certificate flag with plain peer URLs would protect nothing: refuse it
+            // rather than serve plain HTTP/2 to a manifest that asked for TLS.
+            if let Some(flag) = given.first() {
+                anyhow::bail!(
+                    "{flag}: peer TLS needs https:// peer URLs (--listen-peer-urls, --initial-advertise-peer-urls)"
+                );
+            }
+            return Ok(());
+        }
+        match (s.peer_cert_file.is_some(), auto) {
+            (false, false) => anyhow::bail!(
+                "--listen-peer-urls: https needs a certificate: give --peer-cert-file and --peer-key-file (or --peer-auto-tls)"
+            ),
+            (true, true) => anyhow::bail!("--peer-auto-tls: give either it or --peer-cert-file/--peer-key-file, not both"),
+            (true, false) => anyhow::ensure!(
+                s.peer_trusted_ca_file.is_some(),
+                "--peer-cert-file: https peer URLs need --peer-trusted-ca-file to verify the other members' \
+                 certificates (or use --peer-auto-tls)"
+            ),
+            (false, true) => anyhow::ensure!(
+                s.peer_trusted_ca_file.is_none() && s.peer_client_cert_auth != Some(true),
+                "--peer-auto-tls: self-signed peer certificates cannot be verified; it does not go with \
+                 --peer-trusted-ca-file or --peer-client-cert-auth"
+            ),
+        }
+        anyhow::ensure!(
+            !(s.peer_cert_allowed_cn.is_some() && s.peer_cert_allowed_hostname.is_some()),
+            "--peer-cert-allowed-cn and --peer-cert-allowed-hostname cannot be given together"
+        );
+        if s.peer_cert_allowed_cn.is_some() || s.peer_cert_allowed_hostname.is_some() {
+            anyhow::ensure!(
+                s.peer_client_cert_auth == Some(true),
+                "--peer-cert-allowed-cn and --peer-cert-allowed-hostname check peer client certificates: they need \
+                 --peer-client-cert-auth"
+            );
+        }
+        Ok(())
+    }
+
     /// Host:port pairs to bind for client traffic.
     pub fn client_listen_addrs(&self) -> anyhow::Result<Vec<String>> {
         split_urls(&self.listen_client_urls).into_iter().map(|u| url_host_port(&u)).collect()
@@ -380,15 +456,7 @@ impl ServeArgs {
             anyhow::bail!("{flag}: not supported by this build (README, 'Security' lists what is); remove the flag");
         }
         self.validate_client_tls()?;
-        for (flag, urls) in [
-            ("--listen-peer-urls", Some(&self.listen_peer_urls)),
-            ("--initial-advertise-peer-urls", Some(&self.initial_advertise_peer_urls)),
-            ("--initial-cluster", self.initial_cluster.as_ref()),
-        ] {
-            if let Some(url) = urls.and_then(|u| u.split(',').find(|u| u.contains("https://"))) {
-                anyhow::bail!("{flag}: {:?}: https is not supported by this build; use http://", url.trim());
-            }
-        }
+        self.validate_peer_tls()?;
         anyhow::ensure!(self.max_request_bytes > 0, "--max-request-bytes must be positive");
         anyhow::ensure!(self.max_txn_ops > 0, "--max-txn-ops must be positive");
         anyhow::ensure!(self.heartbeat_interval > 0, "--heartbeat-interval must be positive");

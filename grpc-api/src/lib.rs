@@ -44,7 +44,10 @@
 //! - Replication: the default group is replicated over the peer transport (`peer.rs`);
 //!   membership changes are Raft conf changes (`cluster.rs`, `member.rs`), members behind the
 //!   purged log receive a store snapshot (installed from memory), and keep-alives and lease
-//!   TTLs asked of a follower are forwarded to the leader. Peer traffic is plain HTTP/2.
+//!   TTLs asked of a follower are forwarded to the leader. Peer traffic is plain HTTP/2, or
+//!   TLS with `https://` peer URLs (`peer_tls.rs`); each peer stream is bound to the member
+//!   it speaks for (and, with `--peer-client-cert-auth`, to that member's certificate), and
+//!   a plain or unauthenticated peer port is reported by a warning at start.
 //! - Auth is not served: its RPCs answer `Unimplemented`.
 //! - Client TLS is TLS 1.2 and 1.3 only (rustls), with ECDHE AEAD suites; no certificate
 //!   revocation lists (`--client-crl-file`) and no `--client-cert-allowed-hostname`: both are
@@ -75,6 +78,7 @@ pub mod metrics;
 pub mod node;
 pub mod pb;
 pub mod peer;
+pub mod peer_tls;
 pub mod serve;
 pub mod tls;
 pub mod version;

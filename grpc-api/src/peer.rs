@@ -39,10 +39,15 @@
 //! that breaks either rule is closed with `PermissionDenied` before anything it carries is
 //! stepped or installed: no member can speak for another.
 //!
+//! With `https://` peer URLs every connection is TLS (`peer_tls.rs`), and with
+//! `--peer-client-cert-auth` the member a request is bound to must also match the verified
+//! client certificate of its connection (`PeerService::check_certificate`).
+//!
 //! CAVEATS:
-//! - Plain HTTP/2 only (no peer TLS): the member id a stream carries is only asserted by
-//!   its sender, so without TLS the binding catches confused peers, not an attacker who
-//!   can reach the port and knows the cluster id (the server warns at start).
+//! - Without peer client certificates (plain HTTP/2, or `--peer-auto-tls`) the member id a
+//!   stream carries is only asserted by its sender, so the binding catches confused peers,
+//!   not an attacker who can reach the port and knows the cluster id (the member warns at
+//!   start).
 //! - The follower installs a snapshot from memory (the store builds one batch of the group).
 
 use std::collections::HashMap;
@@ -60,6 +65,7 @@ use tracing::{debug, info, warn};
 
 use crate::member::{Member, REMOVED_MESSAGE};
 use crate::node::Node;
+use crate::peer_tls::PeerTls;
 
 /// Generated types and stubs of `proto/peer.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic, rust_2018_idioms)]
@@ -129,6 +135,8 @@ pub struct PeerTransport {
     next_token: std::sync::atomic::AtomicU64,
     /// Lazily connected clients, for requests forwarded to the leader.
     clients: tokio::sync::Mutex<HashMap<u64, Client>>,
+    /// Peer TLS (`https://` peer URLs), set once before `start`; unset means plain HTTP/2.
+    tls: OnceLock<Arc<PeerTls>>,
 }
 
 impl PeerTransport {
@@ -146,9 +154,21 @@ impl PeerTransport {
             pinned: Mutex::new(HashMap::new()),
             next_token: std::sync::atomic::AtomicU64::new(1),
             clients: tokio::sync::Mutex::new(HashMap::new()),
+            tls: OnceLock::new(),
         });
         t.set_peers(peers);
         t
+    }
+
+    /// Uses peer TLS for every connection from now on; called before `start` (a second
+    /// call changes nothing).
+    pub fn set_tls(&self, tls: Arc<PeerTls>) {
+        let _ = self.tls.set(tls);
+    }
+
+    /// This member's peer TLS, if its peer URLs are `https://`.
+    pub fn tls(&self) -> Option<&Arc<PeerTls>> {
+        self.tls.get()
     }
 
     /// Spawns the peer tasks on the current tokio runtime.
@@ -396,20 +416,7 @@ async fn connect(node: &Node, peer: u64) -> anyhow::Result<Client> {
     let urls = urls.ok_or_else(|| anyhow::anyhow!("member {peer:x} is not in the member list"))?;
     let mut last = anyhow::anyhow!("member {peer:x} has no peer URLs");
     for url in urls {
-        let endpoint = match tonic::transport::Endpoint::from_shared(url.clone()) {
-            Ok(e) => e,
-            Err(e) => {
-                last = anyhow::anyhow!("peer URL {url}: {e}");
-                continue;
-            }
-        };
-        let endpoint = endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
-        match endpoint.connect().await {
+        match open_channel(&url, node.membership.transport.tls()).await {
             Ok(channel) => {
                 let mut client = pb::peer_client::PeerClient::new(channel)
                     .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
@@ -417,10 +424,36 @@ async fn connect(node: &Node, peer: u64) -> anyhow::Result<Client> {
                 hello(node, peer, &mut client).await?;
                 return Ok(client);
             }
-            Err(e) => last = anyhow::anyhow!("connect to {url}: {e}"),
+            Err(e) => last = e,
         }
     }
     Err(last)
+}
+
+/// Opens a channel to one peer URL: plain HTTP/2 for `http://`, TLS with this member's
+/// peer certificate for `https://` (see `peer_tls.rs`). A member with peer TLS never talks
+/// to a plain URL, and one without it cannot talk to an https one.
+async fn open_channel(url: &str, tls: Option<&Arc<PeerTls>>) -> anyhow::Result<tonic::transport::Channel> {
+    let https = url.starts_with("https://");
+    let endpoint = match (https, tls) {
+        (false, None) => tonic::transport::Endpoint::from_shared(url.to_string()),
+        // TLS is the connector's: tonic is given the plain scheme so it does not look for
+        // TLS of its own.
+        (true, Some(_)) => tonic::transport::Endpoint::from_shared(format!("http://{}", &url["https://".len()..])),
+        (true, None) => anyhow::bail!("peer URL {url} is https but this member has no peer TLS (--peer-cert-file)"),
+        (false, Some(_)) => anyhow::bail!("peer URL {url} is plain http but this member uses peer TLS"),
+    }
+    .map_err(|e| anyhow::anyhow!("peer URL {url}: {e}"))?
+    .connect_timeout(CONNECT_TIMEOUT)
+    .tcp_nodelay(true)
+    .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+    .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+    .keep_alive_while_idle(true);
+    let connected = match tls {
+        Some(tls) if https => endpoint.connect_with_connector(tls.connector(url)?).await,
+        _ => endpoint.connect().await,
+    };
+    connected.map_err(|e| anyhow::anyhow!("connect to {url}: {e}"))
 }
 
 /// Exchanges identities with `peer`: same cluster, the expected member, its client URLs.
@@ -542,7 +575,30 @@ impl PeerService {
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .ok_or_else(|| Status::permission_denied("peer stream names no member (plinth-member-id)"))?;
         self.check_member(member)?;
+        self.check_certificate(request, Some(member))?;
         Ok(member)
+    }
+
+    /// With peer TLS and `--peer-client-cert-auth`, checks that the certificate of the
+    /// connection `request` came on may speak for `member` (or, for `None`, for some
+    /// member): see `peer_tls.rs` for the rule. Without peer TLS there is nothing to check.
+    fn check_certificate<T>(&self, request: &Request<T>, member: Option<u64>) -> Result<(), Status> {
+        let Some(tls) = self.node.membership.transport.tls() else { return Ok(()) };
+        let (all, urls) = {
+            let identity = self.node.membership.identity.read();
+            let all: Vec<Vec<String>> = identity.members.iter().map(|m| m.peer_urls.clone()).collect();
+            let urls = member.map(|id| {
+                identity.members.iter().find(|m| m.id == id).map(|m| m.peer_urls.clone()).unwrap_or_default()
+            });
+            (all, urls)
+        };
+        tls.check_identity(request, urls.as_deref(), &all).inspect_err(|status| {
+            warn!(
+                member = format_args!("{:x}", member.unwrap_or(0)),
+                error = %status.message(),
+                "peer request refused: its certificate does not match"
+            );
+        })
     }
 
     /// Refuses a stream bound to `member` unless it is another current member.
@@ -604,7 +660,7 @@ impl pb::peer_server::Peer for PeerService {
     }
 
     async fn hello(&self, request: Request<pb::HelloRequest>) -> Result<Response<pb::HelloResponse>, Status> {
-        let req = request.into_inner();
+        let req = request.get_ref();
         let (cluster_id, member_id, known, client_urls, name) = {
             let identity = self.node.membership.identity.read();
             let me = identity.members.iter().find(|m| m.id == identity.member_id);
@@ -628,6 +684,10 @@ impl pb::peer_server::Peer for PeerService {
             }
             return Err(Status::failed_precondition(format!("member {:x} is not in the member list", req.member_id)));
         }
+        // A hello names the member the connection speaks for: its certificate must match
+        // it. (A removed member is told so above, whatever its certificate, so it stops.)
+        self.check_certificate(&request, Some(req.member_id))?;
+        let req = request.into_inner();
         record_client_urls(&self.node, req.member_id, &req.name, req.client_urls).await;
         Ok(Response::new(pb::HelloResponse { cluster_id, member_id, client_urls, name }))
     }
@@ -692,13 +752,15 @@ impl pb::peer_server::Peer for PeerService {
         Ok(Response::new(pb::Empty {}))
     }
 
-    async fn members(&self, _request: Request<pb::MembersRequest>) -> Result<Response<pb::MembersResponse>, Status> {
+    async fn members(&self, request: Request<pb::MembersRequest>) -> Result<Response<pb::MembersResponse>, Status> {
+        self.check_certificate(&request, None)?;
         let identity = self.node.membership.identity.read();
         let members = serde_json::to_vec(&identity.members).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::MembersResponse { cluster_id: identity.cluster_id, members: members.into() }))
     }
 
     async fn lease_renew(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
+        self.check_certificate(&request, None)?;
         if !self.node.is_leader() {
             return Err(crate::error::EtcdError::NotLeader.status());
         }
@@ -707,6 +769,7 @@ impl pb::peer_server::Peer for PeerService {
     }
 
     async fn lease_remaining(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
+        self.check_certificate(&request, None)?;
         if !self.node.is_leader() {
             return Err(crate::error::EtcdError::NotLeader.status());
         }
@@ -715,6 +778,7 @@ impl pb::peer_server::Peer for PeerService {
     }
 
     async fn promote(&self, request: Request<pb::PromoteRequest>) -> Result<Response<pb::PromoteResponse>, Status> {
+        self.check_certificate(&request, None)?;
         let id = request.into_inner().member_id;
         let members = self.node.promote_on_leader(id).await?;
         let members = serde_json::to_vec(&members).map_err(|e| Status::internal(e.to_string()))?;
@@ -723,14 +787,14 @@ impl pb::peer_server::Peer for PeerService {
 }
 
 /// Asks the members at `peer_urls` for the cluster id and member list (joining a cluster).
-pub async fn fetch_members(peer_urls: &[String]) -> anyhow::Result<(u64, Vec<Member>)> {
+/// `tls`: this member's peer TLS, for `https://` URLs.
+pub async fn fetch_members(peer_urls: &[String], tls: Option<&Arc<PeerTls>>) -> anyhow::Result<(u64, Vec<Member>)> {
     let mut last = anyhow::anyhow!("no peer URLs to ask for the member list");
     for url in peer_urls {
-        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())?.connect_timeout(CONNECT_TIMEOUT);
-        let channel = match endpoint.connect().await {
+        let channel = match open_channel(url, tls).await {
             Ok(c) => c,
             Err(e) => {
-                last = anyhow::anyhow!("connect to {url}: {e}");
+                last = e;
                 continue;
             }
         };

@@ -47,13 +47,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = PathBuf::from(args.data_dir());
     let existed = data_dir.join("member.json").exists();
     std::fs::create_dir_all(&data_dir)?;
+    // Peer TLS first: a member joining a cluster already talks to its peers (over TLS if
+    // the peer URLs are https), and files that do not load stop it before anything starts.
+    let peer_tls = crate::peer_tls::PeerTls::from_args(&args, &data_dir)?;
     anyhow::ensure!(
         matches!(args.initial_cluster_state.as_str(), "new" | "existing"),
         "--initial-cluster-state must be new or existing, not {:?}",
         args.initial_cluster_state
     );
     let identity = if !existed && args.initial_cluster_state == "existing" {
-        join_cluster(&args, &data_dir).await?
+        join_cluster(&args, &data_dir, peer_tls.as_ref()).await?
     } else {
         Identity::load_or_create(
             &data_dir,
@@ -95,6 +98,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         lessor.on_granted(lease.id, lease.ttl);
     }
     let transport = PeerTransport::new(identity.member_id, store.clone(), &peer_ids);
+    if let Some(tls) = &peer_tls {
+        transport.set_tls(tls.clone());
+    }
     let bootstrap = bootstrap_of(&identity);
     let member_id = identity.member_id;
     let (membership, mut removed_rx) = Membership::new(identity, transport.clone(), data_dir.clone());
@@ -186,15 +192,31 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for addr in args.peer_listen_addrs()? {
         let listener =
             TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("listen on {addr} for peers: {e}"))?;
-        info!(%addr, "serving peer traffic");
-        // Without peer TLS anyone who can reach the port and knows the cluster id can speak
-        // for a member: say so once per listener, loudly, rather than let it go unnoticed.
-        warn!(
-            %addr,
-            "the peer port is unauthenticated (plain HTTP/2, cluster id check only): anyone who reaches it can \
-             send Raft messages as a member; use https peer URLs with --peer-client-cert-auth"
-        );
-        servers.spawn(serve_router(listener, peer_router.clone()));
+        // Without peer client certificates anyone who can reach the port and knows the
+        // cluster id can speak for a member: say so once per listener, loudly, rather than
+        // let it go unnoticed.
+        match &peer_tls {
+            Some(tls) => {
+                info!(%addr, "serving peer traffic over TLS");
+                if !tls.authenticates_peers() {
+                    warn!(
+                        %addr,
+                        "the peer port is unauthenticated (TLS without --peer-client-cert-auth): anyone who reaches \
+                         it can send Raft messages as a member; use --peer-client-cert-auth with --peer-trusted-ca-file"
+                    );
+                }
+                servers.spawn(crate::peer_tls::serve(listener, peer_router.clone(), tls.server()));
+            }
+            None => {
+                info!(%addr, "serving peer traffic");
+                warn!(
+                    %addr,
+                    "the peer port is unauthenticated (plain HTTP/2, cluster id check only): anyone who reaches it \
+                     can send Raft messages as a member; use https peer URLs with --peer-client-cert-auth"
+                );
+                servers.spawn(serve_router(listener, peer_router.clone()));
+            }
+        }
     }
     transport.start(&node);
     let client_listeners = args.client_listeners()?;
@@ -409,7 +431,11 @@ fn bootstrap_of(identity: &Identity) -> raft_log::Bootstrap {
 /// `--initial-cluster-state existing`: asks the other members of `--initial-cluster` for the
 /// cluster id and member list, and finds this member in it by its peer URLs (it was added
 /// with `member add` before it started).
-async fn join_cluster(args: &ServeArgs, data_dir: &std::path::Path) -> anyhow::Result<Identity> {
+async fn join_cluster(
+    args: &ServeArgs,
+    data_dir: &std::path::Path,
+    peer_tls: Option<&Arc<crate::peer_tls::PeerTls>>,
+) -> anyhow::Result<Identity> {
     let own = split_urls(&args.initial_advertise_peer_urls);
     let cluster = args
         .initial_cluster
@@ -423,7 +449,7 @@ async fn join_cluster(args: &ServeArgs, data_dir: &std::path::Path) -> anyhow::R
         .filter(|(name, urls)| name != &args.name && crate::member::normalize_urls(urls) != own_norm)
         .flat_map(|(_, urls)| urls)
         .collect();
-    let (cluster_id, members) = crate::peer::fetch_members(&others)
+    let (cluster_id, members) = crate::peer::fetch_members(&others, peer_tls)
         .await
         .map_err(|e| anyhow::anyhow!("cannot fetch the member list from --initial-cluster: {e}"))?;
     let identity =

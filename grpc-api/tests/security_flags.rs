@@ -48,13 +48,6 @@ fn start_and_wait(extra: &[&str]) -> (i32, String) {
 #[test]
 fn every_security_flag_is_refused_with_its_name() {
     let cases: &[&[&str]] = &[
-        &["--peer-key-file", "/nonexistent/peer.key"],
-        &["--peer-trusted-ca-file", "/nonexistent/ca.crt"],
-        &["--peer-client-cert-auth=true"],
-        &["--peer-cert-file", "/nonexistent/peer.crt"],
-        &["--peer-auto-tls=true"],
-        &["--peer-cert-allowed-cn", "etcd"],
-        &["--peer-cert-allowed-hostname", "etcd.local"],
         &["--client-crl-file", "/nonexistent/crl"],
         &["--peer-crl-file", "/nonexistent/crl"],
         &["--client-cert-file", "/nonexistent/c.crt"],

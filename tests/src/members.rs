@@ -38,6 +38,8 @@ pub struct Member {
     paused: bool,
     /// Flags only this member gets, after the cluster's (used from its next start on).
     pub flags: Vec<String>,
+    /// Its peer URL is `https://` (peer TLS; the certificate flags go in `flags`).
+    pub peer_https: bool,
 }
 
 impl Member {
@@ -46,9 +48,15 @@ impl Member {
         format!("http://127.0.0.1:{}", self.client.get())
     }
 
-    /// `http://127.0.0.1:<peer port>`
+    /// `http://127.0.0.1:<peer port>` (`https://` with [`Member::peer_https`]).
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer.get())
+        let scheme = if self.peer_https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.peer.get())
+    }
+
+    /// The member's data and log directory (certificates for it may be put there).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// Whether the process runs (as far as this handle knows; a paused one counts).
@@ -155,6 +163,17 @@ impl Members {
         c
     }
 
+    /// `n` bootstrap members with `extra` flags, none started yet: set their per-member
+    /// flags or https peer URLs, then [`Members::spawn`] each.
+    pub fn create(n: usize, extra: &[&str]) -> Members {
+        let tmp = tempfile::Builder::new().prefix("plinth-members-").tempdir().expect("temp dir");
+        let mut c = Members { _tmp: tmp, members: Vec::new(), extra: extra.iter().map(|s| s.to_string()).collect() };
+        for _ in 0..n {
+            c.new_slot("new");
+        }
+        c
+    }
+
     /// Adds a member that will join the running cluster (`--initial-cluster-state existing`),
     /// not started: add it through `MemberAdd` first (etcdctl's order), then [`Members::spawn`]
     /// it. Returns its index.
@@ -175,6 +194,7 @@ impl Members {
             state,
             paused: false,
             flags: Vec::new(),
+            peer_https: false,
         });
         self.members.len() - 1
     }

@@ -1,0 +1,119 @@
+//! The peer TLS flags are checked together at start-up: a combination that would serve
+//! without the protection it asks for, or that cannot work, stops the member with a message
+//! naming the flag; `--peer-auto-tls` with https peer URLs starts.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a refused start may take to exit, or an accepted one to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `plinth serve` with `peer_scheme` peer URLs and `extra`; returns `Err(stderr)` if it
+/// exits, `Ok(())` once it listens on its client port (then it is killed).
+fn start(peer_scheme: &str, extra: &[&str]) -> Result<(), String> {
+    let tmp = tempfile::tempdir().unwrap();
+    let (client, peer) = (free_port(), free_port());
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("{peer_scheme}://127.0.0.1:{peer}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plinth"))
+        .arg("serve")
+        .args(["--name", "n1", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("n1={peer_url}")])
+        .args(["--log-level", "warn"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning plinth");
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(_status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+            return Err(stderr);
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", client)).is_ok() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("plinth {peer_scheme} {extra:?} neither listened nor exited within {START_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn inconsistent_peer_tls_flags_are_refused_with_the_flag_named() {
+    let cases: &[(&str, &[&str], &str)] = &[
+        (
+            "http",
+            &["--peer-cert-file", "/x/p.crt", "--peer-key-file", "/x/p.key"],
+            "--peer-cert-file: peer TLS needs https://",
+        ),
+        ("http", &["--peer-client-cert-auth"], "--peer-client-cert-auth: peer TLS needs https://"),
+        ("http", &["--peer-auto-tls"], "--peer-auto-tls: peer TLS needs https://"),
+        ("http", &["--peer-trusted-ca-file", "/x/ca.crt"], "--peer-trusted-ca-file: peer TLS needs https://"),
+        ("https", &[], "https needs a certificate"),
+        ("https", &["--peer-cert-file", "/x/p.crt"], "--peer-cert-file needs --peer-key-file"),
+        ("https", &["--peer-key-file", "/x/p.key"], "--peer-key-file needs --peer-cert-file"),
+        ("https", &["--peer-cert-file", "/x/p.crt", "--peer-key-file", "/x/p.key"], "need --peer-trusted-ca-file"),
+        ("https", &["--peer-auto-tls", "--peer-client-cert-auth"], "--peer-auto-tls: self-signed"),
+        (
+            "https",
+            &["--peer-auto-tls", "--peer-cert-allowed-cn", "etcd"],
+            "--peer-cert-allowed-cn and --peer-cert-allowed-hostname check peer client certificates",
+        ),
+        (
+            "https",
+            &[
+                "--peer-cert-file=/x/p.crt",
+                "--peer-key-file=/x/p.key",
+                "--peer-trusted-ca-file=/x/ca.crt",
+                "--peer-client-cert-auth",
+                "--peer-cert-allowed-cn=a",
+                "--peer-cert-allowed-hostname=b",
+            ],
+            "cannot be given together",
+        ),
+        // Consistent flags, but the files do not exist: refused when they are loaded.
+        (
+            "https",
+            &["--peer-cert-file=/x/p.crt", "--peer-key-file=/x/p.key", "--peer-trusted-ca-file=/x/ca.crt"],
+            "/x/",
+        ),
+        // Still refused: what this build does not do.
+        ("https", &["--peer-auto-tls", "--peer-crl-file", "/x/crl"], "--peer-crl-file"),
+    ];
+    let outcomes: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = cases.iter().map(|case| s.spawn(move || (case, start(case.0, case.1)))).collect();
+        handles.into_iter().map(|h| h.join().expect("a start panicked")).collect()
+    });
+    let mut failures = Vec::new();
+    for ((scheme, args, expected), outcome) in outcomes {
+        match outcome {
+            Ok(()) => failures.push(format!("{scheme} {args:?}: accepted")),
+            Err(stderr) if !stderr.contains(expected) => {
+                failures.push(format!("{scheme} {args:?}: expected {expected:?} in: {stderr}"))
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(failures.is_empty(), "peer TLS flags not refused as expected:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn https_peer_urls_with_peer_auto_tls_start_and_make_a_certificate() {
+    start("https", &["--peer-auto-tls"]).expect("plinth with --peer-auto-tls and https peer URLs");
+}
