@@ -343,6 +343,28 @@ fn rotated_certificate_served_to_new_connections_and_broken_file_keeps_the_old()
     assert_eq!(errors, 1, "expected one reload error for one broken change:\n{}", server.log());
 }
 
+#[test]
+fn rotated_client_ca_applies_to_new_connections() {
+    let pki = pki();
+    // The server trusts client certificates through its own copy of the CA file.
+    let client_ca = pki.dir.path().join("client-ca.pem");
+    std::fs::copy(&pki.ca_file, &client_ca).expect("copy CA");
+    let mut flags = mtls_flags(&pki);
+    flags[2] = format!("--trusted-ca-file={}", client_ca.display());
+    let server = TlsServer::start(server_dir(), &flags, &pki.client);
+
+    // A new client CA replaces the old one: the old CA's clients are refused from the next
+    // connection, the new CA's clients are served.
+    let new_ca = Ca::new("rotated client CA");
+    std::fs::write(&client_ca, new_ca.cert.pem()).expect("write new CA");
+    let (cert, key) = new_ca.write_leaf(pki.dir.path(), "new-ca-client", new_ca.leaf("root", 5001));
+    let new_client = ClientCreds { ca: pki.ca_file.clone(), cert_key: Some((cert, key)) };
+    let probe = ["--dial-timeout=2s", "--command-timeout=3s", "get", "k"];
+    let old = server.ctl(&pki.client, &probe);
+    assert_ne!(old.code, Some(0), "a client of the replaced CA was served: {old:?}");
+    assert_ok("get with a certificate of the new CA", &server.ctl(&new_client, &probe));
+}
+
 /// `plinth serve <flags>` is expected to exit at once with an error naming the problem.
 fn refused(extra: &[String]) -> Output {
     let dir = server_dir();
