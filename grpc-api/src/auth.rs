@@ -109,6 +109,16 @@ pub fn caller<T>(node: &Node, request: &Request<T>) -> Result<Caller, Status> {
     caller_of(node, request.metadata())
 }
 
+/// The root check of etcd's maintenance RPCs, with their unmapped errors: `Unknown` with
+/// the auth store's text (an unknown token too).
+pub fn check_admin_unmapped<T>(node: &Node, request: &Request<T>) -> Result<(), Status> {
+    match caller(node, request) {
+        Ok(c) => c.check_admin_unmapped(),
+        Err(s) if s.message() == EtcdError::InvalidAuthToken.message() => Err(crate::error::unmapped_invalid_token()),
+        Err(s) => Err(s),
+    }
+}
+
 /// [`caller`] from a request's metadata (a watch stream keeps its opening metadata and
 /// resolves its caller again at every create, as etcd does).
 pub fn caller_of(node: &Node, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, Status> {
@@ -156,6 +166,12 @@ impl Caller {
     /// The root role (etcd's `IsAdminPermitted`).
     pub fn check_admin(&self) -> Result<(), Status> {
         self.state.check_admin(self.user(), self.revision).map_err(denied)
+    }
+
+    /// [`Caller::check_admin`] answered as etcd's maintenance RPCs answer it (see
+    /// [`crate::error::unmapped_auth_status`]).
+    pub fn check_admin_unmapped(&self) -> Result<(), Status> {
+        self.state.check_admin(self.user(), self.revision).map_err(|e| crate::error::unmapped_auth_status(&e))
     }
 
     /// A put: write on its key, and read too when it asks for the previous value.

@@ -228,6 +228,25 @@ pub fn store_error(e: &store::Error) -> Option<EtcdError> {
     })
 }
 
+/// An auth refusal as etcd 3.5's maintenance RPCs (Defragment, Hash, HashKV, Snapshot)
+/// return it: the auth store's own error, not mapped to a gRPC error, so the client sees
+/// `Unknown` with the `auth:` text. Other errors map as usual.
+pub fn unmapped_auth_status(e: &store::Error) -> Status {
+    use store::Error as S;
+    let text = match e {
+        S::AuthPermissionDenied => "auth: permission denied",
+        S::AuthUserEmpty => "auth: user name is empty",
+        S::AuthOldRevision => "auth: revision in header is old",
+        other => return store_status(other),
+    };
+    Status::new(Code::Unknown, text)
+}
+
+/// [`unmapped_auth_status`] for a token this member does not know.
+pub fn unmapped_invalid_token() -> Status {
+    Status::new(Code::Unknown, "auth: invalid auth token")
+}
+
 /// Maps a raft-log error met while proposing or reading to etcd's status.
 pub fn raft_status(e: &raft_log::Error) -> Status {
     use raft_log::Error as R;

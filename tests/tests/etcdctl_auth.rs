@@ -87,6 +87,13 @@ fn users_roles_permissions_and_tokens() {
         as_user(s, ALICE, &["auth", "status"]);
         as_user(s, ALICE, &["role", "add", "mine"]);
         as_user(s, ALICE, &["compaction", "1"]);
+        s.ctl(&["endpoint", "status", "-w", "json"]);
+        as_user(s, ALICE, &["endpoint", "hashkv"]);
+        as_user(s, ALICE, &["defrag"]);
+        as_user(s, ALICE, &["alarm", "list"]);
+        as_user(s, ALICE, &["member", "list", "-w", "json"]);
+        as_user(s, ALICE, &["member", "remove", "1234"]);
+        as_user(s, ALICE, &["snapshot", "save", "alice.db"]);
         as_user(s, ROOT, &["auth", "status"]);
         as_user(s, ROOT, &["user", "delete", "root"]);
         as_user(s, ROOT, &["user", "revoke-role", "root", "root"]);
