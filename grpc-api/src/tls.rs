@@ -82,21 +82,12 @@ impl TlsParams {
     /// Parses `--tls-min-version`, `--tls-max-version` and `--cipher-suites` (each optional;
     /// empty means unset, as in etcd). Defaults: TLS 1.2 to TLS 1.3, every suite rustls has.
     pub fn parse(min: Option<&str>, max: Option<&str>, cipher_suites: Option<&str>) -> anyhow::Result<Self> {
-        let min = match min.filter(|s| !s.is_empty()) {
-            Some(v) => parse_tls_version("--tls-min-version", v)?,
-            None => &rustls::version::TLS12,
-        };
-        let max = match max.filter(|s| !s.is_empty()) {
-            Some(v) => parse_tls_version("--tls-max-version", v)?,
-            None => &rustls::version::TLS13,
-        };
+        let min_name = min.filter(|s| !s.is_empty()).unwrap_or("TLS1.2");
+        let max_name = max.filter(|s| !s.is_empty()).unwrap_or("TLS1.3");
+        let min = parse_tls_version("--tls-min-version", min_name)?;
+        let max = parse_tls_version("--tls-max-version", max_name)?;
         let rank = |v: &SupportedProtocolVersion| u16::from(v.version);
-        anyhow::ensure!(
-            rank(min) <= rank(max),
-            "--tls-min-version {:?} is above --tls-max-version {:?}",
-            min.version,
-            max.version
-        );
+        anyhow::ensure!(rank(min) <= rank(max), "--tls-min-version {min_name} is above --tls-max-version {max_name}");
         let versions: Vec<&'static SupportedProtocolVersion> = [&rustls::version::TLS12, &rustls::version::TLS13]
             .into_iter()
             .filter(|v| rank(v) >= rank(min) && rank(v) <= rank(max))
@@ -265,8 +256,8 @@ pub fn server_config(files: &ServerTlsFiles, params: &TlsParams) -> anyhow::Resu
     Ok(Arc::new(config))
 }
 
-/// Builds a client config: trust `ca_file`'s certificates (none: trust nothing, so a CA is
-/// needed in practice), present `cert_key` (certificate and key files) if given. ALPN `h2`.
+/// Builds a client config: trust `ca_file`'s certificates only, present `cert_key`
+/// (certificate and key files) if given. ALPN `h2` (gRPC).
 pub fn client_config(
     ca_file: &Path,
     cert_key: Option<(&Path, &Path)>,

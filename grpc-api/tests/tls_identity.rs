@@ -121,7 +121,8 @@ fn tls_flag_values() {
     assert!(err.contains("--tls-min-version TLS1.1") && err.contains("only TLS1.2 and TLS1.3"), "{err}");
     let err = TlsParams::parse(None, Some("TLS1.0"), None).unwrap_err().to_string();
     assert!(err.contains("--tls-max-version TLS1.0"), "{err}");
-    assert!(TlsParams::parse(Some("TLS1.3"), Some("TLS1.2"), None).is_err());
+    let err = TlsParams::parse(Some("TLS1.3"), Some("TLS1.2"), None).unwrap_err().to_string();
+    assert_eq!(err, "--tls-min-version TLS1.3 is above --tls-max-version TLS1.2");
     let only13 = TlsParams::parse(Some("TLS1.3"), None, None).unwrap();
     assert_eq!(only13.versions.len(), 1);
     let err =
