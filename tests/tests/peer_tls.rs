@@ -3,6 +3,7 @@
 //! sequence the README documents; nothing is committed).
 //!
 //! - writes replicate over peer mTLS, and a member killed with SIGKILL restarts and catches up;
+//! - a member added with `member add` joins (`--initial-cluster-state existing`) over TLS;
 //! - a member whose certificate comes from another CA cannot join: the others refuse its
 //!   connection at the handshake, it never learns what the cluster wrote, and the two others
 //!   keep serving writes without it;
@@ -300,4 +301,35 @@ fn peer_cert_allowed_hostname_admits_only_certificates_for_that_host() {
         LOOPBACK_SANS,
         "--peer-cert-allowed-hostname=peer.example",
     );
+}
+
+#[test]
+fn a_member_added_to_a_peer_mtls_cluster_joins_over_tls() {
+    let rt = runtime();
+    let certs = tempfile::tempdir().unwrap();
+    let mut c = mtls_cluster(certs.path());
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
+    let n4 = c.add_member();
+    let name = c.members[n4].name.clone();
+    gen_certs(&[certs.path().to_str().unwrap(), "cert", &name, LOOPBACK_SANS]);
+    c.members[n4].peer_https = true;
+    c.members[n4].flags = peer_flags(certs.path(), &name, certs.path());
+    rt.block_on(async {
+        let mut client = connect(&c.members[leader].endpoint()).await.expect("connect to the leader");
+        client.put("before-join", "1", None).await.expect("put");
+        // etcdctl's order: add the member (its https peer URL), then start it with `existing`.
+        client.member_add([c.members[n4].peer_url()], None).await.expect("member add");
+    });
+    c.spawn(n4);
+    rt.block_on(async {
+        let endpoint = c.members[n4].endpoint();
+        assert!(
+            sees(&endpoint, "before-join", "1", CATCH_UP_TIMEOUT).await,
+            "the new member did not join over peer TLS\n{}",
+            c.logs()
+        );
+    });
 }
