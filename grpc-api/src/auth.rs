@@ -46,11 +46,18 @@ pub struct AuthConfig {
     pub token_ttl: Duration,
     /// bcrypt cost of the password hashes this member makes.
     pub bcrypt_cost: u32,
+    /// `--client-cert-auth`: a request without a token acts as the Common Name of its
+    /// verified client certificate (etcd's rule, so kube-apiserver needs no token).
+    pub client_cert_auth: bool,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { token_ttl: Duration::from_secs(TOKEN_TTL_DEFAULT_SECS), bcrypt_cost: BCRYPT_COST_DEFAULT }
+        AuthConfig {
+            token_ttl: Duration::from_secs(TOKEN_TTL_DEFAULT_SECS),
+            bcrypt_cost: BCRYPT_COST_DEFAULT,
+            client_cert_auth: false,
+        }
     }
 }
 
@@ -61,8 +68,9 @@ impl AuthConfig {
         auth_token: Option<&str>,
         auth_token_ttl: Option<&str>,
         bcrypt_cost: Option<&str>,
+        client_cert_auth: bool,
     ) -> anyhow::Result<AuthConfig> {
-        let mut cfg = AuthConfig::default();
+        let mut cfg = AuthConfig { client_cert_auth, ..AuthConfig::default() };
         match auth_token.map(str::trim) {
             None | Some("simple") => {}
             Some(other) => {
@@ -103,10 +111,20 @@ const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
 
 /// The caller of `request` (etcd's `AuthInfoFromCtx`): with auth disabled nobody in
 /// particular; otherwise the user of its token, `etcdserver: invalid auth token` for a
-/// token this member does not know (expired, or from before a password change), and no
-/// user without a token (every check then answers `etcdserver: user name is empty`).
+/// token this member does not know (expired, or from before a password change); without a
+/// token, with `--client-cert-auth`, the Common Name of the connection's verified client
+/// certificate (etcd's `AuthInfoFromTLS`); else no user (every check then answers
+/// `etcdserver: user name is empty`).
 pub fn caller<T>(node: &Node, request: &Request<T>) -> Result<Caller, Status> {
-    caller_of(node, request.metadata())
+    caller_of(node, request.metadata(), certificate_user(node, request))
+}
+
+/// The user a request's client certificate names, when `--client-cert-auth` makes it one.
+pub fn certificate_user<T>(node: &Node, request: &Request<T>) -> Option<String> {
+    if !node.cfg.auth.client_cert_auth {
+        return None;
+    }
+    crate::tls::client_common_name(request).filter(|cn| !cn.is_empty())
 }
 
 /// The root check of etcd's maintenance RPCs, with their unmapped errors: `Unknown` with
@@ -121,7 +139,11 @@ pub fn check_admin_unmapped<T>(node: &Node, request: &Request<T>) -> Result<(), 
 
 /// [`caller`] from a request's metadata (a watch stream keeps its opening metadata and
 /// resolves its caller again at every create, as etcd does).
-pub fn caller_of(node: &Node, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, Status> {
+pub fn caller_of(
+    node: &Node,
+    metadata: &tonic::metadata::MetadataMap,
+    certificate_user: Option<String>,
+) -> Result<Caller, Status> {
     let state = node.store.auth(node.group());
     let revision = state.revision;
     if !state.enabled {
@@ -129,7 +151,7 @@ pub fn caller_of(node: &Node, metadata: &tonic::metadata::MetadataMap) -> Result
     }
     let token = TOKEN_KEYS.iter().find_map(|k| metadata.get(*k)).and_then(|v| v.to_str().ok());
     let user = match token {
-        None => None,
+        None => certificate_user.map(Arc::from),
         Some(token) => Some(
             node.store
                 .simple_token_user(node.group(), token, node.cfg.auth.token_ttl)
@@ -536,13 +558,13 @@ mod tests {
 
     #[test]
     fn flags_parse_like_etcds() {
-        let cfg = AuthConfig::from_flags(None, None, None).unwrap();
+        let cfg = AuthConfig::from_flags(None, None, None, false).unwrap();
         assert_eq!((cfg.token_ttl, cfg.bcrypt_cost), (Duration::from_secs(300), 10));
-        let cfg = AuthConfig::from_flags(Some("simple"), Some("5"), Some("4")).unwrap();
+        let cfg = AuthConfig::from_flags(Some("simple"), Some("5"), Some("4"), true).unwrap();
         assert_eq!((cfg.token_ttl, cfg.bcrypt_cost), (Duration::from_secs(5), 4));
-        assert!(AuthConfig::from_flags(None, None, Some("3")).is_err());
-        assert!(AuthConfig::from_flags(None, Some("0"), None).is_err());
-        assert!(AuthConfig::from_flags(Some("magic"), None, None).is_err());
+        assert!(AuthConfig::from_flags(None, None, Some("3"), false).is_err());
+        assert!(AuthConfig::from_flags(None, Some("0"), None, false).is_err());
+        assert!(AuthConfig::from_flags(Some("magic"), None, None, false).is_err());
     }
 
     #[test]

@@ -232,6 +232,7 @@ impl SecurityArgs {
             self.auth_token.as_deref(),
             self.auth_token_ttl.as_deref(),
             self.bcrypt_cost.as_deref(),
+            self.client_cert_auth == Some(true),
         )
     }
 }

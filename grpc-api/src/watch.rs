@@ -51,10 +51,12 @@ impl Watch for WatchService {
         self.node.check_not_learner()?;
         // Kept for the permission check of every create (the token is the stream's).
         let metadata = request.metadata().clone();
+        let certificate_user = crate::auth::certificate_user(&self.node, &request);
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(SEND_BUFFER);
         let stream = self.node.store.watch_stream(self.node.group());
-        tokio::spawn(run_stream(self.node.clone(), requests, stream, tx, requires_leader, metadata));
+        let identity = (metadata, certificate_user);
+        tokio::spawn(run_stream(self.node.clone(), requests, stream, tx, requires_leader, identity));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }
@@ -70,8 +72,8 @@ struct StreamState {
     fragment: HashSet<i64>,
     /// Watchers that received events since the last progress tick.
     recently_active: HashSet<i64>,
-    /// The stream's request metadata: its auth token.
-    metadata: tonic::metadata::MetadataMap,
+    /// The stream's request metadata (its auth token) and its client certificate's user.
+    identity: (tonic::metadata::MetadataMap, Option<String>),
 }
 
 async fn run_stream(
@@ -80,7 +82,7 @@ async fn run_stream(
     stream: store::WatchStream,
     tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
     requires_leader: bool,
-    metadata: tonic::metadata::MetadataMap,
+    identity: (tonic::metadata::MetadataMap, Option<String>),
 ) {
     // A stream opened with `hasleader` ends with etcd's "no leader" once the member has been
     // without a leader for 3 election timeouts (etcd's monitorLeader).
@@ -100,7 +102,7 @@ async fn run_stream(
         progress_notify: HashSet::new(),
         fragment: HashSet::new(),
         recently_active: HashSet::new(),
-        metadata,
+        identity,
     };
     loop {
         let keep_going = tokio::select! {
@@ -195,8 +197,8 @@ impl StreamState {
         // isWatchPermitted); a refusal cancels this watch only, with the status text etcd
         // puts in the reason. Unlike etcd 3.5, a from-key range ("\0") is checked as the
         // whole range rather than as its first key.
-        let permitted =
-            crate::auth::caller_of(&self.node, &self.metadata).and_then(|caller| caller.check_read(&key, &range_end));
+        let permitted = crate::auth::caller_of(&self.node, &self.identity.0, self.identity.1.clone())
+            .and_then(|caller| caller.check_read(&key, &range_end));
         if let Err(status) = permitted {
             let reason = format!("rpc error: code = {:?} desc = {}", status.code(), status.message());
             return self.send(refuse(&reason)).await;
