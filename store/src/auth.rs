@@ -2,7 +2,7 @@
 //! replicated through the log like the keyspace.
 //!
 //! The state of a group is one [`AuthState`], kept in memory in the group's
-//! [`crate::meta::ApplyMeta`] (behind an `Arc`, so the per-command save points and the
+//! `ApplyMeta` record (behind an `Arc`, so the per-command save points and the
 //! readers' clones stay cheap) and persisted under the group's meta key `g | 'u'` in the same
 //! WriteBatch as the command that changed it. A restart reads it back with the applied index
 //! it belongs to, and a snapshot carries it with the rest of the meta column family.
