@@ -11,7 +11,8 @@
 //!                                  every peer RPC ──► PeerTls::check_identity(request, member)
 //! ```
 //!
-//! Rules (decided here, written down in the README's security section too):
+//! Rules (decided here; the README's "A three-member cluster with client and peer mTLS"
+//! says the same):
 //! - Server: the peer listeners serve TLS with `--peer-cert-file`/`--peer-key-file` (or the
 //!   `--peer-auto-tls` self-signed pair), reloaded per handshake when the files change
 //!   (`tls::ReloadingServerConfig`). With `--peer-client-cert-auth`, a client without a
