@@ -39,6 +39,121 @@ pub const BCRYPT_COST_DEFAULT: u32 = 10;
 /// Letters of a simple token before its `.<n>` suffix (etcd's length).
 const SIMPLE_TOKEN_LETTERS: usize = 16;
 
+/// etcd's default lifetime of a JWT token (`ttl=` of `--auth-token jwt,...`).
+const JWT_TTL_DEFAULT: Duration = Duration::from_secs(5 * 60);
+
+/// `--auth-token jwt,pub-key=...,priv-key=...,sign-method=...,ttl=...`: tokens signed by
+/// this member and verified by every member with the same keys, carrying the user, the auth
+/// revision they were issued at and their expiry (etcd's claims). No token state: a token
+/// issued before an auth change is refused with `revision of auth store is old`.
+#[derive(Clone)]
+pub struct JwtConfig {
+    algorithm: jsonwebtoken::Algorithm,
+    /// `None` with only `pub-key=`: this member verifies tokens but cannot issue them.
+    signing: Option<jsonwebtoken::EncodingKey>,
+    verifying: jsonwebtoken::DecodingKey,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys are never printed.
+        f.debug_struct("JwtConfig")
+            .field("algorithm", &self.algorithm)
+            .field("signs", &self.signing.is_some())
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+/// The claims of a JWT token, with etcd's names.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct JwtClaims {
+    username: String,
+    revision: u64,
+    exp: u64,
+}
+
+impl JwtConfig {
+    /// Parses the options after `jwt,` (etcd's names: `pub-key`, `priv-key`, `sign-method`,
+    /// `ttl`) and loads the keys.
+    fn parse(options: &str) -> anyhow::Result<JwtConfig> {
+        let (mut public, mut private, mut method, mut ttl) = (None, None, None, JWT_TTL_DEFAULT);
+        for option in options.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let (k, v) = option
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--auth-token jwt: option {option:?} is not key=value"))?;
+            match k {
+                "pub-key" => public = Some(v.to_owned()),
+                "priv-key" => private = Some(v.to_owned()),
+                "sign-method" => method = Some(v.to_owned()),
+                "ttl" => ttl = crate::config::parse_go_duration(v)?,
+                other => anyhow::bail!("--auth-token jwt: unknown option {other:?}"),
+            }
+        }
+        let method = method.ok_or_else(|| anyhow::anyhow!("--auth-token jwt: sign-method= is required"))?;
+        let algorithm: jsonwebtoken::Algorithm =
+            method.parse().map_err(|_| anyhow::anyhow!("--auth-token jwt: sign-method {method:?} is not supported"))?;
+        let read = |what: &str, path: &str| {
+            std::fs::read(path).map_err(|e| anyhow::anyhow!("--auth-token jwt: {what} {path:?}: {e}"))
+        };
+        use jsonwebtoken::{Algorithm as A, DecodingKey, EncodingKey};
+        let (signing, verifying) = match algorithm {
+            A::HS256 | A::HS384 | A::HS512 => {
+                // An HMAC key is a shared secret: the private key file holds it.
+                let path = private.ok_or_else(|| anyhow::anyhow!("--auth-token jwt: {method} needs priv-key="))?;
+                let secret = read("priv-key", &path)?;
+                (Some(EncodingKey::from_secret(&secret)), DecodingKey::from_secret(&secret))
+            }
+            _ => {
+                let path = public.ok_or_else(|| anyhow::anyhow!("--auth-token jwt: {method} needs pub-key="))?;
+                let pem = read("pub-key", &path)?;
+                let bad = |e: jsonwebtoken::errors::Error| anyhow::anyhow!("--auth-token jwt: {path:?}: {e}");
+                let verifying = match algorithm {
+                    A::ES256 | A::ES384 => DecodingKey::from_ec_pem(&pem).map_err(bad)?,
+                    A::EdDSA => DecodingKey::from_ed_pem(&pem).map_err(bad)?,
+                    _ => DecodingKey::from_rsa_pem(&pem).map_err(bad)?,
+                };
+                let signing = match private {
+                    None => None,
+                    Some(path) => {
+                        let pem = read("priv-key", &path)?;
+                        let bad = |e: jsonwebtoken::errors::Error| anyhow::anyhow!("--auth-token jwt: {path:?}: {e}");
+                        Some(match algorithm {
+                            A::ES256 | A::ES384 => EncodingKey::from_ec_pem(&pem).map_err(bad)?,
+                            A::EdDSA => EncodingKey::from_ed_pem(&pem).map_err(bad)?,
+                            _ => EncodingKey::from_rsa_pem(&pem).map_err(bad)?,
+                        })
+                    }
+                };
+                (signing, verifying)
+            }
+        };
+        Ok(JwtConfig { algorithm, signing, verifying, ttl })
+    }
+
+    /// A token for `user` at auth revision `revision`, expiring `ttl` from `now`.
+    fn sign(&self, user: &str, revision: u64, now: std::time::SystemTime) -> Result<String, Status> {
+        let key = self
+            .signing
+            .as_ref()
+            .ok_or_else(|| Status::unknown("auth: this member has no JWT private key to sign tokens with"))?;
+        let exp = (now + self.ttl).duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let claims = JwtClaims { username: user.to_owned(), revision, exp };
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(self.algorithm), &claims, key)
+            .map_err(|e| Status::internal(format!("jwt: {e}")))
+    }
+
+    /// The user and auth revision of a valid, unexpired token signed with this key.
+    fn verify(&self, token: &str) -> Option<(String, u64)> {
+        let mut validation = jsonwebtoken::Validation::new(self.algorithm);
+        // etcd's jwt library allows no leeway on expiry.
+        validation.leeway = 0;
+        let data = jsonwebtoken::decode::<JwtClaims>(token, &self.verifying, &validation).ok()?;
+        Some((data.claims.username, data.claims.revision))
+    }
+}
+
 /// The member's auth settings, from `--auth-token`, `--auth-token-ttl` and `--bcrypt-cost`.
 #[derive(Clone, Debug)]
 pub struct AuthConfig {
@@ -49,6 +164,8 @@ pub struct AuthConfig {
     /// `--client-cert-auth`: a request without a token acts as the Common Name of its
     /// verified client certificate (etcd's rule, so kube-apiserver needs no token).
     pub client_cert_auth: bool,
+    /// JWT tokens instead of simple ones (`--auth-token jwt,...`).
+    pub jwt: Option<Arc<JwtConfig>>,
 }
 
 impl Default for AuthConfig {
@@ -57,13 +174,15 @@ impl Default for AuthConfig {
             token_ttl: Duration::from_secs(TOKEN_TTL_DEFAULT_SECS),
             bcrypt_cost: BCRYPT_COST_DEFAULT,
             client_cert_auth: false,
+            jwt: None,
         }
     }
 }
 
 impl AuthConfig {
-    /// Parses etcd's flags. `--auth-token` takes `simple` (the default); anything else is
-    /// refused with its reason.
+    /// Parses etcd's flags. `--auth-token` takes `simple` (the default) or
+    /// `jwt,pub-key=...,priv-key=...,sign-method=...[,ttl=...]`; anything else is refused with
+    /// its reason.
     pub fn from_flags(
         auth_token: Option<&str>,
         auth_token_ttl: Option<&str>,
@@ -73,10 +192,11 @@ impl AuthConfig {
         let mut cfg = AuthConfig { client_cert_auth, ..AuthConfig::default() };
         match auth_token.map(str::trim) {
             None | Some("simple") => {}
+            Some(jwt) if jwt == "jwt" || jwt.starts_with("jwt,") => {
+                cfg.jwt = Some(Arc::new(JwtConfig::parse(jwt.trim_start_matches("jwt"))?));
+            }
             Some(other) => {
-                anyhow::bail!(
-                    "--auth-token {other:?}: not supported by this build (only 'simple' tokens; JWT is not yet)"
-                )
+                anyhow::bail!("--auth-token {other:?}: not supported by this build (only 'simple' and 'jwt,...')")
             }
         }
         if let Some(ttl) = auth_token_ttl {
@@ -150,13 +270,20 @@ pub fn caller_of(
         return Ok(Caller { user: None, revision, state });
     }
     let token = TOKEN_KEYS.iter().find_map(|k| metadata.get(*k)).and_then(|v| v.to_str().ok());
-    let user = match token {
-        None => certificate_user.map(Arc::from),
-        Some(token) => Some(
-            node.store
+    let (user, revision) = match (token, &node.cfg.auth.jwt) {
+        (None, _) => (certificate_user.map(Arc::from), revision),
+        // A JWT token stands for the auth revision it was issued at.
+        (Some(token), Some(jwt)) => {
+            let (user, issued_at) = jwt.verify(token).ok_or_else(|| EtcdError::InvalidAuthToken.status())?;
+            (Some(Arc::from(user)), issued_at)
+        }
+        (Some(token), None) => {
+            let user = node
+                .store
                 .simple_token_user(node.group(), token, node.cfg.auth.token_ttl)
-                .ok_or_else(|| EtcdError::InvalidAuthToken.status())?,
-        ),
+                .ok_or_else(|| EtcdError::InvalidAuthToken.status())?;
+            (Some(user), revision)
+        }
     };
     Ok(Caller { user, revision, state })
 }
@@ -378,13 +505,24 @@ impl Auth for AuthService {
         if !ok {
             return Err(EtcdError::AuthFailed.status());
         }
-        let token = simple_token(self.tokens_issued.fetch_add(1, Ordering::Relaxed) + 1);
+        // A simple token is learned by every member from the log; a JWT token needs no
+        // state, but still goes through the log so that it is issued only at the auth
+        // revision the password was checked at.
+        let jwt = self.node.cfg.auth.jwt.clone();
+        let simple = match &jwt {
+            Some(_) => String::new(),
+            None => simple_token(self.tokens_issued.fetch_add(1, Ordering::Relaxed) + 1),
+        };
         self.propose(AuthCommand::Authenticate(sa::AuthenticateRequest {
-            name: req.name,
-            simple_token: token.clone(),
+            name: req.name.clone(),
+            simple_token: simple.clone(),
             auth_revision: state.revision,
         }))
         .await?;
+        let token = match jwt {
+            Some(jwt) => jwt.sign(&req.name, state.revision, std::time::SystemTime::now())?,
+            None => simple,
+        };
         Ok(Response::new(pb::AuthenticateResponse { header: self.header(), token }))
     }
 
@@ -565,6 +703,45 @@ mod tests {
         assert!(AuthConfig::from_flags(None, None, Some("3"), false).is_err());
         assert!(AuthConfig::from_flags(None, Some("0"), None, false).is_err());
         assert!(AuthConfig::from_flags(Some("magic"), None, None, false).is_err());
+    }
+
+    /// An ES256 key pair made with rcgen, written under `dir`: (private PEM path, public).
+    fn es256_keys(dir: &std::path::Path) -> (String, String) {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let private = dir.join("jwt.key");
+        let public = dir.join("jwt.pub");
+        std::fs::write(&private, pair.serialize_pem()).unwrap();
+        std::fs::write(&public, pair.public_key_pem()).unwrap();
+        (private.display().to_string(), public.display().to_string())
+    }
+
+    #[test]
+    fn jwt_tokens_carry_user_and_revision_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let (private, public) = es256_keys(dir.path());
+        let flag = format!("jwt,pub-key={public},priv-key={private},sign-method=ES256,ttl=1m");
+        let cfg = AuthConfig::from_flags(Some(&flag), None, None, false).unwrap();
+        let jwt = cfg.jwt.expect("jwt configured");
+        let now = std::time::SystemTime::now();
+        let token = jwt.sign("alice", 7, now).unwrap();
+        assert_eq!(jwt.verify(&token), Some(("alice".to_owned(), 7)));
+        assert_eq!(jwt.verify(&format!("{token}x")), None, "a tampered token");
+        let old = jwt.sign("alice", 7, now - Duration::from_secs(120)).unwrap();
+        assert_eq!(jwt.verify(&old), None, "an expired token");
+        // A member with only the public key verifies but cannot sign.
+        let verify_only = format!("jwt,pub-key={public},sign-method=ES256");
+        let other = AuthConfig::from_flags(Some(&verify_only), None, None, false).unwrap().jwt.unwrap();
+        assert_eq!(other.verify(&token), Some(("alice".to_owned(), 7)));
+        assert!(other.sign("alice", 7, now).is_err());
+        // Another key pair's tokens are refused.
+        let dir2 = tempfile::tempdir().unwrap();
+        let (_, public2) = es256_keys(dir2.path());
+        let stranger = format!("jwt,pub-key={public2},sign-method=ES256");
+        let stranger = AuthConfig::from_flags(Some(&stranger), None, None, false).unwrap().jwt.unwrap();
+        assert_eq!(stranger.verify(&token), None);
+        for bad in ["jwt,sign-method=ES256", "jwt,pub-key=/nonexistent,sign-method=ES256", "jwt,pub-key=x", "jwt,x=y"] {
+            assert!(AuthConfig::from_flags(Some(bad), None, None, false).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -43,7 +43,9 @@
 //!   auth store (`store::auth`) on every member; passwords hashed with bcrypt on the proposing
 //!   member before proposing; simple tokens chosen by the proposer and learned by every
 //!   member from the applied `Authenticate` entry, each kept `--auth-token-ttl` without use
-//!   (at most `store::auth::SIMPLE_TOKENS_MAX` per member). Every service resolves its caller
+//!   (at most `store::auth::SIMPLE_TOKENS_MAX` per member); or JWT tokens
+//!   (`--auth-token jwt,...`, the jsonwebtoken crate on ring) signed by the member that
+//!   authenticated and carrying the auth revision they were issued at. Every service resolves its caller
 //!   (the `token` metadata, or with `--client-cert-auth` the certificate's CN) and checks
 //!   etcd's permissions before it reads or proposes; a write is proposed with the auth
 //!   revision it was checked at, and apply refuses it if an auth change came first.
@@ -56,8 +58,8 @@
 //!   TLS with `https://` peer URLs (`peer_tls.rs`); each peer stream is bound to the member
 //!   it speaks for (and, with `--peer-client-cert-auth`, to that member's certificate), and
 //!   a plain or unauthenticated peer port is reported by a warning at start.
-//! - Auth: simple tokens only (`--auth-token jwt,...` is refused); a watch on a from-key
-//!   range is checked for the whole range, where etcd 3.5.1 checks only its first key.
+//! - Auth: a watch on a from-key range is checked for the whole range, where etcd 3.5.1
+//!   checks only its first key.
 //! - Client TLS is TLS 1.2 and 1.3 only (rustls), with ECDHE AEAD suites; no certificate
 //!   revocation lists (`--client-crl-file`) and no `--client-cert-allowed-hostname`: both are
 //!   refused. `--listen-metrics-urls` is plain HTTP only.
