@@ -1,0 +1,75 @@
+//! Simple tokens (`--auth-token simple`, etcd's default): a token lives `--auth-token-ttl`
+//! seconds without use, and a password change or a deleted user ends the user's tokens, each
+//! refused afterwards with `etcdserver: invalid auth token`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Server;
+use etcd_client::{Client, ConnectOptions, Permission};
+
+fn options() -> ConnectOptions {
+    ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(Duration::from_secs(8))
+}
+
+/// A raw token from `Authenticate` on `endpoint`.
+async fn token(endpoint: &str, user: &str, password: &str) -> String {
+    let c = Client::connect([endpoint], Some(options())).await.expect("connect");
+    c.auth_client().authenticate(user.to_owned(), password.to_owned()).await.expect("authenticate").token().to_owned()
+}
+
+/// A get of `key` on `endpoint` carrying `token` in the `token` metadata.
+async fn get_with_token(endpoint: &str, token: &str, key: &str) -> Result<(), tonic::Status> {
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{endpoint}")).unwrap().connect().await.unwrap();
+    let mut kv = grpc_api::pb::etcdserverpb::kv_client::KvClient::new(channel);
+    let mut request = tonic::Request::new(grpc_api::pb::etcdserverpb::RangeRequest {
+        key: key.as_bytes().to_vec().into(),
+        ..Default::default()
+    });
+    request.metadata_mut().insert("token", token.parse().unwrap());
+    tokio::time::timeout(Duration::from_secs(8), kv.range(request)).await.expect("range answered in time").map(|_| ())
+}
+
+#[tokio::test]
+async fn simple_tokens_expire_and_end_with_a_password_change_or_the_user() {
+    let server = Server::start(&["--auth-token", "simple", "--auth-token-ttl", "3", "--bcrypt-cost", "4"]);
+    let mut admin = server.client().await;
+    admin.put("app/x", "1", None).await.unwrap();
+    let mut auth = admin.auth_client();
+    auth.user_add("root", "rootpw", None).await.unwrap();
+    auth.user_grant_role("root", "root").await.unwrap();
+    auth.role_add("app").await.unwrap();
+    auth.role_grant_permission("app", Permission::read("app/").with_prefix()).await.unwrap();
+    for user in ["alice", "bob"] {
+        auth.user_add(user, "pw", None).await.unwrap();
+        auth.user_grant_role(user, "app").await.unwrap();
+    }
+    auth.auth_enable().await.unwrap();
+    let ep = server.endpoint();
+    let invalid = "etcdserver: invalid auth token";
+
+    // Each use renews the TTL; unused for longer than it, the token is gone.
+    let alice = token(&ep, "alice", "pw").await;
+    for _ in 0..3 {
+        get_with_token(&ep, &alice, "app/x").await.expect("a live token");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    assert_eq!(get_with_token(&ep, &alice, "app/x").await.unwrap_err().message(), invalid, "expired");
+
+    // A password change ends the user's tokens; other users' stay.
+    let alice = token(&ep, "alice", "pw").await;
+    let bob = token(&ep, "bob", "pw").await;
+    let root = Client::connect([ep.as_str()], Some(options().with_user("root", "rootpw"))).await.unwrap();
+    root.auth_client().user_change_password("alice", "new").await.unwrap();
+    assert_eq!(get_with_token(&ep, &alice, "app/x").await.unwrap_err().message(), invalid, "after passwd");
+    // Bob's token stands for the current revision (a simple token does), so it still works.
+    get_with_token(&ep, &bob, "app/x").await.expect("bob's token survives alice's password change");
+    let alice = token(&ep, "alice", "new").await;
+    get_with_token(&ep, &alice, "app/x").await.expect("the new password's token");
+    // A deleted user's tokens end too.
+    root.auth_client().user_delete("alice").await.unwrap();
+    assert_eq!(get_with_token(&ep, &alice, "app/x").await.unwrap_err().message(), invalid, "deleted user");
+}
