@@ -31,7 +31,7 @@
 //!   write wrapped in [`CommandBody::Checked`] was permission-checked by its proposer at an
 //!   auth revision and fails with `AuthOldRevision` if an auth change applied since. Simple
 //!   tokens are per-member memory filled from applied `Authenticate` entries
-//!   ([`Store::simple_token_user`]).
+//!   ([`Store::simple_token_user`]), all dropped when a snapshot is installed.
 //! - **Atomic batches**: one `apply` call is one RocksDB `WriteBatch`, applied index
 //!   included. Reads use a RocksDB snapshot taken together with the matching revision.
 //! - **Durability by replay**: RocksDB's WAL is off; the Raft log is the WAL. After a crash

@@ -557,6 +557,10 @@ impl Store {
             *committed = installed.meta.clone();
         }
         *gs.compact_finished.lock() = installed.compact_finished;
+        // The snapshot skips the entries it covers, password changes and user deletions
+        // among them, which would have ended tokens: every simple token of this member is
+        // dropped (their clients authenticate again), none outlives what it stood for.
+        gs.tokens.lock().clear();
         gs.hub.reset(installed.meta.current_revision, installed.meta.compact_revision);
         inner.compactor_signal.notify();
         // Durability: flush before returning. The batch went to the memtables without

@@ -142,3 +142,31 @@ fn replicas_applying_the_same_entries_hold_the_same_auth_store() {
     assert_eq!(a.store.auth(G).hash(), b.store.auth(G).hash());
     assert_eq!(a.store.auth(G), b.store.auth(G));
 }
+
+/// A member that installs a snapshot has skipped the entries it covers, a password change
+/// or a user's deletion among them: the simple tokens it knew are dropped, not kept valid.
+#[test]
+fn a_snapshot_install_drops_the_members_simple_tokens() {
+    let mut a = Node::new();
+    setup(&mut a);
+    let rev = a.store.auth(G).revision;
+    let login = AuthCommand::Authenticate(AuthenticateRequest {
+        name: "alice".into(),
+        simple_token: "tok".into(),
+        auth_revision: rev,
+    });
+    auth(&mut a, login).unwrap();
+    let ttl = Duration::from_secs(300);
+    assert_eq!(a.store.simple_token_user(G, "tok", ttl).as_deref(), Some("alice"));
+    // Another replica went on: alice was deleted there.
+    let mut b = Node::new();
+    setup(&mut b);
+    auth(&mut b, AuthCommand::UserDelete(UserDeleteRequest { name: "alice".into() })).unwrap();
+    for _ in 0..3 {
+        b.put("x", "y");
+    }
+    let chunks: Vec<Vec<u8>> = b.store.snapshot(G).unwrap().map(|c| c.unwrap()).collect();
+    a.store.install_snapshot(G, chunks.into_iter()).unwrap();
+    assert!(a.store.auth(G).user("alice").is_none());
+    assert_eq!(a.store.simple_token_user(G, "tok", ttl), None, "a deleted user's token outlived the snapshot");
+}
