@@ -31,6 +31,8 @@ fn users_roles_permissions_and_tokens() {
         s.ctl(&["role", "grant-permission", "rw", "readwrite", "foo/", "--prefix"]);
         s.ctl(&["role", "grant-permission", "rw", "write", "k1"]);
         s.ctl(&["role", "grant-permission", "nope", "read", "x"]);
+        s.ctl(&["role", "grant-permission", "rw", "read", "d", "c"]);
+        s.ctl(&["role", "grant-permission", "rw", "read", "e", "e"]);
         s.ctl(&["user", "grant-role", "alice", "reader"]);
         s.ctl(&["user", "grant-role", "alice", "rw"]);
         s.ctl(&["user", "grant-role", "nobody", "reader"]);
@@ -58,6 +60,8 @@ fn users_roles_permissions_and_tokens() {
         as_user(s, ALICE, &["get", "a", "b"]);
         as_user(s, ALICE, &["get", "a", "c"]);
         as_user(s, ALICE, &["get", "z"]);
+        as_user(s, ALICE, &["get", "a0", "a"]);
+        as_user(s, ALICE, &["get", "a", "a"]);
         as_user(s, ALICE, &["put", "a", "x"]);
         as_user(s, ALICE, &["put", "foo/y", "y"]);
         as_user(s, ALICE, &["get", "foo/", "--prefix"]);
