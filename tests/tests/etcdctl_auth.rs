@@ -99,6 +99,25 @@ fn users_roles_permissions_and_tokens() {
         as_user(s, ALICE, &["member", "remove", "1234"]);
         as_user(s, ALICE, &["snapshot", "save", "alice.db"]);
         as_user(s, ROOT, &["auth", "status"]);
+        as_user(s, ROOT, &["user", "get", "alice", "--detail"]);
+        as_user(s, ALICE, &["user", "get", "alice", "--detail"]);
+        s.ctl_stdin(&[ALICE, "user", "passwd", "alice", "--interactive=false"], "mine\n");
+        as_user(s, ALICE, &["auth", "disable"]);
+        as_user(s, ALICE, &["role", "grant-permission", "rw", "read", "z"]);
+        as_user(s, ALICE, &["get", "a", "--from-key"]);
+        as_user(s, ALICE, &["del", "a", "--prev-kv"]);
+        // A lease with a key alice may not write: she can neither revoke it nor attach her
+        // keys to it (etcd's checkLeasePuts); once it holds only her keys, she can.
+        let granted = s.ctl(&[ALICE, "lease", "grant", "60"]).stdout;
+        let lease = granted.split_whitespace().nth(1).unwrap_or_else(|| panic!("lease grant printed {granted:?}"));
+        let with_lease = format!("--lease={lease}");
+        as_user(s, ROOT, &["put", "z", "7", &with_lease]);
+        as_user(s, ALICE, &["put", "foo/l", "v", &with_lease]);
+        as_user(s, ALICE, &["lease", "revoke", lease]);
+        as_user(s, ROOT, &["put", "z", "8"]);
+        as_user(s, ALICE, &["put", "foo/l", "v", &with_lease]);
+        as_user(s, ALICE, &["lease", "revoke", lease]);
+        as_user(s, ALICE, &["get", "foo/l"]);
         as_user(s, ROOT, &["user", "delete", "root"]);
         as_user(s, ROOT, &["user", "revoke-role", "root", "root"]);
         as_user(s, ROOT, &["role", "delete", "root"]);
