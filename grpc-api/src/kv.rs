@@ -22,15 +22,18 @@ pub struct KvService {
 impl Kv for KvService {
     async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
         let node = &self.node;
-        let caller = crate::auth::caller(node, &request)?;
-        let req = range_from_pb(request.into_inner());
+        let (metadata, extensions, message) = request.into_parts();
+        let req = range_from_pb(message);
         store::check_range(&req).map_err(|e| store_status(&e))?;
-        caller.check_read(&req.key, &req.range_end)?;
         if !req.serializable {
             // A learner serves serializable ranges only, as etcd's.
             node.check_not_learner()?;
             node.read_barrier().await?;
         }
+        // Permissions are checked after the read barrier, as etcd checks them after its read
+        // index: a linearizable read sees every auth change committed before it began.
+        let identity = Request::from_parts(metadata, extensions, ());
+        crate::auth::caller(node, &identity)?.check_read(&req.key, &req.range_end)?;
         let resp = node.store.range(node.group(), &req).map_err(|e| store_status(&e))?;
         Ok(Response::new(range_to_pb(node, resp)))
     }
@@ -70,8 +73,13 @@ impl Kv for KvService {
         let node = &self.node;
         // A learner serves no txn, read-only ones included (etcd serves it Range and Status).
         node.check_not_learner()?;
-        let caller = crate::auth::caller(node, &request)?;
-        let mut txn = txn_from_pb(request.into_inner());
+        let (metadata, extensions, message) = request.into_parts();
+        let identity = Request::from_parts(metadata, extensions, ());
+        let mut txn = txn_from_pb(message);
+        if txn.is_read_only() {
+            return read_only_txn(node, txn, &identity).await.map(Response::new);
+        }
+        let caller = crate::auth::caller(node, &identity)?;
         if caller.enabled() {
             // etcd validates a txn before its permissions: its request errors win.
             let command = store::Command::new(0, store::CommandBody::Txn(txn));
@@ -84,9 +92,6 @@ impl Kv for KvService {
         }
         if node.alarms.nospace() && txn_has_put(&txn) {
             return Err(EtcdError::NoSpace.status());
-        }
-        if txn.is_read_only() {
-            return read_only_txn(node, txn).await.map(Response::new);
         }
         match self.node.propose(caller.checked(store::CommandBody::Txn(txn))).await? {
             store::CommandResponse::Txn(resp) => Ok(Response::new(txn_to_pb(node, resp))),
@@ -126,16 +131,19 @@ impl Kv for KvService {
 }
 
 /// A txn that only reads is served like etcd's (`isTxnReadonly`): the same request checks
-/// as a proposal, a linearizable read barrier unless every range in it is serializable,
-/// then evaluation against the local store. Its answer is what applying it right after the
-/// barrier would give (same semantics, same header revision), without a log entry.
-async fn read_only_txn(node: &Node, txn: store::TxnRequest) -> Result<pb::TxnResponse, Status> {
+/// as a proposal, a linearizable read barrier unless every range in it is serializable, the
+/// caller's permissions, then evaluation against the local store. Its answer is what applying
+/// it right after the barrier would give (same semantics, same header revision), without a log
+/// entry.
+async fn read_only_txn(node: &Node, txn: store::TxnRequest, identity: &Request<()>) -> Result<pb::TxnResponse, Status> {
     let command = store::Command { request_id: 0, body: Some(store::CommandBody::Txn(txn)) };
     node.store.validate(&command).map_err(|e| store_status(&e))?;
     let Some(store::CommandBody::Txn(txn)) = &command.body else { unreachable!("built as a txn above") };
     if !txn.is_serializable() {
         node.read_barrier().await?;
     }
+    // Every compare and range, nested txns included, after the barrier (as for a range).
+    crate::auth::caller(node, identity)?.check_txn(txn)?;
     let resp = node.store.read_only_txn(node.group(), txn).map_err(|e| store_status(&e))?;
     Ok(txn_to_pb(node, resp))
 }
