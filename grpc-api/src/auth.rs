@@ -13,11 +13,17 @@
 //! through Raft for the same reason). A simple token lives `--auth-token-ttl` seconds
 //! without use on each member.
 //!
+//! With `--auth-token jwt,...` the token is instead a JWT signed by the authenticating
+//! member ([`JwtConfig`]) with the user and the auth revision it was issued at; members keep
+//! no token state. With `--client-cert-auth`, a request without a token acts as its verified
+//! client certificate's Common Name.
+//!
 //! Permission rules are etcd's (`store::auth::AuthState::check_*`): reads are checked here
-//! against the local auth store; writes are checked here too and proposed wrapped in
-//! [`store::CommandBody::Checked`] with the auth revision they were checked at, so a
-//! permission change that applies first refuses them on every member with
-//! `etcdserver: revision of auth store is old` instead of letting them through.
+//! against the local auth store, after the read barrier of a linearizable read; writes are
+//! checked here too and proposed wrapped in [`store::CommandBody::Checked`] with the auth
+//! revision they were checked at, so a permission change that applies first refuses them on
+//! every member with `etcdserver: revision of auth store is old` instead of letting them
+//! through.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -416,10 +422,10 @@ impl AuthService {
     }
 
     /// The local auth store after a read barrier (etcd serves auth reads through the log),
-    /// for a root caller.
+    /// for a root caller checked after the barrier too.
     async fn admin_read<T>(&self, request: &Request<T>) -> Result<Arc<AuthState>, Status> {
-        caller(&self.node, request)?.check_admin()?;
         self.node.read_barrier().await?;
+        caller(&self.node, request)?.check_admin()?;
         Ok(self.node.store.auth(self.node.group()))
     }
 
@@ -549,6 +555,7 @@ impl Auth for AuthService {
         request: Request<pb::AuthUserGetRequest>,
     ) -> Result<Response<pb::AuthUserGetResponse>, Status> {
         // A user may read its own roles (etcd's authApplierV3.UserGet).
+        self.node.read_barrier().await?;
         let c = caller(&self.node, &request)?;
         let name = &request.get_ref().name;
         if let Err(denied) = c.check_admin() {
@@ -556,8 +563,7 @@ impl Auth for AuthService {
                 return Err(denied);
             }
         }
-        self.node.read_barrier().await?;
-        let state = self.node.store.auth(self.node.group());
+        let state = &c.state;
         let user = state.user(name).ok_or_else(|| EtcdError::UserNotFound.status())?;
         Ok(Response::new(pb::AuthUserGetResponse { header: self.header(), roles: user.roles.clone() }))
     }
@@ -627,6 +633,7 @@ impl Auth for AuthService {
         request: Request<pb::AuthRoleGetRequest>,
     ) -> Result<Response<pb::AuthRoleGetResponse>, Status> {
         // A user may read the roles it has (etcd's authApplierV3.RoleGet).
+        self.node.read_barrier().await?;
         let c = caller(&self.node, &request)?;
         let name = &request.get_ref().role;
         if let Err(denied) = c.check_admin() {
@@ -635,9 +642,7 @@ impl Auth for AuthService {
                 return Err(denied);
             }
         }
-        self.node.read_barrier().await?;
-        let state = self.node.store.auth(self.node.group());
-        let role = state.role(name).ok_or_else(|| EtcdError::RoleNotFound.status())?;
+        let role = c.state.role(name).ok_or_else(|| EtcdError::RoleNotFound.status())?;
         let perm = role.permissions.iter().map(perm_to_pb).collect();
         Ok(Response::new(pb::AuthRoleGetResponse { header: self.header(), perm }))
     }
