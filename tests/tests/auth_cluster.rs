@@ -135,3 +135,59 @@ fn auth_state_is_the_same_on_every_member_and_survives_restart() {
         }
     });
 }
+
+/// A Range of `key` on `endpoint` (host:port) with `token` in the `token` metadata.
+async fn get_with_token(endpoint: &str, token: &str, key: &str) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .expect("connect");
+    let mut kv = grpc_api::pb::etcdserverpb::kv_client::KvClient::new(channel);
+    let mut request = tonic::Request::new(grpc_api::pb::etcdserverpb::RangeRequest {
+        key: key.as_bytes().to_vec().into(),
+        ..Default::default()
+    });
+    request.metadata_mut().insert("token", token.parse().expect("token metadata"));
+    tokio::time::timeout(Duration::from_secs(8), kv.range(request)).await.expect("range answered in time").map(|_| ())
+}
+
+#[test]
+fn a_simple_token_issued_by_one_member_is_valid_on_every_member() {
+    let rt = runtime();
+    let c = Members::start(3, &["--bcrypt-cost", "4"]);
+    rt.block_on(async { c.wait_leader(LEADER_TIMEOUT).await });
+    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
+    rt.block_on(async {
+        let admin = Client::connect([endpoints[0].as_str()], Some(options())).await.expect("connect");
+        let mut auth = admin.auth_client();
+        auth.user_add("root", "rootpw", None).await.expect("user add root");
+        auth.user_grant_role("root", "root").await.expect("grant root");
+        auth.auth_enable().await.expect("auth enable");
+        // The token comes from member 0 alone.
+        let token = admin
+            .auth_client()
+            .authenticate("root".to_owned(), "rootpw".to_owned())
+            .await
+            .expect("authenticate")
+            .token()
+            .to_owned();
+        for ep in &endpoints {
+            // Every member learns the token by applying the entry that issued it.
+            let deadline = Instant::now() + APPLY_TIMEOUT;
+            loop {
+                match get_with_token(ep, &token, "k").await {
+                    Ok(()) => break,
+                    Err(e) => assert!(Instant::now() < deadline, "{ep}: the token is not honoured: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        // A token nobody issued is refused everywhere.
+        for ep in &endpoints {
+            let err = get_with_token(ep, "NotAToken.1", "k").await.expect_err("a made-up token");
+            assert_eq!(err.message(), "etcdserver: invalid auth token", "{ep}");
+        }
+    });
+}
