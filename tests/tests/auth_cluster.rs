@@ -57,14 +57,29 @@ async fn member_view(endpoint: &str) -> (String, String, String) {
     (read, denied, write)
 }
 
-/// `etcdctl auth status` as root on every member (enabled flag and auth revision).
+/// Every member's whole auth state as root sees it through etcdctl: the enabled flag and
+/// auth revision, users, roles, alice's roles and the app role's permissions (a dump to
+/// compare between members, like HashKV for the keyspace).
 fn statuses(c: &Members) -> Vec<String> {
+    let dumps = [
+        &["auth", "status"][..],
+        &["user", "list"],
+        &["role", "list"],
+        &["user", "get", "alice", "--detail"],
+        &["role", "get", "app"],
+    ];
     c.members
         .iter()
         .map(|m| {
-            let out = m.ctl(&["--user=root:rootpw", "auth", "status"]);
-            assert_eq!(out.code, Some(0), "{}: auth status: {out:?}", m.name);
-            out.stdout
+            let mut dump = String::new();
+            for args in dumps {
+                let mut all = vec!["--user=root:rootpw"];
+                all.extend_from_slice(args);
+                let out = m.ctl(&all);
+                assert_eq!(out.code, Some(0), "{}: {args:?}: {out:?}", m.name);
+                dump.push_str(&out.stdout);
+            }
+            dump
         })
         .collect()
 }
