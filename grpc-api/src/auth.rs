@@ -499,12 +499,13 @@ impl Auth for AuthService {
         if !state.enabled {
             return Err(EtcdError::AuthNotEnabled.status());
         }
-        let hash = match state.user(&req.name) {
+        let password_hash = match state.user(&req.name) {
             Some(u) if u.no_password => return Err(EtcdError::NoPasswordUser.status()),
-            Some(u) => String::from_utf8_lossy(&u.password_hash).into_owned(),
+            Some(u) => u.password_hash.clone(),
             None => return Err(EtcdError::AuthFailed.status()),
         };
         let password = req.password;
+        let hash = String::from_utf8_lossy(&password_hash).into_owned();
         let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -512,21 +513,28 @@ impl Auth for AuthService {
             return Err(EtcdError::AuthFailed.status());
         }
         // A simple token is learned by every member from the log; a JWT token needs no
-        // state, but still goes through the log so that it is issued only at the auth
-        // revision the password was checked at.
+        // state, but still goes through the log. Apply issues either only if the hash the
+        // password was checked against is still the user's (a password change or deletion
+        // committed meanwhile refuses it; other auth changes do not, so logins go through
+        // while the auth store changes).
         let jwt = self.node.cfg.auth.jwt.clone();
         let simple = match &jwt {
             Some(_) => String::new(),
             None => simple_token(self.tokens_issued.fetch_add(1, Ordering::Relaxed) + 1),
         };
-        self.propose(AuthCommand::Authenticate(sa::AuthenticateRequest {
-            name: req.name.clone(),
-            simple_token: simple.clone(),
-            auth_revision: state.revision,
-        }))
-        .await?;
+        let issued = self
+            .propose(AuthCommand::Authenticate(sa::AuthenticateRequest {
+                name: req.name.clone(),
+                simple_token: simple.clone(),
+                password_hash,
+            }))
+            .await?;
+        let sa::AuthResponse::Authenticated { revision, .. } = issued else {
+            return Err(Status::internal(format!("authenticate applied as {issued:?}")));
+        };
         let token = match jwt {
-            Some(jwt) => jwt.sign(&req.name, state.revision, std::time::SystemTime::now())?,
+            // The token stands for the auth revision it was issued at.
+            Some(jwt) => jwt.sign(&req.name, revision, std::time::SystemTime::now())?,
             None => simple,
         };
         Ok(Response::new(pb::AuthenticateResponse { header: self.header(), token }))

@@ -103,16 +103,19 @@ pub struct AuthState {
 }
 
 /// etcd `AuthenticateRequest` as it goes through the log: the proposer has checked the
-/// password against `auth_revision` and picked `simple_token` (empty for JWT, which needs
-/// no state).
+/// password against the user's hash `password_hash` and picked `simple_token` (empty for
+/// JWT, which needs no state). Apply issues the token only if that hash is still the user's:
+/// a password change or deletion committed in between refuses it, while unrelated auth
+/// changes do not (etcd checks again in a loop instead).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AuthenticateRequest {
     #[prost(string, tag = "1")]
     pub name: String,
     #[prost(string, tag = "2")]
     pub simple_token: String,
-    #[prost(uint64, tag = "3")]
-    pub auth_revision: u64,
+    /// The bcrypt hash the password was checked against (tag 3 is retired).
+    #[prost(bytes = "bytes", tag = "4")]
+    pub password_hash: Bytes,
 }
 
 /// Every auth mutation, as one log command each (etcd's `Auth*Request` messages). Names
@@ -235,8 +238,9 @@ pub struct RoleRevokePermissionRequest {
 pub enum AuthResponse {
     /// A change that leaves every token valid.
     Done,
-    /// `Authenticate` applied: the user and its token (empty for JWT).
-    Authenticated { name: String, simple_token: String },
+    /// `Authenticate` applied: the user, its token (empty for JWT) and the auth revision it
+    /// was issued at.
+    Authenticated { name: String, simple_token: String, revision: u64 },
     /// The user was deleted or its password changed: its tokens are no longer valid.
     UserInvalidated(String),
     /// Auth was disabled: no token is valid any more.
@@ -318,14 +322,17 @@ impl AuthState {
                 if !self.enabled {
                     return Err(Error::AuthNotEnabled);
                 }
-                if a.auth_revision < self.revision {
-                    return Err(Error::AuthOldRevision);
-                }
-                if self.user(&a.name).is_none() {
-                    return Err(Error::AuthFailed);
+                // The password the proposer checked must still be the user's.
+                match self.user(&a.name) {
+                    Some(u) if !u.no_password && u.password_hash == a.password_hash => {}
+                    _ => return Err(Error::AuthFailed),
                 }
                 // A token changes no state: the auth revision stays.
-                return Ok(AuthResponse::Authenticated { name: a.name.clone(), simple_token: a.simple_token.clone() });
+                return Ok(AuthResponse::Authenticated {
+                    name: a.name.clone(),
+                    simple_token: a.simple_token.clone(),
+                    revision: self.revision,
+                });
             }
             AuthCommand::UserAdd(u) => {
                 if u.name.is_empty() {
@@ -717,19 +724,20 @@ mod tests {
             vec![user_add("u"), grant_role("u", "r"), AuthCommand::RoleDelete(RoleDeleteRequest { role: "r".into() })],
         );
         assert!(s.user("u").unwrap().roles.is_empty());
-        // An authenticate at an old revision or of an unknown user fails.
-        let auth = |n: &str, rev| {
+        // An authenticate against a hash that is no longer the user's, or of an unknown user,
+        // fails; one against the current hash issues the token whatever else changed.
+        let auth = |n: &str, hash: &'static str| {
             AuthCommand::Authenticate(AuthenticateRequest {
                 name: n.into(),
                 simple_token: "t".into(),
-                auth_revision: rev,
+                password_hash: hash.into(),
             })
         };
-        assert_eq!(err(&s, auth("u", s.revision - 1)), Some(Error::AuthOldRevision.to_string()));
-        assert_eq!(err(&s, auth("x", s.revision)), Some(Error::AuthFailed.to_string()));
-        let (same, r) = s.apply(&auth("u", s.revision)).unwrap();
+        assert_eq!(err(&s, auth("u", "old")), Some(Error::AuthFailed.to_string()));
+        assert_eq!(err(&s, auth("x", "h")), Some(Error::AuthFailed.to_string()));
+        let (same, r) = s.apply(&auth("u", "h")).unwrap();
         assert_eq!(same, s);
-        assert_eq!(r, AuthResponse::Authenticated { name: "u".into(), simple_token: "t".into() });
+        assert_eq!(r, AuthResponse::Authenticated { name: "u".into(), simple_token: "t".into(), revision: s.revision });
     }
 
     #[test]

@@ -362,7 +362,7 @@ impl Store {
             let mut tokens = gs.tokens.lock();
             for effect in token_effects {
                 match effect {
-                    AuthResponse::Authenticated { name, simple_token } if !simple_token.is_empty() => {
+                    AuthResponse::Authenticated { name, simple_token, .. } if !simple_token.is_empty() => {
                         tokens.insert(simple_token.clone(), name)
                     }
                     AuthResponse::UserInvalidated(name) => tokens.invalidate_user(name),

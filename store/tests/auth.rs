@@ -98,7 +98,7 @@ fn auth_commands_apply_with_etcd_errors_and_survive_reopen_and_snapshot() {
         AuthCommand::Authenticate(AuthenticateRequest {
             name: name.into(),
             simple_token: format!("tok-{name}.{rev}"),
-            auth_revision: rev,
+            password_hash: format!("hash-{name}").into(),
         })
     };
     let ttl = Duration::from_secs(300);
@@ -149,11 +149,10 @@ fn replicas_applying_the_same_entries_hold_the_same_auth_store() {
 fn a_snapshot_install_drops_the_members_simple_tokens() {
     let mut a = Node::new();
     setup(&mut a);
-    let rev = a.store.auth(G).revision;
     let login = AuthCommand::Authenticate(AuthenticateRequest {
         name: "alice".into(),
         simple_token: "tok".into(),
-        auth_revision: rev,
+        password_hash: "hash-alice".into(),
     });
     auth(&mut a, login).unwrap();
     let ttl = Duration::from_secs(300);
