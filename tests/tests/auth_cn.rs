@@ -1,6 +1,7 @@
 //! CN-as-user (etcd's rule with `--client-cert-auth`): a request without a token acts as the
 //! Common Name of its verified client certificate, so kube-apiserver needs no token. etcdctl
-//! 3.5.1 with `--cacert --cert --key` against a `plinth serve` with mTLS and auth enabled.
+//! 3.5.1 with `--cacert --cert --key` against a `plinth serve` with mTLS and auth enabled,
+//! and the same script against etcd 3.5.1 with the same flags: the transcripts must match.
 //!
 //! Every certificate is made here with rcgen, in the test's temp dir; none is committed.
 
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use plinth_tests::cluster::plinth_bin;
 use plinth_tests::ctl::{self, CtlOutput};
+use plinth_tests::etcd;
 use plinth_tests::ports::{self, Port};
 use plinth_tests::process::{self, scrub_env};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
@@ -89,7 +91,8 @@ impl Server {
         ctl::run(&self.endpoint(), &all, None, COMMAND_TIMEOUT)
     }
 
-    fn start(ca: &Ca) -> Server {
+    /// `plinth serve`, or etcd 3.5.1 when `real_etcd`, with mTLS and auth flags.
+    fn start(ca: &Ca, real_etcd: bool) -> Server {
         let dir = tempfile::Builder::new().prefix("plinth-test-auth-cn-").tempdir().expect("temp dir");
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca.cert.pem()).expect("write CA");
@@ -99,8 +102,8 @@ impl Server {
         }
         let mut s = Server { dir, client: ports::reserve(), peer: ports::reserve(), child: None, ca_file };
         let peer = format!("http://127.0.0.1:{}", s.peer.get());
-        let args: Vec<String> = vec![
-            "serve".into(),
+        let mut args: Vec<String> = if real_etcd { Vec::new() } else { vec!["serve".into()] };
+        args.extend([
             "--name=n1".into(),
             format!("--data-dir={}", s.dir.path().join("data").display()),
             format!("--listen-client-urls={}", s.endpoint()),
@@ -113,9 +116,9 @@ impl Server {
             format!("--trusted-ca-file={}", s.ca_file.display()),
             "--client-cert-auth".into(),
             "--bcrypt-cost=4".into(),
-        ];
+        ]);
         let log = std::fs::File::create(s.dir.path().join("server.log")).expect("server log");
-        let mut cmd = Command::new(plinth_bin());
+        let mut cmd = Command::new(if real_etcd { etcd::etcd() } else { plinth_bin() });
         cmd.args(args).stdin(Stdio::null()).stdout(log.try_clone().expect("dup log")).stderr(log);
         scrub_env(&mut cmd);
         s.child = Some(cmd.spawn().expect("spawn plinth"));
@@ -154,7 +157,7 @@ fn refused(s: &Server, cn: &str, args: &[&str]) -> String {
 #[test]
 fn the_certificate_common_name_is_the_user_without_a_token() {
     let ca = Ca::new();
-    let s = Server::start(&ca);
+    let s = Server::start(&ca, false);
     // Auth still off: anyone sets it up.
     ok(&s, "root", &["user", "add", "root", "--new-user-password=rootpw"]);
     ok(&s, "root", &["user", "grant-role", "root", "root"]);
@@ -175,4 +178,51 @@ fn the_certificate_common_name_is_the_user_without_a_token() {
     assert_eq!(refused(&s, "bob", &["get", "app/x"]), "Error: etcdserver: permission denied");
     // A token wins over the certificate: root's password, alice's certificate.
     assert_eq!(ok(&s, "alice", &["--user=root:rootpw", "get", "secret"]), "secret\ns\n");
+}
+
+/// The CN-as-user script on etcd 3.5.1 and on Plinth, each with mTLS, auth enabled and the
+/// certificates of one CA: what each command prints (stdout, its `Error:` line, exit code).
+#[test]
+fn certificate_users_match_etcd() {
+    let ca = Ca::new();
+    let run = |real_etcd: bool| {
+        let s = Server::start(&ca, real_etcd);
+        let mut transcript = String::new();
+        let steps: &[(&str, &[&str])] = &[
+            ("root", &["user", "add", "root", "--new-user-password=rootpw"]),
+            ("root", &["user", "grant-role", "root", "root"]),
+            ("root", &["role", "add", "app"]),
+            ("root", &["role", "grant-permission", "app", "readwrite", "app/", "--prefix"]),
+            ("root", &["user", "add", "alice", "--no-password"]),
+            ("root", &["user", "grant-role", "alice", "app"]),
+            ("root", &["put", "secret", "s"]),
+            ("root", &["auth", "enable"]),
+            ("root", &["put", "app/x", "1"]),
+            ("alice", &["get", "app/x"]),
+            ("alice", &["put", "app/y", "2"]),
+            ("alice", &["get", "secret"]),
+            ("alice", &["user", "list"]),
+            ("alice", &["user", "get", "alice"]),
+            ("bob", &["get", "app/x"]),
+            ("alice", &["--user=root:rootpw", "get", "secret"]),
+            ("root", &["user", "list"]),
+            ("root", &["auth", "disable"]),
+            ("bob", &["get", "secret"]),
+        ];
+        for (cn, args) in steps {
+            let out = s.ctl_as(cn, args);
+            let error: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("Error:")).collect();
+            transcript.push_str(&format!(
+                "$ [{cn}] etcdctl {}\n{}{:?} {:?}\n",
+                args.join(" "),
+                out.stdout,
+                error,
+                out.code
+            ));
+        }
+        transcript
+    };
+    let (etcd, plinth) = (run(true), run(false));
+    assert!(plinth.contains("etcdserver: permission denied"), "{plinth}");
+    assert_eq!(plinth, etcd, "Plinth differs from etcd 3.5.1\n--- etcd ---\n{etcd}\n--- plinth ---\n{plinth}");
 }
