@@ -454,7 +454,9 @@ impl ServeArgs {
         // Security first: nothing else is worth checking for a member that would serve
         // without the protection its manifest asked for.
         if let Some(flag) = self.security.refused().first() {
-            anyhow::bail!("{flag}: not supported by this build (README, 'Security' lists what is); remove the flag");
+            anyhow::bail!(
+                "{flag}: not supported by this build (the README's TLS sections list what is); remove the flag"
+            );
         }
         self.validate_client_tls()?;
         self.validate_peer_tls()?;
