@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes certificates for a Plinth (or etcd) cluster with client and peer mTLS, with openssl
-# only. The README's "Security" section walks through it; tests/tests/peer_tls.rs runs it.
+# only. The README's "A three-member cluster with client and peer mTLS" uses it;
+# tests/tests/peer_tls.rs runs it.
 #
 #   scripts/gen-certs.sh DIR ca                  DIR/ca.crt, DIR/ca.key: a new CA (P-256)
 #   scripts/gen-certs.sh DIR cert NAME SANS      DIR/NAME.crt, DIR/NAME.key: CN=NAME, signed
