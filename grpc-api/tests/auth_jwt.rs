@@ -5,10 +5,8 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::Server;
-use etcd_client::{Client, ConnectOptions, Permission};
+use common::{get_with_token, options, token, Server};
+use etcd_client::{Client, Permission};
 
 /// An ES256 key pair made with rcgen under `dir`: (private PEM path, public PEM path).
 fn es256_keys(dir: &std::path::Path, name: &str) -> (String, String) {
@@ -18,29 +16,6 @@ fn es256_keys(dir: &std::path::Path, name: &str) -> (String, String) {
     std::fs::write(&private, pair.serialize_pem()).unwrap();
     std::fs::write(&public, pair.public_key_pem()).unwrap();
     (private.display().to_string(), public.display().to_string())
-}
-
-fn options() -> ConnectOptions {
-    ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(Duration::from_secs(8))
-}
-
-/// A raw token from `Authenticate` on `endpoint`.
-async fn token(endpoint: &str, user: &str, password: &str) -> String {
-    let c = Client::connect([endpoint], Some(options())).await.expect("connect");
-    c.auth_client().authenticate(user.to_owned(), password.to_owned()).await.expect("authenticate").token().to_owned()
-}
-
-/// A get of `key` on `endpoint` carrying `token` in the `token` metadata, as etcd's clients send it.
-async fn get_with_token(endpoint: &str, token: &str, key: &str) -> Result<(), tonic::Status> {
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{endpoint}")).unwrap().connect().await.unwrap();
-    let mut kv = grpc_api::pb::etcdserverpb::kv_client::KvClient::new(channel);
-    let mut request = tonic::Request::new(grpc_api::pb::etcdserverpb::RangeRequest {
-        key: key.as_bytes().to_vec().into(),
-        ..Default::default()
-    });
-    request.metadata_mut().insert("token", token.parse().unwrap());
-    tokio::time::timeout(Duration::from_secs(8), kv.range(request)).await.expect("range answered in time").map(|_| ())
 }
 
 #[tokio::test]

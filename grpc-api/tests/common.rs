@@ -1,10 +1,13 @@
-//! A `plinth serve` process on free loopback ports with its own data dir, killed on drop.
+//! A `plinth serve` process on free loopback ports with its own data dir, killed on drop;
+//! the start-up pieces tests that start `plinth serve` themselves share (its command line, the
+//! wait for it to listen or exit); and the token calls of the auth tests.
 
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Longest wait for a server to accept clients.
@@ -19,8 +22,72 @@ pub struct Server {
     _tmp: Option<tempfile::TempDir>,
 }
 
-fn free_port() -> u16 {
+/// A loopback port free at the time of the call.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `plinth serve` as member `n1` on `client_url` and `peer_url` with `data_dir`, logging
+/// warnings only, its stdout discarded; the caller adds the cluster, its flags and stderr.
+pub fn serve_command(data_dir: &Path, client_url: &str, peer_url: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_plinth"));
+    command
+        .arg("serve")
+        .args(["--name", "n1", "--data-dir"])
+        .arg(data_dir)
+        .args(["--listen-client-urls", client_url, "--advertise-client-urls", client_url])
+        .args(["--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url])
+        .args(["--log-level", "warn"])
+        .stdout(Stdio::null());
+    command
+}
+
+/// What a started process did first.
+pub enum Started {
+    /// It accepted a connection on the port waited for.
+    Listening,
+    /// It exited (with this status) before that.
+    Exited(ExitStatus),
+}
+
+/// Waits until `child` exits or, when `port` is given, accepts a connection on it; `None` if
+/// neither happened within `timeout` (the child is left running).
+pub fn wait_listen_or_exit(child: &mut Child, port: Option<u16>, timeout: Duration) -> Option<Started> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(Started::Exited(status));
+        }
+        if port.is_some_and(|port| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()) {
+            return Some(Started::Listening);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until `child` listens on `port`, panicking if it exits first or takes over `timeout`.
+pub fn wait_listening(child: &mut Child, port: u16, timeout: Duration) {
+    match wait_listen_or_exit(child, Some(port), timeout) {
+        Some(Started::Listening) => {}
+        Some(Started::Exited(status)) => panic!("plinth exited at start-up: {status}"),
+        None => panic!("plinth did not listen within {timeout:?}"),
+    }
+}
+
+/// SIGKILL and reap, no chance to flush anything.
+pub fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// All a child's piped stderr (call once it has exited).
+pub fn read_stderr(child: &mut Child) -> String {
+    let mut stderr = String::new();
+    child.stderr.take().expect("stderr piped").read_to_string(&mut stderr).unwrap();
+    stderr
 }
 
 impl Server {
@@ -47,35 +114,21 @@ impl Server {
     fn spawn(&mut self) {
         let client_url = format!("http://127.0.0.1:{}", self.client_port);
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(env!("CARGO_BIN_EXE_plinth"))
-            .arg("serve")
-            .args(["--name", "n1", "--data-dir"])
-            .arg(&self.data_dir)
-            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        let child = serve_command(&self.data_dir, &client_url, &peer_url)
             .args(["--initial-cluster", &format!("n1={peer_url}")])
-            .args(["--log-level", "warn"])
             .args(&self.extra)
-            .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawning plinth");
-        self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        while std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_err() {
-            assert!(Instant::now() < deadline, "plinth did not listen within {START_TIMEOUT:?}");
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("plinth exited at start-up: {status}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // Held by `self` before the wait, so a failed start is still killed on drop.
+        let child = self.child.insert(child);
+        wait_listening(child, self.client_port, START_TIMEOUT);
     }
 
     /// SIGKILL, no chance to flush anything.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill(&mut child);
         }
     }
 
@@ -119,4 +172,28 @@ pub fn status(e: etcd_client::Error) -> tonic::Status {
         etcd_client::Error::GRpcStatus(s) => s,
         other => panic!("expected a gRPC status, got {other:?}"),
     }
+}
+
+/// Client options of the auth tests: short connect, bounded calls.
+pub fn options() -> etcd_client::ConnectOptions {
+    etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(Duration::from_secs(8))
+}
+
+/// A raw token from `Authenticate` on `endpoint`.
+pub async fn token(endpoint: &str, user: &str, password: &str) -> String {
+    let c = etcd_client::Client::connect([endpoint], Some(options())).await.expect("connect");
+    c.auth_client().authenticate(user.to_owned(), password.to_owned()).await.expect("authenticate").token().to_owned()
+}
+
+/// A get of `key` on `endpoint` carrying `token` in the `token` metadata, as etcd's clients send it.
+pub async fn get_with_token(endpoint: &str, token: &str, key: &str) -> Result<(), tonic::Status> {
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{endpoint}")).unwrap().connect().await.unwrap();
+    let mut kv = grpc_api::pb::etcdserverpb::kv_client::KvClient::new(channel);
+    let mut request = tonic::Request::new(grpc_api::pb::etcdserverpb::RangeRequest {
+        key: key.as_bytes().to_vec().into(),
+        ..Default::default()
+    });
+    request.metadata_mut().insert("token", token.parse().unwrap());
+    tokio::time::timeout(Duration::from_secs(8), kv.range(request)).await.expect("range answered in time").map(|_| ())
 }

@@ -8,9 +8,12 @@
 //! peers rather than attackers; with peer TLS the id is also checked against the
 //! certificate (see `peer_tls.rs`).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::{free_port, kill, serve_command, wait_listening};
 
 use grpc_api::member::Member;
 use grpc_api::peer::pb;
@@ -25,10 +28,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const CLUSTER_ID_METADATA: &str = "plinth-cluster-id";
 const MEMBER_ID_METADATA: &str = "plinth-member-id";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// n1 of a cluster {n1, n2}; n2's peer port is left to the test (nothing listens there).
 struct One {
     child: Child,
@@ -38,8 +37,7 @@ struct One {
 
 impl Drop for One {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill(&mut self.child);
     }
 }
 
@@ -49,27 +47,18 @@ fn start_n1() -> One {
     let peer_port = free_port();
     let peer_url = format!("http://127.0.0.1:{peer_port}");
     let n2_peer_url = format!("http://127.0.0.1:{}", free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_plinth"))
-        .arg("serve")
-        .args(["--name", "n1", "--data-dir"])
-        .arg(tmp.path().join("data"))
-        .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("n1={peer_url},n2={n2_peer_url}")])
-        .args(["--log-level", "warn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawning plinth");
-    let deadline = Instant::now() + START_TIMEOUT;
-    while std::net::TcpStream::connect(("127.0.0.1", peer_port)).is_err() {
-        assert!(Instant::now() < deadline, "plinth did not listen within {START_TIMEOUT:?}");
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("plinth exited at start-up: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    One { child, peer_url, _tmp: tmp }
+    let mut one = One {
+        child: serve_command(&tmp.path().join("data"), &client_url, &peer_url)
+            .args(["--initial-cluster", &format!("n1={peer_url},n2={n2_peer_url}")])
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning plinth"),
+        peer_url,
+        _tmp: tmp,
+    };
+    // Waited for inside `One`, so a failed start is still killed on drop.
+    wait_listening(&mut one.child, peer_port, START_TIMEOUT);
+    one
 }
 
 type Client = pb::peer_client::PeerClient<tonic::transport::Channel>;

@@ -2,16 +2,15 @@
 //! without the protection it asks for, or that cannot work, stops the member with a message
 //! naming the flag; `--peer-auto-tls` with https peer URLs starts.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{free_port, kill, read_stderr, serve_command, wait_listen_or_exit, Started};
 
 /// How long a refused start may take to exit, or an accepted one to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Starts `plinth serve` with `peer_scheme` peer URLs and `extra`; returns `Err(stderr)` if it
 /// exits, `Ok(())` once it listens on its client port (then it is killed).
@@ -20,38 +19,22 @@ fn start(peer_scheme: &str, extra: &[&str]) -> Result<(), String> {
     let (client, peer) = (free_port(), free_port());
     let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("{peer_scheme}://127.0.0.1:{peer}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_plinth"))
-        .arg("serve")
-        .args(["--name", "n1", "--data-dir"])
-        .arg(tmp.path().join("data"))
-        .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+    let mut child = serve_command(&tmp.path().join("data"), &client_url, &peer_url)
         .args(["--initial-cluster", &format!("n1={peer_url}")])
-        .args(["--log-level", "warn"])
         .args(extra)
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning plinth");
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if let Some(_status) = child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-            return Err(stderr);
-        }
-        if std::net::TcpStream::connect(("127.0.0.1", client)).is_ok() {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+    let started = wait_listen_or_exit(&mut child, Some(client), START_TIMEOUT);
+    match started {
+        Some(Started::Exited(_)) => return Err(read_stderr(&mut child)),
+        Some(Started::Listening) => kill(&mut child),
+        None => {
+            kill(&mut child);
             panic!("plinth {peer_scheme} {extra:?} neither listened nor exited within {START_TIMEOUT:?}");
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
+    Ok(())
 }
 
 #[test]

@@ -1,9 +1,12 @@
 //! Security flags are refused at start-up, never accepted and ignored: a manifest that asks
 //! for certificates or auth must not get a member serving without them.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{free_port, kill, read_stderr, serve_command, wait_listen_or_exit, Started};
 
 /// How long a refused start may take to exit.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -12,37 +15,18 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 /// panics if it is still running after `EXIT_TIMEOUT` (it accepted the flags).
 fn start_and_wait(extra: &[&str]) -> (i32, String) {
     let tmp = tempfile::tempdir().unwrap();
-    let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (client, peer) = (port(0), port(1));
-    let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_plinth"))
-        .arg("serve")
-        .args(["--name", "n1", "--data-dir"])
-        .arg(tmp.path().join("data"))
-        .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-        .args(["--log-level", "warn"])
+    let client_url = format!("http://127.0.0.1:{}", free_port());
+    let peer_url = format!("http://127.0.0.1:{}", free_port());
+    let mut child = serve_command(&tmp.path().join("data"), &client_url, &peer_url)
         .args(extra)
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning plinth");
-    let deadline = Instant::now() + EXIT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("plinth {extra:?} still runs after {EXIT_TIMEOUT:?}: the flag was accepted");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let Some(Started::Exited(status)) = wait_listen_or_exit(&mut child, None, EXIT_TIMEOUT) else {
+        kill(&mut child);
+        panic!("plinth {extra:?} still runs after {EXIT_TIMEOUT:?}: the flag was accepted");
     };
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    (status.code().unwrap_or(-1), stderr)
+    (status.code().unwrap_or(-1), read_stderr(&mut child))
 }
 
 #[test]
@@ -89,32 +73,15 @@ fn https_urls_are_refused() {
 #[test]
 fn boolean_security_flags_set_to_false_ask_for_nothing_and_are_accepted() {
     let tmp = tempfile::tempdir().unwrap();
-    let client = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let client = free_port();
     let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_plinth"))
-        .arg("serve")
-        .args(["--name", "n1", "--data-dir"])
-        .arg(tmp.path().join("data"))
-        .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-        .args(["--client-cert-auth=false", "--peer-client-cert-auth=false", "--log-level", "warn"])
-        .stdout(Stdio::null())
+    let peer_url = format!("http://127.0.0.1:{}", free_port());
+    let mut child = serve_command(&tmp.path().join("data"), &client_url, &peer_url)
+        .args(["--client-cert-auth=false", "--peer-client-cert-auth=false"])
         .stderr(Stdio::null())
         .spawn()
         .expect("spawning plinth");
-    let deadline = Instant::now() + EXIT_TIMEOUT;
-    let listening = loop {
-        if std::net::TcpStream::connect(("127.0.0.1", client)).is_ok() {
-            break true;
-        }
-        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let _ = child.kill();
-    let _ = child.wait();
+    let listening = matches!(wait_listen_or_exit(&mut child, Some(client), EXIT_TIMEOUT), Some(Started::Listening));
+    kill(&mut child);
     assert!(listening, "plinth refused --client-cert-auth=false");
 }
