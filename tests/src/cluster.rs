@@ -1,5 +1,6 @@
 //! Single-node servers under test: real etcd 3.5.1 or `plinth serve`, started with the same
-//! etcd flags on reserved loopback ports and a fresh data directory.
+//! etcd flags on reserved loopback ports and a fresh data directory, plus the flags a test
+//! adds ([`Options`]: TLS, auth), given alike to both.
 
 use std::fmt;
 use std::fs::OpenOptions;
@@ -47,6 +48,18 @@ pub fn plinth_bin() -> PathBuf {
     path
 }
 
+/// What a server starts with beyond the shared single-member flags.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Flags after the shared ones (TLS files, auth token, bcrypt cost, ...).
+    pub flags: Vec<String>,
+    /// Client URLs are `https://`; `flags` must give the server its certificate.
+    pub https: bool,
+    /// etcdctl flags that [`Server::ctl`] and the readiness probe put before their own: the
+    /// client's TLS credentials.
+    pub ctl_flags: Vec<String>,
+}
+
 /// A running single-node server. Killed with SIGKILL (and reaped) on drop.
 pub struct Server {
     kind: Kind,
@@ -56,6 +69,7 @@ pub struct Server {
     peer: Port,
     child: Option<Child>,
     starts: u32,
+    options: Options,
 }
 
 impl Server {
@@ -69,13 +83,21 @@ impl Server {
         Server::start(Kind::Plinth)
     }
 
+    /// A server of `kind` with the shared flags only.
     pub fn start(kind: Kind) -> Server {
+        Server::start_with(kind, Options::default())
+    }
+
+    /// A server of `kind` with the shared flags and `options`; waits until the readiness
+    /// probe (with `options.ctl_flags`) reads.
+    pub fn start_with(kind: Kind, options: Options) -> Server {
         let bin = match kind {
             Kind::Etcd => etcd::etcd(),
             Kind::Plinth => plinth_bin(),
         };
         let dir = tempfile::Builder::new().prefix(&format!("plinth-test-{kind}-")).tempdir().expect("temp dir");
-        let mut s = Server { kind, bin, dir, client: ports::reserve(), peer: ports::reserve(), child: None, starts: 0 };
+        let (client, peer) = (ports::reserve(), ports::reserve());
+        let mut s = Server { kind, bin, dir, client, peer, child: None, starts: 0, options };
         s.spawn_and_wait();
         s
     }
@@ -92,9 +114,10 @@ impl Server {
         self.peer.get()
     }
 
-    /// `http://127.0.0.1:<client port>`
+    /// `http://127.0.0.1:<client port>` (`https://` with [`Options::https`]).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port())
+        let scheme = if self.options.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port())
     }
 
     pub fn peer_url(&self) -> String {
@@ -134,6 +157,7 @@ impl Server {
             args.push(flag.to_owned());
             args.push(value);
         }
+        args.extend(self.options.flags.iter().cloned());
         args
     }
 
@@ -168,7 +192,7 @@ impl Server {
             if TcpStream::connect_timeout(&addr.into(), Duration::from_millis(200)).is_ok() {
                 let out = ctl::run(
                     &self.endpoint(),
-                    &["--dial-timeout=1s", "--command-timeout=2s", "get", "readiness-probe"],
+                    &self.with_ctl_flags(&["--dial-timeout=1s", "--command-timeout=2s", "get", "readiness-probe"]),
                     None,
                     Duration::from_secs(5),
                 );
@@ -187,6 +211,11 @@ impl Server {
             READY_TIMEOUT,
             self.endpoint()
         );
+    }
+
+    /// The server's whole combined stdout/stderr (every start).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// The last `n` lines of the server's combined stdout/stderr.
@@ -214,14 +243,19 @@ impl Server {
         }
     }
 
-    /// `etcdctl --endpoints=<this server> <args>` with a 15 s limit.
+    /// `etcdctl --endpoints=<this server> <ctl_flags> <args>` with a 15 s limit.
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
-        ctl::run(&self.endpoint(), args, None, ctl::DEFAULT_TIMEOUT)
+        ctl::run(&self.endpoint(), &self.with_ctl_flags(args), None, ctl::DEFAULT_TIMEOUT)
     }
 
     /// Same as [`Server::ctl`] with `stdin` fed to etcdctl.
     pub fn ctl_stdin(&self, args: &[&str], stdin: &str) -> CtlOutput {
-        ctl::run(&self.endpoint(), args, Some(stdin), ctl::DEFAULT_TIMEOUT)
+        ctl::run(&self.endpoint(), &self.with_ctl_flags(args), Some(stdin), ctl::DEFAULT_TIMEOUT)
+    }
+
+    /// [`Options::ctl_flags`] followed by `args`.
+    fn with_ctl_flags<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        self.options.ctl_flags.iter().map(String::as_str).chain(args.iter().copied()).collect()
     }
 }
 

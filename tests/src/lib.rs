@@ -1,12 +1,14 @@
 //! Differential test harness for Plinth: runs the same operations against real etcd 3.5.1
 //! and against `plinth serve`, and compares the responses field by field.
 //!
-//! * [`cluster::Server`] spawns a single-node server (etcd or plinth, same etcd flags) on
-//!   reserved ports ([`ports`]) with a temp data dir; SIGKILL on drop, `kill9`/`restart`.
+//! * [`cluster::Server`] spawns a single-node server (etcd or plinth, same etcd flags, plus
+//!   a test's TLS or auth flags through [`cluster::Options`]) on reserved ports ([`ports`])
+//!   with a temp data dir; SIGKILL on drop, `kill9`/`restart`.
 //! * [`etcd`] finds or fetches etcd 3.5.1 (`tests/scripts/get-etcd.sh`).
 //! * [`members`] runs a cluster of `plinth serve` processes (SIGKILL, SIGSTOP, restart,
 //!   members added with `existing` state, per-member flags, waiting for an agreed leader):
 //!   the one multi-process harness every cluster test uses.
+//! * [`certs`] makes a CA and the certificates it signs with rcgen, at run time.
 //! * [`ctl`] runs etcdctl/etcdutl with time limits ([`process`]).
 //! * [`normalize`] blanks ids, terms, ports, sizes, versions and timings.
 //! * [`session::differential`] runs one script on both servers and diffs the transcripts.
@@ -15,6 +17,7 @@
 //! the default target is plinth (`$PLINTH_BIN` or `target/debug/plinth`), and tests fail
 //! when that binary is missing.
 
+pub mod certs;
 pub mod cluster;
 pub mod ctl;
 pub mod diff;

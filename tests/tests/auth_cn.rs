@@ -3,143 +3,70 @@
 //! 3.5.1 with `--cacert --cert --key` against a `plinth serve` with mTLS and auth enabled,
 //! and the same script against etcd 3.5.1 with the same flags: the transcripts must match.
 //!
-//! Every certificate is made here with rcgen, in the test's temp dir; none is committed.
+//! Every certificate is made at run time ([`plinth_tests::certs`]), in the test's temp dir;
+//! none is committed.
 
-use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use plinth_tests::cluster::plinth_bin;
+use plinth_tests::certs::Ca;
+use plinth_tests::cluster::{self, Kind, Options};
 use plinth_tests::ctl::{self, CtlOutput};
-use plinth_tests::etcd;
-use plinth_tests::ports::{self, Port};
-use plinth_tests::process::{self, scrub_env};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
-use time::OffsetDateTime;
 
-/// How long the server gets to answer a linearizable get after it is spawned.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Limit of one etcdctl command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "plinth auth test CA");
-        params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        let key = KeyPair::generate().expect("CA key");
-        let cert = params.self_signed(&key).expect("CA cert");
-        Ca { cert, key }
-    }
-
-    /// A server-and-client certificate for `cn` written under `dir`; returns (cert, key).
-    fn leaf(&self, dir: &Path, cn: &str, serial: u64) -> (PathBuf, PathBuf) {
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("leaf params");
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.serial_number = Some(serial.into());
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::days(1);
-        params.not_after = now + time::Duration::days(30);
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign leaf");
-        let (cert_path, key_path) = (dir.join(format!("{cn}.pem")), dir.join(format!("{cn}-key.pem")));
-        std::fs::write(&cert_path, cert.pem()).expect("write cert");
-        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-        (cert_path, key_path)
-    }
-}
-
-/// A `plinth serve` with mTLS on its client URL, killed on drop.
+/// `plinth serve`, or etcd 3.5.1, with mTLS and auth; the certificates of the server and of
+/// the users root, alice and bob under `certs`. Killed on drop.
 struct Server {
-    dir: tempfile::TempDir,
-    client: Port,
-    peer: Port,
-    child: Option<Child>,
+    server: cluster::Server,
+    certs: tempfile::TempDir,
     ca_file: PathBuf,
 }
 
 impl Server {
-    fn endpoint(&self) -> String {
-        format!("https://127.0.0.1:{}", self.client.get())
-    }
-
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        self.server.log()
     }
 
     /// etcdctl presenting the certificate of `cn`.
     fn ctl_as(&self, cn: &str, args: &[&str]) -> CtlOutput {
-        let dir = self.dir.path();
-        let mut all = vec![
-            format!("--cacert={}", self.ca_file.display()),
-            format!("--cert={}", dir.join(format!("{cn}.pem")).display()),
-            format!("--key={}", dir.join(format!("{cn}-key.pem")).display()),
-        ];
+        let mut all = creds(self.certs.path(), &self.ca_file, cn);
         all.extend(args.iter().map(|a| a.to_string()));
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        ctl::run(&self.endpoint(), &all, None, COMMAND_TIMEOUT)
+        ctl::run(&self.server.endpoint(), &all, None, COMMAND_TIMEOUT)
     }
 
-    /// `plinth serve`, or etcd 3.5.1 when `real_etcd`, with mTLS and auth flags.
+    /// `plinth serve`, or etcd 3.5.1 when `real_etcd`, with mTLS and auth flags; ready once
+    /// root's certificate reads.
     fn start(ca: &Ca, real_etcd: bool) -> Server {
-        let dir = tempfile::Builder::new().prefix("plinth-test-auth-cn-").tempdir().expect("temp dir");
-        let ca_file = dir.path().join("ca.pem");
-        std::fs::write(&ca_file, ca.cert.pem()).expect("write CA");
-        let (cert, key) = ca.leaf(dir.path(), "server", 1);
+        let certs = tempfile::Builder::new().prefix("plinth-test-auth-cn-").tempdir().expect("temp dir");
+        let ca_file = ca.write(certs.path(), "ca");
+        let (cert, key) = ca.write_leaf(certs.path(), "server", ca.leaf("server", 1));
         for (serial, cn) in [(2, "root"), (3, "alice"), (4, "bob")] {
-            ca.leaf(dir.path(), cn, serial);
+            ca.write_leaf(certs.path(), cn, ca.leaf(cn, serial));
         }
-        let mut s = Server { dir, client: ports::reserve(), peer: ports::reserve(), child: None, ca_file };
-        let peer = format!("http://127.0.0.1:{}", s.peer.get());
-        let mut args: Vec<String> = if real_etcd { Vec::new() } else { vec!["serve".into()] };
-        args.extend([
-            "--name=n1".into(),
-            format!("--data-dir={}", s.dir.path().join("data").display()),
-            format!("--listen-client-urls={}", s.endpoint()),
-            format!("--advertise-client-urls={}", s.endpoint()),
-            format!("--listen-peer-urls={peer}"),
-            format!("--initial-advertise-peer-urls={peer}"),
-            format!("--initial-cluster=n1={peer}"),
+        let flags = vec![
             format!("--cert-file={}", cert.display()),
             format!("--key-file={}", key.display()),
-            format!("--trusted-ca-file={}", s.ca_file.display()),
+            format!("--trusted-ca-file={}", ca_file.display()),
             "--client-cert-auth".into(),
             "--bcrypt-cost=4".into(),
-        ]);
-        let log = std::fs::File::create(s.dir.path().join("server.log")).expect("server log");
-        let mut cmd = Command::new(if real_etcd { etcd::etcd() } else { plinth_bin() });
-        cmd.args(args).stdin(Stdio::null()).stdout(log.try_clone().expect("dup log")).stderr(log);
-        scrub_env(&mut cmd);
-        s.child = Some(cmd.spawn().expect("spawn plinth"));
-        let start = Instant::now();
-        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, s.client.get());
-        loop {
-            assert!(start.elapsed() < READY_TIMEOUT, "plinth not ready\n--- log ---\n{}", s.log());
-            if TcpStream::connect_timeout(&addr.into(), Duration::from_millis(200)).is_ok()
-                && s.ctl_as("root", &["--dial-timeout=1s", "--command-timeout=2s", "get", "probe"]).code == Some(0)
-            {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        ];
+        let options = Options { flags, https: true, ctl_flags: creds(certs.path(), &ca_file, "root") };
+        let server = cluster::Server::start_with(if real_etcd { Kind::Etcd } else { Kind::Plinth }, options);
+        // Fields drop in order: the server stops before its certificates go.
+        Server { server, certs, ca_file }
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        process::kill_and_reap(&mut self.child);
-    }
+/// The etcdctl flags presenting the certificate of `cn` under `certs`.
+fn creds(certs: &Path, ca_file: &Path, cn: &str) -> Vec<String> {
+    vec![
+        format!("--cacert={}", ca_file.display()),
+        format!("--cert={}", certs.join(format!("{cn}.pem")).display()),
+        format!("--key={}", certs.join(format!("{cn}-key.pem")).display()),
+    ]
 }
 
 fn ok(s: &Server, cn: &str, args: &[&str]) -> String {
@@ -156,7 +83,7 @@ fn refused(s: &Server, cn: &str, args: &[&str]) -> String {
 
 #[test]
 fn the_certificate_common_name_is_the_user_without_a_token() {
-    let ca = Ca::new();
+    let ca = Ca::new("plinth auth test CA");
     let s = Server::start(&ca, false);
     // Auth still off: anyone sets it up.
     ok(&s, "root", &["user", "add", "root", "--new-user-password=rootpw"]);
@@ -184,7 +111,7 @@ fn the_certificate_common_name_is_the_user_without_a_token() {
 /// certificates of one CA: what each command prints (stdout, its `Error:` line, exit code).
 #[test]
 fn certificate_users_match_etcd() {
-    let ca = Ca::new();
+    let ca = Ca::new("plinth auth test CA");
     let run = |real_etcd: bool| {
         let s = Server::start(&ca, real_etcd);
         let mut transcript = String::new();

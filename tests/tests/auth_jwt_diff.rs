@@ -3,78 +3,15 @@
 //!
 //! The keys are made here with rcgen, in the test's temp dir; none is committed.
 
-use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use plinth_tests::cluster::{Kind, Options, Server};
 
-use plinth_tests::cluster::plinth_bin;
-use plinth_tests::ctl::{self, CtlOutput};
-use plinth_tests::etcd;
-use plinth_tests::ports::{self, Port};
-use plinth_tests::process::{self, scrub_env};
-
-/// How long a server gets to answer a linearizable get after it is spawned.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Limit of one etcdctl command.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// A server (plinth or etcd) with JWT tokens, killed on drop.
-struct Server {
-    dir: tempfile::TempDir,
-    client: Port,
-    peer: Port,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client.get())
-    }
-
-    fn ctl(&self, args: &[&str]) -> CtlOutput {
-        ctl::run(&self.endpoint(), args, None, COMMAND_TIMEOUT)
-    }
-
-    fn start(real_etcd: bool, private: &str, public: &str) -> Server {
-        let dir = tempfile::Builder::new().prefix("plinth-test-auth-jwt-").tempdir().expect("temp dir");
-        let mut s = Server { dir, client: ports::reserve(), peer: ports::reserve(), child: None };
-        let peer = format!("http://127.0.0.1:{}", s.peer.get());
-        let mut args: Vec<String> = if real_etcd { Vec::new() } else { vec!["serve".into()] };
-        args.extend([
-            "--name=n1".into(),
-            format!("--data-dir={}", s.dir.path().join("data").display()),
-            format!("--listen-client-urls={}", s.endpoint()),
-            format!("--advertise-client-urls={}", s.endpoint()),
-            format!("--listen-peer-urls={peer}"),
-            format!("--initial-advertise-peer-urls={peer}"),
-            format!("--initial-cluster=n1={peer}"),
-            format!("--auth-token=jwt,pub-key={public},priv-key={private},sign-method=ES256,ttl=10m"),
-            "--bcrypt-cost=4".into(),
-        ]);
-        let log = std::fs::File::create(s.dir.path().join("server.log")).expect("server log");
-        let mut cmd = Command::new(if real_etcd { etcd::etcd() } else { plinth_bin() });
-        cmd.args(args).stdin(Stdio::null()).stdout(log.try_clone().expect("dup log")).stderr(log);
-        scrub_env(&mut cmd);
-        s.child = Some(cmd.spawn().expect("spawn server"));
-        let start = Instant::now();
-        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, s.client.get());
-        loop {
-            let log = || std::fs::read_to_string(s.dir.path().join("server.log")).unwrap_or_default();
-            assert!(start.elapsed() < READY_TIMEOUT, "server not ready\n--- log ---\n{}", log());
-            if TcpStream::connect_timeout(&addr.into(), Duration::from_millis(200)).is_ok()
-                && s.ctl(&["--dial-timeout=1s", "--command-timeout=2s", "get", "probe"]).code == Some(0)
-            {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        process::kill_and_reap(&mut self.child);
-    }
+/// etcd 3.5.1 (`real_etcd`) or `plinth serve` with JWT tokens signed by `private`.
+fn start(real_etcd: bool, private: &str, public: &str) -> Server {
+    let flags = vec![
+        format!("--auth-token=jwt,pub-key={public},priv-key={private},sign-method=ES256,ttl=10m"),
+        "--bcrypt-cost=4".into(),
+    ];
+    Server::start_with(if real_etcd { Kind::Etcd } else { Kind::Plinth }, Options { flags, ..Options::default() })
 }
 
 #[test]
@@ -87,7 +24,7 @@ fn jwt_tokens_match_etcd() {
     std::fs::write(&public, pair.public_key_pem()).expect("write key");
     let (private, public) = (private.display().to_string(), public.display().to_string());
     let run = |real_etcd: bool| {
-        let s = Server::start(real_etcd, &private, &public);
+        let s = start(real_etcd, &private, &public);
         let steps: &[&[&str]] = &[
             &["user", "add", "root", "--new-user-password=rootpw"],
             &["user", "grant-role", "root", "root"],

@@ -2,18 +2,19 @@
 //! `/health` over https, clients refused at the handshake (no certificate, another CA,
 //! expired), certificate rotation without restart, and the TLS flags refused with a message.
 //!
-//! Every certificate is made here with rcgen, in the test's temp dir; none is committed.
+//! Every certificate is made at run time ([`plinth_tests::certs`]), in the test's temp dir;
+//! none is committed.
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use plinth_tests::certs::Ca;
 use plinth_tests::cluster::plinth_bin;
 use plinth_tests::ctl::{self, CtlOutput};
 use plinth_tests::ports::{self, Port};
 use plinth_tests::process::{self, run_with_timeout, scrub_env, Output};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
 use time::OffsetDateTime;
 
 /// How long a TLS server gets to answer a linearizable get after it is spawned.
@@ -22,67 +23,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a refused start-up may take to exit.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// A CA made for one test.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        let key = KeyPair::generate().expect("CA key");
-        let cert = params.self_signed(&key).expect("CA cert");
-        Ca { cert, key }
-    }
-
-    /// A leaf certificate (server and client use) for `cn`, valid from `not_before` to
-    /// `not_after`, with 127.0.0.1 and localhost as names; returns (cert PEM, key PEM).
-    fn leaf_valid(
-        &self,
-        cn: &str,
-        serial: u64,
-        not_before: OffsetDateTime,
-        not_after: OffsetDateTime,
-    ) -> (String, String) {
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("leaf params");
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.serial_number = Some(serial.into());
-        params.not_before = not_before;
-        params.not_after = not_after;
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign leaf");
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn leaf(&self, cn: &str, serial: u64) -> (String, String) {
-        let now = OffsetDateTime::now_utc();
-        self.leaf_valid(cn, serial, now - time::Duration::days(1), now + time::Duration::days(30))
-    }
-
-    /// Writes the CA and a leaf under `dir` as `<name>.pem`/`<name>-key.pem`; returns their paths.
-    fn write_leaf(&self, dir: &Path, name: &str, pems: (String, String)) -> (PathBuf, PathBuf) {
-        let cert = dir.join(format!("{name}.pem"));
-        let key = dir.join(format!("{name}-key.pem"));
-        std::fs::write(&cert, pems.0).expect("write cert");
-        std::fs::write(&key, pems.1).expect("write key");
-        (cert, key)
-    }
-
-    fn write(&self, dir: &Path, name: &str) -> PathBuf {
-        let path = dir.join(format!("{name}.pem"));
-        std::fs::write(&path, self.cert.pem()).expect("write CA");
-        path
-    }
-}
 
 /// What a client presents: CA file to trust, optional certificate and key.
 #[derive(Clone)]
@@ -371,6 +311,12 @@ fn refused(extra: &[String]) -> Output {
     let server = TlsServer { dir, client: ports::reserve(), peer: ports::reserve(), child: None };
     let mut cmd = Command::new(plinth_bin());
     cmd.args(server.args(extra));
+    expect_refused(cmd, extra)
+}
+
+/// Runs `cmd` (`plinth serve` with `extra` among its flags) and expects it to exit at once
+/// with an error; returns what it printed.
+fn expect_refused(mut cmd: Command, extra: &[impl std::fmt::Debug]) -> Output {
     scrub_env(&mut cmd);
     let out = run_with_timeout(cmd, None, EXIT_TIMEOUT);
     assert!(!out.timed_out, "plinth did not exit with {extra:?}: {out:?}");
@@ -415,11 +361,7 @@ fn refused_plain(extra: &[&str]) -> Output {
     cmd.args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url]);
     cmd.args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url]);
     cmd.args(["--initial-cluster", &format!("default={peer_url}")]).args(extra);
-    scrub_env(&mut cmd);
-    let out = run_with_timeout(cmd, None, EXIT_TIMEOUT);
-    assert!(!out.timed_out, "plinth did not exit with {extra:?}: {out:?}");
-    assert_ne!(out.code, Some(0), "plinth accepted {extra:?}");
-    out
+    expect_refused(cmd, extra)
 }
 
 /// etcd ignores client TLS flags when no client URL is https; Plinth refuses them, so a

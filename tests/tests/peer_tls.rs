@@ -94,6 +94,33 @@ async fn sees(endpoint: &str, key: &str, value: &str, limit: Duration) -> bool {
     }
 }
 
+/// Puts `k` = `v` through n1 until it is accepted: n1 and n2 are a quorum of three without
+/// n3. Fails with `no_write` and the logs after `START_TIMEOUT`.
+async fn write_through_n1(c: &Members, no_write: &str) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(mut client) = connect(&c.members[0].endpoint()).await {
+            if client.put("k", "v", None).await.is_ok() {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{no_write}\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Asserts that n3 does not see `k` = `v` within `REFUSED_WATCH`; `got_data` is the failure.
+async fn assert_n3_kept_out(c: &Members, got_data: &str) {
+    assert!(!sees(&c.members[2].endpoint(), "k", "v", REFUSED_WATCH).await, "{got_data}\n{}", c.logs());
+}
+
+/// Asserts that n1 or n2 logged refusing n3's certificate as not speaking for n3 (identity
+/// binding after a good handshake); `not_refused` is the failure.
+fn assert_n3_certificate_refused(c: &Members, not_refused: &str) {
+    let refused = c.members[..2].iter().any(|m| m.log().contains("its certificate does not match"));
+    assert!(refused, "{not_refused}\n{}", c.logs());
+}
+
 #[test]
 fn three_members_with_peer_mtls_replicate_and_a_restarted_member_catches_up() {
     let rt = runtime();
@@ -157,22 +184,9 @@ fn a_member_with_a_certificate_from_another_ca_cannot_join() {
     }
     // n1 and n2 are a quorum of three: they elect a leader and serve writes without n3.
     rt.block_on(async {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(mut client) = connect(&c.members[0].endpoint()).await {
-                if client.put("k", "v", None).await.is_ok() {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "n1 and n2 serve no write without n3\n{}", c.logs());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        write_through_n1(&c, "n1 and n2 serve no write without n3").await;
         assert!(sees(&c.members[1].endpoint(), "k", "v", CATCH_UP_TIMEOUT).await, "{}", c.logs());
-        assert!(
-            !sees(&c.members[2].endpoint(), "k", "v", REFUSED_WATCH).await,
-            "n3, with a certificate from another CA, got the cluster's data\n{}",
-            c.logs()
-        );
+        assert_n3_kept_out(&c, "n3, with a certificate from another CA, got the cluster's data").await;
     });
     // Refused at the handshake both ways: n1 and n2 reject n3's client certificate, and
     // their own connections to n3 fail to verify its server certificate.
@@ -205,24 +219,10 @@ fn a_certificate_from_the_cluster_ca_for_another_host_cannot_speak_for_a_member(
         c.spawn(i);
     }
     rt.block_on(async {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(mut client) = connect(&c.members[0].endpoint()).await {
-                if client.put("k", "v", None).await.is_ok() {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "n1 and n2 serve no write without n3\n{}", c.logs());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(
-            !sees(&c.members[2].endpoint(), "k", "v", REFUSED_WATCH).await,
-            "n3, with a certificate for another host, got the cluster's data\n{}",
-            c.logs()
-        );
+        write_through_n1(&c, "n1 and n2 serve no write without n3").await;
+        assert_n3_kept_out(&c, "n3, with a certificate for another host, got the cluster's data").await;
     });
-    let refused = c.members[..2].iter().any(|m| m.log().contains("its certificate does not match"));
-    assert!(refused, "no member refused n3's certificate as not n3's\n{}", c.logs());
+    assert_n3_certificate_refused(&c, "no member refused n3's certificate as not n3's");
 }
 
 #[test]
@@ -268,25 +268,11 @@ fn only_the_allowed_identity_joins(peer_sans: &str, intruder_sans: &str, allow: 
         c.spawn(i);
     }
     rt.block_on(async {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(mut client) = connect(&c.members[0].endpoint()).await {
-                if client.put("k", "v", None).await.is_ok() {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "n1 and n2 serve no write\n{}", c.logs());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        write_through_n1(&c, "n1 and n2 serve no write").await;
         assert!(sees(&c.members[1].endpoint(), "k", "v", CATCH_UP_TIMEOUT).await, "{}", c.logs());
-        assert!(
-            !sees(&c.members[2].endpoint(), "k", "v", REFUSED_WATCH).await,
-            "n3 ({allow} not met) got the cluster's data\n{}",
-            c.logs()
-        );
+        assert_n3_kept_out(&c, &format!("n3 ({allow} not met) got the cluster's data")).await;
     });
-    let refused = c.members[..2].iter().any(|m| m.log().contains("its certificate does not match"));
-    assert!(refused, "no member refused n3's certificate under {allow}\n{}", c.logs());
+    assert_n3_certificate_refused(&c, &format!("no member refused n3's certificate under {allow}"));
 }
 
 #[test]
