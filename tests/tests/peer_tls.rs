@@ -76,6 +76,13 @@ fn mtls_cluster(certs: &Path) -> Members {
     c
 }
 
+/// Starts every member of `c`.
+fn spawn_all(c: &mut Members) {
+    for i in 0..c.members.len() {
+        c.spawn(i);
+    }
+}
+
 /// Polls a serializable read of `key` on `endpoint` until it returns `value` or `limit` passes.
 async fn sees(endpoint: &str, key: &str, value: &str, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
@@ -126,9 +133,7 @@ fn three_members_with_peer_mtls_replicate_and_a_restarted_member_catches_up() {
     let rt = runtime();
     let certs = tempfile::tempdir().unwrap();
     let mut c = mtls_cluster(certs.path());
-    for i in 0..3 {
-        c.spawn(i);
-    }
+    spawn_all(&mut c);
     let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
     for m in &c.members {
         assert!(m.log().contains("serving peer traffic over TLS"), "{}", m.log_tail(20));
@@ -179,9 +184,7 @@ fn a_member_with_a_certificate_from_another_ca_cannot_join() {
     gen_certs(&[rogue_certs.path().to_str().unwrap(), "ca"]);
     gen_certs(&[rogue_certs.path().to_str().unwrap(), "cert", "n3", LOOPBACK_SANS]);
     c.members[2].flags = peer_flags(rogue_certs.path(), "n3", certs.path());
-    for i in 0..3 {
-        c.spawn(i);
-    }
+    spawn_all(&mut c);
     // n1 and n2 are a quorum of three: they elect a leader and serve writes without n3.
     rt.block_on(async {
         write_through_n1(&c, "n1 and n2 serve no write without n3").await;
@@ -215,9 +218,7 @@ fn a_certificate_from_the_cluster_ca_for_another_host_cannot_speak_for_a_member(
     // issued for another host than n3's peer URL (127.0.0.1).
     gen_certs(&[certs.path().to_str().unwrap(), "cert", "elsewhere", "DNS:elsewhere.example"]);
     c.members[2].flags = peer_flags(certs.path(), "elsewhere", certs.path());
-    for i in 0..3 {
-        c.spawn(i);
-    }
+    spawn_all(&mut c);
     rt.block_on(async {
         write_through_n1(&c, "n1 and n2 serve no write without n3").await;
         assert_n3_kept_out(&c, "n3, with a certificate for another host, got the cluster's data").await;
@@ -232,9 +233,7 @@ fn three_members_with_peer_auto_tls_replicate() {
     for m in &mut c.members {
         m.peer_https = true;
     }
-    for i in 0..3 {
-        c.spawn(i);
-    }
+    spawn_all(&mut c);
     let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
     for m in &c.members {
         // Encrypted but not authenticated: the member says so.
@@ -264,9 +263,7 @@ fn only_the_allowed_identity_joins(peer_sans: &str, intruder_sans: &str, allow: 
         m.peer_https = true;
         m.flags = peer_flags(certs.path(), if i < 2 { "peer" } else { "intruder" }, certs.path());
     }
-    for i in 0..3 {
-        c.spawn(i);
-    }
+    spawn_all(&mut c);
     rt.block_on(async {
         write_through_n1(&c, "n1 and n2 serve no write").await;
         assert!(sees(&c.members[1].endpoint(), "k", "v", CATCH_UP_TIMEOUT).await, "{}", c.logs());
@@ -294,9 +291,7 @@ fn a_member_added_to_a_peer_mtls_cluster_joins_over_tls() {
     let rt = runtime();
     let certs = tempfile::tempdir().unwrap();
     let mut c = mtls_cluster(certs.path());
-    for i in 0..3 {
-        c.spawn(i);
-    }
+    spawn_all(&mut c);
     let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
     let n4 = c.add_member();
     let name = c.members[n4].name.clone();
