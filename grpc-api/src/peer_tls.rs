@@ -212,29 +212,6 @@ impl PeerTls {
     }
 }
 
-/// Idle time before the kernel probes a peer TCP connection, so connections of vanished
-/// members are reclaimed (the clients' HTTP/2 pings find them sooner).
-const PEER_TCP_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// Serves the peer protocol (`router`) over TLS on `listener` until it fails: handshakes
-/// run off the accept loop, bounded and with a timeout (`tls::tls_incoming`), each with the
-/// certificate files as they are at that moment; request handlers find the peer's verified
-/// certificate in the request extensions (`tls::TlsConnectInfo`).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
-    tls: Arc<ReloadingServerConfig>,
-) -> Result<(), tonic::transport::Error> {
-    // Raft heartbeats and small appends must not wait for Nagle's algorithm.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(PEER_TCP_KEEPALIVE));
-    tonic::transport::Server::builder()
-        .add_routes(tonic::service::Routes::from(router))
-        .serve_with_incoming(crate::tls::tls_incoming(incoming, tls))
-        .await
-}
-
 /// Hosts of this member's advertised and listened peer URLs, for the auto-TLS certificate.
 fn peer_hosts(args: &ServeArgs) -> Vec<String> {
     let mut hosts: Vec<String> = crate::config::split_urls(&args.initial_advertise_peer_urls)

@@ -205,7 +205,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                          it can send Raft messages as a member; use --peer-client-cert-auth with --peer-trusted-ca-file"
                     );
                 }
-                servers.spawn(crate::peer_tls::serve(listener, peer_router.clone(), tls.server()));
+                // The same server as every other listener (HTTP/2 keepalive, stream limit, TCP
+                // settings); handlers check the peer's certificate (`PeerTls::check_identity`).
+                servers.spawn(serve_router_tls(listener, peer_router.clone(), tls.server()));
             }
             None => {
                 info!(%addr, "serving peer traffic");
@@ -339,11 +341,11 @@ async fn serve_router(listener: TcpListener, router: axum::Router) -> Result<(),
     http_server(router).serve_with_incoming(tcp_incoming(listener)).await
 }
 
-/// Serves `router` over TLS on `listener` until it fails. Handshakes run off the accept loop
-/// (bounded, with a timeout: see `tls.rs`), each with the certificate files as they are at
-/// that moment; request handlers find the client's certificate identity in the request
-/// extensions (`tls::client_common_name`).
-pub(crate) async fn serve_router_tls(
+/// Serves `router` over TLS on `listener` until it fails (client and peer listeners alike).
+/// Handshakes run off the accept loop (bounded, with a timeout: see `tls.rs`), each with the
+/// certificate files as they are at that moment; request handlers find the other side's
+/// certificate identity in the request extensions (`tls::TlsConnectInfo`).
+async fn serve_router_tls(
     listener: TcpListener,
     router: axum::Router,
     tls: Arc<crate::tls::ReloadingServerConfig>,
