@@ -99,7 +99,7 @@ impl Normalizer {
     }
 
     fn text_lines(&mut self, s: &str) -> String {
-        let mut out = String::with_capacity(s.len());
+        let mut lines = Vec::new();
         for line in s.lines() {
             let line = self.stderr_log_line(line).unwrap_or_else(|| line.to_owned());
             let line = self.fields_line(&line);
@@ -108,7 +108,16 @@ impl Normalizer {
             let line = blank_after(&line, "took: ", |c| !c.is_whitespace(), "<duration>");
             let line = blank_after(&line, "remaining(", |c| c != ')', "<remaining>");
             let line = sort_attached_keys(&line);
-            out.push_str(line.trim_end());
+            lines.push(line.trim_end().to_owned());
+        }
+        // etcdctl logs from several goroutines (e.g. `snapshot save`'s stream reader and its
+        // main loop), so the order within a run of adjacent log lines is not defined: sort it.
+        for run in lines.chunk_by_mut(|a, b| a.starts_with("[log ") && b.starts_with("[log ")) {
+            run.sort_unstable();
+        }
+        let mut out = String::with_capacity(s.len());
+        for line in lines {
+            out.push_str(&line);
             out.push('\n');
         }
         out
@@ -432,6 +441,16 @@ mod tests {
              [log warn] retrying: rpc error: boom\n\
              Snapshot saved at <dir>/snap.db\n"
         );
+    }
+
+    #[test]
+    fn adjacent_log_lines_are_sorted() {
+        let mut n = Normalizer::new();
+        let log = |msg: &str| format!("{{\"level\":\"info\",\"msg\":\"{msg}\"}}\n");
+        let a = n.text(&format!("{}{}{}Error: x\n", log("opened"), log("zeta"), log("alpha")));
+        let b = n.text(&format!("{}{}{}Error: x\n", log("opened"), log("alpha"), log("zeta")));
+        assert_eq!(a, b);
+        assert_eq!(a, "[log info] alpha\n[log info] opened\n[log info] zeta\nError: x\n");
     }
 
     #[test]
