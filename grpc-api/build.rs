@@ -12,7 +12,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // Keys and values stay `Bytes` from decode to the log to the store: no copies.
         .bytes(".")
-        .compile_protos(&["proto/rpc.proto", "proto/kv.proto", "proto/auth.proto", "proto/peer.proto"], &["proto"])?;
+        .compile_protos(
+            &["proto/rpc.proto", "proto/kv.proto", "proto/auth.proto", "proto/peer.proto", "proto/tenants.proto"],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

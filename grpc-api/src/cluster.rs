@@ -113,6 +113,17 @@ fn members_pb(members: &[Member]) -> Vec<pb::Member> {
     members.iter().map(to_pb).collect()
 }
 
+impl ClusterService {
+    /// Membership changes: the cluster admin's, never a tenant's (a tenant's root user is
+    /// root of its own keyspace only); then etcd's root check.
+    fn check_cluster_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if !self.node.is_default() {
+            return Err(EtcdError::PermissionDenied.status());
+        }
+        crate::auth::caller(&self.node, request)?.check_admin()
+    }
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
@@ -120,7 +131,7 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
         // Root only once auth is enabled (etcd's checkMembershipOperationPermission).
-        crate::auth::caller(&self.node, &request)?.check_admin()?;
+        self.check_cluster_admin(&request)?;
         self.node.check_not_learner()?;
         let req = request.into_inner();
         self.check_peer_urls(&req.peer_ur_ls, None)?;
@@ -157,7 +168,7 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         // Root only once auth is enabled (etcd's checkMembershipOperationPermission).
-        crate::auth::caller(&self.node, &request)?.check_admin()?;
+        self.check_cluster_admin(&request)?;
         self.node.check_not_learner()?;
         let member = self.member(request.into_inner().id)?;
         if !member.is_learner {
@@ -172,7 +183,7 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
         // Root only once auth is enabled (etcd's checkMembershipOperationPermission).
-        crate::auth::caller(&self.node, &request)?.check_admin()?;
+        self.check_cluster_admin(&request)?;
         self.node.check_not_learner()?;
         let req = request.into_inner();
         let mut member = self.member(req.id)?;
@@ -199,7 +210,7 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         // Root only once auth is enabled (etcd's checkMembershipOperationPermission).
-        crate::auth::caller(&self.node, &request)?.check_admin()?;
+        self.check_cluster_admin(&request)?;
         let id = request.into_inner().id;
         let members = self.node.promote_on_leader(id).await?;
         Ok(Response::new(pb::MemberPromoteResponse { header: Some(self.header()), members: members_pb(&members) }))

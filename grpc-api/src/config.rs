@@ -46,6 +46,19 @@ pub struct ServeArgs {
     /// Per-tenant backend quota in bytes; 0 means the default (8 GiB).
     #[arg(long, default_value_t = 0)]
     pub quota_backend_bytes: u64,
+    /// Serve tenant number k's plaintext clients on the client host (the host of the first
+    /// `--listen-client-urls`) at port P + k, opened when the tenant is created and closed
+    /// when it is deleted. Unset: tenants are reached by client certificate only.
+    #[arg(long)]
+    pub tenant_client_port_base: Option<u16>,
+    /// Common Name of the client certificate of the cluster admin, who may use the tenant
+    /// admin API (`plinth tenant ...`) besides the root user when auth is on.
+    #[arg(long)]
+    pub admin_cn: Option<String>,
+    /// Whether a client certificate whose identity maps to no tenant is served the default
+    /// tenant (`true`, so a plain `plinth serve` behaves as etcd) or refused.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub default_tenant_for_unmapped: bool,
     /// `periodic` or `revision`.
     #[arg(long, default_value = "periodic")]
     pub auto_compaction_mode: String,

@@ -15,17 +15,18 @@ use crate::node::Node;
 use crate::pb::etcdserverpb::AlarmType;
 use crate::version::{CLUSTER_VERSION, ETCD_COMPAT_VERSION, PLINTH_VERSION};
 
-/// The router of every HTTP endpoint.
+/// The router of every HTTP endpoint. A tenant's router (not the default tenant's) has no
+/// `/metrics`: the member's metrics speak of every tenant.
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/health", get(health))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/readyz/{check}", get(readyz_one))
         .route("/livez/{check}", get(livez_one))
-        .route("/version", get(version))
-        .route("/metrics", get(metrics))
-        .with_state(node)
+        .route("/version", get(version));
+    let router = if node.is_default() { router.route("/metrics", get(metrics)) } else { router };
+    router.with_state(node)
 }
 
 /// The checks of `/readyz`, in etcd's order; `/livez` runs only `serializable_read`.

@@ -63,7 +63,13 @@
 //! - Client TLS is TLS 1.2 and 1.3 only (rustls), with ECDHE AEAD suites; no certificate
 //!   revocation lists (`--client-crl-file`) and no `--client-cert-allowed-hostname`: both are
 //!   refused. `--listen-metrics-urls` is plain HTTP only.
-//! - Only the default tenant (group 1) is served; tenant resolution is not wired in.
+//! - Tenants (`tenants.rs`): each tenant is its own Raft group and store group; the registry
+//!   is the system group (0), replicated like any group, and a reconciler on every member
+//!   creates, serves and removes groups as it changes, and makes every group's voters follow
+//!   the default group's (which carries the cluster's membership). A request is served by
+//!   its connection's tenant (a tenant port, or the client certificate's CN). Not yet:
+//!   hibernation of idle groups, apply off the driver thread, per-tenant request limits,
+//!   per-tenant metric labels, snapshots streamed into SST files.
 //! - Two watch cases follow the newer etcd rules of the kube-apiserver contract rather than
 //!   etcd 3.5.1: a negative start revision is refused (`watch_id -1`, canceled), and
 //!   `RequestProgress` is answered only when every watcher of the stream is synced and past
@@ -91,6 +97,8 @@ pub mod pb;
 pub mod peer;
 pub mod peer_tls;
 pub mod serve;
+pub mod tenant_cli;
+pub mod tenants;
 pub mod tls;
 pub mod version;
 pub mod watch;

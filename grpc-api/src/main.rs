@@ -14,6 +14,8 @@ struct Cli {
 enum Command {
     /// Run a member (etcd's flags; with none, one member on 127.0.0.1:2379).
     Serve(Box<grpc_api::config::ServeArgs>),
+    /// Manage tenants: create, list, show, update, delete.
+    Tenant(Box<grpc_api::tenant_cli::TenantArgs>),
     /// Print the versions this build reports.
     Version,
 }
@@ -25,6 +27,15 @@ fn main() -> anyhow::Result<()> {
             grpc_api::serve::init_logging(&args.log_level)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("plinth-rpc").build()?;
             runtime.block_on(grpc_api::serve::serve(*args))
+        }
+        Command::Tenant(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            if let Err(e) = runtime.block_on(grpc_api::tenant_cli::run(*args)) {
+                // etcdctl's shape: one line on stderr, exit status 1.
+                eprintln!("Error: {e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::Version => {
             println!("plinth {}", grpc_api::version::PLINTH_VERSION);

@@ -22,9 +22,12 @@ use crate::member::{ConfContext, Identity, Member};
 use crate::metrics::Metrics;
 use crate::pb::etcdserverpb as pb;
 
-/// The Raft group and store group of the default tenant. Group 0 is reserved for the system
-/// group (members, tenants).
+/// The Raft group and store group of the default tenant. It also carries the cluster's
+/// membership: member changes are its conf changes, and every other group's voters follow it.
 pub const DEFAULT_GROUP: u64 = 1;
+
+/// The system group: the tenant registry, replicated on every member.
+pub const SYSTEM_GROUP: u64 = 0;
 
 /// Bytes of the prefix of every proposal: the proposer's full member id (8 bytes, big
 /// endian), then its request id (8 bytes). The applier answers a waiter only for entries
@@ -165,6 +168,87 @@ impl Waiters {
     }
 }
 
+/// What a member keeps per Raft group for the requests of that group: the proposals waiting
+/// for their apply, the applied index that reads wait on, and the lease timers. Shared by
+/// the group's [`Node`] and the applier.
+pub struct GroupRuntime {
+    /// The group (Raft group id and store group id are the same number).
+    pub group: u64,
+    pub waiters: Arc<Waiters>,
+    applied_tx: watch::Sender<u64>,
+    pub applied: watch::Receiver<u64>,
+    pub lessor: Arc<crate::lessor::Lessor>,
+    /// Requests served for the group by this member (see `Node::resolve`).
+    pub requests: AtomicU64,
+    /// Requests per second over the last sampling interval, as f64 bits.
+    pub request_rate: AtomicU64,
+}
+
+impl GroupRuntime {
+    /// The runtime of `group` as the store holds it now: applied index and lease timers.
+    fn load(group: u64, store: &store::Store, min_ttl: i64) -> GroupRuntime {
+        let (applied_tx, applied) = watch::channel(store.applied_index(store::GroupId(group)));
+        let lessor = Arc::new(crate::lessor::Lessor::new(min_ttl));
+        match store.leases(store::GroupId(group)) {
+            Ok(leases) => {
+                for lease in leases {
+                    lessor.on_granted(lease.id, lease.ttl);
+                }
+            }
+            Err(e) => tracing::warn!(group, error = %e, "cannot read leases; the group starts without timers"),
+        }
+        GroupRuntime {
+            group,
+            waiters: Arc::default(),
+            applied_tx,
+            applied,
+            lessor,
+            requests: AtomicU64::new(0),
+            request_rate: AtomicU64::new(0f64.to_bits()),
+        }
+    }
+
+    /// Requests per second over the last sampling interval.
+    pub fn request_rate(&self) -> f64 {
+        f64::from_bits(self.request_rate.load(Ordering::Relaxed))
+    }
+}
+
+/// Every group's runtime on this member, created on first use (by the applier when the
+/// driver replays or applies a group, by the tenant registry when a tenant appears).
+pub struct Groups {
+    map: RwLock<HashMap<u64, Arc<GroupRuntime>>>,
+    store: store::Store,
+    /// etcd's smallest lease TTL, for every group's lessor.
+    min_ttl: i64,
+}
+
+impl Groups {
+    pub fn new(store: store::Store, min_ttl: i64) -> Arc<Groups> {
+        Arc::new(Groups { map: RwLock::default(), store, min_ttl })
+    }
+
+    /// The runtime of `group`, loaded from the store the first time.
+    pub fn get(&self, group: u64) -> Arc<GroupRuntime> {
+        if let Some(rt) = self.map.read().get(&group) {
+            return rt.clone();
+        }
+        let mut map = self.map.write();
+        map.entry(group).or_insert_with(|| Arc::new(GroupRuntime::load(group, &self.store, self.min_ttl))).clone()
+    }
+
+    /// Forgets `group` (a deleted tenant): its waiters are dropped, so their clients get
+    /// "server stopped".
+    pub fn remove(&self, group: u64) {
+        self.map.write().remove(&group);
+    }
+
+    /// Every group with a runtime.
+    pub fn all(&self) -> Vec<Arc<GroupRuntime>> {
+        self.map.read().values().cloned().collect()
+    }
+}
+
 /// This member's view of the cluster: its identity and member list (`member.json`), the
 /// peer connections that follow the list, the membership changes this member proposed and
 /// is waiting for, and whether it has been removed. Shared by the services and the applier.
@@ -291,7 +375,10 @@ const LEARNER_READY_PERCENT: f64 = 0.9;
 /// Most learners in a cluster (etcd's default `--max-learners`).
 pub const LEARNERS_MAX: usize = 1;
 
-/// One member: every service holds an `Arc<Node>`.
+/// One member as the requests of one group (a tenant, or the system group) see it: the
+/// member-wide parts (membership, store, Raft driver, metrics, tenant registry) and the
+/// group's runtime. Every service holds the default tenant's `Arc<Node>` and serves each
+/// request with the node its connection resolves to (`resolve`).
 pub struct Node {
     pub cfg: NodeConfig,
     /// Shared with the applier, which changes it as membership changes apply.
@@ -304,11 +391,16 @@ pub struct Node {
     pub lessor: Arc<crate::lessor::Lessor>,
     pub alarms: crate::maintenance::Alarms,
     pub metrics: Arc<Metrics>,
-    next_request_id: AtomicU64,
+    /// The tenant registry and every group's node on this member. (A cycle of
+    /// process-lifetime objects: the registry holds every group's node.)
+    pub tenants: Arc<crate::tenants::Tenants>,
+    /// The group's runtime (the waiters, applied index and lessor above are its).
+    pub runtime: Arc<GroupRuntime>,
+    next_request_id: Arc<AtomicU64>,
 }
 
 impl Node {
-    /// Assembles the core around a started driver.
+    /// Assembles the core of `runtime`'s group around a started driver.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: NodeConfig,
@@ -316,35 +408,61 @@ impl Node {
         data_dir: std::path::PathBuf,
         store: store::Store,
         raft: raft_log::DriverHandle,
-        waiters: Arc<Waiters>,
-        applied: watch::Receiver<u64>,
-        lessor: Arc<crate::lessor::Lessor>,
+        runtime: Arc<GroupRuntime>,
         metrics: Arc<Metrics>,
+        tenants: Arc<crate::tenants::Tenants>,
     ) -> Node {
         let start = first_request_id(membership.identity.read().member_id, std::time::SystemTime::now());
-        let alarms = crate::maintenance::Alarms::new(store.clone(), store::GroupId(DEFAULT_GROUP));
+        let alarms = crate::maintenance::Alarms::new(store.clone(), store::GroupId(runtime.group));
         Node {
             cfg,
             membership,
             data_dir,
             store,
             raft,
-            waiters,
-            applied,
-            lessor,
+            waiters: runtime.waiters.clone(),
+            applied: runtime.applied.clone(),
+            lessor: runtime.lessor.clone(),
             alarms,
             metrics,
-            next_request_id: AtomicU64::new(start),
+            tenants,
+            runtime,
+            next_request_id: Arc::new(AtomicU64::new(start)),
         }
     }
 
-    /// The store group of the tenant this request belongs to.
+    /// The node of another group of this member, sharing everything member-wide (request
+    /// ids too: one counter per member keeps them unique across its groups).
+    pub fn sibling(&self, runtime: Arc<GroupRuntime>) -> Node {
+        Node {
+            cfg: self.cfg.clone(),
+            membership: self.membership.clone(),
+            data_dir: self.data_dir.clone(),
+            store: self.store.clone(),
+            raft: self.raft.clone(),
+            waiters: runtime.waiters.clone(),
+            applied: runtime.applied.clone(),
+            lessor: runtime.lessor.clone(),
+            alarms: crate::maintenance::Alarms::new(self.store.clone(), store::GroupId(runtime.group)),
+            metrics: self.metrics.clone(),
+            tenants: self.tenants.clone(),
+            runtime,
+            next_request_id: self.next_request_id.clone(),
+        }
+    }
+
+    /// The store group this node serves.
     pub fn group(&self) -> store::GroupId {
-        store::GroupId(DEFAULT_GROUP)
+        store::GroupId(self.runtime.group)
     }
 
     fn raft_group(&self) -> raft_log::GroupId {
-        raft_log::GroupId(DEFAULT_GROUP)
+        raft_log::GroupId(self.runtime.group)
+    }
+
+    /// Whether this node serves the default tenant (the cluster's membership group).
+    pub fn is_default(&self) -> bool {
+        self.runtime.group == DEFAULT_GROUP
     }
 
     /// The member id of this node.
@@ -491,7 +609,8 @@ impl Node {
             });
         }
         let mut client = self.membership.transport.client(self, leader).await?;
-        let request = crate::peer::pb::LeaseRequest { id };
+        let group = if self.is_default() { 0 } else { self.runtime.group };
+        let request = crate::peer::pb::LeaseRequest { id, group };
         let call = async {
             if renew {
                 client.lease_renew(request).await
@@ -688,11 +807,11 @@ fn driver_status(e: &raft_log::Error) -> Status {
 /// on the Raft driver's thread, in log order.
 pub struct Applier {
     pub store: store::Store,
-    pub waiters: Arc<Waiters>,
-    pub applied: watch::Sender<u64>,
-    pub lessor: Arc<crate::lessor::Lessor>,
+    pub groups: Arc<Groups>,
     pub metrics: Arc<Metrics>,
     pub membership: Arc<Membership>,
+    /// Told when the system group applied something (the registry may have changed).
+    pub registry_changed: Arc<tokio::sync::Notify>,
 }
 
 impl raft_log::StateMachine for Applier {
@@ -711,6 +830,7 @@ impl raft_log::StateMachine for Applier {
             .apply(store::GroupId(group.0), &items)
             .unwrap_or_else(|e| panic!("applying entries up to {last} of group {} failed: {e}", group.0));
         assert_eq!(results.len(), entries.len(), "store returned one result per entry");
+        let rt = self.groups.get(group.0);
         for (entry, result) in entries.iter().zip(results) {
             if entry.data.len() < REQUEST_ID_BYTES {
                 continue; // A leader's empty entry.
@@ -718,28 +838,37 @@ impl raft_log::StateMachine for Applier {
             self.metrics.proposals_applied.inc();
             // Every member follows grants and revokes, so whichever becomes leader next
             // has no timer for a lease the log revoked.
-            self.lessor.on_applied(&entry.data[REQUEST_ID_BYTES..], &result);
+            rt.lessor.on_applied(&entry.data[REQUEST_ID_BYTES..], &result);
             let (proposer, id) = decode_prefix(&entry.data).expect("the length was checked above");
             // Only this member's own proposals answer its waiters: another member's request
             // id may equal one of ours, and its client is not ours to answer.
             if proposer == self.membership.member_id {
-                if let Some(tx) = self.waiters.remove(id) {
+                if let Some(tx) = rt.waiters.remove(id) {
                     let _ = tx.send(result);
                 }
             }
         }
         self.metrics.proposals_committed.inc_by(entries.len() as u64);
-        self.applied.send_replace(last);
+        rt.applied_tx.send_replace(last);
+        if group.0 == SYSTEM_GROUP {
+            self.registry_changed.notify_one();
+        }
     }
 
     fn on_conf_change(
         &mut self,
-        _group: raft_log::GroupId,
+        group: raft_log::GroupId,
         index: raft_log::LogIndex,
         change: &raft::eraftpb::ConfChange,
         _state: &raft::eraftpb::ConfState,
     ) {
         use raft::eraftpb::ConfChangeType;
+        if group.0 != DEFAULT_GROUP {
+            // Other groups' voters follow the default group's (see `tenants::follow_membership`);
+            // their changes carry no member and change nothing but Raft's view.
+            tracing::debug!(group = group.0, index = index.0, node = change.node_id, "group membership changed");
+            return;
+        }
         let Some(ctx) = ConfContext::decode(&change.context) else {
             tracing::warn!(index = index.0, "a membership change without a member; only Raft's view changed");
             return;
@@ -768,30 +897,37 @@ impl raft_log::StateMachine for Applier {
     }
 
     fn on_snapshot(&mut self, group: raft_log::GroupId, index: raft_log::LogIndex) {
+        let rt = self.groups.get(group.0);
         // The store was replaced by the snapshot: lease deadlines restart from its leases.
         match self.store.leases(store::GroupId(group.0)) {
-            Ok(leases) => self.lessor.reset(leases.into_iter().map(|l| (l.id, l.ttl))),
+            Ok(leases) => rt.lessor.reset(leases.into_iter().map(|l| (l.id, l.ttl))),
             Err(e) => tracing::warn!(error = %e, "cannot read leases after a snapshot"),
         }
-        self.applied.send_replace(index.0);
+        rt.applied_tx.send_replace(index.0);
+        if group.0 == SYSTEM_GROUP {
+            self.registry_changed.notify_one();
+        }
     }
 
     fn on_leader_change(&mut self, group: raft_log::GroupId, leader: raft_log::NodeId, _term: raft_log::Term) {
-        self.metrics.leader_changes.inc();
-        self.metrics.has_leader.set(i64::from(leader.0 != 0));
-        if leader.0 != 0 {
-            *self.membership.leader_elected_at.lock() = Some(std::time::Instant::now());
+        let rt = self.groups.get(group.0);
+        if group.0 == DEFAULT_GROUP {
+            self.metrics.leader_changes.inc();
+            self.metrics.has_leader.set(i64::from(leader.0 != 0));
+            if leader.0 != 0 {
+                *self.membership.leader_elected_at.lock() = Some(std::time::Instant::now());
+            }
         }
         if leader.0 != 0 && leader.0 == self.membership.identity.read().member_id {
             // A new leader times exactly the leases of its store, each with a full TTL before
             // it expires anything (etcd's Promote). Entries committed but not yet applied
             // adjust the timers as they apply, in log order.
             match self.store.leases(store::GroupId(group.0)) {
-                Ok(leases) => return self.lessor.reset(leases.into_iter().map(|l| (l.id, l.ttl))),
+                Ok(leases) => return rt.lessor.reset(leases.into_iter().map(|l| (l.id, l.ttl))),
                 Err(e) => tracing::warn!(error = %e, "cannot read leases on becoming leader; keeping the timers"),
             }
         }
-        self.lessor.on_leader_change();
+        rt.lessor.on_leader_change();
     }
 }
 
@@ -835,14 +971,14 @@ mod tests {
             Identity { cluster_id: 1, member_id: me, members: Vec::new(), joined: false, removed: Vec::new() };
         let transport = crate::peer::PeerTransport::new(me, store.clone(), &[]);
         let (membership, _removed) = Membership::new(identity, transport, dir.to_path_buf());
-        let lessor = Arc::new(crate::lessor::Lessor::new(1));
+        let groups = Groups::new(store.clone(), 1);
+        let lessor = groups.get(DEFAULT_GROUP).lessor.clone();
         let applier = Applier {
             store,
-            waiters: Arc::default(),
-            applied: watch::channel(0).0,
-            lessor: lessor.clone(),
+            groups,
             metrics: Arc::new(Metrics::new("3.5.1")),
             membership,
+            registry_changed: Arc::default(),
         };
         (applier, lessor)
     }
@@ -922,14 +1058,14 @@ mod request_and_membership_tests {
         let (a, b) = (0x1111_0000_0000_0001_u64, 0x2222_0000_0000_0001_u64);
         assert_eq!(a & 0xffff, b & 0xffff, "the two members share their low 16 bits");
         let (membership, store) = membership(dir.path(), a, &[b]);
-        let waiters = Arc::new(Waiters::default());
+        let groups = Groups::new(store.clone(), 1);
+        let waiters = groups.get(DEFAULT_GROUP).waiters.clone();
         let mut applier = Applier {
             store,
-            waiters: waiters.clone(),
-            applied: watch::channel(0).0,
-            lessor: Arc::new(crate::lessor::Lessor::new(1)),
+            groups,
             metrics: Arc::new(Metrics::new("3.5.1")),
             membership,
+            registry_changed: Arc::default(),
         };
         // Both members are at the same point of their counters (e.g. started the same ms).
         let counter = 0x42;

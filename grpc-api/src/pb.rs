@@ -15,3 +15,8 @@ pub mod authpb {
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
+
+/// Plinth's own admin API (`plinth.v1`): the tenant registry.
+pub mod plinthv1 {
+    tonic::include_proto!("plinth.v1");
+}

@@ -722,6 +722,11 @@ impl pb::peer_server::Peer for PeerService {
         let Some((group, msg, members)) = first else {
             return Err(Status::invalid_argument("empty snapshot stream"));
         };
+        if node.raft.status(raft_log::GroupId(group)).is_none() {
+            // A tenant this member has not created yet (its registry is behind): the leader
+            // retries once the group exists here.
+            return Err(Status::unavailable(format!("group {group} does not exist on this member yet")));
+        }
         let index = msg.get_snapshot().get_metadata().index;
         // Ordering: the store holds the snapshot, durably (install_snapshot flushes before
         // it returns), before Raft hears of it: Raft then truncates its log below the
@@ -735,8 +740,12 @@ impl pb::peer_server::Peer for PeerService {
                 .map_err(|e| Status::internal(e.to_string()))?;
         match installed {
             Ok(installed) => {
-                info!(index, installed, "installed a snapshot from the leader");
-                node.adopt_members(members);
+                info!(group, index, installed, "installed a snapshot from the leader");
+                // The member list travels with every group's snapshot; only the default
+                // group's conf changes define it.
+                if group == crate::node::DEFAULT_GROUP {
+                    node.adopt_members(members);
+                }
             }
             Err(store::Error::SnapshotNotAhead { index, applied_index }) => {
                 // The store checked this under its apply lock (apply may have moved past the
@@ -761,19 +770,23 @@ impl pb::peer_server::Peer for PeerService {
 
     async fn lease_renew(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
         self.check_certificate(&request, None)?;
-        if !self.node.is_leader() {
+        let request = request.into_inner();
+        let node = self.node.tenants.lease_node(&self.node, request.group)?;
+        if !node.is_leader() {
             return Err(crate::error::EtcdError::NotLeader.status());
         }
-        let ttl = self.node.lessor.keep_alive(request.into_inner().id).unwrap_or(0);
+        let ttl = node.lessor.keep_alive(request.id).unwrap_or(0);
         Ok(Response::new(pb::LeaseResponse { ttl }))
     }
 
     async fn lease_remaining(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
         self.check_certificate(&request, None)?;
-        if !self.node.is_leader() {
+        let request = request.into_inner();
+        let node = self.node.tenants.lease_node(&self.node, request.group)?;
+        if !node.is_leader() {
             return Err(crate::error::EtcdError::NotLeader.status());
         }
-        let ttl = self.node.lessor.remaining_seconds(request.into_inner().id).unwrap_or(-1);
+        let ttl = node.lessor.remaining_seconds(request.id).unwrap_or(-1);
         Ok(Response::new(pb::LeaseResponse { ttl }))
     }
 

@@ -246,6 +246,15 @@ pub struct TlsConnector {
     addr: String,
 }
 
+impl TlsConnector {
+    /// A connector to `addr` (host:port) that verifies the server as `host` with `config`.
+    pub fn new(config: Arc<ClientConfig>, host: &str, addr: String) -> anyhow::Result<TlsConnector> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(host.to_string()).map_err(|e| anyhow::anyhow!("host {host:?}: {e}"))?;
+        Ok(TlsConnector { config, name, addr })
+    }
+}
+
 impl tonic::codegen::Service<http::Uri> for TlsConnector {
     type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
     type Error = std::io::Error;

@@ -9,10 +9,9 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::config::{split_urls, AutoCompaction, ServeArgs, GRPC_OVERHEAD_BYTES};
-use crate::lessor::Lessor;
 use crate::member::{parse_initial_cluster, ConfContext, Identity, Member, REMOVED_MESSAGE};
 use crate::metrics::Metrics;
-use crate::node::{Applier, Membership, Node, NodeConfig, Waiters, DEFAULT_GROUP};
+use crate::node::{Applier, Groups, Membership, Node, NodeConfig, DEFAULT_GROUP, SYSTEM_GROUP};
 use crate::pb::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
@@ -84,19 +83,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..store::StoreConfig::default()
     };
     let store = store::Store::open(&data_dir.join("store"), store_cfg)?;
-    let group = store::GroupId(DEFAULT_GROUP);
     let wal = Arc::new(raft_log::Wal::open(raft_log::WalConfig::new(data_dir.join("wal")))?);
 
     let metrics = Arc::new(Metrics::new(crate::version::ETCD_COMPAT_VERSION));
     metrics.quota_backend_bytes.set(quota_bytes as i64);
-    let waiters = Arc::new(Waiters::default());
-    let (applied_tx, applied_rx) = tokio::sync::watch::channel(store.applied_index(group));
     // etcd's smallest TTL: 1.5 election timeouts, in whole seconds, rounded up.
     let min_ttl = ((args.election_timeout * 3).div_ceil(2)).div_ceil(1000).max(1) as i64;
-    let lessor = Arc::new(Lessor::new(min_ttl));
-    for lease in store.leases(group)? {
-        lessor.on_granted(lease.id, lease.ttl);
-    }
+    // Every group's runtime (waiters, applied index, lease timers), loaded from the store
+    // when the driver first replays or applies the group.
+    let groups = Groups::new(store.clone(), min_ttl);
+    let registry_changed = Arc::new(tokio::sync::Notify::new());
     let transport = PeerTransport::new(identity.member_id, store.clone(), &peer_ids);
     if let Some(tls) = &peer_tls {
         transport.set_tls(tls.clone());
@@ -106,11 +102,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (membership, mut removed_rx) = Membership::new(identity, transport.clone(), data_dir.clone());
     let applier = Applier {
         store: store.clone(),
-        waiters: waiters.clone(),
-        applied: applied_tx,
-        lessor: lessor.clone(),
+        groups: groups.clone(),
         metrics: metrics.clone(),
         membership: membership.clone(),
+        registry_changed: registry_changed.clone(),
     };
     let driver_cfg = raft_log::DriverConfig {
         node_id: raft_log::NodeId(member_id),
@@ -124,8 +119,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         raft_log::Driver::start_with_snapshots(driver_cfg, wal, Box::new(applier), transport.clone(), Some(source))?;
     // Every member of a new cluster bootstraps the default group with the same log (one
     // conf change per member of `--initial-cluster`); a joining member starts empty. On
-    // restart the group comes back from the log and this is a no-op.
-    raft.create_group_with(raft_log::GroupId(DEFAULT_GROUP), bootstrap)?;
+    // restart the group comes back from the log and this is a no-op. The system group (the
+    // tenant registry) starts the same way; its voters then follow the default group's.
+    raft.create_group_with(raft_log::GroupId(DEFAULT_GROUP), bootstrap.clone())?;
+    raft.create_group_with(raft_log::GroupId(SYSTEM_GROUP), bootstrap)?;
 
     let node_cfg = NodeConfig {
         max_request_bytes: args.max_request_bytes,
@@ -135,17 +132,38 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         election_timeout: Duration::from_millis(args.election_timeout),
         auth: args.security.auth_config()?,
     };
+    let client_host = args
+        .client_listeners()?
+        .first()
+        .map(|(addr, _)| addr.rsplit_once(':').map_or(addr.clone(), |(host, _)| host.to_string()))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let tenants_cfg = crate::tenants::TenantsConfig {
+        port_base: args.tenant_client_port_base,
+        client_host,
+        admin_cn: args.admin_cn.clone(),
+        default_for_unmapped: args.default_tenant_for_unmapped,
+    };
+    let health = health_service().await;
+    let max_request_bytes = args.max_request_bytes;
+    let tenants = crate::tenants::Tenants::new(
+        tenants_cfg,
+        groups.clone(),
+        registry_changed,
+        Box::new(move |node| client_router(node, max_request_bytes, health.clone())),
+    );
     let node = Arc::new(Node::new(
         node_cfg,
         membership,
         data_dir.clone(),
         store.clone(),
         raft,
-        waiters,
-        applied_rx,
-        lessor,
+        groups.get(DEFAULT_GROUP),
         metrics,
+        tenants.clone(),
     ));
+    tenants.serve_group(node.clone());
+    tenants.serve_group(Arc::new(node.sibling(groups.get(SYSTEM_GROUP))));
+    tokio::spawn(tenants.clone().run(node.clone()));
     tokio::spawn(expire_leases(node.clone()));
     tokio::spawn(purge_log(
         node.clone(),
@@ -156,30 +174,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(auto_compact(node.clone(), policy));
     }
 
-    let mut grpc = tonic::service::Routes::builder();
-    grpc.add_service(
-        KvServer::new(crate::kv::KvService { node: node.clone() })
-            .max_decoding_message_size(args.max_request_bytes + GRPC_OVERHEAD_BYTES)
-            .max_encoding_message_size(usize::MAX),
-    )
-    .add_service(
-        WatchServer::new(crate::watch::WatchService { node: node.clone() })
-            .max_decoding_message_size(args.max_request_bytes + GRPC_OVERHEAD_BYTES)
-            .max_encoding_message_size(usize::MAX),
-    )
-    .add_service(LeaseServer::new(crate::lease::LeaseService::new(node.clone())))
-    .add_service(ClusterServer::new(crate::cluster::ClusterService { node: node.clone() }))
-    .add_service(crate::pb::etcdserverpb::auth_server::AuthServer::new(crate::auth::AuthService::new(node.clone())))
-    .add_service(
-        MaintenanceServer::new(crate::maintenance::MaintenanceService { node: node.clone() })
-            .max_encoding_message_size(usize::MAX),
-    )
-    .add_service(health_service().await);
-    let grpc = grpc.routes();
-    let client_router = grpc
-        .into_axum_router()
-        .layer(axum::middleware::from_fn_with_state(node.metrics.clone(), crate::metrics::count_grpc))
-        .merge(crate::http::router(node.clone()));
+    // The shared client port: each request goes to the router of the tenant its connection
+    // resolves to (the default tenant, or a client certificate's tenant).
+    let client_router = axum::Router::new().fallback_service(crate::tenants::Dispatch { tenants: tenants.clone() });
 
     let mut servers = tokio::task::JoinSet::new();
     let mut routes = tonic::service::Routes::builder();
@@ -270,6 +267,39 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every etcd service and the HTTP endpoints, served for `node`'s group; the default
+/// tenant's router also serves the tenant admin API (`plinth.v1.Tenants`).
+fn client_router(node: Arc<Node>, max_request_bytes: usize, health: HealthServer) -> axum::Router {
+    let mut grpc = tonic::service::Routes::builder();
+    grpc.add_service(
+        KvServer::new(crate::kv::KvService { node: node.clone() })
+            .max_decoding_message_size(max_request_bytes + GRPC_OVERHEAD_BYTES)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        WatchServer::new(crate::watch::WatchService { node: node.clone() })
+            .max_decoding_message_size(max_request_bytes + GRPC_OVERHEAD_BYTES)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(LeaseServer::new(crate::lease::LeaseService::new(node.clone())))
+    .add_service(ClusterServer::new(crate::cluster::ClusterService { node: node.clone() }))
+    .add_service(crate::pb::etcdserverpb::auth_server::AuthServer::new(crate::auth::AuthService::new(node.clone())))
+    .add_service(
+        MaintenanceServer::new(crate::maintenance::MaintenanceService { node: node.clone() })
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(health);
+    if node.is_default() {
+        grpc.add_service(crate::pb::plinthv1::tenants_server::TenantsServer::new(crate::tenants::TenantsService {
+            node: node.clone(),
+        }));
+    }
+    grpc.routes()
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(node.metrics.clone(), crate::metrics::count_grpc))
+        .merge(crate::http::router(node))
+}
+
 /// How often the server pings an idle HTTP/2 connection, and how long it waits for the
 /// answer before closing it: etcd's `--grpc-keepalive-interval` (2 h) and
 /// `--grpc-keepalive-timeout` (20 s) defaults.
@@ -337,7 +367,7 @@ fn tcp_incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming 
 }
 
 /// Serves `router` (gRPC and HTTP/1.1 or HTTP/2 endpoints) on `listener` until it fails.
-async fn serve_router(listener: TcpListener, router: axum::Router) -> Result<(), tonic::transport::Error> {
+pub(crate) async fn serve_router(listener: TcpListener, router: axum::Router) -> Result<(), tonic::transport::Error> {
     http_server(router).serve_with_incoming(tcp_incoming(listener)).await
 }
 
@@ -368,11 +398,15 @@ fn http_server(router: axum::Router) -> tonic::transport::server::Router {
         .add_routes(tonic::service::Routes::from(router))
 }
 
-async fn health_service() -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>
-{
-    let (reporter, service) = tonic_health::server::health_reporter();
+/// The gRPC health service every client router serves.
+type HealthServer = tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>;
+
+async fn health_service() -> HealthServer {
+    let reporter = tonic_health::server::HealthReporter::new();
     reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
-    service
+    tonic_health::pb::health_server::HealthServer::new(tonic_health::server::HealthService::from_health_reporter(
+        reporter,
+    ))
 }
 
 async fn shutdown_signal() {
@@ -385,30 +419,36 @@ async fn shutdown_signal() {
     }
 }
 
-/// On the leader, proposes the revoke of every expired lease.
-async fn expire_leases(node: Arc<Node>) {
+/// On the leader of each group, proposes the revoke of every expired lease of the group.
+async fn expire_leases(default: Arc<Node>) {
     let mut tick = tokio::time::interval(LEASE_EXPIRY_TICK);
     loop {
         tick.tick().await;
-        let is_leader = node.leader() == node.member_id();
-        node.metrics.is_leader.set(i64::from(is_leader));
-        if !is_leader {
-            continue;
+        let is_leader = default.leader() == default.member_id();
+        default.metrics.is_leader.set(i64::from(is_leader));
+        for node in default.tenants.nodes() {
+            if node.leader() == node.member_id() {
+                revoke_expired(&node);
+            }
         }
-        for id in node.lessor.take_expired() {
-            let node = node.clone();
-            tokio::spawn(async move {
-                let revoke = store::CommandBody::LeaseRevoke(store::LeaseRevokeRequest { id });
-                match node.propose(revoke).await {
-                    Ok(_) => node.lessor.on_revoked(id),
-                    Err(status) if status.code() == tonic::Code::NotFound => node.lessor.on_revoked(id),
-                    Err(status) => {
-                        warn!(lease = id, error = %status.message(), "revoking an expired lease failed");
-                        node.lessor.revoke_failed(id);
-                    }
+    }
+}
+
+/// Proposes the revoke of every lease of `node`'s group whose timer ran out.
+fn revoke_expired(node: &Arc<Node>) {
+    for id in node.lessor.take_expired() {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let revoke = store::CommandBody::LeaseRevoke(store::LeaseRevokeRequest { id });
+            match node.propose(revoke).await {
+                Ok(_) => node.lessor.on_revoked(id),
+                Err(status) if status.code() == tonic::Code::NotFound => node.lessor.on_revoked(id),
+                Err(status) => {
+                    warn!(lease = id, error = %status.message(), "revoking an expired lease failed");
+                    node.lessor.revoke_failed(id);
                 }
-            });
-        }
+            }
+        });
     }
 }
 
@@ -465,17 +505,17 @@ async fn join_cluster(
 }
 
 /// Flushes the store and lets the WAL purge what the flush made redundant, keeping
-/// `catch_up_entries` below it so that a follower a little behind needs no snapshot.
+/// `catch_up_entries` below it in each group so that a follower a little behind needs no
+/// snapshot.
 async fn purge_log(node: Arc<Node>, interval: Duration, catch_up_entries: u64) {
     let mut tick = tokio::time::interval(interval);
     loop {
         tick.tick().await;
         let store = node.store.clone();
-        let group = node.group();
-        let applied = match tokio::task::spawn_blocking(move || store.flush()).await {
+        let flushed = match tokio::task::spawn_blocking(move || store.flush()).await {
             // The flush reports, per group, an applied index it made durable: the log up to
             // it is no longer needed for replay.
-            Ok(Ok(flushed)) => flushed.iter().find(|(g, _)| *g == group).map_or(0, |(_, applied)| *applied),
+            Ok(Ok(flushed)) => flushed,
             Ok(Err(e)) => {
                 warn!(error = %e, "store flush failed; the log is kept");
                 continue;
@@ -485,49 +525,70 @@ async fn purge_log(node: Arc<Node>, interval: Duration, catch_up_entries: u64) {
                 continue;
             }
         };
-        if applied > catch_up_entries {
+        for (group, applied) in flushed {
+            if applied <= catch_up_entries || node.raft.status(raft_log::GroupId(group.0)).is_none() {
+                continue;
+            }
             // Flush before purge: only entries the store has made durable may leave the log.
             let purge_to = raft_log::LogIndex(applied - catch_up_entries);
-            if let Err(e) = node.raft.compact_log(raft_log::GroupId(DEFAULT_GROUP), purge_to) {
-                warn!(error = %e, "log purge failed");
+            if let Err(e) = node.raft.compact_log(raft_log::GroupId(group.0), purge_to) {
+                warn!(group = group.0, error = %e, "log purge failed");
             }
         }
     }
 }
 
-/// Compacts history automatically, like etcd's `--auto-compaction-*`.
-async fn auto_compact(node: Arc<Node>, policy: AutoCompaction) {
+/// Compacts history automatically, like etcd's `--auto-compaction-*`, in every tenant's
+/// group on its leader.
+async fn auto_compact(default: Arc<Node>, policy: AutoCompaction) {
     // Periodic mode samples the revision every tenth of the retention and compacts to the
     // revision seen one retention ago; revision mode keeps the last N revisions every 5 min.
     let (tick, keep) = match policy {
         AutoCompaction::Periodic(period) => ((period / 10).max(Duration::from_secs(1)), 10usize),
         AutoCompaction::Revision(_) => (Duration::from_secs(300), 1usize),
     };
-    let mut samples: std::collections::VecDeque<i64> = std::collections::VecDeque::with_capacity(keep + 1);
+    let mut samples: std::collections::HashMap<u64, std::collections::VecDeque<i64>> = Default::default();
     let mut interval = tokio::time::interval(tick);
     loop {
         interval.tick().await;
-        if node.leader() != node.member_id() {
-            continue;
-        }
-        let current = node.store.current_revision(node.group());
-        let target = match policy {
-            AutoCompaction::Periodic(_) => {
-                samples.push_back(current);
-                if samples.len() <= keep {
-                    continue;
-                }
-                samples.pop_front().expect("non-empty")
+        let nodes = default.tenants.nodes();
+        // Samples of groups no longer served are dropped with them (bounded by the groups).
+        samples.retain(|g, _| nodes.iter().any(|n| n.runtime.group == *g));
+        for node in nodes {
+            if node.runtime.group == SYSTEM_GROUP || node.leader() != node.member_id() {
+                continue;
             }
-            AutoCompaction::Revision(retain) => current - retain,
-        };
-        if target <= node.store.compact_revision(node.group()) || target <= 0 {
-            continue;
+            let samples = samples.entry(node.runtime.group).or_default();
+            compact_once(&node, policy, keep, samples).await;
         }
-        let compact = store::CommandBody::Compact(store::CompactRequest { revision: target, physical: false });
-        match node.propose(compact).await {
-            Ok(_) => info!(revision = target, "auto compaction done"),
-            Err(status) => warn!(revision = target, error = %status.message(), "auto compaction failed"),
+    }
+}
+
+/// One auto-compaction step of `node`'s group.
+async fn compact_once(
+    node: &Arc<Node>,
+    policy: AutoCompaction,
+    keep: usize,
+    samples: &mut std::collections::VecDeque<i64>,
+) {
+    let current = node.store.current_revision(node.group());
+    let target = match policy {
+        AutoCompaction::Periodic(_) => {
+            samples.push_back(current);
+            if samples.len() <= keep {
+                return;
+            }
+            samples.pop_front().expect("non-empty")
         }
+        AutoCompaction::Revision(retain) => current - retain,
+    };
+    if target <= node.store.compact_revision(node.group()) || target <= 0 {
+        return;
+    }
+    let group = node.runtime.group;
+    let compact = store::CommandBody::Compact(store::CompactRequest { revision: target, physical: false });
+    match node.propose(compact).await {
+        Ok(_) => info!(group, revision = target, "auto compaction done"),
+        Err(status) => warn!(group, revision = target, error = %status.message(), "auto compaction failed"),
     }
 }

@@ -136,6 +136,7 @@ pub type TransferLeaderCallback = Box<dyn FnOnce(Result<()>) + Send>;
 
 pub(crate) enum Msg {
     CreateGroup { group: GroupId, bootstrap: Bootstrap, done: SyncSender<Result<()>> },
+    RemoveGroup { group: GroupId, done: SyncSender<Result<()>> },
     Propose { group: GroupId, data: Bytes },
     ProposeConfChange { group: GroupId, change: ConfChange },
     ReportSnapshot { group: GroupId, to: NodeId, ok: bool },
@@ -217,6 +218,16 @@ impl PendingReads {
         }
         self.len -= b.reads.len();
         Some(b.reads)
+    }
+
+    /// Fails every read of `group` with `Stopped` (the group was removed).
+    pub(crate) fn fail_group(&mut self, group: GroupId) {
+        let ids: Vec<u64> = self.batches.iter().filter(|(_, b)| b.group == group).map(|(id, _)| *id).collect();
+        for id in ids {
+            for read in self.take(id).unwrap_or_default() {
+                (read.done)(Err(Error::Stopped));
+            }
+        }
     }
 }
 
@@ -332,6 +343,17 @@ impl DriverHandle {
     pub fn create_group_with(&self, group: GroupId, bootstrap: Bootstrap) -> Result<()> {
         let (done, rx) = sync_channel(1);
         self.tx.send(Msg::CreateGroup { group, bootstrap, done }).map_err(|_| Error::Stopped)?;
+        rx.recv().map_err(|_| Error::Stopped)?
+    }
+
+    /// Removes `group` from this node for good: its Raft state stops, and the WAL records an
+    /// empty configuration and a compact point past its last entry, so a restart does not
+    /// bring it back and its entries no longer hold segments. Pending reads of the group
+    /// fail with `Stopped`. Idempotent; blocks until durable; not from `StateMachine`
+    /// callbacks. A group id must not be created again after its removal.
+    pub fn remove_group(&self, group: GroupId) -> Result<()> {
+        let (done, rx) = sync_channel(1);
+        self.tx.send(Msg::RemoveGroup { group, done }).map_err(|_| Error::Stopped)?;
         rx.recv().map_err(|_| Error::Stopped)?
     }
 
@@ -557,6 +579,23 @@ impl Loop {
         Ok(())
     }
 
+    /// See [`DriverHandle::remove_group`].
+    pub fn remove_peer(&mut self, group: GroupId) -> Result<()> {
+        let known = self.peers.remove(&group).is_some();
+        if !known && self.wal.group_state(group).is_none() {
+            return Ok(());
+        }
+        let mut b = WriteBatch::new();
+        // Durability: the empty ConfState makes recovery skip the group (`initialized`); the
+        // compact point (clamped to the last index) releases its entries for purge.
+        b.set_conf_state(group, &ConfState::default());
+        b.compact(group, LogIndex(u64::MAX));
+        self.wal.write(b)?;
+        self.status.write().remove(&group);
+        self.reads.fail_group(group);
+        Ok(())
+    }
+
     pub fn publish_status(&self, group: GroupId) {
         let Some(p) = self.peers.get(&group) else {
             return;
@@ -599,6 +638,10 @@ impl Loop {
         match msg {
             Msg::CreateGroup { group, bootstrap, done } => {
                 let r = self.create_peer(group, &bootstrap);
+                let _ = done.send(r);
+            }
+            Msg::RemoveGroup { group, done } => {
+                let r = self.remove_peer(group);
                 let _ = done.send(r);
             }
             Msg::ProposeConfChange { group, change } => {

@@ -24,7 +24,7 @@ pub struct Command {
     /// The proposer's waiter key. The store ignores it.
     #[prost(uint64, tag = "1")]
     pub request_id: u64,
-    #[prost(oneof = "CommandBody", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
+    #[prost(oneof = "CommandBody", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
     pub body: Option<CommandBody>,
 }
 
@@ -61,6 +61,18 @@ pub enum CommandBody {
     /// `ErrAuthOldRevision` (etcd checks writes at apply time for the same reason).
     #[prost(message, tag = "11")]
     Checked(Box<CheckedCommand>),
+    /// Settings of the group that must be the same on every replica, because apply depends
+    /// on them (a tenant's quota): replicated through the group's own log.
+    #[prost(message, tag = "12")]
+    GroupSettings(GroupSettings),
+}
+
+/// The payload of [`CommandBody::GroupSettings`].
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct GroupSettings {
+    /// Quota of the group in bytes; 0 = the store's `quota_bytes_per_group`.
+    #[prost(uint64, tag = "1")]
+    pub quota_bytes: u64,
 }
 
 /// The payload of [`CommandBody::Checked`]: a command and the auth revision its
@@ -386,7 +398,9 @@ pub fn validate(cmd: &Command, cfg: &StoreConfig) -> Result<()> {
             }
             Ok(())
         }
-        Some(CommandBody::LeaseRevoke(_)) | Some(CommandBody::LeaseCheckpoint(_)) => Ok(()),
+        Some(CommandBody::LeaseRevoke(_))
+        | Some(CommandBody::LeaseCheckpoint(_))
+        | Some(CommandBody::GroupSettings(_)) => Ok(()),
         Some(CommandBody::Auth(a)) => match &a.command {
             None => Err(Error::InvalidCommand("auth command without body".into())),
             Some(_) => Ok(()),

@@ -58,6 +58,7 @@ const TERMINATOR: [u8; 2] = [0x00, 0x01];
 const META_APPLY: u8 = b'a';
 const META_COMPACT: u8 = b'c';
 const META_AUTH: u8 = b'u';
+const META_SETTINGS: u8 = b's';
 const LEASE_RECORD: u8 = b'l';
 const LEASE_KEY: u8 = b'k';
 
@@ -197,6 +198,13 @@ pub fn meta_compact_key(g: GroupId) -> Vec<u8> {
 pub fn meta_auth_key(g: GroupId) -> Vec<u8> {
     let mut out = with_group(g, 1);
     out.push(META_AUTH);
+    out
+}
+
+/// The group's settings (its quota), written by a `GroupSettings` command.
+pub fn meta_settings_key(g: GroupId) -> Vec<u8> {
+    let mut out = with_group(g, 1);
+    out.push(META_SETTINGS);
     out
 }
 

@@ -113,8 +113,9 @@ mod watch;
 
 pub use command::{
     check_range, validate, AlarmAction, AlarmRequest, AlarmType, CheckedCommand, Command, CommandBody, CompactRequest,
-    Compare, CompareResult, CompareTarget, DeleteRangeRequest, LeaseCheckpointRequest, LeaseGrantRequest,
-    LeaseRevokeRequest, PutRequest, RangeRequest, Request, RequestOp, SortOrder, SortTarget, TargetUnion, TxnRequest,
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, GroupSettings, LeaseCheckpointRequest,
+    LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, Request, RequestOp, SortOrder, SortTarget,
+    TargetUnion, TxnRequest,
 };
 pub use config::StoreConfig;
 pub use error::{Error, Result};

@@ -70,6 +70,9 @@ pub(crate) struct ApplyMeta {
     /// on open and snapshot install. Kept here so a command's save point and the committed
     /// state cover it like the rest of the group's metadata.
     pub auth: Arc<AuthState>,
+    /// The group's quota in bytes, 0 for the store's default. Like `auth`, persisted under
+    /// its own meta key (`g | 's'`) by the command that sets it and loaded with the record.
+    pub quota_bytes: u64,
 }
 
 impl Default for ApplyMeta {
@@ -83,6 +86,7 @@ impl Default for ApplyMeta {
             history_bytes_compacted: 0,
             alarms: Vec::new(),
             auth: Arc::new(crate::auth::initial()),
+            quota_bytes: 0,
         }
     }
 }
@@ -176,6 +180,7 @@ impl ApplyMeta {
             history_bytes_compacted: f(5),
             alarms: Vec::new(),
             auth: Arc::new(crate::auth::initial()),
+            quota_bytes: 0,
         };
         if bytes[0] == META_VERSION {
             let count = u16::from_be_bytes(body[fixed..fixed + ALARM_COUNT_LEN].try_into().expect("2 bytes")) as usize;

@@ -181,6 +181,7 @@ pub(crate) fn build_install_batch(db: &DB, g: GroupId, chunks: impl Iterator<Ite
     let mut meta = None;
     let mut compact_finished: Revision = -1;
     let mut auth = None;
+    let mut quota_bytes = 0;
     for (expected_seq, chunk) in chunks.enumerate() {
         let expected_seq = u32::try_from(expected_seq).map_err(|_| corrupt("too many chunks"))?;
         if saw_last {
@@ -222,6 +223,8 @@ pub(crate) fn build_install_batch(db: &DB, g: GroupId, chunks: impl Iterator<Ite
                     compact_finished = engine::be_u64(&value, "finished compact revision")? as i64;
                 } else if full_key == kc::meta_auth_key(g) {
                     auth = Some(crate::auth::AuthState::decode_stored(&value)?);
+                } else if full_key == kc::meta_settings_key(g) {
+                    quota_bytes = engine::be_u64(&value, "group quota")?;
                 }
             }
             batch.put_cf(engine::cf(db, cf), full_key, value);
@@ -237,5 +240,6 @@ pub(crate) fn build_install_batch(db: &DB, g: GroupId, chunks: impl Iterator<Ite
     let mut meta = meta.ok_or_else(|| corrupt("no group meta in snapshot"))?;
     // The auth store travels as its own meta key; a snapshot without one has none.
     meta.auth = std::sync::Arc::new(auth.unwrap_or_else(crate::auth::initial));
+    meta.quota_bytes = quota_bytes;
     Ok(Installed { batch, meta, compact_finished })
 }

@@ -198,6 +198,9 @@ impl Store {
                     if let Some(auth) = r.get(Cf::Meta, &kc::meta_auth_key(g))? {
                         meta.auth = Arc::new(AuthState::decode_stored(&auth)?);
                     }
+                    if let Some(settings) = r.get(Cf::Meta, &kc::meta_settings_key(g))? {
+                        meta.quota_bytes = engine::be_u64(&settings, "group quota")?;
+                    }
                     loaded.push((g, meta));
                 }
             }
@@ -573,6 +576,43 @@ impl Store {
         Ok(index)
     }
 
+    /// The quota of group `g` in bytes: its own (set by a `GroupSettings` command) or the
+    /// store's default.
+    pub fn quota_bytes(&self, g: GroupId) -> u64 {
+        let own = self.inner.group(g).committed.read().quota_bytes;
+        if own > 0 {
+            own
+        } else {
+            self.inner.cfg.quota_bytes_per_group
+        }
+    }
+
+    /// The quota group `g` set for itself (0: none, the store's default applies).
+    pub fn quota_setting(&self, g: GroupId) -> u64 {
+        self.inner.group(g).committed.read().quota_bytes
+    }
+
+    /// Removes group `g` from this store: every key of it in every column family, durably,
+    /// and its in-memory state (watchers of it end). For a deleted tenant; the caller makes
+    /// sure nothing applies to the group any more (its Raft group is gone first).
+    pub fn drop_group(&self, g: GroupId) -> Result<()> {
+        let inner = &*self.inner;
+        let gs = inner.group(g);
+        let _applying = gs.apply_lock.lock();
+        let _purging = gs.purge_lock.lock();
+        let (from, to) = (kc::group_prefix(g).to_vec(), kc::group_end(g));
+        let mut batch = rocksdb::WriteBatch::default();
+        for cf in Cf::ALL {
+            batch.delete_range_cf(engine::cf(&inner.db, cf), &from, &to);
+        }
+        inner.db.write_opt(batch, &engine::write_options())?;
+        inner.groups.write().remove(&g);
+        // Durability: flushed now, so the deleted group does not come back at a restart
+        // (RocksDB's own WAL is off).
+        self.flush()?;
+        Ok(())
+    }
+
     /// Makes everything applied so far durable (atomic flush of every column family).
     /// Returns, per group, an applied index the flush covers: the Raft log may be purged up
     /// to it.
@@ -630,8 +670,8 @@ fn apply_command(w: &mut BatchWriter<'_>, data: &[u8]) -> Result<CommandResponse
 
 /// Applies one validated command body.
 fn apply_body(w: &mut BatchWriter<'_>, body: CommandBody) -> Result<CommandResponse> {
-    let quota_bytes = w.cfg.quota_bytes_per_group;
-    if !matches!(body, CommandBody::Alarm(_) | CommandBody::LeaseCheckpoint(_)) {
+    let quota_bytes = if w.meta.quota_bytes > 0 { w.meta.quota_bytes } else { w.cfg.quota_bytes_per_group };
+    if !matches!(body, CommandBody::Alarm(_) | CommandBody::LeaseCheckpoint(_) | CommandBody::GroupSettings(_)) {
         quota::check_not_corrupt(&w.meta)?;
     }
     match body {
@@ -680,6 +720,13 @@ fn apply_body(w: &mut BatchWriter<'_>, body: CommandBody) -> Result<CommandRespo
         CommandBody::LeaseCheckpoint(l) => {
             w.lease_checkpoint(l.id, l.remaining_ttl)?;
             Ok(CommandResponse::LeaseCheckpoint)
+        }
+        CommandBody::GroupSettings(s) => {
+            // Durability: written in this command's batch under the same applied index, so
+            // every replica enforces the new quota from the same entry on.
+            w.ws.put(Cf::Meta, kc::meta_settings_key(w.g), s.quota_bytes.to_be_bytes().to_vec());
+            w.meta.quota_bytes = s.quota_bytes;
+            Ok(CommandResponse::Noop)
         }
         CommandBody::Alarm(a) => {
             // Only the meta record changes: no revision, no event. It is written with the

@@ -61,6 +61,34 @@ pub fn reserve() -> Port {
     panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
 }
 
+/// Reserves `n` consecutive free loopback ports (a tenant port base and the ports above it).
+pub fn reserve_block(n: u16) -> Vec<Port> {
+    let dir = lock_dir();
+    for _ in 0..SPAN {
+        let first = reserve().get();
+        if u32::from(first) + u32::from(n) >= FIRST + SPAN {
+            continue;
+        }
+        let mut block = Vec::with_capacity(usize::from(n));
+        for port in first..first + n {
+            let path = dir.join(format!("{port}.lock"));
+            let Ok(file) = OpenOptions::new().create(true).truncate(false).write(true).open(&path) else { break };
+            // SAFETY: flock on a valid, owned file descriptor.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                break;
+            }
+            if TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)).is_err() {
+                break;
+            }
+            block.push(Port { port, _lock: file });
+        }
+        if block.len() == usize::from(n) {
+            return block;
+        }
+    }
+    panic!("no {n} consecutive free loopback ports in {FIRST}..{}", FIRST + SPAN);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,356 @@
+//! Tenants: each its own Raft group, reached on its own port (`--tenant-client-port-base`),
+//! administered with `plinth tenant ...`.
+//!
+//! - isolation by attack, between two tenants and the default tenant of one member: ranges
+//!   over everything (keys-only and count-only too), a watch on everything from revision 1,
+//!   txn compares on the other tenant's keys, the other tenant's lease ids (revoke, keep-alive,
+//!   time-to-live), compaction, HashKV, alarms and auth users: nothing of the other tenant is
+//!   visible or affected, and revisions advance independently;
+//! - a tenant over its quota gets NOSPACE while its neighbours keep writing;
+//! - a deleted tenant's port closes and its name is free again; tenants survive a restart;
+//! - three members with many tenants: concurrent writes in every tenant through every
+//!   member, one member killed with SIGKILL and restarted, then every tenant's keys,
+//!   revision and HashKV identical on every member.
+//!
+//! Each test is bounded (well under 90 s).
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, WatchOptions};
+use plinth_tests::cluster::plinth_bin;
+use plinth_tests::members::Members;
+use plinth_tests::ports;
+
+const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
+const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+async fn connect(endpoint: &str) -> Result<Client, etcd_client::Error> {
+    let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(Duration::from_secs(8));
+    Client::connect([endpoint], Some(opts)).await
+}
+
+/// Connects to `endpoint`, retrying while its listener opens (a tenant port opens when the
+/// member applies the tenant's creation).
+async fn connect_eventually(endpoint: &str) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut c) = connect(endpoint).await {
+            if c.status().await.is_ok() {
+                return c;
+            }
+        }
+        assert!(Instant::now() < deadline, "{endpoint} never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether a server answers `Status` at `endpoint` (etcd-client connects lazily).
+async fn answers(endpoint: &str) -> bool {
+    match connect(endpoint).await {
+        Ok(mut c) => c.status().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// `plinth tenant <args> --endpoints <endpoint>`: stdout, or the panic with stderr.
+fn tenant_cli(endpoint: &str, args: &[&str]) -> String {
+    let out = Command::new(plinth_bin())
+        .arg("tenant")
+        .args(args)
+        .args(["--endpoints", endpoint])
+        .output()
+        .expect("run plinth tenant");
+    assert!(
+        out.status.success(),
+        "plinth tenant {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn tenant_cli_fails(endpoint: &str, args: &[&str]) -> String {
+    let out = Command::new(plinth_bin())
+        .arg("tenant")
+        .args(args)
+        .args(["--endpoints", endpoint])
+        .output()
+        .expect("run plinth tenant");
+    assert!(!out.status.success(), "plinth tenant {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// Every key and value of a client's keyspace, with each key's create and mod revision.
+async fn everything(c: &mut Client) -> BTreeMap<Vec<u8>, (Vec<u8>, i64, i64)> {
+    let resp = c.get(vec![0], Some(GetOptions::new().with_from_key())).await.expect("range everything");
+    resp.kvs()
+        .iter()
+        .map(|kv| (kv.key().to_vec(), (kv.value().to_vec(), kv.create_revision(), kv.mod_revision())))
+        .collect()
+}
+
+async fn revision(c: &mut Client) -> i64 {
+    c.status().await.expect("status").header().expect("header").revision()
+}
+
+#[test]
+fn tenants_are_isolated_from_each_other_and_from_the_default_tenant() {
+    let block = ports::reserve_block(4);
+    let base = block[0].get();
+    let mut cluster = Members::start(1, &["--tenant-client-port-base", &base.to_string()]);
+    let rt = runtime();
+    rt.block_on(async {
+        cluster.wait_leader(LEADER_TIMEOUT).await;
+        let admin = cluster.members[0].endpoint();
+        let created = tenant_cli(&admin, &["create", "alpha"]);
+        assert_eq!(created.trim(), format!("tenant alpha created: number 1, group {}", 1 << 16));
+        let beta = json(&tenant_cli(&admin, &["create", "beta", "--quota-bytes", "65536", "-w", "json"]));
+        assert_eq!(beta["number"], 2);
+        assert_eq!(beta["quota_bytes"], 65536);
+        let err = tenant_cli_fails(&admin, &["create", "alpha"]);
+        assert!(err.contains("already exists"), "{err}");
+        let list = json(&tenant_cli(&admin, &["list", "-w", "json"]));
+        let names: Vec<&str> =
+            list["tenants"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["alpha", "beta"]);
+
+        let mut a = connect_eventually(&format!("http://127.0.0.1:{}", base + 1)).await;
+        let mut b = connect_eventually(&format!("http://127.0.0.1:{}", base + 2)).await;
+        let mut d = connect_eventually(&admin).await;
+        // The tenant admin API is not served on a tenant's port.
+        let err = tenant_cli_fails(&format!("127.0.0.1:{}", base + 1), &["list"]);
+        assert!(err.contains("Unimplemented"), "{err}");
+
+        // Own revisions from 1.
+        assert_eq!(revision(&mut a).await, 1);
+        a.put("a/1", "alpha-1", None).await.unwrap();
+        a.put("shared", "alpha", None).await.unwrap();
+        for i in 0..5 {
+            b.put(format!("b/{i}"), "beta", None).await.unwrap();
+        }
+        d.put("d/1", "default", None).await.unwrap();
+        assert_eq!(revision(&mut a).await, 3);
+        assert_eq!(revision(&mut b).await, 6);
+
+        // Ranges over everything, keys-only and count-only.
+        let all_a = everything(&mut a).await;
+        assert_eq!(
+            all_a.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect::<Vec<_>>(),
+            ["a/1", "shared"]
+        );
+        let keys_only = a.get(vec![0], Some(GetOptions::new().with_from_key().with_keys_only())).await.unwrap();
+        assert_eq!(keys_only.kvs().len(), 2);
+        let count = b.get(vec![0], Some(GetOptions::new().with_from_key().with_count_only())).await.unwrap();
+        assert_eq!(count.count(), 5);
+        let all_d = everything(&mut d).await;
+        assert!(all_d.keys().all(|k| k.starts_with(b"d/")), "default tenant sees {:?}", all_d.keys());
+
+        // A watch on everything from revision 1 sees its own tenant's events only.
+        let mut stream =
+            a.watch(vec![0], Some(WatchOptions::new().with_from_key().with_start_revision(1))).await.unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let resp = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+            seen.extend(resp.events().iter().map(|e| e.kv().unwrap().key().to_vec()));
+        }
+        b.put("b/late", "x", None).await.unwrap();
+        a.put("a/2", "alpha-2", None).await.unwrap();
+        while seen.len() < 3 {
+            let resp = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+            seen.extend(resp.events().iter().map(|e| e.kv().unwrap().key().to_vec()));
+        }
+        assert_eq!(seen, [b"a/1".to_vec(), b"shared".to_vec(), b"a/2".to_vec()]);
+
+        // A txn comparing the other tenant's key sees it absent.
+        let txn = Txn::new()
+            .when([Compare::version("b/0", CompareOp::Greater, 0)])
+            .and_then([TxnOp::put("took", "then", None)])
+            .or_else([TxnOp::put("took", "else", None)]);
+        assert!(!a.txn(txn).await.unwrap().succeeded());
+
+        // Another tenant's lease ids: not found.
+        let lease = b.lease_grant(60, None).await.unwrap().id();
+        b.put("b/leased", "x", Some(etcd_client::PutOptions::new().with_lease(lease))).await.unwrap();
+        let err = a.lease_revoke(lease).await.unwrap_err().to_string();
+        assert!(err.contains("requested lease not found"), "{err}");
+        assert_eq!(a.lease_time_to_live(lease, None).await.unwrap().ttl(), -1);
+        assert!(b.lease_time_to_live(lease, None).await.unwrap().ttl() > 0, "the lease lives on in its tenant");
+        assert_eq!(b.get("b/leased", None).await.unwrap().count(), 1);
+
+        // Compaction, HashKV.
+        let before_b = revision(&mut b).await;
+        let rev_a = revision(&mut a).await;
+        a.compact(rev_a, None).await.unwrap();
+        assert_eq!(b.get("b/0", Some(GetOptions::new().with_revision(2))).await.unwrap().count(), 1);
+        let hash_a = a.hash_kv(0).await.unwrap();
+        let hash_b = b.hash_kv(0).await.unwrap();
+        assert_eq!(hash_b.header().unwrap().revision(), before_b);
+        assert_ne!(hash_a.hash(), hash_b.hash());
+
+        // Quota: beta fills its 64 KiB, alpha and the default tenant keep writing.
+        let value = vec![b'v'; 4096];
+        let mut refused = false;
+        for i in 0..64 {
+            match b.put(format!("b/big/{i}"), value.clone(), None).await {
+                Ok(_) => {}
+                Err(e) => {
+                    assert!(e.to_string().contains(NO_SPACE), "{e}");
+                    refused = true;
+                    break;
+                }
+            }
+        }
+        assert!(refused, "beta's quota never refused a write");
+        let alarms = b.alarm(etcd_client::AlarmAction::Get, etcd_client::AlarmType::None, None).await.unwrap();
+        assert_eq!(alarms.alarms().len(), 1, "beta has its NOSPACE alarm");
+        let alarms = a.alarm(etcd_client::AlarmAction::Get, etcd_client::AlarmType::None, None).await.unwrap();
+        assert!(alarms.alarms().is_empty(), "alpha sees beta's alarm");
+        a.put("a/after-quota", value.clone(), None).await.expect("alpha writes while beta is full");
+        d.put("d/after-quota", value.clone(), None).await.expect("the default tenant writes while beta is full");
+
+        // Auth: alpha's users are alpha's.
+        a.user_add("root", "pw", None).await.unwrap();
+        a.user_grant_role("root", "root").await.unwrap();
+        a.auth_enable().await.unwrap();
+        let err = a.get("a/1", None).await.unwrap_err().to_string();
+        assert!(err.contains("user name is empty"), "{err}");
+        assert!(b.user_list().await.unwrap().users().is_empty(), "beta sees alpha's users");
+        d.get("d/1", None).await.expect("the default tenant is not under alpha's auth");
+
+        // `show` reports the tenant's own figures.
+        let show = json(&tenant_cli(&admin, &["show", "beta", "-w", "json"]));
+        assert_eq!(show["number"], 2);
+        assert_eq!(show["revision"], revision(&mut b).await);
+        assert_eq!(show["alarms"], serde_json::json!(["NOSPACE"]));
+        assert!(show["keys"].as_i64().unwrap() >= 7, "{show}");
+
+        // Delete: the port closes, the name is free.
+        tenant_cli(&admin, &["delete", "beta"]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while answers(&format!("http://127.0.0.1:{}", base + 2)).await {
+            assert!(Instant::now() < deadline, "beta's port is still open");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let list = json(&tenant_cli(&admin, &["list", "-w", "json"]));
+        assert_eq!(list["tenants"].as_array().unwrap().len(), 1);
+        let again = json(&tenant_cli(&admin, &["create", "beta", "-w", "json"]));
+        assert_eq!(again["number"], 2, "the number is free again");
+        assert_ne!(again["group"], beta["group"], "group ids are never reused");
+        let mut b2 = connect_eventually(&format!("http://127.0.0.1:{}", base + 2)).await;
+        assert_eq!(revision(&mut b2).await, 1, "a new tenant starts empty");
+        assert!(everything(&mut b2).await.is_empty());
+    });
+    // Restart: tenants, their data and revisions come back.
+    let alpha_revision = rt.block_on(async {
+        let mut a = connect_eventually(&format!("http://127.0.0.1:{}", base + 1)).await;
+        a.status().await.unwrap().header().unwrap().revision()
+    });
+    cluster.members[0].kill9();
+    cluster.spawn(0);
+    rt.block_on(async {
+        cluster.wait_leader(LEADER_TIMEOUT).await;
+        let mut a = connect_eventually(&format!("http://127.0.0.1:{}", base + 1)).await;
+        assert_eq!(revision(&mut a).await, alpha_revision);
+        let mut b = connect_eventually(&format!("http://127.0.0.1:{}", base + 2)).await;
+        assert_eq!(revision(&mut b).await, 1);
+    });
+}
+
+/// Tenants of a three-member cluster (each member with its own port base, all on
+/// 127.0.0.1).
+const TENANTS: u16 = 12;
+const PUTS_PER_TENANT: usize = 30;
+
+#[test]
+fn many_tenants_on_three_members_survive_a_kill_and_agree() {
+    let blocks: Vec<Vec<ports::Port>> = (0..3).map(|_| ports::reserve_block(TENANTS + 1)).collect();
+    let bases: Vec<u16> = blocks.iter().map(|b| b[0].get()).collect();
+    let mut cluster = Members::create(3, &[]);
+    for (i, base) in bases.iter().enumerate() {
+        cluster.members[i].flags = vec!["--tenant-client-port-base".into(), base.to_string()];
+        cluster.spawn(i);
+    }
+    let rt = runtime();
+    let endpoint = |member: usize, tenant: u16| format!("http://127.0.0.1:{}", bases[member] + tenant);
+    rt.block_on(async {
+        cluster.wait_leader(LEADER_TIMEOUT).await;
+        let admin = cluster.members[0].endpoint();
+        for t in 1..=TENANTS {
+            tenant_cli(&admin, &["create", &format!("t{t}")]);
+        }
+        // Writes in every tenant, through every member in turn.
+        let mut tasks = Vec::new();
+        for t in 1..=TENANTS {
+            let endpoints: Vec<String> = (0..3).map(|m| endpoint(m, t)).collect();
+            tasks.push(tokio::spawn(async move {
+                let mut clients = Vec::new();
+                for e in &endpoints {
+                    clients.push(connect_eventually(e).await);
+                }
+                for i in 0..PUTS_PER_TENANT {
+                    let c = &mut clients[i % 3];
+                    c.put(format!("k/{i}"), format!("t{t}-{i}"), None).await.expect("put");
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("writer");
+        }
+    });
+    // Kill a member, write more, restart it.
+    let victim = 2;
+    cluster.members[victim].kill9();
+    rt.block_on(async {
+        for t in 1..=TENANTS {
+            let mut c = connect_eventually(&endpoint(0, t)).await;
+            // A group whose leader was the killed member elects another; a request proposed
+            // to the dead leader meanwhile times out, as in etcd, and the client retries.
+            let mut attempts = 0;
+            while let Err(e) = c.put("after-kill", format!("t{t}"), None).await {
+                attempts += 1;
+                assert!(attempts < 5, "put with a member down: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    cluster.spawn(victim);
+    rt.block_on(async {
+        cluster.wait_leader(LEADER_TIMEOUT).await;
+        for t in 1..=TENANTS {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let mut views = Vec::new();
+                for m in 0..3 {
+                    let mut c = connect_eventually(&endpoint(m, t)).await;
+                    let rev = revision(&mut c).await;
+                    let hash = c.hash_kv(rev).await.expect("hash_kv").hash();
+                    views.push((rev, hash, everything(&mut c).await));
+                }
+                let agree = views.iter().all(|v| *v == views[0]);
+                if agree {
+                    // Every put and the one after the kill (a retried put may have applied twice).
+                    assert!(views[0].0 >= PUTS_PER_TENANT as i64 + 2, "tenant t{t}'s revision {}", views[0].0);
+                    assert_eq!(views[0].2.len(), PUTS_PER_TENANT + 1);
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "tenant t{t} differs between members: {:?}\n{}",
+                    views.iter().map(|v| (v.0, v.1, v.2.len())).collect::<Vec<_>>(),
+                    cluster.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+}
