@@ -267,8 +267,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every etcd service and the HTTP endpoints, served for `node`'s group; the default
-/// tenant's router also serves the tenant admin API (`plinth.v1.Tenants`).
+/// Every etcd service, the tenant admin API (`plinth.v1.Tenants`, refused unless `node` is
+/// the default tenant's) and the HTTP endpoints, served for `node`'s group.
 fn client_router(node: Arc<Node>, max_request_bytes: usize, health: HealthServer) -> axum::Router {
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(
@@ -289,11 +289,10 @@ fn client_router(node: Arc<Node>, max_request_bytes: usize, health: HealthServer
             .max_encoding_message_size(usize::MAX),
     )
     .add_service(health);
-    if node.is_default() {
-        grpc.add_service(crate::pb::plinthv1::tenants_server::TenantsServer::new(crate::tenants::TenantsService {
-            node: node.clone(),
-        }));
-    }
+    // On a tenant's router the admin API only answers "permission denied".
+    grpc.add_service(crate::pb::plinthv1::tenants_server::TenantsServer::new(crate::tenants::TenantsService {
+        node: node.clone(),
+    }));
     grpc.routes()
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(node.metrics.clone(), crate::metrics::count_grpc))

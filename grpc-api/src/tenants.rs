@@ -439,9 +439,10 @@ impl tower::Service<http::Request<axum::body::Body>> for Dispatch {
 
 // ---- the admin service ----
 
-/// `plinth.v1.Tenants`, served on the client port of the default tenant.
+/// `plinth.v1.Tenants`, served on every client router; only the default tenant's (reached
+/// by the cluster admin) answers.
 pub struct TenantsService {
-    /// The default tenant's node.
+    /// The node of the router it is served on.
     pub node: Arc<Node>,
 }
 
@@ -452,8 +453,9 @@ impl TenantsService {
 
     /// Only the cluster admin: see the module docs of `plinth.v1` (proto/tenants.proto).
     fn check_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        if request.extensions().get::<ListenerTenant>().is_some() {
-            return Err(Status::permission_denied("plinth: a tenant port does not serve the tenant admin API"));
+        if !self.node.is_default() || request.extensions().get::<ListenerTenant>().is_some() {
+            // A tenant's connection (its port, or a certificate of a tenant).
+            return Err(crate::error::EtcdError::PermissionDenied.status());
         }
         let cn = crate::tls::client_common_name(request).filter(|cn| !cn.is_empty());
         let admin_cn = self.tenants().cfg.admin_cn.as_deref();
