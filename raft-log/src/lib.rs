@@ -14,7 +14,10 @@
 //!   [`StateMachine`]. Linearizable reads of a group that arrive while none of its
 //!   read-index requests is being issued share ONE request (one context, one round of
 //!   heartbeats). [`ManualDriver`] is the same loop without its thread, stepped by the
-//!   caller (a deterministic simulation owns ticks and message delivery).
+//!   caller (a deterministic simulation owns ticks and message delivery). Groups come and
+//!   go at run time: `create_group_with` bootstraps one durably, `remove_group` ends one
+//!   durably (an empty configuration, so recovery skips it, and a compact point past its
+//!   last entry, so its entries no longer hold segments back).
 //!
 //! ## Guarantees
 //!

@@ -222,3 +222,34 @@ fn config_validation_and_not_leader_reads() {
     assert!(matches!(h.propose(GroupId(1), Bytes::new()), Err(Error::NoLeader)));
     driver.stop();
 }
+
+#[test]
+fn a_removed_group_stays_removed_across_restarts_and_frees_its_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let sm = Sm::default();
+    let (driver, h, wal) = start(dir.path(), sm.clone());
+    let (kept, removed) = (GroupId(5), GroupId(6));
+    for g in [kept, removed] {
+        h.create_group(g, vec![NodeId(1)]).unwrap();
+        wait_until("leadership", || h.status(g).is_some_and(|s| s.is_leader));
+        propose_all(&h, g, (0..20).map(|i| format!("{g}-{i}")));
+        wait_until("apply", || data_of(&sm, g).len() == 20);
+    }
+    h.remove_group(removed).unwrap();
+    assert!(h.status(removed).is_none(), "a removed group still has a status");
+    let state = wal.group_state(removed).expect("the WAL remembers the removal");
+    assert!(state.conf_state.voters.is_empty() && state.conf_state.learners.is_empty());
+    assert_eq!(state.first_index.0, state.last_index.0 + 1, "the removed group's entries are compacted");
+    h.remove_group(removed).unwrap(); // idempotent
+    let kept_applied = h.status(kept).unwrap().applied;
+    driver.stop();
+    drop(wal);
+
+    let sm2 = Sm::default();
+    sm2.0.lock().durable.insert(kept, kept_applied);
+    let (driver, h, _wal) = start(dir.path(), sm2);
+    wait_until("the kept group leads again", || h.status(kept).is_some_and(|s| s.is_leader));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(h.status(removed).is_none(), "a removed group came back after a restart");
+    driver.stop();
+}
