@@ -361,7 +361,11 @@ impl Membership {
 
     /// This member was removed from the cluster: it stops serving (see `serve`).
     pub fn mark_removed(&self) {
-        self.removed.send_replace(true);
+        // Only the first call writes: peers report the removal again and again, and a
+        // write waits for every outstanding borrow of the value.
+        if !*self.removed.borrow() {
+            self.removed.send_replace(true);
+        }
     }
 }
 

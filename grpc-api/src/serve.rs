@@ -249,7 +249,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     tokio::select! {
         _ = shutdown_signal() => info!("shutting down"),
-        _ = removed_rx.wait_for(|removed| *removed) => {
+        // The borrow `wait_for` returns is dropped before the branch runs: held across the
+        // sleep it would block `mark_removed`'s write, on a runtime worker.
+        _ = async { drop(removed_rx.wait_for(|removed| *removed).await) } => {
             // Let the change reach the others before this member goes away.
             tokio::time::sleep(Duration::from_millis(args.heartbeat_interval * 3)).await;
             warn!("{REMOVED_MESSAGE}; stopping");
