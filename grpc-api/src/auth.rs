@@ -78,6 +78,18 @@ struct JwtClaims {
     username: String,
     revision: u64,
     exp: u64,
+    /// The group (tenant) whose auth store issued the token: every tenant has its own users,
+    /// so a token is valid in its tenant only. Absent in tokens of the default tenant.
+    #[serde(default = "default_group", skip_serializing_if = "is_default_group")]
+    plinth_group: u64,
+}
+
+fn default_group() -> u64 {
+    crate::node::DEFAULT_GROUP
+}
+
+fn is_default_group(group: &u64) -> bool {
+    *group == crate::node::DEFAULT_GROUP
 }
 
 impl JwtConfig {
@@ -139,23 +151,27 @@ impl JwtConfig {
     }
 
     /// A token for `user` at auth revision `revision`, expiring `ttl` from `now`.
-    fn sign(&self, user: &str, revision: u64, now: std::time::SystemTime) -> Result<String, Status> {
+    fn sign(&self, user: &str, revision: u64, group: u64, now: std::time::SystemTime) -> Result<String, Status> {
         let key = self
             .signing
             .as_ref()
             .ok_or_else(|| Status::unknown("auth: this member has no JWT private key to sign tokens with"))?;
         let exp = (now + self.ttl).duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let claims = JwtClaims { username: user.to_owned(), revision, exp };
+        let claims = JwtClaims { username: user.to_owned(), revision, exp, plinth_group: group };
         jsonwebtoken::encode(&jsonwebtoken::Header::new(self.algorithm), &claims, key)
             .map_err(|e| Status::internal(format!("jwt: {e}")))
     }
 
-    /// The user and auth revision of a valid, unexpired token signed with this key.
-    fn verify(&self, token: &str) -> Option<(String, u64)> {
+    /// The user and auth revision of a valid, unexpired token signed with this key for
+    /// `group`'s auth store.
+    fn verify(&self, token: &str, group: u64) -> Option<(String, u64)> {
         let mut validation = jsonwebtoken::Validation::new(self.algorithm);
         // etcd's jwt library allows no leeway on expiry.
         validation.leeway = 0;
         let data = jsonwebtoken::decode::<JwtClaims>(token, &self.verifying, &validation).ok()?;
+        if data.claims.plinth_group != group {
+            return None;
+        }
         Some((data.claims.username, data.claims.revision))
     }
 }
@@ -280,7 +296,7 @@ pub fn caller_of(
         (None, _) => (certificate_user.map(Arc::from), revision),
         // A JWT token stands for the auth revision it was issued at.
         (Some(token), Some(jwt)) => {
-            let (user, issued_at) = jwt.verify(token).ok_or_else(|| EtcdError::InvalidAuthToken.status())?;
+            let (user, issued_at) = jwt.verify(token, node.group().0).ok_or_else(|| EtcdError::InvalidAuthToken.status())?;
             (Some(Arc::from(user)), issued_at)
         }
         (Some(token), None) => {
@@ -534,7 +550,7 @@ impl Auth for AuthService {
         };
         let token = match jwt {
             // The token stands for the auth revision it was issued at.
-            Some(jwt) => jwt.sign(&req.name, revision, std::time::SystemTime::now())?,
+            Some(jwt) => jwt.sign(&req.name, revision, self.node.group().0, std::time::SystemTime::now())?,
             None => simple,
         };
         Ok(Response::new(pb::AuthenticateResponse { header: self.header(), token }))
@@ -736,16 +752,20 @@ mod tests {
         let cfg = AuthConfig::from_flags(Some(&flag), None, None, false).unwrap();
         let jwt = cfg.jwt.expect("jwt configured");
         let now = std::time::SystemTime::now();
-        let token = jwt.sign("alice", 7, now).unwrap();
-        assert_eq!(jwt.verify(&token), Some(("alice".to_owned(), 7)));
-        assert_eq!(jwt.verify(&format!("{token}x")), None, "a tampered token");
-        let old = jwt.sign("alice", 7, now - Duration::from_secs(120)).unwrap();
-        assert_eq!(jwt.verify(&old), None, "an expired token");
+        let token = jwt.sign("alice", 7, 1, now).unwrap();
+        assert_eq!(jwt.verify(&token, 1), Some(("alice".to_owned(), 7)));
+        assert_eq!(jwt.verify(&token, 65536), None, "another tenant's token");
+        let tenant = jwt.sign("alice", 7, 65536, now).unwrap();
+        assert_eq!(jwt.verify(&tenant, 65536), Some(("alice".to_owned(), 7)));
+        assert_eq!(jwt.verify(&tenant, 1), None, "a tenant's token in the default tenant");
+        assert_eq!(jwt.verify(&format!("{token}x"), 1), None, "a tampered token");
+        let old = jwt.sign("alice", 7, 1, now - Duration::from_secs(120)).unwrap();
+        assert_eq!(jwt.verify(&old, 1), None, "an expired token");
         // A member with only the public key verifies but cannot sign.
         let verify_only = format!("jwt,pub-key={public},sign-method=ES256");
         let other = AuthConfig::from_flags(Some(&verify_only), None, None, false).unwrap().jwt.unwrap();
         assert_eq!(other.verify(&token), Some(("alice".to_owned(), 7)));
-        assert!(other.sign("alice", 7, now).is_err());
+        assert!(other.sign("alice", 7, 1, now).is_err());
         // Another key pair's tokens are refused.
         let dir2 = tempfile::tempdir().unwrap();
         let (_, public2) = es256_keys(dir2.path());
