@@ -90,6 +90,7 @@
 //!   not with etcd.
 
 pub mod auth;
+mod backup;
 mod command;
 mod compact;
 mod config;
@@ -111,6 +112,10 @@ mod store;
 mod txn;
 mod watch;
 
+pub use backup::{
+    BackupBody, BackupEnd, BackupHeader, BackupKind, BackupRecord, EventRecord, GroupImport, KeyRecord,
+    BACKUP_FORMAT_VERSION, IMPORT_BATCH_BYTES_MAX, IMPORT_UNKNOWN_LEASE_TTL_SECS,
+};
 pub use command::{
     check_range, validate, AlarmAction, AlarmRequest, AlarmType, CheckedCommand, Command, CommandBody, CompactRequest,
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, LeaseCheckpointRequest, LeaseGrantRequest,
@@ -127,7 +132,10 @@ pub use response::{
     RangeResponse, ResponseOp, TxnResponse,
 };
 pub use revision::{GroupId, Revision};
-pub use snapshot::{SnapshotReader, SNAPSHOT_CHUNK_BYTES_MAX};
+pub use snapshot::{
+    inspect_snapshot_chunk, snapshot_chunk_len, SnapshotChunkSummary, SnapshotReader, SNAPSHOT_CHUNK_BYTES_MAX,
+    SNAPSHOT_CHUNK_HEADER_BYTES,
+};
 pub use store::Store;
 pub use watch::{WatchEvent, WatchId, WatchSpec, WatchStream};
 

@@ -573,6 +573,29 @@ impl Store {
         Ok(index)
     }
 
+    /// Writes the last batch of an import (see `backup`), makes the group serve `meta`, and
+    /// flushes: the import wrote without RocksDB's WAL and no log will replay it.
+    pub(crate) fn publish_imported(&self, g: GroupId, batch: rocksdb::WriteBatch, meta: ApplyMeta) -> Result<()> {
+        let inner = &*self.inner;
+        let gs = inner.group(g);
+        let _applying = gs.apply_lock.lock();
+        let _purging = gs.purge_lock.lock();
+        {
+            let mut committed = gs.committed.write();
+            assert!(
+                committed.applied_index == 0 && committed.current_revision == 1,
+                "group {}: import published over applied state",
+                g.0
+            );
+            inner.db.write_opt(batch, &engine::write_options())?;
+            *committed = meta.clone();
+        }
+        *gs.compact_finished.lock() = meta.compact_revision;
+        gs.hub.reset(meta.current_revision, meta.compact_revision);
+        self.flush()?;
+        Ok(())
+    }
+
     /// Makes everything applied so far durable (atomic flush of every column family).
     /// Returns, per group, an applied index the flush covers: the Raft log may be purged up
     /// to it.
