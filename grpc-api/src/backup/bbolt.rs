@@ -39,6 +39,10 @@ const PAGE_BYTES_MAX: u32 = 1 << 20;
 /// Largest run of overflow pages accepted for one page (1 GiB at 4 KiB pages).
 const OVERFLOW_PAGES_MAX: u32 = 1 << 18;
 
+/// Called with `(key, value, value is a bucket)` for each entry of a bucket, in key
+/// order; returns false to stop the walk.
+pub type Visitor<'a> = dyn FnMut(&[u8], &[u8], bool) -> anyhow::Result<bool> + 'a;
+
 /// An open bbolt file.
 pub struct Bbolt {
     file: File,
@@ -178,34 +182,20 @@ impl Bbolt {
 
     /// Visits every entry of `bucket` in key order: `(key, value, value is a bucket)`.
     /// `visit` returns false to stop.
-    pub fn walk(
-        &self,
-        bucket: &Bucket,
-        visit: &mut dyn FnMut(&[u8], &[u8], bool) -> anyhow::Result<bool>,
-    ) -> anyhow::Result<()> {
+    pub fn walk(&self, bucket: &Bucket, visit: &mut Visitor<'_>) -> anyhow::Result<()> {
         match bucket {
             Bucket::Page(id) => self.walk_page(*id, 0, visit).map(|_| ()),
             Bucket::Inline(page) => self.walk_bytes(page, 0, visit).map(|_| ()),
         }
     }
 
-    fn walk_page(
-        &self,
-        id: u64,
-        depth: usize,
-        visit: &mut dyn FnMut(&[u8], &[u8], bool) -> anyhow::Result<bool>,
-    ) -> anyhow::Result<bool> {
+    fn walk_page(&self, id: u64, depth: usize, visit: &mut Visitor<'_>) -> anyhow::Result<bool> {
         ensure!(depth < DEPTH_MAX, self.corrupt(format!("tree deeper than {DEPTH_MAX} levels")));
         let page = self.page(id)?;
         self.walk_bytes(&page, depth, visit)
     }
 
-    fn walk_bytes(
-        &self,
-        page: &[u8],
-        depth: usize,
-        visit: &mut dyn FnMut(&[u8], &[u8], bool) -> anyhow::Result<bool>,
-    ) -> anyhow::Result<bool> {
+    fn walk_bytes(&self, page: &[u8], depth: usize, visit: &mut Visitor<'_>) -> anyhow::Result<bool> {
         ensure!(page.len() >= PAGE_HEADER_BYTES, self.corrupt("page shorter than its header"));
         let flags = u16_at(page, 8);
         let count = usize::from(u16_at(page, 10));

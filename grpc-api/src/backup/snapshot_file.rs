@@ -46,7 +46,7 @@ pub fn read_snapshot_file(
     let total_size = file.metadata()?.len();
     let name = path.display().to_string();
     ensure!(
-        total_size >= SHA256_BYTES as u64 && (total_size - SHA256_BYTES as u64) % ALIGN_BYTES == 0,
+        total_size >= SHA256_BYTES as u64 && (total_size - SHA256_BYTES as u64).is_multiple_of(ALIGN_BYTES),
         "snapshot {name}: {total_size} bytes is not a snapshot file (sha256 checksum not found)"
     );
     let data_len = total_size - SHA256_BYTES as u64;
