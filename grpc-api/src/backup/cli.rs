@@ -15,6 +15,7 @@ pub enum WriteOut {
     Simple,
     Json,
     Table,
+    Fields,
 }
 
 /// Where the backups are: exactly one of the two.
@@ -300,18 +301,36 @@ pub fn run_snapshot(cmd: SnapshotCommand) -> anyhow::Result<()> {
                     println!("{:x}, {}, {}, {size}", s.hash, s.revision, s.total_key);
                     Ok(())
                 }
+                WriteOut::Fields => {
+                    println!("\"Hash\" : {}", s.hash);
+                    println!("\"Revision\" : {}", s.revision);
+                    println!("\"Keys\" : {}", s.total_key);
+                    println!("\"Size\" : {}", s.total_size);
+                    Ok(())
+                }
                 WriteOut::Table => {
+                    // etcdutl's table: headers centred, values right-aligned, one space of
+                    // padding on each side.
                     let cells = [format!("{:x}", s.hash), s.revision.to_string(), s.total_key.to_string(), size];
                     let heads = ["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"];
                     let widths: Vec<usize> = heads.iter().zip(&cells).map(|(h, c)| h.len().max(c.len()) + 2).collect();
                     let rule = widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("+");
-                    let row = |v: Vec<String>| {
-                        v.iter().zip(&widths).map(|(c, w)| format!("{:^w$}", c, w = *w)).collect::<Vec<_>>().join("|")
-                    };
+                    let head = heads
+                        .iter()
+                        .zip(&widths)
+                        .map(|(h, w)| format!("{h:^w$}", w = *w))
+                        .collect::<Vec<_>>()
+                        .join("|");
+                    let row = cells
+                        .iter()
+                        .zip(&widths)
+                        .map(|(c, w)| format!(" {c:>w$} ", w = *w - 2))
+                        .collect::<Vec<_>>()
+                        .join("|");
                     println!("+{rule}+");
-                    println!("|{}|", row(heads.iter().map(|s| s.to_string()).collect()));
+                    println!("|{head}|");
                     println!("+{rule}+");
-                    println!("|{}|", row(cells.to_vec()));
+                    println!("|{row}|");
                     println!("+{rule}+");
                     Ok(())
                 }
