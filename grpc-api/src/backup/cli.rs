@@ -24,7 +24,8 @@ pub struct TargetArgs {
     /// A local directory of backups.
     #[arg(long)]
     pub backup_dir: Option<PathBuf>,
-    /// A backup target URL (`file:///path`).
+    /// A backup target URL: `s3://bucket/prefix` (endpoint, region and credentials from the
+    /// `AWS_*` environment variables) or `file:///path`.
     #[arg(long)]
     pub backup_url: Option<String>,
 }

@@ -20,7 +20,6 @@
 //!
 //! ## CAVEATS
 //!
-//! - Only the local directory target is implemented (see [`open_target`]).
 //! - `--to-time` picks the newest backup taken at or before the time; events carry no
 //!   times, so a restore by time lands on a backup boundary.
 
@@ -31,6 +30,7 @@ pub mod manifest;
 pub mod object;
 pub mod restore;
 pub mod retention;
+pub mod s3;
 pub mod snapshot_file;
 pub mod target;
 
@@ -47,12 +47,15 @@ use target::{BackupTarget, LocalTarget, MANIFEST_NAME};
 pub fn open_target(dir: Option<&Path>, url: Option<&str>) -> anyhow::Result<Box<dyn BackupTarget>> {
     match (dir, url) {
         (Some(dir), None) => Ok(Box::new(LocalTarget::new(dir)?)),
-        (None, Some(url)) => match url.strip_prefix("file://") {
-            Some(path) => Ok(Box::new(LocalTarget::new(Path::new(path))?)),
-            None => anyhow::bail!(
-                "--backup-url {url}: only file:// URLs are supported by this build (S3 targets are not built in)"
-            ),
-        },
+        (None, Some(url)) => {
+            if let Some(path) = url.strip_prefix("file://") {
+                Ok(Box::new(LocalTarget::new(Path::new(path))?))
+            } else if url.starts_with("s3://") {
+                Ok(Box::new(s3::S3Target::new(url)?))
+            } else {
+                anyhow::bail!("--backup-url {url}: expected s3://bucket/prefix or file:///path")
+            }
+        }
         _ => anyhow::bail!("give exactly one of --backup-dir and --backup-url"),
     }
 }
