@@ -32,6 +32,10 @@
 //!   auth revision and fails with `AuthOldRevision` if an auth change applied since. Simple
 //!   tokens are per-member memory filled from applied `Authenticate` entries
 //!   ([`Store::simple_token_user`]), all dropped when a snapshot is installed.
+//! - **Backups** ([`Store::export_full`], [`Store::export_delta`], [`Store::import_group`]):
+//!   a group exported whole at its revision or as the changes of a revision range, and
+//!   rebuilt from a full export and a chain of deltas at any revision they cover, with
+//!   every key's revisions kept (see `backup`).
 //! - **Atomic batches**: one `apply` call is one RocksDB `WriteBatch`, applied index
 //!   included. Reads use a RocksDB snapshot taken together with the matching revision.
 //! - **Durability by replay**: RocksDB's WAL is off; the Raft log is the WAL. After a crash
