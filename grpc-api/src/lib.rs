@@ -82,6 +82,7 @@
 //!   SHA-256, so `etcdctl snapshot save` accepts it); etcd's bbolt tools cannot read it.
 
 pub mod auth;
+pub mod backup;
 pub mod cluster;
 pub mod config;
 pub mod error;

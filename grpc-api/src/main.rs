@@ -18,6 +18,14 @@ enum Command {
     Tenant(Box<grpc_api::tenant_cli::TenantArgs>),
     /// Print the versions this build reports.
     Version,
+    /// Backups: list, verify, take one offline.
+    #[command(subcommand)]
+    Backup(grpc_api::backup::cli::BackupCommand),
+    /// Seed a new member's data dir from backups or an etcd snapshot (offline).
+    Restore(Box<grpc_api::backup::cli::RestoreArgs>),
+    /// Snapshot files written by `etcdctl snapshot save`.
+    #[command(subcommand)]
+    Snapshot(grpc_api::backup::cli::SnapshotCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,5 +50,8 @@ fn main() -> anyhow::Result<()> {
             println!("etcd API version: {}", grpc_api::version::ETCD_COMPAT_VERSION);
             Ok(())
         }
+        Command::Backup(cmd) => grpc_api::backup::cli::run_backup(cmd),
+        Command::Restore(args) => grpc_api::backup::cli::run_restore(*args),
+        Command::Snapshot(cmd) => grpc_api::backup::cli::run_snapshot(cmd),
     }
 }

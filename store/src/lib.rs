@@ -32,6 +32,10 @@
 //!   auth revision and fails with `AuthOldRevision` if an auth change applied since. Simple
 //!   tokens are per-member memory filled from applied `Authenticate` entries
 //!   ([`Store::simple_token_user`]), all dropped when a snapshot is installed.
+//! - **Backups** ([`Store::export_full`], [`Store::export_delta`], [`Store::import_group`]):
+//!   a group exported whole at its revision or as the changes of a revision range, and
+//!   rebuilt from a full export and a chain of deltas at any revision they cover, with
+//!   every key's revisions kept (see `backup`).
 //! - **Atomic batches**: one `apply` call is one RocksDB `WriteBatch`, applied index
 //!   included. Reads use a RocksDB snapshot taken together with the matching revision.
 //! - **Durability by replay**: RocksDB's WAL is off; the Raft log is the WAL. After a crash
@@ -90,6 +94,7 @@
 //!   not with etcd.
 
 pub mod auth;
+mod backup;
 mod command;
 mod compact;
 mod config;
@@ -111,6 +116,10 @@ mod store;
 mod txn;
 mod watch;
 
+pub use backup::{
+    BackupBody, BackupEnd, BackupHeader, BackupKind, BackupRecord, EventRecord, GroupImport, KeyRecord,
+    BACKUP_FORMAT_VERSION, IMPORT_BATCH_BYTES_MAX, IMPORT_UNKNOWN_LEASE_TTL_SECS,
+};
 pub use command::{
     check_range, validate, AlarmAction, AlarmRequest, AlarmType, CheckedCommand, Command, CommandBody, CompactRequest,
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, GroupSettings, LeaseCheckpointRequest,
@@ -128,7 +137,10 @@ pub use response::{
     RangeResponse, ResponseOp, TxnResponse,
 };
 pub use revision::{GroupId, Revision};
-pub use snapshot::{SnapshotReader, SNAPSHOT_CHUNK_BYTES_MAX};
+pub use snapshot::{
+    inspect_snapshot_chunk, snapshot_chunk_len, SnapshotChunkSummary, SnapshotReader, SNAPSHOT_CHUNK_BYTES_MAX,
+    SNAPSHOT_CHUNK_HEADER_BYTES,
+};
 pub use store::Store;
 pub use watch::{WatchEvent, WatchId, WatchSpec, WatchStream};
 

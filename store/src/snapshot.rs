@@ -148,6 +148,62 @@ impl Iterator for SnapshotReader {
     }
 }
 
+/// Bytes of a chunk's header: read them to learn the chunk's length
+/// ([`snapshot_chunk_len`]).
+pub const SNAPSHOT_CHUNK_HEADER_BYTES: usize = HEADER_LEN;
+
+/// What one verified chunk says of itself (see [`inspect_snapshot_chunk`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotChunkSummary {
+    /// Position of the chunk in its snapshot, from 0.
+    pub seq: u32,
+    /// The snapshot's last chunk.
+    pub last: bool,
+    /// Entries of this chunk and every chunk before it.
+    pub entries_total: u64,
+    /// The group's revision, if this chunk holds the group's meta record.
+    pub revision: Option<Revision>,
+}
+
+/// The whole length of the chunk that starts with `header` (at least
+/// [`SNAPSHOT_CHUNK_HEADER_BYTES`] bytes), for a reader that splits a snapshot file into
+/// chunks. `Err(Corruption)` if it is no chunk header.
+pub fn snapshot_chunk_len(header: &[u8]) -> Result<usize> {
+    if header.len() < HEADER_LEN || &header[..4] != MAGIC || header[4] != VERSION {
+        return Err(corrupt("bad magic or version"));
+    }
+    let payload_len = u32::from_be_bytes(header[18..22].try_into().expect("4 bytes")) as usize;
+    Ok(HEADER_LEN + payload_len + 4)
+}
+
+/// Verifies one chunk (checksum, framing, entries) and summarizes it, without installing
+/// it: `plinth snapshot status` and offline tools read snapshot files with it.
+pub fn inspect_snapshot_chunk(chunk: &[u8]) -> Result<SnapshotChunkSummary> {
+    if chunk.len() < HEADER_LEN + 4 || snapshot_chunk_len(chunk)? != chunk.len() {
+        return Err(corrupt(format!("{} bytes is not one chunk", chunk.len())));
+    }
+    let (body, crc) = chunk.split_at(chunk.len() - 4);
+    if crc32fast::hash(body) != u32::from_be_bytes(crc.try_into().expect("4 bytes")) {
+        return Err(corrupt("crc mismatch"));
+    }
+    let seq = u32::from_be_bytes(body[5..9].try_into().expect("4 bytes"));
+    let entries_total = u64::from_be_bytes(body[10..18].try_into().expect("8 bytes"));
+    let mut revision = None;
+    let mut p = &body[HEADER_LEN..];
+    let meta_key = kc::meta_apply_key(GroupId(0));
+    while !p.is_empty() {
+        let cf = Cf::from_index(take(1, &mut p)?[0]).ok_or_else(|| corrupt("unknown column family"))?;
+        let klen = u32::from_be_bytes(take(4, &mut p)?.try_into().expect("4 bytes")) as usize;
+        let key = take(klen, &mut p)?;
+        let vlen = u32::from_be_bytes(take(4, &mut p)?.try_into().expect("4 bytes")) as usize;
+        let value = take(vlen, &mut p)?;
+        if cf == Cf::Meta && key[..] == meta_key[kc::GROUP_PREFIX_LEN..] {
+            revision = Some(ApplyMeta::decode(&value)?.current_revision);
+        }
+    }
+    Ok(SnapshotChunkSummary { seq, last: body[9] == 1, entries_total, revision })
+}
+
 /// A verified snapshot, ready to be written.
 pub(crate) struct Installed {
     pub batch: WriteBatch,

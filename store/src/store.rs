@@ -593,8 +593,8 @@ impl Store {
     }
 
     /// Removes group `g` from this store: every key of it in every column family, durably,
-    /// and its in-memory state (watchers of it end). For a deleted tenant; the caller makes
-    /// sure nothing applies to the group any more (its Raft group is gone first).
+    /// and its in-memory state. For a deleted tenant; the caller makes sure nothing applies
+    /// to the group any more (its Raft group is gone first).
     pub fn drop_group(&self, g: GroupId) -> Result<()> {
         let inner = &*self.inner;
         let gs = inner.group(g);
@@ -609,6 +609,29 @@ impl Store {
         inner.groups.write().remove(&g);
         // Durability: flushed now, so the deleted group does not come back at a restart
         // (RocksDB's own WAL is off).
+        self.flush()?;
+        Ok(())
+    }
+
+    /// Writes the last batch of an import (see `backup`), makes the group serve `meta`, and
+    /// flushes: the import wrote without RocksDB's WAL and no log will replay it.
+    pub(crate) fn publish_imported(&self, g: GroupId, batch: rocksdb::WriteBatch, meta: ApplyMeta) -> Result<()> {
+        let inner = &*self.inner;
+        let gs = inner.group(g);
+        let _applying = gs.apply_lock.lock();
+        let _purging = gs.purge_lock.lock();
+        {
+            let mut committed = gs.committed.write();
+            assert!(
+                committed.applied_index == 0 && committed.current_revision == 1,
+                "group {}: import published over applied state",
+                g.0
+            );
+            inner.db.write_opt(batch, &engine::write_options())?;
+            *committed = meta.clone();
+        }
+        *gs.compact_finished.lock() = meta.compact_revision;
+        gs.hub.reset(meta.current_revision, meta.compact_revision);
         self.flush()?;
         Ok(())
     }

@@ -1,0 +1,341 @@
+//! The operator commands of backups: `plinth backup ...`, `plinth restore`, `plinth
+//! snapshot status`. Each prints a line per item, or JSON with `-w json`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::manifest::DEFAULT_TENANT;
+use super::restore::NewMember;
+use super::target::BackupTarget;
+
+/// Output formats (etcdctl's `-w`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WriteOut {
+    Simple,
+    Json,
+    Table,
+    Fields,
+}
+
+/// Where the backups are: exactly one of the two.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// A local directory of backups.
+    #[arg(long)]
+    pub backup_dir: Option<PathBuf>,
+    /// A backup target URL: `s3://bucket/prefix` (endpoint, region and credentials from the
+    /// `AWS_*` environment variables) or `file:///path`.
+    #[arg(long)]
+    pub backup_url: Option<String>,
+}
+
+impl TargetArgs {
+    fn open(&self) -> anyhow::Result<Box<dyn BackupTarget>> {
+        super::open_target(self.backup_dir.as_deref(), self.backup_url.as_deref())
+    }
+}
+
+/// `plinth backup ...`
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// List each backup of a tenant: kind, revision range, time, size.
+    List {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, default_value = DEFAULT_TENANT)]
+        tenant: String,
+        #[arg(short = 'w', long = "write-out", value_enum, default_value = "simple")]
+        write_out: WriteOut,
+    },
+    /// Read every object of every tenant; check checksums and the continuity of the chains.
+    Verify {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(short = 'w', long = "write-out", value_enum, default_value = "simple")]
+        write_out: WriteOut,
+    },
+    /// Take a backup from a snapshot file written by `etcdctl snapshot save` (Plinth): full,
+    /// or with `--delta` the changes since the tenant's last backup (the snapshot carries
+    /// the history since its compaction).
+    FromSnapshot {
+        /// The snapshot file.
+        file: PathBuf,
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, default_value = DEFAULT_TENANT)]
+        tenant: String,
+        #[arg(long)]
+        delta: bool,
+        #[arg(short = 'w', long = "write-out", value_enum, default_value = "simple")]
+        write_out: WriteOut,
+    },
+    /// Take a backup from the data dir of a stopped member: full, or with `--delta` the
+    /// changes since the tenant's last backup.
+    FromDataDir {
+        /// The stopped member's data dir.
+        data_dir: PathBuf,
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, default_value = DEFAULT_TENANT)]
+        tenant: String,
+        #[arg(long)]
+        delta: bool,
+        #[arg(short = 'w', long = "write-out", value_enum, default_value = "simple")]
+        write_out: WriteOut,
+    },
+    /// Delete old backups: keep the last N full backups with their deltas.
+    Prune {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, default_value = DEFAULT_TENANT)]
+        tenant: String,
+        /// Full backups to keep (`N` or `fulls=N`).
+        #[arg(long)]
+        retention: String,
+    },
+}
+
+/// `plinth restore ...`: seed a new member's data dir from backups or an etcd snapshot.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Restore from an etcd v3 snapshot file (bbolt `db`) instead of backups.
+    #[arg(long)]
+    pub from_etcd_snapshot: Option<PathBuf>,
+    #[arg(long, default_value = DEFAULT_TENANT)]
+    pub tenant: String,
+    /// The revision to restore (default: the newest the backups reach).
+    #[arg(long, conflicts_with = "to_time")]
+    pub to_revision: Option<i64>,
+    /// Restore the newest backup taken at or before this time (RFC 3339 or Unix seconds).
+    #[arg(long)]
+    pub to_time: Option<String>,
+    /// The data dir to create.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// This member's name.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// The new cluster (`name=peer-url,...`); default: this member alone.
+    #[arg(long, default_value = "")]
+    pub initial_cluster: String,
+    /// This member's peer URLs, as in `--initial-cluster`.
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// This member's client URLs.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub advertise_client_urls: String,
+    /// The new cluster's token (as given to `plinth serve`).
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    #[arg(short = 'w', long = "write-out", value_enum, default_value = "simple")]
+    pub write_out: WriteOut,
+}
+
+/// `plinth snapshot ...`
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Print a snapshot file's hash, revision, total keys and total size (etcdutl's).
+    Status {
+        file: PathBuf,
+        #[arg(short = 'w', long = "write-out", value_enum, default_value = "simple")]
+        write_out: WriteOut,
+    },
+}
+
+fn split(urls: &str) -> Vec<String> {
+    urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(v)?);
+    Ok(())
+}
+
+fn print_entry(tenant: &str, e: &super::manifest::Entry, w: WriteOut) -> anyhow::Result<()> {
+    match w {
+        WriteOut::Json => print_json(e),
+        _ => {
+            let kind = match e.kind {
+                super::manifest::Kind::Full => "full",
+                super::manifest::Kind::Delta => "delta",
+            };
+            println!(
+                "{tenant}, {kind}, ({}, {}], {}, {}, {}",
+                e.from_revision,
+                e.to_revision,
+                e.time,
+                super::snapshot_file::humanize_bytes(e.size_bytes),
+                e.object
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Runs `plinth backup ...`.
+pub fn run_backup(cmd: BackupCommand) -> anyhow::Result<()> {
+    match cmd {
+        BackupCommand::List { target, tenant, write_out } => {
+            let target = target.open()?;
+            let manifest = super::load_manifest(target.as_ref(), &tenant)?
+                .unwrap_or_else(|| super::manifest::Manifest::new(&tenant, crate::node::DEFAULT_GROUP));
+            if write_out == WriteOut::Json {
+                return print_json(&manifest);
+            }
+            for e in &manifest.backups {
+                print_entry(&tenant, e, write_out)?;
+            }
+            Ok(())
+        }
+        BackupCommand::Verify { target, write_out } => {
+            let target = target.open()?;
+            let reports = super::verify(target.as_ref())?;
+            if write_out == WriteOut::Json {
+                return print_json(&reports);
+            }
+            for r in &reports {
+                println!(
+                    "{}: {} backups, {}, restorable to revision {}: OK",
+                    r.tenant,
+                    r.backups,
+                    super::snapshot_file::humanize_bytes(r.bytes),
+                    r.latest_revision.map_or("-".to_string(), |v| v.to_string())
+                );
+            }
+            Ok(())
+        }
+        BackupCommand::FromSnapshot { file, target, tenant, delta, write_out } => {
+            let target = target.open()?;
+            let staging = target.staging_dir()?.join(format!("snapshot-{}-{}", std::process::id(), super::now().0));
+            let result = (|| {
+                let store = store::Store::open(&staging, store::StoreConfig::default())?;
+                let group = store::GroupId(crate::node::DEFAULT_GROUP);
+                super::snapshot_file::install_snapshot_file(&file, &store, group)?;
+                super::append_backup(target.as_ref(), &tenant, &store, group, delta)
+            })();
+            let _ = std::fs::remove_dir_all(&staging);
+            print_entry(&tenant, &result?, write_out)
+        }
+        BackupCommand::FromDataDir { data_dir, target, tenant, delta, write_out } => {
+            let target = target.open()?;
+            let store = super::restore::open_stopped_store(&data_dir)?;
+            let group = store::GroupId(crate::node::DEFAULT_GROUP);
+            let entry = super::append_backup(target.as_ref(), &tenant, &store, group, delta)?;
+            print_entry(&tenant, &entry, write_out)
+        }
+        BackupCommand::Prune { target, tenant, retention } => {
+            let target = target.open()?;
+            let policy = super::retention::Retention::parse(&retention)?;
+            for e in super::prune(target.as_ref(), &tenant, policy)? {
+                println!("deleted {}", e.object);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Runs `plinth restore ...`.
+pub fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let member = NewMember {
+        data_dir: args.data_dir.clone(),
+        name: args.name.clone(),
+        initial_cluster: args.initial_cluster.clone(),
+        initial_advertise_peer_urls: split(&args.initial_advertise_peer_urls),
+        advertise_client_urls: split(&args.advertise_client_urls),
+        initial_cluster_token: args.initial_cluster_token.clone(),
+    };
+    let summary = match &args.from_etcd_snapshot {
+        Some(file) => {
+            anyhow::ensure!(
+                args.target.backup_dir.is_none()
+                    && args.target.backup_url.is_none()
+                    && args.to_revision.is_none()
+                    && args.to_time.is_none(),
+                "--from-etcd-snapshot restores the snapshot's revision; it takes no backup target nor --to-*"
+            );
+            super::etcd_import::restore_from_etcd(file, &member)?
+        }
+        None => {
+            let target = args.target.open()?;
+            let revision = match (&args.to_revision, &args.to_time) {
+                (Some(r), _) => Some(*r),
+                (None, Some(t)) => {
+                    let manifest = super::load_manifest(target.as_ref(), &args.tenant)?
+                        .ok_or_else(|| anyhow::anyhow!("tenant {} has no backups", args.tenant))?;
+                    Some(manifest.revision_at_time(super::parse_time(t)?)?)
+                }
+                (None, None) => None,
+            };
+            super::restore::restore_from_backups(target.as_ref(), &args.tenant, revision, &member)?
+        }
+    };
+    match args.write_out {
+        WriteOut::Json => print_json(&summary),
+        _ => {
+            println!(
+                "restored revision {} ({} keys, {} leases, compacted at {}) into {} as member {} of cluster {}",
+                summary.revision,
+                summary.keys,
+                summary.leases,
+                summary.compact_revision,
+                summary.data_dir,
+                summary.member_id,
+                summary.cluster_id
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Runs `plinth snapshot ...`.
+pub fn run_snapshot(cmd: SnapshotCommand) -> anyhow::Result<()> {
+    match cmd {
+        SnapshotCommand::Status { file, write_out } => {
+            let s = super::snapshot_file::read_snapshot_file(&file, &mut |_| Ok(()))?;
+            let size = super::snapshot_file::humanize_bytes(s.total_size);
+            match write_out {
+                WriteOut::Json => print_json(&s),
+                WriteOut::Simple => {
+                    println!("{:x}, {}, {}, {size}", s.hash, s.revision, s.total_key);
+                    Ok(())
+                }
+                WriteOut::Fields => {
+                    println!("\"Hash\" : {}", s.hash);
+                    println!("\"Revision\" : {}", s.revision);
+                    println!("\"Keys\" : {}", s.total_key);
+                    println!("\"Size\" : {}", s.total_size);
+                    Ok(())
+                }
+                WriteOut::Table => {
+                    // etcdutl's table: headers centred, values right-aligned, one space of
+                    // padding on each side.
+                    let cells = [format!("{:x}", s.hash), s.revision.to_string(), s.total_key.to_string(), size];
+                    let heads = ["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"];
+                    let widths: Vec<usize> = heads.iter().zip(&cells).map(|(h, c)| h.len().max(c.len()) + 2).collect();
+                    let rule = widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("+");
+                    let head = heads
+                        .iter()
+                        .zip(&widths)
+                        .map(|(h, w)| format!("{h:^w$}", w = *w))
+                        .collect::<Vec<_>>()
+                        .join("|");
+                    let row = cells
+                        .iter()
+                        .zip(&widths)
+                        .map(|(c, w)| format!(" {c:>w$} ", w = *w - 2))
+                        .collect::<Vec<_>>()
+                        .join("|");
+                    println!("+{rule}+");
+                    println!("|{head}|");
+                    println!("+{rule}+");
+                    println!("|{row}|");
+                    println!("+{rule}+");
+                    Ok(())
+                }
+            }
+        }
+    }
+}
