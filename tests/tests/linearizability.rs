@@ -49,6 +49,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lease TTL: far longer than the run, so no lease expires on its own.
 const LEASE_TTL_SECONDS: i64 = 600;
+/// Sessions per client in the history's client numbers (`client * SESSIONS_MAX + session`).
+const SESSIONS_MAX: usize = 1000;
 /// How often a watcher asks for a progress notification.
 const PROGRESS_EVERY: Duration = Duration::from_millis(400);
 
@@ -144,6 +146,10 @@ async fn client(c: usize, seed: u64, endpoints: Vec<String>, rec: Arc<Recorder>,
     let mut seen: Vec<Option<Kv>> = vec![None; KEYS];
     let mut lease: Option<i64> = None;
     let mut n = 0u64;
+    // A new connection (to another member, or to a restarted one) starts a new session: a
+    // serializable read may legitimately see an older revision than the previous member
+    // served, so the checker's per-client rules apply per session.
+    let mut session = 0;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
         let k = rng.random_range(0..KEYS);
@@ -171,7 +177,7 @@ async fn client(c: usize, seed: u64, endpoints: Vec<String>, rec: Arc<Recorder>,
                 }
             },
         };
-        let id = rec.invoke(c, input.clone());
+        let id = rec.invoke(c * SESSIONS_MAX + session, input.clone());
         match send(&mut conn, &input).await {
             Ok(out) => {
                 if let Output::Get { kv, .. } = &out {
@@ -189,6 +195,7 @@ async fn client(c: usize, seed: u64, endpoints: Vec<String>, rec: Arc<Recorder>,
                 // Unknown outcome: left without a response; go to the next member.
                 let Some(c) = connect_any(&endpoints, &mut next, &stop).await else { return };
                 conn = c;
+                session = (session + 1) % SESSIONS_MAX;
             }
         }
     }
@@ -372,7 +379,7 @@ fn linearizable_under_leader_kills_and_pauses() {
         while last.is_none() && Instant::now() < deadline {
             if let Some(mut c) = connect(&cluster.members[leader].endpoint()).await {
                 let input = Input::Get { key: key_of(0), serializable: false };
-                let id = rec.invoke(CLIENTS, input.clone());
+                let id = rec.invoke(CLIENTS * SESSIONS_MAX, input.clone());
                 if let Ok(out) = send(&mut c, &input).await {
                     last = Some(out.revision());
                     rec.complete(id, out);

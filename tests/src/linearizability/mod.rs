@@ -74,12 +74,12 @@ pub struct Report {
 pub enum Kind {
     /// Two observations of one value disagree.
     Observation,
-    /// A check of [`revisions`].
-    Revisions,
+    /// A check of [`revisions`], by name.
+    Revisions(&'static str),
     /// No linearization of the key's operations exists.
     Key(String),
-    /// A watch record breaks a watch guarantee.
-    Watch,
+    /// A watch record breaks a watch guarantee, by name.
+    Watch(&'static str),
 }
 
 /// A failed check with the minimal sub-history that still fails it.
@@ -174,7 +174,7 @@ fn check_once(h: &History) -> Result<Report, Failed> {
     let p = prepare::prepare(h)
         .map_err(|c| Failed { kind: Kind::Observation, message: format!("{} (ops {:?})", c.message, c.ops) })?;
     revisions::check(&h.ops, &p)
-        .map_err(|f| Failed { kind: Kind::Revisions, message: format!("{} (ops {:?})", f.message, f.ops) })?;
+        .map_err(|f| Failed { kind: Kind::Revisions(f.check), message: format!("{} (ops {:?})", f.message, f.ops) })?;
 
     // Partitions: each key's ops (serializable reads aside), plus the revokes of every lease
     // a put attached to the key.
@@ -225,7 +225,7 @@ fn check_once(h: &History) -> Result<Report, Failed> {
     for w in &h.watches {
         report.watch_events += w.items.iter().filter(|i| matches!(i, WatchItem::Event(_))).count();
         watch::check(&h.ops, &p, w)
-            .map_err(|f| Failed { kind: Kind::Watch, message: format!("{} (ops {:?})", f.message, f.ops) })?;
+            .map_err(|f| Failed { kind: Kind::Watch(f.check), message: format!("{} (ops {:?})", f.message, f.ops) })?;
     }
     Ok(report)
 }

@@ -31,8 +31,6 @@ pub struct Prepared {
     pub status: Vec<Status>,
     /// value → index of the op that wrote it.
     pub writers: HashMap<String, usize>,
-    /// The highest revision any response or event showed.
-    pub revision_max: i64,
 }
 
 /// A contradiction found while preparing (it is a violation of the history, not a bug of
@@ -44,7 +42,7 @@ pub struct Contradiction {
 
 /// Derives [`Prepared`] from `h`. Panics when two requests wrote the same value (the
 /// workload guarantees unique values; the checker relies on it).
-pub fn prepare(h: &History) -> Result<Prepared, Contradiction> {
+pub fn prepare<'h>(h: &'h History) -> Result<Prepared, Contradiction> {
     let mut writers = HashMap::new();
     for (i, op) in h.ops.iter().enumerate() {
         if let Some(v) = op.input.written_value() {
@@ -55,8 +53,8 @@ pub fn prepare(h: &History) -> Result<Prepared, Contradiction> {
     let mut revision_max = h.ops.iter().filter_map(|o| o.output.as_ref()).map(Output::revision).max().unwrap_or(0);
 
     // value → (mod_revision, the op that saw it) from reads, watch events and prev_kv.
-    let mut seen: HashMap<&str, (i64, Option<usize>)> = HashMap::new();
-    let mut observe = |value: &str, rev: i64, by: Option<usize>| -> Result<(), Contradiction> {
+    let mut seen: HashMap<&'h str, (i64, Option<usize>)> = HashMap::new();
+    let mut observe = |value: &'h str, rev: i64, by: Option<usize>| -> Result<(), Contradiction> {
         match seen.get(value) {
             Some(&(r, other)) if r != rev => Err(Contradiction {
                 message: format!("value {value:?} was seen at mod_revision {r} and at {rev}"),
@@ -113,7 +111,7 @@ pub fn prepare(h: &History) -> Result<Prepared, Contradiction> {
         outputs.push(out);
         status.push(st);
     }
-    Ok(Prepared { outputs, status, writers, revision_max })
+    Ok(Prepared { outputs, status, writers })
 }
 
 /// Whether the watch records together delivered every revision `1..=revision_max` for `key`.

@@ -20,12 +20,14 @@ use super::prepare::{Prepared, Status};
 
 /// A failed check: what and which ops (indices into `History::ops`).
 pub struct Failure {
+    /// Which rule: a short stable name (`"real time"`, `"gap"`, ...).
+    pub check: &'static str,
     pub message: String,
     pub ops: Vec<usize>,
 }
 
-fn fail(message: String, ops: Vec<usize>) -> Result<(), Failure> {
-    Err(Failure { message, ops })
+fn fail(check: &'static str, message: String, ops: Vec<usize>) -> Result<(), Failure> {
+    Err(Failure { check, message, ops })
 }
 
 /// Runs every check of this module.
@@ -44,14 +46,23 @@ fn values_were_written(ops: &[Op], p: &Prepared) -> Result<(), Failure> {
             continue;
         };
         let Some(w) = p.writer_of(ops, key, &kv.value) else {
-            return fail(format!("read of {key:?} shows {:?}, which no request wrote to it", kv.value), vec![i]);
+            return fail(
+                "value",
+                format!("read of {key:?} shows {:?}, which no request wrote to it", kv.value),
+                vec![i],
+            );
         };
         if kv.mod_revision > *revision {
-            return fail(format!("read at revision {revision} shows a value of revision {}", kv.mod_revision), vec![i]);
+            return fail(
+                "value",
+                format!("read at revision {revision} shows a value of revision {}", kv.mod_revision),
+                vec![i],
+            );
         }
         if let Some(r) = p.made_revision(w) {
             if r != kv.mod_revision {
                 return fail(
+                    "value",
                     format!(
                         "read shows {:?} at mod_revision {} but its write made revision {r}",
                         kv.value, kv.mod_revision
@@ -69,7 +80,7 @@ fn revisions_unique(ops: &[Op], p: &Prepared) -> Result<(), Failure> {
     for i in 0..ops.len() {
         if let Some(r) = p.made_revision(i) {
             if let Some(other) = by_revision.insert(r, i) {
-                return fail(format!("two writes made revision {r}"), vec![other, i]);
+                return fail("unique revision", format!("two writes made revision {r}"), vec![other, i]);
             }
         }
     }
@@ -84,7 +95,11 @@ fn clients_monotonic(ops: &[Op], _p: &Prepared) -> Result<(), Failure> {
         let rev = ops[i].output.as_ref().expect("filtered").revision();
         if let Some(&(prev, j)) = last.get(&ops[i].client) {
             if rev < prev {
-                return fail(format!("client {} saw revision {prev} and then {rev}", ops[i].client), vec![j, i]);
+                return fail(
+                    "client order",
+                    format!("client {} saw revision {prev} and then {rev}", ops[i].client),
+                    vec![j, i],
+                );
             }
         }
         last.insert(ops[i].client, (rev, i));
@@ -123,12 +138,14 @@ fn real_time(ops: &[Op], p: &Prepared) -> Result<(), Failure> {
         let rev = out.revision();
         if out.made_revision() && rev <= m {
             return fail(
+                "real time",
                 format!("a write made revision {rev} after an operation that had completed showed revision {m}"),
                 vec![j, i],
             );
         }
         if rev < m {
             return fail(
+                "real time",
                 format!("an operation showed revision {rev} after one that had completed showed revision {m}"),
                 vec![j, i],
             );
@@ -156,12 +173,20 @@ fn leases(ops: &[Op], p: &Prepared) -> Result<(), Failure> {
         }
         if let (Some(&g), Some(c)) = (grants.get(&lease), op.complete) {
             if c < ops[g].invoke {
-                return fail(format!("a put to lease {lease} succeeded before the lease was granted"), vec![i, g]);
+                return fail(
+                    "lease",
+                    format!("a put to lease {lease} succeeded before the lease was granted"),
+                    vec![i, g],
+                );
             }
         }
         for &r in revokes.get(&lease).map(Vec::as_slice).unwrap_or_default() {
             if ops[r].complete.is_some_and(|c| c < op.invoke) {
-                return fail(format!("a put to lease {lease} succeeded after the lease was revoked"), vec![r, i]);
+                return fail(
+                    "lease",
+                    format!("a put to lease {lease} succeeded after the lease was revoked"),
+                    vec![r, i],
+                );
             }
         }
     }
@@ -251,7 +276,7 @@ fn serializable_reads(ops: &[Op], p: &Prepared) -> Result<(), Failure> {
             if let Some(tl) = t.get(key.as_str()) {
                 involved.extend(tl.range(..=*revision).next_back().and_then(|(_, w)| *w));
             }
-            return fail(format!("serializable read: {message}"), involved);
+            return fail("serializable read", format!("serializable read: {message}"), involved);
         }
     }
     Ok(())

@@ -155,7 +155,7 @@ fn catches_a_stale_read_by_its_revision() {
     let mut b = B::default();
     b.put(0, (0, 1), "k", "a", 2).put(0, (2, 3), "j", "b", 3).get(1, (4, 5), "k", Some(("a", 2)), 2);
     let v = violation(&b.history());
-    assert_eq!(v.kind, Kind::Revisions, "{v}");
+    assert_eq!(v.kind, Kind::Revisions("real time"), "{v}");
 }
 
 #[test]
@@ -191,7 +191,7 @@ fn catches_a_put_to_a_revoked_lease() {
     b.op(0, (0, Some(1)), Input::LeaseGrant { id: 7 }, Some(Output::LeaseGrant { revision: 1 }));
     b.op(0, (2, Some(3)), Input::LeaseRevoke { id: 7 }, Some(Output::LeaseRevoke { revision: 1 }));
     b.op(1, (4, Some(5)), put("k", "a", 7), Some(Output::Put { revision: 2 }));
-    assert_eq!(violation(&b.history()).kind, Kind::Revisions);
+    assert_eq!(violation(&b.history()).kind, Kind::Revisions("lease"));
 }
 
 /// A correct history of writes at revisions 2..=4 on "k", for the watch tests.
@@ -211,7 +211,7 @@ fn catches_a_duplicated_watch_event() {
     duplicated.insert(1, event("k", Some("a"), 2, None));
     h.watches[0].items = duplicated;
     let v = violation(&h);
-    assert_eq!(v.kind, Kind::Watch);
+    assert_eq!(v.kind, Kind::Watch("duplicate"), "{v}");
     assert!(v.message.contains("twice"), "{v}");
 }
 
@@ -251,7 +251,7 @@ fn catches_a_wrong_prev_kv_and_an_event_nobody_wrote() {
     let v = violation(&h);
     assert!(v.message.contains("prev_kv"), "{v}");
     h.watches[0].items = vec![event("k", Some("z"), 3, Some(("a", 2)))];
-    assert_eq!(violation(&h).kind, Kind::Watch);
+    assert_eq!(violation(&h).kind, Kind::Watch("match"));
 }
 
 #[test]
@@ -265,12 +265,12 @@ fn serializable_reads_may_be_stale_but_not_inconsistent() {
     // The same value claimed at revision 4, which overwrote it: no revision had that state.
     let mut h = b.history();
     h.ops[3].output = Some(Output::Get { revision: 4, kv: Some(Kv { value: "a".into(), mod_revision: 2 }) });
-    assert_eq!(violation(&h).kind, Kind::Revisions);
+    assert_eq!(violation(&h).kind, Kind::Revisions("serializable read"));
     // A client that wrote revision 4 and then reads revision 2 went backwards.
     let mut h = b.history();
     h.ops[3].client = 0;
     let v = violation(&h);
-    assert!(v.message.contains("client 0 saw revision 4 and then 2"), "{v}");
+    assert_eq!(v.kind, Kind::Revisions("client order"), "{v}");
 }
 
 #[test]

@@ -23,7 +23,7 @@ use super::revisions::{state_at, timelines, Failure};
 /// and its message carries the item.
 pub fn check(ops: &[Op], p: &Prepared, w: &WatchRecord) -> Result<(), Failure> {
     let t = timelines(ops, p);
-    let fail = |message: String, ops: Vec<usize>| Err(Failure { message, ops });
+    let fail = |check: &'static str, message: String, ops: Vec<usize>| Err(Failure { check, message, ops });
     let mut last_revision = 0i64;
     let mut progress = 0i64;
     let mut delivered: HashSet<(i64, &str)> = HashSet::new();
@@ -45,22 +45,22 @@ pub fn check(ops: &[Op], p: &Prepared, w: &WatchRecord) -> Result<(), Failure> {
             e.mod_revision
         );
         if !e.key.starts_with(&w.prefix) {
-            return fail(format!("{at}: outside the watched prefix {:?}", w.prefix), vec![]);
+            return fail("range", format!("{at}: outside the watched prefix {:?}", w.prefix), vec![]);
         }
         if e.mod_revision < w.start_revision {
-            return fail(format!("{at}: before the start revision {}", w.start_revision), vec![]);
+            return fail("range", format!("{at}: before the start revision {}", w.start_revision), vec![]);
         }
         if e.mod_revision < last_revision {
-            return fail(format!("{at}: after an event at revision {last_revision}"), vec![]);
+            return fail("order", format!("{at}: after an event at revision {last_revision}"), vec![]);
         }
         if e.mod_revision <= progress {
-            return fail(format!("{at}: after a progress notification at revision {progress}"), vec![]);
+            return fail("progress", format!("{at}: after a progress notification at revision {progress}"), vec![]);
         }
         if e.header_revision < e.mod_revision {
-            return fail(format!("{at}: in a response with header revision {}", e.header_revision), vec![]);
+            return fail("header", format!("{at}: in a response with header revision {}", e.header_revision), vec![]);
         }
         if !delivered.insert((e.mod_revision, e.key.as_str())) {
-            return fail(format!("{at}: delivered twice"), vec![]);
+            return fail("duplicate", format!("{at}: delivered twice"), vec![]);
         }
         last_revision = e.mod_revision;
 
@@ -77,15 +77,15 @@ pub fn check(ops: &[Op], p: &Prepared, w: &WatchRecord) -> Result<(), Failure> {
                 _ => false,
             });
             if !explained {
-                return fail(format!("{at}: no delete or revoke of the history explains it"), vec![]);
+                return fail("match", format!("{at}: no delete or revoke of the history explains it"), vec![]);
             }
         } else {
             let Some(wr) = p.writer_of(ops, &e.key, &e.value) else {
-                return fail(format!("{at}: value {:?} was never written to the key", e.value), vec![]);
+                return fail("match", format!("{at}: value {:?} was never written to the key", e.value), vec![]);
             };
             involved.push(wr);
             if let Some(r) = p.made_revision(wr).filter(|r| *r != e.mod_revision) {
-                return fail(format!("{at}: its write made revision {r}"), involved);
+                return fail("match", format!("{at}: its write made revision {r}"), involved);
             }
         }
 
@@ -94,6 +94,7 @@ pub fn check(ops: &[Op], p: &Prepared, w: &WatchRecord) -> Result<(), Failure> {
             match previous.get(e.key.as_str()) {
                 Some(expected) if *expected != e.prev => {
                     return fail(
+                        "prev_kv",
                         format!("{at}: prev_kv {:?}, but the stream's previous version is {expected:?}", e.prev),
                         involved,
                     )
@@ -101,15 +102,19 @@ pub fn check(ops: &[Op], p: &Prepared, w: &WatchRecord) -> Result<(), Failure> {
                 Some(_) => {}
                 None => {
                     if e.delete && e.prev.is_none() {
-                        return fail(format!("{at}: a DELETE without prev_kv"), involved);
+                        return fail("prev_kv", format!("{at}: a DELETE without prev_kv"), involved);
                     }
                     if let Some(prev) = &e.prev {
                         if prev.mod_revision >= e.mod_revision {
-                            return fail(format!("{at}: prev_kv of revision {}", prev.mod_revision), involved);
+                            return fail(
+                                "prev_kv",
+                                format!("{at}: prev_kv of revision {}", prev.mod_revision),
+                                involved,
+                            );
                         }
                     }
                     if let Err(m) = state_at(ops, p, t.get(&e.key), &e.key, e.mod_revision - 1, e.prev.as_ref()) {
-                        return fail(format!("{at}: prev_kv: {m}"), involved);
+                        return fail("prev_kv", format!("{at}: prev_kv: {m}"), involved);
                     }
                 }
             }
@@ -121,13 +126,13 @@ pub fn check(ops: &[Op], p: &Prepared, w: &WatchRecord) -> Result<(), Failure> {
     // No gaps: every known write in range from the start revision to what the stream covered.
     let covered = w.covered_revision();
     for (key, timeline) in &t {
-        if !key.starts_with(&w.prefix) {
+        if !key.starts_with(&w.prefix) || covered < w.start_revision {
             continue;
         }
         for (&rev, &writer) in timeline.range(w.start_revision..=covered) {
             if !delivered.contains(&(rev, key.as_str())) {
                 let op = writer.or_else(|| (0..ops.len()).find(|&i| p.made_revision(i) == Some(rev)));
-                return fail(
+                return fail("gap", 
                     format!(
                         "watch {}: the write of {key:?} at revision {rev} is missing (stream from {} covered up to {covered})",
                         w.watcher, w.start_revision
