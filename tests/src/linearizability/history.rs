@@ -39,6 +39,9 @@ pub enum Input {
     Delete { key: String },
     /// `Txn { compare } then { Put(key, value) } else { }`.
     Cas { key: String, compare: Compare, value: String },
+    /// One page of `Range([start, prefix end))` with `limit`, at `revision` (0: the current
+    /// one, linearizable), as a paginated list reads a prefix.
+    List { prefix: String, start: String, revision: i64, limit: i64 },
     /// `LeaseGrant(id)` with a TTL far longer than the run, so it never expires by itself.
     LeaseGrant { id: LeaseId },
     /// `LeaseRevoke(id)`: deletes every key attached to the lease, in one revision.
@@ -52,7 +55,7 @@ impl Input {
             Input::Put { key, .. } | Input::Get { key, .. } | Input::Delete { key } | Input::Cas { key, .. } => {
                 Some(key)
             }
-            Input::LeaseGrant { .. } | Input::LeaseRevoke { .. } => None,
+            Input::List { .. } | Input::LeaseGrant { .. } | Input::LeaseRevoke { .. } => None,
         }
     }
 
@@ -75,12 +78,33 @@ pub struct Kv {
 /// A response; `revision` is always the response header's revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    Put { revision: i64 },
-    Get { revision: i64, kv: Option<Kv> },
-    Delete { revision: i64, deleted: i64 },
-    Cas { revision: i64, succeeded: bool },
-    LeaseGrant { revision: i64 },
-    LeaseRevoke { revision: i64 },
+    Put {
+        revision: i64,
+    },
+    Get {
+        revision: i64,
+        kv: Option<Kv>,
+    },
+    /// A page of a list: the keys in order with their versions, and whether more follow.
+    List {
+        revision: i64,
+        kvs: Vec<(String, Kv)>,
+        more: bool,
+    },
+    Delete {
+        revision: i64,
+        deleted: i64,
+    },
+    Cas {
+        revision: i64,
+        succeeded: bool,
+    },
+    LeaseGrant {
+        revision: i64,
+    },
+    LeaseRevoke {
+        revision: i64,
+    },
 }
 
 impl Output {
@@ -89,6 +113,7 @@ impl Output {
         match self {
             Output::Put { revision }
             | Output::Get { revision, .. }
+            | Output::List { revision, .. }
             | Output::Delete { revision, .. }
             | Output::Cas { revision, .. }
             | Output::LeaseGrant { revision }
@@ -104,7 +129,7 @@ impl Output {
             Output::Cas { succeeded, .. } => *succeeded,
             // A revoke makes a revision only when it deleted a key, which its response
             // does not say.
-            Output::Get { .. } | Output::LeaseGrant { .. } | Output::LeaseRevoke { .. } => false,
+            Output::Get { .. } | Output::List { .. } | Output::LeaseGrant { .. } | Output::LeaseRevoke { .. } => false,
         }
     }
 }

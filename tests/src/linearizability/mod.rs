@@ -145,6 +145,9 @@ impl fmt::Display for Op {
                 write!(f, "get({key:?}{})", if *serializable { ", serializable" } else { "" })?
             }
             Input::Delete { key } => write!(f, "delete({key:?})")?,
+            Input::List { prefix, start, revision, limit } => {
+                write!(f, "list({prefix:?} from {start:?}, revision {revision}, limit {limit})")?
+            }
             Input::Cas { key, compare, value } => write!(f, "txn(if {compare:?} then put({key:?}, {value:?}))")?,
             Input::LeaseGrant { id } => write!(f, "lease_grant({id})")?,
             Input::LeaseRevoke { id } => write!(f, "lease_revoke({id})")?,
@@ -234,8 +237,13 @@ fn check_once(h: &History) -> Result<Report, Failed> {
 fn only_reads(op: &Op) -> bool {
     matches!(
         op.output,
-        Some(Output::Get { .. } | Output::Cas { succeeded: false, .. } | Output::Delete { deleted: 0, .. })
-    ) || matches!(op.input, Input::Get { .. })
+        Some(
+            Output::Get { .. }
+                | Output::List { .. }
+                | Output::Cas { succeeded: false, .. }
+                | Output::Delete { deleted: 0, .. }
+        )
+    ) || matches!(op.input, Input::Get { .. } | Input::List { .. })
 }
 
 /// Removes ops, watch records and watch items while the same check still fails, within

@@ -68,8 +68,14 @@ pub fn prepare<'h>(h: &'h History) -> Result<Prepared, Contradiction> {
         }
     };
     for (i, op) in h.ops.iter().enumerate() {
-        if let Some(Output::Get { kv: Some(kv), .. }) = &op.output {
-            observe(&kv.value, kv.mod_revision, Some(i))?;
+        match &op.output {
+            Some(Output::Get { kv: Some(kv), .. }) => observe(&kv.value, kv.mod_revision, Some(i))?,
+            Some(Output::List { kvs, .. }) => {
+                for (_, kv) in kvs {
+                    observe(&kv.value, kv.mod_revision, Some(i))?;
+                }
+            }
+            _ => {}
         }
     }
     for w in &h.watches {
@@ -93,7 +99,7 @@ pub fn prepare<'h>(h: &'h History) -> Result<Prepared, Contradiction> {
     for op in &h.ops {
         let (out, st) = match (&op.output, &op.input) {
             (Some(o), _) => (Some(o.clone()), Status::Must),
-            (None, Input::Get { .. } | Input::LeaseGrant { .. }) => (None, Status::Dropped),
+            (None, Input::Get { .. } | Input::List { .. } | Input::LeaseGrant { .. }) => (None, Status::Dropped),
             (None, Input::Put { value, key, .. } | Input::Cas { value, key, .. }) => match seen.get(value.as_str()) {
                 Some(&(rev, _)) => {
                     let out = if matches!(op.input, Input::Put { .. }) {

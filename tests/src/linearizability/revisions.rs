@@ -10,6 +10,8 @@
 //!   (serializable reads are exempt: they may be stale);
 //! - a put attached to a lease was not answered after the lease's revoke had completed, nor
 //!   before its grant was invoked;
+//! - a page of a list at revision `R` shows every key of its range as `R` had it (by the
+//!   known writes), in key order, within its limit;
 //! - a serializable read shows the key as some revision `h` had it: its value's write is the
 //!   last known write at or below `h` (sequential consistency, with the per-client rule).
 
@@ -37,7 +39,8 @@ pub fn check(ops: &[Op], p: &Prepared) -> Result<(), Failure> {
     clients_monotonic(ops, p)?;
     real_time(ops, p)?;
     leases(ops, p)?;
-    serializable_reads(ops, p)
+    serializable_reads(ops, p)?;
+    lists(ops, p)
 }
 
 fn values_were_written(ops: &[Op], p: &Prepared) -> Result<(), Failure> {
@@ -235,6 +238,12 @@ pub fn state_at(
             let w = p
                 .writer_of(ops, key, &kv.value)
                 .ok_or_else(|| format!("{:?} was never written to {key:?}", kv.value))?;
+            if let Some(r) = p.made_revision(w).filter(|r| *r != kv.mod_revision) {
+                return Err(format!(
+                    "{key:?} shows {:?} at mod_revision {} but its write made revision {r}",
+                    kv.value, kv.mod_revision
+                ));
+            }
             if let Some((&r, _)) = last_known.filter(|(&r, _)| r > kv.mod_revision) {
                 return Err(format!(
                     "{key:?} at revision {at} shows the value of revision {} but revision {r} overwrote it",
@@ -277,6 +286,60 @@ fn serializable_reads(ops: &[Op], p: &Prepared) -> Result<(), Failure> {
                 involved.extend(tl.range(..=*revision).next_back().and_then(|(_, w)| *w));
             }
             return fail("serializable read", format!("serializable read: {message}"), involved);
+        }
+    }
+    Ok(())
+}
+
+/// The end of the range of keys starting with `prefix` (etcd's `WithPrefix`).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn lists(ops: &[Op], p: &Prepared) -> Result<(), Failure> {
+    let t = timelines(ops, p);
+    for (i, op) in ops.iter().enumerate() {
+        let (Input::List { prefix, start, revision: at, limit }, Some(Output::List { revision, kvs, more })) =
+            (&op.input, &op.output)
+        else {
+            continue;
+        };
+        let at = if *at > 0 { *at } else { *revision };
+        if i64::try_from(kvs.len()).expect("a page fits i64") > *limit {
+            return fail("list", format!("a page of limit {limit} holds {} keys", kvs.len()), vec![i]);
+        }
+        let end = prefix_end(prefix);
+        let mut last: Option<&str> = None;
+        for (key, kv) in kvs {
+            if key.as_str() < start.as_str() || key.as_bytes() >= end.as_slice() || !key.starts_with(prefix.as_str()) {
+                return fail("list", format!("{key:?} is outside the listed range"), vec![i]);
+            }
+            if last.is_some_and(|l| l >= key.as_str()) {
+                return fail("list", format!("{key:?} after {last:?}: not in key order"), vec![i]);
+            }
+            last = Some(key);
+            if let Err(m) = state_at(ops, p, t.get(key.as_str()), key, at, Some(kv)) {
+                return fail("list", format!("list at revision {at}: {m}"), vec![i]);
+            }
+        }
+        // Every key of the range the page covers that it does not show was absent at `at`.
+        let covered_to = if *more { last } else { None };
+        for (key, timeline) in &t {
+            let inside = key.as_str() >= start.as_str()
+                && key.starts_with(prefix.as_str())
+                && covered_to.is_none_or(|l| key.as_str() <= l);
+            if inside && !kvs.iter().any(|(k, _)| k == key) {
+                if let Err(m) = state_at(ops, p, Some(timeline), key, at, None) {
+                    return fail("list", format!("list at revision {at} misses {key:?}: {m}"), vec![i]);
+                }
+            }
         }
     }
     Ok(())

@@ -351,7 +351,11 @@ impl Generated {
                     let lease = leases_live.iter().find(|(owner, _)| *owner == c).map_or(0, |l| l.1);
                     put(&key, &format!("v{n}"), if self.rng.random_bool(0.5) { lease } else { 0 })
                 }
-                35..70 => Input::Get { key, serializable: false },
+                35..63 => Input::Get { key, serializable: false },
+                63..70 => {
+                    let start = format!("k{}", self.rng.random_range(0..3));
+                    Input::List { prefix: "k".into(), start, revision: 0, limit: 2 }
+                }
                 70..78 => Input::Delete { key },
                 78..90 => {
                     let compare = if self.rng.random_bool(0.5) {
@@ -453,6 +457,18 @@ impl Generated {
                 }
                 Output::Cas { revision: *revision, succeeded: holds }
             }
+            Input::List { prefix, start, limit, .. } => {
+                let limit = usize::try_from(*limit).expect("a positive limit");
+                let mut kvs: Vec<(String, Kv)> = kv
+                    .range(start.clone()..)
+                    .filter(|(k, _)| k.starts_with(prefix.as_str()))
+                    .map(|(k, (v, m, _))| (k.clone(), Kv { value: v.clone(), mod_revision: *m }))
+                    .take(limit + 1)
+                    .collect();
+                let more = kvs.len() > limit;
+                kvs.truncate(limit);
+                Output::List { revision: *revision, kvs, more }
+            }
             Input::LeaseGrant { .. } => Output::LeaseGrant { revision: *revision },
             Input::LeaseRevoke { id } => {
                 let attached: Vec<String> = kv.iter().filter(|(_, s)| s.2 == *id).map(|(k, _)| k.clone()).collect();
@@ -466,5 +482,37 @@ impl Generated {
             }
         };
         (out, events)
+    }
+}
+
+#[test]
+fn a_paginated_list_shows_its_revision() {
+    let mut b = three_writes();
+    b.put(0, (6, 7), "kz", "z", 5);
+    let page = |start: &str, revision: i64, kvs: Vec<(&str, &str, i64)>, more: bool| {
+        let input = Input::List { prefix: "k".into(), start: start.into(), revision, limit: 1 };
+        let kvs =
+            kvs.into_iter().map(|(k, v, m)| (k.to_owned(), Kv { value: v.to_owned(), mod_revision: m })).collect();
+        (input, Output::List { revision: 5, kvs, more })
+    };
+    // Page 1 at the current revision, page 2 at the revision of page 1.
+    let mut good = b.history();
+    for (input, output) in [page("k", 0, vec![("k", "c", 4)], true), page("k\0", 5, vec![("kz", "z", 5)], false)] {
+        good.ops.push(Op { client: 1, invoke: 8 * MS, complete: Some(9 * MS), input, output: Some(output) });
+    }
+    accepted(&good);
+    // At revision 3, "k" held "b" and "kz" did not exist.
+    let mut old = b.history();
+    let (input, output) = page("k", 3, vec![("k", "b", 3)], false);
+    old.ops.push(Op { client: 1, invoke: 8 * MS, complete: Some(9 * MS), input, output: Some(output) });
+    accepted(&old);
+    for (input, output) in [
+        page("k", 3, vec![("k", "c", 4)], false),
+        page("k\0", 5, vec![], false),
+        page("k", 0, vec![("kz", "z", 5)], false),
+    ] {
+        let mut bad = b.history();
+        bad.ops.push(Op { client: 1, invoke: 8 * MS, complete: Some(9 * MS), input, output: Some(output) });
+        assert_eq!(violation(&bad).kind, Kind::Revisions("list"));
     }
 }
