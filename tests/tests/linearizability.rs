@@ -1,22 +1,28 @@
 //! Linearizability of a real 3-member cluster under process faults.
 //!
-//! Eight concurrent clients (etcd-client) send puts, linearizable and serializable gets,
-//! deletes, compare-and-swap txns on `mod_revision` or value, and lease grant / put with
-//! lease / revoke to a small key set, each through one member and moving to the next one
-//! when a request fails. Two watchers follow the key prefix with `prev_kv` and ask for
-//! progress notifications; one from revision 1, one from a past revision picked mid-run; a
-//! watcher that loses its stream resumes on another member after the last revision it saw.
-//! Meanwhile a seeded schedule injects faults: SIGKILL of the leader and restart, SIGKILL of
-//! a follower and restart, SIGSTOP/SIGCONT of the leader or a follower. Afterwards every
+//! Eight concurrent clients (etcd-client) send requests, each through one member, moving to
+//! the next member when a request fails; two workloads:
+//! - mixed: puts, linearizable and serializable gets, deletes, compare-and-swap txns on
+//!   `mod_revision` or value, and lease grant / put with lease / revoke, on a small key set;
+//! - Kubernetes-shaped: read-modify-write through txns on `mod_revision`, creates and
+//!   deletes, paginated lists of the prefix at one revision, event keys attached to leases
+//!   that are revoked, serializable gets, and a compaction every few hundred milliseconds.
+//!
+//! Two watchers follow the prefix with `prev_kv` and ask for progress notifications: one
+//! from revision 1, one from a past revision picked mid-run; a watcher that loses its stream
+//! resumes on another member after the last revision it saw (after a compaction, from the
+//! oldest revision kept). Meanwhile a seeded schedule injects faults: SIGKILL of the leader
+//! or a follower and restart, SIGSTOP/SIGCONT of the leader or a follower. Afterwards every
 //! member runs again, the watchers catch up to the final revision, and the recorded history
 //! goes through [`plinth_tests::linearizability::check`].
 //!
 //! `PLINTH_LIN_SEED=<u64>` replays a seed (the schedule of faults and each client's choice
 //! of operations; the timing of real processes still varies). The seed is printed first and
-//! with every failure. The run ends with one line for `make soak`:
+//! with every failure. Each scenario ends with one line for `make soak`:
 //! `lin-run: seed S, 1 history, V violations, F faults`.
 //!
-//! Bounded: start ≤ 20 s (typically 2 s), load 20 s, catch-up ≤ 10 s.
+//! Bounded: start ≤ 20 s (typically 2 s), load 20 s, catch-up ≤ 10 s, check a few seconds;
+//! the two scenarios run one after the other.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -51,6 +57,8 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
 const LEASE_TTL_SECONDS: i64 = 600;
 /// Sessions per client in the history's client numbers (`client * SESSIONS_MAX + session`).
 const SESSIONS_MAX: usize = 1000;
+/// How often the Kubernetes workload compacts.
+const COMPACT_EVERY: Duration = Duration::from_millis(300);
 /// How often a watcher asks for a progress notification.
 const PROGRESS_EVERY: Duration = Duration::from_millis(400);
 
@@ -82,8 +90,13 @@ async fn connect_any(endpoints: &[String], next: &mut usize, stop: &AtomicBool) 
     None
 }
 
-fn key_of(i: usize) -> String {
-    format!("{PREFIX}{i}")
+/// The end of the range of keys that start with `prefix` (ASCII, not ending in 0xff).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    let last = end.last_mut().expect("a non-empty prefix");
+    assert!(*last < 0xff, "prefix {prefix:?} ends in 0xff");
+    *last += 1;
+    end
 }
 
 fn kv_of(kv: Option<&etcd_client::KeyValue>) -> Option<Kv> {
@@ -105,6 +118,17 @@ async fn send(client: &mut Client, input: &Input) -> Result<Output, bool> {
                 let opts = serializable.then(|| GetOptions::new().with_serializable());
                 let r = client.get(key.as_str(), opts).await?;
                 Output::Get { revision: revision(r.header()), kv: kv_of(r.kvs().first()) }
+            }
+            Input::List { prefix, start, revision: at, limit } => {
+                let end = prefix_end(prefix);
+                let opts = GetOptions::new().with_range(end).with_revision(*at).with_limit(*limit);
+                let r = client.get(start.as_str(), Some(opts)).await?;
+                let kvs = r
+                    .kvs()
+                    .iter()
+                    .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv_of(Some(kv)).expect("a kv")))
+                    .collect();
+                Output::List { revision: revision(r.header()), kvs, more: r.more() }
             }
             Input::Delete { key } => {
                 let r = client.delete(key.as_str(), None).await?;
@@ -131,80 +155,191 @@ async fn send(client: &mut Client, input: &Input) -> Result<Output, bool> {
     };
     match tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_millis(500), request).await {
         Ok(Ok(out)) => Ok(out),
-        // "requested lease not found" is decided before anything is proposed.
-        Ok(Err(etcd_client::Error::GRpcStatus(s))) if s.code() == tonic::Code::NotFound => Err(true),
+        // "requested lease not found" and "required revision has been compacted" are decided
+        // before anything is proposed.
+        Ok(Err(etcd_client::Error::GRpcStatus(s)))
+            if matches!(s.code(), tonic::Code::NotFound | tonic::Code::OutOfRange) =>
+        {
+            Err(true)
+        }
         _ => Err(false),
     }
 }
 
-/// One client: a seeded mix of operations until `stop`.
-async fn client(c: usize, seed: u64, endpoints: Vec<String>, rec: Arc<Recorder>, stop: Arc<AtomicBool>) {
-    let mut rng = StdRng::seed_from_u64(seed ^ (c as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let mut next = c;
-    let Some(mut conn) = connect_any(&endpoints, &mut next, &stop).await else { return };
-    // What this client last read of each key, for its compare-and-swaps.
-    let mut seen: Vec<Option<Kv>> = vec![None; KEYS];
-    let mut lease: Option<i64> = None;
-    let mut n = 0u64;
-    // A new connection (to another member, or to a restarted one) starts a new session: a
-    // serializable read may legitimately see an older revision than the previous member
-    // served, so the checker's per-client rules apply per session.
-    let mut session = 0;
-    while !stop.load(Ordering::Relaxed) {
-        n += 1;
-        let k = rng.random_range(0..KEYS);
-        let key = key_of(k);
-        let value = format!("c{c}-{n}");
-        let input = match rng.random_range(0..100) {
-            0..30 => Input::Put { key, value, lease: if rng.random_bool(0.3) { lease.unwrap_or(0) } else { 0 } },
-            30..55 => Input::Get { key, serializable: false },
-            55..65 => Input::Get { key, serializable: true },
-            65..72 => Input::Delete { key },
-            72..90 => {
-                let compare = match &seen[k] {
-                    Some(kv) if rng.random_bool(0.5) => Compare::Value(kv.value.clone()),
-                    Some(kv) => Compare::ModRevision(kv.mod_revision),
-                    None => Compare::ModRevision(0),
-                };
-                Input::Cas { key, compare, value }
-            }
-            _ => match lease.take() {
-                Some(id) => Input::LeaseRevoke { id },
-                None => {
-                    let id = ((c as i64 + 1) << 32) | n as i64;
-                    lease = Some(id);
-                    Input::LeaseGrant { id }
-                }
-            },
-        };
-        let id = rec.invoke(c * SESSIONS_MAX + session, input.clone());
-        match send(&mut conn, &input).await {
+/// What the clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    /// Puts, gets (both kinds), deletes, compare-and-swaps on value or `mod_revision`, lease
+    /// grant, put with lease and revoke, on [`KEYS`] shared keys.
+    Mixed,
+    /// What kube-apiserver sends: read-modify-write through a txn on `mod_revision`, creates
+    /// and deletes, paginated lists of the prefix at one revision, events attached to leases,
+    /// a compaction every few hundred milliseconds, and watches from a revision.
+    Kubernetes,
+}
+
+/// One client's connection and its place in the history.
+struct Session {
+    c: usize,
+    endpoints: Vec<String>,
+    /// Index of the member to try next.
+    next: usize,
+    conn: Client,
+    /// A new connection (to another member, or to a restarted one) starts a new session: a
+    /// serializable read may legitimately see an older revision than the previous member
+    /// served, so the checker's per-client rules apply per session.
+    session: usize,
+    rec: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Session {
+    async fn open(c: usize, endpoints: Vec<String>, rec: Arc<Recorder>, stop: Arc<AtomicBool>) -> Option<Session> {
+        let mut next = c;
+        let conn = connect_any(&endpoints, &mut next, &stop).await?;
+        Some(Session { c, endpoints, next, conn, session: 0, rec, stop })
+    }
+
+    /// Sends and records `input`: `Ok(Some(output))` when it completed, `Ok(None)` when it
+    /// was refused or its outcome is unknown (then on a new connection), `Err(())` once the
+    /// run stops while reconnecting.
+    async fn exec(&mut self, input: Input) -> Result<Option<Output>, ()> {
+        let id = self.rec.invoke(self.c * SESSIONS_MAX + self.session, input.clone());
+        match send(&mut self.conn, &input).await {
             Ok(out) => {
-                if let Output::Get { kv, .. } = &out {
-                    seen[k] = kv.clone();
-                }
-                rec.complete(id, out);
+                self.rec.complete(id, out.clone());
+                Ok(Some(out))
             }
             Err(true) => {
-                rec.refused(id);
-                if matches!(input, Input::Put { lease: l, .. } if l != 0) {
-                    lease = None;
-                }
+                self.rec.refused(id);
+                Ok(None)
             }
             Err(false) => {
                 // Unknown outcome: left without a response; go to the next member.
-                let Some(c) = connect_any(&endpoints, &mut next, &stop).await else { return };
-                conn = c;
-                session = (session + 1) % SESSIONS_MAX;
+                self.conn = connect_any(&self.endpoints, &mut self.next, &self.stop).await.ok_or(())?;
+                self.session = (self.session + 1) % SESSIONS_MAX;
+                Ok(None)
             }
         }
     }
 }
 
+/// One client: a seeded mix of operations until `stop`.
+async fn client(c: usize, seed: u64, workload: Workload, prefix: &'static str, s: Session) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (c as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut s = s;
+    // What this client last read of each key, for its compare-and-swaps.
+    let mut seen: Vec<Option<Kv>> = vec![None; KEYS];
+    let mut lease: Option<i64> = None;
+    let mut n = 0u64;
+    while !s.stop.load(Ordering::Relaxed) {
+        n += 1;
+        let k = rng.random_range(0..KEYS);
+        let key = format!("{prefix}{k}");
+        let value = format!("c{c}-{n}");
+        let new_lease = |lease: &mut Option<i64>| {
+            let id = ((c as i64 + 1) << 32) | n as i64;
+            *lease = Some(id);
+            Input::LeaseGrant { id }
+        };
+        let outcome = match (workload, rng.random_range(0..100)) {
+            (Workload::Mixed, 0..30) => {
+                let lease = if rng.random_bool(0.3) { lease.unwrap_or(0) } else { 0 };
+                s.exec(Input::Put { key, value, lease }).await
+            }
+            (Workload::Mixed, 30..55) | (Workload::Kubernetes, 0..15) => {
+                let out = s.exec(Input::Get { key, serializable: false }).await;
+                if let Ok(Some(Output::Get { kv, .. })) = &out {
+                    seen[k] = kv.clone();
+                }
+                out
+            }
+            (Workload::Mixed, 55..65) | (Workload::Kubernetes, 15..25) => {
+                s.exec(Input::Get { key, serializable: true }).await
+            }
+            (Workload::Mixed, 65..72) | (Workload::Kubernetes, 25..32) => s.exec(Input::Delete { key }).await,
+            (Workload::Mixed, 72..90) => {
+                let compare = match &seen[k] {
+                    Some(kv) if rng.random_bool(0.5) => Compare::Value(kv.value.clone()),
+                    Some(kv) => Compare::ModRevision(kv.mod_revision),
+                    None => Compare::ModRevision(0),
+                };
+                s.exec(Input::Cas { key, compare, value }).await
+            }
+            (Workload::Kubernetes, 32..70) => {
+                // Read, then write only if nobody wrote in between (or create if absent).
+                match s.exec(Input::Get { key: key.clone(), serializable: false }).await {
+                    Ok(Some(Output::Get { kv, .. })) => {
+                        let compare = Compare::ModRevision(kv.map_or(0, |kv| kv.mod_revision));
+                        s.exec(Input::Cas { key, compare, value }).await
+                    }
+                    other => other,
+                }
+            }
+            (Workload::Kubernetes, 70..85) => list(&mut s, prefix).await,
+            (Workload::Kubernetes, 85..95) => match lease {
+                // An event: a key of its own, attached to the client's lease.
+                Some(id) => s.exec(Input::Put { key: format!("{prefix}events/{value}"), value, lease: id }).await,
+                None => s.exec(new_lease(&mut lease)).await,
+            },
+            (Workload::Mixed, _) | (Workload::Kubernetes, _) => match lease.take() {
+                Some(id) => s.exec(Input::LeaseRevoke { id }).await,
+                None => s.exec(new_lease(&mut lease)).await,
+            },
+        };
+        if outcome.is_err() {
+            return;
+        }
+    }
+}
+
+/// Pages through the prefix three keys at a time, the first page at the current revision and
+/// the rest at that revision, as a paginated list does.
+async fn list(s: &mut Session, prefix: &str) -> Result<Option<Output>, ()> {
+    /// Most pages one list reads.
+    const PAGES_MAX: usize = 10;
+    let mut start = prefix.to_owned();
+    let mut revision = 0;
+    let mut out = None;
+    for _ in 0..PAGES_MAX {
+        let input = Input::List { prefix: prefix.to_owned(), start: start.clone(), revision, limit: 3 };
+        out = s.exec(input).await?;
+        let Some(Output::List { revision: header, kvs, more }) = &out else { break };
+        if revision == 0 {
+            revision = *header;
+        }
+        match kvs.last() {
+            Some((last, _)) if *more => start = format!("{last}\0"),
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Compacts to 50 revisions behind the current one every [`COMPACT_EVERY`], until `stop`.
+async fn compactor(endpoints: Vec<String>, stop: Arc<AtomicBool>) -> usize {
+    let mut next = 0;
+    let mut compactions = 0;
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(COMPACT_EVERY).await;
+        let Some(mut c) = connect_any(&endpoints, &mut next, &stop).await else { break };
+        let Ok(Ok(r)) = tokio::time::timeout(REQUEST_TIMEOUT, c.get("compactor", None)).await else { continue };
+        let revision = r.header().map_or(0, |h| h.revision()) - 50;
+        if revision > 1 {
+            if let Ok(Ok(_)) = tokio::time::timeout(REQUEST_TIMEOUT, c.compact(revision, None)).await {
+                compactions += 1;
+            }
+        }
+    }
+    compactions
+}
+
 /// One watcher of the prefix from `start`, resuming on the next member after a broken
 /// stream, until `stop_at` holds a revision it has covered. Each stream is one record.
+#[allow(clippy::too_many_arguments)]
 async fn watcher(
     w: usize,
+    prefix: &'static str,
     start: i64,
     endpoints: Vec<String>,
     rec: Arc<Recorder>,
@@ -222,19 +357,21 @@ async fn watcher(
         }
         let Some(mut conn) = connect_any(&endpoints, &mut next, &give_up).await else { return };
         let opts = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(from);
-        let Ok(Ok(stream)) = tokio::time::timeout(REQUEST_TIMEOUT, conn.watch(PREFIX, Some(opts))).await else {
+        let Ok(Ok(stream)) = tokio::time::timeout(REQUEST_TIMEOUT, conn.watch(prefix, Some(opts))).await else {
             continue;
         };
         let (mut sender, mut responses) = stream.split();
         let mut record = WatchRecord {
             watcher: w,
-            prefix: PREFIX.to_owned(),
+            prefix: prefix.to_owned(),
             start_revision: from,
             prev_kv: true,
             items: Vec::new(),
         };
         let mut progress = tokio::time::interval(PROGRESS_EVERY);
         let mut stopped_at: Option<Instant> = None;
+        // Set when the stream was cancelled because its next revision was compacted away.
+        let mut compacted = 0;
         loop {
             if stop.load(Ordering::Relaxed) && stopped_at.is_none() {
                 stopped_at = Some(Instant::now());
@@ -258,6 +395,7 @@ async fn watcher(
                 m = tokio::time::timeout(REQUEST_TIMEOUT * 2, responses.message()) => {
                     let Ok(Ok(Some(resp))) = m else { break };
                     if resp.canceled() {
+                        compacted = resp.compact_revision();
                         break;
                     }
                     if resp.created() {
@@ -281,7 +419,9 @@ async fn watcher(
                 }
             }
         }
-        from = record.covered_revision() + 1;
+        // After a compaction the watcher starts again from the oldest revision kept, as a
+        // Kubernetes reflector relists; the revisions in between are not watched by it.
+        from = (record.covered_revision() + 1).max(compacted);
         rec.watch(record);
     }
 }
@@ -318,13 +458,28 @@ async fn faults(c: &mut Members, seed: u64, load_end: Instant) -> usize {
     }
 }
 
+/// The two scenarios share the machine's cores badly: they run one at a time.
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn linearizable_under_leader_kills_and_pauses() {
+    run(Workload::Mixed, PREFIX);
+}
+
+#[test]
+fn kubernetes_shaped_traffic_under_leader_kills_and_pauses() {
+    run(Workload::Kubernetes, "k8s/");
+}
+
+/// Runs one scenario: a fresh cluster, the clients of `workload` on keys under `prefix`, the
+/// watchers, the faults, then the check.
+fn run(workload: Workload, prefix: &'static str) {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let seed = seed();
-    eprintln!("PLINTH_LIN_SEED={seed}");
+    eprintln!("{workload:?}: PLINTH_LIN_SEED={seed}");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mut cluster = Members::start(MEMBERS, &[]);
-    let (injected, history) = rt.block_on(async {
+    let (injected, compactions, history) = rt.block_on(async {
         cluster.wait_leader(LEADER_TIMEOUT).await;
         let endpoints: Vec<String> = cluster.members.iter().map(|m| m.endpoint()).collect();
         let rec = Arc::new(Recorder::new());
@@ -332,10 +487,16 @@ fn linearizable_under_leader_kills_and_pauses() {
         let stop_at = Arc::new(AtomicI64::new(0));
         let mut tasks = Vec::new();
         for c in 0..CLIENTS {
-            tasks.push(tokio::spawn(client(c, seed, endpoints.clone(), rec.clone(), stop.clone())));
+            let Some(session) = Session::open(c, endpoints.clone(), rec.clone(), stop.clone()).await else {
+                panic!("seed {seed}: client {c} cannot connect\n{}", cluster.logs());
+            };
+            tasks.push(tokio::spawn(client(c, seed, workload, prefix, session)));
         }
+        let compactor =
+            (workload == Workload::Kubernetes).then(|| tokio::spawn(compactor(endpoints.clone(), stop.clone())));
         let mut watchers = vec![tokio::spawn(watcher(
             0,
+            prefix,
             1,
             endpoints.clone(),
             rec.clone(),
@@ -352,7 +513,7 @@ fn linearizable_under_leader_kills_and_pauses() {
                 tokio::time::sleep(LOAD / 3).await;
                 let revision = rec.history().ops.iter().filter_map(|o| o.output.as_ref()).map(Output::revision).max();
                 let from = (revision.unwrap_or(1) / 2).max(1);
-                watcher(1, from, endpoints, rec, stop, stop_at, CATCH_UP_TIMEOUT).await;
+                watcher(1, prefix, from, endpoints, rec, stop, stop_at, CATCH_UP_TIMEOUT).await;
             }
         };
         watchers.push(tokio::spawn(late));
@@ -363,6 +524,10 @@ fn linearizable_under_leader_kills_and_pauses() {
         for t in tasks {
             t.await.expect("client task");
         }
+        let compactions = match compactor {
+            Some(t) => t.await.expect("compactor task"),
+            None => 0,
+        };
         // Every member runs again; a final linearizable read gives the last revision, which
         // the watchers must reach.
         for i in 0..MEMBERS {
@@ -378,7 +543,7 @@ fn linearizable_under_leader_kills_and_pauses() {
         let deadline = Instant::now() + CATCH_UP_TIMEOUT;
         while last.is_none() && Instant::now() < deadline {
             if let Some(mut c) = connect(&cluster.members[leader].endpoint()).await {
-                let input = Input::Get { key: key_of(0), serializable: false };
+                let input = Input::Get { key: format!("{prefix}0"), serializable: false };
                 let id = rec.invoke(CLIENTS * SESSIONS_MAX, input.clone());
                 if let Ok(out) = send(&mut c, &input).await {
                     last = Some(out.revision());
@@ -392,27 +557,32 @@ fn linearizable_under_leader_kills_and_pauses() {
         for w in watchers {
             w.await.expect("watcher task");
         }
-        (injected, rec.history())
+        (injected, compactions, rec.history())
     });
     let unknown = history.ops.iter().filter(|o| o.complete.is_none()).count();
     eprintln!(
-        "{} ops ({unknown} unknown), {} watch records, {injected} faults",
+        "{workload:?}: {} ops ({unknown} unknown), {} watch records, {injected} faults, {compactions} compactions",
         history.ops.len(),
         history.watches.len()
     );
+    let checking = Instant::now();
     let verdict = linearizability::check(&history);
+    eprintln!("{workload:?}: checked in {:?}", checking.elapsed());
     let violations = usize::from(verdict.is_err());
     println!("lin-run: seed {seed}, 1 history, {violations} violations, {injected} faults");
     match verdict {
         Ok(report) => {
-            eprintln!("{report:?}");
+            eprintln!("{workload:?}: {report:?}");
             assert!(
                 report.inconclusive_keys.is_empty(),
                 "seed {seed}: inconclusive keys {:?}",
                 report.inconclusive_keys
             );
             assert!(history.ops.len() > 100, "seed {seed}: only {} ops: the cluster barely served", history.ops.len());
+            if workload == Workload::Kubernetes {
+                assert!(compactions > 0, "seed {seed}: no compaction ran");
+            }
         }
-        Err(v) => panic!("PLINTH_LIN_SEED={seed}: violation\n{v}\n{}", cluster.logs()),
+        Err(v) => panic!("{workload:?} PLINTH_LIN_SEED={seed}: violation\n{v}\n{}", cluster.logs()),
     }
 }

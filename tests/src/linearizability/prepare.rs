@@ -9,7 +9,7 @@
 //! every revision of the run did not take effect (a watch that missed it fails its own
 //! checks), so it is dropped; any other unknown write may or may not have happened.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::history::{History, Input, Op, Output, WatchItem};
 
@@ -31,6 +31,12 @@ pub struct Prepared {
     pub status: Vec<Status>,
     /// value → index of the op that wrote it.
     pub writers: HashMap<String, usize>,
+    /// lease → the header revisions of its completed revokes.
+    pub revoke_revisions: HashMap<i64, Vec<i64>>,
+    /// Keys an unknown delete may have deleted.
+    pub may_delete_keys: HashSet<String>,
+    /// Whether an unknown revoke may have deleted any key.
+    pub may_revoke: bool,
 }
 
 /// A contradiction found while preparing (it is a violation of the history, not a bug of
@@ -117,7 +123,22 @@ pub fn prepare<'h>(h: &'h History) -> Result<Prepared, Contradiction> {
         outputs.push(out);
         status.push(st);
     }
-    Ok(Prepared { outputs, status, writers })
+    let mut revoke_revisions: HashMap<i64, Vec<i64>> = HashMap::new();
+    let mut may_delete_keys = HashSet::new();
+    let mut may_revoke = false;
+    for (i, op) in h.ops.iter().enumerate() {
+        match (&op.input, status[i], &outputs[i]) {
+            (Input::LeaseRevoke { id }, Status::Must, Some(o)) => {
+                revoke_revisions.entry(*id).or_default().push(o.revision())
+            }
+            (Input::LeaseRevoke { .. }, Status::May, _) => may_revoke = true,
+            (Input::Delete { key }, Status::May, _) => {
+                may_delete_keys.insert(key.clone());
+            }
+            _ => {}
+        }
+    }
+    Ok(Prepared { outputs, status, writers, revoke_revisions, may_delete_keys, may_revoke })
 }
 
 /// Whether the watch records together delivered every revision `1..=revision_max` for `key`.

@@ -221,14 +221,11 @@ pub fn state_at(
     let empty = BTreeMap::new();
     let timeline = timeline.unwrap_or(&empty);
     let last_known = timeline.range(..=at).next_back();
-    let revoked_between = |w: usize, from: i64| -> Option<usize> {
+    // The revision of a completed revoke of `w`'s lease in `(from, at]`.
+    let revoked_between = |w: usize, from: i64| -> Option<i64> {
         let Input::Put { lease, .. } = ops[w].input else { return None };
-        (0..ops.len()).find(|&r| {
-            lease != 0
-                && ops[r].input == Input::LeaseRevoke { id: lease }
-                && p.status[r] == Status::Must
-                && p.outputs[r].as_ref().is_some_and(|o| o.revision() > from && o.revision() <= at)
-        })
+        let revisions = p.revoke_revisions.get(&lease)?;
+        revisions.iter().copied().find(|r| lease != 0 && *r > from && *r <= at)
     };
     match kv {
         Some(kv) => {
@@ -251,20 +248,13 @@ pub fn state_at(
                 ));
             }
             if let Some(r) = revoked_between(w, kv.mod_revision) {
-                return Err(format!("{key:?} at revision {at} shows a value whose lease was revoked (op {r}) before"));
+                return Err(format!("{key:?} at revision {at} shows a value whose lease was revoked at revision {r}"));
             }
             Ok(())
         }
         None => {
             let Some((&r, &Some(w))) = last_known else { return Ok(()) };
-            let may_delete = (0..ops.len()).any(|d| {
-                p.status[d] == Status::May
-                    && match &ops[d].input {
-                        Input::Delete { key: k } => k == key,
-                        Input::LeaseRevoke { .. } => true,
-                        _ => false,
-                    }
-            });
+            let may_delete = p.may_revoke || p.may_delete_keys.contains(key);
             if may_delete || revoked_between(w, r).is_some() {
                 return Ok(());
             }

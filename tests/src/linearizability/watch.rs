@@ -23,6 +23,16 @@ use super::revisions::{state_at, timelines, Failure};
 /// and its message carries the item.
 pub fn check(ops: &[Op], p: &Prepared, w: &WatchRecord) -> Result<(), Failure> {
     let t = timelines(ops, p);
+    // (key, revision) of every delete known to have deleted, and whether any revoke may
+    // have deleted keys (which keys a revoke deleted is not in its response).
+    let known_deletes: HashSet<(&str, i64)> = (0..ops.len())
+        .filter_map(|d| match &ops[d].input {
+            Input::Delete { key } => Some((key.as_str(), p.made_revision(d)?)),
+            _ => None,
+        })
+        .collect();
+    let any_revoke =
+        (0..ops.len()).any(|d| matches!(ops[d].input, Input::LeaseRevoke { .. }) && p.status[d] != Status::Dropped);
     let fail = |check: &'static str, message: String, ops: Vec<usize>| Err(Failure { check, message, ops });
     let mut last_revision = 0i64;
     let mut progress = 0i64;
@@ -67,15 +77,9 @@ pub fn check(ops: &[Op], p: &Prepared, w: &WatchRecord) -> Result<(), Failure> {
         // The event matches a write of the history.
         let mut involved = Vec::new();
         if e.delete {
-            let explained = (0..ops.len()).any(|d| match &ops[d].input {
-                Input::Delete { key } if *key == e.key => match p.status[d] {
-                    Status::Must => p.made_revision(d) == Some(e.mod_revision),
-                    Status::May => true,
-                    Status::Dropped => false,
-                },
-                Input::LeaseRevoke { .. } => p.status[d] != Status::Dropped,
-                _ => false,
-            });
+            let explained = known_deletes.contains(&(e.key.as_str(), e.mod_revision))
+                || any_revoke
+                || p.may_delete_keys.contains(&e.key);
             if !explained {
                 return fail("match", format!("{at}: no delete or revoke of the history explains it"), vec![]);
             }
