@@ -41,17 +41,25 @@ while (( $(date +%s) < end )); do
     rc=1
   fi
   seeds=$((seeds + 1))
-  line=$(grep -o 'lin-run: .*' "$out" | tail -n 1)
-  if [[ -n $line ]]; then
+  # One `lin-run:` line per scenario of the test binary (each one checked history).
+  found=0
+  while read -r line; do
     histories=$((histories + 1))
     f=$(sed -E 's/.* ([0-9]+) faults$/\1/' <<<"$line")
+    v=$(sed -E 's/.* ([0-9]+) violations,.*/\1/' <<<"$line")
     faults=$((faults + f))
+    found=$((found + v))
+  done < <(grep -o 'lin-run: .*' "$out")
+  # A failed run that reported no violation could not finish (no leader, no final read):
+  # it counts as one.
+  if (( rc != 0 && found == 0 )); then
+    found=1
   fi
+  violations=$((violations + found))
   if (( rc != 0 )); then
-    violations=$((violations + 1))
     echo "soak: process scenario FAILED, replay: PLINTH_LIN_SEED=$seed scripts/cargo test -p plinth-tests --test linearizability (output: $out)" >&2
   else
-    echo "soak: process seed $seed ok (${line#lin-run: })" >&2
+    echo "soak: process seed $seed ok ($(grep -c 'lin-run: ' "$out") histories)" >&2
     rm -f "$out"
   fi
 
