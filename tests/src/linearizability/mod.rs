@@ -27,7 +27,11 @@
 //!
 //! CAVEATS: keys are assumed to start absent, and leases never to expire during a run (the
 //! workload grants TTLs longer than the run); each key's search has a step budget and a key
-//! that exhausts it is reported inconclusive in the [`Report`], not accepted silently.
+//! that exhausts it is reported inconclusive in the [`Report`], not accepted silently. A
+//! revoke's response does not say which keys it deleted, so the watch gap check covers puts
+//! and deletes only, and serializable reads and list pages are checked against the writes of
+//! known revision (an unknown delete or revoke excuses a missing key). Values must be unique
+//! per run: the recorder's users guarantee it, and [`check`] panics otherwise.
 
 pub mod history;
 mod prepare;
