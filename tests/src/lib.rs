@@ -11,6 +11,8 @@
 //! * [`certs`] makes a CA and the certificates it signs with rcgen, at run time.
 //! * [`ctl`] runs etcdctl/etcdutl with time limits ([`process`]).
 //! * [`normalize`] blanks ids, terms, ports, sizes, versions and timings.
+//! * [`linearizability`] records what concurrent clients did and checks that the history was
+//!   linearizable and that every watch stream kept etcd's guarantees.
 //! * [`session::differential`] runs one script on both servers and diffs the transcripts.
 //!
 //! `PLINTH_DIFF_TARGET=etcd` compares etcd against a second etcd (harness self-check);
@@ -22,6 +24,7 @@ pub mod cluster;
 pub mod ctl;
 pub mod diff;
 pub mod etcd;
+pub mod linearizability;
 pub mod members;
 pub mod normalize;
 pub mod ports;

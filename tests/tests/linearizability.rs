@@ -1,0 +1,588 @@
+//! Linearizability of a real 3-member cluster under process faults.
+//!
+//! Eight concurrent clients (etcd-client) send requests, each through one member, moving to
+//! the next member when a request fails; two workloads:
+//! - mixed: puts, linearizable and serializable gets, deletes, compare-and-swap txns on
+//!   `mod_revision` or value, and lease grant / put with lease / revoke, on a small key set;
+//! - Kubernetes-shaped: read-modify-write through txns on `mod_revision`, creates and
+//!   deletes, paginated lists of the prefix at one revision, event keys attached to leases
+//!   that are revoked, serializable gets, and a compaction every few hundred milliseconds.
+//!
+//! Two watchers follow the prefix with `prev_kv` and ask for progress notifications: one
+//! from revision 1, one from a past revision picked mid-run; a watcher that loses its stream
+//! resumes on another member after the last revision it saw (after a compaction, from the
+//! oldest revision kept). Meanwhile a seeded schedule injects faults: SIGKILL of the leader
+//! or a follower and restart, SIGSTOP/SIGCONT of the leader or a follower. Afterwards every
+//! member runs again, the watchers catch up to the final revision, and the recorded history
+//! goes through [`plinth_tests::linearizability::check`].
+//!
+//! `PLINTH_LIN_SEED=<u64>` replays a seed (the schedule of faults and each client's choice
+//! of operations; the timing of real processes still varies). The seed is printed first and
+//! with every failure. Each scenario ends with one line for `make soak`:
+//! `lin-run: seed S, 1 history, V violations, F faults`.
+//!
+//! Bounded: start ≤ 20 s (typically 2 s), load 20 s, catch-up ≤ 10 s, check a few seconds;
+//! the two scenarios run one after the other.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, LeaseGrantOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
+use plinth_tests::linearizability::{self, Compare, Input, Kv, Output, Recorder, WatchEvent, WatchItem, WatchRecord};
+use plinth_tests::members::Members;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Members of the cluster under test.
+const MEMBERS: usize = 3;
+/// Concurrent clients.
+const CLIENTS: usize = 8;
+/// Keys the clients share (few, so that they contend).
+const KEYS: usize = 8;
+/// Prefix of every key of the run.
+const PREFIX: &str = "lin/";
+/// How long the clients run while faults are injected.
+const LOAD: Duration = Duration::from_secs(20);
+/// How long a cluster gets to elect its first leader, and to agree again after a fault.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
+/// Per-request time limit: a request to a paused member fails (outcome unknown) after it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the watchers get to catch up to the final revision.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lease TTL: far longer than the run, so no lease expires on its own.
+const LEASE_TTL_SECONDS: i64 = 600;
+/// Sessions per client in the history's client numbers (`client * SESSIONS_MAX + session`).
+const SESSIONS_MAX: usize = 1000;
+/// How often the Kubernetes workload compacts.
+const COMPACT_EVERY: Duration = Duration::from_millis(300);
+/// How often a watcher asks for a progress notification.
+const PROGRESS_EVERY: Duration = Duration::from_millis(400);
+
+fn seed() -> u64 {
+    match std::env::var("PLINTH_LIN_SEED") {
+        Ok(s) => s.parse().unwrap_or_else(|_| panic!("PLINTH_LIN_SEED={s:?} is not a u64")),
+        Err(_) => {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970");
+            (t.as_nanos() as u64) ^ u64::from(std::process::id())
+        }
+    }
+}
+
+async fn connect(endpoint: &str) -> Option<Client> {
+    let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(1)).with_timeout(REQUEST_TIMEOUT);
+    tokio::time::timeout(REQUEST_TIMEOUT, Client::connect([endpoint], Some(opts))).await.ok()?.ok()
+}
+
+/// Connects to the first member that answers, starting at `*next` (advanced past it).
+async fn connect_any(endpoints: &[String], next: &mut usize, stop: &AtomicBool) -> Option<Client> {
+    while !stop.load(Ordering::Relaxed) {
+        let e = &endpoints[*next % endpoints.len()];
+        *next += 1;
+        if let Some(c) = connect(e).await {
+            return Some(c);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// The end of the range of keys that start with `prefix` (ASCII, not ending in 0xff).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    let last = end.last_mut().expect("a non-empty prefix");
+    assert!(*last < 0xff, "prefix {prefix:?} ends in 0xff");
+    *last += 1;
+    end
+}
+
+fn kv_of(kv: Option<&etcd_client::KeyValue>) -> Option<Kv> {
+    kv.map(|kv| Kv { value: String::from_utf8_lossy(kv.value()).into_owned(), mod_revision: kv.mod_revision() })
+}
+
+/// Sends `input`; `Err(true)` when the request was refused before it could take effect,
+/// `Err(false)` when its outcome is unknown.
+async fn send(client: &mut Client, input: &Input) -> Result<Output, bool> {
+    let revision = |h: Option<&etcd_client::ResponseHeader>| h.map_or(0, |h| h.revision());
+    let request = async {
+        Ok::<_, etcd_client::Error>(match input {
+            Input::Put { key, value, lease } => {
+                let opts = (*lease != 0).then(|| PutOptions::new().with_lease(*lease));
+                let r = client.put(key.as_str(), value.as_str(), opts).await?;
+                Output::Put { revision: revision(r.header()) }
+            }
+            Input::Get { key, serializable } => {
+                let opts = serializable.then(|| GetOptions::new().with_serializable());
+                let r = client.get(key.as_str(), opts).await?;
+                Output::Get { revision: revision(r.header()), kv: kv_of(r.kvs().first()) }
+            }
+            Input::List { prefix, start, revision: at, limit } => {
+                let end = prefix_end(prefix);
+                let opts = GetOptions::new().with_range(end).with_revision(*at).with_limit(*limit);
+                let r = client.get(start.as_str(), Some(opts)).await?;
+                let kvs = r
+                    .kvs()
+                    .iter()
+                    .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv_of(Some(kv)).expect("a kv")))
+                    .collect();
+                Output::List { revision: revision(r.header()), kvs, more: r.more() }
+            }
+            Input::Delete { key } => {
+                let r = client.delete(key.as_str(), None).await?;
+                Output::Delete { revision: revision(r.header()), deleted: r.deleted() }
+            }
+            Input::Cas { key, compare, value } => {
+                let cmp = match compare {
+                    Compare::ModRevision(r) => EtcdCompare::mod_revision(key.as_str(), CompareOp::Equal, *r),
+                    Compare::Value(v) => EtcdCompare::value(key.as_str(), CompareOp::Equal, v.as_str()),
+                };
+                let txn = Txn::new().when([cmp]).and_then([TxnOp::put(key.as_str(), value.as_str(), None)]);
+                let r = client.txn(txn).await?;
+                Output::Cas { revision: revision(r.header()), succeeded: r.succeeded() }
+            }
+            Input::LeaseGrant { id } => {
+                let r = client.lease_grant(LEASE_TTL_SECONDS, Some(LeaseGrantOptions::new().with_id(*id))).await?;
+                Output::LeaseGrant { revision: revision(r.header()) }
+            }
+            Input::LeaseRevoke { id } => {
+                let r = client.lease_revoke(*id).await?;
+                Output::LeaseRevoke { revision: revision(r.header()) }
+            }
+        })
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_millis(500), request).await {
+        Ok(Ok(out)) => Ok(out),
+        // "requested lease not found" and "required revision has been compacted" are decided
+        // before anything is proposed.
+        Ok(Err(etcd_client::Error::GRpcStatus(s)))
+            if matches!(s.code(), tonic::Code::NotFound | tonic::Code::OutOfRange) =>
+        {
+            Err(true)
+        }
+        _ => Err(false),
+    }
+}
+
+/// What the clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    /// Puts, gets (both kinds), deletes, compare-and-swaps on value or `mod_revision`, lease
+    /// grant, put with lease and revoke, on [`KEYS`] shared keys.
+    Mixed,
+    /// What kube-apiserver sends: read-modify-write through a txn on `mod_revision`, creates
+    /// and deletes, paginated lists of the prefix at one revision, events attached to leases,
+    /// a compaction every few hundred milliseconds, and watches from a revision.
+    Kubernetes,
+}
+
+/// One client's connection and its place in the history.
+struct Session {
+    c: usize,
+    endpoints: Vec<String>,
+    /// Index of the member to try next.
+    next: usize,
+    conn: Client,
+    /// A new connection (to another member, or to a restarted one) starts a new session: a
+    /// serializable read may legitimately see an older revision than the previous member
+    /// served, so the checker's per-client rules apply per session.
+    session: usize,
+    rec: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Session {
+    async fn open(c: usize, endpoints: Vec<String>, rec: Arc<Recorder>, stop: Arc<AtomicBool>) -> Option<Session> {
+        let mut next = c;
+        let conn = connect_any(&endpoints, &mut next, &stop).await?;
+        Some(Session { c, endpoints, next, conn, session: 0, rec, stop })
+    }
+
+    /// Sends and records `input`: `Ok(Some(output))` when it completed, `Ok(None)` when it
+    /// was refused or its outcome is unknown (then on a new connection), `Err(())` once the
+    /// run stops while reconnecting.
+    async fn exec(&mut self, input: Input) -> Result<Option<Output>, ()> {
+        let id = self.rec.invoke(self.c * SESSIONS_MAX + self.session, input.clone());
+        match send(&mut self.conn, &input).await {
+            Ok(out) => {
+                self.rec.complete(id, out.clone());
+                Ok(Some(out))
+            }
+            Err(true) => {
+                self.rec.refused(id);
+                Ok(None)
+            }
+            Err(false) => {
+                // Unknown outcome: left without a response; go to the next member.
+                self.conn = connect_any(&self.endpoints, &mut self.next, &self.stop).await.ok_or(())?;
+                self.session = (self.session + 1) % SESSIONS_MAX;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// One client: a seeded mix of operations until `stop`.
+async fn client(c: usize, seed: u64, workload: Workload, prefix: &'static str, s: Session) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (c as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut s = s;
+    // What this client last read of each key, for its compare-and-swaps.
+    let mut seen: Vec<Option<Kv>> = vec![None; KEYS];
+    let mut lease: Option<i64> = None;
+    let mut n = 0u64;
+    while !s.stop.load(Ordering::Relaxed) {
+        n += 1;
+        let k = rng.random_range(0..KEYS);
+        let key = format!("{prefix}{k}");
+        let value = format!("c{c}-{n}");
+        let new_lease = |lease: &mut Option<i64>| {
+            let id = ((c as i64 + 1) << 32) | n as i64;
+            *lease = Some(id);
+            Input::LeaseGrant { id }
+        };
+        let outcome = match (workload, rng.random_range(0..100)) {
+            (Workload::Mixed, 0..30) => {
+                let lease = if rng.random_bool(0.3) { lease.unwrap_or(0) } else { 0 };
+                s.exec(Input::Put { key, value, lease }).await
+            }
+            (Workload::Mixed, 30..55) | (Workload::Kubernetes, 0..15) => {
+                let out = s.exec(Input::Get { key, serializable: false }).await;
+                if let Ok(Some(Output::Get { kv, .. })) = &out {
+                    seen[k] = kv.clone();
+                }
+                out
+            }
+            (Workload::Mixed, 55..65) | (Workload::Kubernetes, 15..25) => {
+                s.exec(Input::Get { key, serializable: true }).await
+            }
+            (Workload::Mixed, 65..72) | (Workload::Kubernetes, 25..32) => s.exec(Input::Delete { key }).await,
+            (Workload::Mixed, 72..90) => {
+                let compare = match &seen[k] {
+                    Some(kv) if rng.random_bool(0.5) => Compare::Value(kv.value.clone()),
+                    Some(kv) => Compare::ModRevision(kv.mod_revision),
+                    None => Compare::ModRevision(0),
+                };
+                s.exec(Input::Cas { key, compare, value }).await
+            }
+            (Workload::Kubernetes, 32..70) => {
+                // Read, then write only if nobody wrote in between (or create if absent).
+                match s.exec(Input::Get { key: key.clone(), serializable: false }).await {
+                    Ok(Some(Output::Get { kv, .. })) => {
+                        let compare = Compare::ModRevision(kv.map_or(0, |kv| kv.mod_revision));
+                        s.exec(Input::Cas { key, compare, value }).await
+                    }
+                    other => other,
+                }
+            }
+            (Workload::Kubernetes, 70..85) => list(&mut s, prefix).await,
+            (Workload::Kubernetes, 85..95) => match lease {
+                // An event: a key of its own, attached to the client's lease.
+                Some(id) => s.exec(Input::Put { key: format!("{prefix}events/{value}"), value, lease: id }).await,
+                None => s.exec(new_lease(&mut lease)).await,
+            },
+            (Workload::Mixed, _) | (Workload::Kubernetes, _) => match lease.take() {
+                Some(id) => s.exec(Input::LeaseRevoke { id }).await,
+                None => s.exec(new_lease(&mut lease)).await,
+            },
+        };
+        if outcome.is_err() {
+            return;
+        }
+    }
+}
+
+/// Pages through the prefix three keys at a time, the first page at the current revision and
+/// the rest at that revision, as a paginated list does.
+async fn list(s: &mut Session, prefix: &str) -> Result<Option<Output>, ()> {
+    /// Most pages one list reads.
+    const PAGES_MAX: usize = 10;
+    let mut start = prefix.to_owned();
+    let mut revision = 0;
+    let mut out = None;
+    for _ in 0..PAGES_MAX {
+        let input = Input::List { prefix: prefix.to_owned(), start: start.clone(), revision, limit: 3 };
+        out = s.exec(input).await?;
+        let Some(Output::List { revision: header, kvs, more }) = &out else { break };
+        if revision == 0 {
+            revision = *header;
+        }
+        match kvs.last() {
+            Some((last, _)) if *more => start = format!("{last}\0"),
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Compacts to 50 revisions behind the current one every [`COMPACT_EVERY`], until `stop`.
+async fn compactor(endpoints: Vec<String>, stop: Arc<AtomicBool>) -> usize {
+    let mut next = 0;
+    let mut compactions = 0;
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(COMPACT_EVERY).await;
+        let Some(mut c) = connect_any(&endpoints, &mut next, &stop).await else { break };
+        let Ok(Ok(r)) = tokio::time::timeout(REQUEST_TIMEOUT, c.get("compactor", None)).await else { continue };
+        let revision = r.header().map_or(0, |h| h.revision()) - 50;
+        if revision > 1 {
+            if let Ok(Ok(_)) = tokio::time::timeout(REQUEST_TIMEOUT, c.compact(revision, None)).await {
+                compactions += 1;
+            }
+        }
+    }
+    compactions
+}
+
+/// One watcher of the prefix from `start`, resuming on the next member after a broken
+/// stream, until `stop_at` holds a revision it has covered. Each stream is one record.
+#[allow(clippy::too_many_arguments)]
+async fn watcher(
+    w: usize,
+    prefix: &'static str,
+    start: i64,
+    endpoints: Vec<String>,
+    rec: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+    stop_at: Arc<AtomicI64>,
+    deadline_after_stop: Duration,
+) {
+    let mut next = w + 1;
+    let mut from = start;
+    let give_up = Arc::new(AtomicBool::new(false));
+    loop {
+        let target = stop_at.load(Ordering::Relaxed);
+        if target > 0 && from > target {
+            return;
+        }
+        let Some(mut conn) = connect_any(&endpoints, &mut next, &give_up).await else { return };
+        let opts = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(from);
+        let Ok(Ok(stream)) = tokio::time::timeout(REQUEST_TIMEOUT, conn.watch(prefix, Some(opts))).await else {
+            continue;
+        };
+        let (mut sender, mut responses) = stream.split();
+        let mut record = WatchRecord {
+            watcher: w,
+            prefix: prefix.to_owned(),
+            start_revision: from,
+            prev_kv: true,
+            items: Vec::new(),
+        };
+        let mut progress = tokio::time::interval(PROGRESS_EVERY);
+        let mut stopped_at: Option<Instant> = None;
+        // Set when the stream was cancelled because its next revision was compacted away.
+        let mut compacted = 0;
+        loop {
+            if stop.load(Ordering::Relaxed) && stopped_at.is_none() {
+                stopped_at = Some(Instant::now());
+            }
+            let target = stop_at.load(Ordering::Relaxed);
+            if target > 0 && record.covered_revision() >= target {
+                rec.watch(record);
+                return;
+            }
+            if stopped_at.is_some_and(|t| t.elapsed() > deadline_after_stop) {
+                give_up.store(true, Ordering::Relaxed);
+                rec.watch(record);
+                return;
+            }
+            tokio::select! {
+                _ = progress.tick() => {
+                    if sender.request_progress().await.is_err() {
+                        break;
+                    }
+                }
+                m = tokio::time::timeout(REQUEST_TIMEOUT * 2, responses.message()) => {
+                    let Ok(Ok(Some(resp))) = m else { break };
+                    if resp.canceled() {
+                        compacted = resp.compact_revision();
+                        break;
+                    }
+                    if resp.created() {
+                        continue;
+                    }
+                    let header = resp.header().map_or(0, |h| h.revision());
+                    if resp.events().is_empty() {
+                        record.items.push(WatchItem::Progress { revision: header });
+                    }
+                    for e in resp.events() {
+                        let Some(kv) = e.kv() else { continue };
+                        record.items.push(WatchItem::Event(WatchEvent {
+                            key: String::from_utf8_lossy(kv.key()).into_owned(),
+                            delete: e.event_type() == etcd_client::EventType::Delete,
+                            value: String::from_utf8_lossy(kv.value()).into_owned(),
+                            mod_revision: kv.mod_revision(),
+                            prev: kv_of(e.prev_kv()),
+                            header_revision: header,
+                        }));
+                    }
+                }
+            }
+        }
+        // After a compaction the watcher starts again from the oldest revision kept, as a
+        // Kubernetes reflector relists; the revisions in between are not watched by it.
+        from = (record.covered_revision() + 1).max(compacted);
+        rec.watch(record);
+    }
+}
+
+/// The faults, on a seeded schedule, until `load_end`; returns how many were injected.
+async fn faults(c: &mut Members, seed: u64, load_end: Instant) -> usize {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut injected = 0;
+    loop {
+        let pause = Duration::from_millis(rng.random_range(1000..2500));
+        if Instant::now() + pause + Duration::from_secs(2) >= load_end {
+            return injected;
+        }
+        tokio::time::sleep(pause).await;
+        let leader = c.wait_leader(LEADER_TIMEOUT).await;
+        let victim = if rng.random_bool(0.6) { leader } else { (leader + rng.random_range(1..MEMBERS)) % MEMBERS };
+        let down = Duration::from_millis(rng.random_range(300..1800));
+        let kind = if rng.random_bool(0.5) { "SIGKILL" } else { "SIGSTOP" };
+        eprintln!(
+            "fault {injected}: {kind} {} ({}) for {down:?}",
+            c.members[victim].name,
+            if victim == leader { "leader" } else { "follower" }
+        );
+        if kind == "SIGKILL" {
+            c.members[victim].kill9();
+            tokio::time::sleep(down).await;
+            c.spawn(victim);
+        } else {
+            c.members[victim].pause();
+            tokio::time::sleep(down).await;
+            c.members[victim].resume();
+        }
+        injected += 1;
+    }
+}
+
+/// The two scenarios share the machine's cores badly: they run one at a time.
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn linearizable_under_leader_kills_and_pauses() {
+    run(Workload::Mixed, PREFIX);
+}
+
+#[test]
+fn kubernetes_shaped_traffic_under_leader_kills_and_pauses() {
+    run(Workload::Kubernetes, "k8s/");
+}
+
+/// Runs one scenario: a fresh cluster, the clients of `workload` on keys under `prefix`, the
+/// watchers, the faults, then the check.
+fn run(workload: Workload, prefix: &'static str) {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let seed = seed();
+    eprintln!("{workload:?}: PLINTH_LIN_SEED={seed}");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let mut cluster = Members::start(MEMBERS, &[]);
+    let (injected, compactions, history) = rt.block_on(async {
+        cluster.wait_leader(LEADER_TIMEOUT).await;
+        let endpoints: Vec<String> = cluster.members.iter().map(|m| m.endpoint()).collect();
+        let rec = Arc::new(Recorder::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_at = Arc::new(AtomicI64::new(0));
+        let mut tasks = Vec::new();
+        for c in 0..CLIENTS {
+            let Some(session) = Session::open(c, endpoints.clone(), rec.clone(), stop.clone()).await else {
+                panic!("seed {seed}: client {c} cannot connect\n{}", cluster.logs());
+            };
+            tasks.push(tokio::spawn(client(c, seed, workload, prefix, session)));
+        }
+        let compactor =
+            (workload == Workload::Kubernetes).then(|| tokio::spawn(compactor(endpoints.clone(), stop.clone())));
+        let mut watchers = vec![tokio::spawn(watcher(
+            0,
+            prefix,
+            1,
+            endpoints.clone(),
+            rec.clone(),
+            stop.clone(),
+            stop_at.clone(),
+            CATCH_UP_TIMEOUT,
+        ))];
+        let load_end = Instant::now() + LOAD;
+
+        // The second watcher starts mid-run from a past revision (catch-up from history).
+        let late = {
+            let (endpoints, rec, stop, stop_at) = (endpoints.clone(), rec.clone(), stop.clone(), stop_at.clone());
+            async move {
+                tokio::time::sleep(LOAD / 3).await;
+                let revision = rec.history().ops.iter().filter_map(|o| o.output.as_ref()).map(Output::revision).max();
+                let from = (revision.unwrap_or(1) / 2).max(1);
+                watcher(1, prefix, from, endpoints, rec, stop, stop_at, CATCH_UP_TIMEOUT).await;
+            }
+        };
+        watchers.push(tokio::spawn(late));
+
+        let injected = faults(&mut cluster, seed, load_end).await;
+        tokio::time::sleep(load_end.saturating_duration_since(Instant::now())).await;
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.await.expect("client task");
+        }
+        let compactions = match compactor {
+            Some(t) => t.await.expect("compactor task"),
+            None => 0,
+        };
+        // Every member runs again; a final linearizable read gives the last revision, which
+        // the watchers must reach.
+        for i in 0..MEMBERS {
+            if cluster.members[i].is_paused() {
+                cluster.members[i].resume();
+            }
+            if !cluster.members[i].is_running() {
+                cluster.spawn(i);
+            }
+        }
+        let leader = cluster.wait_leader(LEADER_TIMEOUT).await;
+        let mut last = None;
+        let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+        while last.is_none() && Instant::now() < deadline {
+            if let Some(mut c) = connect(&cluster.members[leader].endpoint()).await {
+                let input = Input::Get { key: format!("{prefix}0"), serializable: false };
+                let id = rec.invoke(CLIENTS * SESSIONS_MAX, input.clone());
+                if let Ok(out) = send(&mut c, &input).await {
+                    last = Some(out.revision());
+                    rec.complete(id, out);
+                }
+            }
+        }
+        let last = last
+            .unwrap_or_else(|| panic!("seed {seed}: no final read within {CATCH_UP_TIMEOUT:?}\n{}", cluster.logs()));
+        stop_at.store(last, Ordering::Relaxed);
+        for w in watchers {
+            w.await.expect("watcher task");
+        }
+        (injected, compactions, rec.history())
+    });
+    let unknown = history.ops.iter().filter(|o| o.complete.is_none()).count();
+    eprintln!(
+        "{workload:?}: {} ops ({unknown} unknown), {} watch records, {injected} faults, {compactions} compactions",
+        history.ops.len(),
+        history.watches.len()
+    );
+    let checking = Instant::now();
+    let verdict = linearizability::check(&history);
+    eprintln!("{workload:?}: checked in {:?}", checking.elapsed());
+    let violations = usize::from(verdict.is_err());
+    println!("lin-run: seed {seed}, 1 history, {violations} violations, {injected} faults");
+    match verdict {
+        Ok(report) => {
+            eprintln!("{workload:?}: {report:?}");
+            assert!(
+                report.inconclusive_keys.is_empty(),
+                "seed {seed}: inconclusive keys {:?}",
+                report.inconclusive_keys
+            );
+            assert!(history.ops.len() > 100, "seed {seed}: only {} ops: the cluster barely served", history.ops.len());
+            if workload == Workload::Kubernetes {
+                assert!(compactions > 0, "seed {seed}: no compaction ran");
+            }
+        }
+        Err(v) => panic!("{workload:?} PLINTH_LIN_SEED={seed}: violation\n{v}\n{}", cluster.logs()),
+    }
+}
