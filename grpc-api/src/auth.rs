@@ -296,7 +296,8 @@ pub fn caller_of(
         (None, _) => (certificate_user.map(Arc::from), revision),
         // A JWT token stands for the auth revision it was issued at.
         (Some(token), Some(jwt)) => {
-            let (user, issued_at) = jwt.verify(token, node.group().0).ok_or_else(|| EtcdError::InvalidAuthToken.status())?;
+            let (user, issued_at) =
+                jwt.verify(token, node.group().0).ok_or_else(|| EtcdError::InvalidAuthToken.status())?;
             (Some(Arc::from(user)), issued_at)
         }
         (Some(token), None) => {
@@ -764,14 +765,14 @@ mod tests {
         // A member with only the public key verifies but cannot sign.
         let verify_only = format!("jwt,pub-key={public},sign-method=ES256");
         let other = AuthConfig::from_flags(Some(&verify_only), None, None, false).unwrap().jwt.unwrap();
-        assert_eq!(other.verify(&token), Some(("alice".to_owned(), 7)));
+        assert_eq!(other.verify(&token, 1), Some(("alice".to_owned(), 7)));
         assert!(other.sign("alice", 7, 1, now).is_err());
         // Another key pair's tokens are refused.
         let dir2 = tempfile::tempdir().unwrap();
         let (_, public2) = es256_keys(dir2.path());
         let stranger = format!("jwt,pub-key={public2},sign-method=ES256");
         let stranger = AuthConfig::from_flags(Some(&stranger), None, None, false).unwrap().jwt.unwrap();
-        assert_eq!(stranger.verify(&token), None);
+        assert_eq!(stranger.verify(&token, 1), None);
         for bad in ["jwt,sign-method=ES256", "jwt,pub-key=/nonexistent,sign-method=ES256", "jwt,pub-key=x", "jwt,x=y"] {
             assert!(AuthConfig::from_flags(Some(bad), None, None, false).is_err(), "{bad}");
         }
