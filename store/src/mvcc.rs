@@ -97,6 +97,9 @@ pub(crate) fn get_at(r: &Reader<'_>, g: GroupId, key: &[u8], at: Revision) -> Re
 /// compaction); seeking bounds the cost of a key with many versions to one seek.
 const HISTORY_STEPS_BEFORE_SEEK: usize = 8;
 
+/// What [`scan`] hands each visited key to: the user key and its stored value, undecoded.
+pub(crate) type ScanVisitor<'v> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'v;
+
 /// Counts every key live in `range` at revision `at` (`None` = current) and visits the
 /// first `visit_max` of them, in key order, with the user key and the stored value lent
 /// undecoded. Returns the count.
@@ -112,7 +115,7 @@ pub(crate) fn scan(
     range: &KeyRange,
     at: Option<Revision>,
     visit_max: usize,
-    visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
+    visit: &mut ScanVisitor<'_>,
 ) -> Result<u64> {
     if range.is_empty() {
         return Ok(0);
