@@ -1,9 +1,11 @@
 //! WAL benchmarks.
 //!
-//! (a) `raw_fdatasync_4k`: the device's rate for a 4 KiB append + fdatasync, the floor a
-//!     WAL append can reach.
-//! (b) `wal_append/groups=N`: N appender threads (one per group) each append one 256-byte
-//!     entry and wait until it is durable, repeatedly. Group commit should carry many
+//! (a) `raw/fdatasync_4k`: the device's rate for a 4 KiB append + fdatasync, the floor a
+//!     WAL append can reach; `raw/fdatasync_4k_preallocated`: the same writes inside a file
+//!     extended beforehand with `fallocate`, so no fdatasync has to record a new size.
+//! (b) `wal_append/prealloc=P/groups=N`: N appender threads (one per group) each append one
+//!     256-byte entry and wait until it is durable, repeatedly, with segment preallocation
+//!     off and on. Group commit should carry many
 //!     groups' entries per fsync; after each group count the entries/s, fsyncs/s and
 //!     entries per fsync are printed from the WAL's counters.
 //!
@@ -34,6 +36,22 @@ fn raw_fdatasync(c: &mut Criterion) {
             file.sync_data().unwrap();
         })
     });
+    let prealloc = std::fs::File::create(dir.path().join("raw-preallocated")).unwrap();
+    const PREALLOCATED_BYTES: u64 = 256 << 20;
+    // SAFETY: fallocate only reads the descriptor, which `prealloc` keeps open.
+    let rc = unsafe {
+        libc::fallocate(std::os::unix::io::AsRawFd::as_raw_fd(&prealloc), 0, 0, PREALLOCATED_BYTES as libc::off_t)
+    };
+    assert_eq!(rc, 0, "fallocate: {}", std::io::Error::last_os_error());
+    prealloc.sync_all().unwrap();
+    let mut offset = 0u64;
+    g.bench_function("fdatasync_4k_preallocated", |b| {
+        b.iter(|| {
+            std::os::unix::fs::FileExt::write_all_at(&prealloc, &buf, offset).unwrap();
+            prealloc.sync_data().unwrap();
+            offset = (offset + RAW_WRITE_BYTES as u64) % PREALLOCATED_BYTES;
+        })
+    });
     g.finish();
 }
 
@@ -45,13 +63,14 @@ fn wal_append(c: &mut Criterion) {
     let mut g = c.benchmark_group("wal_append");
     g.throughput(Throughput::Elements(1));
     g.sample_size(10);
-    for groups in [1usize, 16, 256] {
+    for (preallocate, groups) in [false, true].into_iter().flat_map(|p| [(p, 1usize), (p, 16), (p, 256)]) {
         let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
-        let wal = Arc::new(Wal::open(WalConfig::new(dir.path())).unwrap());
+        let config = WalConfig { segment_preallocate: preallocate, ..WalConfig::new(dir.path()) };
+        let wal = Arc::new(Wal::open(config).unwrap());
         let next: Arc<Vec<AtomicU64>> = Arc::new((0..groups).map(|_| AtomicU64::new(1)).collect());
         let mut measured = Duration::ZERO;
         let (mut entries, mut fsyncs) = (0u64, 0u64);
-        g.bench_function(format!("groups={groups}"), |b| {
+        g.bench_function(format!("prealloc={preallocate}/groups={groups}"), |b| {
             b.iter_custom(|iters| {
                 let per_group = iters.div_ceil(groups as u64);
                 let barrier = Arc::new(Barrier::new(groups + 1));
@@ -86,7 +105,7 @@ fn wal_append(c: &mut Criterion) {
         });
         let secs = measured.as_secs_f64().max(1e-9);
         println!(
-            "groups={groups} entries/s={:.0} fsyncs/s={:.0} entries_per_fsync={:.1}",
+            "prealloc={preallocate} groups={groups} entries/s={:.0} fsyncs/s={:.0} entries_per_fsync={:.1}",
             entries as f64 / secs,
             fsyncs as f64 / secs,
             entries as f64 / fsyncs.max(1) as f64

@@ -13,6 +13,9 @@ pub struct WalConfig {
     /// Rotate to a new segment once the active one has grown past this size.
     /// Default: 64 MiB.
     pub segment_bytes_max: u64,
+    /// Whether a new segment is created at its full size (`segment_bytes_max`) with
+    /// `fallocate`, so appends never grow the file. Default: true.
+    pub segment_preallocate: bool,
     /// Upper bound on the bytes of submissions the writer packs into one frame (one write,
     /// one fdatasync). A single submission larger than this is still written alone.
     /// Default: 4 MiB.
@@ -33,6 +36,7 @@ impl WalConfig {
         WalConfig {
             dir: dir.into(),
             segment_bytes_max: 64 << 20,
+            segment_preallocate: true,
             batch_bytes_max: 4 << 20,
             queue_capacity: 4096,
             cache_entries_per_group_max: 256,

@@ -217,14 +217,59 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Creates segment `seq` with its header, durably: the file's data and the directory
 /// entry are both fsynced before this returns.
-pub fn create_segment(dir: &Path, seq: u64) -> std::io::Result<File> {
+///
+/// With `preallocate_bytes > 0` the file is first extended to that length with
+/// `fallocate` (zeros, blocks reserved), as etcd does with its WAL files: appends then write
+/// inside the file's length, so their `fdatasync` does not also have to journal a new file
+/// size and new blocks. The zeros after the last frame are the end of the log (see
+/// [`zero_tail`]); a closed or rotated segment is trimmed back to its frames with
+/// [`trim_segment`]. A filesystem without `fallocate` gets a plain appending file.
+pub fn create_segment(dir: &Path, seq: u64, preallocate_bytes: u64) -> std::io::Result<File> {
     let path = segment_path(dir, seq);
     let mut file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+    if preallocate_bytes > HEADER_BYTES as u64 {
+        preallocate(&file, preallocate_bytes)?;
+    }
     file.write_all(&encode_header(seq))?;
+    // `sync_all`, not `sync_data`: the new length and blocks are metadata.
     file.sync_all()?;
     // The new name must be durable before anything written to the file is acknowledged.
     sync_dir(dir)?;
     Ok(file)
+}
+
+/// Extends `file` to `len` bytes of reserved zeros (`fallocate` mode 0). `EOPNOTSUPP` (a
+/// filesystem without it) leaves the file as it was.
+fn preallocate(file: &File, len: u64) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let len = libc::off_t::try_from(len).map_err(|_| std::io::Error::other("preallocation length overflows off_t"))?;
+    // SAFETY: fallocate only reads the descriptor, which `file` keeps open for the call.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        return Ok(());
+    }
+    Err(e)
+}
+
+/// Whether every byte of `bytes` from `offset` on is zero: the unwritten, preallocated end
+/// of a segment (or a frame torn before any of its bytes reached the disk), never data.
+pub fn zero_tail(bytes: &[u8], offset: u64) -> bool {
+    usize::try_from(offset).ok().and_then(|o| bytes.get(o..)).is_some_and(|tail| tail.iter().all(|b| *b == 0))
+}
+
+/// Cuts a segment's preallocated tail off after its last frame, at `len`, durably.
+/// Ordering: a segment is trimmed before any newer segment is created, so every segment but
+/// the last always ends exactly at its last frame (recovery accepts no tail there).
+pub fn trim_segment(file: &File, len: u64) -> std::io::Result<()> {
+    if file.metadata()?.len() > len {
+        file.set_len(len)?;
+        file.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -305,6 +350,36 @@ mod tests {
         let mut moved = img.clone();
         moved[second as usize + FRAME_HEADER_BYTES] ^= 1;
         assert_eq!(valid_frame_after(4, &moved, second), None);
+    }
+
+    #[test]
+    fn zero_tail_is_only_zeros_to_the_end() {
+        let img = image(3, &[compact(1)]);
+        let end = img.len() as u64;
+        let mut padded = img.clone();
+        padded.extend_from_slice(&[0; 100]);
+        assert!(zero_tail(&padded, end));
+        assert!(zero_tail(&img, end), "an empty tail is a zero tail");
+        assert!(!zero_tail(&padded, HEADER_BYTES as u64), "a frame is not zeros");
+        padded[end as usize + 99] = 1;
+        assert!(!zero_tail(&padded, end));
+        assert!(!zero_tail(&img, end + 1), "an offset past the end is not a tail");
+    }
+
+    #[test]
+    fn a_preallocated_segment_has_its_length_and_is_trimmed_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = create_segment(dir.path(), 5, 1 << 16).unwrap();
+        let bytes = std::fs::read(segment_path(dir.path(), 5)).unwrap();
+        assert_eq!(check_header(&bytes, 5), HeaderCheck::Valid);
+        // Linux filesystems here support fallocate; the length is what was asked for.
+        assert_eq!(bytes.len(), 1 << 16);
+        assert!(zero_tail(&bytes, HEADER_BYTES as u64));
+        let scan = scan_frames(5, &bytes);
+        assert!(scan.frames.is_empty());
+        assert_eq!(scan.bad.map(|b| b.0), Some(HEADER_BYTES as u64), "zeros are no frame");
+        trim_segment(&file, HEADER_BYTES as u64).unwrap();
+        assert_eq!(std::fs::metadata(segment_path(dir.path(), 5)).unwrap().len(), HEADER_BYTES as u64);
     }
 
     #[test]

@@ -18,8 +18,8 @@ use crate::error::{Error, Result};
 use crate::index::{CacheLimits, GroupState, Index, SegmentInfo};
 use crate::record::Record;
 use crate::segment::{
-    check_header, parse_segment_file_name, scan_frames, segment_path, sync_dir, valid_frame_after, HeaderCheck,
-    ScannedFrame, FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX,
+    check_header, parse_segment_file_name, scan_frames, segment_path, sync_dir, valid_frame_after, zero_tail,
+    HeaderCheck, ScannedFrame, FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX,
 };
 use crate::storage::{read_entries, GroupStorage};
 use crate::types::{GroupId, LogIndex, Term};
@@ -126,7 +126,17 @@ fn load_segments(dir: &Path) -> Result<Vec<Loaded>> {
             }
             // Only a torn end may be cut: a valid frame after the bad one was written (and
             // possibly acknowledged) after it, so the bad frame is damaged acknowledged data
-            // and cutting there would silently drop both. Refuse to start instead.
+            // and cutting there would silently drop both. Refuse to start instead. Zeros to
+            // the end are the preallocated, never written part of the segment (the process
+            // stopped without closing the WAL): the end of the log, cut off quietly.
+            if zero_tail(&bytes, offset) {
+                tracing::debug!(file = %path.display(), offset, "cutting the preallocated tail of the last WAL segment");
+                let f = OpenOptions::new().write(true).open(&path)?;
+                f.set_len(offset)?;
+                f.sync_all()?;
+                loaded.push(Loaded { seq, path, frames: scan.frames });
+                continue;
+            }
             if let Some(next) = valid_frame_after(seq, &bytes, offset) {
                 return Err(corruption(
                     &path,
@@ -204,6 +214,7 @@ impl Wal {
             index: RwLock::new(index),
             counters: Counters::default(),
             queued: AtomicUsize::new(0),
+            preallocate_bytes: if config.segment_preallocate { config.segment_bytes_max } else { 0 },
         });
         // Always continue in a new segment: it starts with a checkpoint of the recovered
         // state, and the (possibly truncated) old tail is never appended to again.
@@ -413,7 +424,11 @@ impl Drop for Wal {
         if let Some(h) = self.writer.take() {
             if h.join().is_err() {
                 tracing::error!("WAL writer thread panicked");
+                return;
             }
         }
+        // Every submission is written: a closed WAL's segments end at their last frame. (A
+        // process that dies without closing leaves the zeros, which recovery cuts.)
+        self.segment.lock().trim_active();
     }
 }

@@ -25,7 +25,9 @@ use crate::batch::WriteBatch;
 use crate::error::{Error, Result};
 use crate::index::{project, Index, SegmentInfo};
 use crate::record::{encode_batch, Record};
-use crate::segment::{create_segment, encode_frame_header, segment_path, sync_dir, FRAME_HEADER_BYTES, HEADER_BYTES};
+use crate::segment::{
+    create_segment, encode_frame_header, segment_path, sync_dir, trim_segment, FRAME_HEADER_BYTES, HEADER_BYTES,
+};
 use crate::types::GroupId;
 
 /// Most submissions packed into one frame, whatever their size.
@@ -81,6 +83,8 @@ pub(crate) struct Shared {
     /// Submissions sent to the writer's queue and not yet committed (or rejected). Raised
     /// before a send, lowered by the writer after the commit, under the segment lock.
     pub queued: AtomicUsize,
+    /// Bytes a new segment is preallocated to (0: none), from the config.
+    pub preallocate_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -166,7 +170,7 @@ pub(crate) struct Submission {
 /// Writes the checkpoint frame at the head of new segment `seq`, makes it durable and
 /// registers the segment in the index. Returns the file and its length.
 pub(crate) fn start_segment(shared: &Shared, seq: u64) -> std::io::Result<(File, u64)> {
-    let file = create_segment(&shared.dir, seq)?;
+    let file = create_segment(&shared.dir, seq, shared.preallocate_bytes)?;
     let records = shared.index.read().checkpoint_records();
     let payload = encode_batch(&records);
     let mut frame = encode_frame_header(seq, &payload).to_vec();
@@ -386,6 +390,14 @@ impl Segment {
         self.unsynced = false;
     }
 
+    /// Cuts the active segment's preallocated tail off after its last frame. Called when no
+    /// more frames will be written to it: at rotation and when the WAL closes.
+    pub fn trim_active(&mut self) {
+        if let Err(e) = trim_segment(&self.active, self.active_len) {
+            panic!("WAL trim of segment {} to {} bytes failed: {e}", self.active_seq, self.active_len);
+        }
+    }
+
     /// Starts a new segment once the active one is full.
     pub fn rotate_if_full(&mut self, shared: &Shared) {
         if self.active_len < self.segment_bytes_max {
@@ -396,6 +408,9 @@ impl Segment {
         if self.unsynced {
             self.sync_active(shared);
         }
+        // Ordering: the preallocated tail is cut off (durably) before the next segment
+        // exists, so only the last segment may end in zeros.
+        self.trim_active();
         let seq = self.active_seq + 1;
         let (file, len) =
             start_segment(shared, seq).unwrap_or_else(|e| panic!("WAL rotation to segment {seq} failed: {e}"));

@@ -319,3 +319,97 @@ fn second_open_of_the_same_directory_fails() {
     let _wal = Wal::open(WalConfig::new(dir.path())).unwrap();
     assert!(matches!(Wal::open(WalConfig::new(dir.path())), Err(Error::Io(_))));
 }
+
+/// A process that dies without closing the WAL leaves its active segment at the
+/// preallocated length, zeros after the last frame. Recovery takes the zeros as the end of
+/// the log, appends continue in a new segment, and a frame torn inside the preallocated
+/// region, or a damaged frame with acknowledged frames after it, is still told apart.
+#[test]
+fn a_preallocated_segment_left_by_a_crash_reopens_appends_and_still_detects_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |dir: &Path| WalConfig { segment_bytes_max: 64 << 10, ..WalConfig::new(dir) };
+    let g = GroupId(1);
+    // `len | crc` before every frame's payload.
+    const FRAME_HEADER: usize = 8;
+    let append = |wal: &Wal, from: u64, to: u64| {
+        for i in from..to {
+            let mut b = WriteBatch::new();
+            b.add_entries(g, &[entry(i, 1, format!("e{i}").as_bytes())]);
+            wal.write(b).unwrap();
+        }
+    };
+    let wal = Wal::open(cfg(dir.path())).unwrap();
+    append(&wal, 1, 21);
+    // The crash: the files as they are while the WAL is open.
+    let crashed = copy_dir(dir.path());
+    drop(wal);
+    let last = segment_files(crashed.path()).pop().unwrap();
+    let image = std::fs::read(&last).unwrap();
+    assert_eq!(image.len(), 64 << 10, "the active segment is preallocated");
+    let seq: u64 = last.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).unwrap();
+    let scan = scan_frames(seq, &image);
+    let offsets: Vec<u64> = scan.frames.iter().map(|f| f.offset).collect();
+    let end = scan.bad.expect("the zeros after the last frame are no frame").0;
+    assert!(image[end as usize..].iter().all(|b| *b == 0));
+    assert_eq!(
+        std::fs::metadata(segment_files(dir.path()).pop().unwrap()).unwrap().len(),
+        end,
+        "a closed WAL trims its segment to its frames"
+    );
+
+    let entries_of = |wal: &Wal| -> Vec<(u64, Vec<u8>)> {
+        let st = wal.group_state(g).unwrap();
+        wal.entries(g, st.first_index, LogIndex(st.last_index.0 + 1), None)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.index, e.data.to_vec()))
+            .collect()
+    };
+    let want = |to: u64| -> Vec<(u64, Vec<u8>)> { (1..to).map(|i| (i, format!("e{i}").into_bytes())).collect() };
+
+    // Reopen the crashed image: everything acknowledged, then appends, then again.
+    let reopened = copy_dir(crashed.path());
+    let wal = Wal::open(cfg(reopened.path())).expect("a preallocated tail is the end of the log");
+    wal.check_invariants();
+    assert_eq!(entries_of(&wal), want(21));
+    append(&wal, 21, 41);
+    let crashed_again = copy_dir(reopened.path());
+    drop(wal);
+    for d in [reopened.path(), crashed_again.path()] {
+        let wal = Wal::open(cfg(d)).unwrap();
+        wal.check_invariants();
+        assert_eq!(entries_of(&wal), want(41), "{}", d.display());
+    }
+
+    // A write torn inside the preallocated region: the last frame's first bytes, zeros after.
+    let last_frame = *offsets.last().unwrap() as usize;
+    for keep in [1, FRAME_HEADER, (last_frame + end as usize) / 2 - last_frame] {
+        let copy = copy_dir(crashed.path());
+        let mut bytes = image.clone();
+        bytes[last_frame + keep..end as usize].fill(0);
+        std::fs::write(copy.path().join(last.file_name().unwrap()), &bytes).unwrap();
+        let wal = Wal::open(cfg(copy.path())).unwrap_or_else(|e| panic!("torn after {keep} bytes: {e}"));
+        assert_eq!(entries_of(&wal), want(20), "torn after {keep} bytes: the last batch is lost, no other");
+    }
+    // Bytes cut in the middle of the last frame (the file shorter than preallocated).
+    let copy = copy_dir(crashed.path());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(copy.path().join(last.file_name().unwrap()))
+        .unwrap()
+        .set_len(end - 3)
+        .unwrap();
+    assert_eq!(entries_of(&Wal::open(cfg(copy.path())).unwrap()), want(20));
+    // A damaged frame with acknowledged frames after it, zeros after those: corruption.
+    let middle = offsets[offsets.len() / 2];
+    let copy = copy_dir(crashed.path());
+    let mut bytes = image.clone();
+    bytes[middle as usize + FRAME_HEADER + 2] ^= 0x40;
+    let victim = copy.path().join(last.file_name().unwrap());
+    std::fs::write(&victim, &bytes).unwrap();
+    match Wal::open(cfg(copy.path())) {
+        Err(Error::Corruption { file, offset, .. }) => assert_eq!((file, offset), (victim, middle)),
+        Err(e) => panic!("expected corruption, got {e}"),
+        Ok(_) => panic!("opened although acknowledged frames follow the damaged one"),
+    }
+}

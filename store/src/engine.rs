@@ -205,24 +205,44 @@ impl<'a> Reader<'a> {
         ro.set_iterate_upper_bound(upper.to_vec());
         let it = self.db.raw_iterator_cf_opt(cf(self.db, cf_id), ro);
         let overlay = self.overlay.map(|o| &o.maps[cf_id.index()]).filter(|m| !m.is_empty());
-        Cursor { it, overlay, upper: upper.to_vec(), pending: None }
+        Cursor { it, overlay, upper: upper.to_vec(), pending: None, head: Head::Unsettled }
     }
 }
 
 /// A forward cursor merging RocksDB with an overlay (overlay wins on equal keys; overlay
 /// deletions hide RocksDB entries).
+///
+/// [`Cursor::current`] lends the entry at the position without copying it (a scan that
+/// only counts keys, or only needs a value's header, never copies a value);
+/// [`Cursor::advance`] moves past it. [`Cursor::next_entry`] does both and copies.
 pub(crate) struct Cursor<'a> {
     it: DBRawIteratorWithThreadMode<'a, DB>,
     overlay: Option<&'a BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     upper: Vec<u8>,
     /// The next overlay entry at or after the cursor position.
     pending: Option<(&'a Vec<u8>, &'a Option<Vec<u8>>)>,
+    /// Which side holds the entry at the position, once [`Cursor::settle`] found it.
+    head: Head,
+}
+
+/// Where the cursor's current entry is.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Head {
+    /// Not looked for since the last move.
+    Unsettled,
+    /// The RocksDB iterator's entry (no overlay entry shadows it).
+    Db,
+    /// `pending`, a put in the overlay.
+    Overlay,
+    /// Past the last entry.
+    End,
 }
 
 impl<'a> Cursor<'a> {
     pub fn seek(&mut self, target: &[u8]) {
         self.it.seek(target);
         self.pending = self.overlay_from(Bound::Included(target));
+        self.head = Head::Unsettled;
     }
 
     fn overlay_from(&self, from: Bound<&[u8]>) -> Option<(&'a Vec<u8>, &'a Option<Vec<u8>>)> {
@@ -237,9 +257,10 @@ impl<'a> Cursor<'a> {
         map.range::<[u8], _>((from, Bound::Excluded(&self.upper[..]))).next()
     }
 
-    /// The next entry at or after the position, or `None` at the end.
-    pub fn next_entry(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        loop {
+    /// Finds the side holding the entry at the position, skipping RocksDB entries that an
+    /// overlay entry shadows and overlay deletions.
+    fn settle(&mut self) -> Result<Head> {
+        while self.head == Head::Unsettled {
             // Which side comes first: Less = RocksDB, Greater = overlay, Equal = overlay
             // shadowing RocksDB.
             let order = {
@@ -254,24 +275,58 @@ impl<'a> Cursor<'a> {
             if !self.it.valid() {
                 self.it.status()?;
             }
-            let Some(order) = order else { return Ok(None) };
-            if order == std::cmp::Ordering::Less {
-                let out = {
-                    let (k, v) = self.it.item().expect("iterator is valid");
-                    (k.to_vec(), v.to_vec())
-                };
-                self.it.next();
-                return Ok(Some(out));
-            }
-            if order == std::cmp::Ordering::Equal {
-                self.it.next();
-            }
-            let (k, v) = self.pending.expect("overlay side chosen");
-            self.pending = self.overlay_from(Bound::Excluded(&k[..]));
-            if let Some(v) = v {
-                return Ok(Some((k.clone(), v.clone())));
+            match order {
+                None => self.head = Head::End,
+                Some(std::cmp::Ordering::Less) => self.head = Head::Db,
+                Some(order) => {
+                    if order == std::cmp::Ordering::Equal {
+                        self.it.next();
+                    }
+                    let (k, v) = self.pending.expect("overlay side chosen");
+                    if v.is_some() {
+                        self.head = Head::Overlay;
+                    } else {
+                        self.pending = self.overlay_from(Bound::Excluded(&k[..]));
+                    }
+                }
             }
         }
+        Ok(self.head)
+    }
+
+    /// The entry at the position (key, value), or `None` at the end. Does not move.
+    pub fn current(&mut self) -> Result<Option<(&[u8], &[u8])>> {
+        Ok(match self.settle()? {
+            Head::Db => Some(self.it.item().expect("iterator is valid")),
+            Head::Overlay => {
+                let (k, v) = self.pending.expect("overlay head is pending");
+                Some((&k[..], v.as_deref().expect("overlay head is a put")))
+            }
+            Head::End => None,
+            Head::Unsettled => unreachable!("settle leaves the head settled"),
+        })
+    }
+
+    /// Moves past the entry at the position (no-op at the end).
+    pub fn advance(&mut self) -> Result<()> {
+        match self.settle()? {
+            Head::Db => self.it.next(),
+            Head::Overlay => {
+                let (k, _) = self.pending.expect("overlay head is pending");
+                self.pending = self.overlay_from(Bound::Excluded(&k[..]));
+            }
+            Head::End => return Ok(()),
+            Head::Unsettled => unreachable!("settle leaves the head settled"),
+        }
+        self.head = Head::Unsettled;
+        Ok(())
+    }
+
+    /// The next entry at or after the position, copied, or `None` at the end.
+    pub fn next_entry(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let out = self.current()?.map(|(k, v)| (k.to_vec(), v.to_vec()));
+        self.advance()?;
+        Ok(out)
     }
 }
 

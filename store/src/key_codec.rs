@@ -168,6 +168,59 @@ pub fn decode_history_key(stored: &[u8]) -> Option<(Vec<u8>, RevisionPair)> {
     Some((key, rev))
 }
 
+/// Splits a `history` CF key into its version prefix `g | esc(key) | 00 01` (shared by every
+/// version of the key, see [`history_key_prefix`]) and its revision, without decoding the
+/// user key. `None` if malformed.
+pub fn split_history_key(stored: &[u8]) -> Option<(&[u8], RevisionPair)> {
+    if stored.len() < GROUP_PREFIX_LEN + 2 + RevisionPair::ENCODED_LEN {
+        return None;
+    }
+    let (prefix, rev) = stored.split_at(stored.len() - RevisionPair::ENCODED_LEN);
+    if prefix[prefix.len() - 2..] != TERMINATOR {
+        return None;
+    }
+    Some((prefix, RevisionPair::from_inverted_bytes(rev)?))
+}
+
+/// Writes the user key of a version prefix (from [`split_history_key`]) into `out`,
+/// replacing its contents. `None` if the escaping is malformed.
+pub fn history_prefix_user_key(prefix: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    let esc = prefix.get(GROUP_PREFIX_LEN..prefix.len().checked_sub(2)?)?;
+    out.clear();
+    let mut i = 0;
+    while i < esc.len() {
+        if esc[i] == 0 {
+            if esc.get(i + 1) != Some(&0xff) {
+                return None;
+            }
+            out.push(0);
+            i += 2;
+        } else {
+            out.push(esc[i]);
+            i += 1;
+        }
+    }
+    Some(())
+}
+
+/// Seek target just past every version of the key whose version prefix is `prefix`
+/// (the same key as [`history_key_after`]).
+pub fn history_prefix_after(prefix: &[u8]) -> Vec<u8> {
+    assert!(prefix.ends_with(&TERMINATOR), "not a history version prefix");
+    let mut out = prefix.to_vec();
+    *out.last_mut().expect("prefix ends with the terminator") = 0x02;
+    out
+}
+
+/// Seek target of the newest version at or below main revision `at` of the key whose
+/// version prefix is `prefix` (versions are newest first).
+pub fn history_prefix_at(prefix: &[u8], at: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prefix.len() + RevisionPair::ENCODED_LEN);
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(&RevisionPair::new(at, i64::MAX).to_inverted_bytes());
+    out
+}
+
 // ---- events ----
 
 pub fn event_key(g: GroupId, rev: RevisionPair) -> Vec<u8> {
@@ -285,6 +338,14 @@ mod tests {
             let ka = history_key(g, &a, RevisionPair::new(ra, 0));
             let kb = history_key(g, &b, RevisionPair::new(rb, 0));
             prop_assert_eq!(decode_history_key(&ka), Some((a.clone(), RevisionPair::new(ra, 0))));
+            let (prefix, rev) = split_history_key(&ka).unwrap();
+            prop_assert_eq!(prefix, &history_key_prefix(g, &a)[..]);
+            prop_assert_eq!(rev, RevisionPair::new(ra, 0));
+            let mut user_key = vec![9];
+            prop_assert_eq!(history_prefix_user_key(prefix, &mut user_key), Some(()));
+            prop_assert_eq!(&user_key, &a);
+            prop_assert_eq!(history_prefix_after(prefix), history_key_after(g, &a));
+            prop_assert_eq!(history_prefix_at(prefix, ra), history_key(g, &a, RevisionPair::new(ra, i64::MAX)));
             let expected = a.cmp(&b).then(rb.cmp(&ra));
             prop_assert_eq!(ka.cmp(&kb), expected);
             // Bounds: every version of `a` lies in [prefix(a), after(a)) and below bound(b) if a < b.

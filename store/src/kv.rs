@@ -57,6 +57,39 @@ impl KeyValue {
         kv.key = Bytes::copy_from_slice(key);
         Ok(kv)
     }
+
+    /// Decodes a stored value without its value field (left empty): what `keys_only` and
+    /// the revision filters need.
+    pub(crate) fn decode_stored_without_value(key: &[u8], bytes: &[u8]) -> Result<KeyValue> {
+        let h = StoredHeader::decode(bytes)
+            .map_err(|e| Error::Corruption(format!("stored KeyValue for {:?}: {e}", Bytes::copy_from_slice(key))))?;
+        let kv = KeyValue {
+            key: Bytes::copy_from_slice(key),
+            create_revision: h.create_revision,
+            mod_revision: h.mod_revision,
+            version: h.version,
+            value: Bytes::new(),
+            lease: h.lease,
+        };
+        if kv.version < 1 || kv.create_revision < 1 || kv.create_revision > kv.mod_revision {
+            return Err(Error::Corruption(format!("stored KeyValue violates invariants: {kv:?}")));
+        }
+        Ok(kv)
+    }
+}
+
+/// A stored [`KeyValue`] without its value: prost skips the unknown value field (5) while
+/// decoding, so decoding this never copies the value.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+struct StoredHeader {
+    #[prost(int64, tag = "2")]
+    create_revision: i64,
+    #[prost(int64, tag = "3")]
+    mod_revision: i64,
+    #[prost(int64, tag = "4")]
+    version: i64,
+    #[prost(int64, tag = "6")]
+    lease: i64,
 }
 
 /// Kind of a watch event (etcd's `mvccpb.Event.EventType`: PUT=0, DELETE=1).
@@ -133,6 +166,9 @@ mod tests {
         let enc = kv.encode_stored();
         assert!(!enc.windows(1).any(|w| w == b"k"), "key must not be stored in the value");
         assert_eq!(KeyValue::decode_stored(b"k", &enc).unwrap(), kv);
+        let without_value = KeyValue { value: Bytes::new(), ..kv.clone() };
+        assert_eq!(KeyValue::decode_stored_without_value(b"k", &enc).unwrap(), without_value);
+        assert!(KeyValue::decode_stored_without_value(b"k", &[0xff, 0xff]).is_err());
         assert!(KeyValue::decode_stored(b"k", &[0xff, 0xff]).is_err());
     }
 

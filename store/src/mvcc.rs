@@ -92,25 +92,45 @@ pub(crate) fn get_at(r: &Reader<'_>, g: GroupId, key: &[u8], at: Revision) -> Re
     }
 }
 
-/// Visits every key live in `range` at revision `at` (`None` = current), in key order, with
-/// its stored value undecoded. `visit` returns false to stop.
+/// Consecutive entries a `history` scan steps over with `next` before it seeks instead.
+/// Stepping is much cheaper than a seek while a key has few versions (the usual case after
+/// compaction); seeking bounds the cost of a key with many versions to one seek.
+const HISTORY_STEPS_BEFORE_SEEK: usize = 8;
+
+/// What [`scan`] hands each visited key to: the user key and its stored value, undecoded.
+pub(crate) type ScanVisitor<'v> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'v;
+
+/// Counts every key live in `range` at revision `at` (`None` = current) and visits the
+/// first `visit_max` of them, in key order, with the user key and the stored value lent
+/// undecoded. Returns the count.
+///
+/// Keys past the first `visit_max` are counted from their RocksDB keys alone: no value is
+/// copied or decoded and no user key is unescaped (RocksDB still reads the blocks that hold
+/// them, since values are stored inline). The scan starts at the range's first key and, at
+/// an old revision, costs one pass over the versions in the range, seeking past a key only
+/// after [`HISTORY_STEPS_BEFORE_SEEK`] of its versions.
 pub(crate) fn scan(
     r: &Reader<'_>,
     g: GroupId,
     range: &KeyRange,
     at: Option<Revision>,
-    visit: &mut dyn FnMut(Vec<u8>, Vec<u8>) -> Result<bool>,
-) -> Result<()> {
+    visit_max: usize,
+    visit: &mut ScanVisitor<'_>,
+) -> Result<u64> {
     if range.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
+    let mut count: u64 = 0;
     match at {
         None => {
             if let KeyRange::Single(k) = range {
                 if let Some(v) = r.get(Cf::Kv, &kc::kv_key(g, k))? {
-                    visit(k.to_vec(), v)?;
+                    if visit_max > 0 {
+                        visit(k, &v)?;
+                    }
+                    count = 1;
                 }
-                return Ok(());
+                return Ok(count);
             }
             let upper = match range {
                 KeyRange::Between(_, end) => kc::kv_key(g, end),
@@ -118,12 +138,14 @@ pub(crate) fn scan(
             };
             let mut c = r.cursor(Cf::Kv, &upper);
             c.seek(&kc::kv_key(g, range.start()));
-            while let Some((k, v)) = c.next_entry()? {
-                if !visit(kc::kv_user_key(&k).to_vec(), v)? {
-                    break;
+            while let Some((k, v)) = c.current()? {
+                if (count as usize) < visit_max {
+                    visit(kc::kv_user_key(k), v)?;
                 }
+                count += 1;
+                c.advance()?;
             }
-            Ok(())
+            Ok(count)
         }
         Some(at) => {
             let upper = match range {
@@ -133,20 +155,58 @@ pub(crate) fn scan(
             };
             let mut c = r.cursor(Cf::History, &upper);
             c.seek(&kc::history_key_bound(g, range.start()));
-            while let Some((k, v)) = c.next_entry()? {
-                let (user_key, rev) = kc::decode_history_key(&k)
-                    .ok_or_else(|| Error::Corruption(format!("history key {:?}", Bytes::from(k.clone()))))?;
-                if rev.main > at {
-                    c.seek(&kc::history_key(g, &user_key, RevisionPair::new(at, i64::MAX)));
-                    continue;
+            // The version prefix of the key whose versions the cursor is in, whether its
+            // version at `at` was found (the rest of its versions are older: skip them),
+            // and how many entries were stepped over since the last seek.
+            let mut key_prefix: Vec<u8> = Vec::new();
+            let mut resolved = false;
+            let mut steps = 0usize;
+            let mut user_key: Vec<u8> = Vec::new();
+            loop {
+                // `Some(target)`: seek there; `None`: step to the next entry.
+                let seek_to = {
+                    let Some((k, v)) = c.current()? else { break };
+                    let (prefix, rev) = kc::split_history_key(k)
+                        .ok_or_else(|| Error::Corruption(format!("history key {:?}", Bytes::copy_from_slice(k))))?;
+                    if prefix != &key_prefix[..] {
+                        key_prefix.clear();
+                        key_prefix.extend_from_slice(prefix);
+                        resolved = false;
+                        steps = 0;
+                    }
+                    if resolved {
+                        // An older version of a key already resolved.
+                        (steps >= HISTORY_STEPS_BEFORE_SEEK).then(|| kc::history_prefix_after(&key_prefix))
+                    } else if rev.main > at {
+                        // Newer than `at`: the key's version at `at` is further on.
+                        (steps >= HISTORY_STEPS_BEFORE_SEEK).then(|| kc::history_prefix_at(&key_prefix, at))
+                    } else {
+                        // The newest version at or below `at`: this decides the key.
+                        resolved = true;
+                        if !v.is_empty() {
+                            if (count as usize) < visit_max {
+                                kc::history_prefix_user_key(&key_prefix, &mut user_key).ok_or_else(|| {
+                                    Error::Corruption(format!("history key {:?}", Bytes::copy_from_slice(k)))
+                                })?;
+                                visit(&user_key, v)?;
+                            }
+                            count += 1;
+                        }
+                        None
+                    }
+                };
+                match seek_to {
+                    Some(target) => {
+                        c.seek(&target);
+                        steps = 0;
+                    }
+                    None => {
+                        c.advance()?;
+                        steps += 1;
+                    }
                 }
-                let after = kc::history_key_after(g, &user_key);
-                if !v.is_empty() && !visit(user_key, v)? {
-                    break;
-                }
-                c.seek(&after);
             }
-            Ok(())
+            Ok(count)
         }
     }
 }
@@ -283,9 +343,9 @@ impl<'a> BatchWriter<'a> {
     /// Deletes every live key in `range`; returns their last versions in key order.
     pub fn delete_range(&mut self, range: &KeyRange) -> Result<Vec<KeyValue>> {
         let mut live = Vec::new();
-        scan(&self.reader(), self.g, range, None, &mut |k, v| {
-            live.push(KeyValue::decode_stored(&k, &v)?);
-            Ok(true)
+        scan(&self.reader(), self.g, range, None, usize::MAX, &mut |k, v| {
+            live.push(KeyValue::decode_stored(k, v)?);
+            Ok(())
         })?;
         for prev in &live {
             self.delete_live(prev.clone())?;

@@ -10,6 +10,10 @@
 //!   another target means ascending on it. Ties come out in etcd's order (Go's unstable
 //!   `sort.Sort`, see `go_sort`).
 //! - `keys_only` clears values, keeps revisions.
+//!
+//! Cost: values are decoded for at most `limit + 1` keys (all keys when sorting or
+//! filtering, as etcd); `count` takes the rest from the RocksDB keys alone; `count_only`
+//! and `keys_only` decode no value (unless sorting by value).
 
 use std::cmp::Ordering;
 
@@ -21,6 +25,9 @@ use crate::kv::KeyValue;
 use crate::mvcc::{self, KeyRange};
 use crate::response::RangeResponse;
 use crate::revision::{GroupId, Revision};
+
+/// Most response entries reserved up front (a limited page reserves `limit + 1`).
+const KVS_PREALLOCATED_MAX: usize = 1024;
 
 /// Runs `req` on view `r` whose latest revision is `current`; `compact` is the scheduled
 /// compact revision (-1 if never). `header_revision` goes into the response.
@@ -61,17 +68,21 @@ pub(crate) fn range(
         usize::try_from(req.limit).unwrap_or(usize::MAX).saturating_add(1)
     };
 
+    // Values are decoded only when the response carries them or the sort compares them;
+    // keys past `fetch_limit` are only counted.
+    let with_value = !req.keys_only || (order != SortOrder::None && target == SortTarget::Value);
     let range = KeyRange::new(&req.key, &req.range_end);
     let at = (rev != current).then_some(rev);
-    let mut count: i64 = 0;
-    let mut kvs: Vec<KeyValue> = Vec::new();
-    mvcc::scan(r, g, &range, at, &mut |k, v| {
-        count += 1;
-        if kvs.len() < fetch_limit {
-            kvs.push(KeyValue::decode_stored(&k, &v)?);
-        }
-        Ok(true)
+    let mut kvs: Vec<KeyValue> = Vec::with_capacity(fetch_limit.min(KVS_PREALLOCATED_MAX));
+    let count = mvcc::scan(r, g, &range, at, fetch_limit, &mut |k, v| {
+        kvs.push(if with_value {
+            KeyValue::decode_stored(k, v)?
+        } else {
+            KeyValue::decode_stored_without_value(k, v)?
+        });
+        Ok(())
     })?;
+    let count = i64::try_from(count).expect("a key count fits in i64");
 
     if filtered {
         kvs.retain(|kv| {
@@ -104,7 +115,7 @@ pub(crate) fn range(
         kvs.truncate(req.limit as usize);
         more = true;
     }
-    if req.keys_only {
+    if req.keys_only && with_value {
         for kv in &mut kvs {
             kv.value = bytes::Bytes::new();
         }

@@ -137,9 +137,9 @@ fn compare_to_path(w: &BatchWriter<'_>, t: &TxnRequest, path: &mut Vec<bool>) ->
 fn apply_compare(w: &BatchWriter<'_>, c: &Compare) -> Result<bool> {
     let range = KeyRange::new(&c.key, &c.range_end);
     let mut kvs = Vec::new();
-    mvcc::scan(&w.reader(), w.g, &range, None, &mut |k, v| {
-        kvs.push(KeyValue::decode_stored(&k, &v)?);
-        Ok(true)
+    mvcc::scan(&w.reader(), w.g, &range, None, usize::MAX, &mut |k, v| {
+        kvs.push(KeyValue::decode_stored(k, v)?);
+        Ok(())
     })?;
     let target = CompareTarget::try_from(c.target).ok();
     if kvs.is_empty() {

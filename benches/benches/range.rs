@@ -1,0 +1,115 @@
+//! Criterion benches of range and list cost in the store, the Kubernetes list shapes:
+//!
+//! - `paginate_100k_1KiB_pages_500_pinned`: list 100,000 keys of 1 KiB in pages of 500 at a
+//!   pinned revision (`revision = R`, `key = last key + "\0"`), with writes after `R` so every
+//!   page reads the `history` column family.
+//! - `count_only_prefix`: `count_only` over a prefix of `PLINTH_BENCH_COUNT_KEYS` keys
+//!   (default 1,000,000, 64 B values) at the current revision.
+//! - `list_100k_1KiB`: one unpaginated list of the 100,000 keys at the current revision.
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use store::{Command, CommandBody, GroupId, Message, PutRequest, RangeRequest, Store, StoreConfig};
+
+const G: GroupId = GroupId(1);
+const LIST_KEYS: usize = 100_000;
+const PAGE_KEYS: i64 = 500;
+const PREFIX: &str = "/registry/pods/";
+
+struct Bench {
+    store: Store,
+    index: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        Bench { store, index: 0, _dir: dir }
+    }
+
+    /// Puts `key(i)` for every `i` in `keys`, 1,000 commands per apply batch.
+    fn load(&mut self, keys: std::ops::Range<usize>, value: &Bytes) {
+        let mut done = keys.start;
+        while done < keys.end {
+            let upto = (done + 1000).min(keys.end);
+            let entries: Vec<(u64, Vec<u8>)> = (done..upto)
+                .map(|i| {
+                    self.index += 1;
+                    let put = PutRequest { key: key(i), value: value.clone(), ..Default::default() };
+                    (self.index, Command::new(self.index, CommandBody::Put(put)).encode_to_vec())
+                })
+                .collect();
+            let refs: Vec<(u64, &[u8])> = entries.iter().map(|(i, b)| (*i, &b[..])).collect();
+            for r in self.store.apply(G, &refs).unwrap() {
+                r.unwrap();
+            }
+            done = upto;
+        }
+    }
+}
+
+fn key(i: usize) -> Bytes {
+    Bytes::from(format!("{PREFIX}default/pod-{i:07}"))
+}
+
+fn prefix_end() -> Bytes {
+    let mut end = PREFIX.as_bytes().to_vec();
+    *end.last_mut().unwrap() += 1;
+    Bytes::from(end)
+}
+
+/// Pages through every key under the prefix at `revision`; returns the number of keys.
+fn paginate(store: &Store, revision: i64) -> usize {
+    let mut from = Bytes::from_static(PREFIX.as_bytes());
+    let mut seen = 0;
+    loop {
+        let req = RangeRequest { key: from, range_end: prefix_end(), limit: PAGE_KEYS, revision, ..Default::default() };
+        let resp = store.range(G, &req).unwrap();
+        seen += resp.kvs.len();
+        let Some(last) = resp.kvs.last() else { break };
+        let mut next = last.key.to_vec();
+        next.push(0);
+        from = Bytes::from(next);
+        if !resp.more {
+            break;
+        }
+    }
+    seen
+}
+
+fn benches(c: &mut Criterion) {
+    let mut b = Bench::new();
+    b.load(0..LIST_KEYS, &Bytes::from(vec![b'x'; 1024]));
+    let pinned = b.store.current_revision(G);
+    // Writes after the pinned revision, as a cluster keeps writing while a client pages:
+    // the pages then read `history`, not `kv`.
+    b.load(0..1000, &Bytes::from(vec![b'y'; 1024]));
+    c.bench_function("paginate_100k_1KiB_pages_500_pinned", |bench| {
+        bench.iter(|| assert_eq!(paginate(&b.store, pinned), LIST_KEYS))
+    });
+    let list =
+        RangeRequest { key: Bytes::from_static(PREFIX.as_bytes()), range_end: prefix_end(), ..Default::default() };
+    c.bench_function("list_100k_1KiB", |bench| {
+        bench.iter(|| assert_eq!(b.store.range(G, &list).unwrap().kvs.len(), LIST_KEYS))
+    });
+    drop(b);
+
+    let count_keys: usize =
+        std::env::var("PLINTH_BENCH_COUNT_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let mut b = Bench::new();
+    b.load(0..count_keys, &Bytes::from(vec![b'x'; 64]));
+    let count = RangeRequest {
+        key: Bytes::from_static(PREFIX.as_bytes()),
+        range_end: prefix_end(),
+        count_only: true,
+        ..Default::default()
+    };
+    c.bench_function("count_only_prefix", |bench| {
+        bench.iter(|| assert_eq!(b.store.range(G, &count).unwrap().count, count_keys as i64))
+    });
+}
+
+criterion_group!(name = range_benches; config = Criterion::default().sample_size(10); targets = benches);
+criterion_main!(range_benches);
