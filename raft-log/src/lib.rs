@@ -61,9 +61,10 @@
 //!
 //! The crc of a frame is mixed with the segment's sequence number, so a stale frame from
 //! another file never validates. Each entry has its own crc so a single entry read back
-//! with `pread` is still checked. A segment is created at its full size with `fallocate`
-//! (`segment_preallocate`), so appends write inside the file and their fdatasync does not
-//! journal a size change; the zeros after the last frame are the end of the log, and a
+//! with `pread` is still checked. With `segment_preallocate` (off by default until measured)
+//! a segment is created at its full size with `fallocate`, so appends write inside the file
+//! and their fdatasync does not journal a size change; the zeros after the last frame are
+//! the end of the log, and a
 //! segment is trimmed to its last frame when it is rotated or the WAL closes (recovery cuts
 //! them off the last segment after a crash). A new segment is started when the active one grows past
 //! `segment_bytes_max`, and on every open; it begins with a checkpoint of every group's

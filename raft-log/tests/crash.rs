@@ -327,7 +327,7 @@ fn second_open_of_the_same_directory_fails() {
 #[test]
 fn a_preallocated_segment_left_by_a_crash_reopens_appends_and_still_detects_damage() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = |dir: &Path| WalConfig { segment_bytes_max: 64 << 10, ..WalConfig::new(dir) };
+    let cfg = |dir: &Path| WalConfig { segment_bytes_max: 64 << 10, segment_preallocate: true, ..WalConfig::new(dir) };
     let g = GroupId(1);
     // `len | crc` before every frame's payload.
     const FRAME_HEADER: usize = 8;
