@@ -89,18 +89,10 @@ pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
     match args.command {
         TenantCommand::Create { name, client_cn, quota_bytes } => {
             let msg = pb::CreateTenantRequest { name, client_cns: client_cn, quota_bytes: quota_bytes.unwrap_or(0) };
-            let t = client
-                .create(with_token(msg, token.as_deref()))
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .tenant
-                .unwrap_or_default();
-            if json {
-                println!("{}", tenant_json(&t));
-            } else {
-                println!("tenant {} created: number {}, group {}", t.name, t.number, t.group);
-            }
+            let answer = client.create(with_token(msg, token.as_deref())).await.map_err(status_error)?;
+            print_tenant(answer.into_inner(), json, |t| {
+                format!("tenant {} created: number {}, group {}", t.name, t.number, t.group)
+            });
         }
         TenantCommand::Update { name, client_cn, clear_client_cns, quota_bytes } => {
             let msg = pb::UpdateTenantRequest {
@@ -110,32 +102,13 @@ pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
                 set_quota_bytes: quota_bytes.is_some(),
                 quota_bytes: quota_bytes.unwrap_or(0),
             };
-            let t = client
-                .update(with_token(msg, token.as_deref()))
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .tenant
-                .unwrap_or_default();
-            if json {
-                println!("{}", tenant_json(&t));
-            } else {
-                println!("tenant {} updated", t.name);
-            }
+            let answer = client.update(with_token(msg, token.as_deref())).await.map_err(status_error)?;
+            print_tenant(answer.into_inner(), json, |t| format!("tenant {} updated", t.name));
         }
         TenantCommand::Delete { name } => {
-            let t = client
-                .delete(with_token(pb::DeleteTenantRequest { name }, token.as_deref()))
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .tenant
-                .unwrap_or_default();
-            if json {
-                println!("{}", tenant_json(&t));
-            } else {
-                println!("tenant {} deleted", t.name);
-            }
+            let request = with_token(pb::DeleteTenantRequest { name }, token.as_deref());
+            let answer = client.delete(request).await.map_err(status_error)?;
+            print_tenant(answer.into_inner(), json, |t| format!("tenant {} deleted", t.name));
         }
         TenantCommand::List => {
             let list = client
@@ -222,6 +195,16 @@ fn with_token<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
         r.metadata_mut().insert("token", t.parse().expect("tokens are ASCII"));
     }
     r
+}
+
+/// Prints the tenant a create, update or delete answered with: JSON, or `simple`'s line.
+fn print_tenant(answer: pb::TenantResponse, json: bool, simple: impl FnOnce(&pb::Tenant) -> String) {
+    let t = answer.tenant.unwrap_or_default();
+    if json {
+        println!("{}", tenant_json(&t));
+    } else {
+        println!("{}", simple(&t));
+    }
 }
 
 fn quota_text(bytes: u64) -> String {

@@ -58,14 +58,18 @@ async fn answers(endpoint: &str) -> bool {
     }
 }
 
-/// `plinth tenant <args> --endpoints <endpoint>`: stdout, or the panic with stderr.
-fn tenant_cli(endpoint: &str, args: &[&str]) -> String {
-    let out = Command::new(plinth_bin())
+fn run_tenant_cli(endpoint: &str, args: &[&str]) -> std::process::Output {
+    Command::new(plinth_bin())
         .arg("tenant")
         .args(args)
         .args(["--endpoints", endpoint])
         .output()
-        .expect("run plinth tenant");
+        .expect("run plinth tenant")
+}
+
+/// `plinth tenant <args> --endpoints <endpoint>`: stdout, or the panic with stderr.
+fn tenant_cli(endpoint: &str, args: &[&str]) -> String {
+    let out = run_tenant_cli(endpoint, args);
     assert!(
         out.status.success(),
         "plinth tenant {args:?} failed: {}{}",
@@ -76,12 +80,7 @@ fn tenant_cli(endpoint: &str, args: &[&str]) -> String {
 }
 
 fn tenant_cli_fails(endpoint: &str, args: &[&str]) -> String {
-    let out = Command::new(plinth_bin())
-        .arg("tenant")
-        .args(args)
-        .args(["--endpoints", endpoint])
-        .output()
-        .expect("run plinth tenant");
+    let out = run_tenant_cli(endpoint, args);
     assert!(!out.status.success(), "plinth tenant {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
