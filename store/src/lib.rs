@@ -32,6 +32,10 @@
 //!   auth revision and fails with `AuthOldRevision` if an auth change applied since. Simple
 //!   tokens are per-member memory filled from applied `Authenticate` entries
 //!   ([`Store::simple_token_user`]), all dropped when a snapshot is installed.
+//! - **Groups come and go** (tenants): a group's own quota is applied from its log
+//!   ([`CommandBody::GroupSettings`], meta key `g | 's'`, carried in snapshots), so every
+//!   replica refuses the same write; [`Store::drop_group`] deletes a removed group's keys
+//!   in every column family and flushes.
 //! - **Backups** ([`Store::export_full`], [`Store::export_delta`], [`Store::import_group`]):
 //!   a group exported whole at its revision or as the changes of a revision range, and
 //!   rebuilt from a full export and a chain of deltas at any revision they cover, with
