@@ -213,12 +213,7 @@ impl Store {
         sink: &mut dyn FnMut(BackupRecord) -> Result<()>,
     ) -> Result<(BackupHeader, u64)> {
         let inner = &*self.inner;
-        let gs = inner.group(g);
-        // Snapshot and meta under the read lock: the snapshot holds exactly `meta`'s revision.
-        let (snapshot, meta) = {
-            let m = gs.committed.read();
-            (inner.db.snapshot(), m.clone())
-        };
+        let (snapshot, meta) = inner.pinned(g);
         let r = Reader::at_snapshot(&inner.db, &snapshot);
         let header = BackupHeader {
             format_version: BACKUP_FORMAT_VERSION,
@@ -259,11 +254,7 @@ impl Store {
         sink: &mut dyn FnMut(BackupRecord) -> Result<()>,
     ) -> Result<(BackupHeader, u64)> {
         let inner = &*self.inner;
-        let gs = inner.group(g);
-        let (snapshot, meta) = {
-            let m = gs.committed.read();
-            (inner.db.snapshot(), m.clone())
-        };
+        let (snapshot, meta) = inner.pinned(g);
         if from_revision > meta.current_revision {
             return Err(Error::FutureRevision { requested: from_revision, current: meta.current_revision });
         }

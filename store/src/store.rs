@@ -119,6 +119,15 @@ impl Inner {
         groups.entry(g).or_insert_with(|| Arc::new(self.new_group_state(g, ApplyMeta::default(), -1))).clone()
     }
 
+    /// A RocksDB snapshot of the store and group `g`'s metadata at the same point: the
+    /// snapshot is taken under the read lock of the committed metadata, which apply holds
+    /// for writing while it writes a batch, so the snapshot holds exactly `meta`'s revision.
+    pub(crate) fn pinned(&self, g: GroupId) -> (engine::Snapshot<'_>, ApplyMeta) {
+        let gs = self.group(g);
+        let m = gs.committed.read();
+        (self.db.snapshot(), m.clone())
+    }
+
     fn all_groups(&self) -> Vec<Arc<GroupState>> {
         self.groups.read().values().cloned().collect()
     }
@@ -387,11 +396,7 @@ impl Store {
     pub fn range(&self, g: GroupId, req: &RangeRequest) -> Result<RangeResponse> {
         command::check_range(req)?;
         let inner = &*self.inner;
-        let gs = inner.group(g);
-        let (snapshot, meta) = {
-            let m = gs.committed.read();
-            (inner.db.snapshot(), m.clone())
-        };
+        let (snapshot, meta) = inner.pinned(g);
         let r = Reader::at_snapshot(&inner.db, &snapshot);
         range::range(&r, g, req, meta.current_revision, meta.compact_revision, meta.current_revision)
     }
@@ -406,12 +411,7 @@ impl Store {
             return Err(Error::InvalidCommand("txn writes: it must go through the log".into()));
         }
         let inner = &*self.inner;
-        let gs = inner.group(g);
-        // The snapshot is taken under the read lock, so it holds exactly `meta`'s revision.
-        let (snapshot, meta) = {
-            let m = gs.committed.read();
-            (inner.db.snapshot(), m.clone())
-        };
+        let (snapshot, meta) = inner.pinned(g);
         let mut w = BatchWriter::at_snapshot(&inner.db, &snapshot, g, &inner.cfg, meta);
         txn::read_only_txn(&mut w, t)
     }
@@ -437,11 +437,7 @@ impl Store {
     /// `(hash, compact revision, hash revision)`.
     pub fn hash_kv(&self, g: GroupId, rev: Revision) -> Result<(u32, Revision, Revision)> {
         let inner = &*self.inner;
-        let gs = inner.group(g);
-        let (snapshot, meta) = {
-            let m = gs.committed.read();
-            (inner.db.snapshot(), m.clone())
-        };
+        let (snapshot, meta) = inner.pinned(g);
         let current = meta.current_revision;
         if rev > current {
             return Err(Error::FutureRevision { requested: rev, current });
