@@ -254,15 +254,24 @@ impl Store {
         sink: &mut dyn FnMut(BackupRecord) -> Result<()>,
     ) -> Result<(BackupHeader, u64)> {
         let inner = &*self.inner;
-        let (snapshot, meta) = inner.pinned(g);
+        // Pinned while no purge runs, so the snapshot sees every purge either finished or
+        // not started: never a half-purged history.
+        let (snapshot, meta, purged) = {
+            let gs = inner.group(g);
+            let _purging = gs.purge_lock.lock();
+            let (snapshot, meta) = inner.pinned(g);
+            let purged = *gs.compact_finished.lock();
+            (snapshot, meta, purged)
+        };
         if from_revision > meta.current_revision {
             return Err(Error::FutureRevision { requested: from_revision, current: meta.current_revision });
         }
-        // Compaction at C keeps the events at and after C and, for each key, its newest
-        // version at or below C (the prev of the first change after it): a delta from C on
-        // is complete.
-        if from_revision < meta.compact_revision {
-            return Err(Error::Compacted { requested: from_revision, compacted: meta.compact_revision });
+        // A purge at P keeps the events after P and, for each key, its newest version at or
+        // below P (the prev of the first change after it): a delta from P on is complete.
+        // What counts is the purge, not the scheduled compact revision: a store that holds
+        // history for backups (`hold_history_for_backups`) keeps it past the compaction.
+        if from_revision < purged {
+            return Err(Error::Compacted { requested: from_revision, compacted: purged });
         }
         let r = Reader::at_snapshot(&inner.db, &snapshot);
         let header = BackupHeader {
@@ -612,6 +621,9 @@ impl GroupImport<'_> {
             auth: std::sync::Arc::new(auth),
             // A tenant's quota follows its registry record (the reconciler sets it).
             quota_bytes: 0,
+            // A restored group starts a new chain: its first backup is a full one.
+            backup_revision: 0,
+            backup_time_unix_ms: 0,
         };
         if compact_revision > 0 {
             self.put(Cf::Meta, kc::meta_compact_key(g), (compact_revision as u64).to_be_bytes().to_vec())?;

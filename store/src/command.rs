@@ -24,7 +24,7 @@ pub struct Command {
     /// The proposer's waiter key. The store ignores it.
     #[prost(uint64, tag = "1")]
     pub request_id: u64,
-    #[prost(oneof = "CommandBody", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
+    #[prost(oneof = "CommandBody", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13")]
     pub body: Option<CommandBody>,
 }
 
@@ -65,6 +65,22 @@ pub enum CommandBody {
     /// on them (a tenant's quota): replicated through the group's own log.
     #[prost(message, tag = "12")]
     GroupSettings(GroupSettings),
+    /// Records that the group's backups reach `revision`, so that every replica knows it
+    /// (a new leader continues the chain, and members that hold history for backups keep
+    /// what the next delta needs). Moves forward only; an older mark is a no-op.
+    #[prost(message, tag = "13")]
+    BackupMark(BackupMark),
+}
+
+/// The payload of [`CommandBody::BackupMark`].
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct BackupMark {
+    /// The revision the group's newest backup ends at.
+    #[prost(int64, tag = "1")]
+    pub revision: i64,
+    /// When that backup was taken, in ms since the Unix epoch.
+    #[prost(uint64, tag = "2")]
+    pub time_unix_ms: u64,
 }
 
 /// The payload of [`CommandBody::GroupSettings`].
@@ -401,6 +417,10 @@ pub fn validate(cmd: &Command, cfg: &StoreConfig) -> Result<()> {
         Some(CommandBody::LeaseRevoke(_))
         | Some(CommandBody::LeaseCheckpoint(_))
         | Some(CommandBody::GroupSettings(_)) => Ok(()),
+        Some(CommandBody::BackupMark(m)) if m.revision < 1 => {
+            Err(Error::InvalidCommand(format!("backup mark at revision {}", m.revision)))
+        }
+        Some(CommandBody::BackupMark(_)) => Ok(()),
         Some(CommandBody::Auth(a)) => match &a.command {
             None => Err(Error::InvalidCommand("auth command without body".into())),
             Some(_) => Ok(()),

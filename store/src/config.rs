@@ -33,6 +33,10 @@ pub struct StoreConfig {
     pub max_txn_ops: usize,
     /// etcd `--max-request-bytes`, checked on the encoded command. Default: 1.5 MiB.
     pub max_request_bytes: usize,
+    /// Backups are taken from this store: the background purge of a compaction stops at
+    /// each group's backup mark, so the next delta finds every change after it. Default:
+    /// false.
+    pub hold_history_for_backups: bool,
 }
 
 impl Default for StoreConfig {
@@ -48,6 +52,7 @@ impl Default for StoreConfig {
             watch_stuck_cancel_after: Duration::from_secs(60),
             max_txn_ops: 128,
             max_request_bytes: 3 << 19,
+            hold_history_for_backups: false,
         }
     }
 }

@@ -59,6 +59,7 @@ const META_APPLY: u8 = b'a';
 const META_COMPACT: u8 = b'c';
 const META_AUTH: u8 = b'u';
 const META_SETTINGS: u8 = b's';
+const META_BACKUP: u8 = b'b';
 const LEASE_RECORD: u8 = b'l';
 const LEASE_KEY: u8 = b'k';
 
@@ -258,6 +259,14 @@ pub fn meta_auth_key(g: GroupId) -> Vec<u8> {
 pub fn meta_settings_key(g: GroupId) -> Vec<u8> {
     let mut out = with_group(g, 1);
     out.push(META_SETTINGS);
+    out
+}
+
+/// The group's backup mark (the revision and time of its last backup), written by a
+/// `BackupMark` command.
+pub fn meta_backup_key(g: GroupId) -> Vec<u8> {
+    let mut out = with_group(g, 1);
+    out.push(META_BACKUP);
     out
 }
 

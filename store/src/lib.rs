@@ -125,8 +125,8 @@ pub use backup::{
     BACKUP_FORMAT_VERSION, IMPORT_BATCH_BYTES_MAX, IMPORT_UNKNOWN_LEASE_TTL_SECS,
 };
 pub use command::{
-    check_range, validate, AlarmAction, AlarmRequest, AlarmType, CheckedCommand, Command, CommandBody, CompactRequest,
-    Compare, CompareResult, CompareTarget, DeleteRangeRequest, GroupSettings, LeaseCheckpointRequest,
+    check_range, validate, AlarmAction, AlarmRequest, AlarmType, BackupMark, CheckedCommand, Command, CommandBody,
+    CompactRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest, GroupSettings, LeaseCheckpointRequest,
     LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, Request, RequestOp, SortOrder, SortTarget,
     TargetUnion, TxnRequest,
 };

@@ -73,6 +73,11 @@ pub(crate) struct ApplyMeta {
     /// The group's quota in bytes, 0 for the store's default. Like `auth`, persisted under
     /// its own meta key (`g | 's'`) by the command that sets it and loaded with the record.
     pub quota_bytes: u64,
+    /// The group's backup mark (`BackupMark` command): the revision its newest backup ends
+    /// at (0 = none) and when it was taken. Like `quota_bytes`, persisted under its own meta
+    /// key (`g | 'b'`) by the command that moves it and loaded with the record.
+    pub backup_revision: Revision,
+    pub backup_time_unix_ms: u64,
 }
 
 impl Default for ApplyMeta {
@@ -87,8 +92,28 @@ impl Default for ApplyMeta {
             alarms: Vec::new(),
             auth: Arc::new(crate::auth::initial()),
             quota_bytes: 0,
+            backup_revision: 0,
+            backup_time_unix_ms: 0,
         }
     }
+}
+
+/// The value of the backup mark key (`g | 'b'`): revision | time in ms, both big-endian.
+pub(crate) fn encode_backup_mark(revision: Revision, time_unix_ms: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    out.extend_from_slice(&(revision as u64).to_be_bytes());
+    out.extend_from_slice(&time_unix_ms.to_be_bytes());
+    out
+}
+
+/// Reads a backup mark value into `meta`.
+pub(crate) fn load_backup_mark(meta: &mut ApplyMeta, value: &[u8]) -> Result<()> {
+    if value.len() != 16 {
+        return Err(Error::Corruption(format!("backup mark of {} bytes", value.len())));
+    }
+    meta.backup_revision = u64::from_be_bytes(value[..8].try_into().expect("8 bytes")) as Revision;
+    meta.backup_time_unix_ms = u64::from_be_bytes(value[8..].try_into().expect("8 bytes"));
+    Ok(())
 }
 
 impl ApplyMeta {
@@ -181,6 +206,8 @@ impl ApplyMeta {
             alarms: Vec::new(),
             auth: Arc::new(crate::auth::initial()),
             quota_bytes: 0,
+            backup_revision: 0,
+            backup_time_unix_ms: 0,
         };
         if bytes[0] == META_VERSION {
             let count = u16::from_be_bytes(body[fixed..fixed + ALARM_COUNT_LEN].try_into().expect("2 bytes")) as usize;

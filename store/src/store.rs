@@ -61,10 +61,10 @@ pub(crate) struct GroupState {
     /// a reader's revision always matches its snapshot.
     pub committed: RwLock<ApplyMeta>,
     /// Finished compact revision (-1 = none); waiters use `compact_cond`.
-    compact_finished: Mutex<Revision>,
+    pub(crate) compact_finished: Mutex<Revision>,
     compact_cond: Condvar,
     /// Held by a running purge and by `install_snapshot`.
-    purge_lock: Mutex<()>,
+    pub(crate) purge_lock: Mutex<()>,
     pub hub: Arc<Hub>,
     /// The simple tokens this member applied (not replicated state; see `auth`).
     tokens: Mutex<TokenTable>,
@@ -143,7 +143,16 @@ impl Inner {
             for gs in self.all_groups() {
                 // The hub's compact revision is published after the batch that scheduled it
                 // was written; the watch sync thread relies on purges lagging it.
-                let target = gs.hub.compact_revision();
+                let mut target = gs.hub.compact_revision();
+                // Ordering: with backups on, history after the group's backup mark stays until
+                // a backup has taken it (the next delta starts at the mark). Reads below the
+                // scheduled compact revision already fail; only the purge waits.
+                if self.cfg.hold_history_for_backups {
+                    let mark = gs.committed.read().backup_revision;
+                    if mark > 0 {
+                        target = target.min(mark);
+                    }
+                }
                 if target < 1 || target <= *gs.compact_finished.lock() {
                     continue;
                 }
@@ -209,6 +218,9 @@ impl Store {
                     }
                     if let Some(settings) = r.get(Cf::Meta, &kc::meta_settings_key(g))? {
                         meta.quota_bytes = engine::be_u64(&settings, "group quota")?;
+                    }
+                    if let Some(mark) = r.get(Cf::Meta, &kc::meta_backup_key(g))? {
+                        crate::meta::load_backup_mark(&mut meta, &mark)?;
                     }
                     loaded.push((g, meta));
                 }
@@ -386,7 +398,8 @@ impl Store {
         // Events are published only once the batch is in RocksDB, so catch-up reads and
         // live feeds agree.
         gs.hub.publish(&events, meta.current_revision, meta.compact_revision);
-        if meta.compact_revision > before.compact_revision {
+        // A moved backup mark may release history that the compactor held back.
+        if meta.compact_revision > before.compact_revision || meta.backup_revision > before.backup_revision {
             inner.compactor_signal.notify();
         }
         Ok(results)
@@ -588,6 +601,14 @@ impl Store {
         self.inner.group(g).committed.read().quota_bytes
     }
 
+    /// The group's backup mark: the revision its newest backup ends at (0 = none) and when
+    /// that backup was taken (ms since the Unix epoch).
+    pub fn backup_mark(&self, g: GroupId) -> (Revision, u64) {
+        let gs = self.inner.group(g);
+        let m = gs.committed.read();
+        (m.backup_revision, m.backup_time_unix_ms)
+    }
+
     /// Removes group `g` from this store: every key of it in every column family, durably,
     /// and its in-memory state. For a deleted tenant; the caller makes sure nothing applies
     /// to the group any more (its Raft group is gone first).
@@ -690,7 +711,13 @@ fn apply_command(w: &mut BatchWriter<'_>, data: &[u8]) -> Result<CommandResponse
 /// Applies one validated command body.
 fn apply_body(w: &mut BatchWriter<'_>, body: CommandBody) -> Result<CommandResponse> {
     let quota_bytes = if w.meta.quota_bytes > 0 { w.meta.quota_bytes } else { w.cfg.quota_bytes_per_group };
-    if !matches!(body, CommandBody::Alarm(_) | CommandBody::LeaseCheckpoint(_) | CommandBody::GroupSettings(_)) {
+    if !matches!(
+        body,
+        CommandBody::Alarm(_)
+            | CommandBody::LeaseCheckpoint(_)
+            | CommandBody::GroupSettings(_)
+            | CommandBody::BackupMark(_)
+    ) {
         quota::check_not_corrupt(&w.meta)?;
     }
     match body {
@@ -745,6 +772,21 @@ fn apply_body(w: &mut BatchWriter<'_>, body: CommandBody) -> Result<CommandRespo
             // every replica enforces the new quota from the same entry on.
             w.ws.put(Cf::Meta, kc::meta_settings_key(w.g), s.quota_bytes.to_be_bytes().to_vec());
             w.meta.quota_bytes = s.quota_bytes;
+            Ok(CommandResponse::Noop)
+        }
+        CommandBody::BackupMark(m) => {
+            // Monotonic: a mark proposed by a deposed leader, or one for a revision this
+            // group has not reached, changes nothing. Durability: written in this command's
+            // batch, under its applied index, like the group settings.
+            if m.revision > w.meta.backup_revision && m.revision <= w.meta.current_revision {
+                w.ws.put(
+                    Cf::Meta,
+                    kc::meta_backup_key(w.g),
+                    crate::meta::encode_backup_mark(m.revision, m.time_unix_ms),
+                );
+                w.meta.backup_revision = m.revision;
+                w.meta.backup_time_unix_ms = m.time_unix_ms;
+            }
             Ok(CommandResponse::Noop)
         }
         CommandBody::Alarm(a) => {
