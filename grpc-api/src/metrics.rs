@@ -1,8 +1,8 @@
 //! Prometheus metrics under etcd's names, for the dashboards and alerts built for etcd.
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric this member exports.
@@ -26,6 +26,11 @@ pub struct Metrics {
     pub grpc_handled: IntCounterVec,
     pub health_success: IntCounter,
     pub health_failures: IntCounter,
+    /// Automated backups, per tenant, on the member that took them.
+    pub backup_last_success: IntGaugeVec,
+    pub backup_duration: HistogramVec,
+    pub backup_bytes: IntCounterVec,
+    pub backup_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -67,6 +72,38 @@ impl Metrics {
                 .expect("valid metric");
         version.with_label_values(&[server_version]).set(1);
         registry.register(Box::new(version)).expect("unique metric");
+        let tenant = ["tenant"];
+        let backup_last_success = IntGaugeVec::new(
+            Opts::new(
+                "plinth_backup_last_success_timestamp_seconds",
+                "Unix time of the last backup of the tenant this member took.",
+            ),
+            &tenant,
+        )
+        .expect("valid metric");
+        let backup_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "plinth_backup_duration_seconds",
+                "Time to take a backup of the tenant (export and upload).",
+            )
+            .buckets(exponential_buckets(0.01, 2.0, 14).expect("valid buckets")),
+            &tenant,
+        )
+        .expect("valid metric");
+        let backup_bytes = IntCounterVec::new(
+            Opts::new("plinth_backup_bytes_total", "Bytes of backup objects of the tenant this member stored."),
+            &tenant,
+        )
+        .expect("valid metric");
+        let backup_failures = IntCounterVec::new(
+            Opts::new("plinth_backup_failures_total", "Failed backup attempts of the tenant on this member."),
+            &tenant,
+        )
+        .expect("valid metric");
+        registry.register(Box::new(backup_last_success.clone())).expect("unique metric");
+        registry.register(Box::new(backup_duration.clone())).expect("unique metric");
+        registry.register(Box::new(backup_bytes.clone())).expect("unique metric");
+        registry.register(Box::new(backup_failures.clone())).expect("unique metric");
 
         Metrics {
             has_leader: gauge("etcd_server_has_leader", "Whether or not a leader exists."),
@@ -109,6 +146,10 @@ impl Metrics {
             health_success: counter("etcd_server_health_success", "The total number of successful health checks"),
             health_failures: counter("etcd_server_health_failures", "The total number of failed health checks"),
             wal_fsync_duration,
+            backup_last_success,
+            backup_duration,
+            backup_bytes,
+            backup_failures,
             grpc_started,
             grpc_handled,
             registry,

@@ -75,11 +75,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let peer_ids = identity.peer_ids();
     let quota_bytes = if args.quota_backend_bytes == 0 { QUOTA_BYTES_DEFAULT } else { args.quota_backend_bytes };
+    // The backup target opens (and an S3 URL parses) before anything starts.
+    let backups = args.backup_schedule()?;
 
     let store_cfg = store::StoreConfig {
         quota_bytes_per_group: quota_bytes,
         max_txn_ops: args.max_txn_ops,
         max_request_bytes: args.max_request_bytes,
+        // A member that takes backups keeps each group's history after its backup mark.
+        hold_history_for_backups: backups.is_some(),
         ..store::StoreConfig::default()
     };
     let store = store::Store::open(&data_dir.join("store"), store_cfg)?;
@@ -172,6 +176,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     ));
     if let Some(policy) = args.auto_compaction()? {
         tokio::spawn(auto_compact(node.clone(), policy));
+    }
+    if let Some((target, schedule)) = backups {
+        let scheduler = crate::backup::schedule::Scheduler::new(Arc::from(target), schedule.clone());
+        info!(
+            target = %scheduler.describe_target(),
+            full_interval = ?schedule.full_interval,
+            delta_interval = ?schedule.delta_interval,
+            "automated backups on"
+        );
+        let _ = tenants.backups.set(scheduler.clone());
+        tokio::spawn(scheduler.run(node.clone()));
     }
 
     // The shared client port: each request goes to the router of the tenant its connection
@@ -294,7 +309,10 @@ fn client_router(node: Arc<Node>, max_request_bytes: usize, health: HealthServer
     // On a tenant's router the admin API only answers "permission denied".
     grpc.add_service(crate::pb::plinthv1::tenants_server::TenantsServer::new(crate::tenants::TenantsService {
         node: node.clone(),
-    }));
+    }))
+    .add_service(crate::pb::plinthv1::backups_server::BackupsServer::new(
+        crate::backup::schedule::BackupsService { node: node.clone() },
+    ));
     grpc.routes()
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(node.metrics.clone(), crate::metrics::count_grpc))

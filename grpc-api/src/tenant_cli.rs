@@ -139,6 +139,9 @@ pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
                 .map_err(status_error)?
                 .into_inner();
             let t = s.tenant.clone().unwrap_or_default();
+            let backup = s.backup.clone().unwrap_or_default();
+            let backup_time =
+                (backup.last_time_unix_ms > 0).then(|| crate::backup::format_time(backup.last_time_unix_ms));
             if json {
                 let mut v = tenant_json(&t);
                 let extra = json!({
@@ -155,6 +158,13 @@ pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
                     "learners": s.learners.iter().map(|v| format!("{v:x}")).collect::<Vec<_>>(),
                     "membership_in_sync": s.membership_in_sync,
                     "alarms": s.alarms,
+                    "backup": {
+                        "state": backup.state,
+                        "last_revision": backup.last_revision,
+                        "last_time": backup_time,
+                        "last_error": backup.last_error,
+                        "consecutive_failures": backup.consecutive_failures,
+                    },
                 });
                 if let (Some(v), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
                     v.extend(extra.clone());
@@ -181,6 +191,14 @@ pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
                     s.learners
                 );
                 println!("alarms: [{}]", s.alarms.join(" "));
+                let mut line = format!("backup: {}", backup.state);
+                if let Some(time) = &backup_time {
+                    line += &format!(", last at revision {} ({time})", backup.last_revision);
+                }
+                if !backup.last_error.is_empty() {
+                    line += &format!(", {} failures, last: {}", backup.consecutive_failures, backup.last_error);
+                }
+                println!("{line}");
             }
         }
     }
@@ -188,7 +206,7 @@ pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
 }
 
 /// A request with the command's deadline and, after `--user`, the auth token.
-fn with_token<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
+pub(crate) fn with_token<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.set_timeout(COMMAND_TIMEOUT);
     if let Some(t) = token {
@@ -229,11 +247,35 @@ fn tenant_json(t: &pb::Tenant) -> serde_json::Value {
 /// Connects to the first endpoint that answers; with `--user`, authenticates (etcd's Auth
 /// service) and returns the token.
 async fn connect(args: &TenantArgs) -> anyhow::Result<(tonic::transport::Channel, Option<String>)> {
+    let client = ClientFlags {
+        endpoints: &args.endpoints,
+        cacert: args.cacert.as_deref(),
+        cert: args.cert.as_deref(),
+        key: args.key.as_deref(),
+        user: args.user.as_deref(),
+    };
+    connect_with(&client).await
+}
+
+/// The connection flags every admin command takes (etcdctl's).
+pub(crate) struct ClientFlags<'a> {
+    pub endpoints: &'a str,
+    pub cacert: Option<&'a std::path::Path>,
+    pub cert: Option<&'a std::path::Path>,
+    pub key: Option<&'a std::path::Path>,
+    pub user: Option<&'a str>,
+}
+
+/// Connects to the first of `args.endpoints` that answers; with a user, authenticates
+/// (etcd's Auth service) and returns the token.
+pub(crate) async fn connect_with(
+    args: &ClientFlags<'_>,
+) -> anyhow::Result<(tonic::transport::Channel, Option<String>)> {
     let tls = match (&args.cacert, &args.cert, &args.key) {
         (None, None, None) => None,
         (Some(ca), cert, key) => {
             let cert_key = match (cert, key) {
-                (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+                (Some(c), Some(k)) => Some((*c, *k)),
                 (None, None) => None,
                 _ => anyhow::bail!("--cert and --key go together"),
             };
@@ -257,7 +299,7 @@ async fn connect(args: &TenantArgs) -> anyhow::Result<(tonic::transport::Channel
         };
         match connected {
             Ok(channel) => {
-                let token = match &args.user {
+                let token = match args.user {
                     Some(user) => Some(authenticate(channel.clone(), user).await?),
                     None => None,
                 };

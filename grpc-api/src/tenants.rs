@@ -129,6 +129,8 @@ pub struct Tenants {
     pub changed: Arc<tokio::sync::Notify>,
     /// The last request counts sampled for the rates, per group.
     samples: Mutex<(Option<Instant>, HashMap<u64, u64>)>,
+    /// The backup scheduler, when the member takes backups (set once at start).
+    pub backups: std::sync::OnceLock<Arc<crate::backup::schedule::Scheduler>>,
 }
 
 impl Tenants {
@@ -146,6 +148,7 @@ impl Tenants {
             make_router,
             changed,
             samples: Mutex::default(),
+            backups: std::sync::OnceLock::new(),
         })
     }
 
@@ -451,28 +454,8 @@ impl TenantsService {
         &self.node.tenants
     }
 
-    /// Only the cluster admin: see the module docs of `plinth.v1` (proto/tenants.proto).
     fn check_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        if !self.node.is_default() || request.extensions().get::<ListenerTenant>().is_some() {
-            // A tenant's connection (its port, or a certificate of a tenant).
-            return Err(crate::error::EtcdError::PermissionDenied.status());
-        }
-        let cn = crate::tls::client_common_name(request).filter(|cn| !cn.is_empty());
-        let admin_cn = self.tenants().cfg.admin_cn.as_deref();
-        if let (Some(admin), Some(cn)) = (admin_cn, cn.as_deref()) {
-            if admin == cn {
-                return Ok(());
-            }
-        }
-        let caller = crate::auth::caller(&self.node, request)?;
-        if caller.enabled() {
-            return caller.check_admin();
-        }
-        if admin_cn.is_some() && cn.is_some() {
-            // Certificates identify clients here: only the admin's may administer.
-            return Err(crate::error::EtcdError::PermissionDenied.status());
-        }
-        Ok(())
+        check_admin(&self.node, request)
     }
 
     fn system(&self) -> Result<Arc<Node>, Status> {
@@ -513,12 +496,42 @@ impl TenantsService {
     }
 }
 
+/// Only the cluster admin: see the module docs of `plinth.v1` (proto/tenants.proto).
+pub(crate) fn check_admin<T>(node: &Node, request: &Request<T>) -> Result<(), Status> {
+    if !node.is_default() || request.extensions().get::<ListenerTenant>().is_some() {
+        // A tenant's connection (its port, or a certificate of a tenant).
+        return Err(crate::error::EtcdError::PermissionDenied.status());
+    }
+    let cn = crate::tls::client_common_name(request).filter(|cn| !cn.is_empty());
+    let admin_cn = node.tenants.cfg.admin_cn.as_deref();
+    if let (Some(admin), Some(cn)) = (admin_cn, cn.as_deref()) {
+        if admin == cn {
+            return Ok(());
+        }
+    }
+    let caller = crate::auth::caller(node, request)?;
+    if caller.enabled() {
+        return caller.check_admin();
+    }
+    if admin_cn.is_some() && cn.is_some() {
+        // Certificates identify clients here: only the admin's may administer.
+        return Err(crate::error::EtcdError::PermissionDenied.status());
+    }
+    Ok(())
+}
+
 fn check_name(name: &str) -> Result<(), Status> {
     let ok = !name.is_empty()
         && name.len() <= NAME_BYTES_MAX
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
+    if name == crate::backup::manifest::DEFAULT_TENANT {
+        // The default tenant's name in backups and in `--tenant` flags.
+        return Err(Status::invalid_argument(format!(
+            "plinth: tenant name {name:?} is reserved for the default tenant"
+        )));
+    }
     if ok {
         Ok(())
     } else {
@@ -768,6 +781,10 @@ impl pb::tenants_server::Tenants for TenantsService {
             learners,
             membership_in_sync: in_sync,
             alarms,
+            backup: Some(match self.tenants().backups.get() {
+                Some(scheduler) => scheduler.status(&node),
+                None => crate::backup::schedule::status_off(&node),
+            }),
         }))
     }
 }

@@ -203,18 +203,64 @@ fn leases_and_auth(r: &Reader<'_>, g: GroupId, auth: &AuthState, out: &mut Emitt
     Ok(())
 }
 
+/// A group pinned at one point for exports: a full export and a delta export taken from
+/// the same pin end at the same revision, so a delta that closes a chain and the full
+/// backup that starts the next one leave no revision between them uncovered.
+pub struct PinnedExport<'a> {
+    store: &'a Store,
+    g: GroupId,
+    snapshot: engine::Snapshot<'a>,
+    meta: ApplyMeta,
+    /// The group's finished purge revision at the pin (-1: none).
+    purged: Revision,
+}
+
 impl Store {
-    /// Exports group `g` at its current revision as a full backup, record by record into
-    /// `sink`, from one consistent point. Returns the header (its `to_revision` is the
-    /// revision exported) and the number of records.
+    /// Pins group `g` for exports (see [`PinnedExport`]).
+    pub fn pin_export(&self, g: GroupId) -> PinnedExport<'_> {
+        let inner = &*self.inner;
+        // Pinned while no purge runs, so the snapshot sees every purge either finished or
+        // not started: never a half-purged history.
+        let gs = inner.group(g);
+        let _purging = gs.purge_lock.lock();
+        let (snapshot, meta) = inner.pinned(g);
+        let purged = *gs.compact_finished.lock();
+        PinnedExport { store: self, g, snapshot, meta, purged }
+    }
+
+    /// Exports group `g` at its current revision as a full backup (see
+    /// [`PinnedExport::full`]).
     pub fn export_full(
         &self,
         g: GroupId,
         sink: &mut dyn FnMut(BackupRecord) -> Result<()>,
     ) -> Result<(BackupHeader, u64)> {
-        let inner = &*self.inner;
-        let (snapshot, meta) = inner.pinned(g);
-        let r = Reader::at_snapshot(&inner.db, &snapshot);
+        self.pin_export(g).full(sink)
+    }
+
+    /// Exports every change of group `g` after `from_revision` as a delta (see
+    /// [`PinnedExport::delta`]).
+    pub fn export_delta(
+        &self,
+        g: GroupId,
+        from_revision: Revision,
+        sink: &mut dyn FnMut(BackupRecord) -> Result<()>,
+    ) -> Result<(BackupHeader, u64)> {
+        self.pin_export(g).delta(from_revision, sink)
+    }
+}
+
+impl PinnedExport<'_> {
+    /// The revision exports from this pin end at.
+    pub fn revision(&self) -> Revision {
+        self.meta.current_revision
+    }
+
+    /// Exports the group as a full backup, record by record into `sink`. Returns the
+    /// header (its `to_revision` is the revision exported) and the number of records.
+    pub fn full(&self, sink: &mut dyn FnMut(BackupRecord) -> Result<()>) -> Result<(BackupHeader, u64)> {
+        let (g, meta) = (self.g, &self.meta);
+        let r = Reader::at_snapshot(&self.store.inner.db, &self.snapshot);
         let header = BackupHeader {
             format_version: BACKUP_FORMAT_VERSION,
             kind: BackupKind::Full as i32,
@@ -243,26 +289,16 @@ impl Store {
         Ok((header, records))
     }
 
-    /// Exports every change of group `g` in `(from_revision, current]` as a delta, then the
-    /// lease table and auth store at `current`, from one consistent point.
-    /// `Err(Compacted)` if the group's history no longer reaches back to `from_revision`;
-    /// `Err(FutureRevision)` if `from_revision` is ahead of the group.
-    pub fn export_delta(
+    /// Exports every change in `(from_revision, pinned revision]` as a delta, then the
+    /// lease table and auth store at the pin. `Err(Compacted)` if the group's history no
+    /// longer reaches back to `from_revision`; `Err(FutureRevision)` if `from_revision` is
+    /// ahead of the group.
+    pub fn delta(
         &self,
-        g: GroupId,
         from_revision: Revision,
         sink: &mut dyn FnMut(BackupRecord) -> Result<()>,
     ) -> Result<(BackupHeader, u64)> {
-        let inner = &*self.inner;
-        // Pinned while no purge runs, so the snapshot sees every purge either finished or
-        // not started: never a half-purged history.
-        let (snapshot, meta, purged) = {
-            let gs = inner.group(g);
-            let _purging = gs.purge_lock.lock();
-            let (snapshot, meta) = inner.pinned(g);
-            let purged = *gs.compact_finished.lock();
-            (snapshot, meta, purged)
-        };
+        let (g, meta, purged) = (self.g, &self.meta, self.purged);
         if from_revision > meta.current_revision {
             return Err(Error::FutureRevision { requested: from_revision, current: meta.current_revision });
         }
@@ -273,7 +309,7 @@ impl Store {
         if from_revision < purged {
             return Err(Error::Compacted { requested: from_revision, compacted: purged });
         }
-        let r = Reader::at_snapshot(&inner.db, &snapshot);
+        let r = Reader::at_snapshot(&self.store.inner.db, &self.snapshot);
         let header = BackupHeader {
             format_version: BACKUP_FORMAT_VERSION,
             kind: BackupKind::Delta as i32,
@@ -309,7 +345,9 @@ impl Store {
         let records = out.end()?;
         Ok((header, records))
     }
+}
 
+impl Store {
     /// Starts rebuilding group `g` from backups, to `target_revision`. The group must be
     /// empty (never applied anything) and nothing else may use it until
     /// [`GroupImport::finish`] returns.

@@ -121,7 +121,7 @@ mod txn;
 mod watch;
 
 pub use backup::{
-    BackupBody, BackupEnd, BackupHeader, BackupKind, BackupRecord, EventRecord, GroupImport, KeyRecord,
+    BackupBody, BackupEnd, BackupHeader, BackupKind, BackupRecord, EventRecord, GroupImport, KeyRecord, PinnedExport,
     BACKUP_FORMAT_VERSION, IMPORT_BATCH_BYTES_MAX, IMPORT_UNKNOWN_LEASE_TTL_SECS,
 };
 pub use command::{
