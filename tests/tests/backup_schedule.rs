@@ -74,8 +74,8 @@ struct Kv {
 }
 
 /// Restores the default tenant at `revision` into a new data dir under `work` and reads
-/// every key of it directly from its store.
-fn restore_and_read(work: &Path, backup_dir: &str, revision: i64) -> BTreeMap<Vec<u8>, Kv> {
+/// every key of it directly from its store, with its HashKV at `revision`.
+fn restore_and_read(work: &Path, backup_dir: &str, revision: i64) -> (BTreeMap<Vec<u8>, Kv>, u32) {
     let dir = work.join(format!("restore-{revision}"));
     let dir_s = dir.display().to_string();
     let out = plinth_ok(&[
@@ -96,9 +96,11 @@ fn restore_and_read(work: &Path, backup_dir: &str, revision: i64) -> BTreeMap<Ve
     let g = store::GroupId(1);
     assert_eq!(store.current_revision(g), revision);
     let kvs = store.range(g, &all).unwrap().kvs;
+    let (hash, _, _) = store.hash_kv(g, revision).unwrap();
     drop(store);
     std::fs::remove_dir_all(&dir).unwrap();
-    kvs.into_iter()
+    let kvs = kvs
+        .into_iter()
         .map(|kv| {
             let v = Kv {
                 value: kv.value.to_vec(),
@@ -108,7 +110,8 @@ fn restore_and_read(work: &Path, backup_dir: &str, revision: i64) -> BTreeMap<Ve
             };
             (kv.key.to_vec(), v)
         })
-        .collect()
+        .collect();
+    (kvs, hash)
 }
 
 /// The writes of a single client, in revision order: `(revision, key, value or delete)`.
@@ -250,7 +253,7 @@ async fn scheduled_backups_outrun_compaction_and_restore_any_revision() {
     revisions.push(latest);
     revisions.push(first);
     for rev in revisions {
-        let restored = restore_and_read(work.path(), &backup_dir, rev);
+        let (restored, _) = restore_and_read(work.path(), &backup_dir, rev);
         assert_eq!(restored, model.at(rev), "restore at revision {rev} (seed {seed})");
     }
 }
@@ -374,17 +377,28 @@ async fn a_leader_killed_during_backups_leaves_a_continuous_chain() {
 
     let entries = manifest(&backup_dir);
     assert!(entries.iter().filter(|e| e["kind"] == "full").count() >= 2, "{entries:?}");
-    let first = entries.iter().rev().find(|e| e["kind"] == "full").unwrap()["to_revision"].as_i64().unwrap();
-    let oldest = entries[0]["to_revision"].as_i64().unwrap();
-    let mut revisions: Vec<i64> = (0..RESTORES).map(|_| rng.random_range(oldest..=latest)).collect();
+    let fulls: Vec<i64> =
+        entries.iter().filter(|e| e["kind"] == "full").map(|e| e["to_revision"].as_i64().unwrap()).collect();
+    let mut revisions: Vec<i64> = (0..RESTORES).map(|_| rng.random_range(fulls[0]..=latest)).collect();
     revisions.push(latest);
+    revisions.sort_unstable();
+    // A restore starts at the newest full backup at or before its revision and is compacted
+    // there; compacted at the same revision, the source hashes alike. Revisions ascend, so
+    // the source is only ever compacted forward (reads at them stay possible).
+    let mut compacted = 0;
     for rev in revisions {
-        let restored = restore_and_read(work.path(), &backup_dir, rev);
+        let full = *fulls.iter().rev().find(|f| **f <= rev).unwrap();
+        if full > compacted {
+            client.compact(full, None).await.unwrap();
+            compacted = full;
+        }
+        let (restored, hash) = restore_and_read(work.path(), &backup_dir, rev);
         assert_eq!(restored, source_at(&mut client, rev).await, "restore at revision {rev} (seed {seed})");
+        assert_eq!(hash, client.hash_kv(rev).await.unwrap().hash(), "HashKV at {rev} (seed {seed})");
     }
 
-    // The newest revision into a new three-member cluster. Compacted at the newest full
-    // backup (which the restore starts from), the source hashes like the restore.
+    // The newest revision into a new three-member cluster; the source is compacted at the
+    // newest full backup (which the restore starts from) by now.
     let mut restored = Members::create(3, &[]);
     let cluster = restored.members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",");
     for m in &restored.members {
@@ -414,7 +428,6 @@ async fn a_leader_killed_during_backups_leaves_a_continuous_chain() {
     let restored_endpoints: Vec<String> = restored.members.iter().map(|m| m.endpoint()).collect();
     let mut restored_client = connect(&restored_endpoints).await;
     assert_eq!(source_at(&mut restored_client, latest).await, source_at(&mut client, latest).await);
-    client.compact(first, Some(CompactionOptions::new().with_physical())).await.unwrap();
     for m in &restored.members {
         let mut one = connect(std::slice::from_ref(&m.endpoint())).await;
         let restored_hash = one.hash_kv(latest).await.unwrap();
