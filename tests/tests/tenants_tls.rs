@@ -71,8 +71,10 @@ fn the_client_certificate_picks_the_tenant_on_the_shared_port() {
         "--admin-cn=admin".into(),
         "--default-tenant-for-unmapped=false".into(),
     ];
-    let server =
-        cluster::Server::start_with(Kind::Plinth, Options { flags, https: true, ctl_flags: creds(certs, "admin") });
+    let server = cluster::Server::start_with(
+        Kind::Plinth,
+        Options { flags, https: true, ctl_flags: creds(certs, "admin"), ..Options::default() },
+    );
 
     // Only the admin's certificate administers tenants.
     for (name, cn) in [("team-a", "apiserver-a"), ("team-b", "apiserver-b")] {
