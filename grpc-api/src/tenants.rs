@@ -182,24 +182,26 @@ impl Tenants {
         let group = match extensions.get::<ListenerTenant>() {
             Some(t) => t.0,
             None => {
-                let cn = extensions
-                    .get::<crate::tls::TlsConnectInfo>()
-                    .and_then(|i| i.common_name.clone())
-                    .filter(|cn| !cn.is_empty());
-                match cn {
-                    None => DEFAULT_GROUP,
-                    Some(cn) => match self.registry.read().by_cn.get(&cn) {
-                        Some(group) => *group,
-                        None if self.cfg.default_for_unmapped || self.cfg.admin_cn.as_deref() == Some(&cn) => {
-                            DEFAULT_GROUP
-                        }
-                        None => {
-                            return Err(Status::permission_denied(format!(
-                                "plinth: client certificate CN {cn:?} maps to no tenant, and \
-                                 --default-tenant-for-unmapped is false"
-                            )))
-                        }
-                    },
+                let info = extensions.get::<crate::tls::TlsConnectInfo>();
+                let cn = info.and_then(|i| i.common_name.clone()).filter(|cn| !cn.is_empty());
+                let uris = info.map(|i| i.san_uris.as_slice()).unwrap_or_default();
+                // A SAN URI that the registry maps wins over the CN (it names the workload
+                // more precisely, as SPIFFE IDs do); then the CN.
+                let registry = self.registry.read();
+                let mapped = uris.iter().chain(cn.iter()).find_map(|id| registry.by_cn.get(id).copied());
+                match (mapped, cn) {
+                    (Some(group), _) => group,
+                    (None, None) if uris.is_empty() => DEFAULT_GROUP,
+                    (None, cn) if self.cfg.default_for_unmapped || (cn.is_some() && self.cfg.admin_cn == cn) => {
+                        DEFAULT_GROUP
+                    }
+                    (None, cn) => {
+                        return Err(Status::permission_denied(format!(
+                            "plinth: client certificate (CN {:?}, URIs {uris:?}) maps to no tenant, and \
+                             --default-tenant-for-unmapped is false",
+                            cn.unwrap_or_default()
+                        )))
+                    }
                 }
             }
         };
