@@ -315,7 +315,10 @@ fn client_router(node: Arc<Node>, max_request_bytes: usize, health: HealthServer
     ));
     grpc.routes()
         .into_axum_router()
-        .layer(axum::middleware::from_fn_with_state(node.metrics.clone(), crate::metrics::count_grpc))
+        .layer(axum::middleware::from_fn_with_state(
+            (node.metrics.clone(), node.runtime.clone()),
+            crate::metrics::count_grpc,
+        ))
         .merge(crate::http::router(node))
 }
 

@@ -154,6 +154,8 @@ impl Tenants {
 
     /// Serves `node`'s group (the default tenant and the system group at start).
     pub fn serve_group(&self, node: Arc<Node>) {
+        let name = if node.runtime.group == SYSTEM_GROUP { "system" } else { crate::backup::manifest::DEFAULT_TENANT };
+        let _ = node.runtime.tenant.set(Arc::from(name));
         let router = (self.make_router)(node.clone());
         self.served.write().insert(node.runtime.group, Served { node, router, listener: None });
     }
@@ -260,6 +262,7 @@ impl Tenants {
             let group = r.group;
             tokio::task::spawn_blocking(move || raft.create_group_with(raft_log::GroupId(group), bootstrap)).await??;
             let node = Arc::new(default.sibling(rt));
+            let _ = node.runtime.tenant.set(Arc::from(r.name.as_str()));
             let router = (self.make_router)(node.clone());
             let listener = match self.cfg.port_base {
                 Some(base) => Some(self.listen(base, r, router.clone()).await?),
