@@ -73,6 +73,9 @@ pub(crate) struct ApplyMeta {
     /// The group's quota in bytes, 0 for the store's default. Like `auth`, persisted under
     /// its own meta key (`g | 's'`) by the command that sets it and loaded with the record.
     pub quota_bytes: u64,
+    /// The import in progress, if any. Like `auth`, persisted under its own meta key
+    /// (`g | 'i'`) by the import steps and loaded with the record (see `import`).
+    pub import: Option<Arc<crate::import::ImportState>>,
 }
 
 impl Default for ApplyMeta {
@@ -87,6 +90,7 @@ impl Default for ApplyMeta {
             alarms: Vec::new(),
             auth: Arc::new(crate::auth::initial()),
             quota_bytes: 0,
+            import: None,
         }
     }
 }
@@ -181,6 +185,7 @@ impl ApplyMeta {
             alarms: Vec::new(),
             auth: Arc::new(crate::auth::initial()),
             quota_bytes: 0,
+            import: None,
         };
         if bytes[0] == META_VERSION {
             let count = u16::from_be_bytes(body[fixed..fixed + ALARM_COUNT_LEN].try_into().expect("2 bytes")) as usize;
