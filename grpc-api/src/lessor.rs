@@ -83,6 +83,9 @@ impl Lessor {
                 }
             }
             Err(store::Error::LeaseNotFound(id)) => self.on_revoked(*id),
+            // An import began: the group's leases are gone until it finishes (the applier
+            // then resets the timers from the store's lease table).
+            Ok(store::CommandResponse::Import(r)) if r.began => self.reset(std::iter::empty()),
             _ => {}
         }
     }

@@ -98,6 +98,7 @@ pub mod lessor;
 pub mod maintenance;
 pub mod member;
 pub mod metrics;
+pub mod migrate;
 pub mod node;
 pub mod pb;
 pub mod peer;

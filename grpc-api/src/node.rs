@@ -854,6 +854,15 @@ impl raft_log::StateMachine for Applier {
             // Every member follows grants and revokes, so whichever becomes leader next
             // has no timer for a lease the log revoked.
             rt.lessor.on_applied(&entry.data[REQUEST_ID_BYTES..], &result);
+            if matches!(&result, Ok(store::CommandResponse::Import(r)) if r.finished) {
+                // An import finished: its leases are the store's now, each given a full TTL
+                // from here, as after a snapshot (never expired before its holder could
+                // renew it against this cluster).
+                match self.store.leases(store::GroupId(group.0)) {
+                    Ok(leases) => rt.lessor.reset(leases.into_iter().map(|l| (l.id, l.ttl))),
+                    Err(e) => tracing::warn!(error = %e, "cannot read leases after an import"),
+                }
+            }
             let (proposer, id) = decode_prefix(&entry.data).expect("the length was checked above");
             // Only this member's own proposals answer its waiters: another member's request
             // id may equal one of ours, and its client is not ours to answer.

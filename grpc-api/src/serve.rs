@@ -315,11 +315,38 @@ fn client_router(node: Arc<Node>, max_request_bytes: usize, health: HealthServer
     ));
     grpc.routes()
         .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(node.clone(), refuse_while_importing))
         .layer(axum::middleware::from_fn_with_state(
             (node.metrics.clone(), node.runtime.clone()),
             crate::metrics::count_grpc,
         ))
         .merge(crate::http::router(node))
+}
+
+/// The etcd calls that read or change a group's data: refused while an import replaces it.
+/// Membership, status, alarms, auth reads and the admin API (which runs the import) stay.
+const DATA_CALL_PREFIXES: [&str; 6] = [
+    "/etcdserverpb.KV/",
+    "/etcdserverpb.Watch/",
+    "/etcdserverpb.Lease/",
+    "/etcdserverpb.Maintenance/Hash",
+    "/etcdserverpb.Maintenance/Snapshot",
+    "/etcdserverpb.Maintenance/Defragment",
+];
+
+/// Answers a data call on a group being imported with `etcdserver: tenant is being
+/// restored` before it reaches the service, so nothing reads a half-imported keyspace
+/// (writes that got past this are refused by the store's apply on every replica).
+async fn refuse_while_importing(
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path();
+    if DATA_CALL_PREFIXES.iter().any(|p| path.starts_with(p)) && node.store.import_state(node.group()).is_some() {
+        return crate::error::EtcdError::Restoring.status().into_http();
+    }
+    next.run(request).await
 }
 
 /// How often the server pings an idle HTTP/2 connection, and how long it waits for the

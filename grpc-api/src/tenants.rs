@@ -35,6 +35,8 @@ use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+mod import;
+
 use crate::node::{GroupRuntime, Groups, Node, DEFAULT_GROUP, SYSTEM_GROUP};
 use crate::pb::plinthv1 as pb;
 
@@ -483,6 +485,69 @@ impl TenantsService {
         Ok((records, next))
     }
 
+    /// Adds tenant `req` to the registry and waits until this member serves it.
+    async fn create_tenant(&self, req: pb::CreateTenantRequest) -> Result<TenantRecord, Status> {
+        check_name(&req.name)?;
+        let system = self.system()?;
+        for _ in 0..REGISTRY_RETRIES {
+            let (records, next) = self.read_registry().await?;
+            if records.contains_key(&req.name) {
+                return Err(Status::already_exists(format!("plinth: tenant {:?} already exists", req.name)));
+            }
+            if records.len() >= TENANTS_MAX {
+                return Err(Status::resource_exhausted(format!(
+                    "plinth: a cluster holds at most {TENANTS_MAX} tenants"
+                )));
+            }
+            check_cns(&records, &req.name, &req.client_cns)?;
+            let used: std::collections::HashSet<u64> = records.values().map(|r| r.number).collect();
+            let number = (1..).find(|n| !used.contains(n)).expect("fewer tenants than numbers");
+            let (group, next_mod) = match next.first() {
+                Some(kv) => {
+                    let g = std::str::from_utf8(&kv.value).ok().and_then(|s| s.parse::<u64>().ok());
+                    (g.ok_or_else(|| Status::internal("plinth: corrupt next-group record"))?, kv.mod_revision)
+                }
+                None => (TENANT_GROUP_FIRST, 0),
+            };
+            let voters = self.node.membership.identity.read().voter_ids();
+            let record = TenantRecord {
+                name: req.name.clone(),
+                number,
+                group,
+                quota_bytes: req.quota_bytes,
+                client_cns: req.client_cns.clone(),
+                voters,
+            };
+            let number_key = Bytes::from(format!("{NUMBER_PREFIX}{number}"));
+            let txn = store::TxnRequest {
+                compare: vec![
+                    compare_version(record_key(&req.name), 0),
+                    compare_version(number_key.clone(), 0),
+                    compare_mod(Bytes::from_static(NEXT_GROUP_KEY), next_mod),
+                ],
+                success: vec![
+                    put(record_key(&req.name), serde_json::to_vec(&record).expect("records serialize")),
+                    put(number_key, req.name.clone().into_bytes()),
+                    put(Bytes::from_static(NEXT_GROUP_KEY), (group + 1).to_string().into_bytes()),
+                ],
+                failure: Vec::new(),
+            };
+            match system.propose(store::CommandBody::Txn(txn)).await? {
+                store::CommandResponse::Txn(r) if r.succeeded => {
+                    info!(tenant = %record.name, number, group, "tenant created");
+                    // Answer once the tenant can take requests here: its group exists on
+                    // this member and has elected a leader.
+                    if self.wait_served(group, true).await.is_none() {
+                        warn!(tenant = %record.name, "tenant created but not yet served (no leader) by this member");
+                    }
+                    return Ok(record);
+                }
+                _ => continue,
+            }
+        }
+        Err(Status::aborted("plinth: the tenant registry kept changing; try again"))
+    }
+
     /// Waits until this member serves `group` (and, with `led`, knows its leader).
     async fn wait_served(&self, group: u64, led: bool) -> Option<Arc<Node>> {
         let deadline = Instant::now() + self.node.cfg.request_timeout;
@@ -606,66 +671,16 @@ fn not_found(name: &str) -> Status {
 impl pb::tenants_server::Tenants for TenantsService {
     async fn create(&self, request: Request<pb::CreateTenantRequest>) -> Result<Response<pb::TenantResponse>, Status> {
         self.check_admin(&request)?;
-        let req = request.into_inner();
-        check_name(&req.name)?;
-        let system = self.system()?;
-        for _ in 0..REGISTRY_RETRIES {
-            let (records, next) = self.read_registry().await?;
-            if records.contains_key(&req.name) {
-                return Err(Status::already_exists(format!("plinth: tenant {:?} already exists", req.name)));
-            }
-            if records.len() >= TENANTS_MAX {
-                return Err(Status::resource_exhausted(format!(
-                    "plinth: a cluster holds at most {TENANTS_MAX} tenants"
-                )));
-            }
-            check_cns(&records, &req.name, &req.client_cns)?;
-            let used: std::collections::HashSet<u64> = records.values().map(|r| r.number).collect();
-            let number = (1..).find(|n| !used.contains(n)).expect("fewer tenants than numbers");
-            let (group, next_mod) = match next.first() {
-                Some(kv) => {
-                    let g = std::str::from_utf8(&kv.value).ok().and_then(|s| s.parse::<u64>().ok());
-                    (g.ok_or_else(|| Status::internal("plinth: corrupt next-group record"))?, kv.mod_revision)
-                }
-                None => (TENANT_GROUP_FIRST, 0),
-            };
-            let voters = self.node.membership.identity.read().voter_ids();
-            let record = TenantRecord {
-                name: req.name.clone(),
-                number,
-                group,
-                quota_bytes: req.quota_bytes,
-                client_cns: req.client_cns.clone(),
-                voters,
-            };
-            let number_key = Bytes::from(format!("{NUMBER_PREFIX}{number}"));
-            let txn = store::TxnRequest {
-                compare: vec![
-                    compare_version(record_key(&req.name), 0),
-                    compare_version(number_key.clone(), 0),
-                    compare_mod(Bytes::from_static(NEXT_GROUP_KEY), next_mod),
-                ],
-                success: vec![
-                    put(record_key(&req.name), serde_json::to_vec(&record).expect("records serialize")),
-                    put(number_key, req.name.clone().into_bytes()),
-                    put(Bytes::from_static(NEXT_GROUP_KEY), (group + 1).to_string().into_bytes()),
-                ],
-                failure: Vec::new(),
-            };
-            match system.propose(store::CommandBody::Txn(txn)).await? {
-                store::CommandResponse::Txn(r) if r.succeeded => {
-                    info!(tenant = %record.name, number, group, "tenant created");
-                    // Answer once the tenant can take requests here: its group exists on
-                    // this member and has elected a leader.
-                    if self.wait_served(group, true).await.is_none() {
-                        warn!(tenant = %record.name, "tenant created but not yet served (no leader) by this member");
-                    }
-                    return Ok(Response::new(pb::TenantResponse { tenant: Some(record.to_pb()) }));
-                }
-                _ => continue,
-            }
-        }
-        Err(Status::aborted("plinth: the tenant registry kept changing; try again"))
+        let record = self.create_tenant(request.into_inner()).await?;
+        Ok(Response::new(pb::TenantResponse { tenant: Some(record.to_pb()) }))
+    }
+
+    async fn import(
+        &self,
+        request: Request<tonic::Streaming<pb::ImportRequest>>,
+    ) -> Result<Response<pb::ImportResponse>, Status> {
+        self.check_admin(&request)?;
+        self.run_import(request.into_inner()).await.map(Response::new)
     }
 
     async fn update(&self, request: Request<pb::UpdateTenantRequest>) -> Result<Response<pb::TenantResponse>, Status> {

@@ -24,7 +24,7 @@ pub struct Command {
     /// The proposer's waiter key. The store ignores it.
     #[prost(uint64, tag = "1")]
     pub request_id: u64,
-    #[prost(oneof = "CommandBody", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13")]
+    #[prost(oneof = "CommandBody", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14")]
     pub body: Option<CommandBody>,
 }
 
@@ -70,6 +70,10 @@ pub enum CommandBody {
     /// what the next delta needs). Moves forward only; an older mark is a no-op.
     #[prost(message, tag = "13")]
     BackupMark(BackupMark),
+    /// One step of an import into the group (see `import`): its data replaced by a backup,
+    /// or filled from another etcd, through its own log.
+    #[prost(message, tag = "14")]
+    Import(crate::import::ImportStep),
 }
 
 /// The payload of [`CommandBody::BackupMark`].
@@ -429,6 +433,7 @@ pub fn validate(cmd: &Command, cfg: &StoreConfig) -> Result<()> {
             Some(inner) if !matches!(inner.body, Some(CommandBody::Checked(_))) => validate(inner, cfg),
             _ => Err(Error::InvalidCommand("checked command without a plain command".into())),
         },
+        Some(CommandBody::Import(step)) => crate::import::validate(step),
         Some(CommandBody::Alarm(a)) => {
             let action = AlarmAction::try_from(a.action);
             if !matches!(action, Ok(AlarmAction::Activate | AlarmAction::Deactivate)) {

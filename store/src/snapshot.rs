@@ -239,6 +239,7 @@ pub(crate) fn build_install_batch(db: &DB, g: GroupId, chunks: impl Iterator<Ite
     let mut auth = None;
     let mut quota_bytes = 0;
     let mut backup_mark = None;
+    let mut import = None;
     for (expected_seq, chunk) in chunks.enumerate() {
         let expected_seq = u32::try_from(expected_seq).map_err(|_| corrupt("too many chunks"))?;
         if saw_last {
@@ -284,6 +285,8 @@ pub(crate) fn build_install_batch(db: &DB, g: GroupId, chunks: impl Iterator<Ite
                     quota_bytes = engine::be_u64(&value, "group quota")?;
                 } else if full_key == kc::meta_backup_key(g) {
                     backup_mark = Some(value.to_vec());
+                } else if full_key == kc::meta_import_key(g) {
+                    import = Some(std::sync::Arc::new(crate::import::ImportState::decode_stored(&value)?));
                 }
             }
             batch.put_cf(engine::cf(db, cf), full_key, value);
@@ -303,5 +306,6 @@ pub(crate) fn build_install_batch(db: &DB, g: GroupId, chunks: impl Iterator<Ite
     if let Some(mark) = backup_mark {
         crate::meta::load_backup_mark(&mut meta, &mark)?;
     }
+    meta.import = import;
     Ok(Installed { batch, meta, compact_finished })
 }

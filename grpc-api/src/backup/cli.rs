@@ -210,13 +210,13 @@ fn spinner(message: &str) -> indicatif::ProgressBar {
 /// Asks the member at `flags.endpoints` for a backup of `tenant`; when it does not lead the
 /// tenant's group, asks the leader it names (found in the member list) instead.
 async fn backup_now(
-    flags: &crate::tenant_cli::ClientFlags<'_>,
+    flags: &crate::tenant_cli::ClientEndpoint<'_>,
     tenant: &str,
     full: bool,
 ) -> anyhow::Result<crate::pb::plinthv1::BackupNowResponse> {
     use crate::pb::etcdserverpb::cluster_client::ClusterClient;
     use crate::pb::plinthv1::{backups_client::BackupsClient, BackupNowRequest};
-    let (channel, token) = crate::tenant_cli::connect_with(flags).await?;
+    let (channel, token) = flags.connect().await?;
     let request =
         || crate::tenant_cli::with_token(BackupNowRequest { tenant: tenant.to_string(), full }, token.as_deref());
     let status = match BackupsClient::new(channel.clone()).now(request()).await {
@@ -244,8 +244,8 @@ async fn backup_now(
         .map(|m| m.client_ur_ls.join(","))
         .filter(|u| !u.is_empty())
         .ok_or_else(|| anyhow::anyhow!("{} (and the member list has no client URL for it)", status.message()))?;
-    let flags = crate::tenant_cli::ClientFlags { endpoints: &urls, ..*flags };
-    let (channel, token) = crate::tenant_cli::connect_with(&flags).await?;
+    let flags = crate::tenant_cli::ClientEndpoint { endpoints: &urls, ..*flags };
+    let (channel, token) = flags.connect().await?;
     let request =
         crate::tenant_cli::with_token(BackupNowRequest { tenant: tenant.to_string(), full }, token.as_deref());
     let answer = BackupsClient::new(channel).now(request).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
@@ -256,7 +256,7 @@ async fn backup_now(
 pub fn run_backup(cmd: BackupCommand) -> anyhow::Result<()> {
     match cmd {
         BackupCommand::Now { endpoints, cacert, cert, key, user, tenant, full, write_out } => {
-            let flags = crate::tenant_cli::ClientFlags {
+            let flags = crate::tenant_cli::ClientEndpoint {
                 endpoints: &endpoints,
                 cacert: cacert.as_deref(),
                 cert: cert.as_deref(),

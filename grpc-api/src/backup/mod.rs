@@ -28,6 +28,7 @@ pub mod cli;
 pub mod etcd_import;
 pub mod manifest;
 pub mod object;
+pub mod online;
 pub mod restore;
 pub mod retention;
 pub mod s3;

@@ -123,7 +123,10 @@ impl Scheduler {
             // term reads the manifest again.
             self.state.lock().retain(|g, _| nodes.iter().any(|n| n.runtime.group == *g && n.is_leader()));
             for node in nodes {
-                if node.runtime.group == SYSTEM_GROUP || !node.is_leader() {
+                // A group being imported has no consistent state to back up; its import ends
+                // the chain, and the next backup is a full one.
+                if node.runtime.group == SYSTEM_GROUP || !node.is_leader() || node.store.import_state(node.group()).is_some()
+                {
                     continue;
                 }
                 let Some(tenant) = tenant_of(&node) else { continue };
