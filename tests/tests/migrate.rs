@@ -74,7 +74,7 @@ fn a_live_etcd_is_migrated_keeping_every_revision() {
     let etcd = Server::etcd();
     let block = ports::reserve_block(2);
     let base = block[0].get();
-    let mut cluster = Members::start(1, &["--tenant-client-port-base", &base.to_string()]);
+    let cluster = Members::start(1, &["--tenant-client-port-base", &base.to_string()]);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         cluster.wait_leader(LEADER_TIMEOUT).await;
@@ -131,7 +131,7 @@ fn a_live_etcd_is_migrated_keeping_every_revision() {
         let mut cmd = Command::new(plinth_bin());
         cmd.args(["migrate", "--from", &etcd.endpoint(), "--tenant", "m", "--endpoints", &admin, "--until-caught-up"]);
         cmd.args(["-w", "json"]);
-        let mut migrate = Background::spawn(cmd, None, MIGRATE_LIMIT);
+        let migrate = Background::spawn(cmd, None, MIGRATE_LIMIT);
 
         // While it runs, the tenant refuses its clients (reads tell when it began: a write
         // before the begin would be refused as data in the tenant).
@@ -168,6 +168,8 @@ fn a_live_etcd_is_migrated_keeping_every_revision() {
         let (got, tenant_revision) = everything(&mut m).await;
         assert_eq!(tenant_revision, etcd_revision, "revisions");
         assert_eq!(summary["revision"].as_i64(), Some(etcd_revision), "{summary}");
+        assert!(summary["events"].as_u64().unwrap() > 0, "nothing was followed live: {summary}");
+        assert!(summary["leases"].as_u64().unwrap() >= 4, "{summary}");
         assert_eq!(got.len(), want.len());
         for (k, v) in &want {
             assert_eq!(got.get(k), Some(v), "key {:?}", String::from_utf8_lossy(k));

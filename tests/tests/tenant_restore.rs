@@ -139,7 +139,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn a_tenant_is_restored_in_place_and_as_a_new_tenant() {
     let block = ports::reserve_block(4);
     let base = block[0].get();
-    let mut cluster = Members::start(1, &["--tenant-client-port-base", &base.to_string()]);
+    let cluster = Members::start(1, &["--tenant-client-port-base", &base.to_string()]);
     let work = tempfile::tempdir().unwrap();
     let backups = work.path().join("backups");
     let backup_dir = backups.display().to_string();
@@ -193,7 +193,7 @@ fn a_tenant_is_restored_in_place_and_as_a_new_tenant() {
         assert_eq!(revision(&mut a).await, old);
 
         // A watcher of `a` from before the restore.
-        let (_watcher, mut stream) = a.watch(vec![0], Some(WatchOptions::new().with_prefix())).await.unwrap();
+        let mut stream = a.watch(vec![0], Some(WatchOptions::new().with_from_key())).await.unwrap();
         a.put("seen-before", "1", None).await.unwrap();
         let mut seen = Vec::new();
         let watching = tokio::spawn(async move {
