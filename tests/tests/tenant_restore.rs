@@ -349,3 +349,31 @@ fn a_restore_on_three_members_agrees_everywhere() {
         assert!(hashes.windows(2).all(|w| w[0] == w[1]), "HashKV differs between members: {hashes:?}");
     });
 }
+
+/// The default tenant ("default") is restored in place like any tenant, through the same
+/// client port that serves the admin API (which keeps answering while it is restored).
+#[test]
+fn the_default_tenant_is_restored_in_place() {
+    let cluster = Members::start(1, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let backup_dir = work.path().join("backups").display().to_string();
+    let rt = runtime();
+    rt.block_on(async {
+        cluster.wait_leader(LEADER_TIMEOUT).await;
+        let admin = cluster.members[0].endpoint();
+        let mut d = connect_eventually(&admin).await;
+        write_history(&mut d, 0).await;
+        backup(&admin, work.path(), &backup_dir, "default", "full.db", false);
+        let r = revision(&mut d).await;
+        let source = keys_at(&mut d, r).await;
+        write_history(&mut d, 1).await;
+        let old = revision(&mut d).await;
+        let out = plinth_ok(&["tenant", "restore", "default", "--backup-dir", &backup_dir, "--endpoints", &admin]);
+        assert!(out.contains("tenant default restored"), "{out}");
+        let mut d = connect_eventually(&admin).await;
+        assert_eq!(revision(&mut d).await, old + 1);
+        assert_eq!(keys_at(&mut d, 0).await, source);
+        let shown = plinth_ok(&["tenant", "list", "--endpoints", &admin]);
+        assert!(!shown.contains("restoring"), "{shown}");
+    });
+}
