@@ -28,8 +28,9 @@
 //!    [`store::IMPORT_UNKNOWN_LEASE_TTL_SECS`] (its delete event comes after the finish).
 //!
 //! If etcd compacts past what the watch has delivered, the watch is canceled with a compact
-//! revision and the migration fails, telling so: the tenant is then left unavailable, and
-//! the migration must be run again into a new tenant.
+//! revision and the migration fails, telling so: the tenant is then left unavailable until
+//! a migration into it finishes (running it again starts over: a tenant that was empty
+//! before the failed one takes it).
 //!
 //! The etcd side uses the client stubs generated from the etcd protos this crate already
 //! compiles for its server: the same tonic, TLS stack and connection code as `plinth tenant`,
@@ -214,7 +215,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
         }
         (Err(e), _) => {
             return Err(
-                e.context(format!("tenant {} is left unavailable; migrate again into a new tenant", args.tenant))
+                e.context(format!("tenant {} is left unavailable until a migration into it finishes", args.tenant))
             )
         }
     };

@@ -786,8 +786,12 @@ impl pb::tenants_server::Tenants for TenantsService {
             want_v == v && want_l == l
         };
         let alarms = node.store.alarms(g).iter().map(|a| format!("{:?}", a.alarm).to_uppercase()).collect();
+        let mut tenant = record.to_pb();
+        if node.store.import_state(g).is_some() {
+            tenant.state = "restoring".into();
+        }
         Ok(Response::new(pb::TenantStatus {
-            tenant: Some(record.to_pb()),
+            tenant: Some(tenant),
             revision: node.store.current_revision(g),
             compact_revision: node.store.compact_revision(g),
             keys,

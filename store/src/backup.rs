@@ -374,7 +374,7 @@ impl Store {
             )));
         }
         let planner = ImportPlanner::new(target_revision)?;
-        apply_offline(self, g, ImportOp::Begin(crate::import::ImportBegin {}))?;
+        apply_offline(self, g, ImportOp::Begin(crate::import::ImportBegin { require_empty: true }))?;
         Ok(GroupImport { store: self, g, planner })
     }
 }

@@ -25,8 +25,8 @@
 //! backwards). The apply loop writes a begin's batch before the next command, since an
 //! overlay cannot hide the wiped entries ([`crate::engine::WriteSet::wipe_group`]), and
 //! then cancels every watcher of the group with a compacted response, so clients relist.
-//! A begin while an import is in progress starts a new one (same floor or higher): steps
-//! of the old one are refused from then on.
+//! A begin while an import is in progress starts a new one with the same floor: steps of
+//! the old one are refused from then on.
 //!
 //! **While importing**, every command of the group other than import steps, alarms and
 //! group settings fails with [`Error::Importing`], the same on every replica; exports
@@ -98,7 +98,14 @@ pub enum ImportOp {
 
 /// Starts an import: wipes the group.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
-pub struct ImportBegin {}
+pub struct ImportBegin {
+    /// Refuse unless the group never held data (revision 1), or is being imported into
+    /// from such a state: an import that keeps its source's revisions (a migration) needs
+    /// an empty group. Checked here, in the log, so a write that raced the proposer's own
+    /// check cannot turn the import into a replace.
+    #[prost(bool, tag = "1")]
+    pub require_empty: bool,
+}
 
 /// Live keys as of `revision`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -208,8 +215,8 @@ pub(crate) fn validate(step: &ImportStep) -> Result<()> {
 /// Applies one validated step to the batch.
 pub(crate) fn apply(w: &mut BatchWriter<'_>, step: ImportStep) -> Result<CommandResponse> {
     let op = step.op.expect("validate rejects steps without an operation");
-    if let ImportOp::Begin(_) = op {
-        return begin(w, step.import_id);
+    if let ImportOp::Begin(b) = op {
+        return begin(w, step.import_id, b.require_empty);
     }
     let Some(state) = w.meta.import.clone() else {
         return Err(invalid("no import in progress"));
@@ -252,9 +259,23 @@ fn set_state(w: &mut BatchWriter<'_>, state: Option<ImportState>) {
     w.meta.import = state.map(Arc::new);
 }
 
-fn begin(w: &mut BatchWriter<'_>, import_id: u64) -> Result<CommandResponse> {
+/// Whether a group whose state is `meta` may take an import that needs an empty group.
+pub(crate) fn is_empty_for_import(meta: &crate::meta::ApplyMeta) -> bool {
+    match &meta.import {
+        Some(s) => s.floor <= 1,
+        None => meta.current_revision == 1,
+    }
+}
+
+fn begin(w: &mut BatchWriter<'_>, import_id: u64, require_empty: bool) -> Result<CommandResponse> {
+    if require_empty && !is_empty_for_import(&w.meta) {
+        return Err(invalid(format!("the group is not empty (revision {})", w.meta.current_revision)));
+    }
+    // A begin during an import keeps its floor: what the unfinished import wrote was never
+    // served (data calls are refused), and the current revision stays where it got to
+    // (revisions never go backwards), which the finish takes into account.
     let floor = match &w.meta.import {
-        Some(s) => s.floor.max(w.meta.current_revision),
+        Some(s) => s.floor,
         None => w.meta.current_revision,
     };
     w.meta.kv_bytes = 0;
@@ -447,8 +468,9 @@ fn finish(w: &mut BatchWriter<'_>, state: &ImportState, f: ImportFinish) -> Resu
         };
         (f.revision.max(w.meta.current_revision), compact)
     } else {
-        // Replace: above anything a client saw, everything older compacted.
-        let n = f.revision.max(state.floor) + 1;
+        // Replace: above anything a client saw, everything older compacted. (The current
+        // revision is at least the floor, higher only after an unfinished import before.)
+        let n = f.revision.max(state.floor).max(w.meta.current_revision) + 1;
         w.meta.history_bytes_compacted = w.meta.history_bytes_written;
         (n, n)
     };
@@ -573,7 +595,7 @@ mod tests {
     /// The import steps of a chain to `target`, with import id `id`.
     fn plan(chain: &[Vec<BackupRecord>], target: Revision, id: u64) -> Vec<CommandBody> {
         let mut planner = ImportPlanner::new(target).unwrap();
-        let mut ops = vec![ImportOp::Begin(ImportBegin {})];
+        let mut ops = vec![ImportOp::Begin(ImportBegin::default())];
         for export in chain {
             for r in export {
                 planner
@@ -726,7 +748,7 @@ mod tests {
         let keys = |revision| ImportOp::Keys(ImportKeys { revision, keys: vec![] });
         let r = t.apply(&[step(1, keys(5))]);
         assert!(matches!(r[0], Err(Error::InvalidCommand(_))), "no import: {:?}", r[0]);
-        let r = t.apply(&[step(1, ImportOp::Begin(ImportBegin {})), step(2, keys(5)), step(1, keys(5))]);
+        let r = t.apply(&[step(1, ImportOp::Begin(ImportBegin::default())), step(2, keys(5)), step(1, keys(5))]);
         assert!(r[0].is_ok() && matches!(r[1], Err(Error::InvalidCommand(_))) && r[2].is_ok(), "{r:?}");
         let event = |main, sub| EventRecord {
             delete: false,
@@ -753,5 +775,16 @@ mod tests {
         let r = t.apply(&[finish(6), finish(7)]);
         assert!(matches!(r[0], Err(Error::InvalidCommand(_))) && r[1].is_ok(), "{r:?}");
         assert_eq!((t.store.current_revision(G), t.store.compact_revision(G)), (7, 5));
+        // An import that needs an empty group is refused by a group that held data, and
+        // taken by one being imported into from empty.
+        let begin_empty = |id| step(id, ImportOp::Begin(ImportBegin { require_empty: true }));
+        let r = t.apply(&[begin_empty(3)]);
+        assert!(matches!(r[0], Err(Error::InvalidCommand(_))), "{:?}", r[0]);
+        let other = GroupId(8);
+        let cmd = |i: u64, body: CommandBody| Command::new(i, body).encode_to_vec();
+        let (b1, k1, b2) = (cmd(1, begin_empty(4)), cmd(2, step(4, keys(9))), cmd(3, begin_empty(5)));
+        let r = t.store.apply(other, &[(1, &b1[..]), (2, &k1[..]), (3, &b2[..])]).unwrap();
+        assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
+        assert_eq!(t.store.import_state(other).map(|s| (s.import_id, s.floor)), Some((5, 1)));
     }
 }

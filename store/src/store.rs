@@ -281,6 +281,12 @@ impl Store {
         self.inner.group(g).committed.read().import.as_deref().cloned()
     }
 
+    /// Whether group `g` may take an import that keeps its source's revisions: it never held
+    /// data, or it is being imported into from that state (see `import`).
+    pub fn is_empty_for_import(&self, g: GroupId) -> bool {
+        crate::import::is_empty_for_import(&self.inner.group(g).committed.read())
+    }
+
     /// The scheduled compact revision (0 if never compacted).
     pub fn compact_revision(&self, g: GroupId) -> Revision {
         self.inner.group(g).committed.read().visible_compact_revision()

@@ -74,7 +74,7 @@ fn a_live_etcd_is_migrated_keeping_every_revision() {
     let etcd = Server::etcd();
     let block = ports::reserve_block(2);
     let base = block[0].get();
-    let mut cluster = Members::start(1, &["--tenant-client-port-base", &base.to_string()]);
+    let cluster = Members::start(1, &["--tenant-client-port-base", &base.to_string()]);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         cluster.wait_leader(LEADER_TIMEOUT).await;
@@ -131,7 +131,7 @@ fn a_live_etcd_is_migrated_keeping_every_revision() {
         let mut cmd = Command::new(plinth_bin());
         cmd.args(["migrate", "--from", &etcd.endpoint(), "--tenant", "m", "--endpoints", &admin, "--until-caught-up"]);
         cmd.args(["-w", "json"]);
-        let mut migrate = Background::spawn(cmd, None, MIGRATE_LIMIT);
+        let migrate = Background::spawn(cmd, None, MIGRATE_LIMIT);
 
         // While it runs, the tenant refuses its clients (reads tell when it began: a write
         // before the begin would be refused as data in the tenant).
@@ -168,6 +168,8 @@ fn a_live_etcd_is_migrated_keeping_every_revision() {
         let (got, tenant_revision) = everything(&mut m).await;
         assert_eq!(tenant_revision, etcd_revision, "revisions");
         assert_eq!(summary["revision"].as_i64(), Some(etcd_revision), "{summary}");
+        assert!(summary["events"].as_u64().unwrap() > 0, "nothing was followed live: {summary}");
+        assert!(summary["leases"].as_u64().unwrap() >= 4, "{summary}");
         assert_eq!(got.len(), want.len());
         for (k, v) in &want {
             assert_eq!(got.get(k), Some(v), "key {:?}", String::from_utf8_lossy(k));
@@ -188,5 +190,78 @@ fn a_live_etcd_is_migrated_keeping_every_revision() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&again.stderr);
         assert!(!again.status.success() && stderr.contains("is not empty"), "{stderr}");
+    });
+}
+
+/// etcd compacts past what a migration has read (Plinth paused, so the migration stops
+/// reading its watch and etcd's watcher falls behind): the migration fails saying so, the
+/// tenant stays unavailable, and a second migration into the same tenant (empty before the
+/// first) starts over and finishes with etcd's revisions.
+#[test]
+fn a_migration_that_etcd_compacts_past_fails_and_can_start_over() {
+    let etcd = Server::etcd();
+    let block = ports::reserve_block(2);
+    let base = block[0].get();
+    let mut cluster = Members::start(1, &["--tenant-client-port-base", &base.to_string()]);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        cluster.wait_leader(LEADER_TIMEOUT).await;
+        let admin = cluster.members[0].endpoint();
+        let mut e = connect_eventually(&etcd.endpoint()).await;
+        history(&mut e, 0).await;
+        let etcd_endpoint = etcd.endpoint();
+        let migrate_cmd = move |until_caught_up: bool| {
+            let mut cmd = Command::new(plinth_bin());
+            cmd.args(["migrate", "--from", &etcd_endpoint, "--tenant", "m", "--endpoints", &admin]);
+            if until_caught_up {
+                cmd.arg("--until-caught-up");
+            }
+            cmd
+        };
+        let migrate = Background::spawn(migrate_cmd(false), None, MIGRATE_LIMIT);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !migrate.stderr_so_far().contains("migrate: etcd at revision") {
+            assert!(Instant::now() < deadline, "the migration never followed etcd: {}", migrate.stderr_so_far());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Plinth stops taking steps; the migration's queue fills and it stops reading etcd,
+        // whose watcher falls behind and is then compacted past.
+        cluster.members[0].pause();
+        let value = "v".repeat(10_000);
+        let mut writers = Vec::new();
+        for t in 0..4 {
+            let endpoint = etcd.endpoint();
+            let value = value.clone();
+            writers.push(tokio::spawn(async move {
+                let mut w = connect_eventually(&endpoint).await;
+                for i in 0..500 {
+                    w.put(format!("big/{t}/{}", i % 50), value.clone(), None).await.unwrap();
+                }
+            }));
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        let now = everything(&mut e).await.1;
+        e.compact(now, None).await.unwrap();
+        cluster.members[0].resume();
+        let out = tokio::task::spawn_blocking(move || migrate.finish()).await.unwrap();
+        assert_eq!(out.code, Some(1), "the migration did not fail:\n{}\n{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains("etcd compacted its history"), "{}", out.stderr);
+        let mut m = connect_eventually(&format!("http://127.0.0.1:{}", base + 1)).await;
+        let err = m.get("k01", None).await.expect_err("the tenant served a half-migrated keyspace").to_string();
+        assert!(err.contains("etcdserver: tenant is being restored"), "{err}");
+
+        // Again, into the same tenant: it starts over and finishes.
+        let out = tokio::task::spawn_blocking(move || {
+            plinth_tests::process::run_with_timeout(migrate_cmd(true), None, MIGRATE_LIMIT)
+        })
+        .await
+        .unwrap();
+        assert_eq!(out.code, Some(0), "the second migration failed:\n{}\n{}", out.stdout, out.stderr);
+        let (want, etcd_revision) = everything(&mut e).await;
+        let (got, tenant_revision) = everything(&mut m).await;
+        assert_eq!((got.len(), tenant_revision), (want.len(), etcd_revision));
+        assert_eq!(got, want);
     });
 }

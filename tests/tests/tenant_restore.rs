@@ -60,6 +60,8 @@ fn plinth_ok(args: &[&str]) -> String {
 
 /// A key as a restore must keep it: value, create and mod revision, version, lease.
 type Kept = (Vec<u8>, i64, i64, i64, i64);
+/// A key with its lease id reduced to whether it has one (ids are the source's or new).
+type KeptLeased = (Vec<u8>, Vec<u8>, i64, i64, i64, bool);
 
 async fn keys_at(c: &mut Client, revision: i64) -> BTreeMap<Vec<u8>, Kept> {
     let opts = GetOptions::new().with_from_key().with_revision(revision);
@@ -139,7 +141,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn a_tenant_is_restored_in_place_and_as_a_new_tenant() {
     let block = ports::reserve_block(4);
     let base = block[0].get();
-    let mut cluster = Members::start(1, &["--tenant-client-port-base", &base.to_string()]);
+    let cluster = Members::start(1, &["--tenant-client-port-base", &base.to_string()]);
     let work = tempfile::tempdir().unwrap();
     let backups = work.path().join("backups");
     let backup_dir = backups.display().to_string();
@@ -193,7 +195,7 @@ fn a_tenant_is_restored_in_place_and_as_a_new_tenant() {
         assert_eq!(revision(&mut a).await, old);
 
         // A watcher of `a` from before the restore.
-        let (_watcher, mut stream) = a.watch(vec![0], Some(WatchOptions::new().with_prefix())).await.unwrap();
+        let mut stream = a.watch(vec![0], Some(WatchOptions::new().with_from_key())).await.unwrap();
         a.put("seen-before", "1", None).await.unwrap();
         let mut seen = Vec::new();
         let watching = tokio::spawn(async move {
@@ -274,7 +276,7 @@ fn a_tenant_is_restored_in_place_and_as_a_new_tenant() {
         let mut a2 = connect_eventually(&port(3)).await;
         assert_eq!(revision(&mut a2).await, r);
         let got = keys_at(&mut a2, 0).await;
-        let strip = |m: &BTreeMap<Vec<u8>, Kept>| -> Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, bool)> {
+        let strip = |m: &BTreeMap<Vec<u8>, Kept>| -> Vec<KeptLeased> {
             m.iter().map(|(k, v)| (k.clone(), v.0.clone(), v.1, v.2, v.3, v.4 != 0)).collect()
         };
         assert_eq!(strip(&got), strip(&source_at_r));
@@ -345,5 +347,33 @@ fn a_restore_on_three_members_agrees_everywhere() {
             out
         };
         assert!(hashes.windows(2).all(|w| w[0] == w[1]), "HashKV differs between members: {hashes:?}");
+    });
+}
+
+/// The default tenant ("default") is restored in place like any tenant, through the same
+/// client port that serves the admin API (which keeps answering while it is restored).
+#[test]
+fn the_default_tenant_is_restored_in_place() {
+    let cluster = Members::start(1, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let backup_dir = work.path().join("backups").display().to_string();
+    let rt = runtime();
+    rt.block_on(async {
+        cluster.wait_leader(LEADER_TIMEOUT).await;
+        let admin = cluster.members[0].endpoint();
+        let mut d = connect_eventually(&admin).await;
+        write_history(&mut d, 0).await;
+        backup(&admin, work.path(), &backup_dir, "default", "full.db", false);
+        let r = revision(&mut d).await;
+        let source = keys_at(&mut d, r).await;
+        write_history(&mut d, 1).await;
+        let old = revision(&mut d).await;
+        let out = plinth_ok(&["tenant", "restore", "default", "--backup-dir", &backup_dir, "--endpoints", &admin]);
+        assert!(out.contains("tenant default restored"), "{out}");
+        let mut d = connect_eventually(&admin).await;
+        assert_eq!(revision(&mut d).await, old + 1);
+        assert_eq!(keys_at(&mut d, 0).await, source);
+        let shown = plinth_ok(&["tenant", "list", "--endpoints", &admin]);
+        assert!(!shown.contains("restoring"), "{shown}");
     });
 }

@@ -53,12 +53,16 @@ impl TenantsService {
             return Err(Status::unavailable(format!("plinth: tenant {name:?} has no leader on this member yet")));
         };
         let g = node.group();
-        if first.require_empty {
-            // A read barrier first: the revision read must be the group's, not a lagging
+        // A tenant created for the import must still be empty when it begins (the begin
+        // checks again in the log, so a racing write fails the import rather than turning it
+        // into a replace).
+        let require_empty = first.require_empty || first.create;
+        if require_empty {
+            // A read barrier first: the state read must be the group's, not a lagging
             // replica's.
             node.read_barrier().await?;
-            let revision = node.store.current_revision(g);
-            if revision != 1 || node.store.import_state(g).is_some() {
+            if !node.store.is_empty_for_import(g) {
+                let revision = node.store.current_revision(g);
                 return Err(Status::failed_precondition(format!(
                     "plinth: tenant {name:?} is not empty (revision {revision}); migrate into a new tenant"
                 )));
@@ -80,7 +84,7 @@ impl TenantsService {
                 }
             }
         };
-        let began = propose(store::ImportOp::Begin(store::ImportBegin {})).await?;
+        let began = propose(store::ImportOp::Begin(store::ImportBegin { require_empty })).await?;
         info!(tenant = %name, group = tenant.group, floor = began.floor, import = format_args!("{import_id:x}"), "import began");
         let mut steps: u64 = 1;
         let mut pending = Some(first.step);
