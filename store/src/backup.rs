@@ -42,13 +42,14 @@ use prost::Message;
 
 use crate::auth::AuthState;
 use crate::command::RangeRequest;
-use crate::engine::Reader;
+use crate::engine::{self, Reader};
 use crate::error::{Error, Result};
 use crate::import::{ImportOp, ImportStep};
 use crate::import_plan::ImportPlanner;
 use crate::key_codec::{self as kc, Cf};
 use crate::kv::{EventKind, KeyValue, StoredEvent};
 use crate::lease::Lease;
+use crate::meta::ApplyMeta;
 use crate::mvcc;
 use crate::revision::{GroupId, Revision, RevisionPair};
 use crate::store::Store;

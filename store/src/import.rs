@@ -730,7 +730,9 @@ mod tests {
         // The import ends every backup chain of the group: no delta starts before it, not
         // even from revisions the group can still read.
         let refused = t.store.export_delta(G, f, &mut |_| Ok(()));
-        assert!(matches!(refused, Err(Error::Compacted { requested, compacted }) if requested == f && compacted == end));
+        assert!(
+            matches!(refused, Err(Error::Compacted { requested, compacted }) if requested == f && compacted == end)
+        );
         assert!(t.store.export_delta(G, end, &mut |_| Ok(())).is_ok());
         for rev in [f, (f + end) / 2, end] {
             assert_eq!(t.store.range(G, &all(rev)).unwrap().kvs, source.store.range(G, &all(rev)).unwrap().kvs);

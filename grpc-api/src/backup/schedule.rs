@@ -125,7 +125,9 @@ impl Scheduler {
             for node in nodes {
                 // A group being imported has no consistent state to back up; its import ends
                 // the chain, and the next backup is a full one.
-                if node.runtime.group == SYSTEM_GROUP || !node.is_leader() || node.store.import_state(node.group()).is_some()
+                if node.runtime.group == SYSTEM_GROUP
+                    || !node.is_leader()
+                    || node.store.import_state(node.group()).is_some()
                 {
                     continue;
                 }
