@@ -10,7 +10,10 @@
 //! - three members whose leader is killed with SIGKILL again and again while backups run:
 //!   the chain stays valid and continuous, `plinth backup now` sent to a follower is taken
 //!   by the leader, and restores (20 random revisions, and the newest one into a new
-//!   three-member cluster) equal the source at that revision, in full range and HashKV.
+//!   three-member cluster) equal the source at that revision, in full range and HashKV;
+//! - a tenant restored in place from the chain the server took (`plinth tenant restore`):
+//!   its keys are those of the past revision, its revision moved forward, and the next
+//!   backup starts a new chain with a full backup that restores the tenant as it is now.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -434,4 +437,104 @@ async fn a_leader_killed_during_backups_leaves_a_continuous_chain() {
         let source_hash = client.hash_kv(latest).await.unwrap();
         assert_eq!(restored_hash.hash(), source_hash.hash(), "HashKV at {latest} on {}", m.name);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_restored_from_scheduled_backups_starts_a_new_chain() {
+    let work = tempfile::tempdir().unwrap();
+    let backup_dir = work.path().join("backups").display().to_string();
+    let block = plinth_tests::ports::reserve_block(2);
+    let base = block[0].get().to_string();
+    let flags = [
+        "--backup-dir",
+        &backup_dir,
+        "--backup-full-interval",
+        "1h",
+        "--backup-delta-interval",
+        "200ms",
+        "--tenant-client-port-base",
+        &base,
+    ];
+    let server = Server::start_with(
+        Kind::Plinth,
+        Options { flags: flags.iter().map(|s| s.to_string()).collect(), ..Options::default() },
+    );
+    let endpoint = server.endpoint();
+    plinth_ok(&["tenant", "create", "t1", "--endpoints", &endpoint]);
+    let tenant_endpoint = format!("http://127.0.0.1:{}", block[0].get() + 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut t1 = loop {
+        let mut c = connect(std::slice::from_ref(&tenant_endpoint)).await;
+        if c.status().await.is_ok() {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "tenant port never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let list_t1 = || {
+        let list = plinth_ok(&["backup", "list", "--backup-dir", &backup_dir, "--tenant", "t1", "-w", "json"]);
+        serde_json::from_str::<Value>(&list).unwrap()["backups"].as_array().cloned().unwrap_or_default()
+    };
+    let wait_backed_up = |revision: i64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let backups = list_t1();
+            if backups.last().and_then(|b| b["to_revision"].as_i64()) >= Some(revision) {
+                return backups;
+            }
+            assert!(Instant::now() < deadline, "t1's backups never reached {revision}: {backups:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for i in 0..10 {
+        t1.put(format!("k{i}"), format!("first-{i}"), None).await.unwrap();
+    }
+    let past = t1.get("k0", None).await.unwrap().header().unwrap().revision();
+    let at_past = source_at(&mut t1, past).await;
+    for i in 0..10 {
+        t1.put(format!("k{i}"), format!("second-{i}"), None).await.unwrap();
+    }
+    t1.delete("k9", None).await.unwrap();
+    let before = t1.get("k0", None).await.unwrap().header().unwrap().revision();
+    wait_backed_up(before);
+
+    // Back to a past revision, in place, from the chain the server took.
+    plinth_ok(&[
+        "tenant",
+        "restore",
+        "t1",
+        "--backup-dir",
+        &backup_dir,
+        "--to-revision",
+        &past.to_string(),
+        "--endpoints",
+        &endpoint,
+    ]);
+    let mut t1 = connect(std::slice::from_ref(&tenant_endpoint)).await;
+    let now = t1.get("k0", None).await.unwrap().header().unwrap().revision();
+    assert!(now > before, "the revision went back: {now} after {before}");
+    let restored = source_at(&mut t1, now).await;
+    let values = |m: &BTreeMap<Vec<u8>, Kv>| m.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect::<Vec<_>>();
+    assert_eq!(values(&restored), values(&at_past), "t1 at {now} holds its keys of revision {past}");
+
+    // The import ended the chain: the next backup is a full one at or after the restore,
+    // and the target restores the tenant as it is now.
+    t1.put("after", "restore", None).await.unwrap();
+    let latest = t1.get("after", None).await.unwrap().header().unwrap().revision();
+    let backups = wait_backed_up(latest);
+    let first_after = backups.iter().find(|b| b["to_revision"].as_i64() >= Some(now)).unwrap();
+    assert_eq!(first_after["kind"], "full", "{backups:?}");
+    assert!(plinth_ok(&["backup", "verify", "--backup-dir", &backup_dir]).contains("OK"));
+    let dir = work.path().join("offline").display().to_string();
+    plinth_ok(&["restore", "--backup-dir", &backup_dir, "--tenant", "t1", "--data-dir", &dir]);
+    let store = grpc_api::backup::restore::open_stopped_store(Path::new(&dir)).unwrap();
+    let all = store::RangeRequest { key: vec![0u8].into(), range_end: vec![0u8].into(), ..Default::default() };
+    let offline: Vec<(Vec<u8>, Vec<u8>)> = store
+        .range(store::GroupId(1), &all)
+        .unwrap()
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key.to_vec(), kv.value.to_vec()))
+        .collect();
+    assert_eq!(offline, values(&source_at(&mut t1, latest).await));
 }
