@@ -199,14 +199,6 @@ fn print_entry(tenant: &str, e: &super::manifest::Entry, w: WriteOut) -> anyhow:
     }
 }
 
-/// A spinner on stderr while a long command runs; hidden when stderr is not a terminal.
-fn spinner(message: &str) -> indicatif::ProgressBar {
-    let p = indicatif::ProgressBar::new_spinner();
-    p.set_message(message.to_string());
-    p.enable_steady_tick(std::time::Duration::from_millis(120));
-    p
-}
-
 /// Asks the member at `flags.endpoints` for a backup of `tenant`; when it does not lead the
 /// tenant's group, asks the leader it names (found in the member list) instead.
 async fn backup_now(
@@ -264,11 +256,9 @@ pub fn run_backup(cmd: BackupCommand) -> anyhow::Result<()> {
                 user: user.as_deref(),
             };
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let progress = (write_out != WriteOut::Json).then(|| spinner(&format!("backing up tenant {tenant}")));
+            let progress = super::online::progress(write_out == WriteOut::Json, &format!("backing up tenant {tenant}"));
             let answer = runtime.block_on(backup_now(&flags, &tenant, full));
-            if let Some(p) = progress {
-                p.finish_and_clear();
-            }
+            progress.finish_and_clear();
             let answer = answer?;
             if write_out == WriteOut::Json {
                 let backups: Vec<_> = answer
@@ -397,7 +387,11 @@ pub fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
                 }
                 (None, None) => None,
             };
-            super::restore::restore_from_backups(target.as_ref(), &args.tenant, revision, &member)?
+            let progress = super::online::progress(args.write_out == WriteOut::Json, "restoring");
+            let summary =
+                super::restore::restore_from_backups(target.as_ref(), &args.tenant, revision, &member, &progress);
+            progress.finish_and_clear();
+            summary?
         }
     };
     match args.write_out {
