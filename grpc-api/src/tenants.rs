@@ -752,7 +752,12 @@ impl pb::tenants_server::Tenants for TenantsService {
             serializable: true,
             ..Default::default()
         };
-        let keys = node.store.range(g, &count).map_err(|e| crate::error::store_status(&e))?.count;
+        let keys = match node.store.range(g, &count) {
+            Ok(r) => r.count,
+            // Being restored: its keys are not countable yet.
+            Err(store::Error::Importing) => 0,
+            Err(e) => return Err(crate::error::store_status(&e)),
+        };
         let status = node.raft_status().unwrap_or_default();
         let identity = node.membership.identity.read().clone();
         let voters: Vec<u64> = status.voters.iter().map(|v| v.0).collect();
