@@ -292,9 +292,10 @@ fn client_router(node: Arc<Node>, max_request_bytes: usize, health: HealthServer
     )
     .add_service(health);
     // On a tenant's router the admin API only answers "permission denied".
-    grpc.add_service(crate::pb::plinthv1::tenants_server::TenantsServer::new(crate::tenants::TenantsService {
-        node: node.clone(),
-    }));
+    grpc.add_service(
+        crate::pb::plinthv1::tenants_server::TenantsServer::new(crate::tenants::TenantsService { node: node.clone() })
+            .max_decoding_message_size(crate::tenants::IMPORT_MESSAGE_BYTES_MAX),
+    );
     grpc.routes()
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(node.clone(), refuse_while_importing))

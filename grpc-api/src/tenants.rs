@@ -56,6 +56,9 @@ const NEXT_GROUP_KEY: &[u8] = b"next-group";
 /// How often the reconciler runs without being told of a change (membership following,
 /// request-rate sampling, retries after failures).
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+/// Largest `plinth.v1.Tenants` message decoded: an import step of several proposals' worth
+/// (the server splits it) and no more.
+pub const IMPORT_MESSAGE_BYTES_MAX: usize = 16 << 20;
 /// Times a registry txn is retried when a concurrent change won its compares.
 const REGISTRY_RETRIES: usize = 8;
 

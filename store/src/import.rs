@@ -151,6 +151,55 @@ pub struct ImportFinish {
     pub strict_leases: bool,
 }
 
+impl ImportOp {
+    /// This operation as operations whose records take at most `bytes_max` bytes each (a
+    /// larger record alone), in order: keys keep their revision, events their order. A
+    /// proposer splits what it is sent so that every command stays bounded; begin and
+    /// finish are returned whole.
+    pub fn split(self, bytes_max: usize) -> Vec<ImportOp> {
+        match self {
+            ImportOp::Keys(k) => {
+                let revision = k.revision;
+                let chunks = chunks(k.keys, bytes_max);
+                if chunks.is_empty() {
+                    return vec![ImportOp::Keys(ImportKeys { revision, keys: Vec::new() })];
+                }
+                chunks.into_iter().map(|keys| ImportOp::Keys(ImportKeys { revision, keys })).collect()
+            }
+            ImportOp::Events(e) => chunks(e.events, bytes_max)
+                .into_iter()
+                .map(|events| ImportOp::Events(ImportEvents { events }))
+                .collect(),
+            ImportOp::Leases(l) => {
+                let fallback = l.fallback;
+                chunks(l.leases, bytes_max)
+                    .into_iter()
+                    .map(|leases| ImportOp::Leases(ImportLeases { leases, fallback }))
+                    .collect()
+            }
+            whole => vec![whole],
+        }
+    }
+}
+
+/// `records` in runs of at most `bytes_max` encoded bytes (a larger record alone).
+fn chunks<T: Message>(records: Vec<T>, bytes_max: usize) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = Vec::new();
+    let mut bytes = 0;
+    for r in records {
+        let len = r.encoded_len();
+        match out.last_mut() {
+            Some(run) if bytes + len <= bytes_max => run.push(r),
+            _ => {
+                out.push(vec![r]);
+                bytes = 0;
+            }
+        }
+        bytes += len;
+    }
+    out
+}
+
 /// The replicated state of an import in progress (meta key `g | 'i'`).
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct ImportState {
@@ -772,6 +821,31 @@ mod tests {
             assert_eq!(t.store.range(G, &all(rev)).unwrap().kvs, source.store.range(G, &all(rev)).unwrap().kvs);
         }
         assert_eq!(t.store.leases(G).unwrap(), source.store.leases(G).unwrap());
+    }
+
+    #[test]
+    fn operations_split_into_bounded_runs_in_order() {
+        let lease = |id| Lease { id, ttl: 10, remaining_ttl: 0 };
+        let op = ImportOp::Leases(ImportLeases { leases: (1..=100).map(lease).collect(), fallback: true });
+        let one = lease(1).encoded_len();
+        let parts = op.split(one * 30);
+        assert_eq!(parts.len(), 4);
+        let mut ids = Vec::new();
+        for p in parts {
+            let ImportOp::Leases(l) = p else { panic!("a leases operation") };
+            let bytes: usize = l.leases.iter().map(Message::encoded_len).sum();
+            assert!(l.fallback && bytes <= one * 30, "{bytes} bytes in one part");
+            ids.extend(l.leases.iter().map(|l| l.id));
+        }
+        assert_eq!(ids, (1..=100).collect::<Vec<_>>());
+        let empty = ImportOp::Keys(ImportKeys { revision: 4, keys: Vec::new() }).split(10);
+        assert!(matches!(&empty[..], [ImportOp::Keys(k)] if k.revision == 4 && k.keys.is_empty()));
+        let big = KeyRecord {
+            kv: Some(KeyValue { key: "k".into(), value: vec![0; 100].into(), ..Default::default() }),
+            sub: 0,
+        };
+        let parts = ImportOp::Keys(ImportKeys { revision: 9, keys: vec![big.clone(), big.clone()] }).split(50);
+        assert_eq!(parts.len(), 2, "a record larger than the bound travels alone");
     }
 
     /// Steps of another import, steps without a begin, and events that go backwards are
