@@ -120,6 +120,20 @@ impl Lessor {
         }
     }
 
+    /// Replaces every timer with `leases` (id, TTL, seconds left), each expiring after its
+    /// seconds left (its full TTL when that is 0): after an import, whose lease records
+    /// carry the time their source had left (a migration's etcd, a backup's checkpoint), as
+    /// etcd's lessor recovers a checkpointed lease. Renewals then give the full TTL.
+    pub fn reset_remaining(&self, leases: impl IntoIterator<Item = (i64, i64, i64)>) {
+        let mut state = self.state.lock();
+        state.timers.clear();
+        state.revoking.clear();
+        for (id, ttl_seconds, left) in leases {
+            let first = if left > 0 { left } else { ttl_seconds };
+            state.timers.insert(id, Timer { ttl_seconds, expiry: deadline(first) });
+        }
+    }
+
     /// Gives every lease a full TTL from now and forgets revokes in flight: called on a
     /// leader change that did not make this member leader (a new leader calls `reset` with
     /// the store's leases instead).

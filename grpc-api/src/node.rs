@@ -774,7 +774,12 @@ impl Node {
             self.read_barrier().await?;
         }
         let request = store::RangeRequest { key: Bytes::from_static(b"health"), ..Default::default() };
-        self.store.range(self.group(), &request).map(|_| ()).map_err(|e| crate::error::store_status(&e))
+        match self.store.range(self.group(), &request) {
+            // A tenant being restored is a healthy member doing its work: probes must not
+            // restart it for that.
+            Ok(_) | Err(store::Error::Importing) => Ok(()),
+            Err(e) => Err(crate::error::store_status(&e)),
+        }
     }
 
     /// Brings the gauges that mirror store state up to date (before a scrape).
@@ -855,11 +860,10 @@ impl raft_log::StateMachine for Applier {
             // has no timer for a lease the log revoked.
             rt.lessor.on_applied(&entry.data[REQUEST_ID_BYTES..], &result);
             if matches!(&result, Ok(store::CommandResponse::Import(r)) if r.finished) {
-                // An import finished: its leases are the store's now, each given a full TTL
-                // from here, as after a snapshot (never expired before its holder could
-                // renew it against this cluster).
+                // An import finished: its leases are the store's now, each timed from here
+                // with the time its source had left (see `Lessor::reset_remaining`).
                 match self.store.leases(store::GroupId(group.0)) {
-                    Ok(leases) => rt.lessor.reset(leases.into_iter().map(|l| (l.id, l.ttl))),
+                    Ok(leases) => rt.lessor.reset_remaining(leases.into_iter().map(|l| (l.id, l.ttl, l.remaining_ttl))),
                     Err(e) => tracing::warn!(error = %e, "cannot read leases after an import"),
                 }
             }

@@ -307,9 +307,10 @@ fn client_router(node: Arc<Node>, max_request_bytes: usize, health: HealthServer
     )
     .add_service(health);
     // On a tenant's router the admin API only answers "permission denied".
-    grpc.add_service(crate::pb::plinthv1::tenants_server::TenantsServer::new(crate::tenants::TenantsService {
-        node: node.clone(),
-    }))
+    grpc.add_service(
+        crate::pb::plinthv1::tenants_server::TenantsServer::new(crate::tenants::TenantsService { node: node.clone() })
+            .max_decoding_message_size(crate::tenants::IMPORT_MESSAGE_BYTES_MAX),
+    )
     .add_service(crate::pb::plinthv1::backups_server::BackupsServer::new(
         crate::backup::schedule::BackupsService { node: node.clone() },
     ));

@@ -56,6 +56,9 @@ const NEXT_GROUP_KEY: &[u8] = b"next-group";
 /// How often the reconciler runs without being told of a change (membership following,
 /// request-rate sampling, retries after failures).
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+/// Largest `plinth.v1.Tenants` message decoded: an import step of several proposals' worth
+/// (the server splits it) and no more.
+pub const IMPORT_MESSAGE_BYTES_MAX: usize = 16 << 20;
 /// Times a registry txn is retried when a concurrent change won its compares.
 const REGISTRY_RETRIES: usize = 8;
 
@@ -770,7 +773,12 @@ impl pb::tenants_server::Tenants for TenantsService {
             serializable: true,
             ..Default::default()
         };
-        let keys = node.store.range(g, &count).map_err(|e| crate::error::store_status(&e))?.count;
+        let keys = match node.store.range(g, &count) {
+            Ok(r) => r.count,
+            // Being restored: its keys are not countable yet.
+            Err(store::Error::Importing) => 0,
+            Err(e) => return Err(crate::error::store_status(&e)),
+        };
         let status = node.raft_status().unwrap_or_default();
         let identity = node.membership.identity.read().clone();
         let voters: Vec<u64> = status.voters.iter().map(|v| v.0).collect();

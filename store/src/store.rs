@@ -494,6 +494,11 @@ impl Store {
         command::check_range(req)?;
         let inner = &*self.inner;
         let (snapshot, meta) = inner.pinned(g);
+        // Checked on the state read, not before: a read that waited for a read barrier may
+        // find an import begun meanwhile.
+        if meta.import.is_some() {
+            return Err(Error::Importing);
+        }
         let r = Reader::at_snapshot(&inner.db, &snapshot);
         range::range(&r, g, req, meta.current_revision, meta.compact_revision, meta.current_revision)
     }
@@ -509,6 +514,9 @@ impl Store {
         }
         let inner = &*self.inner;
         let (snapshot, meta) = inner.pinned(g);
+        if meta.import.is_some() {
+            return Err(Error::Importing);
+        }
         let mut w = BatchWriter::at_snapshot(&inner.db, &snapshot, g, &inner.cfg, meta);
         txn::read_only_txn(&mut w, t)
     }
@@ -535,6 +543,9 @@ impl Store {
     pub fn hash_kv(&self, g: GroupId, rev: Revision) -> Result<(u32, Revision, Revision)> {
         let inner = &*self.inner;
         let (snapshot, meta) = inner.pinned(g);
+        if meta.import.is_some() {
+            return Err(Error::Importing);
+        }
         let current = meta.current_revision;
         if rev > current {
             return Err(Error::FutureRevision { requested: rev, current });

@@ -97,9 +97,10 @@ fn request(op: store::ImportOp) -> pb::ImportRequest {
     pb::ImportRequest { step: step.encode_to_vec().into(), ..Default::default() }
 }
 
-/// A progress spinner on stderr, hidden unless stderr is a terminal and output is text.
+/// A progress spinner on stderr, hidden unless stdout and stderr are terminals and the
+/// output is text.
 pub fn progress(json: bool, what: &str) -> indicatif::ProgressBar {
-    if json || !std::io::stderr().is_terminal() {
+    if json || !std::io::stderr().is_terminal() || !std::io::stdout().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new_spinner();

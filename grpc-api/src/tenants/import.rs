@@ -112,12 +112,17 @@ impl TenantsService {
                 Some(op) => op,
             };
             let is_finish = matches!(op, store::ImportOp::Finish(_));
-            let applied = propose(op).await.inspect_err(|s| {
-                warn!(tenant = %name, steps, error = %s.message(), "import step failed; the tenant stays unavailable")
-            })?;
-            steps += 1;
+            // Every command stays bounded, whatever the client sent. Ordering: each part is
+            // applied before the next is proposed, and before the next message is read.
+            let mut applied = None;
+            for part in op.split(store::IMPORT_STEP_BYTES_MAX) {
+                applied = Some(propose(part).await.inspect_err(|s| {
+                    warn!(tenant = %name, steps, error = %s.message(), "import step failed; the tenant stays unavailable")
+                })?);
+                steps += 1;
+            }
             if is_finish {
-                break Some(applied);
+                break applied;
             }
         };
         let Some(finished) = finished else {
