@@ -438,6 +438,7 @@ async fn fsync_errors(rig: &mut Rig, rng: &mut StdRng, load_end: Instant, inject
         };
         let role = if victim == leader { "leader" } else { "follower" };
         eprintln!("fault {}: fsync EIO in {} ({role})", injected.total(), rig.cluster.members[victim].name);
+        let log_before = rig.cluster.members[victim].log().len();
         rig.shim.as_ref().expect("an fsync scenario has the shim").trigger(victim);
         rig.fsync_failed.insert(victim);
         injected.add("fsync-eio");
@@ -448,14 +449,33 @@ async fn fsync_errors(rig: &mut Rig, rng: &mut StdRng, load_end: Instant, inject
                 rig.cluster.members[victim].log_tail(30)
             );
         };
-        let log = rig.cluster.members[victim].log();
-        eprintln!("{} stopped ({status}): {}", rig.cluster.members[victim].name, last_line_with(&log, "fsync"));
+        let m = &rig.cluster.members[victim];
+        let said = panics(&m.log()[log_before..]);
+        eprintln!("{} stopped ({status}): {said}", m.name);
+        // The first failed fsync stops it: no second attempt at the disk (the WAL's close
+        // trimming and syncing the segment while a panic unwinds), no panic in a destructor.
+        assert!(
+            !said.contains(" / ") && (said.contains("fdatasync") || said.contains("fsync") || said.contains("flush")),
+            "{} did not stop at its first failed fsync: {said}",
+            m.name
+        );
         // Restarted without the shim, from what it made durable.
         rig.fsync_failed.remove(&victim);
         let m = &mut rig.cluster.members[victim];
         m.env.clear();
         rig.shim.as_ref().expect("shim").untrigger(victim);
         rig.cluster.spawn(victim);
+    }
+}
+
+/// What the panics in `log` said (the line after each `panicked at`), joined.
+fn panics(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let said: Vec<&str> = lines.windows(2).filter(|w| w[0].contains("panicked at")).map(|w| w[1].trim()).collect();
+    if said.is_empty() {
+        "no panic".to_owned()
+    } else {
+        said.join(" / ")
     }
 }
 
