@@ -394,6 +394,7 @@ async fn full_disk(rig: &mut Rig, rng: &mut StdRng, load_end: Instant, injected:
     let i = FULL_DISK_MEMBER;
     while pause(rng, load_end, 2000..4000, Duration::from_secs(6)).await {
         let tmpfs = rig.tmpfs.as_ref().expect("a full-disk scenario has a tmpfs");
+        let log_before = rig.cluster.members[i].log().len();
         let filled = tmpfs.fill(BALLAST);
         eprintln!(
             "fault {}: {}'s disk full ({filled} bytes of ballast, {} free)",
@@ -405,11 +406,12 @@ async fn full_disk(rig: &mut Rig, rng: &mut StdRng, load_end: Instant, injected:
         tokio::time::sleep(Duration::from_millis(rng.random_range(2000..4000))).await;
         let stopped = rig.cluster.members[i].exit_status();
         std::fs::remove_file(tmpfs.path().join(BALLAST)).expect("remove ballast");
+        let said = panics(&rig.cluster.members[i].log()[log_before..]);
         eprintln!(
             "disk of {} freed; it {}",
             rig.cluster.members[i].name,
             match &stopped {
-                Some(s) => format!("had stopped ({s})"),
+                Some(s) => format!("had stopped ({s}: {said})"),
                 None if rig.cluster.members[i].is_running() => "kept running".to_owned(),
                 None => "had stopped".to_owned(),
             }
