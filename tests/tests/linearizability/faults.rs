@@ -280,6 +280,10 @@ async fn partitions(rig: &mut Rig, rng: &mut StdRng, load_end: Instant, injected
             2 => {
                 eprintln!("fault {}: leader {leader} isolated", injected.total());
                 net.split(&[leader]);
+                // The rest, a quorum, must elect another leader: the cut is real.
+                let rest: Vec<usize> = (0..n).filter(|i| *i != leader).collect();
+                let new = leader_among(rig, &rest, LEADER_TIMEOUT).await;
+                eprintln!("members {rest:?} elected {new} while {leader} is isolated");
                 "partition-leader"
             }
             _ => {
@@ -315,6 +319,29 @@ enum Change {
     AddLearner,
     RemoveFollower,
     RemoveLeader,
+}
+
+/// The member that every one of `members` names as leader, once they agree on one of them;
+/// panics after `limit`.
+async fn leader_among(rig: &Rig, members: &[usize], limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut named = Vec::new();
+        let mut ids = BTreeMap::new();
+        for &i in members {
+            let Some(mut c) = connect(&rig.cluster.members[i].endpoint()).await else { break };
+            let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), c.status()).await else { break };
+            ids.insert(s.header().map_or(0, |h| h.member_id()), i);
+            named.push(s.leader());
+        }
+        if named.len() == members.len() && named.iter().all(|l| *l != 0 && *l == named[0]) {
+            if let Some(i) = ids.get(&named[0]) {
+                return *i;
+            }
+        }
+        assert!(Instant::now() < deadline, "members {members:?} agreed on no leader among them within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Learner added and promoted, a follower removed, a second learner added and promoted,
@@ -405,8 +432,24 @@ async fn full_disk(rig: &mut Rig, rng: &mut StdRng, load_end: Instant, injected:
         injected.add("disk-full");
         tokio::time::sleep(Duration::from_millis(rng.random_range(2000..4000))).await;
         let stopped = rig.cluster.members[i].exit_status();
-        std::fs::remove_file(tmpfs.path().join(BALLAST)).expect("remove ballast");
         let said = panics(&rig.cluster.members[i].log()[log_before..]);
+        if !rig.cluster.members[i].is_running() {
+            // Started again while the disk is still full: it may refuse to start, but must
+            // not damage what it has (the restart after the disk is freed shows).
+            let log_before = rig.cluster.members[i].log().len();
+            rig.cluster.spawn(i);
+            let again = wait_exit(&mut rig.cluster, i, STOP_TIMEOUT).await;
+            let log = rig.cluster.members[i].log();
+            let error = log[log_before..].lines().find(|l| l.starts_with("Error") || l.contains("panicked"));
+            match again {
+                Some(status) => {
+                    eprintln!("restarted on the full disk, it stopped ({status}): {}", error.unwrap_or("-"))
+                }
+                None => eprintln!("restarted on the full disk, it runs"),
+            }
+        }
+        let tmpfs = rig.tmpfs.as_ref().expect("tmpfs");
+        std::fs::remove_file(tmpfs.path().join(BALLAST)).expect("remove ballast");
         eprintln!(
             "disk of {} freed; it {}",
             rig.cluster.members[i].name,
