@@ -40,6 +40,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
+            abort_on_panic();
             grpc_api::serve::init_logging(&args.log_level)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("plinth-rpc").build()?;
             runtime.block_on(grpc_api::serve::serve(*args))
@@ -70,4 +71,18 @@ fn main() -> anyhow::Result<()> {
         Command::Restore(args) => grpc_api::backup::cli::run_restore(*args),
         Command::Snapshot(cmd) => grpc_api::backup::cli::run_snapshot(cmd),
     }
+}
+
+/// Makes every panic of a member stop the whole process at once, in every build profile
+/// (release builds abort anyway: `panic = "abort"`). A panic is how a member reports what it
+/// cannot go on from (a failed fsync or WAL write, an apply that could not be written);
+/// unwinding instead would leave the other threads serving clients with a dead Raft driver
+/// or WAL writer, and would run destructors that touch the disk again after it failed.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("plinth: stopping after a panic");
+        std::process::abort();
+    }));
 }

@@ -566,10 +566,10 @@ async fn purge_log(node: Arc<Node>, interval: Duration, catch_up_entries: u64) {
             // The flush reports, per group, an applied index it made durable: the log up to
             // it is no longer needed for replay.
             Ok(Ok(flushed)) => flushed,
-            Ok(Err(e)) => {
-                warn!(error = %e, "store flush failed; the log is kept");
-                continue;
-            }
+            // A failed flush (an fsync that failed, a full disk) leaves the store's files in a
+            // state nobody can vouch for, and retrying it is not safe after a failed fsync:
+            // stop, and recover from the log at the next start.
+            Ok(Err(e)) => panic!("store flush failed: {e}; stopping"),
             Err(e) => {
                 warn!(error = %e, "store flush task failed; the log is kept");
                 continue;

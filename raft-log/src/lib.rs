@@ -130,8 +130,11 @@
 //!
 //! ## CAVEATS
 //!
-//! - A write or fsync failure panics the process (the page-cache state is then unknown);
-//!   a bad delete during purge is only logged.
+//! - A write or fsync failure panics (the page-cache state is then unknown), and the WAL
+//!   never writes or syncs again after it, not even while the panic unwinds through its
+//!   close: a retried fsync may "succeed" on pages the kernel already dropped. The `plinth`
+//!   binary turns every panic into an abort, so the process stops at once; a bad delete
+//!   during purge is only logged.
 //! - Damage to the *last* acknowledged frame of the last segment cannot be told from a torn
 //!   write and is cut off. Conversely, a machine crash that loses a page in the middle of
 //!   unsynced frames while a later page survives is reported as `Corruption`. The search for

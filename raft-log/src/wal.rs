@@ -229,6 +229,7 @@ impl Wal {
             segment_bytes_max: config.segment_bytes_max,
             batch_bytes_max: config.batch_bytes_max,
             unsynced: false,
+            failed: false,
         }));
         let writer = Writer { shared: Arc::clone(&shared), rx, segment: Arc::clone(&segment), carry: None };
         let handle = std::thread::Builder::new().name("raft-log-writer".into()).spawn(move || writer.run())?;

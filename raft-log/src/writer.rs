@@ -241,6 +241,13 @@ pub(crate) struct Segment {
     pub batch_bytes_max: usize,
     /// Whether the active segment holds written frames not yet fdatasync'ed.
     pub unsynced: bool,
+    /// Set when a write, fdatasync, trim or rotation failed (just before the panic that
+    /// reports it). From then on nothing is written or synced again, by any path (a later
+    /// submission, the close on drop while a panic unwinds): after a failed fsync the page
+    /// cache may have dropped the unwritten pages and marked them clean, so a retry could
+    /// "succeed" without the data ever reaching the disk. Recovery works from what is on
+    /// disk.
+    pub failed: bool,
 }
 
 pub(crate) struct Writer {
@@ -325,6 +332,13 @@ impl Segment {
     /// Writes `subs` as one frame, syncs it if any asks for it, indexes it and completes
     /// every submission.
     pub fn commit(&mut self, shared: &Shared, subs: Vec<Submission>) {
+        if self.failed {
+            // Never acknowledged: the log stopped at the failure.
+            for s in subs {
+                s.done.complete(Err(Error::Stopped));
+            }
+            return;
+        }
         let subs = Self::validate(shared, subs);
         if subs.is_empty() {
             return;
@@ -342,6 +356,7 @@ impl Segment {
         // A failed or partial write would leave a hole before later frames, which recovery
         // would treat as the end of the log: stop the process instead.
         if let Err(e) = self.active.write_all_at(&frame, self.active_len) {
+            self.failed = true;
             panic!(
                 "WAL write to segment {} failed: {e}; refusing to continue with an unknown log tail",
                 self.active_seq
@@ -381,6 +396,8 @@ impl Segment {
 
     fn sync_active(&mut self, shared: &Shared) {
         if let Err(e) = self.active.sync_data() {
+            // Never retried (see `failed`).
+            self.failed = true;
             panic!(
                 "WAL fdatasync of segment {} failed: {e}; the page cache state is unknown, stopping",
                 self.active_seq
@@ -393,14 +410,19 @@ impl Segment {
     /// Cuts the active segment's preallocated tail off after its last frame. Called when no
     /// more frames will be written to it: at rotation and when the WAL closes.
     pub fn trim_active(&mut self) {
+        if self.failed {
+            // A failed log is left as it is on disk; recovery cuts what is not whole.
+            return;
+        }
         if let Err(e) = trim_segment(&self.active, self.active_len) {
+            self.failed = true;
             panic!("WAL trim of segment {} to {} bytes failed: {e}", self.active_seq, self.active_len);
         }
     }
 
     /// Starts a new segment once the active one is full.
     pub fn rotate_if_full(&mut self, shared: &Shared) {
-        if self.active_len < self.segment_bytes_max {
+        if self.failed || self.active_len < self.segment_bytes_max {
             return;
         }
         // Recovery tolerates a torn tail only in the last segment: an older one must be whole,
@@ -412,8 +434,10 @@ impl Segment {
         // exists, so only the last segment may end in zeros.
         self.trim_active();
         let seq = self.active_seq + 1;
-        let (file, len) =
-            start_segment(shared, seq).unwrap_or_else(|e| panic!("WAL rotation to segment {seq} failed: {e}"));
+        let (file, len) = start_segment(shared, seq).unwrap_or_else(|e| {
+            self.failed = true;
+            panic!("WAL rotation to segment {seq} failed: {e}")
+        });
         self.active = file;
         self.active_seq = seq;
         self.active_len = len;

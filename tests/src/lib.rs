@@ -8,6 +8,9 @@
 //! * [`members`] runs a cluster of `plinth serve` processes (SIGKILL, SIGSTOP, restart,
 //!   members added with `existing` state, per-member flags, waiting for an agreed leader):
 //!   the one multi-process harness every cluster test uses.
+//! * [`netns`] puts members in network namespaces on one bridge and cuts directions between
+//!   them (partitions, asymmetric ones included); [`faults`] makes storage faults: a data dir
+//!   on a small tmpfs, an `LD_PRELOAD` shim failing fsync with `EIO`, flipped bytes.
 //! * [`certs`] makes a CA and the certificates it signs with rcgen, at run time.
 //! * [`ctl`] runs etcdctl/etcdutl with time limits ([`process`]).
 //! * [`normalize`] blanks ids, terms, ports, sizes, versions and timings.
@@ -24,8 +27,10 @@ pub mod cluster;
 pub mod ctl;
 pub mod diff;
 pub mod etcd;
+pub mod faults;
 pub mod linearizability;
 pub mod members;
+pub mod netns;
 pub mod normalize;
 pub mod ports;
 pub mod process;

@@ -2,6 +2,8 @@
 //! `--initial-cluster` flags: start, SIGKILL, pause (SIGSTOP) and restart members on their
 //! own data dirs, add members that join with `--initial-cluster-state existing`, give every
 //! member or one member extra flags, and wait until the running members agree on a leader.
+//! A member may listen on another address than loopback and run inside a network namespace
+//! ([`crate::netns`]), or with extra environment variables (an `LD_PRELOAD` fault shim).
 //! Every process is killed with SIGKILL when the cluster is dropped. This is the one
 //! multi-process harness of the tests; single servers are [`crate::cluster::Server`].
 
@@ -40,18 +42,29 @@ pub struct Member {
     pub flags: Vec<String>,
     /// Its peer URL is `https://` (peer TLS; the certificate flags go in `flags`).
     pub peer_https: bool,
+    /// The address it listens on and advertises (`127.0.0.1` unless set before its start).
+    pub host: String,
+    /// The network namespace it runs in (`ip netns exec`), if any.
+    pub netns: Option<String>,
+    /// Environment variables only this member gets (used from its next start on).
+    pub env: Vec<(String, String)>,
 }
 
 impl Member {
-    /// `http://127.0.0.1:<client port>`
+    /// `http://<host>:<client port>`
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client.get())
+        format!("http://{}:{}", self.host, self.client.get())
     }
 
-    /// `http://127.0.0.1:<peer port>` (`https://` with [`Member::peer_https`]).
+    /// `http://<host>:<peer port>` (`https://` with [`Member::peer_https`]).
     pub fn peer_url(&self) -> String {
         let scheme = if self.peer_https { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.peer.get())
+        format!("{scheme}://{}:{}", self.host, self.peer.get())
+    }
+
+    /// The port its peers connect to.
+    pub fn peer_port(&self) -> u16 {
+        self.peer.get()
     }
 
     /// The member's data and log directory (certificates for it may be put there).
@@ -124,14 +137,32 @@ impl Member {
 
     /// Whether the process has exited on its own (reaping it if so); true when not started.
     pub fn exited(&mut self) -> bool {
+        self.exit_status().is_some() || self.child.is_none()
+    }
+
+    /// How the process ended, if it has exited on its own since the last look (reaping it).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         match self.child.as_mut().map(|c| c.try_wait()) {
-            Some(Ok(Some(_))) => {
+            Some(Ok(Some(status))) => {
                 self.child = None;
                 self.paused = false;
-                true
+                Some(status)
             }
-            Some(_) => false,
-            None => true,
+            _ => None,
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit on its own; its exit status if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.exit_status() {
+                return Some(status);
+            }
+            if self.child.is_none() || Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -195,6 +226,9 @@ impl Members {
             paused: false,
             flags: Vec::new(),
             peer_https: false,
+            host: "127.0.0.1".to_owned(),
+            netns: None,
+            env: Vec::new(),
         });
         self.members.len() - 1
     }
@@ -209,7 +243,15 @@ impl Members {
         let m = &mut self.members[i];
         assert!(m.child.is_none(), "{} already running", m.name);
         let log = OpenOptions::new().create(true).append(true).open(m.dir.join("server.log")).expect("log");
-        let mut cmd = Command::new(plinth_bin());
+        let mut cmd = match &m.netns {
+            // `ip netns exec` execs the binary in place: the child's pid is the member's.
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(plinth_bin());
+                cmd
+            }
+            None => Command::new(plinth_bin()),
+        };
         cmd.arg("serve");
         for (flag, value) in [
             ("--name", m.name.clone()),
@@ -227,6 +269,7 @@ impl Members {
             cmd.arg(flag).arg(value);
         }
         cmd.args(&self.extra).args(&m.flags);
+        cmd.envs(m.env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null()).stdout(log.try_clone().expect("dup log")).stderr(log);
         scrub_env(&mut cmd);
         m.child = Some(cmd.spawn().expect("spawn plinth"));

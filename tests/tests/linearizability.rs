@@ -1,4 +1,4 @@
-//! Linearizability of a real 3-member cluster under process faults.
+//! Linearizability of a real cluster under faults.
 //!
 //! Eight concurrent clients (etcd-client) send requests, each through one member, moving to
 //! the next member when a request fails; two workloads:
@@ -11,18 +11,26 @@
 //! Two watchers follow the prefix with `prev_kv` and ask for progress notifications: one
 //! from revision 1, one from a past revision picked mid-run; a watcher that loses its stream
 //! resumes on another member after the last revision it saw (after a compaction, from the
-//! oldest revision kept). Meanwhile a seeded schedule injects faults: SIGKILL of the leader
-//! or a follower and restart, SIGSTOP/SIGCONT of the leader or a follower. Afterwards every
-//! member runs again, the watchers catch up to the final revision, and the recorded history
-//! goes through [`plinth_tests::linearizability::check`].
+//! oldest revision kept). Meanwhile a seeded schedule injects one kind of fault (see
+//! `linearizability/faults.rs` for the matrix): SIGKILL or SIGSTOP of the leader or a
+//! follower (3 and 5 members), network partitions between members in their own network
+//! namespaces (a minority, a split, the leader alone, one direction only), learners added
+//! and promoted and a follower and the leader removed, a member's disk filling up, a
+//! member's fsyncs failing with EIO, a stopped member's WAL segment or SST file corrupted.
+//! Afterwards every fault is undone and every member runs, a linearizable read of every key
+//! is recorded, the watchers catch up to the final revision, the recorded history goes
+//! through [`plinth_tests::linearizability::check`], and every member must have the same
+//! HashKV at the final revision.
 //!
 //! `PLINTH_LIN_SEED=<u64>` replays a seed (the schedule of faults and each client's choice
 //! of operations; the timing of real processes still varies). The seed is printed first and
 //! with every failure. Each scenario ends with one line for `make soak`:
-//! `lin-run: seed S, 1 history, V violations, F faults`.
+//! `lin-run: NAME, seed S, 1 history, V violations, F faults: KIND N, KIND N`.
 //!
-//! Bounded: start ≤ 20 s (typically 2 s), load 20 s, catch-up ≤ 10 s, check a few seconds;
-//! the two scenarios run one after the other.
+//! Bounded: start ≤ 20 s (typically 2 s), load 20–30 s, catch-up ≤ 10 s, convergence
+//! ≤ 30 s, check a few seconds; scenarios run one after the other. `make test` runs the
+//! process, partition, fsync and corruption scenarios of 3 (partitions: 5) members; the rest
+//! are `#[ignore]`d and run by `make soak`.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -33,12 +41,14 @@ use etcd_client::{
     WatchOptions,
 };
 use plinth_tests::linearizability::{self, Compare, Input, Kv, Output, Recorder, WatchEvent, WatchItem, WatchRecord};
-use plinth_tests::members::Members;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// Members of the cluster under test.
-const MEMBERS: usize = 3;
+#[path = "linearizability/faults.rs"]
+mod faults;
+
+use faults::{Fault, Rig};
+
 /// Concurrent clients.
 const CLIENTS: usize = 8;
 /// Keys the clients share (few, so that they contend).
@@ -426,77 +436,146 @@ async fn watcher(
     }
 }
 
-/// The faults, on a seeded schedule, until `load_end`; returns how many were injected.
-async fn faults(c: &mut Members, seed: u64, load_end: Instant) -> usize {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut injected = 0;
-    loop {
-        let pause = Duration::from_millis(rng.random_range(1000..2500));
-        if Instant::now() + pause + Duration::from_secs(2) >= load_end {
-            return injected;
-        }
-        tokio::time::sleep(pause).await;
-        let leader = c.wait_leader(LEADER_TIMEOUT).await;
-        let victim = if rng.random_bool(0.6) { leader } else { (leader + rng.random_range(1..MEMBERS)) % MEMBERS };
-        let down = Duration::from_millis(rng.random_range(300..1800));
-        let kind = if rng.random_bool(0.5) { "SIGKILL" } else { "SIGSTOP" };
-        eprintln!(
-            "fault {injected}: {kind} {} ({}) for {down:?}",
-            c.members[victim].name,
-            if victim == leader { "leader" } else { "follower" }
-        );
-        if kind == "SIGKILL" {
-            c.members[victim].kill9();
-            tokio::time::sleep(down).await;
-            c.spawn(victim);
-        } else {
-            c.members[victim].pause();
-            tokio::time::sleep(down).await;
-            c.members[victim].resume();
-        }
-        injected += 1;
+/// The scenarios share the machine's cores badly: they run one at a time.
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// One scenario: a cluster, a workload, the faults injected during it.
+#[derive(Debug, Clone, Copy)]
+struct Scenario {
+    /// Test name, first on every line of its output.
+    name: &'static str,
+    members: usize,
+    workload: Workload,
+    fault: Fault,
+    /// Prefix of every key of the scenario.
+    prefix: &'static str,
+    /// How long the clients run while faults are injected.
+    load: Duration,
+}
+
+impl Scenario {
+    const fn new(name: &'static str, members: usize, workload: Workload, fault: Fault) -> Scenario {
+        let prefix = match workload {
+            Workload::Mixed => PREFIX,
+            Workload::Kubernetes => "k8s/",
+        };
+        Scenario { name, members, workload, fault, prefix, load: LOAD }
+    }
+
+    const fn load(self, load: Duration) -> Scenario {
+        Scenario { load, ..self }
     }
 }
 
-/// The two scenarios share the machine's cores badly: they run one at a time.
-static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+// The CI slice (`make test`): the first two scenarios, partitions, fsync errors and corrupted
+// files (each well under a minute). The rest are `#[ignore]`d and run by `make soak`
+// (scripts/soak.sh lists every scenario), or with `-- --ignored`.
 
 #[test]
 fn linearizable_under_leader_kills_and_pauses() {
-    run(Workload::Mixed, PREFIX);
+    run(Scenario::new("linearizable_under_leader_kills_and_pauses", 3, Workload::Mixed, Fault::Process));
 }
 
 #[test]
 fn kubernetes_shaped_traffic_under_leader_kills_and_pauses() {
-    run(Workload::Kubernetes, "k8s/");
+    let s = Scenario::new(
+        "kubernetes_shaped_traffic_under_leader_kills_and_pauses",
+        3,
+        Workload::Kubernetes,
+        Fault::Process,
+    );
+    run(s);
 }
 
-/// Runs one scenario: a fresh cluster, the clients of `workload` on keys under `prefix`, the
-/// watchers, the faults, then the check.
-fn run(workload: Workload, prefix: &'static str) {
+#[test]
+#[ignore = "soak scenario (scripts/soak.sh)"]
+fn five_members_under_leader_kills_and_pauses() {
+    run(Scenario::new("five_members_under_leader_kills_and_pauses", 5, Workload::Mixed, Fault::Process));
+}
+
+#[test]
+#[ignore = "soak scenario (scripts/soak.sh)"]
+fn five_members_kubernetes_shaped_under_leader_kills_and_pauses() {
+    let name = "five_members_kubernetes_shaped_under_leader_kills_and_pauses";
+    run(Scenario::new(name, 5, Workload::Kubernetes, Fault::Process));
+}
+
+#[test]
+fn linearizable_under_partitions() {
+    run(Scenario::new("linearizable_under_partitions", 5, Workload::Mixed, Fault::Partition));
+}
+
+#[test]
+#[ignore = "soak scenario (scripts/soak.sh)"]
+fn kubernetes_shaped_under_partitions() {
+    run(Scenario::new("kubernetes_shaped_under_partitions", 5, Workload::Kubernetes, Fault::Partition));
+}
+
+#[test]
+#[ignore = "soak scenario (scripts/soak.sh)"]
+fn linearizable_under_membership_changes() {
+    let s = Scenario::new("linearizable_under_membership_changes", 3, Workload::Mixed, Fault::Membership);
+    run(s.load(Duration::from_secs(30)));
+}
+
+#[test]
+#[ignore = "soak scenario (scripts/soak.sh)"]
+fn linearizable_with_a_full_disk() {
+    run(Scenario::new("linearizable_with_a_full_disk", 3, Workload::Mixed, Fault::FullDisk));
+}
+
+#[test]
+fn linearizable_under_fsync_errors() {
+    run(Scenario::new("linearizable_under_fsync_errors", 3, Workload::Mixed, Fault::FsyncError));
+}
+
+#[test]
+fn linearizable_across_corrupted_files_at_restart() {
+    let s = Scenario::new("linearizable_across_corrupted_files_at_restart", 3, Workload::Mixed, Fault::Corruption);
+    run(s.load(Duration::from_secs(25)));
+}
+
+/// Whether this process may make namespaces and mounts (the partition, full disk, fsync
+/// shim and corruption rigs need root for the first two; all need a Linux host).
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs one scenario: a fresh cluster, the clients of its workload on keys under its prefix,
+/// the watchers, the faults, the heal, then the checks: the history is linearizable (with a
+/// final linearizable read of every key, so an acknowledged write that was lost shows), the
+/// watches kept etcd's guarantees, and every member holds the same data (HashKV) at the
+/// final revision.
+fn run(s: Scenario) {
     let _one = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if matches!(s.fault, Fault::Partition | Fault::FullDisk) && !is_root() {
+        eprintln!("{}: SKIPPED: network namespaces and tmpfs mounts need root", s.name);
+        return;
+    }
     let seed = seed();
-    eprintln!("{workload:?}: PLINTH_LIN_SEED={seed}");
+    let name = s.name;
+    eprintln!("{name}: PLINTH_LIN_SEED={seed}");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let mut cluster = Members::start(MEMBERS, &[]);
+    let mut rig = Rig::start(s.members, s.fault);
     let (injected, compactions, history) = rt.block_on(async {
-        cluster.wait_leader(LEADER_TIMEOUT).await;
-        let endpoints: Vec<String> = cluster.members.iter().map(|m| m.endpoint()).collect();
+        rig.cluster.wait_leader(LEADER_TIMEOUT).await;
+        let endpoints = rig.endpoints();
         let rec = Arc::new(Recorder::new());
         let stop = Arc::new(AtomicBool::new(false));
         let stop_at = Arc::new(AtomicI64::new(0));
         let mut tasks = Vec::new();
         for c in 0..CLIENTS {
             let Some(session) = Session::open(c, endpoints.clone(), rec.clone(), stop.clone()).await else {
-                panic!("seed {seed}: client {c} cannot connect\n{}", cluster.logs());
+                panic!("seed {seed}: client {c} cannot connect\n{}", rig.cluster.logs());
             };
-            tasks.push(tokio::spawn(client(c, seed, workload, prefix, session)));
+            tasks.push(tokio::spawn(client(c, seed, s.workload, s.prefix, session)));
         }
         let compactor =
-            (workload == Workload::Kubernetes).then(|| tokio::spawn(compactor(endpoints.clone(), stop.clone())));
+            (s.workload == Workload::Kubernetes).then(|| tokio::spawn(compactor(endpoints.clone(), stop.clone())));
         let mut watchers = vec![tokio::spawn(watcher(
             0,
-            prefix,
+            s.prefix,
             1,
             endpoints.clone(),
             rec.clone(),
@@ -504,13 +583,14 @@ fn run(workload: Workload, prefix: &'static str) {
             stop_at.clone(),
             CATCH_UP_TIMEOUT,
         ))];
-        let load_end = Instant::now() + LOAD;
+        let load_end = Instant::now() + s.load;
 
         // The second watcher starts mid-run from a past revision (catch-up from history).
         let late = {
             let (endpoints, rec, stop, stop_at) = (endpoints.clone(), rec.clone(), stop.clone(), stop_at.clone());
+            let (prefix, load) = (s.prefix, s.load);
             async move {
-                tokio::time::sleep(LOAD / 3).await;
+                tokio::time::sleep(load / 3).await;
                 let revision = rec.history().ops.iter().filter_map(|o| o.output.as_ref()).map(Output::revision).max();
                 let from = (revision.unwrap_or(1) / 2).max(1);
                 watcher(1, prefix, from, endpoints, rec, stop, stop_at, CATCH_UP_TIMEOUT).await;
@@ -518,7 +598,7 @@ fn run(workload: Workload, prefix: &'static str) {
         };
         watchers.push(tokio::spawn(late));
 
-        let injected = faults(&mut cluster, seed, load_end).await;
+        let injected = faults::inject(&mut rig, seed, load_end).await;
         tokio::time::sleep(load_end.saturating_duration_since(Instant::now())).await;
         stop.store(true, Ordering::Relaxed);
         for t in tasks {
@@ -528,22 +608,15 @@ fn run(workload: Workload, prefix: &'static str) {
             Some(t) => t.await.expect("compactor task"),
             None => 0,
         };
-        // Every member runs again; a final linearizable read gives the last revision, which
-        // the watchers must reach.
-        for i in 0..MEMBERS {
-            if cluster.members[i].is_paused() {
-                cluster.members[i].resume();
-            }
-            if !cluster.members[i].is_running() {
-                cluster.spawn(i);
-            }
-        }
-        let leader = cluster.wait_leader(LEADER_TIMEOUT).await;
+        // Every fault undone and every member running again; a final linearizable read of
+        // every key gives the last revision, which the watchers and every member must reach.
+        rig.heal();
+        let leader = rig.cluster.wait_leader(LEADER_TIMEOUT).await;
         let mut last = None;
         let deadline = Instant::now() + CATCH_UP_TIMEOUT;
         while last.is_none() && Instant::now() < deadline {
-            if let Some(mut c) = connect(&cluster.members[leader].endpoint()).await {
-                let input = Input::Get { key: format!("{prefix}0"), serializable: false };
+            if let Some(mut c) = connect(&rig.cluster.members[leader].endpoint()).await {
+                let input = Input::Get { key: format!("{}0", s.prefix), serializable: false };
                 let id = rec.invoke(CLIENTS * SESSIONS_MAX, input.clone());
                 if let Ok(out) = send(&mut c, &input).await {
                     last = Some(out.revision());
@@ -551,38 +624,96 @@ fn run(workload: Workload, prefix: &'static str) {
                 }
             }
         }
-        let last = last
-            .unwrap_or_else(|| panic!("seed {seed}: no final read within {CATCH_UP_TIMEOUT:?}\n{}", cluster.logs()));
+        let last = last.unwrap_or_else(|| {
+            panic!("seed {seed}: no final read within {CATCH_UP_TIMEOUT:?}\n{}", rig.cluster.logs())
+        });
+        final_reads(&rig, leader, s.prefix, &rec).await;
         stop_at.store(last, Ordering::Relaxed);
         for w in watchers {
             w.await.expect("watcher task");
         }
+        converged(&rig, last, seed).await;
         (injected, compactions, rec.history())
     });
     let unknown = history.ops.iter().filter(|o| o.complete.is_none()).count();
     eprintln!(
-        "{workload:?}: {} ops ({unknown} unknown), {} watch records, {injected} faults, {compactions} compactions",
+        "{name}: {} ops ({unknown} unknown), {} watch records, {} faults ({}), {compactions} compactions",
         history.ops.len(),
-        history.watches.len()
+        history.watches.len(),
+        injected.total(),
+        injected.by_kind()
     );
     let checking = Instant::now();
     let verdict = linearizability::check(&history);
-    eprintln!("{workload:?}: checked in {:?}", checking.elapsed());
+    eprintln!("{name}: checked in {:?}", checking.elapsed());
     let violations = usize::from(verdict.is_err());
-    println!("lin-run: seed {seed}, 1 history, {violations} violations, {injected} faults");
+    println!(
+        "lin-run: {name}, seed {seed}, 1 history, {violations} violations, {} faults: {}",
+        injected.total(),
+        injected.by_kind()
+    );
     match verdict {
         Ok(report) => {
-            eprintln!("{workload:?}: {report:?}");
+            eprintln!("{name}: {report:?}");
             assert!(
                 report.inconclusive_keys.is_empty(),
                 "seed {seed}: inconclusive keys {:?}",
                 report.inconclusive_keys
             );
             assert!(history.ops.len() > 100, "seed {seed}: only {} ops: the cluster barely served", history.ops.len());
-            if workload == Workload::Kubernetes {
+            if s.workload == Workload::Kubernetes {
                 assert!(compactions > 0, "seed {seed}: no compaction ran");
             }
+            assert!(injected.total() > 0, "seed {seed}: no fault was injected");
         }
-        Err(v) => panic!("{workload:?} PLINTH_LIN_SEED={seed}: violation\n{v}\n{}", cluster.logs()),
+        Err(v) => panic!("{name} PLINTH_LIN_SEED={seed}: violation\n{v}\n{}", rig.cluster.logs()),
     }
+}
+
+/// A linearizable read of every shared key through the leader, recorded: an acknowledged
+/// write that a member lost (and that nobody overwrote) makes the history fail the check.
+async fn final_reads(rig: &Rig, leader: usize, prefix: &str, rec: &Recorder) {
+    let Some(mut c) = connect(&rig.cluster.members[leader].endpoint()).await else { return };
+    for k in 0..KEYS {
+        let input = Input::Get { key: format!("{prefix}{k}"), serializable: false };
+        let id = rec.invoke(CLIENTS * SESSIONS_MAX + 1, input.clone());
+        if let Ok(out) = send(&mut c, &input).await {
+            rec.complete(id, out);
+        }
+    }
+}
+
+/// How long the members get to reach the final revision once healed.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Every active member reaches revision `last` and has the same HashKV at it.
+async fn converged(rig: &Rig, last: i64, seed: u64) {
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    let mut hashes = Vec::new();
+    for &i in &rig.active {
+        let m = &rig.cluster.members[i];
+        let hash = loop {
+            let answer = async {
+                let mut c = connect(&m.endpoint()).await?;
+                let r = c.get("converged", Some(GetOptions::new().with_serializable())).await.ok()?;
+                if r.header().map_or(0, |h| h.revision()) < last {
+                    return None;
+                }
+                Some(c.hash_kv(last).await.ok()?.hash())
+            };
+            if let Ok(Some(h)) = tokio::time::timeout(REQUEST_TIMEOUT * 2, answer).await {
+                break h;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "seed {seed}: {} did not reach revision {last} within {CONVERGE_TIMEOUT:?}\n{}",
+                m.name,
+                m.log_tail(30)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        hashes.push((m.name.clone(), hash));
+    }
+    assert!(hashes.windows(2).all(|w| w[0].1 == w[1].1), "seed {seed}: members differ at revision {last}: {hashes:?}");
+    eprintln!("converged at revision {last}: {} members, hash {:08x}", hashes.len(), hashes[0].1);
 }
