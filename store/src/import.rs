@@ -698,7 +698,7 @@ mod tests {
 
     fn replicas_agree(seed: u64) {
         let mut rng = StdRng::seed_from_u64(seed);
-        let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+        let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
         let mut source = Replica::open(dirs[0].path());
         let mut leases = Vec::new();
         source.apply(&random_ops(&mut rng, 60, &mut leases));
@@ -723,6 +723,7 @@ mod tests {
 
         // Replica a: one step per batch, a write refused in the middle, a restart.
         let half = steps.len() / 2;
+        let mut mid_import_snapshot = Vec::new();
         for (i, step) in steps.iter().enumerate() {
             let r = a.apply(std::slice::from_ref(step));
             assert!(r[0].is_ok(), "step {i}: {:?}", r[0]);
@@ -745,6 +746,7 @@ mod tests {
             if i == half {
                 let refused = a.apply(&[put("during".into(), "x".into(), 0)]);
                 assert!(matches!(refused[0], Err(Error::Importing)), "{:?}", refused[0]);
+                mid_import_snapshot = state(&a.store);
                 a.store.flush().unwrap();
                 drop(a);
                 a = Replica::open(dirs[1].path());
@@ -776,12 +778,21 @@ mod tests {
         let replayed = c.replay(&log);
         assert!(replayed[..cut].iter().all(|r| matches!(r, Err(Error::AlreadyApplied { .. }))));
 
+        // Replica d: the snapshot a Raft leader would send mid-import, then the rest of the log.
+        let mut d = Replica::open(dirs[4].path());
+        let index = d.store.install_snapshot(G, mid_import_snapshot.into_iter()).unwrap();
+        assert!(d.store.import_state(G).is_some(), "the snapshot carries the import in progress");
+        let rest: Vec<(u64, Vec<u8>)> = log.iter().filter(|(i, _)| *i > index).cloned().collect();
+        let after = d.replay(&rest);
+        assert!(after.iter().all(|r| r.is_ok()), "after the snapshot: {after:?}");
+
         let n = target.max(floor) + 1;
-        for r in [&a, &b, &c] {
+        for r in [&a, &b, &c, &d] {
             assert!(r.store.wait_compaction_finished(G, n, Duration::from_secs(20)), "compaction at {n}");
         }
         assert_eq!(state(&a.store), state(&b.store), "replicas a and b diverged");
         assert_eq!(state(&c.store), state(&b.store), "the replayed replica diverged");
+        assert_eq!(state(&d.store), state(&b.store), "the replica installed from a snapshot diverged");
         let want = source.store.range(G, &all(target)).unwrap().kvs;
         let got = a.store.range(G, &all(0)).unwrap().kvs;
         assert_eq!(got, want, "keys at {target}");
