@@ -52,6 +52,17 @@
 //! --mark-compacted`: no client that saw revision `floor` ever sees a smaller one, and a
 //! watcher resuming from an old revision is told to relist. Watchers are canceled again at
 //! finish.
+//!
+//! ## CAVEATS
+//!
+//! - The quota is not checked: an import larger than the group's quota completes, and the
+//!   group then refuses writes that add data (NOSPACE) until it is compacted or its quota
+//!   raised.
+//! - There is no abort: an import that never finishes leaves the group refusing its clients
+//!   until another import into it finishes (its data was wiped at the begin).
+//! - `Status` (not a data call) reports the group's revision during an import: the floor,
+//!   or the revision the import has reached when that is higher.
+//! - The begin's wipe is range deletions: RocksDB drops the wiped entries at compaction.
 
 use std::sync::Arc;
 
