@@ -195,6 +195,21 @@ mod tests {
         assert!((99..=100).contains(&left), "{left}");
     }
 
+    /// After an import, a lease first expires after the time its source had left, and a
+    /// renewal gives it its whole TTL again.
+    #[test]
+    fn leases_after_an_import_keep_the_time_they_had_left() {
+        let lessor = Lessor::new(2);
+        lessor.on_granted(1, 100);
+        lessor.reset_remaining([(5, 600, 30), (6, 60, 0)]);
+        assert_eq!(lessor.remaining_seconds(1), None, "the timers before the import are gone");
+        let left = lessor.remaining_seconds(5).unwrap();
+        assert!((29..=30).contains(&left), "{left}");
+        assert!((59..=60).contains(&lessor.remaining_seconds(6).unwrap()));
+        assert_eq!(lessor.keep_alive(5), Some(600));
+        assert!(lessor.remaining_seconds(5).unwrap() > 590);
+    }
+
     /// A revoke proposed with auth enabled is wrapped with its auth revision; applying it
     /// must still drop the lease's timer.
     #[test]

@@ -195,6 +195,8 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
         crate::tenant_cli::with_token(pb::ShowTenantRequest { name: args.tenant.clone() }, plinth_token.as_deref());
     let exists = match admin.show(show).await {
         Ok(_) => true,
+        // The default tenant has no registry record.
+        Err(_) if args.tenant == crate::tenants::DEFAULT_TENANT_NAME => true,
         Err(s) if s.code() == tonic::Code::NotFound => false,
         Err(s) => anyhow::bail!("tenant {}: {}", args.tenant, s.message()),
     };

@@ -486,6 +486,10 @@ async fn expire_leases(default: Arc<Node>) {
 
 /// Proposes the revoke of every lease of `node`'s group whose timer ran out.
 fn revoke_expired(node: &Arc<Node>) {
+    if node.store.import_state(node.group()).is_some() {
+        // The store refuses revokes while an import runs; its finish resets the timers.
+        return;
+    }
     for id in node.lessor.take_expired() {
         let node = node.clone();
         tokio::spawn(async move {

@@ -37,6 +37,8 @@ use tracing::{info, warn};
 
 mod import;
 
+pub use import::DEFAULT_TENANT_NAME;
+
 use crate::node::{GroupRuntime, Groups, Node, DEFAULT_GROUP, SYSTEM_GROUP};
 use crate::pb::plinthv1 as pb;
 

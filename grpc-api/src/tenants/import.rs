@@ -33,6 +33,9 @@ impl TenantsService {
             .await?
             .ok_or_else(|| Status::invalid_argument("plinth: an import stream without messages"))?;
         let name = first.tenant.clone();
+        if first.create && name == DEFAULT_TENANT_NAME {
+            return Err(Status::already_exists(format!("plinth: tenant {name:?} already exists (the default tenant)")));
+        }
         let tenant = if first.create {
             let req = pb::CreateTenantRequest { name: name.clone(), ..Default::default() };
             self.create_tenant(req).await?.to_pb()
