@@ -78,8 +78,9 @@ struct Kv {
 }
 
 /// Restores the default tenant at `revision` into a new data dir under `work` and reads
-/// every key of it directly from its store, with its HashKV at `revision`.
-fn restore_and_read(work: &Path, backup_dir: &str, revision: i64) -> (BTreeMap<Vec<u8>, Kv>, u32) {
+/// every key of it directly from its store, with its HashKV at `revision` and its compact
+/// revision (the full backup the restore started from).
+fn restore_and_read(work: &Path, backup_dir: &str, revision: i64) -> (BTreeMap<Vec<u8>, Kv>, u32, i64) {
     let dir = work.join(format!("restore-{revision}"));
     let dir_s = dir.display().to_string();
     let out = plinth_ok(&[
@@ -100,7 +101,7 @@ fn restore_and_read(work: &Path, backup_dir: &str, revision: i64) -> (BTreeMap<V
     let g = store::GroupId(1);
     assert_eq!(store.current_revision(g), revision);
     let kvs = store.range(g, &all).unwrap().kvs;
-    let (hash, _, _) = store.hash_kv(g, revision).unwrap();
+    let (hash, compact, _) = store.hash_kv(g, revision).unwrap();
     drop(store);
     std::fs::remove_dir_all(&dir).unwrap();
     let kvs = kvs
@@ -115,7 +116,7 @@ fn restore_and_read(work: &Path, backup_dir: &str, revision: i64) -> (BTreeMap<V
             (kv.key.to_vec(), v)
         })
         .collect();
-    (kvs, hash)
+    (kvs, hash, compact)
 }
 
 /// The writes of a single client, in revision order: `(revision, key, value or delete)`.
@@ -170,6 +171,21 @@ async fn source_at(client: &mut Client, revision: i64) -> BTreeMap<Vec<u8>, Kv> 
             (kv.key().to_vec(), v)
         })
         .collect()
+}
+
+/// The source's HashKV at `revision` from a member that has applied the compaction at
+/// `compacted` (HashKV is not linearizable: a follower may answer before it applied it).
+async fn source_hash(client: &mut Client, revision: i64, compacted: i64) -> u32 {
+    let want = if compacted > 0 { compacted } else { -1 };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = client.hash_kv(revision).await.unwrap();
+        if resp.compact_version() == want {
+            return resp.hash();
+        }
+        assert!(Instant::now() < deadline, "no member applied the compaction at {compacted}: {resp:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,7 +273,7 @@ async fn scheduled_backups_outrun_compaction_and_restore_any_revision() {
     revisions.push(latest);
     revisions.push(first);
     for rev in revisions {
-        let (restored, _) = restore_and_read(work.path(), &backup_dir, rev);
+        let (restored, _, _) = restore_and_read(work.path(), &backup_dir, rev);
         assert_eq!(restored, model.at(rev), "restore at revision {rev} (seed {seed})");
     }
 }
@@ -401,17 +417,17 @@ async fn backups_under_kills(n: usize) {
     revisions.sort_unstable();
     // A restore starts at the newest full backup at or before its revision and is compacted
     // there; compacted at the same revision, the source hashes alike. Revisions ascend, so
-    // the source is only ever compacted forward (reads at them stay possible).
+    // the source is only ever compacted forward (reads at them stay possible). The members
+    // go on taking backups meanwhile, so the full a restore starts from is the one it says.
     let mut compacted = 0;
     for rev in revisions {
-        let full = *fulls.iter().rev().find(|f| **f <= rev).unwrap();
-        if full > compacted {
-            client.compact(full, None).await.unwrap();
-            compacted = full;
-        }
-        let (restored, hash) = restore_and_read(work.path(), &backup_dir, rev);
+        let (restored, hash, compact) = restore_and_read(work.path(), &backup_dir, rev);
         assert_eq!(restored, source_at(&mut client, rev).await, "restore at revision {rev} (seed {seed})");
-        assert_eq!(hash, client.hash_kv(rev).await.unwrap().hash(), "HashKV at {rev} (seed {seed})");
+        if compact > compacted {
+            client.compact(compact, None).await.unwrap();
+            compacted = compact;
+        }
+        assert_eq!(hash, source_hash(&mut client, rev, compacted).await, "HashKV at {rev} (seed {seed})");
     }
 
     // The newest revision into a new cluster of `n` members; the source is compacted at the
@@ -445,11 +461,11 @@ async fn backups_under_kills(n: usize) {
     let restored_endpoints: Vec<String> = restored.members.iter().map(|m| m.endpoint()).collect();
     let mut restored_client = connect(&restored_endpoints).await;
     assert_eq!(source_at(&mut restored_client, latest).await, source_at(&mut client, latest).await);
+    let source = source_hash(&mut client, latest, compacted).await;
     for m in &restored.members {
         let mut one = connect(std::slice::from_ref(&m.endpoint())).await;
         let restored_hash = one.hash_kv(latest).await.unwrap();
-        let source_hash = client.hash_kv(latest).await.unwrap();
-        assert_eq!(restored_hash.hash(), source_hash.hash(), "HashKV at {latest} on {}", m.name);
+        assert_eq!(restored_hash.hash(), source, "HashKV at {latest} on {}", m.name);
     }
 }
 
@@ -500,6 +516,8 @@ async fn a_tenant_restored_from_scheduled_backups_starts_a_new_chain() {
             std::thread::sleep(Duration::from_millis(100));
         }
     };
+    // The tenant's first (full) backup, before anything is written.
+    wait_backed_up(1);
     for i in 0..10 {
         t1.put(format!("k{i}"), format!("first-{i}"), None).await.unwrap();
     }

@@ -3,9 +3,9 @@
 //!
 //! Each tenant's backups are taken by the leader of its group, one backup at a time per
 //! member. Every tick the scheduler looks at the groups this member leads: a group whose
-//! chain is missing or whose newest full backup is older than the full interval gets a full
-//! backup, one with changes since the end of its chain and no backup for a delta interval
-//! gets a delta. After a full backup, retention prunes the tenant's manifest.
+//! chain is missing or whose newest full backup is older than the full interval (and not at
+//! its current revision: an unchanged tenant gets no copy) gets a full backup, one with
+//! changes since the end of its chain and no backup for a delta interval gets a delta. After a full backup, retention prunes the tenant's manifest.
 //!
 //! Where a chain continues is read from the tenant's manifest in the target (cached while
 //! the member keeps leading in the same term), never from local memory, so a new leader
@@ -77,6 +77,8 @@ struct GroupState {
 struct Chain {
     /// The revision the chain reaches (`None`: no full backup yet).
     end: Option<i64>,
+    /// The revision of the newest full backup (0: none).
+    last_full_revision: i64,
     last_full_ms: u64,
     last_ms: u64,
 }
@@ -171,10 +173,14 @@ impl Scheduler {
         };
         let now = now_ms();
         let Some(end) = chain.end else { return Some(true) };
-        if now.saturating_sub(chain.last_full_ms) >= self.cfg.full_interval.as_millis() as u64 {
+        let current = node.store.current_revision(node.group());
+        // A tenant that has not changed since its newest full backup gets no copy of it.
+        if now.saturating_sub(chain.last_full_ms) >= self.cfg.full_interval.as_millis() as u64
+            && current != chain.last_full_revision
+        {
             return Some(true);
         }
-        let moved = node.store.current_revision(node.group()) > end;
+        let moved = current > end;
         (moved && now.saturating_sub(chain.last_ms) >= self.cfg.delta_interval.as_millis() as u64).then_some(false)
     }
 
@@ -191,9 +197,11 @@ impl Scheduler {
             m.tenant,
             m.group
         );
+        let last_full = m.backups.iter().rev().find(|e| e.kind == Kind::Full);
         Ok(Chain {
             end: m.latest_revision(),
-            last_full_ms: m.backups.iter().rev().find(|e| e.kind == Kind::Full).map_or(0, |e| e.time_unix_ms),
+            last_full_revision: last_full.map_or(0, |e| e.to_revision),
+            last_full_ms: last_full.map_or(0, |e| e.time_unix_ms),
             last_ms: m.backups.last().map_or(0, |e| e.time_unix_ms),
         })
     }
@@ -235,6 +243,7 @@ impl Scheduler {
             chain.last_ms = last.time_unix_ms;
             if took_full {
                 chain.last_full_ms = last.time_unix_ms;
+                chain.last_full_revision = last.to_revision;
             }
             st.failures = 0;
             st.retry_at = None;
