@@ -68,7 +68,7 @@ now_s() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 
 echo "== loading $KEYS keys ($KEY_SIZE B keys, $VAL_SIZE B values; results in $OUT)"
-"$BENCH_BIN" --endpoints "$endpoint" --conns 10 --clients "$CLIENTS" --total "$KEYS" --progress off put \
+"$BENCH_BIN" --endpoints "$endpoint" --conns 10 --clients "$CLIENTS" --total "$KEYS" --progress never put \
   --sequential-keys --key-space-size "$KEYS" --key-size "$KEY_SIZE" --val-size "$VAL_SIZE" > /dev/null
 
 t0=$(now_s)
@@ -84,7 +84,7 @@ echo "full backup: $secs s for $records records; $(awk -v k="$KEYS" -v s="$secs"
 
 space=$(( KEYS < 100000 ? KEYS : 100000 ))
 put_run() { # label
-  "$BENCH_BIN" --endpoints "$endpoint" --conns 10 --clients "$CLIENTS" --duration "$DURATION" --progress off --json put \
+  "$BENCH_BIN" --endpoints "$endpoint" --conns 10 --clients "$CLIENTS" --duration "$DURATION" --progress never --json put \
     --key-space-size "$space" --key-size "$KEY_SIZE" --val-size "$VAL_SIZE" > "$OUT/put-$1.json"
   local tput p50 p99
   tput=$(json_field 'round(d["throughput"])' < "$OUT/put-$1.json")

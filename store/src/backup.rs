@@ -56,6 +56,8 @@ use crate::store::Store;
 
 /// Version of the record encoding, carried in every [`BackupHeader`].
 pub const BACKUP_FORMAT_VERSION: u32 = 1;
+/// Older versions of a key a full export steps over before it seeks past the key instead.
+const EXPORT_STEPS_BEFORE_SEEK: usize = 8;
 /// TTL given to a lease that a restored key is attached to but that no export's lease table
 /// holds (see CAVEATS).
 pub const IMPORT_UNKNOWN_LEASE_TTL_SECS: i64 = 60;
@@ -288,7 +290,21 @@ impl PinnedExport<'_> {
                 let kv = KeyValue::decode_stored(&key, &v)?;
                 out.emit(BackupBody::Key(KeyRecord { kv: Some(kv), sub: rev.sub }))?;
             }
-            c.seek(&kc::history_key_after(g, &key));
+            // Past the key's older versions: most keys have none or a few (compaction keeps
+            // one), and stepping is far cheaper than a seek; a key with many is sought past.
+            let after = kc::history_key_after(g, &key);
+            let mut stepped = 0;
+            while let Some((k, _)) = c.current()? {
+                if k >= &after[..] {
+                    break;
+                }
+                if stepped == EXPORT_STEPS_BEFORE_SEEK {
+                    c.seek(&after);
+                    break;
+                }
+                c.advance()?;
+                stepped += 1;
+            }
         }
         let records = out.end()?;
         Ok((header, records))

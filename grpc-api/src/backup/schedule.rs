@@ -21,6 +21,9 @@
 //! [`super::append_backup`]) → mark proposed. A crash between two steps leaves at worst an
 //! unnamed object, or a mark behind the manifest (which only holds history longer).
 //!
+//! Each run takes place on a thread of its own at nice 10, so a backup yields the CPU to
+//! client requests on a busy member.
+//!
 //! Failures are retried with exponential backoff (1 s doubling to the delta interval, at
 //! most 5 minutes), logged, counted in metrics and shown by `plinth tenant show`; they never
 //! affect `/readyz` or client requests.
@@ -50,6 +53,8 @@ use crate::pb::plinthv1 as pb;
 
 /// The most a failing tenant's retries are spaced.
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Nice value of the threads that take backups (0 is the server's own).
+const BACKUP_THREAD_NICE: libc::c_int = 10;
 /// How often the scheduler looks at the groups at most (also bounded by the intervals).
 const TICK_MAX: Duration = Duration::from_secs(1);
 
@@ -279,17 +284,17 @@ impl Scheduler {
         let run = |plan: super::Plan| {
             let (target, store, name, group) =
                 (self.target.clone(), node.store.clone(), tenant.to_string(), node.group());
-            tokio::task::spawn_blocking(move || super::take_backup(&*target, &name, &store, group, plan))
+            on_backup_thread(move || super::take_backup(&*target, &name, &store, group, plan))
         };
         if full {
-            return run(super::Plan::DeltaThenFull).await?;
+            return run(super::Plan::DeltaThenFull).await;
         }
-        match run(super::Plan::Delta).await? {
+        match run(super::Plan::Delta).await {
             Ok(entries) => Ok(entries),
             // No chain to continue, or its history is gone: a full backup starts a new one.
             Err(e) if super::needs_full(&e) => {
                 info!(tenant, reason = %e, "a delta cannot continue the chain; taking a full backup");
-                run(super::Plan::Full).await?
+                run(super::Plan::Full).await
             }
             Err(e) => Err(e),
         }
@@ -340,6 +345,24 @@ impl Scheduler {
             consecutive_failures: u64::from(failures),
         }
     }
+}
+
+/// Runs one backup run on a thread of its own at a lower CPU priority
+/// ([`BACKUP_THREAD_NICE`]), so that on a busy member the export and its compression yield
+/// to the request path rather than compete with it.
+async fn on_backup_thread<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("plinth-backup".into()).spawn(move || {
+        // Linux applies a nice value to the calling thread only.
+        // SAFETY: setpriority has no memory effects; its failure only leaves the priority.
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as _, BACKUP_THREAD_NICE);
+        }
+        let _ = tx.send(f());
+    })?;
+    rx.await.map_err(|_| anyhow::anyhow!("the backup thread stopped without an answer"))?
 }
 
 /// `BackupStatus` of a member without a backup target.
