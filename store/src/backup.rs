@@ -267,7 +267,7 @@ impl PinnedExport<'_> {
         if meta.import.is_some() {
             return Err(Error::Importing);
         }
-        let r = Reader::at_snapshot(&self.store.inner.db, &self.snapshot);
+        let r = Reader::bulk_at_snapshot(&self.store.inner.db, &self.snapshot);
         let header = BackupHeader {
             format_version: BACKUP_FORMAT_VERSION,
             kind: BackupKind::Full as i32,
@@ -337,7 +337,7 @@ impl PinnedExport<'_> {
         if from_revision < meta.backup_chain_break {
             return Err(Error::Compacted { requested: from_revision, compacted: meta.backup_chain_break });
         }
-        let r = Reader::at_snapshot(&self.store.inner.db, &self.snapshot);
+        let r = Reader::bulk_at_snapshot(&self.store.inner.db, &self.snapshot);
         let header = BackupHeader {
             format_version: BACKUP_FORMAT_VERSION,
             kind: BackupKind::Delta as i32,

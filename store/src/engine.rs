@@ -188,6 +188,9 @@ impl WriteSet {
     }
 }
 
+/// Read-ahead of a bulk scan's iterators.
+const BULK_READAHEAD_BYTES: usize = 2 << 20;
+
 /// Reads one consistent view: RocksDB (at a snapshot, or latest), optionally overlaid with
 /// the pending writes of the current apply batch.
 #[derive(Clone, Copy)]
@@ -195,36 +198,48 @@ pub(crate) struct Reader<'a> {
     db: &'a DB,
     snapshot: Option<&'a Snapshot<'a>>,
     overlay: Option<&'a WriteSet>,
+    /// A bulk scan (a backup export): its blocks bypass the block cache, so it does not
+    /// evict what the request path reads, and it reads ahead.
+    bulk: bool,
 }
 
 impl<'a> Reader<'a> {
     /// Reads at a RocksDB snapshot (external reads).
     pub fn at_snapshot(db: &'a DB, snapshot: &'a Snapshot<'a>) -> Reader<'a> {
-        Reader { db, snapshot: Some(snapshot), overlay: None }
+        Reader { db, snapshot: Some(snapshot), overlay: None, bulk: false }
+    }
+
+    /// Reads at a RocksDB snapshot for a bulk scan (see `bulk`).
+    pub fn bulk_at_snapshot(db: &'a DB, snapshot: &'a Snapshot<'a>) -> Reader<'a> {
+        Reader { db, snapshot: Some(snapshot), overlay: None, bulk: true }
     }
 
     /// Reads the latest DB state plus pending writes (the apply path, which is the only
     /// writer of kv/lease/meta for its group).
     pub fn with_overlay(db: &'a DB, overlay: &'a WriteSet) -> Reader<'a> {
         assert!(overlay.wipe.is_none(), "a read through a batch that wipes a group (it must be written first)");
-        Reader { db, snapshot: None, overlay: Some(overlay) }
+        Reader { db, snapshot: None, overlay: Some(overlay), bulk: false }
     }
 
     /// Reads at a RocksDB snapshot plus pending writes (a read-only txn evaluated outside
     /// the apply path, whose overlay stays empty).
     pub fn at_snapshot_with_overlay(db: &'a DB, snapshot: &'a Snapshot<'a>, overlay: &'a WriteSet) -> Reader<'a> {
-        Reader { db, snapshot: Some(snapshot), overlay: Some(overlay) }
+        Reader { db, snapshot: Some(snapshot), overlay: Some(overlay), bulk: false }
     }
 
     /// Reads the latest DB state (background jobs whose data nobody else writes).
     pub fn latest(db: &'a DB) -> Reader<'a> {
-        Reader { db, snapshot: None, overlay: None }
+        Reader { db, snapshot: None, overlay: None, bulk: false }
     }
 
     fn read_options(&self) -> ReadOptions {
         let mut ro = ReadOptions::default();
         if let Some(s) = self.snapshot {
             ro.set_snapshot(s);
+        }
+        if self.bulk {
+            ro.fill_cache(false);
+            ro.set_readahead_size(BULK_READAHEAD_BYTES);
         }
         ro
     }
