@@ -96,7 +96,7 @@ put_run() { # label
 for run in $(seq 1 "$RUNS"); do
   put_run "without-backup-$run"
   rm -f "$OUT/stop"
-  ( until [[ -f $OUT/stop ]]; do "$PLINTH_BIN" backup now --endpoints "$endpoint" --full -w json > /dev/null; done ) &
+  ( until [[ -f $OUT/stop ]]; do "$PLINTH_BIN" backup now --endpoints "$endpoint" --full -w json > /dev/null || true; done ) &
   loop=$!
   put_run "with-backup-$run"
   touch "$OUT/stop"

@@ -199,6 +199,9 @@ fn print_entry(tenant: &str, e: &super::manifest::Entry, w: WriteOut) -> anyhow:
     }
 }
 
+/// How long `plinth backup now` waits for its backup.
+const BACKUP_NOW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
 /// Asks the member at `flags.endpoints` for a backup of `tenant`; when it does not lead the
 /// tenant's group, asks the leader it names (found in the member list) instead.
 async fn backup_now(
@@ -209,8 +212,13 @@ async fn backup_now(
     use crate::pb::etcdserverpb::cluster_client::ClusterClient;
     use crate::pb::plinthv1::{backups_client::BackupsClient, BackupNowRequest};
     let (channel, token) = flags.connect().await?;
-    let request =
-        || crate::tenant_cli::with_token(BackupNowRequest { tenant: tenant.to_string(), full }, token.as_deref());
+    let request = || {
+        let mut r =
+            crate::tenant_cli::with_token(BackupNowRequest { tenant: tenant.to_string(), full }, token.as_deref());
+        // A full backup of a large tenant takes as long as it takes.
+        r.set_timeout(BACKUP_NOW_TIMEOUT);
+        r
+    };
     let status = match BackupsClient::new(channel.clone()).now(request()).await {
         Ok(answer) => return Ok(answer.into_inner()),
         Err(status) => status,
@@ -238,8 +246,9 @@ async fn backup_now(
         .ok_or_else(|| anyhow::anyhow!("{} (and the member list has no client URL for it)", status.message()))?;
     let flags = crate::tenant_cli::ClientEndpoint { endpoints: &urls, ..*flags };
     let (channel, token) = flags.connect().await?;
-    let request =
+    let mut request =
         crate::tenant_cli::with_token(BackupNowRequest { tenant: tenant.to_string(), full }, token.as_deref());
+    request.set_timeout(BACKUP_NOW_TIMEOUT);
     let answer = BackupsClient::new(channel).now(request).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     Ok(answer.into_inner())
 }
