@@ -362,6 +362,7 @@ async fn watcher(
 ) {
     let mut next = w + 1;
     let mut from = start;
+    let mut from_compacted = false;
     let give_up = Arc::new(AtomicBool::new(false));
     loop {
         let target = stop_at.load(Ordering::Relaxed);
@@ -378,6 +379,7 @@ async fn watcher(
             watcher: w,
             prefix: prefix.to_owned(),
             start_revision: from,
+            start_compacted: from_compacted,
             prev_kv: true,
             items: Vec::new(),
         };
@@ -435,6 +437,7 @@ async fn watcher(
         // After a compaction the watcher starts again from the oldest revision kept, as a
         // Kubernetes reflector relists; the revisions in between are not watched by it.
         from = (record.covered_revision() + 1).max(compacted);
+        from_compacted = compacted > 0 && from == compacted;
         rec.watch(record);
     }
 }

@@ -9,7 +9,7 @@
 //! | `Membership` | learner added and promoted, a follower removed, another learner, the leader removed | the history stays linearizable across every change |
 //! | `FullDisk` | one member's data dir (a tmpfs) filled by a ballast file; the member restarted while full; space back by deleting the ballast or growing the tmpfs | the member stops or refuses; it restarts clean and catches up |
 //! | `FsyncError` | one member's fsyncs fail with `EIO` | the member stops; restarted without the fault it lost nothing acknowledged |
-//! | `Corruption` | bytes flipped in a stopped member's WAL segment, then in one of its SST files | it refuses to start with an error naming the file, or serves only correct data; the others keep serving |
+//! | `Corruption` | bytes flipped in a stopped member's WAL segment, then in one of its SST files | it refuses to start with an error naming the file; the others keep serving |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
