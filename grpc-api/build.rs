@@ -13,7 +13,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Keys and values stay `Bytes` from decode to the log to the store: no copies.
         .bytes(".")
         .compile_protos(
-            &["proto/rpc.proto", "proto/kv.proto", "proto/auth.proto", "proto/peer.proto", "proto/tenants.proto"],
+            &[
+                "proto/rpc.proto",
+                "proto/kv.proto",
+                "proto/auth.proto",
+                "proto/peer.proto",
+                "proto/tenants.proto",
+                "proto/backups.proto",
+            ],
             &["proto"],
         )?;
     println!("cargo:rerun-if-changed=proto");

@@ -1,6 +1,7 @@
 //! `plinth serve` configuration: etcd's flag names and defaults, so that an etcd manifest
 //! works by swapping the binary.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -110,6 +111,26 @@ pub struct ServeArgs {
     /// Accepted for compatibility.
     #[arg(long)]
     pub feature_gates: Option<String>,
+    /// Take automated backups of every tenant into this local directory.
+    #[arg(long, conflicts_with = "backup_url")]
+    pub backup_dir: Option<PathBuf>,
+    /// Take automated backups of every tenant into this target: `s3://bucket/prefix`
+    /// (endpoint, region and credentials from the `AWS_*` environment variables) or
+    /// `file:///path`.
+    #[arg(long)]
+    pub backup_url: Option<String>,
+    /// How often each tenant gets a full backup (Go duration).
+    #[arg(long, default_value = "24h")]
+    pub backup_full_interval: String,
+    /// How often each tenant gets a delta backup of its changes since the last one (Go
+    /// duration).
+    #[arg(long, default_value = "5m")]
+    pub backup_delta_interval: String,
+    /// Which backups to keep: `N` full backups with their deltas (`7`, `fulls=7`), or the
+    /// newest full backup of each of the last hours/days/weeks (`hourly=24,daily=7,weekly=4`),
+    /// comma-separated. Unset: keep everything.
+    #[arg(long)]
+    pub backup_retention: Option<String>,
     /// The TLS, client-certificate and auth flags of etcd. Those this build serves are
     /// checked together at start-up (`validate`); the others, and TLS flags with no https URL
     /// to apply to, are refused rather than accepted and ignored: a manifest that asks for
@@ -551,6 +572,29 @@ pub fn url_host_port(url: &str) -> anyhow::Result<String> {
     port.parse::<u16>().map_err(|_| anyhow::anyhow!("URL {url:?} has a bad port"))?;
     let host = if host == "localhost" { "127.0.0.1" } else { host };
     Ok(format!("{host}:{port}"))
+}
+
+impl ServeArgs {
+    /// The backup target and schedule, when `--backup-dir` or `--backup-url` is given.
+    pub fn backup_schedule(
+        &self,
+    ) -> anyhow::Result<Option<(Box<dyn crate::backup::target::BackupTarget>, crate::backup::schedule::ScheduleConfig)>>
+    {
+        if self.backup_dir.is_none() && self.backup_url.is_none() {
+            return Ok(None);
+        }
+        let target = crate::backup::open_target(self.backup_dir.as_deref(), self.backup_url.as_deref())?;
+        let full_interval = parse_go_duration(&self.backup_full_interval)
+            .map_err(|e| anyhow::anyhow!("--backup-full-interval: {e}"))?;
+        let delta_interval = parse_go_duration(&self.backup_delta_interval)
+            .map_err(|e| anyhow::anyhow!("--backup-delta-interval: {e}"))?;
+        anyhow::ensure!(
+            full_interval >= Duration::from_millis(100) && delta_interval >= Duration::from_millis(100),
+            "--backup-full-interval and --backup-delta-interval must be at least 100ms"
+        );
+        let retention = self.backup_retention.as_deref().map(crate::backup::retention::Retention::parse).transpose()?;
+        Ok(Some((target, crate::backup::schedule::ScheduleConfig { full_interval, delta_interval, retention })))
+    }
 }
 
 /// Parses a Go duration such as `10m`, `5s`, `1h30m`, `250ms`.

@@ -64,6 +64,10 @@ pub enum EtcdError {
     InvalidAuthToken,
     InvalidAuthMgmt,
     AuthOldRevision,
+    /// A request to a tenant whose data an import is replacing (`plinth tenant restore`,
+    /// `plinth migrate`). etcd has no such state; Plinth answers as etcd does for a member
+    /// that cannot serve for now (`Unavailable`, which clients retry), in etcd's style.
+    Restoring,
     /// `Authenticate` of a `no_password` user. etcd 3.5 has no gRPC error for it, so its
     /// client sees `Unknown` with the auth store's text; so does Plinth's.
     NoPasswordUser,
@@ -100,7 +104,8 @@ impl EtcdError {
             | Timeout
             | TimeoutDueToLeaderFail
             | TimeoutDueToConnectionLost
-            | Unhealthy => Code::Unavailable,
+            | Unhealthy
+            | Restoring => Code::Unavailable,
             Corrupt => Code::DataLoss,
             WatchCanceled => Code::Cancelled,
             TimeoutLeaderTransfer | NoPasswordUser => Code::Unknown,
@@ -165,6 +170,7 @@ impl EtcdError {
             InvalidAuthMgmt => "etcdserver: invalid auth management",
             AuthOldRevision => "etcdserver: revision of auth store is old",
             NoPasswordUser => "auth: authentication failed, password was given for no password user",
+            Restoring => "etcdserver: tenant is being restored",
         }
     }
 
@@ -224,6 +230,7 @@ pub fn store_error(e: &store::Error) -> Option<EtcdError> {
         S::AuthPermissionDenied => EtcdError::PermissionDenied,
         S::AuthInvalidMgmt => EtcdError::InvalidAuthMgmt,
         S::AuthOldRevision => EtcdError::AuthOldRevision,
+        S::Importing => EtcdError::Restoring,
         _ => return None,
     })
 }

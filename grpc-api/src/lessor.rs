@@ -83,6 +83,9 @@ impl Lessor {
                 }
             }
             Err(store::Error::LeaseNotFound(id)) => self.on_revoked(*id),
+            // An import began: the group's leases are gone until it finishes (the applier
+            // then resets the timers from the store's lease table).
+            Ok(store::CommandResponse::Import(r)) if r.began => self.reset(std::iter::empty()),
             _ => {}
         }
     }
@@ -114,6 +117,20 @@ impl Lessor {
         state.revoking.clear();
         for (id, ttl_seconds) in leases {
             state.timers.insert(id, Timer { ttl_seconds, expiry: deadline(ttl_seconds) });
+        }
+    }
+
+    /// Replaces every timer with `leases` (id, TTL, seconds left), each expiring after its
+    /// seconds left (its full TTL when that is 0): after an import, whose lease records
+    /// carry the time their source had left (a migration's etcd, a backup's checkpoint), as
+    /// etcd's lessor recovers a checkpointed lease. Renewals then give the full TTL.
+    pub fn reset_remaining(&self, leases: impl IntoIterator<Item = (i64, i64, i64)>) {
+        let mut state = self.state.lock();
+        state.timers.clear();
+        state.revoking.clear();
+        for (id, ttl_seconds, left) in leases {
+            let first = if left > 0 { left } else { ttl_seconds };
+            state.timers.insert(id, Timer { ttl_seconds, expiry: deadline(first) });
         }
     }
 
@@ -176,6 +193,21 @@ mod tests {
         assert_eq!(lessor.keep_alive(8), Some(100));
         let left = lessor.remaining_seconds(8).unwrap();
         assert!((99..=100).contains(&left), "{left}");
+    }
+
+    /// After an import, a lease first expires after the time its source had left, and a
+    /// renewal gives it its whole TTL again.
+    #[test]
+    fn leases_after_an_import_keep_the_time_they_had_left() {
+        let lessor = Lessor::new(2);
+        lessor.on_granted(1, 100);
+        lessor.reset_remaining([(5, 600, 30), (6, 60, 0)]);
+        assert_eq!(lessor.remaining_seconds(1), None, "the timers before the import are gone");
+        let left = lessor.remaining_seconds(5).unwrap();
+        assert!((29..=30).contains(&left), "{left}");
+        assert!((59..=60).contains(&lessor.remaining_seconds(6).unwrap()));
+        assert_eq!(lessor.keep_alive(5), Some(600));
+        assert!(lessor.remaining_seconds(5).unwrap() > 590);
     }
 
     /// A revoke proposed with auth enabled is wrapped with its auth revision; applying it

@@ -67,9 +67,14 @@
 //!   is the system group (0), replicated like any group, and a reconciler on every member
 //!   creates, serves and removes groups as it changes, and makes every group's voters follow
 //!   the default group's (which carries the cluster's membership). A request is served by
-//!   its connection's tenant (a tenant port, or the client certificate's CN). Not yet:
-//!   hibernation of idle groups, apply off the driver thread, per-tenant request limits,
-//!   per-tenant metric labels, snapshots streamed into SST files.
+//!   its connection's tenant (a tenant port, or the client certificate's SAN URI or CN), and
+//!   counted in metrics labelled by tenant (`metrics.rs`). Not yet: hibernation of idle
+//!   groups, apply off the driver thread, per-tenant request limits, snapshots streamed into
+//!   SST files.
+//! - Backups (`backup/`): objects, manifests, targets and offline restore, and the schedule
+//!   (`backup/schedule.rs`) that takes each tenant's backups on its group's leader, records a
+//!   replicated backup mark after each, and holds history for the next delta (the store's
+//!   `hold_history_for_backups`).
 //! - Two watch cases follow the newer etcd rules of the kube-apiserver contract rather than
 //!   etcd 3.5.1: a negative start revision is refused (`watch_id -1`, canceled), and
 //!   `RequestProgress` is answered only when every watcher of the stream is synced and past
@@ -93,6 +98,7 @@ pub mod lessor;
 pub mod maintenance;
 pub mod member;
 pub mod metrics;
+pub mod migrate;
 pub mod node;
 pub mod pb;
 pub mod peer;

@@ -1,8 +1,8 @@
 //! Prometheus metrics under etcd's names, for the dashboards and alerts built for etcd.
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric this member exports.
@@ -26,6 +26,32 @@ pub struct Metrics {
     pub grpc_handled: IntCounterVec,
     pub health_success: IntCounter,
     pub health_failures: IntCounter,
+    /// Automated backups, per tenant, on the member that took them.
+    pub backup_last_success: IntGaugeVec,
+    pub backup_duration: HistogramVec,
+    pub backup_bytes: IntCounterVec,
+    pub backup_failures: IntCounterVec,
+    /// Per tenant (label `tenant`; at most one series set per tenant, and tenants are
+    /// bounded by the registry): gRPC calls by method and code, size, keys, watchers and
+    /// apply latency on this member.
+    pub tenant_requests: IntCounterVec,
+    pub tenant_db_size: IntGaugeVec,
+    pub tenant_keys: IntGaugeVec,
+    pub tenant_watchers: IntGaugeVec,
+    pub tenant_apply_duration: HistogramVec,
+    /// Per group: the revision its keys were last counted at and the count (counting walks
+    /// the keys, so it is redone only when the revision moved, at most every
+    /// [`KEYS_RECOUNT_INTERVAL`]); and the tenants labelled at the last refresh.
+    tenant_state: parking_lot::Mutex<TenantGaugeState>,
+}
+
+/// Least time between two counts of one tenant's keys for `plinth_tenant_keys`.
+pub const KEYS_RECOUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[derive(Default)]
+struct TenantGaugeState {
+    keys: std::collections::HashMap<u64, (i64, i64, std::time::Instant)>,
+    labelled: std::collections::BTreeSet<String>,
 }
 
 impl Metrics {
@@ -67,6 +93,62 @@ impl Metrics {
                 .expect("valid metric");
         version.with_label_values(&[server_version]).set(1);
         registry.register(Box::new(version)).expect("unique metric");
+        let tenant = ["tenant"];
+        let backup_last_success = IntGaugeVec::new(
+            Opts::new(
+                "plinth_backup_last_success_timestamp_seconds",
+                "Unix time of the last backup of the tenant this member took.",
+            ),
+            &tenant,
+        )
+        .expect("valid metric");
+        let backup_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "plinth_backup_duration_seconds",
+                "Time to take a backup of the tenant (export and upload).",
+            )
+            .buckets(exponential_buckets(0.01, 2.0, 14).expect("valid buckets")),
+            &tenant,
+        )
+        .expect("valid metric");
+        let backup_bytes = IntCounterVec::new(
+            Opts::new("plinth_backup_bytes_total", "Bytes of backup objects of the tenant this member stored."),
+            &tenant,
+        )
+        .expect("valid metric");
+        let backup_failures = IntCounterVec::new(
+            Opts::new("plinth_backup_failures_total", "Failed backup attempts of the tenant on this member."),
+            &tenant,
+        )
+        .expect("valid metric");
+        registry.register(Box::new(backup_last_success.clone())).expect("unique metric");
+        registry.register(Box::new(backup_duration.clone())).expect("unique metric");
+        registry.register(Box::new(backup_bytes.clone())).expect("unique metric");
+        registry.register(Box::new(backup_failures.clone())).expect("unique metric");
+        let tenant_requests = IntCounterVec::new(
+            Opts::new("plinth_tenant_requests_total", "gRPC calls of the tenant completed on this member."),
+            &["tenant", "grpc_method", "grpc_code"],
+        )
+        .expect("valid metric");
+        let tenant_gauge = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &tenant).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let tenant_db_size = tenant_gauge("plinth_tenant_db_size_bytes", "Size of the tenant's keyspace in bytes.");
+        let tenant_keys = tenant_gauge("plinth_tenant_keys", "Live keys of the tenant (recounted at most every 30 s).");
+        let tenant_watchers = tenant_gauge("plinth_tenant_watchers", "Watchers of the tenant open on this member.");
+        let tenant_apply_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "plinth_tenant_apply_duration_seconds",
+                "Time to apply one batch of the tenant's entries.",
+            )
+            .buckets(exponential_buckets(0.0001, 4.0, 8).expect("valid buckets")),
+            &tenant,
+        )
+        .expect("valid metric");
+        registry.register(Box::new(tenant_requests.clone())).expect("unique metric");
+        registry.register(Box::new(tenant_apply_duration.clone())).expect("unique metric");
 
         Metrics {
             has_leader: gauge("etcd_server_has_leader", "Whether or not a leader exists."),
@@ -109,10 +191,68 @@ impl Metrics {
             health_success: counter("etcd_server_health_success", "The total number of successful health checks"),
             health_failures: counter("etcd_server_health_failures", "The total number of failed health checks"),
             wal_fsync_duration,
+            backup_last_success,
+            backup_duration,
+            backup_bytes,
+            backup_failures,
+            tenant_requests,
+            tenant_db_size,
+            tenant_keys,
+            tenant_watchers,
+            tenant_apply_duration,
+            tenant_state: parking_lot::Mutex::default(),
             grpc_started,
             grpc_handled,
             registry,
         }
+    }
+
+    /// Sets the per-tenant gauges from the groups `nodes` serves, and drops the series of
+    /// tenants no longer served (their request counters stay until restart).
+    pub fn refresh_tenants(&self, nodes: &[std::sync::Arc<crate::node::Node>]) {
+        let mut state = self.tenant_state.lock();
+        let mut seen = std::collections::BTreeSet::new();
+        for node in nodes {
+            let Some(tenant) = node.runtime.tenant.get() else { continue };
+            if node.runtime.group == crate::node::SYSTEM_GROUP {
+                continue;
+            }
+            let g = node.group();
+            self.tenant_db_size.with_label_values(&[tenant]).set(node.store.size_bytes(g) as i64);
+            self.tenant_watchers
+                .with_label_values(&[tenant])
+                .set(node.runtime.watchers.load(std::sync::atomic::Ordering::Relaxed));
+            let revision = node.store.current_revision(g);
+            let stale = match state.keys.get(&g.0) {
+                Some((counted_at, _, when)) => *counted_at != revision && when.elapsed() >= KEYS_RECOUNT_INTERVAL,
+                None => true,
+            };
+            if stale {
+                let count = store::RangeRequest {
+                    key: bytes::Bytes::from_static(b"\0"),
+                    range_end: bytes::Bytes::from_static(b"\0"),
+                    count_only: true,
+                    serializable: true,
+                    ..Default::default()
+                };
+                if let Ok(r) = node.store.range(g, &count) {
+                    state.keys.insert(g.0, (revision, r.count, std::time::Instant::now()));
+                }
+            }
+            if let Some((_, keys, _)) = state.keys.get(&g.0) {
+                self.tenant_keys.with_label_values(&[tenant]).set(*keys);
+            }
+            seen.insert(tenant.to_string());
+        }
+        let live: std::collections::HashSet<u64> = nodes.iter().map(|n| n.runtime.group).collect();
+        state.keys.retain(|g, _| live.contains(g));
+        for gone in state.labelled.difference(&seen) {
+            let _ = self.tenant_db_size.remove_label_values(&[gone]);
+            let _ = self.tenant_keys.remove_label_values(&[gone]);
+            let _ = self.tenant_watchers.remove_label_values(&[gone]);
+            let _ = self.tenant_apply_duration.remove_label_values(&[gone]);
+        }
+        state.labelled = seen;
     }
 
     /// The Prometheus text exposition of every metric.
@@ -242,6 +382,7 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
 struct Handled {
     metrics: std::sync::Arc<Metrics>,
     labels: (&'static str, &'static str, &'static str),
+    tenant: Option<std::sync::Arc<str>>,
     done: bool,
 }
 
@@ -251,6 +392,9 @@ impl Handled {
             self.done = true;
             let (kind, service, method) = self.labels;
             self.metrics.grpc_handled.with_label_values(&[kind, service, method, code]).inc();
+            if let Some(tenant) = &self.tenant {
+                self.metrics.tenant_requests.with_label_values(&[tenant, method, code]).inc();
+            }
         }
     }
 }
@@ -302,12 +446,15 @@ impl hyper::body::Body for CountedBody {
 }
 
 /// Counts every gRPC call in `grpc_server_started_total` and, with its outcome, in
-/// `grpc_server_handled_total`: the status of a trailers-only response (how tonic refuses a
+/// `grpc_server_handled_total` (and in `plinth_tenant_requests_total` of the router's tenant): the status of a trailers-only response (how tonic refuses a
 /// call before any message) at once, otherwise the status trailer at the end of the
 /// response body; a call that ends without one is `Canceled`. Only requests with a gRPC
 /// content type are counted, so HTTP endpoints never appear.
 pub async fn count_grpc(
-    axum::extract::State(metrics): axum::extract::State<std::sync::Arc<Metrics>>,
+    axum::extract::State((metrics, runtime)): axum::extract::State<(
+        std::sync::Arc<Metrics>,
+        std::sync::Arc<crate::node::GroupRuntime>,
+    )>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -322,7 +469,8 @@ pub async fn count_grpc(
     metrics.grpc_started.with_label_values(&[labels.0, labels.1, labels.2]).inc();
     // Made before the call runs: if the client cancels a unary call in flight, this future
     // is dropped and so is the guard, which counts the call as `Canceled`.
-    let mut handled = Handled { metrics, labels, done: false };
+    let tenant = runtime.tenant.get().cloned();
+    let mut handled = Handled { metrics, labels, tenant, done: false };
     let response = next.run(request).await;
     if let Some(code) = grpc_status(response.headers()) {
         handled.finish(go_code_name(code));

@@ -182,6 +182,10 @@ pub struct GroupRuntime {
     pub requests: AtomicU64,
     /// Requests per second over the last sampling interval, as f64 bits.
     pub request_rate: AtomicU64,
+    /// The tenant's name, for metric labels: set when this member starts serving the group.
+    pub tenant: std::sync::OnceLock<Arc<str>>,
+    /// Watchers open on the group on this member.
+    pub watchers: std::sync::atomic::AtomicI64,
 }
 
 impl GroupRuntime {
@@ -205,6 +209,8 @@ impl GroupRuntime {
             lessor,
             requests: AtomicU64::new(0),
             request_rate: AtomicU64::new(0f64.to_bits()),
+            tenant: std::sync::OnceLock::new(),
+            watchers: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -768,11 +774,17 @@ impl Node {
             self.read_barrier().await?;
         }
         let request = store::RangeRequest { key: Bytes::from_static(b"health"), ..Default::default() };
-        self.store.range(self.group(), &request).map(|_| ()).map_err(|e| crate::error::store_status(&e))
+        match self.store.range(self.group(), &request) {
+            // A tenant being restored is a healthy member doing its work: probes must not
+            // restart it for that.
+            Ok(_) | Err(store::Error::Importing) => Ok(()),
+            Err(e) => Err(crate::error::store_status(&e)),
+        }
     }
 
     /// Brings the gauges that mirror store state up to date (before a scrape).
     pub fn refresh_gauges(&self) {
+        self.metrics.refresh_tenants(&self.tenants.nodes());
         let group = self.group();
         self.metrics.db_total_size.set(self.store.db_size_bytes() as i64);
         self.metrics.db_in_use_size.set(self.store.size_bytes(group) as i64);
@@ -827,6 +839,7 @@ impl raft_log::StateMachine for Applier {
         let Some(last) = entries.last().map(|e| e.index.0) else { return };
         let items: Vec<(u64, &[u8])> =
             entries.iter().map(|e| (e.index.0, e.data.get(REQUEST_ID_BYTES..).unwrap_or(&[]))).collect();
+        let started = std::time::Instant::now();
         // An apply that fails for a non-deterministic reason (I/O) must stop the member: going
         // on would let this replica diverge from the others.
         let results = self
@@ -835,6 +848,9 @@ impl raft_log::StateMachine for Applier {
             .unwrap_or_else(|e| panic!("applying entries up to {last} of group {} failed: {e}", group.0));
         assert_eq!(results.len(), entries.len(), "store returned one result per entry");
         let rt = self.groups.get(group.0);
+        if let Some(tenant) = rt.tenant.get() {
+            self.metrics.tenant_apply_duration.with_label_values(&[tenant]).observe(started.elapsed().as_secs_f64());
+        }
         for (entry, result) in entries.iter().zip(results) {
             if entry.data.len() < REQUEST_ID_BYTES {
                 continue; // A leader's empty entry.
@@ -843,6 +859,14 @@ impl raft_log::StateMachine for Applier {
             // Every member follows grants and revokes, so whichever becomes leader next
             // has no timer for a lease the log revoked.
             rt.lessor.on_applied(&entry.data[REQUEST_ID_BYTES..], &result);
+            if matches!(&result, Ok(store::CommandResponse::Import(r)) if r.finished) {
+                // An import finished: its leases are the store's now, each timed from here
+                // with the time its source had left (see `Lessor::reset_remaining`).
+                match self.store.leases(store::GroupId(group.0)) {
+                    Ok(leases) => rt.lessor.reset_remaining(leases.into_iter().map(|l| (l.id, l.ttl, l.remaining_ttl))),
+                    Err(e) => tracing::warn!(error = %e, "cannot read leases after an import"),
+                }
+            }
             let (proposer, id) = decode_prefix(&entry.data).expect("the length was checked above");
             // Only this member's own proposals answer its waiters: another member's request
             // id may equal one of ours, and its client is not ours to answer.

@@ -75,11 +75,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let peer_ids = identity.peer_ids();
     let quota_bytes = if args.quota_backend_bytes == 0 { QUOTA_BYTES_DEFAULT } else { args.quota_backend_bytes };
+    // The backup target opens (and an S3 URL parses) before anything starts.
+    let backups = args.backup_schedule()?;
 
     let store_cfg = store::StoreConfig {
         quota_bytes_per_group: quota_bytes,
         max_txn_ops: args.max_txn_ops,
         max_request_bytes: args.max_request_bytes,
+        // A member that takes backups keeps each group's history after its backup mark.
+        hold_history_for_backups: backups.is_some(),
         ..store::StoreConfig::default()
     };
     let store = store::Store::open(&data_dir.join("store"), store_cfg)?;
@@ -172,6 +176,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     ));
     if let Some(policy) = args.auto_compaction()? {
         tokio::spawn(auto_compact(node.clone(), policy));
+    }
+    if let Some((target, schedule)) = backups {
+        let scheduler = crate::backup::schedule::Scheduler::new(Arc::from(target), schedule.clone());
+        info!(
+            target = %scheduler.describe_target(),
+            full_interval = ?schedule.full_interval,
+            delta_interval = ?schedule.delta_interval,
+            "automated backups on"
+        );
+        let _ = tenants.backups.set(scheduler.clone());
+        tokio::spawn(scheduler.run(node.clone()));
     }
 
     // The shared client port: each request goes to the router of the tenant its connection
@@ -292,13 +307,47 @@ fn client_router(node: Arc<Node>, max_request_bytes: usize, health: HealthServer
     )
     .add_service(health);
     // On a tenant's router the admin API only answers "permission denied".
-    grpc.add_service(crate::pb::plinthv1::tenants_server::TenantsServer::new(crate::tenants::TenantsService {
-        node: node.clone(),
-    }));
+    grpc.add_service(
+        crate::pb::plinthv1::tenants_server::TenantsServer::new(crate::tenants::TenantsService { node: node.clone() })
+            .max_decoding_message_size(crate::tenants::IMPORT_MESSAGE_BYTES_MAX),
+    )
+    .add_service(crate::pb::plinthv1::backups_server::BackupsServer::new(
+        crate::backup::schedule::BackupsService { node: node.clone() },
+    ));
     grpc.routes()
         .into_axum_router()
-        .layer(axum::middleware::from_fn_with_state(node.metrics.clone(), crate::metrics::count_grpc))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), refuse_while_importing))
+        .layer(axum::middleware::from_fn_with_state(
+            (node.metrics.clone(), node.runtime.clone()),
+            crate::metrics::count_grpc,
+        ))
         .merge(crate::http::router(node))
+}
+
+/// The etcd calls that read or change a group's data: refused while an import replaces it.
+/// Membership, status, alarms, auth reads and the admin API (which runs the import) stay.
+const DATA_CALL_PREFIXES: [&str; 6] = [
+    "/etcdserverpb.KV/",
+    "/etcdserverpb.Watch/",
+    "/etcdserverpb.Lease/",
+    "/etcdserverpb.Maintenance/Hash",
+    "/etcdserverpb.Maintenance/Snapshot",
+    "/etcdserverpb.Maintenance/Defragment",
+];
+
+/// Answers a data call on a group being imported with `etcdserver: tenant is being
+/// restored` before it reaches the service, so nothing reads a half-imported keyspace
+/// (writes that got past this are refused by the store's apply on every replica).
+async fn refuse_while_importing(
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path();
+    if DATA_CALL_PREFIXES.iter().any(|p| path.starts_with(p)) && node.store.import_state(node.group()).is_some() {
+        return crate::error::EtcdError::Restoring.status().into_http();
+    }
+    next.run(request).await
 }
 
 /// How often the server pings an idle HTTP/2 connection, and how long it waits for the
@@ -437,6 +486,10 @@ async fn expire_leases(default: Arc<Node>) {
 
 /// Proposes the revoke of every lease of `node`'s group whose timer ran out.
 fn revoke_expired(node: &Arc<Node>) {
+    if node.store.import_state(node.group()).is_some() {
+        // The store refuses revokes while an import runs; its finish resets the timers.
+        return;
+    }
     for id in node.lessor.take_expired() {
         let node = node.clone();
         tokio::spawn(async move {

@@ -71,6 +71,24 @@ pub enum TenantCommand {
     },
     /// Delete a tenant and its data on every member.
     Delete { name: String },
+    /// Replace a running tenant's data with its backups at a revision (or restore them into a
+    /// new tenant with --as), through the tenant's Raft log. The chain is verified first.
+    Restore {
+        /// The tenant whose backups to restore ("default" for the default tenant).
+        name: String,
+        /// A local backup directory.
+        #[arg(long, conflicts_with = "backup_url")]
+        backup_dir: Option<PathBuf>,
+        /// s3://bucket/prefix or file:///path.
+        #[arg(long)]
+        backup_url: Option<String>,
+        /// The revision to restore (default: the newest the backups reach).
+        #[arg(long)]
+        to_revision: Option<i64>,
+        /// Restore into this new tenant (created; it must not exist), keeping revisions.
+        #[arg(long = "as")]
+        as_tenant: Option<String>,
+    },
 }
 
 /// Runs a `plinth tenant` command; prints its result on stdout.
@@ -81,7 +99,7 @@ pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
         other => anyhow::bail!("unsupported output format {other:?} (simple, json)"),
     };
     let (channel, token) = connect(&args).await?;
-    let mut client = TenantsClient::new(channel);
+    let mut client = TenantsClient::new(channel.clone());
     let status_error = |s: tonic::Status| match s.message() {
         "" => anyhow::anyhow!("{:?}", s.code()),
         m => anyhow::anyhow!("{m}"),
@@ -109,6 +127,34 @@ pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
             let request = with_token(pb::DeleteTenantRequest { name }, token.as_deref());
             let answer = client.delete(request).await.map_err(status_error)?;
             print_tenant(answer.into_inner(), json, |t| format!("tenant {} deleted", t.name));
+        }
+        TenantCommand::Restore { name, backup_dir, backup_url, to_revision, as_tenant } => {
+            let (into, create) = match as_tenant {
+                Some(new) => (new, true),
+                None => (name.clone(), false),
+            };
+            let restored = crate::backup::online::restore(
+                channel.clone(),
+                token.as_deref(),
+                crate::backup::online::RestoreRequest { name, backup_dir, backup_url, to_revision, into, create },
+                json,
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string(&restored).expect("summaries serialize"));
+            } else {
+                println!(
+                    "tenant {} restored from {}'s backups at revision {}: revision {} (was {}), compact revision {}, {} \
+                     keys",
+                    restored.tenant,
+                    restored.from,
+                    restored.restored_revision,
+                    restored.revision,
+                    restored.floor,
+                    restored.compact_revision,
+                    restored.keys
+                );
+            }
         }
         TenantCommand::List => {
             let list = client
@@ -139,6 +185,9 @@ pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
                 .map_err(status_error)?
                 .into_inner();
             let t = s.tenant.clone().unwrap_or_default();
+            let backup = s.backup.clone().unwrap_or_default();
+            let backup_time =
+                (backup.last_time_unix_ms > 0).then(|| crate::backup::format_time(backup.last_time_unix_ms));
             if json {
                 let mut v = tenant_json(&t);
                 let extra = json!({
@@ -155,6 +204,13 @@ pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
                     "learners": s.learners.iter().map(|v| format!("{v:x}")).collect::<Vec<_>>(),
                     "membership_in_sync": s.membership_in_sync,
                     "alarms": s.alarms,
+                    "backup": {
+                        "state": backup.state,
+                        "last_revision": backup.last_revision,
+                        "last_time": backup_time,
+                        "last_error": backup.last_error,
+                        "consecutive_failures": backup.consecutive_failures,
+                    },
                 });
                 if let (Some(v), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
                     v.extend(extra.clone());
@@ -181,6 +237,14 @@ pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
                     s.learners
                 );
                 println!("alarms: [{}]", s.alarms.join(" "));
+                let mut line = format!("backup: {}", backup.state);
+                if let Some(time) = &backup_time {
+                    line += &format!(", last at revision {} ({time})", backup.last_revision);
+                }
+                if !backup.last_error.is_empty() {
+                    line += &format!(", {} failures, last: {}", backup.consecutive_failures, backup.last_error);
+                }
+                println!("{line}");
             }
         }
     }
@@ -188,7 +252,7 @@ pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
 }
 
 /// A request with the command's deadline and, after `--user`, the auth token.
-fn with_token<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
+pub(crate) fn with_token<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.set_timeout(COMMAND_TIMEOUT);
     if let Some(t) = token {
@@ -229,11 +293,41 @@ fn tenant_json(t: &pb::Tenant) -> serde_json::Value {
 /// Connects to the first endpoint that answers; with `--user`, authenticates (etcd's Auth
 /// service) and returns the token.
 async fn connect(args: &TenantArgs) -> anyhow::Result<(tonic::transport::Channel, Option<String>)> {
+    let endpoint = ClientEndpoint {
+        endpoints: &args.endpoints,
+        cacert: args.cacert.as_deref(),
+        cert: args.cert.as_deref(),
+        key: args.key.as_deref(),
+        user: args.user.as_deref(),
+    };
+    endpoint.connect().await
+}
+
+/// Where a command connects: etcdctl's flags, for a Plinth cluster or an etcd one.
+pub(crate) struct ClientEndpoint<'a> {
+    /// Comma-separated endpoints (host:port or URLs); the first that answers is used.
+    pub endpoints: &'a str,
+    pub cacert: Option<&'a std::path::Path>,
+    pub cert: Option<&'a std::path::Path>,
+    pub key: Option<&'a std::path::Path>,
+    /// `name:password`.
+    pub user: Option<&'a str>,
+}
+
+impl ClientEndpoint<'_> {
+    /// Connects to the first endpoint that answers; with a user, authenticates (etcd's Auth
+    /// service) and returns the token.
+    pub(crate) async fn connect(&self) -> anyhow::Result<(tonic::transport::Channel, Option<String>)> {
+        connect_endpoint(self).await
+    }
+}
+
+async fn connect_endpoint(args: &ClientEndpoint<'_>) -> anyhow::Result<(tonic::transport::Channel, Option<String>)> {
     let tls = match (&args.cacert, &args.cert, &args.key) {
         (None, None, None) => None,
         (Some(ca), cert, key) => {
             let cert_key = match (cert, key) {
-                (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+                (Some(c), Some(k)) => Some((*c, *k)),
                 (None, None) => None,
                 _ => anyhow::bail!("--cert and --key go together"),
             };
@@ -257,7 +351,7 @@ async fn connect(args: &TenantArgs) -> anyhow::Result<(tonic::transport::Channel
         };
         match connected {
             Ok(channel) => {
-                let token = match &args.user {
+                let token = match args.user {
                     Some(user) => Some(authenticate(channel.clone(), user).await?),
                     None => None,
                 };

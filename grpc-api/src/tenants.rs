@@ -35,6 +35,10 @@ use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+mod import;
+
+pub use import::DEFAULT_TENANT_NAME;
+
 use crate::node::{GroupRuntime, Groups, Node, DEFAULT_GROUP, SYSTEM_GROUP};
 use crate::pb::plinthv1 as pb;
 
@@ -54,6 +58,9 @@ const NEXT_GROUP_KEY: &[u8] = b"next-group";
 /// How often the reconciler runs without being told of a change (membership following,
 /// request-rate sampling, retries after failures).
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+/// Largest `plinth.v1.Tenants` message decoded: an import step of several proposals' worth
+/// (the server splits it) and no more.
+pub const IMPORT_MESSAGE_BYTES_MAX: usize = 16 << 20;
 /// Times a registry txn is retried when a concurrent change won its compares.
 const REGISTRY_RETRIES: usize = 8;
 
@@ -129,6 +136,8 @@ pub struct Tenants {
     pub changed: Arc<tokio::sync::Notify>,
     /// The last request counts sampled for the rates, per group.
     samples: Mutex<(Option<Instant>, HashMap<u64, u64>)>,
+    /// The backup scheduler, when the member takes backups (set once at start).
+    pub backups: std::sync::OnceLock<Arc<crate::backup::schedule::Scheduler>>,
 }
 
 impl Tenants {
@@ -146,11 +155,14 @@ impl Tenants {
             make_router,
             changed,
             samples: Mutex::default(),
+            backups: std::sync::OnceLock::new(),
         })
     }
 
     /// Serves `node`'s group (the default tenant and the system group at start).
     pub fn serve_group(&self, node: Arc<Node>) {
+        let name = if node.runtime.group == SYSTEM_GROUP { "system" } else { crate::backup::manifest::DEFAULT_TENANT };
+        let _ = node.runtime.tenant.set(Arc::from(name));
         let router = (self.make_router)(node.clone());
         self.served.write().insert(node.runtime.group, Served { node, router, listener: None });
     }
@@ -179,24 +191,26 @@ impl Tenants {
         let group = match extensions.get::<ListenerTenant>() {
             Some(t) => t.0,
             None => {
-                let cn = extensions
-                    .get::<crate::tls::TlsConnectInfo>()
-                    .and_then(|i| i.common_name.clone())
-                    .filter(|cn| !cn.is_empty());
-                match cn {
-                    None => DEFAULT_GROUP,
-                    Some(cn) => match self.registry.read().by_cn.get(&cn) {
-                        Some(group) => *group,
-                        None if self.cfg.default_for_unmapped || self.cfg.admin_cn.as_deref() == Some(&cn) => {
-                            DEFAULT_GROUP
-                        }
-                        None => {
-                            return Err(Status::permission_denied(format!(
-                                "plinth: client certificate CN {cn:?} maps to no tenant, and \
-                                 --default-tenant-for-unmapped is false"
-                            )))
-                        }
-                    },
+                let info = extensions.get::<crate::tls::TlsConnectInfo>();
+                let cn = info.and_then(|i| i.common_name.clone()).filter(|cn| !cn.is_empty());
+                let uris = info.map(|i| i.san_uris.as_slice()).unwrap_or_default();
+                // A SAN URI that the registry maps wins over the CN (it names the workload
+                // more precisely, as SPIFFE IDs do); then the CN.
+                let registry = self.registry.read();
+                let mapped = uris.iter().chain(cn.iter()).find_map(|id| registry.by_cn.get(id).copied());
+                match (mapped, cn) {
+                    (Some(group), _) => group,
+                    (None, None) if uris.is_empty() => DEFAULT_GROUP,
+                    (None, cn) if self.cfg.default_for_unmapped || (cn.is_some() && self.cfg.admin_cn == cn) => {
+                        DEFAULT_GROUP
+                    }
+                    (None, cn) => {
+                        return Err(Status::permission_denied(format!(
+                            "plinth: client certificate (CN {:?}, URIs {uris:?}) maps to no tenant, and \
+                             --default-tenant-for-unmapped is false",
+                            cn.unwrap_or_default()
+                        )))
+                    }
                 }
             }
         };
@@ -255,6 +269,7 @@ impl Tenants {
             let group = r.group;
             tokio::task::spawn_blocking(move || raft.create_group_with(raft_log::GroupId(group), bootstrap)).await??;
             let node = Arc::new(default.sibling(rt));
+            let _ = node.runtime.tenant.set(Arc::from(r.name.as_str()));
             let router = (self.make_router)(node.clone());
             let listener = match self.cfg.port_base {
                 Some(base) => Some(self.listen(base, r, router.clone()).await?),
@@ -451,28 +466,8 @@ impl TenantsService {
         &self.node.tenants
     }
 
-    /// Only the cluster admin: see the module docs of `plinth.v1` (proto/tenants.proto).
     fn check_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        if !self.node.is_default() || request.extensions().get::<ListenerTenant>().is_some() {
-            // A tenant's connection (its port, or a certificate of a tenant).
-            return Err(crate::error::EtcdError::PermissionDenied.status());
-        }
-        let cn = crate::tls::client_common_name(request).filter(|cn| !cn.is_empty());
-        let admin_cn = self.tenants().cfg.admin_cn.as_deref();
-        if let (Some(admin), Some(cn)) = (admin_cn, cn.as_deref()) {
-            if admin == cn {
-                return Ok(());
-            }
-        }
-        let caller = crate::auth::caller(&self.node, request)?;
-        if caller.enabled() {
-            return caller.check_admin();
-        }
-        if admin_cn.is_some() && cn.is_some() {
-            // Certificates identify clients here: only the admin's may administer.
-            return Err(crate::error::EtcdError::PermissionDenied.status());
-        }
-        Ok(())
+        check_admin(&self.node, request)
     }
 
     fn system(&self) -> Result<Arc<Node>, Status> {
@@ -495,6 +490,69 @@ impl TenantsService {
         Ok((records, next))
     }
 
+    /// Adds tenant `req` to the registry and waits until this member serves it.
+    async fn create_tenant(&self, req: pb::CreateTenantRequest) -> Result<TenantRecord, Status> {
+        check_name(&req.name)?;
+        let system = self.system()?;
+        for _ in 0..REGISTRY_RETRIES {
+            let (records, next) = self.read_registry().await?;
+            if records.contains_key(&req.name) {
+                return Err(Status::already_exists(format!("plinth: tenant {:?} already exists", req.name)));
+            }
+            if records.len() >= TENANTS_MAX {
+                return Err(Status::resource_exhausted(format!(
+                    "plinth: a cluster holds at most {TENANTS_MAX} tenants"
+                )));
+            }
+            check_cns(&records, &req.name, &req.client_cns)?;
+            let used: std::collections::HashSet<u64> = records.values().map(|r| r.number).collect();
+            let number = (1..).find(|n| !used.contains(n)).expect("fewer tenants than numbers");
+            let (group, next_mod) = match next.first() {
+                Some(kv) => {
+                    let g = std::str::from_utf8(&kv.value).ok().and_then(|s| s.parse::<u64>().ok());
+                    (g.ok_or_else(|| Status::internal("plinth: corrupt next-group record"))?, kv.mod_revision)
+                }
+                None => (TENANT_GROUP_FIRST, 0),
+            };
+            let voters = self.node.membership.identity.read().voter_ids();
+            let record = TenantRecord {
+                name: req.name.clone(),
+                number,
+                group,
+                quota_bytes: req.quota_bytes,
+                client_cns: req.client_cns.clone(),
+                voters,
+            };
+            let number_key = Bytes::from(format!("{NUMBER_PREFIX}{number}"));
+            let txn = store::TxnRequest {
+                compare: vec![
+                    compare_version(record_key(&req.name), 0),
+                    compare_version(number_key.clone(), 0),
+                    compare_mod(Bytes::from_static(NEXT_GROUP_KEY), next_mod),
+                ],
+                success: vec![
+                    put(record_key(&req.name), serde_json::to_vec(&record).expect("records serialize")),
+                    put(number_key, req.name.clone().into_bytes()),
+                    put(Bytes::from_static(NEXT_GROUP_KEY), (group + 1).to_string().into_bytes()),
+                ],
+                failure: Vec::new(),
+            };
+            match system.propose(store::CommandBody::Txn(txn)).await? {
+                store::CommandResponse::Txn(r) if r.succeeded => {
+                    info!(tenant = %record.name, number, group, "tenant created");
+                    // Answer once the tenant can take requests here: its group exists on
+                    // this member and has elected a leader.
+                    if self.wait_served(group, true).await.is_none() {
+                        warn!(tenant = %record.name, "tenant created but not yet served (no leader) by this member");
+                    }
+                    return Ok(record);
+                }
+                _ => continue,
+            }
+        }
+        Err(Status::aborted("plinth: the tenant registry kept changing; try again"))
+    }
+
     /// Waits until this member serves `group` (and, with `led`, knows its leader).
     async fn wait_served(&self, group: u64, led: bool) -> Option<Arc<Node>> {
         let deadline = Instant::now() + self.node.cfg.request_timeout;
@@ -513,12 +571,42 @@ impl TenantsService {
     }
 }
 
+/// Only the cluster admin: see the module docs of `plinth.v1` (proto/tenants.proto).
+pub(crate) fn check_admin<T>(node: &Node, request: &Request<T>) -> Result<(), Status> {
+    if !node.is_default() || request.extensions().get::<ListenerTenant>().is_some() {
+        // A tenant's connection (its port, or a certificate of a tenant).
+        return Err(crate::error::EtcdError::PermissionDenied.status());
+    }
+    let cn = crate::tls::client_common_name(request).filter(|cn| !cn.is_empty());
+    let admin_cn = node.tenants.cfg.admin_cn.as_deref();
+    if let (Some(admin), Some(cn)) = (admin_cn, cn.as_deref()) {
+        if admin == cn {
+            return Ok(());
+        }
+    }
+    let caller = crate::auth::caller(node, request)?;
+    if caller.enabled() {
+        return caller.check_admin();
+    }
+    if admin_cn.is_some() && cn.is_some() {
+        // Certificates identify clients here: only the admin's may administer.
+        return Err(crate::error::EtcdError::PermissionDenied.status());
+    }
+    Ok(())
+}
+
 fn check_name(name: &str) -> Result<(), Status> {
     let ok = !name.is_empty()
         && name.len() <= NAME_BYTES_MAX
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
+    if name == crate::backup::manifest::DEFAULT_TENANT {
+        // The default tenant's name in backups and in `--tenant` flags.
+        return Err(Status::invalid_argument(format!(
+            "plinth: tenant name {name:?} is reserved for the default tenant"
+        )));
+    }
     if ok {
         Ok(())
     } else {
@@ -588,66 +676,16 @@ fn not_found(name: &str) -> Status {
 impl pb::tenants_server::Tenants for TenantsService {
     async fn create(&self, request: Request<pb::CreateTenantRequest>) -> Result<Response<pb::TenantResponse>, Status> {
         self.check_admin(&request)?;
-        let req = request.into_inner();
-        check_name(&req.name)?;
-        let system = self.system()?;
-        for _ in 0..REGISTRY_RETRIES {
-            let (records, next) = self.read_registry().await?;
-            if records.contains_key(&req.name) {
-                return Err(Status::already_exists(format!("plinth: tenant {:?} already exists", req.name)));
-            }
-            if records.len() >= TENANTS_MAX {
-                return Err(Status::resource_exhausted(format!(
-                    "plinth: a cluster holds at most {TENANTS_MAX} tenants"
-                )));
-            }
-            check_cns(&records, &req.name, &req.client_cns)?;
-            let used: std::collections::HashSet<u64> = records.values().map(|r| r.number).collect();
-            let number = (1..).find(|n| !used.contains(n)).expect("fewer tenants than numbers");
-            let (group, next_mod) = match next.first() {
-                Some(kv) => {
-                    let g = std::str::from_utf8(&kv.value).ok().and_then(|s| s.parse::<u64>().ok());
-                    (g.ok_or_else(|| Status::internal("plinth: corrupt next-group record"))?, kv.mod_revision)
-                }
-                None => (TENANT_GROUP_FIRST, 0),
-            };
-            let voters = self.node.membership.identity.read().voter_ids();
-            let record = TenantRecord {
-                name: req.name.clone(),
-                number,
-                group,
-                quota_bytes: req.quota_bytes,
-                client_cns: req.client_cns.clone(),
-                voters,
-            };
-            let number_key = Bytes::from(format!("{NUMBER_PREFIX}{number}"));
-            let txn = store::TxnRequest {
-                compare: vec![
-                    compare_version(record_key(&req.name), 0),
-                    compare_version(number_key.clone(), 0),
-                    compare_mod(Bytes::from_static(NEXT_GROUP_KEY), next_mod),
-                ],
-                success: vec![
-                    put(record_key(&req.name), serde_json::to_vec(&record).expect("records serialize")),
-                    put(number_key, req.name.clone().into_bytes()),
-                    put(Bytes::from_static(NEXT_GROUP_KEY), (group + 1).to_string().into_bytes()),
-                ],
-                failure: Vec::new(),
-            };
-            match system.propose(store::CommandBody::Txn(txn)).await? {
-                store::CommandResponse::Txn(r) if r.succeeded => {
-                    info!(tenant = %record.name, number, group, "tenant created");
-                    // Answer once the tenant can take requests here: its group exists on
-                    // this member and has elected a leader.
-                    if self.wait_served(group, true).await.is_none() {
-                        warn!(tenant = %record.name, "tenant created but not yet served (no leader) by this member");
-                    }
-                    return Ok(Response::new(pb::TenantResponse { tenant: Some(record.to_pb()) }));
-                }
-                _ => continue,
-            }
-        }
-        Err(Status::aborted("plinth: the tenant registry kept changing; try again"))
+        let record = self.create_tenant(request.into_inner()).await?;
+        Ok(Response::new(pb::TenantResponse { tenant: Some(record.to_pb()) }))
+    }
+
+    async fn import(
+        &self,
+        request: Request<tonic::Streaming<pb::ImportRequest>>,
+    ) -> Result<Response<pb::ImportResponse>, Status> {
+        self.check_admin(&request)?;
+        self.run_import(request.into_inner()).await.map(Response::new)
     }
 
     async fn update(&self, request: Request<pb::UpdateTenantRequest>) -> Result<Response<pb::TenantResponse>, Status> {
@@ -737,7 +775,12 @@ impl pb::tenants_server::Tenants for TenantsService {
             serializable: true,
             ..Default::default()
         };
-        let keys = node.store.range(g, &count).map_err(|e| crate::error::store_status(&e))?.count;
+        let keys = match node.store.range(g, &count) {
+            Ok(r) => r.count,
+            // Being restored: its keys are not countable yet.
+            Err(store::Error::Importing) => 0,
+            Err(e) => return Err(crate::error::store_status(&e)),
+        };
         let status = node.raft_status().unwrap_or_default();
         let identity = node.membership.identity.read().clone();
         let voters: Vec<u64> = status.voters.iter().map(|v| v.0).collect();
@@ -753,8 +796,12 @@ impl pb::tenants_server::Tenants for TenantsService {
             want_v == v && want_l == l
         };
         let alarms = node.store.alarms(g).iter().map(|a| format!("{:?}", a.alarm).to_uppercase()).collect();
+        let mut tenant = record.to_pb();
+        if node.store.import_state(g).is_some() {
+            tenant.state = "restoring".into();
+        }
         Ok(Response::new(pb::TenantStatus {
-            tenant: Some(record.to_pb()),
+            tenant: Some(tenant),
             revision: node.store.current_revision(g),
             compact_revision: node.store.compact_revision(g),
             keys,
@@ -768,6 +815,10 @@ impl pb::tenants_server::Tenants for TenantsService {
             learners,
             membership_in_sync: in_sync,
             alarms,
+            backup: Some(match self.tenants().backups.get() {
+                Some(scheduler) => scheduler.status(&node),
+                None => crate::backup::schedule::status_off(&node),
+            }),
         }))
     }
 }

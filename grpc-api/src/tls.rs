@@ -407,6 +407,20 @@ pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     Some(cn)
 }
 
+/// The URIs among a certificate's subject alternative names (a SPIFFE ID, say), in order.
+pub fn san_uris(cert: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else { return Vec::new() };
+    let Ok(Some(san)) = parsed.subject_alternative_name() else { return Vec::new() };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(uri) => Some(uri.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Who is at the other end of a TLS connection; tonic puts it in every request's
 /// extensions (see [`client_common_name`]).
 #[derive(Clone, Debug)]
@@ -420,6 +434,8 @@ pub struct TlsConnectInfo {
     pub peer_certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
     /// The Common Name of the client's leaf certificate.
     pub common_name: Option<String>,
+    /// The URIs among the leaf certificate's subject alternative names.
+    pub san_uris: Vec<String>,
 }
 
 /// The Common Name of the verified client certificate of the connection `req` came on;
@@ -438,12 +454,15 @@ impl TlsConn {
     fn new(stream: tokio_rustls::server::TlsStream<TcpStream>) -> Self {
         let (tcp, session) = stream.get_ref();
         let peer_certificates = session.peer_certificates().map(|c| Arc::new(c.to_vec()));
-        let common_name = peer_certificates.as_ref().and_then(|c| c.first()).and_then(common_name);
+        let leaf = peer_certificates.as_ref().and_then(|c| c.first());
+        let common_name = leaf.and_then(common_name);
+        let san_uris = leaf.map(san_uris).unwrap_or_default();
         let info = TlsConnectInfo {
             remote_addr: tcp.peer_addr().ok(),
             local_addr: tcp.local_addr().ok(),
             peer_certificates,
             common_name,
+            san_uris,
         };
         TlsConn { stream, info }
     }

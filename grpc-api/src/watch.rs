@@ -95,6 +95,7 @@ async fn run_stream(
         node.cfg.progress_notify_interval,
     );
     node.metrics.watchers.inc();
+    node.runtime.watchers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut state = StreamState {
         node: node.clone(),
         stream,
@@ -139,6 +140,7 @@ async fn run_stream(
         }
     }
     node.metrics.watchers.dec();
+    node.runtime.watchers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl StreamState {

@@ -15,8 +15,9 @@
 //! ```
 //!
 //! [`GroupImport`] takes a full export and deltas whose ranges chain (`delta.from` = the
-//! previous export's `to`) and a target revision R inside the chain. It writes the group as
-//! of R: the keys live at R with their revisions kept, the history and events of `(F, R]`
+//! previous export's `to`) and a target revision R inside the chain, and rebuilds an empty
+//! group offline through the planner and the apply code that online imports use too
+//! (`import_plan`, `import`). It writes the group as of R: the keys live at R with their revisions kept, the history and events of `(F, R]`
 //! (so reads at any revision in `(F, R]`, watches from after F and `HashKV` at those
 //! revisions work), current revision R, and compact revision F: nothing older than the full
 //! export exists in the backup, so the restored group answers reads below F with
@@ -31,17 +32,20 @@
 //!   R names and neither table knows (granted and revoked inside the delta) is recreated
 //!   with [`IMPORT_UNKNOWN_LEASE_TTL_SECS`]. Auth changes make no revision either: the auth
 //!   store restored is that of the newest export ending at or before R.
-//! - The import writes the group in batches of [`IMPORT_BATCH_BYTES_MAX`] and its meta
-//!   record last: an import that fails leaves data without meta behind, and the group must
-//!   not be used (the offline restore removes its new data dir).
+//! - An offline import writes the group one operation (at most about
+//!   [`crate::IMPORT_STEP_BYTES_MAX`]) at a time, each with the group's meta record: one
+//!   that fails leaves a group in the importing state behind, and the group must not be
+//!   used (the offline restore removes its new data dir).
 
 use bytes::Bytes;
 use prost::Message;
-use rocksdb::WriteBatch;
 
 use crate::auth::AuthState;
+use crate::command::RangeRequest;
 use crate::engine::{self, Reader};
 use crate::error::{Error, Result};
+use crate::import::{ImportOp, ImportStep};
+use crate::import_plan::ImportPlanner;
 use crate::key_codec::{self as kc, Cf};
 use crate::kv::{EventKind, KeyValue, StoredEvent};
 use crate::lease::Lease;
@@ -52,8 +56,8 @@ use crate::store::Store;
 
 /// Version of the record encoding, carried in every [`BackupHeader`].
 pub const BACKUP_FORMAT_VERSION: u32 = 1;
-/// Bytes of pending writes after which an import writes its batch to RocksDB.
-pub const IMPORT_BATCH_BYTES_MAX: usize = 4 << 20;
+/// Older versions of a key a full export steps over before it seeks past the key instead.
+const EXPORT_STEPS_BEFORE_SEEK: usize = 8;
 /// TTL given to a lease that a restored key is attached to but that no export's lease table
 /// holds (see CAVEATS).
 pub const IMPORT_UNKNOWN_LEASE_TTL_SECS: i64 = 60;
@@ -203,18 +207,67 @@ fn leases_and_auth(r: &Reader<'_>, g: GroupId, auth: &AuthState, out: &mut Emitt
     Ok(())
 }
 
+/// A group pinned at one point for exports: a full export and a delta export taken from
+/// the same pin end at the same revision, so a delta that closes a chain and the full
+/// backup that starts the next one leave no revision between them uncovered.
+pub struct PinnedExport<'a> {
+    store: &'a Store,
+    g: GroupId,
+    snapshot: engine::Snapshot<'a>,
+    meta: ApplyMeta,
+    /// The group's finished purge revision at the pin (-1: none).
+    purged: Revision,
+}
+
 impl Store {
-    /// Exports group `g` at its current revision as a full backup, record by record into
-    /// `sink`, from one consistent point. Returns the header (its `to_revision` is the
-    /// revision exported) and the number of records.
+    /// Pins group `g` for exports (see [`PinnedExport`]).
+    pub fn pin_export(&self, g: GroupId) -> PinnedExport<'_> {
+        let inner = &*self.inner;
+        // Pinned while no purge runs, so the snapshot sees every purge either finished or
+        // not started: never a half-purged history.
+        let gs = inner.group(g);
+        let _purging = gs.purge_lock.lock();
+        let (snapshot, meta) = inner.pinned(g);
+        let purged = *gs.compact_finished.lock();
+        PinnedExport { store: self, g, snapshot, meta, purged }
+    }
+
+    /// Exports group `g` at its current revision as a full backup (see
+    /// [`PinnedExport::full`]).
     pub fn export_full(
         &self,
         g: GroupId,
         sink: &mut dyn FnMut(BackupRecord) -> Result<()>,
     ) -> Result<(BackupHeader, u64)> {
-        let inner = &*self.inner;
-        let (snapshot, meta) = inner.pinned(g);
-        let r = Reader::at_snapshot(&inner.db, &snapshot);
+        self.pin_export(g).full(sink)
+    }
+
+    /// Exports every change of group `g` after `from_revision` as a delta (see
+    /// [`PinnedExport::delta`]).
+    pub fn export_delta(
+        &self,
+        g: GroupId,
+        from_revision: Revision,
+        sink: &mut dyn FnMut(BackupRecord) -> Result<()>,
+    ) -> Result<(BackupHeader, u64)> {
+        self.pin_export(g).delta(from_revision, sink)
+    }
+}
+
+impl PinnedExport<'_> {
+    /// The revision exports from this pin end at.
+    pub fn revision(&self) -> Revision {
+        self.meta.current_revision
+    }
+
+    /// Exports the group as a full backup, record by record into `sink`. Returns the
+    /// header (its `to_revision` is the revision exported) and the number of records.
+    pub fn full(&self, sink: &mut dyn FnMut(BackupRecord) -> Result<()>) -> Result<(BackupHeader, u64)> {
+        let (g, meta) = (self.g, &self.meta);
+        if meta.import.is_some() {
+            return Err(Error::Importing);
+        }
+        let r = Reader::bulk_at_snapshot(&self.store.inner.db, &self.snapshot);
         let header = BackupHeader {
             format_version: BACKUP_FORMAT_VERSION,
             kind: BackupKind::Full as i32,
@@ -237,34 +290,54 @@ impl Store {
                 let kv = KeyValue::decode_stored(&key, &v)?;
                 out.emit(BackupBody::Key(KeyRecord { kv: Some(kv), sub: rev.sub }))?;
             }
-            c.seek(&kc::history_key_after(g, &key));
+            // Past the key's older versions: most keys have none or a few (compaction keeps
+            // one), and stepping is far cheaper than a seek; a key with many is sought past.
+            let after = kc::history_key_after(g, &key);
+            let mut stepped = 0;
+            while let Some((k, _)) = c.current()? {
+                if k >= &after[..] {
+                    break;
+                }
+                if stepped == EXPORT_STEPS_BEFORE_SEEK {
+                    c.seek(&after);
+                    break;
+                }
+                c.advance()?;
+                stepped += 1;
+            }
         }
         let records = out.end()?;
         Ok((header, records))
     }
 
-    /// Exports every change of group `g` in `(from_revision, current]` as a delta, then the
-    /// lease table and auth store at `current`, from one consistent point.
-    /// `Err(Compacted)` if the group's history no longer reaches back to `from_revision`;
-    /// `Err(FutureRevision)` if `from_revision` is ahead of the group.
-    pub fn export_delta(
+    /// Exports every change in `(from_revision, pinned revision]` as a delta, then the
+    /// lease table and auth store at the pin. `Err(Compacted)` if the group's history no
+    /// longer reaches back to `from_revision`; `Err(FutureRevision)` if `from_revision` is
+    /// ahead of the group.
+    pub fn delta(
         &self,
-        g: GroupId,
         from_revision: Revision,
         sink: &mut dyn FnMut(BackupRecord) -> Result<()>,
     ) -> Result<(BackupHeader, u64)> {
-        let inner = &*self.inner;
-        let (snapshot, meta) = inner.pinned(g);
+        let (g, meta, purged) = (self.g, &self.meta, self.purged);
+        if meta.import.is_some() {
+            return Err(Error::Importing);
+        }
         if from_revision > meta.current_revision {
             return Err(Error::FutureRevision { requested: from_revision, current: meta.current_revision });
         }
-        // Compaction at C keeps the events at and after C and, for each key, its newest
-        // version at or below C (the prev of the first change after it): a delta from C on
-        // is complete.
-        if from_revision < meta.compact_revision {
-            return Err(Error::Compacted { requested: from_revision, compacted: meta.compact_revision });
+        // A purge at P keeps the events after P and, for each key, its newest version at or
+        // below P (the prev of the first change after it): a delta from P on is complete.
+        // What counts is the purge, not the scheduled compact revision: a store that holds
+        // history for backups (`hold_history_for_backups`) keeps it past the compaction.
+        if from_revision < purged {
+            return Err(Error::Compacted { requested: from_revision, compacted: purged });
         }
-        let r = Reader::at_snapshot(&inner.db, &snapshot);
+        // An import replaced the group's data after `from_revision`: no delta describes that.
+        if from_revision < meta.backup_chain_break {
+            return Err(Error::Compacted { requested: from_revision, compacted: meta.backup_chain_break });
+        }
+        let r = Reader::bulk_at_snapshot(&self.store.inner.db, &self.snapshot);
         let header = BackupHeader {
             format_version: BACKUP_FORMAT_VERSION,
             kind: BackupKind::Delta as i32,
@@ -300,10 +373,14 @@ impl Store {
         let records = out.end()?;
         Ok((header, records))
     }
+}
 
-    /// Starts rebuilding group `g` from backups, to `target_revision`. The group must be
-    /// empty (never applied anything) and nothing else may use it until
-    /// [`GroupImport::finish`] returns.
+impl Store {
+    /// Starts rebuilding group `g` from backups, to `target_revision`, offline: the group
+    /// must be empty (never applied anything) and nothing else may use it until
+    /// [`GroupImport::finish`] returns. The records become import operations through the
+    /// same planner and the same apply code as an import through the log (see
+    /// `import_plan` and `import`), applied here without a log index.
     pub fn import_group(&self, g: GroupId, target_revision: Revision) -> Result<GroupImport<'_>> {
         let gs = self.inner.group(g);
         let meta = gs.committed.read().clone();
@@ -313,322 +390,56 @@ impl Store {
                 meta.applied_index, meta.current_revision
             )));
         }
-        if target_revision < 1 {
-            return Err(Error::InvalidCommand(format!("import to revision {target_revision}")));
-        }
-        Ok(GroupImport {
-            store: self,
-            g,
-            target: target_revision,
-            batch: WriteBatch::default(),
-            chain_revision: None,
-            full_revision: 0,
-            in_export: None,
-            history_bytes: 0,
-            history_bytes_full: 0,
-            leases_prev: Vec::new(),
-            leases_cur: Vec::new(),
-            auth_cur: None,
-            auth_at_or_before_target: None,
-            reached_target: false,
-        })
+        let planner = ImportPlanner::new(target_revision)?;
+        apply_offline(self, g, ImportOp::Begin(crate::import::ImportBegin { require_empty: true }))?;
+        Ok(GroupImport { store: self, g, planner })
     }
 }
 
-/// The export being read by a [`GroupImport`].
-struct OpenExport {
-    header: BackupHeader,
-    records: u64,
-    last_event: Option<RevisionPair>,
-}
+/// The import id of offline imports (nothing else applies to their group meanwhile).
+const OFFLINE_IMPORT_ID: u64 = 1;
 
-/// An import in progress (see [`Store::import_group`]): feed it the records of a full
-/// export, then of each delta in order, then call [`GroupImport::finish`].
+/// An offline import in progress (see [`Store::import_group`]): feed it the records of a
+/// full export, then of each delta in order, then call [`GroupImport::finish`].
 pub struct GroupImport<'a> {
     store: &'a Store,
     g: GroupId,
-    target: Revision,
-    batch: WriteBatch,
-    /// The revision the exports read so far end at (`None` before the full export).
-    chain_revision: Option<Revision>,
-    full_revision: Revision,
-    in_export: Option<OpenExport>,
-    /// Quota bytes of every history entry written, and of those of the full export.
-    history_bytes: u64,
-    history_bytes_full: u64,
-    /// Lease tables of the previous export and of the one being read.
-    leases_prev: Vec<Lease>,
-    leases_cur: Vec<Lease>,
-    auth_cur: Option<AuthState>,
-    auth_at_or_before_target: Option<AuthState>,
-    /// An export ending at or past the target was read: later ones are refused.
-    reached_target: bool,
+    planner: ImportPlanner,
 }
 
-fn bad(what: impl Into<String>) -> Error {
-    Error::Corruption(format!("backup chain: {}", what.into()))
+/// Applies one operation of an offline import to group `g` of `store`.
+fn apply_offline(store: &Store, g: GroupId, op: ImportOp) -> Result<()> {
+    let step = ImportStep { import_id: OFFLINE_IMPORT_ID, op: Some(op) };
+    match store.apply_import_offline(g, step) {
+        // The chain passed its checksums but holds what no source could have written.
+        Err(Error::InvalidCommand(e)) => Err(Error::Corruption(format!("backup chain: {e}"))),
+        other => other.map(|_| ()),
+    }
 }
 
 impl GroupImport<'_> {
-    fn db(&self) -> &rocksdb::DB {
-        &self.store.inner.db
-    }
-
-    fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
-        let handle = engine::cf(&self.store.inner.db, cf);
-        self.batch.put_cf(handle, key, value);
-        self.maybe_write()
-    }
-
-    fn delete(&mut self, cf: Cf, key: Vec<u8>) -> Result<()> {
-        let handle = engine::cf(&self.store.inner.db, cf);
-        self.batch.delete_cf(handle, key);
-        self.maybe_write()
-    }
-
-    /// Writes the pending batch once it holds [`IMPORT_BATCH_BYTES_MAX`]. Batches are
-    /// written in record order, so a later change of a key lands after an earlier one.
-    fn maybe_write(&mut self) -> Result<()> {
-        if self.batch.size_in_bytes() >= IMPORT_BATCH_BYTES_MAX {
-            let batch = std::mem::take(&mut self.batch);
-            self.db().write_opt(batch, &engine::write_options())?;
-        }
-        Ok(())
-    }
-
     /// Feeds the next record. Records must come export by export, each complete from its
     /// header to its end, the full export first.
     pub fn push(&mut self, record: BackupRecord) -> Result<()> {
-        let body = record.body.ok_or_else(|| bad("record without a body"))?;
-        let Some(open) = &mut self.in_export else {
-            let BackupBody::Header(h) = body else { return Err(bad("an export does not start with its header")) };
-            return self.begin_export(h);
+        let (store, g) = (self.store, self.g);
+        self.planner.push(record, &mut |op| apply_offline(store, g, op))
+    }
+
+    /// Writes the leases, the auth store and the revisions, flushes, and returns the number
+    /// of keys live at the target.
+    pub fn finish(self) -> Result<u64> {
+        let GroupImport { store, g, planner } = self;
+        planner.finish(&mut |op| apply_offline(store, g, op))?;
+        // Durability: the import wrote without RocksDB's WAL and no log will replay it.
+        store.flush()?;
+        let count = RangeRequest {
+            key: Bytes::from_static(b"\0"),
+            range_end: Bytes::from_static(b"\0"),
+            count_only: true,
+            ..Default::default()
         };
-        open.records += 1;
-        let kind = open.header.backup_kind();
-        match body {
-            BackupBody::Header(_) => Err(bad("header inside an export")),
-            BackupBody::Key(k) if kind == BackupKind::Full => self.full_key(k),
-            BackupBody::Event(e) if kind == BackupKind::Delta => self.event(e),
-            BackupBody::Key(_) | BackupBody::Event(_) => Err(bad("a key in a delta or an event in a full export")),
-            BackupBody::Lease(l) => {
-                if let Some(l2) = self.leases_cur.last() {
-                    if l2.id >= l.id {
-                        return Err(bad("lease records out of order"));
-                    }
-                }
-                self.leases_cur.push(l);
-                Ok(())
-            }
-            BackupBody::Auth(a) => {
-                self.auth_cur = Some(a);
-                Ok(())
-            }
-            BackupBody::End(end) => {
-                let open = self.in_export.take().expect("an export is open");
-                if end.records_before != open.records - 1 {
-                    return Err(bad(format!(
-                        "export ({}, {}] ends after {} records, its end record says {}",
-                        open.header.from_revision,
-                        open.header.to_revision,
-                        open.records - 1,
-                        end.records_before
-                    )));
-                }
-                self.end_export(open.header)
-            }
-        }
+        Ok(store.range(g, &count)?.count as u64)
     }
-
-    fn begin_export(&mut self, h: BackupHeader) -> Result<()> {
-        if h.format_version != BACKUP_FORMAT_VERSION {
-            return Err(bad(format!("format version {} (this build reads {BACKUP_FORMAT_VERSION})", h.format_version)));
-        }
-        if self.reached_target {
-            return Err(bad("an export after the one that reaches the target revision"));
-        }
-        match (h.backup_kind(), self.chain_revision) {
-            (BackupKind::Full, None) => {
-                if h.to_revision > self.target {
-                    return Err(bad(format!(
-                        "the full export is at revision {}, after the target {}",
-                        h.to_revision, self.target
-                    )));
-                }
-                self.full_revision = h.to_revision;
-            }
-            (BackupKind::Delta, Some(at)) => {
-                if h.from_revision != at || h.to_revision < h.from_revision {
-                    return Err(bad(format!(
-                        "delta ({}, {}] does not continue the chain at revision {at}",
-                        h.from_revision, h.to_revision
-                    )));
-                }
-            }
-            (BackupKind::Full, Some(_)) => return Err(bad("a second full export in one chain")),
-            (_, None) => return Err(bad("the chain does not start with a full export")),
-            (kind, _) => return Err(bad(format!("unknown export kind {kind:?}"))),
-        }
-        if h.group == u64::MAX {
-            return Err(bad("group id out of range"));
-        }
-        self.leases_prev = std::mem::take(&mut self.leases_cur);
-        self.auth_cur = None;
-        self.in_export = Some(OpenExport { header: h, records: 1, last_event: None });
-        Ok(())
-    }
-
-    fn end_export(&mut self, h: BackupHeader) -> Result<()> {
-        let auth = self.auth_cur.take().ok_or_else(|| bad("an export without its auth record"))?;
-        self.chain_revision = Some(h.to_revision);
-        if h.to_revision <= self.target {
-            self.auth_at_or_before_target = Some(auth);
-        }
-        if h.to_revision >= self.target {
-            self.reached_target = true;
-        }
-        Ok(())
-    }
-
-    fn full_key(&mut self, k: KeyRecord) -> Result<()> {
-        let kv = k.kv.ok_or_else(|| bad("key record without a key"))?;
-        check_live(&kv)?;
-        if kv.mod_revision > self.full_revision || k.sub < 0 {
-            return Err(bad(format!(
-                "key {:?} at revision {} in a full export at {}",
-                kv.key, kv.mod_revision, self.full_revision
-            )));
-        }
-        let g = self.g;
-        let stored = kv.encode_stored();
-        self.history_bytes += kv.quota_bytes();
-        self.history_bytes_full += kv.quota_bytes();
-        self.put(Cf::History, kc::history_key(g, &kv.key, RevisionPair::new(kv.mod_revision, k.sub)), stored.clone())?;
-        self.put(Cf::Kv, kc::kv_key(g, &kv.key), stored)
-    }
-
-    fn event(&mut self, e: EventRecord) -> Result<()> {
-        let kv = e.kv.ok_or_else(|| bad("event record without a key"))?;
-        let open = self.in_export.as_mut().expect("an export is open");
-        if e.sub < 0 || kv.mod_revision <= open.header.from_revision || kv.mod_revision > open.header.to_revision {
-            return Err(bad(format!(
-                "event at ({}, {}) outside its delta ({}, {}]",
-                kv.mod_revision, e.sub, open.header.from_revision, open.header.to_revision
-            )));
-        }
-        let rev = RevisionPair::new(kv.mod_revision, e.sub);
-        if open.last_event.is_some_and(|last| last >= rev) {
-            return Err(bad(format!("event at {rev:?} out of order")));
-        }
-        open.last_event = Some(rev);
-        if rev.main > self.target {
-            return Ok(());
-        }
-        if kv.key.is_empty() {
-            return Err(bad("event of an empty key"));
-        }
-        let g = self.g;
-        let (kind, stored, bytes) = if e.delete {
-            (EventKind::Delete, Vec::new(), kv.key.len() as u64)
-        } else {
-            check_live(&kv)?;
-            (EventKind::Put, kv.encode_stored(), kv.quota_bytes())
-        };
-        let ev = StoredEvent { kind, history_bytes_before: self.history_bytes, key: kv.key.clone() };
-        self.history_bytes += bytes;
-        self.put(Cf::History, kc::history_key(g, &kv.key, rev), stored.clone())?;
-        self.put(Cf::Events, kc::event_key(g, rev), ev.encode())?;
-        if e.delete {
-            self.delete(Cf::Kv, kc::kv_key(g, &kv.key))
-        } else {
-            self.put(Cf::Kv, kc::kv_key(g, &kv.key), stored)
-        }
-    }
-
-    /// Writes what is left, the lease index and tables, the auth store and the group's
-    /// meta record (last), flushes, and opens the group at the target revision. Returns the
-    /// number of keys live at the target.
-    pub fn finish(mut self) -> Result<u64> {
-        if self.in_export.is_some() {
-            return Err(bad("the last export has no end record"));
-        }
-        let Some(chain_revision) = self.chain_revision else { return Err(bad("no full export")) };
-        if chain_revision < self.target {
-            return Err(bad(format!("the chain ends at revision {chain_revision}, before the target {}", self.target)));
-        }
-        let g = self.g;
-        let db_batch = std::mem::take(&mut self.batch);
-        self.db().write_opt(db_batch, &engine::write_options())?;
-        // The live keys at the target: kv bytes, and the lease → keys index, rebuilt from
-        // the kv CF rather than followed through every change.
-        let mut kv_bytes = 0u64;
-        let mut keys = 0u64;
-        let mut attached: Vec<(i64, Bytes)> = Vec::new();
-        {
-            let r = Reader::latest(self.db());
-            let mut c = r.cursor(Cf::Kv, &kc::group_end(g));
-            c.seek(&kc::group_prefix(g));
-            while let Some((k, v)) = c.next_entry()? {
-                let key = kc::kv_user_key(&k);
-                let kv = KeyValue::decode_stored(key, &v)?;
-                kv_bytes += kv.quota_bytes();
-                keys += 1;
-                if kv.lease != 0 {
-                    attached.push((kv.lease, kv.key.clone()));
-                }
-            }
-        }
-        let mut leases: std::collections::BTreeMap<i64, Lease> =
-            self.leases_cur.iter().map(|l| (l.id, l.clone())).collect();
-        let at_export_end = chain_revision == self.target;
-        for (id, key) in attached {
-            if let std::collections::btree_map::Entry::Vacant(slot) = leases.entry(id) {
-                // A key live at the target inside a delta names a lease the delta's end no
-                // longer has: take it from the previous table, or recreate it.
-                let known = self.leases_prev.iter().find(|l| l.id == id).cloned();
-                if at_export_end && known.is_none() {
-                    return Err(bad(format!("key {key:?} is attached to lease {id}, which the export does not hold")));
-                }
-                slot.insert(known.unwrap_or(Lease { id, ttl: IMPORT_UNKNOWN_LEASE_TTL_SECS, remaining_ttl: 0 }));
-            }
-            self.put(Cf::Lease, kc::lease_key_entry(g, id, &key), Vec::new())?;
-        }
-        for lease in leases.values() {
-            self.put(Cf::Lease, kc::lease_record_key(g, lease.id), lease.encode_to_vec())?;
-        }
-        let auth = self.auth_at_or_before_target.take().unwrap_or_else(crate::auth::initial);
-        self.put(Cf::Meta, kc::meta_auth_key(g), auth.encode_to_vec())?;
-        // Nothing before the full export is in the backup: the group is compacted at it
-        // (revision 1 is the empty group, which has nothing to compact).
-        let compact_revision = if self.full_revision > 1 { self.full_revision } else { -1 };
-        let meta = ApplyMeta {
-            applied_index: 0,
-            current_revision: self.target,
-            compact_revision,
-            kv_bytes,
-            history_bytes_written: self.history_bytes,
-            history_bytes_compacted: self.history_bytes_full,
-            alarms: Vec::new(),
-            auth: std::sync::Arc::new(auth),
-            // A tenant's quota follows its registry record (the reconciler sets it).
-            quota_bytes: 0,
-        };
-        if compact_revision > 0 {
-            self.put(Cf::Meta, kc::meta_compact_key(g), (compact_revision as u64).to_be_bytes().to_vec())?;
-        }
-        // The meta record last: until it is written, the group does not exist on reopen.
-        self.put(Cf::Meta, kc::meta_apply_key(g), meta.encode())?;
-        let batch = std::mem::take(&mut self.batch);
-        self.store.publish_imported(g, batch, meta)?;
-        Ok(keys)
-    }
-}
-
-fn check_live(kv: &KeyValue) -> Result<()> {
-    if kv.key.is_empty() || kv.version < 1 || kv.create_revision < 1 || kv.create_revision > kv.mod_revision {
-        return Err(bad(format!("key record violates invariants: {kv:?}")));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ pub struct Command {
     /// The proposer's waiter key. The store ignores it.
     #[prost(uint64, tag = "1")]
     pub request_id: u64,
-    #[prost(oneof = "CommandBody", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
+    #[prost(oneof = "CommandBody", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14")]
     pub body: Option<CommandBody>,
 }
 
@@ -65,6 +65,26 @@ pub enum CommandBody {
     /// on them (a tenant's quota): replicated through the group's own log.
     #[prost(message, tag = "12")]
     GroupSettings(GroupSettings),
+    /// Records that the group's backups reach `revision`, so that every replica knows it
+    /// (a new leader continues the chain, and members that hold history for backups keep
+    /// what the next delta needs). Moves forward only; an older mark is a no-op.
+    #[prost(message, tag = "13")]
+    BackupMark(BackupMark),
+    /// One step of an import into the group (see `import`): its data replaced by a backup,
+    /// or filled from another etcd, through its own log.
+    #[prost(message, tag = "14")]
+    Import(crate::import::ImportStep),
+}
+
+/// The payload of [`CommandBody::BackupMark`].
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct BackupMark {
+    /// The revision the group's newest backup ends at.
+    #[prost(int64, tag = "1")]
+    pub revision: i64,
+    /// When that backup was taken, in ms since the Unix epoch.
+    #[prost(uint64, tag = "2")]
+    pub time_unix_ms: u64,
 }
 
 /// The payload of [`CommandBody::GroupSettings`].
@@ -401,6 +421,10 @@ pub fn validate(cmd: &Command, cfg: &StoreConfig) -> Result<()> {
         Some(CommandBody::LeaseRevoke(_))
         | Some(CommandBody::LeaseCheckpoint(_))
         | Some(CommandBody::GroupSettings(_)) => Ok(()),
+        Some(CommandBody::BackupMark(m)) if m.revision < 1 => {
+            Err(Error::InvalidCommand(format!("backup mark at revision {}", m.revision)))
+        }
+        Some(CommandBody::BackupMark(_)) => Ok(()),
         Some(CommandBody::Auth(a)) => match &a.command {
             None => Err(Error::InvalidCommand("auth command without body".into())),
             Some(_) => Ok(()),
@@ -409,6 +433,7 @@ pub fn validate(cmd: &Command, cfg: &StoreConfig) -> Result<()> {
             Some(inner) if !matches!(inner.body, Some(CommandBody::Checked(_))) => validate(inner, cfg),
             _ => Err(Error::InvalidCommand("checked command without a plain command".into())),
         },
+        Some(CommandBody::Import(step)) => crate::import::validate(step),
         Some(CommandBody::Alarm(a)) => {
             let action = AlarmAction::try_from(a.action);
             if !matches!(action, Ok(AlarmAction::Activate | AlarmAction::Deactivate)) {

@@ -38,6 +38,10 @@ pub struct StoreConfig {
     /// failing the first read (or apply) that reaches the damaged block later. Costs one
     /// sequential read of the store per start. Default: true.
     pub verify_checksums_at_open: bool,
+    /// Backups are taken from this store: the background purge of a compaction stops at
+    /// each group's backup mark, so the next delta finds every change after it. Default:
+    /// false.
+    pub hold_history_for_backups: bool,
 }
 
 impl Default for StoreConfig {
@@ -54,6 +58,7 @@ impl Default for StoreConfig {
             max_txn_ops: 128,
             max_request_bytes: 3 << 19,
             verify_checksums_at_open: true,
+            hold_history_for_backups: false,
         }
     }
 }

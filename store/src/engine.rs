@@ -23,7 +23,8 @@ use rocksdb::{
 
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
-use crate::key_codec::Cf;
+use crate::key_codec::{self as kc, Cf};
+use crate::revision::GroupId;
 
 /// A RocksDB snapshot of the node's DB.
 pub(crate) type Snapshot<'a> = SnapshotWithThreadMode<'a, DB>;
@@ -110,6 +111,10 @@ pub(crate) struct WriteSet {
     /// Writes since the save point, oldest first. `None` before any save point (read-only
     /// evaluation never sets one).
     undo: Option<Vec<Undo>>,
+    /// A group whose data column families (kv, history, events, lease) this batch wipes
+    /// before its other writes (an import's begin), and the value it had at the save point.
+    wipe: Option<GroupId>,
+    wipe_at_save_point: Option<GroupId>,
 }
 
 /// One write since the save point: column family index, key, and the entry the write
@@ -140,6 +145,7 @@ impl WriteSet {
     /// Marks the current state as the one [`WriteSet::rollback_to_save_point`] returns to,
     /// replacing the previous save point.
     pub fn set_save_point(&mut self) {
+        self.wipe_at_save_point = self.wipe;
         match &mut self.undo {
             Some(undo) => undo.clear(),
             None => self.undo = Some(Vec::new()),
@@ -150,6 +156,7 @@ impl WriteSet {
     /// entry it had then. The save point stays set (at the same state).
     pub fn rollback_to_save_point(&mut self) {
         let undo = self.undo.as_mut().expect("rollback_to_save_point called without a save point");
+        self.wipe = self.wipe_at_save_point;
         while let Some((cf, key, replaced)) = undo.pop() {
             match replaced {
                 Some(entry) => self.maps[cf].insert(key, entry),
@@ -158,8 +165,39 @@ impl WriteSet {
         }
     }
 
+    /// Wipes group `g`'s data column families (kv, history, events, lease): the writes of
+    /// this set to them so far are dropped, and the batch deletes the group's ranges before
+    /// any other write. Nothing may read through this set afterwards (an overlay cannot
+    /// hide the wiped RocksDB entries): the apply loop writes the batch right after the
+    /// command that wiped.
+    pub fn wipe_group(&mut self, g: GroupId) {
+        let (from, to) = (kc::group_prefix(g).to_vec(), kc::group_end(g));
+        for c in Cf::DATA {
+            let map = &mut self.maps[c.index()];
+            let doomed: Vec<Vec<u8>> = map.range(from.clone()..to.clone()).map(|(k, _)| k.clone()).collect();
+            for key in doomed {
+                let entry = map.remove(&key);
+                if let Some(undo) = &mut self.undo {
+                    undo.push((c.index(), key, entry));
+                }
+            }
+        }
+        self.wipe = Some(g);
+    }
+
+    /// Whether this set wipes a group (see [`WriteSet::wipe_group`]).
+    pub fn wipes(&self) -> bool {
+        self.wipe.is_some()
+    }
+
     pub fn into_batch(self, db: &DB) -> WriteBatch {
         let mut batch = WriteBatch::default();
+        // Ordering: the wipe first, so the writes after it in this batch survive it.
+        if let Some(g) = self.wipe {
+            for c in Cf::DATA {
+                batch.delete_range_cf(cf(db, c), kc::group_prefix(g).to_vec(), kc::group_end(g));
+            }
+        }
         // The undo log is dropped: what is in the maps is what the batch commits.
         for (i, map) in self.maps.into_iter().enumerate() {
             let handle = cf(db, Cf::ALL[i]);
@@ -174,6 +212,9 @@ impl WriteSet {
     }
 }
 
+/// Read-ahead of a bulk scan's iterators.
+const BULK_READAHEAD_BYTES: usize = 2 << 20;
+
 /// Reads one consistent view: RocksDB (at a snapshot, or latest), optionally overlaid with
 /// the pending writes of the current apply batch.
 #[derive(Clone, Copy)]
@@ -181,35 +222,48 @@ pub(crate) struct Reader<'a> {
     db: &'a DB,
     snapshot: Option<&'a Snapshot<'a>>,
     overlay: Option<&'a WriteSet>,
+    /// A bulk scan (a backup export): its blocks bypass the block cache, so it does not
+    /// evict what the request path reads, and it reads ahead.
+    bulk: bool,
 }
 
 impl<'a> Reader<'a> {
     /// Reads at a RocksDB snapshot (external reads).
     pub fn at_snapshot(db: &'a DB, snapshot: &'a Snapshot<'a>) -> Reader<'a> {
-        Reader { db, snapshot: Some(snapshot), overlay: None }
+        Reader { db, snapshot: Some(snapshot), overlay: None, bulk: false }
+    }
+
+    /// Reads at a RocksDB snapshot for a bulk scan (see `bulk`).
+    pub fn bulk_at_snapshot(db: &'a DB, snapshot: &'a Snapshot<'a>) -> Reader<'a> {
+        Reader { db, snapshot: Some(snapshot), overlay: None, bulk: true }
     }
 
     /// Reads the latest DB state plus pending writes (the apply path, which is the only
     /// writer of kv/lease/meta for its group).
     pub fn with_overlay(db: &'a DB, overlay: &'a WriteSet) -> Reader<'a> {
-        Reader { db, snapshot: None, overlay: Some(overlay) }
+        assert!(overlay.wipe.is_none(), "a read through a batch that wipes a group (it must be written first)");
+        Reader { db, snapshot: None, overlay: Some(overlay), bulk: false }
     }
 
     /// Reads at a RocksDB snapshot plus pending writes (a read-only txn evaluated outside
     /// the apply path, whose overlay stays empty).
     pub fn at_snapshot_with_overlay(db: &'a DB, snapshot: &'a Snapshot<'a>, overlay: &'a WriteSet) -> Reader<'a> {
-        Reader { db, snapshot: Some(snapshot), overlay: Some(overlay) }
+        Reader { db, snapshot: Some(snapshot), overlay: Some(overlay), bulk: false }
     }
 
     /// Reads the latest DB state (background jobs whose data nobody else writes).
     pub fn latest(db: &'a DB) -> Reader<'a> {
-        Reader { db, snapshot: None, overlay: None }
+        Reader { db, snapshot: None, overlay: None, bulk: false }
     }
 
     fn read_options(&self) -> ReadOptions {
         let mut ro = ReadOptions::default();
         if let Some(s) = self.snapshot {
             ro.set_snapshot(s);
+        }
+        if self.bulk {
+            ro.fill_cache(false);
+            ro.set_readahead_size(BULK_READAHEAD_BYTES);
         }
         ro
     }

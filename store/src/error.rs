@@ -57,6 +57,10 @@ pub enum Error {
     /// The encoded command exceeds `max_request_bytes`.
     #[error("request is too large")]
     RequestTooLarge,
+    /// The group is being imported: only import steps, alarms and group settings apply,
+    /// and exports are refused (see `import`).
+    #[error("the group is being imported")]
+    Importing,
     /// The group is over its quota; only deletes, compaction and revokes are accepted.
     #[error("mvcc: database space exceeded")]
     NoSpace,

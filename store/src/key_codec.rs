@@ -33,6 +33,9 @@ pub enum Cf {
 impl Cf {
     /// Every column family, in snapshot order.
     pub const ALL: [Cf; 5] = [Cf::Kv, Cf::History, Cf::Events, Cf::Meta, Cf::Lease];
+    /// The column families of a group's data (everything but its meta records): what an
+    /// import's begin wipes.
+    pub const DATA: [Cf; 4] = [Cf::Kv, Cf::History, Cf::Events, Cf::Lease];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -59,6 +62,9 @@ const META_APPLY: u8 = b'a';
 const META_COMPACT: u8 = b'c';
 const META_AUTH: u8 = b'u';
 const META_SETTINGS: u8 = b's';
+const META_BACKUP: u8 = b'b';
+const META_IMPORT: u8 = b'i';
+const LEASE_FALLBACK: u8 = b'f';
 const LEASE_RECORD: u8 = b'l';
 const LEASE_KEY: u8 = b'k';
 
@@ -261,6 +267,21 @@ pub fn meta_settings_key(g: GroupId) -> Vec<u8> {
     out
 }
 
+/// The group's backup mark (the revision and time of its last backup), written by a
+/// `BackupMark` command.
+pub fn meta_backup_key(g: GroupId) -> Vec<u8> {
+    let mut out = with_group(g, 1);
+    out.push(META_BACKUP);
+    out
+}
+
+/// The group's import state while an import is in progress (see `import`).
+pub fn meta_import_key(g: GroupId) -> Vec<u8> {
+    let mut out = with_group(g, 1);
+    out.push(META_IMPORT);
+    out
+}
+
 pub fn is_meta_apply_key(stored: &[u8]) -> bool {
     stored.len() == GROUP_PREFIX_LEN + 1 && stored[GROUP_PREFIX_LEN] == META_APPLY
 }
@@ -285,6 +306,38 @@ pub fn lease_record_range(g: GroupId) -> (Vec<u8>, Vec<u8>) {
     let mut end = with_group(g, 1);
     end.push(LEASE_RECORD + 1);
     (start, end)
+}
+
+/// A lease an import keeps aside for keys that name it (see `import`), until it finishes.
+pub fn lease_fallback_key(g: GroupId, id: i64) -> Vec<u8> {
+    let mut out = with_group(g, 9);
+    out.push(LEASE_FALLBACK);
+    out.extend_from_slice(&lease_id_bytes(id));
+    out
+}
+
+/// `[start, end)` of every fallback lease of `g`.
+pub fn lease_fallback_range(g: GroupId) -> (Vec<u8>, Vec<u8>) {
+    let mut start = with_group(g, 1);
+    start.push(LEASE_FALLBACK);
+    let mut end = with_group(g, 1);
+    end.push(LEASE_FALLBACK + 1);
+    (start, end)
+}
+
+/// `[start, end)` of every attached-key entry of `g`.
+pub fn lease_keys_range(g: GroupId) -> (Vec<u8>, Vec<u8>) {
+    let mut start = with_group(g, 1);
+    start.push(LEASE_KEY);
+    let mut end = with_group(g, 1);
+    end.push(LEASE_KEY + 1);
+    (start, end)
+}
+
+/// The lease id of an attached-key entry (`g | 'k' | id | key`).
+pub fn lease_key_entry_id(stored: &[u8]) -> Option<i64> {
+    let id = stored.get(GROUP_PREFIX_LEN + 1..GROUP_PREFIX_LEN + 9)?;
+    Some((u64::from_be_bytes(id.try_into().ok()?) ^ (1 << 63)) as i64)
 }
 
 pub fn lease_key_entry(g: GroupId, id: i64, key: &[u8]) -> Vec<u8> {

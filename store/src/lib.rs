@@ -40,6 +40,14 @@
 //!   a group exported whole at its revision or as the changes of a revision range, and
 //!   rebuilt from a full export and a chain of deltas at any revision they cover, with
 //!   every key's revisions kept (see `backup`).
+//! - **Imports through the log** ([`CommandBody::Import`], see `import`): a live group's
+//!   data replaced (a backup restored, another etcd migrated) by bounded, self-contained
+//!   steps every replica applies alike; the state between them is replicated (meta key
+//!   `g | 'i'`), so restarts, replays and snapshots resume an import exactly. A begin wipes
+//!   the group in a batch of its own and cancels its watchers as compacted; until the finish
+//!   every other command of the group fails with `Importing`. Revisions never go backwards
+//!   (an import into a group that had data ends above its old revision, compacted there).
+//!   The offline restore runs the same planner ([`ImportPlanner`]) and apply code.
 //! - **Atomic batches**: one `apply` call is one RocksDB `WriteBatch`, applied index
 //!   included. Reads use a RocksDB snapshot taken together with the matching revision.
 //! - **Durability by replay**: RocksDB's WAL is off; the Raft log is the WAL. After a crash
@@ -68,7 +76,8 @@
 //!  events    │ g | main sub                     → kind | history bytes | key            │ watch catch-up
 //!  meta      │ g | 'a' → applied index, revisions, quota, alarms; g | 'c' → purged rev │
 //!            │ g | 'u' → auth store (users, roles, permissions, flag, auth revision)    │
-//!  lease     │ g | 'l' | id → Lease;  g | 'k' | id | key → ()                           │ lease → keys
+//!            │ g | 's' → quota setting;  g | 'i' → import in progress                   │
+//!  lease     │ g | 'l' | id → Lease;  g | 'k' | id | key → ();  g | 'f' | id → Lease    │ lease → keys
 //!            └─────────────────────────────────────────────────────────────────────────┘
 //! ```
 //!
@@ -103,6 +112,9 @@
 //!   not with etcd.
 //! - The check at open reads the whole store once per start (seconds per GiB); nothing
 //!   checks files again while the store runs, short of the reads that reach them.
+//! - An import's begin wipes the group with range deletions in one batch, and its finish
+//!   scans the lease index once (a seek per lease); an import that never finishes leaves
+//!   its group refusing commands until another import into it finishes (no abort).
 
 pub mod auth;
 mod backup;
@@ -112,6 +124,8 @@ mod config;
 mod engine;
 mod error;
 mod go_sort;
+mod import;
+mod import_plan;
 mod key_codec;
 mod kv;
 mod lease;
@@ -128,17 +142,22 @@ mod txn;
 mod watch;
 
 pub use backup::{
-    BackupBody, BackupEnd, BackupHeader, BackupKind, BackupRecord, EventRecord, GroupImport, KeyRecord,
-    BACKUP_FORMAT_VERSION, IMPORT_BATCH_BYTES_MAX, IMPORT_UNKNOWN_LEASE_TTL_SECS,
+    BackupBody, BackupEnd, BackupHeader, BackupKind, BackupRecord, EventRecord, GroupImport, KeyRecord, PinnedExport,
+    BACKUP_FORMAT_VERSION, IMPORT_UNKNOWN_LEASE_TTL_SECS,
 };
 pub use command::{
-    check_range, validate, AlarmAction, AlarmRequest, AlarmType, CheckedCommand, Command, CommandBody, CompactRequest,
-    Compare, CompareResult, CompareTarget, DeleteRangeRequest, GroupSettings, LeaseCheckpointRequest,
+    check_range, validate, AlarmAction, AlarmRequest, AlarmType, BackupMark, CheckedCommand, Command, CommandBody,
+    CompactRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest, GroupSettings, LeaseCheckpointRequest,
     LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, Request, RequestOp, SortOrder, SortTarget,
     TargetUnion, TxnRequest,
 };
 pub use config::StoreConfig;
 pub use error::{Error, Result};
+pub use import::{
+    ImportBegin, ImportEvents, ImportFinish, ImportKeys, ImportLeases, ImportOp, ImportResponse, ImportState,
+    ImportStep, IMPORT_STEP_BYTES_MAX,
+};
+pub use import_plan::{ImportPlanner, OpSink};
 pub use kv::{Event, EventKind, KeyValue};
 pub use lease::{Lease, MAX_LEASE_TTL_SECS};
 pub use meta::{Alarm, ALARMS_MAX};

@@ -73,6 +73,18 @@ pub(crate) struct ApplyMeta {
     /// The group's quota in bytes, 0 for the store's default. Like `auth`, persisted under
     /// its own meta key (`g | 's'`) by the command that sets it and loaded with the record.
     pub quota_bytes: u64,
+    /// The group's backup mark (`BackupMark` command): the revision its newest backup ends
+    /// at (0 = none) and when it was taken. Like `quota_bytes`, persisted under its own meta
+    /// key (`g | 'b'`) by the command that moves it and loaded with the record.
+    pub backup_revision: Revision,
+    pub backup_time_unix_ms: u64,
+    /// The revision the group's last import finished at (0: never imported): a backup
+    /// chain cannot continue across an import (a delta does not describe its wipe), so no
+    /// delta starts before it. Persisted in the backup mark record.
+    pub backup_chain_break: Revision,
+    /// The import in progress, if any. Like `auth`, persisted under its own meta key
+    /// (`g | 'i'`) by the import steps and loaded with the record (see `import`).
+    pub import: Option<Arc<crate::import::ImportState>>,
 }
 
 impl Default for ApplyMeta {
@@ -87,8 +99,34 @@ impl Default for ApplyMeta {
             alarms: Vec::new(),
             auth: Arc::new(crate::auth::initial()),
             quota_bytes: 0,
+            backup_revision: 0,
+            backup_time_unix_ms: 0,
+            backup_chain_break: 0,
+            import: None,
         }
     }
+}
+
+/// The value of the backup mark key (`g | 'b'`) of `meta`: revision | time in ms | chain
+/// break revision, each 8 bytes big-endian.
+pub(crate) fn encode_backup_mark(meta: &ApplyMeta) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24);
+    out.extend_from_slice(&(meta.backup_revision as u64).to_be_bytes());
+    out.extend_from_slice(&meta.backup_time_unix_ms.to_be_bytes());
+    out.extend_from_slice(&(meta.backup_chain_break as u64).to_be_bytes());
+    out
+}
+
+/// Reads a backup mark value into `meta`.
+pub(crate) fn load_backup_mark(meta: &mut ApplyMeta, value: &[u8]) -> Result<()> {
+    if value.len() != 24 {
+        return Err(Error::Corruption(format!("backup mark of {} bytes", value.len())));
+    }
+    let field = |i: usize| u64::from_be_bytes(value[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+    meta.backup_revision = field(0) as Revision;
+    meta.backup_time_unix_ms = field(1);
+    meta.backup_chain_break = field(2) as Revision;
+    Ok(())
 }
 
 impl ApplyMeta {
@@ -181,6 +219,10 @@ impl ApplyMeta {
             alarms: Vec::new(),
             auth: Arc::new(crate::auth::initial()),
             quota_bytes: 0,
+            backup_revision: 0,
+            backup_time_unix_ms: 0,
+            backup_chain_break: 0,
+            import: None,
         };
         if bytes[0] == META_VERSION {
             let count = u16::from_be_bytes(body[fixed..fixed + ALARM_COUNT_LEN].try_into().expect("2 bytes")) as usize;

@@ -87,4 +87,6 @@ pub enum CommandResponse {
     Alarm(Vec<crate::meta::Alarm>),
     /// An auth command applied (see [`crate::auth::AuthResponse`]).
     Auth(crate::auth::AuthResponse),
+    /// An import step applied (see `import`).
+    Import(crate::import::ImportResponse),
 }

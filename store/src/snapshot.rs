@@ -238,6 +238,8 @@ pub(crate) fn build_install_batch(db: &DB, g: GroupId, chunks: impl Iterator<Ite
     let mut compact_finished: Revision = -1;
     let mut auth = None;
     let mut quota_bytes = 0;
+    let mut backup_mark = None;
+    let mut import = None;
     for (expected_seq, chunk) in chunks.enumerate() {
         let expected_seq = u32::try_from(expected_seq).map_err(|_| corrupt("too many chunks"))?;
         if saw_last {
@@ -281,6 +283,10 @@ pub(crate) fn build_install_batch(db: &DB, g: GroupId, chunks: impl Iterator<Ite
                     auth = Some(crate::auth::AuthState::decode_stored(&value)?);
                 } else if full_key == kc::meta_settings_key(g) {
                     quota_bytes = engine::be_u64(&value, "group quota")?;
+                } else if full_key == kc::meta_backup_key(g) {
+                    backup_mark = Some(value.to_vec());
+                } else if full_key == kc::meta_import_key(g) {
+                    import = Some(std::sync::Arc::new(crate::import::ImportState::decode_stored(&value)?));
                 }
             }
             batch.put_cf(engine::cf(db, cf), full_key, value);
@@ -297,5 +303,9 @@ pub(crate) fn build_install_batch(db: &DB, g: GroupId, chunks: impl Iterator<Ite
     // The auth store travels as its own meta key; a snapshot without one has none.
     meta.auth = std::sync::Arc::new(auth.unwrap_or_else(crate::auth::initial));
     meta.quota_bytes = quota_bytes;
+    if let Some(mark) = backup_mark {
+        crate::meta::load_backup_mark(&mut meta, &mark)?;
+    }
+    meta.import = import;
     Ok(Installed { batch, meta, compact_finished })
 }

@@ -61,10 +61,10 @@ pub(crate) struct GroupState {
     /// a reader's revision always matches its snapshot.
     pub committed: RwLock<ApplyMeta>,
     /// Finished compact revision (-1 = none); waiters use `compact_cond`.
-    compact_finished: Mutex<Revision>,
+    pub(crate) compact_finished: Mutex<Revision>,
     compact_cond: Condvar,
     /// Held by a running purge and by `install_snapshot`.
-    purge_lock: Mutex<()>,
+    pub(crate) purge_lock: Mutex<()>,
     pub hub: Arc<Hub>,
     /// The simple tokens this member applied (not replicated state; see `auth`).
     tokens: Mutex<TokenTable>,
@@ -143,7 +143,16 @@ impl Inner {
             for gs in self.all_groups() {
                 // The hub's compact revision is published after the batch that scheduled it
                 // was written; the watch sync thread relies on purges lagging it.
-                let target = gs.hub.compact_revision();
+                let mut target = gs.hub.compact_revision();
+                // Ordering: with backups on, history after the group's backup mark stays until
+                // a backup has taken it (the next delta starts at the mark). Reads below the
+                // scheduled compact revision already fail; only the purge waits.
+                if self.cfg.hold_history_for_backups {
+                    let mark = gs.committed.read().backup_revision;
+                    if mark > 0 {
+                        target = target.min(mark);
+                    }
+                }
                 if target < 1 || target <= *gs.compact_finished.lock() {
                     continue;
                 }
@@ -213,6 +222,12 @@ impl Store {
                     if let Some(settings) = r.get(Cf::Meta, &kc::meta_settings_key(g))? {
                         meta.quota_bytes = engine::be_u64(&settings, "group quota")?;
                     }
+                    if let Some(mark) = r.get(Cf::Meta, &kc::meta_backup_key(g))? {
+                        crate::meta::load_backup_mark(&mut meta, &mark)?;
+                    }
+                    if let Some(state) = r.get(Cf::Meta, &kc::meta_import_key(g))? {
+                        meta.import = Some(Arc::new(crate::import::ImportState::decode_stored(&state)?));
+                    }
                     loaded.push((g, meta));
                 }
             }
@@ -227,7 +242,11 @@ impl Store {
         });
         for (g, meta) in loaded {
             let finished = compact::finished_revision(&Reader::latest(&inner.db), g)?;
+            let importing = meta.import.is_some();
             let gs = inner.new_group_state(g, meta, finished);
+            if importing {
+                gs.hub.import_edge(true, 1);
+            }
             inner.groups.write().insert(g, Arc::new(gs));
         }
         let spawn = |name: &str, f: fn(&Inner)| {
@@ -257,6 +276,18 @@ impl Store {
     /// etcd's current revision (1 for an empty group).
     pub fn current_revision(&self, g: GroupId) -> Revision {
         self.inner.group(g).committed.read().current_revision
+    }
+
+    /// The import in progress in group `g`, if any (see `import`): while there is one, the
+    /// group refuses every command but import steps, and its data is incomplete.
+    pub fn import_state(&self, g: GroupId) -> Option<crate::import::ImportState> {
+        self.inner.group(g).committed.read().import.as_deref().cloned()
+    }
+
+    /// Whether group `g` may take an import that keeps its source's revisions: it never held
+    /// data, or it is being imported into from that state (see `import`).
+    pub fn is_empty_for_import(&self, g: GroupId) -> bool {
+        crate::import::is_empty_for_import(&self.inner.group(g).committed.read())
     }
 
     /// The scheduled compact revision (0 if never compacted).
@@ -295,7 +326,9 @@ impl Store {
     /// Indexes must increase; an index at or below the applied index is skipped with
     /// `Error::AlreadyApplied` (idempotent replay). Returns one result per entry;
     /// deterministic errors are per-entry results. A top-level `Err` (I/O, corruption)
-    /// means nothing of the batch was applied and the node must stop.
+    /// means the node must stop: nothing of the batch was applied, or (when an import's
+    /// begin ended an earlier part of it, see `apply_with`) only whole parts up to one, each
+    /// written with its applied index, so a restart replays exactly the rest.
     pub fn apply(&self, g: GroupId, entries: &[(u64, &[u8])]) -> Result<Vec<Result<CommandResponse>>> {
         self.apply_with(g, entries, apply_command)
     }
@@ -311,9 +344,11 @@ impl Store {
         let inner = &*self.inner;
         let gs = inner.group(g);
         let _applying = gs.apply_lock.lock();
-        let before = gs.committed.read().clone();
+        let mut before = gs.committed.read().clone();
         let mut w = BatchWriter::new(&inner.db, g, &inner.cfg, before.clone());
         let mut results = Vec::with_capacity(entries.len());
+        // The results of the entries in `w` start here, and whether one of them applied.
+        let mut segment_start = 0;
         let mut applied_any = false;
         for &(index, data) in entries {
             if index <= w.meta.applied_index {
@@ -337,26 +372,61 @@ impl Store {
                 Ok(r) => {
                     assert!(
                         w.meta.current_revision >= save_point.meta.current_revision,
-                        "group {} entry {index}: current revision went backwards",
+                        "group {}: entry {index}: current revision went backwards",
                         g.0
                     );
                     results.push(Ok(r));
                 }
             }
             w.meta.applied_index = index;
+            if w.ws.wipes() {
+                // Ordering: a command that wiped the group (an import's begin) ends the
+                // batch. Later commands read RocksDB through the overlay, which cannot hide
+                // the wiped entries, so the wipe must be written before they run.
+                let meta = self.commit(&gs, w, &before, &results[segment_start..], false)?;
+                before = meta.clone();
+                w = BatchWriter::new(&inner.db, g, &inner.cfg, meta);
+                segment_start = results.len();
+                applied_any = false;
+            }
         }
-        if !applied_any {
-            return Ok(results);
+        if applied_any {
+            self.commit(&gs, w, &before, &results[segment_start..], false)?;
         }
+        Ok(results)
+    }
+
+    /// Writes the batch of `w` (whose commands answered `results`) over the committed state
+    /// `before`, then publishes its effects: tokens, watch events, import cancels. `offline`:
+    /// an import applied without a log index (the applied index stays). Returns the new
+    /// committed metadata.
+    fn commit(
+        &self,
+        gs: &GroupState,
+        mut w: BatchWriter<'_>,
+        before: &ApplyMeta,
+        results: &[Result<CommandResponse>],
+        offline: bool,
+    ) -> Result<ApplyMeta> {
+        let inner = &*self.inner;
+        let g = gs.id;
         w.ws.put(Cf::Meta, kc::meta_apply_key(g), w.meta.encode());
         let BatchWriter { ws, meta, events, .. } = w;
-        assert!(
-            meta.applied_index > before.applied_index,
-            "group {}: applied index went from {} to {}",
-            g.0,
-            before.applied_index,
-            meta.applied_index
-        );
+        if offline {
+            assert_eq!(
+                meta.applied_index, before.applied_index,
+                "group {}: an offline import moved the applied index",
+                g.0
+            );
+        } else {
+            assert!(
+                meta.applied_index > before.applied_index,
+                "group {}: applied index went from {} to {}",
+                g.0,
+                before.applied_index,
+                meta.applied_index
+            );
+        }
         assert!(meta.current_revision >= before.current_revision, "current revision went backwards");
         assert!(meta.compact_revision >= before.compact_revision, "compact revision went backwards");
         let batch = ws.into_batch(&inner.db);
@@ -373,7 +443,8 @@ impl Store {
                 _ => None,
             })
             .collect();
-        if !token_effects.is_empty() {
+        let import_edges = results.iter().any(|r| matches!(r, Ok(CommandResponse::Import(i)) if i.began || i.finished));
+        if !token_effects.is_empty() || import_edges {
             let mut tokens = gs.tokens.lock();
             for effect in token_effects {
                 match effect {
@@ -385,14 +456,40 @@ impl Store {
                     _ => {}
                 }
             }
+            if import_edges {
+                // An import replaces the auth store at its finish: no token of before lives on.
+                tokens.clear();
+            }
         }
         // Events are published only once the batch is in RocksDB, so catch-up reads and
         // live feeds agree.
         gs.hub.publish(&events, meta.current_revision, meta.compact_revision);
-        if meta.compact_revision > before.compact_revision {
+        if import_edges {
+            // The group's data was wiped or replaced: every watcher relists, told so as a
+            // compaction (a watcher resumed from any revision it saw is refused).
+            gs.hub.import_edge(meta.import.is_some(), meta.current_revision.max(1));
+        }
+        // A moved backup mark may release history that the compactor held back.
+        if meta.compact_revision > before.compact_revision || meta.backup_revision > before.backup_revision {
             inner.compactor_signal.notify();
         }
-        Ok(results)
+        Ok(meta)
+    }
+
+    /// Applies one import step to group `g` outside any log (an offline restore into an
+    /// empty group; see `backup`): the same apply as through the log, without an index.
+    pub(crate) fn apply_import_offline(&self, g: GroupId, step: crate::import::ImportStep) -> Result<CommandResponse> {
+        let inner = &*self.inner;
+        let gs = inner.group(g);
+        let _applying = gs.apply_lock.lock();
+        let before = gs.committed.read().clone();
+        crate::import::validate(&step)?;
+        let mut w = BatchWriter::new(&inner.db, g, &inner.cfg, before.clone());
+        w.begin();
+        let response = crate::import::apply(&mut w, step)?;
+        let r = [Ok(response.clone())];
+        self.commit(&gs, w, &before, &r, true)?;
+        Ok(response)
     }
 
     /// Reads at a consistent point (a RocksDB snapshot matching the group's revision).
@@ -400,6 +497,11 @@ impl Store {
         command::check_range(req)?;
         let inner = &*self.inner;
         let (snapshot, meta) = inner.pinned(g);
+        // Checked on the state read, not before: a read that waited for a read barrier may
+        // find an import begun meanwhile.
+        if meta.import.is_some() {
+            return Err(Error::Importing);
+        }
         let r = Reader::at_snapshot(&inner.db, &snapshot);
         range::range(&r, g, req, meta.current_revision, meta.compact_revision, meta.current_revision)
     }
@@ -415,6 +517,9 @@ impl Store {
         }
         let inner = &*self.inner;
         let (snapshot, meta) = inner.pinned(g);
+        if meta.import.is_some() {
+            return Err(Error::Importing);
+        }
         let mut w = BatchWriter::at_snapshot(&inner.db, &snapshot, g, &inner.cfg, meta);
         txn::read_only_txn(&mut w, t)
     }
@@ -441,6 +546,9 @@ impl Store {
     pub fn hash_kv(&self, g: GroupId, rev: Revision) -> Result<(u32, Revision, Revision)> {
         let inner = &*self.inner;
         let (snapshot, meta) = inner.pinned(g);
+        if meta.import.is_some() {
+            return Err(Error::Importing);
+        }
         let current = meta.current_revision;
         if rev > current {
             return Err(Error::FutureRevision { requested: rev, current });
@@ -564,6 +672,12 @@ impl Store {
         // dropped (their clients authenticate again), none outlives what it stood for.
         gs.tokens.lock().clear();
         gs.hub.reset(installed.meta.current_revision, installed.meta.compact_revision);
+        if installed.meta.import.is_some() {
+            // The snapshot holds an import in progress: nothing of it may be watched.
+            gs.hub.import_edge(true, installed.meta.current_revision.max(1));
+        } else {
+            gs.hub.set_not_importing();
+        }
         inner.compactor_signal.notify();
         // Durability: flush before returning. The batch went to the memtables without
         // RocksDB's WAL, and the caller then hands the snapshot to Raft, which truncates the
@@ -591,6 +705,14 @@ impl Store {
         self.inner.group(g).committed.read().quota_bytes
     }
 
+    /// The group's backup mark: the revision its newest backup ends at (0 = none) and when
+    /// that backup was taken (ms since the Unix epoch).
+    pub fn backup_mark(&self, g: GroupId) -> (Revision, u64) {
+        let gs = self.inner.group(g);
+        let m = gs.committed.read();
+        (m.backup_revision, m.backup_time_unix_ms)
+    }
+
     /// Removes group `g` from this store: every key of it in every column family, durably,
     /// and its in-memory state. For a deleted tenant; the caller makes sure nothing applies
     /// to the group any more (its Raft group is gone first).
@@ -608,29 +730,6 @@ impl Store {
         inner.groups.write().remove(&g);
         // Durability: flushed now, so the deleted group does not come back at a restart
         // (RocksDB's own WAL is off).
-        self.flush()?;
-        Ok(())
-    }
-
-    /// Writes the last batch of an import (see `backup`), makes the group serve `meta`, and
-    /// flushes: the import wrote without RocksDB's WAL and no log will replay it.
-    pub(crate) fn publish_imported(&self, g: GroupId, batch: rocksdb::WriteBatch, meta: ApplyMeta) -> Result<()> {
-        let inner = &*self.inner;
-        let gs = inner.group(g);
-        let _applying = gs.apply_lock.lock();
-        let _purging = gs.purge_lock.lock();
-        {
-            let mut committed = gs.committed.write();
-            assert!(
-                committed.applied_index == 0 && committed.current_revision == 1,
-                "group {}: import published over applied state",
-                g.0
-            );
-            inner.db.write_opt(batch, &engine::write_options())?;
-            *committed = meta.clone();
-        }
-        *gs.compact_finished.lock() = meta.compact_revision;
-        gs.hub.reset(meta.current_revision, meta.compact_revision);
         self.flush()?;
         Ok(())
     }
@@ -693,7 +792,20 @@ fn apply_command(w: &mut BatchWriter<'_>, data: &[u8]) -> Result<CommandResponse
 /// Applies one validated command body.
 fn apply_body(w: &mut BatchWriter<'_>, body: CommandBody) -> Result<CommandResponse> {
     let quota_bytes = if w.meta.quota_bytes > 0 { w.meta.quota_bytes } else { w.cfg.quota_bytes_per_group };
-    if !matches!(body, CommandBody::Alarm(_) | CommandBody::LeaseCheckpoint(_) | CommandBody::GroupSettings(_)) {
+    if w.meta.import.is_some()
+        && !matches!(body, CommandBody::Import(_) | CommandBody::Alarm(_) | CommandBody::GroupSettings(_))
+    {
+        // While the group is being imported its data is incomplete: nothing else changes it,
+        // and every replica refuses the same commands.
+        return Err(Error::Importing);
+    }
+    if !matches!(
+        body,
+        CommandBody::Alarm(_)
+            | CommandBody::LeaseCheckpoint(_)
+            | CommandBody::GroupSettings(_)
+            | CommandBody::BackupMark(_)
+    ) {
         quota::check_not_corrupt(&w.meta)?;
     }
     match body {
@@ -750,6 +862,18 @@ fn apply_body(w: &mut BatchWriter<'_>, body: CommandBody) -> Result<CommandRespo
             w.meta.quota_bytes = s.quota_bytes;
             Ok(CommandResponse::Noop)
         }
+        CommandBody::BackupMark(m) => {
+            // Monotonic: a mark proposed by a deposed leader, or one for a revision this
+            // group has not reached, changes nothing. Durability: written in this command's
+            // batch, under its applied index, like the group settings.
+            if m.revision > w.meta.backup_revision && m.revision <= w.meta.current_revision {
+                w.meta.backup_revision = m.revision;
+                w.meta.backup_time_unix_ms = m.time_unix_ms;
+                w.ws.put(Cf::Meta, kc::meta_backup_key(w.g), crate::meta::encode_backup_mark(&w.meta));
+            }
+            Ok(CommandResponse::Noop)
+        }
+        CommandBody::Import(step) => crate::import::apply(w, step),
         CommandBody::Alarm(a) => {
             // Only the meta record changes: no revision, no event. It is written with the
             // batch and its applied index, so a restart finds exactly the alarms of the

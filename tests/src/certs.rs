@@ -35,8 +35,24 @@ impl Ca {
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> (String, String) {
+        self.leaf_with_uris(cn, serial, not_before, not_after, &[])
+    }
+
+    /// [`Ca::leaf_valid`] with `uris` added to the subject alternative names.
+    pub fn leaf_with_uris(
+        &self,
+        cn: &str,
+        serial: u64,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+        uris: &[&str],
+    ) -> (String, String) {
         let mut params =
             CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("leaf params");
+        for uri in uris {
+            let uri = rcgen::Ia5String::try_from(uri.to_string()).expect("an ASCII URI");
+            params.subject_alt_names.push(rcgen::SanType::URI(uri));
+        }
         params.distinguished_name.push(DnType::CommonName, cn);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];

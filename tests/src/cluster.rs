@@ -58,6 +58,8 @@ pub struct Options {
     /// etcdctl flags that [`Server::ctl`] and the readiness probe put before their own: the
     /// client's TLS credentials.
     pub ctl_flags: Vec<String>,
+    /// Environment variables of the server process (an object store's `AWS_*` settings).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running single-node server. Killed with SIGKILL (and reaped) on drop.
@@ -173,6 +175,7 @@ impl Server {
         let mut cmd = Command::new(&self.bin);
         cmd.args(self.args()).stdin(Stdio::null()).stdout(log.try_clone().expect("dup log")).stderr(log);
         scrub_env(&mut cmd);
+        cmd.envs(self.options.env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {} ({}): {e}", self.kind, self.bin.display()));
         self.child = Some(child);
         self.wait_ready();

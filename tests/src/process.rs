@@ -84,6 +84,11 @@ impl Background {
         String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
     }
 
+    /// Stderr collected so far.
+    pub fn stderr_so_far(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
     /// Polls until `pred(stdout so far)` holds, the child exits, or `timeout` (bounded by the
     /// overall limit) passes. Returns whether the predicate held.
     pub fn wait_until(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {

@@ -53,7 +53,8 @@ impl Server {
             "--client-cert-auth".into(),
             "--bcrypt-cost=4".into(),
         ];
-        let options = Options { flags, https: true, ctl_flags: creds(certs.path(), &ca_file, "root") };
+        let options =
+            Options { flags, https: true, ctl_flags: creds(certs.path(), &ca_file, "root"), ..Options::default() };
         let server = cluster::Server::start_with(if real_etcd { Kind::Etcd } else { Kind::Plinth }, options);
         // Fields drop in order: the server stops before its certificates go.
         Server { server, certs, ca_file }

@@ -1,7 +1,8 @@
 //! Backups in an S3-compatible store: moto's server (PyPI `moto[server]`, fetched by
 //! `tests/scripts/get-moto.sh`) on loopback, a full backup and a delta taken into it from
 //! `etcdctl snapshot save` files, listed and verified there, and restored into a data dir
-//! that `plinth serve` starts from with the source's keys and revision.
+//! that `plinth serve` starts from with the source's keys and revision; and a server whose
+//! automated backups go to the bucket (`--backup-url`), with a tenant, restored from it.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -9,9 +10,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use plinth_tests::cluster::plinth_bin;
+use plinth_tests::cluster::{plinth_bin, Options};
 use plinth_tests::process::run_with_timeout;
-use plinth_tests::{ports, Server};
+use plinth_tests::{ports, Kind, Server};
 use serde_json::Value;
 
 /// moto's S3 server, killed on drop.
@@ -71,14 +72,23 @@ impl Moto {
         }
     }
 
+    /// The `AWS_*` settings that reach this server.
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", self.port.get())),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_DEFAULT_REGION", "us-east-1".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
     fn plinth(&self, args: &[&str]) -> String {
         let mut cmd = Command::new(plinth_bin());
-        cmd.args(args)
-            .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", self.port.get()))
-            .env("AWS_ALLOW_HTTP", "true")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_DEFAULT_REGION", "us-east-1");
+        cmd.args(args).envs(self.env());
         let out = run_with_timeout(cmd, None, Duration::from_secs(60));
         assert_eq!(out.code, Some(0), "plinth {args:?}:\n{}\n{}", out.stdout, out.stderr);
         out.stdout
@@ -144,4 +154,62 @@ fn backups_in_s3_restore_the_source() {
     assert_eq!(want["kvs"].as_array().unwrap().len(), 2, "s10 and s11 are left");
     assert_eq!(got["kvs"], want["kvs"]);
     assert_eq!(got["header"]["revision"], want["header"]["revision"]);
+}
+
+#[test]
+fn a_server_takes_its_backups_into_s3() {
+    let work = tempfile::tempdir().unwrap();
+    let moto = Moto::start(work.path());
+    let url = "s3://backups/scheduled";
+    let flags = ["--backup-url", url, "--backup-full-interval", "1h", "--backup-delta-interval", "300ms"];
+    let source = Server::start_with(
+        Kind::Plinth,
+        Options { flags: flags.iter().map(|s| s.to_string()).collect(), env: moto.env(), ..Options::default() },
+    );
+    let endpoint = source.endpoint();
+    moto.plinth(&["tenant", "create", "t1", "--endpoints", &endpoint]);
+    for i in 0..20 {
+        ctl_ok(&source, &["put", &format!("d{i:02}"), &format!("v{i}")]);
+    }
+    let revision = keys(&source)["header"]["revision"].as_i64().unwrap();
+    // Scheduled deltas reach the newest revision.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list: Value =
+            serde_json::from_str(&moto.plinth(&["backup", "list", "--backup-url", url, "-w", "json"])).unwrap();
+        let backups = list["backups"].as_array().cloned().unwrap_or_default();
+        if backups.last().and_then(|b| b["to_revision"].as_i64()) == Some(revision) {
+            assert_eq!(backups[0]["kind"], "full", "{list}");
+            assert!(backups.len() >= 2, "a full backup and deltas: {list}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "backups never reached revision {revision}: {list}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The tenant's own chain, and one taken on demand.
+    let now: Value = serde_json::from_str(&moto.plinth(&[
+        "backup",
+        "now",
+        "--endpoints",
+        &endpoint,
+        "--tenant",
+        "t1",
+        "-w",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(now["backups"][0]["tenant"], "t1", "{now}");
+    let t1: Value =
+        serde_json::from_str(&moto.plinth(&["backup", "list", "--backup-url", url, "--tenant", "t1", "-w", "json"]))
+            .unwrap();
+    assert!(!t1["backups"].as_array().unwrap().is_empty(), "{t1}");
+    let show: Value =
+        serde_json::from_str(&moto.plinth(&["tenant", "show", "t1", "--endpoints", &endpoint, "-w", "json"])).unwrap();
+    assert_eq!(show["backup"]["state"], "ok", "{show}");
+    assert!(moto.plinth(&["backup", "verify", "--backup-url", url]).contains("OK"));
+
+    let restored_dir = work.path().join("restored").display().to_string();
+    let out = moto.plinth(&["restore", "--backup-url", url, "--data-dir", &restored_dir, "-w", "json"]);
+    let summary: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["revision"].as_i64(), Some(revision), "{out}");
 }

@@ -8,6 +8,8 @@
 //!   visible or affected, and revisions advance independently;
 //! - a tenant over its quota gets NOSPACE while its neighbours keep writing;
 //! - a deleted tenant's port closes and its name is free again; tenants survive a restart;
+//! - metrics per tenant (requests by method and code, keys, watchers, size, apply latency),
+//!   gone with the tenant;
 //! - three members with many tenants: concurrent writes in every tenant through every
 //!   member, one member killed with SIGKILL and restarted, then every tenant's keys,
 //!   revision and HashKV identical on every member.
@@ -443,6 +445,66 @@ fn a_member_added_and_removed_reaches_every_tenant_group() {
         for t in 1..=2u16 {
             let mut c = connect_eventually(&format!("http://127.0.0.1:{}", bases[1] + t)).await;
             c.put("after-remove", "x", None).await.expect("the group keeps its quorum");
+        }
+    });
+}
+
+/// `GET /metrics` on `endpoint` (`http://host:port`), the body.
+fn metrics(endpoint: &str) -> String {
+    use std::io::{Read, Write};
+    let hostport = endpoint.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(hostport).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
+
+#[test]
+fn metrics_are_labelled_by_tenant_and_leave_with_it() {
+    let block = ports::reserve_block(3);
+    let base = block[0].get();
+    let cluster = Members::start(1, &["--tenant-client-port-base", &base.to_string()]);
+    let rt = runtime();
+    rt.block_on(async {
+        cluster.wait_leader(LEADER_TIMEOUT).await;
+        let admin = cluster.members[0].endpoint();
+        tenant_cli(&admin, &["create", "m1"]);
+        tenant_cli(&admin, &["create", "m2"]);
+        let mut m1 = connect_eventually(&format!("http://127.0.0.1:{}", base + 1)).await;
+        let mut m2 = connect_eventually(&format!("http://127.0.0.1:{}", base + 2)).await;
+        for i in 0..3 {
+            m1.put(format!("k{i}"), "v", None).await.unwrap();
+        }
+        m2.put("only", "v", None).await.unwrap();
+        let _watch = m1.watch("k", Some(WatchOptions::new().with_prefix())).await.unwrap();
+        let text = metrics(&admin);
+        let m1_puts = sample(&text, r#"plinth_tenant_requests_total{grpc_code="OK",grpc_method="Put",tenant="m1"}"#);
+        assert_eq!(m1_puts, Some(3.0), "{text}");
+        assert_eq!(sample(&text, r#"plinth_tenant_keys{tenant="m1"}"#), Some(3.0), "{text}");
+        assert_eq!(sample(&text, r#"plinth_tenant_keys{tenant="m2"}"#), Some(1.0), "{text}");
+        assert_eq!(sample(&text, r#"plinth_tenant_watchers{tenant="m1"}"#), Some(1.0), "{text}");
+        assert_eq!(sample(&text, r#"plinth_tenant_watchers{tenant="m2"}"#), Some(0.0), "{text}");
+        assert!(sample(&text, r#"plinth_tenant_db_size_bytes{tenant="m2"}"#).unwrap_or(0.0) > 0.0, "{text}");
+        let applies = sample(&text, r#"plinth_tenant_apply_duration_seconds_count{tenant="m1"}"#);
+        assert!(applies.unwrap_or(0.0) >= 3.0, "{text}");
+
+        tenant_cli(&admin, &["delete", "m2"]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = metrics(&admin);
+            if sample(&text, r#"plinth_tenant_keys{tenant="m2"}"#).is_none() {
+                assert_eq!(sample(&text, r#"plinth_tenant_keys{tenant="m1"}"#), Some(3.0), "{text}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "a deleted tenant's gauges stayed: {text}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
 }

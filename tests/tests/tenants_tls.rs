@@ -1,5 +1,5 @@
 //! Tenants reached by client certificate on the shared TLS client port: the certificate's
-//! CN picks the tenant (no tenant port, nothing in the client changed), a certificate that
+//! CN (or a SAN URI) picks the tenant (no tenant port, nothing in the client changed), a certificate that
 //! maps to no tenant is refused with `--default-tenant-for-unmapped=false`, and only the
 //! `--admin-cn` certificate administers tenants.
 
@@ -63,6 +63,12 @@ fn the_client_certificate_picks_the_tenant_on_the_shared_port() {
     for (serial, cn) in [(2, "admin"), (3, "apiserver-a"), (4, "apiserver-b"), (5, "stranger")] {
         ca.write_leaf(certs, cn, ca.leaf(cn, serial));
     }
+    // A workload identity in a SAN URI, beside a CN that maps elsewhere.
+    let now = time::OffsetDateTime::now_utc();
+    let spiffe = "spiffe://plinth.test/ns/team-a/sa/apiserver";
+    let leaf =
+        ca.leaf_with_uris("stranger", 6, now - time::Duration::days(1), now + time::Duration::days(1), &[spiffe]);
+    ca.write_leaf(certs, "workload", leaf);
     let flags = vec![
         format!("--cert-file={}", cert.display()),
         format!("--key-file={}", key.display()),
@@ -71,8 +77,10 @@ fn the_client_certificate_picks_the_tenant_on_the_shared_port() {
         "--admin-cn=admin".into(),
         "--default-tenant-for-unmapped=false".into(),
     ];
-    let server =
-        cluster::Server::start_with(Kind::Plinth, Options { flags, https: true, ctl_flags: creds(certs, "admin") });
+    let server = cluster::Server::start_with(
+        Kind::Plinth,
+        Options { flags, https: true, ctl_flags: creds(certs, "admin"), ..Options::default() },
+    );
 
     // Only the admin's certificate administers tenants.
     for (name, cn) in [("team-a", "apiserver-a"), ("team-b", "apiserver-b")] {
@@ -111,4 +119,11 @@ fn the_client_certificate_picks_the_tenant_on_the_shared_port() {
     assert_eq!(s.split_whitespace().collect::<Vec<_>>(), ["/registry/pods/b"]);
     let out = ctl_as(&server, certs, "apiserver-b", &["get", "x"]);
     assert!(out.stderr.contains("maps to no tenant"), "a CN taken off its tenant is still served: {out:?}");
+
+    // A SAN URI the registry maps picks the tenant, before the certificate's CN.
+    let out =
+        tenant_cli(&server, certs, "admin", &["update", "team-a", "--client-cn", "apiserver-a", "--client-cn", spiffe]);
+    assert!(out.status.success(), "update: {}", String::from_utf8_lossy(&out.stderr));
+    let w = ok(&server, certs, "workload", &["get", "/registry/", "--prefix", "--keys-only"]);
+    assert_eq!(w.split_whitespace().collect::<Vec<_>>(), ["/registry/pods/a"]);
 }

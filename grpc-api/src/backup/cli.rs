@@ -39,6 +39,30 @@ impl TargetArgs {
 /// `plinth backup ...`
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {
+    /// Take a backup of a tenant now, on the leader of its group, into the members' backup
+    /// target (`--backup-dir`/`--backup-url` of `plinth serve`): a delta from the end of
+    /// its chain, or a full backup with `--full` or when there is no chain yet.
+    Now {
+        /// Comma-separated client endpoints; the first that answers is asked, and it sends
+        /// the command on to the group's leader.
+        #[arg(long, default_value = "127.0.0.1:2379")]
+        endpoints: String,
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// `name:password` of the root user when auth is on.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, default_value = DEFAULT_TENANT)]
+        tenant: String,
+        #[arg(long)]
+        full: bool,
+        #[arg(short = 'w', long = "write-out", value_enum, default_value = "simple")]
+        write_out: WriteOut,
+    },
     /// List each backup of a tenant: kind, revision range, time, size.
     List {
         #[command(flatten)]
@@ -175,9 +199,103 @@ fn print_entry(tenant: &str, e: &super::manifest::Entry, w: WriteOut) -> anyhow:
     }
 }
 
+/// Asks the member at `flags.endpoints` for a backup of `tenant`; when it does not lead the
+/// tenant's group, asks the leader it names (found in the member list) instead.
+async fn backup_now(
+    flags: &crate::tenant_cli::ClientEndpoint<'_>,
+    tenant: &str,
+    full: bool,
+) -> anyhow::Result<crate::pb::plinthv1::BackupNowResponse> {
+    use crate::pb::etcdserverpb::cluster_client::ClusterClient;
+    use crate::pb::plinthv1::{backups_client::BackupsClient, BackupNowRequest};
+    let (channel, token) = flags.connect().await?;
+    let request =
+        || crate::tenant_cli::with_token(BackupNowRequest { tenant: tenant.to_string(), full }, token.as_deref());
+    let status = match BackupsClient::new(channel.clone()).now(request()).await {
+        Ok(answer) => return Ok(answer.into_inner()),
+        Err(status) => status,
+    };
+    let leader = status
+        .message()
+        .rsplit_once("its leader is member ")
+        .and_then(|(_, id)| u64::from_str_radix(id.trim(), 16).ok())
+        .filter(|id| *id != 0 && status.code() == tonic::Code::FailedPrecondition);
+    let Some(leader) = leader else { anyhow::bail!("{}", status.message()) };
+    let members = ClusterClient::new(channel)
+        .member_list(crate::tenant_cli::with_token(
+            crate::pb::etcdserverpb::MemberListRequest::default(),
+            token.as_deref(),
+        ))
+        .await
+        .map_err(|s| anyhow::anyhow!("member list: {}", s.message()))?
+        .into_inner()
+        .members;
+    let urls = members
+        .iter()
+        .find(|m| m.id == leader)
+        .map(|m| m.client_ur_ls.join(","))
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("{} (and the member list has no client URL for it)", status.message()))?;
+    let flags = crate::tenant_cli::ClientEndpoint { endpoints: &urls, ..*flags };
+    let (channel, token) = flags.connect().await?;
+    let request =
+        crate::tenant_cli::with_token(BackupNowRequest { tenant: tenant.to_string(), full }, token.as_deref());
+    let answer = BackupsClient::new(channel).now(request).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    Ok(answer.into_inner())
+}
+
 /// Runs `plinth backup ...`.
 pub fn run_backup(cmd: BackupCommand) -> anyhow::Result<()> {
     match cmd {
+        BackupCommand::Now { endpoints, cacert, cert, key, user, tenant, full, write_out } => {
+            let flags = crate::tenant_cli::ClientEndpoint {
+                endpoints: &endpoints,
+                cacert: cacert.as_deref(),
+                cert: cert.as_deref(),
+                key: key.as_deref(),
+                user: user.as_deref(),
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let progress = super::online::progress(write_out == WriteOut::Json, &format!("backing up tenant {tenant}"));
+            let answer = runtime.block_on(backup_now(&flags, &tenant, full));
+            progress.finish_and_clear();
+            let answer = answer?;
+            if write_out == WriteOut::Json {
+                let backups: Vec<_> = answer
+                    .backups
+                    .iter()
+                    .map(|b| {
+                        serde_json::json!({
+                            "tenant": b.tenant,
+                            "kind": b.kind,
+                            "from_revision": b.from_revision,
+                            "to_revision": b.to_revision,
+                            "size_bytes": b.size_bytes,
+                            "records": b.records,
+                            "object": b.object,
+                            "time": b.time,
+                        })
+                    })
+                    .collect();
+                return print_json(
+                    &serde_json::json!({ "member_id": format!("{:x}", answer.member_id), "backups": backups }),
+                );
+            }
+            for b in &answer.backups {
+                println!(
+                    "{}, {}, ({}, {}], {}, {}, {} (taken by member {:x})",
+                    b.tenant,
+                    b.kind,
+                    b.from_revision,
+                    b.to_revision,
+                    b.time,
+                    super::snapshot_file::humanize_bytes(b.size_bytes),
+                    b.object,
+                    answer.member_id
+                );
+            }
+            Ok(())
+        }
         BackupCommand::List { target, tenant, write_out } => {
             let target = target.open()?;
             let manifest = super::load_manifest(target.as_ref(), &tenant)?
@@ -269,7 +387,11 @@ pub fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
                 }
                 (None, None) => None,
             };
-            super::restore::restore_from_backups(target.as_ref(), &args.tenant, revision, &member)?
+            let progress = super::online::progress(args.write_out == WriteOut::Json, "restoring");
+            let summary =
+                super::restore::restore_from_backups(target.as_ref(), &args.tenant, revision, &member, &progress);
+            progress.finish_and_clear();
+            summary?
         }
     };
     match args.write_out {

@@ -28,9 +28,11 @@ pub mod cli;
 pub mod etcd_import;
 pub mod manifest;
 pub mod object;
+pub mod online;
 pub mod restore;
 pub mod retention;
 pub mod s3;
+pub mod schedule;
 pub mod snapshot_file;
 pub mod target;
 
@@ -110,6 +112,19 @@ pub fn parse_time(s: &str) -> anyhow::Result<u64> {
     Ok(u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
 }
 
+/// What one backup run takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// A delta from the end of the tenant's chain.
+    Delta,
+    /// A full backup.
+    Full,
+    /// A delta that closes the chain and a full backup that starts the next one, both from
+    /// one pinned point (so no revision between them is left out); just the full backup
+    /// when there is no chain or its history is gone.
+    DeltaThenFull,
+}
+
 /// Takes a backup of `group` of `store` into `target` as `tenant`'s next backup: a delta
 /// from the end of the manifest when `delta` is set (and the manifest has a full backup),
 /// else a full backup. Returns the manifest entry added.
@@ -120,22 +135,30 @@ pub fn append_backup(
     group: store::GroupId,
     delta: bool,
 ) -> anyhow::Result<Entry> {
-    let mut manifest = load_manifest(target, tenant)?.unwrap_or_else(|| Manifest::new(tenant, group.0));
-    anyhow::ensure!(
-        manifest.group == group.0,
-        "tenant {tenant}'s backups in {} are of group {}, not {}",
-        target.describe(),
-        manifest.group,
-        group.0
-    );
-    let from = match (delta, manifest.latest_revision()) {
-        (true, Some(end)) => Some(end),
-        (true, None) => anyhow::bail!("tenant {tenant} has no full backup for a delta to follow"),
-        (false, _) => None,
-    };
-    let (time_unix_ms, time) = now();
-    let staged = target.staging_dir()?.join(format!("{tenant}-{time_unix_ms}-{}.plbk", std::process::id()));
-    let mut writer = ObjectWriter::create(&staged)?;
+    let plan = if delta { Plan::Delta } else { Plan::Full };
+    let mut entries = take_backup(target, tenant, store, group, plan)?;
+    Ok(entries.pop().expect("a backup run adds at least one entry"))
+}
+
+/// An export written to a staging file, not yet in the target.
+struct Staged {
+    path: std::path::PathBuf,
+    header: store::BackupHeader,
+    summary: object::ObjectSummary,
+}
+
+/// Writes one export into a staging file of `target`.
+fn stage(
+    target: &dyn BackupTarget,
+    tenant: &str,
+    export: impl FnOnce(
+        &mut dyn FnMut(store::BackupRecord) -> store::Result<()>,
+    ) -> store::Result<(store::BackupHeader, u64)>,
+) -> anyhow::Result<Staged> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = target.staging_dir()?.join(format!("{tenant}-{}-{}-{seq}.plbk", now().0, std::process::id()));
+    let mut writer = ObjectWriter::create(&path)?;
     let mut failed: Option<anyhow::Error> = None;
     let mut sink = |r: store::BackupRecord| {
         writer.write(&r).map_err(|e| {
@@ -144,51 +167,131 @@ pub fn append_backup(
             store::Error::Io(err)
         })
     };
-    let exported = match from {
-        Some(from) => store.export_delta(group, from, &mut sink),
-        None => store.export_full(group, &mut sink),
-    };
-    let (header, _) = match (exported, failed) {
-        (Ok(h), None) => h,
+    let exported = export(&mut sink);
+    let header = match (exported, failed) {
+        (Ok((header, _)), None) => header,
         (_, Some(e)) => {
-            let _ = std::fs::remove_file(&staged);
+            let _ = std::fs::remove_file(&path);
             return Err(e.context("writing the backup object"));
         }
         (Err(e), None) => {
-            let _ = std::fs::remove_file(&staged);
-            return Err(anyhow::anyhow!("exporting group {}: {e}", group.0));
+            let _ = std::fs::remove_file(&path);
+            return Err(anyhow::Error::new(e).context(format!("exporting tenant {tenant}")));
         }
     };
-    let summary = writer.finish()?;
-    let (kind, object) = match from {
-        Some(_) => (
-            Kind::Delta,
-            format!(
+    match writer.finish() {
+        Ok(summary) => Ok(Staged { path, header, summary }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
+    }
+}
+
+/// Takes one backup run of `group` into `target` as `tenant`'s next backups (see [`Plan`])
+/// and returns the manifest entries added, oldest first.
+pub fn take_backup(
+    target: &dyn BackupTarget,
+    tenant: &str,
+    store: &store::Store,
+    group: store::GroupId,
+    plan: Plan,
+) -> anyhow::Result<Vec<Entry>> {
+    let mut manifest = load_manifest(target, tenant)?.unwrap_or_else(|| Manifest::new(tenant, group.0));
+    anyhow::ensure!(
+        manifest.group == group.0,
+        "tenant {tenant}'s backups in {} are of group {}, not {}",
+        target.describe(),
+        manifest.group,
+        group.0
+    );
+    let end = manifest.latest_revision();
+    if plan == Plan::Delta && end.is_none() {
+        return Err(NoFullBackup(tenant.to_string()).into());
+    }
+    let mut staged = Vec::new();
+    {
+        // Both exports from one pin; released before the uploads.
+        let pin = store.pin_export(group);
+        if let Some(from) = end.filter(|e| plan == Plan::Delta || (plan == Plan::DeltaThenFull && *e < pin.revision()))
+        {
+            match stage(target, tenant, |sink| pin.delta(from, sink)) {
+                Ok(s) => staged.push((Kind::Delta, s)),
+                // The chain's history is gone: the full backup starts a new chain.
+                Err(e) if plan == Plan::DeltaThenFull && needs_full(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if plan != Plan::Delta {
+            match stage(target, tenant, |sink| pin.full(sink)) {
+                Ok(s) => staged.push((Kind::Full, s)),
+                Err(e) => {
+                    for (_, s) in &staged {
+                        let _ = std::fs::remove_file(&s.path);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+    let (time_unix_ms, time) = now();
+    let mut added = Vec::new();
+    let mut result = Ok(());
+    for (kind, s) in &staged {
+        if result.is_err() {
+            let _ = std::fs::remove_file(&s.path);
+            continue;
+        }
+        let object = match kind {
+            Kind::Delta => format!(
                 "{tenant}/objects/delta-{:020}-{:020}-{time_unix_ms}.plbk",
-                header.from_revision, header.to_revision
+                s.header.from_revision, s.header.to_revision
             ),
-        ),
-        None => (Kind::Full, format!("{tenant}/objects/full-{:020}-{time_unix_ms}.plbk", header.to_revision)),
-    };
-    // Durability order: the object is complete and durable under its name before the
-    // manifest names it.
-    target.put_object(&object, &staged).with_context(|| format!("storing backup object {object}"))?;
-    let entry = Entry {
-        kind,
-        from_revision: header.from_revision,
-        to_revision: header.to_revision,
-        compact_revision: header.compact_revision,
-        time_unix_ms,
-        time,
-        size_bytes: summary.size_bytes,
-        records: summary.records,
-        sha256: summary.sha256,
-        object,
-    };
-    manifest.backups.push(entry.clone());
+            Kind::Full => format!("{tenant}/objects/full-{:020}-{time_unix_ms}.plbk", s.header.to_revision),
+        };
+        // Durability order: the object is complete and durable under its name before the
+        // manifest names it.
+        result = target.put_object(&object, &s.path).with_context(|| format!("storing backup object {object}"));
+        let _ = std::fs::remove_file(&s.path);
+        if result.is_ok() {
+            added.push(Entry {
+                kind: *kind,
+                from_revision: s.header.from_revision,
+                to_revision: s.header.to_revision,
+                compact_revision: s.header.compact_revision,
+                time_unix_ms,
+                time: time.clone(),
+                size_bytes: s.summary.size_bytes,
+                records: s.summary.records,
+                sha256: s.summary.sha256.clone(),
+                object,
+            });
+        }
+    }
+    result?;
+    manifest.backups.extend(added.iter().cloned());
     manifest.check_continuity()?;
     target.replace_small(&manifest_name(tenant), &manifest.encode())?;
-    Ok(entry)
+    Ok(added)
+}
+
+/// A delta was asked for but the tenant has no full backup to follow.
+#[derive(Debug)]
+pub struct NoFullBackup(pub String);
+
+impl std::fmt::Display for NoFullBackup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tenant {} has no full backup for a delta to follow", self.0)
+    }
+}
+
+impl std::error::Error for NoFullBackup {}
+
+/// Whether `append_backup`'s error means a delta cannot continue the chain (no full backup,
+/// or the history after the chain's end is purged), so a full backup must start a new one.
+pub fn needs_full(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<NoFullBackup>().is_some()
+        || matches!(e.downcast_ref::<store::Error>(), Some(store::Error::Compacted { .. }))
 }
 
 /// Applies `retention` to `tenant`'s manifest: rewrites the manifest without the dropped

@@ -103,11 +103,13 @@ fn seed(
 }
 
 /// Restores `tenant` from `target` at `revision` (`None`: the newest) into a new data dir.
+/// `progress` counts the records read (a spinner of the CLI, or hidden).
 pub fn restore_from_backups(
     target: &dyn super::target::BackupTarget,
     tenant: &str,
     revision: Option<i64>,
     member: &NewMember,
+    progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<RestoreSummary> {
     let manifest = super::load_manifest(target, tenant)?
         .ok_or_else(|| anyhow::anyhow!("tenant {tenant} has no backups in {}", target.describe()))?;
@@ -118,11 +120,18 @@ pub fn restore_from_backups(
     let chain = manifest.chain_to(revision)?;
     seed_data_dir(member, &mut |store, group| {
         let mut import = store.import_group(group, revision)?;
-        for entry in &chain {
+        for (i, entry) in chain.iter().enumerate() {
+            progress.set_message(format!(
+                "restoring {tenant} to revision {revision}: backup {} of {}",
+                i + 1,
+                chain.len()
+            ));
             super::read_object(target, entry, &mut |record| {
+                progress.inc(1);
                 import.push(record).with_context(|| format!("restoring from backup object {}", entry.object))
             })?;
         }
+        progress.set_message(format!("restoring {tenant} to revision {revision}: writing"));
         Ok(import.finish()?)
     })
 }

@@ -88,6 +88,9 @@ struct HubState {
     sync_cursor: Revision,
     next_stream_id: u64,
     streams: BTreeMap<u64, Arc<StreamQueue>>,
+    /// The group is being imported: its events are not a history anyone may follow, so a
+    /// new watcher is canceled at once as compacted (see `import`).
+    importing: bool,
 }
 
 pub(crate) struct Hub {
@@ -110,6 +113,7 @@ impl Hub {
                 sync_cursor: 0,
                 next_stream_id: 0,
                 streams: BTreeMap::new(),
+                importing: false,
             }),
             sync_signal,
         }
@@ -159,6 +163,16 @@ impl Hub {
         let created = WatchEvent { watch_id: id, revision: st.current, created: true, ..Default::default() };
         queue.push_control(created);
         let start = spec.start_revision;
+        if st.importing {
+            queue.push_control(WatchEvent {
+                watch_id: id,
+                revision: st.current,
+                canceled: true,
+                compact_revision: st.current.max(1),
+                ..Default::default()
+            });
+            return;
+        }
         if start < 0 || (start != 0 && start < st.compact) {
             queue.push_control(WatchEvent {
                 watch_id: id,
@@ -270,6 +284,30 @@ impl Hub {
         st.unsynced = n;
         drop(st);
         self.sync_signal.notify();
+    }
+
+    /// An import began (`importing`) or finished: every watcher of the group is canceled as
+    /// compacted at `compact_revision` (its data was wiped or replaced), so each client
+    /// relists, and until the import finishes new watchers are canceled the same way.
+    pub fn import_edge(&self, importing: bool, compact_revision: Revision) {
+        let mut st = self.state.lock();
+        st.importing = importing;
+        let current = st.current;
+        for (key, w) in std::mem::take(&mut st.watchers) {
+            w.queue.push_control(WatchEvent {
+                watch_id: key.1,
+                revision: current,
+                canceled: true,
+                compact_revision,
+                ..Default::default()
+            });
+        }
+        st.unsynced = 0;
+    }
+
+    /// A snapshot installed a group that is not being imported.
+    pub fn set_not_importing(&self) {
+        self.state.lock().importing = false;
     }
 
     /// One catch-up pass (the sync thread). Returns true if a watcher that can take
