@@ -433,3 +433,38 @@ impl Drop for Wal {
         self.segment.lock().trim_active();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64) -> Entry {
+        Entry { index, term: 1, data: format!("e{index}").into_bytes().into(), ..Entry::default() }
+    }
+
+    /// After a failed write or fsync (which panics), nothing reaches the disk again: not a
+    /// later write, not the close that would trim and fsync the segment.
+    #[test]
+    fn a_failed_wal_never_writes_or_syncs_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
+        let mut b = WriteBatch::new();
+        b.add_entries(GroupId(1), &[entry(1)]);
+        wal.write(b).unwrap();
+        let seq = wal.segment.lock().active_seq;
+        let path = segment_path(dir.path(), seq);
+        let len = std::fs::metadata(&path).unwrap().len();
+        // What a failed fdatasync leaves behind (just before its panic).
+        wal.segment.lock().failed = true;
+        let mut b = WriteBatch::new();
+        b.add_entries(GroupId(1), &[entry(2)]);
+        assert!(matches!(wal.write(b), Err(Error::Stopped)), "a failed WAL refuses writes");
+        let mut b = WriteBatch::new();
+        b.add_entries(GroupId(1), &[entry(2)]);
+        assert!(matches!(wal.submit(b).unwrap().wait(), Err(Error::Stopped)), "and queued ones");
+        drop(wal);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "nothing written or trimmed after the failure");
+        let reopened = Wal::open(WalConfig::new(dir.path())).unwrap();
+        assert_eq!(reopened.group_state(GroupId(1)).unwrap().last_index, LogIndex(1));
+    }
+}

@@ -33,6 +33,11 @@ pub struct StoreConfig {
     pub max_txn_ops: usize,
     /// etcd `--max-request-bytes`, checked on the encoded command. Default: 1.5 MiB.
     pub max_request_bytes: usize,
+    /// Read every block of the store's files with its checksum verified when the store
+    /// opens, so that a damaged file stops the start with an error naming it, rather than
+    /// failing the first read (or apply) that reaches the damaged block later. Costs one
+    /// sequential read of the store per start. Default: true.
+    pub verify_checksums_at_open: bool,
     /// Backups are taken from this store: the background purge of a compaction stops at
     /// each group's backup mark, so the next delta finds every change after it. Default:
     /// false.
@@ -52,6 +57,7 @@ impl Default for StoreConfig {
             watch_stuck_cancel_after: Duration::from_secs(60),
             max_txn_ops: 128,
             max_request_bytes: 3 << 19,
+            verify_checksums_at_open: true,
             hold_history_for_backups: false,
         }
     }

@@ -57,6 +57,11 @@
 //!   since Raft truncates its log below an installed snapshot; it refuses a snapshot not
 //!   ahead of the applied index (checked under the apply lock). Applied index and current
 //!   revision only move forward, asserted on every apply and install.
+//! - **Damage is found at open**: [`Store::open`] reads every block of the store's files
+//!   with its checksum verified ([`StoreConfig::verify_checksums_at_open`], on by default),
+//!   so a damaged SST file stops the start with `Corruption` naming the file, instead of
+//!   failing whichever later read or apply reaches the block. RocksDB's block checksums
+//!   mean a damaged block is an error, never data, either way.
 //! - **Bounded memory**: no in-memory key index. Memory is the block cache
 //!   ([`StoreConfig::block_cache_bytes`]), the memtables ([`StoreConfig::memtable_bytes`]),
 //!   one apply batch, and per watch stream at most [`StoreConfig::watch_stream_buffer`]
@@ -105,6 +110,8 @@
 //!   revisions seek per key.
 //! - `hash_kv` is crc32 over this store's own encoding: comparable between Plinth replicas,
 //!   not with etcd.
+//! - The check at open reads the whole store once per start (seconds per GiB); nothing
+//!   checks files again while the store runs, short of the reads that reach them.
 //! - An import's begin wipes the group with range deletions in one batch, and its finish
 //!   scans the lease index once (a seek per lease); an import that never finishes leaves
 //!   its group refusing commands until another import into it finishes (no abort).

@@ -204,6 +204,9 @@ impl Store {
     pub fn open(path: &Path, cfg: StoreConfig) -> Result<Store> {
         cfg.validate()?;
         let db = engine::open_db(path, &cfg)?;
+        if cfg.verify_checksums_at_open {
+            engine::verify_checksums(&db)?;
+        }
         let mut loaded = Vec::new();
         {
             let r = Reader::latest(&db);

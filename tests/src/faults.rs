@@ -17,6 +17,8 @@ const FILL_CHUNK_BYTES: usize = 256 * 1024;
 /// A tmpfs mounted by the test; unmounted on drop.
 pub struct Tmpfs {
     path: PathBuf,
+    /// Its size now.
+    size_bytes: std::cell::Cell<u64>,
 }
 
 impl Tmpfs {
@@ -29,7 +31,7 @@ impl Tmpfs {
             .output()
             .expect("mount");
         assert!(out.status.success(), "mount tmpfs at {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
-        Tmpfs { path: path.to_owned() }
+        Tmpfs { path: path.to_owned(), size_bytes: std::cell::Cell::new(size_bytes) }
     }
 
     /// Changes the size of the mounted tmpfs (`mount -o remount,size=`).
@@ -40,6 +42,12 @@ impl Tmpfs {
             .output()
             .expect("mount -o remount");
         assert!(out.status.success(), "remount {}: {}", self.path.display(), String::from_utf8_lossy(&out.stderr));
+        self.size_bytes.set(size_bytes);
+    }
+
+    /// Its size now.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes.get()
     }
 
     /// Writes `name` in the tmpfs until the write fails (the tmpfs is full); returns the

@@ -186,6 +186,10 @@ pub struct WatchRecord {
     pub start_revision: i64,
     /// Whether the stream asked for `prev_kv`.
     pub prev_kv: bool,
+    /// Whether `start_revision` is a compact revision (the stream resumed from the
+    /// `compact_revision` a cancel named): as etcd after a compaction, a DELETE at exactly
+    /// that revision is gone and not replayed.
+    pub start_compacted: bool,
     pub items: Vec<WatchItem>,
 }
 

@@ -56,7 +56,7 @@ fn event(key: &str, value: Option<&str>, mod_revision: i64, prev: Option<(&str, 
 }
 
 fn watch(start_revision: i64, items: Vec<WatchItem>) -> WatchRecord {
-    WatchRecord { watcher: 0, prefix: "k".to_owned(), start_revision, prev_kv: true, items }
+    WatchRecord { watcher: 0, prefix: "k".to_owned(), start_revision, prev_kv: true, start_compacted: false, items }
 }
 
 #[track_caller]
@@ -224,6 +224,31 @@ fn catches_a_watch_gap_and_events_out_of_order() {
     h.watches[0].items = vec![event("k", Some("b"), 3, Some(("a", 2))), event("k", Some("a"), 2, None)];
     let v = violation(&h);
     assert!(v.message.contains("after an event"), "{v}");
+}
+
+#[test]
+fn a_stream_from_a_compact_revision_may_miss_only_a_delete_at_it() {
+    // put a @2, delete @3, put c @4; the stream starts at 3, the compact revision.
+    let mut b = B::default();
+    b.put(0, (0, 1), "k", "a", 2);
+    b.op(0, (2, Some(3)), Input::Delete { key: "k".into() }, Some(Output::Delete { revision: 3, deleted: 1 }));
+    b.put(0, (4, 5), "k", "c", 4);
+    let mut h = b.history();
+    let mut w = watch(3, vec![event("k", Some("c"), 4, None)]);
+    w.start_compacted = true;
+    h.watches.push(w);
+    accepted(&h);
+    // Not started at a compact revision: the delete is a gap.
+    h.watches[0].start_compacted = false;
+    let v = violation(&h);
+    assert!(v.message.contains("missing"), "{v}");
+    // A put at the compact revision is never excused.
+    let mut h = three_writes().history();
+    let mut w = watch(3, vec![event("k", Some("c"), 4, Some(("b", 3)))]);
+    w.start_compacted = true;
+    h.watches.push(w);
+    let v = violation(&h);
+    assert!(v.message.contains("missing"), "{v}");
 }
 
 #[test]
@@ -405,6 +430,7 @@ impl Generated {
             prefix: "k".into(),
             start_revision: 1,
             prev_kv: true,
+            start_compacted: false,
             items,
         });
         self
