@@ -23,6 +23,7 @@
 //! when that binary is missing.
 
 pub mod certs;
+pub mod cli;
 pub mod cluster;
 pub mod ctl;
 pub mod diff;

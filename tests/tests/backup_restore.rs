@@ -6,27 +6,11 @@
 //! 3.5.1 snapshot restored into plinth with etcd's revisions.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use plinth_tests::cluster::plinth_bin;
-use plinth_tests::process::{run_with_timeout, Output};
+use plinth_tests::cli::{plinth, plinth_ok};
 use plinth_tests::Server;
 use serde_json::Value;
-
-const PLINTH_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn plinth(args: &[&str]) -> Output {
-    let mut cmd = Command::new(plinth_bin());
-    cmd.args(args);
-    run_with_timeout(cmd, None, PLINTH_TIMEOUT)
-}
-
-fn plinth_ok(args: &[&str]) -> String {
-    let out = plinth(args);
-    assert_eq!(out.code, Some(0), "plinth {args:?} failed:\n{}\n{}", out.stdout, out.stderr);
-    out.stdout
-}
 
 fn ctl_ok(s: &Server, args: &[&str]) -> String {
     let out = s.ctl(args);

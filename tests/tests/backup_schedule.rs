@@ -18,32 +18,18 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, CompactionOptions, ConnectOptions, GetOptions};
-use plinth_tests::cluster::{plinth_bin, Options};
+use plinth_tests::cli::{plinth, plinth_ok};
+use plinth_tests::cluster::Options;
 use plinth_tests::members::Members;
-use plinth_tests::process::{run_with_timeout, Output};
 use plinth_tests::{Kind, Server};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-const PLINTH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Random revisions restored per test.
 const RESTORES: usize = 20;
-
-fn plinth(args: &[&str]) -> Output {
-    let mut cmd = Command::new(plinth_bin());
-    cmd.args(args);
-    run_with_timeout(cmd, None, PLINTH_TIMEOUT)
-}
-
-fn plinth_ok(args: &[&str]) -> String {
-    let out = plinth(args);
-    assert_eq!(out.code, Some(0), "plinth {args:?} failed:\n{}\n{}", out.stdout, out.stderr);
-    out.stdout
-}
 
 fn seed() -> u64 {
     std::env::var("PLINTH_BACKUP_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, GetOptions, PutOptions, Txn, TxnOp};
+use plinth_tests::cli::connect_eventually;
 use plinth_tests::cluster::plinth_bin;
 use plinth_tests::members::Members;
 use plinth_tests::process::Background;
@@ -21,21 +22,6 @@ use plinth_tests::{ports, Server};
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 const MIGRATE_LIMIT: Duration = Duration::from_secs(90);
-
-async fn connect_eventually(endpoint: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let opts =
-            ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(Duration::from_secs(8));
-        if let Ok(mut c) = Client::connect([endpoint], Some(opts)).await {
-            if c.status().await.is_ok() {
-                return c;
-            }
-        }
-        assert!(Instant::now() < deadline, "{endpoint} never answered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Every key: value, create and mod revision, version, whether it has a lease; and the
 /// header revision.

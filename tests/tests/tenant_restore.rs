@@ -14,48 +14,18 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};
-use plinth_tests::cluster::plinth_bin;
+use etcd_client::{Client, GetOptions, WatchOptions};
+use plinth_tests::cli::{connect_eventually, plinth, plinth_ok};
 use plinth_tests::members::Members;
 use plinth_tests::ports;
-use plinth_tests::process::{run_with_timeout, Output};
 use serde_json::Value;
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
-const PLINTH_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
-}
-
-async fn connect_eventually(endpoint: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let opts =
-            ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(Duration::from_secs(8));
-        if let Ok(mut c) = Client::connect([endpoint], Some(opts)).await {
-            if c.status().await.is_ok() {
-                return c;
-            }
-        }
-        assert!(Instant::now() < deadline, "{endpoint} never answered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn plinth(args: &[&str]) -> Output {
-    let mut cmd = Command::new(plinth_bin());
-    cmd.args(args);
-    run_with_timeout(cmd, None, PLINTH_TIMEOUT)
-}
-
-fn plinth_ok(args: &[&str]) -> String {
-    let out = plinth(args);
-    assert_eq!(out.code, Some(0), "plinth {args:?} failed:\n{}\n{}", out.stdout, out.stderr);
-    out.stdout
 }
 
 /// A key as a restore must keep it: value, create and mod revision, version, lease.
@@ -85,7 +55,8 @@ async fn revision(c: &mut Client) -> i64 {
 /// `delta`).
 fn backup(endpoint: &str, dir: &Path, backups: &str, tenant: &str, name: &str, delta: bool) {
     let file = dir.join(name).display().to_string();
-    let out = plinth_tests::ctl::run(endpoint, &["snapshot", "save", &file], None, PLINTH_TIMEOUT);
+    let out =
+        plinth_tests::ctl::run(endpoint, &["snapshot", "save", &file], None, plinth_tests::cli::PLINTH_CLI_TIMEOUT);
     assert_eq!(out.code, Some(0), "snapshot save: {}", out.stderr);
     let mut args = vec!["backup", "from-snapshot", &file, "--backup-dir", backups, "--tenant", tenant];
     if delta {

@@ -1,0 +1,44 @@
+//! The `plinth` binary's operator commands and client connections, as the process tests use
+//! them.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions};
+
+use crate::cluster::plinth_bin;
+use crate::process::{run_with_timeout, Output};
+
+/// Longest a `plinth` command (backup, restore, tenant, migrate) may run in a test.
+pub const PLINTH_CLI_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `plinth ARGS` under [`PLINTH_CLI_TIMEOUT`].
+pub fn plinth(args: &[&str]) -> Output {
+    let mut cmd = Command::new(plinth_bin());
+    cmd.args(args);
+    run_with_timeout(cmd, None, PLINTH_CLI_TIMEOUT)
+}
+
+/// Runs `plinth ARGS`, which must succeed; its stdout.
+pub fn plinth_ok(args: &[&str]) -> String {
+    let out = plinth(args);
+    assert_eq!(out.code, Some(0), "plinth {args:?} failed:\n{}\n{}", out.stdout, out.stderr);
+    out.stdout
+}
+
+/// A client of `endpoint` once it answers `Status` (a listener that opens when a member
+/// applies something, such as a tenant port), retrying for up to 20 s.
+pub async fn connect_eventually(endpoint: &str) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let opts =
+            ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(Duration::from_secs(8));
+        if let Ok(mut c) = Client::connect([endpoint], Some(opts)).await {
+            if c.status().await.is_ok() {
+                return c;
+            }
+        }
+        assert!(Instant::now() < deadline, "{endpoint} never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
