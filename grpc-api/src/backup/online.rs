@@ -161,7 +161,9 @@ pub fn stream_chain(
     }
 }
 
-fn chain(
+/// The revision to restore (`None`: the newest the backups reach) and the backups that
+/// reach it: the newest full backup at or before it and the deltas after it.
+pub(crate) fn chain(
     target: &dyn BackupTarget,
     tenant: &str,
     revision: Option<i64>,

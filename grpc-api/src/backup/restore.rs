@@ -111,13 +111,7 @@ pub fn restore_from_backups(
     member: &NewMember,
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<RestoreSummary> {
-    let manifest = super::load_manifest(target, tenant)?
-        .ok_or_else(|| anyhow::anyhow!("tenant {tenant} has no backups in {}", target.describe()))?;
-    let latest = manifest
-        .latest_revision()
-        .ok_or_else(|| anyhow::anyhow!("tenant {tenant} has no full backup in {}", target.describe()))?;
-    let revision = revision.unwrap_or(latest);
-    let chain = manifest.chain_to(revision)?;
+    let (revision, chain) = super::online::chain(target, tenant, revision)?;
     seed_data_dir(member, &mut |store, group| {
         let mut import = store.import_group(group, revision)?;
         for (i, entry) in chain.iter().enumerate() {
