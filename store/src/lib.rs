@@ -39,7 +39,12 @@
 //! - **Backups** ([`Store::export_full`], [`Store::export_delta`], [`Store::import_group`]):
 //!   a group exported whole at its revision or as the changes of a revision range, and
 //!   rebuilt from a full export and a chain of deltas at any revision they cover, with
-//!   every key's revisions kept (see `backup`).
+//!   every key's revisions kept (see `backup`). A delta and a full export can come from one
+//!   pin ([`Store::pin_export`]); exports scan without filling the block cache. A group's
+//!   backup mark ([`CommandBody::BackupMark`], meta key `g | 'b'`, carried in snapshots) is
+//!   how far its backups reach; with [`StoreConfig::hold_history_for_backups`] a
+//!   compaction's purge stops there, so the next delta finds its history. An import ends
+//!   every chain (the mark records it): no delta starts before it.
 //! - **Imports through the log** ([`CommandBody::Import`], see `import`): a live group's
 //!   data replaced (a backup restored, another etcd migrated) by bounded, self-contained
 //!   steps every replica applies alike; the state between them is replicated (meta key
