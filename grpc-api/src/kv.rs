@@ -254,6 +254,18 @@ pub fn kv_to_pb(kv: store::KeyValue) -> mvccpb::KeyValue {
     }
 }
 
+/// etcd's `mvccpb.KeyValue` as a store key-value (the inverse of [`kv_to_pb`]).
+pub fn kv_from_pb(kv: mvccpb::KeyValue) -> store::KeyValue {
+    store::KeyValue {
+        key: kv.key,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+        value: kv.value,
+        lease: kv.lease,
+    }
+}
+
 /// A store event as etcd's `mvccpb.Event`.
 pub fn event_to_pb(e: store::Event) -> mvccpb::Event {
     mvccpb::Event {

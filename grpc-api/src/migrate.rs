@@ -271,7 +271,7 @@ async fn migrate(
             let mut next = kv.key.to_vec();
             next.push(0);
             page_from = Bytes::from(next);
-            let record = store::KeyRecord { kv: Some(from_etcd_kv(kv)), sub: 0 };
+            let record = store::KeyRecord { kv: Some(crate::kv::kv_from_pb(kv)), sub: 0 };
             let len = record.encoded_len();
             if !batch.is_empty() && batch_bytes + len > store::IMPORT_STEP_BYTES_MAX {
                 import.send(keys_step(s, std::mem::take(&mut batch))).await?;
@@ -433,17 +433,6 @@ fn events_step(pending: &mut Pending) -> store::ImportOp {
     store::ImportOp::Events(store::ImportEvents { events: std::mem::take(&mut pending.events) })
 }
 
-fn from_etcd_kv(kv: crate::pb::mvccpb::KeyValue) -> store::KeyValue {
-    store::KeyValue {
-        key: kv.key,
-        create_revision: kv.create_revision,
-        mod_revision: kv.mod_revision,
-        version: kv.version,
-        value: kv.value,
-        lease: kv.lease,
-    }
-}
-
 /// Adds one watch event, giving it the next sub revision of its revision.
 fn push_event(pending: &mut Pending, ev: crate::pb::mvccpb::Event) -> anyhow::Result<()> {
     let kv = ev.kv.ok_or_else(|| anyhow::anyhow!("etcd sent an event without a key"))?;
@@ -457,7 +446,7 @@ fn push_event(pending: &mut Pending, ev: crate::pb::mvccpb::Event) -> anyhow::Re
     let kv = if delete {
         store::KeyValue { key: kv.key, mod_revision: main, ..Default::default() }
     } else {
-        from_etcd_kv(kv)
+        crate::kv::kv_from_pb(kv)
     };
     let record = store::EventRecord { delete, kv: Some(kv), sub: pending.next_sub, prev_kv: None };
     pending.next_sub += 1;

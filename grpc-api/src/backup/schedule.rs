@@ -97,14 +97,6 @@ pub struct Scheduler {
     running: tokio::sync::Mutex<()>,
 }
 
-/// The name a group's backups are kept under: its tenant's, `default` for the default group.
-pub fn tenant_of(node: &Node) -> Option<String> {
-    if node.runtime.group == DEFAULT_GROUP {
-        return Some(DEFAULT_TENANT.to_string());
-    }
-    node.tenants.records().into_iter().find(|r| r.group == node.runtime.group).map(|r| r.name)
-}
-
 fn now_ms() -> u64 {
     super::now().0
 }
@@ -138,7 +130,9 @@ impl Scheduler {
                 {
                     continue;
                 }
-                let Some(tenant) = tenant_of(&node) else { continue };
+                // Backups are kept under the tenant's name (`default` for the default group),
+                // set on the group's runtime when this member started serving it.
+                let Some(tenant) = node.runtime.tenant.get().cloned() else { continue };
                 if let Some(full) = self.due(&node, &tenant).await {
                     // A due full backup closes the chain with a delta first (one pin).
                     let _ = self.take(&node, &tenant, full).await;
