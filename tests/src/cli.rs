@@ -42,3 +42,17 @@ pub async fn connect_eventually(endpoint: &str) -> Client {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `GET path` over plain HTTP/1.1 on `endpoint` (`http://host:port`): the status code and the
+/// whole response.
+pub fn http_get(endpoint: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let hostport = endpoint.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(hostport).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n").expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, out)
+}

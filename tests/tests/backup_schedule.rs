@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, CompactionOptions, ConnectOptions, GetOptions};
-use plinth_tests::cli::{plinth, plinth_ok};
+use plinth_tests::cli::{http_get, plinth, plinth_ok};
 use plinth_tests::cluster::Options;
 use plinth_tests::members::Members;
 use plinth_tests::{Kind, Server};
@@ -230,7 +230,7 @@ async fn scheduled_backups_outrun_compaction_and_restore_any_revision() {
         Some(Some(latest)),
         "{now}"
     );
-    let metrics = reqwest_metrics(&server.endpoint());
+    let metrics = http_get(&server.endpoint(), "/metrics").1;
     assert!(metrics.contains("plinth_backup_last_success_timestamp_seconds{tenant=\"default\"}"), "{metrics}");
     // Stopped, so that no further backup or pruning changes the target under the checks.
     server.kill9();
@@ -264,24 +264,6 @@ async fn scheduled_backups_outrun_compaction_and_restore_any_revision() {
     }
 }
 
-/// The member's `/metrics` text, read with a plain HTTP/1.1 request.
-fn reqwest_metrics(endpoint: &str) -> String {
-    http_get(endpoint, "/metrics").1
-}
-
-/// `GET path` on `endpoint` (`http://host:port`): status code and body.
-fn http_get(endpoint: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let hostport = endpoint.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(hostport).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, out)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_target_shows_in_status_and_metrics_only() {
     let work = tempfile::tempdir().unwrap();
@@ -311,7 +293,7 @@ async fn a_failing_target_shows_in_status_and_metrics_only() {
     assert!(!status["backup"]["last_error"].as_str().unwrap().is_empty(), "{status}");
     let simple = plinth_ok(&["tenant", "show", "t1", "--endpoints", &endpoint]);
     assert!(simple.contains("backup: failing"), "{simple}");
-    let metrics = reqwest_metrics(&endpoint);
+    let metrics = http_get(&endpoint, "/metrics").1;
     assert!(metrics.contains("plinth_backup_failures_total{tenant=\"t1\"}"), "{metrics}");
     // The default tenant's backups go on, and neither clients nor readiness notice.
     assert!(metrics.contains("plinth_backup_last_success_timestamp_seconds{tenant=\"default\"}"), "{metrics}");

@@ -449,16 +449,9 @@ fn a_member_added_and_removed_reaches_every_tenant_group() {
     });
 }
 
-/// `GET /metrics` on `endpoint` (`http://host:port`), the body.
+/// The `/metrics` text of the member at `endpoint`.
 fn metrics(endpoint: &str) -> String {
-    use std::io::{Read, Write};
-    let hostport = endpoint.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(hostport).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    plinth_tests::cli::http_get(endpoint, "/metrics").1
 }
 
 /// The value of the sample `series` (name and labels exactly as exposed), if present.
