@@ -5,9 +5,9 @@
 # deterministic simulation seeds (raft-log/tests/sim.rs), each with a fresh seed. The process
 # scenarios take turns in the order of `scenarios` below: 3 and 5 members under SIGKILL and
 # SIGSTOP, network partitions (namespaces; needs root), membership changes, a full disk
-# (tmpfs; needs root), fsync failing with EIO, corrupted files at restart. Progress and every
-# failure's seed and output go to stderr and to a log directory; stdout gets exactly one line
-# at the end:
+# (tmpfs; needs root), fsync failing with EIO, corrupted files at restart, slow and lossy peer
+# links (a delaying proxy). Progress and every failure's seed and output go to stderr and to a
+# log directory; stdout gets exactly one line at the end:
 #
 #   soak: H histories checked, V violations, F faults injected (KIND N, ...), S seeds
 #
@@ -38,6 +38,8 @@ scenarios=(
   linearizable_across_corrupted_files_at_restart
   kubernetes_shaped_under_partitions
   five_members_kubernetes_shaped_under_leader_kills_and_pauses
+  linearizable_over_slow_and_lossy_links
+  kubernetes_shaped_over_slow_and_lossy_links
 )
 
 logs=$(mktemp -d "${TMPDIR:-/tmp}/plinth-soak-XXXXXX")

@@ -32,6 +32,7 @@ pub mod faults;
 pub mod linearizability;
 pub mod members;
 pub mod netns;
+pub mod netproxy;
 pub mod normalize;
 pub mod ports;
 pub mod process;

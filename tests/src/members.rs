@@ -48,6 +48,9 @@ pub struct Member {
     pub netns: Option<String>,
     /// Environment variables only this member gets (used from its next start on).
     pub env: Vec<(String, String)>,
+    /// The port its peer URL advertises when something (a [`crate::netproxy::Proxy`]) stands
+    /// between its peers and its own peer port; set before the cluster's first start.
+    pub advertised_peer_port: Option<u16>,
 }
 
 impl Member {
@@ -56,10 +59,20 @@ impl Member {
         format!("http://{}:{}", self.host, self.client.get())
     }
 
-    /// `http://<host>:<peer port>` (`https://` with [`Member::peer_https`]).
+    /// The peer URL its peers dial: `http://<host>:<port>` (`https://` with
+    /// [`Member::peer_https`]), with the advertised port when one is set.
     pub fn peer_url(&self) -> String {
+        self.peer_url_on(self.advertised_peer_port.unwrap_or(self.peer.get()))
+    }
+
+    /// The peer URL it listens on.
+    pub fn listen_peer_url(&self) -> String {
+        self.peer_url_on(self.peer.get())
+    }
+
+    fn peer_url_on(&self, port: u16) -> String {
         let scheme = if self.peer_https { "https" } else { "http" };
-        format!("{scheme}://{}:{}", self.host, self.peer.get())
+        format!("{scheme}://{}:{port}", self.host)
     }
 
     /// The port its peers connect to.
@@ -229,6 +242,7 @@ impl Members {
             host: "127.0.0.1".to_owned(),
             netns: None,
             env: Vec::new(),
+            advertised_peer_port: None,
         });
         self.members.len() - 1
     }
@@ -258,7 +272,7 @@ impl Members {
             ("--data-dir", m.dir.join("data").display().to_string()),
             ("--listen-client-urls", m.endpoint()),
             ("--advertise-client-urls", m.endpoint()),
-            ("--listen-peer-urls", m.peer_url()),
+            ("--listen-peer-urls", m.listen_peer_url()),
             ("--initial-advertise-peer-urls", m.peer_url()),
             ("--initial-cluster", initial_cluster),
             ("--initial-cluster-state", m.state.to_owned()),

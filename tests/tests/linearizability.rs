@@ -16,7 +16,8 @@
 //! follower (3 and 5 members), network partitions between members in their own network
 //! namespaces (a minority, a split, the leader alone, one direction only), learners added
 //! and promoted and a follower and the leader removed, a member's disk filling up, a
-//! member's fsyncs failing with EIO, a stopped member's WAL segment or SST file corrupted.
+//! member's fsyncs failing with EIO, a stopped member's WAL segment or SST file corrupted,
+//! peer links delayed, stalled (lost packets) and cut by a proxy in front of every member.
 //! Afterwards every fault is undone and every member runs, a linearizable read of every key
 //! is recorded, the watchers catch up to the final revision, the recorded history goes
 //! through [`plinth_tests::linearizability::check`], and every member must have the same
@@ -29,8 +30,8 @@
 //!
 //! Bounded: start ≤ 20 s (typically 2 s), load 20–30 s, catch-up ≤ 10 s, convergence
 //! ≤ 30 s, check a few seconds; scenarios run one after the other. `make test` runs the
-//! process, partition, fsync and corruption scenarios of 3 (partitions: 5) members; the rest
-//! are `#[ignore]`d and run by `make soak`.
+//! process, partition, fsync, corruption and slow-link scenarios of 3 (partitions: 5)
+//! members; the rest are `#[ignore]`d and run by `make soak`.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -479,8 +480,8 @@ impl Scenario {
     }
 }
 
-// The CI slice (`make test`): the first two scenarios, partitions, fsync errors and corrupted
-// files (each well under a minute). The rest are `#[ignore]`d and run by `make soak`
+// The CI slice (`make test`): the first two scenarios, partitions, fsync errors, corrupted
+// files and slow links (each well under a minute). The rest are `#[ignore]`d and run by `make soak`
 // (scripts/soak.sh lists every scenario), or with `-- --ignored`.
 
 #[test]
@@ -553,6 +554,17 @@ fn linearizable_across_corrupted_files_at_restart() {
 
 /// Whether this process may make namespaces and mounts (the partition, full disk, fsync
 /// shim and corruption rigs need root for the first two; all need a Linux host).
+#[test]
+fn linearizable_over_slow_and_lossy_links() {
+    run(Scenario::new("linearizable_over_slow_and_lossy_links", 3, Workload::Mixed, Fault::SlowLinks));
+}
+
+#[test]
+#[ignore = "soak scenario (scripts/soak.sh)"]
+fn kubernetes_shaped_over_slow_and_lossy_links() {
+    run(Scenario::new("kubernetes_shaped_over_slow_and_lossy_links", 3, Workload::Kubernetes, Fault::SlowLinks));
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }

@@ -10,6 +10,7 @@
 //! | `FullDisk` | one member's data dir (a tmpfs) filled by a ballast file; the member restarted while full; space back by deleting the ballast or growing the tmpfs | the member stops or refuses; it restarts clean and catches up |
 //! | `FsyncError` | one member's fsyncs fail with `EIO` | the member stops; restarted without the fault it lost nothing acknowledged |
 //! | `Corruption` | bytes flipped in a stopped member's WAL segment, then in one of its SST files | it refuses to start with an error naming the file; the others keep serving |
+//! | `SlowLinks` | every peer connection through a proxy ([`plinth_tests::netproxy`]): delay and jitter, stalls as after lost packets, cut connections, one member's links far slower than the heartbeat | elections when a leader seems gone; nothing acknowledged is lost, no stale read |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -17,6 +18,8 @@ use std::time::{Duration, Instant};
 use plinth_tests::faults::{self, FsyncShim, Tmpfs};
 use plinth_tests::members::Members;
 use plinth_tests::netns::Net;
+use plinth_tests::netproxy::{Conditions, Proxy};
+use plinth_tests::ports::{self, Port};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -37,6 +40,8 @@ pub enum Fault {
     FsyncError,
     /// A stopped member's WAL segment, then one of its SST files, corrupted.
     Corruption,
+    /// Peer links delayed, stalled (lost packets) and cut by a proxy in front of each member.
+    SlowLinks,
 }
 
 /// Size of the tmpfs of the `FullDisk` member's data dir.
@@ -83,6 +88,8 @@ pub struct Rig {
     shim: Option<FsyncShim>,
     /// Members whose fsyncs were made to fail (restarted without the shim at the latest on heal).
     fsync_failed: BTreeSet<usize>,
+    /// The proxy in front of each member's peer port (`SlowLinks`), with the port it holds.
+    proxies: Vec<(Proxy, Port)>,
 }
 
 impl Rig {
@@ -101,6 +108,7 @@ impl Rig {
             tmpfs: None,
             shim: None,
             fsync_failed: BTreeSet::new(),
+            proxies: Vec::new(),
         };
         match fault {
             Fault::Partition => {
@@ -122,6 +130,15 @@ impl Rig {
                     m.env = shim.env(i);
                 }
                 rig.shim = Some(shim);
+            }
+            Fault::SlowLinks => {
+                for (i, m) in rig.cluster.members.iter_mut().enumerate() {
+                    let port = ports::reserve();
+                    let listener = std::net::TcpListener::bind(("127.0.0.1", port.get())).expect("bind a proxy port");
+                    let target = std::net::SocketAddr::from(([127, 0, 0, 1], m.peer_port()));
+                    rig.proxies.push((Proxy::start(listener, target, 0x51ed + i as u64), port));
+                    m.advertised_peer_port = Some(rig.proxies[i].1.get());
+                }
             }
             Fault::Process | Fault::Membership | Fault::Corruption => {}
         }
@@ -149,6 +166,9 @@ impl Rig {
         }
         if let Some(t) = &self.tmpfs {
             let _ = std::fs::remove_file(t.path().join(BALLAST));
+        }
+        for (p, _) in &self.proxies {
+            p.set(Conditions::CLEAN);
         }
         for i in std::mem::take(&mut self.fsync_failed) {
             let m = &mut self.cluster.members[i];
@@ -179,6 +199,7 @@ impl Drop for Rig {
         }
         self.tmpfs.take();
         self.net.take();
+        self.proxies.clear();
     }
 }
 
@@ -215,6 +236,7 @@ pub async fn inject(rig: &mut Rig, seed: u64, load_end: Instant) -> Injected {
         Fault::FullDisk => full_disk(rig, &mut rng, load_end, &mut injected).await,
         Fault::FsyncError => fsync_errors(rig, &mut rng, load_end, &mut injected).await,
         Fault::Corruption => corruption(rig, &mut rng, load_end, &mut injected).await,
+        Fault::SlowLinks => slow_links(rig, &mut rng, load_end, &mut injected).await,
     }
     injected
 }
@@ -520,6 +542,53 @@ async fn fsync_errors(rig: &mut Rig, rng: &mut StdRng, load_end: Instant, inject
         m.env.clear();
         rig.shim.as_ref().expect("shim").untrigger(victim);
         rig.cluster.spawn(victim);
+    }
+}
+
+/// One link condition at a time for 1.5–4 s, then clean links until a leader is agreed
+/// again: every link delayed (10–60 ms each way, with jitter), every link losing packets
+/// (2–10 % of chunks stall 150–600 ms, holding what follows), the links into one member
+/// cut now and then, or one member (the leader 60 % of the time) reached only through links
+/// slower than the heartbeat (120–300 ms each way).
+async fn slow_links(rig: &mut Rig, rng: &mut StdRng, load_end: Instant, injected: &mut Injected) {
+    let n = rig.cluster.members.len();
+    while pause(rng, load_end, 800..2000, Duration::from_secs(5)).await {
+        let leader = leader_of(rig).await;
+        let member = if rng.random_bool(0.6) { leader } else { (leader + rng.random_range(1..n)) % n };
+        let name = rig.cluster.members[member].name.clone();
+        let (kind, affected, c): (&'static str, Vec<usize>, Conditions) = match rng.random_range(0..4) {
+            0 => {
+                let delay = Duration::from_millis(rng.random_range(10..60));
+                let jitter = Duration::from_millis(rng.random_range(0..30));
+                ("link-delay", (0..n).collect(), Conditions { delay, jitter, ..Conditions::CLEAN })
+            }
+            1 => {
+                let stall_per_mille = rng.random_range(20..100);
+                let stall = Duration::from_millis(rng.random_range(150..600));
+                ("link-loss", (0..n).collect(), Conditions { stall_per_mille, stall, ..Conditions::CLEAN })
+            }
+            2 => {
+                let cut_per_mille = rng.random_range(5..40);
+                ("link-cut", vec![member], Conditions { cut_per_mille, ..Conditions::CLEAN })
+            }
+            _ => {
+                let delay = Duration::from_millis(rng.random_range(120..300));
+                ("link-slow-member", vec![member], Conditions { delay, ..Conditions::CLEAN })
+            }
+        };
+        let role = if member == leader { "leader" } else { "follower" };
+        eprintln!("fault {}: {kind} on links into {affected:?} ({name} is the {role}): {c:?}", injected.total());
+        for &i in &affected {
+            rig.proxies[i].0.set(c);
+        }
+        injected.add(kind);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1500..4000))).await;
+        for (p, _) in &rig.proxies {
+            p.set(Conditions::CLEAN);
+        }
+        let (cuts, stalls): (usize, usize) =
+            rig.proxies.iter().fold((0, 0), |(c, s), (p, _)| (c + p.cuts(), s + p.stalls()));
+        eprintln!("links clean again; {cuts} connections cut and {stalls} chunks stalled so far");
     }
 }
 
