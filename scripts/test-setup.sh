@@ -44,6 +44,11 @@ expect() {
 root=$(fake_root cpp-only usr/lib/x86_64-linux-gnu/libclang-cpp.so.14 usr/lib/llvm-14/lib/libclang-cpp.so.14)
 expect "$root" "libclang-dev protobuf-compiler" "libclang-cpp.so.14 alone is not libclang"
 
+# libclang-cpp-dev's unversioned name is the C++ library too.
+root=$(fake_root cpp-dev usr/lib/llvm-14/lib/libclang-cpp.so usr/lib/x86_64-linux-gnu/libclang-cpp.so.14)
+fake_protoc "$root" 3.21.12
+expect "$root" "libclang-dev" "libclang-cpp.so (unversioned) is not libclang either"
+
 # A runtime-only libclang (libclang1-14) has neither the linkable name nor clang's headers.
 root=$(fake_root runtime-only usr/lib/llvm-14/lib/libclang.so.1 usr/lib/x86_64-linux-gnu/libclang-14.so.1)
 fake_protoc "$root" 3.21.12

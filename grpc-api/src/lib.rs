@@ -24,8 +24,9 @@
 //! - Every queue and buffer has a named bound: proposal waiters (`WAITERS_MAX`) and
 //!   membership waiters (`CONF_WAITERS_MAX`); per watch stream, the store's channel and
 //!   `SEND_BUFFER` responses; per keep-alive stream, `KEEPALIVE_BUFFER`; per peer,
-//!   `PEER_QUEUE_MSGS_MAX` messages and `STREAM_BATCHES_MAX` batches; a snapshot being sent,
-//!   `SNAPSHOT_CHUNKS_BUFFERED` chunks (`Maintenance.Snapshot`, 4). What is not bounded by a
+//!   `PEER_QUEUE_MSGS_MAX` messages and `STREAM_BATCHES_MAX` batches; a snapshot being sent
+//!   to a peer, `SNAPSHOT_CHUNKS_BUFFERED` chunks (`peer.rs`), and to a `Maintenance.Snapshot`
+//!   client, `SNAPSHOT_CHUNKS_AHEAD` (`maintenance.rs`). What is not bounded by a
 //!   constant: the number of client connections, of streams per connection (etcd's
 //!   `u32::MAX`, see `serve.rs`) and of watchers per stream; and a snapshot being installed,
 //!   which is held in memory whole, up to `SNAPSHOT_BYTES_MAX` (8 GiB).

@@ -62,6 +62,8 @@ const SNAPSHOT_ALIGN_BYTES: usize = 512;
 
 /// Upper bound of what follows the data: padding and the SHA-256.
 const SNAPSHOT_TRAILER_BYTES: usize = SNAPSHOT_ALIGN_BYTES + 32;
+/// Chunks of a `Maintenance.Snapshot` stream read ahead of a slow client.
+const SNAPSHOT_CHUNKS_AHEAD: usize = 4;
 
 /// The Maintenance service.
 pub struct MaintenanceService {
@@ -201,7 +203,7 @@ impl Maintenance for MaintenanceService {
         // Like etcd, the stream ends with the SHA-256 of everything before it, and the data is
         // zero-padded to a multiple of 512 bytes first: etcdctl's `snapshot save` checks that
         // shape (`sha256 checksum not found` otherwise).
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNKS_AHEAD);
         let header = node.current_header();
         tokio::task::spawn_blocking(move || {
             use sha2::Digest;

@@ -52,9 +52,6 @@ use tonic::{Request, Status};
 use crate::config::ServeArgs;
 use crate::tls::{ReloadingServerConfig, ServerTlsFiles, TlsConnectInfo, TlsParams};
 
-/// Validity of `--peer-auto-tls` certificates, in years (etcd's `--self-signed-cert-validity`
-/// default of 1).
-const AUTO_TLS_VALIDITY_YEARS: u32 = 1;
 /// Directory under the data dir holding the `--peer-auto-tls` certificate (etcd's
 /// `fixtures/peer`).
 const AUTO_TLS_DIR: &str = "fixtures/peer";
@@ -88,7 +85,8 @@ impl PeerTls {
             TlsParams::parse(s.tls_min_version.as_deref(), s.tls_max_version.as_deref(), s.cipher_suites.as_deref())?;
         let files = if s.peer_auto_tls == Some(true) && s.peer_cert_file.is_none() {
             let hosts = peer_hosts(args);
-            crate::tls::self_signed(&data_dir.join(AUTO_TLS_DIR), &hosts, AUTO_TLS_VALIDITY_YEARS)?
+            // `--self-signed-cert-validity` applies to both ports' certificates, as in etcd.
+            crate::tls::self_signed(&data_dir.join(AUTO_TLS_DIR), &hosts, args.self_signed_cert_validity()?)?
         } else {
             let (Some(cert), Some(key)) = (&s.peer_cert_file, &s.peer_key_file) else {
                 anyhow::bail!("https peer URLs need --peer-cert-file and --peer-key-file, or --peer-auto-tls");

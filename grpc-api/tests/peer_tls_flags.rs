@@ -16,10 +16,15 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// exits, `Ok(())` once it listens on its client port (then it is killed).
 fn start(peer_scheme: &str, extra: &[&str]) -> Result<(), String> {
     let tmp = tempfile::tempdir().unwrap();
+    start_in(tmp.path(), peer_scheme, extra)
+}
+
+/// [`start`] with the member's data dir under `dir` (`dir/data`).
+fn start_in(dir: &std::path::Path, peer_scheme: &str, extra: &[&str]) -> Result<(), String> {
     let (client, peer) = (free_port(), free_port());
     let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("{peer_scheme}://127.0.0.1:{peer}");
-    let mut child = serve_command(&tmp.path().join("data"), &client_url, &peer_url)
+    let mut child = serve_command(&dir.join("data"), &client_url, &peer_url)
         .args(["--initial-cluster", &format!("n1={peer_url}")])
         .args(extra)
         .stderr(Stdio::piped())
@@ -99,4 +104,17 @@ fn inconsistent_peer_tls_flags_are_refused_with_the_flag_named() {
 #[test]
 fn https_peer_urls_with_peer_auto_tls_start_and_make_a_certificate() {
     start("https", &["--peer-auto-tls"]).expect("plinth with --peer-auto-tls and https peer URLs");
+}
+
+#[test]
+fn peer_auto_tls_certificates_last_self_signed_cert_validity_years() {
+    let tmp = tempfile::tempdir().unwrap();
+    start_in(tmp.path(), "https", &["--peer-auto-tls", "--self-signed-cert-validity", "3"])
+        .expect("plinth with --peer-auto-tls and --self-signed-cert-validity");
+    let pem = std::fs::read(tmp.path().join("data/fixtures/peer/cert.pem")).expect("the peer auto-TLS certificate");
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).expect("a PEM certificate");
+    let cert = pem.parse_x509().expect("an X.509 certificate");
+    let validity = cert.validity();
+    let days = (validity.not_after.timestamp() - validity.not_before.timestamp()) / 86_400;
+    assert!((3 * 365..=3 * 366).contains(&days), "the peer certificate is valid for {days} days, not 3 years");
 }

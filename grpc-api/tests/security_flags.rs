@@ -33,6 +33,7 @@ fn start_and_wait(extra: &[&str]) -> (i32, String) {
 fn every_security_flag_is_refused_with_its_name() {
     let cases: &[&[&str]] = &[
         &["--client-crl-file", "/nonexistent/crl"],
+        &["--client-cert-allowed-hostname", "example.com"],
         &["--peer-crl-file", "/nonexistent/crl"],
         &["--client-cert-file", "/nonexistent/c.crt"],
         &["--client-key-file", "/nonexistent/c.key"],

@@ -152,7 +152,8 @@
 //!   the leader it knows (`Error::NoLeader` when it knows none). A forwarded proposal
 //!   that is lost is not reported: the caller's wait times out. A dropped read-index
 //!   request costs only its retry delay.
-//! - The driver does not hibernate idle groups and does not yet support removing groups.
+//! - The driver does not hibernate idle groups: every group ticks and its leader sends
+//!   heartbeats. A removed group (`remove_group`) stops ticking at once.
 //!   Conf changes are single changes (`ConfChange`); a `ConfChangeV2` entry from elsewhere
 //!   is applied, but the state machine hears only of its first change.
 //! - [`ManualDriver`] exposes neither read-index requests nor leader transfers (their
