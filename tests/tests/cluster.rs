@@ -428,6 +428,46 @@ fn isolated_leader_steps_down_and_a_lagging_member_gets_a_snapshot() {
     );
 }
 
+/// A member killed right after it installed a snapshot from the leader (the store holds the
+/// snapshot and Raft has truncated its log below it) starts again and catches up: the
+/// installed state was durable before the log was cut, so the store's applied index is not
+/// left below the log's first entry.
+#[test]
+fn a_member_killed_right_after_installing_a_snapshot_restarts() {
+    let rt = runtime();
+    let mut c = Members::start(MEMBERS, &SHORT_LOG);
+    let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
+    let load = Load::start(&rt, &c);
+    let follower = (leader + 1) % MEMBERS;
+    c.members[follower].kill9();
+    let down_at = Instant::now();
+    load.wait(150, down_at, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(600));
+    let log_before = c.members[follower].log().len();
+    c.spawn(follower);
+    // Killed within a few milliseconds of the install's log line, which follows the store's
+    // install and precedes Raft's truncation by about as much.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.members[follower].log()[log_before..].contains("installed a snapshot") {
+        assert!(Instant::now() < deadline, "no snapshot installed:\n{}", c.members[follower].log_tail(30));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(5));
+    c.members[follower].kill9();
+    let log_before = c.members[follower].log().len();
+    c.spawn(follower);
+    let resumed_at = Instant::now();
+    load.wait(30, resumed_at, Duration::from_secs(15));
+    let acked = load.finish(&rt);
+    assert!(
+        c.members[follower].is_running(),
+        "the member did not start again after being killed right after a snapshot install:\n{}",
+        &c.members[follower].log()[log_before..]
+    );
+    let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
+    rt.block_on(verify_members(&c, leader, &acked));
+}
+
 /// The member id each member reports for itself, by member index.
 async fn member_ids(c: &Members) -> Vec<u64> {
     let mut ids = Vec::new();
