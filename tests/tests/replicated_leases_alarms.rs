@@ -1,9 +1,9 @@
 //! Process tests of state every member must agree on besides the keyspace: lease timers and
 //! alarms, across members, leader failover and restarts.
 //!
-//! - a lease granted through one member and revoked through another is gone on the leader
-//!   elected after the old one is killed: keep-alive answers TTL 0 (etcdctl: "requested lease
-//!   not found"), time-to-live answers -1;
+//! - a lease granted through one member and revoked through another, or expired, is gone on
+//!   the leader elected after the old one is killed: keep-alive answers TTL 0 (etcdctl:
+//!   "requested lease not found"), time-to-live answers -1;
 //! - a keep-alive of a revoked lease answers as etcd 3.5.1 does (TTL 0 on the stream);
 //! - a NOSPACE alarm raised by the quota is on every member, survives a restart of all of
 //!   them, refuses writes on every member, and a disarm through one member clears it on all.
@@ -63,23 +63,48 @@ async fn keep_alive_once(client: &mut Client, id: i64) -> i64 {
 
 #[test]
 fn a_lease_revoked_through_another_member_is_gone_on_the_next_leader() {
+    lease_ended_through_the_log_is_gone_on_the_next_leader(LeaseEnd::Revoked);
+}
+
+#[test]
+fn a_lease_that_expired_is_gone_on_the_next_leader() {
+    lease_ended_through_the_log_is_gone_on_the_next_leader(LeaseEnd::Expired);
+}
+
+/// How the lease of [`lease_ended_through_the_log_is_gone_on_the_next_leader`] ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseEnd {
+    /// Revoked by a client through the leader.
+    Revoked,
+    /// Expired: the leader's lessor revokes it through the log once its TTL passes.
+    Expired,
+}
+
+/// A lease granted through a follower ends (`end`); every member drops its timer as the
+/// revoke applies, so after the leader is killed, neither the new leader nor the other
+/// member renews it: keep-alive answers TTL 0 and time-to-live -1.
+fn lease_ended_through_the_log_is_gone_on_the_next_leader(end: LeaseEnd) {
     let rt = runtime();
     let mut c = Members::start(3, &[]);
     rt.block_on(async {
         let leader = c.wait_leader(LEADER_TIMEOUT).await;
         let follower = (leader + 1) % 3;
-        // Granted through a follower, revoked through the leader: neither follower is the
-        // member that answered the revoke, so only the log tells them about it.
+        // Granted through a follower, ended by the leader: neither follower is the member
+        // that revoked it, so only the log tells them about it.
         let mut via_follower = must_connect(&c.members[follower].endpoint()).await;
-        let id = via_follower.lease_grant(60, None).await.expect("grant").id();
+        let ttl = if end == LeaseEnd::Expired { 2 } else { 60 };
+        let id = via_follower.lease_grant(ttl, None).await.expect("grant").id();
         via_follower.put("held", "v", Some(etcd_client::PutOptions::new().with_lease(id))).await.expect("put");
-        let mut via_leader = must_connect(&c.members[leader].endpoint()).await;
-        via_leader.lease_revoke(id).await.expect("revoke");
-        // Both followers have applied the revoke once the key is gone from their view.
+        if end == LeaseEnd::Revoked {
+            let mut via_leader = must_connect(&c.members[leader].endpoint()).await;
+            via_leader.lease_revoke(id).await.expect("revoke");
+        }
+        // Both followers have applied the revoke once the key is gone from their view (an
+        // expiry takes the TTL first).
         for i in (0..3).filter(|i| *i != leader) {
             let mut client = must_connect(&c.members[i].endpoint()).await;
             let r = client.get("held", Some(GetOptions::new().with_serializable())).await;
-            let deadline = Instant::now() + APPLY_TIMEOUT;
+            let deadline = Instant::now() + APPLY_TIMEOUT + Duration::from_secs(ttl as u64);
             let mut r = r.expect("serializable get");
             while r.count() != 0 {
                 assert!(Instant::now() < deadline, "{} never applied the revoke", c.members[i].name);
