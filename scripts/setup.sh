@@ -5,7 +5,8 @@
 #   - protoc (protobuf-compiler, 3.21 on Debian 12): etcd-client's build script, used by the
 #     tests and the load generator, finds it on PATH. 3.x is also what raft-proto accepts, so a
 #     protoc on PATH breaks no other build (grpc-api uses its own vendored protoc).
-#   - make.
+#   - make;
+#   - the tests' tools: curl, openssl and iproute2's ip.
 # Idempotent and quiet when everything is already there.
 #
 # The checks are functions over a root directory (PLINTH_SETUP_ROOT, default /) so that
@@ -48,11 +49,12 @@ have_protoc() {
   return 1
 }
 
-have_make() {
+# An executable named $1 on PATH (under the root).
+have_command() {
   local dir
   local IFS=:
   for dir in $PATH; do
-    [[ -x $root$dir/make ]] && return 0
+    [[ -x $root$dir/$1 ]] && return 0
   done
   return 1
 }
@@ -60,7 +62,12 @@ have_make() {
 missing=()
 have_libclang || missing+=(libclang-dev)
 have_protoc || missing+=(protobuf-compiler)
-have_make || missing+=(make)
+have_command make || missing+=(make)
+# The tests' tools: curl (HTTP endpoints over TLS), openssl (scripts/gen-certs.sh and
+# certificate checks), ip (network namespaces of the partition tests).
+have_command curl || missing+=(curl)
+have_command openssl || missing+=(openssl)
+have_command ip || missing+=(iproute2)
 
 if [[ ${1:-} == --check ]]; then
   echo "${missing[*]}"

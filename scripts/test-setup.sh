@@ -8,13 +8,16 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 failures=0
 
-# fake_root NAME FILE... : a root with the given (empty) files and a `make` on its PATH.
+# fake_root NAME FILE... : a root with the given (empty) files and make, curl, openssl and ip
+# on its PATH.
 fake_root() {
-  local root=$work/$1 f
+  local root=$work/$1 f tool
   shift
   mkdir -p "$root/usr/bin"
-  printf '#!/bin/sh\nexit 0\n' >"$root/usr/bin/make"
-  chmod +x "$root/usr/bin/make"
+  for tool in make curl openssl ip; do
+    printf '#!/bin/sh\nexit 0\n' >"$root/usr/bin/$tool"
+    chmod +x "$root/usr/bin/$tool"
+  done
   for f in "$@"; do
     mkdir -p "$root/$(dirname "$f")"
     : >"$root/$f"
@@ -68,10 +71,10 @@ root=$(fake_root new-protoc usr/lib/llvm-14/lib/libclang.so)
 fake_protoc "$root" 31.1
 expect "$root" "protobuf-compiler" "a protoc other than 3.x does not count"
 
-# Nothing at all: every package, make included.
+# Nothing at all: every package, make and the tests' tools included.
 root=$work/empty
 mkdir -p "$root/usr/bin"
-expect "$root" "libclang-dev protobuf-compiler make" "an empty machine gets everything"
+expect "$root" "libclang-dev protobuf-compiler make curl openssl iproute2" "an empty machine gets everything"
 
 if ((failures)); then
   echo "test-setup: $failures check(s) failed" >&2
