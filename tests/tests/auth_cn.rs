@@ -131,6 +131,10 @@ fn certificate_users_match_etcd() {
             ("alice", &["get", "secret"]),
             ("alice", &["user", "list"]),
             ("alice", &["user", "get", "alice"]),
+            // A watch acts as the certificate's user too, checked at create.
+            ("alice", &["watch", "secret", "--rev=1"]),
+            ("alice", &["watch", "app/", "--prefix", "--rev=1"]),
+            ("bob", &["watch", "app/x", "--rev=1"]),
             ("bob", &["get", "app/x"]),
             ("alice", &["--user=root:rootpw", "get", "secret"]),
             ("root", &["user", "list"]),
@@ -151,6 +155,10 @@ fn certificate_users_match_etcd() {
         transcript
     };
     let (etcd, plinth) = (run(true), run(false));
+    let dir = std::env::temp_dir().join("plinth-differential");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join("auth_cn.etcd.txt"), &etcd);
+    let _ = std::fs::write(dir.join("auth_cn.plinth.txt"), &plinth);
     assert!(plinth.contains("etcdserver: permission denied"), "{plinth}");
     assert_eq!(plinth, etcd, "Plinth differs from etcd 3.5.1\n--- etcd ---\n{etcd}\n--- plinth ---\n{plinth}");
 }

@@ -217,14 +217,23 @@ fn etcdctl_kv_watch_and_health_over_mtls() {
     );
     drop(watch);
 
-    // The HTTP endpoints share the TLS port (ALPN http/1.1).
-    let mut curl = Command::new("curl");
-    curl.args(["-sS", "--max-time", "10", "--cacert"]).arg(&pki.ca_file);
-    let (cert, key) = c.cert_key.clone().expect("client cert");
-    curl.arg("--cert").arg(cert).arg("--key").arg(key).arg(format!("{}/health", server.endpoint()));
-    let health = run_with_timeout(curl, None, COMMAND_TIMEOUT);
-    assert_eq!(health.code, Some(0), "curl /health: {health:?}");
-    assert!(health.stdout.contains("\"health\":\"true\""), "/health: {health:?}");
+    // The HTTP endpoints share the TLS port, over HTTP/2 and over HTTP/1.1 (ALPN).
+    let curl = |path: &str, version: &str| {
+        let mut curl = Command::new("curl");
+        curl.args(["-sS", "--max-time", "10", version, "-w", "\n%{http_version}", "--cacert"]).arg(&pki.ca_file);
+        let (cert, key) = c.cert_key.clone().expect("client cert");
+        curl.arg("--cert").arg(cert).arg("--key").arg(key).arg(format!("{}{path}", server.endpoint()));
+        run_with_timeout(curl, None, COMMAND_TIMEOUT)
+    };
+    for (version, spoken) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let health = curl("/health", version);
+        assert_eq!(health.code, Some(0), "curl {version} /health: {health:?}");
+        assert!(health.stdout.contains("\"health\":\"true\""), "/health: {health:?}");
+        assert!(health.stdout.ends_with(&format!("\n{spoken}")), "curl {version} spoke: {health:?}");
+        let metrics = curl("/metrics", version);
+        assert_eq!(metrics.code, Some(0), "curl {version} /metrics: {metrics:?}");
+        assert!(metrics.stdout.contains("etcd_server_has_leader 1"), "/metrics over {version}: {metrics:?}");
+    }
 }
 
 #[test]
