@@ -10,7 +10,7 @@
 //! - a deleted tenant's port closes and its name is free again; tenants survive a restart;
 //! - metrics per tenant (requests by method and code, keys, watchers, size, apply latency),
 //!   gone with the tenant;
-//! - three members with many tenants: concurrent writes in every tenant through every
+//! - three members with 50 tenants: concurrent writes in every tenant through every
 //!   member, one member killed with SIGKILL and restarted, then every tenant's keys,
 //!   revision and HashKV identical on every member.
 //!
@@ -269,7 +269,7 @@ fn tenants_are_isolated_from_each_other_and_from_the_default_tenant() {
 
 /// Tenants of a three-member cluster (each member with its own port base, all on
 /// 127.0.0.1).
-const TENANTS: u16 = 12;
+const TENANTS: u16 = 50;
 const PUTS_PER_TENANT: usize = 30;
 
 #[test]
