@@ -69,9 +69,11 @@
 //!   creates, serves and removes groups as it changes, and makes every group's voters follow
 //!   the default group's (which carries the cluster's membership). A request is served by
 //!   its connection's tenant (a tenant port, or the client certificate's SAN URI or CN), and
-//!   counted in metrics labelled by tenant (`metrics.rs`). Not yet: hibernation of idle
-//!   groups, apply off the driver thread, per-tenant request limits, snapshots streamed into
-//!   SST files.
+//!   counted in metrics labelled by tenant (`metrics.rs`). A tenant's limits (requests per
+//!   second, proposals in flight, watchers, written bytes per second; `limits.rs`) are
+//!   enforced per member and answer etcd's "too many requests". Not yet: hibernation of idle
+//!   groups, apply off the driver thread, fair scheduling across groups, snapshots streamed
+//!   into SST files.
 //! - Backups (`backup/`): objects, manifests, targets and offline restore, and the schedule
 //!   (`backup/schedule.rs`) that takes each tenant's backups on its group's leader, records a
 //!   replicated backup mark after each, and holds history for the next delta (the store's
@@ -96,6 +98,7 @@ pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod lessor;
+pub mod limits;
 pub mod maintenance;
 pub mod member;
 pub mod metrics;

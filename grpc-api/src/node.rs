@@ -186,6 +186,9 @@ pub struct GroupRuntime {
     pub tenant: std::sync::OnceLock<Arc<str>>,
     /// Watchers open on the group on this member.
     pub watchers: std::sync::atomic::AtomicI64,
+    /// The tenant's limits as this member enforces them (none for the default and system
+    /// groups).
+    pub limiter: crate::limits::Limiter,
 }
 
 impl GroupRuntime {
@@ -211,6 +214,7 @@ impl GroupRuntime {
             request_rate: AtomicU64::new(0f64.to_bits()),
             tenant: std::sync::OnceLock::new(),
             watchers: std::sync::atomic::AtomicI64::new(0),
+            limiter: crate::limits::Limiter::default(),
         }
     }
 
@@ -529,6 +533,12 @@ impl Node {
         let command = store::Command { request_id: 0, body: Some(body) };
         self.store.validate(&command).map_err(|e| crate::error::store_status(&e))?;
         let encoded_len = command.encoded_len();
+        // Held until the answer: the tenant's proposals in flight on this member.
+        let _slot = self
+            .runtime
+            .limiter
+            .begin_proposal(encoded_len as u64)
+            .ok_or_else(|| EtcdError::TooManyRequests.status())?;
         let id = request_id(self.member_id(), self.next_request_id.fetch_add(1, Ordering::Relaxed));
         let data = encode_proposal(self.member_id(), id, &command, encoded_len);
         let (tx, rx) = oneshot::channel();

@@ -317,6 +317,7 @@ fn client_router(node: Arc<Node>, max_request_bytes: usize, health: HealthServer
     grpc.routes()
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(node.clone(), refuse_while_importing))
+        .layer(axum::middleware::from_fn_with_state(node.runtime.clone(), count_and_limit))
         .layer(axum::middleware::from_fn_with_state(
             (node.metrics.clone(), node.runtime.clone()),
             crate::metrics::count_grpc,
@@ -346,6 +347,22 @@ async fn refuse_while_importing(
     let path = request.uri().path();
     if DATA_CALL_PREFIXES.iter().any(|p| path.starts_with(p)) && node.store.import_state(node.group()).is_some() {
         return crate::error::EtcdError::Restoring.status().into_http();
+    }
+    next.run(request).await
+}
+
+/// Counts every request of the router's group (the tenant's request rate in `plinth tenant
+/// show`), and refuses an etcd call over the tenant's requests per second with etcd's "too
+/// many requests" (see `limits.rs`). Runs on both ways in: the shared client port (after
+/// the certificate picked the tenant) and the tenant's own port.
+async fn count_and_limit(
+    axum::extract::State(rt): axum::extract::State<Arc<crate::node::GroupRuntime>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    rt.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if request.uri().path().starts_with("/etcdserverpb.") && !rt.limiter.admit_request() {
+        return crate::error::EtcdError::TooManyRequests.status().into_http();
     }
     next.run(request).await
 }

@@ -40,6 +40,35 @@ pub struct TenantArgs {
     pub write_out: String,
 }
 
+/// A tenant's limits, enforced by each member on what it serves; 0 removes a limit.
+/// Exceeding one answers `etcdserver: too many requests`.
+#[derive(Debug, Default, clap::Args)]
+pub struct LimitArgs {
+    /// Requests per second (a watch or keep-alive stream counts once, when opened).
+    #[arg(long)]
+    pub max_requests_per_second: Option<u32>,
+    /// Proposals (writes) waiting for their answer at once.
+    #[arg(long)]
+    pub max_inflight_proposals: Option<u32>,
+    /// Watchers open at once.
+    #[arg(long)]
+    pub max_watchers: Option<u32>,
+    /// Bytes of writes per second.
+    #[arg(long)]
+    pub max_request_bytes_per_second: Option<u64>,
+}
+
+impl LimitArgs {
+    fn to_pb(&self) -> pb::TenantLimits {
+        pb::TenantLimits {
+            requests_per_second: self.max_requests_per_second.unwrap_or(0),
+            inflight_proposals: self.max_inflight_proposals.unwrap_or(0),
+            watchers: self.max_watchers.unwrap_or(0),
+            request_bytes_per_second: self.max_request_bytes_per_second.unwrap_or(0),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TenantCommand {
     /// Create a tenant (its own Raft group on every member).
@@ -51,6 +80,8 @@ pub enum TenantCommand {
         /// Quota of the tenant's keyspace in bytes (default: the members' quota).
         #[arg(long)]
         quota_bytes: Option<u64>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// List tenants.
     List,
@@ -68,6 +99,8 @@ pub enum TenantCommand {
         /// New quota in bytes (0: the members' default).
         #[arg(long)]
         quota_bytes: Option<u64>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Delete a tenant and its data on every member.
     Delete { name: String },
@@ -105,20 +138,30 @@ pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
         m => anyhow::anyhow!("{m}"),
     };
     match args.command {
-        TenantCommand::Create { name, client_cn, quota_bytes } => {
-            let msg = pb::CreateTenantRequest { name, client_cns: client_cn, quota_bytes: quota_bytes.unwrap_or(0) };
+        TenantCommand::Create { name, client_cn, quota_bytes, limits } => {
+            let msg = pb::CreateTenantRequest {
+                name,
+                client_cns: client_cn,
+                quota_bytes: quota_bytes.unwrap_or(0),
+                limits: Some(limits.to_pb()),
+            };
             let answer = client.create(with_token(msg, token.as_deref())).await.map_err(status_error)?;
             print_tenant(answer.into_inner(), json, |t| {
                 format!("tenant {} created: number {}, group {}", t.name, t.number, t.group)
             });
         }
-        TenantCommand::Update { name, client_cn, clear_client_cns, quota_bytes } => {
+        TenantCommand::Update { name, client_cn, clear_client_cns, quota_bytes, limits } => {
             let msg = pb::UpdateTenantRequest {
                 name,
                 set_client_cns: clear_client_cns || !client_cn.is_empty(),
                 client_cns: client_cn,
                 set_quota_bytes: quota_bytes.is_some(),
                 quota_bytes: quota_bytes.unwrap_or(0),
+                set_requests_per_second: limits.max_requests_per_second.is_some(),
+                set_inflight_proposals: limits.max_inflight_proposals.is_some(),
+                set_watchers: limits.max_watchers.is_some(),
+                set_request_bytes_per_second: limits.max_request_bytes_per_second.is_some(),
+                limits: Some(limits.to_pb()),
             };
             let answer = client.update(with_token(msg, token.as_deref())).await.map_err(status_error)?;
             print_tenant(answer.into_inner(), json, |t| format!("tenant {} updated", t.name));
@@ -222,6 +265,7 @@ pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
                 println!("group: {}", t.group);
                 println!("client CNs: [{}]", t.client_cns.join(" "));
                 println!("quota: {}", quota_text(t.quota_bytes));
+                println!("limits: {}", limits_text(t.limits.as_ref()));
                 println!("revision: {}", s.revision);
                 println!("compact revision: {}", s.compact_revision);
                 println!("keys: {}", s.keys);
@@ -271,6 +315,26 @@ fn print_tenant(answer: pb::TenantResponse, json: bool, simple: impl FnOnce(&pb:
     }
 }
 
+/// `none`, or the limits that are set: `requests/s 100, watchers 50`.
+fn limits_text(l: Option<&pb::TenantLimits>) -> String {
+    let l = l.cloned().unwrap_or_default();
+    let set: Vec<String> = [
+        ("requests/s", u64::from(l.requests_per_second)),
+        ("in-flight proposals", u64::from(l.inflight_proposals)),
+        ("watchers", u64::from(l.watchers)),
+        ("request bytes/s", l.request_bytes_per_second),
+    ]
+    .into_iter()
+    .filter(|(_, v)| *v != 0)
+    .map(|(name, v)| format!("{name} {v}"))
+    .collect();
+    if set.is_empty() {
+        "none".into()
+    } else {
+        set.join(", ")
+    }
+}
+
 fn quota_text(bytes: u64) -> String {
     if bytes == 0 {
         "default".into()
@@ -287,6 +351,12 @@ fn tenant_json(t: &pb::Tenant) -> serde_json::Value {
         "state": t.state,
         "quota_bytes": t.quota_bytes,
         "client_cns": t.client_cns,
+        "limits": {
+            "requests_per_second": t.limits.as_ref().map_or(0, |l| l.requests_per_second),
+            "inflight_proposals": t.limits.as_ref().map_or(0, |l| l.inflight_proposals),
+            "watchers": t.limits.as_ref().map_or(0, |l| l.watchers),
+            "request_bytes_per_second": t.limits.as_ref().map_or(0, |l| l.request_bytes_per_second),
+        },
     })
 }
 

@@ -39,7 +39,8 @@ mod import;
 
 pub use import::DEFAULT_TENANT_NAME;
 
-use crate::node::{GroupRuntime, Groups, Node, DEFAULT_GROUP, SYSTEM_GROUP};
+use crate::limits::TenantLimits;
+use crate::node::{Groups, Node, DEFAULT_GROUP, SYSTEM_GROUP};
 use crate::pb::plinthv1 as pb;
 
 /// Group ids of tenants start here (0 is the system group, 1 the default tenant).
@@ -75,6 +76,10 @@ pub struct TenantRecord {
     pub client_cns: Vec<String>,
     /// The voters the group is bootstrapped with, as the creating member knew them.
     pub voters: Vec<u64>,
+    /// Request, proposal, watcher and byte-rate limits (records written before limits
+    /// existed read as none).
+    #[serde(default)]
+    pub limits: TenantLimits,
 }
 
 impl TenantRecord {
@@ -86,8 +91,27 @@ impl TenantRecord {
             state: "active".into(),
             quota_bytes: self.quota_bytes,
             client_cns: self.client_cns.clone(),
+            limits: Some(limits_to_pb(&self.limits)),
         }
     }
+}
+
+fn limits_to_pb(l: &TenantLimits) -> pb::TenantLimits {
+    pb::TenantLimits {
+        requests_per_second: l.requests_per_second,
+        inflight_proposals: l.inflight_proposals,
+        watchers: l.watchers,
+        request_bytes_per_second: l.request_bytes_per_second,
+    }
+}
+
+fn limits_from_pb(l: Option<&pb::TenantLimits>) -> TenantLimits {
+    l.map_or_else(TenantLimits::default, |l| TenantLimits {
+        requests_per_second: l.requests_per_second,
+        inflight_proposals: l.inflight_proposals,
+        watchers: l.watchers,
+        request_bytes_per_second: l.request_bytes_per_second,
+    })
 }
 
 /// Tags the requests of a listener that serves one tenant (a tenant port): an extension.
@@ -187,7 +211,7 @@ impl Tenants {
 
     /// The router that serves a request on the shared client port, by the connection's
     /// client certificate.
-    fn route(&self, extensions: &http::Extensions) -> Result<(axum::Router, Arc<GroupRuntime>), Status> {
+    fn route(&self, extensions: &http::Extensions) -> Result<axum::Router, Status> {
         let group = match extensions.get::<ListenerTenant>() {
             Some(t) => t.0,
             None => {
@@ -218,7 +242,7 @@ impl Tenants {
         let s = served
             .get(&group)
             .ok_or_else(|| Status::unavailable(format!("plinth: tenant group {group} is not served by this member")))?;
-        Ok((s.router.clone(), s.node.runtime.clone()))
+        Ok(s.router.clone())
     }
 
     /// The tenant records, by name.
@@ -305,10 +329,15 @@ impl Tenants {
         let voters: Vec<u64> = identity.members.iter().filter(|m| !m.is_learner).map(|m| m.id).collect();
         let learners: Vec<u64> = identity.members.iter().filter(|m| m.is_learner).map(|m| m.id).collect();
         let quotas: HashMap<u64, u64> = records.iter().map(|r| (r.group, r.quota_bytes)).collect();
+        let limits: HashMap<u64, TenantLimits> = records.iter().map(|r| (r.group, r.limits)).collect();
         for node in self.nodes() {
             let group = node.runtime.group;
             if group == DEFAULT_GROUP {
                 continue;
+            }
+            // Every member enforces the limits on what it serves, leader or not.
+            if let Some(l) = limits.get(&group) {
+                node.runtime.limiter.set(*l);
             }
             let Some(status) = node.raft_status() else { continue };
             if !status.is_leader {
@@ -442,10 +471,8 @@ impl tower::Service<http::Request<axum::body::Body>> for Dispatch {
         let routed = self.tenants.route(req.extensions());
         Box::pin(async move {
             match routed {
-                Ok((router, rt)) => {
-                    rt.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tower::ServiceExt::oneshot(router, req).await
-                }
+                // The router counts the request and applies the tenant's limits.
+                Ok(router) => tower::ServiceExt::oneshot(router, req).await,
                 Err(status) => Ok(status.into_http()),
             }
         })
@@ -522,6 +549,7 @@ impl TenantsService {
                 quota_bytes: req.quota_bytes,
                 client_cns: req.client_cns.clone(),
                 voters,
+                limits: limits_from_pb(req.limits.as_ref()),
             };
             let number_key = Bytes::from(format!("{NUMBER_PREFIX}{number}"));
             let txn = store::TxnRequest {
@@ -709,6 +737,20 @@ impl pb::tenants_server::Tenants for TenantsService {
             if req.set_quota_bytes {
                 record.quota_bytes = req.quota_bytes;
             }
+            let asked = limits_from_pb(req.limits.as_ref());
+            let l = &mut record.limits;
+            if req.set_requests_per_second {
+                l.requests_per_second = asked.requests_per_second;
+            }
+            if req.set_inflight_proposals {
+                l.inflight_proposals = asked.inflight_proposals;
+            }
+            if req.set_watchers {
+                l.watchers = asked.watchers;
+            }
+            if req.set_request_bytes_per_second {
+                l.request_bytes_per_second = asked.request_bytes_per_second;
+            }
             let txn = store::TxnRequest {
                 compare: vec![compare_mod(key.clone(), kv.mod_revision)],
                 success: vec![put(key, serde_json::to_vec(&record).expect("records serialize"))],
@@ -873,6 +915,7 @@ mod tests {
             quota_bytes: 0,
             client_cns: vec!["apiserver-a".into()],
             voters: vec![1],
+            limits: TenantLimits::default(),
         };
         records.insert("a".into(), r);
         assert!(check_cns(&records, "b", &["apiserver-a".into()]).is_err());

@@ -612,6 +612,11 @@ impl Store {
             .sum()
     }
 
+    /// Watchers open on group `g`, on every stream.
+    pub fn watcher_count(&self, g: GroupId) -> usize {
+        self.inner.group(g).hub.watcher_count()
+    }
+
     /// A new watch stream on group `g`.
     pub fn watch_stream(&self, g: GroupId) -> WatchStream {
         WatchStream::new(self.inner.group(g).hub.clone())

@@ -501,3 +501,105 @@ fn metrics_are_labelled_by_tenant_and_leave_with_it() {
         }
     });
 }
+
+const TOO_MANY: &str = "etcdserver: too many requests";
+
+/// `n` gets through `c` as fast as they go: how many were answered and how many refused
+/// with etcd's "too many requests" (anything else fails the test).
+async fn burst_of_gets(c: &mut Client, n: usize) -> (usize, usize) {
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..n {
+        match c.get("k", None).await {
+            Ok(_) => ok += 1,
+            Err(e) if e.to_string().contains(TOO_MANY) => refused += 1,
+            Err(e) => panic!("a get failed otherwise: {e}"),
+        }
+    }
+    (ok, refused)
+}
+
+/// Whether a watch on `key` through `c` is created, or refused with "too many requests".
+async fn watch_created(c: &mut Client, key: &str) -> (bool, Option<etcd_client::WatchStream>) {
+    match c.watch(key, None).await {
+        Err(e) if e.to_string().contains(TOO_MANY) => (false, None),
+        Err(e) => panic!("watch {key}: {e}"),
+        Ok(mut stream) => {
+            // etcd-client hands over the stream after the `created` response; a refusal
+            // then arrives as `canceled` with the reason.
+            match tokio::time::timeout(Duration::from_millis(300), stream.message()).await {
+                Ok(Ok(Some(r))) if r.canceled() => {
+                    assert_eq!(r.cancel_reason(), TOO_MANY, "watch {key} canceled for another reason");
+                    (false, None)
+                }
+                _ => (true, Some(stream)),
+            }
+        }
+    }
+}
+
+/// A tenant's limits answer etcd's "too many requests" once exceeded, on its own port only:
+/// requests per second (a burst of a second's worth passes), watchers, and bytes written
+/// per second; a tenant without limits beside it is never refused; an update lifts a limit
+/// on every member within a reconcile pass.
+#[test]
+fn tenant_limits_answer_too_many_requests() {
+    let block = ports::reserve_block(3);
+    let base = block[0].get();
+    let cluster = Members::start(1, &["--tenant-client-port-base", &base.to_string()]);
+    let rt = runtime();
+    rt.block_on(async {
+        cluster.wait_leader(LEADER_TIMEOUT).await;
+        let admin = cluster.members[0].endpoint();
+        let limits =
+            ["--max-requests-per-second", "20", "--max-watchers", "2", "--max-request-bytes-per-second", "4096"];
+        let mut args = vec!["create", "limited"];
+        args.extend(limits);
+        tenant_cli(&admin, &args);
+        tenant_cli(&admin, &["create", "free"]);
+        let shown = tenant_cli(&admin, &["show", "limited"]);
+        assert!(shown.contains("limits: requests/s 20, watchers 2, request bytes/s 4096"), "{shown}");
+        let mut limited = connect_eventually(&format!("http://127.0.0.1:{}", base + 1)).await;
+        let mut free = connect_eventually(&format!("http://127.0.0.1:{}", base + 2)).await;
+        // The limits reach the member's limiter on its next reconcile pass (every second).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+
+        let (ok, refused) = burst_of_gets(&mut limited, 100).await;
+        assert!(refused >= 50 && ok >= 15, "100 gets at 20/s: {ok} answered, {refused} refused");
+        let (ok, refused) = burst_of_gets(&mut free, 100).await;
+        assert_eq!((ok, refused), (100, 0), "the tenant without limits was refused");
+
+        // Two watchers at most (each watch opens a stream: a request of its own).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let mut kept = Vec::new();
+        for key in ["w1", "w2"] {
+            let (created, w) = watch_created(&mut limited, key).await;
+            assert!(created, "watch {key} within the limit was refused");
+            kept.push(w);
+        }
+        let (created, _) = watch_created(&mut limited, "w3").await;
+        assert!(!created, "a third watcher over a limit of 2 was created");
+        drop(kept);
+
+        // 4 KiB written per second: a burst of 1 KiB values is cut after about four.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let value = "v".repeat(1024);
+        let mut puts = (0, 0);
+        for i in 0..12 {
+            match limited.put(format!("big/{i}"), value.clone(), None).await {
+                Ok(_) => puts.0 += 1,
+                Err(e) if e.to_string().contains(TOO_MANY) => puts.1 += 1,
+                Err(e) => panic!("put: {e}"),
+            }
+        }
+        assert!((3..=6).contains(&puts.0) && puts.1 >= 6, "12 puts of 1 KiB at 4 KiB/s: {puts:?}");
+
+        // Lifted: every request passes again.
+        tenant_cli(&admin, &["update", "limited", "--max-requests-per-second", "0"]);
+        let shown = json(&tenant_cli(&admin, &["show", "limited", "-w", "json"]));
+        assert_eq!(shown["limits"]["requests_per_second"], 0, "{shown}");
+        assert_eq!(shown["limits"]["watchers"], 2, "an update keeps the limits it does not name: {shown}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (ok, refused) = burst_of_gets(&mut limited, 100).await;
+        assert_eq!((ok, refused), (100, 0), "gets after the rate limit was lifted");
+    });
+}

@@ -154,6 +154,11 @@ impl Hub {
         self.state.lock().compact
     }
 
+    /// Watchers open on the group, synced or not.
+    pub fn watcher_count(&self) -> usize {
+        self.state.lock().watchers.len()
+    }
+
     pub fn has_unsynced(&self) -> bool {
         self.state.lock().unsynced > 0
     }
