@@ -27,6 +27,14 @@ use crate::wal::Wal;
 /// of proposals cannot starve ticks and persistence.
 pub(crate) const INBOX_DRAIN_MAX: usize = 4096;
 
+/// Raft messages from peers waiting in the peer inbox; more are refused with `Busy` (the
+/// transport drops them, and Raft recovers as from any lost message).
+pub(crate) const PEER_INBOX_MAX: usize = 4096;
+
+/// Inbox messages handled between two looks at the peer inbox, so that a flood of client
+/// requests delays a heartbeat, vote or append answer by at most this many messages.
+const PEER_INBOX_EVERY: usize = 64;
+
 /// Ticks between re-issues of an unanswered read-index request. raft-rs drops a read
 /// index silently when the leader is unknown, when the leader has not committed in its
 /// term yet, or when a message is lost; the request is asked again until its deadline.
@@ -135,17 +143,50 @@ pub type ReadIndexCallback = Box<dyn FnOnce(Result<LogIndex>) + Send>;
 pub type TransferLeaderCallback = Box<dyn FnOnce(Result<()>) + Send>;
 
 pub(crate) enum Msg {
-    CreateGroup { group: GroupId, bootstrap: Bootstrap, done: SyncSender<Result<()>> },
-    RemoveGroup { group: GroupId, done: SyncSender<Result<()>> },
-    Propose { group: GroupId, data: Bytes },
-    ProposeConfChange { group: GroupId, change: ConfChange },
-    ReportSnapshot { group: GroupId, to: NodeId, ok: bool },
-    Step { group: GroupId, msg: Message },
-    ReadIndex { group: GroupId, done: ReadIndexCallback },
-    CompactLog { group: GroupId, index: LogIndex },
+    CreateGroup {
+        group: GroupId,
+        bootstrap: Bootstrap,
+        done: SyncSender<Result<()>>,
+    },
+    RemoveGroup {
+        group: GroupId,
+        done: SyncSender<Result<()>>,
+    },
+    Propose {
+        group: GroupId,
+        data: Bytes,
+    },
+    ProposeConfChange {
+        group: GroupId,
+        change: ConfChange,
+    },
+    ReportSnapshot {
+        group: GroupId,
+        to: NodeId,
+        ok: bool,
+    },
+    Step {
+        group: GroupId,
+        msg: Message,
+    },
+    ReadIndex {
+        group: GroupId,
+        done: ReadIndexCallback,
+    },
+    CompactLog {
+        group: GroupId,
+        index: LogIndex,
+    },
     Campaign(GroupId),
-    TransferLeader { group: GroupId, to: NodeId, timeout: Duration, done: TransferLeaderCallback },
+    TransferLeader {
+        group: GroupId,
+        to: NodeId,
+        timeout: Duration,
+        done: TransferLeaderCallback,
+    },
     Unreachable(NodeId),
+    /// Peer messages are waiting in the peer inbox.
+    Wake,
     Stop,
 }
 
@@ -239,6 +280,8 @@ pub(crate) struct Loop {
     pub transport: Arc<dyn Transport>,
     pub snapshots: Option<Arc<dyn SnapshotSource>>,
     pub rx: Receiver<Msg>,
+    /// Peers' Raft messages, drained ahead of `rx`.
+    pub peer_inbox: Arc<PeerInbox>,
     pub status: Arc<RwLock<HashMap<GroupId, GroupStatus>>>,
     pub peers: BTreeMap<GroupId, Peer>,
     pub reads: PendingReads,
@@ -248,6 +291,47 @@ pub(crate) struct Loop {
     /// ride along with the next WAL batch.
     pub pending: WriteBatch,
     pub logger: slog::Logger,
+}
+
+/// Raft messages from peers, apart from client requests: the driver drains it before its
+/// inbox and every [`PEER_INBOX_EVERY`] inbox messages, and a full inbox of proposals never
+/// refuses a peer's message. Heartbeats, votes and append answers therefore keep flowing
+/// while clients flood a leader, so the flood cannot cost it its quorum.
+#[derive(Default)]
+pub(crate) struct PeerInbox {
+    queue: parking_lot::Mutex<std::collections::VecDeque<(GroupId, Message)>>,
+    /// A `Wake` is in the driver's inbox (or could not be sent because the inbox is full,
+    /// in which case the driver is busy and looks at this inbox soon anyway).
+    wake_sent: std::sync::atomic::AtomicBool,
+}
+
+impl PeerInbox {
+    /// Queues a message; `Err(Busy)` past [`PEER_INBOX_MAX`]. Wakes the driver when the
+    /// queue was empty.
+    fn push(&self, tx: &SyncSender<Msg>, group: GroupId, msg: Message) -> Result<()> {
+        {
+            let mut q = self.queue.lock();
+            if q.len() >= PEER_INBOX_MAX {
+                return Err(Error::Busy);
+            }
+            q.push_back((group, msg));
+        }
+        if !self.wake_sent.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            match tx.try_send(Msg::Wake) {
+                Ok(()) | Err(TrySendError::Full(_)) => {}
+                Err(TrySendError::Disconnected(_)) => return Err(Error::Stopped),
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything queued, in arrival order.
+    fn take(&self) -> std::collections::VecDeque<(GroupId, Message)> {
+        // Ordering: the flag is cleared before the queue is taken, so a message pushed after
+        // the take sends a new wake-up.
+        self.wake_sent.store(false, std::sync::atomic::Ordering::Release);
+        std::mem::take(&mut *self.queue.lock())
+    }
 }
 
 /// The running driver; `stop` (or drop) ends its thread.
@@ -260,6 +344,7 @@ pub struct Driver {
 #[derive(Clone)]
 pub struct DriverHandle {
     tx: SyncSender<Msg>,
+    peer_inbox: Arc<PeerInbox>,
     status: Arc<RwLock<HashMap<GroupId, GroupStatus>>>,
 }
 
@@ -295,8 +380,9 @@ impl Driver {
         let (tx, rx) = sync_channel(cfg.proposal_queue_max);
         let lp = Loop::new(cfg, wal, sm, transport, snapshots, rx)?;
         let status = Arc::clone(&lp.status);
+        let peer_inbox = Arc::clone(&lp.peer_inbox);
         let thread = std::thread::Builder::new().name("raft-log-driver".into()).spawn(move || lp.run())?;
-        Ok((Driver { tx: tx.clone(), thread: Some(thread) }, DriverHandle { tx, status }))
+        Ok((Driver { tx: tx.clone(), thread: Some(thread) }, DriverHandle { tx, peer_inbox, status }))
     }
 
     /// Stops the driver thread and waits for it. Pending read-index and leader-transfer
@@ -405,9 +491,11 @@ impl DriverHandle {
         }
     }
 
-    /// Hands a Raft message for `group` received from the transport to the driver.
+    /// Hands a Raft message for `group` received from the transport to the driver, through
+    /// the peer inbox (ahead of client requests; see [`PeerInbox`]). `Err(Busy)` when that
+    /// inbox is full.
     pub fn step(&self, group: GroupId, msg: Message) -> Result<()> {
-        self.try_send(Msg::Step { group, msg })
+        self.peer_inbox.push(&self.tx, group, msg)
     }
 
     /// The last published status of `group`.
@@ -493,6 +581,7 @@ impl Loop {
             transport,
             snapshots,
             rx,
+            peer_inbox: Arc::default(),
             status: Arc::new(RwLock::new(HashMap::new())),
             peers: BTreeMap::new(),
             reads: PendingReads { next_id: 1, ..Default::default() },
@@ -702,6 +791,7 @@ impl Loop {
                     }
                 }
             }
+            Msg::Wake => self.drain_peer_inbox(),
             Msg::Stop => return false,
         }
         true
@@ -849,7 +939,10 @@ impl Loop {
         let mut next_tick = Instant::now() + self.cfg.tick_interval;
         'outer: loop {
             let timeout = next_tick.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(timeout) {
+            let first = self.rx.recv_timeout(timeout);
+            // Peers first: what woke the driver may be a heartbeat behind a flood.
+            self.drain_peer_inbox();
+            match first {
                 Ok(m) => {
                     if !self.handle(m) {
                         break;
@@ -858,7 +951,10 @@ impl Loop {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            for _ in 0..INBOX_DRAIN_MAX {
+            for i in 1..=INBOX_DRAIN_MAX {
+                if i % PEER_INBOX_EVERY == 0 {
+                    self.drain_peer_inbox();
+                }
                 match self.rx.try_recv() {
                     Ok(m) => {
                         if !self.handle(m) {
@@ -880,6 +976,13 @@ impl Loop {
             self.service_transfers(now);
         }
         self.finish();
+    }
+
+    /// Steps every message waiting in the peer inbox.
+    fn drain_peer_inbox(&mut self) {
+        for (group, msg) in self.peer_inbox.take() {
+            self.handle(Msg::Step { group, msg });
+        }
     }
 
     /// Completes pending reads and leader transfers with `Stopped` and persists a last

@@ -88,6 +88,7 @@
 //!  fdatasync and index update on the caller's thread (no hand-off for a lone write).
 //!
 //!  DriverHandle ──► bounded inbox ──► driver thread (all RawNodes, ticks, Ready loop)
+//!   step() ──► peer inbox (bounded) ──┘  drained first, and every 64 inbox messages
 //!                                        │ one WriteBatch per loop iteration
 //!                                        ├─► Wal (waits for the fsync)
 //!                                        ├─► Transport::send (must not block)

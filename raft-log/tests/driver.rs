@@ -253,3 +253,109 @@ fn a_removed_group_stays_removed_across_restarts_and_frees_its_entries() {
     assert!(h.status(removed).is_none(), "a removed group came back after a restart");
     driver.stop();
 }
+
+/// A state machine whose `apply` waits while its gate is closed, holding the driver thread.
+#[derive(Clone, Default)]
+struct GatedSm {
+    inner: Sm,
+    closed: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl GatedSm {
+    fn set_closed(&self, closed: bool) {
+        *self.closed.0.lock().unwrap() = closed;
+        self.closed.1.notify_all();
+    }
+}
+
+impl StateMachine for GatedSm {
+    fn applied_index(&self, group: GroupId) -> LogIndex {
+        self.inner.applied_index(group)
+    }
+    fn apply(&mut self, group: GroupId, entries: Vec<CommittedEntry>) {
+        let (lock, cv) = &*self.closed;
+        let _open = cv.wait_while(lock.lock().unwrap(), |closed| *closed).unwrap();
+        self.inner.apply(group, entries);
+    }
+}
+
+/// Records what the driver sends.
+#[derive(Default)]
+struct Recorded(Mutex<Vec<Message>>);
+impl Transport for Recorded {
+    fn send(&self, _group: GroupId, msgs: Vec<Message>) {
+        self.0.lock().extend(msgs);
+    }
+}
+
+/// A client flood that fills the driver's inbox does not shut peers out: a peer's message is
+/// still accepted, and it is stepped before the proposals queued ahead of it. Here the
+/// message is a heartbeat of a leader of a later term, so every proposal handled after it is
+/// forwarded to that leader instead of being appended here.
+#[test]
+fn peer_messages_pass_a_full_inbox_of_proposals() {
+    use raft::eraftpb::MessageType;
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Arc::new(Wal::open(WalConfig::new(dir.path())).unwrap());
+    let sm = GatedSm::default();
+    let transport = Arc::new(Recorded::default());
+    let cfg = DriverConfig { proposal_queue_max: 64, ..config() };
+    let (_d, h) = Driver::start(cfg, Arc::clone(&wal), Box::new(sm.clone()), transport.clone()).unwrap();
+    let g = GroupId(1);
+    h.create_group(g, vec![NodeId(1)]).unwrap();
+    wait_until("leadership", || h.status(g).is_some_and(|s| s.is_leader));
+    let term = h.status(g).unwrap().term;
+
+    // Hold the driver in an apply, then fill its inbox. The gate opens again when the test
+    // ends, also by a failed assertion (the driver must finish the apply to stop).
+    struct OpenOnDrop(GatedSm);
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            self.0.set_closed(false);
+        }
+    }
+    let _gate = OpenOnDrop(sm.clone());
+    sm.set_closed(true);
+    propose_all(&h, g, ["held".to_owned()]);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut queued = 0;
+    while h.propose(g, Bytes::from(format!("flood-{queued}"))).is_ok() {
+        queued += 1;
+    }
+    assert!(queued >= 60, "the inbox took only {queued} proposals");
+    assert!(matches!(h.propose(g, Bytes::from_static(b"one more")), Err(Error::Busy)), "the inbox is full");
+
+    let mut heartbeat = Message::default();
+    heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+    heartbeat.from = 2;
+    heartbeat.to = 1;
+    heartbeat.term = term.0 + 5;
+    h.step(g, heartbeat).expect("a peer's message is accepted while the inbox is full of proposals");
+
+    sm.set_closed(false);
+    wait_until("the heartbeat's term", || h.status(g).is_some_and(|s| s.term.0 == term.0 + 5 && s.leader.0 == 2));
+    // Every flooded proposal came after the heartbeat: forwarded to node 2, none applied.
+    // The flood's proposals (and "held", if the apply that holds the driver was the
+    // leader's empty entry) as forwarded to node 2.
+    let forwarded = || -> Vec<String> {
+        transport
+            .0
+            .lock()
+            .iter()
+            .filter(|m| m.get_msg_type() == MessageType::MsgPropose && m.to == 2)
+            .flat_map(|m| m.entries.iter().map(|e| String::from_utf8_lossy(&e.data).into_owned()))
+            .filter(|d| d.starts_with("flood-"))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while forwarded().len() < queued && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let expected: Vec<String> = (0..queued).map(|i| format!("flood-{i}")).collect();
+    assert_eq!(forwarded(), expected, "the flood's proposals, forwarded in order to the new leader");
+    assert!(
+        data_of(&sm.inner, g).iter().all(|d| !d.starts_with("flood-")),
+        "a proposal queued before the heartbeat was appended by the deposed leader: {:?}",
+        data_of(&sm.inner, g)
+    );
+}
