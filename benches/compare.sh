@@ -17,6 +17,9 @@
 #   --workloads LIST  comma-separated subset of the names below (WORKLOADS, default all)
 #   --etcd-only       compare etcd with itself (sanity run; also used when plinth is absent)
 #   --out DIR         keep results here (default: a fresh dir under ${BENCH_TMP:-/tmp})
+#   --pin             pinned mode: every server (etcd's and Plinth's members alike) runs on CPU
+#                     0 and the load generator on CPU 1 (taskset), so the two never compete for
+#                     a core; run once with and once without to report both modes (PIN=1)
 #   --nodelay-shim    DIAGNOSTIC: start plinth with an LD_PRELOAD shim that sets TCP_NODELAY on
 #                     accepted sockets (shows what Nagle's algorithm costs plinth; not a
 #                     measurement of plinth as shipped)
@@ -36,6 +39,7 @@ ETCD_ONLY=${ETCD_ONLY:-0}
 OUT=${OUT:-}
 PORT_BASE=${PORT_BASE:-32379}
 NODELAY_SHIM=${NODELAY_SHIM:-0}
+PIN=${PIN:-0}
 
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -47,7 +51,8 @@ while [[ $# -gt 0 ]]; do
     --etcd-only) ETCD_ONLY=1; shift ;;
     --out) OUT=$2; shift 2 ;;
     --nodelay-shim) NODELAY_SHIM=1; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    --pin) PIN=1; shift ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -143,6 +148,15 @@ EOF_C
   PLINTH_ENV=(env "LD_PRELOAD=$OUT/nodelay.so")
   log "DIAGNOSTIC: plinth runs with TCP_NODELAY forced on accepted sockets ($OUT/nodelay.so)"
 fi
+# Pinned mode: the servers on CPU 0, the load generator on CPU 1.
+SERVER_PIN=()
+BENCH_PIN=()
+if [[ $PIN == 1 ]]; then
+  if (($(nproc) < 2)); then echo "compare.sh: --pin needs 2 CPUs, this machine has $(nproc)" >&2; exit 2; fi
+  SERVER_PIN=(taskset -c 0)
+  BENCH_PIN=(taskset -c 1)
+  log "pinned mode: servers on CPU 0, load generator on CPU 1"
+fi
 PIDS=()
 DIRS=()
 stop_servers() {
@@ -180,10 +194,10 @@ start_servers() {
       --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport"
       --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "bench-$tag")
     case $system in
-      etcd | etcd-b) "$ETCD" "${args[@]}" --listen-metrics-urls "http://127.0.0.1:$((cport + 2))" \
+      etcd | etcd-b) "${SERVER_PIN[@]}" "$ETCD" "${args[@]}" --listen-metrics-urls "http://127.0.0.1:$((cport + 2))" \
         >"$dir/log" 2>&1 & ;;
-      plinth) "${PLINTH_ENV[@]}" "$PLINTH" serve "${args[@]}" --listen-metrics-urls "http://127.0.0.1:$((cport + 2))" \
-        >"$dir/log" 2>&1 & ;;
+      plinth) "${SERVER_PIN[@]}" "${PLINTH_ENV[@]}" "$PLINTH" serve "${args[@]}" \
+        --listen-metrics-urls "http://127.0.0.1:$((cport + 2))" >"$dir/log" 2>&1 & ;;
     esac
     PIDS+=($!)
   done
@@ -224,7 +238,7 @@ run_one() {
   if ! start_servers "$system" "$nodes" "$tag"; then stop_servers; return 0; fi
   local t0 rc=0
   t0=$(cpu_ticks)
-  timeout $((${DURATION%.*} + 180)) "$BENCH" --endpoints "$ENDPOINTS" --json --progress never \
+  timeout $((${DURATION%.*} + 180)) "${BENCH_PIN[@]}" "$BENCH" --endpoints "$ENDPOINTS" --json --progress never \
     --duration "$DURATION" "$@" >"$res.tmp" 2>"$OUT/results/$tag.stderr" || rc=$?
   local cpu=$(( $(cpu_ticks) - t0 ))
   if [[ $rc == 0 && -s $res.tmp ]]; then
@@ -254,7 +268,7 @@ memory_one() {
   local system=$1 tag="$1-mem"
   start_servers "$system" 1 "$tag" || { stop_servers; return 0; }
   local clients=100
-  timeout 1800 "$BENCH" --endpoints "$ENDPOINTS" --json --progress never --clients $clients --conns 10 \
+  timeout 1800 "${BENCH_PIN[@]}" "$BENCH" --endpoints "$ENDPOINTS" --json --progress never --clients $clients --conns 10 \
     --total "$LOAD_KEYS" put --sequential-keys --key-space-size "$LOAD_KEYS" --key-size 16 --val-size 256 \
     >"$OUT/results/mem.$system.load.json" 2>"$OUT/results/mem.$system.stderr" || true
   sleep 2
@@ -308,6 +322,11 @@ log "finished in $((SECONDS - start)) s"
 # ---- table -------------------------------------------------------------------------------
 if [[ $NODELAY_SHIM == 1 ]]; then
   echo "DIAGNOSTIC run: plinth started with an LD_PRELOAD shim forcing TCP_NODELAY (not plinth as shipped)"
+fi
+if [[ $PIN == 1 ]]; then
+  echo "mode: pinned (servers on CPU 0, load generator on CPU 1)"
+else
+  echo "mode: unpinned (servers and load generator share both CPUs)"
 fi
 metrics=$(printf '%s\n' "${ALL_WORKLOADS[@]}")
 python3 - "$OUT/results" "$B_NAME" "$metrics" "$DURATION" "$RUNS" <<'EOF'
