@@ -1,8 +1,10 @@
 //! WAL configuration.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::fault::WalFaults;
 use crate::segment::FRAME_PAYLOAD_BYTES_MAX;
 
 /// Configuration of a [`crate::Wal`]. Every field documents its default.
@@ -30,6 +32,9 @@ pub struct WalConfig {
     pub cache_entries_per_group_max: usize,
     /// Bytes of entry payload kept in memory per group. Default: 1 MiB.
     pub cache_bytes_per_group_max: usize,
+    /// Injected write and fdatasync failures (see [`WalFaults`]), for crash tests and
+    /// simulations. Default: none.
+    pub faults: Option<Arc<dyn WalFaults>>,
 }
 
 impl WalConfig {
@@ -43,6 +48,7 @@ impl WalConfig {
             queue_capacity: 4096,
             cache_entries_per_group_max: 256,
             cache_bytes_per_group_max: 1 << 20,
+            faults: None,
         }
     }
 

@@ -135,7 +135,9 @@
 //!   never writes or syncs again after it, not even while the panic unwinds through its
 //!   close: a retried fsync may "succeed" on pages the kernel already dropped. The `plinth`
 //!   binary turns every panic into an abort, so the process stops at once; a bad delete
-//!   during purge is only logged.
+//!   during purge is only logged. Tests inject short writes and fdatasync failures through
+//!   [`WalConfig::faults`] ([`WalFaults`]); the header and checkpoint frame written when a
+//!   segment is created are not covered.
 //! - Damage to the *last* acknowledged frame of the last segment cannot be told from a torn
 //!   write and is cut off. Conversely, a machine crash that loses a page in the middle of
 //!   unsynced frames while a later page survives is reported as `Corruption`. The search for
@@ -166,6 +168,7 @@ mod config;
 mod driver;
 mod driver_config;
 mod error;
+mod fault;
 mod index;
 mod manual;
 mod ready;
@@ -184,6 +187,7 @@ pub use driver::{
 };
 pub use driver_config::DriverConfig;
 pub use error::{Error, Result};
+pub use fault::WalFaults;
 pub use index::GroupState;
 pub use manual::ManualDriver;
 /// The raft-rs crate this crate is built on, so users name the same `Message` and `Entry` types.

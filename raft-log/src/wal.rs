@@ -230,6 +230,7 @@ impl Wal {
             batch_bytes_max: config.batch_bytes_max,
             unsynced: false,
             failed: false,
+            faults: config.faults.clone(),
         }));
         let writer = Writer { shared: Arc::clone(&shared), rx, segment: Arc::clone(&segment), carry: None };
         let handle = std::thread::Builder::new().name("raft-log-writer".into()).spawn(move || writer.run())?;
@@ -466,5 +467,64 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "nothing written or trimmed after the failure");
         let reopened = Wal::open(WalConfig::new(dir.path())).unwrap();
         assert_eq!(reopened.group_state(GroupId(1)).unwrap().last_index, LogIndex(1));
+    }
+
+    /// Fails the next frame write (half of it reaches the file) or the next fdatasync.
+    #[derive(Debug, Default)]
+    struct FailNext {
+        write: std::sync::atomic::AtomicBool,
+        sync: std::sync::atomic::AtomicBool,
+    }
+
+    impl crate::WalFaults for FailNext {
+        fn short_write(&self, _seq: u64, _offset: u64, len: usize) -> Option<usize> {
+            self.write.swap(false, Ordering::SeqCst).then_some(len / 2)
+        }
+
+        fn sync_fails(&self, _seq: u64, _len: u64) -> bool {
+            self.sync.swap(false, Ordering::SeqCst)
+        }
+    }
+
+    /// An injected short write or fdatasync error fails the WAL as a real one does: the
+    /// write is not acknowledged, nothing is written or synced after it, and recovery
+    /// keeps the acknowledged log (a frame whose sync failed may survive, unacknowledged).
+    #[test]
+    fn injected_disk_faults_fail_the_wal_like_real_ones() {
+        for short_write in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let faults = Arc::new(FailNext::default());
+            let cfg = WalConfig { faults: Some(faults.clone()), ..WalConfig::new(dir.path()) };
+            let wal = Wal::open(cfg).unwrap();
+            let mut b = WriteBatch::new();
+            b.add_entries(GroupId(1), &[entry(1)]);
+            wal.write(b).unwrap();
+            if short_write {
+                faults.write.store(true, Ordering::SeqCst);
+            } else {
+                faults.sync.store(true, Ordering::SeqCst);
+            }
+            let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut b = WriteBatch::new();
+                b.add_entries(GroupId(1), &[entry(2)]);
+                wal.write(b)
+            }));
+            // Inline, the failure panics on this thread; through the writer thread, the
+            // write reports it.
+            assert!(!matches!(failed, Ok(Ok(()))), "a failed write is never acknowledged");
+            assert!(wal.segment.lock().failed, "the WAL marks itself failed");
+            assert_eq!(wal.group_state(GroupId(1)).unwrap().last_index, LogIndex(1), "nothing indexed");
+            let path = segment_path(dir.path(), wal.segment.lock().active_seq);
+            let len = std::fs::metadata(&path).unwrap().len();
+            let mut b = WriteBatch::new();
+            b.add_entries(GroupId(1), &[entry(2)]);
+            assert!(matches!(wal.write(b), Err(Error::Stopped)), "a failed WAL refuses writes");
+            drop(wal);
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "nothing written after the failure");
+            let reopened = Wal::open(WalConfig::new(dir.path())).unwrap();
+            let last = reopened.group_state(GroupId(1)).unwrap().last_index;
+            let want = if short_write { LogIndex(1) } else { LogIndex(2) };
+            assert_eq!(last, want, "short write: the torn frame is cut; failed sync: the written frame stays");
+        }
     }
 }

@@ -23,6 +23,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::batch::WriteBatch;
 use crate::error::{Error, Result};
+use crate::fault::WalFaults;
 use crate::index::{project, Index, SegmentInfo};
 use crate::record::{encode_batch, Record};
 use crate::segment::{
@@ -248,6 +249,8 @@ pub(crate) struct Segment {
     /// "succeed" without the data ever reaching the disk. Recovery works from what is on
     /// disk.
     pub failed: bool,
+    /// Injected failures ([`crate::WalConfig::faults`]); none in production.
+    pub faults: Option<Arc<dyn WalFaults>>,
 }
 
 pub(crate) struct Writer {
@@ -355,13 +358,14 @@ impl Segment {
         frame[..FRAME_HEADER_BYTES].copy_from_slice(&header);
         // A failed or partial write would leave a hole before later frames, which recovery
         // would treat as the end of the log: stop the process instead.
-        if let Err(e) = self.active.write_all_at(&frame, self.active_len) {
+        if let Err(e) = self.write_frame(&frame) {
             self.failed = true;
             panic!(
                 "WAL write to segment {} failed: {e}; refusing to continue with an unknown log tail",
                 self.active_seq
             );
         }
+        self.active_len += frame.len() as u64;
         // Durability: ONE fdatasync for every submission in the frame, before any of them
         // is acknowledged or becomes visible to readers through the index. A frame of only
         // unsynced submissions skips it; the next synced frame covers it (fdatasync flushes
@@ -374,7 +378,6 @@ impl Segment {
         let c = &shared.counters;
         c.frames_written.fetch_add(1, Ordering::Relaxed);
         c.bytes_written.fetch_add(frame.len() as u64, Ordering::Relaxed);
-        self.active_len += frame.len() as u64;
         let mut entries = 0;
         {
             let mut index = shared.index.write();
@@ -394,8 +397,30 @@ impl Segment {
         }
     }
 
+    /// Writes `frame` at the end of the active segment (or, with an injected short write,
+    /// a prefix of it, then fails).
+    fn write_frame(&self, frame: &[u8]) -> std::io::Result<()> {
+        if let Some(faults) = &self.faults {
+            if let Some(n) = faults.short_write(self.active_seq, self.active_len, frame.len()) {
+                assert!(n < frame.len(), "an injected short write writes less than the frame");
+                self.active.write_all_at(&frame[..n], self.active_len)?;
+                return Err(std::io::Error::other("injected short write"));
+            }
+        }
+        self.active.write_all_at(frame, self.active_len)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        if let Some(faults) = &self.faults {
+            if faults.sync_fails(self.active_seq, self.active_len) {
+                return Err(std::io::Error::other("injected fdatasync failure"));
+            }
+        }
+        self.active.sync_data()
+    }
+
     fn sync_active(&mut self, shared: &Shared) {
-        if let Err(e) = self.active.sync_data() {
+        if let Err(e) = self.sync_data() {
             // Never retried (see `failed`).
             self.failed = true;
             panic!(

@@ -15,20 +15,42 @@
 //!   lose the trailing frames the driver wrote without an fsync (commit-index updates, as
 //!   a machine crash would), and often gets a torn tail (random bytes, zeros, a prefix of the last frame, or a copy of
 //!   the last frame with a flipped byte: what a write in flight at the crash leaves behind;
-//!   fsynced bytes are never cut), and it is restarted later from its directories;
-//! - **clients**: puts of unique values to random nodes at random steps.
+//!   fsynced bytes are never cut), and it is restarted later from its directories. Its store
+//!   closes as in a machine crash (`StoreConfig::flush_at_close` off): RocksDB's WAL is off, so
+//!   whatever it applied after its last flush is lost and Raft replays it; stores flush at
+//!   random steps;
+//! - **disk faults**: a node's WAL hits a short write (a prefix of a frame reaches the file,
+//!   then the write fails) or a failed fdatasync, injected through [`WalFaults`]. The WAL
+//!   fails and panics; the node is down from there (the panic is caught) and crashes, and
+//!   any suffix of what no fdatasync covered may be lost, the torn frame included (or the
+//!   failed frame may survive whole: only the committed part of the log must come back
+//!   unchanged, since an unacknowledged frame may replace an uncommitted suffix);
+//! - **clients**: puts of unique values to random nodes at random steps; on each node two
+//!   watchers, one reading after every step and one that stalls for a while and reads a
+//!   few responses per step. Half the nodes have a watch stream buffer of a few responses,
+//!   so their watchers fall behind, are caught up by the store's background thread, and,
+//!   when stalled long enough, are canceled as stuck and re-watch from their next revision
+//!   as an etcd client does.
 //!
 //! After every step the simulation checks: at most one leader per term; a node's durable
 //! term never decreases and its vote never changes within a term (across crashes too);
 //! commit, applied index and store revision never decrease (between crashes), and after a
-//! restart the store is exactly at the revision it had reached at its applied index;
+//! restart the store's applied index is at or after its last flush (it may go back that
+//! far, and the re-applied entries must give the same revisions as before) and the store
+//! is exactly at the revision it had reached at that index; a WAL that failed never lets
+//! the driver go on;
 //! entries reach the state machine exactly once and in order; every replica applies the
 //! same entry (index, term, payload) and reaches the same revision at each index, and no
 //! proposal is applied twice; every applied entry is in the durable log of a quorum (so a
-//! committed entry is never lost, torn tails included); each node's watch stream delivers
-//! every revision in order, without gaps, with the applied value. At the end the network
-//! heals and every node restarts; all must converge on the same log, the same applied
-//! sequence and the same `hash_kv`.
+//! committed entry is never lost, torn tails and failed writes included; so nothing that was
+//! not durably synced was acknowledged or applied); each watcher delivers every revision
+//! in order, without gaps or repeats, with the applied value (a watcher with a large buffer
+//! is at the store's revision after every step). At the end the network heals and every
+//! node restarts; all must converge on the same log, the same applied sequence and the same
+//! `hash_kv`, and every watcher must deliver up to the store's revision (within
+//! [`WATCH_DRAIN_TIMEOUT`]: the catch-up runs on the wall clock, and stays out of the trace).
+//!
+//! The log is never compacted here (so never past a store's flushed index).
 //!
 //! Seeds: `PLINTH_SIM_SEEDS=<count>` (default [`DEFAULT_SEEDS`] per test; even seeds run
 //! 3 nodes, odd seeds 5). A failure names its seed; replay it alone with
@@ -41,13 +63,14 @@ use std::os::unix::fs::FileExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use raft::eraftpb::{Message, MessageType};
 use raft_log::{
     scan_frames, CommittedEntry, DriverConfig, GroupId, LogIndex, ManualDriver, NodeId, Record, ScannedFrame,
-    StateMachine, Transport, Wal, WalConfig,
+    StateMachine, Transport, Wal, WalConfig, WalFaults,
 };
 use store::{
     Command, CommandBody, CommandResponse, Message as _, PutRequest, Store, StoreConfig, WatchSpec, WatchStream,
@@ -66,6 +89,12 @@ const ELECTION_TICKS: usize = 10;
 const NET_MESSAGES_MAX: usize = 100_000;
 /// Keys the workload writes (values are unique per proposal).
 const KEYS: u64 = 8;
+/// Largest watch stream buffer of a node drawn to have a tiny one (see `watch_buffer`).
+const TINY_WATCH_BUFFER_MAX: u64 = 4;
+/// Longest a slow watcher stops reading, in steps.
+const WATCH_STALL_STEPS_MAX: u64 = 100;
+/// Wall-clock bound on the background watch catch-up once the cluster has converged.
+const WATCH_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 const GROUP: GroupId = GroupId(1);
 const STORE_GROUP: store::GroupId = store::GroupId(1);
@@ -182,16 +211,132 @@ impl Transport for Outbox {
     }
 }
 
+/// A disk fault the simulation arms for one `process` call of a node.
+#[derive(Clone, Copy, Debug)]
+enum DiskFault {
+    /// The next frame write reaches the file only up to a prefix (`cut % len` bytes).
+    ShortWrite { cut: u64 },
+    /// The next fdatasync fails.
+    SyncError,
+}
+
+#[derive(Debug, Default)]
+struct DiskState {
+    armed: Option<DiskFault>,
+    /// Whether an armed fault fired: the WAL has failed.
+    fired: bool,
+    /// Per segment, the length its last successful fdatasync made durable.
+    synced_bytes: BTreeMap<u64, u64>,
+}
+
+/// A node's WAL fault hook: fires the armed fault, and tracks what is durable so that the
+/// crash after a failure can drop exactly the bytes no fdatasync covered.
+#[derive(Debug, Default)]
+struct Disk(Mutex<DiskState>);
+
+impl WalFaults for Disk {
+    fn short_write(&self, seq: u64, offset: u64, len: usize) -> Option<usize> {
+        let mut st = self.0.lock();
+        // The first frame written to a segment follows its checkpoint, which was synced
+        // when the segment was created.
+        st.synced_bytes.entry(seq).or_insert(offset);
+        match st.armed {
+            Some(DiskFault::ShortWrite { cut }) => {
+                st.armed = None;
+                st.fired = true;
+                Some((cut % len as u64) as usize)
+            }
+            _ => None,
+        }
+    }
+
+    fn sync_fails(&self, seq: u64, len: u64) -> bool {
+        let mut st = self.0.lock();
+        if let Some(DiskFault::SyncError) = st.armed {
+            st.armed = None;
+            st.fired = true;
+            return true;
+        }
+        st.synced_bytes.insert(seq, len);
+        false
+    }
+}
+
+/// A watch stream and the next revision it must deliver. Responses may hold several
+/// revisions (catch-up from the `events` column family), each revision once, in order.
+struct Watcher {
+    stream: WatchStream,
+    next: i64,
+    /// A re-watch was sent; its `created` response is due.
+    rewatched: bool,
+    /// Reads nothing before this step (a slow client).
+    stalled_until: u64,
+    /// Re-watches after a cancel as stuck, and responses holding several revisions (caught
+    /// up from the `events` column family): wall-clock dependent, so counted off the trace.
+    rewatches: u64,
+    catch_ups: u64,
+}
+
+impl Watcher {
+    fn new(store: &Store, node: u64, revision: i64) -> Watcher {
+        let stream = store.watch_stream(STORE_GROUP);
+        stream.watch(watch_spec(0));
+        let created = stream.try_recv().expect("a watch is created at once");
+        assert!(created.created && created.revision == revision, "node {node}: watch created at {created:?}");
+        Watcher { stream, next: revision + 1, rewatched: false, stalled_until: 0, rewatches: 0, catch_ups: 0 }
+    }
+
+    /// Checks one response against what `node` applied: every event is the put applied at
+    /// the next revision. A watcher canceled for being slow is re-created from its next
+    /// revision, as an etcd client does; nothing else may cancel it (the store is never
+    /// compacted here).
+    fn check(&mut self, node: &Node, ev: store::WatchEvent) {
+        let id = node.id;
+        if ev.created {
+            assert!(self.rewatched && !ev.canceled, "node {id}: unexpected watch response {ev:?}");
+            self.rewatched = false;
+            return;
+        }
+        if ev.canceled {
+            assert!(ev.slow && ev.compact_revision == 0, "node {id}: watch canceled: {ev:?}");
+            self.stream.watch(watch_spec(self.next));
+            self.rewatched = true;
+            self.rewatches += 1;
+            return;
+        }
+        assert!(!self.rewatched, "node {id}: an event before the re-watch was created: {ev:?}");
+        assert!(!ev.events.is_empty(), "node {id}: unexpected progress response {ev:?}");
+        if ev.events.len() > 1 {
+            self.catch_ups += 1;
+        }
+        for e in &ev.events {
+            let kv = &e.kv;
+            assert_eq!(kv.mod_revision, self.next, "node {id}: watch skipped or repeated a revision");
+            let at = node.applied.iter().rev().find(|a| a.revision == kv.mod_revision && a.put.is_some());
+            let value = at.and_then(|a| a.put.as_ref()).map(|p| &p.1);
+            assert_eq!(value, Some(&kv.value), "node {id}: watch value at revision {}", kv.mod_revision);
+            self.next += 1;
+        }
+        assert!(ev.revision >= self.next - 1, "node {id}: response revision {} behind its events", ev.revision);
+    }
+}
+
+fn watch_spec(start_revision: i64) -> WatchSpec {
+    WatchSpec { key: "k".into(), range_end: "l".into(), start_revision, ..WatchSpec::default() }
+}
+
 /// A running node. Fields drop in order: the driver (with its state machine) first.
 struct Live {
     driver: ManualDriver,
-    watch: WatchStream,
+    /// Reads everything after every step.
+    watch: Watcher,
+    /// Stops reading for a while, then reads a few responses at a time.
+    slow_watch: Watcher,
     wal: Arc<Wal>,
+    disk: Arc<Disk>,
     store: Store,
     applied_rx: Arc<Mutex<Vec<Applied>>>,
     outbox: Arc<Mutex<Vec<(GroupId, Message)>>>,
-    /// The next revision the watch stream must deliver.
-    watch_next: i64,
     last_commit: u64,
     last_revision: i64,
     /// The store's applied index when this life started.
@@ -213,6 +358,14 @@ struct Node {
     matched_to: u64,
     /// Terms of the durable log (`1..`) when the node crashed; checked against it at restart.
     frozen_log: Vec<u64>,
+    /// How much of `frozen_log` must come back unchanged (all of it, unless the WAL failed).
+    frozen_kept: usize,
+    /// The applied index the store's last flush covers: a crash never takes the store
+    /// back below it.
+    flushed_to: u64,
+    /// The store's watch stream buffer: large (watchers stay synced, checked exactly
+    /// after every step) or tiny (watchers fall behind and catch up in the background).
+    watch_buffer: usize,
 }
 
 #[derive(Debug)]
@@ -228,6 +381,12 @@ struct Faults {
     lose_unsynced_per_mille: u64,
     propose_per_mille: u64,
     campaign_per_mille: u64,
+    /// A live node's store flushes (making its applies survive a crash).
+    flush_per_mille: u64,
+    /// A node's next `process` hits a short write or a failed fdatasync in its WAL.
+    disk_fault_per_mille: u64,
+    /// A slow watcher stops reading for a while.
+    watch_stall_per_mille: u64,
 }
 
 impl Faults {
@@ -246,6 +405,9 @@ impl Faults {
             lose_unsynced_per_mille: 500,
             propose_per_mille: 100 + rng.below(400),
             campaign_per_mille: f(rng, 3),
+            flush_per_mille: rng.below(50),
+            disk_fault_per_mille: f(rng, 3),
+            watch_stall_per_mille: rng.below(30),
         }
     }
 
@@ -262,6 +424,9 @@ impl Faults {
             lose_unsynced_per_mille: 0,
             propose_per_mille: 0,
             campaign_per_mille: 0,
+            flush_per_mille: 0,
+            disk_fault_per_mille: 0,
+            watch_stall_per_mille: 0,
         }
     }
 }
@@ -295,6 +460,8 @@ struct Sim {
     trace: u64,
     /// How often each traced event happened (for `PLINTH_SIM_VERBOSE`).
     counts: BTreeMap<&'static str, u64>,
+    /// Counts of wall-clock dependent events, kept off the trace.
+    untraced: BTreeMap<&'static str, u64>,
     _dir: tempfile::TempDir,
 }
 
@@ -309,15 +476,28 @@ fn sim_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temporary directory")
 }
 
-fn store_config() -> StoreConfig {
+fn store_config(watch_buffer: usize) -> StoreConfig {
     StoreConfig {
         block_cache_bytes: 1 << 20,
         memtable_bytes: 1 << 20,
-        // Larger than anything a step applies, so watchers stay synced and the store's
-        // background catch-up thread (whose timing is not simulated) never runs.
-        watch_stream_buffer: 1 << 16,
+        // Large: larger than anything a step applies, so watchers stay synced and the
+        // store's background catch-up thread (whose timing is not simulated) never runs.
+        // Tiny: watchers fall behind and that thread catches them up; what they receive
+        // is checked, never its timing, which stays out of the trace.
+        watch_stream_buffer: watch_buffer,
+        watch_sync_interval: Duration::from_millis(5),
+        // Short, so that stalled watchers are also canceled as stuck (and re-watch).
+        watch_stuck_cancel_after: Duration::from_millis(5),
+        // A store is only ever closed by a crash here.
+        flush_at_close: false,
         ..StoreConfig::default()
     }
+}
+
+/// Whether watchers of a node with this buffer must be exactly at the store's revision
+/// after every step.
+fn watch_stays_synced(watch_buffer: usize) -> bool {
+    watch_buffer > TINY_WATCH_BUFFER_MAX as usize
 }
 
 fn wal_config(dir: &Path) -> WalConfig {
@@ -389,6 +569,9 @@ impl Sim {
                 vote: 0,
                 matched_to: 0,
                 frozen_log: Vec::new(),
+                frozen_kept: 0,
+                flushed_to: 0,
+                watch_buffer: if rng.per_mille(500) { 1 + rng.below(TINY_WATCH_BUFFER_MAX) as usize } else { 1 << 16 },
             })
             .collect();
         let mut sim = Sim {
@@ -406,6 +589,7 @@ impl Sim {
             next_request_id: 1,
             trace: FNV_START,
             counts: BTreeMap::new(),
+            untraced: BTreeMap::new(),
             _dir: dir,
         };
         for i in 0..sim.nodes.len() {
@@ -431,17 +615,33 @@ impl Sim {
         let voters = self.voters.clone();
         let node = &mut self.nodes[i];
         let id = node.id;
-        let wal = Arc::new(Wal::open(wal_config(&node.dir.join("wal"))).expect("WAL recovers"));
-        let store = Store::open(&node.dir.join("store"), store_config()).expect("store opens");
+        let disk = Arc::new(Disk::default());
+        let faults: Arc<dyn WalFaults> = disk.clone();
+        let wal_cfg = WalConfig { faults: Some(faults), ..wal_config(&node.dir.join("wal")) };
+        let wal = Arc::new(Wal::open(wal_cfg).expect("WAL recovers"));
+        let store = Store::open(&node.dir.join("store"), store_config(node.watch_buffer)).expect("store opens");
 
-        // The store is at some applied index it recorded; what it applied before must be
-        // exactly what this node applied then, at the same revision.
+        // The store is at the applied index of its last flush or later (a crash loses what
+        // was applied after it; Raft replays that from the log); what it applied up to
+        // there must be exactly what this node applied then, at the same revision.
         let store_applied = store.applied_index(STORE_GROUP);
         assert!(
             store_applied <= node.applied.len() as u64,
             "node {id}: store applied index {store_applied} is past what was applied ({})",
             node.applied.len()
         );
+        assert!(
+            store_applied >= node.flushed_to,
+            "node {id}: store applied index {store_applied} is behind its last flush ({})",
+            node.flushed_to
+        );
+        node.flushed_to = store_applied;
+        if store_applied < node.applied.len() as u64 {
+            // Lost with the memtables; Raft replays them.
+            let lost = node.applied.len() as u64 - store_applied;
+            self.record("store-went-back", &[id, lost]);
+        }
+        let node = &mut self.nodes[i];
         node.applied.truncate(store_applied as usize);
         let revision = store.current_revision(STORE_GROUP);
         let expected_revision = node.applied.last().map_or(1, |a| a.revision);
@@ -455,18 +655,16 @@ impl Sim {
         }
         let recovered = log_terms(&wal);
         let frozen = std::mem::take(&mut node.frozen_log);
-        let kept = frozen.len().min(recovered.len());
+        let kept = node.frozen_kept;
         assert!(
-            recovered.len() >= frozen.len() && recovered[..kept] == frozen[..kept],
-            "node {id}: recovery lost or changed durable entries (had {} entries, recovered {})",
+            recovered.len() >= kept && recovered[..kept] == frozen[..kept],
+            "node {id}: recovery lost or changed durable entries (had {} entries, {kept} to keep, recovered {})",
             frozen.len(),
             recovered.len()
         );
 
-        let watch = store.watch_stream(STORE_GROUP);
-        watch.watch(WatchSpec { key: "k".into(), range_end: "l".into(), ..WatchSpec::default() });
-        let created = watch.try_recv().expect("a watch is created at once");
-        assert!(created.created && created.revision == revision, "node {id}: watch created at {created:?}");
+        let watch = Watcher::new(&store, id, revision);
+        let slow_watch = Watcher::new(&store, id, revision);
 
         let applied_rx = Arc::new(Mutex::new(Vec::new()));
         let outbox = Arc::new(Mutex::new(Vec::new()));
@@ -483,11 +681,12 @@ impl Sim {
         node.live = Some(Live {
             driver,
             watch,
+            slow_watch,
             wal,
+            disk,
             store,
             applied_rx,
             outbox,
-            watch_next: revision + 1,
             last_commit: 0,
             last_revision: revision,
             skip_through: store_applied,
@@ -495,13 +694,31 @@ impl Sim {
         self.record("start", &[id, store_applied]);
     }
 
-    /// Drops node `i` without shutting anything down, maybe tearing its WAL's tail.
+    /// Drops node `i` without shutting anything down, as a machine crash would: its store
+    /// loses what it applied after its last flush, its WAL maybe loses its unsynced tail
+    /// or gets a torn one.
     fn crash(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         let live = node.live.take().expect("crash a live node");
         node.frozen_log = log_terms(&live.wal);
+        if live.disk.0.lock().fired {
+            // The frame whose write or fdatasync failed may be on disk in full: it was never
+            // acknowledged, but it may legitimately have replaced an uncommitted suffix of
+            // the log (entries of an older term). Only the committed prefix (as of the last
+            // completed Ready) must come back unchanged.
+            let commit = live.driver.status(GROUP).map_or(0, |s| s.commit.0);
+            node.frozen_kept = node.frozen_log.len().min(commit as usize);
+        } else {
+            node.frozen_kept = node.frozen_log.len();
+        }
+        for w in [&live.watch, &live.slow_watch] {
+            *self.untraced.entry("rewatch").or_default() += w.rewatches;
+            *self.untraced.entry("watch-catch-up").or_default() += w.catch_ups;
+        }
+        let disk = live.disk.clone();
         // Dropping waits for the WAL writer to finish what was submitted: as in a process
-        // crash, written bytes stay in the page cache and reach the file.
+        // crash, written bytes stay in the page cache and reach the file. (A failed WAL
+        // writes nothing more.)
         drop(live);
         let id = node.id;
         let wal_dir = node.dir.join("wal");
@@ -509,7 +726,7 @@ impl Sim {
         self.nodes[i].restart_at = self.now + restart_in;
         let lose_unsynced = self.rng.per_mille(self.faults.lose_unsynced_per_mille);
         let torn = self.rng.per_mille(self.faults.torn_per_mille);
-        let damage = self.damage_tail(&wal_dir, lose_unsynced, torn);
+        let damage = self.damage_tail(&wal_dir, &disk, lose_unsynced, torn);
         self.record("crash", &[id, restart_in, damage]);
         if damage >= 10 {
             self.record("unsynced-lost", &[id]);
@@ -518,21 +735,33 @@ impl Sim {
 
     /// What a machine crash can do to the end of the last segment: drop the frames written
     /// without an fsync (`lose_unsynced`), and leave behind part of a write in flight
-    /// (`torn`). Acknowledged (fsynced) frames are never touched. Returns a code of the
-    /// damage done, for the trace.
-    fn damage_tail(&mut self, wal_dir: &Path, lose_unsynced: bool, torn: bool) -> u64 {
+    /// (`torn`). Acknowledged (fsynced) frames are never touched. After a WAL failure (a
+    /// short write or a failed fdatasync), any suffix of what no fdatasync covered may be
+    /// lost, a torn frame included. Returns a code of the damage done, for the trace.
+    fn damage_tail(&mut self, wal_dir: &Path, disk: &Disk, lose_unsynced: bool, torn: bool) -> u64 {
         let segs = segments(wal_dir);
         let last = segs.last().expect("an opened WAL has a segment");
         let bytes = std::fs::read(last).expect("read segment");
         let seq: u64 = last.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).expect("segment name");
         let scan = scan_frames(seq, &bytes);
-        assert!(scan.bad.is_none(), "a WAL closed in order has no torn frame: {:?}", scan.bad);
+        let disk = disk.0.lock();
         let mut end = bytes.len();
         let mut code = 0;
-        if lose_unsynced {
-            if let Some(at) = commit_only_suffix(&scan.frames) {
-                end = at as usize;
-                code = 10;
+        if disk.fired {
+            // Whatever follows the last fdatasync: kept, cut anywhere, or lost entirely.
+            let synced = disk.synced_bytes.get(&seq).copied().map_or(bytes.len(), |b| b as usize);
+            assert!(synced <= bytes.len(), "segment {seq} is shorter than its synced length");
+            if lose_unsynced {
+                end = synced + self.rng.below((bytes.len() - synced) as u64 + 1) as usize;
+                code = 20;
+            }
+        } else {
+            assert!(scan.bad.is_none(), "a WAL closed in order has no torn frame: {:?}", scan.bad);
+            if lose_unsynced {
+                if let Some(at) = commit_only_suffix(&scan.frames) {
+                    end = at as usize;
+                    code = 10;
+                }
             }
         }
         let f = std::fs::OpenOptions::new().write(true).open(last).expect("open segment");
@@ -540,8 +769,18 @@ impl Sim {
         if !torn {
             return code;
         }
-        let last_frame =
-            scan.frames.iter().rev().find(|f| (f.offset as usize) < end).map(|f| &bytes[f.offset as usize..end]);
+        // The last whole frame before `end` (after a short write, `end` may lie past a
+        // torn frame, which is no frame to copy).
+        let scanned_end = scan.bad.as_ref().map_or(bytes.len(), |(at, _)| *at as usize);
+        let frame_ends: Vec<usize> =
+            scan.frames.iter().skip(1).map(|f| f.offset as usize).chain([scanned_end]).collect();
+        let last_frame = scan
+            .frames
+            .iter()
+            .zip(frame_ends)
+            .rev()
+            .find(|(_, frame_end)| *frame_end <= end)
+            .map(|(f, frame_end)| &bytes[f.offset as usize..frame_end]);
         let kind = 1 + self.rng.below(4);
         let tail: Vec<u8> = match (kind, last_frame) {
             (2, _) => vec![0; 1 + self.rng.below(4096) as usize],
@@ -641,6 +880,35 @@ impl Sim {
                 self.record("campaign", &[i as u64]);
             }
         }
+        if self.rng.per_mille(self.faults.flush_per_mille) {
+            let live = self.live_ids();
+            if !live.is_empty() {
+                let i = live[self.rng.below(live.len() as u64) as usize];
+                self.flush(i);
+            }
+        }
+        if self.rng.per_mille(self.faults.watch_stall_per_mille) {
+            let live = self.live_ids();
+            if !live.is_empty() {
+                let i = live[self.rng.below(live.len() as u64) as usize];
+                let steps = 1 + self.rng.below(WATCH_STALL_STEPS_MAX);
+                self.nodes[i].live.as_mut().expect("live").slow_watch.stalled_until = self.now + steps;
+                self.record("watch-stall", &[i as u64, steps]);
+            }
+        }
+    }
+
+    /// Flushes node `i`'s store: everything it applied survives a crash from now on.
+    fn flush(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let live = node.live.as_ref().expect("live");
+        let flushed = live.store.flush().expect("store flush");
+        let covered = flushed.iter().find(|(g, _)| *g == STORE_GROUP).map_or(0, |(_, index)| *index);
+        // Applies run on this thread, so the flush covers every one of them.
+        assert_eq!(covered, node.applied.len() as u64, "node {}: the flush covers what was applied", node.id);
+        node.flushed_to = covered;
+        let id = node.id;
+        self.record("flush", &[id, covered]);
     }
 
     fn restart_due(&mut self) {
@@ -697,34 +965,76 @@ impl Sim {
 
     fn process(&mut self) {
         for i in self.live_ids() {
+            let fault = self.rng.per_mille(self.faults.disk_fault_per_mille).then(|| {
+                if self.rng.per_mille(500) {
+                    DiskFault::ShortWrite { cut: self.rng.next_u64() }
+                } else {
+                    DiskFault::SyncError
+                }
+            });
             let live = self.nodes[i].live.as_mut().expect("live");
-            live.driver.process();
+            live.disk.0.lock().armed = fault;
+            // A WAL failure panics (on this thread: the sim's writes are inline); the node
+            // stops there, and is restarted from its disk later.
+            let processed = catch_unwind(AssertUnwindSafe(|| live.driver.process()));
+            let fired = {
+                let mut disk = live.disk.0.lock();
+                disk.armed = None;
+                disk.fired
+            };
+            match processed {
+                Ok(()) => assert!(!fired, "node {}: the WAL failed and the driver went on", self.nodes[i].id),
+                Err(panic) if !fired => std::panic::resume_unwind(panic),
+                Err(_) => {}
+            }
+            // Messages handed to the transport before the failure may still go out.
             let sent = std::mem::take(&mut *live.outbox.lock());
-            for (group, msg) in sent {
-                // A follower relays a proposal it was handed with its `from` unchanged.
-                assert!(
-                    msg.from == self.nodes[i].id || msg.get_msg_type() == MessageType::MsgPropose,
-                    "node {} sends a message of another node: {msg:?}",
-                    self.nodes[i].id
-                );
-                if self.rng.per_mille(self.faults.drop_per_mille) || self.net.len() >= NET_MESSAGES_MAX {
-                    continue;
+            if fault.is_some() {
+                self.record("disk-fault", &[i as u64, u64::from(fired)]);
+            }
+            if fired {
+                self.record("wal-failed", &[i as u64]);
+            }
+            self.route(i, sent);
+            if fired {
+                // What it applied before the failure counts (and is checked); then the node
+                // is down, as its process would be.
+                let live = self.nodes[i].live.as_ref().expect("live");
+                let applied: Vec<Applied> = std::mem::take(&mut *live.applied_rx.lock());
+                for a in applied {
+                    self.check_applied(i, a);
                 }
-                let copies =
-                    if msg.get_msg_type() != MessageType::MsgPropose && self.rng.per_mille(self.faults.dup_per_mille) {
-                        2
-                    } else {
-                        1
-                    };
-                for _ in 0..copies {
-                    let mut delay = 1 + self.rng.below(self.faults.delay_steps_max);
-                    if self.rng.per_mille(self.faults.long_delay_per_mille) {
-                        delay += 10 + self.rng.below(50);
-                    }
-                    self.net_seq += 1;
-                    let env = Envelope { from: self.nodes[i].id, to: msg.to, group, msg: msg.clone() };
-                    self.net.insert((self.now + delay, self.net_seq), env);
+                self.crash(i);
+            }
+        }
+    }
+
+    /// Puts the messages node `i` sent on the network, with drops, duplicates and delays.
+    fn route(&mut self, i: usize, sent: Vec<(GroupId, Message)>) {
+        for (group, msg) in sent {
+            // A follower relays a proposal it was handed with its `from` unchanged.
+            assert!(
+                msg.from == self.nodes[i].id || msg.get_msg_type() == MessageType::MsgPropose,
+                "node {} sends a message of another node: {msg:?}",
+                self.nodes[i].id
+            );
+            if self.rng.per_mille(self.faults.drop_per_mille) || self.net.len() >= NET_MESSAGES_MAX {
+                continue;
+            }
+            let copies =
+                if msg.get_msg_type() != MessageType::MsgPropose && self.rng.per_mille(self.faults.dup_per_mille) {
+                    2
+                } else {
+                    1
+                };
+            for _ in 0..copies {
+                let mut delay = 1 + self.rng.below(self.faults.delay_steps_max);
+                if self.rng.per_mille(self.faults.long_delay_per_mille) {
+                    delay += 10 + self.rng.below(50);
                 }
+                self.net_seq += 1;
+                let env = Envelope { from: self.nodes[i].id, to: msg.to, group, msg: msg.clone() };
+                self.net.insert((self.now + delay, self.net_seq), env);
             }
         }
     }
@@ -792,19 +1102,26 @@ impl Sim {
             assert_eq!(revision, node.applied.last().map_or(1, |a| a.revision), "node {id}: store revision");
             live.last_revision = revision;
 
-            // Watch: every revision once, in order, with the value applied at it.
-            while let Some(ev) = live.watch.try_recv() {
-                assert!(!ev.created && !ev.canceled, "node {id}: unexpected watch response {ev:?}");
-                assert_eq!(ev.revision, live.watch_next, "node {id}: watch skipped or repeated a revision");
-                assert_eq!(ev.events.len(), 1, "node {id}: one put per revision");
-                let kv = &ev.events[0].kv;
-                assert_eq!(kv.mod_revision, ev.revision);
-                let at = node.applied.iter().rev().find(|a| a.revision == ev.revision && a.put.is_some());
-                let value = at.and_then(|a| a.put.as_ref()).map(|p| &p.1);
-                assert_eq!(value, Some(&kv.value), "node {id}: watch value at revision {}", ev.revision);
-                live.watch_next += 1;
+            // Watch: every revision once, in order, with the value applied at it. With a
+            // large buffer the watcher is synced, so it has everything after every step; a
+            // watcher of a tiny buffer is caught up in the background (drained at the end).
+            let mut live = node.live.take().expect("live");
+            while let Some(ev) = live.watch.stream.try_recv() {
+                live.watch.check(node, ev);
             }
-            assert_eq!(live.watch_next, revision + 1, "node {id}: watch is behind the store");
+            assert!(live.watch.next <= revision + 1, "node {id}: watch is ahead of the store");
+            if watch_stays_synced(node.watch_buffer) {
+                assert_eq!(live.watch.next, revision + 1, "node {id}: watch is behind the store");
+            }
+            // The slow watcher, unless stalled, reads a few responses per step.
+            if live.slow_watch.stalled_until <= self.now {
+                for _ in 0..2 {
+                    let Some(ev) = live.slow_watch.stream.try_recv() else { break };
+                    live.slow_watch.check(node, ev);
+                }
+            }
+            assert!(live.slow_watch.next <= revision + 1, "node {id}: slow watch is ahead of the store");
+            node.live = Some(live);
 
             // One leader per term.
             if st.is_leader {
@@ -884,6 +1201,28 @@ impl Sim {
             })
     }
 
+    /// Reads every node's watchers until they have delivered every revision of the store
+    /// (the slow ones and those of tiny buffers wait for the background catch-up).
+    fn drain_watches(&mut self) {
+        let deadline = Instant::now() + WATCH_DRAIN_TIMEOUT;
+        for node in &mut self.nodes {
+            let mut live = node.live.take().expect("every node is up after convergence");
+            let revision = live.store.current_revision(STORE_GROUP);
+            for w in [&mut live.watch, &mut live.slow_watch] {
+                while w.next <= revision {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let Some(ev) = w.stream.recv_timeout(left) else {
+                        panic!("node {}: watch stuck at revision {} of {revision}", node.id, w.next);
+                    };
+                    w.check(node, ev);
+                }
+                *self.untraced.entry("rewatch").or_default() += w.rewatches;
+                *self.untraced.entry("watch-catch-up").or_default() += w.catch_ups;
+            }
+            node.live = Some(live);
+        }
+    }
+
     /// Heals everything, restarts every node, and waits for convergence; then compares
     /// the replicas.
     fn converge(&mut self) {
@@ -897,6 +1236,7 @@ impl Sim {
             assert!(self.now < deadline, "no convergence within {CONVERGE_STEPS_MAX} steps after healing");
             self.step(false);
         }
+        self.drain_watches();
         let first = &self.nodes[0];
         let hash0 = first.live.as_ref().expect("live").store.hash_kv(STORE_GROUP, 0).expect("hash_kv");
         for n in &self.nodes {
@@ -908,9 +1248,30 @@ impl Sim {
     }
 }
 
+/// Keeps the panics of injected disk faults (caught, and expected) out of the test output;
+/// every other panic is reported as usual.
+fn quiet_injected_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let msg = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if !msg.contains("injected") {
+                report(info);
+            }
+        }));
+    });
+}
+
 /// Runs one seed for `steps` steps plus convergence; returns the trace digest and the
 /// number of committed entries.
 fn run_seed(seed: u64, steps: u64) -> (u64, usize) {
+    quiet_injected_panics();
     let node_count = if seed.is_multiple_of(2) { 3 } else { 5 };
     let mut sim = Sim::new(seed, node_count);
     for _ in 0..steps {
@@ -919,11 +1280,12 @@ fn run_seed(seed: u64, steps: u64) -> (u64, usize) {
     sim.converge();
     if std::env::var_os("PLINTH_SIM_VERBOSE").is_some() {
         eprintln!(
-            "seed {seed}: {node_count} nodes, {} steps, {} entries, {} leaders, events {:?}",
+            "seed {seed}: {node_count} nodes, {} steps, {} entries, {} leaders, events {:?}, untraced {:?}",
             sim.now,
             sim.committed.len(),
             sim.leaders.len(),
             sim.counts,
+            sim.untraced,
         );
     }
     (sim.trace, sim.committed.len())
@@ -973,6 +1335,21 @@ fn three_nodes() {
 #[test]
 fn five_nodes() {
     run_seeds(1);
+}
+
+/// Seeds outside the default range that once failed, run in every default run.
+/// 1009 (5 nodes): a follower's WAL write that replaced an uncommitted suffix of its log
+/// (entries of an older term) failed its fdatasync yet reached the disk; the sim wrongly
+/// required that suffix back after the restart.
+const REGRESSION_SEEDS: [u64; 1] = [1009];
+
+#[test]
+fn regression_seeds() {
+    if env_u64("PLINTH_SIM_SEED").is_none() {
+        for seed in REGRESSION_SEEDS {
+            run_reporting(seed, STEPS);
+        }
+    }
 }
 
 #[test]

@@ -42,6 +42,12 @@ pub struct StoreConfig {
     /// each group's backup mark, so the next delta finds every change after it. Default:
     /// false.
     pub hold_history_for_backups: bool,
+    /// Flush the memtables when the store closes (its last handle drops). With false, a
+    /// close is what a machine crash is to the store: RocksDB's WAL is off, so everything
+    /// applied after the last flush is lost, and the next start replays it from the Raft
+    /// log (which is purged only up to a flush). Crash tests and simulations use it.
+    /// Default: true.
+    pub flush_at_close: bool,
 }
 
 impl Default for StoreConfig {
@@ -59,6 +65,7 @@ impl Default for StoreConfig {
             max_request_bytes: 3 << 19,
             verify_checksums_at_open: true,
             hold_history_for_backups: false,
+            flush_at_close: true,
         }
     }
 }

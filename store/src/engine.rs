@@ -56,6 +56,10 @@ pub(crate) fn open_db(path: &Path, cfg: &StoreConfig) -> Result<DB> {
     db_opts.set_atomic_flush(true);
     db_opts.set_db_write_buffer_size(cfg.memtable_bytes);
     db_opts.set_max_background_jobs(2);
+    if !cfg.flush_at_close {
+        // rust-rocksdb has no setter for this DB option: RocksDB's option string sets it.
+        db_opts = db_opts.get_options_from_string("avoid_flush_during_shutdown=true")?;
+    }
 
     let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_opts.clone()));
     Ok(DB::open_cf_descriptors(&db_opts, path, cfs)?)

@@ -58,7 +58,9 @@
 //! - **Durability by replay**: RocksDB's WAL is off; the Raft log is the WAL. After a crash
 //!   the store reopens at the applied index of some earlier batch, and the log is replayed
 //!   from there. [`Store::flush`] makes everything applied durable and tells which index
-//!   the log may be purged to. [`Store::install_snapshot`] flushes before it returns,
+//!   the log may be purged to (never further: what was applied after the flush is lost in a
+//!   crash; [`StoreConfig::flush_at_close`] off makes a close lose it the same way).
+//!   [`Store::install_snapshot`] flushes before it returns,
 //!   since Raft truncates its log below an installed snapshot; it refuses a snapshot not
 //!   ahead of the applied index (checked under the apply lock). Applied index and current
 //!   revision only move forward, asserted on every apply and install.

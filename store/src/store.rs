@@ -932,6 +932,50 @@ mod tests {
         assert_eq!(store.current_revision(g), 201);
     }
 
+    /// A store closed as a crash (`flush_at_close: false`) keeps exactly what was flushed: applies after the flush
+    /// are gone and the applied index is the flushed one, so the Raft log replays them,
+    /// and replaying them gives the same revisions.
+    #[test]
+    fn a_crash_loses_what_was_applied_after_the_last_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = GroupId(1);
+        let put = |i: u64| {
+            let p = PutRequest { key: format!("k{i}").into(), value: format!("v{i}").into(), ..Default::default() };
+            Command::new(i, CommandBody::Put(p)).encode_to_vec()
+        };
+        let apply = |store: &Store, i: u64| match store.apply(g, &[(i, &put(i))]).unwrap().pop().unwrap() {
+            Ok(CommandResponse::Put(p)) => p.revision,
+            other => panic!("put {i}: {other:?}"),
+        };
+        let crashing = StoreConfig { flush_at_close: false, ..StoreConfig::default() };
+        let store = Store::open(dir.path(), crashing).unwrap();
+        for i in 1..=3 {
+            apply(&store, i);
+        }
+        assert_eq!(store.flush().unwrap(), vec![(g, 3)], "the flush covers index 3");
+        let lost: Vec<i64> = (4..=6).map(|i| apply(&store, i)).collect();
+        assert_eq!(store.applied_index(g), 6);
+        drop(store);
+
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        assert_eq!(store.applied_index(g), 3, "the applied index is the flushed one");
+        assert_eq!(store.current_revision(g), 4);
+        let get = |store: &Store, k: &str| {
+            let r = store.range(g, &RangeRequest { key: k.to_string().into(), ..Default::default() }).unwrap();
+            r.kvs.into_iter().map(|kv| kv.value).next()
+        };
+        assert_eq!(get(&store, "k3"), Some(Bytes::from("v3")), "flushed data survives");
+        assert_eq!(get(&store, "k4"), None, "unflushed data is lost");
+        let replayed: Vec<i64> = (4..=6).map(|i| apply(&store, i)).collect();
+        assert_eq!(replayed, lost, "the replay gives the same revisions");
+        drop(store);
+
+        // A normal close flushes: nothing is lost.
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        assert_eq!(store.applied_index(g), 6);
+        assert_eq!(get(&store, "k6"), Some(Bytes::from("v6")));
+    }
+
     /// Applies like `apply_command`, except that txns skip their check phase, so a txn whose
     /// put fails after its delete wrote reaches the batch loop.
     fn apply_command_skipping_txn_checks(w: &mut BatchWriter<'_>, data: &[u8]) -> Result<CommandResponse> {
