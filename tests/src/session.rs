@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::cluster::{Kind, Server};
+use crate::cluster::{Kind, Options, Server};
 use crate::ctl::CtlOutput;
 use crate::diff;
 use crate::normalize::Normalizer;
@@ -158,4 +158,46 @@ pub fn differential_with(name: &str, target: Kind, script: impl Fn(&mut Session<
             other.log_tail(12)
         );
     }
+}
+
+/// An async script's transcripts from a fresh etcd 3.5.1 and a fresh [`target`] server, each
+/// started with `options()`: the servers start side by side, and the script runs against
+/// both at once (given each one's client endpoint). Both transcripts are written to
+/// `$TMPDIR/plinth-differential/<name>.{etcd,<target>}.txt`. Returns etcd's, the target's,
+/// and the target's label (`plinth`, or `etcd#2` when comparing etcd with itself).
+pub fn async_transcripts<F, Fut>(
+    name: &str,
+    options: impl Fn() -> Options + Sync,
+    script: F,
+) -> (String, String, String)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = String> + Send + 'static,
+{
+    let t = target();
+    let (etcd, other) = std::thread::scope(|s| {
+        let a = s.spawn(|| Server::start_with(Kind::Etcd, options()));
+        let b = s.spawn(|| Server::start_with(t, options()));
+        (join(a.join()), join(b.join()))
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let (ta, tb) = rt.block_on(async {
+        let a = tokio::spawn(script(etcd.endpoint()));
+        let b = tokio::spawn(script(other.endpoint()));
+        (a.await.expect("etcd's script"), b.await.expect("the target's script"))
+    });
+    let right = if t == Kind::Etcd { "etcd#2".to_owned() } else { t.to_string() };
+    let dir = transcript_dir();
+    let _ = std::fs::write(dir.join(format!("{name}.etcd.txt")), &ta);
+    let _ = std::fs::write(dir.join(format!("{name}.{right}.txt")), &tb);
+    (ta, tb, right)
+}
+
+/// Panics with a line diff when the target's transcript differs from etcd's.
+pub fn assert_same_transcripts(name: &str, etcd: &str, other: &str, right: &str) {
+    assert!(
+        etcd == other,
+        "`{name}`: {right} differs from etcd 3.5.1\n{}",
+        diff::unified(etcd, other, "etcd 3.5.1", right, 3)
+    );
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, Permission};
 use grpc_api::pb::etcdserverpb as pb;
-use plinth_tests::cluster::{Kind, Options, Server};
-use plinth_tests::{diff, target};
+use plinth_tests::cluster::Options;
+use plinth_tests::session::{assert_same_transcripts, async_transcripts};
 
 /// `--auth-token-ttl` of both servers, in seconds.
 const TOKEN_TTL_SECONDS: u64 = 3;
@@ -23,10 +23,6 @@ const BETWEEN_USES: Duration = Duration::from_secs(2);
 const IDLE_PAST_TTL: Duration = Duration::from_secs(TOKEN_TTL_SECONDS + 2);
 /// Limit of one request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
-}
 
 async fn channel(endpoint: &str) -> tonic::transport::Channel {
     tonic::transport::Endpoint::from_shared(endpoint.to_owned())
@@ -141,7 +137,6 @@ async fn script(endpoint: String) -> String {
 
 #[test]
 fn simple_tokens_expire_and_end_as_etcds_do() {
-    let t = target();
     let options = || Options {
         flags: vec![
             "--auth-token=simple".into(),
@@ -150,29 +145,10 @@ fn simple_tokens_expire_and_end_as_etcds_do() {
         ],
         ..Options::default()
     };
-    let (etcd, other) = std::thread::scope(|s| {
-        let a = s.spawn(|| Server::start_with(Kind::Etcd, options()));
-        let b = s.spawn(|| Server::start_with(t, options()));
-        (a.join().unwrap(), b.join().unwrap())
-    });
-    let rt = runtime();
-    let (la, lb) = rt.block_on(async {
-        let a = tokio::spawn(script(etcd.endpoint()));
-        let b = tokio::spawn(script(other.endpoint()));
-        (a.await.unwrap(), b.await.unwrap())
-    });
-    let right = if t == Kind::Etcd { "etcd#2" } else { "plinth" };
-    let dir = std::env::temp_dir().join("plinth-differential");
-    let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(dir.join("auth_tokens.etcd.txt"), &la);
-    let _ = std::fs::write(dir.join(format!("auth_tokens.{right}.txt")), &lb);
+    let (la, lb, right) = async_transcripts("auth_tokens", options, script);
     // etcd itself must expire the idle token and refuse the old password, or the script
     // proves nothing.
     assert!(la.contains("1d idle past the TTL: get app/x: Unauthenticated: etcdserver: invalid auth token"), "{la}");
     assert!(la.contains("2d: authenticate alice: InvalidArgument: etcdserver: authentication failed"), "{la}");
-    assert!(
-        la == lb,
-        "simple tokens: {right} differs from etcd 3.5.1\n{}",
-        diff::unified(&la, &lb, "etcd 3.5.1", right, 3)
-    );
+    assert_same_transcripts("auth_tokens", &la, &lb, &right);
 }

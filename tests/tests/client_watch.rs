@@ -10,7 +10,8 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, EventType, KeyValue, WatchOptions, WatchStream};
-use plinth_tests::{diff, target, Kind, Server};
+use plinth_tests::cluster::Options;
+use plinth_tests::session::{assert_same_transcripts, async_transcripts};
 
 fn kv(k: &KeyValue) -> String {
     format!(
@@ -166,26 +167,6 @@ async fn script(endpoint: String) -> String {
 
 #[test]
 fn watch_protocol_on_one_stream() {
-    let t = target();
-    let (etcd, other) = std::thread::scope(|s| {
-        let a = s.spawn(Server::etcd);
-        let b = s.spawn(move || Server::start(t));
-        (a.join().unwrap(), b.join().unwrap())
-    });
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (la, lb) = rt.block_on(async {
-        let a = tokio::spawn(script(etcd.endpoint()));
-        let b = tokio::spawn(script(other.endpoint()));
-        (a.await.unwrap(), b.await.unwrap())
-    });
-    let right = if t == Kind::Etcd { "etcd#2" } else { "plinth" };
-    let dir = std::env::temp_dir().join("plinth-differential");
-    let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(dir.join("client_watch.etcd.txt"), &la);
-    let _ = std::fs::write(dir.join(format!("client_watch.{right}.txt")), &lb);
-    assert!(
-        la == lb,
-        "client_watch: {right} differs from etcd 3.5.1\n{}",
-        diff::unified(&la, &lb, "etcd 3.5.1", right, 3)
-    );
+    let (la, lb, right) = async_transcripts("client_watch", Options::default, script);
+    assert_same_transcripts("client_watch", &la, &lb, &right);
 }

@@ -13,8 +13,9 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, DeleteOptions, EventType, KeyValue, PutOptions, WatchOptions, WatchStream};
+use plinth_tests::cluster::Options;
 use plinth_tests::members::{Members, ELECTION_MS};
-use plinth_tests::{diff, target, Kind, Server};
+use plinth_tests::session::{assert_same_transcripts, async_transcripts};
 
 /// How long members get to start and elect a leader.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -122,30 +123,11 @@ async fn prev_kv_at_compact_script(endpoint: String) -> String {
 
 #[test]
 fn prev_kv_of_an_update_at_the_compact_revision_matches_etcd() {
-    let t = target();
-    let (etcd, other) = std::thread::scope(|s| {
-        let a = s.spawn(Server::etcd);
-        let b = s.spawn(move || Server::start(t));
-        (a.join().unwrap(), b.join().unwrap())
-    });
-    let rt = runtime();
-    let (la, lb) = rt.block_on(async {
-        let a = tokio::spawn(prev_kv_at_compact_script(etcd.endpoint()));
-        let b = tokio::spawn(prev_kv_at_compact_script(other.endpoint()));
-        (a.await.unwrap(), b.await.unwrap())
-    });
-    let right = if t == Kind::Etcd { "etcd#2" } else { "plinth" };
-    let dir = std::env::temp_dir().join("plinth-differential");
-    let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(dir.join("watch_prev_kv_at_compact.etcd.txt"), &la);
-    let _ = std::fs::write(dir.join(format!("watch_prev_kv_at_compact.{right}.txt")), &lb);
+    let name = "watch_prev_kv_at_compact";
+    let (la, lb, right) = async_transcripts(name, Options::default, prev_kv_at_compact_script);
     // etcd itself must show the version at 3 as prev_kv, or the test proves nothing.
     assert!(la.contains("put k=after prev_kv: {k=at-c create=3 mod=3 ver=1}"), "etcd transcript:\n{la}");
-    assert!(
-        la == lb,
-        "prev_kv at the compact revision: {right} differs from etcd 3.5.1\n{}",
-        diff::unified(&la, &lb, "etcd 3.5.1", right, 3)
-    );
+    assert_same_transcripts(name, &la, &lb, &right);
 }
 
 /// With a 200 ms progress interval, a watcher starting 3 revisions ahead gets only its
