@@ -888,7 +888,7 @@ impl Sim {
         let id = self.nodes[i].next_request_id;
         let granted = self.leases.get(&g).cloned().unwrap_or_default();
         let kind = self.rng.below(100);
-        let (body, lease, put) = if kind < 60 || (granted.is_empty() && kind < 85) {
+        let (body, lease, put) = if kind < 60 {
             let key = format!("k{}", self.rng.below(KEYS));
             let value = format!("v{me}.{id}");
             let body = CommandBody::Put(store::PutRequest {
