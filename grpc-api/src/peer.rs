@@ -842,8 +842,8 @@ mod tests {
 
     /// A follower that relays another member's proposal or read-index request (raft-rs keeps
     /// the original `from`) must not put it on its stream: the receiver would close the
-    /// stream for carrying another member's message. Seen in `tests/node_sim.rs` (seeds 2
-    /// and 5 before the fix).
+    /// stream for carrying another member's message. Found by `tests/node_sim.rs`, whose
+    /// network sees every relay raft-rs makes.
     #[test]
     fn relayed_messages_are_not_sent_on_this_members_stream() {
         let dir = tempfile::tempdir().unwrap();

@@ -139,7 +139,7 @@ impl Loop {
                     // when its next entries persist, since it has no progress of its own any
                     // more. It steps down in its term instead; the voters left elect a leader
                     // after an election timeout (as etcd's removed leader stops). Found by
-                    // grpc-api/tests/node_sim.rs (seed 4).
+                    // grpc-api/tests/node_sim.rs (`removing_the_leader`).
                     let term = peer.raw.raft.term;
                     peer.raw.raft.become_follower(term, raft::INVALID_ID);
                     tracing::info!(%group, term, "this leader left the group's voters; stepped down");
