@@ -1593,6 +1593,16 @@ fn removing_the_leader() {
     }
 }
 
+/// A seed whose campaign fault hits a member that had been removed from a group: raft-rs's
+/// `campaign` does not check that the node is a voter, and the node won, became leader and
+/// panicked (no progress of its own) until the driver refused such campaigns.
+const NON_VOTER_CAMPAIGN_SEED: u64 = 47;
+
+#[test]
+fn campaign_of_a_non_voter() {
+    run_reporting(NON_VOTER_CAMPAIGN_SEED, STEPS);
+}
+
 #[test]
 fn same_seed_same_trace() {
     for seed in [2, 3] {

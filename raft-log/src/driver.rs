@@ -426,7 +426,8 @@ impl DriverHandle {
         self.try_send(Msg::CompactLog { group, index: durable_applied })
     }
 
-    /// Makes this node campaign for leadership of `group`.
+    /// Makes this node campaign for leadership of `group` (nothing happens when it is not a
+    /// voter of the group's configuration).
     pub fn campaign(&self, group: GroupId) -> Result<()> {
         self.try_send(Msg::Campaign(group))
     }
@@ -693,7 +694,12 @@ impl Loop {
             }
             Msg::Campaign(group) => {
                 if let Some(p) = self.peers.get_mut(&group) {
-                    if let Err(e) = p.raw.campaign() {
+                    if !p.raw.raft.promotable() {
+                        // raft-rs's `campaign` does not check this (only its election timer
+                        // does): a learner or a removed member could win votes from a stale
+                        // configuration and then panic, having no progress of its own.
+                        tracing::debug!(%group, "not a voter of the group; no campaign");
+                    } else if let Err(e) = p.raw.campaign() {
                         tracing::debug!(%group, error = %e, "campaign failed");
                     }
                 }

@@ -165,7 +165,8 @@ impl ManualDriver {
         }
     }
 
-    /// Makes this node campaign for leadership of `group`.
+    /// Makes this node campaign for leadership of `group` (nothing happens when it is not a
+    /// voter of the group's configuration).
     pub fn campaign(&mut self, group: GroupId) {
         self.lp.handle(Msg::Campaign(group));
     }
