@@ -48,7 +48,9 @@
 //! Seeds: `PLINTH_SIM_SEEDS=<count>` (default [`DEFAULT_SEEDS`] per test; even seeds run 3
 //! nodes, odd seeds 5, plus the spare). A failure names its seed; replay it alone with
 //! `PLINTH_SIM_SEED=<n> scripts/cargo test -p grpc-api --test node_sim`.
-//! `same_seed_same_trace` checks that a run is a function of its seed.
+//! `same_seed_same_trace` checks that a run is a function of its seed. With
+//! `PLINTH_SIM_EVENTS=1` (and `--nocapture`) a replay prints its faults, starts, snapshots
+//! and membership steps as they happen.
 //!
 //! CAVEATS:
 //! - Lease expiry is not simulated (TTLs outlast a run): the lessor's deadlines use the
@@ -577,6 +579,11 @@ impl Sim {
     }
 
     fn record(&mut self, what: &'static str, values: &[u64]) {
+        if std::env::var_os("PLINTH_SIM_EVENTS").is_some()
+            && !matches!(what, "apply" | "propose" | "read" | "read-done")
+        {
+            eprintln!("step {}: {what} {values:?}", self.now);
+        }
         *self.counts.entry(what).or_default() += 1;
         self.trace = fnv(self.trace, what.as_bytes());
         for v in values {
@@ -619,6 +626,9 @@ impl Sim {
                 removed: Vec::new(),
             },
         };
+        // A member's identity is on disk from its first start on, as `serve` saves it: a
+        // joining member restarts as one.
+        identity.save(&node.dir).expect("member.json saved");
         let joined = identity.joined;
 
         // Each group's store is at an applied index at most what it applied before, at the
@@ -1304,8 +1314,13 @@ impl Sim {
                 assert!(st.commit.0 >= *last_commit, "node {id} group {g}: commit went back");
                 *last_commit = st.commit.0;
                 if let Some(gs) = live.wal.group_state(GroupId(g)) {
-                    let hs = gs.hard_state;
-                    assert!(hs.term >= ng.term, "node {id} group {g}: durable term went back");
+                    let hs = gs.hard_state.clone();
+                    assert!(
+                        hs.term >= ng.term,
+                        "node {id} group {g}: durable term went back from {} to {} ({gs:?})",
+                        ng.term,
+                        hs.term
+                    );
                     if hs.term == ng.term && ng.vote != 0 {
                         assert_eq!(hs.vote, ng.vote, "node {id} group {g}: voted twice in term {}", hs.term);
                     }
