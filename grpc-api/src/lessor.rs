@@ -90,6 +90,13 @@ impl Lessor {
         }
     }
 
+    /// The leases this lessor times, in id order (for checks that it follows the store).
+    pub fn lease_ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self.state.lock().timers.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Renews a lease for its full TTL; `None` if it is unknown (or already expiring).
     pub fn keep_alive(&self, id: i64) -> Option<i64> {
         let mut state = self.state.lock();

@@ -143,7 +143,9 @@ pub struct Waiters {
 }
 
 impl Waiters {
-    fn insert(&self, id: u64, tx: oneshot::Sender<ApplyResult>) -> Result<(), Status> {
+    /// Keeps `tx` to be answered when this member applies its own proposal with request id
+    /// `id`; "too many requests" past [`WAITERS_MAX`]. An id must not be reused while in flight.
+    pub fn insert(&self, id: u64, tx: oneshot::Sender<ApplyResult>) -> Result<(), Status> {
         let mut map = self.map.lock();
         if map.len() >= WAITERS_MAX {
             return Err(EtcdError::TooManyRequests.status());
@@ -153,7 +155,9 @@ impl Waiters {
         Ok(())
     }
 
-    fn remove(&self, id: u64) -> Option<oneshot::Sender<ApplyResult>> {
+    /// Gives up waiting for request `id` (its proposal timed out); returns its sender if it
+    /// was still waiting.
+    pub fn remove(&self, id: u64) -> Option<oneshot::Sender<ApplyResult>> {
         self.map.lock().remove(&id)
     }
 

@@ -304,6 +304,16 @@ impl raft_log::Transport for PeerTransport {
     fn send(&self, group: raft_log::GroupId, msgs: Vec<Message>) {
         let queues = self.queues.read();
         for m in msgs {
+            if m.from != self.me {
+                // raft-rs relays a proposal or a read-index request it was handed with the
+                // original sender's `from` (a follower forwarding to the leader it knows now).
+                // The receiver binds each stream to its member and closes a stream carrying
+                // another member's message, so a relay would cost every message queued behind
+                // it and a reconnect: it is dropped here instead, as a lost message (the client
+                // or the driver's read retry asks again).
+                debug!(from = format_args!("{:x}", m.from), "relayed raft message dropped");
+                continue;
+            }
             if m.get_msg_type() == MessageType::MsgSnapshot {
                 self.send_snapshot(group, m);
                 continue;
@@ -823,4 +833,36 @@ pub async fn fetch_members(peer_urls: &[String], tls: Option<&Arc<PeerTls>>) -> 
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft_log::Transport;
+
+    /// A follower that relays another member's proposal or read-index request (raft-rs keeps
+    /// the original `from`) must not put it on its stream: the receiver would close the
+    /// stream for carrying another member's message. Found by `tests/node_sim.rs`, whose
+    /// network sees every relay raft-rs makes.
+    #[test]
+    fn relayed_messages_are_not_sent_on_this_members_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store::Store::open(dir.path(), store::StoreConfig::default()).unwrap();
+        let transport = PeerTransport::new(1, store, &[2, 3]);
+        let msg = |t: MessageType, from: u64| {
+            let mut m = Message::default();
+            m.set_msg_type(t);
+            m.from = from;
+            m.to = 2;
+            m
+        };
+        let relayed = vec![msg(MessageType::MsgPropose, 3), msg(MessageType::MsgReadIndex, 3)];
+        transport.send(raft_log::GroupId(1), relayed);
+        transport.send(raft_log::GroupId(1), vec![msg(MessageType::MsgHeartbeat, 1)]);
+        let mut pending = transport.pending.lock();
+        let (_, rx) = pending.iter_mut().find(|(id, _)| *id == 2).expect("member 2 has a queue");
+        let (_, first) = rx.try_recv().expect("this member's own message is queued");
+        assert_eq!((first.get_msg_type(), first.from), (MessageType::MsgHeartbeat, 1));
+        assert!(rx.try_recv().is_err(), "a relayed message was queued for member 2");
+    }
 }

@@ -291,6 +291,10 @@ pub(crate) struct Loop {
     /// ride along with the next WAL batch.
     pub pending: WriteBatch,
     pub logger: slog::Logger,
+    /// The time deadlines and retries are measured against: `None` on the driver thread
+    /// (the wall clock); a `ManualDriver` sets it from its ticks, so reads and transfers
+    /// time out in simulated time.
+    pub clock: Option<Instant>,
 }
 
 /// Raft messages from peers, apart from client requests: the driver drains it before its
@@ -510,7 +514,8 @@ impl DriverHandle {
         self.try_send(Msg::CompactLog { group, index: durable_applied })
     }
 
-    /// Makes this node campaign for leadership of `group`.
+    /// Makes this node campaign for leadership of `group` (nothing happens when it is not a
+    /// voter of the group's configuration).
     pub fn campaign(&self, group: GroupId) -> Result<()> {
         self.try_send(Msg::Campaign(group))
     }
@@ -588,6 +593,7 @@ impl Loop {
             transfers: Vec::new(),
             pending: WriteBatch::new(),
             logger: slog::Logger::root(slog::Discard, slog::o!()),
+            clock: None,
         };
         for group in lp.wal.groups() {
             if lp.initialized(group) {
@@ -685,6 +691,11 @@ impl Loop {
         Ok(())
     }
 
+    /// Now, as deadlines and retries see it (see `clock`).
+    pub(crate) fn now(&self) -> Instant {
+        self.clock.unwrap_or_else(Instant::now)
+    }
+
     pub fn publish_status(&self, group: GroupId) {
         let Some(p) = self.peers.get(&group) else {
             return;
@@ -767,18 +778,17 @@ impl Loop {
             }
             Msg::ReadIndex { group, done } => self.start_read(group, done),
             Msg::CompactLog { group, index } => {
-                if let Some(p) = self.peers.get(&group) {
-                    // Never past what this node applied: those entries may still be
-                    // needed to re-deliver to the state machine.
-                    let to = index.0.min(p.applied);
-                    if let Err(e) = self.wal.compact(group, LogIndex(to)) {
-                        tracing::warn!(%group, error = %e, "compaction not recorded");
-                    }
-                }
+                // Not waited for: the driver thread goes on while the WAL records it.
+                let _ = self.compact_log(group, index);
             }
             Msg::Campaign(group) => {
                 if let Some(p) = self.peers.get_mut(&group) {
-                    if let Err(e) = p.raw.campaign() {
+                    if !p.raw.raft.promotable() {
+                        // raft-rs's `campaign` does not check this (only its election timer
+                        // does): a learner or a removed member could win votes from a stale
+                        // configuration and then panic, having no progress of its own.
+                        tracing::debug!(%group, "not a voter of the group; no campaign");
+                    } else if let Err(e) = p.raw.campaign() {
                         tracing::debug!(%group, error = %e, "campaign failed");
                     }
                 }
@@ -795,6 +805,21 @@ impl Loop {
             Msg::Stop => return false,
         }
         true
+    }
+
+    /// Queues the compact point of `group` at `index`, never past what this node applied (those
+    /// entries may still be needed to re-deliver to the state machine). `None` when the group
+    /// is unknown or the WAL refused the record (logged).
+    pub(crate) fn compact_log(&self, group: GroupId, index: LogIndex) -> Option<crate::writer::Ticket> {
+        let p = self.peers.get(&group)?;
+        let to = index.0.min(p.applied);
+        match self.wal.compact(group, LogIndex(to)) {
+            Ok(ticket) => Some(ticket),
+            Err(e) => {
+                tracing::warn!(%group, error = %e, "compaction not recorded");
+                None
+            }
+        }
     }
 
     /// The transport installs a snapshot's data into the state machine before it steps the
@@ -838,7 +863,7 @@ impl Loop {
             return done(Err(Error::Busy));
         }
         p.raw.transfer_leader(to.0);
-        self.transfers.push(PendingTransfer { group, to, done, deadline: Instant::now() + timeout });
+        self.transfers.push(PendingTransfer { group, to, done, deadline: self.now() + timeout });
     }
 
     /// Answers the transfers whose target this node now sees leading, and fails those past
@@ -868,7 +893,7 @@ impl Loop {
         if !self.peers.contains_key(&group) {
             return done(Err(Error::GroupNotFound(group)));
         }
-        let now = Instant::now();
+        let now = self.now();
         let read = PendingRead { done, deadline: now + self.cfg.read_index_timeout };
         self.reads.len += 1;
         // Joins the group's batch that was not issued yet (see `ReadBatch` for why an issued
@@ -898,7 +923,7 @@ impl Loop {
     /// now: a leader that has committed in its term (raft-rs drops earlier requests), or a
     /// follower that knows the leader. Re-issuing the same context is harmless: the leader
     /// ignores a context it already holds, and the first answer completes the batch.
-    fn service_reads(&mut self, now: Instant) {
+    pub(crate) fn service_reads(&mut self, now: Instant) {
         let mut emptied = Vec::new();
         for (id, b) in self.reads.batches.iter_mut() {
             let expired = b.reads.partition_point(|r| r.deadline <= now);
@@ -914,8 +939,11 @@ impl Loop {
             self.reads.take(id);
         }
         let retry = self.cfg.tick_interval * READ_INDEX_RETRY_TICKS;
-        let due: Vec<(u64, GroupId)> =
+        let mut due: Vec<(u64, GroupId)> =
             self.reads.batches.iter().filter(|(_, b)| b.retry_at <= now).map(|(id, b)| (*id, b.group)).collect();
+        // In request order, so the messages a pass sends do not depend on the map's hashing
+        // (a simulation replays a run message for message).
+        due.sort_unstable();
         for (id, group) in due {
             let ctx = self.read_ctx(id);
             let Some(p) = self.peers.get_mut(&group) else { continue };

@@ -182,8 +182,8 @@ mod writer;
 pub use batch::WriteBatch;
 pub use config::WalConfig;
 pub use driver::{
-    Bootstrap, CommittedEntry, Driver, DriverHandle, GroupStatus, SnapshotSource, StateMachine, TransferLeaderCallback,
-    Transport,
+    Bootstrap, CommittedEntry, Driver, DriverHandle, GroupStatus, ReadIndexCallback, SnapshotSource, StateMachine,
+    TransferLeaderCallback, Transport,
 };
 pub use driver_config::DriverConfig;
 pub use error::{Error, Result};

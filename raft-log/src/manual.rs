@@ -10,9 +10,13 @@
 //! The WAL keeps its writer thread: `Wal::write` blocks until the batch is durable, so
 //! every `process` call returns with the same state for the same inputs.
 //!
+//! Time: the driver keeps a clock of its own that only `tick` moves (one `tick_interval` per
+//! tick, from the instant the driver was built), and read-index deadlines and retries are
+//! measured against it, so a read answers or times out after the same ticks on every run.
+//!
 //! ## CAVEATS
 //!
-//! - Read-index requests are not exposed: their deadlines and retries use the wall clock.
+//! - Leader transfers are not exposed.
 //! - For a run that is the same on every execution, set
 //!   `DriverConfig::election_ticks_max` to `election_ticks + 1` (raft-rs draws election
 //!   timeouts from an unseeded generator otherwise).
@@ -23,10 +27,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use raft::eraftpb::Message;
 
-use crate::driver::{Bootstrap, GroupStatus, Loop, Msg, StateMachine, Transport};
+use std::time::Instant;
+
+use raft::eraftpb::ConfChange;
+
+use crate::driver::{Bootstrap, GroupStatus, Loop, Msg, ReadIndexCallback, SnapshotSource, StateMachine, Transport};
 use crate::driver_config::DriverConfig;
 use crate::error::{Error, Result};
-use crate::types::{GroupId, NodeId};
+use crate::types::{GroupId, LogIndex, NodeId};
 use crate::wal::Wal;
 
 /// Most Ready passes one `process` call runs. Each pass handles every ready group, and a
@@ -57,9 +65,23 @@ impl ManualDriver {
         sm: Box<dyn StateMachine>,
         transport: Arc<dyn Transport>,
     ) -> Result<ManualDriver> {
+        ManualDriver::with_snapshots(cfg, wal, sm, transport, None)
+    }
+
+    /// Like [`ManualDriver::new`], with a source of state-machine snapshots, as
+    /// [`crate::Driver::start_with_snapshots`]: a leader then sends a snapshot to a member
+    /// that needs entries it has purged.
+    pub fn with_snapshots(
+        cfg: DriverConfig,
+        wal: Arc<Wal>,
+        sm: Box<dyn StateMachine>,
+        transport: Arc<dyn Transport>,
+        snapshots: Option<Arc<dyn SnapshotSource>>,
+    ) -> Result<ManualDriver> {
         cfg.validate()?;
         let (inbox, rx) = sync_channel(1);
-        let lp = Loop::new(cfg, wal, sm, transport, None, rx)?;
+        let mut lp = Loop::new(cfg, wal, sm, transport, snapshots, rx)?;
+        lp.clock = Some(Instant::now());
         Ok(ManualDriver { lp, _inbox: inbox })
     }
 
@@ -67,6 +89,53 @@ impl ManualDriver {
     /// idempotent when the group exists.
     pub fn create_group(&mut self, group: GroupId, voters: &[NodeId]) -> Result<()> {
         self.lp.create_peer(group, &Bootstrap::Voters(voters.to_vec()))
+    }
+
+    /// Creates `group` as `bootstrap` says on first creation; idempotent when it exists.
+    pub fn create_group_with(&mut self, group: GroupId, bootstrap: &Bootstrap) -> Result<()> {
+        self.lp.create_peer(group, bootstrap)
+    }
+
+    /// Proposes a membership change of `group`, as `DriverHandle::propose_conf_change`
+    /// (`NoLeader` when this node knows no leader; an accepted change may still be lost).
+    pub fn propose_conf_change(&mut self, group: GroupId, change: ConfChange) -> Result<()> {
+        match self.status(group) {
+            None => Err(Error::GroupNotFound(group)),
+            Some(s) if s.leader.0 == 0 => Err(Error::NoLeader),
+            Some(_) => {
+                self.lp.handle(Msg::ProposeConfChange { group, change });
+                Ok(())
+            }
+        }
+    }
+
+    /// Tells the leader of `group` whether the snapshot it sent to `to` was installed.
+    pub fn report_snapshot(&mut self, group: GroupId, to: NodeId, ok: bool) {
+        self.lp.handle(Msg::ReportSnapshot { group, to, ok });
+    }
+
+    /// The state machine made `durable_applied` durable: the WAL may drop `group`'s
+    /// entries at or below it (never past what this node applied).
+    /// Returns once the WAL has recorded it, so the run does not depend on the writer thread.
+    pub fn compact_log(&mut self, group: GroupId, durable_applied: LogIndex) {
+        if let Some(ticket) = self.lp.compact_log(group, durable_applied) {
+            if let Err(e) = ticket.wait() {
+                tracing::warn!(%group, error = %e, "compaction not recorded");
+            }
+        }
+    }
+
+    /// Asks for a linearizable read point of `group`, as `DriverHandle::read_index`: `done`
+    /// runs during a later `process` (or at once when the request cannot be taken), with
+    /// `Timeout` once `read_index_timeout` of this driver's ticks has passed unanswered.
+    pub fn read_index(&mut self, group: GroupId, done: ReadIndexCallback) {
+        match self.status(group) {
+            None => done(Err(Error::GroupNotFound(group))),
+            Some(s) if s.leader.0 == 0 => done(Err(Error::NoLeader)),
+            Some(_) => {
+                self.lp.handle(Msg::ReadIndex { group, done });
+            }
+        }
     }
 
     /// Proposes `data` to `group` (forwarded to the leader on a follower). `NoLeader` when
@@ -88,14 +157,16 @@ impl ManualDriver {
         self.lp.handle(Msg::Step { group, msg });
     }
 
-    /// One Raft tick for every group.
+    /// One Raft tick for every group; this driver's clock moves one `tick_interval`.
     pub fn tick(&mut self) {
+        self.lp.clock = Some(self.lp.now() + self.lp.cfg.tick_interval);
         for p in self.lp.peers.values_mut() {
             p.raw.tick();
         }
     }
 
-    /// Makes this node campaign for leadership of `group`.
+    /// Makes this node campaign for leadership of `group` (nothing happens when it is not a
+    /// voter of the group's configuration).
     pub fn campaign(&mut self, group: GroupId) {
         self.lp.handle(Msg::Campaign(group));
     }
@@ -105,8 +176,12 @@ impl ManualDriver {
         self.lp.handle(Msg::Unreachable(node));
     }
 
-    /// Handles Readys until no group has one: persist, send, apply, advance.
+    /// Issues the read-index requests that are due and fails those past their deadline (as
+    /// the driver thread does before each Ready pass), then handles Readys until no group
+    /// has one: persist, send, apply, advance.
     pub fn process(&mut self) {
+        let now = self.lp.now();
+        self.lp.service_reads(now);
         for _ in 0..PROCESS_PASSES_MAX {
             if !self.lp.peers.values().any(|p| p.raw.has_ready()) {
                 return;

@@ -8,8 +8,6 @@
 //! 5. apply `committed_entries`;
 //! 6. `advance()`, handle the `LightReady` the same way, `advance_apply()`.
 
-use std::time::Instant;
-
 use bytes::Bytes;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
@@ -53,7 +51,7 @@ impl Loop {
     /// batch of the group is asked again (of the new leader) right away. A read point
     /// obtained after the request began is still linearizable.
     fn reissue_reads(&mut self, group: GroupId) {
-        let now = Instant::now();
+        let now = self.now();
         for b in self.reads.batches.values_mut().filter(|b| b.group == group) {
             b.retry_at = now;
         }
@@ -132,6 +130,19 @@ impl Loop {
                 // record an applied index past the conf change.
                 if let Err(err) = self.wal.write(b) {
                     panic!("group {group}: cannot persist ConfState: {err}");
+                }
+                let me = self.cfg.node_id.0;
+                let peer: &mut Peer = self.peers.get_mut(&group).expect("invariant: ready group exists");
+                if peer.raw.raft.state == raft::StateRole::Leader && !cs.voters.contains(&me) {
+                    // A leader that removed (or demoted) itself: raft-rs keeps it leading (its
+                    // `post_conf_change` leaves this case to the application) and then panics
+                    // when its next entries persist, since it has no progress of its own any
+                    // more. It steps down in its term instead; the voters left elect a leader
+                    // after an election timeout (as etcd's removed leader stops). Found by
+                    // grpc-api/tests/node_sim.rs (`removing_the_leader`).
+                    let term = peer.raw.raft.term;
+                    peer.raw.raft.become_follower(term, raft::INVALID_ID);
+                    tracing::info!(%group, term, "this leader left the group's voters; stepped down");
                 }
                 self.sm.on_conf_change(group, LogIndex(e.index), &cc, &cs);
             }
