@@ -2,7 +2,8 @@
 # Soak: for SECONDS seconds, alternate a process-fault scenario of tests/tests/linearizability.rs
 # (a real cluster under one kind of fault, its history checked for linearizability and its
 # watches for etcd's guarantees, and every member's HashKV compared at the end) and a batch of
-# deterministic simulation seeds (raft-log/tests/sim.rs), each with a fresh seed. The process
+# deterministic simulation seeds (raft-log/tests/sim.rs, and every fourth one the whole-member
+# simulation grpc-api/tests/node_sim.rs), each with a fresh seed. The process
 # scenarios take turns in the order of `scenarios` below: 3 and 5 members under SIGKILL and
 # SIGSTOP, network partitions (namespaces; needs root), membership changes, a full disk
 # (tmpfs; needs root), fsync failing with EIO, corrupted files at restart, slow and lossy peer
@@ -47,6 +48,7 @@ echo "soak: logs in $logs" >&2
 scripts/cargo build -q -p grpc-api --bin plinth >&2 || exit 1
 scripts/cargo test -q -p plinth-tests --test linearizability --no-run >&2 || exit 1
 scripts/cargo test -q -p raft-log --test sim --no-run >&2 || exit 1
+scripts/cargo test -q -p grpc-api --test node_sim --no-run >&2 || exit 1
 
 end=$(( $(date +%s) + secs ))
 base=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
@@ -102,12 +104,19 @@ while (( $(date +%s) < end )); do
     sim=$(( base * 64 + n * sim_batch + k ))
     out="$logs/sim-$sim.log"
     seeds=$((seeds + 1))
-    # A seed runs in the test of its parity (even: 3 nodes, odd: 5 nodes).
-    if PLINTH_SIM_SEED=$sim scripts/cargo test -q -p raft-log --test sim -- three_nodes five_nodes >"$out" 2>&1; then
+    # A seed runs in the test of its parity (even: 3 nodes, odd: 5 nodes). Every fourth
+    # seed goes to the whole-member simulation (grpc-api/tests/node_sim.rs), the rest to the
+    # log simulation (raft-log/tests/sim.rs).
+    if (( k % 4 == 3 )); then
+      test=(-p grpc-api --test node_sim -- three_members five_members)
+    else
+      test=(-p raft-log --test sim -- three_nodes five_nodes)
+    fi
+    if PLINTH_SIM_SEED=$sim scripts/cargo test -q "${test[@]}" >"$out" 2>&1; then
       rm -f "$out"
     else
       violations=$((violations + 1))
-      echo "soak: simulation FAILED, replay: PLINTH_SIM_SEED=$sim scripts/cargo test -p raft-log --test sim (output: $out)" >&2
+      echo "soak: simulation FAILED, replay: PLINTH_SIM_SEED=$sim scripts/cargo test ${test[*]:0:3} (output: $out)" >&2
     fi
   done
 done
