@@ -148,19 +148,19 @@
 //!   its files until the next rotation or reopen.
 //! - Whole segments are read into memory during recovery (bounded by `segment_bytes_max`
 //!   plus one frame).
-//! - Without a `SnapshotSource` ([`Driver::start`], [`ManualDriver`]) a leader can only hand
-//!   back snapshot metadata it received earlier; a follower that needs compacted entries
-//!   otherwise waits (`SnapshotTemporarilyUnavailable`).
+//! - Without a `SnapshotSource` ([`Driver::start`], or a [`ManualDriver`] built without
+//!   one) a leader can only hand back snapshot metadata it received earlier; a follower that
+//!   needs compacted entries otherwise waits (`SnapshotTemporarilyUnavailable`).
 //! - Followers hand proposals and read-index requests to raft-rs, which forwards them to
 //!   the leader it knows (`Error::NoLeader` when it knows none). A forwarded proposal
 //!   that is lost is not reported: the caller's wait times out. A dropped read-index
 //!   request costs only its retry delay.
 //! - The driver does not hibernate idle groups: every group ticks and its leader sends
 //!   heartbeats. A removed group (`remove_group`) stops ticking at once.
-//!   Conf changes are single changes (`ConfChange`); a `ConfChangeV2` entry from elsewhere
+//! - Conf changes are single changes (`ConfChange`); a `ConfChangeV2` entry from elsewhere
 //!   is applied, but the state machine hears only of its first change.
-//! - [`ManualDriver`] exposes neither read-index requests nor leader transfers (their
-//!   deadlines use the wall clock).
+//! - [`ManualDriver`] does not expose leader transfers; its read-index deadlines run on its
+//!   own tick-driven clock.
 //! - The entry cache is per group, so its total size is `groups × cache limits`.
 
 mod batch;
