@@ -24,7 +24,17 @@ pub struct Server {
 
 /// A loopback port free at the time of the call.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    // A port handed out once is never handed out again by this test binary: tests run side
+    // by side, and the kernel may give a port that one test's server releases to another
+    // test, whose "is my server listening" check would then find the first one's.
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// `plinth serve` as member `n1` on `client_url` and `peer_url` with `data_dir`, logging
