@@ -23,13 +23,10 @@
 
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
-
-use bytes::Bytes;
-use raft::eraftpb::Message;
-
 use std::time::Instant;
 
-use raft::eraftpb::ConfChange;
+use bytes::Bytes;
+use raft::eraftpb::{ConfChange, Message};
 
 use crate::driver::{Bootstrap, GroupStatus, Loop, Msg, ReadIndexCallback, SnapshotSource, StateMachine, Transport};
 use crate::driver_config::DriverConfig;
@@ -88,7 +85,7 @@ impl ManualDriver {
     /// Creates `group` with `voters` on first creation (the ConfState is made durable);
     /// idempotent when the group exists.
     pub fn create_group(&mut self, group: GroupId, voters: &[NodeId]) -> Result<()> {
-        self.lp.create_peer(group, &Bootstrap::Voters(voters.to_vec()))
+        self.create_group_with(group, &Bootstrap::Voters(voters.to_vec()))
     }
 
     /// Creates `group` as `bootstrap` says on first creation; idempotent when it exists.
@@ -99,14 +96,9 @@ impl ManualDriver {
     /// Proposes a membership change of `group`, as `DriverHandle::propose_conf_change`
     /// (`NoLeader` when this node knows no leader; an accepted change may still be lost).
     pub fn propose_conf_change(&mut self, group: GroupId, change: ConfChange) -> Result<()> {
-        match self.status(group) {
-            None => Err(Error::GroupNotFound(group)),
-            Some(s) if s.leader.0 == 0 => Err(Error::NoLeader),
-            Some(_) => {
-                self.lp.handle(Msg::ProposeConfChange { group, change });
-                Ok(())
-            }
-        }
+        self.leader_check(group)?;
+        self.lp.handle(Msg::ProposeConfChange { group, change });
+        Ok(())
     }
 
     /// Tells the leader of `group` whether the snapshot it sent to `to` was installed.
@@ -129,10 +121,9 @@ impl ManualDriver {
     /// runs during a later `process` (or at once when the request cannot be taken), with
     /// `Timeout` once `read_index_timeout` of this driver's ticks has passed unanswered.
     pub fn read_index(&mut self, group: GroupId, done: ReadIndexCallback) {
-        match self.status(group) {
-            None => done(Err(Error::GroupNotFound(group))),
-            Some(s) if s.leader.0 == 0 => done(Err(Error::NoLeader)),
-            Some(_) => {
+        match self.leader_check(group) {
+            Err(e) => done(Err(e)),
+            Ok(()) => {
                 self.lp.handle(Msg::ReadIndex { group, done });
             }
         }
@@ -142,13 +133,18 @@ impl ManualDriver {
     /// this node knows no leader. As with `DriverHandle::propose`, an accepted proposal may
     /// still be lost.
     pub fn propose(&mut self, group: GroupId, data: Bytes) -> Result<()> {
+        self.leader_check(group)?;
+        self.lp.handle(Msg::Propose { group, data });
+        Ok(())
+    }
+
+    /// What `DriverHandle` checks before handing a request to Raft: the group exists and this
+    /// node knows its leader.
+    fn leader_check(&self, group: GroupId) -> Result<()> {
         match self.status(group) {
             None => Err(Error::GroupNotFound(group)),
             Some(s) if s.leader.0 == 0 => Err(Error::NoLeader),
-            Some(_) => {
-                self.lp.handle(Msg::Propose { group, data });
-                Ok(())
-            }
+            Some(_) => Ok(()),
         }
     }
 
