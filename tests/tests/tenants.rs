@@ -104,11 +104,18 @@ async fn revision(c: &mut Client) -> i64 {
     c.status().await.expect("status").header().expect("header").revision()
 }
 
+/// One member that serves tenant k's plaintext clients on `base + k`, with `count` ports
+/// from `base` on reserved for as long as the returned block lives.
+fn member_with_tenant_ports(count: u16) -> (Vec<ports::Port>, u16, Members) {
+    let block = ports::reserve_block(count);
+    let base = block[0].get();
+    let cluster = Members::start(1, &["--tenant-client-port-base", &base.to_string()]);
+    (block, base, cluster)
+}
+
 #[test]
 fn tenants_are_isolated_from_each_other_and_from_the_default_tenant() {
-    let block = ports::reserve_block(4);
-    let base = block[0].get();
-    let mut cluster = Members::start(1, &["--tenant-client-port-base", &base.to_string()]);
+    let (_block, base, mut cluster) = member_with_tenant_ports(4);
     let rt = runtime();
     rt.block_on(async {
         cluster.wait_leader(LEADER_TIMEOUT).await;
@@ -461,9 +468,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[test]
 fn metrics_are_labelled_by_tenant_and_leave_with_it() {
-    let block = ports::reserve_block(3);
-    let base = block[0].get();
-    let cluster = Members::start(1, &["--tenant-client-port-base", &base.to_string()]);
+    let (_block, base, cluster) = member_with_tenant_ports(3);
     let rt = runtime();
     rt.block_on(async {
         cluster.wait_leader(LEADER_TIMEOUT).await;
@@ -543,9 +548,7 @@ async fn watch_created(c: &mut Client, key: &str) -> (bool, Option<etcd_client::
 /// on every member within a reconcile pass.
 #[test]
 fn tenant_limits_answer_too_many_requests() {
-    let block = ports::reserve_block(3);
-    let base = block[0].get();
-    let cluster = Members::start(1, &["--tenant-client-port-base", &base.to_string()]);
+    let (_block, base, cluster) = member_with_tenant_ports(3);
     let rt = runtime();
     rt.block_on(async {
         cluster.wait_leader(LEADER_TIMEOUT).await;
