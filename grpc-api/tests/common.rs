@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -22,19 +21,24 @@ pub struct Server {
     _tmp: Option<tempfile::TempDir>,
 }
 
-/// A loopback port free at the time of the call.
+/// The port reservation the process tests share (below Linux's ephemeral range, held by a
+/// file lock across test binaries and concurrent runs).
+#[path = "../../tests/src/ports.rs"]
+mod ports;
+
+/// A loopback port reserved for the rest of this test binary.
+///
+/// It comes from below the ephemeral range: a port from `bind(:0)` is an ephemeral one, and
+/// an outgoing connection of another test's server (to a peer that is not up yet) could hold
+/// it as its local port when this test's server binds it, so that server failed to start
+/// while the test's wait on its other port went on. The reservation is never released, so no
+/// two tests of one binary, nor two binaries running at once, get the same port.
 pub fn free_port() -> u16 {
-    // A port handed out once is never handed out again by this test binary: tests run side
-    // by side, and the kernel may give a port that one test's server releases to another
-    // test, whose "is my server listening" check would then find the first one's.
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
-            return port;
-        }
-    }
+    static HELD: std::sync::Mutex<Vec<ports::Port>> = std::sync::Mutex::new(Vec::new());
+    let port = ports::reserve();
+    let number = port.get();
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(port);
+    number
 }
 
 /// `plinth serve` as member `n1` on `client_url` and `peer_url` with `data_dir`, logging

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{free_port, Server};
 
 /// Longest wait for the learner to start and for its check to answer.
 const WAIT: Duration = Duration::from_secs(60);
@@ -22,10 +22,6 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let status = raw.split_whitespace().nth(1)?.parse().ok()?;
     let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 struct Killed(Child);
