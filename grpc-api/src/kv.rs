@@ -12,6 +12,7 @@ use crate::error::{store_status, EtcdError};
 use crate::node::Node;
 use crate::pb::etcdserverpb::{self as pb, kv_server::Kv};
 use crate::pb::mvccpb;
+use crate::reads::Cost;
 
 /// The KV service.
 pub struct KvService {
@@ -34,7 +35,11 @@ impl Kv for KvService {
         // index: a linearizable read sees every auth change committed before it began.
         let identity = Request::from_parts(metadata, extensions, ());
         crate::auth::caller(node, &identity)?.check_read(&req.key, &req.range_end)?;
-        let resp = node.store.range(node.group(), &req).map_err(|e| store_status(&e))?;
+        let (store, group) = (node.store.clone(), node.group());
+        let resp = node
+            .read(Cost::of_range(&req.range_end), move || store.range(group, &req))
+            .await?
+            .map_err(|e| store_status(&e))?;
         Ok(Response::new(range_to_pb(node, resp)))
     }
 
@@ -138,14 +143,32 @@ impl Kv for KvService {
 async fn read_only_txn(node: &Node, txn: store::TxnRequest, identity: &Request<()>) -> Result<pb::TxnResponse, Status> {
     let command = store::Command { request_id: 0, body: Some(store::CommandBody::Txn(txn)) };
     node.store.validate(&command).map_err(|e| store_status(&e))?;
-    let Some(store::CommandBody::Txn(txn)) = &command.body else { unreachable!("built as a txn above") };
+    let Some(store::CommandBody::Txn(txn)) = command.body else { unreachable!("built as a txn above") };
     if !txn.is_serializable() {
         node.read_barrier().await?;
     }
     // Every compare and range, nested txns included, after the barrier (as for a range).
-    crate::auth::caller(node, identity)?.check_txn(txn)?;
-    let resp = node.store.read_only_txn(node.group(), txn).map_err(|e| store_status(&e))?;
+    crate::auth::caller(node, identity)?.check_txn(&txn)?;
+    let (store, group) = (node.store.clone(), node.group());
+    let resp =
+        node.read(txn_cost(&txn), move || store.read_only_txn(group, &txn)).await?.map_err(|e| store_status(&e))?;
     Ok(txn_to_pb(node, resp))
+}
+
+/// A read-only txn is a point read when every compare and every range in it (nested txns
+/// included) names one key.
+fn txn_cost(txn: &store::TxnRequest) -> Cost {
+    let point = txn.compare.iter().all(|c| c.range_end.is_empty())
+        && txn.success.iter().chain(&txn.failure).all(|op| match &op.request {
+            Some(store::Request::Range(r)) => r.range_end.is_empty(),
+            Some(store::Request::Txn(t)) => txn_cost(t) == Cost::Point,
+            _ => true,
+        });
+    if point {
+        Cost::Point
+    } else {
+        Cost::Scan
+    }
 }
 
 fn unexpected(resp: &store::CommandResponse) -> Status {

@@ -12,6 +12,7 @@ use crate::error::{store_status, EtcdError};
 use crate::lessor::TTL_MAX_SECONDS;
 use crate::node::Node;
 use crate::pb::etcdserverpb::{self as pb, lease_server::Lease};
+use crate::reads::Cost;
 
 /// Keep-alive responses buffered per stream before the client must read them.
 const KEEPALIVE_BUFFER: usize = 16;
@@ -134,8 +135,12 @@ impl Lease for LeaseService {
                 keys: Vec::new(),
             }));
         };
-        let keys =
-            if req.keys { node.store.lease_keys(group, req.id).map_err(|e| store_status(&e))? } else { Vec::new() };
+        let keys = if req.keys {
+            let store = node.store.clone();
+            node.read(Cost::Scan, move || store.lease_keys(group, req.id)).await?.map_err(|e| store_status(&e))?
+        } else {
+            Vec::new()
+        };
         Ok(Response::new(pb::LeaseTimeToLiveResponse {
             header: Some(node.current_header()),
             id: req.id,
@@ -154,9 +159,10 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         let node = &self.node;
         node.read_barrier().await?;
+        let (store, group) = (node.store.clone(), node.group());
         let leases = node
-            .store
-            .leases(node.group())
+            .read(Cost::Scan, move || store.leases(group))
+            .await?
             .map_err(|e| store_status(&e))?
             .into_iter()
             .map(|l| pb::LeaseStatus { id: l.id })

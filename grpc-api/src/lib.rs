@@ -107,6 +107,7 @@ pub mod node;
 pub mod pb;
 pub mod peer;
 pub mod peer_tls;
+pub mod reads;
 pub mod serve;
 pub mod tenant_cli;
 pub mod tenants;

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::error::{move_leader_status, store_status, EtcdError};
 use crate::node::Node;
 use crate::pb::etcdserverpb::{self as pb, maintenance_server::Maintenance, AlarmType};
+use crate::reads::Cost;
 use crate::version::{ETCD_COMPAT_VERSION, STORAGE_VERSION};
 
 /// How much longer than the driver's own deadline `MoveLeader` waits for the driver's answer
@@ -164,7 +165,9 @@ impl Maintenance for MaintenanceService {
         // the auth store's unmapped errors).
         crate::auth::check_admin_unmapped(&self.node, &request)?;
         let node = &self.node;
-        let (hash, _, _) = node.store.hash_kv(node.group(), 0).map_err(|e| store_status(&e))?;
+        let (store, group) = (node.store.clone(), node.group());
+        let (hash, _, _) =
+            node.read(Cost::Scan, move || store.hash_kv(group, 0)).await?.map_err(|e| store_status(&e))?;
         Ok(Response::new(pb::HashResponse { header: Some(node.current_header()), hash }))
     }
 
@@ -174,8 +177,9 @@ impl Maintenance for MaintenanceService {
         crate::auth::check_admin_unmapped(&self.node, &request)?;
         let node = &self.node;
         let revision = request.into_inner().revision;
+        let (store, group) = (node.store.clone(), node.group());
         let (hash, compact_revision, hash_revision) =
-            node.store.hash_kv(node.group(), revision).map_err(|e| store_status(&e))?;
+            node.read(Cost::Scan, move || store.hash_kv(group, revision)).await?.map_err(|e| store_status(&e))?;
         // etcd reports -1 until the first compaction.
         let compact_revision = if compact_revision == 0 { -1 } else { compact_revision };
         Ok(Response::new(pb::HashKvResponse {

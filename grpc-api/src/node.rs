@@ -193,11 +193,14 @@ pub struct GroupRuntime {
     /// The tenant's limits as this member enforces them (none for the default and system
     /// groups).
     pub limiter: crate::limits::Limiter,
+    /// The member's scan permits, and the group's share of them (`reads.rs`).
+    reads: Arc<crate::reads::ReadPool>,
+    scans: tokio::sync::Semaphore,
 }
 
 impl GroupRuntime {
     /// The runtime of `group` as the store holds it now: applied index and lease timers.
-    fn load(group: u64, store: &store::Store, min_ttl: i64) -> GroupRuntime {
+    fn load(group: u64, store: &store::Store, min_ttl: i64, reads: &Arc<crate::reads::ReadPool>) -> GroupRuntime {
         let (applied_tx, applied) = watch::channel(store.applied_index(store::GroupId(group)));
         let lessor = Arc::new(crate::lessor::Lessor::new(min_ttl));
         match store.leases(store::GroupId(group)) {
@@ -219,6 +222,8 @@ impl GroupRuntime {
             tenant: std::sync::OnceLock::new(),
             watchers: std::sync::atomic::AtomicI64::new(0),
             limiter: crate::limits::Limiter::default(),
+            scans: tokio::sync::Semaphore::new(reads.per_group()),
+            reads: reads.clone(),
         }
     }
 
@@ -235,11 +240,13 @@ pub struct Groups {
     store: store::Store,
     /// etcd's smallest lease TTL, for every group's lessor.
     min_ttl: i64,
+    /// The member's scan permits, shared by every group.
+    reads: Arc<crate::reads::ReadPool>,
 }
 
 impl Groups {
     pub fn new(store: store::Store, min_ttl: i64) -> Arc<Groups> {
-        Arc::new(Groups { map: RwLock::default(), store, min_ttl })
+        Arc::new(Groups { map: RwLock::default(), store, min_ttl, reads: Arc::default() })
     }
 
     /// The runtime of `group`, loaded from the store the first time.
@@ -248,7 +255,9 @@ impl Groups {
             return rt.clone();
         }
         let mut map = self.map.write();
-        map.entry(group).or_insert_with(|| Arc::new(GroupRuntime::load(group, &self.store, self.min_ttl))).clone()
+        map.entry(group)
+            .or_insert_with(|| Arc::new(GroupRuntime::load(group, &self.store, self.min_ttl, &self.reads)))
+            .clone()
     }
 
     /// Forgets `group` (a deleted tenant): its waiters are dropped, so their clients get
@@ -467,6 +476,16 @@ impl Node {
             runtime,
             next_request_id: self.next_request_id.clone(),
         }
+    }
+
+    /// Runs a store read of this group as its cost says: a point read in place, a scan on a
+    /// blocking thread within the group's and the member's permits (`reads.rs`).
+    pub async fn read<T, F>(&self, cost: crate::reads::Cost, read: F) -> Result<T, tonic::Status>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.runtime.reads.run(&self.runtime.scans, cost, read).await
     }
 
     /// The store group this node serves.
