@@ -26,10 +26,11 @@
 //!   `SEND_BUFFER` responses; per keep-alive stream, `KEEPALIVE_BUFFER`; per peer,
 //!   `PEER_QUEUE_MSGS_MAX` messages and `STREAM_BATCHES_MAX` batches; a snapshot being sent
 //!   to a peer, `SNAPSHOT_CHUNKS_BUFFERED` chunks (`peer.rs`), and to a `Maintenance.Snapshot`
-//!   client, `SNAPSHOT_CHUNKS_AHEAD` (`maintenance.rs`). What is not bounded by a
-//!   constant: the number of client connections, of streams per connection (etcd's
-//!   `u32::MAX`, see `serve.rs`) and of watchers per stream; and a snapshot being installed,
-//!   which is held in memory whole, up to `SNAPSHOT_BYTES_MAX` (8 GiB).
+//!   client, `SNAPSHOT_CHUNKS_AHEAD` (`maintenance.rs`); a snapshot being received from a
+//!   peer, `SNAPSHOT_CHUNKS_QUEUED` chunks, the rest spooled to disk up to
+//!   `SNAPSHOT_BYTES_MAX` and installed in batches of `store::INSTALL_BATCH_BYTES`. What is
+//!   not bounded by a constant: the number of client connections, of streams per connection
+//!   (etcd's `u32::MAX`, see `serve.rs`) and of watchers per stream.
 //! - Proposals carry the proposer's full member id beside the request id; only the proposer
 //!   answers a client, so no member can answer another's waiter (`node.rs`).
 //! - Security flags this build does not do, or that would have no effect (a peer

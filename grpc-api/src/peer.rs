@@ -106,8 +106,11 @@ pub const MEMBER_ID_METADATA: &str = "plinth-member-id";
 const SNAPSHOT_CHUNKS_BUFFERED: usize = 2;
 /// Longest a snapshot transfer may take before the leader gives up and retries.
 const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(600);
-/// Largest snapshot a follower accepts, in bytes of chunks (it installs from memory).
-pub const SNAPSHOT_BYTES_MAX: usize = 8 << 30;
+/// Largest snapshot a follower accepts, in bytes of chunks. It is spooled to disk and
+/// installed in bounded batches, so this bounds disk, not memory.
+pub const SNAPSHOT_BYTES_MAX: usize = 256 << 30;
+/// Chunks of an incoming snapshot queued for the task that spools them.
+const SNAPSHOT_CHUNKS_QUEUED: usize = 4;
 
 type Queued = (raft_log::GroupId, Message);
 
@@ -709,7 +712,10 @@ impl pb::peer_server::Peer for PeerService {
         let node = &self.node;
         let mut chunks = request.into_inner();
         let mut first: Option<(u64, Message, Vec<Member>)> = None;
-        let mut data = Vec::new();
+        // Chunks are verified and spooled to disk by a blocking task as they arrive (memory:
+        // the few chunks queued here), then installed in bounded batches (`store`'s
+        // snapshot_install.rs): a large tenant's snapshot cannot exhaust this member's memory.
+        let mut spooler = None;
         let mut bytes = 0usize;
         while let Some(chunk) = chunks.message().await? {
             if first.is_none() {
@@ -721,22 +727,46 @@ impl pb::peer_server::Peer for PeerService {
                 }
                 let members: Vec<Member> = serde_json::from_slice(&chunk.members)
                     .map_err(|e| Status::invalid_argument(format!("snapshot member list: {e}")))?;
+                if node.raft.status(raft_log::GroupId(chunk.group)).is_none() {
+                    // A tenant this member has not created yet (its registry is behind): the
+                    // leader retries once the group exists here.
+                    return Err(Status::unavailable(format!(
+                        "group {} does not exist on this member yet",
+                        chunk.group
+                    )));
+                }
+                let mut spool = node
+                    .store
+                    .snapshot_spool(store::GroupId(chunk.group))
+                    .map_err(|e| Status::internal(format!("spooling the snapshot: {e}")))?;
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(SNAPSHOT_CHUNKS_QUEUED);
+                let task = tokio::task::spawn_blocking(move || {
+                    while let Some(data) = rx.blocking_recv() {
+                        spool.push(&data)?;
+                    }
+                    Ok::<_, store::Error>(spool)
+                });
+                spooler = Some((tx, task));
                 first = Some((chunk.group, msg, members));
             }
             bytes += chunk.data.len();
             if bytes > SNAPSHOT_BYTES_MAX {
                 return Err(Status::resource_exhausted("snapshot larger than this member accepts"));
             }
-            data.push(chunk.data.to_vec());
+            let (tx, _) = spooler.as_ref().expect("set with the first chunk");
+            if tx.send(chunk.data).await.is_err() {
+                // The spool refused a chunk: its error is the task's result, below.
+                break;
+            }
         }
-        let Some((group, msg, members)) = first else {
+        let (Some((group, msg, members)), Some((tx, task))) = (first, spooler) else {
             return Err(Status::invalid_argument("empty snapshot stream"));
         };
-        if node.raft.status(raft_log::GroupId(group)).is_none() {
-            // A tenant this member has not created yet (its registry is behind): the leader
-            // retries once the group exists here.
-            return Err(Status::unavailable(format!("group {group} does not exist on this member yet")));
-        }
+        drop(tx);
+        let spool = task
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::data_loss(format!("receiving the snapshot: {e}")))?;
         let index = msg.get_snapshot().get_metadata().index;
         // Ordering: the store holds the snapshot, durably (install_snapshot flushes before
         // it returns), before Raft hears of it: Raft then truncates its log below the
@@ -744,10 +774,9 @@ impl pb::peer_server::Peer for PeerService {
         // entry the store already holds is skipped by its applied index if Raft delivers it
         // again.
         let store = node.store.clone();
-        let installed =
-            tokio::task::spawn_blocking(move || store.install_snapshot(store::GroupId(group), data.into_iter()))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
+        let installed = tokio::task::spawn_blocking(move || store.install_spooled(spool))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         match installed {
             Ok(installed) => {
                 info!(group, index, installed, "installed a snapshot from the leader");

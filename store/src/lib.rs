@@ -106,8 +106,6 @@
 //!
 //! ## CAVEATS
 //!
-//! - `install_snapshot` builds the whole group in one WriteBatch in memory (atomicity over
-//!   memory); an SST-ingest path would bound it.
 //! - `Compact{physical: true}` is answered when scheduled; callers wait with
 //!   [`Store::wait_compaction_finished`].
 //! - Lease TTL minimums and expiry timing are the caller's (the proposer clamps the TTL).
@@ -144,6 +142,7 @@ mod response;
 mod revision;
 mod signal;
 mod snapshot;
+mod snapshot_install;
 mod store;
 mod txn;
 mod watch;
@@ -178,6 +177,7 @@ pub use snapshot::{
     inspect_snapshot_chunk, snapshot_chunk_len, SnapshotChunkSummary, SnapshotReader, SNAPSHOT_CHUNK_BYTES_MAX,
     SNAPSHOT_CHUNK_HEADER_BYTES,
 };
+pub use snapshot_install::{SnapshotSpool, INSTALL_BATCH_BYTES};
 pub use store::Store;
 pub use watch::{WatchEvent, WatchId, WatchSpec, WatchStream};
 

@@ -15,9 +15,9 @@
 
 use std::sync::Arc;
 
-use rocksdb::{SnapshotWithThreadMode, WriteBatch, DB};
+use rocksdb::{SnapshotWithThreadMode, DB};
 
-use crate::engine::{self, Reader};
+use crate::engine::Reader;
 use crate::error::{Error, Result};
 use crate::key_codec::{self as kc, Cf};
 use crate::meta::ApplyMeta;
@@ -179,133 +179,62 @@ pub fn snapshot_chunk_len(header: &[u8]) -> Result<usize> {
 /// Verifies one chunk (checksum, framing, entries) and summarizes it, without installing
 /// it: `plinth snapshot status` and offline tools read snapshot files with it.
 pub fn inspect_snapshot_chunk(chunk: &[u8]) -> Result<SnapshotChunkSummary> {
+    let mut revision = None;
+    let meta_key = kc::meta_apply_key(GroupId(0));
+    let (seq, last, entries_total) = for_each_entry(chunk, None, |cf, key, value| {
+        if cf == Cf::Meta && key == &meta_key[kc::GROUP_PREFIX_LEN..] {
+            revision = Some(ApplyMeta::decode(value)?.current_revision);
+        }
+        Ok(())
+    })?;
+    Ok(SnapshotChunkSummary { seq, last, entries_total, revision })
+}
+
+/// Checks one chunk's framing and checksum (and its sequence number, if one is expected) and
+/// calls `f` with every entry: column family, key without its group prefix, value. Returns
+/// the chunk's sequence number, `last` flag and running entry total.
+pub(crate) fn for_each_entry(
+    chunk: &[u8],
+    expected_seq: Option<u32>,
+    mut f: impl FnMut(Cf, &[u8], &[u8]) -> Result<()>,
+) -> Result<(u32, bool, u64)> {
     if chunk.len() < HEADER_LEN + 4 || snapshot_chunk_len(chunk)? != chunk.len() {
         return Err(corrupt(format!("{} bytes is not one chunk", chunk.len())));
     }
     let (body, crc) = chunk.split_at(chunk.len() - 4);
-    if crc32fast::hash(body) != u32::from_be_bytes(crc.try_into().expect("4 bytes")) {
-        return Err(corrupt("crc mismatch"));
-    }
     let seq = u32::from_be_bytes(body[5..9].try_into().expect("4 bytes"));
+    if crc32fast::hash(body) != u32::from_be_bytes(crc.try_into().expect("4 bytes")) {
+        return Err(corrupt(format!("crc mismatch in chunk {seq}")));
+    }
+    if let Some(expected) = expected_seq {
+        if seq != expected {
+            return Err(corrupt(format!("chunk {seq} where {expected} was expected")));
+        }
+    }
+    let last = body[9] == 1;
     let entries_total = u64::from_be_bytes(body[10..18].try_into().expect("8 bytes"));
-    let mut revision = None;
     let mut p = &body[HEADER_LEN..];
-    let meta_key = kc::meta_apply_key(GroupId(0));
     while !p.is_empty() {
         let cf = Cf::from_index(take(1, &mut p)?[0]).ok_or_else(|| corrupt("unknown column family"))?;
         let klen = u32::from_be_bytes(take(4, &mut p)?.try_into().expect("4 bytes")) as usize;
         let key = take(klen, &mut p)?;
         let vlen = u32::from_be_bytes(take(4, &mut p)?.try_into().expect("4 bytes")) as usize;
         let value = take(vlen, &mut p)?;
-        if cf == Cf::Meta && key[..] == meta_key[kc::GROUP_PREFIX_LEN..] {
-            revision = Some(ApplyMeta::decode(&value)?.current_revision);
-        }
+        f(cf, key, value)?;
     }
-    Ok(SnapshotChunkSummary { seq, last: body[9] == 1, entries_total, revision })
-}
-
-/// A verified snapshot, ready to be written.
-pub(crate) struct Installed {
-    pub batch: WriteBatch,
-    pub meta: ApplyMeta,
-    pub compact_finished: Revision,
+    Ok((seq, last, entries_total))
 }
 
 /// Splits `n` bytes off the front of `p`.
-fn take(n: usize, p: &mut &[u8]) -> Result<Vec<u8>> {
+fn take<'a>(n: usize, p: &mut &'a [u8]) -> Result<&'a [u8]> {
     if p.len() < n {
         return Err(corrupt("truncated entry"));
     }
     let (a, b) = p.split_at(n);
     *p = b;
-    Ok(a.to_vec())
+    Ok(a)
 }
 
-fn corrupt(what: impl Into<String>) -> Error {
+pub(crate) fn corrupt(what: impl Into<String>) -> Error {
     Error::Corruption(format!("snapshot chunk: {}", what.into()))
-}
-
-/// Verifies every chunk and builds one batch: delete the group in every CF, then write
-/// the snapshot's entries. Nothing is written here.
-pub(crate) fn build_install_batch(db: &DB, g: GroupId, chunks: impl Iterator<Item = Vec<u8>>) -> Result<Installed> {
-    let mut batch = WriteBatch::default();
-    for cf in Cf::ALL {
-        batch.delete_range_cf(engine::cf(db, cf), kc::group_prefix(g).to_vec(), kc::group_end(g));
-    }
-    let mut entries_total = 0u64;
-    let mut saw_last = false;
-    let mut meta = None;
-    let mut compact_finished: Revision = -1;
-    let mut auth = None;
-    let mut quota_bytes = 0;
-    let mut backup_mark = None;
-    let mut import = None;
-    for (expected_seq, chunk) in chunks.enumerate() {
-        let expected_seq = u32::try_from(expected_seq).map_err(|_| corrupt("too many chunks"))?;
-        if saw_last {
-            return Err(corrupt("data after the last chunk"));
-        }
-        if chunk.len() < HEADER_LEN + 4 {
-            return Err(corrupt(format!("{} bytes is shorter than a header", chunk.len())));
-        }
-        let (body, crc) = chunk.split_at(chunk.len() - 4);
-        if crc32fast::hash(body) != u32::from_be_bytes(crc.try_into().expect("4 bytes")) {
-            return Err(corrupt(format!("crc mismatch in chunk {expected_seq}")));
-        }
-        if &body[..4] != MAGIC || body[4] != VERSION {
-            return Err(corrupt("bad magic or version"));
-        }
-        let seq = u32::from_be_bytes(body[5..9].try_into().expect("4 bytes"));
-        if seq != expected_seq {
-            return Err(corrupt(format!("chunk {seq} where {expected_seq} was expected")));
-        }
-        saw_last = body[9] == 1;
-        let total = u64::from_be_bytes(body[10..18].try_into().expect("8 bytes"));
-        let payload_len = u32::from_be_bytes(body[18..22].try_into().expect("4 bytes")) as usize;
-        let payload = &body[HEADER_LEN..];
-        if payload.len() != payload_len {
-            return Err(corrupt("payload length mismatch"));
-        }
-        let mut p = payload;
-        while !p.is_empty() {
-            let cf = Cf::from_index(take(1, &mut p)?[0]).ok_or_else(|| corrupt("unknown column family"))?;
-            let klen = u32::from_be_bytes(take(4, &mut p)?.try_into().expect("4 bytes")) as usize;
-            let key = take(klen, &mut p)?;
-            let vlen = u32::from_be_bytes(take(4, &mut p)?.try_into().expect("4 bytes")) as usize;
-            let value = take(vlen, &mut p)?;
-            let full_key = kc::kv_key(g, &key);
-            if cf == Cf::Meta {
-                if full_key == kc::meta_apply_key(g) {
-                    meta = Some(ApplyMeta::decode(&value)?);
-                } else if full_key == kc::meta_compact_key(g) {
-                    compact_finished = engine::be_u64(&value, "finished compact revision")? as i64;
-                } else if full_key == kc::meta_auth_key(g) {
-                    auth = Some(crate::auth::AuthState::decode_stored(&value)?);
-                } else if full_key == kc::meta_settings_key(g) {
-                    quota_bytes = engine::be_u64(&value, "group quota")?;
-                } else if full_key == kc::meta_backup_key(g) {
-                    backup_mark = Some(value.to_vec());
-                } else if full_key == kc::meta_import_key(g) {
-                    import = Some(std::sync::Arc::new(crate::import::ImportState::decode_stored(&value)?));
-                }
-            }
-            batch.put_cf(engine::cf(db, cf), full_key, value);
-            entries_total += 1;
-        }
-        if total != entries_total {
-            return Err(corrupt(format!("entry count {entries_total}, header says {total}")));
-        }
-    }
-    if !saw_last {
-        return Err(corrupt("stream ended before the last chunk"));
-    }
-    let mut meta = meta.ok_or_else(|| corrupt("no group meta in snapshot"))?;
-    // The auth store travels as its own meta key; a snapshot without one has none.
-    meta.auth = std::sync::Arc::new(auth.unwrap_or_else(crate::auth::initial));
-    meta.quota_bytes = quota_bytes;
-    if let Some(mark) = backup_mark {
-        crate::meta::load_backup_mark(&mut meta, &mark)?;
-    }
-    meta.import = import;
-    Ok(Installed { batch, meta, compact_finished })
 }

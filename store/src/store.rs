@@ -27,7 +27,8 @@ use crate::range;
 use crate::response::{CommandResponse, RangeResponse, TxnResponse};
 use crate::revision::{GroupId, Revision};
 use crate::signal::Signal;
-use crate::snapshot::{self, SnapshotReader};
+use crate::snapshot::SnapshotReader;
+use crate::snapshot_install::{self, SnapshotSpool};
 use crate::txn;
 use crate::watch::{Hub, WatchStream};
 
@@ -50,6 +51,8 @@ pub(crate) struct Inner {
     compactor_signal: Arc<Signal>,
     sync_signal: Arc<Signal>,
     shutdown: AtomicBool,
+    /// Where snapshots being received are spooled (`snapshot_install.rs`).
+    spool_dir: std::path::PathBuf,
 }
 
 pub(crate) struct GroupState {
@@ -207,6 +210,11 @@ impl Store {
         if cfg.verify_checksums_at_open {
             engine::verify_checksums(&db)?;
         }
+        // Before any group is loaded: a snapshot install a crash interrupted is finished
+        // (its group is half written), and spools of undecided receives are dropped.
+        for g in snapshot_install::recover(&db, path)? {
+            tracing::info!(group = g.0, "finished a snapshot install interrupted by a crash");
+        }
         let mut loaded = Vec::new();
         {
             let r = Reader::latest(&db);
@@ -239,6 +247,7 @@ impl Store {
             compactor_signal: Arc::new(Signal::default()),
             sync_signal: Arc::new(Signal::default()),
             shutdown: AtomicBool::new(false),
+            spool_dir: snapshot_install::spool_dir(path),
         });
         for (g, meta) in loaded {
             let finished = compact::finished_revision(&Reader::latest(&inner.db), g)?;
@@ -627,34 +636,53 @@ impl Store {
         SnapshotReader::new(self.inner.clone(), g)
     }
 
-    /// Replaces group `g` with the snapshot in `chunks`, atomically: every chunk is
-    /// verified before anything is written, then one WriteBatch deletes the group's old
-    /// data and writes the new. Returns the snapshot's applied index once the installed
-    /// state is durable (flushed), so the caller may then let Raft truncate its log below it.
+    /// Starts receiving a snapshot of group `g`: push its chunks, then
+    /// [`Store::install_spooled`]. Memory stays at one chunk whatever the group's size.
+    pub fn snapshot_spool(&self, g: GroupId) -> Result<SnapshotSpool> {
+        SnapshotSpool::create(&self.inner.spool_dir, g)
+    }
+
+    /// Replaces group `g` with the snapshot in `chunks` (see [`Store::install_spooled`]).
+    pub fn install_snapshot(&self, g: GroupId, chunks: impl Iterator<Item = Vec<u8>>) -> Result<u64> {
+        let mut spool = self.snapshot_spool(g)?;
+        for chunk in chunks {
+            spool.push(&chunk)?;
+        }
+        self.install_spooled(spool)
+    }
+
+    /// Replaces the spool's group with its snapshot, atomically as readers and a crash see it
+    /// (`snapshot_install.rs`): every chunk was verified as it was spooled, the group's old
+    /// data is deleted and the new written in bounded batches. Returns the snapshot's applied
+    /// index once the installed state is durable (flushed), so the caller may then let Raft
+    /// truncate its log below it.
     ///
     /// `Err(SnapshotNotAhead)` if the snapshot's index is not above the group's applied
     /// index, checked under the group's apply lock (an apply may have moved past the
     /// snapshot while it was streamed): the store is unchanged and the caller must treat the
     /// snapshot as not installed. A snapshot ahead in index but behind in revision cannot
     /// come from this group's log and is refused as `Corruption`.
-    ///
-    /// The batch holds the whole group in memory (see CAVEATS in the crate docs).
-    pub fn install_snapshot(&self, g: GroupId, chunks: impl Iterator<Item = Vec<u8>>) -> Result<u64> {
+    pub fn install_spooled(&self, spool: SnapshotSpool) -> Result<u64> {
         let inner = &*self.inner;
+        let g = spool.group();
+        let (snapshot, spooled) = spool.finish()?;
+        let refuse = |e: Error| {
+            let _ = std::fs::remove_file(&spooled);
+            Err(e)
+        };
         let gs = inner.group(g);
         let _applying = gs.apply_lock.lock();
         let _purging = gs.purge_lock.lock();
-        let installed = snapshot::build_install_batch(&inner.db, g, chunks)?;
         // Under the apply lock: no apply can move the group between this check and the
         // write, so the store is never rolled back below an index the driver has applied
         // (whose entries would then never be applied again).
         let before = gs.committed.read().clone();
-        let (index, revision) = (installed.meta.applied_index, installed.meta.current_revision);
+        let (index, revision) = (snapshot.meta.applied_index, snapshot.meta.current_revision);
         if index <= before.applied_index {
-            return Err(Error::SnapshotNotAhead { index, applied_index: before.applied_index });
+            return refuse(Error::SnapshotNotAhead { index, applied_index: before.applied_index });
         }
         if revision < before.current_revision {
-            return Err(Error::Corruption(format!(
+            return refuse(Error::Corruption(format!(
                 "snapshot at index {index} has revision {revision}, behind the current revision {} at index {}",
                 before.current_revision, before.applied_index
             )));
@@ -666,31 +694,33 @@ impl Store {
             before.applied_index,
             before.current_revision
         );
+        let install = snapshot_install::decide(&spooled, g)?;
         {
+            // Readers wait for the whole group: they take their RocksDB snapshot under this
+            // lock's read side, so none sees the group between the delete and the last batch.
             let mut committed = gs.committed.write();
-            inner.db.write_opt(installed.batch, &engine::write_options())?;
-            *committed = installed.meta.clone();
+            // Durability: `write_group` flushes before it returns. The batches went to the
+            // memtables without RocksDB's WAL, and the caller then hands the snapshot to
+            // Raft, which truncates the log below it; a crash before a later flush would
+            // otherwise reopen the store at its old applied index with the entries after it
+            // gone from the log, and the member could never start again. (A crash inside
+            // `write_group` is finished by the next open from the `.install` file.)
+            snapshot_install::write_group(&inner.db, g, &install)?;
+            *committed = snapshot.meta.clone();
         }
-        *gs.compact_finished.lock() = installed.compact_finished;
+        *gs.compact_finished.lock() = snapshot.compact_finished;
         // The snapshot skips the entries it covers, password changes and user deletions
         // among them, which would have ended tokens: every simple token of this member is
         // dropped (their clients authenticate again), none outlives what it stood for.
         gs.tokens.lock().clear();
-        gs.hub.reset(installed.meta.current_revision, installed.meta.compact_revision);
-        if installed.meta.import.is_some() {
+        gs.hub.reset(snapshot.meta.current_revision, snapshot.meta.compact_revision);
+        if snapshot.meta.import.is_some() {
             // The snapshot holds an import in progress: nothing of it may be watched.
-            gs.hub.import_edge(true, installed.meta.current_revision.max(1));
+            gs.hub.import_edge(true, snapshot.meta.current_revision.max(1));
         } else {
             gs.hub.set_not_importing();
         }
         inner.compactor_signal.notify();
-        // Durability: flush before returning. The batch went to the memtables without
-        // RocksDB's WAL, and the caller then hands the snapshot to Raft, which truncates the
-        // log below it; a crash before a later flush would otherwise reopen the store at its
-        // old applied index with the entries after it gone from the log, and the member
-        // could never start again. The flush is atomic over every column family the batch
-        // touched (it deleted and wrote the group in all of them).
-        self.flush()?;
         Ok(index)
     }
 
