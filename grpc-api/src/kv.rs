@@ -12,7 +12,7 @@ use crate::error::{store_status, EtcdError};
 use crate::node::Node;
 use crate::pb::etcdserverpb::{self as pb, kv_server::Kv};
 use crate::pb::mvccpb;
-use crate::reads::Cost;
+use crate::shares::Cost;
 
 /// The KV service.
 pub struct KvService {

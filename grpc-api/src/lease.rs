@@ -12,7 +12,7 @@ use crate::error::{store_status, EtcdError};
 use crate::lessor::TTL_MAX_SECONDS;
 use crate::node::Node;
 use crate::pb::etcdserverpb::{self as pb, lease_server::Lease};
-use crate::reads::Cost;
+use crate::shares::Cost;
 
 /// Keep-alive responses buffered per stream before the client must read them.
 const KEEPALIVE_BUFFER: usize = 16;

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::error::{move_leader_status, store_status, EtcdError};
 use crate::node::Node;
 use crate::pb::etcdserverpb::{self as pb, maintenance_server::Maintenance, AlarmType};
-use crate::reads::Cost;
+use crate::shares::Cost;
 use crate::version::{ETCD_COMPAT_VERSION, STORAGE_VERSION};
 
 /// How much longer than the driver's own deadline `MoveLeader` waits for the driver's answer

@@ -193,14 +193,17 @@ pub struct GroupRuntime {
     /// The tenant's limits as this member enforces them (none for the default and system
     /// groups).
     pub limiter: crate::limits::Limiter,
-    /// The member's scan permits, and the group's share of them (`reads.rs`).
-    reads: Arc<crate::reads::ReadPool>,
+    /// The member's scan permits, and the group's share of them (`shares.rs`).
+    reads: Arc<crate::shares::ReadPool>,
     scans: tokio::sync::Semaphore,
+    /// The member's proposal permits, and the group's share of them (`shares.rs`).
+    proposal_shares: Arc<crate::shares::Shares>,
+    proposals: tokio::sync::Semaphore,
 }
 
 impl GroupRuntime {
     /// The runtime of `group` as the store holds it now: applied index and lease timers.
-    fn load(group: u64, store: &store::Store, min_ttl: i64, reads: &Arc<crate::reads::ReadPool>) -> GroupRuntime {
+    fn load(group: u64, store: &store::Store, min_ttl: i64, shares: &MemberShares) -> GroupRuntime {
         let (applied_tx, applied) = watch::channel(store.applied_index(store::GroupId(group)));
         let lessor = Arc::new(crate::lessor::Lessor::new(min_ttl));
         match store.leases(store::GroupId(group)) {
@@ -222,8 +225,10 @@ impl GroupRuntime {
             tenant: std::sync::OnceLock::new(),
             watchers: std::sync::atomic::AtomicI64::new(0),
             limiter: crate::limits::Limiter::default(),
-            scans: tokio::sync::Semaphore::new(reads.per_group()),
-            reads: reads.clone(),
+            scans: tokio::sync::Semaphore::new(shares.reads.per_group()),
+            reads: shares.reads.clone(),
+            proposals: tokio::sync::Semaphore::new(shares.proposals.per_group()),
+            proposal_shares: shares.proposals.clone(),
         }
     }
 
@@ -240,13 +245,28 @@ pub struct Groups {
     store: store::Store,
     /// etcd's smallest lease TTL, for every group's lessor.
     min_ttl: i64,
-    /// The member's scan permits, shared by every group.
-    reads: Arc<crate::reads::ReadPool>,
+    /// The member's scan and proposal permits, shared by every group.
+    shares: MemberShares,
+}
+
+/// The member's capacity that its groups share fairly (`shares.rs`).
+struct MemberShares {
+    reads: Arc<crate::shares::ReadPool>,
+    proposals: Arc<crate::shares::Shares>,
+}
+
+impl Default for MemberShares {
+    fn default() -> Self {
+        // Three quarters of the driver's inbox: proposals in flight can never fill it, so
+        // reads, peer answers and admin requests always find room.
+        let proposals = raft_log::DriverConfig::default().proposal_queue_max * 3 / 4;
+        MemberShares { reads: Arc::default(), proposals: Arc::new(crate::shares::Shares::new(proposals)) }
+    }
 }
 
 impl Groups {
     pub fn new(store: store::Store, min_ttl: i64) -> Arc<Groups> {
-        Arc::new(Groups { map: RwLock::default(), store, min_ttl, reads: Arc::default() })
+        Arc::new(Groups { map: RwLock::default(), store, min_ttl, shares: MemberShares::default() })
     }
 
     /// The runtime of `group`, loaded from the store the first time.
@@ -256,7 +276,7 @@ impl Groups {
         }
         let mut map = self.map.write();
         map.entry(group)
-            .or_insert_with(|| Arc::new(GroupRuntime::load(group, &self.store, self.min_ttl, &self.reads)))
+            .or_insert_with(|| Arc::new(GroupRuntime::load(group, &self.store, self.min_ttl, &self.shares)))
             .clone()
     }
 
@@ -479,8 +499,8 @@ impl Node {
     }
 
     /// Runs a store read of this group as its cost says: a point read in place, a scan on a
-    /// blocking thread within the group's and the member's permits (`reads.rs`).
-    pub async fn read<T, F>(&self, cost: crate::reads::Cost, read: F) -> Result<T, tonic::Status>
+    /// blocking thread within the group's and the member's permits (`shares.rs`).
+    pub async fn read<T, F>(&self, cost: crate::shares::Cost, read: F) -> Result<T, tonic::Status>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -562,6 +582,12 @@ impl Node {
             .limiter
             .begin_proposal(encoded_len as u64)
             .ok_or_else(|| EtcdError::TooManyRequests.status())?;
+        // Held until the answer too: the group's fair share of the member's proposals in
+        // flight (`shares.rs`), waited for in arrival order, at most a request timeout.
+        let rt = &self.runtime;
+        let _share = tokio::time::timeout(self.cfg.request_timeout, rt.proposal_shares.acquire(&rt.proposals))
+            .await
+            .map_err(|_| EtcdError::TooManyRequests.status())??;
         let id = request_id(self.member_id(), self.next_request_id.fetch_add(1, Ordering::Relaxed));
         let data = encode_proposal(self.member_id(), id, &command, encoded_len);
         let (tx, rx) = oneshot::channel();
