@@ -19,7 +19,7 @@
 #   --noisy-clients N   the noisy tenant's concurrent clients        (NOISY_CLIENTS, default 100)
 #   --pin               servers on CPU 0, load generators on CPU 1 (taskset)
 # Environment: PLINTH_BIN / BENCH_BIN (prebuilt release binaries; otherwise built with
-# scripts/cargo), PLINTH_CACHE (etcd cache), PORT_BASE (default 43000). Everything is killed
+# scripts/cargo), PLINTH_CACHE (etcd cache), PORT_BASE (default 23000, below the ephemeral range). Everything is killed
 # on exit; every run is bounded by a timeout.
 set -euo pipefail
 
@@ -29,7 +29,7 @@ DURATION=${DURATION:-20}
 RUNS=${RUNS:-2}
 QUIET_RATE=${QUIET_RATE:-300}
 NOISY_CLIENTS=${NOISY_CLIENTS:-100}
-PORT_BASE=${PORT_BASE:-43000}
+PORT_BASE=${PORT_BASE:-23000}
 PIN=${PIN:-0}
 OUT=${OUT:-}
 while [[ $# -gt 0 ]]; do
