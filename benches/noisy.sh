@@ -19,8 +19,8 @@
 #   --noisy-clients N   the noisy tenant's concurrent clients        (NOISY_CLIENTS, default 100)
 #   --pin               servers on CPU 0, load generators on CPU 1 (taskset)
 # Environment: PLINTH_BIN / BENCH_BIN (prebuilt release binaries; otherwise built with
-# scripts/cargo), PLINTH_CACHE (etcd cache), PORT_BASE (default 23000, below the ephemeral range). Everything is killed
-# on exit; every run is bounded by a timeout.
+# scripts/cargo), PLINTH_CACHE (etcd cache), PORT_BASE (default 23000, below the ephemeral
+# range). Everything is killed on exit; every run is bounded by a timeout.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
