@@ -169,6 +169,7 @@ mod driver;
 mod driver_config;
 mod error;
 mod fault;
+mod hibernate;
 mod index;
 mod manual;
 mod ready;
