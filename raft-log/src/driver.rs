@@ -189,6 +189,8 @@ pub(crate) enum Msg {
         done: TransferLeaderCallback,
     },
     Unreachable(NodeId),
+    /// Wakes a hibernating group (see `DriverHandle::touch`).
+    Touch(GroupId),
     /// Peer messages are waiting in the peer inbox.
     Wake,
     Stop,
@@ -528,6 +530,14 @@ impl DriverHandle {
         self.status.read().get(&group).cloned()
     }
 
+    /// Wakes `group` if it hibernates, without asking Raft anything: for work a leader does
+    /// on its own authority (etcd's lease renewals), so that a leader deposed while asleep
+    /// resumes heartbeats and quorum checks and learns of it, as an awake one would within
+    /// an election timeout. `Err(Busy)` when the inbox is full (the driver is busy anyway).
+    pub fn touch(&self, group: GroupId) -> Result<()> {
+        self.try_send(Msg::Touch(group))
+    }
+
     /// How many groups are awake on this node (ticking; the others hibernate).
     pub fn awake_groups(&self) -> usize {
         self.awake_count.load(Ordering::Relaxed)
@@ -842,6 +852,7 @@ impl Loop {
                     }
                 }
             }
+            Msg::Touch(group) => self.wake(group),
             Msg::Wake => self.drain_peer_inbox(),
             Msg::Stop => return false,
         }
