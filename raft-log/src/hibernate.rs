@@ -149,8 +149,7 @@ impl Loop {
             }
             StepKind::Notice => {
                 let r = &self.peers[&group].raw.raft;
-                let from_leader =
-                    r.state == StateRole::Follower && r.leader_id == from && r.term == term && from != 0;
+                let from_leader = r.state == StateRole::Follower && r.leader_id == from && r.term == term && from != 0;
                 if self.hibernation_enabled()
                     && from_leader
                     && r.pending_request_snapshot == raft::INVALID_INDEX

@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use raft::eraftpb::{Message, MessageType};
 use raft_log::{
-    CommittedEntry, DriverConfig, GroupId, LogIndex, ManualDriver, NodeId, StateMachine, Transport, Wal,
-    WalConfig,
+    CommittedEntry, DriverConfig, GroupId, LogIndex, ManualDriver, NodeId, StateMachine, Transport, Wal, WalConfig,
 };
 
 const GROUP: GroupId = GroupId(7);
@@ -87,9 +86,13 @@ impl Cluster {
                 let wal = Arc::new(Wal::open(WalConfig::new(dir.path())).unwrap());
                 let wire: Wire = Arc::default();
                 let sm = Sm(Arc::default());
-                let mut driver =
-                    ManualDriver::new(config(id, hibernate_after_ticks), wal.clone(), Box::new(sm), Arc::new(Outbox(wire.clone())))
-                        .unwrap();
+                let mut driver = ManualDriver::new(
+                    config(id, hibernate_after_ticks),
+                    wal.clone(),
+                    Box::new(sm),
+                    Arc::new(Outbox(wire.clone())),
+                )
+                .unwrap();
                 driver.create_group(GROUP, &voters).unwrap();
                 Some(Node { driver, wal, wire, _dir: dir })
             })
