@@ -420,3 +420,31 @@ fn a_conf_change_wakes_the_group() {
     assert!(!c.status(1).hibernating, "a lagging member keeps the leader awake");
     assert_eq!(c.status(1).learners, vec![NodeId(4)]);
 }
+
+/// With many groups, a request wakes only its own group: the others neither tick nor send.
+#[test]
+fn a_request_wakes_only_its_group() {
+    const GROUPS: u64 = 50;
+    let mut c = Cluster::new(3, HIBERNATE_AFTER_TICKS);
+    let voters: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    let others: Vec<GroupId> = (100..100 + GROUPS).map(GroupId).collect();
+    for &g in &others {
+        for id in 1..=3 {
+            c.node(id).create_group(g, &voters).unwrap();
+        }
+        c.node(1).campaign(g);
+    }
+    c.deliver();
+    c.run_until(HIBERNATE_AFTER_TICKS + 5, |c| c.live().all(|(_, n)| n.driver.awake_groups() == 0));
+    c.node(1).propose(GROUP, Bytes::from_static(b"one tenant")).unwrap();
+    c.deliver();
+    for id in 1..=3 {
+        assert_eq!(c.node(id).awake_groups(), 1, "node {id}: only the proposal's group woke");
+    }
+    // Some ticks of the one awake group: its heartbeats only.
+    let sent = c.run(5);
+    assert!(sent > 0 && sent <= 5 * 4, "{sent} messages in 5 ticks: more than one group's heartbeats");
+    for &g in &others {
+        assert!(c.node(1).status(g).unwrap().hibernating, "group {g} stayed asleep");
+    }
+}
