@@ -11,7 +11,7 @@
 #
 # Usage: benches/density.sh [--tenants N] [--idle S] [--sample N] [--out DIR]
 # Environment: PLINTH_BIN (prebuilt release plinth; otherwise built with scripts/cargo),
-# PLINTH_CACHE (etcd cache), PORT_BASE (default 41000; members use PORT_BASE..+9, tenant
+# PLINTH_CACHE (etcd cache), PORT_BASE (default 20000; members use PORT_BASE..+9, tenant
 # ports start at PORT_BASE+100 + 2000*member). Everything is killed on exit.
 set -euo pipefail
 
@@ -21,7 +21,9 @@ TENANTS=${TENANTS:-1000}
 IDLE=${IDLE:-30}
 SAMPLE=${SAMPLE:-50}
 OUT=${OUT:-}
-PORT_BASE=${PORT_BASE:-41000}
+# Below the ephemeral range (32768-60999 on Linux): a member's own outgoing peer connection
+# can otherwise hold a tenant's port as its local port, and that tenant never listens.
+PORT_BASE=${PORT_BASE:-20000}
 while [[ $# -gt 0 ]]; do
   case $1 in
     --tenants) TENANTS=$2; shift 2 ;;

@@ -11,6 +11,8 @@ pub struct Metrics {
     pub has_leader: IntGauge,
     pub is_leader: IntGauge,
     pub leader_changes: IntCounter,
+    /// Raft groups of this member that are awake (ticking); the rest hibernate.
+    pub raft_groups_awake: IntGauge,
     pub proposals_committed: IntCounter,
     pub proposals_applied: IntCounter,
     pub proposals_pending: IntGauge,
@@ -154,6 +156,10 @@ impl Metrics {
             has_leader: gauge("etcd_server_has_leader", "Whether or not a leader exists."),
             is_leader: gauge("etcd_server_is_leader", "Whether or not this member is a leader."),
             leader_changes: counter("etcd_server_leader_changes_seen_total", "The number of leader changes seen."),
+            raft_groups_awake: gauge(
+                "plinth_raft_groups_awake",
+                "Raft groups of this member that are awake (ticking); the others hibernate.",
+            ),
             proposals_committed: counter(
                 "etcd_server_proposals_committed_total",
                 "The total number of consensus proposals committed.",

@@ -657,6 +657,12 @@ impl Node {
         }
     }
 
+    /// Wakes this node's Raft group if it hibernates (see `raft_log::DriverHandle::touch`).
+    pub fn touch_raft_group(&self) {
+        // Busy means the driver has a full inbox and is awake anyway.
+        let _ = self.raft.touch(self.raft_group());
+    }
+
     /// Whether this member leads the default group now.
     pub fn is_leader(&self) -> bool {
         self.raft_status().is_some_and(|s| s.is_leader)
@@ -671,6 +677,9 @@ impl Node {
             return Err(EtcdError::NoLeader.status());
         }
         if leader == self.member_id() {
+            // Renewals are leader-local: a leader asleep since before a partition must wake
+            // to check its quorum again rather than renew on a stale belief forever.
+            self.touch_raft_group();
             return Ok(if renew {
                 self.lessor.keep_alive(id).unwrap_or(0)
             } else {
@@ -852,6 +861,7 @@ impl Node {
         let leader = self.leader();
         self.metrics.has_leader.set(i64::from(leader != 0));
         self.metrics.is_leader.set(i64::from(leader != 0 && leader == self.member_id()));
+        self.metrics.raft_groups_awake.set(self.raft.awake_groups() as i64);
     }
 
     /// Waits until this member has applied `index`.

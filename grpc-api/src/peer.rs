@@ -814,6 +814,8 @@ impl pb::peer_server::Peer for PeerService {
         if !node.is_leader() {
             return Err(crate::error::EtcdError::NotLeader.status());
         }
+        // Leader-local, as `Node::lease_on_leader`: a sleeping leader wakes to recheck its quorum.
+        node.touch_raft_group();
         let ttl = node.lessor.keep_alive(request.id).unwrap_or(0);
         Ok(Response::new(pb::LeaseResponse { ttl }))
     }
@@ -825,6 +827,8 @@ impl pb::peer_server::Peer for PeerService {
         if !node.is_leader() {
             return Err(crate::error::EtcdError::NotLeader.status());
         }
+        // Leader-local, as `Node::lease_on_leader`: a sleeping leader wakes to recheck its quorum.
+        node.touch_raft_group();
         let ttl = node.lessor.remaining_seconds(request.id).unwrap_or(-1);
         Ok(Response::new(pb::LeaseResponse { ttl }))
     }

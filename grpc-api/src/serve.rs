@@ -116,6 +116,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tick_interval: Duration::from_millis(args.heartbeat_interval),
         election_ticks: (args.election_timeout / args.heartbeat_interval) as usize,
         heartbeat_ticks: 1,
+        // Idle groups sleep after two election timeouts (see raft-log's "Hibernation").
+        hibernate_after_ticks: 2 * (args.election_timeout / args.heartbeat_interval) as usize,
         ..raft_log::DriverConfig::default()
     };
     let source: Arc<dyn raft_log::SnapshotSource> = transport.clone();

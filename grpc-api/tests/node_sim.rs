@@ -52,6 +52,10 @@
 //! `PLINTH_SIM_EVENTS=1` (and `--nocapture`) a replay prints its faults, starts, snapshots
 //! and membership steps as they happen.
 //!
+//! Hibernation: a third of the seeds run without it, a third with groups sleeping after twice
+//! the election timeout, a third after 3 idle ticks; with it on, clients pause for half of
+//! every `QUIET_CYCLE_STEPS`, so groups sleep and are woken by requests and peers.
+//!
 //! CAVEATS:
 //! - Lease expiry is not simulated (TTLs outlast a run): the lessor's deadlines use the
 //!   wall clock. What is checked is that every member's timers follow the store.
@@ -97,6 +101,9 @@ const STEPS: u64 = 1500;
 const CONVERGE_STEPS_MAX: u64 = 4000;
 /// Average steps per Raft tick of a node.
 const STEPS_PER_TICK: u64 = 4;
+/// With hibernation on, the workload runs for the first half of each cycle of this many
+/// steps and pauses for the second (longer than an idle leader takes to sleep).
+const QUIET_CYCLE_STEPS: u64 = 400;
 const ELECTION_TICKS: usize = 10;
 /// Most messages in flight; more are dropped (as a full transport queue would).
 const NET_MESSAGES_MAX: usize = 100_000;
@@ -454,7 +461,18 @@ struct Sim {
     retire_at: Option<u64>,
     trace: u64,
     counts: BTreeMap<&'static str, u64>,
+    /// The drivers' `hibernate_after_ticks` in this run (see `hibernate_after_ticks`).
+    hibernate_after_ticks: usize,
+    /// Checks in which some group slept on some node (off the trace).
+    hibernating: u64,
     _dir: tempfile::TempDir,
+}
+
+/// Hibernation by seed, so that every node count runs without it, with the default-like
+/// setting (twice the election timeout) and with an eager one (groups sleep after 3 idle
+/// ticks, so sleeps and wakes interleave with every fault and membership step).
+fn hibernate_after_ticks(seed: u64) -> usize {
+    [0, 2 * ELECTION_TICKS, 3][(seed / 2 % 3) as usize]
 }
 
 fn sim_dir() -> tempfile::TempDir {
@@ -570,6 +588,8 @@ impl Sim {
             retire_at: None,
             trace: FNV_START,
             counts: BTreeMap::new(),
+            hibernate_after_ticks: hibernate_after_ticks(seed),
+            hibernating: 0,
             _dir: dir,
         };
         for i in 0..node_count as usize {
@@ -673,6 +693,7 @@ impl Sim {
             node_id: NodeId(id),
             election_ticks: ELECTION_TICKS,
             election_ticks_max: ELECTION_TICKS + 1,
+            hibernate_after_ticks: self.hibernate_after_ticks,
             ..DriverConfig::default()
         };
         let source: Arc<dyn SnapshotSource> = snapshots.clone();
@@ -1287,6 +1308,9 @@ impl Sim {
         for i in 0..self.nodes.len() {
             let Some(live) = self.nodes[i].live.as_ref() else { continue };
             let id = self.nodes[i].id;
+            if group_ids().into_iter().any(|g| live.driver.status(GroupId(g)).is_some_and(|s| s.hibernating)) {
+                self.hibernating += 1;
+            }
             let events: Vec<Event> = std::mem::take(&mut *live.events.lock());
             let mut applied_now = Vec::new();
             for ev in events {
@@ -1437,7 +1461,10 @@ impl Sim {
         STEP.with(|s| s.set(self.now));
         self.faults();
         self.restart_due();
-        if workload {
+        // With hibernation on, clients pause for the second half of every
+        // `QUIET_CYCLE_STEPS`, so groups go idle, sleep, and are woken by the next request.
+        let quiet = self.hibernate_after_ticks != 0 && self.now % QUIET_CYCLE_STEPS >= QUIET_CYCLE_STEPS / 2;
+        if workload && !quiet {
             self.workload();
         }
         self.deliver();
@@ -1536,8 +1563,9 @@ fn run_seed_counting(seed: u64, steps: u64) -> (u64, usize, BTreeMap<&'static st
     let entries: usize = sim.committed.values().map(BTreeMap::len).sum();
     if std::env::var_os("PLINTH_SIM_VERBOSE").is_some() {
         eprintln!(
-            "seed {seed}: {node_count} nodes, {} steps, {entries} entries, plan {:?}, events {:?}",
-            sim.now, sim.plan, sim.counts,
+            "seed {seed}: {node_count} nodes, {} steps, {entries} entries, plan {:?}, events {:?}, \
+             hibernate_after_ticks {}, checks with a group asleep {}",
+            sim.now, sim.plan, sim.counts, sim.hibernate_after_ticks, sim.hibernating,
         );
     }
     (sim.trace, entries, sim.counts)

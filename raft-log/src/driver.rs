@@ -5,7 +5,8 @@
 //! fail with `Busy` instead of waiting), and read-index results come back through a
 //! callback, so a tokio server can use it without blocking its workers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -134,6 +135,9 @@ pub struct GroupStatus {
     pub learners: Vec<NodeId>,
     /// On the leader: each other member's matched log index (empty elsewhere).
     pub progress: Vec<(NodeId, LogIndex)>,
+    /// True while the group sleeps on this node (no ticks, no heartbeats; see the crate's
+    /// "Hibernation" section).
+    pub hibernating: bool,
 }
 
 /// Callback receiving the read index (or why there is none).
@@ -185,6 +189,8 @@ pub(crate) enum Msg {
         done: TransferLeaderCallback,
     },
     Unreachable(NodeId),
+    /// Wakes a hibernating group (see `DriverHandle::touch`).
+    Touch(GroupId),
     /// Peer messages are waiting in the peer inbox.
     Wake,
     Stop,
@@ -199,6 +205,8 @@ pub(crate) struct Peer {
     pub skip_through: u64,
     /// Highest index handed to (or skipped for) the state machine.
     pub applied: u64,
+    /// Ticks since the group was last woken or active (see `hibernate.rs`).
+    pub idle_ticks: usize,
 }
 
 /// One linearizable read waiting for its read point.
@@ -261,6 +269,11 @@ impl PendingReads {
         Some(b.reads)
     }
 
+    /// Whether any read of `group` is waiting (O(batches); asked only when a group may sleep).
+    pub(crate) fn has_group(&self, group: GroupId) -> bool {
+        self.batches.values().any(|b| b.group == group)
+    }
+
     /// Fails every read of `group` with `Stopped` (the group was removed).
     pub(crate) fn fail_group(&mut self, group: GroupId) {
         let ids: Vec<u64> = self.batches.iter().filter(|(_, b)| b.group == group).map(|(id, _)| *id).collect();
@@ -284,6 +297,14 @@ pub(crate) struct Loop {
     pub peer_inbox: Arc<PeerInbox>,
     pub status: Arc<RwLock<HashMap<GroupId, GroupStatus>>>,
     pub peers: BTreeMap<GroupId, Peer>,
+    /// Groups that tick and are checked for Readys every pass; the others sleep (see
+    /// `hibernate.rs`). Invariant: a subset of `peers`' keys.
+    pub awake: BTreeSet<GroupId>,
+    /// Groups touched since the last Ready pass (awake or not): the next pass looks at them.
+    /// Invariant (`check_hibernation_invariants`): a group in neither set has no Ready.
+    pub dirty: BTreeSet<GroupId>,
+    /// `awake.len()`, for `DriverHandle::awake_groups` on other threads.
+    pub awake_count: Arc<AtomicUsize>,
     pub reads: PendingReads,
     /// Leader transfers this node started, at most `LEADER_TRANSFERS_PENDING_MAX`.
     pub transfers: Vec<PendingTransfer>,
@@ -350,6 +371,7 @@ pub struct DriverHandle {
     tx: SyncSender<Msg>,
     peer_inbox: Arc<PeerInbox>,
     status: Arc<RwLock<HashMap<GroupId, GroupStatus>>>,
+    awake_count: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for DriverHandle {
@@ -385,8 +407,9 @@ impl Driver {
         let lp = Loop::new(cfg, wal, sm, transport, snapshots, rx)?;
         let status = Arc::clone(&lp.status);
         let peer_inbox = Arc::clone(&lp.peer_inbox);
+        let awake_count = Arc::clone(&lp.awake_count);
         let thread = std::thread::Builder::new().name("raft-log-driver".into()).spawn(move || lp.run())?;
-        Ok((Driver { tx: tx.clone(), thread: Some(thread) }, DriverHandle { tx, peer_inbox, status }))
+        Ok((Driver { tx: tx.clone(), thread: Some(thread) }, DriverHandle { tx, peer_inbox, status, awake_count }))
     }
 
     /// Stops the driver thread and waits for it. Pending read-index and leader-transfer
@@ -507,6 +530,19 @@ impl DriverHandle {
         self.status.read().get(&group).cloned()
     }
 
+    /// Wakes `group` if it hibernates, without asking Raft anything: for work a leader does
+    /// on its own authority (etcd's lease renewals), so that a leader deposed while asleep
+    /// resumes heartbeats and quorum checks and learns of it, as an awake one would within
+    /// an election timeout. `Err(Busy)` when the inbox is full (the driver is busy anyway).
+    pub fn touch(&self, group: GroupId) -> Result<()> {
+        self.try_send(Msg::Touch(group))
+    }
+
+    /// How many groups are awake on this node (ticking; the others hibernate).
+    pub fn awake_groups(&self) -> usize {
+        self.awake_count.load(Ordering::Relaxed)
+    }
+
     /// The state machine made `durable_applied` durable: the WAL may drop `group`'s
     /// entries at or below it. `Err(Busy)` if the inbox is full (a later call carries a
     /// higher index, so dropping one is harmless).
@@ -589,6 +625,9 @@ impl Loop {
             peer_inbox: Arc::default(),
             status: Arc::new(RwLock::new(HashMap::new())),
             peers: BTreeMap::new(),
+            awake: BTreeSet::new(),
+            dirty: BTreeSet::new(),
+            awake_count: Arc::default(),
             reads: PendingReads { next_id: 1, ..Default::default() },
             transfers: Vec::new(),
             pending: WriteBatch::new(),
@@ -669,7 +708,11 @@ impl Loop {
             // A sole voter needs nobody's vote: elect it now instead of after a timeout.
             raw.campaign()?;
         }
-        self.peers.insert(group, Peer { raw, leader: 0, skip_through: sm_applied, applied });
+        self.peers.insert(group, Peer { raw, leader: 0, skip_through: sm_applied, applied, idle_ticks: 0 });
+        // A new or recovered group starts awake: it must learn or elect its leader first.
+        self.awake.insert(group);
+        self.dirty.insert(group);
+        self.awake_count.store(self.awake.len(), Ordering::Relaxed);
         self.publish_status(group);
         Ok(())
     }
@@ -677,6 +720,7 @@ impl Loop {
     /// See [`DriverHandle::remove_group`].
     pub fn remove_peer(&mut self, group: GroupId) -> Result<()> {
         let known = self.peers.remove(&group).is_some();
+        self.forget(group);
         if !known && self.wal.group_state(group).is_none() {
             return Ok(());
         }
@@ -729,6 +773,7 @@ impl Loop {
             voters,
             learners,
             progress,
+            hibernating: !self.awake.contains(&group),
         };
         self.status.write().insert(group, s);
     }
@@ -745,6 +790,7 @@ impl Loop {
                 let _ = done.send(r);
             }
             Msg::ProposeConfChange { group, change } => {
+                self.wake(group);
                 if let Some(p) = self.peers.get_mut(&group) {
                     if let Err(e) = p.raw.propose_conf_change(Vec::new(), change) {
                         tracing::debug!(%group, error = %e, "conf change dropped");
@@ -752,12 +798,14 @@ impl Loop {
                 }
             }
             Msg::ReportSnapshot { group, to, ok } => {
+                self.wake(group);
                 if let Some(p) = self.peers.get_mut(&group) {
                     let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
                     p.raw.report_snapshot(to.0, status);
                 }
             }
             Msg::Propose { group, data } => {
+                self.wake(group);
                 if let Some(p) = self.peers.get_mut(&group) {
                     if let Err(e) = p.raw.propose(Vec::new(), data.to_vec()) {
                         tracing::debug!(%group, error = %e, "proposal dropped");
@@ -767,11 +815,9 @@ impl Loop {
             Msg::Step { group, msg } => {
                 let snapshot_index = (msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot)
                     .then(|| msg.get_snapshot().get_metadata().index);
-                if let Some(p) = self.peers.get_mut(&group) {
-                    if let Err(e) = p.raw.step(msg) {
-                        tracing::debug!(%group, error = %e, "raft message rejected");
-                    }
-                }
+                // Wakes the group unless the message is a hibernation notice or a heartbeat
+                // response (`hibernate.rs`).
+                self.step_peer_message(group, msg);
                 if let Some(index) = snapshot_index {
                     self.snapshot_not_restored(group, index);
                 }
@@ -782,6 +828,7 @@ impl Loop {
                 let _ = self.compact_log(group, index);
             }
             Msg::Campaign(group) => {
+                self.wake(group);
                 if let Some(p) = self.peers.get_mut(&group) {
                     if !p.raw.raft.promotable() {
                         // raft-rs's `campaign` does not check this (only its election timer
@@ -795,12 +842,17 @@ impl Loop {
             }
             Msg::TransferLeader { group, to, timeout, done } => self.start_transfer(group, to, timeout, done),
             Msg::Unreachable(node) => {
-                for p in self.peers.values_mut() {
+                // Awake leaders only: a sleeping one sends nothing to `node` until it wakes,
+                // and a send that fails then reports the node again. Telling every sleeping
+                // leader would cost O(groups) per lost connection.
+                for g in &self.awake {
+                    let p = self.peers.get_mut(g).expect("invariant: an awake group exists");
                     if p.raw.raft.state == raft::StateRole::Leader {
                         p.raw.report_unreachable(node.0);
                     }
                 }
             }
+            Msg::Touch(group) => self.wake(group),
             Msg::Wake => self.drain_peer_inbox(),
             Msg::Stop => return false,
         }
@@ -845,6 +897,7 @@ impl Loop {
     /// Checks and starts a leader transfer; its answer comes from `service_transfers`.
     fn start_transfer(&mut self, group: GroupId, to: NodeId, timeout: Duration, done: TransferLeaderCallback) {
         let me = self.cfg.node_id;
+        self.wake(group);
         let Some(p) = self.peers.get_mut(&group) else {
             return done(Err(Error::GroupNotFound(group)));
         };
@@ -893,6 +946,9 @@ impl Loop {
         if !self.peers.contains_key(&group) {
             return done(Err(Error::GroupNotFound(group)));
         }
+        // A read is activity: a sleeping leader must run a heartbeat round for it, a
+        // sleeping follower must tick again (its leader may be gone).
+        self.wake(group);
         let now = self.now();
         let read = PendingRead { done, deadline: now + self.cfg.read_index_timeout };
         self.reads.len += 1;
@@ -946,7 +1002,13 @@ impl Loop {
         due.sort_unstable();
         for (id, group) in due {
             let ctx = self.read_ctx(id);
-            let Some(p) = self.peers.get_mut(&group) else { continue };
+            if !self.peers.contains_key(&group) {
+                continue;
+            }
+            // A pending read keeps its group awake (`leader_may_sleep` refuses to sleep with
+            // one; this also covers a follower woken by nothing else).
+            self.wake(group);
+            let p = self.peers.get_mut(&group).expect("invariant: checked above");
             let r = &p.raw.raft;
             let can_ask =
                 if r.state == raft::StateRole::Leader { r.commit_to_current_term() } else { r.leader_id != 0 };
@@ -994,9 +1056,8 @@ impl Loop {
             }
             let now = Instant::now();
             if now >= next_tick {
-                for p in self.peers.values_mut() {
-                    p.raw.tick();
-                }
+                // Only awake groups tick; an idle leader may put its group to sleep here.
+                self.tick_awake();
                 next_tick = now + self.cfg.tick_interval;
             }
             self.service_reads(now);

@@ -42,6 +42,13 @@ pub struct DriverConfig {
     pub check_quorum: bool,
     /// Most groups this driver hosts. Default: 65536.
     pub groups_max: usize,
+    /// Ticks without activity after which a leader whose followers are caught up puts its
+    /// group to sleep (no ticks, no heartbeats, on every member) until a proposal, read or
+    /// peer message wakes it; 0 = never (every group ticks every tick). See the crate's
+    /// "Hibernation" section. Must be 0 or more than `heartbeat_ticks`, so that a heartbeat
+    /// round tells the followers the commit index before the group sleeps.
+    /// Default: 20 (twice the default `election_ticks`).
+    pub hibernate_after_ticks: usize,
 }
 
 impl Default for DriverConfig {
@@ -60,6 +67,7 @@ impl Default for DriverConfig {
             pre_vote: true,
             check_quorum: true,
             groups_max: 65536,
+            hibernate_after_ticks: 20,
         }
     }
 }
@@ -95,6 +103,9 @@ impl DriverConfig {
         if self.groups_max == 0 {
             return bad("groups_max must be positive");
         }
+        if self.hibernate_after_ticks != 0 && self.hibernate_after_ticks <= self.heartbeat_ticks {
+            return bad("hibernate_after_ticks must be 0 or greater than heartbeat_ticks");
+        }
         Ok(())
     }
 }
@@ -111,6 +122,8 @@ mod tests {
         assert!(DriverConfig { election_ticks: 1, ..c.clone() }.validate().is_err());
         assert!(DriverConfig { election_ticks_max: 10, ..c.clone() }.validate().is_err());
         DriverConfig { election_ticks_max: 11, ..c.clone() }.validate().unwrap();
-        assert!(DriverConfig { proposal_queue_max: 0, ..c }.validate().is_err());
+        assert!(DriverConfig { proposal_queue_max: 0, ..c.clone() }.validate().is_err());
+        assert!(DriverConfig { hibernate_after_ticks: 1, ..c.clone() }.validate().is_err());
+        DriverConfig { hibernate_after_ticks: 0, ..c }.validate().unwrap();
     }
 }

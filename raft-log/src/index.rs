@@ -163,6 +163,17 @@ impl GroupIndex {
         self.cache.get((index - first) as usize)
     }
 
+    /// Empties the entry cache and gives its memory back.
+    pub fn drop_cache(&mut self) {
+        self.cache = VecDeque::new();
+        self.cache_bytes = 0;
+    }
+
+    /// Entries in the cache.
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+
     /// Drops metas and cached entries at or above `index`.
     fn truncate_from(&mut self, index: u64) {
         let keep = index.saturating_sub(self.first_index()) as usize;

@@ -89,6 +89,7 @@
 //!
 //!  DriverHandle ──► bounded inbox ──► driver thread (all RawNodes, ticks, Ready loop)
 //!   step() ──► peer inbox (bounded) ──┘  drained first, and every 64 inbox messages
+//!                                        │ ticks and Ready checks: awake groups only
 //!                                        │ one WriteBatch per loop iteration
 //!                                        ├─► Wal (waits for the fsync)
 //!                                        ├─► Transport::send (must not block)
@@ -97,7 +98,8 @@
 //!
 //! Readers (`GroupStorage`, `Wal::entries`) take a read lock on the index, which only the
 //! holder of the segment lock (the writer thread or an inline `write`) changes, after the
-//! frame is durable.
+//! frame is durable; the one exception is the driver emptying a sleeping group's entry cache
+//! (`Wal::drop_entry_cache`), which an empty cache's invariant allows at any point.
 //!
 //! ## What the driver does besides appending
 //!
@@ -128,6 +130,20 @@
 //!   once this node sees the target lead; `NotLeader`, `BadLeaderTransferee` (not a voter)
 //!   or `Timeout` otherwise. raft-rs gives up a transfer after an election timeout and the
 //!   driver does not ask again (as etcd), so a slow target ends in `Timeout`.
+//! - **Hibernation** (`hibernate.rs`, whose essay holds the safety argument). Only awake
+//!   groups tick and are asked for a Ready (plus those touched since the last pass), so a
+//!   node's idle cost is O(awake groups). A leader idle for
+//!   [`DriverConfig::hibernate_after_ticks`] with nothing in flight (every member caught up
+//!   and told the commit index, nothing unapplied, no pending conf change, read or transfer)
+//!   sends each member a notice, a heartbeat whose context is a reserved marker, and stops
+//!   ticking; a follower that steps its leader's notice in its term stops too. Any proposal,
+//!   read, conf change, campaign, transfer, snapshot report, [`DriverHandle::touch`] or peer
+//!   message other than a notice or heartbeat response wakes the group on that node. Reads
+//!   stay linearizable through ReadIndex's quorum round (a leader deposed while asleep cannot
+//!   complete one), a woken leader restarts its check-quorum window, and a sleeping follower
+//!   refuses (pre-)votes while its frozen timer says its leader is in lease. A sleeping
+//!   group's WAL entry cache and inflight buffers are freed. [`GroupStatus::hibernating`],
+//!   [`DriverHandle::awake_groups`].
 //!
 //! ## CAVEATS
 //!
@@ -155,13 +171,22 @@
 //!   the leader it knows (`Error::NoLeader` when it knows none). A forwarded proposal
 //!   that is lost is not reported: the caller's wait times out. A dropped read-index
 //!   request costs only its retry delay.
-//! - The driver does not hibernate idle groups: every group ticks and its leader sends
-//!   heartbeats. A removed group (`remove_group`) stops ticking at once.
+//! - A group hibernates only with every member caught up: with a member down or lagging,
+//!   its leader stays awake (and heartbeats) until the member is back and caught up. A
+//!   removed group (`remove_group`) stops ticking at once.
+//! - When a sleeping leader died, a follower woken by a request elects a new leader after
+//!   about two election timeouts (the other followers refuse votes while they believe their
+//!   leader in lease), not one; a request to a follower is forwarded to the dead leader and
+//!   lost meanwhile. A leader deposed while asleep believes it leads (its `GroupStatus`
+//!   says so) until something wakes it; only ReadIndex, never that belief, serves reads.
+//! - With pre-vote off, a follower that missed its notice campaigns in a new term and
+//!   deposes the leader (as any partitioned follower would without pre-vote).
 //! - Conf changes are single changes (`ConfChange`); a `ConfChangeV2` entry from elsewhere
 //!   is applied, but the state machine hears only of its first change.
 //! - [`ManualDriver`] does not expose leader transfers; its read-index deadlines run on its
 //!   own tick-driven clock.
-//! - The entry cache is per group, so its total size is `groups × cache limits`.
+//! - The entry cache is per group, so its total size is `awake groups × cache limits` (a
+//!   sleeping group's cache is dropped).
 
 mod batch;
 mod config;
@@ -169,6 +194,7 @@ mod driver;
 mod driver_config;
 mod error;
 mod fault;
+mod hibernate;
 mod index;
 mod manual;
 mod ready;

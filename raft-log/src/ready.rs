@@ -150,23 +150,21 @@ impl Loop {
         }
     }
 
-    /// One pass over every group with a Ready.
+    /// One pass over every group with a Ready. Only awake groups and those touched since the
+    /// last pass can have one (`check_hibernation_invariants`), so the pass costs
+    /// O(awake + touched groups), not O(groups).
     pub(crate) fn on_ready(&mut self) {
-        loop {
-            let ready_groups: Vec<GroupId> = self
-                .peers
-                .iter()
-                .filter(|(_, p)| p.raw.has_ready())
-                .map(|(g, _)| *g)
-                .take(READY_GROUPS_PER_BATCH_MAX)
-                .collect();
-            if ready_groups.is_empty() {
-                break;
-            }
-            let full = ready_groups.len() == READY_GROUPS_PER_BATCH_MAX;
-            self.on_ready_groups(&ready_groups);
-            if !full {
-                break;
+        let candidates = self.ready_candidates();
+        let ready_groups: Vec<GroupId> =
+            candidates.into_iter().filter(|g| self.peers.get(g).is_some_and(|p| p.raw.has_ready())).collect();
+        for chunk in ready_groups.chunks(READY_GROUPS_PER_BATCH_MAX) {
+            self.on_ready_groups(chunk);
+        }
+        for g in ready_groups {
+            // Handling a Ready can make another (an apply, a LightReady): a sleeping group
+            // then stays marked so the next pass still looks at it.
+            if self.peers.get(&g).is_some_and(|p| p.raw.has_ready()) {
+                self.dirty.insert(g);
             }
         }
         if !self.pending.is_empty() {

@@ -383,6 +383,22 @@ impl Wal {
         self.shared.index.read().groups.get(&group).map(|g| g.state())
     }
 
+    /// Drops `group`'s cache of recent entries and frees its memory (the driver calls it when
+    /// the group goes to sleep; reads then `pread` from the segments until new appends fill
+    /// the cache again). Takes the index lock without the segment lock: an empty cache is
+    /// valid at any point (its invariant holds only for a non-empty one), so this does not
+    /// need to be ordered with a frame being written.
+    pub fn drop_entry_cache(&self, group: GroupId) {
+        if let Some(g) = self.shared.index.write().groups.get_mut(&group) {
+            g.drop_cache();
+        }
+    }
+
+    /// How many entries of `group` the cache holds (0 for an unknown group).
+    pub fn entry_cache_len(&self, group: GroupId) -> usize {
+        self.shared.index.read().groups.get(&group).map_or(0, |g| g.cache_len())
+    }
+
     /// Entries `[low, high)` of `group`, at most `max_size` bytes (but at least one).
     pub fn entries(&self, group: GroupId, low: LogIndex, high: LogIndex, max_size: Option<u64>) -> Result<Vec<Entry>> {
         read_entries(&self.shared, group, low.0, high.0, max_size)

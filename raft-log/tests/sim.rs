@@ -52,6 +52,10 @@
 //!
 //! The log is never compacted here (so never past a store's flushed index).
 //!
+//! Hibernation: a third of the seeds run without it, a third with groups sleeping after twice
+//! the election timeout, a third after 3 idle ticks (`hibernate_after_ticks`), so sleeping,
+//! waking, lost and reordered notices meet every fault above under the same checks.
+//!
 //! Seeds: `PLINTH_SIM_SEEDS=<count>` (default [`DEFAULT_SEEDS`] per test; even seeds run
 //! 3 nodes, odd seeds 5). A failure names its seed; replay it alone with
 //! `PLINTH_SIM_SEED=<n> scripts/cargo test -p raft-log --test sim`. A run is a function
@@ -84,6 +88,9 @@ const STEPS: u64 = 2000;
 const CONVERGE_STEPS_MAX: u64 = 4000;
 /// Average steps per Raft tick of a node.
 const STEPS_PER_TICK: u64 = 4;
+/// With hibernation on, the workload runs for the first half of each cycle of this many
+/// steps and pauses for the second (longer than an idle leader takes to sleep).
+const QUIET_CYCLE_STEPS: u64 = 400;
 const ELECTION_TICKS: usize = 10;
 /// Most messages in flight; more are dropped (as a full transport queue would).
 const NET_MESSAGES_MAX: usize = 100_000;
@@ -462,7 +469,16 @@ struct Sim {
     counts: BTreeMap<&'static str, u64>,
     /// Counts of wall-clock dependent events, kept off the trace.
     untraced: BTreeMap<&'static str, u64>,
+    /// The drivers' `hibernate_after_ticks` in this run (see `hibernate_after_ticks`).
+    hibernate_after_ticks: usize,
     _dir: tempfile::TempDir,
+}
+
+/// Hibernation by seed, so that every node count runs without it, with the default-like
+/// setting (twice the election timeout) and with an eager one (groups sleep after 3 idle
+/// ticks, so sleeps and wakes interleave with every fault).
+fn hibernate_after_ticks(seed: u64) -> usize {
+    [0, 2 * ELECTION_TICKS, 3][(seed / 2 % 3) as usize]
 }
 
 fn sim_dir() -> tempfile::TempDir {
@@ -590,6 +606,7 @@ impl Sim {
             trace: FNV_START,
             counts: BTreeMap::new(),
             untraced: BTreeMap::new(),
+            hibernate_after_ticks: hibernate_after_ticks(seed),
             _dir: dir,
         };
         for i in 0..sim.nodes.len() {
@@ -673,6 +690,7 @@ impl Sim {
             node_id: NodeId(id),
             election_ticks: ELECTION_TICKS,
             election_ticks_max: ELECTION_TICKS + 1,
+            hibernate_after_ticks: self.hibernate_after_ticks,
             ..DriverConfig::default()
         };
         let mut driver =
@@ -1073,6 +1091,10 @@ impl Sim {
             let live = node.live.as_mut().expect("live");
             live.wal.check_invariants();
             let st = live.driver.status(GROUP).expect("group exists");
+            if st.hibernating {
+                // Off the trace: how much of the run the group spent asleep on some node.
+                *self.untraced.entry("hibernating").or_default() += 1;
+            }
             let applied_index = node.applied.len() as u64;
             // After a restart whose commit index was lost, Raft re-commits the entries the
             // store already has and the driver skips them: its applied index trails the
@@ -1180,7 +1202,10 @@ impl Sim {
         STEP.with(|s| s.set(self.now));
         self.faults();
         self.restart_due();
-        if workload {
+        // With hibernation on, clients pause for the second half of every
+        // `QUIET_CYCLE_STEPS`, so the group goes idle, sleeps, and is woken by the next put.
+        let quiet = self.hibernate_after_ticks != 0 && self.now % QUIET_CYCLE_STEPS >= QUIET_CYCLE_STEPS / 2;
+        if workload && !quiet {
             self.workload();
         }
         self.deliver();
