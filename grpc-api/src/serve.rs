@@ -578,8 +578,8 @@ async fn join_cluster(
 }
 
 /// Flushes the store and lets the WAL purge what the flush made redundant, keeping
-/// `catch_up_entries` below it in each group so that a follower a little behind needs no
-/// snapshot.
+/// `catch_up_entries` below it in each awake group so that a follower a little behind needs
+/// no snapshot (a hibernating group keeps none).
 async fn purge_log(node: Arc<Node>, interval: Duration, catch_up_entries: u64) {
     let mut tick = tokio::time::interval(interval);
     loop {
@@ -599,16 +599,26 @@ async fn purge_log(node: Arc<Node>, interval: Duration, catch_up_entries: u64) {
             }
         };
         for (group, applied) in flushed {
-            if applied <= catch_up_entries || node.raft.status(raft_log::GroupId(group.0)).is_none() {
-                continue;
-            }
+            let Some(status) = node.raft.status(raft_log::GroupId(group.0)) else { continue };
+            // A hibernating group went to sleep only with every member caught up, so no
+            // follower needs its recent entries: it keeps none. Otherwise an idle tenant's
+            // last few thousand entries would pin the WAL segments that hold them forever,
+            // and with many idle tenants, every segment. A member that falls behind later
+            // gets a snapshot, as it would past the catch-up entries.
             // Flush before purge: only entries the store has made durable may leave the log.
-            let purge_to = raft_log::LogIndex(applied - catch_up_entries);
+            let Some(purge_to) = purge_index(applied, status.hibernating, catch_up_entries) else { continue };
             if let Err(e) = node.raft.compact_log(raft_log::GroupId(group.0), purge_to) {
                 warn!(group = group.0, error = %e, "log purge failed");
             }
         }
     }
+}
+
+/// Where a group's log may be purged to, given the applied index a flush made durable: all
+/// of it for a hibernating group, else all but `catch_up_entries`; `None` for nothing.
+fn purge_index(durable_applied: u64, hibernating: bool, catch_up_entries: u64) -> Option<raft_log::LogIndex> {
+    let keep = if hibernating { 0 } else { catch_up_entries };
+    (durable_applied > keep).then(|| raft_log::LogIndex(durable_applied - keep))
 }
 
 /// Compacts history automatically, like etcd's `--auto-compaction-*`, in every tenant's
@@ -663,5 +673,22 @@ async fn compact_once(
     match node.propose(compact).await {
         Ok(_) => info!(group, revision = target, "auto compaction done"),
         Err(status) => warn!(group, revision = target, error = %status.message(), "auto compaction failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::purge_index;
+    use raft_log::LogIndex;
+
+    /// A small idle tenant's log is purged whole once it hibernates; awake, it keeps its
+    /// catch-up entries (and, with fewer than those, everything).
+    #[test]
+    fn a_hibernating_group_keeps_no_catch_up_entries() {
+        assert_eq!(purge_index(40, false, 5000), None);
+        assert_eq!(purge_index(40, true, 5000), Some(LogIndex(40)));
+        assert_eq!(purge_index(9000, false, 5000), Some(LogIndex(4000)));
+        assert_eq!(purge_index(9000, true, 5000), Some(LogIndex(9000)));
+        assert_eq!(purge_index(0, true, 5000), None);
     }
 }
