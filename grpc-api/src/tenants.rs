@@ -10,7 +10,10 @@
 //! - a tenant without a group here gets one: its runtime, its Raft group (bootstrapped with
 //!   the voters its record names, exactly as on every other member, or joined empty if this
 //!   member is not one of them), its [`Node`], its client router and, with
-//!   `--tenant-client-port-base P`, its plaintext listener on port P + number;
+//!   `--tenant-client-port-base P`, its plaintext listener on port P + number; the group's
+//!   first campaigner ([`TenantRecord::first_campaigner`]) elects its first leader at once
+//!   instead of after an election timeout, and a tenant that cannot be served yet (its
+//!   port taken) is retried at the next pass without holding up the others;
 //! - a group whose tenant is gone is removed: listener, Raft group (durably, so a restart
 //!   does not bring it back), runtime and store data;
 //! - on every group this member leads, the voters and learners follow the default group's,
@@ -59,8 +62,8 @@ const NEXT_GROUP_KEY: &[u8] = b"next-group";
 /// How often the reconciler runs without being told of a change (membership following,
 /// request-rate sampling, retries after failures).
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
-/// How long the registry's leader keeps campaigning for a new tenant's group until it has a
-/// leader (its peers may not have created the group yet, and raft-rs refuses to campaign
+/// How long a new tenant's first campaigner (see [`TenantRecord::first_campaigner`]) keeps
+/// campaigning for its group until it has a leader (its peers may not have created the group yet, and raft-rs refuses to campaign
 /// before the bootstrap's conf changes are applied); past it, the group's election timer
 /// elects one as in any group.
 const FIRST_ELECTION_WINDOW: Duration = Duration::from_secs(2);
@@ -99,6 +102,19 @@ pub struct TenantRecord {
 }
 
 impl TenantRecord {
+    /// The voter that campaigns for the group as soon as it exists, so a new tenant has a
+    /// leader at once instead of after an election timeout: picked by the group id among the
+    /// record's voters, which spreads the first leaders of many tenants evenly over the
+    /// members (as random election timeouts did) instead of piling them on one. When it is
+    /// down, the group's election timer elects a leader as in any group.
+    pub fn first_campaigner(&self) -> Option<u64> {
+        let mut voters = self.voters.clone();
+        voters.sort_unstable();
+        voters.dedup();
+        let n = voters.len() as u64;
+        (n > 0).then(|| voters[(self.group % n) as usize])
+    }
+
     fn to_pb(&self) -> pb::Tenant {
         pb::Tenant {
             name: self.name.clone(),
@@ -163,6 +179,8 @@ struct Registry {
     by_name: BTreeMap<String, TenantRecord>,
     /// Client certificate identity → group.
     by_cn: HashMap<String, u64>,
+    /// The system group's revision the records were read at (`None` before the first read).
+    revision: Option<store::Revision>,
 }
 
 /// The tenant registry and every group this member serves.
@@ -266,8 +284,16 @@ impl Tenants {
         self.registry.read().by_name.values().cloned().collect()
     }
 
-    /// Reads the registry from the system group's store (what this member has applied).
+    /// Reads the registry from the system group's store (what this member has applied),
+    /// unless the group's revision has not moved since the last read: the passes of an idle
+    /// member then decode no records (1,000 tenants are 1,000 JSON values).
     fn reload(&self, store: &store::Store) -> anyhow::Result<()> {
+        // Ordering: the revision is read before the records, so a change applied in between
+        // leaves an older revision beside newer records, and the next pass reads them again.
+        let revision = store.current_revision(store::GroupId(SYSTEM_GROUP));
+        if self.registry.read().revision == Some(revision) {
+            return Ok(());
+        }
         let records = read_records(store)?;
         let mut by_cn = HashMap::new();
         for r in records.values() {
@@ -275,7 +301,7 @@ impl Tenants {
                 by_cn.insert(cn.clone(), r.group);
             }
         }
-        *self.registry.write() = Registry { by_name: records, by_cn };
+        *self.registry.write() = Registry { by_name: records, by_cn, revision: Some(revision) };
         Ok(())
     }
 
@@ -296,13 +322,12 @@ impl Tenants {
         // Groups to create, and tenant ports to open. One tenant's failure (its port taken by
         // another process, say) is logged and retried at the next pass; it holds up no other
         // tenant.
-        let i_lead_registry = self.node(SYSTEM_GROUP).is_some_and(|s| s.is_leader());
         for r in &records {
             // (The lock is released before serving: serving takes it for writing.)
             let served = self.served.read().get(&r.group).map(|s| s.listener.is_some());
             match served {
                 None => {
-                    if let Err(e) = self.serve_tenant(default, r, i_lead_registry).await {
+                    if let Err(e) = self.serve_tenant(default, r).await {
                         warn!(tenant = %r.name, group = r.group, error = %e, "cannot serve the tenant yet; retrying");
                     }
                 }
@@ -374,9 +399,9 @@ impl Tenants {
 
     /// Creates tenant `r`'s group on this member (idempotent: after a restart the group is
     /// already there) and serves it: its node, its router and, with a port base, its port.
-    /// `campaign`: this member leads the registry, so it elects the group's first leader
+    /// When this member is the group's first campaigner, it elects the group's first leader
     /// (see [`elect_first_leader`]).
-    async fn serve_tenant(&self, default: &Arc<Node>, r: &TenantRecord, campaign: bool) -> anyhow::Result<()> {
+    async fn serve_tenant(&self, default: &Arc<Node>, r: &TenantRecord) -> anyhow::Result<()> {
         let me = default.member_id();
         let voter = r.voters.contains(&me);
         let bootstrap = if voter {
@@ -388,7 +413,7 @@ impl Tenants {
         let raft = default.raft.clone();
         let group = raft_log::GroupId(r.group);
         tokio::task::spawn_blocking(move || raft.create_group_with(group, bootstrap)).await??;
-        if campaign && voter {
+        if r.first_campaigner() == Some(me) {
             // A group that never had a leader (term 1 is its bootstrap's) is new: elect one now
             // rather than after an election timeout. A group that had one is left alone.
             if default.raft.status(group).is_some_and(|s| s.term.0 <= 1 && s.leader.0 == 0) {
@@ -507,9 +532,9 @@ pub fn membership_step(
 
 /// Campaigns for `group`, a new tenant's group that never had a leader, until it has one
 /// (at most [`FIRST_ELECTION_WINDOW`]), so a new tenant is led within a round trip or two
-/// instead of an election timeout (1 to 2 s by default). Only the registry's leader runs it,
-/// so campaigns of two members rarely split the vote; when they do, the election timer
-/// settles it as in any group.
+/// instead of an election timeout (1 to 2 s by default). One member runs it, so campaigns of
+/// two members rarely split the vote (only when the group's election timer fires meanwhile);
+/// the election timer settles that as in any group.
 async fn elect_first_leader(raft: raft_log::DriverHandle, group: raft_log::GroupId) {
     let deadline = Instant::now() + FIRST_ELECTION_WINDOW;
     // When this member last campaigned, and at which term.
@@ -1004,6 +1029,29 @@ mod tests {
         assert_eq!(step(&status(&[1, 2], &[4]), &[1, 2], &[]), Some((RemoveNode, 4)));
         // Additions come before removals (a replaced member: the group keeps its quorum).
         assert_eq!(step(&status(&[1, 2, 3], &[]), &[1, 2, 4], &[]), Some((AddNode, 4)));
+    }
+
+    #[test]
+    fn first_campaigners_are_voters_spread_over_the_members() {
+        let record = |group: u64, voters: &[u64]| TenantRecord {
+            name: "t".into(),
+            number: 1,
+            group,
+            quota_bytes: 0,
+            client_cns: Vec::new(),
+            voters: voters.to_vec(),
+            limits: TenantLimits::default(),
+        };
+        let mut per_member: HashMap<u64, usize> = HashMap::new();
+        for group in TENANT_GROUP_FIRST..TENANT_GROUP_FIRST + 300 {
+            let first = record(group, &[30, 10, 20]).first_campaigner().expect("a voter");
+            assert!([10, 20, 30].contains(&first), "{first}");
+            // The same on every member, whatever order the record lists the voters in.
+            assert_eq!(record(group, &[20, 30, 10]).first_campaigner(), Some(first));
+            *per_member.entry(first).or_default() += 1;
+        }
+        assert_eq!(per_member.values().copied().collect::<Vec<_>>(), [100, 100, 100]);
+        assert_eq!(record(TENANT_GROUP_FIRST, &[]).first_campaigner(), None);
     }
 
     #[test]
