@@ -47,7 +47,7 @@ fn puts_before(t: u16) -> i64 {
 
 /// Whether tenant `t` writes once more while the victim is down (only when others serve it).
 fn writes_while_down(t: u16) -> bool {
-    MEMBERS > 1 && t % WRITE_WHILE_DOWN_EVERY == 0
+    MEMBERS > 1 && t.is_multiple_of(WRITE_WHILE_DOWN_EVERY)
 }
 
 /// Puts of `k` tenant `t` makes in all.
@@ -175,7 +175,7 @@ fn a_member_hosting_1000_tenants_restarts_and_serves_each_its_own_data() {
         let deadline = phase + WRITE_PHASE;
         let b = bases.clone();
         for_every_tenant(&cluster, (1..=TENANTS).collect(), move |t| {
-            let through = endpoint(&b, usize::from(t) % MEMBERS, t);
+            let through = endpoint(&b, usize::from(t) % b.len(), t);
             async move {
                 for p in 0..puts_before(t) {
                     let revision = put(&through, t, p, deadline).await;
