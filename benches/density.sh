@@ -92,11 +92,16 @@ for i in 0 1 2; do plinth_pids+=("$(start_plinth $i)"); done
 pids+=("${plinth_pids[@]}")
 wait_port "$(client_port 0)" 60
 t0=$(date +%s.%N)
+create_us=()
 for t in $(seq 1 "$TENANTS"); do
+  s=$(date +%s%N)
   "$PLINTH_BIN" tenant create "t$t" --endpoints "127.0.0.1:$(client_port 0)" > /dev/null
+  e=$(date +%s%N)
+  create_us+=($(( (e - s) / 1000 )))
 done
 t1=$(date +%s.%N)
 echo "create: $TENANTS tenants in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
+printf '%s\n' "${create_us[@]}" | sort -n | awk '{ a[NR] = $1 } END { printf "one create (plinth tenant create, incl. process start; it answers once the tenant has a leader and its port is open on the member asked): p50 %.1f ms, p99 %.1f ms, max %.1f ms\n", a[int(NR * 0.5 + 0.5)] / 1000, a[int(NR * 0.99 + 0.5)] / 1000, a[NR] / 1000 }'
 echo "RSS after creation (MiB): $(for p in "${plinth_pids[@]}"; do awk -v k="$(rss_kib "$p")" 'BEGIN { printf "%.0f ", k / 1024 }'; done)"
 echo "idle CPU over ${IDLE}s (% of a core per member): $(idle_cpu "${plinth_pids[@]}")"
 echo "RSS idle (MiB): $(for p in "${plinth_pids[@]}"; do awk -v k="$(rss_kib "$p")" 'BEGIN { printf "%.0f ", k / 1024 }'; done)"

@@ -496,7 +496,9 @@ async fn expire_leases(default: Arc<Node>) {
         let is_leader = default.leader() == default.member_id();
         default.metrics.is_leader.set(i64::from(is_leader));
         for node in default.tenants.nodes() {
-            if node.leader() == node.member_id() {
+            // A group without leases (checked first: it costs a lock, not a copy of the
+            // group's Raft status) has nothing to expire.
+            if !node.lessor.is_empty() && node.leader() == node.member_id() {
                 revoke_expired(&node);
             }
         }

@@ -10,7 +10,10 @@
 //! - a tenant without a group here gets one: its runtime, its Raft group (bootstrapped with
 //!   the voters its record names, exactly as on every other member, or joined empty if this
 //!   member is not one of them), its [`Node`], its client router and, with
-//!   `--tenant-client-port-base P`, its plaintext listener on port P + number;
+//!   `--tenant-client-port-base P`, its plaintext listener on port P + number; the group's
+//!   first campaigner ([`TenantRecord::first_campaigner`]) elects its first leader at once
+//!   instead of after an election timeout, and a tenant that cannot be served yet (its
+//!   port taken) is retried at the next pass without holding up the others;
 //! - a group whose tenant is gone is removed: listener, Raft group (durably, so a restart
 //!   does not bring it back), runtime and store data;
 //! - on every group this member leads, the voters and learners follow the default group's,
@@ -59,6 +62,22 @@ const NEXT_GROUP_KEY: &[u8] = b"next-group";
 /// How often the reconciler runs without being told of a change (membership following,
 /// request-rate sampling, retries after failures).
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a new tenant's first campaigner (see [`TenantRecord::first_campaigner`]) keeps
+/// campaigning for its group until it has a leader (its peers may not have created the group yet, and raft-rs refuses to campaign
+/// before the bootstrap's conf changes are applied); past it, the group's election timer
+/// elects one as in any group.
+const FIRST_ELECTION_WINDOW: Duration = Duration::from_secs(2);
+/// Time between two looks at a new group's status while electing its first leader.
+const FIRST_ELECTION_POLL: Duration = Duration::from_millis(2);
+/// A campaign that has not moved the term in this time lost its pre-votes (no peer had the
+/// group yet): campaign again. A loopback or LAN round trip is well under it.
+const PRE_VOTE_WAIT: Duration = Duration::from_millis(10);
+/// A campaign that moved the term (a candidate) without a leader after this long lost its
+/// votes: campaign again.
+const VOTE_WAIT: Duration = Duration::from_millis(100);
+/// Time between two looks at whether a group is served and led, for a create or show that
+/// waits for it.
+const SERVED_POLL: Duration = Duration::from_millis(2);
 /// Largest `plinth.v1.Tenants` message decoded: an import step of several proposals' worth
 /// (the server splits it) and no more.
 pub const IMPORT_MESSAGE_BYTES_MAX: usize = 16 << 20;
@@ -83,6 +102,19 @@ pub struct TenantRecord {
 }
 
 impl TenantRecord {
+    /// The voter that campaigns for the group as soon as it exists, so a new tenant has a
+    /// leader at once instead of after an election timeout: picked by the group id among the
+    /// record's voters, which spreads the first leaders of many tenants evenly over the
+    /// members (as random election timeouts did) instead of piling them on one. When it is
+    /// down, the group's election timer elects a leader as in any group.
+    pub fn first_campaigner(&self) -> Option<u64> {
+        let mut voters = self.voters.clone();
+        voters.sort_unstable();
+        voters.dedup();
+        let n = voters.len() as u64;
+        (n > 0).then(|| voters[(self.group % n) as usize])
+    }
+
     fn to_pb(&self) -> pb::Tenant {
         pb::Tenant {
             name: self.name.clone(),
@@ -147,6 +179,8 @@ struct Registry {
     by_name: BTreeMap<String, TenantRecord>,
     /// Client certificate identity → group.
     by_cn: HashMap<String, u64>,
+    /// The system group's revision the records were read at (`None` before the first read).
+    revision: Option<store::Revision>,
 }
 
 /// The tenant registry and every group this member serves.
@@ -250,8 +284,16 @@ impl Tenants {
         self.registry.read().by_name.values().cloned().collect()
     }
 
-    /// Reads the registry from the system group's store (what this member has applied).
+    /// Reads the registry from the system group's store (what this member has applied),
+    /// unless the group's revision has not moved since the last read: the passes of an idle
+    /// member then decode no records (1,000 tenants are 1,000 JSON values).
     fn reload(&self, store: &store::Store) -> anyhow::Result<()> {
+        // Ordering: the revision is read before the records, so a change applied in between
+        // leaves an older revision beside newer records, and the next pass reads them again.
+        let revision = store.current_revision(store::GroupId(SYSTEM_GROUP));
+        if self.registry.read().revision == Some(revision) {
+            return Ok(());
+        }
         let records = read_records(store)?;
         let mut by_cn = HashMap::new();
         for r in records.values() {
@@ -259,7 +301,7 @@ impl Tenants {
                 by_cn.insert(cn.clone(), r.group);
             }
         }
-        *self.registry.write() = Registry { by_name: records, by_cn };
+        *self.registry.write() = Registry { by_name: records, by_cn, revision: Some(revision) };
         Ok(())
     }
 
@@ -277,30 +319,21 @@ impl Tenants {
     async fn reconcile(self: &Arc<Self>, default: &Arc<Node>) -> anyhow::Result<()> {
         self.reload(&default.store)?;
         let records = self.records();
-        let me = default.member_id();
-        // Groups to create.
+        // Groups to create, and tenant ports to open. One tenant's failure (its port taken by
+        // another process, say) is logged and retried at the next pass; it holds up no other
+        // tenant.
         for r in &records {
-            if self.served.read().contains_key(&r.group) {
-                continue;
+            // (The lock is released before serving: serving takes it for writing.)
+            let served = self.served.read().get(&r.group).map(|s| s.listener.is_some());
+            match served {
+                None => {
+                    if let Err(e) = self.serve_tenant(default, r).await {
+                        warn!(tenant = %r.name, group = r.group, error = %e, "cannot serve the tenant yet; retrying");
+                    }
+                }
+                Some(false) if self.cfg.port_base.is_some() => self.open_port(r).await,
+                Some(_) => {}
             }
-            let bootstrap = if r.voters.contains(&me) {
-                raft_log::Bootstrap::Members(r.voters.iter().map(|v| (raft_log::NodeId(*v), Bytes::new())).collect())
-            } else {
-                raft_log::Bootstrap::Join
-            };
-            let rt = self.groups.get(r.group);
-            let raft = default.raft.clone();
-            let group = r.group;
-            tokio::task::spawn_blocking(move || raft.create_group_with(raft_log::GroupId(group), bootstrap)).await??;
-            let node = Arc::new(default.sibling(rt));
-            let _ = node.runtime.tenant.set(Arc::from(r.name.as_str()));
-            let router = (self.make_router)(node.clone());
-            let listener = match self.cfg.port_base {
-                Some(base) => Some(self.listen(base, r, router.clone()).await?),
-                None => None,
-            };
-            info!(tenant = %r.name, number = r.number, group = r.group, "serving tenant");
-            self.served.write().insert(r.group, Served { node, router, listener });
         }
         // Groups whose tenant is gone.
         let live: std::collections::HashSet<u64> = records.iter().map(|r| r.group).collect();
@@ -362,6 +395,75 @@ impl Tenants {
         }
         self.sample_rates();
         Ok(())
+    }
+
+    /// Creates tenant `r`'s group on this member (idempotent: after a restart the group is
+    /// already there) and serves it: its node, its router and, with a port base, its port.
+    /// When this member is the group's first campaigner, it elects the group's first leader
+    /// (see [`elect_first_leader`]).
+    async fn serve_tenant(&self, default: &Arc<Node>, r: &TenantRecord) -> anyhow::Result<()> {
+        let me = default.member_id();
+        let voter = r.voters.contains(&me);
+        let bootstrap = if voter {
+            raft_log::Bootstrap::Members(r.voters.iter().map(|v| (raft_log::NodeId(*v), Bytes::new())).collect())
+        } else {
+            raft_log::Bootstrap::Join
+        };
+        let rt = self.groups.get(r.group);
+        let raft = default.raft.clone();
+        let group = raft_log::GroupId(r.group);
+        // After a restart the driver has already recovered the group from the WAL: a status
+        // says so, and saves a round trip through the driver's inbox per tenant (with 1,000
+        // tenants, those round trips behind the driver's other work took minutes).
+        if default.raft.status(group).is_none() {
+            tokio::task::spawn_blocking(move || raft.create_group_with(group, bootstrap)).await??;
+        }
+        if r.first_campaigner() == Some(me) {
+            // A group that never had a leader (term 1 is its bootstrap's) is new: elect one now
+            // rather than after an election timeout. A group that had one is left alone.
+            if default.raft.status(group).is_some_and(|s| s.term.0 <= 1 && s.leader.0 == 0) {
+                tokio::spawn(elect_first_leader(default.raft.clone(), group));
+            }
+        }
+        let node = Arc::new(default.sibling(rt));
+        let _ = node.runtime.tenant.set(Arc::from(r.name.as_str()));
+        let router = (self.make_router)(node.clone());
+        // Ordering: the port opens before the group counts as served, so a create that waits
+        // for it (`wait_served`) answers with the port open.
+        let listener = match self.cfg.port_base {
+            Some(base) => match self.listen(base, r, router.clone()).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    warn!(tenant = %r.name, error = %e, "cannot open the tenant's port; retrying");
+                    None
+                }
+            },
+            None => None,
+        };
+        info!(tenant = %r.name, number = r.number, group = r.group, "serving tenant");
+        self.served.write().insert(r.group, Served { node, router, listener });
+        Ok(())
+    }
+
+    /// Opens the port of tenant `r`, served here without one; a failure is logged, and the
+    /// next pass tries again.
+    async fn open_port(&self, r: &TenantRecord) {
+        let (Some(base), Some(router)) =
+            (self.cfg.port_base, self.served.read().get(&r.group).map(|s| s.router.clone()))
+        else {
+            return;
+        };
+        match self.listen(base, r, router).await {
+            Ok(listener) => {
+                let mut served = self.served.write();
+                match served.get_mut(&r.group) {
+                    Some(s) if s.listener.is_none() => s.listener = Some(listener),
+                    // Deleted meanwhile, or opened by another pass: this listener is not needed.
+                    _ => listener.abort(),
+                }
+            }
+            Err(e) => warn!(tenant = %r.name, error = %e, "cannot open the tenant's port; retrying"),
+        }
     }
 
     /// Opens tenant `r`'s plaintext port.
@@ -431,6 +533,40 @@ pub fn membership_step(
         return change(ConfChangeType::RemoveNode, v.0);
     }
     None
+}
+
+/// Campaigns for `group`, a new tenant's group that never had a leader, until it has one
+/// (at most [`FIRST_ELECTION_WINDOW`]), so a new tenant is led within a round trip or two
+/// instead of an election timeout (1 to 2 s by default). One member runs it, so campaigns of
+/// two members rarely split the vote (only when the group's election timer fires meanwhile);
+/// the election timer settles that as in any group.
+async fn elect_first_leader(raft: raft_log::DriverHandle, group: raft_log::GroupId) {
+    let deadline = Instant::now() + FIRST_ELECTION_WINDOW;
+    // When this member last campaigned, and at which term.
+    let mut last: Option<(Instant, u64)> = None;
+    while Instant::now() < deadline {
+        // No status: the group was removed meanwhile.
+        let Some(s) = raft.status(group) else { return };
+        if s.leader.0 != 0 {
+            return;
+        }
+        // raft-rs ignores a campaign while committed conf changes (the bootstrap's) wait to be
+        // applied: wait for the driver's first pass over the group.
+        let bootstrapped = s.applied >= s.commit;
+        let due = match last {
+            None => true,
+            Some((at, term)) => at.elapsed() >= if s.term.0 > term { VOTE_WAIT } else { PRE_VOTE_WAIT },
+        };
+        if bootstrapped && due {
+            // A full inbox (`Busy`) is retried at the next look.
+            if let Err(e) = raft.campaign(group) {
+                tracing::debug!(%group, error = %e, "campaign not queued");
+            }
+            last = Some((Instant::now(), s.term.0));
+        }
+        tokio::time::sleep(FIRST_ELECTION_POLL).await;
+    }
+    tracing::debug!(%group, "no leader yet after campaigning; the election timer takes over");
 }
 
 /// The tenant records in the system group's store.
@@ -581,11 +717,14 @@ impl TenantsService {
         Err(Status::aborted("plinth: the tenant registry kept changing; try again"))
     }
 
-    /// Waits until this member serves `group` (and, with `led`, knows its leader).
+    /// Waits until this member serves `group` (and, with `led`, knows its leader), up to the
+    /// request timeout.
     async fn wait_served(&self, group: u64, led: bool) -> Option<Arc<Node>> {
         let deadline = Instant::now() + self.node.cfg.request_timeout;
+        // The applier already told the reconciler of the registry change this member applied;
+        // one more pass costs little and covers a change it applied before this call.
+        self.tenants().changed.notify_one();
         loop {
-            self.tenants().changed.notify_one();
             if let Some(node) = self.tenants().node(group) {
                 if !led || node.leader() != 0 {
                     return Some(node);
@@ -594,7 +733,9 @@ impl TenantsService {
             if Instant::now() > deadline {
                 return None;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // A look is two map reads under read locks: cheap enough to poll for the few
+            // milliseconds a new group needs.
+            tokio::time::sleep(SERVED_POLL).await;
         }
     }
 }
@@ -893,6 +1034,29 @@ mod tests {
         assert_eq!(step(&status(&[1, 2], &[4]), &[1, 2], &[]), Some((RemoveNode, 4)));
         // Additions come before removals (a replaced member: the group keeps its quorum).
         assert_eq!(step(&status(&[1, 2, 3], &[]), &[1, 2, 4], &[]), Some((AddNode, 4)));
+    }
+
+    #[test]
+    fn first_campaigners_are_voters_spread_over_the_members() {
+        let record = |group: u64, voters: &[u64]| TenantRecord {
+            name: "t".into(),
+            number: 1,
+            group,
+            quota_bytes: 0,
+            client_cns: Vec::new(),
+            voters: voters.to_vec(),
+            limits: TenantLimits::default(),
+        };
+        let mut per_member: HashMap<u64, usize> = HashMap::new();
+        for group in TENANT_GROUP_FIRST..TENANT_GROUP_FIRST + 300 {
+            let first = record(group, &[30, 10, 20]).first_campaigner().expect("a voter");
+            assert!([10, 20, 30].contains(&first), "{first}");
+            // The same on every member, whatever order the record lists the voters in.
+            assert_eq!(record(group, &[20, 30, 10]).first_campaigner(), Some(first));
+            *per_member.entry(first).or_default() += 1;
+        }
+        assert_eq!(per_member.values().copied().collect::<Vec<_>>(), [100, 100, 100]);
+        assert_eq!(record(TENANT_GROUP_FIRST, &[]).first_campaigner(), None);
     }
 
     #[test]
