@@ -19,7 +19,9 @@
 //! - on every group this member leads, the voters and learners follow the default group's,
 //!   which carries the cluster's membership (one conf change per group per pass), and the
 //!   quota follows the record (a `GroupSettings` command through the group's own log, so
-//!   every replica enforces the same quota from the same entry on).
+//!   every replica enforces the same quota from the same entry on); `create` and `update`
+//!   propose it themselves before they answer, so a tenant never writes past a quota it was
+//!   given.
 //!
 //! **Resolution.** A connection's requests are served by one tenant's router: a tenant port
 //! serves its tenant; the shared client port maps the client certificate's Common Name
@@ -705,9 +707,17 @@ impl TenantsService {
                 store::CommandResponse::Txn(r) if r.succeeded => {
                     info!(tenant = %record.name, number, group, "tenant created");
                     // Answer once the tenant can take requests here: its group exists on
-                    // this member and has elected a leader.
-                    if self.wait_served(group, true).await.is_none() {
-                        warn!(tenant = %record.name, "tenant created but not yet served (no leader) by this member");
+                    // this member and has elected a leader, and its quota is in force.
+                    match self.wait_served(group, true).await {
+                        Some(node) => {
+                            // This member enforces the limits from the answer on; the others
+                            // from their next reconcile pass (within a second).
+                            node.runtime.limiter.set(record.limits);
+                            apply_quota(&node, record.quota_bytes).await?
+                        }
+                        None => {
+                            warn!(tenant = %record.name, "tenant created but not yet served (no leader) by this member")
+                        }
                     }
                     return Ok(record);
                 }
@@ -738,6 +748,16 @@ impl TenantsService {
             tokio::time::sleep(SERVED_POLL).await;
         }
     }
+}
+
+/// Puts `quota` in force in `node`'s group before a create or update answers (the reconciler
+/// would, but only at its next pass on the group's leader: a tenant must not write past its
+/// quota in the meantime). A proposal like the reconciler's, so either may come first.
+async fn apply_quota(node: &Node, quota: u64) -> Result<(), Status> {
+    if node.store.quota_setting(node.group()) == quota {
+        return Ok(());
+    }
+    node.propose(store::CommandBody::GroupSettings(store::GroupSettings { quota_bytes: quota })).await.map(|_| ())
 }
 
 /// Only the cluster admin: see the module docs of `plinth.v1` (proto/tenants.proto).
@@ -901,6 +921,13 @@ impl pb::tenants_server::Tenants for TenantsService {
                 store::CommandResponse::Txn(r) if r.succeeded => {
                     info!(tenant = %record.name, "tenant updated");
                     self.tenants().changed.notify_one();
+                    if let Some(node) = self.wait_served(record.group, req.set_quota_bytes).await {
+                        // As at create: this member's limits now, the others' within a second.
+                        node.runtime.limiter.set(record.limits);
+                        if req.set_quota_bytes {
+                            apply_quota(&node, record.quota_bytes).await?;
+                        }
+                    }
                     return Ok(Response::new(pb::TenantResponse { tenant: Some(record.to_pb()) }));
                 }
                 _ => continue,

@@ -218,7 +218,7 @@ fn tenants_are_isolated_from_each_other_and_from_the_default_tenant() {
                 }
             }
         }
-        assert!(refused, "beta's quota never refused a write");
+        assert!(refused, "beta's quota never refused a write; log: {}", cluster.members[0].log_tail(60));
         let alarms = b.alarm(etcd_client::AlarmAction::Get, etcd_client::AlarmType::None, None).await.unwrap();
         assert_eq!(alarms.alarms().len(), 1, "beta has its NOSPACE alarm");
         let alarms = a.alarm(etcd_client::AlarmAction::Get, etcd_client::AlarmType::None, None).await.unwrap();
