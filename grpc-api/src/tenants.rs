@@ -63,9 +63,9 @@ const NEXT_GROUP_KEY: &[u8] = b"next-group";
 /// request-rate sampling, retries after failures).
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a new tenant's first campaigner (see [`TenantRecord::first_campaigner`]) keeps
-/// campaigning for its group until it has a leader (its peers may not have created the group yet, and raft-rs refuses to campaign
-/// before the bootstrap's conf changes are applied); past it, the group's election timer
-/// elects one as in any group.
+/// campaigning for its group until it has a leader (its peers may not have created the group
+/// yet, and raft-rs refuses to campaign before the bootstrap's conf changes are applied);
+/// past it, the group's election timer elects one as in any group.
 const FIRST_ELECTION_WINDOW: Duration = Duration::from_secs(2);
 /// Time between two looks at a new group's status while electing its first leader.
 const FIRST_ELECTION_POLL: Duration = Duration::from_millis(2);
