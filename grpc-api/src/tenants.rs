@@ -65,9 +65,9 @@ const NEXT_GROUP_KEY: &[u8] = b"next-group";
 /// request-rate sampling, retries after failures).
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a new tenant's first campaigner (see [`TenantRecord::first_campaigner`]) keeps
-/// campaigning for its group until it has a leader (its peers may not have created the group yet, and raft-rs refuses to campaign
-/// before the bootstrap's conf changes are applied); past it, the group's election timer
-/// elects one as in any group.
+/// campaigning for its group until it has a leader (its peers may not have created the group
+/// yet, and raft-rs refuses to campaign before the bootstrap's conf changes are applied);
+/// past it, the group's election timer elects one as in any group.
 const FIRST_ELECTION_WINDOW: Duration = Duration::from_secs(2);
 /// Time between two looks at a new group's status while electing its first leader.
 const FIRST_ELECTION_POLL: Duration = Duration::from_millis(2);
@@ -424,7 +424,7 @@ impl Tenants {
             // A group that never had a leader (term 1 is its bootstrap's) is new: elect one now
             // rather than after an election timeout. A group that had one is left alone.
             if default.raft.status(group).is_some_and(|s| s.term.0 <= 1 && s.leader.0 == 0) {
-                tokio::spawn(elect_first_leader(default.raft.clone(), group));
+                tokio::spawn(elect_first_leader(default.raft.clone(), group, me, self.changed.clone()));
             }
         }
         let node = Arc::new(default.sibling(rt));
@@ -542,7 +542,15 @@ pub fn membership_step(
 /// instead of an election timeout (1 to 2 s by default). One member runs it, so campaigns of
 /// two members rarely split the vote (only when the group's election timer fires meanwhile);
 /// the election timer settles that as in any group.
-async fn elect_first_leader(raft: raft_log::DriverHandle, group: raft_log::GroupId) {
+///
+/// When this member wins, the reconciler is told, so its next pass (which acts on the groups
+/// this member leads) sets the tenant's quota now rather than at the next periodic pass.
+async fn elect_first_leader(
+    raft: raft_log::DriverHandle,
+    group: raft_log::GroupId,
+    me: u64,
+    reconcile: Arc<tokio::sync::Notify>,
+) {
     let deadline = Instant::now() + FIRST_ELECTION_WINDOW;
     // When this member last campaigned, and at which term.
     let mut last: Option<(Instant, u64)> = None;
@@ -550,6 +558,9 @@ async fn elect_first_leader(raft: raft_log::DriverHandle, group: raft_log::Group
         // No status: the group was removed meanwhile.
         let Some(s) = raft.status(group) else { return };
         if s.leader.0 != 0 {
+            if s.leader.0 == me {
+                reconcile.notify_one();
+            }
             return;
         }
         // raft-rs ignores a campaign while committed conf changes (the bootstrap's) wait to be
