@@ -209,30 +209,18 @@ pub(crate) fn write_group(db: &DB, g: GroupId, install: &Path) -> Result<()> {
     for cf in Cf::ALL {
         batch.delete_range_cf(engine::cf(db, cf), kc::group_prefix(g).to_vec(), kc::group_end(g));
     }
-    let mut reader = BufReader::with_capacity(1 << 20, File::open(install)?);
-    let mut header = [0u8; SNAPSHOT_CHUNK_HEADER_BYTES];
-    let mut chunk = Vec::new();
-    loop {
-        match reader.read_exact(&mut header) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(e.into()),
-        }
-        let len = snapshot_chunk_len(&header)?;
-        chunk.clear();
-        chunk.extend_from_slice(&header);
-        chunk.resize(len, 0);
-        reader.read_exact(&mut chunk[SNAPSHOT_CHUNK_HEADER_BYTES..])?;
+    for_each_chunk(install, |chunk| {
         // Checked again: the file was verified as it was written, but it is read back from
         // disk, possibly after a crash.
-        for_each_entry(&chunk, None, |cf, key, value| {
+        for_each_entry(chunk, None, |cf, key, value| {
             batch.put_cf(engine::cf(db, cf), kc::kv_key(g, key), value);
             Ok(())
         })?;
         if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
             db.write_opt(std::mem::take(&mut batch), &engine::write_options())?;
         }
-    }
+        Ok(())
+    })?;
     db.write_opt(batch, &engine::write_options())?;
     // Durability: the group is on disk (RocksDB's WAL is off) before the `.install` file,
     // the only other copy, goes; the flush is atomic over every column family.
@@ -271,20 +259,27 @@ pub(crate) fn recover(db: &DB, store_path: &Path) -> Result<Vec<GroupId>> {
 /// Verifies a spool or install file as one complete snapshot of `g`.
 fn verify_file(path: &Path, g: GroupId) -> Result<SnapshotMeta> {
     let mut verifier = ChunkVerifier::new(g);
-    let mut reader = BufReader::new(File::open(path)?);
+    for_each_chunk(path, |chunk| verifier.check(chunk))?;
+    verifier.finish().map_err(|e| Error::Corruption(format!("{}: {e}", path.display())))
+}
+
+/// Calls `f` with every chunk of a spool or install file, in order (one chunk in memory).
+fn for_each_chunk(path: &Path, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
     let mut header = [0u8; SNAPSHOT_CHUNK_HEADER_BYTES];
+    let mut chunk = Vec::new();
     loop {
         match reader.read_exact(&mut header) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        let mut chunk = header.to_vec();
+        chunk.clear();
+        chunk.extend_from_slice(&header);
         chunk.resize(snapshot_chunk_len(&header)?, 0);
         reader.read_exact(&mut chunk[SNAPSHOT_CHUNK_HEADER_BYTES..])?;
-        verifier.check(&chunk)?;
+        f(&chunk)?;
     }
-    verifier.finish().map_err(|e| Error::Corruption(format!("{}: {e}", path.display())))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -337,6 +332,26 @@ mod tests {
         (s, chunks)
     }
 
+    /// A store at `dir` (losing its memtables at close when `crash_like`) holding ten small keys of its own in G,
+    /// flushed: what a snapshot must replace.
+    fn target(dir: &Path, crash_like: bool) -> Store {
+        let s = if crash_like { crashy(dir) } else { Store::open(dir, StoreConfig::default()).unwrap() };
+        for i in 1..=10 {
+            put(&s, i, format!("old-{i}"), 10);
+        }
+        s.flush().unwrap();
+        s
+    }
+
+    /// Spools `chunks` into `s` and finishes the spool: the path of the complete spool.
+    fn spooled(s: &Store, chunks: &[Vec<u8>]) -> PathBuf {
+        let mut spool = s.snapshot_spool(G).unwrap();
+        for c in chunks {
+            spool.push(c).unwrap();
+        }
+        spool.finish().unwrap().1
+    }
+
     fn spool_files(store_dir: &Path) -> Vec<String> {
         let Ok(entries) = fs::read_dir(spool_dir(store_dir)) else { return Vec::new() };
         entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
@@ -347,10 +362,7 @@ mod tests {
         let (src_dir, dst_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (src, chunks) = source(src_dir.path());
         assert!(chunks.iter().map(Vec::len).sum::<usize>() > 2 * INSTALL_BATCH_BYTES);
-        let dst = Store::open(dst_dir.path(), StoreConfig::default()).unwrap();
-        for i in 1..=10 {
-            put(&dst, i, format!("old-{i}"), 10);
-        }
+        let dst = target(dst_dir.path(), false);
         assert_eq!(dst.install_snapshot(G, chunks.into_iter()).unwrap(), 3000);
         assert_eq!(fingerprint(&dst), fingerprint(&src));
         assert!(spool_files(dst_dir.path()).is_empty(), "{:?}", spool_files(dst_dir.path()));
@@ -363,17 +375,8 @@ mod tests {
         let (src_dir, dst_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (src, chunks) = source(src_dir.path());
         {
-            let dst = crashy(dst_dir.path());
-            for i in 1..=10 {
-                put(&dst, i, format!("old-{i}"), 10);
-            }
-            dst.flush().unwrap();
-            let mut spool = dst.snapshot_spool(G).unwrap();
-            for c in &chunks {
-                spool.push(c).unwrap();
-            }
-            let (_, spooled) = spool.finish().unwrap();
-            let install = decide(&spooled, G).unwrap();
+            let dst = target(dst_dir.path(), true);
+            let install = decide(&spooled(&dst, &chunks), G).unwrap();
             assert!(install.exists());
             // Half of `write_group`, made durable: the group's keys are deleted, its other
             // column families (meta: the old applied index) are not.
@@ -393,11 +396,7 @@ mod tests {
         let (src_dir, dst_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (_src, chunks) = source(src_dir.path());
         let before = {
-            let dst = crashy(dst_dir.path());
-            for i in 1..=10 {
-                put(&dst, i, format!("old-{i}"), 10);
-            }
-            dst.flush().unwrap();
+            let dst = target(dst_dir.path(), true);
             let mut spool = dst.snapshot_spool(G).unwrap();
             for c in &chunks[..chunks.len() / 2] {
                 spool.push(c).unwrap();
@@ -421,12 +420,7 @@ mod tests {
         let (_src, chunks) = source(src_dir.path());
         let install = {
             let dst = crashy(dst_dir.path());
-            let mut spool = dst.snapshot_spool(G).unwrap();
-            for c in &chunks {
-                spool.push(c).unwrap();
-            }
-            let (_, spooled) = spool.finish().unwrap();
-            decide(&spooled, G).unwrap()
+            decide(&spooled(&dst, &chunks), G).unwrap()
         };
         let mut bytes = fs::read(&install).unwrap();
         let middle = bytes.len() / 2;
