@@ -35,6 +35,8 @@ pub mod netns;
 pub mod netproxy;
 pub mod normalize;
 pub mod ports;
+#[cfg(test)]
+mod ports_tests;
 pub mod process;
 pub mod session;
 

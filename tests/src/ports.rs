@@ -30,7 +30,7 @@ impl Port {
     }
 }
 
-fn lock_dir() -> PathBuf {
+pub(crate) fn lock_dir() -> PathBuf {
     let dir = std::env::temp_dir().join("plinth-test-ports");
     std::fs::create_dir_all(&dir).expect("create port lock dir");
     dir
@@ -87,31 +87,4 @@ pub fn reserve_block(n: u16) -> Vec<Port> {
         }
     }
     panic!("no {n} consecutive free loopback ports in {FIRST}..{}", FIRST + SPAN);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reservations_are_distinct_and_bindable() {
-        let ports: Vec<Port> = (0..50).map(|_| reserve()).collect();
-        let mut seen: Vec<u16> = ports.iter().map(Port::get).collect();
-        seen.sort_unstable();
-        seen.dedup();
-        assert_eq!(seen.len(), 50);
-        for p in &ports {
-            TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, p.get())).unwrap();
-        }
-    }
-
-    #[test]
-    fn a_held_port_is_not_handed_out_again() {
-        let held = reserve();
-        let path = lock_dir().join(format!("{}.lock", held.get()));
-        let f = OpenOptions::new().write(true).open(path).unwrap();
-        // SAFETY: flock on a valid fd.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        assert_ne!(rc, 0, "a second lock on a reserved port must fail");
-    }
 }
