@@ -35,11 +35,7 @@ impl Kv for KvService {
         // index: a linearizable read sees every auth change committed before it began.
         let identity = Request::from_parts(metadata, extensions, ());
         crate::auth::caller(node, &identity)?.check_read(&req.key, &req.range_end)?;
-        let (store, group) = (node.store.clone(), node.group());
-        let resp = node
-            .read(Cost::of_range(&req.range_end), move || store.range(group, &req))
-            .await?
-            .map_err(|e| store_status(&e))?;
+        let resp = node.read(Cost::of_range(&req.range_end), move |store, group| store.range(group, &req)).await?;
         Ok(Response::new(range_to_pb(node, resp)))
     }
 
@@ -149,9 +145,7 @@ async fn read_only_txn(node: &Node, txn: store::TxnRequest, identity: &Request<(
     }
     // Every compare and range, nested txns included, after the barrier (as for a range).
     crate::auth::caller(node, identity)?.check_txn(&txn)?;
-    let (store, group) = (node.store.clone(), node.group());
-    let resp =
-        node.read(txn_cost(&txn), move || store.read_only_txn(group, &txn)).await?.map_err(|e| store_status(&e))?;
+    let resp = node.read(txn_cost(&txn), move |store, group| store.read_only_txn(group, &txn)).await?;
     Ok(txn_to_pb(node, resp))
 }
 

@@ -136,8 +136,7 @@ impl Lease for LeaseService {
             }));
         };
         let keys = if req.keys {
-            let store = node.store.clone();
-            node.read(Cost::Scan, move || store.lease_keys(group, req.id)).await?.map_err(|e| store_status(&e))?
+            node.read(Cost::Scan, move |store, group| store.lease_keys(group, req.id)).await?
         } else {
             Vec::new()
         };
@@ -159,11 +158,9 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         let node = &self.node;
         node.read_barrier().await?;
-        let (store, group) = (node.store.clone(), node.group());
         let leases = node
-            .read(Cost::Scan, move || store.leases(group))
+            .read(Cost::Scan, |store, group| store.leases(group))
             .await?
-            .map_err(|e| store_status(&e))?
             .into_iter()
             .map(|l| pb::LeaseStatus { id: l.id })
             .collect();

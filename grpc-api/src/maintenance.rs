@@ -165,9 +165,7 @@ impl Maintenance for MaintenanceService {
         // the auth store's unmapped errors).
         crate::auth::check_admin_unmapped(&self.node, &request)?;
         let node = &self.node;
-        let (store, group) = (node.store.clone(), node.group());
-        let (hash, _, _) =
-            node.read(Cost::Scan, move || store.hash_kv(group, 0)).await?.map_err(|e| store_status(&e))?;
+        let (hash, _, _) = node.read(Cost::Scan, |store, group| store.hash_kv(group, 0)).await?;
         Ok(Response::new(pb::HashResponse { header: Some(node.current_header()), hash }))
     }
 
@@ -177,9 +175,8 @@ impl Maintenance for MaintenanceService {
         crate::auth::check_admin_unmapped(&self.node, &request)?;
         let node = &self.node;
         let revision = request.into_inner().revision;
-        let (store, group) = (node.store.clone(), node.group());
         let (hash, compact_revision, hash_revision) =
-            node.read(Cost::Scan, move || store.hash_kv(group, revision)).await?.map_err(|e| store_status(&e))?;
+            node.read(Cost::Scan, move |store, group| store.hash_kv(group, revision)).await?;
         // etcd reports -1 until the first compaction.
         let compact_revision = if compact_revision == 0 { -1 } else { compact_revision };
         Ok(Response::new(pb::HashKvResponse {

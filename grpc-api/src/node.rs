@@ -498,14 +498,20 @@ impl Node {
         }
     }
 
-    /// Runs a store read of this group as its cost says: a point read in place, a scan on a
-    /// blocking thread within the group's and the member's permits (`shares.rs`).
+    /// Runs `read` on this group's store as its cost says: a point read in place, a scan on a
+    /// blocking thread within the group's and the member's permits (`shares.rs`). A store
+    /// error is answered as etcd's status for it.
     pub async fn read<T, F>(&self, cost: crate::shares::Cost, read: F) -> Result<T, tonic::Status>
     where
-        F: FnOnce() -> T + Send + 'static,
+        F: FnOnce(&store::Store, store::GroupId) -> store::Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        self.runtime.reads.run(&self.runtime.scans, cost, read).await
+        let (store, group) = (self.store.clone(), self.group());
+        self.runtime
+            .reads
+            .run(&self.runtime.scans, cost, move || read(&store, group))
+            .await?
+            .map_err(|e| crate::error::store_status(&e))
     }
 
     /// The store group this node serves.
