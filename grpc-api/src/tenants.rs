@@ -384,11 +384,11 @@ impl Tenants {
                 }
             }
             if let Some(&quota) = quotas.get(&group) {
+                // Checked here as well, so an idle pass spawns nothing.
                 if node.store.quota_setting(node.group()) != quota {
-                    let body = store::CommandBody::GroupSettings(store::GroupSettings { quota_bytes: quota });
                     let node = node.clone();
                     tokio::spawn(async move {
-                        if let Err(s) = node.propose(body).await {
+                        if let Err(s) = apply_quota(&node, quota).await {
                             warn!(group, error = %s.message(), "could not set the tenant's quota");
                         }
                     });
@@ -424,7 +424,7 @@ impl Tenants {
             // A group that never had a leader (term 1 is its bootstrap's) is new: elect one now
             // rather than after an election timeout. A group that had one is left alone.
             if default.raft.status(group).is_some_and(|s| s.term.0 <= 1 && s.leader.0 == 0) {
-                tokio::spawn(elect_first_leader(default.raft.clone(), group, me, self.changed.clone()));
+                tokio::spawn(elect_first_leader(default.raft.clone(), group));
             }
         }
         let node = Arc::new(default.sibling(rt));
@@ -541,16 +541,9 @@ pub fn membership_step(
 /// (at most [`FIRST_ELECTION_WINDOW`]), so a new tenant is led within a round trip or two
 /// instead of an election timeout (1 to 2 s by default). One member runs it, so campaigns of
 /// two members rarely split the vote (only when the group's election timer fires meanwhile);
-/// the election timer settles that as in any group.
-///
-/// When this member wins, the reconciler is told, so its next pass (which acts on the groups
-/// this member leads) sets the tenant's quota now rather than at the next periodic pass.
-async fn elect_first_leader(
-    raft: raft_log::DriverHandle,
-    group: raft_log::GroupId,
-    me: u64,
-    reconcile: Arc<tokio::sync::Notify>,
-) {
+/// the election timer settles that as in any group. (The tenant's quota is put in force by
+/// `create` itself, which waits for this leader: see `apply_quota`.)
+async fn elect_first_leader(raft: raft_log::DriverHandle, group: raft_log::GroupId) {
     let deadline = Instant::now() + FIRST_ELECTION_WINDOW;
     // When this member last campaigned, and at which term.
     let mut last: Option<(Instant, u64)> = None;
@@ -558,9 +551,6 @@ async fn elect_first_leader(
         // No status: the group was removed meanwhile.
         let Some(s) = raft.status(group) else { return };
         if s.leader.0 != 0 {
-            if s.leader.0 == me {
-                reconcile.notify_one();
-            }
             return;
         }
         // raft-rs ignores a campaign while committed conf changes (the bootstrap's) wait to be
@@ -761,9 +751,9 @@ impl TenantsService {
     }
 }
 
-/// Puts `quota` in force in `node`'s group before a create or update answers (the reconciler
-/// would, but only at its next pass on the group's leader: a tenant must not write past its
-/// quota in the meantime). A proposal like the reconciler's, so either may come first.
+/// Puts `quota` in force in `node`'s group: a `GroupSettings` proposal, unless the group has
+/// it already. The reconciler calls it on the groups this member leads; `create` and `update`
+/// call it before they answer, so a tenant never writes past its quota until the next pass.
 async fn apply_quota(node: &Node, quota: u64) -> Result<(), Status> {
     if node.store.quota_setting(node.group()) == quota {
         return Ok(());
