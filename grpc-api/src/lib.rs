@@ -12,7 +12,7 @@
 //!                   Node::propose ──► raft-log DriverHandle ──► WAL (group commit)
 //!                     ▲                                  │ committed entries
 //!                     │ waiter (request id)              ▼
-//!                   Applier::apply ◄──────────── raft driver thread
+//!                   Applier::apply ◄──────────── raft-log apply worker
 //!                     │ store.apply (one WriteBatch), lessor, answer waiter
 //! ```
 //!
@@ -72,9 +72,10 @@
 //!   its connection's tenant (a tenant port, or the client certificate's SAN URI or CN), and
 //!   counted in metrics labelled by tenant (`metrics.rs`). A tenant's limits (requests per
 //!   second, proposals in flight, watchers, written bytes per second; `limits.rs`) are
-//!   enforced per member and answer etcd's "too many requests". Not yet: hibernation of idle
-//!   groups, apply off the driver thread, fair scheduling across groups, snapshots streamed
-//!   into SST files.
+//!   enforced per member and answer etcd's "too many requests". Idle groups hibernate;
+//!   apply runs on raft-log's apply worker, fair across groups; snapshots from a peer are
+//!   spooled to disk and installed in batches. Not yet: fair scheduling of the driver's
+//!   inbox across groups.
 //! - Backups (`backup/`): objects, manifests, targets and offline restore, and the schedule
 //!   (`backup/schedule.rs`) that takes each tenant's backups on its group's leader, records a
 //!   replicated backup mark after each, and holds history for the next delta (the store's

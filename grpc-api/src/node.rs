@@ -895,7 +895,7 @@ fn driver_status(e: &raft_log::Error) -> Status {
 }
 
 /// Applies committed entries of this member's groups to the store and answers waiters. Runs
-/// on the Raft driver's thread, in log order.
+/// on raft-log's apply worker, off the Raft driver's thread, in log order per group.
 pub struct Applier {
     pub store: store::Store,
     pub groups: Arc<Groups>,

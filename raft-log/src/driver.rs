@@ -17,6 +17,7 @@ use parking_lot::RwLock;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message};
 use raft::{RawNode, SnapshotStatus};
 
+use crate::apply::{Applier, ApplyTask};
 use crate::batch::WriteBatch;
 use crate::driver_config::DriverConfig;
 use crate::error::{Error, Result};
@@ -60,8 +61,9 @@ pub trait Transport: Send + Sync + 'static {
 pub trait SnapshotSource: Send + Sync + 'static {
     /// Pins the state of `group` as of its applied index, to be sent to `to`, and returns that
     /// applied index with an opaque token that rides in the Raft snapshot's data. Called on
-    /// the driver thread between applies, so the applied index is the driver's own and the
-    /// group's current ConfState is the one in force at it.
+    /// the driver thread once the state machine has applied everything dispatched to it
+    /// (see `apply.rs`), so the applied index is the driver's own and the group's current
+    /// ConfState is the one in force at it.
     fn pin(&self, group: GroupId, to: NodeId) -> Result<(LogIndex, Vec<u8>)>;
 }
 
@@ -97,8 +99,9 @@ pub trait StateMachine: Send + 'static {
     fn applied_index(&self, group: GroupId) -> LogIndex;
     /// Committed normal entries of one group, in log order, exactly once per index after
     /// `applied_index`. Empty-data entries (leader no-ops) are included so the applied
-    /// index advances. Runs on the driver thread: must not call blocking `DriverHandle`
-    /// methods (`create_group`).
+    /// index advances. Runs on the apply worker's thread (a `Driver`; see `apply.rs`) or the
+    /// caller's (a `ManualDriver`): must not call blocking `DriverHandle` methods
+    /// (`create_group`), and must not wait for the driver.
     fn apply(&mut self, group: GroupId, entries: Vec<CommittedEntry>);
     /// Leadership changed for a group (leader id 0 = none).
     fn on_leader_change(&mut self, _group: GroupId, _leader: NodeId, _term: Term) {}
@@ -289,7 +292,8 @@ impl PendingReads {
 pub(crate) struct Loop {
     pub cfg: DriverConfig,
     pub wal: Arc<Wal>,
-    pub sm: Box<dyn StateMachine>,
+    /// Where committed entries go: the apply worker (a `Driver`) or inline (`ManualDriver`).
+    pub applier: Applier,
     pub transport: Arc<dyn Transport>,
     pub snapshots: Option<Arc<dyn SnapshotSource>>,
     pub rx: Receiver<Msg>,
@@ -404,7 +408,7 @@ impl Driver {
     ) -> Result<(Driver, DriverHandle)> {
         cfg.validate()?;
         let (tx, rx) = sync_channel(cfg.proposal_queue_max);
-        let lp = Loop::new(cfg, wal, sm, transport, snapshots, rx)?;
+        let lp = Loop::new(cfg, wal, sm, transport, snapshots, rx, true)?;
         let status = Arc::clone(&lp.status);
         let peer_inbox = Arc::clone(&lp.peer_inbox);
         let awake_count = Arc::clone(&lp.awake_count);
@@ -614,11 +618,13 @@ impl Loop {
         transport: Arc<dyn Transport>,
         snapshots: Option<Arc<dyn SnapshotSource>>,
         rx: Receiver<Msg>,
+        threaded_apply: bool,
     ) -> Result<Loop> {
+        let applier = if threaded_apply { Applier::threaded(sm)? } else { Applier::inline(sm) };
         let mut lp = Loop {
             cfg,
             wal,
-            sm,
+            applier,
             transport,
             snapshots,
             rx,
@@ -678,11 +684,11 @@ impl Loop {
         }
         let mut storage = self.wal.storage(group);
         if let Some(source) = &self.snapshots {
-            storage = storage.with_snapshot_source(source.clone());
+            storage = storage.with_snapshot_source(self.applier.settled_source(source.clone()));
         }
         let state = raft::Storage::initial_state(&storage)?;
         let first = raft::Storage::first_index(&storage)?;
-        let sm_applied = self.sm.applied_index(group).0;
+        let sm_applied = self.applier.applied_index(group).0;
         if sm_applied + 1 < first {
             return Err(Error::AppliedCompacted { group, applied: LogIndex(sm_applied), first: LogIndex(first) });
         }
@@ -719,6 +725,10 @@ impl Loop {
 
     /// See [`DriverHandle::remove_group`].
     pub fn remove_peer(&mut self, group: GroupId) -> Result<()> {
+        // Ordering: everything dispatched for the group has reached the state machine before
+        // the removal is answered, so its owner can delete the group's data without a late
+        // apply writing some of it back.
+        self.applier.wait_idle();
         let known = self.peers.remove(&group).is_some();
         self.forget(group);
         if !known && self.wal.group_state(group).is_none() {
@@ -886,12 +896,12 @@ impl Loop {
         if restored || index <= p.applied || index <= p.skip_through {
             return;
         }
-        if self.sm.applied_index(group).0 < index {
+        if self.applier.applied_index(group).0 < index {
             // The data was not installed (the transport found the state machine ahead).
             return;
         }
         p.skip_through = index;
-        self.sm.on_snapshot(group, LogIndex(index));
+        self.applier.dispatch(ApplyTask::Snapshot(group, LogIndex(index)));
     }
 
     /// Checks and starts a leader transfer; its answer comes from `service_transfers`.
@@ -1091,5 +1101,7 @@ impl Loop {
                 tracing::warn!(error = %e, "could not persist final commit index");
             }
         }
+        // What was dispatched is applied before the driver reports itself stopped.
+        self.applier.stop();
     }
 }

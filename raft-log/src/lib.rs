@@ -93,8 +93,17 @@
 //!                                        │ one WriteBatch per loop iteration
 //!                                        ├─► Wal (waits for the fsync)
 //!                                        ├─► Transport::send (must not block)
-//!                                        └─► StateMachine::apply
+//!                                        └─► apply queue (bounded) ──► apply worker thread
+//!                                             per-group FIFOs, round robin ──► StateMachine
 //! ```
+//!
+//! The apply worker (`apply.rs`) is why a slow RocksDB write never silences a leader: the
+//! driver hands each group's committed entries, conf-change notices, snapshot installs and
+//! leader changes to it in log order once their Ready is durable, and goes on ticking and
+//! persisting. The worker gives every group with work at most `APPLY_BUDGET_ENTRIES`
+//! entries per pass (one `apply` call for consecutive entries), so one tenant's backlog
+//! delays another's apply by one budget, not by the backlog. A [`ManualDriver`] applies
+//! inline, so simulations stay deterministic.
 //!
 //! Readers (`GroupStorage`, `Wal::entries`) take a read lock on the index, which only the
 //! holder of the segment lock (the writer thread or an inline `write`) changes, after the
@@ -110,7 +119,8 @@
 //!   ConfState is made durable, [`StateMachine::on_conf_change`] hears of it, and the state
 //!   machine then receives an empty entry at its index so its applied index passes it.
 //! - **Snapshots.** When Raft needs entries this node has compacted, [`GroupStorage`] asks
-//!   the [`SnapshotSource`] (on the driver thread, between applies) to pin the state machine
+//!   the [`SnapshotSource`] (on the driver thread, once the apply worker has run everything
+//!   dispatched to it) to pin the state machine
 //!   at its applied index; the snapshot's metadata pairs that index with its term and the
 //!   ConfState in force, and its data is the source's token (the transport streams the state
 //!   beside the message). On a follower the transport installs the data first and then steps
@@ -188,6 +198,7 @@
 //! - The entry cache is per group, so its total size is `awake groups × cache limits` (a
 //!   sleeping group's cache is dropped).
 
+mod apply;
 mod batch;
 mod config;
 mod driver;

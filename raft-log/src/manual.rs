@@ -77,7 +77,7 @@ impl ManualDriver {
     ) -> Result<ManualDriver> {
         cfg.validate()?;
         let (inbox, rx) = sync_channel(1);
-        let mut lp = Loop::new(cfg, wal, sm, transport, snapshots, rx)?;
+        let mut lp = Loop::new(cfg, wal, sm, transport, snapshots, rx, false)?;
         lp.clock = Some(Instant::now());
         Ok(ManualDriver { lp, _inbox: inbox })
     }

@@ -5,7 +5,7 @@
 //! 3. persist entries + HardState of EVERY ready group in ONE WAL batch, ONE fsync, and
 //!    wait for it;
 //! 4. send `persisted_messages()`;
-//! 5. apply `committed_entries`;
+//! 5. hand `committed_entries` to the apply worker (`apply.rs`), in log order;
 //! 6. `advance()`, handle the `LightReady` the same way, `advance_apply()`.
 
 use bytes::Bytes;
@@ -13,6 +13,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
 use raft::{ReadState, Ready};
 
+use crate::apply::ApplyTask;
 use crate::batch::WriteBatch;
 use crate::driver::{CommittedEntry, Loop, Peer, READ_CTX_BYTES};
 use crate::error::Error;
@@ -84,7 +85,7 @@ impl Loop {
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     // Ordering: what came before the change is applied before the change.
                     if !out.is_empty() {
-                        self.sm.apply(group, std::mem::take(&mut out));
+                        self.applier.dispatch(ApplyTask::Entries(group, std::mem::take(&mut out)));
                     }
                     self.apply_conf_change(group, &e);
                     if !replayed {
@@ -96,7 +97,7 @@ impl Loop {
             }
         }
         if !out.is_empty() {
-            self.sm.apply(group, out);
+            self.applier.dispatch(ApplyTask::Entries(group, out));
         }
     }
 
@@ -144,7 +145,7 @@ impl Loop {
                     peer.raw.raft.become_follower(term, raft::INVALID_ID);
                     tracing::info!(%group, term, "this leader left the group's voters; stepped down");
                 }
-                self.sm.on_conf_change(group, LogIndex(e.index), &cc, &cs);
+                self.applier.dispatch(ApplyTask::ConfChange { group, index: LogIndex(e.index), change: cc, state: cs });
             }
             Err(err) => tracing::warn!(%group, index = e.index, error = %err, "conf change not applied"),
         }
@@ -226,7 +227,7 @@ impl Loop {
             self.complete_reads(states);
             if let Some((leader, term)) = leader_changed {
                 self.reissue_reads(group);
-                self.sm.on_leader_change(group, NodeId(leader), Term(term));
+                self.applier.dispatch(ApplyTask::LeaderChange(group, NodeId(leader), Term(term)));
             }
             readies.push((group, rd));
         }
@@ -242,7 +243,7 @@ impl Loop {
             }
         }
         for (group, index) in installed {
-            self.sm.on_snapshot(group, LogIndex(index));
+            self.applier.dispatch(ApplyTask::Snapshot(group, LogIndex(index)));
         }
         for (group, mut rd) in readies {
             // 4. Votes and append responses promise durability: send them only now.

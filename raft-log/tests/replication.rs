@@ -7,6 +7,7 @@ mod common;
 
 use common::{propose_retrying, start_driver};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,14 +18,17 @@ use raft_log::{CommittedEntry, Driver, DriverHandle, Error, GroupId, LogIndex, N
 const GROUP: GroupId = GroupId(1);
 const NODES: [u64; 3] = [1, 2, 3];
 
+/// The entries applied, and how long each `apply` call sleeps first (in ms), to stand for a
+/// slow disk.
 #[derive(Clone, Default)]
-struct Sm(Arc<Mutex<Vec<CommittedEntry>>>);
+struct Sm(Arc<Mutex<Vec<CommittedEntry>>>, Arc<AtomicU64>);
 
 impl StateMachine for Sm {
     fn applied_index(&self, _group: GroupId) -> LogIndex {
         LogIndex(0)
     }
     fn apply(&mut self, _group: GroupId, entries: Vec<CommittedEntry>) {
+        std::thread::sleep(Duration::from_millis(self.1.load(Ordering::Relaxed)));
         self.0.lock().extend(entries);
     }
 }
@@ -177,6 +181,37 @@ fn followers_forward_proposals_and_reads_and_survive_a_cut_off_leader() {
             assert_eq!(pair[0].index.0 + 1, pair[1].index.0, "node {id} applied a gap");
         }
     }
+    drop(c.drivers);
+}
+
+/// Apply runs off the driver thread: a leader whose state machine takes several election
+/// timeouts per apply keeps sending heartbeats meanwhile, so its followers never campaign.
+/// (With apply on the driver thread the leader fell silent for the whole apply and lost its
+/// term.)
+#[test]
+fn a_slow_apply_does_not_cost_the_leader_its_term() {
+    let c = Cluster::start();
+    let leader = c.wait_leader(None);
+    c.propose(leader, "warm".into());
+    wait_until("the first entry everywhere", || c.sms.values().all(|sm| sm.data().len() == 1));
+    let term = c.handle(leader).status(GROUP).unwrap().term;
+    // An election timeout is 10 ticks of 10 ms: each apply now lasts four of them.
+    c.sms[&leader].1.store(400, Ordering::Relaxed);
+    for i in 0..3 {
+        c.propose(leader, format!("slow{i}"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_until("the slow entries applied on the leader", || c.sms[&leader].data().len() == 4);
+    for id in NODES {
+        let s = c.handle(id).status(GROUP).unwrap();
+        assert_eq!(
+            (s.leader.0, s.term),
+            (leader, term),
+            "node {id}: the leader or the term changed during slow applies"
+        );
+    }
+    wait_until("the slow entries everywhere", || c.sms.values().all(|sm| sm.data().len() == 4));
+    c.sms[&leader].1.store(0, Ordering::Relaxed);
     drop(c.drivers);
 }
 
