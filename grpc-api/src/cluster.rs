@@ -12,7 +12,7 @@ use raft::eraftpb::ConfChangeType;
 use tonic::{Request, Response, Status};
 
 use crate::error::EtcdError;
-use crate::member::{new_member_id, normalize_urls, Member};
+use crate::node::membership::{new_member_id, normalize_urls, Member};
 use crate::node::{Node, LEARNERS_MAX};
 use crate::pb::etcdserverpb::{self as pb, cluster_server::Cluster};
 

@@ -177,7 +177,7 @@ pub struct SecurityArgs {
     #[arg(long)]
     pub self_signed_cert_validity: Option<String>,
     /// Certificate (PEM chain, leaf first) served on `https://` peer URLs and presented to
-    /// the other members as a client; re-read when it changes (see `peer_tls.rs`).
+    /// the other members as a client; re-read when it changes (see `node/peer_tls.rs`).
     #[arg(long)]
     pub peer_cert_file: Option<String>,
     /// Private key of `--peer-cert-file`.
@@ -188,7 +188,7 @@ pub struct SecurityArgs {
     #[arg(long)]
     pub peer_trusted_ca_file: Option<String>,
     /// Require a peer client certificate signed by `--peer-trusted-ca-file` at the handshake,
-    /// and bind it to the member it speaks for (see `peer_tls.rs`).
+    /// and bind it to the member it speaks for (see `node/peer_tls.rs`).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub peer_client_cert_auth: Option<bool>,
     /// Serve `https://` peer URLs with a self-signed certificate made at start under
@@ -261,8 +261,8 @@ impl SecurityArgs {
 
 impl SecurityArgs {
     /// The auth settings from `--auth-token`, `--auth-token-ttl` and `--bcrypt-cost`.
-    pub fn auth_config(&self) -> anyhow::Result<crate::auth::AuthConfig> {
-        crate::auth::AuthConfig::from_flags(
+    pub fn auth_config(&self) -> anyhow::Result<crate::auth_config::AuthConfig> {
+        crate::auth_config::AuthConfig::from_flags(
             self.auth_token.as_deref(),
             self.auth_token_ttl.as_deref(),
             self.bcrypt_cost.as_deref(),

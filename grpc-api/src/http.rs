@@ -146,7 +146,7 @@ async fn health(State(node): State<Arc<Node>>, Query(params): Query<HashMap<Stri
 
 async fn health_failure(node: &Node, serializable: bool, excluded: &[&str]) -> Option<String> {
     for alarm in node.alarms.active() {
-        let name = crate::maintenance::alarm_name(alarm.alarm);
+        let name = crate::node::alarms::alarm_name(alarm.alarm);
         if !excluded.contains(&name) {
             return Some(format!("ALARM {name}"));
         }

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::error::{store_status, EtcdError};
+use crate::node::shares::Cost;
 use crate::node::Node;
 use crate::pb::etcdserverpb::{self as pb, kv_server::Kv};
 use crate::pb::mvccpb;
-use crate::shares::Cost;
 
 /// The KV service.
 pub struct KvService {

@@ -9,10 +9,10 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{store_status, EtcdError};
-use crate::lessor::TTL_MAX_SECONDS;
+use crate::node::lessor::TTL_MAX_SECONDS;
+use crate::node::shares::Cost;
 use crate::node::Node;
 use crate::pb::etcdserverpb::{self as pb, lease_server::Lease};
-use crate::shares::Cost;
 
 /// Keep-alive responses buffered per stream before the client must read them.
 const KEEPALIVE_BUFFER: usize = 16;

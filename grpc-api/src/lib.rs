@@ -6,8 +6,9 @@
 //! exposes HTTP health and Prometheus metrics. The `plinth` binary lives here.
 //!
 //! ```text
-//!  gRPC request ──► service (kv/watch/lease/cluster/maintenance)
+//!  gRPC request ──► service (kv/watch/lease/cluster/maintenance/auth/tenants)
 //!                     │ validate, build store::Command
+//!  ─ ─ ─ ─ ─ ─ ─ ─ ─ ─│─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ services above, node/ below ─ ─ ─ ─ ─
 //!                     ▼
 //!                   Node::propose ──► raft-log DriverHandle ──► WAL (group commit)
 //!                     ▲                                  │ committed entries
@@ -15,6 +16,20 @@
 //!                   Applier::apply ◄──────────── raft-log apply worker
 //!                     │ store.apply (one WriteBatch), lessor, answer waiter
 //! ```
+//!
+//! Modules come in two layers. The node tree (`node/`) is what makes the process a member:
+//! `node` itself (`Node`, `GroupRuntime`, `Groups`, proposals and waiters, the read
+//! barrier), `node::apply` (the `Applier`), `node::membership` (`member.json` and the live
+//! member list), `node::peer` and `node::peer_tls` (the peer transport), `node::tenants` (the
+//! tenant registry and reconciler), `node::lessor`, `node::limits`, `node::shares`,
+//! `node::alarms` and `node::metrics`. The services sit on it: `kv`, `watch`, `lease`,
+//! `maintenance`, `cluster`, `auth`, `tenants` (the tenant admin API), `backup`'s
+//! `Backups` service and `http`; `serve` wires both into the binary, and `tenant_cli`,
+//! `migrate` and `backup::cli` are its client-side commands. Shared by both layers: `pb`,
+//! `error`, `config`, `auth_config`, `tls`, `version` and `backup`'s formats. Nothing under
+//! `node/` uses a service or `serve` (checked by `tests/module_rule.rs`): what the node
+//! needs from above, the client router of a group and the server of a tenant port, `serve`
+//! hands to it (`node::tenants::RouterFactory`, `node::tenants::PortServer`).
 //!
 //! Guarantees:
 //! - Every client-visible error carries etcd's gRPC code and exact message (`error.rs`).
@@ -25,14 +40,14 @@
 //!   membership waiters (`CONF_WAITERS_MAX`); per watch stream, the store's channel and
 //!   `SEND_BUFFER` responses; per keep-alive stream, `KEEPALIVE_BUFFER`; per peer,
 //!   `PEER_QUEUE_MSGS_MAX` messages and `STREAM_BATCHES_MAX` batches; a snapshot being sent
-//!   to a peer, `SNAPSHOT_CHUNKS_BUFFERED` chunks (`peer.rs`), and to a `Maintenance.Snapshot`
-//!   client, `SNAPSHOT_CHUNKS_AHEAD` (`maintenance.rs`); a snapshot being received from a
-//!   peer, `SNAPSHOT_CHUNKS_QUEUED` chunks, the rest spooled to disk up to
-//!   `SNAPSHOT_BYTES_MAX` and installed in batches of `store::INSTALL_BATCH_BYTES`. What is
-//!   not bounded by a constant: the number of client connections, of streams per connection
-//!   (etcd's `u32::MAX`, see `serve.rs`) and of watchers per stream.
+//!   to a peer, `SNAPSHOT_CHUNKS_BUFFERED` chunks (`node/peer.rs`), and to a
+//!   `Maintenance.Snapshot` client, `SNAPSHOT_CHUNKS_AHEAD` (`maintenance.rs`); a snapshot
+//!   being received from a peer, `SNAPSHOT_CHUNKS_QUEUED` chunks, the rest spooled to disk
+//!   up to `SNAPSHOT_BYTES_MAX` and installed in batches of `store::INSTALL_BATCH_BYTES`.
+//!   What is not bounded by a constant: the number of client connections, of streams per
+//!   connection (etcd's `u32::MAX`, see `serve.rs`) and of watchers per stream.
 //! - Proposals carry the proposer's full member id beside the request id; only the proposer
-//!   answers a client, so no member can answer another's waiter (`node.rs`).
+//!   answers a client, so no member can answer another's waiter (`node/apply.rs`).
 //! - Security flags this build does not do, or that would have no effect (a peer
 //!   certificate with `http://` peer URLs, ...), are refused at start-up, never accepted
 //!   and ignored (`config.rs`).
@@ -53,26 +68,28 @@
 //!   revision it was checked at, and apply refuses it if an auth change came first.
 //!
 //! CAVEATS:
-//! - Replication: the default group is replicated over the peer transport (`peer.rs`);
-//!   membership changes are Raft conf changes (`cluster.rs`, `member.rs`), members behind the
-//!   purged log receive a store snapshot (installed from memory), and keep-alives and lease
-//!   TTLs asked of a follower are forwarded to the leader. Peer traffic is plain HTTP/2, or
-//!   TLS with `https://` peer URLs (`peer_tls.rs`); each peer stream is bound to the member
-//!   it speaks for (and, with `--peer-client-cert-auth`, to that member's certificate), and
-//!   a plain or unauthenticated peer port is reported by a warning at start.
+//! - Replication: the default group is replicated over the peer transport (`node/peer.rs`);
+//!   membership changes are Raft conf changes (`cluster.rs`, `node/membership.rs`), members
+//!   behind the purged log receive a store snapshot (installed from memory), and
+//!   keep-alives and lease TTLs asked of a follower are forwarded to the leader. Peer
+//!   traffic is plain HTTP/2, or TLS with `https://` peer URLs (`node/peer_tls.rs`); each
+//!   peer stream is bound to the member it speaks for (and, with `--peer-client-cert-auth`,
+//!   to that member's certificate), and a plain or unauthenticated peer port is reported by
+//!   a warning at start.
 //! - Auth: a watch on a from-key range is checked for the whole range, where etcd 3.5.1
 //!   checks only its first key.
 //! - Client TLS is TLS 1.2 and 1.3 only (rustls), with ECDHE AEAD suites; no certificate
 //!   revocation lists (`--client-crl-file`) and no `--client-cert-allowed-hostname`: both are
 //!   refused. `--listen-metrics-urls` is plain HTTP only.
-//! - Tenants (`tenants.rs`): each tenant is its own Raft group and store group; the registry
-//!   is the system group (0), replicated like any group, and a reconciler on every member
-//!   creates, serves and removes groups as it changes, and makes every group's voters follow
-//!   the default group's (which carries the cluster's membership). A request is served by
-//!   its connection's tenant (a tenant port, or the client certificate's SAN URI or CN), and
-//!   counted in metrics labelled by tenant (`metrics.rs`). A tenant's limits (requests per
-//!   second, proposals in flight, watchers, written bytes per second; `limits.rs`) are
-//!   enforced per member and answer etcd's "too many requests". Idle groups hibernate;
+//! - Tenants (`node/tenants.rs`, admin API in `tenants.rs`): each tenant is its own Raft
+//!   group and store group; the registry is the system group (0), replicated like any
+//!   group, and a reconciler on every member creates, serves and removes groups as it
+//!   changes, and makes every group's voters follow the default group's (which carries the
+//!   cluster's membership). A request is served by its connection's tenant (a tenant port,
+//!   or the client certificate's SAN URI or CN), and counted in metrics labelled by tenant
+//!   (`node/metrics.rs`). A tenant's limits (requests per second, proposals in flight,
+//!   watchers, written bytes per second; `node/limits.rs`) are enforced per member and
+//!   answer etcd's "too many requests". Idle groups hibernate;
 //!   apply runs on raft-log's apply worker, fair across groups; snapshots from a peer are
 //!   spooled to disk and installed in batches. Not yet: fair scheduling of the driver's
 //!   inbox across groups.
@@ -84,14 +101,15 @@
 //!   etcd 3.5.1: a negative start revision is refused (`watch_id -1`, canceled), and
 //!   `RequestProgress` is answered only when every watcher of the stream is synced and past
 //!   its start revision. Client-chosen watch ids (`watch_id != 0`) are refused.
-//! - Alarms are replicated through the log (`maintenance.rs`); a raised NOSPACE refuses
-//!   writes that add data on every member, a raised CORRUPT refuses every write with
-//!   `etcdserver: corrupt cluster` (etcd's corrupt applier) and fails `/health`. Nothing
-//!   raises CORRUPT by itself yet: there is no periodic hash check between members.
+//! - Alarms are replicated through the log (`maintenance.rs`, `node/alarms.rs`); a raised
+//!   NOSPACE refuses writes that add data on every member, a raised CORRUPT refuses every
+//!   write with `etcdserver: corrupt cluster` (etcd's corrupt applier) and fails `/health`.
+//!   Nothing raises CORRUPT by itself yet: there is no periodic hash check between members.
 //! - `Maintenance.Snapshot` streams Plinth's own snapshot format (with etcd's trailing
 //!   SHA-256, so `etcdctl snapshot save` accepts it); etcd's bbolt tools cannot read it.
 
 pub mod auth;
+pub mod auth_config;
 pub mod backup;
 pub mod cluster;
 pub mod config;
@@ -99,18 +117,11 @@ pub mod error;
 pub mod http;
 pub mod kv;
 pub mod lease;
-pub mod lessor;
-pub mod limits;
 pub mod maintenance;
-pub mod member;
-pub mod metrics;
 pub mod migrate;
 pub mod node;
 pub mod pb;
-pub mod peer;
-pub mod peer_tls;
 pub mod serve;
-pub mod shares;
 pub mod tenant_cli;
 pub mod tenants;
 pub mod tls;

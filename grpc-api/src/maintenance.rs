@@ -7,53 +7,15 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::error::{move_leader_status, store_status, EtcdError};
+use crate::node::alarms::{alarm_name, alarm_to_pb};
+use crate::node::shares::Cost;
 use crate::node::Node;
 use crate::pb::etcdserverpb::{self as pb, maintenance_server::Maintenance, AlarmType};
-use crate::shares::Cost;
 use crate::version::{ETCD_COMPAT_VERSION, STORAGE_VERSION};
 
 /// How much longer than the driver's own deadline `MoveLeader` waits for the driver's answer
 /// before giving up on it (the driver answers by its deadline unless it hangs).
 const MOVE_LEADER_ANSWER_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The alarms of this member's group, as its store last applied them. Alarms are raised and
-/// disarmed through the log (`store::CommandBody::Alarm`), so every member reads the same
-/// list, and it survives restarts. A NOSPACE alarm stays until an operator disarms it, as in
-/// etcd; while it is raised, requests that add data fail with "database space exceeded".
-pub struct Alarms {
-    store: store::Store,
-    group: store::GroupId,
-}
-
-impl Alarms {
-    /// The alarms of `group` in `store`.
-    pub fn new(store: store::Store, group: store::GroupId) -> Alarms {
-        Alarms { store, group }
-    }
-
-    /// Every raised alarm, in the order they were raised.
-    pub fn active(&self) -> Vec<pb::AlarmMember> {
-        self.store.alarms(self.group).iter().map(alarm_to_pb).collect()
-    }
-
-    /// Whether NOSPACE is raised, for any member.
-    pub fn nospace(&self) -> bool {
-        self.store.alarms(self.group).iter().any(|a| a.alarm == store::AlarmType::Nospace)
-    }
-}
-
-fn alarm_to_pb(a: &store::Alarm) -> pb::AlarmMember {
-    pb::AlarmMember { member_id: a.member_id, alarm: a.alarm as i32 }
-}
-
-/// etcd's name of an alarm type.
-pub fn alarm_name(alarm: i32) -> &'static str {
-    match AlarmType::try_from(alarm) {
-        Ok(AlarmType::Nospace) => "NOSPACE",
-        Ok(AlarmType::Corrupt) => "CORRUPT",
-        _ => "NONE",
-    }
-}
 
 /// Bytes of snapshot data per `SnapshotResponse`.
 const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;

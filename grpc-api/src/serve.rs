@@ -9,15 +9,15 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::config::{split_urls, AutoCompaction, ServeArgs, GRPC_OVERHEAD_BYTES};
-use crate::member::{parse_initial_cluster, ConfContext, Identity, Member, REMOVED_MESSAGE};
-use crate::metrics::Metrics;
+use crate::node::membership::{parse_initial_cluster, ConfContext, Identity, Member, REMOVED_MESSAGE};
+use crate::node::metrics::Metrics;
+use crate::node::peer::pb::peer_server::PeerServer;
+use crate::node::peer::{PeerService, PeerTransport, PEER_MESSAGE_BYTES_MAX};
 use crate::node::{Applier, Groups, Membership, Node, NodeConfig, DEFAULT_GROUP, SYSTEM_GROUP};
 use crate::pb::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
-use crate::peer::pb::peer_server::PeerServer;
-use crate::peer::{PeerService, PeerTransport, PEER_MESSAGE_BYTES_MAX};
 
 /// Default per-tenant quota: far above etcd's 2 GiB, since RocksDB has no 8 GiB ceiling.
 pub const QUOTA_BYTES_DEFAULT: u64 = 8 << 30;
@@ -48,7 +48,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)?;
     // Peer TLS first: a member joining a cluster already talks to its peers (over TLS if
     // the peer URLs are https), and files that do not load stop it before anything starts.
-    let peer_tls = crate::peer_tls::PeerTls::from_args(&args, &data_dir)?;
+    let peer_tls = crate::node::peer_tls::PeerTls::from_args(&args, &data_dir)?;
     anyhow::ensure!(
         matches!(args.initial_cluster_state.as_str(), "new" | "existing"),
         "--initial-cluster-state must be new or existing, not {:?}",
@@ -143,7 +143,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .first()
         .map(|(addr, _)| addr.rsplit_once(':').map_or(addr.clone(), |(host, _)| host.to_string()))
         .unwrap_or_else(|| "127.0.0.1".into());
-    let tenants_cfg = crate::tenants::TenantsConfig {
+    let tenants_cfg = crate::node::tenants::TenantsConfig {
         port_base: args.tenant_client_port_base,
         client_host,
         admin_cn: args.admin_cn.clone(),
@@ -151,11 +151,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let health = health_service().await;
     let max_request_bytes = args.max_request_bytes;
-    let tenants = crate::tenants::Tenants::new(
+    // The backup scheduler, when this member takes backups: the admin APIs of every client
+    // router reach it, and it runs once the default tenant's node exists.
+    let backups = backups.map(|(target, schedule)| {
+        (crate::backup::schedule::Scheduler::new(Arc::from(target), schedule.clone()), schedule)
+    });
+    let scheduler = backups.as_ref().map(|(scheduler, _)| scheduler.clone());
+    let tenants = crate::node::tenants::Tenants::new(
         tenants_cfg,
         groups.clone(),
         registry_changed,
-        Box::new(move |node| client_router(node, max_request_bytes, health.clone())),
+        Box::new(move |node| client_router(node, max_request_bytes, health.clone(), scheduler.clone())),
+        Box::new(|listener, router| Box::pin(serve_router(listener, router))),
     );
     let node = Arc::new(Node::new(
         node_cfg,
@@ -179,21 +186,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(policy) = args.auto_compaction()? {
         tokio::spawn(auto_compact(node.clone(), policy));
     }
-    if let Some((target, schedule)) = backups {
-        let scheduler = crate::backup::schedule::Scheduler::new(Arc::from(target), schedule.clone());
+    if let Some((scheduler, schedule)) = backups {
         info!(
             target = %scheduler.describe_target(),
             full_interval = ?schedule.full_interval,
             delta_interval = ?schedule.delta_interval,
             "automated backups on"
         );
-        let _ = tenants.backups.set(scheduler.clone());
         tokio::spawn(scheduler.run(node.clone()));
     }
 
     // The shared client port: each request goes to the router of the tenant its connection
     // resolves to (the default tenant, or a client certificate's tenant).
-    let client_router = axum::Router::new().fallback_service(crate::tenants::Dispatch { tenants: tenants.clone() });
+    let client_router =
+        axum::Router::new().fallback_service(crate::node::tenants::Dispatch { tenants: tenants.clone() });
 
     let mut servers = tokio::task::JoinSet::new();
     let mut routes = tonic::service::Routes::builder();
@@ -288,7 +294,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Every etcd service, the tenant admin API (`plinth.v1.Tenants`, refused unless `node` is
 /// the default tenant's) and the HTTP endpoints, served for `node`'s group.
-fn client_router(node: Arc<Node>, max_request_bytes: usize, health: HealthServer) -> axum::Router {
+fn client_router(
+    node: Arc<Node>,
+    max_request_bytes: usize,
+    health: HealthServer,
+    backups: Option<Arc<crate::backup::schedule::Scheduler>>,
+) -> axum::Router {
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(
         KvServer::new(crate::kv::KvService { node: node.clone() })
@@ -310,11 +321,14 @@ fn client_router(node: Arc<Node>, max_request_bytes: usize, health: HealthServer
     .add_service(health);
     // On a tenant's router the admin API only answers "permission denied".
     grpc.add_service(
-        crate::pb::plinthv1::tenants_server::TenantsServer::new(crate::tenants::TenantsService { node: node.clone() })
-            .max_decoding_message_size(crate::tenants::IMPORT_MESSAGE_BYTES_MAX),
+        crate::pb::plinthv1::tenants_server::TenantsServer::new(crate::tenants::TenantsService {
+            node: node.clone(),
+            backups: backups.clone(),
+        })
+        .max_decoding_message_size(crate::tenants::IMPORT_MESSAGE_BYTES_MAX),
     )
     .add_service(crate::pb::plinthv1::backups_server::BackupsServer::new(
-        crate::backup::schedule::BackupsService { node: node.clone() },
+        crate::backup::schedule::BackupsService { node: node.clone(), scheduler: backups },
     ));
     grpc.routes()
         .into_axum_router()
@@ -322,7 +336,7 @@ fn client_router(node: Arc<Node>, max_request_bytes: usize, health: HealthServer
         .layer(axum::middleware::from_fn_with_state(node.runtime.clone(), count_and_limit))
         .layer(axum::middleware::from_fn_with_state(
             (node.metrics.clone(), node.runtime.clone()),
-            crate::metrics::count_grpc,
+            crate::node::metrics::count_grpc,
         ))
         .merge(crate::http::router(node))
 }
@@ -355,7 +369,7 @@ async fn refuse_while_importing(
 
 /// Counts every request of the router's group (the tenant's request rate in `plinth tenant
 /// show`), and refuses an etcd call over the tenant's requests per second with etcd's "too
-/// many requests" (see `limits.rs`). Runs on both ways in: the shared client port (after
+/// many requests" (see `node/limits.rs`). Runs on both ways in: the shared client port (after
 /// the certificate picked the tenant) and the tenant's own port.
 async fn count_and_limit(
     axum::extract::State(rt): axum::extract::State<Arc<crate::node::GroupRuntime>>,
@@ -436,7 +450,7 @@ fn tcp_incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming 
 }
 
 /// Serves `router` (gRPC and HTTP/1.1 or HTTP/2 endpoints) on `listener` until it fails.
-pub(crate) async fn serve_router(listener: TcpListener, router: axum::Router) -> Result<(), tonic::transport::Error> {
+async fn serve_router(listener: TcpListener, router: axum::Router) -> Result<(), tonic::transport::Error> {
     http_server(router).serve_with_incoming(tcp_incoming(listener)).await
 }
 
@@ -551,7 +565,7 @@ fn bootstrap_of(identity: &Identity) -> raft_log::Bootstrap {
 async fn join_cluster(
     args: &ServeArgs,
     data_dir: &std::path::Path,
-    peer_tls: Option<&Arc<crate::peer_tls::PeerTls>>,
+    peer_tls: Option<&Arc<crate::node::peer_tls::PeerTls>>,
 ) -> anyhow::Result<Identity> {
     let own = split_urls(&args.initial_advertise_peer_urls);
     let cluster = args
@@ -560,13 +574,13 @@ async fn join_cluster(
         .map(parse_initial_cluster)
         .transpose()?
         .ok_or_else(|| anyhow::anyhow!("--initial-cluster-state existing needs --initial-cluster"))?;
-    let own_norm = crate::member::normalize_urls(&own);
+    let own_norm = crate::node::membership::normalize_urls(&own);
     let others: Vec<String> = cluster
         .into_iter()
-        .filter(|(name, urls)| name != &args.name && crate::member::normalize_urls(urls) != own_norm)
+        .filter(|(name, urls)| name != &args.name && crate::node::membership::normalize_urls(urls) != own_norm)
         .flat_map(|(_, urls)| urls)
         .collect();
-    let (cluster_id, members) = crate::peer::fetch_members(&others, peer_tls)
+    let (cluster_id, members) = crate::node::peer::fetch_members(&others, peer_tls)
         .await
         .map_err(|e| anyhow::anyhow!("cannot fetch the member list from --initial-cluster: {e}"))?;
     let identity =

@@ -414,7 +414,7 @@ async fn connect_endpoint(args: &ClientEndpoint<'_>) -> anyhow::Result<(tonic::t
         let connected = match &tls {
             Some(config) => {
                 let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
-                let connector = crate::peer_tls::TlsConnector::new(config.clone(), host, hostport.to_string())?;
+                let connector = crate::node::peer_tls::TlsConnector::new(config.clone(), host, hostport.to_string())?;
                 channel.connect_with_connector(connector).await
             }
             None => channel.connect().await,

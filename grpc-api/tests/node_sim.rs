@@ -78,11 +78,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use grpc_api::member::{ConfContext, Identity, Member};
-use grpc_api::metrics::Metrics;
+use grpc_api::node::membership::{ConfContext, Identity, Member};
+use grpc_api::node::metrics::Metrics;
+use grpc_api::node::peer::PeerTransport;
+use grpc_api::node::tenants::{membership_step, TENANT_GROUP_FIRST};
 use grpc_api::node::{decode_entry, encode_proposal, Applier, ApplyResult, Groups, Membership, DEFAULT_GROUP};
-use grpc_api::peer::PeerTransport;
-use grpc_api::tenants::{membership_step, TENANT_GROUP_FIRST};
 use parking_lot::Mutex;
 use prost::Message as _;
 use raft_log::raft::eraftpb::{ConfChange, ConfChangeType, Message, MessageType};

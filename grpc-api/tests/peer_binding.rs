@@ -6,7 +6,7 @@
 //! Without peer TLS the member id a stream carries is only asserted by the sender (the
 //! cluster id is the only shared secret), so these checks catch confused or misconfigured
 //! peers rather than attackers; with peer TLS the id is also checked against the
-//! certificate (see `peer_tls.rs`).
+//! certificate (see `node/peer_tls.rs`).
 
 mod common;
 
@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use common::{free_port, kill, serve_command, wait_listening};
 
-use grpc_api::member::Member;
-use grpc_api::peer::pb;
+use grpc_api::node::membership::Member;
+use grpc_api::node::peer::pb;
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::member::Identity;
+use crate::node::membership::Identity;
 
 /// The new member a restore seeds.
 #[derive(Debug, Clone)]

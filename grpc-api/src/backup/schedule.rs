@@ -369,6 +369,8 @@ pub fn status_off(node: &Node) -> pb::BackupStatus {
 /// connections (on the default tenant's router) are answered.
 pub struct BackupsService {
     pub node: Arc<Node>,
+    /// The member's scheduler, when it takes backups.
+    pub scheduler: Option<Arc<Scheduler>>,
 }
 
 #[tonic::async_trait]
@@ -376,7 +378,7 @@ impl pb::backups_server::Backups for BackupsService {
     async fn now(&self, request: Request<pb::BackupNowRequest>) -> Result<Response<pb::BackupNowResponse>, Status> {
         crate::tenants::check_admin(&self.node, &request)?;
         let req = request.into_inner();
-        let Some(scheduler) = self.node.tenants.backups.get() else {
+        let Some(scheduler) = &self.scheduler else {
             return Err(Status::failed_precondition(
                 "plinth: backups are not configured on this member (--backup-dir or --backup-url)",
             ));

@@ -2,9 +2,28 @@
 //! operations every service is built from — `propose` (a write through the log) and
 //! `read_barrier` (a linearizable read point).
 //!
+//! This module is the root of the node tree: beside `Node` and the per-group runtime live
+//! the applier (`apply`), membership (`membership`), the peer transport (`peer`,
+//! `peer_tls`), the tenant registry and reconciler (`tenants`), lease timing (`lessor`),
+//! per-tenant limits and fair shares (`limits`, `shares`), alarms (`alarms`) and the
+//! metrics registry (`metrics`). Nothing here uses a service or the binary's wiring
+//! (`serve.rs`): the services depend on the node, and what the node needs from the serving
+//! layer is handed to it (see `tenants::RouterFactory`, `tenants::PortServer`).
+//!
 //! A proposal carries a request id in its first 8 bytes; the member that proposed it keeps a
 //! waiter under that id and answers the client with the result its own apply produced. An
 //! answer therefore means: durable in the log and applied on this member.
+
+pub mod alarms;
+pub mod apply;
+pub mod lessor;
+pub mod limits;
+pub mod membership;
+pub mod metrics;
+pub mod peer;
+pub mod peer_tls;
+pub mod shares;
+pub mod tenants;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,9 +37,12 @@ use tokio::sync::{oneshot, watch};
 use tonic::Status;
 
 use crate::error::{raft_status, EtcdError};
-use crate::member::{ConfContext, Identity, Member};
-use crate::metrics::Metrics;
+use crate::node::membership::{ConfContext, Member};
+use crate::node::metrics::Metrics;
 use crate::pb::etcdserverpb as pb;
+
+pub use apply::Applier;
+pub use membership::Membership;
 
 /// The Raft group and store group of the default tenant. It also carries the cluster's
 /// membership: member changes are its conf changes, and every other group's voters follow it.
@@ -56,7 +78,7 @@ pub struct NodeConfig {
     /// Raft's election timeout: streams that require a leader end after 3 without one.
     pub election_timeout: Duration,
     /// Token TTL and bcrypt cost (`--auth-token-ttl`, `--bcrypt-cost`).
-    pub auth: crate::auth::AuthConfig,
+    pub auth: crate::auth_config::AuthConfig,
 }
 
 /// Bits of a request id below the member prefix (etcd's idutil layout: 16 bits of the
@@ -181,7 +203,7 @@ pub struct GroupRuntime {
     pub waiters: Arc<Waiters>,
     applied_tx: watch::Sender<u64>,
     pub applied: watch::Receiver<u64>,
-    pub lessor: Arc<crate::lessor::Lessor>,
+    pub lessor: Arc<crate::node::lessor::Lessor>,
     /// Requests served for the group by this member (see `Node::resolve`).
     pub requests: AtomicU64,
     /// Requests per second over the last sampling interval, as f64 bits.
@@ -192,12 +214,12 @@ pub struct GroupRuntime {
     pub watchers: std::sync::atomic::AtomicI64,
     /// The tenant's limits as this member enforces them (none for the default and system
     /// groups).
-    pub limiter: crate::limits::Limiter,
+    pub limiter: crate::node::limits::Limiter,
     /// The member's scan permits, and the group's share of them (`shares.rs`).
-    reads: Arc<crate::shares::ReadPool>,
+    reads: Arc<crate::node::shares::ReadPool>,
     scans: tokio::sync::Semaphore,
     /// The member's proposal permits, and the group's share of them (`shares.rs`).
-    proposal_shares: Arc<crate::shares::Shares>,
+    proposal_shares: Arc<crate::node::shares::Shares>,
     proposals: tokio::sync::Semaphore,
 }
 
@@ -205,7 +227,7 @@ impl GroupRuntime {
     /// The runtime of `group` as the store holds it now: applied index and lease timers.
     fn load(group: u64, store: &store::Store, min_ttl: i64, shares: &MemberShares) -> GroupRuntime {
         let (applied_tx, applied) = watch::channel(store.applied_index(store::GroupId(group)));
-        let lessor = Arc::new(crate::lessor::Lessor::new(min_ttl));
+        let lessor = Arc::new(crate::node::lessor::Lessor::new(min_ttl));
         match store.leases(store::GroupId(group)) {
             Ok(leases) => {
                 for lease in leases {
@@ -224,7 +246,7 @@ impl GroupRuntime {
             request_rate: AtomicU64::new(0f64.to_bits()),
             tenant: std::sync::OnceLock::new(),
             watchers: std::sync::atomic::AtomicI64::new(0),
-            limiter: crate::limits::Limiter::default(),
+            limiter: crate::node::limits::Limiter::default(),
             scans: tokio::sync::Semaphore::new(shares.reads.per_group()),
             reads: shares.reads.clone(),
             proposals: tokio::sync::Semaphore::new(shares.proposals.per_group()),
@@ -251,8 +273,8 @@ pub struct Groups {
 
 /// The member's capacity that its groups share fairly (`shares.rs`).
 struct MemberShares {
-    reads: Arc<crate::shares::ReadPool>,
-    proposals: Arc<crate::shares::Shares>,
+    reads: Arc<crate::node::shares::ReadPool>,
+    proposals: Arc<crate::node::shares::Shares>,
 }
 
 impl Default for MemberShares {
@@ -260,7 +282,7 @@ impl Default for MemberShares {
         // Three quarters of the driver's inbox: proposals in flight can never fill it, so
         // reads, peer answers and admin requests always find room.
         let proposals = raft_log::DriverConfig::default().proposal_queue_max * 3 / 4;
-        MemberShares { reads: Arc::default(), proposals: Arc::new(crate::shares::Shares::new(proposals)) }
+        MemberShares { reads: Arc::default(), proposals: Arc::new(crate::node::shares::Shares::new(proposals)) }
     }
 }
 
@@ -292,126 +314,6 @@ impl Groups {
     }
 }
 
-/// This member's view of the cluster: its identity and member list (`member.json`), the
-/// peer connections that follow the list, the membership changes this member proposed and
-/// is waiting for, and whether it has been removed. Shared by the services and the applier.
-pub struct Membership {
-    /// This member's id and its cluster's, fixed for the life of the process: response
-    /// headers read them here rather than taking the identity lock, which a save may hold.
-    pub member_id: u64,
-    pub cluster_id: u64,
-    pub identity: RwLock<Identity>,
-    pub transport: Arc<crate::peer::PeerTransport>,
-    data_dir: std::path::PathBuf,
-    /// Membership changes in flight, by request id; answered with the member list once applied.
-    waiters: Mutex<HashMap<u64, oneshot::Sender<Vec<Member>>>>,
-    /// Set once this member has been removed from the cluster: it stops serving.
-    removed: watch::Sender<bool>,
-    /// Held while `member.json` is written, so saves happen one at a time, each of the
-    /// newest list, outside the identity lock that readers take.
-    save_lock: Mutex<()>,
-    /// When this member last saw a new leader elected, to tell a client whose request timed
-    /// out that a leader failed meanwhile (see `propose_timeout_error`).
-    pub leader_elected_at: Mutex<Option<std::time::Instant>>,
-}
-
-impl Membership {
-    /// The membership of `identity`, saved in `data_dir`, with the receiver that learns when
-    /// this member is removed.
-    pub fn new(
-        identity: Identity,
-        transport: Arc<crate::peer::PeerTransport>,
-        data_dir: std::path::PathBuf,
-    ) -> (Arc<Membership>, watch::Receiver<bool>) {
-        let (removed, removed_rx) = watch::channel(false);
-        let m = Membership {
-            member_id: identity.member_id,
-            cluster_id: identity.cluster_id,
-            identity: RwLock::new(identity),
-            transport,
-            data_dir,
-            waiters: Mutex::default(),
-            removed,
-            save_lock: Mutex::new(()),
-            leader_elected_at: Mutex::new(None),
-        };
-        (Arc::new(m), removed_rx)
-    }
-
-    /// Changes the identity with `f`, saves it, and brings what follows from the member list
-    /// up to date: a peer connection per other member, and this member stopping once it is
-    /// removed.
-    /// Saves only a change; the file is written after the identity lock is released, so
-    /// response headers and member lists never wait for its two fsyncs. Called from the
-    /// Raft driver thread or a blocking thread, never on a runtime worker.
-    pub fn update<R>(&self, f: impl FnOnce(&mut Identity) -> R) -> R {
-        let (r, changed, peers, removed) = {
-            let mut identity = self.identity.write();
-            let before = identity.clone();
-            let r = f(&mut identity);
-            (r, *identity != before, identity.peer_ids(), identity.removed.contains(&identity.member_id))
-        };
-        if changed {
-            self.save();
-        }
-        self.transport.set_peers(&peers);
-        if removed {
-            self.mark_removed();
-        }
-        r
-    }
-
-    /// Writes the newest member list to `member.json`.
-    fn save(&self) {
-        // Ordering: the save lock is taken before the list is read, so of two saves racing,
-        // the later one writes the newer list and the file never goes back in time.
-        let _saving = self.save_lock.lock();
-        let newest = self.identity.read().clone();
-        if let Err(e) = newest.save(&self.data_dir) {
-            // Membership changes are in the log and replay on restart if the store had not
-            // applied past them; the member list is rebuilt then.
-            tracing::warn!(error = %e, "could not save the member list");
-        }
-    }
-
-    /// Whether a hello announcing `name` and `client_urls` for `member` would change the
-    /// member list (most hellos are reconnects that change nothing).
-    pub fn hello_changes(&self, member: u64, name: &str, client_urls: &[String]) -> bool {
-        let identity = self.identity.read();
-        identity
-            .members
-            .iter()
-            .find(|m| m.id == member)
-            .is_some_and(|m| m.client_urls != client_urls || (!name.is_empty() && m.name != name))
-    }
-
-    /// Remembers a member's name and client URLs, as it announced them in its hello. A
-    /// member added at run time has no name until it says hello (etcd's "unstarted").
-    /// Writes `member.json` only when the hello changed something; blocking (see `update`).
-    pub fn record_hello(&self, member: u64, name: &str, client_urls: Vec<String>) {
-        if !self.hello_changes(member, name, &client_urls) {
-            return;
-        }
-        self.update(|identity| {
-            if let Some(m) = identity.members.iter_mut().find(|m| m.id == member) {
-                m.client_urls = client_urls;
-                if !name.is_empty() {
-                    m.name = name.to_string();
-                }
-            }
-        });
-    }
-
-    /// This member was removed from the cluster: it stops serving (see `serve`).
-    pub fn mark_removed(&self) {
-        // Only the first call writes: peers report the removal again and again, and a
-        // write waits for every outstanding borrow of the value.
-        if !*self.removed.borrow() {
-            self.removed.send_replace(true);
-        }
-    }
-}
-
 /// Most membership changes waiting at once (Raft runs one at a time anyway).
 const CONF_WAITERS_MAX: usize = 64;
 
@@ -435,12 +337,12 @@ pub struct Node {
     pub raft: raft_log::DriverHandle,
     pub waiters: Arc<Waiters>,
     pub applied: watch::Receiver<u64>,
-    pub lessor: Arc<crate::lessor::Lessor>,
-    pub alarms: crate::maintenance::Alarms,
+    pub lessor: Arc<crate::node::lessor::Lessor>,
+    pub alarms: crate::node::alarms::Alarms,
     pub metrics: Arc<Metrics>,
     /// The tenant registry and every group's node on this member. (A cycle of
     /// process-lifetime objects: the registry holds every group's node.)
-    pub tenants: Arc<crate::tenants::Tenants>,
+    pub tenants: Arc<crate::node::tenants::Tenants>,
     /// The group's runtime (the waiters, applied index and lessor above are its).
     pub runtime: Arc<GroupRuntime>,
     next_request_id: Arc<AtomicU64>,
@@ -457,10 +359,10 @@ impl Node {
         raft: raft_log::DriverHandle,
         runtime: Arc<GroupRuntime>,
         metrics: Arc<Metrics>,
-        tenants: Arc<crate::tenants::Tenants>,
+        tenants: Arc<crate::node::tenants::Tenants>,
     ) -> Node {
         let start = first_request_id(membership.identity.read().member_id, std::time::SystemTime::now());
-        let alarms = crate::maintenance::Alarms::new(store.clone(), store::GroupId(runtime.group));
+        let alarms = crate::node::alarms::Alarms::new(store.clone(), store::GroupId(runtime.group));
         Node {
             cfg,
             membership,
@@ -490,7 +392,7 @@ impl Node {
             waiters: runtime.waiters.clone(),
             applied: runtime.applied.clone(),
             lessor: runtime.lessor.clone(),
-            alarms: crate::maintenance::Alarms::new(self.store.clone(), store::GroupId(runtime.group)),
+            alarms: crate::node::alarms::Alarms::new(self.store.clone(), store::GroupId(runtime.group)),
             metrics: self.metrics.clone(),
             tenants: self.tenants.clone(),
             runtime,
@@ -501,7 +403,7 @@ impl Node {
     /// Runs `read` on this group's store as its cost says: a point read in place, a scan on a
     /// blocking thread within the group's and the member's permits (`shares.rs`). A store
     /// error is answered as etcd's status for it.
-    pub async fn read<T, F>(&self, cost: crate::shares::Cost, read: F) -> Result<T, tonic::Status>
+    pub async fn read<T, F>(&self, cost: crate::node::shares::Cost, read: F) -> Result<T, tonic::Status>
     where
         F: FnOnce(&store::Store, store::GroupId) -> store::Result<T> + Send + 'static,
         T: Send + 'static,
@@ -694,7 +596,7 @@ impl Node {
         }
         let mut client = self.membership.transport.client(self, leader).await?;
         let group = if self.is_default() { 0 } else { self.runtime.group };
-        let request = crate::peer::pb::LeaseRequest { id, group };
+        let request = crate::node::peer::pb::LeaseRequest { id, group };
         let call = async {
             if renew {
                 client.lease_renew(request).await
@@ -802,7 +704,7 @@ impl Node {
         if !status.is_leader {
             let leader = status.leader.0;
             let mut client = self.membership.transport.client(self, leader).await?;
-            let forwarded = client.promote(crate::peer::pb::PromoteRequest { member_id: id }).await;
+            let forwarded = client.promote(crate::node::peer::pb::PromoteRequest { member_id: id }).await;
             return match forwarded {
                 Ok(r) => serde_json::from_slice(&r.into_inner().members).map_err(|e| Status::internal(e.to_string())),
                 Err(s) => {
@@ -894,146 +796,6 @@ fn driver_status(e: &raft_log::Error) -> Status {
     }
 }
 
-/// Applies committed entries of this member's groups to the store and answers waiters. Runs
-/// on raft-log's apply worker, off the Raft driver's thread, in log order per group.
-pub struct Applier {
-    pub store: store::Store,
-    pub groups: Arc<Groups>,
-    pub metrics: Arc<Metrics>,
-    pub membership: Arc<Membership>,
-    /// Told when the system group applied something (the registry may have changed).
-    pub registry_changed: Arc<tokio::sync::Notify>,
-}
-
-impl raft_log::StateMachine for Applier {
-    fn applied_index(&self, group: raft_log::GroupId) -> raft_log::LogIndex {
-        raft_log::LogIndex(self.store.applied_index(store::GroupId(group.0)))
-    }
-
-    fn apply(&mut self, group: raft_log::GroupId, entries: Vec<raft_log::CommittedEntry>) {
-        let Some(last) = entries.last().map(|e| e.index.0) else { return };
-        let items: Vec<(u64, &[u8])> =
-            entries.iter().map(|e| (e.index.0, e.data.get(REQUEST_ID_BYTES..).unwrap_or(&[]))).collect();
-        let started = std::time::Instant::now();
-        // An apply that fails for a non-deterministic reason (I/O) must stop the member: going
-        // on would let this replica diverge from the others.
-        let results = self
-            .store
-            .apply(store::GroupId(group.0), &items)
-            .unwrap_or_else(|e| panic!("applying entries up to {last} of group {} failed: {e}", group.0));
-        assert_eq!(results.len(), entries.len(), "store returned one result per entry");
-        let rt = self.groups.get(group.0);
-        if let Some(tenant) = rt.tenant.get() {
-            self.metrics.tenant_apply_duration.with_label_values(&[tenant]).observe(started.elapsed().as_secs_f64());
-        }
-        for (entry, result) in entries.iter().zip(results) {
-            if entry.data.len() < REQUEST_ID_BYTES {
-                continue; // A leader's empty entry.
-            }
-            self.metrics.proposals_applied.inc();
-            // Every member follows grants and revokes, so whichever becomes leader next
-            // has no timer for a lease the log revoked.
-            rt.lessor.on_applied(&entry.data[REQUEST_ID_BYTES..], &result);
-            if matches!(&result, Ok(store::CommandResponse::Import(r)) if r.finished) {
-                // An import finished: its leases are the store's now, each timed from here
-                // with the time its source had left (see `Lessor::reset_remaining`).
-                match self.store.leases(store::GroupId(group.0)) {
-                    Ok(leases) => rt.lessor.reset_remaining(leases.into_iter().map(|l| (l.id, l.ttl, l.remaining_ttl))),
-                    Err(e) => tracing::warn!(error = %e, "cannot read leases after an import"),
-                }
-            }
-            let (proposer, id) = decode_prefix(&entry.data).expect("the length was checked above");
-            // Only this member's own proposals answer its waiters: another member's request
-            // id may equal one of ours, and its client is not ours to answer.
-            if proposer == self.membership.member_id {
-                if let Some(tx) = rt.waiters.remove(id) {
-                    let _ = tx.send(result);
-                }
-            }
-        }
-        self.metrics.proposals_committed.inc_by(entries.len() as u64);
-        rt.applied_tx.send_replace(last);
-        if group.0 == SYSTEM_GROUP {
-            self.registry_changed.notify_one();
-        }
-    }
-
-    fn on_conf_change(
-        &mut self,
-        group: raft_log::GroupId,
-        index: raft_log::LogIndex,
-        change: &raft::eraftpb::ConfChange,
-        _state: &raft::eraftpb::ConfState,
-    ) {
-        use raft::eraftpb::ConfChangeType;
-        if group.0 != DEFAULT_GROUP {
-            // Other groups' voters follow the default group's (see `tenants::follow_membership`);
-            // their changes carry no member and change nothing but Raft's view.
-            tracing::debug!(group = group.0, index = index.0, node = change.node_id, "group membership changed");
-            return;
-        }
-        let Some(ctx) = ConfContext::decode(&change.context) else {
-            tracing::warn!(index = index.0, "a membership change without a member; only Raft's view changed");
-            return;
-        };
-        let removed = change.get_change_type() == ConfChangeType::RemoveNode;
-        let mut member = ctx.member;
-        member.is_learner = change.get_change_type() == ConfChangeType::AddLearnerNode;
-        let members = self.membership.update(|identity| {
-            identity.apply_change(&member, removed);
-            identity.members.clone()
-        });
-        tracing::info!(
-            member = format_args!("{:x}", member.id),
-            name = %member.name,
-            removed,
-            learner = member.is_learner,
-            "membership changed"
-        );
-        // Only a change this member proposed answers its waiters (request ids of two
-        // members may coincide).
-        if ctx.proposer == self.membership.member_id {
-            if let Some(tx) = self.membership.waiters.lock().remove(&ctx.request_id) {
-                let _ = tx.send(members);
-            }
-        }
-    }
-
-    fn on_snapshot(&mut self, group: raft_log::GroupId, index: raft_log::LogIndex) {
-        let rt = self.groups.get(group.0);
-        // The store was replaced by the snapshot: lease deadlines restart from its leases.
-        match self.store.leases(store::GroupId(group.0)) {
-            Ok(leases) => rt.lessor.reset(leases.into_iter().map(|l| (l.id, l.ttl))),
-            Err(e) => tracing::warn!(error = %e, "cannot read leases after a snapshot"),
-        }
-        rt.applied_tx.send_replace(index.0);
-        if group.0 == SYSTEM_GROUP {
-            self.registry_changed.notify_one();
-        }
-    }
-
-    fn on_leader_change(&mut self, group: raft_log::GroupId, leader: raft_log::NodeId, _term: raft_log::Term) {
-        let rt = self.groups.get(group.0);
-        if group.0 == DEFAULT_GROUP {
-            self.metrics.leader_changes.inc();
-            self.metrics.has_leader.set(i64::from(leader.0 != 0));
-            if leader.0 != 0 {
-                *self.membership.leader_elected_at.lock() = Some(std::time::Instant::now());
-            }
-        }
-        if leader.0 != 0 && leader.0 == self.membership.identity.read().member_id {
-            // A new leader times exactly the leases of its store, each with a full TTL before
-            // it expires anything (etcd's Promote). Entries committed but not yet applied
-            // adjust the timers as they apply, in log order.
-            match self.store.leases(store::GroupId(group.0)) {
-                Ok(leases) => return rt.lessor.reset(leases.into_iter().map(|l| (l.id, l.ttl))),
-                Err(e) => tracing::warn!(error = %e, "cannot read leases on becoming leader; keeping the timers"),
-            }
-        }
-        rt.lessor.on_leader_change();
-    }
-}
-
 /// The proposer and request id of a log entry; `None` for an entry without them (a
 /// leader's empty entry).
 fn decode_prefix(data: &[u8]) -> Option<(u64, u64)> {
@@ -1051,6 +813,8 @@ pub fn decode_entry(data: &Bytes) -> Option<(u64, u64, store::Command)> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
     #[test]
@@ -1065,159 +829,6 @@ mod tests {
         assert_eq!(request_id(a, near_top + 1) >> REQUEST_ID_SUFFIX_BITS, a & 0xffff);
         let later = first_request_id(a, now + std::time::Duration::from_millis(5));
         assert!(later > first_a + 1000, "a later run starts past the ids of an earlier one");
-    }
-
-    /// An applier of member `me` on a fresh store, and the lessor it drives.
-    fn applier(dir: &std::path::Path, me: u64) -> (Applier, Arc<crate::lessor::Lessor>) {
-        let store = store::Store::open(&dir.join("store"), store::StoreConfig::default()).unwrap();
-        let identity =
-            Identity { cluster_id: 1, member_id: me, members: Vec::new(), joined: false, removed: Vec::new() };
-        let transport = crate::peer::PeerTransport::new(me, store.clone(), &[]);
-        let (membership, _removed) = Membership::new(identity, transport, dir.to_path_buf());
-        let groups = Groups::new(store.clone(), 1);
-        let lessor = groups.get(DEFAULT_GROUP).lessor.clone();
-        let applier = Applier {
-            store,
-            groups,
-            metrics: Arc::new(Metrics::new("3.5.1")),
-            membership,
-            registry_changed: Arc::default(),
-        };
-        (applier, lessor)
-    }
-
-    /// A committed entry as another member proposed it (no waiter here).
-    fn entry(index: u64, body: store::CommandBody) -> raft_log::CommittedEntry {
-        let mut data = BytesMut::new();
-        // Another member's prefix, whatever its layout: no waiter of this member matches it.
-        data.put_bytes(0xab, REQUEST_ID_BYTES);
-        store::Command { request_id: 0, body: Some(body) }.encode(&mut data).unwrap();
-        raft_log::CommittedEntry { index: raft_log::LogIndex(index), term: raft_log::Term(2), data: data.freeze() }
-    }
-
-    #[test]
-    fn a_revoke_applied_on_a_follower_drops_the_lease_timer() {
-        use raft_log::StateMachine;
-        let dir = tempfile::tempdir().unwrap();
-        let (mut applier, lessor) = applier(dir.path(), 3);
-        let g = raft_log::GroupId(DEFAULT_GROUP);
-        let grant = |id| store::CommandBody::LeaseGrant(store::LeaseGrantRequest { id, ttl: 100 });
-        let revoke = |id| store::CommandBody::LeaseRevoke(store::LeaseRevokeRequest { id });
-        applier.apply(g, vec![entry(1, grant(7)), entry(2, grant(8))]);
-        assert_eq!(lessor.keep_alive(7), Some(100), "an applied grant starts a timer on every member");
-        // Revoked through another member: this member learns of it only from the log.
-        applier.apply(g, vec![entry(3, revoke(7))]);
-        assert_eq!(lessor.keep_alive(7), None, "the revoked lease still has a timer on this member");
-        assert_eq!(lessor.remaining_seconds(7), None);
-        assert_eq!(lessor.keep_alive(8), Some(100), "other leases keep theirs");
-        // A revoke of a lease this member never heard of is harmless.
-        applier.apply(g, vec![entry(4, revoke(99))]);
-        assert_eq!(lessor.keep_alive(8), Some(100));
-    }
-
-    #[test]
-    fn a_new_leader_takes_its_lease_timers_from_the_store() {
-        use raft_log::StateMachine;
-        let dir = tempfile::tempdir().unwrap();
-        let (mut applier, lessor) = applier(dir.path(), 3);
-        let g = raft_log::GroupId(DEFAULT_GROUP);
-        applier.apply(g, vec![entry(1, store::CommandBody::LeaseGrant(store::LeaseGrantRequest { id: 5, ttl: 60 }))]);
-        // A timer the store does not back (e.g. left over from before a snapshot or a
-        // missed revoke) must not survive this member becoming leader.
-        lessor.on_granted(6, 60);
-        applier.on_leader_change(g, raft_log::NodeId(3), raft_log::Term(2));
-        assert_eq!(lessor.keep_alive(6), None, "a lease missing from the store kept its timer on the new leader");
-        assert_eq!(lessor.keep_alive(5), Some(60), "the store's leases are timed by the new leader");
-    }
-}
-
-#[cfg(test)]
-mod request_and_membership_tests {
-    use std::time::Instant;
-
-    use super::*;
-
-    /// The membership of `me` (with `others` as members), saved in `dir`.
-    fn membership(dir: &std::path::Path, me: u64, others: &[u64]) -> (Arc<Membership>, store::Store) {
-        let store = store::Store::open(&dir.join("store"), store::StoreConfig::default()).unwrap();
-        let member = |id: u64| Member {
-            id,
-            name: if id == me { "me".into() } else { String::new() },
-            peer_urls: vec![format!("http://127.0.0.1:{}", id % 60000 + 1)],
-            client_urls: Vec::new(),
-            is_learner: false,
-        };
-        let members = std::iter::once(me).chain(others.iter().copied()).map(member).collect();
-        let identity = Identity { cluster_id: 1, member_id: me, members, joined: false, removed: Vec::new() };
-        identity.save(dir).unwrap();
-        let transport = crate::peer::PeerTransport::new(me, store.clone(), others);
-        let (membership, _removed) = Membership::new(identity, transport, dir.to_path_buf());
-        (membership, store)
-    }
-
-    #[test]
-    fn members_whose_low_16_bits_match_never_answer_each_others_waiters() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (0x1111_0000_0000_0001_u64, 0x2222_0000_0000_0001_u64);
-        assert_eq!(a & 0xffff, b & 0xffff, "the two members share their low 16 bits");
-        let (membership, store) = membership(dir.path(), a, &[b]);
-        let groups = Groups::new(store.clone(), 1);
-        let waiters = groups.get(DEFAULT_GROUP).waiters.clone();
-        let mut applier = Applier {
-            store,
-            groups,
-            metrics: Arc::new(Metrics::new("3.5.1")),
-            membership,
-            registry_changed: Arc::default(),
-        };
-        // Both members are at the same point of their counters (e.g. started the same ms).
-        let counter = 0x42;
-        let (id_a, id_b) = (request_id(a, counter), request_id(b, counter));
-        let (tx, mut rx) = oneshot::channel();
-        waiters.insert(id_a, tx).unwrap();
-        let put = |value: &'static str| store::Command {
-            request_id: 0,
-            body: Some(store::CommandBody::Put(store::PutRequest {
-                key: Bytes::from_static(b"k"),
-                value: Bytes::from_static(value.as_bytes()),
-                ..Default::default()
-            })),
-        };
-        let entry = |index: u64, proposer: u64, id: u64, command: store::Command| raft_log::CommittedEntry {
-            index: raft_log::LogIndex(index),
-            term: raft_log::Term(2),
-            data: encode_proposal(proposer, id, &command, command.encoded_len()),
-        };
-        use raft_log::StateMachine;
-        let g = raft_log::GroupId(DEFAULT_GROUP);
-        applier.apply(g, vec![entry(1, b, id_b, put("from b"))]);
-        assert!(
-            matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
-            "member a's waiter was answered by an entry member b proposed"
-        );
-        applier.apply(g, vec![entry(2, a, id_a, put("from a"))]);
-        let answer = rx.try_recv().expect("a's own entry answers a's waiter");
-        assert!(answer.is_ok());
-    }
-
-    #[test]
-    fn a_hello_with_unchanged_data_does_not_rewrite_member_json() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let (me, peer) = (1, 2);
-        let (membership, _store) = membership(dir.path(), me, &[peer]);
-        let file = dir.path().join("member.json");
-        let urls = vec!["http://127.0.0.1:2379".to_string()];
-        membership.record_hello(peer, "n2", urls.clone());
-        let first = std::fs::metadata(&file).unwrap().ino();
-        let saved: Identity = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-        let n2 = saved.members.iter().find(|m| m.id == peer).unwrap();
-        assert_eq!((n2.name.as_str(), &n2.client_urls), ("n2", &urls), "a changed hello is saved");
-        // Every save replaces the file (temp file, rename): an unchanged hello must not.
-        for _ in 0..3 {
-            membership.record_hello(peer, "n2", urls.clone());
-        }
-        assert_eq!(std::fs::metadata(&file).unwrap().ino(), first, "an unchanged hello rewrote member.json");
     }
 
     #[test]

@@ -63,9 +63,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use crate::member::{Member, REMOVED_MESSAGE};
+use crate::node::membership::{Member, REMOVED_MESSAGE};
+use crate::node::peer_tls::PeerTls;
 use crate::node::Node;
-use crate::peer_tls::PeerTls;
 
 /// Generated types and stubs of `proto/peer.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic, rust_2018_idioms)]

@@ -2,10 +2,18 @@
 //! dir is created and read back on every restart (flags about the initial cluster are then
 //! ignored, as etcd ignores them). Other members' client URLs are learned from their peer
 //! `Hello` (see `peer.rs`) and saved here too.
+//!
+//! [`Membership`] is the running member's view of it, shared by the services and the
+//! applier: the identity behind a lock, the peer connections that follow the member list,
+//! the membership changes this member proposed and waits for, and whether it was removed.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
 
 /// File in the data dir holding the identity.
 const MEMBER_FILE: &str = "member.json";
@@ -286,6 +294,126 @@ fn id_hash(parts: &[&str]) -> u64 {
     h.max(1)
 }
 
+/// This member's view of the cluster: its identity and member list (`member.json`), the
+/// peer connections that follow the list, the membership changes this member proposed and
+/// is waiting for, and whether it has been removed. Shared by the services and the applier.
+pub struct Membership {
+    /// This member's id and its cluster's, fixed for the life of the process: response
+    /// headers read them here rather than taking the identity lock, which a save may hold.
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub identity: RwLock<Identity>,
+    pub transport: Arc<crate::node::peer::PeerTransport>,
+    data_dir: std::path::PathBuf,
+    /// Membership changes in flight, by request id; answered with the member list once applied.
+    pub(super) waiters: Mutex<HashMap<u64, oneshot::Sender<Vec<Member>>>>,
+    /// Set once this member has been removed from the cluster: it stops serving.
+    removed: watch::Sender<bool>,
+    /// Held while `member.json` is written, so saves happen one at a time, each of the
+    /// newest list, outside the identity lock that readers take.
+    save_lock: Mutex<()>,
+    /// When this member last saw a new leader elected, to tell a client whose request timed
+    /// out that a leader failed meanwhile (see `propose_timeout_error`).
+    pub leader_elected_at: Mutex<Option<std::time::Instant>>,
+}
+
+impl Membership {
+    /// The membership of `identity`, saved in `data_dir`, with the receiver that learns when
+    /// this member is removed.
+    pub fn new(
+        identity: Identity,
+        transport: Arc<crate::node::peer::PeerTransport>,
+        data_dir: std::path::PathBuf,
+    ) -> (Arc<Membership>, watch::Receiver<bool>) {
+        let (removed, removed_rx) = watch::channel(false);
+        let m = Membership {
+            member_id: identity.member_id,
+            cluster_id: identity.cluster_id,
+            identity: RwLock::new(identity),
+            transport,
+            data_dir,
+            waiters: Mutex::default(),
+            removed,
+            save_lock: Mutex::new(()),
+            leader_elected_at: Mutex::new(None),
+        };
+        (Arc::new(m), removed_rx)
+    }
+
+    /// Changes the identity with `f`, saves it, and brings what follows from the member list
+    /// up to date: a peer connection per other member, and this member stopping once it is
+    /// removed.
+    /// Saves only a change; the file is written after the identity lock is released, so
+    /// response headers and member lists never wait for its two fsyncs. Called from the
+    /// Raft driver thread or a blocking thread, never on a runtime worker.
+    pub fn update<R>(&self, f: impl FnOnce(&mut Identity) -> R) -> R {
+        let (r, changed, peers, removed) = {
+            let mut identity = self.identity.write();
+            let before = identity.clone();
+            let r = f(&mut identity);
+            (r, *identity != before, identity.peer_ids(), identity.removed.contains(&identity.member_id))
+        };
+        if changed {
+            self.save();
+        }
+        self.transport.set_peers(&peers);
+        if removed {
+            self.mark_removed();
+        }
+        r
+    }
+
+    /// Writes the newest member list to `member.json`.
+    fn save(&self) {
+        // Ordering: the save lock is taken before the list is read, so of two saves racing,
+        // the later one writes the newer list and the file never goes back in time.
+        let _saving = self.save_lock.lock();
+        let newest = self.identity.read().clone();
+        if let Err(e) = newest.save(&self.data_dir) {
+            // Membership changes are in the log and replay on restart if the store had not
+            // applied past them; the member list is rebuilt then.
+            tracing::warn!(error = %e, "could not save the member list");
+        }
+    }
+
+    /// Whether a hello announcing `name` and `client_urls` for `member` would change the
+    /// member list (most hellos are reconnects that change nothing).
+    pub fn hello_changes(&self, member: u64, name: &str, client_urls: &[String]) -> bool {
+        let identity = self.identity.read();
+        identity
+            .members
+            .iter()
+            .find(|m| m.id == member)
+            .is_some_and(|m| m.client_urls != client_urls || (!name.is_empty() && m.name != name))
+    }
+
+    /// Remembers a member's name and client URLs, as it announced them in its hello. A
+    /// member added at run time has no name until it says hello (etcd's "unstarted").
+    /// Writes `member.json` only when the hello changed something; blocking (see `update`).
+    pub fn record_hello(&self, member: u64, name: &str, client_urls: Vec<String>) {
+        if !self.hello_changes(member, name, &client_urls) {
+            return;
+        }
+        self.update(|identity| {
+            if let Some(m) = identity.members.iter_mut().find(|m| m.id == member) {
+                m.client_urls = client_urls;
+                if !name.is_empty() {
+                    m.name = name.to_string();
+                }
+            }
+        });
+    }
+
+    /// This member was removed from the cluster: it stops serving (see `serve`).
+    pub fn mark_removed(&self) {
+        // Only the first call writes: peers report the removal again and again, and a
+        // write waits for every outstanding borrow of the value.
+        if !*self.removed.borrow() {
+            self.removed.send_replace(true);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,5 +490,52 @@ mod tests {
         assert!(Identity::load_or_create(d.path(), "n1", vec!["http://127.0.0.1:9".into()], vec![], "tok", Some(flag))
             .is_err());
         assert!(parse_initial_cluster("n1").is_err());
+    }
+}
+
+#[cfg(test)]
+pub(super) mod runtime_tests {
+    use super::*;
+
+    /// The membership of `me` (with `others` as members), saved in `dir`.
+    pub(in crate::node) fn membership(
+        dir: &std::path::Path,
+        me: u64,
+        others: &[u64],
+    ) -> (Arc<Membership>, store::Store) {
+        let store = store::Store::open(&dir.join("store"), store::StoreConfig::default()).unwrap();
+        let member = |id: u64| Member {
+            id,
+            name: if id == me { "me".into() } else { String::new() },
+            peer_urls: vec![format!("http://127.0.0.1:{}", id % 60000 + 1)],
+            client_urls: Vec::new(),
+            is_learner: false,
+        };
+        let members = std::iter::once(me).chain(others.iter().copied()).map(member).collect();
+        let identity = Identity { cluster_id: 1, member_id: me, members, joined: false, removed: Vec::new() };
+        identity.save(dir).unwrap();
+        let transport = crate::node::peer::PeerTransport::new(me, store.clone(), others);
+        let (membership, _removed) = Membership::new(identity, transport, dir.to_path_buf());
+        (membership, store)
+    }
+
+    #[test]
+    fn a_hello_with_unchanged_data_does_not_rewrite_member_json() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (me, peer) = (1, 2);
+        let (membership, _store) = membership(dir.path(), me, &[peer]);
+        let file = dir.path().join("member.json");
+        let urls = vec!["http://127.0.0.1:2379".to_string()];
+        membership.record_hello(peer, "n2", urls.clone());
+        let first = std::fs::metadata(&file).unwrap().ino();
+        let saved: Identity = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        let n2 = saved.members.iter().find(|m| m.id == peer).unwrap();
+        assert_eq!((n2.name.as_str(), &n2.client_urls), ("n2", &urls), "a changed hello is saved");
+        // Every save replaces the file (temp file, rename): an unchanged hello must not.
+        for _ in 0..3 {
+            membership.record_hello(peer, "n2", urls.clone());
+        }
+        assert_eq!(std::fs::metadata(&file).unwrap().ino(), first, "an unchanged hello rewrote member.json");
     }
 }
