@@ -4,8 +4,9 @@
 //!   `revision < compact` → `Compacted` (`== compact` is readable).
 //! - `count` is every key in the range at that revision, regardless of `limit` and of the
 //!   min/max filters; `count_only` returns no kvs.
-//! - Without sorting or filters, `limit + 1` keys are fetched to set `more`; with them, all
-//!   keys are fetched, filtered, sorted, then cut to `limit`.
+//! - Without sorting or filters, etcd fetches `limit + 1` keys to set `more`, which makes
+//!   `more` equal to `count > limit`: here the first `limit` keys are fetched and `more` comes
+//!   from the count. With them, all keys are fetched, filtered, sorted, then cut to `limit`.
 //! - Sort: `NONE` with target `KEY` and `ASCEND` with `KEY` both mean key order; `NONE` with
 //!   another target means ascending on it. Ties come out in etcd's order (Go's unstable
 //!   `sort.Sort`, see `go_sort`).
