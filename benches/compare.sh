@@ -15,6 +15,9 @@
 #                     the issue's target is 1000000)
 #   --nodes LIST      topologies: "1", "3" or "1,3"             (NODES, default 1,3)
 #   --workloads LIST  comma-separated subset of the names below (WORKLOADS, default all)
+#   --list-cost       also run the range and list cost rows (LIST_COST=1; they load up to
+#                     1,000,000 keys each run, so they are not in the default set; naming one
+#                     in --workloads selects it too)
 #   --etcd-only       compare etcd with itself (sanity run; also used when plinth is absent)
 #   --out DIR         keep results here (default: a fresh dir under ${BENCH_TMP:-/tmp})
 #   --pin             pinned mode: every server (etcd's and Plinth's members alike) runs on CPU
@@ -35,6 +38,7 @@ RUNS=${RUNS:-2}
 LOAD_KEYS=${LOAD_KEYS:-100000}
 NODES=${NODES:-1,3}
 WORKLOADS=${WORKLOADS:-}
+LIST_COST=${LIST_COST:-0}
 ETCD_ONLY=${ETCD_ONLY:-0}
 OUT=${OUT:-}
 PORT_BASE=${PORT_BASE:-32379}
@@ -49,6 +53,7 @@ while [[ $# -gt 0 ]]; do
     --nodes) NODES=$2; shift 2 ;;
     --workloads) WORKLOADS=$2; shift 2 ;;
     --etcd-only) ETCD_ONLY=1; shift ;;
+    --list-cost) LIST_COST=1; shift ;;
     --out) OUT=$2; shift 2 ;;
     --nodelay-shim) NODELAY_SHIM=1; shift ;;
     --pin) PIN=1; shift ;;
@@ -69,6 +74,16 @@ ALL_WORKLOADS=(
   "lease-keepalive|--clients 100 --conns 10 lease-keepalive|throughput"
   "k8s-50c|--clients 50 --conns 5 k8s --objects 500 --compact-interval 5|throughput"
 )
+# Range and list cost: one operation is a whole walk or range, timed (headline "time": the
+# median time of one operation, lower is better). Each run loads its keys first (not timed).
+LIST_WORKLOADS=(
+  "paginate|--clients 1 paginate --keys 100000 --val-size 1024 --page 500|time"
+  "count-only|--clients 1 count-only --keys 1000000 --val-size 64|time"
+  "list-all|--clients 1 list-all --keys 100000 --val-size 1024|time"
+)
+for w in "${LIST_WORKLOADS[@]}"; do
+  if [[ $LIST_COST == 1 || ,$WORKLOADS, == *,${w%%|*},* ]]; then ALL_WORKLOADS+=("$w"); fi
+done
 # The 3-node topology runs the replicated-write and read targets only, to stay in budget.
 CLUSTER_WORKLOADS=${CLUSTER_WORKLOADS:-put-100c,put-1c,range-l-100c,k8s-50c}
 
@@ -230,15 +245,18 @@ cpu_ticks() {
   echo "$t"
 }
 
-# run_one SYSTEM NODES WORKLOAD_NAME RUN ARGS...
+# run_one SYSTEM NODES WORKLOAD_NAME METRIC RUN ARGS...
 run_one() {
-  local system=$1 nodes=$2 name=$3 run=$4
-  shift 4
+  local system=$1 nodes=$2 name=$3 metric=$4 run=$5
+  shift 5
   local tag="$system-n$nodes-$name-r$run" res="$OUT/results/n$nodes.$name.$system.r$run.json"
   if ! start_servers "$system" "$nodes" "$tag"; then stop_servers; return 0; fi
   local t0 rc=0
   t0=$(cpu_ticks)
-  timeout $((${DURATION%.*} + 180)) "${BENCH_PIN[@]}" "$BENCH" --endpoints "$ENDPOINTS" --json --progress never \
+  # A timed row loads up to 1,000,000 keys before its measured part.
+  local budget=180
+  if [[ $metric == time ]]; then budget=1800; fi
+  timeout $((${DURATION%.*} + budget)) "${BENCH_PIN[@]}" "$BENCH" --endpoints "$ENDPOINTS" --json --progress never \
     --duration "$DURATION" "$@" >"$res.tmp" 2>"$OUT/results/$tag.stderr" || rc=$?
   local cpu=$(( $(cpu_ticks) - t0 ))
   if [[ $rc == 0 && -s $res.tmp ]]; then
@@ -248,7 +266,11 @@ r = json.load(open(sys.argv[1]))
 r["server_cpu_s"] = int(sys.argv[2]) / int(sys.argv[3])
 print(json.dumps(r))
 EOF
-    log "  $name $system run $run: $(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print('%.0f ops/s, p99 %.2f ms, %d errors' % (r['throughput'], r['latency_ms']['p99'], r['errors']))" "$res")"
+    if [[ $metric == time ]]; then
+      log "  $name $system run $run: $(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); e=r['extra']; print('%.1f ms per operation (median of %d), load %.0f s, %d errors' % (e.get('time_ms', float('nan')), len(e['times_ms']), e['load_s'], r['errors']))" "$res")"
+    else
+      log "  $name $system run $run: $(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print('%.0f ops/s, p99 %.2f ms, %d errors' % (r['throughput'], r['latency_ms']['p99'], r['errors']))" "$res")"
+    fi
   else
     log "  $name $system run $run FAILED (rc $rc): $(tail -n 3 "$OUT/results/$tag.stderr" | tr '\n' ' ')"
   fi
@@ -301,13 +323,13 @@ for nodes in ${NODES//,/ }; do
   fi
   log "topology: $nodes node(s)"
   for w in "${ALL_WORKLOADS[@]}"; do
-    IFS='|' read -r name args _metric <<<"$w"
+    IFS='|' read -r name args metric <<<"$w"
     selected "$name" "$nodes" || continue
     for ((run = 1; run <= RUNS; run++)); do
       if ((run % 2 == 1)); then order=(etcd "$B_NAME"); else order=("$B_NAME" etcd); fi
       for system in "${order[@]}"; do
         # shellcheck disable=SC2086
-        run_one "$system" "$nodes" "$name" "$run" $args
+        run_one "$system" "$nodes" "$name" "$metric" "$run" $args
       done
     done
   done
@@ -345,6 +367,8 @@ def fig(r):
     if headline[r["workload_name"]] == "events":
         lat = r["extra"]["event_latency_ms"]
         return r["extra"]["events_per_s"], lat["p50"], lat["p99"]
+    if headline[r["workload_name"]] == "time":
+        return r["extra"].get("time_ms"), r["latency_ms"]["p50"], r["latency_ms"]["p99"]
     return r["throughput"], r["latency_ms"]["p50"], r["latency_ms"]["p99"]
 
 def med(xs):
@@ -365,7 +389,7 @@ if os.path.exists(f"{res}/skipped-topologies"):
     skipped = set(open(f"{res}/skipped-topologies").read().split())
 print()
 print(f"Each figure is the median of {runs} runs of {duration} s; ratio = {b}/etcd "
-      f"(throughput: higher is better; latency: lower is better).")
+      f"(throughput: higher is better; latency and time: lower is better).")
 for nodes in ("1", "3"):
     rows = []
     for name in order:
@@ -374,7 +398,7 @@ for nodes in ("1", "3"):
             rs = load(nodes, name, system)
             for r in rs:
                 r["workload_name"] = name
-            figs = [fig(r) for r in rs]
+            figs = [x for x in (fig(r) for r in rs) if x[0] is not None]
             errs = sum(r["errors"] for r in rs)
             cpu = med([r.get("server_cpu_s", 0) / max(r["elapsed_s"], 1e-9) for r in rs])
             cells[system] = (med([x[0] for x in figs]), med([x[1] for x in figs]),
@@ -391,7 +415,7 @@ for nodes in ("1", "3"):
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, c in rows:
         e, p = c["etcd"], c[b]
-        metric = "events/s" if headline[name] == "events" else "ops/s"
+        metric = {"events": "events/s", "time": "ms per op"}.get(headline[name], "ops/s")
         cpu = f"{f(e[5])} / {f(p[5])}" if e[5] is not None and p[5] is not None else "n/a"
         print(f"| {name} | {metric} | {f(e[0])} | {f(p[0])} | {ratio(e[0], p[0])} | {f(e[1])} | {f(p[1])} | "
               f"{f(e[2])} | {f(p[2])} | {ratio(e[2], p[2])} | {cpu} | {e[3]} / {p[3]} |")

@@ -29,6 +29,31 @@ use crate::revision::GroupId;
 /// A RocksDB snapshot of the node's DB.
 pub(crate) type Snapshot<'a> = SnapshotWithThreadMode<'a, DB>;
 
+/// Test-only counts of the cursor moves made on this thread (seeks, and steps to the next
+/// entry), so tests can bound what a read costs.
+#[cfg(test)]
+pub(crate) mod cursor_moves {
+    use std::cell::Cell;
+
+    thread_local! {
+        static SEEKS: Cell<u64> = const { Cell::new(0) };
+        static STEPS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(crate) fn seek() {
+        SEEKS.with(|c| c.set(c.get() + 1));
+    }
+
+    pub(crate) fn step() {
+        STEPS.with(|c| c.set(c.get() + 1));
+    }
+
+    /// `(seeks, steps)` on this thread since the last call, and resets them.
+    pub(crate) fn take() -> (u64, u64) {
+        (SEEKS.with(|c| c.replace(0)), STEPS.with(|c| c.replace(0)))
+    }
+}
+
 /// Opens (or creates) the node's DB with every column family.
 pub(crate) fn open_db(path: &Path, cfg: &StoreConfig) -> Result<DB> {
     let cache = Cache::new_lru_cache(cfg.block_cache_bytes);
@@ -322,6 +347,8 @@ enum Head {
 
 impl<'a> Cursor<'a> {
     pub fn seek(&mut self, target: &[u8]) {
+        #[cfg(test)]
+        cursor_moves::seek();
         self.it.seek(target);
         self.pending = self.overlay_from(Bound::Included(target));
         self.head = Head::Unsettled;
@@ -391,6 +418,8 @@ impl<'a> Cursor<'a> {
 
     /// Moves past the entry at the position (no-op at the end).
     pub fn advance(&mut self) -> Result<()> {
+        #[cfg(test)]
+        cursor_moves::step();
         match self.settle()? {
             Head::Db => self.it.next(),
             Head::Overlay => {

@@ -49,6 +49,8 @@ impl KeyValue {
 
     /// Decodes a stored value and puts `key` back.
     pub(crate) fn decode_stored(key: &[u8], bytes: &[u8]) -> Result<KeyValue> {
+        #[cfg(test)]
+        decodes::value();
         let mut kv = KeyValue::decode(bytes)
             .map_err(|e| Error::Corruption(format!("stored KeyValue for {:?}: {e}", Bytes::copy_from_slice(key))))?;
         if kv.version < 1 || kv.create_revision < 1 || kv.create_revision > kv.mod_revision {
@@ -61,6 +63,8 @@ impl KeyValue {
     /// Decodes a stored value without its value field (left empty): what `keys_only` and
     /// the revision filters need.
     pub(crate) fn decode_stored_without_value(key: &[u8], bytes: &[u8]) -> Result<KeyValue> {
+        #[cfg(test)]
+        decodes::header();
         let h = StoredHeader::decode(bytes)
             .map_err(|e| Error::Corruption(format!("stored KeyValue for {:?}: {e}", Bytes::copy_from_slice(key))))?;
         let kv = KeyValue {
@@ -75,6 +79,32 @@ impl KeyValue {
             return Err(Error::Corruption(format!("stored KeyValue violates invariants: {kv:?}")));
         }
         Ok(kv)
+    }
+}
+
+/// Test-only counts of the stored values decoded on this thread, with their value and
+/// without, so tests can check which reads copy values.
+#[cfg(test)]
+pub(crate) mod decodes {
+    use std::cell::Cell;
+
+    thread_local! {
+        static VALUES: Cell<u64> = const { Cell::new(0) };
+        static HEADERS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(crate) fn value() {
+        VALUES.with(|c| c.set(c.get() + 1));
+    }
+
+    pub(crate) fn header() {
+        HEADERS.with(|c| c.set(c.get() + 1));
+    }
+
+    /// `(with value, without value)` decodes on this thread since the last call, and
+    /// resets them.
+    pub(crate) fn take() -> (u64, u64) {
+        (VALUES.with(|c| c.replace(0)), HEADERS.with(|c| c.replace(0)))
     }
 }
 

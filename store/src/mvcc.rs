@@ -100,14 +100,24 @@ const HISTORY_STEPS_BEFORE_SEEK: usize = 8;
 /// What [`scan`] hands each visited key to: the user key and its stored value, undecoded.
 pub(crate) type ScanVisitor<'v> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'v;
 
-/// Counts every key live in `range` at revision `at` (`None` = current) and visits the
-/// first `visit_max` of them, in key order, with the user key and the stored value lent
-/// undecoded. Returns the count.
+/// Whether [`scan`] counts the keys past the ones it visits.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Count {
+    /// Walk the whole range and count every key in it.
+    All,
+    /// Stop after the last visited key: the caller knows the count already.
+    Visited,
+}
+
+/// Visits the first `visit_max` keys live in `range` at revision `at` (`None` = current),
+/// in key order, with the user key and the stored value lent undecoded. With
+/// [`Count::All`] it then counts every other key of the range and returns the count of all;
+/// with [`Count::Visited`] it stops after the last visit and returns the number visited.
 ///
 /// Keys past the first `visit_max` are counted from their RocksDB keys alone: no value is
 /// copied or decoded and no user key is unescaped (RocksDB still reads the blocks that hold
-/// them, since values are stored inline). The scan starts at the range's first key and, at
-/// an old revision, costs one pass over the versions in the range, seeking past a key only
+/// them, since values are stored inline). The scan seeks to the range's first key and, at
+/// an old revision, costs one pass over the versions it walks, seeking past a key only
 /// after [`HISTORY_STEPS_BEFORE_SEEK`] of its versions.
 pub(crate) fn scan(
     r: &Reader<'_>,
@@ -115,11 +125,14 @@ pub(crate) fn scan(
     range: &KeyRange,
     at: Option<Revision>,
     visit_max: usize,
+    counting: Count,
     visit: &mut ScanVisitor<'_>,
 ) -> Result<u64> {
-    if range.is_empty() {
+    if range.is_empty() || (visit_max == 0 && counting == Count::Visited) {
         return Ok(0);
     }
+    // Past the visits, only counting remains: `Count::Visited` stops there.
+    let done = |count: u64| counting == Count::Visited && count as usize >= visit_max;
     let mut count: u64 = 0;
     match at {
         None => {
@@ -143,6 +156,9 @@ pub(crate) fn scan(
                     visit(kc::kv_user_key(k), v)?;
                 }
                 count += 1;
+                if done(count) {
+                    break;
+                }
                 c.advance()?;
             }
             Ok(count)
@@ -191,6 +207,9 @@ pub(crate) fn scan(
                                 visit(&user_key, v)?;
                             }
                             count += 1;
+                            if done(count) {
+                                break;
+                            }
                         }
                         None
                     }
@@ -343,7 +362,7 @@ impl<'a> BatchWriter<'a> {
     /// Deletes every live key in `range`; returns their last versions in key order.
     pub fn delete_range(&mut self, range: &KeyRange) -> Result<Vec<KeyValue>> {
         let mut live = Vec::new();
-        scan(&self.reader(), self.g, range, None, usize::MAX, &mut |k, v| {
+        scan(&self.reader(), self.g, range, None, usize::MAX, Count::All, &mut |k, v| {
             live.push(KeyValue::decode_stored(k, v)?);
             Ok(())
         })?;

@@ -4,18 +4,31 @@
 //!   `revision < compact` → `Compacted` (`== compact` is readable).
 //! - `count` is every key in the range at that revision, regardless of `limit` and of the
 //!   min/max filters; `count_only` returns no kvs.
-//! - Without sorting or filters, `limit + 1` keys are fetched to set `more`; with them, all
-//!   keys are fetched, filtered, sorted, then cut to `limit`.
+//! - Without sorting or filters, etcd fetches `limit + 1` keys to set `more`, which makes
+//!   `more` equal to `count > limit`: here the first `limit` keys are fetched and `more` comes
+//!   from the count. With them, all keys are fetched, filtered, sorted, then cut to `limit`.
 //! - Sort: `NONE` with target `KEY` and `ASCEND` with `KEY` both mean key order; `NONE` with
 //!   another target means ascending on it. Ties come out in etcd's order (Go's unstable
 //!   `sort.Sort`, see `go_sort`).
 //! - `keys_only` clears values, keeps revisions.
 //!
-//! Cost: values are decoded for at most `limit + 1` keys (all keys when sorting or
-//! filtering, as etcd); `count` takes the rest from the RocksDB keys alone; `count_only`
-//! and `keys_only` decode no value (unless sorting by value).
+//! Cost: values are decoded for at most `limit` keys, the ones returned (all keys when
+//! sorting or filtering, as etcd); `more` is `count > limit`, and `count` takes the rest
+//! from the RocksDB keys alone; `count_only` and `keys_only` decode no value (unless sorting
+//! by value).
+//!
+//! Paging: a limited page that has `more` records in [`PageCounts`] how many keys of the
+//! range follow its last key at its revision. The next page (`key = last key + "\0"`, same
+//! `range_end` and revision) takes its `count` from there and stops its scan after the keys
+//! it returns, so it costs the seek and its own keys, not a walk to the end of the range:
+//! paging through N keys walks each key about once, as its own page's key or while the
+//! first page counts them.
 
 use std::cmp::Ordering;
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
 
 use crate::command::{RangeRequest, SortOrder, SortTarget};
 use crate::engine::Reader;
@@ -26,11 +39,72 @@ use crate::mvcc::{self, KeyRange};
 use crate::response::RangeResponse;
 use crate::revision::{GroupId, Revision};
 
-/// Most response entries reserved up front (a limited page reserves `limit + 1`).
+/// Most response entries reserved up front (a limited page reserves `limit`).
 const KVS_PREALLOCATED_MAX: usize = 1024;
 
+/// Page continuations a group remembers ([`PageCounts`]), the least recently recorded
+/// dropped first: enough for this many clients paging through ranges at once.
+const PAGE_COUNTS_MAX: usize = 64;
+
+/// The counts of the ranges that continue recent pages: "at revision `revision`, the range
+/// `[key, range_end)` holds `count` keys", recorded by a page whose last key is just below
+/// `key`, so the next page need not walk the rest of the range to count it.
+///
+/// Invariant, what makes a recorded count stay true: the keys live at a revision never
+/// change while that revision is readable (a write makes a new revision; a compaction keeps
+/// every key live at the revisions it leaves readable, and reads below it fail first), unless
+/// the group's data is replaced (an import's begin, a snapshot install). Those bump the
+/// group's data epoch under its committed-metadata write lock; a reader takes the epoch with
+/// its RocksDB snapshot under the read lock, and a count is used only under the epoch it was
+/// recorded in. Only reads of committed state (not a txn's, which may see its own writes)
+/// record or use counts.
+#[derive(Default)]
+pub(crate) struct PageCounts {
+    entries: Mutex<VecDeque<PageCount>>,
+}
+
+struct PageCount {
+    epoch: u64,
+    revision: Revision,
+    key: Bytes,
+    range_end: Bytes,
+    count: u64,
+}
+
+impl PageCounts {
+    fn get(&self, epoch: u64, revision: Revision, key: &[u8], range_end: &[u8]) -> Option<u64> {
+        let entries = self.entries.lock();
+        entries
+            .iter()
+            .find(|e| e.epoch == epoch && e.revision == revision && e.key == key && e.range_end == range_end)
+            .map(|e| e.count)
+    }
+
+    fn record(&self, entry: PageCount) {
+        let mut entries = self.entries.lock();
+        entries.retain(|e| {
+            !(e.epoch == entry.epoch
+                && e.revision == entry.revision
+                && e.key == entry.key
+                && e.range_end == entry.range_end)
+        });
+        if entries.len() >= PAGE_COUNTS_MAX {
+            entries.pop_front();
+        }
+        entries.push_back(entry);
+    }
+}
+
+/// The committed state a read sees, for [`PageCounts`]: the group's counts and the data
+/// epoch taken with the read's RocksDB snapshot.
+pub(crate) struct Committed<'a> {
+    pub pages: &'a PageCounts,
+    pub epoch: u64,
+}
+
 /// Runs `req` on view `r` whose latest revision is `current`; `compact` is the scheduled
-/// compact revision (-1 if never). `header_revision` goes into the response.
+/// compact revision (-1 if never). `header_revision` goes into the response. `committed`:
+/// `r` reads committed state only, and page counts may be used and recorded.
 pub(crate) fn range(
     r: &Reader<'_>,
     g: GroupId,
@@ -38,6 +112,7 @@ pub(crate) fn range(
     current: Revision,
     compact: Revision,
     header_revision: Revision,
+    committed: Option<Committed<'_>>,
 ) -> Result<RangeResponse> {
     if req.revision > current {
         return Err(Error::FutureRevision { requested: req.revision, current });
@@ -60,12 +135,16 @@ pub(crate) fn range(
         || req.max_mod_revision != 0
         || req.min_create_revision != 0
         || req.max_create_revision != 0;
+    // Without a sort or a filter, the keys returned are the first `limit` of the range and
+    // `more` is `count > limit` (etcd fetches `limit + 1` for it: the same answer), so the
+    // scan visits `limit` keys; with them it must see every key first.
+    let unordered = order == SortOrder::None && !filtered;
     let fetch_limit = if req.count_only {
         0
-    } else if order != SortOrder::None || filtered || req.limit <= 0 {
+    } else if !unordered || req.limit <= 0 {
         usize::MAX
     } else {
-        usize::try_from(req.limit).unwrap_or(usize::MAX).saturating_add(1)
+        usize::try_from(req.limit).unwrap_or(usize::MAX)
     };
 
     // Values are decoded only when the response carries them or the sort compares them;
@@ -73,8 +152,14 @@ pub(crate) fn range(
     let with_value = !req.keys_only || (order != SortOrder::None && target == SortTarget::Value);
     let range = KeyRange::new(&req.key, &req.range_end);
     let at = (rev != current).then_some(rev);
+    // A page that continues a recorded one knows its count: its scan stops after its keys.
+    let known_count = match &committed {
+        Some(c) if fetch_limit != usize::MAX => c.pages.get(c.epoch, rev, &req.key, &req.range_end),
+        _ => None,
+    };
+    let counting = if known_count.is_some() { mvcc::Count::Visited } else { mvcc::Count::All };
     let mut kvs: Vec<KeyValue> = Vec::with_capacity(fetch_limit.min(KVS_PREALLOCATED_MAX));
-    let count = mvcc::scan(r, g, &range, at, fetch_limit, &mut |k, v| {
+    let scanned = mvcc::scan(r, g, &range, at, fetch_limit, counting, &mut |k, v| {
         kvs.push(if with_value {
             KeyValue::decode_stored(k, v)?
         } else {
@@ -82,6 +167,8 @@ pub(crate) fn range(
         });
         Ok(())
     })?;
+    let count = known_count.unwrap_or(scanned);
+    debug_assert!(scanned <= count, "a page count recorded below the keys its range holds");
     let count = i64::try_from(count).expect("a key count fits in i64");
 
     if filtered {
@@ -114,6 +201,22 @@ pub(crate) fn range(
     if req.limit > 0 && kvs.len() as i64 > req.limit {
         kvs.truncate(req.limit as usize);
         more = true;
+    } else if unordered && !req.count_only && req.limit > 0 && count > req.limit {
+        // The scan stopped at `limit` keys; the count says more follow.
+        more = true;
+    }
+    if let (true, Some(c), Some(last)) = (unordered && more, &committed, kvs.last()) {
+        // The keys after `last` are the range's keys past the `kvs.len()` returned.
+        let mut next = Vec::with_capacity(last.key.len() + 1);
+        next.extend_from_slice(&last.key);
+        next.push(0);
+        c.pages.record(PageCount {
+            epoch: c.epoch,
+            revision: rev,
+            key: Bytes::from(next),
+            range_end: req.range_end.clone(),
+            count: (count - kvs.len() as i64) as u64,
+        });
     }
     if req.keys_only && with_value {
         for kv in &mut kvs {
@@ -121,4 +224,176 @@ pub(crate) fn range(
         }
     }
     Ok(RangeResponse { revision: header_revision, kvs, more, count })
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use prost::Message;
+
+    use crate::command::{Command, CommandBody, PutRequest, RangeRequest, SortOrder, SortTarget};
+    use crate::config::StoreConfig;
+    use crate::engine::cursor_moves;
+    use crate::kv::decodes;
+    use crate::revision::GroupId;
+    use crate::store::Store;
+
+    const G: GroupId = GroupId(1);
+
+    fn key(i: usize) -> Bytes {
+        Bytes::from(format!("k{i:05}"))
+    }
+
+    /// Puts `(key, value)` pairs, several commands per apply batch.
+    fn put_all(store: &Store, index: &mut u64, kvs: impl Iterator<Item = (Bytes, Bytes)>) {
+        let kvs: Vec<_> = kvs.collect();
+        for chunk in kvs.chunks(256) {
+            let cmds: Vec<(u64, Vec<u8>)> = chunk
+                .iter()
+                .map(|(key, value)| {
+                    *index += 1;
+                    let put = PutRequest { key: key.clone(), value: value.clone(), ..Default::default() };
+                    (*index, Command::new(*index, CommandBody::Put(put)).encode_to_vec())
+                })
+                .collect();
+            let entries: Vec<(u64, &[u8])> = cmds.iter().map(|(i, c)| (*i, &c[..])).collect();
+            for r in store.apply(G, &entries).unwrap() {
+                r.unwrap();
+            }
+        }
+    }
+
+    fn all_keys() -> RangeRequest {
+        RangeRequest { key: Bytes::from_static(b"k"), range_end: Bytes::from_static(b"l"), ..Default::default() }
+    }
+
+    /// `(value decodes, header-only decodes, cursor steps)` of one range.
+    fn cost_of(store: &Store, req: &RangeRequest) -> (crate::response::RangeResponse, (u64, u64, u64)) {
+        decodes::take();
+        cursor_moves::take();
+        let resp = store.range(G, req).unwrap();
+        let (values, headers) = decodes::take();
+        let (_, steps) = cursor_moves::take();
+        (resp, (values, headers, steps))
+    }
+
+    #[test]
+    fn counts_read_no_value_and_a_limited_page_decodes_only_its_keys() {
+        const N: usize = 300;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let mut index = 0;
+        put_all(&store, &mut index, (0..N).map(|i| (key(i), Bytes::from(vec![b'v'; 100]))));
+        let first = store.current_revision(G);
+        // A later write, so reads at `first` go through the history column family.
+        put_all(&store, &mut index, std::iter::once((key(0), Bytes::from_static(b"new"))));
+        for revision in [0, first] {
+            let (r, (values, headers, _)) = cost_of(&store, &RangeRequest { count_only: true, revision, ..all_keys() });
+            assert_eq!((r.count, r.kvs.len(), r.more), (N as i64, 0, false));
+            assert_eq!((values, headers), (0, 0), "count_only decodes nothing (revision {revision})");
+
+            let (r, (values, headers, _)) = cost_of(&store, &RangeRequest { keys_only: true, revision, ..all_keys() });
+            assert_eq!((r.count, r.kvs.len()), (N as i64, N));
+            assert!(r.kvs.iter().all(|kv| kv.value.is_empty() && kv.mod_revision > 0));
+            assert_eq!((values, headers), (0, N as u64), "keys_only decodes no value (revision {revision})");
+
+            let (r, (values, headers, _)) = cost_of(&store, &RangeRequest { limit: 10, revision, ..all_keys() });
+            assert_eq!((r.count, r.kvs.len(), r.more), (N as i64, 10, true));
+            assert_eq!((values, headers), (10, 0), "a page decodes the values it returns only (revision {revision})");
+
+            // Exactly `limit` keys in the range: no `more`, and still only those decoded.
+            let ten = RangeRequest { key: key(0), range_end: key(10), limit: 10, revision, ..Default::default() };
+            let (r, (values, _, _)) = cost_of(&store, &ten);
+            assert_eq!((r.count, r.kvs.len(), r.more), (10, 10, false));
+            assert_eq!(values, 10);
+
+            // Sorting by value must read every value, keys_only or not (etcd's semantics).
+            let by_value = RangeRequest {
+                keys_only: true,
+                limit: 10,
+                sort_order: SortOrder::Descend as i32,
+                sort_target: SortTarget::Value as i32,
+                revision,
+                ..all_keys()
+            };
+            let (r, (values, _, _)) = cost_of(&store, &by_value);
+            assert_eq!((r.count, r.kvs.len(), r.more), (N as i64, 10, true));
+            assert!(r.kvs.iter().all(|kv| kv.value.is_empty()));
+            assert_eq!(values, N as u64);
+        }
+    }
+
+    /// Pages through the `total` keys at `revision` in pages of `limit`, as etcd clients do;
+    /// returns the keys and the cursor moves `(seeks, steps)` of all pages together.
+    fn page_through(store: &Store, revision: i64, limit: i64, total: usize) -> (Vec<Bytes>, (u64, u64)) {
+        let mut from = Bytes::from_static(b"k");
+        let mut keys = Vec::new();
+        let mut revision = revision;
+        let (mut seeks, mut steps) = (0, 0);
+        cursor_moves::take();
+        loop {
+            let req =
+                RangeRequest { key: from, range_end: Bytes::from_static(b"l"), limit, revision, ..Default::default() };
+            let page = store.range(G, &req).unwrap();
+            let (s, t) = cursor_moves::take();
+            (seeks, steps) = (seeks + s, steps + t);
+            // `count` is the keys from this page's start on.
+            assert_eq!(page.count as usize, total - keys.len(), "count after {} keys", keys.len());
+            if revision == 0 {
+                revision = page.revision;
+            }
+            let total_before = keys.len();
+            keys.extend(page.kvs.iter().map(|kv| kv.key.clone()));
+            assert_eq!(page.more, page.count > limit, "more after {total_before} keys");
+            let Some(last) = page.kvs.last() else { break };
+            let mut next = last.key.to_vec();
+            next.push(0);
+            from = Bytes::from(next);
+            if !page.more {
+                break;
+            }
+        }
+        (keys, (seeks, steps))
+    }
+
+    #[test]
+    fn paging_at_a_pinned_revision_walks_each_key_about_once() {
+        const N: usize = 2000;
+        const LIMIT: i64 = 50;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let mut index = 0;
+        put_all(&store, &mut index, (0..N).map(|i| (key(i), Bytes::from_static(b"v1"))));
+        // Every tenth key gets more versions than a history scan steps over before seeking.
+        for round in 0..12 {
+            put_all(&store, &mut index, (0..N).step_by(10).map(|i| (key(i), Bytes::from(format!("v{round}")))));
+        }
+        let pinned = store.current_revision(G);
+        let want: Vec<Bytes> = (0..N).map(key).collect();
+        let pages = N as u64 / LIMIT as u64;
+
+        // At the current revision (the kv column family): the first page counts the N keys,
+        // every later page steps over its own keys only.
+        let (keys, (seeks, steps)) = page_through(&store, 0, LIMIT, N);
+        assert_eq!(keys, want);
+        assert!(steps <= 2 * N as u64 + pages, "paging {N} keys by {LIMIT} stepped {steps} times");
+        assert!(seeks <= pages + 1, "{seeks} seeks for {pages} pages");
+
+        // At an old revision (the history column family), with newer versions of every key.
+        put_all(&store, &mut index, (0..N).map(|i| (key(i), Bytes::from_static(b"v2"))));
+        let (keys, (seeks, steps)) = page_through(&store, pinned, LIMIT, N);
+        assert_eq!(keys, want);
+        // Each key has 2 versions, every tenth 14: one pass over them for the count, one
+        // over each page's keys (a seek past each hot key's older versions).
+        let versions = (2 * N + 12 * N / 10) as u64;
+        assert!(steps <= 2 * versions + pages, "paging {N} keys by {LIMIT} at revision {pinned} stepped {steps} times");
+        assert!(seeks <= pages + 1 + 2 * (N as u64 / 10) * 2, "{seeks} seeks for {pages} pages");
+
+        // Without the recorded count (another client's page, or one forgotten), a page still
+        // answers exactly, counting the rest of the range.
+        let mid = RangeRequest { key: key(N / 2), limit: LIMIT, revision: pinned, ..all_keys() };
+        let (r, (_, _, steps)) = cost_of(&store, &mid);
+        assert_eq!((r.count, r.kvs.len(), r.more), ((N / 2) as i64, LIMIT as usize, true));
+        assert!(steps >= (N / 2) as u64, "an unrecorded page counts the rest of its range");
+    }
 }

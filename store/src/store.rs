@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -71,6 +71,12 @@ pub(crate) struct GroupState {
     pub hub: Arc<Hub>,
     /// The simple tokens this member applied (not replicated state; see `auth`).
     tokens: Mutex<TokenTable>,
+    /// Bumped, under `committed`'s write lock, whenever the group's data is replaced rather
+    /// than written at new revisions (an import's begin, a snapshot install): the keys live
+    /// at a revision are only known to stay the same within one epoch (see `PageCounts`).
+    data_epoch: AtomicU64,
+    /// Counts of the ranges that continue recent pages, for the next page's `count`.
+    pages: range::PageCounts,
 }
 
 /// Stops and joins the background threads when the last `Store` handle goes.
@@ -111,6 +117,8 @@ impl Inner {
             purge_lock: Mutex::new(()),
             hub: Arc::new(hub),
             tokens: Mutex::new(TokenTable::default()),
+            data_epoch: AtomicU64::new(0),
+            pages: range::PageCounts::default(),
         }
     }
 
@@ -438,10 +446,15 @@ impl Store {
         }
         assert!(meta.current_revision >= before.current_revision, "current revision went backwards");
         assert!(meta.compact_revision >= before.compact_revision, "compact revision went backwards");
+        let wipes = ws.wipes();
         let batch = ws.into_batch(&inner.db);
         {
             let mut committed = gs.committed.write();
             inner.db.write_opt(batch, &engine::write_options())?;
+            if wipes {
+                // The revisions below the wipe may be written again with other keys.
+                gs.data_epoch.fetch_add(1, Ordering::SeqCst);
+            }
             *committed = meta.clone();
         }
         // Tokens follow the auth commands only once they are in RocksDB, like the events.
@@ -505,14 +518,21 @@ impl Store {
     pub fn range(&self, g: GroupId, req: &RangeRequest) -> Result<RangeResponse> {
         command::check_range(req)?;
         let inner = &*self.inner;
-        let (snapshot, meta) = inner.pinned(g);
+        let gs = inner.group(g);
+        // The epoch is read under the same lock as the snapshot is taken: it names the data
+        // the snapshot holds (`data_epoch`).
+        let (snapshot, meta, epoch) = {
+            let m = gs.committed.read();
+            (inner.db.snapshot(), m.clone(), gs.data_epoch.load(Ordering::SeqCst))
+        };
         // Checked on the state read, not before: a read that waited for a read barrier may
         // find an import begun meanwhile.
         if meta.import.is_some() {
             return Err(Error::Importing);
         }
         let r = Reader::at_snapshot(&inner.db, &snapshot);
-        range::range(&r, g, req, meta.current_revision, meta.compact_revision, meta.current_revision)
+        let committed = range::Committed { pages: &gs.pages, epoch };
+        range::range(&r, g, req, meta.current_revision, meta.compact_revision, meta.current_revision, Some(committed))
     }
 
     /// Evaluates a read-only txn ([`TxnRequest::is_read_only`]) at a consistent point, with
@@ -706,6 +726,8 @@ impl Store {
             // gone from the log, and the member could never start again. (A crash inside
             // `write_group` is finished by the next open from the `.install` file.)
             snapshot_install::write_group(&inner.db, g, &install)?;
+            // Whatever the group held at a revision is replaced by the snapshot's.
+            gs.data_epoch.fetch_add(1, Ordering::SeqCst);
             *committed = snapshot.meta.clone();
         }
         *gs.compact_finished.lock() = snapshot.compact_finished;

@@ -137,7 +137,7 @@ fn compare_to_path(w: &BatchWriter<'_>, t: &TxnRequest, path: &mut Vec<bool>) ->
 fn apply_compare(w: &BatchWriter<'_>, c: &Compare) -> Result<bool> {
     let range = KeyRange::new(&c.key, &c.range_end);
     let mut kvs = Vec::new();
-    mvcc::scan(&w.reader(), w.g, &range, None, usize::MAX, &mut |k, v| {
+    mvcc::scan(&w.reader(), w.g, &range, None, usize::MAX, mvcc::Count::All, &mut |k, v| {
         kvs.push(KeyValue::decode_stored(k, v)?);
         Ok(())
     })?;
@@ -247,7 +247,7 @@ fn execute_txn(w: &mut BatchWriter<'_>, t: &TxnRequest, path: &[bool], pos: &mut
         let resp = match &op.request {
             Some(Request::Range(r)) => {
                 let rev = w.read_revision();
-                ResponseOp::Range(range::range(&w.reader(), w.g, r, rev, w.meta.compact_revision, rev)?)
+                ResponseOp::Range(range::range(&w.reader(), w.g, r, rev, w.meta.compact_revision, rev, None)?)
             }
             Some(Request::Put(p)) => {
                 let prev = mvcc::get_current(&w.reader(), w.g, &p.key)?;

@@ -2,7 +2,7 @@
 //! Kubernetes-shaped profile). Works against any etcd v3 server: Plinth or etcd itself.
 
 use clap::{Parser, Subcommand};
-use plinth_benches::loadgen::{k8s, watch, workloads, Common};
+use plinth_benches::loadgen::{k8s, list, watch, workloads, Common};
 
 #[derive(Parser, Debug)]
 #[command(name = "plinth-bench", version, about)]
@@ -27,6 +27,12 @@ enum Cmd {
     LeaseKeepalive(workloads::LeaseArgs),
     /// Kubernetes apiserver-shaped traffic.
     K8s(k8s::K8sArgs),
+    /// Page through a prefix's keys at the first page's revision; times each whole walk.
+    Paginate(list::ListArgs),
+    /// A count_only range over a prefix.
+    CountOnly(list::ListArgs),
+    /// One unlimited range over a prefix (every key and value).
+    ListAll(list::ListArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +48,9 @@ fn main() -> anyhow::Result<()> {
             Cmd::Watch(a) => watch::watch(c, a).await,
             Cmd::LeaseKeepalive(a) => workloads::lease_keepalive(c, a).await,
             Cmd::K8s(a) => k8s::k8s(c, a).await,
+            Cmd::Paginate(a) => list::list(c, a, list::Op::Paginate).await,
+            Cmd::CountOnly(a) => list::list(c, a, list::Op::CountOnly).await,
+            Cmd::ListAll(a) => list::list(c, a, list::Op::ListAll).await,
         }
     })?;
     report.print(cli.common.json);

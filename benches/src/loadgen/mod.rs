@@ -5,6 +5,7 @@
 
 pub mod hist;
 pub mod k8s;
+pub mod list;
 pub mod report;
 pub mod watch;
 pub mod workloads;
