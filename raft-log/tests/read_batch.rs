@@ -5,8 +5,8 @@
 //! Three drivers over an in-memory transport that records every read-index context on the
 //! wire: a follower's `MsgReadIndex` (forwarded to the leader) and the leader's heartbeats,
 //! which carry the context being confirmed. To make reads concurrent deterministically, the
-//! node under test is parked inside its state machine's `apply` (on the driver thread) while
-//! the reads are queued in its inbox.
+//! node under test is parked inside its transport's `send` (on the driver thread; `apply`
+//! runs on the apply worker) while the reads are queued in its inbox.
 
 mod common;
 
@@ -25,7 +25,7 @@ const NODES: [u64; 3] = [1, 2, 3];
 const READS: usize = 200;
 const PARK: &str = "park";
 
-/// Parks the driver thread in `apply` on a `PARK` entry while `closed`.
+/// Parks the driver thread in `Transport::send` while `closed`.
 #[derive(Default)]
 struct Gate {
     closed: Mutex<bool>,
@@ -56,7 +56,6 @@ impl Gate {
 #[derive(Clone, Default)]
 struct Sm {
     applied: Arc<Mutex<u64>>,
-    gate: Arc<Gate>,
 }
 
 impl StateMachine for Sm {
@@ -64,9 +63,6 @@ impl StateMachine for Sm {
         LogIndex(0)
     }
     fn apply(&mut self, _group: GroupId, entries: Vec<CommittedEntry>) {
-        if entries.iter().any(|e| e.data == PARK.as_bytes()) {
-            self.gate.wait_open();
-        }
         *self.applied.lock().unwrap() = entries.last().map_or(0, |e| e.index.0);
     }
 }
@@ -96,11 +92,13 @@ impl Net {
 struct Link {
     from: u64,
     net: Arc<Net>,
+    gate: Arc<Gate>,
 }
 
 impl Transport for Link {
     fn send(&self, group: GroupId, msgs: Vec<Message>) {
         let Some(handles) = self.net.handles.get() else { return };
+        self.gate.wait_open();
         for m in msgs {
             match m.get_msg_type() {
                 MessageType::MsgReadIndex => {
@@ -126,6 +124,7 @@ impl Transport for Link {
 struct Cluster {
     net: Arc<Net>,
     sms: HashMap<u64, Sm>,
+    gates: HashMap<u64, Arc<Gate>>,
     _drivers: Vec<Driver>,
     _dirs: Vec<tempfile::TempDir>,
 }
@@ -134,10 +133,13 @@ impl Cluster {
     fn start() -> Cluster {
         let net = Arc::new(Net::default());
         let (mut handles, mut sms, mut drivers, mut dirs) = (HashMap::new(), HashMap::new(), Vec::new(), Vec::new());
+        let mut gates = HashMap::new();
         for id in NODES {
             let dir = tempfile::tempdir().unwrap();
             let sm = Sm::default();
-            let link = Arc::new(Link { from: id, net: Arc::clone(&net) });
+            let gate = Arc::new(Gate::default());
+            gates.insert(id, Arc::clone(&gate));
+            let link = Arc::new(Link { from: id, net: Arc::clone(&net), gate });
             let (d, h) = start_driver(id, dir.path(), Duration::from_secs(10), Box::new(sm.clone()), link, None);
             h.create_group(GROUP, NODES.iter().map(|n| NodeId(*n)).collect()).unwrap();
             handles.insert(id, h);
@@ -146,7 +148,7 @@ impl Cluster {
             dirs.push(dir);
         }
         net.handles.set(handles).unwrap_or_else(|_| panic!("handles set once"));
-        Cluster { net, sms, _drivers: drivers, _dirs: dirs }
+        Cluster { net, sms, gates, _drivers: drivers, _dirs: dirs }
     }
 
     fn handle(&self, id: u64) -> &DriverHandle {
@@ -184,10 +186,11 @@ impl Cluster {
     /// Parks `node`'s driver thread, queues `READS` reads on it, lets it go, and returns
     /// their answers together with the index applied on `node` just before the reads began.
     fn parked_reads(&self, node: u64) -> (Vec<LogIndex>, u64) {
-        let gate = &self.sms[&node].gate;
+        let gate = &self.gates[&node];
         gate.close();
+        // Its next send (of this proposal, or a heartbeat) parks the driver thread.
         self.propose(node, PARK);
-        wait_until("driver parked in apply", || gate.parked.load(Ordering::SeqCst));
+        wait_until("driver parked in send", || gate.parked.load(Ordering::SeqCst));
         let applied_before = *self.sms[&node].applied.lock().unwrap();
         let (tx, rx) = mpsc::channel();
         for _ in 0..READS {
