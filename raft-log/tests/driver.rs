@@ -254,37 +254,32 @@ fn a_removed_group_stays_removed_across_restarts_and_frees_its_entries() {
     driver.stop();
 }
 
-/// A state machine whose `apply` waits while its gate is closed, holding the driver thread.
-#[derive(Clone, Default)]
-struct GatedSm {
-    inner: Sm,
-    closed: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+/// Records what the driver sends; while `closed`, `send` waits, holding the driver thread
+/// (`apply` runs on the apply worker, so only the transport can hold the driver).
+#[derive(Default)]
+struct Recorded {
+    msgs: Mutex<Vec<Message>>,
+    closed: (std::sync::Mutex<bool>, std::sync::Condvar),
+    parked: std::sync::atomic::AtomicBool,
 }
 
-impl GatedSm {
+impl Recorded {
     fn set_closed(&self, closed: bool) {
         *self.closed.0.lock().unwrap() = closed;
         self.closed.1.notify_all();
     }
 }
 
-impl StateMachine for GatedSm {
-    fn applied_index(&self, group: GroupId) -> LogIndex {
-        self.inner.applied_index(group)
-    }
-    fn apply(&mut self, group: GroupId, entries: Vec<CommittedEntry>) {
-        let (lock, cv) = &*self.closed;
-        let _open = cv.wait_while(lock.lock().unwrap(), |closed| *closed).unwrap();
-        self.inner.apply(group, entries);
-    }
-}
-
-/// Records what the driver sends.
-#[derive(Default)]
-struct Recorded(Mutex<Vec<Message>>);
 impl Transport for Recorded {
     fn send(&self, _group: GroupId, msgs: Vec<Message>) {
-        self.0.lock().extend(msgs);
+        let (lock, cv) = &self.closed;
+        let mut closed = lock.lock().unwrap();
+        while *closed {
+            self.parked.store(true, std::sync::atomic::Ordering::SeqCst);
+            closed = cv.wait(closed).unwrap();
+        }
+        drop(closed);
+        self.msgs.lock().extend(msgs);
     }
 }
 
@@ -297,7 +292,7 @@ fn peer_messages_pass_a_full_inbox_of_proposals() {
     use raft::eraftpb::MessageType;
     let dir = tempfile::tempdir().unwrap();
     let wal = Arc::new(Wal::open(WalConfig::new(dir.path())).unwrap());
-    let sm = GatedSm::default();
+    let sm = Sm::default();
     let transport = Arc::new(Recorded::default());
     let cfg = DriverConfig { proposal_queue_max: 64, ..config() };
     let (_d, h) = Driver::start(cfg, Arc::clone(&wal), Box::new(sm.clone()), transport.clone()).unwrap();
@@ -306,18 +301,21 @@ fn peer_messages_pass_a_full_inbox_of_proposals() {
     wait_until("leadership", || h.status(g).is_some_and(|s| s.is_leader));
     let term = h.status(g).unwrap().term;
 
-    // Hold the driver in an apply, then fill its inbox. The gate opens again when the test
-    // ends, also by a failed assertion (the driver must finish the apply to stop).
-    struct OpenOnDrop(GatedSm);
+    // Hold the driver in a send of another group's vote requests (that group has a second
+    // voter, who never answers), then fill its inbox. The gate opens again when the test ends,
+    // also by a failed assertion (the driver must finish the send to stop).
+    struct OpenOnDrop(Arc<Recorded>);
     impl Drop for OpenOnDrop {
         fn drop(&mut self) {
             self.0.set_closed(false);
         }
     }
-    let _gate = OpenOnDrop(sm.clone());
-    sm.set_closed(true);
-    propose_all(&h, g, ["held".to_owned()]);
-    std::thread::sleep(Duration::from_millis(100));
+    let _gate = OpenOnDrop(Arc::clone(&transport));
+    let other = GroupId(2);
+    h.create_group(other, vec![NodeId(1), NodeId(2)]).unwrap();
+    transport.set_closed(true);
+    h.campaign(other).unwrap();
+    wait_until("the driver held in a send", || transport.parked.load(std::sync::atomic::Ordering::SeqCst));
     let mut queued = 0;
     while h.propose(g, Bytes::from(format!("flood-{queued}"))).is_ok() {
         queued += 1;
@@ -332,14 +330,12 @@ fn peer_messages_pass_a_full_inbox_of_proposals() {
     heartbeat.term = term.0 + 5;
     h.step(g, heartbeat).expect("a peer's message is accepted while the inbox is full of proposals");
 
-    sm.set_closed(false);
+    transport.set_closed(false);
     wait_until("the heartbeat's term", || h.status(g).is_some_and(|s| s.term.0 == term.0 + 5 && s.leader.0 == 2));
     // Every flooded proposal came after the heartbeat: forwarded to node 2, none applied.
-    // The flood's proposals (and "held", if the apply that holds the driver was the
-    // leader's empty entry) as forwarded to node 2.
     let forwarded = || -> Vec<String> {
         transport
-            .0
+            .msgs
             .lock()
             .iter()
             .filter(|m| m.get_msg_type() == MessageType::MsgPropose && m.to == 2)
@@ -354,8 +350,8 @@ fn peer_messages_pass_a_full_inbox_of_proposals() {
     let expected: Vec<String> = (0..queued).map(|i| format!("flood-{i}")).collect();
     assert_eq!(forwarded(), expected, "the flood's proposals, forwarded in order to the new leader");
     assert!(
-        data_of(&sm.inner, g).iter().all(|d| !d.starts_with("flood-")),
+        data_of(&sm, g).iter().all(|d| !d.starts_with("flood-")),
         "a proposal queued before the heartbeat was appended by the deposed leader: {:?}",
-        data_of(&sm.inner, g)
+        data_of(&sm, g)
     );
 }
