@@ -26,15 +26,17 @@ pub fn plinth_ok(args: &[&str]) -> String {
     out.stdout
 }
 
-/// A client of `endpoint` once it answers `Status` (a listener that opens when a member
-/// applies something, such as a tenant port), retrying for up to 20 s.
+/// A client of `endpoint` once it answers `Status` and knows a leader (a listener that opens
+/// when a member applies something, such as a tenant port, may open before that member has
+/// heard from the new group's leader, and a write there would fail with "no leader"),
+/// retrying for up to 20 s.
 pub async fn connect_eventually(endpoint: &str) -> Client {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let opts =
             ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(Duration::from_secs(8));
         if let Ok(mut c) = Client::connect([endpoint], Some(opts)).await {
-            if c.status().await.is_ok() {
+            if c.status().await.is_ok_and(|s| s.leader() != 0) {
                 return c;
             }
         }
