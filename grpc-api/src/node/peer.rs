@@ -614,6 +614,20 @@ impl PeerService {
         })
     }
 
+    /// The group's node and the lease id of a keep-alive or TTL request a follower forwarded:
+    /// this member must lead the group. Leader-local, as `Node::lease_on_leader`: a sleeping
+    /// leader wakes to recheck its quorum.
+    fn leading_lease_node(&self, request: Request<pb::LeaseRequest>) -> Result<(Arc<Node>, i64), Status> {
+        self.check_certificate(&request, None)?;
+        let request = request.into_inner();
+        let node = self.node.tenants.lease_node(&self.node, request.group)?;
+        if !node.is_leader() {
+            return Err(crate::error::EtcdError::NotLeader.status());
+        }
+        node.touch_raft_group();
+        Ok((node, request.id))
+    }
+
     /// Refuses a stream bound to `member` unless it is another current member.
     fn check_member(&self, member: u64) -> Result<(), Status> {
         let identity = self.node.membership.identity.read();
@@ -808,28 +822,14 @@ impl pb::peer_server::Peer for PeerService {
     }
 
     async fn lease_renew(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
-        self.check_certificate(&request, None)?;
-        let request = request.into_inner();
-        let node = self.node.tenants.lease_node(&self.node, request.group)?;
-        if !node.is_leader() {
-            return Err(crate::error::EtcdError::NotLeader.status());
-        }
-        // Leader-local, as `Node::lease_on_leader`: a sleeping leader wakes to recheck its quorum.
-        node.touch_raft_group();
-        let ttl = node.lessor.keep_alive(request.id).unwrap_or(0);
+        let (node, id) = self.leading_lease_node(request)?;
+        let ttl = node.lessor.keep_alive(id).unwrap_or(0);
         Ok(Response::new(pb::LeaseResponse { ttl }))
     }
 
     async fn lease_remaining(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
-        self.check_certificate(&request, None)?;
-        let request = request.into_inner();
-        let node = self.node.tenants.lease_node(&self.node, request.group)?;
-        if !node.is_leader() {
-            return Err(crate::error::EtcdError::NotLeader.status());
-        }
-        // Leader-local, as `Node::lease_on_leader`: a sleeping leader wakes to recheck its quorum.
-        node.touch_raft_group();
-        let ttl = node.lessor.remaining_seconds(request.id).unwrap_or(-1);
+        let (node, id) = self.leading_lease_node(request)?;
+        let ttl = node.lessor.remaining_seconds(id).unwrap_or(-1);
         Ok(Response::new(pb::LeaseResponse { ttl }))
     }
 
