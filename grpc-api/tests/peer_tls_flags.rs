@@ -16,11 +16,19 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// exits, `Ok(())` once it listens on its client port (then it is killed).
 fn start(peer_scheme: &str, extra: &[&str]) -> Result<(), String> {
     let tmp = tempfile::tempdir().unwrap();
-    start_in(tmp.path(), peer_scheme, extra)
+    start_in(tmp.path(), peer_scheme, extra, false)
+}
+
+/// [`start`] for flags it must refuse: only its exit counts, `Err(stderr)`; `Ok(())` if it
+/// still runs after [`START_TIMEOUT`]. A connect to its client port could be answered by
+/// another process and must not pass for an accepted start.
+fn start_refused(peer_scheme: &str, extra: &[&str]) -> Result<(), String> {
+    let tmp = tempfile::tempdir().unwrap();
+    start_in(tmp.path(), peer_scheme, extra, true)
 }
 
 /// [`start`] with the member's data dir under `dir` (`dir/data`).
-fn start_in(dir: &std::path::Path, peer_scheme: &str, extra: &[&str]) -> Result<(), String> {
+fn start_in(dir: &std::path::Path, peer_scheme: &str, extra: &[&str], refused: bool) -> Result<(), String> {
     let (client, peer) = (free_port(), free_port());
     let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("{peer_scheme}://127.0.0.1:{peer}");
@@ -30,10 +38,11 @@ fn start_in(dir: &std::path::Path, peer_scheme: &str, extra: &[&str]) -> Result<
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning plinth");
-    let started = wait_listen_or_exit(&mut child, Some(client), START_TIMEOUT);
+    let started = wait_listen_or_exit(&mut child, (!refused).then_some(client), START_TIMEOUT);
     match started {
         Some(Started::Exited(_)) => return Err(read_stderr(&mut child)),
         Some(Started::Listening) => kill(&mut child),
+        None if refused => kill(&mut child),
         None => {
             kill(&mut child);
             panic!("plinth {peer_scheme} {extra:?} neither listened nor exited within {START_TIMEOUT:?}");
@@ -85,7 +94,7 @@ fn inconsistent_peer_tls_flags_are_refused_with_the_flag_named() {
         ("https", &["--peer-auto-tls", "--peer-crl-file", "/x/crl"], "--peer-crl-file"),
     ];
     let outcomes: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = cases.iter().map(|case| s.spawn(move || (case, start(case.0, case.1)))).collect();
+        let handles: Vec<_> = cases.iter().map(|case| s.spawn(move || (case, start_refused(case.0, case.1)))).collect();
         handles.into_iter().map(|h| h.join().expect("a start panicked")).collect()
     });
     let mut failures = Vec::new();
@@ -109,7 +118,7 @@ fn https_peer_urls_with_peer_auto_tls_start_and_make_a_certificate() {
 #[test]
 fn peer_auto_tls_certificates_last_self_signed_cert_validity_years() {
     let tmp = tempfile::tempdir().unwrap();
-    start_in(tmp.path(), "https", &["--peer-auto-tls", "--self-signed-cert-validity", "3"])
+    start_in(tmp.path(), "https", &["--peer-auto-tls", "--self-signed-cert-validity", "3"], false)
         .expect("plinth with --peer-auto-tls and --self-signed-cert-validity");
     let pem = std::fs::read(tmp.path().join("data/fixtures/peer/cert.pem")).expect("the peer auto-TLS certificate");
     let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).expect("a PEM certificate");
