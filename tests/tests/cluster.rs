@@ -356,6 +356,16 @@ fn learner_joins_by_snapshot_is_promoted_and_a_member_is_removed() {
         .await;
         assert!(promoted.members().iter().all(|m| !m.is_learner()));
         assert_eq!(promoted.members().len(), 4);
+        // The promotion is committed when member 0 answers; the new voter learns it when it
+        // applies the entry, and until then it still refuses what a learner may not do.
+        eventually("the promoted member applies its promotion", CATCH_UP_TIMEOUT, &c, || {
+            let endpoint = endpoint.clone();
+            async move {
+                let mut l = connect(&endpoint).await.ok()?;
+                (!l.status().await.ok()?.is_learner()).then_some(())
+            }
+        })
+        .await;
     });
 
     // Remove a voter that is not the leader: it stops serving; the other three go on.
