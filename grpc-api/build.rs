@@ -1,5 +1,6 @@
 //! Generates the etcd v3 API (etcdserverpb, mvccpb, authpb) and the member-to-member
-//! protocol (plinthpeer) from the project's own protos.
+//! protocol (plinthpeer) from the project's own protos, and the server side of etcd's
+//! `Watch` service over the server's own response type (see `src/watch.rs`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // protoc comes from the vendored binary and is set for this build script only: a global
@@ -23,6 +24,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
             &["proto"],
         )?;
+    // `/etcdserverpb.Watch/Watch`, served with responses whose events are already encoded
+    // (`watch::WireResponse`, the same bytes on the wire as etcd's `WatchResponse`), so an
+    // event is encoded once for all its watchers. Clients keep the generated types above.
+    let watch = tonic_build::manual::Service::builder()
+        .name("Watch")
+        .package("etcdserverpb")
+        .method(
+            tonic_build::manual::Method::builder()
+                .name("watch")
+                .route_name("Watch")
+                .input_type("crate::pb::etcdserverpb::WatchRequest")
+                .output_type("crate::watch::WireResponse")
+                .codec_path("tonic_prost::ProstCodec")
+                .client_streaming()
+                .server_streaming()
+                .build(),
+        )
+        .build();
+    tonic_build::manual::Builder::new().build_client(false).compile(&[watch]);
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

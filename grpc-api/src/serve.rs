@@ -16,8 +16,9 @@ use crate::node::peer::{PeerService, PeerTransport, PEER_MESSAGE_BYTES_MAX};
 use crate::node::{Applier, Groups, Membership, Node, NodeConfig, DEFAULT_GROUP, SYSTEM_GROUP};
 use crate::pb::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    maintenance_server::MaintenanceServer,
 };
+use crate::watch::server::watch_server::WatchServer;
 
 /// Default per-tenant quota: far above etcd's 2 GiB, since RocksDB has no 8 GiB ceiling.
 pub const QUOTA_BYTES_DEFAULT: u64 = 8 << 30;

@@ -6,19 +6,61 @@
 //! - a watcher's `Created` response precedes its events (the store queues it first);
 //! - progress notifications are queued by the store behind the events they cover and travel
 //!   the same channel, so a progress revision never runs ahead of delivered events.
+//!
+//! Fan-out cost: the store hands every watcher of an event the same shared event, and each
+//! event is protobuf-encoded once, on first send, then reused by every other stream. The
+//! service is served with its own response type, [`WireResponse`], whose events are those
+//! encoded bytes: `repeated bytes` and `repeated mvccpb.Event` are the same bytes on the
+//! wire, so clients see etcd's `WatchResponse` exactly. Sending an event to a watcher is then
+//! one reference count and one copy into the HTTP/2 buffer.
 
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::EtcdError;
 use crate::node::Node;
-use crate::pb::etcdserverpb::{self as pb, watch_server::Watch};
-use crate::pb::mvccpb;
+use crate::pb::etcdserverpb as pb;
+
+/// The server side of etcd's `Watch` service, generated over [`WireResponse`].
+pub mod server {
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.Watch.rs"));
+}
+use server::watch_server::Watch;
+
+/// etcd's `WatchResponse` as this server writes it: the same fields and tags, with every
+/// event already encoded as an `mvccpb.Event` (a length-delimited field 11 either way).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WireResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<pb::ResponseHeader>,
+    #[prost(int64, tag = "2")]
+    pub watch_id: i64,
+    #[prost(bool, tag = "3")]
+    pub created: bool,
+    #[prost(bool, tag = "4")]
+    pub canceled: bool,
+    #[prost(int64, tag = "5")]
+    pub compact_revision: i64,
+    #[prost(string, tag = "6")]
+    pub cancel_reason: String,
+    #[prost(bool, tag = "7")]
+    pub fragment: bool,
+    /// Encoded `mvccpb.Event`s.
+    #[prost(bytes = "bytes", repeated, tag = "11")]
+    pub events: Vec<Bytes>,
+}
+
+/// An event's `mvccpb.Event` encoding, made once per shared event.
+fn encode_event(event: &store::SharedEvent) -> Bytes {
+    event.wire(|e| Bytes::from(crate::kv::event_to_pb(e.clone()).encode_to_vec()))
+}
 
 /// Responses buffered towards one gRPC client before the stream's writer waits for it.
 const SEND_BUFFER: usize = 128;
@@ -37,7 +79,7 @@ pub struct WatchService {
     pub node: Arc<Node>,
 }
 
-type WatchResponseStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+type WatchResponseStream = Pin<Box<dyn Stream<Item = Result<WireResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Watch for WatchService {
@@ -65,7 +107,7 @@ impl Watch for WatchService {
 struct StreamState {
     node: Arc<Node>,
     stream: store::WatchStream,
-    tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    tx: mpsc::Sender<Result<WireResponse, Status>>,
     /// Watchers that asked for periodic progress notifications.
     progress_notify: HashSet<i64>,
     /// Watchers that asked for large responses to be split.
@@ -80,7 +122,7 @@ async fn run_stream(
     node: Arc<Node>,
     mut requests: Streaming<pb::WatchRequest>,
     stream: store::WatchStream,
-    tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    tx: mpsc::Sender<Result<WireResponse, Status>>,
     requires_leader: bool,
     identity: (tonic::metadata::MetadataMap, Option<String>),
 ) {
@@ -144,7 +186,7 @@ async fn run_stream(
 }
 
 impl StreamState {
-    async fn send(&self, response: pb::WatchResponse) -> bool {
+    async fn send(&self, response: WireResponse) -> bool {
         self.tx.send(Ok(response)).await.is_ok()
     }
 
@@ -173,7 +215,7 @@ impl StreamState {
 
     async fn create(&mut self, create: pb::WatchCreateRequest) -> bool {
         let header = self.node.current_header();
-        let refuse = |reason: &str| pb::WatchResponse {
+        let refuse = |reason: &str| WireResponse {
             header: Some(header),
             watch_id: -1,
             created: true,
@@ -236,7 +278,7 @@ impl StreamState {
         }
         // etcd's cancel for a compacted start revision carries header revision 0.
         let header = self.node.header(if response.compact_revision != 0 { 0 } else { response.revision });
-        let events: Vec<mvccpb::Event> = response.events.into_iter().map(crate::kv::event_to_pb).collect();
+        let events: Vec<Bytes> = response.events.iter().map(encode_event).collect();
         if response.canceled || response.compact_revision != 0 {
             self.progress_notify.remove(&watch_id);
             self.fragment.remove(&watch_id);
@@ -244,7 +286,7 @@ impl StreamState {
         // A watcher the store canceled because its client stopped reading gets a reason, so
         // the client surfaces an error and re-watches rather than taking it for a clean end.
         let cancel_reason = if response.slow { EtcdError::WatchCanceled.message().to_string() } else { String::new() };
-        let base = pb::WatchResponse {
+        let base = WireResponse {
             header: Some(header),
             watch_id,
             created: response.created,
@@ -261,7 +303,7 @@ impl StreamState {
             }
             true
         } else {
-            self.send(pb::WatchResponse { events, ..base }).await
+            self.send(WireResponse { events, ..base }).await
         }
     }
 
@@ -276,46 +318,113 @@ impl StreamState {
     }
 }
 
-/// Splits events over responses of at most `limit_bytes` each (at least one event per
-/// response); every response but the last is marked `fragment`.
-fn fragment(base: pb::WatchResponse, events: Vec<mvccpb::Event>, limit_bytes: usize) -> Vec<pb::WatchResponse> {
-    use prost::Message;
+/// Splits encoded events over responses of at most `limit_bytes` of events each (at least one
+/// event per response); every response but the last is marked `fragment`.
+fn fragment(base: WireResponse, events: Vec<Bytes>, limit_bytes: usize) -> Vec<WireResponse> {
     let mut out = Vec::new();
-    let mut current: Vec<mvccpb::Event> = Vec::new();
+    let mut current: Vec<Bytes> = Vec::new();
     let mut current_bytes = 0usize;
     for event in events {
-        let size = event.encoded_len();
+        let size = event.len();
         if !current.is_empty() && current_bytes + size > limit_bytes {
-            out.push(pb::WatchResponse { events: std::mem::take(&mut current), fragment: true, ..base.clone() });
+            out.push(WireResponse { events: std::mem::take(&mut current), fragment: true, ..base.clone() });
             current_bytes = 0;
         }
         current_bytes += size;
         current.push(event);
     }
-    out.push(pb::WatchResponse { events: current, fragment: false, ..base });
+    out.push(WireResponse { events: current, fragment: false, ..base });
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pb::mvccpb;
 
-    fn event(n: usize) -> mvccpb::Event {
-        mvccpb::Event {
+    fn event(n: usize) -> Bytes {
+        let e = mvccpb::Event {
             r#type: 0,
             kv: Some(mvccpb::KeyValue { key: vec![b'k'; 10].into(), value: vec![0; n].into(), ..Default::default() }),
             prev_kv: None,
-        }
+        };
+        e.encode_to_vec().into()
     }
 
     #[test]
     fn fragments_split_and_mark_all_but_last() {
-        let pieces = fragment(pb::WatchResponse::default(), vec![event(100), event(100), event(100)], 150);
+        let pieces = fragment(WireResponse::default(), vec![event(100), event(100), event(100)], 150);
         assert_eq!(pieces.len(), 3);
         assert!(pieces[0].fragment && pieces[1].fragment && !pieces[2].fragment);
-        let one = fragment(pb::WatchResponse::default(), vec![event(10), event(10)], 1 << 20);
+        let one = fragment(WireResponse::default(), vec![event(10), event(10)], 1 << 20);
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].events.len(), 2);
         assert!(!one[0].fragment);
+    }
+
+    fn kv(key: &str, value: &str, rev: i64) -> store::KeyValue {
+        store::KeyValue {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            create_revision: 2,
+            mod_revision: rev,
+            version: rev - 1,
+            lease: 7,
+        }
+    }
+
+    /// What a client decodes from the server's response is etcd's `WatchResponse`, byte for
+    /// byte the encoding of the same response built from `mvccpb.Event`s.
+    #[test]
+    fn wire_response_is_etcds_watch_response_on_the_wire() {
+        let events = vec![
+            store::SharedEvent::new(store::Event {
+                kind: store::EventKind::Put,
+                kv: kv("a", "new", 5),
+                prev_kv: Some(kv("a", "old", 4)),
+            }),
+            store::SharedEvent::new(store::Event {
+                kind: store::EventKind::Delete,
+                kv: store::KeyValue { key: Bytes::from_static(b"b"), mod_revision: 5, ..Default::default() },
+                prev_kv: None,
+            }),
+        ];
+        let header = pb::ResponseHeader { cluster_id: 1, member_id: 2, revision: 5, raft_term: 3 };
+        let wire = WireResponse {
+            header: Some(header),
+            watch_id: 9,
+            compact_revision: 0,
+            cancel_reason: "why".into(),
+            fragment: true,
+            events: events.iter().map(encode_event).collect(),
+            ..Default::default()
+        };
+        let etcd = pb::WatchResponse {
+            header: Some(header),
+            watch_id: 9,
+            cancel_reason: "why".into(),
+            fragment: true,
+            events: events.iter().map(|e| crate::kv::event_to_pb((**e).clone())).collect(),
+            ..Default::default()
+        };
+        let bytes = wire.encode_to_vec();
+        assert_eq!(bytes, etcd.encode_to_vec());
+        assert_eq!(pb::WatchResponse::decode(bytes.as_slice()).expect("decodes"), etcd);
+        assert_eq!(wire.encoded_len(), bytes.len());
+    }
+
+    #[test]
+    fn an_event_is_encoded_once_for_every_stream() {
+        let e =
+            store::SharedEvent::new(store::Event { kind: store::EventKind::Put, kv: kv("k", "v", 3), prev_kv: None });
+        let shared = e.clone();
+        let first = encode_event(&e);
+        let mut calls = 0;
+        let again = shared.wire(|_| {
+            calls += 1;
+            Bytes::new()
+        });
+        assert_eq!(calls, 0, "the second stream reuses the first encoding");
+        assert_eq!(first, again);
     }
 }

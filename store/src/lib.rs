@@ -179,7 +179,7 @@ pub use snapshot::{
 };
 pub use snapshot_install::{SnapshotSpool, INSTALL_BATCH_BYTES};
 pub use store::Store;
-pub use watch::{WatchEvent, WatchId, WatchSpec, WatchStream};
+pub use watch::{SharedEvent, WatchEvent, WatchId, WatchSpec, WatchStream};
 
 /// Re-exported so callers can `encode_to_vec` / `decode` commands without naming prost.
 pub use prost::Message;

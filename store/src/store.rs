@@ -485,7 +485,7 @@ impl Store {
         }
         // Events are published only once the batch is in RocksDB, so catch-up reads and
         // live feeds agree.
-        gs.hub.publish(&events, meta.current_revision, meta.compact_revision);
+        gs.hub.publish(events, meta.current_revision, meta.compact_revision);
         if import_edges {
             // The group's data was wiped or replaced: every watcher relists, told so as a
             // compaction (a watcher resumed from any revision it saw is refused).

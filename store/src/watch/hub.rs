@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 use rocksdb::DB;
 
 use super::queue::StreamQueue;
-use super::{WatchEvent, WatchSpec};
+use super::{SharedEvent, WatchEvent, WatchSpec};
 use crate::config::StoreConfig;
 use crate::engine::Reader;
 use crate::error::{Error, Result};
@@ -64,8 +64,13 @@ impl Watcher {
             && !(self.spec.no_delete && ev.kind == EventKind::Delete)
     }
 
-    fn view(&self, ev: &Event) -> Event {
-        Event { kind: ev.kind, kv: ev.kv.clone(), prev_kv: if self.spec.prev_kv { ev.prev_kv.clone() } else { None } }
+    /// The form of `ev` this watcher receives (a reference count, not a copy).
+    fn view(&self, ev: &Forms) -> SharedEvent {
+        if self.spec.prev_kv {
+            ev.full.clone()
+        } else {
+            ev.bare.clone()
+        }
     }
 
     /// Whether progress at `current` may be reported for this watcher: it is synced and the
@@ -73,6 +78,29 @@ impl Watcher {
     /// etcd's `isWatcherSynced` / contract §3.13).
     fn progress_due(&self, current: Revision) -> bool {
         self.synced && current >= self.spec.start_revision
+    }
+}
+
+/// One event in the two forms watchers receive, each built once and shared by every watcher
+/// that receives it: with its `prev_kv`, and without (for watchers that did not ask for it).
+struct Forms {
+    full: SharedEvent,
+    bare: SharedEvent,
+}
+
+impl Forms {
+    fn of(event: Event) -> Forms {
+        let full = SharedEvent::new(event);
+        let bare = if full.prev_kv.is_some() {
+            SharedEvent::new(Event { kind: full.kind, kv: full.kv.clone(), prev_kv: None })
+        } else {
+            full.clone()
+        };
+        Forms { full, bare }
+    }
+
+    fn revision(&self) -> Revision {
+        self.full.revision()
     }
 }
 
@@ -229,7 +257,7 @@ impl Hub {
 
     /// Feeds synced watchers with a committed batch's events, then advances `current`.
     /// Called after the batch is written to RocksDB.
-    pub fn publish(&self, events: &[Event], current: Revision, compact: Revision) {
+    pub fn publish(&self, events: Vec<Event>, current: Revision, compact: Revision) {
         let mut st = self.state.lock();
         assert!(current >= st.current, "published revision went backwards: {current} < {}", st.current);
         assert!(
@@ -237,15 +265,17 @@ impl Hub {
             "events must be published in revision order"
         );
         let mut fell_behind = 0;
-        if !events.is_empty() {
-            let by_revision: Vec<&[Event]> = events.chunk_by(|a, b| a.revision() == b.revision()).collect();
+        // Built only when a synced watcher may want them: a group nobody watches pays nothing.
+        if !events.is_empty() && st.watchers.len() > st.unsynced {
+            let forms: Vec<Forms> = events.into_iter().map(Forms::of).collect();
+            let by_revision: Vec<&[Forms]> = forms.chunk_by(|a, b| a.revision() == b.revision()).collect();
             for (key, w) in st.watchers.iter_mut().filter(|(_, w)| w.synced) {
                 for evs in &by_revision {
                     let rev = evs[0].revision();
                     if rev < w.next_revision {
                         continue;
                     }
-                    let mine: Vec<Event> = evs.iter().filter(|e| w.wants(e)).map(|e| w.view(e)).collect();
+                    let mine: Vec<SharedEvent> = evs.iter().filter(|e| w.wants(&e.full)).map(|e| w.view(e)).collect();
                     if mine.is_empty() {
                         continue;
                     }
@@ -359,7 +389,7 @@ impl Hub {
                     ReadBudget { events: cfg.watch_sync_batch_events, bytes: SYNC_PASS_BYTES_MAX },
                     want_prev,
                 )?;
-                (events, from, upto, ready)
+                (events.into_iter().map(Forms::of).collect(), from, upto, ready)
             }
             None => (Vec::new(), current + 1, current, Vec::new()),
         };
@@ -409,7 +439,8 @@ impl Hub {
                 let latest = Reader::latest(db);
                 // Bounded by SYNC_TAIL_REVISIONS_MAX revisions rather than by a budget.
                 let all = ReadBudget { events: usize::MAX, bytes: usize::MAX };
-                read_events(&latest, self.group, tail_from, st.current, st.compact, all, true)?.0
+                let events = read_events(&latest, self.group, tail_from, st.current, st.compact, all, true)?.0;
+                events.into_iter().map(Forms::of).collect()
             } else {
                 Vec::new()
             };
@@ -476,9 +507,9 @@ impl Hub {
 /// Queues the events of `events` from `w.next_revision` on, in responses of whole
 /// revisions, the last one carrying header `through`. On a full queue, stops at the first
 /// unqueued revision and returns false.
-fn deliver(w: &mut Watcher, watch_id: i64, events: &[Event], through: Revision) -> bool {
-    let mine: Vec<Event> =
-        events.iter().filter(|e| e.revision() >= w.next_revision && w.wants(e)).map(|e| w.view(e)).collect();
+fn deliver(w: &mut Watcher, watch_id: i64, events: &[Forms], through: Revision) -> bool {
+    let mine: Vec<SharedEvent> =
+        events.iter().filter(|e| e.revision() >= w.next_revision && w.wants(&e.full)).map(|e| w.view(e)).collect();
     let mut start = 0;
     while start < mine.len() {
         let mut end = start;

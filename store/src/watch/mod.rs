@@ -27,8 +27,10 @@
 mod hub;
 mod queue;
 
+use std::fmt;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -61,6 +63,64 @@ pub struct WatchSpec {
     pub no_delete: bool,
 }
 
+/// An event as queued for watchers: one allocation shared by every watcher that receives it
+/// in the same form (with or without `prev_kv`), so fan-out to N watchers costs N reference
+/// counts, not N copies. It carries a slot for its wire encoding, filled by the first stream
+/// that sends it and reused by every other: the server encodes an event once per form,
+/// whatever the number of watchers.
+#[derive(Clone)]
+pub struct SharedEvent(Arc<SharedInner>);
+
+struct SharedInner {
+    event: Event,
+    wire: OnceLock<Bytes>,
+}
+
+impl SharedEvent {
+    pub fn new(event: Event) -> SharedEvent {
+        SharedEvent(Arc::new(SharedInner { event, wire: OnceLock::new() }))
+    }
+
+    /// The event's encoding: made by `encode` on the first call, shared afterwards. Every
+    /// caller must pass the same encoding function (a server has one wire format).
+    pub fn wire(&self, encode: impl FnOnce(&Event) -> Bytes) -> Bytes {
+        self.0.wire.get_or_init(|| encode(&self.0.event)).clone()
+    }
+}
+
+impl Deref for SharedEvent {
+    type Target = Event;
+    fn deref(&self) -> &Event {
+        &self.0.event
+    }
+}
+
+impl From<Event> for SharedEvent {
+    fn from(event: Event) -> SharedEvent {
+        SharedEvent::new(event)
+    }
+}
+
+impl fmt::Debug for SharedEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.event.fmt(f)
+    }
+}
+
+impl PartialEq for SharedEvent {
+    fn eq(&self, other: &SharedEvent) -> bool {
+        self.0.event == other.0.event
+    }
+}
+
+impl Eq for SharedEvent {}
+
+impl PartialEq<Event> for SharedEvent {
+    fn eq(&self, other: &Event) -> bool {
+        self.0.event == *other
+    }
+}
+
 /// One response on a stream (etcd `WatchResponse` without the header's non-revision
 /// fields).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -69,7 +129,7 @@ pub struct WatchEvent {
     pub watch_id: i64,
     /// Header revision: every event of this watch up to it has been queued.
     pub revision: Revision,
-    pub events: Vec<Event>,
+    pub events: Vec<SharedEvent>,
     /// The first response of every watch.
     pub created: bool,
     pub canceled: bool,
