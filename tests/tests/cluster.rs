@@ -395,6 +395,49 @@ fn learner_joins_by_snapshot_is_promoted_and_a_member_is_removed() {
     rt.block_on(verify_members(&c, leader, &acked));
 }
 
+/// A write to a member that knows no leader waits for one, as etcd's does (raft takes no
+/// proposals then, and etcd answers only at its request timeout), instead of failing at once:
+/// it is served once an election ends. Only `hasleader` requests are refused early.
+#[test]
+fn a_write_while_no_leader_is_known_waits_for_the_election() {
+    let rt = runtime();
+    let mut c = Members::start(MEMBERS, &[]);
+    let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
+    let alone = (0..MEMBERS).find(|i| *i != leader).expect("a follower");
+    let others: Vec<usize> = (0..MEMBERS).filter(|i| *i != alone).collect();
+    for i in &others {
+        c.members[*i].pause();
+    }
+    let endpoint = c.members[alone].endpoint();
+    rt.block_on(async {
+        // The lone member's election timer fires and, without a quorum, it stays leaderless.
+        eventually("the lone member knows no leader", CATCH_UP_TIMEOUT, &c, || {
+            let endpoint = endpoint.clone();
+            async move {
+                let mut client = connect(&endpoint).await.ok()?;
+                (client.status().await.ok()?.leader() == 0).then_some(())
+            }
+        })
+        .await;
+    });
+    let mut client = rt.block_on(must_connect(&endpoint));
+    let put = rt.spawn(async move { client.put("waited", "for a leader", None).await });
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(!put.is_finished(), "a write with no leader known was answered at once: {:?}", rt.block_on(put));
+    for i in &others {
+        c.members[*i].resume();
+    }
+    let answer = rt.block_on(put).expect("the put task");
+    let revision = answer.expect("the write is served once a leader is elected").header().unwrap().revision();
+    rt.block_on(async {
+        let leader = c.wait_leader(START_TIMEOUT).await;
+        let mut client = must_connect(&c.members[leader].endpoint()).await;
+        let got = client.get("waited", None).await.expect("get");
+        assert_eq!(got.kvs()[0].value(), b"for a leader");
+        assert_eq!(got.kvs()[0].mod_revision(), revision);
+    });
+}
+
 #[test]
 fn isolated_leader_steps_down_and_a_lagging_member_gets_a_snapshot() {
     let rt = runtime();

@@ -480,6 +480,8 @@ impl Node {
     /// checks (etcd's request validation: size, txn op count, duplicate keys, ...) run first,
     /// so a bad request never takes a log entry; apply repeats them on every replica.
     pub async fn propose(&self, body: store::CommandBody) -> Result<store::CommandResponse, Status> {
+        let started = std::time::Instant::now();
+        let deadline = started + self.cfg.request_timeout;
         self.check_not_learner()?;
         let command = store::Command { request_id: 0, body: Some(body) };
         self.store.validate(&command).map_err(|e| crate::error::store_status(&e))?;
@@ -499,15 +501,28 @@ impl Node {
         let id = request_id(self.member_id(), self.next_request_id.fetch_add(1, Ordering::Relaxed));
         let data = encode_proposal(self.member_id(), id, &command, encoded_len);
         let (tx, rx) = oneshot::channel();
-        let started = std::time::Instant::now();
         self.waiters.insert(id, tx)?;
-        if let Err(e) = self.raft.propose(self.raft_group(), data) {
-            self.waiters.remove(id);
-            self.metrics.proposals_failed.inc();
-            return Err(driver_status(&e));
+        loop {
+            let proposed = match self.wait_for_leader(deadline).await {
+                Ok(()) => self.raft.propose(self.raft_group(), data.clone()),
+                Err(()) => Err(raft_log::Error::Timeout),
+            };
+            match proposed {
+                Ok(()) => break,
+                // The leader was lost between the check and the proposal: wait again.
+                Err(raft_log::Error::NoLeader) => continue,
+                Err(e) => {
+                    self.waiters.remove(id);
+                    self.metrics.proposals_failed.inc();
+                    return Err(match e {
+                        raft_log::Error::Timeout => propose_timeout_error(&self.timeout_context(started)).status(),
+                        e => driver_status(&e),
+                    });
+                }
+            }
         }
         self.metrics.proposals_pending.set(self.waiters.len() as i64);
-        let outcome = tokio::time::timeout(self.cfg.request_timeout, rx).await;
+        let outcome = tokio::time::timeout_at(deadline.into(), rx).await;
         self.metrics.proposals_pending.set(self.waiters.len() as i64);
         match outcome {
             Ok(Ok(result)) => {
@@ -724,9 +739,36 @@ impl Node {
         self.propose_conf_change(raft::eraftpb::ConfChangeType::AddNode, member).await
     }
 
+    /// Waits until this member knows a leader of its group, at most until `deadline`
+    /// (`Err` then). etcd holds a proposal or a read-index request while its member knows no
+    /// leader (raft's node takes no proposals then) and answers only at the request timeout,
+    /// so a client that writes during an election, or to a member that has not yet heard
+    /// from a new group's leader, is served once the leader is known. Only a request that
+    /// requires a leader (`hasleader`) is refused at once, by `check_leader`.
+    async fn wait_for_leader(&self, deadline: std::time::Instant) -> Result<(), ()> {
+        // Elections take at least an election timeout; polling this often adds little to
+        // that, and only requests that arrive while there is no leader ever poll.
+        const LEADER_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+        if self.leader() != 0 {
+            return Ok(());
+        }
+        // A sleeping group holds no election: wake it.
+        self.touch_raft_group();
+        while self.leader() == 0 {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Err(());
+            }
+            tokio::time::sleep(LEADER_POLL.min(deadline - now)).await;
+        }
+        Ok(())
+    }
+
     /// Waits for a linearizable read point: the leader confirms the commit index (ReadIndex),
     /// then this member waits until it has applied at least that far.
     pub async fn read_barrier(&self) -> Result<(), Status> {
+        let deadline = std::time::Instant::now() + self.cfg.request_timeout;
+        self.wait_for_leader(deadline).await.map_err(|()| EtcdError::Timeout.status())?;
         let (tx, rx) = oneshot::channel();
         self.raft.read_index(
             self.raft_group(),
