@@ -21,6 +21,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, WatchOptions};
+use plinth_tests::cli::connect_eventually;
 use plinth_tests::cluster::plinth_bin;
 use plinth_tests::members::Members;
 use plinth_tests::ports;
@@ -35,21 +36,6 @@ fn runtime() -> tokio::runtime::Runtime {
 async fn connect(endpoint: &str) -> Result<Client, etcd_client::Error> {
     let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(Duration::from_secs(8));
     Client::connect([endpoint], Some(opts)).await
-}
-
-/// Connects to `endpoint`, retrying while its listener opens (a tenant port opens when the
-/// member applies the tenant's creation).
-async fn connect_eventually(endpoint: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(mut c) = connect(endpoint).await {
-            if c.status().await.is_ok() {
-                return c;
-            }
-        }
-        assert!(Instant::now() < deadline, "{endpoint} never answered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Whether a server answers `Status` at `endpoint` (etcd-client connects lazily).
