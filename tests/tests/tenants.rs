@@ -511,20 +511,36 @@ async fn burst_of_gets(c: &mut Client, n: usize) -> (usize, usize) {
     (ok, refused)
 }
 
+/// How long a watch create may take to be answered on a loaded machine.
+const WATCH_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Whether a watch on `key` through `c` is created, or refused with "too many requests".
 async fn watch_created(c: &mut Client, key: &str) -> (bool, Option<etcd_client::WatchStream>) {
     match c.watch(key, None).await {
         Err(e) if e.to_string().contains(TOO_MANY) => (false, None),
         Err(e) => panic!("watch {key}: {e}"),
         Ok(mut stream) => {
-            // etcd-client hands over the stream after the `created` response; a refusal
-            // then arrives as `canceled` with the reason.
-            match tokio::time::timeout(Duration::from_millis(300), stream.message()).await {
-                Ok(Ok(Some(r))) if r.canceled() => {
-                    assert_eq!(r.cancel_reason(), TOO_MANY, "watch {key} canceled for another reason");
-                    (false, None)
+            // etcd-client hands over the stream before the server has answered the create.
+            // The answer is one `created` response, also `canceled` with the reason when the
+            // watcher is refused; it is waited for, since a refusal that comes late must not
+            // pass for a created watcher, nor a watcher the server has not yet counted let a
+            // later create through.
+            let answer = tokio::time::timeout(WATCH_ANSWER_TIMEOUT, stream.message())
+                .await
+                .unwrap_or_else(|_| panic!("watch {key}: the create was not answered within {WATCH_ANSWER_TIMEOUT:?}"));
+            match answer {
+                Err(e) if e.to_string().contains(TOO_MANY) => (false, None),
+                Err(e) => panic!("watch {key}: {e}"),
+                Ok(None) => panic!("watch {key}: the stream ended before the create was answered"),
+                Ok(Some(r)) => {
+                    assert!(r.created(), "watch {key}: the first response does not answer the create: {r:?}");
+                    if r.canceled() {
+                        assert_eq!(r.cancel_reason(), TOO_MANY, "watch {key} canceled for another reason");
+                        (false, None)
+                    } else {
+                        (true, Some(stream))
+                    }
                 }
-                _ => (true, Some(stream)),
             }
         }
     }
