@@ -497,18 +497,37 @@ fn metrics_are_labelled_by_tenant_and_leave_with_it() {
 
 const TOO_MANY: &str = "etcdserver: too many requests";
 
-/// `n` gets through `c` as fast as they go: how many were answered and how many refused
-/// with etcd's "too many requests" (anything else fails the test).
-async fn burst_of_gets(c: &mut Client, n: usize) -> (usize, usize) {
+/// `n` requests made by `request` (given a clone of `c` and the request's number), sent
+/// all at once: how many were answered and how many refused with etcd's "too many requests"
+/// (anything else fails the test).
+///
+/// Sent one after the other, the burst would last as long as the answered requests take (a
+/// write waits for its fsync), and the buckets refill meanwhile: on a loaded machine more
+/// would pass than a burst of the limit allows. Sent together they reach the limiter within
+/// a few milliseconds, whatever each then takes to be answered.
+async fn burst<F, Fut>(c: &Client, n: usize, request: F) -> (usize, usize)
+where
+    F: Fn(Client, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), etcd_client::Error>> + Send + 'static,
+{
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..n {
+        requests.spawn(request(c.clone(), i));
+    }
     let (mut ok, mut refused) = (0, 0);
-    for _ in 0..n {
-        match c.get("k", None).await {
-            Ok(_) => ok += 1,
+    while let Some(done) = requests.join_next().await {
+        match done.expect("request task") {
+            Ok(()) => ok += 1,
             Err(e) if e.to_string().contains(TOO_MANY) => refused += 1,
-            Err(e) => panic!("a get failed otherwise: {e}"),
+            Err(e) => panic!("a request failed otherwise: {e}"),
         }
     }
     (ok, refused)
+}
+
+/// A burst of `n` gets through `c` (see [`burst`]).
+async fn burst_of_gets(c: &Client, n: usize) -> (usize, usize) {
+    burst(c, n, |mut c, _| async move { c.get("k", None).await.map(drop) }).await
 }
 
 /// How long a watch create may take to be answered on a loaded machine.
@@ -566,13 +585,13 @@ fn tenant_limits_answer_too_many_requests() {
         let shown = tenant_cli(&admin, &["show", "limited"]);
         assert!(shown.contains("limits: requests/s 20, watchers 2, request bytes/s 4096"), "{shown}");
         let mut limited = connect_eventually(&format!("http://127.0.0.1:{}", base + 1)).await;
-        let mut free = connect_eventually(&format!("http://127.0.0.1:{}", base + 2)).await;
+        let free = connect_eventually(&format!("http://127.0.0.1:{}", base + 2)).await;
         // The limits reach the member's limiter on its next reconcile pass (every second).
         tokio::time::sleep(Duration::from_millis(1500)).await;
 
-        let (ok, refused) = burst_of_gets(&mut limited, 100).await;
+        let (ok, refused) = burst_of_gets(&limited, 100).await;
         assert!(refused >= 50 && ok >= 15, "100 gets at 20/s: {ok} answered, {refused} refused");
-        let (ok, refused) = burst_of_gets(&mut free, 100).await;
+        let (ok, refused) = burst_of_gets(&free, 100).await;
         assert_eq!((ok, refused), (100, 0), "the tenant without limits was refused");
 
         // Two watchers at most (each watch opens a stream: a request of its own).
@@ -590,14 +609,11 @@ fn tenant_limits_answer_too_many_requests() {
         // 4 KiB written per second: a burst of 1 KiB values is cut after about four.
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let value = "v".repeat(1024);
-        let mut puts = (0, 0);
-        for i in 0..12 {
-            match limited.put(format!("big/{i}"), value.clone(), None).await {
-                Ok(_) => puts.0 += 1,
-                Err(e) if e.to_string().contains(TOO_MANY) => puts.1 += 1,
-                Err(e) => panic!("put: {e}"),
-            }
-        }
+        let puts = burst(&limited, 12, |mut c, i| {
+            let value = value.clone();
+            async move { c.put(format!("big/{i}"), value, None).await.map(drop) }
+        })
+        .await;
         assert!((3..=6).contains(&puts.0) && puts.1 >= 6, "12 puts of 1 KiB at 4 KiB/s: {puts:?}");
 
         // Lifted: every request passes again.
@@ -606,7 +622,7 @@ fn tenant_limits_answer_too_many_requests() {
         assert_eq!(shown["limits"]["requests_per_second"], 0, "{shown}");
         assert_eq!(shown["limits"]["watchers"], 2, "an update keeps the limits it does not name: {shown}");
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let (ok, refused) = burst_of_gets(&mut limited, 100).await;
+        let (ok, refused) = burst_of_gets(&limited, 100).await;
         assert_eq!((ok, refused), (100, 0), "gets after the rate limit was lifted");
     });
 }
