@@ -21,6 +21,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, WatchOptions};
+use plinth_tests::cli::connect_eventually;
 use plinth_tests::cluster::plinth_bin;
 use plinth_tests::members::Members;
 use plinth_tests::ports;
@@ -35,21 +36,6 @@ fn runtime() -> tokio::runtime::Runtime {
 async fn connect(endpoint: &str) -> Result<Client, etcd_client::Error> {
     let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(Duration::from_secs(8));
     Client::connect([endpoint], Some(opts)).await
-}
-
-/// Connects to `endpoint`, retrying while its listener opens (a tenant port opens when the
-/// member applies the tenant's creation).
-async fn connect_eventually(endpoint: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(mut c) = connect(endpoint).await {
-            if c.status().await.is_ok() {
-                return c;
-            }
-        }
-        assert!(Instant::now() < deadline, "{endpoint} never answered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Whether a server answers `Status` at `endpoint` (etcd-client connects lazily).
@@ -323,10 +309,12 @@ fn many_tenants_on_three_members_survive_a_kill_and_agree() {
             let mut c = connect_eventually(&endpoint(0, t)).await;
             // A group whose leader was the killed member elects another; a request proposed
             // to the dead leader meanwhile times out, as in etcd, and the client retries.
-            let mut attempts = 0;
+            // While the election runs a put is refused at once with "no leader", and two
+            // survivors that campaign together split the vote and wait out another election
+            // timeout: the retries are bounded by time, not by a count.
+            let deadline = Instant::now() + LEADER_TIMEOUT;
             while let Err(e) = c.put("after-kill", format!("t{t}"), None).await {
-                attempts += 1;
-                assert!(attempts < 5, "put with a member down: {e}");
+                assert!(Instant::now() < deadline, "tenant t{t}: put with a member down: {e}\n{}", cluster.logs());
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -481,7 +469,15 @@ fn metrics_are_labelled_by_tenant_and_leave_with_it() {
             m1.put(format!("k{i}"), "v", None).await.unwrap();
         }
         m2.put("only", "v", None).await.unwrap();
-        let _watch = m1.watch("k", Some(WatchOptions::new().with_prefix())).await.unwrap();
+        let mut watch = m1.watch("k", Some(WatchOptions::new().with_prefix())).await.unwrap();
+        // etcd-client hands over the stream before the member has taken the create: the
+        // watcher counts once its `created` response arrives.
+        let created = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("the watch create answered within 10 s")
+            .expect("watch stream")
+            .expect("the watch stream ended before the create was answered");
+        assert!(created.created() && !created.canceled(), "{created:?}");
         let text = metrics(&admin);
         let m1_puts = sample(&text, r#"plinth_tenant_requests_total{grpc_code="OK",grpc_method="Put",tenant="m1"}"#);
         assert_eq!(m1_puts, Some(3.0), "{text}");
@@ -509,19 +505,41 @@ fn metrics_are_labelled_by_tenant_and_leave_with_it() {
 
 const TOO_MANY: &str = "etcdserver: too many requests";
 
-/// `n` gets through `c` as fast as they go: how many were answered and how many refused
-/// with etcd's "too many requests" (anything else fails the test).
-async fn burst_of_gets(c: &mut Client, n: usize) -> (usize, usize) {
+/// `n` requests made by `request` (given a clone of `c` and the request's number), sent
+/// all at once: how many were answered and how many refused with etcd's "too many requests"
+/// (anything else fails the test).
+///
+/// Sent one after the other, the burst would last as long as the answered requests take (a
+/// write waits for its fsync), and the buckets refill meanwhile: on a loaded machine more
+/// would pass than a burst of the limit allows. Sent together they reach the limiter within
+/// a few milliseconds, whatever each then takes to be answered.
+async fn burst<F, Fut>(c: &Client, n: usize, request: F) -> (usize, usize)
+where
+    F: Fn(Client, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), etcd_client::Error>> + Send + 'static,
+{
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..n {
+        requests.spawn(request(c.clone(), i));
+    }
     let (mut ok, mut refused) = (0, 0);
-    for _ in 0..n {
-        match c.get("k", None).await {
-            Ok(_) => ok += 1,
+    while let Some(done) = requests.join_next().await {
+        match done.expect("request task") {
+            Ok(()) => ok += 1,
             Err(e) if e.to_string().contains(TOO_MANY) => refused += 1,
-            Err(e) => panic!("a get failed otherwise: {e}"),
+            Err(e) => panic!("a request failed otherwise: {e}"),
         }
     }
     (ok, refused)
 }
+
+/// A burst of `n` gets through `c` (see [`burst`]).
+async fn burst_of_gets(c: &Client, n: usize) -> (usize, usize) {
+    burst(c, n, |mut c, _| async move { c.get("k", None).await.map(drop) }).await
+}
+
+/// How long a watch create may take to be answered on a loaded machine.
+const WATCH_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether a watch on `key` through `c` is created, or refused with "too many requests".
 async fn watch_created(c: &mut Client, key: &str) -> (bool, Option<etcd_client::WatchStream>) {
@@ -529,14 +547,27 @@ async fn watch_created(c: &mut Client, key: &str) -> (bool, Option<etcd_client::
         Err(e) if e.to_string().contains(TOO_MANY) => (false, None),
         Err(e) => panic!("watch {key}: {e}"),
         Ok(mut stream) => {
-            // etcd-client hands over the stream after the `created` response; a refusal
-            // then arrives as `canceled` with the reason.
-            match tokio::time::timeout(Duration::from_millis(300), stream.message()).await {
-                Ok(Ok(Some(r))) if r.canceled() => {
-                    assert_eq!(r.cancel_reason(), TOO_MANY, "watch {key} canceled for another reason");
-                    (false, None)
+            // etcd-client hands over the stream before the server has answered the create.
+            // The answer is one `created` response, also `canceled` with the reason when the
+            // watcher is refused; it is waited for, since a refusal that comes late must not
+            // pass for a created watcher, nor a watcher the server has not yet counted let a
+            // later create through.
+            let answer = tokio::time::timeout(WATCH_ANSWER_TIMEOUT, stream.message())
+                .await
+                .unwrap_or_else(|_| panic!("watch {key}: the create was not answered within {WATCH_ANSWER_TIMEOUT:?}"));
+            match answer {
+                Err(e) if e.to_string().contains(TOO_MANY) => (false, None),
+                Err(e) => panic!("watch {key}: {e}"),
+                Ok(None) => panic!("watch {key}: the stream ended before the create was answered"),
+                Ok(Some(r)) => {
+                    assert!(r.created(), "watch {key}: the first response does not answer the create: {r:?}");
+                    if r.canceled() {
+                        assert_eq!(r.cancel_reason(), TOO_MANY, "watch {key} canceled for another reason");
+                        (false, None)
+                    } else {
+                        (true, Some(stream))
+                    }
                 }
-                _ => (true, Some(stream)),
             }
         }
     }
@@ -562,13 +593,13 @@ fn tenant_limits_answer_too_many_requests() {
         let shown = tenant_cli(&admin, &["show", "limited"]);
         assert!(shown.contains("limits: requests/s 20, watchers 2, request bytes/s 4096"), "{shown}");
         let mut limited = connect_eventually(&format!("http://127.0.0.1:{}", base + 1)).await;
-        let mut free = connect_eventually(&format!("http://127.0.0.1:{}", base + 2)).await;
+        let free = connect_eventually(&format!("http://127.0.0.1:{}", base + 2)).await;
         // The limits reach the member's limiter on its next reconcile pass (every second).
         tokio::time::sleep(Duration::from_millis(1500)).await;
 
-        let (ok, refused) = burst_of_gets(&mut limited, 100).await;
+        let (ok, refused) = burst_of_gets(&limited, 100).await;
         assert!(refused >= 50 && ok >= 15, "100 gets at 20/s: {ok} answered, {refused} refused");
-        let (ok, refused) = burst_of_gets(&mut free, 100).await;
+        let (ok, refused) = burst_of_gets(&free, 100).await;
         assert_eq!((ok, refused), (100, 0), "the tenant without limits was refused");
 
         // Two watchers at most (each watch opens a stream: a request of its own).
@@ -586,14 +617,11 @@ fn tenant_limits_answer_too_many_requests() {
         // 4 KiB written per second: a burst of 1 KiB values is cut after about four.
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let value = "v".repeat(1024);
-        let mut puts = (0, 0);
-        for i in 0..12 {
-            match limited.put(format!("big/{i}"), value.clone(), None).await {
-                Ok(_) => puts.0 += 1,
-                Err(e) if e.to_string().contains(TOO_MANY) => puts.1 += 1,
-                Err(e) => panic!("put: {e}"),
-            }
-        }
+        let puts = burst(&limited, 12, |mut c, i| {
+            let value = value.clone();
+            async move { c.put(format!("big/{i}"), value, None).await.map(drop) }
+        })
+        .await;
         assert!((3..=6).contains(&puts.0) && puts.1 >= 6, "12 puts of 1 KiB at 4 KiB/s: {puts:?}");
 
         // Lifted: every request passes again.
@@ -602,7 +630,7 @@ fn tenant_limits_answer_too_many_requests() {
         assert_eq!(shown["limits"]["requests_per_second"], 0, "{shown}");
         assert_eq!(shown["limits"]["watchers"], 2, "an update keeps the limits it does not name: {shown}");
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let (ok, refused) = burst_of_gets(&mut limited, 100).await;
+        let (ok, refused) = burst_of_gets(&limited, 100).await;
         assert_eq!((ok, refused), (100, 0), "gets after the rate limit was lifted");
     });
 }
