@@ -309,9 +309,9 @@ fn many_tenants_on_three_members_survive_a_kill_and_agree() {
             let mut c = connect_eventually(&endpoint(0, t)).await;
             // A group whose leader was the killed member elects another; a request proposed
             // to the dead leader meanwhile times out, as in etcd, and the client retries.
-            // While the election runs a put is refused at once with "no leader", and two
-            // survivors that campaign together split the vote and wait out another election
-            // timeout: the retries are bounded by time, not by a count.
+            // A put waits for the election, but one that reached the dead leader times out,
+            // and two survivors that campaign together split the vote and wait out another
+            // election timeout: the retries are bounded by time, not by a count.
             let deadline = Instant::now() + LEADER_TIMEOUT;
             while let Err(e) = c.put("after-kill", format!("t{t}"), None).await {
                 assert!(Instant::now() < deadline, "tenant t{t}: put with a member down: {e}\n{}", cluster.logs());

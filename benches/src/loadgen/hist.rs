@@ -83,6 +83,23 @@ impl AtomicHist {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// Adds a task-local histogram's counts: a task recording at a high rate keeps a [`Hist`]
+    /// and adds it now and then, rather than touching these shared counters per value.
+    pub fn add(&self, h: &Hist) {
+        if h.count == 0 {
+            return;
+        }
+        for (b, n) in self.buckets.iter().zip(&h.buckets) {
+            if *n > 0 {
+                b.fetch_add(*n, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(h.count, Ordering::Relaxed);
+        self.sum.fetch_add(h.sum, Ordering::Relaxed);
+        self.max.fetch_max(h.max, Ordering::Relaxed);
+        self.min.fetch_min(h.min, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> Hist {
         Hist {
             buckets: self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
@@ -104,7 +121,21 @@ pub struct Hist {
     pub min: u64,
 }
 
+impl Default for Hist {
+    fn default() -> Self {
+        Hist { buckets: vec![0; BUCKETS], count: 0, sum: 0, max: 0, min: u64::MAX }
+    }
+}
+
 impl Hist {
+    pub fn record_nanos(&mut self, v: u64) {
+        self.buckets[index(v)] += 1;
+        self.count += 1;
+        self.sum += v;
+        self.max = self.max.max(v);
+        self.min = self.min.min(v);
+    }
+
     /// The value at quantile `q` (0..=1): the midpoint of the bucket holding that rank,
     /// clamped to the observed min and max. 0 when empty.
     pub fn quantile(&self, q: f64) -> u64 {

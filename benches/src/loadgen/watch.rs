@@ -13,6 +13,7 @@ use etcd_client::{Client, WatchOptions};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use super::hist::Hist;
 use super::report::Report;
 use super::workloads::make_key;
 use super::{drive, seed, Common, Recorder, Worker};
@@ -37,6 +38,10 @@ pub struct WatchArgs {
 }
 
 const PREFIX: &str = "/bench-watch/";
+/// A watch stream adds its local event histogram to the shared one after this many events,
+const FLUSH_EVENTS: u64 = 1024;
+/// or once it has received nothing for this long.
+const FLUSH_IDLE: Duration = Duration::from_millis(20);
 const PUT: usize = 0;
 const EVENT: usize = 1;
 
@@ -86,8 +91,29 @@ pub async fn watch(common: &Common, args: &WatchArgs) -> anyhow::Result<Report> 
         let (rec, events, created, last_event) = (rec.clone(), events.clone(), created.clone(), last_event.clone());
         streams.push(tokio::spawn(async move {
             let (_sender, mut rx) = ws.split();
+            // Event latencies go to a task-local histogram, added to the shared one every
+            // FLUSH_EVENTS events or once the stream is idle for FLUSH_IDLE: at a million
+            // events a second, shared counters per event would make the load generator,
+            // not the server, the limit.
+            let mut local = Hist::default();
+            let mut latest = 0u64;
+            let flush = |local: &mut Hist, latest: u64| {
+                if local.count > 0 {
+                    rec.kinds[EVENT].hist.add(local);
+                    events.fetch_add(local.count, Ordering::Relaxed);
+                    last_event.fetch_max(latest, Ordering::Relaxed);
+                    *local = Hist::default();
+                }
+            };
             loop {
-                match rx.message().await {
+                let message = match tokio::time::timeout(FLUSH_IDLE, rx.message()).await {
+                    Ok(m) => m,
+                    Err(_) => {
+                        flush(&mut local, latest);
+                        continue;
+                    }
+                };
+                match message {
                     Ok(Some(resp)) => {
                         if resp.created() {
                             created.fetch_add(1, Ordering::Relaxed);
@@ -95,21 +121,22 @@ pub async fn watch(common: &Common, args: &WatchArgs) -> anyhow::Result<Report> 
                         if resp.canceled() {
                             rec.err(EVENT, format!("watch canceled: {}", resp.cancel_reason()));
                         }
+                        if resp.events().is_empty() {
+                            continue;
+                        }
                         let now = epoch.elapsed().as_nanos() as u64;
-                        let mut n = 0;
                         for ev in resp.events() {
-                            n += 1;
                             match ev.kv().map(|kv| kv.value()) {
                                 Some(v) if v.len() >= 8 => {
                                     let sent = u64::from_le_bytes(v[..8].try_into().unwrap());
-                                    rec.kinds[EVENT].hist.record_nanos(now.saturating_sub(sent));
+                                    local.record_nanos(now.saturating_sub(sent));
                                 }
                                 _ => rec.err(EVENT, "event without timestamp"),
                             }
                         }
-                        if n > 0 {
-                            events.fetch_add(n, Ordering::Relaxed);
-                            last_event.fetch_max(now, Ordering::Relaxed);
+                        latest = now;
+                        if local.count >= FLUSH_EVENTS {
+                            flush(&mut local, latest);
                         }
                     }
                     Ok(None) => break,
@@ -119,6 +146,7 @@ pub async fn watch(common: &Common, args: &WatchArgs) -> anyhow::Result<Report> 
                     }
                 }
             }
+            flush(&mut local, latest);
         }));
     }
     let watchers = (args.streams * args.watchers_per_stream) as u64;
