@@ -31,6 +31,9 @@ pub enum EtcdError {
     Timeout,
     TimeoutDueToLeaderFail,
     TimeoutDueToConnectionLost,
+    /// A leader could not apply what it knows committed in time before a lease renewal or
+    /// time-to-live (etcd's `waitAppliedIndex`).
+    TimeoutWaitAppliedIndex,
     Corrupt,
     MemberNotFound,
     MemberNotLearner,
@@ -104,6 +107,7 @@ impl EtcdError {
             | Timeout
             | TimeoutDueToLeaderFail
             | TimeoutDueToConnectionLost
+            | TimeoutWaitAppliedIndex
             | Unhealthy
             | Restoring => Code::Unavailable,
             Corrupt => Code::DataLoss,
@@ -138,6 +142,7 @@ impl EtcdError {
             Timeout => "etcdserver: request timed out",
             TimeoutDueToLeaderFail => "etcdserver: request timed out, possibly due to previous leader failure",
             TimeoutDueToConnectionLost => "etcdserver: request timed out, possibly due to connection lost",
+            TimeoutWaitAppliedIndex => "etcdserver: request timed out, waiting for the applied index took too long",
             Corrupt => "etcdserver: corrupt cluster",
             MemberNotFound => "etcdserver: member not found",
             MemberNotLearner => "etcdserver: can only promote a learner member",
@@ -290,6 +295,11 @@ mod tests {
         assert_eq!(EtcdError::NoSpace.code(), Code::ResourceExhausted);
         assert_eq!(EtcdError::LeaseNotFound.code(), Code::NotFound);
         assert_eq!(EtcdError::NoLeader.code(), Code::Unavailable);
+        let wait = EtcdError::TimeoutWaitAppliedIndex.status();
+        assert_eq!(
+            (wait.code(), wait.message()),
+            (Code::Unavailable, "etcdserver: request timed out, waiting for the applied index took too long")
+        );
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub const SYSTEM_GROUP: u64 = 0;
 /// the other's client.
 const REQUEST_ID_BYTES: usize = 16;
 
+/// How long a leader waits to apply what it knows committed before a lease operation
+/// (etcd's `applyTimeout`).
+const APPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Most proposals waiting for their apply at once; past it clients get "too many requests".
 pub const WAITERS_MAX: usize = 64 * 1024;
 
@@ -603,6 +607,7 @@ impl Node {
             // Renewals are leader-local: a leader asleep since before a partition must wake
             // to check its quorum again rather than renew on a stale belief forever.
             self.touch_raft_group();
+            self.wait_committed_applied().await?;
             return Ok(if renew {
                 self.lessor.keep_alive(id).unwrap_or(0)
             } else {
@@ -812,6 +817,23 @@ impl Node {
         self.metrics.has_leader.set(i64::from(leader != 0));
         self.metrics.is_leader.set(i64::from(leader != 0 && leader == self.member_id()));
         self.metrics.raft_groups_awake.set(self.raft.awake_groups() as i64);
+    }
+
+    /// etcd's `waitAppliedIndex`: before a leader renews a lease or reads its time to live,
+    /// it applies every entry it knows committed, at most [`APPLY_TIMEOUT`]. A grant made
+    /// through a follower is answered once committed and applied *there*, but reaches this
+    /// member's lessor only when this member applies it: without the wait, a renewal sent
+    /// right after the grant could find no such lease.
+    pub async fn wait_committed_applied(&self) -> Result<(), Status> {
+        let Some(commit) = self.raft_status().map(|s| s.commit.0) else { return Ok(()) };
+        let mut applied = self.applied.clone();
+        let outcome =
+            tokio::time::timeout(APPLY_TIMEOUT, async { applied.wait_for(|a| *a >= commit).await.is_ok() }).await;
+        match outcome {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(EtcdError::Stopped.status()),
+            Err(_) => Err(EtcdError::TimeoutWaitAppliedIndex.status()),
+        }
     }
 
     /// Waits until this member has applied `index`.

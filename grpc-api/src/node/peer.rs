@@ -823,12 +823,14 @@ impl pb::peer_server::Peer for PeerService {
 
     async fn lease_renew(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
         let (node, id) = self.leading_lease_node(request)?;
+        node.wait_committed_applied().await?;
         let ttl = node.lessor.keep_alive(id).unwrap_or(0);
         Ok(Response::new(pb::LeaseResponse { ttl }))
     }
 
     async fn lease_remaining(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
         let (node, id) = self.leading_lease_node(request)?;
+        node.wait_committed_applied().await?;
         let ttl = node.lessor.remaining_seconds(id).unwrap_or(-1);
         Ok(Response::new(pb::LeaseResponse { ttl }))
     }
