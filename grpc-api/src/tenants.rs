@@ -187,6 +187,16 @@ impl TenantsService {
 
     /// Waits until this member serves `group` (and, with `led`, knows its leader), up to the
     /// request timeout.
+    /// Waits, at most a request timeout, until this member's registry has been read at the
+    /// system group's revision `revision` or later (the reconciler reloads it when told).
+    async fn wait_registry(&self, revision: store::Revision) {
+        let deadline = Instant::now() + self.node.cfg.request_timeout;
+        self.tenants().changed.notify_one();
+        while self.tenants().registry_revision().is_none_or(|r| r < revision) && Instant::now() < deadline {
+            tokio::time::sleep(SERVED_POLL).await;
+        }
+    }
+
     async fn wait_served(&self, group: u64, led: bool) -> Option<Arc<Node>> {
         let deadline = Instant::now() + self.node.cfg.request_timeout;
         // The applier already told the reconciler of the registry change this member applied;
@@ -368,7 +378,9 @@ impl pb::tenants_server::Tenants for TenantsService {
             match system.propose(store::CommandBody::Txn(txn)).await? {
                 store::CommandResponse::Txn(r) if r.succeeded => {
                     info!(tenant = %record.name, "tenant updated");
-                    self.tenants().changed.notify_one();
+                    // Answered once this member routes by the new record: a client of a
+                    // client identity just added is served as the tenant from the answer on.
+                    self.wait_registry(r.revision).await;
                     if let Some(node) = self.wait_served(record.group, req.set_quota_bytes).await {
                         // As at create: this member's limits now, the others' within a second.
                         node.runtime.limiter.set(record.limits);

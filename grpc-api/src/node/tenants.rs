@@ -246,6 +246,12 @@ impl Tenants {
     }
 
     /// The tenant records, by name.
+    /// The system group's revision this member's registry (records and client identity map)
+    /// was last read at; `None` before the first read.
+    pub fn registry_revision(&self) -> Option<store::Revision> {
+        self.registry.read().revision
+    }
+
     pub fn records(&self) -> Vec<TenantRecord> {
         self.registry.read().by_name.values().cloned().collect()
     }
