@@ -280,7 +280,7 @@ impl Hub {
                         continue;
                     }
                     let resp = WatchEvent { watch_id: key.1, revision: rev, events: mine, ..Default::default() };
-                    if !w.queue.push_bounded(resp) {
+                    if !w.queue.push_live(resp) {
                         // The stream is full: catch up from the events CF later.
                         w.synced = false;
                         w.next_revision = rev;

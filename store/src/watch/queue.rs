@@ -5,14 +5,33 @@
 //! full, the hub does not wait; the watcher falls back to catch-up from the `events` CF.
 //! Control responses (created, canceled) are always queued: there are at most two per
 //! watch request, so the client's own requests bound them.
+//!
+//! **Merging.** A live event response for a watcher whose previous response is still queued
+//! and unread joins that response (its header revision moves to the newer one) instead of
+//! taking a new slot, up to [`MERGE_EVENTS_MAX`] events and [`MERGE_BYTES_MAX`] bytes per
+//! response, and [`QUEUED_EVENTS_PER_SLOT`] events per slot of the stream. A stream whose
+//! client reads slower than events arrive then receives fewer, larger responses (as etcd's
+//! catch-up sends) rather than falling back to catch-up from RocksDB; a stream that keeps up
+//! never has anything to merge. Order is kept: a response joins only the *last* queued
+//! response of its watcher (any other response of that watcher, a stream-wide progress
+//! response, or the pop of that response ends the merging).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
 use super::WatchEvent;
+use crate::kv::Event;
+
+/// Events one merged response holds at most (as a catch-up response).
+pub(crate) const MERGE_EVENTS_MAX: usize = 1000;
+/// Bytes of keys and values one merged response holds at most (a single larger revision is
+/// still queued whole, in its own response).
+pub(crate) const MERGE_BYTES_MAX: usize = 1 << 20;
+/// Events queued on a stream at most through merging, per slot of its buffer.
+const QUEUED_EVENTS_PER_SLOT: usize = 16;
 
 pub(crate) struct StreamQueue {
     pub id: u64,
@@ -21,12 +40,34 @@ pub(crate) struct StreamQueue {
     cond: Condvar,
 }
 
+struct Item {
+    ev: WatchEvent,
+    /// Counts against the limit.
+    bounded: bool,
+    /// Position in the stream: `head_seq` is the first item's.
+    seq: u64,
+    /// Keys and values of its events (for `MERGE_BYTES_MAX`).
+    bytes: usize,
+}
+
 struct QueueState {
-    /// (response, counts against the limit)
-    items: VecDeque<(WatchEvent, bool)>,
+    items: VecDeque<Item>,
+    head_seq: u64,
     bounded: usize,
+    /// Events in queued items.
+    events: usize,
+    /// Watch id → seq of its last queued item, while that item is a live event response
+    /// that may take more events.
+    open: HashMap<i64, u64>,
     waker: Option<Waker>,
     closed: bool,
+}
+
+fn events_bytes(events: &[super::SharedEvent]) -> usize {
+    fn one(e: &Event) -> usize {
+        e.kv.key.len() + e.kv.value.len() + e.prev_kv.as_ref().map_or(0, |p| p.key.len() + p.value.len())
+    }
+    events.iter().map(|e| one(e)).sum()
 }
 
 impl StreamQueue {
@@ -35,15 +76,44 @@ impl StreamQueue {
         StreamQueue {
             id,
             limit,
-            state: Mutex::new(QueueState { items: VecDeque::new(), bounded: 0, waker: None, closed: false }),
+            state: Mutex::new(QueueState {
+                items: VecDeque::new(),
+                head_seq: 0,
+                bounded: 0,
+                events: 0,
+                open: HashMap::new(),
+                waker: None,
+                closed: false,
+            }),
             cond: Condvar::new(),
         }
     }
 
-    fn push(&self, ev: WatchEvent, bounded: bool) -> bool {
+    fn push(&self, ev: WatchEvent, bounded: bool, mergeable: bool) -> bool {
         let mut st = self.state.lock();
         if st.closed {
             return false;
+        }
+        let bytes = events_bytes(&ev.events);
+        if mergeable {
+            if let Some(&seq) = st.open.get(&ev.watch_id) {
+                let room = st.events + ev.events.len() <= self.limit * QUEUED_EVENTS_PER_SLOT;
+                let at = (seq - st.head_seq) as usize;
+                let item = &mut st.items[at];
+                if room
+                    && item.ev.events.len() + ev.events.len() <= MERGE_EVENTS_MAX
+                    && item.bytes + bytes <= MERGE_BYTES_MAX
+                {
+                    // Still unread: the consumer was woken when it was queued.
+                    debug_assert!(ev.revision >= item.ev.revision, "merged events go backwards");
+                    let n = ev.events.len();
+                    item.ev.revision = ev.revision;
+                    item.ev.events.extend(ev.events);
+                    item.bytes += bytes;
+                    st.events += n;
+                    return true;
+                }
+            }
         }
         if bounded {
             if st.bounded >= self.limit {
@@ -51,7 +121,17 @@ impl StreamQueue {
             }
             st.bounded += 1;
         }
-        st.items.push_back((ev, bounded));
+        let seq = st.head_seq + st.items.len() as u64;
+        // Whatever else is queued for a watcher ends its merging: it stays behind this item.
+        if ev.watch_id == -1 {
+            st.open.clear();
+        } else if mergeable {
+            st.open.insert(ev.watch_id, seq);
+        } else {
+            st.open.remove(&ev.watch_id);
+        }
+        st.events += ev.events.len();
+        st.items.push_back(Item { ev, bounded, seq, bytes });
         let waker = st.waker.take();
         drop(st);
         self.cond.notify_one();
@@ -63,12 +143,19 @@ impl StreamQueue {
 
     /// Queues an event or progress response; false if the buffer is full (or closed).
     pub fn push_bounded(&self, ev: WatchEvent) -> bool {
-        self.push(ev, true)
+        self.push(ev, true, false)
+    }
+
+    /// Queues a live event response of one revision, merged into its watcher's last queued
+    /// response when that one is unread (see the module docs); false if the buffer is full
+    /// (or closed).
+    pub fn push_live(&self, ev: WatchEvent) -> bool {
+        self.push(ev, true, true)
     }
 
     /// Queues a created/canceled response regardless of the buffer.
     pub fn push_control(&self, ev: WatchEvent) {
-        self.push(ev, false);
+        self.push(ev, false, false);
     }
 
     pub fn close(&self) {
@@ -80,11 +167,16 @@ impl StreamQueue {
     }
 
     fn pop_locked(st: &mut QueueState) -> Option<WatchEvent> {
-        let (ev, bounded) = st.items.pop_front()?;
-        if bounded {
+        let item = st.items.pop_front()?;
+        st.head_seq += 1;
+        if item.bounded {
             st.bounded -= 1;
         }
-        Some(ev)
+        st.events -= item.ev.events.len();
+        if st.open.get(&item.ev.watch_id) == Some(&item.seq) {
+            st.open.remove(&item.ev.watch_id);
+        }
+        Some(item.ev)
     }
 
     pub fn try_pop(&self) -> Option<WatchEvent> {
@@ -133,5 +225,96 @@ impl StreamQueue {
 
     pub fn len(&self) -> usize {
         self.state.lock().items.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::kv::{EventKind, KeyValue};
+    use crate::watch::SharedEvent;
+
+    fn live(watch_id: i64, revision: i64) -> WatchEvent {
+        let kv = KeyValue {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+            mod_revision: revision,
+            ..Default::default()
+        };
+        let events = vec![SharedEvent::new(Event { kind: EventKind::Put, kv, prev_kv: None })];
+        WatchEvent { watch_id, revision, events, ..Default::default() }
+    }
+
+    fn revisions(ev: &WatchEvent) -> Vec<i64> {
+        ev.events.iter().map(|e| e.kv.mod_revision).collect()
+    }
+
+    #[test]
+    fn unread_live_responses_of_a_watcher_merge() {
+        let q = StreamQueue::new(0, 4);
+        assert!(q.push_live(live(1, 5)));
+        assert!(q.push_live(live(2, 5)));
+        assert!(q.push_live(live(1, 6)));
+        assert!(q.push_live(live(1, 7)));
+        assert_eq!(q.len(), 2);
+        let first = q.try_pop().unwrap();
+        assert_eq!((first.watch_id, first.revision, revisions(&first)), (1, 7, vec![5, 6, 7]));
+        // Once read, the next live response is a new one.
+        assert!(q.push_live(live(1, 8)));
+        let second = q.try_pop().unwrap();
+        assert_eq!((second.watch_id, revisions(&second)), (2, vec![5]));
+        let third = q.try_pop().unwrap();
+        assert_eq!((third.watch_id, third.revision, revisions(&third)), (1, 8, vec![8]));
+        assert!(q.try_pop().is_none());
+    }
+
+    #[test]
+    fn nothing_merges_past_another_response_of_the_watcher_or_a_stream_progress() {
+        let q = StreamQueue::new(0, 16);
+        assert!(q.push_live(live(1, 5)));
+        q.push_control(WatchEvent { watch_id: 1, revision: 5, canceled: true, ..Default::default() });
+        assert!(q.push_live(live(1, 6)));
+        assert!(q.push_bounded(WatchEvent { watch_id: -1, revision: 6, ..Default::default() }));
+        assert!(q.push_live(live(1, 7)));
+        assert!(q.push_bounded(live(1, 8)));
+        assert!(q.push_live(live(1, 9)));
+        let order: Vec<(i64, i64, bool, Vec<i64>)> =
+            std::iter::from_fn(|| q.try_pop()).map(|e| (e.watch_id, e.revision, e.canceled, revisions(&e))).collect();
+        assert_eq!(
+            order,
+            vec![
+                (1, 5, false, vec![5]),
+                (1, 5, true, vec![]),
+                (1, 6, false, vec![6]),
+                (-1, 6, false, vec![]),
+                (1, 7, false, vec![7]),
+                (1, 8, false, vec![8]),
+                (1, 9, false, vec![9]),
+            ]
+        );
+    }
+
+    #[test]
+    fn merging_is_bounded_per_response_and_per_stream() {
+        // Per response: MERGE_EVENTS_MAX events, then a new response.
+        let q = StreamQueue::new(0, 1024);
+        for rev in 1..=MERGE_EVENTS_MAX as i64 + 1 {
+            assert!(q.push_live(live(1, rev)));
+        }
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.try_pop().unwrap().events.len(), MERGE_EVENTS_MAX);
+        // Per stream: 4 slots hold 4 * QUEUED_EVENTS_PER_SLOT events through merging; past
+        // that every push needs a slot of its own, and once the slots are gone the watcher
+        // is refused (it falls back to catch-up).
+        let q = StreamQueue::new(0, 4);
+        let mut accepted = 0;
+        while q.push_live(live(1, accepted as i64 + 1)) {
+            accepted += 1;
+            assert!(accepted <= 10 * QUEUED_EVENTS_PER_SLOT, "merging never stopped");
+        }
+        assert_eq!(accepted, 4 * QUEUED_EVENTS_PER_SLOT + 3);
+        assert_eq!(q.len(), 4);
     }
 }
