@@ -377,7 +377,7 @@ mod tests {
     /// byte the encoding of the same response built from `mvccpb.Event`s.
     #[test]
     fn wire_response_is_etcds_watch_response_on_the_wire() {
-        let events = vec![
+        let events = [
             store::SharedEvent::new(store::Event {
                 kind: store::EventKind::Put,
                 kv: kv("a", "new", 5),
