@@ -180,17 +180,18 @@ fn watch_catch_up_compaction_cancel_and_progress() {
     assert_eq!(events.iter().map(|e| e.kv.mod_revision).collect::<Vec<_>>(), (2..=11).collect::<Vec<_>>());
     assert!(events[0].prev_kv.is_none() && events[1].prev_kv.as_ref().unwrap().mod_revision == 2);
 
-    // A slow consumer: the stream buffer (4) overflows; nothing is lost or duplicated.
-    for i in 0..30 {
+    // A slow consumer: the stream buffer (4 slots; unread responses merge up to 16 events a
+    // slot) overflows; nothing is lost or duplicated.
+    for i in 0..100 {
         n.put("a", &format!("slow{i}"));
     }
     let got = drain_until_synced(&w, Duration::from_secs(10));
     let revs: Vec<i64> = got.iter().flat_map(|r| r.events.iter().map(|e| e.kv.mod_revision)).collect();
-    assert_eq!(revs, (12..=41).collect::<Vec<_>>());
+    assert_eq!(revs, (12..=111).collect::<Vec<_>>());
     // Progress only after the events: the progress revision is the last one.
     assert!(w.request_progress());
     let p = recv_until(&w, Duration::from_secs(5), |e| e.watch_id == -1);
-    assert_eq!(p.last().unwrap().revision, 41);
+    assert_eq!(p.last().unwrap().revision, 111);
 
     // Compaction: watching at the compact revision works, below is canceled.
     compact(&mut n, 30);
@@ -205,12 +206,12 @@ fn watch_catch_up_compaction_cancel_and_progress() {
 
     // Future start stays quiet until reached; cancel answers once.
     let w3 = n.store.watch_stream(G);
-    let f = w3.watch(WatchSpec { key: b("a"), start_revision: 43, ..Default::default() });
-    n.put("a", "42");
+    let f = w3.watch(WatchSpec { key: b("a"), start_revision: 113, ..Default::default() });
+    n.put("a", "112");
     assert!(!w3.request_progress(), "not synced until the start revision is reached");
-    n.put("a", "43");
+    n.put("a", "113");
     let got = recv_until(&w3, Duration::from_secs(5), |e| !e.events.is_empty());
-    assert_eq!(got.last().unwrap().events[0].kv.mod_revision, 43);
+    assert_eq!(got.last().unwrap().events[0].kv.mod_revision, 113);
     assert!(w3.progress_for(f));
     assert!(w3.cancel(f) && !w3.cancel(f));
     drop(w3);

@@ -91,8 +91,9 @@ fn stuck_watcher_is_canceled_after_the_limit() {
     let mut n = Node::with_config(cfg);
     let stuck = n.store.watch_stream(G);
     let id = stuck.watch(WatchSpec { key: b("a"), ..Default::default() });
-    // Synced watcher; every put is one response, so the buffer (2) overflows at once.
-    for i in 0..20 {
+    // Synced watcher; its unread responses merge, up to 16 events per slot of the buffer
+    // (2 slots: 32 events), so 100 puts overflow it.
+    for i in 0..100 {
         n.put("a", &format!("{i}"));
     }
     let deadline = Instant::now() + Duration::from_secs(10);
