@@ -534,12 +534,33 @@ impl DriverHandle {
         self.status.read().get(&group).cloned()
     }
 
+    /// The leader of `group` this node knows (`NodeId(0)` for none), without copying the
+    /// whole status: asked on every request's path.
+    pub fn leader(&self, group: GroupId) -> Option<NodeId> {
+        self.status.read().get(&group).map(|s| s.leader)
+    }
+
+    /// The commit index and term of `group`, without copying the whole status.
+    pub fn commit_and_term(&self, group: GroupId) -> Option<(LogIndex, Term)> {
+        self.status.read().get(&group).map(|s| (s.commit, s.term))
+    }
+
     /// Wakes `group` if it hibernates, without asking Raft anything: for work a leader does
     /// on its own authority (etcd's lease renewals), so that a leader deposed while asleep
     /// resumes heartbeats and quorum checks and learns of it, as an awake one would within
     /// an election timeout. `Err(Busy)` when the inbox is full (the driver is busy anyway).
     pub fn touch(&self, group: GroupId) -> Result<()> {
         self.try_send(Msg::Touch(group))
+    }
+
+    /// [`DriverHandle::touch`], only when the group's published status says it sleeps: a
+    /// request on an awake group, nearly all of them, then costs the driver no message. A
+    /// group that falls asleep just after the check is woken by the next such request.
+    pub fn touch_if_asleep(&self, group: GroupId) -> Result<()> {
+        if self.status.read().get(&group).is_some_and(|s| !s.hibernating) {
+            return Ok(());
+        }
+        self.touch(group)
     }
 
     /// How many groups are awake on this node (ticking; the others hibernate).

@@ -45,6 +45,19 @@ pub async fn connect_eventually(endpoint: &str) -> Client {
     }
 }
 
+/// Waits (at most 10 s) for the answer to a watch create that must succeed. etcd-client hands
+/// over a watch stream before the server has taken the create: a put sent before the
+/// `created` response may land below the watcher's start revision, and the server may not
+/// count the watcher yet.
+pub async fn watch_created(stream: &mut etcd_client::WatchStream) {
+    let created = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the watch create answered within 10 s")
+        .expect("watch stream")
+        .expect("the watch stream ended before the create was answered");
+    assert!(created.created() && !created.canceled(), "{created:?}");
+}
+
 /// `GET path` over plain HTTP/1.1 on `endpoint` (`http://host:port`): the status code and the
 /// whole response.
 pub fn http_get(endpoint: &str, path: &str) -> (u16, String) {

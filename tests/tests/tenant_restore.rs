@@ -167,15 +167,8 @@ fn a_tenant_is_restored_in_place_and_as_a_new_tenant() {
 
         // A watcher of `a` from before the restore.
         let mut stream = a.watch(vec![0], Some(WatchOptions::new().with_from_key())).await.unwrap();
-        // etcd-client hands over the stream before the member has taken the create; a put
-        // before its `created` response could land below the watcher's start revision and
-        // never be seen.
-        let created = tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("the watch create answered within 10 s")
-            .expect("watch stream")
-            .expect("the watch stream ended before the create was answered");
-        assert!(created.created() && !created.canceled(), "{created:?}");
+        // A put before the `created` response could land below the watcher's start revision.
+        plinth_tests::cli::watch_created(&mut stream).await;
         a.put("seen-before", "1", None).await.unwrap();
         let mut seen = Vec::new();
         let watching = tokio::spawn(async move {

@@ -470,14 +470,8 @@ fn metrics_are_labelled_by_tenant_and_leave_with_it() {
         }
         m2.put("only", "v", None).await.unwrap();
         let mut watch = m1.watch("k", Some(WatchOptions::new().with_prefix())).await.unwrap();
-        // etcd-client hands over the stream before the member has taken the create: the
-        // watcher counts once its `created` response arrives.
-        let created = tokio::time::timeout(Duration::from_secs(10), watch.message())
-            .await
-            .expect("the watch create answered within 10 s")
-            .expect("watch stream")
-            .expect("the watch stream ended before the create was answered");
-        assert!(created.created() && !created.canceled(), "{created:?}");
+        // The watcher counts once its `created` response arrives.
+        plinth_tests::cli::watch_created(&mut watch).await;
         let text = metrics(&admin);
         let m1_puts = sample(&text, r#"plinth_tenant_requests_total{grpc_code="OK",grpc_method="Put",tenant="m1"}"#);
         assert_eq!(m1_puts, Some(3.0), "{text}");

@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 
 use super::report::Report;
 use super::workloads::{random_value, with_lease};
-use super::{drive, parallel_setup, seed, Common, Recorder, Worker};
+use super::{drive, parallel_setup, prefix_end, seed, Common, Recorder, Worker};
 
 #[derive(Args, Clone, Debug)]
 pub struct K8sArgs {
@@ -151,17 +151,6 @@ fn pick(rng: &mut SmallRng, weights: impl Iterator<Item = u32> + Clone) -> usize
         x -= w;
     }
     0
-}
-
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 impl Shared {

@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use super::hist::Hist;
 use super::report::Report;
 use super::workloads::make_key;
-use super::{drive, normalize_endpoint, seed, Common, Recorder, Worker};
+use super::{drive, normalize_endpoint, prefix_end, seed, Common, Recorder, Worker};
 
 #[derive(Args, Clone, Debug)]
 pub struct WatchArgs {
@@ -45,18 +45,6 @@ pub struct WatchArgs {
 }
 
 const PREFIX: &str = "/bench-watch/";
-
-/// etcd's range end for every key with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
 /// A watch stream adds its local event histogram to the shared one after this many events,
 const FLUSH_EVENTS: u64 = 1024;
 /// or once it has received nothing for this long.

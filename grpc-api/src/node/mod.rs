@@ -457,12 +457,12 @@ impl Node {
 
     /// The Raft term this member knows.
     pub fn raft_term(&self) -> u64 {
-        self.raft.status(self.raft_group()).map(|s| s.term.0).unwrap_or(0)
+        self.raft.commit_and_term(self.raft_group()).map(|(_, term)| term.0).unwrap_or(0)
     }
 
     /// The leader this member knows, 0 for none.
     pub fn leader(&self) -> u64 {
-        self.raft.status(self.raft_group()).map(|s| s.leader.0).unwrap_or(0)
+        self.raft.leader(self.raft_group()).map(|l| l.0).unwrap_or(0)
     }
 
     /// Raft status of the default group.
@@ -587,12 +587,13 @@ impl Node {
     /// Wakes this node's Raft group if it hibernates (see `raft_log::DriverHandle::touch`).
     pub fn touch_raft_group(&self) {
         // Busy means the driver has a full inbox and is awake anyway.
-        let _ = self.raft.touch(self.raft_group());
+        let _ = self.raft.touch_if_asleep(self.raft_group());
     }
 
     /// Whether this member leads the default group now.
     pub fn is_leader(&self) -> bool {
-        self.raft_status().is_some_and(|s| s.is_leader)
+        // raft-rs names itself the leader exactly while it is one.
+        self.leader() == self.member_id()
     }
 
     /// Asks the leader about lease `id`: renews it (`renew`) or reads its seconds left. On the
@@ -825,7 +826,9 @@ impl Node {
     /// member's lessor only when this member applies it: without the wait, a renewal sent
     /// right after the grant could find no such lease.
     pub async fn wait_committed_applied(&self) -> Result<(), Status> {
-        let Some(commit) = self.raft_status().map(|s| s.commit.0) else { return Ok(()) };
+        let Some(commit) = self.raft.commit_and_term(self.raft_group()).map(|(commit, _)| commit.0) else {
+            return Ok(());
+        };
         let mut applied = self.applied.clone();
         let outcome =
             tokio::time::timeout(APPLY_TIMEOUT, async { applied.wait_for(|a| *a >= commit).await.is_ok() }).await;
