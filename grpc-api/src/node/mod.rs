@@ -773,20 +773,25 @@ impl Node {
     /// Waits for a linearizable read point: the leader confirms the commit index (ReadIndex),
     /// then this member waits until it has applied at least that far.
     pub async fn read_barrier(&self) -> Result<(), Status> {
+        // One deadline for waiting for a leader and for the read index, as etcd's one context.
         let deadline = std::time::Instant::now() + self.cfg.request_timeout;
-        self.wait_for_leader(deadline).await.map_err(|()| EtcdError::Timeout.status())?;
-        let (tx, rx) = oneshot::channel();
-        self.raft.read_index(
-            self.raft_group(),
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        let index = match tokio::time::timeout(self.cfg.request_timeout, rx).await {
-            Ok(Ok(Ok(index))) => index.0,
-            Ok(Ok(Err(e))) => return Err(driver_status(&e)),
-            Ok(Err(_)) => return Err(EtcdError::Stopped.status()),
-            Err(_) => return Err(EtcdError::Timeout.status()),
+        let index = loop {
+            self.wait_for_leader(deadline).await.map_err(|()| EtcdError::Timeout.status())?;
+            let (tx, rx) = oneshot::channel();
+            self.raft.read_index(
+                self.raft_group(),
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+            match tokio::time::timeout_at(deadline.into(), rx).await {
+                Ok(Ok(Ok(index))) => break index.0,
+                // The leader was lost between the check and the request: wait again.
+                Ok(Ok(Err(raft_log::Error::NoLeader))) => continue,
+                Ok(Ok(Err(e))) => return Err(driver_status(&e)),
+                Ok(Err(_)) => return Err(EtcdError::Stopped.status()),
+                Err(_) => return Err(EtcdError::Timeout.status()),
+            }
         };
         self.wait_applied(index).await
     }
