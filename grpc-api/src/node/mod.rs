@@ -605,15 +605,7 @@ impl Node {
             return Err(EtcdError::NoLeader.status());
         }
         if leader == self.member_id() {
-            // Renewals are leader-local: a leader asleep since before a partition must wake
-            // to check its quorum again rather than renew on a stale belief forever.
-            self.touch_raft_group();
-            self.wait_committed_applied().await?;
-            return Ok(if renew {
-                self.lessor.keep_alive(id).unwrap_or(0)
-            } else {
-                self.lessor.remaining_seconds(id).unwrap_or(-1)
-            });
+            return self.lease_here(id, renew).await;
         }
         let mut client = self.membership.transport.client(self, leader).await?;
         let group = if self.is_default() { 0 } else { self.runtime.group };
@@ -825,35 +817,50 @@ impl Node {
         self.metrics.raft_groups_awake.set(self.raft.awake_groups() as i64);
     }
 
+    /// On the leader, for a client or a follower that forwarded the request: renews lease
+    /// `id` (`renew`; its TTL, 0 if unknown) or reads its seconds left (-1 if unknown).
+    pub async fn lease_here(&self, id: i64, renew: bool) -> Result<i64, Status> {
+        // Renewals are leader-local: a leader asleep since before a partition must wake to
+        // check its quorum again rather than renew on a stale belief forever.
+        self.touch_raft_group();
+        self.wait_committed_applied().await?;
+        Ok(if renew {
+            self.lessor.keep_alive(id).unwrap_or(0)
+        } else {
+            self.lessor.remaining_seconds(id).unwrap_or(-1)
+        })
+    }
+
     /// etcd's `waitAppliedIndex`: before a leader renews a lease or reads its time to live,
     /// it applies every entry it knows committed, at most [`APPLY_TIMEOUT`]. A grant made
     /// through a follower is answered once committed and applied *there*, but reaches this
     /// member's lessor only when this member applies it: without the wait, a renewal sent
     /// right after the grant could find no such lease.
-    pub async fn wait_committed_applied(&self) -> Result<(), Status> {
+    async fn wait_committed_applied(&self) -> Result<(), Status> {
         let Some(commit) = self.raft.commit_and_term(self.raft_group()).map(|(commit, _)| commit.0) else {
             return Ok(());
         };
-        let mut applied = self.applied.clone();
-        let outcome =
-            tokio::time::timeout(APPLY_TIMEOUT, async { applied.wait_for(|a| *a >= commit).await.is_ok() }).await;
-        match outcome {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(EtcdError::Stopped.status()),
-            Err(_) => Err(EtcdError::TimeoutWaitAppliedIndex.status()),
-        }
+        self.wait_applied_within(commit, APPLY_TIMEOUT, EtcdError::TimeoutWaitAppliedIndex).await
     }
 
     /// Waits until this member has applied `index`.
     pub async fn wait_applied(&self, index: u64) -> Result<(), Status> {
+        self.wait_applied_within(index, self.cfg.request_timeout, EtcdError::Timeout).await
+    }
+
+    /// Waits until this member has applied `index`, at most `limit` (then `on_timeout`).
+    async fn wait_applied_within(
+        &self,
+        index: u64,
+        limit: std::time::Duration,
+        on_timeout: EtcdError,
+    ) -> Result<(), Status> {
         let mut applied = self.applied.clone();
-        let outcome =
-            tokio::time::timeout(self.cfg.request_timeout, async { applied.wait_for(|a| *a >= index).await.is_ok() })
-                .await;
+        let outcome = tokio::time::timeout(limit, async { applied.wait_for(|a| *a >= index).await.is_ok() }).await;
         match outcome {
             Ok(true) => Ok(()),
             Ok(false) => Err(EtcdError::Stopped.status()),
-            Err(_) => Err(EtcdError::Timeout.status()),
+            Err(_) => Err(on_timeout.status()),
         }
     }
 }

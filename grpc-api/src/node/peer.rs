@@ -614,18 +614,16 @@ impl PeerService {
         })
     }
 
-    /// The group's node and the lease id of a keep-alive or TTL request a follower forwarded:
-    /// this member must lead the group. Leader-local, as `Node::lease_on_leader`: a sleeping
-    /// leader wakes to recheck its quorum.
-    fn leading_lease_node(&self, request: Request<pb::LeaseRequest>) -> Result<(Arc<Node>, i64), Status> {
+    /// A keep-alive (`renew`) or TTL request a follower forwarded: this member must lead the
+    /// group, and answers as `Node::lease_on_leader` does on a leader.
+    async fn lease_on_this_leader(&self, request: Request<pb::LeaseRequest>, renew: bool) -> Result<i64, Status> {
         self.check_certificate(&request, None)?;
         let request = request.into_inner();
         let node = self.node.tenants.lease_node(&self.node, request.group)?;
         if !node.is_leader() {
             return Err(crate::error::EtcdError::NotLeader.status());
         }
-        node.touch_raft_group();
-        Ok((node, request.id))
+        node.lease_here(request.id, renew).await
     }
 
     /// Refuses a stream bound to `member` unless it is another current member.
@@ -822,16 +820,12 @@ impl pb::peer_server::Peer for PeerService {
     }
 
     async fn lease_renew(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
-        let (node, id) = self.leading_lease_node(request)?;
-        node.wait_committed_applied().await?;
-        let ttl = node.lessor.keep_alive(id).unwrap_or(0);
+        let ttl = self.lease_on_this_leader(request, true).await?;
         Ok(Response::new(pb::LeaseResponse { ttl }))
     }
 
     async fn lease_remaining(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
-        let (node, id) = self.leading_lease_node(request)?;
-        node.wait_committed_applied().await?;
-        let ttl = node.lessor.remaining_seconds(id).unwrap_or(-1);
+        let ttl = self.lease_on_this_leader(request, false).await?;
         Ok(Response::new(pb::LeaseResponse { ttl }))
     }
 
