@@ -31,6 +31,7 @@ QUIET_RATE=${QUIET_RATE:-300}
 NOISY_CLIENTS=${NOISY_CLIENTS:-100}
 PORT_BASE=${PORT_BASE:-23000}
 PIN=${PIN:-0}
+NOISY_NICE=${NOISY_NICE:-0}
 OUT=${OUT:-}
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -40,6 +41,7 @@ while [[ $# -gt 0 ]]; do
     --noisy-clients) NOISY_CLIENTS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --pin) PIN=1; shift ;;
+    --noisy-nice) NOISY_NICE=$2; shift 2 ;;
     -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -99,7 +101,7 @@ measure() { # quiet endpoint, noisy endpoint, name
       else
         rev0=$(revision "$2")
         t0=$(date +%s.%N)
-        timeout $((DURATION + 300)) "${load_cpu[@]}" "$BENCH_BIN" --endpoints "$2" --clients "$NOISY_CLIENTS" --conns 10 \
+        timeout $((DURATION + 300)) "${load_cpu[@]}" nice -n "$NOISY_NICE" "$BENCH_BIN" --endpoints "$2" --clients "$NOISY_CLIENTS" --conns 10 \
           --duration $((DURATION + 300)) --progress never put --key-space-size 100000 --val-size 256 > /dev/null 2>&1 &
         np=$!
         sleep 2 # the neighbour reaches saturation first

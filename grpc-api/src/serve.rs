@@ -88,9 +88,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..store::StoreConfig::default()
     };
     let store = store::Store::open(&data_dir.join("store"), store_cfg)?;
-    let wal = Arc::new(raft_log::Wal::open(raft_log::WalConfig::new(data_dir.join("wal")))?);
-
     let metrics = Arc::new(Metrics::new(crate::version::ETCD_COMPAT_VERSION));
+    let wal_cfg = raft_log::WalConfig {
+        fsync_observer: Some(Arc::new(crate::node::metrics::WalFsyncMetric(metrics.wal_fsync_duration.clone()))),
+        ..raft_log::WalConfig::new(data_dir.join("wal"))
+    };
+    let wal = Arc::new(raft_log::Wal::open(wal_cfg)?);
     metrics.quota_backend_bytes.set(quota_bytes as i64);
     // etcd's smallest TTL: 1.5 election timeouts, in whole seconds, rounded up.
     let min_ttl = ((args.election_timeout * 3).div_ceil(2)).div_ceil(1000).max(1) as i64;

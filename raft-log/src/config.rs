@@ -35,6 +35,15 @@ pub struct WalConfig {
     /// Injected write and fdatasync failures (see [`WalFaults`]), for crash tests and
     /// simulations. Default: none.
     pub faults: Option<Arc<dyn WalFaults>>,
+    /// Told how long each fdatasync of a segment took (etcd's
+    /// `etcd_disk_wal_fsync_duration_seconds`), on the thread that synced. Default: none.
+    pub fsync_observer: Option<Arc<dyn FsyncObserver>>,
+}
+
+/// Receives the duration of every fdatasync of the active segment. Called on the thread doing
+/// the sync, under the WAL's segment lock, so it must be cheap (a histogram update).
+pub trait FsyncObserver: Send + Sync + std::fmt::Debug {
+    fn observe(&self, took: std::time::Duration);
 }
 
 impl WalConfig {
@@ -49,6 +58,7 @@ impl WalConfig {
             cache_entries_per_group_max: 256,
             cache_bytes_per_group_max: 1 << 20,
             faults: None,
+            fsync_observer: None,
         }
     }
 

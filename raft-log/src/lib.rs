@@ -217,7 +217,7 @@ mod wal;
 mod writer;
 
 pub use batch::WriteBatch;
-pub use config::WalConfig;
+pub use config::{FsyncObserver, WalConfig};
 pub use driver::{
     Bootstrap, CommittedEntry, Driver, DriverHandle, GroupStatus, ReadIndexCallback, SnapshotSource, StateMachine,
     TransferLeaderCallback, Transport,

@@ -215,6 +215,7 @@ impl Wal {
             counters: Counters::default(),
             queued: AtomicUsize::new(0),
             preallocate_bytes: if config.segment_preallocate { config.segment_bytes_max } else { 0 },
+            fsync_observer: config.fsync_observer.clone(),
         });
         // Always continue in a new segment: it starts with a checkpoint of the recovered
         // state, and the (possibly truncated) old tail is never appended to again.
@@ -483,6 +484,33 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "nothing written or trimmed after the failure");
         let reopened = Wal::open(WalConfig::new(dir.path())).unwrap();
         assert_eq!(reopened.group_state(GroupId(1)).unwrap().last_index, LogIndex(1));
+    }
+
+    /// Counts the fdatasyncs it is told of.
+    #[derive(Debug, Default)]
+    struct CountSyncs(std::sync::atomic::AtomicU64);
+
+    impl crate::FsyncObserver for CountSyncs {
+        fn observe(&self, _took: std::time::Duration) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The observer hears of every fdatasync the WAL counts, and of no other.
+    #[test]
+    fn the_fsync_observer_sees_every_segment_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let observer = Arc::new(CountSyncs::default());
+        let cfg = WalConfig { fsync_observer: Some(observer.clone()), ..WalConfig::new(dir.path()) };
+        let wal = Wal::open(cfg).unwrap();
+        for i in 1..=5 {
+            let mut b = WriteBatch::new();
+            b.add_entries(GroupId(1), &[entry(i)]);
+            wal.write(b).unwrap();
+        }
+        let fsyncs = wal.stats().fsyncs;
+        assert!(fsyncs >= 5, "each acknowledged write was synced: {fsyncs}");
+        assert_eq!(observer.0.load(Ordering::SeqCst), fsyncs);
     }
 
     /// Fails the next frame write (half of it reaches the file) or the next fdatasync.

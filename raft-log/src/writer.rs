@@ -86,6 +86,8 @@ pub(crate) struct Shared {
     pub queued: AtomicUsize,
     /// Bytes a new segment is preallocated to (0: none), from the config.
     pub preallocate_bytes: u64,
+    /// [`crate::WalConfig::fsync_observer`].
+    pub fsync_observer: Option<Arc<dyn crate::FsyncObserver>>,
 }
 
 #[derive(Debug, Default)]
@@ -179,7 +181,11 @@ pub(crate) fn start_segment(shared: &Shared, seq: u64) -> std::io::Result<(File,
     file.write_all_at(&frame, HEADER_BYTES as u64)?;
     // Durability: the checkpoint must be on disk before purge may delete the segments
     // whose HardState/ConfState/compact records it supersedes.
+    let started = std::time::Instant::now();
     file.sync_data()?;
+    if let Some(observer) = &shared.fsync_observer {
+        observer.observe(started.elapsed());
+    }
     shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
     shared.counters.frames_written.fetch_add(1, Ordering::Relaxed);
     shared.counters.bytes_written.fetch_add((HEADER_BYTES + frame.len()) as u64, Ordering::Relaxed);
@@ -420,7 +426,12 @@ impl Segment {
     }
 
     fn sync_active(&mut self, shared: &Shared) {
-        if let Err(e) = self.sync_data() {
+        let started = std::time::Instant::now();
+        let synced = self.sync_data();
+        if let Some(observer) = &shared.fsync_observer {
+            observer.observe(started.elapsed());
+        }
+        if let Err(e) = synced {
             // Never retried (see `failed`).
             self.failed = true;
             panic!(

@@ -482,6 +482,9 @@ fn metrics_are_labelled_by_tenant_and_leave_with_it() {
         assert!(sample(&text, r#"plinth_tenant_db_size_bytes{tenant="m2"}"#).unwrap_or(0.0) > 0.0, "{text}");
         let applies = sample(&text, r#"plinth_tenant_apply_duration_seconds_count{tenant="m1"}"#);
         assert!(applies.unwrap_or(0.0) >= 3.0, "{text}");
+        // The writes were synced, and the member's fsync histogram (etcd's) counted them.
+        let fsyncs = sample(&text, "etcd_disk_wal_fsync_duration_seconds_count");
+        assert!(fsyncs.unwrap_or(0.0) >= 4.0, "{text}");
 
         tenant_cli(&admin, &["delete", "m2"]);
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -5,6 +5,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use std::time::Duration;
+
 /// Every metric this member exports.
 pub struct Metrics {
     registry: Registry,
@@ -266,6 +268,16 @@ impl Metrics {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding into a Vec cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// Feeds the WAL's fdatasync durations into `etcd_disk_wal_fsync_duration_seconds`.
+#[derive(Debug)]
+pub struct WalFsyncMetric(pub Histogram);
+
+impl raft_log::FsyncObserver for WalFsyncMetric {
+    fn observe(&self, took: Duration) {
+        self.0.observe(took.as_secs_f64());
     }
 }
 
