@@ -373,7 +373,8 @@ async fn refuse_while_importing(
 
 /// Counts every request of the router's group (the tenant's request rate in `plinth tenant
 /// show`), and refuses an etcd call over the tenant's requests per second with etcd's "too
-/// many requests" (see `node/limits.rs`). Runs on both ways in: the shared client port (after
+/// many requests" (see `node/limits.rs`). A key-value call then runs in the CPU lane its
+/// group's load picks (`node/lanes.rs`). Runs on both ways in: the shared client port (after
 /// the certificate picked the tenant) and the tenant's own port.
 async fn count_and_limit(
     axum::extract::State(rt): axum::extract::State<Arc<crate::node::GroupRuntime>>,
@@ -383,6 +384,9 @@ async fn count_and_limit(
     rt.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if request.uri().path().starts_with("/etcdserverpb.") && !rt.limiter.admit_request() {
         return crate::error::EtcdError::TooManyRequests.status().into_http();
+    }
+    if request.uri().path().starts_with("/etcdserverpb.KV/") {
+        return rt.kv_in_flight.run(next.run(request)).await;
     }
     next.run(request).await
 }

@@ -16,6 +16,7 @@
 
 pub mod alarms;
 pub mod apply;
+pub mod lanes;
 pub mod lessor;
 pub mod limits;
 pub mod membership;
@@ -219,6 +220,9 @@ pub struct GroupRuntime {
     /// The tenant's limits as this member enforces them (none for the default and system
     /// groups).
     pub limiter: crate::node::limits::Limiter,
+    /// The group's key-value requests in flight on this member, which choose their CPU lane
+    /// (`lanes.rs`).
+    pub kv_in_flight: crate::node::lanes::InFlight,
     /// The member's scan permits, and the group's share of them (`shares.rs`).
     reads: Arc<crate::node::shares::ReadPool>,
     scans: tokio::sync::Semaphore,
@@ -251,6 +255,7 @@ impl GroupRuntime {
             tenant: std::sync::OnceLock::new(),
             watchers: std::sync::atomic::AtomicI64::new(0),
             limiter: crate::node::limits::Limiter::default(),
+            kv_in_flight: crate::node::lanes::InFlight::new(group, shares.sharing.clone()),
             scans: tokio::sync::Semaphore::new(shares.reads.per_group()),
             reads: shares.reads.clone(),
             proposals: tokio::sync::Semaphore::new(shares.proposals.per_group()),
@@ -279,6 +284,8 @@ pub struct Groups {
 struct MemberShares {
     reads: Arc<crate::node::shares::ReadPool>,
     proposals: Arc<crate::node::shares::Shares>,
+    /// Whether more than one group sends key-value requests (`lanes.rs`).
+    sharing: Arc<crate::node::lanes::Sharing>,
 }
 
 impl Default for MemberShares {
@@ -286,7 +293,11 @@ impl Default for MemberShares {
         // Three quarters of the driver's inbox: proposals in flight can never fill it, so
         // reads, peer answers and admin requests always find room.
         let proposals = raft_log::DriverConfig::default().proposal_queue_max * 3 / 4;
-        MemberShares { reads: Arc::default(), proposals: Arc::new(crate::node::shares::Shares::new(proposals)) }
+        MemberShares {
+            reads: Arc::default(),
+            proposals: Arc::new(crate::node::shares::Shares::new(proposals)),
+            sharing: Arc::default(),
+        }
     }
 }
 
