@@ -21,7 +21,7 @@
 //! `node` itself (`Node`, `GroupRuntime`, `Groups`, proposals and waiters, the read
 //! barrier), `node::apply` (the `Applier`), `node::membership` (`member.json` and the live
 //! member list), `node::peer` and `node::peer_tls` (the peer transport), `node::tenants` (the
-//! tenant registry and reconciler), `node::lessor`, `node::limits`, `node::shares`,
+//! tenant registry and reconciler), `node::lessor`, `node::limits`, `node::shares`, `node::lanes`,
 //! `node::alarms` and `node::metrics`. The services sit on it: `kv`, `watch`, `lease`,
 //! `maintenance`, `cluster`, `auth`, `tenants` (the tenant admin API), `backup`'s
 //! `Backups` service and `http`; `serve` wires both into the binary, and `tenant_cli`,
