@@ -2,10 +2,14 @@
 //!
 //! (a) `raw/fdatasync_4k`: the device's rate for a 4 KiB append + fdatasync, the floor a
 //!     WAL append can reach; `raw/fdatasync_4k_preallocated`: the same writes inside a file
-//!     extended beforehand with `fallocate`, so no fdatasync has to record a new size.
-//! (b) `wal_append/prealloc=P/groups=N`: N appender threads (one per group) each append one
-//!     256-byte entry and wait until it is durable, repeatedly, with segment preallocation
-//!     off and on. Group commit should carry many
+//!     extended beforehand with `fallocate`, so no fdatasync has to record a new size;
+//!     `raw/fdatasync_4k_zeroed`: inside a file written with zeros and synced beforehand, so
+//!     no fdatasync has to record an extent either (ext4 journals the conversion of a
+//!     fallocated, unwritten extent to a written one at the fdatasync that follows).
+//! (b) `wal_append/segment=S/groups=N`: N appender threads (one per group) each append one
+//!     256-byte entry and wait until it is durable, repeatedly, into segments that grow by
+//!     appending (`append`), are preallocated with `fallocate` (`fallocate`), or are kept
+//!     written with zeros ahead of the frames (`zero-ahead`, the default). Group commit should carry many
 //!     groups' entries per fsync; after each group count the entries/s, fsyncs/s and
 //!     entries per fsync are printed from the WAL's counters.
 //!
@@ -52,6 +56,21 @@ fn raw_fdatasync(c: &mut Criterion) {
             offset = (offset + RAW_WRITE_BYTES as u64) % PREALLOCATED_BYTES;
         })
     });
+    const ZEROED_BYTES: u64 = 64 << 20;
+    let zeroed = std::fs::File::create(dir.path().join("raw-zeroed")).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for i in 0..ZEROED_BYTES / zeros.len() as u64 {
+        std::os::unix::fs::FileExt::write_all_at(&zeroed, &zeros, i * zeros.len() as u64).unwrap();
+    }
+    zeroed.sync_all().unwrap();
+    let mut offset = 0u64;
+    g.bench_function("fdatasync_4k_zeroed", |b| {
+        b.iter(|| {
+            std::os::unix::fs::FileExt::write_all_at(&zeroed, &buf, offset).unwrap();
+            zeroed.sync_data().unwrap();
+            offset = (offset + RAW_WRITE_BYTES as u64) % ZEROED_BYTES;
+        })
+    });
     g.finish();
 }
 
@@ -63,14 +82,23 @@ fn wal_append(c: &mut Criterion) {
     let mut g = c.benchmark_group("wal_append");
     g.throughput(Throughput::Elements(1));
     g.sample_size(10);
-    for (preallocate, groups) in [false, true].into_iter().flat_map(|p| [(p, 1usize), (p, 16), (p, 256)]) {
+    let modes = [
+        ("append", false, 0),
+        ("fallocate", true, 0),
+        ("zero-ahead", false, WalConfig::new("").segment_zero_ahead_bytes),
+    ];
+    for ((mode, preallocate, zero_ahead), groups) in modes.into_iter().flat_map(|m| [(m, 1usize), (m, 16), (m, 256)]) {
         let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
-        let config = WalConfig { segment_preallocate: preallocate, ..WalConfig::new(dir.path()) };
+        let config = WalConfig {
+            segment_preallocate: preallocate,
+            segment_zero_ahead_bytes: zero_ahead,
+            ..WalConfig::new(dir.path())
+        };
         let wal = Arc::new(Wal::open(config).unwrap());
         let next: Arc<Vec<AtomicU64>> = Arc::new((0..groups).map(|_| AtomicU64::new(1)).collect());
         let mut measured = Duration::ZERO;
         let (mut entries, mut fsyncs) = (0u64, 0u64);
-        g.bench_function(format!("prealloc={preallocate}/groups={groups}"), |b| {
+        g.bench_function(format!("segment={mode}/groups={groups}"), |b| {
             b.iter_custom(|iters| {
                 let per_group = iters.div_ceil(groups as u64);
                 let barrier = Arc::new(Barrier::new(groups + 1));
@@ -105,7 +133,7 @@ fn wal_append(c: &mut Criterion) {
         });
         let secs = measured.as_secs_f64().max(1e-9);
         println!(
-            "prealloc={preallocate} groups={groups} entries/s={:.0} fsyncs/s={:.0} entries_per_fsync={:.1}",
+            "segment={mode} groups={groups} entries/s={:.0} fsyncs/s={:.0} entries_per_fsync={:.1}",
             entries as f64 / secs,
             fsyncs as f64 / secs,
             entries as f64 / fsyncs.max(1) as f64

@@ -20,6 +20,11 @@ pub struct WalConfig {
     /// shows it pays on a quiet machine (on ext4, writing into fallocated space still
     /// journals an extent conversion at fdatasync).
     pub segment_preallocate: bool,
+    /// Bytes past the end of the active segment's frames that a background thread keeps
+    /// written with zeros and synced, so an append overwrites blocks already on disk and its
+    /// fdatasync has no size or extent change to journal (see `zero_ahead.rs`). 0 turns it
+    /// off. Default: 4 MiB.
+    pub segment_zero_ahead_bytes: u64,
     /// Upper bound on the bytes of submissions the writer packs into one frame (one write,
     /// one fdatasync). A single submission larger than this is still written alone.
     /// Default: 4 MiB.
@@ -53,6 +58,7 @@ impl WalConfig {
             dir: dir.into(),
             segment_bytes_max: 64 << 20,
             segment_preallocate: false,
+            segment_zero_ahead_bytes: 4 << 20,
             batch_bytes_max: 4 << 20,
             queue_capacity: 4096,
             cache_entries_per_group_max: 256,

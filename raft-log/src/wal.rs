@@ -26,6 +26,7 @@ use crate::types::{GroupId, LogIndex, Term};
 use crate::writer::{
     purge, start_segment, Callback, Completion, Counters, Segment, Shared, Submission, Ticket, WalStats, Writer,
 };
+use crate::zero_ahead::ZeroAhead;
 
 /// Name of the lock file that keeps two processes from opening one WAL directory.
 const LOCK_FILE_NAME: &str = "LOCK";
@@ -36,6 +37,8 @@ pub struct Wal {
     segment: Arc<Mutex<Segment>>,
     tx: Option<SyncSender<Submission>>,
     writer: Option<JoinHandle<()>>,
+    /// The thread keeping zeros ahead of the active segment's frames, if configured.
+    zero_ahead: Option<ZeroAhead>,
     config: WalConfig,
     _lock: File,
 }
@@ -232,10 +235,17 @@ impl Wal {
             unsynced: false,
             failed: false,
             faults: config.faults.clone(),
+            zeroed_len: active_len,
+            zero_ahead_bytes: config.segment_zero_ahead_bytes,
+            zero_ahead: None,
         }));
+        let zero_ahead = match config.segment_zero_ahead_bytes {
+            0 => None,
+            ahead => Some(ZeroAhead::start(Arc::clone(&shared), Arc::clone(&segment), ahead)?),
+        };
         let writer = Writer { shared: Arc::clone(&shared), rx, segment: Arc::clone(&segment), carry: None };
         let handle = std::thread::Builder::new().name("raft-log-writer".into()).spawn(move || writer.run())?;
-        Ok(Wal { shared, segment, tx: Some(tx), writer: Some(handle), config, _lock: lock })
+        Ok(Wal { shared, segment, tx: Some(tx), writer: Some(handle), zero_ahead, config, _lock: lock })
     }
 
     /// The configuration the WAL was opened with.
@@ -445,6 +455,10 @@ impl Drop for Wal {
                 tracing::error!("WAL writer thread panicked");
                 return;
             }
+        }
+        // Ordering: no zeros are written after the trim below.
+        if let Some(z) = &mut self.zero_ahead {
+            z.stop();
         }
         // Every submission is written: a closed WAL's segments end at their last frame. (A
         // process that dies without closing leaves the zeros, which recovery cuts.)

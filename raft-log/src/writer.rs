@@ -257,6 +257,13 @@ pub(crate) struct Segment {
     pub failed: bool,
     /// Injected failures ([`crate::WalConfig::faults`]); none in production.
     pub faults: Option<Arc<dyn WalFaults>>,
+    /// The active segment's length once the zero-ahead thread's zeros are counted (at least
+    /// its header; see `zero_ahead.rs`).
+    pub zeroed_len: u64,
+    /// [`crate::WalConfig::segment_zero_ahead_bytes`].
+    pub zero_ahead_bytes: u64,
+    /// The zero-ahead thread, woken when the frames get within half its distance.
+    pub zero_ahead: Option<std::thread::Thread>,
 }
 
 pub(crate) struct Writer {
@@ -372,6 +379,7 @@ impl Segment {
             );
         }
         self.active_len += frame.len() as u64;
+        self.wake_zero_ahead();
         // Durability: ONE fdatasync for every submission in the frame, before any of them
         // is acknowledged or becomes visible to readers through the index. A frame of only
         // unsynced submissions skips it; the next synced frame covers it (fdatasync flushes
@@ -400,6 +408,15 @@ impl Segment {
         c.submissions.fetch_add(subs.len() as u64, Ordering::Relaxed);
         for s in subs {
             s.done.complete(Ok(()));
+        }
+    }
+
+    /// Wakes the zero-ahead thread if the frames got within half its distance of its zeros.
+    fn wake_zero_ahead(&self) {
+        if let Some(t) = &self.zero_ahead {
+            if self.zeroed_len < (self.active_len + self.zero_ahead_bytes / 2).min(self.segment_bytes_max) {
+                t.unpark();
+            }
         }
     }
 
@@ -477,6 +494,8 @@ impl Segment {
         self.active = file;
         self.active_seq = seq;
         self.active_len = len;
+        self.zeroed_len = len;
+        self.wake_zero_ahead();
         purge(shared);
     }
 }

@@ -326,8 +326,42 @@ fn second_open_of_the_same_directory_fails() {
 /// region, or a damaged frame with acknowledged frames after it, is still told apart.
 #[test]
 fn a_preallocated_segment_left_by_a_crash_reopens_appends_and_still_detects_damage() {
+    segment_with_zeros_left_by_a_crash(|dir: &Path| WalConfig {
+        segment_bytes_max: 64 << 10,
+        segment_preallocate: true,
+        segment_zero_ahead_bytes: 0,
+        ..WalConfig::new(dir)
+    });
+}
+
+/// The same with zeros written ahead of the frames by the zero-ahead thread instead.
+#[test]
+fn a_segment_zeroed_ahead_left_by_a_crash_reopens_appends_and_still_detects_damage() {
+    segment_with_zeros_left_by_a_crash(|dir: &Path| WalConfig {
+        segment_bytes_max: 64 << 10,
+        segment_preallocate: false,
+        segment_zero_ahead_bytes: 1 << 20,
+        ..WalConfig::new(dir)
+    });
+}
+
+/// The active segment's length, once it reaches `len` (the zero-ahead thread writes its
+/// zeros in the background); fails after 10 s.
+fn wait_segment_len(dir: &Path, len: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let last = segment_files(dir).pop().unwrap();
+        let now = std::fs::metadata(&last).unwrap().len();
+        if now == len {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the active segment stayed at {now} bytes, not {len}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn segment_with_zeros_left_by_a_crash(cfg: fn(&Path) -> WalConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = |dir: &Path| WalConfig { segment_bytes_max: 64 << 10, segment_preallocate: true, ..WalConfig::new(dir) };
     let g = GroupId(1);
     // `len | crc` before every frame's payload.
     const FRAME_HEADER: usize = 8;
@@ -340,12 +374,13 @@ fn a_preallocated_segment_left_by_a_crash_reopens_appends_and_still_detects_dama
     };
     let wal = Wal::open(cfg(dir.path())).unwrap();
     append(&wal, 1, 21);
+    wait_segment_len(dir.path(), 64 << 10);
     // The crash: the files as they are while the WAL is open.
     let crashed = copy_dir(dir.path());
     drop(wal);
     let last = segment_files(crashed.path()).pop().unwrap();
     let image = std::fs::read(&last).unwrap();
-    assert_eq!(image.len(), 64 << 10, "the active segment is preallocated");
+    assert_eq!(image.len(), 64 << 10, "the active segment is preallocated or zeroed ahead");
     let seq: u64 = last.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).unwrap();
     let scan = scan_frames(seq, &image);
     let offsets: Vec<u64> = scan.frames.iter().map(|f| f.offset).collect();
