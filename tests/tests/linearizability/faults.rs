@@ -639,7 +639,12 @@ async fn corruption(rig: &mut Rig, rng: &mut StdRng, load_end: Instant, injected
             panic!("{name} has no {suffix} file under {}", data.display());
         };
         let len = std::fs::metadata(&file).expect("corrupted file's size").len();
-        let offset = len / 2;
+        let offset = match suffix {
+            // The middle of the segment's frames: past them the segment may be zeros written
+            // ahead of the next frame, which recovery rightly takes as the end of the log.
+            ".wal" => wal_frames_middle(&file),
+            _ => len / 2,
+        };
         let old = faults::flip_bytes(&file, offset, FLIP_BYTES.min(len as usize / 4));
         eprintln!(
             "fault {}: {kind}: {} bytes flipped at {offset} of {} ({len} bytes)",
@@ -664,6 +669,20 @@ async fn corruption(rig: &mut Rig, rng: &mut StdRng, load_end: Instant, injected
         faults::restore_bytes(&file, offset, &old);
         rig.cluster.spawn(victim);
     }
+}
+
+/// The offset half way through the frames of WAL segment `file` (its name is its sequence
+/// number).
+fn wal_frames_middle(file: &std::path::Path) -> u64 {
+    let seq: u64 = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{} is not named by its sequence number", file.display()));
+    let bytes = std::fs::read(file).expect("read the WAL segment");
+    // The frames end where the scan stopped: at the zeros, or at the end of the file.
+    let end = raft_log::scan_frames(seq, &bytes).bad.map_or(bytes.len() as u64, |(offset, _)| offset);
+    (raft_log::HEADER_BYTES as u64 + end) / 2
 }
 
 /// Asserts that a start-up failure in `log` says what is corrupt and names `file`.
