@@ -48,14 +48,7 @@ fn raw_fdatasync(c: &mut Criterion) {
     };
     assert_eq!(rc, 0, "fallocate: {}", std::io::Error::last_os_error());
     prealloc.sync_all().unwrap();
-    let mut offset = 0u64;
-    g.bench_function("fdatasync_4k_preallocated", |b| {
-        b.iter(|| {
-            std::os::unix::fs::FileExt::write_all_at(&prealloc, &buf, offset).unwrap();
-            prealloc.sync_data().unwrap();
-            offset = (offset + RAW_WRITE_BYTES as u64) % PREALLOCATED_BYTES;
-        })
-    });
+    bench_writes_inside(&mut g, "fdatasync_4k_preallocated", &prealloc, PREALLOCATED_BYTES, &buf);
     const ZEROED_BYTES: u64 = 64 << 20;
     let zeroed = std::fs::File::create(dir.path().join("raw-zeroed")).unwrap();
     let zeros = vec![0u8; 1 << 20];
@@ -63,15 +56,27 @@ fn raw_fdatasync(c: &mut Criterion) {
         std::os::unix::fs::FileExt::write_all_at(&zeroed, &zeros, i * zeros.len() as u64).unwrap();
     }
     zeroed.sync_all().unwrap();
+    bench_writes_inside(&mut g, "fdatasync_4k_zeroed", &zeroed, ZEROED_BYTES, &buf);
+    g.finish();
+}
+
+/// Benchmarks `name`: `buf` written at successive offsets inside the first `size` bytes of
+/// `file` (wrapping), each followed by an fdatasync.
+fn bench_writes_inside(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    file: &std::fs::File,
+    size: u64,
+    buf: &[u8],
+) {
     let mut offset = 0u64;
-    g.bench_function("fdatasync_4k_zeroed", |b| {
+    g.bench_function(name, |b| {
         b.iter(|| {
-            std::os::unix::fs::FileExt::write_all_at(&zeroed, &buf, offset).unwrap();
-            zeroed.sync_data().unwrap();
-            offset = (offset + RAW_WRITE_BYTES as u64) % ZEROED_BYTES;
+            std::os::unix::fs::FileExt::write_all_at(file, buf, offset).unwrap();
+            file.sync_data().unwrap();
+            offset = (offset + buf.len() as u64) % size;
         })
     });
-    g.finish();
 }
 
 fn entry(index: u64) -> Entry {

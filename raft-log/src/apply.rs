@@ -212,9 +212,7 @@ impl Applier {
         // Closing the queue ends the worker once it has run everything in it.
         w.tx.take();
         if let Some(t) = w.thread.take() {
-            if t.join().is_err() {
-                tracing::error!("raft-log apply worker panicked");
-            }
+            crate::join_thread(t, "raft-log apply worker");
         }
     }
 }

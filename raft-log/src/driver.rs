@@ -426,9 +426,7 @@ impl Driver {
         if let Some(t) = self.thread.take() {
             // A blocking send is fine here: the driver thread drains its inbox.
             let _ = self.tx.send(Msg::Stop);
-            if t.join().is_err() {
-                tracing::error!("raft-log driver thread panicked");
-            }
+            crate::join_thread(t, "raft-log driver thread");
         }
     }
 }

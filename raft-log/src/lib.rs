@@ -220,6 +220,16 @@ mod wal;
 mod writer;
 mod zero_ahead;
 
+/// Waits for one of the crate's threads to end; whether it ended without a panic (a panic is
+/// logged, naming `what`).
+pub(crate) fn join_thread(handle: std::thread::JoinHandle<()>, what: &str) -> bool {
+    let ended = handle.join().is_ok();
+    if !ended {
+        tracing::error!("{what} panicked");
+    }
+    ended
+}
+
 pub use batch::WriteBatch;
 pub use config::{FsyncObserver, WalConfig};
 pub use driver::{

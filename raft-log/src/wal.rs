@@ -451,8 +451,7 @@ impl Drop for Wal {
         // Closing the queue lets the writer finish everything already submitted and exit.
         drop(self.tx.take());
         if let Some(h) = self.writer.take() {
-            if h.join().is_err() {
-                tracing::error!("WAL writer thread panicked");
+            if !crate::join_thread(h, "WAL writer thread") {
                 return;
             }
         }

@@ -71,9 +71,7 @@ impl ZeroAhead {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(h) = self.handle.take() {
             h.thread().unpark();
-            if h.join().is_err() {
-                tracing::error!("WAL zero-ahead thread panicked");
-            }
+            crate::join_thread(h, "WAL zero-ahead thread");
         }
     }
 }
