@@ -241,7 +241,7 @@ impl Wal {
         }));
         let zero_ahead = match config.segment_zero_ahead_bytes {
             0 => None,
-            ahead => Some(ZeroAhead::start(Arc::clone(&shared), Arc::clone(&segment), ahead)?),
+            _ => Some(ZeroAhead::start(Arc::clone(&shared), Arc::clone(&segment))?),
         };
         let writer = Writer { shared: Arc::clone(&shared), rx, segment: Arc::clone(&segment), carry: None };
         let handle = std::thread::Builder::new().name("raft-log-writer".into()).spawn(move || writer.run())?;

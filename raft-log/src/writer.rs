@@ -170,6 +170,17 @@ pub(crate) struct Submission {
     pub sync: bool,
 }
 
+/// Runs `sync` (an fdatasync of a segment), telling the WAL's fsync observer how long it took,
+/// failed or not.
+fn observed_sync(shared: &Shared, sync: impl FnOnce() -> std::io::Result<()>) -> std::io::Result<()> {
+    let started = std::time::Instant::now();
+    let synced = sync();
+    if let Some(observer) = &shared.fsync_observer {
+        observer.observe(started.elapsed());
+    }
+    synced
+}
+
 /// Writes the checkpoint frame at the head of new segment `seq`, makes it durable and
 /// registers the segment in the index. Returns the file and its length.
 pub(crate) fn start_segment(shared: &Shared, seq: u64) -> std::io::Result<(File, u64)> {
@@ -181,11 +192,7 @@ pub(crate) fn start_segment(shared: &Shared, seq: u64) -> std::io::Result<(File,
     file.write_all_at(&frame, HEADER_BYTES as u64)?;
     // Durability: the checkpoint must be on disk before purge may delete the segments
     // whose HardState/ConfState/compact records it supersedes.
-    let started = std::time::Instant::now();
-    file.sync_data()?;
-    if let Some(observer) = &shared.fsync_observer {
-        observer.observe(started.elapsed());
-    }
+    observed_sync(shared, || file.sync_data())?;
     shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
     shared.counters.frames_written.fetch_add(1, Ordering::Relaxed);
     shared.counters.bytes_written.fetch_add((HEADER_BYTES + frame.len()) as u64, Ordering::Relaxed);
@@ -414,10 +421,16 @@ impl Segment {
     /// Wakes the zero-ahead thread if the frames got within half its distance of its zeros.
     fn wake_zero_ahead(&self) {
         if let Some(t) = &self.zero_ahead {
-            if self.zeroed_len < (self.active_len + self.zero_ahead_bytes / 2).min(self.segment_bytes_max) {
+            if self.zeroed_len < self.zeros_wanted_until(self.zero_ahead_bytes / 2) {
                 t.unpark();
             }
         }
+    }
+
+    /// Where zeros should reach to be `distance` ahead of the frames: never past the size at
+    /// which the segment rotates.
+    pub fn zeros_wanted_until(&self, distance: u64) -> u64 {
+        (self.active_len + distance).min(self.segment_bytes_max)
     }
 
     /// Writes `frame` at the end of the active segment (or, with an injected short write,
@@ -443,12 +456,7 @@ impl Segment {
     }
 
     fn sync_active(&mut self, shared: &Shared) {
-        let started = std::time::Instant::now();
-        let synced = self.sync_data();
-        if let Some(observer) = &shared.fsync_observer {
-            observer.observe(started.elapsed());
-        }
-        if let Err(e) = synced {
+        if let Err(e) = observed_sync(shared, || self.sync_data()) {
             // Never retried (see `failed`).
             self.failed = true;
             panic!(

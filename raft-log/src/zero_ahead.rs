@@ -56,11 +56,18 @@ pub(crate) struct ZeroAhead {
 }
 
 impl ZeroAhead {
-    /// Starts the thread for the WAL whose active segment is `segment`, keeping `ahead_bytes`
-    /// zeroed past its frames, and registers it with the segment so the writer can wake it.
-    pub fn start(shared: Arc<Shared>, segment: Arc<Mutex<Segment>>, ahead_bytes: u64) -> std::io::Result<ZeroAhead> {
+    /// Starts the thread for the WAL whose active segment is `segment`, keeping the segment's
+    /// `zero_ahead_bytes` zeroed past its frames, and registers it with the segment so the
+    /// writer can wake it.
+    pub fn start(shared: Arc<Shared>, segment: Arc<Mutex<Segment>>) -> std::io::Result<ZeroAhead> {
         let stop = Arc::new(AtomicBool::new(false));
-        let worker = Worker { shared, segment: Arc::clone(&segment), ahead_bytes, stop: Arc::clone(&stop), file: None };
+        let worker = Worker {
+            shared,
+            segment: Arc::clone(&segment),
+            stop: Arc::clone(&stop),
+            file: None,
+            zeros: vec![0; CHUNK_BYTES as usize],
+        };
         let handle = std::thread::Builder::new().name("raft-log-zero".into()).spawn(move || worker.run())?;
         segment.lock().zero_ahead = Some(handle.thread().clone());
         Ok(ZeroAhead { stop, handle: Some(handle) })
@@ -85,10 +92,11 @@ impl Drop for ZeroAhead {
 struct Worker {
     shared: Arc<Shared>,
     segment: Arc<Mutex<Segment>>,
-    ahead_bytes: u64,
     stop: Arc<AtomicBool>,
     /// The segment being zeroed and this thread's own descriptor on it.
     file: Option<(u64, File)>,
+    /// One chunk of zeros, written again and again.
+    zeros: Vec<u8>,
 }
 
 impl Worker {
@@ -116,7 +124,7 @@ impl Worker {
                 return Ok(false);
             }
             let start = seg.zeroed_len.max(seg.active_len);
-            let end = (seg.active_len + self.ahead_bytes).min(seg.segment_bytes_max).min(start + CHUNK_BYTES);
+            let end = seg.zeros_wanted_until(seg.zero_ahead_bytes).min(start + CHUNK_BYTES);
             if start >= end {
                 return Ok(false);
             }
@@ -128,7 +136,7 @@ impl Worker {
             let (_, file) = self.file.as_ref().expect("opened above");
             // Ordering: under the segment lock, and at or after `active_len`, so no frame is
             // being written there and none was.
-            file.write_all_at(&vec![0u8; (end - start) as usize], start)?;
+            file.write_all_at(&self.zeros[..(end - start) as usize], start)?;
             seg.zeroed_len = end;
         }
         // Outside the lock: the writer appends meanwhile, into zeros already written.

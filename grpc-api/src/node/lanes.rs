@@ -135,8 +135,8 @@ impl InFlight {
         F::Output: Send + 'static,
     {
         let shared = self.sharing.note(self.group);
-        let _counted = Counted::enter(&self.count);
-        if !shared || _counted.before < NORMAL_LANE_IN_FLIGHT_MAX {
+        let counted = Counted::enter(&self.count);
+        if !shared || counted.before < NORMAL_LANE_IN_FLIGHT_MAX {
             return request.await;
         }
         match AbortOnDrop(bulk().spawn(request)).await {
