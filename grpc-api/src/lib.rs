@@ -43,7 +43,7 @@
 //!   to a peer, `SNAPSHOT_CHUNKS_BUFFERED` chunks (`node/peer.rs`), and to a
 //!   `Maintenance.Snapshot` client, `SNAPSHOT_CHUNKS_AHEAD` (`maintenance.rs`); a snapshot
 //!   being received from a peer, `SNAPSHOT_CHUNKS_QUEUED` chunks, the rest spooled to disk
-//!   up to `SNAPSHOT_BYTES_MAX` and installed in batches of `store::INSTALL_BATCH_BYTES`.
+//!   up to `SNAPSHOT_BYTES_MAX` and installed as SST files of `store::INSTALL_SST_BYTES` each.
 //!   What is not bounded by a constant: the number of client connections, of streams per
 //!   connection (etcd's `u32::MAX`, see `serve.rs`) and of watchers per stream.
 //! - Proposals carry the proposer's full member id beside the request id; only the proposer

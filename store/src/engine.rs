@@ -54,6 +54,19 @@ pub(crate) mod cursor_moves {
     }
 }
 
+/// Options of the table files a snapshot install writes for ingestion: the same format,
+/// filter and compression as the files RocksDB writes itself (`open_db`), without a cache
+/// (the writer reads nothing back).
+pub(crate) fn table_file_options() -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    table.set_format_version(5);
+    let mut opts = Options::default();
+    opts.set_block_based_table_factory(&table);
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts
+}
+
 /// Opens (or creates) the node's DB with every column family.
 pub(crate) fn open_db(path: &Path, cfg: &StoreConfig) -> Result<DB> {
     let cache = Cache::new_lru_cache(cfg.block_cache_bytes);

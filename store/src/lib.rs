@@ -177,7 +177,7 @@ pub use snapshot::{
     inspect_snapshot_chunk, snapshot_chunk_len, SnapshotChunkSummary, SnapshotReader, SNAPSHOT_CHUNK_BYTES_MAX,
     SNAPSHOT_CHUNK_HEADER_BYTES,
 };
-pub use snapshot_install::{SnapshotSpool, INSTALL_BATCH_BYTES};
+pub use snapshot_install::{SnapshotSpool, INSTALL_SST_BYTES};
 pub use store::Store;
 pub use watch::{SharedEvent, WatchEvent, WatchId, WatchSpec, WatchStream};
 

@@ -1,5 +1,6 @@
 //! Installing a group snapshot in bounded memory: chunks are verified and spooled to a file
-//! as they arrive, then written to RocksDB in batches of at most [`INSTALL_BATCH_BYTES`].
+//! as they arrive, then written as SST files of at most [`INSTALL_SST_BYTES`] that RocksDB
+//! ingests.
 //!
 //! One `WriteBatch` for the whole group would make the install atomic for free, but holds the
 //! group in memory, twice with the received chunks, which a large tenant turns into an
@@ -7,16 +8,27 @@
 //! memtable between two of them, and a crash then leaves the group half old, half new.
 //! Atomicity comes from a durable decision instead:
 //!
-//! 1. Receive: every chunk is checked (framing, checksum, sequence, entry count, meta records)
-//!    and appended to `<spool>/group-<g>.spool`. Memory: one chunk.
+//! 1. Receive: every chunk is checked (framing, checksum, sequence, entry count, meta records,
+//!    column families and keys in ascending order) and appended to `<spool>/group-<g>.spool`.
+//!    Memory: one chunk.
 //! 2. Decide, under the group's apply lock: the snapshot must be ahead of the applied index.
 //!    The spool is fsynced and renamed to `group-<g>.install`, and the directory fsynced. From
 //!    here on the install happens, now or at the next open.
-//! 3. Write: delete the group in every column family, write the entries batch by batch, then
-//!    flush every column family and delete the `.install` file.
+//! 3. Write: delete the group in every column family, turn the entries into SST files (one
+//!    column family after the other, each file at most [`INSTALL_SST_BYTES`]), have RocksDB
+//!    ingest each column family's files, flush, and delete the `.install` file.
 //! 4. At [`crate::Store::open`], before any group is loaded, every `.install` file left by a
 //!    crash is written again from step 3 (deleting the group first makes the redo idempotent);
-//!    `.spool` files of receives that never reached a decision are deleted.
+//!    `.spool` files of receives that never reached a decision, and SST files of an install
+//!    that did not finish, are deleted.
+//!
+//! Why SST files and not write batches: the entries of a group snapshot are already sorted
+//! (the sender reads each column family in key order, and step 1 refuses anything else), so
+//! they can be written as RocksDB's own table files and linked into the tree. That skips the
+//! memtables, whose flush would write every byte a second time, and keeps the install from
+//! filling the memtables that every other group's applies are writing into. An ingested file
+//! takes a sequence number above the range deletion of step 3 (RocksDB flushes an overlapping
+//! memtable first), so the new group hides the old one exactly as a later write would.
 //!
 //! Readers never see a half-written group: the install holds the group's `committed` write
 //! lock from the delete to the last batch, and readers take their RocksDB snapshot under its
@@ -26,7 +38,7 @@ use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use rocksdb::{FlushOptions, WriteBatch, DB};
+use rocksdb::{FlushOptions, IngestExternalFileOptions, SstFileWriter, WriteBatch, DB};
 
 use crate::engine;
 use crate::error::{Error, Result};
@@ -35,8 +47,9 @@ use crate::meta::ApplyMeta;
 use crate::revision::{GroupId, Revision};
 use crate::snapshot::{corrupt, for_each_entry, snapshot_chunk_len, SNAPSHOT_CHUNK_HEADER_BYTES};
 
-/// Most bytes of entries in one RocksDB batch of an install.
-pub const INSTALL_BATCH_BYTES: usize = 4 << 20;
+/// Most bytes of entries in one SST file of an install (the writer's index and filter grow
+/// with its file, so this also bounds the install's memory).
+pub const INSTALL_SST_BYTES: u64 = 64 << 20;
 /// The spool directory's name inside the store's directory.
 const SPOOL_DIR: &str = "snapshot-spool";
 
@@ -59,6 +72,9 @@ struct ChunkVerifier {
     quota_bytes: u64,
     backup_mark: Option<Vec<u8>>,
     import: Option<std::sync::Arc<crate::import::ImportState>>,
+    /// Column family and key of the previous entry: entries must ascend (step 3 writes them
+    /// into sorted table files as they come).
+    previous: Option<(Cf, Vec<u8>)>,
 }
 
 impl ChunkVerifier {
@@ -74,6 +90,7 @@ impl ChunkVerifier {
             quota_bytes: 0,
             backup_mark: None,
             import: None,
+            previous: None,
         }
     }
 
@@ -85,6 +102,17 @@ impl ChunkVerifier {
         let seq = self.next_seq;
         let (_, last, total) = for_each_entry(chunk, Some(seq), |cf, key, value| {
             self.entries_total += 1;
+            match &mut self.previous {
+                Some((pcf, pkey)) if (pcf.index(), pkey.as_slice()) >= (cf.index(), key) => {
+                    return Err(corrupt(format!("entry out of order in column family {}", cf.name())));
+                }
+                Some((pcf, pkey)) => {
+                    *pcf = cf;
+                    pkey.clear();
+                    pkey.extend_from_slice(key);
+                }
+                None => self.previous = Some((cf, key.to_vec())),
+            }
             if cf != Cf::Meta {
                 return Ok(());
             }
@@ -205,32 +233,119 @@ pub(crate) fn decide(spool: &Path, group: GroupId) -> Result<PathBuf> {
 /// Step 3: replaces group `g` with the snapshot in `install`, durably, and removes the file.
 /// The caller holds what keeps readers and applies away from the group.
 pub(crate) fn write_group(db: &DB, g: GroupId, install: &Path) -> Result<()> {
-    let mut batch = WriteBatch::default();
+    write_group_in_files_of(db, g, install, INSTALL_SST_BYTES).map(|_| ())
+}
+
+/// [`write_group`] with SST files of at most `sst_bytes`; returns how many it wrote.
+fn write_group_in_files_of(db: &DB, g: GroupId, install: &Path, sst_bytes: u64) -> Result<u32> {
+    let dir = install.parent().expect("an install file is inside the spool directory");
+    let mut deletes = WriteBatch::default();
     for cf in Cf::ALL {
-        batch.delete_range_cf(engine::cf(db, cf), kc::group_prefix(g).to_vec(), kc::group_end(g));
+        deletes.delete_range_cf(engine::cf(db, cf), kc::group_prefix(g).to_vec(), kc::group_end(g));
     }
+    db.write_opt(deletes, &engine::write_options())?;
+    let opts = engine::table_file_options();
+    let mut tables = TableFiles::new(db, &opts, dir, g, sst_bytes);
     for_each_chunk(install, |chunk| {
         // Checked again: the file was verified as it was written, but it is read back from
-        // disk, possibly after a crash.
-        for_each_entry(chunk, None, |cf, key, value| {
-            batch.put_cf(engine::cf(db, cf), kc::kv_key(g, key), value);
-            Ok(())
-        })?;
-        if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
-            db.write_opt(std::mem::take(&mut batch), &engine::write_options())?;
-        }
+        // disk, possibly after a crash. The writer refuses keys out of order as well.
+        for_each_entry(chunk, None, |cf, key, value| tables.put(cf, &kc::kv_key(g, key), value))?;
         Ok(())
     })?;
-    db.write_opt(batch, &engine::write_options())?;
-    // Durability: the group is on disk (RocksDB's WAL is off) before the `.install` file,
-    // the only other copy, goes; the flush is atomic over every column family.
+    let written = tables.finish()?;
+    // Durability: ingested files are in RocksDB's manifest, synced; the range deletions of a
+    // column family that got no file (and of one whose memtable did not overlap) are still
+    // only in a memtable (RocksDB's WAL is off). The flush, atomic over every column family,
+    // makes them durable before the `.install` file, the only other copy, goes.
     let cfs: Vec<&rocksdb::ColumnFamily> = Cf::ALL.iter().map(|c| engine::cf(db, *c)).collect();
     let mut fo = FlushOptions::default();
     fo.set_wait(true);
     db.flush_cfs_opt(&cfs, &fo)?;
     fs::remove_file(install)?;
-    sync_dir(install.parent().expect("an install file is inside the spool directory"))?;
-    Ok(())
+    sync_dir(dir)?;
+    Ok(written)
+}
+
+/// The SST files of one install: entries arrive one column family after the other, each in
+/// key order; a column family's files are ingested when its last entry has been written.
+struct TableFiles<'a> {
+    db: &'a DB,
+    opts: &'a rocksdb::Options,
+    dir: &'a Path,
+    group: GroupId,
+    file_bytes_max: u64,
+    /// The column family being written, its finished files, and the open file's writer.
+    cf: Option<Cf>,
+    files: Vec<PathBuf>,
+    writer: Option<SstFileWriter<'a>>,
+    next_file: u32,
+}
+
+impl<'a> TableFiles<'a> {
+    fn new(db: &'a DB, opts: &'a rocksdb::Options, dir: &'a Path, group: GroupId, file_bytes_max: u64) -> Self {
+        TableFiles { db, opts, dir, group, file_bytes_max, cf: None, files: Vec::new(), writer: None, next_file: 0 }
+    }
+
+    fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) -> Result<()> {
+        if self.cf != Some(cf) {
+            self.ingest()?;
+            self.cf = Some(cf);
+        }
+        if self.writer.as_ref().is_some_and(|w| w.file_size() >= self.file_bytes_max) {
+            self.close_file()?;
+        }
+        if self.writer.is_none() {
+            let path = self.dir.join(format!("group-{}-{}.sst", self.group.0, self.next_file));
+            self.next_file += 1;
+            let w = SstFileWriter::create(self.opts);
+            w.open(&path)?;
+            self.files.push(path);
+            self.writer = Some(w);
+        }
+        self.writer.as_mut().expect("opened above").put(key, value)?;
+        Ok(())
+    }
+
+    fn close_file(&mut self) -> Result<()> {
+        if let Some(mut w) = self.writer.take() {
+            w.finish()?;
+        }
+        Ok(())
+    }
+
+    /// Ingests the finished column family's files.
+    fn ingest(&mut self) -> Result<()> {
+        self.close_file()?;
+        let Some(cf) = self.cf else { return Ok(()) };
+        if self.files.is_empty() {
+            return Ok(());
+        }
+        let mut io = IngestExternalFileOptions::default();
+        // The files are ours and about to be deleted: RocksDB links them instead of copying.
+        io.set_move_files(true);
+        let files = std::mem::take(&mut self.files);
+        self.db.ingest_external_file_cf_opts(engine::cf(self.db, cf), &io, files.clone())?;
+        for f in files {
+            // A moved file is linked into the store; this removes only the spool's name.
+            let _ = fs::remove_file(f);
+        }
+        Ok(())
+    }
+
+    /// Ingests the last column family's files; returns how many files were written.
+    fn finish(mut self) -> Result<u32> {
+        self.ingest()?;
+        Ok(self.next_file)
+    }
+}
+
+impl Drop for TableFiles<'_> {
+    /// Files of an install that failed midway; a restart redoes the install from the start.
+    fn drop(&mut self) {
+        for f in &self.files {
+            let _ = fs::remove_file(f);
+        }
+    }
 }
 
 /// Step 4, at open: finishes every decided install and drops undecided spools. Returns the
@@ -249,7 +364,7 @@ pub(crate) fn recover(db: &DB, store_path: &Path) -> Result<Vec<GroupId>> {
             verify_file(&path, g)?;
             write_group(db, g, &path)?;
             installed.push(g);
-        } else if name.ends_with(".spool") {
+        } else if name.ends_with(".spool") || name.ends_with(".sst") {
             fs::remove_file(&path)?;
         }
     }
@@ -358,14 +473,80 @@ mod tests {
     }
 
     #[test]
-    fn a_large_snapshot_installs_in_batches_and_leaves_no_file() {
+    fn a_large_snapshot_installs_and_leaves_no_file() {
         let (src_dir, dst_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (src, chunks) = source(src_dir.path());
-        assert!(chunks.iter().map(Vec::len).sum::<usize>() > 2 * INSTALL_BATCH_BYTES);
         let dst = target(dst_dir.path(), false);
         assert_eq!(dst.install_snapshot(G, chunks.into_iter()).unwrap(), 3000);
         assert_eq!(fingerprint(&dst), fingerprint(&src));
         assert!(spool_files(dst_dir.path()).is_empty(), "{:?}", spool_files(dst_dir.path()));
+    }
+
+    /// A group bigger than one SST file is ingested as several per column family, over a
+    /// group that had other keys, flushed and not (the range deletion hides them), and survives a crash that
+    /// loses the memtables.
+    #[test]
+    fn a_snapshot_is_ingested_as_several_table_files_over_the_old_group() {
+        let (src_dir, dst_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (src, chunks) = source(src_dir.path());
+        {
+            let dst = target(dst_dir.path(), true);
+            // Keys in the memtable too, not only flushed ones (`target`'s).
+            for i in 11..=20 {
+                put(&dst, i, format!("unflushed-{i}"), 10);
+            }
+            let install = decide(&spooled(&dst, &chunks), G).unwrap();
+            // The values compress to almost nothing: small files make several per family.
+            let files = write_group_in_files_of(&dst.inner.db, G, &install, 16 << 10).unwrap();
+            assert!(files > 8, "{files} table files");
+            assert!(!install.exists());
+            assert!(spool_files(dst_dir.path()).is_empty(), "{:?}", spool_files(dst_dir.path()));
+        }
+        let reopened = crashy(dst_dir.path());
+        assert_eq!(fingerprint(&reopened), fingerprint(&src));
+    }
+
+    /// A chunk of the snapshot format holding `entries` (column family, key, value).
+    fn chunk_of(entries: &[(Cf, &[u8], &[u8])]) -> Vec<u8> {
+        let mut payload = Vec::new();
+        for (cf, k, v) in entries {
+            payload.push(*cf as u8);
+            payload.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            payload.extend_from_slice(k);
+            payload.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            payload.extend_from_slice(v);
+        }
+        let mut c = b"PLSN".to_vec();
+        c.push(1);
+        c.extend_from_slice(&0u32.to_be_bytes());
+        c.push(1);
+        c.extend_from_slice(&(entries.len() as u64).to_be_bytes());
+        c.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        c.extend_from_slice(&payload);
+        let crc = crc32fast::hash(&c);
+        c.extend_from_slice(&crc.to_be_bytes());
+        c
+    }
+
+    /// Entries must ascend, column family by column family: anything else could not be
+    /// written as sorted table files, and is refused as it arrives.
+    #[test]
+    fn a_spool_refuses_entries_out_of_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let dst = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        for (entries, ok) in [
+            (vec![(Cf::Kv, &b"a"[..], &b"1"[..]), (Cf::Kv, b"b", b"2"), (Cf::History, b"a", b"3")], true),
+            (vec![(Cf::Kv, &b"b"[..], &b"1"[..]), (Cf::Kv, b"a", b"2")], false),
+            (vec![(Cf::Kv, &b"a"[..], &b"1"[..]), (Cf::Kv, b"a", b"2")], false),
+            (vec![(Cf::History, &b"a"[..], &b"1"[..]), (Cf::Kv, b"b", b"2")], false),
+        ] {
+            let mut spool = dst.snapshot_spool(G).unwrap();
+            let r = spool.push(&chunk_of(&entries));
+            assert_eq!(r.is_ok(), ok, "{entries:?}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("out of order"), "{e}");
+            }
+        }
     }
 
     /// A crash after the install was decided, with the group half written on disk: the
