@@ -108,6 +108,9 @@ pub struct ServeArgs {
     /// How often the store is flushed and the log purged below it, in milliseconds.
     #[arg(long, default_value_t = 10_000, hide = true)]
     pub experimental_log_purge_interval_ms: u64,
+    /// Largest size of one WAL segment file, in bytes (tests make it small to roll often).
+    #[arg(long, default_value_t = 64 << 20, hide = true, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub experimental_wal_segment_bytes: u64,
     /// Accepted for compatibility.
     #[arg(long)]
     pub feature_gates: Option<String>,

@@ -91,6 +91,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(crate::version::ETCD_COMPAT_VERSION));
     let wal_cfg = raft_log::WalConfig {
         fsync_observer: Some(Arc::new(crate::node::metrics::WalFsyncMetric(metrics.wal_fsync_duration.clone()))),
+        segment_bytes_max: args.experimental_wal_segment_bytes,
         ..raft_log::WalConfig::new(data_dir.join("wal"))
     };
     let wal = Arc::new(raft_log::Wal::open(wal_cfg)?);
@@ -125,8 +126,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..raft_log::DriverConfig::default()
     };
     let source: Arc<dyn raft_log::SnapshotSource> = transport.clone();
-    let (driver, raft) =
-        raft_log::Driver::start_with_snapshots(driver_cfg, wal, Box::new(applier), transport.clone(), Some(source))?;
+    let (driver, raft) = raft_log::Driver::start_with_snapshots(
+        driver_cfg,
+        wal.clone(),
+        Box::new(applier),
+        transport.clone(),
+        Some(source),
+    )?;
     // Every member of a new cluster bootstraps the default group with the same log (one
     // conf change per member of `--initial-cluster`); a joining member starts empty. On
     // restart the group comes back from the log and this is a no-op. The system group (the
@@ -184,6 +190,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(expire_leases(node.clone()));
     tokio::spawn(purge_log(
         node.clone(),
+        wal,
         Duration::from_millis(args.experimental_log_purge_interval_ms.max(1)),
         args.experimental_snapshot_catchup_entries,
     ));
@@ -601,10 +608,21 @@ async fn join_cluster(
     Ok(identity)
 }
 
+/// WAL segments, newest first, in which a group keeps its catch-up entries; below them it
+/// keeps none. One entry keeps its whole segment, and purge deletes only a prefix of the
+/// segments, so without this bound a tenant that writes a few entries a minute (too often to
+/// hibernate, too rarely to pass `catch_up_entries` for hours) would keep every segment
+/// written since, by every tenant. raft-engine rewrites such a group's live entries into the
+/// newest file instead; they are only catch-up entries here (the store holds their effect),
+/// and a cold group's followers acknowledged them long ago, so dropping them costs a member
+/// that was down that long a snapshot, as it would past `catch_up_entries`.
+const CATCH_UP_SEGMENTS: usize = 2;
+
 /// Flushes the store and lets the WAL purge what the flush made redundant, keeping
 /// `catch_up_entries` below it in each awake group so that a follower a little behind needs
-/// no snapshot (a hibernating group keeps none).
-async fn purge_log(node: Arc<Node>, interval: Duration, catch_up_entries: u64) {
+/// no snapshot (a hibernating group keeps none), as long as they are in the newest
+/// [`CATCH_UP_SEGMENTS`] segments.
+async fn purge_log(node: Arc<Node>, wal: Arc<raft_log::Wal>, interval: Duration, catch_up_entries: u64) {
     let mut tick = tokio::time::interval(interval);
     loop {
         tick.tick().await;
@@ -622,6 +640,7 @@ async fn purge_log(node: Arc<Node>, interval: Duration, catch_up_entries: u64) {
                 continue;
             }
         };
+        let held = wal.held_by_old_segments(CATCH_UP_SEGMENTS);
         for (group, applied) in flushed {
             let Some(status) = node.raft.status(raft_log::GroupId(group.0)) else { continue };
             // A hibernating group went to sleep only with every member caught up, so no
@@ -630,7 +649,8 @@ async fn purge_log(node: Arc<Node>, interval: Duration, catch_up_entries: u64) {
             // and with many idle tenants, every segment. A member that falls behind later
             // gets a snapshot, as it would past the catch-up entries.
             // Flush before purge: only entries the store has made durable may leave the log.
-            let Some(purge_to) = purge_index(applied, status.hibernating, catch_up_entries) else { continue };
+            let old = held.get(&raft_log::GroupId(group.0)).map(|i| i.0);
+            let Some(purge_to) = purge_index(applied, status.hibernating, catch_up_entries, old) else { continue };
             if let Err(e) = node.raft.compact_log(raft_log::GroupId(group.0), purge_to) {
                 warn!(group = group.0, error = %e, "log purge failed");
             }
@@ -639,10 +659,21 @@ async fn purge_log(node: Arc<Node>, interval: Duration, catch_up_entries: u64) {
 }
 
 /// Where a group's log may be purged to, given the applied index a flush made durable: all
-/// of it for a hibernating group, else all but `catch_up_entries`; `None` for nothing.
-fn purge_index(durable_applied: u64, hibernating: bool, catch_up_entries: u64) -> Option<raft_log::LogIndex> {
+/// of it for a hibernating group, else all but `catch_up_entries`, and in any case every
+/// entry up to `in_old_segments` (the highest the segments past [`CATCH_UP_SEGMENTS`] hold)
+/// that is durable; `None` for nothing.
+fn purge_index(
+    durable_applied: u64,
+    hibernating: bool,
+    catch_up_entries: u64,
+    in_old_segments: Option<u64>,
+) -> Option<raft_log::LogIndex> {
     let keep = if hibernating { 0 } else { catch_up_entries };
-    (durable_applied > keep).then(|| raft_log::LogIndex(durable_applied - keep))
+    let catch_up = durable_applied.saturating_sub(keep);
+    // Durability: never past the flushed applied index, whatever the old segments hold.
+    let aged = in_old_segments.unwrap_or(0).min(durable_applied);
+    let to = catch_up.max(aged);
+    (to > 0).then_some(raft_log::LogIndex(to))
 }
 
 /// Compacts history automatically, like etcd's `--auto-compaction-*`, in every tenant's
@@ -709,10 +740,20 @@ mod tests {
     /// catch-up entries (and, with fewer than those, everything).
     #[test]
     fn a_hibernating_group_keeps_no_catch_up_entries() {
-        assert_eq!(purge_index(40, false, 5000), None);
-        assert_eq!(purge_index(40, true, 5000), Some(LogIndex(40)));
-        assert_eq!(purge_index(9000, false, 5000), Some(LogIndex(4000)));
-        assert_eq!(purge_index(9000, true, 5000), Some(LogIndex(9000)));
-        assert_eq!(purge_index(0, true, 5000), None);
+        assert_eq!(purge_index(40, false, 5000, None), None);
+        assert_eq!(purge_index(40, true, 5000, None), Some(LogIndex(40)));
+        assert_eq!(purge_index(9000, false, 5000, None), Some(LogIndex(4000)));
+        assert_eq!(purge_index(9000, true, 5000, None), Some(LogIndex(9000)));
+        assert_eq!(purge_index(0, true, 5000, None), None);
+    }
+
+    /// Catch-up entries in old segments go, but only as far as the flush made durable.
+    #[test]
+    fn catch_up_entries_in_old_segments_are_purged_up_to_the_durable_index() {
+        assert_eq!(purge_index(40, false, 5000, Some(30)), Some(LogIndex(30)));
+        assert_eq!(purge_index(40, false, 5000, Some(70)), Some(LogIndex(40)));
+        assert_eq!(purge_index(9000, false, 5000, Some(3000)), Some(LogIndex(4000)));
+        assert_eq!(purge_index(9000, false, 5000, Some(8000)), Some(LogIndex(8000)));
+        assert_eq!(purge_index(0, false, 5000, Some(8)), None);
     }
 }

@@ -26,7 +26,8 @@ use crate::types::{GroupId, LogIndex, NodeId, Term};
 use crate::wal::Wal;
 
 /// Most inbox messages handled before the driver looks at Readys again, so that a flood
-/// of proposals cannot starve ticks and persistence.
+/// of proposals cannot starve ticks and persistence (raised to the inbox's capacity when
+/// that is larger, so a pass always covers what was queued when it began).
 pub(crate) const INBOX_DRAIN_MAX: usize = 4096;
 
 /// Raft messages from peers waiting in the peer inbox; more are refused with `Busy` (the
@@ -1070,7 +1071,9 @@ impl Loop {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            for i in 1..=INBOX_DRAIN_MAX {
+            // Fairness: at least as many as the inbox holds, so every message queued when
+            // the pass began is handled in it, whichever group sent it (ARCHITECTURE.md).
+            for i in 1..=INBOX_DRAIN_MAX.max(self.cfg.proposal_queue_max) {
                 if i % PEER_INBOX_EVERY == 0 {
                     self.drain_peer_inbox();
                 }

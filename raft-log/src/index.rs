@@ -411,6 +411,22 @@ impl Index {
             .collect()
     }
 
+    /// Per group, the highest index of its entries held by the segments older than the
+    /// newest `keep_newest` ones; groups with no entry there are absent.
+    pub fn held_by_old_segments(&self, keep_newest: usize) -> HashMap<GroupId, u64> {
+        let old = self.segments.len().saturating_sub(keep_newest);
+        let mut held: HashMap<GroupId, u64> = HashMap::new();
+        for seg in self.segments.values().take(old) {
+            for (group, max) in &seg.max_index {
+                let h = held.entry(*group).or_insert(0);
+                *h = (*h).max(*max);
+            }
+        }
+        // Entries already compacted hold nothing (purge deletes their segment at a rotation).
+        held.retain(|group, max| self.groups.get(group).is_some_and(|g| *max > g.truncated_index));
+        held
+    }
+
     /// Checks, after replaying every segment, that each gap accepted during recovery is
     /// covered by a durable compact point.
     pub fn finish_recovery(&self) -> Result<(), String> {

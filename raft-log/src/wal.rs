@@ -435,6 +435,16 @@ impl Wal {
         self.shared.index.read().segments.keys().copied().collect()
     }
 
+    /// Per group, the highest index of its live (not compacted) entries held by segments
+    /// older than the newest `keep_newest`. Compacting a group to that index releases those
+    /// segments from it; a group absent from the map holds none of them. A server uses it to
+    /// stop a group that writes rarely from keeping every later segment (one entry in an old
+    /// segment keeps the whole segment, and with it every segment after it).
+    pub fn held_by_old_segments(&self, keep_newest: usize) -> HashMap<GroupId, LogIndex> {
+        let idx = self.shared.index.read();
+        idx.held_by_old_segments(keep_newest).into_iter().map(|(g, i)| (g, LogIndex(i))).collect()
+    }
+
     /// Number of entry positions held in memory across all groups.
     pub fn indexed_entry_count(&self) -> usize {
         self.shared.index.read().groups.values().map(|g| g.entry_count()).sum()

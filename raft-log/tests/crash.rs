@@ -448,3 +448,52 @@ fn segment_with_zeros_left_by_a_crash(cfg: fn(&Path) -> WalConfig) {
         Ok(_) => panic!("opened although acknowledged frames follow the damaged one"),
     }
 }
+
+/// A group that wrote a few entries long ago keeps the segment holding them, and every
+/// segment after it, however much another group writes and compacts. `held_by_old_segments`
+/// names what to compact to release the old segments; after it the log shrinks to the newest
+/// few, and the cold group keeps its newer entries.
+#[test]
+fn a_cold_group_releases_old_segments_once_compacted_to_what_they_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = WalConfig { segment_bytes_max: 1024, ..WalConfig::new(dir.path()) };
+    let (hot, cold) = (GroupId(1), GroupId(2));
+    let wal = Wal::open(cfg.clone()).unwrap();
+    let write = |wal: &Wal, g: GroupId, from: u64, n: u64| {
+        let mut b = WriteBatch::new();
+        let ents: Vec<_> = (from..from + n).map(|i| entry(i, 1, &[i as u8; 40])).collect();
+        b.add_entries(g, &ents);
+        wal.write(b).unwrap();
+    };
+    write(&wal, cold, 1, 3);
+    let mut next = 1;
+    for _ in 0..60 {
+        write(&wal, hot, next, 5);
+        next += 5;
+        // The hot group keeps nothing below its last entry.
+        wal.compact(hot, LogIndex(next - 1)).unwrap().wait().unwrap();
+    }
+    let pinned = segment_files(dir.path()).len();
+    assert!(pinned > 10, "the cold group's 3 entries keep every segment: {pinned}");
+    let held = wal.held_by_old_segments(2);
+    assert_eq!(held.get(&cold), Some(&LogIndex(3)), "{held:?}");
+    assert_eq!(held.get(&hot), None, "the hot group's old entries are compacted: {held:?}");
+    // The cold group writes once more, then is compacted to what the old segments hold.
+    write(&wal, cold, 4, 1);
+    wal.compact(cold, LogIndex(3)).unwrap().wait().unwrap();
+    for _ in 0..10 {
+        write(&wal, hot, next, 5);
+        next += 5;
+        wal.compact(hot, LogIndex(next - 1)).unwrap().wait().unwrap();
+    }
+    let after = segment_files(dir.path()).len();
+    assert!(after <= 4, "{after} segments remain (from {pinned})");
+    // Entry 4 has aged into an old segment in turn: the next purge releases it the same way.
+    assert_eq!(wal.held_by_old_segments(2).get(&cold), Some(&LogIndex(4)));
+    drop(wal);
+    let wal = Wal::open(cfg).unwrap();
+    wal.check_invariants();
+    let st = wal.group_state(cold).unwrap();
+    assert_eq!((st.first_index.0, st.last_index.0), (4, 4));
+    assert_eq!(wal.entries(cold, LogIndex(4), LogIndex(5), None).unwrap()[0].data[0], 4);
+}

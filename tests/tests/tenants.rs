@@ -631,3 +631,82 @@ fn tenant_limits_answer_too_many_requests() {
         assert_eq!((ok, refused), (100, 0), "gets after the rate limit was lifted");
     });
 }
+
+/// The WAL segment files of member `m`.
+fn wal_segments(m: &plinth_tests::members::Member) -> usize {
+    std::fs::read_dir(m.dir().join("data").join("wal"))
+        .expect("wal dir")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "wal")))
+        .count()
+}
+
+/// A tenant that writes too often to hibernate but far too little to pass its catch-up
+/// entries must not keep every WAL segment written since its first entry: its old entries
+/// are purged once they are only in old segments. Small segments roll every few writes of
+/// the busy default tenant; without the bound, the quiet tenant's entries (and the busy
+/// tenant's own 5,000 catch-up entries) would keep all of them.
+#[test]
+fn a_tenant_that_writes_rarely_does_not_keep_old_wal_segments() {
+    let block = ports::reserve_block(2);
+    let base = block[0].get();
+    let mut cluster = Members::start(
+        1,
+        &[
+            "--tenant-client-port-base",
+            &base.to_string(),
+            "--experimental-wal-segment-bytes",
+            "65536",
+            "--experimental-log-purge-interval-ms",
+            "200",
+        ],
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        cluster.wait_leader(LEADER_TIMEOUT).await;
+        let admin = cluster.members[0].endpoint();
+        tenant_cli(&admin, &["create", "quiet"]);
+        let mut quiet = connect_eventually(&format!("http://127.0.0.1:{}", base + 1)).await;
+        let mut busy = connect_eventually(&admin).await;
+        let value = vec![b'v'; 4096];
+        // 16 busy writes fill a segment; the quiet tenant writes once every 20, about every
+        // 100 ms here, well inside the 2 election timeouts after which its group would sleep.
+        let mut quiet_writes = 0;
+        for i in 0..1200 {
+            busy.put(format!("busy/{}", i % 50), value.clone(), None).await.unwrap();
+            if i % 20 == 0 {
+                quiet.put(format!("quiet/{quiet_writes}"), "q", None).await.unwrap();
+                quiet_writes += 1;
+            }
+        }
+        // About 75 segments were written. Purge runs every 200 ms and deletes segments at
+        // rotations, so keep rolling until the count settles.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut i = 0;
+        let segments = loop {
+            let n = wal_segments(&cluster.members[0]);
+            if n <= 8 || Instant::now() > deadline {
+                break n;
+            }
+            busy.put(format!("busy/{}", i % 50), value.clone(), None).await.unwrap();
+            quiet.put("quiet/last", "q", None).await.unwrap();
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(segments <= 8, "{segments} WAL segments are kept\n{}", cluster.logs());
+
+        // Nothing the purge dropped was needed: after a SIGKILL the member recovers both
+        // tenants from the store and what is left of the log.
+        let quiet_before = everything(&mut quiet).await;
+        let busy_before = everything(&mut busy).await;
+        for i in 0..quiet_writes {
+            assert!(quiet_before.contains_key(format!("quiet/{i}").as_bytes()), "quiet/{i} is missing");
+        }
+        cluster.members[0].kill9();
+        cluster.spawn(0);
+        cluster.wait_leader(LEADER_TIMEOUT).await;
+        let mut quiet = connect_eventually(&format!("http://127.0.0.1:{}", base + 1)).await;
+        let mut busy = connect_eventually(&admin).await;
+        assert_eq!(everything(&mut quiet).await, quiet_before);
+        assert_eq!(everything(&mut busy).await, busy_before);
+    });
+}
