@@ -376,7 +376,17 @@ async fn backups_under_kills(n: usize) {
     let status = client.status().await.unwrap();
     assert_eq!(now["member_id"].as_str(), Some(format!("{:x}", status.leader()).as_str()), "{now}");
 
-    let entries = manifest(&backup_dir);
+    // The chain must span at least two full backups. On a loaded machine the kills can come
+    // faster than a restarted member reaches its next full one (every 1.5 s of uptime), so
+    // the member gets the time to take it now.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let entries = loop {
+        let entries = manifest(&backup_dir);
+        if entries.iter().filter(|e| e["kind"] == "full").count() >= 2 || std::time::Instant::now() > deadline {
+            break entries;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(entries.iter().filter(|e| e["kind"] == "full").count() >= 2, "{entries:?}");
     let fulls: Vec<i64> =
         entries.iter().filter(|e| e["kind"] == "full").map(|e| e["to_revision"].as_i64().unwrap()).collect();
