@@ -12,6 +12,10 @@
 //!     written with zeros ahead of the frames (`zero-ahead`, the default). Group commit should carry many
 //!     groups' entries per fsync; after each group count the entries/s, fsyncs/s and
 //!     entries per fsync are printed from the WAL's counters.
+//!     `purged-zero-ahead` and `purged-recycle` run with 1 MiB segments while every appender
+//!     compacts its group as it goes, so segments rotate and are purged all the time: with
+//!     zeros written ahead into every new segment, or with purged segments recycled (the
+//!     default); the bytes of zeros written per entry are printed too.
 //!
 //! Files go to a fresh directory under `std::env::temp_dir()` (on this machine the same
 //! ext4 filesystem as the repository).
@@ -87,22 +91,30 @@ fn wal_append(c: &mut Criterion) {
     let mut g = c.benchmark_group("wal_append");
     g.throughput(Throughput::Elements(1));
     g.sample_size(10);
+    let defaults = WalConfig::new("");
+    // (name, preallocate, zero-ahead bytes, recycled files, segment bytes, compact as it goes)
     let modes = [
-        ("append", false, 0),
-        ("fallocate", true, 0),
-        ("zero-ahead", false, WalConfig::new("").segment_zero_ahead_bytes),
+        ("append", false, 0, 0, defaults.segment_bytes_max, false),
+        ("fallocate", true, 0, 0, defaults.segment_bytes_max, false),
+        ("zero-ahead", false, defaults.segment_zero_ahead_bytes, 0, defaults.segment_bytes_max, false),
+        ("purged-zero-ahead", false, defaults.segment_zero_ahead_bytes, 0, 1 << 20, true),
+        ("purged-recycle", false, defaults.segment_zero_ahead_bytes, defaults.segment_recycle_max, 1 << 20, true),
     ];
-    for ((mode, preallocate, zero_ahead), groups) in modes.into_iter().flat_map(|m| [(m, 1usize), (m, 16), (m, 256)]) {
+    for ((mode, preallocate, zero_ahead, recycle, segment_bytes, compact), groups) in
+        modes.into_iter().flat_map(|m| [(m, 1usize), (m, 16), (m, 256)])
+    {
         let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
         let config = WalConfig {
             segment_preallocate: preallocate,
             segment_zero_ahead_bytes: zero_ahead,
+            segment_recycle_max: recycle,
+            segment_bytes_max: segment_bytes,
             ..WalConfig::new(dir.path())
         };
         let wal = Arc::new(Wal::open(config).unwrap());
         let next: Arc<Vec<AtomicU64>> = Arc::new((0..groups).map(|_| AtomicU64::new(1)).collect());
         let mut measured = Duration::ZERO;
-        let (mut entries, mut fsyncs) = (0u64, 0u64);
+        let (mut entries, mut fsyncs, mut zeros) = (0u64, 0u64, 0u64);
         g.bench_function(format!("segment={mode}/groups={groups}"), |b| {
             b.iter_custom(|iters| {
                 let per_group = iters.div_ceil(groups as u64);
@@ -117,6 +129,9 @@ fn wal_append(c: &mut Criterion) {
                                 let mut batch = WriteBatch::new();
                                 batch.add_entries(GroupId(gi as u64), &[entry(i)]);
                                 wal.write(batch).unwrap();
+                                if compact && i % 64 == 0 {
+                                    wal.compact(GroupId(gi as u64), raft_log::LogIndex(i - 16)).unwrap();
+                                }
                             }
                         })
                     })
@@ -132,16 +147,18 @@ fn wal_append(c: &mut Criterion) {
                 measured += elapsed;
                 entries += after.entries_appended - before.entries_appended;
                 fsyncs += after.fsyncs - before.fsyncs;
+                zeros += after.zero_bytes_written - before.zero_bytes_written;
                 // Report time per entry appended, whatever the rounding per group.
                 elapsed.mul_f64(iters as f64 / (per_group * groups as u64) as f64)
             })
         });
         let secs = measured.as_secs_f64().max(1e-9);
         println!(
-            "segment={mode} groups={groups} entries/s={:.0} fsyncs/s={:.0} entries_per_fsync={:.1}",
+            "segment={mode} groups={groups} entries/s={:.0} fsyncs/s={:.0} entries_per_fsync={:.1} zero_bytes_per_entry={:.0}",
             entries as f64 / secs,
             fsyncs as f64 / secs,
-            entries as f64 / fsyncs.max(1) as f64
+            entries as f64 / fsyncs.max(1) as f64,
+            zeros as f64 / entries.max(1) as f64
         );
     }
     g.finish();

@@ -25,6 +25,11 @@ pub struct WalConfig {
     /// fdatasync has no size or extent change to journal (see `zero_ahead.rs`). 0 turns it
     /// off. Default: 4 MiB.
     pub segment_zero_ahead_bytes: u64,
+    /// Purged segment files kept to become later segments instead of being deleted: their
+    /// blocks are written already, so a recycled segment needs no zeros ahead and its appends
+    /// none of the metadata that makes an fdatasync slow (see `writer.rs`, "Recycling").
+    /// More purged files than this are deleted. 0 turns it off. Default: 2.
+    pub segment_recycle_max: usize,
     /// Upper bound on the bytes of submissions the writer packs into one frame (one write,
     /// one fdatasync). A single submission larger than this is still written alone.
     /// Default: 4 MiB.
@@ -59,6 +64,7 @@ impl WalConfig {
             segment_bytes_max: 64 << 20,
             segment_preallocate: false,
             segment_zero_ahead_bytes: 4 << 20,
+            segment_recycle_max: 2,
             batch_bytes_max: 4 << 20,
             queue_capacity: 4096,
             cache_entries_per_group_max: 256,

@@ -46,6 +46,16 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// The name a purged segment `seq` is kept under for recycling (never a segment's name).
+pub fn recycle_file_name(seq: u64) -> String {
+    format!("{seq:016}.recycle")
+}
+
+/// Whether `name` is the name of a purged segment kept for recycling.
+pub fn is_recycle_file_name(name: &str) -> bool {
+    name.strip_suffix(".recycle").is_some_and(|d| d.len() == 16 && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The path of segment `seq` in `dir`.
 pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(segment_file_name(seq))

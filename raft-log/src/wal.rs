@@ -1,6 +1,6 @@
 //! `Wal`: opening (recovery), submitting batches, reading the index.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -18,13 +18,14 @@ use crate::error::{Error, Result};
 use crate::index::{CacheLimits, GroupState, Index, SegmentInfo};
 use crate::record::Record;
 use crate::segment::{
-    check_header, parse_segment_file_name, scan_frames, segment_path, sync_dir, valid_frame_after, zero_tail,
-    HeaderCheck, ScannedFrame, FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX,
+    check_header, is_recycle_file_name, parse_segment_file_name, scan_frames, segment_path, sync_dir,
+    valid_frame_after, zero_tail, HeaderCheck, ScannedFrame, FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX,
 };
 use crate::storage::{read_entries, GroupStorage};
 use crate::types::{GroupId, LogIndex, Term};
 use crate::writer::{
-    purge, start_segment, Callback, Completion, Counters, Segment, Shared, Submission, Ticket, WalStats, Writer,
+    purge, start_segment, Callback, Completion, Counters, NewSegment, Recycled, Segment, Shared, Submission, Ticket,
+    WalStats, Writer,
 };
 use crate::zero_ahead::ZeroAhead;
 
@@ -147,9 +148,11 @@ fn load_segments(dir: &Path) -> Result<Vec<Loaded>> {
                     format!("{reason}, with a valid frame after it at offset {next}"),
                 ));
             }
+            // A recycled segment always ends so after a crash: the old frames after the new
+            // ones are another segment's and do not scan (`writer.rs`, "Recycling").
             tracing::warn!(
                 file = %path.display(), offset, %reason,
-                "truncating torn or corrupt tail of the last WAL segment"
+                "truncating the torn tail (or a recycled file's old frames) of the last WAL segment"
             );
             let f = OpenOptions::new().write(true).open(&path)?;
             f.set_len(offset)?;
@@ -158,6 +161,29 @@ fn load_segments(dir: &Path) -> Result<Vec<Loaded>> {
         loaded.push(Loaded { seq, path, frames: scan.frames });
     }
     Ok(loaded)
+}
+
+/// The purged segment files kept for recycling (see `writer.rs`), oldest first; past
+/// `keep` of them, the oldest are deleted.
+fn load_recycled(dir: &Path, keep: usize) -> Result<VecDeque<Recycled>> {
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_str().is_some_and(is_recycle_file_name) {
+            paths.push(entry.path());
+        }
+    }
+    paths.sort_unstable();
+    let extra = paths.len().saturating_sub(keep);
+    let mut pool = VecDeque::with_capacity(keep);
+    for (i, path) in paths.into_iter().enumerate() {
+        if i < extra {
+            std::fs::remove_file(&path)?;
+        } else {
+            pool.push_back(Recycled { file: Arc::new(File::open(&path)?), path });
+        }
+    }
+    Ok(pool)
 }
 
 /// Checks that the segments are a contiguous run (purge deletes oldest first, so a crash
@@ -219,10 +245,12 @@ impl Wal {
             queued: AtomicUsize::new(0),
             preallocate_bytes: if config.segment_preallocate { config.segment_bytes_max } else { 0 },
             fsync_observer: config.fsync_observer.clone(),
+            recycled: Mutex::new(load_recycled(&dir, config.segment_recycle_max)?),
+            recycle_max: config.segment_recycle_max,
         });
         // Always continue in a new segment: it starts with a checkpoint of the recovered
         // state, and the (possibly truncated) old tail is never appended to again.
-        let (active, active_len) = start_segment(&shared, next_seq)?;
+        let NewSegment { file: active, len: active_len, written_len } = start_segment(&shared, next_seq)?;
         purge(&shared);
 
         let (tx, rx) = sync_channel(config.queue_capacity);
@@ -235,7 +263,7 @@ impl Wal {
             unsynced: false,
             failed: false,
             faults: config.faults.clone(),
-            zeroed_len: active_len,
+            zeroed_len: written_len,
             zero_ahead_bytes: config.segment_zero_ahead_bytes,
             zero_ahead: None,
         }));

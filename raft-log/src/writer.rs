@@ -10,8 +10,22 @@
 //! would be most of its latency. `Shared::queued` counts submissions queued and not yet
 //! committed; the inline path runs only while it is zero, under the segment lock, so it
 //! never overtakes a queued submission (queue order is log order).
+//!
+//! **Recycling.** Purge renames up to [`crate::WalConfig::segment_recycle_max`] purged
+//! segments to `<seq>.recycle` instead of deleting them, and a rotation turns one into the
+//! next segment: the new header and checkpoint frame are written over the old head and
+//! synced, and only then is the file renamed to the segment's name (directory synced). A
+//! crash before the rename leaves a recycle file, which recovery never reads as a segment; a
+//! crash after it leaves a segment with a valid header. The old frames after the new ones are
+//! never mistaken for log: a frame's crc is seeded with its segment's sequence number, so
+//! they fail to scan like a torn tail, which is where recovery cuts the last segment, and
+//! rotation trims each segment to its frames before a newer one exists. A recycled file's
+//! blocks are all written, so appends into it need no zeros ahead (`zero_ahead.rs`) and their
+//! fdatasync has no size or extent change to journal: the WAL writes each block once, not
+//! twice. A purged file that a reader still holds open (a slow `pread` of an old entry) is
+//! deleted rather than recycled, so no read can see another segment's bytes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -27,7 +41,8 @@ use crate::fault::WalFaults;
 use crate::index::{project, Index, SegmentInfo};
 use crate::record::{encode_batch, Record};
 use crate::segment::{
-    create_segment, encode_frame_header, segment_path, sync_dir, trim_segment, FRAME_HEADER_BYTES, HEADER_BYTES,
+    create_segment, encode_frame_header, encode_header, recycle_file_name, segment_path, sync_dir, trim_segment,
+    FRAME_HEADER_BYTES, HEADER_BYTES,
 };
 use crate::types::GroupId;
 
@@ -43,6 +58,8 @@ pub(crate) struct Counters {
     pub bytes_written: AtomicU64,
     pub submissions: AtomicU64,
     pub segments_purged: AtomicU64,
+    pub segments_recycled: AtomicU64,
+    pub zero_bytes_written: AtomicU64,
 }
 
 /// A snapshot of the WAL's counters.
@@ -58,8 +75,12 @@ pub struct WalStats {
     pub bytes_written: u64,
     /// Submissions completed successfully.
     pub submissions: u64,
-    /// Segment files deleted by purge.
+    /// Segment files purged (deleted or kept for recycling).
     pub segments_purged: u64,
+    /// New segments made from recycled files rather than created.
+    pub segments_recycled: u64,
+    /// Bytes of zeros written ahead of the active segment's frames (`zero_ahead.rs`).
+    pub zero_bytes_written: u64,
 }
 
 impl Counters {
@@ -71,6 +92,8 @@ impl Counters {
             bytes_written: self.bytes_written.load(Ordering::Relaxed),
             submissions: self.submissions.load(Ordering::Relaxed),
             segments_purged: self.segments_purged.load(Ordering::Relaxed),
+            segments_recycled: self.segments_recycled.load(Ordering::Relaxed),
+            zero_bytes_written: self.zero_bytes_written.load(Ordering::Relaxed),
         }
     }
 }
@@ -88,6 +111,45 @@ pub(crate) struct Shared {
     pub preallocate_bytes: u64,
     /// [`crate::WalConfig::fsync_observer`].
     pub fsync_observer: Option<Arc<dyn crate::FsyncObserver>>,
+    /// Purged segment files kept for recycling, oldest first, at most `recycle_max`.
+    pub recycled: Mutex<VecDeque<Recycled>>,
+    /// [`crate::WalConfig::segment_recycle_max`].
+    pub recycle_max: usize,
+}
+
+/// A purged segment file waiting to become a new segment.
+#[derive(Debug)]
+pub(crate) struct Recycled {
+    pub path: PathBuf,
+    /// The handle the index held; another holder is a reader still using the old segment.
+    pub file: Arc<File>,
+}
+
+/// The oldest recycled file no reader holds, opened for writing, with its length. Files a
+/// reader still holds, and files that cannot be opened, are deleted instead.
+fn take_recycled(shared: &Shared) -> Option<(PathBuf, File, u64)> {
+    loop {
+        let r = shared.recycled.lock().pop_front()?;
+        // Only the pool can hand out this handle now (purge removed it from the index), so a
+        // count of one stays one.
+        let opened = if Arc::strong_count(&r.file) == 1 {
+            std::fs::OpenOptions::new().read(true).write(true).open(&r.path).and_then(|f| {
+                let len = f.metadata()?.len();
+                Ok((f, len))
+            })
+        } else {
+            Err(std::io::Error::other("a reader still holds it"))
+        };
+        match opened {
+            Ok((f, len)) => return Some((r.path, f, len)),
+            Err(e) => {
+                tracing::debug!(path = %r.path.display(), error = %e, "WAL file not recycled");
+                if let Err(e) = std::fs::remove_file(&r.path) {
+                    tracing::warn!(path = %r.path.display(), error = %e, "could not delete a WAL recycle file");
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -181,18 +243,43 @@ fn observed_sync(shared: &Shared, sync: impl FnOnce() -> std::io::Result<()>) ->
     synced
 }
 
+/// A new active segment: its file, the length of its header and checkpoint frame, and how
+/// far its blocks are already written (a recycled file's whole length).
+pub(crate) struct NewSegment {
+    pub file: File,
+    pub len: u64,
+    pub written_len: u64,
+}
+
 /// Writes the checkpoint frame at the head of new segment `seq`, makes it durable and
-/// registers the segment in the index. Returns the file and its length.
-pub(crate) fn start_segment(shared: &Shared, seq: u64) -> std::io::Result<(File, u64)> {
-    let file = create_segment(&shared.dir, seq, shared.preallocate_bytes)?;
+/// registers the segment in the index. The file is a recycled one when there is one.
+pub(crate) fn start_segment(shared: &Shared, seq: u64) -> std::io::Result<NewSegment> {
     let records = shared.index.read().checkpoint_records();
     let payload = encode_batch(&records);
     let mut frame = encode_frame_header(seq, &payload).to_vec();
     frame.extend_from_slice(&payload);
-    file.write_all_at(&frame, HEADER_BYTES as u64)?;
-    // Durability: the checkpoint must be on disk before purge may delete the segments
-    // whose HardState/ConfState/compact records it supersedes.
-    observed_sync(shared, || file.sync_data())?;
+    let len = (HEADER_BYTES + frame.len()) as u64;
+    let (file, written_len) = match take_recycled(shared) {
+        Some((recycle_path, file, old_len)) => {
+            file.write_all_at(&encode_header(seq), 0)?;
+            file.write_all_at(&frame, HEADER_BYTES as u64)?;
+            // Durability and ordering: the new header and checkpoint are on disk before the
+            // file takes the segment's name, so a segment never has another's header.
+            observed_sync(shared, || file.sync_data())?;
+            std::fs::rename(&recycle_path, segment_path(&shared.dir, seq))?;
+            sync_dir(&shared.dir)?;
+            shared.counters.segments_recycled.fetch_add(1, Ordering::Relaxed);
+            (file, old_len.max(len))
+        }
+        None => {
+            let file = create_segment(&shared.dir, seq, shared.preallocate_bytes)?;
+            file.write_all_at(&frame, HEADER_BYTES as u64)?;
+            // Durability: the checkpoint must be on disk before purge may delete the segments
+            // whose HardState/ConfState/compact records it supersedes.
+            observed_sync(shared, || file.sync_data())?;
+            (file, len)
+        }
+    };
     shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
     shared.counters.frames_written.fetch_add(1, Ordering::Relaxed);
     shared.counters.bytes_written.fetch_add((HEADER_BYTES + frame.len()) as u64, Ordering::Relaxed);
@@ -212,31 +299,36 @@ pub(crate) fn start_segment(shared: &Shared, seq: u64) -> std::io::Result<(File,
             checkpoint: Some(checkpoint),
         },
     );
-    Ok((file, (HEADER_BYTES + frame.len()) as u64))
+    Ok(NewSegment { file, len, written_len })
 }
 
 /// Deletes the segments that no longer hold anything needed. Called only after the
 /// newest segment's checkpoint is durable (see `start_segment`): it is what makes them
 /// unnecessary.
 pub(crate) fn purge(shared: &Shared) {
-    let victims: Vec<(u64, PathBuf)> = {
+    let victims: Vec<(u64, SegmentInfo)> = {
         let mut index = shared.index.write();
         let seqs = index.purgeable_prefix();
-        seqs.into_iter()
-            .map(|s| {
-                let info = index.segments.remove(&s).expect("invariant: purgeable segment exists");
-                (s, info.path)
-            })
-            .collect()
+        seqs.into_iter().map(|s| (s, index.segments.remove(&s).expect("invariant: purgeable segment exists"))).collect()
     };
     if victims.is_empty() {
         return;
     }
     // Oldest first, stopping at the first failure, so the survivors stay a contiguous
-    // run of segments (a gap in the middle is corruption at recovery).
-    for (seq, path) in &victims {
-        if let Err(e) = std::fs::remove_file(path) {
-            tracing::warn!(seq, path = %path.display(), error = %e, "could not delete purged WAL segment");
+    // run of segments (a gap in the middle is corruption at recovery). A rename to a
+    // recycle name takes the segment's name away exactly as a deletion does.
+    for (seq, info) in victims {
+        let path = &info.path;
+        let keep = shared.recycled.lock().len() < shared.recycle_max;
+        let gone = if keep {
+            let to = shared.dir.join(recycle_file_name(seq));
+            std::fs::rename(path, &to)
+                .map(|()| shared.recycled.lock().push_back(Recycled { path: to, file: info.file }))
+        } else {
+            std::fs::remove_file(path)
+        };
+        if let Err(e) = gone {
+            tracing::warn!(seq, path = %path.display(), error = %e, "could not remove purged WAL segment");
             break;
         }
         shared.counters.segments_purged.fetch_add(1, Ordering::Relaxed);
@@ -495,14 +587,15 @@ impl Segment {
         // exists, so only the last segment may end in zeros.
         self.trim_active();
         let seq = self.active_seq + 1;
-        let (file, len) = start_segment(shared, seq).unwrap_or_else(|e| {
+        let new = start_segment(shared, seq).unwrap_or_else(|e| {
             self.failed = true;
             panic!("WAL rotation to segment {seq} failed: {e}")
         });
-        self.active = file;
+        self.active = new.file;
         self.active_seq = seq;
-        self.active_len = len;
-        self.zeroed_len = len;
+        self.active_len = new.len;
+        // A recycled file's blocks are written already: nothing to zero ahead in them.
+        self.zeroed_len = new.written_len;
         self.wake_zero_ahead();
         purge(shared);
     }

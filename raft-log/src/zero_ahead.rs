@@ -27,8 +27,9 @@
 //!   here is seen by the writer's next fdatasync too, which stops the WAL as it must; the
 //!   zero-ahead thread only stops zeroing.
 //!
-//! Cost: each segment is written twice, once with zeros and once with frames. Reusing purged
-//! segments instead (their blocks are written already) would avoid it and is not done.
+//! Cost: a new segment is written twice, once with zeros and once with frames. A recycled
+//! segment (`writer.rs`, "Recycling") is not: its blocks are written already, so it needs no
+//! zeros, and in a steady state every segment is a recycled one.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -138,6 +139,7 @@ impl Worker {
             // being written there and none was.
             file.write_all_at(&self.zeros[..(end - start) as usize], start)?;
             seg.zeroed_len = end;
+            self.shared.counters.zero_bytes_written.fetch_add(end - start, std::sync::atomic::Ordering::Relaxed);
         }
         // Outside the lock: the writer appends meanwhile, into zeros already written.
         self.file.as_ref().expect("opened above").1.sync_data()?;

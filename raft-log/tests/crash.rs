@@ -497,3 +497,96 @@ fn a_cold_group_releases_old_segments_once_compacted_to_what_they_hold() {
     assert_eq!((st.first_index.0, st.last_index.0), (4, 4));
     assert_eq!(wal.entries(cold, LogIndex(4), LogIndex(5), None).unwrap()[0].data[0], 4);
 }
+
+/// Purged segments become later segments instead of being deleted (`writer.rs`,
+/// "Recycling"): at most `segment_recycle_max` wait as `.recycle` files, a recycled segment
+/// gets no zeros written ahead, and the old frames after the new ones are never read as log,
+/// after a crash (the active segment ends in them) or when a recycle file is left over.
+#[test]
+fn recycled_segments_hold_the_log_across_crashes_and_get_no_zeros() {
+    const SEGMENT: u64 = 16 << 10;
+    let cfg = |dir: &Path| WalConfig {
+        segment_bytes_max: SEGMENT,
+        segment_zero_ahead_bytes: 8 << 10,
+        segment_recycle_max: 2,
+        ..WalConfig::new(dir)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let g = GroupId(1);
+    let data = |i: u64| format!("entry {i} ").repeat(100).into_bytes();
+    let append = |wal: &Wal, from: u64, to: u64| {
+        for i in from..to {
+            let mut b = WriteBatch::new();
+            b.add_entries(g, &[entry(i, 1, &data(i))]);
+            wal.write(b).unwrap();
+            // Keep the last ten entries, so segments are purged as the log moves on.
+            if i > 10 {
+                wal.compact(g, LogIndex(i - 10)).unwrap().wait().unwrap();
+            }
+        }
+    };
+    let entries_of = |wal: &Wal| -> Vec<(u64, Vec<u8>)> {
+        let st = wal.group_state(g).unwrap();
+        wal.entries(g, st.first_index, LogIndex(st.last_index.0 + 1), None)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.index, e.data.to_vec()))
+            .collect()
+    };
+    // The ten entries `append` keeps before `to`; compared by index and content, reported by
+    // index (the entries are a kilobyte each).
+    let same = |got: Vec<(u64, Vec<u8>)>, to: u64| {
+        let want: Vec<(u64, Vec<u8>)> = (to - 10..to).map(|i| (i, data(i))).collect();
+        assert!(got == want, "entries {:?}, not {:?}", got.iter().map(|e| e.0).collect::<Vec<_>>(), to - 10..to);
+    };
+    let recycle_files = |d: &Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "recycle"))
+            .count()
+    };
+
+    let wal = Wal::open(cfg(dir.path())).unwrap();
+    append(&wal, 1, 601);
+    let stats = wal.stats();
+    let started =
+        segment_files(dir.path()).last().unwrap().file_stem().unwrap().to_str().unwrap().parse::<u64>().unwrap();
+    assert!(stats.segments_recycled > 10, "{stats:?}");
+    assert!(recycle_files(dir.path()) <= 2);
+    // Zeros only in the segments that were created, none in a recycled one.
+    assert!(stats.zero_bytes_written <= (started - stats.segments_recycled) * SEGMENT, "{stats:?}");
+
+    // The crash: the active segment is a recycled file, its new frames followed by old ones.
+    let crashed = copy_dir(dir.path());
+    drop(wal);
+    let last = segment_files(crashed.path()).pop().unwrap();
+    let image = std::fs::read(&last).unwrap();
+    let seq: u64 = last.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).unwrap();
+    let end = scan_frames(seq, &image).bad.expect("old frames after the new ones do not scan").0;
+    assert!(image[end as usize..].iter().any(|b| *b != 0), "the tail is an old segment's frames, not zeros");
+    for _ in 0..2 {
+        let wal = Wal::open(cfg(crashed.path())).expect("old frames after the last one are the end of the log");
+        wal.check_invariants();
+        same(entries_of(&wal), 601);
+    }
+
+    // A recycle file left by a crash before its rename (any bytes at all): recovery does not
+    // read it as log, and the next segment is made from it.
+    let left = copy_dir(crashed.path());
+    for f in std::fs::read_dir(left.path()).unwrap() {
+        let p = f.unwrap().path();
+        if p.extension().is_some_and(|x| x == "recycle") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let junk: Vec<u8> = image.iter().rev().copied().collect();
+    std::fs::write(left.path().join("0000000000099999.recycle"), &junk).unwrap();
+    let wal = Wal::open(cfg(left.path())).unwrap();
+    assert_eq!(wal.stats().segments_recycled, 1, "the new segment is the recycle file");
+    same(entries_of(&wal), 601);
+    append(&wal, 601, 611);
+    drop(wal);
+    let wal = Wal::open(cfg(left.path())).unwrap();
+    wal.check_invariants();
+    same(entries_of(&wal), 611);
+}
