@@ -141,17 +141,12 @@ fn benches(c: &mut Criterion) {
 /// (~40 MB of entries with their history) into a store whose memtables already hold
 /// another group's writes, as a lagging member's would.
 fn snapshot_install(c: &mut Criterion) {
+    use rand::{RngCore, SeedableRng};
     let mut src = Bench::new();
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
     for i in 0..20_000 {
-        let value: Vec<u8> = (0..1024)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let mut value = vec![0u8; 1024];
+        rng.fill_bytes(&mut value);
         src.put(key(i), value.into());
     }
     let chunks: Vec<Vec<u8>> = src.store.snapshot(G).unwrap().map(|c| c.unwrap()).collect();

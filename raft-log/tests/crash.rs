@@ -345,6 +345,16 @@ fn a_segment_zeroed_ahead_left_by_a_crash_reopens_appends_and_still_detects_dama
     });
 }
 
+/// Every entry of `g` in the log, as (index, data).
+fn group_entries(wal: &Wal, g: GroupId) -> Vec<(u64, Vec<u8>)> {
+    let st = wal.group_state(g).unwrap();
+    wal.entries(g, st.first_index, LogIndex(st.last_index.0 + 1), None)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.index, e.data.to_vec()))
+        .collect()
+}
+
 /// The active segment's length, once it reaches `len` (the zero-ahead thread writes its
 /// zeros in the background); fails after 10 s.
 fn wait_segment_len(dir: &Path, len: u64) {
@@ -392,14 +402,7 @@ fn segment_with_zeros_left_by_a_crash(cfg: fn(&Path) -> WalConfig) {
         "a closed WAL trims its segment to its frames"
     );
 
-    let entries_of = |wal: &Wal| -> Vec<(u64, Vec<u8>)> {
-        let st = wal.group_state(g).unwrap();
-        wal.entries(g, st.first_index, LogIndex(st.last_index.0 + 1), None)
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.index, e.data.to_vec()))
-            .collect()
-    };
+    let entries_of = |wal: &Wal| group_entries(wal, g);
     let want = |to: u64| -> Vec<(u64, Vec<u8>)> { (1..to).map(|i| (i, format!("e{i}").into_bytes())).collect() };
 
     // Reopen the crashed image: everything acknowledged, then appends, then again.
@@ -525,14 +528,7 @@ fn recycled_segments_hold_the_log_across_crashes_and_get_no_zeros() {
             }
         }
     };
-    let entries_of = |wal: &Wal| -> Vec<(u64, Vec<u8>)> {
-        let st = wal.group_state(g).unwrap();
-        wal.entries(g, st.first_index, LogIndex(st.last_index.0 + 1), None)
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.index, e.data.to_vec()))
-            .collect()
-    };
+    let entries_of = |wal: &Wal| group_entries(wal, g);
     // The ten entries `append` keeps before `to`; compared by index and content, reported by
     // index (the entries are a kilobyte each).
     let same = |got: Vec<(u64, Vec<u8>)>, to: u64| {
