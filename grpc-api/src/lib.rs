@@ -91,8 +91,10 @@
 //!   watchers, written bytes per second; `node/limits.rs`) are enforced per member and
 //!   answer etcd's "too many requests". Idle groups hibernate;
 //!   apply runs on raft-log's apply worker, fair across groups; snapshots from a peer are
-//!   spooled to disk and installed in batches. Not yet: fair scheduling of the driver's
-//!   inbox across groups.
+//!   spooled to disk and installed as SST files RocksDB ingests. The driver's inbox is one
+//!   FIFO drained whole each pass (why that is fair: ARCHITECTURE.md); the purge bounds a
+//!   group's catch-up entries to the newest WAL segments (`serve.rs` `CATCH_UP_SEGMENTS`), so
+//!   a tenant that writes rarely keeps no old segment.
 //! - Backups (`backup/`): objects, manifests, targets and offline restore, and the schedule
 //!   (`backup/schedule.rs`) that takes each tenant's backups on its group's leader, records a
 //!   replicated backup mark after each, and holds history for the next delta (the store's

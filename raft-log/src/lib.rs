@@ -69,7 +69,11 @@
 //! `fallocate`; ext4 still journals the conversion of each unwritten extent, and the WAL
 //! bench measured no gain.) The zeros after the last frame are the end of the log, and a
 //! segment is trimmed to its last frame when it is rotated or the WAL closes (recovery cuts
-//! them off the last segment after a crash). A new segment is started when the active one grows past
+//! them off the last segment after a crash). Purged segments are recycled rather than
+//! deleted (`segment_recycle_max`, 2; `writer.rs`): a recycled file becomes the next segment
+//! once its new header and checkpoint are synced, needs no zeros, and its old frames fail the
+//! crc seeded with the new sequence number, so recovery cuts them like a torn tail.
+//! A new segment is started when the active one grows past
 //! `segment_bytes_max`, and on every open; it begins with a checkpoint of every group's
 //! HardState, ConfState, snapshot metadata and compact point (with its term), fsynced
 //! together with the directory before anything else is written. Older segments therefore
