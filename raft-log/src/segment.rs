@@ -39,7 +39,12 @@ pub fn segment_file_name(seq: u64) -> String {
 
 /// The sequence number encoded in a segment file name, if it is one.
 pub fn parse_segment_file_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(".wal")?;
+    parse_numbered(name, ".wal")
+}
+
+/// The sequence number of a file named `<16 digits><suffix>`.
+fn parse_numbered(name: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_suffix(suffix)?;
     if digits.len() != 16 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -53,7 +58,7 @@ pub fn recycle_file_name(seq: u64) -> String {
 
 /// Whether `name` is the name of a purged segment kept for recycling.
 pub fn is_recycle_file_name(name: &str) -> bool {
-    name.strip_suffix(".recycle").is_some_and(|d| d.len() == 16 && d.bytes().all(|b| b.is_ascii_digit()))
+    parse_numbered(name, ".recycle").is_some()
 }
 
 /// The path of segment `seq` in `dir`.

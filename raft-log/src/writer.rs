@@ -259,27 +259,23 @@ pub(crate) fn start_segment(shared: &Shared, seq: u64) -> std::io::Result<NewSeg
     let mut frame = encode_frame_header(seq, &payload).to_vec();
     frame.extend_from_slice(&payload);
     let len = (HEADER_BYTES + frame.len()) as u64;
-    let (file, written_len) = match take_recycled(shared) {
+    let (file, recycled_from, written_len) = match take_recycled(shared) {
         Some((recycle_path, file, old_len)) => {
             file.write_all_at(&encode_header(seq), 0)?;
-            file.write_all_at(&frame, HEADER_BYTES as u64)?;
-            // Durability and ordering: the new header and checkpoint are on disk before the
-            // file takes the segment's name, so a segment never has another's header.
-            observed_sync(shared, || file.sync_data())?;
-            std::fs::rename(&recycle_path, segment_path(&shared.dir, seq))?;
-            sync_dir(&shared.dir)?;
-            shared.counters.segments_recycled.fetch_add(1, Ordering::Relaxed);
-            (file, old_len.max(len))
+            (file, Some(recycle_path), old_len.max(len))
         }
-        None => {
-            let file = create_segment(&shared.dir, seq, shared.preallocate_bytes)?;
-            file.write_all_at(&frame, HEADER_BYTES as u64)?;
-            // Durability: the checkpoint must be on disk before purge may delete the segments
-            // whose HardState/ConfState/compact records it supersedes.
-            observed_sync(shared, || file.sync_data())?;
-            (file, len)
-        }
+        None => (create_segment(&shared.dir, seq, shared.preallocate_bytes)?, None, len),
     };
+    file.write_all_at(&frame, HEADER_BYTES as u64)?;
+    // Durability: the checkpoint must be on disk before purge may delete the segments whose
+    // HardState/ConfState/compact records it supersedes, and a recycled file's new header
+    // before it takes the segment's name, so a segment never has another's header.
+    observed_sync(shared, || file.sync_data())?;
+    if let Some(recycle_path) = recycled_from {
+        std::fs::rename(&recycle_path, segment_path(&shared.dir, seq))?;
+        sync_dir(&shared.dir)?;
+        shared.counters.segments_recycled.fetch_add(1, Ordering::Relaxed);
+    }
     shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
     shared.counters.frames_written.fetch_add(1, Ordering::Relaxed);
     shared.counters.bytes_written.fetch_add((HEADER_BYTES + frame.len()) as u64, Ordering::Relaxed);

@@ -139,7 +139,7 @@ impl Worker {
             // being written there and none was.
             file.write_all_at(&self.zeros[..(end - start) as usize], start)?;
             seg.zeroed_len = end;
-            self.shared.counters.zero_bytes_written.fetch_add(end - start, std::sync::atomic::Ordering::Relaxed);
+            self.shared.counters.zero_bytes_written.fetch_add(end - start, Ordering::Relaxed);
         }
         // Outside the lock: the writer appends meanwhile, into zeros already written.
         self.file.as_ref().expect("opened above").1.sync_data()?;

@@ -54,34 +54,40 @@ pub(crate) mod cursor_moves {
     }
 }
 
+/// Compression of every table file but the bottommost level's (`open_db`).
+const COMPRESSION: DBCompressionType = DBCompressionType::Lz4;
+
+/// The table format and filter of every SST file, written by RocksDB or by an install.
+fn table_format() -> BlockBasedOptions {
+    let mut table = BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    table.set_format_version(5);
+    table
+}
+
 /// Options of the table files a snapshot install writes for ingestion: the same format,
 /// filter and compression as the files RocksDB writes itself (`open_db`), without a cache
 /// (the writer reads nothing back).
 pub(crate) fn table_file_options() -> Options {
-    let mut table = BlockBasedOptions::default();
-    table.set_bloom_filter(10.0, false);
-    table.set_format_version(5);
     let mut opts = Options::default();
-    opts.set_block_based_table_factory(&table);
-    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_block_based_table_factory(&table_format());
+    opts.set_compression_type(COMPRESSION);
     opts
 }
 
 /// Opens (or creates) the node's DB with every column family.
 pub(crate) fn open_db(path: &Path, cfg: &StoreConfig) -> Result<DB> {
     let cache = Cache::new_lru_cache(cfg.block_cache_bytes);
-    let mut table = BlockBasedOptions::default();
+    let mut table = table_format();
     table.set_block_cache(&cache);
     // Index and filter blocks live in the bounded cache too, so memory does not grow with
     // the number of SST files (and so with the number of keys).
     table.set_cache_index_and_filter_blocks(true);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-    table.set_bloom_filter(10.0, false);
-    table.set_format_version(5);
 
     let mut cf_opts = Options::default();
     cf_opts.set_block_based_table_factory(&table);
-    cf_opts.set_compression_type(DBCompressionType::Lz4);
+    cf_opts.set_compression_type(COMPRESSION);
     cf_opts.set_bottommost_compression_type(DBCompressionType::Zstd);
     cf_opts.set_level_compaction_dynamic_level_bytes(true);
     cf_opts.set_write_buffer_size((cfg.memtable_bytes / 4).max(1 << 20));

@@ -324,7 +324,7 @@ impl<'a> TableFiles<'a> {
         // The files are ours and about to be deleted: RocksDB links them instead of copying.
         io.set_move_files(true);
         let files = std::mem::take(&mut self.files);
-        self.db.ingest_external_file_cf_opts(engine::cf(self.db, cf), &io, files.clone())?;
+        self.db.ingest_external_file_cf_opts(engine::cf(self.db, cf), &io, files.iter().collect())?;
         for f in files {
             // A moved file is linked into the store; this removes only the spool's name.
             let _ = fs::remove_file(f);
