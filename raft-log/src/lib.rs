@@ -108,8 +108,8 @@
 //! driver hands each group's committed entries, conf-change notices, snapshot installs and
 //! leader changes to it in log order once their Ready is durable, and goes on ticking and
 //! persisting. The worker gives every group with work at most `APPLY_BUDGET_ENTRIES`
-//! entries per pass (one `apply` call for consecutive entries), so one tenant's backlog
-//! delays another's apply by one budget, not by the backlog. A [`ManualDriver`] applies
+//! entries per pass (one `apply` call for consecutive entries; a larger Ready is split in
+//! order), so one tenant's backlog delays another's apply by one budget, not by the backlog. A [`ManualDriver`] applies
 //! inline, so simulations stay deterministic.
 //!
 //! Readers (`GroupStorage`, `Wal::entries`) take a read lock on the index, which only the
