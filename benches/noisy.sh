@@ -13,11 +13,13 @@
 # throughput.
 #
 # Usage: benches/noisy.sh [--duration S] [--runs N] [--quiet-rate R] [--noisy-clients N] [--out DIR] [--pin]
+#                         [--servers plinth,etcd]
 #   --duration S        seconds of each quiet measurement            (DURATION, default 20)
 #   --runs N            alone/beside pairs per server                (RUNS, default 2)
 #   --quiet-rate R      the quiet tenant's operations per second     (QUIET_RATE, default 300)
 #   --noisy-clients N   the noisy tenant's concurrent clients        (NOISY_CLIENTS, default 100)
 #   --pin               servers on CPU 0, load generators on CPU 1 (taskset)
+#   --servers LIST      which servers to measure, comma-separated (SERVERS, default plinth,etcd)
 # Environment: PLINTH_BIN / BENCH_BIN (prebuilt release binaries; otherwise built with
 # scripts/cargo), PLINTH_CACHE (etcd cache), PORT_BASE (default 23000, below the ephemeral
 # range). Everything is killed on exit; every run is bounded by a timeout.
@@ -33,6 +35,7 @@ PORT_BASE=${PORT_BASE:-23000}
 PIN=${PIN:-0}
 NOISY_NICE=${NOISY_NICE:-0}
 OUT=${OUT:-}
+SERVERS=${SERVERS:-plinth,etcd}
 while [[ $# -gt 0 ]]; do
   case $1 in
     --duration) DURATION=$2; shift 2 ;;
@@ -42,7 +45,8 @@ while [[ $# -gt 0 ]]; do
     --out) OUT=$2; shift 2 ;;
     --pin) PIN=1; shift ;;
     --noisy-nice) NOISY_NICE=$2; shift 2 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    --servers) SERVERS=$2; shift 2 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -124,6 +128,9 @@ PY
   done
 }
 
+wanted() { [[ ,$SERVERS, == *,$1,* ]]; }
+
+if wanted plinth; then
 log "== Plinth: one member, tenants quiet and noisy (results in $OUT)"
 "${server_cpu[@]}" "$PLINTH_BIN" serve --name p0 --data-dir "$OUT/plinth" \
   --listen-client-urls "http://127.0.0.1:$client_port" --advertise-client-urls "http://127.0.0.1:$client_port" \
@@ -142,7 +149,9 @@ done
 measure "127.0.0.1:${ports[0]}" "127.0.0.1:${ports[1]}" plinth
 kill -9 "$plinth_pid" 2>/dev/null || true
 wait "$plinth_pid" 2>/dev/null || true
+fi
 
+if wanted etcd; then
 log "== etcd 3.5.1: one member, the two tenants as two key prefixes"
 "${server_cpu[@]}" "$etcd_bin/etcd" --name e0 --data-dir "$OUT/etcd" \
   --listen-client-urls "http://127.0.0.1:$client_port" --advertise-client-urls "http://127.0.0.1:$client_port" \
@@ -154,14 +163,15 @@ wait_port "$client_port" 60
 measure "127.0.0.1:$client_port" "127.0.0.1:$client_port" etcd
 kill -9 "$etcd_pid" 2>/dev/null || true
 wait "$etcd_pid" 2>/dev/null || true
+fi
 
-python3 - "$OUT" "$RUNS" <<'EOF'
+python3 - "$OUT" "$RUNS" "$SERVERS" <<'EOF'
 import json, statistics, sys
-out, runs = sys.argv[1], int(sys.argv[2])
+out, runs, servers = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
 def load(name): return json.load(open(f"{out}/{name}.json"))
 print("| server | quiet p50 alone | quiet p99 alone | quiet p50 beside | quiet p99 beside | p99 rise | neighbour puts/s | quiet errors |")
 print("|---|---|---|---|---|---|---|---|")
-for s in ("plinth", "etcd"):
+for s in (s for s in ("plinth", "etcd") if s in servers):
     med = lambda mode, q: statistics.median(load(f"{s}-{mode}-{r}")["latency_ms"][q] for r in range(1, runs + 1))
     noisy = statistics.median(load(f"{s}-noisy-{r}")["throughput"] for r in range(1, runs + 1))
     errors = sum(load(f"{s}-{m}-{r}")["errors"] for m in ("alone", "beside") for r in range(1, runs + 1))

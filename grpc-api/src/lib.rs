@@ -24,7 +24,8 @@
 //! tenant registry and reconciler), `node::lessor`, `node::limits`, `node::shares`, `node::lanes`,
 //! `node::alarms` and `node::metrics`. The services sit on it: `kv`, `watch`, `lease`,
 //! `maintenance`, `cluster`, `auth`, `tenants` (the tenant admin API), `backup`'s
-//! `Backups` service and `http`; `serve` wires both into the binary, and `tenant_cli`,
+//! `Backups` service and `http`; `conn` is the HTTP server every listener runs, `serve`
+//! wires both layers into the binary, and `tenant_cli`,
 //! `migrate` and `backup::cli` are its client-side commands. Shared by both layers: `pb`,
 //! `error`, `config`, `auth_config`, `tls`, `version` and `backup`'s formats. Nothing under
 //! `node/` uses a service or `serve` (checked by `tests/module_rule.rs`): what the node
@@ -115,6 +116,7 @@ pub mod auth_config;
 pub mod backup;
 pub mod cluster;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod http;
 pub mod kv;

@@ -290,11 +290,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(args.heartbeat_interval * 3)).await;
             warn!("{REMOVED_MESSAGE}; stopping");
         }
-        Some(done) = servers.join_next() => {
-            if let Ok(Err(e)) = done {
-                warn!(error = %e, "a listener failed");
-            }
-        }
+        Some(done) = servers.join_next() => match done {
+            Err(e) => warn!(error = %e, "a listener failed"),
+            Ok(()) => warn!("a listener stopped"),
+        },
     }
     servers.abort_all();
     driver.stop();
@@ -381,7 +380,7 @@ async fn refuse_while_importing(
 /// Counts every request of the router's group (the tenant's request rate in `plinth tenant
 /// show`), and refuses an etcd call over the tenant's requests per second with etcd's "too
 /// many requests" (see `node/limits.rs`). A key-value call then runs in the CPU lane its
-/// group's load picks (`node/lanes.rs`). Runs on both ways in: the shared client port (after
+/// group's load picks, and the connection learns its group (`node/lanes.rs`). Runs on both ways in: the shared client port (after
 /// the certificate picked the tenant) and the tenant's own port.
 async fn count_and_limit(
     axum::extract::State(rt): axum::extract::State<Arc<crate::node::GroupRuntime>>,
@@ -389,6 +388,10 @@ async fn count_and_limit(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     rt.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // The connection's tasks follow this group's lane from now on (`conn.rs`).
+    if let Some(lane) = request.extensions().get::<Arc<crate::node::lanes::ConnectionLane>>() {
+        lane.bind(&rt.kv_in_flight);
+    }
     if request.uri().path().starts_with("/etcdserverpb.") && !rt.limiter.admit_request() {
         return crate::error::EtcdError::TooManyRequests.status().into_http();
     }
@@ -397,19 +400,6 @@ async fn count_and_limit(
     }
     next.run(request).await
 }
-
-/// How often the server pings an idle HTTP/2 connection, and how long it waits for the
-/// answer before closing it: etcd's `--grpc-keepalive-interval` (2 h) and
-/// `--grpc-keepalive-timeout` (20 s) defaults.
-const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2 * 60 * 60);
-const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Idle time before the kernel probes a TCP connection (Go's listener default, which etcd's
-/// listeners inherit), so connections of vanished clients are reclaimed.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
-/// HTTP/2 streams one connection may carry at once. kube-apiserver multiplexes every watch
-/// of a resource type on one connection, so the limit is etcd's (grpc-go's `math.MaxUint32`),
-/// not hyper's default of 200; each stream is bounded on its own (see `watch.rs`).
-const HTTP2_STREAMS_PER_CONNECTION_MAX: u32 = u32::MAX;
 
 /// The server of `--cert-file`/`--key-file`/`--trusted-ca-file`/`--client-cert-auth` (or of
 /// `--auto-tls`'s self-signed certificate) when a client URL is `https://`; `None` otherwise.
@@ -456,6 +446,10 @@ fn client_tls(
     Ok(Some(Arc::new(crate::tls::ReloadingServerConfig::new(files, args.tls_params()?)?)))
 }
 
+/// Idle time before the kernel probes a TCP connection (Go's listener default, which etcd's
+/// listeners inherit), so connections of vanished clients are reclaimed.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
+
 /// Accepted TCP connections of `listener` with the socket options every client and peer
 /// connection gets.
 fn tcp_incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
@@ -464,36 +458,17 @@ fn tcp_incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming 
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(TCP_KEEPALIVE))
 }
 
-/// Serves `router` (gRPC and HTTP/1.1 or HTTP/2 endpoints) on `listener` until it fails.
-async fn serve_router(listener: TcpListener, router: axum::Router) -> Result<(), tonic::transport::Error> {
-    http_server(router).serve_with_incoming(tcp_incoming(listener)).await
+/// Serves `router` (gRPC and HTTP/1.1 or HTTP/2 endpoints) on `listener` (`conn.rs`).
+async fn serve_router(listener: TcpListener, router: axum::Router) {
+    crate::conn::serve(tcp_incoming(listener), router).await
 }
 
-/// Serves `router` over TLS on `listener` until it fails (client and peer listeners alike).
-/// Handshakes run off the accept loop (bounded, with a timeout: see `tls.rs`), each with the
-/// certificate files as they are at that moment; request handlers find the other side's
-/// certificate identity in the request extensions (`tls::TlsConnectInfo`).
-async fn serve_router_tls(
-    listener: TcpListener,
-    router: axum::Router,
-    tls: Arc<crate::tls::ReloadingServerConfig>,
-) -> Result<(), tonic::transport::Error> {
-    http_server(router).serve_with_incoming(crate::tls::tls_incoming(tcp_incoming(listener), tls)).await
-}
-
-/// The HTTP server every listener runs: gRPC over HTTP/2 and the HTTP/1.1 endpoints.
-///
-/// Client pings: hyper's HTTP/2 server enforces no minimum interval between pings and no
-/// "pings only with active streams" rule, so it accepts what etcd's `--grpc-keepalive-min-time`
-/// (5 s) and permit-without-stream policy accept, and more.
-fn http_server(router: axum::Router) -> tonic::transport::server::Router {
-    tonic::transport::Server::builder()
-        // `/health`, `/metrics`, ... are plain HTTP/1.1 for probes and scrapers.
-        .accept_http1(true)
-        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-        .max_concurrent_streams(Some(HTTP2_STREAMS_PER_CONNECTION_MAX))
-        .add_routes(tonic::service::Routes::from(router))
+/// Serves `router` over TLS on `listener` (client and peer listeners alike). Handshakes run
+/// off the accept loop (bounded, with a timeout: see `tls.rs`), each with the certificate
+/// files as they are at that moment; request handlers find the other side's certificate
+/// identity in the request extensions (`tls::TlsConnectInfo`).
+async fn serve_router_tls(listener: TcpListener, router: axum::Router, tls: Arc<crate::tls::ReloadingServerConfig>) {
+    crate::conn::serve(crate::tls::tls_incoming(tcp_incoming(listener), tls), router).await
 }
 
 /// The gRPC health service every client router serves.

@@ -18,7 +18,7 @@
 //!   [`HANDSHAKES_IN_FLIGHT_MAX`] at once, each bounded by [`HANDSHAKE_TIMEOUT`], so a slow or
 //!   silent client holds neither the accept loop nor other handshakes. ALPN offers `h2` and
 //!   `http/1.1`: gRPC and the HTTP endpoints share the port, as in etcd.
-//! - [`TlsConnectInfo`] is the connection's identity, put by tonic into every request's
+//! - [`TlsConnectInfo`] is the connection's identity, put by `conn.rs` into every request's
 //!   extensions; [`client_common_name`] reads the client certificate's Common Name from it
 //!   (etcd's CN-as-user rule under `--client-cert-auth`).
 //! - [`self_signed`] is `--auto-tls`: a self-signed certificate made at start and kept under
@@ -421,8 +421,8 @@ pub fn san_uris(cert: &CertificateDer<'_>) -> Vec<String> {
         .collect()
 }
 
-/// Who is at the other end of a TLS connection; tonic puts it in every request's
-/// extensions (see [`client_common_name`]).
+/// Who is at the other end of a TLS connection; the HTTP server (`conn.rs`) puts it in every
+/// request's extensions (see [`client_common_name`]).
 #[derive(Clone, Debug)]
 pub struct TlsConnectInfo {
     /// The client's address.
@@ -444,7 +444,7 @@ pub fn client_common_name<T>(req: &tonic::Request<T>) -> Option<String> {
     req.extensions().get::<TlsConnectInfo>().and_then(|info| info.common_name.clone())
 }
 
-/// A server-side TLS connection with its identity, for tonic's `serve_with_incoming`.
+/// A server-side TLS connection with its identity, for the HTTP server (`conn.rs`).
 pub struct TlsConn {
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     info: TlsConnectInfo,

@@ -20,17 +20,31 @@
 //! its member stays in the normal lane at any load: the hop to another runtime and the lower
 //! priority cost a lone saturating tenant about 30 % of its writes per second on one pinned
 //! core (13.7-15.2k against 9.5-10.2k puts/s), a price worth paying only when someone else
-//! gains from it. What stays in the normal lane: HTTP/2 framing (hyper's connection tasks), watch
-//! and keep-alive streams, and the shared Raft, WAL and apply threads, which must not be
-//! slowed for everyone by one tenant's low priority.
+//! gains from it. What stays in the normal lane: the shared Raft, WAL and apply threads, which
+//! must not be slowed for everyone by one tenant's low priority.
+//!
+//! **Whole connections move too.** A group that has had [`CONNECTION_BULK_IN_FLIGHT_MIN`]
+//! key-value requests in flight at once within the last [`HEAVY_FOR`] is *heavy*; while the
+//! member is shared, every connection of a heavy group, and every stream task its HTTP/2
+//! connection starts, is polled on the bulk lane: hyper's framing, header decoding and
+//! response encoding for a hundred clients cost the normal lane as much as their handlers
+//! did. A connection learns its group from its first request ([`ConnectionLane`]); it is
+//! checked on every poll and hops between the runtimes when its group's weight changes
+//! ([`Roaming`]). The hop is safe because a tokio socket stays registered with the runtime
+//! that accepted it, whichever runtime polls it; it costs one task spawn. The bound is far
+//! above a kube-apiserver's usual concurrency, so a tenant with a short burst keeps its
+//! connections where they are.
 //!
 //! The nice value is mild on purpose: at 19 (a weight of 15 against the normal lane's 1024),
 //! a bulk thread preempted while holding a lock a normal thread needs waited behind every
 //! normal thread, and the quiet tenant's p99 got worse than with no lanes at all.
 
+use std::cell::Cell;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// Key-value requests of one group in flight on this member before the next one runs on the
@@ -39,6 +53,14 @@ pub const NORMAL_LANE_IN_FLIGHT_MAX: usize = 8;
 
 /// How long after a key-value request of another group the member counts as shared.
 pub const SHARED_FOR: Duration = Duration::from_millis(500);
+
+/// Key-value requests of one group in flight at once on this member that make it heavy: its
+/// connections move to the bulk lane while the member is shared.
+pub const CONNECTION_BULK_IN_FLIGHT_MIN: usize = 32;
+
+/// How long a group stays heavy after it last had [`CONNECTION_BULK_IN_FLIGHT_MIN`] requests in
+/// flight: long enough that a saturating client's connections do not hop back and forth.
+pub const HEAVY_FOR: Duration = Duration::from_secs(1);
 
 /// How much nicer the bulk lane's threads are than the thread that starts them (the process
 /// runs at 0 by default): a weight of about 1/10 of the normal lane's under Linux's scheduler.
@@ -57,10 +79,22 @@ fn bulk() -> &'static tokio::runtime::Runtime {
             .worker_threads(workers)
             .thread_name("plinth-bulk")
             .enable_all()
-            .on_thread_start(move || set_thread_nice(nice))
+            .on_thread_start(move || {
+                set_thread_nice(nice);
+                ON_BULK.with(|b| b.set(true));
+            })
             .build()
             .expect("the bulk lane's runtime starts")
     })
+}
+
+thread_local! {
+    /// Whether this thread is one of the bulk lane's.
+    static ON_BULK: Cell<bool> = const { Cell::new(false) };
+}
+
+fn on_bulk() -> bool {
+    ON_BULK.with(Cell::get)
 }
 
 /// Sets the calling thread's nice value (on Linux it belongs to the thread, not the
@@ -98,9 +132,12 @@ impl Default for Sharing {
 }
 
 impl Sharing {
-    /// Notes a request of `group`; whether the member is shared now.
-    fn note(&self, group: u64) -> bool {
-        let now_ms = self.epoch.elapsed().as_millis() as u64;
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Notes a request of `group` at `now_ms`; whether the member is shared then.
+    fn note(&self, group: u64, now_ms: u64) -> bool {
         let last = self.last_group.load(Ordering::Relaxed);
         if last != group {
             self.last_group.store(group, Ordering::Relaxed);
@@ -118,12 +155,14 @@ pub struct InFlight {
     group: u64,
     count: AtomicUsize,
     sharing: Arc<Sharing>,
+    /// Until when (milliseconds since `sharing.epoch`) the group counts as heavy.
+    heavy_until_ms: AtomicU64,
 }
 
 impl InFlight {
     /// Group `group`'s count, on a member whose groups share `sharing`.
     pub fn new(group: u64, sharing: Arc<Sharing>) -> InFlight {
-        InFlight { group, count: AtomicUsize::new(0), sharing }
+        InFlight { group, count: AtomicUsize::new(0), sharing, heavy_until_ms: AtomicU64::new(0) }
     }
 
     /// Runs `request`, on the bulk lane if the group already has [`NORMAL_LANE_IN_FLIGHT_MAX`]
@@ -134,9 +173,18 @@ impl InFlight {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let shared = self.sharing.note(self.group);
+        let now_ms = self.sharing.now_ms();
+        let shared = self.sharing.note(self.group, now_ms);
         let counted = Counted::enter(&self.count);
-        if !shared || counted.before < NORMAL_LANE_IN_FLIGHT_MAX {
+        if counted.before >= CONNECTION_BULK_IN_FLIGHT_MIN {
+            // Written at most every 100 ms, so a saturating group's requests mostly only read.
+            let until = now_ms + HEAVY_FOR.as_millis() as u64;
+            if self.heavy_until_ms.load(Ordering::Relaxed) + 100 < until {
+                self.heavy_until_ms.store(until, Ordering::Relaxed);
+            }
+        }
+        // Already on the bulk lane (the connection moved there): no hop.
+        if !shared || counted.before < NORMAL_LANE_IN_FLIGHT_MAX || on_bulk() {
             return request.await;
         }
         match AbortOnDrop(bulk().spawn(request)).await {
@@ -150,6 +198,100 @@ impl InFlight {
     /// Requests in flight now.
     pub fn get(&self) -> usize {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// Whether the group's connections belong on the bulk lane now: it is heavy and the
+    /// member is shared.
+    pub fn wants_bulk(&self) -> bool {
+        let until = self.heavy_until_ms.load(Ordering::Relaxed);
+        until != 0 && {
+            let now_ms = self.sharing.now_ms();
+            now_ms < until && now_ms < self.sharing.shared_until_ms.load(Ordering::Relaxed)
+        }
+    }
+}
+
+/// The group a client connection serves, learnt from its first request: the lane its tasks
+/// are polled on follows that group's weight ([`Roaming`]). One per accepted connection, put
+/// into each of its requests' extensions; a connection that never names a group (a peer's,
+/// a metrics scrape) stays in the normal lane.
+#[derive(Default)]
+pub struct ConnectionLane {
+    group: OnceLock<Arc<InFlight>>,
+}
+
+impl ConnectionLane {
+    /// Ties the connection to the group counted by `group` (the first call wins: a
+    /// connection serves one group).
+    pub fn bind(&self, group: &Arc<InFlight>) {
+        if self.group.get().is_none() {
+            let _ = self.group.set(group.clone());
+        }
+    }
+
+    fn wants_bulk(&self) -> bool {
+        self.group.get().is_some_and(|g| g.wants_bulk())
+    }
+}
+
+/// A connection's task, or one of its streams' tasks, that moves between the normal and the
+/// bulk lane as its connection's group becomes heavy or light. Checked before every poll:
+/// when the lane it is on is not the one it wants, it spawns itself (the same boxed future,
+/// not yet polled again, so no wake-up is lost) on the other runtime and ends here.
+pub struct Roaming {
+    future: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    lane: Arc<ConnectionLane>,
+    /// The normal lane's runtime, to come back to.
+    normal: tokio::runtime::Handle,
+}
+
+impl Roaming {
+    /// `future`, to be spawned on the runtime of the calling thread (the normal lane, or the
+    /// bulk lane when the connection is already there).
+    pub fn new(
+        future: Pin<Box<dyn Future<Output = ()> + Send>>,
+        lane: Arc<ConnectionLane>,
+        normal: tokio::runtime::Handle,
+    ) -> Roaming {
+        Roaming { future: Some(future), lane, normal }
+    }
+}
+
+impl Future for Roaming {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.future.is_none() {
+            return Poll::Ready(());
+        }
+        let bulk_wanted = self.lane.wants_bulk();
+        if bulk_wanted != on_bulk() {
+            let moved = Roaming { future: self.future.take(), lane: self.lane.clone(), normal: self.normal.clone() };
+            if bulk_wanted {
+                drop(bulk().spawn(moved));
+            } else {
+                drop(self.normal.spawn(moved));
+            }
+            return Poll::Ready(());
+        }
+        self.future.as_mut().expect("checked above").as_mut().poll(cx)
+    }
+}
+
+/// hyper's executor for a client connection's stream tasks: each is spawned on the lane its
+/// connection is on, and roams with it.
+#[derive(Clone)]
+pub struct RoamingExecutor {
+    pub lane: Arc<ConnectionLane>,
+    pub normal: tokio::runtime::Handle,
+}
+
+impl<F> hyper::rt::Executor<F> for RoamingExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, future: F) {
+        drop(tokio::spawn(Roaming::new(Box::pin(future), self.lane.clone(), self.normal.clone())));
     }
 }
 
@@ -268,5 +410,64 @@ mod tests {
         release.add_permits(NORMAL_LANE_IN_FLIGHT_MAX);
         while held.join_next().await.is_some() {}
         assert_eq!(lane.get(), 0);
+    }
+
+    /// A connection's tasks follow its group: on the normal lane until the group is heavy on
+    /// a shared member, then on the bulk lane (with the stream tasks it starts), and back
+    /// once the group has been light for [`HEAVY_FOR`].
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_heavy_groups_connections_move_to_the_bulk_lane_and_back() {
+        let sharing = Arc::new(Sharing::default());
+        let group = Arc::new(InFlight::new(1, sharing.clone()));
+        let other = InFlight::new(2, sharing);
+        let lane = Arc::new(ConnectionLane::default());
+        let normal = nice();
+        let bulk_nice = (normal + BULK_NICE).min(19);
+        let handle = tokio::runtime::Handle::current();
+        // The "connection": answers each poke with the nice value of the thread it runs on.
+        let (poke, mut poked) = tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<i32>>(1);
+        let connection = async move {
+            while let Some(answer) = poked.recv().await {
+                let _ = answer.send(nice());
+            }
+        };
+        drop(tokio::spawn(Roaming::new(Box::pin(connection), lane.clone(), handle.clone())));
+        let ask = || async {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            poke.send(tx).await.unwrap();
+            rx.await.unwrap()
+        };
+        assert_eq!(ask().await, normal, "a connection that named no group stays where it was accepted");
+        lane.bind(&group);
+        other.run(async {}).await;
+        assert_eq!(ask().await, normal, "a light group's connection stays in the normal lane");
+
+        // CONNECTION_BULK_IN_FLIGHT_MIN requests in flight, then one more: the group is heavy.
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut held = tokio::task::JoinSet::new();
+        for _ in 0..CONNECTION_BULK_IN_FLIGHT_MIN {
+            let (group, release) = (group.clone(), release.clone());
+            held.spawn(async move { group.run(async move { release.acquire().await.unwrap().forget() }).await });
+        }
+        while group.get() < CONNECTION_BULK_IN_FLIGHT_MIN {
+            tokio::task::yield_now().await;
+        }
+        assert!(!group.wants_bulk(), "not heavy until a request finds the bound reached");
+        group.run(async {}).await;
+        other.run(async {}).await;
+        assert!(group.wants_bulk());
+        assert_eq!(ask().await, bulk_nice, "a heavy group's connection is polled on the bulk lane");
+        // A stream task the connection starts runs where the connection is, and roams too.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        hyper::rt::Executor::execute(&RoamingExecutor { lane: lane.clone(), normal: handle.clone() }, async move {
+            let _ = tx.send(nice());
+        });
+        assert_eq!(rx.await.unwrap(), bulk_nice, "and so is a stream task it starts");
+
+        release.add_permits(CONNECTION_BULK_IN_FLIGHT_MIN);
+        while held.join_next().await.is_some() {}
+        tokio::time::sleep(HEAVY_FOR + Duration::from_millis(200)).await;
+        assert!(!group.wants_bulk());
+        assert_eq!(ask().await, normal, "back in the normal lane once the group is light again");
     }
 }

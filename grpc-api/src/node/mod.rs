@@ -222,7 +222,7 @@ pub struct GroupRuntime {
     pub limiter: crate::node::limits::Limiter,
     /// The group's key-value requests in flight on this member, which choose their CPU lane
     /// (`lanes.rs`).
-    pub kv_in_flight: crate::node::lanes::InFlight,
+    pub kv_in_flight: Arc<crate::node::lanes::InFlight>,
     /// The member's scan permits, and the group's share of them (`shares.rs`).
     reads: Arc<crate::node::shares::ReadPool>,
     scans: tokio::sync::Semaphore,
@@ -255,7 +255,7 @@ impl GroupRuntime {
             tenant: std::sync::OnceLock::new(),
             watchers: std::sync::atomic::AtomicI64::new(0),
             limiter: crate::node::limits::Limiter::default(),
-            kv_in_flight: crate::node::lanes::InFlight::new(group, shares.sharing.clone()),
+            kv_in_flight: Arc::new(crate::node::lanes::InFlight::new(group, shares.sharing.clone())),
             scans: tokio::sync::Semaphore::new(shares.reads.per_group()),
             reads: shares.reads.clone(),
             proposals: tokio::sync::Semaphore::new(shares.proposals.per_group()),

@@ -128,8 +128,8 @@ pub type RouterFactory = Box<dyn Fn(Arc<Node>) -> axum::Router + Send + Sync>;
 /// the serving layer owns the server that runs on them.
 pub type PortServer = Box<dyn Fn(tokio::net::TcpListener, axum::Router) -> PortServing + Send + Sync>;
 
-/// The server a [`PortServer`] runs on one port, as a future that ends when it fails.
-pub type PortServing = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+/// The server a [`PortServer`] runs on one port, as a future that ends if it stops accepting.
+pub type PortServing = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// A group served on this member.
 struct Served {
@@ -456,9 +456,8 @@ impl Tenants {
         let name = r.name.clone();
         let serving = (self.serve_port)(listener, router);
         Ok(tokio::spawn(async move {
-            if let Err(e) = serving.await {
-                warn!(tenant = %name, error = %e, "tenant listener failed");
-            }
+            serving.await;
+            warn!(tenant = %name, "tenant listener stopped");
         }))
     }
 
