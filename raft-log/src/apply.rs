@@ -405,24 +405,33 @@ mod tests {
         (from..from + n).map(|i| CommittedEntry { index: LogIndex(i), term: Term(1), data: Bytes::new() }).collect()
     }
 
-    #[test]
-    fn a_deep_backlog_of_one_group_delays_another_by_at_most_one_budget() {
+    /// Runs `busy` (group 1's dispatches) on a worker whose first apply is held at a gate,
+    /// then dispatches group 2's one entry during that apply, opens the gate, and returns
+    /// what the state machine heard once everything ran.
+    fn one_entry_behind(busy: impl FnOnce(&Applier)) -> Vec<(u64, String)> {
         let (open, gate) = mpsc::channel();
         let log = Log::default();
         let sm = Recorder { log: log.clone(), gate: Some(gate), panic_on_apply: false };
         let applier = Applier::threaded(Box::new(sm)).unwrap();
-        let budget = APPLY_BUDGET_ENTRIES as u64;
-        // Group 1 queues ten budgets of entries, one Ready's worth at a time; its first turn
-        // is held at the gate. Group 2's one entry arrives during that turn.
-        for r in 0..10 {
-            applier.dispatch(ApplyTask::Entries(GroupId(1), entries(1 + r * budget, budget)));
-        }
+        busy(&applier);
         std::thread::sleep(Duration::from_millis(50));
         applier.dispatch(ApplyTask::Entries(GroupId(2), entries(1, 1)));
         std::thread::sleep(Duration::from_millis(20));
         open.send(()).unwrap();
         applier.wait_idle();
-        let log = log.0.lock().clone();
+        let heard = log.0.lock().clone();
+        heard
+    }
+
+    #[test]
+    fn a_deep_backlog_of_one_group_delays_another_by_at_most_one_budget() {
+        let budget = APPLY_BUDGET_ENTRIES as u64;
+        // Group 1 queues ten budgets of entries, one Ready's worth at a time.
+        let log = one_entry_behind(|applier| {
+            for r in 0..10 {
+                applier.dispatch(ApplyTask::Entries(GroupId(1), entries(1 + r * budget, budget)));
+            }
+        });
         let second = log.iter().position(|(g, _)| *g == 2).expect("group 2 applied");
         let before: u64 =
             log[..second].iter().map(|(_, what)| what.rsplit('+').next().unwrap().parse::<u64>().unwrap()).sum();
@@ -436,20 +445,11 @@ mod tests {
 
     #[test]
     fn a_large_ready_is_applied_in_budgets_so_another_group_waits_for_one_only() {
-        let (open, gate) = mpsc::channel();
-        let log = Log::default();
-        let sm = Recorder { log: log.clone(), gate: Some(gate), panic_on_apply: false };
-        let applier = Applier::threaded(Box::new(sm)).unwrap();
         let budget = APPLY_BUDGET_ENTRIES as u64;
-        // ONE Ready of group 1 with ten budgets of entries; its first apply is held at the
-        // gate while group 2's one entry arrives.
-        applier.dispatch(ApplyTask::Entries(GroupId(1), entries(1, 10 * budget + 3)));
-        std::thread::sleep(Duration::from_millis(50));
-        applier.dispatch(ApplyTask::Entries(GroupId(2), entries(1, 1)));
-        std::thread::sleep(Duration::from_millis(20));
-        open.send(()).unwrap();
-        applier.wait_idle();
-        let log = log.0.lock().clone();
+        // ONE Ready of group 1 with ten budgets of entries.
+        let log = one_entry_behind(|applier| {
+            applier.dispatch(ApplyTask::Entries(GroupId(1), entries(1, 10 * budget + 3)));
+        });
         let second = log.iter().position(|(g, _)| *g == 2).expect("group 2 applied");
         assert_eq!(second, 1, "group 2 applied right after the first budget of group 1: {log:?}");
         // Group 1's entries arrive in order, each exactly once, in calls of at most a budget.
