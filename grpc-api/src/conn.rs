@@ -59,20 +59,19 @@ where
                 continue;
             }
         };
-        let lane = Arc::new(ConnectionLane::default());
-        let executor = RoamingExecutor { lane: lane.clone(), normal: normal.clone() };
-        let connection = serve_connection(io, router.clone(), executor);
-        drop(tokio::spawn(Roaming::new(Box::pin(connection), lane, normal.clone())));
+        let lane = Arc::new(ConnectionLane::new(normal.clone()));
+        let connection = serve_connection(io, router.clone(), lane.clone());
+        drop(tokio::spawn(Roaming::new(Box::pin(connection), lane)));
     }
 }
 
 /// One connection, from its first byte to its close.
-async fn serve_connection<IO>(io: IO, router: axum::Router, executor: RoamingExecutor)
+async fn serve_connection<IO>(io: IO, router: axum::Router, lane: Arc<ConnectionLane>)
 where
     IO: AsyncRead + AsyncWrite + Connected + Send + Unpin + 'static,
 {
     let info = io.connect_info();
-    let lane = executor.lane.clone();
+    let executor = RoamingExecutor(lane.clone());
     let service = tower::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
         request.extensions_mut().insert(info.clone());
         request.extensions_mut().insert(lane.clone());

@@ -103,9 +103,11 @@ impl Lease for LeaseService {
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         self.node.check_leader(&request)?;
         let node = self.node.clone();
+        let lane = crate::node::lanes::lane_of(request.extensions());
         let mut requests = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(KEEPALIVE_BUFFER);
-        tokio::spawn(async move {
+        // On the connection's CPU lane, moving with it (`node/lanes.rs`).
+        crate::node::lanes::spawn(lane, async move {
             while let Some(next) = requests.next().await {
                 let Ok(req) = next else { break };
                 let reply = keep_alive_once(&node, req.id).await;

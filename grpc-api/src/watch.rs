@@ -94,11 +94,13 @@ impl Watch for WatchService {
         // Kept for the permission check of every create (the token is the stream's).
         let metadata = request.metadata().clone();
         let certificate_user = crate::auth::certificate_user(&self.node, &request);
+        let lane = crate::node::lanes::lane_of(request.extensions());
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(SEND_BUFFER);
         let stream = self.node.store.watch_stream(self.node.group());
         let identity = (metadata, certificate_user);
-        tokio::spawn(run_stream(self.node.clone(), requests, stream, tx, requires_leader, identity));
+        // On the connection's CPU lane, moving with it (`node/lanes.rs`).
+        crate::node::lanes::spawn(lane, run_stream(self.node.clone(), requests, stream, tx, requires_leader, identity));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }

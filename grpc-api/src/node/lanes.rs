@@ -30,10 +30,11 @@
 //! response encoding for a hundred clients cost the normal lane as much as their handlers
 //! did. A connection learns its group from its first request ([`ConnectionLane`]); it is
 //! checked on every poll and hops between the runtimes when its group's weight changes
-//! ([`Roaming`]). The hop is safe because a tokio socket stays registered with the runtime
-//! that accepted it, whichever runtime polls it; it costs one task spawn. The bound is far
-//! above a kube-apiserver's usual concurrency, so a tenant with a short burst keeps its
-//! connections where they are.
+//! ([`Roaming`]). Tasks a handler starts for a stream that outlives its request (a watch's
+//! writer, a lease keep-alive loop) roam with the connection too ([`spawn`]). The hop is
+//! safe because a tokio socket stays registered with the runtime that accepted it, whichever
+//! runtime polls it; it costs one task spawn. The bound is far above a kube-apiserver's usual
+//! concurrency, so a tenant with a short burst keeps its connections where they are.
 //!
 //! The nice value is mild on purpose: at 19 (a weight of 15 against the normal lane's 1024),
 //! a bulk thread preempted while holding a lock a normal thread needs waited behind every
@@ -215,12 +216,18 @@ impl InFlight {
 /// are polled on follows that group's weight ([`Roaming`]). One per accepted connection, put
 /// into each of its requests' extensions; a connection that never names a group (a peer's,
 /// a metrics scrape) stays in the normal lane.
-#[derive(Default)]
 pub struct ConnectionLane {
     group: OnceLock<Arc<InFlight>>,
+    /// The normal lane's runtime (the one that accepted the connection), to come back to.
+    normal: tokio::runtime::Handle,
 }
 
 impl ConnectionLane {
+    /// A connection accepted on `normal`, the normal lane's runtime.
+    pub fn new(normal: tokio::runtime::Handle) -> ConnectionLane {
+        ConnectionLane { group: OnceLock::new(), normal }
+    }
+
     /// Ties the connection to the group counted by `group` (the first call wins: a
     /// connection serves one group).
     pub fn bind(&self, group: &Arc<InFlight>) {
@@ -234,6 +241,26 @@ impl ConnectionLane {
     }
 }
 
+/// The lane of the connection a request with `extensions` came on, if it came on one.
+pub fn lane_of(extensions: &http::Extensions) -> Option<Arc<ConnectionLane>> {
+    extensions.get::<Arc<ConnectionLane>>().cloned()
+}
+
+/// Spawns `task` on the connection lane `lane` ([`lane_of`]), roaming with it ([`Roaming`]);
+/// a plain `tokio::spawn` without one (in-process callers). For tasks a handler starts that
+/// outlive its request (a watch stream's writer, a lease keep-alive stream), so that they do
+/// not stay on the bulk lane after the tenant calms down, nor on the normal lane while it is
+/// heavy.
+pub fn spawn<F>(lane: Option<Arc<ConnectionLane>>, task: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    match lane {
+        Some(lane) => drop(tokio::spawn(Roaming::new(Box::pin(task), lane))),
+        None => drop(tokio::spawn(task)),
+    }
+}
+
 /// A connection's task, or one of its streams' tasks, that moves between the normal and the
 /// bulk lane as its connection's group becomes heavy or light. Checked before every poll:
 /// when the lane it is on is not the one it wants, it spawns itself (the same boxed future,
@@ -241,19 +268,13 @@ impl ConnectionLane {
 pub struct Roaming {
     future: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     lane: Arc<ConnectionLane>,
-    /// The normal lane's runtime, to come back to.
-    normal: tokio::runtime::Handle,
 }
 
 impl Roaming {
     /// `future`, to be spawned on the runtime of the calling thread (the normal lane, or the
     /// bulk lane when the connection is already there).
-    pub fn new(
-        future: Pin<Box<dyn Future<Output = ()> + Send>>,
-        lane: Arc<ConnectionLane>,
-        normal: tokio::runtime::Handle,
-    ) -> Roaming {
-        Roaming { future: Some(future), lane, normal }
+    pub fn new(future: Pin<Box<dyn Future<Output = ()> + Send>>, lane: Arc<ConnectionLane>) -> Roaming {
+        Roaming { future: Some(future), lane }
     }
 }
 
@@ -266,11 +287,11 @@ impl Future for Roaming {
         }
         let bulk_wanted = self.lane.wants_bulk();
         if bulk_wanted != on_bulk() {
-            let moved = Roaming { future: self.future.take(), lane: self.lane.clone(), normal: self.normal.clone() };
+            let moved = Roaming { future: self.future.take(), lane: self.lane.clone() };
             if bulk_wanted {
                 drop(bulk().spawn(moved));
             } else {
-                drop(self.normal.spawn(moved));
+                drop(self.lane.normal.spawn(moved));
             }
             return Poll::Ready(());
         }
@@ -281,17 +302,14 @@ impl Future for Roaming {
 /// hyper's executor for a client connection's stream tasks: each is spawned on the lane its
 /// connection is on, and roams with it.
 #[derive(Clone)]
-pub struct RoamingExecutor {
-    pub lane: Arc<ConnectionLane>,
-    pub normal: tokio::runtime::Handle,
-}
+pub struct RoamingExecutor(pub Arc<ConnectionLane>);
 
 impl<F> hyper::rt::Executor<F> for RoamingExecutor
 where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, future: F) {
-        drop(tokio::spawn(Roaming::new(Box::pin(future), self.lane.clone(), self.normal.clone())));
+        drop(tokio::spawn(Roaming::new(Box::pin(future), self.0.clone())));
     }
 }
 
@@ -420,10 +438,9 @@ mod tests {
         let sharing = Arc::new(Sharing::default());
         let group = Arc::new(InFlight::new(1, sharing.clone()));
         let other = InFlight::new(2, sharing);
-        let lane = Arc::new(ConnectionLane::default());
+        let lane = Arc::new(ConnectionLane::new(tokio::runtime::Handle::current()));
         let normal = nice();
         let bulk_nice = (normal + BULK_NICE).min(19);
-        let handle = tokio::runtime::Handle::current();
         // The "connection": answers each poke with the nice value of the thread it runs on.
         let (poke, mut poked) = tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<i32>>(1);
         let connection = async move {
@@ -431,7 +448,7 @@ mod tests {
                 let _ = answer.send(nice());
             }
         };
-        drop(tokio::spawn(Roaming::new(Box::pin(connection), lane.clone(), handle.clone())));
+        drop(tokio::spawn(Roaming::new(Box::pin(connection), lane.clone())));
         let ask = || async {
             let (tx, rx) = tokio::sync::oneshot::channel();
             poke.send(tx).await.unwrap();
@@ -459,15 +476,31 @@ mod tests {
         assert_eq!(ask().await, bulk_nice, "a heavy group's connection is polled on the bulk lane");
         // A stream task the connection starts runs where the connection is, and roams too.
         let (tx, rx) = tokio::sync::oneshot::channel();
-        hyper::rt::Executor::execute(&RoamingExecutor { lane: lane.clone(), normal: handle.clone() }, async move {
+        hyper::rt::Executor::execute(&RoamingExecutor(lane.clone()), async move {
             let _ = tx.send(nice());
         });
         assert_eq!(rx.await.unwrap(), bulk_nice, "and so is a stream task it starts");
+        // So is a task a handler spawns for its stream (a watch's writer).
+        let mut extensions = http::Extensions::new();
+        extensions.insert(lane.clone());
+        let (poke_task, mut task_poked) = tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<i32>>(1);
+        spawn(lane_of(&extensions), async move {
+            while let Some(answer) = task_poked.recv().await {
+                let _ = answer.send(nice());
+            }
+        });
+        let ask_task = || async {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            poke_task.send(tx).await.unwrap();
+            rx.await.unwrap()
+        };
+        assert_eq!(ask_task().await, bulk_nice, "a handler's task runs on its connection's lane");
 
         release.add_permits(CONNECTION_BULK_IN_FLIGHT_MIN);
         while held.join_next().await.is_some() {}
         tokio::time::sleep(HEAVY_FOR + Duration::from_millis(200)).await;
         assert!(!group.wants_bulk());
         assert_eq!(ask().await, normal, "back in the normal lane once the group is light again");
+        assert_eq!(ask_task().await, normal, "and the handler's task with it");
     }
 }
