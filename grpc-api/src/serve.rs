@@ -380,8 +380,9 @@ async fn refuse_while_importing(
 /// Counts every request of the router's group (the tenant's request rate in `plinth tenant
 /// show`), and refuses an etcd call over the tenant's requests per second with etcd's "too
 /// many requests" (see `node/limits.rs`). A key-value call then runs in the CPU lane its
-/// group's load picks, and the connection learns its group (`node/lanes.rs`). Runs on both ways in: the shared client port (after
-/// the certificate picked the tenant) and the tenant's own port.
+/// group's load picks, and the connection learns its group (`node/lanes.rs`). Runs on both
+/// ways in: the shared client port (after the certificate picked the tenant) and the
+/// tenant's own port.
 async fn count_and_limit(
     axum::extract::State(rt): axum::extract::State<Arc<crate::node::GroupRuntime>>,
     request: axum::extract::Request,

@@ -298,10 +298,11 @@ fn run_worker(sm: &SharedSm, rx: &Receiver<ApplyTask>, progress: Arc<Progress>) 
             }
         }
         // Fairness: shortest backlog first within the pass, counted in entries (a stable sort
-        // keeps round-robin order among equals).
+        // keeps round-robin order among equals). Each group's backlog is summed once per pass,
+        // not once per comparison.
         let Held { by_group, ring, .. } = &mut held;
         ring.make_contiguous()
-            .sort_by_key(|g| by_group.get(g).map_or(0, |q| q.iter().map(ApplyTask::weight).sum::<usize>()));
+            .sort_by_cached_key(|g| by_group.get(g).map_or(0, |q| q.iter().map(ApplyTask::weight).sum::<usize>()));
         for _ in 0..held.ring.len() {
             let group = held.ring.pop_front().expect("invariant: the ring holds every group with tasks");
             let q = held.by_group.get_mut(&group).expect("invariant: a group in the ring has tasks");

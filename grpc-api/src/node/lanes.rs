@@ -282,20 +282,22 @@ impl Future for Roaming {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.future.is_none() {
-            return Poll::Ready(());
-        }
         let bulk_wanted = self.lane.wants_bulk();
         if bulk_wanted != on_bulk() {
-            let moved = Roaming { future: self.future.take(), lane: self.lane.clone() };
-            if bulk_wanted {
-                drop(bulk().spawn(moved));
-            } else {
-                drop(self.lane.normal.spawn(moved));
+            if let Some(future) = self.future.take() {
+                let moved = Roaming { future: Some(future), lane: self.lane.clone() };
+                if bulk_wanted {
+                    drop(bulk().spawn(moved));
+                } else {
+                    drop(self.lane.normal.spawn(moved));
+                }
             }
             return Poll::Ready(());
         }
-        self.future.as_mut().expect("checked above").as_mut().poll(cx)
+        match self.future.as_mut() {
+            Some(future) => future.as_mut().poll(cx),
+            None => Poll::Ready(()),
+        }
     }
 }
 
@@ -357,6 +359,43 @@ mod tests {
         thread_nice()
     }
 
+    /// `n` requests of `group` held in flight until the returned semaphore gets `n` permits.
+    async fn hold_in_flight(
+        group: &Arc<InFlight>,
+        n: usize,
+    ) -> (Arc<tokio::sync::Semaphore>, tokio::task::JoinSet<()>) {
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut held = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let (group, release) = (group.clone(), release.clone());
+            held.spawn(async move { group.run(async move { release.acquire().await.unwrap().forget() }).await });
+        }
+        while group.get() < n {
+            tokio::task::yield_now().await;
+        }
+        (release, held)
+    }
+
+    type Poke = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<i32>>;
+
+    /// A task body that answers each poke with the nice value of the thread running it.
+    fn reporter() -> (Poke, impl Future<Output = ()> + Send + 'static) {
+        let (poke, mut poked) = tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<i32>>(1);
+        let task = async move {
+            while let Some(answer) = poked.recv().await {
+                let _ = answer.send(nice());
+            }
+        };
+        (poke, task)
+    }
+
+    /// The nice value of the thread a [`reporter`] task runs on now.
+    async fn ask(poke: &Poke) -> i32 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        poke.send(tx).await.unwrap();
+        rx.await.unwrap()
+    }
+
     /// Requests under the bound run where they were called; the ones past it run on the
     /// bulk lane's lower-priority threads; the count goes back to zero when they finish.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,15 +438,7 @@ mod tests {
         let sharing = Arc::new(Sharing::default());
         let lane = Arc::new(InFlight::new(1, sharing.clone()));
         InFlight::new(2, sharing).run(async {}).await;
-        let release = Arc::new(tokio::sync::Semaphore::new(0));
-        let mut held = tokio::task::JoinSet::new();
-        for _ in 0..NORMAL_LANE_IN_FLIGHT_MAX {
-            let (lane, release) = (lane.clone(), release.clone());
-            held.spawn(async move { lane.run(async move { release.acquire().await.unwrap().forget() }).await });
-        }
-        while lane.get() < NORMAL_LANE_IN_FLIGHT_MAX {
-            tokio::task::yield_now().await;
-        }
+        let (release, mut held) = hold_in_flight(&lane, NORMAL_LANE_IN_FLIGHT_MAX).await;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let dropped = {
             let lane = lane.clone();
@@ -441,39 +472,21 @@ mod tests {
         let lane = Arc::new(ConnectionLane::new(tokio::runtime::Handle::current()));
         let normal = nice();
         let bulk_nice = (normal + BULK_NICE).min(19);
-        // The "connection": answers each poke with the nice value of the thread it runs on.
-        let (poke, mut poked) = tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<i32>>(1);
-        let connection = async move {
-            while let Some(answer) = poked.recv().await {
-                let _ = answer.send(nice());
-            }
-        };
-        drop(tokio::spawn(Roaming::new(Box::pin(connection), lane.clone())));
-        let ask = || async {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            poke.send(tx).await.unwrap();
-            rx.await.unwrap()
-        };
-        assert_eq!(ask().await, normal, "a connection that named no group stays where it was accepted");
+        // The "connection".
+        let (connection, task) = reporter();
+        drop(tokio::spawn(Roaming::new(Box::pin(task), lane.clone())));
+        assert_eq!(ask(&connection).await, normal, "a connection that named no group stays where it was accepted");
         lane.bind(&group);
         other.run(async {}).await;
-        assert_eq!(ask().await, normal, "a light group's connection stays in the normal lane");
+        assert_eq!(ask(&connection).await, normal, "a light group's connection stays in the normal lane");
 
         // CONNECTION_BULK_IN_FLIGHT_MIN requests in flight, then one more: the group is heavy.
-        let release = Arc::new(tokio::sync::Semaphore::new(0));
-        let mut held = tokio::task::JoinSet::new();
-        for _ in 0..CONNECTION_BULK_IN_FLIGHT_MIN {
-            let (group, release) = (group.clone(), release.clone());
-            held.spawn(async move { group.run(async move { release.acquire().await.unwrap().forget() }).await });
-        }
-        while group.get() < CONNECTION_BULK_IN_FLIGHT_MIN {
-            tokio::task::yield_now().await;
-        }
+        let (release, mut held) = hold_in_flight(&group, CONNECTION_BULK_IN_FLIGHT_MIN).await;
         assert!(!group.wants_bulk(), "not heavy until a request finds the bound reached");
         group.run(async {}).await;
         other.run(async {}).await;
         assert!(group.wants_bulk());
-        assert_eq!(ask().await, bulk_nice, "a heavy group's connection is polled on the bulk lane");
+        assert_eq!(ask(&connection).await, bulk_nice, "a heavy group's connection is polled on the bulk lane");
         // A stream task the connection starts runs where the connection is, and roams too.
         let (tx, rx) = tokio::sync::oneshot::channel();
         hyper::rt::Executor::execute(&RoamingExecutor(lane.clone()), async move {
@@ -483,24 +496,15 @@ mod tests {
         // So is a task a handler spawns for its stream (a watch's writer).
         let mut extensions = http::Extensions::new();
         extensions.insert(lane.clone());
-        let (poke_task, mut task_poked) = tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<i32>>(1);
-        spawn(lane_of(&extensions), async move {
-            while let Some(answer) = task_poked.recv().await {
-                let _ = answer.send(nice());
-            }
-        });
-        let ask_task = || async {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            poke_task.send(tx).await.unwrap();
-            rx.await.unwrap()
-        };
-        assert_eq!(ask_task().await, bulk_nice, "a handler's task runs on its connection's lane");
+        let (handler_task, task) = reporter();
+        spawn(lane_of(&extensions), task);
+        assert_eq!(ask(&handler_task).await, bulk_nice, "a handler's task runs on its connection's lane");
 
         release.add_permits(CONNECTION_BULK_IN_FLIGHT_MIN);
         while held.join_next().await.is_some() {}
         tokio::time::sleep(HEAVY_FOR + Duration::from_millis(200)).await;
         assert!(!group.wants_bulk());
-        assert_eq!(ask().await, normal, "back in the normal lane once the group is light again");
-        assert_eq!(ask_task().await, normal, "and the handler's task with it");
+        assert_eq!(ask(&connection).await, normal, "back in the normal lane once the group is light again");
+        assert_eq!(ask(&handler_task).await, normal, "and the handler's task with it");
     }
 }
