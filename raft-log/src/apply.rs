@@ -45,7 +45,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::TryRecvError;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -55,6 +55,7 @@ use raft::eraftpb::{ConfChange, ConfState};
 
 use crate::driver::{CommittedEntry, SnapshotSource, StateMachine};
 use crate::error::Result;
+use crate::mailbox::{self, Receiver, Sender};
 use crate::types::{GroupId, LogIndex, NodeId, Term};
 
 /// Tasks in the queue from the driver to the apply worker; the driver waits when it is full.
@@ -152,7 +153,7 @@ impl Drop for AliveGuard {
 }
 
 struct Worker {
-    tx: Option<SyncSender<ApplyTask>>,
+    tx: Option<Sender<ApplyTask>>,
     thread: Option<JoinHandle<()>>,
     progress: Arc<Progress>,
 }
@@ -173,7 +174,7 @@ impl Applier {
     /// Runs tasks on a worker thread named `raft-log-apply`.
     pub(crate) fn threaded(sm: Box<dyn StateMachine>) -> std::io::Result<Applier> {
         let sm: SharedSm = Arc::new(Mutex::new(sm));
-        let (tx, rx) = sync_channel(APPLY_QUEUE_MAX);
+        let (tx, rx) = mailbox::channel(APPLY_QUEUE_MAX);
         let progress = Arc::new(Progress {
             sent: AtomicU64::new(0),
             done: Mutex::new(0),

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use crate::apply::{Applier, ApplyTask};
 use crate::batch::WriteBatch;
 use crate::driver_config::DriverConfig;
 use crate::error::{Error, Result};
+use crate::mailbox::{self, Receiver, Sender};
 use crate::storage::GroupStorage;
 use crate::types::{GroupId, LogIndex, NodeId, Term};
 use crate::wal::Wal;
@@ -338,7 +339,7 @@ pub(crate) struct PeerInbox {
 impl PeerInbox {
     /// Queues a message; `Err(Busy)` past [`PEER_INBOX_MAX`]. Wakes the driver when the
     /// queue was empty.
-    fn push(&self, tx: &SyncSender<Msg>, group: GroupId, msg: Message) -> Result<()> {
+    fn push(&self, tx: &Sender<Msg>, group: GroupId, msg: Message) -> Result<()> {
         {
             let mut q = self.queue.lock();
             if q.len() >= PEER_INBOX_MAX {
@@ -366,14 +367,14 @@ impl PeerInbox {
 
 /// The running driver; `stop` (or drop) ends its thread.
 pub struct Driver {
-    tx: SyncSender<Msg>,
+    tx: Sender<Msg>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// A cheap, cloneable handle to talk to the driver from any thread.
 #[derive(Clone)]
 pub struct DriverHandle {
-    tx: SyncSender<Msg>,
+    tx: Sender<Msg>,
     peer_inbox: Arc<PeerInbox>,
     status: Arc<RwLock<HashMap<GroupId, GroupStatus>>>,
     awake_count: Arc<AtomicUsize>,
@@ -408,7 +409,7 @@ impl Driver {
         snapshots: Option<Arc<dyn SnapshotSource>>,
     ) -> Result<(Driver, DriverHandle)> {
         cfg.validate()?;
-        let (tx, rx) = sync_channel(cfg.proposal_queue_max);
+        let (tx, rx) = mailbox::channel(cfg.proposal_queue_max);
         let lp = Loop::new(cfg, wal, sm, transport, snapshots, rx, true)?;
         let status = Arc::clone(&lp.status);
         let peer_inbox = Arc::clone(&lp.peer_inbox);

@@ -104,6 +104,12 @@
 //!                                             per-group FIFOs, round robin ──► StateMachine
 //! ```
 //!
+//! The three bounded queues (the writer's, the driver's inbox, the apply queue) are
+//! `mailbox.rs` queues, not `std::sync::mpsc`: a producer wakes the parked consumer only after
+//! letting go of the queue's lock, so on a member whose threads share a CPU the woken thread
+//! does not preempt the producer only to block on the lock it still holds (two context
+//! switches per hand-off that std's channel cost on every write).
+//!
 //! The apply worker (`apply.rs`) is why a slow RocksDB write never silences a leader: the
 //! driver hands each group's committed entries, conf-change notices, snapshot installs and
 //! leader changes to it in log order once their Ready is durable, and goes on ticking and
@@ -214,6 +220,7 @@ mod error;
 mod fault;
 mod hibernate;
 mod index;
+mod mailbox;
 mod manual;
 mod ready;
 mod record;

@@ -21,7 +21,6 @@
 //!   `DriverConfig::election_ticks_max` to `election_ticks + 1` (raft-rs draws election
 //!   timeouts from an unseeded generator otherwise).
 
-use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -43,7 +42,7 @@ const PROCESS_PASSES_MAX: usize = 64;
 pub struct ManualDriver {
     lp: Loop,
     /// Keeps the unused inbox of `Loop` connected.
-    _inbox: SyncSender<Msg>,
+    _inbox: crate::mailbox::Sender<Msg>,
 }
 
 impl std::fmt::Debug for ManualDriver {
@@ -76,7 +75,7 @@ impl ManualDriver {
         snapshots: Option<Arc<dyn SnapshotSource>>,
     ) -> Result<ManualDriver> {
         cfg.validate()?;
-        let (inbox, rx) = sync_channel(1);
+        let (inbox, rx) = crate::mailbox::channel(1);
         let mut lp = Loop::new(cfg, wal, sm, transport, snapshots, rx, false)?;
         lp.clock = Some(Instant::now());
         Ok(ManualDriver { lp, _inbox: inbox })

@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::TrySendError;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -16,6 +16,7 @@ use crate::batch::WriteBatch;
 use crate::config::WalConfig;
 use crate::error::{Error, Result};
 use crate::index::{CacheLimits, GroupState, Index, SegmentInfo};
+use crate::mailbox;
 use crate::record::Record;
 use crate::segment::{
     check_header, is_recycle_file_name, parse_segment_file_name, scan_frames, segment_path, sync_dir,
@@ -36,7 +37,7 @@ const LOCK_FILE_NAME: &str = "LOCK";
 pub struct Wal {
     shared: Arc<Shared>,
     segment: Arc<Mutex<Segment>>,
-    tx: Option<SyncSender<Submission>>,
+    tx: Option<mailbox::Sender<Submission>>,
     writer: Option<JoinHandle<()>>,
     /// The thread keeping zeros ahead of the active segment's frames, if configured.
     zero_ahead: Option<ZeroAhead>,
@@ -253,7 +254,7 @@ impl Wal {
         let NewSegment { file: active, len: active_len, written_len } = start_segment(&shared, next_seq)?;
         purge(&shared);
 
-        let (tx, rx) = sync_channel(config.queue_capacity);
+        let (tx, rx) = mailbox::channel(config.queue_capacity);
         let segment = Arc::new(Mutex::new(Segment {
             active,
             active_seq: next_seq,
@@ -288,7 +289,7 @@ impl Wal {
         Ok(())
     }
 
-    fn sender(&self) -> &SyncSender<Submission> {
+    fn sender(&self) -> &mailbox::Sender<Submission> {
         self.tx.as_ref().expect("invariant: sender lives until drop")
     }
 
@@ -522,9 +523,13 @@ mod tests {
         wal.write(b).unwrap();
         let seq = wal.segment.lock().active_seq;
         let path = segment_path(dir.path(), seq);
-        let len = std::fs::metadata(&path).unwrap().len();
-        // What a failed fdatasync leaves behind (just before its panic).
-        wal.segment.lock().failed = true;
+        // What a failed fdatasync leaves behind (just before its panic). The length is read
+        // under the segment lock: the zero-ahead thread extends the file under it too.
+        let len = {
+            let mut seg = wal.segment.lock();
+            seg.failed = true;
+            std::fs::metadata(&path).unwrap().len()
+        };
         let mut b = WriteBatch::new();
         b.add_entries(GroupId(1), &[entry(2)]);
         assert!(matches!(wal.write(b), Err(Error::Stopped)), "a failed WAL refuses writes");

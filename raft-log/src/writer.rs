@@ -30,7 +30,6 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -363,7 +362,7 @@ pub(crate) struct Segment {
 
 pub(crate) struct Writer {
     pub shared: Arc<Shared>,
-    pub rx: Receiver<Submission>,
+    pub rx: crate::mailbox::Receiver<Submission>,
     pub segment: Arc<Mutex<Segment>>,
     /// A submission received but left for the next frame because it would overflow this one.
     pub carry: Option<Submission>,
