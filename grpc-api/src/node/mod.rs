@@ -23,6 +23,7 @@ pub mod membership;
 pub mod metrics;
 pub mod peer;
 pub mod peer_tls;
+pub mod read_points;
 pub mod shares;
 pub mod tenants;
 
@@ -223,6 +224,8 @@ pub struct GroupRuntime {
     /// The group's key-value requests in flight on this member, which choose their CPU lane
     /// (`lanes.rs`).
     pub kv_in_flight: Arc<crate::node::lanes::InFlight>,
+    /// Linearizable reads of the group, gathered into one driver request per round.
+    pub read_points: Arc<crate::node::read_points::ReadPoints>,
     /// The member's scan permits, and the group's share of them (`shares.rs`).
     reads: Arc<crate::node::shares::ReadPool>,
     scans: tokio::sync::Semaphore,
@@ -256,6 +259,7 @@ impl GroupRuntime {
             watchers: std::sync::atomic::AtomicI64::new(0),
             limiter: crate::node::limits::Limiter::default(),
             kv_in_flight: Arc::new(crate::node::lanes::InFlight::new(group, shares.sharing.clone())),
+            read_points: Arc::default(),
             scans: tokio::sync::Semaphore::new(shares.reads.per_group()),
             reads: shares.reads.clone(),
             proposals: tokio::sync::Semaphore::new(shares.proposals.per_group()),
@@ -780,17 +784,11 @@ impl Node {
         let deadline = std::time::Instant::now() + self.cfg.request_timeout;
         let index = loop {
             self.wait_for_leader(deadline).await.map_err(|()| EtcdError::Timeout.status())?;
-            let (tx, rx) = oneshot::channel();
-            self.raft.read_index(
-                self.raft_group(),
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            );
+            let rx = self.runtime.read_points.request(&self.raft, self.raft_group()).await;
             match tokio::time::timeout_at(deadline.into(), rx).await {
-                Ok(Ok(Ok(index))) => break index.0,
+                Ok(Ok(Ok(index))) => break index,
                 // The leader was lost between the check and the request: wait again.
-                Ok(Ok(Err(raft_log::Error::NoLeader))) => continue,
+                Ok(Ok(Err(e))) if matches!(*e, raft_log::Error::NoLeader) => continue,
                 Ok(Ok(Err(e))) => return Err(driver_status(&e)),
                 Ok(Err(_)) => return Err(EtcdError::Stopped.status()),
                 Err(_) => return Err(EtcdError::Timeout.status()),
