@@ -76,6 +76,7 @@ where
     IO: AsyncRead + AsyncWrite + Connected + Send + Unpin + 'static,
 {
     let info = io.connect_info();
+    let socket = CoalescedWrites::new(io, Arc::clone(&lane));
     let executor = RoamingExecutor(lane.clone());
     let service = tower::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
         request.extensions_mut().insert(info.clone());
@@ -92,48 +93,60 @@ where
     // hyper enforces its HTTP/1 header read timeout (30 s) only with a timer.
     builder.http1().timer(TokioTimer::new());
     let service = hyper_util::service::TowerToHyperService::new(service);
-    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(CoalescedWrites::new(io)), service).await {
+    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(socket), service).await {
         debug!(error = %e, "connection closed with an error");
     }
 }
 
-/// A connection's socket whose first write of each burst is put off by one turn of the
-/// runtime: the write returns `Pending` after waking its own task, which the runtime then
-/// runs again after the tasks already queued. The rest of the burst, up to hyper's flush,
-/// goes straight through.
+/// A connection's socket that gathers each burst of writes (up to hyper's flush) into as few
+/// syscalls as it can:
 ///
-/// Why: each HTTP/2 stream is its own task. When a batch of them completes (the answers to
-/// one read round, one apply), each wakes the connection task, and the runtime runs a task
-/// woken by the running one next (tokio's LIFO slot), so the connection wrote every answer
-/// in a `writev` of its own. Put off by one turn, the write carries every answer that the
-/// streams queued in that turn. A lone answer waits for nothing but the one re-poll.
+/// - the first write of a burst, when short, is put off by one turn of the runtime: the write
+///   returns `Pending` after waking its own task, which the runtime runs again after the tasks
+///   already queued. Each HTTP/2 stream is its own task, and a stream that answers wakes the
+///   connection's task, which tokio runs next (its LIFO slot); so a batch of streams that
+///   answered together (one read round, one apply) used to leave in a `writev` each. Put off
+///   by one turn, the write carries every answer the streams queued in that turn;
+/// - writes are held while they total at most [`SMALL_WRITE_BYTES`] and leave with the next
+///   write that would overflow them, or at the flush;
+/// - the socket reports no vectored writes, so h2 copies frames of up to 1 KiB into its buffer
+///   (with vectored writes it chains every DATA payload over 256 bytes, and each ends a write).
 ///
-/// The socket also says it has no vectored writes, so h2 copies frames of up to 1 KiB into
-/// its write buffer (with vectored writes it chains any DATA payload over 256 bytes, and each
-/// chained payload ends a write): small answers, most of etcd's, then share one `send`.
-/// Measured on one member with 100 clients of `range` (linearizable): 1.73 `writev` per
-/// answer before, 0.26 `send` after, and 25 to 40 % more ranges per second.
+/// Measured on one member with 100 clients of `range` (linearizable): 1.73 `writev` per answer
+/// before, ~0.25 `send` after, and 40 to 70 % more ranges per second.
+///
+/// A connection with a watch stream open never waits: there the turn, taken behind every task
+/// queued (a saturated fan-out queues many), slowed the puts sharing the connections of
+/// `watch-sat` and with them the events delivered. The puts of that workload are still ~10 %
+/// slower than without coalescing (BENCHMARKS.md).
 struct CoalescedWrites<IO> {
     io: IO,
+    /// The connection's state; while a watch stream is open on it, no write waits.
+    lane: Arc<ConnectionLane>,
     /// The next write starts a burst: it yields once first.
     armed: bool,
-    /// Bytes of small writes accepted and not yet sent (at most [`SMALL_WRITE_BYTES`]): a
-    /// large DATA frame reaches the socket as its 9-byte header, then its payload; the header
-    /// waits here and leaves with the payload in one `writev`.
+    /// Bytes of writes accepted and not yet sent (at most [`SMALL_WRITE_BYTES`]), sent with
+    /// the next write that would overflow them, or at the flush. A large DATA frame reaches the
+    /// socket as h2's buffer (the frames before it and its 9-byte header), then its payload;
+    /// held, the buffer leaves with the payload in one `writev` and not as a packet of its own.
     held: Vec<u8>,
 }
 
-/// Writes up to this size are held for the next write or flush.
-const SMALL_WRITE_BYTES: usize = 64;
+/// Writes are held while they total at most this (h2's own write buffer is 16 KiB).
+const SMALL_WRITE_BYTES: usize = 16 << 10;
+
+/// A burst whose first write is at least this long goes at once: it is a large answer (a
+/// list, a watch response) that waiting for more small answers would not make cheaper.
+const YIELD_BELOW_BYTES: usize = 4096;
 
 impl<IO> CoalescedWrites<IO> {
-    fn new(io: IO) -> Self {
-        CoalescedWrites { io, armed: true, held: Vec::with_capacity(SMALL_WRITE_BYTES) }
+    fn new(io: IO, lane: Arc<ConnectionLane>) -> Self {
+        CoalescedWrites { io, lane, armed: true, held: Vec::with_capacity(SMALL_WRITE_BYTES) }
     }
 
-    /// `Ready` when the write may go now; otherwise yields once.
-    fn turn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if std::mem::take(&mut self.armed) {
+    /// `Ready` when a write of `len` bytes may go now; otherwise yields once.
+    fn turn(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<()> {
+        if std::mem::take(&mut self.armed) && len < YIELD_BELOW_BYTES && !self.lane.has_watches() {
             cx.waker().wake_by_ref();
             Poll::Pending
         } else {
@@ -165,7 +178,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for CoalescedWrites<IO> {
 impl<IO: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
-        std::task::ready!(this.turn(cx));
+        std::task::ready!(this.turn(cx, this.held.len() + buf.len()));
         if this.held.len() + buf.len() <= SMALL_WRITE_BYTES {
             this.held.extend_from_slice(buf);
             return Poll::Ready(Ok(buf.len()));
@@ -225,7 +238,9 @@ mod tests {
     #[test]
     fn the_first_write_of_a_burst_yields_once_and_wakes_its_task() {
         let (a, _b) = tokio::io::duplex(1 << 16);
-        let mut w = CoalescedWrites::new(a);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let lane = Arc::new(ConnectionLane::new(rt.handle().clone()));
+        let mut w = CoalescedWrites::new(a, Arc::clone(&lane));
         let counter = Arc::new(CountingWaker(Default::default()));
         let waker = std::task::Waker::from(Arc::clone(&counter));
         let mut cx = Context::from_waker(&waker);
@@ -237,6 +252,21 @@ mod tests {
         assert!(Pin::new(&mut w).poll_flush(&mut cx).is_ready());
         assert!(Pin::new(&mut w).poll_write(&mut cx, &big).is_pending(), "after a flush, the next burst yields");
         assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert!(matches!(Pin::new(&mut w).poll_write(&mut cx, &big), Poll::Ready(Ok(1000))));
+        assert!(Pin::new(&mut w).poll_flush(&mut cx).is_ready());
+        let large = vec![7u8; YIELD_BELOW_BYTES];
+        assert!(
+            matches!(Pin::new(&mut w).poll_write(&mut cx, &large), Poll::Ready(Ok(n)) if n == large.len()),
+            "a burst that starts with a large write does not wait"
+        );
+        assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // While a watch stream is open on the connection, no write waits.
+        assert!(Pin::new(&mut w).poll_flush(&mut cx).is_ready());
+        let open = lane.watch_opened();
+        assert!(matches!(Pin::new(&mut w).poll_write(&mut cx, &big), Poll::Ready(Ok(1000))));
+        assert!(Pin::new(&mut w).poll_flush(&mut cx).is_ready());
+        drop(open);
+        assert!(Pin::new(&mut w).poll_write(&mut cx, &big).is_pending(), "and once it closed, bursts wait again");
     }
 
     #[tokio::test]
@@ -252,7 +282,8 @@ mod tests {
             chunks.push(chunk);
         }
         let writer = tokio::spawn(async move {
-            let mut w = CoalescedWrites::new(a);
+            let lane = Arc::new(ConnectionLane::new(tokio::runtime::Handle::current()));
+            let mut w = CoalescedWrites::new(a, lane);
             for (i, chunk) in chunks.iter().enumerate() {
                 w.write_all(chunk).await.unwrap();
                 if i % 5 == 0 {

@@ -99,8 +99,14 @@ impl Watch for WatchService {
         let (tx, rx) = mpsc::channel(SEND_BUFFER);
         let stream = self.node.store.watch_stream(self.node.group());
         let identity = (metadata, certificate_user);
+        // The connection writes at once while the stream is open (`conn.rs`).
+        let open = lane.as_ref().map(|l| l.watch_opened());
+        let writer = run_stream(self.node.clone(), requests, stream, tx, requires_leader, identity);
         // On the connection's CPU lane, moving with it (`node/lanes.rs`).
-        crate::node::lanes::spawn(lane, run_stream(self.node.clone(), requests, stream, tx, requires_leader, identity));
+        crate::node::lanes::spawn(lane, async move {
+            writer.await;
+            drop(open);
+        });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }

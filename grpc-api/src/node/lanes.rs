@@ -220,12 +220,26 @@ pub struct ConnectionLane {
     group: OnceLock<Arc<InFlight>>,
     /// The normal lane's runtime (the one that accepted the connection), to come back to.
     normal: tokio::runtime::Handle,
+    /// Watch streams open on the connection (`WatchOnConnection`): the connection then writes
+    /// at once rather than coalescing its writes (`conn.rs`).
+    watches: std::sync::atomic::AtomicUsize,
 }
 
 impl ConnectionLane {
     /// A connection accepted on `normal`, the normal lane's runtime.
     pub fn new(normal: tokio::runtime::Handle) -> ConnectionLane {
-        ConnectionLane { group: OnceLock::new(), normal }
+        ConnectionLane { group: OnceLock::new(), normal, watches: Default::default() }
+    }
+
+    /// Counts a watch stream open on the connection until the returned guard drops.
+    pub fn watch_opened(self: &Arc<Self>) -> WatchOnConnection {
+        self.watches.fetch_add(1, Ordering::Relaxed);
+        WatchOnConnection(Arc::clone(self))
+    }
+
+    /// Whether a watch stream is open on the connection.
+    pub fn has_watches(&self) -> bool {
+        self.watches.load(Ordering::Relaxed) > 0
     }
 
     /// Ties the connection to the group counted by `group` (the first call wins: a
@@ -238,6 +252,15 @@ impl ConnectionLane {
 
     fn wants_bulk(&self) -> bool {
         self.group.get().is_some_and(|g| g.wants_bulk())
+    }
+}
+
+/// A watch stream open on a connection (see [`ConnectionLane::watch_opened`]).
+pub struct WatchOnConnection(Arc<ConnectionLane>);
+
+impl Drop for WatchOnConnection {
+    fn drop(&mut self) {
+        self.0.watches.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
