@@ -27,32 +27,9 @@ port=${PORT:-40379}
 traced=${SECONDS_TRACED:-2}
 command -v perf >/dev/null || { echo "ack-before-sync.sh: needs perf" >&2; exit 1; }
 dir=$(mktemp -d "${TMPDIR:-/tmp}/ack-before-sync.XXXXXX")
-server_pin=() bench_pin=()
-if [[ $pin == 1 ]]; then server_pin=(taskset -c 0) bench_pin=(taskset -c 1); fi
-urls=(--listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port"
-  --listen-peer-urls "http://127.0.0.1:$((port + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))")
-if [[ $(basename "$bin") == etcd* ]]; then
-  "${server_pin[@]}" "$bin" --data-dir "$dir/data" "${urls[@]}" \
-    --initial-cluster "default=http://127.0.0.1:$((port + 1))" >"$dir/server.log" 2>&1 &
-else
-  "${server_pin[@]}" "$bin" serve --data-dir "$dir/data" "${urls[@]}" >"$dir/server.log" 2>&1 &
-fi
-pid=$!
-trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
-ready=0
-for _ in $(seq 100); do
-  if "$bench" --endpoints "127.0.0.1:$port" --json --total 1 --progress never range --keys 0 2>/dev/null |
-    grep -q '"ok":1,'; then
-    ready=1
-    break
-  fi
-  sleep 0.1
-done
-if [[ $ready != 1 ]]; then
-  echo "ack-before-sync.sh: $bin did not answer on 127.0.0.1:$port; its log:" >&2
-  cat "$dir/server.log" >&2
-  exit 1
-fi
+me=ack-before-sync.sh
+# shellcheck source=benches/single-server.sh
+source "$root/benches/single-server.sh"
 "${bench_pin[@]}" "$bench" --endpoints "127.0.0.1:$port" --json --progress never --clients 1 --conns 1 \
   --duration $((traced + 3)) put --key-space-size 100000 --val-size 256 >"$dir/out.json" &
 load=$!

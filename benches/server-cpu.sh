@@ -23,34 +23,9 @@ shift
 bench=${BENCH_BIN:-$root/target/release/plinth-bench}
 port=${PORT:-40379}
 dir=$(mktemp -d "${TMPDIR:-/tmp}/server-cpu.XXXXXX")
-server_pin=() bench_pin=()
-if [[ $pin == 1 ]]; then server_pin=(taskset -c 0) bench_pin=(taskset -c 1); fi
-urls=(--listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port"
-  --listen-peer-urls "http://127.0.0.1:$((port + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))")
-if [[ $(basename "$bin") == etcd* ]]; then
-  "${server_pin[@]}" "$bin" --data-dir "$dir/data" "${urls[@]}" \
-    --initial-cluster "default=http://127.0.0.1:$((port + 1))" >"$dir/server.log" 2>&1 &
-else
-  "${server_pin[@]}" "$bin" serve --data-dir "$dir/data" "${urls[@]}" >"$dir/server.log" 2>&1 &
-fi
-pid=$!
-trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
-# Ready once a linearizable read answers (a leader is elected).
-# (plinth-bench exits 0 with failed requests; its JSON counts the answered ones.)
-ready=0
-for _ in $(seq 100); do
-  if "$bench" --endpoints "127.0.0.1:$port" --json --total 1 --progress never range --keys 0 2>/dev/null |
-    grep -q '"ok":1,'; then
-    ready=1
-    break
-  fi
-  sleep 0.1
-done
-if [[ $ready != 1 ]]; then
-  echo "server-cpu.sh: $bin did not answer on 127.0.0.1:$port; its log:" >&2
-  cat "$dir/server.log" >&2
-  exit 1
-fi
+me=server-cpu.sh
+# shellcheck source=benches/single-server.sh
+source "$root/benches/single-server.sh"
 ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 before=$(ticks)
 timeout 600 "${bench_pin[@]}" "$bench" --endpoints "127.0.0.1:$port" --json --progress never "$@" >"$dir/out.json"
