@@ -9,8 +9,9 @@
 //! (`node/lanes.rs`), and move when it changes. A connection that names no group (peers,
 //! metrics scrapes) stays on the runtime that accepted it.
 //!
-//! A connection's writes are put off by one turn of the runtime ([`CoalescedWrites`]), so
-//! the answers of the streams that are ready in the same turn leave in one `writev`.
+//! A connection gathers each burst of writes into as few syscalls as it can
+//! ([`CoalescedWrites`]), so the answers of the streams that are ready in the same turn of
+//! the runtime leave together.
 //!
 //! Every request carries, in its extensions, the connection's identity (`Connected`: the
 //! peer address, or the TLS identity `tls::TlsConnectInfo`) and its [`ConnectionLane`].
@@ -141,7 +142,8 @@ const YIELD_BELOW_BYTES: usize = 4096;
 
 impl<IO> CoalescedWrites<IO> {
     fn new(io: IO, lane: Arc<ConnectionLane>) -> Self {
-        CoalescedWrites { io, lane, armed: true, held: Vec::with_capacity(SMALL_WRITE_BYTES) }
+        // `held` grows on a connection's first burst: an idle connection holds no buffer.
+        CoalescedWrites { io, lane, armed: true, held: Vec::new() }
     }
 
     /// `Ready` when a write of `len` bytes may go now; otherwise yields once.

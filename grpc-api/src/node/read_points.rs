@@ -117,10 +117,17 @@ impl Round {
         // The callback runs on the driver thread (or here, when the request is refused at
         // once); it must not block, and does not: it sends on oneshots and, when reads wait,
         // queues the next request without waiting.
-        raft.read_index(group, Box::new(move |r| round.answer(r.map(|i| i.0).map_err(Arc::new))));
+        raft.read_index(
+            group,
+            Box::new(move |r| {
+                let mut round = round;
+                round.answer(r.map(|i| i.0).map_err(Arc::new));
+            }),
+        );
     }
 
-    fn answer(mut self, point: ReadPoint) {
+    /// Tells every read of the round `point`, then sends the next request if reads wait.
+    fn answer(&mut self, point: ReadPoint) {
         for read in self.reads.take().unwrap_or_default() {
             let _ = read.send(point.clone());
         }
@@ -138,13 +145,7 @@ impl Round {
 impl Drop for Round {
     fn drop(&mut self) {
         if self.reads.is_some() {
-            let round = Round {
-                points: Arc::clone(&self.points),
-                raft: self.raft.clone(),
-                group: self.group,
-                reads: self.reads.take(),
-            };
-            round.answer(Err(Arc::new(raft_log::Error::Stopped)));
+            self.answer(Err(Arc::new(raft_log::Error::Stopped)));
         }
     }
 }
