@@ -111,6 +111,10 @@ pub struct ServeArgs {
     /// Largest size of one WAL segment file, in bytes (tests make it small to roll often).
     #[arg(long, default_value_t = 64 << 20, hide = true, value_parser = clap::value_parser!(u64).range(1024..))]
     pub experimental_wal_segment_bytes: u64,
+    /// Pipelined WAL writes: the Raft driver goes on with other groups' proposals and reads
+    /// while one pass's entries are synced (`false`: every pass waits for its sync).
+    #[arg(long, default_value_t = true, hide = true, action = clap::ArgAction::Set)]
+    pub experimental_wal_pipeline: bool,
     /// Accepted for compatibility.
     #[arg(long)]
     pub feature_gates: Option<String>,

@@ -123,6 +123,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         heartbeat_ticks: 1,
         // Idle groups sleep after two election timeouts (see raft-log's "Hibernation").
         hibernate_after_ticks: 2 * (args.election_timeout / args.heartbeat_interval) as usize,
+        pipeline_persistence: args.experimental_wal_pipeline,
         ..raft_log::DriverConfig::default()
     };
     let source: Arc<dyn raft_log::SnapshotSource> = transport.clone();

@@ -198,6 +198,8 @@ pub(crate) enum Msg {
     Touch(GroupId),
     /// Peer messages are waiting in the peer inbox.
     Wake,
+    /// A pipelined WAL write completed (see [`Flights`]); the loop looks after every message.
+    Persisted,
     Stop,
 }
 
@@ -212,6 +214,70 @@ pub(crate) struct Peer {
     pub applied: u64,
     /// Ticks since the group was last woken or active (see `hibernate.rs`).
     pub idle_ticks: usize,
+    /// Readies of the group handed to the WAL whose write has not completed (see
+    /// [`Flights`]); the group does not hibernate while any is out.
+    pub unpersisted: usize,
+}
+
+/// How a Ready pass waits for its WAL write (see `ready.rs`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Persist {
+    /// Every pass writes and waits (`DriverConfig::pipeline_persistence` off).
+    Wait,
+    /// The driver thread: a busy pass hands its batch to the WAL writer and goes on; the
+    /// completion arrives as [`Msg::Persisted`].
+    Pipelined,
+    /// `ManualDriver`: every pass takes the asynchronous path, but writes on the calling
+    /// thread (so the disk state and a failure's panic stay deterministic); the completion is
+    /// handled at the next look, as if the writer had answered in between.
+    Deferred,
+}
+
+/// One pass's WAL batch in flight, and what waits for it: per group, the Ready's number
+/// and its persisted messages (append answers, votes), released only once it is durable.
+pub(crate) struct Flight {
+    pub seq: u64,
+    pub readies: Vec<(GroupId, u64, Vec<Message>)>,
+}
+
+/// Completion of the pipelined WAL writes: the highest flight whose batch is durable (the
+/// writer completes submissions in queue order, so all before it are too), or why one failed.
+#[derive(Default)]
+pub(crate) struct Flights {
+    state: parking_lot::Mutex<(u64, Option<String>)>,
+    done: parking_lot::Condvar,
+}
+
+impl Flights {
+    pub(crate) fn complete(&self, seq: u64, result: Result<()>) {
+        let mut st = self.state.lock();
+        match result {
+            Ok(()) => st.0 = st.0.max(seq),
+            Err(e) => {
+                st.1.get_or_insert_with(|| e.to_string());
+            }
+        }
+        drop(st);
+        self.done.notify_all();
+    }
+
+    /// The highest durable flight; panics if a write failed (the driver cannot go on: what
+    /// it promised peers and clients depends on that write).
+    pub(crate) fn durable(&self) -> u64 {
+        let st = self.state.lock();
+        if let Some(e) = &st.1 {
+            panic!("raft-log driver cannot persist a Ready: {e}");
+        }
+        st.0
+    }
+
+    /// Blocks until flight `seq` is durable (or a write failed).
+    pub(crate) fn wait(&self, seq: u64) {
+        let mut st = self.state.lock();
+        while st.0 < seq && st.1.is_none() {
+            self.done.wait(&mut st);
+        }
+    }
 }
 
 /// One linearizable read waiting for its read point.
@@ -317,6 +383,18 @@ pub(crate) struct Loop {
     /// Records produced outside a Ready (commit index updates from a LightReady); they
     /// ride along with the next WAL batch.
     pub pending: WriteBatch,
+    pub persist: Persist,
+    /// Pipelined WAL batches not yet handled as durable, oldest first; bounded by the WAL
+    /// writer's queue, on which a submission blocks when it is full.
+    pub in_flight: std::collections::VecDeque<Flight>,
+    /// The number the next flight gets (the first is 1).
+    pub next_flight: u64,
+    pub flights: Arc<Flights>,
+    /// Where a pipelined write's completion wakes the driver thread (`None` when manual).
+    pub wake: Option<Sender<Msg>>,
+    /// Requests and peer messages handled since the last Ready pass: a pass after one lone
+    /// message writes and waits on the driver thread (see `ready.rs`).
+    pub pass_messages: usize,
     pub logger: slog::Logger,
     /// The time deadlines and retries are measured against: `None` on the driver thread
     /// (the wall clock); a `ManualDriver` sets it from its ticks, so reads and transfers
@@ -354,6 +432,10 @@ impl PeerInbox {
             }
         }
         Ok(())
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.lock().is_empty()
     }
 
     /// Everything queued, in arrival order.
@@ -410,7 +492,8 @@ impl Driver {
     ) -> Result<(Driver, DriverHandle)> {
         cfg.validate()?;
         let (tx, rx) = mailbox::channel(cfg.proposal_queue_max);
-        let lp = Loop::new(cfg, wal, sm, transport, snapshots, rx, true)?;
+        let mut lp = Loop::new(cfg, wal, sm, transport, snapshots, rx, true)?;
+        lp.wake = Some(tx.clone());
         let status = Arc::clone(&lp.status);
         let peer_inbox = Arc::clone(&lp.peer_inbox);
         let awake_count = Arc::clone(&lp.awake_count);
@@ -642,6 +725,7 @@ impl Loop {
         threaded_apply: bool,
     ) -> Result<Loop> {
         let applier = if threaded_apply { Applier::threaded(sm)? } else { Applier::inline(sm) };
+        let cfg_pipeline = cfg.pipeline_persistence;
         let mut lp = Loop {
             cfg,
             wal,
@@ -658,6 +742,16 @@ impl Loop {
             reads: PendingReads { next_id: 1, ..Default::default() },
             transfers: Vec::new(),
             pending: WriteBatch::new(),
+            persist: match (cfg_pipeline, threaded_apply) {
+                (false, _) => Persist::Wait,
+                (true, true) => Persist::Pipelined,
+                (true, false) => Persist::Deferred,
+            },
+            in_flight: std::collections::VecDeque::new(),
+            next_flight: 1,
+            flights: Arc::default(),
+            wake: None,
+            pass_messages: 0,
             logger: slog::Logger::root(slog::Discard, slog::o!()),
             clock: None,
         };
@@ -683,6 +777,8 @@ impl Loop {
         if self.peers.contains_key(&group) {
             return Ok(());
         }
+        // A flight may still name a removed group of this id; it must not reach the new one.
+        self.settle_flights();
         if self.peers.len() >= self.cfg.groups_max {
             return Err(Error::Busy);
         }
@@ -735,7 +831,8 @@ impl Loop {
             // A sole voter needs nobody's vote: elect it now instead of after a timeout.
             raw.campaign()?;
         }
-        self.peers.insert(group, Peer { raw, leader: 0, skip_through: sm_applied, applied, idle_ticks: 0 });
+        self.peers
+            .insert(group, Peer { raw, leader: 0, skip_through: sm_applied, applied, idle_ticks: 0, unpersisted: 0 });
         // A new or recovered group starts awake: it must learn or elect its leader first.
         self.awake.insert(group);
         self.dirty.insert(group);
@@ -749,6 +846,7 @@ impl Loop {
         // Ordering: everything dispatched for the group has reached the state machine before
         // the removal is answered, so its owner can delete the group's data without a late
         // apply writing some of it back.
+        self.settle_flights();
         self.applier.wait_idle();
         let known = self.peers.remove(&group).is_some();
         self.forget(group);
@@ -811,6 +909,9 @@ impl Loop {
 
     /// Handles one inbox message; returns false on `Stop`.
     pub(crate) fn handle(&mut self, msg: Msg) -> bool {
+        if !matches!(msg, Msg::Wake | Msg::Persisted) {
+            self.pass_messages += 1;
+        }
         match msg {
             Msg::CreateGroup { group, bootstrap, done } => {
                 let r = self.create_peer(group, &bootstrap);
@@ -885,6 +986,8 @@ impl Loop {
             }
             Msg::Touch(group) => self.wake(group),
             Msg::Wake => self.drain_peer_inbox(),
+            // Handled by the loop after the inbox (`complete_flights`).
+            Msg::Persisted => {}
             Msg::Stop => return false,
         }
         true
@@ -1087,6 +1190,7 @@ impl Loop {
                     Err(_) => break,
                 }
             }
+            self.complete_flights();
             let now = Instant::now();
             if now >= next_tick {
                 // Only awake groups tick; an idle leader may put its group to sleep here.
@@ -1095,6 +1199,7 @@ impl Loop {
             }
             self.service_reads(now);
             self.on_ready();
+            self.pass_messages = 0;
             self.service_transfers(now);
         }
         self.finish();
@@ -1110,6 +1215,7 @@ impl Loop {
     /// Completes pending reads and leader transfers with `Stopped` and persists a last
     /// commit-index update.
     pub(crate) fn finish(&mut self) {
+        self.settle_flights();
         for (_, b) in self.reads.batches.drain() {
             for r in b.reads {
                 (r.done)(Err(Error::Stopped));

@@ -49,6 +49,13 @@ pub struct DriverConfig {
     /// round tells the followers the commit index before the group sleeps.
     /// Default: 20 (twice the default `election_ticks`).
     pub hibernate_after_ticks: usize,
+    /// Pipelined persistence: while the WAL writes and syncs one pass's entries, the driver
+    /// goes on taking proposals and messages and builds the next pass (raft-rs's asynchronous
+    /// Ready, see `ready.rs`); append answers, votes and applies still wait for their own
+    /// sync. A pass with nothing else waiting still writes on the driver thread and waits, which
+    /// saves a lone write two thread hand-offs. false: every pass waits for its sync.
+    /// Default: true.
+    pub pipeline_persistence: bool,
 }
 
 impl Default for DriverConfig {
@@ -68,6 +75,7 @@ impl Default for DriverConfig {
             check_quorum: true,
             groups_max: 65536,
             hibernate_after_ticks: 20,
+            pipeline_persistence: true,
         }
     }
 }

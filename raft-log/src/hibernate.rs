@@ -187,7 +187,7 @@ impl Loop {
     fn leader_may_sleep(&self, group: GroupId) -> bool {
         let p = &self.peers[&group];
         let r = &p.raw.raft;
-        if r.state != StateRole::Leader || !r.commit_to_current_term() || p.raw.has_ready() {
+        if r.state != StateRole::Leader || !r.commit_to_current_term() || p.raw.has_ready() || p.unpersisted != 0 {
             return false;
         }
         let committed = r.raft_log.committed;

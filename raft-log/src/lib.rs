@@ -10,8 +10,9 @@
 //!   [`raft::Storage`] view per group ([`GroupStorage`]);
 //! - a **driver** ([`Driver`], [`DriverHandle`]) that owns one `raft::RawNode` per group
 //!   on one thread, runs raft-rs's Ready loop in the required order, persists every
-//!   group's Ready of one iteration with ONE WAL batch, and hands committed entries to a
-//!   [`StateMachine`]. Linearizable reads of a group that arrive while none of its
+//!   group's Ready of one iteration with ONE WAL batch (handed to the writer without waiting
+//!   when more work is queued: the next pass is built while it syncs), and hands committed
+//!   entries to a [`StateMachine`]. Linearizable reads of a group that arrive while none of its
 //!   read-index requests is being issued share ONE request (one context, one round of
 //!   heartbeats). [`ManualDriver`] is the same loop without its thread, stepped by the
 //!   caller (a deterministic simulation owns ticks and message delivery). Groups come and
@@ -98,7 +99,8 @@
 //!   step() ──► peer inbox (bounded) ──┘  drained first, and every 64 inbox messages
 //!                                        │ ticks and Ready checks: awake groups only
 //!                                        │ one WriteBatch per loop iteration
-//!                                        ├─► Wal (waits for the fsync)
+//!                                        ├─► Wal (a lone write waits for its fsync; a busy
+//!                                        │   pass submits and goes on, see `ready.rs`)
 //!                                        ├─► Transport::send (must not block)
 //!                                        └─► apply queue (bounded) ──► apply worker thread
 //!                                             per-group FIFOs, round robin ──► StateMachine

@@ -130,6 +130,11 @@ impl<T> Drop for Sender<T> {
 }
 
 impl<T> Receiver<T> {
+    /// Whether nothing is queued right now.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.shared.state.lock().queue.is_empty()
+    }
+
     /// Takes the oldest message, or says why there is none now.
     pub(crate) fn try_recv(&self) -> Result<T, TryRecvError> {
         let mut st = self.shared.state.lock();

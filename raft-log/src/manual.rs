@@ -185,6 +185,12 @@ impl ManualDriver {
             // Every group, not only the awake and touched ones the driver looks at: the
             // check below then proves the driver's narrower look misses nothing.
             if !self.lp.peers.values().any(|p| p.raw.has_ready()) {
+                if !self.lp.in_flight.is_empty() {
+                    // Deferred completions (`Persist::Deferred`): the writes are on disk;
+                    // their persisted messages and Raft's progress follow now.
+                    self.lp.complete_flights();
+                    continue;
+                }
                 self.lp.check_hibernation_invariants();
                 return;
             }

@@ -7,6 +7,26 @@
 //! 4. send `persisted_messages()`;
 //! 5. hand `committed_entries` to the apply worker (`apply.rs`), in log order;
 //! 6. `advance()`, handle the `LightReady` the same way, `advance_apply()`.
+//!
+//! **Pipelined persistence** (`DriverConfig::pipeline_persistence`). Waiting in step 3 keeps
+//! the driver from everything else for an fdatasync: proposals and read-index requests of
+//! every group queue behind one group's write. So a pass that finds more work waiting hands
+//! its batch to the WAL writer and goes on, with raft-rs's asynchronous Ready:
+//!
+//! - the Ready's entries are staged in the group's storage (`storage.rs`) before
+//!   `advance_append_async`, which makes raft-rs read them from there from then on;
+//! - committed entries are applied at once: raft-rs only hands out entries this node has
+//!   persisted (`min(committed, persisted)`), so none depends on the batch in flight;
+//! - messages that promise durability (`persisted_messages`) wait with the batch, in a
+//!   [`Flight`](crate::driver::Flight), as does `on_persist_ready`, which is what lets a
+//!   leader count its own entries;
+//! - the writer completes batches in queue order, so flights complete in order, and a
+//!   Ready with nothing to write joins the newest flight instead of overtaking it.
+//!
+//! A snapshot Ready takes the waiting path, because the snapshot's effects are ordered around
+//! it; so does a pass that serves one lone message while nothing is in flight and nothing else
+//! waits, because a lone write is faster written on this thread (no hand-off to the writer and
+//! back). Before a waiting pass, every flight completes first.
 
 use bytes::Bytes;
 use protobuf::Message as _;
@@ -15,7 +35,7 @@ use raft::{ReadState, Ready};
 
 use crate::apply::ApplyTask;
 use crate::batch::WriteBatch;
-use crate::driver::{CommittedEntry, Loop, Peer, READ_CTX_BYTES};
+use crate::driver::{CommittedEntry, Flight, Loop, Peer, Persist, READ_CTX_BYTES};
 use crate::error::Error;
 use crate::types::{GroupId, LogIndex, NodeId, Term};
 
@@ -231,6 +251,17 @@ impl Loop {
             }
             readies.push((group, rd));
         }
+        let pipelined = match self.persist {
+            Persist::Wait => false,
+            Persist::Deferred => installed.is_empty(),
+            Persist::Pipelined => installed.is_empty() && !(self.in_flight.is_empty() && self.idle()),
+        };
+        if pipelined {
+            self.pipeline_readies(readies, batch, must_wait);
+            return;
+        }
+        // Ordering: what is in flight completes before this pass persists and advances.
+        self.settle_flights();
         if must_wait {
             // 3. ONE write and ONE fdatasync for every group; nothing below may run before
             //    it is durable (votes, append acks and applies depend on it).
@@ -268,6 +299,132 @@ impl Loop {
             let peer = self.peers.get_mut(&group).expect("invariant: ready group exists");
             peer.raw.advance_apply();
             self.publish_status(group);
+        }
+    }
+
+    /// Whether the pass serves one lone message and nothing else waits for the driver: no
+    /// inbox message, no peer message.
+    fn idle(&self) -> bool {
+        self.pass_messages <= 1 && self.rx.is_empty() && self.peer_inbox.is_empty()
+    }
+
+    /// Steps 3-6 of a pipelined pass (see the module doc): the batch goes to the WAL writer,
+    /// and what must wait for it joins a flight.
+    fn pipeline_readies(&mut self, readies: Vec<(GroupId, Ready)>, batch: WriteBatch, must_wait: bool) {
+        let seq = self.next_flight;
+        let mut waiting = Vec::with_capacity(readies.len());
+        let mut readies = readies;
+        if must_wait {
+            self.next_flight += 1;
+            for (group, rd) in &mut readies {
+                let entries = rd.take_entries();
+                if !entries.is_empty() {
+                    let peer = self.peers.get_mut(group).expect("invariant: ready group exists");
+                    // Ordering: staged before `advance_append_async` below, from which on
+                    // raft-rs reads these entries through the storage.
+                    peer.raw.mut_store().stage(seq, entries);
+                }
+            }
+            self.submit_flight(seq, batch);
+        } else if !batch.is_empty() {
+            // Only commit indexes: queued behind the flights, durable with a later sync.
+            if let Err(e) = self.wal.write_unsynced(batch) {
+                tracing::warn!(error = %e, "could not queue commit index update");
+            }
+        }
+        for (group, mut rd) in readies {
+            let persisted_msgs = rd.take_persisted_messages();
+            // 5. Committed entries are durable here already (raft-rs hands out only entries
+            //    this node persisted), so they need not wait for this flight.
+            let committed = rd.take_committed_entries();
+            self.apply_committed(group, committed);
+            let peer = self.peers.get_mut(&group).expect("invariant: ready group exists");
+            let number = rd.number();
+            peer.raw.advance_append_async(rd);
+            peer.raw.advance_apply();
+            peer.unpersisted += 1;
+            waiting.push((group, number, persisted_msgs));
+            self.publish_status(group);
+        }
+        if must_wait {
+            self.in_flight.push_back(Flight { seq, readies: waiting });
+        } else if let Some(newest) = self.in_flight.back_mut() {
+            // Ordering: nothing to write, but its messages may still promise what an
+            // earlier flight writes (a vote, an append), so they leave with the newest.
+            newest.readies.extend(waiting);
+        } else {
+            self.persisted(waiting, None);
+        }
+    }
+
+    /// Hands a flight's batch to the WAL: to the writer thread, whose completion wakes the
+    /// driver, or (manual) written here with its completion handled at the next look.
+    fn submit_flight(&mut self, seq: u64, batch: WriteBatch) {
+        match self.persist {
+            Persist::Pipelined => {
+                let flights = std::sync::Arc::clone(&self.flights);
+                let wake = self.wake.clone();
+                let submitted = self.wal.submit_with_callback(batch, move |r| {
+                    flights.complete(seq, r);
+                    if let Some(tx) = wake {
+                        // A full inbox means a busy driver, which looks at flights after
+                        // every inbox pass anyway.
+                        let _ = tx.try_send(crate::driver::Msg::Persisted);
+                    }
+                });
+                if let Err(e) = submitted {
+                    panic!("raft-log driver cannot persist a Ready: {e}");
+                }
+            }
+            Persist::Deferred | Persist::Wait => {
+                let r = self.wal.write(batch);
+                self.flights.complete(seq, r);
+            }
+        }
+    }
+
+    /// Handles every flight whose batch is durable, oldest first: its persisted messages
+    /// go out and its groups learn the Readies are persisted (a leader may then commit).
+    pub(crate) fn complete_flights(&mut self) {
+        if self.in_flight.is_empty() {
+            return;
+        }
+        let durable = self.flights.durable();
+        while self.in_flight.front().is_some_and(|f| f.seq <= durable) {
+            let flight = self.in_flight.pop_front().expect("checked: not empty");
+            self.persisted(flight.readies, Some(flight.seq));
+        }
+    }
+
+    /// Waits until every flight is durable and handles them.
+    pub(crate) fn settle_flights(&mut self) {
+        if let Some(last) = self.in_flight.back() {
+            self.flights.wait(last.seq);
+            self.complete_flights();
+        }
+    }
+
+    /// Readies now persisted (by flight `seq`, or with nothing to write when `None`).
+    fn persisted(&mut self, readies: Vec<(GroupId, u64, Vec<Message>)>, seq: Option<u64>) {
+        for (group, number, msgs) in readies {
+            let Some(peer) = self.peers.get_mut(&group) else {
+                // Not reached in practice: `remove_peer` settles every flight first.
+                continue;
+            };
+            peer.raw.on_persist_ready(number);
+            if let Some(seq) = seq {
+                // The writer indexed the batch before completing it.
+                peer.raw.mut_store().release(seq);
+            }
+            peer.unpersisted -= 1;
+            debug_assert!(
+                peer.unpersisted != 0 || peer.raw.store().staged_len() == 0,
+                "staged entries outlive flights"
+            );
+            // 4. Votes and append answers promise durability: only now.
+            self.send(group, msgs);
+            // A leader that counted its own entries may commit: the next pass looks.
+            self.dirty.insert(group);
         }
     }
 }

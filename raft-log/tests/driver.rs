@@ -355,3 +355,94 @@ fn peer_messages_pass_a_full_inbox_of_proposals() {
         data_of(&sm, g)
     );
 }
+
+/// Holds every fdatasync of the WAL until the test lets it through, and counts the syncs
+/// that began.
+#[derive(Debug, Default)]
+struct SyncGate {
+    /// Syncs allowed through (`u64::MAX`: all).
+    permits: std::sync::Mutex<u64>,
+    changed: std::sync::Condvar,
+    began: std::sync::atomic::AtomicU64,
+}
+
+impl SyncGate {
+    fn set(&self, permits: u64) {
+        *self.permits.lock().unwrap() = permits;
+        self.changed.notify_all();
+    }
+
+    fn began(&self) -> u64 {
+        self.began.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl raft_log::WalFaults for SyncGate {
+    fn short_write(&self, _seq: u64, _offset: u64, _len: usize) -> Option<usize> {
+        None
+    }
+
+    fn sync_fails(&self, _seq: u64, _len: u64) -> bool {
+        self.began.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut permits = self.permits.lock().unwrap();
+        while *permits == 0 {
+            permits = self.changed.wait(permits).unwrap();
+        }
+        if *permits != u64::MAX {
+            *permits -= 1;
+        }
+        false
+    }
+}
+
+/// One group's slow fdatasync does not hold up another group's linearizable read: with
+/// pipelined persistence the driver goes on while the WAL writer syncs. Without it (the
+/// same scenario with `pipeline_persistence: false`) the read waits for the sync.
+#[test]
+fn a_read_is_answered_while_another_groups_write_waits_for_its_sync() {
+    let answered_while_syncing = |pipeline: bool| -> bool {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Arc::new(SyncGate::default());
+        gate.set(u64::MAX);
+        let faults: Arc<dyn raft_log::WalFaults> = gate.clone();
+        let wal = Arc::new(Wal::open(WalConfig { faults: Some(faults), ..WalConfig::new(dir.path()) }).unwrap());
+        let sm = Sm::default();
+        let cfg = DriverConfig { pipeline_persistence: pipeline, ..config() };
+        let (d, h) = Driver::start(cfg, Arc::clone(&wal), Box::new(sm.clone()), Arc::new(NoPeers)).unwrap();
+        let (writes, reads) = (GroupId(1), GroupId(2));
+        for g in [writes, reads] {
+            h.create_group(g, vec![NodeId(1)]).unwrap();
+            wait_until("leadership", || h.status(g).is_some_and(|s| s.is_leader && s.commit == s.applied));
+        }
+        let read = |h: &DriverHandle| {
+            let (tx, rx) = mpsc::channel();
+            h.read_index(reads, Box::new(move |r| drop(tx.send(r))));
+            rx
+        };
+
+        // A lone write holds the driver (or the writer) in its sync; behind it, a burst of
+        // writes and a read queue up.
+        gate.set(0);
+        let before = gate.began();
+        propose_all(&h, writes, ["first".to_string()]);
+        wait_until("the first sync", || gate.began() > before);
+        propose_all(&h, writes, (0..200).map(|i| format!("burst-{i}")));
+        let first = read(&h);
+        // Let the first sync through: the next pass takes the burst and the read, and its
+        // sync is held at the gate.
+        gate.set(1);
+        first.recv_timeout(Duration::from_secs(10)).expect("the first read is answered").unwrap();
+        wait_until("the burst's sync", || gate.began() > before + 1);
+
+        // A read now arrives while the burst is being synced.
+        let second = read(&h);
+        let answered = second.recv_timeout(Duration::from_millis(500)).is_ok();
+        gate.set(u64::MAX);
+        wait_until("every write applied", || data_of(&sm, writes).len() == 201);
+        assert_in_order_once(&sm, writes);
+        d.stop();
+        answered
+    };
+    assert!(answered_while_syncing(true), "with pipelined persistence the read is answered during the sync");
+    assert!(!answered_while_syncing(false), "without it the read waits for the sync");
+}
