@@ -115,6 +115,10 @@ pub struct ServeArgs {
     /// while one pass's entries are synced (`false`: every pass waits for its sync).
     #[arg(long, default_value_t = true, hide = true, action = clap::ArgAction::Set)]
     pub experimental_wal_pipeline: bool,
+    /// Memory for the cache of live keys that writes read their previous version from, in
+    /// bytes, shared by every tenant of this member (0 turns it off).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub live_cache_bytes: usize,
     /// Accepted for compatibility.
     #[arg(long)]
     pub feature_gates: Option<String>,

@@ -17,6 +17,9 @@ pub struct StoreConfig {
     pub block_cache_bytes: usize,
     /// Total memtable budget over all column families. Default: 128 MiB.
     pub memtable_bytes: usize,
+    /// Bytes of the node-wide cache of live `kv` entries that the apply path reads each
+    /// written key's previous version from (`live_cache.rs`); 0 turns it off.
+    pub live_cache_bytes: usize,
     /// Event-carrying responses buffered per watch stream before its watchers fall back to
     /// catch-up from the `events` CF. Default: 1,024.
     pub watch_stream_buffer: usize,
@@ -57,6 +60,7 @@ impl Default for StoreConfig {
             compaction_batch_keys: 10_000,
             block_cache_bytes: 256 << 20,
             memtable_bytes: 128 << 20,
+            live_cache_bytes: 64 << 20,
             watch_stream_buffer: 1024,
             watch_sync_batch_events: 10_000,
             watch_sync_interval: Duration::from_millis(100),

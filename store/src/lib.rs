@@ -71,8 +71,14 @@
 //!   mean a damaged block is an error, never data, either way.
 //! - **Bounded memory**: no in-memory key index. Memory is the block cache
 //!   ([`StoreConfig::block_cache_bytes`]), the memtables ([`StoreConfig::memtable_bytes`]),
-//!   one apply batch, and per watch stream at most [`StoreConfig::watch_stream_buffer`]
-//!   event responses.
+//!   the apply path's cache of live entries ([`StoreConfig::live_cache_bytes`]), one apply
+//!   batch, and per watch stream at most [`StoreConfig::watch_stream_buffer`] event
+//!   responses.
+//! - **The live cache is the `kv` CF, never ahead of or behind it** (`live_cache.rs`): every
+//!   put reads its key's live version first; the apply path reads it from a bounded cache
+//!   that only it fills and that every batch writes through, under the group's apply lock;
+//!   wipes, snapshot installs and group drops forget the group's entries. Debug builds
+//!   compare every hit with RocksDB.
 //!
 //! ## Keyspace (one RocksDB per node; every key starts with the group id)
 //!
@@ -134,6 +140,7 @@ mod import_plan;
 mod key_codec;
 mod kv;
 mod lease;
+mod live_cache;
 mod meta;
 mod mvcc;
 mod quota;

@@ -19,6 +19,7 @@ use crate::engine::{Reader, Snapshot, WriteSet};
 use crate::error::{Error, Result};
 use crate::key_codec::{self as kc, Cf};
 use crate::kv::{Event, EventKind, KeyValue, StoredEvent};
+use crate::live_cache::LiveCache;
 use crate::meta::ApplyMeta;
 use crate::revision::{GroupId, Revision, RevisionPair};
 
@@ -245,11 +246,23 @@ pub(crate) struct BatchWriter<'a> {
     /// `None` on the apply path (the latest DB state: apply is the group's only writer);
     /// a snapshot matching `meta` for a read-only txn evaluated beside the applies.
     snapshot: Option<&'a Snapshot<'a>>,
+    /// The store's live-entry cache, on the apply path (see [`BatchWriter::with_live_cache`]).
+    live: Option<&'a LiveCache>,
 }
 
 impl<'a> BatchWriter<'a> {
     pub fn new(db: &'a DB, g: GroupId, cfg: &'a StoreConfig, meta: ApplyMeta) -> BatchWriter<'a> {
-        BatchWriter { db, g, cfg, ws: WriteSet::default(), meta, events: Vec::new(), changes: 0, snapshot: None }
+        BatchWriter {
+            db,
+            g,
+            cfg,
+            ws: WriteSet::default(),
+            meta,
+            events: Vec::new(),
+            changes: 0,
+            snapshot: None,
+            live: None,
+        }
     }
 
     /// A writer that reads at `snapshot`, whose state `meta` must describe. Only for
@@ -264,10 +277,18 @@ impl<'a> BatchWriter<'a> {
         BatchWriter { snapshot: Some(snapshot), ..BatchWriter::new(db, g, cfg, meta) }
     }
 
+    /// Reads the key's live versions through `live` (`live_cache.rs`). Only for the apply
+    /// path, under the group's apply lock, whose commit writes the batch through to it.
+    pub fn with_live_cache(self, live: &'a LiveCache) -> BatchWriter<'a> {
+        assert!(self.snapshot.is_none(), "a writer at a snapshot cannot use the live cache");
+        BatchWriter { live: Some(live), ..self }
+    }
+
     pub fn reader(&self) -> Reader<'_> {
-        match self.snapshot {
-            Some(s) => Reader::at_snapshot_with_overlay(self.db, s, &self.ws),
-            None => Reader::with_overlay(self.db, &self.ws),
+        match (self.snapshot, self.live) {
+            (Some(s), _) => Reader::at_snapshot_with_overlay(self.db, s, &self.ws),
+            (None, Some(live)) => Reader::with_overlay(self.db, &self.ws).with_live_cache(live),
+            (None, None) => Reader::with_overlay(self.db, &self.ws),
         }
     }
 

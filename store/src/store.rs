@@ -20,6 +20,7 @@ use crate::engine::{self, Reader};
 use crate::error::{Error, Result};
 use crate::key_codec::{self as kc, Cf};
 use crate::lease::{self, Lease};
+use crate::live_cache::LiveCache;
 use crate::meta::{Alarm, ApplyMeta};
 use crate::mvcc::BatchWriter;
 use crate::quota;
@@ -53,6 +54,8 @@ pub(crate) struct Inner {
     shutdown: AtomicBool,
     /// Where snapshots being received are spooled (`snapshot_install.rs`).
     spool_dir: std::path::PathBuf,
+    /// Live `kv` entries for the apply path (`live_cache.rs`).
+    live: LiveCache,
 }
 
 pub(crate) struct GroupState {
@@ -248,6 +251,7 @@ impl Store {
                 }
             }
         }
+        let live = LiveCache::new(cfg.live_cache_bytes);
         let inner = Arc::new(Inner {
             db,
             cfg,
@@ -256,6 +260,7 @@ impl Store {
             sync_signal: Arc::new(Signal::default()),
             shutdown: AtomicBool::new(false),
             spool_dir: snapshot_install::spool_dir(path),
+            live,
         });
         for (g, meta) in loaded {
             let finished = compact::finished_revision(&Reader::latest(&inner.db), g)?;
@@ -362,7 +367,7 @@ impl Store {
         let gs = inner.group(g);
         let _applying = gs.apply_lock.lock();
         let mut before = gs.committed.read().clone();
-        let mut w = BatchWriter::new(&inner.db, g, &inner.cfg, before.clone());
+        let mut w = BatchWriter::new(&inner.db, g, &inner.cfg, before.clone()).with_live_cache(&inner.live);
         let mut results = Vec::with_capacity(entries.len());
         // The results of the entries in `w` start here, and whether one of them applied.
         let mut segment_start = 0;
@@ -402,7 +407,7 @@ impl Store {
                 // the wiped entries, so the wipe must be written before they run.
                 let meta = self.commit(&gs, w, &before, &results[segment_start..], false)?;
                 before = meta.clone();
-                w = BatchWriter::new(&inner.db, g, &inner.cfg, meta);
+                w = BatchWriter::new(&inner.db, g, &inner.cfg, meta).with_live_cache(&inner.live);
                 segment_start = results.len();
                 applied_any = false;
             }
@@ -447,10 +452,17 @@ impl Store {
         assert!(meta.current_revision >= before.current_revision, "current revision went backwards");
         assert!(meta.compact_revision >= before.compact_revision, "compact revision went backwards");
         let wipes = ws.wipes();
+        // Consistency: the live cache takes the batch before RocksDB does, under the apply
+        // lock that every reader of the group's entries in it holds; a failed write forgets
+        // the group's entries, so no reader ever sees a value RocksDB does not hold.
+        ws.write_through(&inner.live);
         let batch = ws.into_batch(&inner.db);
         {
             let mut committed = gs.committed.write();
-            inner.db.write_opt(batch, &engine::write_options())?;
+            if let Err(e) = inner.db.write_opt(batch, &engine::write_options()) {
+                inner.live.remove_prefix(&kc::group_prefix(g));
+                return Err(e.into());
+            }
             if wipes {
                 // The revisions below the wipe may be written again with other keys.
                 gs.data_epoch.fetch_add(1, Ordering::SeqCst);
@@ -506,7 +518,7 @@ impl Store {
         let _applying = gs.apply_lock.lock();
         let before = gs.committed.read().clone();
         crate::import::validate(&step)?;
-        let mut w = BatchWriter::new(&inner.db, g, &inner.cfg, before.clone());
+        let mut w = BatchWriter::new(&inner.db, g, &inner.cfg, before.clone()).with_live_cache(&inner.live);
         w.begin();
         let response = crate::import::apply(&mut w, step)?;
         let r = [Ok(response.clone())];
@@ -725,6 +737,9 @@ impl Store {
             // otherwise reopen the store at its old applied index with the entries after it
             // gone from the log, and the member could never start again. (A crash inside
             // `write_group` is finished by the next open from the `.install` file.)
+            // The group's live entries are replaced (`live_cache.rs`); forgotten first, so a
+            // failed install leaves none of the old ones behind either.
+            inner.live.remove_prefix(&kc::group_prefix(g));
             snapshot_install::write_group(&inner.db, g, &install)?;
             // Whatever the group held at a revision is replaced by the snapshot's.
             gs.data_epoch.fetch_add(1, Ordering::SeqCst);
@@ -784,6 +799,7 @@ impl Store {
             batch.delete_range_cf(engine::cf(&inner.db, cf), &from, &to);
         }
         inner.db.write_opt(batch, &engine::write_options())?;
+        inner.live.remove_prefix(&from);
         inner.groups.write().remove(&g);
         // Durability: flushed now, so the deleted group does not come back at a restart
         // (RocksDB's own WAL is off).

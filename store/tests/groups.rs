@@ -61,6 +61,14 @@ fn a_dropped_group_leaves_nothing_and_its_neighbours_keep_theirs() {
     assert_eq!(n.store.applied_index(dropped), 0);
     assert_eq!(gone.all().kvs.len(), 0, "the dropped group's keys are gone");
     assert_eq!(n.all().kvs.len(), 20, "the neighbour keeps its keys");
+    // A group created again under the dropped one's id starts from nothing: its first
+    // write of a key the dropped group held (and the apply path had cached) is a create.
+    let mut again = Node { store: n.store.clone(), g: dropped, next_index: 1, dir: tempfile::tempdir().unwrap() };
+    again.put("k3", "z");
+    let k3 = again.get("k3").expect("just written");
+    assert_eq!((k3.version, k3.create_revision, k3.mod_revision), (1, 2, 2), "{k3:?}");
+    n.store.drop_group(dropped).unwrap();
+    drop(again);
     let path = n.path().to_path_buf();
     drop(gone);
     let Node { store, dir, next_index, g } = n;

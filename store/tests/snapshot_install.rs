@@ -37,6 +37,21 @@ fn fingerprint(s: &Store) -> (store::RangeResponse, (u32, i64, i64), u64, i64) {
     (all, s.hash_kv(G, 0).unwrap(), s.applied_index(G), s.current_revision(G))
 }
 
+/// A snapshot replaces keys the target had just written (and the apply path had cached for
+/// the next writes of them): the writes after the install build on the snapshot's versions,
+/// exactly as on the member the snapshot came from.
+#[test]
+fn writes_after_an_install_build_on_the_snapshots_versions() {
+    let source = Node::new();
+    apply_log(&source.store, 1, 60);
+    let target = Node::new();
+    apply_log(&target.store, 1, 20);
+    assert_eq!(target.store.install_snapshot(G, snapshot_chunks(&source.store).into_iter()).unwrap(), 60);
+    apply_log(&source.store, 61, 80);
+    apply_log(&target.store, 61, 80);
+    assert_eq!(fingerprint(&target.store), fingerprint(&source.store));
+}
+
 /// The crash: a child process opens a store that applied entries 1..=5 and flushed them,
 /// installs a snapshot at index 40 of the same log and exits at once with `_exit` (no
 /// destructor closes RocksDB, whose clean close would flush the memtables; like SIGKILL).
