@@ -42,7 +42,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .build(),
         )
         .build();
-    tonic_build::manual::Builder::new().build_client(false).compile(&[watch]);
+    // `/etcdserverpb.KV/*`, served with a Range response whose key-values are already encoded
+    // (`kv::WireRangeResponse`, the same bytes on the wire as etcd's `RangeResponse`), so a
+    // list sends stored values without decoding them. The other methods keep the generated
+    // types.
+    let kv_method = |name: &str, route: &str, input: &str, output: &str| {
+        tonic_build::manual::Method::builder()
+            .name(name)
+            .route_name(route)
+            .input_type(input)
+            .output_type(output)
+            .codec_path("tonic_prost::ProstCodec")
+            .build()
+    };
+    let kv = tonic_build::manual::Service::builder()
+        .name("KV")
+        .package("etcdserverpb")
+        .method(kv_method("range", "Range", "crate::pb::etcdserverpb::RangeRequest", "crate::kv::WireRangeResponse"))
+        .method(kv_method("put", "Put", "crate::pb::etcdserverpb::PutRequest", "crate::pb::etcdserverpb::PutResponse"))
+        .method(kv_method(
+            "delete_range",
+            "DeleteRange",
+            "crate::pb::etcdserverpb::DeleteRangeRequest",
+            "crate::pb::etcdserverpb::DeleteRangeResponse",
+        ))
+        .method(kv_method("txn", "Txn", "crate::pb::etcdserverpb::TxnRequest", "crate::pb::etcdserverpb::TxnResponse"))
+        .method(kv_method(
+            "compact",
+            "Compact",
+            "crate::pb::etcdserverpb::CompactionRequest",
+            "crate::pb::etcdserverpb::CompactionResponse",
+        ))
+        .build();
+    tonic_build::manual::Builder::new().build_client(false).compile(&[watch, kv]);
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

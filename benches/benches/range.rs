@@ -6,6 +6,10 @@
 //! - `count_only_prefix`: `count_only` over a prefix of `PLINTH_BENCH_COUNT_KEYS` keys
 //!   (default 1,000,000, 64 B values) at the current revision.
 //! - `list_100k_1KiB`: one unpaginated list of the 100,000 keys at the current revision.
+//! - `encoded/{decoded,wire}/{list_100k,page_500}_1KiB`: the list, and its first page of 500,
+//!   read and encoded into the gRPC response bytes the two ways the server can: decoded
+//!   records converted and encoded (`Store::range`, as Txn answers are), or the stored values
+//!   encoded as they are read (`Store::range_wire`, as Range answers are).
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -94,6 +98,36 @@ fn benches(c: &mut Criterion) {
     c.bench_function("list_100k_1KiB", |bench| {
         bench.iter(|| assert_eq!(b.store.range(G, &list).unwrap().kvs.len(), LIST_KEYS))
     });
+    let mut g = c.benchmark_group("encoded");
+    let page = RangeRequest { limit: PAGE_KEYS, ..list.clone() };
+    for (name, req) in [("list_100k_1KiB", &list), ("page_500_1KiB", &page)] {
+        let decoded = b.store.range(G, req).unwrap();
+        let wire = b.store.range_wire(G, req).unwrap();
+        assert!(
+            decoded.kvs.iter().map(|kv| kv.encode_to_vec()).eq(wire.kvs.iter().map(|kv| kv.to_vec())),
+            "the two paths encode {name} differently"
+        );
+        g.bench_function(format!("decoded/{name}"), |bench| {
+            bench.iter(|| {
+                let r = b.store.range(G, req).unwrap();
+                let pb = grpc_api::pb::etcdserverpb::RangeResponse {
+                    header: None,
+                    kvs: r.kvs.into_iter().map(grpc_api::kv::kv_to_pb).collect(),
+                    more: r.more,
+                    count: r.count,
+                };
+                pb.encode_to_vec().len()
+            })
+        });
+        g.bench_function(format!("wire/{name}"), |bench| {
+            bench.iter(|| {
+                let r = b.store.range_wire(G, req).unwrap();
+                let wire = grpc_api::kv::WireRangeResponse { header: None, kvs: r.kvs, more: r.more, count: r.count };
+                wire.encode_to_vec().len()
+            })
+        });
+    }
+    g.finish();
     drop(b);
 
     let count_keys: usize =

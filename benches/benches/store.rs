@@ -1,4 +1,5 @@
-//! Criterion benches of the store: put, range (current and old revision), txn
+//! Criterion benches of the store: put (alone, and in batches with and without the live-entry
+//! cache), range (current and old revision), txn
 //! compare-and-put, watch fan-out, and installing a group snapshot.
 
 use std::time::Duration;
@@ -20,9 +21,28 @@ struct Bench {
 
 impl Bench {
     fn new() -> Bench {
+        Bench::with_config(StoreConfig::default())
+    }
+
+    fn with_config(cfg: StoreConfig) -> Bench {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let store = Store::open(dir.path(), cfg).unwrap();
         Bench { store, index: 0, _dir: dir }
+    }
+
+    /// Applies one batch of puts of `keys` (as the apply worker does with a pass's entries).
+    fn put_batch(&mut self, keys: impl Iterator<Item = usize>, value: &Bytes) {
+        let entries: Vec<(u64, Vec<u8>)> = keys
+            .map(|i| {
+                self.index += 1;
+                let put = PutRequest { key: key(i), value: value.clone(), ..Default::default() };
+                (self.index, Command::new(self.index, CommandBody::Put(put)).encode_to_vec())
+            })
+            .collect();
+        let refs: Vec<(u64, &[u8])> = entries.iter().map(|(i, b)| (*i, &b[..])).collect();
+        for r in self.store.apply(G, &refs).unwrap() {
+            r.unwrap();
+        }
     }
 
     fn apply(&mut self, body: CommandBody) {
@@ -70,6 +90,25 @@ fn benches(c: &mut Criterion) {
             b.put(key(i % 10_000), value.clone());
         })
     });
+
+    // Batches of 64 puts over 100,000 keys written before, at random: every put reads its
+    // key's live version, from RocksDB or from the live-entry cache.
+    let mut g = c.benchmark_group("put_batch_64_256B_over_100k_keys");
+    for (name, live_cache_bytes) in
+        [("live_cache_off", 0), ("live_cache_16MiB", 16 << 20), ("live_cache_64MiB", 64 << 20)]
+    {
+        let mut b = Bench::with_config(StoreConfig { live_cache_bytes, ..StoreConfig::default() });
+        b.load(100_000, &value);
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next_key = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 100_000) as usize
+        };
+        g.bench_function(name, |bench| bench.iter(|| b.put_batch((0..64).map(|_| next_key()), &value)));
+    }
+    g.finish();
 
     let mut b = Bench::new();
     b.load(10_000, &value);

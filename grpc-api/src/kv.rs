@@ -3,6 +3,12 @@
 //!
 //! The store's command types carry etcd's field numbers, so conversion is a field-by-field
 //! move of `Bytes` handles — no key or value is copied.
+//!
+//! Range answers go out as [`WireRangeResponse`]: each key-value is the `mvccpb.KeyValue`
+//! encoding the store made from the stored value without decoding it
+//! (`store::Store::range_wire`), and `repeated bytes` and `repeated mvccpb.KeyValue` are the
+//! same bytes on the wire, so clients see etcd's `RangeResponse` exactly. The service is
+//! generated over that type (`build.rs`), like `Watch`.
 
 use std::sync::Arc;
 
@@ -11,8 +17,29 @@ use tonic::{Request, Response, Status};
 use crate::error::{store_status, EtcdError};
 use crate::node::shares::Cost;
 use crate::node::Node;
-use crate::pb::etcdserverpb::{self as pb, kv_server::Kv};
+use crate::pb::etcdserverpb as pb;
 use crate::pb::mvccpb;
+
+/// The server side of etcd's `KV` service, generated over [`WireRangeResponse`].
+pub mod server {
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.KV.rs"));
+}
+use server::k_v_server::KV as Kv;
+
+/// etcd's `RangeResponse` as this server writes it: the same fields and tags, with every
+/// key-value already encoded as an `mvccpb.KeyValue` (a length-delimited field 2 either way).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WireRangeResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<pb::ResponseHeader>,
+    /// Encoded `mvccpb.KeyValue`s.
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub kvs: Vec<bytes::Bytes>,
+    #[prost(bool, tag = "3")]
+    pub more: bool,
+    #[prost(int64, tag = "4")]
+    pub count: i64,
+}
 
 /// The KV service.
 pub struct KvService {
@@ -21,7 +48,7 @@ pub struct KvService {
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+    async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<WireRangeResponse>, Status> {
         let node = &self.node;
         let (metadata, extensions, message) = request.into_parts();
         let req = range_from_pb(message);
@@ -35,8 +62,13 @@ impl Kv for KvService {
         // index: a linearizable read sees every auth change committed before it began.
         let identity = Request::from_parts(metadata, extensions, ());
         crate::auth::caller(node, &identity)?.check_read(&req.key, &req.range_end)?;
-        let resp = node.read(Cost::of_range(&req.range_end), move |store, group| store.range(group, &req)).await?;
-        Ok(Response::new(range_to_pb(node, resp)))
+        let resp = node.read(Cost::of_range(&req.range_end), move |store, group| store.range_wire(group, &req)).await?;
+        Ok(Response::new(WireRangeResponse {
+            header: Some(node.header(resp.revision)),
+            kvs: resp.kvs,
+            more: resp.more,
+            count: resp.count,
+        }))
     }
 
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
@@ -292,15 +324,6 @@ pub fn event_to_pb(e: store::Event) -> mvccpb::Event {
         },
         kv: Some(kv_to_pb(e.kv)),
         prev_kv: e.prev_kv.map(kv_to_pb),
-    }
-}
-
-fn range_to_pb(node: &Node, r: store::RangeResponse) -> pb::RangeResponse {
-    pb::RangeResponse {
-        header: Some(node.header(r.revision)),
-        kvs: r.kvs.into_iter().map(kv_to_pb).collect(),
-        more: r.more,
-        count: r.count,
     }
 }
 

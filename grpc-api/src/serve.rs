@@ -15,8 +15,7 @@ use crate::node::peer::pb::peer_server::PeerServer;
 use crate::node::peer::{PeerService, PeerTransport, PEER_MESSAGE_BYTES_MAX};
 use crate::node::{Applier, Groups, Membership, Node, NodeConfig, DEFAULT_GROUP, SYSTEM_GROUP};
 use crate::pb::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer,
+    cluster_server::ClusterServer, lease_server::LeaseServer, maintenance_server::MaintenanceServer,
 };
 use crate::watch::server::watch_server::WatchServer;
 
@@ -314,7 +313,7 @@ fn client_router(
 ) -> axum::Router {
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(
-        KvServer::new(crate::kv::KvService { node: node.clone() })
+        crate::kv::server::k_v_server::KVServer::new(crate::kv::KvService { node: node.clone() })
             .max_decoding_message_size(max_request_bytes + GRPC_OVERHEAD_BYTES)
             .max_encoding_message_size(usize::MAX),
     )

@@ -295,7 +295,7 @@ pub(crate) struct Reader<'a> {
     snapshot: Option<&'a Snapshot<'a>>,
     overlay: Option<&'a WriteSet>,
     /// The apply path's cache of live `kv` entries (`live_cache.rs`): consulted after the
-    /// overlay and filled on a miss. Only with the latest DB state and an overlay.
+    /// overlay. Only with the latest DB state and an overlay.
     live: Option<&'a LiveCache>,
     /// A bulk scan (a backup export): its blocks bypass the block cache, so it does not
     /// evict what the request path reads, and it reads ahead.
@@ -366,11 +366,9 @@ impl<'a> Reader<'a> {
                 );
                 return Ok(Some(v));
             }
-            let v = self.db.get_cf_opt(cf(self.db, cf_id), key, &self.read_options())?;
-            if let Some(v) = &v {
-                live.insert(key, v);
-            }
-            return Ok(v);
+            // A miss is not filled: the key is read because the batch is about to write it
+            // (a put), and the commit writes the new version through.
+            return Ok(self.db.get_cf_opt(cf(self.db, cf_id), key, &self.read_options())?);
         }
         Ok(self.db.get_cf_opt(cf(self.db, cf_id), key, &self.read_options())?)
     }

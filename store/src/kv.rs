@@ -10,6 +10,16 @@ use prost::Message;
 use crate::error::{Error, Result};
 use crate::revision::Revision;
 
+/// Appends field 1 of a `mvccpb.KeyValue` holding `key`, as prost encodes it (an empty key,
+/// a default, is omitted).
+fn append_wire_key(out: &mut Vec<u8>, key: &[u8]) {
+    if !key.is_empty() {
+        prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, out);
+        prost::encoding::encode_varint(key.len() as u64, out);
+        out.extend_from_slice(key);
+    }
+}
+
 /// etcd's `mvccpb.KeyValue` (key=1, create_revision=2, mod_revision=3, version=4, value=5,
 /// lease=6).
 ///
@@ -58,6 +68,20 @@ impl KeyValue {
         }
         kv.key = Bytes::copy_from_slice(key);
         Ok(kv)
+    }
+
+    /// Appends etcd's `mvccpb.KeyValue` encoding of the version stored as `stored` under the
+    /// user key `key`, without decoding it: the stored value is the encoding of fields 2 to
+    /// 6, so the key's field 1 in front of it makes exactly the bytes prost writes for the
+    /// decoded record (fields in tag order, defaults omitted).
+    pub(crate) fn append_wire(out: &mut Vec<u8>, key: &[u8], stored: &[u8]) {
+        let start = out.len();
+        append_wire_key(out, key);
+        out.extend_from_slice(stored);
+        debug_assert!(
+            Self::decode_stored(key, stored).is_ok_and(|kv| kv.encode_to_vec()[..] == out[start..]),
+            "stored KeyValue does not re-encode to its wire form"
+        );
     }
 
     /// Decodes a stored value without its value field (left empty): what `keys_only` and

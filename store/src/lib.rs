@@ -177,7 +177,7 @@ pub use meta::{Alarm, ALARMS_MAX};
 pub use mvcc::KeyRange;
 pub use response::{
     CommandResponse, CompactResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
-    RangeResponse, ResponseOp, TxnResponse,
+    RangeResponse, ResponseOp, TxnResponse, WireRangeResponse,
 };
 pub use revision::{GroupId, Revision};
 pub use snapshot::{

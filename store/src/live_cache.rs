@@ -12,8 +12,8 @@
 //! - a batch's `kv` writes are written through at commit, after RocksDB took the batch;
 //! - a batch that wipes the group (an import's begin), a snapshot install and a group drop
 //!   remove every entry of the group first;
-//! - a miss is filled from RocksDB's latest state, which is the committed state because
-//!   the apply path is the group's only writer.
+//! - a miss is not filled: the apply path reads a key's live version because it is about to
+//!   write the key, and the commit writes the new version through.
 //!
 //! Reads at a snapshot (ranges, read-only txns) never use it: they must see the snapshot's
 //! revision, not the latest one. Nothing here is durable; a restart starts empty.

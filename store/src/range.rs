@@ -36,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::go_sort::go_sort;
 use crate::kv::KeyValue;
 use crate::mvcc::{self, KeyRange};
-use crate::response::RangeResponse;
+use crate::response::{RangeResponse, WireRangeResponse};
 use crate::revision::{GroupId, Revision};
 
 /// Most response entries reserved up front (a limited page reserves `limit`).
@@ -102,18 +102,27 @@ pub(crate) struct Committed<'a> {
     pub epoch: u64,
 }
 
-/// Runs `req` on view `r` whose latest revision is `current`; `compact` is the scheduled
-/// compact revision (-1 if never). `header_revision` goes into the response. `committed`:
-/// `r` reads committed state only, and page counts may be used and recorded.
-pub(crate) fn range(
-    r: &Reader<'_>,
-    g: GroupId,
-    req: &RangeRequest,
-    current: Revision,
-    compact: Revision,
-    header_revision: Revision,
-    committed: Option<Committed<'_>>,
-) -> Result<RangeResponse> {
+/// What a range request reads, worked out from the request before any key is read.
+struct Plan {
+    /// The revision read.
+    rev: Revision,
+    /// `Some(rev)` below the current revision: the read walks the history.
+    at: Option<Revision>,
+    order: SortOrder,
+    target: SortTarget,
+    /// Whether min/max revision filters apply.
+    filtered: bool,
+    /// No sort and no filter: the first `limit` keys of the range are the answer.
+    unordered: bool,
+    /// Keys the scan visits (decodes); the rest are only counted.
+    fetch_limit: usize,
+    /// Whether visited keys need their values.
+    with_value: bool,
+    range: KeyRange,
+}
+
+/// Checks `req` against the view's `current` and `compact` revisions and plans its scan.
+fn plan(req: &RangeRequest, current: Revision, compact: Revision) -> Result<Plan> {
     if req.revision > current {
         return Err(Error::FutureRevision { requested: req.revision, current });
     }
@@ -152,11 +161,28 @@ pub(crate) fn range(
     let with_value = !req.keys_only || (order != SortOrder::None && target == SortTarget::Value);
     let range = KeyRange::new(&req.key, &req.range_end);
     let at = (rev != current).then_some(rev);
-    // A page that continues a recorded one knows its count: its scan stops after its keys.
-    let known_count = match &committed {
-        Some(c) if fetch_limit != usize::MAX => c.pages.get(c.epoch, rev, &req.key, &req.range_end),
-        _ => None,
-    };
+    Ok(Plan { rev, at, order, target, filtered, unordered, fetch_limit, with_value, range })
+}
+
+/// The signature of [`range`] and [`range_wire`].
+pub(crate) type RangeFn<T> =
+    fn(&Reader<'_>, GroupId, &RangeRequest, Revision, Revision, Revision, Option<Committed<'_>>) -> Result<T>;
+
+/// Runs `req` on view `r` whose latest revision is `current`; `compact` is the scheduled
+/// compact revision (-1 if never). `header_revision` goes into the response. `committed`:
+/// `r` reads committed state only, and page counts may be used and recorded.
+pub(crate) fn range(
+    r: &Reader<'_>,
+    g: GroupId,
+    req: &RangeRequest,
+    current: Revision,
+    compact: Revision,
+    header_revision: Revision,
+    committed: Option<Committed<'_>>,
+) -> Result<RangeResponse> {
+    let Plan { rev, at, order, target, filtered, unordered, fetch_limit, with_value, range } =
+        plan(req, current, compact)?;
+    let known_count = known_count(&committed, fetch_limit, rev, req);
     let counting = if known_count.is_some() { mvcc::Count::Visited } else { mvcc::Count::All };
     let mut kvs: Vec<KeyValue> = Vec::with_capacity(fetch_limit.min(KVS_PREALLOCATED_MAX));
     let scanned = mvcc::scan(r, g, &range, at, fetch_limit, counting, &mut |k, v| {
@@ -206,17 +232,7 @@ pub(crate) fn range(
         more = true;
     }
     if let (true, Some(c), Some(last)) = (unordered && more, &committed, kvs.last()) {
-        // The keys after `last` are the range's keys past the `kvs.len()` returned.
-        let mut next = Vec::with_capacity(last.key.len() + 1);
-        next.extend_from_slice(&last.key);
-        next.push(0);
-        c.pages.record(PageCount {
-            epoch: c.epoch,
-            revision: rev,
-            key: Bytes::from(next),
-            range_end: req.range_end.clone(),
-            count: (count - kvs.len() as i64) as u64,
-        });
+        record_next_page(c, rev, &last.key, req, count - kvs.len() as i64);
     }
     if req.keys_only && with_value {
         for kv in &mut kvs {
@@ -224,6 +240,88 @@ pub(crate) fn range(
         }
     }
     Ok(RangeResponse { revision: header_revision, kvs, more, count })
+}
+
+/// The count a page that continues a recorded one knows already (its scan then stops after
+/// its own keys): only for committed reads that stop at a limit.
+fn known_count(
+    committed: &Option<Committed<'_>>,
+    fetch_limit: usize,
+    rev: Revision,
+    req: &RangeRequest,
+) -> Option<u64> {
+    match committed {
+        Some(c) if fetch_limit != usize::MAX => c.pages.get(c.epoch, rev, &req.key, &req.range_end),
+        _ => None,
+    }
+}
+
+/// Records that the range of `req` after `last_key` holds `remaining` keys at `rev`, for the
+/// page that continues this one.
+fn record_next_page(c: &Committed<'_>, rev: Revision, last_key: &[u8], req: &RangeRequest, remaining: i64) {
+    let mut next = Vec::with_capacity(last_key.len() + 1);
+    next.extend_from_slice(last_key);
+    next.push(0);
+    c.pages.record(PageCount {
+        epoch: c.epoch,
+        revision: rev,
+        key: Bytes::from(next),
+        range_end: req.range_end.clone(),
+        count: u64::try_from(remaining).expect("a page holds at most the keys counted"),
+    });
+}
+
+/// [`range`] with every key-value already encoded as etcd's `mvccpb.KeyValue`, one `Bytes`
+/// each (slices of one buffer), for a server that sends them as they are.
+///
+/// A request without a sort, a filter or `keys_only` (what lists and gets send) encodes each
+/// visited key from its stored value without decoding it ([`KeyValue::append_wire`]): no
+/// record, no value copy besides the one into the response buffer. Any other request is
+/// answered by [`range`] and its records encoded. Both give the same bytes.
+pub(crate) fn range_wire(
+    r: &Reader<'_>,
+    g: GroupId,
+    req: &RangeRequest,
+    current: Revision,
+    compact: Revision,
+    header_revision: Revision,
+    committed: Option<Committed<'_>>,
+) -> Result<WireRangeResponse> {
+    let p = plan(req, current, compact)?;
+    if !p.unordered || req.keys_only {
+        return Ok(WireRangeResponse::encode(range(r, g, req, current, compact, header_revision, committed)?));
+    }
+    let known_count = known_count(&committed, p.fetch_limit, p.rev, req);
+    let counting = if known_count.is_some() { mvcc::Count::Visited } else { mvcc::Count::All };
+    let mut buf = Vec::new();
+    let mut ends = Vec::with_capacity(p.fetch_limit.min(KVS_PREALLOCATED_MAX));
+    let mut last_key = Vec::new();
+    let scanned = mvcc::scan(r, g, &p.range, p.at, p.fetch_limit, counting, &mut |k, v| {
+        KeyValue::append_wire(&mut buf, k, v);
+        ends.push(buf.len());
+        last_key.clear();
+        last_key.extend_from_slice(k);
+        Ok(())
+    })?;
+    let count = known_count.unwrap_or(scanned);
+    debug_assert!(scanned <= count, "a page count recorded below the keys its range holds");
+    let count = i64::try_from(count).expect("a key count fits in i64");
+    // Unordered: the scan stopped at `limit` keys, and the count says whether more follow.
+    let more = !req.count_only && req.limit > 0 && count > req.limit;
+    if let (true, Some(c)) = (more && !ends.is_empty(), &committed) {
+        record_next_page(c, p.rev, &last_key, req, count - ends.len() as i64);
+    }
+    let buf = Bytes::from(buf);
+    let mut start = 0;
+    let kvs = ends
+        .into_iter()
+        .map(|end| {
+            let kv = buf.slice(start..end);
+            start = end;
+            kv
+        })
+        .collect();
+    Ok(WireRangeResponse { revision: header_revision, kvs, more, count })
 }
 
 #[cfg(test)]
@@ -395,5 +493,59 @@ mod tests {
         let (r, (_, _, steps)) = cost_of(&store, &mid);
         assert_eq!((r.count, r.kvs.len(), r.more), ((N / 2) as i64, LIMIT as usize, true));
         assert!(steps >= (N / 2) as u64, "an unrecorded page counts the rest of its range");
+    }
+
+    /// The wire answer is the decoded answer encoded, byte for byte, over every request shape:
+    /// the fast path's (no sort, filter or `keys_only`; at the current revision and an old
+    /// one; pages whose counts were recorded by either path) and the fallback's.
+    #[test]
+    fn wire_answers_are_the_decoded_answers_encoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let mut index = 0;
+        put_all(&store, &mut index, (0..300).map(|i| (key(i), Bytes::from(format!("value {i}")))));
+        let old = store.current_revision(G);
+        put_all(&store, &mut index, (0..300).step_by(3).map(|i| (key(i), Bytes::from(vec![b'x'; i]))));
+        let mut requests = vec![
+            all_keys(),
+            RangeRequest { key: key(7), ..Default::default() },
+            RangeRequest { key: key(1000), ..Default::default() },
+            RangeRequest { limit: 50, ..all_keys() },
+            RangeRequest { key: key(250), limit: 500, ..all_keys() },
+            // A limit equal to the count: no `more`.
+            RangeRequest { key: key(250), limit: 50, ..all_keys() },
+            RangeRequest { count_only: true, ..all_keys() },
+            RangeRequest { keys_only: true, limit: 10, ..all_keys() },
+            RangeRequest { min_mod_revision: old + 1, ..all_keys() },
+            RangeRequest {
+                sort_order: SortOrder::Descend as i32,
+                sort_target: SortTarget::Value as i32,
+                limit: 20,
+                ..all_keys()
+            },
+            RangeRequest { key: Bytes::from_static(b"\0"), range_end: Bytes::from_static(b"\0"), ..Default::default() },
+        ];
+        for revision in [0, old] {
+            // A walk by pages: each page after the first uses the count the previous recorded.
+            let mut next = key(0);
+            for _ in 0..4 {
+                let page = RangeRequest { key: next.clone(), limit: 90, revision, ..all_keys() };
+                let decoded = store.range(G, &page).unwrap();
+                next = Bytes::from([&decoded.kvs.last().unwrap().key[..], b"\0"].concat());
+                requests.push(page);
+            }
+            requests.push(RangeRequest { revision, limit: 7, ..all_keys() });
+        }
+        for req in requests {
+            let want = crate::response::WireRangeResponse::encode(store.range(G, &req).unwrap());
+            assert_eq!(store.range_wire(G, &req).unwrap(), want, "{req:?}");
+            // And in the other order, so each path also meets page counts the other recorded.
+            let wire = store.range_wire(G, &req).unwrap();
+            assert_eq!(wire, crate::response::WireRangeResponse::encode(store.range(G, &req).unwrap()), "{req:?}");
+        }
+        assert!(matches!(
+            store.range_wire(G, &RangeRequest { revision: store.current_revision(G) + 1, ..all_keys() }),
+            Err(crate::error::Error::FutureRevision { .. })
+        ));
     }
 }

@@ -1,6 +1,9 @@
 //! Responses of the state machine, mirroring etcd's `rpc.proto` response messages (the
 //! `ResponseHeader` is reduced to its `revision`; grpc-api fills the rest).
 
+use bytes::Bytes;
+use prost::Message;
+
 use crate::kv::KeyValue;
 use crate::revision::Revision;
 
@@ -15,6 +18,25 @@ pub struct RangeResponse {
     /// Every key in the range at the read revision, regardless of `limit` and the
     /// min/max filters (etcd semantics).
     pub count: i64,
+}
+
+/// A [`RangeResponse`] whose key-values are already encoded as etcd's `mvccpb.KeyValue`s
+/// (`Store::range_wire`): a server sends them without decoding or re-encoding a value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WireRangeResponse {
+    pub revision: Revision,
+    /// Each one `mvccpb.KeyValue` encoding.
+    pub kvs: Vec<Bytes>,
+    pub more: bool,
+    pub count: i64,
+}
+
+impl WireRangeResponse {
+    /// `r` with its records encoded.
+    pub fn encode(r: RangeResponse) -> WireRangeResponse {
+        let kvs = r.kvs.iter().map(|kv| Bytes::from(kv.encode_to_vec())).collect();
+        WireRangeResponse { revision: r.revision, kvs, more: r.more, count: r.count }
+    }
 }
 
 /// etcd `PutResponse`.

@@ -25,7 +25,7 @@ use crate::meta::{Alarm, ApplyMeta};
 use crate::mvcc::BatchWriter;
 use crate::quota;
 use crate::range;
-use crate::response::{CommandResponse, RangeResponse, TxnResponse};
+use crate::response::{CommandResponse, RangeResponse, TxnResponse, WireRangeResponse};
 use crate::revision::{GroupId, Revision};
 use crate::signal::Signal;
 use crate::snapshot::SnapshotReader;
@@ -528,6 +528,17 @@ impl Store {
 
     /// Reads at a consistent point (a RocksDB snapshot matching the group's revision).
     pub fn range(&self, g: GroupId, req: &RangeRequest) -> Result<RangeResponse> {
+        self.read_committed(g, req, range::range)
+    }
+
+    /// [`Store::range`] with the key-values encoded as etcd's `mvccpb.KeyValue`s: the same
+    /// answer, for a server that sends it without decoding the stored values.
+    pub fn range_wire(&self, g: GroupId, req: &RangeRequest) -> Result<WireRangeResponse> {
+        self.read_committed(g, req, range::range_wire)
+    }
+
+    /// Runs a range function over group `g`'s committed state at one consistent point.
+    fn read_committed<T>(&self, g: GroupId, req: &RangeRequest, read: range::RangeFn<T>) -> Result<T> {
         command::check_range(req)?;
         let inner = &*self.inner;
         let gs = inner.group(g);
@@ -544,7 +555,7 @@ impl Store {
         }
         let r = Reader::at_snapshot(&inner.db, &snapshot);
         let committed = range::Committed { pages: &gs.pages, epoch };
-        range::range(&r, g, req, meta.current_revision, meta.compact_revision, meta.current_revision, Some(committed))
+        read(&r, g, req, meta.current_revision, meta.compact_revision, meta.current_revision, Some(committed))
     }
 
     /// Evaluates a read-only txn ([`TxnRequest::is_read_only`]) at a consistent point, with
