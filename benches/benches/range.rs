@@ -13,50 +13,14 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use store::{Command, CommandBody, GroupId, Message, PutRequest, RangeRequest, Store, StoreConfig};
+use store::{Message, RangeRequest, Store};
 
-const G: GroupId = GroupId(1);
+mod common;
+
+use common::{Bench, G, PREFIX};
+
 const LIST_KEYS: usize = 100_000;
 const PAGE_KEYS: i64 = 500;
-const PREFIX: &str = "/registry/pods/";
-
-struct Bench {
-    store: Store,
-    index: u64,
-    _dir: tempfile::TempDir,
-}
-
-impl Bench {
-    fn new() -> Bench {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        Bench { store, index: 0, _dir: dir }
-    }
-
-    /// Puts `key(i)` for every `i` in `keys`, 1,000 commands per apply batch.
-    fn load(&mut self, keys: std::ops::Range<usize>, value: &Bytes) {
-        let mut done = keys.start;
-        while done < keys.end {
-            let upto = (done + 1000).min(keys.end);
-            let entries: Vec<(u64, Vec<u8>)> = (done..upto)
-                .map(|i| {
-                    self.index += 1;
-                    let put = PutRequest { key: key(i), value: value.clone(), ..Default::default() };
-                    (self.index, Command::new(self.index, CommandBody::Put(put)).encode_to_vec())
-                })
-                .collect();
-            let refs: Vec<(u64, &[u8])> = entries.iter().map(|(i, b)| (*i, &b[..])).collect();
-            for r in self.store.apply(G, &refs).unwrap() {
-                r.unwrap();
-            }
-            done = upto;
-        }
-    }
-}
-
-fn key(i: usize) -> Bytes {
-    Bytes::from(format!("{PREFIX}default/pod-{i:07}"))
-}
 
 fn prefix_end() -> Bytes {
     let mut end = PREFIX.as_bytes().to_vec();

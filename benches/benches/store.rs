@@ -1,6 +1,6 @@
 //! Criterion benches of the store: put (alone, and in batches with and without the live-entry
-//! cache), range (current and old revision), txn
-//! compare-and-put, watch fan-out, and installing a group snapshot.
+//! cache), range (current and old revision), txn compare-and-put, watch fan-out, and installing
+//! a group snapshot.
 
 use std::time::Duration;
 
@@ -8,76 +8,12 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use store::{
     Command, CommandBody, Compare, CompareResult, CompareTarget, GroupId, Message, PutRequest, RangeRequest, RequestOp,
-    Store, StoreConfig, TargetUnion, TxnRequest, WatchSpec,
+    StoreConfig, TargetUnion, TxnRequest, WatchSpec,
 };
 
-const G: GroupId = GroupId(1);
+mod common;
 
-struct Bench {
-    store: Store,
-    index: u64,
-    _dir: tempfile::TempDir,
-}
-
-impl Bench {
-    fn new() -> Bench {
-        Bench::with_config(StoreConfig::default())
-    }
-
-    fn with_config(cfg: StoreConfig) -> Bench {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), cfg).unwrap();
-        Bench { store, index: 0, _dir: dir }
-    }
-
-    /// Applies one batch of puts of `keys` (as the apply worker does with a pass's entries).
-    fn put_batch(&mut self, keys: impl Iterator<Item = usize>, value: &Bytes) {
-        let entries: Vec<(u64, Vec<u8>)> = keys
-            .map(|i| {
-                self.index += 1;
-                let put = PutRequest { key: key(i), value: value.clone(), ..Default::default() };
-                (self.index, Command::new(self.index, CommandBody::Put(put)).encode_to_vec())
-            })
-            .collect();
-        let refs: Vec<(u64, &[u8])> = entries.iter().map(|(i, b)| (*i, &b[..])).collect();
-        for r in self.store.apply(G, &refs).unwrap() {
-            r.unwrap();
-        }
-    }
-
-    fn apply(&mut self, body: CommandBody) {
-        self.index += 1;
-        let bytes = Command::new(self.index, body).encode_to_vec();
-        let mut r = self.store.apply(G, &[(self.index, &bytes)]).unwrap();
-        r.pop().unwrap().unwrap();
-    }
-
-    fn put(&mut self, key: Bytes, value: Bytes) {
-        self.apply(CommandBody::Put(PutRequest { key, value, ..Default::default() }));
-    }
-
-    /// Loads `n` keys (256 B values) in batches of 1,000 entries.
-    fn load(&mut self, n: usize, value: &Bytes) {
-        let mut done = 0;
-        while done < n {
-            let upto = (done + 1000).min(n);
-            let entries: Vec<(u64, Vec<u8>)> = (done..upto)
-                .map(|i| {
-                    self.index += 1;
-                    let put = PutRequest { key: key(i), value: value.clone(), ..Default::default() };
-                    (self.index, Command::new(self.index, CommandBody::Put(put)).encode_to_vec())
-                })
-                .collect();
-            let refs: Vec<(u64, &[u8])> = entries.iter().map(|(i, b)| (*i, &b[..])).collect();
-            self.store.apply(G, &refs).unwrap();
-            done = upto;
-        }
-    }
-}
-
-fn key(i: usize) -> Bytes {
-    Bytes::from(format!("/registry/pods/default/pod-{i:07}"))
-}
+use common::{key, Bench, G};
 
 fn benches(c: &mut Criterion) {
     let value = Bytes::from(vec![b'x'; 256]);
@@ -98,7 +34,7 @@ fn benches(c: &mut Criterion) {
         [("live_cache_off", 0), ("live_cache_16MiB", 16 << 20), ("live_cache_64MiB", 64 << 20)]
     {
         let mut b = Bench::with_config(StoreConfig { live_cache_bytes, ..StoreConfig::default() });
-        b.load(100_000, &value);
+        b.load(0..100_000, &value);
         let mut x = 0x2545_f491_4f6c_dd1du64;
         let mut next_key = move || {
             x ^= x << 13;
@@ -111,10 +47,10 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let mut b = Bench::new();
-    b.load(10_000, &value);
+    b.load(0..10_000, &value);
     let old_revision = b.store.current_revision(G);
     // Overwrite everything once so the old revision reads through history.
-    b.load(10_000, &Bytes::from(vec![b'y'; 256]));
+    b.load(0..10_000, &Bytes::from(vec![b'y'; 256]));
     let single = |rev| RangeRequest { key: key(4242), revision: rev, ..Default::default() };
     let thousand = |rev| RangeRequest { key: key(1000), range_end: key(2000), revision: rev, ..Default::default() };
     c.bench_function("range_1_current", |bench| bench.iter(|| b.store.range(G, &single(0)).unwrap()));
