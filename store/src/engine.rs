@@ -67,8 +67,8 @@ fn table_format() -> BlockBasedOptions {
     table.set_bloom_filter(10.0, false);
     table.set_format_version(5);
     // 16 KiB data blocks rather than RocksDB's 4 KiB: a list or a page walks a quarter of
-    // the block-cache lookups and block switches per byte (BENCHMARKS.md, "Live-entry cache
-    // and 16 KiB blocks"). Each file records its own block size, so files written before
+    // the block-cache lookups and block switches per byte (BENCHMARKS.md, "Live-entry cache,
+    // 16 KiB blocks, and Range answers from stored bytes"). Each file records its own block size, so files written before
     // stay readable.
     table.set_block_size(DATA_BLOCK_BYTES);
     table
@@ -368,7 +368,6 @@ impl<'a> Reader<'a> {
             }
             // A miss is not filled: the key is read because the batch is about to write it
             // (a put), and the commit writes the new version through.
-            return Ok(self.db.get_cf_opt(cf(self.db, cf_id), key, &self.read_options())?);
         }
         Ok(self.db.get_cf_opt(cf(self.db, cf_id), key, &self.read_options())?)
     }

@@ -73,15 +73,18 @@ impl KeyValue {
     /// Appends etcd's `mvccpb.KeyValue` encoding of the version stored as `stored` under the
     /// user key `key`, without decoding it: the stored value is the encoding of fields 2 to
     /// 6, so the key's field 1 in front of it makes exactly the bytes prost writes for the
-    /// decoded record (fields in tag order, defaults omitted).
-    pub(crate) fn append_wire(out: &mut Vec<u8>, key: &[u8], stored: &[u8]) {
+    /// decoded record (fields in tag order, defaults omitted). Returns where in `out` the
+    /// key's bytes are.
+    pub(crate) fn append_wire(out: &mut Vec<u8>, key: &[u8], stored: &[u8]) -> std::ops::Range<usize> {
         let start = out.len();
         append_wire_key(out, key);
+        let key_at = out.len() - key.len()..out.len();
         out.extend_from_slice(stored);
         debug_assert!(
             Self::decode_stored(key, stored).is_ok_and(|kv| kv.encode_to_vec()[..] == out[start..]),
             "stored KeyValue does not re-encode to its wire form"
         );
+        key_at
     }
 
     /// Decodes a stored value without its value field (left empty): what `keys_only` and

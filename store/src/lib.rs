@@ -76,7 +76,7 @@
 //!   responses.
 //! - **The live cache is the `kv` CF, never ahead of or behind it** (`live_cache.rs`): every
 //!   put reads its key's live version first; the apply path reads it from a bounded cache
-//!   that only it fills and that every batch writes through, under the group's apply lock;
+//!   that only it writes, through every batch it commits, under the group's apply lock;
 //!   wipes, snapshot installs and group drops forget the group's entries. Debug builds
 //!   compare every hit with RocksDB.
 //!

@@ -6,10 +6,11 @@
 //! again soon (objects updated in place, leases' keys, a benchmark's key space) find their
 //! live entry here instead.
 //!
-//! Consistency rests on one rule: only a group's apply path reads or fills this cache for
+//! Consistency rests on one rule: only a group's apply path reads or writes this cache for
 //! that group, under the group's apply lock, and every change to the group's `kv` entries is
 //! reflected here before that lock is released:
-//! - a batch's `kv` writes are written through at commit, after RocksDB took the batch;
+//! - a batch's `kv` writes are written through at commit, just before RocksDB takes the
+//!   batch; if RocksDB refuses it, the group's entries are forgotten;
 //! - a batch that wipes the group (an import's begin), a snapshot install and a group drop
 //!   remove every entry of the group first;
 //! - a miss is not filled: the apply path reads a key's live version because it is about to

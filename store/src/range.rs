@@ -180,8 +180,19 @@ pub(crate) fn range(
     header_revision: Revision,
     committed: Option<Committed<'_>>,
 ) -> Result<RangeResponse> {
-    let Plan { rev, at, order, target, filtered, unordered, fetch_limit, with_value, range } =
-        plan(req, current, compact)?;
+    range_planned(r, g, req, plan(req, current, compact)?, header_revision, committed)
+}
+
+/// [`range`] of `req` once planned.
+fn range_planned(
+    r: &Reader<'_>,
+    g: GroupId,
+    req: &RangeRequest,
+    p: Plan,
+    header_revision: Revision,
+    committed: Option<Committed<'_>>,
+) -> Result<RangeResponse> {
+    let Plan { rev, at, order, target, filtered, unordered, fetch_limit, with_value, range } = p;
     let known_count = known_count(&committed, fetch_limit, rev, req);
     let counting = if known_count.is_some() { mvcc::Count::Visited } else { mvcc::Count::All };
     let mut kvs: Vec<KeyValue> = Vec::with_capacity(fetch_limit.min(KVS_PREALLOCATED_MAX));
@@ -289,18 +300,16 @@ pub(crate) fn range_wire(
 ) -> Result<WireRangeResponse> {
     let p = plan(req, current, compact)?;
     if !p.unordered || req.keys_only {
-        return Ok(WireRangeResponse::encode(range(r, g, req, current, compact, header_revision, committed)?));
+        return Ok(WireRangeResponse::encode(range_planned(r, g, req, p, header_revision, committed)?));
     }
     let known_count = known_count(&committed, p.fetch_limit, p.rev, req);
     let counting = if known_count.is_some() { mvcc::Count::Visited } else { mvcc::Count::All };
     let mut buf = Vec::new();
     let mut ends = Vec::with_capacity(p.fetch_limit.min(KVS_PREALLOCATED_MAX));
-    let mut last_key = Vec::new();
+    let mut last_key_at = 0..0;
     let scanned = mvcc::scan(r, g, &p.range, p.at, p.fetch_limit, counting, &mut |k, v| {
-        KeyValue::append_wire(&mut buf, k, v);
+        last_key_at = KeyValue::append_wire(&mut buf, k, v);
         ends.push(buf.len());
-        last_key.clear();
-        last_key.extend_from_slice(k);
         Ok(())
     })?;
     let count = known_count.unwrap_or(scanned);
@@ -309,7 +318,7 @@ pub(crate) fn range_wire(
     // Unordered: the scan stopped at `limit` keys, and the count says whether more follow.
     let more = !req.count_only && req.limit > 0 && count > req.limit;
     if let (true, Some(c)) = (more && !ends.is_empty(), &committed) {
-        record_next_page(c, p.rev, &last_key, req, count - ends.len() as i64);
+        record_next_page(c, p.rev, &buf[last_key_at], req, count - ends.len() as i64);
     }
     let buf = Bytes::from(buf);
     let mut start = 0;
