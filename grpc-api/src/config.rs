@@ -119,6 +119,10 @@ pub struct ServeArgs {
     /// bytes, shared by every tenant of this member (0 turns it off).
     #[arg(long, default_value_t = 64 << 20)]
     pub live_cache_bytes: usize,
+    /// Keep every tenant's live keys counted by segments, so a range's `count` does not walk
+    /// the whole range (`false`: every count walks it).
+    #[arg(long, default_value_t = true, hide = true, action = clap::ArgAction::Set)]
+    pub experimental_key_counts: bool,
     /// Accepted for compatibility.
     #[arg(long)]
     pub feature_gates: Option<String>,

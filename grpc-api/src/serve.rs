@@ -83,6 +83,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_txn_ops: args.max_txn_ops,
         max_request_bytes: args.max_request_bytes,
         live_cache_bytes: args.live_cache_bytes,
+        key_counts: args.experimental_key_counts,
         // A member that takes backups keeps each group's history after its backup mark.
         hold_history_for_backups: backups.is_some(),
         ..store::StoreConfig::default()

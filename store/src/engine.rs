@@ -53,6 +53,15 @@ pub(crate) mod cursor_moves {
     pub(crate) fn take() -> (u64, u64) {
         (SEEKS.with(|c| c.replace(0)), STEPS.with(|c| c.replace(0)))
     }
+
+    /// Runs `f` without counting its moves (for debug cross-checks inside a measured read).
+    pub(crate) fn uncounted<T>(f: impl FnOnce() -> T) -> T {
+        let (seeks, steps) = take();
+        let out = f();
+        SEEKS.with(|c| c.set(seeks));
+        STEPS.with(|c| c.set(steps));
+        out
+    }
 }
 
 /// Compression of every table file but the bottommost level's (`open_db`).

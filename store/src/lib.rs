@@ -72,8 +72,15 @@
 //! - **Bounded memory**: no in-memory key index. Memory is the block cache
 //!   ([`StoreConfig::block_cache_bytes`]), the memtables ([`StoreConfig::memtable_bytes`]),
 //!   the apply path's cache of live entries ([`StoreConfig::live_cache_bytes`]), one apply
-//!   batch, and per watch stream at most [`StoreConfig::watch_stream_buffer`] event
-//!   responses.
+//!   batch, per watch stream at most [`StoreConfig::watch_stream_buffer`] event
+//!   responses, and per group at most about 8,192 count segments (a bound key and a count
+//!   each, `key_counts.rs`), one per 128 keys in groups below ~500,000 keys.
+//! - **Counts without a walk, exact** (`key_counts.rs`, [`StoreConfig::key_counts`]): each
+//!   group's live keys are counted by segments of consecutive keys; a range's `count` at the
+//!   current revision sums the segments inside it and walks only the two it cuts through.
+//!   Apply moves the counts with each batch under the lock readers take their snapshot
+//!   under; imports, snapshot installs and opens build them from RocksDB. Debug builds
+//!   check every planned count against a walk of the whole range.
 //! - **The live cache is the `kv` CF, never ahead of or behind it** (`live_cache.rs`): every
 //!   put reads its key's live version first; the apply path reads it from a bounded cache
 //!   that only it writes, through every batch it commits, under the group's apply lock;
@@ -138,6 +145,7 @@ mod go_sort;
 mod import;
 mod import_plan;
 mod key_codec;
+mod key_counts;
 mod kv;
 mod lease;
 mod live_cache;

@@ -34,6 +34,7 @@ use crate::command::{RangeRequest, SortOrder, SortTarget};
 use crate::engine::Reader;
 use crate::error::{Error, Result};
 use crate::go_sort::go_sort;
+use crate::key_counts::CountPlan;
 use crate::kv::KeyValue;
 use crate::mvcc::{self, KeyRange};
 use crate::response::{RangeResponse, WireRangeResponse};
@@ -95,11 +96,24 @@ impl PageCounts {
     }
 }
 
-/// The committed state a read sees, for [`PageCounts`]: the group's counts and the data
-/// epoch taken with the read's RocksDB snapshot.
+/// The committed state a read sees: for [`PageCounts`], the group's counts and the data
+/// epoch taken with the read's RocksDB snapshot; and the count of the range planned from
+/// the group's key counts with that snapshot ([`count_range`]), if it wants one.
 pub(crate) struct Committed<'a> {
     pub pages: &'a PageCounts,
     pub epoch: u64,
+    pub count: Option<CountPlan>,
+}
+
+/// The range whose count a read of committed state at revision `current` may take from
+/// the group's key counts (`key_counts.rs`): a range at the current revision that needs a
+/// count beyond the keys it returns (`count_only`, or a `limit`). Whether the count is then
+/// used depends on the plan ([`known_count`]).
+pub(crate) fn count_range(req: &RangeRequest, current: Revision) -> Option<KeyRange> {
+    let wanted = !req.range_end.is_empty()
+        && (req.count_only || req.limit > 0)
+        && (req.revision <= 0 || req.revision == current);
+    wanted.then(|| KeyRange::new(&req.key, &req.range_end))
 }
 
 /// What a range request reads, worked out from the request before any key is read.
@@ -193,7 +207,7 @@ fn range_planned(
     committed: Option<Committed<'_>>,
 ) -> Result<RangeResponse> {
     let Plan { rev, at, order, target, filtered, unordered, fetch_limit, with_value, range } = p;
-    let known_count = known_count(&committed, fetch_limit, rev, req);
+    let known_count = known_count(r, g, &committed, fetch_limit, rev, at, req)?;
     let counting = if known_count.is_some() { mvcc::Count::Visited } else { mvcc::Count::All };
     let mut kvs: Vec<KeyValue> = Vec::with_capacity(fetch_limit.min(KVS_PREALLOCATED_MAX));
     let scanned = mvcc::scan(r, g, &range, at, fetch_limit, counting, &mut |k, v| {
@@ -253,18 +267,40 @@ fn range_planned(
     Ok(RangeResponse { revision: header_revision, kvs, more, count })
 }
 
-/// The count a page that continues a recorded one knows already (its scan then stops after
-/// its own keys): only for committed reads that stop at a limit.
+/// The count known without walking the range past the keys the scan visits (which then
+/// stops after them): a page that continues a recorded one knows it already, and a range
+/// at the current revision takes it from the group's key counts. Only for committed reads
+/// that stop at a limit (a read without one walks every key anyway).
 fn known_count(
+    r: &Reader<'_>,
+    g: GroupId,
     committed: &Option<Committed<'_>>,
     fetch_limit: usize,
     rev: Revision,
+    at: Option<Revision>,
     req: &RangeRequest,
-) -> Option<u64> {
-    match committed {
-        Some(c) if fetch_limit != usize::MAX => c.pages.get(c.epoch, rev, &req.key, &req.range_end),
-        _ => None,
+) -> Result<Option<u64>> {
+    let Some(c) = committed else { return Ok(None) };
+    if fetch_limit == usize::MAX {
+        return Ok(None);
     }
+    if let Some(n) = c.pages.get(c.epoch, rev, &req.key, &req.range_end) {
+        return Ok(Some(n));
+    }
+    let (Some(plan), None) = (&c.count, at) else { return Ok(None) };
+    let n = plan.count(r, g)?;
+    // An O(range) check, so tests only: every count planned is what a walk finds.
+    #[cfg(debug_assertions)]
+    {
+        let range = KeyRange::new(&req.key, &req.range_end);
+        let walk = || mvcc::scan(r, g, &range, None, 0, mvcc::Count::All, &mut |_, _| Ok(()));
+        #[cfg(test)]
+        let walked = crate::engine::cursor_moves::uncounted(walk)?;
+        #[cfg(not(test))]
+        let walked = walk()?;
+        assert_eq!(n, walked, "key counts of group {} disagree with a walk of {range:?}", g.0);
+    }
+    Ok(Some(n))
 }
 
 /// Records that the range of `req` after `last_key` holds `remaining` keys at `rev`, for the
@@ -302,7 +338,7 @@ pub(crate) fn range_wire(
     if !p.unordered || req.keys_only {
         return Ok(WireRangeResponse::encode(range_planned(r, g, req, p, header_revision, committed)?));
     }
-    let known_count = known_count(&committed, p.fetch_limit, p.rev, req);
+    let known_count = known_count(r, g, &committed, p.fetch_limit, p.rev, p.at, req)?;
     let counting = if known_count.is_some() { mvcc::Count::Visited } else { mvcc::Count::All };
     let mut buf = Vec::new();
     let mut ends = Vec::with_capacity(p.fetch_limit.min(KVS_PREALLOCATED_MAX));
@@ -338,6 +374,7 @@ mod tests {
     use bytes::Bytes;
     use prost::Message;
 
+    use crate::command::DeleteRangeRequest;
     use crate::command::{Command, CommandBody, PutRequest, RangeRequest, SortOrder, SortTarget};
     use crate::config::StoreConfig;
     use crate::engine::cursor_moves;
@@ -484,7 +521,8 @@ mod tests {
         let (keys, (seeks, steps)) = page_through(&store, 0, LIMIT, N);
         assert_eq!(keys, want);
         assert!(steps <= 2 * N as u64 + pages, "paging {N} keys by {LIMIT} stepped {steps} times");
-        assert!(seeks <= pages + 1, "{seeks} seeks for {pages} pages");
+        // One seek a page, and the first page's count walks the two ends of its range.
+        assert!(seeks <= pages + 3, "{seeks} seeks for {pages} pages");
 
         // At an old revision (the history column family), with newer versions of every key.
         put_all(&store, &mut index, (0..N).map(|i| (key(i), Bytes::from_static(b"v2"))));
@@ -502,6 +540,101 @@ mod tests {
         let (r, (_, _, steps)) = cost_of(&store, &mid);
         assert_eq!((r.count, r.kvs.len(), r.more), ((N / 2) as i64, LIMIT as usize, true));
         assert!(steps >= (N / 2) as u64, "an unrecorded page counts the rest of its range");
+    }
+
+    /// A count at the current revision takes the segments wholly inside its range from the
+    /// group's key counts and walks only the partial ones at its ends (also after a reopen,
+    /// which builds the counts from RocksDB); with the counts off it walks every key.
+    #[test]
+    fn a_count_at_the_current_revision_walks_only_the_ends_of_its_range() {
+        const N: usize = 6_000;
+        let edges = 4 * crate::key_counts::MIN_SEGMENT_KEYS;
+        for key_counts in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = StoreConfig { key_counts, ..StoreConfig::default() };
+            let mut store = Store::open(dir.path(), cfg.clone()).unwrap();
+            let mut index = 0;
+            put_all(&store, &mut index, (0..N).map(|i| (key(i), Bytes::from_static(b"v"))));
+            for reopened in [false, true] {
+                if reopened {
+                    drop(store);
+                    store = Store::open(dir.path(), cfg.clone()).unwrap();
+                }
+                let cases = [
+                    (RangeRequest { count_only: true, ..all_keys() }, N, 0),
+                    (
+                        RangeRequest { key: key(1234), range_end: key(5678), count_only: true, ..Default::default() },
+                        4444,
+                        0,
+                    ),
+                    (RangeRequest { key: key(100), range_end: key(5900), limit: 10, ..Default::default() }, 5800, 10),
+                ];
+                for (req, count, returned) in cases {
+                    let (r, (_, _, steps)) = cost_of(&store, &req);
+                    assert_eq!((r.count as usize, r.kvs.len()), (count, returned), "{req:?}");
+                    if key_counts {
+                        assert!(steps <= edges + returned as u64, "{steps} steps to count {count} keys ({reopened})");
+                    } else {
+                        assert!(steps >= count as u64 - 1, "{steps} steps to count {count} keys without counts");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts stay exact through creates, puts over live keys, deletes of single keys and of
+    /// ranges (which merge segments) and batches mixing them, and after a reopen.
+    #[test]
+    fn counts_follow_creates_and_deletes() {
+        use std::collections::BTreeSet;
+        const KEYS: usize = 4_000;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let mut live = BTreeSet::new();
+        let (mut index, mut seed) = (0u64, 0x2545_f491_4f6c_dd1du64);
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for round in 0..40 {
+            let mut cmds = Vec::new();
+            for _ in 0..200 {
+                let i = next(KEYS);
+                index += 1;
+                let body = if round % 3 == 2 && next(4) == 0 {
+                    let end = (i + next(300)).min(KEYS);
+                    let keys: Vec<usize> = live.range(i..end).copied().collect();
+                    for k in keys {
+                        live.remove(&k);
+                    }
+                    CommandBody::DeleteRange(DeleteRangeRequest { key: key(i), range_end: key(end), prev_kv: false })
+                } else {
+                    live.insert(i);
+                    CommandBody::Put(PutRequest { key: key(i), value: Bytes::from_static(b"v"), ..Default::default() })
+                };
+                cmds.push((index, Command::new(index, body).encode_to_vec()));
+            }
+            let entries: Vec<(u64, &[u8])> = cmds.iter().map(|(i, c)| (*i, &c[..])).collect();
+            for r in store.apply(G, &entries).unwrap() {
+                r.unwrap();
+            }
+            if round == 30 {
+                drop(store);
+                store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+            }
+            for _ in 0..5 {
+                let (a, b) = (next(KEYS + 1), next(KEYS + 1));
+                let (a, b) = (a.min(b), a.max(b));
+                let want = live.range(a..b).count() as i64;
+                let req = RangeRequest { key: key(a), range_end: key(b), count_only: true, ..Default::default() };
+                assert_eq!(store.range(G, &req).unwrap().count, want, "[{a}, {b}) in round {round}");
+                let req =
+                    RangeRequest { key: key(a), range_end: Bytes::from_static(b"\0"), limit: 3, ..Default::default() };
+                assert_eq!(store.range(G, &req).unwrap().count, live.range(a..).count() as i64, "[{a}, ..)");
+            }
+        }
     }
 
     /// The wire answer is the decoded answer encoded, byte for byte, over every request shape:

@@ -19,6 +19,8 @@ use crate::config::StoreConfig;
 use crate::engine::{self, Reader};
 use crate::error::{Error, Result};
 use crate::key_codec::{self as kc, Cf};
+use crate::key_counts::KeyCounts;
+use crate::kv::EventKind;
 use crate::lease::{self, Lease};
 use crate::live_cache::LiveCache;
 use crate::meta::{Alarm, ApplyMeta};
@@ -80,6 +82,10 @@ pub(crate) struct GroupState {
     data_epoch: AtomicU64,
     /// Counts of the ranges that continue recent pages, for the next page's `count`.
     pages: range::PageCounts,
+    /// The group's live keys counted by segments (`key_counts.rs`). Lock order: inside
+    /// `committed` when both are held; apply changes it with the batch under `committed`'s
+    /// write lock, readers plan a count under its read lock with their snapshot.
+    counts: RwLock<KeyCounts>,
 }
 
 /// Stops and joins the background threads when the last `Store` handle goes.
@@ -103,7 +109,7 @@ impl Drop for Lifetime {
 }
 
 impl Inner {
-    fn new_group_state(&self, g: GroupId, meta: ApplyMeta, finished: Revision) -> GroupState {
+    fn new_group_state(&self, g: GroupId, meta: ApplyMeta, finished: Revision, counts: KeyCounts) -> GroupState {
         let hub = Hub::new(
             g,
             meta.current_revision,
@@ -122,7 +128,27 @@ impl Inner {
             tokens: Mutex::new(TokenTable::default()),
             data_epoch: AtomicU64::new(0),
             pages: range::PageCounts::default(),
+            counts: RwLock::new(counts),
         }
+    }
+
+    /// Counts of group `g`'s live keys as RocksDB holds them now, or `Unknown` when they
+    /// are off or an import is in progress (it writes keys without events).
+    fn build_counts(&self, g: GroupId, meta: &ApplyMeta) -> Result<KeyCounts> {
+        if !self.cfg.key_counts || meta.import.is_some() {
+            return Ok(KeyCounts::Unknown);
+        }
+        KeyCounts::build(&Reader::latest(&self.db), g)
+    }
+
+    /// [`Inner::build_counts`] for a state already committed: a failed walk leaves the
+    /// counts unknown (every count then walks its range) rather than failing what was
+    /// written.
+    fn rebuild_counts(&self, g: GroupId, meta: &ApplyMeta) -> KeyCounts {
+        self.build_counts(g, meta).unwrap_or_else(|e| {
+            tracing::warn!(group = g.0, error = %e, "key counts not rebuilt; counts walk their ranges");
+            KeyCounts::Unknown
+        })
     }
 
     pub fn group(&self, g: GroupId) -> Arc<GroupState> {
@@ -130,7 +156,9 @@ impl Inner {
             return gs.clone();
         }
         let mut groups = self.groups.write();
-        groups.entry(g).or_insert_with(|| Arc::new(self.new_group_state(g, ApplyMeta::default(), -1))).clone()
+        // A group not loaded at open holds no keys yet.
+        let counts = if self.cfg.key_counts { KeyCounts::Known(Default::default()) } else { KeyCounts::Unknown };
+        groups.entry(g).or_insert_with(|| Arc::new(self.new_group_state(g, ApplyMeta::default(), -1, counts))).clone()
     }
 
     /// A RocksDB snapshot of the store and group `g`'s metadata at the same point: the
@@ -265,7 +293,8 @@ impl Store {
         for (g, meta) in loaded {
             let finished = compact::finished_revision(&Reader::latest(&inner.db), g)?;
             let importing = meta.import.is_some();
-            let gs = inner.new_group_state(g, meta, finished);
+            let counts = inner.build_counts(g, &meta)?;
+            let gs = inner.new_group_state(g, meta, finished, counts);
             if importing {
                 gs.hub.import_edge(true, 1);
             }
@@ -467,7 +496,26 @@ impl Store {
                 // The revisions below the wipe may be written again with other keys.
                 gs.data_epoch.fetch_add(1, Ordering::SeqCst);
             }
+            // Consistency: the counts move with the batch, under the lock readers take their
+            // snapshot under. An import writes keys without events: unknown while it runs,
+            // built again from RocksDB when it ends.
+            let mut counts = gs.counts.write();
+            if wipes || before.import.is_some() || meta.import.is_some() {
+                *counts = inner.rebuild_counts(g, &meta);
+            } else {
+                counts.apply(events.iter().filter_map(|e| match e.kind {
+                    EventKind::Put if e.prev_kv.is_none() => Some((&e.kv.key[..], true)),
+                    EventKind::Put => None,
+                    EventKind::Delete => Some((&e.kv.key[..], false)),
+                }));
+            }
             *committed = meta.clone();
+        }
+        // Segments grown past their size are cut again from their keys, which no batch
+        // changes meanwhile (the caller holds the apply lock).
+        if let Err(e) = self.recut_counts(gs) {
+            tracing::warn!(group = g.0, error = %e, "key count segments not cut; counts walk their ranges");
+            *gs.counts.write() = KeyCounts::Unknown;
         }
         // Tokens follow the auth commands only once they are in RocksDB, like the events.
         let token_effects: Vec<&AuthResponse> = results
@@ -510,6 +558,21 @@ impl Store {
         Ok(meta)
     }
 
+    /// Cuts group `gs`'s oversized count segments again (see `key_counts.rs`). The caller
+    /// holds the group's apply lock, so RocksDB holds the state the counts describe.
+    fn recut_counts(&self, gs: &GroupState) -> Result<()> {
+        let oversized = gs.counts.read().oversized();
+        if oversized.is_empty() {
+            return Ok(());
+        }
+        let r = Reader::latest(&self.inner.db);
+        for o in oversized {
+            let cut = gs.counts.read().cut(&r, gs.id, &o.lower, o.upper.as_deref())?;
+            gs.counts.write().recut(o.index, cut);
+        }
+        Ok(())
+    }
+
     /// Applies one import step to group `g` outside any log (an offline restore into an
     /// empty group; see `backup`): the same apply as through the log, without an index.
     pub(crate) fn apply_import_offline(&self, g: GroupId, step: crate::import::ImportStep) -> Result<CommandResponse> {
@@ -544,9 +607,11 @@ impl Store {
         let gs = inner.group(g);
         // The epoch is read under the same lock as the snapshot is taken: it names the data
         // the snapshot holds (`data_epoch`).
-        let (snapshot, meta, epoch) = {
+        // So are the key counts a count is planned from (`key_counts.rs`).
+        let (snapshot, meta, epoch, count) = {
             let m = gs.committed.read();
-            (inner.db.snapshot(), m.clone(), gs.data_epoch.load(Ordering::SeqCst))
+            let count = range::count_range(req, m.current_revision).and_then(|kr| gs.counts.read().plan(&kr));
+            (inner.db.snapshot(), m.clone(), gs.data_epoch.load(Ordering::SeqCst), count)
         };
         // Checked on the state read, not before: a read that waited for a read barrier may
         // find an import begun meanwhile.
@@ -554,7 +619,7 @@ impl Store {
             return Err(Error::Importing);
         }
         let r = Reader::at_snapshot(&inner.db, &snapshot);
-        let committed = range::Committed { pages: &gs.pages, epoch };
+        let committed = range::Committed { pages: &gs.pages, epoch, count };
         read(&r, g, req, meta.current_revision, meta.compact_revision, meta.current_revision, Some(committed))
     }
 
@@ -751,7 +816,10 @@ impl Store {
             // The group's live entries are replaced (`live_cache.rs`); forgotten first, so a
             // failed install leaves none of the old ones behind either.
             inner.live.remove_prefix(&kc::group_prefix(g));
+            // Unknown until rebuilt: a failed install leaves no counts of the old data.
+            *gs.counts.write() = KeyCounts::Unknown;
             snapshot_install::write_group(&inner.db, g, &install)?;
+            *gs.counts.write() = inner.rebuild_counts(g, &snapshot.meta);
             // Whatever the group held at a revision is replaced by the snapshot's.
             gs.data_epoch.fetch_add(1, Ordering::SeqCst);
             *committed = snapshot.meta.clone();
