@@ -3,8 +3,9 @@
 //! - `paginate_100k_1KiB_pages_500_pinned`: list 100,000 keys of 1 KiB in pages of 500 at a
 //!   pinned revision (`revision = R`, `key = last key + "\0"`), with writes after `R` so every
 //!   page reads the `history` column family.
-//! - `count_only_prefix`: `count_only` over a prefix of `PLINTH_BENCH_COUNT_KEYS` keys
-//!   (default 1,000,000, 64 B values) at the current revision.
+//! - `count_only_prefix/{walk,key_counts}`: `count_only` over a prefix of
+//!   `PLINTH_BENCH_COUNT_KEYS` keys (default 1,000,000, 64 B values) at the current revision,
+//!   walking every key (`StoreConfig::key_counts` off) or from the group's key counts.
 //! - `list_100k_1KiB`: one unpaginated list of the 100,000 keys at the current revision.
 //! - `encoded/{decoded,wire}/{list_100k,page_500}_1KiB`: the list, and its first page of 500,
 //!   read and encoded into the gRPC response bytes the two ways the server can: decoded
@@ -13,7 +14,7 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use store::{Message, RangeRequest, Store};
+use store::{Message, RangeRequest, Store, StoreConfig};
 
 mod common;
 
@@ -96,17 +97,21 @@ fn benches(c: &mut Criterion) {
 
     let count_keys: usize =
         std::env::var("PLINTH_BENCH_COUNT_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let mut b = Bench::new();
-    b.load(0..count_keys, &Bytes::from(vec![b'x'; 64]));
     let count = RangeRequest {
         key: Bytes::from_static(PREFIX.as_bytes()),
         range_end: prefix_end(),
         count_only: true,
         ..Default::default()
     };
-    c.bench_function("count_only_prefix", |bench| {
-        bench.iter(|| assert_eq!(b.store.range(G, &count).unwrap().count, count_keys as i64))
-    });
+    let mut g = c.benchmark_group("count_only_prefix");
+    for (name, key_counts) in [("walk", false), ("key_counts", true)] {
+        let mut b = Bench::with_config(StoreConfig { key_counts, ..StoreConfig::default() });
+        b.load(0..count_keys, &Bytes::from(vec![b'x'; 64]));
+        g.bench_function(name, |bench| {
+            bench.iter(|| assert_eq!(b.store.range(G, &count).unwrap().count, count_keys as i64))
+        });
+    }
+    g.finish();
 }
 
 criterion_group!(name = range_benches; config = Criterion::default().sample_size(10); targets = benches);
