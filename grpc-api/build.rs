@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .route_name("Watch")
                 .input_type("crate::pb::etcdserverpb::WatchRequest")
                 .output_type("crate::watch::WireResponse")
-                .codec_path("tonic_prost::ProstCodec")
+                .codec_path("crate::codec::SizedCodec")
                 .client_streaming()
                 .server_streaming()
                 .build(),
@@ -46,13 +46,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // (`kv::WireRangeResponse`, the same bytes on the wire as etcd's `RangeResponse`), so a
     // list sends stored values without decoding them. The other methods keep the generated
     // types.
+    // Range answers are encoded into a buffer of their size (`codec.rs`).
     let kv_method = |name: &str, route: &str, input: &str, output: &str| {
+        let codec = if route == "Range" { "crate::codec::SizedCodec" } else { "tonic_prost::ProstCodec" };
         tonic_build::manual::Method::builder()
             .name(name)
             .route_name(route)
             .input_type(input)
             .output_type(output)
-            .codec_path("tonic_prost::ProstCodec")
+            .codec_path(codec)
             .build()
     };
     let kv = tonic_build::manual::Service::builder()

@@ -115,6 +115,7 @@ pub mod auth;
 pub mod auth_config;
 pub mod backup;
 pub mod cluster;
+pub mod codec;
 pub mod config;
 pub mod conn;
 pub mod error;

@@ -340,12 +340,10 @@ pub(crate) fn range_wire(
     }
     let known_count = known_count(r, g, &committed, p.fetch_limit, p.rev, p.at, req)?;
     let counting = if known_count.is_some() { mvcc::Count::Visited } else { mvcc::Count::All };
-    let mut buf = Vec::new();
-    let mut ends = Vec::with_capacity(p.fetch_limit.min(KVS_PREALLOCATED_MAX));
+    let mut out = WireBuffers::new(p.fetch_limit.min(KVS_PREALLOCATED_MAX));
     let mut last_key_at = 0..0;
     let scanned = mvcc::scan(r, g, &p.range, p.at, p.fetch_limit, counting, &mut |k, v| {
-        last_key_at = KeyValue::append_wire(&mut buf, k, v);
-        ends.push(buf.len());
+        last_key_at = out.push(k, v);
         Ok(())
     })?;
     let count = known_count.unwrap_or(scanned);
@@ -353,20 +351,67 @@ pub(crate) fn range_wire(
     let count = i64::try_from(count).expect("a key count fits in i64");
     // Unordered: the scan stopped at `limit` keys, and the count says whether more follow.
     let more = !req.count_only && req.limit > 0 && count > req.limit;
-    if let (true, Some(c)) = (more && !ends.is_empty(), &committed) {
-        record_next_page(c, p.rev, &buf[last_key_at], req, count - ends.len() as i64);
+    if let (true, Some(c)) = (more && out.entries > 0, &committed) {
+        record_next_page(c, p.rev, &out.current[last_key_at], req, count - out.entries as i64);
     }
-    let buf = Bytes::from(buf);
-    let mut start = 0;
-    let kvs = ends
-        .into_iter()
-        .map(|end| {
-            let kv = buf.slice(start..end);
-            start = end;
-            kv
-        })
-        .collect();
-    Ok(WireRangeResponse { revision: header_revision, kvs, more, count })
+    Ok(WireRangeResponse { revision: header_revision, kvs: out.finish(), more, count })
+}
+
+/// First buffer of a [`WireBuffers`]; each next one doubles, up to [`WIRE_BUFFER_MAX`].
+const WIRE_BUFFER_FIRST: usize = 8 << 10;
+const WIRE_BUFFER_MAX: usize = 1 << 20;
+
+/// The encoded key-values of a range answer, appended into buffers that are never
+/// reallocated: when the current one cannot take the next entry it is closed and a larger
+/// one begun, so nothing is copied again as the answer grows (one growing buffer copied a
+/// list of 100 MB about twice more on its way, doubling). An entry never spans two buffers;
+/// each closed buffer wastes less than one entry.
+struct WireBuffers {
+    /// Closed buffers with the end of each entry in them.
+    closed: Vec<(Bytes, Vec<usize>)>,
+    current: Vec<u8>,
+    ends: Vec<usize>,
+    entries: usize,
+}
+
+impl WireBuffers {
+    fn new(expected_entries: usize) -> WireBuffers {
+        WireBuffers { closed: Vec::new(), current: Vec::new(), ends: Vec::with_capacity(expected_entries), entries: 0 }
+    }
+
+    /// Appends the wire form of the stored version `stored` of `key`; returns where the
+    /// key's bytes are in `current`.
+    fn push(&mut self, key: &[u8], stored: &[u8]) -> std::ops::Range<usize> {
+        // Field 1's tag and length take at most 11 bytes.
+        let need = key.len() + stored.len() + 11;
+        if self.current.capacity() - self.current.len() < need {
+            let size = (self.current.capacity() * 2).clamp(WIRE_BUFFER_FIRST, WIRE_BUFFER_MAX).max(need);
+            let full = std::mem::replace(&mut self.current, Vec::with_capacity(size));
+            if !full.is_empty() {
+                self.closed.push((Bytes::from(full), std::mem::take(&mut self.ends)));
+            }
+        }
+        let capacity = self.current.capacity();
+        let key_at = KeyValue::append_wire(&mut self.current, key, stored);
+        debug_assert_eq!(self.current.capacity(), capacity, "an entry outgrew the room made for it");
+        self.ends.push(self.current.len());
+        self.entries += 1;
+        key_at
+    }
+
+    /// Every entry, in order, each a slice of its buffer.
+    fn finish(mut self) -> Vec<Bytes> {
+        self.closed.push((Bytes::from(self.current), self.ends));
+        let mut kvs = Vec::with_capacity(self.entries);
+        for (buf, ends) in self.closed {
+            let mut start = 0;
+            for end in ends {
+                kvs.push(buf.slice(start..end));
+                start = end;
+            }
+        }
+        kvs
+    }
 }
 
 #[cfg(test)]
@@ -648,6 +693,14 @@ mod tests {
         put_all(&store, &mut index, (0..300).map(|i| (key(i), Bytes::from(format!("value {i}")))));
         let old = store.current_revision(G);
         put_all(&store, &mut index, (0..300).step_by(3).map(|i| (key(i), Bytes::from(vec![b'x'; i]))));
+        // Values larger than the answer's largest buffer, and one that fills a buffer's rest.
+        put_all(
+            &store,
+            &mut index,
+            [(key(100), vec![b'L'; 1 << 20]), (key(101), vec![b'M'; 5000])]
+                .into_iter()
+                .map(|(k, v)| (k, Bytes::from(v))),
+        );
         let mut requests = vec![
             all_keys(),
             RangeRequest { key: key(7), ..Default::default() },
