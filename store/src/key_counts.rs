@@ -93,17 +93,14 @@ impl CountPlan {
     }
 }
 
+/// One empty segment: a group without keys.
 impl Default for Segments {
     fn default() -> Segments {
-        Segments::empty()
+        Segments { bounds: vec![Box::default()], counts: vec![0], total: 0 }
     }
 }
 
 impl Segments {
-    fn empty() -> Segments {
-        Segments { bounds: vec![Box::default()], counts: vec![0], total: 0 }
-    }
-
     /// The segment size aimed at.
     fn target(&self) -> u64 {
         MIN_SEGMENT_KEYS.max(self.total / MAX_SEGMENTS)
@@ -230,21 +227,35 @@ impl Segments {
     }
 }
 
+/// Walks group `g`'s live keys in `[lower, upper)` (`upper = None`: to the group's last key)
+/// in the view of `r` and cuts them into segments of `k` keys, the first bounded by `lower`
+/// (and empty if the range holds no key): `(bound, count)` each.
+fn walk_cut(r: &Reader<'_>, g: GroupId, lower: &[u8], upper: Option<&[u8]>, k: u64) -> Result<Vec<(Box<[u8]>, u64)>> {
+    let db_upper = match upper {
+        Some(u) => kc::kv_key(g, u),
+        None => kc::group_end(g),
+    };
+    let mut c = r.cursor(Cf::Kv, &db_upper);
+    c.seek(&kc::kv_key(g, lower));
+    let mut cut: Vec<(Box<[u8]>, u64)> = vec![(lower.into(), 0)];
+    while let Some((key, _)) = c.current()? {
+        let last = cut.last_mut().expect("the cut starts with the segment's bound");
+        if last.1 == k {
+            cut.push((kc::kv_user_key(key).into(), 1));
+        } else {
+            last.1 += 1;
+        }
+        c.advance()?;
+    }
+    Ok(cut)
+}
+
 impl KeyCounts {
     /// Counts of group `g`'s live keys in the view of `r`: one walk over them.
     pub fn build(r: &Reader<'_>, g: GroupId) -> Result<KeyCounts> {
-        let mut s = Segments::empty();
-        let mut c = r.cursor(Cf::Kv, &kc::group_end(g));
-        c.seek(&kc::group_prefix(g));
-        while let Some((k, _)) = c.current()? {
-            if *s.counts.last().expect("segments are never empty") == MIN_SEGMENT_KEYS {
-                s.bounds.push(kc::kv_user_key(k).into());
-                s.counts.push(0);
-            }
-            *s.counts.last_mut().expect("segments are never empty") += 1;
-            s.total += 1;
-            c.advance()?;
-        }
+        let (bounds, counts): (Vec<_>, Vec<_>) = walk_cut(r, g, &[], None, MIN_SEGMENT_KEYS)?.into_iter().unzip();
+        let total = counts.iter().sum();
+        let mut s = Segments { bounds, counts, total };
         s.coarsen();
         Ok(KeyCounts::Known(s))
     }
@@ -294,24 +305,7 @@ impl KeyCounts {
     /// keys in the view of `r` (which must be the state the counts describe).
     pub fn cut(&self, r: &Reader<'_>, g: GroupId, lower: &[u8], upper: Option<&[u8]>) -> Result<Vec<(Box<[u8]>, u64)>> {
         let KeyCounts::Known(s) = self else { return Ok(Vec::new()) };
-        let k = s.target();
-        let db_upper = match upper {
-            Some(u) => kc::kv_key(g, u),
-            None => kc::group_end(g),
-        };
-        let mut c = r.cursor(Cf::Kv, &db_upper);
-        c.seek(&kc::kv_key(g, lower));
-        let mut cut: Vec<(Box<[u8]>, u64)> = vec![(lower.into(), 0)];
-        while let Some((key, _)) = c.current()? {
-            let last = cut.last_mut().expect("the cut starts with the segment's bound");
-            if last.1 == k {
-                cut.push((kc::kv_user_key(key).into(), 1));
-            } else {
-                last.1 += 1;
-            }
-            c.advance()?;
-        }
-        Ok(cut)
+        walk_cut(r, g, lower, upper, s.target())
     }
 
     /// Replaces segment `i` by `cut` (from [`KeyCounts::cut`] in the same state).
@@ -340,7 +334,7 @@ mod tests {
 
     impl Model {
         fn new() -> Model {
-            Model { s: Segments::empty(), keys: BTreeSet::new() }
+            Model { s: Segments::default(), keys: BTreeSet::new() }
         }
 
         fn put(&mut self, key: &[u8]) {
@@ -442,7 +436,7 @@ mod tests {
 
     #[test]
     fn segments_stay_bounded_as_the_group_grows() {
-        let mut s = Segments::empty();
+        let mut s = Segments::default();
         // Segments of MIN_SEGMENT_KEYS: more than twice MAX_SEGMENTS of them coarsen.
         let n = 3 * MAX_SEGMENTS;
         s.bounds =

@@ -206,11 +206,9 @@ fn range_planned(
     header_revision: Revision,
     committed: Option<Committed<'_>>,
 ) -> Result<RangeResponse> {
-    let Plan { rev, at, order, target, filtered, unordered, fetch_limit, with_value, range } = p;
-    let known_count = known_count(r, g, &committed, fetch_limit, rev, at, req)?;
-    let counting = if known_count.is_some() { mvcc::Count::Visited } else { mvcc::Count::All };
-    let mut kvs: Vec<KeyValue> = Vec::with_capacity(fetch_limit.min(KVS_PREALLOCATED_MAX));
-    let scanned = mvcc::scan(r, g, &range, at, fetch_limit, counting, &mut |k, v| {
+    let mut kvs: Vec<KeyValue> = Vec::with_capacity(p.fetch_limit.min(KVS_PREALLOCATED_MAX));
+    let with_value = p.with_value;
+    let count = scan_counted(r, g, req, &p, &committed, &mut |k, v| {
         kvs.push(if with_value {
             KeyValue::decode_stored(k, v)?
         } else {
@@ -218,9 +216,7 @@ fn range_planned(
         });
         Ok(())
     })?;
-    let count = known_count.unwrap_or(scanned);
-    debug_assert!(scanned <= count, "a page count recorded below the keys its range holds");
-    let count = i64::try_from(count).expect("a key count fits in i64");
+    let Plan { rev, order, target, filtered, unordered, .. } = p;
 
     if filtered {
         kvs.retain(|kv| {
@@ -267,6 +263,25 @@ fn range_planned(
     Ok(RangeResponse { revision: header_revision, kvs, more, count })
 }
 
+/// Scans the planned range, handing its first `fetch_limit` keys to `visit`, and returns the
+/// range's count: known without walking past the visited keys when it can be
+/// ([`known_count`]), else counted by walking the rest of the range.
+fn scan_counted(
+    r: &Reader<'_>,
+    g: GroupId,
+    req: &RangeRequest,
+    p: &Plan,
+    committed: &Option<Committed<'_>>,
+    visit: &mut mvcc::ScanVisitor<'_>,
+) -> Result<i64> {
+    let known = known_count(r, g, req, p, committed)?;
+    let counting = if known.is_some() { mvcc::Count::Visited } else { mvcc::Count::All };
+    let scanned = mvcc::scan(r, g, &p.range, p.at, p.fetch_limit, counting, visit)?;
+    let count = known.unwrap_or(scanned);
+    debug_assert!(scanned <= count, "a page count recorded below the keys its range holds");
+    Ok(i64::try_from(count).expect("a key count fits in i64"))
+}
+
 /// The count known without walking the range past the keys the scan visits (which then
 /// stops after them): a page that continues a recorded one knows it already, and a range
 /// at the current revision takes it from the group's key counts. Only for committed reads
@@ -274,26 +289,24 @@ fn range_planned(
 fn known_count(
     r: &Reader<'_>,
     g: GroupId,
-    committed: &Option<Committed<'_>>,
-    fetch_limit: usize,
-    rev: Revision,
-    at: Option<Revision>,
     req: &RangeRequest,
+    p: &Plan,
+    committed: &Option<Committed<'_>>,
 ) -> Result<Option<u64>> {
     let Some(c) = committed else { return Ok(None) };
-    if fetch_limit == usize::MAX {
+    if p.fetch_limit == usize::MAX {
         return Ok(None);
     }
-    if let Some(n) = c.pages.get(c.epoch, rev, &req.key, &req.range_end) {
+    if let Some(n) = c.pages.get(c.epoch, p.rev, &req.key, &req.range_end) {
         return Ok(Some(n));
     }
-    let (Some(plan), None) = (&c.count, at) else { return Ok(None) };
+    let (Some(plan), None) = (&c.count, p.at) else { return Ok(None) };
     let n = plan.count(r, g)?;
     // An O(range) check, so tests only: every count planned is what a walk finds.
     #[cfg(debug_assertions)]
     {
-        let range = KeyRange::new(&req.key, &req.range_end);
-        let walk = || mvcc::scan(r, g, &range, None, 0, mvcc::Count::All, &mut |_, _| Ok(()));
+        let range = &p.range;
+        let walk = || mvcc::scan(r, g, range, None, 0, mvcc::Count::All, &mut |_, _| Ok(()));
         #[cfg(test)]
         let walked = crate::engine::cursor_moves::uncounted(walk)?;
         #[cfg(not(test))]
@@ -338,17 +351,12 @@ pub(crate) fn range_wire(
     if !p.unordered || req.keys_only {
         return Ok(WireRangeResponse::encode(range_planned(r, g, req, p, header_revision, committed)?));
     }
-    let known_count = known_count(r, g, &committed, p.fetch_limit, p.rev, p.at, req)?;
-    let counting = if known_count.is_some() { mvcc::Count::Visited } else { mvcc::Count::All };
     let mut out = WireBuffers::new(p.fetch_limit.min(KVS_PREALLOCATED_MAX));
     let mut last_key_at = 0..0;
-    let scanned = mvcc::scan(r, g, &p.range, p.at, p.fetch_limit, counting, &mut |k, v| {
+    let count = scan_counted(r, g, req, &p, &committed, &mut |k, v| {
         last_key_at = out.push(k, v);
         Ok(())
     })?;
-    let count = known_count.unwrap_or(scanned);
-    debug_assert!(scanned <= count, "a page count recorded below the keys its range holds");
-    let count = i64::try_from(count).expect("a key count fits in i64");
     // Unordered: the scan stopped at `limit` keys, and the count says whether more follow.
     let more = !req.count_only && req.limit > 0 && count > req.limit;
     if let (true, Some(c)) = (more && out.entries > 0, &committed) {
