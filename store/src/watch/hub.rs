@@ -24,7 +24,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use rocksdb::DB;
 
-use super::queue::StreamQueue;
+use super::queue::{self, StreamQueue, MERGE_BYTES_MAX, MERGE_EVENTS_MAX};
 use super::{SharedEvent, WatchEvent, WatchSpec};
 use crate::config::StoreConfig;
 use crate::engine::Reader;
@@ -268,26 +268,29 @@ impl Hub {
         // Built only when a synced watcher may want them: a group nobody watches pays nothing.
         if !events.is_empty() && st.watchers.len() > st.unsynced {
             let forms: Vec<Forms> = events.into_iter().map(Forms::of).collect();
-            let by_revision: Vec<&[Forms]> = forms.chunk_by(|a, b| a.revision() == b.revision()).collect();
-            for (key, w) in st.watchers.iter_mut().filter(|(_, w)| w.synced) {
-                for evs in &by_revision {
-                    let rev = evs[0].revision();
-                    if rev < w.next_revision {
-                        continue;
-                    }
-                    let mine: Vec<SharedEvent> = evs.iter().filter(|e| w.wants(&e.full)).map(|e| w.view(e)).collect();
-                    if mine.is_empty() {
-                        continue;
-                    }
-                    let resp = WatchEvent { watch_id: key.1, revision: rev, events: mine, ..Default::default() };
-                    if !w.queue.push_live(resp) {
-                        // The stream is full: catch up from the events CF later.
-                        w.synced = false;
-                        w.next_revision = rev;
-                        fell_behind += 1;
-                        break;
-                    }
+            // Watchers are ordered by stream: each stream's responses are queued together,
+            // under one lock of its queue and with one wake-up of its writer.
+            let mut refused: Vec<((u64, i64), Revision)> = Vec::new();
+            let mut batch: Vec<WatchEvent> = Vec::new();
+            let mut batch_queue: Option<&Arc<StreamQueue>> = None;
+            for (key, w) in st.watchers.iter().filter(|(_, w)| w.synced) {
+                if let Some(q) = batch_queue.filter(|q| q.id != key.0) {
+                    refused.extend(
+                        q.push_live_batch(std::mem::take(&mut batch)).into_iter().map(|(id, rev)| ((q.id, id), rev)),
+                    );
                 }
+                batch_queue = Some(&w.queue);
+                live_responses(w, key.1, &forms, &mut batch);
+            }
+            if let Some(q) = batch_queue {
+                refused.extend(q.push_live_batch(batch).into_iter().map(|(id, rev)| ((q.id, id), rev)));
+            }
+            for (key, rev) in refused {
+                // The stream is full: catch up from the events CF later.
+                let w = st.watchers.get_mut(&key).expect("a watcher queued to above");
+                w.synced = false;
+                w.next_revision = rev;
+                fell_behind += 1;
             }
         }
         for w in st.watchers.values_mut().filter(|w| w.synced) {
@@ -504,6 +507,41 @@ impl Hub {
     }
 }
 
+/// Appends to `out` the live responses of a synced watcher for a publication's events: its
+/// events from `w.next_revision` on, in responses of whole revisions, each holding at most
+/// [`MERGE_EVENTS_MAX`] events and [`MERGE_BYTES_MAX`] bytes (a larger revision alone), with
+/// the header revision of its last event, as the queue would merge them one revision at a
+/// time.
+fn live_responses(w: &Watcher, watch_id: i64, events: &[Forms], out: &mut Vec<WatchEvent>) {
+    let mut mine: Vec<SharedEvent> = Vec::new();
+    let mut bytes = 0;
+    // Events and bytes of `mine` up to the end of its last whole revision.
+    let mut whole = (0, 0);
+    for e in events.iter().filter(|e| e.revision() >= w.next_revision && w.wants(&e.full)) {
+        let rev = e.revision();
+        if mine.last().is_some_and(|last| last.revision() != rev) {
+            whole = (mine.len(), bytes);
+        }
+        let event = w.view(e);
+        let size = queue::event_size(&event);
+        if whole.0 > 0 && (mine.len() + 1 > MERGE_EVENTS_MAX || bytes + size > MERGE_BYTES_MAX) {
+            // This revision no longer fits: the whole revisions before it are a response.
+            let rest = mine.split_off(whole.0);
+            let revision = mine.last().expect("non-empty").revision();
+            out.push(WatchEvent { watch_id, revision, events: mine, ..Default::default() });
+            mine = rest;
+            bytes -= whole.1;
+            whole = (0, 0);
+        }
+        bytes += size;
+        mine.push(event);
+    }
+    if let Some(last) = mine.last() {
+        let revision = last.revision();
+        out.push(WatchEvent { watch_id, revision, events: mine, ..Default::default() });
+    }
+}
+
 /// Queues the events of `events` from `w.next_revision` on, in responses of whole
 /// revisions, the last one carrying header `through`. On a full queue, stops at the first
 /// unqueued revision and returns false.
@@ -605,4 +643,102 @@ fn read_events(
 /// What one version costs a catch-up pass in memory, for its byte budget.
 fn event_bytes(kv: &KeyValue) -> usize {
     kv.key.len() + kv.value.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn put(key: &'static str, revision: Revision, value_len: usize) -> Event {
+        let kv = KeyValue {
+            key: Bytes::from_static(key.as_bytes()),
+            value: Bytes::from(vec![b'v'; value_len]),
+            create_revision: 1,
+            mod_revision: revision,
+            version: 1,
+            lease: 0,
+        };
+        Event { kind: EventKind::Put, kv, prev_kv: None }
+    }
+
+    fn spec(key: &'static str, range_end: &'static str) -> WatchSpec {
+        WatchSpec {
+            key: Bytes::from_static(key.as_bytes()),
+            range_end: Bytes::from_static(range_end.as_bytes()),
+            ..Default::default()
+        }
+    }
+
+    fn drain(q: &StreamQueue) -> Vec<(i64, Revision, Vec<Revision>)> {
+        std::iter::from_fn(|| q.try_pop())
+            .filter(|r| !r.created)
+            .map(|r| (r.watch_id, r.revision, r.events.iter().map(|e| e.revision()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn a_publication_gives_each_watcher_one_response_of_whole_revisions() {
+        let hub = Hub::new(GroupId(1), 4, 0, 16, Arc::default());
+        let q = hub.register_stream();
+        hub.add_watcher(&q, 0, spec("a", ""));
+        hub.add_watcher(&q, 1, spec("a", "c"));
+        hub.add_watcher(&q, 2, spec("z", ""));
+        hub.publish(vec![put("a", 5, 1), put("b", 5, 1), put("b", 6, 1), put("a", 7, 1)], 8, 0);
+        assert_eq!(drain(&q), vec![(0, 7, vec![5, 7]), (1, 7, vec![5, 5, 6, 7])]);
+        hub.check_invariants();
+    }
+
+    #[test]
+    fn live_responses_end_at_a_revision_boundary_within_the_merge_limits() {
+        let hub = Hub::new(GroupId(1), 0, 0, 16, Arc::default());
+        let q = hub.register_stream();
+        hub.add_watcher(&q, 0, spec("a", "\0"));
+        // Three events a revision: the first response holds the whole revisions that fit in
+        // MERGE_EVENTS_MAX events.
+        let revisions = MERGE_EVENTS_MAX as i64 / 3 + 2;
+        let events: Vec<Event> =
+            (1..=revisions).flat_map(|r| [put("a", r, 1), put("b", r, 1), put("c", r, 1)]).collect();
+        hub.publish(events, revisions, 0);
+        let got = drain(&q);
+        let full = MERGE_EVENTS_MAX as i64 / 3;
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].1, got[0].2.len()), (full, 3 * full as usize));
+        assert_eq!((got[1].1, got[1].2.len()), (revisions, 3 * (revisions - full) as usize));
+        // By bytes: a revision larger than MERGE_BYTES_MAX goes alone, whole.
+        let big = MERGE_BYTES_MAX / 2 + 1;
+        let from = revisions + 1;
+        hub.publish(
+            vec![put("a", from, 10), put("a", from + 1, big), put("b", from + 1, big), put("a", from + 2, 10)],
+            from + 2,
+            0,
+        );
+        let got = drain(&q);
+        let shape: Vec<(Revision, Vec<Revision>)> = got.into_iter().map(|(_, r, e)| (r, e)).collect();
+        assert_eq!(shape, vec![(from, vec![from]), (from + 1, vec![from + 1, from + 1]), (from + 2, vec![from + 2])]);
+        hub.check_invariants();
+    }
+
+    #[test]
+    fn a_watcher_refused_by_its_full_stream_falls_behind_from_its_first_unqueued_revision() {
+        let hub = Hub::new(GroupId(1), 4, 0, 1, Arc::default());
+        let q = hub.register_stream();
+        let other = hub.register_stream();
+        hub.add_watcher(&q, 0, spec("a", ""));
+        hub.add_watcher(&q, 1, spec("b", ""));
+        hub.add_watcher(&other, 0, spec("b", ""));
+        hub.publish(vec![put("a", 5, 1), put("b", 6, 1), put("b", 7, 1)], 7, 0);
+        // Watcher 0 took the stream's only slot; watcher 1 is refused and will catch up from
+        // revision 6; the other stream is not affected.
+        assert_eq!(drain(&other), vec![(0, 7, vec![6, 7])]);
+        assert_eq!(drain(&q), vec![(0, 5, vec![5])]);
+        let st = hub.state.lock();
+        let behind = &st.watchers[&(q.id, 1)];
+        assert!(!behind.synced);
+        assert_eq!(behind.next_revision, 6);
+        assert_eq!(st.unsynced, 1);
+        drop(st);
+        hub.check_invariants();
+    }
 }

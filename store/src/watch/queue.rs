@@ -16,14 +16,16 @@
 //! response of its watcher (any other response of that watcher, a stream-wide progress
 //! response, or the pop of that response ends the merging).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
+use rustc_hash::FxHashMap;
 
 use super::WatchEvent;
 use crate::kv::Event;
+use crate::revision::Revision;
 
 /// Events one merged response holds at most (as a catch-up response).
 pub(crate) const MERGE_EVENTS_MAX: usize = 1000;
@@ -50,6 +52,16 @@ struct Item {
     bytes: usize,
 }
 
+/// What became of a pushed response.
+enum Pushed {
+    /// It took a new slot: the consumer must be woken.
+    Queued,
+    /// It joined its watcher's unread response.
+    Merged,
+    /// Full or closed: given back.
+    Refused(WatchEvent),
+}
+
 struct QueueState {
     items: VecDeque<Item>,
     head_seq: u64,
@@ -57,17 +69,20 @@ struct QueueState {
     /// Events in queued items.
     events: usize,
     /// Watch id → seq of its last queued item, while that item is a live event response
-    /// that may take more events.
-    open: HashMap<i64, u64>,
+    /// that may take more events. (Fx hashing: watch ids are small integers this server
+    /// assigns, never chosen by clients.)
+    open: FxHashMap<i64, u64>,
     waker: Option<Waker>,
     closed: bool,
 }
 
+/// Keys and values of one event, as [`MERGE_BYTES_MAX`] counts them.
+pub(crate) fn event_size(e: &Event) -> usize {
+    e.kv.key.len() + e.kv.value.len() + e.prev_kv.as_ref().map_or(0, |p| p.key.len() + p.value.len())
+}
+
 fn events_bytes(events: &[super::SharedEvent]) -> usize {
-    fn one(e: &Event) -> usize {
-        e.kv.key.len() + e.kv.value.len() + e.prev_kv.as_ref().map_or(0, |p| p.key.len() + p.value.len())
-    }
-    events.iter().map(|e| one(e)).sum()
+    events.iter().map(|e| event_size(e)).sum()
 }
 
 impl StreamQueue {
@@ -81,7 +96,7 @@ impl StreamQueue {
                 head_seq: 0,
                 bounded: 0,
                 events: 0,
-                open: HashMap::new(),
+                open: FxHashMap::default(),
                 waker: None,
                 closed: false,
             }),
@@ -91,8 +106,19 @@ impl StreamQueue {
 
     fn push(&self, ev: WatchEvent, bounded: bool, mergeable: bool) -> bool {
         let mut st = self.state.lock();
+        match self.push_locked(&mut st, ev, bounded, mergeable) {
+            Pushed::Queued => {
+                self.wake(st);
+                true
+            }
+            Pushed::Merged => true,
+            Pushed::Refused(_) => false,
+        }
+    }
+
+    fn push_locked(&self, st: &mut QueueState, ev: WatchEvent, bounded: bool, mergeable: bool) -> Pushed {
         if st.closed {
-            return false;
+            return Pushed::Refused(ev);
         }
         let bytes = events_bytes(&ev.events);
         if mergeable {
@@ -111,13 +137,13 @@ impl StreamQueue {
                     item.ev.events.extend(ev.events);
                     item.bytes += bytes;
                     st.events += n;
-                    return true;
+                    return Pushed::Merged;
                 }
             }
         }
         if bounded {
             if st.bounded >= self.limit {
-                return false;
+                return Pushed::Refused(ev);
             }
             st.bounded += 1;
         }
@@ -132,13 +158,18 @@ impl StreamQueue {
         }
         st.events += ev.events.len();
         st.items.push_back(Item { ev, bounded, seq, bytes });
+        Pushed::Queued
+    }
+
+    /// Wakes the consumer after something was queued (a merge needs no wake: the item it
+    /// joined woke the consumer and is still unread).
+    fn wake(&self, mut st: parking_lot::MutexGuard<'_, QueueState>) {
         let waker = st.waker.take();
         drop(st);
         self.cond.notify_one();
         if let Some(w) = waker {
             w.wake();
         }
-        true
     }
 
     /// Queues an event or progress response; false if the buffer is full (or closed).
@@ -146,11 +177,33 @@ impl StreamQueue {
         self.push(ev, true, false)
     }
 
-    /// Queues a live event response of one revision, merged into its watcher's last queued
-    /// response when that one is unread (see the module docs); false if the buffer is full
-    /// (or closed).
-    pub fn push_live(&self, ev: WatchEvent) -> bool {
-        self.push(ev, true, true)
+    /// Queues the live event responses of one publication for watchers of this stream, under
+    /// one lock and with at most one wake-up: each joins its watcher's last queued response
+    /// when that one is unread (see the module docs), or takes a slot of its own. Once a
+    /// watcher's response is refused (the buffer is full, or closed), none of its later
+    /// responses in `batch` is queued: returns each refused watcher with the revision of the
+    /// first event it was not given, in `batch` order.
+    pub fn push_live_batch(&self, batch: Vec<WatchEvent>) -> Vec<(i64, Revision)> {
+        let mut refused: Vec<(i64, Revision)> = Vec::new();
+        let mut st = self.state.lock();
+        let mut queued = false;
+        for ev in batch {
+            if refused.iter().any(|(id, _)| *id == ev.watch_id) {
+                continue;
+            }
+            match self.push_locked(&mut st, ev, true, true) {
+                Pushed::Queued => queued = true,
+                Pushed::Merged => {}
+                Pushed::Refused(ev) => {
+                    let first = ev.events.first().map_or(ev.revision, |e| e.revision());
+                    refused.push((ev.watch_id, first));
+                }
+            }
+        }
+        if queued {
+            self.wake(st);
+        }
+        refused
     }
 
     /// Queues a created/canceled response regardless of the buffer.
@@ -247,6 +300,10 @@ mod tests {
         WatchEvent { watch_id, revision, events, ..Default::default() }
     }
 
+    fn push_live(q: &StreamQueue, ev: WatchEvent) -> bool {
+        q.push_live_batch(vec![ev]).is_empty()
+    }
+
     fn revisions(ev: &WatchEvent) -> Vec<i64> {
         ev.events.iter().map(|e| e.kv.mod_revision).collect()
     }
@@ -254,15 +311,15 @@ mod tests {
     #[test]
     fn unread_live_responses_of_a_watcher_merge() {
         let q = StreamQueue::new(0, 4);
-        assert!(q.push_live(live(1, 5)));
-        assert!(q.push_live(live(2, 5)));
-        assert!(q.push_live(live(1, 6)));
-        assert!(q.push_live(live(1, 7)));
+        assert!(push_live(&q, live(1, 5)));
+        assert!(push_live(&q, live(2, 5)));
+        assert!(push_live(&q, live(1, 6)));
+        assert!(push_live(&q, live(1, 7)));
         assert_eq!(q.len(), 2);
         let first = q.try_pop().unwrap();
         assert_eq!((first.watch_id, first.revision, revisions(&first)), (1, 7, vec![5, 6, 7]));
         // Once read, the next live response is a new one.
-        assert!(q.push_live(live(1, 8)));
+        assert!(push_live(&q, live(1, 8)));
         let second = q.try_pop().unwrap();
         assert_eq!((second.watch_id, revisions(&second)), (2, vec![5]));
         let third = q.try_pop().unwrap();
@@ -273,13 +330,13 @@ mod tests {
     #[test]
     fn nothing_merges_past_another_response_of_the_watcher_or_a_stream_progress() {
         let q = StreamQueue::new(0, 16);
-        assert!(q.push_live(live(1, 5)));
+        assert!(push_live(&q, live(1, 5)));
         q.push_control(WatchEvent { watch_id: 1, revision: 5, canceled: true, ..Default::default() });
-        assert!(q.push_live(live(1, 6)));
+        assert!(push_live(&q, live(1, 6)));
         assert!(q.push_bounded(WatchEvent { watch_id: -1, revision: 6, ..Default::default() }));
-        assert!(q.push_live(live(1, 7)));
+        assert!(push_live(&q, live(1, 7)));
         assert!(q.push_bounded(live(1, 8)));
-        assert!(q.push_live(live(1, 9)));
+        assert!(push_live(&q, live(1, 9)));
         let order: Vec<(i64, i64, bool, Vec<i64>)> =
             std::iter::from_fn(|| q.try_pop()).map(|e| (e.watch_id, e.revision, e.canceled, revisions(&e))).collect();
         assert_eq!(
@@ -297,11 +354,26 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_watcher_gets_none_of_its_later_responses_of_the_batch() {
+        let q = StreamQueue::new(0, 2);
+        assert!(push_live(&q, live(9, 4)));
+        q.try_pop().unwrap();
+        assert!(push_live(&q, live(9, 4)));
+        // One slot left: watcher 1 takes it, watcher 2 is refused at revision 5, and its
+        // response of revision 6 is not queued behind that gap; watcher 1 still merges.
+        let refused = q.push_live_batch(vec![live(1, 5), live(2, 5), live(2, 6), live(1, 6)]);
+        assert_eq!(refused, vec![(2, 5)]);
+        let order: Vec<(i64, Vec<i64>)> =
+            std::iter::from_fn(|| q.try_pop()).map(|e| (e.watch_id, revisions(&e))).collect();
+        assert_eq!(order, vec![(9, vec![4]), (1, vec![5, 6])]);
+    }
+
+    #[test]
     fn merging_is_bounded_per_response_and_per_stream() {
         // Per response: MERGE_EVENTS_MAX events, then a new response.
         let q = StreamQueue::new(0, 1024);
         for rev in 1..=MERGE_EVENTS_MAX as i64 + 1 {
-            assert!(q.push_live(live(1, rev)));
+            assert!(push_live(&q, live(1, rev)));
         }
         assert_eq!(q.len(), 2);
         assert_eq!(q.try_pop().unwrap().events.len(), MERGE_EVENTS_MAX);
@@ -310,7 +382,7 @@ mod tests {
         // is refused (it falls back to catch-up).
         let q = StreamQueue::new(0, 4);
         let mut accepted = 0;
-        while q.push_live(live(1, accepted as i64 + 1)) {
+        while push_live(&q, live(1, accepted as i64 + 1)) {
             accepted += 1;
             assert!(accepted <= 10 * QUEUED_EVENTS_PER_SLOT, "merging never stopped");
         }
