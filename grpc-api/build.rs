@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // Keys and values stay `Bytes` from decode to the log to the store: no copies.
         .bytes(".")
+        // Every message is written through the server's codec (`src/codec.rs`).
+        .codec_path("crate::codec::SizedCodec")
         .compile_protos(
             &[
                 "proto/rpc.proto",
@@ -46,15 +48,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // (`kv::WireRangeResponse`, the same bytes on the wire as etcd's `RangeResponse`), so a
     // list sends stored values without decoding them. The other methods keep the generated
     // types.
-    // Range answers are encoded into a buffer of their size (`codec.rs`).
     let kv_method = |name: &str, route: &str, input: &str, output: &str| {
-        let codec = if route == "Range" { "crate::codec::SizedCodec" } else { "tonic_prost::ProstCodec" };
         tonic_build::manual::Method::builder()
             .name(name)
             .route_name(route)
             .input_type(input)
             .output_type(output)
-            .codec_path(codec)
+            .codec_path("crate::codec::SizedCodec")
             .build()
     };
     let kv = tonic_build::manual::Service::builder()

@@ -8,11 +8,11 @@
 //!   the same channel, so a progress revision never runs ahead of delivered events.
 //!
 //! Fan-out cost: the store hands every watcher of an event the same shared event, and each
-//! event is protobuf-encoded once, on first send, then reused by every other stream. The
-//! service is served with its own response type, [`WireResponse`], whose events are those
-//! encoded bytes: `repeated bytes` and `repeated mvccpb.Event` are the same bytes on the
-//! wire, so clients see etcd's `WatchResponse` exactly. Sending an event to a watcher is then
-//! one reference count and one copy into the HTTP/2 buffer.
+//! event is encoded once, on first send, as an element of `WatchResponse.events` (field key,
+//! length and `mvccpb.Event`), then reused by every other stream. The service is served with
+//! its own response type, [`WireResponse`]: the response's other fields, encoded by prost,
+//! followed by those bytes, which is etcd's `WatchResponse` exactly. Sending an event to a
+//! watcher is then one copy into the HTTP/2 buffer: no reference count, no encoding.
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -35,9 +35,19 @@ pub mod server {
 use server::watch_server::Watch;
 
 /// etcd's `WatchResponse` as this server writes it: the same fields and tags, with every
-/// event already encoded as an `mvccpb.Event` (a length-delimited field 11 either way).
-#[derive(Clone, PartialEq, prost::Message)]
+/// event already encoded, field tag and length included, as the `events` field (11) of a
+/// `WatchResponse` (see [`encode_event`]). Written by the server's codec
+/// ([`crate::codec::WireMessage`]): the fields before the events, then each event's bytes.
+#[derive(Clone, Default)]
 pub struct WireResponse {
+    pub head: WireHead,
+    /// Events, each encoded (every one must have been passed to [`encode_event`]).
+    pub events: Vec<store::SharedEvent>,
+}
+
+/// Fields 1 to 7 of etcd's `WatchResponse`: everything but the events.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WireHead {
     #[prost(message, optional, tag = "1")]
     pub header: Option<pb::ResponseHeader>,
     #[prost(int64, tag = "2")]
@@ -52,14 +62,36 @@ pub struct WireResponse {
     pub cancel_reason: String,
     #[prost(bool, tag = "7")]
     pub fragment: bool,
-    /// Encoded `mvccpb.Event`s.
-    #[prost(bytes = "bytes", repeated, tag = "11")]
-    pub events: Vec<Bytes>,
 }
 
-/// An event's `mvccpb.Event` encoding, made once per shared event.
-fn encode_event(event: &store::SharedEvent) -> Bytes {
-    event.wire(|e| Bytes::from(crate::kv::event_to_pb(e.clone()).encode_to_vec()))
+/// The key of `WatchResponse.events`: field 11, length-delimited.
+const EVENTS_KEY: u8 = (11 << 3) | 2;
+
+/// An event as one element of `WatchResponse.events`, key and length included: made once
+/// per shared event, then written as it is for every watcher that receives the event.
+fn encode_event(event: &store::SharedEvent) -> &Bytes {
+    event.wire(|e| {
+        let pb = crate::kv::event_to_pb(e.clone());
+        let len = pb.encoded_len();
+        let mut buf = Vec::with_capacity(1 + prost::length_delimiter_len(len) + len);
+        buf.push(EVENTS_KEY);
+        pb.encode_length_delimited(&mut buf).expect("a vector grows to any message");
+        Bytes::from(buf)
+    })
+}
+
+impl crate::codec::WireMessage for WireResponse {
+    fn encoded_len(&self) -> usize {
+        Message::encoded_len(&self.head) + self.events.iter().map(|e| encode_event(e).len()).sum::<usize>()
+    }
+
+    fn encode(&self, buf: &mut impl bytes::BufMut) {
+        // Fields in tag order, as etcd writes them: 1 to 7, then 11.
+        Message::encode(&self.head, buf).expect("the codec reserved the message's length");
+        for event in &self.events {
+            buf.put_slice(encode_event(event));
+        }
+    }
 }
 
 /// Responses buffered towards one gRPC client before the stream's writer waits for it.
@@ -224,12 +256,15 @@ impl StreamState {
     async fn create(&mut self, create: pb::WatchCreateRequest) -> bool {
         let header = self.node.current_header();
         let refuse = |reason: &str| WireResponse {
-            header: Some(header),
-            watch_id: -1,
-            created: true,
-            canceled: true,
-            cancel_reason: reason.to_string(),
-            ..Default::default()
+            head: WireHead {
+                header: Some(header),
+                watch_id: -1,
+                created: true,
+                canceled: true,
+                cancel_reason: reason.to_string(),
+                ..Default::default()
+            },
+            events: Vec::new(),
         };
         if create.start_revision < 0 {
             return self.send(refuse(CANCEL_COMPACTED)).await;
@@ -286,7 +321,9 @@ impl StreamState {
         }
         // etcd's cancel for a compacted start revision carries header revision 0.
         let header = self.node.header(if response.compact_revision != 0 { 0 } else { response.revision });
-        let events: Vec<Bytes> = response.events.iter().map(encode_event).collect();
+        for event in &response.events {
+            encode_event(event);
+        }
         if response.canceled || response.compact_revision != 0 {
             self.progress_notify.remove(&watch_id);
             self.fragment.remove(&watch_id);
@@ -294,24 +331,24 @@ impl StreamState {
         // A watcher the store canceled because its client stopped reading gets a reason, so
         // the client surfaces an error and re-watches rather than taking it for a clean end.
         let cancel_reason = if response.slow { EtcdError::WatchCanceled.message().to_string() } else { String::new() };
-        let base = WireResponse {
+        let head = WireHead {
             header: Some(header),
             watch_id,
             created: response.created,
             canceled: response.canceled,
             compact_revision: response.compact_revision,
             cancel_reason,
-            ..Default::default()
+            fragment: false,
         };
         if self.fragment.contains(&watch_id) {
-            for piece in fragment(base, events, self.node.cfg.max_request_bytes) {
+            for piece in fragment(head, response.events, self.node.cfg.max_request_bytes) {
                 if !self.send(piece).await {
                     return false;
                 }
             }
             true
         } else {
-            self.send(WireResponse { events, ..base }).await
+            self.send(WireResponse { head, events: response.events }).await
         }
     }
 
@@ -326,48 +363,59 @@ impl StreamState {
     }
 }
 
-/// Splits encoded events over responses of at most `limit_bytes` of events each (at least one
-/// event per response); every response but the last is marked `fragment`.
-fn fragment(base: WireResponse, events: Vec<Bytes>, limit_bytes: usize) -> Vec<WireResponse> {
+/// Splits encoded events over responses of at most `limit_bytes` of encoded events each (at
+/// least one event per response); every response but the last is marked `fragment`.
+fn fragment(head: WireHead, events: Vec<store::SharedEvent>, limit_bytes: usize) -> Vec<WireResponse> {
     let mut out = Vec::new();
-    let mut current: Vec<Bytes> = Vec::new();
+    let mut current: Vec<store::SharedEvent> = Vec::new();
     let mut current_bytes = 0usize;
     for event in events {
-        let size = event.len();
+        let size = encode_event(&event).len();
         if !current.is_empty() && current_bytes + size > limit_bytes {
-            out.push(WireResponse { events: std::mem::take(&mut current), fragment: true, ..base.clone() });
+            let head = WireHead { fragment: true, ..head.clone() };
+            out.push(WireResponse { head, events: std::mem::take(&mut current) });
             current_bytes = 0;
         }
         current_bytes += size;
         current.push(event);
     }
-    out.push(WireResponse { events: current, fragment: false, ..base });
+    out.push(WireResponse { head: WireHead { fragment: false, ..head }, events: current });
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pb::mvccpb;
+    use crate::codec::WireMessage;
 
-    fn event(n: usize) -> Bytes {
-        let e = mvccpb::Event {
-            r#type: 0,
-            kv: Some(mvccpb::KeyValue { key: vec![b'k'; 10].into(), value: vec![0; n].into(), ..Default::default() }),
-            prev_kv: None,
-        };
-        e.encode_to_vec().into()
+    fn event(n: usize) -> store::SharedEvent {
+        let kv = store::KeyValue { key: vec![b'k'; 10].into(), value: vec![0; n].into(), ..Default::default() };
+        store::SharedEvent::new(store::Event { kind: store::EventKind::Put, kv, prev_kv: None })
+    }
+
+    /// The response as a client decodes it.
+    fn decoded(wire: &WireResponse) -> pb::WatchResponse {
+        let bytes = encoded(wire);
+        assert_eq!(bytes.len(), wire.encoded_len());
+        pb::WatchResponse::decode(bytes.as_slice()).expect("decodes")
+    }
+
+    fn encoded(wire: &WireResponse) -> Vec<u8> {
+        let mut buf = Vec::new();
+        wire.encode(&mut buf);
+        buf
     }
 
     #[test]
     fn fragments_split_and_mark_all_but_last() {
-        let pieces = fragment(WireResponse::default(), vec![event(100), event(100), event(100)], 150);
+        let pieces = fragment(WireHead::default(), vec![event(100), event(100), event(100)], 150);
         assert_eq!(pieces.len(), 3);
-        assert!(pieces[0].fragment && pieces[1].fragment && !pieces[2].fragment);
-        let one = fragment(WireResponse::default(), vec![event(10), event(10)], 1 << 20);
+        assert!(pieces[0].head.fragment && pieces[1].head.fragment && !pieces[2].head.fragment);
+        assert!(pieces.iter().all(|p| decoded(p).events.len() == 1));
+        let one = fragment(WireHead::default(), vec![event(10), event(10)], 1 << 20);
         assert_eq!(one.len(), 1);
-        assert_eq!(one[0].events.len(), 2);
-        assert!(!one[0].fragment);
+        assert_eq!(decoded(&one[0]).events.len(), 2);
+        assert!(!one[0].head.fragment);
     }
 
     fn kv(key: &str, value: &str, rev: i64) -> store::KeyValue {
@@ -398,15 +446,15 @@ mod tests {
             }),
         ];
         let header = pb::ResponseHeader { cluster_id: 1, member_id: 2, revision: 5, raft_term: 3 };
-        let wire = WireResponse {
+        let head = WireHead {
             header: Some(header),
             watch_id: 9,
             compact_revision: 0,
             cancel_reason: "why".into(),
             fragment: true,
-            events: events.iter().map(encode_event).collect(),
             ..Default::default()
         };
+        let wire = WireResponse { head, events: events.to_vec() };
         let etcd = pb::WatchResponse {
             header: Some(header),
             watch_id: 9,
@@ -415,10 +463,13 @@ mod tests {
             events: events.iter().map(|e| crate::kv::event_to_pb((**e).clone())).collect(),
             ..Default::default()
         };
-        let bytes = wire.encode_to_vec();
-        assert_eq!(bytes, etcd.encode_to_vec());
-        assert_eq!(pb::WatchResponse::decode(bytes.as_slice()).expect("decodes"), etcd);
-        assert_eq!(wire.encoded_len(), bytes.len());
+        assert_eq!(encoded(&wire), etcd.encode_to_vec());
+        assert_eq!(decoded(&wire), etcd);
+        // And a response without events: a created or canceled one.
+        let head = WireHead { header: Some(header), watch_id: 3, created: true, ..Default::default() };
+        let etcd = pb::WatchResponse { header: Some(header), watch_id: 3, created: true, ..Default::default() };
+        let wire = WireResponse { head, events: Vec::new() };
+        assert_eq!(encoded(&wire), etcd.encode_to_vec());
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! - A watcher is **synced** when every event before `current + 1` that it matches is
-//!   queued; apply then feeds it directly, one response per revision.
+//!   queued; apply then feeds it directly: per publication, one response of whole revisions
+//!   per watcher (bounded as merged responses are), queued stream by stream under one lock.
 //! - A watcher is **unsynced** when it starts in the past or its stream's queue was full.
 //!   The sync thread reads the `events` CF (at a RocksDB snapshot, outside the hub lock),
 //!   queues responses holding whole revisions, and, under the hub lock, reads the last few
@@ -83,8 +84,8 @@ impl SharedEvent {
 
     /// The event's encoding: made by `encode` on the first call, shared afterwards. Every
     /// caller must pass the same encoding function (a server has one wire format).
-    pub fn wire(&self, encode: impl FnOnce(&Event) -> Bytes) -> Bytes {
-        self.0.wire.get_or_init(|| encode(&self.0.event)).clone()
+    pub fn wire(&self, encode: impl FnOnce(&Event) -> Bytes) -> &Bytes {
+        self.0.wire.get_or_init(|| encode(&self.0.event))
     }
 }
 
