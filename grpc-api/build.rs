@@ -14,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Keys and values stay `Bytes` from decode to the log to the store: no copies.
         .bytes(".")
         // Every message is written through the server's codec (`src/codec.rs`).
-        .codec_path("crate::codec::SizedCodec")
+        .codec_path("crate::codec::WireCodec")
         .compile_protos(
             &[
                 "proto/rpc.proto",
@@ -38,7 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .route_name("Watch")
                 .input_type("crate::pb::etcdserverpb::WatchRequest")
                 .output_type("crate::watch::WireResponse")
-                .codec_path("crate::codec::SizedCodec")
+                .codec_path("crate::codec::WireCodec")
                 .client_streaming()
                 .server_streaming()
                 .build(),
@@ -54,7 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .route_name(route)
             .input_type(input)
             .output_type(output)
-            .codec_path("crate::codec::SizedCodec")
+            .codec_path("crate::codec::WireCodec")
             .build()
     };
     let kv = tonic_build::manual::Service::builder()

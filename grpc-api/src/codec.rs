@@ -22,28 +22,28 @@ use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::Status;
 use tonic_prost::ProstDecoder;
 
-/// tonic's prost codec with the encoder of this module ([`SizedEncoder`]); decoding is
+/// tonic's prost codec with the encoder of this module ([`WireEncoder`]); decoding is
 /// prost's.
-pub struct SizedCodec<T, U>(PhantomData<(T, U)>);
+pub struct WireCodec<T, U>(PhantomData<(T, U)>);
 
-impl<T, U> Default for SizedCodec<T, U> {
+impl<T, U> Default for WireCodec<T, U> {
     fn default() -> Self {
-        SizedCodec(PhantomData)
+        WireCodec(PhantomData)
     }
 }
 
-impl<T, U> Codec for SizedCodec<T, U>
+impl<T, U> Codec for WireCodec<T, U>
 where
     T: WireMessage + Send + 'static,
     U: Message + Default + Send + 'static,
 {
     type Encode = T;
     type Decode = U;
-    type Encoder = SizedEncoder<T>;
+    type Encoder = WireEncoder<T>;
     type Decoder = ProstDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        SizedEncoder(PhantomData)
+        WireEncoder(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -79,9 +79,9 @@ impl<T: Message> WireMessage for T {
 
 /// Encodes a message into the buffer: through the scratch vector when small, else after
 /// reserving its encoded length.
-pub struct SizedEncoder<T>(PhantomData<T>);
+pub struct WireEncoder<T>(PhantomData<T>);
 
-impl<T: WireMessage> Encoder for SizedEncoder<T> {
+impl<T: WireMessage> Encoder for WireEncoder<T> {
     type Item = T;
     type Error = Status;
 
