@@ -41,7 +41,7 @@ use server::watch_server::Watch;
 #[derive(Clone, Default)]
 pub struct WireResponse {
     pub head: WireHead,
-    /// Events, each encoded (every one must have been passed to [`encode_event`]).
+    /// Events, each encoded on its first use ([`encode_event`]).
     pub events: Vec<store::SharedEvent>,
 }
 
@@ -321,9 +321,6 @@ impl StreamState {
         }
         // etcd's cancel for a compacted start revision carries header revision 0.
         let header = self.node.header(if response.compact_revision != 0 { 0 } else { response.revision });
-        for event in &response.events {
-            encode_event(event);
-        }
         if response.canceled || response.compact_revision != 0 {
             self.progress_notify.remove(&watch_id);
             self.fragment.remove(&watch_id);

@@ -271,19 +271,20 @@ impl Hub {
             // Watchers are ordered by stream: each stream's responses are queued together,
             // under one lock of its queue and with one wake-up of its writer.
             let mut refused: Vec<((u64, i64), Revision)> = Vec::new();
+            let mut push = |q: &StreamQueue, batch: Vec<WatchEvent>| {
+                refused.extend(q.push_live_batch(batch).into_iter().map(|(id, rev)| ((q.id, id), rev)));
+            };
             let mut batch: Vec<WatchEvent> = Vec::new();
             let mut batch_queue: Option<&Arc<StreamQueue>> = None;
             for (key, w) in st.watchers.iter().filter(|(_, w)| w.synced) {
                 if let Some(q) = batch_queue.filter(|q| q.id != key.0) {
-                    refused.extend(
-                        q.push_live_batch(std::mem::take(&mut batch)).into_iter().map(|(id, rev)| ((q.id, id), rev)),
-                    );
+                    push(q, std::mem::take(&mut batch));
                 }
                 batch_queue = Some(&w.queue);
                 live_responses(w, key.1, &forms, &mut batch);
             }
             if let Some(q) = batch_queue {
-                refused.extend(q.push_live_batch(batch).into_iter().map(|(id, rev)| ((q.id, id), rev)));
+                push(q, batch);
             }
             for (key, rev) in refused {
                 // The stream is full: catch up from the events CF later.
@@ -634,15 +635,11 @@ fn read_events(
         } else {
             None
         };
-        bytes += event_bytes(&kv) + prev_kv.as_ref().map_or(0, event_bytes);
-        out.push(Event { kind: stored.kind, kv, prev_kv });
+        let event = Event { kind: stored.kind, kv, prev_kv };
+        bytes += queue::event_size(&event);
+        out.push(event);
     }
     Ok((out, upto))
-}
-
-/// What one version costs a catch-up pass in memory, for its byte budget.
-fn event_bytes(kv: &KeyValue) -> usize {
-    kv.key.len() + kv.value.len()
 }
 
 #[cfg(test)]

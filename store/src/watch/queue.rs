@@ -76,7 +76,8 @@ struct QueueState {
     closed: bool,
 }
 
-/// Keys and values of one event, as [`MERGE_BYTES_MAX`] counts them.
+/// Keys and values of one event and its previous version: what [`MERGE_BYTES_MAX`] and a
+/// catch-up pass's byte budget count.
 pub(crate) fn event_size(e: &Event) -> usize {
     e.kv.key.len() + e.kv.value.len() + e.prev_kv.as_ref().map_or(0, |p| p.key.len() + p.value.len())
 }
