@@ -108,7 +108,7 @@ pub(crate) struct Committed<'a> {
 /// The range whose count a read of committed state at revision `current` may take from
 /// the group's key counts (`key_counts.rs`): a range at the current revision that needs a
 /// count beyond the keys it returns (`count_only`, or a `limit`). Whether the count is then
-/// used depends on the plan ([`known_count`]).
+/// used depends on the scan ([`scan_counted`]).
 pub(crate) fn count_range(req: &RangeRequest, current: Revision) -> Option<KeyRange> {
     let wanted = !req.range_end.is_empty()
         && (req.count_only || req.limit > 0)
@@ -264,8 +264,12 @@ fn range_planned(
 }
 
 /// Scans the planned range, handing its first `fetch_limit` keys to `visit`, and returns the
-/// range's count: known without walking past the visited keys when it can be
-/// ([`known_count`]), else counted by walking the rest of the range.
+/// range's count. The scan stops after the visited keys when the count can be had otherwise:
+/// a page that continues a recorded one knows it already; a committed read at the current
+/// revision that the limit cut short takes it from the group's key counts
+/// ([`counted_by_segments`]), and one the limit did not cut visited every key. Anything else
+/// (a read without a limit, a page at an older revision not recorded) walks the rest of the
+/// range to count it.
 fn scan_counted(
     r: &Reader<'_>,
     g: GroupId,
@@ -274,33 +278,35 @@ fn scan_counted(
     committed: &Option<Committed<'_>>,
     visit: &mut mvcc::ScanVisitor<'_>,
 ) -> Result<i64> {
-    let known = known_count(r, g, req, p, committed)?;
-    let counting = if known.is_some() { mvcc::Count::Visited } else { mvcc::Count::All };
-    let scanned = mvcc::scan(r, g, &p.range, p.at, p.fetch_limit, counting, visit)?;
-    let count = known.unwrap_or(scanned);
-    debug_assert!(scanned <= count, "a page count recorded below the keys its range holds");
+    let limited = committed.as_ref().filter(|_| p.fetch_limit != usize::MAX);
+    let recorded = limited.and_then(|c| c.pages.get(c.epoch, p.rev, &req.key, &req.range_end));
+    let segments = limited.and_then(|c| c.count.as_ref()).filter(|_| p.at.is_none());
+    let count = match (recorded, segments) {
+        (Some(n), _) => {
+            let scanned = mvcc::scan(r, g, &p.range, p.at, p.fetch_limit, mvcc::Count::Visited, visit)?;
+            debug_assert!(scanned <= n, "a page count recorded below the keys its range holds");
+            n
+        }
+        (None, Some(plan)) => {
+            let scanned = mvcc::scan(r, g, &p.range, p.at, p.fetch_limit, mvcc::Count::Visited, visit)?;
+            if (scanned as usize) < p.fetch_limit {
+                // The range ended before the limit: every key in it was visited, so that is
+                // its count, with no walk of the segments the range cuts through (a list of
+                // one namespace is usually inside one segment).
+                scanned
+            } else {
+                counted_by_segments(r, g, p, plan)?
+            }
+        }
+        (None, None) => mvcc::scan(r, g, &p.range, p.at, p.fetch_limit, mvcc::Count::All, visit)?,
+    };
     Ok(i64::try_from(count).expect("a key count fits in i64"))
 }
 
-/// The count known without walking the range past the keys the scan visits (which then
-/// stops after them): a page that continues a recorded one knows it already, and a range
-/// at the current revision takes it from the group's key counts. Only for committed reads
-/// that stop at a limit (a read without one walks every key anyway).
-fn known_count(
-    r: &Reader<'_>,
-    g: GroupId,
-    req: &RangeRequest,
-    p: &Plan,
-    committed: &Option<Committed<'_>>,
-) -> Result<Option<u64>> {
-    let Some(c) = committed else { return Ok(None) };
-    if p.fetch_limit == usize::MAX {
-        return Ok(None);
-    }
-    if let Some(n) = c.pages.get(c.epoch, p.rev, &req.key, &req.range_end) {
-        return Ok(Some(n));
-    }
-    let (Some(plan), None) = (&c.count, p.at) else { return Ok(None) };
+/// The count of a range at the current revision from the group's key counts, planned in the
+/// read's snapshot: the sums of the segments inside the range plus walks of the (at most
+/// two) it cuts through.
+fn counted_by_segments(r: &Reader<'_>, g: GroupId, p: &Plan, plan: &CountPlan) -> Result<u64> {
     let n = plan.count(r, g)?;
     // An O(range) check, so tests only: every count planned is what a walk finds.
     #[cfg(debug_assertions)]
@@ -313,7 +319,9 @@ fn known_count(
         let walked = walk()?;
         assert_eq!(n, walked, "key counts of group {} disagree with a walk of {range:?}", g.0);
     }
-    Ok(Some(n))
+    #[cfg(not(debug_assertions))]
+    let _ = p;
+    Ok(n)
 }
 
 /// Records that the range of `req` after `last_key` holds `remaining` keys at `rev`, for the
@@ -518,6 +526,25 @@ mod tests {
             assert!(r.kvs.iter().all(|kv| kv.value.is_empty()));
             assert_eq!(values, N as u64);
         }
+    }
+
+    #[test]
+    fn a_limited_range_that_ends_before_its_limit_walks_only_its_keys() {
+        const N: usize = 1_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let mut index = 0;
+        put_all(&store, &mut index, (0..N).map(|i| (key(i), Bytes::from(vec![b'v'; 10]))));
+        // 50 keys in the middle of the group's key segments, read with a limit of 500 (a
+        // list of one namespace): the scan finds the range's end before the limit, so the
+        // count is the keys it visited and no segment is walked for it.
+        let req = RangeRequest { key: key(430), range_end: key(480), limit: 500, ..Default::default() };
+        let (r, (_, _, steps)) = cost_of(&store, &req);
+        assert_eq!((r.count, r.kvs.len(), r.more), (50, 50, false));
+        assert!(steps <= 50, "{steps} cursor steps for a range of 50 keys");
+        // Cut by its limit, the same range takes its count from the segments.
+        let (r, _) = cost_of(&store, &RangeRequest { limit: 20, ..req });
+        assert_eq!((r.count, r.kvs.len(), r.more), (50, 20, true));
     }
 
     /// Pages through the `total` keys at `revision` in pages of `limit`, as etcd clients do;
