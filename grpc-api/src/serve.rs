@@ -344,12 +344,7 @@ fn client_router(
     ));
     grpc.routes()
         .into_axum_router()
-        .layer(axum::middleware::from_fn_with_state(node.clone(), refuse_while_importing))
-        .layer(axum::middleware::from_fn_with_state(node.runtime.clone(), count_and_limit))
-        .layer(axum::middleware::from_fn_with_state(
-            (node.metrics.clone(), node.runtime.clone()),
-            crate::node::metrics::count_grpc,
-        ))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), admit))
         .merge(crate::http::router(node))
 }
 
@@ -364,41 +359,53 @@ const DATA_CALL_PREFIXES: [&str; 6] = [
     "/etcdserverpb.Maintenance/Defragment",
 ];
 
-/// Answers a data call on a group being imported with `etcdserver: tenant is being
-/// restored` before it reaches the service, so nothing reads a half-imported keyspace
-/// (writes that got past this are refused by the store's apply on every replica).
-async fn refuse_while_importing(
+/// The one middleware of every etcd call, on both ways in (the shared client port, after the
+/// certificate picked the tenant, and the tenant's own port). In order:
+/// - counts the call in the gRPC metrics ([`GrpcCall`](crate::node::metrics::GrpcCall)),
+///   refusals below included, and every request of the group (the tenant's request rate in
+///   `plinth tenant show`);
+/// - binds the connection to the group, whose tasks then follow its CPU lane (`conn.rs`);
+/// - refuses an etcd call over the tenant's requests per second with etcd's "too many
+///   requests" (`node/limits.rs`);
+/// - answers a data call on a group being imported with `etcdserver: tenant is being
+///   restored` before it reaches the service, so nothing reads a half-imported keyspace
+///   (writes that got past this are refused by the store's apply on every replica);
+/// - runs a key-value call in the CPU lane its group's load picks (`node/lanes.rs`).
+///
+/// One middleware rather than one per concern: each layer costs a boxed future and a boxed
+/// service call per request.
+async fn admit(
     axum::extract::State(node): axum::extract::State<Arc<Node>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let path = request.uri().path();
-    if DATA_CALL_PREFIXES.iter().any(|p| path.starts_with(p)) && node.store.import_state(node.group()).is_some() {
-        return crate::error::EtcdError::Restoring.status().into_http();
+    let call = crate::node::metrics::GrpcCall::start(&node.metrics, &node.runtime, &request);
+    let response = admitted(&node, request, next).await;
+    match call {
+        Some(call) => call.finish(response),
+        None => response,
     }
-    next.run(request).await
 }
 
-/// Counts every request of the router's group (the tenant's request rate in `plinth tenant
-/// show`), and refuses an etcd call over the tenant's requests per second with etcd's "too
-/// many requests" (see `node/limits.rs`). A key-value call then runs in the CPU lane its
-/// group's load picks, and the connection learns its group (`node/lanes.rs`). Runs on both
-/// ways in: the shared client port (after the certificate picked the tenant) and the
-/// tenant's own port.
-async fn count_and_limit(
-    axum::extract::State(rt): axum::extract::State<Arc<crate::node::GroupRuntime>>,
+/// [`admit`] past the metrics.
+async fn admitted(
+    node: &Node,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    let rt = &node.runtime;
     rt.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    // The connection's tasks follow this group's lane from now on (`conn.rs`).
     if let Some(lane) = request.extensions().get::<Arc<crate::node::lanes::ConnectionLane>>() {
         lane.bind(&rt.kv_in_flight);
     }
-    if request.uri().path().starts_with("/etcdserverpb.") && !rt.limiter.admit_request() {
+    let path = request.uri().path();
+    if path.starts_with("/etcdserverpb.") && !rt.limiter.admit_request() {
         return crate::error::EtcdError::TooManyRequests.status().into_http();
     }
-    if request.uri().path().starts_with("/etcdserverpb.KV/") {
+    if DATA_CALL_PREFIXES.iter().any(|p| path.starts_with(p)) && node.store.import_state(node.group()).is_some() {
+        return crate::error::EtcdError::Restoring.status().into_http();
+    }
+    if path.starts_with("/etcdserverpb.KV/") {
         return rt.kv_in_flight.run(next.run(request)).await;
     }
     next.run(request).await

@@ -463,37 +463,46 @@ impl hyper::body::Body for CountedBody {
     }
 }
 
-/// Counts every gRPC call in `grpc_server_started_total` and, with its outcome, in
-/// `grpc_server_handled_total` (and in `plinth_tenant_requests_total` of the router's tenant): the status of a trailers-only response (how tonic refuses a
-/// call before any message) at once, otherwise the status trailer at the end of the
-/// response body; a call that ends without one is `Canceled`. Only requests with a gRPC
-/// content type are counted, so HTTP endpoints never appear.
-pub async fn count_grpc(
-    axum::extract::State((metrics, runtime)): axum::extract::State<(
-        std::sync::Arc<Metrics>,
-        std::sync::Arc<crate::node::GroupRuntime>,
-    )>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let is_grpc = request
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    let Some(labels) = grpc_labels(request.uri().path()).filter(|_| is_grpc) else {
-        return next.run(request).await;
-    };
-    metrics.grpc_started.with_label_values(&[labels.0, labels.1, labels.2]).inc();
-    // Made before the call runs: if the client cancels a unary call in flight, this future
-    // is dropped and so is the guard, which counts the call as `Canceled`.
-    let tenant = runtime.tenant.get().cloned();
-    let mut handled = Handled { metrics, labels, tenant, done: false };
-    let response = next.run(request).await;
-    if let Some(code) = grpc_status(response.headers()) {
-        handled.finish(go_code_name(code));
+/// One gRPC call being counted: `grpc_server_started_total` when it starts and, with its
+/// outcome, `grpc_server_handled_total` (and `plinth_tenant_requests_total` of the router's
+/// tenant): the status of a trailers-only response (how tonic refuses a call before any
+/// message) at once, otherwise the status trailer at the end of the response body; a call
+/// that ends without one is `Canceled`. Only requests with a gRPC content type are counted,
+/// so HTTP endpoints never appear. The serving layer's one middleware (`serve.rs`) starts it
+/// before anything else looks at the request, so refusals are counted too.
+pub struct GrpcCall {
+    handled: Handled,
+}
+
+impl GrpcCall {
+    pub fn start(
+        metrics: &std::sync::Arc<Metrics>,
+        runtime: &crate::node::GroupRuntime,
+        request: &axum::extract::Request,
+    ) -> Option<GrpcCall> {
+        let is_grpc = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        let labels = grpc_labels(request.uri().path()).filter(|_| is_grpc)?;
+        metrics.grpc_started.with_label_values(&[labels.0, labels.1, labels.2]).inc();
+        // Made before the call runs: if the client cancels a unary call in flight, the
+        // future holding this is dropped and so is the guard, which counts the call as
+        // `Canceled`.
+        let tenant = runtime.tenant.get().cloned();
+        Some(GrpcCall { handled: Handled { metrics: metrics.clone(), labels, tenant, done: false } })
     }
-    response.map(|inner| axum::body::Body::new(CountedBody { inner, handled }))
+
+    /// Counts the call with the status of `response` if it has one already, or else with
+    /// the trailer its body ends with.
+    pub fn finish(mut self, response: axum::response::Response) -> axum::response::Response {
+        if let Some(code) = grpc_status(response.headers()) {
+            self.handled.finish(go_code_name(code));
+        }
+        let handled = self.handled;
+        response.map(|inner| axum::body::Body::new(CountedBody { inner, handled }))
+    }
 }
 
 #[cfg(test)]
