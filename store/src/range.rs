@@ -468,6 +468,16 @@ mod tests {
         }
     }
 
+    /// A store in a temporary directory holding keys `0..n`, key `i` with `value(i)`: the
+    /// directory (removed when dropped), the store and the last log index used.
+    fn store_with(n: usize, value: impl Fn(usize) -> Bytes) -> (tempfile::TempDir, Store, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let mut index = 0;
+        put_all(&store, &mut index, (0..n).map(|i| (key(i), value(i))));
+        (dir, store, index)
+    }
+
     fn all_keys() -> RangeRequest {
         RangeRequest { key: Bytes::from_static(b"k"), range_end: Bytes::from_static(b"l"), ..Default::default() }
     }
@@ -485,10 +495,7 @@ mod tests {
     #[test]
     fn counts_read_no_value_and_a_limited_page_decodes_only_its_keys() {
         const N: usize = 300;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        let mut index = 0;
-        put_all(&store, &mut index, (0..N).map(|i| (key(i), Bytes::from(vec![b'v'; 100]))));
+        let (_dir, store, mut index) = store_with(N, |_| Bytes::from(vec![b'v'; 100]));
         let first = store.current_revision(G);
         // A later write, so reads at `first` go through the history column family.
         put_all(&store, &mut index, std::iter::once((key(0), Bytes::from_static(b"new"))));
@@ -531,10 +538,7 @@ mod tests {
     #[test]
     fn a_limited_range_that_ends_before_its_limit_walks_only_its_keys() {
         const N: usize = 1_000;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        let mut index = 0;
-        put_all(&store, &mut index, (0..N).map(|i| (key(i), Bytes::from(vec![b'v'; 10]))));
+        let (_dir, store, _) = store_with(N, |_| Bytes::from(vec![b'v'; 10]));
         // 50 keys in the middle of the group's key segments, read with a limit of 500 (a
         // list of one namespace): the scan finds the range's end before the limit, so the
         // count is the keys it visited and no segment is walked for it.
@@ -584,10 +588,7 @@ mod tests {
     fn paging_at_a_pinned_revision_walks_each_key_about_once() {
         const N: usize = 2000;
         const LIMIT: i64 = 50;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        let mut index = 0;
-        put_all(&store, &mut index, (0..N).map(|i| (key(i), Bytes::from_static(b"v1"))));
+        let (_dir, store, mut index) = store_with(N, |_| Bytes::from_static(b"v1"));
         // Every tenth key gets more versions than a history scan steps over before seeking.
         for round in 0..12 {
             put_all(&store, &mut index, (0..N).step_by(10).map(|i| (key(i), Bytes::from(format!("v{round}")))));
@@ -722,10 +723,7 @@ mod tests {
     /// one; pages whose counts were recorded by either path) and the fallback's.
     #[test]
     fn wire_answers_are_the_decoded_answers_encoded() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        let mut index = 0;
-        put_all(&store, &mut index, (0..300).map(|i| (key(i), Bytes::from(format!("value {i}")))));
+        let (_dir, store, mut index) = store_with(300, |i| Bytes::from(format!("value {i}")));
         let old = store.current_revision(G);
         put_all(&store, &mut index, (0..300).step_by(3).map(|i| (key(i), Bytes::from(vec![b'x'; i]))));
         // Values larger than the answer's largest buffer, and one that fills a buffer's rest.
