@@ -291,8 +291,9 @@ fn scan_counted(
             let scanned = mvcc::scan(r, g, &p.range, p.at, p.fetch_limit, mvcc::Count::Visited, visit)?;
             if (scanned as usize) < p.fetch_limit {
                 // The range ended before the limit: every key in it was visited, so that is
-                // its count, with no walk of the segments the range cuts through (a list of
-                // one namespace is usually inside one segment).
+                // its count. Counting by segments would walk the range's part of the segments
+                // it cuts through, all of it for a range inside one segment (a list of one
+                // namespace), a second walk of the keys just visited.
                 scanned
             } else {
                 counted_by_segments(r, g, p, plan)?
