@@ -281,25 +281,20 @@ fn scan_counted(
     let limited = committed.as_ref().filter(|_| p.fetch_limit != usize::MAX);
     let recorded = limited.and_then(|c| c.pages.get(c.epoch, p.rev, &req.key, &req.range_end));
     let segments = limited.and_then(|c| c.count.as_ref()).filter(|_| p.at.is_none());
+    // With a count to be had otherwise, the scan stops after the keys it visits.
+    let counting = if recorded.is_some() || segments.is_some() { mvcc::Count::Visited } else { mvcc::Count::All };
+    let scanned = mvcc::scan(r, g, &p.range, p.at, p.fetch_limit, counting, visit)?;
     let count = match (recorded, segments) {
         (Some(n), _) => {
-            let scanned = mvcc::scan(r, g, &p.range, p.at, p.fetch_limit, mvcc::Count::Visited, visit)?;
             debug_assert!(scanned <= n, "a page count recorded below the keys its range holds");
             n
         }
-        (None, Some(plan)) => {
-            let scanned = mvcc::scan(r, g, &p.range, p.at, p.fetch_limit, mvcc::Count::Visited, visit)?;
-            if (scanned as usize) < p.fetch_limit {
-                // The range ended before the limit: every key in it was visited, so that is
-                // its count. Counting by segments would walk the range's part of the segments
-                // it cuts through, all of it for a range inside one segment (a list of one
-                // namespace), a second walk of the keys just visited.
-                scanned
-            } else {
-                counted_by_segments(r, g, p, plan)?
-            }
-        }
-        (None, None) => mvcc::scan(r, g, &p.range, p.at, p.fetch_limit, mvcc::Count::All, visit)?,
+        (None, Some(plan)) if scanned as usize >= p.fetch_limit => counted_by_segments(r, g, p, plan)?,
+        // The scan counted every key (`Count::All`), or the range ended before the limit and
+        // the scan visited every key in it. Counting by segments would walk the range's part
+        // of the segments it cuts through, all of it for a range inside one segment (a list
+        // of one namespace): a second walk of the keys just visited.
+        _ => scanned,
     };
     Ok(i64::try_from(count).expect("a key count fits in i64"))
 }
