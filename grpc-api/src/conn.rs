@@ -43,13 +43,43 @@ const HTTP2_STREAMS_PER_CONNECTION_MAX: u32 = u32::MAX;
 /// before it tries again, rather than spinning on the error.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
+/// What a listener serves: an axum router, or any service of the same shape (the shared
+/// client port serves the tenant dispatch directly, without a router in front that would
+/// only forward every request to it).
+pub trait HttpService:
+    tower::Service<
+        http::Request<axum::body::Body>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> HttpService for S where
+    S: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Serves `router` on every connection `incoming` yields, until it ends.
 ///
 /// Client pings: hyper's HTTP/2 server enforces no minimum interval between pings and no
 /// "pings only with active streams" rule, so it accepts what etcd's `--grpc-keepalive-min-time`
 /// (5 s) and permit-without-stream policy accept, and more.
-pub async fn serve<I, IO>(incoming: I, router: axum::Router)
+pub async fn serve<I, IO, S>(incoming: I, router: S)
 where
+    S: HttpService,
     I: Stream<Item = Result<IO, std::io::Error>>,
     IO: AsyncRead + AsyncWrite + Connected + Send + Unpin + 'static,
 {
@@ -72,8 +102,9 @@ where
 }
 
 /// One connection, from its first byte to its close.
-async fn serve_connection<IO>(io: IO, router: axum::Router, lane: Arc<ConnectionLane>)
+async fn serve_connection<IO, S>(io: IO, router: S, lane: Arc<ConnectionLane>)
 where
+    S: HttpService,
     IO: AsyncRead + AsyncWrite + Connected + Send + Unpin + 'static,
 {
     let info = io.connect_info();

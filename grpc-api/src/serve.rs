@@ -211,8 +211,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     // The shared client port: each request goes to the router of the tenant its connection
     // resolves to (the default tenant, or a client certificate's tenant).
-    let client_router =
-        axum::Router::new().fallback_service(crate::node::tenants::Dispatch { tenants: tenants.clone() });
+    let client_router = crate::node::tenants::Dispatch { tenants: tenants.clone() };
 
     let mut servers = tokio::task::JoinSet::new();
     let mut routes = tonic::service::Routes::builder();
@@ -469,7 +468,7 @@ fn tcp_incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming 
 }
 
 /// Serves `router` (gRPC and HTTP/1.1 or HTTP/2 endpoints) on `listener` (`conn.rs`).
-async fn serve_router(listener: TcpListener, router: axum::Router) {
+async fn serve_router(listener: TcpListener, router: impl crate::conn::HttpService) {
     crate::conn::serve(tcp_incoming(listener), router).await
 }
 
@@ -477,7 +476,11 @@ async fn serve_router(listener: TcpListener, router: axum::Router) {
 /// off the accept loop (bounded, with a timeout: see `tls.rs`), each with the certificate
 /// files as they are at that moment; request handlers find the other side's certificate
 /// identity in the request extensions (`tls::TlsConnectInfo`).
-async fn serve_router_tls(listener: TcpListener, router: axum::Router, tls: Arc<crate::tls::ReloadingServerConfig>) {
+async fn serve_router_tls(
+    listener: TcpListener,
+    router: impl crate::conn::HttpService,
+    tls: Arc<crate::tls::ReloadingServerConfig>,
+) {
     crate::conn::serve(crate::tls::tls_incoming(tcp_incoming(listener), tls), router).await
 }
 
