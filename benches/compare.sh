@@ -414,14 +414,20 @@ for nodes in ("1", "3"):
             print(f"\n{nodes} node(s): skipped ({b} serve does not form a {nodes}-node cluster yet)")
         continue
     print(f"\n### {nodes} node(s)\n")
-    print(f"| workload | metric | etcd | {b} | {b}/etcd | etcd p50 ms | {b} p50 ms | etcd p99 ms | {b} p99 ms | p99 {b}/etcd | server CPU cores etcd / {b} | errors etcd / {b} |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| workload | metric | etcd | {b} | {b}/etcd | etcd p50 ms | {b} p50 ms | etcd p99 ms | {b} p99 ms | p99 {b}/etcd | server CPU cores etcd / {b} | server CPU per op {b}/etcd | errors etcd / {b} |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, c in rows:
         e, p = c["etcd"], c[b]
         metric = {"events": "events/s", "time": "ms per op"}.get(headline[name], "ops/s")
         cpu = f"{f(e[5])} / {f(p[5])}" if e[5] is not None and p[5] is not None else "n/a"
+        # The server's CPU time per unit of the headline rate (operations or events): how much
+        # of a core each server spends on the same work, whatever limits its rate. Rows whose
+        # headline is a time have no rate to divide by.
+        per_op = "n/a"
+        if headline[name] != "time" and None not in (e[0], p[0], e[5], p[5]) and e[5] > 0 and p[0] > 0:
+            per_op = f"{(p[5] / p[0]) / (e[5] / e[0]):.2f}"
         print(f"| {name} | {metric} | {f(e[0])} | {f(p[0])} | {ratio(e[0], p[0])} | {f(e[1])} | {f(p[1])} | "
-              f"{f(e[2])} | {f(p[2])} | {ratio(e[2], p[2])} | {cpu} | {e[3]} / {p[3]} |")
+              f"{f(e[2])} | {f(p[2])} | {ratio(e[2], p[2])} | {cpu} | {per_op} | {e[3]} / {p[3]} |")
 mems = {}
 for system in ("etcd", b):
     p = f"{res}/mem.{system}.json"
