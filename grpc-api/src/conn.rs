@@ -43,9 +43,9 @@ const HTTP2_STREAMS_PER_CONNECTION_MAX: u32 = u32::MAX;
 /// before it tries again, rather than spinning on the error.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
-/// What a listener serves: an axum router, or any service of the same shape (the shared
-/// client port serves the tenant dispatch directly, without a router in front that would
-/// only forward every request to it).
+/// What a listener serves: a router (a tenant's port, the peer port), or the tenant dispatch
+/// (the shared client port), served directly rather than behind a router that would only
+/// forward every request to it.
 pub trait HttpService:
     tower::Service<
         http::Request<axum::body::Body>,
@@ -59,18 +59,8 @@ pub trait HttpService:
 {
 }
 
-impl<S> HttpService for S where
-    S: tower::Service<
-            http::Request<axum::body::Body>,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + Sync
-        + 'static
-{
-}
+impl HttpService for axum::Router {}
+impl HttpService for crate::node::tenants::Dispatch {}
 
 /// Serves `router` on every connection `incoming` yields, until it ends.
 ///
