@@ -387,6 +387,11 @@ def f(x, unit=""):
 def ratio(a, b_):
     return "n/a" if a is None or b_ is None or a == 0 else f"{b_ / a:.2f}"
 
+def cpu_per_unit(cell):
+    # Server CPU cores over the headline rate; None without a rate (no run, or none done).
+    rate, cores = cell[0], cell[5]
+    return cores / rate if rate and cores is not None else None
+
 skipped = set()
 if os.path.exists(f"{res}/skipped-topologies"):
     skipped = set(open(f"{res}/skipped-topologies").read().split())
@@ -423,9 +428,7 @@ for nodes in ("1", "3"):
         # The server's CPU time per unit of the headline rate (operations or events): how much
         # of a core each server spends on the same work, whatever limits its rate. Rows whose
         # headline is a time have no rate to divide by.
-        per_op = "n/a"
-        if headline[name] != "time" and None not in (e[0], p[0], e[5], p[5]) and e[5] > 0 and p[0] > 0:
-            per_op = f"{(p[5] / p[0]) / (e[5] / e[0]):.2f}"
+        per_op = "n/a" if headline[name] == "time" else ratio(cpu_per_unit(e), cpu_per_unit(p))
         print(f"| {name} | {metric} | {f(e[0])} | {f(p[0])} | {ratio(e[0], p[0])} | {f(e[1])} | {f(p[1])} | "
               f"{f(e[2])} | {f(p[2])} | {ratio(e[2], p[2])} | {cpu} | {per_op} | {e[3]} / {p[3]} |")
 mems = {}
