@@ -211,7 +211,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     // The shared client port: each request goes to the router of the tenant its connection
     // resolves to (the default tenant, or a client certificate's tenant).
-    let client_router = crate::node::tenants::Dispatch { tenants: tenants.clone() };
+    let dispatch = crate::node::tenants::Dispatch { tenants: tenants.clone() };
 
     let mut servers = tokio::task::JoinSet::new();
     let mut routes = tonic::service::Routes::builder();
@@ -261,11 +261,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         match (&client_tls, https) {
             (Some(tls), true) => {
                 info!(%addr, "serving client requests (gRPC and HTTP) over TLS");
-                servers.spawn(serve_router_tls(listener, client_router.clone(), tls.clone()));
+                servers.spawn(serve_router_tls(listener, dispatch.clone(), tls.clone()));
             }
             _ => {
                 info!(%addr, "serving client requests (gRPC and HTTP)");
-                servers.spawn(serve_router(listener, client_router.clone()));
+                servers.spawn(serve_router(listener, dispatch.clone()));
             }
         }
     }
