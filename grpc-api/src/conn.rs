@@ -2,7 +2,7 @@
 //! `/metrics` and the other plain endpoints, on connections accepted by the caller.
 //!
 //! This is hyper's automatic HTTP/1-or-2 connection with the settings etcd's gRPC server
-//! has (see the constants), serving an axum router. Each connection is one task; each
+//! has (see the constants), serving an [`HttpService`]. Each connection is one task; each
 //! HTTP/2 stream is another, spawned by the connection. Both kinds are [`Roaming`] tasks
 //! tied to the connection's [`ConnectionLane`]: once a request tells which group the
 //! connection serves, its tasks run on the CPU lane that group's weight picks
@@ -43,9 +43,9 @@ const HTTP2_STREAMS_PER_CONNECTION_MAX: u32 = u32::MAX;
 /// before it tries again, rather than spinning on the error.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
-/// What a listener serves: a router (a tenant's port, the peer port), or the tenant dispatch
-/// (the shared client port), served directly rather than behind a router that would only
-/// forward every request to it.
+/// What a listener serves: a router (the peer port), a group's client service (a tenant's
+/// port), or the tenant dispatch (the shared client port), served directly rather than behind
+/// a router that would only forward every request to it.
 pub trait HttpService:
     tower::Service<
         http::Request<axum::body::Body>,
@@ -61,6 +61,7 @@ pub trait HttpService:
 
 impl HttpService for axum::Router {}
 impl HttpService for crate::node::tenants::Dispatch {}
+impl HttpService for crate::node::tenants::ClientService {}
 
 /// Serves `router` on every connection `incoming` yields, until it ends.
 ///

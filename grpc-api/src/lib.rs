@@ -29,8 +29,8 @@
 //! `migrate` and `backup::cli` are its client-side commands. Shared by both layers: `pb`,
 //! `error`, `config`, `auth_config`, `tls`, `version` and `backup`'s formats. Nothing under
 //! `node/` uses a service or `serve` (checked by `tests/module_rule.rs`): what the node
-//! needs from above, the client router of a group and the server of a tenant port, `serve`
-//! hands to it (`node::tenants::RouterFactory`, `node::tenants::PortServer`).
+//! needs from above, the client service of a group and the server of a tenant port, `serve`
+//! hands to it (`node::tenants::ServiceFactory`, `node::tenants::PortServer`).
 //!
 //! Guarantees:
 //! - Every client-visible error carries etcd's gRPC code and exact message (`error.rs`).

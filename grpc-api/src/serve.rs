@@ -13,6 +13,7 @@ use crate::node::membership::{parse_initial_cluster, ConfContext, Identity, Memb
 use crate::node::metrics::Metrics;
 use crate::node::peer::pb::peer_server::PeerServer;
 use crate::node::peer::{PeerService, PeerTransport, PEER_MESSAGE_BYTES_MAX};
+use crate::node::tenants::{ClientFuture, ClientHandler, ClientService};
 use crate::node::{Applier, Groups, Membership, Node, NodeConfig, DEFAULT_GROUP, SYSTEM_GROUP};
 use crate::pb::etcdserverpb::{
     cluster_server::ClusterServer, lease_server::LeaseServer, maintenance_server::MaintenanceServer,
@@ -173,7 +174,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tenants_cfg,
         groups.clone(),
         registry_changed,
-        Box::new(move |node| client_router(node, max_request_bytes, health.clone(), scheduler.clone())),
+        Box::new(move |node| client_service(node, max_request_bytes, health.clone(), scheduler.clone())),
         Box::new(|listener, router| Box::pin(serve_router(listener, router))),
     );
     let node = Arc::new(Node::new(
@@ -305,31 +306,30 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Every etcd service, the tenant admin API (`plinth.v1.Tenants`, refused unless `node` is
 /// the default tenant's) and the HTTP endpoints, served for `node`'s group.
-fn client_router(
+fn client_service(
     node: Arc<Node>,
     max_request_bytes: usize,
     health: HealthServer,
     backups: Option<Arc<crate::backup::schedule::Scheduler>>,
-) -> axum::Router {
+) -> ClientService {
+    let kv = crate::kv::server::k_v_server::KVServer::new(crate::kv::KvService { node: node.clone() })
+        .max_decoding_message_size(max_request_bytes + GRPC_OVERHEAD_BYTES)
+        .max_encoding_message_size(usize::MAX);
+    let watch = WatchServer::new(crate::watch::WatchService { node: node.clone() })
+        .max_decoding_message_size(max_request_bytes + GRPC_OVERHEAD_BYTES)
+        .max_encoding_message_size(usize::MAX);
+    let lease = LeaseServer::new(crate::lease::LeaseService::new(node.clone()));
     let mut grpc = tonic::service::Routes::builder();
-    grpc.add_service(
-        crate::kv::server::k_v_server::KVServer::new(crate::kv::KvService { node: node.clone() })
-            .max_decoding_message_size(max_request_bytes + GRPC_OVERHEAD_BYTES)
-            .max_encoding_message_size(usize::MAX),
-    )
-    .add_service(
-        WatchServer::new(crate::watch::WatchService { node: node.clone() })
-            .max_decoding_message_size(max_request_bytes + GRPC_OVERHEAD_BYTES)
-            .max_encoding_message_size(usize::MAX),
-    )
-    .add_service(LeaseServer::new(crate::lease::LeaseService::new(node.clone())))
-    .add_service(ClusterServer::new(crate::cluster::ClusterService { node: node.clone() }))
-    .add_service(crate::pb::etcdserverpb::auth_server::AuthServer::new(crate::auth::AuthService::new(node.clone())))
-    .add_service(
-        MaintenanceServer::new(crate::maintenance::MaintenanceService { node: node.clone() })
-            .max_encoding_message_size(usize::MAX),
-    )
-    .add_service(health);
+    grpc.add_service(kv.clone())
+        .add_service(watch.clone())
+        .add_service(lease.clone())
+        .add_service(ClusterServer::new(crate::cluster::ClusterService { node: node.clone() }))
+        .add_service(crate::pb::etcdserverpb::auth_server::AuthServer::new(crate::auth::AuthService::new(node.clone())))
+        .add_service(
+            MaintenanceServer::new(crate::maintenance::MaintenanceService { node: node.clone() })
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(health);
     // On a tenant's router the admin API only answers "permission denied".
     grpc.add_service(
         crate::pb::plinthv1::tenants_server::TenantsServer::new(crate::tenants::TenantsService {
@@ -341,10 +341,59 @@ fn client_router(
     .add_service(crate::pb::plinthv1::backups_server::BackupsServer::new(
         crate::backup::schedule::BackupsService { node: node.clone(), scheduler: backups },
     ));
-    grpc.routes()
+    let rest = grpc
+        .routes()
         .into_axum_router()
-        .layer(axum::middleware::from_fn_with_state(node.clone(), admit))
-        .merge(crate::http::router(node))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), admit_layer))
+        .merge(crate::http::router(node.clone()));
+    ClientService::new(ClientRoutes { node, kv, watch, lease, rest })
+}
+
+/// A group's client requests: the key-value, watch and lease calls (nearly every request a
+/// kube-apiserver makes) go straight to their service through [`admit`]; the other etcd
+/// services, the admin APIs, the HTTP endpoints and unknown paths go through an axum router
+/// with [`admit`] as its layer (unknown gRPC paths answer "unimplemented" there). The direct
+/// way saves each hot call two routers' path matches, boxed futures and service clones.
+struct ClientRoutes {
+    node: Arc<Node>,
+    kv: crate::kv::server::k_v_server::KVServer<crate::kv::KvService>,
+    watch: WatchServer<crate::watch::WatchService>,
+    lease: LeaseServer<crate::lease::LeaseService>,
+    rest: axum::Router,
+}
+
+impl ClientHandler for ClientRoutes {
+    fn handle(&self, request: axum::extract::Request) -> ClientFuture {
+        let path = request.uri().path();
+        let node = self.node.clone();
+        if path.starts_with("/etcdserverpb.KV/") {
+            let kv = self.kv.clone();
+            Box::pin(async move { Ok(admit(&node, request, |r| grpc_call(kv, r)).await) })
+        } else if path.starts_with("/etcdserverpb.Watch/") {
+            let watch = self.watch.clone();
+            Box::pin(async move { Ok(admit(&node, request, |r| grpc_call(watch, r)).await) })
+        } else if path.starts_with("/etcdserverpb.Lease/") {
+            let lease = self.lease.clone();
+            Box::pin(async move { Ok(admit(&node, request, |r| grpc_call(lease, r)).await) })
+        } else {
+            Box::pin(tower::ServiceExt::oneshot(self.rest.clone(), request))
+        }
+    }
+}
+
+/// One call of a generated gRPC server, its answer as an axum response.
+async fn grpc_call<S>(service: S, request: axum::extract::Request) -> axum::response::Response
+where
+    S: tower::Service<
+        axum::extract::Request,
+        Response = http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+    >,
+{
+    match tower::ServiceExt::oneshot(service, request).await {
+        Ok(response) => response.map(axum::body::Body::new),
+        Err(never) => match never {},
+    }
 }
 
 /// The etcd calls that read or change a group's data: refused while an import replaces it.
@@ -371,27 +420,37 @@ const DATA_CALL_PREFIXES: [&str; 6] = [
 ///   (writes that got past this are refused by the store's apply on every replica);
 /// - runs a key-value call in the CPU lane its group's load picks (`node/lanes.rs`).
 ///
-/// One middleware rather than one per concern: each layer costs a boxed future and a boxed
-/// service call per request.
-async fn admit(
-    axum::extract::State(node): axum::extract::State<Arc<Node>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
+/// One function rather than a layer per concern: each layer costs a boxed future and a boxed
+/// service call per request. The hot calls reach it directly ([`ClientRoutes`]), the others
+/// as their router's layer ([`admit_layer`]); `next` serves the request.
+async fn admit<F, Fut>(node: &Node, request: axum::extract::Request, next: F) -> axum::response::Response
+where
+    F: FnOnce(axum::extract::Request) -> Fut,
+    Fut: std::future::Future<Output = axum::response::Response> + Send + 'static,
+{
     let call = crate::node::metrics::GrpcCall::start(&node.metrics, &node.runtime, &request);
-    let response = admitted(&node, request, next).await;
+    let response = admitted(node, request, next).await;
     match call {
         Some(call) => call.finish(response),
         None => response,
     }
 }
 
-/// [`admit`] past the metrics.
-async fn admitted(
-    node: &Node,
+/// [`admit`] as the layer of a group's router.
+async fn admit_layer(
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    admit(&node, request, |r| next.run(r)).await
+}
+
+/// [`admit`] past the metrics.
+async fn admitted<F, Fut>(node: &Node, request: axum::extract::Request, next: F) -> axum::response::Response
+where
+    F: FnOnce(axum::extract::Request) -> Fut,
+    Fut: std::future::Future<Output = axum::response::Response> + Send + 'static,
+{
     let rt = &node.runtime;
     rt.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if let Some(lane) = request.extensions().get::<Arc<crate::node::lanes::ConnectionLane>>() {
@@ -405,9 +464,9 @@ async fn admitted(
         return crate::error::EtcdError::Restoring.status().into_http();
     }
     if path.starts_with("/etcdserverpb.KV/") {
-        return rt.kv_in_flight.run(next.run(request)).await;
+        return rt.kv_in_flight.run(next(request)).await;
     }
-    next.run(request).await
+    next(request).await
 }
 
 /// The server of `--cert-file`/`--key-file`/`--trusted-ca-file`/`--client-cert-auth` (or of

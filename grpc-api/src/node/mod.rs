@@ -8,7 +8,7 @@
 //! per-tenant limits and fair shares (`limits`, `shares`), alarms (`alarms`) and the
 //! metrics registry (`metrics`). Nothing here uses a service or the binary's wiring
 //! (`serve.rs`): the services depend on the node, and what the node needs from the serving
-//! layer is handed to it (see `tenants::RouterFactory`, `tenants::PortServer`).
+//! layer is handed to it (see `tenants::ServiceFactory`, `tenants::PortServer`).
 //!
 //! A proposal carries a request id in its first 8 bytes; the member that proposed it keeps a
 //! waiter under that id and answers the client with the result its own apply produced. An

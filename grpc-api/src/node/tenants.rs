@@ -9,7 +9,7 @@
 //!
 //! - a tenant without a group here gets one: its runtime, its Raft group (bootstrapped with
 //!   the voters its record names, exactly as on every other member, or joined empty if this
-//!   member is not one of them), its [`Node`], its client router and, with
+//!   member is not one of them), its [`Node`], its client service and, with
 //!   `--tenant-client-port-base P`, its plaintext listener on port P + number; the group's
 //!   first campaigner ([`TenantRecord::first_campaigner`]) elects its first leader at once
 //!   instead of after an election timeout, and a tenant that cannot be served yet (its
@@ -23,7 +23,7 @@
 //!   propose it themselves before they answer, so a tenant never writes past a quota it was
 //!   given.
 //!
-//! **Resolution.** A connection's requests are served by one tenant's router: a tenant port
+//! **Resolution.** A connection's requests are served by one tenant's service: a tenant port
 //! serves its tenant; the shared client port maps the client certificate's Common Name
 //! through the registry, and serves the default tenant to plain connections and, when
 //! `--default-tenant-for-unmapped` allows it, to certificates that map to no tenant.
@@ -31,8 +31,8 @@
 //! auth users — is its group's, so nothing of another tenant is reachable.
 //!
 //! **What is not here.** The admin API over the registry (`plinth.v1.Tenants`: create,
-//! update, delete, list, show, import) is a service, in `crate::tenants`; the client router of
-//! a group and the server of a tenant port come from the serving layer ([`RouterFactory`],
+//! update, delete, list, show, import) is a service, in `crate::tenants`; the client service of
+//! a group and the server of a tenant port come from the serving layer ([`ServiceFactory`],
 //! [`PortServer`]). This module reaches no service.
 
 use std::collections::{BTreeMap, HashMap};
@@ -120,13 +120,67 @@ pub struct TenantsConfig {
     pub default_for_unmapped: bool,
 }
 
-/// Builds the client router (every etcd service and the HTTP endpoints) of one group's node.
-pub type RouterFactory = Box<dyn Fn(Arc<Node>) -> axum::Router + Send + Sync>;
+/// The future of one client request: the answer, never an error (a refusal is an answer).
+pub type ClientFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>,
+>;
 
-/// Serves a router on a tenant port's listener until the server fails. Given by the serving
-/// layer (`serve.rs`) with the [`RouterFactory`]: the registry opens and closes tenant ports,
-/// the serving layer owns the server that runs on them.
-pub type PortServer = Box<dyn Fn(tokio::net::TcpListener, axum::Router) -> PortServing + Send + Sync>;
+/// Serves one group's client requests (every etcd service and the HTTP endpoints). Built by
+/// the serving layer, which owns the services; this module only hands requests to it.
+pub trait ClientHandler: Send + Sync + 'static {
+    fn handle(&self, request: http::Request<axum::body::Body>) -> ClientFuture;
+}
+
+/// One group's [`ClientHandler`], shared by its tenant port and the shared client port: a
+/// tower service whose clone is one reference count and whose call is one boxed future.
+#[derive(Clone)]
+pub struct ClientService(Arc<dyn ClientHandler>);
+
+impl ClientService {
+    pub fn new(handler: impl ClientHandler) -> ClientService {
+        ClientService(Arc::new(handler))
+    }
+
+    /// The same service with every request tagged as coming from `group`'s tenant port.
+    fn on_port_of(&self, group: u64) -> ClientService {
+        ClientService::new(PortOf { group, inner: self.clone() })
+    }
+}
+
+impl tower::Service<http::Request<axum::body::Body>> for ClientService {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = ClientFuture;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<axum::body::Body>) -> ClientFuture {
+        self.0.handle(request)
+    }
+}
+
+/// A tenant port's service: tags each request with the port's tenant ([`ListenerTenant`]).
+struct PortOf {
+    group: u64,
+    inner: ClientService,
+}
+
+impl ClientHandler for PortOf {
+    fn handle(&self, mut request: http::Request<axum::body::Body>) -> ClientFuture {
+        request.extensions_mut().insert(ListenerTenant(self.group));
+        self.inner.0.handle(request)
+    }
+}
+
+/// Builds the [`ClientService`] of one group's node.
+pub type ServiceFactory = Box<dyn Fn(Arc<Node>) -> ClientService + Send + Sync>;
+
+/// Serves a group's client service on a tenant port's listener until the server fails.
+/// Given by the serving layer (`serve.rs`) with the [`ServiceFactory`]: the registry opens and
+/// closes tenant ports, the serving layer owns the server that runs on them.
+pub type PortServer = Box<dyn Fn(tokio::net::TcpListener, ClientService) -> PortServing + Send + Sync>;
 
 /// The server a [`PortServer`] runs on one port, as a future that ends if it stops accepting.
 pub type PortServing = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -134,7 +188,7 @@ pub type PortServing = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 
 /// A group served on this member.
 struct Served {
     node: Arc<Node>,
-    router: axum::Router,
+    service: ClientService,
     /// The tenant port's listener, aborted when the tenant is deleted.
     listener: Option<tokio::task::JoinHandle<()>>,
 }
@@ -155,7 +209,7 @@ pub struct Tenants {
     groups: Arc<Groups>,
     registry: RwLock<Registry>,
     served: RwLock<HashMap<u64, Served>>,
-    make_router: RouterFactory,
+    make_service: ServiceFactory,
     serve_port: PortServer,
     /// Told by the applier when the system group applied something.
     pub changed: Arc<tokio::sync::Notify>,
@@ -168,7 +222,7 @@ impl Tenants {
         cfg: TenantsConfig,
         groups: Arc<Groups>,
         changed: Arc<tokio::sync::Notify>,
-        make_router: RouterFactory,
+        make_service: ServiceFactory,
         serve_port: PortServer,
     ) -> Arc<Tenants> {
         Arc::new(Tenants {
@@ -176,7 +230,7 @@ impl Tenants {
             groups,
             registry: RwLock::default(),
             served: RwLock::default(),
-            make_router,
+            make_service,
             serve_port,
             changed,
             samples: Mutex::default(),
@@ -187,8 +241,8 @@ impl Tenants {
     pub fn serve_group(&self, node: Arc<Node>) {
         let name = if node.runtime.group == SYSTEM_GROUP { "system" } else { crate::backup::manifest::DEFAULT_TENANT };
         let _ = node.runtime.tenant.set(Arc::from(name));
-        let router = (self.make_router)(node.clone());
-        self.served.write().insert(node.runtime.group, Served { node, router, listener: None });
+        let service = (self.make_service)(node.clone());
+        self.served.write().insert(node.runtime.group, Served { node, service, listener: None });
     }
 
     /// The node of `group` on this member.
@@ -209,9 +263,9 @@ impl Tenants {
         self.node(group).ok_or_else(|| Status::not_found(format!("group {group} is not served by this member")))
     }
 
-    /// The router that serves a request on the shared client port, by the connection's
+    /// The service that serves a request on the shared client port, by the connection's
     /// client certificate.
-    fn route(&self, extensions: &http::Extensions) -> Result<axum::Router, Status> {
+    fn route(&self, extensions: &http::Extensions) -> Result<ClientService, Status> {
         let group = match extensions.get::<ListenerTenant>() {
             Some(t) => t.0,
             None => {
@@ -242,7 +296,7 @@ impl Tenants {
         let s = served
             .get(&group)
             .ok_or_else(|| Status::unavailable(format!("plinth: tenant group {group} is not served by this member")))?;
-        Ok(s.router.clone())
+        Ok(s.service.clone())
     }
 
     /// The tenant records, by name.
@@ -370,7 +424,7 @@ impl Tenants {
     }
 
     /// Creates tenant `r`'s group on this member (idempotent: after a restart the group is
-    /// already there) and serves it: its node, its router and, with a port base, its port.
+    /// already there) and serves it: its node, its service and, with a port base, its port.
     /// When this member is the group's first campaigner, it elects the group's first leader
     /// (see [`elect_first_leader`]).
     async fn serve_tenant(&self, default: &Arc<Node>, r: &TenantRecord) -> anyhow::Result<()> {
@@ -399,11 +453,11 @@ impl Tenants {
         }
         let node = Arc::new(default.sibling(rt));
         let _ = node.runtime.tenant.set(Arc::from(r.name.as_str()));
-        let router = (self.make_router)(node.clone());
+        let service = (self.make_service)(node.clone());
         // Ordering: the port opens before the group counts as served, so a create that waits
         // for it (`wait_served`) answers with the port open.
         let listener = match self.cfg.port_base {
-            Some(base) => match self.listen(base, r, router.clone()).await {
+            Some(base) => match self.listen(base, r, service.clone()).await {
                 Ok(l) => Some(l),
                 Err(e) => {
                     warn!(tenant = %r.name, error = %e, "cannot open the tenant's port; retrying");
@@ -413,19 +467,19 @@ impl Tenants {
             None => None,
         };
         info!(tenant = %r.name, number = r.number, group = r.group, "serving tenant");
-        self.served.write().insert(r.group, Served { node, router, listener });
+        self.served.write().insert(r.group, Served { node, service, listener });
         Ok(())
     }
 
     /// Opens the port of tenant `r`, served here without one; a failure is logged, and the
     /// next pass tries again.
     async fn open_port(&self, r: &TenantRecord) {
-        let (Some(base), Some(router)) =
-            (self.cfg.port_base, self.served.read().get(&r.group).map(|s| s.router.clone()))
+        let (Some(base), Some(service)) =
+            (self.cfg.port_base, self.served.read().get(&r.group).map(|s| s.service.clone()))
         else {
             return;
         };
-        match self.listen(base, r, router).await {
+        match self.listen(base, r, service).await {
             Ok(listener) => {
                 let mut served = self.served.write();
                 match served.get_mut(&r.group) {
@@ -443,7 +497,7 @@ impl Tenants {
         &self,
         base: u16,
         r: &TenantRecord,
-        router: axum::Router,
+        service: ClientService,
     ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
         let port = u64::from(base) + r.number;
         anyhow::ensure!(port <= u64::from(u16::MAX), "tenant {} number {} has no port above {base}", r.name, r.number);
@@ -452,9 +506,9 @@ impl Tenants {
             .await
             .map_err(|e| anyhow::anyhow!("listen on {addr} for tenant {}: {e}", r.name))?;
         info!(%addr, tenant = %r.name, "serving tenant clients");
-        let router = router.layer(axum::Extension(ListenerTenant(r.group)));
+        let service = service.on_port_of(r.group);
         let name = r.name.clone();
-        let serving = (self.serve_port)(listener, router);
+        let serving = (self.serve_port)(listener, service);
         Ok(tokio::spawn(async move {
             serving.await;
             warn!(tenant = %name, "tenant listener stopped");
@@ -560,7 +614,7 @@ pub(crate) fn read_records(store: &store::Store) -> anyhow::Result<BTreeMap<Stri
     Ok(out)
 }
 
-/// A tower service that hands each request on the shared client port to the router of the
+/// A tower service that hands each request on the shared client port to the service of the
 /// tenant its connection resolves to.
 #[derive(Clone)]
 pub struct Dispatch {
@@ -568,23 +622,20 @@ pub struct Dispatch {
 }
 
 impl tower::Service<http::Request<axum::body::Body>> for Dispatch {
-    type Response = http::Response<axum::body::Body>;
+    type Response = axum::response::Response;
     type Error = std::convert::Infallible;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = ClientFuture;
 
     fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
         std::task::Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: http::Request<axum::body::Body>) -> Self::Future {
-        let routed = self.tenants.route(req.extensions());
-        Box::pin(async move {
-            match routed {
-                // The router counts the request and applies the tenant's limits.
-                Ok(router) => tower::ServiceExt::oneshot(router, req).await,
-                Err(status) => Ok(status.into_http()),
-            }
-        })
+        match self.tenants.route(req.extensions()) {
+            // The tenant's service counts the request and applies the tenant's limits.
+            Ok(service) => service.0.handle(req),
+            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
+        }
     }
 }
 
