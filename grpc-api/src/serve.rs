@@ -210,7 +210,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(scheduler.run(node.clone()));
     }
 
-    // The shared client port: each request goes to the router of the tenant its connection
+    // The shared client port: each request goes to the service of the tenant its connection
     // resolves to (the default tenant, or a client certificate's tenant).
     let dispatch = crate::node::tenants::Dispatch { tenants: tenants.clone() };
 
@@ -365,20 +365,30 @@ struct ClientRoutes {
 impl ClientHandler for ClientRoutes {
     fn handle(&self, request: axum::extract::Request) -> ClientFuture {
         let path = request.uri().path();
-        let node = self.node.clone();
         if path.starts_with("/etcdserverpb.KV/") {
-            let kv = self.kv.clone();
-            Box::pin(async move { Ok(admit(&node, request, |r| grpc_call(kv, r)).await) })
+            direct(self.node.clone(), self.kv.clone(), request)
         } else if path.starts_with("/etcdserverpb.Watch/") {
-            let watch = self.watch.clone();
-            Box::pin(async move { Ok(admit(&node, request, |r| grpc_call(watch, r)).await) })
+            direct(self.node.clone(), self.watch.clone(), request)
         } else if path.starts_with("/etcdserverpb.Lease/") {
-            let lease = self.lease.clone();
-            Box::pin(async move { Ok(admit(&node, request, |r| grpc_call(lease, r)).await) })
+            direct(self.node.clone(), self.lease.clone(), request)
         } else {
             Box::pin(tower::ServiceExt::oneshot(self.rest.clone(), request))
         }
     }
+}
+
+/// A hot call: [`admit`], then the generated server.
+fn direct<S>(node: Arc<Node>, service: S, request: axum::extract::Request) -> ClientFuture
+where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    Box::pin(async move { Ok(admit(&node, request, |r| grpc_call(service, r)).await) })
 }
 
 /// One call of a generated gRPC server, its answer as an axum response.
