@@ -399,6 +399,33 @@ mod tests {
         (release, held)
     }
 
+    /// A request of each of `groups` every 20 ms until the returned set is dropped: it keeps
+    /// the member shared and a group with the bound in flight heavy. The conditions the tests
+    /// assert under would otherwise lapse [`SHARED_FOR`] after the last request, and a loaded
+    /// machine can starve the bulk lane's niced threads for that long between two steps.
+    fn keep_requesting(groups: &[&Arc<InFlight>]) -> tokio::task::JoinSet<()> {
+        let mut set = tokio::task::JoinSet::new();
+        for group in groups {
+            let group = Arc::clone(group);
+            set.spawn(async move {
+                loop {
+                    group.run(async {}).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+        }
+        set
+    }
+
+    /// Waits (at most ten seconds) until `group` no longer wants the bulk lane.
+    async fn until_light(group: &InFlight) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while group.wants_bulk() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!group.wants_bulk(), "light again {HEAVY_FOR:?} after the last heavy request");
+    }
+
     type Poke = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<i32>>;
 
     /// A task body that answers each poke with the nice value of the thread running it.
@@ -425,7 +452,7 @@ mod tests {
     async fn requests_past_the_bound_run_at_lower_priority() {
         let sharing = Arc::new(Sharing::default());
         let lane = Arc::new(InFlight::new(1, sharing.clone()));
-        let other = InFlight::new(2, sharing);
+        let other = Arc::new(InFlight::new(2, sharing));
         let normal = nice();
         let release = Arc::new(tokio::sync::Semaphore::new(0));
         let mut held = tokio::task::JoinSet::new();
@@ -445,10 +472,12 @@ mod tests {
         assert_eq!(lane.run(async { nice() }).await, normal, "a group alone on the member stays in the normal lane");
         // Another group's request makes the member shared.
         assert_eq!(other.run(async { nice() }).await, normal, "a quiet group is in the normal lane");
+        let keeper = keep_requesting(&[&other]);
         let past = lane.run(async { nice() }).await;
         assert_eq!(past, (normal + BULK_NICE).min(19), "a request past the bound runs on the bulk lane");
         let blocking = lane.run(async { tokio::task::spawn_blocking(nice).await.unwrap() }).await;
         assert_eq!(blocking, past, "and so does the blocking work it starts, once lowered");
+        drop(keeper);
         release.add_permits(NORMAL_LANE_IN_FLIGHT_MAX);
         while held.join_next().await.is_some() {}
         assert_eq!(lane.get(), 0);
@@ -491,7 +520,7 @@ mod tests {
     async fn a_heavy_groups_connections_move_to_the_bulk_lane_and_back() {
         let sharing = Arc::new(Sharing::default());
         let group = Arc::new(InFlight::new(1, sharing.clone()));
-        let other = InFlight::new(2, sharing);
+        let other = Arc::new(InFlight::new(2, sharing));
         let lane = Arc::new(ConnectionLane::new(tokio::runtime::Handle::current()));
         let normal = nice();
         let bulk_nice = (normal + BULK_NICE).min(19);
@@ -509,6 +538,7 @@ mod tests {
         group.run(async {}).await;
         other.run(async {}).await;
         assert!(group.wants_bulk());
+        let keeper = keep_requesting(&[&group, &other]);
         assert_eq!(ask(&connection).await, bulk_nice, "a heavy group's connection is polled on the bulk lane");
         // A stream task the connection starts runs where the connection is, and roams too.
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -523,10 +553,10 @@ mod tests {
         spawn(lane_of(&extensions), task);
         assert_eq!(ask(&handler_task).await, bulk_nice, "a handler's task runs on its connection's lane");
 
+        drop(keeper);
         release.add_permits(CONNECTION_BULK_IN_FLIGHT_MIN);
         while held.join_next().await.is_some() {}
-        tokio::time::sleep(HEAVY_FOR + Duration::from_millis(200)).await;
-        assert!(!group.wants_bulk());
+        until_light(&group).await;
         assert_eq!(ask(&connection).await, normal, "back in the normal lane once the group is light again");
         assert_eq!(ask(&handler_task).await, normal, "and the handler's task with it");
     }
