@@ -66,6 +66,9 @@ done
 # put-1c's target is on p50 latency; the table shows p50 and p99 for every row.
 # watch-sat: 1,000 watchers (10 streams of 100) on 10 keys and 50 unthrottled putters, so that
 # delivering events, not the put rate, is the limit (each put is 1,000 events).
+# lease-keepalive sends every keep-alive on one long-lived stream per client (what a Go
+# client's KeepAlive does); lease-keepalive-once opens a stream per keep-alive and cancels it
+# after the answer, as etcd's own `benchmark lease-keepalive` (clientv3 KeepAliveOnce) does.
 ALL_WORKLOADS=(
   "put-100c|--clients 100 --conns 10 put --key-size 8 --val-size 256 --key-space-size 100000|throughput"
   "put-1c|--clients 1 put --key-size 8 --val-size 256 --key-space-size 100000|throughput"
@@ -75,6 +78,7 @@ ALL_WORKLOADS=(
   "watch-100w|--clients 10 --conns 2 watch --streams 10 --watchers-per-stream 10 --val-size 64|events"
   "watch-sat|--clients 50 --conns 4 watch --streams 10 --watchers-per-stream 100 --key-space-size 10 --val-size 64|events"
   "lease-keepalive|--clients 100 --conns 10 lease-keepalive|throughput"
+  "lease-keepalive-once|--clients 100 --conns 10 lease-keepalive --once|throughput"
   "k8s-50c|--clients 50 --conns 5 k8s --objects 500 --compact-interval 5|throughput"
 )
 # Range and list cost: one operation is a whole walk or range, timed (headline "time": the

@@ -14,9 +14,6 @@ use crate::node::shares::Cost;
 use crate::node::Node;
 use crate::pb::etcdserverpb::{self as pb, lease_server::Lease};
 
-/// Keep-alive responses buffered per stream before the client must read them.
-const KEEPALIVE_BUFFER: usize = 16;
-
 /// The Lease service.
 pub struct LeaseService {
     pub node: Arc<Node>,
@@ -103,20 +100,19 @@ impl Lease for LeaseService {
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         self.node.check_leader(&request)?;
         let node = self.node.clone();
-        let lane = crate::node::lanes::lane_of(request.extensions());
-        let mut requests = request.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(KEEPALIVE_BUFFER);
-        // On the connection's CPU lane, moving with it (`node/lanes.rs`).
-        crate::node::lanes::spawn(lane, async move {
-            while let Some(next) = requests.next().await {
-                let Ok(req) = next else { break };
-                let reply = keep_alive_once(&node, req.id).await;
-                if tx.send(reply).await.is_err() {
-                    break;
-                }
-            }
+        // The replies are computed as the connection asks for them, on the stream's own task
+        // (which is on the connection's CPU lane, `node/lanes.rs`): one keep-alive at a time,
+        // in order, and the next request is read only once its predecessor's reply has been
+        // taken, so a client that stops reading holds at most one reply here and its unread
+        // requests stay in HTTP/2's flow-control window. No task or channel per stream: a
+        // client that opens a stream per keep-alive (clientv3's `KeepAliveOnce`, etcd's
+        // `benchmark lease-keepalive`) pays for the stream alone. A broken request stream ends
+        // the replies, as a client's cancel does.
+        let replies = request.into_inner().map_while(Result::ok).then(move |req| {
+            let node = node.clone();
+            async move { keep_alive_once(&node, req.id).await }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn lease_time_to_live(

@@ -256,25 +256,59 @@ impl Worker for LeaseWorker {
     }
 }
 
+/// etcd's `benchmark lease-keepalive`: each keep-alive is clientv3's `KeepAliveOnce`, which
+/// opens a `LeaseKeepAlive` stream, sends one request, reads one answer and cancels the stream.
+struct LeaseOnceWorker {
+    rec: Arc<Recorder>,
+    client: Client,
+    id: i64,
+}
+
+impl Worker for LeaseOnceWorker {
+    async fn step(&mut self) {
+        let (client, id) = (&mut self.client, self.id);
+        self.rec
+            .time(0, async move {
+                // The crate's `lease_keep_alive` sends the request and reads its answer (an
+                // unknown lease is an error) before it returns the stream's two halves; both
+                // drop here, which resets the stream (CANCEL), as a Go client's canceled
+                // context does.
+                client.lease_keep_alive(id).await.map(drop).map_err(|e| e.to_string())
+            })
+            .await;
+    }
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct LeaseArgs {
     /// TTL of each client's lease, seconds.
     #[arg(long, default_value_t = 60)]
     pub ttl: i64,
+    /// A new stream per keep-alive, as etcd's benchmark (clientv3 `KeepAliveOnce`) does;
+    /// without it each client keeps one stream open and sends every keep-alive on it.
+    #[arg(long)]
+    pub once: bool,
 }
 
 pub async fn lease_keepalive(common: &Common, args: &LeaseArgs) -> anyhow::Result<Report> {
     let conns = common.connect().await?;
     let rec = Recorder::new(&[("keepalive", true)]);
-    let mut workers = Vec::new();
     let mut leases = Vec::new();
     for mut c in common.clients(&conns) {
         let id = c.lease_grant(args.ttl, None).await.context("lease grant")?.id();
-        let (keeper, stream) = c.lease_keep_alive(id).await.context("lease keepalive")?;
         leases.push((c, id));
-        workers.push(LeaseWorker { rec: rec.clone(), keeper, stream });
     }
-    let elapsed = drive(common, &rec, workers).await;
+    let elapsed = if args.once {
+        let workers = leases.iter().map(|(c, id)| LeaseOnceWorker { rec: rec.clone(), client: c.clone(), id: *id });
+        drive(common, &rec, workers.collect()).await
+    } else {
+        let mut workers = Vec::new();
+        for (c, id) in &mut leases {
+            let (keeper, stream) = c.lease_keep_alive(*id).await.context("lease keepalive")?;
+            workers.push(LeaseWorker { rec: rec.clone(), keeper, stream });
+        }
+        drive(common, &rec, workers).await
+    };
     for (mut c, id) in leases {
         let _ = c.lease_revoke(id).await;
     }
