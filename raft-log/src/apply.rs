@@ -43,13 +43,14 @@
 //! A [`crate::ManualDriver`] applies inline on its caller's thread, so deterministic
 //! simulations stay deterministic.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::TryRecvError;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use foldhash::HashMap;
 use parking_lot::{Condvar, Mutex};
 use raft::eraftpb::{ConfChange, ConfState};
 

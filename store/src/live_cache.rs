@@ -25,10 +25,11 @@
 //! until eviction reaches them and are counted in the budget meanwhile, so memory stays
 //! within the budget whatever the pattern of writes.
 
-use std::collections::hash_map::{Entry, RandomState};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 
+use foldhash::fast::RandomState;
+use foldhash::HashMap;
 use parking_lot::Mutex;
 
 const SHARDS: usize = 16;
@@ -75,7 +76,9 @@ impl LiveCache {
     pub fn new(budget_bytes: usize) -> LiveCache {
         LiveCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            hasher: RandomState::new(),
+            // Its own seed, not the shards' maps': their buckets must not see only the
+            // keys of one residue.
+            hasher: RandomState::default(),
             shard_budget: budget_bytes / SHARDS,
         }
     }
@@ -102,19 +105,16 @@ impl LiveCache {
             return;
         }
         let Shard { map, clock, next_generation, bytes } = &mut *shard;
-        match map.entry(key.to_vec()) {
-            Entry::Occupied(mut e) => {
-                let slot = e.get_mut();
-                *bytes = *bytes + value.len() - slot.value.len();
-                slot.value.clear();
-                slot.value.extend_from_slice(value);
-            }
-            Entry::Vacant(e) => {
-                e.insert(Slot { value: value.to_vec(), generation: *next_generation, referenced: false });
-                clock.push_back((key.to_vec(), *next_generation));
-                *next_generation += 1;
-                *bytes += cost;
-            }
+        // A key already cached (most writes) is updated in place, without copying the key.
+        if let Some(slot) = map.get_mut(key) {
+            *bytes = *bytes + value.len() - slot.value.len();
+            slot.value.clear();
+            slot.value.extend_from_slice(value);
+        } else {
+            map.insert(key.to_vec(), Slot { value: value.to_vec(), generation: *next_generation, referenced: false });
+            clock.push_back((key.to_vec(), *next_generation));
+            *next_generation += 1;
+            *bytes += cost;
         }
         shard.evict_to(self.shard_budget);
     }

@@ -9,9 +9,9 @@
 //! full TTL, before expiring anything: a leader change never expires a lease early (etcd's
 //! `Promote`) and never revives one the store no longer holds.
 
-use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use foldhash::{HashMap, HashSet};
 use parking_lot::Mutex;
 
 /// Most revokes proposed per expiry pass, so a mass expiry cannot flood the log at once.

@@ -208,7 +208,7 @@ pub struct Tenants {
     pub(crate) cfg: TenantsConfig,
     groups: Arc<Groups>,
     registry: RwLock<Registry>,
-    served: RwLock<HashMap<u64, Served>>,
+    served: RwLock<foldhash::HashMap<u64, Served>>,
     make_service: ServiceFactory,
     serve_port: PortServer,
     /// Told by the applier when the system group applied something.
