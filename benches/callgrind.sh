@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Instructions per operation: one fresh single-member `plinth serve` under valgrind's callgrind,
+# warmed with WARMUP operations of a plinth-bench workload, then counted over TOTAL more.
+# Instruction counts repeat within about 1 % from run to run where wall time on this shared
+# machine moves by 10-25 %, so this is how two builds of the same source are compared when
+# the difference is a few per cent. Counts are of the server's user-space instructions only
+# (the kernel's socket and disk work is not in them), at valgrind's speed (about 1,000 puts/s),
+# so batches are smaller than at full load.
+#
+# Usage: benches/callgrind.sh BINARY -- PLINTH-BENCH-WORKLOAD...
+#   e.g. benches/callgrind.sh target/release/plinth -- lease-keepalive
+#        benches/callgrind.sh target/release/plinth -- put --key-space-size 100000 --val-size 256
+# Environment: BENCH_BIN (plinth-bench, default target/release/plinth-bench), PORT (client port
+# on 127.0.0.1, default 41379; the peer port is PORT + 1), CLIENTS (10), CONNS (2),
+# WARMUP (5000), TOTAL (20000), KEEP (a directory to keep the callgrind profile in, for
+# callgrind_annotate). Needs valgrind (apt: valgrind).
+# Prints one line: the workload, instructions counted, instructions per operation.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=${1:?usage: benches/callgrind.sh BINARY -- PLINTH-BENCH-WORKLOAD...}
+shift
+[[ ${1:-} == -- ]] && shift
+(($# > 0)) || { echo "callgrind.sh: no workload given" >&2; exit 2; }
+command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installed (apt-get install valgrind)" >&2; exit 2; }
+bench=${BENCH_BIN:-$root/target/release/plinth-bench}
+port=${PORT:-41379}
+clients=${CLIENTS:-10} conns=${CONNS:-2} warmup=${WARMUP:-5000} total=${TOTAL:-20000}
+dir=$(mktemp -d "${TMPDIR:-/tmp}/callgrind.XXXXXX")
+out=${KEEP:-$dir}
+mkdir -p "$out"
+valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out.%p" "$bin" serve --data-dir "$dir/data" \
+  --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+  --listen-peer-urls "http://127.0.0.1:$((port + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
+  >"$dir/server.log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir/data"; [[ $out == "$dir" ]] && rm -rf "$dir"' EXIT
+# Ready once a linearizable read answers; valgrind starts the server 20-50 times slower.
+ready=0
+for _ in $(seq 600); do
+  if "$bench" --endpoints "127.0.0.1:$port" --json --total 1 --progress never range --keys 0 2>/dev/null |
+    grep -q '"ok":1,'; then
+    ready=1
+    break
+  fi
+  sleep 0.2
+done
+if [[ $ready != 1 ]]; then
+  echo "callgrind.sh: $bin did not answer on 127.0.0.1:$port under valgrind; its log:" >&2
+  cat "$dir/server.log" >&2
+  exit 1
+fi
+run_load() { # operations, workload...
+  local n=$1
+  shift
+  timeout 1200 "$bench" --endpoints "127.0.0.1:$port" --clients "$clients" --conns "$conns" --total "$n" \
+    --json --progress never "$@" >"$dir/load.json"
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if d["errors"] == 0 else 1)' "$dir/load.json" ||
+    { echo "callgrind.sh: the workload had errors: $(cat "$dir/load.json")" >&2; exit 1; }
+}
+run_load "$warmup" "$@"
+callgrind_control -z "$pid" >/dev/null 2>&1
+run_load "$total" "$@"
+callgrind_control -d "$pid" >/dev/null 2>&1
+profile=$(ls "$out"/callgrind.out."$pid".* | head -n 1)
+ir=$(callgrind_annotate "$profile" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+echo "$* : $ir instructions over $total operations, $((ir / total)) per operation"
