@@ -28,27 +28,13 @@ clients=${CLIENTS:-10} conns=${CONNS:-2} warmup=${WARMUP:-5000} total=${TOTAL:-2
 dir=$(mktemp -d "${TMPDIR:-/tmp}/callgrind.XXXXXX")
 out=${KEEP:-$dir}
 mkdir -p "$out"
-valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out.%p" "$bin" serve --data-dir "$dir/data" \
-  --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
-  --listen-peer-urls "http://127.0.0.1:$((port + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
-  >"$dir/server.log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir/data"; [[ $out == "$dir" ]] && rm -rf "$dir"' EXIT
-# Ready once a linearizable read answers; valgrind starts the server 20-50 times slower.
-ready=0
-for _ in $(seq 600); do
-  if "$bench" --endpoints "127.0.0.1:$port" --json --total 1 --progress never range --keys 0 2>/dev/null |
-    grep -q '"ok":1,'; then
-    ready=1
-    break
-  fi
-  sleep 0.2
-done
-if [[ $ready != 1 ]]; then
-  echo "callgrind.sh: $bin did not answer on 127.0.0.1:$port under valgrind; its log:" >&2
-  cat "$dir/server.log" >&2
-  exit 1
-fi
+pin=0
+me=callgrind.sh
+# valgrind starts the server 20-50 times slower: wait up to a minute for its first answer.
+server_wrap=(valgrind --tool=callgrind "--callgrind-out-file=$out/callgrind.out.%p")
+ready_tries=600
+# shellcheck source=benches/single-server.sh
+source "$root/benches/single-server.sh"
 run_load() { # operations, workload...
   local n=$1
   shift

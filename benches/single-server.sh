@@ -2,11 +2,13 @@
 # one fresh member of `bin` (a `plinth` or an `etcd` binary, told apart by its name) on
 # 127.0.0.1:$port (peer port $port + 1) with its data in $dir, and waits until a linearizable
 # read answers. Expects `bin`, `bench`, `port`, `dir` and `pin` (1: the server on CPU 0 and the
-# load generator on CPU 1) to be set; sets `pid` (the server), `bench_pin` (the prefix for the
-# load generator) and an EXIT trap that stops the server and removes $dir. `me` names the
-# calling script in errors.
+# load generator on CPU 1) to be set; optional: `server_wrap` (a command the server runs under,
+# e.g. valgrind) and `ready_tries` (tenths of a second to wait for the answer, default 100).
+# Sets `pid` (the server), `bench_pin` (the prefix for the load generator) and an EXIT trap
+# that stops the server and removes $dir. `me` names the calling script in errors.
 server_pin=() bench_pin=()
 if [[ $pin == 1 ]]; then server_pin=(taskset -c 0) bench_pin=(taskset -c 1); fi
+server_pin+=(${server_wrap[@]+"${server_wrap[@]}"})
 urls=(--listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port"
   --listen-peer-urls "http://127.0.0.1:$((port + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))")
 if [[ $(basename "$bin") == etcd* ]]; then
@@ -20,7 +22,7 @@ trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir
 # Ready once a linearizable read answers (a leader is elected).
 # (plinth-bench exits 0 with failed requests; its JSON counts the answered ones.)
 ready=0
-for _ in $(seq 100); do
+for _ in $(seq "${ready_tries:-100}"); do
   if "$bench" --endpoints "127.0.0.1:$port" --json --total 1 --progress never range --keys 0 2>/dev/null |
     grep -q '"ok":1,'; then
     ready=1
