@@ -144,6 +144,10 @@ pub struct GroupStatus {
     /// True while the group sleeps on this node (no ticks, no heartbeats; see the crate's
     /// "Hibernation" section).
     pub hibernating: bool,
+    /// True when the commit index is an entry of the current term (raft-rs's
+    /// `commit_to_current_term`): a new leader has committed its first entry, so every entry
+    /// an earlier leader committed is committed here too.
+    pub committed_in_term: bool,
 }
 
 /// Callback receiving the read index (or why there is none).
@@ -624,6 +628,27 @@ impl DriverHandle {
         self.status.read().get(&group).map(|s| s.leader)
     }
 
+    /// The read point of a linearizable read of `group` that needs no round through the
+    /// driver: `Some(commit)` when this node leads the group as its only voter and has
+    /// committed an entry of its term, `None` otherwise (ask [`DriverHandle::read_index`]).
+    ///
+    /// Why it is safe. A sole voter is a quorum by itself, so no other node can be elected or
+    /// commit while the configuration in force has this node alone: another voter joins only
+    /// through a conf change this node applies, and another leader only with this node's
+    /// vote, which it grants in a driver pass that publishes the new configuration or term
+    /// before any later pass acknowledges that leader's entries. So a status published with
+    /// this node as the sole-voter leader is still true for every write acknowledged to a
+    /// client before the read began, and each of those was applied before its answer: a
+    /// read of the state machine after the returned index is applied sees them all, even if
+    /// the published commit index lags. `committed_in_term` covers a leader just elected
+    /// over a log whose commit index it has not yet learned (it knows it once its first
+    /// entry commits), as raft-rs's own ReadIndex waits for.
+    pub fn sole_voter_read_index(&self, group: GroupId) -> Option<LogIndex> {
+        let status = self.status.read();
+        let s = status.get(&group)?;
+        (s.is_leader && s.committed_in_term && s.voters.len() == 1 && s.voters[0] == s.leader).then_some(s.commit)
+    }
+
     /// The commit index and term of `group`, without copying the whole status.
     pub fn commit_and_term(&self, group: GroupId) -> Option<(LogIndex, Term)> {
         self.status.read().get(&group).map(|s| (s.commit, s.term))
@@ -904,6 +929,7 @@ impl Loop {
             learners,
             progress,
             hibernating: !self.awake.contains(&group),
+            committed_in_term: r.commit_to_current_term(),
         };
         self.status.write().insert(group, s);
     }

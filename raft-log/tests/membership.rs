@@ -723,3 +723,42 @@ fn snapshot_for_entries_the_follower_holds_is_not_applied_twice() {
         assert_eq!(log(c.sm(id)), reference, "node {id} differs from the leader");
     }
 }
+
+/// A linearizable read skips the driver's ReadIndex round only where this node is a quorum by
+/// itself: the sole voter, leading, with an entry of its term committed. A learner does not
+/// change that; a second voter, or being a follower, does.
+#[test]
+fn only_a_sole_voter_leader_reads_without_a_read_index_round() {
+    let mut c = Cluster::new(false);
+    c.start(1, members(&[1]));
+    c.wait_leader(&[1]);
+    c.propose_all(&[1], "a", 10);
+    let applied = c.sm(1).applied();
+    wait_until("a read point past every applied write", || {
+        c.handle(1).sole_voter_read_index(GROUP).is_some_and(|i| i.0 >= applied)
+    });
+    let s = c.status(1);
+    assert!(s.is_leader && s.committed_in_term, "{s:?}");
+
+    c.start(2, Bootstrap::Join);
+    c.change(&[1], &[1, 2], ConfChangeType::AddLearnerNode, 2, "n2");
+    c.propose_all(&[1], "b", 5);
+    let applied = c.sm(1).applied();
+    assert!(
+        c.handle(1).sole_voter_read_index(GROUP).is_some_and(|i| i.0 >= applied),
+        "a learner takes no part in quorums: {:?}",
+        c.status(1)
+    );
+    assert_eq!(c.handle(2).sole_voter_read_index(GROUP), None, "the learner is no leader");
+
+    c.change(&[1], &[1, 2], ConfChangeType::AddNode, 2, "n2");
+    wait_until("two voters on both members", || [1, 2].iter().all(|id| ids(&c.status(*id).voters) == [1, 2]));
+    for id in [1, 2] {
+        assert_eq!(c.handle(id).sole_voter_read_index(GROUP), None, "node {id} with two voters: {:?}", c.status(id));
+    }
+    c.propose_all(&[1, 2], "c", 5);
+    for id in [1, 2] {
+        assert_eq!(c.handle(id).sole_voter_read_index(GROUP), None, "node {id} with two voters: {:?}", c.status(id));
+    }
+    c.assert_no_errors();
+}

@@ -73,10 +73,16 @@ const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
 /// Size of an SST file's data blocks.
 const DATA_BLOCK_BYTES: usize = 16 << 10;
 
-/// The table format and filter of every SST file, written by RocksDB or by an install.
-fn table_format() -> BlockBasedOptions {
+/// Levels of an LSM tree (RocksDB's default `num_levels`), for per-level compression.
+const LEVELS: usize = 7;
+
+/// The table format of every SST file, written by RocksDB or by an install, with a bloom
+/// filter or without one ([`bloom_filtered`]).
+fn table_format_with(bloom: bool) -> BlockBasedOptions {
     let mut table = BlockBasedOptions::default();
-    table.set_bloom_filter(10.0, false);
+    if bloom {
+        table.set_bloom_filter(10.0, false);
+    }
     table.set_format_version(5);
     // 16 KiB data blocks rather than RocksDB's 4 KiB: a list or a page walks a quarter of
     // the block-cache lookups and block switches per byte (BENCHMARKS.md, "Live-entry cache,
@@ -86,12 +92,24 @@ fn table_format() -> BlockBasedOptions {
     table
 }
 
-/// Options of the table files a snapshot install writes for ingestion: the same format,
-/// filter and compression as the files RocksDB writes itself (`open_db`), without a cache
-/// (the writer reads nothing back).
-pub(crate) fn table_file_options() -> Options {
+/// Whether a column family's files carry a whole-key bloom filter. Only `kv` (a key's live
+/// version, read by key on every get and every write that misses the live cache) and `meta`
+/// (small records read by key, often absent) are read by key with a chance of "not here".
+/// `history`, `events` and `lease` are read by seeks (a key's versions, a revision range, a
+/// lease's keys), which a whole-key filter cannot answer, and the one exact `history` read
+/// (a watch catching up reads the version an event names) always finds its key. Building a
+/// filter for them cost every flush and compaction a hash per key, and the cache ten bits
+/// per key (BENCHMARKS.md, "Flushes without compression, filters where they are read").
+fn bloom_filtered(cf: Cf) -> bool {
+    matches!(cf, Cf::Kv | Cf::Meta)
+}
+
+/// Options of the table files a snapshot install writes into column family `cf` for
+/// ingestion: the same format, filter and compression as the files RocksDB writes itself
+/// below level 0 (`open_db`), without a cache (the writer reads nothing back).
+pub(crate) fn table_file_options(cf: Cf) -> Options {
     let mut opts = Options::default();
-    opts.set_block_based_table_factory(&table_format());
+    opts.set_block_based_table_factory(&table_format_with(bloom_filtered(cf)));
     opts.set_compression_type(COMPRESSION);
     opts
 }
@@ -99,22 +117,35 @@ pub(crate) fn table_file_options() -> Options {
 /// Opens (or creates) the node's DB with every column family.
 pub(crate) fn open_db(path: &Path, cfg: &StoreConfig) -> Result<DB> {
     let cache = Cache::new_lru_cache(cfg.block_cache_bytes);
-    let mut table = table_format();
-    table.set_block_cache(&cache);
-    // Index and filter blocks live in the bounded cache too, so memory does not grow with
-    // the number of SST files (and so with the number of keys).
-    table.set_cache_index_and_filter_blocks(true);
-    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    let table = |bloom: bool| {
+        let mut table = table_format_with(bloom);
+        table.set_block_cache(&cache);
+        // Index and filter blocks live in the bounded cache too, so memory does not grow with
+        // the number of SST files (and so with the number of keys).
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        table
+    };
 
     let mut cf_opts = Options::default();
-    cf_opts.set_block_based_table_factory(&table);
     cf_opts.set_compression_type(COMPRESSION);
+    // A flush writes its level-0 file uncompressed: level-0 files live until the next
+    // compaction reads them back, so compressing them cost every written byte an LZ4 pass at
+    // the flush and another to read it, for a file about to be rewritten compressed (2-3 % of
+    // a put's server instructions; BENCHMARKS.md, "Flushes without compression, filters where
+    // they are read"). With dynamic level sizes the entries after the first name the levels
+    // from the one level 0 compacts into; the bottommost level is Zstd whatever the list says.
+    let mut per_level = [COMPRESSION; LEVELS];
+    per_level[0] = DBCompressionType::None;
+    cf_opts.set_compression_per_level(&per_level);
     cf_opts.set_bottommost_compression_type(DBCompressionType::Zstd);
     cf_opts.set_level_compaction_dynamic_level_bytes(true);
     cf_opts.set_write_buffer_size((cfg.memtable_bytes / 4).max(1 << 20));
     cf_opts.set_max_write_buffer_number(3);
 
     let mut db_opts = cf_opts.clone();
+    // RocksDB's `default` family holds nothing, but its table options still name the cache.
+    db_opts.set_block_based_table_factory(&table(false));
     db_opts.create_if_missing(true);
     db_opts.create_missing_column_families(true);
     // Without RocksDB's WAL, only atomic flushes keep the CFs consistent after a crash.
@@ -131,11 +162,14 @@ pub(crate) fn open_db(path: &Path, cfg: &StoreConfig) -> Result<DB> {
     // answers "not here" for a key without the skiplist search: a key being created is in no
     // memtable, and one flushed earlier is in none of the newer ones. 2 % of the memtable's
     // budget.
-    let mut kv_opts = cf_opts.clone();
-    kv_opts.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
-    kv_opts.set_memtable_whole_key_filtering(true);
     let cfs = Cf::ALL.iter().map(|&cf| {
-        ColumnFamilyDescriptor::new(cf.name(), if cf == Cf::Kv { kv_opts.clone() } else { cf_opts.clone() })
+        let mut opts = cf_opts.clone();
+        opts.set_block_based_table_factory(&table(bloom_filtered(cf)));
+        if cf == Cf::Kv {
+            opts.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
+            opts.set_memtable_whole_key_filtering(true);
+        }
+        ColumnFamilyDescriptor::new(cf.name(), opts)
     });
     Ok(DB::open_cf_descriptors(&db_opts, path, cfs)?)
 }

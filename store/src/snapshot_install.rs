@@ -244,7 +244,7 @@ fn write_group_in_files_of(db: &DB, g: GroupId, install: &Path, sst_bytes: u64) 
         deletes.delete_range_cf(engine::cf(db, cf), kc::group_prefix(g).to_vec(), kc::group_end(g));
     }
     db.write_opt(deletes, &engine::write_options())?;
-    let opts = engine::table_file_options();
+    let opts = Cf::ALL.map(engine::table_file_options);
     let mut tables = TableFiles::new(db, &opts, dir, g, sst_bytes);
     for_each_chunk(install, |chunk| {
         // Checked again: the file was verified as it was written, but it is read back from
@@ -270,7 +270,8 @@ fn write_group_in_files_of(db: &DB, g: GroupId, install: &Path, sst_bytes: u64) 
 /// key order; a column family's files are ingested when its last entry has been written.
 struct TableFiles<'a> {
     db: &'a DB,
-    opts: &'a rocksdb::Options,
+    /// Table options per column family, by [`Cf::index`].
+    opts: &'a [rocksdb::Options; Cf::ALL.len()],
     dir: &'a Path,
     group: GroupId,
     file_bytes_max: u64,
@@ -282,7 +283,13 @@ struct TableFiles<'a> {
 }
 
 impl<'a> TableFiles<'a> {
-    fn new(db: &'a DB, opts: &'a rocksdb::Options, dir: &'a Path, group: GroupId, file_bytes_max: u64) -> Self {
+    fn new(
+        db: &'a DB,
+        opts: &'a [rocksdb::Options; Cf::ALL.len()],
+        dir: &'a Path,
+        group: GroupId,
+        file_bytes_max: u64,
+    ) -> Self {
         TableFiles { db, opts, dir, group, file_bytes_max, cf: None, files: Vec::new(), writer: None, next_file: 0 }
     }
 
@@ -297,7 +304,7 @@ impl<'a> TableFiles<'a> {
         if self.writer.is_none() {
             let path = self.dir.join(format!("group-{}-{}.sst", self.group.0, self.next_file));
             self.next_file += 1;
-            let w = SstFileWriter::create(self.opts);
+            let w = SstFileWriter::create(&self.opts[cf.index()]);
             w.open(&path)?;
             self.files.push(path);
             self.writer = Some(w);

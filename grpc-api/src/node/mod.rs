@@ -778,8 +778,15 @@ impl Node {
     }
 
     /// Waits for a linearizable read point: the leader confirms the commit index (ReadIndex),
-    /// then this member waits until it has applied at least that far.
+    /// then this member waits until it has applied at least that far. A member that leads
+    /// its group as the only voter is its own quorum and confirms nothing with anyone: it
+    /// takes its published commit index without a round through the Raft driver
+    /// (`DriverHandle::sole_voter_read_index` argues why that is linearizable), so a lone
+    /// member's reads never queue behind the driver's work for other tenants' writes.
     pub async fn read_barrier(&self) -> Result<(), Status> {
+        if let Some(index) = self.raft.sole_voter_read_index(self.raft_group()) {
+            return self.wait_applied(index.0).await;
+        }
         // One deadline for waiting for a leader and for the read index, as etcd's one context.
         let deadline = std::time::Instant::now() + self.cfg.request_timeout;
         let index = loop {
