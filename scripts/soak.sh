@@ -30,6 +30,7 @@ sim_batch=20
 # The process scenarios, one per round, in turn (test names in tests/tests/linearizability.rs).
 scenarios=(
   linearizable_under_leader_kills_and_pauses
+  a_lone_member_linearizable_under_kills_and_pauses
   linearizable_under_partitions
   linearizable_under_fsync_errors
   five_members_under_leader_kills_and_pauses

@@ -148,6 +148,31 @@ pub struct GroupStatus {
     /// `commit_to_current_term`): a new leader has committed its first entry, so every entry
     /// an earlier leader committed is committed here too.
     pub committed_in_term: bool,
+    /// On a leader: the index of the first entry of its term (the empty entry raft-rs appends
+    /// when it is elected); 0 elsewhere, or when the log no longer holds it.
+    pub term_start: LogIndex,
+}
+
+/// The index of the first entry of `raft`'s current term in its log, 0 if the log holds
+/// none. Terms never decrease along a log, so a binary search finds it; an index the log
+/// has compacted counts as an older term.
+fn first_index_of_term<T: raft::Storage>(raft: &raft::Raft<T>) -> LogIndex {
+    let log = &raft.raft_log;
+    let in_term = |i: u64| log.term(i).is_ok_and(|t| t >= raft.term);
+    let (mut lo, mut hi) = (log.first_index(), log.last_index() + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if in_term(mid) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    if lo <= log.last_index() && log.term(lo).is_ok_and(|t| t == raft.term) {
+        LogIndex(lo)
+    } else {
+        LogIndex(0)
+    }
 }
 
 /// Callback receiving the read index (or why there is none).
@@ -629,24 +654,30 @@ impl DriverHandle {
     }
 
     /// The read point of a linearizable read of `group` that needs no round through the
-    /// driver: `Some(commit)` when this node leads the group as its only voter and has
-    /// committed an entry of its term, `None` otherwise (ask [`DriverHandle::read_index`]).
+    /// driver: `Some(i)` when this node leads the group as its only voter and has committed
+    /// an entry of its term, where `i` is the first entry of that term; `None` otherwise (ask
+    /// [`DriverHandle::read_index`]). The caller waits until its state machine has applied
+    /// `i`, then reads the state machine as it is.
     ///
-    /// Why it is safe. A sole voter is a quorum by itself, so no other node can be elected or
+    /// Why that is linearizable, for a state machine that answers each write only once it
+    /// has applied it. A sole voter is a quorum by itself, so no other node can be elected or
     /// commit while the configuration in force has this node alone: another voter joins only
     /// through a conf change this node applies, and another leader only with this node's
     /// vote, which it grants in a driver pass that publishes the new configuration or term
-    /// before any later pass acknowledges that leader's entries. So a status published with
-    /// this node as the sole-voter leader is still true for every write acknowledged to a
-    /// client before the read began, and each of those was applied before its answer: a
-    /// read of the state machine after the returned index is applied sees them all, even if
-    /// the published commit index lags. `committed_in_term` covers a leader just elected
-    /// over a log whose commit index it has not yet learned (it knows it once its first
-    /// entry commits), as raft-rs's own ReadIndex waits for.
+    /// before any later pass acknowledges that leader's entries. So while the published
+    /// status names this node the sole-voter leader, every write acknowledged to a client
+    /// was either answered by this node in this term, after it applied the write (so the
+    /// state machine holds it now), or is an entry of an earlier term, which precedes `i`.
+    /// Applying `i` therefore covers every write acknowledged before the read began; the
+    /// entries committed after it and not yet applied belong to writes not yet answered,
+    /// which a read may order either way. Unlike a ReadIndex point (the commit index), `i`
+    /// does not move, so a read never waits for its own tenant's writes in flight.
+    /// `committed_in_term` says `i` is committed (and so, with it, every earlier entry).
     pub fn sole_voter_read_index(&self, group: GroupId) -> Option<LogIndex> {
         let status = self.status.read();
         let s = status.get(&group)?;
-        (s.is_leader && s.committed_in_term && s.voters.len() == 1 && s.voters[0] == s.leader).then_some(s.commit)
+        let sole = s.voters.len() == 1 && s.voters[0] == s.leader;
+        (s.is_leader && sole && s.committed_in_term && s.term_start.0 > 0).then_some(s.term_start)
     }
 
     /// The commit index and term of `group`, without copying the whole status.
@@ -917,7 +948,7 @@ impl Loop {
         } else {
             Vec::new()
         };
-        let s = GroupStatus {
+        let mut s = GroupStatus {
             leader: NodeId(r.leader_id),
             term: Term(r.term),
             commit: LogIndex(r.raft_log.committed),
@@ -930,7 +961,19 @@ impl Loop {
             progress,
             hibernating: !self.awake.contains(&group),
             committed_in_term: r.commit_to_current_term(),
+            term_start: LogIndex(0),
         };
+        if s.is_leader {
+            // Searched once per term, at a leader's first publish in it (outside the status
+            // lock: the search reads the log). Only this thread writes the status.
+            let known = self
+                .status
+                .read()
+                .get(&group)
+                .filter(|prev| prev.is_leader && prev.term == s.term && prev.term_start.0 > 0)
+                .map(|prev| prev.term_start);
+            s.term_start = known.unwrap_or_else(|| first_index_of_term(r));
+        }
         self.status.write().insert(group, s);
     }
 

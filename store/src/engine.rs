@@ -73,9 +73,6 @@ const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
 /// Size of an SST file's data blocks.
 const DATA_BLOCK_BYTES: usize = 16 << 10;
 
-/// Levels of an LSM tree (RocksDB's default `num_levels`), for per-level compression.
-const LEVELS: usize = 7;
-
 /// The table format of every SST file, written by RocksDB or by an install, with a bloom
 /// filter or without one ([`bloom_filtered`]).
 fn table_format_with(bloom: bool) -> BlockBasedOptions {
@@ -99,7 +96,7 @@ fn table_format_with(bloom: bool) -> BlockBasedOptions {
 /// lease's keys), which a whole-key filter cannot answer, and the one exact `history` read
 /// (a watch catching up reads the version an event names) always finds its key. Building a
 /// filter for them cost every flush and compaction a hash per key, and the cache ten bits
-/// per key (BENCHMARKS.md, "Flushes without compression, filters where they are read").
+/// per key (BENCHMARKS.md, "Bloom filters only where a key is looked up").
 fn bloom_filtered(cf: Cf) -> bool {
     matches!(cf, Cf::Kv | Cf::Meta)
 }
@@ -128,16 +125,10 @@ pub(crate) fn open_db(path: &Path, cfg: &StoreConfig) -> Result<DB> {
     };
 
     let mut cf_opts = Options::default();
+    // Level-0 files are compressed too: written uncompressed they saved 2-3 % of a write's
+    // instructions but, until compacted, held the data dir at twice its size (BENCHMARKS.md,
+    // "Bloom filters only where a key is looked up").
     cf_opts.set_compression_type(COMPRESSION);
-    // A flush writes its level-0 file uncompressed: level-0 files live until the next
-    // compaction reads them back, so compressing them cost every written byte an LZ4 pass at
-    // the flush and another to read it, for a file about to be rewritten compressed (2-3 % of
-    // a put's server instructions; BENCHMARKS.md, "Flushes without compression, filters where
-    // they are read"). With dynamic level sizes the entries after the first name the levels
-    // from the one level 0 compacts into; the bottommost level is Zstd whatever the list says.
-    let mut per_level = [COMPRESSION; LEVELS];
-    per_level[0] = DBCompressionType::None;
-    cf_opts.set_compression_per_level(&per_level);
     cf_opts.set_bottommost_compression_type(DBCompressionType::Zstd);
     cf_opts.set_level_compaction_dynamic_level_bytes(true);
     cf_opts.set_write_buffer_size((cfg.memtable_bytes / 4).max(1 << 20));

@@ -779,10 +779,12 @@ impl Node {
 
     /// Waits for a linearizable read point: the leader confirms the commit index (ReadIndex),
     /// then this member waits until it has applied at least that far. A member that leads
-    /// its group as the only voter is its own quorum and confirms nothing with anyone: it
-    /// takes its published commit index without a round through the Raft driver
-    /// (`DriverHandle::sole_voter_read_index` argues why that is linearizable), so a lone
-    /// member's reads never queue behind the driver's work for other tenants' writes.
+    /// its group as the only voter is its own quorum and confirms nothing with anyone: its
+    /// read point is the first entry of its term, from its published status, without a round
+    /// through the Raft driver (`DriverHandle::sole_voter_read_index` argues why that is
+    /// linearizable: this member answers a write only once it has applied it), so a lone
+    /// member's reads wait neither for the driver's work on other tenants' writes nor for
+    /// the apply of their own tenant's writes in flight.
     pub async fn read_barrier(&self) -> Result<(), Status> {
         if let Some(index) = self.raft.sole_voter_read_index(self.raft_group()) {
             return self.wait_applied(index.0).await;

@@ -251,12 +251,13 @@ async fn pause(rng: &mut StdRng, load_end: Instant, millis: std::ops::Range<u64>
     true
 }
 
-/// SIGKILL or SIGSTOP of the leader (60 %) or a follower, for 0.3–1.8 s.
+/// SIGKILL or SIGSTOP of the leader (60 %, and always the lone member of a one-member
+/// cluster) or a follower, for 0.3–1.8 s.
 async fn process(rig: &mut Rig, rng: &mut StdRng, load_end: Instant, injected: &mut Injected) {
     let n = rig.cluster.members.len();
     while pause(rng, load_end, 1000..2500, Duration::from_secs(2)).await {
         let leader = leader_of(rig).await;
-        let victim = if rng.random_bool(0.6) { leader } else { (leader + rng.random_range(1..n)) % n };
+        let victim = if n == 1 || rng.random_bool(0.6) { leader } else { (leader + rng.random_range(1..n)) % n };
         let down = Duration::from_millis(rng.random_range(300..1800));
         let kind = if rng.random_bool(0.5) { "sigkill" } else { "sigstop" };
         let role = if victim == leader { "leader" } else { "follower" };
