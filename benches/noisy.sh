@@ -13,13 +13,18 @@
 # throughput.
 #
 # Usage: benches/noisy.sh [--duration S] [--runs N] [--quiet-rate R] [--noisy-clients N] [--out DIR] [--pin]
-#                         [--servers plinth,etcd]
+#                         [--servers plinth,etcd] [--noisy-nice N] [--quiet-rt]
 #   --duration S        seconds of each quiet measurement            (DURATION, default 20)
 #   --runs N            alone/beside pairs per server                (RUNS, default 2)
 #   --quiet-rate R      the quiet tenant's operations per second     (QUIET_RATE, default 300)
 #   --noisy-clients N   the noisy tenant's concurrent clients        (NOISY_CLIENTS, default 100)
 #   --pin               servers on CPU 0, load generators on CPU 1 (taskset)
 #   --servers LIST      which servers to measure, comma-separated (SERVERS, default plinth,etcd)
+#   --noisy-nice N      the neighbour's load generator at nice N     (NOISY_NICE, default 0)
+#   --quiet-rt          the quiet tenant's load generator at real-time priority (SCHED_FIFO 1,
+#                       `chrt`; needs CAP_SYS_NICE), so that on a shared load CPU its own threads
+#                       do not wait behind the neighbour's load generator: each tenant's client
+#                       as if on its own machine. The servers are untouched.  (QUIET_RT=1)
 # Environment: PLINTH_BIN / BENCH_BIN (prebuilt release binaries; otherwise built with
 # scripts/cargo), PLINTH_CACHE (etcd cache), PORT_BASE (default 23000, below the ephemeral
 # range). Everything is killed on exit; every run is bounded by a timeout.
@@ -34,6 +39,7 @@ NOISY_CLIENTS=${NOISY_CLIENTS:-100}
 PORT_BASE=${PORT_BASE:-23000}
 PIN=${PIN:-0}
 NOISY_NICE=${NOISY_NICE:-0}
+QUIET_RT=${QUIET_RT:-0}
 OUT=${OUT:-}
 SERVERS=${SERVERS:-plinth,etcd}
 while [[ $# -gt 0 ]]; do
@@ -45,8 +51,9 @@ while [[ $# -gt 0 ]]; do
     --out) OUT=$2; shift 2 ;;
     --pin) PIN=1; shift ;;
     --noisy-nice) NOISY_NICE=$2; shift 2 ;;
+    --quiet-rt) QUIET_RT=1; shift ;;
     --servers) SERVERS=$2; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -63,8 +70,12 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-server_cpu=() load_cpu=()
+server_cpu=() load_cpu=() quiet_prio=()
 if [[ $PIN == 1 ]]; then server_cpu=(taskset -c 0); load_cpu=(taskset -c 1); fi
+if [[ $QUIET_RT == 1 ]]; then
+  chrt -f 1 true 2>/dev/null || { echo "--quiet-rt: chrt -f 1 is not permitted here (needs CAP_SYS_NICE)" >&2; exit 2; }
+  quiet_prio=(chrt -f 1)
+fi
 client_port=$PORT_BASE
 peer_port=$((PORT_BASE + 1))
 tenant_base=$((PORT_BASE + 100))
@@ -80,7 +91,7 @@ wait_port() { # port, timeout seconds
 
 # The quiet tenant's Kubernetes profile at a fixed rate for DURATION seconds; JSON report to $2.
 quiet() { # endpoint, out file
-  timeout $((DURATION + 120)) "${load_cpu[@]}" "$BENCH_BIN" --endpoints "$1" --clients 10 --conns 2 \
+  timeout $((DURATION + 120)) "${load_cpu[@]}" "${quiet_prio[@]}" "$BENCH_BIN" --endpoints "$1" --clients 10 --conns 2 \
     --rate "$QUIET_RATE" --duration "$DURATION" --progress never --json k8s > "$2"
 }
 
