@@ -3,7 +3,8 @@
 # 127.0.0.1:$port (peer port $port + 1) with its data in $dir, and waits until a linearizable
 # read answers. Expects `bin`, `bench`, `port`, `dir` and `pin` (1: the server on CPU 0 and the
 # load generator on CPU 1) to be set; optional: `server_wrap` (a command the server runs under,
-# e.g. valgrind) and `ready_tries` (tenths of a second to wait for the answer, default 100).
+# e.g. valgrind), `server_args` (extra arguments of `plinth serve`; not given to etcd) and
+# `ready_tries` (tenths of a second to wait for the answer, default 100).
 # Sets `pid` (the server), `bench_pin` (the prefix for the load generator) and an EXIT trap
 # that stops the server and removes $dir. `me` names the calling script in errors.
 server_pin=() bench_pin=()
@@ -15,7 +16,8 @@ if [[ $(basename "$bin") == etcd* ]]; then
   "${server_pin[@]}" "$bin" --data-dir "$dir/data" "${urls[@]}" \
     --initial-cluster "default=http://127.0.0.1:$((port + 1))" >"$dir/server.log" 2>&1 &
 else
-  "${server_pin[@]}" "$bin" serve --data-dir "$dir/data" "${urls[@]}" >"$dir/server.log" 2>&1 &
+  "${server_pin[@]}" "$bin" serve --data-dir "$dir/data" "${urls[@]}" ${server_args[@]+"${server_args[@]}"} \
+    >"$dir/server.log" 2>&1 &
 fi
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
