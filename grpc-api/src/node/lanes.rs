@@ -33,8 +33,10 @@
 //! ([`Roaming`]). Tasks a handler starts for a stream that outlives its request (a watch's
 //! writer, a lease keep-alive loop) roam with the connection too ([`spawn`]). The hop is
 //! safe because a tokio socket stays registered with the runtime that accepted it, whichever
-//! runtime polls it; it costs one task spawn. The bound is far above a kube-apiserver's usual
-//! concurrency, so a tenant with a short burst keeps its connections where they are.
+//! runtime polls it; it costs one task spawn. A kube-apiserver at its usual load keeps a few
+//! requests in flight and stays where it is; one listing every resource at start-up, or any
+//! tenant past the bound, moves for a second while another tenant is active, which costs it
+//! nothing unless the core is contended.
 //!
 //! The nice value is mild on purpose: at 19 (a weight of 15 against the normal lane's 1024),
 //! a bulk thread preempted while holding a lock a normal thread needs waited behind every
@@ -57,7 +59,14 @@ pub const SHARED_FOR: Duration = Duration::from_millis(500);
 
 /// Key-value requests of one group in flight at once on this member that make it heavy: its
 /// connections move to the bulk lane while the member is shared.
-pub const CONNECTION_BULK_IN_FLIGHT_MIN: usize = 32;
+///
+/// Measured with a neighbour of 16 clients saturating puts beside the quiet tenant of
+/// `benches/noisy.sh` (pinned, on disk, quiet client at real-time priority): at 32 the
+/// neighbour never became heavy, its connections' framing ran at normal priority, and the
+/// quiet p99 rose from 1.6-2.1 to 3.0-3.2 ms (gets' p99 to 1.5-2.7 ms); at 12 it was 2.2 ms
+/// beside the neighbour (2.3-2.6 ms alone; gets 0.6-1.1 ms) while the neighbour lost a fifth
+/// of its puts per second (BENCHMARKS.md).
+pub const CONNECTION_BULK_IN_FLIGHT_MIN: usize = 12;
 
 /// How long a group stays heavy after it last had [`CONNECTION_BULK_IN_FLIGHT_MIN`] requests in
 /// flight: long enough that a saturating client's connections do not hop back and forth.
