@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,8 @@ use serde_json::Value;
 struct Moto {
     child: Child,
     port: ports::Port,
+    /// `TMPDIR` of every plinth process started with [`Moto::env`].
+    tmp: PathBuf,
 }
 
 impl Drop for Moto {
@@ -59,7 +61,9 @@ impl Moto {
             .stderr(log)
             .spawn()
             .expect("start moto_server");
-        let moto = Moto { child, port };
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let moto = Moto { child, port, tmp };
         let deadline = Instant::now() + Duration::from_secs(30);
         let create = "PUT /backups HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
         loop {
@@ -80,6 +84,7 @@ impl Moto {
             ("AWS_ACCESS_KEY_ID", "test".into()),
             ("AWS_SECRET_ACCESS_KEY", "test".into()),
             ("AWS_DEFAULT_REGION", "us-east-1".into()),
+            ("TMPDIR", self.tmp.display().to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -154,6 +159,9 @@ fn backups_in_s3_restore_the_source() {
     assert_eq!(want["kvs"].as_array().unwrap().len(), 2, "s10 and s11 are left");
     assert_eq!(got["kvs"], want["kvs"]);
     assert_eq!(got["header"]["revision"], want["header"]["revision"]);
+    // Every command staged its objects in a directory of its own and removed it on exit.
+    let left: Vec<_> = std::fs::read_dir(&moto.tmp).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }
 
 #[test]
