@@ -63,6 +63,12 @@ pub(crate) struct Segments {
     bounds: Vec<Box<[u8]>>,
     counts: Vec<u64>,
     total: u64,
+    /// A segment may have grown past twice the aim since the last look for oversized ones
+    /// (set by `add` and `coarsen`), so apply need not scan every segment after each batch.
+    unchecked: bool,
+    /// The aim at the last look: a smaller aim (the group shrank) makes segments oversized
+    /// without any of them growing.
+    checked_target: u64,
 }
 
 /// A segment to cut again: its index and bounds (`upper = None`: the last segment).
@@ -96,7 +102,7 @@ impl CountPlan {
 /// One empty segment: a group without keys.
 impl Default for Segments {
     fn default() -> Segments {
-        Segments { bounds: vec![Box::default()], counts: vec![0], total: 0 }
+        Segments { bounds: vec![Box::default()], counts: vec![0], total: 0, unchecked: false, checked_target: 0 }
     }
 }
 
@@ -121,6 +127,20 @@ impl Segments {
         let i = self.segment_of(key);
         self.counts[i] += 1;
         self.total += 1;
+        if self.counts[i] > 2 * self.target() {
+            self.unchecked = true;
+        }
+    }
+
+    /// Whether a segment may be over twice the aim (see [`Segments::oversized`]).
+    fn needs_check(&self) -> bool {
+        self.unchecked || self.target() < self.checked_target
+    }
+
+    /// Notes that the segments were looked at (and the oversized ones cut) at this aim.
+    fn checked(&mut self) {
+        self.unchecked = false;
+        self.checked_target = self.target();
     }
 
     /// Takes a deleted key off its segment; false if the segment counted no key (the counts
@@ -165,11 +185,14 @@ impl Segments {
             }
             self.bounds = bounds;
             self.counts = counts;
+            // A pair may sum to more than twice the aim.
+            self.unchecked = true;
         }
     }
 
     /// The segments over twice the aim, as `(index, lower bound)`, highest index first (so
-    /// cutting one leaves the indexes of the others as they are).
+    /// cutting one leaves the indexes of the others as they are). Walks every segment: the
+    /// caller asks only when [`Segments::needs_check`].
     fn oversized(&self) -> Vec<(usize, Box<[u8]>)> {
         let limit = 2 * self.target();
         let mut out: Vec<(usize, Box<[u8]>)> =
@@ -255,7 +278,7 @@ impl KeyCounts {
     pub fn build(r: &Reader<'_>, g: GroupId) -> Result<KeyCounts> {
         let (bounds, counts): (Vec<_>, Vec<_>) = walk_cut(r, g, &[], None, MIN_SEGMENT_KEYS)?.into_iter().unzip();
         let total = counts.iter().sum();
-        let mut s = Segments { bounds, counts, total };
+        let mut s = Segments { bounds, counts, total, unchecked: true, checked_target: 0 };
         s.coarsen();
         Ok(KeyCounts::Known(s))
     }
@@ -292,13 +315,23 @@ impl KeyCounts {
         *self = KeyCounts::Unknown;
     }
 
-    /// The segments to cut again (highest first), for [`KeyCounts::cut`] and [`KeyCounts::recut`].
-    pub fn oversized(&self) -> Vec<Oversized> {
+    /// Whether a segment may have grown past twice the aim since [`KeyCounts::take_oversized`]
+    /// last looked: O(1), so apply asks after every batch and looks only when told to.
+    pub fn needs_check(&self) -> bool {
+        matches!(self, KeyCounts::Known(s) if s.needs_check())
+    }
+
+    /// The segments to cut again (highest first), for [`KeyCounts::cut`] and
+    /// [`KeyCounts::recut`]; the caller cuts every one before the next batch is applied.
+    pub fn take_oversized(&mut self) -> Vec<Oversized> {
         let KeyCounts::Known(s) = self else { return Vec::new() };
-        s.oversized()
+        let out = s
+            .oversized()
             .into_iter()
             .map(|(index, lower)| Oversized { index, lower, upper: s.upper(index).map(Into::into) })
-            .collect()
+            .collect();
+        s.checked();
+        out
     }
 
     /// The cut of the segment `[lower, upper)` into segments of the aimed size, walking its
@@ -352,7 +385,14 @@ mod tests {
         /// Cuts oversized segments the way apply does, from the set.
         fn settle(&mut self) {
             self.s.coarsen();
-            for (i, lower) in self.s.oversized() {
+            if !self.s.needs_check() {
+                let limit = 2 * self.s.target();
+                assert!(self.s.counts.iter().all(|&c| c <= limit), "an oversized segment went unnoticed");
+                return;
+            }
+            let oversized = self.s.oversized();
+            self.s.checked();
+            for (i, lower) in oversized {
                 let upper = self.s.upper(i).map(|u| u.to_vec());
                 let k = self.s.target();
                 let mut cut: Vec<(Box<[u8]>, u64)> = vec![(lower.clone(), 0)];
@@ -447,6 +487,27 @@ mod tests {
         assert!(s.bounds.len() as u64 <= 2 * MAX_SEGMENTS);
         assert_eq!(s.counts.iter().sum::<u64>(), n * MIN_SEGMENT_KEYS);
         assert!(s.bounds.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn a_shrinking_group_looks_for_oversized_segments_again() {
+        // A group of 3 * MIN_SEGMENT_KEYS * MAX_SEGMENTS keys in segments of the aim.
+        let mut s = Segments::default();
+        let n = MAX_SEGMENTS;
+        s.bounds =
+            (0..n).map(|i| if i == 0 { Box::default() } else { format!("k{i:08}").into_bytes().into() }).collect();
+        s.counts = vec![3 * MIN_SEGMENT_KEYS; n as usize];
+        s.total = n * 3 * MIN_SEGMENT_KEYS;
+        s.checked();
+        assert!(!s.needs_check());
+        assert!(s.oversized().is_empty());
+        // The total falls to a third (only the total: the aim follows it), and with it the
+        // aim to MIN_SEGMENT_KEYS: every segment is now over twice the aim, though none grew.
+        s.total = n * MIN_SEGMENT_KEYS;
+        assert!(s.needs_check(), "the aim fell below the one last checked at");
+        assert_eq!(s.oversized().len() as u64, n);
+        s.checked();
+        assert!(!s.needs_check());
     }
 
     proptest! {

@@ -561,7 +561,10 @@ impl Store {
     /// Cuts group `gs`'s oversized count segments again (see `key_counts.rs`). The caller
     /// holds the group's apply lock, so RocksDB holds the state the counts describe.
     fn recut_counts(&self, gs: &GroupState) -> Result<()> {
-        let oversized = gs.counts.read().oversized();
+        if !gs.counts.read().needs_check() {
+            return Ok(());
+        }
+        let oversized = gs.counts.write().take_oversized();
         if oversized.is_empty() {
             return Ok(());
         }
