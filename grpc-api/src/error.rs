@@ -34,6 +34,11 @@ pub enum EtcdError {
     /// A leader could not apply what it knows committed in time before a lease renewal or
     /// time-to-live (etcd's `waitAppliedIndex`).
     TimeoutWaitAppliedIndex,
+    /// A wait that ended at its context's deadline where etcd returns the context's error:
+    /// a write while no leader is known, a linearizable read at the client's deadline
+    /// (`grpc-timeout`, see `node::deadline`). etcd 3.5.1's gRPC server sends a plain
+    /// error as `Unknown` with its text.
+    ContextDeadline,
     Corrupt,
     MemberNotFound,
     MemberNotLearner,
@@ -112,7 +117,7 @@ impl EtcdError {
             | Restoring => Code::Unavailable,
             Corrupt => Code::DataLoss,
             WatchCanceled => Code::Cancelled,
-            TimeoutLeaderTransfer | NoPasswordUser => Code::Unknown,
+            TimeoutLeaderTransfer | NoPasswordUser | ContextDeadline => Code::Unknown,
         }
     }
 
@@ -143,6 +148,7 @@ impl EtcdError {
             TimeoutDueToLeaderFail => "etcdserver: request timed out, possibly due to previous leader failure",
             TimeoutDueToConnectionLost => "etcdserver: request timed out, possibly due to connection lost",
             TimeoutWaitAppliedIndex => "etcdserver: request timed out, waiting for the applied index took too long",
+            ContextDeadline => "context deadline exceeded",
             Corrupt => "etcdserver: corrupt cluster",
             MemberNotFound => "etcdserver: member not found",
             MemberNotLearner => "etcdserver: can only promote a learner member",

@@ -126,6 +126,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Idle groups sleep after two election timeouts (see raft-log's "Hibernation").
         hibernate_after_ticks: 2 * (args.election_timeout / args.heartbeat_interval) as usize,
         pipeline_persistence: args.experimental_wal_pipeline,
+        // A linearizable read waits for its read index as long as etcd's does (its request
+        // timeout, `requestCurrentIndex`), then fails with "request timed out".
+        read_index_timeout: Duration::from_millis(5000 + args.election_timeout * 2),
         ..raft_log::DriverConfig::default()
     };
     let source: Arc<dyn raft_log::SnapshotSource> = transport.clone();
@@ -428,7 +431,9 @@ const DATA_CALL_PREFIXES: [&str; 6] = [
 /// - answers a data call on a group being imported with `etcdserver: tenant is being
 ///   restored` before it reaches the service, so nothing reads a half-imported keyspace
 ///   (writes that got past this are refused by the store's apply on every replica);
-/// - runs a key-value call in the CPU lane its group's load picks (`node/lanes.rs`).
+/// - runs a key-value call in the CPU lane its group's load picks (`node/lanes.rs`);
+/// - gives a unary call the client's deadline (`grpc-timeout`), where the node's waits end
+///   with etcd's errors (`node/deadline.rs`).
 ///
 /// One function rather than a layer per concern: each layer costs a boxed future and a boxed
 /// service call per request. The hot calls reach it directly ([`ClientRoutes`]), the others
@@ -467,16 +472,21 @@ where
         lane.bind(&rt.kv_in_flight);
     }
     let path = request.uri().path();
+    let deadline = crate::node::deadline::of_request(path, request.headers());
     if path.starts_with("/etcdserverpb.") && !rt.limiter.admit_request() {
         return crate::error::EtcdError::TooManyRequests.status().into_http();
     }
     if DATA_CALL_PREFIXES.iter().any(|p| path.starts_with(p)) && node.store.import_state(node.group()).is_some() {
         return crate::error::EtcdError::Restoring.status().into_http();
     }
-    if path.starts_with("/etcdserverpb.KV/") {
-        return rt.kv_in_flight.run(next(request)).await;
+    let kv = path.starts_with("/etcdserverpb.KV/");
+    // The node's waits for this call end at the client's deadline too (`node/deadline.rs`).
+    match (kv, deadline) {
+        (true, Some(d)) => rt.kv_in_flight.run(crate::node::deadline::scope(d, next(request))).await,
+        (true, None) => rt.kv_in_flight.run(next(request)).await,
+        (false, Some(d)) => crate::node::deadline::scope(d, next(request)).await,
+        (false, None) => next(request).await,
     }
-    next(request).await
 }
 
 /// The server of `--cert-file`/`--key-file`/`--trusted-ca-file`/`--client-cert-auth` (or of

@@ -438,6 +438,128 @@ fn a_write_while_no_leader_is_known_waits_for_the_election() {
     });
 }
 
+/// One unary gRPC call over a bare HTTP/2 connection, with `grpc-timeout` if given: the
+/// status and message the server answered, and when. (tonic's client would end the call at
+/// the deadline on its own side.)
+async fn raw_unary(
+    endpoint: &str,
+    method: &str,
+    message: &impl prost::Message,
+    timeout: Option<&str>,
+) -> (i32, String, Duration) {
+    let addr = endpoint.trim_start_matches("http://");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut h2, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let mut request = http::Request::post(format!("http://{addr}/etcdserverpb.KV/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(t) = timeout {
+        request = request.header("grpc-timeout", t);
+    }
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.encoded_len() as u32).to_be_bytes());
+    message.encode(&mut body).expect("encode");
+    let started = Instant::now();
+    let (response, mut send) = h2.send_request(request.body(()).expect("request"), false).expect("send");
+    send.send_data(bytes::Bytes::from(body), true).expect("send body");
+    let response = tokio::time::timeout(Duration::from_secs(20), response).await.expect("answered").expect("response");
+    let (head, mut body) = response.into_parts();
+    // A gRPC error comes as headers only ("trailers-only"), or as trailers after the data.
+    let mut fields = head.headers.clone();
+    if !body.is_end_stream() {
+        while let Some(data) = body.data().await {
+            data.expect("data");
+        }
+        if let Some(trailers) = body.trailers().await.expect("trailers") {
+            fields.extend(trailers);
+        }
+    }
+    let elapsed = started.elapsed();
+    let status = fields.get("grpc-status").map_or(-1, |v| v.to_str().unwrap().parse().unwrap());
+    let text = fields.get("grpc-message").map_or(String::new(), |v| percent_decode(v.as_bytes()));
+    (status, text, elapsed)
+}
+
+/// gRPC's `grpc-message` is percent-encoded on the wire.
+fn percent_decode(v: &[u8]) -> String {
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        match (v[i], v.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).expect("UTF-8 message")
+}
+
+/// A member that knows no leader answers as etcd 3.5.1 does (`tests/` probed both): at the
+/// client's deadline (`grpc-timeout`), a linearizable read and a write end with the
+/// context's error, `Unknown` "context deadline exceeded"; without one, at the request
+/// timeout, the read with `Unavailable` "request timed out" and the write with the
+/// context's error again (etcd's raft held the proposal while it knew no leader).
+#[test]
+fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
+    use grpc_api::pb::etcdserverpb::{PutRequest, RangeRequest};
+    const UNKNOWN: i32 = 2;
+    const UNAVAILABLE: i32 = 14;
+    let rt = runtime();
+    let mut c = Members::start(MEMBERS, &[]);
+    let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
+    let alone = (0..MEMBERS).find(|i| *i != leader).expect("a follower");
+    let others: Vec<usize> = (0..MEMBERS).filter(|i| *i != alone).collect();
+    for i in &others {
+        c.members[*i].pause();
+    }
+    let endpoint = c.members[alone].endpoint();
+    rt.block_on(async {
+        eventually("the lone member knows no leader", CATCH_UP_TIMEOUT, &c, || {
+            let endpoint = endpoint.clone();
+            async move {
+                let mut client = connect(&endpoint).await.ok()?;
+                (client.status().await.ok()?.leader() == 0).then_some(())
+            }
+        })
+        .await;
+        let range = RangeRequest { key: b"k".to_vec().into(), ..Default::default() };
+        let put = PutRequest { key: b"k".to_vec().into(), value: b"v".to_vec().into(), ..Default::default() };
+        // The client's deadline.
+        for (method, answer) in [
+            ("Range", raw_unary(&endpoint, "Range", &range, Some("400m")).await),
+            ("Put", raw_unary(&endpoint, "Put", &put, Some("400m")).await),
+        ] {
+            let (status, text, elapsed) = answer;
+            assert_eq!(
+                (status, text.as_str()),
+                (UNKNOWN, "context deadline exceeded"),
+                "{method} at the client's deadline"
+            );
+            assert!(
+                elapsed >= Duration::from_millis(350) && elapsed < Duration::from_secs(3),
+                "{method} answered after {elapsed:?}"
+            );
+        }
+        // The member's own request timeout (5 s and two election timeouts), both at once.
+        let (read, write) =
+            tokio::join!(raw_unary(&endpoint, "Range", &range, None), raw_unary(&endpoint, "Put", &put, None));
+        assert_eq!((read.0, read.1.as_str()), (UNAVAILABLE, "etcdserver: request timed out"), "the read");
+        assert_eq!((write.0, write.1.as_str()), (UNKNOWN, "context deadline exceeded"), "the write");
+        for elapsed in [read.2, write.2] {
+            assert!(elapsed >= Duration::from_secs(5), "answered after {elapsed:?}, before the request timeout");
+        }
+    });
+    for i in &others {
+        c.members[*i].resume();
+    }
+}
+
 #[test]
 fn isolated_leader_steps_down_and_a_lagging_member_gets_a_snapshot() {
     let rt = runtime();

@@ -16,6 +16,7 @@
 
 pub mod alarms;
 pub mod apply;
+pub mod deadline;
 pub mod lanes;
 pub mod lessor;
 pub mod limits;
@@ -500,7 +501,9 @@ impl Node {
     /// so a bad request never takes a log entry; apply repeats them on every replica.
     pub async fn propose(&self, body: store::CommandBody) -> Result<store::CommandResponse, Status> {
         let started = std::time::Instant::now();
-        let deadline = started + self.cfg.request_timeout;
+        // The client's deadline ends every wait below as the request timeout does, with
+        // etcd's error for either.
+        let (deadline, clients) = deadline::earliest(started + self.cfg.request_timeout);
         self.check_not_learner()?;
         let command = store::Command { request_id: 0, body: Some(body) };
         self.store.validate(&command).map_err(|e| crate::error::store_status(&e))?;
@@ -514,9 +517,11 @@ impl Node {
         // Held until the answer too: the group's fair share of the member's proposals in
         // flight (`shares.rs`), waited for in arrival order, at most a request timeout.
         let rt = &self.runtime;
-        let _share = tokio::time::timeout(self.cfg.request_timeout, rt.proposal_shares.acquire(&rt.proposals))
-            .await
-            .map_err(|_| EtcdError::TooManyRequests.status())??;
+        let _share = match tokio::time::timeout_at(deadline.into(), rt.proposal_shares.acquire(&rt.proposals)).await {
+            Ok(share) => share?,
+            Err(_) if clients => return Err(EtcdError::ContextDeadline.status()),
+            Err(_) => return Err(EtcdError::TooManyRequests.status()),
+        };
         let id = request_id(self.member_id(), self.next_request_id.fetch_add(1, Ordering::Relaxed));
         let data = encode_proposal(self.member_id(), id, &command, encoded_len);
         let (tx, rx) = oneshot::channel();
@@ -524,7 +529,14 @@ impl Node {
         loop {
             let proposed = match self.wait_for_leader(deadline).await {
                 Ok(()) => self.raft.propose(self.raft_group(), data.clone()),
-                Err(()) => Err(raft_log::Error::Timeout),
+                // etcd's raft takes no proposal while it knows no leader: its `Propose` waits
+                // and returns the context's error, which etcd's gRPC server sends as
+                // `Unknown` "context deadline exceeded", at the request timeout too.
+                Err(()) => {
+                    self.waiters.remove(id);
+                    self.metrics.proposals_failed.inc();
+                    return Err(EtcdError::ContextDeadline.status());
+                }
             };
             match proposed {
                 Ok(()) => break,
@@ -632,7 +644,10 @@ impl Node {
                 client.lease_remaining(request).await
             }
         };
-        match tokio::time::timeout(self.cfg.request_timeout, call).await {
+        // etcd's request timeout, or the client's deadline if earlier: "request timed out"
+        // either way.
+        let (deadline, _) = deadline::earliest(std::time::Instant::now() + self.cfg.request_timeout);
+        match tokio::time::timeout_at(deadline.into(), call).await {
             Ok(Ok(r)) => Ok(r.into_inner().ttl),
             Ok(Err(s)) => {
                 self.membership.transport.drop_client(leader).await;
@@ -705,7 +720,8 @@ impl Node {
             self.membership.waiters.lock().remove(&id);
             return Err(driver_status(&e));
         }
-        match tokio::time::timeout(self.cfg.request_timeout, rx).await {
+        let (deadline, _) = deadline::earliest(std::time::Instant::now() + self.cfg.request_timeout);
+        match tokio::time::timeout_at(deadline.into(), rx).await {
             Ok(Ok(members)) => Ok(members),
             Ok(Err(_)) => Err(EtcdError::Stopped.status()),
             Err(_) => {
@@ -789,10 +805,12 @@ impl Node {
         if let Some(index) = self.raft.sole_voter_read_index(self.raft_group()) {
             return self.wait_applied(index.0).await;
         }
-        // One deadline for waiting for a leader and for the read index, as etcd's one context.
-        let deadline = std::time::Instant::now() + self.cfg.request_timeout;
+        // One deadline for waiting for a leader and for the read index, as etcd's one context;
+        // the client's own, if earlier, ends it with the context's error.
+        let (deadline, clients) = deadline::earliest(std::time::Instant::now() + self.cfg.request_timeout);
+        let timed_out = if clients { EtcdError::ContextDeadline } else { EtcdError::Timeout };
         let index = loop {
-            self.wait_for_leader(deadline).await.map_err(|()| EtcdError::Timeout.status())?;
+            self.wait_for_leader(deadline).await.map_err(|()| timed_out.status())?;
             let rx = self.runtime.read_points.request(&self.raft, self.raft_group()).await;
             match tokio::time::timeout_at(deadline.into(), rx).await {
                 Ok(Ok(Ok(index))) => break index,
@@ -800,7 +818,7 @@ impl Node {
                 Ok(Ok(Err(e))) if matches!(*e, raft_log::Error::NoLeader) => continue,
                 Ok(Ok(Err(e))) => return Err(driver_status(&e)),
                 Ok(Err(_)) => return Err(EtcdError::Stopped.status()),
-                Err(_) => return Err(EtcdError::Timeout.status()),
+                Err(_) => return Err(timed_out.status()),
             }
         };
         self.wait_applied(index).await
@@ -858,31 +876,39 @@ impl Node {
         let Some(commit) = self.raft.commit_and_term(self.raft_group()).map(|(commit, _)| commit.0) else {
             return Ok(());
         };
-        self.wait_applied_within(commit, APPLY_TIMEOUT, EtcdError::TimeoutWaitAppliedIndex).await
+        // etcd's `waitAppliedIndex` has no context: the client's deadline does not end it.
+        self.wait_applied_within(commit, APPLY_TIMEOUT, EtcdError::TimeoutWaitAppliedIndex, false).await
     }
 
-    /// Waits until this member has applied `index`.
+    /// Waits until this member has applied `index` (a read point), at most the request
+    /// timeout or the client's deadline.
     pub async fn wait_applied(&self, index: u64) -> Result<(), Status> {
-        self.wait_applied_within(index, self.cfg.request_timeout, EtcdError::Timeout).await
+        self.wait_applied_within(index, self.cfg.request_timeout, EtcdError::Timeout, true).await
     }
 
-    /// Waits until this member has applied `index`, at most `limit` (then `on_timeout`).
+    /// Waits until this member has applied `index`, at most `limit` (then `on_timeout`) or,
+    /// with `client_deadline`, the client's deadline if earlier (then etcd's context error).
     async fn wait_applied_within(
         &self,
         index: u64,
         limit: std::time::Duration,
         on_timeout: EtcdError,
+        client_deadline: bool,
     ) -> Result<(), Status> {
         // Nearly always applied already (a lone leader's reads and renewals): no receiver
         // clone, no clock read, no timer.
         if *self.applied.borrow() >= index {
             return Ok(());
         }
+        let own = std::time::Instant::now() + limit;
+        let (deadline, clients) = if client_deadline { deadline::earliest(own) } else { (own, false) };
         let mut applied = self.applied.clone();
-        let outcome = tokio::time::timeout(limit, async { applied.wait_for(|a| *a >= index).await.is_ok() }).await;
+        let outcome =
+            tokio::time::timeout_at(deadline.into(), async { applied.wait_for(|a| *a >= index).await.is_ok() }).await;
         match outcome {
             Ok(true) => Ok(()),
             Ok(false) => Err(EtcdError::Stopped.status()),
+            Err(_) if clients => Err(EtcdError::ContextDeadline.status()),
             Err(_) => Err(on_timeout.status()),
         }
     }
