@@ -413,8 +413,9 @@ for nodes in ("1", "3"):
             figs = [x for x in (fig(r) for r in rs) if x[0] is not None]
             errs = sum(r["errors"] for r in rs)
             cpu = med([r.get("server_cpu_s", 0) / max(r["elapsed_s"], 1e-9) for r in rs])
+            client = med([r["client_cpu_s"] / max(r["elapsed_s"], 1e-9) for r in rs if r.get("client_cpu_s") is not None])
             cells[system] = (med([x[0] for x in figs]), med([x[1] for x in figs]),
-                             med([x[2] for x in figs]), errs, len(rs), cpu)
+                             med([x[2] for x in figs]), errs, len(rs), cpu, client)
         if cells["etcd"][4] == 0 and cells[b][4] == 0:
             continue
         rows.append((name, cells))
@@ -423,8 +424,8 @@ for nodes in ("1", "3"):
             print(f"\n{nodes} node(s): skipped ({b} serve does not form a {nodes}-node cluster yet)")
         continue
     print(f"\n### {nodes} node(s)\n")
-    print(f"| workload | metric | etcd | {b} | {b}/etcd | etcd p50 ms | {b} p50 ms | etcd p99 ms | {b} p99 ms | p99 {b}/etcd | server CPU cores etcd / {b} | server CPU per op {b}/etcd | errors etcd / {b} |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| workload | metric | etcd | {b} | {b}/etcd | etcd p50 ms | {b} p50 ms | etcd p99 ms | {b} p99 ms | p99 {b}/etcd | server CPU cores etcd / {b} | server CPU per op {b}/etcd | load generator CPU cores etcd / {b} | errors etcd / {b} |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, c in rows:
         e, p = c["etcd"], c[b]
         metric = {"events": "events/s", "time": "ms per op"}.get(headline[name], "ops/s")
@@ -433,8 +434,11 @@ for nodes in ("1", "3"):
         # of a core each server spends on the same work, whatever limits its rate. Rows whose
         # headline is a time have no rate to divide by.
         per_op = "n/a" if headline[name] == "time" else ratio(cpu_per_unit(e), cpu_per_unit(p))
+        # The load generator's own CPU: in pinned mode it has one core, and a row where it is
+        # near 1.00 measures the load generator, not the server.
+        client = f"{f(e[6])} / {f(p[6])}" if e[6] is not None and p[6] is not None else "n/a"
         print(f"| {name} | {metric} | {f(e[0])} | {f(p[0])} | {ratio(e[0], p[0])} | {f(e[1])} | {f(p[1])} | "
-              f"{f(e[2])} | {f(p[2])} | {ratio(e[2], p[2])} | {cpu} | {per_op} | {e[3]} / {p[3]} |")
+              f"{f(e[2])} | {f(p[2])} | {ratio(e[2], p[2])} | {cpu} | {per_op} | {client} | {e[3]} / {p[3]} |")
 mems = {}
 for system in ("etcd", b):
     p = f"{res}/mem.{system}.json"

@@ -145,6 +145,9 @@ pub struct Recorder {
     pub kinds: Vec<Kind>,
     errors: Mutex<BTreeMap<String, u64>>,
     pub start: Instant,
+    /// CPU time this process (the load generator) used over [`drive`]'s run, in ns;
+    /// `u64::MAX` until a run has ended.
+    client_cpu_ns: AtomicU64,
 }
 
 impl Recorder {
@@ -157,7 +160,14 @@ impl Recorder {
                 .collect(),
             errors: Mutex::new(BTreeMap::new()),
             start: Instant::now(),
+            client_cpu_ns: AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// The load generator's CPU time over the measured run, if one ran.
+    pub fn client_cpu(&self) -> Option<Duration> {
+        let ns = self.client_cpu_ns.load(Ordering::Relaxed);
+        (ns != u64::MAX).then(|| Duration::from_nanos(ns))
     }
 
     pub fn ok(&self, kind: usize, lat: Duration) {
@@ -226,6 +236,7 @@ pub async fn drive<W: Worker>(common: &Common, rec: &Arc<Recorder>, workers: Vec
     let deadline_after = common.duration();
     let rate = common.rate;
     let issued = Arc::new(AtomicU64::new(0));
+    let cpu_before = process_cpu();
     let start = Instant::now();
     let deadline = deadline_after.map(|d| start + d);
     let done = Arc::new(AtomicBool::new(false));
@@ -258,11 +269,25 @@ pub async fn drive<W: Worker>(common: &Common, rec: &Arc<Recorder>, workers: Vec
         let _ = t.await;
     }
     let elapsed = start.elapsed();
+    if let (Some(before), Some(after)) = (cpu_before, process_cpu()) {
+        rec.client_cpu_ns.store(after.saturating_sub(before).as_nanos() as u64, Ordering::Relaxed);
+    }
     done.store(true, Ordering::Relaxed);
     if let Some(p) = progress {
         let _ = p.await;
     }
     elapsed
+}
+
+/// CPU time (user and system) this process has used so far.
+fn process_cpu() -> Option<Duration> {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return None;
+    }
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    Some(tv(ru.ru_utime) + tv(ru.ru_stime))
 }
 
 fn spawn_progress(

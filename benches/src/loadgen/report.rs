@@ -68,6 +68,10 @@ pub struct Report {
     pub kinds: BTreeMap<String, KindReport>,
     /// Workload-specific figures (watch events, compactions...).
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// CPU time the load generator itself used over the measured run (user and system,
+    /// all threads): near `elapsed_s` times its cores means the figures measure the load
+    /// generator rather than the server.
+    pub client_cpu_s: Option<f64>,
 }
 
 impl Report {
@@ -113,6 +117,7 @@ impl Report {
             errors_by_message: rec.errors(),
             kinds,
             extra: serde_json::Map::new(),
+            client_cpu_s: rec.client_cpu().map(|d| d.as_secs_f64()),
         }
     }
 
@@ -143,6 +148,9 @@ impl Report {
         let _ = writeln!(s, "  elapsed      {:.3} s", self.elapsed_s);
         let _ = writeln!(s, "  requests     {} ok, {} errors", self.ok, self.errors);
         let _ = writeln!(s, "  throughput   {:.1} ops/s", self.throughput);
+        if let Some(cpu) = self.client_cpu_s {
+            let _ = writeln!(s, "  client CPU   {:.2} cores (this load generator)", cpu / self.elapsed_s);
+        }
         let _ = writeln!(
             s,
             "  latency ms   mean {:.3}  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
