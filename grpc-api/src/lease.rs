@@ -121,6 +121,9 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         let node = &self.node;
         let req = request.into_inner();
+        // The leader's lessor first, as etcd asks it (forwarded from a follower): a member
+        // that knows no leader waits for one and answers etcd's `no leader` at the deadline.
+        let left = node.lease_on_leader(req.id, false).await?;
         node.read_barrier().await?;
         let group = node.group();
         let Some(lease) = node.store.lease(group, req.id).map_err(|e| store_status(&e))? else {
@@ -141,7 +144,7 @@ impl Lease for LeaseService {
         Ok(Response::new(pb::LeaseTimeToLiveResponse {
             header: Some(node.current_header()),
             id: req.id,
-            ttl: match node.lease_on_leader(req.id, false).await? {
+            ttl: match left {
                 -1 => lease.ttl,
                 left => left,
             },
@@ -155,7 +158,8 @@ impl Lease for LeaseService {
         _request: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         let node = &self.node;
-        node.read_barrier().await?;
+        // This member's applied leases, without a read barrier: etcd lists its own lessor's
+        // (so a member that knows no leader still answers).
         let leases = node
             .read(Cost::Scan, |store, group| store.leases(group))
             .await?

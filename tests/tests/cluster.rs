@@ -398,9 +398,21 @@ fn learner_joins_by_snapshot_is_promoted_and_a_member_is_removed() {
 /// A cluster of [`MEMBERS`] whose members but one (a follower) are paused, once that one
 /// knows no leader: the cluster, the paused members and the lone member's endpoint.
 fn leaderless_member(rt: &tokio::runtime::Runtime) -> (Members, Vec<usize>, String) {
+    let (c, others, endpoint, ()) = leaderless_member_after(rt, |_| async {});
+    (c, others, endpoint)
+}
+
+/// [`leaderless_member`], running `prepare` on the lone member's endpoint while the cluster
+/// still has its leader.
+fn leaderless_member_after<T, F, Fut>(rt: &tokio::runtime::Runtime, prepare: F) -> (Members, Vec<usize>, String, T)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
     let mut c = Members::start(MEMBERS, &[]);
     let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
     let alone = (0..MEMBERS).find(|i| *i != leader).expect("a follower");
+    let prepared = rt.block_on(prepare(c.members[alone].endpoint()));
     let others: Vec<usize> = (0..MEMBERS).filter(|i| *i != alone).collect();
     for i in &others {
         c.members[*i].pause();
@@ -417,7 +429,7 @@ fn leaderless_member(rt: &tokio::runtime::Runtime) -> (Members, Vec<usize>, Stri
         })
         .await;
     });
-    (c, others, endpoint)
+    (c, others, endpoint, prepared)
 }
 
 /// A write to a member that knows no leader waits for one, as etcd's does (raft takes no
@@ -450,7 +462,7 @@ fn a_write_while_no_leader_is_known_waits_for_the_election() {
 /// the deadline on its own side.)
 async fn raw_unary(
     endpoint: &str,
-    method: &str,
+    path: &str,
     message: &impl prost::Message,
     timeout: Option<&str>,
 ) -> (i32, String, Duration) {
@@ -458,7 +470,7 @@ async fn raw_unary(
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut h2, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
     tokio::spawn(connection);
-    let mut request = http::Request::post(format!("http://{addr}/etcdserverpb.KV/{method}"))
+    let mut request = http::Request::post(format!("http://{addr}{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers");
     if let Some(t) = timeout {
@@ -508,42 +520,59 @@ fn percent_decode(v: &[u8]) -> String {
 }
 
 /// A member that knows no leader answers as etcd 3.5.1 does (the same calls, sent to a
-/// 3-member etcd 3.5.1 with two members stopped, got these answers): at the client's deadline (`grpc-timeout`), a linearizable read and a write end with the
-/// context's error, `Unknown` "context deadline exceeded"; without one, at the request
-/// timeout, the read with `Unavailable` "request timed out" and the write with the
-/// context's error again (etcd's raft held the proposal while it knew no leader).
+/// 3-member etcd 3.5.1 with two members stopped, got these answers). At the client's deadline
+/// (`grpc-timeout`), a linearizable read and a write end with the context's error, `Unknown`
+/// "context deadline exceeded", and a lease's time to live, which waits for a leader to
+/// forward it to, with `no leader`. Without a deadline the same waits end at the request
+/// timeout: the read with `Unavailable` "request timed out", the write with the context's
+/// error again (etcd's raft held the proposal while it knew no leader), the lease call with
+/// `no leader`. Listing leases needs no leader.
 #[test]
 fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
-    use grpc_api::pb::etcdserverpb::{PutRequest, RangeRequest};
+    use grpc_api::pb::etcdserverpb::{LeaseLeasesRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest};
     const UNKNOWN: i32 = 2;
     const UNAVAILABLE: i32 = 14;
+    const RANGE: &str = "/etcdserverpb.KV/Range";
+    const PUT: &str = "/etcdserverpb.KV/Put";
+    const TTL: &str = "/etcdserverpb.Lease/LeaseTimeToLive";
+    const LEASES: &str = "/etcdserverpb.Lease/LeaseLeases";
     let rt = runtime();
-    let (mut c, others, endpoint) = leaderless_member(&rt);
+    let (mut c, others, endpoint, lease) = leaderless_member_after(&rt, |endpoint| async move {
+        must_connect(&endpoint).await.lease_grant(600, None).await.expect("grant").id()
+    });
     rt.block_on(async {
         let range = RangeRequest { key: b"k".to_vec().into(), ..Default::default() };
         let put = PutRequest { key: b"k".to_vec().into(), value: b"v".to_vec().into(), ..Default::default() };
+        let ttl = LeaseTimeToLiveRequest { id: lease, keys: false };
+        let context = (UNKNOWN, "context deadline exceeded");
+        let no_leader = (UNAVAILABLE, "etcdserver: no leader");
+        // Listing leases reads this member's own, as etcd's lessor does: no leader needed.
+        let (status, text, elapsed) = raw_unary(&endpoint, LEASES, &LeaseLeasesRequest {}, None).await;
+        assert_eq!(status, 0, "lease list on a leaderless member: {text}");
+        assert!(elapsed < Duration::from_secs(2), "lease list answered after {elapsed:?}");
         // The client's deadline.
-        for (method, answer) in [
-            ("Range", raw_unary(&endpoint, "Range", &range, Some("400m")).await),
-            ("Put", raw_unary(&endpoint, "Put", &put, Some("400m")).await),
+        for (path, answer, want) in [
+            (RANGE, raw_unary(&endpoint, RANGE, &range, Some("400m")).await, context),
+            (PUT, raw_unary(&endpoint, PUT, &put, Some("400m")).await, context),
+            (TTL, raw_unary(&endpoint, TTL, &ttl, Some("400m")).await, no_leader),
         ] {
             let (status, text, elapsed) = answer;
-            assert_eq!(
-                (status, text.as_str()),
-                (UNKNOWN, "context deadline exceeded"),
-                "{method} at the client's deadline"
-            );
+            assert_eq!((status, text.as_str()), want, "{path} at the client's deadline");
             assert!(
                 elapsed >= Duration::from_millis(350) && elapsed < Duration::from_secs(3),
-                "{method} answered after {elapsed:?}"
+                "{path} answered after {elapsed:?}"
             );
         }
-        // The member's own request timeout (5 s and two election timeouts), both at once.
-        let (read, write) =
-            tokio::join!(raw_unary(&endpoint, "Range", &range, None), raw_unary(&endpoint, "Put", &put, None));
+        // The member's own request timeout (5 s and two election timeouts), all at once.
+        let (read, write, lease) = tokio::join!(
+            raw_unary(&endpoint, RANGE, &range, None),
+            raw_unary(&endpoint, PUT, &put, None),
+            raw_unary(&endpoint, TTL, &ttl, None)
+        );
         assert_eq!((read.0, read.1.as_str()), (UNAVAILABLE, "etcdserver: request timed out"), "the read");
-        assert_eq!((write.0, write.1.as_str()), (UNKNOWN, "context deadline exceeded"), "the write");
-        for elapsed in [read.2, write.2] {
+        assert_eq!((write.0, write.1.as_str()), context, "the write");
+        assert_eq!((lease.0, lease.1.as_str()), no_leader, "the lease's time to live");
+        for elapsed in [read.2, write.2, lease.2] {
             assert!(elapsed >= Duration::from_secs(5), "answered after {elapsed:?}, before the request timeout");
         }
     });

@@ -624,43 +624,49 @@ impl Node {
     }
 
     /// Asks the leader about lease `id`: renews it (`renew`) or reads its seconds left. On the
-    /// leader this is local; a follower forwards it over the peer connection, as etcd does.
+    /// leader this is local; a follower forwards it over the peer connection, as etcd does
+    /// (`LeaseRenew`, `LeaseTimeToLive`): while it knows no leader it waits for one, and a
+    /// forward that fails (the leader changed, or is unreachable) is sent again to whichever
+    /// member leads then, until etcd's request timeout or the client's deadline. Then the
+    /// answer is etcd's: `no leader` if none was known, else `request timed out`.
     pub async fn lease_on_leader(&self, id: i64, renew: bool) -> Result<i64, Status> {
+        /// Pause before forwarding again after a failed forward.
+        const FORWARD_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
         self.check_not_learner()?;
-        let leader = self.leader();
-        if leader == 0 {
-            return Err(EtcdError::NoLeader.status());
+        let (deadline, _) = deadline::earliest(std::time::Instant::now() + self.cfg.request_timeout);
+        loop {
+            // etcd's `waitLeader`: its context's end while no leader is known is `no leader`.
+            self.wait_for_leader(deadline).await.map_err(|()| EtcdError::NoLeader.status())?;
+            let leader = self.leader();
+            if leader == self.member_id() {
+                return self.lease_here(id, renew).await;
+            }
+            if leader != 0 {
+                let outcome = tokio::time::timeout_at(deadline.into(), self.forward_lease(leader, id, renew)).await;
+                match outcome {
+                    Ok(Ok(ttl)) => return Ok(ttl),
+                    Ok(Err(_)) => self.membership.transport.drop_client(leader).await,
+                    Err(_) => {
+                        self.membership.transport.drop_client(leader).await;
+                        return Err(EtcdError::Timeout.status());
+                    }
+                }
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Err(EtcdError::Timeout.status());
+            }
+            tokio::time::sleep(FORWARD_RETRY.min(deadline - now)).await;
         }
-        if leader == self.member_id() {
-            return self.lease_here(id, renew).await;
-        }
+    }
+
+    /// One forward of a lease renewal or time-to-live to member `leader`.
+    async fn forward_lease(&self, leader: u64, id: i64, renew: bool) -> Result<i64, Status> {
         let mut client = self.membership.transport.client(self, leader).await?;
         let group = if self.is_default() { 0 } else { self.runtime.group };
         let request = crate::node::peer::pb::LeaseRequest { id, group };
-        let call = async {
-            if renew {
-                client.lease_renew(request).await
-            } else {
-                client.lease_remaining(request).await
-            }
-        };
-        // etcd's request timeout, or the client's deadline if earlier: "request timed out"
-        // either way.
-        let (deadline, _) = deadline::earliest(std::time::Instant::now() + self.cfg.request_timeout);
-        match tokio::time::timeout_at(deadline.into(), call).await {
-            Ok(Ok(r)) => Ok(r.into_inner().ttl),
-            Ok(Err(s)) => {
-                self.membership.transport.drop_client(leader).await;
-                if s.message() == EtcdError::NotLeader.message() {
-                    return Err(EtcdError::LeaderChanged.status());
-                }
-                Err(EtcdError::Timeout.status())
-            }
-            Err(_) => {
-                self.membership.transport.drop_client(leader).await;
-                Err(EtcdError::Timeout.status())
-            }
-        }
+        let response = if renew { client.lease_renew(request).await } else { client.lease_remaining(request).await }?;
+        Ok(response.into_inner().ttl)
     }
 
     /// Whether this member is a learner (it serves only serializable reads and Status).
