@@ -50,7 +50,16 @@ impl Maintenance for MaintenanceService {
             pb::alarm_request::AlarmAction::Get => {
                 // etcd answers GET from its applied state after the request went through
                 // Raft; a read barrier gives the same linearizable point without an entry.
-                node.read_barrier().await?;
+                // A member that knows no leader holds etcd's request as its raft holds any
+                // proposal, until the context's end, and answers the context's error.
+                node.read_barrier().await.map_err(|e| {
+                    let timed_out = e.code() == tonic::Code::Unavailable && e.message() == EtcdError::Timeout.message();
+                    if timed_out && node.leader() == 0 {
+                        EtcdError::ContextDeadline.status()
+                    } else {
+                        e
+                    }
+                })?;
                 node.alarms
                     .active()
                     .into_iter()

@@ -526,16 +526,20 @@ fn percent_decode(v: &[u8]) -> String {
 /// forward it to, with `no leader`. Without a deadline the same waits end at the request
 /// timeout: the read with `Unavailable` "request timed out", the write with the context's
 /// error again (etcd's raft held the proposal while it knew no leader), the lease call with
-/// `no leader`. Listing leases needs no leader.
+/// `no leader`. Listing alarms goes through Raft in etcd and answers as the write does;
+/// listing leases needs no leader.
 #[test]
 fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
-    use grpc_api::pb::etcdserverpb::{LeaseLeasesRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest};
+    use grpc_api::pb::etcdserverpb::{
+        AlarmRequest, LeaseLeasesRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest,
+    };
     const UNKNOWN: i32 = 2;
     const UNAVAILABLE: i32 = 14;
     const RANGE: &str = "/etcdserverpb.KV/Range";
     const PUT: &str = "/etcdserverpb.KV/Put";
     const TTL: &str = "/etcdserverpb.Lease/LeaseTimeToLive";
     const LEASES: &str = "/etcdserverpb.Lease/LeaseLeases";
+    const ALARMS: &str = "/etcdserverpb.Maintenance/Alarm";
     let rt = runtime();
     let (mut c, others, endpoint, lease) = leaderless_member_after(&rt, |endpoint| async move {
         must_connect(&endpoint).await.lease_grant(600, None).await.expect("grant").id()
@@ -544,6 +548,8 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
         let range = RangeRequest { key: b"k".to_vec().into(), ..Default::default() };
         let put = PutRequest { key: b"k".to_vec().into(), value: b"v".to_vec().into(), ..Default::default() };
         let ttl = LeaseTimeToLiveRequest { id: lease, keys: false };
+        // Listing alarms (action GET): etcd sends it through Raft.
+        let alarms = AlarmRequest::default();
         let context = (UNKNOWN, "context deadline exceeded");
         let no_leader = (UNAVAILABLE, "etcdserver: no leader");
         // Listing leases reads this member's own, as etcd's lessor does: no leader needed.
@@ -555,6 +561,7 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
             (RANGE, raw_unary(&endpoint, RANGE, &range, Some("400m")).await, context),
             (PUT, raw_unary(&endpoint, PUT, &put, Some("400m")).await, context),
             (TTL, raw_unary(&endpoint, TTL, &ttl, Some("400m")).await, no_leader),
+            (ALARMS, raw_unary(&endpoint, ALARMS, &alarms, Some("400m")).await, context),
         ] {
             let (status, text, elapsed) = answer;
             assert_eq!((status, text.as_str()), want, "{path} at the client's deadline");
@@ -564,15 +571,17 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
             );
         }
         // The member's own request timeout (5 s and two election timeouts), all at once.
-        let (read, write, lease) = tokio::join!(
+        let (read, write, lease, alarm) = tokio::join!(
             raw_unary(&endpoint, RANGE, &range, None),
             raw_unary(&endpoint, PUT, &put, None),
-            raw_unary(&endpoint, TTL, &ttl, None)
+            raw_unary(&endpoint, TTL, &ttl, None),
+            raw_unary(&endpoint, ALARMS, &alarms, None)
         );
         assert_eq!((read.0, read.1.as_str()), (UNAVAILABLE, "etcdserver: request timed out"), "the read");
         assert_eq!((write.0, write.1.as_str()), context, "the write");
         assert_eq!((lease.0, lease.1.as_str()), no_leader, "the lease's time to live");
-        for elapsed in [read.2, write.2, lease.2] {
+        assert_eq!((alarm.0, alarm.1.as_str()), context, "the alarm list");
+        for elapsed in [read.2, write.2, lease.2, alarm.2] {
             assert!(elapsed >= Duration::from_secs(5), "answered after {elapsed:?}, before the request timeout");
         }
     });
