@@ -292,7 +292,7 @@ impl AuthService {
     /// The local auth store after a read barrier (etcd serves auth reads through the log),
     /// for a root caller checked after the barrier too.
     async fn admin_read<T>(&self, request: &Request<T>) -> Result<Arc<AuthState>, Status> {
-        self.node.read_barrier().await?;
+        self.node.read_barrier_as_proposal().await?;
         caller(&self.node, request)?.check_admin()?;
         Ok(self.node.store.auth(self.node.group()))
     }
@@ -431,7 +431,7 @@ impl Auth for AuthService {
         request: Request<pb::AuthUserGetRequest>,
     ) -> Result<Response<pb::AuthUserGetResponse>, Status> {
         // A user may read its own roles (etcd's authApplierV3.UserGet).
-        self.node.read_barrier().await?;
+        self.node.read_barrier_as_proposal().await?;
         let c = caller(&self.node, &request)?;
         let name = &request.get_ref().name;
         if let Err(denied) = c.check_admin() {
@@ -509,7 +509,7 @@ impl Auth for AuthService {
         request: Request<pb::AuthRoleGetRequest>,
     ) -> Result<Response<pb::AuthRoleGetResponse>, Status> {
         // A user may read the roles it has (etcd's authApplierV3.RoleGet).
-        self.node.read_barrier().await?;
+        self.node.read_barrier_as_proposal().await?;
         let c = caller(&self.node, &request)?;
         let name = &request.get_ref().role;
         if let Err(denied) = c.check_admin() {

@@ -50,16 +50,8 @@ impl Maintenance for MaintenanceService {
             pb::alarm_request::AlarmAction::Get => {
                 // etcd answers GET from its applied state after the request went through
                 // Raft; a read barrier gives the same linearizable point without an entry.
-                // A member that knows no leader holds etcd's request as its raft holds any
-                // proposal, until the context's end, and answers the context's error.
-                node.read_barrier().await.map_err(|e| {
-                    let timed_out = e.code() == tonic::Code::Unavailable && e.message() == EtcdError::Timeout.message();
-                    if timed_out && node.leader() == 0 {
-                        EtcdError::ContextDeadline.status()
-                    } else {
-                        e
-                    }
-                })?;
+                // On a member that knows no leader, etcd's answer is a proposal's.
+                node.read_barrier_as_proposal().await?;
                 node.alarms
                     .active()
                     .into_iter()

@@ -526,12 +526,12 @@ fn percent_decode(v: &[u8]) -> String {
 /// forward it to, with `no leader`. Without a deadline the same waits end at the request
 /// timeout: the read with `Unavailable` "request timed out", the write with the context's
 /// error again (etcd's raft held the proposal while it knew no leader), the lease call with
-/// `no leader`. Listing alarms goes through Raft in etcd and answers as the write does;
-/// listing leases needs no leader.
+/// `no leader`. Listing alarms or users goes through Raft in etcd and answers as the write
+/// does; listing leases needs no leader.
 #[test]
 fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
     use grpc_api::pb::etcdserverpb::{
-        AlarmRequest, LeaseLeasesRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest,
+        AlarmRequest, AuthUserListRequest, LeaseLeasesRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest,
     };
     const UNKNOWN: i32 = 2;
     const UNAVAILABLE: i32 = 14;
@@ -540,6 +540,7 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
     const TTL: &str = "/etcdserverpb.Lease/LeaseTimeToLive";
     const LEASES: &str = "/etcdserverpb.Lease/LeaseLeases";
     const ALARMS: &str = "/etcdserverpb.Maintenance/Alarm";
+    const USERS: &str = "/etcdserverpb.Auth/UserList";
     let rt = runtime();
     let (mut c, others, endpoint, lease) = leaderless_member_after(&rt, |endpoint| async move {
         must_connect(&endpoint).await.lease_grant(600, None).await.expect("grant").id()
@@ -550,6 +551,7 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
         let ttl = LeaseTimeToLiveRequest { id: lease, keys: false };
         // Listing alarms (action GET): etcd sends it through Raft.
         let alarms = AlarmRequest::default();
+        let users = AuthUserListRequest::default();
         let context = (UNKNOWN, "context deadline exceeded");
         let no_leader = (UNAVAILABLE, "etcdserver: no leader");
         // Listing leases reads this member's own, as etcd's lessor does: no leader needed.
@@ -571,17 +573,19 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
             );
         }
         // The member's own request timeout (5 s and two election timeouts), all at once.
-        let (read, write, lease, alarm) = tokio::join!(
+        let (read, write, lease, alarm, users) = tokio::join!(
             raw_unary(&endpoint, RANGE, &range, None),
             raw_unary(&endpoint, PUT, &put, None),
             raw_unary(&endpoint, TTL, &ttl, None),
-            raw_unary(&endpoint, ALARMS, &alarms, None)
+            raw_unary(&endpoint, ALARMS, &alarms, None),
+            raw_unary(&endpoint, USERS, &users, None)
         );
         assert_eq!((read.0, read.1.as_str()), (UNAVAILABLE, "etcdserver: request timed out"), "the read");
         assert_eq!((write.0, write.1.as_str()), context, "the write");
         assert_eq!((lease.0, lease.1.as_str()), no_leader, "the lease's time to live");
         assert_eq!((alarm.0, alarm.1.as_str()), context, "the alarm list");
-        for elapsed in [read.2, write.2, lease.2, alarm.2] {
+        assert_eq!((users.0, users.1.as_str()), context, "the user list");
+        for elapsed in [read.2, write.2, lease.2, alarm.2, users.2] {
             assert!(elapsed >= Duration::from_secs(5), "answered after {elapsed:?}, before the request timeout");
         }
     });

@@ -830,6 +830,21 @@ impl Node {
         self.wait_applied(index).await
     }
 
+    /// [`Node::read_barrier`] for a call that etcd sends through Raft (an alarm or auth
+    /// read): on a member that knows no leader etcd's raft holds it as it holds any
+    /// proposal, until the context's end, and etcd answers the context's error (`Unknown`
+    /// "context deadline exceeded") where a read answers "request timed out".
+    pub async fn read_barrier_as_proposal(&self) -> Result<(), Status> {
+        self.read_barrier().await.map_err(|e| {
+            let timed_out = e.code() == tonic::Code::Unavailable && e.message() == EtcdError::Timeout.message();
+            if timed_out && self.leader() == 0 {
+                EtcdError::ContextDeadline.status()
+            } else {
+                e
+            }
+        })
+    }
+
     /// The read behind health checks: a range of the key `health`, linearizable unless
     /// `serializable`, as etcd's `/health` does.
     pub async fn health_read(&self, serializable: bool) -> Result<(), Status> {
