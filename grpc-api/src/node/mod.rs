@@ -633,6 +633,11 @@ impl Node {
         /// Pause before forwarding again after a failed forward.
         const FORWARD_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
         self.check_not_learner()?;
+        // The leader's own renewals (every keep-alive of a client of the leader) take no clock
+        // read and no deadline.
+        if self.leader() == self.member_id() {
+            return self.lease_here(id, renew).await;
+        }
         let (deadline, _) = deadline::earliest(std::time::Instant::now() + self.cfg.request_timeout);
         loop {
             // etcd's `waitLeader`: its context's end while no leader is known is `no leader`.
