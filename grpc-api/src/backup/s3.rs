@@ -44,8 +44,9 @@ pub struct S3Target {
     runtime: tokio::runtime::Runtime,
     /// This target's staging directory under the system's temp dir, made on first use and
     /// removed with the target (unique per target, so two targets of one process never
-    /// remove each other's files).
-    staging: std::sync::Mutex<Option<PathBuf>>,
+    /// remove each other's files). Each staging file is removed after its upload, failed or
+    /// not; dropping the directory removes whatever a panic left in it.
+    staging: std::sync::Mutex<Option<tempfile::TempDir>>,
 }
 
 impl S3Target {
@@ -204,29 +205,18 @@ impl BackupTarget for S3Target {
     }
 
     fn staging_dir(&self) -> anyhow::Result<PathBuf> {
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let mut staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(dir) = staging.as_ref() {
-            return Ok(dir.clone());
+        if staging.is_none() {
+            let dir = tempfile::Builder::new()
+                .prefix("plinth-backup-staging-")
+                .tempdir()
+                .context("creating a backup staging directory in the temp dir")?;
+            *staging = Some(dir);
         }
-        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("plinth-backup-staging-{}-{seq}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        *staging = Some(dir.clone());
-        Ok(dir)
+        Ok(staging.as_ref().expect("made above").path().to_path_buf())
     }
 
     fn describe(&self) -> String {
         self.url.clone()
-    }
-}
-
-impl Drop for S3Target {
-    /// Removes the staging directory (each staging file is removed after its upload, failed
-    /// or not; this removes the directory and whatever a panic left in it).
-    fn drop(&mut self) {
-        if let Some(dir) = self.staging.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
     }
 }
