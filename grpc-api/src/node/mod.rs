@@ -496,6 +496,12 @@ impl Node {
         Ok(requires)
     }
 
+    /// The end of a wait that began at `start`: etcd's request timeout after it, or the
+    /// client's deadline if earlier (then `true`; see `deadline.rs`).
+    fn request_deadline(&self, start: std::time::Instant) -> (std::time::Instant, bool) {
+        deadline::earliest(start + self.cfg.request_timeout)
+    }
+
     /// Proposes a command and waits until this member has applied it. The store's stateless
     /// checks (etcd's request validation: size, txn op count, duplicate keys, ...) run first,
     /// so a bad request never takes a log entry; apply repeats them on every replica.
@@ -503,7 +509,7 @@ impl Node {
         let started = std::time::Instant::now();
         // The client's deadline ends every wait below as the request timeout does, with
         // etcd's error for either.
-        let (deadline, clients) = deadline::earliest(started + self.cfg.request_timeout);
+        let (deadline, clients) = self.request_deadline(started);
         self.check_not_learner()?;
         let command = store::Command { request_id: 0, body: Some(body) };
         self.store.validate(&command).map_err(|e| crate::error::store_status(&e))?;
@@ -638,7 +644,7 @@ impl Node {
         if self.leader() == self.member_id() {
             return self.lease_here(id, renew).await;
         }
-        let (deadline, _) = deadline::earliest(std::time::Instant::now() + self.cfg.request_timeout);
+        let (deadline, _) = self.request_deadline(std::time::Instant::now());
         loop {
             // etcd's `waitLeader`: its context's end while no leader is known is `no leader`.
             self.wait_for_leader(deadline).await.map_err(|()| EtcdError::NoLeader.status())?;
@@ -731,7 +737,7 @@ impl Node {
             self.membership.waiters.lock().remove(&id);
             return Err(driver_status(&e));
         }
-        let (deadline, _) = deadline::earliest(std::time::Instant::now() + self.cfg.request_timeout);
+        let (deadline, _) = self.request_deadline(std::time::Instant::now());
         match tokio::time::timeout_at(deadline.into(), rx).await {
             Ok(Ok(members)) => Ok(members),
             Ok(Err(_)) => Err(EtcdError::Stopped.status()),
@@ -818,7 +824,7 @@ impl Node {
         }
         // One deadline for waiting for a leader and for the read index, as etcd's one context;
         // the client's own, if earlier, ends it with the context's error.
-        let (deadline, clients) = deadline::earliest(std::time::Instant::now() + self.cfg.request_timeout);
+        let (deadline, clients) = self.request_deadline(std::time::Instant::now());
         let timed_out = if clients { EtcdError::ContextDeadline } else { EtcdError::Timeout };
         let index = loop {
             self.wait_for_leader(deadline).await.map_err(|()| timed_out.status())?;
