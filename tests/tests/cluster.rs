@@ -495,28 +495,11 @@ async fn raw_unary(
         }
     }
     let elapsed = started.elapsed();
-    let status = fields.get("grpc-status").map_or(-1, |v| v.to_str().unwrap().parse().unwrap());
-    let text = fields.get("grpc-message").map_or(String::new(), |v| percent_decode(v.as_bytes()));
-    (status, text, elapsed)
-}
-
-/// gRPC's `grpc-message` is percent-encoded on the wire.
-fn percent_decode(v: &[u8]) -> String {
-    let mut out = Vec::with_capacity(v.len());
-    let mut i = 0;
-    while i < v.len() {
-        match (v[i], v.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
+    // tonic's reading of the status headers (it decodes `grpc-message`'s percent-encoding).
+    match tonic::Status::from_header_map(&fields) {
+        Some(status) => (status.code() as i32, status.message().to_owned(), elapsed),
+        None => (-1, String::new(), elapsed),
     }
-    String::from_utf8(out).expect("UTF-8 message")
 }
 
 /// A member that knows no leader answers as etcd 3.5.1 does (the same calls, sent to a
