@@ -247,6 +247,10 @@ pub(crate) struct Peer {
     /// Readies of the group handed to the WAL whose write has not completed (see
     /// [`Flights`]); the group does not hibernate while any is out.
     pub unpersisted: usize,
+    /// The leader and term of the last message this follower stepped from its leader since
+    /// it last slept (`None` after a sleep and at start): a follower forwards proposals only
+    /// to a leader it has heard since waking (see `hibernate.rs`, held proposals).
+    pub heard: Option<(u64, u64)>,
 }
 
 /// How a Ready pass waits for its WAL write (see `ready.rs`).
@@ -408,6 +412,8 @@ pub(crate) struct Loop {
     /// `awake.len()`, for `DriverHandle::awake_groups` on other threads.
     pub awake_count: Arc<AtomicUsize>,
     pub reads: PendingReads,
+    /// Proposals of woken followers waiting to hear from their leader (`hibernate.rs`).
+    pub held: crate::hibernate::HeldProposals,
     /// Leader transfers this node started, at most `LEADER_TRANSFERS_PENDING_MAX`.
     pub transfers: Vec<PendingTransfer>,
     /// Records produced outside a Ready (commit index updates from a LightReady); they
@@ -797,6 +803,7 @@ impl Loop {
             dirty: BTreeSet::new(),
             awake_count: Arc::default(),
             reads: PendingReads { next_id: 1, ..Default::default() },
+            held: Default::default(),
             transfers: Vec::new(),
             pending: WriteBatch::new(),
             persist: match (cfg_pipeline, threaded_apply) {
@@ -888,8 +895,10 @@ impl Loop {
             // A sole voter needs nobody's vote: elect it now instead of after a timeout.
             raw.campaign()?;
         }
-        self.peers
-            .insert(group, Peer { raw, leader: 0, skip_through: sm_applied, applied, idle_ticks: 0, unpersisted: 0 });
+        self.peers.insert(
+            group,
+            Peer { raw, leader: 0, skip_through: sm_applied, applied, idle_ticks: 0, unpersisted: 0, heard: None },
+        );
         // A new or recovered group starts awake: it must learn or elect its leader first.
         self.awake.insert(group);
         self.dirty.insert(group);
@@ -1006,14 +1015,8 @@ impl Loop {
                     p.raw.report_snapshot(to.0, status);
                 }
             }
-            Msg::Propose { group, data } => {
-                self.wake(group);
-                if let Some(p) = self.peers.get_mut(&group) {
-                    if let Err(e) = p.raw.propose(Vec::new(), data.to_vec()) {
-                        tracing::debug!(%group, error = %e, "proposal dropped");
-                    }
-                }
-            }
+            // Woken followers hold proposals until they hear from their leader (`hibernate.rs`).
+            Msg::Propose { group, data } => self.propose_or_hold(group, data),
             Msg::Step { group, msg } => {
                 let snapshot_index = (msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot)
                     .then(|| msg.get_snapshot().get_metadata().index);
@@ -1268,6 +1271,7 @@ impl Loop {
                 next_tick = now + self.cfg.tick_interval;
             }
             self.service_reads(now);
+            self.service_held(now);
             self.on_ready();
             self.pass_messages = 0;
             self.service_transfers(now);

@@ -56,16 +56,36 @@
 //!   refuse it (in lease) and heartbeat again; the pre-candidate returns to following
 //!   without a term change, and the group goes back to sleep once idle again.
 //!
+//! - **A woken follower forwards no proposal to a leader it has not heard since waking.**
+//!   A sleeping follower still names the leader it last heard, however long ago; if that
+//!   leader died meanwhile, a proposal forwarded to it at once would be lost, and its client
+//!   would wait out its whole timeout although the group elects a new leader within about two
+//!   election timeouts. (An awake follower has the same window, etcd's, between a leader's
+//!   death and its election timer's firing.) So a proposal that reaches a follower which has
+//!   stepped no message of its current leader in its current term since it last slept is
+//!   *held* on the driver thread, and the follower sends that leader a read-index request
+//!   with a private context ([`PROBE_CTX`]): a live leader wakes and answers with a round of
+//!   heartbeats. The first message of the leader in its term releases the held proposals to
+//!   it, in arrival order; if this node is elected instead, it proposes them itself. Held
+//!   proposals were never handed to raft-rs, so releasing them later cannot apply one twice.
+//!   They are bounded (`proposal_queue_max` over all groups; past it a proposal is forwarded
+//!   as before), re-probed every `READ_INDEX_RETRY_TICKS` ticks, and dropped unproposed after
+//!   `read_index_timeout`, by which time their callers (which wait at most that long) gave
+//!   up. The price is one round trip on the first write through a follower after a sleep.
+//!
 //! Memory: when a group sleeps, the WAL's cache of its recent entries is dropped and the
 //! leader's per-follower inflight buffers are freed; reads of its entries go to disk until
 //! appends fill the cache again.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
+use bytes::Bytes;
 use raft::eraftpb::{Message, MessageType};
 use raft::StateRole;
 
-use crate::driver::Loop;
+use crate::driver::{Loop, Peer, READ_INDEX_RETRY_TICKS};
 use crate::types::GroupId;
 
 /// Context of a hibernation notice (and of the follower's echo in its heartbeat response).
@@ -73,6 +93,43 @@ use crate::types::GroupId;
 pub(crate) const HIBERNATE_CTX: &[u8] = b"plinth/hibernate/v1";
 
 const _: () = assert!(HIBERNATE_CTX.len() != crate::driver::READ_CTX_BYTES);
+
+/// Context of the read-index request with which a woken follower that holds proposals asks
+/// its leader to show itself. Its length differs from a read-index context's (its answer is
+/// never taken for a client read) and from a notice's (the leader's heartbeats that carry it
+/// wake the followers).
+pub(crate) const PROBE_CTX: &[u8] = b"plinth/leader-probe/v1";
+
+const _: () = assert!(PROBE_CTX.len() != crate::driver::READ_CTX_BYTES && PROBE_CTX.len() != HIBERNATE_CTX.len());
+
+/// Proposals held by woken followers until they hear from their leader (see the module essay).
+/// Invariant: `len` is the number of proposals over all groups, at most `proposal_queue_max`,
+/// and no group's entry is empty.
+#[derive(Default)]
+pub(crate) struct HeldProposals {
+    groups: HashMap<GroupId, Held>,
+    len: usize,
+}
+
+struct Held {
+    /// In arrival order.
+    proposals: Vec<Bytes>,
+    /// When the first was held: all are dropped `read_index_timeout` after it.
+    since: Instant,
+    /// When the leader was last asked to show itself (`None`: not yet, no leader known).
+    probed_at: Option<Instant>,
+}
+
+/// Whether a proposal on `p` may go to raft-rs now: this node leads, or it follows a leader
+/// whose message in its current term it has stepped since it last slept.
+fn may_propose(p: &Peer) -> bool {
+    let r = &p.raw.raft;
+    match r.state {
+        StateRole::Leader => true,
+        StateRole::Follower => r.leader_id != 0 && p.heard == Some((r.leader_id, r.term)),
+        _ => false,
+    }
+}
 
 /// What a stepped peer message means for a group's sleep.
 enum StepKind {
@@ -138,6 +195,12 @@ impl Loop {
         if let Err(e) = p.raw.step(msg) {
             tracing::debug!(%group, error = %e, "raft message rejected");
         }
+        let r = &p.raw.raft;
+        if r.state == StateRole::Follower && from != 0 && r.leader_id == from && r.term == term {
+            p.heard = Some((from, term));
+        }
+        // A message of the leader (or this node's election) releases held proposals.
+        let released = self.release_held(group);
         match kind {
             StepKind::Active => {}
             StepKind::QuietResponse => {
@@ -154,6 +217,7 @@ impl Loop {
                     && from_leader
                     && r.pending_request_snapshot == raft::INVALID_INDEX
                     && !self.reads.has_group(group)
+                    && !released
                 {
                     self.sleep(group);
                 } else {
@@ -244,6 +308,9 @@ impl Loop {
         }
         let p = self.peers.get_mut(&group).expect("invariant: a sleeping group exists");
         p.idle_ticks = 0;
+        // The leader's silence from now on is the sleep's; whether it still lives is learned
+        // again before a proposal is forwarded to it.
+        p.heard = None;
         for (_, pr) in p.raw.raft.mut_prs().iter_mut() {
             pr.ins.maybe_free_buffer();
         }
@@ -256,6 +323,9 @@ impl Loop {
 
     /// Removes `group` from the hibernation sets (the group was removed).
     pub(crate) fn forget(&mut self, group: GroupId) {
+        if let Some(h) = self.held.groups.remove(&group) {
+            self.held.len -= h.proposals.len();
+        }
         self.awake.remove(&group);
         self.dirty.remove(&group);
         self.awake_count.store(self.awake.len(), Ordering::Relaxed);
@@ -269,12 +339,107 @@ impl Loop {
         v
     }
 
+    /// Hands `data` to raft-rs for `group` now, or holds it until this follower has heard
+    /// from its leader since it last slept (see the module essay).
+    pub(crate) fn propose_or_hold(&mut self, group: GroupId, data: Bytes) {
+        self.wake(group);
+        let Some(p) = self.peers.get(&group) else { return };
+        let holding = self.held.groups.contains_key(&group);
+        // Full: proposed as it would be without holding (raft-rs forwards or drops it).
+        if (holding || !may_propose(p)) && self.held.len < self.cfg.proposal_queue_max {
+            let now = self.now();
+            let h = self.held.groups.entry(group).or_insert_with(|| Held {
+                proposals: Vec::new(),
+                since: now,
+                probed_at: None,
+            });
+            h.proposals.push(data);
+            self.held.len += 1;
+            if !holding {
+                self.probe_leader(group, now);
+            }
+            return;
+        }
+        self.propose_now(group, data);
+    }
+
+    fn propose_now(&mut self, group: GroupId, data: Bytes) {
+        let Some(p) = self.peers.get_mut(&group) else { return };
+        if let Err(e) = p.raw.propose(Vec::new(), data.to_vec()) {
+            tracing::debug!(%group, error = %e, "proposal dropped");
+        }
+    }
+
+    /// Asks the leader this follower names to show itself: a read-index request, which a
+    /// live leader (woken by it) answers with a round of heartbeats carrying [`PROBE_CTX`].
+    fn probe_leader(&mut self, group: GroupId, now: Instant) {
+        let Some(p) = self.peers.get_mut(&group) else { return };
+        if p.raw.raft.state != StateRole::Follower || p.raw.raft.leader_id == 0 {
+            return;
+        }
+        p.raw.read_index(PROBE_CTX.to_vec());
+        self.dirty.insert(group);
+        if let Some(h) = self.held.groups.get_mut(&group) {
+            h.probed_at = Some(now);
+        }
+    }
+
+    /// Proposes `group`'s held proposals, in arrival order, if they may go now; returns
+    /// whether it did.
+    fn release_held(&mut self, group: GroupId) -> bool {
+        match self.peers.get(&group) {
+            Some(p) if self.held.groups.contains_key(&group) && may_propose(p) => {}
+            _ => return false,
+        }
+        let h = self.held.groups.remove(&group).expect("invariant: checked above");
+        self.held.len -= h.proposals.len();
+        tracing::debug!(%group, count = h.proposals.len(), "held proposals released");
+        for data in h.proposals {
+            self.propose_now(group, data);
+        }
+        true
+    }
+
+    /// Releases the held proposals that may go (this node was elected, or heard its leader),
+    /// drops those held for `read_index_timeout`, and asks the leader again where the last
+    /// probe is `READ_INDEX_RETRY_TICKS` ticks old. O(groups with held proposals).
+    pub(crate) fn service_held(&mut self, now: Instant) {
+        if self.held.groups.is_empty() {
+            return;
+        }
+        let mut groups: Vec<GroupId> = self.held.groups.keys().copied().collect();
+        // In group order, so a simulation replays a run message for message.
+        groups.sort_unstable();
+        let retry = self.cfg.tick_interval * READ_INDEX_RETRY_TICKS;
+        for group in groups {
+            if self.release_held(group) {
+                continue;
+            }
+            let h = &self.held.groups[&group];
+            if h.since + self.cfg.read_index_timeout <= now {
+                let h = self.held.groups.remove(&group).expect("invariant: present");
+                self.held.len -= h.proposals.len();
+                tracing::debug!(%group, count = h.proposals.len(), "held proposals dropped: no leader heard");
+                continue;
+            }
+            if h.probed_at.is_none_or(|t| t + retry <= now) {
+                self.probe_leader(group, now);
+            }
+        }
+    }
+
     /// O(groups) check for tests: a group that is neither awake nor marked for the next
     /// Ready pass has no Ready (so skipping it loses nothing), and `awake` names only
     /// existing groups.
     pub(crate) fn check_hibernation_invariants(&self) {
         for g in &self.awake {
             assert!(self.peers.contains_key(g), "awake group {g} does not exist");
+        }
+        let held: usize = self.held.groups.values().map(|h| h.proposals.len()).sum();
+        assert_eq!(held, self.held.len, "held proposals miscounted");
+        for (g, h) in &self.held.groups {
+            assert!(!h.proposals.is_empty(), "group {g} holds an empty entry");
+            assert!(self.awake.contains(g), "group {g} holds proposals asleep");
         }
         for (g, p) in &self.peers {
             if !self.awake.contains(g) && !self.dirty.contains(g) {

@@ -166,9 +166,12 @@
 //!   message other than a notice or heartbeat response wakes the group on that node. Reads
 //!   stay linearizable through ReadIndex's quorum round (a leader deposed while asleep cannot
 //!   complete one), a woken leader restarts its check-quorum window, and a sleeping follower
-//!   refuses (pre-)votes while its frozen timer says its leader is in lease. A sleeping
-//!   group's WAL entry cache and inflight buffers are freed. [`GroupStatus::hibernating`],
-//!   [`DriverHandle::awake_groups`].
+//!   refuses (pre-)votes while its frozen timer says its leader is in lease. A follower
+//!   that has not heard its leader since it slept holds proposals (bounded, dropped after
+//!   `read_index_timeout`) and asks the leader to show itself with a read-index request; the
+//!   leader's first message releases them to it, or this node's election to itself. A
+//!   sleeping group's WAL entry cache and inflight buffers are freed.
+//!   [`GroupStatus::hibernating`], [`DriverHandle::awake_groups`].
 //!
 //! ## CAVEATS
 //!
@@ -201,8 +204,8 @@
 //!   removed group (`remove_group`) stops ticking at once.
 //! - When a sleeping leader died, a follower woken by a request elects a new leader after
 //!   about two election timeouts (the other followers refuse votes while they believe their
-//!   leader in lease), not one; a request to a follower is forwarded to the dead leader and
-//!   lost meanwhile. A leader deposed while asleep believes it leads (its `GroupStatus`
+//!   leader in lease), not one; a proposal on a follower is held meanwhile and reaches the
+//!   new leader, unless the election takes longer than `read_index_timeout`. A leader deposed while asleep believes it leads (its `GroupStatus`
 //!   says so) until something wakes it; only ReadIndex, never that belief, serves reads.
 //! - With pre-vote off, a follower that missed its notice campaigns in a new term and
 //!   deposes the leader (as any partitioned follower would without pre-vote).

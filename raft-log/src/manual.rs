@@ -181,6 +181,7 @@ impl ManualDriver {
     pub fn process(&mut self) {
         let now = self.lp.now();
         self.lp.service_reads(now);
+        self.lp.service_held(now);
         for _ in 0..PROCESS_PASSES_MAX {
             // Every group, not only the awake and touched ones the driver looks at: the
             // check below then proves the driver's narrower look misses nothing.

@@ -1,8 +1,10 @@
 //! Hibernation of idle groups, on a cluster of [`ManualDriver`]s whose ticks and message
 //! deliveries the test owns: an idle group stops ticking and sending; a proposal, a read or a
 //! peer message wakes it; a woken group serves linearizable reads (also when its leader was
-//! deposed while asleep); a dead leader is replaced after a request wakes a follower; a lost
-//! notice heals itself; a sleeping follower does not help a pre-candidate disrupt its leader.
+//! deposed while asleep); a dead leader is replaced after a request wakes a follower, and the
+//! proposal that woke it reaches the new leader once; a held proposal that finds no leader
+//! is dropped unproposed; a lost notice heals itself; a sleeping follower does not help a
+//! pre-candidate disrupt its leader.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,8 @@ use raft_log::{
 const GROUP: GroupId = GroupId(7);
 const ELECTION_TICKS: usize = 10;
 const HIBERNATE_AFTER_TICKS: usize = 20;
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(5000 + 2 * 100 * ELECTION_TICKS as u64);
+const READ_TIMEOUT_TICKS: usize = 5000 / 100 + 2 * ELECTION_TICKS;
 /// The context of a hibernation notice (the driver's private marker, spelled out here so the
 /// test can drop notices on the wire).
 const NOTICE_CTX: &[u8] = b"plinth/hibernate/v1";
@@ -30,16 +34,24 @@ impl Transport for Outbox {
     }
 }
 
-/// Records the last applied index per group.
-struct Sm(Arc<Mutex<BTreeMap<GroupId, u64>>>);
+/// Records the last applied index per group, and every applied proposal's bytes.
+#[derive(Default)]
+struct Applied {
+    last: BTreeMap<GroupId, u64>,
+    data: Vec<Bytes>,
+}
+
+struct Sm(Arc<Mutex<Applied>>);
 
 impl StateMachine for Sm {
     fn applied_index(&self, group: GroupId) -> LogIndex {
-        LogIndex(self.0.lock().unwrap().get(&group).copied().unwrap_or(0))
+        LogIndex(self.0.lock().unwrap().last.get(&group).copied().unwrap_or(0))
     }
     fn apply(&mut self, group: GroupId, entries: Vec<CommittedEntry>) {
+        let mut a = self.0.lock().unwrap();
         let last = entries.last().expect("apply gets entries").index.0;
-        self.0.lock().unwrap().insert(group, last);
+        a.last.insert(group, last);
+        a.data.extend(entries.into_iter().map(|e| e.data).filter(|d| !d.is_empty()));
     }
 }
 
@@ -47,6 +59,7 @@ struct Node {
     driver: ManualDriver,
     wal: Arc<Wal>,
     wire: Wire,
+    applied: Arc<Mutex<Applied>>,
     _dir: tempfile::TempDir,
 }
 
@@ -72,6 +85,8 @@ fn config(id: u64, hibernate_after_ticks: usize) -> DriverConfig {
         // The assertions below are bounds that hold for any draw.
         election_ticks_max: 2 * ELECTION_TICKS,
         hibernate_after_ticks,
+        // As `plinth serve` sets it: 5 s plus two election timeouts (ticks of 100 ms).
+        read_index_timeout: READ_TIMEOUT,
         ..DriverConfig::default()
     }
 }
@@ -85,7 +100,8 @@ impl Cluster {
                 let dir = tempfile::tempdir().unwrap();
                 let wal = Arc::new(Wal::open(WalConfig::new(dir.path())).unwrap());
                 let wire: Wire = Arc::default();
-                let sm = Sm(Arc::default());
+                let applied: Arc<Mutex<Applied>> = Arc::default();
+                let sm = Sm(applied.clone());
                 let mut driver = ManualDriver::new(
                     config(id, hibernate_after_ticks),
                     wal.clone(),
@@ -94,7 +110,7 @@ impl Cluster {
                 )
                 .unwrap();
                 driver.create_group(GROUP, &voters).unwrap();
-                Some(Node { driver, wal, wire, _dir: dir })
+                Some(Node { driver, wal, wire, applied, _dir: dir })
             })
             .collect();
         let mut c = Cluster { nodes, cut: BTreeSet::new(), drop: Box::new(|_| false), delivered: 0 };
@@ -175,6 +191,12 @@ impl Cluster {
 
     fn status(&self, id: u64) -> raft_log::GroupStatus {
         self.nodes[id as usize - 1].as_ref().unwrap().driver.status(GROUP).unwrap()
+    }
+
+    /// How many times node `id` applied a proposal of exactly `data`.
+    fn applied_count(&self, id: u64, data: &[u8]) -> usize {
+        let n = self.nodes[id as usize - 1].as_ref().unwrap();
+        n.applied.lock().unwrap().data.iter().filter(|d| d.as_ref() == data).count()
     }
 
     fn all_asleep(&self) -> bool {
@@ -279,8 +301,9 @@ fn a_dead_leader_is_replaced_once_a_request_wakes_a_follower() {
     let term = c.status(1).term;
     c.settle();
     c.nodes[0] = None;
-    // Forwarded to the dead leader and lost, but it wakes node 2, whose election timer runs.
-    c.node(2).propose(GROUP, Bytes::from_static(b"lost")).unwrap();
+    // Node 2 has not heard its leader since it slept: it holds the proposal and asks the
+    // dead leader to show itself. The request wakes it, and its election timer runs.
+    c.node(2).propose(GROUP, Bytes::from_static(b"held")).unwrap();
     // Node 2 campaigns after its election timeout; node 3, woken by the pre-vote, refuses
     // while in lease (one election timeout) and then campaigns or grants: about two
     // election timeouts (of up to 2 * ELECTION_TICKS each), plus a margin for a split vote.
@@ -292,6 +315,63 @@ fn a_dead_leader_is_replaced_once_a_request_wakes_a_follower() {
     c.deliver();
     assert_eq!(c.status(2).applied, c.status(3).applied);
     assert_eq!(c.status(2).applied, c.status(leader).last_index);
+    // The held proposal went to the new leader (not to the dead one) and applied once.
+    for id in [2, 3] {
+        assert_eq!(c.applied_count(id, b"held"), 1, "node {id}");
+        assert_eq!(c.applied_count(id, b"new leader"), 1, "node {id}");
+    }
+}
+
+/// With the leader alive and asleep, a proposal on a sleeping follower commits without a
+/// tick: the follower's probe wakes the leader, whose heartbeats release the proposal.
+#[test]
+fn a_proposal_on_a_sleeping_follower_commits_without_a_tick() {
+    let mut c = Cluster::new(3, HIBERNATE_AFTER_TICKS);
+    let term = c.status(1).term;
+    c.settle();
+    c.node(3).propose(GROUP, Bytes::from_static(b"via follower")).unwrap();
+    c.deliver();
+    for id in 1..=3 {
+        assert_eq!(c.applied_count(id, b"via follower"), 1, "node {id}");
+        assert_eq!(c.status(id).term, term, "node {id}: no election");
+    }
+    // Awake now, node 3 forwards at once: one more proposal, no probe in between.
+    let probes = Arc::new(Mutex::new(0));
+    let p = probes.clone();
+    c.drop = Box::new(move |m| {
+        if m.get_msg_type() == MessageType::MsgReadIndex {
+            *p.lock().unwrap() += 1;
+        }
+        false
+    });
+    c.node(3).propose(GROUP, Bytes::from_static(b"awake")).unwrap();
+    c.deliver();
+    assert_eq!(*probes.lock().unwrap(), 0);
+    assert_eq!(c.applied_count(1, b"awake"), 1);
+    c.run_until(3 * HIBERNATE_AFTER_TICKS, |c| c.all_asleep());
+}
+
+/// A follower cut off from every other member holds its proposal, hears no leader, and
+/// drops the proposal unproposed after `read_index_timeout`: once the network heals, it is
+/// never applied (its caller was told it timed out), and later proposals commit.
+#[test]
+fn a_held_proposal_is_dropped_unproposed_at_the_read_timeout() {
+    let mut c = Cluster::new(3, HIBERNATE_AFTER_TICKS);
+    c.settle();
+    c.partition(&[2]);
+    c.node(2).propose(GROUP, Bytes::from_static(b"expired")).unwrap();
+    c.run(READ_TIMEOUT_TICKS + 5);
+    c.cut.clear();
+    c.run_until(10 * ELECTION_TICKS, |c| c.leader().is_some() && (1..=3).all(|id| c.status(id).leader.0 != 0));
+    c.run(2 * ELECTION_TICKS);
+    let leader = c.leader().unwrap();
+    c.node(2).propose(GROUP, Bytes::from_static(b"after")).unwrap();
+    c.deliver();
+    c.run(ELECTION_TICKS);
+    for id in 1..=3 {
+        assert_eq!(c.applied_count(id, b"expired"), 0, "node {id} applied a dropped proposal");
+        assert_eq!(c.applied_count(id, b"after"), 1, "node {id} (leader {leader})");
+    }
 }
 
 /// The sleeping leader is cut off; the others elect a new leader and commit past it. A read

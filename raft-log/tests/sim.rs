@@ -1030,9 +1030,11 @@ impl Sim {
     /// Puts the messages node `i` sent on the network, with drops, duplicates and delays.
     fn route(&mut self, i: usize, sent: Vec<(GroupId, Message)>) {
         for (group, msg) in sent {
-            // A follower relays a proposal it was handed with its `from` unchanged.
+            // A follower relays a proposal or a read-index request (a leader probe, see
+            // `hibernate.rs`) it was handed with its `from` unchanged.
             assert!(
-                msg.from == self.nodes[i].id || msg.get_msg_type() == MessageType::MsgPropose,
+                msg.from == self.nodes[i].id
+                    || matches!(msg.get_msg_type(), MessageType::MsgPropose | MessageType::MsgReadIndex),
                 "node {} sends a message of another node: {msg:?}",
                 self.nodes[i].id
             );

@@ -457,6 +457,42 @@ fn a_write_while_no_leader_is_known_waits_for_the_election() {
     });
 }
 
+/// An idle group sleeps on every member, then its leader is killed. A write through a
+/// follower, which still names the dead leader, is held until the follower hears a leader, and
+/// the one the survivors elect serves it (forwarded at once, it would be lost with the dead
+/// leader and fail at the request timeout).
+#[test]
+fn a_write_through_a_sleeping_follower_after_its_leader_died_is_served() {
+    let rt = runtime();
+    let mut c = Members::start(MEMBERS, &[]);
+    let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
+    let follower = (0..MEMBERS).find(|i| *i != leader).expect("a follower");
+    let endpoint = c.members[follower].endpoint();
+    rt.block_on(async { must_connect(&endpoint).await.put("before", "the sleep", None).await.expect("put") });
+    // The group sleeps once idle for two election timeouts.
+    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    while !c.members.iter().all(|m| {
+        let (_, metrics) = plinth_tests::cli::http_get(&m.endpoint(), "/metrics");
+        metrics.lines().any(|l| l == "plinth_raft_groups_awake 0")
+    }) {
+        assert!(Instant::now() < deadline, "the group did not sleep on every member");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.members[leader].kill9();
+    let started = Instant::now();
+    let put = rt.block_on(async { must_connect(&endpoint).await.put("after", "the leader died", None).await });
+    let took = started.elapsed();
+    let revision = put.expect("the write is served by the new leader").header().unwrap().revision();
+    assert!(took < FAILOVER_MAX, "served after {took:?}");
+    rt.block_on(async {
+        let leader = c.wait_leader(START_TIMEOUT).await;
+        let mut client = must_connect(&c.members[leader].endpoint()).await;
+        let got = client.get("after", None).await.expect("get");
+        assert_eq!(got.kvs()[0].value(), b"the leader died");
+        assert_eq!(got.kvs()[0].mod_revision(), revision);
+    });
+}
+
 /// One unary gRPC call over a bare HTTP/2 connection, with `grpc-timeout` if given: the
 /// status and message the server answered, and when. (tonic's client would end the call at
 /// the deadline on its own side.)
