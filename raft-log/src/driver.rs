@@ -151,6 +151,10 @@ pub struct GroupStatus {
     /// On a leader: the index of the first entry of its term (the empty entry raft-rs appends
     /// when it is elected); 0 elsewhere, or when the log no longer holds it.
     pub term_start: LogIndex,
+    /// True while this follower holds proposals of the group because it has not heard its
+    /// leader since it last slept (see the crate's "Hibernation" section): they have not
+    /// reached Raft yet, as etcd's raft holds a proposal while its node knows no leader.
+    pub holding: bool,
 }
 
 /// The index of the first entry of `raft`'s current term in its log, 0 if the log holds
@@ -971,6 +975,7 @@ impl Loop {
             hibernating: !self.awake.contains(&group),
             committed_in_term: r.commit_to_current_term(),
             term_start: LogIndex(0),
+            holding: self.held.holds(group),
         };
         if s.is_leader {
             // Searched once per term, at a leader's first publish in it (outside the status

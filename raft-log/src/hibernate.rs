@@ -111,6 +111,13 @@ pub(crate) struct HeldProposals {
     len: usize,
 }
 
+impl HeldProposals {
+    /// Whether `group` holds proposals.
+    pub(crate) fn holds(&self, group: GroupId) -> bool {
+        self.groups.contains_key(&group)
+    }
+}
+
 struct Held {
     /// In arrival order.
     proposals: Vec<Bytes>,
@@ -357,6 +364,7 @@ impl Loop {
             self.held.len += 1;
             if !holding {
                 self.probe_leader(group, now);
+                self.publish_status(group);
             }
             return;
         }
@@ -397,6 +405,7 @@ impl Loop {
         for data in h.proposals {
             self.propose_now(group, data);
         }
+        self.publish_status(group);
         true
     }
 
@@ -420,6 +429,7 @@ impl Loop {
                 let h = self.held.groups.remove(&group).expect("invariant: present");
                 self.held.len -= h.proposals.len();
                 tracing::debug!(%group, count = h.proposals.len(), "held proposals dropped: no leader heard");
+                self.publish_status(group);
                 continue;
             }
             if h.probed_at.is_none_or(|t| t + retry <= now) {

@@ -304,6 +304,7 @@ fn a_dead_leader_is_replaced_once_a_request_wakes_a_follower() {
     // Node 2 has not heard its leader since it slept: it holds the proposal and asks the
     // dead leader to show itself. The request wakes it, and its election timer runs.
     c.node(2).propose(GROUP, Bytes::from_static(b"held")).unwrap();
+    assert!(c.status(2).holding, "node 2 holds the proposal");
     // Node 2 campaigns after its election timeout; node 3, woken by the pre-vote, refuses
     // while in lease (one election timeout) and then campaigns or grants: about two
     // election timeouts (of up to 2 * ELECTION_TICKS each), plus a margin for a split vote.
@@ -316,6 +317,7 @@ fn a_dead_leader_is_replaced_once_a_request_wakes_a_follower() {
     assert_eq!(c.status(2).applied, c.status(3).applied);
     assert_eq!(c.status(2).applied, c.status(leader).last_index);
     // The held proposal went to the new leader (not to the dead one) and applied once.
+    assert!(!c.status(2).holding);
     for id in [2, 3] {
         assert_eq!(c.applied_count(id, b"held"), 1, "node {id}");
         assert_eq!(c.applied_count(id, b"new leader"), 1, "node {id}");
@@ -360,7 +362,9 @@ fn a_held_proposal_is_dropped_unproposed_at_the_read_timeout() {
     c.settle();
     c.partition(&[2]);
     c.node(2).propose(GROUP, Bytes::from_static(b"expired")).unwrap();
+    assert!(c.status(2).holding);
     c.run(READ_TIMEOUT_TICKS + 5);
+    assert!(!c.status(2).holding, "dropped at the read timeout");
     c.cut.clear();
     c.run_until(10 * ELECTION_TICKS, |c| c.leader().is_some() && (1..=3).all(|id| c.status(id).leader.0 != 0));
     c.run(2 * ELECTION_TICKS);

@@ -457,6 +457,18 @@ fn a_write_while_no_leader_is_known_waits_for_the_election() {
     });
 }
 
+/// Waits until the group sleeps on every member (idle for two election timeouts).
+fn wait_asleep(c: &Members) {
+    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    while !c.members.iter().all(|m| {
+        let (_, metrics) = plinth_tests::cli::http_get(&m.endpoint(), "/metrics");
+        metrics.lines().any(|l| l == "plinth_raft_groups_awake 0")
+    }) {
+        assert!(Instant::now() < deadline, "the group did not sleep on every member");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// An idle group sleeps on every member, then its leader is killed. A write through a
 /// follower, which still names the dead leader, is held until the follower hears a leader, and
 /// the one the survivors elect serves it (forwarded at once, it would be lost with the dead
@@ -469,15 +481,7 @@ fn a_write_through_a_sleeping_follower_after_its_leader_died_is_served() {
     let follower = (0..MEMBERS).find(|i| *i != leader).expect("a follower");
     let endpoint = c.members[follower].endpoint();
     rt.block_on(async { must_connect(&endpoint).await.put("before", "the sleep", None).await.expect("put") });
-    // The group sleeps once idle for two election timeouts.
-    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
-    while !c.members.iter().all(|m| {
-        let (_, metrics) = plinth_tests::cli::http_get(&m.endpoint(), "/metrics");
-        metrics.lines().any(|l| l == "plinth_raft_groups_awake 0")
-    }) {
-        assert!(Instant::now() < deadline, "the group did not sleep on every member");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_asleep(&c);
     c.members[leader].kill9();
     let started = Instant::now();
     let put = rt.block_on(async { must_connect(&endpoint).await.put("after", "the leader died", None).await });
@@ -607,6 +611,43 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
         for elapsed in [read.2, write.2, lease.2, alarm.2, users.2] {
             assert!(elapsed >= Duration::from_secs(5), "answered after {elapsed:?}, before the request timeout");
         }
+    });
+    for i in &others {
+        c.members[*i].resume();
+    }
+}
+
+/// A follower whose group slept, and whose peers are then stopped, still names its old leader.
+/// It holds a write until it hears a leader, which never comes, and answers as a leaderless
+/// etcd 3.5.1 member does: `Unknown` "context deadline exceeded", at the client's deadline
+/// and at its own request timeout. (Forwarded at once to the stopped leader, the write was
+/// lost and answered "request timed out".)
+#[test]
+fn a_sleeping_follower_cut_off_from_its_peers_answers_a_write_as_a_leaderless_etcd() {
+    use grpc_api::pb::etcdserverpb::PutRequest;
+    const PUT: &str = "/etcdserverpb.KV/Put";
+    let context = (2, "context deadline exceeded");
+    let rt = runtime();
+    let mut c = Members::start(MEMBERS, &[]);
+    let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
+    let alone = (0..MEMBERS).find(|i| *i != leader).expect("a follower");
+    let endpoint = c.members[alone].endpoint();
+    rt.block_on(async { must_connect(&endpoint).await.put("before", "the sleep", None).await.expect("put") });
+    wait_asleep(&c);
+    let others: Vec<usize> = (0..MEMBERS).filter(|i| *i != alone).collect();
+    for i in &others {
+        c.members[*i].pause();
+    }
+    rt.block_on(async {
+        let put = PutRequest { key: b"k".to_vec().into(), value: b"v".to_vec().into(), ..Default::default() };
+        let (at_deadline, at_timeout) =
+            tokio::join!(raw_unary(&endpoint, PUT, &put, Some("400m")), raw_unary(&endpoint, PUT, &put, None));
+        let (status, text, elapsed) = at_deadline;
+        assert_eq!((status, text.as_str()), context, "at the client's deadline");
+        assert!(elapsed >= Duration::from_millis(350) && elapsed < Duration::from_secs(3), "after {elapsed:?}");
+        let (status, text, elapsed) = at_timeout;
+        assert_eq!((status, text.as_str()), context, "at the request timeout");
+        assert!(elapsed >= Duration::from_secs(5), "answered after {elapsed:?}, before the request timeout");
     });
     for i in &others {
         c.members[*i].resume();

@@ -573,6 +573,13 @@ impl Node {
             Err(_) => {
                 self.waiters.remove(id);
                 self.metrics.proposals_failed.inc();
+                // A woken follower that has heard no leader since it slept still holds the
+                // group's proposals, this one among them (raft-log's hibernation): it never
+                // reached Raft, as etcd's raft holds a proposal while its node knows no
+                // leader, and etcd then answers with the context's error.
+                if self.raft.status(self.raft_group()).is_some_and(|s| s.holding) {
+                    return Err(EtcdError::ContextDeadline.status());
+                }
                 Err(propose_timeout_error(&self.timeout_context(started)).status())
             }
         }
