@@ -112,7 +112,11 @@ where
         .timer(TokioTimer::new())
         .keep_alive_interval(HTTP2_KEEPALIVE_INTERVAL)
         .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
-        .max_concurrent_streams(HTTP2_STREAMS_PER_CONNECTION_MAX);
+        .max_concurrent_streams(HTTP2_STREAMS_PER_CONNECTION_MAX)
+        // No `Date` on HTTP/2 answers: grpc-go sends none with gRPC answers, and it cost each
+        // call about 2,400 instructions (2.5 % of a put). The HTTP endpoints add their own
+        // (`http.rs`).
+        .auto_date_header(false);
     // hyper enforces its HTTP/1 header read timeout (30 s) only with a timer.
     builder.http1().timer(TokioTimer::new());
     let service = hyper_util::service::TowerToHyperService::new(service);
