@@ -28,6 +28,11 @@ pub struct Metrics {
     pub wal_fsync_duration: Histogram,
     pub grpc_started: IntCounterVec,
     pub grpc_handled: IntCounterVec,
+    /// Handles of `grpc_started` per known method, and of `grpc_handled` with code `OK`,
+    /// looked up once: a label lookup hashes every label value, several hundred
+    /// instructions per call.
+    started_by_method: MethodCounters,
+    handled_ok_by_method: MethodCounters,
     pub health_success: IntCounter,
     pub health_failures: IntCounter,
     /// Automated backups, per tenant, on the member that took them.
@@ -211,6 +216,8 @@ impl Metrics {
             tenant_state: parking_lot::Mutex::default(),
             grpc_started,
             grpc_handled,
+            started_by_method: MethodCounters::default(),
+            handled_ok_by_method: MethodCounters::default(),
             registry,
         }
     }
@@ -344,23 +351,64 @@ const KNOWN_METHODS: &[(&str, &[&str])] = &[
 /// `(grpc_type, grpc_service, grpc_method)`, with [`UNKNOWN_LABEL`] for service and method
 /// when the path names no known method; `None` for a path that is not a gRPC method at all.
 pub fn grpc_labels(path: &str) -> Option<(&'static str, &'static str, &'static str)> {
+    grpc_method(path).map(|m| m.labels)
+}
+
+/// A gRPC call's method: its labels and, for a known method, its place in [`MethodCounters`].
+#[derive(Clone, Copy, Debug)]
+struct GrpcMethod {
+    labels: (&'static str, &'static str, &'static str),
+    index: Option<usize>,
+}
+
+/// Every known method by path (`/service/method`), with its labels, in `KNOWN_METHODS` order.
+struct KnownMethods {
+    labels: Vec<(&'static str, &'static str, &'static str)>,
+    by_path: foldhash::HashMap<String, usize>,
+}
+
+static METHODS: std::sync::LazyLock<KnownMethods> = std::sync::LazyLock::new(|| {
+    let mut labels = Vec::new();
+    let mut by_path = foldhash::HashMap::default();
+    for (service, methods) in KNOWN_METHODS {
+        for method in *methods {
+            let kind = match (*service, *method) {
+                ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
+                ("etcdserverpb.Maintenance", "Snapshot") | ("grpc.health.v1.Health", "Watch") => "server_stream",
+                _ => "unary",
+            };
+            by_path.insert(format!("/{service}/{method}"), labels.len());
+            labels.push((kind, *service, *method));
+        }
+    }
+    KnownMethods { labels, by_path }
+});
+
+fn grpc_method(path: &str) -> Option<GrpcMethod> {
+    if let Some(&index) = METHODS.by_path.get(path) {
+        return Some(GrpcMethod { labels: METHODS.labels[index], index: Some(index) });
+    }
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     if !service.contains('.') || method.is_empty() || method.contains('/') {
         return None;
     }
-    let known = KNOWN_METHODS
-        .iter()
-        .find(|(s, _)| *s == service)
-        .and_then(|(s, methods)| methods.iter().find(|m| **m == method).map(|m| (*s, *m)));
-    let Some((service, method)) = known else {
-        return Some(("unary", UNKNOWN_LABEL, UNKNOWN_LABEL));
-    };
-    let kind = match (service, method) {
-        ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
-        ("etcdserverpb.Maintenance", "Snapshot") | ("grpc.health.v1.Health", "Watch") => "server_stream",
-        _ => "unary",
-    };
-    Some((kind, service, method))
+    Some(GrpcMethod { labels: ("unary", UNKNOWN_LABEL, UNKNOWN_LABEL), index: None })
+}
+
+/// One counter handle per known method, taken from its vector on the method's first call.
+pub struct MethodCounters(Box<[std::sync::OnceLock<IntCounter>]>);
+
+impl Default for MethodCounters {
+    fn default() -> Self {
+        MethodCounters((0..METHODS.labels.len()).map(|_| std::sync::OnceLock::new()).collect())
+    }
+}
+
+impl MethodCounters {
+    /// The handle of method `index`, made with `labels` on first use.
+    fn get(&self, index: usize, make: impl FnOnce() -> IntCounter) -> &IntCounter {
+        self.0[index].get_or_init(make)
+    }
 }
 
 /// A gRPC status code as Go spells it (`codes.Code.String()`), which is what dashboards and
@@ -391,7 +439,9 @@ pub fn go_code_name(code: i32) -> &'static str {
 
 /// The code in a `grpc-status` header or trailer.
 fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+    // A `HeaderName` rather than a `&str`: a string is parsed into a name on every lookup.
+    static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    headers.get(&GRPC_STATUS)?.to_str().ok()?.parse().ok()
 }
 
 /// One call's `grpc_server_handled_total` increment, made once with the call's outcome. A
@@ -399,19 +449,39 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
 /// as a cancelled context) is counted as `Canceled`.
 struct Handled {
     metrics: std::sync::Arc<Metrics>,
-    labels: (&'static str, &'static str, &'static str),
-    tenant: Option<std::sync::Arc<str>>,
+    method: GrpcMethod,
+    /// The router's group, when it belongs to a tenant (its name labels the tenant's counts).
+    runtime: Option<std::sync::Arc<crate::node::GroupRuntime>>,
     done: bool,
 }
 
 impl Handled {
-    fn finish(&mut self, code: &str) {
-        if !self.done {
-            self.done = true;
-            let (kind, service, method) = self.labels;
-            self.metrics.grpc_handled.with_label_values(&[kind, service, method, code]).inc();
-            if let Some(tenant) = &self.tenant {
-                self.metrics.tenant_requests.with_label_values(&[tenant, method, code]).inc();
+    fn finish(&mut self, code: i32) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let m = &self.metrics;
+        let (kind, service, method) = self.method.labels;
+        let tenant = self.runtime.as_ref().and_then(|rt| Some((rt, rt.tenant.get()?)));
+        match self.method.index {
+            // The common outcome of a known method: cached handles.
+            Some(i) if code == 0 => {
+                m.handled_ok_by_method
+                    .get(i, || m.grpc_handled.with_label_values(&[kind, service, method, "OK"]))
+                    .inc();
+                if let Some((rt, tenant)) = tenant {
+                    rt.tenant_ok_by_method
+                        .get(i, || m.tenant_requests.with_label_values(&[tenant, method, "OK"]))
+                        .inc();
+                }
+            }
+            _ => {
+                let code = go_code_name(code);
+                m.grpc_handled.with_label_values(&[kind, service, method, code]).inc();
+                if let Some((_, tenant)) = tenant {
+                    m.tenant_requests.with_label_values(&[tenant, method, code]).inc();
+                }
             }
         }
     }
@@ -419,7 +489,7 @@ impl Handled {
 
 impl Drop for Handled {
     fn drop(&mut self) {
-        self.finish(go_code_name(1));
+        self.finish(1);
     }
 }
 
@@ -443,12 +513,12 @@ impl hyper::body::Body for CountedBody {
         match &polled {
             std::task::Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    this.handled.finish(go_code_name(grpc_status(trailers).unwrap_or(2)));
+                    this.handled.finish(grpc_status(trailers).unwrap_or(2));
                 }
             }
             // The body failed: the stream is reset without a status.
-            std::task::Poll::Ready(Some(Err(_))) => this.handled.finish(go_code_name(2)),
-            std::task::Poll::Ready(None) => this.handled.finish(go_code_name(0)),
+            std::task::Poll::Ready(Some(Err(_))) => this.handled.finish(2),
+            std::task::Poll::Ready(None) => this.handled.finish(0),
             std::task::Poll::Pending => {}
         }
         polled
@@ -477,7 +547,7 @@ pub struct GrpcCall {
 impl GrpcCall {
     pub fn start(
         metrics: &std::sync::Arc<Metrics>,
-        runtime: &crate::node::GroupRuntime,
+        runtime: &std::sync::Arc<crate::node::GroupRuntime>,
         request: &axum::extract::Request,
     ) -> Option<GrpcCall> {
         let is_grpc = request
@@ -485,20 +555,27 @@ impl GrpcCall {
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
-        let labels = grpc_labels(request.uri().path()).filter(|_| is_grpc)?;
-        metrics.grpc_started.with_label_values(&[labels.0, labels.1, labels.2]).inc();
+        let method = grpc_method(request.uri().path()).filter(|_| is_grpc)?;
+        let (kind, service, name) = method.labels;
+        match method.index {
+            Some(i) => metrics
+                .started_by_method
+                .get(i, || metrics.grpc_started.with_label_values(&[kind, service, name]))
+                .inc(),
+            None => metrics.grpc_started.with_label_values(&[kind, service, name]).inc(),
+        }
         // Made before the call runs: if the client cancels a unary call in flight, the
         // future holding this is dropped and so is the guard, which counts the call as
         // `Canceled`.
-        let tenant = runtime.tenant.get().cloned();
-        Some(GrpcCall { handled: Handled { metrics: metrics.clone(), labels, tenant, done: false } })
+        let runtime = runtime.tenant.get().is_some().then(|| runtime.clone());
+        Some(GrpcCall { handled: Handled { metrics: metrics.clone(), method, runtime, done: false } })
     }
 
     /// Counts the call with the status of `response` if it has one already, or else with
     /// the trailer its body ends with.
     pub fn finish(mut self, response: axum::response::Response) -> axum::response::Response {
         if let Some(code) = grpc_status(response.headers()) {
-            self.handled.finish(go_code_name(code));
+            self.handled.finish(code);
         }
         let handled = self.handled;
         response.map(|inner| axum::body::Body::new(CountedBody { inner, handled }))
@@ -519,5 +596,34 @@ mod label_tests {
         assert_eq!(grpc_labels("/a.B/C"), Some(("unary", UNKNOWN_LABEL, UNKNOWN_LABEL)));
         assert_eq!(go_code_name(tonic::Code::Cancelled as i32), "Canceled");
         assert_eq!(go_code_name(tonic::Code::DeadlineExceeded as i32), "DeadlineExceeded");
+        assert_eq!(grpc_method("/etcdserverpb.KV/Put").unwrap().labels, ("unary", "etcdserverpb.KV", "Put"));
+        assert!(grpc_method("/etcdserverpb.KV/Put").unwrap().index.is_some());
+        assert_eq!(grpc_method("/etcdserverpb.KV/Nope").unwrap().index, None);
+    }
+
+    /// Cached handles count into the same series as label lookups, once per call, with the
+    /// call's code; a call dropped without one is `Canceled`.
+    #[test]
+    fn handled_calls_count_once_with_their_code() {
+        let metrics = std::sync::Arc::new(Metrics::new("3.5.16"));
+        let call = |path: &str| Handled {
+            metrics: metrics.clone(),
+            method: grpc_method(path).expect("a gRPC path"),
+            runtime: None,
+            done: false,
+        };
+        for _ in 0..2 {
+            let mut put = call("/etcdserverpb.KV/Put");
+            put.finish(0);
+            put.finish(0);
+        }
+        call("/etcdserverpb.KV/Put").finish(14);
+        drop(call("/etcdserverpb.KV/Put"));
+        call("/etcdserverpb.KV/Nope").finish(0);
+        let count = |labels: [&str; 4]| metrics.grpc_handled.with_label_values(&labels).get();
+        assert_eq!(count(["unary", "etcdserverpb.KV", "Put", "OK"]), 2);
+        assert_eq!(count(["unary", "etcdserverpb.KV", "Put", "Unavailable"]), 1);
+        assert_eq!(count(["unary", "etcdserverpb.KV", "Put", "Canceled"]), 1);
+        assert_eq!(count(["unary", UNKNOWN_LABEL, UNKNOWN_LABEL, "OK"]), 1);
     }
 }

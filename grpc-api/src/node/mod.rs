@@ -217,6 +217,8 @@ pub struct GroupRuntime {
     pub request_rate: AtomicU64,
     /// The tenant's name, for metric labels: set when this member starts serving the group.
     pub tenant: std::sync::OnceLock<Arc<str>>,
+    /// Handles of the tenant's `plinth_tenant_requests_total` with code `OK`, per method.
+    pub tenant_ok_by_method: crate::node::metrics::MethodCounters,
     /// Watchers open on the group on this member.
     pub watchers: std::sync::atomic::AtomicI64,
     /// The tenant's limits as this member enforces them (none for the default and system
@@ -257,6 +259,7 @@ impl GroupRuntime {
             requests: AtomicU64::new(0),
             request_rate: AtomicU64::new(0f64.to_bits()),
             tenant: std::sync::OnceLock::new(),
+            tenant_ok_by_method: Default::default(),
             watchers: std::sync::atomic::AtomicI64::new(0),
             limiter: crate::node::limits::Limiter::default(),
             kv_in_flight: Arc::new(crate::node::lanes::InFlight::new(group, shares.sharing.clone())),
