@@ -37,11 +37,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-if [[ -z ${PLINTH_BIN:-} || -z ${BENCH_BIN:-} ]]; then
-  "$root/scripts/cargo" build --release -p grpc-api --bin plinth -p plinth-benches --bin plinth-bench >&2
-  PLINTH_BIN=${PLINTH_BIN:-$root/target/release/plinth}
-  BENCH_BIN=${BENCH_BIN:-$root/target/release/plinth-bench}
-fi
+# shellcheck source=benches/release-binaries.sh
+source "$root/benches/release-binaries.sh"
 OUT=${OUT:-$(mktemp -d "${BENCH_TMP:-/tmp}/plinth-backup-XXXXXX")}
 mkdir -p "$OUT"
 pids=()

@@ -58,11 +58,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-if [[ -z ${PLINTH_BIN:-} || -z ${BENCH_BIN:-} ]]; then
-  "$root/scripts/cargo" build --release -p grpc-api --bin plinth -p plinth-benches --bin plinth-bench >&2
-  PLINTH_BIN=${PLINTH_BIN:-$root/target/release/plinth}
-  BENCH_BIN=${BENCH_BIN:-$root/target/release/plinth-bench}
-fi
+# shellcheck source=benches/release-binaries.sh
+source "$root/benches/release-binaries.sh"
 etcd_bin=$("$root/tests/scripts/get-etcd.sh")
 OUT=${OUT:-$(mktemp -d "${BENCH_TMP:-/tmp}/plinth-noisy-XXXXXX")}
 mkdir -p "$OUT"

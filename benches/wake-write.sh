@@ -28,11 +28,8 @@ while [[ $# -gt 0 ]]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-if [[ -z ${PLINTH_BIN:-} || -z ${BENCH_BIN:-} ]]; then
-  "$root/scripts/cargo" build --release -p grpc-api --bin plinth -p plinth-benches --bin plinth-bench >&2
-  PLINTH_BIN=${PLINTH_BIN:-$root/target/release/plinth}
-  BENCH_BIN=${BENCH_BIN:-$root/target/release/plinth-bench}
-fi
+# shellcheck source=benches/release-binaries.sh
+source "$root/benches/release-binaries.sh"
 command -v curl > /dev/null || { echo "wake-write.sh: curl is not installed" >&2; exit 2; }
 dir=$(mktemp -d "${BENCH_TMP:-/tmp}/plinth-wake-write-XXXXXX")
 pids=(0 0 0)

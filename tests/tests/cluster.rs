@@ -448,13 +448,28 @@ fn a_write_while_no_leader_is_known_waits_for_the_election() {
     }
     let answer = rt.block_on(put).expect("the put task");
     let revision = answer.expect("the write is served once a leader is elected").header().unwrap().revision();
-    rt.block_on(async {
-        let leader = c.wait_leader(START_TIMEOUT).await;
-        let mut client = must_connect(&c.members[leader].endpoint()).await;
-        let got = client.get("waited", None).await.expect("get");
-        assert_eq!(got.kvs()[0].value(), b"for a leader");
-        assert_eq!(got.kvs()[0].mod_revision(), revision);
-    });
+    rt.block_on(leader_has(&c, "waited", b"for a leader", revision));
+}
+
+/// The leader the running members agree on serves `key` with `value`, written at `revision`.
+async fn leader_has(c: &Members, key: &str, value: &[u8], revision: i64) {
+    let leader = c.wait_leader(START_TIMEOUT).await;
+    let mut client = must_connect(&c.members[leader].endpoint()).await;
+    let got = client.get(key, None).await.expect("get");
+    assert_eq!(got.kvs()[0].value(), value);
+    assert_eq!(got.kvs()[0].mod_revision(), revision);
+}
+
+/// A cluster of [`MEMBERS`] that took a write through a follower and then slept on every
+/// member: the cluster, its leader, that follower and the follower's endpoint.
+fn asleep_cluster(rt: &tokio::runtime::Runtime) -> (Members, usize, usize, String) {
+    let c = Members::start(MEMBERS, &[]);
+    let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
+    let follower = (0..MEMBERS).find(|i| *i != leader).expect("a follower");
+    let endpoint = c.members[follower].endpoint();
+    rt.block_on(async { must_connect(&endpoint).await.put("before", "the sleep", None).await.expect("put") });
+    wait_asleep(&c);
+    (c, leader, follower, endpoint)
 }
 
 /// Waits until the group sleeps on every member (idle for two election timeouts).
@@ -476,25 +491,14 @@ fn wait_asleep(c: &Members) {
 #[test]
 fn a_write_through_a_sleeping_follower_after_its_leader_died_is_served() {
     let rt = runtime();
-    let mut c = Members::start(MEMBERS, &[]);
-    let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
-    let follower = (0..MEMBERS).find(|i| *i != leader).expect("a follower");
-    let endpoint = c.members[follower].endpoint();
-    rt.block_on(async { must_connect(&endpoint).await.put("before", "the sleep", None).await.expect("put") });
-    wait_asleep(&c);
+    let (mut c, leader, _, endpoint) = asleep_cluster(&rt);
     c.members[leader].kill9();
     let started = Instant::now();
     let put = rt.block_on(async { must_connect(&endpoint).await.put("after", "the leader died", None).await });
     let took = started.elapsed();
     let revision = put.expect("the write is served by the new leader").header().unwrap().revision();
     assert!(took < FAILOVER_MAX, "served after {took:?}");
-    rt.block_on(async {
-        let leader = c.wait_leader(START_TIMEOUT).await;
-        let mut client = must_connect(&c.members[leader].endpoint()).await;
-        let got = client.get("after", None).await.expect("get");
-        assert_eq!(got.kvs()[0].value(), b"the leader died");
-        assert_eq!(got.kvs()[0].mod_revision(), revision);
-    });
+    rt.block_on(leader_has(&c, "after", b"the leader died", revision));
 }
 
 /// One unary gRPC call over a bare HTTP/2 connection, with `grpc-timeout` if given: the
@@ -628,12 +632,7 @@ fn a_sleeping_follower_cut_off_from_its_peers_answers_a_write_as_a_leaderless_et
     const PUT: &str = "/etcdserverpb.KV/Put";
     let context = (2, "context deadline exceeded");
     let rt = runtime();
-    let mut c = Members::start(MEMBERS, &[]);
-    let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
-    let alone = (0..MEMBERS).find(|i| *i != leader).expect("a follower");
-    let endpoint = c.members[alone].endpoint();
-    rt.block_on(async { must_connect(&endpoint).await.put("before", "the sleep", None).await.expect("put") });
-    wait_asleep(&c);
+    let (mut c, _, alone, endpoint) = asleep_cluster(&rt);
     let others: Vec<usize> = (0..MEMBERS).filter(|i| *i != alone).collect();
     for i in &others {
         c.members[*i].pause();
