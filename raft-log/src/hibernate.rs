@@ -351,7 +351,7 @@ impl Loop {
     pub(crate) fn propose_or_hold(&mut self, group: GroupId, data: Bytes) {
         self.wake(group);
         let Some(p) = self.peers.get(&group) else { return };
-        let holding = self.held.groups.contains_key(&group);
+        let holding = self.held.holds(group);
         // Full: proposed as it would be without holding (raft-rs forwards or drops it).
         if (holding || !may_propose(p)) && self.held.len < self.cfg.proposal_queue_max {
             let now = self.now();
@@ -395,9 +395,9 @@ impl Loop {
     /// Proposes `group`'s held proposals, in arrival order, if they may go now; returns
     /// whether it did.
     fn release_held(&mut self, group: GroupId) -> bool {
-        match self.peers.get(&group) {
-            Some(p) if self.held.groups.contains_key(&group) && may_propose(p) => {}
-            _ => return false,
+        // Asked after every stepped peer message: the (nearly always empty) held set first.
+        if !self.held.holds(group) || !self.peers.get(&group).is_some_and(may_propose) {
+            return false;
         }
         let h = self.held.groups.remove(&group).expect("invariant: checked above");
         self.held.len -= h.proposals.len();

@@ -205,8 +205,9 @@
 //! - When a sleeping leader died, a follower woken by a request elects a new leader after
 //!   about two election timeouts (the other followers refuse votes while they believe their
 //!   leader in lease), not one; a proposal on a follower is held meanwhile and reaches the
-//!   new leader, unless the election takes longer than `read_index_timeout`. A leader deposed while asleep believes it leads (its `GroupStatus`
-//!   says so) until something wakes it; only ReadIndex, never that belief, serves reads.
+//!   new leader, unless the election takes longer than `read_index_timeout`. A leader
+//!   deposed while asleep believes it leads (its `GroupStatus` says so) until something
+//!   wakes it; only ReadIndex, never that belief, serves reads.
 //! - With pre-vote off, a follower that missed its notice campaigns in a new term and
 //!   deposes the leader (as any partitioned follower would without pre-vote).
 //! - Conf changes are single changes (`ConfChange`); a `ConfChangeV2` entry from elsewhere

@@ -405,9 +405,13 @@ impl Default for MethodCounters {
 }
 
 impl MethodCounters {
-    /// The handle of method `index`, made with `labels` on first use.
-    fn get(&self, index: usize, make: impl FnOnce() -> IntCounter) -> &IntCounter {
-        self.0[index].get_or_init(make)
+    /// Increments `vec`'s series of `labels`: through the handle cached for method `index`
+    /// (taken with these labels on its first use), or by a label lookup without one.
+    fn inc(&self, index: Option<usize>, vec: &IntCounterVec, labels: &[&str]) {
+        match index {
+            Some(i) => self.0[i].get_or_init(|| vec.with_label_values(labels)).inc(),
+            None => vec.with_label_values(labels).inc(),
+        }
     }
 }
 
@@ -464,25 +468,12 @@ impl Handled {
         let m = &self.metrics;
         let (kind, service, method) = self.method.labels;
         let tenant = self.runtime.as_ref().and_then(|rt| Some((rt, rt.tenant.get()?)));
-        match self.method.index {
-            // The common outcome of a known method: cached handles.
-            Some(i) if code == 0 => {
-                m.handled_ok_by_method
-                    .get(i, || m.grpc_handled.with_label_values(&[kind, service, method, "OK"]))
-                    .inc();
-                if let Some((rt, tenant)) = tenant {
-                    rt.tenant_ok_by_method
-                        .get(i, || m.tenant_requests.with_label_values(&[tenant, method, "OK"]))
-                        .inc();
-                }
-            }
-            _ => {
-                let code = go_code_name(code);
-                m.grpc_handled.with_label_values(&[kind, service, method, code]).inc();
-                if let Some((_, tenant)) = tenant {
-                    m.tenant_requests.with_label_values(&[tenant, method, code]).inc();
-                }
-            }
+        let name = go_code_name(code);
+        // The common outcome of a known method, `OK`, through cached handles.
+        let cached = self.method.index.filter(|_| code == 0);
+        m.handled_ok_by_method.inc(cached, &m.grpc_handled, &[kind, service, method, name]);
+        if let Some((rt, tenant)) = tenant {
+            rt.tenant_ok_by_method.inc(cached, &m.tenant_requests, &[tenant, method, name]);
         }
     }
 }
@@ -557,13 +548,7 @@ impl GrpcCall {
             .is_some_and(|v| v.starts_with("application/grpc"));
         let method = grpc_method(request.uri().path()).filter(|_| is_grpc)?;
         let (kind, service, name) = method.labels;
-        match method.index {
-            Some(i) => metrics
-                .started_by_method
-                .get(i, || metrics.grpc_started.with_label_values(&[kind, service, name]))
-                .inc(),
-            None => metrics.grpc_started.with_label_values(&[kind, service, name]).inc(),
-        }
+        metrics.started_by_method.inc(method.index, &metrics.grpc_started, &[kind, service, name]);
         // Made before the call runs: if the client cancels a unary call in flight, the
         // future holding this is dropped and so is the guard, which counts the call as
         // `Canceled`.
