@@ -501,6 +501,12 @@ fn a_write_through_a_sleeping_follower_after_its_leader_died_is_served() {
     rt.block_on(leader_has(&c, "after", b"the leader died", revision));
 }
 
+/// The path of KV Put, for [`raw_unary`].
+const PUT: &str = "/etcdserverpb.KV/Put";
+
+/// etcd's answer when a call's context ends first (`Unknown`, Go's context error text).
+const CONTEXT_DEADLINE: (i32, &str) = (2, "context deadline exceeded");
+
 /// One unary gRPC call over a bare HTTP/2 connection, with `grpc-timeout` if given: the
 /// status and message the server answered, and when. (tonic's client would end the call at
 /// the deadline on its own side.)
@@ -560,10 +566,8 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
     use grpc_api::pb::etcdserverpb::{
         AlarmRequest, AuthUserListRequest, LeaseLeasesRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest,
     };
-    const UNKNOWN: i32 = 2;
     const UNAVAILABLE: i32 = 14;
     const RANGE: &str = "/etcdserverpb.KV/Range";
-    const PUT: &str = "/etcdserverpb.KV/Put";
     const TTL: &str = "/etcdserverpb.Lease/LeaseTimeToLive";
     const LEASES: &str = "/etcdserverpb.Lease/LeaseLeases";
     const ALARMS: &str = "/etcdserverpb.Maintenance/Alarm";
@@ -579,7 +583,6 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
         // Listing alarms (action GET): etcd sends it through Raft.
         let alarms = AlarmRequest::default();
         let users = AuthUserListRequest::default();
-        let context = (UNKNOWN, "context deadline exceeded");
         let no_leader = (UNAVAILABLE, "etcdserver: no leader");
         // Listing leases reads this member's own, as etcd's lessor does: no leader needed.
         let (status, text, elapsed) = raw_unary(&endpoint, LEASES, &LeaseLeasesRequest {}, None).await;
@@ -587,10 +590,10 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
         assert!(elapsed < Duration::from_secs(2), "lease list answered after {elapsed:?}");
         // The client's deadline.
         for (path, answer, want) in [
-            (RANGE, raw_unary(&endpoint, RANGE, &range, Some("400m")).await, context),
-            (PUT, raw_unary(&endpoint, PUT, &put, Some("400m")).await, context),
+            (RANGE, raw_unary(&endpoint, RANGE, &range, Some("400m")).await, CONTEXT_DEADLINE),
+            (PUT, raw_unary(&endpoint, PUT, &put, Some("400m")).await, CONTEXT_DEADLINE),
             (TTL, raw_unary(&endpoint, TTL, &ttl, Some("400m")).await, no_leader),
-            (ALARMS, raw_unary(&endpoint, ALARMS, &alarms, Some("400m")).await, context),
+            (ALARMS, raw_unary(&endpoint, ALARMS, &alarms, Some("400m")).await, CONTEXT_DEADLINE),
         ] {
             let (status, text, elapsed) = answer;
             assert_eq!((status, text.as_str()), want, "{path} at the client's deadline");
@@ -608,10 +611,10 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
             raw_unary(&endpoint, USERS, &users, None)
         );
         assert_eq!((read.0, read.1.as_str()), (UNAVAILABLE, "etcdserver: request timed out"), "the read");
-        assert_eq!((write.0, write.1.as_str()), context, "the write");
+        assert_eq!((write.0, write.1.as_str()), CONTEXT_DEADLINE, "the write");
         assert_eq!((lease.0, lease.1.as_str()), no_leader, "the lease's time to live");
-        assert_eq!((alarm.0, alarm.1.as_str()), context, "the alarm list");
-        assert_eq!((users.0, users.1.as_str()), context, "the user list");
+        assert_eq!((alarm.0, alarm.1.as_str()), CONTEXT_DEADLINE, "the alarm list");
+        assert_eq!((users.0, users.1.as_str()), CONTEXT_DEADLINE, "the user list");
         for elapsed in [read.2, write.2, lease.2, alarm.2, users.2] {
             assert!(elapsed >= Duration::from_secs(5), "answered after {elapsed:?}, before the request timeout");
         }
@@ -629,8 +632,6 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
 #[test]
 fn a_sleeping_follower_cut_off_from_its_peers_answers_a_write_as_a_leaderless_etcd() {
     use grpc_api::pb::etcdserverpb::PutRequest;
-    const PUT: &str = "/etcdserverpb.KV/Put";
-    let context = (2, "context deadline exceeded");
     let rt = runtime();
     let (mut c, _, alone, endpoint) = asleep_cluster(&rt);
     let others: Vec<usize> = (0..MEMBERS).filter(|i| *i != alone).collect();
@@ -642,10 +643,10 @@ fn a_sleeping_follower_cut_off_from_its_peers_answers_a_write_as_a_leaderless_et
         let (at_deadline, at_timeout) =
             tokio::join!(raw_unary(&endpoint, PUT, &put, Some("400m")), raw_unary(&endpoint, PUT, &put, None));
         let (status, text, elapsed) = at_deadline;
-        assert_eq!((status, text.as_str()), context, "at the client's deadline");
+        assert_eq!((status, text.as_str()), CONTEXT_DEADLINE, "at the client's deadline");
         assert!(elapsed >= Duration::from_millis(350) && elapsed < Duration::from_secs(3), "after {elapsed:?}");
         let (status, text, elapsed) = at_timeout;
-        assert_eq!((status, text.as_str()), context, "at the request timeout");
+        assert_eq!((status, text.as_str()), CONTEXT_DEADLINE, "at the request timeout");
         assert!(elapsed >= Duration::from_secs(5), "answered after {elapsed:?}, before the request timeout");
     });
     for i in &others {
