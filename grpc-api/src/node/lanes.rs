@@ -38,6 +38,15 @@
 //! tenant past the bound, moves for a second while another tenant is active, which costs it
 //! nothing unless the core is contended.
 //!
+//! **A heavy group's proposals wait for one of a few slots.** Lower priority gives the quiet
+//! tenant the core first, but not the shared Raft driver, WAL writer and apply thread: each
+//! works through whatever the neighbour has put in front of it when the quiet tenant's write
+//! arrives, and with a hundred proposals of the neighbour in flight those batches are large.
+//! While the member is shared, a heavy group has at most [`HEAVY_PROPOSALS_MAX`] proposals in
+//! flight on this member ([`InFlight::proposal_slot`]); the others wait, in arrival order,
+//! before they reach Raft. Each stage then holds a few of the neighbour's entries when a quiet
+//! write reaches it. A group alone on its member, and a light one, never wait for a slot.
+//!
 //! The nice value is mild on purpose: at 19 (a weight of 15 against the normal lane's 1024),
 //! a bulk thread preempted while holding a lock a normal thread needs waited behind every
 //! normal thread, and the quiet tenant's p99 got worse than with no lanes at all.
@@ -71,6 +80,15 @@ pub const CONNECTION_BULK_IN_FLIGHT_MIN: usize = 12;
 /// How long a group stays heavy after it last had [`CONNECTION_BULK_IN_FLIGHT_MIN`] requests in
 /// flight: long enough that a saturating client's connections do not hop back and forth.
 pub const HEAVY_FOR: Duration = Duration::from_secs(1);
+
+/// Proposals of a heavy group in flight at once on a shared member ([`InFlight::proposal_slot`]).
+///
+/// Measured with `benches/noisy.sh --pin --quiet-rt` on disk (a tenant putting with 100 clients
+/// beside the quiet tenant's Kubernetes profile), the quiet p99 beside the neighbour and the
+/// neighbour's puts per second: no cap 3.2-4.1 ms, 17,500-19,000/s; 32: 3.0-3.1 ms,
+/// 15,300-16,300/s; 16: 2.3-2.6 ms, 13,500-14,000/s; 8: 2.2-2.5 ms, 11,800-12,100/s
+/// (BENCHMARKS.md). 16 takes most of the gain for a quarter of the neighbour's rate.
+pub const HEAVY_PROPOSALS_MAX: usize = 16;
 
 /// How much nicer the bulk lane's threads are than the thread that starts them (the process
 /// runs at 0 by default): a weight of about 1/10 of the normal lane's under Linux's scheduler.
@@ -167,12 +185,20 @@ pub struct InFlight {
     sharing: Arc<Sharing>,
     /// Until when (milliseconds since `sharing.epoch`) the group counts as heavy.
     heavy_until_ms: AtomicU64,
+    /// The group's proposal slots while it is heavy on a shared member.
+    heavy_proposals: tokio::sync::Semaphore,
 }
 
 impl InFlight {
     /// Group `group`'s count, on a member whose groups share `sharing`.
     pub fn new(group: u64, sharing: Arc<Sharing>) -> InFlight {
-        InFlight { group, count: AtomicUsize::new(0), sharing, heavy_until_ms: AtomicU64::new(0) }
+        InFlight {
+            group,
+            count: AtomicUsize::new(0),
+            sharing,
+            heavy_until_ms: AtomicU64::new(0),
+            heavy_proposals: tokio::sync::Semaphore::new(HEAVY_PROPOSALS_MAX),
+        }
     }
 
     /// Runs `request`, on the bulk lane if the group already has [`NORMAL_LANE_IN_FLIGHT_MAX`]
@@ -208,6 +234,18 @@ impl InFlight {
     /// Requests in flight now.
     pub fn get(&self) -> usize {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// A proposal's slot, held until its answer: while the group is heavy and the member
+    /// shared, waits (in arrival order) until fewer than [`HEAVY_PROPOSALS_MAX`] of the group's
+    /// proposals hold one. Otherwise `None` at once: a light group, or one alone on its
+    /// member, is never held back.
+    pub async fn proposal_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        if !self.wants_bulk() {
+            return None;
+        }
+        // The semaphore is never closed.
+        self.heavy_proposals.acquire().await.ok()
     }
 
     /// Whether the group's connections belong on the bulk lane now: it is heavy and the
@@ -537,6 +575,35 @@ mod tests {
         release.add_permits(NORMAL_LANE_IN_FLIGHT_MAX);
         while held.join_next().await.is_some() {}
         assert_eq!(lane.get(), 0);
+    }
+
+    /// A heavy group on a shared member has at most [`HEAVY_PROPOSALS_MAX`] proposals in
+    /// flight; the next one waits for a slot to be given back. A light group, and a heavy one
+    /// alone on its member, take no slot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_heavy_groups_proposals_wait_for_a_slot_while_the_member_is_shared() {
+        let sharing = Arc::new(Sharing::default());
+        let group = Arc::new(InFlight::new(1, sharing.clone()));
+        let other = Arc::new(InFlight::new(2, sharing));
+        let (release, mut held) = hold_in_flight(&group, CONNECTION_BULK_IN_FLIGHT_MIN).await;
+        group.run(async {}).await;
+        assert!(group.proposal_slot().await.is_none(), "a group alone on its member takes no slot");
+        other.run(async {}).await;
+        let keeper = keep_requesting(&[&group, &other]);
+        assert!(other.proposal_slot().await.is_none(), "a light group takes no slot");
+        let mut slots = Vec::new();
+        for _ in 0..HEAVY_PROPOSALS_MAX {
+            slots.push(group.proposal_slot().await.expect("a heavy group on a shared member takes a slot"));
+        }
+        let mut next = Box::pin(group.proposal_slot());
+        let waited = tokio::time::timeout(Duration::from_millis(200), &mut next).await;
+        assert!(waited.is_err(), "proposal {} of a heavy group waits", HEAVY_PROPOSALS_MAX + 1);
+        slots.pop();
+        let slot = tokio::time::timeout(Duration::from_secs(5), next).await.expect("a slot given back is taken");
+        assert!(slot.is_some());
+        drop(keeper);
+        release.add_permits(CONNECTION_BULK_IN_FLIGHT_MIN);
+        while held.join_next().await.is_some() {}
     }
 
     /// A connection's tasks follow its group: on the normal lane until the group is heavy on

@@ -523,9 +523,17 @@ impl Node {
             .limiter
             .begin_proposal(encoded_len as u64)
             .ok_or_else(|| EtcdError::TooManyRequests.status())?;
-        // Held until the answer too: the group's fair share of the member's proposals in
-        // flight (`shares.rs`), waited for in arrival order, at most a request timeout.
         let rt = &self.runtime;
+        // Held until the answer too: while the tenant is heavy beside others, one of its few
+        // proposal slots (`lanes.rs`), so that the driver, WAL writer and apply thread it
+        // shares with them hold few of its entries when another tenant's write arrives.
+        let _heavy_slot = match tokio::time::timeout_at(deadline.into(), rt.kv_in_flight.proposal_slot()).await {
+            Ok(slot) => slot,
+            Err(_) if clients => return Err(EtcdError::ContextDeadline.status()),
+            Err(_) => return Err(EtcdError::TooManyRequests.status()),
+        };
+        // And the group's fair share of the member's proposals in flight (`shares.rs`),
+        // waited for in arrival order, at most a request timeout.
         let _share = match tokio::time::timeout_at(deadline.into(), rt.proposal_shares.acquire(&rt.proposals)).await {
             Ok(share) => share?,
             Err(_) if clients => return Err(EtcdError::ContextDeadline.status()),
@@ -829,26 +837,7 @@ impl Node {
     /// member's reads wait neither for the driver's work on other tenants' writes nor for
     /// the apply of their own tenant's writes in flight.
     pub async fn read_barrier(&self) -> Result<(), Status> {
-        if let Some(index) = self.raft.sole_voter_read_index(self.raft_group()) {
-            return self.wait_applied(index.0).await;
-        }
-        // One deadline for waiting for a leader and for the read index, as etcd's one context;
-        // the client's own, if earlier, ends it with the context's error.
-        let (deadline, clients) = self.request_deadline(std::time::Instant::now());
-        let timed_out = if clients { EtcdError::ContextDeadline } else { EtcdError::Timeout };
-        let index = loop {
-            self.wait_for_leader(deadline).await.map_err(|()| timed_out.status())?;
-            let rx = self.runtime.read_points.request(&self.raft, self.raft_group()).await;
-            match tokio::time::timeout_at(deadline.into(), rx).await {
-                Ok(Ok(Ok(index))) => break index,
-                // The leader was lost between the check and the request: wait again.
-                Ok(Ok(Err(e))) if matches!(*e, raft_log::Error::NoLeader) => continue,
-                Ok(Ok(Err(e))) => return Err(driver_status(&e)),
-                Ok(Err(_)) => return Err(EtcdError::Stopped.status()),
-                Err(_) => return Err(timed_out.status()),
-            }
-        };
-        self.wait_applied(index).await
+        self.barrier(Barrier::Read).await
     }
 
     /// [`Node::read_barrier`] for a call that etcd sends through Raft (an alarm or auth
@@ -856,14 +845,36 @@ impl Node {
     /// proposal, until the context's end, and etcd answers the context's error (`Unknown`
     /// "context deadline exceeded") where a read answers "request timed out".
     pub async fn read_barrier_as_proposal(&self) -> Result<(), Status> {
-        self.read_barrier().await.map_err(|e| {
-            let timed_out = e.code() == tonic::Code::Unavailable && e.message() == EtcdError::Timeout.message();
-            if timed_out && self.leader() == 0 {
-                EtcdError::ContextDeadline.status()
-            } else {
-                e
-            }
-        })
+        self.barrier(Barrier::Proposal).await
+    }
+
+    async fn barrier(&self, kind: Barrier) -> Result<(), Status> {
+        // One deadline for waiting for a leader, for the read index and for its apply, as
+        // etcd's one context; the client's own, if earlier, ends it with the context's error.
+        let (deadline, clients) = self.request_deadline(std::time::Instant::now());
+        // etcd's answer at the deadline, chosen when it passes: whether this member knows a
+        // leader then is what tells a held proposal from one that was not answered in time.
+        let timed_out = || match kind {
+            _ if clients => EtcdError::ContextDeadline,
+            Barrier::Proposal if self.leader() == 0 => EtcdError::ContextDeadline,
+            Barrier::Read | Barrier::Proposal => EtcdError::Timeout,
+        };
+        let index = match self.raft.sole_voter_read_index(self.raft_group()) {
+            Some(index) => index.0,
+            None => loop {
+                self.wait_for_leader(deadline).await.map_err(|()| timed_out().status())?;
+                let rx = self.runtime.read_points.request(&self.raft, self.raft_group()).await;
+                match tokio::time::timeout_at(deadline.into(), rx).await {
+                    Ok(Ok(Ok(index))) => break index,
+                    // The leader was lost between the check and the request: wait again.
+                    Ok(Ok(Err(e))) if matches!(*e, raft_log::Error::NoLeader) => continue,
+                    Ok(Ok(Err(e))) => return Err(driver_status(&e)),
+                    Ok(Err(_)) => return Err(EtcdError::Stopped.status()),
+                    Err(_) => return Err(timed_out().status()),
+                }
+            },
+        };
+        self.wait_applied_until(index, deadline, timed_out).await
     }
 
     /// The read behind health checks: a range of the key `health`, linearizable unless
@@ -918,42 +929,45 @@ impl Node {
         let Some(commit) = self.raft.commit_and_term(self.raft_group()).map(|(commit, _)| commit.0) else {
             return Ok(());
         };
+        // Nearly always applied already (a lone leader's renewals): no clock read.
+        if *self.applied.borrow() >= commit {
+            return Ok(());
+        }
         // etcd's `waitAppliedIndex` has no context: the client's deadline does not end it.
-        self.wait_applied_within(commit, APPLY_TIMEOUT, EtcdError::TimeoutWaitAppliedIndex, false).await
+        let deadline = std::time::Instant::now() + APPLY_TIMEOUT;
+        self.wait_applied_until(commit, deadline, || EtcdError::TimeoutWaitAppliedIndex).await
     }
 
-    /// Waits until this member has applied `index` (a read point), at most the request
-    /// timeout or the client's deadline.
-    pub async fn wait_applied(&self, index: u64) -> Result<(), Status> {
-        self.wait_applied_within(index, self.cfg.request_timeout, EtcdError::Timeout, true).await
-    }
-
-    /// Waits until this member has applied `index`, at most `limit` (then `on_timeout`) or,
-    /// with `client_deadline`, the client's deadline if earlier (then etcd's context error).
-    async fn wait_applied_within(
+    /// Waits until this member has applied `index`, at most until `deadline`, then answers
+    /// `timed_out()`.
+    async fn wait_applied_until(
         &self,
         index: u64,
-        limit: std::time::Duration,
-        on_timeout: EtcdError,
-        client_deadline: bool,
+        deadline: std::time::Instant,
+        timed_out: impl FnOnce() -> EtcdError,
     ) -> Result<(), Status> {
-        // Nearly always applied already (a lone leader's reads and renewals): no receiver
-        // clone, no clock read, no timer.
+        // Nearly always applied already: no receiver clone, no timer.
         if *self.applied.borrow() >= index {
             return Ok(());
         }
-        let own = std::time::Instant::now() + limit;
-        let (deadline, clients) = if client_deadline { deadline::earliest(own) } else { (own, false) };
         let mut applied = self.applied.clone();
         let outcome =
             tokio::time::timeout_at(deadline.into(), async { applied.wait_for(|a| *a >= index).await.is_ok() }).await;
         match outcome {
             Ok(true) => Ok(()),
             Ok(false) => Err(EtcdError::Stopped.status()),
-            Err(_) if clients => Err(EtcdError::ContextDeadline.status()),
-            Err(_) => Err(on_timeout.status()),
+            Err(_) => Err(timed_out().status()),
         }
     }
+}
+
+/// Which of etcd's paths a read barrier stands for, which decides its answer at the deadline.
+#[derive(Clone, Copy, Debug)]
+enum Barrier {
+    /// A linearizable read (ReadIndex in etcd too).
+    Read,
+    /// A call etcd sends through Raft as a proposal (alarms, auth reads).
+    Proposal,
 }
 
 /// Maps a driver error to etcd's status. Errors that only a replicated member meets are
