@@ -560,11 +560,14 @@ async fn raw_unary(
 /// timeout: the read with `Unavailable` "request timed out", the write with the context's
 /// error again (etcd's raft held the proposal while it knew no leader), the lease call with
 /// `no leader`. Listing alarms or users goes through Raft in etcd and answers as the write
-/// does; listing leases needs no leader.
+/// does, and so does adding a learner (etcd's `configure` waits on the context; etcdctl's
+/// `member add --learner` against such an etcd ended at its command timeout); listing leases
+/// needs no leader.
 #[test]
 fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
     use grpc_api::pb::etcdserverpb::{
-        AlarmRequest, AuthUserListRequest, LeaseLeasesRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest,
+        AlarmRequest, AuthUserListRequest, LeaseLeasesRequest, LeaseTimeToLiveRequest, MemberAddRequest, PutRequest,
+        RangeRequest,
     };
     const UNAVAILABLE: i32 = 14;
     const RANGE: &str = "/etcdserverpb.KV/Range";
@@ -572,6 +575,7 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
     const LEASES: &str = "/etcdserverpb.Lease/LeaseLeases";
     const ALARMS: &str = "/etcdserverpb.Maintenance/Alarm";
     const USERS: &str = "/etcdserverpb.Auth/UserList";
+    const MEMBER_ADD: &str = "/etcdserverpb.Cluster/MemberAdd";
     let rt = runtime();
     let (mut c, others, endpoint, lease) = leaderless_member_after(&rt, |endpoint| async move {
         must_connect(&endpoint).await.lease_grant(600, None).await.expect("grant").id()
@@ -583,6 +587,7 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
         // Listing alarms (action GET): etcd sends it through Raft.
         let alarms = AlarmRequest::default();
         let users = AuthUserListRequest::default();
+        let learner = MemberAddRequest { peer_ur_ls: vec!["http://127.0.0.1:1".into()], is_learner: true };
         let no_leader = (UNAVAILABLE, "etcdserver: no leader");
         // Listing leases reads this member's own, as etcd's lessor does: no leader needed.
         let (status, text, elapsed) = raw_unary(&endpoint, LEASES, &LeaseLeasesRequest {}, None).await;
@@ -594,6 +599,7 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
             (PUT, raw_unary(&endpoint, PUT, &put, Some("400m")).await, CONTEXT_DEADLINE),
             (TTL, raw_unary(&endpoint, TTL, &ttl, Some("400m")).await, no_leader),
             (ALARMS, raw_unary(&endpoint, ALARMS, &alarms, Some("400m")).await, CONTEXT_DEADLINE),
+            (MEMBER_ADD, raw_unary(&endpoint, MEMBER_ADD, &learner, Some("400m")).await, CONTEXT_DEADLINE),
         ] {
             let (status, text, elapsed) = answer;
             assert_eq!((status, text.as_str()), want, "{path} at the client's deadline");
@@ -603,19 +609,21 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
             );
         }
         // The member's own request timeout (5 s and two election timeouts), all at once.
-        let (read, write, lease, alarm, users) = tokio::join!(
+        let (read, write, lease, alarm, users, add) = tokio::join!(
             raw_unary(&endpoint, RANGE, &range, None),
             raw_unary(&endpoint, PUT, &put, None),
             raw_unary(&endpoint, TTL, &ttl, None),
             raw_unary(&endpoint, ALARMS, &alarms, None),
-            raw_unary(&endpoint, USERS, &users, None)
+            raw_unary(&endpoint, USERS, &users, None),
+            raw_unary(&endpoint, MEMBER_ADD, &learner, None)
         );
         assert_eq!((read.0, read.1.as_str()), (UNAVAILABLE, "etcdserver: request timed out"), "the read");
         assert_eq!((write.0, write.1.as_str()), CONTEXT_DEADLINE, "the write");
         assert_eq!((lease.0, lease.1.as_str()), no_leader, "the lease's time to live");
         assert_eq!((alarm.0, alarm.1.as_str()), CONTEXT_DEADLINE, "the alarm list");
         assert_eq!((users.0, users.1.as_str()), CONTEXT_DEADLINE, "the user list");
-        for elapsed in [read.2, write.2, lease.2, alarm.2, users.2] {
+        assert_eq!((add.0, add.1.as_str()), CONTEXT_DEADLINE, "the learner's addition");
+        for elapsed in [read.2, write.2, lease.2, alarm.2, users.2, add.2] {
             assert!(elapsed >= Duration::from_secs(5), "answered after {elapsed:?}, before the request timeout");
         }
     });

@@ -751,17 +751,33 @@ impl Node {
             context: ConfContext { proposer: self.member_id(), request_id: id, member }.encode(),
             ..Default::default()
         };
-        if let Err(e) = self.raft.propose_conf_change(self.raft_group(), change) {
-            self.membership.waiters.lock().remove(&id);
-            return Err(driver_status(&e));
+        let started = std::time::Instant::now();
+        let (deadline, _) = self.request_deadline(started);
+        loop {
+            // etcd's raft takes no conf change while its node knows no leader: etcd's
+            // `configure` waits on the context and answers its error (`Unknown` "context
+            // deadline exceeded"), as a write does.
+            if self.wait_for_leader(deadline).await.is_err() {
+                self.membership.waiters.lock().remove(&id);
+                return Err(EtcdError::ContextDeadline.status());
+            }
+            match self.raft.propose_conf_change(self.raft_group(), change.clone()) {
+                Ok(()) => break,
+                // The leader was lost between the check and the proposal: wait again.
+                Err(raft_log::Error::NoLeader) => continue,
+                Err(e) => {
+                    self.membership.waiters.lock().remove(&id);
+                    return Err(driver_status(&e));
+                }
+            }
         }
-        let (deadline, _) = self.request_deadline(std::time::Instant::now());
         match tokio::time::timeout_at(deadline.into(), rx).await {
             Ok(Ok(members)) => Ok(members),
             Ok(Err(_)) => Err(EtcdError::Stopped.status()),
             Err(_) => {
                 self.membership.waiters.lock().remove(&id);
-                Err(EtcdError::Timeout.status())
+                // etcd's `parseProposeCtxErr`, as for any proposal that timed out.
+                Err(propose_timeout_error(&self.timeout_context(started)).status())
             }
         }
     }
