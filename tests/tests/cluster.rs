@@ -562,12 +562,14 @@ async fn raw_unary(
 /// `no leader`. Listing alarms or users goes through Raft in etcd and answers as the write
 /// does, and so does adding a learner (etcd's `configure` waits on the context; etcdctl's
 /// `member add --learner` against such an etcd ended at its command timeout); listing leases
-/// needs no leader.
+/// needs no leader. A promotion, which etcd checks on its leader only, waits for one and then
+/// answers `no leader`, as the lease call does (etcdctl's `member promote` of a learner against
+/// such an etcd: `etcdserver: no leader` after 7 s, etcd's request timeout).
 #[test]
 fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
     use grpc_api::pb::etcdserverpb::{
-        AlarmRequest, AuthUserListRequest, LeaseLeasesRequest, LeaseTimeToLiveRequest, MemberAddRequest, PutRequest,
-        RangeRequest,
+        AlarmRequest, AuthUserListRequest, LeaseLeasesRequest, LeaseTimeToLiveRequest, MemberAddRequest,
+        MemberPromoteRequest, PutRequest, RangeRequest,
     };
     const UNAVAILABLE: i32 = 14;
     const RANGE: &str = "/etcdserverpb.KV/Range";
@@ -576,6 +578,7 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
     const ALARMS: &str = "/etcdserverpb.Maintenance/Alarm";
     const USERS: &str = "/etcdserverpb.Auth/UserList";
     const MEMBER_ADD: &str = "/etcdserverpb.Cluster/MemberAdd";
+    const PROMOTE: &str = "/etcdserverpb.Cluster/MemberPromote";
     let rt = runtime();
     let (mut c, others, endpoint, lease) = leaderless_member_after(&rt, |endpoint| async move {
         must_connect(&endpoint).await.lease_grant(600, None).await.expect("grant").id()
@@ -588,6 +591,8 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
         let alarms = AlarmRequest::default();
         let users = AuthUserListRequest::default();
         let learner = MemberAddRequest { peer_ur_ls: vec!["http://127.0.0.1:1".into()], is_learner: true };
+        // No such member: etcd looks the member up on its leader only.
+        let promote = MemberPromoteRequest { id: 0x1234 };
         let no_leader = (UNAVAILABLE, "etcdserver: no leader");
         // Listing leases reads this member's own, as etcd's lessor does: no leader needed.
         let (status, text, elapsed) = raw_unary(&endpoint, LEASES, &LeaseLeasesRequest {}, None).await;
@@ -600,6 +605,7 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
             (TTL, raw_unary(&endpoint, TTL, &ttl, Some("400m")).await, no_leader),
             (ALARMS, raw_unary(&endpoint, ALARMS, &alarms, Some("400m")).await, CONTEXT_DEADLINE),
             (MEMBER_ADD, raw_unary(&endpoint, MEMBER_ADD, &learner, Some("400m")).await, CONTEXT_DEADLINE),
+            (PROMOTE, raw_unary(&endpoint, PROMOTE, &promote, Some("400m")).await, no_leader),
         ] {
             let (status, text, elapsed) = answer;
             assert_eq!((status, text.as_str()), want, "{path} at the client's deadline");
@@ -609,13 +615,14 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
             );
         }
         // The member's own request timeout (5 s and two election timeouts), all at once.
-        let (read, write, lease, alarm, users, add) = tokio::join!(
+        let (read, write, lease, alarm, users, add, promoted) = tokio::join!(
             raw_unary(&endpoint, RANGE, &range, None),
             raw_unary(&endpoint, PUT, &put, None),
             raw_unary(&endpoint, TTL, &ttl, None),
             raw_unary(&endpoint, ALARMS, &alarms, None),
             raw_unary(&endpoint, USERS, &users, None),
-            raw_unary(&endpoint, MEMBER_ADD, &learner, None)
+            raw_unary(&endpoint, MEMBER_ADD, &learner, None),
+            raw_unary(&endpoint, PROMOTE, &promote, None)
         );
         assert_eq!((read.0, read.1.as_str()), (UNAVAILABLE, "etcdserver: request timed out"), "the read");
         assert_eq!((write.0, write.1.as_str()), CONTEXT_DEADLINE, "the write");
@@ -623,7 +630,8 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
         assert_eq!((alarm.0, alarm.1.as_str()), CONTEXT_DEADLINE, "the alarm list");
         assert_eq!((users.0, users.1.as_str()), CONTEXT_DEADLINE, "the user list");
         assert_eq!((add.0, add.1.as_str()), CONTEXT_DEADLINE, "the learner's addition");
-        for elapsed in [read.2, write.2, lease.2, alarm.2, users.2, add.2] {
+        assert_eq!((promoted.0, promoted.1.as_str()), no_leader, "the learner's promotion");
+        for elapsed in [read.2, write.2, lease.2, alarm.2, users.2, add.2, promoted.2] {
             assert!(elapsed >= Duration::from_secs(5), "answered after {elapsed:?}, before the request timeout");
         }
     });

@@ -785,6 +785,13 @@ impl Node {
     /// Promotes learner `id`. On the leader, after checking that the learner has caught up
     /// (etcd's `isLearnerReady`); elsewhere the request is forwarded to the leader.
     pub async fn promote_on_leader(&self, id: u64) -> Result<Vec<Member>, Status> {
+        // etcd checks a promotion on its leader only: a member that knows none waits for one
+        // (etcd's `waitLeader`), up to the request timeout or the client's deadline, and then
+        // answers `no leader`.
+        let (deadline, _) = self.request_deadline(std::time::Instant::now());
+        if self.wait_for_leader(deadline).await.is_err() {
+            return Err(EtcdError::NoLeader.status());
+        }
         let status = self.raft_status().ok_or_else(|| EtcdError::NoLeader.status())?;
         if status.leader.0 == 0 {
             return Err(EtcdError::NoLeader.status());
