@@ -119,6 +119,12 @@ pub struct ServeArgs {
     /// bytes, shared by every tenant of this member (0 turns it off).
     #[arg(long, default_value_t = 64 << 20)]
     pub live_cache_bytes: usize,
+    /// Proposals one tenant may have in flight on this member while it is heavy (many key-value
+    /// requests in flight) and another tenant is active: its further writes wait their turn, so
+    /// the Raft, WAL and apply work that every tenant shares holds few of its entries when a
+    /// quieter tenant's write arrives. 0: no cap (the heavy tenant keeps its full rate).
+    #[arg(long, default_value_t = crate::node::lanes::HEAVY_PROPOSALS_MAX)]
+    pub heavy_tenant_max_proposals: usize,
     /// Keep every tenant's live keys counted by segments, so a range's `count` does not walk
     /// the whole range (`false`: every count walks it).
     #[arg(long, default_value_t = true, hide = true, action = clap::ArgAction::Set)]

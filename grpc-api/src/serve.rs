@@ -102,7 +102,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let min_ttl = ((args.election_timeout * 3).div_ceil(2)).div_ceil(1000).max(1) as i64;
     // Every group's runtime (waiters, applied index, lease timers), loaded from the store
     // when the driver first replays or applies the group.
-    let groups = Groups::new(store.clone(), min_ttl);
+    let groups = Groups::with_heavy_proposals(store.clone(), min_ttl, args.heavy_tenant_max_proposals);
     let registry_changed = Arc::new(tokio::sync::Notify::new());
     let transport = PeerTransport::new(identity.member_id, store.clone(), &peer_ids);
     if let Some(tls) = &peer_tls {

@@ -81,7 +81,8 @@ pub const CONNECTION_BULK_IN_FLIGHT_MIN: usize = 12;
 /// flight: long enough that a saturating client's connections do not hop back and forth.
 pub const HEAVY_FOR: Duration = Duration::from_secs(1);
 
-/// Proposals of a heavy group in flight at once on a shared member ([`InFlight::proposal_slot`]).
+/// Proposals of a heavy group in flight at once on a shared member ([`InFlight::proposal_slot`]),
+/// by default (`plinth serve --heavy-tenant-max-proposals`).
 ///
 /// Measured with `benches/noisy.sh --pin --quiet-rt` on disk (a tenant putting with 100 clients
 /// beside the quiet tenant's Kubernetes profile), the quiet p99 beside the neighbour and the
@@ -185,19 +186,21 @@ pub struct InFlight {
     sharing: Arc<Sharing>,
     /// Until when (milliseconds since `sharing.epoch`) the group counts as heavy.
     heavy_until_ms: AtomicU64,
-    /// The group's proposal slots while it is heavy on a shared member.
-    heavy_proposals: tokio::sync::Semaphore,
+    /// The group's proposal slots while it is heavy on a shared member (`None`: no cap).
+    heavy_proposals: Option<tokio::sync::Semaphore>,
 }
 
 impl InFlight {
-    /// Group `group`'s count, on a member whose groups share `sharing`.
-    pub fn new(group: u64, sharing: Arc<Sharing>) -> InFlight {
+    /// Group `group`'s count, on a member whose groups share `sharing`, with
+    /// `heavy_proposals` proposal slots while it is heavy (0: no cap; see
+    /// [`HEAVY_PROPOSALS_MAX`]).
+    pub fn new(group: u64, sharing: Arc<Sharing>, heavy_proposals: usize) -> InFlight {
         InFlight {
             group,
             count: AtomicUsize::new(0),
             sharing,
             heavy_until_ms: AtomicU64::new(0),
-            heavy_proposals: tokio::sync::Semaphore::new(HEAVY_PROPOSALS_MAX),
+            heavy_proposals: (heavy_proposals > 0).then(|| tokio::sync::Semaphore::new(heavy_proposals)),
         }
     }
 
@@ -237,15 +240,16 @@ impl InFlight {
     }
 
     /// A proposal's slot, held until its answer: while the group is heavy and the member
-    /// shared, waits (in arrival order) until fewer than [`HEAVY_PROPOSALS_MAX`] of the group's
-    /// proposals hold one. Otherwise `None` at once: a light group, or one alone on its
-    /// member, is never held back.
+    /// shared, waits (in arrival order) until fewer than the group's cap of its proposals
+    /// hold one. Otherwise `None` at once: a light group, or one alone on its member, is
+    /// never held back, nor is any group when the cap is 0.
     pub async fn proposal_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let slots = self.heavy_proposals.as_ref()?;
         if !self.wants_bulk() {
             return None;
         }
         // The semaphore is never closed.
-        self.heavy_proposals.acquire().await.ok()
+        slots.acquire().await.ok()
     }
 
     /// Whether the group's connections belong on the bulk lane now: it is heavy and the
@@ -515,8 +519,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn requests_past_the_bound_run_at_lower_priority() {
         let sharing = Arc::new(Sharing::default());
-        let lane = Arc::new(InFlight::new(1, sharing.clone()));
-        let other = Arc::new(InFlight::new(2, sharing));
+        let lane = Arc::new(InFlight::new(1, sharing.clone(), HEAVY_PROPOSALS_MAX));
+        let other = Arc::new(InFlight::new(2, sharing, HEAVY_PROPOSALS_MAX));
         let normal = nice();
         let release = Arc::new(tokio::sync::Semaphore::new(0));
         let mut held = tokio::task::JoinSet::new();
@@ -552,8 +556,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dropped_request_is_aborted_on_the_bulk_lane() {
         let sharing = Arc::new(Sharing::default());
-        let lane = Arc::new(InFlight::new(1, sharing.clone()));
-        InFlight::new(2, sharing).run(async {}).await;
+        let lane = Arc::new(InFlight::new(1, sharing.clone(), HEAVY_PROPOSALS_MAX));
+        InFlight::new(2, sharing, HEAVY_PROPOSALS_MAX).run(async {}).await;
         let (release, mut held) = hold_in_flight(&lane, NORMAL_LANE_IN_FLIGHT_MAX).await;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let dropped = {
@@ -583,8 +587,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_heavy_groups_proposals_wait_for_a_slot_while_the_member_is_shared() {
         let sharing = Arc::new(Sharing::default());
-        let group = Arc::new(InFlight::new(1, sharing.clone()));
-        let other = Arc::new(InFlight::new(2, sharing));
+        let group = Arc::new(InFlight::new(1, sharing.clone(), HEAVY_PROPOSALS_MAX));
+        let other = Arc::new(InFlight::new(2, sharing, HEAVY_PROPOSALS_MAX));
         let (release, mut held) = hold_in_flight(&group, CONNECTION_BULK_IN_FLIGHT_MIN).await;
         group.run(async {}).await;
         assert!(group.proposal_slot().await.is_none(), "a group alone on its member takes no slot");
@@ -606,14 +610,33 @@ mod tests {
         while held.join_next().await.is_some() {}
     }
 
+    /// With a cap of 0 a heavy group on a shared member takes no slot and never waits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_cap_means_no_slot() {
+        let sharing = Arc::new(Sharing::default());
+        let group = Arc::new(InFlight::new(1, sharing.clone(), 0));
+        let other = Arc::new(InFlight::new(2, sharing, 0));
+        let (release, mut held) = hold_in_flight(&group, CONNECTION_BULK_IN_FLIGHT_MIN).await;
+        group.run(async {}).await;
+        other.run(async {}).await;
+        let keeper = keep_requesting(&[&group, &other]);
+        assert!(group.wants_bulk(), "the group is heavy on a shared member");
+        for _ in 0..=HEAVY_PROPOSALS_MAX {
+            assert!(group.proposal_slot().await.is_none(), "no cap: no slot");
+        }
+        drop(keeper);
+        release.add_permits(CONNECTION_BULK_IN_FLIGHT_MIN);
+        while held.join_next().await.is_some() {}
+    }
+
     /// A connection's tasks follow its group: on the normal lane until the group is heavy on
     /// a shared member, then on the bulk lane (with the stream tasks it starts), and back
     /// once the group has been light for [`HEAVY_FOR`].
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_heavy_groups_connections_move_to_the_bulk_lane_and_back() {
         let sharing = Arc::new(Sharing::default());
-        let group = Arc::new(InFlight::new(1, sharing.clone()));
-        let other = Arc::new(InFlight::new(2, sharing));
+        let group = Arc::new(InFlight::new(1, sharing.clone(), HEAVY_PROPOSALS_MAX));
+        let other = Arc::new(InFlight::new(2, sharing, HEAVY_PROPOSALS_MAX));
         let lane = Arc::new(ConnectionLane::new(tokio::runtime::Handle::current()));
         let normal = nice();
         let bulk_nice = (normal + BULK_NICE).min(19);

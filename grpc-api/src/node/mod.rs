@@ -262,7 +262,11 @@ impl GroupRuntime {
             tenant_ok_by_method: Default::default(),
             watchers: std::sync::atomic::AtomicI64::new(0),
             limiter: crate::node::limits::Limiter::default(),
-            kv_in_flight: Arc::new(crate::node::lanes::InFlight::new(group, shares.sharing.clone())),
+            kv_in_flight: Arc::new(crate::node::lanes::InFlight::new(
+                group,
+                shares.sharing.clone(),
+                shares.heavy_proposals,
+            )),
             read_points: Arc::default(),
             scans: tokio::sync::Semaphore::new(shares.reads.per_group()),
             reads: shares.reads.clone(),
@@ -294,6 +298,8 @@ struct MemberShares {
     proposals: Arc<crate::node::shares::Shares>,
     /// Whether more than one group sends key-value requests (`lanes.rs`).
     sharing: Arc<crate::node::lanes::Sharing>,
+    /// Proposal slots of a heavy group while the member is shared (`lanes.rs`; 0: no cap).
+    heavy_proposals: usize,
 }
 
 impl Default for MemberShares {
@@ -305,13 +311,21 @@ impl Default for MemberShares {
             reads: Arc::default(),
             proposals: Arc::new(crate::node::shares::Shares::new(proposals)),
             sharing: Arc::default(),
+            heavy_proposals: crate::node::lanes::HEAVY_PROPOSALS_MAX,
         }
     }
 }
 
 impl Groups {
     pub fn new(store: store::Store, min_ttl: i64) -> Arc<Groups> {
-        Arc::new(Groups { map: RwLock::default(), store, min_ttl, shares: MemberShares::default() })
+        Groups::with_heavy_proposals(store, min_ttl, crate::node::lanes::HEAVY_PROPOSALS_MAX)
+    }
+
+    /// [`Groups::new`] with `heavy_proposals` proposal slots for a heavy group while the
+    /// member is shared (0: no cap; `lanes.rs`).
+    pub fn with_heavy_proposals(store: store::Store, min_ttl: i64, heavy_proposals: usize) -> Arc<Groups> {
+        let shares = MemberShares { heavy_proposals, ..MemberShares::default() };
+        Arc::new(Groups { map: RwLock::default(), store, min_ttl, shares })
     }
 
     /// The runtime of `group`, loaded from the store the first time.
