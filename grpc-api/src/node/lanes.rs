@@ -581,52 +581,66 @@ mod tests {
         assert_eq!(lane.get(), 0);
     }
 
+    /// Group 1 with `cap` proposal slots, heavy (the bound in flight) beside group 2 on a
+    /// shared member until [`HeavyBeside::end`].
+    struct HeavyBeside {
+        group: Arc<InFlight>,
+        release: Arc<tokio::sync::Semaphore>,
+        held: tokio::task::JoinSet<()>,
+        keeper: tokio::task::JoinSet<()>,
+    }
+
+    impl HeavyBeside {
+        async fn start(cap: usize) -> HeavyBeside {
+            let sharing = Arc::new(Sharing::default());
+            let group = Arc::new(InFlight::new(1, sharing.clone(), cap));
+            let other = Arc::new(InFlight::new(2, sharing, cap));
+            let (release, held) = hold_in_flight(&group, CONNECTION_BULK_IN_FLIGHT_MIN).await;
+            group.run(async {}).await;
+            assert!(group.proposal_slot().await.is_none(), "a group alone on its member takes no slot");
+            other.run(async {}).await;
+            let keeper = keep_requesting(&[&group, &other]);
+            assert!(other.proposal_slot().await.is_none(), "a light group takes no slot");
+            assert!(group.wants_bulk(), "the group is heavy on a shared member");
+            HeavyBeside { group, release, held, keeper }
+        }
+
+        async fn end(mut self) {
+            drop(self.keeper);
+            self.release.add_permits(CONNECTION_BULK_IN_FLIGHT_MIN);
+            while self.held.join_next().await.is_some() {}
+        }
+    }
+
     /// A heavy group on a shared member has at most [`HEAVY_PROPOSALS_MAX`] proposals in
     /// flight; the next one waits for a slot to be given back. A light group, and a heavy one
     /// alone on its member, take no slot.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_heavy_groups_proposals_wait_for_a_slot_while_the_member_is_shared() {
-        let sharing = Arc::new(Sharing::default());
-        let group = Arc::new(InFlight::new(1, sharing.clone(), HEAVY_PROPOSALS_MAX));
-        let other = Arc::new(InFlight::new(2, sharing, HEAVY_PROPOSALS_MAX));
-        let (release, mut held) = hold_in_flight(&group, CONNECTION_BULK_IN_FLIGHT_MIN).await;
-        group.run(async {}).await;
-        assert!(group.proposal_slot().await.is_none(), "a group alone on its member takes no slot");
-        other.run(async {}).await;
-        let keeper = keep_requesting(&[&group, &other]);
-        assert!(other.proposal_slot().await.is_none(), "a light group takes no slot");
+        let heavy = HeavyBeside::start(HEAVY_PROPOSALS_MAX).await;
+        let group = &heavy.group;
         let mut slots = Vec::new();
         for _ in 0..HEAVY_PROPOSALS_MAX {
             slots.push(group.proposal_slot().await.expect("a heavy group on a shared member takes a slot"));
         }
         let mut next = Box::pin(group.proposal_slot());
-        let waited = tokio::time::timeout(Duration::from_millis(200), &mut next).await;
-        assert!(waited.is_err(), "proposal {} of a heavy group waits", HEAVY_PROPOSALS_MAX + 1);
+        let waited = tokio::time::timeout(Duration::from_millis(200), &mut next).await.is_err();
+        assert!(waited, "proposal {} of a heavy group waits", HEAVY_PROPOSALS_MAX + 1);
         slots.pop();
         let slot = tokio::time::timeout(Duration::from_secs(5), next).await.expect("a slot given back is taken");
         assert!(slot.is_some());
-        drop(keeper);
-        release.add_permits(CONNECTION_BULK_IN_FLIGHT_MIN);
-        while held.join_next().await.is_some() {}
+        drop((slot, slots));
+        heavy.end().await;
     }
 
     /// With a cap of 0 a heavy group on a shared member takes no slot and never waits.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn no_cap_means_no_slot() {
-        let sharing = Arc::new(Sharing::default());
-        let group = Arc::new(InFlight::new(1, sharing.clone(), 0));
-        let other = Arc::new(InFlight::new(2, sharing, 0));
-        let (release, mut held) = hold_in_flight(&group, CONNECTION_BULK_IN_FLIGHT_MIN).await;
-        group.run(async {}).await;
-        other.run(async {}).await;
-        let keeper = keep_requesting(&[&group, &other]);
-        assert!(group.wants_bulk(), "the group is heavy on a shared member");
+        let heavy = HeavyBeside::start(0).await;
         for _ in 0..=HEAVY_PROPOSALS_MAX {
-            assert!(group.proposal_slot().await.is_none(), "no cap: no slot");
+            assert!(heavy.group.proposal_slot().await.is_none(), "no cap: no slot");
         }
-        drop(keeper);
-        release.add_permits(CONNECTION_BULK_IN_FLIGHT_MIN);
-        while held.join_next().await.is_some() {}
+        heavy.end().await;
     }
 
     /// A connection's tasks follow its group: on the normal lane until the group is heavy on
