@@ -347,16 +347,12 @@ const KNOWN_METHODS: &[(&str, &[&str])] = &[
     ("grpc.health.v1.Health", &["Check", "Watch"]),
 ];
 
-/// The go-grpc-prometheus labels of a gRPC path such as `/etcdserverpb.KV/Range`:
-/// `(grpc_type, grpc_service, grpc_method)`, with [`UNKNOWN_LABEL`] for service and method
-/// when the path names no known method; `None` for a path that is not a gRPC method at all.
-pub fn grpc_labels(path: &str) -> Option<(&'static str, &'static str, &'static str)> {
-    grpc_method(path).map(|m| m.labels)
-}
-
 /// A gRPC call's method: its labels and, for a known method, its place in [`MethodCounters`].
 #[derive(Clone, Copy, Debug)]
 struct GrpcMethod {
+    /// The go-grpc-prometheus labels of its path (such as `/etcdserverpb.KV/Range`):
+    /// `(grpc_type, grpc_service, grpc_method)`, with [`UNKNOWN_LABEL`] for service and method
+    /// when the path names no known method.
     labels: (&'static str, &'static str, &'static str),
     index: Option<usize>,
 }
@@ -384,6 +380,7 @@ static METHODS: std::sync::LazyLock<KnownMethods> = std::sync::LazyLock::new(|| 
     KnownMethods { labels, by_path }
 });
 
+/// The method a request path names; `None` for a path that is not a gRPC method at all.
 fn grpc_method(path: &str) -> Option<GrpcMethod> {
     if let Some(&index) = METHODS.by_path.get(path) {
         return Some(GrpcMethod { labels: METHODS.labels[index], index: Some(index) });
@@ -573,6 +570,7 @@ mod label_tests {
 
     #[test]
     fn grpc_paths() {
+        let grpc_labels = |path| grpc_method(path).map(|m| m.labels);
         assert_eq!(grpc_labels("/etcdserverpb.KV/Range"), Some(("unary", "etcdserverpb.KV", "Range")));
         assert_eq!(grpc_labels("/etcdserverpb.Watch/Watch"), Some(("bidi_stream", "etcdserverpb.Watch", "Watch")));
         assert_eq!(grpc_labels("/health"), None);
