@@ -362,6 +362,11 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        // Ordering: as etcd's `Authenticate`, a linearizable read point first, so the password
+        // is checked against an auth store that holds every change acknowledged before the
+        // call (a user just added, auth just enabled, through another member). It answers as a
+        // linearizable read does when the member knows no leader.
+        self.node.read_barrier().await?;
         let req = request.into_inner();
         let state = self.node.store.auth(self.node.group());
         if !state.enabled {

@@ -53,12 +53,18 @@ impl ClusterService {
             .ok_or_else(|| EtcdError::MemberNotFound.status())
     }
 
-    /// Checks peer URLs asked for a member: well formed, and used by no other member than
-    /// `except`.
-    fn check_peer_urls(&self, urls: &[String], except: Option<u64>) -> Result<(), Status> {
+    /// Checks that peer URLs asked for a member are well formed: etcd's API layer, before
+    /// anything else looks at the request.
+    fn check_urls_parse(urls: &[String]) -> Result<(), Status> {
         if urls.is_empty() || urls.iter().any(|u| crate::config::url_host_port(u).is_err()) {
             return Err(EtcdError::MemberBadUrls.status());
         }
+        Ok(())
+    }
+
+    /// Checks that no member other than `except` uses one of `urls` (etcd checks this when it
+    /// applies the change, after its strict reconfiguration checks).
+    fn check_urls_unused(&self, urls: &[String], except: Option<u64>) -> Result<(), Status> {
         let wanted = normalize_urls(urls);
         let identity = self.node.membership.identity.read();
         let mut others = identity.members.iter().filter(|m| Some(m.id) != except);
@@ -88,7 +94,8 @@ impl ClusterService {
 
     /// etcd's strict reconfiguration check before removing voter `id`: the remaining voters
     /// that have started make a quorum, and unless `id` is already unreachable, the voters
-    /// connected now still make a quorum without it.
+    /// connected now still make a quorum without it. An `id` that is no member is checked as
+    /// etcd checks it: every voter remains, and none of them is the one removed.
     fn check_remove_voter(&self, id: u64) -> Result<(), Status> {
         let identity = self.node.membership.identity.read();
         let voters: Vec<&Member> = identity.members.iter().filter(|m| !m.is_learner).collect();
@@ -109,8 +116,13 @@ impl ClusterService {
     }
 }
 
+/// Members in etcd's order: by id (etcd's `RaftCluster.Members` sorts them), whatever order
+/// they joined in. etcdctl prints them in this order, and builds `member add`'s
+/// `ETCD_INITIAL_CLUSTER` line from it.
 fn members_pb(members: &[Member]) -> Vec<pb::Member> {
-    members.iter().map(to_pb).collect()
+    let mut out: Vec<pb::Member> = members.iter().map(to_pb).collect();
+    out.sort_unstable_by_key(|m| m.id);
+    out
 }
 
 impl ClusterService {
@@ -134,14 +146,19 @@ impl Cluster for ClusterService {
         self.check_cluster_admin(&request)?;
         self.node.check_not_learner()?;
         let req = request.into_inner();
-        self.check_peer_urls(&req.peer_ur_ls, None)?;
+        // etcd's order: the URLs parse (its API layer), the strict reconfiguration check of a
+        // voter (before it proposes), then what it checks when it applies the change: a URL
+        // in use, then too many learners.
+        Self::check_urls_parse(&req.peer_ur_ls)?;
+        if !req.is_learner {
+            self.check_add_voter()?;
+        }
+        self.check_urls_unused(&req.peer_ur_ls, None)?;
         if req.is_learner {
             let learners = self.node.membership.identity.read().members.iter().filter(|m| m.is_learner).count();
             if learners >= LEARNERS_MAX {
                 return Err(EtcdError::TooManyLearners.status());
             }
-        } else {
-            self.check_add_voter()?;
         }
         let member = Member {
             id: new_member_id(
@@ -170,10 +187,14 @@ impl Cluster for ClusterService {
         // Root only once auth is enabled (etcd's checkMembershipOperationPermission).
         self.check_cluster_admin(&request)?;
         self.node.check_not_learner()?;
-        let member = self.member(request.into_inner().id)?;
-        if !member.is_learner {
-            self.check_remove_voter(member.id)?;
+        let id = request.into_inner().id;
+        // etcd runs its strict check for any id that is not a learner's, an unknown one too,
+        // and finds the id unknown only when it applies the removal.
+        let member = self.member(id);
+        if !member.as_ref().is_ok_and(|m| m.is_learner) {
+            self.check_remove_voter(id)?;
         }
+        let member = member?;
         let members = self.node.propose_conf_change(ConfChangeType::RemoveNode, member).await?;
         Ok(Response::new(pb::MemberRemoveResponse { header: Some(self.header()), members: members_pb(&members) }))
     }
@@ -186,8 +207,9 @@ impl Cluster for ClusterService {
         self.check_cluster_admin(&request)?;
         self.node.check_not_learner()?;
         let req = request.into_inner();
+        Self::check_urls_parse(&req.peer_ur_ls)?;
         let mut member = self.member(req.id)?;
-        self.check_peer_urls(&req.peer_ur_ls, Some(req.id))?;
+        self.check_urls_unused(&req.peer_ur_ls, Some(req.id))?;
         member.peer_urls = req.peer_ur_ls;
         // Raft sees a no-op (the member keeps its role); the context carries the new URLs.
         let change = if member.is_learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };

@@ -44,6 +44,10 @@ pub enum EtcdError {
     MemberNotLearner,
     LearnerNotReady,
     TooManyLearners,
+    /// etcd's strict reconfiguration check refused a member change. etcd 3.5.1's error map
+    /// turns this one into its client-side error value rather than a gRPC status, so gRPC
+    /// sends it as `Unknown` with the text (seen with etcdctl against etcd 3.5.1); Plinth's
+    /// code is the same.
     NotEnoughStartedMembers,
     NotSupportedForLearner,
     Unhealthy,
@@ -103,7 +107,6 @@ impl EtcdError {
             | TooManyLearners
             | PeerUrlExist
             | NotCapable
-            | NotEnoughStartedMembers
             | NotSupportedForLearner
             | BadLeaderTransferee => Code::FailedPrecondition,
             NoLeader
@@ -117,7 +120,7 @@ impl EtcdError {
             | Restoring => Code::Unavailable,
             Corrupt => Code::DataLoss,
             WatchCanceled => Code::Cancelled,
-            TimeoutLeaderTransfer | NoPasswordUser | ContextDeadline => Code::Unknown,
+            TimeoutLeaderTransfer | NoPasswordUser | ContextDeadline | NotEnoughStartedMembers => Code::Unknown,
         }
     }
 

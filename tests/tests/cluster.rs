@@ -279,6 +279,36 @@ fn error_text(e: etcd_client::Error) -> String {
     }
 }
 
+/// etcd's strict reconfiguration checks on a cluster whose second voter never started: a
+/// third voter, and the removal of an id that is no member, answer etcd 3.5.1's `Unknown`
+/// "not enough started members" (checked with etcdctl against etcd 3.5.1), before anything
+/// waits for the leader the cluster no longer has; a bad URL is refused first, and the
+/// members come back in id order.
+#[test]
+fn reconfiguration_without_enough_started_members_answers_as_etcd() {
+    const NOT_ENOUGH: &str = "Unknown: etcdserver: re-configuration failed due to not enough started members";
+    let rt = runtime();
+    let c = Members::start(1, &[]);
+    rt.block_on(c.wait_leader(START_TIMEOUT));
+    rt.block_on(async {
+        let mut client = must_connect(&c.members[0].endpoint()).await;
+        // One member may take a second voter (etcd's exception for a restore); it never starts.
+        let added = client.member_add(["http://127.0.0.1:1".to_owned()], None).await.expect("a second voter");
+        let ids: Vec<u64> = added.member_list().iter().map(|m| m.id()).collect();
+        assert_eq!(ids.len(), 2);
+        assert!(ids[0] < ids[1], "members not in id order: {ids:x?}");
+        let third = client.member_add(["http://127.0.0.1:2".to_owned()], None).await.expect_err("a third voter");
+        assert_eq!(error_text(third), NOT_ENOUGH);
+        // The URL in use is checked only after the strict check, as etcd checks it when it applies.
+        let taken = client.member_add([c.members[0].peer_url()], None).await.expect_err("a voter on a used URL");
+        assert_eq!(error_text(taken), NOT_ENOUGH);
+        let bad = client.member_add(["not a url".to_owned()], None).await.expect_err("a bad URL");
+        assert_eq!(error_text(bad), "InvalidArgument: etcdserver: given member URLs are invalid");
+        let unknown = client.member_remove(0x1234).await.expect_err("the removal of no member");
+        assert_eq!(error_text(unknown), NOT_ENOUGH);
+    });
+}
+
 #[test]
 fn learner_joins_by_snapshot_is_promoted_and_a_member_is_removed() {
     let rt = runtime();
@@ -306,6 +336,9 @@ fn learner_joins_by_snapshot_is_promoted_and_a_member_is_removed() {
             .expect("member add --learner");
         let id = added.member().expect("added member").id();
         assert!(added.member_list().iter().any(|m| m.id() == id && m.is_learner()));
+        // etcd lists members by id, whatever order they joined in.
+        let ids: Vec<u64> = added.member_list().iter().map(|m| m.id()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "members not in id order: {ids:x?}");
         // etcd's checks, with etcd's errors.
         let dup = client.member_add([c.members[0].peer_url()], None).await.expect_err("duplicate peer URL");
         assert_eq!(error_text(dup), "FailedPrecondition: etcdserver: Peer URLs already exists");
@@ -568,8 +601,8 @@ async fn raw_unary(
 #[test]
 fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
     use grpc_api::pb::etcdserverpb::{
-        AlarmRequest, AuthUserListRequest, LeaseLeasesRequest, LeaseTimeToLiveRequest, MemberAddRequest,
-        MemberPromoteRequest, PutRequest, RangeRequest,
+        AlarmRequest, AuthUserListRequest, AuthenticateRequest, LeaseLeasesRequest, LeaseTimeToLiveRequest,
+        MemberAddRequest, MemberPromoteRequest, PutRequest, RangeRequest,
     };
     const UNAVAILABLE: i32 = 14;
     const RANGE: &str = "/etcdserverpb.KV/Range";
@@ -579,6 +612,7 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
     const USERS: &str = "/etcdserverpb.Auth/UserList";
     const MEMBER_ADD: &str = "/etcdserverpb.Cluster/MemberAdd";
     const PROMOTE: &str = "/etcdserverpb.Cluster/MemberPromote";
+    const AUTHENTICATE: &str = "/etcdserverpb.Auth/Authenticate";
     let rt = runtime();
     let (mut c, others, endpoint, lease) = leaderless_member_after(&rt, |endpoint| async move {
         must_connect(&endpoint).await.lease_grant(600, None).await.expect("grant").id()
@@ -593,6 +627,9 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
         let learner = MemberAddRequest { peer_ur_ls: vec!["http://127.0.0.1:1".into()], is_learner: true };
         // No such member: etcd looks the member up on its leader only.
         let promote = MemberPromoteRequest { id: 0x1234 };
+        // etcd's Authenticate takes a linearizable read point before it looks at the auth
+        // store (which here has auth disabled), so it waits as a read does.
+        let login = AuthenticateRequest { name: "root".into(), password: "pw".into() };
         let no_leader = (UNAVAILABLE, "etcdserver: no leader");
         // Listing leases reads this member's own, as etcd's lessor does: no leader needed.
         let (status, text, elapsed) = raw_unary(&endpoint, LEASES, &LeaseLeasesRequest {}, None).await;
@@ -606,6 +643,7 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
             (ALARMS, raw_unary(&endpoint, ALARMS, &alarms, Some("400m")).await, CONTEXT_DEADLINE),
             (MEMBER_ADD, raw_unary(&endpoint, MEMBER_ADD, &learner, Some("400m")).await, CONTEXT_DEADLINE),
             (PROMOTE, raw_unary(&endpoint, PROMOTE, &promote, Some("400m")).await, no_leader),
+            (AUTHENTICATE, raw_unary(&endpoint, AUTHENTICATE, &login, Some("400m")).await, CONTEXT_DEADLINE),
         ] {
             let (status, text, elapsed) = answer;
             assert_eq!((status, text.as_str()), want, "{path} at the client's deadline");
@@ -615,14 +653,15 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
             );
         }
         // The member's own request timeout (5 s and two election timeouts), all at once.
-        let (read, write, lease, alarm, users, add, promoted) = tokio::join!(
+        let (read, write, lease, alarm, users, add, promoted, logged_in) = tokio::join!(
             raw_unary(&endpoint, RANGE, &range, None),
             raw_unary(&endpoint, PUT, &put, None),
             raw_unary(&endpoint, TTL, &ttl, None),
             raw_unary(&endpoint, ALARMS, &alarms, None),
             raw_unary(&endpoint, USERS, &users, None),
             raw_unary(&endpoint, MEMBER_ADD, &learner, None),
-            raw_unary(&endpoint, PROMOTE, &promote, None)
+            raw_unary(&endpoint, PROMOTE, &promote, None),
+            raw_unary(&endpoint, AUTHENTICATE, &login, None)
         );
         assert_eq!((read.0, read.1.as_str()), (UNAVAILABLE, "etcdserver: request timed out"), "the read");
         assert_eq!((write.0, write.1.as_str()), CONTEXT_DEADLINE, "the write");
@@ -631,7 +670,8 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
         assert_eq!((users.0, users.1.as_str()), CONTEXT_DEADLINE, "the user list");
         assert_eq!((add.0, add.1.as_str()), CONTEXT_DEADLINE, "the learner's addition");
         assert_eq!((promoted.0, promoted.1.as_str()), no_leader, "the learner's promotion");
-        for elapsed in [read.2, write.2, lease.2, alarm.2, users.2, add.2, promoted.2] {
+        assert_eq!((logged_in.0, logged_in.1.as_str()), (UNAVAILABLE, "etcdserver: request timed out"), "the login");
+        for elapsed in [read.2, write.2, lease.2, alarm.2, users.2, add.2, promoted.2, logged_in.2] {
             assert!(elapsed >= Duration::from_secs(5), "answered after {elapsed:?}, before the request timeout");
         }
     });
