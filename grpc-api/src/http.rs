@@ -29,6 +29,27 @@ pub fn router(node: Arc<Node>) -> Router {
     router.layer(axum::middleware::map_response(with_date)).with_state(node)
 }
 
+/// The answer on a path nothing serves, etcd's: a gRPC call (content type `application/grpc`)
+/// gets gRPC's "unimplemented", which clients probing for a newer method rely on, and any
+/// other request Go's `404 page not found`, so a probe or a scraper on a wrong path sees a
+/// failure rather than a `200`.
+pub async fn unknown_path(request: axum::extract::Request) -> Response {
+    let grpc = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        let (parts, ()) = tonic::Status::unimplemented("").into_http::<()>().into_parts();
+        return Response::from_parts(parts, axum::body::Body::empty());
+    }
+    let headers = [
+        (axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+        (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ];
+    (StatusCode::NOT_FOUND, headers, "404 page not found\n").into_response()
+}
+
 /// Gives an answer a `Date` header, as Go's net/http gives etcd's HTTP endpoints. hyper adds
 /// one to HTTP/1 answers itself (not twice), but not to HTTP/2 ones on the client port
 /// (`conn.rs`): gRPC answers carry none, as grpc-go sends none, and there it cost every call

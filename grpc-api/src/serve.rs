@@ -277,7 +277,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener =
             TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("listen on {addr} for metrics: {e}"))?;
         info!(%addr, "serving HTTP endpoints");
-        servers.spawn(serve_router(listener, crate::http::router(node.clone())));
+        servers.spawn(serve_router(listener, crate::http::router(node.clone()).fallback(crate::http::unknown_path)));
     }
     info!(
         name = %args.name,
@@ -344,9 +344,12 @@ fn client_service(
     .add_service(crate::pb::plinthv1::backups_server::BackupsServer::new(
         crate::backup::schedule::BackupsService { node: node.clone(), scheduler: backups },
     ));
+    // The fallback is set before the admission layer, so unknown gRPC methods are admitted
+    // and counted like any call.
     let rest = grpc
         .routes()
         .into_axum_router()
+        .fallback(crate::http::unknown_path)
         .layer(axum::middleware::from_fn_with_state(node.clone(), admit_layer))
         .merge(crate::http::router(node.clone()));
     ClientService::new(ClientRoutes { node, kv, watch, lease, rest })

@@ -39,6 +39,12 @@ async fn health_version_readyz_and_metrics() {
     assert_eq!(status, 200);
     let (status, _) = tokio::task::spawn_blocking(move || http_get(port, "/readyz/no_such_check")).await.unwrap();
     assert_eq!(status, 404);
+    // A path nothing serves: Go's not-found answer, as etcd's HTTP mux gives (gRPC calls to
+    // unknown methods still answer "unimplemented": `metrics_labels.rs`).
+    for path in ["/no/such/path", "/v2/keys", "/metrics/extra"] {
+        let (status, body) = tokio::task::spawn_blocking(move || http_get(port, path)).await.unwrap();
+        assert_eq!((status, body.as_str()), (404, "404 page not found\n"), "{path}");
+    }
     let (status, body) = tokio::task::spawn_blocking(move || http_get(port, "/metrics")).await.unwrap();
     assert_eq!(status, 200);
     for name in [
