@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 
 use crate::node::Node;
@@ -24,9 +24,22 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/readyz", get(readyz))
         .route("/readyz/{check}", get(readyz_one))
         .route("/livez/{check}", get(livez_one))
-        .route("/version", get(version));
-    let router = if node.is_default() { router.route("/metrics", get(metrics)) } else { router };
+        .route("/version", get(version))
+        .method_not_allowed_fallback(method_not_allowed);
+    // Prometheus' handler, which serves etcd's `/metrics`, answers any method.
+    let router = if node.is_default() { router.route("/metrics", any(metrics)) } else { router };
     router.layer(axum::middleware::map_response(with_date)).with_state(node)
+}
+
+/// etcd's answer to another method than `GET` on its endpoints (`allowMethod`, then Go's
+/// `http.Error`).
+async fn method_not_allowed() -> Response {
+    let headers = [
+        (axum::http::header::ALLOW, "GET"),
+        (axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+        (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ];
+    (StatusCode::METHOD_NOT_ALLOWED, headers, "Method Not Allowed\n").into_response()
 }
 
 /// The answer on a path nothing serves, etcd's: a gRPC call (content type `application/grpc`)

@@ -10,9 +10,15 @@ use etcd_client::WatchOptions;
 
 /// A bare HTTP/1.1 GET: (status code, body).
 fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_request(port, "GET", path)
+}
+
+/// A bare HTTP/1.1 request without a body: (status code, body).
+fn http_request(port: u16, method: &str, path: &str) -> (u16, String) {
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(conn, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    write!(conn, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut raw = String::new();
     conn.read_to_string(&mut raw).unwrap();
     let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -45,6 +51,11 @@ async fn health_version_readyz_and_metrics() {
         let (status, body) = tokio::task::spawn_blocking(move || http_get(port, path)).await.unwrap();
         assert_eq!((status, body.as_str()), (404, "404 page not found\n"), "{path}");
     }
+    // Another method than GET: etcd's 405, except on `/metrics`, which answers any method.
+    let (status, body) = tokio::task::spawn_blocking(move || http_request(port, "POST", "/health")).await.unwrap();
+    assert_eq!((status, body.as_str()), (405, "Method Not Allowed\n"));
+    let (status, _) = tokio::task::spawn_blocking(move || http_request(port, "POST", "/metrics")).await.unwrap();
+    assert_eq!(status, 200);
     let (status, body) = tokio::task::spawn_blocking(move || http_get(port, "/metrics")).await.unwrap();
     assert_eq!(status, 200);
     for name in [
