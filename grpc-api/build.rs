@@ -23,6 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/peer.proto",
                 "proto/tenants.proto",
                 "proto/backups.proto",
+                "proto/v3lock.proto",
             ],
             &["proto"],
         )?;

@@ -103,33 +103,9 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        let node = &self.node;
-        // A learner serves no txn, read-only ones included (etcd serves it Range and Status).
-        node.check_not_learner()?;
         let (metadata, extensions, message) = request.into_parts();
         let identity = Request::from_parts(metadata, extensions, ());
-        let mut txn = txn_from_pb(message);
-        if txn.is_read_only() {
-            return read_only_txn(node, txn, &identity).await.map(Response::new);
-        }
-        let caller = crate::auth::caller(node, &identity)?;
-        if caller.enabled() {
-            // etcd validates a txn before its permissions: its request errors win.
-            let command = store::Command::new(0, store::CommandBody::Txn(txn));
-            node.store.validate(&command).map_err(|e| store_status(&e))?;
-            let Some(store::CommandBody::Txn(t)) = command.body else { unreachable!("built as a txn above") };
-            txn = t;
-            // Every compare and every op of both branches, nested txns included (etcd's
-            // checkTxnAuth), before anything is read or proposed.
-            caller.check_txn(&txn)?;
-        }
-        if node.alarms.nospace() && txn_has_put(&txn) {
-            return Err(EtcdError::NoSpace.status());
-        }
-        match self.node.propose(caller.checked(store::CommandBody::Txn(txn))).await? {
-            store::CommandResponse::Txn(resp) => Ok(Response::new(txn_to_pb(node, resp))),
-            other => Err(unexpected(&other)),
-        }
+        txn_as(&self.node, &identity, message).await.map(Response::new)
     }
 
     async fn compact(
@@ -199,6 +175,39 @@ fn txn_cost(txn: &store::TxnRequest) -> Cost {
 
 fn unexpected(resp: &store::CommandResponse) -> Status {
     Status::internal(format!("command applied with an unexpected response: {resp:?}"))
+}
+
+/// A txn on behalf of the caller whose metadata and connection `identity` carries: `KV.Txn`,
+/// and the calls the server makes for a client (`lock.rs`), with the same checks.
+pub(crate) async fn txn_as(
+    node: &Arc<Node>,
+    identity: &Request<()>,
+    message: pb::TxnRequest,
+) -> Result<pb::TxnResponse, Status> {
+    // A learner serves no txn, read-only ones included (etcd serves it Range and Status).
+    node.check_not_learner()?;
+    let mut txn = txn_from_pb(message);
+    if txn.is_read_only() {
+        return read_only_txn(node, txn, identity).await;
+    }
+    let caller = crate::auth::caller(node, identity)?;
+    if caller.enabled() {
+        // etcd validates a txn before its permissions: its request errors win.
+        let command = store::Command::new(0, store::CommandBody::Txn(txn));
+        node.store.validate(&command).map_err(|e| store_status(&e))?;
+        let Some(store::CommandBody::Txn(t)) = command.body else { unreachable!("built as a txn above") };
+        txn = t;
+        // Every compare and every op of both branches, nested txns included (etcd's
+        // checkTxnAuth), before anything is read or proposed.
+        caller.check_txn(&txn)?;
+    }
+    if node.alarms.nospace() && txn_has_put(&txn) {
+        return Err(EtcdError::NoSpace.status());
+    }
+    match node.propose(caller.checked(store::CommandBody::Txn(txn))).await? {
+        store::CommandResponse::Txn(resp) => Ok(txn_to_pb(node, resp)),
+        other => Err(unexpected(&other)),
+    }
 }
 
 fn txn_has_put(txn: &store::TxnRequest) -> bool {

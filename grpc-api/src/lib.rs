@@ -23,7 +23,7 @@
 //! member list), `node::peer` and `node::peer_tls` (the peer transport), `node::tenants` (the
 //! tenant registry and reconciler), `node::lessor`, `node::limits`, `node::shares`, `node::lanes`,
 //! `node::alarms` and `node::metrics`. The services sit on it: `kv`, `watch`, `lease`,
-//! `maintenance`, `cluster`, `auth`, `tenants` (the tenant admin API), `backup`'s
+//! `maintenance`, `cluster`, `auth`, `lock` (etcd's `v3lockpb.Lock`), `tenants` (the tenant admin API), `backup`'s
 //! `Backups` service and `http`; `conn` is the HTTP server every listener runs, `serve`
 //! wires both layers into the binary, and `tenant_cli`,
 //! `migrate` and `backup::cli` are its client-side commands. Shared by both layers: `pb`,
@@ -122,6 +122,7 @@ pub mod error;
 pub mod http;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod migrate;
 pub mod node;

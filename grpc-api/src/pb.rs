@@ -16,6 +16,11 @@ pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
 
+/// etcd's lock service (`v3lockpb`), served by `lock.rs`.
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
 /// Plinth's own admin API (`plinth.v1`): the tenant registry.
 pub mod plinthv1 {
     tonic::include_proto!("plinth.v1");

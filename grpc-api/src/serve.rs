@@ -321,7 +321,9 @@ fn client_service(
     let watch = WatchServer::new(crate::watch::WatchService { node: node.clone() })
         .max_decoding_message_size(max_request_bytes + GRPC_OVERHEAD_BYTES)
         .max_encoding_message_size(usize::MAX);
-    let lease = LeaseServer::new(crate::lease::LeaseService::new(node.clone()));
+    // One lease service (one id generator) for the Lease service and the Lock service's grants.
+    let leases = Arc::new(crate::lease::LeaseService::new(node.clone()));
+    let lease = LeaseServer::from_arc(leases.clone());
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(kv.clone())
         .add_service(watch.clone())
@@ -332,6 +334,10 @@ fn client_service(
             MaintenanceServer::new(crate::maintenance::MaintenanceService { node: node.clone() })
                 .max_encoding_message_size(usize::MAX),
         )
+        .add_service(crate::pb::v3lockpb::lock_server::LockServer::new(crate::lock::LockService {
+            node: node.clone(),
+            leases,
+        }))
         .add_service(health);
     // On a tenant's router the admin API only answers "permission denied".
     grpc.add_service(
