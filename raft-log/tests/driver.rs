@@ -377,6 +377,17 @@ impl SyncGate {
     }
 }
 
+/// Opens the gate for good when dropped. Declared after the driver, it drops first, also when
+/// an assertion unwinds: the driver's shutdown then finds no sync held at the gate, and the
+/// test fails with its message instead of hanging in the join.
+struct OpenOnDrop(Arc<SyncGate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.set(u64::MAX);
+    }
+}
+
 impl raft_log::WalFaults for SyncGate {
     fn short_write(&self, _seq: u64, _offset: u64, _len: usize) -> Option<usize> {
         None
@@ -409,6 +420,7 @@ fn a_read_is_answered_while_another_groups_write_waits_for_its_sync() {
         let sm = Sm::default();
         let cfg = DriverConfig { pipeline_persistence: pipeline, ..config() };
         let (d, h) = Driver::start(cfg, Arc::clone(&wal), Box::new(sm.clone()), Arc::new(NoPeers)).unwrap();
+        let _open_at_exit = OpenOnDrop(Arc::clone(&gate));
         let (writes, reads) = (GroupId(1), GroupId(2));
         for g in [writes, reads] {
             h.create_group(g, vec![NodeId(1)]).unwrap();
