@@ -130,8 +130,11 @@ impl Abandon {
 impl Drop for Abandon {
     fn drop(&mut self) {
         let Some(identity) = self.identity.take() else { return };
+        // Outside a runtime (the member shutting down) there is nobody left to delete it; the
+        // key then ends with its lease.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let (node, key) = (self.node.clone(), std::mem::take(&mut self.key));
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             if let Err(e) = delete_key(&node, &identity, &key).await {
                 tracing::warn!(key = %String::from_utf8_lossy(&key), error = %e.message(), "could not delete an abandoned lock waiter's key");
             }
