@@ -210,6 +210,20 @@ pub(crate) async fn txn_as(
     }
 }
 
+/// The range end of every key that starts with `prefix` (etcd's `GetPrefixRangeEnd`): the
+/// prefix with its last byte below 0xff raised by one, or `"\0"` (to the end of the keyspace)
+/// when every byte is 0xff.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 fn txn_has_put(txn: &store::TxnRequest) -> bool {
     fn ops_have_put(ops: &[store::RequestOp]) -> bool {
         ops.iter().any(|op| match &op.request {
@@ -389,5 +403,18 @@ fn nested_txn_to_pb(r: store::TxnResponse) -> pb::TxnResponse {
                 }),
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn a_prefix_ends_after_its_last_byte_that_can_grow() {
+        assert_eq!(prefix_end(b"lock/"), b"lock0".to_vec());
+        assert_eq!(prefix_end(b"a\xff/"), b"a\xff0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
     }
 }

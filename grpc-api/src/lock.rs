@@ -26,7 +26,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
-use crate::kv::txn_as;
+use crate::kv::{prefix_end, txn_as};
 use crate::lease::LeaseService;
 use crate::node::Node;
 use crate::pb::etcdserverpb as pb;
@@ -51,19 +51,6 @@ pub struct LockService {
 /// The caller of a request, kept to make the calls of the recipe on its behalf.
 fn identity_of<T>(request: &Request<T>) -> Request<()> {
     Request::from_parts(request.metadata().clone(), request.extensions().clone(), ())
-}
-
-/// The end of the range of keys that start with `prefix` (etcd's `GetPrefixRangeEnd`).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    // Every byte is 0xff: to the end of the keyspace.
-    vec![0]
 }
 
 fn range_op(req: pb::RangeRequest) -> pb::RequestOp {
@@ -262,18 +249,5 @@ impl Lock for LockService {
         let key = request.into_inner().key;
         let header = delete_key(&self.node, &identity, &key).await?;
         Ok(Response::new(v3lockpb::UnlockResponse { header: Some(header) }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::prefix_end;
-
-    #[test]
-    fn a_prefix_ends_after_its_last_byte_that_can_grow() {
-        assert_eq!(prefix_end(b"lock/"), b"lock0".to_vec());
-        assert_eq!(prefix_end(b"a\xff/"), b"a\xff0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
     }
 }

@@ -109,17 +109,7 @@ impl Common {
     }
 }
 
-/// etcd's range end for every key with `prefix`.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
+pub use grpc_api::kv::prefix_end;
 
 pub fn normalize_endpoint(ep: &str) -> String {
     if ep.contains("://") {
