@@ -31,15 +31,21 @@ pub fn router(node: Arc<Node>) -> Router {
     router.layer(axum::middleware::map_response(with_date)).with_state(node)
 }
 
-/// etcd's answer to another method than `GET` on its endpoints (`allowMethod`, then Go's
-/// `http.Error`).
-async fn method_not_allowed() -> Response {
+/// Go's `http.Error`: `text` as plain text, not to be sniffed as anything else.
+fn go_http_error(status: StatusCode, text: &'static str) -> Response {
     let headers = [
-        (axum::http::header::ALLOW, "GET"),
         (axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8"),
         (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
     ];
-    (StatusCode::METHOD_NOT_ALLOWED, headers, "Method Not Allowed\n").into_response()
+    (status, headers, text).into_response()
+}
+
+/// etcd's answer to another method than `GET` on its endpoints (`allowMethod`, then Go's
+/// `http.Error`).
+async fn method_not_allowed() -> Response {
+    let mut response = go_http_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
+    response.headers_mut().insert(axum::http::header::ALLOW, axum::http::HeaderValue::from_static("GET"));
+    response
 }
 
 /// The answer on a path nothing serves, etcd's: a gRPC call (content type `application/grpc`)
@@ -56,11 +62,7 @@ pub async fn unknown_path(request: axum::extract::Request) -> Response {
         let (parts, ()) = tonic::Status::unimplemented("").into_http::<()>().into_parts();
         return Response::from_parts(parts, axum::body::Body::empty());
     }
-    let headers = [
-        (axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-        (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-    ];
-    (StatusCode::NOT_FOUND, headers, "404 page not found\n").into_response()
+    go_http_error(StatusCode::NOT_FOUND, "404 page not found\n")
 }
 
 /// Gives an answer a `Date` header, as Go's net/http gives etcd's HTTP endpoints. hyper adds

@@ -180,7 +180,7 @@ fn unexpected(resp: &store::CommandResponse) -> Status {
 /// A txn on behalf of the caller whose metadata and connection `identity` carries: `KV.Txn`,
 /// and the calls the server makes for a client (`lock.rs`), with the same checks.
 pub(crate) async fn txn_as(
-    node: &Arc<Node>,
+    node: &Node,
     identity: &Request<()>,
     message: pb::TxnRequest,
 ) -> Result<pb::TxnResponse, Status> {
@@ -214,14 +214,7 @@ pub(crate) async fn txn_as(
 /// prefix with its last byte below 0xff raised by one, or `"\0"` (to the end of the keyspace)
 /// when every byte is 0xff.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
+    store::prefix_successor(prefix).unwrap_or_else(|| vec![0])
 }
 
 fn txn_has_put(txn: &store::TxnRequest) -> bool {

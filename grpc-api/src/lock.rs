@@ -48,9 +48,10 @@ pub struct LockService {
     pub leases: Arc<LeaseService>,
 }
 
-/// The caller of a request, kept to make the calls of the recipe on its behalf.
-fn identity_of<T>(request: &Request<T>) -> Request<()> {
-    Request::from_parts(request.metadata().clone(), request.extensions().clone(), ())
+/// `message` sent with the metadata and connection of `caller`'s request: a call of the
+/// recipe made on the caller's behalf. With `()`, the caller's identity, kept for those calls.
+fn on_behalf_of<T, M>(caller: &Request<T>, message: M) -> Request<M> {
+    Request::from_parts(caller.metadata().clone(), caller.extensions().clone(), message)
 }
 
 fn range_op(req: pb::RangeRequest) -> pb::RequestOp {
@@ -88,7 +89,7 @@ fn range_kvs(resp: &pb::TxnResponse, i: usize) -> Result<&[crate::pb::mvccpb::Ke
 }
 
 /// Deletes a waiter's key on the caller's behalf; the revision header of the delete.
-async fn delete_key(node: &Arc<Node>, identity: &Request<()>, key: &[u8]) -> Result<pb::ResponseHeader, Status> {
+async fn delete_key(node: &Node, identity: &Request<()>, key: &[u8]) -> Result<pb::ResponseHeader, Status> {
     let delete = pb::DeleteRangeRequest { key: Bytes::copy_from_slice(key), ..Default::default() };
     let txn = pb::TxnRequest {
         success: vec![pb::RequestOp { request: Some(pb::request_op::Request::RequestDeleteRange(delete)) }],
@@ -143,7 +144,7 @@ impl LockService {
             let Some(last) = range_kvs(&resp, 0)?.first() else { return Ok(()) };
             let revision = resp.header.as_ref().map_or(0, |h| h.revision);
             // A waiter holds a watcher: it counts against the tenant's watcher limit.
-            if !node.runtime.limiter.admit_watcher(node.store.watcher_count(node.group())) {
+            if !node.admit_watcher() {
                 return Err(crate::error::EtcdError::TooManyRequests.status());
             }
             // The watch starts at the revision the key was read at, so a deletion after the
@@ -178,14 +179,11 @@ impl LockService {
 impl Lock for LockService {
     async fn lock(&self, request: Request<v3lockpb::LockRequest>) -> Result<Response<v3lockpb::LockResponse>, Status> {
         let node = &self.node;
-        let identity = identity_of(&request);
+        let identity = on_behalf_of(&request, ());
         let req = request.into_inner();
         let lease = if req.lease == 0 {
             let grant = pb::LeaseGrantRequest { ttl: SESSION_TTL_SECONDS, id: 0 };
-            let granted = self
-                .leases
-                .lease_grant(Request::from_parts(identity.metadata().clone(), identity.extensions().clone(), grant))
-                .await?;
+            let granted = self.leases.lease_grant(on_behalf_of(&identity, grant)).await?;
             granted.into_inner().id
         } else {
             req.lease
@@ -227,17 +225,17 @@ impl Lock for LockService {
 
         // Step 2: wait for every earlier waiter. From here until the lock is held, an end of
         // the call deletes the key.
-        let abandon = Abandon { node: node.clone(), identity: Some(identity_of(&identity)), key: my_key.clone() };
+        let abandon = Abandon { node: node.clone(), identity: Some(on_behalf_of(&identity, ())), key: my_key.clone() };
         self.wait_deletes(&identity, &prefix, my_revision - 1).await?;
 
         // Step 3: the key is still there (its lease did not expire while it waited).
         let check = pb::TxnRequest { success: vec![range_op(get(&my_key))], ..Default::default() };
         let resp = txn_as(node, &identity, check).await?;
-        if range_kvs(&resp, 0)?.is_empty() {
-            abandon.disarm();
+        let kept = !range_kvs(&resp, 0)?.is_empty();
+        abandon.disarm();
+        if !kept {
             return Err(Status::unknown(SESSION_EXPIRED));
         }
-        abandon.disarm();
         Ok(Response::new(v3lockpb::LockResponse { header: resp.header, key: Bytes::from(my_key) }))
     }
 
@@ -245,7 +243,7 @@ impl Lock for LockService {
         &self,
         request: Request<v3lockpb::UnlockRequest>,
     ) -> Result<Response<v3lockpb::UnlockResponse>, Status> {
-        let identity = identity_of(&request);
+        let identity = on_behalf_of(&request, ());
         let key = request.into_inner().key;
         let header = delete_key(&self.node, &identity, &key).await?;
         Ok(Response::new(v3lockpb::UnlockResponse { header: Some(header) }))

@@ -290,7 +290,7 @@ impl StreamState {
             let reason = format!("rpc error: code = {:?} desc = {}", status.code(), status.message());
             return self.send(refuse(&reason)).await;
         }
-        if !self.node.runtime.limiter.admit_watcher(self.node.store.watcher_count(self.node.group())) {
+        if !self.node.admit_watcher() {
             return self.send(refuse(EtcdError::TooManyRequests.message())).await;
         }
         let filters = &create.filters;

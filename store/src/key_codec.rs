@@ -363,17 +363,24 @@ pub fn lease_key_entry_user_key(stored: &[u8]) -> &[u8] {
     &stored[GROUP_PREFIX_LEN + 9..]
 }
 
-/// Smallest byte string greater than every string starting with `prefix`.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+/// The shortest byte string greater than every string starting with `prefix`: the prefix
+/// with its last byte below 0xff raised by one. `None` when every byte is 0xff (no string of
+/// the prefix's length is greater); each caller picks its own end for that case.
+pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
             end.push(last + 1);
-            return end;
+            return Some(end);
         }
     }
-    // All 0xff: nothing is greater within the prefix's length; use a longer all-0xff key.
-    vec![0xff; prefix.len() + 1]
+    None
+}
+
+/// Smallest byte string greater than every string starting with `prefix` (an internal key's).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    // All 0xff: a longer all-0xff key.
+    prefix_successor(prefix).unwrap_or_else(|| vec![0xff; prefix.len() + 1])
 }
 
 #[cfg(test)]

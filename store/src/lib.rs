@@ -179,6 +179,7 @@ pub use import::{
     ImportStep, IMPORT_STEP_BYTES_MAX,
 };
 pub use import_plan::{ImportPlanner, OpSink};
+pub use key_codec::prefix_successor;
 pub use kv::{Event, EventKind, KeyValue};
 pub use lease::{Lease, MAX_LEASE_TTL_SECS};
 pub use meta::{Alarm, ALARMS_MAX};

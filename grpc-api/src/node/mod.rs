@@ -726,6 +726,11 @@ impl Node {
     }
 
     /// Refuses what a learner does not serve, with etcd's error.
+    /// Whether the group may open one more watcher (its `watchers` limit; `limits.rs`).
+    pub fn admit_watcher(&self) -> bool {
+        self.runtime.limiter.admit_watcher(self.store.watcher_count(self.group()))
+    }
+
     pub fn check_not_learner(&self) -> Result<(), Status> {
         if self.is_learner() {
             return Err(EtcdError::NotSupportedForLearner.status());
