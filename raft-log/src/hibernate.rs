@@ -69,17 +69,19 @@
 //!   it, in arrival order; if this node is elected instead, it proposes them itself. Held
 //!   proposals were never handed to raft-rs, so releasing them later cannot apply one twice.
 //!   They are bounded (`proposal_queue_max` over all groups; past it a proposal is forwarded
-//!   as before), re-probed every `READ_INDEX_RETRY_TICKS` ticks, and dropped unproposed after
-//!   `read_index_timeout`, by which time their callers (which wait at most that long) gave
-//!   up. The price is one round trip on the first write through a follower after a sleep.
+//!   as before), re-probed every `READ_INDEX_RETRY_TICKS` ticks, and each is dropped
+//!   unproposed [`HELD_GRACE`] after its own `read_index_timeout` has passed, by which time its
+//!   caller (which waits at most that long from before the proposal arrived) gave up, and saw
+//!   it still held when it did. The price is one round trip on the first write through a
+//!   follower after a sleep.
 //!
 //! Memory: when a group sleeps, the WAL's cache of its recent entries is dropped and the
 //! leader's per-follower inflight buffers are freed; reads of its entries go to disk until
 //! appends fill the cache again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use raft::eraftpb::{Message, MessageType};
@@ -102,6 +104,13 @@ pub(crate) const PROBE_CTX: &[u8] = b"plinth/leader-probe/v1";
 
 const _: () = assert!(PROBE_CTX.len() != crate::driver::READ_CTX_BYTES && PROBE_CTX.len() != HIBERNATE_CTX.len());
 
+/// How long a held proposal outlives its `read_index_timeout`. Its caller waits at most that
+/// long, from before the proposal reached the driver, then asks whether the group still holds
+/// proposals: held means the proposal never reached Raft, and the caller answers as etcd does
+/// for a proposal its raft held (the context's error), not with "request timed out". The grace
+/// keeps that answer true when the caller's timer fires late on a busy machine.
+pub(crate) const HELD_GRACE: Duration = Duration::from_secs(1);
+
 /// Proposals held by woken followers until they hear from their leader (see the module essay).
 /// Invariant: `len` is the number of proposals over all groups, at most `proposal_queue_max`,
 /// and no group's entry is empty.
@@ -119,10 +128,10 @@ impl HeldProposals {
 }
 
 struct Held {
-    /// In arrival order.
-    proposals: Vec<Bytes>,
-    /// When the first was held: all are dropped `read_index_timeout` after it.
-    since: Instant,
+    /// In arrival order, each with when it was held: each is dropped `read_index_timeout`
+    /// plus [`HELD_GRACE`] after that, so a proposal that arrived later is not dropped with
+    /// the first (its caller still waits).
+    proposals: VecDeque<(Instant, Bytes)>,
     /// When the leader was last asked to show itself (`None`: not yet, no leader known).
     probed_at: Option<Instant>,
 }
@@ -355,12 +364,9 @@ impl Loop {
         // Full: proposed as it would be without holding (raft-rs forwards or drops it).
         if (holding || !may_propose(p)) && self.held.len < self.cfg.proposal_queue_max {
             let now = self.now();
-            let h = self.held.groups.entry(group).or_insert_with(|| Held {
-                proposals: Vec::new(),
-                since: now,
-                probed_at: None,
-            });
-            h.proposals.push(data);
+            let h =
+                self.held.groups.entry(group).or_insert_with(|| Held { proposals: VecDeque::new(), probed_at: None });
+            h.proposals.push_back((now, data));
             self.held.len += 1;
             if !holding {
                 self.probe_leader(group, now);
@@ -402,7 +408,7 @@ impl Loop {
         let h = self.held.groups.remove(&group).expect("invariant: checked above");
         self.held.len -= h.proposals.len();
         tracing::debug!(%group, count = h.proposals.len(), "held proposals released");
-        for data in h.proposals {
+        for (_, data) in h.proposals {
             self.propose_now(group, data);
         }
         self.publish_status(group);
@@ -410,7 +416,7 @@ impl Loop {
     }
 
     /// Releases the held proposals that may go (this node was elected, or heard its leader),
-    /// drops those held for `read_index_timeout`, and asks the leader again where the last
+    /// drops those held for `read_index_timeout` and [`HELD_GRACE`], and asks the leader again where the last
     /// probe is `READ_INDEX_RETRY_TICKS` ticks old. O(groups with held proposals).
     pub(crate) fn service_held(&mut self, now: Instant) {
         if self.held.groups.is_empty() {
@@ -424,11 +430,19 @@ impl Loop {
             if self.release_held(group) {
                 continue;
             }
-            let h = &self.held.groups[&group];
-            if h.since + self.cfg.read_index_timeout <= now {
-                let h = self.held.groups.remove(&group).expect("invariant: present");
-                self.held.len -= h.proposals.len();
-                tracing::debug!(%group, count = h.proposals.len(), "held proposals dropped: no leader heard");
+            let expiry = self.cfg.read_index_timeout + HELD_GRACE;
+            let h = self.held.groups.get_mut(&group).expect("invariant: present");
+            let before = h.proposals.len();
+            while h.proposals.front().is_some_and(|(since, _)| *since + expiry <= now) {
+                h.proposals.pop_front();
+            }
+            let dropped = before - h.proposals.len();
+            self.held.len -= dropped;
+            if dropped > 0 {
+                tracing::debug!(%group, count = dropped, "held proposals dropped: no leader heard");
+            }
+            if h.proposals.is_empty() {
+                self.held.groups.remove(&group);
                 self.publish_status(group);
                 continue;
             }

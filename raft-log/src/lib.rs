@@ -167,8 +167,8 @@
 //!   stay linearizable through ReadIndex's quorum round (a leader deposed while asleep cannot
 //!   complete one), a woken leader restarts its check-quorum window, and a sleeping follower
 //!   refuses (pre-)votes while its frozen timer says its leader is in lease. A follower
-//!   that has not heard its leader since it slept holds proposals (bounded, dropped after
-//!   `read_index_timeout`) and asks the leader to show itself with a read-index request; the
+//!   that has not heard its leader since it slept holds proposals (bounded, each dropped a
+//!   second after its own `read_index_timeout`) and asks the leader to show itself with a read-index request; the
 //!   leader's first message releases them to it, or this node's election to itself. A
 //!   sleeping group's WAL entry cache and inflight buffers are freed.
 //!   [`GroupStatus::hibernating`], [`DriverHandle::awake_groups`].

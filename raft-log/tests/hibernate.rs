@@ -353,18 +353,29 @@ fn a_proposal_on_a_sleeping_follower_commits_without_a_tick() {
     c.run_until(3 * HIBERNATE_AFTER_TICKS, |c| c.all_asleep());
 }
 
-/// A follower cut off from every other member holds its proposal, hears no leader, and
-/// drops the proposal unproposed after `read_index_timeout`: once the network heals, it is
-/// never applied (its caller was told it timed out), and later proposals commit.
+/// A follower cut off from every other member holds its proposals, hears no leader, and
+/// drops each unproposed a second after its own `read_index_timeout` (its caller has given up
+/// by then, and saw it still held): once the network heals, neither is ever applied, and
+/// later proposals commit.
 #[test]
-fn a_held_proposal_is_dropped_unproposed_at_the_read_timeout() {
+fn a_held_proposal_is_dropped_unproposed_after_its_read_timeout() {
+    const GRACE_TICKS: usize = 10;
+    // Before the follower's election timer fires (it then knows no leader, and a proposal
+    // is refused at once).
+    const LATER: usize = 5;
     let mut c = Cluster::new(3, HIBERNATE_AFTER_TICKS);
     c.settle();
     c.partition(&[2]);
     c.node(2).propose(GROUP, Bytes::from_static(b"expired")).unwrap();
     assert!(c.status(2).holding);
-    c.run(READ_TIMEOUT_TICKS + 5);
-    assert!(!c.status(2).holding, "dropped at the read timeout");
+    c.run(LATER);
+    c.node(2).propose(GROUP, Bytes::from_static(b"expired later")).unwrap();
+    // Past the first's timeout and grace and the second's timeout, within the second's grace:
+    // still held (all were dropped with the first once).
+    c.run(READ_TIMEOUT_TICKS + GRACE_TICKS - LATER + 2);
+    assert!(c.status(2).holding, "the later proposal is held through its own timeout and grace");
+    c.run(LATER + 3);
+    assert!(!c.status(2).holding, "dropped after the read timeout and its grace");
     c.cut.clear();
     c.run_until(10 * ELECTION_TICKS, |c| c.leader().is_some() && (1..=3).all(|id| c.status(id).leader.0 != 0));
     c.run(2 * ELECTION_TICKS);
@@ -374,6 +385,7 @@ fn a_held_proposal_is_dropped_unproposed_at_the_read_timeout() {
     c.run(ELECTION_TICKS);
     for id in 1..=3 {
         assert_eq!(c.applied_count(id, b"expired"), 0, "node {id} applied a dropped proposal");
+        assert_eq!(c.applied_count(id, b"expired later"), 0, "node {id} applied a dropped proposal");
         assert_eq!(c.applied_count(id, b"after"), 1, "node {id} (leader {leader})");
     }
 }
