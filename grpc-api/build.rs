@@ -24,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/tenants.proto",
                 "proto/backups.proto",
                 "proto/v3lock.proto",
+                "proto/v3election.proto",
             ],
             &["proto"],
         )?;

@@ -23,7 +23,8 @@
 //! member list), `node::peer` and `node::peer_tls` (the peer transport), `node::tenants` (the
 //! tenant registry and reconciler), `node::lessor`, `node::limits`, `node::shares`, `node::lanes`,
 //! `node::alarms` and `node::metrics`. The services sit on it: `kv`, `watch`, `lease`,
-//! `maintenance`, `cluster`, `auth`, `lock` (etcd's `v3lockpb.Lock`), `tenants` (the tenant admin API), `backup`'s
+//! `maintenance`, `cluster`, `auth`, `lock` and `election` (etcd's `v3lockpb.Lock` and
+//! `v3electionpb.Election`, over the recipe steps in `recipe`), `tenants` (the tenant admin API), `backup`'s
 //! `Backups` service and `http`; `conn` is the HTTP server every listener runs, `serve`
 //! wires both layers into the binary, and `tenant_cli`,
 //! `migrate` and `backup::cli` are its client-side commands. Shared by both layers: `pb`,
@@ -118,6 +119,7 @@ pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod conn;
+pub mod election;
 pub mod error;
 pub mod http;
 pub mod kv;
@@ -127,6 +129,7 @@ pub mod maintenance;
 pub mod migrate;
 pub mod node;
 pub mod pb;
+pub mod recipe;
 pub mod serve;
 pub mod tenant_cli;
 pub mod tenants;

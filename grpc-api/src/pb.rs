@@ -21,6 +21,11 @@ pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
 }
 
+/// etcd's election service (`v3electionpb`), served by `election.rs`.
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}
+
 /// Plinth's own admin API (`plinth.v1`): the tenant registry.
 pub mod plinthv1 {
     tonic::include_proto!("plinth.v1");

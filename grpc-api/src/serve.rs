@@ -321,7 +321,8 @@ fn client_service(
     let watch = WatchServer::new(crate::watch::WatchService { node: node.clone() })
         .max_decoding_message_size(max_request_bytes + GRPC_OVERHEAD_BYTES)
         .max_encoding_message_size(usize::MAX);
-    // One lease service (one id generator) for the Lease service and the Lock service's grants.
+    // One lease service (one id generator) for the Lease service and the Lock and Election
+    // services' grants.
     let leases = Arc::new(crate::lease::LeaseService::new(node.clone()));
     let lease = LeaseServer::from_arc(leases.clone());
     let mut grpc = tonic::service::Routes::builder();
@@ -335,6 +336,10 @@ fn client_service(
                 .max_encoding_message_size(usize::MAX),
         )
         .add_service(crate::pb::v3lockpb::lock_server::LockServer::new(crate::lock::LockService {
+            node: node.clone(),
+            leases: leases.clone(),
+        }))
+        .add_service(crate::pb::v3electionpb::election_server::ElectionServer::new(crate::election::ElectionService {
             node: node.clone(),
             leases,
         }))

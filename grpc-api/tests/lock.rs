@@ -85,7 +85,12 @@ async fn an_abandoned_waiter_leaves_no_key_and_a_lease_of_zero_gets_one() {
     let kv = c.get(key.as_str(), None).await.unwrap();
     assert_eq!(kv.kvs()[0].lease(), lease);
 
-    // A lease that does not exist: etcd's error for a put with it.
-    let refused = c.lock("res", Some(LockOptions::new().with_lease(0x1234))).await.unwrap_err();
-    assert!(refused.to_string().contains("etcdserver: requested lease not found"), "{refused}");
+    // A lease that does not exist: etcd's error for a put with it, sent as `Unknown` as etcd's
+    // service (through its embedded client) sends it.
+    match c.lock("res", Some(LockOptions::new().with_lease(0x1234))).await.unwrap_err() {
+        etcd_client::Error::GRpcStatus(s) => {
+            assert_eq!((s.code(), s.message()), (tonic::Code::Unknown, "etcdserver: requested lease not found"));
+        }
+        other => panic!("not a gRPC status: {other}"),
+    }
 }

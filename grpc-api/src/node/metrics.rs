@@ -310,9 +310,8 @@ mod tests {
 /// label per path would let any client grow the registry without bound.
 pub const UNKNOWN_LABEL: &str = "unknown";
 
-/// The methods of etcd's services (`etcdserverpb`, and the standard health service), the
-/// only ones that get labels of their own. Auth is listed although it answers
-/// `Unimplemented`, so its calls are counted under their names as etcd counts them.
+/// The methods of etcd's services (`etcdserverpb`, the lock and election services, and the
+/// standard health service), the only ones that get labels of their own.
 const KNOWN_METHODS: &[(&str, &[&str])] = &[
     ("etcdserverpb.KV", &["Range", "Put", "DeleteRange", "Txn", "Compact"]),
     ("etcdserverpb.Watch", &["Watch"]),
@@ -344,6 +343,8 @@ const KNOWN_METHODS: &[(&str, &[&str])] = &[
             "RoleRevokePermission",
         ],
     ),
+    ("v3lockpb.Lock", &["Lock", "Unlock"]),
+    ("v3electionpb.Election", &["Campaign", "Proclaim", "Leader", "Observe", "Resign"]),
     ("grpc.health.v1.Health", &["Check", "Watch"]),
 ];
 
@@ -370,7 +371,9 @@ static METHODS: std::sync::LazyLock<KnownMethods> = std::sync::LazyLock::new(|| 
         for method in *methods {
             let kind = match (*service, *method) {
                 ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
-                ("etcdserverpb.Maintenance", "Snapshot") | ("grpc.health.v1.Health", "Watch") => "server_stream",
+                ("etcdserverpb.Maintenance", "Snapshot")
+                | ("v3electionpb.Election", "Observe")
+                | ("grpc.health.v1.Health", "Watch") => "server_stream",
                 _ => "unary",
             };
             by_path.insert(format!("/{service}/{method}"), labels.len());

@@ -725,12 +725,12 @@ impl Node {
         self.membership.identity.read().is_learner()
     }
 
-    /// Refuses what a learner does not serve, with etcd's error.
     /// Whether the group may open one more watcher (its `watchers` limit; `limits.rs`).
     pub fn admit_watcher(&self) -> bool {
         self.runtime.limiter.admit_watcher(self.store.watcher_count(self.group()))
     }
 
+    /// Refuses what a learner does not serve, with etcd's error.
     pub fn check_not_learner(&self) -> Result<(), Status> {
         if self.is_learner() {
             return Err(EtcdError::NotSupportedForLearner.status());
