@@ -8,7 +8,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
     unsafe { std::env::set_var("PROTOC", protoc) };
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptors = out_dir.join("descriptors.bin");
     tonic_prost_build::configure()
+        .file_descriptor_set_path(&descriptors)
         .build_server(true)
         .build_client(true)
         // Keys and values stay `Bytes` from decode to the log to the store: no copies.
@@ -28,6 +31,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
             &["proto"],
         )?;
+    // JSON for etcd's HTTP gateway (`src/gateway.rs`): serde impls of etcd's messages with
+    // their field names as the protos spell them (`cluster_id`, `ID`, `dbSize`), as etcd's
+    // gateway writes them, and unknown fields ignored, as it ignores them.
+    pbjson_build::Builder::new()
+        .register_descriptors(&std::fs::read(&descriptors)?)?
+        .preserve_proto_field_names()
+        .ignore_unknown_fields()
+        .build(&[".etcdserverpb", ".mvccpb", ".authpb", ".v3lockpb", ".v3electionpb"])?;
     // `/etcdserverpb.Watch/Watch`, served with responses whose events are already encoded
     // (`watch::WireResponse`, the same bytes on the wire as etcd's `WatchResponse`), so an
     // event is encoded once for all its watchers. Clients keep the generated types above.

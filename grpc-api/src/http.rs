@@ -32,7 +32,7 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 /// Go's `http.Error`: `text` as plain text, not to be sniffed as anything else.
-fn go_http_error(status: StatusCode, text: &'static str) -> Response {
+pub(crate) fn go_http_error(status: StatusCode, text: &'static str) -> Response {
     let headers = [
         (axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8"),
         (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),

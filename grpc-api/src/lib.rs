@@ -24,7 +24,8 @@
 //! tenant registry and reconciler), `node::lessor`, `node::limits`, `node::shares`, `node::lanes`,
 //! `node::alarms` and `node::metrics`. The services sit on it: `kv`, `watch`, `lease`,
 //! `maintenance`, `cluster`, `auth`, `lock` and `election` (etcd's `v3lockpb.Lock` and
-//! `v3electionpb.Election`, over the recipe steps in `recipe`), `tenants` (the tenant admin API), `backup`'s
+//! `v3electionpb.Election`, over the recipe steps in `recipe`), `gateway` (etcd's JSON
+//! gateway at `/v3/...`), `tenants` (the tenant admin API), `backup`'s
 //! `Backups` service and `http`; `conn` is the HTTP server every listener runs, `serve`
 //! wires both layers into the binary, and `tenant_cli`,
 //! `migrate` and `backup::cli` are its client-side commands. Shared by both layers: `pb`,
@@ -121,6 +122,7 @@ pub mod config;
 pub mod conn;
 pub mod election;
 pub mod error;
+pub mod gateway;
 pub mod http;
 pub mod kv;
 pub mod lease;

@@ -363,7 +363,10 @@ fn client_service(
         .fallback(crate::http::unknown_path)
         .layer(axum::middleware::from_fn_with_state(node.clone(), admit_layer))
         .merge(crate::http::router(node.clone()));
-    ClientService::new(ClientRoutes { node, kv, watch, lease, rest })
+    // The JSON of a gateway request: base64 and field names make it up to about twice the
+    // protobuf it becomes, which the service's decoding limit then checks as any call's.
+    let gateway_body_max = 2 * max_request_bytes + GRPC_OVERHEAD_BYTES;
+    ClientService::new(ClientRoutes { node, kv, watch, lease, rest, gateway_body_max })
 }
 
 /// A group's client requests: the key-value, watch and lease calls (nearly every request a
@@ -371,12 +374,17 @@ fn client_service(
 /// services, the admin APIs, the HTTP endpoints and unknown paths go through an axum router
 /// with [`admit`] as its layer (unknown gRPC paths answer "unimplemented" there). The direct
 /// way saves each hot call two routers' path matches, boxed futures and service clones.
+/// etcd's JSON gateway (`/v3/...`, `gateway.rs`) turns its requests into gRPC calls served
+/// here again.
+#[derive(Clone)]
 struct ClientRoutes {
     node: Arc<Node>,
     kv: crate::kv::server::k_v_server::KVServer<crate::kv::KvService>,
     watch: WatchServer<crate::watch::WatchService>,
     lease: LeaseServer<crate::lease::LeaseService>,
     rest: axum::Router,
+    /// Bound of a gateway request's JSON body.
+    gateway_body_max: usize,
 }
 
 impl ClientHandler for ClientRoutes {
@@ -388,6 +396,9 @@ impl ClientHandler for ClientRoutes {
             direct(self.node.clone(), self.watch.clone(), request)
         } else if path.starts_with("/etcdserverpb.Lease/") {
             direct(self.node.clone(), self.lease.clone(), request)
+        } else if crate::gateway::is_gateway_path(path) {
+            let routes = self.clone();
+            crate::gateway::serve(request, self.gateway_body_max, move |grpc| routes.handle(grpc))
         } else {
             Box::pin(tower::ServiceExt::oneshot(self.rest.clone(), request))
         }

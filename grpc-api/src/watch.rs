@@ -187,13 +187,22 @@ async fn run_stream(
         recently_active: HashSet::new(),
         identity,
     };
+    // A client that closes its side (grpcurl, etcd's JSON gateway) still gets its watchers'
+    // events, as from etcd, whose stream ends only with the call; a broken request stream
+    // ends it.
+    let mut requests_open = true;
     loop {
         let keep_going = tokio::select! {
-            request = requests.next() => match request {
+            request = requests.next(), if requests_open => match request {
                 Some(Ok(request)) => state.handle_request(request).await,
-                // The client closed its side or the connection broke.
-                Some(Err(_)) | None => false,
+                Some(Err(_)) => false,
+                None => {
+                    requests_open = false;
+                    true
+                }
             },
+            // The client is gone: nobody reads the responses.
+            () = state.tx.closed() => false,
             response = state.stream.recv() => match response {
                 Some(response) => state.forward(response).await,
                 None => false,
