@@ -16,7 +16,8 @@
 //! - A streaming method (watch, lease keep-alive, snapshot, election observe) reads the
 //!   request body as a sequence of JSON requests and answers a stream of
 //!   `{"result": ...}` lines, ending with `{"error": {...}}` if the call fails.
-//! - `OPTIONS` answers the CORS headers, other methods but `POST` Go's `405`.
+//! - Methods but `POST` answer Go's `405`, unknown paths its `404` (the CORS headers, `OPTIONS`
+//!   and `/v3beta/` are `http::access_controlled`'s, in front of every HTTP request).
 //!
 //! Bounds: a request body is read whole up to the member's request size limit (as a gRPC
 //! request is), and a stream converts one response message at a time, pulled by the client.
@@ -345,13 +346,6 @@ fn json<M: prost::Message + Default + Serialize>(message: &[u8]) -> Result<Vec<u
     serde_json::to_vec(&m).map_err(|e| e.to_string())
 }
 
-/// The CORS headers etcd's client port sends (its default `--cors` of `*`).
-fn cors(headers: &mut http::HeaderMap) {
-    headers.insert("access-control-allow-headers", HeaderValue::from_static("accept, content-type, authorization"));
-    headers.insert("access-control-allow-methods", HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"));
-    headers.insert("access-control-allow-origin", HeaderValue::from_static("*"));
-}
-
 /// grpc-gateway's HTTP status for a gRPC code (`runtime.HTTPStatusFromCode`).
 fn http_status(code: tonic::Code) -> StatusCode {
     use tonic::Code;
@@ -374,9 +368,7 @@ fn http_status(code: tonic::Code) -> StatusCode {
 fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> axum::response::Response {
     let mut response = axum::response::Response::new(body.into());
     *response.status_mut() = status;
-    let headers = response.headers_mut();
-    cors(headers);
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -418,19 +410,10 @@ async fn answer(
 ) -> axum::response::Response {
     let Some(route) = ROUTES.iter().find(|r| r.http == request.uri().path()) else {
         // grpc-gateway's answer to a path it does not route.
-        let mut response = crate::http::go_http_error(StatusCode::NOT_FOUND, "Not Found\n");
-        cors(response.headers_mut());
-        return response;
+        return crate::http::go_http_error(StatusCode::NOT_FOUND, "Not Found\n");
     };
-    if request.method() == Method::OPTIONS {
-        let mut response = axum::response::Response::new(axum::body::Body::empty());
-        cors(response.headers_mut());
-        return response;
-    }
     if request.method() != Method::POST {
-        let mut response = crate::http::go_http_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
-        cors(response.headers_mut());
-        return response;
+        return crate::http::go_http_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
     }
     let (parts, body) = request.into_parts();
     let body = match http_body_util::Limited::new(body, max_body).collect().await {

@@ -53,16 +53,62 @@ async fn method_not_allowed() -> Response {
 /// other request Go's `404 page not found`, so a probe or a scraper on a wrong path sees a
 /// failure rather than a `200`.
 pub async fn unknown_path(request: axum::extract::Request) -> Response {
-    let grpc = request
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    if grpc {
+    if is_grpc(request.headers()) {
         let (parts, ()) = tonic::Status::unimplemented("").into_http::<()>().into_parts();
         return Response::from_parts(parts, axum::body::Body::empty());
     }
     go_http_error(StatusCode::NOT_FOUND, "404 page not found\n")
+}
+
+/// Whether a request is a gRPC call (content type `application/grpc`, `application/grpc+proto`).
+pub fn is_grpc(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The CORS headers etcd's client port answers with (its default `--cors` of `*`).
+pub fn add_cors(headers: &mut axum::http::HeaderMap) {
+    use axum::http::HeaderValue;
+    headers.insert("access-control-allow-headers", HeaderValue::from_static("accept, content-type, authorization"));
+    headers.insert("access-control-allow-methods", HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"));
+    headers.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+}
+
+/// etcd's access controller in front of the HTTP side of its client port (`accessController`
+/// with its default `--cors` and `--host-whitelist` of `*`), around `serve`: every answer
+/// gets the CORS headers, an `OPTIONS` request is answered `200` at once whatever its path,
+/// and a `/v3beta/` path is served as the `/v3/` path of etcd's JSON gateway. gRPC calls do
+/// not pass here, as etcd's gRPC server does not run behind it.
+pub fn access_controlled(
+    mut request: axum::extract::Request,
+    serve: impl FnOnce(axum::extract::Request) -> crate::node::tenants::ClientFuture,
+) -> crate::node::tenants::ClientFuture {
+    if request.method() == axum::http::Method::OPTIONS {
+        let mut response = Response::new(axum::body::Body::empty());
+        add_cors(response.headers_mut());
+        return Box::pin(std::future::ready(Ok(response)));
+    }
+    if let Some(rest) = request.uri().path().strip_prefix("/v3beta/") {
+        let path_and_query = match request.uri().query() {
+            Some(query) => format!("/v3/{rest}?{query}"),
+            None => format!("/v3/{rest}"),
+        };
+        if let Ok(path_and_query) = path_and_query.parse() {
+            let mut parts = request.uri().clone().into_parts();
+            parts.path_and_query = Some(path_and_query);
+            if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
+    }
+    let answer = serve(request);
+    Box::pin(async move {
+        let mut response = answer.await?;
+        add_cors(response.headers_mut());
+        Ok(response)
+    })
 }
 
 /// Gives an answer a `Date` header, as Go's net/http gives etcd's HTTP endpoints. hyper adds
@@ -179,17 +225,24 @@ async fn health(State(node): State<Arc<Node>>, Query(params): Query<HashMap<Stri
     let serializable = params.get("serializable").is_some_and(|v| v == "true");
     let excluded = excluded(&params);
     let reason = health_failure(&node, serializable, &excluded).await;
-    let (status, body) = match reason {
+    // etcd writes the JSON without a content type, which Go then sniffs as plain text, and a
+    // failure through `http.Error` (plain text, not to be sniffed, a newline after the JSON).
+    match reason {
         None => {
             node.metrics.health_success.inc();
-            (StatusCode::OK, serde_json::json!({"health": "true", "reason": ""}))
+            let body = serde_json::json!({"health": "true", "reason": ""}).to_string();
+            ([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
         }
         Some(reason) => {
             node.metrics.health_failures.inc();
-            (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"health": "false", "reason": reason}))
+            let body = serde_json::json!({"health": "false", "reason": reason}).to_string() + "\n";
+            let headers = [
+                (axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ];
+            (StatusCode::SERVICE_UNAVAILABLE, headers, body).into_response()
         }
-    };
-    (status, [("content-type", "application/json")], body.to_string()).into_response()
+    }
 }
 
 async fn health_failure(node: &Node, serializable: bool, excluded: &[&str]) -> Option<String> {

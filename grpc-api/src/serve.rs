@@ -396,9 +396,16 @@ impl ClientHandler for ClientRoutes {
             direct(self.node.clone(), self.watch.clone(), request)
         } else if path.starts_with("/etcdserverpb.Lease/") {
             direct(self.node.clone(), self.lease.clone(), request)
-        } else if crate::gateway::is_gateway_path(path) {
+        } else if !crate::http::is_grpc(request.headers()) {
             let routes = self.clone();
-            crate::gateway::serve(request, self.gateway_body_max, move |grpc| routes.handle(grpc))
+            crate::http::access_controlled(request, move |request| {
+                if crate::gateway::is_gateway_path(request.uri().path()) {
+                    let max = routes.gateway_body_max;
+                    crate::gateway::serve(request, max, move |grpc| routes.handle(grpc))
+                } else {
+                    Box::pin(tower::ServiceExt::oneshot(routes.rest, request))
+                }
+            })
         } else {
             Box::pin(tower::ServiceExt::oneshot(self.rest.clone(), request))
         }

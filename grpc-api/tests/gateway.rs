@@ -91,6 +91,18 @@ async fn unary_calls_answer_etcds_json() {
         assert!(head.contains("access-control-allow-methods: post, get, options, put, delete"), "{head}");
         let (status, _, body) = request(port, "POST", "/v3/kv/nothing", &[], "{}");
         assert_eq!((status, body.as_str()), (404, "Not Found\n"));
+        // etcd's access controller, in front of every HTTP answer of the client port: CORS
+        // headers, OPTIONS on any path, and /v3beta/ served as /v3/.
+        let (status, beta) = post(port, "/v3beta/kv/range", r#"{"key":"Zm9v"}"#);
+        assert_eq!((status, beta["count"].as_str()), (200, Some("1")), "{beta}");
+        let (status, head, body) = request(port, "GET", "/health", &[], "");
+        assert_eq!((status, body.as_str()), (200, r#"{"health":"true","reason":""}"#));
+        assert!(head.contains("access-control-allow-headers: accept, content-type, authorization"), "{head}");
+        // etcd writes /health's JSON without a content type, which Go sniffs as plain text.
+        assert!(head.contains("content-type: text/plain; charset=utf-8"), "{head}");
+        let (status, head, _) = request(port, "OPTIONS", "/anything", &[], "");
+        assert_eq!(status, 200);
+        assert!(head.contains("access-control-allow-origin: *"), "{head}");
     })
     .await
     .unwrap();
