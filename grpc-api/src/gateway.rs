@@ -58,264 +58,68 @@ struct Route {
     response: fn(&[u8]) -> Result<Vec<u8>, String>,
 }
 
-macro_rules! route {
-    ($http:literal, $grpc:literal, $kind:ident, $req:ty, $resp:ty) => {
-        Route { http: $http, grpc: $grpc, kind: Kind::$kind, requests: framed::<$req>, response: json::<$resp> }
+/// The table of routes, one line each: gateway path => gRPC path, kind, request, response.
+macro_rules! routes {
+    ($($http:literal => $grpc:literal, $kind:ident, $req:ty, $resp:ty;)*) => {
+        &[$(Route { http: $http, grpc: $grpc, kind: Kind::$kind, requests: framed::<$req>, response: json::<$resp> },)*]
     };
 }
 
 /// etcd 3.5's gateway paths (its protos' `google.api.http` options).
-const ROUTES: &[Route] = &[
-    route!("/v3/kv/range", "/etcdserverpb.KV/Range", Unary, pb::RangeRequest, pb::RangeResponse),
-    route!("/v3/kv/put", "/etcdserverpb.KV/Put", Unary, pb::PutRequest, pb::PutResponse),
-    route!(
-        "/v3/kv/deleterange",
-        "/etcdserverpb.KV/DeleteRange",
-        Unary,
-        pb::DeleteRangeRequest,
-        pb::DeleteRangeResponse
-    ),
-    route!("/v3/kv/txn", "/etcdserverpb.KV/Txn", Unary, pb::TxnRequest, pb::TxnResponse),
-    route!("/v3/kv/compaction", "/etcdserverpb.KV/Compact", Unary, pb::CompactionRequest, pb::CompactionResponse),
-    route!("/v3/watch", "/etcdserverpb.Watch/Watch", Bidi, pb::WatchRequest, pb::WatchResponse),
-    route!("/v3/lease/grant", "/etcdserverpb.Lease/LeaseGrant", Unary, pb::LeaseGrantRequest, pb::LeaseGrantResponse),
-    route!(
-        "/v3/lease/revoke",
-        "/etcdserverpb.Lease/LeaseRevoke",
-        Unary,
-        pb::LeaseRevokeRequest,
-        pb::LeaseRevokeResponse
-    ),
-    route!(
-        "/v3/kv/lease/revoke",
-        "/etcdserverpb.Lease/LeaseRevoke",
-        Unary,
-        pb::LeaseRevokeRequest,
-        pb::LeaseRevokeResponse
-    ),
-    route!(
-        "/v3/lease/keepalive",
-        "/etcdserverpb.Lease/LeaseKeepAlive",
-        Bidi,
-        pb::LeaseKeepAliveRequest,
-        pb::LeaseKeepAliveResponse
-    ),
-    route!(
-        "/v3/lease/timetolive",
-        "/etcdserverpb.Lease/LeaseTimeToLive",
-        Unary,
-        pb::LeaseTimeToLiveRequest,
-        pb::LeaseTimeToLiveResponse
-    ),
-    route!(
-        "/v3/kv/lease/timetolive",
-        "/etcdserverpb.Lease/LeaseTimeToLive",
-        Unary,
-        pb::LeaseTimeToLiveRequest,
-        pb::LeaseTimeToLiveResponse
-    ),
-    route!(
-        "/v3/lease/leases",
-        "/etcdserverpb.Lease/LeaseLeases",
-        Unary,
-        pb::LeaseLeasesRequest,
-        pb::LeaseLeasesResponse
-    ),
-    route!(
-        "/v3/kv/lease/leases",
-        "/etcdserverpb.Lease/LeaseLeases",
-        Unary,
-        pb::LeaseLeasesRequest,
-        pb::LeaseLeasesResponse
-    ),
-    route!(
-        "/v3/cluster/member/add",
-        "/etcdserverpb.Cluster/MemberAdd",
-        Unary,
-        pb::MemberAddRequest,
-        pb::MemberAddResponse
-    ),
-    route!(
-        "/v3/cluster/member/remove",
-        "/etcdserverpb.Cluster/MemberRemove",
-        Unary,
-        pb::MemberRemoveRequest,
-        pb::MemberRemoveResponse
-    ),
-    route!(
-        "/v3/cluster/member/update",
-        "/etcdserverpb.Cluster/MemberUpdate",
-        Unary,
-        pb::MemberUpdateRequest,
-        pb::MemberUpdateResponse
-    ),
-    route!(
-        "/v3/cluster/member/list",
-        "/etcdserverpb.Cluster/MemberList",
-        Unary,
-        pb::MemberListRequest,
-        pb::MemberListResponse
-    ),
-    route!(
-        "/v3/cluster/member/promote",
-        "/etcdserverpb.Cluster/MemberPromote",
-        Unary,
-        pb::MemberPromoteRequest,
-        pb::MemberPromoteResponse
-    ),
-    route!("/v3/maintenance/alarm", "/etcdserverpb.Maintenance/Alarm", Unary, pb::AlarmRequest, pb::AlarmResponse),
-    route!("/v3/maintenance/status", "/etcdserverpb.Maintenance/Status", Unary, pb::StatusRequest, pb::StatusResponse),
-    route!(
-        "/v3/maintenance/defragment",
-        "/etcdserverpb.Maintenance/Defragment",
-        Unary,
-        pb::DefragmentRequest,
-        pb::DefragmentResponse
-    ),
-    route!("/v3/maintenance/hash", "/etcdserverpb.Maintenance/Hash", Unary, pb::HashRequest, pb::HashResponse),
-    route!("/v3/maintenance/hashkv", "/etcdserverpb.Maintenance/HashKV", Unary, pb::HashKvRequest, pb::HashKvResponse),
-    route!(
-        "/v3/maintenance/snapshot",
-        "/etcdserverpb.Maintenance/Snapshot",
-        ServerStream,
-        pb::SnapshotRequest,
-        pb::SnapshotResponse
-    ),
-    route!(
-        "/v3/maintenance/transfer-leadership",
-        "/etcdserverpb.Maintenance/MoveLeader",
-        Unary,
-        pb::MoveLeaderRequest,
-        pb::MoveLeaderResponse
-    ),
-    route!(
-        "/v3/maintenance/downgrade",
-        "/etcdserverpb.Maintenance/Downgrade",
-        Unary,
-        pb::DowngradeRequest,
-        pb::DowngradeResponse
-    ),
-    route!("/v3/auth/enable", "/etcdserverpb.Auth/AuthEnable", Unary, pb::AuthEnableRequest, pb::AuthEnableResponse),
-    route!(
-        "/v3/auth/disable",
-        "/etcdserverpb.Auth/AuthDisable",
-        Unary,
-        pb::AuthDisableRequest,
-        pb::AuthDisableResponse
-    ),
-    route!("/v3/auth/status", "/etcdserverpb.Auth/AuthStatus", Unary, pb::AuthStatusRequest, pb::AuthStatusResponse),
-    route!(
-        "/v3/auth/authenticate",
-        "/etcdserverpb.Auth/Authenticate",
-        Unary,
-        pb::AuthenticateRequest,
-        pb::AuthenticateResponse
-    ),
-    route!("/v3/auth/user/add", "/etcdserverpb.Auth/UserAdd", Unary, pb::AuthUserAddRequest, pb::AuthUserAddResponse),
-    route!("/v3/auth/user/get", "/etcdserverpb.Auth/UserGet", Unary, pb::AuthUserGetRequest, pb::AuthUserGetResponse),
-    route!(
-        "/v3/auth/user/list",
-        "/etcdserverpb.Auth/UserList",
-        Unary,
-        pb::AuthUserListRequest,
-        pb::AuthUserListResponse
-    ),
-    route!(
-        "/v3/auth/user/delete",
-        "/etcdserverpb.Auth/UserDelete",
-        Unary,
-        pb::AuthUserDeleteRequest,
-        pb::AuthUserDeleteResponse
-    ),
-    route!(
-        "/v3/auth/user/changepw",
-        "/etcdserverpb.Auth/UserChangePassword",
-        Unary,
-        pb::AuthUserChangePasswordRequest,
-        pb::AuthUserChangePasswordResponse
-    ),
-    route!(
-        "/v3/auth/user/grant",
-        "/etcdserverpb.Auth/UserGrantRole",
-        Unary,
-        pb::AuthUserGrantRoleRequest,
-        pb::AuthUserGrantRoleResponse
-    ),
-    route!(
-        "/v3/auth/user/revoke",
-        "/etcdserverpb.Auth/UserRevokeRole",
-        Unary,
-        pb::AuthUserRevokeRoleRequest,
-        pb::AuthUserRevokeRoleResponse
-    ),
-    route!("/v3/auth/role/add", "/etcdserverpb.Auth/RoleAdd", Unary, pb::AuthRoleAddRequest, pb::AuthRoleAddResponse),
-    route!("/v3/auth/role/get", "/etcdserverpb.Auth/RoleGet", Unary, pb::AuthRoleGetRequest, pb::AuthRoleGetResponse),
-    route!(
-        "/v3/auth/role/list",
-        "/etcdserverpb.Auth/RoleList",
-        Unary,
-        pb::AuthRoleListRequest,
-        pb::AuthRoleListResponse
-    ),
-    route!(
-        "/v3/auth/role/delete",
-        "/etcdserverpb.Auth/RoleDelete",
-        Unary,
-        pb::AuthRoleDeleteRequest,
-        pb::AuthRoleDeleteResponse
-    ),
-    route!(
-        "/v3/auth/role/grant",
-        "/etcdserverpb.Auth/RoleGrantPermission",
-        Unary,
-        pb::AuthRoleGrantPermissionRequest,
-        pb::AuthRoleGrantPermissionResponse
-    ),
-    route!(
-        "/v3/auth/role/revoke",
-        "/etcdserverpb.Auth/RoleRevokePermission",
-        Unary,
-        pb::AuthRoleRevokePermissionRequest,
-        pb::AuthRoleRevokePermissionResponse
-    ),
-    route!("/v3/lock/lock", "/v3lockpb.Lock/Lock", Unary, v3lockpb::LockRequest, v3lockpb::LockResponse),
-    route!("/v3/lock/unlock", "/v3lockpb.Lock/Unlock", Unary, v3lockpb::UnlockRequest, v3lockpb::UnlockResponse),
-    route!(
-        "/v3/election/campaign",
-        "/v3electionpb.Election/Campaign",
-        Unary,
-        v3electionpb::CampaignRequest,
-        v3electionpb::CampaignResponse
-    ),
-    route!(
-        "/v3/election/proclaim",
-        "/v3electionpb.Election/Proclaim",
-        Unary,
-        v3electionpb::ProclaimRequest,
-        v3electionpb::ProclaimResponse
-    ),
-    route!(
-        "/v3/election/leader",
-        "/v3electionpb.Election/Leader",
-        Unary,
-        v3electionpb::LeaderRequest,
-        v3electionpb::LeaderResponse
-    ),
-    route!(
-        "/v3/election/observe",
-        "/v3electionpb.Election/Observe",
-        ServerStream,
-        v3electionpb::LeaderRequest,
-        v3electionpb::LeaderResponse
-    ),
-    route!(
-        "/v3/election/resign",
-        "/v3electionpb.Election/Resign",
-        Unary,
-        v3electionpb::ResignRequest,
-        v3electionpb::ResignResponse
-    ),
-];
+#[rustfmt::skip]
+const ROUTES: &[Route] = routes! {
+    "/v3/kv/range" => "/etcdserverpb.KV/Range", Unary, pb::RangeRequest, pb::RangeResponse;
+    "/v3/kv/put" => "/etcdserverpb.KV/Put", Unary, pb::PutRequest, pb::PutResponse;
+    "/v3/kv/deleterange" => "/etcdserverpb.KV/DeleteRange", Unary, pb::DeleteRangeRequest, pb::DeleteRangeResponse;
+    "/v3/kv/txn" => "/etcdserverpb.KV/Txn", Unary, pb::TxnRequest, pb::TxnResponse;
+    "/v3/kv/compaction" => "/etcdserverpb.KV/Compact", Unary, pb::CompactionRequest, pb::CompactionResponse;
+    "/v3/watch" => "/etcdserverpb.Watch/Watch", Bidi, pb::WatchRequest, pb::WatchResponse;
+    "/v3/lease/grant" => "/etcdserverpb.Lease/LeaseGrant", Unary, pb::LeaseGrantRequest, pb::LeaseGrantResponse;
+    "/v3/lease/revoke" => "/etcdserverpb.Lease/LeaseRevoke", Unary, pb::LeaseRevokeRequest, pb::LeaseRevokeResponse;
+    "/v3/kv/lease/revoke" => "/etcdserverpb.Lease/LeaseRevoke", Unary, pb::LeaseRevokeRequest, pb::LeaseRevokeResponse;
+    "/v3/lease/keepalive" => "/etcdserverpb.Lease/LeaseKeepAlive", Bidi, pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse;
+    "/v3/lease/timetolive" => "/etcdserverpb.Lease/LeaseTimeToLive", Unary, pb::LeaseTimeToLiveRequest, pb::LeaseTimeToLiveResponse;
+    "/v3/kv/lease/timetolive" => "/etcdserverpb.Lease/LeaseTimeToLive", Unary, pb::LeaseTimeToLiveRequest, pb::LeaseTimeToLiveResponse;
+    "/v3/lease/leases" => "/etcdserverpb.Lease/LeaseLeases", Unary, pb::LeaseLeasesRequest, pb::LeaseLeasesResponse;
+    "/v3/kv/lease/leases" => "/etcdserverpb.Lease/LeaseLeases", Unary, pb::LeaseLeasesRequest, pb::LeaseLeasesResponse;
+    "/v3/cluster/member/add" => "/etcdserverpb.Cluster/MemberAdd", Unary, pb::MemberAddRequest, pb::MemberAddResponse;
+    "/v3/cluster/member/remove" => "/etcdserverpb.Cluster/MemberRemove", Unary, pb::MemberRemoveRequest, pb::MemberRemoveResponse;
+    "/v3/cluster/member/update" => "/etcdserverpb.Cluster/MemberUpdate", Unary, pb::MemberUpdateRequest, pb::MemberUpdateResponse;
+    "/v3/cluster/member/list" => "/etcdserverpb.Cluster/MemberList", Unary, pb::MemberListRequest, pb::MemberListResponse;
+    "/v3/cluster/member/promote" => "/etcdserverpb.Cluster/MemberPromote", Unary, pb::MemberPromoteRequest, pb::MemberPromoteResponse;
+    "/v3/maintenance/alarm" => "/etcdserverpb.Maintenance/Alarm", Unary, pb::AlarmRequest, pb::AlarmResponse;
+    "/v3/maintenance/status" => "/etcdserverpb.Maintenance/Status", Unary, pb::StatusRequest, pb::StatusResponse;
+    "/v3/maintenance/defragment" => "/etcdserverpb.Maintenance/Defragment", Unary, pb::DefragmentRequest, pb::DefragmentResponse;
+    "/v3/maintenance/hash" => "/etcdserverpb.Maintenance/Hash", Unary, pb::HashRequest, pb::HashResponse;
+    "/v3/maintenance/hashkv" => "/etcdserverpb.Maintenance/HashKV", Unary, pb::HashKvRequest, pb::HashKvResponse;
+    "/v3/maintenance/snapshot" => "/etcdserverpb.Maintenance/Snapshot", ServerStream, pb::SnapshotRequest, pb::SnapshotResponse;
+    "/v3/maintenance/transfer-leadership" => "/etcdserverpb.Maintenance/MoveLeader", Unary, pb::MoveLeaderRequest, pb::MoveLeaderResponse;
+    "/v3/maintenance/downgrade" => "/etcdserverpb.Maintenance/Downgrade", Unary, pb::DowngradeRequest, pb::DowngradeResponse;
+    "/v3/auth/enable" => "/etcdserverpb.Auth/AuthEnable", Unary, pb::AuthEnableRequest, pb::AuthEnableResponse;
+    "/v3/auth/disable" => "/etcdserverpb.Auth/AuthDisable", Unary, pb::AuthDisableRequest, pb::AuthDisableResponse;
+    "/v3/auth/status" => "/etcdserverpb.Auth/AuthStatus", Unary, pb::AuthStatusRequest, pb::AuthStatusResponse;
+    "/v3/auth/authenticate" => "/etcdserverpb.Auth/Authenticate", Unary, pb::AuthenticateRequest, pb::AuthenticateResponse;
+    "/v3/auth/user/add" => "/etcdserverpb.Auth/UserAdd", Unary, pb::AuthUserAddRequest, pb::AuthUserAddResponse;
+    "/v3/auth/user/get" => "/etcdserverpb.Auth/UserGet", Unary, pb::AuthUserGetRequest, pb::AuthUserGetResponse;
+    "/v3/auth/user/list" => "/etcdserverpb.Auth/UserList", Unary, pb::AuthUserListRequest, pb::AuthUserListResponse;
+    "/v3/auth/user/delete" => "/etcdserverpb.Auth/UserDelete", Unary, pb::AuthUserDeleteRequest, pb::AuthUserDeleteResponse;
+    "/v3/auth/user/changepw" => "/etcdserverpb.Auth/UserChangePassword", Unary, pb::AuthUserChangePasswordRequest, pb::AuthUserChangePasswordResponse;
+    "/v3/auth/user/grant" => "/etcdserverpb.Auth/UserGrantRole", Unary, pb::AuthUserGrantRoleRequest, pb::AuthUserGrantRoleResponse;
+    "/v3/auth/user/revoke" => "/etcdserverpb.Auth/UserRevokeRole", Unary, pb::AuthUserRevokeRoleRequest, pb::AuthUserRevokeRoleResponse;
+    "/v3/auth/role/add" => "/etcdserverpb.Auth/RoleAdd", Unary, pb::AuthRoleAddRequest, pb::AuthRoleAddResponse;
+    "/v3/auth/role/get" => "/etcdserverpb.Auth/RoleGet", Unary, pb::AuthRoleGetRequest, pb::AuthRoleGetResponse;
+    "/v3/auth/role/list" => "/etcdserverpb.Auth/RoleList", Unary, pb::AuthRoleListRequest, pb::AuthRoleListResponse;
+    "/v3/auth/role/delete" => "/etcdserverpb.Auth/RoleDelete", Unary, pb::AuthRoleDeleteRequest, pb::AuthRoleDeleteResponse;
+    "/v3/auth/role/grant" => "/etcdserverpb.Auth/RoleGrantPermission", Unary, pb::AuthRoleGrantPermissionRequest, pb::AuthRoleGrantPermissionResponse;
+    "/v3/auth/role/revoke" => "/etcdserverpb.Auth/RoleRevokePermission", Unary, pb::AuthRoleRevokePermissionRequest, pb::AuthRoleRevokePermissionResponse;
+    "/v3/lock/lock" => "/v3lockpb.Lock/Lock", Unary, v3lockpb::LockRequest, v3lockpb::LockResponse;
+    "/v3/lock/unlock" => "/v3lockpb.Lock/Unlock", Unary, v3lockpb::UnlockRequest, v3lockpb::UnlockResponse;
+    "/v3/election/campaign" => "/v3electionpb.Election/Campaign", Unary, v3electionpb::CampaignRequest, v3electionpb::CampaignResponse;
+    "/v3/election/proclaim" => "/v3electionpb.Election/Proclaim", Unary, v3electionpb::ProclaimRequest, v3electionpb::ProclaimResponse;
+    "/v3/election/leader" => "/v3electionpb.Election/Leader", Unary, v3electionpb::LeaderRequest, v3electionpb::LeaderResponse;
+    "/v3/election/observe" => "/v3electionpb.Election/Observe", ServerStream, v3electionpb::LeaderRequest, v3electionpb::LeaderResponse;
+    "/v3/election/resign" => "/v3electionpb.Election/Resign", Unary, v3electionpb::ResignRequest, v3electionpb::ResignResponse;
+};
 
 /// The JSON values in `body` (only the first if `first_only`: grpc-gateway decodes one value
 /// for a unary method and ignores what follows it) as gRPC frames of `M`. None (an empty body)

@@ -211,3 +211,21 @@ pub async fn get_with_token(endpoint: &str, token: &str, key: &str) -> Result<()
     request.metadata_mut().insert("token", token.parse().unwrap());
     tokio::time::timeout(Duration::from_secs(8), kv.range(request)).await.expect("range answered in time").map(|_| ())
 }
+
+/// The keys and values under `prefix` in create order, once there are `want` of them (it
+/// polls for up to 5 s, then answers what there is): the queue of a lock or an election.
+pub async fn settled_queue(client: &mut etcd_client::Client, prefix: &str, want: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let opts = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_sort(etcd_client::SortTarget::Create, etcd_client::SortOrder::Ascend);
+    let mut queue = Vec::new();
+    for _ in 0..50 {
+        let resp = client.get(prefix, Some(opts.clone())).await.unwrap();
+        queue = resp.kvs().iter().map(|kv| (kv.key().to_vec(), kv.value().to_vec())).collect();
+        if queue.len() == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    queue
+}

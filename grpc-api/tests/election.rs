@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::Server;
-use etcd_client::{Client, GetOptions, LeaderKey, ProclaimOptions, ResignOptions};
+use etcd_client::{Client, LeaderKey, ProclaimOptions, ResignOptions};
 
 /// Campaigns on a connection of its own, so a waiting call holds no other.
 async fn campaign_on(endpoint: String, name: &'static str, value: &'static str, lease: i64) -> LeaderKey {
@@ -21,14 +21,6 @@ fn status(e: etcd_client::Error) -> (tonic::Code, String) {
         etcd_client::Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
         other => panic!("not a gRPC status: {other}"),
     }
-}
-
-/// The values under `prefix`, in create order.
-async fn contenders(client: &mut Client, prefix: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let opts =
-        GetOptions::new().with_prefix().with_sort(etcd_client::SortTarget::Create, etcd_client::SortOrder::Ascend);
-    let resp = client.get(prefix, Some(opts)).await.unwrap();
-    resp.kvs().iter().map(|kv| (kv.key().to_vec(), kv.value().to_vec())).collect()
 }
 
 #[tokio::test]
@@ -80,7 +72,7 @@ async fn leadership_passes_in_campaign_order_and_observers_see_every_value() {
     assert_eq!(refused, (tonic::Code::Unknown, "election: not leader".to_string()));
     let stale = LeaderKey::new().with_name("svc").with_key(next.key()).with_rev(next.rev() - 1).with_lease(b);
     c.resign(Some(ResignOptions::new().with_leader(stale))).await.unwrap();
-    assert_eq!(contenders(&mut c, "svc/").await, vec![(next.key().to_vec(), b"b-1".to_vec())]);
+    assert_eq!(common::settled_queue(&mut c, "svc/", 1).await, vec![(next.key().to_vec(), b"b-1".to_vec())]);
 
     // The leader's lease ends: no leader.
     c.lease_revoke(b).await.unwrap();
@@ -105,14 +97,7 @@ async fn a_campaign_keeps_its_place_and_an_abandoned_one_leaves_no_key() {
     // it never leads later.
     let waited = tokio::time::timeout(Duration::from_millis(400), campaign_on(server.endpoint(), "job", "q", quitter));
     assert!(waited.await.is_err(), "the contender led while another led");
-    let mut left = Vec::new();
-    for _ in 0..50 {
-        left = contenders(&mut c, "job/").await;
-        if left.len() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let left = common::settled_queue(&mut c, "job/", 1).await;
     assert_eq!(left, vec![(first.key().to_vec(), b"two".to_vec())], "the abandoned contender's key stayed");
 
     // Lease 0: the server grants one (etcd's session TTL, 60 s) and names the key after it.

@@ -6,20 +6,13 @@ mod common;
 use std::time::Duration;
 
 use common::Server;
-use etcd_client::{Client, GetOptions, LockOptions};
+use etcd_client::{Client, LockOptions};
 
 /// Locks `name` with `lease` on a connection of its own, so a waiting call holds no other.
 async fn lock_on(endpoint: String, name: &'static str, lease: i64) -> Result<Vec<u8>, etcd_client::Error> {
     let mut client = Client::connect([endpoint], None).await.expect("connect");
     let resp = client.lock(name, Some(LockOptions::new().with_lease(lease))).await?;
     Ok(resp.key().to_vec())
-}
-
-/// The keys under `prefix`, in create order.
-async fn waiters(client: &mut Client, prefix: &str) -> Vec<Vec<u8>> {
-    let opts =
-        GetOptions::new().with_prefix().with_sort(etcd_client::SortTarget::Create, etcd_client::SortOrder::Ascend);
-    client.get(prefix, Some(opts)).await.unwrap().kvs().iter().map(|kv| kv.key().to_vec()).collect()
 }
 
 #[tokio::test]
@@ -66,14 +59,7 @@ async fn an_abandoned_waiter_leaves_no_key_and_a_lease_of_zero_gets_one() {
     // it never holds the lock later.
     let waited = tokio::time::timeout(Duration::from_millis(400), lock_on(server.endpoint(), "res", quitter)).await;
     assert!(waited.is_err(), "the waiter locked while the lock was held");
-    let mut left = Vec::new();
-    for _ in 0..50 {
-        left = waiters(&mut c, "res/").await;
-        if left.len() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let left: Vec<Vec<u8>> = common::settled_queue(&mut c, "res/", 1).await.into_iter().map(|(k, _)| k).collect();
     assert_eq!(left, vec![held.key().to_vec()], "the abandoned waiter's key stayed");
 
     // Lease 0: the server grants one (etcd's session TTL, 60 s) and names the key after it.
