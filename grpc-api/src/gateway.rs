@@ -19,8 +19,10 @@
 //! - Methods but `POST` answer Go's `405`, unknown paths its `404` (the CORS headers, `OPTIONS`
 //!   and `/v3beta/` are `http::access_controlled`'s, in front of every HTTP request).
 //!
-//! Bounds: a request body is read whole up to the member's request size limit (as a gRPC
-//! request is), and a stream converts one response message at a time, pulled by the client.
+//! Bounds: a request body is read whole, up to twice the member's request size limit (base64
+//! and field names make JSON up to about twice the protobuf, whose size the service then
+//! checks as any call's); a stream holds at most one response message while it converts it,
+//! and converts the next only when the client has taken the last.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Method, StatusCode};

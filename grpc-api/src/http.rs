@@ -57,6 +57,11 @@ pub async fn unknown_path(request: axum::extract::Request) -> Response {
         let (parts, ()) = tonic::Status::unimplemented("").into_http::<()>().into_parts();
         return Response::from_parts(parts, axum::body::Body::empty());
     }
+    page_not_found()
+}
+
+/// Go's `http.NotFound`, the answer of a Go mux to a path it does not route.
+fn page_not_found() -> Response {
     go_http_error(StatusCode::NOT_FOUND, "404 page not found\n")
 }
 
@@ -198,7 +203,7 @@ async fn livez_one(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     if check != "serializable_read" {
-        return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
+        return page_not_found();
     }
     probe(&node, &["serializable_read"], &params).await.into_response()
 }
@@ -217,7 +222,7 @@ async fn readyz_one(
     params.remove("exclude");
     match READY_CHECKS.iter().find(|c| **c == check) {
         Some(c) => probe(&node, &[c], &params).await.into_response(),
-        None => (StatusCode::NOT_FOUND, "404 page not found\n").into_response(),
+        None => page_not_found(),
     }
 }
 

@@ -100,6 +100,10 @@ async fn unary_calls_answer_etcds_json() {
         assert!(head.contains("access-control-allow-headers: accept, content-type, authorization"), "{head}");
         // etcd writes /health's JSON without a content type, which Go sniffs as plain text.
         assert!(head.contains("content-type: text/plain; charset=utf-8"), "{head}");
+        // Go's http.NotFound for a check no probe has: plain text, not to be sniffed.
+        let (status, head, body) = request(port, "GET", "/readyz/no_such_check", &[], "");
+        assert_eq!((status, body.as_str()), (404, "404 page not found\n"));
+        assert!(head.contains("x-content-type-options: nosniff"), "{head}");
         let (status, head, _) = request(port, "OPTIONS", "/anything", &[], "");
         assert_eq!(status, 200);
         assert!(head.contains("access-control-allow-origin: *"), "{head}");
