@@ -201,8 +201,9 @@ async fn run_stream(
                     true
                 }
             },
-            // The client is gone: nobody reads the responses.
-            () = state.tx.closed() => false,
+            // After a half-close only (until then the request stream's end tells it, and the
+            // hot path registers no waker here): the client is gone, nobody reads the responses.
+            () = state.tx.closed(), if !requests_open => false,
             response = state.stream.recv() => match response {
                 Some(response) => state.forward(response).await,
                 None => false,
