@@ -247,10 +247,8 @@ async fn answer(
         Err(never) => match never {},
     };
     // A call refused before the service (admission) answers with its status in the headers.
-    if let Some(status) = tonic::Status::from_header_map(response.headers()) {
-        if status.code() != tonic::Code::Ok {
-            return error_response(status.code(), status.message());
-        }
+    if let Some(status) = failure(response.headers()) {
+        return error_response(status.code(), status.message());
     }
     match route.kind {
         Kind::Unary => unary_answer(route, response.into_body()).await,
@@ -264,13 +262,10 @@ async fn unary_answer(route: &'static Route, body: axum::body::Body) -> axum::re
         Ok(collected) => collected,
         Err(e) => return error_response(tonic::Code::Unavailable, &e.to_string()),
     };
-    let trailers = collected.trailers().cloned();
-    let mut data = collected.to_bytes();
-    if let Some(status) = trailers.as_ref().and_then(tonic::Status::from_header_map) {
-        if status.code() != tonic::Code::Ok {
-            return error_response(status.code(), status.message());
-        }
+    if let Some(status) = collected.trailers().and_then(failure) {
+        return error_response(status.code(), status.message());
     }
+    let mut data = collected.to_bytes();
     match next_frame(&mut data) {
         Some(message) => match (route.response)(&message) {
             Ok(json) => with_metadata(json_response(StatusCode::OK, json)),
@@ -278,6 +273,11 @@ async fn unary_answer(route: &'static Route, body: axum::body::Body) -> axum::re
         },
         None => error_response(tonic::Code::Internal, "no response message"),
     }
+}
+
+/// The failure a gRPC status in `map` (headers or trailers) reports; `None` for none or `OK`.
+fn failure(map: &http::HeaderMap) -> Option<tonic::Status> {
+    tonic::Status::from_header_map(map).filter(|status| status.code() != tonic::Code::Ok)
 }
 
 /// Takes one whole gRPC frame's message off the front of `buf`, if it holds one.
@@ -325,6 +325,9 @@ fn stream_answer(route: &'static Route, body: axum::body::Body) -> axum::respons
             }
             match s.body.frame().await {
                 Some(Ok(frame)) => match frame.into_data() {
+                    // Joined to the rest of a message split across data frames only; a
+                    // frame that starts with a message is kept as it came.
+                    Ok(data) if s.buf.is_empty() => s.buf = data,
                     Ok(data) => {
                         let mut joined = BytesMut::with_capacity(s.buf.len() + data.len());
                         joined.extend_from_slice(&s.buf);
@@ -333,13 +336,8 @@ fn stream_answer(route: &'static Route, body: axum::body::Body) -> axum::respons
                     }
                     Err(frame) => {
                         s.done = true;
-                        let status = frame.into_trailers().ok().as_ref().and_then(tonic::Status::from_header_map);
-                        match status {
-                            Some(status) if status.code() != tonic::Code::Ok => {
-                                return Some((Ok(stream_error(status.code(), status.message())), s));
-                            }
-                            _ => return None,
-                        }
+                        let status = frame.into_trailers().ok().as_ref().and_then(failure);
+                        return status.map(|status| (Ok(stream_error(status.code(), status.message())), s));
                     }
                 },
                 Some(Err(e)) => {

@@ -32,7 +32,7 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 /// Go's `http.Error`: `text` as plain text, not to be sniffed as anything else.
-pub(crate) fn go_http_error(status: StatusCode, text: &'static str) -> Response {
+pub(crate) fn go_http_error(status: StatusCode, text: impl IntoResponse) -> Response {
     let headers = [
         (axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8"),
         (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
@@ -74,7 +74,7 @@ pub fn is_grpc(headers: &axum::http::HeaderMap) -> bool {
 }
 
 /// The CORS headers etcd's client port answers with (its default `--cors` of `*`).
-pub fn add_cors(headers: &mut axum::http::HeaderMap) {
+fn add_cors(headers: &mut axum::http::HeaderMap) {
     use axum::http::HeaderValue;
     headers.insert("access-control-allow-headers", HeaderValue::from_static("accept, content-type, authorization"));
     headers.insert("access-control-allow-methods", HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"));
@@ -241,11 +241,7 @@ async fn health(State(node): State<Arc<Node>>, Query(params): Query<HashMap<Stri
         Some(reason) => {
             node.metrics.health_failures.inc();
             let body = serde_json::json!({"health": "false", "reason": reason}).to_string() + "\n";
-            let headers = [
-                (axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-                (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            ];
-            (StatusCode::SERVICE_UNAVAILABLE, headers, body).into_response()
+            go_http_error(StatusCode::SERVICE_UNAVAILABLE, body)
         }
     }
 }
