@@ -12,12 +12,12 @@
 //!
 //! What a purge at R keeps, per key, with `n` = its newest version `<= R`:
 //! - every version newer than R;
-//! - `n` if it is a put, or if `n` is at exactly R (a put or a tombstone);
-//! - if `n` is at exactly R, also the newest version below R when it is a put: the
-//!   `prev_kv` of an event at R.
+//! - `n` if it is a put, or if `n` is at exactly R (a put or a tombstone).
 //!
 //! Everything else at or below R goes. So reads at R see the same data as before, and a
-//! watch starting at R can fill `prev_kv` for every event.
+//! watch starting at R can fill `prev_kv` for every event after R. An update at exactly R
+//! has its previous version below R: a watcher that would need it is canceled as compacted
+//! (see the watch hub), as etcd's read of it at R - 1 fails.
 
 use rocksdb::WriteBatch;
 
@@ -72,8 +72,6 @@ pub(crate) fn finished_revision(r: &Reader<'_>, g: GroupId) -> Result<Revision> 
 enum KeyPhase {
     /// Only versions newer than R seen so far.
     Newer,
-    /// The newest version `<= R` is at exactly R: keep the next put below R.
-    KeepPrev,
     /// Everything further down this key goes.
     Drop,
 }
@@ -119,18 +117,10 @@ pub(crate) fn purge(
             let is_put = !v.is_empty();
             let keep = match phase {
                 _ if rev.main > target => true,
-                KeyPhase::Newer if rev.main == target => {
-                    phase = KeyPhase::KeepPrev;
-                    true
-                }
                 KeyPhase::Newer => {
                     phase = KeyPhase::Drop;
-                    is_put
-                }
-                KeyPhase::KeepPrev if rev.main == target => true,
-                KeyPhase::KeepPrev => {
-                    phase = KeyPhase::Drop;
-                    is_put
+                    // A tombstone at exactly R stays: a read at R must not see the put below.
+                    is_put || rev.main == target
                 }
                 KeyPhase::Drop => false,
             };

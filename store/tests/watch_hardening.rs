@@ -2,7 +2,8 @@
 //!
 //! - a stream that never reads must not hold back catch-up of the other watchers of its
 //!   group, and is canceled once it has been stuck past `watch_stuck_cancel_after`;
-//! - `prev_kv` of an update whose previous version sits exactly at the compact revision;
+//! - `prev_kv` of an update whose previous version sits exactly at the compact revision, and
+//!   a `prev_kv` watch that would need the version before an update at the compact revision;
 //! - a watcher whose start revision is in the future gets no progress notification before
 //!   the store reaches that revision.
 //!
@@ -168,11 +169,14 @@ fn prev_kv_of_an_update_after_compaction_at_the_previous_version() {
     assert_eq!(evs[0].prev_kv.as_ref().map(|p| p.mod_revision), Some(5));
 }
 
-/// An update *at* the compact revision C: a watch from C replays it, and its `prev_kv` (the
-/// version before C, which the purge at C keeps for exactly this) must be there, before and
-/// after the purge ran. kube-apiserver fails a watch on an event with a nil `prev_kv`.
+/// An update *at* the compact revision C: its previous version lies below C, in compacted
+/// history. A watch from C that asked for `prev_kv` is canceled as compacted at C (etcd's
+/// read at C - 1 fails there and it sends the event without one, which kube-apiserver
+/// rejects: both mean "too old"), before and after the purge ran; the same watch without
+/// `prev_kv`, and one with it from C + 1, replay as usual. A key created at C needs no
+/// `prev_kv` and replays too.
 #[test]
-fn prev_kv_of_an_update_at_exactly_the_compact_revision() {
+fn an_update_at_exactly_the_compact_revision_cancels_a_prev_kv_watch_as_compacted() {
     for wait_for_purge in [false, true] {
         let mut n = Node::new();
         n.put("k", "before"); // 2
@@ -183,19 +187,38 @@ fn prev_kv_of_an_update_at_exactly_the_compact_revision() {
         if wait_for_purge {
             assert!(n.store.wait_compaction_finished(G, 4, Duration::from_secs(10)), "purge at 4 never finished");
         }
-        let w = n.store.watch_stream(G);
-        w.watch(WatchSpec { key: b("k"), start_revision: 4, prev_kv: true, ..Default::default() });
-        let got = drain_until_synced(&w, Duration::from_secs(10));
-        let evs: Vec<_> = got.iter().flat_map(|r| r.events.clone()).collect();
-        let prevs: Vec<_> = evs
+        let events_of = |n: &Node, spec: WatchSpec| {
+            let w = n.store.watch_stream(G);
+            w.watch(spec);
+            drain_until_synced(&w, Duration::from_secs(10))
+        };
+        let got = events_of(&n, WatchSpec { key: b("k"), start_revision: 4, prev_kv: true, ..Default::default() });
+        let shape: Vec<_> = got.iter().map(|r| (r.created, r.canceled, r.compact_revision, r.events.len())).collect();
+        assert_eq!(shape, vec![(true, false, 0, 0), (false, true, 4, 0)], "purge finished: {wait_for_purge}");
+
+        let got = events_of(&n, WatchSpec { key: b("k"), start_revision: 4, ..Default::default() });
+        let revs: Vec<_> = got.iter().flat_map(|r| r.events.iter().map(|e| e.kv.mod_revision)).collect();
+        assert_eq!(revs, vec![4, 5], "without prev_kv (purge finished: {wait_for_purge})");
+        assert!(got.iter().all(|r| !r.canceled));
+
+        let got = events_of(&n, WatchSpec { key: b("k"), start_revision: 5, prev_kv: true, ..Default::default() });
+        let prevs: Vec<_> = got
             .iter()
+            .flat_map(|r| r.events.iter())
             .map(|e| (e.kv.mod_revision, e.prev_kv.as_ref().map(|p| (p.mod_revision, p.value.clone()))))
             .collect();
-        assert_eq!(
-            prevs,
-            vec![(4, Some((2, b("before")))), (5, Some((4, b("at-c"))))],
-            "watch from the compact revision (purge finished: {wait_for_purge})"
-        );
+        assert_eq!(prevs, vec![(5, Some((4, b("at-c"))))], "from C + 1 (purge finished: {wait_for_purge})");
+
+        // Other keys' events at C do not matter to a watcher of `other`; a create at C needs
+        // no prev_kv.
+        let got = events_of(&n, WatchSpec { key: b("other"), start_revision: 4, prev_kv: true, ..Default::default() });
+        assert!(got.iter().all(|r| !r.canceled && r.events.is_empty()), "watch of other: {got:?}");
+        n.put("new", "1"); // 6
+        compact(&mut n, 6);
+        let got = events_of(&n, WatchSpec { key: b("new"), start_revision: 6, prev_kv: true, ..Default::default() });
+        let evs: Vec<_> =
+            got.iter().flat_map(|r| r.events.iter()).map(|e| (e.kv.mod_revision, e.prev_kv.is_some())).collect();
+        assert_eq!(evs, vec![(6, false)], "a create at C replays (purge finished: {wait_for_purge})");
     }
 }
 

@@ -79,6 +79,28 @@ impl Watcher {
     fn progress_due(&self, current: Revision) -> bool {
         self.synced && current >= self.spec.start_revision
     }
+
+    /// Whether catching up through `events` would give this watcher an event whose `prev_kv`
+    /// it asked for but compaction at `compact` removed: an update at exactly the compact
+    /// revision (its previous version lies below it). Such a watcher is canceled as
+    /// compacted instead (contract §3.12): etcd sends the event with no `prev_kv`, which
+    /// kube-apiserver turns into an error anyway, and which a client that relies on
+    /// `prev_kv` cannot tell from a key that did not exist. Events are in revision order and
+    /// none is below `compact` (older watchers were canceled first).
+    fn needs_compacted_prev(&self, events: &[Forms], compact: Revision) -> bool {
+        self.spec.prev_kv
+            && self.next_revision <= compact
+            && events
+                .iter()
+                .take_while(|e| e.revision() <= compact)
+                .any(|e| e.revision() >= self.next_revision && is_update(&e.full) && self.wants(&e.full))
+    }
+}
+
+/// An event with a previous version: any delete, and a put that is not a key's creation
+/// (etcd gives create events no `prev_kv`).
+fn is_update(e: &Event) -> bool {
+    e.kind == EventKind::Delete || e.kv.create_revision != e.kv.mod_revision
 }
 
 /// One event in the two forms watchers receive, each built once and shared by every watcher
@@ -119,6 +141,23 @@ struct HubState {
     /// The group is being imported: its events are not a history anyone may follow, so a
     /// new watcher is canceled at once as compacted (see `import`).
     importing: bool,
+}
+
+impl HubState {
+    /// Removes an unsynced watcher and queues its cancel as compacted at `compact`, behind
+    /// whatever it already has queued (etcd's `{compact_revision, canceled}`).
+    fn cancel_compacted(&mut self, key: (u64, i64)) {
+        let w = self.watchers.remove(&key).expect("a listed watcher");
+        debug_assert!(!w.synced, "only a catching-up watcher can meet compacted history");
+        w.queue.push_control(WatchEvent {
+            watch_id: key.1,
+            revision: self.current,
+            canceled: true,
+            compact_revision: self.compact,
+            ..Default::default()
+        });
+        self.unsynced -= 1;
+    }
 }
 
 pub(crate) struct Hub {
@@ -405,21 +444,17 @@ impl Hub {
         let below: Vec<(u64, i64)> =
             st.watchers.iter().filter(|(_, w)| !w.synced && w.next_revision < st.compact).map(|(k, _)| *k).collect();
         for key in below {
-            let w = st.watchers.remove(&key).expect("listed above");
-            w.queue.push_control(WatchEvent {
-                watch_id: key.1,
-                revision: st.current,
-                canceled: true,
-                compact_revision: st.compact,
-                ..Default::default()
-            });
-            st.unsynced -= 1;
+            st.cancel_compacted(key);
         }
         // The window: only watchers whose next revision lies inside it, so none skips the
         // events between its next revision and the window's start.
         for (key, next, _) in &ready {
             let Some(w) = st.watchers.get_mut(key) else { continue };
             if w.synced || w.next_revision != *next || *next < from || *next > upto {
+                continue;
+            }
+            if w.needs_compacted_prev(&events, st.compact) {
+                st.cancel_compacted(*key);
                 continue;
             }
             deliver(w, key.1, &events, upto);
@@ -450,6 +485,10 @@ impl Hub {
             };
             for key in &near {
                 let w = st.watchers.get_mut(key).expect("listed above");
+                if w.needs_compacted_prev(&tail, st.compact) {
+                    st.cancel_compacted(*key);
+                    continue;
+                }
                 if deliver(w, key.1, &tail, st.current) {
                     w.next_revision = w.next_revision.max(st.current + 1);
                     w.synced = true;
@@ -588,11 +627,11 @@ struct ReadBudget {
 /// first revision is always read whole). Returns them and the last revision fully read.
 ///
 /// History at or below `compact` is what the purge leaves (see `compact.rs`): the newest
-/// version ≤ R of each key, no tombstone below R, and, for a key written at exactly R, the
-/// version before it. So, as etcd after a compaction, a DELETE at the compact revision is not
-/// replayed; an update at exactly the compact revision carries its `prev_kv` (the version the
-/// purge kept for it; etcd 3.5.1 sends none, and kube-apiserver fails a watch on a nil
-/// `prev_kv`). Either way the answer is the same whether or not the purge has run yet.
+/// version ≤ R of each key and no tombstone below R. So, as etcd after a compaction, a
+/// DELETE at the compact revision is not replayed, and an update at exactly the compact
+/// revision gets no `prev_kv` (a watcher that asked for it is canceled as compacted, see
+/// [`Watcher::needs_compacted_prev`]). Either way the answer is the same whether or not the
+/// purge has run yet.
 fn read_events(
     r: &Reader<'_>,
     g: GroupId,
@@ -629,8 +668,8 @@ fn read_events(
         // etcd gives no prev_kv to create events (`create_revision == mod_revision`).
         let is_create = stored.kind == EventKind::Put && kv.create_revision == kv.mod_revision;
         // Only events at or above `compact` are ever read (a watch below it is refused as
-        // compacted); an event at exactly `compact` reads the version the purge kept for it.
-        let prev_kv = if want_prev && !is_create && rev.main >= compact {
+        // compacted); the version before an event at exactly `compact` is compacted history.
+        let prev_kv = if want_prev && !is_create && rev.main > compact {
             mvcc::get_at(r, g, &stored.key, rev.main - 1)?
         } else {
             None
