@@ -122,6 +122,7 @@ pub mod config;
 pub mod conn;
 pub mod election;
 pub mod error;
+pub mod etcd_flags;
 pub mod gateway;
 pub mod http;
 pub mod kv;

@@ -37,11 +37,37 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // `serve` reads etcd's flags the way etcd does (Go's single-dash flags, `ETCD_*`
+    // variables); an argument that is not UTF-8 leaves the command line to clap as it is.
+    let args: Result<Vec<String>, _> = std::env::args_os().map(|a| a.into_string()).collect();
+    let etcd_style = match args {
+        Ok(args) => {
+            match grpc_api::etcd_flags::rewrite(args, &std::env::vars_os().filter_map(utf8_pair).collect::<Vec<_>>()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    eprintln!("plinth: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Err(_) => None,
+    };
+    let cli = match &etcd_style {
+        Some(r) => Cli::parse_from(&r.args),
+        None => Cli::parse(),
+    };
     match cli.command {
         Command::Serve(args) => {
             abort_on_panic();
             grpc_api::serve::init_logging(&args.log_level)?;
+            if let Some(r) = &etcd_style {
+                for used in &r.used_env {
+                    tracing::info!("recognized and used environment variable {used}");
+                }
+                for unknown in &r.unrecognized_env {
+                    tracing::warn!("unrecognized environment variable {unknown}");
+                }
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("plinth-rpc").build()?;
             runtime.block_on(grpc_api::serve::serve(*args))
         }
@@ -71,6 +97,11 @@ fn main() -> anyhow::Result<()> {
         Command::Restore(args) => grpc_api::backup::cli::run_restore(*args),
         Command::Snapshot(cmd) => grpc_api::backup::cli::run_snapshot(cmd),
     }
+}
+
+/// An environment variable as UTF-8 strings, or none if either part is not.
+fn utf8_pair((k, v): (std::ffi::OsString, std::ffi::OsString)) -> Option<(String, String)> {
+    Some((k.into_string().ok()?, v.into_string().ok()?))
 }
 
 /// Makes every panic of a member stop the whole process at once, in every build profile

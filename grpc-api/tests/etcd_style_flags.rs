@@ -1,0 +1,71 @@
+//! `plinth serve` read as etcd reads its command line: Go's single-dash flags and `ETCD_*`
+//! variables, through the real binary (the rewrite itself is unit-tested in `etcd_flags.rs`).
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{free_port, kill, read_stderr, wait_listen_or_exit, wait_listening, Started};
+use etcd_client::{Client, Txn, TxnOp};
+
+/// The Kubernetes integration framework's etcd command line (single dashes, a peer port of
+/// 0), with the member name and a txn limit from `ETCD_*` variables.
+#[test]
+fn single_dash_flags_and_etcd_variables_configure_a_member() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plinth"))
+        .arg("serve")
+        .arg("-data-dir")
+        .arg(tmp.path().join("data"))
+        .args(["-listen-client-urls", &url, &format!("-advertise-client-urls={url}")])
+        .args(["--listen-peer-urls", "http://127.0.0.1:0", "-log-level", "warn"])
+        .args(["--quota-backend-bytes", "8589934592"])
+        .env("ETCD_NAME", "from-env")
+        .env("ETCD_MAX_TXN_OPS", "2")
+        .env("ETCD_SNAPSHOT_COUNT", "")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(&mut child, port, Duration::from_secs(20));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let result = rt.block_on(async {
+        let mut c = Client::connect([format!("127.0.0.1:{port}")], None).await.unwrap();
+        let members = c.member_list().await.unwrap();
+        let names: Vec<String> = members.members().iter().map(|m| m.name().to_string()).collect();
+        let ops = (0..3).map(|i| TxnOp::put(format!("k{i}"), "v", None)).collect::<Vec<_>>();
+        let err = c.txn(Txn::new().and_then(ops)).await.unwrap_err();
+        (names, err.to_string())
+    });
+    kill(&mut child);
+    assert_eq!(result.0, vec!["from-env"]);
+    assert!(result.1.contains("etcdserver: too many operations in txn request"), "{}", result.1);
+}
+
+/// As in etcd: a variable for a flag that is also on the command line stops the start.
+#[test]
+fn a_variable_shadowed_by_a_flag_stops_the_start() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plinth"))
+        .args(["serve", "-name", "n1"])
+        .env("ETCD_NAME", "other")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = wait_listen_or_exit(&mut child, None, Duration::from_secs(20));
+    let Some(Started::Exited(status)) = started else {
+        kill(&mut child);
+        panic!("plinth kept running with a shadowed ETCD_NAME");
+    };
+    assert_eq!(status.code(), Some(1));
+    let stderr = read_stderr(&mut child);
+    assert!(
+        stderr.contains(
+            "conflicting environment variable \"ETCD_NAME\" is shadowed by corresponding command-line flag \
+             (either unset environment variable or disable flag)"
+        ),
+        "{stderr}"
+    );
+}
