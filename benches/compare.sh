@@ -66,6 +66,8 @@ done
 # put-1c's target is on p50 latency; the table shows p50 and p99 for every row.
 # watch-sat: 1,000 watchers (10 streams of 100) on 10 keys and 50 unthrottled putters, so that
 # delivering events, not the put rate, is the limit (each put is 1,000 events).
+# txn-put-1op is etcd's own `benchmark txn-put` with its default of one put per txn;
+# txn-put puts four keys per txn.
 # lease-keepalive sends every keep-alive on one long-lived stream per client (what a Go
 # client's KeepAlive does); lease-keepalive-once opens a stream per keep-alive and cancels it
 # after the answer, as etcd's own `benchmark lease-keepalive` (clientv3 KeepAliveOnce) does.
@@ -75,6 +77,7 @@ ALL_WORKLOADS=(
   "range-l-100c|--clients 100 --conns 10 range --consistency l --keys 1000 --val-size 256|throughput"
   "range-s-100c|--clients 100 --conns 10 range --consistency s --keys 1000 --val-size 256|throughput"
   "txn-put-100c|--clients 100 --conns 10 txn-put --txn-ops 4 --val-size 256 --key-space-size 100000|throughput"
+  "txn-put-1op-100c|--clients 100 --conns 10 txn-put --txn-ops 1 --val-size 256 --key-space-size 100000|throughput"
   "watch-100w|--clients 10 --conns 2 watch --streams 10 --watchers-per-stream 10 --val-size 64|events"
   "watch-sat|--clients 50 --conns 4 watch --streams 10 --watchers-per-stream 100 --key-space-size 10 --val-size 64|events"
   "lease-keepalive|--clients 100 --conns 10 lease-keepalive|throughput"
