@@ -52,6 +52,8 @@ pub struct Metrics {
     /// the keys, so it is redone only when the revision moved, at most every
     /// [`KEYS_RECOUNT_INTERVAL`]); and the tenants labelled at the last refresh.
     tenant_state: parking_lot::Mutex<TenantGaugeState>,
+    /// `process_*`, read from `/proc/self` at each render.
+    process: super::process_metrics::ProcessMetrics,
 }
 
 /// Least time between two counts of one tenant's keys for `plinth_tenant_keys`.
@@ -214,6 +216,7 @@ impl Metrics {
             tenant_watchers,
             tenant_apply_duration,
             tenant_state: parking_lot::Mutex::default(),
+            process: super::process_metrics::ProcessMetrics::register(&registry),
             grpc_started,
             grpc_handled,
             started_by_method: MethodCounters::default(),
@@ -272,6 +275,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.process.refresh();
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding into a Vec cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
@@ -302,6 +306,8 @@ mod tests {
         assert!(text.contains("etcd_server_version{server_version=\"3.5.16\"} 1"), "{text}");
         assert!(text.contains("grpc_server_started_total{"), "{text}");
         assert!(text.contains("etcd_disk_wal_fsync_duration_seconds_bucket"), "{text}");
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+        assert!(text.contains("# TYPE process_cpu_seconds_total counter"), "{text}");
     }
 }
 

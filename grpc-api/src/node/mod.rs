@@ -24,6 +24,7 @@ pub mod membership;
 pub mod metrics;
 pub mod peer;
 pub mod peer_tls;
+pub mod process_metrics;
 pub mod read_points;
 pub mod shares;
 pub mod tenants;
