@@ -224,7 +224,18 @@ impl Election for ElectionService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        // As etcd (gRPC-Go sends the headers with the first message), the call is answered
+        // only once there is a leader to report: an error before it is the call's status, an
+        // observer that stopped first ends the call with nothing. A client that goes away
+        // meanwhile drops this future and with it `rx`, which ends the task.
+        let mut rx = rx;
+        let first = match rx.recv().await {
+            Some(Ok(first)) => first,
+            Some(Err(status)) => return Err(status),
+            None => return Ok(Response::new(Box::pin(tokio_stream::empty()))),
+        };
+        let rest = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::chain(tokio_stream::once(Ok(first)), rest))))
     }
 
     async fn resign(&self, request: Request<epb::ResignRequest>) -> Result<Response<epb::ResignResponse>, Status> {

@@ -34,14 +34,19 @@ async fn leadership_passes_in_campaign_order_and_observers_see_every_value() {
     let none = status(c.leader("svc").await.unwrap_err());
     assert_eq!(none, (tonic::Code::Unknown, "election: no leader".to_string()));
 
-    // An observer started before any leader sees the first one.
-    let mut observer = c.observe("svc").await.unwrap();
+    // An observer started before any leader sees the first one. As with etcd, the call is
+    // answered only then (gRPC-Go sends the headers with the first message).
+    let mut observing = c.clone();
+    let observer = tokio::spawn(async move { observing.observe("svc").await.unwrap() });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!observer.is_finished(), "observe answered before there was a leader");
 
     // Uncontended: `a` leads at once, under `<name>/<lease in hex>`, with its value.
     let won = c.campaign("svc", "a-1", a).await.unwrap();
     let leader = won.leader().unwrap().clone();
     assert_eq!((leader.name(), leader.key(), leader.lease()), (&b"svc"[..], format!("svc/{a:x}").as_bytes(), a));
     assert_eq!(leader.rev(), won.header().unwrap().revision(), "created by the campaign's own txn");
+    let mut observer = observer.await.unwrap();
     let seen = observer.message().await.unwrap().unwrap();
     assert_eq!(seen.kv().unwrap().value(), b"a-1");
     assert_eq!(seen.header().unwrap().revision(), leader.rev());
