@@ -24,16 +24,16 @@ pub struct ServeArgs {
     #[arg(long)]
     pub data_dir: Option<String>,
     /// URLs to listen on for client traffic (gRPC and HTTP).
-    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    #[arg(long, default_value = "http://localhost:2379")]
     pub listen_client_urls: String,
     /// Client URLs advertised to the rest of the cluster.
-    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    #[arg(long, default_value = "http://localhost:2379")]
     pub advertise_client_urls: String,
     /// URLs to listen on for peer traffic.
-    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    #[arg(long, default_value = "http://localhost:2380")]
     pub listen_peer_urls: String,
     /// Peer URLs advertised to the rest of the cluster.
-    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    #[arg(long, default_value = "http://localhost:2380")]
     pub initial_advertise_peer_urls: String,
     /// Initial cluster configuration, `name=peer-url,...`. Ignored when the data dir exists.
     #[arg(long)]

@@ -90,10 +90,11 @@ impl Identity {
     /// Loads the identity from `data_dir`, or creates it from the flags on first start.
     ///
     /// Member ids are derived from the cluster token and each member's peer URLs, and the
-    /// cluster id from the token and the sorted member ids, so every member of a cluster
-    /// bootstrapped from the same `--initial-cluster` computes the same ids. With one member
-    /// (or no `--initial-cluster`) the member's own advertised peer URLs are used, as they
-    /// always were for a single member.
+    /// cluster id from the sorted member ids, as etcd derives them, so every member of a
+    /// cluster bootstrapped from the same `--initial-cluster` computes the same ids, and the
+    /// same ones etcd would. With one member (or no `--initial-cluster`) the member's own
+    /// advertised peer URLs are used. The ids are kept in the data dir (`member.json`), so a
+    /// member keeps its ids whatever build it restarts with.
     pub fn load_or_create(
         data_dir: &Path,
         name: &str,
@@ -116,7 +117,7 @@ impl Identity {
         let identity = if cluster.len() <= 1 {
             let member_id = member_id(cluster_token, &peer_urls);
             Identity {
-                cluster_id: cluster_id(cluster_token, &[member_id]),
+                cluster_id: cluster_id(&[member_id]),
                 member_id,
                 members: vec![Member {
                     id: member_id,
@@ -152,7 +153,7 @@ impl Identity {
             ids.dedup();
             anyhow::ensure!(ids.len() == members.len(), "--initial-cluster lists the same peer URLs twice");
             Identity {
-                cluster_id: cluster_id(cluster_token, &ids),
+                cluster_id: cluster_id(&ids),
                 member_id: member_id(cluster_token, own_urls),
                 members,
                 joined: false,
@@ -267,16 +268,28 @@ pub fn parse_initial_cluster(flag: &str) -> anyhow::Result<Vec<(String, Vec<Stri
     Ok(members)
 }
 
-/// A member's id: the cluster token and its peer URLs.
+/// A bootstrapped member's id, as etcd derives it (`computeMemberID`): the first 8 bytes,
+/// big-endian, of the SHA-1 of its sorted peer URLs concatenated, then the cluster token. So
+/// a cluster started with etcd's flags gets etcd's ids (one member with the defaults:
+/// `8e9e05c52164694d`).
 fn member_id(cluster_token: &str, peer_urls: &[String]) -> u64 {
-    id_hash(&[cluster_token, &peer_urls.join(",")])
+    let mut input = normalize_urls(peer_urls).concat();
+    input.push_str(cluster_token);
+    sha1_prefix(input.as_bytes())
 }
 
-/// The cluster's id: the cluster token and its sorted member ids. For one member this is the
-/// id single-member data dirs have always had.
-fn cluster_id(cluster_token: &str, sorted_member_ids: &[u64]) -> u64 {
-    let ids: Vec<String> = sorted_member_ids.iter().map(u64::to_string).collect();
-    id_hash(&[cluster_token, &ids.join(",")])
+/// The cluster's id, as etcd derives it (`genID`): the SHA-1 of its sorted member ids, each
+/// 8 bytes big-endian (one member with the defaults: `cdf818194e3a8c32`).
+fn cluster_id(sorted_member_ids: &[u64]) -> u64 {
+    let bytes: Vec<u8> = sorted_member_ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+    sha1_prefix(&bytes)
+}
+
+/// The first 8 bytes of SHA-1, big-endian; never 0 (a Raft id must not be).
+fn sha1_prefix(input: &[u8]) -> u64 {
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, input);
+    let prefix: [u8; 8] = digest.as_ref()[..8].try_into().expect("SHA-1 has 20 bytes");
+    u64::from_be_bytes(prefix).max(1)
 }
 
 /// A non-zero 64-bit id from strings (FNV-1a, then a final mix).
@@ -418,6 +431,18 @@ impl Membership {
 mod tests {
     use super::*;
 
+    /// The ids etcd 3.5.1 reports for one member started with its defaults (`etcdctl member
+    /// list`, `endpoint status`): `8e9e05c52164694d` in cluster `cdf818194e3a8c32`.
+    #[test]
+    fn ids_are_etcds() {
+        let member = member_id("etcd-cluster", &["http://localhost:2380".to_string()]);
+        assert_eq!(format!("{member:x}"), "8e9e05c52164694d");
+        assert_eq!(format!("{:x}", cluster_id(&[member])), "cdf818194e3a8c32");
+        // Several peer URLs count sorted, whatever their order on the command line.
+        let urls = ["http://b:2380".to_string(), "http://a:2380".to_string()];
+        assert_eq!(member_id("t", &urls), sha1_prefix(b"http://a:2380http://b:2380t"));
+    }
+
     #[test]
     fn identity_survives_restart_and_ignores_new_flags() {
         let dir = tempfile::tempdir().unwrap();
@@ -436,9 +461,9 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a.member_id, 0);
         assert_ne!(a.cluster_id, a.member_id);
-        // The single-member ids are the ones earlier builds wrote: token and URLs only.
-        assert_eq!(a.member_id, id_hash(&["tok", "http://127.0.0.1:2380"]));
-        assert_eq!(a.cluster_id, id_hash(&["tok", &a.member_id.to_string()]));
+        // etcd's ids for the same flags.
+        assert_eq!(a.member_id, sha1_prefix(b"http://127.0.0.1:2380tok"));
+        assert_eq!(a.cluster_id, sha1_prefix(&a.member_id.to_be_bytes()));
         let single = tempfile::tempdir().unwrap();
         let (c, _) = Identity::load_or_create(
             single.path(),
