@@ -129,12 +129,12 @@ impl raft_log::StateMachine for Applier {
 
     fn on_leader_change(&mut self, group: raft_log::GroupId, leader: raft_log::NodeId, _term: raft_log::Term) {
         let rt = self.groups.get(group.0);
+        if leader.0 != 0 {
+            *rt.leader_elected_at.lock() = Some(std::time::Instant::now());
+        }
         if group.0 == DEFAULT_GROUP {
             self.metrics.leader_changes.inc();
             self.metrics.has_leader.set(i64::from(leader.0 != 0));
-            if leader.0 != 0 {
-                *self.membership.leader_elected_at.lock() = Some(std::time::Instant::now());
-            }
         }
         if leader.0 != 0 && leader.0 == self.membership.identity.read().member_id {
             // A new leader times exactly the leases of its store, each with a full TTL before
@@ -186,6 +186,26 @@ mod tests {
         data.put_bytes(0xab, REQUEST_ID_BYTES);
         store::Command { request_id: 0, body: Some(body) }.encode(&mut data).unwrap();
         raft_log::CommittedEntry { index: raft_log::LogIndex(index), term: raft_log::Term(2), data: data.freeze() }
+    }
+
+    /// A tenant's group fails over on its own: its election is what tells a client whose
+    /// write to that tenant timed out that a leader failed, not the default group's.
+    #[test]
+    fn each_group_records_its_own_leader_election() {
+        use raft_log::StateMachine;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut applier, _) = applier(dir.path(), 3);
+        let tenant = 65536;
+        assert!(applier.groups.get(tenant).leader_elected_at.lock().is_none());
+        applier.on_leader_change(raft_log::GroupId(tenant), raft_log::NodeId(2), raft_log::Term(5));
+        assert!(applier.groups.get(tenant).leader_elected_at.lock().is_some(), "the tenant's election");
+        assert!(applier.groups.get(DEFAULT_GROUP).leader_elected_at.lock().is_none(), "not the default group's");
+        // Losing the leader is no election.
+        let elected = *applier.groups.get(tenant).leader_elected_at.lock();
+        applier.on_leader_change(raft_log::GroupId(tenant), raft_log::NodeId(0), raft_log::Term(6));
+        assert_eq!(*applier.groups.get(tenant).leader_elected_at.lock(), elected);
+        applier.on_leader_change(raft_log::GroupId(DEFAULT_GROUP), raft_log::NodeId(3), raft_log::Term(2));
+        assert!(applier.groups.get(DEFAULT_GROUP).leader_elected_at.lock().is_some());
     }
 
     #[test]

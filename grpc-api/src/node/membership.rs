@@ -325,9 +325,6 @@ pub struct Membership {
     /// Held while `member.json` is written, so saves happen one at a time, each of the
     /// newest list, outside the identity lock that readers take.
     save_lock: Mutex<()>,
-    /// When this member last saw a new leader elected, to tell a client whose request timed
-    /// out that a leader failed meanwhile (see `propose_timeout_error`).
-    pub leader_elected_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl Membership {
@@ -348,7 +345,6 @@ impl Membership {
             waiters: Mutex::default(),
             removed,
             save_lock: Mutex::new(()),
-            leader_elected_at: Mutex::new(None),
         };
         (Arc::new(m), removed_rx)
     }

@@ -236,6 +236,10 @@ pub struct GroupRuntime {
     /// The member's proposal permits, and the group's share of them (`shares.rs`).
     proposal_shares: Arc<crate::node::shares::Shares>,
     proposals: tokio::sync::Semaphore,
+    /// When this member last saw the group elect a leader, to tell a client whose request
+    /// timed out that a leader failed meanwhile (see `propose_timeout_error`). Per group: a
+    /// tenant's group fails over on its own.
+    pub leader_elected_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl GroupRuntime {
@@ -273,6 +277,7 @@ impl GroupRuntime {
             reads: shares.reads.clone(),
             proposals: tokio::sync::Semaphore::new(shares.proposals.per_group()),
             proposal_shares: shares.proposals.clone(),
+            leader_elected_at: Mutex::new(None),
         }
     }
 
@@ -649,7 +654,7 @@ impl Node {
     fn timeout_context(&self, started: std::time::Instant) -> TimeoutContext {
         TimeoutContext {
             started,
-            leader_elected_at: *self.membership.leader_elected_at.lock(),
+            leader_elected_at: *self.runtime.leader_elected_at.lock(),
             election_timeout: self.cfg.election_timeout,
             leader: self.leader(),
             me: self.member_id(),
