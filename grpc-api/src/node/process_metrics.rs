@@ -9,6 +9,8 @@ use prometheus::{Counter, Gauge, Registry};
 const USER_HZ: f64 = 100.0;
 
 pub struct ProcessMetrics {
+    /// Bytes per page, for the resident set `/proc/self/stat` counts in pages.
+    page_size: f64,
     cpu_seconds: Counter,
     open_fds: Gauge,
     max_fds: Gauge,
@@ -28,7 +30,8 @@ struct Stat {
 }
 
 impl ProcessMetrics {
-    /// Creates the metrics and registers them in `registry`.
+    /// Creates the metrics and registers them in `registry`. The start time is read here,
+    /// once: it never changes.
     pub fn register(registry: &Registry) -> ProcessMetrics {
         let gauge = |name: &str, help: &str| {
             let g = Gauge::new(name, help).expect("valid metric");
@@ -38,7 +41,8 @@ impl ProcessMetrics {
         let cpu_seconds = Counter::new("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.")
             .expect("valid metric");
         registry.register(Box::new(cpu_seconds.clone())).expect("unique metric");
-        ProcessMetrics {
+        let metrics = ProcessMetrics {
+            page_size: page_size(),
             cpu_seconds,
             open_fds: gauge("process_open_fds", "Number of open file descriptors."),
             max_fds: gauge("process_max_fds", "Maximum number of open file descriptors."),
@@ -49,11 +53,18 @@ impl ProcessMetrics {
             ),
             resident_memory: gauge("process_resident_memory_bytes", "Resident memory size in bytes."),
             start_time: gauge("process_start_time_seconds", "Start time of the process since unix epoch in seconds."),
+        };
+        let stat = std::fs::read_to_string("/proc/self/stat").ok().as_deref().and_then(parse_stat);
+        let boot = std::fs::read_to_string("/proc/stat").ok().as_deref().and_then(parse_boot_time);
+        if let (Some(stat), Some(boot)) = (stat, boot) {
+            metrics.start_time.set(boot + stat.start_ticks / USER_HZ);
         }
+        metrics
     }
 
-    /// Reads `/proc/self` into the metrics. A file that cannot be read leaves its metrics at
-    /// their last value (`/proc` is always there on Linux; this only guards odd sandboxes).
+    /// Reads `/proc/self` into the metrics that move. A file that cannot be read leaves its
+    /// metrics at their last value (`/proc` is always there on Linux; this only guards odd
+    /// sandboxes).
     pub fn refresh(&self) {
         if let Some(stat) = std::fs::read_to_string("/proc/self/stat").ok().as_deref().and_then(parse_stat) {
             // A counter only moves up; CPU time never goes back, so this sets it.
@@ -62,10 +73,7 @@ impl ProcessMetrics {
                 self.cpu_seconds.inc_by(delta);
             }
             self.virtual_memory.set(stat.virtual_bytes);
-            self.resident_memory.set(stat.resident_pages * page_size());
-            if let Some(boot) = std::fs::read_to_string("/proc/stat").ok().as_deref().and_then(parse_boot_time) {
-                self.start_time.set(boot + stat.start_ticks / USER_HZ);
-            }
+            self.resident_memory.set(stat.resident_pages * self.page_size);
         }
         if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
             // The directory handle itself is one of the entries, as in Go's count.

@@ -90,17 +90,16 @@ impl Watcher {
     fn needs_compacted_prev(&self, events: &[Forms], compact: Revision) -> bool {
         self.spec.prev_kv
             && self.next_revision <= compact
-            && events
-                .iter()
-                .take_while(|e| e.revision() <= compact)
-                .any(|e| e.revision() >= self.next_revision && is_update(&e.full) && self.wants(&e.full))
+            && events.iter().take_while(|e| e.revision() <= compact).any(|e| {
+                e.revision() >= self.next_revision && !is_create(e.full.kind, &e.full.kv) && self.wants(&e.full)
+            })
     }
 }
 
-/// An event with a previous version: any delete, and a put that is not a key's creation
-/// (etcd gives create events no `prev_kv`).
-fn is_update(e: &Event) -> bool {
-    e.kind == EventKind::Delete || e.kv.create_revision != e.kv.mod_revision
+/// A put that created its key: etcd gives such an event no `prev_kv`; every other event (an
+/// update, any delete) has a previous version.
+fn is_create(kind: EventKind, kv: &KeyValue) -> bool {
+    kind == EventKind::Put && kv.create_revision == kv.mod_revision
 }
 
 /// One event in the two forms watchers receive, each built once and shared by every watcher
@@ -665,11 +664,9 @@ fn read_events(
             })?,
             EventKind::Delete => KeyValue { key: stored.key.clone(), mod_revision: rev.main, ..Default::default() },
         };
-        // etcd gives no prev_kv to create events (`create_revision == mod_revision`).
-        let is_create = stored.kind == EventKind::Put && kv.create_revision == kv.mod_revision;
         // Only events at or above `compact` are ever read (a watch below it is refused as
         // compacted); the version before an event at exactly `compact` is compacted history.
-        let prev_kv = if want_prev && !is_create && rev.main > compact {
+        let prev_kv = if want_prev && !is_create(stored.kind, &kv) && rev.main > compact {
             mvcc::get_at(r, g, &stored.key, rev.main - 1)?
         } else {
             None
