@@ -23,8 +23,6 @@ const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
 /// Snapshot data is padded to a multiple of this before the checksum, as etcd's is.
 const SNAPSHOT_ALIGN_BYTES: usize = 512;
 
-/// Upper bound of what follows the data: padding and the SHA-256.
-const SNAPSHOT_TRAILER_BYTES: usize = SNAPSHOT_ALIGN_BYTES + 32;
 /// Chunks of a `Maintenance.Snapshot` stream read ahead of a slow client.
 const SNAPSHOT_CHUNKS_AHEAD: usize = 4;
 
@@ -120,7 +118,8 @@ impl Maintenance for MaintenanceService {
         crate::auth::check_admin_unmapped(&self.node, &request)?;
         // RocksDB reclaims space by background compaction, so there is no stop-the-world
         // rewrite to run; the call only succeeds, as etcd's does, without blocking writers.
-        Ok(Response::new(pb::DefragmentResponse { header: Some(self.node.current_header()) }))
+        // etcd's answer carries no header.
+        Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 
     async fn hash(&self, request: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
@@ -160,19 +159,29 @@ impl Maintenance for MaintenanceService {
         let reader = node.store.snapshot(node.group()).map_err(|e| store_status(&e))?;
         // The snapshot is read chunk by chunk on a blocking thread and streamed through a
         // small bounded channel, so a slow client holds at most a few chunks in memory.
-        // `remaining_bytes` is 0 on the last message only; before it, it is an estimate (the
-        // rest of the current chunk plus the trailer), since the total is not known until the
-        // read ends.
         //
-        // Like etcd, the stream ends with the SHA-256 of everything before it, and the data is
-        // zero-padded to a multiple of 512 bytes first: etcdctl's `snapshot save` checks that
-        // shape (`sha256 checksum not found` otherwise).
+        // The stream has etcd's shape: data messages, the last of them with
+        // `remaining_bytes` 0, then one message holding only the SHA-256 of all the data
+        // (also 0). The data is zero-padded to a multiple of 512 bytes first, as etcd's bolt
+        // file always is: etcdctl's `snapshot save` checks that shape (`sha256 checksum not
+        // found` otherwise), and clients stop reading data at the first 0. The total is not
+        // known until the read ends, so each piece is held until the next one is read:
+        // `remaining_bytes` of one that is not the last counts what is known to follow it.
+        // The messages carry no header, nor a version: etcd 3.5's carry neither (3.6 added
+        // its storage version).
         let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNKS_AHEAD);
-        let header = node.current_header();
         tokio::task::spawn_blocking(move || {
             use sha2::Digest;
+            let data = |blob: bytes::Bytes, remaining_bytes: usize| pb::SnapshotResponse {
+                header: None,
+                remaining_bytes: remaining_bytes as u64,
+                blob,
+                version: String::new(),
+            };
             let mut digest = sha2::Sha256::new();
             let mut total = 0usize;
+            // The piece read last, not yet sent.
+            let mut held: Option<bytes::Bytes> = None;
             for chunk in reader {
                 let chunk = match chunk {
                     Ok(chunk) => chunk,
@@ -183,31 +192,29 @@ impl Maintenance for MaintenanceService {
                 };
                 let mut left = chunk.len();
                 for piece in chunk.chunks(SNAPSHOT_CHUNK_BYTES) {
-                    left -= piece.len();
                     digest.update(piece);
                     total += piece.len();
-                    let resp = pb::SnapshotResponse {
-                        header: Some(header),
-                        remaining_bytes: (left + SNAPSHOT_TRAILER_BYTES) as u64,
-                        blob: bytes::Bytes::copy_from_slice(piece),
-                        version: ETCD_COMPAT_VERSION.to_string(),
-                    };
-                    if tx.blocking_send(Ok(resp)).is_err() {
-                        return;
+                    if let Some(previous) = held.take() {
+                        // This piece and the rest of its chunk follow the held one.
+                        if tx.blocking_send(Ok(data(previous, left))).is_err() {
+                            return;
+                        }
                     }
+                    left -= piece.len();
+                    held = Some(bytes::Bytes::copy_from_slice(piece));
                 }
             }
             let padding = vec![0u8; (SNAPSHOT_ALIGN_BYTES - total % SNAPSHOT_ALIGN_BYTES) % SNAPSHOT_ALIGN_BYTES];
             digest.update(&padding);
-            let mut trailer = padding;
-            trailer.extend_from_slice(&digest.finalize());
-            let resp = pb::SnapshotResponse {
-                header: Some(header),
-                remaining_bytes: 0,
-                blob: trailer.into(),
-                version: ETCD_COMPAT_VERSION.to_string(),
+            let last = match held {
+                Some(piece) if !padding.is_empty() => [piece.as_ref(), &padding].concat().into(),
+                Some(piece) => piece,
+                None => padding.into(),
             };
-            let _ = tx.blocking_send(Ok(resp));
+            if tx.blocking_send(Ok(data(last, 0))).is_err() {
+                return;
+            }
+            let _ = tx.blocking_send(Ok(data(digest.finalize().to_vec().into(), 0)));
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
@@ -243,7 +250,8 @@ impl Maintenance for MaintenanceService {
         // The driver answers by `timeout` (it checks every loop iteration) or drops the
         // sender when it stops; the outer bound only guards against a driver that hangs.
         match tokio::time::timeout(timeout + MOVE_LEADER_ANSWER_SLACK, rx).await {
-            Ok(Ok(Ok(()))) => Ok(Response::new(pb::MoveLeaderResponse { header: Some(node.current_header()) })),
+            // etcd's answer carries no header.
+            Ok(Ok(Ok(()))) => Ok(Response::new(pb::MoveLeaderResponse { header: None })),
             Ok(Ok(Err(e))) => Err(move_leader_status(&e)),
             Ok(Err(_)) => Err(EtcdError::Stopped.status()),
             Err(_) => Err(EtcdError::TimeoutLeaderTransfer.status()),

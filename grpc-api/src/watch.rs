@@ -101,8 +101,6 @@ const SEND_BUFFER: usize = 128;
 const CANCEL_COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
 /// etcd's reason for a watch whose range is empty (`key >= range_end`).
 const CANCEL_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
-/// Reason given for a client-chosen watch id, which this server does not support.
-const CANCEL_CHOSEN_ID: &str = "etcdserver: client-chosen watch ids are not supported";
 /// Election timeouts without a leader after which a `hasleader` stream is cancelled.
 const LEADERLESS_ELECTIONS: u32 = 3;
 
@@ -265,10 +263,10 @@ impl StreamState {
 
     async fn create(&mut self, create: pb::WatchCreateRequest) -> bool {
         let header = self.node.current_header();
-        let refuse = |reason: &str| WireResponse {
+        let refuse_as = |watch_id: i64, reason: &str| WireResponse {
             head: WireHead {
                 header: Some(header),
-                watch_id: -1,
+                watch_id,
                 created: true,
                 canceled: true,
                 cancel_reason: reason.to_string(),
@@ -276,29 +274,27 @@ impl StreamState {
             },
             events: Vec::new(),
         };
-        if create.start_revision < 0 {
-            return self.send(refuse(CANCEL_COMPACTED)).await;
-        }
+        let refuse = |reason: &str| refuse_as(-1, reason);
         // An empty key means the smallest key, "\0"; a range end of "\0" means every key from
         // `key` on — etcd's conventions.
         let key = if create.key.is_empty() { bytes::Bytes::from_static(b"\0") } else { create.key };
         let range_end = create.range_end;
-        if !range_end.is_empty() && range_end.as_ref() != b"\0" && key >= range_end {
-            return self.send(refuse(CANCEL_EMPTY_RANGE)).await;
-        }
-        if create.watch_id != 0 {
-            // Client-chosen ids are not supported; every etcd client library sends 0 (auto).
-            return self.send(refuse(CANCEL_CHOSEN_ID)).await;
-        }
-        // Read permission on the whole watched range, checked once at create (etcd's
-        // isWatchPermitted); a refusal cancels this watch only, with the status text etcd
-        // puts in the reason. Unlike etcd 3.5, a from-key range ("\0") is checked as the
-        // whole range rather than as its first key.
+        // Read permission on the whole watched range, checked once at create and first, as
+        // etcd's isWatchPermitted is; a refusal cancels this watch only, with the status text
+        // etcd puts in the reason, under the id the request carried (etcd's answer). Unlike
+        // etcd 3.5, a from-key range ("\0") is checked as the whole range rather than as its
+        // first key.
         let permitted = crate::auth::caller_of(&self.node, &self.identity.0, self.identity.1.clone())
             .and_then(|caller| caller.check_read(&key, &range_end));
         if let Err(status) = permitted {
             let reason = format!("rpc error: code = {:?} desc = {}", status.code(), status.message());
-            return self.send(refuse(&reason)).await;
+            return self.send(refuse_as(create.watch_id, &reason)).await;
+        }
+        if create.start_revision < 0 {
+            return self.send(refuse(CANCEL_COMPACTED)).await;
+        }
+        if !range_end.is_empty() && range_end.as_ref() != b"\0" && key >= range_end {
+            return self.send(refuse(CANCEL_EMPTY_RANGE)).await;
         }
         if !self.node.admit_watcher() {
             return self.send(refuse(EtcdError::TooManyRequests.message())).await;
@@ -313,8 +309,12 @@ impl StreamState {
             no_delete: filters.contains(&(pb::watch_create_request::FilterType::Nodelete as i32)),
         };
         // The store queues the watcher's `Created` response (at the current revision) ahead
-        // of any of its events, on the same queue this task forwards from.
-        let id = self.stream.watch(spec).0;
+        // of any of its events, on the same queue this task forwards from. A client may
+        // choose the id (`watch_id`, etcd 3.4+); one a watcher of this stream has is refused
+        // as etcd refuses it.
+        let Some(store::WatchId(id)) = self.stream.watch_as(create.watch_id, spec) else {
+            return self.send(refuse(store::DUPLICATE_WATCH_ID)).await;
+        };
         if create.progress_notify {
             self.progress_notify.insert(id);
         }

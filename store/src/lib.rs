@@ -195,7 +195,7 @@ pub use snapshot::{
 };
 pub use snapshot_install::{SnapshotSpool, INSTALL_SST_BYTES};
 pub use store::Store;
-pub use watch::{SharedEvent, WatchEvent, WatchId, WatchSpec, WatchStream};
+pub use watch::{SharedEvent, WatchEvent, WatchId, WatchSpec, WatchStream, AUTO_WATCH_ID, DUPLICATE_WATCH_ID};
 
 /// Re-exported so callers can `encode_to_vec` / `decode` commands without naming prost.
 pub use prost::Message;

@@ -241,3 +241,31 @@ fn no_periodic_progress_before_a_future_start_revision() {
     let p = w.recv_timeout(Duration::from_secs(1)).unwrap();
     assert!(p.is_progress() && p.revision == 5, "{p:?}");
 }
+
+/// Client-chosen watch ids (etcd's `watchStream.Watch`): a chosen id is taken as given, an
+/// id a watcher of the stream has is refused with nothing queued, the stream's own ids skip
+/// the chosen ones, and a canceled watcher's id may be chosen again. Another stream's ids
+/// are its own.
+#[test]
+fn chosen_watch_ids_are_kept_refused_when_taken_and_skipped_by_the_stream() {
+    let mut n = Node::new();
+    let s = n.store.watch_stream(G);
+    let spec = |k: &str| WatchSpec { key: b(k), ..Default::default() };
+    assert_eq!(s.watch_as(1, spec("a")), Some(store::WatchId(1)));
+    assert_eq!(s.watch(spec("b")), store::WatchId(0));
+    assert_eq!(s.watch(spec("c")), store::WatchId(2), "the stream's ids skip the chosen 1");
+    assert_eq!(s.watch_as(2, spec("d")), None, "2 is taken");
+    assert_eq!(s.watch_as(-7, spec("e")), Some(store::WatchId(-7)));
+    let created: Vec<i64> =
+        drain_until_synced(&s, Duration::from_secs(5)).iter().filter(|e| e.created).map(|e| e.watch_id).collect();
+    assert_eq!(created, vec![1, 0, 2, -7], "a refused id queues nothing");
+    n.put("a", "1");
+    n.put("e", "1");
+    let events = recv_until(&s, Duration::from_secs(5), |e| e.watch_id == -7 && !e.events.is_empty());
+    let ids: Vec<i64> = events.iter().filter(|e| !e.events.is_empty()).map(|e| e.watch_id).collect();
+    assert_eq!(ids, vec![1, -7]);
+    assert!(s.cancel(store::WatchId(1)));
+    assert_eq!(s.watch_as(1, spec("f")), Some(store::WatchId(1)), "a canceled watcher's id is free again");
+    let other = n.store.watch_stream(G);
+    assert_eq!(other.watch_as(2, spec("a")), Some(store::WatchId(2)), "ids are per stream");
+}

@@ -108,12 +108,13 @@ impl Lessor {
         Some(timer.ttl_seconds)
     }
 
-    /// Seconds until the lease expires, rounded up; `None` if unknown.
+    /// Whole seconds until the lease expires, rounded down as etcd's `LeaseTimeToLive`
+    /// truncates them (60 s granted read at once: 59); `None` if unknown.
     pub fn remaining_seconds(&self, id: i64) -> Option<i64> {
         let state = self.state.lock();
         let timer = state.timers.get(&id)?;
         let left = timer.expiry.saturating_duration_since(Instant::now());
-        Some(left.as_secs_f64().ceil() as i64)
+        Some(left.as_secs() as i64)
     }
 
     /// Replaces every timer with `leases` (id, TTL), each given a full TTL from now: after a
@@ -206,6 +207,14 @@ mod tests {
         assert_eq!(lessor.keep_alive(8), Some(100));
         let left = lessor.remaining_seconds(8).unwrap();
         assert!((99..=100).contains(&left), "{left}");
+    }
+
+    /// etcd truncates the time left: a lease of 60 s read right after its grant has 59.
+    #[test]
+    fn time_left_is_rounded_down_as_etcds() {
+        let lessor = Lessor::new(2);
+        lessor.on_granted(9, 60);
+        assert_eq!(lessor.remaining_seconds(9), Some(59));
     }
 
     /// After an import, a lease first expires after the time its source had left, and a

@@ -804,8 +804,8 @@ impl Node {
         }
     }
 
-    /// Promotes learner `id`. On the leader, after checking that the learner has caught up
-    /// (etcd's `isLearnerReady`); elsewhere the request is forwarded to the leader.
+    /// Promotes learner `id`. On the leader, after etcd's checks in etcd's order; elsewhere
+    /// the request is forwarded to the leader, as etcd forwards it.
     pub async fn promote_on_leader(&self, id: u64) -> Result<Vec<Member>, Status> {
         // etcd checks a promotion on its leader only: a member that knows none waits for one
         // (etcd's `waitLeader`), up to the request timeout or the client's deadline, and then
@@ -817,13 +817,6 @@ impl Node {
         let status = self.raft_status().ok_or_else(|| EtcdError::NoLeader.status())?;
         if status.leader.0 == 0 {
             return Err(EtcdError::NoLeader.status());
-        }
-        let member = self.membership.identity.read().members.iter().find(|m| m.id == id).cloned();
-        let Some(mut member) = member else {
-            return Err(EtcdError::MemberNotFound.status());
-        };
-        if !member.is_learner {
-            return Err(EtcdError::MemberNotLearner.status());
         }
         if !status.is_leader {
             let leader = status.leader.0;
@@ -839,10 +832,33 @@ impl Node {
                 }
             };
         }
+        // etcd's order on its leader: first whether Raft's progress of `id`, a learner or a
+        // voter, has caught up (`isLearnerReady`; an id Raft does not track passes), then the
+        // strict reconfiguration check (`IsReadyToPromoteMember`), and only when the change is
+        // validated, whether `id` is a member and a learner. So a voter that never started
+        // answers "not in sync", and a caught-up voter "can only promote a learner member".
         let leader_match = status.last_index.0 as f64;
-        let learner_match = status.progress.iter().find(|(n, _)| n.0 == id).map_or(0, |(_, m)| m.0) as f64;
-        if learner_match < leader_match * LEARNER_READY_PERCENT {
-            return Err(EtcdError::LearnerNotReady.status());
+        if let Some((_, matched)) = status.progress.iter().find(|(n, _)| n.0 == id) {
+            if (matched.0 as f64) < leader_match * LEARNER_READY_PERCENT {
+                return Err(EtcdError::LearnerNotReady.status());
+            }
+        }
+        let member = {
+            let identity = self.membership.identity.read();
+            // The learner counts as a started voter of the cluster it would make.
+            let voters = identity.members.iter().filter(|m| !m.is_learner);
+            let (members, started) =
+                voters.fold((1usize, 1usize), |(n, s), m| (n + 1, s + usize::from(!m.name.is_empty())));
+            if started < members / 2 + 1 {
+                return Err(EtcdError::NotEnoughStartedMembers.status());
+            }
+            identity.members.iter().find(|m| m.id == id).cloned()
+        };
+        let Some(mut member) = member else {
+            return Err(EtcdError::MemberNotFound.status());
+        };
+        if !member.is_learner {
+            return Err(EtcdError::MemberNotLearner.status());
         }
         member.is_learner = false;
         self.propose_conf_change(raft::eraftpb::ConfChangeType::AddNode, member).await

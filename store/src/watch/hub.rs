@@ -18,6 +18,7 @@
 //! is canceled (`slow`).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,7 +26,7 @@ use parking_lot::Mutex;
 use rocksdb::DB;
 
 use super::queue::{self, StreamQueue, MERGE_BYTES_MAX, MERGE_EVENTS_MAX};
-use super::{SharedEvent, WatchEvent, WatchSpec};
+use super::{SharedEvent, WatchEvent, WatchSpec, AUTO_WATCH_ID};
 use crate::config::StoreConfig;
 use crate::engine::Reader;
 use crate::error::{Error, Result};
@@ -229,8 +230,30 @@ impl Hub {
         self.state.lock().unsynced > 0
     }
 
-    pub fn add_watcher(&self, queue: &Arc<StreamQueue>, id: i64, spec: WatchSpec) {
+    /// Adds a watcher of `queue`'s stream under `requested`, or, when that is
+    /// [`AUTO_WATCH_ID`], under the first id from `next_auto` on that no watcher of the
+    /// stream has (`next_auto` then moves past it). `None`, with nothing queued, when
+    /// `requested` is taken. The id is picked and the watcher added under one lock.
+    pub fn add_watcher(
+        &self,
+        queue: &Arc<StreamQueue>,
+        requested: i64,
+        next_auto: &AtomicI64,
+        spec: WatchSpec,
+    ) -> Option<i64> {
         let mut st = self.state.lock();
+        let id = if requested == AUTO_WATCH_ID {
+            let mut id = next_auto.load(Ordering::Relaxed);
+            while st.watchers.contains_key(&(queue.id, id)) {
+                id += 1;
+            }
+            next_auto.store(id + 1, Ordering::Relaxed);
+            id
+        } else if st.watchers.contains_key(&(queue.id, requested)) {
+            return None;
+        } else {
+            requested
+        };
         let created = WatchEvent { watch_id: id, revision: st.current, created: true, ..Default::default() };
         queue.push_control(created);
         let start = spec.start_revision;
@@ -242,7 +265,7 @@ impl Hub {
                 compact_revision: st.current.max(1),
                 ..Default::default()
             });
-            return;
+            return Some(id);
         }
         if start < 0 || (start != 0 && start < st.compact) {
             queue.push_control(WatchEvent {
@@ -252,7 +275,7 @@ impl Hub {
                 compact_revision: st.compact.max(1),
                 ..Default::default()
             });
-            return;
+            return Some(id);
         }
         let next_revision = if start == 0 { st.current + 1 } else { start };
         let synced = next_revision > st.current;
@@ -264,6 +287,7 @@ impl Hub {
             drop(st);
             self.sync_signal.notify();
         }
+        Some(id)
     }
 
     pub fn cancel(&self, queue: &Arc<StreamQueue>, id: i64) -> bool {
@@ -715,9 +739,9 @@ mod tests {
     fn a_publication_gives_each_watcher_one_response_of_whole_revisions() {
         let hub = Hub::new(GroupId(1), 4, 0, 16, Arc::default());
         let q = hub.register_stream();
-        hub.add_watcher(&q, 0, spec("a", ""));
-        hub.add_watcher(&q, 1, spec("a", "c"));
-        hub.add_watcher(&q, 2, spec("z", ""));
+        hub.add_watcher(&q, AUTO_WATCH_ID, &AtomicI64::new(0), spec("a", ""));
+        hub.add_watcher(&q, AUTO_WATCH_ID, &AtomicI64::new(1), spec("a", "c"));
+        hub.add_watcher(&q, AUTO_WATCH_ID, &AtomicI64::new(2), spec("z", ""));
         hub.publish(vec![put("a", 5, 1), put("b", 5, 1), put("b", 6, 1), put("a", 7, 1)], 8, 0);
         assert_eq!(drain(&q), vec![(0, 7, vec![5, 7]), (1, 7, vec![5, 5, 6, 7])]);
         hub.check_invariants();
@@ -727,7 +751,7 @@ mod tests {
     fn live_responses_end_at_a_revision_boundary_within_the_merge_limits() {
         let hub = Hub::new(GroupId(1), 0, 0, 16, Arc::default());
         let q = hub.register_stream();
-        hub.add_watcher(&q, 0, spec("a", "\0"));
+        hub.add_watcher(&q, AUTO_WATCH_ID, &AtomicI64::new(0), spec("a", "\0"));
         // Three events a revision: the first response holds the whole revisions that fit in
         // MERGE_EVENTS_MAX events.
         let revisions = MERGE_EVENTS_MAX as i64 / 3 + 2;
@@ -758,9 +782,9 @@ mod tests {
         let hub = Hub::new(GroupId(1), 4, 0, 1, Arc::default());
         let q = hub.register_stream();
         let other = hub.register_stream();
-        hub.add_watcher(&q, 0, spec("a", ""));
-        hub.add_watcher(&q, 1, spec("b", ""));
-        hub.add_watcher(&other, 0, spec("b", ""));
+        hub.add_watcher(&q, AUTO_WATCH_ID, &AtomicI64::new(0), spec("a", ""));
+        hub.add_watcher(&q, AUTO_WATCH_ID, &AtomicI64::new(1), spec("b", ""));
+        hub.add_watcher(&other, AUTO_WATCH_ID, &AtomicI64::new(0), spec("b", ""));
         hub.publish(vec![put("a", 5, 1), put("b", 6, 1), put("b", 7, 1)], 7, 0);
         // Watcher 0 took the stream's only slot; watcher 1 is refused and will catch up from
         // revision 6; the other stream is not affected.

@@ -30,7 +30,7 @@ mod queue;
 
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -43,7 +43,7 @@ use queue::StreamQueue;
 use crate::kv::Event;
 use crate::revision::Revision;
 
-/// A watch id, unique per stream, assigned from 0.
+/// A watch id, unique per stream: chosen by the client, or assigned from 0.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WatchId(pub i64);
 
@@ -148,6 +148,12 @@ impl WatchEvent {
     }
 }
 
+/// The id a create request carries to let the stream pick one (etcd's `AutoWatchID`).
+pub const AUTO_WATCH_ID: i64 = 0;
+
+/// etcd's reason for a create request whose id a watcher of the stream already has.
+pub const DUPLICATE_WATCH_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+
 /// One client watch stream: a set of watchers sharing one bounded response queue. Dropping
 /// it removes its watchers.
 pub struct WatchStream {
@@ -162,11 +168,18 @@ impl WatchStream {
         WatchStream { hub, queue, next_id: AtomicI64::new(0) }
     }
 
-    /// Creates a watcher; its `created` response is queued first.
+    /// Creates a watcher under the stream's next free id; its `created` response is queued
+    /// first.
     pub fn watch(&self, spec: WatchSpec) -> WatchId {
-        let id = WatchId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        self.hub.add_watcher(&self.queue, id.0, spec);
-        id
+        self.watch_as(AUTO_WATCH_ID, spec).expect("an id the stream picks is free")
+    }
+
+    /// Creates a watcher under `id`, chosen by the client, or under the stream's next free
+    /// id when `id` is [`AUTO_WATCH_ID`] (etcd's `watchStream.Watch`: the counter skips ids
+    /// a client chose). `None` when a watcher of this stream already has `id`: nothing is
+    /// queued then, and the caller answers with [`DUPLICATE_WATCH_ID`].
+    pub fn watch_as(&self, id: i64, spec: WatchSpec) -> Option<WatchId> {
+        self.hub.add_watcher(&self.queue, id, &self.next_id, spec).map(WatchId)
     }
 
     /// Removes a watcher and queues its `canceled` response; false if unknown.
