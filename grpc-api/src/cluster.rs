@@ -147,11 +147,22 @@ impl Cluster for ClusterService {
         self.node.check_not_learner()?;
         let req = request.into_inner();
         // etcd's order: the URLs parse (its API layer), the strict reconfiguration check of a
-        // voter (before it proposes), then what it checks when it applies the change: a URL
-        // in use, then too many learners.
+        // voter (before it proposes), then what it checks when it applies the change: the
+        // id, removed or in use (the same URLs added within one second give the same id),
+        // a URL in use, then too many learners.
         Self::check_urls_parse(&req.peer_ur_ls)?;
         if !req.is_learner {
             self.check_add_voter()?;
+        }
+        let id = new_member_id(&req.peer_ur_ls, std::time::SystemTime::now());
+        {
+            let identity = self.node.membership.identity.read();
+            if identity.removed.contains(&id) {
+                return Err(EtcdError::MemberNotFound.status());
+            }
+            if identity.members.iter().any(|m| m.id == id) {
+                return Err(EtcdError::MemberExist.status());
+            }
         }
         self.check_urls_unused(&req.peer_ur_ls, None)?;
         if req.is_learner {
@@ -161,11 +172,7 @@ impl Cluster for ClusterService {
             }
         }
         let member = Member {
-            id: new_member_id(
-                self.node.membership.identity.read().cluster_id,
-                &req.peer_ur_ls,
-                std::time::SystemTime::now(),
-            ),
+            id,
             name: String::new(),
             peer_urls: req.peer_ur_ls.clone(),
             client_urls: Vec::new(),

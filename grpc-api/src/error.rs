@@ -52,6 +52,7 @@ pub enum EtcdError {
     NotSupportedForLearner,
     Unhealthy,
     MemberBadUrls,
+    MemberExist,
     PeerUrlExist,
     NotCapable,
     BadLeaderTransferee,
@@ -105,6 +106,7 @@ impl EtcdError {
             | MemberNotLearner
             | LearnerNotReady
             | TooManyLearners
+            | MemberExist
             | PeerUrlExist
             | NotCapable
             | NotSupportedForLearner
@@ -161,6 +163,8 @@ impl EtcdError {
             NotSupportedForLearner => "etcdserver: rpc not supported for learner",
             Unhealthy => "etcdserver: unhealthy cluster",
             MemberBadUrls => "etcdserver: given member URLs are invalid",
+            // sic: etcd's text ends without an "s".
+            MemberExist => "etcdserver: member ID already exist",
             PeerUrlExist => "etcdserver: Peer URLs already exists",
             NotCapable => "etcdserver: not capable",
             BadLeaderTransferee => "etcdserver: bad leader transferee",

@@ -318,6 +318,52 @@ fn reconfiguration_without_enough_started_members_answers_as_etcd() {
     });
 }
 
+/// A member added at run time gets etcd's id: the SHA-1 of its peer URLs and the Unix second
+/// of the request. So, as on etcd 3.5.1 (checked with etcdctl), the same URLs added again in
+/// the same second answer "member ID already exist" (sic), and once that member is removed,
+/// "member not found" (its id is a removed one); a second later, "Peer URLs already exists".
+/// Each round starts just after a second begins and is retried with new URLs if it did not
+/// end within that second.
+#[test]
+fn a_member_added_twice_within_a_second_has_etcds_id_answers() {
+    let rt = runtime();
+    let c = Members::start(1, &[]);
+    rt.block_on(c.wait_leader(START_TIMEOUT));
+    rt.block_on(async {
+        let mut client = must_connect(&c.members[0].endpoint()).await;
+        let learner = || Some(etcd_client::MemberAddOptions::new().with_is_learner());
+        let unix = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+        for round in 0..5u16 {
+            let url = format!("http://127.0.0.1:{}", 7 + round);
+            tokio::time::sleep(Duration::from_secs_f64(1.0 - unix().fract() + 0.005)).await;
+            let second = unix().floor();
+            let added = client.member_add([url.clone()], learner()).await.expect("member add");
+            let id = added.member().expect("added member").id();
+            let again = client.member_add([url.clone()], learner()).await.map(|_| ()).map_err(error_text);
+            client.member_remove(id).await.expect("member remove");
+            let removed = client.member_add([url.clone()], learner()).await.map(|r| r.member().map(|m| m.id()));
+            if unix().floor() != second {
+                // The round crossed a second: its ids are not the same; try again.
+                if let Ok(Some(other)) = removed {
+                    client.member_remove(other).await.expect("member remove");
+                }
+                continue;
+            }
+            assert_eq!(again, Err("FailedPrecondition: etcdserver: member ID already exist".to_owned()));
+            assert_eq!(removed.map_err(error_text), Err("NotFound: etcdserver: member not found".to_owned()));
+            // In the next second the id is new: the URL is free again, and then it is what
+            // is refused.
+            tokio::time::sleep(Duration::from_secs_f64(1.0 - unix().fract() + 0.005)).await;
+            client.member_add([url.clone()], learner()).await.expect("the URL is free again");
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            let later = client.member_add([url], learner()).await.expect_err("the URL in use");
+            assert_eq!(error_text(later), "FailedPrecondition: etcdserver: Peer URLs already exists");
+            return;
+        }
+        panic!("no round of three membership calls ended within one second");
+    });
+}
+
 #[test]
 fn learner_joins_by_snapshot_is_promoted_and_a_member_is_removed() {
     let rt = runtime();

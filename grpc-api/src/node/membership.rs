@@ -72,11 +72,16 @@ impl ConfContext {
     }
 }
 
-/// The id of a member added at run time: the cluster, its peer URLs and the time of the
-/// request, as etcd derives one, so re-adding the same URLs later gives a new id.
-pub fn new_member_id(cluster_id: u64, peer_urls: &[String], now: std::time::SystemTime) -> u64 {
-    let nanos = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    id_hash(&[&cluster_id.to_string(), &peer_urls.join(","), &nanos.to_string()])
+/// The id of a member added at run time, as etcd's `MemberAdd` derives it (`computeMemberId`
+/// with no cluster name): the SHA-1 of the sorted peer URLs, joined, followed by the request's
+/// Unix time in seconds; its first 8 bytes, big-endian. Re-adding the same URLs a second or
+/// more later gives a new id; within the same second the same id, which etcd then refuses as
+/// existing (or removed).
+pub fn new_member_id(peer_urls: &[String], now: std::time::SystemTime) -> u64 {
+    let seconds = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut input = normalize_urls(peer_urls).concat();
+    input.push_str(&seconds.to_string());
+    sha1_prefix(input.as_bytes())
 }
 
 /// Peer URLs compared the way they are configured: without a trailing slash, sorted.
@@ -292,21 +297,6 @@ fn sha1_prefix(input: &[u8]) -> u64 {
     u64::from_be_bytes(prefix).max(1)
 }
 
-/// A non-zero 64-bit id from strings (FNV-1a, then a final mix).
-fn id_hash(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in part.bytes().chain(std::iter::once(0)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h.max(1)
-}
-
 /// This member's view of the cluster: its identity and member list (`member.json`), the
 /// peer connections that follow the list, the membership changes this member proposed and
 /// is waiting for, and whether it has been removed. Shared by the services and the applier.
@@ -437,6 +427,11 @@ mod tests {
         // Several peer URLs count sorted, whatever their order on the command line.
         let urls = ["http://b:2380".to_string(), "http://a:2380".to_string()];
         assert_eq!(member_id("t", &urls), sha1_prefix(b"http://a:2380http://b:2380t"));
+        // A member added at run time: the sorted URLs and the Unix second of the request
+        // (etcd's `MemberAdd`; the value computed with Python's hashlib).
+        let urls = ["http://10.0.0.2:2380/".to_string(), "http://10.0.0.1:2380".to_string()];
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_764_900_000_999);
+        assert_eq!(format!("{:x}", new_member_id(&urls, at)), "66d1cfe3e52b95b");
     }
 
     #[test]
