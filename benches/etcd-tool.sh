@@ -3,8 +3,8 @@
 # etcd repository (built separately: it is Go and not part of this repository), so the
 # figures do not depend on plinth-bench.
 #
-# Each run starts a fresh single member (etcd or Plinth, same flags, fsync on) on its own data
-# dir, runs one `benchmark` invocation against it, and stops it; servers alternate within a
+# Each run starts fresh members (etcd or Plinth, same flags, fsync on; one unless --nodes) on
+# their own data dirs, runs one `benchmark` invocation against it, and stops it; servers alternate within a
 # run and the order flips every run. Prints, per workload, each server's median Requests/sec
 # and median p50 / p99 (from the tool's latency distribution), the ratio plinth/etcd, the
 # server's CPU per request (from /proc, over the tool's run) and how busy the tool kept its
@@ -18,6 +18,9 @@
 #   --workloads    subset of the names below (default all)
 #   --scale F      multiply every --total (default 1; the totals make a run 4-10 s on a
 #                  2-core machine)
+#   --nodes N      members per server (default 1); with 3, the tool spreads its connections
+#                  over every member, as compare.sh's 3-node runs do, and the CPU column sums
+#                  the members
 # Environment: ETCD_BENCHMARK (required), PLINTH_BIN (prebuilt plinth; built otherwise), ETCD
 # (another etcd server binary; default etcd 3.5.1 from tests/scripts/get-etcd.sh),
 # PLINTH_CACHE (etcd cache), PORT_BASE (default 34379), BENCH_TMP (default /tmp).
@@ -25,13 +28,14 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 me=etcd-tool.sh
-RUNS=2 PIN=0 WORKLOADS="" SCALE=1
+RUNS=2 PIN=0 WORKLOADS="" SCALE=1 NODES=1
 while [[ $# -gt 0 ]]; do
   case $1 in
     --runs) RUNS=$2; shift 2 ;;
     --pin) PIN=1; shift ;;
     --workloads) WORKLOADS=$2; shift 2 ;;
     --scale) SCALE=$2; shift 2 ;;
+    --nodes) NODES=$2; shift 2 ;;
     *) echo "$me: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -44,10 +48,12 @@ fi
 ETCD=${ETCD:-$("$root/tests/scripts/get-etcd.sh")/etcd}
 PORT=${PORT_BASE:-34379}
 tmp=$(mktemp -d "${BENCH_TMP:-/tmp}/etcd-tool.XXXXXX")
-server=""
+servers=()
 stop() {
-  if [[ -n $server ]]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
-  server=""
+  local p
+  for p in ${servers[@]+"${servers[@]}"}; do kill "$p" 2>/dev/null || true; done
+  for p in ${servers[@]+"${servers[@]}"}; do wait "$p" 2>/dev/null || true; done
+  servers=()
 }
 trap 'stop; rm -rf "$tmp"' EXIT
 
@@ -70,26 +76,39 @@ ALL=(
 pin_server=() pin_tool=()
 if [[ $PIN == 1 ]]; then pin_server=(taskset -c 0) pin_tool=(taskset -c 1); fi
 
+ENDPOINTS=$(for ((i = 0; i < NODES; i++)); do echo "127.0.0.1:$((PORT + 10 * i))"; done | paste -sd,)
 start() { # kind (etcd|plinth)
-  local dir=$tmp/data urls
-  rm -rf "$dir"
-  urls=(--listen-client-urls "http://127.0.0.1:$PORT" --advertise-client-urls "http://127.0.0.1:$PORT"
-    --listen-peer-urls "http://127.0.0.1:$((PORT + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((PORT + 1))"
-    --initial-cluster "default=http://127.0.0.1:$((PORT + 1))")
-  if [[ $1 == etcd ]]; then
-    "${pin_server[@]}" "$ETCD" --data-dir "$dir" "${urls[@]}" >"$tmp/server.log" 2>&1 &
-  else
-    "${pin_server[@]}" "$PLINTH_BIN" serve --data-dir "$dir" "${urls[@]}" >"$tmp/server.log" 2>&1 &
-  fi
-  server=$!
-  # Ready once /health reports a leader.
-  for _ in $(seq 100); do
+  local i cluster="" cport pport dir
+  for ((i = 0; i < NODES; i++)); do cluster+="${cluster:+,}m$i=http://127.0.0.1:$((PORT + 10 * i + 1))"; done
+  for ((i = 0; i < NODES; i++)); do
+    cport=$((PORT + 10 * i)) pport=$((PORT + 10 * i + 1)) dir=$tmp/data-m$i
+    rm -rf "$dir"
+    local args=(--name "m$i" --data-dir "$dir"
+      --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport"
+      --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport"
+      --initial-cluster "$cluster")
+    if [[ $1 == etcd ]]; then
+      "${pin_server[@]}" "$ETCD" "${args[@]}" >"$tmp/server-m$i.log" 2>&1 &
+    else
+      "${pin_server[@]}" "$PLINTH_BIN" serve "${args[@]}" >"$tmp/server-m$i.log" 2>&1 &
+    fi
+    servers+=($!)
+  done
+  # Ready once the first member's /health reports a leader.
+  for _ in $(seq 150); do
     if curl -sf -m 2 "http://127.0.0.1:$PORT/health" | grep -q '"health":"true"'; then return; fi
     sleep 0.1
   done
-  echo "$me: $1 did not answer; its log:" >&2
-  cat "$tmp/server.log" >&2
+  echo "$me: $1 did not answer; its first member's log:" >&2
+  cat "$tmp/server-m0.log" >&2
   exit 1
+}
+
+# CPU ticks (user + system) of every member.
+ticks() {
+  local p t=0
+  for p in "${servers[@]}"; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done
+  echo "$t"
 }
 
 # One invocation; prints "rps p50_ms p99_ms".
@@ -114,14 +133,14 @@ measure() { # kind, benchmark args, setup key
       -d "{\"key\":\"$(printf %s "$setup" | base64)\",\"value\":\"$(head -c 256 /dev/zero | tr '\0' v | base64 -w0)\"}" >/dev/null
   fi
   local t0 t1 wall_start wall_end
-  t0=$(awk '{ print $14 + $15 }' "/proc/$server/stat")
+  t0=$(ticks)
   wall_start=$(date +%s.%N)
   # The tool's own CPU (user + system seconds) from bash's `time`, to show when the load
   # generator rather than the server is the limit.
   out=$( { TIMEFORMAT='TOOLCPU %U %S'; time timeout 300 "${pin_tool[@]}" "$ETCD_BENCHMARK" \
-    --endpoints "127.0.0.1:$PORT" --precise "${args[@]}" 2>/dev/null; } 2>&1)
+    --endpoints "$ENDPOINTS" --precise "${args[@]}" 2>/dev/null; } 2>&1)
   wall_end=$(date +%s.%N)
-  t1=$(awk '{ print $14 + $15 }' "/proc/$server/stat")
+  t1=$(ticks)
   stop
   awk -v ticks=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v ops="$total" -v scale="$SCALE" \
     -v wall="$(awk -v a="$wall_start" -v b="$wall_end" 'BEGIN { print b - a }')" '
