@@ -88,6 +88,20 @@ async fn drain(stream: &mut WatchStream, log: &mut String) {
     let _ = writeln!(log, "  (still receiving after 5 s)");
 }
 
+/// Runs `script` against etcd 3.5.1 and Plinth, checks that etcd's transcript shows each of
+/// `etcd_shows` (else the comparison proves little), and that the transcripts are the same.
+fn same_as_etcd<F, Fut>(name: &str, script: F, etcd_shows: &[&str])
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = String> + Send + 'static,
+{
+    let (la, lb, right) = async_transcripts(name, Options::default, script);
+    for shown in etcd_shows {
+        assert!(la.contains(shown), "etcd transcript:\n{la}");
+    }
+    assert_same_transcripts(name, &la, &lb, &right);
+}
+
 /// The key `k` is last written at revision 3, the store is compacted at 3, then `k` is
 /// updated at 5: every prev_kv of that update is the version at 3.
 async fn prev_kv_at_compact_script(endpoint: String) -> String {
@@ -125,11 +139,12 @@ async fn prev_kv_at_compact_script(endpoint: String) -> String {
 
 #[test]
 fn prev_kv_of_an_update_at_the_compact_revision_matches_etcd() {
-    let name = "watch_prev_kv_at_compact";
-    let (la, lb, right) = async_transcripts(name, Options::default, prev_kv_at_compact_script);
     // etcd itself must show the version at 3 as prev_kv, or the test proves nothing.
-    assert!(la.contains("put k=after prev_kv: {k=at-c create=3 mod=3 ver=1}"), "etcd transcript:\n{la}");
-    assert_same_transcripts(name, &la, &lb, &right);
+    same_as_etcd(
+        "watch_prev_kv_at_compact",
+        prev_kv_at_compact_script,
+        &["put k=after prev_kv: {k=at-c create=3 mod=3 ver=1}"],
+    );
 }
 
 /// `k` is updated at the compact revision 3. A `prev_kv` watch from 3 cannot have the
@@ -176,10 +191,7 @@ async fn update_at_compact_script(endpoint: String) -> String {
 
 #[test]
 fn an_update_at_the_compact_revision_ends_a_prev_kv_watch_from_there() {
-    let name = "watch_update_at_compact";
-    let (la, lb, right) = async_transcripts(name, Options::default, update_at_compact_script);
-    assert!(la.contains("no prev_kv for the update at 3: compacted"), "etcd transcript:\n{la}");
-    assert_same_transcripts(name, &la, &lb, &right);
+    same_as_etcd("watch_update_at_compact", update_at_compact_script, &["no prev_kv for the update at 3: compacted"]);
 }
 
 /// Watch ids a client chooses (`watch_id`, etcd 3.4+), on one stream: taken as given; an id
@@ -218,12 +230,12 @@ async fn chosen_watch_ids_script(endpoint: String) -> String {
 
 #[test]
 fn chosen_watch_ids_match_etcd() {
-    let name = "watch_chosen_ids";
-    let (la, lb, right) = async_transcripts(name, Options::default, chosen_watch_ids_script);
     // etcd must show the refusal and the skipped id, or the comparison proves little.
-    assert!(la.contains("id=-1 created=true canceled=true"), "etcd transcript:\n{la}");
-    assert!(la.contains("watch c as 0\n  id=2 created=true"), "etcd transcript:\n{la}");
-    assert_same_transcripts(name, &la, &lb, &right);
+    same_as_etcd(
+        "watch_chosen_ids",
+        chosen_watch_ids_script,
+        &["id=-1 created=true canceled=true", "watch c as 0\n  id=2 created=true"],
+    );
 }
 
 /// With a 200 ms progress interval, a watcher starting 3 revisions ahead gets only its

@@ -79,9 +79,8 @@ impl ConfContext {
 /// existing (or removed).
 pub fn new_member_id(peer_urls: &[String], now: std::time::SystemTime) -> u64 {
     let seconds = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let mut input = normalize_urls(peer_urls).concat();
-    input.push_str(&seconds.to_string());
-    sha1_prefix(input.as_bytes())
+    // etcd's recipe appends the cluster name (empty here), then the seconds.
+    member_id(&seconds.to_string(), peer_urls)
 }
 
 /// Peer URLs compared the way they are configured: without a trailing slash, sorted.
@@ -273,13 +272,14 @@ pub fn parse_initial_cluster(flag: &str) -> anyhow::Result<Vec<(String, Vec<Stri
     Ok(members)
 }
 
-/// A bootstrapped member's id, as etcd derives it (`computeMemberID`): the first 8 bytes,
-/// big-endian, of the SHA-1 of its sorted peer URLs concatenated, then the cluster token. So
-/// a cluster started with etcd's flags gets etcd's ids (one member with the defaults:
-/// `8e9e05c52164694d`).
-fn member_id(cluster_token: &str, peer_urls: &[String]) -> u64 {
+/// A member's id, as etcd derives it (`computeMemberID`): the first 8 bytes, big-endian, of
+/// the SHA-1 of its sorted peer URLs concatenated, then `suffix`: the cluster token for a
+/// bootstrapped member, so a cluster started with etcd's flags gets etcd's ids (one member
+/// with the defaults: `8e9e05c52164694d`); the request's second for one added at run time
+/// ([`new_member_id`]).
+fn member_id(suffix: &str, peer_urls: &[String]) -> u64 {
     let mut input = normalize_urls(peer_urls).concat();
-    input.push_str(cluster_token);
+    input.push_str(suffix);
     sha1_prefix(input.as_bytes())
 }
 

@@ -739,9 +739,9 @@ mod tests {
     fn a_publication_gives_each_watcher_one_response_of_whole_revisions() {
         let hub = Hub::new(GroupId(1), 4, 0, 16, Arc::default());
         let q = hub.register_stream();
-        hub.add_watcher(&q, AUTO_WATCH_ID, &AtomicI64::new(0), spec("a", ""));
-        hub.add_watcher(&q, AUTO_WATCH_ID, &AtomicI64::new(1), spec("a", "c"));
-        hub.add_watcher(&q, AUTO_WATCH_ID, &AtomicI64::new(2), spec("z", ""));
+        hub.add_watcher(&q, 0, &AtomicI64::default(), spec("a", ""));
+        hub.add_watcher(&q, 1, &AtomicI64::default(), spec("a", "c"));
+        hub.add_watcher(&q, 2, &AtomicI64::default(), spec("z", ""));
         hub.publish(vec![put("a", 5, 1), put("b", 5, 1), put("b", 6, 1), put("a", 7, 1)], 8, 0);
         assert_eq!(drain(&q), vec![(0, 7, vec![5, 7]), (1, 7, vec![5, 5, 6, 7])]);
         hub.check_invariants();
@@ -751,7 +751,7 @@ mod tests {
     fn live_responses_end_at_a_revision_boundary_within_the_merge_limits() {
         let hub = Hub::new(GroupId(1), 0, 0, 16, Arc::default());
         let q = hub.register_stream();
-        hub.add_watcher(&q, AUTO_WATCH_ID, &AtomicI64::new(0), spec("a", "\0"));
+        hub.add_watcher(&q, 0, &AtomicI64::default(), spec("a", "\0"));
         // Three events a revision: the first response holds the whole revisions that fit in
         // MERGE_EVENTS_MAX events.
         let revisions = MERGE_EVENTS_MAX as i64 / 3 + 2;
@@ -782,9 +782,9 @@ mod tests {
         let hub = Hub::new(GroupId(1), 4, 0, 1, Arc::default());
         let q = hub.register_stream();
         let other = hub.register_stream();
-        hub.add_watcher(&q, AUTO_WATCH_ID, &AtomicI64::new(0), spec("a", ""));
-        hub.add_watcher(&q, AUTO_WATCH_ID, &AtomicI64::new(1), spec("b", ""));
-        hub.add_watcher(&other, AUTO_WATCH_ID, &AtomicI64::new(0), spec("b", ""));
+        hub.add_watcher(&q, 0, &AtomicI64::default(), spec("a", ""));
+        hub.add_watcher(&q, 1, &AtomicI64::default(), spec("b", ""));
+        hub.add_watcher(&other, 0, &AtomicI64::default(), spec("b", ""));
         hub.publish(vec![put("a", 5, 1), put("b", 6, 1), put("b", 7, 1)], 7, 0);
         // Watcher 0 took the stream's only slot; watcher 1 is refused and will catch up from
         // revision 6; the other stream is not affected.
