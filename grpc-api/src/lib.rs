@@ -105,13 +105,14 @@
 //! - Two watch cases follow the newer etcd rules of the kube-apiserver contract rather than
 //!   etcd 3.5.1: a negative start revision is refused (`watch_id -1`, canceled), and
 //!   `RequestProgress` is answered only when every watcher of the stream is synced and past
-//!   its start revision. Client-chosen watch ids (`watch_id != 0`) are refused.
+//!   its start revision. Client-chosen watch ids are kept, as etcd 3.4+ keeps them.
 //! - Alarms are replicated through the log (`maintenance.rs`, `node/alarms.rs`); a raised
 //!   NOSPACE refuses writes that add data on every member, a raised CORRUPT refuses every
 //!   write with `etcdserver: corrupt cluster` (etcd's corrupt applier) and fails `/health`.
 //!   Nothing raises CORRUPT by itself yet: there is no periodic hash check between members.
-//! - `Maintenance.Snapshot` streams Plinth's own snapshot format (with etcd's trailing
-//!   SHA-256, so `etcdctl snapshot save` accepts it); etcd's bbolt tools cannot read it.
+//! - `Maintenance.Snapshot` streams the group as etcd 3.5's bbolt data file (with etcd's
+//!   trailing SHA-256), built in an unnamed file in the data dir (`backup/etcd_export.rs`):
+//!   `etcdutl snapshot status` and `restore` take it, and so does `plinth restore`.
 
 pub mod auth;
 pub mod auth_config;

@@ -20,9 +20,6 @@ const MOVE_LEADER_ANSWER_SLACK: std::time::Duration = std::time::Duration::from_
 /// Bytes of snapshot data per `SnapshotResponse`.
 const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
 
-/// Snapshot data is padded to a multiple of this before the checksum, as etcd's is.
-const SNAPSHOT_ALIGN_BYTES: usize = 512;
-
 /// Chunks of a `Maintenance.Snapshot` stream read ahead of a slow client.
 const SNAPSHOT_CHUNKS_AHEAD: usize = 4;
 
@@ -156,63 +153,61 @@ impl Maintenance for MaintenanceService {
         // the auth store's unmapped errors).
         crate::auth::check_admin_unmapped(&self.node, &request)?;
         let node = self.node.clone();
-        let reader = node.store.snapshot(node.group()).map_err(|e| store_status(&e))?;
-        // The snapshot is read chunk by chunk on a blocking thread and streamed through a
-        // small bounded channel, so a slow client holds at most a few chunks in memory.
+        // The group is written as etcd's data file (a bbolt `db`, see
+        // `backup::etcd_export`) to an unnamed file in the data dir on a blocking thread,
+        // then streamed from it through a small bounded channel, so a slow client holds at
+        // most a few chunks in memory and the file goes away with the stream.
         //
         // The stream has etcd's shape: data messages, the last of them with
         // `remaining_bytes` 0, then one message holding only the SHA-256 of all the data
-        // (also 0). The data is zero-padded to a multiple of 512 bytes first, as etcd's bolt
-        // file always is: etcdctl's `snapshot save` checks that shape (`sha256 checksum not
-        // found` otherwise), and clients stop reading data at the first 0. The total is not
-        // known until the read ends, so each piece is held until the next one is read:
-        // `remaining_bytes` of one that is not the last counts what is known to follow it.
-        // The messages carry no header, nor a version: etcd 3.5's carry neither (3.6 added
-        // its storage version).
+        // (also 0). The file is whole pages, so its length is a multiple of 512, as
+        // etcdctl's `snapshot save` checks (`sha256 checksum not found` otherwise). The
+        // messages carry no header, nor a version: etcd 3.5's carry neither (3.6 added its
+        // storage version).
         let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNKS_AHEAD);
         tokio::task::spawn_blocking(move || {
             use sha2::Digest;
-            let data = |blob: bytes::Bytes, remaining_bytes: usize| pb::SnapshotResponse {
+            use std::os::unix::fs::FileExt;
+            let members = node.membership.identity.read().members.clone();
+            let written =
+                crate::backup::etcd_export::write_etcd_db(&node.store, node.group(), &members, &node.data_dir);
+            let file = match written {
+                Ok((file, _)) => file,
+                Err(e) => {
+                    let status = match e.downcast_ref::<store::Error>() {
+                        Some(e) => store_status(e),
+                        None => Status::internal(format!("etcdserver: snapshot: {e:#}")),
+                    };
+                    let _ = tx.blocking_send(Err(status));
+                    return;
+                }
+            };
+            let data = |blob: bytes::Bytes, remaining_bytes: u64| pb::SnapshotResponse {
                 header: None,
-                remaining_bytes: remaining_bytes as u64,
+                remaining_bytes,
                 blob,
                 version: String::new(),
             };
             let mut digest = sha2::Sha256::new();
-            let mut total = 0usize;
-            // The piece read last, not yet sent.
-            let mut held: Option<bytes::Bytes> = None;
-            for chunk in reader {
-                let chunk = match chunk {
-                    Ok(chunk) => chunk,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(store_status(&e)));
-                        return;
-                    }
-                };
-                let mut left = chunk.len();
-                for piece in chunk.chunks(SNAPSHOT_CHUNK_BYTES) {
-                    digest.update(piece);
-                    total += piece.len();
-                    if let Some(previous) = held.take() {
-                        // This piece and the rest of its chunk follow the held one.
-                        if tx.blocking_send(Ok(data(previous, left))).is_err() {
-                            return;
-                        }
-                    }
-                    left -= piece.len();
-                    held = Some(bytes::Bytes::copy_from_slice(piece));
+            let total = match file.metadata() {
+                Ok(m) => m.len(),
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(Status::internal(format!("etcdserver: snapshot: {e}"))));
+                    return;
                 }
-            }
-            let padding = vec![0u8; (SNAPSHOT_ALIGN_BYTES - total % SNAPSHOT_ALIGN_BYTES) % SNAPSHOT_ALIGN_BYTES];
-            digest.update(&padding);
-            let last = match held {
-                Some(piece) if !padding.is_empty() => [piece.as_ref(), &padding].concat().into(),
-                Some(piece) => piece,
-                None => padding.into(),
             };
-            if tx.blocking_send(Ok(data(last, 0))).is_err() {
-                return;
+            let mut sent = 0u64;
+            while sent < total {
+                let mut piece = vec![0u8; (total - sent).min(SNAPSHOT_CHUNK_BYTES as u64) as usize];
+                if let Err(e) = file.read_exact_at(&mut piece, sent) {
+                    let _ = tx.blocking_send(Err(Status::internal(format!("etcdserver: snapshot: {e}"))));
+                    return;
+                }
+                digest.update(&piece);
+                sent += piece.len() as u64;
+                if tx.blocking_send(Ok(data(piece.into(), total - sent))).is_err() {
+                    return;
+                }
             }
             let _ = tx.blocking_send(Ok(data(digest.finalize().to_vec().into(), 0)));
         });

@@ -207,6 +207,10 @@ fn leases_and_auth(r: &Reader<'_>, g: GroupId, auth: &AuthState, out: &mut Emitt
     Ok(())
 }
 
+/// Receives `(key, revision, the version or None for a tombstone)` from
+/// [`PinnedExport::versions`].
+pub type VersionSink<'a, E> = dyn FnMut(&[u8], RevisionPair, Option<KeyValue>) -> std::result::Result<(), E> + 'a;
+
 /// A group pinned at one point for exports: a full export and a delta export taken from
 /// the same pin end at the same revision, so a delta that closes a chain and the full
 /// backup that starts the next one leave no revision between them uncovered.
@@ -308,6 +312,71 @@ impl PinnedExport<'_> {
         }
         let records = out.end()?;
         Ok((header, records))
+    }
+
+    /// The compact revision the group answers reads with (0: never compacted).
+    pub fn compact_revision(&self) -> Revision {
+        self.meta.visible_compact_revision()
+    }
+
+    /// The last log index applied at the pin.
+    pub fn applied_index(&self) -> u64 {
+        self.meta.applied_index
+    }
+
+    /// The auth store at the pin.
+    pub fn auth(&self) -> &AuthState {
+        &self.meta.auth
+    }
+
+    /// Every lease at the pin, in id order.
+    pub fn leases(&self, sink: &mut dyn FnMut(Lease) -> Result<()>) -> Result<()> {
+        let r = Reader::bulk_at_snapshot(&self.store.inner.db, &self.snapshot);
+        let (start, end) = kc::lease_record_range(self.g);
+        let mut c = r.cursor(Cf::Lease, &end);
+        c.seek(&start);
+        while let Some((_, v)) = c.next_entry()? {
+            sink(Lease::decode(&v[..]).map_err(|e| Error::Corruption(format!("lease record: {e}")))?)?;
+        }
+        Ok(())
+    }
+
+    /// Every version an etcd compacted at the group's compact revision C keeps, in key
+    /// order and newest first within a key: each change after C (a tombstone as `None`),
+    /// and each key's newest version at or before C if it is live. This is what etcd's
+    /// `key` bucket holds, keyed there by revision instead.
+    pub fn versions<E: From<Error>>(&self, sink: &mut VersionSink<'_, E>) -> std::result::Result<(), E> {
+        let (g, meta) = (self.g, &self.meta);
+        if meta.import.is_some() {
+            return Err(Error::Importing.into());
+        }
+        let compact = meta.visible_compact_revision();
+        let r = Reader::bulk_at_snapshot(&self.store.inner.db, &self.snapshot);
+        let mut c = r.cursor(Cf::History, &kc::group_end(g));
+        c.seek(&kc::group_prefix(g));
+        while let Some((k, v)) = c.current()? {
+            let (key, rev) =
+                kc::decode_history_key(k).ok_or_else(|| Error::Corruption("history key in export".into()))?;
+            let live = |v: &[u8]| -> Result<Option<KeyValue>> {
+                if v.is_empty() {
+                    Ok(None)
+                } else {
+                    KeyValue::decode_stored(&key, v).map(Some)
+                }
+            };
+            if rev.main > compact {
+                sink(&key, rev, live(v)?)?;
+                c.advance()?;
+                continue;
+            }
+            // The newest version at or before C: kept if live; the older ones are what the
+            // compaction removes (or, on a store holding history for backups, keeps).
+            if !v.is_empty() {
+                sink(&key, rev, live(v)?)?;
+            }
+            c.seek(&kc::history_key_after(g, &key));
+        }
+        Ok(())
     }
 
     /// Exports every change in `(from_revision, pinned revision]` as a delta, then the

@@ -188,7 +188,7 @@ pub use response::{
     CommandResponse, CompactResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
     RangeResponse, ResponseOp, TxnResponse, WireRangeResponse,
 };
-pub use revision::{GroupId, Revision};
+pub use revision::{GroupId, Revision, RevisionPair};
 pub use snapshot::{
     inspect_snapshot_chunk, snapshot_chunk_len, SnapshotChunkSummary, SnapshotReader, SNAPSHOT_CHUNK_BYTES_MAX,
     SNAPSHOT_CHUNK_HEADER_BYTES,

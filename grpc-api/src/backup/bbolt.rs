@@ -1,6 +1,7 @@
-//! A small read-only reader of bbolt files (etcd's `db`: `member/snap/db`, or what
-//! `etcdctl snapshot save` writes), enough to walk the buckets of the last committed
-//! transaction in key order.
+//! A small reader of bbolt files (etcd's `db`: `member/snap/db`, or what `etcdctl snapshot
+//! save` writes), enough to walk the buckets of the last committed transaction in key
+//! order, and a writer ([`BboltWriter`]) that builds such a file in one pass from buckets
+//! whose keys arrive in order.
 //!
 //! ```text
 //! page     := id u64 | flags u16 | count u16 | overflow u32 | data     (little endian;
@@ -15,10 +16,13 @@
 //! ```
 //!
 //! Pages 0 and 1 are the two meta pages; the valid one with the higher txid is current.
-//! Every page read is checked against the file's length, its element table against the
+//! Page 2 of a written file is its (empty) freelist: every other page is reachable from the
+//! root, as bbolt's consistency check (`tx.Check`, which `etcdutl snapshot status` runs)
+//! requires. Every page read is checked against the file's length, its element table against the
 //! page, and the walk against a depth limit, so a damaged file gives an error, not a panic.
 
 use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -31,6 +35,8 @@ const ELEMENT_BYTES: usize = 16;
 const BUCKET_HEADER_BYTES: usize = 16;
 const FLAG_BRANCH: u16 = 0x01;
 const FLAG_LEAF: u16 = 0x02;
+const FLAG_META: u16 = 0x04;
+const FLAG_FREELIST: u16 = 0x10;
 const LEAF_FLAG_BUCKET: u32 = 0x01;
 /// Deepest B+tree accepted (bbolt trees of any real size are a handful of levels deep).
 const DEPTH_MAX: usize = 64;
@@ -49,6 +55,8 @@ pub struct Bbolt {
     len: u64,
     page_size: u32,
     root: u64,
+    /// The meta page's high-water mark: pages in use.
+    pages: u64,
     name: String,
 }
 
@@ -86,13 +94,13 @@ impl Bbolt {
         let name = path.display().to_string();
         let file = File::open(path).with_context(|| format!("opening {name}"))?;
         let len = file.metadata()?.len();
-        let mut best: Option<(u64, u32, u64)> = None;
+        let mut best: Option<(u64, u32, u64, u64)> = None;
         // The meta pages sit at 0 and at one page size, which the first tells; read the
         // first 4 KiB of both possible places before trusting any page size.
         let mut first = vec![0u8; 4096.min(len as usize)];
         file.read_exact_at(&mut first, 0)?;
         let mut candidates = vec![0u64];
-        if let Some((_, ps, _)) = Self::parse_meta(&first) {
+        if let Some((_, ps, ..)) = Self::parse_meta(&first) {
             candidates.push(u64::from(ps));
         }
         for offset in candidates {
@@ -101,18 +109,18 @@ impl Bbolt {
             }
             let mut page = vec![0u8; 4096.min((len - offset) as usize)];
             file.read_exact_at(&mut page, offset)?;
-            if let Some((txid, ps, root)) = Self::parse_meta(&page) {
-                if best.is_none_or(|(t, _, _)| txid > t) {
-                    best = Some((txid, ps, root));
+            if let Some(meta) = Self::parse_meta(&page) {
+                if best.is_none_or(|(t, ..)| meta.0 > t) {
+                    best = Some(meta);
                 }
             }
         }
-        let Some((_, page_size, root)) = best else { bail!("{name} is not a bbolt file (no valid meta page)") };
-        Ok(Bbolt { file, len, page_size, root, name })
+        let Some((_, page_size, root, pages)) = best else { bail!("{name} is not a bbolt file (no valid meta page)") };
+        Ok(Bbolt { file, len, page_size, root, pages, name })
     }
 
-    /// (txid, page size, root bucket page) of a valid meta page.
-    fn parse_meta(page: &[u8]) -> Option<(u64, u32, u64)> {
+    /// (txid, page size, root bucket page, high-water mark) of a valid meta page.
+    fn parse_meta(page: &[u8]) -> Option<(u64, u32, u64, u64)> {
         let m = page.get(PAGE_HEADER_BYTES..PAGE_HEADER_BYTES + 64)?;
         if u32_at(m, 0) != MAGIC || u32_at(m, 4) != VERSION {
             return None;
@@ -124,7 +132,7 @@ impl Bbolt {
         if !(512..=PAGE_BYTES_MAX).contains(&page_size) || !page_size.is_power_of_two() {
             return None;
         }
-        Some((u64_at(m, 48), page_size, u64_at(m, 16)))
+        Some((u64_at(m, 48), page_size, u64_at(m, 16), u64_at(m, 40)))
     }
 
     fn corrupt(&self, what: impl std::fmt::Display) -> anyhow::Error {
@@ -150,6 +158,17 @@ impl Bbolt {
         let mut page = vec![0u8; total as usize];
         self.file.read_exact_at(&mut page, offset)?;
         Ok(page)
+    }
+
+    /// Bytes of the pages in use (bbolt's `tx.Size()`).
+    pub fn size_in_pages(&self) -> u64 {
+        self.pages * u64::from(self.page_size)
+    }
+
+    /// Whether `path` starts with a valid bbolt meta page.
+    pub fn is_bbolt(path: &Path) -> bool {
+        let mut first = [0u8; PAGE_HEADER_BYTES + 64];
+        File::open(path).and_then(|f| f.read_exact_at(&mut first, 0)).is_ok() && Self::parse_meta(&first).is_some()
     }
 
     /// The root bucket (which holds the named top-level buckets).
@@ -231,6 +250,218 @@ impl Bbolt {
     }
 }
 
+/// Page size of the files [`BboltWriter`] writes (bbolt's default on x86-64 Linux, the OS
+/// page size).
+pub const WRITE_PAGE_BYTES: usize = 4096;
+/// The freelist's page in a written file; pages 0 and 1 are the meta pages.
+const FREELIST_PAGE: u64 = 2;
+/// The first page a written file's trees use.
+const FIRST_TREE_PAGE: u64 = 3;
+
+/// Writes a bbolt file in one pass: top-level buckets one after another, each from keys in
+/// strictly increasing order, then the root, freelist and meta pages.
+///
+/// Each bucket's B+tree is built bottom up: leaves are filled to the page size and written
+/// as they fill (a larger entry gets a leaf of its own with overflow pages), and the
+/// branch levels are written when the bucket ends. Only the first key of each page of the
+/// level being built is held, a few bytes per 4 KiB of data. Nothing is ever freed, so
+/// the freelist is empty and the file is exactly its pages.
+pub struct BboltWriter {
+    out: BufWriter<File>,
+    next_page: u64,
+    /// The top-level buckets written: (name, bucket value).
+    buckets: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// One top-level bucket being written; see [`BboltWriter::bucket`].
+pub struct BucketWriter<'a> {
+    w: &'a mut BboltWriter,
+    name: Vec<u8>,
+    /// Entries of the leaf being filled, and the bytes that leaf's page would take.
+    leaf: Vec<(Vec<u8>, Vec<u8>)>,
+    leaf_bytes: usize,
+    /// First key and page of each leaf written so far.
+    leaves: Vec<(Vec<u8>, u64)>,
+    last: Option<Vec<u8>>,
+}
+
+impl BboltWriter {
+    /// Starts a file in `file` (empty, opened for writing).
+    pub fn new(mut file: File) -> anyhow::Result<BboltWriter> {
+        file.seek(SeekFrom::Start(FIRST_TREE_PAGE * WRITE_PAGE_BYTES as u64))?;
+        Ok(BboltWriter {
+            out: BufWriter::with_capacity(1 << 20, file),
+            next_page: FIRST_TREE_PAGE,
+            buckets: Vec::new(),
+        })
+    }
+
+    /// Starts the top-level bucket `name`; its entries are added with
+    /// [`BucketWriter::put`] and it ends with [`BucketWriter::finish`].
+    pub fn bucket(&mut self, name: &[u8]) -> anyhow::Result<BucketWriter<'_>> {
+        ensure!(!self.buckets.iter().any(|(n, _)| n == name), "bucket {name:?} written twice");
+        Ok(BucketWriter {
+            w: self,
+            name: name.to_vec(),
+            leaf: Vec::new(),
+            leaf_bytes: 0,
+            leaves: Vec::new(),
+            last: None,
+        })
+    }
+
+    /// Writes one page (with its overflow pages) at the next free id and returns the id.
+    /// `elements` are `(key, value)` of a leaf or `(key, child page)` of a branch.
+    fn write_page(&mut self, flags: u16, leaf: &[(&[u8], &[u8], u32)], branch: &[(&[u8], u64)]) -> anyhow::Result<u64> {
+        let count = leaf.len() + branch.len();
+        ensure!(count <= usize::from(u16::MAX), "page of {count} elements");
+        let mut page = Vec::with_capacity(WRITE_PAGE_BYTES);
+        let id = self.next_page;
+        page.extend_from_slice(&id.to_le_bytes());
+        page.extend_from_slice(&flags.to_le_bytes());
+        page.extend_from_slice(&(count as u16).to_le_bytes());
+        page.extend_from_slice(&0u32.to_le_bytes()); // overflow, set below
+                                                     // Element i sits at header + 16 i; its key (and value) at `pos` bytes after it.
+        let mut data_at = PAGE_HEADER_BYTES + count * ELEMENT_BYTES;
+        for (i, (k, v, eflags)) in leaf.iter().enumerate() {
+            let pos = data_at - (PAGE_HEADER_BYTES + i * ELEMENT_BYTES);
+            page.extend_from_slice(&eflags.to_le_bytes());
+            page.extend_from_slice(&u32::try_from(pos)?.to_le_bytes());
+            page.extend_from_slice(&u32::try_from(k.len())?.to_le_bytes());
+            page.extend_from_slice(&u32::try_from(v.len())?.to_le_bytes());
+            data_at += k.len() + v.len();
+        }
+        for (i, (k, child)) in branch.iter().enumerate() {
+            let pos = data_at - (PAGE_HEADER_BYTES + i * ELEMENT_BYTES);
+            page.extend_from_slice(&u32::try_from(pos)?.to_le_bytes());
+            page.extend_from_slice(&u32::try_from(k.len())?.to_le_bytes());
+            page.extend_from_slice(&child.to_le_bytes());
+            data_at += k.len();
+        }
+        for (k, v, _) in leaf {
+            page.extend_from_slice(k);
+            page.extend_from_slice(v);
+        }
+        for (k, _) in branch {
+            page.extend_from_slice(k);
+        }
+        let pages = page.len().div_ceil(WRITE_PAGE_BYTES).max(1);
+        page.resize(pages * WRITE_PAGE_BYTES, 0);
+        page[12..16].copy_from_slice(&u32::try_from(pages - 1)?.to_le_bytes());
+        self.out.write_all(&page)?;
+        self.next_page += pages as u64;
+        Ok(id)
+    }
+
+    /// Writes the root, freelist and meta pages and returns the file, whose length is its
+    /// pages. The buckets are listed in name order whatever order they were written in.
+    pub fn finish(mut self) -> anyhow::Result<File> {
+        let mut buckets = std::mem::take(&mut self.buckets);
+        buckets.sort();
+        let elements: Vec<(&[u8], &[u8], u32)> =
+            buckets.iter().map(|(n, v)| (n.as_slice(), v.as_slice(), LEAF_FLAG_BUCKET)).collect();
+        let root = self.write_page(FLAG_LEAF, &elements, &[])?;
+        let pages = self.next_page;
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        let mut freelist = vec![0u8; WRITE_PAGE_BYTES];
+        freelist[..8].copy_from_slice(&FREELIST_PAGE.to_le_bytes());
+        freelist[8..10].copy_from_slice(&FLAG_FREELIST.to_le_bytes());
+        file.write_all_at(&freelist, FREELIST_PAGE * WRITE_PAGE_BYTES as u64)?;
+        // Both meta pages describe the one transaction; bbolt keeps txid t's meta at page
+        // t % 2, so page 0 has the even txid and page 1 the newer, odd one.
+        for (page_id, txid) in [(0u64, 2u64), (1, 3)] {
+            let mut page = vec![0u8; WRITE_PAGE_BYTES];
+            page[..8].copy_from_slice(&page_id.to_le_bytes());
+            page[8..10].copy_from_slice(&FLAG_META.to_le_bytes());
+            let m = &mut page[PAGE_HEADER_BYTES..PAGE_HEADER_BYTES + 64];
+            m[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+            m[4..8].copy_from_slice(&VERSION.to_le_bytes());
+            m[8..12].copy_from_slice(&(WRITE_PAGE_BYTES as u32).to_le_bytes());
+            m[16..24].copy_from_slice(&root.to_le_bytes());
+            m[32..40].copy_from_slice(&FREELIST_PAGE.to_le_bytes());
+            m[40..48].copy_from_slice(&pages.to_le_bytes());
+            m[48..56].copy_from_slice(&txid.to_le_bytes());
+            let sum = fnv1a64(&m[..56]);
+            m[56..64].copy_from_slice(&sum.to_le_bytes());
+            file.write_all_at(&page, page_id * WRITE_PAGE_BYTES as u64)?;
+        }
+        Ok(file)
+    }
+}
+
+impl BucketWriter<'_> {
+    /// Adds an entry; keys must be strictly increasing.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        ensure!(!key.is_empty(), "empty key in bucket {:?}", self.name);
+        if let Some(last) = &self.last {
+            ensure!(key > last.as_slice(), "keys out of order in bucket {:?}", self.name);
+        }
+        self.last = Some(key.to_vec());
+        let bytes = ELEMENT_BYTES + key.len() + value.len();
+        if !self.leaf.is_empty() && self.leaf_bytes + bytes > WRITE_PAGE_BYTES {
+            self.flush_leaf()?;
+        }
+        if self.leaf.is_empty() {
+            self.leaf_bytes = PAGE_HEADER_BYTES;
+        }
+        self.leaf.push((key.to_vec(), value.to_vec()));
+        self.leaf_bytes += bytes;
+        Ok(())
+    }
+
+    fn flush_leaf(&mut self) -> anyhow::Result<()> {
+        let elements: Vec<(&[u8], &[u8], u32)> =
+            self.leaf.iter().map(|(k, v)| (k.as_slice(), v.as_slice(), 0)).collect();
+        let id = self.w.write_page(FLAG_LEAF, &elements, &[])?;
+        let first = std::mem::take(&mut self.leaf).swap_remove(0).0;
+        self.leaves.push((first, id));
+        Ok(())
+    }
+
+    /// Writes the bucket's remaining leaf and its branch levels.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        // bucket value := root page u64 | sequence u64 (| inline page when root is 0)
+        let mut value = Vec::with_capacity(BUCKET_HEADER_BYTES + PAGE_HEADER_BYTES);
+        if self.leaf.is_empty() && self.leaves.is_empty() {
+            // An empty bucket is inline, as bbolt writes one: a leaf page header, no elements.
+            value.extend_from_slice(&[0u8; BUCKET_HEADER_BYTES]);
+            let mut page = [0u8; PAGE_HEADER_BYTES];
+            page[8..10].copy_from_slice(&FLAG_LEAF.to_le_bytes());
+            value.extend_from_slice(&page);
+        } else {
+            if !self.leaf.is_empty() {
+                self.flush_leaf()?;
+            }
+            let mut level = std::mem::take(&mut self.leaves);
+            while level.len() > 1 {
+                let mut next = Vec::new();
+                let mut start = 0;
+                while start < level.len() {
+                    // As many children as fit in one page (at least one).
+                    let mut end = start;
+                    let mut bytes = PAGE_HEADER_BYTES;
+                    while end < level.len()
+                        && (end == start || bytes + ELEMENT_BYTES + level[end].0.len() <= WRITE_PAGE_BYTES)
+                    {
+                        bytes += ELEMENT_BYTES + level[end].0.len();
+                        end += 1;
+                    }
+                    let children: Vec<(&[u8], u64)> =
+                        level[start..end].iter().map(|(k, id)| (k.as_slice(), *id)).collect();
+                    let id = self.w.write_page(FLAG_BRANCH, &[], &children)?;
+                    next.push((level[start].0.clone(), id));
+                    start = end;
+                }
+                level = next;
+            }
+            value.extend_from_slice(&level[0].1.to_le_bytes());
+            value.extend_from_slice(&0u64.to_le_bytes());
+        }
+        self.w.buckets.push((std::mem::take(&mut self.name), value));
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +470,64 @@ mod tests {
     fn fnv1a64_matches_the_reference_values() {
         assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
         assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
+    }
+
+    fn entries(db: &Bbolt, bucket: &Bucket) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        db.walk(bucket, &mut |k, v, _| {
+            out.push((k.to_vec(), v.to_vec()));
+            Ok(true)
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_written_file_reads_back_with_every_entry_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let file = std::fs::OpenOptions::new().create_new(true).read(true).write(true).open(&path).unwrap();
+        let mut w = BboltWriter::new(file).unwrap();
+        // Enough entries for three levels, values of every size (one past a page, one of
+        // several pages), a bucket of one entry, an empty one, written out of name order.
+        let big: Vec<(Vec<u8>, Vec<u8>)> = (0..60_000u32)
+            .map(|i| {
+                let len = match i % 1000 {
+                    7 => 5000,
+                    8 => 3 * WRITE_PAGE_BYTES + 11,
+                    n => (n % 40) as usize,
+                };
+                (format!("key{i:08}").into_bytes(), vec![(i % 251) as u8; len])
+            })
+            .collect();
+        let mut b = w.bucket(b"key").unwrap();
+        for (k, v) in &big {
+            b.put(k, v).unwrap();
+        }
+        assert!(b.put(b"key0", b"").is_err(), "a key out of order is refused");
+        b.finish().unwrap();
+        let mut b = w.bucket(b"cluster").unwrap();
+        b.put(b"clusterVersion", b"3.5.0").unwrap();
+        b.finish().unwrap();
+        w.bucket(b"alarm").unwrap().finish().unwrap();
+        let file = w.finish().unwrap();
+        let len = file.metadata().unwrap().len();
+        assert_eq!(len % WRITE_PAGE_BYTES as u64, 0);
+
+        let db = Bbolt::open(&path).unwrap();
+        assert_eq!(db.page_size as usize, WRITE_PAGE_BYTES);
+        let names: Vec<Vec<u8>> = entries(&db, &db.root()).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(names, vec![b"alarm".to_vec(), b"cluster".to_vec(), b"key".to_vec()]);
+        assert_eq!(entries(&db, &db.bucket(b"key").unwrap().unwrap()), big);
+        assert_eq!(
+            entries(&db, &db.bucket(b"cluster").unwrap().unwrap()),
+            vec![(b"clusterVersion".to_vec(), b"3.5.0".to_vec())]
+        );
+        assert!(entries(&db, &db.bucket(b"alarm").unwrap().unwrap()).is_empty());
+        // The meta page's high-water mark is the file's length in pages.
+        let mut meta = vec![0u8; WRITE_PAGE_BYTES];
+        std::fs::File::open(&path).unwrap().read_exact_at(&mut meta, WRITE_PAGE_BYTES as u64).unwrap();
+        assert_eq!(u64_at(&meta, PAGE_HEADER_BYTES + 40) * WRITE_PAGE_BYTES as u64, len);
     }
 
     #[test]

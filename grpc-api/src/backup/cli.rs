@@ -337,11 +337,26 @@ pub fn run_backup(cmd: BackupCommand) -> anyhow::Result<()> {
         BackupCommand::FromSnapshot { file, target, tenant, delta, write_out } => {
             let target = target.open()?;
             let staging = target.staging_dir()?.join(format!("snapshot-{}-{}", std::process::id(), super::now().0));
+            let group = store::GroupId(crate::node::DEFAULT_GROUP);
             let result = (|| {
+                if !super::bbolt::Bbolt::is_bbolt(&file) {
+                    // A snapshot file of Plinth's own earlier format: the store's chunks.
+                    let store = store::Store::open(&staging, store::StoreConfig::default())?;
+                    super::snapshot_file::install_snapshot_file(&file, &store, group)?;
+                    return super::append_backup(target.as_ref(), &tenant, &store, group, delta);
+                }
+                // etcd's data file, as `Maintenance.Snapshot` sends it (from Plinth or etcd):
+                // a delta straight from the file's history, a full backup through a store
+                // the file is imported into.
+                if delta {
+                    return super::append_etcd_file_delta(target.as_ref(), &tenant, group, &file);
+                }
                 let store = store::Store::open(&staging, store::StoreConfig::default())?;
-                let group = store::GroupId(crate::node::DEFAULT_GROUP);
-                super::snapshot_file::install_snapshot_file(&file, &store, group)?;
-                super::append_backup(target.as_ref(), &tenant, &store, group, delta)
+                let summary = super::etcd_import::etcd_db_records(&file, group.0, None, &mut |_| Ok(()))?;
+                let mut import = store.import_group(group, summary.revision)?;
+                super::etcd_import::etcd_db_records(&file, group.0, None, &mut |r| Ok(import.push(r)?))?;
+                import.finish()?;
+                super::append_backup(target.as_ref(), &tenant, &store, group, false)
             })();
             let _ = std::fs::remove_dir_all(&staging);
             print_entry(&tenant, &result?, write_out)
@@ -425,7 +440,11 @@ pub fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
 pub fn run_snapshot(cmd: SnapshotCommand) -> anyhow::Result<()> {
     match cmd {
         SnapshotCommand::Status { file, write_out } => {
-            let s = super::snapshot_file::read_snapshot_file(&file, &mut |_| Ok(()))?;
+            let s = if super::bbolt::Bbolt::is_bbolt(&file) {
+                super::etcd_export::etcd_db_status(&file)?
+            } else {
+                super::snapshot_file::read_snapshot_file(&file, &mut |_| Ok(()))?
+            };
             let size = super::snapshot_file::humanize_bytes(s.total_size);
             match write_out {
                 WriteOut::Json => print_json(&s),

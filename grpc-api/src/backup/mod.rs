@@ -25,6 +25,7 @@
 
 pub mod bbolt;
 pub mod cli;
+pub mod etcd_export;
 pub mod etcd_import;
 pub mod manifest;
 pub mod object;
@@ -197,7 +198,7 @@ pub fn take_backup(
     group: store::GroupId,
     plan: Plan,
 ) -> anyhow::Result<Vec<Entry>> {
-    let mut manifest = load_manifest(target, tenant)?.unwrap_or_else(|| Manifest::new(tenant, group.0));
+    let manifest = load_manifest(target, tenant)?.unwrap_or_else(|| Manifest::new(tenant, group.0));
     anyhow::ensure!(
         manifest.group == group.0,
         "tenant {tenant}'s backups in {} are of group {}, not {}",
@@ -234,6 +235,17 @@ pub fn take_backup(
             }
         }
     }
+    store_staged(target, tenant, manifest, staged)
+}
+
+/// Stores staged exports as `tenant`'s next backups, in order, then the manifest that names
+/// them; returns the entries added. The staging files are removed whatever happens.
+fn store_staged(
+    target: &dyn BackupTarget,
+    tenant: &str,
+    mut manifest: Manifest,
+    staged: Vec<(Kind, Staged)>,
+) -> anyhow::Result<Vec<Entry>> {
     let (time_unix_ms, time) = now();
     let mut added = Vec::new();
     let mut result = Ok(());
@@ -273,6 +285,53 @@ pub fn take_backup(
     manifest.check_continuity()?;
     target.replace_small(&manifest_name(tenant), &manifest.encode())?;
     Ok(added)
+}
+
+/// Appends to `tenant`'s backups the delta that continues its chain from the etcd data file
+/// at `path` (`plinth backup from-snapshot --delta` of a file `etcdctl snapshot save`
+/// wrote): every version after the chain's end.
+pub fn append_etcd_file_delta(
+    target: &dyn BackupTarget,
+    tenant: &str,
+    group: store::GroupId,
+    path: &std::path::Path,
+) -> anyhow::Result<Entry> {
+    let manifest = load_manifest(target, tenant)?.unwrap_or_else(|| Manifest::new(tenant, group.0));
+    anyhow::ensure!(
+        manifest.group == group.0,
+        "tenant {tenant}'s backups in {} are of group {}, not {}",
+        target.describe(),
+        manifest.group,
+        group.0
+    );
+    let from = manifest.latest_revision().ok_or_else(|| NoFullBackup(tenant.to_string()))?;
+    let mut failed: Option<anyhow::Error> = None;
+    let staged = stage(target, tenant, |sink| {
+        let mut header = None;
+        let mut records = 0u64;
+        let read = etcd_import::etcd_db_records(path, group.0, Some(from), &mut |r| {
+            if let Some(store::BackupBody::Header(h)) = &r.body {
+                header = Some(h.clone());
+            }
+            records += 1;
+            Ok(sink(r)?)
+        });
+        match (read, header) {
+            (Ok(_), Some(h)) => Ok((h, records)),
+            (Ok(_), None) => Err(store::Error::Corruption("an export without a header".into())),
+            (Err(e), _) => {
+                // The file's own error is the one reported, below.
+                let err = store::Error::Corruption(format!("{e:#}"));
+                failed = Some(e);
+                Err(err)
+            }
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let mut entries = store_staged(target, tenant, manifest, vec![(Kind::Delta, staged?)])?;
+    Ok(entries.pop().expect("one export stored"))
 }
 
 /// A delta was asked for but the tenant has no full backup to follow.

@@ -1,6 +1,8 @@
-//! Snapshot files written by `etcdctl snapshot save` against Plinth: the store's chunks of
-//! the default group, zero padding to a multiple of 512 bytes, and the SHA-256 of
-//! everything before it (see `maintenance.rs`).
+//! Snapshot files that `etcdctl snapshot save` wrote against earlier versions of Plinth:
+//! the store's chunks of the default group, zero padding to a multiple of 512 bytes, and
+//! the SHA-256 of everything before it. (Snapshots are now etcd's data file, see
+//! `etcd_export`; these are still read, by `plinth snapshot status` and `plinth backup
+//! from-snapshot`.)
 //!
 //! [`read_snapshot_file`] verifies the whole file (every chunk's crc and sequence, the
 //! trailer's SHA-256) while it streams the chunks to a visitor, holding one chunk at a time.

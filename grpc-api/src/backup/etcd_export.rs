@@ -1,0 +1,402 @@
+//! A group written as etcd v3.5's data file: the bbolt `db` that `etcdctl snapshot save`
+//! receives from `Maintenance.Snapshot`, so `etcdutl snapshot status` reads it and `etcdutl
+//! snapshot restore` turns it into an etcd member's data dir. `etcd_import` reads the same
+//! file back into Plinth.
+//!
+//! ```text
+//! key              main(8 BE) '_' sub(8 BE) ['t']  -> mvccpb.KeyValue (a tombstone: the key only)
+//! lease            id(8 BE)                        -> leasepb.Lease
+//! meta             consistent_index, term          -> u64 BE
+//!                  finishedCompactRev, scheduledCompactRev -> main(8 BE) '_' sub(8 BE)
+//! auth             authEnabled -> 1 byte, authRevision -> u64 BE
+//! authUsers        name -> authpb.User;   authRoles  name -> authpb.Role
+//! members          id in hex -> the member as JSON;  members_removed (empty)
+//! cluster          clusterVersion -> "3.5.0"
+//! alarm            (empty)
+//! ```
+//!
+//! The `key` bucket holds what an etcd compacted at the group's compact revision C holds:
+//! every change after C and each key's newest live version at or before C. The store keeps
+//! versions by key; etcd keys them by revision, so they pass through [`RunSorter`], which
+//! sorts runs of a bounded size in memory, spills each to an unnamed temporary file and
+//! merges them. The whole file is written to an unnamed temporary file too (in the data
+//! dir): memory stays bounded whatever the group's size, and nothing is left behind if the
+//! process dies.
+//!
+//! ## CAVEATS
+//!
+//! - Alarms are not written: a restored etcd starts without them, as after `alarm disarm`.
+//! - `consistent_index` is the group's applied index, which means nothing to an etcd;
+//!   `etcdutl snapshot restore` replaces it, as it does for any snapshot.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use anyhow::Context;
+use prost::Message;
+use store::{GroupId, KeyValue, RevisionPair};
+
+use super::bbolt::BboltWriter;
+use crate::node::membership::Member;
+
+/// The version etcd 3.5 keeps in the `cluster` bucket.
+const CLUSTER_VERSION: &str = "3.5.0";
+/// Bytes of entries [`RunSorter`] sorts in memory before it spills them.
+const SORT_RUN_BYTES: usize = 32 << 20;
+
+/// etcd's revision key: `main '_' sub`, then `t` for a tombstone.
+pub fn revision_key(rev: RevisionPair, tombstone: bool) -> Vec<u8> {
+    let mut k = Vec::with_capacity(18);
+    k.extend_from_slice(&rev.main.to_be_bytes());
+    k.push(b'_');
+    k.extend_from_slice(&rev.sub.to_be_bytes());
+    if tombstone {
+        k.push(b't');
+    }
+    k
+}
+
+/// etcd's `authpb.UserAddOptions`.
+#[derive(Clone, PartialEq, Message)]
+struct EtcdUserOptions {
+    #[prost(bool, tag = "1")]
+    no_password: bool,
+}
+
+/// etcd's `authpb.User`.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct EtcdUser {
+    #[prost(bytes = "vec", tag = "1")]
+    pub name: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub password: Vec<u8>,
+    #[prost(string, repeated, tag = "3")]
+    pub roles: Vec<String>,
+    #[prost(message, optional, tag = "4")]
+    options: Option<EtcdUserOptions>,
+}
+
+impl EtcdUser {
+    pub fn no_password(&self) -> bool {
+        self.options.as_ref().is_some_and(|o| o.no_password)
+    }
+}
+
+/// etcd's `authpb.Role` (its `Permission` is the store's, field for field).
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct EtcdRole {
+    #[prost(bytes = "vec", tag = "1")]
+    pub name: Vec<u8>,
+    #[prost(message, repeated, tag = "2")]
+    pub key_permission: Vec<store::auth::Permission>,
+}
+
+/// A member as etcd's `membership.Member` marshals to JSON, field order included.
+#[derive(serde::Serialize)]
+struct EtcdMember<'a> {
+    id: u64,
+    #[serde(rename = "peerURLs")]
+    peer_urls: &'a [String],
+    #[serde(rename = "isLearner", skip_serializing_if = "std::ops::Not::not")]
+    is_learner: bool,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    name: &'a str,
+    #[serde(rename = "clientURLs", skip_serializing_if = "<[String]>::is_empty")]
+    client_urls: &'a [String],
+}
+
+/// Sorts `(key, value)` entries of unique keys with bounded memory: runs of up to
+/// [`SORT_RUN_BYTES`] are sorted in memory and spilled to unnamed files in `dir`, then
+/// merged.
+pub struct RunSorter<'a> {
+    dir: &'a Path,
+    run: Vec<(Vec<u8>, Vec<u8>)>,
+    run_bytes: usize,
+    spilled: Vec<File>,
+}
+
+impl<'a> RunSorter<'a> {
+    pub fn new(dir: &'a Path) -> RunSorter<'a> {
+        RunSorter { dir, run: Vec::new(), run_bytes: 0, spilled: Vec::new() }
+    }
+
+    pub fn push(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
+        self.run_bytes += key.len() + value.len() + 64;
+        self.run.push((key, value));
+        if self.run_bytes >= SORT_RUN_BYTES {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    fn spill(&mut self) -> anyhow::Result<()> {
+        self.run.sort_unstable();
+        let mut out = BufWriter::new(tempfile::tempfile_in(self.dir).context("a sort run's file")?);
+        for (k, v) in self.run.drain(..) {
+            out.write_all(&(k.len() as u32).to_le_bytes())?;
+            out.write_all(&(v.len() as u32).to_le_bytes())?;
+            out.write_all(&k)?;
+            out.write_all(&v)?;
+        }
+        let mut file = out.into_inner().map_err(|e| e.into_error())?;
+        file.seek(SeekFrom::Start(0))?;
+        self.spilled.push(file);
+        self.run_bytes = 0;
+        Ok(())
+    }
+
+    /// Hands every entry to `visit` in key order.
+    pub fn finish(mut self, mut visit: impl FnMut(&[u8], &[u8]) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        if self.spilled.is_empty() {
+            self.run.sort_unstable();
+            for (k, v) in &self.run {
+                visit(k, v)?;
+            }
+            return Ok(());
+        }
+        if !self.run.is_empty() {
+            self.spill()?;
+        }
+        fn read_entry(r: &mut BufReader<File>) -> anyhow::Result<Option<(Vec<u8>, Vec<u8>)>> {
+            let mut lens = [0u8; 8];
+            match r.read_exact(&mut lens) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+            let klen = u32::from_le_bytes(lens[..4].try_into().expect("4 bytes")) as usize;
+            let vlen = u32::from_le_bytes(lens[4..].try_into().expect("4 bytes")) as usize;
+            let mut k = vec![0u8; klen];
+            r.read_exact(&mut k)?;
+            let mut v = vec![0u8; vlen];
+            r.read_exact(&mut v)?;
+            Ok(Some((k, v)))
+        }
+        let mut readers: Vec<BufReader<File>> = self.spilled.drain(..).map(BufReader::new).collect();
+        let mut heap = BinaryHeap::new();
+        for (i, r) in readers.iter_mut().enumerate() {
+            if let Some((k, v)) = read_entry(r)? {
+                heap.push(Reverse((k, i, v)));
+            }
+        }
+        while let Some(Reverse((k, i, v))) = heap.pop() {
+            visit(&k, &v)?;
+            if let Some((k, v)) = read_entry(&mut readers[i])? {
+                heap.push(Reverse((k, i, v)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes group `g` of `store` at one point as etcd's data file into an unnamed file in
+/// `dir` (sort runs go there too), with `members` in its `members` bucket. Returns the
+/// file, positioned nowhere in particular, and the revision it holds.
+pub fn write_etcd_db(store: &store::Store, g: GroupId, members: &[Member], dir: &Path) -> anyhow::Result<(File, i64)> {
+    let pin = store.pin_export(g);
+    let revision = pin.revision();
+    let compact = pin.compact_revision();
+    let mut sorter = RunSorter::new(dir);
+    pin.versions(&mut |key, rev, kv| {
+        let (k, v) = match kv {
+            Some(kv) => (revision_key(rev, false), kv.encode_to_vec()),
+            None => {
+                (revision_key(rev, true), KeyValue { key: key.to_vec().into(), ..Default::default() }.encode_to_vec())
+            }
+        };
+        sorter.push(k, v)
+    })?;
+
+    let file = tempfile::tempfile_in(dir).context("the snapshot's file")?;
+    let mut w = BboltWriter::new(file)?;
+    // Buckets in name order (the writer sorts them anyway).
+    w.bucket(b"alarm")?.finish()?;
+    let auth = pin.auth();
+    let mut b = w.bucket(b"auth")?;
+    b.put(b"authEnabled", &[u8::from(auth.enabled)])?;
+    b.put(b"authRevision", &auth.revision.to_be_bytes())?;
+    b.finish()?;
+    let mut roles: Vec<_> = auth.roles.iter().collect();
+    roles.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut b = w.bucket(b"authRoles")?;
+    for r in roles {
+        let role = EtcdRole { name: r.name.as_bytes().to_vec(), key_permission: r.permissions.clone() };
+        b.put(r.name.as_bytes(), &role.encode_to_vec())?;
+    }
+    b.finish()?;
+    let mut users: Vec<_> = auth.users.iter().collect();
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut b = w.bucket(b"authUsers")?;
+    for u in users {
+        let user = EtcdUser {
+            name: u.name.as_bytes().to_vec(),
+            password: u.password_hash.to_vec(),
+            roles: u.roles.clone(),
+            options: Some(EtcdUserOptions { no_password: u.no_password }),
+        };
+        b.put(u.name.as_bytes(), &user.encode_to_vec())?;
+    }
+    b.finish()?;
+    let mut b = w.bucket(b"cluster")?;
+    b.put(b"clusterVersion", CLUSTER_VERSION.as_bytes())?;
+    b.finish()?;
+
+    let mut b = w.bucket(b"key")?;
+    sorter.finish(|k: &[u8], v: &[u8]| b.put(k, v))?;
+    b.finish()?;
+
+    let mut leases = Vec::new();
+    pin.leases(&mut |l| {
+        leases.push(l);
+        Ok(())
+    })?;
+    // etcd orders them by the id's big-endian bytes, negative ids (never granted) last.
+    let mut leases: Vec<(Vec<u8>, Vec<u8>)> =
+        leases.into_iter().map(|l| (l.id.to_be_bytes().to_vec(), l.encode_to_vec())).collect();
+    leases.sort();
+    let mut b = w.bucket(b"lease")?;
+    for (k, v) in &leases {
+        b.put(k, v)?;
+    }
+    b.finish()?;
+
+    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for m in members {
+        let json = serde_json::to_vec(&EtcdMember {
+            id: m.id,
+            peer_urls: &m.peer_urls,
+            is_learner: m.is_learner,
+            name: &m.name,
+            client_urls: &m.client_urls,
+        })?;
+        entries.push((format!("{:x}", m.id).into_bytes(), json));
+    }
+    entries.sort();
+    let mut b = w.bucket(b"members")?;
+    for (k, v) in &entries {
+        b.put(k, v)?;
+    }
+    b.finish()?;
+    w.bucket(b"members_removed")?.finish()?;
+
+    let mut b = w.bucket(b"meta")?;
+    b.put(b"consistent_index", &pin.applied_index().to_be_bytes())?;
+    if compact > 0 {
+        let at = revision_key(RevisionPair { main: compact, sub: 0 }, false);
+        b.put(b"finishedCompactRev", &at)?;
+        b.put(b"scheduledCompactRev", &at)?;
+    }
+    b.finish()?;
+    Ok((w.finish()?, revision))
+}
+
+/// CRC-32C (Castagnoli), the hash `etcdutl snapshot status` prints.
+struct Crc32c {
+    table: [u32; 256],
+    crc: u32,
+}
+
+impl Crc32c {
+    fn new() -> Crc32c {
+        let mut table = [0u32; 256];
+        for (i, slot) in table.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { (c >> 1) ^ 0x82F6_3B78 } else { c >> 1 };
+            }
+            *slot = c;
+        }
+        Crc32c { table, crc: !0 }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.crc = self.table[((self.crc ^ u32::from(b)) & 0xff) as usize] ^ (self.crc >> 8);
+        }
+    }
+
+    fn finish(&self) -> u32 {
+        !self.crc
+    }
+}
+
+/// What `etcdutl snapshot status` prints for the etcd data file at `path`: the CRC-32C of
+/// every top-level bucket's name and entries, the revision of the last `key` entry, the
+/// number of entries and the file's size in pages.
+pub fn etcd_db_status(path: &Path) -> anyhow::Result<super::snapshot_file::SnapshotStatus> {
+    let db = super::bbolt::Bbolt::open(path)?;
+    let mut names = Vec::new();
+    db.walk(&db.root(), &mut |k, _, is_bucket| {
+        if is_bucket {
+            names.push(k.to_vec());
+        }
+        Ok(true)
+    })?;
+    let mut hash = Crc32c::new();
+    let (mut revision, mut total_key) = (0i64, 0u64);
+    for name in names {
+        let bucket = db.bucket(&name)?.context("a listed bucket")?;
+        hash.update(&name);
+        let is_key = name == b"key";
+        db.walk(&bucket, &mut |k, v, _| {
+            hash.update(k);
+            hash.update(v);
+            if is_key && k.len() >= 8 {
+                revision = i64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
+            }
+            total_key += 1;
+            Ok(true)
+        })?;
+    }
+    Ok(super::snapshot_file::SnapshotStatus {
+        hash: hash.finish(),
+        revision,
+        total_key,
+        total_size: db.size_in_pages(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_matches_the_reference_value() {
+        let mut c = Crc32c::new();
+        c.update(b"123456789");
+        assert_eq!(c.finish(), 0xE306_9283);
+    }
+
+    #[test]
+    fn the_sorter_merges_spilled_runs_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RunSorter::new(dir.path());
+        // Past two runs' worth, in an order that is not sorted.
+        let n = 3 * SORT_RUN_BYTES / (64 + 16 + 200) + 17;
+        let mut expected = Vec::new();
+        for i in 0..n {
+            let k = ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).to_be_bytes().to_vec();
+            let v = vec![(i % 256) as u8; 200];
+            expected.push((k.clone(), v.clone()));
+            s.push(k, v).unwrap();
+        }
+        assert!(s.spilled.len() >= 2, "the test spills");
+        expected.sort();
+        let mut got = Vec::new();
+        s.finish(|k: &[u8], v: &[u8]| {
+            got.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert!(got == expected);
+    }
+
+    #[test]
+    fn revision_keys_are_etcds() {
+        let k = revision_key(RevisionPair { main: 5, sub: 1 }, true);
+        assert_eq!(k, [&5i64.to_be_bytes()[..], b"_", &1i64.to_be_bytes()[..], b"t"].concat());
+    }
+}
