@@ -111,9 +111,11 @@ fn stuck_watcher_is_canceled_after_the_limit() {
     let last = got.last().unwrap();
     assert!(last.canceled && last.slow && last.watch_id == id.0, "last response: {last:?}");
     assert_eq!(last.compact_revision, 0);
-    // Removed: no more responses, and cancel knows nothing of it.
+    // Removed: no more responses. Its id stays taken until the client cancels it (as for a
+    // watcher canceled as compacted), and that cancel is answered once.
     n.put("a", "after");
     assert!(stuck.recv_timeout(Duration::from_millis(300)).is_none());
+    assert!(stuck.cancel(id));
     assert!(!stuck.cancel(id));
 }
 
@@ -268,4 +270,18 @@ fn chosen_watch_ids_are_kept_refused_when_taken_and_skipped_by_the_stream() {
     assert_eq!(s.watch_as(1, spec("f")), Some(store::WatchId(1)), "a canceled watcher's id is free again");
     let other = n.store.watch_stream(G);
     assert_eq!(other.watch_as(2, spec("a")), Some(store::WatchId(2)), "ids are per stream");
+
+    // A watcher the store cancels as compacted keeps its id until the client cancels it.
+    let rev = n.put("g", "1").revision;
+    compact(&mut n, rev);
+    let from_one = WatchSpec { key: b("g"), start_revision: 1, ..Default::default() };
+    assert_eq!(s.watch_as(9, from_one.clone()), Some(store::WatchId(9)));
+    assert_eq!(s.watch(from_one), store::WatchId(3));
+    let canceled = recv_until(&s, Duration::from_secs(5), |e| e.watch_id == 3 && e.canceled);
+    assert!(canceled.iter().any(|e| e.watch_id == 9 && e.canceled && e.compact_revision == rev));
+    assert_eq!(s.watch_as(9, spec("h")), None, "9 is still taken");
+    assert_eq!(s.watch(spec("h")), store::WatchId(4), "and skipped, like 3");
+    assert!(s.cancel(store::WatchId(9)), "the client's cancel of it is answered");
+    assert!(!s.cancel(store::WatchId(9)), "once");
+    assert_eq!(s.watch_as(9, spec("h")), Some(store::WatchId(9)), "then 9 is free");
 }

@@ -210,7 +210,8 @@ fn an_update_at_the_compact_revision_ends_a_prev_kv_watch_from_there() {
 /// Watch ids a client chooses (`watch_id`, etcd 3.4+), on one stream: taken as given; an id
 /// in use is refused (created and canceled under -1, "duplicate watch ID"); the stream's own
 /// ids skip the chosen ones; events and cancels go by the chosen ids; a canceled id may be
-/// chosen again.
+/// chosen again; an id whose watcher the server canceled stays taken until the client
+/// cancels it.
 async fn chosen_watch_ids_script(endpoint: String) -> String {
     let mut c = connect(&endpoint, false).await;
     let mut log = String::new();
@@ -235,8 +236,28 @@ async fn chosen_watch_ids_script(endpoint: String) -> String {
         let _ = writeln!(log, "watch {key} as {id}");
         drain(&mut s, &mut log).await;
     }
-    c.put("f", "1", None).await.expect("put f");
+    let put = c.put("f", "1", None).await.expect("put f");
     let _ = writeln!(log, "put f");
+    drain(&mut s, &mut log).await;
+    // A watcher the server cancels (its start revision is compacted) keeps its id until the
+    // client cancels it; that cancel is answered, and the id may then be chosen again.
+    let current = put.header().expect("header").revision();
+    c.compact(current, Some(etcd_client::CompactionOptions::new().with_physical())).await.expect("compact");
+    let _ = writeln!(log, "compact at the current revision");
+    s.watch("h", Some(WatchOptions::new().with_watch_id(9).with_start_revision(1))).await.expect("watch");
+    let _ = writeln!(log, "watch h as 9 from 1");
+    drain(&mut s, &mut log).await;
+    s.watch("i", Some(WatchOptions::new().with_watch_id(9))).await.expect("watch");
+    let _ = writeln!(log, "watch i as 9");
+    drain(&mut s, &mut log).await;
+    s.cancel(9).await.expect("cancel 9");
+    let _ = writeln!(log, "cancel 9");
+    drain(&mut s, &mut log).await;
+    s.watch("i", Some(WatchOptions::new().with_watch_id(9))).await.expect("watch");
+    let _ = writeln!(log, "watch i as 9 again");
+    drain(&mut s, &mut log).await;
+    c.put("i", "1", None).await.expect("put i");
+    let _ = writeln!(log, "put i");
     drain(&mut s, &mut log).await;
     log
 }
@@ -247,7 +268,11 @@ fn chosen_watch_ids_match_etcd() {
     same_as_etcd(
         "watch_chosen_ids",
         chosen_watch_ids_script,
-        &["id=-1 created=true canceled=true", "watch c as 0\n  id=2 created=true"],
+        &[
+            "id=-1 created=true canceled=true",
+            "watch c as 0\n  id=2 created=true",
+            "watch i as 9\n  id=-1 created=true canceled=true",
+        ],
     );
 }
 

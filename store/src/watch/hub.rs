@@ -17,7 +17,7 @@
 //! whatever the window. A watcher whose queue stays full for `watch_stuck_cancel_after`
 //! is canceled (`slow`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -132,6 +132,10 @@ struct HubState {
     /// Scheduled compact revision (-1 = never).
     compact: Revision,
     watchers: BTreeMap<(u64, i64), Watcher>,
+    /// Ids of watchers the hub canceled (compacted history, an import, a stuck stream): as in
+    /// etcd, each stays taken until the client cancels it or its stream closes, and that
+    /// cancel is answered. At most one per watcher a stream created.
+    retired: BTreeSet<(u64, i64)>,
     unsynced: usize,
     /// Where the next catch-up window starts looking for a ready watcher (the revision after
     /// the previous window).
@@ -144,10 +148,17 @@ struct HubState {
 }
 
 impl HubState {
+    /// Whether a watcher of the stream has the id, or had it until the hub canceled it and
+    /// the client has not canceled it since.
+    fn taken(&self, key: (u64, i64)) -> bool {
+        self.watchers.contains_key(&key) || self.retired.contains(&key)
+    }
+
     /// Removes an unsynced watcher and queues its cancel as compacted at `compact`, behind
     /// whatever it already has queued (etcd's `{compact_revision, canceled}`).
     fn cancel_compacted(&mut self, key: (u64, i64)) {
         let w = self.watchers.remove(&key).expect("a listed watcher");
+        self.retired.insert(key);
         debug_assert!(!w.synced, "only a catching-up watcher can meet compacted history");
         w.queue.push_control(WatchEvent {
             watch_id: key.1,
@@ -176,6 +187,7 @@ impl Hub {
                 current,
                 compact,
                 watchers: BTreeMap::new(),
+                retired: BTreeSet::new(),
                 unsynced: 0,
                 sync_cursor: 0,
                 next_stream_id: 0,
@@ -203,6 +215,10 @@ impl Hub {
             if !w.synced {
                 st.unsynced -= 1;
             }
+        }
+        let retired: Vec<_> = st.retired.range((stream, i64::MIN)..=(stream, i64::MAX)).copied().collect();
+        for k in retired {
+            st.retired.remove(&k);
         }
         if let Some(q) = st.streams.remove(&stream) {
             q.close();
@@ -244,12 +260,12 @@ impl Hub {
         let mut st = self.state.lock();
         let id = if requested == AUTO_WATCH_ID {
             let mut id = next_auto.load(Ordering::Relaxed);
-            while st.watchers.contains_key(&(queue.id, id)) {
+            while st.taken((queue.id, id)) {
                 id += 1;
             }
             next_auto.store(id + 1, Ordering::Relaxed);
             id
-        } else if st.watchers.contains_key(&(queue.id, requested)) {
+        } else if st.taken((queue.id, requested)) {
             return None;
         } else {
             requested
@@ -258,6 +274,7 @@ impl Hub {
         queue.push_control(created);
         let start = spec.start_revision;
         if st.importing {
+            st.retired.insert((queue.id, id));
             queue.push_control(WatchEvent {
                 watch_id: id,
                 revision: st.current,
@@ -268,6 +285,7 @@ impl Hub {
             return Some(id);
         }
         if start < 0 || (start != 0 && start < st.compact) {
+            st.retired.insert((queue.id, id));
             queue.push_control(WatchEvent {
                 watch_id: id,
                 revision: st.current,
@@ -292,9 +310,12 @@ impl Hub {
 
     pub fn cancel(&self, queue: &Arc<StreamQueue>, id: i64) -> bool {
         let mut st = self.state.lock();
-        let Some(w) = st.watchers.remove(&(queue.id, id)) else { return false };
-        if !w.synced {
-            st.unsynced -= 1;
+        match st.watchers.remove(&(queue.id, id)) {
+            Some(w) if !w.synced => st.unsynced -= 1,
+            Some(_) => {}
+            // A watcher the hub canceled: its id is free again, and the cancel is answered.
+            None if st.retired.remove(&(queue.id, id)) => {}
+            None => return false,
         }
         queue.push_control(WatchEvent { watch_id: id, revision: st.current, canceled: true, ..Default::default() });
         true
@@ -395,6 +416,7 @@ impl Hub {
         st.importing = importing;
         let current = st.current;
         for (key, w) in std::mem::take(&mut st.watchers) {
+            st.retired.insert(key);
             w.queue.push_control(WatchEvent {
                 watch_id: key.1,
                 revision: current,
@@ -540,6 +562,7 @@ impl Hub {
         }
         for key in stuck {
             let w = st.watchers.remove(&key).expect("listed above");
+            st.retired.insert(key);
             tracing::warn!(
                 group = self.group.0,
                 watch_id = key.1,
@@ -567,6 +590,8 @@ impl Hub {
         for w in st.watchers.values().filter(|w| w.synced) {
             assert!(w.next_revision > st.current, "synced watcher behind current");
         }
+        assert!(st.retired.iter().all(|k| !st.watchers.contains_key(k)), "a retired id has a watcher");
+        assert!(st.retired.iter().all(|(stream, _)| st.streams.contains_key(stream)), "a closed stream's id retired");
     }
 }
 
