@@ -314,6 +314,11 @@ impl PinnedExport<'_> {
         Ok((header, records))
     }
 
+    /// Whether the group was being imported at the pin (its data is no history to export).
+    pub fn importing(&self) -> bool {
+        self.meta.import.is_some()
+    }
+
     /// The compact revision the group answers reads with (0: never compacted).
     pub fn compact_revision(&self) -> Revision {
         self.meta.visible_compact_revision()

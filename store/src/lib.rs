@@ -126,8 +126,10 @@
 //!   (no interval tree yet).
 //! - No prefix bloom filters yet (whole-key blooms on point lookups only); reads at old
 //!   revisions seek per key.
-//! - `hash_kv` is crc32 over this store's own encoding: comparable between Plinth replicas,
-//!   not with etcd.
+//! - `hash_kv` is crc32 over this store's own encoding, in key order: comparable between
+//!   Plinth replicas (the simulations use it), not with etcd. The `HashKV` RPC computes
+//!   etcd's hash instead, from [`PinnedExport::versions`] sorted by revision (grpc-api
+//!   `backup/etcd_export.rs`).
 //! - The check at open reads the whole store once per start (seconds per GiB); nothing
 //!   checks files again while the store runs, short of the reads that reach them.
 //! - An import's begin wipes the group with range deletions in one batch, and its finish

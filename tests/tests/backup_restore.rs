@@ -31,6 +31,16 @@ fn revision(s: &Server) -> i64 {
     keys_at(s, 0).1
 }
 
+/// `endpoint hashkv` at the current revision: (hash, compact revision), etcd's hash of the
+/// keys and their history.
+fn hashkv(s: &Server, flags: &[&str]) -> (u64, i64) {
+    let mut args = flags.to_vec();
+    args.extend_from_slice(&["endpoint", "hashkv", "-w", "json"]);
+    let v: Value = serde_json::from_str(&ctl_ok(s, &args)).unwrap();
+    let h = &v[0]["HashKV"];
+    (h["hash"].as_u64().expect("hash"), h["compact_revision"].as_i64().expect("compact revision"))
+}
+
 /// Stops `s`, replaces its data dir by a restore with `restore_args`, and starts it again.
 fn restore_into(s: &mut Server, restore_args: &[&str]) -> String {
     s.kill9();
@@ -199,6 +209,7 @@ fn an_etcd_snapshot_restores_with_etcds_revisions() {
     assert!(old.stderr.contains("compacted"), "{}", old.stderr);
     let leases = ctl_ok(&plinth, &["lease", "list"]);
     assert!(leases.contains(&lease_id) && !leases.contains(&short_id), "{leases}");
+    assert_eq!(hashkv(&plinth, &[]), hashkv(&etcd, &[]), "the same history gives etcd's HashKV");
     ctl_ok(&plinth, &["put", "after", "import"]);
     assert_eq!(revision(&plinth), etcd_revision + 1);
 }
@@ -343,6 +354,8 @@ fn a_plinth_snapshot_is_an_etcd_data_file_that_etcd_restores() {
         (v["kvs"].as_array().cloned().unwrap_or_default(), v["header"]["revision"].as_i64().unwrap())
     };
     assert_eq!(get(&etcd, 0), (want.clone(), rev), "etcd serves the snapshot's keys at its revision");
+    let root = ["--user=root:root-pw"];
+    assert_eq!(hashkv(&etcd, &root), hashkv(&source, &root), "and answers the source's HashKV");
     assert_eq!(get(&etcd, compact_at + 2).0, want_mid, "and the history after the compaction");
     let old = etcd.ctl(&["--user=root:root-pw", "get", "p00", &format!("--rev={}", compact_at - 1)]);
     assert!(old.stderr.contains("compacted"), "{}", old.stderr);

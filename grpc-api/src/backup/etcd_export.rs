@@ -293,6 +293,70 @@ pub fn write_etcd_db(store: &store::Store, g: GroupId, members: &[Member], dir: 
     Ok((w.finish()?, revision))
 }
 
+/// etcd's `HashKV` of group `g` at `rev` (0: the current revision): the CRC-32C of the
+/// bucket name `key` and of each `key` entry (revision key, `mvccpb.KeyValue`) up to `rev`,
+/// in revision order, as etcd's `HashByRev` computes it over a compacted store: the entries
+/// after the compact revision C, and those at or before C that are their key's newest
+/// version at `rev` (etcd's keep set; all of them if that set is empty). So a Plinth group
+/// and an etcd holding the same history answer the same hash. Versions are sorted through
+/// [`RunSorter`] with spills in `dir`. Returns (hash, compact revision, hashed revision).
+pub fn etcd_hash_kv(store: &store::Store, g: GroupId, rev: i64, dir: &Path) -> store::Result<(u32, i64, i64)> {
+    let pin = store.pin_export(g);
+    if pin.importing() {
+        return Err(store::Error::Importing);
+    }
+    let current = pin.revision();
+    if rev > current {
+        return Err(store::Error::FutureRevision { requested: rev, current });
+    }
+    let rev = if rev <= 0 { current } else { rev };
+    let compact = pin.compact_revision();
+    if rev < compact {
+        return Err(store::Error::Compacted { requested: rev, compacted: compact });
+    }
+    let io = |e: anyhow::Error| store::Error::Io(std::io::Error::other(format!("{e:#}")));
+    let mut sorter = RunSorter::new(dir);
+    // Whether etcd's keep set at `rev` has a member: some key's newest version at `rev` is live.
+    let mut keep_nonempty = false;
+    let mut key_of_newest: Option<Vec<u8>> = None;
+    pin.versions(&mut |key, r, kv| {
+        if r.main > rev {
+            return Ok(());
+        }
+        // Versions come newest first within a key: the first at or below `rev` is its newest.
+        let newest = key_of_newest.as_deref() != Some(key);
+        if newest {
+            key_of_newest = Some(key.to_vec());
+            keep_nonempty |= kv.is_some();
+        }
+        // An entry at or below C counts only as its key's newest version at `rev`, unless the
+        // keep set is empty (decided once every key is seen): marked in the value's first byte.
+        let conditional = r.main <= compact && !newest;
+        let (k, v) = match kv {
+            Some(kv) => (revision_key(r, false), kv.encode_to_vec()),
+            None => {
+                (revision_key(r, true), KeyValue { key: key.to_vec().into(), ..Default::default() }.encode_to_vec())
+            }
+        };
+        let mut value = Vec::with_capacity(1 + v.len());
+        value.push(u8::from(conditional));
+        value.extend_from_slice(&v);
+        sorter.push(k, value).map_err(io)
+    })?;
+    let mut hash = Crc32c::new();
+    hash.update(b"key");
+    sorter
+        .finish(|k: &[u8], v: &[u8]| {
+            if v[0] == 0 || !keep_nonempty {
+                hash.update(k);
+                hash.update(&v[1..]);
+            }
+            Ok(())
+        })
+        .map_err(io)?;
+    Ok((hash.finish(), compact, rev))
+}
+
 /// CRC-32C (Castagnoli), the hash `etcdutl snapshot status` prints.
 struct Crc32c {
     table: [u32; 256],
