@@ -171,18 +171,25 @@ fn backups_restore_every_key_with_its_revisions() {
     assert!(!target.exists(), "a failed restore leaves no data dir");
 }
 
+/// `puts` puts over `keys` keys `{prefix}NN`, `{prefix}03` deleted, then every key under
+/// `{prefix}1`, and `with-lease` put with a new 900 s lease, whose id is returned.
+fn write_history(s: &Server, prefix: &str, puts: usize, keys: usize) -> String {
+    for i in 0..puts {
+        ctl_ok(s, &["put", &format!("{prefix}{:02}", i % keys), &format!("value-{i}")]);
+    }
+    ctl_ok(s, &["del", &format!("{prefix}03")]);
+    ctl_ok(s, &["del", &format!("{prefix}1"), "--prefix"]);
+    let lease = ctl_ok(s, &["lease", "grant", "900"]);
+    let lease_id = lease.split_whitespace().nth(1).expect("lease id").to_string();
+    ctl_ok(s, &["put", "with-lease", "l", &format!("--lease={lease_id}")]);
+    lease_id
+}
+
 #[test]
 fn an_etcd_snapshot_restores_with_etcds_revisions() {
     let etcd = Server::etcd();
     let work = tempfile::tempdir().unwrap();
-    for i in 0..30 {
-        ctl_ok(&etcd, &["put", &format!("e{:02}", i % 12), &format!("value-{i}")]);
-    }
-    ctl_ok(&etcd, &["del", "e03"]);
-    ctl_ok(&etcd, &["del", "e1", "--prefix"]);
-    let lease = ctl_ok(&etcd, &["lease", "grant", "900"]);
-    let lease_id = lease.split_whitespace().nth(1).expect("lease id").to_string();
-    ctl_ok(&etcd, &["put", "with-lease", "l", &format!("--lease={lease_id}")]);
+    let lease_id = write_history(&etcd, "e", 30, 12);
     let short = ctl_ok(&etcd, &["lease", "grant", "600"]);
     let short_id = short.split_whitespace().nth(1).expect("lease id").to_string();
     ctl_ok(&etcd, &["put", "revoked", "r", &format!("--lease={short_id}")]);
@@ -280,14 +287,7 @@ fn root_ok(s: &Server, args: &[&str]) -> String {
 fn a_plinth_snapshot_is_an_etcd_data_file_that_etcd_restores() {
     let source = Server::plinth();
     let work = tempfile::tempdir().unwrap();
-    for i in 0..40 {
-        ctl_ok(&source, &["put", &format!("p{:02}", i % 15), &format!("value-{i}")]);
-    }
-    ctl_ok(&source, &["del", "p03"]);
-    ctl_ok(&source, &["del", "p1", "--prefix"]);
-    let lease = ctl_ok(&source, &["lease", "grant", "900"]);
-    let lease_id = lease.split_whitespace().nth(1).expect("lease id").to_string();
-    ctl_ok(&source, &["put", "leased", "l", &format!("--lease={lease_id}")]);
+    let lease_id = write_history(&source, "p", 40, 15);
     let compact_at = revision(&source) - 6;
     ctl_ok(&source, &["compact", &compact_at.to_string()]);
     ctl_ok(&source, &["put", "p00", "after compaction"]);

@@ -189,6 +189,19 @@ fn stage(
     }
 }
 
+/// `tenant`'s manifest in `target` (a new one if it has none), which must be of `group`.
+fn tenant_manifest(target: &dyn BackupTarget, tenant: &str, group: store::GroupId) -> anyhow::Result<Manifest> {
+    let manifest = load_manifest(target, tenant)?.unwrap_or_else(|| Manifest::new(tenant, group.0));
+    anyhow::ensure!(
+        manifest.group == group.0,
+        "tenant {tenant}'s backups in {} are of group {}, not {}",
+        target.describe(),
+        manifest.group,
+        group.0
+    );
+    Ok(manifest)
+}
+
 /// Takes one backup run of `group` into `target` as `tenant`'s next backups (see [`Plan`])
 /// and returns the manifest entries added, oldest first.
 pub fn take_backup(
@@ -198,14 +211,7 @@ pub fn take_backup(
     group: store::GroupId,
     plan: Plan,
 ) -> anyhow::Result<Vec<Entry>> {
-    let manifest = load_manifest(target, tenant)?.unwrap_or_else(|| Manifest::new(tenant, group.0));
-    anyhow::ensure!(
-        manifest.group == group.0,
-        "tenant {tenant}'s backups in {} are of group {}, not {}",
-        target.describe(),
-        manifest.group,
-        group.0
-    );
+    let manifest = tenant_manifest(target, tenant, group)?;
     let end = manifest.latest_revision();
     if plan == Plan::Delta && end.is_none() {
         return Err(NoFullBackup(tenant.to_string()).into());
@@ -296,14 +302,7 @@ pub fn append_etcd_file_delta(
     group: store::GroupId,
     path: &std::path::Path,
 ) -> anyhow::Result<Entry> {
-    let manifest = load_manifest(target, tenant)?.unwrap_or_else(|| Manifest::new(tenant, group.0));
-    anyhow::ensure!(
-        manifest.group == group.0,
-        "tenant {tenant}'s backups in {} are of group {}, not {}",
-        target.describe(),
-        manifest.group,
-        group.0
-    );
+    let manifest = tenant_manifest(target, tenant, group)?;
     let from = manifest.latest_revision().ok_or_else(|| NoFullBackup(tenant.to_string()))?;
     let mut failed: Option<anyhow::Error> = None;
     let staged = stage(target, tenant, |sink| {
