@@ -87,7 +87,8 @@ fn restore_and_read(work: &Path, backup_dir: &str, revision: i64) -> (BTreeMap<V
     let g = store::GroupId(1);
     assert_eq!(store.current_revision(g), revision);
     let kvs = store.range(g, &all).unwrap().kvs;
-    let (hash, compact, _) = store.hash_kv(g, revision).unwrap();
+    // The hash the `HashKV` RPC answers (etcd's), which the source's is compared with.
+    let (hash, compact, _) = grpc_api::backup::etcd_export::etcd_hash_kv(&store, g, revision, work).unwrap();
     drop(store);
     std::fs::remove_dir_all(&dir).unwrap();
     let kvs = kvs
