@@ -298,8 +298,10 @@ pub fn write_etcd_db(store: &store::Store, g: GroupId, members: &[Member], dir: 
 /// in revision order, as etcd's `HashByRev` computes it over a compacted store: the entries
 /// after the compact revision C, and those at or before C that are their key's newest
 /// version at `rev` (etcd's keep set; all of them if that set is empty). So a Plinth group
-/// and an etcd holding the same history answer the same hash. Versions are sorted through
-/// [`RunSorter`] with spills in `dir`. Returns (hash, compact revision, hashed revision).
+/// and an etcd holding the same history answer the same hash. Each entry's own CRC-32C and
+/// length are sorted by revision through [`RunSorter`] (spills in `dir`) and combined in
+/// that order, which gives the CRC of the entries concatenated. Returns (hash, compact
+/// revision, hashed revision).
 pub fn etcd_hash_kv(store: &store::Store, g: GroupId, rev: i64, dir: &Path) -> store::Result<(u32, i64, i64)> {
     let pin = store.pin_export(g);
     if pin.importing() {
@@ -338,53 +340,135 @@ pub fn etcd_hash_kv(store: &store::Store, g: GroupId, rev: i64, dir: &Path) -> s
                 (revision_key(r, true), KeyValue { key: key.to_vec().into(), ..Default::default() }.encode_to_vec())
             }
         };
-        let mut value = Vec::with_capacity(1 + v.len());
+        // Only the entry's CRC-32C and length are sorted; the hashes combine in order below.
+        let mut crc = Crc32c::new();
+        crc.update(&k);
+        crc.update(&v);
+        let mut value = Vec::with_capacity(9);
         value.push(u8::from(conditional));
-        value.extend_from_slice(&v);
+        value.extend_from_slice(&crc.finish().to_le_bytes());
+        value.extend_from_slice(&((k.len() + v.len()) as u32).to_le_bytes());
         sorter.push(k, value).map_err(io)
     })?;
-    let mut hash = Crc32c::new();
-    hash.update(b"key");
+    let mut key_name = Crc32c::new();
+    key_name.update(b"key");
+    let mut hash = key_name.finish();
+    let mut shifts = std::collections::HashMap::new();
     sorter
-        .finish(|k: &[u8], v: &[u8]| {
+        .finish(|_: &[u8], v: &[u8]| {
             if v[0] == 0 || !keep_nonempty {
-                hash.update(k);
-                hash.update(&v[1..]);
+                let crc = u32::from_le_bytes(v[1..5].try_into().expect("4 bytes"));
+                let len = u32::from_le_bytes(v[5..9].try_into().expect("4 bytes"));
+                hash = crc32c_combine(hash, crc, u64::from(len), &mut shifts);
             }
             Ok(())
         })
         .map_err(io)?;
-    Ok((hash.finish(), compact, rev))
+    Ok((hash, compact, rev))
 }
 
-/// CRC-32C (Castagnoli), the hash `etcdutl snapshot status` prints.
+/// CRC-32C's polynomial, reflected (Castagnoli: the hash etcd's `HashKV` and `etcdutl
+/// snapshot status` print).
+const CRC32C_POLY: u32 = 0x82F6_3B78;
+
+/// The byte-at-a-time table of CRC-32C.
+const CRC32C_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            c = if c & 1 != 0 { (c >> 1) ^ CRC32C_POLY } else { c >> 1 };
+            bit += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+};
+
+/// A CRC-32C being computed.
 struct Crc32c {
-    table: [u32; 256],
     crc: u32,
 }
 
 impl Crc32c {
     fn new() -> Crc32c {
-        let mut table = [0u32; 256];
-        for (i, slot) in table.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 { (c >> 1) ^ 0x82F6_3B78 } else { c >> 1 };
-            }
-            *slot = c;
-        }
-        Crc32c { table, crc: !0 }
+        Crc32c { crc: !0 }
     }
 
     fn update(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.crc = self.table[((self.crc ^ u32::from(b)) & 0xff) as usize] ^ (self.crc >> 8);
+            self.crc = CRC32C_TABLE[((self.crc ^ u32::from(b)) & 0xff) as usize] ^ (self.crc >> 8);
         }
     }
 
     fn finish(&self) -> u32 {
         !self.crc
     }
+}
+
+/// `a(x) * b(x)` modulo CRC-32C's polynomial, in the reflected bit order; `a` is not zero.
+const fn multmodp(a: u32, mut b: u32) -> u32 {
+    let mut m = 1u32 << 31;
+    let mut p = 0;
+    loop {
+        if a & m != 0 {
+            p ^= b;
+            if a & (m - 1) == 0 {
+                return p;
+            }
+        }
+        m >>= 1;
+        b = if b & 1 != 0 { (b >> 1) ^ CRC32C_POLY } else { b >> 1 };
+    }
+}
+
+/// `x^(2^k)` modulo the polynomial, for k in 0..32.
+const X2N: [u32; 32] = {
+    let mut table = [0u32; 32];
+    let mut p = 1u32 << 30; // x^1
+    table[0] = p;
+    let mut k = 1;
+    while k < 32 {
+        p = multmodp(p, p);
+        table[k] = p;
+        k += 1;
+    }
+    table
+};
+
+/// `x^(8 n)` modulo the polynomial: what appending `n` bytes multiplies a CRC by.
+fn x8nmodp(mut n: u64) -> u32 {
+    let mut p = 1u32 << 31; // x^0
+    let mut k = 3;
+    while n != 0 {
+        if n & 1 != 0 {
+            p = multmodp(X2N[k & 31], p);
+        }
+        n >>= 1;
+        k += 1;
+    }
+    p
+}
+
+/// The CRC-32C of `A ‖ B` from `crc(A)`, `crc(B)` and the length of B, with the shift for
+/// each length looked up in `shifts` (filled as lengths are met, up to a bound).
+fn crc32c_combine(crc_a: u32, crc_b: u32, len_b: u64, shifts: &mut std::collections::HashMap<u64, u32>) -> u32 {
+    /// Distinct lengths whose shift is kept.
+    const SHIFTS_KEPT: usize = 4096;
+    let shift = match shifts.get(&len_b) {
+        Some(s) => *s,
+        None => {
+            let s = x8nmodp(len_b);
+            if shifts.len() < SHIFTS_KEPT {
+                shifts.insert(len_b, s);
+            }
+            s
+        }
+    };
+    multmodp(shift, crc_a) ^ crc_b
 }
 
 /// What `etcdutl snapshot status` prints for the etcd data file at `path`: the CRC-32C of
@@ -427,11 +511,26 @@ pub fn etcd_db_status(path: &Path) -> anyhow::Result<super::snapshot_file::Snaps
 mod tests {
     use super::*;
 
+    fn crc32c(bytes: &[u8]) -> u32 {
+        let mut c = Crc32c::new();
+        c.update(bytes);
+        c.finish()
+    }
+
     #[test]
     fn crc32c_matches_the_reference_value() {
-        let mut c = Crc32c::new();
-        c.update(b"123456789");
-        assert_eq!(c.finish(), 0xE306_9283);
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+    }
+
+    #[test]
+    fn combined_crcs_are_the_crc_of_the_concatenation() {
+        let mut shifts = std::collections::HashMap::new();
+        let data: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for (a, b) in [(0, 0), (0, 7), (3, 0), (1, 1), (17, 300), (1000, 4000), (4999, 1)] {
+            let (left, right) = (&data[..a], &data[a..a + b]);
+            let combined = crc32c_combine(crc32c(left), crc32c(right), b as u64, &mut shifts);
+            assert_eq!(combined, crc32c(&data[..a + b]), "{a} + {b} bytes");
+        }
     }
 
     #[test]
