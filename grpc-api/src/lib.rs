@@ -113,6 +113,8 @@
 //! - `Maintenance.Snapshot` streams the group as etcd 3.5's bbolt data file (with etcd's
 //!   trailing SHA-256), built in an unnamed file in the data dir (`backup/etcd_export.rs`):
 //!   `etcdutl snapshot status` and `restore` take it, and so does `plinth restore`.
+//!   `HashKV` answers etcd's hash of those same entries, so equal histories hash alike on
+//!   etcd and Plinth; `Hash` (etcd's hash of its whole file) is Plinth's own.
 
 pub mod auth;
 pub mod auth_config;
