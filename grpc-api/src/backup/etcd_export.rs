@@ -46,6 +46,23 @@ use crate::node::membership::Member;
 const CLUSTER_VERSION: &str = "3.5.0";
 /// Bytes of entries [`RunSorter`] sorts in memory before it spills them.
 const SORT_RUN_BYTES: usize = 32 << 20;
+/// Free disk a snapshot leaves beyond its own temporary files, so the member's WAL and store
+/// keep room to write while it runs.
+const SNAPSHOT_FREE_MARGIN_BYTES: u64 = 256 << 20;
+
+/// Bytes free for an unprivileged writer on the file system of `dir`.
+fn free_bytes(dir: &Path) -> anyhow::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `st` a writable statvfs, as statvfs(3)
+    // requires; nothing is kept past the call.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("statvfs {}", dir.display()));
+    }
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
 
 /// etcd's revision key: `main '_' sub`, then `t` for a tombstone.
 pub fn revision_key(rev: RevisionPair, tombstone: bool) -> Vec<u8> {
@@ -196,6 +213,15 @@ impl<'a> RunSorter<'a> {
 /// `dir` (sort runs go there too), with `members` in its `members` bucket. Returns the
 /// file, positioned nowhere in particular, and the revision it holds.
 pub fn write_etcd_db(store: &store::Store, g: GroupId, members: &[Member], dir: &Path) -> anyhow::Result<(File, i64)> {
+    // The sort runs and the file each take about the group's size: refused up front rather
+    // than filling the disk the member's own writes need.
+    let need = store.size_bytes(g).saturating_mul(2).saturating_add(SNAPSHOT_FREE_MARGIN_BYTES);
+    let free = free_bytes(dir)?;
+    anyhow::ensure!(
+        free >= need,
+        "etcdserver: a snapshot of this group needs {need} bytes free in {}, and {free} are",
+        dir.display()
+    );
     let pin = store.pin_export(g);
     let revision = pin.revision();
     let compact = pin.compact_revision();
@@ -555,6 +581,13 @@ mod tests {
         })
         .unwrap();
         assert!(got == expected);
+    }
+
+    #[test]
+    fn free_bytes_reads_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(free_bytes(dir.path()).unwrap() > 0);
+        assert!(free_bytes(&dir.path().join("missing")).is_err());
     }
 
     #[test]
