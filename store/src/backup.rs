@@ -207,9 +207,9 @@ fn leases_and_auth(r: &Reader<'_>, g: GroupId, auth: &AuthState, out: &mut Emitt
     Ok(())
 }
 
-/// Receives `(key, revision, the version or None for a tombstone)` from
+/// Receives `(user key, revision, tombstone, etcd's KeyValue encoding)` from
 /// [`PinnedExport::versions`].
-pub type VersionSink<'a, E> = dyn FnMut(&[u8], RevisionPair, Option<KeyValue>) -> std::result::Result<(), E> + 'a;
+pub type VersionSink<'a, E> = dyn FnMut(&[u8], RevisionPair, bool, &[u8]) -> std::result::Result<(), E> + 'a;
 
 /// A group pinned at one point for exports: a full export and a delta export taken from
 /// the same pin end at the same revision, so a delta that closes a chain and the full
@@ -347,9 +347,12 @@ impl PinnedExport<'_> {
     }
 
     /// Every version an etcd compacted at the group's compact revision C keeps, in key
-    /// order and newest first within a key: each change after C (a tombstone as `None`),
-    /// and each key's newest version at or before C if it is live. This is what etcd's
-    /// `key` bucket holds, keyed there by revision instead.
+    /// order and newest first within a key: each change after C, and each key's newest
+    /// version at or before C if it is live. This is what etcd's `key` bucket holds, keyed
+    /// there by revision instead. Each is handed over as `(user key, revision, tombstone,
+    /// etcd's mvccpb.KeyValue encoding)`, a tombstone's being the key alone; the encoding is
+    /// made from the stored bytes without decoding them (see `KeyValue::append_wire`), in
+    /// buffers reused from one version to the next.
     pub fn versions<E: From<Error>>(&self, sink: &mut VersionSink<'_, E>) -> std::result::Result<(), E> {
         let (g, meta) = (self.g, &self.meta);
         if meta.import.is_some() {
@@ -359,27 +362,33 @@ impl PinnedExport<'_> {
         let r = Reader::bulk_at_snapshot(&self.store.inner.db, &self.snapshot);
         let mut c = r.cursor(Cf::History, &kc::group_end(g));
         c.seek(&kc::group_prefix(g));
+        let (mut prefix, mut key, mut wire) = (Vec::new(), Vec::new(), Vec::new());
         while let Some((k, v)) = c.current()? {
-            let (key, rev) =
-                kc::decode_history_key(k).ok_or_else(|| Error::Corruption("history key in export".into()))?;
-            let live = |v: &[u8]| -> Result<Option<KeyValue>> {
+            let (p, rev) = kc::split_history_key(k).ok_or_else(|| Error::Corruption("history key in export".into()))?;
+            if p != prefix.as_slice() {
+                prefix.clear();
+                prefix.extend_from_slice(p);
+                kc::history_prefix_user_key(p, &mut key)
+                    .ok_or_else(|| Error::Corruption("history key escaping in export".into()))?;
+            }
+            // At or before C only the newest version counts, and only if live; the older
+            // ones are what the compaction removes (or, on a store holding history for
+            // backups, keeps).
+            let newer_than_compact = rev.main > compact;
+            if newer_than_compact || !v.is_empty() {
+                wire.clear();
                 if v.is_empty() {
-                    Ok(None)
+                    crate::kv::append_wire_key(&mut wire, &key);
                 } else {
-                    KeyValue::decode_stored(&key, v).map(Some)
+                    KeyValue::append_wire(&mut wire, &key, v);
                 }
-            };
-            if rev.main > compact {
-                sink(&key, rev, live(v)?)?;
+                sink(&key, rev, v.is_empty(), &wire)?;
+            }
+            if newer_than_compact {
                 c.advance()?;
-                continue;
+            } else {
+                c.seek(&kc::history_prefix_after(&prefix));
             }
-            // The newest version at or before C: kept if live; the older ones are what the
-            // compaction removes (or, on a store holding history for backups, keeps).
-            if !v.is_empty() {
-                sink(&key, rev, live(v)?)?;
-            }
-            c.seek(&kc::history_key_after(g, &key));
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use crate::revision::Revision;
 
 /// Appends field 1 of a `mvccpb.KeyValue` holding `key`, as prost encodes it (an empty key,
 /// a default, is omitted).
-fn append_wire_key(out: &mut Vec<u8>, key: &[u8]) {
+pub(crate) fn append_wire_key(out: &mut Vec<u8>, key: &[u8]) {
     if !key.is_empty() {
         prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, out);
         prost::encoding::encode_varint(key.len() as u64, out);

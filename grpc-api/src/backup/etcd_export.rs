@@ -37,7 +37,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use prost::Message;
-use store::{GroupId, KeyValue, RevisionPair};
+use store::{GroupId, RevisionPair};
 
 use super::bbolt::BboltWriter;
 use crate::node::membership::Member;
@@ -226,15 +226,7 @@ pub fn write_etcd_db(store: &store::Store, g: GroupId, members: &[Member], dir: 
     let revision = pin.revision();
     let compact = pin.compact_revision();
     let mut sorter = RunSorter::new(dir);
-    pin.versions(&mut |key, rev, kv| {
-        let (k, v) = match kv {
-            Some(kv) => (revision_key(rev, false), kv.encode_to_vec()),
-            None => {
-                (revision_key(rev, true), KeyValue { key: key.to_vec().into(), ..Default::default() }.encode_to_vec())
-            }
-        };
-        sorter.push(k, v)
-    })?;
+    pin.versions(&mut |_, rev, tombstone, wire| sorter.push(revision_key(rev, tombstone), wire.to_vec()))?;
 
     let file = tempfile::tempfile_in(dir).context("the snapshot's file")?;
     let mut w = BboltWriter::new(file)?;
@@ -347,7 +339,7 @@ pub fn etcd_hash_kv(store: &store::Store, g: GroupId, rev: i64, dir: &Path) -> s
     // Whether etcd's keep set at `rev` has a member: some key's newest version at `rev` is live.
     let mut keep_nonempty = false;
     let mut key_of_newest: Option<Vec<u8>> = None;
-    pin.versions(&mut |key, r, kv| {
+    pin.versions(&mut |key, r, tombstone, wire| {
         if r.main > rev {
             return Ok(());
         }
@@ -355,25 +347,20 @@ pub fn etcd_hash_kv(store: &store::Store, g: GroupId, rev: i64, dir: &Path) -> s
         let newest = key_of_newest.as_deref() != Some(key);
         if newest {
             key_of_newest = Some(key.to_vec());
-            keep_nonempty |= kv.is_some();
+            keep_nonempty |= !tombstone;
         }
         // An entry at or below C counts only as its key's newest version at `rev`, unless the
         // keep set is empty (decided once every key is seen): marked in the value's first byte.
         let conditional = r.main <= compact && !newest;
-        let (k, v) = match kv {
-            Some(kv) => (revision_key(r, false), kv.encode_to_vec()),
-            None => {
-                (revision_key(r, true), KeyValue { key: key.to_vec().into(), ..Default::default() }.encode_to_vec())
-            }
-        };
+        let k = revision_key(r, tombstone);
         // Only the entry's CRC-32C and length are sorted; the hashes combine in order below.
         let mut crc = Crc32c::new();
         crc.update(&k);
-        crc.update(&v);
+        crc.update(wire);
         let mut value = Vec::with_capacity(9);
         value.push(u8::from(conditional));
         value.extend_from_slice(&crc.finish().to_le_bytes());
-        value.extend_from_slice(&((k.len() + v.len()) as u32).to_le_bytes());
+        value.extend_from_slice(&((k.len() + wire.len()) as u32).to_le_bytes());
         sorter.push(k, value).map_err(io)
     })?;
     let mut key_name = Crc32c::new();
