@@ -384,9 +384,10 @@ pub fn etcd_hash_kv(store: &store::Store, g: GroupId, rev: i64, dir: &Path) -> s
 /// snapshot status` print).
 const CRC32C_POLY: u32 = 0x82F6_3B78;
 
-/// The byte-at-a-time table of CRC-32C.
-const CRC32C_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
+/// CRC-32C's tables for eight bytes at a time: `[0]` is the byte-at-a-time table, and
+/// `[k][i]` is `[k - 1][i]` advanced by one more zero byte.
+const CRC32C_TABLES: [[u32; 256]; 8] = {
+    let mut tables = [[0u32; 256]; 8];
     let mut i = 0;
     while i < 256 {
         let mut c = i as u32;
@@ -395,10 +396,20 @@ const CRC32C_TABLE: [u32; 256] = {
             c = if c & 1 != 0 { (c >> 1) ^ CRC32C_POLY } else { c >> 1 };
             bit += 1;
         }
-        table[i] = c;
+        tables[0][i] = c;
         i += 1;
     }
-    table
+    let mut k = 1;
+    while k < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = tables[k - 1][i];
+            tables[k][i] = (prev >> 8) ^ tables[0][(prev & 0xff) as usize];
+            i += 1;
+        }
+        k += 1;
+    }
+    tables
 };
 
 /// A CRC-32C being computed.
@@ -412,9 +423,25 @@ impl Crc32c {
     }
 
     fn update(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.crc = CRC32C_TABLE[((self.crc ^ u32::from(b)) & 0xff) as usize] ^ (self.crc >> 8);
+        let t = &CRC32C_TABLES;
+        let mut crc = self.crc;
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let lo = u32::from_le_bytes([w[0], w[1], w[2], w[3]]) ^ crc;
+            let hi = u32::from_le_bytes([w[4], w[5], w[6], w[7]]);
+            crc = t[7][(lo & 0xff) as usize]
+                ^ t[6][((lo >> 8) & 0xff) as usize]
+                ^ t[5][((lo >> 16) & 0xff) as usize]
+                ^ t[4][(lo >> 24) as usize]
+                ^ t[3][(hi & 0xff) as usize]
+                ^ t[2][((hi >> 8) & 0xff) as usize]
+                ^ t[1][((hi >> 16) & 0xff) as usize]
+                ^ t[0][(hi >> 24) as usize];
         }
+        for &b in words.remainder() {
+            crc = t[0][((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8);
+        }
+        self.crc = crc;
     }
 
     fn finish(&self) -> u32 {
@@ -533,6 +560,19 @@ mod tests {
     #[test]
     fn crc32c_matches_the_reference_value() {
         assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        // Eight bytes at a time gives what one byte at a time does, at every length and
+        // split of the input.
+        let data: Vec<u8> = (0..300u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+        for len in 0..data.len() {
+            let mut one = !0u32;
+            for &b in &data[..len] {
+                one = CRC32C_TABLES[0][((one ^ u32::from(b)) & 0xff) as usize] ^ (one >> 8);
+            }
+            let mut split = Crc32c::new();
+            split.update(&data[..len / 3]);
+            split.update(&data[len / 3..len]);
+            assert_eq!(split.finish(), !one, "{len} bytes");
+        }
     }
 
     #[test]
