@@ -310,6 +310,16 @@ impl BboltWriter {
         })
     }
 
+    /// Writes the top-level bucket `name` whole: `entries`, sorted here (keys unique).
+    pub fn sorted_bucket(&mut self, name: &[u8], mut entries: Vec<(Vec<u8>, Vec<u8>)>) -> anyhow::Result<()> {
+        entries.sort();
+        let mut b = self.bucket(name)?;
+        for (k, v) in &entries {
+            b.put(k, v)?;
+        }
+        b.finish()
+    }
+
     /// Writes one page (with its overflow pages) at the next free id and returns the id.
     /// `elements` are `(key, value)` of a leaf or `(key, child page)` of a branch.
     fn write_page(&mut self, flags: u16, leaf: &[(&[u8], &[u8], u32)], branch: &[(&[u8], u64)]) -> anyhow::Result<u64> {

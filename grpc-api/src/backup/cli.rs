@@ -352,10 +352,7 @@ pub fn run_backup(cmd: BackupCommand) -> anyhow::Result<()> {
                     return super::append_etcd_file_delta(target.as_ref(), &tenant, group, &file);
                 }
                 let store = store::Store::open(&staging, store::StoreConfig::default())?;
-                let summary = super::etcd_import::etcd_db_records(&file, group.0, None, &mut |_| Ok(()))?;
-                let mut import = store.import_group(group, summary.revision)?;
-                super::etcd_import::etcd_db_records(&file, group.0, None, &mut |r| Ok(import.push(r)?))?;
-                import.finish()?;
+                super::etcd_import::import_etcd_file(&file, &store, group)?;
                 super::append_backup(target.as_ref(), &tenant, &store, group, false)
             })();
             let _ = std::fs::remove_dir_all(&staging);

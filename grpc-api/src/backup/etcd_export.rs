@@ -230,58 +230,45 @@ pub fn write_etcd_db(store: &store::Store, g: GroupId, members: &[Member], dir: 
 
     let file = tempfile::tempfile_in(dir).context("the snapshot's file")?;
     let mut w = BboltWriter::new(file)?;
-    // Buckets in name order (the writer sorts them anyway).
-    w.bucket(b"alarm")?.finish()?;
+    let mut b = w.bucket(b"key")?;
+    sorter.finish(|k: &[u8], v: &[u8]| b.put(k, v))?;
+    b.finish()?;
+
     let auth = pin.auth();
-    let mut b = w.bucket(b"auth")?;
-    b.put(b"authEnabled", &[u8::from(auth.enabled)])?;
-    b.put(b"authRevision", &auth.revision.to_be_bytes())?;
-    b.finish()?;
-    let mut roles: Vec<_> = auth.roles.iter().collect();
-    roles.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut b = w.bucket(b"authRoles")?;
-    for r in roles {
+    w.sorted_bucket(
+        b"auth",
+        vec![
+            (b"authEnabled".to_vec(), vec![u8::from(auth.enabled)]),
+            (b"authRevision".to_vec(), auth.revision.to_be_bytes().to_vec()),
+        ],
+    )?;
+    let roles = auth.roles.iter().map(|r| {
         let role = EtcdRole { name: r.name.as_bytes().to_vec(), key_permission: r.permissions.clone() };
-        b.put(r.name.as_bytes(), &role.encode_to_vec())?;
-    }
-    b.finish()?;
-    let mut users: Vec<_> = auth.users.iter().collect();
-    users.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut b = w.bucket(b"authUsers")?;
-    for u in users {
+        (r.name.as_bytes().to_vec(), role.encode_to_vec())
+    });
+    w.sorted_bucket(b"authRoles", roles.collect())?;
+    let users = auth.users.iter().map(|u| {
         let user = EtcdUser {
             name: u.name.as_bytes().to_vec(),
             password: u.password_hash.to_vec(),
             roles: u.roles.clone(),
             options: Some(EtcdUserOptions { no_password: u.no_password }),
         };
-        b.put(u.name.as_bytes(), &user.encode_to_vec())?;
-    }
-    b.finish()?;
-    let mut b = w.bucket(b"cluster")?;
-    b.put(b"clusterVersion", CLUSTER_VERSION.as_bytes())?;
-    b.finish()?;
+        (u.name.as_bytes().to_vec(), user.encode_to_vec())
+    });
+    w.sorted_bucket(b"authUsers", users.collect())?;
+    w.sorted_bucket(b"cluster", vec![(b"clusterVersion".to_vec(), CLUSTER_VERSION.as_bytes().to_vec())])?;
 
-    let mut b = w.bucket(b"key")?;
-    sorter.finish(|k: &[u8], v: &[u8]| b.put(k, v))?;
-    b.finish()?;
-
+    // Keyed by the id's big-endian bytes, as etcd keys them (negative ids, never granted,
+    // would sort last).
     let mut leases = Vec::new();
     pin.leases(&mut |l| {
-        leases.push(l);
+        leases.push((l.id.to_be_bytes().to_vec(), l.encode_to_vec()));
         Ok(())
     })?;
-    // etcd orders them by the id's big-endian bytes, negative ids (never granted) last.
-    let mut leases: Vec<(Vec<u8>, Vec<u8>)> =
-        leases.into_iter().map(|l| (l.id.to_be_bytes().to_vec(), l.encode_to_vec())).collect();
-    leases.sort();
-    let mut b = w.bucket(b"lease")?;
-    for (k, v) in &leases {
-        b.put(k, v)?;
-    }
-    b.finish()?;
+    w.sorted_bucket(b"lease", leases)?;
 
-    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut entries = Vec::new();
     for m in members {
         let json = serde_json::to_vec(&EtcdMember {
             id: m.id,
@@ -292,22 +279,18 @@ pub fn write_etcd_db(store: &store::Store, g: GroupId, members: &[Member], dir: 
         })?;
         entries.push((format!("{:x}", m.id).into_bytes(), json));
     }
-    entries.sort();
-    let mut b = w.bucket(b"members")?;
-    for (k, v) in &entries {
-        b.put(k, v)?;
-    }
-    b.finish()?;
-    w.bucket(b"members_removed")?.finish()?;
+    w.sorted_bucket(b"members", entries)?;
 
-    let mut b = w.bucket(b"meta")?;
-    b.put(b"consistent_index", &pin.applied_index().to_be_bytes())?;
+    let mut meta = vec![(b"consistent_index".to_vec(), pin.applied_index().to_be_bytes().to_vec())];
     if compact > 0 {
         let at = revision_key(RevisionPair { main: compact, sub: 0 }, false);
-        b.put(b"finishedCompactRev", &at)?;
-        b.put(b"scheduledCompactRev", &at)?;
+        meta.push((b"finishedCompactRev".to_vec(), at.clone()));
+        meta.push((b"scheduledCompactRev".to_vec(), at));
     }
-    b.finish()?;
+    w.sorted_bucket(b"meta", meta)?;
+    for empty in [&b"alarm"[..], b"members_removed"] {
+        w.sorted_bucket(empty, Vec::new())?;
+    }
     Ok((w.finish()?, revision))
 }
 

@@ -268,13 +268,17 @@ pub fn restore_from_etcd(
     path: &Path,
     member: &super::restore::NewMember,
 ) -> anyhow::Result<super::restore::RestoreSummary> {
+    super::restore::seed_data_dir(member, &mut |store, group| import_etcd_file(path, store, group))
+}
+
+/// Imports the etcd file at `path` into the empty group `group` of `store`, revisions kept;
+/// returns what `GroupImport::finish` does.
+pub fn import_etcd_file(path: &Path, store: &store::Store, group: store::GroupId) -> anyhow::Result<u64> {
     // The target revision is etcd's current one, known only after a pass over the file.
-    let summary = etcd_db_records(path, crate::node::DEFAULT_GROUP, None, &mut |_| Ok(()))?;
-    super::restore::seed_data_dir(member, &mut |store, group| {
-        let mut import = store.import_group(group, summary.revision)?;
-        etcd_db_records(path, group.0, None, &mut |r| Ok(import.push(r)?))?;
-        Ok(import.finish()?)
-    })
+    let summary = etcd_db_records(path, group.0, None, &mut |_| Ok(()))?;
+    let mut import = store.import_group(group, summary.revision)?;
+    etcd_db_records(path, group.0, None, &mut |r| Ok(import.push(r)?))?;
+    Ok(import.finish()?)
 }
 
 #[cfg(test)]
