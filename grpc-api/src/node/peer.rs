@@ -48,7 +48,9 @@
 //!   stream carries is only asserted by its sender, so the binding catches confused peers,
 //!   not an attacker who can reach the port and knows the cluster id (the member warns at
 //!   start).
-//! - The follower installs a snapshot from memory (the store builds one batch of the group).
+//! - The follower spools a snapshot to disk as it arrives and installs it as SST files
+//!   (`store`'s snapshot_install.rs), so a snapshot needs up to the group's size in free disk
+//!   twice over (the spool and the files) while it installs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, Weak};
