@@ -6,11 +6,13 @@
 #   time to create them (plinth tenant create, one after the other), RSS per member after
 #   creation and after IDLE seconds idle, idle CPU per member (% of one core over IDLE s),
 #   restart time of one member (kill -9, start, until every tenant port answers), and the
-#   first-write latency of each of SAMPLE idle tenants (p50/p99);
+#   first-write latency of idle tenants (p50/p99/max): SAMPLE of them with `etcdctl put`,
+#   process start included, and SAMPLE others with a one-put plinth-bench run, the request
+#   alone; then etcdctl again on the first SAMPLE, awake, for etcdctl's own share;
 # and for etcd 3.5.1: RSS and idle CPU per member of one idle 3-member cluster.
 #
 # Usage: benches/density.sh [--tenants N] [--idle S] [--sample N] [--out DIR]
-# Environment: PLINTH_BIN (prebuilt release plinth; otherwise built with scripts/cargo),
+# Environment: PLINTH_BIN / BENCH_BIN (prebuilt release binaries; otherwise built with scripts/cargo),
 # PLINTH_CACHE (etcd cache), PORT_BASE (default 20000; members use PORT_BASE..+9, tenant
 # ports start at PORT_BASE+100 + 2000*member). Everything is killed on exit.
 set -euo pipefail
@@ -35,11 +37,10 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 (( TENANTS < 2000 )) || { echo "at most 1999 tenants (tenant port ranges of the members)" >&2; exit 2; }
+(( 2 * SAMPLE <= TENANTS )) || { echo "--sample is at most half of --tenants (each way writes its own idle tenants)" >&2; exit 2; }
 
-if [[ -z ${PLINTH_BIN:-} ]]; then
-  "$root/scripts/cargo" build --release -p grpc-api --bin plinth >&2
-  PLINTH_BIN=$root/target/release/plinth
-fi
+# shellcheck source=benches/release-binaries.sh
+source "$root/benches/release-binaries.sh"
 etcd_bin=$("$root/tests/scripts/get-etcd.sh")
 OUT=${OUT:-$(mktemp -d "${BENCH_TMP:-/tmp}/plinth-density-XXXXXX")}
 mkdir -p "$OUT"
@@ -106,15 +107,32 @@ echo "RSS after creation (MiB): $(for p in "${plinth_pids[@]}"; do awk -v k="$(r
 echo "idle CPU over ${IDLE}s (% of a core per member): $(idle_cpu "${plinth_pids[@]}")"
 echo "RSS idle (MiB): $(for p in "${plinth_pids[@]}"; do awk -v k="$(rss_kib "$p")" 'BEGIN { printf "%.0f ", k / 1024 }'; done)"
 
-# First write of idle tenants, through member 0's tenant ports.
-lat=()
-for t in $(seq 1 "$SAMPLE"); do
-  s=$(date +%s%N)
-  "$etcd_bin/etcdctl" --endpoints "127.0.0.1:$(( $(tenant_base 0) + t ))" put first x > /dev/null
-  e=$(date +%s%N)
-  lat+=($(( (e - s) / 1000 )))
-done
-printf '%s\n' "${lat[@]}" | sort -n | awk '{ a[NR] = $1 } END { printf "first write of %d idle tenants (etcdctl, incl. process start): p50 %.1f ms, p99 %.1f ms\n", NR, a[int(NR * 0.5 + 0.5)] / 1000, a[int(NR * 0.99 + 0.5)] / 1000 }'
+# First write of idle tenants, through member 0's tenant ports, two ways: `etcdctl put` timed
+# from outside (its process start, about 30 ms here, included), and a one-put `plinth-bench`
+# run, whose own timer covers the request alone (its connection is set up first; the first
+# request still waits for it to be ready, as any client's does). Each way writes its own
+# SAMPLE idle tenants. Then the etcdctl tenants again, awake: etcdctl's cost without a wake.
+pctl() { # label: percentiles of the microsecond figures on stdin
+  sort -n | awk -v l="$1" '{ a[NR] = $1 } END { printf "%s: p50 %.1f ms, p99 %.1f ms, max %.1f ms\n", l, a[int(NR * 0.5 + 0.5)] / 1000, a[int(NR * 0.99 + 0.5)] / 1000, a[NR] / 1000 }'
+}
+etcdctl_writes() { # first tenant, count, key, out file
+  local t s e
+  for t in $(seq "$1" $(( $1 + $2 - 1 ))); do
+    s=$(date +%s%N)
+    "$etcd_bin/etcdctl" --endpoints "127.0.0.1:$(( $(tenant_base 0) + t ))" put "$3" x > /dev/null
+    e=$(date +%s%N)
+    echo $(( (e - s) / 1000 ))
+  done > "$4"
+}
+etcdctl_writes 1 "$SAMPLE" first "$OUT/first-write-etcdctl-us.txt"
+pctl "first write of $SAMPLE idle tenants (etcdctl, incl. process start)" < "$OUT/first-write-etcdctl-us.txt"
+for t in $(seq $(( SAMPLE + 1 )) $(( 2 * SAMPLE ))); do
+  "$BENCH_BIN" --endpoints "127.0.0.1:$(( $(tenant_base 0) + t ))" --total 1 --json --progress never put --key-space-size 1 |
+    python3 -c 'import json,sys; print(round(json.load(sys.stdin)["latency_ms"]["max"] * 1000))'
+done > "$OUT/first-write-us.txt"
+pctl "first write of $SAMPLE other idle tenants (plinth-bench, the request alone)" < "$OUT/first-write-us.txt"
+etcdctl_writes 1 "$SAMPLE" second "$OUT/second-write-etcdctl-us.txt"
+pctl "the first $SAMPLE tenants written again at once, awake (etcdctl, incl. process start)" < "$OUT/second-write-etcdctl-us.txt"
 
 # Restart of member 2.
 kill -9 "${plinth_pids[2]}"
