@@ -18,6 +18,10 @@
 #   --list-cost       also run the range and list cost rows (LIST_COST=1; they load up to
 #                     1,000,000 keys each run, so they are not in the default set; naming one
 #                     in --workloads selects it too)
+#   --tenancy         also run the multi-tenant benchmarks with the same binaries, after the
+#                     rows: benches/density.sh --tenants TENANTS (default 1000) and
+#                     benches/noisy.sh --runs RUNS --quiet-rt (pinned with --pin); their
+#                     tables follow (TENANCY=1)
 #   --etcd-only       compare etcd with itself (sanity run; also used when plinth is absent)
 #   --out DIR         keep results here (default: a fresh dir under ${BENCH_TMP:-/tmp})
 #   --pin             pinned mode: every server (etcd's and Plinth's members alike) runs on CPU
@@ -39,6 +43,8 @@ LOAD_KEYS=${LOAD_KEYS:-100000}
 NODES=${NODES:-1,3}
 WORKLOADS=${WORKLOADS:-}
 LIST_COST=${LIST_COST:-0}
+TENANCY=${TENANCY:-0}
+TENANTS=${TENANTS:-1000}
 ETCD_ONLY=${ETCD_ONLY:-0}
 OUT=${OUT:-}
 PORT_BASE=${PORT_BASE:-32379}
@@ -54,6 +60,7 @@ while [[ $# -gt 0 ]]; do
     --workloads) WORKLOADS=$2; shift 2 ;;
     --etcd-only) ETCD_ONLY=1; shift ;;
     --list-cost) LIST_COST=1; shift ;;
+    --tenancy) TENANCY=1; shift ;;
     --out) OUT=$2; shift 2 ;;
     --nodelay-shim) NODELAY_SHIM=1; shift ;;
     --pin) PIN=1; shift ;;
@@ -459,3 +466,21 @@ if mems:
         print(f"\n{b}/etcd peak RSS ratio: {mems[b]['vmhwm_kb'] / mems['etcd']['vmhwm_kb']:.2f}; "
               f"disk ratio: {mems[b]['disk_bytes'] / mems['etcd']['disk_bytes']:.2f}")
 EOF
+
+# ---- multi-tenancy: density and the noisy neighbour (issue 12) ----------------------------
+if [[ $TENANCY == 1 && $ETCD_ONLY == 0 ]]; then
+  echo
+  echo "### Tenant density ($TENANTS tenants, 3 members) against one idle 3-member etcd"
+  echo
+  # Each script keeps to its own ports, below the ephemeral range (their PORT_BASE defaults).
+  PLINTH_BIN=$PLINTH BENCH_BIN=$BENCH "$here/density.sh" --tenants "$TENANTS" \
+    --sample $(( TENANTS / 2 < 50 ? TENANTS / 2 : 50 )) --out "$OUT/density"
+  echo
+  echo "### Noisy neighbour: a quiet tenant's Kubernetes profile alone and beside a tenant saturating puts"
+  echo
+  noisy_opts=(--runs "$RUNS" --out "$OUT/noisy")
+  if [[ $PIN == 1 ]]; then noisy_opts+=(--pin); fi
+  # The quiet tenant's load generator at real-time priority where that is allowed (see noisy.sh).
+  if chrt -f 1 true 2>/dev/null; then noisy_opts+=(--quiet-rt); else echo "(no CAP_SYS_NICE: without --quiet-rt)"; fi
+  PLINTH_BIN=$PLINTH BENCH_BIN=$BENCH "$here/noisy.sh" "${noisy_opts[@]}"
+fi
