@@ -88,7 +88,7 @@ fn restore_and_read(work: &Path, backup_dir: &str, revision: i64) -> (BTreeMap<V
     assert_eq!(store.current_revision(g), revision);
     let kvs = store.range(g, &all).unwrap().kvs;
     // The hash the `HashKV` RPC answers (etcd's), which the source's is compared with.
-    let (hash, compact, _) = grpc_api::backup::etcd_export::etcd_hash_kv(&store, g, revision, work).unwrap();
+    let (hash, compact, _) = grpc_api::backup::etcd_export::etcd_hash_kv(&store, g, 0, work).unwrap();
     drop(store);
     std::fs::remove_dir_all(&dir).unwrap();
     let kvs = kvs
@@ -406,7 +406,11 @@ async fn backups_under_kills(n: usize) {
             client.compact(compact, None).await.unwrap();
             compacted = compact;
         }
-        assert_eq!(hash, source_hash(&mut client, rev, compacted).await, "HashKV at {rev} (seed {seed})");
+        // etcd refuses HashKV at the compact revision itself (`HashByRev`: rev <= compactRev),
+        // so a restore at the revision of the full it starts from is compared by its keys.
+        if rev > compacted {
+            assert_eq!(hash, source_hash(&mut client, rev, compacted).await, "HashKV at {rev} (seed {seed})");
+        }
     }
 
     // The newest revision into a new cluster of `n` members; the source is compacted at the
@@ -440,10 +444,13 @@ async fn backups_under_kills(n: usize) {
     let restored_endpoints: Vec<String> = restored.members.iter().map(|m| m.endpoint()).collect();
     let mut restored_client = connect(&restored_endpoints).await;
     assert_eq!(source_at(&mut restored_client, latest).await, source_at(&mut client, latest).await);
-    let source = source_hash(&mut client, latest, compacted).await;
+    // At the compact revision itself HashKV is refused, as etcd refuses it; both sides are
+    // then at `latest` and hashed at their current revision (0).
+    let at = if latest > compacted { latest } else { 0 };
+    let source = source_hash(&mut client, at, compacted).await;
     for m in &restored.members {
         let mut one = connect(std::slice::from_ref(&m.endpoint())).await;
-        let restored_hash = one.hash_kv(latest).await.unwrap();
+        let restored_hash = one.hash_kv(at).await.unwrap();
         assert_eq!(restored_hash.hash(), source, "HashKV at {latest} on {}", m.name);
     }
 }

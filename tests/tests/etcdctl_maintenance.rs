@@ -55,7 +55,8 @@ fn status_health_members_alarms_defrag_snapshot() {
 /// `HashKV` is etcd's hash of its `key` bucket, and Plinth computes the same value from the
 /// same history: at the current revision and at older ones, before and after a compaction,
 /// with deletes, a key re-created, a multi-put txn, and once every key is deleted (etcd's
-/// keep set empty). The values are noted as numbers, so the transcripts compare them.
+/// keep set empty); and the refusals at and below the compact revision. The values are noted
+/// as numbers, so the transcripts compare them.
 #[test]
 fn hashkv_is_etcds_hash_of_the_same_history() {
     differential("etcdctl_hashkv", |s| {
@@ -81,7 +82,8 @@ fn hashkv_is_etcds_hash_of_the_same_history() {
             hashkv(s, rev);
         }
         s.ctl(&["compact", "10", "--physical"]);
-        for rev in [0, 11, 14, 17] {
+        // 9 is below the compact revision and 10 is it: etcd refuses both.
+        for rev in [0, 9, 10, 11, 14, 17] {
             hashkv(s, rev);
         }
         s.ctl(&["del", "k", "--prefix"]); // 18

@@ -309,14 +309,17 @@ pub fn etcd_hash_kv(store: &store::Store, g: GroupId, rev: i64, dir: &Path) -> s
         return Err(store::Error::Importing);
     }
     let current = pin.revision();
+    let compact = pin.compact_revision();
+    // etcd's `HashByRev` refuses the compact revision itself too (`rev <= compactRev`), where
+    // a range at it is served; a revision of 0 is the current one, even when that is the
+    // compact revision.
+    if rev > 0 && rev <= compact {
+        return Err(store::Error::Compacted { requested: rev, compacted: compact });
+    }
     if rev > current {
         return Err(store::Error::FutureRevision { requested: rev, current });
     }
     let rev = if rev <= 0 { current } else { rev };
-    let compact = pin.compact_revision();
-    if rev < compact {
-        return Err(store::Error::Compacted { requested: rev, compacted: compact });
-    }
     let io = |e: anyhow::Error| store::Error::Io(std::io::Error::other(format!("{e:#}")));
     let mut sorter = RunSorter::new(dir);
     // Whether etcd's keep set at `rev` has a member: some key's newest version at `rev` is live.
