@@ -7,8 +7,8 @@
 #   creation and after IDLE seconds idle, idle CPU per member (% of one core over IDLE s),
 #   restart time of one member (kill -9, start, until every tenant port answers), and the
 #   first-write latency of idle tenants (p50/p99/max): SAMPLE of them with `etcdctl put`,
-#   process start included, and SAMPLE others with a one-put plinth-bench run, the request
-#   alone; then etcdctl again on the first SAMPLE, awake, for etcdctl's own share;
+#   process start included, each followed at once by a second write while awake (etcdctl's
+#   own share), and SAMPLE others with a one-put plinth-bench run, the request alone;
 # and for etcd 3.5.1: RSS and idle CPU per member of one idle 3-member cluster.
 #
 # Usage: benches/density.sh [--tenants N] [--idle S] [--sample N] [--out DIR]
@@ -111,28 +111,31 @@ echo "RSS idle (MiB): $(for p in "${plinth_pids[@]}"; do awk -v k="$(rss_kib "$p
 # from outside (its process start, about 30 ms here, included), and a one-put `plinth-bench`
 # run, whose own timer covers the request alone (its connection is set up first; the first
 # request still waits for it to be ready, as any client's does). Each way writes its own
-# SAMPLE idle tenants. Then the etcdctl tenants again, awake: etcdctl's cost without a wake.
+# SAMPLE idle tenants. Each etcdctl write is followed at once by a second one to the same
+# tenant, still awake (a group sleeps after 2 s idle): etcdctl's cost without a wake.
 pctl() { # label: percentiles of the microsecond figures on stdin
   sort -n | awk -v l="$1" '{ a[NR] = $1 } END { printf "%s: p50 %.1f ms, p99 %.1f ms, max %.1f ms\n", l, a[int(NR * 0.5 + 0.5)] / 1000, a[int(NR * 0.99 + 0.5)] / 1000, a[NR] / 1000 }'
 }
-etcdctl_writes() { # first tenant, count, key, out file
-  local t s e
-  for t in $(seq "$1" $(( $1 + $2 - 1 ))); do
-    s=$(date +%s%N)
-    "$etcd_bin/etcdctl" --endpoints "127.0.0.1:$(( $(tenant_base 0) + t ))" put "$3" x > /dev/null
-    e=$(date +%s%N)
-    echo $(( (e - s) / 1000 ))
-  done > "$4"
+timed_put() { # tenant, key: prints the microseconds of one `etcdctl put`
+  local s e
+  s=$(date +%s%N)
+  "$etcd_bin/etcdctl" --endpoints "127.0.0.1:$(( $(tenant_base 0) + $1 ))" put "$2" x > /dev/null
+  e=$(date +%s%N)
+  echo $(( (e - s) / 1000 ))
 }
-etcdctl_writes 1 "$SAMPLE" first "$OUT/first-write-etcdctl-us.txt"
+: > "$OUT/first-write-etcdctl-us.txt"
+: > "$OUT/second-write-etcdctl-us.txt"
+for t in $(seq 1 "$SAMPLE"); do
+  timed_put "$t" first >> "$OUT/first-write-etcdctl-us.txt"
+  timed_put "$t" second >> "$OUT/second-write-etcdctl-us.txt"
+done
 pctl "first write of $SAMPLE idle tenants (etcdctl, incl. process start)" < "$OUT/first-write-etcdctl-us.txt"
+pctl "a second write to each at once, awake (etcdctl, incl. process start)" < "$OUT/second-write-etcdctl-us.txt"
 for t in $(seq $(( SAMPLE + 1 )) $(( 2 * SAMPLE ))); do
   "$BENCH_BIN" --endpoints "127.0.0.1:$(( $(tenant_base 0) + t ))" --total 1 --json --progress never put --key-space-size 1 |
     python3 -c 'import json,sys; print(round(json.load(sys.stdin)["latency_ms"]["max"] * 1000))'
 done > "$OUT/first-write-us.txt"
 pctl "first write of $SAMPLE other idle tenants (plinth-bench, the request alone)" < "$OUT/first-write-us.txt"
-etcdctl_writes 1 "$SAMPLE" second "$OUT/second-write-etcdctl-us.txt"
-pctl "the first $SAMPLE tenants written again at once, awake (etcdctl, incl. process start)" < "$OUT/second-write-etcdctl-us.txt"
 
 # Restart of member 2.
 kill -9 "${plinth_pids[2]}"
