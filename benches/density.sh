@@ -87,6 +87,10 @@ idle_cpu() { # pids...: prints % of one core of each over IDLE seconds
   done
 }
 
+pctl() { # label: percentiles of the microsecond figures on stdin
+  sort -n | awk -v l="$1" '{ a[NR] = $1 } END { printf "%s: p50 %.1f ms, p99 %.1f ms, max %.1f ms\n", l, a[int(NR * 0.5 + 0.5)] / 1000, a[int(NR * 0.99 + 0.5)] / 1000, a[NR] / 1000 }'
+}
+
 echo "== Plinth: 3 members, $TENANTS tenants (results in $OUT)"
 plinth_pids=()
 for i in 0 1 2; do plinth_pids+=("$(start_plinth $i)"); done
@@ -102,7 +106,7 @@ for t in $(seq 1 "$TENANTS"); do
 done
 t1=$(date +%s.%N)
 echo "create: $TENANTS tenants in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
-printf '%s\n' "${create_us[@]}" | sort -n | awk '{ a[NR] = $1 } END { printf "one create (plinth tenant create, incl. process start; it answers once the tenant has a leader and its port is open on the member asked): p50 %.1f ms, p99 %.1f ms, max %.1f ms\n", a[int(NR * 0.5 + 0.5)] / 1000, a[int(NR * 0.99 + 0.5)] / 1000, a[NR] / 1000 }'
+printf '%s\n' "${create_us[@]}" | pctl "one create (plinth tenant create, incl. process start; it answers once the tenant has a leader and its port is open on the member asked)"
 echo "RSS after creation (MiB): $(for p in "${plinth_pids[@]}"; do awk -v k="$(rss_kib "$p")" 'BEGIN { printf "%.0f ", k / 1024 }'; done)"
 echo "idle CPU over ${IDLE}s (% of a core per member): $(idle_cpu "${plinth_pids[@]}")"
 echo "RSS idle (MiB): $(for p in "${plinth_pids[@]}"; do awk -v k="$(rss_kib "$p")" 'BEGIN { printf "%.0f ", k / 1024 }'; done)"
@@ -113,9 +117,6 @@ echo "RSS idle (MiB): $(for p in "${plinth_pids[@]}"; do awk -v k="$(rss_kib "$p
 # request still waits for it to be ready, as any client's does). Each way writes its own
 # SAMPLE idle tenants. Each etcdctl write is followed at once by a second one to the same
 # tenant, still awake (a group sleeps after 2 s idle): etcdctl's cost without a wake.
-pctl() { # label: percentiles of the microsecond figures on stdin
-  sort -n | awk -v l="$1" '{ a[NR] = $1 } END { printf "%s: p50 %.1f ms, p99 %.1f ms, max %.1f ms\n", l, a[int(NR * 0.5 + 0.5)] / 1000, a[int(NR * 0.99 + 0.5)] / 1000, a[NR] / 1000 }'
-}
 timed_put() { # tenant, key: prints the microseconds of one `etcdctl put`
   local s e
   s=$(date +%s%N)
