@@ -23,6 +23,9 @@
 #                     benches/noisy.sh --runs RUNS --quiet-rt (pinned with --pin); their
 #                     tables follow (TENANCY=1)
 #   --etcd-only       compare etcd with itself (sanity run; also used when plinth is absent)
+#   --baseline PATH   compare Plinth with another build of Plinth: PATH (a `plinth` binary)
+#                     takes etcd's place as side A, named plinth-base, under the same flags;
+#                     to measure a change against the build before it (BASELINE_BIN)
 #   --out DIR         keep results here (default: a fresh dir under ${BENCH_TMP:-/tmp})
 #   --pin             pinned mode: every server (etcd's and Plinth's members alike) runs on CPU
 #                     0 and the load generator on CPU 1 (taskset), so the two never compete for
@@ -46,6 +49,7 @@ LIST_COST=${LIST_COST:-0}
 TENANCY=${TENANCY:-0}
 TENANTS=${TENANTS:-1000}
 ETCD_ONLY=${ETCD_ONLY:-0}
+BASELINE_BIN=${BASELINE_BIN:-}
 OUT=${OUT:-}
 PORT_BASE=${PORT_BASE:-32379}
 NODELAY_SHIM=${NODELAY_SHIM:-0}
@@ -59,12 +63,13 @@ while [[ $# -gt 0 ]]; do
     --nodes) NODES=$2; shift 2 ;;
     --workloads) WORKLOADS=$2; shift 2 ;;
     --etcd-only) ETCD_ONLY=1; shift ;;
+    --baseline) BASELINE_BIN=$2; shift 2 ;;
     --list-cost) LIST_COST=1; shift ;;
     --tenancy) TENANCY=1; shift ;;
     --out) OUT=$2; shift 2 ;;
     --nodelay-shim) NODELAY_SHIM=1; shift ;;
     --pin) PIN=1; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -151,6 +156,16 @@ if [[ $ETCD_ONLY != 1 ]] && ! "$PLINTH" serve --help >/dev/null 2>&1; then
   ETCD_ONLY=1
 fi
 if [[ $ETCD_ONLY == 1 ]]; then B_NAME=etcd-b; else B_NAME=plinth; fi
+# Side A: etcd, or with --baseline the other Plinth build.
+A_NAME=etcd
+if [[ -n $BASELINE_BIN ]]; then
+  if [[ $ETCD_ONLY == 1 ]]; then echo "compare.sh: --baseline and --etcd-only exclude each other" >&2; exit 2; fi
+  if ! "$BASELINE_BIN" serve --help >/dev/null 2>&1; then
+    echo "compare.sh: --baseline $BASELINE_BIN is not a runnable plinth" >&2
+    exit 2
+  fi
+  A_NAME=plinth-base
+fi
 
 # ---- work dir and cleanup ----------------------------------------------------------------
 if [[ -z $OUT ]]; then OUT=$(mktemp -d "${BENCH_TMP:-/tmp}/plinth-compare.XXXXXX"); fi
@@ -229,6 +244,8 @@ start_servers() {
       etcd | etcd-b) "${SERVER_PIN[@]}" "$ETCD" "${args[@]}" --listen-metrics-urls "http://127.0.0.1:$((cport + 2))" \
         >"$dir/log" 2>&1 & ;;
       plinth) "${SERVER_PIN[@]}" "${PLINTH_ENV[@]}" "$PLINTH" serve "${args[@]}" \
+        --listen-metrics-urls "http://127.0.0.1:$((cport + 2))" >"$dir/log" 2>&1 & ;;
+      plinth-base) "${SERVER_PIN[@]}" "${PLINTH_ENV[@]}" "$BASELINE_BIN" serve "${args[@]}" \
         --listen-metrics-urls "http://127.0.0.1:$((cport + 2))" >"$dir/log" 2>&1 & ;;
     esac
     PIDS+=($!)
@@ -343,7 +360,7 @@ for nodes in ${NODES//,/ }; do
     IFS='|' read -r name args metric <<<"$w"
     selected "$name" "$nodes" || continue
     for ((run = 1; run <= RUNS; run++)); do
-      if ((run % 2 == 1)); then order=(etcd "$B_NAME"); else order=("$B_NAME" etcd); fi
+      if ((run % 2 == 1)); then order=("$A_NAME" "$B_NAME"); else order=("$B_NAME" "$A_NAME"); fi
       for system in "${order[@]}"; do
         # shellcheck disable=SC2086
         run_one "$system" "$nodes" "$name" "$metric" "$run" $args
@@ -353,7 +370,7 @@ for nodes in ${NODES//,/ }; do
 done
 if [[ $LOAD_KEYS -gt 0 ]]; then
   log "memory/disk after $LOAD_KEYS keys of 256 B"
-  memory_one etcd
+  memory_one "$A_NAME"
   memory_one "$B_NAME"
 fi
 log "finished in $((SECONDS - start)) s"
@@ -368,9 +385,9 @@ else
   echo "mode: unpinned (servers and load generator share both CPUs)"
 fi
 metrics=$(printf '%s\n' "${ALL_WORKLOADS[@]}")
-python3 - "$OUT/results" "$B_NAME" "$metrics" "$DURATION" "$RUNS" <<'EOF'
+python3 - "$OUT/results" "$B_NAME" "$metrics" "$DURATION" "$RUNS" "$A_NAME" <<'EOF'
 import glob, json, os, statistics, sys
-res, b, metrics, duration, runs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+res, b, metrics, duration, runs, a = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
 order = [line.split("|")[0] for line in metrics.splitlines() if line]
 headline = {line.split("|")[0]: line.split("|")[2] for line in metrics.splitlines() if line}
 
@@ -410,13 +427,13 @@ skipped = set()
 if os.path.exists(f"{res}/skipped-topologies"):
     skipped = set(open(f"{res}/skipped-topologies").read().split())
 print()
-print(f"Each figure is the median of {runs} runs of {duration} s; ratio = {b}/etcd "
+print(f"Each figure is the median of {runs} runs of {duration} s; ratio = {b}/{a} "
       f"(throughput: higher is better; latency and time: lower is better).")
 for nodes in ("1", "3"):
     rows = []
     for name in order:
         cells = {}
-        for system in ("etcd", b):
+        for system in (a, b):
             rs = load(nodes, name, system)
             for r in rs:
                 r["workload_name"] = name
@@ -426,7 +443,7 @@ for nodes in ("1", "3"):
             client = med([r["client_cpu_s"] / max(r["elapsed_s"], 1e-9) for r in rs if r.get("client_cpu_s") is not None])
             cells[system] = (med([x[0] for x in figs]), med([x[1] for x in figs]),
                              med([x[2] for x in figs]), errs, len(rs), cpu, client)
-        if cells["etcd"][4] == 0 and cells[b][4] == 0:
+        if cells[a][4] == 0 and cells[b][4] == 0:
             continue
         rows.append((name, cells))
     if not rows:
@@ -434,10 +451,10 @@ for nodes in ("1", "3"):
             print(f"\n{nodes} node(s): skipped ({b} serve does not form a {nodes}-node cluster yet)")
         continue
     print(f"\n### {nodes} node(s)\n")
-    print(f"| workload | metric | etcd | {b} | {b}/etcd | etcd p50 ms | {b} p50 ms | etcd p99 ms | {b} p99 ms | p99 {b}/etcd | server CPU cores etcd / {b} | server CPU per op {b}/etcd | load generator CPU cores etcd / {b} | errors etcd / {b} |")
+    print(f"| workload | metric | {a} | {b} | {b}/{a} | {a} p50 ms | {b} p50 ms | {a} p99 ms | {b} p99 ms | p99 {b}/{a} | server CPU cores {a} / {b} | server CPU per op {b}/{a} | load generator CPU cores {a} / {b} | errors {a} / {b} |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, c in rows:
-        e, p = c["etcd"], c[b]
+        e, p = c[a], c[b]
         metric = {"events": "events/s", "time": "ms per op"}.get(headline[name], "ops/s")
         cpu = f"{f(e[5])} / {f(p[5])}" if e[5] is not None and p[5] is not None else "n/a"
         # The server's CPU time per unit of the headline rate (operations or events): how much
@@ -450,7 +467,7 @@ for nodes in ("1", "3"):
         print(f"| {name} | {metric} | {f(e[0])} | {f(p[0])} | {ratio(e[0], p[0])} | {f(e[1])} | {f(p[1])} | "
               f"{f(e[2])} | {f(p[2])} | {ratio(e[2], p[2])} | {cpu} | {per_op} | {client} | {e[3]} / {p[3]} |")
 mems = {}
-for system in ("etcd", b):
+for system in (a, b):
     p = f"{res}/mem.{system}.json"
     if os.path.exists(p):
         mems[system] = json.load(open(p))
@@ -462,9 +479,9 @@ if mems:
     for system, m in mems.items():
         print(f"| {system} | {m['vmhwm_kb'] / 1024:.1f} | {m['vmrss_kb'] / 1024:.1f} | {m['disk_bytes'] / 2**20:.1f} "
               f"| {m.get('disk_alloc_bytes', 0) / 2**20:.1f} |")
-    if "etcd" in mems and b in mems:
-        print(f"\n{b}/etcd peak RSS ratio: {mems[b]['vmhwm_kb'] / mems['etcd']['vmhwm_kb']:.2f}; "
-              f"disk ratio: {mems[b]['disk_bytes'] / mems['etcd']['disk_bytes']:.2f}")
+    if a in mems and b in mems:
+        print(f"\n{b}/{a} peak RSS ratio: {mems[b]['vmhwm_kb'] / mems[a]['vmhwm_kb']:.2f}; "
+              f"disk ratio: {mems[b]['disk_bytes'] / mems[a]['disk_bytes']:.2f}")
 EOF
 
 # ---- multi-tenancy: density and the noisy neighbour (issue 12) ----------------------------

@@ -88,7 +88,9 @@ fn benches(c: &mut Criterion) {
             bench.iter(|| {
                 let r = b.store.range_wire(G, req).unwrap();
                 let wire = grpc_api::kv::WireRangeResponse { header: None, kvs: r.kvs, more: r.more, count: r.count };
-                wire.encode_to_vec().len()
+                let mut out = Vec::with_capacity(grpc_api::codec::WireMessage::encoded_len(&wire));
+                grpc_api::codec::WireMessage::encode(&wire, &mut out);
+                out.len()
             })
         });
     }

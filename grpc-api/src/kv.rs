@@ -4,10 +4,10 @@
 //! The store's command types carry etcd's field numbers, so conversion is a field-by-field
 //! move of `Bytes` handles — no key or value is copied.
 //!
-//! Range answers go out as [`WireRangeResponse`]: each key-value is the `mvccpb.KeyValue`
-//! encoding the store made from the stored value without decoding it
-//! (`store::Store::range_wire`), and `repeated bytes` and `repeated mvccpb.KeyValue` are the
-//! same bytes on the wire, so clients see etcd's `RangeResponse` exactly. The service is
+//! Range answers go out as [`WireRangeResponse`]: the store writes each key-value's
+//! `RangeResponse.kvs` field (key, length and `mvccpb.KeyValue` encoding) from the stored
+//! value without decoding it (`store::Store::range_wire`), into buffers this module copies
+//! into the answer whole, so clients see etcd's `RangeResponse` exactly. The service is
 //! generated over that type (`build.rs`), like `Watch`.
 
 use std::sync::Arc;
@@ -26,19 +26,41 @@ pub mod server {
 }
 use server::k_v_server::KV as Kv;
 
-/// etcd's `RangeResponse` as this server writes it: the same fields and tags, with every
-/// key-value already encoded as an `mvccpb.KeyValue` (a length-delimited field 2 either way).
-#[derive(Clone, PartialEq, prost::Message)]
+/// etcd's `RangeResponse` as this server writes it: the same fields and tags, with the
+/// key-values already encoded as `RangeResponse.kvs` fields (`store::WireKvs`).
+#[derive(Clone, Debug, PartialEq)]
 pub struct WireRangeResponse {
-    #[prost(message, optional, tag = "1")]
     pub header: Option<pb::ResponseHeader>,
-    /// Encoded `mvccpb.KeyValue`s.
-    #[prost(bytes = "bytes", repeated, tag = "2")]
-    pub kvs: Vec<bytes::Bytes>,
-    #[prost(bool, tag = "3")]
+    pub kvs: store::WireKvs,
     pub more: bool,
-    #[prost(int64, tag = "4")]
     pub count: i64,
+}
+
+impl crate::codec::WireMessage for WireRangeResponse {
+    fn encoded_len(&self) -> usize {
+        use prost::encoding::{bool, int64, message};
+        self.header.as_ref().map_or(0, |h| message::encoded_len(1, h))
+            + self.kvs.encoded_len()
+            + if self.more { bool::encoded_len(3, &self.more) } else { 0 }
+            + if self.count != 0 { int64::encoded_len(4, &self.count) } else { 0 }
+    }
+
+    fn encode(&self, buf: &mut impl bytes::BufMut) {
+        use prost::encoding::{bool, int64, message};
+        // Fields in tag order with defaults left out, as prost (and etcd) write them.
+        if let Some(h) = &self.header {
+            message::encode(1, h, buf);
+        }
+        for chunk in self.kvs.chunks() {
+            buf.put_slice(chunk);
+        }
+        if self.more {
+            bool::encode(3, &self.more, buf);
+        }
+        if self.count != 0 {
+            int64::encode(4, &self.count, buf);
+        }
+    }
 }
 
 /// The KV service.
@@ -401,7 +423,39 @@ fn nested_txn_to_pb(r: store::TxnResponse) -> pb::TxnResponse {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use bytes::Bytes;
+    use prost::Message;
+
+    use super::{kv_to_pb, pb, prefix_end, WireRangeResponse};
+    use crate::codec::WireMessage;
+
+    /// The hand-written encoding is prost's of etcd's `RangeResponse`, byte for byte, with
+    /// and without each default-valued field.
+    #[test]
+    fn a_wire_range_response_is_etcds_range_response() {
+        let kv = |key: &str, value: &str, rev: i64| store::KeyValue {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            create_revision: rev,
+            mod_revision: rev,
+            version: 1,
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            lease: 0,
+        };
+        let header = pb::ResponseHeader { cluster_id: u64::MAX, member_id: 7, revision: 12, raft_term: 3 };
+        for (kvs, more, count, header) in [
+            (vec![kv("a", "1", 2), kv("b", &"x".repeat(300), 5)], true, 9, Some(header)),
+            (vec![kv("only", "", 4)], false, 1, Some(header)),
+            (Vec::new(), false, 0, None),
+        ] {
+            let r = store::RangeResponse { revision: 12, kvs: kvs.clone(), more, count };
+            let wire = WireRangeResponse { header, kvs: store::WireRangeResponse::encode(r).kvs, more, count };
+            let mut out = Vec::new();
+            wire.encode(&mut out);
+            assert_eq!(out.len(), WireMessage::encoded_len(&wire));
+            let want = pb::RangeResponse { header, kvs: kvs.into_iter().map(kv_to_pb).collect(), more, count };
+            assert_eq!(out, want.encode_to_vec());
+        }
+    }
 
     #[test]
     fn a_prefix_ends_after_its_last_byte_that_can_grow() {

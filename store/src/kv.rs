@@ -77,13 +77,24 @@ impl KeyValue {
     /// key's bytes are.
     pub(crate) fn append_wire(out: &mut Vec<u8>, key: &[u8], stored: &[u8]) -> std::ops::Range<usize> {
         let start = out.len();
-        append_wire_key(out, key);
-        let key_at = out.len() - key.len()..out.len();
-        out.extend_from_slice(stored);
+        let key_at = Self::append_wire_unchecked(out, key, stored);
         debug_assert!(
             Self::decode_stored(key, stored).is_ok_and(|kv| kv.encode_to_vec()[..] == out[start..]),
             "stored KeyValue does not re-encode to its wire form"
         );
+        key_at
+    }
+
+    /// The length of what [`KeyValue::append_wire`] appends for `key` and `stored`.
+    pub(crate) fn wire_len(key: &[u8], stored: &[u8]) -> usize {
+        let key_field = if key.is_empty() { 0 } else { 1 + prost::length_delimiter_len(key.len()) + key.len() };
+        key_field + stored.len()
+    }
+
+    fn append_wire_unchecked(out: &mut Vec<u8>, key: &[u8], stored: &[u8]) -> std::ops::Range<usize> {
+        append_wire_key(out, key);
+        let key_at = out.len() - key.len()..out.len();
+        out.extend_from_slice(stored);
         key_at
     }
 

@@ -188,7 +188,7 @@ pub use meta::{Alarm, ALARMS_MAX};
 pub use mvcc::KeyRange;
 pub use response::{
     CommandResponse, CompactResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
-    RangeResponse, ResponseOp, TxnResponse, WireRangeResponse,
+    RangeResponse, ResponseOp, TxnResponse, WireKvs, WireRangeResponse,
 };
 pub use revision::{GroupId, Revision, RevisionPair};
 pub use snapshot::{

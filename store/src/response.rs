@@ -25,8 +25,7 @@ pub struct RangeResponse {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WireRangeResponse {
     pub revision: Revision,
-    /// Each one `mvccpb.KeyValue` encoding.
-    pub kvs: Vec<Bytes>,
+    pub kvs: WireKvs,
     pub more: bool,
     pub count: i64,
 }
@@ -34,10 +33,81 @@ pub struct WireRangeResponse {
 impl WireRangeResponse {
     /// `r` with its records encoded.
     pub fn encode(r: RangeResponse) -> WireRangeResponse {
-        let kvs = r.kvs.iter().map(|kv| Bytes::from(kv.encode_to_vec())).collect();
+        let mut buf = Vec::new();
+        for kv in &r.kvs {
+            buf.push(KVS_FIELD_KEY);
+            kv.encode_length_delimited(&mut buf).expect("a vector grows to any message");
+        }
+        let kvs = WireKvs::from_chunks(vec![Bytes::from(buf)], r.kvs.len());
         WireRangeResponse { revision: r.revision, kvs, more: r.more, count: r.count }
     }
 }
+
+/// The key of `RangeResponse.kvs`: field 2, length-delimited.
+pub(crate) const KVS_FIELD_KEY: u8 = (2 << 3) | 2;
+
+/// The key-values of a range answer exactly as they appear in an encoded etcd
+/// `RangeResponse`: a run of `kvs` fields (the field's key, the length, the `mvccpb.KeyValue`
+/// encoding), held in one or more buffers. A server writes each buffer into its answer as it
+/// is, one copy per buffer and no work per key.
+#[derive(Clone, Debug, Default)]
+pub struct WireKvs {
+    chunks: Vec<Bytes>,
+    entries: usize,
+}
+
+impl WireKvs {
+    /// `chunks` must hold exactly `entries` whole `kvs` fields.
+    pub(crate) fn from_chunks(chunks: Vec<Bytes>, entries: usize) -> WireKvs {
+        let kvs = WireKvs { chunks, entries };
+        debug_assert_eq!(kvs.iter().count(), entries, "the chunks do not hold {entries} whole fields");
+        kvs
+    }
+
+    /// How many key-values.
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// The buffers, to be written in order.
+    pub fn chunks(&self) -> &[Bytes] {
+        &self.chunks
+    }
+
+    /// Bytes of every field, keys and lengths included.
+    pub fn encoded_len(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
+
+    /// Each key-value's `mvccpb.KeyValue` encoding, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.chunks.iter().flat_map(|chunk| {
+            let mut rest = &chunk[..];
+            std::iter::from_fn(move || {
+                let (&key, mut after) = rest.split_first()?;
+                assert_eq!(key, KVS_FIELD_KEY, "a wire chunk holds only kvs fields");
+                let len =
+                    prost::encoding::decode_varint(&mut after).expect("a wire chunk's lengths are varints") as usize;
+                let (kv, tail) = after.split_at(len);
+                rest = tail;
+                Some(kv)
+            })
+        })
+    }
+}
+
+/// Equal when they hold the same key-values, however the buffers are cut.
+impl PartialEq for WireKvs {
+    fn eq(&self, other: &WireKvs) -> bool {
+        self.entries == other.entries && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for WireKvs {}
 
 /// etcd `PutResponse`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
