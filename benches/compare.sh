@@ -243,10 +243,11 @@ start_servers() {
     case $system in
       etcd | etcd-b) "${SERVER_PIN[@]}" "$ETCD" "${args[@]}" --listen-metrics-urls "http://127.0.0.1:$((cport + 2))" \
         >"$dir/log" 2>&1 & ;;
-      plinth) "${SERVER_PIN[@]}" "${PLINTH_ENV[@]}" "$PLINTH" serve "${args[@]}" \
-        --listen-metrics-urls "http://127.0.0.1:$((cport + 2))" >"$dir/log" 2>&1 & ;;
-      plinth-base) "${SERVER_PIN[@]}" "${PLINTH_ENV[@]}" "$BASELINE_BIN" serve "${args[@]}" \
-        --listen-metrics-urls "http://127.0.0.1:$((cport + 2))" >"$dir/log" 2>&1 & ;;
+      plinth | plinth-base)
+        local bin=$PLINTH
+        if [[ $system == plinth-base ]]; then bin=$BASELINE_BIN; fi
+        "${SERVER_PIN[@]}" "${PLINTH_ENV[@]}" "$bin" serve "${args[@]}" \
+          --listen-metrics-urls "http://127.0.0.1:$((cport + 2))" >"$dir/log" 2>&1 & ;;
     esac
     PIDS+=($!)
   done

@@ -53,24 +53,14 @@ pub(crate) const KVS_FIELD_KEY: u8 = (2 << 3) | 2;
 #[derive(Clone, Debug, Default)]
 pub struct WireKvs {
     chunks: Vec<Bytes>,
-    entries: usize,
 }
 
 impl WireKvs {
     /// `chunks` must hold exactly `entries` whole `kvs` fields.
     pub(crate) fn from_chunks(chunks: Vec<Bytes>, entries: usize) -> WireKvs {
-        let kvs = WireKvs { chunks, entries };
+        let kvs = WireKvs { chunks };
         debug_assert_eq!(kvs.iter().count(), entries, "the chunks do not hold {entries} whole fields");
         kvs
-    }
-
-    /// How many key-values.
-    pub fn len(&self) -> usize {
-        self.entries
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries == 0
     }
 
     /// The buffers, to be written in order.
@@ -103,7 +93,7 @@ impl WireKvs {
 /// Equal when they hold the same key-values, however the buffers are cut.
 impl PartialEq for WireKvs {
     fn eq(&self, other: &WireKvs) -> bool {
-        self.entries == other.entries && self.iter().eq(other.iter())
+        self.iter().eq(other.iter())
     }
 }
 
