@@ -6,6 +6,8 @@
 # dirs under one directory, runs every workload of `plinth-bench` against each ALTERNATELY
 # (RUNS times each, the order flipping every run), and prints
 #   workload | etcd | plinth | plinth/etcd   (medians of the runs)  + p50 / p99 of each
+# with each side's server and load-generator CPU, the ratio the load generator's own CPU leaves
+# room for, and the mean WAL fdatasync over the run (from each server's etcd metrics),
 # then each server's peak RSS (VmHWM) and on-disk size after loading LOAD_KEYS keys.
 #
 # Usage: benches/compare.sh [options]
@@ -69,7 +71,7 @@ while [[ $# -gt 0 ]]; do
     --out) OUT=$2; shift 2 ;;
     --nodelay-shim) NODELAY_SHIM=1; shift ;;
     --pin) PIN=1; shift ;;
-    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -271,6 +273,24 @@ start_servers() {
   done
 }
 
+# wal_fsyncs: "<sum seconds> <count>" of etcd_disk_wal_fsync_duration_seconds over every member
+# (both servers export it under etcd's name); the run's mean fsync is the difference of two.
+wal_fsyncs() {
+  local i
+  for ((i = 0; i < ${#PIDS[@]}; i++)); do
+    timeout 5 python3 - "http://127.0.0.1:$((PORT_BASE + 10 * i + 2))/metrics" <<'EOF_PY' || echo "0 0"
+import sys, urllib.request
+s = c = 0.0
+for line in urllib.request.urlopen(sys.argv[1], timeout=4).read().decode().splitlines():
+    if line.startswith("etcd_disk_wal_fsync_duration_seconds_sum"):
+        s += float(line.split()[-1])
+    elif line.startswith("etcd_disk_wal_fsync_duration_seconds_count"):
+        c += float(line.split()[-1])
+print(s, c)
+EOF_PY
+  done | awk '{ s += $1; c += $2 } END { printf "%.9f %d\n", s, c }'
+}
+
 cpu_ticks() {
   local p t=0
   for p in "${PIDS[@]}"; do
@@ -286,19 +306,24 @@ run_one() {
   shift 5
   local tag="$system-n$nodes-$name-r$run" res="$OUT/results/n$nodes.$name.$system.r$run.json"
   if ! start_servers "$system" "$nodes" "$tag"; then stop_servers; return 0; fi
-  local t0 rc=0
+  local t0 rc=0 f0
+  f0=$(wal_fsyncs)
   t0=$(cpu_ticks)
   # A timed row loads up to 1,000,000 keys before its measured part.
   local budget=180
   if [[ $metric == time ]]; then budget=1800; fi
   timeout $((${DURATION%.*} + budget)) "${BENCH_PIN[@]}" "$BENCH" --endpoints "$ENDPOINTS" --json --progress never \
     --duration "$DURATION" "$@" >"$res.tmp" 2>"$OUT/results/$tag.stderr" || rc=$?
-  local cpu=$(( $(cpu_ticks) - t0 ))
+  local cpu=$(( $(cpu_ticks) - t0 )) f1
+  f1=$(wal_fsyncs)
   if [[ $rc == 0 && -s $res.tmp ]]; then
-    python3 - "$res.tmp" "$cpu" "$(getconf CLK_TCK)" >"$res" <<'EOF'
+    python3 - "$res.tmp" "$cpu" "$(getconf CLK_TCK)" "$f0" "$f1" >"$res" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 r["server_cpu_s"] = int(sys.argv[2]) / int(sys.argv[3])
+(s0, c0), (s1, c1) = (map(float, a.split()) for a in sys.argv[4:6])
+# Mean WAL fdatasync of the run over every member, in ms (None when none was counted).
+r["wal_fsync_mean_ms"] = (s1 - s0) / (c1 - c0) * 1000 if c1 > c0 else None
 print(json.dumps(r))
 EOF
     if [[ $metric == time ]]; then
@@ -386,9 +411,11 @@ else
   echo "mode: unpinned (servers and load generator share both CPUs)"
 fi
 metrics=$(printf '%s\n' "${ALL_WORKLOADS[@]}")
-python3 - "$OUT/results" "$B_NAME" "$metrics" "$DURATION" "$RUNS" "$A_NAME" <<'EOF'
+if [[ $PIN == 1 ]]; then bench_cores=1; else bench_cores=$(nproc); fi
+python3 - "$OUT/results" "$B_NAME" "$metrics" "$DURATION" "$RUNS" "$A_NAME" "$bench_cores" <<'EOF'
 import glob, json, os, statistics, sys
 res, b, metrics, duration, runs, a = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+bench_cores = int(sys.argv[7])
 order = [line.split("|")[0] for line in metrics.splitlines() if line]
 headline = {line.split("|")[0]: line.split("|")[2] for line in metrics.splitlines() if line}
 
@@ -442,8 +469,11 @@ for nodes in ("1", "3"):
             errs = sum(r["errors"] for r in rs)
             cpu = med([r.get("server_cpu_s", 0) / max(r["elapsed_s"], 1e-9) for r in rs])
             client = med([r["client_cpu_s"] / max(r["elapsed_s"], 1e-9) for r in rs if r.get("client_cpu_s") is not None])
+            client_per_op = med([r["client_cpu_s"] / fig(r)[0] / max(r["elapsed_s"], 1e-9) for r in rs
+                                 if r.get("client_cpu_s") is not None and fig(r)[0]])
+            fsync = med([r["wal_fsync_mean_ms"] for r in rs if r.get("wal_fsync_mean_ms") is not None])
             cells[system] = (med([x[0] for x in figs]), med([x[1] for x in figs]),
-                             med([x[2] for x in figs]), errs, len(rs), cpu, client)
+                             med([x[2] for x in figs]), errs, len(rs), cpu, client, client_per_op, fsync)
         if cells[a][4] == 0 and cells[b][4] == 0:
             continue
         rows.append((name, cells))
@@ -452,8 +482,8 @@ for nodes in ("1", "3"):
             print(f"\n{nodes} node(s): skipped ({b} serve does not form a {nodes}-node cluster yet)")
         continue
     print(f"\n### {nodes} node(s)\n")
-    print(f"| workload | metric | {a} | {b} | {b}/{a} | {a} p50 ms | {b} p50 ms | {a} p99 ms | {b} p99 ms | p99 {b}/{a} | server CPU cores {a} / {b} | server CPU per op {b}/{a} | load generator CPU cores {a} / {b} | errors {a} / {b} |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| workload | metric | {a} | {b} | {b}/{a} | {a} p50 ms | {b} p50 ms | {a} p99 ms | {b} p99 ms | p99 {b}/{a} | server CPU cores {a} / {b} | server CPU per op {b}/{a} | load generator CPU cores {a} / {b} | load generator ceiling {b}/{a} | WAL fsync mean ms {a} / {b} | errors {a} / {b} |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, c in rows:
         e, p = c[a], c[b]
         metric = {"events": "events/s", "time": "ms per op"}.get(headline[name], "ops/s")
@@ -465,8 +495,17 @@ for nodes in ("1", "3"):
         # The load generator's own CPU: in pinned mode it has one core, and a row where it is
         # near 1.00 measures the load generator, not the server.
         client = f"{f(e[6])} / {f(p[6])}" if e[6] is not None and p[6] is not None else "n/a"
+        # The highest {b}/{a} ratio the load generator itself allows: the rate at which its own
+        # CPU per op, as measured against {b}, would fill the cores it may use (1 pinned, all
+        # unpinned) with a server that cost nothing, over {a}'s rate. A target above it cannot
+        # be met on this machine with this load generator, by any server.
+        ceiling = "n/a"
+        if headline[name] != "time" and p[7] and e[0]:
+            ceiling = f"{bench_cores / p[7] / e[0]:.2f}"
+        fsync = f"{f(e[8])} / {f(p[8])}" if e[8] is not None and p[8] is not None else "n/a"
         print(f"| {name} | {metric} | {f(e[0])} | {f(p[0])} | {ratio(e[0], p[0])} | {f(e[1])} | {f(p[1])} | "
-              f"{f(e[2])} | {f(p[2])} | {ratio(e[2], p[2])} | {cpu} | {per_op} | {client} | {e[3]} / {p[3]} |")
+              f"{f(e[2])} | {f(p[2])} | {ratio(e[2], p[2])} | {cpu} | {per_op} | {client} | {ceiling} | {fsync} | "
+              f"{e[3]} / {p[3]} |")
 mems = {}
 for system in (a, b):
     p = f"{res}/mem.{system}.json"
