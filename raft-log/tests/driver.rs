@@ -437,7 +437,19 @@ fn a_read_is_answered_while_another_groups_write_waits_for_its_sync() {
         gate.set(0);
         let before = gate.began();
         propose_all(&h, writes, ["first".to_string()]);
-        wait_until("the first sync", || gate.began() > before);
+        // On a timeout, say where the first write was: a failure here once in CI (not
+        // reproduced) gave no more than the wait's name.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gate.began() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the first sync: {} syncs began, {before} before it; writes {:?}; reads {:?}",
+                gate.began(),
+                h.status(writes),
+                h.status(reads)
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
         propose_all(&h, writes, (0..200).map(|i| format!("burst-{i}")));
         let first = read(&h);
         // Let the first sync through: the next pass takes the burst and the read, and its
