@@ -274,21 +274,26 @@ start_servers() {
 }
 
 # wal_fsyncs: "<sum seconds> <count>" of etcd_disk_wal_fsync_duration_seconds over every member
-# (both servers export it under etcd's name); the run's mean fsync is the difference of two.
+# (both servers export it under etcd's name; a member that does not answer adds nothing); the
+# run's mean fsync is the difference of two.
 wal_fsyncs() {
-  local i
-  for ((i = 0; i < ${#PIDS[@]}; i++)); do
-    timeout 5 python3 - "http://127.0.0.1:$((PORT_BASE + 10 * i + 2))/metrics" <<'EOF_PY' || echo "0 0"
+  local i urls=()
+  for ((i = 0; i < ${#PIDS[@]}; i++)); do urls+=("http://127.0.0.1:$((PORT_BASE + 10 * i + 2))/metrics"); done
+  timeout 10 python3 - "${urls[@]}" <<'EOF_PY' || echo "0 0"
 import sys, urllib.request
 s = c = 0.0
-for line in urllib.request.urlopen(sys.argv[1], timeout=4).read().decode().splitlines():
-    if line.startswith("etcd_disk_wal_fsync_duration_seconds_sum"):
-        s += float(line.split()[-1])
-    elif line.startswith("etcd_disk_wal_fsync_duration_seconds_count"):
-        c += float(line.split()[-1])
-print(s, c)
+for url in sys.argv[1:]:
+    try:
+        text = urllib.request.urlopen(url, timeout=4).read().decode()
+    except OSError:
+        continue
+    for line in text.splitlines():
+        if line.startswith("etcd_disk_wal_fsync_duration_seconds_sum"):
+            s += float(line.split()[-1])
+        elif line.startswith("etcd_disk_wal_fsync_duration_seconds_count"):
+            c += float(line.split()[-1])
+print(f"{s:.9f} {int(c)}")
 EOF_PY
-  done | awk '{ s += $1; c += $2 } END { printf "%.9f %d\n", s, c }'
 }
 
 cpu_ticks() {

@@ -58,10 +58,15 @@ fn start(dir: &Path, sm: Sm) -> (Driver, DriverHandle, Arc<Wal>) {
     (d, h, wal)
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    wait_until_explained(what, f, String::new);
+}
+
+/// [`wait_until`], whose timeout message adds what `explain` says of the state then.
+fn wait_until_explained(what: &str, mut f: impl FnMut() -> bool, explain: impl Fn() -> String) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(Instant::now() < deadline, "timed out waiting for {what}{}", explain());
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -439,17 +444,18 @@ fn a_read_is_answered_while_another_groups_write_waits_for_its_sync() {
         propose_all(&h, writes, ["first".to_string()]);
         // On a timeout, say where the first write was: a failure here once in CI (not
         // reproduced) gave no more than the wait's name.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while gate.began() <= before {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for the first sync: {} syncs began, {before} before it; writes {:?}; reads {:?}",
-                gate.began(),
-                h.status(writes),
-                h.status(reads)
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        wait_until_explained(
+            "the first sync",
+            || gate.began() > before,
+            || {
+                format!(
+                    ": {} syncs began, {before} before it; writes {:?}; reads {:?}",
+                    gate.began(),
+                    h.status(writes),
+                    h.status(reads)
+                )
+            },
+        );
         propose_all(&h, writes, (0..200).map(|i| format!("burst-{i}")));
         let first = read(&h);
         // Let the first sync through: the next pass takes the burst and the read, and its
