@@ -74,16 +74,20 @@ impl ClusterService {
         Ok(())
     }
 
-    /// etcd's strict reconfiguration check before adding a voter: enough voters have
-    /// started (published a name) for a quorum of the larger cluster, except when a single
-    /// member takes its second; and every voter is connected now.
-    fn check_add_voter(&self) -> Result<(), Status> {
+    /// etcd's strict reconfiguration check before adding a member (`mayAddMember`): for a
+    /// voter, enough voters have started (published a name) for a quorum of the larger
+    /// cluster, except when a single member takes its second; for a learner too, every voter
+    /// is connected now (a learner cannot cost the cluster its quorum, but etcd refuses to
+    /// reconfigure a cluster this member cannot fully reach).
+    fn check_add(&self, learner: bool) -> Result<(), Status> {
         let identity = self.node.membership.identity.read();
         let voters: Vec<&Member> = identity.members.iter().filter(|m| !m.is_learner).collect();
-        let members = voters.len() + 1;
-        let started = voters.iter().filter(|m| !m.name.is_empty()).count();
-        if !(started == 1 && members == 2) && started < members / 2 + 1 {
-            return Err(EtcdError::NotEnoughStartedMembers.status());
+        if !learner {
+            let members = voters.len() + 1;
+            let started = voters.iter().filter(|m| !m.name.is_empty()).count();
+            if !(started == 1 && members == 2) && started < members / 2 + 1 {
+                return Err(EtcdError::NotEnoughStartedMembers.status());
+            }
         }
         let connected = self.node.membership.transport.connected_members();
         if voters.iter().any(|m| !connected.contains(&m.id)) {
@@ -146,14 +150,12 @@ impl Cluster for ClusterService {
         self.check_cluster_admin(&request)?;
         self.node.check_not_learner()?;
         let req = request.into_inner();
-        // etcd's order: the URLs parse (its API layer), the strict reconfiguration check of a
-        // voter (before it proposes), then what it checks when it applies the change: the
-        // id, removed or in use (the same URLs added within one second give the same id),
-        // a URL in use, then too many learners.
+        // etcd's order: the URLs parse (its API layer), the strict reconfiguration check
+        // (before it proposes), then what it checks when it applies the change: the id,
+        // removed or in use (the same URLs added within one second give the same id), a URL
+        // in use, then too many learners.
         Self::check_urls_parse(&req.peer_ur_ls)?;
-        if !req.is_learner {
-            self.check_add_voter()?;
-        }
+        self.check_add(req.is_learner)?;
         let id = new_member_id(&req.peer_ur_ls, std::time::SystemTime::now());
         {
             let identity = self.node.membership.identity.read();

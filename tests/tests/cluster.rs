@@ -282,8 +282,8 @@ fn error_text(e: etcd_client::Error) -> String {
 /// etcd's strict reconfiguration checks on a cluster whose second voter never started: its
 /// promotion (not in sync), a third voter, and the removal of an id that is no member, answer etcd 3.5.1's `Unknown`
 /// "not enough started members" (checked with etcdctl against etcd 3.5.1), before anything
-/// waits for the leader the cluster no longer has; a bad URL is refused first, and the
-/// members come back in id order.
+/// waits for the leader the cluster no longer has, and a learner "unhealthy cluster"; a bad
+/// URL is refused first, and the members come back in id order.
 #[test]
 fn reconfiguration_without_enough_started_members_answers_as_etcd() {
     const NOT_ENOUGH: &str = "Unknown: etcdserver: re-configuration failed due to not enough started members";
@@ -308,6 +308,12 @@ fn reconfiguration_without_enough_started_members_answers_as_etcd() {
         );
         let third = client.member_add(["http://127.0.0.1:2".to_owned()], None).await.expect_err("a third voter");
         assert_eq!(error_text(third), NOT_ENOUGH);
+        // A learner skips the started-members check but not the connectivity one: the voter
+        // that never started is not connected (etcd's `mayAddMember`).
+        let learner = Some(etcd_client::MemberAddOptions::new().with_is_learner());
+        let unreachable =
+            client.member_add(["http://127.0.0.1:3".to_owned()], learner).await.expect_err("a learner, a voter down");
+        assert_eq!(error_text(unreachable), "Unavailable: etcdserver: unhealthy cluster");
         // The URL in use is checked only after the strict check, as etcd checks it when it applies.
         let taken = client.member_add([c.members[0].peer_url()], None).await.expect_err("a voter on a used URL");
         assert_eq!(error_text(taken), NOT_ENOUGH);

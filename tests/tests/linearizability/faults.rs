@@ -386,8 +386,20 @@ async fn membership(rig: &mut Rig, rng: &mut StdRng, load_end: Instant, injected
                 let i = next_slot;
                 next_slot += 1;
                 let url = rig.cluster.members[i].peer_url();
-                let opts = etcd_client::MemberAddOptions::new().with_is_learner();
-                let added = client.member_add([url], Some(opts)).await.unwrap_or_else(|e| panic!("member add: {e}"));
+                // etcd's strict check refuses any add ("unhealthy cluster") while this member
+                // is not connected to every voter, as it may not be just after a removal: retried.
+                let deadline = Instant::now() + LEADER_TIMEOUT;
+                let added = loop {
+                    let opts = etcd_client::MemberAddOptions::new().with_is_learner();
+                    match client.member_add([url.clone()], Some(opts)).await {
+                        Ok(added) => break added,
+                        Err(e) if e.to_string().contains("unhealthy cluster") && Instant::now() < deadline => {
+                            eprintln!("member add: {e}");
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        Err(e) => panic!("member add: {e}"),
+                    }
+                };
                 let id = added.member().expect("the added member").id();
                 eprintln!("fault {}: learner {} ({id:x}) added", injected.total(), rig.cluster.members[i].name);
                 injected.add("learner-add");
