@@ -601,6 +601,9 @@ const PUT: &str = "/etcdserverpb.KV/Put";
 /// etcd's answer when a call's context ends first (`Unknown`, Go's context error text).
 const CONTEXT_DEADLINE: (i32, &str) = (2, "context deadline exceeded");
 
+/// gRPC's code `Unavailable`, as a raw status number.
+const UNAVAILABLE: i32 = 14;
+
 /// One unary gRPC call over a bare HTTP/2 connection, with `grpc-timeout` if given: the
 /// status and message the server answered, and when. (tonic's client would end the call at
 /// the deadline on its own side.)
@@ -648,14 +651,14 @@ async fn raw_unary(
 
 /// A learner's addition on a member whose peers are paused: etcd 3.5.1's answer, the context's
 /// error once `at_least` has passed, or, once this member has noticed that its peers stopped
-/// answering HTTP/2 keepalives (about 4 s after the pause), etcd's strict check at once:
+/// answering HTTP/2 keepalives (3–4 s after the pause), etcd's strict check at once:
 /// `Unavailable` "etcdserver: unhealthy cluster". etcd 3.5.1 answers that too when a voter is
 /// unreachable, but it keeps counting a paused peer's open connection as active: etcdctl's
 /// `member add --learner` 0.5, 3.5 and 12 s after two of three members got SIGSTOP all ended at
 /// its 3 s command timeout.
 fn learner_add_answered(answer: &(i32, String, Duration), at_least: Duration, what: &str) {
     let (status, text, elapsed) = answer;
-    if (*status, text.as_str()) == (14, "etcdserver: unhealthy cluster") {
+    if (*status, text.as_str()) == (UNAVAILABLE, "etcdserver: unhealthy cluster") {
         assert!(*elapsed < Duration::from_secs(1), "the learner's addition refused after {elapsed:?}, {what}");
     } else {
         assert_eq!((*status, text.as_str()), CONTEXT_DEADLINE, "the learner's addition {what}");
@@ -683,7 +686,6 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
         AlarmRequest, AuthUserListRequest, AuthenticateRequest, LeaseLeasesRequest, LeaseTimeToLiveRequest,
         MemberAddRequest, MemberPromoteRequest, PutRequest, RangeRequest,
     };
-    const UNAVAILABLE: i32 = 14;
     const RANGE: &str = "/etcdserverpb.KV/Range";
     const TTL: &str = "/etcdserverpb.Lease/LeaseTimeToLive";
     const LEASES: &str = "/etcdserverpb.Lease/LeaseLeases";
