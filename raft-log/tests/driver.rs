@@ -377,6 +377,14 @@ impl SyncGate {
         self.changed.notify_all();
     }
 
+    /// Closes the gate and returns the syncs that began before it closed: every later one is
+    /// held (both sides take the lock, so no sync falls between the two).
+    fn close(&self) -> u64 {
+        let mut permits = self.permits.lock().unwrap();
+        *permits = 0;
+        self.began()
+    }
+
     fn began(&self) -> u64 {
         self.began.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -399,8 +407,8 @@ impl raft_log::WalFaults for SyncGate {
     }
 
     fn sync_fails(&self, _seq: u64, _len: u64) -> bool {
-        self.began.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut permits = self.permits.lock().unwrap();
+        self.began.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         while *permits == 0 {
             permits = self.changed.wait(permits).unwrap();
         }
@@ -429,7 +437,15 @@ fn a_read_is_answered_while_another_groups_write_waits_for_its_sync() {
         let (writes, reads) = (GroupId(1), GroupId(2));
         for g in [writes, reads] {
             h.create_group(g, vec![NodeId(1)]).unwrap();
-            wait_until("leadership", || h.status(g).is_some_and(|s| s.is_leader && s.commit == s.applied));
+            // Leadership alone is published before the Ready that made it (term, vote and the
+            // term's first entry) is synced: wait for that entry to be committed, which needs
+            // the sync, and applied. A sync still running when the gate closes below would be
+            // held there and the first write's sync could never begin.
+            wait_until("leadership, its first entry synced and applied", || {
+                h.status(g).is_some_and(|s| {
+                    s.is_leader && s.committed_in_term && s.commit == s.last_index && s.commit == s.applied
+                })
+            });
         }
         let read = |h: &DriverHandle| {
             let (tx, rx) = mpsc::channel();
@@ -439,8 +455,7 @@ fn a_read_is_answered_while_another_groups_write_waits_for_its_sync() {
 
         // A lone write holds the driver (or the writer) in its sync; behind it, a burst of
         // writes and a read queue up.
-        gate.set(0);
-        let before = gate.began();
+        let before = gate.close();
         propose_all(&h, writes, ["first".to_string()]);
         // On a timeout, say where the first write was: a failure here once in CI (not
         // reproduced) gave no more than the wait's name.
