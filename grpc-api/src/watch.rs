@@ -81,6 +81,10 @@ fn encode_event(event: &store::SharedEvent) -> &Bytes {
 }
 
 impl crate::codec::WireMessage for WireResponse {
+    /// A stream's responses gather up to 32 KiB in the buffer before HTTP/2 takes them
+    /// (see `codec.rs`): room for that and a response more, without growing.
+    const BUFFER_BYTES: usize = 64 << 10;
+
     fn encoded_len(&self) -> usize {
         Message::encoded_len(&self.head) + self.events.iter().map(|e| encode_event(e).len()).sum::<usize>()
     }
@@ -90,6 +94,15 @@ impl crate::codec::WireMessage for WireResponse {
         Message::encode(&self.head, buf).expect("the codec reserved the message's length");
         for event in &self.events {
             buf.put_slice(encode_event(event));
+        }
+    }
+
+    fn write(&self, _len: usize, buf: &mut tonic::codec::EncodeBuf<'_>) {
+        // The head's varints through the scratch vector, the events' bytes (encoded once per
+        // event, shared by its watchers) straight into the buffer: copied once.
+        crate::codec::write_small(&self.head, buf);
+        for event in &self.events {
+            bytes::BufMut::put_slice(buf, encode_event(event));
         }
     }
 }
