@@ -4,7 +4,9 @@
 //! change. Checks follow etcd's (with `--strict-reconfig-check`, its default), with its
 //! errors: URLs in use, at most one learner, a learner is promoted only once in sync with the
 //! leader (by the leader), and a voter is added or removed only while the cluster keeps a
-//! quorum of started and connected voters.
+//! quorum of started and connected voters. As etcd's, the connectivity checks count a peer
+//! only once its stream has been up for [`HEALTH_INTERVAL`]: right after a member starts or
+//! reconnects, a change answers "unhealthy cluster" for a few seconds.
 
 use std::sync::Arc;
 
@@ -15,6 +17,10 @@ use crate::error::EtcdError;
 use crate::node::membership::{new_member_id, normalize_urls, Member};
 use crate::node::{Node, LEARNERS_MAX};
 use crate::pb::etcdserverpb::{self as pb, cluster_server::Cluster};
+
+/// How long a peer's stream must have been up before the strict reconfiguration checks
+/// count it as connected (etcd's `HealthInterval`).
+pub const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The Cluster service.
 pub struct ClusterService {
@@ -74,11 +80,18 @@ impl ClusterService {
         Ok(())
     }
 
+    /// Members whose stream to this member has been up for [`HEALTH_INTERVAL`], this member
+    /// included: the ones etcd's strict checks count as connected.
+    fn connected_for_health_interval(&self) -> Vec<u64> {
+        let before = std::time::Instant::now().checked_sub(HEALTH_INTERVAL);
+        self.node.membership.transport.connected_members_since(before)
+    }
+
     /// etcd's strict reconfiguration check before adding a member (`mayAddMember`): for a
     /// voter, enough voters have started (published a name) for a quorum of the larger
     /// cluster, except when a single member takes its second; for a learner too, every voter
-    /// is connected now (a learner cannot cost the cluster its quorum, but etcd refuses to
-    /// reconfigure a cluster this member cannot fully reach).
+    /// has been connected for [`HEALTH_INTERVAL`] (a learner cannot cost the cluster its
+    /// quorum, but etcd refuses to reconfigure a cluster this member cannot fully reach).
     fn check_add(&self, learner: bool) -> Result<(), Status> {
         let identity = self.node.membership.identity.read();
         let voters: Vec<&Member> = identity.members.iter().filter(|m| !m.is_learner).collect();
@@ -89,7 +102,7 @@ impl ClusterService {
                 return Err(EtcdError::NotEnoughStartedMembers.status());
             }
         }
-        let connected = self.node.membership.transport.connected_members();
+        let connected = self.connected_for_health_interval();
         if voters.iter().any(|m| !connected.contains(&m.id)) {
             return Err(EtcdError::Unhealthy.status());
         }
@@ -97,9 +110,10 @@ impl ClusterService {
     }
 
     /// etcd's strict reconfiguration check before removing voter `id`: the remaining voters
-    /// that have started make a quorum, and unless `id` is already unreachable, the voters
-    /// connected now still make a quorum without it. An `id` that is no member is checked as
-    /// etcd checks it: every voter remains, and none of them is the one removed.
+    /// that have started make a quorum, and unless `id` is unreachable now, the voters
+    /// connected for [`HEALTH_INTERVAL`] still make a quorum without it. An `id` that is no
+    /// member is checked as etcd checks it: every voter remains, and none of them is the one
+    /// removed.
     fn check_remove_voter(&self, id: u64) -> Result<(), Status> {
         let identity = self.node.membership.identity.read();
         let voters: Vec<&Member> = identity.members.iter().filter(|m| !m.is_learner).collect();
@@ -112,7 +126,8 @@ impl ClusterService {
         if id != identity.member_id && !connected.contains(&id) {
             return Ok(());
         }
-        let active = voters.iter().filter(|m| connected.contains(&m.id)).count();
+        let healthy = self.connected_for_health_interval();
+        let active = voters.iter().filter(|m| healthy.contains(&m.id)).count();
         if active < 2 + (voters.len() - 1) / 2 {
             return Err(EtcdError::Unhealthy.status());
         }

@@ -334,3 +334,50 @@ impl Drop for Members {
         }
     }
 }
+
+/// How long [`add_member_when_healthy`] and [`remove_member_when_healthy`] retry a change
+/// refused as "unhealthy cluster": etcd's health interval (5 s) with room to spare.
+const HEALTHY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Whether `e` is the strict reconfiguration check's "unhealthy cluster". Like etcd, a member
+/// counts a peer as connected only once its stream has been up for 5 s (etcd's
+/// `HealthInterval`), so a change asked for just after members start or reconnect is refused
+/// this way for a few seconds; an operator (and a test) asks again.
+pub fn is_unhealthy_cluster(e: &etcd_client::Error) -> bool {
+    e.to_string().contains("etcdserver: unhealthy cluster")
+}
+
+/// `member add` through `client`, asked again while it answers "unhealthy cluster" (see
+/// [`is_unhealthy_cluster`]), for up to 15 s. Panics on any other error.
+pub async fn add_member_when_healthy(
+    client: &mut Client,
+    peer_urls: Vec<String>,
+    learner: bool,
+) -> etcd_client::MemberAddResponse {
+    let deadline = Instant::now() + HEALTHY_TIMEOUT;
+    loop {
+        let opts = learner.then(|| etcd_client::MemberAddOptions::new().with_is_learner());
+        match client.member_add(peer_urls.clone(), opts).await {
+            Ok(added) => return added,
+            Err(e) if is_unhealthy_cluster(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("member add {peer_urls:?}: {e}"),
+        }
+    }
+}
+
+/// `member remove` through `client`, asked again while it answers "unhealthy cluster" (see
+/// [`is_unhealthy_cluster`]), for up to 15 s. Panics on any other error.
+pub async fn remove_member_when_healthy(client: &mut Client, id: u64) -> etcd_client::MemberRemoveResponse {
+    let deadline = Instant::now() + HEALTHY_TIMEOUT;
+    loop {
+        match client.member_remove(id).await {
+            Ok(removed) => return removed,
+            Err(e) if is_unhealthy_cluster(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("member remove {id:x}: {e}"),
+        }
+    }
+}

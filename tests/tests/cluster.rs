@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, GetOptions};
-use plinth_tests::members::Members;
+use plinth_tests::members::{add_member_when_healthy, remove_member_when_healthy, Members};
 
 /// The members under test: three, with the harness's Raft timing (elections after
 /// 0.5–1 s of silence).
@@ -324,6 +324,55 @@ fn reconfiguration_without_enough_started_members_answers_as_etcd() {
     });
 }
 
+/// etcd counts a peer as connected for its strict reconfiguration checks only once the peer's
+/// stream has been up for 5 s (`HealthInterval`): on etcd 3.5.1, a learner's `member add` and a
+/// follower's `member remove` asked just after three members started both answer `Unavailable`
+/// "etcdserver: unhealthy cluster", and the add goes through 5 s later (checked with etcdctl).
+/// No stream can be up before its members started, so the first add accepted here comes at
+/// least 5 s after the start.
+#[test]
+fn reconfiguration_waits_until_peers_have_been_connected_for_etcds_health_interval() {
+    const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+    const UNHEALTHY: &str = "Unavailable: etcdserver: unhealthy cluster";
+    let rt = runtime();
+    let started = Instant::now();
+    let c = Members::start(MEMBERS, &[]);
+    let leader = rt.block_on(c.wait_leader(START_TIMEOUT));
+    rt.block_on(async {
+        let mut client = must_connect(&c.members[leader].endpoint()).await;
+        let follower = (0..MEMBERS).find(|i| *i != leader).expect("a follower");
+        let follower_id = {
+            let mut f = must_connect(&c.members[follower].endpoint()).await;
+            f.status().await.expect("status").header().expect("header").member_id()
+        };
+        let asked = Instant::now();
+        let removal = client.member_remove(follower_id).await.map(|_| ()).map_err(error_text);
+        if asked.duration_since(started) < HEALTH_INTERVAL - Duration::from_secs(1) {
+            assert_eq!(removal, Err(UNHEALTHY.to_owned()), "a removal asked {:?} after the start", asked - started);
+        } else {
+            eprintln!(
+                "the cluster took {:?} to elect a leader: the removal's refusal was not checked",
+                asked - started
+            );
+            return;
+        }
+        let learner = || Some(etcd_client::MemberAddOptions::new().with_is_learner());
+        let deadline = started + HEALTH_INTERVAL + START_TIMEOUT;
+        loop {
+            match client.member_add(["http://127.0.0.1:1".to_owned()], learner()).await.map_err(error_text) {
+                Ok(_) => break,
+                Err(e) => {
+                    assert_eq!(e, UNHEALTHY, "a learner's add while the streams are young");
+                    assert!(Instant::now() < deadline, "no add accepted within {:?} of the start", deadline - started);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        let accepted = started.elapsed();
+        assert!(accepted >= HEALTH_INTERVAL, "a learner's add accepted {accepted:?} after the members started");
+    });
+}
+
 /// A member added at run time gets etcd's id: the SHA-1 of its peer URLs and the Unix second
 /// of the request. So, as on etcd 3.5.1 (checked with etcdctl), the same URLs added again in
 /// the same second answer "member ID already exist" (sic), and once that member is removed,
@@ -391,10 +440,8 @@ fn learner_joins_by_snapshot_is_promoted_and_a_member_is_removed() {
     let n4 = c.add_member();
     let n4_id = rt.block_on(async {
         let mut client = must_connect(&c.members[0].endpoint()).await;
-        let added = client
-            .member_add([c.members[n4].peer_url()], Some(etcd_client::MemberAddOptions::new().with_is_learner()))
-            .await
-            .expect("member add --learner");
+        // Asked again while the members' streams are younger than etcd's health interval.
+        let added = add_member_when_healthy(&mut client, vec![c.members[n4].peer_url()], true).await;
         let id = added.member().expect("added member").id();
         assert!(added.member_list().iter().any(|m| m.id() == id && m.is_learner()));
         // etcd lists members by id, whatever order they joined in.
@@ -471,7 +518,7 @@ fn learner_joins_by_snapshot_is_promoted_and_a_member_is_removed() {
             v.status().await.expect("status").header().unwrap().member_id()
         };
         let mut client = must_connect(&c.members[n4].endpoint()).await;
-        let removed = client.member_remove(victim_id).await.expect("member remove");
+        let removed = remove_member_when_healthy(&mut client, victim_id).await;
         assert_eq!(removed.members().len(), 3);
         assert!(removed.members().iter().all(|m| m.id() != victim_id));
         for i in 0..50 {

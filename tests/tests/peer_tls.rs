@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, GetOptions};
-use plinth_tests::members::Members;
+use plinth_tests::members::{add_member_when_healthy, Members};
 use plinth_tests::process::run_with_timeout;
 
 /// How long a cluster gets to elect its first leader.
@@ -311,7 +311,7 @@ fn a_member_added_to_a_peer_mtls_cluster_joins_over_tls() {
         let mut client = connect(&c.members[leader].endpoint()).await.expect("connect to the leader");
         client.put("before-join", "1", None).await.expect("put");
         // etcdctl's order: add the member (its https peer URL), then start it with `existing`.
-        client.member_add([c.members[n4].peer_url()], None).await.expect("member add");
+        add_member_when_healthy(&mut client, vec![c.members[n4].peer_url()], false).await;
     });
     c.spawn(n4);
     rt.block_on(async {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, WatchOptions};
 use plinth_tests::cli::connect_eventually;
 use plinth_tests::cluster::plinth_bin;
-use plinth_tests::members::Members;
+use plinth_tests::members::{add_member_when_healthy, remove_member_when_healthy, Members};
 use plinth_tests::ports;
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -379,8 +379,7 @@ fn a_member_added_and_removed_reaches_every_tenant_group() {
     cluster.members[n4].flags = vec!["--tenant-client-port-base".into(), bases[3].to_string()];
     let n4_id = rt.block_on(async {
         let mut client = connect(&admin).await.expect("connect");
-        let opts = etcd_client::MemberAddOptions::new().with_is_learner();
-        let added = client.member_add([cluster.members[n4].peer_url()], Some(opts)).await.expect("member add");
+        let added = add_member_when_healthy(&mut client, vec![cluster.members[n4].peer_url()], true).await;
         added.member().expect("member").id()
     });
     cluster.spawn(n4);
@@ -433,7 +432,7 @@ fn a_member_added_and_removed_reaches_every_tenant_group() {
     // Removing a member removes it from every group.
     rt.block_on(async {
         let mut client = connect(&admin).await.expect("connect");
-        client.member_remove(n4_id).await.expect("member remove");
+        remove_member_when_healthy(&mut client, n4_id).await;
     });
     for t in ["t1", "t2"] {
         in_step(t, 3, 0);

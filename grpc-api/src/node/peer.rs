@@ -226,6 +226,20 @@ impl PeerTransport {
         v
     }
 
+    /// Members whose stream has been up since `before` or earlier, this member included
+    /// (etcd's `numConnectedSince`, which its strict reconfiguration checks ask with
+    /// `now - HealthInterval`).
+    pub fn connected_members_since(&self, before: Option<Instant>) -> Vec<u64> {
+        let mut v: Vec<u64> = match before {
+            Some(before) => {
+                self.connected.lock().iter().filter(|(_, since)| **since <= before).map(|(id, _)| *id).collect()
+            }
+            None => Vec::new(),
+        };
+        v.push(self.me);
+        v
+    }
+
     /// Since when each connected peer's stream has been up.
     pub fn connected_since(&self) -> HashMap<u64, Instant> {
         self.connected.lock().clone()

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use plinth_tests::faults::{self, FsyncShim, Tmpfs};
-use plinth_tests::members::Members;
+use plinth_tests::members::{add_member_when_healthy, remove_member_when_healthy, Members};
 use plinth_tests::netns::Net;
 use plinth_tests::netproxy::{Conditions, Proxy};
 use plinth_tests::ports::{self, Port};
@@ -387,19 +387,9 @@ async fn membership(rig: &mut Rig, rng: &mut StdRng, load_end: Instant, injected
                 next_slot += 1;
                 let url = rig.cluster.members[i].peer_url();
                 // etcd's strict check refuses any add ("unhealthy cluster") while this member
-                // is not connected to every voter, as it may not be just after a removal: retried.
-                let deadline = Instant::now() + LEADER_TIMEOUT;
-                let added = loop {
-                    let opts = etcd_client::MemberAddOptions::new().with_is_learner();
-                    match client.member_add([url.clone()], Some(opts)).await {
-                        Ok(added) => break added,
-                        Err(e) if e.to_string().contains("unhealthy cluster") && Instant::now() < deadline => {
-                            eprintln!("member add: {e}");
-                            tokio::time::sleep(Duration::from_millis(300)).await;
-                        }
-                        Err(e) => panic!("member add: {e}"),
-                    }
-                };
+                // has not been connected to every voter for 5 s, as it may not be just after a
+                // removal or a leader change: asked again.
+                let added = add_member_when_healthy(&mut client, vec![url.clone()], true).await;
                 let id = added.member().expect("the added member").id();
                 eprintln!("fault {}: learner {} ({id:x}) added", injected.total(), rig.cluster.members[i].name);
                 injected.add("learner-add");
@@ -439,7 +429,7 @@ async fn membership(rig: &mut Rig, rng: &mut StdRng, load_end: Instant, injected
                     .unwrap_or_else(|| panic!("{name} not in the member list"));
                 let kind = if victim == leader { "remove-leader" } else { "remove-follower" };
                 eprintln!("fault {}: {kind} {name} ({id:x})", injected.total());
-                client.member_remove(id).await.unwrap_or_else(|e| panic!("member remove {id:x}: {e}"));
+                remove_member_when_healthy(&mut client, id).await;
                 injected.add(kind);
                 rig.active.remove(&victim);
                 // A removed member stops on its own.
