@@ -165,6 +165,39 @@ pub(crate) fn open_db(path: &Path, cfg: &StoreConfig) -> Result<DB> {
     Ok(DB::open_cf_descriptors(&db_opts, path, cfs)?)
 }
 
+/// The version of the column families' layout (`key_codec.rs`) this build reads and writes.
+/// Every data dir records the version that wrote it ([`check_layout`]), so a build never reads
+/// a layout it does not know as if it were its own: a data dir written by a later build, whose
+/// layout is newer, is refused at open; a later build that changes the layout finds the
+/// version of an older data dir and converts it. Version 1 is the layout of every data dir
+/// written before the version was recorded.
+pub(crate) const LAYOUT_VERSION: u32 = 1;
+
+/// Key of the layout version in RocksDB's `default` family, which holds nothing else.
+const LAYOUT_VERSION_KEY: &[u8] = b"plinth-store-layout-version";
+
+/// Checks the layout version `db` records against [`LAYOUT_VERSION`], and records it in a
+/// data dir that has none (a new one, or one written before versions were recorded, whose
+/// layout is version 1). Written without RocksDB's WAL, as every write: if a crash loses it
+/// before a flush, the next open records it again.
+pub(crate) fn check_layout(db: &DB) -> Result<()> {
+    match db.get(LAYOUT_VERSION_KEY)? {
+        Some(v) => {
+            let found = <[u8; 4]>::try_from(&v[..])
+                .map(u32::from_be_bytes)
+                .map_err(|_| Error::Corruption(format!("store layout version of {} bytes", v.len())))?;
+            if found > LAYOUT_VERSION {
+                return Err(Error::UnsupportedLayout { found, supported: LAYOUT_VERSION });
+            }
+            if found == 0 {
+                return Err(Error::Corruption("store layout version 0".into()));
+            }
+            Ok(())
+        }
+        None => Ok(db.put_opt(LAYOUT_VERSION_KEY, LAYOUT_VERSION.to_be_bytes(), &write_options())?),
+    }
+}
+
 /// Readahead of the scan of [`verify_checksums`].
 const VERIFY_READAHEAD_BYTES: usize = 2 << 20;
 

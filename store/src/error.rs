@@ -119,6 +119,12 @@ pub enum Error {
     /// A configuration value out of range.
     #[error("invalid store config: {0}")]
     InvalidConfig(String),
+    /// The data dir's store layout is newer than this build reads (see
+    /// `engine::check_layout`): it was written by a later Plinth.
+    #[error(
+        "the data dir's store layout is version {found}, written by a newer Plinth; this build reads version {supported}"
+    )]
+    UnsupportedLayout { found: u32, supported: u32 },
     /// Stored bytes or snapshot chunks that fail their checks.
     #[error("corruption: {0}")]
     Corruption(String),
@@ -134,6 +140,6 @@ impl Error {
     /// True for errors that every replica reproduces from the same log; false for I/O and
     /// corruption, which must stop the node.
     pub fn is_deterministic(&self) -> bool {
-        !matches!(self, Error::RocksDb(_) | Error::Io(_) | Error::Corruption(_))
+        !matches!(self, Error::RocksDb(_) | Error::Io(_) | Error::Corruption(_) | Error::UnsupportedLayout { .. })
     }
 }

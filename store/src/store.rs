@@ -246,6 +246,7 @@ impl Store {
     pub fn open(path: &Path, cfg: StoreConfig) -> Result<Store> {
         cfg.validate()?;
         let db = engine::open_db(path, &cfg)?;
+        engine::check_layout(&db)?;
         if cfg.verify_checksums_at_open {
             engine::verify_checksums(&db)?;
         }
@@ -1050,6 +1051,33 @@ mod tests {
     use super::*;
     use crate::command::PutRequest;
     use crate::watch::WatchSpec;
+
+    /// A data dir records the layout version that wrote it; one recorded by a newer build is
+    /// refused at open with both versions named, before anything is read as this build's
+    /// layout.
+    #[test]
+    fn a_data_dir_of_a_newer_layout_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::default();
+        {
+            let db = engine::open_db(dir.path(), &cfg).unwrap();
+            engine::check_layout(&db).unwrap();
+            let recorded = db.get(b"plinth-store-layout-version").unwrap().expect("a new data dir records its layout");
+            assert_eq!(recorded, engine::LAYOUT_VERSION.to_be_bytes());
+            db.put(b"plinth-store-layout-version", (engine::LAYOUT_VERSION + 1).to_be_bytes()).unwrap();
+            db.flush().unwrap();
+        }
+        let err = Store::open(dir.path(), cfg).err().expect("a newer layout must not open");
+        assert!(
+            matches!(err, Error::UnsupportedLayout { found, supported } if found == engine::LAYOUT_VERSION + 1 && supported == engine::LAYOUT_VERSION),
+            "{err}"
+        );
+        assert!(!err.is_deterministic(), "an open error stops the member");
+        assert_eq!(
+            err.to_string(),
+            "the data dir's store layout is version 2, written by a newer Plinth; this build reads version 1"
+        );
+    }
 
     #[test]
     fn invariants_hold_through_applies_and_watch_churn() {
