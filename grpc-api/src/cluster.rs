@@ -166,28 +166,12 @@ impl Cluster for ClusterService {
         self.node.check_not_learner()?;
         let req = request.into_inner();
         // etcd's order: the URLs parse (its API layer), the strict reconfiguration check
-        // (before it proposes), then what it checks when it applies the change: the id,
-        // removed or in use (the same URLs added within one second give the same id), a URL
-        // in use, then too many learners.
+        // (before it proposes), then, once a leader is known, what it checks when it applies
+        // the change: the id, removed or in use (the same URLs added within one second give
+        // the same id), a URL in use, then too many learners.
         Self::check_urls_parse(&req.peer_ur_ls)?;
         self.check_add(req.is_learner)?;
         let id = new_member_id(&req.peer_ur_ls, std::time::SystemTime::now());
-        {
-            let identity = self.node.membership.identity.read();
-            if identity.removed.contains(&id) {
-                return Err(EtcdError::MemberNotFound.status());
-            }
-            if identity.members.iter().any(|m| m.id == id) {
-                return Err(EtcdError::MemberExist.status());
-            }
-        }
-        self.check_urls_unused(&req.peer_ur_ls, None)?;
-        if req.is_learner {
-            let learners = self.node.membership.identity.read().members.iter().filter(|m| m.is_learner).count();
-            if learners >= LEARNERS_MAX {
-                return Err(EtcdError::TooManyLearners.status());
-            }
-        }
         let member = Member {
             id,
             name: String::new(),
@@ -195,8 +179,27 @@ impl Cluster for ClusterService {
             client_urls: Vec::new(),
             is_learner: req.is_learner,
         };
-        let change = if req.is_learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
-        let members = self.node.propose_conf_change(change, member.clone()).await?;
+        let check = || {
+            {
+                let identity = self.node.membership.identity.read();
+                if identity.removed.contains(&id) {
+                    return Err(EtcdError::MemberNotFound.status());
+                }
+                if identity.members.iter().any(|m| m.id == id) {
+                    return Err(EtcdError::MemberExist.status());
+                }
+            }
+            self.check_urls_unused(&req.peer_ur_ls, None)?;
+            if req.is_learner {
+                let identity = self.node.membership.identity.read();
+                if identity.members.iter().filter(|m| m.is_learner).count() >= LEARNERS_MAX {
+                    return Err(EtcdError::TooManyLearners.status());
+                }
+            }
+            let change = if req.is_learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
+            Ok((change, member.clone()))
+        };
+        let members = self.node.propose_checked_conf_change(check).await?;
         Ok(Response::new(pb::MemberAddResponse {
             header: Some(self.header()),
             member: Some(to_pb(&member)),
@@ -213,13 +216,12 @@ impl Cluster for ClusterService {
         self.node.check_not_learner()?;
         let id = request.into_inner().id;
         // etcd runs its strict check for any id that is not a learner's, an unknown one too,
-        // and finds the id unknown only when it applies the removal.
-        let member = self.member(id);
-        if !member.as_ref().is_ok_and(|m| m.is_learner) {
+        // and finds the id unknown only when it applies the removal (once a leader is known).
+        if !self.member(id).is_ok_and(|m| m.is_learner) {
             self.check_remove_voter(id)?;
         }
-        let member = member?;
-        let members = self.node.propose_conf_change(ConfChangeType::RemoveNode, member).await?;
+        let members =
+            self.node.propose_checked_conf_change(|| Ok((ConfChangeType::RemoveNode, self.member(id)?))).await?;
         Ok(Response::new(pb::MemberRemoveResponse { header: Some(self.header()), members: members_pb(&members) }))
     }
 
@@ -232,12 +234,20 @@ impl Cluster for ClusterService {
         self.node.check_not_learner()?;
         let req = request.into_inner();
         Self::check_urls_parse(&req.peer_ur_ls)?;
-        let mut member = self.member(req.id)?;
-        self.check_urls_unused(&req.peer_ur_ls, Some(req.id))?;
-        member.peer_urls = req.peer_ur_ls;
-        // Raft sees a no-op (the member keeps its role); the context carries the new URLs.
-        let change = if member.is_learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
-        let members = self.node.propose_conf_change(change, member).await?;
+        // etcd finds an unknown id or a URL in use when it applies the update, once a leader
+        // is known.
+        let members = self
+            .node
+            .propose_checked_conf_change(|| {
+                let mut member = self.member(req.id)?;
+                self.check_urls_unused(&req.peer_ur_ls, Some(req.id))?;
+                member.peer_urls = req.peer_ur_ls.clone();
+                // Raft sees a no-op (the member keeps its role); the context carries the new
+                // URLs.
+                let change = if member.is_learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
+                Ok((change, member))
+            })
+            .await?;
         Ok(Response::new(pb::MemberUpdateResponse { header: Some(self.header()), members: members_pb(&members) }))
     }
 

@@ -726,12 +726,15 @@ fn learner_add_answered(answer: &(i32, String, Duration), at_least: Duration, wh
 /// at once after it notices its paused peers, see [`learner_add_answered`]); listing leases
 /// needs no leader. A promotion, which etcd checks on its leader only, waits for one and then
 /// answers `no leader`, as the lease call does (etcdctl's `member promote` of a learner against
-/// such an etcd: `etcdserver: no leader` after 7 s, etcd's request timeout).
+/// such an etcd: `etcdserver: no leader` after 7 s, etcd's request timeout). An update of an id
+/// that is no member waits as the write does: etcd finds the id unknown only when the change
+/// applies (etcdctl's `member update 1234` against such an etcd ended at its command timeout,
+/// and with a leader it answers "member not found").
 #[test]
 fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
     use grpc_api::pb::etcdserverpb::{
         AlarmRequest, AuthUserListRequest, AuthenticateRequest, LeaseLeasesRequest, LeaseTimeToLiveRequest,
-        MemberAddRequest, MemberPromoteRequest, PutRequest, RangeRequest,
+        MemberAddRequest, MemberPromoteRequest, MemberUpdateRequest, PutRequest, RangeRequest,
     };
     const RANGE: &str = "/etcdserverpb.KV/Range";
     const TTL: &str = "/etcdserverpb.Lease/LeaseTimeToLive";
@@ -740,6 +743,7 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
     const USERS: &str = "/etcdserverpb.Auth/UserList";
     const MEMBER_ADD: &str = "/etcdserverpb.Cluster/MemberAdd";
     const PROMOTE: &str = "/etcdserverpb.Cluster/MemberPromote";
+    const UPDATE: &str = "/etcdserverpb.Cluster/MemberUpdate";
     const AUTHENTICATE: &str = "/etcdserverpb.Auth/Authenticate";
     let rt = runtime();
     let (mut c, others, endpoint, lease) = leaderless_member_after(&rt, |endpoint| async move {
@@ -755,6 +759,9 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
         let learner = MemberAddRequest { peer_ur_ls: vec!["http://127.0.0.1:1".into()], is_learner: true };
         // No such member: etcd looks the member up on its leader only.
         let promote = MemberPromoteRequest { id: 0x1234 };
+        // No such member either: etcd finds that when it applies the update, so it waits for
+        // a leader first.
+        let update = MemberUpdateRequest { id: 0x1234, peer_ur_ls: vec!["http://127.0.0.1:5555".into()] };
         // etcd's Authenticate takes a linearizable read point before it looks at the auth
         // store (which here has auth disabled), so it waits as a read does.
         let login = AuthenticateRequest { name: "root".into(), password: "pw".into() };
@@ -770,6 +777,7 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
             (TTL, raw_unary(&endpoint, TTL, &ttl, Some("400m")).await, no_leader),
             (ALARMS, raw_unary(&endpoint, ALARMS, &alarms, Some("400m")).await, CONTEXT_DEADLINE),
             (PROMOTE, raw_unary(&endpoint, PROMOTE, &promote, Some("400m")).await, no_leader),
+            (UPDATE, raw_unary(&endpoint, UPDATE, &update, Some("400m")).await, CONTEXT_DEADLINE),
             (AUTHENTICATE, raw_unary(&endpoint, AUTHENTICATE, &login, Some("400m")).await, CONTEXT_DEADLINE),
         ] {
             let (status, text, elapsed) = answer;
@@ -782,7 +790,7 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
         let add = raw_unary(&endpoint, MEMBER_ADD, &learner, Some("400m")).await;
         learner_add_answered(&add, Duration::from_millis(350), "at the client's deadline");
         // The member's own request timeout (5 s and two election timeouts), all at once.
-        let (read, write, lease, alarm, users, add, promoted, logged_in) = tokio::join!(
+        let (read, write, lease, alarm, users, add, promoted, logged_in, updated) = tokio::join!(
             raw_unary(&endpoint, RANGE, &range, None),
             raw_unary(&endpoint, PUT, &put, None),
             raw_unary(&endpoint, TTL, &ttl, None),
@@ -790,7 +798,8 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
             raw_unary(&endpoint, USERS, &users, None),
             raw_unary(&endpoint, MEMBER_ADD, &learner, None),
             raw_unary(&endpoint, PROMOTE, &promote, None),
-            raw_unary(&endpoint, AUTHENTICATE, &login, None)
+            raw_unary(&endpoint, AUTHENTICATE, &login, None),
+            raw_unary(&endpoint, UPDATE, &update, None)
         );
         assert_eq!((read.0, read.1.as_str()), (UNAVAILABLE, "etcdserver: request timed out"), "the read");
         assert_eq!((write.0, write.1.as_str()), CONTEXT_DEADLINE, "the write");
@@ -800,7 +809,8 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
         learner_add_answered(&add, Duration::from_secs(5), "at the request timeout");
         assert_eq!((promoted.0, promoted.1.as_str()), no_leader, "the learner's promotion");
         assert_eq!((logged_in.0, logged_in.1.as_str()), (UNAVAILABLE, "etcdserver: request timed out"), "the login");
-        for elapsed in [read.2, write.2, lease.2, alarm.2, users.2, promoted.2, logged_in.2] {
+        assert_eq!((updated.0, updated.1.as_str()), CONTEXT_DEADLINE, "the update of no member");
+        for elapsed in [read.2, write.2, lease.2, alarm.2, users.2, promoted.2, logged_in.2, updated.2] {
             assert!(elapsed >= Duration::from_secs(5), "answered after {elapsed:?}, before the request timeout");
         }
     });

@@ -769,6 +769,24 @@ impl Node {
         change_type: raft::eraftpb::ConfChangeType,
         member: Member,
     ) -> Result<Vec<Member>, Status> {
+        self.propose_checked_conf_change(|| Ok((change_type, member))).await
+    }
+
+    /// [`Node::propose_conf_change`] of the change and member `check` gives. etcd checks a
+    /// change's member id and URLs when the change applies, so a member that knows no leader
+    /// answers at the request timeout (or the client's deadline) whatever they are: `check`
+    /// (those checks, made here against the members this member knows) runs once a leader is
+    /// known, just before the proposal.
+    pub async fn propose_checked_conf_change(
+        &self,
+        check: impl FnOnce() -> Result<(raft::eraftpb::ConfChangeType, Member), Status>,
+    ) -> Result<Vec<Member>, Status> {
+        let started = std::time::Instant::now();
+        let (deadline, _) = self.request_deadline(started);
+        if self.wait_for_leader(deadline).await.is_err() {
+            return Err(EtcdError::ContextDeadline.status());
+        }
+        let (change_type, member) = check()?;
         let id = request_id(self.member_id(), self.next_request_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
         {
@@ -784,8 +802,6 @@ impl Node {
             context: ConfContext { proposer: self.member_id(), request_id: id, member }.encode(),
             ..Default::default()
         };
-        let started = std::time::Instant::now();
-        let (deadline, _) = self.request_deadline(started);
         // etcd's `configure` waits on the context for a leader too, as a write does.
         let proposed = self
             .propose_when_led(deadline, started, || self.raft.propose_conf_change(self.raft_group(), change.clone()));
