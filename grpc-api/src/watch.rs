@@ -92,17 +92,23 @@ impl crate::codec::WireMessage for WireResponse {
     fn encode(&self, buf: &mut impl bytes::BufMut) {
         // Fields in tag order, as etcd writes them: 1 to 7, then 11.
         Message::encode(&self.head, buf).expect("the codec reserved the message's length");
-        for event in &self.events {
-            buf.put_slice(encode_event(event));
-        }
+        self.put_events(buf);
     }
 
     fn write(&self, _len: usize, buf: &mut tonic::codec::EncodeBuf<'_>) {
         // The head's varints through the scratch vector, the events' bytes (encoded once per
         // event, shared by its watchers) straight into the buffer: copied once.
         crate::codec::write_small(&self.head, buf);
+        self.put_events(buf);
+    }
+}
+
+impl WireResponse {
+    /// Field 11 of the response, every event's bytes in order: what follows the head in
+    /// both ways of writing it.
+    fn put_events(&self, buf: &mut impl bytes::BufMut) {
         for event in &self.events {
-            bytes::BufMut::put_slice(buf, encode_event(event));
+            buf.put_slice(encode_event(event));
         }
     }
 }

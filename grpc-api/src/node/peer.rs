@@ -221,9 +221,7 @@ impl PeerTransport {
 
     /// Members whose stream is connected now, this member included (etcd's "started").
     pub fn connected_members(&self) -> Vec<u64> {
-        let mut v: Vec<u64> = self.connected.lock().keys().copied().collect();
-        v.push(self.me);
-        v
+        self.connected_members_since(Some(Instant::now()))
     }
 
     /// Members whose stream has been up since `before` or earlier, this member included
