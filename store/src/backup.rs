@@ -4,7 +4,7 @@
 //! A *full* export is the group at one revision F: every live key with its revisions,
 //! version, lease and the sub revision of its last change; every lease; the auth store;
 //! and the revisions needed to restore (F and the compact revision). A *delta* export is
-//! every change in `(from, to]` read from the `events` and `history` column families, with
+//! every change in `(from, to]` read from the `events` column family, with
 //! its value and its previous version, then the lease table and auth store as of `to`. Both
 //! are streams of [`BackupRecord`]s, emitted one at a time to a sink, so an export holds at
 //! most one record in memory beside RocksDB's own buffers.
@@ -47,17 +47,15 @@ use crate::error::{Error, Result};
 use crate::import::{ImportOp, ImportStep};
 use crate::import_plan::ImportPlanner;
 use crate::key_codec::{self as kc, Cf};
-use crate::kv::{EventKind, KeyValue, StoredEvent};
+use crate::kv::{EventKind, KeyValue, LiveLinks, StoredEvent};
 use crate::lease::Lease;
 use crate::meta::ApplyMeta;
-use crate::mvcc;
+use crate::mvcc::{self, Head, KeyRange};
 use crate::revision::{GroupId, Revision, RevisionPair};
 use crate::store::Store;
 
 /// Version of the record encoding, carried in every [`BackupHeader`].
 pub const BACKUP_FORMAT_VERSION: u32 = 1;
-/// Older versions of a key a full export steps over before it seeks past the key instead.
-const EXPORT_STEPS_BEFORE_SEEK: usize = 8;
 /// TTL given to a lease that a restored key is attached to but that no export's lease table
 /// holds (see CAVEATS).
 pub const IMPORT_UNKNOWN_LEASE_TTL_SECS: i64 = 60;
@@ -108,7 +106,7 @@ impl BackupHeader {
 pub struct KeyRecord {
     #[prost(message, optional, tag = "1")]
     pub kv: Option<KeyValue>,
-    /// Sub revision of the key's last change (its `history` entry is at `(mod_revision, sub)`).
+    /// Sub revision of the key's last change (its `events` record is at `(mod_revision, sub)`).
     #[prost(int64, tag = "2")]
     pub sub: i64,
 }
@@ -283,32 +281,14 @@ impl PinnedExport<'_> {
         let mut out = Emitter { sink, records: 0 };
         out.emit(BackupBody::Header(header.clone()))?;
         leases_and_auth(&r, g, &meta.auth, &mut out)?;
-        // The newest history entry of each key is its live version or its tombstone; it
-        // carries the sub revision the `kv` CF does not keep.
-        let mut c = r.cursor(Cf::History, &kc::group_end(g));
+        // Each live key with the sub revision its `kv` entry's links carry.
+        let mut c = r.cursor(Cf::Kv, &kc::group_end(g));
         c.seek(&kc::group_prefix(g));
-        while let Some((k, v)) = c.next_entry()? {
-            let (key, rev) =
-                kc::decode_history_key(&k).ok_or_else(|| Error::Corruption("history key in full export".into()))?;
-            if !v.is_empty() {
-                let kv = KeyValue::decode_stored(&key, &v)?;
-                out.emit(BackupBody::Key(KeyRecord { kv: Some(kv), sub: rev.sub }))?;
-            }
-            // Past the key's older versions: most keys have none or a few (compaction keeps
-            // one), and stepping is far cheaper than a seek; a key with many is sought past.
-            let after = kc::history_key_after(g, &key);
-            let mut stepped = 0;
-            while let Some((k, _)) = c.current()? {
-                if k >= &after[..] {
-                    break;
-                }
-                if stepped == EXPORT_STEPS_BEFORE_SEEK {
-                    c.seek(&after);
-                    break;
-                }
-                c.advance()?;
-                stepped += 1;
-            }
+        while let Some((k, v)) = c.current()? {
+            let (links, stored) = LiveLinks::split(v)?;
+            let kv = KeyValue::decode_stored(kc::kv_user_key(k), stored)?;
+            out.emit(BackupBody::Key(KeyRecord { kv: Some(kv), sub: links.sub }))?;
+            c.advance()?;
         }
         let records = out.end()?;
         Ok((header, records))
@@ -360,37 +340,70 @@ impl PinnedExport<'_> {
         }
         let compact = meta.visible_compact_revision();
         let r = Reader::bulk_at_snapshot(&self.store.inner.db, &self.snapshot);
-        let mut c = r.cursor(Cf::History, &kc::group_end(g));
-        c.seek(&kc::group_prefix(g));
-        let (mut prefix, mut key, mut wire) = (Vec::new(), Vec::new(), Vec::new());
-        while let Some((k, v)) = c.current()? {
-            let (p, rev) = kc::split_history_key(k).ok_or_else(|| Error::Corruption("history key in export".into()))?;
-            if p != prefix.as_slice() {
-                prefix.clear();
-                prefix.extend_from_slice(p);
-                kc::history_prefix_user_key(p, &mut key)
-                    .ok_or_else(|| Error::Corruption("history key escaping in export".into()))?;
-            }
-            // At or before C only the newest version counts, and only if live; the older
-            // ones are what the compaction removes (or, on a store holding history for
-            // backups, keeps).
-            let newer_than_compact = rev.main > compact;
-            if newer_than_compact || !v.is_empty() {
+        let mut wire = Vec::new();
+        let mut failed: Option<E> = None;
+        // Each key's chain from its head, newest first: every change after C, then, at or
+        // before C, only the newest, and only if live; the older ones are what the
+        // compaction removes (or, on a store holding history for backups, keeps).
+        let mut visit = |key: &[u8], head: Head<'_>| -> Result<bool> {
+            let mut emit = |rev: RevisionPair, stored: Option<&[u8]>| -> bool {
                 wire.clear();
-                if v.is_empty() {
-                    crate::kv::append_wire_key(&mut wire, &key);
-                } else {
-                    KeyValue::append_wire(&mut wire, &key, v);
+                match stored {
+                    Some(stored) => {
+                        KeyValue::append_wire(&mut wire, key, stored);
+                    }
+                    None => crate::kv::append_wire_key(&mut wire, key),
                 }
-                sink(&key, rev, v.is_empty(), &wire)?;
+                match sink(key, rev, stored.is_none(), &wire) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            };
+            let mut link = match head {
+                Head::Live(links, stored) => {
+                    let main = KeyValue::stored_mod_revision(stored)?;
+                    if !emit(RevisionPair::new(main, links.sub), Some(stored)) {
+                        return Ok(false);
+                    }
+                    if main <= compact {
+                        return Ok(true);
+                    }
+                    links.prev
+                }
+                Head::Deleted(deleted, _) if deleted.main <= compact => return Ok(true),
+                Head::Deleted(deleted, prev) => {
+                    if !emit(deleted, None) {
+                        return Ok(false);
+                    }
+                    prev
+                }
+            };
+            while let Some(rev) = link {
+                // A link to a record the purge removed was a delete at or before C.
+                let Some(record) = r.get(Cf::Events, &kc::event_key(g, rev))? else { break };
+                let ev = StoredEvent::decode(&record)?;
+                let stored = (ev.kind == EventKind::Put).then_some(ev.stored);
+                if rev.main <= compact {
+                    if stored.is_some() && !emit(rev, stored) {
+                        return Ok(false);
+                    }
+                    break;
+                }
+                if !emit(rev, stored) {
+                    return Ok(false);
+                }
+                link = ev.prev;
             }
-            if newer_than_compact {
-                c.advance()?;
-            } else {
-                c.seek(&kc::history_prefix_after(&prefix));
-            }
+            Ok(true)
+        };
+        mvcc::for_each_head(&r, g, &KeyRange::From(Bytes::new()), &mut visit)?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Exports every change in `(from_revision, pinned revision]` as a delta, then the
@@ -437,19 +450,14 @@ impl PinnedExport<'_> {
         while let Some((k, v)) = c.next_entry()? {
             let rev = kc::decode_event_key(&k).ok_or_else(|| Error::Corruption("event key in delta".into()))?;
             let ev = StoredEvent::decode(&v)?;
-            let stored = r
-                .get(Cf::History, &kc::history_key(g, &ev.key, rev))?
-                .ok_or_else(|| Error::Corruption(format!("event at {rev:?} of {:?} has no history entry", ev.key)))?;
-            let (delete, kv) = match ev.kind {
-                EventKind::Put => (false, KeyValue::decode_stored(&ev.key, &stored)?),
-                EventKind::Delete => {
-                    if !stored.is_empty() {
-                        return Err(Error::Corruption(format!("delete event at {rev:?} has a live version")));
-                    }
-                    (true, KeyValue { key: ev.key.clone(), mod_revision: rev.main, ..Default::default() })
-                }
+            let (delete, kv) = match ev.version()? {
+                Some(kv) => (false, kv),
+                None => (
+                    true,
+                    KeyValue { key: Bytes::copy_from_slice(ev.key), mod_revision: rev.main, ..Default::default() },
+                ),
             };
-            let prev_kv = mvcc::get_at(&r, g, &ev.key, rev.main - 1)?;
+            let prev_kv = mvcc::version_at(&r, g, ev.key, ev.prev, rev.main - 1)?;
             out.emit(BackupBody::Event(EventRecord { delete, kv: Some(kv), sub: rev.sub, prev_kv }))?;
         }
         leases_and_auth(&r, g, &meta.auth, &mut out)?;

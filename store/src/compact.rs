@@ -4,27 +4,36 @@
 //!    records `compact_revision = R` and the quota's `history_bytes_compacted` in the group
 //!    meta of the apply batch. From then on reads below R fail with `Compacted`, on every
 //!    replica at the same log index.
-//! 2. **Purge** (a background thread, resumable): walks the group's `history` CF in batches
-//!    of `compaction_batch_keys` entries, deletes versions that no read at `>= R` and no
-//!    watch from `>= R` can need, drops `events` below R with one range delete, then
-//!    records the finished revision (`meta g|'c'`). Applies and reads never wait for it.
+//! 2. **Purge** (a background thread, resumable): walks the group's `events` from the last
+//!    finished purge's revision to R in batches of `compaction_batch_keys` records, deletes
+//!    the versions and deletes that no read at `>= R` and no watch from `>= R` can need,
+//!    then records the finished revision (`meta g|'c'`). Applies and reads never wait for it.
 //!    After a restart the thread resumes any group whose finished revision is behind.
 //!
-//! What a purge at R keeps, per key, with `n` = its newest version `<= R`:
-//! - every version newer than R;
-//! - `n` if it is a put, or if `n` is at exactly R (a put or a tombstone).
+//! Each change names the key's version before it (`mvcc.rs`), so the walk finds every
+//! version it may remove from the change that replaced it. What a purge at R keeps, per key,
+//! with `n` = its newest change `<= R`:
+//! - every change newer than R;
+//! - `n` if it is a put, or if `n` is at exactly R (a put or a delete): a watch from R reads
+//!   every event at R.
 //!
-//! Everything else at or below R goes. So reads at R see the same data as before, and a
-//! watch starting at R can fill `prev_kv` for every event after R. An update at exactly R
-//! has its previous version below R: a watcher that would need it is canceled as compacted
-//! (see the watch hub), as etcd's read of it at R - 1 fails.
+//! Everything else at or below R goes: a version replaced by a change at or below R (unless
+//! it is at exactly R), and a delete below R with its `gone` entry. So reads at R see the
+//! same data as before, and a watch starting at R can fill `prev_kv` for every event after
+//! R. An update at exactly R has its previous version below R: a watcher that would need it
+//! is canceled as compacted (see the watch hub), as etcd's read of it at R - 1 fails. A
+//! delete kept at exactly R goes with the next purge, which starts at R.
+//!
+//! No read or write of the apply path races the purge's deletes: it deletes only records
+//! at or below R, which the apply path never writes, and `gone` entries by their exact key,
+//! whose revision is at or below R; a key deleted again later has a `gone` entry of its own.
 
 use rocksdb::WriteBatch;
 
 use crate::engine::{self, Reader};
 use crate::error::{Error, Result};
 use crate::key_codec::{self as kc, Cf};
-use crate::kv::StoredEvent;
+use crate::kv::{EventKind, StoredEvent};
 use crate::mvcc::BatchWriter;
 use crate::response::CompactResponse;
 use crate::revision::{GroupId, Revision, RevisionPair};
@@ -68,14 +77,6 @@ pub(crate) fn finished_revision(r: &Reader<'_>, g: GroupId) -> Result<Revision> 
     }
 }
 
-/// Per-key progress of the purge walk.
-enum KeyPhase {
-    /// Only versions newer than R seen so far.
-    Newer,
-    /// Everything further down this key goes.
-    Drop,
-}
-
 /// Phase 2 for group `g` at revision `target`. `should_stop` is polled between batches.
 pub(crate) fn purge(
     db: &rocksdb::DB,
@@ -87,63 +88,54 @@ pub(crate) fn purge(
     assert!(target >= 1, "purge target must be a real revision: {target}");
     assert!(batch_keys > 0, "compaction batch must be non-empty");
     let wo = engine::write_options();
-    let upper = kc::group_end(g);
-    let mut resume: Option<Vec<u8>> = None;
-    let mut cur_key: Option<Vec<u8>> = None;
-    let mut phase = KeyPhase::Newer;
+    let (events, gone) = (engine::cf(db, Cf::Events), engine::cf(db, Cf::Gone));
+    let upper = kc::event_key(g, RevisionPair::new(target + 1, 0));
+    // From the last finished purge's revision, not past it: a delete kept there (it was at
+    // exactly that purge's R) goes now.
+    let from = finished_revision(&Reader::latest(db), g)?.max(0);
+    let mut resume = kc::event_key(g, RevisionPair::new(from, 0));
+    let mut resumed = false;
     loop {
         if should_stop() {
             return Ok(false);
         }
         let reader = Reader::latest(db);
-        let mut c = reader.cursor(Cf::History, &upper);
-        c.seek(resume.as_deref().unwrap_or(&kc::group_prefix(g)));
+        let mut c = reader.cursor(Cf::Events, &upper);
+        c.seek(&resume);
         let mut batch = WriteBatch::default();
-        let history = engine::cf(db, Cf::History);
         let mut examined = 0;
         let mut last = None;
         while examined < batch_keys {
             let Some((k, v)) = c.next_entry()? else { break };
-            if resume.as_deref() == Some(&k[..]) {
+            if resumed && k == resume {
                 continue;
             }
             examined += 1;
-            let (user_key, rev) =
-                kc::decode_history_key(&k).ok_or_else(|| Error::Corruption("history key in purge".into()))?;
-            if cur_key.as_deref() != Some(&user_key[..]) {
-                cur_key = Some(user_key);
-                phase = KeyPhase::Newer;
+            let rev = kc::decode_event_key(&k).ok_or_else(|| Error::Corruption("event key in purge".into()))?;
+            let ev = StoredEvent::decode(&v)?;
+            // The version this change replaced is no longer its key's newest at or below
+            // the target, unless it is at exactly the target.
+            if let Some(prev) = ev.prev.filter(|p| p.main < target) {
+                batch.delete_cf(events, kc::event_key(g, prev));
             }
-            let is_put = !v.is_empty();
-            let keep = match phase {
-                _ if rev.main > target => true,
-                KeyPhase::Newer => {
-                    phase = KeyPhase::Drop;
-                    // A tombstone at exactly R stays: a read at R must not see the put below.
-                    is_put || rev.main == target
-                }
-                KeyPhase::Drop => false,
-            };
-            if !keep {
-                batch.delete_cf(history, &k);
+            if ev.kind == EventKind::Delete && rev.main < target {
+                batch.delete_cf(events, &k);
+                batch.delete_cf(gone, kc::gone_key(g, ev.key, rev));
             }
             last = Some(k);
         }
         let done = last.is_none() || examined < batch_keys;
         if done {
-            // Events below R are never read again (watchers below R are canceled).
-            let events = engine::cf(db, Cf::Events);
-            batch.delete_range_cf(
-                events,
-                kc::event_key(g, RevisionPair::new(0, 0)),
-                kc::event_key(g, RevisionPair::new(target, 0)),
-            );
             batch.put_cf(engine::cf(db, Cf::Meta), kc::meta_compact_key(g), (target as u64).to_be_bytes());
         }
+        // Ordering: each batch is atomic (atomic flush, `engine.rs`), and a crash before the
+        // finished revision is written redoes the walk from the last one; every delete here
+        // is of a record no reader at or above the target needs, so doing it twice is safe.
         db.write_opt(batch, &wo)?;
         if done {
             return Ok(true);
         }
-        resume = last;
+        resume = last.expect("not done: a record was examined");
+        resumed = true;
     }
 }

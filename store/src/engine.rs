@@ -92,9 +92,9 @@ fn table_format_with(bloom: bool) -> BlockBasedOptions {
 /// Whether a column family's files carry a whole-key bloom filter. Only `kv` (a key's live
 /// version, read by key on every get and every write that misses the live cache) and `meta`
 /// (small records read by key, often absent) are read by key with a chance of "not here".
-/// `history`, `events` and `lease` are read by seeks (a key's versions, a revision range, a
-/// lease's keys), which a whole-key filter cannot answer, and the one exact `history` read
-/// (a watch catching up reads the version an event names) always finds its key. Building a
+/// `gone` and `lease` are read by seeks (a deleted key's entry, a lease's keys), which a
+/// whole-key filter cannot answer, and `events` by revision ranges or by the exact revision a
+/// link names, which finds its record unless the purge removed a delete. Building a
 /// filter for them cost every flush and compaction a hash per key, and the cache ten bits
 /// per key (BENCHMARKS.md, "Bloom filters only where a key is looked up").
 fn bloom_filtered(cf: Cf) -> bool {
@@ -162,25 +162,35 @@ pub(crate) fn open_db(path: &Path, cfg: &StoreConfig) -> Result<DB> {
         }
         ColumnFamilyDescriptor::new(cf.name(), opts)
     });
-    Ok(DB::open_cf_descriptors(&db_opts, path, cfs)?)
+    // A data dir of layout 1 has its `history` family, which RocksDB opens only if named:
+    // `migrate.rs` converts it and drops it. A new data dir has no families to list yet.
+    let existing = DB::list_cf(&db_opts, path).unwrap_or_default();
+    let legacy = existing
+        .iter()
+        .filter(|name| name.as_str() == LEGACY_HISTORY_CF)
+        .map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
+    Ok(DB::open_cf_descriptors(&db_opts, path, cfs.chain(legacy).collect::<Vec<_>>())?)
 }
+
+/// The family layout 1 kept every version in (see `key_codec.rs`).
+pub(crate) const LEGACY_HISTORY_CF: &str = "history";
 
 /// The version of the column families' layout (`key_codec.rs`) this build reads and writes.
 /// Every data dir records the version that wrote it ([`check_layout`]), so a build never reads
 /// a layout it does not know as if it were its own: a data dir written by a later build, whose
-/// layout is newer, is refused at open; a later build that changes the layout finds the
-/// version of an older data dir and converts it. Version 1 is the layout of every data dir
-/// written before the version was recorded.
-pub(crate) const LAYOUT_VERSION: u32 = 1;
+/// layout is newer, is refused at open; an older one is converted (`migrate.rs`). Version 1
+/// kept every version of a key in a `history` family; version 2 keeps them in `events`,
+/// linked from each key's head in `kv` or `gone`.
+pub(crate) const LAYOUT_VERSION: u32 = 2;
 
 /// Key of the layout version in RocksDB's `default` family, which holds nothing else.
 const LAYOUT_VERSION_KEY: &[u8] = b"plinth-store-layout-version";
 
-/// Checks the layout version `db` records against [`LAYOUT_VERSION`], and records it in a
-/// data dir that has none (a new one, or one written before versions were recorded, whose
-/// layout is version 1). Written without RocksDB's WAL, as every write: if a crash loses it
-/// before a flush, the next open records it again.
-pub(crate) fn check_layout(db: &DB) -> Result<()> {
+/// The layout version `db` records, checked against [`LAYOUT_VERSION`]. A data dir that
+/// records none is either new, and gets this build's version, or was written before versions
+/// were recorded: layout 1, known by its `history` family. Written without RocksDB's WAL, as
+/// every write: if a crash loses it before a flush, the next open finds the same answer.
+pub(crate) fn check_layout(db: &DB) -> Result<u32> {
     match db.get(LAYOUT_VERSION_KEY)? {
         Some(v) => {
             let found = <[u8; 4]>::try_from(&v[..])
@@ -192,10 +202,19 @@ pub(crate) fn check_layout(db: &DB) -> Result<()> {
             if found == 0 {
                 return Err(Error::Corruption("store layout version 0".into()));
             }
-            Ok(())
+            Ok(found)
         }
-        None => Ok(db.put_opt(LAYOUT_VERSION_KEY, LAYOUT_VERSION.to_be_bytes(), &write_options())?),
+        None if db.cf_handle(LEGACY_HISTORY_CF).is_some() => Ok(1),
+        None => {
+            record_layout(db, LAYOUT_VERSION)?;
+            Ok(LAYOUT_VERSION)
+        }
     }
+}
+
+/// Records `version` as the data dir's layout version.
+pub(crate) fn record_layout(db: &DB, version: u32) -> Result<()> {
+    Ok(db.put_opt(LAYOUT_VERSION_KEY, version.to_be_bytes(), &write_options())?)
 }
 
 /// Readahead of the scan of [`verify_checksums`].
@@ -248,7 +267,7 @@ pub(crate) struct WriteSet {
     /// Writes since the save point, oldest first. `None` before any save point (read-only
     /// evaluation never sets one).
     undo: Option<Vec<Undo>>,
-    /// A group whose data column families (kv, history, events, lease) this batch wipes
+    /// A group whose data column families (kv, gone, events, lease) this batch wipes
     /// before its other writes (an import's begin), and the value it had at the save point.
     wipe: Option<GroupId>,
     wipe_at_save_point: Option<GroupId>,
@@ -302,7 +321,7 @@ impl WriteSet {
         }
     }
 
-    /// Wipes group `g`'s data column families (kv, history, events, lease): the writes of
+    /// Wipes group `g`'s data column families (kv, gone, events, lease): the writes of
     /// this set to them so far are dropped, and the batch deletes the group's ranges before
     /// any other write. Nothing may read through this set afterwards (an overlay cannot
     /// hide the wiped RocksDB entries): the apply loop writes the batch right after the
@@ -631,7 +650,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = open_db(dir.path(), &StoreConfig::default()).unwrap();
-            let h = cf(&db, Cf::History);
+            let h = cf(&db, Cf::Gone);
             // Values that do not compress away, so the file has many data blocks.
             let mut x = 0x9e37_79b9_7f4a_7c15u64;
             for i in 0..2000u32 {
@@ -676,7 +695,7 @@ mod tests {
         ws.put(Cf::Kv, b"kept".to_vec(), b"2".to_vec());
         ws.put(Cf::Kv, b"kept".to_vec(), b"3".to_vec());
         ws.put(Cf::Kv, b"gone".to_vec(), b"back".to_vec());
-        ws.put(Cf::History, b"new".to_vec(), b"x".to_vec());
+        ws.put(Cf::Gone, b"new".to_vec(), b"x".to_vec());
         ws.delete(Cf::Events, b"new-del".to_vec());
         ws.rollback_to_save_point();
         let entries =

@@ -19,7 +19,7 @@
 //! data the steps wrote.
 //!
 //! **Begin** records `floor`, the group's current revision before the wipe (the highest
-//! revision any client may have seen), wipes the group's kv, history, events and lease
+//! revision any client may have seen), wipes the group's kv, gone, events and lease
 //! column families and zeroes its quota counters. The auth store, the alarms, the quota
 //! setting, the current and compact revisions stay as they are (revisions never move
 //! backwards). The apply loop writes a begin's batch before the next command, since an
@@ -72,7 +72,7 @@ use crate::auth::AuthState;
 use crate::backup::{EventRecord, KeyRecord, IMPORT_UNKNOWN_LEASE_TTL_SECS};
 use crate::error::{Error, Result};
 use crate::key_codec::{self as kc, Cf};
-use crate::kv::{EventKind, KeyValue, StoredEvent};
+use crate::kv::{EventKind, KeyValue, LiveLinks, StoredEvent};
 use crate::lease::Lease;
 use crate::mvcc::{self, BatchWriter};
 use crate::response::CommandResponse;
@@ -354,9 +354,9 @@ fn check_live(kv: &KeyValue) -> Result<()> {
     Ok(())
 }
 
-/// Replaces the live version of `key` (`None`: deletes it), keeping the lease index and the
-/// live bytes in step with the replicated state.
-fn set_live(w: &mut BatchWriter<'_>, key: &bytes::Bytes, kv: Option<&KeyValue>, stored: Option<Vec<u8>>) -> Result<()> {
+/// Replaces the live version of `key` (`None`: deletes it) with `value`, its `kv` entry,
+/// keeping the lease index and the live bytes in step with the replicated state.
+fn set_live(w: &mut BatchWriter<'_>, key: &bytes::Bytes, kv: Option<&KeyValue>, value: Option<Vec<u8>>) -> Result<()> {
     let g = w.g;
     let prev = mvcc::get_current(&w.reader(), g, key)?;
     if let Some(p) = &prev {
@@ -365,13 +365,13 @@ fn set_live(w: &mut BatchWriter<'_>, key: &bytes::Bytes, kv: Option<&KeyValue>, 
             w.ws.delete(Cf::Lease, kc::lease_key_entry(g, p.lease, key));
         }
     }
-    match (kv, stored) {
-        (Some(kv), Some(stored)) => {
+    match (kv, value) {
+        (Some(kv), Some(value)) => {
             w.meta.kv_bytes += kv.quota_bytes();
             if kv.lease != 0 {
                 w.ws.put(Cf::Lease, kc::lease_key_entry(g, kv.lease, key), Vec::new());
             }
-            w.ws.put(Cf::Kv, kc::kv_key(g, key), stored);
+            w.ws.put(Cf::Kv, kc::kv_key(g, key), value);
         }
         _ => {
             if prev.is_none() {
@@ -400,15 +400,20 @@ fn keys(w: &mut BatchWriter<'_>, state: &mut ImportState, k: ImportKeys) -> Resu
             )));
         }
         let stored = kv.encode_stored();
+        // A key's version as of the keys' revision starts its chain: nothing before it is
+        // imported, and its bytes count as compacted.
+        let ev = StoredEvent {
+            kind: EventKind::Put,
+            history_bytes_before: w.meta.history_bytes_written,
+            prev: None,
+            key: &kv.key,
+            stored: &stored,
+        };
+        w.ws.put(Cf::Events, kc::event_key(w.g, RevisionPair::new(kv.mod_revision, record.sub)), ev.encode());
         w.meta.history_bytes_written += kv.quota_bytes();
-        // Nothing before the keys' revision is imported: their bytes are as compacted.
         w.meta.history_bytes_compacted += kv.quota_bytes();
-        w.ws.put(
-            Cf::History,
-            kc::history_key(w.g, &kv.key, RevisionPair::new(kv.mod_revision, record.sub)),
-            stored.clone(),
-        );
-        set_live(w, &kv.key, Some(&kv), Some(stored))?;
+        let value = LiveLinks { sub: record.sub, prev: None }.encode_with(&stored);
+        set_live(w, &kv.key, Some(&kv), Some(value))?;
     }
     state.keys_revision = k.revision;
     w.meta.current_revision = w.meta.current_revision.max(k.revision);
@@ -429,21 +434,35 @@ fn events(w: &mut BatchWriter<'_>, state: &mut ImportState, e: ImportEvents) -> 
         if kv.key.is_empty() {
             return Err(invalid("event of an empty key"));
         }
+        let g = w.g;
+        // The event links to the key's head, as a put or delete applied here would.
+        let live = mvcc::get_live(&w.reader(), g, &kv.key)?;
         let (kind, stored, bytes) = if event.delete {
             (EventKind::Delete, Vec::new(), kv.key.len() as u64)
         } else {
             check_live(&kv)?;
             (EventKind::Put, kv.encode_stored(), kv.quota_bytes())
         };
-        let g = w.g;
-        let ev = StoredEvent { kind, history_bytes_before: w.meta.history_bytes_written, key: kv.key.clone() };
+        let link = match (&live, kind) {
+            (Some(l), _) => Some(l.revision()),
+            (None, EventKind::Delete) => return Err(invalid(format!("delete of {:?}, which is not live", kv.key))),
+            (None, EventKind::Put) => w.take_gone(&kv.key)?,
+        };
+        let ev = StoredEvent {
+            kind,
+            history_bytes_before: w.meta.history_bytes_written,
+            prev: link,
+            key: &kv.key,
+            stored: &stored,
+        };
         w.meta.history_bytes_written += bytes;
-        w.ws.put(Cf::History, kc::history_key(g, &kv.key, rev), stored.clone());
         w.ws.put(Cf::Events, kc::event_key(g, rev), ev.encode());
-        if event.delete {
+        if let Some(ended) = link.filter(|_| event.delete) {
+            w.ws.put(Cf::Gone, kc::gone_key(g, &kv.key, rev), crate::kv::encode_gone(Some(ended)));
             set_live(w, &kv.key, None, None)?;
         } else {
-            set_live(w, &kv.key, Some(&kv), Some(stored))?;
+            let value = LiveLinks { sub: rev.sub, prev: link }.encode_with(&stored);
+            set_live(w, &kv.key, Some(&kv), Some(value))?;
         }
         state.last_event_main = rev.main;
         state.last_event_sub = rev.sub;

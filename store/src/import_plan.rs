@@ -3,7 +3,7 @@
 //! [`ImportPlanner`] reads a full export and the deltas after it (record by record, export
 //! by export) and emits the [`ImportOp`]s that rebuild the group at a target revision R:
 //! the full export's keys as of its revision F, the events of `(F, R]` (previous versions
-//! dropped: the store reads them from history), the lease tables, and a finish with the
+//! dropped: the store links each change to the key's version before it), the lease tables, and a finish with the
 //! auth store and the revisions. Both the offline restore ([`crate::GroupImport`], which
 //! applies the operations to a local store) and the online one (which proposes them through
 //! the group's log) use it, so the chain checks and the lease rules exist once.

@@ -4,9 +4,10 @@
 //! range in every column family (delete_range and snapshots work per group).
 //!
 //! ```text
-//! kv       g(8) | key                                   -> KeyValue (key field empty)
-//! history  g(8) | esc(key) 00 01 | !main(8) | !sub(8)    -> KeyValue, or empty = tombstone
-//! events   g(8) | main(8) | sub(8)                       -> kind(1) | history_bytes_before(8) | key
+//! kv       g(8) | key                                   -> sub | prev link | KeyValue (key field empty)
+//! gone     g(8) | esc(key) 00 01 | !main(8) | !sub(8)    -> prev link (a key deleted after compaction)
+//! events   g(8) | main(8) | sub(8)                       -> kind | history_bytes_before | prev link
+//!                                                            | key | KeyValue (puts only)
 //! meta     g(8) | 'a'                                    -> ApplyMeta (applied index, revisions, quota)
 //!          g(8) | 'c'                                    -> finished compact revision (compactor only)
 //!          g(8) | 'u'                                    -> AuthState (users, roles, auth flag, revision)
@@ -15,8 +16,10 @@
 //! ```
 //!
 //! `esc` makes user keys prefix-free while keeping their order: `00` becomes `00 FF` and
-//! the key ends with `00 01`. So all versions of one key are adjacent, newest first, and
-//! key order is preserved (`"a" < "a\0" < "ab"`).
+//! the key ends with `00 01`. So a key's `gone` entries are adjacent, newest first, and key
+//! order is preserved (`"a" < "a\0" < "ab"`), the order of `kv`, which `gone` is merged with.
+//! The values are in `kv.rs`. Layout 1 kept every version in a `history` CF keyed like
+//! `gone` (its value a version, empty for a tombstone); `migrate.rs` converts it.
 
 use crate::revision::{GroupId, RevisionPair};
 
@@ -24,7 +27,7 @@ use crate::revision::{GroupId, RevisionPair};
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Cf {
     Kv,
-    History,
+    Gone,
     Events,
     Meta,
     Lease,
@@ -32,15 +35,15 @@ pub enum Cf {
 
 impl Cf {
     /// Every column family, in snapshot order.
-    pub const ALL: [Cf; 5] = [Cf::Kv, Cf::History, Cf::Events, Cf::Meta, Cf::Lease];
+    pub const ALL: [Cf; 5] = [Cf::Kv, Cf::Gone, Cf::Events, Cf::Meta, Cf::Lease];
     /// The column families of a group's data (everything but its meta records): what an
     /// import's begin wipes.
-    pub const DATA: [Cf; 4] = [Cf::Kv, Cf::History, Cf::Events, Cf::Lease];
+    pub const DATA: [Cf; 4] = [Cf::Kv, Cf::Gone, Cf::Events, Cf::Lease];
 
     pub fn name(self) -> &'static str {
         match self {
             Cf::Kv => "kv",
-            Cf::History => "history",
+            Cf::Gone => "gone",
             Cf::Events => "events",
             Cf::Meta => "meta",
             Cf::Lease => "lease",
@@ -105,7 +108,7 @@ pub fn kv_user_key(stored: &[u8]) -> &[u8] {
     &stored[GROUP_PREFIX_LEN..]
 }
 
-// ---- history ----
+// ---- gone (and layout 1's history) ----
 
 fn escape_into(out: &mut Vec<u8>, key: &[u8]) {
     for &b in key {
@@ -119,65 +122,36 @@ fn escape_into(out: &mut Vec<u8>, key: &[u8]) {
 
 /// `g | esc(key)` without terminator: a lower bound for `key`'s versions and, used as an
 /// exclusive upper bound, the end of every key below `key`.
-pub fn history_key_bound(g: GroupId, key: &[u8]) -> Vec<u8> {
+pub fn gone_key_bound(g: GroupId, key: &[u8]) -> Vec<u8> {
     let mut out = with_group(g, key.len() + 2);
     escape_into(&mut out, key);
     out
 }
 
 /// `g | esc(key) | 00 01`: prefix shared by every version of `key`.
-pub fn history_key_prefix(g: GroupId, key: &[u8]) -> Vec<u8> {
-    let mut out = history_key_bound(g, key);
+pub fn gone_key_prefix(g: GroupId, key: &[u8]) -> Vec<u8> {
+    let mut out = gone_key_bound(g, key);
     out.extend_from_slice(&TERMINATOR);
     out
 }
 
 /// Seek target just past every version of `key`.
-pub fn history_key_after(g: GroupId, key: &[u8]) -> Vec<u8> {
-    let mut out = history_key_bound(g, key);
+pub fn gone_key_after(g: GroupId, key: &[u8]) -> Vec<u8> {
+    let mut out = gone_key_bound(g, key);
     out.extend_from_slice(&[0x00, 0x02]);
     out
 }
 
-pub fn history_key(g: GroupId, key: &[u8], rev: RevisionPair) -> Vec<u8> {
-    let mut out = history_key_prefix(g, key);
+pub fn gone_key(g: GroupId, key: &[u8], rev: RevisionPair) -> Vec<u8> {
+    let mut out = gone_key_prefix(g, key);
     out.extend_from_slice(&rev.to_inverted_bytes());
     out
 }
 
-/// Splits a `history` CF key into (user key, revision). `None` if malformed.
-pub fn decode_history_key(stored: &[u8]) -> Option<(Vec<u8>, RevisionPair)> {
-    let body = stored.get(GROUP_PREFIX_LEN..)?;
-    if body.len() < 2 + RevisionPair::ENCODED_LEN {
-        return None;
-    }
-    let (esc, rev) = body.split_at(body.len() - RevisionPair::ENCODED_LEN);
-    let rev = RevisionPair::from_inverted_bytes(rev)?;
-    if esc[esc.len() - 2..] != TERMINATOR {
-        return None;
-    }
-    let esc = &esc[..esc.len() - 2];
-    let mut key = Vec::with_capacity(esc.len());
-    let mut i = 0;
-    while i < esc.len() {
-        if esc[i] == 0 {
-            if esc.get(i + 1) != Some(&0xff) {
-                return None;
-            }
-            key.push(0);
-            i += 2;
-        } else {
-            key.push(esc[i]);
-            i += 1;
-        }
-    }
-    Some((key, rev))
-}
-
-/// Splits a `history` CF key into its version prefix `g | esc(key) | 00 01` (shared by every
-/// version of the key, see [`history_key_prefix`]) and its revision, without decoding the
+/// Splits a `gone` CF key into its version prefix `g | esc(key) | 00 01` (shared by every
+/// version of the key, see [`gone_key_prefix`]) and its revision, without decoding the
 /// user key. `None` if malformed.
-pub fn split_history_key(stored: &[u8]) -> Option<(&[u8], RevisionPair)> {
+pub fn split_gone_key(stored: &[u8]) -> Option<(&[u8], RevisionPair)> {
     if stored.len() < GROUP_PREFIX_LEN + 2 + RevisionPair::ENCODED_LEN {
         return None;
     }
@@ -188,9 +162,9 @@ pub fn split_history_key(stored: &[u8]) -> Option<(&[u8], RevisionPair)> {
     Some((prefix, RevisionPair::from_inverted_bytes(rev)?))
 }
 
-/// Writes the user key of a version prefix (from [`split_history_key`]) into `out`,
+/// Writes the user key of a version prefix (from [`split_gone_key`]) into `out`,
 /// replacing its contents. `None` if the escaping is malformed.
-pub fn history_prefix_user_key(prefix: &[u8], out: &mut Vec<u8>) -> Option<()> {
+pub fn gone_prefix_user_key(prefix: &[u8], out: &mut Vec<u8>) -> Option<()> {
     let esc = prefix.get(GROUP_PREFIX_LEN..prefix.len().checked_sub(2)?)?;
     out.clear();
     let mut i = 0;
@@ -207,24 +181,6 @@ pub fn history_prefix_user_key(prefix: &[u8], out: &mut Vec<u8>) -> Option<()> {
         }
     }
     Some(())
-}
-
-/// Seek target just past every version of the key whose version prefix is `prefix`
-/// (the same key as [`history_key_after`]).
-pub fn history_prefix_after(prefix: &[u8]) -> Vec<u8> {
-    assert!(prefix.ends_with(&TERMINATOR), "not a history version prefix");
-    let mut out = prefix.to_vec();
-    *out.last_mut().expect("prefix ends with the terminator") = 0x02;
-    out
-}
-
-/// Seek target of the newest version at or below main revision `at` of the key whose
-/// version prefix is `prefix` (versions are newest first).
-pub fn history_prefix_at(prefix: &[u8], at: i64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(prefix.len() + RevisionPair::ENCODED_LEN);
-    out.extend_from_slice(prefix);
-    out.extend_from_slice(&RevisionPair::new(at, i64::MAX).to_inverted_bytes());
-    out
 }
 
 // ---- events ----
@@ -390,30 +346,27 @@ mod tests {
 
     proptest! {
         #[test]
-        fn history_keys_round_trip_and_sort_by_key_then_newest(
+        fn gone_keys_round_trip_and_sort_by_key_then_newest(
             a in proptest::collection::vec(0u8..4, 0..6), b in proptest::collection::vec(0u8..4, 0..6),
             ra in 1i64..50, rb in 1i64..50)
         {
             let g = GroupId(7);
-            let ka = history_key(g, &a, RevisionPair::new(ra, 0));
-            let kb = history_key(g, &b, RevisionPair::new(rb, 0));
-            prop_assert_eq!(decode_history_key(&ka), Some((a.clone(), RevisionPair::new(ra, 0))));
-            let (prefix, rev) = split_history_key(&ka).unwrap();
-            prop_assert_eq!(prefix, &history_key_prefix(g, &a)[..]);
+            let ka = gone_key(g, &a, RevisionPair::new(ra, 0));
+            let kb = gone_key(g, &b, RevisionPair::new(rb, 0));
+            let (prefix, rev) = split_gone_key(&ka).unwrap();
+            prop_assert_eq!(prefix, &gone_key_prefix(g, &a)[..]);
             prop_assert_eq!(rev, RevisionPair::new(ra, 0));
             let mut user_key = vec![9];
-            prop_assert_eq!(history_prefix_user_key(prefix, &mut user_key), Some(()));
+            prop_assert_eq!(gone_prefix_user_key(prefix, &mut user_key), Some(()));
             prop_assert_eq!(&user_key, &a);
-            prop_assert_eq!(history_prefix_after(prefix), history_key_after(g, &a));
-            prop_assert_eq!(history_prefix_at(prefix, ra), history_key(g, &a, RevisionPair::new(ra, i64::MAX)));
             let expected = a.cmp(&b).then(rb.cmp(&ra));
             prop_assert_eq!(ka.cmp(&kb), expected);
             // Bounds: every version of `a` lies in [prefix(a), after(a)) and below bound(b) if a < b.
-            prop_assert!(ka >= history_key_prefix(g, &a) && ka < history_key_after(g, &a));
+            prop_assert!(ka >= gone_key_prefix(g, &a) && ka < gone_key_after(g, &a));
             if a < b {
-                prop_assert!(ka < history_key_bound(g, &b));
+                prop_assert!(ka < gone_key_bound(g, &b));
             } else {
-                prop_assert!(ka >= history_key_bound(g, &b) || a == b);
+                prop_assert!(ka >= gone_key_bound(g, &b) || a == b);
             }
         }
     }

@@ -1,14 +1,16 @@
 //! Key-value records and events, and how they are stored.
 //!
 //! [`KeyValue`] is etcd's `mvccpb.KeyValue` with the same field numbers, so its prost
-//! encoding is also the stored value encoding (with `key` left empty: the key is already in
-//! the RocksDB key). A `history` value that is empty is a tombstone.
+//! encoding is also the stored version's encoding (with `key` left empty: the key is stored
+//! beside it). A `kv` CF value is a version behind its [`LiveLinks`]; an `events` CF value
+//! is a [`StoredEvent`], which holds a put's version whole; a `gone` CF value is a deleted
+//! key's link back ([`encode_gone`]).
 
 use bytes::Bytes;
 use prost::Message;
 
 use crate::error::{Error, Result};
-use crate::revision::Revision;
+use crate::revision::{Revision, RevisionPair};
 
 /// Appends field 1 of a `mvccpb.KeyValue` holding `key`, as prost encodes it (an empty key,
 /// a default, is omitted).
@@ -98,6 +100,16 @@ impl KeyValue {
         key_at
     }
 
+    /// The `mod_revision` of a stored version, decoding nothing else (the value is skipped
+    /// in place): what a read at an older revision checks first.
+    pub(crate) fn stored_mod_revision(bytes: &[u8]) -> Result<Revision> {
+        let h = StoredHeader::decode(bytes).map_err(|e| Error::Corruption(format!("stored KeyValue: {e}")))?;
+        if h.mod_revision < 1 {
+            return Err(Error::Corruption(format!("stored KeyValue at revision {}", h.mod_revision)));
+        }
+        Ok(h.mod_revision)
+    }
+
     /// Decodes a stored value without its value field (left empty): what `keys_only` and
     /// the revision filters need.
     pub(crate) fn decode_stored_without_value(key: &[u8], bytes: &[u8]) -> Result<KeyValue> {
@@ -183,37 +195,158 @@ impl Event {
     }
 }
 
-/// The `events` CF value: kind, the group's cumulative history bytes written *before* this
-/// change (the quota reads it when compaction is scheduled), and the key.
-pub(crate) struct StoredEvent {
-    pub kind: EventKind,
-    pub history_bytes_before: u64,
-    pub key: Bytes,
+/// Appends `v` as a protobuf varint.
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    prost::encoding::encode_varint(v, out);
 }
 
-impl StoredEvent {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9 + self.key.len());
-        out.push(match self.kind {
-            EventKind::Put => 0,
-            EventKind::Delete => 1,
-        });
-        out.extend_from_slice(&self.history_bytes_before.to_be_bytes());
-        out.extend_from_slice(&self.key);
+/// Reads a varint from the front of `bytes`, advancing it.
+fn take_varint(bytes: &mut &[u8], what: &str) -> Result<u64> {
+    prost::encoding::decode_varint(bytes).map_err(|e| Error::Corruption(format!("{what}: {e}")))
+}
+
+/// Appends a link to a version (`None`: the key had no version before): its main and sub
+/// revisions as varints, main 0 meaning none (no version is at revision 0).
+fn put_link(out: &mut Vec<u8>, link: Option<RevisionPair>) {
+    let RevisionPair { main, sub } = link.unwrap_or(RevisionPair { main: 0, sub: 0 });
+    put_varint(out, main as u64);
+    put_varint(out, sub as u64);
+}
+
+fn take_link(bytes: &mut &[u8], what: &str) -> Result<Option<RevisionPair>> {
+    let main = take_varint(bytes, what)?;
+    let sub = take_varint(bytes, what)?;
+    if main > i64::MAX as u64 || sub > i64::MAX as u64 {
+        return Err(Error::Corruption(format!("{what}: revision ({main}, {sub}) out of range")));
+    }
+    Ok((main != 0).then(|| RevisionPair::new(main as i64, sub as i64)))
+}
+
+/// What a `kv` CF value carries besides the live version: the version's own sub revision
+/// (its main revision is the version's `mod_revision`) and the revision of the key's
+/// version before it. Together they are the head of the key's chain of versions, which
+/// reads at older revisions follow back through the `events` CF (`mvcc.rs`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub(crate) struct LiveLinks {
+    pub sub: i64,
+    pub prev: Option<RevisionPair>,
+}
+
+impl LiveLinks {
+    /// The `kv` CF value of a live version: `sub | prev` (varints) then the stored version
+    /// (see [`KeyValue::encode_stored`]), which stays the wire encoding of fields 2 to 6.
+    pub fn encode_with(self, stored: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(stored.len() + 8);
+        put_varint(&mut out, self.sub as u64);
+        put_link(&mut out, self.prev);
+        out.extend_from_slice(stored);
         out
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<StoredEvent> {
+    /// Splits a `kv` CF value into its links and the stored version.
+    pub fn split(value: &[u8]) -> Result<(LiveLinks, &[u8])> {
+        let mut rest = value;
+        let sub = take_varint(&mut rest, "live version's sub revision")?;
+        if sub > i64::MAX as u64 {
+            return Err(Error::Corruption(format!("live version's sub revision {sub}")));
+        }
+        let prev = take_link(&mut rest, "live version's previous version")?;
+        Ok((LiveLinks { sub: sub as i64, prev }, rest))
+    }
+
+    /// The stored version of a `kv` CF value, without its links.
+    pub fn stored(value: &[u8]) -> Result<&[u8]> {
+        Ok(Self::split(value)?.1)
+    }
+}
+
+/// The `gone` CF value of a key deleted after the compact revision: the revision of the
+/// version the delete ended (the delete's link back; `None` when a purge had removed that
+/// version before a layout 1 data dir was converted). The delete's own revision is in the
+/// CF key.
+pub(crate) fn encode_gone(prev: Option<RevisionPair>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8);
+    put_link(&mut out, prev);
+    out
+}
+
+pub(crate) fn decode_gone(value: &[u8]) -> Result<Option<RevisionPair>> {
+    let mut rest = value;
+    let prev = take_link(&mut rest, "deleted key's last version")?;
+    if !rest.is_empty() {
+        return Err(Error::Corruption(format!("deleted key's record of {} bytes", value.len())));
+    }
+    Ok(prev)
+}
+
+/// Kind bytes of an `events` CF value. Layout 1 used 0 and 1 for records without the version;
+/// they are refused as what they are (a data dir to convert), never read as these.
+const EVENT_PUT: u8 = 2;
+const EVENT_DELETE: u8 = 3;
+
+/// The `events` CF value: one change whole. The kind; the group's cumulative history bytes
+/// written *before* this change (the quota reads it when compaction is scheduled); the
+/// revision of the key's version before it (the chain reads at older revisions follow); the
+/// key; and, for a put, the stored version (see [`KeyValue::encode_stored`]).
+///
+/// ```text
+/// kind(1) | history_bytes_before(8, BE) | prev main, prev sub (varints, 0 = none)
+///         | key length (varint) | key | stored version (puts only)
+/// ```
+pub(crate) struct StoredEvent<'a> {
+    pub kind: EventKind,
+    pub history_bytes_before: u64,
+    pub prev: Option<RevisionPair>,
+    pub key: &'a [u8],
+    /// The stored version of a put; empty for a delete.
+    pub stored: &'a [u8],
+}
+
+impl<'a> StoredEvent<'a> {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.key.len() + self.stored.len());
+        out.push(match self.kind {
+            EventKind::Put => EVENT_PUT,
+            EventKind::Delete => EVENT_DELETE,
+        });
+        out.extend_from_slice(&self.history_bytes_before.to_be_bytes());
+        put_link(&mut out, self.prev);
+        put_varint(&mut out, self.key.len() as u64);
+        out.extend_from_slice(self.key);
+        out.extend_from_slice(self.stored);
+        out
+    }
+
+    /// Decodes an event record, borrowing its key and version from `bytes`.
+    pub fn decode(bytes: &'a [u8]) -> Result<StoredEvent<'a>> {
         if bytes.len() < 9 {
             return Err(Error::Corruption(format!("event record of {} bytes", bytes.len())));
         }
         let kind = match bytes[0] {
-            0 => EventKind::Put,
-            1 => EventKind::Delete,
+            EVENT_PUT => EventKind::Put,
+            EVENT_DELETE => EventKind::Delete,
             k => return Err(Error::Corruption(format!("event kind {k}"))),
         };
         let history_bytes_before = u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes checked above"));
-        Ok(StoredEvent { kind, history_bytes_before, key: Bytes::copy_from_slice(&bytes[9..]) })
+        let mut rest = &bytes[9..];
+        let prev = take_link(&mut rest, "event's previous version")?;
+        let key_len = take_varint(&mut rest, "event's key length")? as usize;
+        if key_len == 0 || key_len > rest.len() {
+            return Err(Error::Corruption(format!("event key of {key_len} bytes in a record of {}", bytes.len())));
+        }
+        let (key, stored) = rest.split_at(key_len);
+        if (kind == EventKind::Delete) != stored.is_empty() {
+            return Err(Error::Corruption(format!("{kind:?} event with {} version bytes", stored.len())));
+        }
+        Ok(StoredEvent { kind, history_bytes_before, prev, key, stored })
+    }
+
+    /// The version a put wrote (`None` for a delete).
+    pub fn version(&self) -> Result<Option<KeyValue>> {
+        match self.kind {
+            EventKind::Put => Ok(Some(KeyValue::decode_stored(self.key, self.stored)?)),
+            EventKind::Delete => Ok(None),
+        }
     }
 }
 
@@ -242,9 +375,47 @@ mod tests {
 
     #[test]
     fn stored_event_round_trips() {
-        let e = StoredEvent { kind: EventKind::Delete, history_bytes_before: 77, key: Bytes::from_static(b"abc") };
-        let d = StoredEvent::decode(&e.encode()).unwrap();
-        assert_eq!((d.kind, d.history_bytes_before, &d.key[..]), (EventKind::Delete, 77, &b"abc"[..]));
-        assert!(StoredEvent::decode(&[3; 9]).is_err());
+        let prev = Some(RevisionPair::new(300, 2));
+        let e = StoredEvent { kind: EventKind::Delete, history_bytes_before: 77, prev, key: b"abc", stored: b"" };
+        let enc = e.encode();
+        let d = StoredEvent::decode(&enc).unwrap();
+        assert_eq!(
+            (d.kind, d.history_bytes_before, d.prev, d.key, d.stored),
+            (EventKind::Delete, 77, prev, &b"abc"[..], &b""[..])
+        );
+        let kv = KeyValue {
+            key: Bytes::from_static(b"k"),
+            create_revision: 1,
+            mod_revision: 4,
+            version: 2,
+            value: Bytes::from_static(b"v"),
+            lease: 0,
+        };
+        let stored = kv.encode_stored();
+        let e = StoredEvent { kind: EventKind::Put, history_bytes_before: 0, prev: None, key: b"k", stored: &stored };
+        let enc = e.encode();
+        let d = StoredEvent::decode(&enc).unwrap();
+        assert_eq!((d.prev, d.version().unwrap()), (None, Some(kv)));
+        // A layout 1 record (kind 0 or 1, no version), a delete with a version and a key
+        // longer than the record are damage.
+        assert!(StoredEvent::decode(&[1; 12]).is_err());
+        let mut bad = enc.clone();
+        bad[0] = EVENT_DELETE;
+        assert!(StoredEvent::decode(&bad).is_err());
+        assert!(StoredEvent::decode(&enc[..12]).is_err());
+    }
+
+    #[test]
+    fn live_links_and_gone_records_round_trip() {
+        let links = LiveLinks { sub: 3, prev: Some(RevisionPair::new(1 << 40, 7)) };
+        let value = links.encode_with(b"stored");
+        assert_eq!(LiveLinks::split(&value).unwrap(), (links, &b"stored"[..]));
+        let first = LiveLinks { sub: 0, prev: None };
+        assert_eq!(LiveLinks::split(&first.encode_with(b"")).unwrap(), (first, &b""[..]));
+        assert!(LiveLinks::split(&[0xff]).is_err());
+        let prev = Some(RevisionPair::new(9, 0));
+        assert_eq!(decode_gone(&encode_gone(prev)).unwrap(), prev);
+        assert_eq!(decode_gone(&encode_gone(None)).unwrap(), None);
+        assert!(decode_gone(&[0, 0, 0]).is_err());
     }
 }

@@ -91,9 +91,10 @@
 //!
 //! ```text
 //!            ┌──────────── column families ────────────────────────────────────────────┐
-//!  kv        │ g | key                          → KeyValue (live keys only)             │ current reads
-//!  history   │ g | esc(key) 00 01 | !main !sub  → KeyValue | "" (tombstone)             │ reads at rev R
-//!  events    │ g | main sub                     → kind | history bytes | key            │ watch catch-up
+//!  kv        │ g | key                          → sub, prev link | KeyValue (live keys) │ current reads
+//!  events    │ g | main sub                     → kind | prev link | key | KeyValue     │ older versions,
+//!            │                                                                          │ watch catch-up
+//!  gone      │ g | esc(key) 00 01 | !main !sub  → prev link (keys deleted since compact) │ reads at rev R
 //!  meta      │ g | 'a' → applied index, revisions, quota, alarms; g | 'c' → purged rev │
 //!            │ g | 'u' → auth store (users, roles, permissions, flag, auth revision)    │
 //!            │ g | 's' → quota setting;  g | 'i' → import in progress                   │
@@ -101,16 +102,20 @@
 //!            └─────────────────────────────────────────────────────────────────────────┘
 //! ```
 //!
-//! See `key_codec` for the encodings. `history` stores every version newest first, so a
-//! read at R seeks once per key; `kv` duplicates the newest version so current reads are a
-//! plain scan.
+//! See `key_codec` and `kv` for the encodings, and `mvcc` for the reads. Each change is one
+//! `events` record holding the version whole and linking to the key's version before it;
+//! each key's newest change is its head, in `kv` (live) or `gone` (deleted). A put writes
+//! one entry at a random position (`kv`) and appends one (`events`); a read at R reads each
+//! key's head and follows links back only for keys changed since R. The data dir records its
+//! layout version (2); a layout 1 data dir, which kept versions in a `history` family, is
+//! converted at open (`migrate`).
 //!
 //! ## Threads
 //!
 //! ```text
 //!  caller's apply loop ── apply(g, entries) ──▶ WriteBatch ──▶ RocksDB ──▶ watch hub publish
 //!  any thread          ── range / hash_kv / snapshot (RocksDB snapshot, no apply lock)
-//!  store-compactor     ── purges history/events below scheduled compact revisions, in batches
+//!  store-compactor     ── purges versions below scheduled compact revisions, in batches
 //!  store-watch-sync    ── catches unsynced watchers up from the events CF (every ~100 ms)
 //! ```
 //!
@@ -124,8 +129,11 @@
 //! - Lease TTL minimums and expiry timing are the caller's (the proposer clamps the TTL).
 //! - Watch matching scans the synced watchers of a group linearly per published revision
 //!   (no interval tree yet).
-//! - No prefix bloom filters yet (whole-key blooms on point lookups only); reads at old
-//!   revisions seek per key.
+//! - No prefix bloom filters yet (whole-key blooms on point lookups only); a read at an
+//!   old revision reads `events` by key once per change of a key since that revision.
+//! - A member that was installing a snapshot when it stopped, and restarts as a build of a
+//!   newer layout, refuses the half-received snapshot (its chunks carry the older layout's
+//!   version) and fails to open until its spool is removed.
 //! - `hash_kv` is crc32 over this store's own encoding, in key order: comparable between
 //!   Plinth replicas (the simulations use it), not with etcd. The `HashKV` RPC computes
 //!   etcd's hash instead, from [`PinnedExport::versions`] sorted by revision (grpc-api
@@ -152,6 +160,7 @@ mod kv;
 mod lease;
 mod live_cache;
 mod meta;
+mod migrate;
 mod mvcc;
 mod quota;
 mod range;

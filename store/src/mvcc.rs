@@ -1,15 +1,26 @@
 //! Multi-version reads and writes of one group's keyspace.
 //!
-//! Reads at the current revision scan the `kv` CF (one entry per live key). Reads at an
-//! older revision `R` scan the `history` CF: for each key, seek to its newest version `<= R`
-//! (versions are stored newest first); a tombstone there means "absent at R".
+//! Each key's versions form a chain, newest first. Its head is the key's newest change: the
+//! live version in the `kv` CF, or, for a key deleted after the compact revision, its delete
+//! in the `gone` CF. Every version and every delete is also an `events` record, keyed by
+//! revision, that names the key's version before it. So a put writes one entry at a random
+//! position (`kv`) and one at the end (`events`), and nothing else.
+//!
+//! Reads at the current revision scan `kv`. A read of a key at an older revision `R` starts
+//! at its head: if the head is at or below `R` it is the answer (a delete: absent);
+//! otherwise the read follows the links back through `events` until a version at or below
+//! `R`. A key unchanged since `R`, the usual case for a page read a few seconds after its
+//! list began, costs what a current read costs. Ranges at `R` merge `kv` and `gone` in key
+//! order.
 //!
 //! Writes go through [`BatchWriter`], which accumulates one apply batch. Every change of a
-//! command gets the command's main revision (`current + 1`) and the next sub revision, and
-//! writes: the new `kv` state, a `history` entry, and an `events` record.
+//! command gets the command's main revision (`current + 1`) and the next sub revision.
 //!
-//! Invariants: a key's `history` versions have strictly increasing revisions; the newest is
-//! a tombstone iff the key is absent from `kv`; `kv` holds exactly the newest version.
+//! Invariants: a key's chain has strictly decreasing revisions; a key is in at most one of
+//! `kv` and `gone`, with at most one `gone` entry; a link is followed only by reads at or
+//! above the compact revision, which never need a version the purge removed, except a
+//! delete's: a link to an event the purge removed was a delete, so the key was absent
+//! (`compact.rs`).
 
 use bytes::Bytes;
 use rocksdb::DB;
@@ -18,7 +29,7 @@ use crate::config::StoreConfig;
 use crate::engine::{Reader, Snapshot, WriteSet};
 use crate::error::{Error, Result};
 use crate::key_codec::{self as kc, Cf};
-use crate::kv::{Event, EventKind, KeyValue, StoredEvent};
+use crate::kv::{self, Event, EventKind, KeyValue, LiveLinks, StoredEvent};
 use crate::live_cache::LiveCache;
 use crate::meta::ApplyMeta;
 use crate::revision::{GroupId, Revision, RevisionPair};
@@ -64,41 +75,94 @@ impl KeyRange {
     }
 }
 
+/// A live version with the links its `kv` entry carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Live {
+    pub kv: KeyValue,
+    pub links: LiveLinks,
+}
+
+impl Live {
+    /// The version's full revision: where the next change of the key links to.
+    pub fn revision(&self) -> RevisionPair {
+        RevisionPair::new(self.kv.mod_revision, self.links.sub)
+    }
+}
+
 /// The live version of `key` in the view of `r`.
 pub(crate) fn get_current(r: &Reader<'_>, g: GroupId, key: &[u8]) -> Result<Option<KeyValue>> {
     match r.get(Cf::Kv, &kc::kv_key(g, key))? {
-        Some(v) => Ok(Some(KeyValue::decode_stored(key, &v)?)),
+        Some(v) => Ok(Some(KeyValue::decode_stored(key, LiveLinks::stored(&v)?)?)),
         None => Ok(None),
     }
 }
 
-/// The version written exactly at `rev` (`None` if absent or a tombstone).
-pub(crate) fn get_version(r: &Reader<'_>, g: GroupId, key: &[u8], rev: RevisionPair) -> Result<Option<KeyValue>> {
-    match r.get(Cf::History, &kc::history_key(g, key, rev))? {
-        Some(v) if !v.is_empty() => Ok(Some(KeyValue::decode_stored(key, &v)?)),
-        _ => Ok(None),
+/// The live version of `key` in the view of `r`, with its links: what a write over it needs.
+pub(crate) fn get_live(r: &Reader<'_>, g: GroupId, key: &[u8]) -> Result<Option<Live>> {
+    match r.get(Cf::Kv, &kc::kv_key(g, key))? {
+        Some(v) => {
+            let (links, stored) = LiveLinks::split(&v)?;
+            Ok(Some(Live { kv: KeyValue::decode_stored(key, stored)?, links }))
+        }
+        None => Ok(None),
     }
 }
 
-/// The version of `key` visible at `main` revision `at` (`None` if absent then).
-pub(crate) fn get_at(r: &Reader<'_>, g: GroupId, key: &[u8], at: Revision) -> Result<Option<KeyValue>> {
-    if at < 1 {
-        return Ok(None);
-    }
-    let mut c = r.cursor(Cf::History, &kc::history_key_after(g, key));
-    c.seek(&kc::history_key(g, key, RevisionPair::new(at, i64::MAX)));
-    match c.next_entry()? {
-        Some((_, v)) if !v.is_empty() => Ok(Some(KeyValue::decode_stored(key, &v)?)),
-        _ => Ok(None),
+/// The `gone` entry of `key`, a key not live: its delete's revision and the version the
+/// delete ended. `None` if the key was never deleted, or not since the purge.
+pub(crate) fn get_gone(r: &Reader<'_>, g: GroupId, key: &[u8]) -> Result<Option<(RevisionPair, Option<RevisionPair>)>> {
+    let mut c = r.cursor(Cf::Gone, &kc::gone_key_after(g, key));
+    c.seek(&kc::gone_key_prefix(g, key));
+    match c.current()? {
+        Some((k, v)) => {
+            let (_, at) = kc::split_gone_key(k).ok_or_else(|| corrupt_gone_key(k))?;
+            Ok(Some((at, kv::decode_gone(v)?)))
+        }
+        None => Ok(None),
     }
 }
 
-/// Consecutive entries a `history` scan steps over with `next` before it seeks instead.
-/// Stepping is much cheaper than a seek while a key has few versions (the usual case after
-/// compaction); seeking bounds the cost of a key with many versions to one seek.
-const HISTORY_STEPS_BEFORE_SEEK: usize = 8;
+fn corrupt_gone_key(k: &[u8]) -> Error {
+    Error::Corruption(format!("gone key {:?}", Bytes::copy_from_slice(k)))
+}
 
-/// What [`scan`] hands each visited key to: the user key and its stored value, undecoded.
+/// Follows a key's chain from `link` back to the change visible at main revision `at`, and
+/// returns its `events` record if it is a put (`None`: the key was absent at `at`).
+fn follow(r: &Reader<'_>, g: GroupId, mut link: Option<RevisionPair>, at: Revision) -> Result<Option<Vec<u8>>> {
+    while let Some(rev) = link {
+        let Some(record) = r.get(Cf::Events, &kc::event_key(g, rev))? else {
+            // The purge removes a delete at or below the compact revision, with every
+            // version before it; the versions it keeps are never passed on the way here
+            // (module docs). So the key was absent.
+            return Ok(None);
+        };
+        let ev = StoredEvent::decode(&record)?;
+        if rev.main <= at {
+            return Ok(match ev.kind {
+                EventKind::Put => Some(record),
+                EventKind::Delete => None,
+            });
+        }
+        link = ev.prev;
+    }
+    Ok(None)
+}
+
+/// The version a chain followed from `link` shows at `at`, decoded with `key`.
+pub(crate) fn version_at(
+    r: &Reader<'_>,
+    g: GroupId,
+    key: &[u8],
+    link: Option<RevisionPair>,
+    at: Revision,
+) -> Result<Option<KeyValue>> {
+    match follow(r, g, link, at)? {
+        Some(record) => Ok(Some(KeyValue::decode_stored(key, StoredEvent::decode(&record)?.stored)?)),
+        None => Ok(None),
+    }
+}
+
+/// What [`scan`] hands each visited key to: the user key and its stored version, undecoded.
 pub(crate) type ScanVisitor<'v> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'v;
 
 /// Whether [`scan`] counts the keys past the ones it visits.
@@ -110,16 +174,115 @@ pub(crate) enum Count {
     Visited,
 }
 
+/// `[lower, upper)` of `range`'s keys in the `kv` CF.
+fn kv_bounds(g: GroupId, range: &KeyRange) -> (Vec<u8>, Vec<u8>) {
+    let upper = match range {
+        KeyRange::Single(k) => {
+            let mut after = kc::kv_key(g, k);
+            after.push(0);
+            after
+        }
+        KeyRange::From(_) => kc::group_end(g),
+        KeyRange::Between(_, end) => kc::kv_key(g, end),
+    };
+    (kc::kv_key(g, range.start()), upper)
+}
+
+/// `[lower, upper)` of `range`'s keys in the `gone` CF.
+fn gone_bounds(g: GroupId, range: &KeyRange) -> (Vec<u8>, Vec<u8>) {
+    let upper = match range {
+        KeyRange::Single(k) => kc::gone_key_after(g, k),
+        KeyRange::From(_) => kc::group_end(g),
+        KeyRange::Between(_, end) => kc::gone_key_bound(g, end),
+    };
+    (kc::gone_key_bound(g, range.start()), upper)
+}
+
+/// A key's newest change, as [`for_each_head`] finds it.
+pub(crate) enum Head<'v> {
+    /// The live version (its `kv` entry's links and stored version).
+    Live(LiveLinks, &'v [u8]),
+    /// A delete after the compact revision: its revision and the version it ended.
+    Deleted(RevisionPair, Option<RevisionPair>),
+}
+
+/// Calls `f` with the head of every key in `range` that has one (live, or deleted after the
+/// compact revision), in key order, until `f` returns `false`: `kv` and `gone` merged.
+pub(crate) fn for_each_head(
+    r: &Reader<'_>,
+    g: GroupId,
+    range: &KeyRange,
+    f: &mut dyn FnMut(&[u8], Head<'_>) -> Result<bool>,
+) -> Result<()> {
+    if range.is_empty() {
+        return Ok(());
+    }
+    let (kv_lower, kv_upper) = kv_bounds(g, range);
+    let (gone_lower, gone_upper) = gone_bounds(g, range);
+    let mut live = r.cursor(Cf::Kv, &kv_upper);
+    live.seek(&kv_lower);
+    let mut gone = r.cursor(Cf::Gone, &gone_upper);
+    gone.seek(&gone_lower);
+    // The user key of `gone`'s current entry, unescaped once per entry.
+    let mut gone_key: Vec<u8> = Vec::new();
+    let mut gone_head: Option<(RevisionPair, Option<RevisionPair>)> = None;
+    let mut gone_fresh = false;
+    loop {
+        if !gone_fresh {
+            gone_head = match gone.current()? {
+                Some((k, v)) => {
+                    let (prefix, at) = kc::split_gone_key(k).ok_or_else(|| corrupt_gone_key(k))?;
+                    kc::gone_prefix_user_key(prefix, &mut gone_key).ok_or_else(|| corrupt_gone_key(k))?;
+                    Some((at, kv::decode_gone(v)?))
+                }
+                None => None,
+            };
+            gone_fresh = true;
+        }
+        let go_on = match (live.current()?, gone_head) {
+            (None, None) => return Ok(()),
+            (Some((k, v)), gone_head) => {
+                let key = kc::kv_user_key(k);
+                match gone_head {
+                    Some(_) if gone_key.as_slice() < key => None,
+                    Some(_) if gone_key.as_slice() == key => {
+                        return Err(Error::Corruption(format!(
+                            "key {:?} is both live and deleted",
+                            Bytes::copy_from_slice(key)
+                        )))
+                    }
+                    _ => {
+                        let (links, stored) = LiveLinks::split(v)?;
+                        Some(f(key, Head::Live(links, stored))?)
+                    }
+                }
+            }
+            (None, Some(_)) => None,
+        };
+        match go_on {
+            Some(true) => live.advance()?,
+            Some(false) => return Ok(()),
+            None => {
+                let (at, prev) = gone_head.expect("a gone entry is next");
+                if !f(&gone_key, Head::Deleted(at, prev))? {
+                    return Ok(());
+                }
+                gone.advance()?;
+                gone_fresh = false;
+            }
+        }
+    }
+}
+
 /// Visits the first `visit_max` keys live in `range` at revision `at` (`None` = current),
-/// in key order, with the user key and the stored value lent undecoded. With
+/// in key order, with the user key and the stored version lent undecoded. With
 /// [`Count::All`] it then counts every other key of the range and returns the count of all;
 /// with [`Count::Visited`] it stops after the last visit and returns the number visited.
 ///
-/// Keys past the first `visit_max` are counted from their RocksDB keys alone: no value is
-/// copied or decoded and no user key is unescaped (RocksDB still reads the blocks that hold
-/// them, since values are stored inline). The scan seeks to the range's first key and, at
-/// an old revision, costs one pass over the versions it walks, seeking past a key only
-/// after [`HISTORY_STEPS_BEFORE_SEEK`] of its versions.
+/// At the current revision, keys past the first `visit_max` are counted from their RocksDB
+/// keys alone (RocksDB still reads the blocks that hold them, since values are stored
+/// inline). At an older revision each key's head is read, and a key changed since `at`
+/// costs one `events` read per change since.
 pub(crate) fn scan(
     r: &Reader<'_>,
     g: GroupId,
@@ -140,21 +303,18 @@ pub(crate) fn scan(
             if let KeyRange::Single(k) = range {
                 if let Some(v) = r.get(Cf::Kv, &kc::kv_key(g, k))? {
                     if visit_max > 0 {
-                        visit(k, &v)?;
+                        visit(k, LiveLinks::stored(&v)?)?;
                     }
                     count = 1;
                 }
                 return Ok(count);
             }
-            let upper = match range {
-                KeyRange::Between(_, end) => kc::kv_key(g, end),
-                _ => kc::group_end(g),
-            };
+            let (lower, upper) = kv_bounds(g, range);
             let mut c = r.cursor(Cf::Kv, &upper);
-            c.seek(&kc::kv_key(g, range.start()));
+            c.seek(&lower);
             while let Some((k, v)) = c.current()? {
                 if (count as usize) < visit_max {
-                    visit(kc::kv_user_key(k), v)?;
+                    visit(kc::kv_user_key(k), LiveLinks::stored(v)?)?;
                 }
                 count += 1;
                 if done(count) {
@@ -165,67 +325,27 @@ pub(crate) fn scan(
             Ok(count)
         }
         Some(at) => {
-            let upper = match range {
-                KeyRange::Single(k) => kc::history_key_after(g, k),
-                KeyRange::From(_) => kc::group_end(g),
-                KeyRange::Between(_, end) => kc::history_key_bound(g, end),
-            };
-            let mut c = r.cursor(Cf::History, &upper);
-            c.seek(&kc::history_key_bound(g, range.start()));
-            // The version prefix of the key whose versions the cursor is in, whether its
-            // version at `at` was found (the rest of its versions are older: skip them),
-            // and how many entries were stepped over since the last seek.
-            let mut key_prefix: Vec<u8> = Vec::new();
-            let mut resolved = false;
-            let mut steps = 0usize;
-            let mut user_key: Vec<u8> = Vec::new();
-            loop {
-                // `Some(target)`: seek there; `None`: step to the next entry.
-                let seek_to = {
-                    let Some((k, v)) = c.current()? else { break };
-                    let (prefix, rev) = kc::split_history_key(k)
-                        .ok_or_else(|| Error::Corruption(format!("history key {:?}", Bytes::copy_from_slice(k))))?;
-                    if prefix != &key_prefix[..] {
-                        key_prefix.clear();
-                        key_prefix.extend_from_slice(prefix);
-                        resolved = false;
-                        steps = 0;
-                    }
-                    if resolved {
-                        // An older version of a key already resolved.
-                        (steps >= HISTORY_STEPS_BEFORE_SEEK).then(|| kc::history_prefix_after(&key_prefix))
-                    } else if rev.main > at {
-                        // Newer than `at`: the key's version at `at` is further on.
-                        (steps >= HISTORY_STEPS_BEFORE_SEEK).then(|| kc::history_prefix_at(&key_prefix, at))
-                    } else {
-                        // The newest version at or below `at`: this decides the key.
-                        resolved = true;
-                        if !v.is_empty() {
-                            if (count as usize) < visit_max {
-                                kc::history_prefix_user_key(&key_prefix, &mut user_key).ok_or_else(|| {
-                                    Error::Corruption(format!("history key {:?}", Bytes::copy_from_slice(k)))
-                                })?;
-                                visit(&user_key, v)?;
-                            }
-                            count += 1;
-                            if done(count) {
-                                break;
-                            }
+            for_each_head(r, g, range, &mut |key, head| {
+                let record = match head {
+                    Head::Live(_, stored) if KeyValue::stored_mod_revision(stored)? <= at => {
+                        if (count as usize) < visit_max {
+                            visit(key, stored)?;
                         }
-                        None
+                        count += 1;
+                        return Ok(!done(count));
                     }
+                    Head::Live(links, _) => follow(r, g, links.prev, at)?,
+                    Head::Deleted(deleted, _) if deleted.main <= at => None,
+                    Head::Deleted(_, prev) => follow(r, g, prev, at)?,
                 };
-                match seek_to {
-                    Some(target) => {
-                        c.seek(&target);
-                        steps = 0;
+                if let Some(record) = record {
+                    if (count as usize) < visit_max {
+                        visit(key, StoredEvent::decode(&record)?.stored)?;
                     }
-                    None => {
-                        c.advance()?;
-                        steps += 1;
-                    }
+                    count += 1;
                 }
-            }
+                Ok(!done(count))
+            })?;
             Ok(count)
         }
     }
@@ -317,29 +437,54 @@ impl<'a> BatchWriter<'a> {
         rev
     }
 
-    fn record(&mut self, rev: RevisionPair, key: &Bytes, stored: Vec<u8>, kind: EventKind, history_bytes: u64) {
-        self.ws.put(Cf::History, kc::history_key(self.g, key, rev), stored);
-        let ev = StoredEvent { kind, history_bytes_before: self.meta.history_bytes_written, key: key.clone() };
+    /// Appends the `events` record of a change at `rev`.
+    fn record(
+        &mut self,
+        rev: RevisionPair,
+        kind: EventKind,
+        key: &[u8],
+        prev: Option<RevisionPair>,
+        stored: &[u8],
+        history_bytes: u64,
+    ) {
+        let ev = StoredEvent { kind, history_bytes_before: self.meta.history_bytes_written, prev, key, stored };
         self.meta.history_bytes_written += history_bytes;
         self.ws.put(Cf::Events, kc::event_key(self.g, rev), ev.encode());
     }
 
+    /// For a key about to be created: removes its `gone` entry, if it has one, and returns
+    /// the link its new version takes, the delete, unless that delete is at or below the
+    /// compact revision.
+    pub fn take_gone(&mut self, key: &[u8]) -> Result<Option<RevisionPair>> {
+        let Some((deleted, _)) = get_gone(&self.reader(), self.g, key)? else { return Ok(None) };
+        self.ws.delete(Cf::Gone, kc::gone_key(self.g, key, deleted));
+        // Determinism: whether the purge has removed that delete yet is each replica's own
+        // timing, but the scheduled compact revision is the same on every replica. No read
+        // at or above it goes past a delete at or below it, so the link is not needed.
+        Ok((deleted.main > self.meta.compact_revision).then_some(deleted))
+    }
+
     /// Writes a new version of `key` over `prev`, its live version in this writer's view,
     /// which the caller has just read (every put needs it for its checks first, so it is
-    /// not read twice); returns `prev`.
-    pub fn put(&mut self, key: &Bytes, value: Bytes, lease: i64, prev: Option<KeyValue>) -> Result<Option<KeyValue>> {
+    /// not read twice); returns `prev`'s version.
+    pub fn put(&mut self, key: &Bytes, value: Bytes, lease: i64, prev: Option<Live>) -> Result<Option<KeyValue>> {
         assert!(!key.is_empty(), "put of an empty key must be rejected by validation");
         // An O(read) check, so tests only: a stale `prev` would corrupt versions and quotas.
-        debug_assert_eq!(prev, get_current(&self.reader(), self.g, key)?, "put: prev is not the live version");
+        debug_assert_eq!(prev, get_live(&self.reader(), self.g, key)?, "put: prev is not the live version");
         let rev = self.next_rev();
+        let link = match &prev {
+            Some(p) => Some(p.revision()),
+            None => self.take_gone(key)?,
+        };
+        let prev = prev.map(|p| p.kv);
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
             None => (rev.main, 1),
         };
         let kv = KeyValue { key: key.clone(), create_revision, mod_revision: rev.main, version, value, lease };
         let stored = kv.encode_stored();
-        self.ws.put(Cf::Kv, kc::kv_key(self.g, key), stored.clone());
-        self.record(rev, key, stored, EventKind::Put, kv.quota_bytes());
+        self.ws.put(Cf::Kv, kc::kv_key(self.g, key), LiveLinks { sub: rev.sub, prev: link }.encode_with(&stored));
+        self.record(rev, EventKind::Put, key, link, &stored, kv.quota_bytes());
         self.meta.kv_bytes = self.meta.kv_bytes + kv.quota_bytes() - prev.as_ref().map_or(0, KeyValue::quota_bytes);
         let old_lease = prev.as_ref().map_or(0, |p| p.lease);
         if old_lease != lease {
@@ -358,11 +503,14 @@ impl<'a> BatchWriter<'a> {
     }
 
     /// Deletes the live `key`. The caller checked it is live.
-    fn delete_live(&mut self, prev: KeyValue) -> Result<()> {
+    fn delete_live(&mut self, prev: Live) -> Result<()> {
         let rev = self.next_rev();
+        let ended = prev.revision();
+        let Live { kv: prev, links } = prev;
         let key = prev.key.clone();
         self.ws.delete(Cf::Kv, kc::kv_key(self.g, &key));
-        self.record(rev, &key, Vec::new(), EventKind::Delete, key.len() as u64);
+        self.ws.put(Cf::Gone, kc::gone_key(self.g, &key, rev), kv::encode_gone(Some(ended)));
+        self.record(rev, EventKind::Delete, &key, Some(ended), &[], key.len() as u64);
         self.meta.kv_bytes -= prev.quota_bytes();
         if prev.lease != 0 {
             self.ws.delete(Cf::Lease, kc::lease_key_entry(self.g, prev.lease, &key));
@@ -371,7 +519,7 @@ impl<'a> BatchWriter<'a> {
         // `mod_revision - 1`), not a write earlier in the same command: a txn may put a key
         // and then delete it through a range.
         let event_prev = if prev.mod_revision == rev.main {
-            get_at(&self.reader(), self.g, &key, rev.main - 1)?
+            version_at(&self.reader(), self.g, &key, links.prev, rev.main - 1)?
         } else {
             Some(prev)
         };
@@ -383,13 +531,64 @@ impl<'a> BatchWriter<'a> {
     /// Deletes every live key in `range`; returns their last versions in key order.
     pub fn delete_range(&mut self, range: &KeyRange) -> Result<Vec<KeyValue>> {
         let mut live = Vec::new();
-        scan(&self.reader(), self.g, range, None, usize::MAX, Count::All, &mut |k, v| {
-            live.push(KeyValue::decode_stored(k, v)?);
-            Ok(())
-        })?;
-        for prev in &live {
-            self.delete_live(prev.clone())?;
+        if !range.is_empty() {
+            let (lower, upper) = kv_bounds(self.g, range);
+            let r = self.reader();
+            let mut c = r.cursor(Cf::Kv, &upper);
+            c.seek(&lower);
+            while let Some((k, v)) = c.current()? {
+                let (links, stored) = LiveLinks::split(v)?;
+                live.push(Live { kv: KeyValue::decode_stored(kc::kv_user_key(k), stored)?, links });
+                c.advance()?;
+            }
         }
-        Ok(live)
+        let versions = live.iter().map(|l| l.kv.clone()).collect();
+        for prev in live {
+            self.delete_live(prev)?;
+        }
+        Ok(versions)
     }
+}
+
+/// Checks every chain of group `g` (tests only): each head matches the `events` record it
+/// names, links go strictly back in time and stay with their key, and a link finds no record
+/// only at or below the purge's reach, `purged`.
+#[cfg(test)]
+pub(crate) fn check_chains(r: &Reader<'_>, g: GroupId, purged: Revision) {
+    let all = KeyRange::From(Bytes::new());
+    for_each_head(r, g, &all, &mut |key, head| {
+        let (at, mut link) = match head {
+            Head::Live(links, stored) => {
+                let at = RevisionPair::new(KeyValue::stored_mod_revision(stored)?, links.sub);
+                let record = r.get(Cf::Events, &kc::event_key(g, at))?.expect("a live version has its record");
+                let ev = StoredEvent::decode(&record)?;
+                assert_eq!(
+                    (ev.kind, ev.key, ev.stored, ev.prev),
+                    (EventKind::Put, key, stored, links.prev),
+                    "head of {key:?}"
+                );
+                (at, links.prev)
+            }
+            Head::Deleted(at, prev) => {
+                let record = r.get(Cf::Events, &kc::event_key(g, at))?.expect("a delete in gone has its record");
+                let ev = StoredEvent::decode(&record)?;
+                assert_eq!((ev.kind, ev.key, ev.prev), (EventKind::Delete, key, prev), "gone head of {key:?}");
+                (at, prev)
+            }
+        };
+        let mut after = at;
+        while let Some(rev) = link {
+            assert!(rev < after, "link of {key:?} from {after:?} to {rev:?} does not go back");
+            let Some(record) = r.get(Cf::Events, &kc::event_key(g, rev))? else {
+                assert!(rev.main <= purged, "link of {key:?} to {rev:?} finds nothing above the purge at {purged}");
+                break;
+            };
+            let ev = StoredEvent::decode(&record)?;
+            assert_eq!(ev.key, key, "link of {key:?} to {rev:?} names another key");
+            after = rev;
+            link = ev.prev;
+        }
+        Ok(true)
+    })
+    .expect("chains are readable");
 }

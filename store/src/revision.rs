@@ -3,7 +3,7 @@
 //! A revision is etcd's `(main, sub)` pair: `main` is bumped once per write request that
 //! changes something, `sub` numbers the changes inside that request from 0. Clients only see
 //! `main` (an `i64` on etcd's wire, hence [`Revision`] = `i64`); `sub` orders keys inside
-//! the `history` and `events` column families.
+//! the `events` and `gone` column families.
 //!
 //! Invariants: `main >= 1` and `sub >= 0` for every stored change (revision 1 is the empty
 //! store, so the first change has `main == 2`).

@@ -11,7 +11,7 @@
 //! `entries_total` counts the entries of this chunk and all before it, so a receiver detects
 //! a missing, repeated or reordered chunk (seq), a truncated stream (no `last`) and a
 //! miscount. The snapshot covers every column family of the group, `meta` included, so it
-//! carries the applied index, revisions, compact revisions, leases, history and events.
+//! carries the applied index, revisions, compact revisions, leases, `gone` and events.
 
 use std::sync::Arc;
 
@@ -27,7 +27,10 @@ use crate::store::Inner;
 /// Target size of one chunk.
 pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1 << 20;
 const MAGIC: &[u8; 4] = b"PLSN";
-const VERSION: u8 = 1;
+/// Raised with every change of the store layout a chunk's entries are in
+/// (`engine::LAYOUT_VERSION`): a member never installs entries of a layout it does not read.
+/// Version 1 carried layout 1's `history` family.
+pub(crate) const VERSION: u8 = 2;
 const HEADER_LEN: usize = 4 + 1 + 4 + 1 + 8 + 4;
 
 /// A consistent point of one group. Iterate it for chunks.

@@ -445,7 +445,7 @@ mod tests {
     /// A source group bigger than several install batches, and its snapshot.
     fn source(dir: &Path) -> (Store, Vec<Vec<u8>>) {
         let s = Store::open(dir, StoreConfig::default()).unwrap();
-        // 3,000 puts of 4 KiB: ~12 MiB of values in kv and history, three install batches
+        // 3,000 puts of 4 KiB: ~12 MiB of values in kv and events, three install batches
         // at least.
         for i in 1..=3000 {
             put(&s, i, format!("key-{:05}", i % 1500), 4096);
@@ -524,7 +524,7 @@ mod tests {
             payload.extend_from_slice(v);
         }
         let mut c = b"PLSN".to_vec();
-        c.push(1);
+        c.push(crate::snapshot::VERSION);
         c.extend_from_slice(&0u32.to_be_bytes());
         c.push(1);
         c.extend_from_slice(&(entries.len() as u64).to_be_bytes());
@@ -542,10 +542,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dst = Store::open(dir.path(), StoreConfig::default()).unwrap();
         for (entries, ok) in [
-            (vec![(Cf::Kv, &b"a"[..], &b"1"[..]), (Cf::Kv, b"b", b"2"), (Cf::History, b"a", b"3")], true),
+            (vec![(Cf::Kv, &b"a"[..], &b"1"[..]), (Cf::Kv, b"b", b"2"), (Cf::Gone, b"a", b"3")], true),
             (vec![(Cf::Kv, &b"b"[..], &b"1"[..]), (Cf::Kv, b"a", b"2")], false),
             (vec![(Cf::Kv, &b"a"[..], &b"1"[..]), (Cf::Kv, b"a", b"2")], false),
-            (vec![(Cf::History, &b"a"[..], &b"1"[..]), (Cf::Kv, b"b", b"2")], false),
+            (vec![(Cf::Gone, &b"a"[..], &b"1"[..]), (Cf::Kv, b"b", b"2")], false),
         ] {
             let mut spool = dst.snapshot_spool(G).unwrap();
             let r = spool.push(&chunk_of(&entries));

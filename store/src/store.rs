@@ -20,7 +20,7 @@ use crate::engine::{self, Reader};
 use crate::error::{Error, Result};
 use crate::key_codec::{self as kc, Cf};
 use crate::key_counts::KeyCounts;
-use crate::kv::EventKind;
+use crate::kv::{EventKind, StoredEvent};
 use crate::lease::{self, Lease};
 use crate::live_cache::LiveCache;
 use crate::meta::{Alarm, ApplyMeta};
@@ -28,7 +28,7 @@ use crate::mvcc::BatchWriter;
 use crate::quota;
 use crate::range;
 use crate::response::{CommandResponse, RangeResponse, TxnResponse, WireRangeResponse};
-use crate::revision::{GroupId, Revision};
+use crate::revision::{GroupId, Revision, RevisionPair};
 use crate::signal::Signal;
 use crate::snapshot::SnapshotReader;
 use crate::snapshot_install::{self, SnapshotSpool};
@@ -245,8 +245,18 @@ impl Store {
     /// compaction.
     pub fn open(path: &Path, cfg: StoreConfig) -> Result<Store> {
         cfg.validate()?;
-        let db = engine::open_db(path, &cfg)?;
-        engine::check_layout(&db)?;
+        let mut db = engine::open_db(path, &cfg)?;
+        let layout = engine::check_layout(&db)?;
+        if let Some(done) = crate::migrate::upgrade(&mut db, layout)? {
+            tracing::info!(
+                from = layout,
+                to = engine::LAYOUT_VERSION,
+                versions = done.versions,
+                live_keys = done.live_keys,
+                deleted_keys = done.deleted_keys,
+                "converted the data dir's store layout"
+            );
+        }
         if cfg.verify_checksums_at_open {
             engine::verify_checksums(&db)?;
         }
@@ -660,7 +670,7 @@ impl Store {
         lease::keys(&Reader::latest(&self.inner.db), g, id)
     }
 
-    /// etcd-style HashKV: crc32 over every stored version with
+    /// etcd-style HashKV: crc32 over every change (revision, key, version) with
     /// `compact revision < revision <= rev` (`rev <= 0` = current). Equal on replicas with
     /// equal applied state, whatever their compaction progress. Returns
     /// `(hash, compact revision, hash revision)`.
@@ -680,16 +690,20 @@ impl Store {
         }
         let compact = meta.visible_compact_revision();
         let r = Reader::at_snapshot(&inner.db, &snapshot);
-        let mut c = r.cursor(Cf::History, &kc::group_end(g));
-        c.seek(&kc::group_prefix(g));
+        // Every change after the compact revision is one `events` record, which no purge
+        // touches. What is hashed is the change itself (revision, key, version), not the
+        // record's bookkeeping (quota counts, links), so a group restored from a backup
+        // hashes as its source does.
+        let mut c = r.cursor(Cf::Events, &kc::event_key(g, RevisionPair::new(rev + 1, 0)));
+        c.seek(&kc::event_key(g, RevisionPair::new(compact + 1, 0)));
         let mut hasher = crc32fast::Hasher::new();
-        while let Some((k, v)) = c.next_entry()? {
-            let (_, pair) =
-                kc::decode_history_key(&k).ok_or_else(|| Error::Corruption("history key in hash".into()))?;
-            if pair.main > compact && pair.main <= rev {
-                hasher.update(&k[kc::GROUP_PREFIX_LEN..]);
-                hasher.update(&v);
-            }
+        while let Some((k, v)) = c.current()? {
+            let ev = StoredEvent::decode(v)?;
+            hasher.update(&k[kc::GROUP_PREFIX_LEN..]);
+            hasher.update(&(ev.key.len() as u32).to_be_bytes());
+            hasher.update(ev.key);
+            hasher.update(ev.stored);
+            c.advance()?;
         }
         Ok((hasher.finalize(), compact, rev))
     }
@@ -907,8 +921,12 @@ impl Store {
 
     #[cfg(test)]
     pub(crate) fn check_invariants(&self, g: GroupId) {
-        self.inner.group(g).hub.check_invariants();
-        self.inner.group(g).committed.read().check();
+        let gs = self.inner.group(g);
+        gs.hub.check_invariants();
+        gs.committed.read().check();
+        // The purge may be running: its reach is the scheduled compact revision at most.
+        let (snapshot, meta) = self.inner.pinned(g);
+        crate::mvcc::check_chains(&Reader::at_snapshot(&self.inner.db, &snapshot), g, meta.compact_revision);
     }
 }
 
@@ -1075,7 +1093,7 @@ mod tests {
         assert!(!err.is_deterministic(), "an open error stops the member");
         assert_eq!(
             err.to_string(),
-            "the data dir's store layout is version 2, written by a newer Plinth; this build reads version 1"
+            "the data dir's store layout is version 3, written by a newer Plinth; this build reads version 2"
         );
     }
 

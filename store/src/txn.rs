@@ -24,7 +24,7 @@ use crate::command::{
 };
 use crate::error::{Error, Result};
 use crate::kv::KeyValue;
-use crate::mvcc::{self, BatchWriter, KeyRange};
+use crate::mvcc::{self, BatchWriter, KeyRange, Live};
 use crate::range;
 use crate::response::{DeleteRangeResponse, PutResponse, ResponseOp, TxnResponse};
 
@@ -33,7 +33,7 @@ pub(crate) fn apply_put(w: &mut BatchWriter<'_>, p: &PutRequest) -> Result<PutRe
     if p.lease != 0 && !w.lease_exists(p.lease)? {
         return Err(Error::LeaseNotFound(p.lease));
     }
-    let prev = mvcc::get_current(&w.reader(), w.g, &p.key)?;
+    let prev = mvcc::get_live(&w.reader(), w.g, &p.key)?;
     if (p.ignore_value || p.ignore_lease) && prev.is_none() {
         return Err(Error::KeyNotFound);
     }
@@ -91,15 +91,15 @@ pub(crate) fn read_only_txn(w: &mut BatchWriter<'_>, t: &TxnRequest) -> Result<T
     Ok(resp)
 }
 
-fn put(w: &mut BatchWriter<'_>, p: &PutRequest, prev: Option<KeyValue>) -> Result<PutResponse> {
-    let (value, lease) = match (&prev, p.ignore_value, p.ignore_lease) {
+fn put(w: &mut BatchWriter<'_>, p: &PutRequest, prev: Option<Live>) -> Result<PutResponse> {
+    let (value, lease) = match (prev.as_ref().map(|l| &l.kv), p.ignore_value, p.ignore_lease) {
         // The check phase refuses this before anything is written; reaching it means a
         // check missed a case. The error is etcd's for the request and deterministic; the
         // caller's save point undoes what the txn wrote before it.
         (None, true, _) | (None, _, true) => return Err(Error::KeyNotFound),
         (prev, iv, il) => (
-            if iv { prev.as_ref().expect("checked above").value.clone() } else { p.value.clone() },
-            if il { prev.as_ref().expect("checked above").lease } else { p.lease },
+            if iv { prev.expect("checked above").value.clone() } else { p.value.clone() },
+            if il { prev.expect("checked above").lease } else { p.lease },
         ),
     };
     let prev = w.put(&p.key, value, lease, prev)?;
@@ -250,7 +250,7 @@ fn execute_txn(w: &mut BatchWriter<'_>, t: &TxnRequest, path: &[bool], pos: &mut
                 ResponseOp::Range(range::range(&w.reader(), w.g, r, rev, w.meta.compact_revision, rev, None)?)
             }
             Some(Request::Put(p)) => {
-                let prev = mvcc::get_current(&w.reader(), w.g, &p.key)?;
+                let prev = mvcc::get_live(&w.reader(), w.g, &p.key)?;
                 ResponseOp::Put(put(w, p, prev)?)
             }
             Some(Request::DeleteRange(d)) => ResponseOp::DeleteRange(delete_range(w, d)?),

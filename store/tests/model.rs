@@ -491,6 +491,11 @@ fn run(ops: Vec<Op>, seed_batch_limit: usize) -> Result<(), TestCaseError> {
             }
         }
         commit(&mut pending, &mut expected)?;
+        // At a commit the purge of the last compaction is waited for, so reads and watches
+        // after it meet a finished purge; elsewhere they race it.
+        if matches!(op, Op::Commit) && m.compact > 0 {
+            prop_assert!(store.wait_compaction_finished(G, m.compact, std::time::Duration::from_secs(30)));
+        }
         match op {
             Op::Range { k, end, back, limit, sort_order, sort_target, keys_only, count_only, min_mod } => {
                 let req = RangeRequest {

@@ -707,16 +707,18 @@ fn read_events(
         if stored.kind == EventKind::Delete && rev.main <= compact {
             continue;
         }
-        let kv = match stored.kind {
-            EventKind::Put => mvcc::get_version(r, g, &stored.key, rev)?.ok_or_else(|| {
-                Error::Corruption(format!("event at {rev:?} has no history entry for {:?}", stored.key))
-            })?,
-            EventKind::Delete => KeyValue { key: stored.key.clone(), mod_revision: rev.main, ..Default::default() },
+        let kv = match stored.version()? {
+            Some(kv) => kv,
+            None => KeyValue {
+                key: bytes::Bytes::copy_from_slice(stored.key),
+                mod_revision: rev.main,
+                ..Default::default()
+            },
         };
         // Only events at or above `compact` are ever read (a watch below it is refused as
         // compacted); the version before an event at exactly `compact` is compacted history.
         let prev_kv = if want_prev && !is_create(stored.kind, &kv) && rev.main > compact {
-            mvcc::get_at(r, g, &stored.key, rev.main - 1)?
+            mvcc::version_at(r, g, stored.key, stored.prev, rev.main - 1)?
         } else {
             None
         };
