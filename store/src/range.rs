@@ -605,7 +605,10 @@ mod tests {
         put_all(&store, &mut index, (0..N).map(|i| (key(i), Bytes::from_static(b"v2"))));
         let (keys, (seeks, steps)) = page_through(&store, pinned, LIMIT, N);
         assert_eq!(keys, want);
-        assert!(steps <= 2 * N as u64 + 2 * pages, "paging {N} keys by {LIMIT} at revision {pinned} stepped {steps} times");
+        assert!(
+            steps <= 2 * N as u64 + 2 * pages,
+            "paging {N} keys by {LIMIT} at revision {pinned} stepped {steps} times"
+        );
         // A seek in `kv` and one in `gone` per page, and the first page's count.
         assert!(seeks <= 2 * (pages + 1), "{seeks} seeks for {pages} pages");
 
