@@ -450,13 +450,7 @@ impl PinnedExport<'_> {
         while let Some((k, v)) = c.next_entry()? {
             let rev = kc::decode_event_key(&k).ok_or_else(|| Error::Corruption("event key in delta".into()))?;
             let ev = StoredEvent::decode(&v)?;
-            let (delete, kv) = match ev.version()? {
-                Some(kv) => (false, kv),
-                None => (
-                    true,
-                    KeyValue { key: Bytes::copy_from_slice(ev.key), mod_revision: rev.main, ..Default::default() },
-                ),
-            };
+            let (delete, kv) = (ev.kind == EventKind::Delete, ev.event_kv(rev.main)?);
             let prev_kv = mvcc::version_at(&r, g, ev.key, ev.prev, rev.main - 1)?;
             out.emit(BackupBody::Event(EventRecord { delete, kv: Some(kv), sub: rev.sub, prev_kv }))?;
         }

@@ -354,12 +354,18 @@ fn check_live(kv: &KeyValue) -> Result<()> {
     Ok(())
 }
 
-/// Replaces the live version of `key` (`None`: deletes it) with `value`, its `kv` entry,
-/// keeping the lease index and the live bytes in step with the replicated state.
-fn set_live(w: &mut BatchWriter<'_>, key: &bytes::Bytes, kv: Option<&KeyValue>, value: Option<Vec<u8>>) -> Result<()> {
+/// Replaces `prev`, the live version of `key` the caller has just read, with `kv` (`None`:
+/// deletes it) and `value`, its `kv` entry, keeping the lease index and the live bytes in
+/// step with the replicated state.
+fn set_live(
+    w: &mut BatchWriter<'_>,
+    key: &bytes::Bytes,
+    prev: Option<&KeyValue>,
+    kv: Option<&KeyValue>,
+    value: Option<Vec<u8>>,
+) -> Result<()> {
     let g = w.g;
-    let prev = mvcc::get_current(&w.reader(), g, key)?;
-    if let Some(p) = &prev {
+    if let Some(p) = prev {
         w.meta.kv_bytes -= p.quota_bytes();
         if p.lease != 0 {
             w.ws.delete(Cf::Lease, kc::lease_key_entry(g, p.lease, key));
@@ -413,7 +419,8 @@ fn keys(w: &mut BatchWriter<'_>, state: &mut ImportState, k: ImportKeys) -> Resu
         w.meta.history_bytes_written += kv.quota_bytes();
         w.meta.history_bytes_compacted += kv.quota_bytes();
         let value = LiveLinks { sub: record.sub, prev: None }.encode_with(&stored);
-        set_live(w, &kv.key, Some(&kv), Some(value))?;
+        let prev = mvcc::get_current(&w.reader(), w.g, &kv.key)?;
+        set_live(w, &kv.key, prev.as_ref(), Some(&kv), Some(value))?;
     }
     state.keys_revision = k.revision;
     w.meta.current_revision = w.meta.current_revision.max(k.revision);
@@ -459,10 +466,10 @@ fn events(w: &mut BatchWriter<'_>, state: &mut ImportState, e: ImportEvents) -> 
         w.ws.put(Cf::Events, kc::event_key(g, rev), ev.encode());
         if let Some(ended) = link.filter(|_| event.delete) {
             w.ws.put(Cf::Gone, kc::gone_key(g, &kv.key, rev), crate::kv::encode_gone(Some(ended)));
-            set_live(w, &kv.key, None, None)?;
+            set_live(w, &kv.key, live.as_ref().map(|l| &l.kv), None, None)?;
         } else {
             let value = LiveLinks { sub: rev.sub, prev: link }.encode_with(&stored);
-            set_live(w, &kv.key, Some(&kv), Some(value))?;
+            set_live(w, &kv.key, live.as_ref().map(|l| &l.kv), Some(&kv), Some(value))?;
         }
         state.last_event_main = rev.main;
         state.last_event_sub = rev.sub;

@@ -341,11 +341,14 @@ impl<'a> StoredEvent<'a> {
         Ok(StoredEvent { kind, history_bytes_before, prev, key, stored })
     }
 
-    /// The version a put wrote (`None` for a delete).
-    pub fn version(&self) -> Result<Option<KeyValue>> {
+    /// The `kv` of the change as a watcher sees it, the change being at main revision `main`:
+    /// the version a put wrote, or a delete's key and revision alone.
+    pub fn event_kv(&self, main: Revision) -> Result<KeyValue> {
         match self.kind {
-            EventKind::Put => Ok(Some(KeyValue::decode_stored(self.key, self.stored)?)),
-            EventKind::Delete => Ok(None),
+            EventKind::Put => KeyValue::decode_stored(self.key, self.stored),
+            EventKind::Delete => {
+                Ok(KeyValue { key: Bytes::copy_from_slice(self.key), mod_revision: main, ..Default::default() })
+            }
         }
     }
 }
@@ -395,7 +398,7 @@ mod tests {
         let e = StoredEvent { kind: EventKind::Put, history_bytes_before: 0, prev: None, key: b"k", stored: &stored };
         let enc = e.encode();
         let d = StoredEvent::decode(&enc).unwrap();
-        assert_eq!((d.prev, d.version().unwrap()), (None, Some(kv)));
+        assert_eq!((d.prev, d.event_kv(4).unwrap()), (None, kv));
         // A layout 1 record (kind 0 or 1, no version), a delete with a version and a key
         // longer than the record are damage.
         assert!(StoredEvent::decode(&[1; 12]).is_err());

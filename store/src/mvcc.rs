@@ -126,20 +126,36 @@ fn corrupt_gone_key(k: &[u8]) -> Error {
     Error::Corruption(format!("gone key {:?}", Bytes::copy_from_slice(k)))
 }
 
+/// A put's `events` record, read by a link: its bytes and where its stored version starts
+/// (the record's tail), so the version is lent without decoding the record again.
+struct PutRecord {
+    bytes: Vec<u8>,
+    stored_at: usize,
+}
+
+impl PutRecord {
+    fn stored(&self) -> &[u8] {
+        &self.bytes[self.stored_at..]
+    }
+}
+
 /// Follows a key's chain from `link` back to the change visible at main revision `at`, and
 /// returns its `events` record if it is a put (`None`: the key was absent at `at`).
-fn follow(r: &Reader<'_>, g: GroupId, mut link: Option<RevisionPair>, at: Revision) -> Result<Option<Vec<u8>>> {
+fn follow(r: &Reader<'_>, g: GroupId, mut link: Option<RevisionPair>, at: Revision) -> Result<Option<PutRecord>> {
     while let Some(rev) = link {
-        let Some(record) = r.get(Cf::Events, &kc::event_key(g, rev))? else {
+        let Some(bytes) = r.get(Cf::Events, &kc::event_key(g, rev))? else {
             // The purge removes a delete at or below the compact revision, with every
             // version before it; the versions it keeps are never passed on the way here
             // (module docs). So the key was absent.
             return Ok(None);
         };
-        let ev = StoredEvent::decode(&record)?;
+        let ev = StoredEvent::decode(&bytes)?;
         if rev.main <= at {
             return Ok(match ev.kind {
-                EventKind::Put => Some(record),
+                EventKind::Put => {
+                    let stored_at = bytes.len() - ev.stored.len();
+                    Some(PutRecord { bytes, stored_at })
+                }
                 EventKind::Delete => None,
             });
         }
@@ -157,7 +173,7 @@ pub(crate) fn version_at(
     at: Revision,
 ) -> Result<Option<KeyValue>> {
     match follow(r, g, link, at)? {
-        Some(record) => Ok(Some(KeyValue::decode_stored(key, StoredEvent::decode(&record)?.stored)?)),
+        Some(record) => Ok(Some(KeyValue::decode_stored(key, record.stored())?)),
         None => Ok(None),
     }
 }
@@ -340,7 +356,7 @@ pub(crate) fn scan(
                 };
                 if let Some(record) = record {
                     if (count as usize) < visit_max {
-                        visit(key, StoredEvent::decode(&record)?.stored)?;
+                        visit(key, record.stored())?;
                     }
                     count += 1;
                 }

@@ -707,14 +707,7 @@ fn read_events(
         if stored.kind == EventKind::Delete && rev.main <= compact {
             continue;
         }
-        let kv = match stored.version()? {
-            Some(kv) => kv,
-            None => KeyValue {
-                key: bytes::Bytes::copy_from_slice(stored.key),
-                mod_revision: rev.main,
-                ..Default::default()
-            },
-        };
+        let kv = stored.event_kv(rev.main)?;
         // Only events at or above `compact` are ever read (a watch below it is refused as
         // compacted); the version before an event at exactly `compact` is compacted history.
         let prev_kv = if want_prev && !is_create(stored.kind, &kv) && rev.main > compact {
