@@ -125,6 +125,14 @@ pub enum Error {
         "the data dir's store layout is version {found}, written by a newer Plinth; this build reads version {supported}"
     )]
     UnsupportedLayout { found: u32, supported: u32 },
+    /// A data dir of an older store layout with a snapshot install that a crash left
+    /// unfinished: the build that wrote the data dir must finish it before this one converts
+    /// the data dir.
+    #[error(
+        "the data dir's store layout is version {layout}, and a snapshot install of group {group} in that layout is \
+         unfinished; start the Plinth build that wrote this data dir once so that it finishes the install, then this one"
+    )]
+    UnfinishedInstall { group: u64, layout: u32 },
     /// Stored bytes or snapshot chunks that fail their checks.
     #[error("corruption: {0}")]
     Corruption(String),
@@ -140,6 +148,13 @@ impl Error {
     /// True for errors that every replica reproduces from the same log; false for I/O and
     /// corruption, which must stop the node.
     pub fn is_deterministic(&self) -> bool {
-        !matches!(self, Error::RocksDb(_) | Error::Io(_) | Error::Corruption(_) | Error::UnsupportedLayout { .. })
+        !matches!(
+            self,
+            Error::RocksDb(_)
+                | Error::Io(_)
+                | Error::Corruption(_)
+                | Error::UnsupportedLayout { .. }
+                | Error::UnfinishedInstall { .. }
+        )
     }
 }

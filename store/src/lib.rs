@@ -131,9 +131,10 @@
 //!   (no interval tree yet).
 //! - No prefix bloom filters yet (whole-key blooms on point lookups only); a read at an
 //!   old revision reads `events` by key once per change of a key since that revision.
-//! - A member that was installing a snapshot when it stopped, and restarts as a build of a
-//!   newer layout, refuses the half-received snapshot (its chunks carry the older layout's
-//!   version) and fails to open until its spool is removed.
+//! - A member that stopped in the middle of writing a snapshot install, and restarts as a
+//!   build of a newer layout, refuses to open before converting anything: the install is in
+//!   the older layout, so the older build must be started once to finish it
+//!   ([`Error::UnfinishedInstall`]). A receive not yet decided is dropped at open, as always.
 //! - `hash_kv` is crc32 over this store's own encoding, in key order: comparable between
 //!   Plinth replicas (the simulations use it), not with etcd. The `HashKV` RPC computes
 //!   etcd's hash instead, from [`PinnedExport::versions`] sorted by revision (grpc-api

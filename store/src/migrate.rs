@@ -359,6 +359,44 @@ mod tests {
         db.drop_cf(Cf::Gone.name()).unwrap();
     }
 
+    /// A layout 1 data dir with a snapshot install that a crash left decided but unwritten
+    /// is refused before anything is converted: the install's entries are in layout 1, and
+    /// only a layout 1 build can finish it. Once it is finished (here: its file gone), the
+    /// data dir converts; an undecided spool does not stop the open and is dropped.
+    #[test]
+    fn an_unfinished_install_in_layout_1_stops_the_open_before_the_conversion() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let dir = tempfile::tempdir().unwrap();
+        let before: Vec<_> = {
+            let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+            fill(&store, &mut rng);
+            GROUPS.iter().map(|&g| answers(&store, g)).collect()
+        };
+        downgrade(dir.path());
+        let spool = crate::snapshot_install::spool_dir(dir.path());
+        std::fs::create_dir_all(&spool).unwrap();
+        let install = spool.join("group-7.install");
+        std::fs::write(&install, b"chunks of layout 1").unwrap();
+        std::fs::write(spool.join("group-1.spool"), b"an undecided receive").unwrap();
+
+        let err = Store::open(dir.path(), StoreConfig::default()).err().expect("refused");
+        assert!(matches!(err, Error::UnfinishedInstall { group: 7, layout: 1 }), "{err}");
+        assert!(err.to_string().contains("start the Plinth build that wrote this data dir once"), "{err}");
+        assert!(history_family_exists(dir.path()), "nothing converted");
+        {
+            let db = engine::open_db(dir.path(), &StoreConfig::default()).unwrap();
+            assert_eq!(engine::check_layout(&db).unwrap(), 1);
+        }
+        assert!(install.exists(), "the install is left for the layout 1 build");
+
+        std::fs::remove_file(&install).unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        for (i, &g) in GROUPS.iter().enumerate() {
+            assert_eq!(answers(&store, g), before[i], "group {g}");
+        }
+        assert!(!spool.join("group-1.spool").exists(), "an undecided spool is dropped at open");
+    }
+
     fn history_family_exists(path: &std::path::Path) -> bool {
         DB::list_cf(&rocksdb::Options::default(), path).unwrap().iter().any(|n| n == LEGACY_HISTORY_CF)
     }

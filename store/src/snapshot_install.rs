@@ -364,8 +364,7 @@ pub(crate) fn recover(db: &DB, store_path: &Path) -> Result<Vec<GroupId>> {
     for entry in entries {
         let path = entry?.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-        if let Some(g) = name.strip_prefix("group-").and_then(|n| n.strip_suffix(".install")) {
-            let g = GroupId(g.parse().map_err(|_| corrupt(format!("install file {}", path.display())))?);
+        if let Some(g) = decided_group(&path)? {
             // Verified whole before anything is deleted: a damaged file must stop the start
             // rather than leave the group deleted.
             verify_file(&path, g)?;
@@ -376,6 +375,26 @@ pub(crate) fn recover(db: &DB, store_path: &Path) -> Result<Vec<GroupId>> {
         }
     }
     Ok(installed)
+}
+
+/// The groups whose install is decided but not written (their `.install` files), in the
+/// spool directory of the store at `store_path`.
+pub(crate) fn decided(store_path: &Path) -> Result<Vec<GroupId>> {
+    let Ok(entries) = fs::read_dir(spool_dir(store_path)) else { return Ok(Vec::new()) };
+    let mut groups = Vec::new();
+    for entry in entries {
+        groups.extend(decided_group(&entry?.path())?);
+    }
+    groups.sort();
+    Ok(groups)
+}
+
+/// The group of `path` if it is an `.install` file (`group-<g>.install`).
+fn decided_group(path: &Path) -> Result<Option<GroupId>> {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return Ok(None) };
+    let Some(g) = name.strip_prefix("group-").and_then(|n| n.strip_suffix(".install")) else { return Ok(None) };
+    let g = g.parse().map_err(|_| corrupt(format!("install file {}", path.display())))?;
+    Ok(Some(GroupId(g)))
 }
 
 /// Verifies a spool or install file as one complete snapshot of `g`.

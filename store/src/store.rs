@@ -247,6 +247,15 @@ impl Store {
         cfg.validate()?;
         let mut db = engine::open_db(path, &cfg)?;
         let layout = engine::check_layout(&db)?;
+        if layout != engine::LAYOUT_VERSION {
+            // A decided install (`snapshot_install.rs`) holds entries in the layout of the
+            // build that received it, and its group may be half written: it must be finished
+            // before the conversion, in that layout, which only that build reads. Refused
+            // before anything is converted, so that build can still open the data dir.
+            if let Some(&g) = snapshot_install::decided(path)?.first() {
+                return Err(Error::UnfinishedInstall { group: g.0, layout });
+            }
+        }
         if let Some(done) = crate::migrate::upgrade(&mut db, layout)? {
             tracing::info!(
                 from = layout,
