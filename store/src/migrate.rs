@@ -41,6 +41,8 @@ pub(crate) struct Converted {
     pub versions: u64,
     pub live_keys: u64,
     pub deleted_keys: u64,
+    /// `events` records whose versions a layout 1 purge had removed, deleted.
+    pub orphan_events: u64,
 }
 
 /// Brings a data dir whose layout is `found` to [`engine::LAYOUT_VERSION`], and drops the
@@ -103,6 +105,44 @@ impl Converter<'_> {
             Some(0 | 1) if record.len() >= 9 => Ok(u64::from_be_bytes(record[1..9].try_into().expect("8 bytes"))),
             _ => Ok(StoredEvent::decode(&record)?.history_bytes_before),
         }
+    }
+
+    /// Deletes the `events` records still in layout 1 once every `history` entry is written
+    /// in layout 2: their versions were purged. A layout 1 purge deleted `history` entries
+    /// batch by batch and the group's `events` below its target in its last batch, so a
+    /// purge cut short leaves records below the compact revision without their versions;
+    /// and a key put and deleted in one revision at the target keeps its delete alone. No
+    /// read at or above the compact revision needs them, and the layout 2 purge could not
+    /// decode them. One above the compact revision had a version no purge removes: corrupt.
+    fn drop_orphan_events(&mut self) -> Result<()> {
+        let events = engine::cf(self.db, Cf::Events);
+        let mut ro = ReadOptions::default();
+        ro.fill_cache(false);
+        ro.set_readahead_size(READAHEAD_BYTES);
+        let mut it = self.db.raw_iterator_cf_opt(events, ro);
+        it.seek_to_first();
+        while it.valid() {
+            let (k, v) = (it.key().expect("valid"), it.value().expect("valid"));
+            if matches!(v.first(), Some(0 | 1)) {
+                let corrupt = || Error::Corruption(format!("events key {:?}", bytes::Bytes::copy_from_slice(k)));
+                let g = kc::group_of(k).ok_or_else(corrupt)?;
+                let rev = kc::decode_event_key(k).ok_or_else(corrupt)?;
+                if rev.main > self.compact_revision(g)? {
+                    return Err(Error::Corruption(format!(
+                        "group {g}: the layout 1 events record at {rev:?} has no history entry above the compact revision"
+                    )));
+                }
+                self.batch.delete_cf(events, k);
+                self.done.orphan_events += 1;
+                self.in_batch += 1;
+                if self.in_batch >= BATCH_VERSIONS {
+                    self.db.write_opt(std::mem::take(&mut self.batch), &engine::write_options())?;
+                    self.in_batch = 0;
+                }
+            }
+            it.next();
+        }
+        Ok(it.status()?)
     }
 
     /// Writes `p` in layout 2; `before` is the key's entry after it in `history` (the version
@@ -192,6 +232,8 @@ fn from_layout_1(db: &DB) -> Result<Converted> {
     if let Some(p) = pending.take() {
         conv.write(p, None)?;
     }
+    db.write_opt(std::mem::take(&mut conv.batch), &engine::write_options())?;
+    conv.drop_orphan_events()?;
     let Converter { batch, done, .. } = conv;
     db.write_opt(batch, &engine::write_options())?;
     // Ordering: everything converted is durable before layout 2 is recorded, and that
@@ -357,6 +399,94 @@ mod tests {
         db.write(batch).unwrap();
         flush_all(&db).unwrap();
         db.drop_cf(Cf::Gone.name()).unwrap();
+    }
+
+    /// Applies `body` to group `g` at its next log index; returns the response.
+    fn apply_next(store: &Store, g: GroupId, body: CommandBody) -> crate::CommandResponse {
+        let index = store.applied_index(g) + 1;
+        let entry = Command::new(index, body).encode_to_vec();
+        store.apply(g, &[(index, &entry)]).unwrap().pop().unwrap().unwrap()
+    }
+
+    /// A layout 1 event record (kind, history bytes before, key), which held no version.
+    fn legacy_event(delete: bool, key: &[u8]) -> Vec<u8> {
+        let mut v = vec![u8::from(delete)];
+        v.extend_from_slice(&0u64.to_be_bytes());
+        v.extend_from_slice(key);
+        v
+    }
+
+    /// The two states a layout 1 purge left `events` records in without their versions: a
+    /// purge cut short (its `history` deletes written, not yet its range delete of `events`
+    /// below the target), and a key put and deleted in one revision at the target (the
+    /// delete kept, the put's version purged, its record above the range delete). The
+    /// conversion drops those records: the data dir answers as before, its chains check out,
+    /// and a compaction after the conversion finishes.
+    #[test]
+    fn records_a_layout_1_purge_left_without_versions_are_dropped() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let dir = tempfile::tempdir().unwrap();
+        let g = GROUPS[0];
+        let k = bytes::Bytes::from_static(b"put-and-deleted");
+        let (before, c) = {
+            let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+            fill(&store, &mut rng);
+            let nested = |request| RequestOp {
+                request: Some(Request::Txn(TxnRequest {
+                    success: vec![RequestOp { request: Some(request) }],
+                    ..Default::default()
+                })),
+            };
+            let txn = TxnRequest {
+                success: vec![
+                    nested(Request::Put(PutRequest { key: k.clone(), value: "v".into(), ..Default::default() })),
+                    nested(Request::DeleteRange(DeleteRangeRequest { key: k.clone(), ..Default::default() })),
+                ],
+                ..Default::default()
+            };
+            apply_next(&store, g, CommandBody::Txn(txn));
+            let c = store.current_revision(g);
+            apply_next(&store, g, CommandBody::Compact(CompactRequest { revision: c, physical: false }));
+            assert!(store.wait_compaction_finished(g, c, Duration::from_secs(30)));
+            apply_next(
+                &store,
+                g,
+                CommandBody::Put(PutRequest { key: key(1), value: "after".into(), ..Default::default() }),
+            );
+            (GROUPS.iter().map(|&g| answers(&store, g)).collect::<Vec<_>>(), c)
+        };
+        downgrade(dir.path());
+        {
+            let db = engine::open_db(dir.path(), &StoreConfig::default()).unwrap();
+            let history = db.cf_handle(LEGACY_HISTORY_CF).unwrap();
+            let events = engine::cf(&db, Cf::Events);
+            let mut batch = WriteBatch::default();
+            // The put at (c, 0): its record stays, its version is purged.
+            let put = RevisionPair::new(c, 0);
+            assert!(db.get_cf(events, kc::event_key(g, put)).unwrap().is_some());
+            batch.delete_cf(&history, kc::gone_key(g, &k, put));
+            // A purge cut short: records below c whose versions are gone.
+            for main in 1..c.min(40) {
+                let at = kc::event_key(g, RevisionPair::new(main, 0));
+                if db.get_cf(events, &at).unwrap().is_none() {
+                    batch.put_cf(events, at, legacy_event(main % 2 == 0, b"k7"));
+                }
+            }
+            db.write(batch).unwrap();
+            flush_all(&db).unwrap();
+        }
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        for (i, &g) in GROUPS.iter().enumerate() {
+            assert_eq!(answers(&store, g), before[i], "group {g}");
+            store.check_invariants(g);
+        }
+        let to = store.current_revision(g);
+        apply_next(&store, g, CommandBody::Compact(CompactRequest { revision: to, physical: false }));
+        assert!(
+            store.wait_compaction_finished(g, to, Duration::from_secs(30)),
+            "a compaction after the conversion finishes"
+        );
+        store.check_invariants(g);
     }
 
     /// A layout 1 data dir with a snapshot install that a crash left decided but unwritten

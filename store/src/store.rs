@@ -263,6 +263,7 @@ impl Store {
                 versions = done.versions,
                 live_keys = done.live_keys,
                 deleted_keys = done.deleted_keys,
+                orphan_events = done.orphan_events,
                 "converted the data dir's store layout"
             );
         }
