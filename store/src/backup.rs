@@ -42,6 +42,7 @@ use prost::Message;
 
 use crate::auth::AuthState;
 use crate::command::RangeRequest;
+use crate::compact;
 use crate::engine::{self, Reader};
 use crate::error::{Error, Result};
 use crate::import::{ImportOp, ImportStep};
@@ -217,7 +218,9 @@ pub struct PinnedExport<'a> {
     g: GroupId,
     snapshot: engine::Snapshot<'a>,
     meta: ApplyMeta,
-    /// The group's finished purge revision at the pin (-1: none).
+    /// The group's finished purge revision at the pin (-1: none). A purge that stopped or
+    /// failed part way may have gone further: its target is in the pinned state
+    /// ([`compact::started_revision`]).
     purged: Revision,
 }
 
@@ -225,8 +228,9 @@ impl Store {
     /// Pins group `g` for exports (see [`PinnedExport`]).
     pub fn pin_export(&self, g: GroupId) -> PinnedExport<'_> {
         let inner = &*self.inner;
-        // Pinned while no purge runs, so the snapshot sees every purge either finished or
-        // not started: never a half-purged history.
+        // Pinned while no purge runs, so the snapshot sees no purge in progress. It may still
+        // see one that stopped (a shutdown, an error) or that a snapshot install brought in
+        // part way: `delta` reads that one's target from the pinned state.
         let gs = inner.group(g);
         let _purging = gs.purge_lock.lock();
         let (snapshot, meta) = inner.pinned(g);
@@ -415,7 +419,9 @@ impl PinnedExport<'_> {
         from_revision: Revision,
         sink: &mut dyn FnMut(BackupRecord) -> Result<()>,
     ) -> Result<(BackupHeader, u64)> {
-        let (g, meta, purged) = (self.g, &self.meta, self.purged);
+        let r = Reader::bulk_at_snapshot(&self.store.inner.db, &self.snapshot);
+        let (g, meta) = (self.g, &self.meta);
+        let purged = self.purged.max(compact::started_revision(&r, g)?);
         if meta.import.is_some() {
             return Err(Error::Importing);
         }
@@ -423,7 +429,9 @@ impl PinnedExport<'_> {
             return Err(Error::FutureRevision { requested: from_revision, current: meta.current_revision });
         }
         // A purge at P keeps the events after P and, for each key, its newest version at or
-        // below P (the prev of the first change after it): a delta from P on is complete.
+        // below P (the prev of the first change after it): a delta from P on is complete. A
+        // purge toward P that did not finish has removed some of the changes below P, so a
+        // delta from below it would miss them: refused too.
         // What counts is the purge, not the scheduled compact revision: a store that holds
         // history for backups (`hold_history_for_backups`) keeps it past the compaction.
         if from_revision < purged {
@@ -433,7 +441,6 @@ impl PinnedExport<'_> {
         if from_revision < meta.backup_chain_break {
             return Err(Error::Compacted { requested: from_revision, compacted: meta.backup_chain_break });
         }
-        let r = Reader::bulk_at_snapshot(&self.store.inner.db, &self.snapshot);
         let header = BackupHeader {
             format_version: BACKUP_FORMAT_VERSION,
             kind: BackupKind::Delta as i32,
@@ -756,6 +763,58 @@ mod tests {
             eprintln!("backup seed {seed} (replay with PLINTH_BACKUP_SEED={seed})");
             run_seed(seed);
         }
+    }
+
+    /// A purge that stopped part way (a shutdown stops one between batches) has removed
+    /// changes below its target: here the delete of `a` at 3 and the put it ended. A delta
+    /// from below that target would leave them out, and a restore would bring `a` back, so
+    /// it is refused as compacted, though the finished purge is still at 2.
+    #[test]
+    fn a_delta_from_below_a_purge_cut_short_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // Held for backups, the compactor purges no further than the backup mark (2).
+        let cfg = StoreConfig { hold_history_for_backups: true, ..Default::default() };
+        let put = |k: &str, v: &str| {
+            CommandBody::Put(PutRequest { key: k.to_owned().into(), value: v.to_owned().into(), ..Default::default() })
+        };
+        let target = {
+            let mut source = Source {
+                store: Store::open(dir.path(), cfg.clone()).unwrap(),
+                index: 0,
+                leases: Vec::new(),
+                next_lease: 0,
+            };
+            source.apply(put("a", "1"));
+            assert_eq!(source.store.current_revision(SOURCE), 2);
+            source.apply(CommandBody::BackupMark(crate::command::BackupMark { revision: 2, time_unix_ms: 1 }));
+            source.apply(CommandBody::DeleteRange(DeleteRangeRequest { key: "a".into(), ..Default::default() }));
+            for i in 0..5 {
+                source.apply(put("b", &i.to_string()));
+            }
+            let target = source.store.current_revision(SOURCE);
+            source.apply(CommandBody::Compact(CompactRequest { revision: target, physical: false }));
+            assert!(source.store.wait_compaction_finished(SOURCE, 2, std::time::Duration::from_secs(30)));
+            let (header, _) = source.store.export_delta(SOURCE, 2, &mut |_| Ok(())).unwrap();
+            assert_eq!(header.to_revision, target, "whole before the purge toward the target");
+            target
+        };
+        {
+            // The purge toward the target, stopped after its second batch of one record.
+            let db = engine::open_db(dir.path(), &cfg).unwrap();
+            let polls = std::cell::Cell::new(0);
+            let stop = || {
+                polls.set(polls.get() + 1);
+                polls.get() > 2
+            };
+            assert!(!compact::purge(&db, SOURCE, target, 1, &stop).unwrap(), "stopped part way");
+            let r = Reader::latest(&db);
+            assert!(r.get(Cf::Events, &kc::event_key(SOURCE, RevisionPair::new(3, 0))).unwrap().is_none());
+            assert_eq!(compact::finished_revision(&r, SOURCE).unwrap(), 2);
+        }
+        let store = Store::open(dir.path(), cfg).unwrap();
+        let refused = store.export_delta(SOURCE, 2, &mut |_| Ok(())).err().expect("refused");
+        assert!(matches!(refused, Error::Compacted { requested: 2, compacted } if compacted == target), "{refused}");
+        assert!(store.export_delta(SOURCE, target, &mut |_| Ok(())).is_ok(), "a delta from the target is whole");
     }
 
     #[test]

@@ -77,6 +77,15 @@ pub(crate) fn finished_revision(r: &Reader<'_>, g: GroupId) -> Result<Revision> 
     }
 }
 
+/// Reads the target of the newest purge of `g` that wrote anything, finished or not (-1 if
+/// none): below it, history may be partly purged.
+pub(crate) fn started_revision(r: &Reader<'_>, g: GroupId) -> Result<Revision> {
+    match r.get(Cf::Meta, &kc::meta_purge_key(g))? {
+        Some(v) => Ok(engine::be_u64(&v, "started purge revision")? as i64),
+        None => Ok(-1),
+    }
+}
+
 /// Phase 2 for group `g` at revision `target`. `should_stop` is polled between batches.
 pub(crate) fn purge(
     db: &rocksdb::DB,
@@ -125,6 +134,10 @@ pub(crate) fn purge(
             last = Some(k);
         }
         let done = last.is_none() || examined < batch_keys;
+        // Ordering: the target is in the same atomic batch as the deletes, so whoever reads
+        // the group's state (an export, a snapshot and its receiver) and finds a delete done
+        // finds the target too, even when the purge stops or fails before it finishes.
+        batch.put_cf(engine::cf(db, Cf::Meta), kc::meta_purge_key(g), (target as u64).to_be_bytes());
         if done {
             batch.put_cf(engine::cf(db, Cf::Meta), kc::meta_compact_key(g), (target as u64).to_be_bytes());
         }

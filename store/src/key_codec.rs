@@ -67,6 +67,7 @@ const META_AUTH: u8 = b'u';
 const META_SETTINGS: u8 = b's';
 const META_BACKUP: u8 = b'b';
 const META_IMPORT: u8 = b'i';
+const META_PURGE: u8 = b'p';
 const LEASE_FALLBACK: u8 = b'f';
 const LEASE_RECORD: u8 = b'l';
 const LEASE_KEY: u8 = b'k';
@@ -235,6 +236,14 @@ pub fn meta_backup_key(g: GroupId) -> Vec<u8> {
 pub fn meta_import_key(g: GroupId) -> Vec<u8> {
     let mut out = with_group(g, 1);
     out.push(META_IMPORT);
+    out
+}
+
+/// The target of the group's newest purge, written with each of its batches (`compact.rs`):
+/// from the first, history below it may be partly gone.
+pub fn meta_purge_key(g: GroupId) -> Vec<u8> {
+    let mut out = with_group(g, 1);
+    out.push(META_PURGE);
     out
 }
 

@@ -7,7 +7,8 @@
 //! ## Guarantees
 //!
 //! - **Deterministic**: the same entries on the same state give the same responses, the
-//!   same bytes in RocksDB and the same [`Store::hash_kv`] on every replica. Deterministic
+//!   same writes to RocksDB and the same [`Store::hash_kv`] on every replica (the background
+//!   purge removes the same records, at each replica's own pace). Deterministic
 //!   errors (`Compacted`, `FutureRevision`, `LeaseNotFound`, `NoSpace`, ...) are per-entry
 //!   results; I/O and corruption are top-level errors that must stop the node. Each
 //!   command runs from a save point of the batch: one that fails after it wrote (a check
@@ -98,6 +99,7 @@
 //!  meta      │ g | 'a' → applied index, revisions, quota, alarms; g | 'c' → purged rev │
 //!            │ g | 'u' → auth store (users, roles, permissions, flag, auth revision)    │
 //!            │ g | 's' → quota setting;  g | 'i' → import in progress                   │
+//!            │ g | 'p' → target of the newest purge, finished or not                    │
 //!  lease     │ g | 'l' | id → Lease;  g | 'k' | id | key → ();  g | 'f' | id → Lease    │ lease → keys
 //!            └─────────────────────────────────────────────────────────────────────────┘
 //! ```
