@@ -812,7 +812,7 @@ mod tests {
             assert_eq!(compact::finished_revision(&r, SOURCE).unwrap(), 2);
         }
         let store = Store::open(dir.path(), cfg).unwrap();
-        let refused = store.export_delta(SOURCE, 2, &mut |_| Ok(())).err().expect("refused");
+        let refused = store.export_delta(SOURCE, 2, &mut |_| Ok(())).expect_err("refused");
         assert!(matches!(refused, Error::Compacted { requested: 2, compacted } if compacted == target), "{refused}");
         assert!(store.export_delta(SOURCE, target, &mut |_| Ok(())).is_ok(), "a delta from the target is whole");
     }
