@@ -495,14 +495,7 @@ mod tests {
     /// data dir converts; an undecided spool does not stop the open and is dropped.
     #[test]
     fn an_unfinished_install_in_layout_1_stops_the_open_before_the_conversion() {
-        let mut rng = StdRng::seed_from_u64(11);
-        let dir = tempfile::tempdir().unwrap();
-        let before: Vec<_> = {
-            let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-            fill(&store, &mut rng);
-            GROUPS.iter().map(|&g| answers(&store, g)).collect()
-        };
-        downgrade(dir.path());
+        let (dir, before) = filled_then_downgraded(11);
         let spool = crate::snapshot_install::spool_dir(dir.path());
         std::fs::create_dir_all(&spool).unwrap();
         let install = spool.join("group-7.install");
@@ -527,6 +520,20 @@ mod tests {
         assert!(!spool.join("group-1.spool").exists(), "an undecided spool is dropped at open");
     }
 
+    /// A data dir filled by [`fill`] from `seed`, then downgraded to layout 1, and every
+    /// group's answers before the downgrade.
+    fn filled_then_downgraded(seed: u64) -> (tempfile::TempDir, Vec<Vec<Answer>>) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let dir = tempfile::tempdir().unwrap();
+        let before = {
+            let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+            fill(&store, &mut rng);
+            GROUPS.iter().map(|&g| answers(&store, g)).collect()
+        };
+        downgrade(dir.path());
+        (dir, before)
+    }
+
     fn history_family_exists(path: &std::path::Path) -> bool {
         DB::list_cf(&rocksdb::Options::default(), path).unwrap().iter().any(|n| n == LEGACY_HISTORY_CF)
     }
@@ -537,14 +544,7 @@ mod tests {
     #[test]
     fn a_layout_1_data_dir_is_converted_at_open_and_answers_as_before() {
         for seed in 0..3u64 {
-            let mut rng = StdRng::seed_from_u64(seed);
-            let dir = tempfile::tempdir().unwrap();
-            let before: Vec<_> = {
-                let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-                fill(&store, &mut rng);
-                GROUPS.iter().map(|&g| answers(&store, g)).collect()
-            };
-            downgrade(dir.path());
+            let (dir, before) = filled_then_downgraded(seed);
             assert!(history_family_exists(dir.path()));
             {
                 let db = engine::open_db(dir.path(), &StoreConfig::default()).unwrap();
