@@ -27,6 +27,12 @@
 //! No read or write of the apply path races the purge's deletes: it deletes only records
 //! at or below R, which the apply path never writes, and `gone` entries by their exact key,
 //! whose revision is at or below R; a key deleted again later has a `gone` entry of its own.
+//! An import is the exception: after its begin wipes the group, it writes the backup's own
+//! revisions, below R. So the begin's commit waits for the running purge, which stops at
+//! its next batch, and resets the finished purge revision: the next purge walks the
+//! imported history from its start. Between import steps a purge only removes versions a
+//! later change replaced and deletes below R, none of which a later step reads (steps read
+//! each key's head).
 
 use rocksdb::WriteBatch;
 

@@ -368,6 +368,10 @@ impl WriteSet {
             for c in Cf::DATA {
                 batch.delete_range_cf(cf(db, c), kc::group_prefix(g).to_vec(), kc::group_end(g));
             }
+            // The purge's finished revision and target go with the data they described: the
+            // next purge walks the new data from its start (`Store::commit`).
+            batch.delete_cf(cf(db, Cf::Meta), kc::meta_compact_key(g));
+            batch.delete_cf(cf(db, Cf::Meta), kc::meta_purge_key(g));
         }
         // The undo log is dropped: what is in the maps is what the batch commits.
         for (i, map) in self.maps.into_iter().enumerate() {

@@ -585,9 +585,11 @@ mod tests {
     use super::*;
     use crate::backup::BackupRecord;
     use crate::command::{
-        Command, CommandBody, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+        Command, CommandBody, CompactRequest, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest,
+        RequestOp, TxnRequest,
     };
     use crate::config::StoreConfig;
+    use crate::engine;
     use crate::import_plan::ImportPlanner;
     use crate::revision::GroupId;
     use crate::store::Store;
@@ -848,6 +850,58 @@ mod tests {
         let r = a.apply(&[put("after".into(), "y".into(), 0)]);
         assert!(matches!(&r[0], Ok(CommandResponse::Put(p)) if p.revision == n + 1), "{:?}", r[0]);
         a.store.check_invariants(G);
+    }
+
+    /// The group's `gone` entries and delete records, by revision.
+    fn deletes(store: &Store) -> (usize, Vec<Revision>) {
+        let db = &store.inner.db;
+        let (from, to) = (kc::group_prefix(G).to_vec(), kc::group_end(G));
+        let mode = rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward);
+        let gone = db.iterator_cf(engine::cf(db, Cf::Gone), mode).map(|e| e.unwrap().0).take_while(|k| k[..] < to[..]);
+        let mode = rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward);
+        let records =
+            db.iterator_cf(engine::cf(db, Cf::Events), mode).map(|e| e.unwrap()).take_while(|(k, _)| k[..] < to[..]);
+        let deletes = records
+            .filter(|(_, v)| crate::kv::StoredEvent::decode(v).unwrap().kind == EventKind::Delete)
+            .map(|(k, _)| kc::decode_event_key(&k).unwrap().main)
+            .collect();
+        (gone.count(), deletes)
+    }
+
+    /// An import into a group that was compacted and purged past the backup's revisions: its
+    /// begin resets the finished purge revision, so the purge of the import's final
+    /// compaction walks the imported history from its start and removes every delete below
+    /// it, with its `gone` entry, as it would have in the source.
+    #[test]
+    fn a_replace_below_the_old_purge_is_purged_from_its_start() {
+        let mut rng = StdRng::seed_from_u64(21);
+        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut source = Replica::open(dirs[0].path());
+        let mut leases = Vec::new();
+        source.apply(&random_ops(&mut rng, 60, &mut leases));
+        let full = export(&source.store, None);
+        let f = source.store.current_revision(G);
+        source.apply(&random_ops(&mut rng, 120, &mut leases));
+        let delta = export(&source.store, Some(f));
+        let end = source.store.current_revision(G);
+        assert!(!deletes(&source.store).1.is_empty(), "the source deleted keys");
+
+        let mut t = Replica::open(dirs[1].path());
+        t.apply(&random_ops(&mut rng, 400, &mut Vec::new()));
+        let purged = t.store.current_revision(G);
+        assert!(purged > end + 10);
+        t.apply(&[CommandBody::Compact(CompactRequest { revision: purged, physical: false })]);
+        assert!(t.store.wait_compaction_finished(G, purged, Duration::from_secs(20)));
+
+        for (i, r) in t.apply(&plan(&[full, delta], end, 7)).into_iter().enumerate() {
+            assert!(r.is_ok(), "step {i}: {r:?}");
+        }
+        let n = t.store.compact_revision(G);
+        assert!(n > purged, "the import's finish compacts above everything the group had");
+        assert!(t.store.wait_compaction_finished(G, n, Duration::from_secs(20)));
+        assert_eq!(deletes(&t.store), (0, Vec::new()), "every imported delete is below {n}");
+        assert_eq!(t.store.range(G, &all(0)).unwrap().kvs, source.store.range(G, &all(end)).unwrap().kvs);
+        t.store.check_invariants(G);
     }
 
     /// Into an empty group revisions are kept: current R, compact at the full export, and

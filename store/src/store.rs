@@ -71,8 +71,11 @@ pub(crate) struct GroupState {
     /// Finished compact revision (-1 = none); waiters use `compact_cond`.
     pub(crate) compact_finished: Mutex<Revision>,
     compact_cond: Condvar,
-    /// Held by a running purge and by `install_snapshot`.
+    /// Held by a running purge, by `install_snapshot`, and by the commit of a batch that
+    /// wipes the group (an import's begin).
     pub(crate) purge_lock: Mutex<()>,
+    /// Set while a wipe waits for `purge_lock`: the running purge stops at its next batch.
+    wipe_pending: AtomicBool,
     pub hub: Arc<Hub>,
     /// The simple tokens this member applied (not replicated state; see `auth`).
     tokens: Mutex<TokenTable>,
@@ -124,6 +127,7 @@ impl Inner {
             compact_finished: Mutex::new(finished),
             compact_cond: Condvar::new(),
             purge_lock: Mutex::new(()),
+            wipe_pending: AtomicBool::new(false),
             hub: Arc::new(hub),
             tokens: Mutex::new(TokenTable::default()),
             data_epoch: AtomicU64::new(0),
@@ -200,7 +204,8 @@ impl Inner {
                 }
                 let _purging = gs.purge_lock.lock();
                 let started = Instant::now();
-                match compact::purge(&self.db, gs.id, target, self.cfg.compaction_batch_keys, &|| self.stopping()) {
+                let stop = || self.stopping() || gs.wipe_pending.load(Ordering::SeqCst);
+                match compact::purge(&self.db, gs.id, target, self.cfg.compaction_batch_keys, &stop) {
                     Ok(true) => {
                         *gs.compact_finished.lock() = target;
                         gs.compact_cond.notify_all();
@@ -211,6 +216,9 @@ impl Inner {
                             "compaction finished"
                         );
                     }
+                    // Stopped for a wipe: the group's data is replaced, and its next
+                    // compaction purges it from the start.
+                    Ok(false) if !self.stopping() => {}
                     Ok(false) => return,
                     Err(e) => tracing::error!(group = gs.id.0, target, error = %e, "compaction failed; will retry"),
                 }
@@ -507,6 +515,18 @@ impl Store {
         // the group's entries, so no reader ever sees a value RocksDB does not hold.
         ws.write_through(&inner.live);
         let batch = ws.into_batch(&inner.db);
+        // Ordering: a wipe is written while no purge runs. A purge deletes what it read, by
+        // key and revision, at revisions an apply never writes, but an import writes the
+        // backup's own revisions after its wipe: a purge batch read before the wipe and
+        // written after it would delete imported records. The running purge stops at its
+        // next batch (`wipe_pending`); the wipe then resets the finished purge revision, so
+        // the next purge walks the imported history from its start.
+        let _purging = wipes.then(|| {
+            gs.wipe_pending.store(true, Ordering::SeqCst);
+            let held = gs.purge_lock.lock();
+            gs.wipe_pending.store(false, Ordering::SeqCst);
+            held
+        });
         {
             let mut committed = gs.committed.write();
             if let Err(e) = inner.db.write_opt(batch, &engine::write_options()) {
@@ -516,6 +536,7 @@ impl Store {
             if wipes {
                 // The revisions below the wipe may be written again with other keys.
                 gs.data_epoch.fetch_add(1, Ordering::SeqCst);
+                *gs.compact_finished.lock() = -1;
             }
             // Consistency: the counts move with the batch, under the lock readers take their
             // snapshot under. An import writes keys without events: unknown while it runs,
