@@ -557,6 +557,10 @@ mod tests {
     }
 
     impl Source {
+        fn open(dir: &std::path::Path, cfg: StoreConfig) -> Source {
+            Source { store: Store::open(dir, cfg).unwrap(), index: 0, leases: Vec::new(), next_lease: 0 }
+        }
+
         fn apply(&mut self, body: CommandBody) {
             self.index += 1;
             let cmd = Command::new(self.index, body).encode_to_vec();
@@ -728,12 +732,7 @@ mod tests {
     fn run_seed(seed: u64) {
         let mut rng = StdRng::seed_from_u64(seed);
         let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let mut source = Source {
-            store: Store::open(dirs.0.path(), StoreConfig::default()).unwrap(),
-            index: 0,
-            leases: Vec::new(),
-            next_lease: 0,
-        };
+        let mut source = Source::open(dirs.0.path(), StoreConfig::default());
         let target = Store::open(dirs.1.path(), StoreConfig::default()).unwrap();
         let mut next_group = 100;
         for _round in 0..3 {
@@ -778,12 +777,7 @@ mod tests {
             CommandBody::Put(PutRequest { key: k.to_owned().into(), value: v.to_owned().into(), ..Default::default() })
         };
         let target = {
-            let mut source = Source {
-                store: Store::open(dir.path(), cfg.clone()).unwrap(),
-                index: 0,
-                leases: Vec::new(),
-                next_lease: 0,
-            };
+            let mut source = Source::open(dir.path(), cfg.clone());
             source.apply(put("a", "1"));
             assert_eq!(source.store.current_revision(SOURCE), 2);
             source.apply(CommandBody::BackupMark(crate::command::BackupMark { revision: 2, time_unix_ms: 1 }));
@@ -820,12 +814,7 @@ mod tests {
     #[test]
     fn broken_chains_are_refused() {
         let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let mut source = Source {
-            store: Store::open(dirs.0.path(), StoreConfig::default()).unwrap(),
-            index: 0,
-            leases: Vec::new(),
-            next_lease: 0,
-        };
+        let mut source = Source::open(dirs.0.path(), StoreConfig::default());
         let target = Store::open(dirs.1.path(), StoreConfig::default()).unwrap();
         let mut rng = StdRng::seed_from_u64(7);
         for _ in 0..10 {

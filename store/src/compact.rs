@@ -77,17 +77,19 @@ impl BatchWriter<'_> {
 
 /// Reads the finished compact revision of `g` (-1 if none).
 pub(crate) fn finished_revision(r: &Reader<'_>, g: GroupId) -> Result<Revision> {
-    match r.get(Cf::Meta, &kc::meta_compact_key(g))? {
-        Some(v) => Ok(engine::be_u64(&v, "finished compact revision")? as i64),
-        None => Ok(-1),
-    }
+    meta_revision(r, &kc::meta_compact_key(g), "finished compact revision")
 }
 
 /// Reads the target of the newest purge of `g` that wrote anything, finished or not (-1 if
 /// none): below it, history may be partly purged.
 pub(crate) fn started_revision(r: &Reader<'_>, g: GroupId) -> Result<Revision> {
-    match r.get(Cf::Meta, &kc::meta_purge_key(g))? {
-        Some(v) => Ok(engine::be_u64(&v, "started purge revision")? as i64),
+    meta_revision(r, &kc::meta_purge_key(g), "started purge revision")
+}
+
+/// A revision the purge records under meta `key` (-1 if none).
+fn meta_revision(r: &Reader<'_>, key: &[u8], what: &str) -> Result<Revision> {
+    match r.get(Cf::Meta, key)? {
+        Some(v) => Ok(engine::be_u64(&v, what)? as i64),
         None => Ok(-1),
     }
 }

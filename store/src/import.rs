@@ -852,6 +852,25 @@ mod tests {
         a.store.check_invariants(G);
     }
 
+    /// A source in `dir` with `before` random operations, a full export at F, `after` more
+    /// and a delta to its end R: the source, the chain, F and R.
+    fn source_chain(
+        rng: &mut StdRng,
+        dir: &std::path::Path,
+        before: usize,
+        after: usize,
+    ) -> (Replica, Vec<Vec<BackupRecord>>, Revision, Revision) {
+        let mut source = Replica::open(dir);
+        let mut leases = Vec::new();
+        source.apply(&random_ops(rng, before, &mut leases));
+        let full = export(&source.store, None);
+        let f = source.store.current_revision(G);
+        source.apply(&random_ops(rng, after, &mut leases));
+        let delta = export(&source.store, Some(f));
+        let end = source.store.current_revision(G);
+        (source, vec![full, delta], f, end)
+    }
+
     /// The group's `gone` entries and delete records, by revision.
     fn deletes(store: &Store) -> (usize, Vec<Revision>) {
         let db = &store.inner.db;
@@ -876,14 +895,7 @@ mod tests {
     fn a_replace_below_the_old_purge_is_purged_from_its_start() {
         let mut rng = StdRng::seed_from_u64(21);
         let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-        let mut source = Replica::open(dirs[0].path());
-        let mut leases = Vec::new();
-        source.apply(&random_ops(&mut rng, 60, &mut leases));
-        let full = export(&source.store, None);
-        let f = source.store.current_revision(G);
-        source.apply(&random_ops(&mut rng, 120, &mut leases));
-        let delta = export(&source.store, Some(f));
-        let end = source.store.current_revision(G);
+        let (source, chain, _, end) = source_chain(&mut rng, dirs[0].path(), 60, 120);
         assert!(!deletes(&source.store).1.is_empty(), "the source deleted keys");
 
         let mut t = Replica::open(dirs[1].path());
@@ -893,7 +905,7 @@ mod tests {
         t.apply(&[CommandBody::Compact(CompactRequest { revision: purged, physical: false })]);
         assert!(t.store.wait_compaction_finished(G, purged, Duration::from_secs(20)));
 
-        for (i, r) in t.apply(&plan(&[full, delta], end, 7)).into_iter().enumerate() {
+        for (i, r) in t.apply(&plan(&chain, end, 7)).into_iter().enumerate() {
             assert!(r.is_ok(), "step {i}: {r:?}");
         }
         let n = t.store.compact_revision(G);
@@ -910,16 +922,9 @@ mod tests {
     fn import_into_an_empty_group_keeps_revisions() {
         let mut rng = StdRng::seed_from_u64(9);
         let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-        let mut source = Replica::open(dirs[0].path());
-        let mut leases = Vec::new();
-        source.apply(&random_ops(&mut rng, 50, &mut leases));
-        let full = export(&source.store, None);
-        let f = source.store.current_revision(G);
-        source.apply(&random_ops(&mut rng, 50, &mut leases));
-        let delta = export(&source.store, Some(f));
-        let end = source.store.current_revision(G);
+        let (source, chain, f, end) = source_chain(&mut rng, dirs[0].path(), 50, 50);
         let mut t = Replica::open(dirs[1].path());
-        for (i, r) in t.apply(&plan(&[full, delta], end, 5)).into_iter().enumerate() {
+        for (i, r) in t.apply(&plan(&chain, end, 5)).into_iter().enumerate() {
             assert!(r.is_ok(), "step {i}: {r:?}");
         }
         assert_eq!((t.store.current_revision(G), t.store.compact_revision(G)), (end, f));

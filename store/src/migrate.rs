@@ -116,10 +116,7 @@ impl Converter<'_> {
     /// decode them. One above the compact revision had a version no purge removes: corrupt.
     fn drop_orphan_events(&mut self) -> Result<()> {
         let events = engine::cf(self.db, Cf::Events);
-        let mut ro = ReadOptions::default();
-        ro.fill_cache(false);
-        ro.set_readahead_size(READAHEAD_BYTES);
-        let mut it = self.db.raw_iterator_cf_opt(events, ro);
+        let mut it = self.db.raw_iterator_cf_opt(events, walk_options());
         it.seek_to_first();
         while it.valid() {
             let (k, v) = (it.key().expect("valid"), it.value().expect("valid"));
@@ -134,11 +131,7 @@ impl Converter<'_> {
                 }
                 self.batch.delete_cf(events, k);
                 self.done.orphan_events += 1;
-                self.in_batch += 1;
-                if self.in_batch >= BATCH_VERSIONS {
-                    self.db.write_opt(std::mem::take(&mut self.batch), &engine::write_options())?;
-                    self.in_batch = 0;
-                }
+                self.counted()?;
             }
             it.next();
         }
@@ -178,11 +171,22 @@ impl Converter<'_> {
             }
         }
         self.done.versions += 1;
+        self.counted()
+    }
+
+    /// Counts one more change in the batch, and writes the batch once it is full.
+    fn counted(&mut self) -> Result<()> {
         self.in_batch += 1;
         if self.in_batch >= BATCH_VERSIONS {
-            self.db.write_opt(std::mem::take(&mut self.batch), &engine::write_options())?;
-            self.in_batch = 0;
+            self.write_batch()?;
         }
+        Ok(())
+    }
+
+    /// Writes the batch so far.
+    fn write_batch(&mut self) -> Result<()> {
+        self.db.write_opt(std::mem::take(&mut self.batch), &engine::write_options())?;
+        self.in_batch = 0;
         Ok(())
     }
 }
@@ -198,10 +202,7 @@ fn from_layout_1(db: &DB) -> Result<Converted> {
         compact: HashMap::new(),
         done: Converted::default(),
     };
-    let mut ro = ReadOptions::default();
-    ro.fill_cache(false);
-    ro.set_readahead_size(READAHEAD_BYTES);
-    let mut it = db.raw_iterator_cf_opt(&history, ro);
+    let mut it = db.raw_iterator_cf_opt(&history, walk_options());
     it.seek_to_first();
     let mut pending: Option<Pending> = None;
     while it.valid() {
@@ -232,10 +233,12 @@ fn from_layout_1(db: &DB) -> Result<Converted> {
     if let Some(p) = pending.take() {
         conv.write(p, None)?;
     }
-    db.write_opt(std::mem::take(&mut conv.batch), &engine::write_options())?;
+    // Ordering: every converted record is written before the walk over `events`, which
+    // takes any record still in layout 1 for one without a version.
+    conv.write_batch()?;
     conv.drop_orphan_events()?;
-    let Converter { batch, done, .. } = conv;
-    db.write_opt(batch, &engine::write_options())?;
+    conv.write_batch()?;
+    let done = conv.done;
     // Ordering: everything converted is durable before layout 2 is recorded, and that
     // record is durable before `history` is dropped (`upgrade`); a crash anywhere before
     // leaves layout 1 recorded with `history` whole, and the conversion runs again.
@@ -243,6 +246,15 @@ fn from_layout_1(db: &DB) -> Result<Converted> {
     engine::record_layout(db, engine::LAYOUT_VERSION)?;
     flush_all(db)?;
     Ok(done)
+}
+
+/// Options of the conversion's walks over a whole family: read ahead, and keep the block
+/// cache for what the member serves next.
+fn walk_options() -> ReadOptions {
+    let mut ro = ReadOptions::default();
+    ro.fill_cache(false);
+    ro.set_readahead_size(READAHEAD_BYTES);
+    ro
 }
 
 fn flush_all(db: &DB) -> Result<()> {
