@@ -15,7 +15,8 @@
 //! with `n` = its newest change `<= R`:
 //! - every change newer than R;
 //! - `n` if it is a put, or if `n` is at exactly R (a put or a delete): a watch from R reads
-//!   every event at R.
+//!   every event at R (and, as etcd, replays neither half of a put and a delete of one key
+//!   both at R, see the watch hub's `read_events`).
 //!
 //! Everything else at or below R goes: a version replaced by a change at or below R (unless
 //! it is at exactly R), and a delete below R with its `gone` entry. So reads at R see the

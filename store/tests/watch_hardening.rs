@@ -4,6 +4,8 @@
 //!   group, and is canceled once it has been stuck past `watch_stuck_cancel_after`;
 //! - `prev_kv` of an update whose previous version sits exactly at the compact revision, and
 //!   a `prev_kv` watch that would need the version before an update at the compact revision;
+//! - a put and a delete of one key both at the compact revision, which a watch from it
+//!   replays neither of, as etcd;
 //! - a watcher whose start revision is in the future gets no progress notification before
 //!   the store reaches that revision.
 //!
@@ -221,6 +223,58 @@ fn an_update_at_exactly_the_compact_revision_cancels_a_prev_kv_watch_as_compacte
         let evs: Vec<_> =
             got.iter().flat_map(|r| r.events.iter()).map(|e| (e.kv.mod_revision, e.prev_kv.is_some())).collect();
         assert_eq!(evs, vec![(6, false)], "a create at C replays (purge finished: {wait_for_purge})");
+    }
+}
+
+/// A key put and then deleted within one revision C (two nested txns of one txn, which etcd
+/// accepts), then compacted at C: etcd's compaction keeps nothing of the key at C, so a
+/// watch from C replays neither its put nor its delete (seen with etcd 3.5.1), before and
+/// after the purge ran; the other events at C still replay, and the dropped put (an update)
+/// does not cancel a `prev_kv` watcher as compacted. With the compaction one lower, both
+/// events replay.
+#[test]
+fn a_put_and_a_delete_of_one_key_at_the_compact_revision_replay_nothing() {
+    use store::{DeleteRangeRequest, RequestOp, TxnRequest};
+    let nested = |op: RequestOp| RequestOp::txn(TxnRequest { compare: vec![], success: vec![op], failure: vec![] });
+    for (compact_at, wait_for_purge) in [(4, false), (4, true), (3, true)] {
+        let mut n = Node::new();
+        n.put("k", "a"); // 2
+        n.put("y", "1"); // 3
+        let put_k = RequestOp::put(PutRequest { key: b("k"), value: b("b"), ..Default::default() });
+        let del_k = RequestOp::delete_range(DeleteRangeRequest { key: b("k"), ..Default::default() });
+        let put_z = RequestOp::put(PutRequest { key: b("z"), value: b("2"), ..Default::default() });
+        let body = CommandBody::Txn(TxnRequest {
+            compare: vec![],
+            success: vec![nested(put_k), nested(del_k), nested(put_z)],
+            failure: vec![],
+        });
+        n.exec(body).unwrap(); // 4
+        n.put("z", "3"); // 5
+        compact(&mut n, compact_at);
+        if wait_for_purge {
+            let done = n.store.wait_compaction_finished(G, compact_at, Duration::from_secs(10));
+            assert!(done, "purge at {compact_at} never finished");
+        }
+        for prev_kv in [false, true] {
+            let w = n.store.watch_stream(G);
+            w.watch(WatchSpec {
+                key: b("k"),
+                range_end: b("\u{7f}"),
+                start_revision: 4,
+                prev_kv,
+                ..Default::default()
+            });
+            let got = drain_until_synced(&w, Duration::from_secs(10));
+            let events: Vec<String> = got
+                .iter()
+                .flat_map(|r| r.events.iter())
+                .map(|e| format!("{:?} {} {}", e.kind, String::from_utf8_lossy(&e.kv.key), e.kv.mod_revision))
+                .collect();
+            let want: &[&str] =
+                if compact_at < 4 { &["Put k 4", "Delete k 4", "Put z 4", "Put z 5"] } else { &["Put z 4", "Put z 5"] };
+            assert!(got.iter().all(|r| !r.canceled), "compacted at {compact_at}, prev_kv: {prev_kv}: {got:?}");
+            assert_eq!(events, want, "compacted at {compact_at}, purge finished: {wait_for_purge}, prev_kv: {prev_kv}");
+        }
     }
 }
 

@@ -676,7 +676,9 @@ struct ReadBudget {
 ///
 /// History at or below `compact` is what the purge leaves (see `compact.rs`): the newest
 /// version ≤ R of each key and no tombstone below R. So, as etcd after a compaction, a
-/// DELETE at the compact revision is not replayed, and an update at exactly the compact
+/// DELETE at the compact revision is not replayed, nor a PUT at it that a DELETE at it
+/// superseded (etcd keeps nothing of a key whose newest change ≤ R is a delete), and an
+/// update at exactly the compact
 /// revision gets no `prev_kv` (a watcher that asked for it is canceled as compacted, see
 /// [`Watcher::needs_compacted_prev`]). Either way the answer is the same whether or not the
 /// purge has run yet.
@@ -705,6 +707,20 @@ fn read_events(
         }
         let stored = StoredEvent::decode(&v)?;
         if stored.kind == EventKind::Delete && rev.main <= compact {
+            // A key put and then deleted within the compact revision itself (two nested
+            // txns of one txn) has a delete as its newest change at or below it, so etcd's
+            // compaction keeps nothing of the key at that revision: its put is not replayed
+            // either. The put was read just before, in this pass: the compact revision is
+            // the first one a catch-up reads, and the first revision is read whole.
+            if rev.main == compact && stored.prev.is_some_and(|p| p.main == compact) {
+                out.retain(|e| {
+                    let superseded = e.revision() == compact && e.kv.key[..] == *stored.key;
+                    if superseded {
+                        bytes -= queue::event_size(e);
+                    }
+                    !superseded
+                });
+            }
             continue;
         }
         let kv = stored.event_kv(rev.main)?;
