@@ -128,7 +128,7 @@ struct Plan {
     filtered: bool,
     /// No sort and no filter: the first `limit` keys of the range are the answer.
     unordered: bool,
-    /// Keys the scan visits (decodes); the rest are only counted.
+    /// Keys the scan visits (decodes), in key order; the rest are only counted.
     fetch_limit: usize,
     /// Whether visited keys need their values.
     with_value: bool,
@@ -144,12 +144,11 @@ fn plan(req: &RangeRequest, current: Revision, compact: Revision) -> Result<Plan
     if rev < compact {
         return Err(Error::Compacted { requested: rev, compacted: compact });
     }
-    let order = SortOrder::try_from(req.sort_order).map_err(|_| Error::InvalidSortOption)?;
+    let requested = SortOrder::try_from(req.sort_order).map_err(|_| Error::InvalidSortOption)?;
     let target = SortTarget::try_from(req.sort_target).map_err(|_| Error::InvalidSortOption)?;
     // etcd sorts ascending by default when the target is not the key; keys come out of the
-    // scan in ascending key order already. The effective order decides whether the scan may
-    // stop at the limit: a sort must see every key first.
-    let order = match (order, target) {
+    // scan in ascending key order already.
+    let order = match (requested, target) {
         (SortOrder::None, SortTarget::Key) | (SortOrder::Ascend, SortTarget::Key) => SortOrder::None,
         (SortOrder::None, _) => SortOrder::Ascend,
         (o, _) => o,
@@ -160,14 +159,21 @@ fn plan(req: &RangeRequest, current: Revision, compact: Revision) -> Result<Plan
         || req.max_create_revision != 0;
     // Without a sort or a filter, the keys returned are the first `limit` of the range and
     // `more` is `count > limit` (etcd fetches `limit + 1` for it: the same answer), so the
-    // scan visits `limit` keys; with them it must see every key first.
+    // scan visits `limit` keys. etcd fetches every key first only when the request names a
+    // sort order or a filter: a request that names a target other than the key but no order
+    // gets the first `limit + 1` keys of the range sorted by that target, cut to `limit`.
     let unordered = order == SortOrder::None && !filtered;
     let fetch_limit = if req.count_only {
         0
-    } else if !unordered || req.limit <= 0 {
+    } else if requested != SortOrder::None || filtered || req.limit <= 0 {
         usize::MAX
     } else {
-        usize::try_from(req.limit).unwrap_or(usize::MAX)
+        let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
+        if unordered {
+            limit
+        } else {
+            limit.saturating_add(1)
+        }
     };
 
     // Values are decoded only when the response carries them or the sort compares them;

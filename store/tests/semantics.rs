@@ -92,6 +92,47 @@ fn range_forms_limit_count_sort() {
     assert!(matches!(n.store.range(n.g, &RangeRequest::default()), Err(Error::EmptyKey)));
 }
 
+/// A request that names a sort target other than the key but no sort order: etcd fetches
+/// the first `limit + 1` keys in key order, sorts those ascending by the target and cuts
+/// them to `limit` (seen with etcd 3.5.1); with a sort order or a filter named it sorts
+/// every key of the range first.
+#[test]
+fn a_sort_target_without_an_order_sorts_the_first_limit_plus_one_keys() {
+    use store::{SortOrder, SortTarget};
+    let mut n = Node::new();
+    for (k, v) in [("a", "z"), ("b", "y"), ("c", "x"), ("d", "w"), ("e", "v")] {
+        n.put(k, v);
+    }
+    let read = |n: &Node, sort_order: SortOrder, min_mod_revision: i64| {
+        let req = RangeRequest {
+            key: b("a"),
+            range_end: b("z"),
+            limit: 2,
+            sort_order: sort_order as i32,
+            sort_target: SortTarget::Value as i32,
+            min_mod_revision,
+            ..Default::default()
+        };
+        let r = n.store.range(n.g, &req).unwrap();
+        let keys: Vec<String> = r.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()).collect();
+        (keys, r.more, r.count)
+    };
+    assert_eq!(read(&n, SortOrder::None, 0), (vec!["c".into(), "b".into()], true, 5), "a, b, c sorted by value");
+    assert_eq!(read(&n, SortOrder::Ascend, 0), (vec!["e".into(), "d".into()], true, 5), "every key sorted");
+    assert_eq!(read(&n, SortOrder::None, 1), (vec!["e".into(), "d".into()], true, 5), "a filter reads every key");
+    // A limit the range does not reach: every key, sorted.
+    let all = RangeRequest {
+        key: b("a"),
+        range_end: b("z"),
+        limit: 9,
+        sort_target: SortTarget::Value as i32,
+        ..Default::default()
+    };
+    let r = n.store.range(n.g, &all).unwrap();
+    let values: Vec<_> = r.kvs.iter().map(|kv| kv.value.clone()).collect();
+    assert_eq!((values, r.more), (vec![b("v"), b("w"), b("x"), b("y"), b("z")], false));
+}
+
 #[test]
 fn txn_compare_rules_and_kube_shapes() {
     let mut n = Node::new();
