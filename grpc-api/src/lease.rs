@@ -159,13 +159,11 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         let node = &self.node;
         // This member's applied leases, without a read barrier: etcd lists its own lessor's
-        // (so a member that knows no leader still answers).
-        let leases = node
-            .read(Cost::Scan, |store, group| store.leases(group))
-            .await?
-            .into_iter()
-            .map(|l| pb::LeaseStatus { id: l.id })
-            .collect();
+        // (so a member that knows no leader still answers), soonest expiry first.
+        let mut ids: Vec<i64> =
+            node.read(Cost::Scan, |store, group| store.leases(group)).await?.into_iter().map(|l| l.id).collect();
+        node.lessor.sort_by_expiry(&mut ids);
+        let leases = ids.into_iter().map(|id| pb::LeaseStatus { id }).collect();
         Ok(Response::new(pb::LeaseLeasesResponse { header: Some(node.current_header()), leases }))
     }
 }
