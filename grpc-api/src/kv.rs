@@ -162,13 +162,15 @@ impl Kv for KvService {
 }
 
 /// A txn that only reads is served like etcd's (`isTxnReadonly`): the same request checks
-/// as a proposal, a linearizable read barrier unless every range in it is serializable, the
+/// as a proposal but for the size (etcd bounds only what enters its log by
+/// `--max-request-bytes`; gRPC's message limit bounds the rest), a linearizable read
+/// barrier unless every range in it is serializable, the
 /// caller's permissions, then evaluation against the local store. Its answer is what applying
 /// it right after the barrier would give (same semantics, same header revision), without a log
 /// entry.
 async fn read_only_txn(node: &Node, txn: store::TxnRequest, identity: &Request<()>) -> Result<pb::TxnResponse, Status> {
     let command = store::Command { request_id: 0, body: Some(store::CommandBody::Txn(txn)) };
-    node.store.validate(&command).map_err(|e| store_status(&e))?;
+    node.store.check_request(&command).map_err(|e| store_status(&e))?;
     let Some(store::CommandBody::Txn(txn)) = command.body else { unreachable!("built as a txn above") };
     if !txn.is_serializable() {
         node.read_barrier().await?;

@@ -396,6 +396,12 @@ pub fn validate(cmd: &Command, cfg: &StoreConfig) -> Result<()> {
     if cmd.encoded_len() > cfg.max_request_bytes {
         return Err(Error::RequestTooLarge);
     }
+    check_request(cmd, cfg)
+}
+
+/// [`validate`] but for the size: etcd's checks of a request that is served without a log
+/// entry (a read-only txn), which `--max-request-bytes` does not bound.
+pub fn check_request(cmd: &Command, cfg: &StoreConfig) -> Result<()> {
     match &cmd.body {
         None => Err(Error::InvalidCommand("command without body".into())),
         Some(CommandBody::Put(p)) => check_put(p),

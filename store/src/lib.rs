@@ -181,10 +181,10 @@ pub use backup::{
     BACKUP_FORMAT_VERSION, IMPORT_UNKNOWN_LEASE_TTL_SECS,
 };
 pub use command::{
-    check_range, validate, AlarmAction, AlarmRequest, AlarmType, BackupMark, CheckedCommand, Command, CommandBody,
-    CompactRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest, GroupSettings, LeaseCheckpointRequest,
-    LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, Request, RequestOp, SortOrder, SortTarget,
-    TargetUnion, TxnRequest,
+    check_range, check_request, validate, AlarmAction, AlarmRequest, AlarmType, BackupMark, CheckedCommand, Command,
+    CommandBody, CompactRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest, GroupSettings,
+    LeaseCheckpointRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, Request, RequestOp,
+    SortOrder, SortTarget, TargetUnion, TxnRequest,
 };
 pub use config::StoreConfig;
 pub use error::{Error, Result};

@@ -399,6 +399,12 @@ impl Store {
         command::validate(cmd, &self.inner.cfg)
     }
 
+    /// Stateless checks of a command served without a log entry, which are those of
+    /// [`Store::validate`] but for the size (see [`command::check_request`]).
+    pub fn check_request(&self, cmd: &Command) -> Result<()> {
+        command::check_request(cmd, &self.inner.cfg)
+    }
+
     /// Applies committed entries of group `g` in ONE RocksDB WriteBatch that also records
     /// the applied index, then publishes their watch events.
     ///
