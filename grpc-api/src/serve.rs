@@ -476,10 +476,30 @@ where
     Fut: std::future::Future<Output = axum::response::Response> + Send + 'static,
 {
     let call = crate::node::metrics::GrpcCall::start(&node.metrics, &node.runtime, &request);
-    let response = admitted(node, request, next).await;
+    let mut response = admitted(node, request, next).await;
+    oversized_as_etcd(&mut response);
     match call {
         Some(call) => call.finish(response),
         None => response,
+    }
+}
+
+/// tonic refuses a request message above the decoding limit with `OutOfRange` and words of
+/// its own; etcd's gRPC server with `ResourceExhausted`, "grpc: received message larger than
+/// max (N vs. M)". Such an answer carries its status in its headers (an answer that ran
+/// carries it in trailers), so every other answer costs one header lookup here.
+fn oversized_as_etcd(response: &mut axum::response::Response) {
+    const TONIC_WORDS: &str = "Error, decoded message length too large: found ";
+    if response.headers().get("grpc-status").is_none_or(|code| code.as_bytes() != b"11") {
+        return;
+    }
+    let Some(status) = tonic::Status::from_header_map(response.headers()) else { return };
+    let sizes = status.message().strip_prefix(TONIC_WORDS).and_then(|rest| rest.strip_suffix(" bytes"));
+    let Some((found, limit)) = sizes.and_then(|sizes| sizes.split_once(" bytes, the limit is: ")) else { return };
+    let etcd =
+        tonic::Status::resource_exhausted(format!("grpc: received message larger than max ({found} vs. {limit})"));
+    if etcd.add_header(response.headers_mut()).is_err() {
+        warn!("cannot write an oversized request's status");
     }
 }
 

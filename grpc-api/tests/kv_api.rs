@@ -166,6 +166,22 @@ async fn request_size_and_put_flag_errors() {
     let err = status(c.put("big", big, None).await.unwrap_err());
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(err.message(), "etcdserver: request is too large");
+    // A value that fits the limit by itself but not with etcd's entry header (at least 12
+    // bytes: a request id of any member has 49 bits or more).
+    let err = status(c.put("big", vec![b'x'; 1536 * 1024 - 20], None).await.unwrap_err());
+    assert_eq!(err.message(), "etcdserver: request is too large");
+    c.put("big", vec![b'x'; 1536 * 1024 - 40], None).await.unwrap();
+    // A txn that only reads enters no log, so the limit does not bound it (etcd serves one
+    // up to gRPC's message limit, 2 MiB). This one names its key twice: 1.6 MiB.
+    let key = vec![b'k'; 800 * 1024];
+    let only_reads =
+        Txn::new().when([Compare::version(key.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::get(key.clone(), None)]);
+    let resp = c.txn(only_reads).await.unwrap();
+    assert!(resp.succeeded());
+    // Above gRPC's message limit (the request limit and 512 KiB), as etcd's gRPC server.
+    let err = status(c.put("huge", vec![b'x'; 2 * 1024 * 1024], None).await.unwrap_err());
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert_eq!(err.message(), "grpc: received message larger than max (2097163 vs. 2097152)");
     let err = status(c.put("nokey", "", Some(PutOptions::new().with_ignore_value())).await.unwrap_err());
     assert_eq!(err.message(), "etcdserver: key not found");
     c.put("k", "v", None).await.unwrap();
