@@ -473,8 +473,15 @@ impl Auth for AuthService {
     ) -> Result<Response<pb::AuthUserChangePasswordResponse>, Status> {
         caller(&self.node, &request)?.check_admin()?;
         let req = request.into_inner();
-        let password_hash =
-            if !req.hashed_password.is_empty() { req.hashed_password.into() } else { self.hash(req.password).await? };
+        // etcd hashes a new password only when one is given: an empty one stores an empty
+        // hash, which no password matches, so the user can no longer log in.
+        let password_hash = if !req.hashed_password.is_empty() {
+            req.hashed_password.into()
+        } else if req.password.is_empty() {
+            bytes::Bytes::new()
+        } else {
+            self.hash(req.password).await?
+        };
         self.propose(AuthCommand::UserChangePassword(sa::UserChangePasswordRequest { name: req.name, password_hash }))
             .await?;
         Ok(Response::new(pb::AuthUserChangePasswordResponse { header: self.header() }))

@@ -365,8 +365,11 @@ impl AuthState {
             }
             AuthCommand::UserChangePassword(u) => {
                 let user = self.user_mut(&u.name)?;
-                user.password_hash = u.password_hash.clone();
-                user.no_password = false;
+                // As etcd's: a user added without a password keeps none (its logins stay
+                // refused), though the change still counts as one.
+                if !user.no_password {
+                    user.password_hash = u.password_hash.clone();
+                }
                 self.revision += 1;
                 return Ok(AuthResponse::UserInvalidated(u.name.clone()));
             }
@@ -668,6 +671,23 @@ mod tests {
     }
     fn grant(r: &str, p: Permission) -> AuthCommand {
         AuthCommand::RoleGrantPermission(RoleGrantPermissionRequest { name: r.into(), perm: Some(p) })
+    }
+
+    /// As etcd's: a password change leaves a user added without a password with none (its
+    /// logins stay refused), and still counts as a change of the auth store.
+    #[test]
+    fn a_password_change_keeps_a_user_without_a_password_without_one() {
+        let s = initial();
+        let no_password =
+            AuthCommand::UserAdd(UserAddRequest { name: "np".into(), password_hash: Bytes::new(), no_password: true });
+        let s = run(&s, vec![no_password]);
+        let before = s.revision;
+        let change =
+            AuthCommand::UserChangePassword(UserChangePasswordRequest { name: "np".into(), password_hash: "h".into() });
+        let s = run(&s, vec![change]);
+        let user = s.user("np").unwrap();
+        assert!(user.no_password && user.password_hash.is_empty(), "{user:?}");
+        assert_eq!(s.revision, before + 1);
     }
 
     #[test]

@@ -148,3 +148,25 @@ fn users_roles_permissions_and_tokens() {
         s.ctl(&["auth", "status"]);
     });
 }
+
+/// Password changes etcd treats specially: a user added without a password keeps none (a
+/// login with the new password is refused as one given to such a user), and an empty new
+/// password stores no hash, which no password matches.
+#[test]
+fn password_changes_of_a_user_without_one_and_to_an_empty_one() {
+    differential("etcdctl_auth_passwords", |s| {
+        for (user, password) in [("root", "--new-user-password=rootpw"), ("f4", "--new-user-password=f4pw")] {
+            s.ctl(&["user", "add", user, password]);
+            s.ctl(&["user", "grant-role", user, "root"]);
+        }
+        s.ctl(&["user", "add", "np", "--no-password"]);
+        s.ctl(&["user", "grant-role", "np", "root"]);
+        s.ctl_stdin(&["user", "passwd", "np", "--interactive=false"], "pw\n");
+        s.ctl_stdin(&["user", "passwd", "f4", "--interactive=false"], "\n");
+        s.ctl(&["auth", "enable"]);
+        as_user(s, "--user=np:pw", &["get", "a"]);
+        as_user(s, "--user=f4:", &["get", "a"]);
+        as_user(s, "--user=f4:f4pw", &["get", "a"]);
+        as_user(s, ROOT, &["get", "a"]);
+    });
+}
