@@ -83,17 +83,17 @@ impl Maintenance for MaintenanceService {
         // Anyone may ask, with auth enabled too (etcd 3.5.1 checks nothing here).
         let node = &self.node;
         let raft = node.raft_status();
-        let errors = node
-            .alarms
-            .active()
-            .iter()
-            .map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)))
-            .collect();
+        let leader = raft.as_ref().map(|s| s.leader.0).unwrap_or(0);
+        // As etcd's: "no leader" first, then every active alarm.
+        let no_leader = (leader == 0).then(|| EtcdError::NoLeader.message().to_string());
+        let alarms = node.alarms.active();
+        let alarms = alarms.iter().map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)));
+        let errors = no_leader.into_iter().chain(alarms).collect();
         Ok(Response::new(pb::StatusResponse {
             header: Some(node.current_header()),
             version: ETCD_COMPAT_VERSION.to_string(),
             db_size: node.store.db_size_bytes() as i64,
-            leader: raft.as_ref().map(|s| s.leader.0).unwrap_or(0),
+            leader,
             raft_index: raft.as_ref().map(|s| s.commit.0).unwrap_or(0),
             raft_term: raft.as_ref().map(|s| s.term.0).unwrap_or(0),
             raft_applied_index: *node.applied.borrow(),

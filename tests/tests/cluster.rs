@@ -766,6 +766,9 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
         // store (which here has auth disabled), so it waits as a read does.
         let login = AuthenticateRequest { name: "root".into(), password: "pw".into() };
         let no_leader = (UNAVAILABLE, "etcdserver: no leader");
+        // Status answers at once and names the missing leader among its errors, as etcd's.
+        let status = must_connect(&endpoint).await.status().await.expect("status");
+        assert_eq!((status.leader(), status.errors()), (0, &["etcdserver: no leader".to_string()][..]));
         // Listing leases reads this member's own, as etcd's lessor does: no leader needed.
         let (status, text, elapsed) = raw_unary(&endpoint, LEASES, &LeaseLeasesRequest {}, None).await;
         assert_eq!(status, 0, "lease list on a leaderless member: {text}");

@@ -319,7 +319,9 @@ pub fn etcd_hash_kv(store: &store::Store, g: GroupId, rev: i64, dir: &Path) -> s
     if rev > current {
         return Err(store::Error::FutureRevision { requested: rev, current });
     }
-    let rev = if rev <= 0 { current } else { rev };
+    // A negative revision hashes no entry at all (etcd's walk keeps entries below `rev + 1`),
+    // which gives the hash of an empty store.
+    let rev = if rev == 0 { current } else { rev };
     let io = |e: anyhow::Error| store::Error::Io(std::io::Error::other(format!("{e:#}")));
     let mut sorter = RunSorter::new(dir);
     // Whether etcd's keep set at `rev` has a member: some key's newest version at `rev` is live.
