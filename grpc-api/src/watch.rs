@@ -367,7 +367,9 @@ impl StreamState {
             fragment: false,
         };
         if self.fragment.contains(&watch_id) {
-            for piece in fragment(head, response.events, self.node.cfg.max_request_bytes) {
+            // etcd's watch server fragments at its request limit plus gRPC's overhead.
+            let limit = self.node.cfg.max_request_bytes + crate::config::GRPC_OVERHEAD_BYTES;
+            for piece in fragment(head, response.events, limit) {
                 if !self.send(piece).await {
                     return false;
                 }
@@ -389,18 +391,20 @@ impl StreamState {
     }
 }
 
-/// Splits encoded events over responses of at most `limit_bytes` of encoded events each (at
-/// least one event per response); every response but the last is marked `fragment`.
+/// Splits encoded events over responses as etcd's `sendFragments` does: a response takes
+/// events in order until the next one would make the whole response `limit_bytes` or more
+/// (at least one event per response); every response but the last is marked `fragment`.
 fn fragment(head: WireHead, events: Vec<store::SharedEvent>, limit_bytes: usize) -> Vec<WireResponse> {
+    let head_bytes = Message::encoded_len(&WireHead { fragment: true, ..head.clone() });
     let mut out = Vec::new();
     let mut current: Vec<store::SharedEvent> = Vec::new();
-    let mut current_bytes = 0usize;
+    let mut current_bytes = head_bytes;
     for event in events {
         let size = encode_event(&event).len();
-        if !current.is_empty() && current_bytes + size > limit_bytes {
+        if !current.is_empty() && current_bytes + size >= limit_bytes {
             let head = WireHead { fragment: true, ..head.clone() };
             out.push(WireResponse { head, events: std::mem::take(&mut current) });
-            current_bytes = 0;
+            current_bytes = head_bytes;
         }
         current_bytes += size;
         current.push(event);
@@ -430,6 +434,26 @@ mod tests {
         let mut buf = Vec::new();
         wire.encode(&mut buf);
         buf
+    }
+
+    /// etcd's rule, seen with etcd 3.5.1 (default limits): three events of 900 KB go out as
+    /// two responses, the first two events together, as they stay under 1.5 MiB + 512 KiB.
+    #[test]
+    fn fragments_are_cut_where_etcds_are() {
+        let limit = 1536 * 1024 + crate::config::GRPC_OVERHEAD_BYTES;
+        let pieces = fragment(WireHead::default(), vec![event(900_000), event(900_000), event(900_000)], limit);
+        let shape: Vec<(usize, bool)> = pieces.iter().map(|p| (p.events.len(), p.head.fragment)).collect();
+        assert_eq!(shape, vec![(2, true), (1, false)]);
+        // A response is cut before the event that makes it reach the limit, head included.
+        let two = WireResponse {
+            head: WireHead { fragment: true, ..Default::default() },
+            events: vec![event(100), event(100)],
+        };
+        let reach = WireMessage::encoded_len(&two);
+        let at = fragment(WireHead::default(), vec![event(100), event(100)], reach);
+        assert_eq!(at.len(), 2, "a response of exactly the limit is cut");
+        let above = fragment(WireHead::default(), vec![event(100), event(100)], reach + 1);
+        assert_eq!(above.len(), 1);
     }
 
     #[test]
