@@ -207,6 +207,11 @@ impl Model {
         let count = all.len() as i64;
         let mut kvs: Vec<KeyValue> = if req.count_only { vec![] } else { all };
         kvs.retain(|kv| req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision);
+        // etcd reads only the first `limit + 1` keys (in key order) unless the request names a
+        // sort order or a filter; a sort by another target then sorts just those.
+        if req.sort_order == 0 && req.min_mod_revision == 0 && req.limit > 0 {
+            kvs.truncate(req.limit as usize + 1);
+        }
         let (order, target) = (req.sort_order, req.sort_target);
         let order = if target != 0 && order == 0 {
             1
