@@ -11,6 +11,12 @@ pub const MAX_REQUEST_BYTES_DEFAULT: usize = 1536 * 1024;
 /// gRPC framing overhead etcd allows on top of `--max-request-bytes`.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
+/// etcd's gRPC message limit for a request limit of `max_request_bytes`: the largest request
+/// message its server decodes, and the size at which its watch server cuts fragments.
+pub fn grpc_message_bytes_max(max_request_bytes: usize) -> usize {
+    max_request_bytes + GRPC_OVERHEAD_BYTES
+}
+
 /// Flags of `plinth serve`. Names follow etcd. Flags that only tune what etcd does differently
 /// (`--snapshot-count`, `--logger`, ...) are accepted so manifests keep working; security
 /// flags this build does not serve are refused at start-up (see [`SecurityArgs`]), never

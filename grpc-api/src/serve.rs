@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::config::{split_urls, AutoCompaction, ServeArgs, GRPC_OVERHEAD_BYTES};
+use crate::config::{grpc_message_bytes_max, split_urls, AutoCompaction, ServeArgs, GRPC_OVERHEAD_BYTES};
 use crate::node::membership::{parse_initial_cluster, ConfContext, Identity, Member, REMOVED_MESSAGE};
 use crate::node::metrics::Metrics;
 use crate::node::peer::pb::peer_server::PeerServer;
@@ -316,10 +316,10 @@ fn client_service(
     backups: Option<Arc<crate::backup::schedule::Scheduler>>,
 ) -> ClientService {
     let kv = crate::kv::server::k_v_server::KVServer::new(crate::kv::KvService { node: node.clone() })
-        .max_decoding_message_size(max_request_bytes + GRPC_OVERHEAD_BYTES)
+        .max_decoding_message_size(grpc_message_bytes_max(max_request_bytes))
         .max_encoding_message_size(usize::MAX);
     let watch = WatchServer::new(crate::watch::WatchService { node: node.clone() })
-        .max_decoding_message_size(max_request_bytes + GRPC_OVERHEAD_BYTES)
+        .max_decoding_message_size(grpc_message_bytes_max(max_request_bytes))
         .max_encoding_message_size(usize::MAX);
     // One lease service (one id generator) for the Lease service and the Lock and Election
     // services' grants.

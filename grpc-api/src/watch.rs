@@ -367,8 +367,7 @@ impl StreamState {
             fragment: false,
         };
         if self.fragment.contains(&watch_id) {
-            // etcd's watch server fragments at its request limit plus gRPC's overhead.
-            let limit = self.node.cfg.max_request_bytes + crate::config::GRPC_OVERHEAD_BYTES;
+            let limit = crate::config::grpc_message_bytes_max(self.node.cfg.max_request_bytes);
             for piece in fragment(head, response.events, limit) {
                 if !self.send(piece).await {
                     return false;
@@ -440,7 +439,7 @@ mod tests {
     /// two responses, the first two events together, as they stay under 1.5 MiB + 512 KiB.
     #[test]
     fn fragments_are_cut_where_etcds_are() {
-        let limit = 1536 * 1024 + crate::config::GRPC_OVERHEAD_BYTES;
+        let limit = crate::config::grpc_message_bytes_max(crate::config::MAX_REQUEST_BYTES_DEFAULT);
         let pieces = fragment(WireHead::default(), vec![event(900_000), event(900_000), event(900_000)], limit);
         let shape: Vec<(usize, bool)> = pieces.iter().map(|p| (p.events.len(), p.head.fragment)).collect();
         assert_eq!(shape, vec![(2, true), (1, false)]);
