@@ -103,7 +103,7 @@ pub struct Caller {
 const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
 
 /// The caller of `request` (etcd's `AuthInfoFromCtx`): with auth disabled nobody in
-/// particular; otherwise the user of its token, `etcdserver: invalid auth token` for a
+/// particular, but a token sent anyway must be one this member knows; otherwise the user of its token, `etcdserver: invalid auth token` for a
 /// token this member does not know (expired, or from before a password change); without a
 /// token, with `--client-cert-auth`, the Common Name of the connection's verified client
 /// certificate (etcd's `AuthInfoFromTLS`); else no user (every check then answers
@@ -139,10 +139,23 @@ pub fn caller_of(
 ) -> Result<Caller, Status> {
     let state = node.store.auth(node.group());
     let revision = state.revision;
+    let token = TOKEN_KEYS.iter().find_map(|k| metadata.get(*k)).and_then(|v| v.to_str().ok());
     if !state.enabled {
+        // etcd resolves a request's token whether or not auth is enabled, and refuses one it
+        // does not know: a simple token from before `auth disable` (disabling drops every
+        // simple token), or garbage. A JWT token that verifies is accepted. Nobody is checked
+        // either way.
+        if let Some(token) = token {
+            let known = match &node.cfg.auth.jwt {
+                Some(jwt) => jwt.verify(token, node.group().0).is_some(),
+                None => node.store.simple_token_user(node.group(), token, node.cfg.auth.token_ttl).is_some(),
+            };
+            if !known {
+                return Err(EtcdError::InvalidAuthToken.status());
+            }
+        }
         return Ok(Caller { user: None, revision, state });
     }
-    let token = TOKEN_KEYS.iter().find_map(|k| metadata.get(*k)).and_then(|v| v.to_str().ok());
     let (user, revision) = match (token, &node.cfg.auth.jwt) {
         (None, _) => (certificate_user.map(Arc::from), revision),
         // A JWT token stands for the auth revision it was issued at.

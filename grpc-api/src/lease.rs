@@ -52,12 +52,16 @@ impl Lease for LeaseService {
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         let node = &self.node;
+        // etcd's order: the quota first, then the token (as the grant is proposed; a grant
+        // needs no permission, but an unknown token is refused, with auth on or off), then
+        // the TTL (at apply).
+        if node.alarms.nospace() {
+            return Err(EtcdError::NoSpace.status());
+        }
+        crate::auth::caller(node, &request)?;
         let req = request.into_inner();
         if req.ttl > TTL_MAX_SECONDS {
             return Err(EtcdError::LeaseTtlTooLarge.status());
-        }
-        if node.alarms.nospace() {
-            return Err(EtcdError::NoSpace.status());
         }
         let id = if req.id == 0 { self.generate_id() } else { req.id };
         let ttl = node.lessor.granted_ttl(req.ttl);

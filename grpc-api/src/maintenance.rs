@@ -33,8 +33,11 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Sta
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, request: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
-        let req = request.into_inner();
         let node = &self.node;
+        // Every alarm request is a proposal in etcd, which refuses an unknown token (no
+        // permission is needed).
+        crate::auth::caller(node, &request)?;
+        let req = request.into_inner();
         // etcd's semantics (`applierV3backend.Alarm`): GET lists the alarms of the requested
         // type (all for NONE); ACTIVATE returns the alarm, also when it was already raised,
         // and nothing for type NONE; DEACTIVATE returns the alarm if it was raised, else

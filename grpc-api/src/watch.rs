@@ -299,14 +299,16 @@ impl StreamState {
         let key = if create.key.is_empty() { bytes::Bytes::from_static(b"\0") } else { create.key };
         let range_end = create.range_end;
         // Read permission on the whole watched range, checked once at create and first, as
-        // etcd's isWatchPermitted is; a refusal cancels this watch only, with the status text
-        // etcd puts in the reason, under the id the request carried (etcd's answer). Unlike
-        // etcd 3.5, a from-key range ("\0") is checked as the whole range rather than as its
-        // first key.
+        // etcd's isWatchPermitted is; a refusal cancels this watch only, under the id the
+        // request carried. Whatever the cause (no user, an unknown token, even while auth is
+        // disabled, or a missing permission), etcd's reason is the status text of "permission
+        // denied". Unlike etcd 3.5, a from-key range ("\0") is checked as the whole range
+        // rather than as its first key.
         let permitted = crate::auth::caller_of(&self.node, &self.identity.0, self.identity.1.clone())
             .and_then(|caller| caller.check_read(&key, &range_end));
-        if let Err(status) = permitted {
-            let reason = format!("rpc error: code = {:?} desc = {}", status.code(), status.message());
+        if permitted.is_err() {
+            let denied = EtcdError::PermissionDenied.status();
+            let reason = format!("rpc error: code = {:?} desc = {}", denied.code(), denied.message());
             return self.send(refuse_as(create.watch_id, &reason)).await;
         }
         if create.start_revision < 0 {
