@@ -56,10 +56,13 @@ pub(crate) async fn session_lease(leases: &LeaseService, identity: &Request<()>,
     Ok(leases.lease_grant(on_behalf_of(identity, grant)).await?.into_inner().id)
 }
 
-/// The key of the contender with `lease` under `prefix` (`<name>/`).
+/// The key of the contender with `lease` under `prefix` (`<name>/`): the lease id in hex as
+/// Go's `%x` prints an `int64`, with a minus sign for a negative id (`x/-5`), so a client's
+/// recipe and this one queue under the same key.
 pub(crate) fn contender_key(prefix: &[u8], lease: i64) -> Vec<u8> {
     let mut key = prefix.to_vec();
-    key.extend_from_slice(format!("{lease:x}").as_bytes());
+    let sign = if lease < 0 { "-" } else { "" };
+    key.extend_from_slice(format!("{sign}{:x}", lease.unsigned_abs()).as_bytes());
     key
 }
 
@@ -238,5 +241,18 @@ pub(crate) async fn wait_deletes(
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contender_key;
+
+    #[test]
+    fn contender_keys_print_the_lease_as_gos_hex() {
+        assert_eq!(contender_key(b"x/", 0x694d), b"x/694d");
+        assert_eq!(contender_key(b"x/", -5), b"x/-5");
+        assert_eq!(contender_key(b"x/", i64::MIN), b"x/-8000000000000000");
+        assert_eq!(contender_key(b"x/", i64::MAX), b"x/7fffffffffffffff");
     }
 }

@@ -324,25 +324,40 @@ fn client_service(
     // One lease service (one id generator) for the Lease service and the Lock and Election
     // services' grants.
     let leases = Arc::new(crate::lease::LeaseService::new(node.clone()));
-    let lease = LeaseServer::from_arc(leases.clone());
+    // etcd's gRPC server has one receive limit for every service (tonic's default is 4 MiB).
+    let decode_max = grpc_message_bytes_max(max_request_bytes);
+    let lease = LeaseServer::from_arc(leases.clone()).max_decoding_message_size(decode_max);
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(kv.clone())
         .add_service(watch.clone())
         .add_service(lease.clone())
-        .add_service(ClusterServer::new(crate::cluster::ClusterService { node: node.clone() }))
-        .add_service(crate::pb::etcdserverpb::auth_server::AuthServer::new(crate::auth::AuthService::new(node.clone())))
+        .add_service(
+            ClusterServer::new(crate::cluster::ClusterService { node: node.clone() })
+                .max_decoding_message_size(decode_max),
+        )
+        .add_service(
+            crate::pb::etcdserverpb::auth_server::AuthServer::new(crate::auth::AuthService::new(node.clone()))
+                .max_decoding_message_size(decode_max),
+        )
         .add_service(
             MaintenanceServer::new(crate::maintenance::MaintenanceService { node: node.clone() })
+                .max_decoding_message_size(decode_max)
                 .max_encoding_message_size(usize::MAX),
         )
-        .add_service(crate::pb::v3lockpb::lock_server::LockServer::new(crate::lock::LockService {
-            node: node.clone(),
-            leases: leases.clone(),
-        }))
-        .add_service(crate::pb::v3electionpb::election_server::ElectionServer::new(crate::election::ElectionService {
-            node: node.clone(),
-            leases,
-        }))
+        .add_service(
+            crate::pb::v3lockpb::lock_server::LockServer::new(crate::lock::LockService {
+                node: node.clone(),
+                leases: leases.clone(),
+            })
+            .max_decoding_message_size(decode_max),
+        )
+        .add_service(
+            crate::pb::v3electionpb::election_server::ElectionServer::new(crate::election::ElectionService {
+                node: node.clone(),
+                leases,
+            })
+            .max_decoding_message_size(decode_max),
+        )
         .add_service(health);
     // On a tenant's router the admin API only answers "permission denied".
     grpc.add_service(

@@ -182,6 +182,13 @@ async fn request_size_and_put_flag_errors() {
     let err = status(c.put("huge", vec![b'x'; 2 * 1024 * 1024], None).await.unwrap_err());
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert_eq!(err.message(), "grpc: received message larger than max (2097163 vs. 2097152)");
+    // The same limit for every service (tonic's own default is 4 MiB).
+    let name = vec![b'n'; 2 * 1024 * 1024];
+    let too_large = "grpc: received message larger than max (2097157 vs. 2097152)";
+    let err = status(c.leader(name.clone()).await.unwrap_err());
+    assert_eq!((err.code(), err.message()), (Code::ResourceExhausted, too_large));
+    let err = status(c.lock(name, None).await.unwrap_err());
+    assert_eq!((err.code(), err.message()), (Code::ResourceExhausted, too_large));
     let err = status(c.put("nokey", "", Some(PutOptions::new().with_ignore_value())).await.unwrap_err());
     assert_eq!(err.message(), "etcdserver: key not found");
     c.put("k", "v", None).await.unwrap();
