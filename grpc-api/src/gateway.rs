@@ -13,16 +13,20 @@
 //!
 //! - A unary method answers one JSON object; an error answers grpc-gateway's
 //!   `{"error","code","message"}` with the HTTP status of the gRPC code.
-//! - A streaming method (watch, lease keep-alive, snapshot, election observe) reads the
-//!   request body as a sequence of JSON requests and answers a stream of
-//!   `{"result": ...}` lines, ending with `{"error": {...}}` if the call fails.
+//! - A streaming method (watch, lease keep-alive, snapshot, election observe) answers a
+//!   stream of `{"result": ...}` lines, ending with `{"error": {...}}` if the call fails. A
+//!   bidirectional one (watch, keep-alive) reads its body as a sequence of JSON requests,
+//!   each sent on as soon as its last byte arrives, so a watch body kept open can create,
+//!   cancel and ask for progress over time, as with etcd.
 //! - Methods but `POST` answer Go's `405`, unknown paths its `404` (the CORS headers, `OPTIONS`
 //!   and `/v3beta/` are `http::access_controlled`'s, in front of every HTTP request).
 //!
-//! Bounds: a request body is read whole, up to twice the member's request size limit (base64
-//! and field names make JSON up to about twice the protobuf, whose size the service then
-//! checks as any call's); a stream holds at most one response message while it converts it,
-//! and converts the next only when the client has taken the last.
+//! Bounds: a unary or server-streaming request body is read whole, and a bidirectional one
+//! holds at most one request, up to twice the member's request size limit (base64 and field
+//! names make JSON up to about twice the protobuf, whose size the service then checks as any
+//! call's); the next request is read only when the service has taken the last. A stream
+//! holds at most one response message while it converts it, and converts the next only when
+//! the client has taken the last.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Method, StatusCode};
@@ -53,9 +57,10 @@ struct Route {
     http: &'static str,
     grpc: &'static str,
     kind: Kind,
-    /// The JSON request body as the method's protobuf requests, each one gRPC frame: the
-    /// first value only if the flag says so.
-    requests: fn(&[u8], bool) -> Result<BytesMut, String>,
+    /// The first JSON value of a request body as one gRPC frame of the method's request.
+    first: fn(&[u8]) -> Result<Bytes, String>,
+    /// One JSON value (a whole object) as one gRPC frame of the method's request.
+    request: fn(&[u8]) -> Result<Bytes, String>,
     /// One protobuf response as JSON.
     response: fn(&[u8]) -> Result<Vec<u8>, String>,
 }
@@ -63,7 +68,14 @@ struct Route {
 /// The table of routes, one line each: gateway path => gRPC path, kind, request, response.
 macro_rules! routes {
     ($($http:literal => $grpc:literal, $kind:ident, $req:ty, $resp:ty;)*) => {
-        &[$(Route { http: $http, grpc: $grpc, kind: Kind::$kind, requests: framed::<$req>, response: json::<$resp> },)*]
+        &[$(Route {
+            http: $http,
+            grpc: $grpc,
+            kind: Kind::$kind,
+            first: first_frame::<$req>,
+            request: one_frame::<$req>,
+            response: json::<$resp>,
+        },)*]
     };
 }
 
@@ -123,27 +135,137 @@ const ROUTES: &[Route] = routes! {
     "/v3/election/resign" => "/v3electionpb.Election/Resign", Unary, v3electionpb::ResignRequest, v3electionpb::ResignResponse;
 };
 
-/// The JSON values in `body` (only the first if `first_only`: grpc-gateway decodes one value
-/// for a unary method and ignores what follows it) as gRPC frames of `M`. None (an empty body)
+/// The first JSON value of `body` as one gRPC frame of `M` (a unary or server-streaming
+/// method: grpc-gateway decodes one value and ignores what follows it). None (an empty body)
 /// is one default request, as grpc-gateway decodes an empty body.
-fn framed<M: prost::Message + Default + DeserializeOwned>(body: &[u8], first_only: bool) -> Result<BytesMut, String> {
-    let mut frames = BytesMut::new();
-    let mut push = |m: M| {
-        frames.put_u8(0);
-        frames.put_u32(m.encoded_len() as u32);
-        m.encode(&mut frames).expect("BytesMut grows");
+fn first_frame<M: prost::Message + Default + DeserializeOwned>(body: &[u8]) -> Result<Bytes, String> {
+    let m = match serde_json::Deserializer::from_slice(body).into_iter::<M>().next() {
+        Some(value) => value.map_err(|e| e.to_string())?,
+        None => M::default(),
     };
-    let mut values = serde_json::Deserializer::from_slice(body).into_iter::<M>().peekable();
-    if values.peek().is_none() {
-        push(M::default());
+    Ok(frame_of(&m))
+}
+
+/// `m` as one gRPC frame.
+fn frame_of<M: prost::Message>(m: &M) -> Bytes {
+    let mut frame = BytesMut::with_capacity(5 + m.encoded_len());
+    frame.put_u8(0);
+    frame.put_u32(m.encoded_len() as u32);
+    m.encode(&mut frame).expect("BytesMut grows");
+    frame.freeze()
+}
+
+/// One JSON value as one gRPC frame of `M`.
+fn one_frame<M: prost::Message + Default + DeserializeOwned>(value: &[u8]) -> Result<Bytes, String> {
+    let m: M = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+    Ok(frame_of(&m))
+}
+
+/// The JSON values of a request body that arrives over time, each found as soon as its last
+/// byte arrives: every byte is scanned once (a value ends where its outermost brace or
+/// bracket closes, strings and escapes aside), so a value sent a byte at a time costs no
+/// more than one sent whole. One value may be at most `max` bytes.
+struct JsonValues {
+    body: axum::body::Body,
+    buf: BytesMut,
+    /// Bytes of `buf` scanned so far; the current value starts at 0.
+    scanned: usize,
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    max: usize,
+}
+
+/// What the next value of a [`JsonValues`] is.
+enum NextValue {
+    /// A whole value's bytes.
+    Value(Bytes),
+    /// The body ended between values.
+    End,
+    /// The body cannot be read as values (the reason).
+    Malformed(String),
+}
+
+impl JsonValues {
+    fn new(body: axum::body::Body, max: usize) -> JsonValues {
+        JsonValues { body, buf: BytesMut::new(), scanned: 0, depth: 0, in_string: false, escaped: false, max }
     }
-    for value in values {
-        push(value.map_err(|e| e.to_string())?);
-        if first_only {
-            break;
+
+    async fn next(&mut self) -> NextValue {
+        loop {
+            if let Some(value) = self.scan() {
+                return value;
+            }
+            if self.buf.len() > self.max {
+                return NextValue::Malformed(format!("length limit exceeded: {} bytes", self.max));
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => return NextValue::Malformed(e.to_string()),
+                None if self.buf.iter().all(u8::is_ascii_whitespace) => return NextValue::End,
+                // A value cut off by the end of the body: serde's own words for it.
+                None => {
+                    let e = serde_json::from_slice::<serde::de::IgnoredAny>(&self.buf).err();
+                    return NextValue::Malformed(
+                        e.map_or_else(|| "unexpected end of body".to_owned(), |e| e.to_string()),
+                    );
+                }
+            }
         }
     }
-    Ok(frames)
+
+    /// Scans the bytes not yet scanned: a value if one ended among them.
+    fn scan(&mut self) -> Option<NextValue> {
+        while self.scanned < self.buf.len() {
+            let b = self.buf[self.scanned];
+            self.scanned += 1;
+            if self.depth == 0 {
+                match b {
+                    b if b.is_ascii_whitespace() => {
+                        // Between values: nothing to keep.
+                        self.buf.advance(self.scanned);
+                        self.scanned = 0;
+                    }
+                    b'{' | b'[' => self.depth = 1,
+                    // Not an object: serde says why.
+                    _ => {
+                        let e = serde_json::from_slice::<serde::de::IgnoredAny>(&self.buf).err();
+                        return Some(NextValue::Malformed(
+                            e.map_or_else(|| "expected an object".to_owned(), |e| e.to_string()),
+                        ));
+                    }
+                }
+                continue;
+            }
+            if self.in_string {
+                match (self.escaped, b) {
+                    (true, _) => self.escaped = false,
+                    (false, b'\\') => self.escaped = true,
+                    (false, b'"') => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth -= 1;
+                    if self.depth == 0 {
+                        let value = self.buf.split_to(self.scanned).freeze();
+                        self.scanned = 0;
+                        return Some(NextValue::Value(value));
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
 }
 
 /// One protobuf message of type `M` as JSON.
@@ -222,13 +344,20 @@ async fn answer(
         return crate::http::go_http_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
     }
     let (parts, body) = request.into_parts();
-    let body = match http_body_util::Limited::new(body, max_body).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => return error_response(tonic::Code::InvalidArgument, &e.to_string()),
-    };
-    let frames = match (route.requests)(&body, route.kind != Kind::Bidi) {
-        Ok(frames) => frames,
-        Err(e) => return error_response(tonic::Code::InvalidArgument, &e),
+    let requests = if route.kind == Kind::Bidi {
+        match bidi_requests(route, body, max_body).await {
+            Ok(requests) => requests,
+            Err(e) => return error_response(tonic::Code::Unknown, &e),
+        }
+    } else {
+        let body = match http_body_util::Limited::new(body, max_body).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => return error_response(tonic::Code::InvalidArgument, &e.to_string()),
+        };
+        match (route.first)(&body) {
+            Ok(frame) => axum::body::Body::from(frame),
+            Err(e) => return error_response(tonic::Code::InvalidArgument, &e),
+        }
     };
 
     // The gRPC call, with the connection's extensions (its TLS identity, its tenant) and the
@@ -240,7 +369,7 @@ async fn answer(
     if let Some(token) = parts.headers.get(http::header::AUTHORIZATION) {
         grpc = grpc.header(http::header::AUTHORIZATION, token.clone());
     }
-    let mut grpc = grpc.body(axum::body::Body::from(frames.freeze())).expect("a valid request");
+    let mut grpc = grpc.body(requests).expect("a valid request");
     *grpc.extensions_mut() = parts.extensions;
     let response = match call(grpc).await {
         Ok(response) => response,
@@ -254,6 +383,32 @@ async fn answer(
         Kind::Unary => unary_answer(route, response.into_body()).await,
         Kind::ServerStream | Kind::Bidi => stream_answer(route, response.into_body()),
     }
+}
+
+/// A bidirectional method's requests as grpc-gateway sends them: each JSON value of the
+/// body as it arrives, so a watch created on a body that stays open is served at once. The
+/// first value is read before the call: a body that fails there is the call's error; an
+/// empty one sends no request. A later value that fails to decode ends the requests (the
+/// call goes on, half-closed) with nothing said to the client, as grpc-gateway's sending
+/// loop stops. The requests are read only as the service takes them.
+async fn bidi_requests(route: &'static Route, body: axum::body::Body, max: usize) -> Result<axum::body::Body, String> {
+    let mut values = JsonValues::new(body, max);
+    let first = match values.next().await {
+        NextValue::Value(value) => (route.request)(&value)?,
+        NextValue::End => return Ok(axum::body::Body::empty()),
+        NextValue::Malformed(e) => return Err(e),
+    };
+    let rest = futures_util::stream::unfold(values, move |mut values| async move {
+        match values.next().await {
+            NextValue::Value(value) => {
+                let frame = (route.request)(&value).ok()?;
+                Some((Ok::<_, std::convert::Infallible>(frame), values))
+            }
+            NextValue::End | NextValue::Malformed(_) => None,
+        }
+    });
+    let first = futures_util::stream::once(std::future::ready(Ok(first)));
+    Ok(axum::body::Body::from_stream(futures_util::StreamExt::chain(first, rest)))
 }
 
 /// The one message of a unary call's answer as JSON, or its error.
@@ -355,4 +510,45 @@ fn stream_answer(route: &'static Route, body: axum::body::Body) -> axum::respons
 fn with_metadata(mut response: axum::response::Response) -> axum::response::Response {
     response.headers_mut().insert("grpc-metadata-content-type", HeaderValue::from_static("application/grpc"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{JsonValues, NextValue};
+
+    /// The values `chunks` make, fed one chunk at a time.
+    fn values(chunks: &[&str]) -> Vec<String> {
+        let mut v = JsonValues::new(axum::body::Body::empty(), 1 << 20);
+        let mut found = Vec::new();
+        for chunk in chunks {
+            v.buf.extend_from_slice(chunk.as_bytes());
+            while let Some(next) = v.scan() {
+                match next {
+                    NextValue::Value(value) => found.push(String::from_utf8(value.to_vec()).unwrap()),
+                    NextValue::End => unreachable!("scan never ends a body"),
+                    NextValue::Malformed(e) => {
+                        found.push(format!("malformed: {e}"));
+                        return found;
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn values_end_where_their_outer_brace_closes() {
+        assert_eq!(values(&[r#"{"a":{"b":1}} {"c":[1,{}]}"#]), [r#"{"a":{"b":1}}"#, r#"{"c":[1,{}]}"#]);
+        // Braces and escaped quotes inside strings do not count.
+        let tricky = r#"{"a":"}{\"}","b":"\\"}"#;
+        assert_eq!(values(&[tricky]), [tricky]);
+        // Split anywhere, even inside an escape.
+        let split: Vec<String> = tricky.chars().map(String::from).collect();
+        let split: Vec<&str> = split.iter().map(String::as_str).collect();
+        assert_eq!(values(&split), [tricky]);
+        // Whitespace between values is dropped; a value not yet closed waits.
+        assert_eq!(values(&["\n  {\"a\":", "1}\n", " {\"b\""]), [r#"{"a":1}"#]);
+        // Anything but an object or array is malformed.
+        assert_eq!(values(&[r#"{"a":1} garbage"#]), [r#"{"a":1}"#, "malformed: expected value at line 1 column 1"]);
+    }
 }

@@ -169,3 +169,60 @@ async fn a_watch_streams_result_lines_after_its_request_body_ends() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_watch_serves_each_request_of_an_open_body_as_it_arrives() {
+    let server = Server::start(&[]);
+    let _ready = server.client().await;
+    let port = server.client_port;
+    tokio::task::spawn_blocking(move || {
+        let conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut out = conn.try_clone().unwrap();
+        write!(out, "POST /v3/watch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        let mut chunk = |data: &[u8]| {
+            write!(out, "{:x}\r\n", data.len()).unwrap();
+            out.write_all(data).unwrap();
+            write!(out, "\r\n").unwrap();
+        };
+        let mut lines = BufReader::new(conn);
+        let mut next_result = || loop {
+            let mut line = String::new();
+            assert!(lines.read_line(&mut line).unwrap() > 0, "the stream ended");
+            if let Some(json) = line.trim_end().strip_prefix(r#"{"result":"#) {
+                let json = json.strip_suffix('}').unwrap();
+                return serde_json::from_str::<serde_json::Value>(json).unwrap();
+            }
+        };
+        // The body stays open: each request is served as it arrives.
+        chunk(br#"{"create_request":{"key":"Zm9v"}}"#);
+        assert_eq!(next_result()["created"], true);
+        post(port, "/v3/kv/put", r#"{"key":"Zm9v","value":"YQ=="}"#);
+        assert_eq!(next_result()["events"][0]["kv"]["mod_revision"], "2");
+        // A request split over many chunks, a byte each, is served once its last byte is in.
+        for byte in br#" {"create_request":{"key":"Zm9v","watch_id":7,"filters":["NODELETE"]}}"# {
+            chunk(&[*byte]);
+        }
+        let created = next_result();
+        assert_eq!((&created["watch_id"], &created["created"]), (&"7".into(), &true.into()), "{created}");
+        assert_eq!(created["header"]["revision"], "2", "{created}");
+        chunk(br#"{"progress_request":{}}"#);
+        let progress = next_result();
+        assert_eq!((&progress["watch_id"], &progress["header"]["revision"]), (&"-1".into(), &"2".into()), "{progress}");
+        // A request that does not decode ends the requests, not the answers (grpc-gateway's
+        // sending loop stops; the watchers go on).
+        chunk(b"garbage\n");
+        post(port, "/v3/kv/put", r#"{"key":"Zm9v","value":"Yg=="}"#);
+        let mut ids: Vec<String> = (0..2)
+            .map(|_| {
+                let event = next_result();
+                assert_eq!(event["events"][0]["kv"]["mod_revision"], "3", "{event}");
+                event.get("watch_id").map_or("0".to_owned(), |id| id.as_str().unwrap().to_owned())
+            })
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["0", "7"]);
+    })
+    .await
+    .unwrap();
+}
