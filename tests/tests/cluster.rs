@@ -545,6 +545,13 @@ fn leaderless_member(rt: &tokio::runtime::Runtime) -> (Members, Vec<usize>, Stri
 
 /// [`leaderless_member`], running `prepare` on the lone member's endpoint while the cluster
 /// still has its leader.
+/// `etcd_server_leader_changes_seen_total` of the member at `endpoint`.
+fn leader_changes_seen(endpoint: &str) -> u64 {
+    let (_, metrics) = plinth_tests::cli::http_get(endpoint, "/metrics");
+    let line = metrics.lines().find_map(|l| l.strip_prefix("etcd_server_leader_changes_seen_total "));
+    line.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no leader changes metric in:\n{metrics}"))
+}
+
 fn leaderless_member_after<T, F, Fut>(rt: &tokio::runtime::Runtime, prepare: F) -> (Members, Vec<usize>, String, T)
 where
     F: FnOnce(String) -> Fut,
@@ -746,9 +753,12 @@ fn a_leaderless_member_answers_at_the_clients_deadline_and_at_its_own() {
     const UPDATE: &str = "/etcdserverpb.Cluster/MemberUpdate";
     const AUTHENTICATE: &str = "/etcdserverpb.Auth/Authenticate";
     let rt = runtime();
-    let (mut c, others, endpoint, lease) = leaderless_member_after(&rt, |endpoint| async move {
-        must_connect(&endpoint).await.lease_grant(600, None).await.expect("grant").id()
+    let (mut c, others, endpoint, (lease, changes_before)) = leaderless_member_after(&rt, |endpoint| async move {
+        let lease = must_connect(&endpoint).await.lease_grant(600, None).await.expect("grant").id();
+        (lease, leader_changes_seen(&endpoint))
     });
+    // Losing the leader is no leader change: etcd counts changes to a known leader only.
+    assert_eq!(leader_changes_seen(&endpoint), changes_before, "leader changes after the leader was lost");
     rt.block_on(async {
         let range = RangeRequest { key: b"k".to_vec().into(), ..Default::default() };
         let put = PutRequest { key: b"k".to_vec().into(), value: b"v".to_vec().into(), ..Default::default() };

@@ -133,7 +133,10 @@ impl raft_log::StateMachine for Applier {
             *rt.leader_elected_at.lock() = Some(std::time::Instant::now());
         }
         if group.0 == DEFAULT_GROUP {
-            self.metrics.leader_changes.inc();
+            // etcd counts a change to a known leader only: losing the leader is not one.
+            if leader.0 != 0 {
+                self.metrics.leader_changes.inc();
+            }
             self.metrics.has_leader.set(i64::from(leader.0 != 0));
         }
         if leader.0 != 0 && leader.0 == self.membership.identity.read().member_id {
