@@ -257,6 +257,18 @@ impl StreamState {
         self.tx.send(Ok(response)).await.is_ok()
     }
 
+    /// Sends an answer this task makes itself (a refused create) behind every response the
+    /// store has already queued for the stream (a `created` among them), so the client gets
+    /// the answers to its requests in the order it sent them, as from etcd.
+    async fn send_in_order(&mut self, response: WireResponse) -> bool {
+        while let Some(queued) = self.stream.try_recv() {
+            if !self.forward(queued).await {
+                return false;
+            }
+        }
+        self.send(response).await
+    }
+
     async fn handle_request(&mut self, request: pb::WatchRequest) -> bool {
         use pb::watch_request::RequestUnion;
         match request.request_union {
@@ -309,16 +321,16 @@ impl StreamState {
         if permitted.is_err() {
             let denied = EtcdError::PermissionDenied.status();
             let reason = format!("rpc error: code = {:?} desc = {}", denied.code(), denied.message());
-            return self.send(refuse_as(create.watch_id, &reason)).await;
+            return self.send_in_order(refuse_as(create.watch_id, &reason)).await;
         }
         if create.start_revision < 0 {
-            return self.send(refuse(CANCEL_COMPACTED)).await;
+            return self.send_in_order(refuse(CANCEL_COMPACTED)).await;
         }
         if !range_end.is_empty() && range_end.as_ref() != b"\0" && key >= range_end {
-            return self.send(refuse(CANCEL_EMPTY_RANGE)).await;
+            return self.send_in_order(refuse(CANCEL_EMPTY_RANGE)).await;
         }
         if !self.node.admit_watcher() {
-            return self.send(refuse(EtcdError::TooManyRequests.message())).await;
+            return self.send_in_order(refuse(EtcdError::TooManyRequests.message())).await;
         }
         let filters = &create.filters;
         let spec = store::WatchSpec {
@@ -334,7 +346,7 @@ impl StreamState {
         // choose the id (`watch_id`, etcd 3.4+); one a watcher of this stream has is refused
         // as etcd refuses it.
         let Some(store::WatchId(id)) = self.stream.watch_as(create.watch_id, spec) else {
-            return self.send(refuse(store::DUPLICATE_WATCH_ID)).await;
+            return self.send_in_order(refuse(store::DUPLICATE_WATCH_ID)).await;
         };
         if create.progress_notify {
             self.progress_notify.insert(id);

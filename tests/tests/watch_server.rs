@@ -259,6 +259,14 @@ async fn chosen_watch_ids_script(endpoint: String) -> String {
     c.put("i", "1", None).await.expect("put i");
     let _ = writeln!(log, "put i");
     drain(&mut s, &mut log).await;
+    // Two creates of one id sent back to back: the answers come in request order, the
+    // first watcher's `created` before the second's refusal.
+    for id in 20..25 {
+        s.watch("j", Some(WatchOptions::new().with_watch_id(id))).await.expect("watch");
+        s.watch("k", Some(WatchOptions::new().with_watch_id(id))).await.expect("watch");
+        let _ = writeln!(log, "watch j and k as {id}, back to back");
+        drain(&mut s, &mut log).await;
+    }
     log
 }
 
