@@ -6,7 +6,7 @@
 //! ```text
 //! key              main(8 BE) '_' sub(8 BE) ['t']  -> mvccpb.KeyValue (a tombstone: the key only)
 //! lease            id(8 BE)                        -> leasepb.Lease
-//! meta             consistent_index, term          -> u64 BE
+//! meta             consistent_index                -> u64 BE
 //!                  finishedCompactRev, scheduledCompactRev -> main(8 BE) '_' sub(8 BE)
 //! auth             authEnabled -> 1 byte, authRevision -> u64 BE
 //! authUsers        name -> authpb.User;   authRoles  name -> authpb.Role
@@ -28,6 +28,11 @@
 //! - Alarms are not written: a restored etcd starts without them, as after `alarm disarm`.
 //! - `consistent_index` is the group's applied index, which means nothing to an etcd;
 //!   `etcdutl snapshot restore` replaces it, as it does for any snapshot.
+//! - `meta` has no `term` and no `confState` (etcd's file has both): the Raft term and
+//!   configuration of this group mean nothing to a restored etcd either, and `etcdutl
+//!   snapshot restore` writes its own. So `etcdutl snapshot status` counts two keys fewer
+//!   than in etcd's file of the same history (and one more, `authEnabled`, which a fresh
+//!   etcd has not written yet).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
