@@ -307,18 +307,16 @@ fn error_response(code: tonic::Code, message: &str) -> axum::response::Response 
     json_response(http_status(code), body)
 }
 
-/// grpc-gateway's last line of a failed stream.
+/// grpc-gateway's last chunk of a failed stream (no delimiter follows it).
 fn stream_error(code: tonic::Code, message: &str) -> Bytes {
     let status = http_status(code);
     let text = serde_json::Value::from(message).to_string();
     let reason = status.canonical_reason().unwrap_or("");
-    Bytes::from(
-        format!(
-            r#"{{"error":{{"grpc_code":{},"http_code":{},"message":{text},"http_status":"{reason}"}}}}"#,
-            code as i32,
-            status.as_u16()
-        ) + "\n",
-    )
+    Bytes::from(format!(
+        r#"{{"error":{{"grpc_code":{},"http_code":{},"message":{text},"http_status":"{reason}"}}}}"#,
+        code as i32,
+        status.as_u16()
+    ))
 }
 
 /// Serves one gateway request: `call` serves the gRPC request it becomes (the group's
@@ -375,9 +373,15 @@ async fn answer(
         Ok(response) => response,
         Err(never) => match never {},
     };
-    // A call refused before the service (admission) answers with its status in the headers.
+    // A call refused before it sent a message (by admission, or by the service before its
+    // first answer) has its status in the headers. A stream's failure is then its error
+    // chunk alone, under the HTTP status of the code (grpc-gateway's answer when no message
+    // went out).
     if let Some(status) = failure(response.headers()) {
-        return error_response(status.code(), status.message());
+        if route.kind == Kind::Unary {
+            return error_response(status.code(), status.message());
+        }
+        return json_response(http_status(status.code()), stream_error(status.code(), status.message()));
     }
     match route.kind {
         Kind::Unary => unary_answer(route, response.into_body()).await,

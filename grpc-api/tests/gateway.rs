@@ -131,6 +131,11 @@ async fn the_authorization_header_carries_the_token() {
         assert_eq!(status, 200);
         let (status, refused) = post_with(port, "/v3/kv/range", &[("Authorization", "bogus")], r#"{"key":"Zm9v"}"#);
         assert_eq!((status, refused["error"].as_str()), (401, Some("etcdserver: invalid auth token")));
+        // A stream refused before its first message: grpc-gateway's error chunk alone, under
+        // the HTTP status of the code (etcd 3.5.1's answer, byte for byte).
+        let (status, _, body) = request(port, "POST", "/v3/maintenance/snapshot", &[("Authorization", "bogus")], "{}");
+        let chunk = r#"{"error":{"grpc_code":2,"http_code":500,"message":"auth: invalid auth token","http_status":"Internal Server Error"}}"#;
+        assert_eq!((status, body.as_str()), (500, chunk));
     })
     .await
     .unwrap();
