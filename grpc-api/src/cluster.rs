@@ -233,13 +233,14 @@ impl Cluster for ClusterService {
         self.check_cluster_admin(&request)?;
         self.node.check_not_learner()?;
         let req = request.into_inner();
-        Self::check_urls_parse(&req.peer_ur_ls)?;
         // etcd finds an unknown id or a URL in use when it applies the update, once a leader
-        // is known.
+        // is known; an unknown id comes first. etcd 3.5.1 then stores URLs that do not parse
+        // as they are (a member no peer can reach); they are refused here.
         let members = self
             .node
             .propose_checked_conf_change(|| {
                 let mut member = self.member(req.id)?;
+                Self::check_urls_parse(&req.peer_ur_ls)?;
                 self.check_urls_unused(&req.peer_ur_ls, Some(req.id))?;
                 member.peer_urls = req.peer_ur_ls.clone();
                 // Raft sees a no-op (the member keeps its role); the context carries the new

@@ -292,6 +292,13 @@ fn reconfiguration_without_enough_started_members_answers_as_etcd() {
     rt.block_on(c.wait_leader(START_TIMEOUT));
     rt.block_on(async {
         let mut client = must_connect(&c.members[0].endpoint()).await;
+        // An update of no member is "member not found" whatever its URLs (etcd 3.5.1 parses
+        // them at no point; Plinth checks them once it has found the member).
+        let unknown = client.member_update(0x1234, ["not a url".to_owned()]).await.expect_err("update no member");
+        assert_eq!(error_text(unknown), "NotFound: etcdserver: member not found");
+        let own = client.member_list().await.expect("member list").members()[0].id();
+        let bad = client.member_update(own, ["not a url".to_owned()]).await.expect_err("update to a bad URL");
+        assert_eq!(error_text(bad), "InvalidArgument: etcdserver: given member URLs are invalid");
         // One member may take a second voter (etcd's exception for a restore); it never starts.
         let added = client.member_add(["http://127.0.0.1:1".to_owned()], None).await.expect("a second voter");
         let ids: Vec<u64> = added.member_list().iter().map(|m| m.id()).collect();
