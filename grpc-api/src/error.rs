@@ -101,17 +101,10 @@ impl EtcdError {
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            LeaseExist
-            | NotLeader
-            | MemberNotLearner
-            | LearnerNotReady
-            | TooManyLearners
-            | MemberExist
-            | PeerUrlExist
-            | NotCapable
-            | NotSupportedForLearner
-            | BadLeaderTransferee => Code::FailedPrecondition,
+            LeaseExist | NotLeader | MemberNotLearner | LearnerNotReady | TooManyLearners | MemberExist
+            | PeerUrlExist | NotCapable | BadLeaderTransferee => Code::FailedPrecondition,
             NoLeader
+            | NotSupportedForLearner
             | LeaderChanged
             | Stopped
             | Timeout

@@ -117,6 +117,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         membership: membership.clone(),
         registry_changed: registry_changed.clone(),
+        lease_promote_extend: Duration::from_millis(args.election_timeout),
     };
     let driver_cfg = raft_log::DriverConfig {
         node_id: raft_log::NodeId(member_id),
@@ -467,6 +468,21 @@ const DATA_CALL_PREFIXES: [&str; 6] = [
     "/etcdserverpb.Maintenance/Defragment",
 ];
 
+/// Whether a learner serves the call at `path`. etcd's learner serves only `Status`, a
+/// serializable `Range` (the service refuses a linearizable one) and `Snapshot` of its own
+/// services (its interceptors' `isRPCSupportedForLearner`); every other etcd call, the lock
+/// and election services' included, is refused with `Unavailable` "rpc not supported for
+/// learner", which etcd's clients take as a cue to try another endpoint. The gRPC health
+/// service and Plinth's own admin API are not etcd calls and stay served.
+fn served_by_learner(path: &str) -> bool {
+    let etcd_call = ["/etcdserverpb.", "/v3lockpb.", "/v3electionpb."].iter().any(|p| path.starts_with(p));
+    !etcd_call
+        || matches!(
+            path,
+            "/etcdserverpb.Maintenance/Status" | "/etcdserverpb.KV/Range" | "/etcdserverpb.Maintenance/Snapshot"
+        )
+}
+
 /// The one middleware of every etcd call, on both ways in (the shared client port, after the
 /// certificate picked the tenant, and the tenant's own port). In order:
 /// - counts the call in the gRPC metrics ([`GrpcCall`](crate::node::metrics::GrpcCall)),
@@ -542,6 +558,9 @@ where
     let deadline = crate::node::deadline::of_request(path, request.headers());
     if path.starts_with("/etcdserverpb.") && !rt.limiter.admit_request() {
         return crate::error::EtcdError::TooManyRequests.status().into_http();
+    }
+    if node.is_learner() && !served_by_learner(path) {
+        return crate::error::EtcdError::NotSupportedForLearner.status().into_http();
     }
     if DATA_CALL_PREFIXES.iter().any(|p| path.starts_with(p)) && node.store.import_state(node.group()).is_some() {
         return crate::error::EtcdError::Restoring.status().into_http();

@@ -489,9 +489,20 @@ fn learner_joins_by_snapshot_is_promoted_and_a_member_is_removed() {
         );
         let mut learner = must_connect(&endpoint).await;
         let refused = learner.put("x", "y", None).await.expect_err("a write on a learner");
-        assert_eq!(error_text(refused), "FailedPrecondition: etcdserver: rpc not supported for learner");
+        let not_for_learner = "Unavailable: etcdserver: rpc not supported for learner";
+        assert_eq!(error_text(refused), not_for_learner);
         let status = learner.status().await.expect("status on the learner");
         assert!(status.is_learner());
+        // A learner serves Status, serializable ranges and Snapshot only (etcd's rule): not
+        // the member list, leases, watches, nor its own promotion.
+        let list = learner.member_list().await.expect_err("member list on a learner");
+        assert_eq!(error_text(list), not_for_learner);
+        let leases = learner.leases().await.expect_err("lease list on a learner");
+        assert_eq!(error_text(leases), not_for_learner);
+        let watch = learner.watch("before/", None).await.expect_err("a watch on a learner");
+        assert_eq!(error_text(watch), not_for_learner);
+        let itself = learner.member_promote(n4_id).await.expect_err("a learner promoting itself");
+        assert_eq!(error_text(itself), not_for_learner);
 
         // Promote it (through a member that may not be the leader: it forwards).
         let promoted = eventually("the learner is promoted", CATCH_UP_TIMEOUT, &c, || {

@@ -312,6 +312,9 @@ pub struct Membership {
     pub(super) waiters: Mutex<HashMap<u64, oneshot::Sender<Vec<Member>>>>,
     /// Set once this member has been removed from the cluster: it stops serving.
     removed: watch::Sender<bool>,
+    /// Whether this member is a learner, kept with every change of the identity so the
+    /// admission of each request reads it without the identity lock.
+    learner: std::sync::atomic::AtomicBool,
     /// Held while `member.json` is written, so saves happen one at a time, each of the
     /// newest list, outside the identity lock that readers take.
     save_lock: Mutex<()>,
@@ -329,6 +332,7 @@ impl Membership {
         let m = Membership {
             member_id: identity.member_id,
             cluster_id: identity.cluster_id,
+            learner: std::sync::atomic::AtomicBool::new(identity.is_learner()),
             identity: RwLock::new(identity),
             transport,
             data_dir,
@@ -350,6 +354,9 @@ impl Membership {
             let mut identity = self.identity.write();
             let before = identity.clone();
             let r = f(&mut identity);
+            // Ordering: stored under the identity lock, so the flag never lags a change a
+            // reader of the identity has seen.
+            self.learner.store(identity.is_learner(), std::sync::atomic::Ordering::Release);
             (r, *identity != before, identity.peer_ids(), identity.removed.contains(&identity.member_id))
         };
         if changed {
@@ -360,6 +367,11 @@ impl Membership {
             self.mark_removed();
         }
         r
+    }
+
+    /// Whether this member is a learner (without the identity lock).
+    pub fn is_learner(&self) -> bool {
+        self.learner.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Writes the newest member list to `member.json`.

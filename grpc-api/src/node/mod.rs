@@ -746,7 +746,7 @@ impl Node {
 
     /// Whether this member is a learner (it serves only serializable reads and Status).
     pub fn is_learner(&self) -> bool {
-        self.membership.identity.read().is_learner()
+        self.membership.is_learner()
     }
 
     /// Whether the group may open one more watcher (its `watchers` limit; `limits.rs`).
