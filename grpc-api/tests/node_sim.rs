@@ -679,6 +679,8 @@ impl Sim {
             metrics: Arc::new(Metrics::new("3.5.1")),
             membership: membership.clone(),
             registry_changed: Arc::default(),
+            // No lease expires in a run (`LEASE_TTL`): the extension changes nothing here.
+            lease_promote_extend: std::time::Duration::from_secs(1),
         };
         let events = Arc::new(Mutex::new(Vec::new()));
         let outbox = Arc::new(Mutex::new(Vec::new()));

@@ -18,6 +18,8 @@ pub struct Applier {
     pub membership: Arc<Membership>,
     /// Told when the system group applied something (the registry may have changed).
     pub registry_changed: Arc<tokio::sync::Notify>,
+    /// What a new leader adds to every lease's TTL (the election timeout, as etcd).
+    pub lease_promote_extend: std::time::Duration,
 }
 
 impl raft_log::StateMachine for Applier {
@@ -140,11 +142,14 @@ impl raft_log::StateMachine for Applier {
             self.metrics.has_leader.set(i64::from(leader.0 != 0));
         }
         if leader.0 != 0 && leader.0 == self.membership.identity.read().member_id {
-            // A new leader times exactly the leases of its store, each with a full TTL before
-            // it expires anything (etcd's Promote). Entries committed but not yet applied
-            // adjust the timers as they apply, in log order.
+            // A new leader times exactly the leases of its store, each with a full TTL and the
+            // election timeout before it expires anything (etcd's Promote). Entries committed
+            // but not yet applied adjust the timers as they apply, in log order.
             match self.store.leases(store::GroupId(group.0)) {
-                Ok(leases) => return rt.lessor.reset(leases.into_iter().map(|l| (l.id, l.ttl))),
+                Ok(leases) => {
+                    let leases = leases.into_iter().map(|l| (l.id, l.ttl));
+                    return rt.lessor.promote(leases, self.lease_promote_extend);
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot read leases on becoming leader; keeping the timers"),
             }
         }
@@ -178,6 +183,7 @@ mod tests {
             metrics: Arc::new(Metrics::new("3.5.1")),
             membership,
             registry_changed: Arc::default(),
+            lease_promote_extend: std::time::Duration::from_secs(1),
         };
         (applier, lessor)
     }
@@ -260,6 +266,7 @@ mod tests {
             metrics: Arc::new(Metrics::new("3.5.1")),
             membership,
             registry_changed: Arc::default(),
+            lease_promote_extend: std::time::Duration::from_secs(1),
         };
         // Both members are at the same point of their counters (e.g. started the same ms).
         let counter = 0x42;

@@ -138,6 +138,18 @@ impl Lessor {
         }
     }
 
+    /// [`reset`](Self::reset) for a member that just became leader: every lease gets its
+    /// full TTL plus `extend` (etcd's `Promote` with the election timeout, so a lease whose
+    /// keep-alives were going to the old leader has time to find the new one).
+    pub fn promote(&self, leases: impl IntoIterator<Item = (i64, i64)>, extend: std::time::Duration) {
+        let mut state = self.state.lock();
+        state.timers.clear();
+        state.revoking.clear();
+        for (id, ttl_seconds) in leases {
+            state.timers.insert(id, Timer { ttl_seconds, expiry: deadline(ttl_seconds) + extend });
+        }
+    }
+
     /// Replaces every timer with `leases` (id, TTL, seconds left), each expiring after its
     /// seconds left (its full TTL when that is 0): after an import, whose lease records
     /// carry the time their source had left (a migration's etcd, a backup's checkpoint), as
@@ -274,5 +286,14 @@ mod tests {
         let applied = Ok(store::CommandResponse::LeaseRevoke(store::LeaseRevokeResponse { revision: 2 }));
         lessor.on_applied(&entry, &applied);
         assert_eq!(lessor.keep_alive(7), None, "the revoked lease kept its timer");
+    }
+
+    #[test]
+    fn a_new_leader_adds_the_election_timeout_to_every_lease() {
+        let lessor = Lessor::new(2);
+        lessor.promote([(7, 5)], Duration::from_secs(1));
+        // Five seconds of TTL and one of extension: whole seconds left, rounded down, as etcd
+        // reports them, are 5 right after the promotion (4 without the extension).
+        assert_eq!(lessor.remaining_seconds(7), Some(5));
     }
 }
