@@ -16,14 +16,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // Keys and values stay `Bytes` from decode to the log to the store: no copies.
         .bytes(".")
-        // Every message is written through the server's codec (`src/codec.rs`).
+        // Every message is written through the server's codec (`src/codec.rs`), which
+        // counts client bytes.
         .codec_path("crate::codec::WireCodec")
         .compile_protos(
             &[
                 "proto/rpc.proto",
                 "proto/kv.proto",
                 "proto/auth.proto",
-                "proto/peer.proto",
                 "proto/tenants.proto",
                 "proto/backups.proto",
                 "proto/v3lock.proto",
@@ -31,6 +31,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
             &["proto"],
         )?;
+    // The member-to-member protocol: the same codec, but its bytes are not client bytes.
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .bytes(".")
+        .codec_path("crate::codec::PeerCodec")
+        .compile_protos(&["proto/peer.proto"], &["proto"])?;
     // JSON for etcd's HTTP gateway (`src/gateway.rs`): serde impls of etcd's messages with
     // their field names as the protos spell them (`cluster_id`, `ID`, `dbSize`), as etcd's
     // gateway writes them, and unknown fields ignored, as it ignores them.

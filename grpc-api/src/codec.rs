@@ -1,5 +1,5 @@
 //! The server's gRPC codec: prost's, with two changes to how a message is written into
-//! tonic's encode buffer.
+//! tonic's encode buffer, and the count of client message bytes.
 //!
 //! - **Large messages** (list answers, merged watch responses) are written after the buffer
 //!   is grown once to their size. tonic's buffer starts at 8 KiB and doubles as an encoding
@@ -20,41 +20,118 @@
 //!   tonic's 8 KiB. tonic gathers a stream's responses in the buffer until 32 KiB before it
 //!   hands them to HTTP/2; starting at 8 KiB, the buffer grew three times on the way, and
 //!   each growth copied what it held.
+//! - **Client bytes**: every message written or read through [`WireCodec`] adds its length
+//!   (without gRPC's 5-byte prefix) to [`CLIENT_SENT_BYTES`] or [`CLIENT_RECEIVED_BYTES`],
+//!   etcd's `etcd_network_client_grpc_{sent,received}_bytes_total`, counted as etcd's codec
+//!   counts them: one atomic add per message. Member-to-member traffic goes through
+//!   [`PeerCodec`], the same codec without the count (it has metrics of its own, `peer.rs`).
+//!   gRPC's health service has its own codec and is not counted, where etcd counts it.
 
 use std::marker::PhantomData;
+use std::sync::LazyLock;
 
-use bytes::BufMut;
+use bytes::{Buf, BufMut};
+use prometheus::IntCounter;
 use prost::Message;
-use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 use tonic_prost::ProstDecoder;
 
-/// tonic's prost codec with the encoder of this module ([`WireEncoder`]); decoding is
-/// prost's.
-pub struct WireCodec<T, U>(PhantomData<(T, U)>);
+/// Bytes of the messages the server's codec wrote to gRPC clients: process-wide, as etcd's
+/// package-level counter is (every server of a process adds to it).
+pub static CLIENT_SENT_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
+    IntCounter::new("etcd_network_client_grpc_sent_bytes_total", "The total number of bytes sent to grpc clients.")
+        .expect("valid metric")
+});
 
-impl<T, U> Default for WireCodec<T, U> {
-    fn default() -> Self {
-        WireCodec(PhantomData)
+/// Bytes of the messages the server's codec read from gRPC clients (process-wide).
+pub static CLIENT_RECEIVED_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
+    IntCounter::new(
+        "etcd_network_client_grpc_received_bytes_total",
+        "The total number of bytes received from grpc clients.",
+    )
+    .expect("valid metric")
+});
+
+/// Where a codec's message bytes are counted.
+pub trait Traffic: Send + 'static {
+    fn sent(bytes: usize);
+    fn received(bytes: usize);
+}
+
+/// Client traffic: counted in [`CLIENT_SENT_BYTES`] and [`CLIENT_RECEIVED_BYTES`].
+pub struct ClientTraffic;
+
+impl Traffic for ClientTraffic {
+    fn sent(bytes: usize) {
+        CLIENT_SENT_BYTES.inc_by(bytes as u64);
+    }
+
+    fn received(bytes: usize) {
+        CLIENT_RECEIVED_BYTES.inc_by(bytes as u64);
     }
 }
 
-impl<T, U> Codec for WireCodec<T, U>
+/// Member-to-member traffic: not client bytes (the peer transport counts its own).
+pub struct PeerTraffic;
+
+impl Traffic for PeerTraffic {
+    fn sent(_bytes: usize) {}
+
+    fn received(_bytes: usize) {}
+}
+
+/// tonic's prost codec with the encoder of this module ([`WireEncoder`]); decoding is
+/// prost's. Each message's bytes are counted as `K` says.
+pub struct TrafficCodec<T, U, K>(PhantomData<(T, U, K)>);
+
+/// The codec of every client-facing service (etcd's, the admin APIs): counts client bytes.
+pub type WireCodec<T, U> = TrafficCodec<T, U, ClientTraffic>;
+
+/// The codec of the peer protocol (`proto/peer.proto`): the same, without the count.
+pub type PeerCodec<T, U> = TrafficCodec<T, U, PeerTraffic>;
+
+impl<T, U, K> Default for TrafficCodec<T, U, K> {
+    fn default() -> Self {
+        TrafficCodec(PhantomData)
+    }
+}
+
+impl<T, U, K> Codec for TrafficCodec<T, U, K>
 where
     T: WireMessage + Send + 'static,
     U: Message + Default + Send + 'static,
+    K: Traffic,
 {
     type Encode = T;
     type Decode = U;
-    type Encoder = WireEncoder<T>;
-    type Decoder = ProstDecoder<U>;
+    type Encoder = WireEncoder<T, K>;
+    type Decoder = CountingDecoder<U, K>;
 
     fn encoder(&mut self) -> Self::Encoder {
         WireEncoder(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::default()
+        CountingDecoder(ProstDecoder::default(), PhantomData)
+    }
+}
+
+/// prost's decoder, counting each message's bytes first.
+pub struct CountingDecoder<U, K>(ProstDecoder<U>, PhantomData<K>);
+
+impl<U: Message + Default, K: Traffic> Decoder for CountingDecoder<U, K> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        // tonic hands over exactly one message (its length prefix already taken off).
+        K::received(src.remaining());
+        self.0.decode(src)
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
     }
 }
 
@@ -118,15 +195,16 @@ impl<T: Message> WireMessage for T {
 }
 
 /// Encodes a message into the buffer: through the scratch vector when small, else after
-/// reserving its encoded length.
-pub struct WireEncoder<T>(PhantomData<T>);
+/// reserving its encoded length; its bytes are counted as `K` says.
+pub struct WireEncoder<T, K>(PhantomData<(T, K)>);
 
-impl<T: WireMessage> Encoder for WireEncoder<T> {
+impl<T: WireMessage, K: Traffic> Encoder for WireEncoder<T, K> {
     type Item = T;
     type Error = Status;
 
     fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
         let len = item.encoded_len();
+        K::sent(len);
         buf.reserve(len);
         item.write(len, buf);
         Ok(())

@@ -22,7 +22,8 @@
 //! barrier), `node::apply` (the `Applier`), `node::membership` (`member.json` and the live
 //! member list), `node::peer` and `node::peer_tls` (the peer transport), `node::tenants` (the
 //! tenant registry and reconciler), `node::lessor`, `node::limits`, `node::shares`, `node::lanes`,
-//! `node::alarms` and `node::metrics`. The services sit on it: `kv`, `watch`, `lease`,
+//! `node::alarms` and the metrics (`node::metrics`, `node::grpc_metrics`,
+//! `node::process_metrics`). The services sit on it: `kv`, `watch`, `lease`,
 //! `maintenance`, `cluster`, `auth`, `lock` and `election` (etcd's `v3lockpb.Lock` and
 //! `v3electionpb.Election`, over the recipe steps in `recipe`), `gateway` (etcd's JSON
 //! gateway at `/v3/...`), `tenants` (the tenant admin API), `backup`'s
@@ -37,6 +38,11 @@
 //! Guarantees:
 //! - Every client-visible error carries etcd's gRPC code and exact message (`error.rs`).
 //! - Every response carries a full header (cluster id, member id, revision, raft term).
+//! - `/metrics` carries etcd 3.5's series (names, label names, types, help texts, buckets)
+//!   with measured values, for the etcd mixin and kube tooling; the request path pays two
+//!   cached counter increments per call for them, and one atomic add per message for the
+//!   client byte counters (`codec.rs`). Where each value comes from: `node/metrics.rs` and
+//!   docs/ARCHITECTURE.md, "Metrics".
 //! - A write is answered only after this member applied it; a linearizable read only after
 //!   this member applied everything committed before the read began.
 //! - Every queue and buffer has a named bound: proposal waiters (`WAITERS_MAX`) and

@@ -79,7 +79,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // The backup target opens (and an S3 URL parses) before anything starts.
     let backups = args.backup_schedule()?;
 
+    let metrics = Arc::new(Metrics::new(crate::version::ETCD_COMPAT_VERSION, identity.member_id));
     let store_cfg = store::StoreConfig {
+        commit_observer: Some(Arc::new(crate::node::metrics::BackendCommitMetric(
+            metrics.backend_commit_duration.clone(),
+        ))),
         quota_bytes_per_group: quota_bytes,
         max_txn_ops: args.max_txn_ops,
         max_request_bytes: args.max_request_bytes,
@@ -90,7 +94,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..store::StoreConfig::default()
     };
     let store = store::Store::open(&data_dir.join("store"), store_cfg)?;
-    let metrics = Arc::new(Metrics::new(crate::version::ETCD_COMPAT_VERSION));
     let wal_cfg = raft_log::WalConfig {
         fsync_observer: Some(Arc::new(crate::node::metrics::WalFsyncMetric(metrics.wal_fsync_duration.clone()))),
         segment_bytes_max: args.experimental_wal_segment_bytes,
@@ -104,7 +107,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // when the driver first replays or applies the group.
     let groups = Groups::with_heavy_proposals(store.clone(), min_ttl, args.heavy_tenant_max_proposals);
     let registry_changed = Arc::new(tokio::sync::Notify::new());
-    let transport = PeerTransport::new(identity.member_id, store.clone(), &peer_ids);
+    let transport = PeerTransport::new(identity.member_id, store.clone(), &peer_ids, metrics.clone());
     if let Some(tls) = &peer_tls {
         transport.set_tls(tls.clone());
     }
@@ -485,7 +488,7 @@ fn served_by_learner(path: &str) -> bool {
 
 /// The one middleware of every etcd call, on both ways in (the shared client port, after the
 /// certificate picked the tenant, and the tenant's own port). In order:
-/// - counts the call in the gRPC metrics ([`GrpcCall`](crate::node::metrics::GrpcCall)),
+/// - counts the call in the gRPC metrics ([`GrpcCall`](crate::node::grpc_metrics::GrpcCall)),
 ///   refusals below included, and every request of the group (the tenant's request rate in
 ///   `plinth tenant show`);
 /// - binds the connection to the group, whose tasks then follow its CPU lane (`conn.rs`);
@@ -506,7 +509,7 @@ where
     F: FnOnce(axum::extract::Request) -> Fut,
     Fut: std::future::Future<Output = axum::response::Response> + Send + 'static,
 {
-    let call = crate::node::metrics::GrpcCall::start(&node.metrics, &node.runtime, &request);
+    let (call, request) = crate::node::grpc_metrics::GrpcCall::start(&node.metrics, &node.runtime, request);
     let mut response = admitted(node, request, next).await;
     oversized_as_etcd(&mut response);
     match call {

@@ -671,12 +671,13 @@ impl Sim {
         let node = &mut self.nodes[i];
 
         let groups = Groups::new(store.clone(), 1);
-        let transport = PeerTransport::new(id, store.clone(), &identity.peer_ids());
+        let metrics = Arc::new(Metrics::new("3.5.1", id));
+        let transport = PeerTransport::new(id, store.clone(), &identity.peer_ids(), metrics.clone());
         let (membership, _removed) = Membership::new(identity, transport, node.dir.clone());
         let applier = Applier {
             store: store.clone(),
             groups: groups.clone(),
-            metrics: Arc::new(Metrics::new("3.5.1")),
+            metrics,
             membership: membership.clone(),
             registry_changed: Arc::default(),
             // No lease expires in a run (`LEASE_TTL`): the extension changes nothing here.

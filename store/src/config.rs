@@ -1,6 +1,7 @@
 //! Store configuration. Every field documents its default; [`StoreConfig::validate`] runs
 //! at `Store::open`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -56,6 +57,16 @@ pub struct StoreConfig {
     /// log (which is purged only up to a flush). Crash tests and simulations use it.
     /// Default: true.
     pub flush_at_close: bool,
+    /// Told how long each apply batch's RocksDB write took (etcd's backend commit; see
+    /// [`CommitObserver`]). Default: none.
+    pub commit_observer: Option<Arc<dyn CommitObserver>>,
+}
+
+/// Receives the duration of every RocksDB write of an apply batch (`Store::apply`), the
+/// store's equivalent of etcd's bbolt commit. Called on the applying thread while the
+/// group's committed state is locked for writing, so it must be cheap (a histogram update).
+pub trait CommitObserver: Send + Sync + std::fmt::Debug {
+    fn observe(&self, took: Duration);
 }
 
 impl Default for StoreConfig {
@@ -76,6 +87,7 @@ impl Default for StoreConfig {
             verify_checksums_at_open: true,
             hold_history_for_backups: false,
             flush_at_close: true,
+            commit_observer: None,
         }
     }
 }

@@ -315,6 +315,14 @@ impl KeyCounts {
         *self = KeyCounts::Unknown;
     }
 
+    /// The live keys of the group, when known.
+    pub fn total(&self) -> Option<u64> {
+        match self {
+            KeyCounts::Known(s) => Some(s.total),
+            KeyCounts::Unknown => None,
+        }
+    }
+
     /// Whether a segment may have grown past twice the aim since [`KeyCounts::take_oversized`]
     /// last looked: O(1), so apply asks after every batch and looks only when told to.
     pub fn needs_check(&self) -> bool {

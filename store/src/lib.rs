@@ -186,7 +186,7 @@ pub use command::{
     LeaseCheckpointRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, Request, RequestOp,
     SortOrder, SortTarget, TargetUnion, TxnRequest,
 };
-pub use config::StoreConfig;
+pub use config::{CommitObserver, StoreConfig};
 pub use error::{Error, Result};
 pub use import::{
     ImportBegin, ImportEvents, ImportFinish, ImportKeys, ImportLeases, ImportOp, ImportResponse, ImportState,

@@ -47,7 +47,6 @@ impl raft_log::StateMachine for Applier {
             if entry.data.len() < REQUEST_ID_BYTES {
                 continue; // A leader's empty entry.
             }
-            self.metrics.proposals_applied.inc();
             // Every member follows grants and revokes, so whichever becomes leader next
             // has no timer for a lease the log revoked.
             rt.lessor.on_applied(&entry.data[REQUEST_ID_BYTES..], &result);
@@ -68,7 +67,6 @@ impl raft_log::StateMachine for Applier {
                 }
             }
         }
-        self.metrics.proposals_committed.inc_by(entries.len() as u64);
         rt.applied_tx.send_replace(last);
         if group.0 == SYSTEM_GROUP {
             self.registry_changed.notify_one();
@@ -173,14 +171,15 @@ mod tests {
         let store = store::Store::open(&dir.join("store"), store::StoreConfig::default()).unwrap();
         let identity =
             Identity { cluster_id: 1, member_id: me, members: Vec::new(), joined: false, removed: Vec::new() };
-        let transport = crate::node::peer::PeerTransport::new(me, store.clone(), &[]);
+        let metrics = Arc::new(Metrics::new("3.5.1", me));
+        let transport = crate::node::peer::PeerTransport::new(me, store.clone(), &[], metrics.clone());
         let (membership, _removed) = Membership::new(identity, transport, dir.to_path_buf());
         let groups = Groups::new(store.clone(), 1);
         let lessor = groups.get(DEFAULT_GROUP).lessor.clone();
         let applier = Applier {
             store,
             groups,
-            metrics: Arc::new(Metrics::new("3.5.1")),
+            metrics,
             membership,
             registry_changed: Arc::default(),
             lease_promote_extend: std::time::Duration::from_secs(1),
@@ -263,7 +262,7 @@ mod tests {
         let mut applier = Applier {
             store,
             groups,
-            metrics: Arc::new(Metrics::new("3.5.1")),
+            metrics: Arc::new(Metrics::new("3.5.1", a)),
             membership,
             registry_changed: Arc::default(),
             lease_promote_extend: std::time::Duration::from_secs(1),

@@ -542,7 +542,8 @@ pub(super) mod runtime_tests {
         let members = std::iter::once(me).chain(others.iter().copied()).map(member).collect();
         let identity = Identity { cluster_id: 1, member_id: me, members, joined: false, removed: Vec::new() };
         identity.save(dir).unwrap();
-        let transport = crate::node::peer::PeerTransport::new(me, store.clone(), others);
+        let metrics = Arc::new(crate::node::metrics::Metrics::new("3.5.1", me));
+        let transport = crate::node::peer::PeerTransport::new(me, store.clone(), others, metrics);
         let (membership, _removed) = Membership::new(identity, transport, dir.to_path_buf());
         (membership, store)
     }

@@ -1,4 +1,19 @@
-//! Prometheus metrics under etcd's names, for the dashboards and alerts built for etcd.
+//! Prometheus metrics under etcd's names, for the dashboards and alerts built for etcd (the
+//! etcd mixin's, and the kube tooling's): etcd 3.5's names, label names, types, help texts
+//! and buckets. The etcd-named series describe this member, and of its groups the default
+//! tenant's (revisions, keys, Raft indexes); `plinth_*` series add the per-tenant view.
+//!
+//! Where each value comes from:
+//! - at each render (`Node::refresh_gauges`, then [`Metrics::render`]): the store's gauges
+//!   (sizes, revisions, keys), the default group's Raft indexes, leadership, learner state,
+//!   the `process_*` and `os_fd_*` values from `/proc/self`;
+//! - as things happen: WAL fsyncs (`raft_log::FsyncObserver`), the store's batch writes
+//!   ([`store::CommitObserver`]), proposals, health checks, gRPC calls
+//!   (`grpc_metrics.rs`), client message bytes (`codec.rs`) and peer traffic ([`PeerMetrics`],
+//!   fed by `peer.rs`).
+//!
+//! Every label set is bounded: methods by the services' tables, codes by gRPC's 17, peers by
+//! the member list (a removed peer's series go with it), tenants by the registry.
 
 use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -7,32 +22,42 @@ use prometheus::{
 
 use std::time::Duration;
 
+use super::grpc_metrics::GrpcServerMetrics;
+
 /// Every metric this member exports.
 pub struct Metrics {
     registry: Registry,
+    /// This member's id as etcd prints it (`%x`), the `Local` label of its peer series.
+    local: String,
     pub has_leader: IntGauge,
     pub is_leader: IntGauge,
+    pub is_learner: IntGauge,
     pub leader_changes: IntCounter,
     /// Raft groups of this member that are awake (ticking); the rest hibernate.
     pub raft_groups_awake: IntGauge,
-    pub proposals_committed: IntCounter,
-    pub proposals_applied: IntCounter,
+    /// The default group's commit index and this member's applied index of it: etcd's
+    /// `proposals_committed_total` and `proposals_applied_total` are these indexes (gauges,
+    /// conf changes and empty entries included), so they meet whenever apply caught up.
+    pub proposals_committed: IntGauge,
+    pub proposals_applied: IntGauge,
     pub proposals_pending: IntGauge,
     pub proposals_failed: IntCounter,
     pub db_total_size: IntGauge,
     pub db_in_use_size: IntGauge,
     pub quota_backend_bytes: IntGauge,
     pub current_revision: IntGauge,
+    /// -1 while the default group was never compacted, as etcd's.
     pub compact_revision: IntGauge,
+    /// Live keys of the default group.
+    pub keys_total: IntGauge,
     pub watchers: IntGauge,
     pub wal_fsync_duration: Histogram,
-    pub grpc_started: IntCounterVec,
-    pub grpc_handled: IntCounterVec,
-    /// Handles of `grpc_started` per known method, and of `grpc_handled` with code `OK`,
-    /// looked up once: a label lookup hashes every label value, several hundred
-    /// instructions per call.
-    started_by_method: MethodCounters,
-    handled_ok_by_method: MethodCounters,
+    /// The store's RocksDB write of each apply batch (etcd's bbolt commit).
+    pub backend_commit_duration: Histogram,
+    /// go-grpc-prometheus's series (`grpc_metrics.rs`).
+    pub grpc: GrpcServerMetrics,
+    /// etcd's rafthttp series, one set per peer ([`Metrics::peer`]).
+    peers: PeerVecs,
     pub health_success: IntCounter,
     pub health_failures: IntCounter,
     /// Automated backups, per tenant, on the member that took them.
@@ -48,12 +73,42 @@ pub struct Metrics {
     pub tenant_keys: IntGaugeVec,
     pub tenant_watchers: IntGaugeVec,
     pub tenant_apply_duration: HistogramVec,
-    /// Per group: the revision its keys were last counted at and the count (counting walks
-    /// the keys, so it is redone only when the revision moved, at most every
-    /// [`KEYS_RECOUNT_INTERVAL`]); and the tenants labelled at the last refresh.
+    /// Per group whose store keeps no key counts: the revision its keys were last counted
+    /// at and the count (counting walks the keys, so it is redone only when the revision
+    /// moved, at most every [`KEYS_RECOUNT_INTERVAL`]); and the tenants labelled at the last
+    /// refresh.
     tenant_state: parking_lot::Mutex<TenantGaugeState>,
-    /// `process_*`, read from `/proc/self` at each render.
+    /// `process_*` and `os_fd_*`, read from `/proc/self` at each render.
     process: super::process_metrics::ProcessMetrics,
+}
+
+/// The vectors of etcd's peer metrics (`rafthttp/metrics.go`); label values are member ids
+/// as etcd prints them (`%x`).
+struct PeerVecs {
+    sent_bytes: IntCounterVec,
+    received_bytes: IntCounterVec,
+    sent_failures: IntCounterVec,
+    round_trip: HistogramVec,
+    active: IntGaugeVec,
+}
+
+/// One peer's series, taken from their vectors once when the peer is added, so the peer
+/// transport counts through handles, never a label lookup.
+#[derive(Debug)]
+pub struct PeerMetrics {
+    /// `etcd_network_peer_sent_bytes_total{To}`: bytes of Raft messages and snapshot chunks
+    /// handed to the peer's streams.
+    pub sent_bytes: IntCounter,
+    /// `etcd_network_peer_received_bytes_total{From}`: the same, received from the peer.
+    pub received_bytes: IntCounter,
+    /// `etcd_network_peer_sent_failures_total{To}`: messages for the peer that were dropped
+    /// (its queue full, its stream broken or down) and snapshots that failed to reach it.
+    pub sent_failures: IntCounter,
+    /// `etcd_network_peer_round_trip_time_seconds{To}`: each probe's round trip (`peer.rs`).
+    pub round_trip: Histogram,
+    /// `etcd_network_active_peers{Local,Remote}`: 1 while this member's stream to the peer is
+    /// connected, else 0.
+    pub active: IntGauge,
 }
 
 /// Least time between two counts of one tenant's keys for `plinth_tenant_keys`.
@@ -66,8 +121,8 @@ struct TenantGaugeState {
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
-    pub fn new(server_version: &str) -> Metrics {
+    /// Creates and registers every metric, of member `member_id` running `server_version`.
+    pub fn new(server_version: &str, member_id: u64) -> Metrics {
         let registry = Registry::new();
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
@@ -79,31 +134,48 @@ impl Metrics {
             registry.register(Box::new(c.clone())).expect("unique metric");
             c
         };
-        let grpc_labels = ["grpc_type", "grpc_service", "grpc_method"];
-        let grpc_started =
-            IntCounterVec::new(Opts::new("grpc_server_started_total", "RPCs started on the server."), &grpc_labels)
-                .expect("valid metric");
-        let grpc_handled = IntCounterVec::new(
-            Opts::new("grpc_server_handled_total", "RPCs completed on the server."),
-            &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(grpc_started.clone())).expect("unique metric");
-        registry.register(Box::new(grpc_handled.clone())).expect("unique metric");
-        let wal_fsync_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "etcd_disk_wal_fsync_duration_seconds",
-                "The latency distributions of fsync called by WAL.",
-            )
-            .buckets(exponential_buckets(0.001, 2.0, 14).expect("valid buckets")),
-        )
-        .expect("valid metric");
-        registry.register(Box::new(wal_fsync_duration.clone())).expect("unique metric");
-        let version =
-            IntGaugeVec::new(Opts::new("etcd_server_version", "Which version is running."), &["server_version"])
-                .expect("valid metric");
-        version.with_label_values(&[server_version]).set(1);
-        registry.register(Box::new(version)).expect("unique metric");
+        // Gauges of one label whose one series says 1, as etcd tells versions and ids.
+        let labelled_one = |name: &str, help: &str, label: &str, value: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            g.with_label_values(&[value]).set(1);
+            registry.register(Box::new(g)).expect("unique metric");
+        };
+        // etcd's backend and WAL latencies: 1 ms to about 8 s.
+        let disk_histogram = |name: &str, help: &str| {
+            let buckets = exponential_buckets(0.001, 2.0, 14).expect("valid buckets");
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
+        let wal_fsync_duration =
+            disk_histogram("etcd_disk_wal_fsync_duration_seconds", "The latency distributions of fsync called by WAL.");
+        let backend_commit_duration = disk_histogram(
+            "etcd_disk_backend_commit_duration_seconds",
+            "The latency distributions of commit called by backend.",
+        );
+        labelled_one(
+            "etcd_server_version",
+            "Which version is running. 1 for 'server_version' label with current version.",
+            "server_version",
+            server_version,
+        );
+        labelled_one(
+            "etcd_cluster_version",
+            "Which version is running. 1 for 'cluster_version' label with current cluster version",
+            "cluster_version",
+            major_minor(crate::version::CLUSTER_VERSION),
+        );
+        let local = format!("{member_id:x}");
+        labelled_one(
+            "etcd_server_id",
+            "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
+            "server_id",
+            &local,
+        );
+        // The client message bytes the server's codec counts, process-wide (`codec.rs`).
+        registry.register(Box::new(crate::codec::CLIENT_SENT_BYTES.clone())).expect("unique metric");
+        registry.register(Box::new(crate::codec::CLIENT_RECEIVED_BYTES.clone())).expect("unique metric");
+        let peers = PeerVecs::register(&registry);
         let tenant = ["tenant"];
         let backup_last_success = IntGaugeVec::new(
             Opts::new(
@@ -147,7 +219,10 @@ impl Metrics {
             g
         };
         let tenant_db_size = tenant_gauge("plinth_tenant_db_size_bytes", "Size of the tenant's keyspace in bytes.");
-        let tenant_keys = tenant_gauge("plinth_tenant_keys", "Live keys of the tenant (recounted at most every 30 s).");
+        let tenant_keys = tenant_gauge(
+            "plinth_tenant_keys",
+            "Live keys of the tenant (exact where the store keeps key counts, else recounted at most every 30 s).",
+        );
         let tenant_watchers = tenant_gauge("plinth_tenant_watchers", "Watchers of the tenant open on this member.");
         let tenant_apply_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -162,18 +237,23 @@ impl Metrics {
         registry.register(Box::new(tenant_apply_duration.clone())).expect("unique metric");
 
         Metrics {
-            has_leader: gauge("etcd_server_has_leader", "Whether or not a leader exists."),
-            is_leader: gauge("etcd_server_is_leader", "Whether or not this member is a leader."),
+            local,
+            has_leader: gauge("etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is not."),
+            is_leader: gauge("etcd_server_is_leader", "Whether or not this member is a leader. 1 if is, 0 otherwise."),
+            is_learner: gauge(
+                "etcd_server_is_learner",
+                "Whether or not this member is a learner. 1 if is, 0 otherwise.",
+            ),
             leader_changes: counter("etcd_server_leader_changes_seen_total", "The number of leader changes seen."),
             raft_groups_awake: gauge(
                 "plinth_raft_groups_awake",
                 "Raft groups of this member that are awake (ticking); the others hibernate.",
             ),
-            proposals_committed: counter(
+            proposals_committed: gauge(
                 "etcd_server_proposals_committed_total",
                 "The total number of consensus proposals committed.",
             ),
-            proposals_applied: counter(
+            proposals_applied: gauge(
                 "etcd_server_proposals_applied_total",
                 "The total number of consensus proposals applied.",
             ),
@@ -198,14 +278,17 @@ impl Metrics {
                 "Current backend storage quota size in bytes.",
             ),
             current_revision: gauge("etcd_debugging_mvcc_current_revision", "The current revision of store."),
-            compact_revision: gauge(
-                "etcd_debugging_mvcc_compact_revision",
-                "The revision of the last compaction in store.",
-            ),
+            compact_revision: {
+                let g = gauge("etcd_debugging_mvcc_compact_revision", "The revision of the last compaction in store.");
+                g.set(-1);
+                g
+            },
+            keys_total: gauge("etcd_debugging_mvcc_keys_total", "Total number of keys."),
             watchers: gauge("etcd_debugging_mvcc_watcher_total", "Total number of watchers."),
             health_success: counter("etcd_server_health_success", "The total number of successful health checks"),
             health_failures: counter("etcd_server_health_failures", "The total number of failed health checks"),
             wal_fsync_duration,
+            backend_commit_duration,
             backup_last_success,
             backup_duration,
             backup_bytes,
@@ -217,12 +300,36 @@ impl Metrics {
             tenant_apply_duration,
             tenant_state: parking_lot::Mutex::default(),
             process: super::process_metrics::ProcessMetrics::register(&registry),
-            grpc_started,
-            grpc_handled,
-            started_by_method: MethodCounters::default(),
-            handled_ok_by_method: MethodCounters::default(),
+            grpc: GrpcServerMetrics::register(&registry),
+            peers,
             registry,
         }
+    }
+
+    /// The series of peer `remote` (created at 0 if new), for the peer transport to count
+    /// through.
+    pub fn peer(&self, remote: u64) -> PeerMetrics {
+        let remote = format!("{remote:x}");
+        let p = &self.peers;
+        PeerMetrics {
+            sent_bytes: p.sent_bytes.with_label_values(&[&remote]),
+            received_bytes: p.received_bytes.with_label_values(&[&remote]),
+            sent_failures: p.sent_failures.with_label_values(&[&remote]),
+            round_trip: p.round_trip.with_label_values(&[&remote]),
+            active: p.active.with_label_values(&[&self.local, &remote]),
+        }
+    }
+
+    /// Drops the series of peer `remote`, no longer a member: a peer's series live as long
+    /// as it is one, so the label sets stay bounded by the member list.
+    pub fn forget_peer(&self, remote: u64) {
+        let remote = format!("{remote:x}");
+        let p = &self.peers;
+        let _ = p.sent_bytes.remove_label_values(&[&remote]);
+        let _ = p.received_bytes.remove_label_values(&[&remote]);
+        let _ = p.sent_failures.remove_label_values(&[&remote]);
+        let _ = p.round_trip.remove_label_values(&[&remote]);
+        let _ = p.active.remove_label_values(&[&self.local, &remote]);
     }
 
     /// Sets the per-tenant gauges from the groups `nodes` serves, and drops the series of
@@ -241,11 +348,14 @@ impl Metrics {
                 .with_label_values(&[tenant])
                 .set(node.runtime.watchers.load(std::sync::atomic::Ordering::Relaxed));
             let revision = node.store.current_revision(g);
-            let stale = match state.keys.get(&g.0) {
+            let stale = || match state.keys.get(&g.0) {
                 Some((counted_at, _, when)) => *counted_at != revision && when.elapsed() >= KEYS_RECOUNT_INTERVAL,
                 None => true,
             };
-            if stale {
+            if let Some(keys) = node.store.live_key_count(g) {
+                // The store's own count: exact, and no walk.
+                state.keys.insert(g.0, (revision, keys as i64, std::time::Instant::now()));
+            } else if stale() {
                 let count = store::RangeRequest {
                     key: bytes::Bytes::from_static(b"\0"),
                     range_end: bytes::Bytes::from_static(b"\0"),
@@ -259,6 +369,9 @@ impl Metrics {
             }
             if let Some((_, keys, _)) = state.keys.get(&g.0) {
                 self.tenant_keys.with_label_values(&[tenant]).set(*keys);
+                if node.is_default() {
+                    self.keys_total.set(*keys);
+                }
             }
             seen.insert(tenant.to_string());
         }
@@ -276,6 +389,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         self.process.refresh();
+        self.grpc.derive_message_counts();
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding into a Vec cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
@@ -292,330 +406,210 @@ impl raft_log::FsyncObserver for WalFsyncMetric {
     }
 }
 
+/// Feeds the store's batch write durations into `etcd_disk_backend_commit_duration_seconds`.
+#[derive(Debug)]
+pub struct BackendCommitMetric(pub Histogram);
+
+impl store::CommitObserver for BackendCommitMetric {
+    fn observe(&self, took: Duration) {
+        self.0.observe(took.as_secs_f64());
+    }
+}
+
+/// `major.minor` of a version, as etcd labels its cluster version (`3.5` for `3.5.0`).
+fn major_minor(version: &str) -> &str {
+    match version.match_indices('.').nth(1) {
+        Some((second_dot, _)) => &version[..second_dot],
+        None => version,
+    }
+}
+
+impl PeerVecs {
+    fn register(registry: &Registry) -> PeerVecs {
+        let counters = |name: &str, help: &str, label: &str| {
+            let v = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry.register(Box::new(v.clone())).expect("unique metric");
+            v
+        };
+        let round_trip = HistogramVec::new(
+            HistogramOpts::new("etcd_network_peer_round_trip_time_seconds", "Round-Trip-Time histogram between peers")
+                .buckets(exponential_buckets(0.0001, 2.0, 14).expect("valid buckets")),
+            &["To"],
+        )
+        .expect("valid metric");
+        let active = IntGaugeVec::new(
+            Opts::new("etcd_network_active_peers", "The current number of active peer connections."),
+            &["Local", "Remote"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(round_trip.clone())).expect("unique metric");
+        registry.register(Box::new(active.clone())).expect("unique metric");
+        PeerVecs {
+            sent_bytes: counters(
+                "etcd_network_peer_sent_bytes_total",
+                "The total number of bytes sent to peers.",
+                "To",
+            ),
+            received_bytes: counters(
+                "etcd_network_peer_received_bytes_total",
+                "The total number of bytes received from peers.",
+                "From",
+            ),
+            sent_failures: counters(
+                "etcd_network_peer_sent_failures_total",
+                "The total number of send failures from peers.",
+                "To",
+            ),
+            round_trip,
+            active,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// `# TYPE` and `# HELP` of every etcd metric this member exports, as etcd 3.5.1's
+    /// `/metrics` writes them.
+    const ETCD_3_5_1: &[(&str, &str, &str)] = &[
+        ("etcd_server_has_leader", "gauge", "Whether or not a leader exists. 1 is existence, 0 is not."),
+        ("etcd_server_is_leader", "gauge", "Whether or not this member is a leader. 1 if is, 0 otherwise."),
+        ("etcd_server_is_learner", "gauge", "Whether or not this member is a learner. 1 if is, 0 otherwise."),
+        ("etcd_server_leader_changes_seen_total", "counter", "The number of leader changes seen."),
+        ("etcd_server_proposals_committed_total", "gauge", "The total number of consensus proposals committed."),
+        ("etcd_server_proposals_applied_total", "gauge", "The total number of consensus proposals applied."),
+        ("etcd_server_proposals_pending", "gauge", "The current number of pending proposals to commit."),
+        ("etcd_server_proposals_failed_total", "counter", "The total number of failed proposals seen."),
+        (
+            "etcd_mvcc_db_total_size_in_bytes",
+            "gauge",
+            "Total size of the underlying database physically allocated in bytes.",
+        ),
+        (
+            "etcd_mvcc_db_total_size_in_use_in_bytes",
+            "gauge",
+            "Total size of the underlying database logically in use in bytes.",
+        ),
+        ("etcd_server_quota_backend_bytes", "gauge", "Current backend storage quota size in bytes."),
+        ("etcd_debugging_mvcc_current_revision", "gauge", "The current revision of store."),
+        ("etcd_debugging_mvcc_compact_revision", "gauge", "The revision of the last compaction in store."),
+        ("etcd_debugging_mvcc_keys_total", "gauge", "Total number of keys."),
+        ("etcd_debugging_mvcc_watcher_total", "gauge", "Total number of watchers."),
+        ("etcd_server_health_success", "counter", "The total number of successful health checks"),
+        ("etcd_server_health_failures", "counter", "The total number of failed health checks"),
+        ("etcd_disk_wal_fsync_duration_seconds", "histogram", "The latency distributions of fsync called by WAL."),
+        (
+            "etcd_disk_backend_commit_duration_seconds",
+            "histogram",
+            "The latency distributions of commit called by backend.",
+        ),
+        (
+            "etcd_server_version",
+            "gauge",
+            "Which version is running. 1 for 'server_version' label with current version.",
+        ),
+        (
+            "etcd_cluster_version",
+            "gauge",
+            "Which version is running. 1 for 'cluster_version' label with current cluster version",
+        ),
+        (
+            "etcd_server_id",
+            "gauge",
+            "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
+        ),
+        ("etcd_network_client_grpc_sent_bytes_total", "counter", "The total number of bytes sent to grpc clients."),
+        (
+            "etcd_network_client_grpc_received_bytes_total",
+            "counter",
+            "The total number of bytes received from grpc clients.",
+        ),
+        ("etcd_network_peer_sent_bytes_total", "counter", "The total number of bytes sent to peers."),
+        ("etcd_network_peer_received_bytes_total", "counter", "The total number of bytes received from peers."),
+        ("etcd_network_peer_sent_failures_total", "counter", "The total number of send failures from peers."),
+        ("etcd_network_peer_round_trip_time_seconds", "histogram", "Round-Trip-Time histogram between peers"),
+        ("etcd_network_active_peers", "gauge", "The current number of active peer connections."),
+        ("os_fd_used", "gauge", "The number of used file descriptors."),
+        ("os_fd_limit", "gauge", "The file descriptor limit."),
+        ("grpc_server_started_total", "counter", "Total number of RPCs started on the server."),
+        (
+            "grpc_server_handled_total",
+            "counter",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+        ),
+        ("grpc_server_msg_received_total", "counter", "Total number of RPC stream messages received on the server."),
+        ("grpc_server_msg_sent_total", "counter", "Total number of gRPC stream messages sent by the server."),
+        ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds."),
+        ("process_open_fds", "gauge", "Number of open file descriptors."),
+        ("process_max_fds", "gauge", "Maximum number of open file descriptors."),
+        ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes."),
+        ("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds."),
+    ];
+
+    /// Every metric of etcd's table is there, with etcd's type and help text.
     #[test]
-    fn renders_etcd_names() {
-        let m = Metrics::new("3.5.16");
-        m.has_leader.set(1);
-        m.grpc_started.with_label_values(&["unary", "etcdserverpb.KV", "Range"]).inc();
+    fn etcd_metrics_have_etcds_types_and_help() {
+        let m = Metrics::new("3.5.16", 0x8e9e05c52164694d);
+        let _peer = m.peer(0x91bc3c398fb3c146);
         let text = m.render();
-        assert!(text.contains("etcd_server_has_leader 1"), "{text}");
-        assert!(text.contains("etcd_server_version{server_version=\"3.5.16\"} 1"), "{text}");
-        assert!(text.contains("grpc_server_started_total{"), "{text}");
-        assert!(text.contains("etcd_disk_wal_fsync_duration_seconds_bucket"), "{text}");
-        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
-        assert!(text.contains("# TYPE process_cpu_seconds_total counter"), "{text}");
-    }
-}
-
-/// The label of every gRPC call to a method this server does not know (a made-up path, or
-/// a service it does not register): one series however many paths clients invent, where a
-/// label per path would let any client grow the registry without bound.
-pub const UNKNOWN_LABEL: &str = "unknown";
-
-/// The methods of etcd's services (`etcdserverpb`, the lock and election services, and the
-/// standard health service), the only ones that get labels of their own.
-const KNOWN_METHODS: &[(&str, &[&str])] = &[
-    ("etcdserverpb.KV", &["Range", "Put", "DeleteRange", "Txn", "Compact"]),
-    ("etcdserverpb.Watch", &["Watch"]),
-    ("etcdserverpb.Lease", &["LeaseGrant", "LeaseRevoke", "LeaseKeepAlive", "LeaseTimeToLive", "LeaseLeases"]),
-    ("etcdserverpb.Cluster", &["MemberAdd", "MemberRemove", "MemberUpdate", "MemberList", "MemberPromote"]),
-    (
-        "etcdserverpb.Maintenance",
-        &["Alarm", "Status", "Defragment", "Hash", "HashKV", "Snapshot", "MoveLeader", "Downgrade"],
-    ),
-    (
-        "etcdserverpb.Auth",
-        &[
-            "AuthEnable",
-            "AuthDisable",
-            "AuthStatus",
-            "Authenticate",
-            "UserAdd",
-            "UserGet",
-            "UserList",
-            "UserDelete",
-            "UserChangePassword",
-            "UserGrantRole",
-            "UserRevokeRole",
-            "RoleAdd",
-            "RoleGet",
-            "RoleList",
-            "RoleDelete",
-            "RoleGrantPermission",
-            "RoleRevokePermission",
-        ],
-    ),
-    ("v3lockpb.Lock", &["Lock", "Unlock"]),
-    ("v3electionpb.Election", &["Campaign", "Proclaim", "Leader", "Observe", "Resign"]),
-    ("grpc.health.v1.Health", &["Check", "Watch"]),
-];
-
-/// A gRPC call's method: its labels and, for a known method, its place in [`MethodCounters`].
-#[derive(Clone, Copy, Debug)]
-struct GrpcMethod {
-    /// The go-grpc-prometheus labels of its path (such as `/etcdserverpb.KV/Range`):
-    /// `(grpc_type, grpc_service, grpc_method)`, with [`UNKNOWN_LABEL`] for service and method
-    /// when the path names no known method.
-    labels: (&'static str, &'static str, &'static str),
-    index: Option<usize>,
-}
-
-/// Every known method by path (`/service/method`), with its labels, in `KNOWN_METHODS` order.
-struct KnownMethods {
-    labels: Vec<(&'static str, &'static str, &'static str)>,
-    by_path: foldhash::HashMap<String, usize>,
-}
-
-static METHODS: std::sync::LazyLock<KnownMethods> = std::sync::LazyLock::new(|| {
-    let mut labels = Vec::new();
-    let mut by_path = foldhash::HashMap::default();
-    for (service, methods) in KNOWN_METHODS {
-        for method in *methods {
-            let kind = match (*service, *method) {
-                ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
-                ("etcdserverpb.Maintenance", "Snapshot")
-                | ("v3electionpb.Election", "Observe")
-                | ("grpc.health.v1.Health", "Watch") => "server_stream",
-                _ => "unary",
-            };
-            by_path.insert(format!("/{service}/{method}"), labels.len());
-            labels.push((kind, *service, *method));
+        for (name, kind, help) in ETCD_3_5_1 {
+            assert!(text.contains(&format!("\n# TYPE {name} {kind}\n")), "{name} is not a {kind}:\n{text}");
+            assert!(text.contains(&format!("# HELP {name} {help}\n")), "{name}'s help differs:\n{text}");
         }
     }
-    KnownMethods { labels, by_path }
-});
 
-/// The method a request path names; `None` for a path that is not a gRPC method at all.
-fn grpc_method(path: &str) -> Option<GrpcMethod> {
-    if let Some(&index) = METHODS.by_path.get(path) {
-        return Some(GrpcMethod { labels: METHODS.labels[index], index: Some(index) });
-    }
-    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-    if !service.contains('.') || method.is_empty() || method.contains('/') {
-        return None;
-    }
-    Some(GrpcMethod { labels: ("unary", UNKNOWN_LABEL, UNKNOWN_LABEL), index: None })
-}
-
-/// One counter handle per known method, taken from its vector on the method's first call.
-pub struct MethodCounters(Box<[std::sync::OnceLock<IntCounter>]>);
-
-impl Default for MethodCounters {
-    fn default() -> Self {
-        MethodCounters((0..METHODS.labels.len()).map(|_| std::sync::OnceLock::new()).collect())
-    }
-}
-
-impl MethodCounters {
-    /// Increments `vec`'s series of `labels`: through the handle cached for method `index`
-    /// (taken with these labels on its first use), or by a label lookup without one.
-    fn inc(&self, index: Option<usize>, vec: &IntCounterVec, labels: &[&str]) {
-        match index {
-            Some(i) => self.0[i].get_or_init(|| vec.with_label_values(labels)).inc(),
-            None => vec.with_label_values(labels).inc(),
-        }
-    }
-}
-
-/// A gRPC status code as Go spells it (`codes.Code.String()`), which is what dashboards and
-/// alerts built for etcd match on: `Canceled`, not tonic's `Cancelled`.
-pub fn go_code_name(code: i32) -> &'static str {
-    match code {
-        0 => "OK",
-        1 => "Canceled",
-        2 => "Unknown",
-        3 => "InvalidArgument",
-        4 => "DeadlineExceeded",
-        5 => "NotFound",
-        6 => "AlreadyExists",
-        7 => "PermissionDenied",
-        8 => "ResourceExhausted",
-        9 => "FailedPrecondition",
-        10 => "Aborted",
-        11 => "OutOfRange",
-        12 => "Unimplemented",
-        13 => "Internal",
-        14 => "Unavailable",
-        15 => "DataLoss",
-        16 => "Unauthenticated",
-        // Not a code gRPC defines: one label, as for unknown methods.
-        _ => "Unknown",
-    }
-}
-
-/// The code in a `grpc-status` header or trailer.
-fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
-    // A `HeaderName` rather than a `&str`: a string is parsed into a name on every lookup.
-    static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
-    headers.get(&GRPC_STATUS)?.to_str().ok()?.parse().ok()
-}
-
-/// One call's `grpc_server_handled_total` increment, made once with the call's outcome. A
-/// call dropped before it has one (the client reset the stream or went away, which Go sees
-/// as a cancelled context) is counted as `Canceled`.
-struct Handled {
-    metrics: std::sync::Arc<Metrics>,
-    method: GrpcMethod,
-    /// The router's group, when it belongs to a tenant (its name labels the tenant's counts).
-    runtime: Option<std::sync::Arc<crate::node::GroupRuntime>>,
-    done: bool,
-}
-
-impl Handled {
-    fn finish(&mut self, code: i32) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        let m = &self.metrics;
-        let (kind, service, method) = self.method.labels;
-        let tenant = self.runtime.as_ref().and_then(|rt| Some((rt, rt.tenant.get()?)));
-        let name = go_code_name(code);
-        // The common outcome of a known method, `OK`, through cached handles.
-        let cached = self.method.index.filter(|_| code == 0);
-        m.handled_ok_by_method.inc(cached, &m.grpc_handled, &[kind, service, method, name]);
-        if let Some((rt, tenant)) = tenant {
-            rt.tenant_ok_by_method.inc(cached, &m.tenant_requests, &[tenant, method, name]);
-        }
-    }
-}
-
-impl Drop for Handled {
-    fn drop(&mut self) {
-        self.finish(1);
-    }
-}
-
-/// A gRPC response body that counts its call once the status trailer goes out (or when the
-/// body ends or is dropped without one).
-struct CountedBody {
-    inner: axum::body::Body,
-    handled: Handled,
-}
-
-impl hyper::body::Body for CountedBody {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        let this = self.get_mut();
-        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            std::task::Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref() {
-                    this.handled.finish(grpc_status(trailers).unwrap_or(2));
-                }
-            }
-            // The body failed: the stream is reset without a status.
-            std::task::Poll::Ready(Some(Err(_))) => this.handled.finish(2),
-            std::task::Poll::Ready(None) => this.handled.finish(0),
-            std::task::Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// One gRPC call being counted: `grpc_server_started_total` when it starts and, with its
-/// outcome, `grpc_server_handled_total` (and `plinth_tenant_requests_total` of the router's
-/// tenant): the status of a trailers-only response (how tonic refuses a call before any
-/// message) at once, otherwise the status trailer at the end of the response body; a call
-/// that ends without one is `Canceled`. Only requests with a gRPC content type are counted,
-/// so HTTP endpoints never appear. The serving layer's one middleware (`serve.rs`) starts it
-/// before anything else looks at the request, so refusals are counted too.
-pub struct GrpcCall {
-    handled: Handled,
-}
-
-impl GrpcCall {
-    pub fn start(
-        metrics: &std::sync::Arc<Metrics>,
-        runtime: &std::sync::Arc<crate::node::GroupRuntime>,
-        request: &axum::extract::Request,
-    ) -> Option<GrpcCall> {
-        let is_grpc = request
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
-        let method = grpc_method(request.uri().path()).filter(|_| is_grpc)?;
-        let (kind, service, name) = method.labels;
-        metrics.started_by_method.inc(method.index, &metrics.grpc_started, &[kind, service, name]);
-        // Made before the call runs: if the client cancels a unary call in flight, the
-        // future holding this is dropped and so is the guard, which counts the call as
-        // `Canceled`.
-        let runtime = runtime.tenant.get().is_some().then(|| runtime.clone());
-        Some(GrpcCall { handled: Handled { metrics: metrics.clone(), method, runtime, done: false } })
-    }
-
-    /// Counts the call with the status of `response` if it has one already, or else with
-    /// the trailer its body ends with.
-    pub fn finish(mut self, response: axum::response::Response) -> axum::response::Response {
-        if let Some(code) = grpc_status(response.headers()) {
-            self.handled.finish(code);
-        }
-        let handled = self.handled;
-        response.map(|inner| axum::body::Body::new(CountedBody { inner, handled }))
-    }
-}
-
-#[cfg(test)]
-mod label_tests {
-    use super::*;
-
+    /// Values a fresh member shows as a fresh etcd does: ids and versions in their labels,
+    /// -1 for a store never compacted, etcd's buckets.
     #[test]
-    fn grpc_paths() {
-        let grpc_labels = |path| grpc_method(path).map(|m| m.labels);
-        assert_eq!(grpc_labels("/etcdserverpb.KV/Range"), Some(("unary", "etcdserverpb.KV", "Range")));
-        assert_eq!(grpc_labels("/etcdserverpb.Watch/Watch"), Some(("bidi_stream", "etcdserverpb.Watch", "Watch")));
-        assert_eq!(grpc_labels("/health"), None);
-        assert_eq!(grpc_labels("/readyz/linearizable_read"), None);
-        assert_eq!(grpc_labels("/etcdserverpb.KV/Nope"), Some(("unary", UNKNOWN_LABEL, UNKNOWN_LABEL)));
-        assert_eq!(grpc_labels("/a.B/C"), Some(("unary", UNKNOWN_LABEL, UNKNOWN_LABEL)));
-        assert_eq!(go_code_name(tonic::Code::Cancelled as i32), "Canceled");
-        assert_eq!(go_code_name(tonic::Code::DeadlineExceeded as i32), "DeadlineExceeded");
-        assert_eq!(grpc_method("/etcdserverpb.KV/Put").unwrap().labels, ("unary", "etcdserverpb.KV", "Put"));
-        assert!(grpc_method("/etcdserverpb.KV/Put").unwrap().index.is_some());
-        assert_eq!(grpc_method("/etcdserverpb.KV/Nope").unwrap().index, None);
+    fn a_fresh_member_renders_as_etcd() {
+        let m = Metrics::new("3.5.16", 0x8e9e05c52164694d);
+        let text = m.render();
+        for line in [
+            "etcd_server_version{server_version=\"3.5.16\"} 1",
+            "etcd_server_id{server_id=\"8e9e05c52164694d\"} 1",
+            "etcd_cluster_version{cluster_version=\"3.5\"} 1",
+            "etcd_debugging_mvcc_compact_revision -1",
+            "etcd_server_is_learner 0",
+            "etcd_network_client_grpc_sent_bytes_total ",
+            "etcd_disk_backend_commit_duration_seconds_bucket{le=\"0.001\"} 0",
+            "etcd_disk_backend_commit_duration_seconds_bucket{le=\"8.192\"} 0",
+        ] {
+            assert!(text.contains(&format!("\n{line}")), "no {line:?}:\n{text}");
+        }
+        assert!(!text.contains("etcd_disk_backend_commit_duration_seconds_bucket{le=\"16.384\"}"), "14 buckets");
+        assert_eq!(major_minor("3.5.0"), "3.5");
+        assert_eq!(major_minor("3.6"), "3.6");
     }
 
-    /// Cached handles count into the same series as label lookups, once per call, with the
-    /// call's code; a call dropped without one is `Canceled`.
+    /// A peer's series carry its id as etcd prints it, with etcd's round-trip buckets
+    /// (0.1 ms to about 0.8 s), and go with it.
     #[test]
-    fn handled_calls_count_once_with_their_code() {
-        let metrics = std::sync::Arc::new(Metrics::new("3.5.16"));
-        let call = |path: &str| Handled {
-            metrics: metrics.clone(),
-            method: grpc_method(path).expect("a gRPC path"),
-            runtime: None,
-            done: false,
-        };
-        for _ in 0..2 {
-            let mut put = call("/etcdserverpb.KV/Put");
-            put.finish(0);
-            put.finish(0);
+    fn peer_series_are_labelled_by_member_and_forgotten_with_it() {
+        let m = Metrics::new("3.5.16", 0x8e9e05c52164694d);
+        let peer = m.peer(0x91bc3c398fb3c146);
+        peer.sent_bytes.inc_by(10);
+        peer.received_bytes.inc_by(20);
+        peer.sent_failures.inc();
+        peer.round_trip.observe(0.00025);
+        peer.active.set(1);
+        let text = m.render();
+        for line in [
+            "etcd_network_peer_sent_bytes_total{To=\"91bc3c398fb3c146\"} 10",
+            "etcd_network_peer_received_bytes_total{From=\"91bc3c398fb3c146\"} 20",
+            "etcd_network_peer_sent_failures_total{To=\"91bc3c398fb3c146\"} 1",
+            "etcd_network_active_peers{Local=\"8e9e05c52164694d\",Remote=\"91bc3c398fb3c146\"} 1",
+            "etcd_network_peer_round_trip_time_seconds_bucket{To=\"91bc3c398fb3c146\",le=\"0.0001\"} 0",
+            "etcd_network_peer_round_trip_time_seconds_bucket{To=\"91bc3c398fb3c146\",le=\"0.0004\"} 1",
+            "etcd_network_peer_round_trip_time_seconds_bucket{To=\"91bc3c398fb3c146\",le=\"0.8192\"} 1",
+        ] {
+            assert!(text.contains(&format!("\n{line}\n")), "no {line:?}:\n{text}");
         }
-        call("/etcdserverpb.KV/Put").finish(14);
-        drop(call("/etcdserverpb.KV/Put"));
-        call("/etcdserverpb.KV/Nope").finish(0);
-        let count = |labels: [&str; 4]| metrics.grpc_handled.with_label_values(&labels).get();
-        assert_eq!(count(["unary", "etcdserverpb.KV", "Put", "OK"]), 2);
-        assert_eq!(count(["unary", "etcdserverpb.KV", "Put", "Unavailable"]), 1);
-        assert_eq!(count(["unary", "etcdserverpb.KV", "Put", "Canceled"]), 1);
-        assert_eq!(count(["unary", UNKNOWN_LABEL, UNKNOWN_LABEL, "OK"]), 1);
+        assert!(!text.contains("le=\"1.6384\""), "14 buckets");
+        // Taken again (a stream that arrived first), the handles count into the same series.
+        m.peer(0x91bc3c398fb3c146).sent_bytes.inc();
+        assert!(m.render().contains("etcd_network_peer_sent_bytes_total{To=\"91bc3c398fb3c146\"} 11\n"));
+        m.forget_peer(0x91bc3c398fb3c146);
+        assert!(!m.render().contains("91bc3c398fb3c146"), "a removed member's series stay");
     }
 }

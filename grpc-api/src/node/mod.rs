@@ -6,7 +6,8 @@
 //! the applier (`apply`), membership (`membership`), the peer transport (`peer`,
 //! `peer_tls`), the tenant registry and reconciler (`tenants`), lease timing (`lessor`),
 //! per-tenant limits and fair shares (`limits`, `shares`), alarms (`alarms`) and the
-//! metrics registry (`metrics`). Nothing here uses a service or the binary's wiring
+//! metrics (`metrics`, with the gRPC call series in `grpc_metrics` and the `process_*` ones
+//! in `process_metrics`). Nothing here uses a service or the binary's wiring
 //! (`serve.rs`): the services depend on the node, and what the node needs from the serving
 //! layer is handed to it (see `tenants::ServiceFactory`, `tenants::PortServer`).
 //!
@@ -17,6 +18,7 @@
 pub mod alarms;
 pub mod apply;
 pub mod deadline;
+pub mod grpc_metrics;
 pub mod lanes;
 pub mod lessor;
 pub mod limits;
@@ -231,7 +233,7 @@ pub struct GroupRuntime {
     /// The tenant's name, for metric labels: set when this member starts serving the group.
     pub tenant: std::sync::OnceLock<Arc<str>>,
     /// Handles of the tenant's `plinth_tenant_requests_total` with code `OK`, per method.
-    pub tenant_ok_by_method: crate::node::metrics::MethodCounters,
+    pub tenant_ok_by_method: crate::node::grpc_metrics::MethodCounters,
     /// Watchers open on the group on this member.
     pub watchers: std::sync::atomic::AtomicI64,
     /// The tenant's limits as this member enforces them (none for the default and system
@@ -615,9 +617,7 @@ impl Node {
             self.metrics.proposals_failed.inc();
             return Err(status);
         }
-        self.metrics.proposals_pending.set(self.waiters.len() as i64);
         let outcome = tokio::time::timeout_at(deadline.into(), rx).await;
-        self.metrics.proposals_pending.set(self.waiters.len() as i64);
         match outcome {
             Ok(Ok(result)) => {
                 if matches!(result, Err(store::Error::NoSpace)) {
@@ -992,18 +992,29 @@ impl Node {
         }
     }
 
-    /// Brings the gauges that mirror store state up to date (before a scrape).
+    /// Brings the gauges that mirror store and Raft state up to date (before a scrape), from
+    /// this node's group (the default tenant's, which `/metrics` is served for).
     pub fn refresh_gauges(&self) {
-        self.metrics.refresh_tenants(&self.tenants.nodes());
+        let m = &self.metrics;
+        m.refresh_tenants(&self.tenants.nodes());
         let group = self.group();
-        self.metrics.db_total_size.set(self.store.db_size_bytes() as i64);
-        self.metrics.db_in_use_size.set(self.store.size_bytes(group) as i64);
-        self.metrics.current_revision.set(self.store.current_revision(group));
-        self.metrics.compact_revision.set(self.store.compact_revision(group));
+        m.db_total_size.set(self.store.db_size_bytes() as i64);
+        m.db_in_use_size.set(self.store.size_bytes(group) as i64);
+        m.current_revision.set(self.store.current_revision(group));
+        m.compact_revision.set(self.store.compact_main_revision(group));
+        // etcd's committed and applied "proposals" are its Raft log's commit index and
+        // applied index (every entry: conf changes and leaders' empty entries too). The
+        // applied index is the store's, which apply moves with each batch it writes.
+        if let Some((commit, _)) = self.raft.commit_and_term(self.raft_group()) {
+            m.proposals_committed.set(commit.0 as i64);
+        }
+        m.proposals_applied.set(self.store.applied_index(group) as i64);
+        m.proposals_pending.set(self.waiters.len() as i64);
         let leader = self.leader();
-        self.metrics.has_leader.set(i64::from(leader != 0));
-        self.metrics.is_leader.set(i64::from(leader != 0 && leader == self.member_id()));
-        self.metrics.raft_groups_awake.set(self.raft.awake_groups() as i64);
+        m.has_leader.set(i64::from(leader != 0));
+        m.is_leader.set(i64::from(leader != 0 && leader == self.member_id()));
+        m.is_learner.set(i64::from(self.is_learner()));
+        m.raft_groups_awake.set(self.raft.awake_groups() as i64);
     }
 
     /// On the leader, for a client or a follower that forwarded the request: renews lease

@@ -31,6 +31,17 @@
 //!
 //! The peer set follows membership: the applier adds and removes peers as conf changes apply.
 //!
+//! Metrics (etcd's rafthttp series, one set per peer, `metrics::PeerMetrics`): bytes of Raft
+//! messages and snapshot chunks sent to and received from each peer; each message dropped
+//! on its way out (queue full, stream broken or down) and each failed snapshot transfer as a
+//! send failure; whether the stream to the peer is up; and the round trip of a probe (an
+//! empty `Peer.Probe` call) sent over the peer's connection every [`PROBE_INTERVAL`], from
+//! the call to its answer. The probe is what etcd's prober does (it times an HTTP request
+//! to each peer every few seconds); Raft's heartbeats would time only the leader's links,
+//! and their answers wait for the follower's Raft pass and WAL write. It shares the
+//! connection with the Raft stream, so a round trip includes the wait behind large appends
+//! in flight, as the replication traffic itself sees it.
+//!
 //! Binding: every Raft and snapshot stream carries the sender's cluster id and member id
 //! (the id its `Hello` named) in its metadata, and the receiver binds the stream to that
 //! member: it must be another current member (checked when the stream opens and again at
@@ -66,6 +77,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::node::membership::{Member, REMOVED_MESSAGE};
+use crate::node::metrics::{Metrics, PeerMetrics};
 use crate::node::peer_tls::PeerTls;
 use crate::node::Node;
 
@@ -113,6 +125,11 @@ const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(600);
 pub const SNAPSHOT_BYTES_MAX: usize = 256 << 30;
 /// Chunks of an incoming snapshot queued for the task that spools them.
 const SNAPSHOT_CHUNKS_QUEUED: usize = 4;
+/// How often a member probes each peer it is connected to, timing the round trip (etcd's
+/// prober asks every 4 s or so).
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// A probe unanswered this long is given up, unobserved: only answers are timed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Queued = (raft_log::GroupId, Message);
 
@@ -122,14 +139,28 @@ struct Pinned {
     reader: store::SnapshotReader,
 }
 
+/// One peer's queue and its metrics.
+struct PeerQueue {
+    tx: mpsc::Sender<Queued>,
+    metrics: Arc<PeerMetrics>,
+}
+
+/// A peer added before `start`: what its task will take.
+struct PendingPeer {
+    id: u64,
+    queue: mpsc::Receiver<Queued>,
+    metrics: Arc<PeerMetrics>,
+}
+
 /// The `raft_log::Transport` of a member: one bounded queue and one task per peer, snapshot
 /// transfers beside them, and the member's side of `SnapshotSource`.
 pub struct PeerTransport {
     me: u64,
     store: store::Store,
-    queues: RwLock<HashMap<u64, mpsc::Sender<Queued>>>,
+    metrics: Arc<Metrics>,
+    queues: RwLock<HashMap<u64, PeerQueue>>,
     /// Receivers of peers added before `start`, which hands each to its peer task.
-    pending: Mutex<Vec<(u64, mpsc::Receiver<Queued>)>>,
+    pending: Mutex<Vec<PendingPeer>>,
     /// Set by `start`: the member and the runtime its tasks run on.
     node: OnceLock<Weak<Node>>,
     runtime: OnceLock<tokio::runtime::Handle>,
@@ -145,12 +176,13 @@ pub struct PeerTransport {
 }
 
 impl PeerTransport {
-    /// A transport to every member in `peers` (this member, `me`, excluded by the caller).
-    /// Messages sent before `start` wait in the queues.
-    pub fn new(me: u64, store: store::Store, peers: &[u64]) -> Arc<PeerTransport> {
+    /// A transport to every member in `peers` (this member, `me`, excluded by the caller),
+    /// counting its traffic in `metrics`. Messages sent before `start` wait in the queues.
+    pub fn new(me: u64, store: store::Store, peers: &[u64], metrics: Arc<Metrics>) -> Arc<PeerTransport> {
         let t = Arc::new(PeerTransport {
             me,
             store,
+            metrics,
             queues: RwLock::new(HashMap::new()),
             pending: Mutex::new(Vec::new()),
             node: OnceLock::new(),
@@ -180,8 +212,8 @@ impl PeerTransport {
     pub fn start(&self, node: &Arc<Node>) {
         let _ = self.node.set(Arc::downgrade(node));
         let _ = self.runtime.set(tokio::runtime::Handle::current());
-        for (id, rx) in self.pending.lock().drain(..) {
-            tokio::spawn(run_peer(node.clone(), id, rx));
+        for PendingPeer { id, queue, metrics } in self.pending.lock().drain(..) {
+            tokio::spawn(run_peer(node.clone(), id, queue, metrics));
         }
     }
 
@@ -203,20 +235,28 @@ impl PeerTransport {
             return;
         }
         let (tx, rx) = mpsc::channel(PEER_QUEUE_MSGS_MAX);
-        self.queues.write().insert(id, tx);
+        let metrics = Arc::new(self.metrics.peer(id));
+        self.queues.write().insert(id, PeerQueue { tx, metrics: metrics.clone() });
         match (self.node.get().and_then(Weak::upgrade), self.runtime.get()) {
             (Some(node), Some(rt)) => {
-                rt.spawn(run_peer(node, id, rx));
+                rt.spawn(run_peer(node, id, rx, metrics));
             }
-            _ => self.pending.lock().push((id, rx)),
+            _ => self.pending.lock().push(PendingPeer { id, queue: rx, metrics }),
         }
     }
 
-    /// Stops talking to a removed member: its task ends when its queue closes.
+    /// Stops talking to a removed member: its task ends when its queue closes, and its
+    /// series leave the metrics.
     fn remove_peer(&self, id: u64) {
         self.queues.write().remove(&id);
         self.connected.lock().remove(&id);
         self.pinned.lock().retain(|(_, to), _| *to != id);
+        self.metrics.forget_peer(id);
+    }
+
+    /// The metrics of peer `id`, while it is one.
+    fn peer_metrics(&self, id: u64) -> Option<Arc<PeerMetrics>> {
+        self.queues.read().get(&id).map(|q| q.metrics.clone())
     }
 
     /// Members whose stream is connected now, this member included (etcd's "started").
@@ -284,8 +324,10 @@ impl PeerTransport {
             return;
         };
         let to = msg.to;
+        let metrics = self.peer_metrics(to);
         rt.spawn(async move {
-            let outcome = tokio::time::timeout(SNAPSHOT_SEND_TIMEOUT, stream_snapshot(&node, group, msg)).await;
+            let outcome =
+                tokio::time::timeout(SNAPSHOT_SEND_TIMEOUT, stream_snapshot(&node, group, msg, metrics.clone())).await;
             let ok = match outcome {
                 Ok(Ok(())) => true,
                 Ok(Err(e)) => {
@@ -297,6 +339,11 @@ impl PeerTransport {
                     false
                 }
             };
+            if !ok {
+                if let Some(metrics) = &metrics {
+                    metrics.sent_failures.inc();
+                }
+            }
             if let Err(e) = node.raft.report_snapshot(group, raft_log::NodeId(to), ok) {
                 debug!(error = %e, "snapshot outcome not reported; raft retries");
             }
@@ -337,8 +384,9 @@ impl raft_log::Transport for PeerTransport {
             }
             match queues.get(&m.to) {
                 Some(q) => {
-                    if let Err(e) = q.try_send((group, m)) {
+                    if let Err(e) = q.tx.try_send((group, m)) {
                         // Dropping is safe: Raft resends what was not acknowledged.
+                        q.metrics.sent_failures.inc();
                         debug!(to = format_args!("{:x}", e.into_inner().1.to), "peer queue full; message dropped");
                     }
                 }
@@ -348,8 +396,14 @@ impl raft_log::Transport for PeerTransport {
     }
 }
 
-/// Streams the snapshot pinned for `msg` to its follower.
-async fn stream_snapshot(node: &Arc<Node>, group: raft_log::GroupId, msg: Message) -> anyhow::Result<()> {
+/// Streams the snapshot pinned for `msg` to its follower, counting the chunks' bytes in the
+/// follower's `metrics`.
+async fn stream_snapshot(
+    node: &Arc<Node>,
+    group: raft_log::GroupId,
+    msg: Message,
+    metrics: Option<Arc<PeerMetrics>>,
+) -> anyhow::Result<()> {
     let to = msg.to;
     let token = <[u8; 8]>::try_from(&msg.get_snapshot().data[..]).map(u64::from_le_bytes).unwrap_or(0);
     let reader = node
@@ -368,8 +422,12 @@ async fn stream_snapshot(node: &Arc<Node>, group: raft_log::GroupId, msg: Messag
         for chunk in reader {
             let data = Bytes::from(chunk?);
             let (message, members) = first.take().unwrap_or_default();
+            let bytes = message.len() + members.len() + data.len();
             if tx.blocking_send(pb::SnapshotChunk { group: group.0, message, members, data }).is_err() {
                 anyhow::bail!("the snapshot stream closed");
+            }
+            if let Some(metrics) = &metrics {
+                metrics.sent_bytes.inc_by(bytes as u64);
             }
         }
         Ok(())
@@ -388,8 +446,9 @@ enum Ended {
     Closed,
 }
 
-/// Keeps one stream to `peer` open for as long as the member runs.
-async fn run_peer(node: Arc<Node>, peer: u64, mut queue: mpsc::Receiver<Queued>) {
+/// Keeps one stream to `peer` open for as long as the member runs, and probes the peer
+/// while it is connected; counts in `metrics`.
+async fn run_peer(node: Arc<Node>, peer: u64, mut queue: mpsc::Receiver<Queued>, metrics: Arc<PeerMetrics>) {
     let mut backoff = RECONNECT_BACKOFF_MIN;
     let mut was_connected = true;
     loop {
@@ -399,7 +458,11 @@ async fn run_peer(node: Arc<Node>, peer: u64, mut queue: mpsc::Receiver<Queued>)
                 backoff = RECONNECT_BACKOFF_MIN;
                 was_connected = true;
                 node.membership.transport.set_connected(peer, true);
-                let ended = stream(&node, &mut client, &mut queue).await;
+                metrics.active.set(1);
+                let prober = tokio::spawn(probe(client.clone(), metrics.clone()));
+                let ended = stream(&node, &mut client, &mut queue, &metrics).await;
+                prober.abort();
+                metrics.active.set(0);
                 node.membership.transport.set_connected(peer, false);
                 if let Ended::Closed = ended {
                     return;
@@ -426,7 +489,7 @@ async fn run_peer(node: Arc<Node>, peer: u64, mut queue: mpsc::Receiver<Queued>)
         // Messages queued while the peer was unreachable are stale; Raft sends fresh ones.
         loop {
             match queue.try_recv() {
-                Ok(_) => {}
+                Ok(_) => metrics.sent_failures.inc(),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => return,
             }
@@ -536,8 +599,26 @@ fn bound_request<T>(node: &Node, inner: T) -> Request<T> {
     request
 }
 
+/// Times a probe of the peer every [`PROBE_INTERVAL`], the first at once, until aborted
+/// (when the peer's stream ends).
+async fn probe(mut client: Client, metrics: Arc<PeerMetrics>) {
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let started = Instant::now();
+        match tokio::time::timeout(PROBE_TIMEOUT, client.probe(pb::Empty {})).await {
+            Ok(Ok(_)) => metrics.round_trip.observe(started.elapsed().as_secs_f64()),
+            // A member of a build without probes, or a connection going down (the stream
+            // finds out by itself): nothing to time.
+            Ok(Err(status)) => debug!(error = %status.message(), "peer probe refused"),
+            Err(_) => debug!("peer probe unanswered"),
+        }
+    }
+}
+
 /// Streams queued messages to the peer in batches until the stream breaks.
-async fn stream(node: &Node, client: &mut Client, queue: &mut mpsc::Receiver<Queued>) -> Ended {
+async fn stream(node: &Node, client: &mut Client, queue: &mut mpsc::Receiver<Queued>, metrics: &PeerMetrics) -> Ended {
     let (tx, rx) = mpsc::channel::<pb::RaftBatch>(STREAM_BATCHES_MAX);
     let mut call = Box::pin(client.raft(bound_request(node, ReceiverStream::new(rx))));
     loop {
@@ -559,15 +640,21 @@ async fn stream(node: &Node, client: &mut Client, queue: &mut mpsc::Receiver<Que
                             bytes += encoded.len();
                             msgs.push(pb::RaftMessage { group: group.0, message: Bytes::from(encoded) });
                         }
-                        Err(e) => warn!(error = %e, "cannot encode a raft message; dropped"),
+                        Err(e) => {
+                            metrics.sent_failures.inc();
+                            warn!(error = %e, "cannot encode a raft message; dropped");
+                        }
                     }
                     if msgs.len() < PEER_BATCH_MSGS_MAX && bytes < PEER_BATCH_BYTES_MAX {
                         next = queue.try_recv().ok();
                     }
                 }
+                let count = msgs.len() as u64;
                 if tx.send(pb::RaftBatch { msgs }).await.is_err() {
+                    metrics.sent_failures.inc_by(count);
                     return Ended::Broken;
                 }
+                metrics.sent_bytes.inc_by(bytes as u64);
             }
         }
     }
@@ -672,10 +759,20 @@ impl pb::peer_server::Peer for PeerService {
     async fn raft(&self, request: Request<Streaming<pb::RaftBatch>>) -> Result<Response<pb::Empty>, Status> {
         let bound = self.bind(&request)?;
         let me = self.node.member_id();
+        let transport = &self.node.membership.transport;
+        let mut metrics = transport.peer_metrics(bound);
         let mut batches = request.into_inner();
         while let Some(batch) = batches.message().await? {
             // A member removed while its stream is open is cut off at its next batch.
             self.check_member(bound)?;
+            // A member whose stream came before this member added it (a conf change it has
+            // not applied yet) is counted from its first batch after.
+            if metrics.is_none() {
+                metrics = transport.peer_metrics(bound);
+            }
+            if let Some(metrics) = &metrics {
+                metrics.received_bytes.inc_by(batch.msgs.iter().map(|m| m.message.len() as u64).sum());
+            }
             for raw in batch.msgs {
                 let msg = match Message::parse_from_bytes(&raw.message) {
                     Ok(m) => m,
@@ -743,7 +840,11 @@ impl pb::peer_server::Peer for PeerService {
         // snapshot_install.rs): a large tenant's snapshot cannot exhaust this member's memory.
         let mut spooler = None;
         let mut bytes = 0usize;
+        let metrics = node.membership.transport.peer_metrics(bound);
         while let Some(chunk) = chunks.message().await? {
+            if let Some(metrics) = &metrics {
+                metrics.received_bytes.inc_by((chunk.message.len() + chunk.members.len() + chunk.data.len()) as u64);
+            }
             if first.is_none() {
                 let msg = Message::parse_from_bytes(&chunk.message)
                     .map_err(|e| Status::invalid_argument(format!("snapshot message: {e}")))?;
@@ -843,6 +944,11 @@ impl pb::peer_server::Peer for PeerService {
         Ok(Response::new(pb::LeaseResponse { ttl }))
     }
 
+    async fn probe(&self, request: Request<pb::Empty>) -> Result<Response<pb::Empty>, Status> {
+        self.check_certificate(&request, None)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
     async fn promote(&self, request: Request<pb::PromoteRequest>) -> Result<Response<pb::PromoteResponse>, Status> {
         self.check_certificate(&request, None)?;
         let id = request.into_inner().member_id;
@@ -891,7 +997,8 @@ mod tests {
     fn relayed_messages_are_not_sent_on_this_members_stream() {
         let dir = tempfile::tempdir().unwrap();
         let store = store::Store::open(dir.path(), store::StoreConfig::default()).unwrap();
-        let transport = PeerTransport::new(1, store, &[2, 3]);
+        let metrics = Arc::new(Metrics::new("3.5.16", 1));
+        let transport = PeerTransport::new(1, store, &[2, 3], metrics);
         let msg = |t: MessageType, from: u64| {
             let mut m = Message::default();
             m.set_msg_type(t);
@@ -903,9 +1010,38 @@ mod tests {
         transport.send(raft_log::GroupId(1), relayed);
         transport.send(raft_log::GroupId(1), vec![msg(MessageType::MsgHeartbeat, 1)]);
         let mut pending = transport.pending.lock();
-        let (_, rx) = pending.iter_mut().find(|(id, _)| *id == 2).expect("member 2 has a queue");
+        let rx = &mut pending.iter_mut().find(|p| p.id == 2).expect("member 2 has a queue").queue;
         let (_, first) = rx.try_recv().expect("this member's own message is queued");
         assert_eq!((first.get_msg_type(), first.from), (MessageType::MsgHeartbeat, 1));
         assert!(rx.try_recv().is_err(), "a relayed message was queued for member 2");
+    }
+
+    /// A message dropped because its peer's queue is full is a send failure of that peer,
+    /// and a removed member's series leave the metrics with it.
+    #[test]
+    fn dropped_messages_are_send_failures_of_their_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store::Store::open(dir.path(), store::StoreConfig::default()).unwrap();
+        let metrics = Arc::new(Metrics::new("3.5.16", 1));
+        let transport = PeerTransport::new(1, store, &[2, 3], metrics.clone());
+        let heartbeat = |to: u64| {
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgHeartbeat);
+            m.from = 1;
+            m.to = to;
+            m
+        };
+        // Nothing drains the queues before `start`: the ones past the bound are dropped.
+        let extra = 3;
+        transport.send(raft_log::GroupId(1), (0..PEER_QUEUE_MSGS_MAX + extra).map(|_| heartbeat(2)).collect());
+        transport.send(raft_log::GroupId(1), vec![heartbeat(3)]);
+        let text = metrics.render();
+        assert!(text.contains(&format!("etcd_network_peer_sent_failures_total{{To=\"2\"}} {extra}\n")), "{text}");
+        assert!(text.contains("etcd_network_peer_sent_failures_total{To=\"3\"} 0\n"), "{text}");
+        assert!(text.contains("etcd_network_active_peers{Local=\"1\",Remote=\"2\"} 0\n"), "{text}");
+        transport.set_peers(&[3]);
+        let text = metrics.render();
+        assert!(!text.contains("\"2\""), "member 2's series outlived it:\n{text}");
+        assert!(text.contains("etcd_network_peer_sent_failures_total{To=\"3\"} 0\n"), "{text}");
     }
 }

@@ -1,5 +1,6 @@
 //! The `process_*` metrics every etcd exports (Prometheus' process collector): CPU time,
-//! memory, file descriptors and start time, read from `/proc/self` when `/metrics` is
+//! memory, file descriptors and start time, and etcd's own `os_fd_used` and `os_fd_limit`
+//! (the same descriptor count and soft limit), read from `/proc/self` when `/metrics` is
 //! rendered. Dashboards and alerts written for etcd use them, and `etcdctl check datascale`
 //! reads `process_resident_memory_bytes` before and after its load.
 
@@ -14,6 +15,9 @@ pub struct ProcessMetrics {
     cpu_seconds: Counter,
     open_fds: Gauge,
     max_fds: Gauge,
+    /// etcd's names for the two above (`os_fd_used`, `os_fd_limit`).
+    fd_used: Gauge,
+    fd_limit: Gauge,
     virtual_memory: Gauge,
     virtual_memory_max: Gauge,
     resident_memory: Gauge,
@@ -46,6 +50,8 @@ impl ProcessMetrics {
             cpu_seconds,
             open_fds: gauge("process_open_fds", "Number of open file descriptors."),
             max_fds: gauge("process_max_fds", "Maximum number of open file descriptors."),
+            fd_used: gauge("os_fd_used", "The number of used file descriptors."),
+            fd_limit: gauge("os_fd_limit", "The file descriptor limit."),
             virtual_memory: gauge("process_virtual_memory_bytes", "Virtual memory size in bytes."),
             virtual_memory_max: gauge(
                 "process_virtual_memory_max_bytes",
@@ -76,12 +82,16 @@ impl ProcessMetrics {
             self.resident_memory.set(stat.resident_pages * self.page_size);
         }
         if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-            // The directory handle itself is one of the entries, as in Go's count.
-            self.open_fds.set(fds.count() as f64);
+            // The directory handle itself is one of the entries, as in Go's count (both the
+            // process collector's and etcd's `runtime.FDUsage`).
+            let used = fds.count() as f64;
+            self.open_fds.set(used);
+            self.fd_used.set(used);
         }
         if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
             if let Some(n) = soft_limit(&limits, "Max open files") {
                 self.max_fds.set(n);
+                self.fd_limit.set(n);
             }
             if let Some(n) = soft_limit(&limits, "Max address space") {
                 self.virtual_memory_max.set(n);
@@ -167,9 +177,10 @@ mod tests {
         assert!(m.resident_memory.get() > 1e6, "rss {}", m.resident_memory.get());
         assert!(m.open_fds.get() >= 3.0);
         assert!(m.max_fds.get() >= m.open_fds.get());
+        assert!(m.fd_used.get() >= 3.0 && m.fd_limit.get() >= m.fd_used.get());
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
         let started = m.start_time.get();
         assert!(started > now - 3600.0 && started <= now + 1.0, "start {started}, now {now}");
-        assert_eq!(registry.gather().len(), 7);
+        assert_eq!(registry.gather().len(), 9);
     }
 }
