@@ -55,6 +55,9 @@ pub enum EtcdError {
     MemberExist,
     PeerUrlExist,
     NotCapable,
+    WrongDowngradeVersionFormat,
+    InvalidDowngradeTargetVersion,
+    NoInflightDowngrade,
     BadLeaderTransferee,
     /// `MoveLeader` waited too long for the target to lead. etcd has no gRPC error for it
     /// (its `togRPCError` falls back to `Unknown` with the text), so neither does Plinth.
@@ -91,9 +94,23 @@ impl EtcdError {
     pub fn code(self) -> Code {
         use EtcdError::*;
         match self {
-            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey | InvalidSortOption
-            | RequestTooLarge | MemberBadUrls | UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven
-            | InvalidAuthMgmt | AuthOldRevision => Code::InvalidArgument,
+            EmptyKey
+            | KeyNotFound
+            | ValueProvided
+            | LeaseProvided
+            | TooManyOps
+            | DuplicateKey
+            | InvalidSortOption
+            | RequestTooLarge
+            | MemberBadUrls
+            | UserEmpty
+            | RoleEmpty
+            | AuthFailed
+            | PermissionNotGiven
+            | InvalidAuthMgmt
+            | AuthOldRevision
+            | WrongDowngradeVersionFormat
+            | InvalidDowngradeTargetVersion => Code::InvalidArgument,
             RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound | RoleAlreadyExist | RoleNotFound
             | RoleNotGranted | PermissionNotGranted | AuthNotEnabled => Code::FailedPrecondition,
             PermissionDenied => Code::PermissionDenied,
@@ -102,7 +119,7 @@ impl EtcdError {
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
             LeaseExist | NotLeader | MemberNotLearner | LearnerNotReady | TooManyLearners | MemberExist
-            | PeerUrlExist | NotCapable | BadLeaderTransferee => Code::FailedPrecondition,
+            | PeerUrlExist | NotCapable | NoInflightDowngrade | BadLeaderTransferee => Code::FailedPrecondition,
             NoLeader
             | NotSupportedForLearner
             | LeaderChanged
@@ -160,6 +177,9 @@ impl EtcdError {
             MemberExist => "etcdserver: member ID already exist",
             PeerUrlExist => "etcdserver: Peer URLs already exists",
             NotCapable => "etcdserver: not capable",
+            WrongDowngradeVersionFormat => "etcdserver: wrong downgrade target version format",
+            InvalidDowngradeTargetVersion => "etcdserver: invalid downgrade target version",
+            NoInflightDowngrade => "etcdserver: no inflight downgrade job",
             BadLeaderTransferee => "etcdserver: bad leader transferee",
             TimeoutLeaderTransfer => "etcdserver: request timed out, leader transfer took too long",
             WatchCanceled => "etcdserver: watch canceled",

@@ -264,8 +264,64 @@ impl Maintenance for MaintenanceService {
 
     async fn downgrade(
         &self,
-        _request: Request<pb::DowngradeRequest>,
+        request: Request<pb::DowngradeRequest>,
     ) -> Result<Response<pb::DowngradeResponse>, Status> {
-        Err(EtcdError::NotCapable.status())
+        use pb::downgrade_request::DowngradeAction;
+        // etcd's checks, in etcd's order; a target etcd would accept is refused as "not
+        // capable": no older Plinth exists to run the cluster at an older version, and no
+        // downgrade is ever in progress to cancel.
+        let req = request.into_inner();
+        match DowngradeAction::try_from(req.action) {
+            Ok(DowngradeAction::Validate | DowngradeAction::Enable) => {
+                let target =
+                    downgrade_target(&req.version).ok_or_else(|| EtcdError::WrongDowngradeVersionFormat.status())?;
+                if target != DOWNGRADE_TARGET {
+                    return Err(EtcdError::InvalidDowngradeTargetVersion.status());
+                }
+                Err(EtcdError::NotCapable.status())
+            }
+            Ok(DowngradeAction::Cancel) => Err(EtcdError::NoInflightDowngrade.status()),
+            Err(_) => Err(EtcdError::NotCapable.status()),
+        }
+    }
+}
+
+/// The one downgrade target etcd allows: the cluster version's minor release minus one (the
+/// cluster version is 3.5).
+const DOWNGRADE_TARGET: (u64, u64) = (3, 4);
+
+/// The major and minor release of a downgrade target as etcd reads it: a semantic version
+/// (`3.4.2`, with an optional `-pre` or `+build` part) or `major.minor`; `None` if neither.
+fn downgrade_target(version: &str) -> Option<(u64, u64)> {
+    fn semver(v: &str) -> Option<(u64, u64)> {
+        let core = v.split_once('+').map_or(v, |(core, _)| core);
+        let core = core.split_once('-').map_or(core, |(core, _)| core);
+        let parts: Vec<&str> = core.split('.').collect();
+        let number =
+            |p: &str| (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())).then(|| p.parse::<u64>().ok()).flatten();
+        match parts[..] {
+            [major, minor, patch] => {
+                number(patch)?;
+                Some((number(major)?, number(minor)?))
+            }
+            _ => None,
+        }
+    }
+    semver(version).or_else(|| semver(&format!("{version}.0")))
+}
+
+#[cfg(test)]
+mod downgrade_tests {
+    use super::downgrade_target;
+
+    #[test]
+    fn downgrade_targets_parse_as_etcds() {
+        assert_eq!(downgrade_target("3.4"), Some((3, 4)));
+        assert_eq!(downgrade_target("3.4.2"), Some((3, 4)));
+        assert_eq!(downgrade_target("3.3"), Some((3, 3)));
+        assert_eq!(downgrade_target("3.4.0-rc.1"), Some((3, 4)));
+        for bad in ["", "abc", "x", "3", "3.4.x", "v3.4", "3..4"] {
+            assert_eq!(downgrade_target(bad), None, "{bad:?}");
+        }
     }
 }

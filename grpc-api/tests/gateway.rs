@@ -35,6 +35,19 @@ fn post_with(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (u1
     (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")))
 }
 
+/// The next `{"result": ...}` line of a streamed answer, skipping the head and the chunk
+/// sizes of the chunked body.
+fn next_result_line(lines: &mut BufReader<std::net::TcpStream>) -> serde_json::Value {
+    loop {
+        let mut line = String::new();
+        assert!(lines.read_line(&mut line).unwrap() > 0, "the stream ended");
+        if let Some(json) = line.trim_end().strip_prefix(r#"{"result":"#) {
+            let json = json.strip_suffix('}').unwrap();
+            return serde_json::from_str::<serde_json::Value>(json).unwrap();
+        }
+    }
+}
+
 #[tokio::test]
 async fn unary_calls_answer_etcds_json() {
     let server = Server::start(&[]);
@@ -75,6 +88,16 @@ async fn unary_calls_answer_etcds_json() {
         assert_eq!((status, error["code"].as_i64()), (404, Some(5)), "{error}");
         let (status, error) = post(port, "/v3/kv/range", r#"{"key":"#);
         assert_eq!((status, error["code"].as_i64()), (400, Some(3)), "{error}");
+        // Downgrade: etcd 3.5.1's checks and answers, up to a target it would accept.
+        for (body, code, message) in [
+            ("{}", 3, "etcdserver: wrong downgrade target version format"),
+            (r#"{"action":"ENABLE","version":"x"}"#, 3, "etcdserver: wrong downgrade target version format"),
+            (r#"{"action":"VALIDATE","version":"3.3"}"#, 3, "etcdserver: invalid downgrade target version"),
+            (r#"{"action":"CANCEL"}"#, 9, "etcdserver: no inflight downgrade job"),
+        ] {
+            let (status, error) = post(port, "/v3/maintenance/downgrade", body);
+            assert_eq!((status, error["code"].as_i64(), error["message"].as_str()), (400, Some(code), Some(message)));
+        }
 
         // The lease paths etcd also serves under /v3/kv/lease/.
         let (_, grant) = post(port, "/v3/lease/grant", r#"{"TTL":30}"#);
@@ -152,15 +175,7 @@ async fn a_watch_streams_result_lines_after_its_request_body_ends() {
         let body = r#"{"create_request":{"key":"Zm9v","prev_kv":true}}"#;
         write!(conn, "POST /v3/watch HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
         let mut lines = BufReader::new(conn);
-        // The result lines, skipping the head and the chunk sizes of the chunked body.
-        let mut next_result = || loop {
-            let mut line = String::new();
-            assert!(lines.read_line(&mut line).unwrap() > 0, "the stream ended");
-            if let Some(json) = line.trim_end().strip_prefix(r#"{"result":"#) {
-                let json = json.strip_suffix('}').unwrap();
-                return serde_json::from_str::<serde_json::Value>(json).unwrap();
-            }
-        };
+        let mut next_result = || next_result_line(&mut lines);
         assert_eq!(next_result()["created"], true);
         post(port, "/v3/kv/put", r#"{"key":"Zm9v","value":"YQ=="}"#);
         post(port, "/v3/kv/deleterange", r#"{"key":"Zm9v"}"#);
@@ -191,14 +206,7 @@ async fn a_watch_serves_each_request_of_an_open_body_as_it_arrives() {
             write!(out, "\r\n").unwrap();
         };
         let mut lines = BufReader::new(conn);
-        let mut next_result = || loop {
-            let mut line = String::new();
-            assert!(lines.read_line(&mut line).unwrap() > 0, "the stream ended");
-            if let Some(json) = line.trim_end().strip_prefix(r#"{"result":"#) {
-                let json = json.strip_suffix('}').unwrap();
-                return serde_json::from_str::<serde_json::Value>(json).unwrap();
-            }
-        };
+        let mut next_result = || next_result_line(&mut lines);
         // The body stays open: each request is served as it arrives.
         chunk(br#"{"create_request":{"key":"Zm9v"}}"#);
         assert_eq!(next_result()["created"], true);
