@@ -229,3 +229,34 @@ pub async fn settled_queue(client: &mut etcd_client::Client, prefix: &str, want:
     }
     queue
 }
+
+/// A process killed (and reaped) on drop.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `plinth serve` as member `n2` joining the cluster of `n1` (`--initial-cluster-state
+/// existing`), which has added it at `peer_url` with `member add`: its data in `dir`, its
+/// clients on `client_url`.
+pub fn join_as_n2(n1: &Server, dir: &Path, client_url: &str, peer_url: &str) -> Killed {
+    let initial = format!("n1=http://127.0.0.1:{},n2={peer_url}", n1.peer_port);
+    Killed(
+        Command::new(env!("CARGO_BIN_EXE_plinth"))
+            .arg("serve")
+            .args(["--name", "n2", "--data-dir"])
+            .arg(dir.join("data"))
+            .args(["--listen-client-urls", client_url, "--advertise-client-urls", client_url])
+            .args(["--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url])
+            .args(["--initial-cluster", &initial, "--initial-cluster-state", "existing"])
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning the joining member"),
+    )
+}

@@ -6,10 +6,9 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, Server};
+use common::{free_port, join_as_n2, Server};
 use grpc_api::pb::etcdserverpb as pb;
 use prost::Message;
 
@@ -155,15 +154,6 @@ async fn next(responses: &mut tonic::Streaming<pb::WatchResponse>) -> pb::WatchR
     response.expect("a watch response in time").unwrap().expect("the stream is open")
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Two members (a voter and a learner): each shows the other as an active peer, with bytes
 /// both ways and timed round trips, labelled by member ids as etcd prints them; once the
 /// learner is gone, the voter's messages to it are send failures and the peer is inactive.
@@ -181,21 +171,7 @@ async fn peer_series_of_a_two_member_cluster() {
     let id2 = format!("{:x}", added.member().unwrap().id());
     let id1 = format!("{:x}", added.header().unwrap().member_id());
     let tmp = tempfile::tempdir().unwrap();
-    let initial = format!("n1=http://127.0.0.1:{},n2={peer_url}", n1.peer_port);
-    let mut n2 = Killed(
-        Command::new(env!("CARGO_BIN_EXE_plinth"))
-            .arg("serve")
-            .args(["--name", "n2", "--data-dir"])
-            .arg(tmp.path().join("data"))
-            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &initial, "--initial-cluster-state", "existing"])
-            .args(["--log-level", "warn"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawning the learner"),
-    );
+    let mut n2 = join_as_n2(&n1, tmp.path(), &client_url, &peer_url);
     c.put("k", "v", None).await.unwrap();
     let up = |local: &str, remote: &str| {
         let active = format!("etcd_network_active_peers{{Local=\"{local}\",Remote=\"{remote}\"}}");

@@ -4,10 +4,9 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, Server};
+use common::{free_port, join_as_n2, Server};
 
 /// Longest wait for the learner to start and for its check to answer.
 const WAIT: Duration = Duration::from_secs(60);
@@ -24,15 +23,6 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn readyz_fails_non_learner_on_a_learner_only() {
     let n1 = Server::start(&[]);
@@ -46,21 +36,7 @@ async fn readyz_fails_non_learner_on_a_learner_only() {
         .expect("member add --learner");
     assert!(added.member().unwrap().is_learner());
     let tmp = tempfile::tempdir().unwrap();
-    let initial = format!("n1=http://127.0.0.1:{},n2={peer_url}", n1.peer_port);
-    let _n2 = Killed(
-        Command::new(env!("CARGO_BIN_EXE_plinth"))
-            .arg("serve")
-            .args(["--name", "n2", "--data-dir"])
-            .arg(tmp.path().join("data"))
-            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &initial, "--initial-cluster-state", "existing"])
-            .args(["--log-level", "warn"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawning the learner"),
-    );
+    let _n2 = join_as_n2(&n1, tmp.path(), &client_url, &peer_url);
     // The learner answers the other checks once it has caught up; `non_learner` must fail
     // there whatever the others say, and pass on the voter.
     let deadline = Instant::now() + WAIT;
