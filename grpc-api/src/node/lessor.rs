@@ -130,18 +130,13 @@ impl Lessor {
     /// Replaces every timer with `leases` (id, TTL), each given a full TTL from now: after a
     /// snapshot replaced the store's leases, and when this member becomes leader.
     pub fn reset(&self, leases: impl IntoIterator<Item = (i64, i64)>) {
-        let mut state = self.state.lock();
-        state.timers.clear();
-        state.revoking.clear();
-        for (id, ttl_seconds) in leases {
-            state.timers.insert(id, Timer { ttl_seconds, expiry: deadline(ttl_seconds) });
-        }
+        self.promote(leases, Duration::ZERO);
     }
 
     /// [`reset`](Self::reset) for a member that just became leader: every lease gets its
     /// full TTL plus `extend` (etcd's `Promote` with the election timeout, so a lease whose
     /// keep-alives were going to the old leader has time to find the new one).
-    pub fn promote(&self, leases: impl IntoIterator<Item = (i64, i64)>, extend: std::time::Duration) {
+    pub fn promote(&self, leases: impl IntoIterator<Item = (i64, i64)>, extend: Duration) {
         let mut state = self.state.lock();
         state.timers.clear();
         state.revoking.clear();
