@@ -49,12 +49,15 @@ async fn method_not_allowed() -> Response {
 }
 
 /// The answer on a path nothing serves, etcd's: a gRPC call (content type `application/grpc`)
-/// gets gRPC's "unimplemented", which clients probing for a newer method rely on, and any
+/// gets gRPC's "unimplemented" in grpc-go's words (`unknown_call`; the client port's
+/// admission answers these first), which clients probing for a newer method rely on, and any
 /// other request Go's `404 page not found`, so a probe or a scraper on a wrong path sees a
 /// failure rather than a `200`.
 pub async fn unknown_path(request: axum::extract::Request) -> Response {
     if is_grpc(request.headers()) {
-        let (parts, ()) = tonic::Status::unimplemented("").into_http::<()>().into_parts();
+        let path = request.uri().path();
+        let status = crate::node::grpc_metrics::unknown_call(path).unwrap_or_else(|| tonic::Status::unimplemented(""));
+        let (parts, ()) = status.into_http::<()>().into_parts();
         return Response::from_parts(parts, axum::body::Body::empty());
     }
     page_not_found()

@@ -509,8 +509,19 @@ where
     F: FnOnce(axum::extract::Request) -> Fut,
     Fut: std::future::Future<Output = axum::response::Response> + Send + 'static,
 {
-    let (call, request) = crate::node::grpc_metrics::GrpcCall::start(&node.metrics, &node.runtime, request);
-    let mut response = admitted(node, request, next).await;
+    use crate::node::grpc_metrics::{unknown_call, GrpcCall};
+    let (call, request) = GrpcCall::start(&node.metrics, &node.runtime, request);
+    // A method the server does not have is answered before anything else, as grpc-go does.
+    let unknown = match &call {
+        Some(call) if call.is_known() => None,
+        Some(_) => unknown_call(request.uri().path()),
+        None if crate::http::is_grpc(request.headers()) => unknown_call(request.uri().path()),
+        None => None,
+    };
+    let mut response = match unknown {
+        Some(status) => status.into_http(),
+        None => admitted(node, request, next).await,
+    };
     oversized_as_etcd(&mut response);
     match call {
         Some(call) => call.finish(response),

@@ -1,5 +1,6 @@
 //! The gRPC metrics: labels only for etcd's own methods (a client cannot create series by
-//! calling made-up paths) and codes spelled as Go spells them.
+//! calling made-up paths) and codes spelled as Go spells them; made-up methods answered in
+//! grpc-go's words.
 
 mod common;
 
@@ -54,6 +55,35 @@ async fn unknown_methods_create_no_series() {
         );
         let status = tokio::time::timeout(Duration::from_secs(10), call).await.expect("call timed out").unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unimplemented, "{path}");
+        // grpc-go's words, which etcd answers.
+        let (service, method) = path[1..].rsplit_once('/').unwrap();
+        let wanted = if service == "etcdserverpb.KV" {
+            format!("unknown method {method} for service {service}")
+        } else {
+            format!("unknown service {service}")
+        };
+        assert_eq!(status.message(), wanted, "{path}");
+    }
+    // Paths grpc-go splits at their last `/`, or finds malformed, as etcd 3.5.1 answers them.
+    for (path, code, message) in [
+        ("/etcdserverpb.KV/", tonic::Code::Unimplemented, "unknown method  for service etcdserverpb.KV"),
+        (
+            "/etcdserverpb.Cluster/Nope",
+            tonic::Code::Unimplemented,
+            "unknown method Nope for service etcdserverpb.Cluster",
+        ),
+        ("/nodot/x", tonic::Code::Unimplemented, "unknown service nodot"),
+        ("/a.B/C/D", tonic::Code::Unimplemented, "unknown service a.B/C"),
+        ("/justone", tonic::Code::ResourceExhausted, r#"malformed method name: "/justone""#),
+    ] {
+        grpc.ready().await.unwrap();
+        let call = grpc.unary(
+            tonic::Request::new(()),
+            http::uri::PathAndQuery::from_str(path).unwrap(),
+            tonic_prost::ProstCodec::<(), ()>::default(),
+        );
+        let status = tokio::time::timeout(Duration::from_secs(10), call).await.expect("call timed out").unwrap_err();
+        assert_eq!((status.code(), status.message()), (code, message), "{path}");
     }
     let port = server.client_port;
     let text = tokio::task::spawn_blocking(move || metrics(port)).await.unwrap();

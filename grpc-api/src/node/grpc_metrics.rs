@@ -150,6 +150,29 @@ fn grpc_method(path: &str) -> Option<GrpcMethod> {
     Some(GrpcMethod { labels: (UNARY, UNKNOWN_LABEL, UNKNOWN_LABEL), index: None })
 }
 
+/// grpc-go's answer to a gRPC call of `path` that names no method of the server, or `None`
+/// when it names one (or belongs to Plinth's own `plinthv1` API, whose generated servers
+/// answer their unknown methods). grpc-go answers before any interceptor runs: the service is
+/// what precedes the path's last `/`, the method what follows it; a path without a second `/`
+/// is malformed, with `ResourceExhausted`.
+pub fn unknown_call(path: &str) -> Option<tonic::Status> {
+    if METHODS.by_path.contains_key(path) {
+        return None;
+    }
+    let name = path.strip_prefix('/').unwrap_or(path);
+    let Some((service, method)) = name.rsplit_once('/') else {
+        // Go's `%q`; a request path holds no character it would write otherwise.
+        return Some(tonic::Status::resource_exhausted(format!("malformed method name: {path:?}")));
+    };
+    if KNOWN_METHODS.iter().any(|(known, _)| *known == service) {
+        Some(tonic::Status::unimplemented(format!("unknown method {method} for service {service}")))
+    } else if service.starts_with("plinthv1.") {
+        None
+    } else {
+        Some(tonic::Status::unimplemented(format!("unknown service {service}")))
+    }
+}
+
 /// One counter handle per known method, taken from its vector on the method's first use.
 pub struct MethodCounters(Box<[std::sync::OnceLock<IntCounter>]>);
 
@@ -531,6 +554,11 @@ impl GrpcCall {
         let runtime = runtime.tenant.get().is_some().then(|| runtime.clone());
         let handled = Handled { metrics: metrics.clone(), method, runtime, done: false };
         (Some(GrpcCall { handled, sent }), request)
+    }
+
+    /// Whether the call names one of etcd's methods.
+    pub fn is_known(&self) -> bool {
+        self.handled.method.index.is_some()
     }
 
     /// Counts the call with the status of `response` if it has one already, or else with
