@@ -742,8 +742,8 @@ fn bootstrap_of(identity: &Identity) -> raft_log::Bootstrap {
 }
 
 /// `--initial-cluster-state existing`: asks the other members of `--initial-cluster` for the
-/// cluster id and member list, and finds this member in it by its peer URLs (it was added
-/// with `member add` before it started).
+/// cluster id and member list, checks the flag lists exactly those members, and finds this
+/// member in it by its peer URLs (it was added with `member add` before it started).
 async fn join_cluster(
     args: &ServeArgs,
     data_dir: &std::path::Path,
@@ -756,15 +756,20 @@ async fn join_cluster(
         .map(parse_initial_cluster)
         .transpose()?
         .ok_or_else(|| anyhow::anyhow!("--initial-cluster-state existing needs --initial-cluster"))?;
+    crate::node::membership::verify_initial_cluster(&cluster, &args.name, &own, true)?;
     let own_norm = crate::node::membership::normalize_urls(&own);
     let others: Vec<String> = cluster
-        .into_iter()
+        .iter()
         .filter(|(name, urls)| name != &args.name && crate::node::membership::normalize_urls(urls) != own_norm)
-        .flat_map(|(_, urls)| urls)
+        .flat_map(|(_, urls)| urls.iter().cloned())
         .collect();
     let (cluster_id, members) = crate::node::peer::fetch_members(&others, peer_tls)
         .await
         .map_err(|e| anyhow::anyhow!("cannot fetch the member list from --initial-cluster: {e}"))?;
+    // `--initial-cluster` must list the cluster as it is now, this member included (what
+    // `etcdctl member add` prints for it).
+    crate::node::membership::validate_join(&cluster, &members)
+        .map_err(|e| anyhow::anyhow!("error validating peerURLs of cluster {cluster_id:x}: {e}"))?;
     let identity =
         Identity::joining(data_dir, cluster_id, members, &args.name, &own, split_urls(&args.advertise_client_urls))?;
     info!(

@@ -251,9 +251,50 @@ impl Members {
         self.members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",")
     }
 
-    /// Starts member `i` (again) on its data dir; it must not be running.
+    /// The `--initial-cluster` a member joining now starts with: the cluster's member list as
+    /// a running member answers it (what `etcdctl member add` prints), each member under its
+    /// name here. Removed members and slots not yet added are left out, as a joining member
+    /// that lists them is refused (etcd's "member count is unequal").
+    fn current_cluster(&self) -> String {
+        let endpoints: Vec<String> =
+            self.members.iter().filter(|m| m.child.is_some() && !m.paused).map(Member::endpoint).collect();
+        let listed = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                    rt.block_on(async {
+                        for endpoint in &endpoints {
+                            let options = ConnectOptions::new().with_timeout(STATUS_TIMEOUT * 5);
+                            let Ok(mut client) = Client::connect([endpoint], Some(options)).await else { continue };
+                            if let Ok(list) = client.member_list().await {
+                                return Some(list);
+                            }
+                        }
+                        None
+                    })
+                })
+                .join()
+                .expect("member list thread")
+        });
+        let list = listed.unwrap_or_else(|| panic!("no running member answered a member list\n{}", self.logs()));
+        let mut entries = Vec::new();
+        for listed in list.members() {
+            for url in listed.peer_urls() {
+                let name = match self.members.iter().find(|m| m.peer_url() == *url) {
+                    Some(m) => m.name.clone(),
+                    None => listed.name().to_owned(),
+                };
+                entries.push(format!("{name}={url}"));
+            }
+        }
+        entries.join(",")
+    }
+
+    /// Starts member `i` (again) on its data dir; it must not be running. A member added
+    /// with [`Members::add_member`] first starts with the cluster's current member list.
     pub fn spawn(&mut self, i: usize) {
-        let initial_cluster = self.initial_cluster();
+        let joining = self.members[i].state == "existing" && !self.members[i].dir.join("data/member.json").exists();
+        let initial_cluster = if joining { self.current_cluster() } else { self.initial_cluster() };
         let m = &mut self.members[i];
         assert!(m.child.is_none(), "{} already running", m.name);
         let log = OpenOptions::new().create(true).append(true).open(m.dir.join("server.log")).expect("log");

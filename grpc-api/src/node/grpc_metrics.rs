@@ -151,7 +151,7 @@ fn grpc_method(path: &str) -> Option<GrpcMethod> {
 }
 
 /// grpc-go's answer to a gRPC call of `path` that names no method of the server, or `None`
-/// when it names one (or belongs to Plinth's own `plinthv1` API, whose generated servers
+/// when it names one (or belongs to Plinth's own `plinth.v1` API, whose generated servers
 /// answer their unknown methods). grpc-go answers before any interceptor runs: the service is
 /// what precedes the path's last `/`, the method what follows it; a path without a second `/`
 /// is malformed, with `ResourceExhausted`.
@@ -166,7 +166,7 @@ pub fn unknown_call(path: &str) -> Option<tonic::Status> {
     };
     if KNOWN_METHODS.iter().any(|(known, _)| *known == service) {
         Some(tonic::Status::unimplemented(format!("unknown method {method} for service {service}")))
-    } else if service.starts_with("plinthv1.") {
+    } else if service.starts_with("plinth.") {
         None
     } else {
         Some(tonic::Status::unimplemented(format!("unknown service {service}")))

@@ -118,6 +118,9 @@ impl Identity {
             Some(flag) => parse_initial_cluster(flag)?,
             None => Vec::new(),
         };
+        if !cluster.is_empty() {
+            verify_initial_cluster(&cluster, name, &peer_urls, false)?;
+        }
         let identity = if cluster.len() <= 1 {
             let member_id = member_id(cluster_token, &peer_urls);
             Identity {
@@ -134,14 +137,8 @@ impl Identity {
                 removed: Vec::new(),
             }
         } else {
-            let (_, own_urls) = cluster.iter().find(|(n, _)| n == name).ok_or_else(|| {
-                anyhow::anyhow!("--initial-cluster has no member named {name:?} (this member's --name)")
-            })?;
-            anyhow::ensure!(
-                normalize_urls(own_urls) == normalize_urls(&peer_urls),
-                "--initial-cluster gives {name} the peer URLs {own_urls:?}, but --initial-advertise-peer-urls \
-                 is {peer_urls:?}"
-            );
+            // Verified above: this member is listed, with its advertised URLs.
+            let own_urls = &peer_urls;
             let members: Vec<Member> = cluster
                 .iter()
                 .map(|(n, urls)| Member {
@@ -270,6 +267,100 @@ pub fn parse_initial_cluster(flag: &str) -> anyhow::Result<Vec<(String, Vec<Stri
         }
     }
     Ok(members)
+}
+
+/// etcd's checks of `--initial-cluster` (`cluster`, parsed) against this member's `--name`
+/// and `--initial-advertise-peer-urls` before it first starts (`VerifyBootstrap` and, when
+/// `joining`, `VerifyJoinExisting`, which skips the URL match): the name must be listed, a
+/// bootstrapping member's URLs must be its entry's, and no URL may be listed twice. A member
+/// started from a mistyped flag would otherwise found a cluster of its own or take the wrong
+/// identity. With a data dir, the flags are not looked at (etcd's rule too).
+pub fn verify_initial_cluster(
+    cluster: &[(String, Vec<String>)],
+    name: &str,
+    peer_urls: &[String],
+    joining: bool,
+) -> anyhow::Result<()> {
+    let Some((_, own)) = cluster.iter().find(|(n, _)| n == name) else {
+        anyhow::bail!("couldn't find local name {name:?} in the initial cluster configuration");
+    };
+    let all: Vec<String> = cluster.iter().flat_map(|(_, urls)| normalize_urls(urls)).collect();
+    if all.iter().enumerate().any(|(i, u)| all[..i].contains(u)) {
+        anyhow::bail!("initial cluster {} has duplicate url", urls_map_string(cluster));
+    }
+    if joining {
+        return Ok(());
+    }
+    let (listed, advertised) = (normalize_urls(own), normalize_urls(peer_urls));
+    if listed == advertised {
+        return Ok(());
+    }
+    let missing: Vec<String> =
+        listed.iter().filter(|u| !advertised.contains(u)).map(|u| format!("{name}={u}")).collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "--initial-cluster has {} but missing from --initial-advertise-peer-urls={} ({})",
+            missing.join(","),
+            advertised.join(","),
+            urls_unequal(&advertised, &listed)
+        );
+    }
+    let missing: Vec<&str> = advertised.iter().filter(|u| !listed.contains(u)).map(String::as_str).collect();
+    anyhow::bail!(
+        "--advertise-peer-urls has {} but missing from --initial-cluster={}",
+        missing.join(","),
+        urls_map_string(&[(name.to_string(), peer_urls.to_vec())])
+    )
+}
+
+/// etcd's check of a joining member's `--initial-cluster` against the member list the
+/// cluster answered (`ValidateClusterAndAssignIDs`): as many members, and every member's peer
+/// URLs those of one entry. A member started with a stale list stops here, as etcd's does.
+pub fn validate_join(cluster: &[(String, Vec<String>)], members: &[Member]) -> anyhow::Result<()> {
+    if members.len() != cluster.len() {
+        anyhow::bail!("member count is unequal");
+    }
+    for m in members {
+        let urls = normalize_urls(&m.peer_urls);
+        let mut last = String::new();
+        let matched = cluster.iter().any(|(_, listed)| {
+            let listed = normalize_urls(listed);
+            let equal = listed == urls;
+            if !equal {
+                last = urls_unequal(&urls, &listed);
+            }
+            equal
+        });
+        if !matched {
+            anyhow::bail!(
+                "PeerURLs: no match found for existing member ({:x}, [{}]), last resolver error ({last})",
+                m.id,
+                m.peer_urls.join(" ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Go's `URLsMap.String()`: `name=url` pairs, sorted, comma-separated.
+fn urls_map_string(cluster: &[(String, Vec<String>)]) -> String {
+    let mut pairs: Vec<String> =
+        cluster.iter().flat_map(|(name, urls)| urls.iter().map(move |u| format!("{name}={u}"))).collect();
+    pairs.sort();
+    pairs.join(",")
+}
+
+/// Why two sorted URL lists differ, in the words of etcd's `URLStringsEqual` (which resolves
+/// host names first; Plinth compares them as written).
+fn urls_unequal(a: &[String], b: &[String]) -> String {
+    if a.len() != b.len() {
+        let quoted = |v: &[String]| v.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(" ");
+        return format!("len([{}]) != len([{}])", quoted(a), quoted(b));
+    }
+    match a.iter().zip(b).find(|(x, y)| x != y) {
+        Some((x, y)) => format!("{x:?}(resolved from {x:?}) != {y:?}(resolved from {y:?})"),
+        None => "<nil>".to_string(),
+    }
 }
 
 /// A member's id, as etcd derives it (`computeMemberID`): the first 8 bytes, big-endian, of
@@ -518,6 +609,55 @@ mod tests {
         assert!(Identity::load_or_create(d.path(), "n1", vec!["http://127.0.0.1:9".into()], vec![], "tok", Some(flag))
             .is_err());
         assert!(parse_initial_cluster("n1").is_err());
+    }
+
+    /// etcd 3.5.1's refusals of a bootstrap's flags (its `discovery failed` error), seen with
+    /// `etcd --name x --initial-cluster ...`; a single-entry flag is checked as any.
+    #[test]
+    fn initial_cluster_flags_are_verified_as_etcd_verifies_them() {
+        let err = |name: &str, urls: &[&str], flag: &str| {
+            let d = tempfile::tempdir().unwrap();
+            let urls = urls.iter().map(|u| u.to_string()).collect();
+            Identity::load_or_create(d.path(), name, urls, vec![], "tok", Some(flag)).unwrap_err().to_string()
+        };
+        assert_eq!(
+            err("x", &["http://127.0.0.1:23992"], "default=http://127.0.0.1:23992"),
+            r#"couldn't find local name "x" in the initial cluster configuration"#
+        );
+        assert_eq!(
+            err("x", &["http://127.0.0.1:23992"], "x=http://127.0.0.1:23993"),
+            r#"--initial-cluster has x=http://127.0.0.1:23993 but missing from --initial-advertise-peer-urls=http://127.0.0.1:23992 ("http://127.0.0.1:23992"(resolved from "http://127.0.0.1:23992") != "http://127.0.0.1:23993"(resolved from "http://127.0.0.1:23993"))"#
+        );
+        assert_eq!(
+            err("x", &["http://a:1", "http://b:1"], "x=http://a:1"),
+            "--advertise-peer-urls has http://b:1 but missing from --initial-cluster=x=http://a:1,x=http://b:1"
+        );
+        assert_eq!(
+            err("x", &["http://a:1"], "x=http://a:1,y=http://b:1,z=http://b:1"),
+            "initial cluster x=http://a:1,y=http://b:1,z=http://b:1 has duplicate url"
+        );
+    }
+
+    #[test]
+    fn a_join_lists_the_cluster_as_it_is() {
+        let member = |id, url: &str| Member {
+            id,
+            name: String::new(),
+            peer_urls: vec![url.to_string()],
+            client_urls: vec![],
+            is_learner: false,
+        };
+        let members = [member(0xa, "http://127.0.0.1:1"), member(0xb, "http://127.0.0.1:2")];
+        let cluster = |flag| parse_initial_cluster(flag).unwrap();
+        assert!(validate_join(&cluster("n1=http://127.0.0.1:1,n2=http://127.0.0.1:2/"), &members).is_ok());
+        let stale = cluster("n1=http://127.0.0.1:1,n2=http://127.0.0.1:2,n3=http://127.0.0.1:3");
+        assert_eq!(validate_join(&stale, &members).unwrap_err().to_string(), "member count is unequal");
+        assert_eq!(
+            validate_join(&cluster("n1=http://127.0.0.1:1,n2=http://127.0.0.1:3"), &members).unwrap_err().to_string(),
+            r#"PeerURLs: no match found for existing member (b, [http://127.0.0.1:2]), last resolver error ("http://127.0.0.1:2"(resolved from "http://127.0.0.1:2") != "http://127.0.0.1:3"(resolved from "http://127.0.0.1:3"))"#
+        );
+        // A joining member's own entry must be there; its URLs are matched against the list.
+        assert!(verify_initial_cluster(&cluster("n1=http://127.0.0.1:1"), "n2", &[], true).is_err());
     }
 }
 
