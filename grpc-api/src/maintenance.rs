@@ -178,8 +178,9 @@ impl Maintenance for MaintenanceService {
             use sha2::Digest;
             use std::os::unix::fs::FileExt;
             let members = node.membership.identity.read().members.clone();
+            let term = node.raft_status().map_or(0, |s| s.term.0);
             let written =
-                crate::backup::etcd_export::write_etcd_db(&node.store, node.group(), &members, &node.data_dir);
+                crate::backup::etcd_export::write_etcd_db(&node.store, node.group(), &members, term, &node.data_dir);
             let file = match written {
                 Ok((file, _)) => file,
                 Err(e) => {

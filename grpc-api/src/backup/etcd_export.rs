@@ -6,9 +6,10 @@
 //! ```text
 //! key              main(8 BE) '_' sub(8 BE) ['t']  -> mvccpb.KeyValue (a tombstone: the key only)
 //! lease            id(8 BE)                        -> leasepb.Lease
-//! meta             consistent_index                -> u64 BE
+//! meta             consistent_index, term              -> u64 BE
+//!                  confState -> raftpb.ConfState as JSON (`{"voters":[..],"auto_leave":false}`)
 //!                  finishedCompactRev, scheduledCompactRev -> main(8 BE) '_' sub(8 BE)
-//! auth             authEnabled -> 1 byte, authRevision -> u64 BE
+//! auth             authEnabled (only while enabled) -> 1 byte, authRevision -> u64 BE
 //! authUsers        name -> authpb.User;   authRoles  name -> authpb.Role
 //! members          id in hex -> the member as JSON;  members_removed (empty)
 //! cluster          clusterVersion -> "3.5.0"
@@ -28,11 +29,13 @@
 //! - Alarms are not written: a restored etcd starts without them, as after `alarm disarm`.
 //! - `consistent_index` is the group's applied index, which means nothing to an etcd;
 //!   `etcdutl snapshot restore` replaces it, as it does for any snapshot.
-//! - `meta` has no `term` and no `confState` (etcd's file has both): the Raft term and
-//!   configuration of this group mean nothing to a restored etcd either, and `etcdutl
-//!   snapshot restore` writes its own. So `etcdutl snapshot status` counts two keys fewer
-//!   than in etcd's file of the same history (and one more, `authEnabled`, which a fresh
-//!   etcd has not written yet).
+//! - `term` is the group's Raft term when the file is written (etcd's is the term of the
+//!   entry at its consistent index, the same in a cluster whose leader is stable) and
+//!   `confState` the member list's voters and learners; `etcdutl snapshot restore` replaces
+//!   both, so they are there for `etcdutl snapshot status` to count keys as in etcd's file.
+//! - `authEnabled` is written while auth is enabled. etcd writes it on the first `auth
+//!   enable` and keeps it (as 0) after `auth disable`: a file of a group whose auth was
+//!   enabled and disabled again counts one key fewer than etcd's.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -215,9 +218,16 @@ impl<'a> RunSorter<'a> {
 }
 
 /// Writes group `g` of `store` at one point as etcd's data file into an unnamed file in
-/// `dir` (sort runs go there too), with `members` in its `members` bucket. Returns the
-/// file, positioned nowhere in particular, and the revision it holds.
-pub fn write_etcd_db(store: &store::Store, g: GroupId, members: &[Member], dir: &Path) -> anyhow::Result<(File, i64)> {
+/// `dir` (sort runs go there too), with `members` in its `members` bucket and `confState`
+/// and `term` (the group's Raft term) in `meta`. Returns the file, positioned nowhere in
+/// particular, and the revision it holds.
+pub fn write_etcd_db(
+    store: &store::Store,
+    g: GroupId,
+    members: &[Member],
+    term: u64,
+    dir: &Path,
+) -> anyhow::Result<(File, i64)> {
     // The sort runs and the file each take about the group's size: refused up front rather
     // than filling the disk the member's own writes need.
     let need = store.size_bytes(g).saturating_mul(2).saturating_add(SNAPSHOT_FREE_MARGIN_BYTES);
@@ -240,13 +250,11 @@ pub fn write_etcd_db(store: &store::Store, g: GroupId, members: &[Member], dir: 
     b.finish()?;
 
     let auth = pin.auth();
-    w.sorted_bucket(
-        b"auth",
-        vec![
-            (b"authEnabled".to_vec(), vec![u8::from(auth.enabled)]),
-            (b"authRevision".to_vec(), auth.revision.to_be_bytes().to_vec()),
-        ],
-    )?;
+    let mut auth_keys = vec![(b"authRevision".to_vec(), auth.revision.to_be_bytes().to_vec())];
+    if auth.enabled {
+        auth_keys.insert(0, (b"authEnabled".to_vec(), vec![1]));
+    }
+    w.sorted_bucket(b"auth", auth_keys)?;
     let roles = auth.roles.iter().map(|r| {
         let role = EtcdRole { name: r.name.as_bytes().to_vec(), key_permission: r.permissions.clone() };
         (r.name.as_bytes().to_vec(), role.encode_to_vec())
@@ -286,7 +294,11 @@ pub fn write_etcd_db(store: &store::Store, g: GroupId, members: &[Member], dir: 
     }
     w.sorted_bucket(b"members", entries)?;
 
-    let mut meta = vec![(b"consistent_index".to_vec(), pin.applied_index().to_be_bytes().to_vec())];
+    let mut meta = vec![
+        (b"confState".to_vec(), conf_state_json(members)),
+        (b"consistent_index".to_vec(), pin.applied_index().to_be_bytes().to_vec()),
+        (b"term".to_vec(), term.to_be_bytes().to_vec()),
+    ];
     if compact > 0 {
         let at = revision_key(RevisionPair { main: compact, sub: 0 }, false);
         meta.push((b"finishedCompactRev".to_vec(), at.clone()));
@@ -297,6 +309,27 @@ pub fn write_etcd_db(store: &store::Store, g: GroupId, members: &[Member], dir: 
         w.sorted_bucket(empty, Vec::new())?;
     }
     Ok((w.finish()?, revision))
+}
+
+/// `raftpb.ConfState` as etcd 3.5 keeps it in `meta`: Go's JSON of the struct, voters and
+/// learners ascending (raft's tracker lists them so), empty lists left out, `auto_leave`
+/// always there.
+fn conf_state_json(members: &[Member]) -> Vec<u8> {
+    let ids = |learners: bool| {
+        let mut ids: Vec<u64> = members.iter().filter(|m| m.is_learner == learners).map(|m| m.id).collect();
+        ids.sort_unstable();
+        ids
+    };
+    let (voters, learners) = (ids(false), ids(true));
+    let mut fields = Vec::new();
+    for (name, ids) in [("voters", &voters), ("learners", &learners)] {
+        if !ids.is_empty() {
+            let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+            fields.push(format!("\"{name}\":[{}]", list.join(",")));
+        }
+    }
+    fields.push("\"auto_leave\":false".to_string());
+    format!("{{{}}}", fields.join(",")).into_bytes()
 }
 
 /// etcd's `HashKV` of group `g` at `rev` (0: the current revision): the CRC-32C of the
@@ -548,6 +581,24 @@ mod tests {
         let mut c = Crc32c::new();
         c.update(bytes);
         c.finish()
+    }
+
+    /// The bytes etcd 3.5.1 keeps (`etcdctl snapshot save` of one member, then with an
+    /// unstarted learner added).
+    #[test]
+    fn conf_state_is_etcds_json() {
+        let member =
+            |id, is_learner| Member { id, name: String::new(), peer_urls: vec![], client_urls: vec![], is_learner };
+        let voter = member(13_458_989_633_860_879_742, false);
+        assert_eq!(
+            conf_state_json(std::slice::from_ref(&voter)),
+            br#"{"voters":[13458989633860879742],"auto_leave":false}"#
+        );
+        let members = [member(7_978_920_764_450_043_775, true), voter, member(5, false)];
+        assert_eq!(
+            String::from_utf8(conf_state_json(&members)).unwrap(),
+            r#"{"voters":[5,13458989633860879742],"learners":[7978920764450043775],"auto_leave":false}"#
+        );
     }
 
     #[test]
