@@ -240,6 +240,24 @@ impl Drop for Killed {
     }
 }
 
+/// A learner `n2` on fresh ports: added to `n1`'s cluster through `client` (`member add
+/// --learner`), then started to join it with its data in `dir` (etcdctl's order). Returns the
+/// `member add` answer, `n2`'s client port and its process.
+pub async fn add_learner_n2(
+    n1: &Server,
+    client: &mut etcd_client::Client,
+    dir: &Path,
+) -> (etcd_client::MemberAddResponse, u16, Killed) {
+    let (client_port, peer_port) = (free_port(), free_port());
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let added = client
+        .member_add([peer_url.clone()], Some(etcd_client::MemberAddOptions::new().with_is_learner()))
+        .await
+        .expect("member add --learner");
+    let n2 = join_as_n2(n1, dir, &format!("http://127.0.0.1:{client_port}"), &peer_url);
+    (added, client_port, n2)
+}
+
 /// `plinth serve` as member `n2` joining the cluster of `n1` (`--initial-cluster-state
 /// existing`), which has added it at `peer_url` with `member add`: its data in `dir`, its
 /// clients on `client_url`.

@@ -8,7 +8,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{free_port, join_as_n2, Server};
+use common::{add_learner_n2, Server};
 use grpc_api::pb::etcdserverpb as pb;
 use prost::Message;
 
@@ -161,17 +161,10 @@ async fn next(responses: &mut tonic::Streaming<pb::WatchResponse>) -> pb::WatchR
 async fn peer_series_of_a_two_member_cluster() {
     let n1 = Server::start(&[]);
     let mut c = n1.client().await;
-    let (client_port, peer_port) = (free_port(), free_port());
-    let peer_url = format!("http://127.0.0.1:{peer_port}");
-    let client_url = format!("http://127.0.0.1:{client_port}");
-    let added = c
-        .member_add([peer_url.clone()], Some(etcd_client::MemberAddOptions::new().with_is_learner()))
-        .await
-        .expect("member add --learner");
+    let tmp = tempfile::tempdir().unwrap();
+    let (added, client_port, mut n2) = add_learner_n2(&n1, &mut c, tmp.path()).await;
     let id2 = format!("{:x}", added.member().unwrap().id());
     let id1 = format!("{:x}", added.header().unwrap().member_id());
-    let tmp = tempfile::tempdir().unwrap();
-    let mut n2 = join_as_n2(&n1, tmp.path(), &client_url, &peer_url);
     c.put("k", "v", None).await.unwrap();
     let up = |local: &str, remote: &str| {
         let active = format!("etcd_network_active_peers{{Local=\"{local}\",Remote=\"{remote}\"}}");

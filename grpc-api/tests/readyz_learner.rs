@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{free_port, join_as_n2, Server};
+use common::{add_learner_n2, Server};
 
 /// Longest wait for the learner to start and for its check to answer.
 const WAIT: Duration = Duration::from_secs(60);
@@ -27,16 +27,9 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 async fn readyz_fails_non_learner_on_a_learner_only() {
     let n1 = Server::start(&[]);
     let mut c = n1.client().await;
-    let (client_port, peer_port) = (free_port(), free_port());
-    let peer_url = format!("http://127.0.0.1:{peer_port}");
-    let client_url = format!("http://127.0.0.1:{client_port}");
-    let added = c
-        .member_add([peer_url.clone()], Some(etcd_client::MemberAddOptions::new().with_is_learner()))
-        .await
-        .expect("member add --learner");
-    assert!(added.member().unwrap().is_learner());
     let tmp = tempfile::tempdir().unwrap();
-    let _n2 = join_as_n2(&n1, tmp.path(), &client_url, &peer_url);
+    let (added, client_port, _n2) = add_learner_n2(&n1, &mut c, tmp.path()).await;
+    assert!(added.member().unwrap().is_learner());
     // The learner answers the other checks once it has caught up; `non_learner` must fail
     // there whatever the others say, and pass on the voter.
     let deadline = Instant::now() + WAIT;

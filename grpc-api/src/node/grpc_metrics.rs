@@ -432,12 +432,14 @@ impl StreamMessages {
     }
 }
 
-/// A gRPC response body that counts its call once the status trailer goes out (or when the
-/// body ends or is dropped without one), and a stream's messages as they go out.
+/// A gRPC body whose messages are counted as they pass (a stream's, either way) and, for a
+/// response, whose call is counted once the status trailer goes out (or when the body ends
+/// or is dropped without one).
 struct CountedBody {
     inner: axum::body::Body,
-    handled: Handled,
-    sent: Option<StreamMessages>,
+    /// The call's outcome count: a response's; `None` for a request body.
+    handled: Option<Handled>,
+    messages: Option<StreamMessages>,
 }
 
 impl hyper::body::Body for CountedBody {
@@ -450,49 +452,21 @@ impl hyper::body::Body for CountedBody {
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
         let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        if let Some(sent) = &mut this.sent {
-            sent.count(&polled);
+        if let Some(messages) = &mut this.messages {
+            messages.count(&polled);
         }
+        let Some(handled) = &mut this.handled else { return polled };
         match &polled {
             std::task::Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    this.handled.finish(grpc_status(trailers).unwrap_or(2));
+                    handled.finish(grpc_status(trailers).unwrap_or(2));
                 }
             }
             // The body failed: the stream is reset without a status.
-            std::task::Poll::Ready(Some(Err(_))) => this.handled.finish(2),
-            std::task::Poll::Ready(None) => this.handled.finish(0),
+            std::task::Poll::Ready(Some(Err(_))) => handled.finish(2),
+            std::task::Poll::Ready(None) => handled.finish(0),
             std::task::Poll::Pending => {}
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A bidirectional stream's request body, whose messages are counted as they arrive.
-struct CountedRequestBody {
-    inner: axum::body::Body,
-    received: StreamMessages,
-}
-
-impl hyper::body::Body for CountedRequestBody {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        let this = self.get_mut();
-        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        this.received.count(&polled);
         polled
     }
 
@@ -542,7 +516,8 @@ impl GrpcCall {
         };
         let request = match kind {
             BIDI_STREAM => match streamed(&grpc.received_by_method, &grpc.msg_received) {
-                Some(received) => request.map(|inner| axum::body::Body::new(CountedRequestBody { inner, received })),
+                Some(received) => request
+                    .map(|inner| axum::body::Body::new(CountedBody { inner, handled: None, messages: Some(received) })),
                 None => request,
             },
             _ => request,
@@ -568,7 +543,7 @@ impl GrpcCall {
             self.handled.finish(code);
         }
         let GrpcCall { handled, sent } = self;
-        response.map(|inner| axum::body::Body::new(CountedBody { inner, handled, sent }))
+        response.map(|inner| axum::body::Body::new(CountedBody { inner, handled: Some(handled), messages: sent }))
     }
 }
 

@@ -396,6 +396,12 @@ impl raft_log::Transport for PeerTransport {
     }
 }
 
+/// The bytes a snapshot chunk carries (its message, member list and data), as the peer byte
+/// counters count them on both ends.
+fn chunk_bytes(chunk: &pb::SnapshotChunk) -> u64 {
+    (chunk.message.len() + chunk.members.len() + chunk.data.len()) as u64
+}
+
 /// Streams the snapshot pinned for `msg` to its follower, counting the chunks' bytes in the
 /// follower's `metrics`.
 async fn stream_snapshot(
@@ -422,12 +428,13 @@ async fn stream_snapshot(
         for chunk in reader {
             let data = Bytes::from(chunk?);
             let (message, members) = first.take().unwrap_or_default();
-            let bytes = message.len() + members.len() + data.len();
-            if tx.blocking_send(pb::SnapshotChunk { group: group.0, message, members, data }).is_err() {
+            let chunk = pb::SnapshotChunk { group: group.0, message, members, data };
+            let bytes = chunk_bytes(&chunk);
+            if tx.blocking_send(chunk).is_err() {
                 anyhow::bail!("the snapshot stream closed");
             }
             if let Some(metrics) = &metrics {
-                metrics.sent_bytes.inc_by(bytes as u64);
+                metrics.sent_bytes.inc_by(bytes);
             }
         }
         Ok(())
@@ -843,7 +850,7 @@ impl pb::peer_server::Peer for PeerService {
         let metrics = node.membership.transport.peer_metrics(bound);
         while let Some(chunk) = chunks.message().await? {
             if let Some(metrics) = &metrics {
-                metrics.received_bytes.inc_by((chunk.message.len() + chunk.members.len() + chunk.data.len()) as u64);
+                metrics.received_bytes.inc_by(chunk_bytes(&chunk));
             }
             if first.is_none() {
                 let msg = Message::parse_from_bytes(&chunk.message)
