@@ -107,6 +107,11 @@ pub struct ServeArgs {
     /// Accepted for compatibility; Plinth purges its log after the store flushes.
     #[arg(long)]
     pub snapshot_count: Option<u64>,
+    /// Before serving, compare this member's hash of the default keyspace with every
+    /// reachable peer's at the same revision, and refuse to start on a mismatch (etcd's
+    /// initial corruption check; kubeadm's manifests turn it on).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub experimental_initial_corrupt_check: Option<bool>,
     /// Entries kept in the Raft log below the durably applied index, so a slow follower
     /// catches up from the log rather than a snapshot (etcd's flag of the same name).
     #[arg(long, default_value_t = 5000)]

@@ -116,6 +116,8 @@
 //!   NOSPACE refuses writes that add data on every member, a raised CORRUPT refuses every
 //!   write with `etcdserver: corrupt cluster` (etcd's corrupt applier) and fails `/health`.
 //!   Nothing raises CORRUPT by itself yet: there is no periodic hash check between members.
+//!   `--experimental-initial-corrupt-check` compares a starting member's hash of the default
+//!   keyspace with its peers' (a peer call, `HashKv`) and stops it on a mismatch (`serve.rs`).
 //! - `Maintenance.Snapshot` streams the group as etcd 3.5's bbolt data file (with etcd's
 //!   trailing SHA-256), built in an unnamed file in the data dir (`backup/etcd_export.rs`):
 //!   `etcdutl snapshot status` and `restore` take it, and so does `plinth restore`.

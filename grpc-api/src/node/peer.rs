@@ -956,6 +956,19 @@ impl pb::peer_server::Peer for PeerService {
         Ok(Response::new(pb::Empty {}))
     }
 
+    async fn hash_kv(&self, request: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+        self.check_certificate(&request, None)?;
+        let revision = request.into_inner().revision;
+        let node = &self.node;
+        let dir = node.data_dir.clone();
+        let (hash, compact_revision, _) = node
+            .read(crate::node::shares::Cost::Scan, move |store, group| {
+                crate::backup::etcd_export::etcd_hash_kv(store, group, revision, &dir)
+            })
+            .await?;
+        Ok(Response::new(pb::HashKvResponse { hash, compact_revision, member_id: node.member_id() }))
+    }
+
     async fn promote(&self, request: Request<pb::PromoteRequest>) -> Result<Response<pb::PromoteResponse>, Status> {
         self.check_certificate(&request, None)?;
         let id = request.into_inner().member_id;
@@ -989,6 +1002,24 @@ pub async fn fetch_members(peer_urls: &[String], tls: Option<&Arc<PeerTls>>) -> 
         }
     }
     Err(last)
+}
+
+/// The default keyspace's hash at `revision` on the member at `peer_url` (etcd's `HashKV`
+/// over the peer port, as etcd's initial corruption check asks it): `Err` for a member
+/// that could not be asked, `Ok(Err(status))` for one that refused (a revision it has
+/// compacted or not reached yet).
+pub async fn fetch_hash_kv(
+    peer_url: &str,
+    tls: Option<&Arc<PeerTls>>,
+    revision: i64,
+    timeout: Duration,
+) -> anyhow::Result<Result<pb::HashKvResponse, Status>> {
+    let asked = async {
+        let channel = open_channel(peer_url, tls).await?;
+        let mut client = pb::peer_client::PeerClient::new(channel);
+        anyhow::Ok(client.hash_kv(pb::HashKvRequest { revision }).await.map(Response::into_inner))
+    };
+    tokio::time::timeout(timeout, asked).await.map_err(|_| anyhow::anyhow!("{peer_url}: timed out"))?
 }
 
 #[cfg(test)]
