@@ -33,6 +33,17 @@ async fn channel(server: &Server) -> tonic::transport::Channel {
         .unwrap()
 }
 
+/// An empty unary call of `path`, which must be refused: the status.
+async fn refused_call(grpc: &mut tonic::client::Grpc<tonic::transport::Channel>, path: &str) -> tonic::Status {
+    grpc.ready().await.unwrap();
+    let call = grpc.unary(
+        tonic::Request::new(()),
+        http::uri::PathAndQuery::from_str(path).unwrap(),
+        tonic_prost::ProstCodec::<(), ()>::default(),
+    );
+    tokio::time::timeout(Duration::from_secs(10), call).await.expect("call timed out").unwrap_err()
+}
+
 #[tokio::test]
 async fn unknown_methods_create_no_series() {
     let server = Server::start(&[]);
@@ -47,13 +58,7 @@ async fn unknown_methods_create_no_series() {
         paths.push(format!("/bogus{salt}x{i}.Svc/Call{i}"));
     }
     for path in &paths {
-        grpc.ready().await.unwrap();
-        let call = grpc.unary(
-            tonic::Request::new(()),
-            http::uri::PathAndQuery::from_str(path).unwrap(),
-            tonic_prost::ProstCodec::<(), ()>::default(),
-        );
-        let status = tokio::time::timeout(Duration::from_secs(10), call).await.expect("call timed out").unwrap_err();
+        let status = refused_call(&mut grpc, path).await;
         assert_eq!(status.code(), tonic::Code::Unimplemented, "{path}");
         // grpc-go's words, which etcd answers.
         let (service, method) = path[1..].rsplit_once('/').unwrap();
@@ -78,13 +83,7 @@ async fn unknown_methods_create_no_series() {
         // Plinth's own API is served past the check: its generated server answers.
         ("/plinth.v1.Tenants/Nope", tonic::Code::Unimplemented, ""),
     ] {
-        grpc.ready().await.unwrap();
-        let call = grpc.unary(
-            tonic::Request::new(()),
-            http::uri::PathAndQuery::from_str(path).unwrap(),
-            tonic_prost::ProstCodec::<(), ()>::default(),
-        );
-        let status = tokio::time::timeout(Duration::from_secs(10), call).await.expect("call timed out").unwrap_err();
+        let status = refused_call(&mut grpc, path).await;
         assert_eq!((status.code(), status.message()), (code, message), "{path}");
     }
     let port = server.client_port;
