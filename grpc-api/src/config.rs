@@ -107,6 +107,10 @@ pub struct ServeArgs {
     /// Accepted for compatibility; Plinth purges its log after the store flushes.
     #[arg(long)]
     pub snapshot_count: Option<u64>,
+    /// `basic` or `extensive`: `extensive` adds etcd's gRPC handling-time histogram
+    /// (`grpc_server_handling_seconds`) to `/metrics`.
+    #[arg(long, default_value = "basic", value_parser = ["basic", "extensive"])]
+    pub metrics: String,
     /// Before serving, compare this member's hash of the default keyspace with every
     /// reachable peer's at the same revision, and refuse to start on a mismatch (etcd's
     /// initial corruption check; kubeadm's manifests turn it on).

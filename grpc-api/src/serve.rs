@@ -80,6 +80,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let backups = args.backup_schedule()?;
 
     let metrics = Arc::new(Metrics::new(crate::version::ETCD_COMPAT_VERSION, identity.member_id));
+    if args.metrics == "extensive" {
+        metrics.enable_extensive();
+    }
     let store_cfg = store::StoreConfig {
         commit_observer: Some(Arc::new(crate::node::metrics::BackendCommitMetric(
             metrics.backend_commit_duration.clone(),

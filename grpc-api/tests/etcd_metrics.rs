@@ -58,6 +58,7 @@ async fn raft_indexes_revisions_and_keys_as_etcd() {
     let port = server.client_port;
     let fresh = metrics(port).await;
     assert_eq!(value(&fresh, "etcd_debugging_mvcc_compact_revision"), Some(-1.0), "{fresh}");
+    assert!(!fresh.contains("grpc_server_handling_seconds"), "a histogram of --metrics extensive only:\n{fresh}");
     for kind in ["committed_total", "applied_total", "pending"] {
         let line = format!("# TYPE etcd_server_proposals_{kind} gauge");
         assert!(fresh.contains(&line), "no {line:?}:\n{fresh}");
@@ -88,6 +89,30 @@ async fn raft_indexes_revisions_and_keys_as_etcd() {
     let text =
         wait_for(port, "compacted at 2", |t| value(t, "etcd_debugging_mvcc_compact_revision") == Some(2.0)).await;
     assert_eq!(value(&text, "etcd_debugging_mvcc_keys_total"), Some(1.0), "a delete takes a key away: {text}");
+}
+
+/// `--metrics extensive`: go-grpc-prometheus's handling-time histogram, as etcd 3.5.1 shows it
+/// (`etcd --metrics extensive`, then one put): its help, one series per method of the
+/// pre-created services from the start (43), and each call timed under its method.
+#[tokio::test]
+async fn extensive_metrics_time_each_call() {
+    let server = Server::start(&["--metrics", "extensive"]);
+    let mut client = server.client().await;
+    let port = server.client_port;
+    client.put("a", "1", None).await.unwrap();
+    let put =
+        r#"grpc_server_handling_seconds_count{grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"}"#;
+    let text = wait_for(port, "the put timed", |t| value(t, put).is_some_and(|n| n >= 1.0)).await;
+    assert!(
+        text.contains("# HELP grpc_server_handling_seconds Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.\n# TYPE grpc_server_handling_seconds histogram"),
+        "{text}"
+    );
+    let series = text.lines().filter(|l| l.starts_with("grpc_server_handling_seconds_count{")).count();
+    assert_eq!(series, 43, "{text}");
+    let slowest = r#"grpc_server_handling_seconds_bucket{grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary",le="10"}"#;
+    assert!(value(&text, slowest).is_some_and(|n| n >= 1.0), "{text}");
+    let never = r#"grpc_server_handling_seconds_count{grpc_method="MemberPromote",grpc_service="etcdserverpb.Cluster",grpc_type="unary"}"#;
+    assert_eq!(value(&text, never), Some(0.0), "a method never called is there at 0: {text}");
 }
 
 /// A client's message bytes are counted as etcd's codec counts them (each message's

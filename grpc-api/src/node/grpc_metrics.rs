@@ -34,7 +34,7 @@
 //! - A stream's messages are counted as they pass the HTTP body, complete; a message that
 //!   arrives whole but fails to decode is counted here, not by go-grpc-prometheus.
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
 use super::metrics::Metrics;
 
@@ -218,6 +218,9 @@ pub struct GrpcServerMetrics {
     /// Held while the message counts of unary calls are brought up to the calls' counts, so
     /// that two renders at once do not both add the same difference.
     deriving: parking_lot::Mutex<()>,
+    /// `grpc_server_handling_seconds`, only with `--metrics extensive` (etcd turns on
+    /// go-grpc-prometheus's handling-time histogram only then).
+    handling_seconds: std::sync::OnceLock<HistogramVec>,
 }
 
 impl GrpcServerMetrics {
@@ -252,6 +255,7 @@ impl GrpcServerMetrics {
             received_by_method: MethodCounters::default(),
             sent_by_method: MethodCounters::default(),
             deriving: parking_lot::Mutex::new(()),
+            handling_seconds: std::sync::OnceLock::new(),
         };
         for (index, &(kind, service, name)) in METHODS.labels.iter().enumerate() {
             if !PRECREATED_SERVICES.contains(&service) {
@@ -269,6 +273,27 @@ impl GrpcServerMetrics {
             }
         }
         m
+    }
+
+    /// Registers `grpc_server_handling_seconds` (`--metrics extensive`): each known method's
+    /// call time, from its start to its status (a stream's whole life), with Prometheus's
+    /// default buckets, as go-grpc-prometheus's histogram; the pre-created services' series
+    /// exist from the start, as etcd's. Calls started before this are not timed.
+    pub fn enable_handling_time(&self, registry: &Registry) {
+        let help =
+            "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.";
+        let opts =
+            HistogramOpts::new("grpc_server_handling_seconds", help).buckets(prometheus::DEFAULT_BUCKETS.to_vec());
+        let histogram = HistogramVec::new(opts, &["grpc_type", "grpc_service", "grpc_method"]).expect("valid metric");
+        if self.handling_seconds.set(histogram.clone()).is_err() {
+            return; // Enabled already.
+        }
+        registry.register(Box::new(histogram.clone())).expect("unique metric");
+        for &(kind, service, name) in &METHODS.labels {
+            if PRECREATED_SERVICES.contains(&service) {
+                let _ = histogram.with_label_values(&[kind, service, name]);
+            }
+        }
     }
 
     /// Brings the message counts that equal call counts up to them (see the module's essay):
@@ -385,6 +410,8 @@ struct Handled {
     method: GrpcMethod,
     /// The router's group, when it belongs to a tenant (its name labels the tenant's counts).
     runtime: Option<std::sync::Arc<crate::node::GroupRuntime>>,
+    /// When the call started, if its handling time is measured (`--metrics extensive`).
+    started: Option<std::time::Instant>,
     done: bool,
 }
 
@@ -397,6 +424,11 @@ impl Handled {
         let m = &self.metrics;
         let (kind, service, method) = self.method.labels;
         let tenant = self.runtime.as_ref().and_then(|rt| Some((rt, rt.tenant.get()?)));
+        if let (Some(started), Some(_), Some(histogram)) =
+            (self.started, self.method.index, m.grpc.handling_seconds.get())
+        {
+            histogram.with_label_values(&[kind, service, method]).observe(started.elapsed().as_secs_f64());
+        }
         let name = go_code_name(code);
         // The common outcome of a known method, `OK`, through cached handles.
         let cached = self.method.index.filter(|_| code == 0);
@@ -527,7 +559,8 @@ impl GrpcCall {
         // future holding this is dropped and so is the guard, which counts the call as
         // `Canceled`.
         let runtime = runtime.tenant.get().is_some().then(|| runtime.clone());
-        let handled = Handled { metrics: metrics.clone(), method, runtime, done: false };
+        let started = grpc.handling_seconds.get().map(|_| std::time::Instant::now());
+        let handled = Handled { metrics: metrics.clone(), method, runtime, started, done: false };
         (Some(GrpcCall { handled, sent }), request)
     }
 
@@ -576,6 +609,7 @@ mod tests {
             metrics: metrics.clone(),
             method: grpc_method(path).expect("a gRPC path"),
             runtime: None,
+            started: None,
             done: false,
         };
         for _ in 0..2 {
@@ -660,7 +694,7 @@ mod tests {
             let method = grpc_method(path).expect("a gRPC path");
             let (kind, service, name) = method.labels;
             grpc.started_by_method.inc(method.index, &grpc.started, &[kind, service, name]);
-            Handled { metrics: metrics.clone(), method, runtime: None, done: false }
+            Handled { metrics: metrics.clone(), method, runtime: None, started: None, done: false }
         };
         let received = |labels: [&str; 3]| grpc.msg_received.with_label_values(&labels).get();
         let sent = |labels: [&str; 3]| grpc.msg_sent.with_label_values(&labels).get();

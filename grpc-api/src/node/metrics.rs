@@ -121,6 +121,11 @@ struct TenantGaugeState {
 }
 
 impl Metrics {
+    /// `--metrics extensive`: adds etcd's extensive series (the gRPC handling-time histogram).
+    pub fn enable_extensive(&self) {
+        self.grpc.enable_handling_time(&self.registry);
+    }
+
     /// Creates and registers every metric, of member `member_id` running `server_version`.
     pub fn new(server_version: &str, member_id: u64) -> Metrics {
         let registry = Registry::new();
