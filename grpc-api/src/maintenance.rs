@@ -137,14 +137,7 @@ impl Maintenance for MaintenanceService {
         crate::auth::check_admin_unmapped(&self.node, &request)?;
         let node = &self.node;
         let revision = request.into_inner().revision;
-        // etcd's hash of the `key` bucket, computed over the same entries in the same order
-        // (`backup::etcd_export`), so it can be compared with an etcd's.
-        let dir = node.data_dir.clone();
-        let (hash, compact_revision, hash_revision) = node
-            .read(Cost::Scan, move |store, group| {
-                crate::backup::etcd_export::etcd_hash_kv(store, group, revision, &dir)
-            })
-            .await?;
+        let (hash, compact_revision, hash_revision) = node.etcd_hash_kv(revision).await?;
         // etcd reports -1 until the first compaction.
         let compact_revision = if compact_revision == 0 { -1 } else { compact_revision };
         Ok(Response::new(pb::HashKvResponse {

@@ -522,12 +522,12 @@ where
     use crate::node::grpc_metrics::{unknown_call, GrpcCall};
     let (call, request) = GrpcCall::start(&node.metrics, &node.runtime, request);
     // A method the server does not have is answered before anything else, as grpc-go does.
-    let unknown = match &call {
-        Some(call) if call.is_known() => None,
-        Some(_) => unknown_call(request.uri().path()),
-        None if crate::http::is_grpc(request.headers()) => unknown_call(request.uri().path()),
-        None => None,
+    // `call` is `None` for a gRPC path that names no method at all, such as `/x`.
+    let named_no_method = match &call {
+        Some(call) => !call.is_known(),
+        None => crate::http::is_grpc(request.headers()),
     };
+    let unknown = if named_no_method { unknown_call(request.uri().path()) } else { None };
     let mut response = match unknown {
         Some(status) => status.into_http(),
         None => admitted(node, request, next).await,

@@ -137,8 +137,6 @@ impl Identity {
                 removed: Vec::new(),
             }
         } else {
-            // Verified above: this member is listed, with its advertised URLs.
-            let own_urls = &peer_urls;
             let members: Vec<Member> = cluster
                 .iter()
                 .map(|(n, urls)| Member {
@@ -155,7 +153,8 @@ impl Identity {
             anyhow::ensure!(ids.len() == members.len(), "--initial-cluster lists the same peer URLs twice");
             Identity {
                 cluster_id: cluster_id(&ids),
-                member_id: member_id(cluster_token, own_urls),
+                // Verified above: this member's entry has its advertised URLs.
+                member_id: member_id(cluster_token, &peer_urls),
                 members,
                 joined: false,
                 removed: Vec::new(),

@@ -473,6 +473,17 @@ impl Node {
             .map_err(|e| crate::error::store_status(&e))
     }
 
+    /// etcd's `HashKV` of this group at `revision` (0: the current one), computed over the
+    /// same entries in the same order as etcd's (`backup::etcd_export`) so it compares with
+    /// an etcd's and a peer's: (hash, compact revision or 0, hashed revision).
+    pub async fn etcd_hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), tonic::Status> {
+        let dir = self.data_dir.clone();
+        self.read(crate::node::shares::Cost::Scan, move |store, group| {
+            crate::backup::etcd_export::etcd_hash_kv(store, group, revision, &dir)
+        })
+        .await
+    }
+
     /// The store group this node serves.
     pub fn group(&self) -> store::GroupId {
         store::GroupId(self.runtime.group)

@@ -959,14 +959,8 @@ impl pb::peer_server::Peer for PeerService {
     async fn hash_kv(&self, request: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
         self.check_certificate(&request, None)?;
         let revision = request.into_inner().revision;
-        let node = &self.node;
-        let dir = node.data_dir.clone();
-        let (hash, compact_revision, _) = node
-            .read(crate::node::shares::Cost::Scan, move |store, group| {
-                crate::backup::etcd_export::etcd_hash_kv(store, group, revision, &dir)
-            })
-            .await?;
-        Ok(Response::new(pb::HashKvResponse { hash, compact_revision, member_id: node.member_id() }))
+        let (hash, compact_revision, _) = self.node.etcd_hash_kv(revision).await?;
+        Ok(Response::new(pb::HashKvResponse { hash, compact_revision, member_id: self.node.member_id() }))
     }
 
     async fn promote(&self, request: Request<pb::PromoteRequest>) -> Result<Response<pb::PromoteResponse>, Status> {
