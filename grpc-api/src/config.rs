@@ -116,6 +116,10 @@ pub struct ServeArgs {
     /// initial corruption check; kubeadm's manifests turn it on).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub experimental_initial_corrupt_check: Option<bool>,
+    /// Raft's pre-vote phase (etcd 3.5's default). Plinth's members always run it, so
+    /// `--pre-vote` and `--pre-vote=true` are accepted and `--pre-vote=false` is refused.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub pre_vote: Option<bool>,
     /// Entries kept in the Raft log below the durably applied index, so a slow follower
     /// catches up from the log rather than a snapshot (etcd's flag of the same name).
     #[arg(long, default_value_t = 5000)]
@@ -530,6 +534,14 @@ impl ServeArgs {
         }
         self.validate_client_tls()?;
         self.validate_peer_tls()?;
+        // Hibernation of idle groups relies on pre-vote (raft-log's `hibernate.rs`): a follower
+        // that missed its leader's sleep notice pre-campaigns, is refused, and goes back to
+        // following without raising the term.
+        anyhow::ensure!(
+            self.pre_vote != Some(false),
+            "--pre-vote=false: not supported; Plinth's members always run Raft's pre-vote phase (etcd 3.5's \
+             default); remove the flag"
+        );
         anyhow::ensure!(self.max_request_bytes > 0, "--max-request-bytes must be positive");
         anyhow::ensure!(self.max_txn_ops > 0, "--max-txn-ops must be positive");
         anyhow::ensure!(self.heartbeat_interval > 0, "--heartbeat-interval must be positive");

@@ -69,3 +69,38 @@ fn a_variable_shadowed_by_a_flag_stops_the_start() {
         "{stderr}"
     );
 }
+
+/// `--pre-vote`, which etcd 3.5 turns on by default, names what every Plinth member does: it
+/// is accepted on, from the command line or `ETCD_PRE_VOTE`, and refused off.
+#[test]
+fn pre_vote_is_accepted_on_and_refused_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut on = Command::new(env!("CARGO_BIN_EXE_plinth"))
+        .args(["serve", "--pre-vote", "--data-dir"])
+        .arg(tmp.path().join("on"))
+        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+        .args(["--listen-peer-urls", "http://127.0.0.1:0", "--log-level", "warn"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(&mut on, port, Duration::from_secs(20));
+    kill(&mut on);
+
+    for (flag, var) in [(Some("--pre-vote=false"), None), (None, Some("false"))] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_plinth"));
+        cmd.args(["serve", "--data-dir"]).arg(tmp.path().join("off")).args(flag);
+        if let Some(v) = var {
+            cmd.env("ETCD_PRE_VOTE", v);
+        }
+        let mut off = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let Some(Started::Exited(status)) = wait_listen_or_exit(&mut off, None, Duration::from_secs(20)) else {
+            kill(&mut off);
+            panic!("plinth kept running with pre-vote off ({flag:?}, {var:?})");
+        };
+        assert_eq!(status.code(), Some(1));
+        let stderr = read_stderr(&mut off);
+        assert!(stderr.contains("--pre-vote=false: not supported"), "{stderr}");
+    }
+}
