@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::conn::Keepalive;
+
 /// etcd's default request limit: 1.5 MiB.
 pub const MAX_REQUEST_BYTES_DEFAULT: usize = 1536 * 1024;
 /// gRPC framing overhead etcd allows on top of `--max-request-bytes`.
@@ -116,6 +118,18 @@ pub struct ServeArgs {
     /// initial corruption check; kubeadm's manifests turn it on).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub experimental_initial_corrupt_check: Option<bool>,
+    /// How often the server pings an idle client connection (Go duration). With it or
+    /// `--grpc-keepalive-timeout` at 0, grpc-go's defaults (2h, 20s) apply, as in etcd.
+    #[arg(long, default_value = "2h")]
+    pub grpc_keepalive_interval: String,
+    /// How long the server waits for the answer to its ping before it closes the client
+    /// connection (Go duration).
+    #[arg(long, default_value = "20s")]
+    pub grpc_keepalive_timeout: String,
+    /// Accepted for compatibility (Go duration): etcd closes the connection of a client that
+    /// pings more often than this; Plinth's HTTP/2 server answers every ping.
+    #[arg(long, default_value = "5s")]
+    pub grpc_keepalive_min_time: String,
     /// Raft's pre-vote phase (etcd 3.5's default). Plinth's members always run it, so
     /// `--pre-vote` and `--pre-vote=true` are accepted and `--pre-vote=false` is refused.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
@@ -517,6 +531,16 @@ impl ServeArgs {
         }
     }
 
+    /// The client listeners' HTTP/2 pings, from `--grpc-keepalive-interval` and
+    /// `--grpc-keepalive-timeout` ([`Keepalive::from_flags`]).
+    pub fn client_keepalive(&self) -> anyhow::Result<Keepalive> {
+        let interval = parse_go_duration(&self.grpc_keepalive_interval)
+            .map_err(|e| anyhow::anyhow!("--grpc-keepalive-interval: {e}"))?;
+        let timeout = parse_go_duration(&self.grpc_keepalive_timeout)
+            .map_err(|e| anyhow::anyhow!("--grpc-keepalive-timeout: {e}"))?;
+        Ok(Keepalive::from_flags(interval, timeout))
+    }
+
     /// The progress notification interval.
     pub fn progress_notify_interval(&self) -> anyhow::Result<Duration> {
         parse_go_duration(&self.watch_progress_notify_interval)
@@ -558,6 +582,9 @@ impl ServeArgs {
             "--auto-compaction-mode must be 'periodic' or 'revision'"
         );
         self.progress_notify_interval()?;
+        self.client_keepalive()?;
+        parse_go_duration(&self.grpc_keepalive_min_time)
+            .map_err(|e| anyhow::anyhow!("--grpc-keepalive-min-time: {e}"))?;
         self.auto_compaction()?;
         self.client_listen_addrs()?;
         self.peer_listen_addrs()?;

@@ -31,10 +31,30 @@ use tracing::{debug, warn};
 use crate::node::lanes::{ConnectionLane, Roaming, RoamingExecutor};
 
 /// How often the server pings an idle HTTP/2 connection, and how long it waits for the
-/// answer before closing it: etcd's `--grpc-keepalive-interval` (2 h) and
-/// `--grpc-keepalive-timeout` (20 s) defaults.
-const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2 * 60 * 60);
-const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// answer before closing it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Keepalive {
+    /// grpc-go's server defaults, which etcd's `--grpc-keepalive-interval` (2 h) and
+    /// `--grpc-keepalive-timeout` (20 s) also default to; the peer and metrics listeners
+    /// always use them.
+    pub const DEFAULT: Keepalive =
+        Keepalive { interval: Duration::from_secs(2 * 60 * 60), timeout: Duration::from_secs(20) };
+
+    /// The client listeners' pings as etcd sets them from its two flags: both positive are
+    /// used; otherwise etcd passes no keepalive parameters to grpc-go, whose defaults apply.
+    pub fn from_flags(interval: Duration, timeout: Duration) -> Keepalive {
+        if interval.is_zero() || timeout.is_zero() {
+            Keepalive::DEFAULT
+        } else {
+            Keepalive { interval, timeout }
+        }
+    }
+}
 /// HTTP/2 streams one connection may carry at once. kube-apiserver multiplexes every watch
 /// of a resource type on one connection, so the limit is etcd's (grpc-go's `math.MaxUint32`),
 /// not hyper's default of 200; each stream is bounded on its own (see `watch.rs`).
@@ -68,7 +88,7 @@ impl HttpService for crate::node::tenants::ClientService {}
 /// Client pings: hyper's HTTP/2 server enforces no minimum interval between pings and no
 /// "pings only with active streams" rule, so it accepts what etcd's `--grpc-keepalive-min-time`
 /// (5 s) and permit-without-stream policy accept, and more.
-pub async fn serve<I, IO, S>(incoming: I, router: S)
+pub async fn serve<I, IO, S>(incoming: I, router: S, keepalive: Keepalive)
 where
     S: HttpService,
     I: Stream<Item = Result<IO, std::io::Error>>,
@@ -87,13 +107,13 @@ where
             }
         };
         let lane = Arc::new(ConnectionLane::new(normal.clone()));
-        let connection = serve_connection(io, router.clone(), lane.clone());
+        let connection = serve_connection(io, router.clone(), lane.clone(), keepalive);
         drop(tokio::spawn(Roaming::new(Box::pin(connection), lane)));
     }
 }
 
 /// One connection, from its first byte to its close.
-async fn serve_connection<IO, S>(io: IO, router: S, lane: Arc<ConnectionLane>)
+async fn serve_connection<IO, S>(io: IO, router: S, lane: Arc<ConnectionLane>, keepalive: Keepalive)
 where
     S: HttpService,
     IO: AsyncRead + AsyncWrite + Connected + Send + Unpin + 'static,
@@ -110,8 +130,8 @@ where
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(HTTP2_KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
+        .keep_alive_interval(keepalive.interval)
+        .keep_alive_timeout(keepalive.timeout)
         .max_concurrent_streams(HTTP2_STREAMS_PER_CONNECTION_MAX)
         // No `Date` on HTTP/2 answers: grpc-go sends none with gRPC answers, and it cost each
         // call about 2,400 instructions (2.5 % of a put). The HTTP endpoints add their own

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::config::{grpc_message_bytes_max, split_urls, AutoCompaction, ServeArgs, GRPC_OVERHEAD_BYTES};
+use crate::conn::Keepalive;
 use crate::node::membership::{parse_initial_cluster, ConfContext, Identity, Member, REMOVED_MESSAGE};
 use crate::node::metrics::Metrics;
 use crate::node::peer::pb::peer_server::PeerServer;
@@ -187,12 +188,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (crate::backup::schedule::Scheduler::new(Arc::from(target), schedule.clone()), schedule)
     });
     let scheduler = backups.as_ref().map(|(scheduler, _)| scheduler.clone());
+    // Every client port (the shared one and the tenants' own) pings as etcd's gRPC server does.
+    let client_keepalive = args.client_keepalive()?;
     let tenants = crate::node::tenants::Tenants::new(
         tenants_cfg,
         groups.clone(),
         registry_changed,
         Box::new(move |node| client_service(node, max_request_bytes, health.clone(), scheduler.clone())),
-        Box::new(|listener, router| Box::pin(serve_router(listener, router))),
+        Box::new(move |listener, router| Box::pin(serve_router(listener, router, client_keepalive))),
     );
     let node = Arc::new(Node::new(
         node_cfg,
@@ -257,7 +260,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 }
                 // The same server as every other listener (HTTP/2 keepalive, stream limit, TCP
                 // settings); handlers check the peer's certificate (`PeerTls::check_identity`).
-                servers.spawn(serve_router_tls(listener, peer_router.clone(), tls.server()));
+                servers.spawn(serve_router_tls(listener, peer_router.clone(), tls.server(), Keepalive::DEFAULT));
             }
             None => {
                 info!(%addr, "serving peer traffic");
@@ -266,7 +269,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     "the peer port is unauthenticated (plain HTTP/2, cluster id check only): anyone who reaches it \
                      can send Raft messages as a member; use https peer URLs with --peer-client-cert-auth"
                 );
-                servers.spawn(serve_router(listener, peer_router.clone()));
+                servers.spawn(serve_router(listener, peer_router.clone(), Keepalive::DEFAULT));
             }
         }
     }
@@ -279,11 +282,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         match (&client_tls, https) {
             (Some(tls), true) => {
                 info!(%addr, "serving client requests (gRPC and HTTP) over TLS");
-                servers.spawn(serve_router_tls(listener, dispatch.clone(), tls.clone()));
+                servers.spawn(serve_router_tls(listener, dispatch.clone(), tls.clone(), client_keepalive));
             }
             _ => {
                 info!(%addr, "serving client requests (gRPC and HTTP)");
-                servers.spawn(serve_router(listener, dispatch.clone()));
+                servers.spawn(serve_router(listener, dispatch.clone(), client_keepalive));
             }
         }
     }
@@ -291,7 +294,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener =
             TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("listen on {addr} for metrics: {e}"))?;
         info!(%addr, "serving HTTP endpoints");
-        servers.spawn(serve_router(listener, crate::http::router(node.clone()).fallback(crate::http::unknown_path)));
+        let router = crate::http::router(node.clone()).fallback(crate::http::unknown_path);
+        servers.spawn(serve_router(listener, router, Keepalive::DEFAULT));
     }
     info!(
         name = %args.name,
@@ -657,8 +661,8 @@ fn tcp_incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming 
 }
 
 /// Serves `router` (gRPC and HTTP/1.1 or HTTP/2 endpoints) on `listener` (`conn.rs`).
-async fn serve_router(listener: TcpListener, router: impl crate::conn::HttpService) {
-    crate::conn::serve(tcp_incoming(listener), router).await
+async fn serve_router(listener: TcpListener, router: impl crate::conn::HttpService, keepalive: Keepalive) {
+    crate::conn::serve(tcp_incoming(listener), router, keepalive).await
 }
 
 /// Serves `router` over TLS on `listener` (client and peer listeners alike). Handshakes run
@@ -669,8 +673,9 @@ async fn serve_router_tls(
     listener: TcpListener,
     router: impl crate::conn::HttpService,
     tls: Arc<crate::tls::ReloadingServerConfig>,
+    keepalive: Keepalive,
 ) {
-    crate::conn::serve(crate::tls::tls_incoming(tcp_incoming(listener), tls), router).await
+    crate::conn::serve(crate::tls::tls_incoming(tcp_incoming(listener), tls), router, keepalive).await
 }
 
 /// The gRPC health service every client router serves.

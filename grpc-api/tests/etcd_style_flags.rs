@@ -3,8 +3,10 @@
 
 mod common;
 
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{free_port, kill, read_stderr, wait_listen_or_exit, wait_listening, Started};
 use etcd_client::{Client, Txn, TxnOp};
@@ -102,5 +104,45 @@ fn pre_vote_is_accepted_on_and_refused_off() {
         assert_eq!(status.code(), Some(1));
         let stderr = read_stderr(&mut off);
         assert!(stderr.contains("--pre-vote=false: not supported"), "{stderr}");
+    }
+}
+
+/// `--grpc-keepalive-interval` and `--grpc-keepalive-timeout` set the client port's pings as
+/// in etcd: a connection that leaves the server's ping unanswered is closed once the two have
+/// passed; with etcd's defaults (2 h, 20 s) the same connection stays open.
+#[test]
+fn grpc_keepalive_flags_close_a_connection_that_leaves_pings_unanswered() {
+    let short: &[&str] = &["--grpc-keepalive-interval=1s", "--grpc-keepalive-timeout", "1s"];
+    for (flags, closes) in [(short, true), (&[][..], false)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_plinth"))
+            .args(["serve", "--data-dir"])
+            .arg(tmp.path().join("data"))
+            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args(["--listen-peer-urls", "http://127.0.0.1:0", "--log-level", "warn"])
+            .args(flags)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_listening(&mut child, port, Duration::from_secs(20));
+        let mut socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // The HTTP/2 client preface and an empty SETTINGS frame; nothing more is ever sent.
+        socket.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let start = Instant::now();
+        let mut closed = None;
+        let mut buf = [0u8; 4096];
+        while closed.is_none() && start.elapsed() < Duration::from_secs(6) {
+            match socket.read(&mut buf) {
+                Ok(0) => closed = Some(start.elapsed()),
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => closed = Some(start.elapsed()),
+            }
+        }
+        kill(&mut child);
+        assert_eq!(closed.is_some(), closes, "{flags:?}: closed after {closed:?}");
     }
 }
