@@ -78,15 +78,7 @@ fn a_variable_shadowed_by_a_flag_stops_the_start() {
 fn pre_vote_is_accepted_on_and_refused_off() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut on = Command::new(env!("CARGO_BIN_EXE_plinth"))
-        .args(["serve", "--pre-vote", "--data-dir"])
-        .arg(tmp.path().join("on"))
-        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-        .args(["--listen-peer-urls", "http://127.0.0.1:0", "--log-level", "warn"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut on = member(&tmp.path().join("on"), port).arg("--pre-vote").spawn().unwrap();
     wait_listening(&mut on, port, Duration::from_secs(20));
     kill(&mut on);
 
@@ -116,16 +108,7 @@ fn grpc_keepalive_flags_close_a_connection_that_leaves_pings_unanswered() {
     for (flags, closes) in [(short, true), (&[][..], false)] {
         let tmp = tempfile::tempdir().unwrap();
         let port = free_port();
-        let url = format!("http://127.0.0.1:{port}");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_plinth"))
-            .args(["serve", "--data-dir"])
-            .arg(tmp.path().join("data"))
-            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-            .args(["--listen-peer-urls", "http://127.0.0.1:0", "--log-level", "warn"])
-            .args(flags)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = member(&tmp.path().join("data"), port).args(flags).spawn().unwrap();
         wait_listening(&mut child, port, Duration::from_secs(20));
         let mut socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
         // The HTTP/2 client preface and an empty SETTINGS frame; nothing more is ever sent.
@@ -145,4 +128,16 @@ fn grpc_keepalive_flags_close_a_connection_that_leaves_pings_unanswered() {
         kill(&mut child);
         assert_eq!(closed.is_some(), closes, "{flags:?}: closed after {closed:?}");
     }
+}
+
+/// `plinth serve` of a lone member with its data in `data_dir`, serving clients on `port`.
+fn member(data_dir: &std::path::Path, port: u16) -> Command {
+    let url = format!("http://127.0.0.1:{port}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_plinth"));
+    cmd.args(["serve", "--data-dir"])
+        .arg(data_dir)
+        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+        .args(["--listen-peer-urls", "http://127.0.0.1:0", "--log-level", "warn"])
+        .stdout(Stdio::null());
+    cmd
 }
