@@ -55,6 +55,7 @@ impl Keepalive {
         }
     }
 }
+
 /// HTTP/2 streams one connection may carry at once. kube-apiserver multiplexes every watch
 /// of a resource type on one connection, so the limit is etcd's (grpc-go's `math.MaxUint32`),
 /// not hyper's default of 200; each stream is bounded on its own (see `watch.rs`).
@@ -273,6 +274,14 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keepalive_flags_at_zero_leave_grpc_gos_defaults() {
+        let (zero, s) = (Duration::ZERO, Duration::from_secs);
+        assert_eq!(Keepalive::from_flags(zero, s(1)), Keepalive::DEFAULT);
+        assert_eq!(Keepalive::from_flags(s(1), zero), Keepalive::DEFAULT);
+        assert_eq!(Keepalive::from_flags(s(1), s(2)), Keepalive { interval: s(1), timeout: s(2) });
+    }
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Counts wake-ups of the task it belongs to.
