@@ -83,12 +83,12 @@ fn pre_vote_is_accepted_on_and_refused_off() {
     kill(&mut on);
 
     for (flag, var) in [(Some("--pre-vote=false"), None), (None, Some("false"))] {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_plinth"));
-        cmd.args(["serve", "--data-dir"]).arg(tmp.path().join("off")).args(flag);
+        let mut cmd = member(&tmp.path().join("off"), free_port());
+        cmd.args(flag);
         if let Some(v) = var {
             cmd.env("ETCD_PRE_VOTE", v);
         }
-        let mut off = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut off = cmd.stderr(Stdio::piped()).spawn().unwrap();
         let Some(Started::Exited(status)) = wait_listen_or_exit(&mut off, None, Duration::from_secs(20)) else {
             kill(&mut off);
             panic!("plinth kept running with pre-vote off ({flag:?}, {var:?})");
