@@ -346,6 +346,15 @@ impl WriteSet {
         self.wipe.is_some()
     }
 
+    /// An upper estimate of the size of this set's `WriteBatch`: RocksDB's 12-byte header,
+    /// and per entry its key and value with their tag, family id and two lengths.
+    fn batch_bytes(&self) -> usize {
+        const ENTRY_OVERHEAD: usize = 1 + 5 + 5 + 5;
+        let entries: usize =
+            self.maps.iter().flatten().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD).sum();
+        12 + entries + if self.wipe.is_some() { 256 } else { 0 }
+    }
+
     /// Brings `live` up to date with this set's `kv` writes, as if it were written: the
     /// wiped group's entries are forgotten first, then each written key takes its new value
     /// or is forgotten.
@@ -362,7 +371,9 @@ impl WriteSet {
     }
 
     pub fn into_batch(self, db: &DB) -> WriteBatch {
-        let mut batch = WriteBatch::default();
+        // Sized once: grown by doubling, RocksDB's buffer copied itself about once per
+        // byte written (a batch's puts hold their values).
+        let mut batch = WriteBatch::with_capacity_bytes(self.batch_bytes());
         // Ordering: the wipe first, so the writes after it in this batch survive it.
         if let Some(g) = self.wipe {
             for c in Cf::DATA {
@@ -476,12 +487,87 @@ impl<'a> Reader<'a> {
     }
 
     /// A cursor over `[lower, upper)` of one column family. Call `seek` before `next`.
-    pub fn cursor(&self, cf_id: Cf, upper: &[u8]) -> Cursor<'a> {
+    pub fn cursor(&self, cf_id: Cf, upper: &[u8]) -> Cursor<'a, 'a> {
         let mut ro = self.read_options();
         ro.set_iterate_upper_bound(upper.to_vec());
         let it = self.db.raw_iterator_cf_opt(cf(self.db, cf_id), ro);
+        self.cursor_on(Under::Own(it), cf_id, upper)
+    }
+
+    /// A cursor like [`Reader::cursor`] that seeks `probe`'s iterator instead of creating
+    /// one. Only for a reader of the latest DB state, which the probe reads too (it was
+    /// created after the last write of its batch's group: the apply path is that group's
+    /// only writer). Its RocksDB side may end in an incomplete status ([`is_incomplete`]):
+    /// the caller then reads through [`Reader::cursor`].
+    pub fn probe_cursor<'o, 'db>(&self, probe: &'o mut Probe<'db>, upper: &[u8]) -> Cursor<'o, 'db>
+    where
+        'a: 'o,
+    {
+        assert!(self.snapshot.is_none(), "a probe reads the latest DB state");
+        let mut c = self.cursor_on(Under::Lent(&mut probe.it), probe.cf, upper);
+        c.db_past_upper = true;
+        c
+    }
+
+    fn cursor_on<'o, 'db>(&self, it: Under<'o, 'db>, cf_id: Cf, upper: &[u8]) -> Cursor<'o, 'db>
+    where
+        'a: 'o,
+    {
         let overlay = self.overlay.map(|o| &o.maps[cf_id.index()]).filter(|m| !m.is_empty());
-        Cursor { it, overlay, upper: upper.to_vec(), pending: None, head: Head::Unsettled }
+        Cursor { it, overlay, upper: upper.to_vec(), db_past_upper: false, pending: None, head: Head::Unsettled }
+    }
+}
+
+/// Internal entries (deletions, mostly) a [`Probe`]'s seek may pass before RocksDB gives up
+/// with an incomplete status. A probe is bounded by its group, not by the key it looks
+/// for, so a seek for a key with no entry walks on to the next live entry: past every
+/// deletion in between. Past this many, the caller reads with a cursor bounded by its key.
+const PROBE_MAX_SKIPPED: u64 = 64;
+
+/// One RocksDB iterator over a group's part of a column family, kept by an apply batch for
+/// many short lookups ([`Reader::probe_cursor`]). Creating an iterator (a reference to the
+/// DB's current memtables and files, and an iterator over each) cost about as many
+/// instructions as the rest of a create's lookup of its `gone` entry; a batch of
+/// creates now pays it once (BENCHMARKS.md, "One `gone` iterator per apply batch").
+pub(crate) struct Probe<'db> {
+    it: DBRawIteratorWithThreadMode<'db, DB>,
+    cf: Cf,
+}
+
+impl<'db> Probe<'db> {
+    /// An iterator over group `g`'s entries of `cf_id`, at the latest DB state.
+    pub fn new(db: &'db DB, cf_id: Cf, g: GroupId) -> Probe<'db> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(kc::group_end(g));
+        ro.set_max_skippable_internal_keys(PROBE_MAX_SKIPPED);
+        Probe { it: db.raw_iterator_cf_opt(cf(db, cf_id), ro), cf: cf_id }
+    }
+}
+
+/// Whether `err` is a [`Probe`]'s seek giving up (see [`PROBE_MAX_SKIPPED`]).
+pub(crate) fn is_incomplete(err: &Error) -> bool {
+    matches!(err, Error::RocksDb(e) if e.kind() == rocksdb::ErrorKind::Incomplete)
+}
+
+/// The RocksDB iterator under a [`Cursor`]: its own, or a [`Probe`]'s.
+enum Under<'o, 'db> {
+    Own(DBRawIteratorWithThreadMode<'db, DB>),
+    Lent(&'o mut DBRawIteratorWithThreadMode<'db, DB>),
+}
+
+impl<'db> Under<'_, 'db> {
+    fn it(&self) -> &DBRawIteratorWithThreadMode<'db, DB> {
+        match self {
+            Under::Own(it) => it,
+            Under::Lent(it) => it,
+        }
+    }
+
+    fn it_mut(&mut self) -> &mut DBRawIteratorWithThreadMode<'db, DB> {
+        match self {
+            Under::Own(it) => it,
+            Under::Lent(it) => it,
+        }
     }
 }
 
@@ -491,12 +577,17 @@ impl<'a> Reader<'a> {
 /// [`Cursor::current`] lends the entry at the position without copying it (a scan that
 /// only counts keys, or only needs a value's header, never copies a value);
 /// [`Cursor::advance`] moves past it. [`Cursor::next_entry`] does both and copies.
-pub(crate) struct Cursor<'a> {
-    it: DBRawIteratorWithThreadMode<'a, DB>,
-    overlay: Option<&'a BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+///
+/// `'o` is the lifetime of the overlay (and of a lent iterator), `'db` the DB's.
+pub(crate) struct Cursor<'o, 'db> {
+    it: Under<'o, 'db>,
+    overlay: Option<&'o BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     upper: Vec<u8>,
+    /// RocksDB's iterator is bounded more widely than `upper` (a [`Probe`]'s): its keys
+    /// are compared with `upper` here.
+    db_past_upper: bool,
     /// The next overlay entry at or after the cursor position.
-    pending: Option<(&'a Vec<u8>, &'a Option<Vec<u8>>)>,
+    pending: Option<(&'o Vec<u8>, &'o Option<Vec<u8>>)>,
     /// Which side holds the entry at the position, once [`Cursor::settle`] found it.
     head: Head,
 }
@@ -514,16 +605,16 @@ enum Head {
     End,
 }
 
-impl<'a> Cursor<'a> {
+impl<'o> Cursor<'o, '_> {
     pub fn seek(&mut self, target: &[u8]) {
         #[cfg(test)]
         cursor_moves::seek();
-        self.it.seek(target);
+        self.it.it_mut().seek(target);
         self.pending = self.overlay_from(Bound::Included(target));
         self.head = Head::Unsettled;
     }
 
-    fn overlay_from(&self, from: Bound<&[u8]>) -> Option<(&'a Vec<u8>, &'a Option<Vec<u8>>)> {
+    fn overlay_from(&self, from: Bound<&[u8]>) -> Option<(&'o Vec<u8>, &'o Option<Vec<u8>>)> {
         let map = self.overlay?;
         let start = match from {
             Bound::Included(k) | Bound::Excluded(k) => k,
@@ -541,8 +632,10 @@ impl<'a> Cursor<'a> {
         while self.head == Head::Unsettled {
             // Which side comes first: Less = RocksDB, Greater = overlay, Equal = overlay
             // shadowing RocksDB.
+            let it = self.it.it();
             let order = {
-                let db_key = if self.it.valid() { self.it.key() } else { None };
+                let db_key = if it.valid() { it.key() } else { None };
+                let db_key = db_key.filter(|k| !self.db_past_upper || *k < &self.upper[..]);
                 match (db_key, self.pending) {
                     (None, None) => None,
                     (Some(_), None) => Some(std::cmp::Ordering::Less),
@@ -550,15 +643,15 @@ impl<'a> Cursor<'a> {
                     (Some(dk), Some((ok, _))) => Some(dk.cmp(&ok[..])),
                 }
             };
-            if !self.it.valid() {
-                self.it.status()?;
+            if !it.valid() {
+                it.status()?;
             }
             match order {
                 None => self.head = Head::End,
                 Some(std::cmp::Ordering::Less) => self.head = Head::Db,
                 Some(order) => {
                     if order == std::cmp::Ordering::Equal {
-                        self.it.next();
+                        self.it.it_mut().next();
                     }
                     let (k, v) = self.pending.expect("overlay side chosen");
                     if v.is_some() {
@@ -575,7 +668,7 @@ impl<'a> Cursor<'a> {
     /// The entry at the position (key, value), or `None` at the end. Does not move.
     pub fn current(&mut self) -> Result<Option<(&[u8], &[u8])>> {
         Ok(match self.settle()? {
-            Head::Db => Some(self.it.item().expect("iterator is valid")),
+            Head::Db => Some(self.it.it().item().expect("iterator is valid")),
             Head::Overlay => {
                 let (k, v) = self.pending.expect("overlay head is pending");
                 Some((&k[..], v.as_deref().expect("overlay head is a put")))
@@ -590,7 +683,7 @@ impl<'a> Cursor<'a> {
         #[cfg(test)]
         cursor_moves::step();
         match self.settle()? {
-            Head::Db => self.it.next(),
+            Head::Db => self.it.it_mut().next(),
             Head::Overlay => {
                 let (k, _) = self.pending.expect("overlay head is pending");
                 self.pending = self.overlay_from(Bound::Excluded(&k[..]));

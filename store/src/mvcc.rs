@@ -26,13 +26,33 @@ use bytes::Bytes;
 use rocksdb::DB;
 
 use crate::config::StoreConfig;
-use crate::engine::{Reader, Snapshot, WriteSet};
+use crate::engine::{is_incomplete, Cursor, Probe, Reader, Snapshot, WriteSet};
 use crate::error::{Error, Result};
 use crate::key_codec::{self as kc, Cf};
 use crate::kv::{self, Event, EventKind, KeyValue, LiveLinks, StoredEvent};
 use crate::live_cache::LiveCache;
 use crate::meta::ApplyMeta;
 use crate::revision::{GroupId, Revision, RevisionPair};
+
+/// Test-only count of the `gone` lookups on this thread that a batch's probe gave up on
+/// ([`BatchWriter::take_gone`]).
+#[cfg(test)]
+pub(crate) mod probe_fallbacks {
+    use std::cell::Cell;
+
+    thread_local! {
+        static FALLBACKS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(crate) fn count() {
+        FALLBACKS.with(|c| c.set(c.get() + 1));
+    }
+
+    /// Fallbacks on this thread since the last call, and resets the count.
+    pub(crate) fn take() -> u64 {
+        FALLBACKS.with(|c| c.replace(0))
+    }
+}
 
 /// etcd's three `range_end` forms.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,7 +131,11 @@ pub(crate) fn get_live(r: &Reader<'_>, g: GroupId, key: &[u8]) -> Result<Option<
 /// The `gone` entry of `key`, a key not live: its delete's revision and the version the
 /// delete ended. `None` if the key was never deleted, or not since the purge.
 pub(crate) fn get_gone(r: &Reader<'_>, g: GroupId, key: &[u8]) -> Result<Option<(RevisionPair, Option<RevisionPair>)>> {
-    let mut c = r.cursor(Cf::Gone, &kc::gone_key_after(g, key));
+    first_gone(r.cursor(Cf::Gone, &kc::gone_key_after(g, key)), g, key)
+}
+
+/// [`get_gone`] through `c`, a cursor bounded by `key`'s entries.
+fn first_gone(mut c: Cursor<'_, '_>, g: GroupId, key: &[u8]) -> Result<Option<(RevisionPair, Option<RevisionPair>)>> {
     c.seek(&kc::gone_key_prefix(g, key));
     match c.current()? {
         Some((k, v)) => {
@@ -384,6 +408,9 @@ pub(crate) struct BatchWriter<'a> {
     snapshot: Option<&'a Snapshot<'a>>,
     /// The store's live-entry cache, on the apply path (see [`BatchWriter::with_live_cache`]).
     live: Option<&'a LiveCache>,
+    /// The group's `gone` entries, for every create of the batch ([`BatchWriter::take_gone`]);
+    /// made by the first. Latest-state writers only.
+    gone_probe: Option<Probe<'a>>,
 }
 
 impl<'a> BatchWriter<'a> {
@@ -398,6 +425,7 @@ impl<'a> BatchWriter<'a> {
             changes: 0,
             snapshot: None,
             live: None,
+            gone_probe: None,
         }
     }
 
@@ -472,12 +500,35 @@ impl<'a> BatchWriter<'a> {
     /// the link its new version takes, the delete, unless that delete is at or below the
     /// compact revision.
     pub fn take_gone(&mut self, key: &[u8]) -> Result<Option<RevisionPair>> {
-        let Some((deleted, _)) = get_gone(&self.reader(), self.g, key)? else { return Ok(None) };
+        let Some((deleted, _)) = self.get_gone(key)? else { return Ok(None) };
         self.ws.delete(Cf::Gone, kc::gone_key(self.g, key, deleted));
         // Determinism: whether the purge has removed that delete yet is each replica's own
         // timing, but the scheduled compact revision is the same on every replica. No read
         // at or above it goes past a delete at or below it, so the link is not needed.
         Ok((deleted.main > self.meta.compact_revision).then_some(deleted))
+    }
+
+    /// [`get_gone`] in this writer's view. On the apply path it seeks the batch's one
+    /// `gone` iterator (see [`Probe`]) and reads with a cursor of its own only when that
+    /// iterator's seek gives up.
+    fn get_gone(&mut self, key: &[u8]) -> Result<Option<(RevisionPair, Option<RevisionPair>)>> {
+        if self.snapshot.is_none() {
+            // Consistency: the probe reads the DB as it was when this batch's first create
+            // made it, and the batch's own writes come from the overlay; nothing else
+            // writes this group's `gone` entries in between but the purge, whose timing
+            // `take_gone` does not depend on.
+            let (db, g) = (self.db, self.g);
+            let probe = self.gone_probe.get_or_insert_with(|| Probe::new(db, Cf::Gone, g));
+            let cursor = Reader::with_overlay(db, &self.ws).probe_cursor(probe, &kc::gone_key_after(g, key));
+            match first_gone(cursor, g, key) {
+                Err(e) if is_incomplete(&e) => {
+                    #[cfg(test)]
+                    probe_fallbacks::count();
+                }
+                found => return found,
+            }
+        }
+        get_gone(&self.reader(), self.g, key)
     }
 
     /// Writes a new version of `key` over `prev`, its live version in this writer's view,

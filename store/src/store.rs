@@ -1236,6 +1236,85 @@ mod tests {
         assert_eq!(uncounted.live_key_count(g), None, "no counts kept, none made up");
     }
 
+    /// The creates of one batch find their keys' `gone` entries through the batch's one
+    /// iterator: entries in RocksDB and entries the batch itself wrote, each linked so that a
+    /// read before the delete sees the old version. A seek that would pass more deletions
+    /// than the iterator may skip reads with a cursor of its own, with the same answer.
+    #[test]
+    fn creates_find_gone_entries_through_the_batch_probe() {
+        use crate::command::{DeleteRangeRequest, RangeRequest};
+        use crate::mvcc::probe_fallbacks;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let g = GroupId(1);
+        let mut index = 0;
+        let mut cmd = |body: CommandBody| {
+            index += 1;
+            (index, Command::new(index, body).encode_to_vec())
+        };
+        let put = |k: &str, v: &str| {
+            CommandBody::Put(PutRequest {
+                key: k.to_string().into(),
+                value: v.to_string().into(),
+                ..Default::default()
+            })
+        };
+        let delete = |k: &str, end: &str| {
+            CommandBody::DeleteRange(DeleteRangeRequest {
+                key: k.to_string().into(),
+                range_end: end.to_string().into(),
+                prev_kv: false,
+            })
+        };
+        let apply = |cmds: Vec<(u64, Vec<u8>)>| {
+            let entries: Vec<(u64, &[u8])> = cmds.iter().map(|(i, d)| (*i, &d[..])).collect();
+            store.apply(g, &entries).unwrap().into_iter().for_each(|r| drop(r.unwrap()));
+        };
+        let keys: Vec<String> = (0..100).map(|i| format!("k{i:03}")).collect();
+        // Revisions 2-4: b, x, y; 5-104: k000..k099.
+        let mut first = vec![cmd(put("b", "b1")), cmd(put("x", "x1")), cmd(put("y", "y1"))];
+        first.extend(keys.iter().map(|k| cmd(put(k, "k1"))));
+        apply(first);
+        // 105: the k keys deleted; 106: x deleted. Their `gone` entries are in RocksDB.
+        apply(vec![cmd(delete("k", "l")), cmd(delete("x", ""))]);
+        // 107-206: the k keys created again, which deletes their `gone` entries: 200
+        // internal entries (each entry and its deletion) between "b" and "x".
+        apply(keys.iter().map(|k| cmd(put(k, "k2"))).collect());
+        probe_fallbacks::take();
+        // 207: "w", never deleted, whose seek ends on x's entry, not its own; 208: "a",
+        // never deleted; 209: "x" over its delete in RocksDB; 210-211: "y" deleted and
+        // created again in this batch; 212-213: the same for "b".
+        apply(vec![
+            cmd(put("w", "w1")),
+            cmd(put("a", "a1")),
+            cmd(put("x", "x2")),
+            cmd(delete("y", "")),
+            cmd(put("y", "y2")),
+            cmd(delete("b", "")),
+            cmd(put("b", "b2")),
+        ]);
+        // "a" and "b" sought past the 200 entries (`b`'s own entry is in the batch); "x"
+        // and "y" were found by the probe.
+        assert_eq!(probe_fallbacks::take(), 2);
+        let get = |k: &str, revision: i64| {
+            let req = RangeRequest { key: k.to_string().into(), revision, ..Default::default() };
+            store.range(g, &req).unwrap().kvs.into_iter().next().map(|kv| (kv.value, kv.create_revision, kv.version))
+        };
+        assert_eq!(get("w", 0), Some(("w1".into(), 207, 1)));
+        assert_eq!(get("w", 105), None, "w links to no delete (x's, at 106, would lead to x1)");
+        assert_eq!(get("a", 0), Some(("a1".into(), 208, 1)));
+        let cases =
+            [("x", 105, 106, 209, "x1", "x2"), ("y", 209, 210, 211, "y1", "y2"), ("b", 211, 212, 213, "b1", "b2")];
+        for (k, before, deleted, created, old, new) in cases {
+            assert_eq!(get(k, before).map(|(v, _, _)| v), Some(old.into()), "{k} before its delete");
+            assert_eq!(get(k, deleted), None, "{k} deleted");
+            assert_eq!(get(k, created), Some((new.into(), created, 1)), "{k} created again");
+        }
+        assert_eq!(get("k050", 104).map(|(v, _, _)| v), Some("k1".into()));
+        assert_eq!(get("k050", 105), None);
+        assert_eq!(get("k050", 0), Some(("k2".into(), 157, 1)));
+    }
+
     /// A store closed as a crash (`flush_at_close: false`) keeps exactly what was flushed: applies after the flush
     /// are gone and the applied index is the flushed one, so the Raft log replays them,
     /// and replaying them gives the same revisions.
