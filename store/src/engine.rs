@@ -504,9 +504,7 @@ impl<'a> Reader<'a> {
         'a: 'o,
     {
         assert!(self.snapshot.is_none(), "a probe reads the latest DB state");
-        let mut c = self.cursor_on(Under::Lent(&mut probe.it), probe.cf, upper);
-        c.db_past_upper = true;
-        c
+        self.cursor_on(Under::Lent(&mut probe.it), probe.cf, upper)
     }
 
     fn cursor_on<'o, 'db>(&self, it: Under<'o, 'db>, cf_id: Cf, upper: &[u8]) -> Cursor<'o, 'db>
@@ -514,7 +512,7 @@ impl<'a> Reader<'a> {
         'a: 'o,
     {
         let overlay = self.overlay.map(|o| &o.maps[cf_id.index()]).filter(|m| !m.is_empty());
-        Cursor { it, overlay, upper: upper.to_vec(), db_past_upper: false, pending: None, head: Head::Unsettled }
+        Cursor { it, overlay, upper: upper.to_vec(), pending: None, head: Head::Unsettled }
     }
 }
 
@@ -549,13 +547,19 @@ pub(crate) fn is_incomplete(err: &Error) -> bool {
     matches!(err, Error::RocksDb(e) if e.kind() == rocksdb::ErrorKind::Incomplete)
 }
 
-/// The RocksDB iterator under a [`Cursor`]: its own, or a [`Probe`]'s.
+/// The RocksDB iterator under a [`Cursor`]: its own, bounded by the cursor's `upper`, or a
+/// [`Probe`]'s, bounded by its group only, whose keys the cursor compares with `upper` itself.
 enum Under<'o, 'db> {
     Own(DBRawIteratorWithThreadMode<'db, DB>),
     Lent(&'o mut DBRawIteratorWithThreadMode<'db, DB>),
 }
 
 impl<'db> Under<'_, 'db> {
+    /// Whether RocksDB may return keys at or past the cursor's `upper`.
+    fn past_upper(&self) -> bool {
+        matches!(self, Under::Lent(_))
+    }
+
     fn it(&self) -> &DBRawIteratorWithThreadMode<'db, DB> {
         match self {
             Under::Own(it) => it,
@@ -583,9 +587,6 @@ pub(crate) struct Cursor<'o, 'db> {
     it: Under<'o, 'db>,
     overlay: Option<&'o BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     upper: Vec<u8>,
-    /// RocksDB's iterator is bounded more widely than `upper` (a [`Probe`]'s): its keys
-    /// are compared with `upper` here.
-    db_past_upper: bool,
     /// The next overlay entry at or after the cursor position.
     pending: Option<(&'o Vec<u8>, &'o Option<Vec<u8>>)>,
     /// Which side holds the entry at the position, once [`Cursor::settle`] found it.
@@ -635,7 +636,7 @@ impl<'o> Cursor<'o, '_> {
             let it = self.it.it();
             let order = {
                 let db_key = if it.valid() { it.key() } else { None };
-                let db_key = db_key.filter(|k| !self.db_past_upper || *k < &self.upper[..]);
+                let db_key = db_key.filter(|k| !self.it.past_upper() || *k < &self.upper[..]);
                 match (db_key, self.pending) {
                     (None, None) => None,
                     (Some(_), None) => Some(std::cmp::Ordering::Less),
