@@ -274,6 +274,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn keepalive_flags_at_zero_leave_grpc_gos_defaults() {
@@ -282,7 +283,6 @@ mod tests {
         assert_eq!(Keepalive::from_flags(s(1), zero), Keepalive::DEFAULT);
         assert_eq!(Keepalive::from_flags(s(1), s(2)), Keepalive { interval: s(1), timeout: s(2) });
     }
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Counts wake-ups of the task it belongs to.
     struct CountingWaker(std::sync::atomic::AtomicUsize);
