@@ -473,6 +473,13 @@ impl TlsConn {
     }
 }
 
+impl std::os::fd::AsRawFd for TlsConn {
+    /// The TCP socket the TLS records go through.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.stream.get_ref().0.as_raw_fd()
+    }
+}
+
 impl tonic::transport::server::Connected for TlsConn {
     type ConnectInfo = TlsConnectInfo;
 
