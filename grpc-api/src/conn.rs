@@ -258,8 +258,8 @@ const WHOLE_FRAME_WRITE_BYTES: usize = (16 << 10) - 1024;
 /// Whole frames a cork holds before it is pushed anyway. A client grants an answer's window
 /// back as it reads (h2's and grpc-go's clients once half of it is read, 32 KiB of the
 /// default 64 KiB): held until the window ran out, a large answer to one client arrived in
-/// one piece per window and waited a round trip for each grant (paging at one client was 20 %
-/// slower). Two frames are 32 KiB, the size of grpc-go's write buffer, which etcd's answers
+/// one piece per window and waited a round trip for each grant (paging at one client was up to
+/// 36 % slower). Two frames are 32 KiB, the size of grpc-go's write buffer, which etcd's answers
 /// leave in.
 const CORKED_FRAMES_MAX: usize = 2;
 
